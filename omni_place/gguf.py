@@ -1,0 +1,386 @@
+"""GGUF header reading: metadata and tensor infos only, never tensor data.
+
+Why not ``gguf.GGUFReader``: it memory-maps every tensor's data and raises on a header-only file
+(tensor data cut off), and people plan before they download 400 GB. This reader stops after the
+tensor infos, so a header-only file, a truncated download or a full 100 GB shard all read in
+milliseconds. Type tables (``GGML_QUANT_SIZES``, value types) come from the ``gguf`` package, the
+reference maintained next to llama.cpp.
+
+Hostile input is bounded the way ``ggml/src/gguf.cpp`` bounds it: every length is checked against
+the bytes that remain before anything is allocated, ``n_dims <= 4``, element counts are Python
+ints, duplicate keys and tensor names are rejected, the alignment must be a power of two.
+"""
+from __future__ import annotations
+
+import mmap
+import os
+import re
+import stat
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType
+
+from .errors import GGUFFormatError, MissingShardError
+
+GGUF_MAGIC = b"GGUF"
+SUPPORTED_VERSIONS = (2, 3)
+DEFAULT_ALIGNMENT = 32
+MAX_DIMS = 4
+# Arrays longer than this keep only their type and length (tokenizer vocabularies, merges).
+MAX_INLINE_ARRAY = 4096
+
+_SCALAR_FORMATS: dict[int, str] = {
+    GGUFValueType.UINT8: "<B",
+    GGUFValueType.INT8: "<b",
+    GGUFValueType.UINT16: "<H",
+    GGUFValueType.INT16: "<h",
+    GGUFValueType.UINT32: "<I",
+    GGUFValueType.INT32: "<i",
+    GGUFValueType.FLOAT32: "<f",
+    GGUFValueType.BOOL: "<?",
+    GGUFValueType.UINT64: "<Q",
+    GGUFValueType.INT64: "<q",
+    GGUFValueType.FLOAT64: "<d",
+}
+_SCALAR_SIZES = {t: struct.calcsize(f) for t, f in _SCALAR_FORMATS.items()}
+_U32 = struct.Struct("<I")
+_U64 = struct.Struct("<Q")
+_SHARD_RE = re.compile(r"^(?P<prefix>.*)-(?P<no>\d{5})-of-(?P<count>\d{5})\.gguf$")
+
+
+@dataclass(frozen=True)
+class LongArray:
+    """A metadata array kept by type and length only (e.g. 129k tokenizer tokens)."""
+
+    value_type: int
+    count: int
+
+    def __len__(self) -> int:
+        return self.count
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """One tensor as the header describes it. ``shape`` is in ggml order (ne0 first)."""
+
+    name: str
+    shape: tuple[int, ...]
+    ggml_type: int
+    offset: int  # relative to the shard's data section
+    shard: int  # index into GGUFModelFiles.shards
+
+    @property
+    def type_name(self) -> str:
+        return GGMLQuantizationType(self.ggml_type).name
+
+    @property
+    def n_elements(self) -> int:
+        n = 1
+        for d in self.shape:
+            n *= d
+        return n
+
+    @property
+    def n_bytes(self) -> int:
+        """Bytes as stored in the file (``ggml_nbytes``)."""
+        block, type_size = GGML_QUANT_SIZES[GGMLQuantizationType(self.ggml_type)]
+        return self.n_elements // block * type_size
+
+    def row_bytes(self, n: int) -> int:
+        """Bytes of ``n`` elements of this tensor's type (``ggml_row_size``)."""
+        block, type_size = GGML_QUANT_SIZES[GGMLQuantizationType(self.ggml_type)]
+        return -(-n // block) * type_size
+
+
+@dataclass
+class GGUFHeader:
+    """The parsed header of one GGUF file."""
+
+    path: Path
+    version: int
+    metadata: dict[str, Any]
+    tensors: list[TensorInfo]
+    alignment: int
+    data_offset: int
+    file_size: int
+
+
+@dataclass
+class GGUFModelFiles:
+    """A model as one or more shards; metadata is the first shard's, tensors are all shards'."""
+
+    shards: list[GGUFHeader]
+    tensors: list[TensorInfo] = field(default_factory=list)
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        return self.shards[0].metadata
+
+    @property
+    def path(self) -> Path:
+        return self.shards[0].path
+
+
+class _Cursor:
+    """Bounds-checked little-endian reads over a buffer; every error names the file and offset."""
+
+    __slots__ = ("buf", "pos", "end", "path")
+
+    def __init__(self, buf: Any, path: Path) -> None:
+        self.buf = buf
+        self.pos = 0
+        self.end = len(buf)
+        self.path = path
+
+    def fail(self, what: str) -> GGUFFormatError:
+        return GGUFFormatError(f"{self.path}: {what} at byte {self.pos}")
+
+    def need(self, n: int, what: str) -> None:
+        if n < 0 or self.pos + n > self.end:
+            raise GGUFFormatError(
+                f"{self.path}: truncated header: {what} needs {n} bytes at byte {self.pos}, "
+                f"file has {self.end}",
+                hint="the download is incomplete or the file is not GGUF; re-download it",
+            )
+
+    def u32(self, what: str) -> int:
+        self.need(4, what)
+        (v,) = _U32.unpack_from(self.buf, self.pos)
+        self.pos += 4
+        return v
+
+    def u64(self, what: str) -> int:
+        self.need(8, what)
+        (v,) = _U64.unpack_from(self.buf, self.pos)
+        self.pos += 8
+        return v
+
+    def string(self, what: str) -> str:
+        n = self.u64(what + " length")
+        self.need(n, what)
+        raw = bytes(self.buf[self.pos : self.pos + n])
+        self.pos += n
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError:
+            return raw.decode("utf-8", errors="replace")
+
+    def skip_strings(self, count: int, what: str) -> None:
+        # Each string is at least its 8-byte length: reject absurd counts before looping.
+        self.need(count * 8, what)
+        buf, pos, end = self.buf, self.pos, self.end
+        unpack = _U64.unpack_from
+        for _ in range(count):
+            if pos + 8 > end:
+                self.pos = pos
+                self.need(8, what)
+            (n,) = unpack(buf, pos)
+            pos += 8 + n
+        if pos > end:
+            self.need(pos - self.pos, what)
+        self.pos = pos
+
+    def scalar(self, vtype: int, what: str) -> Any:
+        fmt = _SCALAR_FORMATS[vtype]
+        size = _SCALAR_SIZES[vtype]
+        self.need(size, what)
+        (v,) = struct.unpack_from(fmt, self.buf, self.pos)
+        self.pos += size
+        return v
+
+    def value(self, vtype: int, what: str) -> Any:
+        if vtype in _SCALAR_FORMATS:
+            return self.scalar(vtype, what)
+        if vtype == GGUFValueType.STRING:
+            return self.string(what)
+        if vtype == GGUFValueType.ARRAY:
+            etype = self.u32(what + " element type")
+            count = self.u64(what + " element count")
+            if etype == GGUFValueType.ARRAY:
+                raise self.fail(f"{what}: nested arrays are not valid GGUF")
+            if etype == GGUFValueType.STRING:
+                if count > MAX_INLINE_ARRAY:
+                    self.skip_strings(count, what)
+                    return LongArray(etype, count)
+                self.need(count * 8, what)
+                return [self.string(what) for _ in range(count)]
+            if etype not in _SCALAR_FORMATS:
+                raise self.fail(f"{what}: unknown array element type {etype}")
+            size = _SCALAR_SIZES[etype]
+            self.need(count * size, what)
+            if count > MAX_INLINE_ARRAY:
+                self.pos += count * size
+                return LongArray(etype, count)
+            vals = list(struct.unpack_from(f"<{count}{_SCALAR_FORMATS[etype][1]}", self.buf, self.pos))
+            self.pos += count * size
+            return vals
+        raise self.fail(f"{what}: unknown value type {vtype}")
+
+
+def read_header(path: str | os.PathLike[str], shard: int = 0) -> GGUFHeader:
+    """Read one GGUF file's metadata and tensor infos; tensor data may be absent."""
+    path = Path(path)
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        raise GGUFFormatError(f"{path}: no such file", hint="check the model path") from None
+    except IsADirectoryError:
+        raise GGUFFormatError(f"{path}: is a directory", hint="pass the .gguf file itself") from None
+    except OSError as err:
+        raise GGUFFormatError(f"{path}: cannot open: {err.strerror}", hint="check the path and permissions") from None
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise GGUFFormatError(f"{path}: is a directory", hint="pass the .gguf file itself")
+        size = st.st_size
+        if size < 24:
+            raise GGUFFormatError(f"{path}: {size} bytes is too short for a GGUF header")
+        with mmap.mmap(fd, 0, access=mmap.ACCESS_READ) as mm:
+            return _parse(mm, path, size, shard)
+    except (ValueError, OverflowError, MemoryError) as err:
+        if isinstance(err, GGUFFormatError):
+            raise
+        raise GGUFFormatError(f"{path}: malformed header: {err}") from None
+    finally:
+        os.close(fd)
+
+
+def _parse(buf: Any, path: Path, size: int, shard: int) -> GGUFHeader:
+    try:
+        cur = _Cursor(buf, path)
+        if bytes(buf[:4]) != GGUF_MAGIC:
+            raise GGUFFormatError(
+                f"{path}: not a GGUF file (magic {bytes(buf[:4])!r}, expected b'GGUF')",
+                hint="pass a .gguf model file (safetensors/PyTorch checkpoints need conversion)",
+            )
+        cur.pos = 4
+        version = cur.u32("version")
+        if version & 0xFFFF == 0 and version != 0:
+            raise GGUFFormatError(f"{path}: big-endian GGUF files are not supported")
+        if version not in SUPPORTED_VERSIONS:
+            raise GGUFFormatError(f"{path}: GGUF version {version} is not supported (need 2 or 3)")
+        n_tensors = cur.u64("tensor count")
+        n_kv = cur.u64("metadata count")
+        # Each KV is at least 8 (key len) + 4 (type) bytes, each tensor info at least 8+4+8+4+8.
+        if n_kv * 12 > size or n_tensors * 32 > size:
+            raise GGUFFormatError(
+                f"{path}: header claims {n_kv} metadata entries and {n_tensors} tensors, "
+                f"more than {size} bytes can hold"
+            )
+        metadata: dict[str, Any] = {}
+        for i in range(n_kv):
+            key = cur.string(f"metadata key #{i}")
+            if key in metadata:
+                raise GGUFFormatError(f"{path}: duplicate metadata key {key!r}")
+            vtype = cur.u32(f"type of {key!r}")
+            metadata[key] = cur.value(vtype, repr(key))
+
+        alignment = metadata.get("general.alignment", DEFAULT_ALIGNMENT)
+        if not isinstance(alignment, int) or alignment <= 0 or alignment & (alignment - 1):
+            raise GGUFFormatError(f"{path}: general.alignment {alignment!r} is not a power of two")
+
+        tensors: list[TensorInfo] = []
+        seen: set[str] = set()
+        for i in range(n_tensors):
+            name = cur.string(f"tensor #{i} name")
+            if name in seen:
+                raise GGUFFormatError(f"{path}: duplicate tensor name {name!r}")
+            seen.add(name)
+            n_dims = cur.u32(f"{name} n_dims")
+            if not 1 <= n_dims <= MAX_DIMS:
+                raise GGUFFormatError(f"{path}: tensor {name!r} has {n_dims} dimensions (1..{MAX_DIMS})")
+            shape = tuple(cur.u64(f"{name} dim") for _ in range(n_dims))
+            ggml_type = cur.u32(f"{name} type")
+            offset = cur.u64(f"{name} offset")
+            try:
+                qtype = GGMLQuantizationType(ggml_type)
+                block, _ = GGML_QUANT_SIZES[qtype]
+            except (ValueError, KeyError):
+                raise GGUFFormatError(f"{path}: tensor {name!r} has unknown ggml type {ggml_type}") from None
+            n_el = 1
+            for d in shape:
+                if d == 0 or d >= 1 << 62:
+                    raise GGUFFormatError(f"{path}: tensor {name!r} has invalid shape {list(shape)}")
+                n_el *= d
+            if n_el >= 1 << 62 or shape[0] % block:
+                raise GGUFFormatError(
+                    f"{path}: tensor {name!r} shape {list(shape)} does not fit type {qtype.name} "
+                    f"(row length must be a multiple of {block})"
+                )
+            if offset % alignment:
+                raise GGUFFormatError(f"{path}: tensor {name!r} data offset {offset} is not {alignment}-aligned")
+            tensors.append(TensorInfo(name, shape, ggml_type, offset, shard))
+        data_offset = -(-cur.pos // alignment) * alignment
+        return GGUFHeader(path, version, metadata, tensors, alignment, data_offset, size)
+    except RecursionError:  # pragma: no cover - no recursion in the parser; defensive
+        raise GGUFFormatError(f"{path}: malformed header") from None
+
+
+def shard_paths(first: Path, count: int) -> list[Path]:
+    """Paths of every shard of a split model, from the first shard's name."""
+    m = _SHARD_RE.match(first.name)
+    if not m:
+        raise GGUFFormatError(
+            f"{first}: metadata says split.count={count} but the name is not *-00001-of-{count:05d}.gguf",
+            hint="keep the shard file names as released",
+        )
+    return [first.with_name(f"{m['prefix']}-{i:05d}-of-{count:05d}.gguf") for i in range(1, count + 1)]
+
+
+def read_model_files(path: str | os.PathLike[str]) -> GGUFModelFiles:
+    """Read a model's headers: a single file, or every shard of a split model (pass any shard;
+    the first is located from its name)."""
+    path = Path(path)
+    m = _SHARD_RE.match(path.name)
+    if m and int(m["no"]) != 1:
+        path = path.with_name(f"{m['prefix']}-00001-of-{m['count']}.gguf")
+    first = read_header(path, shard=0)
+    count = first.metadata.get("split.count", 1)
+    if not isinstance(count, int) or count < 1 or count > 9999:
+        raise GGUFFormatError(f"{path}: invalid split.count {count!r}")
+    shards = [first]
+    if count > 1:
+        paths = shard_paths(path, count)
+        missing = [p.name for p in paths[1:] if not p.exists()]
+        if missing:
+            raise MissingShardError(
+                f"{path}: split model has {count} shards; missing: {', '.join(missing)}"
+            )
+        for i, p in enumerate(paths[1:], start=1):
+            h = read_header(p, shard=i)
+            no = h.metadata.get("split.no")
+            if no != i or h.metadata.get("split.count") != count:
+                raise GGUFFormatError(
+                    f"{p}: shard says split.no={no!r} split.count={h.metadata.get('split.count')!r}, "
+                    f"expected {i} of {count}",
+                    hint="shards from different downloads or quantizations were mixed",
+                )
+            shards.append(h)
+    tensors: list[TensorInfo] = []
+    seen: set[str] = set()
+    for h in shards:
+        for t in h.tensors:
+            if t.name in seen:
+                raise GGUFFormatError(f"{h.path}: tensor {t.name!r} also appears in another shard")
+            seen.add(t.name)
+            tensors.append(t)
+    expected = first.metadata.get("split.tensors.count")
+    if count > 1 and isinstance(expected, int) and expected != len(tensors):
+        raise GGUFFormatError(
+            f"{path}: shards hold {len(tensors)} tensors, split.tensors.count says {expected}"
+        )
+    return GGUFModelFiles(shards=shards, tensors=tensors)
+
+
+def iter_layer_tensors(tensors: list[TensorInfo]) -> Iterator[tuple[int | None, str, TensorInfo]]:
+    """Yield (layer index or None, name inside the block, tensor) for every tensor."""
+    for t in tensors:
+        if t.name.startswith("blk."):
+            parts = t.name.split(".", 2)
+            if len(parts) == 3 and parts[1].isdigit():
+                yield int(parts[1]), parts[2], t
+                continue
+        yield None, t.name, t

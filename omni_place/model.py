@@ -1,0 +1,613 @@
+"""ModelProfile: what every tensor and layer of a GGUF model costs in memory, per engine rule.
+
+Everything here is derived from the header alone (see :mod:`omni_place.gguf`). The rules mirror
+llama.cpp (vendored in llama-cpp-python 0.3.36, close to b11434); the line references point there:
+
+- weight bytes as stored (``ggml_nbytes``) and as allocated: CUDA pads the last row of quantized
+  tensors to a multiple of 512 elements and aligns to 128 B (``ggml-cuda.cu:903-920``); CPU and
+  RPC (a CPU backend behind a socket) align to 32 B with no padding.
+- the repeating-layer count is ``{arch}.block_count`` and includes NextN/MTP blocks; those blocks
+  take a layer slot but no KV cache (``llama-model.cpp`` create_memory filter ``il < n_layer()``).
+- KV cache per layer: ``row_size(type_k, n_embd_head_k * n_head_kv(il))`` (+ the same for V unless
+  MLA) times ``pad256(n_ctx)`` cells (``llama-kv-cache.cpp:180-260``, ``llama-context.cpp:290``);
+  SWA layers hold ``pad256(min(n_ctx, n_swa + n_ubatch))`` cells unless ``swa_full``
+  (``llama-kv-cache-iswa.cpp:69-81``); recurrent layers hold ctx-independent F32 state
+  (``llama-memory-recurrent.cpp``).
+"""
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from enum import Enum
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Iterable
+
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+
+from .errors import GGUFFormatError, InvalidArgumentError, UnsupportedModelError
+from .gguf import GGUFModelFiles, LongArray, TensorInfo, iter_layer_tensors, read_model_files
+
+MiB = 1 << 20
+GiB = 1 << 30
+
+CUDA_ROW_PADDING = 512  # MATRIX_ROW_PADDING, ggml-cuda/common.cuh
+BACKEND_ALIGNMENT = {"cuda": 128, "cpu": 32, "rpc": 32}
+KV_CELL_PADDING = 256  # n_ctx is padded to a multiple of 256 (llama-context.cpp:290)
+
+# KV cache element types a user can pick (-ctk / -ctv), by their llama.cpp names.
+KV_TYPES: dict[str, GGMLQuantizationType] = {
+    "f32": GGMLQuantizationType.F32,
+    "f16": GGMLQuantizationType.F16,
+    "bf16": GGMLQuantizationType.BF16,
+    "q8_0": GGMLQuantizationType.Q8_0,
+    "q5_1": GGMLQuantizationType.Q5_1,
+    "q5_0": GGMLQuantizationType.Q5_0,
+    "q4_1": GGMLQuantizationType.Q4_1,
+    "q4_0": GGMLQuantizationType.Q4_0,
+    "iq4_nl": GGMLQuantizationType.IQ4_NL,
+}
+
+
+class Role(str, Enum):
+    """What a tensor is for, as far as placement is concerned."""
+
+    EMBEDDING = "embedding"  # token_embd & co: always on the CPU in llama.cpp
+    OUTPUT = "output"  # output head: on the output device (the last layer slot)
+    OUTPUT_NORM = "output_norm"
+    ATTENTION = "attention"  # incl. MLA projections and attention sinks
+    NORM = "norm"
+    FFN = "ffn"  # dense feed-forward
+    SHARED_EXPERT = "shared_expert"
+    ROUTED_EXPERT = "routed_expert"  # ffn_{gate,up,down,gate_up}_exps: what -ot / --n-cpu-moe move
+    ROUTER = "router"  # ffn_gate_inp, exp_probs_b
+    NEXTN = "nextn"  # NextN/MTP-only tensors (eh_proj, enorm, hnorm, shared_head_*)
+    RECURRENT = "recurrent"  # SSM / linear-attention state projections
+    OTHER = "other"  # known tensors that need no special treatment (rope_freqs, ...)
+    UNKNOWN = "unknown"  # not recognised: reported, priced with its layer
+
+
+# The one table of tensor roles: (regex on the name inside "blk.N." without .weight/.bias, role).
+# First match wins; order matters (norms before attention, shared experts before dense FFN).
+LAYER_ROLE_RULES: tuple[tuple[re.Pattern[str], Role], ...] = tuple(
+    (re.compile(p), r)
+    for p, r in (
+        (r"^nextn\.", Role.NEXTN),
+        (r"^ffn_(gate|up|down|gate_up)_(ch)?exps$", Role.ROUTED_EXPERT),
+        (r"^ffn_(gate_inp|exp_probs_b)$|^exp_probs_b$", Role.ROUTER),
+        (r"^ffn_(gate|up|down|gate_inp)_shexp$", Role.SHARED_EXPERT),
+        (r"(^|_)norm(_\d+)?$|^(attn|ffn)_(q_|k_|kv_a_|q_a_|post_)?norm", Role.NORM),
+        (r"^attn_", Role.ATTENTION),
+        (r"^ffn_(gate|up|down|gate_up)$", Role.FFN),
+        (r"^(ssm_|time_mix_|channel_mix_|shortconv)", Role.RECURRENT),
+        (r"^(rope_freqs|layer_output_scale|altup_|laurel_)", Role.OTHER),
+    )
+)
+GLOBAL_ROLES: dict[str, Role] = {
+    "token_embd": Role.EMBEDDING,
+    "token_embd_norm": Role.EMBEDDING,
+    "token_types": Role.EMBEDDING,
+    "position_embd": Role.EMBEDDING,
+    "per_layer_token_embd": Role.EMBEDDING,
+    "output": Role.OUTPUT,
+    "output_norm": Role.OUTPUT_NORM,
+    "rope_freqs": Role.OTHER,
+}
+# Tensors that stay with the layer's home device (everything but routed experts).
+DENSE_ROLES = frozenset(set(Role) - {Role.ROUTED_EXPERT, Role.EMBEDDING, Role.OUTPUT, Role.OUTPUT_NORM})
+
+
+def _strip_suffix(name: str) -> str:
+    for suffix in (".weight", ".bias", ".scale", ".scales"):
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def classify(layer: int | None, inner_name: str) -> Role:
+    """Role of a tensor from its name (``inner_name`` is the part after ``blk.N.``)."""
+    base = _strip_suffix(inner_name)
+    if layer is None:
+        return GLOBAL_ROLES.get(base, Role.UNKNOWN)
+    for pattern, role in LAYER_ROLE_RULES:
+        if pattern.search(base):
+            return role
+    return Role.UNKNOWN
+
+
+def _type_sizes(ggml_type: int) -> tuple[int, int]:
+    return GGML_QUANT_SIZES[GGMLQuantizationType(ggml_type)]
+
+
+def row_bytes(ggml_type: int, n: int) -> int:
+    """``ggml_row_size``: bytes of ``n`` consecutive elements of a type."""
+    block, size = _type_sizes(ggml_type)
+    return n // block * size
+
+
+def align_up(n: int, alignment: int) -> int:
+    return -(-n // alignment) * alignment
+
+
+def alloc_bytes(t: TensorInfo, backend: str) -> int:
+    """Bytes the engine allocates for a weight on a backend ('cuda', 'cpu' or 'rpc')."""
+    size = t.n_bytes
+    if backend == "cuda":
+        block, _ = _type_sizes(t.ggml_type)
+        if block > 1 and t.shape[0] % CUDA_ROW_PADDING:
+            size += row_bytes(t.ggml_type, CUDA_ROW_PADDING - t.shape[0] % CUDA_ROW_PADDING)
+    try:
+        return align_up(size, BACKEND_ALIGNMENT[backend])
+    except KeyError:
+        raise InvalidArgumentError(f"unknown backend {backend!r} (cuda, cpu, rpc)") from None
+
+
+@dataclass(frozen=True)
+class TensorRecord:
+    """A tensor with its placement role. ``layer`` is None for non-layer tensors."""
+
+    name: str
+    layer: int | None
+    role: Role
+    info: TensorInfo
+    n_expert: int = 0  # > 0 for routed-expert tensors: experts stacked in the last dimension
+
+    @property
+    def bytes(self) -> int:
+        return self.info.n_bytes
+
+    @property
+    def bytes_per_expert(self) -> int:
+        return self.info.n_bytes // self.n_expert if self.n_expert else 0
+
+    def alloc_bytes(self, backend: str) -> int:
+        return alloc_bytes(self.info, backend)
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {
+            "name": self.name,
+            "layer": self.layer,
+            "role": self.role.value,
+            "type": self.info.type_name,
+            "shape": list(self.info.shape),
+            "bytes": self.bytes,
+            "bytes_cuda": self.alloc_bytes("cuda"),
+        }
+        if self.n_expert:
+            d["n_expert"] = self.n_expert
+            d["bytes_per_expert"] = self.bytes_per_expert
+        return d
+
+
+@dataclass(frozen=True)
+class HParams:
+    """The hyper-parameters the memory and speed models need, read from GGUF metadata."""
+
+    n_layer: int  # block_count: repeating layers incl. NextN blocks (= layer slots before the output)
+    n_layer_nextn: int
+    n_embd: int
+    n_head: tuple[int, ...]  # per layer
+    n_head_kv: tuple[int, ...]  # per layer; 0 marks a recurrent layer in hybrid models
+    head_dim_k: int
+    head_dim_v: int
+    n_vocab: int
+    n_ctx_train: int
+    n_expert: int
+    n_expert_used: int
+    n_ff: tuple[int, ...]  # per layer dense FFN width (0 if none)
+    n_ff_exp: int
+    n_layer_dense_lead: int
+    is_mla: bool
+    kv_lora_rank: int
+    n_rot: int
+    n_swa: int
+    is_swa: tuple[bool, ...]
+    ssm_d_conv: int = 0
+    ssm_d_inner: int = 0
+    ssm_d_state: int = 0
+    ssm_n_group: int = 0
+
+    @property
+    def n_layer_kv(self) -> int:
+        """Layers that can hold a KV cache (NextN blocks are filtered out of the main context)."""
+        return self.n_layer - self.n_layer_nextn
+
+
+@dataclass(frozen=True)
+class ArchSpec:
+    """What an architecture needs beyond the generic GQA rules. ``verified`` archs are checked
+    against the real engine in tests/test_model_engine.py."""
+
+    swa_pattern: int = 0  # default sliding_window_pattern (n: layer il is SWA iff il % n < n-1)
+    swa_dense_first: bool = False
+    recurrent: bool = False  # every layer is recurrent (mamba)
+    verified: bool = False
+
+
+# The one table of architectures the memory model knows. Others with standard attention keys are
+# priced with the generic GQA rules and reported as "generic" (not verified against the engine).
+ARCHITECTURES: dict[str, ArchSpec] = {
+    "llama": ArchSpec(verified=True),
+    "qwen2": ArchSpec(verified=True),
+    "qwen3": ArchSpec(verified=True),
+    "qwen3moe": ArchSpec(verified=True),
+    "qwen2moe": ArchSpec(),
+    "deepseek2": ArchSpec(verified=True),
+    "glm4moe": ArchSpec(verified=True),
+    "gpt-oss": ArchSpec(swa_pattern=2, verified=True),
+    "gemma3": ArchSpec(swa_pattern=6, verified=True),
+    "gemma2": ArchSpec(swa_pattern=2),
+    "mistral3": ArchSpec(),
+    "mamba": ArchSpec(recurrent=True),
+    "mamba2": ArchSpec(recurrent=True),
+    "jamba": ArchSpec(),
+    "granitehybrid": ArchSpec(),
+    "nemotron_h": ArchSpec(),
+}
+# Architectures whose memory layout is known to differ from what this module models.
+NOT_COVERED = {
+    "rwkv6", "rwkv7", "arwkv7", "rwkv6qwen2", "lfm2", "lfm2moe", "qwen3next", "qwen35", "qwen35moe",
+    "kimi-linear", "gemma3n", "gemma4", "minimax-m3", "deepseek32", "glm-dsa", "t5", "t5encoder",
+    "bert", "nomic-bert", "jina-bert-v2", "whisper", "falcon-h1",
+}
+
+
+def _meta(md: dict[str, Any], key: str, default: Any = None) -> Any:
+    v = md.get(key, default)
+    return default if isinstance(v, LongArray) else v
+
+
+def _int(md: dict[str, Any], key: str, default: int | None = None) -> int:
+    v = _meta(md, key, default)
+    if v is None:
+        raise UnsupportedModelError(f"metadata key {key!r} is missing", hint="the GGUF is incomplete or too old")
+    if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+        raise GGUFFormatError(f"metadata key {key!r} = {v!r} is not a non-negative integer")
+    return v
+
+
+def _per_layer(md: dict[str, Any], key: str, n: int, default: int | None) -> tuple[int, ...]:
+    v = _meta(md, key, default)
+    if isinstance(v, list):
+        if len(v) != n or not all(isinstance(x, int) and x >= 0 for x in v):
+            raise GGUFFormatError(f"metadata key {key!r} must hold {n} non-negative integers")
+        return tuple(v)
+    return (_int(md, key, default),) * n
+
+
+def read_hparams(arch: str, md: dict[str, Any], n_vocab_fallback: int) -> HParams:
+    a = arch
+    n_layer = _int(md, f"{a}.block_count")
+    if not 1 <= n_layer <= 4096:
+        raise GGUFFormatError(f"{a}.block_count = {n_layer} is out of range (1..4096)")
+    n_embd = _int(md, f"{a}.embedding_length")
+    n_head = _per_layer(md, f"{a}.attention.head_count", n_layer, 0)
+    n_head_kv = _per_layer(md, f"{a}.attention.head_count_kv", n_layer, max(n_head) if n_head else 0)
+    h0 = max(n_head) if n_head else 0
+    head_dim_k = _int(md, f"{a}.attention.key_length", n_embd // h0 if h0 else 0)
+    head_dim_v = _int(md, f"{a}.attention.value_length", n_embd // h0 if h0 else 0)
+    k_mla = _int(md, f"{a}.attention.key_length_mla", 0)
+    v_mla = _int(md, f"{a}.attention.value_length_mla", 0)
+    n_vocab = _meta(md, f"{a}.vocab_size") or n_vocab_fallback
+    n_expert = _int(md, f"{a}.expert_count", 0)
+    spec = ARCHITECTURES.get(arch, ArchSpec())
+    n_swa = _int(md, f"{a}.attention.sliding_window", 0)
+    pattern = md.get(f"{a}.attention.sliding_window_pattern")
+    n_nextn = _int(md, f"{a}.nextn_predict_layers", 0)
+    n_main = n_layer - n_nextn
+    if isinstance(pattern, list):
+        if len(pattern) < n_main:
+            raise GGUFFormatError(f"{a}.attention.sliding_window_pattern has {len(pattern)} entries, need {n_main}")
+        is_swa = tuple(bool(x) for x in pattern[:n_main]) + (False,) * n_nextn
+    else:
+        n_pat = pattern if isinstance(pattern, int) and not isinstance(pattern, bool) else spec.swa_pattern
+        if n_swa and n_pat:
+            if spec.swa_dense_first:
+                is_swa = tuple(il % n_pat != 0 for il in range(n_main))
+            else:
+                is_swa = tuple(il % n_pat < n_pat - 1 for il in range(n_main))
+            is_swa += (False,) * n_nextn
+        else:
+            is_swa = (False,) * n_layer
+    return HParams(
+        n_layer=n_layer,
+        n_layer_nextn=n_nextn,
+        n_embd=n_embd,
+        n_head=n_head,
+        n_head_kv=n_head_kv,
+        head_dim_k=head_dim_k,
+        head_dim_v=head_dim_v,
+        n_vocab=int(n_vocab),
+        n_ctx_train=_int(md, f"{a}.context_length", 0),
+        n_expert=n_expert,
+        n_expert_used=_int(md, f"{a}.expert_used_count", 0),
+        n_ff=_per_layer(md, f"{a}.feed_forward_length", n_layer, 0),
+        n_ff_exp=_int(md, f"{a}.expert_feed_forward_length", 0),
+        n_layer_dense_lead=_int(md, f"{a}.leading_dense_block_count", 0),
+        is_mla=bool(k_mla and v_mla),
+        kv_lora_rank=_int(md, f"{a}.attention.kv_lora_rank", 0),
+        n_rot=_int(md, f"{a}.rope.dimension_count", head_dim_k),
+        n_swa=n_swa,
+        is_swa=is_swa,
+        ssm_d_conv=_int(md, f"{a}.ssm.conv_kernel", 0),
+        ssm_d_inner=_int(md, f"{a}.ssm.inner_size", 0),
+        ssm_d_state=_int(md, f"{a}.ssm.state_size", 0),
+        ssm_n_group=_int(md, f"{a}.ssm.group_count", 0),
+    )
+
+
+@dataclass(frozen=True)
+class LayerCost:
+    """Bytes of one repeating layer, split the way the optimizer decides on them."""
+
+    index: int
+    is_nextn: bool
+    dense: dict[str, int]  # backend -> bytes of everything that stays with the layer's device
+    experts: dict[str, int]  # backend -> bytes of routed-expert tensors
+    expert_tensors: tuple[TensorRecord, ...]
+    stored_bytes: int
+
+    @property
+    def has_experts(self) -> bool:
+        return bool(self.expert_tensors)
+
+
+@dataclass
+class ModelProfile:
+    """Per-tensor and per-layer memory costs of a GGUF model, from its header only."""
+
+    path: Path
+    architecture: str
+    name: str
+    hparams: HParams
+    tensors: list[TensorRecord]
+    n_shards: int
+    tied_output: bool
+    metadata: dict[str, Any] = field(repr=False, default_factory=dict)
+
+    # -- tensors and layers ---------------------------------------------------------------
+    @property
+    def n_layer(self) -> int:
+        """Repeating layers (``block_count``), NextN blocks included: the engine's layer slots."""
+        return self.hparams.n_layer
+
+    @property
+    def total_bytes(self) -> int:
+        """Weight bytes as stored in the file(s)."""
+        return sum(t.bytes for t in self.tensors)
+
+    @property
+    def unknown_tensors(self) -> list[str]:
+        return [t.name for t in self.tensors if t.role is Role.UNKNOWN]
+
+    @property
+    def coverage(self) -> str:
+        """'verified', 'generic' or 'not covered': how far the KV/memory rules are proven."""
+        if self.architecture in NOT_COVERED:
+            return "not covered"
+        spec = ARCHITECTURES.get(self.architecture)
+        return "verified" if spec and spec.verified else "generic"
+
+    @cached_property
+    def layers(self) -> list[LayerCost]:
+        per: list[list[TensorRecord]] = [[] for _ in range(self.n_layer)]
+        for t in self.tensors:
+            if t.layer is not None:
+                per[t.layer].append(t)
+        out = []
+        first_nextn = self.n_layer - self.hparams.n_layer_nextn
+        for il, ts in enumerate(per):
+            exps = tuple(t for t in ts if t.role is Role.ROUTED_EXPERT)
+            dense = [t for t in ts if t.role is not Role.ROUTED_EXPERT]
+            out.append(
+                LayerCost(
+                    index=il,
+                    is_nextn=il >= first_nextn,
+                    dense={b: sum(t.alloc_bytes(b) for t in dense) for b in BACKEND_ALIGNMENT},
+                    experts={b: sum(t.alloc_bytes(b) for t in exps) for b in BACKEND_ALIGNMENT},
+                    expert_tensors=exps,
+                    stored_bytes=sum(t.bytes for t in ts),
+                )
+            )
+        return out
+
+    def role_tensors(self, *roles: Role) -> list[TensorRecord]:
+        return [t for t in self.tensors if t.role in roles]
+
+    def output_bytes(self, backend: str) -> int:
+        """Bytes of the output slot (head + final norm) on the output device; a tied head is a
+        second copy of token_embd there (except on the CPU, where both map the same file data)."""
+        n = sum(t.alloc_bytes(backend) for t in self.role_tensors(Role.OUTPUT, Role.OUTPUT_NORM))
+        if self.tied_output and backend != "cpu":
+            n += sum(t.alloc_bytes(backend) for t in self.tensors if t.name == "token_embd.weight")
+        return n
+
+    def input_bytes(self) -> int:
+        """Bytes that always stay on the CPU (token embeddings)."""
+        return sum(t.alloc_bytes("cpu") for t in self.role_tensors(Role.EMBEDDING))
+
+    # -- KV cache ---------------------------------------------------------------------------
+    def kv_cells(self, ctx: int, n_seq: int = 1) -> int:
+        if ctx <= 0:
+            raise InvalidArgumentError(f"context length must be positive, got {ctx}", hint="use --ctx 4096 or larger")
+        if ctx > 1 << 24:
+            raise InvalidArgumentError(f"context length {ctx} is beyond 16M tokens", hint="check --ctx")
+        return align_up(max(1, ctx // n_seq), KV_CELL_PADDING) * n_seq
+
+    def kv_layer_bytes(
+        self,
+        ctx: int,
+        type_k: str = "f16",
+        type_v: str | None = None,
+        *,
+        n_seq: int = 1,
+        swa_full: bool = False,
+        n_ubatch: int = 512,
+        flash_attn: bool = True,
+    ) -> list[int]:
+        """KV cache (or recurrent state) bytes of every layer slot, as llama.cpp allocates them."""
+        hp = self.hparams
+        if self.coverage == "not covered":
+            raise UnsupportedModelError(
+                f"the KV/state layout of architecture {self.architecture!r} is not modelled",
+                hint="covered: " + ", ".join(sorted(ARCHITECTURES)),
+            )
+        tk = _kv_type(type_k)
+        tv = _kv_type(type_v or type_k)
+        if tv not in (GGMLQuantizationType.F16, GGMLQuantizationType.F32, GGMLQuantizationType.BF16) and not flash_attn:
+            raise InvalidArgumentError("a quantized V cache needs flash attention", hint="add -fa on or use --kv-type f16")
+        cells = self.kv_cells(ctx, n_seq)  # all streams
+        per_stream = cells // n_seq
+        swa_cells = cells if swa_full else min(per_stream, align_up(hp.n_swa + n_ubatch, KV_CELL_PADDING)) * n_seq
+        spec = ARCHITECTURES.get(self.architecture, ArchSpec())
+        out: list[int] = []
+        v_width_max = max(
+            (hp.head_dim_v * h for il, h in enumerate(hp.n_head_kv) if il < hp.n_layer_kv and h), default=0
+        )
+        for il in range(hp.n_layer):
+            if il >= hp.n_layer_kv:
+                out.append(0)
+                continue
+            if spec.recurrent or (hp.n_head_kv[il] == 0 and hp.ssm_d_inner):
+                out.append(self._recurrent_state_bytes(n_seq))
+                continue
+            n_cells = swa_cells if hp.is_swa[il] else cells
+            k = row_bytes(tk, hp.head_dim_k * hp.n_head_kv[il]) * n_cells
+            if hp.is_mla:
+                out.append(k)  # MLA caches the latent only (no V)
+                continue
+            v_width = hp.head_dim_v * hp.n_head_kv[il] if flash_attn else v_width_max  # transposed V uses the max
+            out.append(k + row_bytes(tv, v_width) * n_cells)
+        return out
+
+    def _recurrent_state_bytes(self, n_seq: int) -> int:
+        hp = self.hparams
+        n_conv = max(hp.ssm_d_conv - 1, 0) * (hp.ssm_d_inner + 2 * hp.ssm_n_group * hp.ssm_d_state)
+        n_state = hp.ssm_d_state * hp.ssm_d_inner
+        return 4 * (n_conv + n_state) * max(1, n_seq)
+
+    def kv_bytes_per_token(self, type_k: str = "f16", type_v: str | None = None) -> float:
+        """KV bytes per context token summed over layers (full-attention layers at full size;
+        SWA layers counted as full too, i.e. the ``swa_full`` upper bound; recurrent state excluded)."""
+        tk, tv = _kv_type(type_k), _kv_type(type_v or type_k)
+        hp = self.hparams
+        total = 0
+        for il in range(hp.n_layer_kv):
+            if hp.n_head_kv[il] == 0:
+                continue
+            total += row_bytes(tk, hp.head_dim_k * hp.n_head_kv[il])
+            if not hp.is_mla:
+                total += row_bytes(tv, hp.head_dim_v * hp.n_head_kv[il])
+        return float(total)
+
+    # -- reporting --------------------------------------------------------------------------
+    def to_dict(self, ctx: int = 4096, kv_type: str = "f16", n_ubatch: int = 512, flash_attn: bool = True) -> dict[str, Any]:
+        from .compute import compute_buffer_estimate
+
+        hp = self.hparams
+        kv = self.kv_layer_bytes(ctx, kv_type, n_ubatch=n_ubatch, flash_attn=flash_attn)
+        layers = []
+        for lc, kvb in zip(self.layers, kv):
+            layers.append(
+                {
+                    "layer": lc.index,
+                    "nextn": lc.is_nextn,
+                    "bytes": lc.stored_bytes,
+                    "dense_bytes": lc.dense["cpu"],
+                    "expert_bytes": lc.experts["cpu"],
+                    "dense_bytes_cuda": lc.dense["cuda"],
+                    "expert_bytes_cuda": lc.experts["cuda"],
+                    "kv_bytes": kvb,
+                }
+            )
+        return {
+            "path": str(self.path),
+            "name": self.name,
+            "architecture": self.architecture,
+            "coverage": self.coverage,
+            "n_shards": self.n_shards,
+            "n_layer": hp.n_layer,
+            "n_layer_nextn": hp.n_layer_nextn,
+            "n_embd": hp.n_embd,
+            "n_vocab": hp.n_vocab,
+            "n_expert": hp.n_expert,
+            "n_expert_used": hp.n_expert_used,
+            "is_mla": hp.is_mla,
+            "n_swa": hp.n_swa,
+            "tied_output": self.tied_output,
+            "total_bytes": self.total_bytes,
+            "ctx": ctx,
+            "kv_type": kv_type,
+            "kv_bytes_per_token": self.kv_bytes_per_token(kv_type),
+            "kv_bytes": sum(kv),
+            "compute": compute_buffer_estimate(self, n_ctx=ctx, n_ubatch=n_ubatch, flash_attn=flash_attn).to_dict(),
+            "output_bytes": self.output_bytes("cpu"),
+            "input_bytes": self.input_bytes(),
+            "layers": layers,
+            "unknown_tensors": self.unknown_tensors,
+            "tensors": [t.to_dict() for t in self.tensors],
+        }
+
+
+def _kv_type(name: str) -> int:
+    try:
+        return int(KV_TYPES[name.lower()])
+    except KeyError:
+        raise InvalidArgumentError(
+            f"unknown KV cache type {name!r}", hint="use one of: " + ", ".join(KV_TYPES)
+        ) from None
+
+
+def _n_vocab_from_tokens(md: dict[str, Any]) -> int:
+    toks = md.get("tokenizer.ggml.tokens")
+    if isinstance(toks, (list, LongArray)):
+        return len(toks)
+    return 0
+
+
+def _expert_count(t: TensorInfo, n_expert: int) -> int:
+    # Routed-expert weights stack experts in the last dim; biases ([n_ff, n_expert]) too.
+    return t.shape[-1] if len(t.shape) >= 2 and t.shape[-1] == n_expert else 0
+
+
+def profile_from_files(files: GGUFModelFiles) -> ModelProfile:
+    md = files.metadata
+    arch = md.get("general.architecture")
+    if not isinstance(arch, str) or not arch:
+        raise GGUFFormatError(f"{files.path}: general.architecture is missing", hint="this GGUF is not a model file")
+    hp = read_hparams(arch, md, _n_vocab_from_tokens(md))
+    records: list[TensorRecord] = []
+    for layer, inner, info in iter_layer_tensors(files.tensors):
+        if layer is not None and layer >= hp.n_layer:
+            # Blocks past block_count go with the output device in the engine; report them.
+            records.append(TensorRecord(info.name, None, Role.UNKNOWN, info))
+            continue
+        role = classify(layer, inner)
+        n_exp = _expert_count(info, hp.n_expert) if role is Role.ROUTED_EXPERT else 0
+        records.append(TensorRecord(info.name, layer, role, info, n_exp))
+    names = {r.name for r in records}
+    return ModelProfile(
+        path=files.path,
+        architecture=arch,
+        name=str(md.get("general.name") or files.path.stem),
+        hparams=hp,
+        tensors=records,
+        n_shards=len(files.shards),
+        tied_output="output.weight" not in names,
+        metadata=md,
+    )
+
+
+def load_model(path: str | os.PathLike[str] | ModelProfile) -> ModelProfile:
+    """Read a GGUF model's header (single file or split shards; pass the first) into a profile."""
+    if isinstance(path, ModelProfile):
+        return path
+    return profile_from_files(read_model_files(path))
+
+
+def role_totals(tensors: Iterable[TensorRecord]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for t in tensors:
+        out[t.role.value] = out.get(t.role.value, 0) + t.bytes
+    return out
