@@ -18,6 +18,7 @@ import re
 import stat
 import struct
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -76,14 +77,14 @@ class TensorInfo:
     def type_name(self) -> str:
         return GGMLQuantizationType(self.ggml_type).name
 
-    @property
+    @cached_property
     def n_elements(self) -> int:
         n = 1
         for d in self.shape:
             n *= d
         return n
 
-    @property
+    @cached_property
     def n_bytes(self) -> int:
         """Bytes as stored in the file (``ggml_nbytes``)."""
         block, type_size = GGML_QUANT_SIZES[GGMLQuantizationType(self.ggml_type)]

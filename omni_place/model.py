@@ -398,16 +398,22 @@ class ModelProfile:
         out = []
         first_nextn = self.n_layer - self.hparams.n_layer_nextn
         for il, ts in enumerate(per):
+            is_nextn = il >= first_nextn
+            stored = sum(t.bytes for t in ts)
+            if is_nextn:
+                # NextN/MTP blocks load only with load_mtp (default false: TENSOR_SKIP, 0 bytes),
+                # but still take a layer slot (deepseek2.cpp / glm4-moe.cpp create_tensor flags)
+                ts = []
             exps = tuple(t for t in ts if t.role is Role.ROUTED_EXPERT)
             dense = [t for t in ts if t.role is not Role.ROUTED_EXPERT]
             out.append(
                 LayerCost(
                     index=il,
-                    is_nextn=il >= first_nextn,
+                    is_nextn=is_nextn,
                     dense={b: sum(t.alloc_bytes(b) for t in dense) for b in BACKEND_ALIGNMENT},
                     experts={b: sum(t.alloc_bytes(b) for t in exps) for b in BACKEND_ALIGNMENT},
                     expert_tensors=exps,
-                    stored_bytes=sum(t.bytes for t in ts),
+                    stored_bytes=stored,
                 )
             )
         return out

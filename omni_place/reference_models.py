@@ -114,6 +114,25 @@ REFERENCE_MODELS: dict[str, Callable[[], ModelSpec]] = {
 }
 
 
+def cache_dir() -> Path:
+    """Where generated reference headers live: $OMNI_PLACE_CACHE or ~/.cache/omni_place."""
+    base = os.environ.get("OMNI_PLACE_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "omni_place")
+    return Path(base) / "models"
+
+
+def cached_reference_model(name: str) -> Path:
+    """Path of the header-only GGUF of a reference model, written on first use."""
+    spec = REFERENCE_MODELS[name]()
+    path = cache_dir() / f"{name}.gguf"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        write_header_only(spec, tmp)
+        os.replace(tmp, path)
+    return path
+
+
 def _vocab(n_vocab: int) -> list[str]:
     # Distinct, realistic-length token strings (the header reader only needs their count).
     return [f"tok{i:06d}" for i in range(n_vocab)]

@@ -1,0 +1,427 @@
+"""The speed and memory model of a placement, and its translation into the core's arrays.
+
+A :class:`Placement` says, engine-neutrally, where every layer's home is (its dense part, KV
+cache and compute), which of its routed-expert tensors are overridden to the CPU, and where the
+output head goes. :func:`evaluate` prices a placement exactly in bytes and seconds; the same
+functions fill the arrays the C core optimizes over (:func:`build_problem`), so what the core
+minimizes and what a plan reports are one model.
+
+Decode (tg, batch 1) is memory-bound: each layer reads its dense weights, its KV cache up to
+``depth`` and ``k/N`` of its routed-expert bytes from the memory they sit in, at that memory's
+bandwidth times an efficiency; every hop of the activations between devices costs a graph split
+(scheduling + synchronisation) plus the link's latency and the ``n_embd`` F32 transfer.
+Prompt processing (pp, batches of ``n_ubatch``) is compute-bound on the GPUs; weights held by the
+CPU are streamed over PCIe to the first device per ubatch (llama.cpp's op offload for batches of
+32 or more; only the experts a ubatch touches) and computed there; RPC devices take no offload.
+
+The efficiencies and per-split costs are :class:`SpeedParams`; the defaults are typical figures
+(llama.cpp CUDA matvec reaches ~70-80 % of datasheet bandwidth, quantized matmul ~40-50 % of
+dense FP16 tensor peak, a CPU<->GPU graph split ~20-40 us) that ``omni-place calibrate`` refits
+per machine from llama-bench records.
+"""
+from __future__ import annotations
+
+import math
+from functools import cached_property
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, Sequence
+
+import numpy as np
+
+from .compute import ComputeEstimate, compute_buffer_estimate
+from .devices import Cluster, Device
+from .errors import ClusterError, InvalidArgumentError
+from .model import MiB, LayerCost, ModelProfile, Role, TensorRecord
+
+CPU = "CPU"
+GB = 1e9
+
+# Routed-expert tensor kinds as they appear in names (ffn_<kind>_exps / ffn_<kind>_chexps).
+EXPERT_KINDS = ("gate", "up", "down", "gate_up")
+# The per-layer expert options the optimizer chooses from: which kinds are overridden to the CPU.
+EXPERT_OPTIONS: tuple[frozenset[str], ...] = (
+    frozenset(),  # all experts with the layer
+    frozenset({"down"}),  # ffn_down_exps on the CPU
+    frozenset({"gate", "up", "gate_up"}),  # gate/up on the CPU, down with the layer
+    frozenset(EXPERT_KINDS),  # all experts on the CPU
+)
+
+
+def expert_kind(t: TensorRecord) -> str:
+    """'gate', 'up', 'down' or 'gate_up' for a routed-expert tensor name."""
+    inner = t.name.split(".", 2)[2]
+    return inner.split("_exps")[0].split("_chexps")[0].removeprefix("ffn_")
+
+
+@dataclass(frozen=True)
+class SpeedParams:
+    """Efficiencies and fixed costs of the speed model (fitted by calibration)."""
+
+    gpu_bw_eff: float = 0.75  # achieved / datasheet memory bandwidth in decode matvecs
+    cpu_bw_eff: float = 0.70  # achieved / nominal CPU memory bandwidth
+    rpc_bw_eff: float = 0.60  # RPC server backends (CPU backends over a socket)
+    gpu_compute_eff: float = 0.40  # achieved / dense FP16 tensor peak in prompt matmuls
+    cpu_tflops_per_core: float = 0.05  # achieved CPU TFLOPS per core in quantized matmuls
+    split_s: float = 25e-6  # cost of one graph split (sync + launch) per decoded token
+    pcie_latency_s: float = 10e-6  # default latency of a host<->GPU copy
+    op_offload_min_batch: int = 32  # GGML_OP_OFFLOAD_MIN_BATCH
+
+    def to_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where everything goes, engine-neutral. Layer homes are device names or ``"CPU"``."""
+
+    order: tuple[str, ...]  # accelerators in engine device order (the -dev list)
+    layer_home: tuple[str, ...]  # per layer slot
+    cpu_experts: tuple[frozenset[str], ...]  # per layer: expert kinds overridden to the CPU
+    output: str  # device holding the output head, or "CPU"
+    extra_overrides: tuple[tuple[str, str], ...] = ()  # (regex, device) the user gave that we model as-is
+
+    @property
+    def first(self) -> str | None:
+        return self.order[0] if self.order else None
+
+    def layers_on(self, name: str) -> list[int]:
+        return [il for il, h in enumerate(self.layer_home) if h == name]
+
+
+@dataclass
+class DeviceUsage:
+    """Memory of one device under a placement, in bytes."""
+
+    name: str
+    kind: str
+    weights_bytes: int = 0
+    kv_bytes: int = 0
+    compute_bytes: int = 0
+    capacity_bytes: int = 0  # usable: memory minus margin
+    margin_bytes: int = 0
+    n_layers: int = 0
+    holds_output: bool = False
+
+    @property
+    def used_bytes(self) -> int:
+        return self.weights_bytes + self.kv_bytes + self.compute_bytes
+
+    @property
+    def free_bytes(self) -> int:
+        return self.capacity_bytes - self.used_bytes
+
+    @property
+    def fits(self) -> bool:
+        # CPU weights are mmap'd page cache (they page from disk when RAM is short); the KV
+        # cache and compute buffers are allocated and must fit.
+        if self.kind == "cpu":
+            return self.kv_bytes + self.compute_bytes <= self.capacity_bytes
+        return self.used_bytes <= self.capacity_bytes
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "n_layers": self.n_layers,
+            "holds_output": self.holds_output,
+            "weights_bytes": self.weights_bytes,
+            "kv_bytes": self.kv_bytes,
+            "compute_bytes": self.compute_bytes,
+            "capacity_bytes": self.capacity_bytes,
+            "margin_bytes": self.margin_bytes,
+            "free_bytes": self.free_bytes,
+            "fits": self.fits,
+        }
+
+
+@dataclass
+class Prediction:
+    """Predicted speed with where the time goes (seconds per token, by device / activity)."""
+
+    tg_tps: float
+    pp_tps: float
+    tg_breakdown: dict[str, float] = field(default_factory=dict)
+    pp_breakdown: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "tg_tps": round(self.tg_tps, 3),
+            "pp_tps": round(self.pp_tps, 3),
+            "tg_ms_per_token": {k: round(v * 1e3, 4) for k, v in self.tg_breakdown.items()},
+            "pp_ms_per_token": {k: round(v * 1e3, 5) for k, v in self.pp_breakdown.items()},
+        }
+
+
+@dataclass(frozen=True)
+class Context:
+    """The run settings that change memory and speed."""
+
+    ctx: int = 4096
+    n_ubatch: int = 512
+    type_k: str = "f16"
+    type_v: str = "f16"
+    flash_attn: bool = True
+    depth: int = 0  # tokens already in the KV cache when decoding (llama-bench -d)
+    n_seq: int = 1
+
+
+def backend_of(dev: Device) -> str:
+    return {"gpu": "cuda", "rpc": "rpc", "cpu": "cpu"}[dev.kind]
+
+
+class CostModel:
+    """Exact bytes and predicted seconds for a (model, cluster, context); see the module doc."""
+
+    def __init__(self, model: ModelProfile, cluster: Cluster, context: Context,
+                 params: SpeedParams | None = None) -> None:
+        if cluster.cpu is None:
+            raise ClusterError(f"cluster {cluster.name!r} has no cpu device",
+                               hint="add a [[devices]] entry with kind = \"cpu\"")
+        self.model = model
+        self.cluster = cluster
+        self.context = context
+        self.params = params or SpeedParams()
+        self.cpu = cluster.cpu
+        self._devices = {d.name: d for d in cluster.devices}
+        c = context
+        self.kv = model.kv_layer_bytes(c.ctx, c.type_k, c.type_v, n_seq=c.n_seq,
+                                       n_ubatch=c.n_ubatch, flash_attn=c.flash_attn)
+        self.compute: ComputeEstimate = compute_buffer_estimate(
+            model, n_ctx=c.ctx, n_ubatch=c.n_ubatch, flash_attn=c.flash_attn, n_seq=c.n_seq)
+        hp = model.hparams
+        self.k_over_n = hp.n_expert_used / hp.n_expert if hp.n_expert else 0.0
+        b = self.n_tokens = self.compute.n_tokens
+        # Fraction of a layer's experts a ubatch touches (each token picks k of N).
+        self.expert_hit = 1.0 - (1.0 - self.k_over_n) ** b if hp.n_expert else 1.0
+        depth_cells = min(c.depth, c.ctx)
+        full_cells = model.kv_cells(c.ctx, c.n_seq)
+        self.kv_read = [kv * depth_cells / full_cells for kv in self.kv]
+        self.act_bytes = hp.n_embd * 4  # one token's activations (F32)
+        self._expert_split: list[dict[str, dict[str, int]]] = [self._split_experts(lc) for lc in model.layers]
+        self._params = [[0.0, 0.0] for _ in model.layers]  # (dense, routed-expert) parameters
+        for t in model.tensors:
+            if t.layer is not None:
+                self._params[t.layer][t.role is Role.ROUTED_EXPERT] += t.info.n_elements
+
+    # -- bytes ------------------------------------------------------------------------------
+    def _split_experts(self, lc: LayerCost) -> dict[str, dict[str, int]]:
+        """backend -> expert kind -> allocated bytes, plus 'stored' -> kind -> bytes."""
+        out: dict[str, dict[str, int]] = {}
+        for backend in ("cuda", "cpu", "rpc", "stored"):
+            per: dict[str, int] = {}
+            for t in lc.expert_tensors:
+                k = expert_kind(t)
+                per[k] = per.get(k, 0) + (t.bytes if backend == "stored" else t.alloc_bytes(backend))
+            out[backend] = per
+        return out
+
+    def expert_bytes(self, il: int, backend: str, kinds: frozenset[str] | None, on_cpu: bool) -> int:
+        """Bytes of layer ``il``'s expert tensors that are (on_cpu) / are not on the CPU."""
+        per = self._expert_split[il][backend]
+        if kinds is None:
+            return sum(per.values())
+        return sum(v for k, v in per.items() if (k in kinds) == on_cpu)
+
+    @cached_property
+    def op_offload_bytes(self) -> int:
+        """Bytes devices[0] reserves to receive one CPU-held weight during op offload: the largest
+        offloadable CPU tensor (its buffer is sized for the whole tensor)."""
+        sizes = [t.alloc_bytes("cuda") for t in self.model.tensors
+                 if t.layer is not None and t.role is not Role.NEXTN]
+        return max(sizes, default=0)
+
+    def usage(self, p: Placement) -> list[DeviceUsage]:
+        """Per-device memory of a placement: every accelerator of the order, then the CPU."""
+        m = self.model
+        out: dict[str, DeviceUsage] = {}
+        for name in p.order:
+            dev = self.device(name)
+            out[name] = DeviceUsage(name, dev.kind, capacity_bytes=dev.usable_bytes, margin_bytes=dev.margin_bytes)
+        cpu = self.cpu
+        cpu_use = out[CPU] = DeviceUsage(CPU, "cpu", capacity_bytes=cpu.usable_bytes, margin_bytes=cpu.margin_bytes)
+        cpu_use.weights_bytes += m.input_bytes()
+        for il, home in enumerate(p.layer_home):
+            use = out[home]
+            backend = "cpu" if home == CPU else backend_of(self.device(home))
+            lc = m.layers[il]
+            use.n_layers += 1
+            use.weights_bytes += lc.dense[backend]
+            use.kv_bytes += self.kv[il]
+            if home == CPU:
+                use.weights_bytes += self.expert_bytes(il, "cpu", None, False)
+            else:
+                use.weights_bytes += self.expert_bytes(il, backend, p.cpu_experts[il], False)
+                cpu_use.weights_bytes += self.expert_bytes(il, "cpu", p.cpu_experts[il], True)
+        out_use = out[p.output]
+        out_use.holds_output = True
+        out_backend = "cpu" if p.output == CPU else backend_of(self.device(p.output))
+        out_use.weights_bytes += m.output_bytes(out_backend)
+        for name in p.order:
+            use = out[name]
+            use.compute_bytes += self.compute.device_bytes(use.n_layers > 0, use.holds_output)
+        if p.order and self._has_cpu_weights(p) and self.device(p.order[0]).kind == "gpu":
+            out[p.order[0]].compute_bytes += self.op_offload_bytes
+        cpu_use.compute_bytes += self.compute.host + self.compute.device_bytes(cpu_use.n_layers > 0, p.output == CPU)
+        return list(out.values())
+
+    def _has_cpu_weights(self, p: Placement) -> bool:
+        return any(h == CPU for h in p.layer_home) or any(
+            p.cpu_experts[il] and self.model.layers[il].has_experts for il in range(len(p.layer_home)))
+
+    def device(self, name: str) -> Device:
+        dev = self._devices.get(name)
+        return dev if dev is not None else self.cluster.by_name(name)  # by_name raises the error
+
+    # -- seconds ----------------------------------------------------------------------------
+    def bandwidth(self, name: str) -> float:
+        """Achieved memory bandwidth in bytes/s."""
+        sp = self.params
+        if name == CPU:
+            return self.cpu.bandwidth_gbs * GB * sp.cpu_bw_eff
+        dev = self.device(name)
+        eff = sp.gpu_bw_eff if dev.kind == "gpu" else sp.rpc_bw_eff
+        return dev.bandwidth_gbs * GB * eff
+
+    def flops(self, name: str) -> float:
+        """Achieved FLOP/s for prompt matmuls."""
+        sp = self.params
+        if name == CPU:
+            return max(1, self.cpu.threads or 1) * sp.cpu_tflops_per_core * 1e12
+        dev = self.device(name)
+        if dev.kind == "rpc" or not dev.tflops:
+            # RPC servers here are CPU backends; an unknown GPU gets 10 TFLOPS (old consumer card)
+            tf = dev.tflops or (max(1, dev.threads or 8) * sp.cpu_tflops_per_core if dev.kind == "rpc" else 10.0)
+            return tf * 1e12 * (sp.gpu_compute_eff if dev.kind == "gpu" else 1.0)
+        return dev.tflops * 1e12 * sp.gpu_compute_eff
+
+    def link(self, name: str) -> tuple[float, float]:
+        """(bytes/s, latency s) of a device's path to the host."""
+        if name == CPU:
+            return (math.inf, 0.0)
+        dev = self.device(name)
+        gbs = dev.link_gbs or 16.0
+        lat = (dev.link_latency_us * 1e-6) if dev.link_latency_us is not None else self.params.pcie_latency_s
+        return (gbs * GB, lat)
+
+    def hop_tg(self, a: str, b: str) -> float:
+        """Seconds to move one token's activations from device a to device b (decode)."""
+        if a == b:
+            return 0.0
+        t = self.params.split_s
+        for name in (a, b):
+            if name != CPU:
+                bw, lat = self.link(name)
+                t += lat + self.act_bytes / bw
+        return t
+
+    def hop_pp(self, a: str, b: str) -> float:
+        """Per prompt token: the ubatch's activations cross once per ubatch."""
+        if a == b:
+            return 0.0
+        t = self.params.split_s / self.n_tokens
+        for name in (a, b):
+            if name != CPU:
+                bw, lat = self.link(name)
+                t += lat / self.n_tokens + self.act_bytes / bw
+        return t
+
+    def _layer_params(self, il: int) -> tuple[float, float]:
+        """(dense parameters, routed-expert parameters) of a layer."""
+        dense, experts = self._params[il]
+        return dense, experts
+
+    def layer_tg(self, il: int, home: str, cpu_kinds: frozenset[str]) -> dict[str, float]:
+        """Decode seconds of layer ``il`` by where they are spent."""
+        lc = self.model.layers[il]
+        stored = self._expert_split[il]["stored"]
+        dense_read = lc.dense["cpu"] + self.kv_read[il]
+        if home == CPU:
+            exp_read = sum(stored.values()) * self.k_over_n
+            return {CPU: (dense_read + exp_read) / self.bandwidth(CPU)}
+        on_dev = sum(v for k, v in stored.items() if k not in cpu_kinds) * self.k_over_n
+        on_cpu = sum(v for k, v in stored.items() if k in cpu_kinds) * self.k_over_n
+        out = {home: (dense_read + on_dev) / self.bandwidth(home)}
+        if on_cpu:
+            out[CPU] = on_cpu / self.bandwidth(CPU)
+            out["transfers"] = 2 * self.hop_tg(home, CPU)
+        return out
+
+    def layer_pp(self, il: int, home: str, cpu_kinds: frozenset[str], first: str | None) -> dict[str, float]:
+        """Prompt seconds per token of layer ``il`` by where they are spent."""
+        dense_p, exp_p = self._layer_params(il)
+        stored = self._expert_split[il]["stored"]
+        exp_total = sum(stored.values())
+        frac_cpu = (sum(v for k, v in stored.items() if k in cpu_kinds) / exp_total) if exp_total else 0.0
+        active_exp_flops = 2.0 * exp_p * self.k_over_n
+        dense_flops = 2.0 * dense_p
+        out: dict[str, float] = {}
+        if home == CPU:
+            cpu_flops, streamed = dense_flops + active_exp_flops, self.model.layers[il].dense["cpu"] + exp_total * self.expert_hit
+            out.update(self._cpu_weights_pp(cpu_flops, streamed, first))
+            return out
+        out[home] = (dense_flops + active_exp_flops * (1 - frac_cpu)) / self.flops(home)
+        if frac_cpu:
+            streamed = exp_total * frac_cpu * self.expert_hit
+            for k, v in self._cpu_weights_pp(active_exp_flops * frac_cpu, streamed, first).items():
+                out[k] = out.get(k, 0.0) + v
+            out["transfers"] = out.get("transfers", 0.0) + 2 * self.hop_pp(home, CPU)
+        return out
+
+    def _cpu_weights_pp(self, flops: float, streamed_bytes: float, first: str | None) -> dict[str, float]:
+        """CPU-held weights in a prompt batch: op-offloaded to ``first`` (a GPU) when the batch is
+        large enough, else computed by the CPU."""
+        first_dev = self.device(first) if first else None
+        if first_dev is not None and first_dev.kind == "gpu" and self.n_tokens >= self.params.op_offload_min_batch:
+            bw, _ = self.link(first)
+            return {first: flops / self.flops(first), "pcie_stream": streamed_bytes / self.n_tokens / bw}
+        return {CPU: flops / self.flops(CPU)}
+
+    def output_tg(self, name: str) -> float:
+        backend = "cpu" if name == CPU else backend_of(self.device(name))
+        return self.model.output_bytes(backend) / self.bandwidth(name)
+
+    def predict(self, p: Placement) -> Prediction:
+        """Decode and prompt tokens/s of a placement, with the time breakdown."""
+        tg: dict[str, float] = {}
+        pp: dict[str, float] = {}
+
+        def add(acc: dict[str, float], part: dict[str, float]) -> None:
+            for k, v in part.items():
+                acc[k] = acc.get(k, 0.0) + v
+
+        prev = CPU  # the embedding lookup runs on the CPU
+        for il, home in enumerate(p.layer_home):
+            if self.model.layers[il].is_nextn:
+                continue  # MTP blocks are not run when decoding without a draft
+            if home != prev:
+                add(tg, {"transfers": self.hop_tg(prev, home)})
+                add(pp, {"transfers": self.hop_pp(prev, home)})
+            add(tg, self.layer_tg(il, home, p.cpu_experts[il]))
+            add(pp, self.layer_pp(il, home, p.cpu_experts[il], p.first))
+            prev = home
+        if p.output != prev:
+            add(tg, {"transfers": self.hop_tg(prev, p.output)})
+        add(tg, {p.output: self.output_tg(p.output)})
+        t_tg = sum(tg.values())
+        t_pp = sum(pp.values())
+        return Prediction(1.0 / t_tg if t_tg > 0 else math.inf, 1.0 / t_pp if t_pp > 0 else math.inf, tg, pp)
+
+
+def placement_from_counts(model: ModelProfile, order: Sequence[str], n_cpu: int, counts: Sequence[int],
+                          options: Sequence[int] | None = None, output: str | None = None) -> Placement:
+    """Build a placement from a CPU prefix, per-device layer counts in order, and option indices."""
+    if n_cpu + sum(counts) != model.n_layer:
+        raise InvalidArgumentError(f"{n_cpu} CPU layers + {sum(counts)} device layers != {model.n_layer}")
+    homes: list[str] = [CPU] * n_cpu
+    for name, n in zip(order, counts):
+        homes += [name] * n
+    opts = list(options) if options is not None else [0] * model.n_layer
+    cpu_exp = tuple(EXPERT_OPTIONS[o] if h != CPU and o >= 0 else frozenset() for h, o in zip(homes, opts))
+    if output is None:
+        used = [n for n, c in zip(order, counts) if c > 0]
+        output = used[-1] if used else CPU
+    return Placement(tuple(order), tuple(homes), cpu_exp, output)
+
+
+__all__ = ["CPU", "Context", "CostModel", "DeviceUsage", "EXPERT_OPTIONS", "Placement", "Prediction",
+           "SpeedParams", "placement_from_counts", "replace", "np", "MiB"]

@@ -1,0 +1,4 @@
+"""Engine flag dialects, one module each (one source of truth per dialect)."""
+from . import llama_cpp
+
+__all__ = ["llama_cpp"]

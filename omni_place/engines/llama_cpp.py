@@ -1,0 +1,352 @@
+"""Mainline llama.cpp's placement flags: from a Placement to exact flags, and back.
+
+Layer split (ENGINE_FACTS §1.2-1.3, ``src/llama-model.cpp`` load_tensors): ``n_layer + 1`` slots
+(the repeating layers, NextN blocks included, then the output head); GPU slots are the last
+``-ngl``; slot ``j`` of ``act`` goes to the first device whose cumulative ``-ts`` fraction is
+strictly greater than ``j/act`` (float32). Exact counts ``L_d``: ``-ngl ΣL_d+1``,
+``-ts L_0,...,L_last+1``. Overrides (``-ot``) are ECMAScript ``regex_search`` on full tensor
+names, first match wins, and move weights only.
+
+Tools differ in separators: llama-server/llama-cli take ``-ts a,b`` and ``-ot a=X,b=Y``;
+llama-bench takes ``-ts a/b`` and ``-ot a=X;b=Y`` (a comma there starts another test).
+"""
+from __future__ import annotations
+
+import re
+import shlex
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+
+from ..cost import CPU, EXPERT_KINDS, Placement, expert_kind
+from ..errors import InvalidArgumentError
+from ..model import ModelProfile, Role
+
+NAME = "llama.cpp"
+TOOLS = ("server", "cli", "bench")
+_KIND_REGEX = {
+    frozenset(EXPERT_KINDS): r"ffn_(up|down|gate|gate_up)_(ch|)exps",
+    frozenset({"down"}): r"ffn_down_(ch|)exps",
+    frozenset({"gate", "up", "gate_up"}): r"ffn_(up|gate|gate_up)_(ch|)exps",
+}
+
+
+@dataclass
+class EngineArgs:
+    """The placement part of a llama.cpp command line, tool-independent."""
+
+    n_gpu_layers: int
+    tensor_split: list[int]
+    devices: list[str]
+    overrides: list[tuple[str, str]] = field(default_factory=list)
+
+    def args(self, tool: str = "server", *, ctx: int | None = None, n_ubatch: int | None = None,
+             type_k: str = "f16", type_v: str = "f16", flash_attn: bool = True) -> list[str]:
+        if tool not in TOOLS:
+            raise InvalidArgumentError(f"unknown tool {tool!r}", hint="use one of: " + ", ".join(TOOLS))
+        bench = tool == "bench"
+        out: list[str] = []
+        if self.devices:
+            out += ["-dev", ("/" if bench else ",").join(self.devices)]
+        out += ["-ngl", str(self.n_gpu_layers)]
+        if self.tensor_split:
+            out += ["-ts", ("/" if bench else ",").join(str(x) for x in self.tensor_split)]
+        if self.overrides:
+            out += ["-ot", (";" if bench else ",").join(f"{p}={b}" for p, b in self.overrides)]
+        if ctx is not None and not bench:
+            out += ["-c", str(ctx)]
+        if n_ubatch is not None:
+            out += ["-ub", str(n_ubatch)]
+        if type_k != "f16":
+            out += ["-ctk", type_k]
+        if type_v != "f16":
+            out += ["-ctv", type_v]
+        out += ["-fa", ("1" if flash_attn else "0") if bench else ("on" if flash_attn else "off")]
+        return out
+
+
+def _digit_range(lo: int, hi: int) -> str:
+    return str(lo) if lo == hi else f"[{lo}-{hi}]"
+
+
+def _range_regex(a: int, b: int) -> list[str]:
+    """Alternatives matching exactly the integers a..b (no leading zeros)."""
+    out: list[str] = []
+    n = a
+    while n <= b:
+        # the largest block [n, n + 10**k - 1] aligned on 10**k that fits in [n, b]
+        k = 0
+        while n % 10 ** (k + 1) == 0 and n + 10 ** (k + 1) - 1 <= b and n > 0:
+            k += 1
+        if k == 0:
+            # run of single digits sharing the prefix n // 10
+            end = min(b, n - n % 10 + 9)
+            prefix = str(n // 10) if n >= 10 else ""
+            out.append(prefix + _digit_range(n % 10, end % 10))
+            n = end + 1
+        else:
+            prefix = str(n // 10 ** k)
+            out.append(prefix + r"\d" * k if k < 2 else prefix + r"\d{%d}" % k)
+            n += 10 ** k
+    return out
+
+
+def layer_regex(layers: Sequence[int]) -> str:
+    """An anchored regex matching exactly these block numbers: ``blk\\.([3-9]|1[0-6]|20)\\.``."""
+    nums = sorted(set(layers))
+    alts: list[str] = []
+    start = prev = nums[0]
+    for n in nums[1:] + [None]:  # type: ignore[list-item]
+        if n is not None and n == prev + 1:
+            prev = n
+            continue
+        alts += _range_regex(start, prev)
+        if n is not None:
+            start = prev = n
+    body = "|".join(alts)
+    return rf"blk\.({body})\." if len(alts) > 1 or not body.isdigit() else rf"blk\.{body}\."
+
+
+def encode(model: ModelProfile, p: Placement, default_order: Sequence[str]) -> EngineArgs:
+    """Exact llama.cpp flags for a placement (contiguous layer ranges in device order)."""
+    counts = [len(p.layers_on(name)) for name in p.order]
+    n_dev_layers = sum(counts)
+    overrides: list[tuple[str, str]] = []
+    by_kinds: dict[frozenset[str], list[int]] = {}
+    for il, kinds in enumerate(p.cpu_experts):
+        if kinds and p.layer_home[il] != CPU and model.layers[il].has_experts:
+            by_kinds.setdefault(frozenset(kinds), []).append(il)
+    for kinds, layers in sorted(by_kinds.items(), key=lambda kv: kv[1][0]):
+        regex = _KIND_REGEX.get(kinds)
+        if regex is None:
+            raise InvalidArgumentError(f"no override pattern for expert kinds {sorted(kinds)}")
+        overrides.append((layer_regex(layers) + regex, "CPU"))
+    overrides += list(p.extra_overrides)
+    used = [n for n, c in zip(p.order, counts) if c > 0]
+    output_natural = used[-1] if used else None
+    if n_dev_layers == 0:
+        if p.output == CPU:
+            return EngineArgs(0, [], list(p.order) if list(p.order) != list(default_order) else [], overrides)
+        # -ngl 1: only the output slot is offloaded, to the last device with a share
+        ts = [0] * len(p.order)
+        ts[p.order.index(p.output)] = 1
+        return EngineArgs(1, ts, _dev_flag(p.order, default_order), overrides)
+    ts = list(counts)
+    last = max(i for i, c in enumerate(counts) if c > 0)
+    ts[last] += 1
+    if p.output != output_natural:
+        overrides.append((r"^output\.", p.output))
+    # drop trailing zero shares of devices that get nothing: they would still get a backend
+    return EngineArgs(n_dev_layers + 1, ts, _dev_flag(p.order, default_order), overrides)
+
+
+def _dev_flag(order: Sequence[str], default_order: Sequence[str]) -> list[str]:
+    return [] if list(order) == list(default_order) else list(order)
+
+
+# --- the engine's own rules, for `check` ------------------------------------------------------
+
+def assign_layers(n_slots: int, n_gpu_layers: int, tensor_split: Sequence[float] | None,
+                  n_devices: int, free_mem: Sequence[float] | None = None) -> list[int]:
+    """Device index of every slot (-1 = CPU), last entry = output, exactly as load_tensors does
+    it in float32 (the same arithmetic as ENGINE_FACTS' split_emulator.py)."""
+    n_layer = n_slots - 1
+    if n_gpu_layers < 0:
+        n_gpu_layers = n_layer + 1
+    ts = list(tensor_split or [])[:n_devices] + [0.0] * max(0, n_devices - len(tensor_split or []))
+    all_zero = all(x == 0 for x in ts)
+    src = free_mem if all_zero else ts
+    if all_zero and free_mem is None:
+        src = [1.0] * n_devices
+    splits = np.cumsum(np.asarray(src, dtype=np.float32), dtype=np.float32)
+    if n_devices:
+        splits = (splits / splits[-1]).astype(np.float32)
+    i_gpu_start = max(n_layer + 1 - n_gpu_layers, 0)
+    act = 0 if n_devices == 0 else min(n_gpu_layers, n_layer + 1)
+    out = []
+    for il in range(n_layer + 1):
+        if il < i_gpu_start or il - i_gpu_start >= act:
+            out.append(-1)
+            continue
+        frac = np.float32(np.float32(il - i_gpu_start) / np.float32(act))
+        out.append(int(np.searchsorted(splits, frac, side="right")))
+    return out
+
+
+@dataclass
+class ParsedArgs:
+    """What a user's llama.cpp command line says about placement and context."""
+
+    n_gpu_layers: int = -1
+    tensor_split: list[float] | None = None
+    devices: list[str] | None = None
+    overrides: list[tuple[str, str]] = field(default_factory=list)
+    ctx: int | None = None
+    n_ubatch: int = 512
+    type_k: str = "f16"
+    type_v: str = "f16"
+    flash_attn: bool | None = None
+    split_mode: str = "layer"
+    rpc: list[str] = field(default_factory=list)
+
+
+_FLAG_ALIASES = {
+    "-ngl": "ngl", "--gpu-layers": "ngl", "--n-gpu-layers": "ngl",
+    "-ts": "ts", "--tensor-split": "ts",
+    "-dev": "dev", "--device": "dev",
+    "-ot": "ot", "--override-tensor": "ot",
+    "-cmoe": "cmoe", "--cpu-moe": "cmoe",
+    "-ncmoe": "ncmoe", "--n-cpu-moe": "ncmoe",
+    "-c": "ctx", "--ctx-size": "ctx",
+    "-ub": "ub", "--ubatch-size": "ub",
+    "-ctk": "ctk", "--cache-type-k": "ctk",
+    "-ctv": "ctv", "--cache-type-v": "ctv",
+    "-fa": "fa", "--flash-attn": "fa",
+    "-sm": "sm", "--split-mode": "sm",
+    "--rpc": "rpc", "-rpc": "rpc",
+}
+_NO_VALUE = {"cmoe"}
+
+
+def parse_args(argv: Sequence[str]) -> ParsedArgs:
+    """Parse the placement flags of a llama-server / llama-cli / llama-bench command line.
+    Flags that do not change placement are ignored; a bench list of values is refused."""
+    out = ParsedArgs()
+    toks = list(argv)
+    if len(toks) == 1 and " " in toks[0]:
+        toks = shlex.split(toks[0])
+    i = 0
+    while i < len(toks):
+        tok = toks[i]
+        flag, eq, inline = tok.partition("=") if tok.startswith("--") else (tok, "", "")
+        key = _FLAG_ALIASES.get(flag)
+        if key is None:
+            i += 1
+            continue
+        if key in _NO_VALUE:
+            out.overrides.append((r"\.ffn_(up|down|gate|gate_up)_(ch|)exps", "CPU"))
+            i += 1
+            continue
+        if eq:
+            val = inline
+        else:
+            if i + 1 >= len(toks):
+                raise InvalidArgumentError(f"{flag} needs a value")
+            val = toks[i + 1]
+            i += 1
+        i += 1
+        _apply(out, key, flag, val)
+    return out
+
+
+def _int(flag: str, val: str) -> int:
+    try:
+        return int(val)
+    except ValueError:
+        raise InvalidArgumentError(f"{flag} {val!r} is not an integer",
+                                   hint="omni-place check evaluates one configuration: give single values") from None
+
+
+def _apply(out: ParsedArgs, key: str, flag: str, val: str) -> None:
+    if key == "ngl":
+        out.n_gpu_layers = -1 if val in ("all", "auto") else _int(flag, val)
+    elif key == "ts":
+        try:
+            out.tensor_split = [float(x) for x in re.split(r"[,/;]", val) if x != ""]
+        except ValueError:
+            raise InvalidArgumentError(f"{flag} {val!r} is not a list of numbers", hint="e.g. -ts 3,1") from None
+        if any(x < 0 for x in out.tensor_split):
+            raise InvalidArgumentError(f"{flag} {val!r} has a negative share")
+    elif key == "dev":
+        out.devices = [] if val == "none" else [d for d in re.split(r"[,/]", val) if d]
+    elif key == "ot":
+        for item in re.split(r"[,;]", val):
+            if not item:
+                continue
+            pat, eq, buft = item.rpartition("=")
+            if not eq or not pat:
+                raise InvalidArgumentError(f"{flag} item {item!r} is not <regex>=<buffer type>",
+                                           hint=r'e.g. -ot "blk\.(1|2)\.ffn_.*_exps=CPU"')
+            try:
+                re.compile(pat)
+            except re.error as err:
+                raise InvalidArgumentError(f"{flag} pattern {pat!r} is not a valid regex: {err}") from None
+            out.overrides.append((pat, buft))
+    elif key == "ncmoe":
+        n = _int(flag, val)
+        out.overrides += [(rf"blk\.{i}\.ffn_(up|down|gate|gate_up)_(ch|)exps", "CPU") for i in range(n)]
+    elif key == "ctx":
+        out.ctx = _int(flag, val)
+    elif key == "ub":
+        out.n_ubatch = _int(flag, val)
+    elif key == "ctk":
+        out.type_k = val.lower()
+    elif key == "ctv":
+        out.type_v = val.lower()
+    elif key == "fa":
+        out.flash_attn = val.lower() in ("1", "on", "true", "yes") if val.lower() != "auto" else None
+    elif key == "sm":
+        out.split_mode = val.lower()
+    elif key == "rpc":
+        out.rpc = [e for e in val.split(",") if e]
+
+
+def buft_device(buft: str) -> str:
+    """Device name of an -ot buffer type: 'CPU', 'CUDA0', 'RPC0[host:port]' -> 'RPC0'."""
+    b = buft.split("[", 1)[0]
+    return CPU if b.upper().startswith("CPU") or b.upper() == "CUDA_HOST" else b
+
+
+def decode(model: ModelProfile, parsed: ParsedArgs, accelerators: Sequence[str],
+           free_mem: Sequence[float] | None = None) -> Placement:
+    """The placement llama.cpp makes of these flags (for `omni-place check`)."""
+    if parsed.split_mode not in ("layer", "none"):
+        raise InvalidArgumentError(f"split mode {parsed.split_mode!r} is not modelled",
+                                   hint="omni-place models -sm layer (the default) and none")
+    order = list(parsed.devices) if parsed.devices is not None else list(accelerators)
+    unknown = [d for d in order if d not in accelerators]
+    if unknown:
+        raise InvalidArgumentError(f"-dev names {', '.join(unknown)}, not in the cluster ({', '.join(accelerators)})")
+    if parsed.split_mode == "none":
+        order = order[:1]
+    slots = assign_layers(model.n_layer + 1, parsed.n_gpu_layers, parsed.tensor_split, len(order), free_mem)
+    homes = tuple(CPU if s < 0 else order[s] for s in slots[:-1])
+    output = CPU if slots[-1] < 0 else order[slots[-1]]
+    compiled = [(re.compile(p), buft_device(b), p, b) for p, b in parsed.overrides]
+    for _, dev, _, b in compiled:
+        if dev != CPU and dev not in accelerators:
+            raise InvalidArgumentError(f"-ot buffer type {b!r} names no device of the cluster")
+    cpu_experts: list[frozenset[str]] = []
+    extra: list[tuple[str, str]] = []
+    for il, home in enumerate(homes):
+        kinds = set()
+        for t in model.layers[il].expert_tensors:
+            hit = next(((dev, p, b) for rx, dev, p, b in compiled if rx.search(t.name)), None)
+            if hit is None:
+                continue
+            dev, p, b = hit
+            if dev == CPU:
+                kinds.add(expert_kind(t))
+            elif dev != home:
+                raise InvalidArgumentError(
+                    f"-ot {p}={b} moves {t.name} to another accelerator than its layer's ({home})",
+                    hint="omni-place models experts on their layer's device or on the CPU")
+        cpu_experts.append(frozenset(kinds) if home != CPU else frozenset())
+    # Non-expert tensors matched by an override are not modelled: say so instead of mispricing.
+    for t in model.tensors:
+        if t.role is Role.ROUTED_EXPERT:
+            continue
+        hit = next(((dev, p, b) for rx, dev, p, b in compiled if rx.search(t.name)), None)
+        if hit is not None:
+            dev, p, b = hit
+            if t.name.startswith("output") and (p, b) not in extra:
+                output = dev
+                extra.append((p, b))
+                continue
+            home = homes[t.layer] if t.layer is not None else (CPU if t.role is Role.EMBEDDING else output)
+            if dev != home:
+                raise InvalidArgumentError(
+                    f"-ot {p}={b} moves non-expert tensor {t.name}; omni-place prices only routed-expert "
+                    "and output overrides", hint="anchor the pattern to expert tensors (…_exps)")
+    return Placement(tuple(order), homes, tuple(cpu_experts), output, tuple(extra))

@@ -1,0 +1,419 @@
+"""plan_split(): the fastest placement that provably fits, and evaluate(): price a given one.
+
+Python prepares the problem (memory in MiB units, rounded up so a solution always fits in
+bytes; seconds from :class:`~omni_place.cost.CostModel`), the C core solves it exactly over the
+candidate device orders, and the result is re-priced in exact bytes and seconds for the report.
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+
+from . import _core
+from .cost import CPU, EXPERT_OPTIONS, Context, CostModel, DeviceUsage, Placement, Prediction, SpeedParams, backend_of
+from .devices import Cluster, resolve_cluster
+from .engines import llama_cpp
+from .errors import InvalidArgumentError, NothingFitsError
+from .model import MiB, ModelProfile, load_model
+
+UNIT = MiB  # memory unit of the core problem
+MAX_EXHAUSTIVE_ORDERS = 4  # accelerators up to which every ordered subset is tried
+ENGINES = ("llama.cpp",)
+OBJECTIVES = ("tg", "pp")
+TIE_BREAK = 1e-3  # weight of the other objective, so equal-speed plans prefer the better other
+
+
+@dataclass
+class Plan:
+    """A placement with its flags, memory per device and predicted speed."""
+
+    model: ModelProfile
+    cluster: Cluster
+    engine: str
+    objective: str | float
+    context: Context
+    placement: Placement
+    usage: list[DeviceUsage]
+    predicted: Prediction
+    engine_args: llama_cpp.EngineArgs
+    default_order: tuple[str, ...]
+    notes: list[str] = field(default_factory=list)
+    solve_stats: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def feasible(self) -> bool:
+        return all(u.fits for u in self.usage)
+
+    @property
+    def n_gpu_layers(self) -> int:
+        return self.engine_args.n_gpu_layers
+
+    @property
+    def tensor_split(self) -> list[int]:
+        return self.engine_args.tensor_split
+
+    @property
+    def overrides(self) -> list[tuple[str, str]]:
+        return self.engine_args.overrides
+
+    @property
+    def memory(self) -> list[DeviceUsage]:
+        return self.usage
+
+    def args(self, tool: str = "server") -> list[str]:
+        """Flags for llama-server / llama-cli (``tool="server"``) or llama-bench (``"bench"``)."""
+        c = self.context
+        return self.engine_args.args(tool, ctx=c.ctx, n_ubatch=c.n_ubatch, type_k=c.type_k,
+                                     type_v=c.type_v, flash_attn=c.flash_attn)
+
+    def layer_map(self) -> list[dict[str, Any]]:
+        out = []
+        for il, home in enumerate(self.placement.layer_home):
+            lc = self.model.layers[il]
+            kinds = self.placement.cpu_experts[il]
+            if not lc.has_experts:
+                experts = None
+            elif home == CPU or kinds == EXPERT_OPTIONS[-1]:
+                experts = CPU
+            elif not kinds:
+                experts = home
+            else:
+                experts = f"{home}+CPU({','.join(sorted(k for k in kinds if k != 'gate_up'))})"
+            out.append({"layer": il, "device": home, "experts": experts, "nextn": lc.is_nextn})
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        c = self.context
+        return {
+            "engine": self.engine,
+            "model": str(self.model.path),
+            "architecture": self.model.architecture,
+            "cluster": self.cluster.name,
+            "objective": self.objective,
+            "ctx": c.ctx,
+            "n_ubatch": c.n_ubatch,
+            "kv_type": {"k": c.type_k, "v": c.type_v},
+            "flash_attn": c.flash_attn,
+            "feasible": self.feasible,
+            "args": self.args("server"),
+            "bench_args": self.args("bench"),
+            "n_gpu_layers": self.n_gpu_layers,
+            "tensor_split": self.tensor_split,
+            "overrides": [f"{p}={b}" for p, b in self.overrides],
+            "device_order": list(self.placement.order),
+            "output_device": self.placement.output,
+            "n_cpu_layers": sum(1 for h in self.placement.layer_home if h == CPU),
+            "devices": [u.to_dict() for u in self.usage],
+            "predicted": self.predicted.to_dict(),
+            "layers": self.layer_map(),
+            "notes": self.notes,
+            "solve": self.solve_stats,
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=1)
+
+    def explain(self) -> str:
+        from .report import render_plan
+
+        return render_plan(self)
+
+
+# --- candidate device orders -------------------------------------------------------------
+
+def candidate_orders(cluster: Cluster, cost: CostModel) -> list[tuple[str, ...]]:
+    """Device orders the core chooses from: every ordered subset of up to 4 accelerators;
+    beyond that the default order, fastest-first and slowest-first, and those without the
+    slowest device."""
+    names = [d.name for d in cluster.gpus]
+    if not names:
+        return []
+    if len(names) <= MAX_EXHAUSTIVE_ORDERS:
+        out: list[tuple[str, ...]] = []
+        for r in range(1, len(names) + 1):
+            out += list(itertools.permutations(names, r))
+        return out
+    by_bw = sorted(names, key=lambda n: -cost.bandwidth(n))
+    cands = [tuple(names), tuple(by_bw), tuple(reversed(by_bw)), tuple(by_bw[:-1]), tuple(names[:-1])]
+    seen: list[tuple[str, ...]] = []
+    for c in cands:
+        if c and c not in seen:
+            seen.append(c)
+    return seen
+
+
+# --- the core problem ----------------------------------------------------------------------
+
+@dataclass
+class _Arrays:
+    names: list[str]
+    orders: np.ndarray
+    tg: dict[str, np.ndarray]
+    pp: dict[str, np.ndarray]
+    mem: dict[str, np.ndarray]
+    allow: np.ndarray
+    stream: np.ndarray  # [L][K] bytes per prompt token of CPU-held experts under each option
+    stream_cpu: np.ndarray  # [L] the same for a layer wholly on the CPU
+
+
+def _units(n: float) -> int:
+    return int(math.ceil(n / UNIT))
+
+
+def build_arrays(cost: CostModel, orders: Sequence[tuple[str, ...]]) -> _Arrays:
+    """Fill the core's arrays from the cost model (times per token, memory in MiB units)."""
+    model, cluster = cost.model, cost.cluster
+    names = [d.name for d in cluster.gpus]
+    L, D, K = model.n_layer, len(names), len(EXPERT_OPTIONS)
+    idx = {n: i for i, n in enumerate(names)}
+    order_arr = np.full((max(1, len(orders)), D), -1, dtype=np.int32)
+    for r, order in enumerate(orders):
+        order_arr[r, : len(order)] = [idx[n] for n in order]
+    t_tg = np.zeros((D, L, K))
+    t_pp = np.zeros((D, L, K))
+    mem_dense = np.zeros((D, L), dtype=np.int64)
+    mem_exp = np.zeros((D, L, K), dtype=np.int64)
+    allow = np.ones((D, L, K), dtype=np.uint8)
+    stream = np.zeros((L, K))
+    stream_cpu = np.zeros(L)
+    tcpu_tg = np.zeros(L)
+    flops_streamed = 0.0
+    amount_streamed = 0.0
+    for il, lc in enumerate(model.layers):
+        nextn = lc.is_nextn
+        tcpu_tg[il] = 0.0 if nextn else sum(cost.layer_tg(il, CPU, frozenset()).values())
+        # pp of CPU-held weights goes through stream x stream_rate[first]
+        dense_p, exp_p = cost._layer_params(il)
+        exp_total = sum(cost._expert_split[il]["stored"].values())
+        stream_cpu[il] = 0.0 if nextn else (lc.dense["cpu"] + exp_total * cost.expert_hit) / cost.n_tokens
+        if not nextn:
+            flops_streamed += 2 * (dense_p + exp_p * cost.k_over_n)
+            amount_streamed += stream_cpu[il]
+        for o, kinds in enumerate(EXPERT_OPTIONS):
+            frac = (sum(v for k, v in cost._expert_split[il]["stored"].items() if k in kinds) / exp_total) if exp_total else 0.0
+            stream[il, o] = 0.0 if nextn else exp_total * frac * cost.expert_hit / cost.n_tokens
+        for d, name in enumerate(names):
+            backend = backend_of(cluster.by_name(name))
+            mem_dense[d, il] = _units(lc.dense[backend] + cost.kv[il])
+            for o, kinds in enumerate(EXPERT_OPTIONS):
+                if o and not lc.has_experts:
+                    allow[d, il, o] = 0
+                mem_exp[d, il, o] = _units(cost.expert_bytes(il, backend, kinds, False))
+                if nextn:
+                    continue
+                # + a negligible tie-break so CPU experts gather in the lowest layers (short -ot)
+                t_tg[d, il, o] = sum(cost.layer_tg(il, name, kinds).values()) + (1e-12 * il if o else 0.0)
+                pp = cost.layer_pp(il, name, kinds, None)  # first=None: CPU part priced via stream
+                t_pp[d, il, o] = sum(v for k, v in pp.items() if k != CPU)
+    # seconds per streamed byte-per-token when device f is first (see CostModel._cpu_weights_pp)
+    flops_per_amount = flops_streamed / amount_streamed if amount_streamed else 0.0
+    rate = np.zeros(D)
+    for d, name in enumerate(names):
+        dev = cluster.by_name(name)
+        if dev.kind == "gpu" and cost.n_tokens >= cost.params.op_offload_min_batch:
+            bw, _ = cost.link(name)
+            rate[d] = 1.0 / bw + flops_per_amount / cost.flops(name)
+        else:
+            rate[d] = flops_per_amount / cost.flops(CPU)
+    trans_tg = np.zeros((D + 1, D + 1))
+    trans_pp = np.zeros((D + 1, D + 1))
+    all_names = names + [CPU]
+    for a, na in enumerate(all_names):
+        for b, nb in enumerate(all_names):
+            trans_tg[a, b] = cost.hop_tg(na, nb)
+            trans_pp[a, b] = cost.hop_pp(na, nb)
+    out_tg = np.array([cost.output_tg(n) for n in names])
+    comp = cost.compute
+    offload = cost.op_offload_bytes
+    mem = {
+        "mem_dense": mem_dense,
+        "mem_exp": mem_exp,
+        "out_mem": np.array([_units(model.output_bytes(backend_of(cluster.by_name(n))) + comp.output_extra) for n in names], dtype=np.int64),
+        "fixed_mem": np.array([_units(comp.layer_device) for _ in names], dtype=np.int64),
+        "first_mem": np.array([_units(offload) if cluster.by_name(n).kind == "gpu" else 0 for n in names], dtype=np.int64),
+        "cap": np.array([cluster.by_name(n).usable_bytes // UNIT for n in names], dtype=np.int64),
+    }
+    tg = {"time": t_tg, "time_cpu": tcpu_tg, "trans": trans_tg, "out_time": out_tg,
+          "out_time_cpu": cost.output_tg(CPU), "stream_rate": np.zeros(D)}
+    pp = {"time": t_pp, "time_cpu": np.zeros(L), "trans": trans_pp, "out_time": np.zeros(D),
+          "out_time_cpu": 0.0, "stream_rate": rate}
+    return _Arrays(names, order_arr, tg, pp, mem, allow, stream, stream_cpu)
+
+
+def _placement_of(arr: _Arrays, res: Any, order_list: Sequence[tuple[str, ...]]) -> Placement:
+    order = order_list[res.order]
+    homes = tuple(CPU if h < 0 else arr.names[h] for h in res.home)
+    cpu_exp = tuple(EXPERT_OPTIONS[o] if o >= 0 else frozenset() for o in res.option)
+    output = CPU if res.out_device < 0 else arr.names[res.out_device]
+    return Placement(tuple(order), homes, cpu_exp, output)
+
+
+def _cpu_only(model: ModelProfile) -> Placement:
+    L = model.n_layer
+    return Placement((), (CPU,) * L, (frozenset(),) * L, CPU)
+
+
+def plan_split(
+    model: str | ModelProfile,
+    cluster: str | Cluster = "auto",
+    *,
+    ctx: int = 4096,
+    ubatch: int = 512,
+    kv_type: str = "f16",
+    kv_type_v: str | None = None,
+    flash_attn: bool = True,
+    objective: str | float = "tg",
+    engine: str = "llama.cpp",
+    depth: int = 0,
+    params: SpeedParams | None = None,
+) -> Plan:
+    """The fastest placement of ``model`` on ``cluster`` that fits every device's memory.
+
+    ``objective`` is "tg" (decode tok/s), "pp" (prompt tok/s) or a weight W in [0, 1] that
+    minimizes ``W*t_tg/t_tg* + (1-W)*t_pp/t_pp*`` (each time relative to its own optimum).
+    Raises :class:`NothingFitsError` when no placement fits (not even all on the CPU).
+    """
+    if engine not in ENGINES:
+        raise InvalidArgumentError(f"unknown engine {engine!r}", hint="use one of: " + ", ".join(ENGINES))
+    w_tg, w_pp = _objective_weights(objective)
+    prof = load_model(model)
+    clus = resolve_cluster(cluster)
+    if ubatch < 1 or ubatch > 65536:
+        raise InvalidArgumentError(f"ubatch {ubatch} is out of range (1..65536)")
+    context = Context(ctx=ctx, n_ubatch=ubatch, type_k=kv_type, type_v=kv_type_v or kv_type,
+                      flash_attn=flash_attn, depth=depth)
+    cost = CostModel(prof, clus, context, params)
+    orders = candidate_orders(clus, cost)
+    default_order = tuple(d.name for d in clus.gpus)
+    candidates: list[tuple[float, Placement, dict[str, Any]]] = []
+    stats: dict[str, Any] = {"orders": len(orders)}
+    if orders:
+        arr = build_arrays(cost, orders)
+        if isinstance(objective, (int, float)) and not isinstance(objective, bool):
+            # relative weights need both optima first
+            t_tg = _best_time(arr, orders, cost, 1.0, TIE_BREAK)
+            t_pp = _best_time(arr, orders, cost, TIE_BREAK, 1.0)
+            w_tg, w_pp = float(objective) / t_tg, (1.0 - float(objective)) / t_pp
+        for no_cpu in (True, False):
+            res = _solve_with_stream(arr, cost, w_tg, w_pp, no_cpu_weights=no_cpu)
+            stats["states"] = stats.get("states", 0) + res.n_states
+            if not res.ok:
+                continue
+            p = _placement_of(arr, res, orders)
+            if no_cpu and any(h == CPU for h in p.layer_home):
+                continue
+            candidates.append((res.time, p, res.as_dict()))
+    cpu_only = _cpu_only(prof)
+    pred_cpu = cost.predict(cpu_only)
+    candidates.append((w_tg / pred_cpu.tg_tps + w_pp / pred_cpu.pp_tps, cpu_only, {}))
+    feasible = [(t, p, s) for t, p, s in candidates if all(u.fits for u in cost.usage(p))]
+    if not feasible:
+        raise _nothing_fits(cost, cpu_only)
+    _, best, core = min(feasible, key=lambda c: c[0])
+    stats["core"] = core
+    usage = cost.usage(best)
+    notes = _notes(cost, best, usage)
+    return Plan(prof, clus, engine, objective, context, best, usage, cost.predict(best),
+                llama_cpp.encode(prof, best, default_order), default_order, notes, stats)
+
+
+def _solve_with_stream(arr: _Arrays, cost: CostModel, w_tg: float, w_pp: float, *, no_cpu_weights: bool) -> Any:
+    mem = dict(arr.mem)
+    allow = arr.allow
+    time_cpu = w_tg * arr.tg["time_cpu"] + w_pp * arr.pp["time_cpu"]
+    if no_cpu_weights:
+        mem["first_mem"] = np.zeros_like(mem["first_mem"])
+        allow = arr.allow.copy()
+        allow[:, :, 1:] = 0
+        time_cpu = time_cpu + 1e6  # a CPU layer now costs more than any real plan
+    return _core.solve(
+        orders=arr.orders,
+        time=w_tg * arr.tg["time"] + w_pp * arr.pp["time"],
+        time_cpu=time_cpu,
+        trans=w_tg * arr.tg["trans"] + w_pp * arr.pp["trans"],
+        out_time=w_tg * arr.tg["out_time"] + w_pp * arr.pp["out_time"],
+        out_time_cpu=w_tg * arr.tg["out_time_cpu"] + w_pp * arr.pp["out_time_cpu"],
+        stream=arr.stream,
+        stream_cpu=arr.stream_cpu,
+        stream_rate=w_pp * arr.pp["stream_rate"],
+        allow=allow,
+        **mem,
+    )
+
+
+def _best_time(arr: _Arrays, orders: Sequence[tuple[str, ...]], cost: CostModel, w_tg: float, w_pp: float) -> float:
+    best = math.inf
+    for no_cpu in (True, False):
+        res = _solve_with_stream(arr, cost, w_tg, w_pp, no_cpu_weights=no_cpu)
+        if res.ok:
+            p = _placement_of(arr, res, orders)
+            pr = cost.predict(p)
+            t = (1 / pr.tg_tps) if w_tg >= w_pp else (1 / pr.pp_tps)
+            best = min(best, t)
+    if not math.isfinite(best):
+        pr = cost.predict(_cpu_only(cost.model))
+        best = (1 / pr.tg_tps) if w_tg >= w_pp else (1 / pr.pp_tps)
+    return best
+
+
+def _objective_weights(objective: str | float) -> tuple[float, float]:
+    if objective == "tg":
+        return 1.0, TIE_BREAK
+    if objective == "pp":
+        return TIE_BREAK, 1.0
+    if isinstance(objective, (int, float)) and not isinstance(objective, bool) and 0.0 <= objective <= 1.0:
+        return float(objective), 1.0 - float(objective)
+    raise InvalidArgumentError(f"objective {objective!r} is not tg, pp or a weight in [0, 1]",
+                               hint="e.g. --objective 0.8 weighs decode 80 %, prompt 20 %")
+
+
+def _nothing_fits(cost: CostModel, cpu_only: Placement) -> NothingFitsError:
+    cpu = next(u for u in cost.usage(cpu_only) if u.name == CPU)
+    return NothingFitsError(
+        f"nothing fits: all on the CPU needs {(cpu.kv_bytes + cpu.compute_bytes) / 2**30:.1f} GiB of KV "
+        f"cache and compute buffers in {cpu.capacity_bytes / 2**30:.1f} GiB usable RAM, and no split "
+        f"over the accelerators ({', '.join(d.name for d in cost.cluster.gpus) or 'none'}) fits"
+    )
+
+
+def _notes(cost: CostModel, p: Placement, usage: list[DeviceUsage]) -> list[str]:
+    notes = []
+    cpu = next(u for u in usage if u.name == CPU)
+    if cpu.weights_bytes > cpu.capacity_bytes:
+        notes.append(
+            f"CPU-held weights ({cpu.weights_bytes / 2**30:.1f} GiB) exceed usable RAM "
+            f"({cpu.capacity_bytes / 2**30:.1f} GiB): mmap will page from disk and decode will be slower"
+        )
+    if cost.model.hparams.n_layer_nextn:
+        notes.append("NextN/MTP blocks are placed (they take layer slots) but not priced: they run only with MTP drafting")
+    return notes
+
+
+def evaluate(model: str | ModelProfile, cluster: str | Cluster, argv: Sequence[str], *,
+             ctx: int | None = None, params: SpeedParams | None = None) -> Plan:
+    """Price a user's llama.cpp command line: memory per device, whether it fits, tg/pp."""
+    prof = load_model(model)
+    clus = resolve_cluster(cluster)
+    parsed = llama_cpp.parse_args(argv)
+    context = Context(ctx=parsed.ctx or ctx or 4096, n_ubatch=parsed.n_ubatch, type_k=parsed.type_k,
+                      type_v=parsed.type_v, flash_attn=parsed.flash_attn if parsed.flash_attn is not None else True)
+    cost = CostModel(prof, clus, context, params)
+    accel = [d.name for d in clus.gpus]
+    free = [float(clus.by_name(n).memory_bytes) for n in accel]
+    placement = llama_cpp.decode(prof, parsed, accel, free_mem=free)
+    usage = cost.usage(placement)
+    notes = [f"{u.name} overflows by {(u.used_bytes - u.capacity_bytes) / 2**30:.2f} GiB "
+             f"(needs {u.used_bytes / 2**30:.2f} GiB of {u.capacity_bytes / 2**30:.2f} GiB usable)"
+             if u.kind != "cpu" else
+             f"CPU RAM: KV cache + compute need {(u.kv_bytes + u.compute_bytes) / 2**30:.2f} GiB of "
+             f"{u.capacity_bytes / 2**30:.2f} GiB usable"
+             for u in usage if not u.fits]
+    args = llama_cpp.EngineArgs(parsed.n_gpu_layers, [int(x) if float(x).is_integer() else x for x in (parsed.tensor_split or [])],
+                                parsed.devices or [], parsed.overrides)
+    return Plan(prof, clus, "llama.cpp", "given", context, placement, usage, cost.predict(placement), args,
+                tuple(accel), notes, {})

@@ -1,0 +1,646 @@
+"""Tiny but valid, loadable GGUF models with random weights, for engine-comparison tests.
+
+``write_model(path, arch, ...)`` writes a model of one of ``ARCHS`` with ``gguf.GGUFWriter``: the
+metadata keys and tensor names/shapes follow the vendored llama.cpp loaders
+(``src/models/<arch>.cpp``) and converters (``conversion/*.py``), so the real libllama loads the
+file and decodes with it. Everything is deterministic for a given ``seed``.
+
+Conventions
+-----------
+* ``n_layer`` counts the *trunk* layers. NextN/MTP layers (``n_nextn``, deepseek2/glm4moe only)
+  come on top, as in real GGUFs: ``block_count = n_layer + n_nextn`` and the NextN blocks are
+  ``blk.{n_layer}..``.
+* ``n_layer=None`` means 4, except gemma3 (6: with the default SWA pattern 6, layers 0-4 are
+  sliding-window and layer 5 is full attention, so both kinds exist).
+* ``weight_type`` applies to every 2-D/3-D matrix (token_embd and output included). A tensor
+  whose row length ne0 is not a multiple of the type's block size falls back the way
+  ``llama-quantize`` does (Q4_K->Q5_0, Q5_K->Q5_1, Q6_K->Q8_0, Q2_K/Q3_K->Q4_0; then F16).
+  Norms are F32 ones; routers (``ffn_gate_inp``), biases, ``attn_sinks`` and ``exp_probs_b``
+  are F32. ``tensor_types`` ({regex: type}) overrides per tensor name (first match wins).
+  Quantized data are valid blocks: ``gguf.quants.quantize`` where gguf-py implements it
+  (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, MXFP4, BF16), otherwise random quants with small finite fp16
+  super-block scales (K-quants).
+* ``header_only=True``: header, metadata and tensor infos only -- no tensor data (the file ends
+  right after the tensor infos), like a download that has not started.
+* ``split=N``: N shards ``<stem>-0000i-of-0000N.gguf``; the first carries all metadata plus
+  ``split.no/split.count/split.tensors.count``, the others only the split keys (the layout of
+  llama.cpp's ``gguf-split`` and gguf-py). Returns the first shard's path.
+
+The vocabulary is a SentencePiece-style ``"llama"`` tokenizer (``<unk>``, ``<s>``, ``</s>``, 256
+byte tokens ``<0x00>``..``<0xFF>``, filler pieces), accepted by the loader for every arch here;
+``tokenizer="gpt2"`` writes a byte-level BPE vocabulary instead (what qwen*/gpt-oss/glm use).
+"""
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+
+import gguf
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType as QT
+
+__all__ = [
+    "ARCHS",
+    "EngineResult",
+    "engine_available",
+    "engine_load",
+    "MOE_ARCHS",
+    "SWA_ARCHS",
+    "NEXTN_ARCHS",
+    "TensorSpec",
+    "model_tensors",
+    "shard_paths",
+    "write_model",
+]
+
+ARCHS: tuple[str, ...] = ("llama", "qwen2", "qwen3", "qwen3moe", "deepseek2", "gpt-oss", "gemma3", "glm4moe")
+MOE_ARCHS: frozenset[str] = frozenset({"qwen3moe", "deepseek2", "gpt-oss", "glm4moe"})
+SWA_ARCHS: frozenset[str] = frozenset({"gpt-oss", "gemma3"})
+NEXTN_ARCHS: frozenset[str] = frozenset({"deepseek2", "glm4moe"})
+# archs whose loader requires a separate output.weight (no tied embeddings)
+_UNTIED_ONLY: frozenset[str] = frozenset({"gpt-oss"})
+
+_TYPE_NAMES: dict[str, QT] = {
+    "f32": QT.F32, "f16": QT.F16, "bf16": QT.BF16,
+    "q8_0": QT.Q8_0, "q4_0": QT.Q4_0, "q4_1": QT.Q4_1, "q5_0": QT.Q5_0, "q5_1": QT.Q5_1,
+    "q2_k": QT.Q2_K, "q3_k": QT.Q3_K, "q4_k": QT.Q4_K, "q5_k": QT.Q5_K, "q6_k": QT.Q6_K,
+    "mxfp4": QT.MXFP4,
+}
+_FILE_TYPES: dict[QT, int] = {
+    QT.F32: gguf.LlamaFileType.ALL_F32, QT.F16: gguf.LlamaFileType.MOSTLY_F16,
+    QT.BF16: gguf.LlamaFileType.MOSTLY_BF16, QT.Q8_0: gguf.LlamaFileType.MOSTLY_Q8_0,
+    QT.Q4_0: gguf.LlamaFileType.MOSTLY_Q4_0, QT.Q4_1: gguf.LlamaFileType.MOSTLY_Q4_1,
+    QT.Q5_0: gguf.LlamaFileType.MOSTLY_Q5_0, QT.Q5_1: gguf.LlamaFileType.MOSTLY_Q5_1,
+    QT.Q2_K: gguf.LlamaFileType.MOSTLY_Q2_K, QT.Q3_K: gguf.LlamaFileType.MOSTLY_Q3_K_M,
+    QT.Q4_K: gguf.LlamaFileType.MOSTLY_Q4_K_M, QT.Q5_K: gguf.LlamaFileType.MOSTLY_Q5_K_M,
+    QT.Q6_K: gguf.LlamaFileType.MOSTLY_Q6_K, QT.MXFP4: gguf.LlamaFileType.MOSTLY_MXFP4_MOE,
+}
+# llama-quantize's fallback when ne0 is not a multiple of 256 (IQ4_NL replaced by Q4_0: gguf-py
+# cannot quantize IQ4_NL)
+_FALLBACK: dict[QT, QT] = {QT.Q2_K: QT.Q4_0, QT.Q3_K: QT.Q4_0, QT.Q4_K: QT.Q5_0, QT.Q5_K: QT.Q5_1, QT.Q6_K: QT.Q8_0}
+# byte offsets of the fp16 scale fields inside one K-quant super-block (ggml-common.h)
+_KQUANT_FP16_FIELDS: dict[QT, tuple[int, ...]] = {
+    QT.Q2_K: (80, 82),   # scales[16], qs[64], d, dmin
+    QT.Q3_K: (108,),     # hmask[32], qs[64], scales[12], d
+    QT.Q4_K: (0, 2),     # d, dmin, scales[12], qs[128]
+    QT.Q5_K: (0, 2),     # d, dmin, scales[12], qh[32], qs[128]
+    QT.Q6_K: (208,),     # ql[128], qh[64], scales[16] (int8), d
+}
+_PYTHON_QUANTIZE = frozenset({QT.BF16, QT.Q8_0, QT.Q4_0, QT.Q4_1, QT.Q5_0, QT.Q5_1, QT.MXFP4})
+
+# llama.cpp's llama_split_path() and gguf-py's gguf_writer.SHARD_NAME_FORMAT
+_SHARD_NAME_FORMAT = "{:s}-{:05d}-of-{:05d}.gguf"
+
+# deepseek2 MLA dims used unless overridden (real V3: 512 / 1536 / 64)
+_MLA_DEFAULTS = {"kv_lora_rank": 64, "q_lora_rank": 64, "rope_dim": 16}
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One tensor: ``shape`` in ggml order (ne0 first), ``kind`` selects type and data."""
+
+    name: str
+    shape: tuple[int, ...]
+    kind: str  # "w" (matrix: weight_type), "norm" (F32 ones), "f32" (F32 small random)
+
+
+def _qtype(t: str | QT) -> QT:
+    if isinstance(t, QT):
+        return t
+    try:
+        return _TYPE_NAMES[t.lower()]
+    except KeyError:
+        raise ValueError(f"unsupported tensor type {t!r}; use one of {sorted(_TYPE_NAMES)}") from None
+
+
+def _fit_type(qt: QT, ne0: int) -> QT:
+    """The type actually written for a matrix with row length ne0 (llama-quantize's fallback)."""
+    blck = GGML_QUANT_SIZES[qt][0]
+    if ne0 % blck == 0:
+        return qt
+    fb = _FALLBACK.get(qt)
+    if fb is not None and ne0 % GGML_QUANT_SIZES[fb][0] == 0:
+        return fb
+    return QT.F16
+
+
+def _nbytes(qt: QT, shape: tuple[int, ...]) -> int:
+    blck, tsize = GGML_QUANT_SIZES[qt]
+    assert shape[0] % blck == 0, (qt, shape)
+    return math.prod(shape) // blck * tsize
+
+
+def shard_paths(path: str | Path, split: int) -> list[Path]:
+    """The file names ``write_model(path, ..., split=split)`` produces (first one is returned)."""
+    path = Path(path)
+    if split <= 1:
+        return [path]
+    return [path.with_name(_SHARD_NAME_FORMAT.format(path.stem, i + 1, split)) for i in range(split)]
+
+
+# --------------------------------------------------------------------------------------------
+# per-architecture tensor lists
+# --------------------------------------------------------------------------------------------
+
+def model_tensors(arch: str, *, n_layer: int, n_embd: int, n_head: int, n_head_kv: int, n_ff: int,
+                  n_vocab: int, n_expert: int, n_ff_exp: int, head_dim: int, n_rot: int,
+                  tied_output: bool, n_nextn: int = 0, n_dense_lead: int = 1, n_expert_shared: int = 1,
+                  kv_lora_rank: int = 64, q_lora_rank: int = 64) -> list[TensorSpec]:
+    """Tensor names and ggml shapes ``write_model`` writes for ``arch`` (in file order)."""
+    T: list[TensorSpec] = []
+
+    def add(name: str, shape: tuple[int, ...], kind: str = "w") -> None:
+        T.append(TensorSpec(name, tuple(int(s) for s in shape), kind))
+
+    E, V = n_embd, n_vocab
+    q_dim, kv_dim = n_head * head_dim, n_head_kv * head_dim
+
+    add("token_embd.weight", (E, V))
+    add("output_norm.weight", (E,), "norm")
+    if not tied_output:
+        add("output.weight", (E, V))
+
+    for i in range(n_layer + n_nextn):
+        b = f"blk.{i}."
+        add(b + "attn_norm.weight", (E,), "norm")
+
+        # ---- attention
+        if arch == "deepseek2":
+            rope = n_rot
+            k_mla = head_dim + rope  # qk_nope + qk_rope
+            add(b + "attn_q_a_norm.weight", (q_lora_rank,), "norm")
+            add(b + "attn_kv_a_norm.weight", (kv_lora_rank,), "norm")
+            add(b + "attn_q_a.weight", (E, q_lora_rank))
+            add(b + "attn_q_b.weight", (q_lora_rank, n_head * k_mla))
+            add(b + "attn_kv_a_mqa.weight", (E, kv_lora_rank + rope))
+            add(b + "attn_k_b.weight", (head_dim, kv_lora_rank, n_head))
+            add(b + "attn_v_b.weight", (kv_lora_rank, head_dim, n_head))
+            add(b + "attn_output.weight", (n_head * head_dim, E))
+        else:
+            add(b + "attn_q.weight", (E, q_dim))
+            add(b + "attn_k.weight", (E, kv_dim))
+            add(b + "attn_v.weight", (E, kv_dim))
+            if arch in ("qwen2", "glm4moe", "gpt-oss"):
+                add(b + "attn_q.bias", (q_dim,), "f32")
+                add(b + "attn_k.bias", (kv_dim,), "f32")
+                add(b + "attn_v.bias", (kv_dim,), "f32")
+            add(b + "attn_output.weight", (q_dim, E))
+            if arch == "gpt-oss":
+                add(b + "attn_output.bias", (E,), "f32")
+                add(b + "attn_sinks.weight", (n_head,), "f32")
+            if arch in ("qwen3", "qwen3moe", "gemma3", "glm4moe"):
+                add(b + "attn_q_norm.weight", (head_dim,), "norm")
+                add(b + "attn_k_norm.weight", (head_dim,), "norm")
+
+        # ---- norms between attention and FFN
+        if arch == "gemma3":
+            add(b + "post_attention_norm.weight", (E,), "norm")
+            add(b + "ffn_norm.weight", (E,), "norm")
+            add(b + "post_ffw_norm.weight", (E,), "norm")
+        elif arch in ("gpt-oss", "glm4moe"):
+            add(b + "post_attention_norm.weight", (E,), "norm")
+        else:
+            add(b + "ffn_norm.weight", (E,), "norm")
+
+        # ---- FFN
+        moe = arch in MOE_ARCHS and not (arch in ("deepseek2", "glm4moe") and i < n_dense_lead)
+        if not moe:
+            add(b + "ffn_gate.weight", (E, n_ff))
+            add(b + "ffn_up.weight", (E, n_ff))
+            add(b + "ffn_down.weight", (n_ff, E))
+        else:
+            add(b + "ffn_gate_inp.weight", (E, n_expert), "f32")
+            if arch == "gpt-oss":
+                add(b + "ffn_gate_inp.bias", (n_expert,), "f32")
+            if arch in ("deepseek2", "glm4moe"):
+                add(b + "exp_probs_b.bias", (n_expert,), "f32")
+            add(b + "ffn_gate_exps.weight", (E, n_ff_exp, n_expert))
+            add(b + "ffn_up_exps.weight", (E, n_ff_exp, n_expert))
+            add(b + "ffn_down_exps.weight", (n_ff_exp, E, n_expert))
+            if arch == "gpt-oss":
+                add(b + "ffn_gate_exps.bias", (n_ff_exp, n_expert), "f32")
+                add(b + "ffn_up_exps.bias", (n_ff_exp, n_expert), "f32")
+                add(b + "ffn_down_exps.bias", (E, n_expert), "f32")
+            if arch in ("deepseek2", "glm4moe") and n_expert_shared > 0:
+                n_sh = n_ff_exp * n_expert_shared
+                add(b + "ffn_gate_shexp.weight", (E, n_sh))
+                add(b + "ffn_up_shexp.weight", (E, n_sh))
+                add(b + "ffn_down_shexp.weight", (n_sh, E))
+
+        # ---- NextN / MTP block extras
+        if i >= n_layer:
+            add(b + "nextn.eh_proj.weight", (2 * E, E))
+            add(b + "nextn.enorm.weight", (E,), "norm")
+            add(b + "nextn.hnorm.weight", (E,), "norm")
+            add(b + "nextn.shared_head_norm.weight", (E,), "norm")
+    return T
+
+
+# --------------------------------------------------------------------------------------------
+# tensor data
+# --------------------------------------------------------------------------------------------
+
+def _random_kquant(rng: np.random.Generator, qt: QT, shape: tuple[int, ...]) -> np.ndarray:
+    blck, tsize = GGML_QUANT_SIZES[qt]
+    n_blocks = math.prod(shape) // blck
+    blocks = rng.integers(0, 256, size=(n_blocks, tsize), dtype=np.uint8)
+    for off in _KQUANT_FP16_FIELDS[qt]:
+        scale = rng.uniform(2e-4, 1e-3, size=n_blocks).astype(np.float16)
+        blocks[:, off:off + 2] = scale.view(np.uint8).reshape(n_blocks, 2)
+    np_shape = tuple(reversed(shape))
+    return blocks.reshape(*np_shape[:-1], shape[0] // blck * tsize)
+
+
+def _tensor_data(rng: np.random.Generator, spec: TensorSpec, qt: QT) -> np.ndarray:
+    np_shape = tuple(reversed(spec.shape))
+    if spec.kind == "norm":
+        return np.ones(np_shape, dtype=np.float32)
+    if spec.kind == "f32":
+        return (rng.standard_normal(np_shape, dtype=np.float32) * 0.1).astype(np.float32)
+    if qt in _KQUANT_FP16_FIELDS:
+        return _random_kquant(rng, qt, spec.shape)
+    w = rng.standard_normal(np_shape, dtype=np.float32) * 0.05
+    if qt == QT.F32:
+        return w
+    if qt == QT.F16:
+        return w.astype(np.float16)
+    if qt in _PYTHON_QUANTIZE:
+        return gguf.quants.quantize(w, qt)
+    raise ValueError(f"cannot generate data for {qt.name}")
+
+
+# --------------------------------------------------------------------------------------------
+# vocabulary
+# --------------------------------------------------------------------------------------------
+
+def _add_spm_vocab(w: gguf.GGUFWriter, n_vocab: int) -> None:
+    if n_vocab < 260:
+        raise ValueError("n_vocab must be >= 260 (3 specials + 256 byte tokens + 1)")
+    tokens = ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)]
+    types = [gguf.TokenType.UNKNOWN, gguf.TokenType.CONTROL, gguf.TokenType.CONTROL] + [gguf.TokenType.BYTE] * 256
+    n_fill = n_vocab - len(tokens)
+    letters = "etaoinshrdlucmfwypvbgkjqxz"
+    fill: list[str] = []
+    i = 0
+    while len(fill) < n_fill:
+        # "▁e", "▁t", ... then "▁ee", "▁et", ...: unique, plausible pieces
+        s, k = "", i
+        while True:
+            s += letters[k % 26]
+            k //= 26
+            if k == 0:
+                break
+        fill.append("\u2581" + s)
+        i += 1
+    tokens += fill
+    types += [gguf.TokenType.NORMAL] * n_fill
+    scores = [0.0] * 259 + [-float(j) for j in range(n_fill)]
+    w.add_tokenizer_model("llama")
+    w.add_token_list(tokens)
+    w.add_token_scores(scores)
+    w.add_token_types([int(t) for t in types])
+    w.add_bos_token_id(1)
+    w.add_eos_token_id(2)
+    w.add_unk_token_id(0)
+    w.add_add_bos_token(True)
+    w.add_add_eos_token(False)
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return {b: chr(c) for b, c in zip(bs, cs)}
+
+
+def _add_gpt2_vocab(w: gguf.GGUFWriter, n_vocab: int) -> None:
+    if n_vocab < 260:
+        raise ValueError("n_vocab must be >= 260 (256 byte tokens + merges + 2 specials)")
+    byte_chars = [_bytes_to_unicode()[b] for b in range(256)]
+    tokens = list(byte_chars)
+    merges: list[str] = []
+    seen = set(tokens)
+    letters = "etaoinshrdlucmfwypvbgkjqxz"
+    n_merged = n_vocab - 256 - 2
+    for a in "Ġ" + letters:
+        for c in letters:
+            if len(merges) >= n_merged:
+                break
+            if a + c not in seen:
+                merges.append(f"{a} {c}")
+                tokens.append(a + c)
+                seen.add(a + c)
+    while len(tokens) < n_vocab - 2:  # tiny vocab sizes only come here if letters run out
+        tokens.append(f"[PAD{len(tokens)}]")
+    tokens += ["<|endoftext|>", "<|im_end|>"]
+    types = [gguf.TokenType.NORMAL] * (n_vocab - 2) + [gguf.TokenType.CONTROL] * 2
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre("default")
+    w.add_token_list(tokens)
+    w.add_token_types([int(t) for t in types])
+    w.add_token_merges(merges)
+    w.add_bos_token_id(n_vocab - 2)
+    w.add_eos_token_id(n_vocab - 1)
+    w.add_add_bos_token(False)
+
+
+# --------------------------------------------------------------------------------------------
+# public entry point
+# --------------------------------------------------------------------------------------------
+
+def write_model(path: str | Path, arch: str, *, n_layer: int | None = None, n_embd: int = 64,
+                n_head: int = 4, n_head_kv: int = 2, n_ff: int = 128, n_vocab: int = 320,
+                n_expert: int = 8, n_expert_used: int = 2, n_ff_exp: int = 32,
+                weight_type: str = "f16", tensor_types: Mapping[str, str] | None = None,
+                tied_output: bool = False, n_nextn: int = 0, n_swa: int | None = None,
+                head_dim: int | None = None, n_rot: int | None = None, n_ctx_train: int = 4096,
+                n_dense_lead: int = 1, n_expert_shared: int = 1,
+                kv_lora_rank: int | None = None, q_lora_rank: int | None = None,
+                tokenizer: str = "spm", seed: int = 0, header_only: bool = False,
+                split: int = 1) -> Path:
+    """Write a tiny random model of ``arch`` to ``path``; return the (first) file's path.
+
+    MoE knobs (``n_expert``, ``n_expert_used``, ``n_ff_exp``, ``n_expert_shared``,
+    ``n_dense_lead``) only apply to MoE archs; ``n_dense_lead``/``n_expert_shared`` to
+    deepseek2/glm4moe (leading dense FFN layers, shared experts). ``n_swa`` (default 64) only
+    applies to gpt-oss/gemma3. ``n_nextn`` (NextN/MTP blocks) only to deepseek2/glm4moe.
+    deepseek2: ``head_dim`` is qk_nope_head_dim = v_head_dim (default 32), ``n_rot`` is
+    qk_rope_head_dim (16), plus ``kv_lora_rank`` (64) and ``q_lora_rank`` (64); the KV cache
+    row is ``kv_lora_rank + n_rot`` (MLA). glm4moe: ``n_rot`` defaults to head_dim/2 (partial
+    rotary, as GLM-4.5).
+    """
+    if arch not in ARCHS:
+        raise ValueError(f"unknown arch {arch!r}; supported: {ARCHS}")
+    if n_layer is None:
+        n_layer = 6 if arch == "gemma3" else 4
+    if n_nextn and arch not in NEXTN_ARCHS:
+        raise ValueError(f"{arch} has no NextN/MTP layers")
+    if tied_output and arch in _UNTIED_ONLY:
+        raise ValueError(f"{arch}: llama.cpp requires output.weight (no tied embeddings)")
+    if n_head % n_head_kv:
+        raise ValueError("n_head must be a multiple of n_head_kv")
+    if split < 1:
+        raise ValueError("split must be >= 1")
+    is_moe = arch in MOE_ARCHS
+    if is_moe and not (0 < n_expert_used <= n_expert):
+        raise ValueError("need 0 < n_expert_used <= n_expert")
+
+    if head_dim is None:
+        head_dim = 32 if arch == "deepseek2" else n_embd // n_head
+    if n_rot is None:
+        n_rot = {"deepseek2": _MLA_DEFAULTS["rope_dim"], "glm4moe": head_dim // 2}.get(arch, head_dim)
+    if arch in ("llama", "gpt-oss") and n_rot != head_dim:
+        raise ValueError(f"{arch} requires n_rot == head_dim")
+    kv_lora_rank = kv_lora_rank or _MLA_DEFAULTS["kv_lora_rank"]
+    q_lora_rank = q_lora_rank or _MLA_DEFAULTS["q_lora_rank"]
+    if arch in SWA_ARCHS and n_swa is None:
+        n_swa = 64
+    n_dense_lead = n_dense_lead if arch in NEXTN_ARCHS else 0
+    if arch in NEXTN_ARCHS and not (0 <= n_dense_lead < n_layer):
+        raise ValueError("need 0 <= n_dense_lead < n_layer (the NextN block must be MoE)")
+
+    specs = model_tensors(arch, n_layer=n_layer, n_embd=n_embd, n_head=n_head, n_head_kv=n_head_kv,
+                          n_ff=n_ff, n_vocab=n_vocab, n_expert=n_expert, n_ff_exp=n_ff_exp,
+                          head_dim=head_dim, n_rot=n_rot, tied_output=tied_output, n_nextn=n_nextn,
+                          n_dense_lead=n_dense_lead, n_expert_shared=n_expert_shared,
+                          kv_lora_rank=kv_lora_rank, q_lora_rank=q_lora_rank)
+    if split > len(specs):
+        raise ValueError(f"split={split} > {len(specs)} tensors")
+
+    base_type = _qtype(weight_type)
+    overrides = [(re.compile(p), _qtype(t)) for p, t in (tensor_types or {}).items()]
+
+    def type_of(spec: TensorSpec) -> QT:
+        if spec.kind != "w":
+            return QT.F32
+        for rx, t in overrides:
+            if rx.search(spec.name):
+                return _fit_type(t, spec.shape[0])
+        return _fit_type(base_type, spec.shape[0])
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    w = gguf.GGUFWriter(path, arch)
+
+    # ---- metadata
+    w.add_name(f"omni-place tiny {arch}")
+    w.add_type("model")
+    w.add_file_type(int(_FILE_TYPES.get(base_type, gguf.LlamaFileType.MOSTLY_F16)))
+    if base_type not in (QT.F32, QT.F16, QT.BF16) or any(t not in (QT.F32, QT.F16, QT.BF16) for _, t in overrides):
+        w.add_quantization_version(gguf.GGML_QUANT_VERSION)
+    w.add_context_length(n_ctx_train)
+    w.add_embedding_length(n_embd)
+    w.add_block_count(n_layer + n_nextn)
+    w.add_feed_forward_length(n_ff)
+    w.add_head_count(n_head)
+    w.add_head_count_kv(1 if arch == "deepseek2" else n_head_kv)
+    w.add_layer_norm_rms_eps(1e-6 if arch != "gpt-oss" else 1e-5)
+    w.add_rope_freq_base({"gemma3": 1e6, "qwen3": 1e6, "qwen3moe": 1e6, "qwen2": 1e6, "gpt-oss": 150000.0}.get(arch, 10000.0))
+
+    if arch == "deepseek2":
+        # MLA is stored as MQA with one big head (converter: conversion/deepseek.py)
+        w.add_key_length(kv_lora_rank + n_rot)
+        w.add_value_length(kv_lora_rank)
+        w.add_key_length_mla(head_dim + n_rot)
+        w.add_value_length_mla(head_dim)
+        w.add_kv_lora_rank(kv_lora_rank)
+        w.add_q_lora_rank(q_lora_rank)
+        w.add_rope_dimension_count(n_rot)
+        w.add_vocab_size(n_vocab)
+    else:
+        if arch not in ("llama", "qwen2") or head_dim != n_embd // n_head:
+            w.add_key_length(head_dim)
+            w.add_value_length(head_dim)
+        w.add_rope_dimension_count(n_rot)
+
+    if is_moe:
+        w.add_expert_count(n_expert)
+        w.add_expert_used_count(n_expert_used)
+        w.add_expert_feed_forward_length(n_ff_exp)
+    if arch in ("deepseek2", "glm4moe"):
+        w.add_leading_dense_block_count(n_dense_lead)
+        w.add_expert_shared_count(n_expert_shared)
+        w.add_expert_weights_scale(2.5 if arch == "deepseek2" else 1.0)
+        w.add_expert_weights_norm(True)
+        w.add_expert_gating_func(gguf.ExpertGatingFuncType.SIGMOID)
+        if n_nextn:
+            w.add_nextn_predict_layers(n_nextn)
+    if arch in SWA_ARCHS:
+        w.add_sliding_window(int(n_swa))  # pattern: gpt-oss 2 (even layers SWA), gemma3 6 (5 SWA + 1 full)
+    if arch == "gemma3":
+        w.add_rope_freq_base_swa(10000.0)
+
+    if tokenizer == "spm":
+        _add_spm_vocab(w, n_vocab)
+    elif tokenizer == "gpt2":
+        _add_gpt2_vocab(w, n_vocab)
+    else:
+        raise ValueError("tokenizer must be 'spm' or 'gpt2'")
+
+    # ---- tensors; shard i holds sizes[i] consecutive tensors
+    sizes = [len(specs) // split + (1 if k < len(specs) % split else 0) for k in range(split)]
+    rng = np.random.default_rng(seed)
+    for spec in specs:
+        if split > 1:
+            # GGUFWriter starts a new shard once the current one holds split_max_tensors tensors
+            w.split_max_tensors = sizes[min(len(w.tensors), split) - 1]
+        qt = type_of(spec)
+        if header_only:
+            w.add_tensor_info(spec.name, tuple(reversed(spec.shape)), np.dtype(np.float32),
+                              _nbytes(qt, spec.shape), raw_dtype=qt)
+        else:
+            data = _tensor_data(rng, spec, qt)
+            assert data.nbytes == _nbytes(qt, spec.shape), (spec, qt)
+            if qt in (QT.F32, QT.F16):
+                w.add_tensor(spec.name, data)
+            else:
+                w.add_tensor(spec.name, data, raw_dtype=qt)
+    assert len(w.tensors) == split, (len(w.tensors), split)
+
+    w.write_header_to_file(path)
+    w.write_kv_data_to_file()
+    if header_only:
+        w.write_ti_data_to_file()
+    else:
+        w.write_tensors_to_file()
+    w.close()
+    return shard_paths(path, split)[0]
+
+
+# --------------------------------------------------------------------------------------------
+# loading through the real engine (subprocess: a libllama abort must not kill pytest)
+# --------------------------------------------------------------------------------------------
+
+_ENGINE_RUNNER = r"""
+import json, sys
+import numpy as np
+import llama_cpp as L
+import llama_cpp._logger as _lg
+_lg.set_verbose(True)  # engine log lines go to stderr
+
+path, n_ctx, load_mtp, swa_full, n_threads = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "1", sys.argv[4] == "1", int(sys.argv[5])
+L.llama_backend_init()
+mp = L.llama_model_default_params()
+mp.n_gpu_layers = 0
+mp.check_tensors = True   # validates every tensor's data (NaN/Inf, quant blocks)
+mp.load_mtp = load_mtp
+model = L.llama_model_load_from_file(path.encode(), mp)
+if not model:
+    print(json.dumps({"loaded": False}))
+    sys.exit(3)
+cp = L.llama_context_default_params()
+cp.n_ctx = n_ctx
+cp.n_batch = cp.n_ubatch = min(n_ctx, 64)
+cp.n_seq_max = 1
+cp.n_threads = cp.n_threads_batch = n_threads
+cp.swa_full = swa_full
+ctx = L.llama_init_from_model(model, cp)
+if not ctx:
+    print(json.dumps({"loaded": True, "context": False}))
+    sys.exit(4)
+vocab = L.llama_model_get_vocab(model)
+n_vocab = L.llama_vocab_n_tokens(vocab)
+out = {"loaded": True, "context": True, "n_vocab": n_vocab,
+       "n_layer": L.llama_model_n_layer(model), "n_layer_nextn": L.llama_model_n_layer_nextn(model),
+       "n_swa": L.llama_model_n_swa(model), "n_params": L.llama_model_n_params(model),
+       "model_size": L.llama_model_size(model), "decode_rc": []}
+finite = True
+absmax = 0.0
+for toks in ([1, 5, 100, n_vocab - 1], [7]):   # a prompt, then one generated token
+    arr = (L.llama_token * len(toks))(*toks)
+    rc = L.llama_decode(ctx, L.llama_batch_get_one(arr, len(toks)))
+    out["decode_rc"].append(rc)
+    if rc != 0:
+        break
+    logits = np.ctypeslib.as_array(L.llama_get_logits_ith(ctx, -1), shape=(n_vocab,))
+    finite = finite and bool(np.isfinite(logits).all())
+    absmax = max(absmax, float(np.abs(logits).max()))
+out["logits_finite"] = finite
+out["logits_absmax"] = absmax
+L.llama_free(ctx)
+L.llama_model_free(model)
+sys.stdout.flush()
+print("\n" + json.dumps(out))
+"""
+
+_KV_RE = re.compile(r"llama_kv_cache:\s+(\S+) KV buffer size =\s+([0-9.]+) MiB")
+_KV_SIZE_RE = re.compile(r"llama_kv_cache: size =\s+([0-9.]+) MiB \(\s*(\d+) cells,\s+(\d+) layers")
+_MODEL_BUF_RE = re.compile(r"load_tensors:\s+(\S+) model buffer size =\s+([0-9.]+) MiB")
+_COMPUTE_RE = re.compile(r"sched_reserve:\s+(\S+) compute buffer size =\s+([0-9.]+) MiB")
+
+
+@dataclass
+class EngineResult:
+    """What ``engine_load`` saw: the runner's JSON (``info``) plus parsed engine log lines."""
+
+    returncode: int
+    info: dict
+    log: str
+    kv_buffers: list[tuple[str, float]]        # (buffer type, MiB) per "KV buffer size" line
+    kv_caches: list[tuple[float, int, int]]    # (MiB, cells, layers) per "llama_kv_cache: size =" line
+    model_buffers: list[tuple[str, float]]     # (buffer type, MiB)
+    compute_buffers: list[tuple[str, float]]   # (buffer type, MiB)
+
+    @property
+    def ok(self) -> bool:
+        i = self.info
+        return (self.returncode == 0 and i.get("loaded") is True and i.get("context") is True
+                and i.get("decode_rc") == [0, 0] and i.get("logits_finite") is True)
+
+    def log_lines(self, needle: str) -> list[str]:
+        return [ln for ln in self.log.splitlines() if needle in ln]
+
+
+def engine_available() -> bool:
+    """True when the real engine (llama-cpp-python's libllama) imports in this interpreter."""
+    import importlib.util
+    import subprocess
+    import sys
+
+    if importlib.util.find_spec("llama_cpp") is None:
+        return False
+    r = subprocess.run([sys.executable, "-c", "import llama_cpp; llama_cpp.llama_backend_init()"],
+                       capture_output=True, timeout=120)
+    return r.returncode == 0
+
+
+def engine_load(path: str | Path, *, n_ctx: int = 256, load_mtp: bool = False, swa_full: bool = False,
+                n_threads: int = 1, timeout: float = 120.0) -> EngineResult:
+    """Load ``path`` (first shard) in the real libllama on CPU in a subprocess, decode a 4-token
+    prompt then one more token, and return the result with the engine's buffer-size log lines.
+
+    ``n_threads=1`` on purpose: with 2+ OpenMP threads on a busy 2-core box a tiny decode spends
+    up to a second in barrier spin-waits; one thread decodes these models in milliseconds."""
+    import json
+    import subprocess
+    import sys
+
+    r = subprocess.run(
+        [sys.executable, "-c", _ENGINE_RUNNER, str(path), str(n_ctx), "1" if load_mtp else "0",
+         "1" if swa_full else "0", str(n_threads)],
+        capture_output=True, text=True, timeout=timeout)
+    info: dict = {}
+    for line in reversed(r.stdout.strip().splitlines()):
+        if line.startswith("{"):
+            try:
+                info = json.loads(line)
+            except ValueError:
+                pass
+            break
+    log = r.stderr
+    return EngineResult(
+        returncode=r.returncode, info=info, log=log,
+        kv_buffers=[(m[1], float(m[2])) for m in _KV_RE.finditer(log)],
+        kv_caches=[(float(m[1]), int(m[2]), int(m[3])) for m in _KV_SIZE_RE.finditer(log)],
+        model_buffers=[(m[1], float(m[2])) for m in _MODEL_BUF_RE.finditer(log)],
+        compute_buffers=[(m[1], float(m[2])) for m in _COMPUTE_RE.finditer(log)],
+    )

@@ -1,0 +1,203 @@
+"""ModelProfile: roles, exact bytes, KV cache and compute estimates from header-only files."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from gguf import GGMLQuantizationType as Q
+
+from omni_place.cli import main
+from omni_place.errors import InvalidArgumentError
+from omni_place.model import Role, alloc_bytes, classify, load_model
+from omni_place.reference_models import ModelSpec, deepseek_v3, write_header_only
+
+ROLE_CASES = {
+    ("blk.3.attn_q_a.weight"): Role.ATTENTION,
+    ("blk.3.attn_kv_a_mqa.weight"): Role.ATTENTION,
+    ("blk.3.attn_kv_b.weight"): Role.ATTENTION,
+    ("blk.3.attn_k_b.weight"): Role.ATTENTION,
+    ("blk.3.attn_v_b.weight"): Role.ATTENTION,
+    ("blk.3.attn_q_b.weight"): Role.ATTENTION,
+    ("blk.3.attn_qkv.weight"): Role.ATTENTION,
+    ("blk.3.attn_sinks.weight"): Role.ATTENTION,
+    ("blk.3.attn_output.bias"): Role.ATTENTION,
+    ("blk.3.attn_norm.weight"): Role.NORM,
+    ("blk.3.attn_q_a_norm.weight"): Role.NORM,
+    ("blk.3.attn_kv_a_norm.weight"): Role.NORM,
+    ("blk.3.attn_q_norm.weight"): Role.NORM,
+    ("blk.3.post_attention_norm.weight"): Role.NORM,
+    ("blk.3.post_ffw_norm.weight"): Role.NORM,
+    ("blk.3.ffn_norm.weight"): Role.NORM,
+    ("blk.3.ffn_gate.weight"): Role.FFN,
+    ("blk.3.ffn_up.weight"): Role.FFN,
+    ("blk.3.ffn_down.weight"): Role.FFN,
+    ("blk.3.ffn_gate_shexp.weight"): Role.SHARED_EXPERT,
+    ("blk.3.ffn_down_shexp.weight"): Role.SHARED_EXPERT,
+    ("blk.3.ffn_gate_inp_shexp.weight"): Role.SHARED_EXPERT,
+    ("blk.3.ffn_gate_exps.weight"): Role.ROUTED_EXPERT,
+    ("blk.3.ffn_up_exps.weight"): Role.ROUTED_EXPERT,
+    ("blk.3.ffn_down_exps.weight"): Role.ROUTED_EXPERT,
+    ("blk.3.ffn_gate_up_exps.weight"): Role.ROUTED_EXPERT,
+    ("blk.3.ffn_down_exps.bias"): Role.ROUTED_EXPERT,
+    ("blk.3.ffn_gate_inp.weight"): Role.ROUTER,
+    ("blk.3.exp_probs_b.bias"): Role.ROUTER,
+    ("blk.61.nextn.eh_proj.weight"): Role.NEXTN,
+    ("blk.61.nextn.enorm.weight"): Role.NEXTN,
+    ("blk.61.nextn.shared_head_norm.weight"): Role.NEXTN,
+    ("blk.3.ssm_in.weight"): Role.RECURRENT,
+    ("blk.3.mystery_tensor.weight"): Role.UNKNOWN,
+    ("token_embd.weight"): Role.EMBEDDING,
+    ("output.weight"): Role.OUTPUT,
+    ("output_norm.weight"): Role.OUTPUT_NORM,
+    ("rope_freqs.weight"): Role.OTHER,
+    ("something_global.weight"): Role.UNKNOWN,
+}
+
+
+@pytest.mark.parametrize("name", sorted(ROLE_CASES))
+def test_roles(name: str) -> None:
+    if name.startswith("blk."):
+        _, layer, inner = name.split(".", 2)
+        assert classify(int(layer), inner) is ROLE_CASES[name]
+    else:
+        assert classify(None, name) is ROLE_CASES[name]
+
+
+@pytest.fixture(scope="module")
+def deepseek(tmp_path_factory: pytest.TempPathFactory):
+    d = tmp_path_factory.mktemp("ds")
+    paths = write_header_only(deepseek_v3(), d / "DeepSeek-V3.gguf", shards=3, with_vocab=True)
+    return load_model(paths[0])
+
+
+def test_deepseek_shape_profile(deepseek) -> None:
+    m = deepseek
+    hp = m.hparams
+    assert (m.architecture, hp.n_layer, hp.n_layer_nextn, hp.n_vocab) == ("deepseek2", 62, 1, 129280)
+    assert hp.is_mla and hp.n_expert == 256 and hp.n_expert_used == 8
+    assert m.unknown_tensors == []
+    # bytes: sum of tensors == what the spec says, per layer split into dense / experts
+    spec = deepseek_v3()
+    assert m.total_bytes == sum(n // 256 * {Q.Q4_K: 144, Q.Q6_K: 210}.get(q, 0) if q in (Q.Q4_K, Q.Q6_K)
+                                else (n * 4 if q == Q.F32 else n // 32 * 34)
+                                for n, q in ((_numel(s), q) for _, s, q in spec.tensors))
+    moe = m.layers[10]
+    e = 7168 * 2048 * 256
+    assert moe.experts["cpu"] == e // 256 * 144 * 2 + e // 256 * 210
+    assert [t.role for t in moe.expert_tensors] == [Role.ROUTED_EXPERT] * 3
+    assert all(t.n_expert == 256 for t in moe.expert_tensors)
+    assert moe.expert_tensors[2].bytes_per_expert == 2048 * 7168 // 256 * 210
+    assert m.layers[0].experts["cpu"] == 0 and m.layers[0].dense["cpu"] > 0
+    assert m.layers[61].is_nextn and not m.layers[60].is_nextn
+
+
+def _numel(shape) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
+def test_deepseek_mla_kv_cache(deepseek) -> None:
+    # 576-wide latent per layer per token, f16; NextN layer holds no KV (ENGINE_FACTS §4.2)
+    assert deepseek.kv_bytes_per_token("f16") == 61 * 576 * 2
+    kv = deepseek.kv_layer_bytes(32768, "f16")
+    assert kv[61] == 0
+    assert kv[0] == 576 * 2 * 32768
+    assert deepseek.kv_layer_bytes(32768, "q8_0")[0] == 576 // 32 * 34 * 32768
+    assert deepseek.kv_layer_bytes(1000)[0] == 576 * 2 * 1024  # padded to 256 cells
+
+
+def test_cuda_row_padding_and_alignment(deepseek) -> None:
+    by = {t.name: t for t in deepseek.tensors}
+    kb = by["blk.5.attn_k_b.weight"]  # Q8_0, ne0 = 128: padded to 512 elements on CUDA
+    assert alloc_bytes(kb.info, "cpu") == kb.bytes
+    assert alloc_bytes(kb.info, "cuda") == -(-(kb.bytes + (512 - 128) // 32 * 34) // 128) * 128
+    norm = by["blk.5.attn_kv_a_norm.weight"]  # F32 [512]: not quantized, only aligned
+    assert alloc_bytes(norm.info, "cuda") == 2048
+    gate = by["blk.5.ffn_gate_exps.weight"]  # ne0 = 7168 = 14 * 512: no padding
+    assert alloc_bytes(gate.info, "cuda") == gate.bytes
+
+
+def gqa_spec(arch: str, n_layer: int = 4, **extra) -> ModelSpec:
+    md = {f"{arch}.block_count": n_layer, f"{arch}.embedding_length": 512,
+          f"{arch}.attention.head_count": 8, f"{arch}.attention.head_count_kv": 2,
+          f"{arch}.attention.key_length": 64, f"{arch}.attention.value_length": 64,
+          f"{arch}.feed_forward_length": 1024, f"{arch}.vocab_size": 1000}
+    md.update({f"{arch}.{k}": v for k, v in extra.items()})
+    spec = ModelSpec(arch, arch, md)
+    spec.add("token_embd.weight", (512, 1000), Q.F16)
+    for il in range(n_layer):
+        spec.add(f"blk.{il}.attn_q.weight", (512, 512), Q.F16)
+    return spec
+
+
+def test_gqa_and_swa_kv(tmp_path: Path) -> None:
+    llama = load_model(write_header_only(gqa_spec("llama"), tmp_path / "l.gguf")[0])
+    per_layer = 2 * 64 * 2 * 2  # K and V, 2 KV heads x 64, f16
+    assert llama.kv_layer_bytes(4096) == [per_layer * 4096] * 4
+    assert llama.kv_bytes_per_token() == per_layer * 4
+    # q8_0 K + f16 V
+    assert llama.kv_layer_bytes(4096, "q8_0", "f16")[0] == (128 // 32 * 34 + 256) * 4096
+
+    # gemma3: SWA pattern 6 -> layers 0-4 SWA, 5 full; SWA cells = pad256(n_swa + ubatch) unless swa_full
+    gemma = load_model(write_header_only(gqa_spec("gemma3", 6, **{"attention.sliding_window": 1024}),
+                                         tmp_path / "g.gguf")[0])
+    assert gemma.hparams.is_swa == (True,) * 5 + (False,)
+    kv = gemma.kv_layer_bytes(32768, n_ubatch=512)
+    assert kv[0] == per_layer * 1536 and kv[5] == per_layer * 32768
+    assert gemma.kv_layer_bytes(32768, swa_full=True) == [per_layer * 32768] * 6
+
+    # gpt-oss: pattern 2 -> even layers SWA
+    oss = load_model(write_header_only(gqa_spec("gpt-oss", 4, **{"attention.sliding_window": 128}),
+                                       tmp_path / "o.gguf")[0])
+    assert oss.hparams.is_swa == (True, False, True, False)
+    assert oss.kv_layer_bytes(8192)[0] == per_layer * 768
+
+
+def test_recurrent_state_is_ctx_independent(tmp_path: Path) -> None:
+    spec = gqa_spec("mamba2", 2, **{"ssm.conv_kernel": 4, "ssm.inner_size": 1024,
+                                    "ssm.state_size": 128, "ssm.group_count": 1})
+    m = load_model(write_header_only(spec, tmp_path / "m.gguf")[0])
+    a, b = m.kv_layer_bytes(4096), m.kv_layer_bytes(65536)
+    assert a == b == [4 * (3 * (1024 + 2 * 128) + 128 * 1024)] * 2
+
+
+def test_bad_kv_type_and_ctx(deepseek) -> None:
+    with pytest.raises(InvalidArgumentError, match="unknown KV cache type"):
+        deepseek.kv_layer_bytes(4096, "q3_k")
+    with pytest.raises(InvalidArgumentError, match="positive"):
+        deepseek.kv_layer_bytes(0)
+
+
+def test_compute_estimate_grows_with_ubatch_and_logits(deepseek) -> None:
+    from omni_place.compute import compute_buffer_estimate
+
+    small = compute_buffer_estimate(deepseek, n_ctx=32768, n_ubatch=512)
+    big = compute_buffer_estimate(deepseek, n_ctx=32768, n_ubatch=2048)
+    assert big.layer_device > small.layer_device
+    assert small.output_extra >= 4 * 129280 * 512
+    assert compute_buffer_estimate(deepseek, n_ctx=32768, flash_attn=False).layer_device > small.layer_device
+
+
+def test_inspect_cli_json_and_errors(deepseek, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["inspect", str(deepseek.path), "--ctx", "8192", "--format", "json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["architecture"] == "deepseek2" and out["n_layer"] == 62
+    assert out["kv_bytes_per_token"] == 61 * 1152
+    assert out["total_bytes"] == deepseek.total_bytes
+    t = next(t for t in out["tensors"] if t["name"] == "blk.3.ffn_up_exps.weight")
+    assert t["layer"] == 3 and t["role"] == "routed_expert" and t["bytes"] > 0
+    assert next(t for t in out["tensors"] if t["name"] == "output.weight")["layer"] is None
+
+    assert main(["inspect", str(deepseek.path)]) == 0
+    text = capsys.readouterr().out
+    assert "deepseek2" in text and "KiB/token" in text
+
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(b"NOPE" * 16)
+    assert main(["inspect", str(bad)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[0].startswith("error: ") and "not a GGUF file" in err[0]
+    assert err[1].startswith("hint: ") and len(err) == 2

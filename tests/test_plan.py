@@ -1,0 +1,172 @@
+"""plan_split / evaluate / the llama.cpp dialect: feasibility, round trips, traps, CLI exits."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from omni_place.cli import main
+from omni_place.cost import CPU, EXPERT_OPTIONS, Placement, expert_kind
+from omni_place.devices import Cluster, Device
+from omni_place.engines import llama_cpp
+from omni_place.errors import InvalidArgumentError, NothingFitsError
+from omni_place.model import load_model
+from omni_place.plan import evaluate, plan_split
+from omni_place.reference_models import deepseek_v3, write_header_only
+
+GiB = 1 << 30
+
+
+@pytest.fixture(scope="module")
+def deepseek(tmp_path_factory: pytest.TempPathFactory):
+    p = write_header_only(deepseek_v3(), tmp_path_factory.mktemp("ds") / "ds.gguf")[0]
+    return load_model(p)
+
+
+def rig(*gpus: tuple[float, float], ram_gib: float = 512, cpu_bw: float = 300) -> Cluster:
+    devs = [Device(f"CUDA{i}", "gpu", int(mem * GiB), bw, tflops=200.0, link_gbs=63.0)
+            for i, (mem, bw) in enumerate(gpus)]
+    devs.append(Device("CPU", "cpu", int(ram_gib * GiB), cpu_bw, threads=32))
+    return Cluster("test", tuple(devs))
+
+
+def roundtrip(model, plan) -> Placement:
+    """Decode the emitted flags with the engine's own rules."""
+    parsed = llama_cpp.parse_args(plan.args("server"))
+    return llama_cpp.decode(model, parsed, list(plan.default_order))
+
+
+def test_seed_plan_fits_and_flags_reproduce_it(deepseek) -> None:
+    plan = plan_split(deepseek, "seed", ctx=32768)
+    assert plan.feasible
+    assert all(u.used_bytes <= u.capacity_bytes for u in plan.usage if u.kind != "cpu")
+    back = roundtrip(deepseek, plan)
+    assert back.layer_home == plan.placement.layer_home
+    assert back.output == plan.placement.output
+    for il, home in enumerate(back.layer_home):
+        if home != CPU and deepseek.layers[il].has_experts:
+            present = {expert_kind(t) for t in deepseek.layers[il].expert_tensors}
+            assert back.cpu_experts[il] == plan.placement.cpu_experts[il] & present, il
+    # the same flags in llama-bench's dialect
+    bench = plan.args("bench")
+    assert "/" in bench[bench.index("-ts") + 1] and "," not in bench[bench.index("-ts") + 1]
+    d = plan.to_dict()
+    for key in ("engine", "args", "n_gpu_layers", "tensor_split", "overrides", "devices", "predicted", "feasible"):
+        assert key in d
+    assert d["predicted"]["tg_tps"] > 0 and d["predicted"]["pp_tps"] > 0
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(m0=st.floats(8, 200), m1=st.floats(4, 64), bw0=st.floats(300, 3000), bw1=st.floats(300, 3000),
+       ctx=st.sampled_from([4096, 32768, 131072]))
+def test_every_plan_fits_and_roundtrips(deepseek, m0: float, m1: float, bw0: float, bw1: float, ctx: int) -> None:
+    cluster = rig((m0, bw0), (m1, bw1))
+    plan = plan_split(deepseek, cluster, ctx=ctx)
+    assert plan.feasible
+    for u in plan.usage:
+        if u.kind != "cpu":
+            assert u.used_bytes <= u.capacity_bytes
+    back = roundtrip(deepseek, plan)
+    assert back.layer_home == plan.placement.layer_home and back.output == plan.placement.output
+
+
+@given(counts=st.lists(st.integers(0, 40), min_size=1, max_size=6), n_layer=st.integers(1, 160))
+def test_exact_count_encoding_matches_engine_rule(counts: list[int], n_layer: int) -> None:
+    # ENGINE_FACTS §1.3: -ngl ΣL+1, -ts L0..L_last+1 gives exactly L_d layers per device
+    while sum(counts) > n_layer:
+        counts[counts.index(max(counts))] -= 1
+    if sum(counts) == 0:
+        return
+    ts = list(counts)
+    last = max(i for i, c in enumerate(counts) if c > 0)
+    ts[last] += 1
+    slots = llama_cpp.assign_layers(n_layer + 1, sum(counts) + 1, ts, len(counts))
+    assert [sum(1 for s in slots[:-1] if s == d) for d in range(len(counts))] == counts
+    assert slots[-1] == last
+    assert sum(1 for s in slots[:-1] if s < 0) == n_layer - sum(counts)
+
+
+def test_engine_rule_worked_example() -> None:
+    # ENGINE_FACTS §1.3: 61 layers + output, -ts 75,25
+    a = llama_cpp.assign_layers(62, 99, [75, 25], 2)
+    assert a[:-1].count(0) == 47 and a[:-1].count(1) == 14 and a[-1] == 1
+    b = llama_cpp.assign_layers(62, 19, [75, 25], 2)
+    assert b[:-1].count(-1) == 43 and b[:-1].count(0) == 15 and b[:-1].count(1) == 3
+
+
+def test_n_cpu_moe_trap_is_infeasible_and_plan_is_not(deepseek) -> None:
+    # --n-cpu-moe moves the FIRST layers' experts: the small last card keeps all its experts
+    cluster = rig((96, 1790), (32, 1790))
+    checked = evaluate(deepseek, cluster, ["-ngl", "99", "-ts", "75,25", "--n-cpu-moe", "40", "-c", "32768"])
+    assert not checked.feasible
+    over = [u for u in checked.usage if not u.fits]
+    assert [u.name for u in over] == ["CUDA1"]
+    assert "CUDA1 overflows by" in checked.notes[0]
+    assert plan_split(deepseek, cluster, ctx=32768).feasible
+
+
+def test_ngl_past_compute_buffers_is_infeasible(deepseek) -> None:
+    args = ["-ngl", "99", "-cmoe", "-c", "8192"]
+    big = next(u for u in evaluate(deepseek, rig((200, 1000)), args).usage if u.name == "CUDA0")
+    assert big.compute_bytes > 0
+    # a card where the weights and KV fit but the compute buffers do not
+    cap_gib = (big.weights_bytes + big.kv_bytes + big.compute_bytes // 2) / GiB + 0.5  # + default margin
+    checked = evaluate(deepseek, rig((cap_gib, 1000)), args)
+    gpu = next(u for u in checked.usage if u.name == "CUDA0")
+    assert gpu.weights_bytes + gpu.kv_bytes <= gpu.capacity_bytes
+    assert not checked.feasible
+
+
+def test_parse_args_errors() -> None:
+    with pytest.raises(InvalidArgumentError, match="not an integer"):
+        llama_cpp.parse_args(["-ngl", "14,18"])
+    with pytest.raises(InvalidArgumentError, match="not <regex>="):
+        llama_cpp.parse_args(["-ot", "exps"])
+    with pytest.raises(InvalidArgumentError, match="valid regex"):
+        llama_cpp.parse_args(["-ot", "blk.(=CPU"])
+    with pytest.raises(InvalidArgumentError, match="needs a value"):
+        llama_cpp.parse_args(["-ts"])
+
+
+def test_nothing_fits(deepseek) -> None:
+    with pytest.raises(NothingFitsError, match="nothing fits"):
+        plan_split(deepseek, rig((8, 900), ram_gib=2), ctx=163840)
+
+
+def test_cli_plan_formats_and_exit_codes(deepseek, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    model = str(deepseek.path)
+    assert main(["plan", model, "--preset", "seed", "--format", "json"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["feasible"] and d["devices"][0]["name"] == "CUDA0"
+    assert main(["plan", model, "--preset", "seed", "--format", "args"]) == 0
+    assert capsys.readouterr().out.startswith("-ngl ")
+    assert main(["plan", model, "--preset", "seed", "--format", "env"]) == 0
+    assert "LLAMA_ARG_N_GPU_LAYERS=" in capsys.readouterr().out
+    assert main(["plan", model, "--preset", "seed"]) == 0
+    assert "predicted: decode" in capsys.readouterr().out
+    # bad input: exit 2, one line + hint
+    assert main(["plan", model, "--preset", "seed", "--objective", "fast"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err[0].startswith("error: ") and err[1].startswith("hint: ")
+    assert main(["plan", str(tmp_path / "missing.gguf"), "--preset", "seed"]) == 2
+    assert main(["plan", model, "--preset", "seed", "--cluster", "x.toml"]) == 2
+    # nothing fits: exit 3
+    small = tmp_path / "small.toml"
+    small.write_text('[[devices]]\nname = "CUDA0"\nkind = "gpu"\nmemory_gib = 8\nbandwidth_gbs = 900\n'
+                     '[[devices]]\nname = "CPU"\nkind = "cpu"\nmemory_gib = 2\nbandwidth_gbs = 80\n')
+    assert main(["plan", model, "--cluster", str(small), "--ctx", "163840"]) == 3
+    assert "nothing fits" in capsys.readouterr().err
+    # check: fits -> 0, overflow -> 3
+    capsys.readouterr()
+    assert main(["check", model, "--preset", "seed", "--format", "json", "--", "-ngl", "99", "-ts", "3,1"]) == 3
+    out = json.loads(capsys.readouterr().out)
+    assert out["feasible"] is False
+    plan_args = plan_split(deepseek, "seed").args("server")
+    assert main(["check", model, "--preset", "seed", "--", *plan_args]) == 0
+
+
+def test_expert_options_are_the_override_sets() -> None:
+    assert EXPERT_OPTIONS[0] == frozenset() and EXPERT_OPTIONS[-1] >= {"gate", "up", "down"}
