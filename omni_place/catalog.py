@@ -1,0 +1,164 @@
+"""The GPU catalog: datasheet figures for known GPUs, read from ``data/gpu_catalog.toml``.
+
+The TOML file is the single source of truth; this module only loads, validates and matches it.
+NVML-discovered GPUs are matched by the name NVML reports (``nvmlDeviceGetName``) and, where one
+name covers several memory sizes, by their total memory. Cluster files name an entry with
+``catalog = "..."`` (the entry's name or any alias, case-insensitive).
+"""
+from __future__ import annotations
+
+import difflib
+import functools
+import sys
+from dataclasses import dataclass
+from importlib import resources
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+from .errors import ClusterError
+
+GIB = 1 << 30
+
+#: PCIe payload bandwidth per lane and direction in GB/s, after line coding (8b/10b for gen 1-2,
+#: 128b/130b for gen 3-5, FLIT for gen 6). The one table every link figure derives from.
+PCIE_GBS_PER_LANE: dict[int, float] = {1: 0.25, 2: 0.5, 3: 0.985, 4: 1.969, 5: 3.938, 6: 7.563}
+PCIE_WIDTHS = (1, 2, 4, 8, 16, 32)
+
+#: Reported memory may be below the nominal size (ECC, reserved pages) by this fraction.
+MEMORY_MATCH_TOLERANCE = 0.10
+
+_CATALOG_FILE = "gpu_catalog.toml"
+_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "name": str, "memory_gib": (int, float), "bandwidth_gbs": (int, float),
+    "fp16_tflops": (int, float), "pcie_gen": int, "pcie_width": int, "aliases": list,
+    "source": str, "note": str,
+}
+_OPTIONAL = {"note"}
+
+
+def pcie_gbs(gen: int, width: int) -> float:
+    """PCIe bandwidth per direction in GB/s for a link of generation ``gen`` and ``width`` lanes.
+
+    Raises:
+        ClusterError: the generation is not in :data:`PCIE_GBS_PER_LANE` or the width is not a
+            PCIe lane count.
+    """
+    if gen not in PCIE_GBS_PER_LANE:
+        raise ClusterError(f"unknown PCIe generation {gen!r} (known: {sorted(PCIE_GBS_PER_LANE)})")
+    if width not in PCIE_WIDTHS:
+        raise ClusterError(f"invalid PCIe width x{width!r} (valid: {', '.join(map(str, PCIE_WIDTHS))})")
+    return PCIE_GBS_PER_LANE[gen] * width
+
+
+@dataclass(frozen=True)
+class GpuSpec:
+    """One catalog entry (units as in ``data/gpu_catalog.toml``)."""
+
+    name: str
+    memory_gib: float
+    bandwidth_gbs: float
+    fp16_tflops: float
+    pcie_gen: int
+    pcie_width: int
+    aliases: tuple[str, ...]
+    source: str
+    note: str = ""
+
+    @property
+    def memory_bytes(self) -> int:
+        return int(round(self.memory_gib * GIB))
+
+    @property
+    def link_gbs(self) -> float:
+        """Host-link bandwidth per direction the card supports, GB/s."""
+        return pcie_gbs(self.pcie_gen, self.pcie_width)
+
+
+def normalize_name(name: str) -> str:
+    """Canonical form for matching: case-folded, single spaces, no leading ``NVIDIA``."""
+    text = " ".join(name.split()).casefold()
+    return text.removeprefix("nvidia ").strip()
+
+
+@functools.cache
+def load_catalog() -> tuple[GpuSpec, ...]:
+    """Every catalog entry, in file order (read and validated once per process).
+
+    Raises:
+        ClusterError: the shipped catalog is malformed (a packaging bug).
+    """
+    ref = resources.files("omni_place") / "data" / _CATALOG_FILE
+    where = f"omni_place/data/{_CATALOG_FILE}"
+    try:
+        doc = tomllib.loads(ref.read_text(encoding="utf-8"))
+    except (OSError, tomllib.TOMLDecodeError) as err:
+        raise ClusterError(f"{where}: cannot read the GPU catalog: {err}",
+                           hint="reinstall omni_place; the package data is damaged") from None
+    specs: list[GpuSpec] = []
+    seen: dict[str, str] = {}
+    for i, entry in enumerate(doc.get("gpu", [])):
+        label = f"{where}: [[gpu]] #{i + 1}"
+        missing = set(_FIELDS) - _OPTIONAL - set(entry)
+        unknown = set(entry) - set(_FIELDS)
+        if missing or unknown:
+            raise ClusterError(f"{label}: missing {sorted(missing)}, unknown {sorted(unknown)}")
+        for key, value in entry.items():
+            if not isinstance(value, _FIELDS[key]) or isinstance(value, bool):
+                raise ClusterError(f"{label}: {key} = {value!r} has the wrong type")
+        spec = GpuSpec(
+            name=entry["name"], memory_gib=float(entry["memory_gib"]),
+            bandwidth_gbs=float(entry["bandwidth_gbs"]), fp16_tflops=float(entry["fp16_tflops"]),
+            pcie_gen=entry["pcie_gen"], pcie_width=entry["pcie_width"],
+            aliases=tuple(entry["aliases"]), source=entry["source"], note=entry.get("note", ""),
+        )
+        spec.link_gbs  # noqa: B018  (validates the PCIe figures)
+        key = normalize_name(spec.name)
+        if key in seen:
+            raise ClusterError(f"{label}: name {spec.name!r} duplicates {seen[key]!r}")
+        seen[key] = spec.name
+        specs.append(spec)
+    if not specs:
+        raise ClusterError(f"{where}: the GPU catalog has no [[gpu]] entries")
+    return tuple(specs)
+
+
+def lookup(name: str) -> GpuSpec | None:
+    """The entry whose name, or else whose alias, equals ``name`` (normalized); else None.
+
+    An alias shared by several sizes (``NVIDIA GeForce RTX 3060``) resolves to the first entry;
+    use the entry name (``RTX 3060 12GB``) to be explicit.
+    """
+    key = normalize_name(name)
+    specs = load_catalog()
+    for spec in specs:
+        if normalize_name(spec.name) == key:
+            return spec
+    for spec in specs:
+        if any(normalize_name(alias) == key for alias in spec.aliases):
+            return spec
+    return None
+
+
+def suggest(name: str, n: int = 3) -> list[str]:
+    """Catalog entry names closest to ``name``, for "did you mean" hints."""
+    names = {normalize_name(s.name): s.name for s in load_catalog()}
+    return [names[k] for k in difflib.get_close_matches(normalize_name(name), names, n=n, cutoff=0.5)]
+
+
+def match_gpu(nvml_name: str, total_bytes: int | None = None) -> GpuSpec | None:
+    """The catalog entry for a GPU NVML calls ``nvml_name`` with ``total_bytes`` of memory.
+
+    Only aliases match (marketing names differ from NVML's). When ``total_bytes`` is known, the
+    entry's nominal memory must be within :data:`MEMORY_MATCH_TOLERANCE` of it, and the closest
+    size wins; a size the catalog lacks (say an 8 GB RTX 3060) matches nothing.
+    """
+    key = normalize_name(nvml_name)
+    candidates = [s for s in load_catalog() if any(normalize_name(a) == key for a in s.aliases)]
+    if total_bytes is None:
+        return candidates[0] if candidates else None
+    sized = [s for s in candidates
+             if abs(s.memory_bytes - total_bytes) <= MEMORY_MATCH_TOLERANCE * s.memory_bytes]
+    return min(sized, key=lambda s: abs(s.memory_bytes - total_bytes), default=None)

@@ -1,0 +1,170 @@
+"""The host CPU: model, physical cores, RAM, and a short memory-bandwidth probe.
+
+Everything here degrades to a portable fallback (``os.cpu_count``, ``os.sysconf``) when
+``/proc`` is missing, so it works off Linux too. Nothing here raises on an odd system: a figure
+that cannot be read comes back as None.
+"""
+from __future__ import annotations
+
+import os
+import platform
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import InvalidArgumentError
+
+MIB = 1 << 20
+
+#: Memory bandwidth assumed for the CPU when neither a probe nor a cluster file gives one, GB/s.
+#: Conservative on purpose: dual-channel DDR4-3200 peaks at 51.2 GB/s and sustains ~40 GB/s;
+#: servers are much faster, so run ``omni-place devices --measure`` or write it in a cluster file.
+DEFAULT_CPU_BANDWIDTH_GBS = 40.0
+
+_PROBE_BYTES = 256 * MIB  # per array: src + dst = 512 MiB, above nearly every last-level cache
+
+
+@dataclass(frozen=True)
+class CpuInfo:
+    """What the OS says about the host CPU and its memory (bytes; None where unknown)."""
+
+    model: str | None
+    physical_cores: int
+    logical_cpus: int
+    total_bytes: int | None
+    available_bytes: int | None
+
+
+def _read(path: str) -> str | None:
+    try:
+        return Path(path).read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return None
+
+
+def _usable_cpus() -> set[int] | None:
+    try:
+        return set(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return None
+
+
+def _parse_cpuinfo(text: str, usable: set[int] | None) -> tuple[str | None, int, int]:
+    """(model name, physical cores, logical CPUs) from /proc/cpuinfo, limited to ``usable``."""
+    model: str | None = None
+    cores: set[tuple[str, str]] = set()
+    logical = 0
+    for block in text.split("\n\n"):
+        fields: dict[str, str] = {}
+        for line in block.splitlines():
+            key, sep, value = line.partition(":")
+            if sep:
+                fields[key.strip()] = value.strip()
+        if "processor" not in fields or not fields["processor"].isdigit():
+            model = model or fields.get("Hardware") or fields.get("Model")
+            continue
+        if usable is not None and int(fields["processor"]) not in usable:
+            continue
+        logical += 1
+        model = model or fields.get("model name") or fields.get("Model") or fields.get("cpu model")
+        # Without topology fields (some ARM kernels, VMs) every logical CPU counts as a core.
+        cores.add((fields.get("physical id", "0"), fields.get("core id", fields["processor"])))
+    return model, len(cores), logical
+
+
+def _meminfo() -> tuple[int | None, int | None]:
+    """(MemTotal, MemAvailable) in bytes from /proc/meminfo, else from sysconf."""
+    text = _read("/proc/meminfo")
+    if text:
+        values: dict[str, int] = {}
+        for line in text.splitlines():
+            key, _, rest = line.partition(":")
+            parts = rest.split()
+            if parts and parts[0].isdigit():
+                values[key] = int(parts[0]) * 1024  # the kernel writes kB meaning KiB
+        if "MemTotal" in values:
+            return values["MemTotal"], values.get("MemAvailable", values.get("MemFree"))
+    try:
+        page = os.sysconf("SC_PAGE_SIZE")
+        return os.sysconf("SC_PHYS_PAGES") * page, os.sysconf("SC_AVPHYS_PAGES") * page
+    except (AttributeError, ValueError, OSError):
+        return None, None
+
+
+def _cgroup_memory() -> tuple[int | None, int | None]:
+    """(limit, current usage) of this process's cgroup v2, when a limit is set."""
+    limit = (_read("/sys/fs/cgroup/memory.max") or "").strip()
+    if not limit.isdigit():
+        return None, None
+    current = (_read("/sys/fs/cgroup/memory.current") or "").strip()
+    return int(limit), int(current) if current.isdigit() else None
+
+
+def cpu_info() -> CpuInfo:
+    """Model, cores and RAM of this machine, honouring CPU affinity and a cgroup memory limit."""
+    usable = _usable_cpus()
+    model, physical, logical = _parse_cpuinfo(_read("/proc/cpuinfo") or "", usable)
+    if logical == 0:  # no /proc/cpuinfo (or nothing parsable)
+        logical = len(usable) if usable else (os.cpu_count() or 1)
+        physical = logical
+    total, available = _meminfo()
+    limit, used = _cgroup_memory()
+    if limit is not None and (total is None or limit < total):
+        total = limit
+        if used is not None:
+            available = max(0, min(available if available is not None else limit, limit - used))
+    return CpuInfo(
+        model=model or platform.processor() or None,
+        physical_cores=max(1, physical),
+        logical_cpus=max(1, logical),
+        total_bytes=total,
+        available_bytes=available,
+    )
+
+
+def measure_memory_bandwidth(threads: int | None = None, size_bytes: int | None = None,
+                             reps: int = 5) -> float:
+    """Measure sustained CPU memory bandwidth in GB/s with a multi-threaded copy.
+
+    Each of ``threads`` workers copies its slice of a ``size_bytes`` float64 array into a second
+    array with ``np.copyto`` (which releases the GIL), so the copies run in parallel. The result
+    counts bytes read plus bytes written (2 x size) per copy, best of ``reps`` timed copies after
+    one warm-up; write-allocate traffic is not counted, as in STREAM's "Copy". Takes about a
+    second: the arrays are allocated and touched once (2 x 256 MiB by default, capped at an
+    eighth of available memory each).
+
+    Raises:
+        InvalidArgumentError: ``threads``, ``size_bytes`` or ``reps`` is not positive.
+    """
+    info = cpu_info()
+    threads = info.physical_cores if threads is None else threads
+    if size_bytes is None:
+        size_bytes = _PROBE_BYTES
+        if info.available_bytes:
+            size_bytes = max(16 * MIB, min(size_bytes, info.available_bytes // 8))
+    if threads < 1 or size_bytes < MIB or reps < 1:
+        raise InvalidArgumentError(
+            f"bandwidth probe needs threads >= 1, size >= 1 MiB and reps >= 1 "
+            f"(got {threads}, {size_bytes} bytes, {reps})")
+    n = size_bytes // 8
+    # np.full writes every page (np.zeros would map them lazily and time the page faults).
+    src = np.full(n, 1.0, dtype=np.float64)
+    dst = np.full(n, 0.0, dtype=np.float64)
+    bounds = np.linspace(0, n, threads + 1, dtype=np.int64)
+    pairs = [(dst[a:b], src[a:b]) for a, b in zip(bounds[:-1], bounds[1:], strict=True) if b > a]
+
+    def copy(pair: tuple[np.ndarray, np.ndarray]) -> None:
+        np.copyto(pair[0], pair[1])
+
+    best = float("inf")
+    with ThreadPoolExecutor(max_workers=len(pairs)) as pool:
+        for rep in range(reps + 1):
+            start = time.perf_counter()
+            list(pool.map(copy, pairs))
+            elapsed = time.perf_counter() - start
+            if rep:  # rep 0 warms the pool and the TLB
+                best = min(best, elapsed)
+    return 2 * n * 8 / best / 1e9
