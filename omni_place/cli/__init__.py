@@ -22,7 +22,7 @@ def cli() -> None:
 
 
 def _register() -> None:
-    from . import devices_cmd, inspect_cmd, plan_cmd  # noqa: F401  (each module adds its command to `cli`)
+    from . import devices_cmd, inspect_cmd, plan_cmd, rpc_cmd  # noqa: F401  (each module adds its command to `cli`)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,56 @@
+"""Shared fixtures: the real libllama (skip when absent), loopback RPC servers, tiny models."""
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from ggufs import TinyModel, write_llama
+
+from omni_place.errors import LibLlamaNotFoundError, LibLlamaVersionError
+
+
+@functools.lru_cache(maxsize=1)
+def libllama_status() -> tuple[object | None, str]:
+    """(BuildInfo, description) when a supported libllama loads here, else (None, why not)."""
+    from omni_place.llama import build_info
+
+    try:
+        build = build_info()
+    except (LibLlamaNotFoundError, LibLlamaVersionError) as err:
+        return None, err.message
+    return build, build.describe()
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    build, text = libllama_status()
+    return f"libllama: {text}" if build is not None else f"libllama: unavailable ({text})"
+
+
+@pytest.fixture(scope="session")
+def libllama():  # -> omni_place.llama.BuildInfo
+    """The loaded build's BuildInfo; skips the test when no supported libllama loads."""
+    build, why = libllama_status()
+    if build is None:
+        pytest.skip(f"no usable libllama: {why}")
+    return build
+
+
+@pytest.fixture(scope="session")
+def rpc_pair(libllama) -> Iterator[list[str]]:
+    """Two llama.cpp RPC servers on loopback for the whole session (devices RPC0, RPC1 once a
+    load adds them in this order). One thread each: a 2-core CI box runs both plus the client."""
+    from omni_place.llama import rpc_servers
+
+    if not (libllama.features.get("rpc") and libllama.features.get("rpc_server")):
+        pytest.skip("this libllama was built without RPC (CMAKE_ARGS=-DGGML_RPC=on)")
+    with rpc_servers(2, threads=1) as endpoints:
+        yield endpoints
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> TinyModel:
+    """A 6-layer llama (n_embd 64, 4 heads, 2 KV heads, n_ff 128, 300-token SPM vocab)."""
+    path: Path = tmp_path_factory.mktemp("models") / "tiny-llama.gguf"
+    return write_llama(path, n_layer=6)
