@@ -37,13 +37,19 @@ enum {
 /* Largest accepted memory value (units); larger ones are OP_EINVAL. */
 #define OP_MAX_UNITS ((int64_t)1 << 60)
 
-/* Default cap on DP states held at once (rolling frontiers + reconstruction history). */
-#define OP_DEFAULT_MAX_STATES ((int64_t)1 << 23)
+/* Default cap on DP states held at once: parent pointers of the current order (5 bytes each) and
+ * two frontiers (16 bytes a slot), so < 270 MB and usually far less. A solve also stops after
+ * generating OP_WORK_FACTOR times that many states in all, which bounds its running time
+ * (seconds). Both limits give OP_ENOMEM: use a coarser memory unit or raise max_states. */
+#define OP_DEFAULT_MAX_STATES ((int64_t)1 << 24)
+#define OP_MAX_STATES ((int64_t)1 << 30)   /* larger max_states values are clipped to this */
+#define OP_WORK_FACTOR 8
 
 /*
  * The abstract placement problem. Arrays are C-contiguous; shapes use L = n_layers,
  * D = n_devices (accelerators; the CPU is index D in `trans`), K = n_options.
- * Memory is in integer units chosen by the caller (0 <= value <= OP_MAX_UNITS). Times are finite seconds.
+ * Memory is in integer units chosen by the caller (0 <= value <= OP_MAX_UNITS). Times are finite
+ * seconds (any sign).
  *
  * A placement: one row of `orders` (distinct devices, -1 padded; an all -1 row is the CPU-only
  * plan), a CPU prefix c (layers 0..c-1 on CPU), consecutive possibly-empty ranges covering
@@ -72,7 +78,7 @@ typedef struct op_problem {
     const double *stream;       /* [L][K] streamed amount of layer l under option o; NULL = 0 */
     const double *stream_cpu;   /* [L] streamed amount of a CPU layer; NULL = 0 */
     const double *stream_rate;  /* [D] seconds per streamed amount when d = order[0]; NULL = 0 */
-    int64_t max_states;         /* state limit (0 = OP_DEFAULT_MAX_STATES); over it -> OP_ENOMEM */
+    int64_t max_states;         /* state limit (0 = OP_DEFAULT_MAX_STATES), see above */
 } op_problem;
 
 /* Results. The caller provides the three buffers; scalars are written by op_solve. */

@@ -218,32 +218,35 @@ def _gguf_error(const uint8_t[::1] v, size_t start, size_t bad, uint64_t n, int 
         return GGUFFormatError(f"GGUF string at offset {bad}: length field truncated "
                                f"({size}-byte buffer, array of {n} strings at offset {start})")
     cdef uint64_t slen = 0
+    cdef int i
     for i in range(7, -1, -1):
         slen = (slen << 8) | v[bad + i]
     return GGUFFormatError(f"GGUF string at offset {bad}: length {slen} exceeds the "
                            f"{size - bad - 8} bytes left (array of {n} strings at offset {start})")
 
 
-def skip_array(buf, Py_ssize_t offset, int elem_type, n) -> int:
+def skip_array(buf, offset, elem_type, n) -> int:
     """Offset just past an array of `n` GGUF elements of type `elem_type` starting at `offset`.
 
     Raises GGUFFormatError (with the offending offset) if it runs past the buffer, a string length
     is absurd, or the type is a nested array or unknown.
     """
     cdef const uint8_t[::1] v = _byte_view(buf)
-    if offset < 0 or n < 0 or elem_type < 0:
-        raise GGUFFormatError(f"GGUF array: negative offset {offset}, count {n} or type {elem_type}")
+    if not (0 <= offset < 2**63 and 0 <= n < 2**64 and 0 <= elem_type < 2**32):
+        raise GGUFFormatError(f"GGUF array: offset {offset}, count {n} or type {elem_type} "
+                              f"out of range")
     cdef uint64_t count = n
+    cdef uint32_t etype = elem_type
     cdef size_t start = <size_t>offset, end = 0, size = v.shape[0]
     cdef const uint8_t *ptr = &v[0] if size > 0 else NULL
     cdef int rc
     with nogil:
-        rc = op_gguf_skip_array(ptr, size, start, <uint32_t>elem_type, count, &end)
+        rc = op_gguf_skip_array(ptr, size, start, etype, count, &end)
     if rc != OP_OK:
         raise _gguf_error(v, start, end, count, elem_type)
     return end
 
 
-def skip_strings(buf, Py_ssize_t offset, n) -> int:
+def skip_strings(buf, offset, n) -> int:
     """Offset just past `n` GGUF strings (uint64 LE length + bytes) starting at `offset`."""
     return skip_array(buf, offset, GGUF_STRING, n)
