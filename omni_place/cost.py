@@ -23,15 +23,13 @@ from __future__ import annotations
 
 import math
 from functools import cached_property
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from typing import Any, Sequence
-
-import numpy as np
 
 from .compute import ComputeEstimate, compute_buffer_estimate
 from .devices import Cluster, Device
 from .errors import ClusterError, InvalidArgumentError
-from .model import MiB, LayerCost, ModelProfile, Role, TensorRecord
+from .model import LayerCost, ModelProfile, Role, TensorRecord
 
 CPU = "CPU"
 GB = 1e9
@@ -367,11 +365,15 @@ class CostModel:
             out["transfers"] = out.get("transfers", 0.0) + 2 * self.hop_pp(home, CPU)
         return out
 
+    def offloads_to(self, name: str) -> bool:
+        """Whether CPU-held weights are op-offloaded to ``name`` when it is devices[0] (a GPU,
+        batches of at least GGML_OP_OFFLOAD_MIN_BATCH tokens; RPC devices take no offload)."""
+        return self.device(name).kind == "gpu" and self.n_tokens >= self.params.op_offload_min_batch
+
     def _cpu_weights_pp(self, flops: float, streamed_bytes: float, first: str | None) -> dict[str, float]:
         """CPU-held weights in a prompt batch: op-offloaded to ``first`` (a GPU) when the batch is
         large enough, else computed by the CPU."""
-        first_dev = self.device(first) if first else None
-        if first_dev is not None and first_dev.kind == "gpu" and self.n_tokens >= self.params.op_offload_min_batch:
+        if first is not None and self.offloads_to(first):
             bw, _ = self.link(first)
             return {first: flops / self.flops(first), "pcie_stream": streamed_bytes / self.n_tokens / bw}
         return {CPU: flops / self.flops(CPU)}
@@ -424,4 +426,4 @@ def placement_from_counts(model: ModelProfile, order: Sequence[str], n_cpu: int,
 
 
 __all__ = ["CPU", "Context", "CostModel", "DeviceUsage", "EXPERT_OPTIONS", "Placement", "Prediction",
-           "SpeedParams", "placement_from_counts", "replace", "np", "MiB"]
+           "SpeedParams", "placement_from_counts"]

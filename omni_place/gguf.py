@@ -24,6 +24,7 @@ from typing import Any, Iterator
 
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType
 
+from . import _core
 from .errors import GGUFFormatError, MissingShardError
 
 GGUF_MAGIC = b"GGUF"
@@ -170,19 +171,14 @@ class _Cursor:
             return raw.decode("utf-8", errors="replace")
 
     def skip_strings(self, count: int, what: str) -> None:
-        # Each string is at least its 8-byte length: reject absurd counts before looping.
-        self.need(count * 8, what)
-        buf, pos, end = self.buf, self.pos, self.end
-        unpack = _U64.unpack_from
-        for _ in range(count):
-            if pos + 8 > end:
-                self.pos = pos
-                self.need(8, what)
-            (n,) = unpack(buf, pos)
-            pos += 8 + n
-        if pos > end:
-            self.need(pos - self.pos, what)
-        self.pos = pos
+        # The C core walks the length prefixes (bounds-checked, no allocation).
+        try:
+            self.pos = _core.skip_strings(self.buf, self.pos, count)
+        except GGUFFormatError as err:
+            raise GGUFFormatError(
+                f"{self.path}: truncated header: {what}: {err.message}",
+                hint="the download is incomplete or the file is not GGUF; re-download it",
+            ) from None
 
     def scalar(self, vtype: int, what: str) -> Any:
         fmt = _SCALAR_FORMATS[vtype]

@@ -195,8 +195,8 @@ def build_arrays(cost: CostModel, orders: Sequence[tuple[str, ...]]) -> _Arrays:
             flops_streamed += 2 * (dense_p + exp_p * cost.k_over_n)
             amount_streamed += stream_cpu[il]
         for o, kinds in enumerate(EXPERT_OPTIONS):
-            frac = (sum(v for k, v in cost._expert_split[il]["stored"].items() if k in kinds) / exp_total) if exp_total else 0.0
-            stream[il, o] = 0.0 if nextn else exp_total * frac * cost.expert_hit / cost.n_tokens
+            on_cpu = cost.expert_bytes(il, "stored", kinds, True)
+            stream[il, o] = 0.0 if nextn else on_cpu * cost.expert_hit / cost.n_tokens
         for d, name in enumerate(names):
             backend = backend_of(cluster.by_name(name))
             mem_dense[d, il] = _units(lc.dense[backend] + cost.kv[il])
@@ -214,8 +214,7 @@ def build_arrays(cost: CostModel, orders: Sequence[tuple[str, ...]]) -> _Arrays:
     flops_per_amount = flops_streamed / amount_streamed if amount_streamed else 0.0
     rate = np.zeros(D)
     for d, name in enumerate(names):
-        dev = cluster.by_name(name)
-        if dev.kind == "gpu" and cost.n_tokens >= cost.params.op_offload_min_batch:
+        if cost.offloads_to(name):
             bw, _ = cost.link(name)
             rate[d] = 1.0 / bw + flops_per_amount / cost.flops(name)
         else:
@@ -299,15 +298,7 @@ def plan_split(
             t_tg = _best_time(arr, orders, cost, 1.0, TIE_BREAK)
             t_pp = _best_time(arr, orders, cost, TIE_BREAK, 1.0)
             w_tg, w_pp = float(objective) / t_tg, (1.0 - float(objective)) / t_pp
-        for no_cpu in (True, False):
-            res = _solve_with_stream(arr, cost, w_tg, w_pp, no_cpu_weights=no_cpu)
-            stats["states"] = stats.get("states", 0) + res.n_states
-            if not res.ok:
-                continue
-            p = _placement_of(arr, res, orders)
-            if no_cpu and any(h == CPU for h in p.layer_home):
-                continue
-            candidates.append((res.time, p, res.as_dict()))
+        candidates += _core_candidates(arr, orders, cost, w_tg, w_pp, stats)
     cpu_only = _cpu_only(prof)
     pred_cpu = cost.predict(cpu_only)
     candidates.append((w_tg / pred_cpu.tg_tps + w_pp / pred_cpu.pp_tps, cpu_only, {}))
@@ -346,19 +337,31 @@ def _solve_with_stream(arr: _Arrays, cost: CostModel, w_tg: float, w_pp: float, 
     )
 
 
-def _best_time(arr: _Arrays, orders: Sequence[tuple[str, ...]], cost: CostModel, w_tg: float, w_pp: float) -> float:
-    best = math.inf
+def _core_candidates(arr: _Arrays, orders: Sequence[tuple[str, ...]], cost: CostModel, w_tg: float,
+                     w_pp: float, stats: dict[str, Any]) -> list[tuple[float, Placement, dict[str, Any]]]:
+    """Core optima of the two memory variants: without CPU-held weights (no op-offload buffer
+    on devices[0]) and with them."""
+    out = []
     for no_cpu in (True, False):
         res = _solve_with_stream(arr, cost, w_tg, w_pp, no_cpu_weights=no_cpu)
-        if res.ok:
-            p = _placement_of(arr, res, orders)
-            pr = cost.predict(p)
-            t = (1 / pr.tg_tps) if w_tg >= w_pp else (1 / pr.pp_tps)
-            best = min(best, t)
-    if not math.isfinite(best):
-        pr = cost.predict(_cpu_only(cost.model))
-        best = (1 / pr.tg_tps) if w_tg >= w_pp else (1 / pr.pp_tps)
-    return best
+        stats["states"] = stats.get("states", 0) + res.n_states
+        if not res.ok:
+            continue
+        p = _placement_of(arr, res, orders)
+        if no_cpu and any(h == CPU for h in p.layer_home):
+            continue  # only reachable through the 1e6 penalty: the other variant prices it right
+        out.append((res.time, p, res.as_dict()))
+    return out
+
+
+def _best_time(arr: _Arrays, orders: Sequence[tuple[str, ...]], cost: CostModel, w_tg: float, w_pp: float) -> float:
+    """Seconds per token of the better objective (tg if w_tg >= w_pp) at its own optimum."""
+    def own(p: Placement) -> float:
+        pr = cost.predict(p)
+        return (1 / pr.tg_tps) if w_tg >= w_pp else (1 / pr.pp_tps)
+
+    times = [own(p) for _, p, _ in _core_candidates(arr, orders, cost, w_tg, w_pp, {})]
+    return min(times) if times else own(_cpu_only(cost.model))
 
 
 def _objective_weights(objective: str | float) -> tuple[float, float]:

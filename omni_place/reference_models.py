@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
-from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType, GGUFWriter
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFWriter
 
 Q = GGMLQuantizationType
 
@@ -199,4 +199,4 @@ def _add_kv(w: GGUFWriter, key: str, value: Any) -> None:
         raise TypeError(f"unsupported metadata value for {key}: {value!r}")
 
 
-__all__ = ["ModelSpec", "REFERENCE_MODELS", "write_header_only", "deepseek_v3", "GGUFValueType"]
+__all__ = ["ModelSpec", "REFERENCE_MODELS", "cached_reference_model", "write_header_only", "deepseek_v3"]

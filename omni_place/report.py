@@ -4,8 +4,6 @@ from __future__ import annotations
 import shlex
 from typing import TYPE_CHECKING
 
-from .cost import CPU
-
 if TYPE_CHECKING:
     from .plan import Plan
 
@@ -91,4 +89,4 @@ def render_plan(plan: Plan) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["render_plan", "env_lines", "CPU"]
+__all__ = ["render_plan", "env_lines"]

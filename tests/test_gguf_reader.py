@@ -155,3 +155,14 @@ def test_not_a_file(tmp_path: Path) -> None:
         read_header(tmp_path / "nope.gguf")
     with pytest.raises(GGUFFormatError, match="is a directory"):
         read_header(tmp_path)
+
+
+def test_truncation_inside_a_long_vocabulary_names_the_key(tmp_path: Path) -> None:
+    spec = small_spec()
+    spec.n_vocab = 20000
+    data = write_header_only(spec, tmp_path / "v.gguf", with_vocab=True)[0].read_bytes()
+    cut = tmp_path / "cut.gguf"
+    for n in (len(data) // 8, len(data) // 4):  # both inside tokenizer.ggml.tokens
+        cut.write_bytes(data[:n])
+        with pytest.raises(GGUFFormatError, match="truncated header: 'tokenizer.ggml.tokens'"):
+            read_header(cut)

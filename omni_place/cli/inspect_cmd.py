@@ -5,7 +5,7 @@ import json
 
 import click
 
-from ..model import KV_TYPES, MiB, ModelProfile, Role, load_model
+from ..model import KV_TYPES, MiB, ModelProfile, load_model, role_totals
 from . import cli
 
 
@@ -41,9 +41,7 @@ def _text_report(model: ModelProfile, report: dict) -> str:
             f"  {ly['layer']:>5} {_mib(ly['dense_bytes']):>10} {_mib(ly['expert_bytes']):>12} "
             f"{_mib(ly['kv_bytes']):>9} {_mib(cuda):>9}{tag}"
         )
-    by_role: dict[str, int] = {}
-    for t in model.tensors:
-        by_role[t.role.value] = by_role.get(t.role.value, 0) + t.bytes
+    by_role = role_totals(model.tensors)
     lines += ["", "  by role: " + ", ".join(f"{r} {_mib(b)} MiB" for r, b in sorted(by_role.items(), key=lambda x: -x[1]))]
     unknown = model.unknown_tensors
     if unknown:
@@ -80,4 +78,4 @@ def inspect_cmd(model: str, ctx: int, kv_type: str, ubatch: int, flash_attn: boo
         click.echo(_text_report(profile, report))
 
 
-__all__ = ["inspect_cmd", "Role"]
+__all__ = ["inspect_cmd"]

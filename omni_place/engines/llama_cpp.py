@@ -314,6 +314,12 @@ def decode(model: ModelProfile, parsed: ParsedArgs, accelerators: Sequence[str],
     homes = tuple(CPU if s < 0 else order[s] for s in slots[:-1])
     output = CPU if slots[-1] < 0 else order[slots[-1]]
     compiled = [(re.compile(p), buft_device(b), p, b) for p, b in parsed.overrides]
+
+    def first_match(name: str) -> tuple[str, str, str] | None:
+        """(device, pattern, buffer type) of the first override matching a tensor, as the loader
+        applies them (regex_search, first match wins)."""
+        return next(((dev, p, b) for rx, dev, p, b in compiled if rx.search(name)), None)
+
     for _, dev, _, b in compiled:
         if dev != CPU and dev not in accelerators:
             raise InvalidArgumentError(f"-ot buffer type {b!r} names no device of the cluster")
@@ -322,7 +328,7 @@ def decode(model: ModelProfile, parsed: ParsedArgs, accelerators: Sequence[str],
     for il, home in enumerate(homes):
         kinds = set()
         for t in model.layers[il].expert_tensors:
-            hit = next(((dev, p, b) for rx, dev, p, b in compiled if rx.search(t.name)), None)
+            hit = first_match(t.name)
             if hit is None:
                 continue
             dev, p, b = hit
@@ -337,7 +343,7 @@ def decode(model: ModelProfile, parsed: ParsedArgs, accelerators: Sequence[str],
     for t in model.tensors:
         if t.role is Role.ROUTED_EXPERT:
             continue
-        hit = next(((dev, p, b) for rx, dev, p, b in compiled if rx.search(t.name)), None)
+        hit = first_match(t.name)
         if hit is not None:
             dev, p, b = hit
             if t.name.startswith("output") and (p, b) not in extra:
