@@ -36,6 +36,7 @@ sys.path.insert(0, str(ROOT))
 
 from omni_place import __version__, _core  # noqa: E402
 from omni_place._reference import CoreProblem, placement_cost  # noqa: E402
+from omni_place.plan import unit_for_capacities  # noqa: E402
 
 MiB = 2**20
 GiB = 2**30
@@ -93,15 +94,24 @@ def deepseek_v3(n_layers: int = 61, unit: int = MiB, caps_gib: tuple[float, ...]
     )
 
 
+_GPU_KINDS = {24: 0.9e12, 32: 1.7e12, 48: 0.9e12, 80: 2.0e12, 96: 1.6e12}  # GiB -> bytes/s
+
+
+def cluster_caps(n_dev: int = 16, cap_scale: float = 1.0, seed: int = 0) -> list[int]:
+    """The capacities in bytes :func:`cluster` draws for these arguments."""
+    rng = np.random.default_rng(seed)
+    caps_gib = rng.choice(list(_GPU_KINDS), size=n_dev) * (16 / n_dev) * cap_scale
+    return [int(c * GiB) for c in caps_gib]
+
+
 def cluster(n_dev: int = 16, n_layers: int = 128, cap_scale: float = 1.0, unit: int = MiB,
             n_orders: int = 3, seed: int = 0) -> CoreProblem:
     """A 128-layer MoE (~675 GiB at 4 options) on n_dev GPUs of 24-96 GiB (RPC cluster style)."""
     rng = np.random.default_rng(seed)
     D, L, K = n_dev, n_layers, 4
     s = 128 / n_layers
-    kinds = {24: 0.9e12, 32: 1.7e12, 48: 0.9e12, 80: 2.0e12, 96: 1.6e12}
-    caps_gib = rng.choice(list(kinds), size=D)
-    bw = np.array([kinds[c] for c in caps_gib]) * rng.uniform(0.9, 1.1, D)
+    caps_gib = rng.choice(list(_GPU_KINDS), size=D)
+    bw = np.array([_GPU_KINDS[c] for c in caps_gib]) * rng.uniform(0.9, 1.1, D)
     caps_gib = caps_gib * (16 / D) * cap_scale    # same total memory for every D
     bw_cpu, active = 2e11, 8 / 128
     exp = np.where(np.arange(L) % 3 == 2, 5.2, 4.6) * GiB * rng.uniform(0.98, 1.02, L) * s
@@ -207,6 +217,11 @@ def main() -> None:
             pb = cluster(seed=seed, cap_scale=0.6, unit=unit)
             cases.append(run_case(f"cluster16_membound_{unit // MiB}mib_s{seed}", pb, shape(pb, unit),
                                   None, budget, min_runs=3))
+    # what plan_split uses: the unit chosen by omni_place.plan.unit_for_capacities
+    for seed in range(3):
+        unit = unit_for_capacities(cluster_caps(seed=seed, cap_scale=0.6))
+        pb = cluster(seed=seed, cap_scale=0.6, unit=unit)
+        cases.append(run_case(f"cluster16_membound_auto_s{seed}", pb, shape(pb, unit), 100.0, budget, min_runs=3))
     if not args.quick:
         for L in (31, 61, 122, 244, 488, 976):
             pb = deepseek_v3(n_layers=L)

@@ -161,6 +161,8 @@ class Context:
     flash_attn: bool = True
     depth: int = 0  # tokens already in the KV cache when decoding (llama-bench -d)
     n_seq: int = 1
+    swa_full: bool = False  # SWA layers' KV sized for the whole context (ik_llama.cpp)
+    embedding_on_first: bool = False  # token embedding on the first device (vLLM), else CPU RAM
 
 
 def backend_of(dev: Device) -> str:
@@ -183,7 +185,7 @@ class CostModel:
         self._devices = {d.name: d for d in cluster.devices}
         c = context
         self.kv = model.kv_layer_bytes(c.ctx, c.type_k, c.type_v, n_seq=c.n_seq,
-                                       n_ubatch=c.n_ubatch, flash_attn=c.flash_attn)
+                                       n_ubatch=c.n_ubatch, flash_attn=c.flash_attn, swa_full=c.swa_full)
         self.compute: ComputeEstimate = compute_buffer_estimate(
             model, n_ctx=c.ctx, n_ubatch=c.n_ubatch, flash_attn=c.flash_attn, n_seq=c.n_seq)
         hp = model.hparams
@@ -237,7 +239,10 @@ class CostModel:
             out[name] = DeviceUsage(name, dev.kind, capacity_bytes=dev.usable_bytes, margin_bytes=dev.margin_bytes)
         cpu = self.cpu
         cpu_use = out[CPU] = DeviceUsage(CPU, "cpu", capacity_bytes=cpu.usable_bytes, margin_bytes=cpu.margin_bytes)
-        cpu_use.weights_bytes += m.input_bytes()
+        embedding_home = CPU
+        if self.context.embedding_on_first:
+            embedding_home = next((n for n in p.order if n in p.layer_home), CPU)
+        out[embedding_home].weights_bytes += m.input_bytes()
         for il, home in enumerate(p.layer_home):
             use = out[home]
             backend = "cpu" if home == CPU else backend_of(self.device(home))

@@ -17,13 +17,18 @@ import numpy as np
 from . import _core
 from .cost import CPU, EXPERT_OPTIONS, Context, CostModel, DeviceUsage, Placement, Prediction, SpeedParams, backend_of
 from .devices import Cluster, resolve_cluster
-from .engines import llama_cpp
+from .engines import ENGINES, ik_llama, llama_cpp, traits, vllm
+from .engines.common import EngineArgs
 from .errors import InvalidArgumentError, NothingFitsError
 from .model import MiB, ModelProfile, load_model
 
-UNIT = MiB  # memory unit of the core problem
 MAX_EXHAUSTIVE_ORDERS = 4  # accelerators up to which every ordered subset is tried
-ENGINES = ("llama.cpp",)
+# From this many accelerators on, memory is counted in coarser units so the exact DP stays fast
+# (its states grow with capacity/unit; benchmarks/planner_speed.py): each device's capacity is
+# at most this many units. Sizes are rounded up, so a plan still fits in bytes.
+IK_FIT_MARGIN = 1 << 30  # ik_llama.cpp keeps 1 GiB free per GPU in its default split (k_default_mem_margin)
+COARSE_FROM_DEVICES = 8
+MAX_UNITS_PER_DEVICE = 4096
 OBJECTIVES = ("tg", "pp")
 TIE_BREAK = 1e-3  # weight of the other objective, so equal-speed plans prefer the better other
 
@@ -40,7 +45,7 @@ class Plan:
     placement: Placement
     usage: list[DeviceUsage]
     predicted: Prediction
-    engine_args: llama_cpp.EngineArgs
+    engine_args: Any  # the dialect's args object: engines.common.EngineArgs or engines.vllm.VllmArgs
     default_order: tuple[str, ...]
     notes: list[str] = field(default_factory=list)
     solve_stats: dict[str, Any] = field(default_factory=dict)
@@ -70,6 +75,24 @@ class Plan:
         c = self.context
         return self.engine_args.args(tool, ctx=c.ctx, n_ubatch=c.n_ubatch, type_k=c.type_k,
                                      type_v=c.type_v, flash_attn=c.flash_attn)
+
+    def env(self) -> dict[str, str]:
+        """Environment variables that carry the placement (vLLM: stages; llama.cpp: LLAMA_ARG_*)."""
+        if self.engine == vllm.NAME:
+            return self.engine_args.env()
+        if self.engine == ik_llama.NAME:
+            raise InvalidArgumentError("ik_llama.cpp reads no environment variable for -ts, -ot or -dev",
+                                       hint="use --format args and pass the flags on its command line")
+        from .report import LLAMA_ENV
+
+        args = self.args("server")
+        out = {}
+        for flag, value in zip(args[::2], args[1::2]):
+            if flag not in LLAMA_ENV:
+                raise InvalidArgumentError(f"flag {flag} has no LLAMA_ARG_ environment variable",
+                                           hint="use --format args")
+            out[LLAMA_ENV[flag]] = value
+        return out
 
     def layer_map(self) -> list[dict[str, Any]]:
         out = []
@@ -101,7 +124,8 @@ class Plan:
             "flash_attn": c.flash_attn,
             "feasible": self.feasible,
             "args": self.args("server"),
-            "bench_args": self.args("bench"),
+            "bench_args": self._bench_args(),
+            "env": self._env_or_none(),
             "n_gpu_layers": self.n_gpu_layers,
             "tensor_split": self.tensor_split,
             "overrides": [f"{p}={b}" for p, b in self.overrides],
@@ -115,6 +139,18 @@ class Plan:
             "solve": self.solve_stats,
         }
 
+    def _bench_args(self) -> list[str] | None:
+        try:
+            return self.args("bench")
+        except InvalidArgumentError:
+            return None  # vLLM has no bench dialect; ik's llama-bench cannot reorder devices
+
+    def _env_or_none(self) -> dict[str, str] | None:
+        try:
+            return self.env()
+        except InvalidArgumentError:
+            return None
+
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=1)
 
@@ -126,11 +162,11 @@ class Plan:
 
 # --- candidate device orders -------------------------------------------------------------
 
-def candidate_orders(cluster: Cluster, cost: CostModel) -> list[tuple[str, ...]]:
+def candidate_orders(cluster: Cluster, cost: CostModel, *, rpc: bool = True) -> list[tuple[str, ...]]:
     """Device orders the core chooses from: every ordered subset of up to 4 accelerators;
     beyond that the default order, fastest-first and slowest-first, and those without the
-    slowest device."""
-    names = [d.name for d in cluster.gpus]
+    slowest device. ``rpc=False`` leaves RPC devices out (engines that cannot use them)."""
+    names = [d.name for d in cluster.gpus if rpc or d.kind != "rpc"]
     if not names:
         return []
     if len(names) <= MAX_EXHAUSTIVE_ORDERS:
@@ -159,14 +195,30 @@ class _Arrays:
     allow: np.ndarray
     stream: np.ndarray  # [L][K] bytes per prompt token of CPU-held experts under each option
     stream_cpu: np.ndarray  # [L] the same for a layer wholly on the CPU
+    first_mem_no_cpu: np.ndarray  # [D] what the first device holds when no weight is on the CPU
+    unit: int = MiB
 
 
-def _units(n: float) -> int:
-    return int(math.ceil(n / UNIT))
+def memory_unit(cluster: Cluster) -> int:
+    """Bytes per memory unit of the core problem for this cluster (see :func:`unit_for_capacities`)."""
+    return unit_for_capacities([d.usable_bytes for d in cluster.gpus])
 
 
-def build_arrays(cost: CostModel, orders: Sequence[tuple[str, ...]]) -> _Arrays:
-    """Fill the core's arrays from the cost model (times per token, memory in MiB units)."""
+def unit_for_capacities(caps: Sequence[int]) -> int:
+    """1 MiB, or for 8+ accelerators the power of two that keeps the largest capacity within
+    MAX_UNITS_PER_DEVICE units."""
+    if len(caps) < COARSE_FROM_DEVICES:
+        return MiB
+    return max(MiB, 1 << max(0, math.ceil(math.log2(max(caps) / MAX_UNITS_PER_DEVICE))))
+
+
+def build_arrays(cost: CostModel, orders: Sequence[tuple[str, ...]], unit: int = MiB) -> _Arrays:
+    """Fill the core's arrays from the cost model (times per token, memory in ``unit`` bytes,
+    rounded up so that a solution always fits in bytes)."""
+
+    def _units(n: float) -> int:
+        return int(math.ceil(n / unit))
+
     model, cluster = cost.model, cost.cluster
     names = [d.name for d in cluster.gpus]
     L, D, K = model.n_layer, len(names), len(EXPERT_OPTIONS)
@@ -229,19 +281,22 @@ def build_arrays(cost: CostModel, orders: Sequence[tuple[str, ...]]) -> _Arrays:
     out_tg = np.array([cost.output_tg(n) for n in names])
     comp = cost.compute
     offload = cost.op_offload_bytes
+    embedding = model.input_bytes() if cost.context.embedding_on_first else 0
     mem = {
         "mem_dense": mem_dense,
         "mem_exp": mem_exp,
         "out_mem": np.array([_units(model.output_bytes(backend_of(cluster.by_name(n))) + comp.output_extra) for n in names], dtype=np.int64),
         "fixed_mem": np.array([_units(comp.layer_device) for _ in names], dtype=np.int64),
-        "first_mem": np.array([_units(offload) if cluster.by_name(n).kind == "gpu" else 0 for n in names], dtype=np.int64),
-        "cap": np.array([cluster.by_name(n).usable_bytes // UNIT for n in names], dtype=np.int64),
+        "first_mem": np.array([_units(offload + embedding) if cluster.by_name(n).kind == "gpu" else _units(embedding)
+                               for n in names], dtype=np.int64),
+        "cap": np.array([cluster.by_name(n).usable_bytes // unit for n in names], dtype=np.int64),
     }
     tg = {"time": t_tg, "time_cpu": tcpu_tg, "trans": trans_tg, "out_time": out_tg,
           "out_time_cpu": cost.output_tg(CPU), "stream_rate": np.zeros(D)}
     pp = {"time": t_pp, "time_cpu": np.zeros(L), "trans": trans_pp, "out_time": np.zeros(D),
           "out_time_cpu": 0.0, "stream_rate": rate}
-    return _Arrays(names, order_arr, tg, pp, mem, allow, stream, stream_cpu)
+    first_no_cpu = np.array([_units(embedding)] * len(names), dtype=np.int64)
+    return _Arrays(names, order_arr, tg, pp, mem, allow, stream, stream_cpu, first_no_cpu, unit)
 
 
 def _placement_of(arr: _Arrays, res: Any, order_list: Sequence[tuple[str, ...]]) -> Placement:
@@ -277,40 +332,63 @@ def plan_split(
     minimizes ``W*t_tg/t_tg* + (1-W)*t_pp/t_pp*`` (each time relative to its own optimum).
     Raises :class:`NothingFitsError` when no placement fits (not even all on the CPU).
     """
-    if engine not in ENGINES:
-        raise InvalidArgumentError(f"unknown engine {engine!r}", hint="use one of: " + ", ".join(ENGINES))
+    rules = traits(engine)
     w_tg, w_pp = _objective_weights(objective)
     prof = load_model(model)
     clus = resolve_cluster(cluster)
     if ubatch < 1 or ubatch > 65536:
         raise InvalidArgumentError(f"ubatch {ubatch} is out of range (1..65536)")
     context = Context(ctx=ctx, n_ubatch=ubatch, type_k=kv_type, type_v=kv_type_v or kv_type,
-                      flash_attn=flash_attn, depth=depth)
+                      flash_attn=flash_attn, depth=depth, swa_full=rules.swa_full,
+                      embedding_on_first=rules.embedding_on_first)
+    if engine == vllm.NAME:
+        vllm.check_context(context)
     cost = CostModel(prof, clus, context, params)
-    orders = candidate_orders(clus, cost)
+    orders = candidate_orders(clus, cost, rpc=rules.rpc_devices)
     default_order = tuple(d.name for d in clus.gpus)
     candidates: list[tuple[float, Placement, dict[str, Any]]] = []
-    stats: dict[str, Any] = {"orders": len(orders)}
+    unit = memory_unit(clus)
+    stats: dict[str, Any] = {"orders": len(orders), "unit_mib": unit / MiB}
+    variants = (True, False) if rules.cpu_weights else (True,)
     if orders:
-        arr = build_arrays(cost, orders)
+        arr = build_arrays(cost, orders, unit)
         if isinstance(objective, (int, float)) and not isinstance(objective, bool):
             # relative weights need both optima first
-            t_tg = _best_time(arr, orders, cost, 1.0, TIE_BREAK)
-            t_pp = _best_time(arr, orders, cost, TIE_BREAK, 1.0)
+            t_tg = _best_time(arr, orders, cost, 1.0, TIE_BREAK, variants)
+            t_pp = _best_time(arr, orders, cost, TIE_BREAK, 1.0, variants)
             w_tg, w_pp = float(objective) / t_tg, (1.0 - float(objective)) / t_pp
-        candidates += _core_candidates(arr, orders, cost, w_tg, w_pp, stats)
+        candidates += _core_candidates(arr, orders, cost, w_tg, w_pp, stats, variants)
     cpu_only = _cpu_only(prof)
-    pred_cpu = cost.predict(cpu_only)
-    candidates.append((w_tg / pred_cpu.tg_tps + w_pp / pred_cpu.pp_tps, cpu_only, {}))
+    if rules.cpu_weights:
+        pred_cpu = cost.predict(cpu_only)
+        candidates.append((w_tg / pred_cpu.tg_tps + w_pp / pred_cpu.pp_tps, cpu_only, {}))
     feasible = [(t, p, s) for t, p, s in candidates if all(u.fits for u in cost.usage(p))]
     if not feasible:
+        if not rules.cpu_weights:
+            raise NothingFitsError(
+                f"nothing fits for {engine}: the weights, KV cache and compute buffers do not fit on "
+                f"the GPUs ({', '.join(d.name for d in clus.gpus if d.kind == 'gpu') or 'none'}) and "
+                f"{engine} cannot keep layers or experts in CPU RAM",
+                hint="plan with --engine llama.cpp (CPU offload), a shorter --ctx, or more GPUs")
         raise _nothing_fits(cost, cpu_only)
     _, best, core = min(feasible, key=lambda c: c[0])
     stats["core"] = core
     usage = cost.usage(best)
     notes = _notes(cost, best, usage)
     return Plan(prof, clus, engine, objective, context, best, usage, cost.predict(best),
-                llama_cpp.encode(prof, best, default_order), default_order, notes, stats)
+                encode_placement(engine, prof, best, clus, context, usage), default_order, notes, stats)
+
+
+def encode_placement(engine: str, model: ModelProfile, p: Placement, cluster: Cluster, context: Context,
+                     usage: Sequence[DeviceUsage]) -> Any:
+    """The engine's flags for a placement (its dialect module's ``encode``)."""
+    default_order = tuple(d.name for d in cluster.gpus)
+    if engine == ik_llama.NAME:
+        endpoints = {d.name: d.endpoint for d in cluster.gpus if d.kind == "rpc" and d.endpoint}
+        return ik_llama.encode(model, p, default_order, context, endpoints)
+    if engine == vllm.NAME:
+        return vllm.encode(model, p, cluster, usage)
+    return llama_cpp.encode(model, p, default_order)
 
 
 def _solve_with_stream(arr: _Arrays, cost: CostModel, w_tg: float, w_pp: float, *, no_cpu_weights: bool) -> Any:
@@ -318,7 +396,7 @@ def _solve_with_stream(arr: _Arrays, cost: CostModel, w_tg: float, w_pp: float, 
     allow = arr.allow
     time_cpu = w_tg * arr.tg["time_cpu"] + w_pp * arr.pp["time_cpu"]
     if no_cpu_weights:
-        mem["first_mem"] = np.zeros_like(mem["first_mem"])
+        mem["first_mem"] = arr.first_mem_no_cpu
         allow = arr.allow.copy()
         allow[:, :, 1:] = 0
         time_cpu = time_cpu + 1e6  # a CPU layer now costs more than any real plan
@@ -338,11 +416,12 @@ def _solve_with_stream(arr: _Arrays, cost: CostModel, w_tg: float, w_pp: float, 
 
 
 def _core_candidates(arr: _Arrays, orders: Sequence[tuple[str, ...]], cost: CostModel, w_tg: float,
-                     w_pp: float, stats: dict[str, Any]) -> list[tuple[float, Placement, dict[str, Any]]]:
-    """Core optima of the two memory variants: without CPU-held weights (no op-offload buffer
-    on devices[0]) and with them."""
+                     w_pp: float, stats: dict[str, Any], variants: Sequence[bool] = (True, False),
+                     ) -> list[tuple[float, Placement, dict[str, Any]]]:
+    """Core optima of the memory variants (``no_cpu_weights`` True / False): without CPU-held
+    weights (no op-offload buffer on devices[0]) and with them."""
     out = []
-    for no_cpu in (True, False):
+    for no_cpu in variants:
         res = _solve_with_stream(arr, cost, w_tg, w_pp, no_cpu_weights=no_cpu)
         stats["states"] = stats.get("states", 0) + res.n_states
         if not res.ok:
@@ -354,13 +433,14 @@ def _core_candidates(arr: _Arrays, orders: Sequence[tuple[str, ...]], cost: Cost
     return out
 
 
-def _best_time(arr: _Arrays, orders: Sequence[tuple[str, ...]], cost: CostModel, w_tg: float, w_pp: float) -> float:
+def _best_time(arr: _Arrays, orders: Sequence[tuple[str, ...]], cost: CostModel, w_tg: float, w_pp: float,
+               variants: Sequence[bool] = (True, False)) -> float:
     """Seconds per token of the better objective (tg if w_tg >= w_pp) at its own optimum."""
     def own(p: Placement) -> float:
         pr = cost.predict(p)
         return (1 / pr.tg_tps) if w_tg >= w_pp else (1 / pr.pp_tps)
 
-    times = [own(p) for _, p, _ in _core_candidates(arr, orders, cost, w_tg, w_pp, {})]
+    times = [own(p) for _, p, _ in _core_candidates(arr, orders, cost, w_tg, w_pp, {}, variants)]
     return min(times) if times else own(_cpu_only(cost.model))
 
 
@@ -398,17 +478,33 @@ def _notes(cost: CostModel, p: Placement, usage: list[DeviceUsage]) -> list[str]
 
 
 def evaluate(model: str | ModelProfile, cluster: str | Cluster, argv: Sequence[str], *,
-             ctx: int | None = None, params: SpeedParams | None = None) -> Plan:
-    """Price a user's llama.cpp command line: memory per device, whether it fits, tg/pp."""
+             ctx: int | None = None, params: SpeedParams | None = None, engine: str = "llama.cpp",
+             tool: str = "server") -> Plan:
+    """Price a user's llama.cpp / ik_llama.cpp command line (``tool`` "server" for llama-server /
+    llama-cli, "bench" for llama-bench): memory per device, whether it fits, tg/pp."""
+    rules = traits(engine)
+    if engine == vllm.NAME:
+        raise InvalidArgumentError("omni-place check reads llama.cpp and ik_llama.cpp command lines",
+                                   hint="use --engine llama.cpp or ik_llama.cpp")
     prof = load_model(model)
     clus = resolve_cluster(cluster)
-    parsed = llama_cpp.parse_args(argv)
+    ik = engine == ik_llama.NAME
+    parsed = ik_llama.parse_args(argv, tool) if ik else llama_cpp.parse_args(argv)
     context = Context(ctx=parsed.ctx or ctx or 4096, n_ubatch=parsed.n_ubatch, type_k=parsed.type_k,
-                      type_v=parsed.type_v, flash_attn=parsed.flash_attn if parsed.flash_attn is not None else True)
+                      type_v=parsed.type_v, flash_attn=parsed.flash_attn if parsed.flash_attn is not None else True,
+                      swa_full=rules.swa_full, embedding_on_first=rules.embedding_on_first)
     cost = CostModel(prof, clus, context, params)
     accel = [d.name for d in clus.gpus]
-    free = [float(clus.by_name(n).memory_bytes) for n in accel]
-    placement = llama_cpp.decode(prof, parsed, accel, free_mem=free)
+    if ik:
+        endpoints = {d.name: d.endpoint for d in clus.gpus if d.kind == "rpc" and d.endpoint}
+        # ik's default split: free memory less its 1 GiB fit margin
+        free = [max(0.0, float(clus.by_name(n).memory_bytes) - IK_FIT_MARGIN) for n in accel]
+        placement = ik_llama.decode(prof, parsed, accel, context, free_mem=free, endpoints=endpoints)
+        syntax = ik_llama.SYNTAX
+    else:
+        free = [float(clus.by_name(n).memory_bytes) for n in accel]
+        placement = llama_cpp.decode(prof, parsed, accel, free_mem=free)
+        syntax = llama_cpp.SYNTAX
     usage = cost.usage(placement)
     notes = [f"{u.name} overflows by {(u.used_bytes - u.capacity_bytes) / 2**30:.2f} GiB "
              f"(needs {u.used_bytes / 2**30:.2f} GiB of {u.capacity_bytes / 2**30:.2f} GiB usable)"
@@ -416,7 +512,7 @@ def evaluate(model: str | ModelProfile, cluster: str | Cluster, argv: Sequence[s
              f"CPU RAM: KV cache + compute need {(u.kv_bytes + u.compute_bytes) / 2**30:.2f} GiB of "
              f"{u.capacity_bytes / 2**30:.2f} GiB usable"
              for u in usage if not u.fits]
-    args = llama_cpp.EngineArgs(parsed.n_gpu_layers, [int(x) if float(x).is_integer() else x for x in (parsed.tensor_split or [])],
-                                parsed.devices or [], parsed.overrides)
-    return Plan(prof, clus, "llama.cpp", "given", context, placement, usage, cost.predict(placement), args,
+    args = EngineArgs(parsed.n_gpu_layers, list(parsed.tensor_split or []), parsed.devices or [],
+                      parsed.overrides, syntax)
+    return Plan(prof, clus, engine, "given", context, placement, usage, cost.predict(placement), args,
                 tuple(accel), notes, {})

@@ -19,130 +19,50 @@ from typing import Sequence
 
 import numpy as np
 
-from ..cost import CPU, EXPERT_KINDS, Placement, expert_kind
+from ..cost import CPU, Placement, expert_kind
 from ..errors import InvalidArgumentError
 from ..model import ModelProfile, Role
+from .common import EngineArgs, FlagSyntax, dev_flag, expert_overrides, layer_counts, layer_regex
+
+__all__ = ["NAME", "SYNTAX", "TOOLS", "EngineArgs", "assign_layers", "decode", "encode", "engine_args",
+           "layer_regex", "parse_args"]
 
 NAME = "llama.cpp"
-TOOLS = ("server", "cli", "bench")
-_KIND_REGEX = {
-    frozenset(EXPERT_KINDS): r"ffn_(up|down|gate|gate_up)_(ch|)exps",
-    frozenset({"down"}): r"ffn_down_(ch|)exps",
-    frozenset({"gate", "up", "gate_up"}): r"ffn_(up|gate|gate_up)_(ch|)exps",
+# Tools and their separators: llama-bench takes lists of test values after commas, so devices
+# and shares inside one test go with "/" and override entries with ";" (MEASURING.md).
+SYNTAX = {
+    "server": FlagSyntax(dev_sep=",", ts_sep=",", ot_sep=",", fa_on="on", fa_off="off", takes_ctx=True),
+    "cli": FlagSyntax(dev_sep=",", ts_sep=",", ot_sep=",", fa_on="on", fa_off="off", takes_ctx=True),
+    "bench": FlagSyntax(dev_sep="/", ts_sep="/", ot_sep=";", fa_on="1", fa_off="0", takes_ctx=False),
 }
+TOOLS = tuple(SYNTAX)
 
 
-@dataclass
-class EngineArgs:
-    """The placement part of a llama.cpp command line, tool-independent."""
-
-    n_gpu_layers: int
-    tensor_split: list[int]
-    devices: list[str]
-    overrides: list[tuple[str, str]] = field(default_factory=list)
-
-    def args(self, tool: str = "server", *, ctx: int | None = None, n_ubatch: int | None = None,
-             type_k: str = "f16", type_v: str = "f16", flash_attn: bool = True) -> list[str]:
-        if tool not in TOOLS:
-            raise InvalidArgumentError(f"unknown tool {tool!r}", hint="use one of: " + ", ".join(TOOLS))
-        bench = tool == "bench"
-        out: list[str] = []
-        if self.devices:
-            out += ["-dev", ("/" if bench else ",").join(self.devices)]
-        out += ["-ngl", str(self.n_gpu_layers)]
-        if self.tensor_split:
-            out += ["-ts", ("/" if bench else ",").join(str(x) for x in self.tensor_split)]
-        if self.overrides:
-            out += ["-ot", (";" if bench else ",").join(f"{p}={b}" for p, b in self.overrides)]
-        if ctx is not None and not bench:
-            out += ["-c", str(ctx)]
-        if n_ubatch is not None:
-            out += ["-ub", str(n_ubatch)]
-        if type_k != "f16":
-            out += ["-ctk", type_k]
-        if type_v != "f16":
-            out += ["-ctv", type_v]
-        out += ["-fa", ("1" if flash_attn else "0") if bench else ("on" if flash_attn else "off")]
-        return out
-
-
-def _digit_range(lo: int, hi: int) -> str:
-    return str(lo) if lo == hi else f"[{lo}-{hi}]"
-
-
-def _range_regex(a: int, b: int) -> list[str]:
-    """Alternatives matching exactly the integers a..b (no leading zeros)."""
-    out: list[str] = []
-    n = a
-    while n <= b:
-        # the largest block [n, n + 10**k - 1] aligned on 10**k that fits in [n, b]
-        k = 0
-        while n % 10 ** (k + 1) == 0 and n + 10 ** (k + 1) - 1 <= b and n > 0:
-            k += 1
-        if k == 0:
-            # run of single digits sharing the prefix n // 10
-            end = min(b, n - n % 10 + 9)
-            prefix = str(n // 10) if n >= 10 else ""
-            out.append(prefix + _digit_range(n % 10, end % 10))
-            n = end + 1
-        else:
-            prefix = str(n // 10 ** k)
-            out.append(prefix + r"\d" * k if k < 2 else prefix + r"\d{%d}" % k)
-            n += 10 ** k
-    return out
-
-
-def layer_regex(layers: Sequence[int]) -> str:
-    """An anchored regex matching exactly these block numbers: ``blk\\.([3-9]|1[0-6]|20)\\.``."""
-    nums = sorted(set(layers))
-    alts: list[str] = []
-    start = prev = nums[0]
-    for n in nums[1:] + [None]:  # type: ignore[list-item]
-        if n is not None and n == prev + 1:
-            prev = n
-            continue
-        alts += _range_regex(start, prev)
-        if n is not None:
-            start = prev = n
-    body = "|".join(alts)
-    return rf"blk\.({body})\." if len(alts) > 1 or not body.isdigit() else rf"blk\.{body}\."
+def engine_args(n_gpu_layers: int, tensor_split: Sequence[float], devices: Sequence[str],
+                overrides: Sequence[tuple[str, str]]) -> EngineArgs:
+    return EngineArgs(n_gpu_layers, list(tensor_split), list(devices), list(overrides), SYNTAX)
 
 
 def encode(model: ModelProfile, p: Placement, default_order: Sequence[str]) -> EngineArgs:
     """Exact llama.cpp flags for a placement (contiguous layer ranges in device order)."""
-    counts = [len(p.layers_on(name)) for name in p.order]
+    counts = layer_counts(p)
     n_dev_layers = sum(counts)
-    overrides: list[tuple[str, str]] = []
-    by_kinds: dict[frozenset[str], list[int]] = {}
-    for il, kinds in enumerate(p.cpu_experts):
-        if kinds and p.layer_home[il] != CPU and model.layers[il].has_experts:
-            by_kinds.setdefault(frozenset(kinds), []).append(il)
-    for kinds, layers in sorted(by_kinds.items(), key=lambda kv: kv[1][0]):
-        regex = _KIND_REGEX.get(kinds)
-        if regex is None:
-            raise InvalidArgumentError(f"no override pattern for expert kinds {sorted(kinds)}")
-        overrides.append((layer_regex(layers) + regex, "CPU"))
-    overrides += list(p.extra_overrides)
+    overrides = expert_overrides(model, p)
     used = [n for n, c in zip(p.order, counts) if c > 0]
     output_natural = used[-1] if used else None
     if n_dev_layers == 0:
         if p.output == CPU:
-            return EngineArgs(0, [], list(p.order) if list(p.order) != list(default_order) else [], overrides)
+            return engine_args(0, [], dev_flag(p.order, default_order), overrides)
         # -ngl 1: only the output slot is offloaded, to the last device with a share
         ts = [0] * len(p.order)
         ts[p.order.index(p.output)] = 1
-        return EngineArgs(1, ts, _dev_flag(p.order, default_order), overrides)
+        return engine_args(1, ts, dev_flag(p.order, default_order), overrides)
     ts = list(counts)
     last = max(i for i, c in enumerate(counts) if c > 0)
     ts[last] += 1
     if p.output != output_natural:
         overrides.append((r"^output\.", p.output))
-    # drop trailing zero shares of devices that get nothing: they would still get a backend
-    return EngineArgs(n_dev_layers + 1, ts, _dev_flag(p.order, default_order), overrides)
-
-
-def _dev_flag(order: Sequence[str], default_order: Sequence[str]) -> list[str]:
-    return [] if list(order) == list(default_order) else list(order)
+    return engine_args(n_dev_layers + 1, ts, dev_flag(p.order, default_order), overrides)
 
 
 # --- the engine's own rules, for `check` ------------------------------------------------------
@@ -189,6 +109,7 @@ class ParsedArgs:
     flash_attn: bool | None = None
     split_mode: str = "layer"
     rpc: list[str] = field(default_factory=list)
+    n_cpu_moe: int = 0  # ik_llama.cpp's library -ncmoe/-cmoe (a count; see ik_llama.decode)
 
 
 _FLAG_ALIASES = {
@@ -209,9 +130,12 @@ _FLAG_ALIASES = {
 _NO_VALUE = {"cmoe"}
 
 
-def parse_args(argv: Sequence[str]) -> ParsedArgs:
+def parse_args(argv: Sequence[str], *, ncmoe: str = "patterns") -> ParsedArgs:
     """Parse the placement flags of a llama-server / llama-cli / llama-bench command line.
-    Flags that do not change placement are ignored; a bench list of values is refused."""
+    Flags that do not change placement are ignored; a bench list of values is refused.
+
+    ``ncmoe="patterns"`` turns ``-ncmoe N`` into first-N-layer ``-ot`` entries in argument order
+    (mainline, and ik's llama-bench); ``"count"`` keeps it as a count (ik's library)."""
     out = ParsedArgs()
     toks = list(argv)
     if len(toks) == 1 and " " in toks[0]:
@@ -225,7 +149,10 @@ def parse_args(argv: Sequence[str]) -> ParsedArgs:
             i += 1
             continue
         if key in _NO_VALUE:
-            out.overrides.append((r"\.ffn_(up|down|gate|gate_up)_(ch|)exps", "CPU"))
+            if ncmoe == "count":
+                out.n_cpu_moe = 999
+            else:
+                out.overrides.append((r"\.ffn_(up|down|gate|gate_up)_(ch|)exps", "CPU"))
             i += 1
             continue
         if eq:
@@ -236,7 +163,7 @@ def parse_args(argv: Sequence[str]) -> ParsedArgs:
             val = toks[i + 1]
             i += 1
         i += 1
-        _apply(out, key, flag, val)
+        _apply(out, key, flag, val, ncmoe)
     return out
 
 
@@ -248,7 +175,7 @@ def _int(flag: str, val: str) -> int:
                                    hint="omni-place check evaluates one configuration: give single values") from None
 
 
-def _apply(out: ParsedArgs, key: str, flag: str, val: str) -> None:
+def _apply(out: ParsedArgs, key: str, flag: str, val: str, ncmoe: str) -> None:
     if key == "ngl":
         out.n_gpu_layers = -1 if val in ("all", "auto") else _int(flag, val)
     elif key == "ts":
@@ -275,6 +202,11 @@ def _apply(out: ParsedArgs, key: str, flag: str, val: str) -> None:
             out.overrides.append((pat, buft))
     elif key == "ncmoe":
         n = _int(flag, val)
+        if n < 0:
+            raise InvalidArgumentError(f"{flag} {n} is negative", hint="give a number of layers >= 0")
+        if ncmoe == "count":
+            out.n_cpu_moe = n
+            return
         out.overrides += [(rf"blk\.{i}\.ffn_(up|down|gate|gate_up)_(ch|)exps", "CPU") for i in range(n)]
     elif key == "ctx":
         out.ctx = _int(flag, val)
@@ -313,7 +245,14 @@ def decode(model: ModelProfile, parsed: ParsedArgs, accelerators: Sequence[str],
     slots = assign_layers(model.n_layer + 1, parsed.n_gpu_layers, parsed.tensor_split, len(order), free_mem)
     homes = tuple(CPU if s < 0 else order[s] for s in slots[:-1])
     output = CPU if slots[-1] < 0 else order[slots[-1]]
-    compiled = [(re.compile(p), buft_device(b), p, b) for p, b in parsed.overrides]
+    return placement_with_overrides(model, order, homes, output, parsed.overrides, accelerators)
+
+
+def placement_with_overrides(model: ModelProfile, order: Sequence[str], homes: Sequence[str], output: str,
+                             overrides: Sequence[tuple[str, str]], accelerators: Sequence[str]) -> Placement:
+    """Apply ``-ot`` entries (regex_search, first match wins) to a layer assignment: expert kinds
+    sent to the CPU per layer, and an output head moved elsewhere. Both forks match the same way."""
+    compiled = [(re.compile(p), buft_device(b), p, b) for p, b in overrides]
 
     def first_match(name: str) -> tuple[str, str, str] | None:
         """(device, pattern, buffer type) of the first override matching a tensor, as the loader

@@ -1,0 +1,148 @@
+"""What the llama.cpp-family dialects share: the placement part of a command line (with each
+tool's separators from the dialect's :class:`FlagSyntax` table) and the ``-ot`` expert patterns.
+
+Both forks match ``-ot`` patterns with ECMAScript ``std::regex`` ``regex_search`` on full tensor
+names, first match wins (ENGINE_FACTS §2), so one pattern builder serves both.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Mapping, Sequence
+
+from ..cost import CPU, EXPERT_KINDS, Placement
+from ..errors import InvalidArgumentError
+from ..model import ModelProfile
+
+# Which routed-expert kinds an -ot pattern moves, for each expert option of the optimizer.
+KIND_REGEX = {
+    frozenset(EXPERT_KINDS): r"ffn_(up|down|gate|gate_up)_(ch|)exps",
+    frozenset({"down"}): r"ffn_down_(ch|)exps",
+    frozenset({"gate", "up", "gate_up"}): r"ffn_(up|gate|gate_up)_(ch|)exps",
+}
+
+
+@dataclass(frozen=True)
+class FlagSyntax:
+    """How one tool of one engine spells list-valued placement flags."""
+
+    dev_sep: str | None  # None: the tool has no -dev
+    ts_sep: str
+    ot_sep: str
+    fa_on: str
+    fa_off: str
+    takes_ctx: bool  # llama-bench has no -c (it takes -p/-n/-d)
+
+
+def format_share(x: float) -> str:
+    """A -ts share as the shortest exact text: ``47``, ``1234.5``."""
+    return str(int(x)) if float(x).is_integer() else f"{x:.2f}".rstrip("0")
+
+
+@dataclass
+class EngineArgs:
+    """The placement part of a llama.cpp / ik_llama.cpp command line, tool-independent until
+    :meth:`args` spells it for one tool with the dialect's ``syntax`` table."""
+
+    n_gpu_layers: int
+    tensor_split: list[float]
+    devices: list[str]
+    overrides: list[tuple[str, str]] = field(default_factory=list)
+    syntax: Mapping[str, FlagSyntax] = field(default_factory=dict, repr=False)
+    extra: list[str] = field(default_factory=list)  # dialect flags that always go along (e.g. ik's -mla)
+
+    def args(self, tool: str = "server", *, ctx: int | None = None, n_ubatch: int | None = None,
+             type_k: str = "f16", type_v: str = "f16", flash_attn: bool = True) -> list[str]:
+        syn = self.syntax.get(tool)
+        if syn is None:
+            raise InvalidArgumentError(f"unknown tool {tool!r}", hint="use one of: " + ", ".join(self.syntax))
+        out: list[str] = []
+        if self.devices:
+            if syn.dev_sep is None:
+                raise InvalidArgumentError(
+                    f"this plan needs the device order {','.join(self.devices)}, which this engine's "
+                    f"{tool} cannot set (it has no -dev)",
+                    hint="use the server/cli flags, or order the devices with CUDA_VISIBLE_DEVICES")
+            out += ["-dev", syn.dev_sep.join(self.devices)]
+        out += ["-ngl", str(self.n_gpu_layers)]
+        if self.tensor_split:
+            out += ["-ts", syn.ts_sep.join(format_share(x) for x in self.tensor_split)]
+        if self.overrides:
+            out += ["-ot", syn.ot_sep.join(f"{p}={b}" for p, b in self.overrides)]
+        if ctx is not None and syn.takes_ctx:
+            out += ["-c", str(ctx)]
+        if n_ubatch is not None:
+            out += ["-ub", str(n_ubatch)]
+        if type_k != "f16":
+            out += ["-ctk", type_k]
+        if type_v != "f16":
+            out += ["-ctv", type_v]
+        out += ["-fa", syn.fa_on if flash_attn else syn.fa_off]
+        return out + list(self.extra)
+
+
+def _digit_range(lo: int, hi: int) -> str:
+    return str(lo) if lo == hi else f"[{lo}-{hi}]"
+
+
+def _range_regex(a: int, b: int) -> list[str]:
+    """Alternatives matching exactly the integers a..b (no leading zeros)."""
+    out: list[str] = []
+    n = a
+    while n <= b:
+        # the largest block [n, n + 10**k - 1] aligned on 10**k that fits in [n, b]
+        k = 0
+        while n % 10 ** (k + 1) == 0 and n + 10 ** (k + 1) - 1 <= b and n > 0:
+            k += 1
+        if k == 0:
+            # run of single digits sharing the prefix n // 10
+            end = min(b, n - n % 10 + 9)
+            prefix = str(n // 10) if n >= 10 else ""
+            out.append(prefix + _digit_range(n % 10, end % 10))
+            n = end + 1
+        else:
+            prefix = str(n // 10 ** k)
+            out.append(prefix + r"\d" * k if k < 2 else prefix + r"\d{%d}" % k)
+            n += 10 ** k
+    return out
+
+
+def layer_regex(layers: Sequence[int]) -> str:
+    """An anchored regex matching exactly these block numbers: ``blk\\.([3-9]|1[0-6]|20)\\.``."""
+    nums = sorted(set(layers))
+    alts: list[str] = []
+    start = prev = nums[0]
+    for n in nums[1:] + [None]:  # type: ignore[list-item]
+        if n is not None and n == prev + 1:
+            prev = n
+            continue
+        alts += _range_regex(start, prev)
+        if n is not None:
+            start = prev = n
+    body = "|".join(alts)
+    return rf"blk\.({body})\." if len(alts) > 1 or not body.isdigit() else rf"blk\.{body}\."
+
+
+def expert_overrides(model: ModelProfile, p: Placement, cpu_buffer: str = "CPU") -> list[tuple[str, str]]:
+    """``-ot`` entries sending each layer's chosen expert kinds to the CPU: one compact pattern
+    per set of kinds, lowest layers first, then the placement's own extra overrides."""
+    by_kinds: dict[frozenset[str], list[int]] = {}
+    for il, kinds in enumerate(p.cpu_experts):
+        if kinds and p.layer_home[il] != CPU and model.layers[il].has_experts:
+            by_kinds.setdefault(frozenset(kinds), []).append(il)
+    out: list[tuple[str, str]] = []
+    for kinds, layers in sorted(by_kinds.items(), key=lambda kv: kv[1][0]):
+        regex = KIND_REGEX.get(kinds)
+        if regex is None:
+            raise InvalidArgumentError(f"no override pattern for expert kinds {sorted(kinds)}")
+        out.append((layer_regex(layers) + regex, cpu_buffer))
+    return out + list(p.extra_overrides)
+
+
+def layer_counts(p: Placement) -> list[int]:
+    """Repeating layers per device of the order."""
+    return [len(p.layers_on(name)) for name in p.order]
+
+
+def dev_flag(order: Sequence[str], default_order: Sequence[str]) -> list[str]:
+    """The -dev list, or nothing when the order is the engine's default."""
+    return [] if list(order) == list(default_order) else list(order)

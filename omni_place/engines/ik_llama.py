@@ -1,0 +1,268 @@
+"""ik_llama.cpp's placement flags: from a Placement to flags that reproduce it there, and back.
+
+ik differs from mainline (ENGINE_FACTS §1.4, ik ``src/llama.cpp`` ``llm_load_tensors``):
+
+- ``-ngl`` counts repeating layers only: the first ``n_layer - ngl`` run on the CPU, and the
+  output head goes to a GPU only when ``ngl > n_layer``.
+- ``-ts`` is byte-weighted: :func:`layer_sizes` (ik's ``get_layer_sizes``: every weight of a
+  layer, overridden or not, plus its KV cache at ``-c``; the output slot adds the logits) is
+  walked with a budget ``split_d * (Σ sizes + n_dev * max_compute)``, each device first charged
+  ``max_compute``, a straddling layer going to whichever side it overshoots less. Setting
+  ``ts_d = max_compute + Σ sizes(layers wanted on d)`` puts every boundary exactly between two
+  layers, so an error in our size estimate up to half a boundary layer still gives the plan.
+- ``-dev`` takes buffer names (``CUDA0``, ``RPC0[host:port]``); RPC devices come first by default.
+- ``-ot`` lists are split on ``,`` in llama-server *and* llama-bench; llama-bench has no ``-dev``.
+- ``-ncmoe N`` / ``-cmoe`` are not regex lists: the library overrides the experts of the *last*
+  N layers that have them (one GPU), or shares N out over the GPUs in proportion to their layer
+  counts, highest layers of each first (``src/llama-load-tensors.cpp:270-352``); llama-bench's
+  ``--n-cpu-moe N`` instead overrides the *first* N layers (``examples/llama-bench``).
+- The SWA KV cache is full size unless ``--swa-compress`` (not emitted).
+"""
+from __future__ import annotations
+
+import re
+from typing import Sequence
+
+import numpy as np
+
+from ..cost import CPU, Context, Placement
+from ..errors import InvalidArgumentError
+from ..model import ModelProfile, Role
+from . import llama_cpp
+from .common import EngineArgs, FlagSyntax, expert_overrides, layer_counts
+
+NAME = "ik_llama.cpp"
+SYNTAX = {
+    "server": FlagSyntax(dev_sep=",", ts_sep=",", ot_sep=",", fa_on="1", fa_off="0", takes_ctx=True),
+    "cli": FlagSyntax(dev_sep=",", ts_sep=",", ot_sep=",", fa_on="1", fa_off="0", takes_ctx=True),
+    "bench": FlagSyntax(dev_sep=None, ts_sep="/", ot_sep=",", fa_on="1", fa_off="0", takes_ctx=False),
+}
+TOOLS = tuple(SYNTAX)
+SWA_FULL = True  # ik sizes SWA layers' KV cache for the whole context
+_TS_UNIT = 1024.0 * 1024.0  # -ts shares are written in MiB (2 decimals: 10 KiB resolution)
+
+_EXPERT = re.compile(r"\.ffn_(gate_up|gate|up|down)_(ch|)exps\.")
+_SHEXP = re.compile(r"\.ffn_(gate|up|down)_shexp\.")
+_DENSE_FFN = re.compile(r"\.ffn_(gate|up|down)\.")
+_LAYER_NORM = re.compile(r"\.(attn_norm|attn_norm_2|attn_output_norm|post_attention_norm|ffn_norm|"
+                         r"post_ffw_norm|layer_output_norm)\.weight$")
+
+
+def buffer_name(device: str, endpoint: str | None = None) -> str:
+    """ik's name of a device for -dev/-ot: ``CUDA0``; an RPC device is ``RPC<i>[host:port]`` with
+    ``i`` its index on that server (0: one device per rpc-server), ik ``src/llama.cpp:7738``."""
+    if endpoint:
+        return f"RPC0[{endpoint}]"
+    return device
+
+
+def layer_sizes(model: ModelProfile, context: Context) -> tuple[list[float], float]:
+    """ik's ``get_layer_sizes`` (ik ``src/llama.cpp:3938-4175``): bytes per layer slot (weights as
+    stored + KV cache at ``-c``; last entry the output head + logits beyond ``max_compute``) and
+    ``max_compute``, its per-device compute allowance."""
+    hp = model.hparams
+    ub = context.n_ubatch
+    n_layer = model.n_layer
+    sizes = [0.0] * (n_layer + 1)
+    ffn_exps = [0] * n_layer
+    ffn_shexp = [0] * n_layer
+    ffn_dense = [0] * n_layer
+    has_norm = [False] * n_layer
+    mla: list[dict[str, object]] = [{} for _ in range(n_layer)]
+    first_nextn = n_layer - hp.n_layer_nextn
+    output_w = embd = 0
+    for t in model.tensors:
+        if t.layer is None:
+            if t.name == "token_embd.weight":
+                embd = t.bytes
+            elif t.name == "output.weight":
+                output_w += t.bytes
+            continue
+        il = t.layer
+        if il >= first_nextn:
+            continue  # NextN blocks are not loaded without MTP
+        sizes[il] += t.bytes
+        name = t.name
+        if name.endswith(".bias") or name.endswith(".scale"):
+            continue
+        shape = t.info.shape
+        ne1 = shape[1] if len(shape) > 1 else 1
+        for key in ("attn_k_b", "attn_v_b", "attn_kv_b"):
+            if hp.is_mla and f".{key}.weight" in name:
+                mla[il][key] = t
+                break
+        else:
+            if _EXPERT.search(name):
+                ffn_exps[il] += ne1 * ub * hp.n_expert_used * 4
+            elif _SHEXP.search(name):
+                ffn_shexp[il] += ne1 * ub * 4
+            elif _DENSE_FFN.search(name):
+                ffn_dense[il] += ne1 * ub * 4
+            elif _LAYER_NORM.search(name):
+                has_norm[il] = True
+    compute = [0.0] * n_layer
+    for il in range(n_layer):
+        inp = hp.n_embd * ub * 4 * (2 if has_norm[il] else 1)
+        compute[il] = float(max(ffn_exps[il], ffn_shexp[il], ffn_dense[il]) + inp)
+    if hp.is_mla:
+        for il in range(n_layer):
+            m = mla[il]
+            wk, wv, wkv = m.get("attn_k_b"), m.get("attn_v_b"), m.get("attn_kv_b")
+            if wk is not None and wv is not None and wkv is None:
+                # ik rebuilds wkv_b from k_b and v_b (Q8_0 when they are quantized)
+                ws = wv.info.shape  # type: ignore[attr-defined]
+                wks = wk.info.shape  # type: ignore[attr-defined]
+                q8_row = ws[0] // 32 * 34 if wv.info.type_name not in ("F32", "F16", "BF16") else wv.bytes // max(1, ws[1] * ws[2])  # type: ignore[attr-defined]
+                sizes[il] += q8_row * (ws[1] + wks[1]) * ws[2] * 2
+            elif wkv is not None:
+                sizes[il] += (wkv.bytes // 2) * ((wk is None) + (wv is None))  # type: ignore[attr-defined]
+    kv = model.kv_layer_bytes(context.ctx, context.type_k, context.type_v, n_seq=context.n_seq,
+                              n_ubatch=ub, flash_attn=context.flash_attn, swa_full=True)
+    for il in range(n_layer):
+        sizes[il] += kv[il]
+    max_compute = max(compute, default=0.0)
+    out_logits = hp.n_vocab * ub * 4
+    sizes[n_layer] = float((output_w or embd) + max(0.0, out_logits - max_compute))
+    return sizes, max_compute
+
+
+def assign_layers(sizes: Sequence[float], max_compute: float, n_gpu_layers: int,
+                  tensor_split: Sequence[float] | None, n_devices: int,
+                  free_mem: Sequence[float] | None = None) -> list[int]:
+    """Device index of every slot (-1 = CPU; last entry the output) as ik's byte-weighted walk
+    does it, with its float32 running sum (ik ``src/llama.cpp:4343-4470``)."""
+    n_layer = len(sizes) - 1
+    if n_gpu_layers < 0:
+        n_gpu_layers = 999
+    dev = [n_devices - 1] * (n_layer + 1)
+    i_gpu_start = max(n_layer - n_gpu_layers, 0)
+    if n_devices > 1:
+        ts = list(tensor_split or [])[:n_devices] + [0.0] * max(0, n_devices - len(tensor_split or []))
+        src = (free_mem or [1.0] * n_devices) if all(x == 0 for x in ts) else ts
+        cum = np.cumsum(np.asarray(src, dtype=np.float32), dtype=np.float32)
+        splits = (cum / cum[-1]).astype(np.float32)
+        n_last = n_layer + 1 if n_gpu_layers > n_layer else n_layer
+        total = max_compute * n_devices + float(sum(sizes[i_gpu_start:n_last]))
+        last = i_gpu_start
+        loaded = np.float32(0.0)
+        for d in range(n_devices):
+            loaded = np.float32(loaded + np.float32(max_compute))
+            split_size = np.float32(float(splits[d]) * total)
+            il = last
+            while il < n_last:
+                if float(loaded) + sizes[il] <= float(split_size):
+                    dev[il] = d
+                    loaded = np.float32(float(loaded) + sizes[il])
+                    il += 1
+                    continue
+                if float(loaded) + sizes[il] - float(split_size) < float(split_size) - float(loaded):
+                    dev[il] = d
+                    loaded = np.float32(float(loaded) + sizes[il])
+                    il += 1
+                break
+            last = il
+    elif n_devices == 0:
+        return [-1] * (n_layer + 1)
+    for il in range(i_gpu_start):
+        dev[il] = -1
+    if n_gpu_layers <= n_layer:
+        dev[n_layer] = -1
+    return dev
+
+
+def encode(model: ModelProfile, p: Placement, default_order: Sequence[str], context: Context,
+           endpoints: dict[str, str] | None = None) -> EngineArgs:
+    """ik_llama.cpp flags that reproduce a placement (contiguous layer ranges in device order)."""
+    endpoints = endpoints or {}
+    counts = layer_counts(p)
+    used = [n for n, c in zip(p.order, counts) if c > 0]
+    n_dev_layers = sum(counts)
+    overrides = expert_overrides(model, p)
+    if n_dev_layers == 0:
+        if p.output != CPU:
+            raise InvalidArgumentError(
+                "ik_llama.cpp cannot offload only the output head (-ngl 0 drops every override)",
+                hint="plan with --engine llama.cpp, or keep the output on the CPU")
+        return EngineArgs(0, [], [], overrides, SYNTAX)
+    all_on_gpu = n_dev_layers == model.n_layer
+    output_on_gpu = p.output != CPU
+    ngl = n_dev_layers + 1 if all_on_gpu and output_on_gpu else n_dev_layers
+    natural_output = used[-1] if ngl > model.n_layer else CPU
+    if p.output != natural_output:
+        overrides.append((r"^output\.", buffer_name(p.output, endpoints.get(p.output))))
+    sizes, max_compute = layer_sizes(model, context)
+    ts: list[float] = []
+    for name in used:
+        share = max_compute + sum(sizes[il] for il in p.layers_on(name))
+        if name == used[-1] and ngl > model.n_layer:
+            share += sizes[model.n_layer]
+        ts.append(round(share / _TS_UNIT, 2))
+    devices = [buffer_name(n, endpoints.get(n)) for n in used]
+    default = [buffer_name(n, endpoints.get(n)) for n in default_order]
+    dev = [] if devices == default else devices
+    if len(used) == 1:
+        ts = []  # one device: the split is moot
+    return EngineArgs(ngl, ts, dev, overrides, SYNTAX)
+
+
+def parse_args(argv: Sequence[str], tool: str = "server") -> llama_cpp.ParsedArgs:
+    """The placement flags of an ik llama-server / llama-bench command line (same spellings as
+    mainline). The library's ``-ncmoe``/``-cmoe`` stay a count (see :func:`decode`); llama-bench's
+    ``--n-cpu-moe N`` is first-N patterns in argument order."""
+    return llama_cpp.parse_args(argv, ncmoe="patterns" if tool == "bench" else "count")
+
+
+def decode(model: ModelProfile, parsed: llama_cpp.ParsedArgs, accelerators: Sequence[str], context: Context,
+           free_mem: Sequence[float] | None = None, endpoints: dict[str, str] | None = None) -> Placement:
+    """The placement ik_llama.cpp makes of these flags (for `omni-place check --engine ik_llama.cpp`)."""
+    if parsed.split_mode not in ("layer", "none"):
+        raise InvalidArgumentError(f"split mode {parsed.split_mode!r} is not modelled",
+                                   hint="omni-place models -sm layer (the default) and none")
+    by_buffer = {buffer_name(a, (endpoints or {}).get(a)): a for a in accelerators}
+    order = [by_buffer.get(d, d) for d in parsed.devices] if parsed.devices else list(accelerators)
+    unknown = [d for d in order if d not in accelerators]
+    if unknown:
+        raise InvalidArgumentError(f"-dev names {', '.join(unknown)}, not in the cluster ({', '.join(accelerators)})")
+    if parsed.split_mode == "none":
+        order = order[:1]
+    sizes, max_compute = layer_sizes(model, context)
+    ngl = parsed.n_gpu_layers if order else 0
+    slots = assign_layers(sizes, max_compute, ngl, parsed.tensor_split, len(order), free_mem)
+    homes = tuple(CPU if s < 0 else order[s] for s in slots[:-1])
+    output = CPU if slots[-1] < 0 else order[slots[-1]]
+    overrides = [(p, by_buffer.get(b, b)) for p, b in parsed.overrides] if ngl != 0 else []
+    if parsed.n_cpu_moe and ngl != 0:
+        overrides += _ncmoe_overrides(model, homes, order, parsed.n_cpu_moe)
+    return llama_cpp.placement_with_overrides(model, order, homes, output, overrides, accelerators)
+
+
+def _ncmoe_overrides(model: ModelProfile, homes: Sequence[str], order: Sequence[str], n: int) -> list[tuple[str, str]]:
+    """The patterns ik's library generates for ``-ncmoe n``: the last n layers with experts (one
+    GPU), else n shared out over the GPUs by layer count, highest layers of each first."""
+    expert_layers = [il for il, lc in enumerate(model.layers) if lc.has_experts and not lc.is_nextn]
+    pat = r"blk\.{}\.ffn_(up|down|gate|gate_up)_exps\."
+    if len(order) < 2 or n >= model.n_layer:
+        return [(pat.format(il), CPU) for il in list(reversed(expert_layers))[:n]]
+    if any(h == CPU for h in homes):
+        raise InvalidArgumentError("ik_llama.cpp refuses --n-cpu-moe with CPU layers and several GPUs "
+                                   "(\"Unexpected device configuration\")", hint="use -ngl 999 or -ot")
+    counts = [sum(1 for h in homes if h == d) for d in order]
+    n_layer = model.n_layer
+    want = [c * n / n_layer for c in counts]
+    take = [int(np.floor(w + 0.5)) for w in want]  # std::roundf
+    while sum(take) > n:
+        i = max((i for i in range(len(take)) if take[i] > 0), key=lambda i: take[i] - 1 - want[i])
+        take[i] -= 1
+    while sum(take) < n:
+        cands = [i for i in range(len(take)) if take[i] < counts[i]]
+        if not cands:
+            break
+        i = min(cands, key=lambda i: take[i] + 1 - want[i])
+        take[i] += 1
+    out = []
+    for il in range(n_layer - 1, -1, -1):
+        d = order.index(homes[il])
+        if take[d] > 0:
+            out.append((pat.format(il), CPU))
+            take[d] -= 1
+    return out
