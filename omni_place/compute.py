@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from .model import ModelProfile
 
 F32 = 4
+DSA_INDEXER_BYTES_PER_CELL = 6  # F32 score + F16 mask per (kv cell, token), deepseek32
 
 
 @dataclass(frozen=True)
@@ -88,6 +89,9 @@ def compute_buffer_estimate(
     widest = widest_layer_activation(model, n_tokens, n_kv, flash_attn)
     residual = hp.n_embd * n_tokens
     layer = F32 * int(calibration.layer_live * widest + calibration.residual_live * residual)
+    if hp.indexer_head_size:
+        # DSA lightning indexer: an F32 score and an F16 mask over n_kv x n_tokens (6 B per cell)
+        layer += int(DSA_INDEXER_BYTES_PER_CELL * n_kv * n_tokens)
     logits = F32 * hp.n_vocab * n_tokens
     output = F32 * int(calibration.output_live * logits)
     host = F32 * int(calibration.host_live * residual)

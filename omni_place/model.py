@@ -12,7 +12,9 @@ llama.cpp (vendored in llama-cpp-python 0.3.36, close to b11434); the line refer
   MLA) times ``pad256(n_ctx)`` cells (``llama-kv-cache.cpp:180-260``, ``llama-context.cpp:290``);
   SWA layers hold ``pad256(min(n_ctx, n_swa + n_ubatch))`` cells unless ``swa_full``
   (``llama-kv-cache-iswa.cpp:69-81``); recurrent layers hold ctx-independent F32 state
-  (``llama-memory-recurrent.cpp``).
+  (``llama-memory-recurrent.cpp``). DeepSeek-V3.2 (``deepseek32``, DSA) adds a second cache per
+  trunk layer for its lightning indexer: one key head of ``attention.indexer.key_length`` in
+  ``type_k``, no V (``llama-kv-cache-dsa.cpp:30-52``, ``llama-model.cpp:2397-2447``).
 """
 from __future__ import annotations
 
@@ -78,7 +80,7 @@ LAYER_ROLE_RULES: tuple[tuple[re.Pattern[str], Role], ...] = tuple(
         (r"^ffn_(gate_inp|exp_probs_b)$|^exp_probs_b$", Role.ROUTER),
         (r"^ffn_(gate|up|down|gate_inp)_shexp$", Role.SHARED_EXPERT),
         (r"(^|_)norm(_\d+)?$|^(attn|ffn)_(q_|k_|kv_a_|q_a_|post_)?norm", Role.NORM),
-        (r"^attn_", Role.ATTENTION),
+        (r"^attn_|^indexer\.", Role.ATTENTION),  # indexer.*: DSA lightning indexer (deepseek32)
         (r"^ffn_(gate|up|down|gate_up)$", Role.FFN),
         (r"^(ssm_|time_mix_|channel_mix_|shortconv)", Role.RECURRENT),
         (r"^(rope_freqs|layer_output_scale|altup_|laurel_)", Role.OTHER),
@@ -207,6 +209,7 @@ class HParams:
     ssm_d_inner: int = 0
     ssm_d_state: int = 0
     ssm_n_group: int = 0
+    indexer_head_size: int = 0  # DSA lightning indexer key width (deepseek32); 0 = no indexer cache
 
     @property
     def n_layer_kv(self) -> int:
@@ -234,6 +237,7 @@ ARCHITECTURES: dict[str, ArchSpec] = {
     "qwen3moe": ArchSpec(verified=True),
     "qwen2moe": ArchSpec(),
     "deepseek2": ArchSpec(verified=True),
+    "deepseek32": ArchSpec(verified=True),  # deepseek2 MLA + the DSA indexer's key cache
     "glm4moe": ArchSpec(verified=True),
     "gpt-oss": ArchSpec(swa_pattern=2, verified=True),
     "gemma3": ArchSpec(swa_pattern=6, verified=True),
@@ -248,7 +252,7 @@ ARCHITECTURES: dict[str, ArchSpec] = {
 # Architectures whose memory layout is known to differ from what this module models.
 NOT_COVERED = {
     "rwkv6", "rwkv7", "arwkv7", "rwkv6qwen2", "lfm2", "lfm2moe", "qwen3next", "qwen35", "qwen35moe",
-    "kimi-linear", "gemma3n", "gemma4", "minimax-m3", "deepseek32", "glm-dsa", "t5", "t5encoder",
+    "kimi-linear", "gemma3n", "gemma4", "minimax-m3", "glm-dsa", "t5", "t5encoder",
     "bert", "nomic-bert", "jina-bert-v2", "whisper", "falcon-h1",
 }
 
@@ -334,6 +338,7 @@ def read_hparams(arch: str, md: dict[str, Any], n_vocab_fallback: int) -> HParam
         ssm_d_inner=_int(md, f"{a}.ssm.inner_size", 0),
         ssm_d_state=_int(md, f"{a}.ssm.state_size", 0),
         ssm_n_group=_int(md, f"{a}.ssm.group_count", 0),
+        indexer_head_size=_int(md, f"{a}.attention.indexer.key_length", 0) if arch == "deepseek32" else 0,
     )
 
 
@@ -481,7 +486,8 @@ class ModelProfile:
             n_cells = swa_cells if hp.is_swa[il] else cells
             k = row_bytes(tk, hp.head_dim_k * hp.n_head_kv[il]) * n_cells
             if hp.is_mla:
-                out.append(k)  # MLA caches the latent only (no V)
+                # MLA caches the latent only (no V); DSA adds the indexer's single key head
+                out.append(k + row_bytes(tk, hp.indexer_head_size) * n_cells)
                 continue
             v_width = hp.head_dim_v * hp.n_head_kv[il] if flash_attn else v_width_max  # transposed V uses the max
             out.append(k + row_bytes(tv, v_width) * n_cells)
@@ -503,7 +509,9 @@ class ModelProfile:
             if hp.n_head_kv[il] == 0:
                 continue
             total += row_bytes(tk, hp.head_dim_k * hp.n_head_kv[il])
-            if not hp.is_mla:
+            if hp.is_mla:
+                total += row_bytes(tk, hp.indexer_head_size)
+            else:
                 total += row_bytes(tv, hp.head_dim_v * hp.n_head_kv[il])
         return float(total)
 

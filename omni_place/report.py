@@ -1,68 +1,100 @@
-"""Terminal rendering of a plan: flags, per-device memory bars, layer map, predicted speed."""
+"""Terminal rendering of a plan: flags, per-device memory bars, layer map, predicted speed; and
+the ``LLAMA_ARG_*`` environment form of the flags."""
 from __future__ import annotations
 
 import shlex
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+
+from .errors import InvalidArgumentError
 
 if TYPE_CHECKING:
     from .plan import Plan
 
 GiB = 1 << 30
 BAR = 40
-# Environment variables llama-server reads for each flag (common/arg.cpp set_env).
+STRIP = 64  # layers per line of the layer strip
+MAX_RUNS = 12  # list the layer ranges too when there are at most this many
+# Environment variables llama-server / llama-cli read for each flag (vendored llama.cpp
+# common/arg.cpp, set_env(...) at the line given). They are applied before the command line, so
+# a flag given on the command line wins over its variable (common/arg.cpp:784-806).
 LLAMA_ENV = {
-    "-dev": "LLAMA_ARG_DEVICE",
-    "-ngl": "LLAMA_ARG_N_GPU_LAYERS",
-    "-ts": "LLAMA_ARG_TENSOR_SPLIT",
-    "-ot": "LLAMA_ARG_OVERRIDE_TENSOR",
-    "-c": "LLAMA_ARG_CTX_SIZE",
-    "-ub": "LLAMA_ARG_UBATCH",
-    "-ctk": "LLAMA_ARG_CACHE_TYPE_K",
-    "-ctv": "LLAMA_ARG_CACHE_TYPE_V",
-    "-fa": "LLAMA_ARG_FLASH_ATTN",
+    "-dev": "LLAMA_ARG_DEVICE",  # arg.cpp:2744
+    "-ngl": "LLAMA_ARG_N_GPU_LAYERS",  # :2805
+    "-ts": "LLAMA_ARG_TENSOR_SPLIT",  # :2856
+    "-ot": "LLAMA_ARG_OVERRIDE_TENSOR",  # :2758
+    "-c": "LLAMA_ARG_CTX_SIZE",  # :1648
+    "-ub": "LLAMA_ARG_UBATCH",  # :1681
+    "-b": "LLAMA_ARG_BATCH",  # :1674
+    "-ctk": "LLAMA_ARG_CACHE_TYPE_K",  # :2448
+    "-ctv": "LLAMA_ARG_CACHE_TYPE_V",  # :2461
+    "-fa": "LLAMA_ARG_FLASH_ATTN",  # :1768
+    "-sm": "LLAMA_ARG_SPLIT_MODE",  # :2829
+    "-mg": "LLAMA_ARG_MAIN_GPU",  # :2866
+    "-ncmoe": "LLAMA_ARG_N_CPU_MOE",  # :2775
 }
 
 
 def env_lines(args: list[str]) -> list[str]:
     """``export LLAMA_ARG_...=...`` lines equivalent to llama-server flags."""
-    out = []
+    out = ["# llama-server / llama-cli read these; a flag on the command line wins over its variable"]
     for flag, value in zip(args[::2], args[1::2]):
-        out.append(f"export {LLAMA_ENV[flag]}={shlex.quote(value)}")
+        try:
+            out.append(f"export {LLAMA_ENV[flag]}={shlex.quote(value)}")
+        except KeyError:
+            raise InvalidArgumentError(f"flag {flag} has no LLAMA_ARG_ environment variable",
+                                       hint="use --format args") from None
     return out
 
 
-def _bar(weights: int, kv: int, compute: int, capacity: int) -> str:
+def _bar(weights: int, kv: int, compute: int, capacity: int, overflow: bool = False) -> str:
+    """``[###kkc....]``: each part rounded by the largest remainder so the cells add up; ``!``
+    closes the bar only when the device overflows (CPU weights beyond RAM page from disk: full
+    bar, no ``!``)."""
     if capacity <= 0:
         return ""
-    cells = []
-    for n, ch in ((weights, "#"), (kv, "k"), (compute, "c")):
-        cells.append(ch * round(BAR * n / capacity))
-    s = "".join(cells)
-    return "[" + (s[:BAR] if len(s) > BAR else s + "." * (BAR - len(s))) + ("]" if len(s) <= BAR else "!")
+    parts = [weights, kv, compute]
+    used = sum(parts)
+    total = min(BAR, round(BAR * used / capacity)) if used <= capacity else BAR
+    exact = [BAR * n / max(capacity, used) for n in parts]
+    cells = [int(x) for x in exact]
+    for i in sorted(range(3), key=lambda i: exact[i] - cells[i], reverse=True)[: max(0, total - sum(cells))]:
+        cells[i] += 1
+    s = "".join(ch * n for ch, n in zip("#kc", cells))
+    return "[" + s + "." * (BAR - len(s)) + ("!" if overflow else "]")
 
 
-def render_plan(plan: Plan) -> str:
-    m, c = plan.model, plan.context
-    lines = [
-        f"{m.name} ({m.architecture}, {m.n_layer} layers) on {plan.cluster.name}, ctx {c.ctx}, "
-        f"ubatch {c.n_ubatch}, KV {c.type_k}/{c.type_v}, objective {plan.objective}",
-        "",
-        "llama-server / llama-cli flags:",
-        "  " + shlex.join(plan.args("server")),
-        "llama-bench flags:",
-        "  " + shlex.join(plan.args("bench")),
-        "",
-        "memory per device (# weights, k KV, c compute, . free; GiB):",
-    ]
+def device_symbols(plan: Plan) -> dict[str, str]:
+    """One character per device for the layer strip: accelerators 0-9 then a-z, the CPU 'C'."""
+    out: dict[str, str] = {}
+    n = 0
     for u in plan.usage:
-        cap = u.capacity_bytes
-        status = "" if u.fits else f"  OVERFLOW by {(u.used_bytes - cap) / GiB:.2f} GiB"
-        lines.append(
-            f"  {u.name:<8} {_bar(u.weights_bytes, u.kv_bytes, u.compute_bytes, cap)} "
-            f"w {u.weights_bytes / GiB:7.2f}  kv {u.kv_bytes / GiB:6.2f}  c {u.compute_bytes / GiB:5.2f}  "
-            f"free {u.free_bytes / GiB:7.2f} of {cap / GiB:7.2f}{status}"
-        )
-    lines += ["", "layer map (attention@device / experts@device):"]
+        if u.kind == "cpu":
+            out[u.name] = "C"
+        else:
+            out[u.name] = "0123456789abdefghijklopqrstuvwxyz"[n] if n < 33 else "?"
+            n += 1
+    return out
+
+
+def layer_strip(plan: Plan) -> tuple[str, str]:
+    """(attention/KV row, experts row) with one character per layer slot."""
+    sym = device_symbols(plan)
+    attn, exps = [], []
+    for row in plan.layer_map():
+        attn.append("n" if row["nextn"] else sym.get(row["device"], "?"))
+        e = row["experts"]
+        if row["nextn"]:
+            exps.append("n")
+        elif e is None:
+            exps.append("-")
+        elif e in sym:
+            exps.append(sym[e])
+        else:
+            exps.append("m")  # split: some expert kinds with the layer, the others on the CPU
+    return "".join(attn), "".join(exps)
+
+
+def _runs(plan: Plan) -> list[tuple[int, int, str]]:
     runs: list[tuple[int, int, str]] = []
     for row in plan.layer_map():
         label = row["device"] + ("" if row["experts"] in (None, row["device"]) else f" / experts {row['experts']}")
@@ -72,15 +104,65 @@ def render_plan(plan: Plan) -> str:
             runs[-1] = (runs[-1][0], row["layer"], label)
         else:
             runs.append((row["layer"], row["layer"], label))
-    for a, b, label in runs:
-        lines.append(f"  {f'{a}-{b}' if a != b else str(a):>9}  {label}")
-    lines.append(f"  {'output':>9}  {plan.placement.output}")
+    return runs
+
+
+def _ruler(a: int, b: int) -> str:
+    """Layer numbers at every tenth column of [a, b)."""
+    out = [" "] * (b - a)
+    for i in range(a, b):
+        if i % 10 == 0 and i - a + len(str(i)) <= b - a:
+            out[i - a: i - a + len(str(i))] = str(i)
+    return "".join(out)
+
+
+def _breakdown(parts: dict[str, float], digits: int) -> str:
+    total = sum(parts.values()) or 1.0
+    return ", ".join(f"{k} {v * 1e3:.{digits}f} ({100 * v / total:.0f}%)"
+                     for k, v in sorted(parts.items(), key=lambda x: -x[1]))
+
+
+def render_plan(plan: Plan) -> str:
+    m, c = plan.model, plan.context
+    lines = [
+        f"{m.name} ({m.architecture}, {m.n_layer} layers, {m.total_bytes / GiB:.1f} GiB) on {plan.cluster.name}, "
+        f"ctx {c.ctx}, ubatch {c.n_ubatch}, KV {c.type_k}/{c.type_v}, objective {plan.objective}",
+        "",
+        "llama-server / llama-cli flags:",
+        "  " + shlex.join(plan.args("server")),
+        "llama-bench flags:",
+        "  " + shlex.join(plan.args("bench")),
+        "",
+        "memory per device (# weights, k KV cache, c compute buffers, . free; GiB):",
+    ]
+    for u in plan.usage:
+        cap = u.capacity_bytes
+        status = "" if u.fits else f"  OVERFLOW by {(u.used_bytes - cap) / GiB:.2f} GiB"
+        lines.append(
+            f"  {u.name:<8} {_bar(u.weights_bytes, u.kv_bytes, u.compute_bytes, cap, not u.fits)} "
+            f"w {u.weights_bytes / GiB:7.2f}  kv {u.kv_bytes / GiB:6.2f}  c {u.compute_bytes / GiB:5.2f}  "
+            f"free {u.free_bytes / GiB:7.2f} of {cap / GiB:7.2f}{status}"
+        )
+    sym = device_symbols(plan)
+    attn, exps = layer_strip(plan)
+    legend = ", ".join(f"{s} {name}" for name, s in sym.items())
+    lines += ["", f"layer map (a column per layer: {legend}; m experts split with the CPU, - no experts, "
+                  "n NextN slot):"]
+    for start in range(0, len(attn), STRIP):
+        ruler = _ruler(start, min(len(attn), start + STRIP))
+        lines += [f"  {'layer':<9}{ruler}",
+                  f"  {'attn+KV':<9}{attn[start:start + STRIP]}",
+                  f"  {'experts':<9}{exps[start:start + STRIP]}"]
+    lines.append(f"  {'output':<9}{plan.placement.output}")
+    runs = _runs(plan)
+    if len(runs) <= MAX_RUNS:  # short enough to list; the strip above always shows everything
+        lines += [f"  {f'{a}-{b}' if a != b else str(a):>9}  {label}" for a, b, label in runs]
     p = plan.predicted
     lines += [
         "",
         f"predicted: decode {p.tg_tps:.1f} tok/s, prompt {p.pp_tps:.0f} tok/s",
-        "  decode ms/token: " + ", ".join(f"{k} {v * 1e3:.2f}" for k, v in sorted(p.tg_breakdown.items(), key=lambda x: -x[1])),
-        "  prompt ms/token: " + ", ".join(f"{k} {v * 1e3:.3f}" for k, v in sorted(p.pp_breakdown.items(), key=lambda x: -x[1])),
+        "  decode ms/token: " + _breakdown(p.tg_breakdown, 2),
+        "  prompt ms/token: " + _breakdown(p.pp_breakdown, 3),
     ]
     if not plan.feasible:
         lines.append("DOES NOT FIT: " + "; ".join(plan.notes))
@@ -89,4 +171,10 @@ def render_plan(plan: Plan) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["render_plan", "env_lines"]
+def plot_data(plan: Plan) -> dict[str, Any]:
+    """What the picture shows, engine-neutral (used by :mod:`omni_place.plot`)."""
+    attn, exps = layer_strip(plan)
+    return {"symbols": device_symbols(plan), "attn": attn, "experts": exps}
+
+
+__all__ = ["render_plan", "env_lines", "layer_strip", "device_symbols", "LLAMA_ENV"]

@@ -7,7 +7,7 @@ file and decodes with it. Everything is deterministic for a given ``seed``.
 
 Conventions
 -----------
-* ``n_layer`` counts the *trunk* layers. NextN/MTP layers (``n_nextn``, deepseek2/glm4moe only)
+* ``n_layer`` counts the *trunk* layers. NextN/MTP layers (``n_nextn``, deepseek2/32, glm4moe only)
   come on top, as in real GGUFs: ``block_count = n_layer + n_nextn`` and the NextN blocks are
   ``blk.{n_layer}..``.
 * ``n_layer=None`` means 4, except gemma3 (6: with the default SWA pattern 6, layers 0-4 are
@@ -51,16 +51,22 @@ __all__ = [
     "MOE_ARCHS",
     "SWA_ARCHS",
     "NEXTN_ARCHS",
+    "MLA_ARCHS",
     "TensorSpec",
     "model_tensors",
     "shard_paths",
     "write_model",
 ]
 
-ARCHS: tuple[str, ...] = ("llama", "qwen2", "qwen3", "qwen3moe", "deepseek2", "gpt-oss", "gemma3", "glm4moe")
-MOE_ARCHS: frozenset[str] = frozenset({"qwen3moe", "deepseek2", "gpt-oss", "glm4moe"})
+ARCHS: tuple[str, ...] = ("llama", "qwen2", "qwen3", "qwen3moe", "deepseek2", "gpt-oss", "gemma3", "glm4moe",
+                          "deepseek32")
+MOE_ARCHS: frozenset[str] = frozenset({"qwen3moe", "deepseek2", "gpt-oss", "glm4moe", "deepseek32"})
 SWA_ARCHS: frozenset[str] = frozenset({"gpt-oss", "gemma3"})
-NEXTN_ARCHS: frozenset[str] = frozenset({"deepseek2", "glm4moe"})
+NEXTN_ARCHS: frozenset[str] = frozenset({"deepseek2", "glm4moe", "deepseek32"})
+# MLA archs (deepseek32 = deepseek2 + the DSA lightning indexer, src/models/deepseek32.cpp)
+MLA_ARCHS: frozenset[str] = frozenset({"deepseek2", "deepseek32"})
+# DeepSeek-style MoE: leading dense layers, shared experts, exp_probs_b, NextN
+_DS_MOE: frozenset[str] = frozenset({"deepseek2", "glm4moe", "deepseek32"})
 # archs whose loader requires a separate output.weight (no tied embeddings)
 _UNTIED_ONLY: frozenset[str] = frozenset({"gpt-oss"})
 
@@ -97,6 +103,8 @@ _SHARD_NAME_FORMAT = "{:s}-{:05d}-of-{:05d}.gguf"
 
 # deepseek2 MLA dims used unless overridden (real V3: 512 / 1536 / 64)
 _MLA_DEFAULTS = {"kv_lora_rank": 64, "q_lora_rank": 64, "rope_dim": 16}
+# deepseek32 lightning-indexer dims (real V3.2: 64 heads of 128, top-k 2048)
+_INDEXER_DEFAULTS = {"head_count": 4, "key_length": 64, "top_k": 16}  # key_length >= 64: Hadamard sizes
 
 
 @dataclass(frozen=True)
@@ -169,7 +177,7 @@ def model_tensors(arch: str, *, n_layer: int, n_embd: int, n_head: int, n_head_k
         add(b + "attn_norm.weight", (E,), "norm")
 
         # ---- attention
-        if arch == "deepseek2":
+        if arch in MLA_ARCHS:
             rope = n_rot
             k_mla = head_dim + rope  # qk_nope + qk_rope
             add(b + "attn_q_a_norm.weight", (q_lora_rank,), "norm")
@@ -180,6 +188,13 @@ def model_tensors(arch: str, *, n_layer: int, n_embd: int, n_head: int, n_head_k
             add(b + "attn_k_b.weight", (head_dim, kv_lora_rank, n_head))
             add(b + "attn_v_b.weight", (kv_lora_rank, head_dim, n_head))
             add(b + "attn_output.weight", (n_head * head_dim, E))
+            if arch == "deepseek32":
+                ih, ik = _INDEXER_DEFAULTS["head_count"], _INDEXER_DEFAULTS["key_length"]
+                add(b + "indexer.k_norm.weight", (ik,), "norm")
+                add(b + "indexer.k_norm.bias", (ik,), "f32")
+                add(b + "indexer.proj.weight", (E, ih))
+                add(b + "indexer.attn_k.weight", (E, ik))
+                add(b + "indexer.attn_q_b.weight", (q_lora_rank, ih * ik))
         else:
             add(b + "attn_q.weight", (E, q_dim))
             add(b + "attn_k.weight", (E, kv_dim))
@@ -207,7 +222,7 @@ def model_tensors(arch: str, *, n_layer: int, n_embd: int, n_head: int, n_head_k
             add(b + "ffn_norm.weight", (E,), "norm")
 
         # ---- FFN
-        moe = arch in MOE_ARCHS and not (arch in ("deepseek2", "glm4moe") and i < n_dense_lead)
+        moe = arch in MOE_ARCHS and not (arch in _DS_MOE and i < n_dense_lead)
         if not moe:
             add(b + "ffn_gate.weight", (E, n_ff))
             add(b + "ffn_up.weight", (E, n_ff))
@@ -216,7 +231,7 @@ def model_tensors(arch: str, *, n_layer: int, n_embd: int, n_head: int, n_head_k
             add(b + "ffn_gate_inp.weight", (E, n_expert), "f32")
             if arch == "gpt-oss":
                 add(b + "ffn_gate_inp.bias", (n_expert,), "f32")
-            if arch in ("deepseek2", "glm4moe"):
+            if arch in _DS_MOE:
                 add(b + "exp_probs_b.bias", (n_expert,), "f32")
             add(b + "ffn_gate_exps.weight", (E, n_ff_exp, n_expert))
             add(b + "ffn_up_exps.weight", (E, n_ff_exp, n_expert))
@@ -225,7 +240,7 @@ def model_tensors(arch: str, *, n_layer: int, n_embd: int, n_head: int, n_head_k
                 add(b + "ffn_gate_exps.bias", (n_ff_exp, n_expert), "f32")
                 add(b + "ffn_up_exps.bias", (n_ff_exp, n_expert), "f32")
                 add(b + "ffn_down_exps.bias", (E, n_expert), "f32")
-            if arch in ("deepseek2", "glm4moe") and n_expert_shared > 0:
+            if arch in _DS_MOE and n_expert_shared > 0:
                 n_sh = n_ff_exp * n_expert_shared
                 add(b + "ffn_gate_shexp.weight", (E, n_sh))
                 add(b + "ffn_up_shexp.weight", (E, n_sh))
@@ -375,7 +390,8 @@ def write_model(path: str | Path, arch: str, *, n_layer: int | None = None, n_em
     applies to gpt-oss/gemma3. ``n_nextn`` (NextN/MTP blocks) only to deepseek2/glm4moe.
     deepseek2: ``head_dim`` is qk_nope_head_dim = v_head_dim (default 32), ``n_rot`` is
     qk_rope_head_dim (16), plus ``kv_lora_rank`` (64) and ``q_lora_rank`` (64); the KV cache
-    row is ``kv_lora_rank + n_rot`` (MLA). glm4moe: ``n_rot`` defaults to head_dim/2 (partial
+    row is ``kv_lora_rank + n_rot`` (MLA). deepseek32: deepseek2 plus the DSA lightning indexer
+    (``indexer.*`` tensors, ``_INDEXER_DEFAULTS``), whose key cache is a second KV cache. glm4moe: ``n_rot`` defaults to head_dim/2 (partial
     rotary, as GLM-4.5).
     """
     if arch not in ARCHS:
@@ -395,9 +411,10 @@ def write_model(path: str | Path, arch: str, *, n_layer: int | None = None, n_em
         raise ValueError("need 0 < n_expert_used <= n_expert")
 
     if head_dim is None:
-        head_dim = 32 if arch == "deepseek2" else n_embd // n_head
+        head_dim = 32 if arch in MLA_ARCHS else n_embd // n_head
     if n_rot is None:
-        n_rot = {"deepseek2": _MLA_DEFAULTS["rope_dim"], "glm4moe": head_dim // 2}.get(arch, head_dim)
+        n_rot = {"deepseek2": _MLA_DEFAULTS["rope_dim"], "deepseek32": _MLA_DEFAULTS["rope_dim"],
+                 "glm4moe": head_dim // 2}.get(arch, head_dim)
     if arch in ("llama", "gpt-oss") and n_rot != head_dim:
         raise ValueError(f"{arch} requires n_rot == head_dim")
     kv_lora_rank = kv_lora_rank or _MLA_DEFAULTS["kv_lora_rank"]
@@ -442,11 +459,11 @@ def write_model(path: str | Path, arch: str, *, n_layer: int | None = None, n_em
     w.add_block_count(n_layer + n_nextn)
     w.add_feed_forward_length(n_ff)
     w.add_head_count(n_head)
-    w.add_head_count_kv(1 if arch == "deepseek2" else n_head_kv)
+    w.add_head_count_kv(1 if arch in MLA_ARCHS else n_head_kv)
     w.add_layer_norm_rms_eps(1e-6 if arch != "gpt-oss" else 1e-5)
     w.add_rope_freq_base({"gemma3": 1e6, "qwen3": 1e6, "qwen3moe": 1e6, "qwen2": 1e6, "gpt-oss": 150000.0}.get(arch, 10000.0))
 
-    if arch == "deepseek2":
+    if arch in MLA_ARCHS:
         # MLA is stored as MQA with one big head (converter: conversion/deepseek.py)
         w.add_key_length(kv_lora_rank + n_rot)
         w.add_value_length(kv_lora_rank)
@@ -456,6 +473,10 @@ def write_model(path: str | Path, arch: str, *, n_layer: int | None = None, n_em
         w.add_q_lora_rank(q_lora_rank)
         w.add_rope_dimension_count(n_rot)
         w.add_vocab_size(n_vocab)
+        if arch == "deepseek32":
+            w.add_indexer_head_count(_INDEXER_DEFAULTS["head_count"])
+            w.add_indexer_key_length(_INDEXER_DEFAULTS["key_length"])
+            w.add_indexer_top_k(_INDEXER_DEFAULTS["top_k"])
     else:
         if arch not in ("llama", "qwen2") or head_dim != n_embd // n_head:
             w.add_key_length(head_dim)
@@ -466,10 +487,10 @@ def write_model(path: str | Path, arch: str, *, n_layer: int | None = None, n_em
         w.add_expert_count(n_expert)
         w.add_expert_used_count(n_expert_used)
         w.add_expert_feed_forward_length(n_ff_exp)
-    if arch in ("deepseek2", "glm4moe"):
+    if arch in _DS_MOE:
         w.add_leading_dense_block_count(n_dense_lead)
         w.add_expert_shared_count(n_expert_shared)
-        w.add_expert_weights_scale(2.5 if arch == "deepseek2" else 1.0)
+        w.add_expert_weights_scale(2.5 if arch in MLA_ARCHS else 1.0)
         w.add_expert_weights_norm(True)
         w.add_expert_gating_func(gguf.ExpertGatingFuncType.SIGMOID)
         if n_nextn:

@@ -1,11 +1,15 @@
 """`omni-place plan` and `omni-place check`."""
 from __future__ import annotations
 
+import os
 import shlex
+import shutil
+import sys
 from pathlib import Path
 
 import click
 
+from ..engines.llama_cpp import _FLAG_ALIASES
 from ..errors import InvalidArgumentError, NothingFitsError
 from ..model import KV_TYPES, ModelProfile, load_model
 from ..plan import Plan, evaluate, plan_split
@@ -13,7 +17,7 @@ from ..reference_models import REFERENCE_MODELS, cached_reference_model
 from ..report import env_lines
 from . import cli
 
-DEFAULT_MODEL = "deepseek-v3"
+DEFAULT_MODEL = "deepseek-v3.2"
 
 
 def resolve_model(model: str | None) -> ModelProfile:
@@ -49,7 +53,52 @@ def _emit(plan: Plan, fmt: str, tool: str) -> None:
         click.echo(plan.explain())
 
 
-@cli.command("plan")
+class _ExecCommand(click.Command):
+    """A command whose argv after ``--`` is the engine command line of ``--exec`` (kept out of
+    click's parsing, so MODEL stays optional and engine flags are never taken for ours)."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if "--" in args:
+            i = args.index("--")
+            ctx.meta["omni_place.engine_argv"] = args[i + 1:]
+            args = args[:i]
+        return super().parse_args(ctx, args)
+
+
+def _flag_key(tok: str) -> str | None:
+    """The placement/context key of a llama.cpp flag (any alias, ``--flag=value`` too)."""
+    flag = tok.partition("=")[0] if tok.startswith("--") else tok
+    return _FLAG_ALIASES.get(flag) or {"-m": "model", "--model": "model"}.get(flag)
+
+
+def exec_argv(plan: Plan, engine_argv: list[str], model_path: Path | None) -> tuple[list[str], list[str]]:
+    """The engine command: ``ENGINE [-m MODEL] <plan flags> <user args>``, and notes for stderr.
+
+    The user's explicit flags win: a plan flag the user also gives (by any alias) is dropped, so
+    llama.cpp sees one value. ``-cmoe``/``-ncmoe`` from the user add CPU overrides on top of the
+    plan's (the plan's memory check did not include them)."""
+    engine, user = engine_argv[0], engine_argv[1:]
+    user_keys = {k for k in map(_flag_key, user) if k}
+    notes = []
+    plan_args = plan.args("server")
+    kept: list[str] = []
+    for flag, value in zip(plan_args[::2], plan_args[1::2]):
+        if _flag_key(flag) in user_keys:
+            notes.append(f"your {flag} replaces the plan's {flag} {value} (the plan's memory check assumed it)")
+        else:
+            kept += [flag, value]
+    if user_keys & {"cmoe", "ncmoe"}:
+        notes.append("--cpu-moe/--n-cpu-moe add CPU overrides on top of the plan's placement")
+    head = [engine]
+    if "model" not in user_keys:
+        if model_path is None:
+            raise InvalidArgumentError("the plan is for a shipped header-only model: the engine needs the real file",
+                                       hint="give the .gguf as MODEL, or pass -m /path/to/model.gguf after --")
+        head += ["-m", str(model_path)]
+    return head + kept + user, notes
+
+
+@cli.command("plan", cls=_ExecCommand)
 @click.argument("model", required=False)
 @cluster_option
 @click.option("--ctx", type=click.IntRange(1, 1 << 24), default=4096, show_default=True, help="Context length (-c).")
@@ -64,13 +113,22 @@ def _emit(plan: Plan, fmt: str, tool: str) -> None:
 @click.option("--tool", type=click.Choice(["server", "bench"]), default="server", show_default=True,
               help="Flag dialect for --format args: llama-server/cli or llama-bench.")
 @click.option("--format", "fmt", type=click.Choice(["text", "args", "json", "env"]), default="text", show_default=True)
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False),
+              help="Also write the plan as an SVG picture (memory bars, layer map, speed).")
+@click.option("--exec", "do_exec", is_flag=True,
+              help="Run the engine command given after `--` with the plan's flags (the plan is printed to stderr).")
 def plan_cmd(model: str | None, cluster_file: str | None, preset: str | None, ctx: int, ubatch: int,
-             kv_type: str, no_flash_attn: bool, objective: str, depth: int, engine: str, tool: str, fmt: str) -> None:
+             kv_type: str, no_flash_attn: bool, objective: str, depth: int, engine: str, tool: str, fmt: str,
+             plot_path: str | None, do_exec: bool) -> None:
     """Print the fastest placement of MODEL that fits, with exact flags and predicted tok/s.
 
     MODEL is a .gguf (any shard of a split model; a header-only file works) or the name of a
-    shipped reference model (default: deepseek-v3). Devices come from --cluster, --preset or,
-    by default, NVML discovery plus this CPU.
+    shipped header-only reference model: deepseek-v3.2 (the default), deepseek-v3,
+    qwen3-235b-a22b, glm-4.6, gpt-oss-120b, llama-3.3-70b. Devices come from --cluster, --preset
+    or, by default, NVML discovery plus this CPU.
+
+    --exec runs `ENGINE -m MODEL <plan flags> <your args>` in place of omni-place (nothing is
+    written). Your own flags win: a plan flag you also give is dropped (a note says which).
 
     Exit codes: 0 a plan, 2 bad input, 3 nothing fits (the message says what is missing).
 
@@ -78,8 +136,20 @@ def plan_cmd(model: str | None, cluster_file: str | None, preset: str | None, ct
     Examples:
       omni-place plan --preset seed
       omni-place plan model.gguf --cluster rig.toml --ctx 32768 --format args
+      omni-place plan --preset seed --plot plan.svg
+      omni-place plan model.gguf --preset seed --exec -- llama-server --port 8080
       llama-server -m model.gguf $(omni-place plan model.gguf --preset seed --format args)
     """
+    engine_argv = click.get_current_context().meta.get("omni_place.engine_argv")
+    if engine_argv is not None and not do_exec:
+        raise InvalidArgumentError("arguments after -- are the engine command of --exec",
+                                   hint="add --exec, e.g. omni-place plan MODEL --exec -- llama-server --port 8080")
+    if do_exec and not engine_argv:
+        raise InvalidArgumentError("--exec needs the engine command after --",
+                                   hint="e.g. omni-place plan MODEL --exec -- llama-server --port 8080")
+    if do_exec and shutil.which(engine_argv[0]) is None:
+        raise InvalidArgumentError(f"engine {engine_argv[0]!r} not found (not a file, not on PATH)",
+                                   hint="give the path of llama-server / llama-cli after --")
     obj: str | float = objective
     if objective not in ("tg", "pp"):
         try:
@@ -90,7 +160,26 @@ def plan_cmd(model: str | None, cluster_file: str | None, preset: str | None, ct
     plan = plan_split(resolve_model(model), _cluster_spec(cluster_file, preset), ctx=ctx, ubatch=ubatch,
                       kv_type=kv_type.lower(), flash_attn=not no_flash_attn, objective=obj, engine=engine,
                       depth=depth)
-    _emit(plan, fmt, tool)
+    if plot_path:
+        from ..plot import write_plot
+
+        write_plot(plan, plot_path)
+    if not do_exec:
+        _emit(plan, fmt, tool)
+        return
+    model_path = Path(model) if model is not None and Path(model).exists() else None
+    argv, notes = exec_argv(plan, engine_argv, model_path)
+    click.echo(plan.explain(), err=True)
+    for n in notes:
+        click.echo(f"omni-place: {n}", err=True)
+    click.echo("omni-place: exec " + shlex.join(argv), err=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+        os.execvp(argv[0], argv)  # replaces this process: the engine's exit code is the command's
+    except OSError as err:
+        raise InvalidArgumentError(f"cannot run {argv[0]!r}: {err.strerror}",
+                                   hint="check that the engine is an executable llama-server / llama-cli") from None
 
 
 @cli.command("check", context_settings={"ignore_unknown_options": True})
