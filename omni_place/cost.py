@@ -298,35 +298,51 @@ class CostModel:
         return dev.tflops * 1e12 * sp.gpu_compute_eff
 
     def link(self, name: str) -> tuple[float, float]:
-        """(bytes/s, latency s) of a device's path to the host."""
+        """(bytes/s, seconds per crossing) of a device's path to the host.
+
+        A GPU's latency is per host<->device copy. An RPC device's ``link_latency_us`` is the
+        network round trip, and each crossing costs half of it: ggml-rpc sends set_tensor and
+        graph_compute without waiting (``send_async``) and waits once per visit, for the
+        get_tensor reply, so a token entering and leaving an RPC device costs one round trip."""
         if name == CPU:
             return (math.inf, 0.0)
         dev = self.device(name)
         gbs = dev.link_gbs or 16.0
-        lat = (dev.link_latency_us * 1e-6) if dev.link_latency_us is not None else self.params.pcie_latency_s
-        return (gbs * GB, lat)
+        if dev.link_latency_us is None:
+            return (gbs * GB, self.params.pcie_latency_s)
+        lat = dev.link_latency_us * 1e-6
+        return (gbs * GB, lat / 2 if dev.kind == "rpc" else lat)
 
-    def hop_tg(self, a: str, b: str) -> float:
-        """Seconds to move one token's activations from device a to device b (decode)."""
+    def same_server(self, a: str, b: str) -> bool:
+        """Two devices of one rpc-server: ggml-rpc copies between them on the server
+        (RPC_CMD_COPY_TENSOR, one round trip, no payload over the network)."""
+        if CPU in (a, b):
+            return False
+        da, db = self.device(a), self.device(b)
+        return da.kind == db.kind == "rpc" and da.endpoint is not None and da.endpoint == db.endpoint
+
+    def _hop(self, a: str, b: str, n_tokens: int) -> float:
+        """Seconds per token to move a batch of ``n_tokens`` activations from a to b: one graph
+        split, and over each end's link (the host relays between two devices) its round trip once
+        per batch plus the F32 activations."""
         if a == b:
             return 0.0
         t = self.params.split_s
+        if self.same_server(a, b):
+            return (t + 2 * self.link(a)[1]) / n_tokens  # a copy request and its reply
         for name in (a, b):
             if name != CPU:
                 bw, lat = self.link(name)
-                t += lat + self.act_bytes / bw
-        return t
+                t += lat + n_tokens * self.act_bytes / bw
+        return t / n_tokens
+
+    def hop_tg(self, a: str, b: str) -> float:
+        """Seconds to move one token's activations from device a to device b (decode)."""
+        return self._hop(a, b, 1)
 
     def hop_pp(self, a: str, b: str) -> float:
         """Per prompt token: the ubatch's activations cross once per ubatch."""
-        if a == b:
-            return 0.0
-        t = self.params.split_s / self.n_tokens
-        for name in (a, b):
-            if name != CPU:
-                bw, lat = self.link(name)
-                t += lat / self.n_tokens + self.act_bytes / bw
-        return t
+        return self._hop(a, b, self.n_tokens)
 
     def _layer_params(self, il: int) -> tuple[float, float]:
         """(dense parameters, routed-expert parameters) of a layer."""
@@ -384,8 +400,14 @@ class CostModel:
         return {CPU: flops / self.flops(CPU)}
 
     def output_tg(self, name: str) -> float:
+        """Decode seconds of the output head on ``name``: reading its weights, then the token's
+        F32 logits copied back to the host (a round trip over the network for an RPC device)."""
         backend = "cpu" if name == CPU else backend_of(self.device(name))
-        return self.model.output_bytes(backend) / self.bandwidth(name)
+        t = self.model.output_bytes(backend) / self.bandwidth(name)
+        if name != CPU:
+            bw, lat = self.link(name)
+            t += lat + self.model.hparams.n_vocab * 4 / bw
+        return t
 
     def predict(self, p: Placement) -> Prediction:
         """Decode and prompt tokens/s of a placement, with the time breakdown."""

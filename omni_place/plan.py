@@ -9,7 +9,9 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import shlex
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -18,7 +20,7 @@ from . import _core
 from .cost import CPU, EXPERT_OPTIONS, Context, CostModel, DeviceUsage, Placement, Prediction, SpeedParams, backend_of
 from .devices import Cluster, resolve_cluster
 from .engines import ENGINES, ik_llama, llama_cpp, traits, vllm
-from .engines.common import EngineArgs
+from .engines.common import EngineArgs, rpc_buffer_names, rpc_servers
 from .errors import InvalidArgumentError, NothingFitsError
 from .model import MiB, ModelProfile, load_model
 
@@ -31,6 +33,32 @@ COARSE_FROM_DEVICES = 8
 MAX_UNITS_PER_DEVICE = 4096
 OBJECTIVES = ("tg", "pp")
 TIE_BREAK = 1e-3  # weight of the other objective, so equal-speed plans prefer the better other
+
+
+@dataclass(frozen=True)
+class HostCommand:
+    """One command of a deployment: where it runs, what it is, its argv and environment."""
+
+    host: str  # "local" for the machine that runs the engine
+    role: str  # "rpc-server" or "engine"
+    argv: list[str]
+    env: dict[str, str] = field(default_factory=dict)
+
+    def shell(self) -> str:
+        prefix = " ".join(f"{k}={shlex.quote(v)}" for k, v in self.env.items())
+        return (prefix + " " if prefix else "") + shlex.join(self.argv)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"host": self.host, "role": self.role, "argv": self.argv, "env": self.env, "shell": self.shell()}
+
+
+def _model_argument(model: ModelProfile) -> str:
+    """The -m argument: the model's path, or a placeholder for a shipped header-only description."""
+    from .reference_models import cache_dir
+
+    path = Path(model.path)
+    shipped = path.parent == cache_dir() or path.parent.name.startswith("omni_place-")
+    return "MODEL.gguf" if shipped else str(path)
 
 
 @dataclass
@@ -94,6 +122,21 @@ class Plan:
             out[LLAMA_ENV[flag]] = value
         return out
 
+    def host_commands(self, tool: str = "server", model_path: str | None = None) -> list[HostCommand]:
+        """What to run on every host: an ``rpc-server`` per remote server the plan registers
+        (``-c``: cache tensors on the server's disk, so only the first load uploads weights), then
+        the engine on this host with the plan's flags (vLLM: ``vllm serve`` with its stage env)."""
+        model_arg = model_path or _model_argument(self.model)
+        if self.engine == vllm.NAME:
+            return [HostCommand("local", "engine", ["vllm", "serve", model_arg] + self.args("server"), self.env())]
+        out = []
+        for endpoint in getattr(self.engine_args, "rpc", []):
+            host, _, port = endpoint.rpartition(":")
+            out.append(HostCommand(host.strip("[]"), "rpc-server", ["rpc-server", "-H", host.strip("[]"), "-p", port, "-c"]))
+        binary = "llama-bench" if tool == "bench" else "llama-server"
+        out.append(HostCommand("local", "engine", [binary, "-m", model_arg] + self.args(tool)))
+        return out
+
     def layer_map(self) -> list[dict[str, Any]]:
         out = []
         for il, home in enumerate(self.placement.layer_home):
@@ -136,6 +179,7 @@ class Plan:
             "predicted": self.predicted.to_dict(),
             "layers": self.layer_map(),
             "notes": self.notes,
+            "hosts": [h.to_dict() for h in self.host_commands()],
             "solve": self.solve_stats,
         }
 
@@ -176,6 +220,16 @@ def candidate_orders(cluster: Cluster, cost: CostModel, *, rpc: bool = True) -> 
         return out
     by_bw = sorted(names, key=lambda n: -cost.bandwidth(n))
     cands = [tuple(names), tuple(by_bw), tuple(reversed(by_bw)), tuple(by_bw[:-1]), tuple(names[:-1])]
+    # each host's devices together, so the network is crossed once per host: local GPUs first,
+    # then the remote hosts; and the remote hosts first (llama.cpp's default puts RPC first)
+    hosts: dict[str, list[str]] = {}
+    for n in by_bw:
+        dev = cluster.by_name(n)
+        key = "local" if dev.kind == "gpu" else (dev.host if dev.host not in (None, "local") else (dev.endpoint or n).rpartition(":")[0])
+        hosts.setdefault(key, []).append(n)
+    local = hosts.pop("local", [])
+    remote = [n for group in hosts.values() for n in group]
+    cands += [tuple(local + remote), tuple(remote + local)]
     seen: list[tuple[str, ...]] = []
     for c in cands:
         if c and c not in seen:
@@ -383,12 +437,12 @@ def encode_placement(engine: str, model: ModelProfile, p: Placement, cluster: Cl
                      usage: Sequence[DeviceUsage]) -> Any:
     """The engine's flags for a placement (its dialect module's ``encode``)."""
     default_order = tuple(d.name for d in cluster.gpus)
-    if engine == ik_llama.NAME:
-        endpoints = {d.name: d.endpoint for d in cluster.gpus if d.kind == "rpc" and d.endpoint}
-        return ik_llama.encode(model, p, default_order, context, endpoints)
     if engine == vllm.NAME:
         return vllm.encode(model, p, cluster, usage)
-    return llama_cpp.encode(model, p, default_order)
+    rpc = rpc_servers(cluster.devices)
+    if engine == ik_llama.NAME:
+        return ik_llama.encode(model, p, default_order, context, rpc_buffer_names(cluster.devices), rpc)
+    return llama_cpp.encode(model, p, default_order, rpc)
 
 
 def _solve_with_stream(arr: _Arrays, cost: CostModel, w_tg: float, w_pp: float, *, no_cpu_weights: bool) -> Any:
@@ -472,6 +526,15 @@ def _notes(cost: CostModel, p: Placement, usage: list[DeviceUsage]) -> list[str]
             f"CPU-held weights ({cpu.weights_bytes / 2**30:.1f} GiB) exceed usable RAM "
             f"({cpu.capacity_bytes / 2**30:.1f} GiB): mmap will page from disk and decode will be slower"
         )
+    for u in usage:
+        if u.kind == "rpc" and u.weights_bytes:
+            bw, _ = cost.link(u.name)
+            notes.append(
+                f"the first load uploads {u.weights_bytes / 2**30:.1f} GiB to {u.name} over its "
+                f"{bw / 1e9:.2f} GB/s link (~{u.weights_bytes / bw:.0f} s); rpc-server -c keeps them "
+                "in its cache so later loads skip it")
+    if any(u.kind == "rpc" for u in usage):
+        notes.append("rpc-server has no authentication: run it only on a trusted network")
     if cost.model.hparams.n_layer_nextn:
         notes.append("NextN/MTP blocks are placed (they take layer slots) but not priced: they run only with MTP drafting")
     return notes
@@ -496,10 +559,10 @@ def evaluate(model: str | ModelProfile, cluster: str | Cluster, argv: Sequence[s
     cost = CostModel(prof, clus, context, params)
     accel = [d.name for d in clus.gpus]
     if ik:
-        endpoints = {d.name: d.endpoint for d in clus.gpus if d.kind == "rpc" and d.endpoint}
         # ik's default split: free memory less its 1 GiB fit margin
         free = [max(0.0, float(clus.by_name(n).memory_bytes) - IK_FIT_MARGIN) for n in accel]
-        placement = ik_llama.decode(prof, parsed, accel, context, free_mem=free, endpoints=endpoints)
+        placement = ik_llama.decode(prof, parsed, accel, context, free_mem=free,
+                                    rpc_names=rpc_buffer_names(clus.devices))
         syntax = ik_llama.SYNTAX
     else:
         free = [float(clus.by_name(n).memory_bytes) for n in accel]
@@ -513,6 +576,6 @@ def evaluate(model: str | ModelProfile, cluster: str | Cluster, argv: Sequence[s
              f"{u.capacity_bytes / 2**30:.2f} GiB usable"
              for u in usage if not u.fits]
     args = EngineArgs(parsed.n_gpu_layers, list(parsed.tensor_split or []), parsed.devices or [],
-                      parsed.overrides, syntax)
+                      parsed.overrides, syntax, rpc=list(parsed.rpc))
     return Plan(prof, clus, engine, "given", context, placement, usage, cost.predict(placement), args,
                 tuple(accel), notes, {})

@@ -128,10 +128,14 @@ def render_plan(plan: Plan) -> str:
         f"{m.name} ({m.architecture}, {m.n_layer} layers, {m.total_bytes / GiB:.1f} GiB) on {plan.cluster.name}, "
         f"ctx {c.ctx}, ubatch {c.n_ubatch}, KV {c.type_k}/{c.type_v}, objective {plan.objective}",
         "",
-        "llama-server / llama-cli flags:",
-        "  " + shlex.join(plan.args("server")),
-        "llama-bench flags:",
-        "  " + shlex.join(plan.args("bench")),
+        f"{plan.engine} commands (run the rpc-servers first):" if len(plan.host_commands()) > 1
+        else f"{plan.engine} command:",
+        *[f"  [{h.host}] {h.shell()}" if h.host != "local" else f"  {h.shell()}" for h in plan.host_commands()],
+    ]
+    bench = plan.to_dict()["bench_args"]
+    if bench is not None:
+        lines += ["llama-bench flags:", "  " + shlex.join(bench)]
+    lines += [
         "",
         "memory per device (# weights, k KV cache, c compute buffers, . free; GiB):",
     ]

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import click
 
+from ..engines import ENGINES
 from ..engines.llama_cpp import _FLAG_ALIASES
 from ..errors import InvalidArgumentError, NothingFitsError
 from ..model import KV_TYPES, ModelProfile, load_model
@@ -48,7 +49,10 @@ def _emit(plan: Plan, fmt: str, tool: str) -> None:
     elif fmt == "args":
         click.echo(shlex.join(plan.args(tool)))
     elif fmt == "env":
-        click.echo("\n".join(env_lines(plan.args("server"))))
+        if plan.engine == "llama.cpp":
+            click.echo("\n".join(env_lines(plan.args("server"))))
+        else:
+            click.echo("\n".join(f"export {k}={shlex.quote(v)}" for k, v in plan.env().items()))
     else:
         click.echo(plan.explain())
 
@@ -109,7 +113,8 @@ def exec_argv(plan: Plan, engine_argv: list[str], model_path: Path | None) -> tu
               help="tg (decode tok/s), pp (prompt tok/s) or a weight 0..1 on decode.")
 @click.option("--depth", type=click.IntRange(0, 1 << 24), default=0, show_default=True,
               help="Tokens already in context when decoding (llama-bench -d).")
-@click.option("--engine", type=click.Choice(["llama.cpp"]), default="llama.cpp", show_default=True)
+@click.option("--engine", type=click.Choice(list(ENGINES)), default="llama.cpp", show_default=True,
+              help="Whose flags to print: mainline llama.cpp, ik_llama.cpp, or vLLM pipeline stages.")
 @click.option("--tool", type=click.Choice(["server", "bench"]), default="server", show_default=True,
               help="Flag dialect for --format args: llama-server/cli or llama-bench.")
 @click.option("--format", "fmt", type=click.Choice(["text", "args", "json", "env"]), default="text", show_default=True)
@@ -147,6 +152,9 @@ def plan_cmd(model: str | None, cluster_file: str | None, preset: str | None, ct
     if do_exec and not engine_argv:
         raise InvalidArgumentError("--exec needs the engine command after --",
                                    hint="e.g. omni-place plan MODEL --exec -- llama-server --port 8080")
+    if do_exec and engine == "vllm":
+        raise InvalidArgumentError("--exec runs llama.cpp-family engines",
+                                   hint="for vLLM use --format env and --format args with `vllm serve`")
     if do_exec and shutil.which(engine_argv[0]) is None:
         raise InvalidArgumentError(f"engine {engine_argv[0]!r} not found (not a file, not on PATH)",
                                    hint="give the path of llama-server / llama-cli after --")
@@ -185,20 +193,28 @@ def plan_cmd(model: str | None, cluster_file: str | None, preset: str | None, ct
 @cli.command("check", context_settings={"ignore_unknown_options": True})
 @click.argument("model")
 @cluster_option
+@click.option("--engine", type=click.Choice(["llama.cpp", "ik_llama.cpp"]), default="llama.cpp", show_default=True,
+              help="Whose rules the command line follows (ik: byte-weighted -ts, -ngl without the output).")
+@click.option("--tool", type=click.Choice(["server", "bench"]), default="server", show_default=True,
+              help="The arguments are llama-server/llama-cli's or llama-bench's (separators, --n-cpu-moe).")
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
 @click.argument("engine_args", nargs=-1, type=click.UNPROCESSED)
-def check_cmd(model: str, cluster_file: str | None, preset: str | None, fmt: str, engine_args: tuple[str, ...]) -> None:
-    """Will YOUR llama.cpp command fit, and how fast is it? Prices the placement flags after
-    `--` (-ngl, -ts, -dev, -ot, -ncmoe, -cmoe, -c, -ub, -ctk, -ctv, -fa, -sm) on the cluster.
+def check_cmd(model: str, cluster_file: str | None, preset: str | None, engine: str, tool: str, fmt: str,
+              engine_args: tuple[str, ...]) -> None:
+    """Will YOUR llama.cpp / ik_llama.cpp command fit, and how fast is it? Prices the placement
+    flags after `--` (-ngl, -ts, -dev, -ot, -ncmoe, -cmoe, -c, -ub, -ctk, -ctv, -fa, -sm, --rpc)
+    on the cluster.
 
     Exit 0 when it fits, 3 when a device overflows (named, with the amount), 2 on bad input.
 
     \b
-    Example:
+    Examples:
       omni-place check model.gguf --preset seed -- -ngl 99 -ts 75,25 --n-cpu-moe 20 -c 32768
+      omni-place check model.gguf --preset seed --engine ik_llama.cpp -- -ngl 999 -ncmoe 30 -c 32768
     """
-    plan = evaluate(resolve_model(model), _cluster_spec(cluster_file, preset), list(engine_args))
-    _emit(plan, fmt, "server")
+    plan = evaluate(resolve_model(model), _cluster_spec(cluster_file, preset), list(engine_args),
+                    engine=engine, tool=tool)
+    _emit(plan, fmt, tool)
     if not plan.feasible:
         raise NothingFitsError("; ".join(plan.notes),
                                hint="run `omni-place plan` with the same cluster for a placement that fits")

@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
 from ..cost import CPU, EXPERT_KINDS, Placement
-from ..errors import InvalidArgumentError
+from ..devices import Device
+from ..errors import ClusterError, InvalidArgumentError
 from ..model import ModelProfile
 
 # Which routed-expert kinds an -ot pattern moves, for each expert option of the optimizer.
@@ -31,6 +32,7 @@ class FlagSyntax:
     fa_on: str
     fa_off: str
     takes_ctx: bool  # llama-bench has no -c (it takes -p/-n/-d)
+    rpc_flag: str = "--rpc"  # llama-bench spells it -rpc
 
 
 def format_share(x: float) -> str:
@@ -49,6 +51,7 @@ class EngineArgs:
     overrides: list[tuple[str, str]] = field(default_factory=list)
     syntax: Mapping[str, FlagSyntax] = field(default_factory=dict, repr=False)
     extra: list[str] = field(default_factory=list)  # dialect flags that always go along (e.g. ik's -mla)
+    rpc: list[str] = field(default_factory=list)  # rpc-server endpoints to register (--rpc), in device order
 
     def args(self, tool: str = "server", *, ctx: int | None = None, n_ubatch: int | None = None,
              type_k: str = "f16", type_v: str = "f16", flash_attn: bool = True) -> list[str]:
@@ -56,6 +59,8 @@ class EngineArgs:
         if syn is None:
             raise InvalidArgumentError(f"unknown tool {tool!r}", hint="use one of: " + ", ".join(self.syntax))
         out: list[str] = []
+        if self.rpc:
+            out += [syn.rpc_flag, ",".join(self.rpc)]
         if self.devices:
             if syn.dev_sep is None:
                 raise InvalidArgumentError(
@@ -136,6 +141,38 @@ def expert_overrides(model: ModelProfile, p: Placement, cpu_buffer: str = "CPU")
             raise InvalidArgumentError(f"no override pattern for expert kinds {sorted(kinds)}")
         out.append((layer_regex(layers) + regex, cpu_buffer))
     return out + list(p.extra_overrides)
+
+
+def rpc_servers(devices: Sequence[Device]) -> list[str]:
+    """The ``--rpc`` list for a cluster's RPC devices: their servers in device-name order, which
+    is the order in which ggml-rpc numbers the devices it registers (RPC0, RPC1, ...; several
+    devices of one server get consecutive numbers)."""
+    rpc = [d for d in devices if d.kind == "rpc"]
+    out: list[str] = []
+    for i, d in enumerate(sorted(rpc, key=lambda d: _rpc_index(d.name))):
+        if _rpc_index(d.name) != i:
+            raise ClusterError(f"RPC devices must be named RPC0..RPC{len(rpc) - 1} in --rpc order, found {d.name}",
+                               hint="name them as llama.cpp does: the devices of the first server first")
+        if d.endpoint and d.endpoint not in out:
+            out.append(d.endpoint)
+    return out
+
+
+def rpc_buffer_names(devices: Sequence[Device]) -> dict[str, str]:
+    """ggml-rpc's buffer (and ik's device) name of each RPC device: ``RPC<i>[host:port]`` with
+    ``i`` its index on its own server (``ggml-rpc.cpp:1092``)."""
+    out: dict[str, str] = {}
+    per_server: dict[str, int] = {}
+    for d in sorted((d for d in devices if d.kind == "rpc" and d.endpoint), key=lambda d: _rpc_index(d.name)):
+        i = per_server.get(d.endpoint or "", 0)
+        per_server[d.endpoint or ""] = i + 1
+        out[d.name] = f"RPC{i}[{d.endpoint}]"
+    return out
+
+
+def _rpc_index(name: str) -> int:
+    digits = name.removeprefix("RPC")
+    return int(digits) if digits.isdigit() else -1
 
 
 def layer_counts(p: Placement) -> list[int]:

@@ -35,7 +35,7 @@ NAME = "ik_llama.cpp"
 SYNTAX = {
     "server": FlagSyntax(dev_sep=",", ts_sep=",", ot_sep=",", fa_on="1", fa_off="0", takes_ctx=True),
     "cli": FlagSyntax(dev_sep=",", ts_sep=",", ot_sep=",", fa_on="1", fa_off="0", takes_ctx=True),
-    "bench": FlagSyntax(dev_sep=None, ts_sep="/", ot_sep=",", fa_on="1", fa_off="0", takes_ctx=False),
+    "bench": FlagSyntax(dev_sep=None, ts_sep="/", ot_sep=",", fa_on="1", fa_off="0", takes_ctx=False, rpc_flag="-rpc"),
 }
 TOOLS = tuple(SYNTAX)
 SWA_FULL = True  # ik sizes SWA layers' KV cache for the whole context
@@ -48,12 +48,10 @@ _LAYER_NORM = re.compile(r"\.(attn_norm|attn_norm_2|attn_output_norm|post_attent
                          r"post_ffw_norm|layer_output_norm)\.weight$")
 
 
-def buffer_name(device: str, endpoint: str | None = None) -> str:
+def buffer_name(device: str, rpc_names: dict[str, str] | None = None) -> str:
     """ik's name of a device for -dev/-ot: ``CUDA0``; an RPC device is ``RPC<i>[host:port]`` with
-    ``i`` its index on that server (0: one device per rpc-server), ik ``src/llama.cpp:7738``."""
-    if endpoint:
-        return f"RPC0[{endpoint}]"
-    return device
+    ``i`` its index on that server (ik ``src/llama.cpp:7738``; :func:`~.common.rpc_buffer_names`)."""
+    return (rpc_names or {}).get(device, device)
 
 
 def layer_sizes(model: ModelProfile, context: Context) -> tuple[list[float], float]:
@@ -171,9 +169,9 @@ def assign_layers(sizes: Sequence[float], max_compute: float, n_gpu_layers: int,
 
 
 def encode(model: ModelProfile, p: Placement, default_order: Sequence[str], context: Context,
-           endpoints: dict[str, str] | None = None) -> EngineArgs:
-    """ik_llama.cpp flags that reproduce a placement (contiguous layer ranges in device order)."""
-    endpoints = endpoints or {}
+           rpc_names: dict[str, str] | None = None, rpc: Sequence[str] = ()) -> EngineArgs:
+    """ik_llama.cpp flags that reproduce a placement (contiguous layer ranges in device order);
+    ``rpc_names`` are the RPC devices' buffer names, ``rpc`` the rpc-server endpoints."""
     counts = layer_counts(p)
     used = [n for n, c in zip(p.order, counts) if c > 0]
     n_dev_layers = sum(counts)
@@ -183,13 +181,13 @@ def encode(model: ModelProfile, p: Placement, default_order: Sequence[str], cont
             raise InvalidArgumentError(
                 "ik_llama.cpp cannot offload only the output head (-ngl 0 drops every override)",
                 hint="plan with --engine llama.cpp, or keep the output on the CPU")
-        return EngineArgs(0, [], [], overrides, SYNTAX)
+        return EngineArgs(0, [], [], overrides, SYNTAX, rpc=list(rpc))
     all_on_gpu = n_dev_layers == model.n_layer
     output_on_gpu = p.output != CPU
     ngl = n_dev_layers + 1 if all_on_gpu and output_on_gpu else n_dev_layers
     natural_output = used[-1] if ngl > model.n_layer else CPU
     if p.output != natural_output:
-        overrides.append((r"^output\.", buffer_name(p.output, endpoints.get(p.output))))
+        overrides.append((r"^output\.", buffer_name(p.output, rpc_names)))
     sizes, max_compute = layer_sizes(model, context)
     ts: list[float] = []
     for name in used:
@@ -197,12 +195,12 @@ def encode(model: ModelProfile, p: Placement, default_order: Sequence[str], cont
         if name == used[-1] and ngl > model.n_layer:
             share += sizes[model.n_layer]
         ts.append(round(share / _TS_UNIT, 2))
-    devices = [buffer_name(n, endpoints.get(n)) for n in used]
-    default = [buffer_name(n, endpoints.get(n)) for n in default_order]
+    devices = [buffer_name(n, rpc_names) for n in used]
+    default = [buffer_name(n, rpc_names) for n in default_order]
     dev = [] if devices == default else devices
     if len(used) == 1:
         ts = []  # one device: the split is moot
-    return EngineArgs(ngl, ts, dev, overrides, SYNTAX)
+    return EngineArgs(ngl, ts, dev, overrides, SYNTAX, rpc=list(rpc))
 
 
 def parse_args(argv: Sequence[str], tool: str = "server") -> llama_cpp.ParsedArgs:
@@ -213,12 +211,12 @@ def parse_args(argv: Sequence[str], tool: str = "server") -> llama_cpp.ParsedArg
 
 
 def decode(model: ModelProfile, parsed: llama_cpp.ParsedArgs, accelerators: Sequence[str], context: Context,
-           free_mem: Sequence[float] | None = None, endpoints: dict[str, str] | None = None) -> Placement:
+           free_mem: Sequence[float] | None = None, rpc_names: dict[str, str] | None = None) -> Placement:
     """The placement ik_llama.cpp makes of these flags (for `omni-place check --engine ik_llama.cpp`)."""
     if parsed.split_mode not in ("layer", "none"):
         raise InvalidArgumentError(f"split mode {parsed.split_mode!r} is not modelled",
                                    hint="omni-place models -sm layer (the default) and none")
-    by_buffer = {buffer_name(a, (endpoints or {}).get(a)): a for a in accelerators}
+    by_buffer = {buffer_name(a, rpc_names): a for a in accelerators}
     order = [by_buffer.get(d, d) for d in parsed.devices] if parsed.devices else list(accelerators)
     unknown = [d for d in order if d not in accelerators]
     if unknown:

@@ -33,18 +33,19 @@ NAME = "llama.cpp"
 SYNTAX = {
     "server": FlagSyntax(dev_sep=",", ts_sep=",", ot_sep=",", fa_on="on", fa_off="off", takes_ctx=True),
     "cli": FlagSyntax(dev_sep=",", ts_sep=",", ot_sep=",", fa_on="on", fa_off="off", takes_ctx=True),
-    "bench": FlagSyntax(dev_sep="/", ts_sep="/", ot_sep=";", fa_on="1", fa_off="0", takes_ctx=False),
+    "bench": FlagSyntax(dev_sep="/", ts_sep="/", ot_sep=";", fa_on="1", fa_off="0", takes_ctx=False, rpc_flag="-rpc"),
 }
 TOOLS = tuple(SYNTAX)
 
 
 def engine_args(n_gpu_layers: int, tensor_split: Sequence[float], devices: Sequence[str],
-                overrides: Sequence[tuple[str, str]]) -> EngineArgs:
-    return EngineArgs(n_gpu_layers, list(tensor_split), list(devices), list(overrides), SYNTAX)
+                overrides: Sequence[tuple[str, str]], rpc: Sequence[str] = ()) -> EngineArgs:
+    return EngineArgs(n_gpu_layers, list(tensor_split), list(devices), list(overrides), SYNTAX, rpc=list(rpc))
 
 
-def encode(model: ModelProfile, p: Placement, default_order: Sequence[str]) -> EngineArgs:
-    """Exact llama.cpp flags for a placement (contiguous layer ranges in device order)."""
+def encode(model: ModelProfile, p: Placement, default_order: Sequence[str], rpc: Sequence[str] = ()) -> EngineArgs:
+    """Exact llama.cpp flags for a placement (contiguous layer ranges in device order); ``rpc``
+    lists the cluster's rpc-server endpoints (see :func:`~.common.rpc_servers`)."""
     counts = layer_counts(p)
     n_dev_layers = sum(counts)
     overrides = expert_overrides(model, p)
@@ -52,17 +53,17 @@ def encode(model: ModelProfile, p: Placement, default_order: Sequence[str]) -> E
     output_natural = used[-1] if used else None
     if n_dev_layers == 0:
         if p.output == CPU:
-            return engine_args(0, [], dev_flag(p.order, default_order), overrides)
+            return engine_args(0, [], dev_flag(p.order, default_order), overrides, rpc)
         # -ngl 1: only the output slot is offloaded, to the last device with a share
         ts = [0] * len(p.order)
         ts[p.order.index(p.output)] = 1
-        return engine_args(1, ts, dev_flag(p.order, default_order), overrides)
+        return engine_args(1, ts, dev_flag(p.order, default_order), overrides, rpc)
     ts = list(counts)
     last = max(i for i, c in enumerate(counts) if c > 0)
     ts[last] += 1
     if p.output != output_natural:
         overrides.append((r"^output\.", p.output))
-    return engine_args(n_dev_layers + 1, ts, dev_flag(p.order, default_order), overrides)
+    return engine_args(n_dev_layers + 1, ts, dev_flag(p.order, default_order), overrides, rpc)
 
 
 # --- the engine's own rules, for `check` ------------------------------------------------------

@@ -65,10 +65,7 @@ class VllmArgs:
         out = ["--pipeline-parallel-size", str(len(self.partition)), "--tensor-parallel-size", "1"]
         if ctx is not None:
             out += ["--max-model-len", str(ctx)]
-        out += ["--gpu-memory-utilization", f"{self.gpu_memory_utilization:.2f}"]
-        if n_ubatch is not None:
-            out += ["--max-num-batched-tokens", str(max(n_ubatch, ctx or 0))]
-        return out
+        return out + ["--gpu-memory-utilization", f"{self.gpu_memory_utilization:.2f}"]
 
 
 def visible_device(cluster: Cluster, name: str) -> str:

@@ -319,6 +319,69 @@ def _start_many(
         raise
 
 
+# --- protocol handshake ---------------------------------------------------------------------
+# RPC request: | cmd (1 byte) | size (u64) | data |; response: | size (u64) | data |.
+# HELLO (cmd 14, fixed across versions) carries the client's transport caps (24 bytes); the reply
+# is major, minor, patch, padding, caps (ggml-rpc.cpp:89-98, 347-364, 1820-1858).
+RPC_CMD_HELLO = 14
+RPC_CONN_CAPS_SIZE = 24
+
+
+def rpc_hello(endpoint: str, timeout: float = 5.0) -> tuple[int, int, int]:
+    """The RPC protocol version (major, minor, patch) a server speaks, from its HELLO reply.
+    EngineError when nothing listens there or it is not a compatible llama.cpp RPC server."""
+    host, _, port = endpoint.rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout) as sock:
+            sock.sendall(bytes([RPC_CMD_HELLO]) + RPC_CONN_CAPS_SIZE.to_bytes(8, "little") + bytes(RPC_CONN_CAPS_SIZE))
+            head = _recv_exact(sock, 8)
+            size = int.from_bytes(head, "little") if head is not None else 0
+            body = _recv_exact(sock, 4) if 4 <= size <= 4096 else None
+    except (OSError, ValueError) as err:
+        raise EngineError(f"RPC server {endpoint} is not accepting connections ({getattr(err, 'strerror', None) or err})",
+                          hint="start it with `omni-place rpc-server --port PORT` (same llama.cpp build) or check host:port") from None
+    if body is None:
+        raise EngineError(f"{endpoint} did not answer the RPC HELLO: not a llama.cpp rpc-server of a compatible build",
+                          hint="run rpc-server from the same llama.cpp build as the engine (an older protocol closes the connection)")
+    return body[0], body[1], body[2]
+
+
+def _recv_exact(sock: socket.socket, n: int) -> bytes | None:
+    data = b""
+    while len(data) < n:
+        chunk = sock.recv(n - len(data))
+        if not chunk:
+            return None
+        data += chunk
+    return data
+
+
+_client_protocol: dict[str, tuple[int, int, int]] = {}
+
+
+def client_protocol(library: str | None = None) -> tuple[int, int, int]:
+    """The RPC protocol of this libllama's client: asked of a loopback server started from the
+    same library (client and server of one build speak one version). Cached per library."""
+    key = library or ""
+    if key not in _client_protocol:
+        with start_rpc_server("127.0.0.1", library=library) as server:
+            _client_protocol[key] = rpc_hello(server.endpoint)
+    return _client_protocol[key]
+
+
+def check_rpc_server(endpoint: str, library: str | None = None) -> tuple[int, int, int]:
+    """Refuse, before ggml would abort the process, a server that does not answer or whose
+    protocol the client rejects (major must match, the server's minor must not be newer)."""
+    server = rpc_hello(endpoint)
+    client = client_protocol(library)
+    if server[0] != client[0] or server[1] > client[1]:
+        raise EngineError(
+            f"RPC server {endpoint} speaks RPC protocol {'.'.join(map(str, server))}, this libllama's client "
+            f"{'.'.join(map(str, client))}: client and server must come from the same llama.cpp build",
+            hint="restart rpc-server from the engine's build (or `omni-place rpc-server` on that host)")
+    return server
+
+
 @contextlib.contextmanager
 def rpc_servers(
     n: int,
