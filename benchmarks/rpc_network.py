@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
 # (name, round trip ms, Gbit/s): a fast LAN, 10 GbE, 1 GbE, a slow 1 GbE hop
-LINKS = [("fast", 0.1, 10.0), ("10gbe", 0.5, 10.0), ("1gbe", 1.0, 1.0), ("1gbe-2ms", 2.0, 1.0)]
+LINKS = [("fast", 0.1, 10.0), ("10gbe", 0.5, 10.0), ("1gbe", 1.0, 1.0), ("10gbe-2ms", 2.0, 10.0), ("1gbe-2ms", 2.0, 1.0)]
 ARGS = ["-ngl", "99", "-ts", "1,1", "-c", "512", "-ub", "64"]
 
 
@@ -65,8 +65,12 @@ def _endpoints(cluster: str) -> list[str]:
     return [d["endpoint"] for d in data["devices"] if d.get("kind") == "rpc"]
 
 
-def measure(tokens: int, links: list[tuple[str, float, float]] = LINKS, workdir: Path | None = None) -> list[dict[str, Any]]:
-    """Run every link setting; returns one record per setting with predicted and measured times."""
+def measure(tokens: int, links: list[tuple[str, float, float]] = LINKS, workdir: Path | None = None,
+            repeats: int = 3) -> list[dict[str, Any]]:
+    """Run every link setting ``repeats`` times, interleaved (so load drifts hit every setting
+    alike); each record has the prediction and the median of the runs' median decode times."""
+    import statistics
+
     from arch_models import write_model
 
     from omni_place.llama import rpc_servers
@@ -75,18 +79,26 @@ def measure(tokens: int, links: list[tuple[str, float, float]] = LINKS, workdir:
     work = workdir or Path(tempfile.mkdtemp())
     model = write_model(work / "llama-32k.gguf", "llama", n_layer=8, n_embd=256, n_head=4, n_head_kv=2,
                         n_ff=512, n_vocab=32000, weight_type="q8_0")
-    out = []
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name, _, _ in links}
     with rpc_servers(2, threads=1) as servers:
-        for name, rtt_ms, gbit in links:
-            with link_proxy(servers[0], rtt_ms=rtt_ms, gbit=gbit) as p0, \
-                    link_proxy(servers[1], rtt_ms=rtt_ms, gbit=gbit) as p1:
-                cfile = cluster_file(work / f"{name}.toml", [p0, p1], rtt_ms, gbit)
-                r = subprocess.run([sys.executable, __file__, "--worker", str(model), str(cfile), str(tokens)],
-                                   capture_output=True, text=True, timeout=600)
-                if r.returncode != 0:
-                    raise RuntimeError(f"worker failed for {name}: {r.stderr.strip()[-2000:]}")
-                rec = json.loads(r.stdout.strip().splitlines()[-1])
-                out.append({"link": name, "rtt_ms": rtt_ms, "gbit": gbit, **rec})
+        for _ in range(repeats):
+            for name, rtt_ms, gbit in links:
+                with link_proxy(servers[0], rtt_ms=rtt_ms, gbit=gbit) as p0, \
+                        link_proxy(servers[1], rtt_ms=rtt_ms, gbit=gbit) as p1:
+                    cfile = cluster_file(work / f"{name}.toml", [p0, p1], rtt_ms, gbit)
+                    r = subprocess.run([sys.executable, __file__, "--worker", str(model), str(cfile), str(tokens)],
+                                       capture_output=True, text=True, timeout=600)
+                    if r.returncode != 0:
+                        raise RuntimeError(f"worker failed for {name}: {r.stderr.strip()[-2000:]}")
+                    runs[name].append(json.loads(r.stdout.strip().splitlines()[-1]))
+    out = []
+    for name, rtt_ms, gbit in links:
+        first = runs[name][0]
+        medians = [run["measured"]["median_ms"] for run in runs[name]]
+        out.append({"link": name, "rtt_ms": rtt_ms, "gbit": gbit, "predicted_ms": first["predicted_ms"],
+                    "predicted_transfers_ms": first["predicted_transfers_ms"], "layers": first["layers"],
+                    "measured": {"median_ms": statistics.median(medians), "runs_median_ms": medians,
+                                 "tokens_per_run": tokens}})
     base = out[0]
     for rec in out:
         rec["predicted_slowdown_ms"] = rec["predicted_ms"] - base["predicted_ms"]
@@ -102,20 +114,21 @@ def main() -> None:
         return
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--tokens", type=int, default=48)
+    ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = ap.parse_args()
-    records = measure(args.tokens)
+    records = measure(args.tokens, repeats=args.repeats)
     record = {"benchmark": "rpc_network", "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
               "machine": {"cpu": platform.processor() or platform.machine(), "logical_cores": os.cpu_count(),
                           "platform": platform.platform()},
-              "command": "python benchmarks/rpc_network.py --tokens %d" % args.tokens,
+              "command": f"python benchmarks/rpc_network.py --tokens {args.tokens} --repeats {args.repeats}",
               "engine_args": ARGS, "links": records}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "rpc_network.json").write_text(json.dumps(record, indent=1) + "\n")
     lines = ["# Decode over an emulated network (`benchmarks/rpc_network.py`)", "",
              f"{record['machine']['cpu']}, {record['machine']['logical_cores']} cores. Llama, 8 layers, "
              "n_embd 256, vocab 32k, Q8_0; RPC0 | RPC1 on loopback behind a delay+rate proxy each; "
-             f"{args.tokens} single-token decodes per link (median). Slowdown = time per token minus "
+             f"{args.tokens} single-token decodes per run, median over {args.repeats} interleaved runs. Slowdown = time per token minus "
              "the fastest link's.", "",
              "| link | RTT ms | Gbit/s | measured ms/token | predicted ms/token | measured slowdown ms | "
              "predicted slowdown ms | error |", "|---|---:|---:|---:|---:|---:|---:|---:|"]

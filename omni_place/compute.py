@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from .model import ModelProfile
 
 F32 = 4
+PIPELINE_COPIES = 4  # GGML_SCHED_MAX_COPIES: input copies kept when the engine pipelines
 DSA_INDEXER_BYTES_PER_CELL = 6  # F32 score + F16 mask per (kv cell, token), deepseek32
 
 
@@ -45,11 +46,17 @@ class ComputeEstimate:
     layer_device: int  # any device holding at least one layer
     output_extra: int  # added on the device holding the output head (logits)
     host: int  # the CPU's compute buffer (pinned host memory of devices[0] when a GPU is used)
+    mask: int = 0  # the KQ mask input (n_kv x n_tokens), held by every backend of the graph
 
-    def device_bytes(self, holds_layers: bool, holds_output: bool) -> int:
-        return (self.layer_device if holds_layers or holds_output else 0) + (
-            self.output_extra if holds_output else 0
-        )
+    def device_bytes(self, holds_layers: bool, holds_output: bool, copies: int = 1) -> int:
+        """Bytes of one accelerator; ``copies`` > 1 under pipeline parallelism, where the
+        scheduler keeps that many copies of every split's inputs (the mask among them)."""
+        if not (holds_layers or holds_output):
+            return 0
+        return self.layer_device + self.mask * copies + (self.output_extra if holds_output else 0)
+
+    def host_bytes(self, copies: int = 1) -> int:
+        return self.host + self.mask * copies
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -95,4 +102,6 @@ def compute_buffer_estimate(
     logits = F32 * hp.n_vocab * n_tokens
     output = F32 * int(calibration.output_live * logits)
     host = F32 * int(calibration.host_live * residual)
-    return ComputeEstimate(n_tokens=n_tokens, layer_device=layer, output_extra=output, host=host)
+    # KQ mask: F16 with flash attention, F32 without (llama-graph.cpp build_attn_inp_kv)
+    mask = (2 if flash_attn else F32) * n_kv * n_tokens
+    return ComputeEstimate(n_tokens=n_tokens, layer_device=layer, output_extra=output, host=host, mask=mask)

@@ -26,7 +26,7 @@ from functools import cached_property
 from dataclasses import asdict, dataclass, field
 from typing import Any, Sequence
 
-from .compute import ComputeEstimate, compute_buffer_estimate
+from .compute import PIPELINE_COPIES, ComputeEstimate, compute_buffer_estimate
 from .devices import Cluster, Device
 from .errors import ClusterError, InvalidArgumentError
 from .model import LayerCost, ModelProfile, Role, TensorRecord
@@ -259,13 +259,23 @@ class CostModel:
         out_use.holds_output = True
         out_backend = "cpu" if p.output == CPU else backend_of(self.device(p.output))
         out_use.weights_bytes += m.output_bytes(out_backend)
+        copies = PIPELINE_COPIES if self.pipeline_parallel(p) else 1
         for name in p.order:
             use = out[name]
-            use.compute_bytes += self.compute.device_bytes(use.n_layers > 0, use.holds_output)
+            use.compute_bytes += self.compute.device_bytes(use.n_layers > 0, use.holds_output, copies)
         if p.order and self._has_cpu_weights(p) and self.device(p.order[0]).kind == "gpu":
             out[p.order[0]].compute_bytes += self.op_offload_bytes
-        cpu_use.compute_bytes += self.compute.host + self.compute.device_bytes(cpu_use.n_layers > 0, p.output == CPU)
+        cpu_use.compute_bytes += self.compute.host_bytes(copies) + self.compute.device_bytes(
+            cpu_use.n_layers > 0, p.output == CPU)
         return list(out.values())
+
+    def pipeline_parallel(self, p: Placement) -> bool:
+        """Whether llama.cpp pipelines this placement (``llama-context.cpp``): several model
+        devices, every layer and the output on them, and no tensor override at all."""
+        used = [n for n in p.order if n in p.layer_home]
+        return (len(p.order) > 1 and all(h != CPU for h in p.layer_home) and bool(used)
+                and p.output == used[-1]  # elsewhere it takes an -ot override
+                and not p.extra_overrides and not self._has_cpu_weights(p))
 
     def _has_cpu_weights(self, p: Placement) -> bool:
         return any(h == CPU for h in p.layer_home) or any(

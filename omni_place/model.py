@@ -446,6 +446,23 @@ class ModelProfile:
             raise InvalidArgumentError(f"context length {ctx} is beyond 16M tokens", hint="check --ctx")
         return align_up(max(1, ctx // n_seq), KV_CELL_PADDING) * n_seq
 
+    def check_kv_types(self, type_k: str, type_v: str, flash_attn: bool) -> None:
+        """Refuse KV cache types the engine refuses: a quantized row must hold whole blocks
+        (K rows are head_dim_k wide, or the MLA latent; V rows head_dim_v), and a quantized V
+        cache needs flash attention (llama-context.cpp)."""
+        hp = self.hparams
+        k_row = hp.kv_lora_rank + hp.n_rot if hp.is_mla else hp.head_dim_k
+        rows = [("K", type_k, k_row)] + ([] if hp.is_mla else [("V", type_v, hp.head_dim_v)])  # MLA: no V cache
+        for which, name, row in rows:
+            block = GGML_QUANT_SIZES[GGMLQuantizationType(_kv_type(name))][0]
+            if block > 1 and row % block:
+                raise InvalidArgumentError(
+                    f"{which} cache type {name}: a row of {row} values is not a whole number of {block}-value blocks",
+                    hint="use f16 (or bf16) for this model's KV cache")
+        if GGML_QUANT_SIZES[GGMLQuantizationType(_kv_type(type_v))][0] > 1 and not flash_attn and not hp.is_mla:
+            raise InvalidArgumentError(f"a quantized V cache ({type_v}) needs flash attention",
+                                       hint="drop --no-flash-attn, or use --kv-type f16")
+
     def kv_layer_bytes(
         self,
         ctx: int,

@@ -19,7 +19,7 @@ import numpy as np
 from . import _core
 from .cost import CPU, EXPERT_OPTIONS, Context, CostModel, DeviceUsage, Placement, Prediction, SpeedParams, backend_of
 from .devices import Cluster, resolve_cluster
-from .engines import ENGINES, ik_llama, llama_cpp, traits, vllm
+from .engines import ik_llama, llama_cpp, traits, vllm
 from .engines.common import EngineArgs, rpc_buffer_names, rpc_servers
 from .errors import InvalidArgumentError, NothingFitsError
 from .model import MiB, ModelProfile, load_model
@@ -397,6 +397,7 @@ def plan_split(
                       embedding_on_first=rules.embedding_on_first)
     if engine == vllm.NAME:
         vllm.check_context(context)
+    prof.check_kv_types(context.type_k, context.type_v, context.flash_attn)
     cost = CostModel(prof, clus, context, params)
     orders = candidate_orders(clus, cost, rpc=rules.rpc_devices)
     default_order = tuple(d.name for d in clus.gpus)
@@ -442,7 +443,7 @@ def encode_placement(engine: str, model: ModelProfile, p: Placement, cluster: Cl
     rpc = rpc_servers(cluster.devices)
     if engine == ik_llama.NAME:
         return ik_llama.encode(model, p, default_order, context, rpc_buffer_names(cluster.devices), rpc)
-    return llama_cpp.encode(model, p, default_order, rpc)
+    return llama_cpp.encode(model, p, default_order, rpc, rpc_buffer_names(cluster.devices))
 
 
 def _solve_with_stream(arr: _Arrays, cost: CostModel, w_tg: float, w_pp: float, *, no_cpu_weights: bool) -> Any:
@@ -556,6 +557,7 @@ def evaluate(model: str | ModelProfile, cluster: str | Cluster, argv: Sequence[s
     context = Context(ctx=parsed.ctx or ctx or 4096, n_ubatch=parsed.n_ubatch, type_k=parsed.type_k,
                       type_v=parsed.type_v, flash_attn=parsed.flash_attn if parsed.flash_attn is not None else True,
                       swa_full=rules.swa_full, embedding_on_first=rules.embedding_on_first)
+    prof.check_kv_types(context.type_k, context.type_v, context.flash_attn)
     cost = CostModel(prof, clus, context, params)
     accel = [d.name for d in clus.gpus]
     if ik:
@@ -566,7 +568,7 @@ def evaluate(model: str | ModelProfile, cluster: str | Cluster, argv: Sequence[s
         syntax = ik_llama.SYNTAX
     else:
         free = [float(clus.by_name(n).memory_bytes) for n in accel]
-        placement = llama_cpp.decode(prof, parsed, accel, free_mem=free)
+        placement = llama_cpp.decode(prof, parsed, accel, free_mem=free, rpc_names=rpc_buffer_names(clus.devices))
         syntax = llama_cpp.SYNTAX
     usage = cost.usage(placement)
     notes = [f"{u.name} overflows by {(u.used_bytes - u.capacity_bytes) / 2**30:.2f} GiB "

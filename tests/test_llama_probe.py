@@ -176,8 +176,13 @@ def test_invalid_override_target_names_the_known_ones(tiny_llama: TinyModel, lib
 
 
 @pytest.fixture
-def fake_rpc_server() -> Iterator[str]:
-    """Accepts TCP connections and closes them: the RPC handshake fails and ggml aborts."""
+def fake_rpc_server(libllama) -> Iterator[str]:
+    """Answers the RPC HELLO like a server of this build, then closes every connection at the
+    next command: the handshake passes, the client's next request fails and ggml aborts."""
+    from omni_place.llama.rpc import RPC_CONN_CAPS_SIZE, client_protocol
+
+    version = client_protocol()
+    reply = bytes([*version, 0]) + bytes(RPC_CONN_CAPS_SIZE)
     server = socket.socket()
     server.bind(("127.0.0.1", 0))
     server.listen(8)
@@ -190,7 +195,14 @@ def fake_rpc_server() -> Iterator[str]:
                 conn, _ = server.accept()
             except OSError:
                 continue
-            conn.close()
+            with conn:
+                conn.settimeout(2)
+                try:
+                    if conn.recv(1 + 8 + RPC_CONN_CAPS_SIZE):
+                        conn.sendall(len(reply).to_bytes(8, "little") + reply)
+                        conn.recv(64)
+                except OSError:
+                    pass
 
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()

@@ -104,14 +104,15 @@ def test_not_an_rpc_server_and_unreachable() -> None:
 @pytest.mark.engine
 def test_predicted_slowdown_matches_measured_over_emulated_links(libllama, tmp_path: Path) -> None:
     """Real decode through libllama over CPU + 2 RPC servers behind delay/rate proxies: the
-    predicted extra time per token of a 1 GbE / 2 ms link over a 10 GbE / 0.1 ms one is within
-    ±25 % of the measured one."""
+    predicted extra time per token of a 1 Gbit/s + 1 ms link over a 10 Gbit/s + 0.1 ms one (the
+    issue's pair) is within ±25 % of the measured one (benchmarks/rpc_network.py records more)."""
     if not (libllama.features.get("rpc") and libllama.features.get("rpc_server")):
         pytest.skip("this libllama was built without RPC")
     sys.path.insert(0, str(ROOT / "benchmarks"))
     import rpc_network
 
-    fast, slow = rpc_network.measure(32, [("fast", 0.1, 10.0), ("1gbe-2ms", 2.0, 1.0)], workdir=tmp_path)
+    fast, slow = rpc_network.measure(32, [("fast", 0.1, 10.0), ("1gbe", 1.0, 1.0)], workdir=tmp_path,
+                                     repeats=3)
     assert fast["layers"] == {"RPC0": 5, "RPC1": 3}  # -ts 1,1 over 8 layers + output (engine rule)
-    assert slow["measured_slowdown_ms"] > 3.0  # the link really slowed decoding
+    assert slow["measured_slowdown_ms"] > 1.5  # the link really slowed decoding
     assert abs(slow["slowdown_error"]) <= 0.25, slow

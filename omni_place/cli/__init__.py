@@ -6,6 +6,7 @@ one-line messages with a hint and the documented exit code (0 ok, 2 bad input, 3
 """
 from __future__ import annotations
 
+import importlib
 import sys
 
 import click
@@ -14,20 +15,34 @@ from .. import __version__
 from ..errors import OmniPlaceError
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+# command name -> the module that defines it (imported only when the command runs, so that
+# `omni-place plan` does not pay for NVML, libllama or the RPC machinery)
+COMMANDS = {
+    "plan": "plan_cmd", "check": "plan_cmd", "inspect": "inspect_cmd", "devices": "devices_cmd",
+    "verify": "verify_cmd", "rpc-server": "rpc_cmd", "env": "env_cmd",
+}
+
+
+class _LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        module = COMMANDS.get(cmd_name)
+        if module is not None and cmd_name not in self.commands:
+            importlib.import_module(f"{__name__}.{module}")  # its decorators add it to `cli`
+        return super().get_command(ctx, cmd_name)
+
+
+@click.group(cls=_LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="omni-place")
 def cli() -> None:
     """Plan where every layer and tensor of an LLM goes on your machine, print the exact
     llama.cpp / ik_llama.cpp flags, and predict tokens/s."""
 
 
-def _register() -> None:
-    from . import devices_cmd, inspect_cmd, plan_cmd, rpc_cmd  # noqa: F401  (each module adds its command to `cli`)
-
-
 def main(argv: list[str] | None = None) -> int:
     """Console entry point: run the CLI, map OmniPlaceError to a one-line message + exit code."""
-    _register()
     try:
         cli.main(args=argv, prog_name="omni-place", standalone_mode=False)
     except OmniPlaceError as err:

@@ -120,11 +120,13 @@ def exec_argv(plan: Plan, engine_argv: list[str], model_path: Path | None) -> tu
 @click.option("--format", "fmt", type=click.Choice(["text", "args", "json", "env"]), default="text", show_default=True)
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False),
               help="Also write the plan as an SVG picture (memory bars, layer map, speed).")
+@click.option("--verify", "do_verify", is_flag=True,
+              help="Then load the plan through your libllama and compare engine and plan (exit 4 if they disagree).")
 @click.option("--exec", "do_exec", is_flag=True,
               help="Run the engine command given after `--` with the plan's flags (the plan is printed to stderr).")
 def plan_cmd(model: str | None, cluster_file: str | None, preset: str | None, ctx: int, ubatch: int,
              kv_type: str, no_flash_attn: bool, objective: str, depth: int, engine: str, tool: str, fmt: str,
-             plot_path: str | None, do_exec: bool) -> None:
+             plot_path: str | None, do_verify: bool, do_exec: bool) -> None:
     """Print the fastest placement of MODEL that fits, with exact flags and predicted tok/s.
 
     MODEL is a .gguf (any shard of a split model; a header-only file works) or the name of a
@@ -142,6 +144,7 @@ def plan_cmd(model: str | None, cluster_file: str | None, preset: str | None, ct
       omni-place plan --preset seed
       omni-place plan model.gguf --cluster rig.toml --ctx 32768 --format args
       omni-place plan --preset seed --plot plan.svg
+      omni-place plan model.gguf --cluster rig.toml --verify
       omni-place plan model.gguf --preset seed --exec -- llama-server --port 8080
       llama-server -m model.gguf $(omni-place plan model.gguf --preset seed --format args)
     """
@@ -172,6 +175,16 @@ def plan_cmd(model: str | None, cluster_file: str | None, preset: str | None, ct
         from ..plot import write_plot
 
         write_plot(plan, plot_path)
+    if do_verify:
+        from .verify_cmd import verify_and_emit
+
+        if fmt == "json":  # one JSON document: {"plan": ..., "verify": ...}
+            verify_and_emit(plan, "json", include_plan=True)
+        else:
+            _emit(plan, fmt, tool)
+            verify_and_emit(plan, "text")
+        if not do_exec:
+            return
     if not do_exec:
         _emit(plan, fmt, tool)
         return

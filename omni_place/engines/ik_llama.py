@@ -27,7 +27,7 @@ import numpy as np
 
 from ..cost import CPU, Context, Placement
 from ..errors import InvalidArgumentError
-from ..model import ModelProfile, Role
+from ..model import ModelProfile
 from . import llama_cpp
 from .common import EngineArgs, FlagSyntax, expert_overrides, layer_counts
 

@@ -43,9 +43,11 @@ def engine_args(n_gpu_layers: int, tensor_split: Sequence[float], devices: Seque
     return EngineArgs(n_gpu_layers, list(tensor_split), list(devices), list(overrides), SYNTAX, rpc=list(rpc))
 
 
-def encode(model: ModelProfile, p: Placement, default_order: Sequence[str], rpc: Sequence[str] = ()) -> EngineArgs:
+def encode(model: ModelProfile, p: Placement, default_order: Sequence[str], rpc: Sequence[str] = (),
+           rpc_names: dict[str, str] | None = None) -> EngineArgs:
     """Exact llama.cpp flags for a placement (contiguous layer ranges in device order); ``rpc``
-    lists the cluster's rpc-server endpoints (see :func:`~.common.rpc_servers`)."""
+    lists the cluster's rpc-server endpoints (see :func:`~.common.rpc_servers`) and ``rpc_names``
+    their devices' buffer-type names, which ``-ot`` takes for RPC targets."""
     counts = layer_counts(p)
     n_dev_layers = sum(counts)
     overrides = expert_overrides(model, p)
@@ -62,7 +64,7 @@ def encode(model: ModelProfile, p: Placement, default_order: Sequence[str], rpc:
     last = max(i for i, c in enumerate(counts) if c > 0)
     ts[last] += 1
     if p.output != output_natural:
-        overrides.append((r"^output\.", p.output))
+        overrides.append((r"^output\.", (rpc_names or {}).get(p.output, p.output)))
     return engine_args(n_dev_layers + 1, ts, dev_flag(p.order, default_order), overrides, rpc)
 
 
@@ -232,7 +234,7 @@ def buft_device(buft: str) -> str:
 
 
 def decode(model: ModelProfile, parsed: ParsedArgs, accelerators: Sequence[str],
-           free_mem: Sequence[float] | None = None) -> Placement:
+           free_mem: Sequence[float] | None = None, rpc_names: dict[str, str] | None = None) -> Placement:
     """The placement llama.cpp makes of these flags (for `omni-place check`)."""
     if parsed.split_mode not in ("layer", "none"):
         raise InvalidArgumentError(f"split mode {parsed.split_mode!r} is not modelled",
@@ -246,7 +248,9 @@ def decode(model: ModelProfile, parsed: ParsedArgs, accelerators: Sequence[str],
     slots = assign_layers(model.n_layer + 1, parsed.n_gpu_layers, parsed.tensor_split, len(order), free_mem)
     homes = tuple(CPU if s < 0 else order[s] for s in slots[:-1])
     output = CPU if slots[-1] < 0 else order[slots[-1]]
-    return placement_with_overrides(model, order, homes, output, parsed.overrides, accelerators)
+    by_buffer = {v: k for k, v in (rpc_names or {}).items()}
+    overrides = [(pat, by_buffer.get(b, b)) for pat, b in parsed.overrides]
+    return placement_with_overrides(model, order, homes, output, overrides, accelerators)
 
 
 def placement_with_overrides(model: ModelProfile, order: Sequence[str], homes: Sequence[str], output: str,

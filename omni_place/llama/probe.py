@@ -18,7 +18,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -339,22 +338,23 @@ def _errors_text(log: EngineLog, fallback: str) -> str:
     return " | ".join(errors[-3:]) if errors else fallback
 
 
-def _check_reachable(endpoint: str, timeout: float = 5.0) -> None:
-    """ggml aborts the process when an RPC endpoint does not answer; say it plainly instead."""
-    host, _, port = endpoint.rpartition(":")
-    try:
-        with socket.create_connection((host, int(port)), timeout=timeout):
-            pass
-    except OSError as err:
-        raise EngineError(
-            f"RPC server {endpoint} is not accepting connections ({err.strerror or err})",
-            hint="start it with `omni-place rpc-server --port PORT` (same llama.cpp build) or check host:port",
-        ) from None
+def _check_reachable(endpoint: str) -> None:
+    """ggml aborts the process when an RPC endpoint does not answer or speaks another protocol
+    version; refuse it plainly instead (a HELLO handshake, :func:`.rpc.check_rpc_server`)."""
+    from .rpc import check_rpc_server  # local import: rpc imports probe for child_env
+
+    check_rpc_server(endpoint)
 
 
-def load_in_process(spec: LoadSpec, library: str | None = None) -> LoadReport:
+def load_in_process(spec: LoadSpec, library: str | None = None, *,
+                    handles: dict[str, Any] | None = None) -> LoadReport:
     """Do the load in *this* process (what the probe child runs). A GGML_ABORT kills the
-    caller: use :func:`probe_load` unless you are that child."""
+    caller: use :func:`probe_load` unless you are that child.
+
+    With ``handles`` (a dict), a successful load is kept instead of freed: ``handles["model"]``
+    and ``handles["context"]`` (None without ``create_context``) are the engine's pointers, and
+    ``handles["keepalive"]`` the ctypes arrays the engine was given; the caller frees them
+    (``llama_free`` / ``llama_model_free``, see :class:`omni_place.llama.apply.AppliedPlan`)."""
     spec.validate()
     started = time.monotonic()
     lib = load_libllama(library)
@@ -445,10 +445,13 @@ def load_in_process(spec: LoadSpec, library: str | None = None) -> LoadReport:
     except OmniPlaceError as err:
         report.error = err.message
     finally:
-        if ctx:
-            b.llama_free(ctx)
-        if model:
-            b.llama_model_free(model)
+        if handles is not None and report.ok:
+            handles.update(model=model, context=ctx, keepalive=keep)
+        else:
+            if ctx:
+                b.llama_free(ctx)
+            if model:
+                b.llama_model_free(model)
         capture.uninstall()
         report.elapsed_s = round(time.monotonic() - started, 3)
         _fill_from_log(report, capture.records)
