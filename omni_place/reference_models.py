@@ -206,6 +206,16 @@ def deepseek_v32() -> ModelSpec:
     return _apply_q4_k_m(spec, n_layer_all=62)
 
 
+
+def _add_gqa_attention(spec: ModelSpec, prefix: str, n_embd: int, n_head: int, n_kv: int, hd: int, w: Q) -> None:
+    """A block's norm and grouped-query attention projections (llama/qwen/glm naming)."""
+    spec.add(prefix + "attn_norm.weight", (n_embd,), Q.F32)
+    spec.add(prefix + "attn_q.weight", (n_embd, n_head * hd), w)
+    spec.add(prefix + "attn_k.weight", (n_embd, n_kv * hd), w)
+    spec.add(prefix + "attn_v.weight", (n_embd, n_kv * hd), w)
+    spec.add(prefix + "attn_output.weight", (n_head * hd, n_embd), w)
+
+
 def qwen3_235b_a22b() -> ModelSpec:
     """Qwen3-235B-A22B (94 layers, 128 experts, 8 used, GQA 64/4) as a stock Q4_K_M
     (Qwen/Qwen3-235B-A22B config.json; 1131 tensors, 471 of them F32, as in the released GGUFs)."""
@@ -222,11 +232,7 @@ def qwen3_235b_a22b() -> ModelSpec:
     spec.add("token_embd.weight", (n_embd, n_vocab), W)
     for il in range(n_layer):
         b = f"blk.{il}."
-        spec.add(b + "attn_norm.weight", (n_embd,), Q.F32)
-        spec.add(b + "attn_q.weight", (n_embd, n_head * hd), W)
-        spec.add(b + "attn_k.weight", (n_embd, n_kv * hd), W)
-        spec.add(b + "attn_v.weight", (n_embd, n_kv * hd), W)
-        spec.add(b + "attn_output.weight", (n_head * hd, n_embd), W)
+        _add_gqa_attention(spec, b, n_embd, n_head, n_kv, hd, W)
         spec.add(b + "attn_q_norm.weight", (hd,), Q.F32)
         spec.add(b + "attn_k_norm.weight", (hd,), Q.F32)
         spec.add(b + "ffn_norm.weight", (n_embd,), Q.F32)
@@ -341,11 +347,7 @@ def llama_3_3_70b() -> ModelSpec:
     spec.add("rope_freqs.weight", (hd // 2,), Q.F32)  # llama-3 rope scaling factors
     for il in range(n_layer):
         b = f"blk.{il}."
-        spec.add(b + "attn_norm.weight", (n_embd,), Q.F32)
-        spec.add(b + "attn_q.weight", (n_embd, n_head * hd), W)
-        spec.add(b + "attn_k.weight", (n_embd, n_kv * hd), W)
-        spec.add(b + "attn_v.weight", (n_embd, n_kv * hd), W)
-        spec.add(b + "attn_output.weight", (n_head * hd, n_embd), W)
+        _add_gqa_attention(spec, b, n_embd, n_head, n_kv, hd, W)
         spec.add(b + "ffn_norm.weight", (n_embd,), Q.F32)
         spec.add(b + "ffn_gate.weight", (n_embd, n_ff), W)
         spec.add(b + "ffn_up.weight", (n_embd, n_ff), W)

@@ -6,6 +6,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
@@ -199,8 +200,11 @@ def test_readme_first_command_runs(tmp_path: Path) -> None:
     cmd = shlex.split(first.split("&&", 1)[1])  # the `pip install .` half is what CI's install does
     assert cmd[0] == "omni-place"
     env = dict(os.environ, OMNI_PLACE_CACHE=str(tmp_path / "fresh"))  # a fresh machine: empty cache
+    # the console script pip installed next to this interpreter, as a user runs it
+    exe = Path(sys.executable).with_name("omni-place")
+    exe = str(exe) if exe.exists() else shutil.which("omni-place")
+    assert exe, "the omni-place console script is not installed (pip install -e .)"
     for _ in range(2):  # first run writes the cache, second run reads it
-        r = subprocess.run([sys.executable, "-m", "omni_place", *cmd[1:]], env=env, capture_output=True, text=True,
-                           cwd=ROOT, timeout=120)
+        r = subprocess.run([exe, *cmd[1:]], env=env, capture_output=True, text=True, cwd=ROOT, timeout=120)
         assert r.returncode == 0, r.stderr
         assert "DeepSeek-V3.2" in r.stdout and "predicted: decode" in r.stdout and "layer map" in r.stdout

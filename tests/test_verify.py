@@ -331,6 +331,17 @@ def test_verify_command_matches(planned: dict[str, Any], capsys: pytest.CaptureF
 
 
 @engine
+def test_plan_verify_flag(planned: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["plan", planned["model"], "--cluster", planned["cluster"], "--ctx", "512", "--ubatch", "32", "--verify"]
+    assert main([*args, "--format", "json"]) == 0
+    doc = json.loads(capsys.readouterr().out)  # one document: the plan and what the engine did
+    assert doc["plan"]["args"] == planned["data"]["args"] and doc["verify"]["matches"] is True
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "predicted: decode" in out and "MATCH: the engine placed and sized everything as planned" in out
+
+
+@engine
 def test_verify_command_exit_4_on_disagreement(planned: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
     data = json.loads(json.dumps(planned["data"]))
     first = data["layers"][0]["device"]
