@@ -655,6 +655,12 @@ class _Locator:
         return self._key_in(key, start + 1, stop) or start
 
 
+# Generous upper bounds of device figures (a typo or a hostile file must not reach the core:
+# 1e30 GiB overflows its int64 arrays, 1e308 TFLOPS predicts nonsense).
+_UPPER_BOUNDS = {"memory_gib": 1 << 20, "bandwidth_gbs": 1e5, "tflops": 1e5, "link_gbs": 1e4, "threads": 4096,
+                 "link_latency_us": 1e7, "margin_mib": 1 << 30}
+
+
 def _gib_to_bytes(gib: float) -> int:
     return int(round(gib * GIB))
 
@@ -735,9 +741,15 @@ class _FileParser:
         for key in positive:
             if key in table and not table[key] > 0:
                 raise self.fail(at(key), f"device {name!r}: {key} must be positive (got {table[key]})")
+            if key in table and table[key] > _UPPER_BOUNDS[key]:
+                raise self.fail(at(key), f"device {name!r}: {key} = {table[key]:g} is beyond any real device "
+                                f"(at most {_UPPER_BOUNDS[key]:g})")
         for key in ("link_latency_us", "margin_mib"):
             if key in table and table[key] < 0:
                 raise self.fail(at(key), f"device {name!r}: {key} must not be negative (got {table[key]})")
+            if key in table and table[key] > _UPPER_BOUNDS[key]:
+                raise self.fail(at(key), f"device {name!r}: {key} = {table[key]:g} is beyond any real link "
+                                f"(at most {_UPPER_BOUNDS[key]:g})")
 
         spec = None
         if "catalog" in table:
@@ -933,6 +945,8 @@ def load_cluster(path: str | os.PathLike[str], *, nvml: ModuleType | Any | None 
             message names the file and line.
     """
     p = Path(path)
+    if p.exists() and not p.is_file():
+        raise ClusterError(f"cluster file {p} is not a regular file", hint="give the path of a .toml cluster file")
     try:
         text = p.read_text(encoding="utf-8")
     except FileNotFoundError:

@@ -53,6 +53,8 @@ class ClusterError(OmniPlaceError):
 class InvalidArgumentError(OmniPlaceError):
     """A command-line or API argument is out of range or malformed."""
 
+    default_hint = "see the command's --help for the accepted values"
+
 
 class NothingFitsError(OmniPlaceError):
     """No placement satisfies the memory limits."""

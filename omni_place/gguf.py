@@ -33,6 +33,15 @@ DEFAULT_ALIGNMENT = 32
 MAX_DIMS = 4
 # Arrays longer than this keep only their type and length (tokenizer vocabularies, merges).
 MAX_INLINE_ARRAY = 4096
+# Bounds on what a header may make us allocate, whatever its length fields say (a corrupt length
+# in a 100 GB shard would otherwise copy gigabytes of tensor data into a Python string).
+# Real headers are far below: keys and tensor names are < 100 bytes, the longest values (chat
+# templates) tens of KiB, at most a few thousand tensors and a few hundred keys.
+MAX_NAME_BYTES = 1 << 16  # one key or tensor name (the GGUF spec caps keys at 65535 bytes)
+MAX_STRING_BYTES = 1 << 24  # one metadata string value
+MAX_MATERIALIZED_BYTES = 1 << 26  # all strings kept from one header together
+MAX_TENSORS = 1 << 20
+MAX_KV = 1 << 20
 
 _SCALAR_FORMATS: dict[int, str] = {
     GGUFValueType.UINT8: "<B",
@@ -126,16 +135,24 @@ class GGUFModelFiles:
         return self.shards[0].path
 
 
+def _q(name: str, limit: int = 64) -> str:
+    """A key or tensor name for a one-line message: quoted, escaped, and shortened if long."""
+    if len(name) <= limit:
+        return repr(name)
+    return f"{name[:limit]!r}... ({len(name)} characters)"
+
+
 class _Cursor:
     """Bounds-checked little-endian reads over a buffer; every error names the file and offset."""
 
-    __slots__ = ("buf", "pos", "end", "path")
+    __slots__ = ("buf", "pos", "end", "path", "kept")
 
     def __init__(self, buf: Any, path: Path) -> None:
         self.buf = buf
         self.pos = 0
         self.end = len(buf)
         self.path = path
+        self.kept = 0  # bytes of strings copied out of the buffer so far
 
     def fail(self, what: str) -> GGUFFormatError:
         return GGUFFormatError(f"{self.path}: {what} at byte {self.pos}")
@@ -160,9 +177,17 @@ class _Cursor:
         self.pos += 8
         return v
 
-    def string(self, what: str) -> str:
+    def string(self, what: str, limit: int | None = None) -> str:
         n = self.u64(what + " length")
         self.need(n, what)
+        limit = MAX_STRING_BYTES if limit is None else limit
+        if n > limit or self.kept + n > MAX_MATERIALIZED_BYTES:
+            self.pos -= 8
+            raise self.fail(
+                f"{what}: string of {n} bytes exceeds the limit of "
+                f"{min(limit, MAX_MATERIALIZED_BYTES - self.kept)} bytes"
+            )
+        self.kept += n
         raw = bytes(self.buf[self.pos : self.pos + n])
         self.pos += n
         try:
@@ -221,7 +246,8 @@ def read_header(path: str | os.PathLike[str], shard: int = 0) -> GGUFHeader:
     """Read one GGUF file's metadata and tensor infos; tensor data may be absent."""
     path = Path(path)
     try:
-        fd = os.open(path, os.O_RDONLY)
+        # O_NONBLOCK: opening a FIFO must not wait for a writer (it is refused just below).
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     except FileNotFoundError:
         raise GGUFFormatError(f"{path}: no such file", hint="check the model path") from None
     except IsADirectoryError:
@@ -232,6 +258,9 @@ def read_header(path: str | os.PathLike[str], shard: int = 0) -> GGUFHeader:
         st = os.fstat(fd)
         if stat.S_ISDIR(st.st_mode):
             raise GGUFFormatError(f"{path}: is a directory", hint="pass the .gguf file itself")
+        if not stat.S_ISREG(st.st_mode):
+            raise GGUFFormatError(f"{path}: not a regular file (a pipe, socket or device)",
+                                  hint="pass the .gguf file itself")
         size = st.st_size
         if size < 24:
             raise GGUFFormatError(f"{path}: {size} bytes is too short for a GGUF header")
@@ -241,6 +270,9 @@ def read_header(path: str | os.PathLike[str], shard: int = 0) -> GGUFHeader:
         if isinstance(err, GGUFFormatError):
             raise
         raise GGUFFormatError(f"{path}: malformed header: {err}") from None
+    except OSError as err:  # mmap refused (e.g. a file system without mmap) or a read error
+        raise GGUFFormatError(f"{path}: cannot read: {err.strerror or err}",
+                              hint="check the path and permissions") from None
     finally:
         os.close(fd)
 
@@ -262,18 +294,18 @@ def _parse(buf: Any, path: Path, size: int, shard: int) -> GGUFHeader:
         n_tensors = cur.u64("tensor count")
         n_kv = cur.u64("metadata count")
         # Each KV is at least 8 (key len) + 4 (type) bytes, each tensor info at least 8+4+8+4+8.
-        if n_kv * 12 > size or n_tensors * 32 > size:
+        if n_kv * 12 > size or n_tensors * 32 > size or n_kv > MAX_KV or n_tensors > MAX_TENSORS:
             raise GGUFFormatError(
                 f"{path}: header claims {n_kv} metadata entries and {n_tensors} tensors, "
                 f"more than {size} bytes can hold"
             )
         metadata: dict[str, Any] = {}
         for i in range(n_kv):
-            key = cur.string(f"metadata key #{i}")
+            key = cur.string(f"metadata key #{i}", MAX_NAME_BYTES)
             if key in metadata:
-                raise GGUFFormatError(f"{path}: duplicate metadata key {key!r}")
-            vtype = cur.u32(f"type of {key!r}")
-            metadata[key] = cur.value(vtype, repr(key))
+                raise GGUFFormatError(f"{path}: duplicate metadata key {_q(key)}")
+            vtype = cur.u32(f"type of {_q(key)}")
+            metadata[key] = cur.value(vtype, _q(key))
 
         alignment = metadata.get("general.alignment", DEFAULT_ALIGNMENT)
         if not isinstance(alignment, int) or alignment <= 0 or alignment & (alignment - 1):
@@ -282,33 +314,33 @@ def _parse(buf: Any, path: Path, size: int, shard: int) -> GGUFHeader:
         tensors: list[TensorInfo] = []
         seen: set[str] = set()
         for i in range(n_tensors):
-            name = cur.string(f"tensor #{i} name")
+            name = cur.string(f"tensor #{i} name", MAX_NAME_BYTES)
             if name in seen:
-                raise GGUFFormatError(f"{path}: duplicate tensor name {name!r}")
+                raise GGUFFormatError(f"{path}: duplicate tensor name {_q(name)}")
             seen.add(name)
-            n_dims = cur.u32(f"{name} n_dims")
+            n_dims = cur.u32(f"{_q(name)} n_dims")
             if not 1 <= n_dims <= MAX_DIMS:
-                raise GGUFFormatError(f"{path}: tensor {name!r} has {n_dims} dimensions (1..{MAX_DIMS})")
-            shape = tuple(cur.u64(f"{name} dim") for _ in range(n_dims))
-            ggml_type = cur.u32(f"{name} type")
-            offset = cur.u64(f"{name} offset")
+                raise GGUFFormatError(f"{path}: tensor {_q(name)} has {n_dims} dimensions (1..{MAX_DIMS})")
+            shape = tuple(cur.u64(f"{_q(name)} dim") for _ in range(n_dims))
+            ggml_type = cur.u32(f"{_q(name)} type")
+            offset = cur.u64(f"{_q(name)} offset")
             try:
                 qtype = GGMLQuantizationType(ggml_type)
                 block, _ = GGML_QUANT_SIZES[qtype]
             except (ValueError, KeyError):
-                raise GGUFFormatError(f"{path}: tensor {name!r} has unknown ggml type {ggml_type}") from None
+                raise GGUFFormatError(f"{path}: tensor {_q(name)} has unknown ggml type {ggml_type}") from None
             n_el = 1
             for d in shape:
                 if d == 0 or d >= 1 << 62:
-                    raise GGUFFormatError(f"{path}: tensor {name!r} has invalid shape {list(shape)}")
+                    raise GGUFFormatError(f"{path}: tensor {_q(name)} has invalid shape {list(shape)}")
                 n_el *= d
             if n_el >= 1 << 62 or shape[0] % block:
                 raise GGUFFormatError(
-                    f"{path}: tensor {name!r} shape {list(shape)} does not fit type {qtype.name} "
+                    f"{path}: tensor {_q(name)} shape {list(shape)} does not fit type {qtype.name} "
                     f"(row length must be a multiple of {block})"
                 )
             if offset % alignment:
-                raise GGUFFormatError(f"{path}: tensor {name!r} data offset {offset} is not {alignment}-aligned")
+                raise GGUFFormatError(f"{path}: tensor {_q(name)} data offset {offset} is not {alignment}-aligned")
             tensors.append(TensorInfo(name, shape, ggml_type, offset, shard))
         data_offset = -(-cur.pos // alignment) * alignment
         return GGUFHeader(path, version, metadata, tensors, alignment, data_offset, size)
@@ -340,12 +372,17 @@ def read_model_files(path: str | os.PathLike[str]) -> GGUFModelFiles:
         raise GGUFFormatError(f"{path}: invalid split.count {count!r}")
     shards = [first]
     if count > 1:
+        named = _SHARD_RE.match(path.name)
+        if named and int(named["count"]) != count:
+            raise GGUFFormatError(
+                f"{path}: metadata says split.count={count} but the file name says {int(named['count'])} shards",
+                hint="shards from different downloads or quantizations were mixed, or a file was renamed",
+            )
         paths = shard_paths(path, count)
         missing = [p.name for p in paths[1:] if not p.exists()]
         if missing:
-            raise MissingShardError(
-                f"{path}: split model has {count} shards; missing: {', '.join(missing)}"
-            )
+            shown = ", ".join(missing[:8]) + (f" and {len(missing) - 8} more" if len(missing) > 8 else "")
+            raise MissingShardError(f"{path}: split model has {count} shards; missing: {shown}")
         for i, p in enumerate(paths[1:], start=1):
             h = read_header(p, shard=i)
             no = h.metadata.get("split.no")
@@ -361,7 +398,7 @@ def read_model_files(path: str | os.PathLike[str]) -> GGUFModelFiles:
     for h in shards:
         for t in h.tensors:
             if t.name in seen:
-                raise GGUFFormatError(f"{h.path}: tensor {t.name!r} also appears in another shard")
+                raise GGUFFormatError(f"{h.path}: tensor {_q(t.name)} also appears in another shard")
             seen.add(t.name)
             tensors.append(t)
     expected = first.metadata.get("split.tensors.count")

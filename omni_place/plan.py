@@ -21,7 +21,7 @@ from .cost import CPU, EXPERT_OPTIONS, Context, CostModel, DeviceUsage, Placemen
 from .devices import Cluster, resolve_cluster
 from .engines import ik_llama, llama_cpp, traits, vllm
 from .engines.common import EngineArgs, rpc_buffer_names, rpc_servers
-from .errors import InvalidArgumentError, NothingFitsError
+from .errors import ClusterError, InvalidArgumentError, NothingFitsError
 from .model import MiB, ModelProfile, load_model
 
 MAX_EXHAUSTIVE_ORDERS = 4  # accelerators up to which every ordered subset is tried
@@ -398,6 +398,9 @@ def plan_split(
     if engine == vllm.NAME:
         vllm.check_context(context)
     prof.check_kv_types(context.type_k, context.type_v, context.flash_attn)
+    if len(clus.gpus) > _core.MAX_DEVICES:
+        raise ClusterError(f"cluster {clus.name!r} has {len(clus.gpus)} accelerators; the planner takes at most "
+                           f"{_core.MAX_DEVICES}", hint="plan for a subset of the devices (llama.cpp takes at most 16)")
     cost = CostModel(prof, clus, context, params)
     orders = candidate_orders(clus, cost, rpc=rules.rpc_devices)
     default_order = tuple(d.name for d in clus.gpus)

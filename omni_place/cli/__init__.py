@@ -53,8 +53,13 @@ def main(argv: list[str] | None = None) -> int:
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         return 130
+    except click.UsageError as err:
+        click.echo(f"error: {err.format_message()}", err=True)
+        command = err.ctx.command_path if err.ctx is not None else "omni-place"
+        click.echo(f"hint: see `{command} --help`", err=True)
+        return 2
     except click.ClickException as err:
-        err.show()
+        click.echo(f"error: {err.format_message()}", err=True)
         return err.exit_code
     except click.exceptions.Exit as err:
         return err.exit_code

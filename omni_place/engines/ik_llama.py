@@ -220,7 +220,8 @@ def decode(model: ModelProfile, parsed: llama_cpp.ParsedArgs, accelerators: Sequ
     order = [by_buffer.get(d, d) for d in parsed.devices] if parsed.devices else list(accelerators)
     unknown = [d for d in order if d not in accelerators]
     if unknown:
-        raise InvalidArgumentError(f"-dev names {', '.join(unknown)}, not in the cluster ({', '.join(accelerators)})")
+        raise InvalidArgumentError(f"-dev names {', '.join(unknown)}, not in the cluster ({', '.join(accelerators)})",
+                                   hint="`omni-place devices` lists the cluster's device names")
     if parsed.split_mode == "none":
         order = order[:1]
     sizes, max_compute = layer_sizes(model, context)

@@ -201,7 +201,8 @@ def _apply(out: ParsedArgs, key: str, flag: str, val: str, ncmoe: str) -> None:
             try:
                 re.compile(pat)
             except re.error as err:
-                raise InvalidArgumentError(f"{flag} pattern {pat!r} is not a valid regex: {err}") from None
+                raise InvalidArgumentError(f"{flag} pattern {pat!r} is not a valid regex: {err}",
+                                           hint=r'escape dots and brackets, e.g. -ot "blk\.(1|2)\.ffn_.*_exps=CPU"') from None
             out.overrides.append((pat, buft))
     elif key == "ncmoe":
         n = _int(flag, val)
@@ -242,7 +243,8 @@ def decode(model: ModelProfile, parsed: ParsedArgs, accelerators: Sequence[str],
     order = list(parsed.devices) if parsed.devices is not None else list(accelerators)
     unknown = [d for d in order if d not in accelerators]
     if unknown:
-        raise InvalidArgumentError(f"-dev names {', '.join(unknown)}, not in the cluster ({', '.join(accelerators)})")
+        raise InvalidArgumentError(f"-dev names {', '.join(unknown)}, not in the cluster ({', '.join(accelerators)})",
+                                   hint="`omni-place devices` lists the cluster's device names")
     if parsed.split_mode == "none":
         order = order[:1]
     slots = assign_layers(model.n_layer + 1, parsed.n_gpu_layers, parsed.tensor_split, len(order), free_mem)
