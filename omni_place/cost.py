@@ -63,6 +63,9 @@ class SpeedParams:
     split_s: float = 25e-6  # cost of one graph split (sync + launch) per decoded token
     pcie_latency_s: float = 10e-6  # default latency of a host<->GPU copy
     op_offload_min_batch: int = 32  # GGML_OP_OFFLOAD_MIN_BATCH
+    # network round trips per visit of a token to an RPC device: 1 by the protocol (one waited
+    # get_tensor), 1.05-1.3 measured over emulated links (benchmarks/results/rpc_network.md)
+    rpc_round_trips: float = 1.2
 
     def to_dict(self) -> dict[str, float]:
         return asdict(self)
@@ -313,7 +316,8 @@ class CostModel:
         A GPU's latency is per host<->device copy. An RPC device's ``link_latency_us`` is the
         network round trip, and each crossing costs half of it: ggml-rpc sends set_tensor and
         graph_compute without waiting (``send_async``) and waits once per visit, for the
-        get_tensor reply, so a token entering and leaving an RPC device costs one round trip."""
+        get_tensor reply, so a token entering and leaving an RPC device costs one round trip
+        (times ``SpeedParams.rpc_round_trips``, what was measured)."""
         if name == CPU:
             return (math.inf, 0.0)
         dev = self.device(name)
@@ -321,7 +325,7 @@ class CostModel:
         if dev.link_latency_us is None:
             return (gbs * GB, self.params.pcie_latency_s)
         lat = dev.link_latency_us * 1e-6
-        return (gbs * GB, lat / 2 if dev.kind == "rpc" else lat)
+        return (gbs * GB, lat / 2 * self.params.rpc_round_trips if dev.kind == "rpc" else lat)
 
     def same_server(self, a: str, b: str) -> bool:
         """Two devices of one rpc-server: ggml-rpc copies between them on the server

@@ -401,7 +401,8 @@ def plan_split(
     if len(clus.gpus) > _core.MAX_DEVICES:
         raise ClusterError(f"cluster {clus.name!r} has {len(clus.gpus)} accelerators; the planner takes at most "
                            f"{_core.MAX_DEVICES}", hint="plan for a subset of the devices (llama.cpp takes at most 16)")
-    cost = CostModel(prof, clus, context, params)
+    calibrated = None if params is not None else _calibrated(clus, engine)
+    cost = CostModel(prof, clus, context, params or calibrated)
     orders = candidate_orders(clus, cost, rpc=rules.rpc_devices)
     default_order = tuple(d.name for d in clus.gpus)
     candidates: list[tuple[float, Placement, dict[str, Any]]] = []
@@ -433,8 +434,18 @@ def plan_split(
     stats["core"] = core
     usage = cost.usage(best)
     notes = _notes(cost, best, usage)
+    stats["speed_params"] = "given" if params is not None else ("calibrated" if calibrated else "defaults")
+    if calibrated is not None:
+        notes.append(f"speeds use this machine's calibration for {engine} (omni-place calibrate)")
     return Plan(prof, clus, engine, objective, context, best, usage, cost.predict(best),
                 encode_placement(engine, prof, best, clus, context, usage), default_order, notes, stats)
+
+
+def _calibrated(cluster: Cluster, engine: str) -> SpeedParams | None:
+    """This machine's calibrated speed parameters for ``engine`` (``omni-place calibrate``), if any."""
+    from .calibrate import load_calibrated
+
+    return load_calibrated(cluster, engine)
 
 
 def encode_placement(engine: str, model: ModelProfile, p: Placement, cluster: Cluster, context: Context,
@@ -561,7 +572,7 @@ def evaluate(model: str | ModelProfile, cluster: str | Cluster, argv: Sequence[s
                       type_v=parsed.type_v, flash_attn=parsed.flash_attn if parsed.flash_attn is not None else True,
                       swa_full=rules.swa_full, embedding_on_first=rules.embedding_on_first)
     prof.check_kv_types(context.type_k, context.type_v, context.flash_attn)
-    cost = CostModel(prof, clus, context, params)
+    cost = CostModel(prof, clus, context, params or _calibrated(clus, engine))
     accel = [d.name for d in clus.gpus]
     if ik:
         # ik's default split: free memory less its 1 GiB fit margin

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import functools
+import os
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,6 +23,11 @@ def libllama_status() -> tuple[object | None, str]:
     except (LibLlamaNotFoundError, LibLlamaVersionError) as err:
         return None, err.message
     return build, build.describe()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # plans must not depend on calibrations saved on this machine (omni-place calibrate)
+    os.environ["OMNI_PLACE_CONFIG"] = tempfile.mkdtemp(prefix="omni-place-config-")
 
 
 def pytest_report_header(config: pytest.Config) -> str:

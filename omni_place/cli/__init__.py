@@ -19,7 +19,7 @@ from ..errors import OmniPlaceError
 # `omni-place plan` does not pay for NVML, libllama or the RPC machinery)
 COMMANDS = {
     "plan": "plan_cmd", "check": "plan_cmd", "inspect": "inspect_cmd", "devices": "devices_cmd",
-    "verify": "verify_cmd", "rpc-server": "rpc_cmd", "env": "env_cmd",
+    "verify": "verify_cmd", "rpc-server": "rpc_cmd", "env": "env_cmd", "bench": "bench_cmd", "calibrate": "bench_cmd",
 }
 
 
