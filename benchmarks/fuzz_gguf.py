@@ -41,7 +41,7 @@ import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "benchmarks" / "results"
@@ -49,13 +49,13 @@ sys.path.insert(0, str(ROOT / "tests"))  # arch_models (the tests' writer)
 if importlib.util.find_spec("omni_place") is None:  # a plain checkout, not installed
     sys.path.insert(0, str(ROOT))
 
-from gguf import GGMLQuantizationType as Q  # noqa: E402
 
 from omni_place import __version__  # noqa: E402
 from omni_place.errors import GGUFFormatError, MissingShardError, OmniPlaceError  # noqa: E402
 from omni_place.gguf import read_model_files  # noqa: E402
 from omni_place.model import load_model  # noqa: E402
-from omni_place.reference_models import ModelSpec, deepseek_v3, write_header_only  # noqa: E402
+from omni_place.reference_models import deepseek_v3, write_header_only  # noqa: E402
+from ggufs import tiny_llama_spec as small_spec  # noqa: E402
 
 READER_ERRORS = (GGUFFormatError, MissingShardError)
 
@@ -64,28 +64,6 @@ READER_ERRORS = (GGUFFormatError, MissingShardError)
 # ---------------------------------------------------------------------------------------------
 
 
-def small_spec(n_vocab: int = 0) -> ModelSpec:
-    spec = ModelSpec("llama", "tiny", {"llama.block_count": 2, "llama.embedding_length": 256,
-                                        "llama.attention.head_count": 4, "llama.attention.head_count_kv": 2,
-                                        "llama.feed_forward_length": 512, "llama.context_length": 4096,
-                                        "llama.vocab_size": 1000, "llama.rope.dimension_count": 64})
-    spec.add("token_embd.weight", (256, 1000), Q.Q4_K)
-    for il in range(2):
-        b = f"blk.{il}."
-        spec.add(b + "attn_norm.weight", (256,), Q.F32)
-        spec.add(b + "attn_q.weight", (256, 256), Q.Q8_0)
-        spec.add(b + "attn_k.weight", (256, 128), Q.Q8_0)
-        spec.add(b + "attn_v.weight", (256, 128), Q.Q6_K)
-        spec.add(b + "attn_output.weight", (256, 256), Q.Q4_0)
-        spec.add(b + "ffn_norm.weight", (256,), Q.F32)
-        spec.add(b + "ffn_gate.weight", (256, 512), Q.Q4_K)
-        spec.add(b + "ffn_up.weight", (256, 512), Q.Q4_K)
-        spec.add(b + "ffn_down.weight", (512, 256), Q.Q6_K)
-    spec.add("output_norm.weight", (256,), Q.F32)
-    spec.add("output.weight", (256, 1000), Q.Q6_K)
-    if n_vocab:
-        spec.n_vocab = n_vocab
-    return spec
 
 
 @dataclass

@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 from gguf import GGMLQuantizationType, GGUFWriter, LlamaFileType, TokenType
 
+from omni_place.reference_models import ModelSpec
+
 # ggml element size in bytes for the unquantized types the writers use
 _ELEMENT_BYTES = {GGMLQuantizationType.F32: 4, GGMLQuantizationType.F16: 2}
 
@@ -208,3 +210,26 @@ def write_llama(
         tied_output=tied_output,
         tensors=bld.tensors,
     )
+
+
+def tiny_llama_spec(n_vocab: int = 0) -> ModelSpec:
+    """A 2-layer llama header (n_embd 256, 1000-token vocab) with a realistic quant mix, written
+    with the project's header-only writer: the tests' and the fuzzer's smallest real GGUF."""
+    Q = GGMLQuantizationType
+    spec = ModelSpec("llama", "tiny", {"llama.block_count": 2, "llama.embedding_length": 256,
+                                        "llama.attention.head_count": 4, "llama.attention.head_count_kv": 2,
+                                        "llama.feed_forward_length": 512, "llama.context_length": 4096,
+                                        "llama.vocab_size": 1000, "llama.rope.dimension_count": 64})
+    spec.add("token_embd.weight", (256, 1000), Q.Q4_K)
+    for il in range(2):
+        for name, shape, q in (("attn_norm.weight", (256,), Q.F32), ("attn_q.weight", (256, 256), Q.Q8_0),
+                               ("attn_k.weight", (256, 128), Q.Q8_0), ("attn_v.weight", (256, 128), Q.Q6_K),
+                               ("attn_output.weight", (256, 256), Q.Q4_0), ("ffn_norm.weight", (256,), Q.F32),
+                               ("ffn_gate.weight", (256, 512), Q.Q4_K), ("ffn_up.weight", (256, 512), Q.Q4_K),
+                               ("ffn_down.weight", (512, 256), Q.Q6_K)):
+            spec.add(f"blk.{il}.{name}", shape, q)
+    spec.add("output_norm.weight", (256,), Q.F32)
+    spec.add("output.weight", (256, 1000), Q.Q6_K)
+    if n_vocab:
+        spec.n_vocab = n_vocab
+    return spec

@@ -9,10 +9,10 @@ from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
 import pytest
-from gguf import GGMLQuantizationType as Q
+from ggufs import tiny_llama_spec
 
 from omni_place.cli import main
-from omni_place.reference_models import ModelSpec, write_header_only
+from omni_place.reference_models import write_header_only
 
 
 GPU = '[[devices]]\nname = "CUDA0"\nkind = "gpu"\nbandwidth_gbs = 900\n'
@@ -20,20 +20,7 @@ GPU = '[[devices]]\nname = "CUDA0"\nkind = "gpu"\nbandwidth_gbs = 900\n'
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory: pytest.TempPathFactory) -> str:
-    spec = ModelSpec("llama", "tiny", {"llama.block_count": 2, "llama.embedding_length": 256,
-                                        "llama.attention.head_count": 4, "llama.attention.head_count_kv": 2,
-                                        "llama.feed_forward_length": 512, "llama.context_length": 4096,
-                                        "llama.vocab_size": 1000, "llama.rope.dimension_count": 64})
-    spec.add("token_embd.weight", (256, 1000), Q.Q4_K)
-    for il in range(2):
-        for name, shape, q in (("attn_norm.weight", (256,), Q.F32), ("attn_q.weight", (256, 256), Q.Q8_0),
-                               ("attn_k.weight", (256, 128), Q.Q8_0), ("attn_v.weight", (256, 128), Q.Q8_0),
-                               ("attn_output.weight", (256, 256), Q.Q8_0), ("ffn_norm.weight", (256,), Q.F32),
-                               ("ffn_gate.weight", (256, 512), Q.Q4_K), ("ffn_up.weight", (256, 512), Q.Q4_K),
-                               ("ffn_down.weight", (512, 256), Q.Q6_K)):
-            spec.add(f"blk.{il}.{name}", shape, q)
-    spec.add("output_norm.weight", (256,), Q.F32)
-    spec.add("output.weight", (256, 1000), Q.Q6_K)
+    spec = tiny_llama_spec()
     return str(write_header_only(spec, tmp_path_factory.mktemp("m") / "tiny.gguf")[0])
 
 

@@ -5,33 +5,14 @@ import struct
 from pathlib import Path
 
 import pytest
-from gguf import GGMLQuantizationType as Q
+
+from ggufs import tiny_llama_spec as small_spec
 
 from omni_place.errors import GGUFFormatError, MissingShardError
 from omni_place.gguf import LongArray, read_header, read_model_files
-from omni_place.reference_models import ModelSpec, write_header_only
+from omni_place.reference_models import write_header_only
 
 
-def small_spec() -> ModelSpec:
-    spec = ModelSpec("llama", "tiny", {"llama.block_count": 2, "llama.embedding_length": 256,
-                                        "llama.attention.head_count": 4, "llama.attention.head_count_kv": 2,
-                                        "llama.feed_forward_length": 512, "llama.context_length": 4096,
-                                        "llama.vocab_size": 1000, "llama.rope.dimension_count": 64})
-    spec.add("token_embd.weight", (256, 1000), Q.Q4_K)
-    for il in range(2):
-        b = f"blk.{il}."
-        spec.add(b + "attn_norm.weight", (256,), Q.F32)
-        spec.add(b + "attn_q.weight", (256, 256), Q.Q8_0)
-        spec.add(b + "attn_k.weight", (256, 128), Q.Q8_0)
-        spec.add(b + "attn_v.weight", (256, 128), Q.Q6_K)
-        spec.add(b + "attn_output.weight", (256, 256), Q.Q4_0)
-        spec.add(b + "ffn_norm.weight", (256,), Q.F32)
-        spec.add(b + "ffn_gate.weight", (256, 512), Q.Q4_K)
-        spec.add(b + "ffn_up.weight", (256, 512), Q.Q4_K)
-        spec.add(b + "ffn_down.weight", (512, 256), Q.Q6_K)
-    spec.add("output_norm.weight", (256,), Q.F32)
-    spec.add("output.weight", (256, 1000), Q.Q6_K)
-    return spec
 
 
 @pytest.fixture

@@ -175,6 +175,22 @@ def _rpc_index(name: str) -> int:
     return int(digits) if digits.isdigit() else -1
 
 
+def model_devices(split_mode: str, devices: Sequence[str] | None, accelerators: Sequence[str],
+                  names: Mapping[str, str] | None = None) -> list[str]:
+    """The engine's model devices for a command line: its ``-dev`` list (device or buffer names,
+    mapped through ``names``) or the cluster's default order; ``-sm none`` keeps the first."""
+    if split_mode not in ("layer", "none"):
+        raise InvalidArgumentError(f"split mode {split_mode!r} is not modelled",
+                                   hint="omni-place models -sm layer (the default) and none")
+    names = names or {}
+    order = [names.get(d, d) for d in devices] if devices else list(accelerators)
+    unknown = [d for d in order if d not in accelerators]
+    if unknown:
+        raise InvalidArgumentError(f"-dev names {', '.join(unknown)}, not in the cluster ({', '.join(accelerators)})",
+                                   hint="`omni-place devices` lists the cluster's device names")
+    return order[:1] if split_mode == "none" else order
+
+
 def layer_counts(p: Placement) -> list[int]:
     """Repeating layers per device of the order."""
     return [len(p.layers_on(name)) for name in p.order]

@@ -29,7 +29,7 @@ from ..cost import CPU, Context, Placement
 from ..errors import InvalidArgumentError
 from ..model import ModelProfile
 from . import llama_cpp
-from .common import EngineArgs, FlagSyntax, expert_overrides, layer_counts
+from .common import EngineArgs, FlagSyntax, expert_overrides, layer_counts, model_devices
 
 NAME = "ik_llama.cpp"
 SYNTAX = {
@@ -213,17 +213,8 @@ def parse_args(argv: Sequence[str], tool: str = "server") -> llama_cpp.ParsedArg
 def decode(model: ModelProfile, parsed: llama_cpp.ParsedArgs, accelerators: Sequence[str], context: Context,
            free_mem: Sequence[float] | None = None, rpc_names: dict[str, str] | None = None) -> Placement:
     """The placement ik_llama.cpp makes of these flags (for `omni-place check --engine ik_llama.cpp`)."""
-    if parsed.split_mode not in ("layer", "none"):
-        raise InvalidArgumentError(f"split mode {parsed.split_mode!r} is not modelled",
-                                   hint="omni-place models -sm layer (the default) and none")
     by_buffer = {buffer_name(a, rpc_names): a for a in accelerators}
-    order = [by_buffer.get(d, d) for d in parsed.devices] if parsed.devices else list(accelerators)
-    unknown = [d for d in order if d not in accelerators]
-    if unknown:
-        raise InvalidArgumentError(f"-dev names {', '.join(unknown)}, not in the cluster ({', '.join(accelerators)})",
-                                   hint="`omni-place devices` lists the cluster's device names")
-    if parsed.split_mode == "none":
-        order = order[:1]
+    order = model_devices(parsed.split_mode, parsed.devices, accelerators, by_buffer)
     sizes, max_compute = layer_sizes(model, context)
     ngl = parsed.n_gpu_layers if order else 0
     slots = assign_layers(sizes, max_compute, ngl, parsed.tensor_split, len(order), free_mem)

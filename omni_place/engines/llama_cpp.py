@@ -22,7 +22,7 @@ import numpy as np
 from ..cost import CPU, Placement, expert_kind
 from ..errors import InvalidArgumentError
 from ..model import ModelProfile, Role
-from .common import EngineArgs, FlagSyntax, dev_flag, expert_overrides, layer_counts, layer_regex
+from .common import EngineArgs, FlagSyntax, dev_flag, expert_overrides, layer_counts, layer_regex, model_devices
 
 __all__ = ["NAME", "SYNTAX", "TOOLS", "EngineArgs", "assign_layers", "decode", "encode", "engine_args",
            "layer_regex", "parse_args"]
@@ -237,16 +237,7 @@ def buft_device(buft: str) -> str:
 def decode(model: ModelProfile, parsed: ParsedArgs, accelerators: Sequence[str],
            free_mem: Sequence[float] | None = None, rpc_names: dict[str, str] | None = None) -> Placement:
     """The placement llama.cpp makes of these flags (for `omni-place check`)."""
-    if parsed.split_mode not in ("layer", "none"):
-        raise InvalidArgumentError(f"split mode {parsed.split_mode!r} is not modelled",
-                                   hint="omni-place models -sm layer (the default) and none")
-    order = list(parsed.devices) if parsed.devices is not None else list(accelerators)
-    unknown = [d for d in order if d not in accelerators]
-    if unknown:
-        raise InvalidArgumentError(f"-dev names {', '.join(unknown)}, not in the cluster ({', '.join(accelerators)})",
-                                   hint="`omni-place devices` lists the cluster's device names")
-    if parsed.split_mode == "none":
-        order = order[:1]
+    order = model_devices(parsed.split_mode, parsed.devices, accelerators)
     slots = assign_layers(model.n_layer + 1, parsed.n_gpu_layers, parsed.tensor_split, len(order), free_mem)
     homes = tuple(CPU if s < 0 else order[s] for s in slots[:-1])
     output = CPU if slots[-1] < 0 else order[slots[-1]]
