@@ -578,7 +578,7 @@ def evaluate(model: str | ModelProfile, cluster: str | Cluster, argv: Sequence[s
         # ik's default split: free memory less its 1 GiB fit margin
         free = [max(0.0, float(clus.by_name(n).memory_bytes) - IK_FIT_MARGIN) for n in accel]
         placement = ik_llama.decode(prof, parsed, accel, context, free_mem=free,
-                                    rpc_names=rpc_buffer_names(clus.devices))
+                                    rpc_names=rpc_buffer_names(clus.devices), tool=tool)
         syntax = ik_llama.SYNTAX
     else:
         free = [float(clus.by_name(n).memory_bytes) for n in accel]

@@ -7,13 +7,14 @@ few percent (the nearest-rounding margin the encoding is built around).
 """
 from __future__ import annotations
 
+from dataclasses import replace
+from pathlib import Path
+
 import numpy as np
 import pytest
 from arch_models import write_model
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
-
-from dataclasses import replace
 
 from omni_place.cost import CPU, Context, expert_kind, placement_from_counts
 from omni_place.devices import Cluster, Device
@@ -118,6 +119,10 @@ def test_ik_plans_come_back_through_the_byte_weighted_walk(deepseek, m0, m1, bw0
     parsed = ik_llama.parse_args(args)
     back = ik_llama.decode(deepseek, parsed, list(plan.default_order), plan.context)
     same_placement(deepseek, back, plan.placement)
+    if not plan.engine_args.devices:  # llama-bench sizes layers at the training context: own -ts
+        bench = ik_llama.parse_args(plan.args("bench"), "bench")
+        same_placement(deepseek, ik_llama.decode(deepseek, bench, list(plan.default_order), plan.context,
+                                                 tool="bench"), plan.placement)
     # robust to our size model being off: ±3 % per layer, compute allowance ±50 %
     sizes, max_compute = ik_llama.layer_sizes(deepseek, plan.context)
     rng = np.random.default_rng(seed)
@@ -126,6 +131,33 @@ def test_ik_plans_come_back_through_the_byte_weighted_walk(deepseek, m0, m1, bw0
     slots = ik_llama.assign_layers(noisy, max_compute * rng.uniform(0.5, 1.5), parsed.n_gpu_layers,
                                    parsed.tensor_split, len(order))
     assert tuple(CPU if s < 0 else order[s] for s in slots[:-1]) == plan.placement.layer_home
+
+
+ENGINE_COMPARE = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "engine_compare"
+
+
+@pytest.mark.parametrize("model_name,rig", [("dense15", "rig_12"), ("moe33", "rig_12")])
+def test_ik_layer_sizes_equal_the_engines_own_table(tmp_path: Path, model_name: str, rig: str) -> None:
+    """ik_llama.cpp (built for sm_90, run by benchmarks/engine_compare.py) logs its per-layer
+    size table; ours, from the same model header and context, must print the same numbers."""
+    import lzma
+    import re
+    import tarfile
+
+    header = tmp_path / f"{model_name}.gguf"
+    header.write_bytes(lzma.decompress((ENGINE_COMPARE / f"{model_name}.hdr.gguf.xz").read_bytes()))
+    with tarfile.open(ENGINE_COMPARE / "logs.tar.xz") as tar:
+        log = tar.extractfile(f"./res/{model_name}.{rig}/ik_llama.cpp.fit.0.log").read().decode()
+    rows = {int(m[1]): (float(m[2]), float(m[3]), float(m[4]))
+            for m in re.finditer(r"^Layer +(\d+): +([\d.]+), +([\d.]+), +([\d.]+)", log, re.M)}
+    compute = {float(m[1]) for m in re.finditer(r"^Layer +\d+: +[\d.]+, +[\d.]+, +[\d.]+ +([\d.]+) +MiB", log, re.M)}
+    model = load_model(header)
+    # llama-bench passes no context size: ik sizes the KV cache at the training context
+    sizes, max_compute = ik_llama.layer_sizes(model, ik_llama.bench_context(model, Context(n_ubatch=512, swa_full=True)))
+    assert len(rows) == model.n_layer + 1
+    for il, (_, _, total) in rows.items():
+        assert sizes[il] / 2**20 == pytest.approx(total, abs=0.01), il
+    assert compute == {round(max_compute / 2**20, 2)}
 
 
 @pytest.mark.parametrize("n_cpu,counts,output", [(20, [30, 12], None), (20, [30, 12], "CUDA0"),

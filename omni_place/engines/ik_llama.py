@@ -21,7 +21,8 @@ ik differs from mainline (ENGINE_FACTS §1.4, ik ``src/llama.cpp`` ``llm_load_te
 from __future__ import annotations
 
 import re
-from typing import Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -188,19 +189,43 @@ def encode(model: ModelProfile, p: Placement, default_order: Sequence[str], cont
     natural_output = used[-1] if ngl > model.n_layer else CPU
     if p.output != natural_output:
         overrides.append((r"^output\.", buffer_name(p.output, rpc_names)))
+    devices = [buffer_name(n, rpc_names) for n in used]
+    default = [buffer_name(n, rpc_names) for n in default_order]
+    dev = [] if devices == default else devices
+    return IkEngineArgs(ngl, _shares(model, p, used, ngl, context), dev, overrides, SYNTAX, rpc=list(rpc),
+                        bench_tensor_split=_shares(model, p, used, ngl, bench_context(model, context)))
+
+
+def _shares(model: ModelProfile, p: Placement, used: Sequence[str], ngl: int, context: Context) -> list[float]:
+    """-ts shares (MiB) that put ik's byte-weighted boundaries exactly between the planned layers."""
+    if len(used) < 2:
+        return []  # one device: the split is moot
     sizes, max_compute = layer_sizes(model, context)
-    ts: list[float] = []
+    ts = []
     for name in used:
         share = max_compute + sum(sizes[il] for il in p.layers_on(name))
         if name == used[-1] and ngl > model.n_layer:
             share += sizes[model.n_layer]
         ts.append(round(share / _TS_UNIT, 2))
-    devices = [buffer_name(n, rpc_names) for n in used]
-    default = [buffer_name(n, rpc_names) for n in default_order]
-    dev = [] if devices == default else devices
-    if len(used) == 1:
-        ts = []  # one device: the split is moot
-    return EngineArgs(ngl, ts, dev, overrides, SYNTAX, rpc=list(rpc))
+    return ts
+
+
+def bench_context(model: ModelProfile, context: Context) -> Context:
+    """What ik sizes layers with under llama-bench: it passes no context size, so the library
+    takes the model's training context (``max_ctx_size == 0``, ik ``src/llama.cpp:4277``)."""
+    return replace(context, ctx=model.hparams.n_ctx_train or context.ctx)
+
+
+@dataclass
+class IkEngineArgs(EngineArgs):
+    """ik's flags: llama-bench gets its own -ts, computed with the sizes ik uses there."""
+
+    bench_tensor_split: list[float] = field(default_factory=list)
+
+    def args(self, tool: str = "server", **kwargs: Any) -> list[str]:
+        if tool == "bench":
+            return EngineArgs.args(replace(self, tensor_split=self.bench_tensor_split), tool, **kwargs)
+        return super().args(tool, **kwargs)
 
 
 def parse_args(argv: Sequence[str], tool: str = "server") -> llama_cpp.ParsedArgs:
@@ -211,11 +236,13 @@ def parse_args(argv: Sequence[str], tool: str = "server") -> llama_cpp.ParsedArg
 
 
 def decode(model: ModelProfile, parsed: llama_cpp.ParsedArgs, accelerators: Sequence[str], context: Context,
-           free_mem: Sequence[float] | None = None, rpc_names: dict[str, str] | None = None) -> Placement:
-    """The placement ik_llama.cpp makes of these flags (for `omni-place check --engine ik_llama.cpp`)."""
+           free_mem: Sequence[float] | None = None, rpc_names: dict[str, str] | None = None,
+           tool: str = "server") -> Placement:
+    """The placement ik_llama.cpp makes of these flags (for `omni-place check --engine ik_llama.cpp`;
+    ``tool="bench"``: llama-bench, whose layer sizes use the training context)."""
     by_buffer = {buffer_name(a, rpc_names): a for a in accelerators}
     order = model_devices(parsed.split_mode, parsed.devices, accelerators, by_buffer)
-    sizes, max_compute = layer_sizes(model, context)
+    sizes, max_compute = layer_sizes(model, bench_context(model, context) if tool == "bench" else context)
     ngl = parsed.n_gpu_layers if order else 0
     slots = assign_layers(sizes, max_compute, ngl, parsed.tensor_split, len(order), free_mem)
     homes = tuple(CPU if s < 0 else order[s] for s in slots[:-1])
