@@ -123,8 +123,12 @@ def test_ik_plans_come_back_through_the_byte_weighted_walk(deepseek, m0, m1, bw0
         bench = ik_llama.parse_args(plan.args("bench"), "bench")
         same_placement(deepseek, ik_llama.decode(deepseek, bench, list(plan.default_order), plan.context,
                                                  tool="bench"), plan.placement)
-    # robust to our size model being off: ±3 % per layer, compute allowance ±50 %
+    # robust to our size model being off (±3 % per layer, compute allowance ±50 %) wherever the
+    # layers at the boundaries are large enough to absorb it (half a layer is the margin)
     sizes, max_compute = ik_llama.layer_sizes(deepseek, plan.context)
+    homes = plan.placement.layer_home
+    boundary = [il for il in range(1, len(homes)) if homes[il] != homes[il - 1] and homes[il - 1] != CPU]
+    assume(all(min(sizes[il - 1], sizes[il]) > 0.25 * max(sizes) for il in boundary))
     rng = np.random.default_rng(seed)
     noisy = [s * rng.uniform(0.97, 1.03) for s in sizes]
     order = list(parsed.devices or plan.default_order)
