@@ -31,13 +31,14 @@ from typing import Any
 
 from .errors import InvalidArgumentError
 
-FIT_NAMES = ("gpu_bw_eff", "cpu_bw_eff", "gpu_compute_eff", "cpu_tflops_per_core", "split_s")
+FIT_NAMES = ("gpu_bw_eff", "cpu_bw_eff", "gpu_compute_eff", "cpu_tflops_per_core", "split_s", "stream_eff")
 BOUNDS = {
     "gpu_bw_eff": (0.05, 1.2),
     "cpu_bw_eff": (0.05, 3.0),  # the CPU figure may be a conservative measurement
     "gpu_compute_eff": (0.005, 1.0),
     "cpu_tflops_per_core": (0.001, 1.0),
     "split_s": (1e-6, 2e-3),
+    "stream_eff": (0.01, 1.0),
     "rpc_bw_eff": (0.05, 1.2),
     "pcie_latency_s": (1e-7, 1e-3),
 }

@@ -66,6 +66,10 @@ class SpeedParams:
     # network round trips per visit of a token to an RPC device: 1 by the protocol (one waited
     # get_tensor), 1.05-1.3 measured over emulated links (benchmarks/results/rpc_network.md)
     rpc_round_trips: float = 1.2
+    # achieved / datasheet link bandwidth when op offload streams CPU-held weights to the GPU:
+    # they sit in mmap'd pageable memory, which CUDA copies through a staging buffer (0.08-0.1
+    # measured on an H200 VM, benchmarks/results/engine_compare; ~0.3-0.5 on desktop PCIe 4/5)
+    stream_eff: float = 0.25
 
     def to_dict(self) -> dict[str, float]:
         return asdict(self)
@@ -400,6 +404,10 @@ class CostModel:
             out["transfers"] = out.get("transfers", 0.0) + 2 * self.hop_pp(home, CPU)
         return out
 
+    def stream_bandwidth(self, name: str) -> float:
+        """Bytes/s at which op offload streams CPU-held weights to device ``name``."""
+        return self.link(name)[0] * self.params.stream_eff
+
     def offloads_to(self, name: str) -> bool:
         """Whether CPU-held weights are op-offloaded to ``name`` when it is devices[0] (a GPU,
         batches of at least GGML_OP_OFFLOAD_MIN_BATCH tokens; RPC devices take no offload)."""
@@ -409,8 +417,8 @@ class CostModel:
         """CPU-held weights in a prompt batch: op-offloaded to ``first`` (a GPU) when the batch is
         large enough, else computed by the CPU."""
         if first is not None and self.offloads_to(first):
-            bw, _ = self.link(first)
-            return {first: flops / self.flops(first), "pcie_stream": streamed_bytes / self.n_tokens / bw}
+            return {first: flops / self.flops(first),
+                    "pcie_stream": streamed_bytes / self.n_tokens / self.stream_bandwidth(first)}
         return {CPU: flops / self.flops(CPU)}
 
     def output_tg(self, name: str) -> float:

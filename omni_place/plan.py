@@ -321,8 +321,7 @@ def build_arrays(cost: CostModel, orders: Sequence[tuple[str, ...]], unit: int =
     rate = np.zeros(D)
     for d, name in enumerate(names):
         if cost.offloads_to(name):
-            bw, _ = cost.link(name)
-            rate[d] = 1.0 / bw + flops_per_amount / cost.flops(name)
+            rate[d] = 1.0 / cost.stream_bandwidth(name) + flops_per_amount / cost.flops(name)
         else:
             rate[d] = flops_per_amount / cost.flops(CPU)
     trans_tg = np.zeros((D + 1, D + 1))
