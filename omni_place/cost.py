@@ -66,10 +66,11 @@ class SpeedParams:
     # network round trips per visit of a token to an RPC device: 1 by the protocol (one waited
     # get_tensor), 1.05-1.3 measured over emulated links (benchmarks/results/rpc_network.md)
     rpc_round_trips: float = 1.2
-    # achieved / datasheet link bandwidth when op offload streams CPU-held weights to the GPU:
-    # they sit in mmap'd pageable memory, which CUDA copies through a staging buffer (0.08-0.1
-    # measured on an H200 VM, benchmarks/results/engine_compare; ~0.3-0.5 on desktop PCIe 4/5)
-    stream_eff: float = 0.25
+    # achieved / datasheet link bandwidth when op offload streams CPU-held weights to the GPU
+    # (mmap'd pageable memory, copied through a staging buffer): ik_llama.cpp fitted 0.66 on an
+    # H200 VM (benchmarks/results/engine_compare); the seed rig's ~100 tok/s DeepSeek prompt
+    # speed with ~250 GB of experts in RAM over PCIe 5 implies ~0.8
+    stream_eff: float = 0.75
 
     def to_dict(self) -> dict[str, float]:
         return asdict(self)
