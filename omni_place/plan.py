@@ -17,6 +17,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from . import _core
+from .compute import PIPELINE_COPIES
 from .cost import CPU, EXPERT_OPTIONS, Context, CostModel, DeviceUsage, Placement, Prediction, SpeedParams, backend_of
 from .devices import Cluster, resolve_cluster
 from .engines import ik_llama, llama_cpp, traits, vllm
@@ -250,6 +251,7 @@ class _Arrays:
     stream: np.ndarray  # [L][K] bytes per prompt token of CPU-held experts under each option
     stream_cpu: np.ndarray  # [L] the same for a layer wholly on the CPU
     first_mem_no_cpu: np.ndarray  # [D] what the first device holds when no weight is on the CPU
+    fixed_mem_no_cpu: np.ndarray  # [D] per-device compute buffers then (pipeline parallelism)
     unit: int = MiB
 
 
@@ -339,7 +341,7 @@ def build_arrays(cost: CostModel, orders: Sequence[tuple[str, ...]], unit: int =
         "mem_dense": mem_dense,
         "mem_exp": mem_exp,
         "out_mem": np.array([_units(model.output_bytes(backend_of(cluster.by_name(n))) + comp.output_extra) for n in names], dtype=np.int64),
-        "fixed_mem": np.array([_units(comp.layer_device) for _ in names], dtype=np.int64),
+        "fixed_mem": np.array([_units(comp.layer_device + comp.mask) for _ in names], dtype=np.int64),
         "first_mem": np.array([_units(offload + embedding) if cluster.by_name(n).kind == "gpu" else _units(embedding)
                                for n in names], dtype=np.int64),
         "cap": np.array([cluster.by_name(n).usable_bytes // unit for n in names], dtype=np.int64),
@@ -349,7 +351,10 @@ def build_arrays(cost: CostModel, orders: Sequence[tuple[str, ...]], unit: int =
     pp = {"time": t_pp, "time_cpu": np.zeros(L), "trans": trans_pp, "out_time": np.zeros(D),
           "out_time_cpu": 0.0, "stream_rate": rate}
     first_no_cpu = np.array([_units(embedding)] * len(names), dtype=np.int64)
-    return _Arrays(names, order_arr, tg, pp, mem, allow, stream, stream_cpu, first_no_cpu, unit)
+    # with no weight on the CPU llama.cpp may pipeline (CostModel.pipeline_parallel): the graph
+    # inputs, the KQ mask among them, are then kept PIPELINE_COPIES times on every device
+    fixed_pp = np.array([_units(comp.layer_device + comp.mask * PIPELINE_COPIES) for _ in names], dtype=np.int64)
+    return _Arrays(names, order_arr, tg, pp, mem, allow, stream, stream_cpu, first_no_cpu, fixed_pp, unit)
 
 
 def _placement_of(arr: _Arrays, res: Any, order_list: Sequence[tuple[str, ...]]) -> Placement:
@@ -465,6 +470,7 @@ def _solve_with_stream(arr: _Arrays, cost: CostModel, w_tg: float, w_pp: float, 
     time_cpu = w_tg * arr.tg["time_cpu"] + w_pp * arr.pp["time_cpu"]
     if no_cpu_weights:
         mem["first_mem"] = arr.first_mem_no_cpu
+        mem["fixed_mem"] = arr.fixed_mem_no_cpu
         allow = arr.allow.copy()
         allow[:, :, 1:] = 0
         time_cpu = time_cpu + 1e6  # a CPU layer now costs more than any real plan

@@ -170,3 +170,26 @@ def test_cli_plan_formats_and_exit_codes(deepseek, tmp_path: Path, capsys: pytes
 
 def test_expert_options_are_the_override_sets() -> None:
     assert EXPERT_OPTIONS[0] == frozenset() and EXPERT_OPTIONS[-1] >= {"gate", "up", "down"}
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(m0=st.floats(8, 200), m1=st.floats(4, 64), ctx=st.sampled_from([4096, 32768, 131072]),
+       ubatch=st.sampled_from([128, 512, 2048]), rpc=st.booleans())
+def test_what_the_core_returns_fits_by_the_byte_model(deepseek, m0: float, m1: float, ctx: int, ubatch: int,
+                                                     rpc: bool) -> None:
+    """The core's memory arrays are the usage model rounded up: every optimum it returns, in
+    both memory variants, must fit when re-priced in exact bytes (no silent fallback)."""
+    from omni_place.cost import Context, CostModel
+    from omni_place.plan import _core_candidates, build_arrays, candidate_orders
+
+    cluster = rig((m0, 1800), (m1, 900))
+    if rpc:
+        devs = (Device("RPC0", "rpc", int(24 * GiB), 900.0, link_gbs=1.25, link_latency_us=150,
+                       endpoint="10.0.0.2:50052"),) + cluster.devices
+        cluster = Cluster("rpc", devs)
+    cost = CostModel(deepseek, cluster, Context(ctx=ctx, n_ubatch=ubatch))
+    orders = candidate_orders(cluster, cost)
+    arr = build_arrays(cost, orders)
+    for _, placement, _ in _core_candidates(arr, orders, cost, 1.0, 1e-3, {}):
+        over = [(u.name, u.used_bytes - u.capacity_bytes) for u in cost.usage(placement) if not u.fits]
+        assert not over, over
