@@ -1,5 +1,5 @@
 """omni_place: compute the fastest placement of an LLM's layers and tensors across an asymmetric
-machine, print the exact llama.cpp / ik_llama.cpp flags, predict tokens/s, and verify the
+machine, print the exact llama.cpp / ik_llama.cpp / vLLM flags, predict tokens/s, and verify the
 placement through the real libllama.
 
 Public names are imported lazily, so ``import omni_place`` stays cheap and never needs libllama.
@@ -12,6 +12,9 @@ from typing import Any
 __version__ = "0.1.0"
 
 _PUBLIC = {
+    "plan_split": "plan",
+    "evaluate": "plan",
+    "Plan": "plan",
     "OmniPlaceError": "errors",
     "ModelProfile": "model",
     "load_model": "model",

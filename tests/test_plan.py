@@ -193,3 +193,10 @@ def test_what_the_core_returns_fits_by_the_byte_model(deepseek, m0: float, m1: f
     for _, placement, _ in _core_candidates(arr, orders, cost, 1.0, 1e-3, {}):
         over = [(u.name, u.used_bytes - u.capacity_bytes) for u in cost.usage(placement) if not u.fits]
         assert not over, over
+
+
+def test_public_contract_names() -> None:
+    import omni_place
+
+    assert omni_place.plan_split is plan_split and omni_place.evaluate is evaluate
+    assert {"plan_split", "evaluate", "Plan"} <= set(omni_place.__all__)
