@@ -33,6 +33,7 @@ from .model import LayerCost, ModelProfile, Role, TensorRecord
 
 CPU = "CPU"
 GB = 1e9
+OP_OFFLOAD_LIVE_WEIGHTS = 2  # offloaded weight copies alive at once in devices[0]'s compute buffer
 
 # Routed-expert tensor kinds as they appear in names (ffn_<kind>_exps / ffn_<kind>_chexps).
 EXPERT_KINDS = ("gate", "up", "down", "gate_up")
@@ -232,11 +233,16 @@ class CostModel:
 
     @cached_property
     def op_offload_bytes(self) -> int:
-        """Bytes devices[0] reserves to receive one CPU-held weight during op offload: the largest
-        offloadable CPU tensor (its buffer is sized for the whole tensor)."""
-        sizes = [t.alloc_bytes("cuda") for t in self.model.tensors
-                 if t.layer is not None and t.role is not Role.NEXTN]
-        return max(sizes, default=0)
+        """Bytes devices[0] reserves to receive CPU-held weights during op offload: a copy of each
+        offloaded weight of the split it runs, sized for the whole tensor. Two are alive at once
+        (the engine's buffer held ~1.8 expert tensors on an H200, benchmarks/results/
+        engine_compare), so: the largest pair of tensors of any layer."""
+        per_layer: dict[int, list[int]] = {}
+        for t in self.model.tensors:
+            if t.layer is not None and t.role is not Role.NEXTN:
+                per_layer.setdefault(t.layer, []).append(t.alloc_bytes("cuda"))
+        return max((sum(sorted(sizes, reverse=True)[:OP_OFFLOAD_LIVE_WEIGHTS]) for sizes in per_layer.values()),
+                   default=0)
 
     def usage(self, p: Placement) -> list[DeviceUsage]:
         """Per-device memory of a placement: every accelerator of the order, then the CPU."""

@@ -421,6 +421,8 @@ def plan_split(
             t_pp = _best_time(arr, orders, cost, TIE_BREAK, 1.0, variants)
             w_tg, w_pp = float(objective) / t_tg, (1.0 - float(objective)) / t_pp
         candidates += _core_candidates(arr, orders, cost, w_tg, w_pp, stats, variants)
+    if not rules.output_only_offload:  # such an engine keeps a lone output head on the CPU
+        candidates = [_without_lone_head(cost, c, w_tg, w_pp) for c in candidates]
     cpu_only = _cpu_only(prof)
     if rules.cpu_weights:
         pred_cpu = cost.predict(cpu_only)
@@ -443,6 +445,18 @@ def plan_split(
         notes.append(f"speeds use this machine's calibration for {engine} (omni-place calibrate)")
     return Plan(prof, clus, engine, objective, context, best, usage, cost.predict(best),
                 encode_placement(engine, prof, best, clus, context, usage), default_order, notes, stats)
+
+
+def _without_lone_head(cost: CostModel, cand: tuple[float, Placement, dict[str, Any]], w_tg: float,
+                       w_pp: float) -> tuple[float, Placement, dict[str, Any]]:
+    """A candidate with every layer on the CPU but the output head on an accelerator, re-priced
+    with the head on the CPU (what an engine without that option can run)."""
+    t, p, stats = cand
+    if p.output == CPU or any(h != CPU for h in p.layer_home):
+        return cand
+    p = _cpu_only(cost.model)
+    pred = cost.predict(p)
+    return (w_tg / pred.tg_tps + w_pp / pred.pp_tps, p, stats)
 
 
 def _calibrated(cluster: Cluster, engine: str) -> SpeedParams | None:

@@ -17,12 +17,15 @@ class EngineTraits:
     rpc_devices: bool  # llama.cpp RPC servers can be devices
     swa_full: bool  # the SWA KV cache is sized for the whole context
     embedding_on_first: bool  # the token embedding lives on the first device, not in CPU RAM
+    output_only_offload: bool = True  # the output head alone may sit on an accelerator
 
 
 DIALECTS: dict[str, ModuleType] = {llama_cpp.NAME: llama_cpp, ik_llama.NAME: ik_llama, vllm.NAME: vllm}
 TRAITS: dict[str, EngineTraits] = {
     llama_cpp.NAME: EngineTraits(cpu_weights=True, rpc_devices=True, swa_full=False, embedding_on_first=False),
-    ik_llama.NAME: EngineTraits(cpu_weights=True, rpc_devices=True, swa_full=True, embedding_on_first=False),
+    # ik: -ngl 0 drops every override, so a head on a GPU needs a layer there too
+    ik_llama.NAME: EngineTraits(cpu_weights=True, rpc_devices=True, swa_full=True, embedding_on_first=False,
+                                output_only_offload=False),
     vllm.NAME: EngineTraits(cpu_weights=False, rpc_devices=False, swa_full=False, embedding_on_first=True),
 }
 ENGINES = tuple(DIALECTS)

@@ -117,8 +117,9 @@ def layer_sizes(model: ModelProfile, context: Context) -> tuple[list[float], flo
                 sizes[il] += (wkv.bytes // 2) * ((wk is None) + (wv is None))  # type: ignore[attr-defined]
     kv = model.kv_layer_bytes(context.ctx, context.type_k, context.type_v, n_seq=context.n_seq,
                               n_ubatch=ub, flash_attn=context.flash_attn, swa_full=True)
+    # ik's cache_size() prices NextN blocks like the trunk layer before them (mainline gives them none)
     for il in range(n_layer):
-        sizes[il] += kv[il]
+        sizes[il] += kv[il] if il < first_nextn or first_nextn == 0 else kv[first_nextn - 1]
     max_compute = max(compute, default=0.0)
     out_logits = hp.n_vocab * ub * 4
     sizes[n_layer] = float((output_w or embd) + max(0.0, out_logits - max_compute))

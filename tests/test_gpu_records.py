@@ -1,0 +1,78 @@
+"""The memory model against real CUDA loads: the llama-bench logs of the H200 run
+(benchmarks/results/engine_compare: mainline llama.cpp built for sm_90, synthetic 33 GB MoE and
+15 GB dense models, one and two GPUs). Every configuration that loaded is re-priced with
+``evaluate`` from the same model header, cluster file and flags:
+
+* model bytes per CUDA device (CUDA row padding and alignment included) within max(1 %, 16 MiB);
+* compute buffers never under-predicted by more than 1 MiB (the direction that turns a plan that
+  "fits" into an out-of-memory).
+"""
+from __future__ import annotations
+
+import lzma
+import re
+import shlex
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from omni_place.plan import evaluate
+
+ROOT = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "engine_compare"
+MiB = 1 << 20
+_MODEL = re.compile(r"load_tensors:\s+(\S+) model buffer size =\s+([\d.]+) MiB")
+_COMPUTE = re.compile(r"sched_reserve:\s+(\S+) compute buffer size =\s+([\d.]+) MiB")
+
+
+def mainline_loads() -> list[tuple[str, str, list[str], str]]:
+    """(model, rig, engine flags, first load's log text) of every mainline run that loaded."""
+    out = []
+    with tarfile.open(ROOT / "logs.tar.xz") as tar:
+        for name in sorted(tar.getnames()):
+            if not name.endswith(".log") or "/llama.cpp." not in name or not name.startswith("./res/"):
+                continue
+            log = tar.extractfile(name).read().decode()  # type: ignore[union-attr]
+            cmd = next((line for line in log.splitlines() if line.startswith("$ ")), None)
+            if cmd is None or "compute buffer size" not in log or "failed to" in log or "CUDA error" in log or "-fitt" in cmd:
+                continue  # OOM at load, context or first decode, or --fit (it rewrites the flags itself)
+            argv = shlex.split(cmd[2:])
+            first_load = log.split("llama_context: n_ctx                 = 256")[0]
+            model, rig = name.split("/")[2].split(".", 1)
+            out.append((model, rig, argv[argv.index("-v") + 1:], first_load))
+    return out
+
+
+LOADS = mainline_loads()
+
+
+@pytest.fixture(scope="module")
+def headers(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("hdr")
+    out = {}
+    for model in ("dense15", "moe33"):
+        out[model] = d / f"{model}.gguf"
+        out[model].write_bytes(lzma.decompress((ROOT / f"{model}.hdr.gguf.xz").read_bytes()))
+    return out
+
+
+def test_the_records_are_here() -> None:
+    assert len(LOADS) >= 8
+
+
+@pytest.mark.parametrize("model,rig,flags,log", LOADS, ids=[f"{m}-{r}-{' '.join(f)[:40]}" for m, r, f, _ in LOADS])
+def test_cuda_loads_priced_as_the_engine_allocated(headers: dict[str, Path], model: str, rig: str,
+                                                    flags: list[str], log: str) -> None:
+    plan = evaluate(headers[model], str(ROOT / f"{rig}.toml"), flags + ["-c", "512", "-ub", "512", "-fa", "1"],
+                    tool="bench")
+    weights = {m[1]: float(m[2]) * MiB for m in _MODEL.finditer(log)}
+    compute = {m[1]: float(m[2]) * MiB for m in _COMPUTE.finditer(log)}
+    checked = 0
+    for u in plan.usage:
+        if not u.name.startswith("CUDA") or u.name not in compute:
+            continue
+        checked += 1
+        eng = weights.get(u.name, 0.0)
+        assert abs(u.weights_bytes - eng) <= max(0.01 * eng, 16 * MiB), (u.name, u.weights_bytes / MiB, eng / MiB)
+        assert u.compute_bytes >= compute[u.name] - MiB, (u.name, u.compute_bytes / MiB, compute[u.name] / MiB)
+    assert checked
