@@ -112,16 +112,9 @@ class Plan:
         if self.engine == ik_llama.NAME:
             raise InvalidArgumentError("ik_llama.cpp reads no environment variable for -ts, -ot or -dev",
                                        hint="use --format args and pass the flags on its command line")
-        from .report import LLAMA_ENV
+        from .report import llama_env
 
-        args = self.args("server")
-        out = {}
-        for flag, value in zip(args[::2], args[1::2]):
-            if flag not in LLAMA_ENV:
-                raise InvalidArgumentError(f"flag {flag} has no LLAMA_ARG_ environment variable",
-                                           hint="use --format args")
-            out[LLAMA_ENV[flag]] = value
-        return out
+        return llama_env(self.args("server"))
 
     def host_commands(self, tool: str = "server", model_path: str | None = None) -> list[HostCommand]:
         """What to run on every host: an ``rpc-server`` per remote server the plan registers

@@ -31,19 +31,25 @@ LLAMA_ENV = {
     "-sm": "LLAMA_ARG_SPLIT_MODE",  # :2829
     "-mg": "LLAMA_ARG_MAIN_GPU",  # :2866
     "-ncmoe": "LLAMA_ARG_N_CPU_MOE",  # :2775
+    "--rpc": "LLAMA_ARG_RPC",  # :2689
 }
+
+
+def llama_env(args: list[str]) -> dict[str, str]:
+    """The ``LLAMA_ARG_*`` variables equivalent to llama-server flags (``-flag value`` pairs)."""
+    out = {}
+    for flag, value in zip(args[::2], args[1::2]):
+        if flag not in LLAMA_ENV:
+            raise InvalidArgumentError(f"flag {flag} has no LLAMA_ARG_ environment variable",
+                                       hint="use --format args")
+        out[LLAMA_ENV[flag]] = value
+    return out
 
 
 def env_lines(args: list[str]) -> list[str]:
     """``export LLAMA_ARG_...=...`` lines equivalent to llama-server flags."""
-    out = ["# llama-server / llama-cli read these; a flag on the command line wins over its variable"]
-    for flag, value in zip(args[::2], args[1::2]):
-        try:
-            out.append(f"export {LLAMA_ENV[flag]}={shlex.quote(value)}")
-        except KeyError:
-            raise InvalidArgumentError(f"flag {flag} has no LLAMA_ARG_ environment variable",
-                                       hint="use --format args") from None
-    return out
+    return ["# llama-server / llama-cli read these; a flag on the command line wins over its variable"] + [
+        f"export {name}={shlex.quote(value)}" for name, value in llama_env(args).items()]
 
 
 def _bar(weights: int, kv: int, compute: int, capacity: int, overflow: bool = False) -> str:
@@ -181,4 +187,4 @@ def plot_data(plan: Plan) -> dict[str, Any]:
     return {"symbols": device_symbols(plan), "attn": attn, "experts": exps}
 
 
-__all__ = ["render_plan", "env_lines", "layer_strip", "device_symbols", "LLAMA_ENV"]
+__all__ = ["render_plan", "env_lines", "llama_env", "layer_strip", "device_symbols", "LLAMA_ENV"]

@@ -48,6 +48,9 @@ def test_plan_prints_a_command_for_every_host(tmp_path: Path, capsys: pytest.Cap
     assert main(["plan", "llama-3.3-70b", "--cluster", str(cluster), "--ctx", "8192"]) == 0
     text = capsys.readouterr().out
     assert "[192.168.1.20] rpc-server -H 192.168.1.20 -p 50052 -c" in text
+    # and llama-server's variables carry the servers too
+    assert main(["plan", "llama-3.3-70b", "--cluster", str(cluster), "--ctx", "8192", "--format", "env"]) == 0
+    assert "export LLAMA_ARG_RPC=192.168.1.20:50052,192.168.1.21:50052" in capsys.readouterr().out.splitlines()
 
 
 def test_slow_network_is_crossed_once(tmp_path: Path) -> None:
