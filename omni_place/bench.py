@@ -27,7 +27,6 @@ machine that has no compiled omni_place core; preparing (:func:`build_matrix`) a
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import json
 import os
 import re
@@ -50,12 +49,11 @@ OOM_LOAD = "oom_load"
 OOM_CONTEXT = "oom_context"
 FAILED = "error"
 
-# Mainline and ik llama-bench differ in separators and flag names (docs/MEASURING.md).
+# Mainline and ik llama-bench differ in flag names and output (docs/MEASURING.md); the placement
+# flags' separators come from each dialect's own table (omni_place.engines).
 _DIALECT: dict[str, dict[str, Any]] = {
-    "llama.cpp": {"ot_sep": ";", "ts_sep": "/", "fit": ["-fitt", "1024"], "ncmoe": "-ncmoe",
-                  "output": ["-o", "jsonl"], "ngl_all": "99"},
-    "ik_llama.cpp": {"ot_sep": ",", "ts_sep": "/", "fit": ["--fit", "1"], "ncmoe": "--n-cpu-moe",
-                     "output": ["-o", "json"], "ngl_all": "999"},
+    "llama.cpp": {"fit": ["-fitt", "1024"], "ncmoe": "-ncmoe", "output": ["-o", "jsonl"], "ngl_all": "99"},
+    "ik_llama.cpp": {"fit": ["--fit", "1"], "ncmoe": "--n-cpu-moe", "output": ["-o", "json"], "ngl_all": "999"},
 }
 _EXPERTS_RE = r"\.ffn_(up|down|gate|gate_up)_(ch|)exps"
 
@@ -102,34 +100,30 @@ class BenchConfig:
         return cls(d["engine"], d["name"], [Attempt(**a) for a in d["attempts"]], d.get("note", ""))
 
 
-def _prediction(plan: Any) -> dict[str, Any]:
+def _price(usage: Sequence[Any], pred: Any) -> dict[str, Any]:
+    """Feasibility, tok/s and per-device memory of a priced placement, as records keep them."""
     return {
-        "feasible": plan.feasible,
-        "tg_tps": round(plan.predicted.tg_tps, 3),
-        "pp_tps": round(plan.predicted.pp_tps, 3),
+        "feasible": all(u.fits for u in usage),
+        "tg_tps": round(pred.tg_tps, 3),
+        "pp_tps": round(pred.pp_tps, 3),
         "devices": [{"name": u.name, "used_gib": round(u.used_bytes / 2**30, 3),
-                     "usable_gib": round(u.capacity_bytes / 2**30, 3), "fits": u.fits} for u in plan.usage],
-        "notes": list(plan.notes),
+                     "usable_gib": round(u.capacity_bytes / 2**30, 3), "fits": u.fits} for u in usage],
     }
 
 
+def _prediction(plan: Any) -> dict[str, Any]:
+    return {**_price(plan.usage, plan.predicted), "notes": list(plan.notes)}
+
+
 def _evaluate(model: Any, cluster: Any, engine: str, argv: Sequence[str], ctx: int, ubatch: int,
-              params: Any) -> dict[str, Any] | None:
-    """omni_place's price of a flag set in ``engine``'s dialect, or None when it cannot say
-    (the flags are the engine's own fitter, or this build of omni_place has no such dialect)."""
+              params: Any) -> dict[str, Any]:
+    """omni_place's price of a llama-bench flag set in ``engine``'s dialect (an error entry
+    when omni_place cannot price it)."""
     from .plan import evaluate
 
     full = list(argv) + ["-c", str(ctx), "-ub", str(ubatch)]
-    kwargs: dict[str, Any] = {"ctx": ctx, "params": params}
-    sig = inspect.signature(evaluate).parameters
-    if "engine" in sig:
-        kwargs["engine"] = engine
-    elif engine != "llama.cpp":
-        return None
-    if "tool" in sig:
-        kwargs["tool"] = "bench"
     try:
-        return _prediction(evaluate(model, cluster, full, **kwargs))
+        return _prediction(evaluate(model, cluster, full, ctx=ctx, params=params, engine=engine, tool="bench"))
     except Exception as err:  # noqa: BLE001 - an unpriceable recipe is still benchmarked
         return {"error": str(err)}
 
@@ -151,7 +145,7 @@ def build_configs(model: Any, cluster: Any, engine: str, *, n_prompt: int = 512,
     d = _DIALECT[engine]
     out: list[BenchConfig] = []
 
-    def ev(argv: Sequence[str]) -> dict[str, Any] | None:
+    def ev(argv: Sequence[str]) -> dict[str, Any]:
         return _evaluate(prof, cluster, engine, argv, ctx, ubatch, params)
 
     for name in configs:
@@ -165,21 +159,18 @@ def build_configs(model: Any, cluster: Any, engine: str, *, n_prompt: int = 512,
             out.append(BenchConfig(engine, name, [Attempt(argv, ev(argv))], "-ngl 99 -ot exps=CPU"))
         elif name == "ncmoe" and _moe(prof):
             L = prof.n_layer
-            n0 = next((n for n in range(L + 1) if (ev([d["ncmoe"], str(n)]) or {}).get("feasible")), L)
+            n0 = next((n for n in range(L + 1) if ev([d["ncmoe"], str(n)]).get("feasible")), L)
             ns = sorted({min(L, n0 + k * 2) for k in range(retries)})
             out.append(BenchConfig(engine, name, [Attempt([d["ncmoe"], str(n)], ev([d["ncmoe"], str(n)])) for n in ns],
                                    "smallest --n-cpu-moe that loads (memory model first, +2 on OOM)"))
         elif name == "ngl" and not _moe(prof):
             L = prof.n_layer
-            n0 = next((n for n in range(L + 1, -1, -1) if (ev(["-ngl", str(n)]) or {}).get("feasible")), 0)
+            n0 = next((n for n in range(L + 1, -1, -1) if ev(["-ngl", str(n)]).get("feasible")), 0)
             ns = [max(0, n0 - k * 2) for k in range(retries)]
             out.append(BenchConfig(engine, name, [Attempt(["-ngl", str(n)], ev(["-ngl", str(n)])) for n in dict.fromkeys(ns)],
                                    "largest -ngl that loads (memory model first, -2 on OOM)"))
         elif name == "omni_place":
-            kw: dict[str, Any] = {"ctx": ctx, "ubatch": ubatch, "objective": objective, "params": params}
-            if engine != "llama.cpp":
-                kw["engine"] = engine
-            plan = plan_split(prof, cluster, **kw)
+            plan = plan_split(prof, cluster, ctx=ctx, ubatch=ubatch, objective=objective, params=params, engine=engine)
             argv, env = _plan_bench_args(plan, prof, cluster)
             pred = _prediction(plan)
             out.append(BenchConfig(engine, name, [Attempt(argv, pred, env)], f"objective {objective}"))
@@ -527,11 +518,7 @@ def price_placement(model: Any, cluster: Any, placement: Any, *, ctx: int, ubatc
     from .cost import Context, CostModel
 
     cost = CostModel(model, cluster, Context(ctx=ctx, n_ubatch=ubatch, flash_attn=flash_attn), params)
-    usage = cost.usage(placement)
-    pred = cost.predict(placement)
-    return {"feasible": all(u.fits for u in usage), "tg_tps": round(pred.tg_tps, 3), "pp_tps": round(pred.pp_tps, 3),
-            "devices": [{"name": u.name, "used_gib": round(u.used_bytes / 2**30, 3),
-                         "usable_gib": round(u.capacity_bytes / 2**30, 3), "fits": u.fits} for u in usage]}
+    return _price(cost.usage(placement), cost.predict(placement))
 
 
 def attach_placements(records: list[dict[str, Any]], model: Any, cluster: Any, log_dir: Path | None,

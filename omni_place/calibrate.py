@@ -68,7 +68,9 @@ class Point:
         return str(self.record["engine"])
 
 
-_COSTS: dict[tuple[int, int, int, int], Any] = {}
+# (model, cluster, ctx, ubatch) identity -> (model, cluster, CostModel). The entry holds the
+# model and cluster themselves, so their ids cannot be reused by other objects while cached.
+_COSTS: dict[tuple[int, int, int, int], tuple[Any, Any, Any]] = {}
 
 
 def predict_point(pt: Point, params: Any) -> float:
@@ -77,9 +79,11 @@ def predict_point(pt: Point, params: Any) -> float:
     from .cost import Context, CostModel
 
     key = (id(pt.model), id(pt.cluster), pt.ctx, pt.ubatch)
-    cost = _COSTS.get(key)
-    if cost is None:
-        cost = _COSTS[key] = CostModel(pt.model, pt.cluster, Context(ctx=pt.ctx, n_ubatch=pt.ubatch), params)
+    entry = _COSTS.get(key)
+    if entry is None:
+        entry = _COSTS[key] = (pt.model, pt.cluster,
+                               CostModel(pt.model, pt.cluster, Context(ctx=pt.ctx, n_ubatch=pt.ubatch), params))
+    cost = entry[2]
     cost.params = params
     pred = cost.predict(pt.placement)
     return pred.tg_tps if pt.kind == "tg" else pred.pp_tps
