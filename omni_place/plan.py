@@ -11,7 +11,6 @@ import json
 import math
 import shlex
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -55,11 +54,9 @@ class HostCommand:
 
 def _model_argument(model: ModelProfile) -> str:
     """The -m argument: the model's path, or a placeholder for a shipped header-only description."""
-    from .reference_models import cache_dir
+    from .reference_models import is_reference_header
 
-    path = Path(model.path)
-    shipped = path.parent == cache_dir() or path.parent.name.startswith("omni_place-")
-    return "MODEL.gguf" if shipped else str(path)
+    return "MODEL.gguf" if is_reference_header(model.path) else str(model.path)
 
 
 @dataclass
@@ -245,7 +242,6 @@ class _Arrays:
     stream_cpu: np.ndarray  # [L] the same for a layer wholly on the CPU
     first_mem_no_cpu: np.ndarray  # [D] what the first device holds when no weight is on the CPU
     fixed_mem_no_cpu: np.ndarray  # [D] per-device compute buffers then (pipeline parallelism)
-    unit: int = MiB
 
 
 def memory_unit(cluster: Cluster) -> int:
@@ -347,7 +343,7 @@ def build_arrays(cost: CostModel, orders: Sequence[tuple[str, ...]], unit: int =
     # with no weight on the CPU llama.cpp may pipeline (CostModel.pipeline_parallel): the graph
     # inputs, the KQ mask among them, are then kept PIPELINE_COPIES times on every device
     fixed_pp = np.array([_units(comp.layer_device + comp.mask * PIPELINE_COPIES) for _ in names], dtype=np.int64)
-    return _Arrays(names, order_arr, tg, pp, mem, allow, stream, stream_cpu, first_no_cpu, fixed_pp, unit)
+    return _Arrays(names, order_arr, tg, pp, mem, allow, stream, stream_cpu, first_no_cpu, fixed_pp)
 
 
 def _placement_of(arr: _Arrays, res: Any, order_list: Sequence[tuple[str, ...]]) -> Placement:
@@ -393,7 +389,7 @@ def plan_split(
                       flash_attn=flash_attn, depth=depth, swa_full=rules.swa_full,
                       embedding_on_first=rules.embedding_on_first)
     if engine == vllm.NAME:
-        vllm.check_context(context)
+        vllm.check_kv_types(context.type_k, context.type_v)
     prof.check_kv_types(context.type_k, context.type_v, context.flash_attn)
     if len(clus.gpus) > _core.MAX_DEVICES:
         raise ClusterError(f"cluster {clus.name!r} has {len(clus.gpus)} accelerators; the planner takes at most "

@@ -368,6 +368,16 @@ REFERENCE_MODELS: dict[str, Callable[[], ModelSpec]] = {
 }
 
 
+def _fallback_cache_dir() -> Path:
+    """Where headers go when the cache folder cannot be created (a read-only home)."""
+    return Path(tempfile.gettempdir()) / f"omni_place-{os.getuid()}"
+
+
+def is_reference_header(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is a header written by :func:`cached_reference_model` (no weights)."""
+    return Path(path).parent in (cache_dir(), _fallback_cache_dir())
+
+
 def cache_dir() -> Path:
     """Where generated reference headers live: $OMNI_PLACE_CACHE or ~/.cache/omni_place."""
     base = os.environ.get("OMNI_PLACE_CACHE") or os.path.join(
@@ -397,7 +407,7 @@ def cached_reference_model(name: str) -> Path:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
         except OSError:  # read-only home: a private folder under the temp dir
-            path = Path(tempfile.gettempdir()) / f"omni_place-{os.getuid()}" / path.name
+            path = _fallback_cache_dir() / path.name
             path.parent.mkdir(parents=True, exist_ok=True)
         if not path.exists():
             tmp = path.with_suffix(f".tmp{os.getpid()}")
@@ -472,5 +482,5 @@ def _add_kv(w: GGUFWriter, key: str, value: Any) -> None:
         raise TypeError(f"unsupported metadata value for {key}: {value!r}")
 
 
-__all__ = ["ModelSpec", "REFERENCE_MODELS", "cached_reference_model", "write_header_only", "deepseek_v3",
-           "deepseek_v32", "qwen3_235b_a22b", "glm_4_6", "gpt_oss_120b", "llama_3_3_70b", "q4_k_m_type"]
+__all__ = ["ModelSpec", "REFERENCE_MODELS", "cached_reference_model", "is_reference_header", "write_header_only",
+           "deepseek_v3", "deepseek_v32", "qwen3_235b_a22b", "glm_4_6", "gpt_oss_120b", "llama_3_3_70b", "q4_k_m_type"]

@@ -13,7 +13,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Sequence
 
-from ..cost import CPU, Context, DeviceUsage, Placement
+from ..cost import CPU, DeviceUsage, Placement
 from ..devices import Cluster
 from ..errors import InvalidArgumentError
 from ..model import ModelProfile
@@ -59,9 +59,7 @@ class VllmArgs:
              type_k: str = "f16", type_v: str = "f16", flash_attn: bool = True) -> list[str]:
         if tool not in ("server", "cli"):
             raise InvalidArgumentError(f"vLLM has no {tool!r} flag dialect", hint="use --tool server")
-        if type_k != type_v or type_k not in KV_CACHE_DTYPE:
-            raise InvalidArgumentError(f"KV cache type {type_k}/{type_v} has no vLLM equivalent",
-                                       hint="plan vLLM with --kv-type f16")
+        check_kv_types(type_k, type_v)
         out = ["--pipeline-parallel-size", str(len(self.partition)), "--tensor-parallel-size", "1"]
         if ctx is not None:
             out += ["--max-model-len", str(ctx)]
@@ -107,7 +105,8 @@ def first_stage_bytes(model: ModelProfile) -> int:
     return model.input_bytes()
 
 
-def check_context(context: Context) -> None:
-    if context.type_k != context.type_v or context.type_k not in KV_CACHE_DTYPE:
-        raise InvalidArgumentError(f"KV cache type {context.type_k} has no vLLM equivalent",
+def check_kv_types(type_k: str, type_v: str) -> None:
+    """vLLM takes one KV cache dtype for K and V, and none of llama.cpp's quantized types."""
+    if type_k != type_v or type_k not in KV_CACHE_DTYPE:
+        raise InvalidArgumentError(f"KV cache type {type_k}/{type_v} has no vLLM equivalent",
                                    hint="plan vLLM with --kv-type f16")
