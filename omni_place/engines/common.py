@@ -170,6 +170,15 @@ def rpc_buffer_names(devices: Sequence[Device]) -> dict[str, str]:
     return out
 
 
+def override_device(target: str, rpc_names: Mapping[str, str] | None = None) -> str:
+    """The cluster device an ``-ot`` buffer type means: the CPU for host buffer types (``CPU``,
+    ``CPU_Mapped``, ``CUDA_Host``), the RPC device whose buffer name (``RPC<i>[host:port]``,
+    ``rpc_names``: device -> name, :func:`rpc_buffer_names`) it is, else the name itself."""
+    if target.upper().startswith("CPU") or target.upper().endswith("_HOST"):
+        return CPU
+    return next((device for device, buffer in (rpc_names or {}).items() if buffer == target), target)
+
+
 def _rpc_index(name: str) -> int:
     digits = name.removeprefix("RPC")
     return int(digits) if digits.isdigit() else -1

@@ -248,10 +248,10 @@ def decode(model: ModelProfile, parsed: llama_cpp.ParsedArgs, accelerators: Sequ
     slots = assign_layers(sizes, max_compute, ngl, parsed.tensor_split, len(order), free_mem)
     homes = tuple(CPU if s < 0 else order[s] for s in slots[:-1])
     output = CPU if slots[-1] < 0 else order[slots[-1]]
-    overrides = [(p, by_buffer.get(b, b)) for p, b in parsed.overrides] if ngl != 0 else []
+    overrides = list(parsed.overrides) if ngl != 0 else []
     if parsed.n_cpu_moe and ngl != 0:
         overrides += _ncmoe_overrides(model, homes, order, parsed.n_cpu_moe)
-    return llama_cpp.placement_with_overrides(model, order, homes, output, overrides, accelerators)
+    return llama_cpp.placement_with_overrides(model, order, homes, output, overrides, accelerators, rpc_names)
 
 
 def _ncmoe_overrides(model: ModelProfile, homes: Sequence[str], order: Sequence[str], n: int) -> list[tuple[str, str]]:

@@ -22,7 +22,8 @@ import numpy as np
 from ..cost import CPU, Placement, expert_kind
 from ..errors import InvalidArgumentError
 from ..model import ModelProfile, Role
-from .common import EngineArgs, FlagSyntax, dev_flag, expert_overrides, layer_counts, layer_regex, model_devices
+from .common import (EngineArgs, FlagSyntax, dev_flag, expert_overrides, layer_counts, layer_regex, model_devices,
+                     override_device)
 
 __all__ = ["NAME", "SYNTAX", "TOOLS", "EngineArgs", "assign_layers", "decode", "encode", "engine_args",
            "layer_regex", "parse_args"]
@@ -228,12 +229,6 @@ def _apply(out: ParsedArgs, key: str, flag: str, val: str, ncmoe: str) -> None:
         out.rpc = [e for e in val.split(",") if e]
 
 
-def buft_device(buft: str) -> str:
-    """Device name of an -ot buffer type: 'CPU', 'CUDA0', 'RPC0[host:port]' -> 'RPC0'."""
-    b = buft.split("[", 1)[0]
-    return CPU if b.upper().startswith("CPU") or b.upper() == "CUDA_HOST" else b
-
-
 def decode(model: ModelProfile, parsed: ParsedArgs, accelerators: Sequence[str],
            free_mem: Sequence[float] | None = None, rpc_names: dict[str, str] | None = None) -> Placement:
     """The placement llama.cpp makes of these flags (for `omni-place check`)."""
@@ -241,16 +236,16 @@ def decode(model: ModelProfile, parsed: ParsedArgs, accelerators: Sequence[str],
     slots = assign_layers(model.n_layer + 1, parsed.n_gpu_layers, parsed.tensor_split, len(order), free_mem)
     homes = tuple(CPU if s < 0 else order[s] for s in slots[:-1])
     output = CPU if slots[-1] < 0 else order[slots[-1]]
-    by_buffer = {v: k for k, v in (rpc_names or {}).items()}
-    overrides = [(pat, by_buffer.get(b, b)) for pat, b in parsed.overrides]
-    return placement_with_overrides(model, order, homes, output, overrides, accelerators)
+    return placement_with_overrides(model, order, homes, output, parsed.overrides, accelerators, rpc_names)
 
 
 def placement_with_overrides(model: ModelProfile, order: Sequence[str], homes: Sequence[str], output: str,
-                             overrides: Sequence[tuple[str, str]], accelerators: Sequence[str]) -> Placement:
+                             overrides: Sequence[tuple[str, str]], accelerators: Sequence[str],
+                             rpc_names: dict[str, str] | None = None) -> Placement:
     """Apply ``-ot`` entries (regex_search, first match wins) to a layer assignment: expert kinds
-    sent to the CPU per layer, and an output head moved elsewhere. Both forks match the same way."""
-    compiled = [(re.compile(p), buft_device(b), p, b) for p, b in overrides]
+    sent to the CPU per layer, and an output head moved elsewhere. Both forks match the same way;
+    targets are buffer types (:func:`~.common.override_device`)."""
+    compiled = [(re.compile(p), override_device(b, rpc_names), p, b) for p, b in overrides]
 
     def first_match(name: str) -> tuple[str, str, str] | None:
         """(device, pattern, buffer type) of the first override matching a tensor, as the loader

@@ -28,6 +28,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from ..cost import CPU
+from ..engines.common import override_device as common_override_device
+from ..engines.common import rpc_buffer_names
 from ..errors import EngineMismatchError
 from .logcapture import MIB, MIB_PRINT_TOLERANCE_BYTES, parse_log
 from .probe import LoadReport, buffer_device
@@ -36,7 +39,6 @@ if TYPE_CHECKING:
     from ..devices import Cluster
     from ..plan import Plan
 
-CPU = "CPU"
 KINDS = ("model", "kv", "compute")
 """Buffer kinds compared per device: plan weights/kv/compute vs engine model/KV(+RS)/compute(+output)."""
 
@@ -46,7 +48,6 @@ _RE_FALLBACK = re.compile(
     r"preferred buffer type (?P<preferred>\S+), using (?P<used>\S+) instead"
 )
 _RE_UNUSED = re.compile(r"model has unused tensor (?P<name>\S+)")
-_RE_RPC_BUFT = re.compile(r"RPC\d+\[(?P<endpoint>[^\]]+)\]")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -129,17 +130,8 @@ class Expected:
 
 
 def override_device(target: str, cluster: Cluster | None) -> str:
-    """Cluster device an override target means: ``CPU`` (and host buffer types such as
-    ``CPU_Mapped``/``CUDA_Host``), a device name, or an RPC buffer type ``RPC<i>[host:port]``
-    (matched by endpoint)."""
-    if target.upper().startswith("CPU") or target.endswith("_Host"):
-        return CPU
-    m = _RE_RPC_BUFT.fullmatch(target)
-    if m and cluster is not None:
-        for dev in cluster.devices:
-            if dev.kind == "rpc" and dev.endpoint == m["endpoint"]:
-                return dev.name
-    return target
+    """Cluster device an override target means (:func:`omni_place.engines.common.override_device`)."""
+    return common_override_device(target, rpc_buffer_names(cluster.devices) if cluster is not None else None)
 
 
 def tensor_targets(tensor_names: Iterable[str], overrides: Sequence[tuple[str, str]],
