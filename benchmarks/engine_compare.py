@@ -1,16 +1,17 @@
 """omni_place's plan against each engine's default split, --fit and the community recipes, with
 llama-bench on a real GPU machine (the harness behind benchmarks/results/engine_compare*).
 
-Three steps, so that the GPU machine needs no compiled omni_place core (it has another Python):
+Three steps, so that the GPU machine needs no compiled omni_place core (it has another Python).
+Run from the repository root, so that a checkout without ``pip install`` imports omni_place:
 
     # here: configurations + omni_place's predictions for every engine -> matrix JSON
-    python benchmarks/engine_compare.py prepare MODEL.gguf --cluster rig.toml \
+    python -m benchmarks.engine_compare prepare MODEL.gguf --cluster rig.toml \
         --model-file /models/moe33.gguf --engine llama.cpp --engine ik_llama.cpp -o matrix.json
     # on the GPU machine: run the matrix (standard library only), records + -v logs
-    python benchmarks/engine_compare.py run matrix.json --bin llama.cpp=/b/main/llama-bench \
+    python -m benchmarks.engine_compare run matrix.json --bin llama.cpp=/b/main/llama-bench \
         --bin ik_llama.cpp=/b/ik/llama-bench --out results/
     # here: read the placements back from the logs, price them, table + chart
-    python benchmarks/engine_compare.py report results/records.jsonl --model MODEL.gguf \
+    python -m benchmarks.engine_compare report results/records.jsonl --model MODEL.gguf \
         --cluster rig.toml --logs results/logs --table table.md --svg chart.svg
 
 `omni-place bench` does the same three steps in one process (omni_place.bench.run_bench).
@@ -22,14 +23,17 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from omni_place import bench
 
 
 def _prepare(a: argparse.Namespace) -> int:
     from omni_place.devices import resolve_cluster
+    from omni_place.engines import BENCH_ENGINES  # imported here: `run` needs no compiled core
 
+    unknown = sorted(set(a.engine) - set(BENCH_ENGINES))
+    if unknown:
+        raise SystemExit(f"engine_compare prepare: unknown --engine {unknown}; use {', '.join(BENCH_ENGINES)}")
+    a.engine = a.engine or list(BENCH_ENGINES)
     cluster = resolve_cluster(a.cluster)
     matrix = bench.build_matrix(a.model, cluster, a.engine, model_file=a.model_file, n_prompt=a.n_prompt,
                                 n_gen=a.n_gen, ubatch=a.ubatch, reps=a.reps, threads=a.threads, rig=a.rig,
@@ -87,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("model")
     p.add_argument("--cluster", required=True)
     p.add_argument("--model-file", help="the model's path on the machine that runs the matrix")
-    p.add_argument("--engine", action="append", default=[], choices=bench.ENGINES)
+    p.add_argument("--engine", action="append", default=[], help="llama.cpp or ik_llama.cpp (default: both)")
     p.add_argument("--n-prompt", type=int, default=512)
     p.add_argument("--n-gen", type=int, default=64)
     p.add_argument("--ubatch", type=int, default=512)
@@ -119,8 +123,6 @@ def main(argv: list[str] | None = None) -> int:
     q.add_argument("--svg-pp")
     q.set_defaults(fn=_report)
     a = ap.parse_args(argv)
-    if a.cmd == "prepare" and not a.engine:
-        a.engine = list(bench.ENGINES)
     return a.fn(a)
 
 

@@ -1,6 +1,6 @@
 """Header read speed: a DeepSeek-V3-shaped model, 9 header-only shards, 129k-token vocab + merges.
 
-Target (issue 2): reading all shards' headers < 300 ms. Writes benchmarks/results/header_read.json
+Target: reading all shards' headers < 300 ms. Writes benchmarks/results/header_read.json
 and header_read.md.
 
     python benchmarks/header_read.py [--reps 20]
@@ -20,6 +20,7 @@ from omni_place import __version__
 from omni_place.gguf import read_model_files
 from omni_place.model import load_model
 from omni_place.reference_models import deepseek_v3, write_header_only
+from omni_place.units import MiB
 
 OUT = Path(__file__).resolve().parent / "results"
 
@@ -51,7 +52,7 @@ def main() -> None:
     (OUT / "header_read.json").write_text(json.dumps({"meta": meta, "records": records}, indent=1))
     lines = ["| case | median ms | min ms | max ms |", "|---|---:|---:|---:|"]
     lines += [f"| {r['case']} | {r['median_ms']:.1f} | {r['min_ms']:.1f} | {r['max_ms']:.1f} |" for r in records]
-    lines.append(f"\n{meta['shards']} shards, {header_bytes / 2**20:.1f} MiB of headers, vocab {meta['n_vocab']}, "
+    lines.append(f"\n{meta['shards']} shards, {header_bytes / MiB:.1f} MiB of headers, vocab {meta['n_vocab']}, "
                  f"{meta['cores']} cores, Python {meta['python']}; target < {meta['target_ms']} ms.")
     (OUT / "header_read.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -5,25 +5,24 @@ real libllama (llama-cpp-python) on the CPU, reads the engine's own buffer-size 
 records them beside omni_place's prediction. Output: benchmarks/results/memory_accuracy.json
 and memory_accuracy.md.
 
-    python benchmarks/memory_accuracy.py [--ctx 1024]
+From the repository root (it imports the tests' models, ``tests.arch_models``):
+
+    python -m benchmarks.memory_accuracy [--ctx 1024]
 """
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 from pathlib import Path
 
+from omni_place import __version__
+from omni_place.compute import compute_buffer_estimate
+from omni_place.model import load_model
+from omni_place.units import MiB
+from tests.arch_models import ARCHS, engine_load, write_model
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
-
-from arch_models import ARCHS, engine_load, write_model  # noqa: E402
-
-from omni_place import __version__  # noqa: E402
-from omni_place.compute import compute_buffer_estimate  # noqa: E402
-from omni_place.model import MiB, load_model  # noqa: E402
-
 OUT = ROOT / "benchmarks" / "results"
 N_UBATCH = 64  # engine_load's n_ubatch for these contexts
 
@@ -64,7 +63,9 @@ def main() -> None:
              "|---|---:|---:|---:|"]
     for r in records:
         p, e = r["predicted_bytes"], r["engine_bytes"]
-        lines.append(f"| {r['arch']} | " + " | ".join(f"{p[k] / MiB:.3f} / {e[k] / MiB:.2f}" for k in ("model", "kv", "compute")) + " |")
+        lines.append(f"| {r['arch']} | "
+                     + " | ".join(f"{p[k] / MiB:.3f} / {e[k] / MiB:.2f}" for k in ("model", "kv", "compute"))
+                     + " |")
     lines.append(f"\nTiny real F16 models, ctx {args.ctx}, ubatch {N_UBATCH}, flash attention auto, CPU backend.")
     (OUT / "memory_accuracy.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -1,5 +1,5 @@
 """Wall time of the whole `omni-place plan` command (process start, imports, header read, solve,
-output), as a user runs it. Target (issue 4): < 0.5 s.
+output), as a user runs it. Target: < 0.5 s.
 
 Each case runs the installed console script in a fresh process ``--reps`` times after one warm-up
 run (which writes the shipped reference model's header into the cache); the median and spread are

@@ -2,8 +2,8 @@
 
 Writes benchmarks/results/planner_speed.json (one self-describing record per case, with raw
 samples) and benchmarks/results/planner_speed.md. Every solve's plan is re-priced with the pure
-Python definition (omni_place._reference.placement_cost) before timing, so a fast wrong answer
-fails the run.
+Python definition (tests/reference_solvers.py, placement_cost) before timing, so a fast wrong
+answer fails the run.
 
 Cases
 - deepseek_v3_2gpu: DeepSeek-V3 Q4_K_M shape, 61 layers (3 dense + 58 MoE), 4 expert options
@@ -14,7 +14,9 @@ Cases
   experts must go to the CPU (reported at 1, 4 and 16 MiB units: the caller picks the unit).
 - scaling_L / scaling_D: the same shapes with more layers (same model size) or more devices.
 
-Usage: python benchmarks/planner_speed.py [--quick]
+Usage, from the repository root (it imports the tests' reference solvers):
+
+    python -m benchmarks.planner_speed [--quick]
 """
 from __future__ import annotations
 
@@ -24,22 +26,18 @@ import os
 import platform
 import statistics
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from omni_place import __version__, _core
+from omni_place.problem import unit_for_capacities
+from omni_place.units import GiB, MiB
+from tests.reference_solvers import CoreProblem, placement_cost
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from omni_place import __version__, _core  # noqa: E402
-from omni_place._reference import CoreProblem, placement_cost  # noqa: E402
-from omni_place.plan import unit_for_capacities  # noqa: E402
-
-MiB = 2**20
-GiB = 2**30
 
 
 def deepseek_v3(n_layers: int = 61, unit: int = MiB, caps_gib: tuple[float, ...] = (96, 32),

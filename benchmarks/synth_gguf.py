@@ -4,12 +4,15 @@ Speed does not depend on weight values, routing does: every 2-D weight is Q4_K m
 tiled random pattern of valid 144-byte blocks (a small finite fp16 ``d``), norms are F32 ones,
 and each MoE router is random F32 so tokens spread over the experts. The vocabulary is an SPM
 one with the 256 byte tokens. The same call with ``--header-only`` writes exactly the file's
-header (metadata and tensor infos, no data) -- enough for ``omni_place.load_model``.
+header (metadata and tensor infos, no data) -- enough for ``omni_place.load_model``. Files are
+written by the package's GGUF writer (``omni_place.gguf_write``), one tensor at a time.
 
-    python benchmarks/synth_gguf.py moe33 /models/moe33.gguf
-    python benchmarks/synth_gguf.py dense15 /models/dense15.gguf --header-only
+From the repository root (a checkout needs no compiled core for this, only ``gguf`` and numpy):
 
-Needs the ``gguf`` package (gguf-py from the llama.cpp source tree works: PYTHONPATH=gguf-py).
+    python -m benchmarks.synth_gguf moe33 /models/moe33.gguf
+    python -m benchmarks.synth_gguf dense15 /models/dense15.gguf --header-only
+
+(``python benchmarks/synth_gguf.py ...`` works the same where omni_place is installed.)
 """
 from __future__ import annotations
 
@@ -18,10 +21,13 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+from gguf import GGMLQuantizationType as QT
 
-QK_K = 256
+from omni_place.gguf_write import GGUFTensor, tensor_nbytes, write_gguf
+
 Q4_K_BLOCK = 144  # half d, half dmin, 12 scale bytes, 128 nibble bytes
 
 
@@ -50,12 +56,7 @@ SHAPES = {
     "moe-tiny": Shape("qwen3moe", 4, 256, 4, 2, 64, 512, 512, n_expert=8, n_expert_used=2, n_ff_exp=256),
     "dense-tiny": Shape("llama", 4, 256, 4, 2, 64, 512, 512),
 }
-
-
-def q4k_bytes(ne0: int, n_rows: int) -> int:
-    if ne0 % QK_K:
-        raise ValueError(f"Q4_K rows need a multiple of {QK_K} elements (got {ne0})")
-    return ne0 // QK_K * Q4_K_BLOCK * n_rows
+_TYPES = {"q4_k": QT.Q4_K, "f32_one": QT.F32, "f32_rand": QT.F32}
 
 
 def tensor_plan(s: Shape) -> list[tuple[str, tuple[int, ...], str]]:
@@ -92,62 +93,58 @@ def tensor_plan(s: Shape) -> list[tuple[str, tuple[int, ...], str]]:
 
 
 def nbytes(ne: tuple[int, ...], kind: str) -> int:
-    rows = int(np.prod(ne[1:])) if len(ne) > 1 else 1
-    return q4k_bytes(ne[0], rows) if kind == "q4_k" else int(np.prod(ne)) * 4
+    return tensor_nbytes(ne, _TYPES[kind])
 
 
-def _metadata(w, s: Shape) -> None:  # type: ignore[no-untyped-def]
+def metadata(s: Shape) -> dict[str, Any]:
+    """The model's metadata, in file order (general.architecture comes first, from the writer)."""
     a = s.arch
-    w.add_name(f"omni-place synthetic {a}")
-    w.add_uint32(f"{a}.block_count", s.n_layer)
-    w.add_uint32(f"{a}.context_length", s.n_ctx_train)
-    w.add_uint32(f"{a}.embedding_length", s.n_embd)
-    w.add_uint32(f"{a}.feed_forward_length", s.n_ff)
-    w.add_uint32(f"{a}.attention.head_count", s.n_head)
-    w.add_uint32(f"{a}.attention.head_count_kv", s.n_head_kv)
-    w.add_uint32(f"{a}.attention.key_length", s.head_dim)
-    w.add_uint32(f"{a}.attention.value_length", s.head_dim)
-    w.add_float32(f"{a}.attention.layer_norm_rms_epsilon", 1e-6)
-    w.add_float32(f"{a}.rope.freq_base", 1e6)
-    w.add_uint32(f"{a}.rope.dimension_count", s.head_dim)
-    w.add_uint32(f"{a}.vocab_size", s.n_vocab)
+    md: dict[str, Any] = {
+        "general.name": f"omni-place synthetic {a}",
+        f"{a}.block_count": s.n_layer,
+        f"{a}.context_length": s.n_ctx_train,
+        f"{a}.embedding_length": s.n_embd,
+        f"{a}.feed_forward_length": s.n_ff,
+        f"{a}.attention.head_count": s.n_head,
+        f"{a}.attention.head_count_kv": s.n_head_kv,
+        f"{a}.attention.key_length": s.head_dim,
+        f"{a}.attention.value_length": s.head_dim,
+        f"{a}.attention.layer_norm_rms_epsilon": 1e-6,
+        f"{a}.rope.freq_base": 1e6,
+        f"{a}.rope.dimension_count": s.head_dim,
+        f"{a}.vocab_size": s.n_vocab,
+    }
     if s.n_expert:
-        w.add_uint32(f"{a}.expert_count", s.n_expert)
-        w.add_uint32(f"{a}.expert_used_count", s.n_expert_used)
-        w.add_uint32(f"{a}.expert_feed_forward_length", s.n_ff_exp)
-    w.add_uint32("general.file_type", 15)  # MOSTLY_Q4_K_M
-    w.add_uint32("general.quantization_version", 2)
+        md[f"{a}.expert_count"] = s.n_expert
+        md[f"{a}.expert_used_count"] = s.n_expert_used
+        md[f"{a}.expert_feed_forward_length"] = s.n_ff_exp
+    md["general.file_type"] = 15  # MOSTLY_Q4_K_M
+    md["general.quantization_version"] = 2
     # SPM vocab: <unk> <s> </s>, the 256 byte tokens, then filler pieces
     tokens = ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)]
     tokens += [f"\u2581t{i}" for i in range(s.n_vocab - len(tokens))]
-    types = [2, 3, 3] + [6] * 256 + [1] * (s.n_vocab - 259)
-    w.add_tokenizer_model("llama")
-    w.add_token_list(tokens)
-    w.add_token_scores([0.0] * 259 + [-float(i) for i in range(s.n_vocab - 259)])
-    w.add_token_types(types)
-    w.add_bos_token_id(1)
-    w.add_eos_token_id(2)
-    w.add_unk_token_id(0)
-    w.add_add_bos_token(True)
+    md.update({
+        "tokenizer.ggml.model": "llama",
+        "tokenizer.ggml.tokens": tokens,
+        "tokenizer.ggml.scores": [0.0] * 259 + [-float(i) for i in range(s.n_vocab - 259)],
+        "tokenizer.ggml.token_type": [2, 3, 3] + [6] * 256 + [1] * (s.n_vocab - 259),
+        "tokenizer.ggml.bos_token_id": 1,
+        "tokenizer.ggml.eos_token_id": 2,
+        "tokenizer.ggml.unknown_token_id": 0,
+        "tokenizer.ggml.add_bos_token": True,
+    })
+    return md
 
 
 def write(shape: str | Shape, path: str | Path, *, header_only: bool = False, seed: int = 0,
           log=print) -> int:  # type: ignore[no-untyped-def]
     """Write the model (or its header only); returns the file size in bytes."""
-    import gguf
-
     s = SHAPES[shape] if isinstance(shape, str) else shape
     plan = tensor_plan(s)
-    w = gguf.GGUFWriter(str(path), s.arch)
-    _metadata(w, s)
-    for name, ne, kind in plan:
-        raw = gguf.GGMLQuantizationType.Q4_K if kind == "q4_k" else gguf.GGMLQuantizationType.F32
-        w.add_tensor_info(name, tuple(reversed(ne)), np.dtype(np.float32), nbytes(ne, kind), raw_dtype=raw)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_ti_data_to_file()
+    kinds = {name: kind for name, _, kind in plan}
+    tensors = [(name, ne, _TYPES[kind]) for name, ne, kind in plan]
     if header_only:
-        w.close()
+        write_gguf(path, s.arch, metadata(s), tensors)
         return Path(path).stat().st_size
     rng = np.random.default_rng(seed)
     biggest = max(nbytes(ne, k) for _, ne, k in plan if k == "q4_k")
@@ -157,21 +154,24 @@ def write(shape: str | Shape, path: str | Path, *, header_only: bool = False, se
     q4 = np.resize(pattern.reshape(-1), biggest)
     ones = np.ones(max(int(np.prod(ne)) for _, ne, k in plan if k == "f32_one"), dtype=np.float32)
     t0 = time.time()
-    done = 0
     total = sum(nbytes(ne, k) for _, ne, k in plan)
-    for i, (name, ne, kind) in enumerate(plan):
-        n = nbytes(ne, kind)
+    state = {"i": 0, "done": 0}
+
+    def data(t: GGUFTensor) -> np.ndarray:
+        kind, n = kinds[t.name], nbytes(t.shape, kinds[t.name])
         if kind == "q4_k":
-            data = q4[:n]
+            out = q4[:n]
         elif kind == "f32_one":
-            data = ones[: n // 4]
+            out = ones[: n // 4]
         else:
-            data = rng.standard_normal(n // 4, dtype=np.float32)
-        w.write_tensor_data(data)
-        done += n
-        if log and (i % 50 == 0 or i == len(plan) - 1):
-            log(f"  {done / 1e9:6.1f} / {total / 1e9:.1f} GB  {time.time() - t0:5.1f} s", flush=True)
-    w.close()
+            out = rng.standard_normal(n // 4, dtype=np.float32)
+        state["done"] += n
+        if log and (state["i"] % 50 == 0 or state["i"] == len(plan) - 1):
+            log(f"  {state['done'] / 1e9:6.1f} / {total / 1e9:.1f} GB  {time.time() - t0:5.1f} s", flush=True)
+        state["i"] += 1
+        return out
+
+    write_gguf(path, s.arch, metadata(s), tensors, data=data)
     return Path(path).stat().st_size
 
 

@@ -15,8 +15,7 @@ static uint64_t read_u64le(const uint8_t *p)
     return v;
 }
 
-/* Size in bytes of a fixed-size GGUF scalar type, 0 for string/array/unknown. */
-static size_t scalar_size(uint32_t type)
+size_t op_gguf_type_size(uint32_t type)
 {
     switch (type) {
     case OP_GGUF_UINT8: case OP_GGUF_INT8: case OP_GGUF_BOOL:
@@ -67,7 +66,7 @@ int op_gguf_skip_array(const uint8_t *buf, size_t len, size_t offset, uint32_t e
         return OP_EINVAL;
     if (elem_type == OP_GGUF_STRING)
         return op_gguf_skip_strings(buf, len, offset, n, out_offset);
-    size_t size = scalar_size(elem_type);
+    size_t size = op_gguf_type_size(elem_type);
     if (size == 0)
         return OP_EINVAL;  /* nested array or unknown type */
     if (n > (uint64_t)((len - offset) / size))

@@ -104,13 +104,19 @@ int op_solve(const op_problem *problem, op_result *result);
 /* Static name of a status code ("OK", "INFEASIBLE", "EINVAL", "ENOMEM", "UNKNOWN"). */
 const char *op_status_str(int status);
 
-/* GGUF metadata value types (gguf_type). */
+/* GGUF metadata value types (gguf_type, ggml/include/gguf.h). */
 enum {
     OP_GGUF_UINT8 = 0, OP_GGUF_INT8 = 1, OP_GGUF_UINT16 = 2, OP_GGUF_INT16 = 3,
     OP_GGUF_UINT32 = 4, OP_GGUF_INT32 = 5, OP_GGUF_FLOAT32 = 6, OP_GGUF_BOOL = 7,
     OP_GGUF_STRING = 8, OP_GGUF_ARRAY = 9, OP_GGUF_UINT64 = 10, OP_GGUF_INT64 = 11,
-    OP_GGUF_FLOAT64 = 12
+    OP_GGUF_FLOAT64 = 12,
+    OP_GGUF_TYPE_COUNT = 13
 };
+
+/* Size in bytes of one value of a fixed-size GGUF type, 0 for strings, arrays and unknown types
+ * (as gguf_type_size in ggml/src/gguf.cpp). The only table of these sizes in omni_place: Python
+ * reads it as omni_place._core.GGUF_TYPE_SIZES. */
+size_t op_gguf_type_size(uint32_t type);
 
 /* Skip n GGUF strings (uint64 little-endian length + bytes) in buf[0..len) starting at offset.
  * OP_OK: *out_offset = offset just past the last string. OP_EINVAL: a string would run past len;

@@ -15,6 +15,7 @@ _PUBLIC = {
     "plan_split": "plan",
     "evaluate": "plan",
     "Plan": "plan",
+    "render_plan": "report",
     "OmniPlaceError": "errors",
     "ModelProfile": "model",
     "load_model": "model",

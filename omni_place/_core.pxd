@@ -56,6 +56,12 @@ cdef extern from "omni_place.h" nogil:
     int op_solve(const op_problem *problem, op_result *result)
     const char *op_status_str(int status)
 
+    enum:
+        OP_GGUF_STRING
+        OP_GGUF_ARRAY
+        OP_GGUF_TYPE_COUNT  # value types are 0 .. OP_GGUF_TYPE_COUNT - 1
+
+    size_t op_gguf_type_size(uint32_t type)  # 0 for strings, arrays and unknown types
     int op_gguf_skip_strings(const uint8_t *buf, size_t len, size_t offset, uint64_t n,
                              size_t *out_offset)
     int op_gguf_skip_array(const uint8_t *buf, size_t len, size_t offset, uint32_t elem_type,

@@ -12,7 +12,7 @@ MAX_LAYERS: int
 MAX_DEVICES: int
 MAX_OPTIONS: int
 DEFAULT_MAX_STATES: int
-GGUF_TYPE_SIZES: dict[int, int]
+GGUF_TYPE_SIZES: dict[int, int]  # fixed-size GGUF value type -> bytes (csrc: op_gguf_type_size)
 GGUF_STRING: int
 GGUF_ARRAY: int
 

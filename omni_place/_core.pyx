@@ -15,9 +15,11 @@ MAX_DEVICES = OP_MAX_DEVICES
 MAX_OPTIONS = OP_MAX_OPTIONS
 DEFAULT_MAX_STATES = OP_DEFAULT_MAX_STATES
 
-GGUF_TYPE_SIZES = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
-GGUF_STRING = 8
-GGUF_ARRAY = 9
+# GGUF value type -> bytes of one value, for the fixed-size types: the C core's table
+# (op_gguf_type_size), the one the reader in omni_place.gguf uses too.
+GGUF_TYPE_SIZES = {t: op_gguf_type_size(t) for t in range(OP_GGUF_TYPE_COUNT) if op_gguf_type_size(t)}
+GGUF_STRING = OP_GGUF_STRING
+GGUF_ARRAY = OP_GGUF_ARRAY
 
 
 def status_str(int status) -> str:

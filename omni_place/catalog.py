@@ -19,8 +19,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 from .errors import ClusterError
-
-GIB = 1 << 30
+from .units import GiB
 
 #: PCIe payload bandwidth per lane and direction in GB/s, after line coding (8b/10b for gen 1-2,
 #: 128b/130b for gen 3-5, FLIT for gen 6). The one table every link figure derives from.
@@ -69,7 +68,7 @@ class GpuSpec:
 
     @property
     def memory_bytes(self) -> int:
-        return int(round(self.memory_gib * GIB))
+        return int(round(self.memory_gib * GiB))
 
     @property
     def link_gbs(self) -> float:

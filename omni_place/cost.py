@@ -2,8 +2,8 @@
 
 A :class:`Placement` says, engine-neutrally, where every layer's home is (its dense part, KV
 cache and compute), which of its routed-expert tensors are overridden to the CPU, and where the
-output head goes. :func:`evaluate` prices a placement exactly in bytes and seconds; the same
-functions fill the arrays the C core optimizes over (:func:`build_problem`), so what the core
+output head goes. :class:`CostModel` prices a placement exactly in bytes and seconds; the same
+methods fill the arrays the C core optimizes over (:mod:`omni_place.problem`), so what the core
 minimizes and what a plan reports are one model.
 
 Decode (tg, batch 1) is memory-bound: each layer reads its dense weights, its KV cache up to
@@ -30,9 +30,9 @@ from .compute import PIPELINE_COPIES, ComputeEstimate, compute_buffer_estimate
 from .devices import Cluster, Device
 from .errors import ClusterError, InvalidArgumentError
 from .model import LayerCost, ModelProfile, Role, TensorRecord
+from .units import GB
 
 CPU = "CPU"
-GB = 1e9
 OP_OFFLOAD_LIVE_WEIGHTS = 2  # offloaded weight copies alive at once in devices[0]'s compute buffer
 
 # Routed-expert tensor kinds as they appear in names (ffn_<kind>_exps / ffn_<kind>_chexps).
@@ -369,7 +369,7 @@ class CostModel:
         """Per prompt token: the ubatch's activations cross once per ubatch."""
         return self._hop(a, b, self.n_tokens)
 
-    def _layer_params(self, il: int) -> tuple[float, float]:
+    def layer_params(self, il: int) -> tuple[float, float]:
         """(dense parameters, routed-expert parameters) of a layer."""
         dense, experts = self._params[il]
         return dense, experts
@@ -392,7 +392,7 @@ class CostModel:
 
     def layer_pp(self, il: int, home: str, cpu_kinds: frozenset[str], first: str | None) -> dict[str, float]:
         """Prompt seconds per token of layer ``il`` by where they are spent."""
-        dense_p, exp_p = self._layer_params(il)
+        dense_p, exp_p = self.layer_params(il)
         stored = self._expert_split[il]["stored"]
         exp_total = sum(stored.values())
         frac_cpu = (sum(v for k, v in stored.items() if k in cpu_kinds) / exp_total) if exp_total else 0.0
@@ -400,7 +400,8 @@ class CostModel:
         dense_flops = 2.0 * dense_p
         out: dict[str, float] = {}
         if home == CPU:
-            cpu_flops, streamed = dense_flops + active_exp_flops, self.model.layers[il].dense["cpu"] + exp_total * self.expert_hit
+            cpu_flops, streamed = (dense_flops + active_exp_flops,
+                                   self.model.layers[il].dense["cpu"] + exp_total * self.expert_hit)
             out.update(self._cpu_weights_pp(cpu_flops, streamed, first))
             return out
         out[home] = (dense_flops + active_exp_flops * (1 - frac_cpu)) / self.flops(home)

@@ -16,15 +16,14 @@ from pathlib import Path
 import numpy as np
 
 from .errors import InvalidArgumentError
-
-MIB = 1 << 20
+from .units import GB, MiB
 
 #: Memory bandwidth assumed for the CPU when neither a probe nor a cluster file gives one, GB/s.
 #: Conservative on purpose: dual-channel DDR4-3200 peaks at 51.2 GB/s and sustains ~40 GB/s;
 #: servers are much faster, so run ``omni-place devices --measure`` or write it in a cluster file.
 DEFAULT_CPU_BANDWIDTH_GBS = 40.0
 
-_PROBE_BYTES = 256 * MIB  # per array: src + dst = 512 MiB, above nearly every last-level cache
+_PROBE_BYTES = 256 * MiB  # per array: src + dst = 512 MiB, above nearly every last-level cache
 
 
 @dataclass(frozen=True)
@@ -144,8 +143,8 @@ def measure_memory_bandwidth(threads: int | None = None, size_bytes: int | None 
     if size_bytes is None:
         size_bytes = _PROBE_BYTES
         if info.available_bytes:
-            size_bytes = max(16 * MIB, min(size_bytes, info.available_bytes // 8))
-    if threads < 1 or size_bytes < MIB or reps < 1:
+            size_bytes = max(16 * MiB, min(size_bytes, info.available_bytes // 8))
+    if threads < 1 or size_bytes < MiB or reps < 1:
         raise InvalidArgumentError(
             f"bandwidth probe needs threads >= 1, size >= 1 MiB and reps >= 1 "
             f"(got {threads}, {size_bytes} bytes, {reps})")
@@ -167,4 +166,4 @@ def measure_memory_bandwidth(threads: int | None = None, size_bytes: int | None 
             elapsed = time.perf_counter() - start
             if rep:  # rep 0 warms the pool and the TLB
                 best = min(best, elapsed)
-    return 2 * n * 8 / best / 1e9
+    return 2 * n * 8 / best / GB

@@ -3,8 +3,9 @@
 Why not ``gguf.GGUFReader``: it memory-maps every tensor's data and raises on a header-only file
 (tensor data cut off), and people plan before they download 400 GB. This reader stops after the
 tensor infos, so a header-only file, a truncated download or a full 100 GB shard all read in
-milliseconds. Type tables (``GGML_QUANT_SIZES``, value types) come from the ``gguf`` package, the
-reference maintained next to llama.cpp.
+milliseconds. Type tables (``GGML_QUANT_SIZES``, the value types) come from the ``gguf`` package,
+the reference maintained next to llama.cpp; the byte size of each value type comes from the C
+core (``_core.GGUF_TYPE_SIZES``), whose skip helpers step over long arrays.
 
 Hostile input is bounded the way ``ggml/src/gguf.cpp`` bounds it: every length is checked against
 the bytes that remain before anything is allocated, ``n_dims <= 4``, element counts are Python
@@ -24,7 +25,7 @@ from typing import Any, Iterator
 
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType
 
-from . import _core
+from ._native import core as _core
 from .errors import GGUFFormatError, MissingShardError
 
 GGUF_MAGIC = b"GGUF"
@@ -43,6 +44,8 @@ MAX_MATERIALIZED_BYTES = 1 << 26  # all strings kept from one header together
 MAX_TENSORS = 1 << 20
 MAX_KV = 1 << 20
 
+# How to decode each fixed-size value type (GGUFValueType, from the gguf package). Their sizes
+# come from the C core, the one table of them (test_gguf_reader checks the two agree).
 _SCALAR_FORMATS: dict[int, str] = {
     GGUFValueType.UINT8: "<B",
     GGUFValueType.INT8: "<b",
@@ -56,7 +59,7 @@ _SCALAR_FORMATS: dict[int, str] = {
     GGUFValueType.INT64: "<q",
     GGUFValueType.FLOAT64: "<d",
 }
-_SCALAR_SIZES = {t: struct.calcsize(f) for t, f in _SCALAR_FORMATS.items()}
+_SCALAR_SIZES: dict[int, int] = {t: _core.GGUF_TYPE_SIZES[t] for t in _SCALAR_FORMATS}
 _U32 = struct.Struct("<I")
 _U64 = struct.Struct("<Q")
 _SHARD_RE = re.compile(r"^(?P<prefix>.*)-(?P<no>\d{5})-of-(?P<count>\d{5})\.gguf$")

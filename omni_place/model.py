@@ -30,9 +30,8 @@ from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
 from .errors import GGUFFormatError, InvalidArgumentError, UnsupportedModelError
 from .gguf import GGUFModelFiles, LongArray, TensorInfo, iter_layer_tensors, read_model_files
+from .hparams import ARCHITECTURES, NOT_COVERED, ArchSpec, HParams, read_hparams
 
-MiB = 1 << 20
-GiB = 1 << 30
 
 CUDA_ROW_PADDING = 512  # MATRIX_ROW_PADDING, ggml-cuda/common.cuh
 BACKEND_ALIGNMENT = {"cuda": 128, "cpu": 32, "rpc": 32}
@@ -183,166 +182,6 @@ class TensorRecord:
 
 
 @dataclass(frozen=True)
-class HParams:
-    """The hyper-parameters the memory and speed models need, read from GGUF metadata."""
-
-    n_layer: int  # block_count: repeating layers incl. NextN blocks (= layer slots before the output)
-    n_layer_nextn: int
-    n_embd: int
-    n_head: tuple[int, ...]  # per layer
-    n_head_kv: tuple[int, ...]  # per layer; 0 marks a recurrent layer in hybrid models
-    head_dim_k: int
-    head_dim_v: int
-    n_vocab: int
-    n_ctx_train: int
-    n_expert: int
-    n_expert_used: int
-    n_ff: tuple[int, ...]  # per layer dense FFN width (0 if none)
-    n_ff_exp: int
-    n_layer_dense_lead: int
-    is_mla: bool
-    kv_lora_rank: int
-    n_rot: int
-    n_swa: int
-    is_swa: tuple[bool, ...]
-    ssm_d_conv: int = 0
-    ssm_d_inner: int = 0
-    ssm_d_state: int = 0
-    ssm_n_group: int = 0
-    indexer_head_size: int = 0  # DSA lightning indexer key width (deepseek32); 0 = no indexer cache
-
-    @property
-    def n_layer_kv(self) -> int:
-        """Layers that can hold a KV cache (NextN blocks are filtered out of the main context)."""
-        return self.n_layer - self.n_layer_nextn
-
-
-@dataclass(frozen=True)
-class ArchSpec:
-    """What an architecture needs beyond the generic GQA rules. ``verified`` archs are checked
-    against the real engine in tests/test_model_engine.py."""
-
-    swa_pattern: int = 0  # default sliding_window_pattern (n: layer il is SWA iff il % n < n-1)
-    swa_dense_first: bool = False
-    recurrent: bool = False  # every layer is recurrent (mamba)
-    verified: bool = False
-
-
-# The one table of architectures the memory model knows. Others with standard attention keys are
-# priced with the generic GQA rules and reported as "generic" (not verified against the engine).
-ARCHITECTURES: dict[str, ArchSpec] = {
-    "llama": ArchSpec(verified=True),
-    "qwen2": ArchSpec(verified=True),
-    "qwen3": ArchSpec(verified=True),
-    "qwen3moe": ArchSpec(verified=True),
-    "qwen2moe": ArchSpec(),
-    "deepseek2": ArchSpec(verified=True),
-    "deepseek32": ArchSpec(verified=True),  # deepseek2 MLA + the DSA indexer's key cache
-    "glm4moe": ArchSpec(verified=True),
-    "gpt-oss": ArchSpec(swa_pattern=2, verified=True),
-    "gemma3": ArchSpec(swa_pattern=6, verified=True),
-    "gemma2": ArchSpec(swa_pattern=2),
-    "mistral3": ArchSpec(),
-    "mamba": ArchSpec(recurrent=True),
-    "mamba2": ArchSpec(recurrent=True),
-    "jamba": ArchSpec(),
-    "granitehybrid": ArchSpec(),
-    "nemotron_h": ArchSpec(),
-}
-# Architectures whose memory layout is known to differ from what this module models.
-NOT_COVERED = {
-    "rwkv6", "rwkv7", "arwkv7", "rwkv6qwen2", "lfm2", "lfm2moe", "qwen3next", "qwen35", "qwen35moe",
-    "kimi-linear", "gemma3n", "gemma4", "minimax-m3", "glm-dsa", "t5", "t5encoder",
-    "bert", "nomic-bert", "jina-bert-v2", "whisper", "falcon-h1",
-}
-
-
-def _meta(md: dict[str, Any], key: str, default: Any = None) -> Any:
-    v = md.get(key, default)
-    return default if isinstance(v, LongArray) else v
-
-
-def _int(md: dict[str, Any], key: str, default: int | None = None) -> int:
-    v = _meta(md, key, default)
-    if v is None:
-        raise UnsupportedModelError(f"metadata key {key!r} is missing", hint="the GGUF is incomplete or too old")
-    if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-        raise GGUFFormatError(f"metadata key {key!r} = {v!r} is not a non-negative integer")
-    return v
-
-
-def _per_layer(md: dict[str, Any], key: str, n: int, default: int | None) -> tuple[int, ...]:
-    v = _meta(md, key, default)
-    if isinstance(v, list):
-        if len(v) != n or not all(isinstance(x, int) and x >= 0 for x in v):
-            raise GGUFFormatError(f"metadata key {key!r} must hold {n} non-negative integers")
-        return tuple(v)
-    return (_int(md, key, default),) * n
-
-
-def read_hparams(arch: str, md: dict[str, Any], n_vocab_fallback: int) -> HParams:
-    a = arch
-    n_layer = _int(md, f"{a}.block_count")
-    if not 1 <= n_layer <= 4096:
-        raise GGUFFormatError(f"{a}.block_count = {n_layer} is out of range (1..4096)")
-    n_embd = _int(md, f"{a}.embedding_length")
-    n_head = _per_layer(md, f"{a}.attention.head_count", n_layer, 0)
-    n_head_kv = _per_layer(md, f"{a}.attention.head_count_kv", n_layer, max(n_head) if n_head else 0)
-    h0 = max(n_head) if n_head else 0
-    head_dim_k = _int(md, f"{a}.attention.key_length", n_embd // h0 if h0 else 0)
-    head_dim_v = _int(md, f"{a}.attention.value_length", n_embd // h0 if h0 else 0)
-    k_mla = _int(md, f"{a}.attention.key_length_mla", 0)
-    v_mla = _int(md, f"{a}.attention.value_length_mla", 0)
-    n_vocab = _meta(md, f"{a}.vocab_size") or n_vocab_fallback
-    n_expert = _int(md, f"{a}.expert_count", 0)
-    spec = ARCHITECTURES.get(arch, ArchSpec())
-    n_swa = _int(md, f"{a}.attention.sliding_window", 0)
-    pattern = md.get(f"{a}.attention.sliding_window_pattern")
-    n_nextn = _int(md, f"{a}.nextn_predict_layers", 0)
-    n_main = n_layer - n_nextn
-    if isinstance(pattern, list):
-        if len(pattern) < n_main:
-            raise GGUFFormatError(f"{a}.attention.sliding_window_pattern has {len(pattern)} entries, need {n_main}")
-        is_swa = tuple(bool(x) for x in pattern[:n_main]) + (False,) * n_nextn
-    else:
-        n_pat = pattern if isinstance(pattern, int) and not isinstance(pattern, bool) else spec.swa_pattern
-        if n_swa and n_pat:
-            if spec.swa_dense_first:
-                is_swa = tuple(il % n_pat != 0 for il in range(n_main))
-            else:
-                is_swa = tuple(il % n_pat < n_pat - 1 for il in range(n_main))
-            is_swa += (False,) * n_nextn
-        else:
-            is_swa = (False,) * n_layer
-    return HParams(
-        n_layer=n_layer,
-        n_layer_nextn=n_nextn,
-        n_embd=n_embd,
-        n_head=n_head,
-        n_head_kv=n_head_kv,
-        head_dim_k=head_dim_k,
-        head_dim_v=head_dim_v,
-        n_vocab=int(n_vocab),
-        n_ctx_train=_int(md, f"{a}.context_length", 0),
-        n_expert=n_expert,
-        n_expert_used=_int(md, f"{a}.expert_used_count", 0),
-        n_ff=_per_layer(md, f"{a}.feed_forward_length", n_layer, 0),
-        n_ff_exp=_int(md, f"{a}.expert_feed_forward_length", 0),
-        n_layer_dense_lead=_int(md, f"{a}.leading_dense_block_count", 0),
-        is_mla=bool(k_mla and v_mla),
-        kv_lora_rank=_int(md, f"{a}.attention.kv_lora_rank", 0),
-        n_rot=_int(md, f"{a}.rope.dimension_count", head_dim_k),
-        n_swa=n_swa,
-        is_swa=is_swa,
-        ssm_d_conv=_int(md, f"{a}.ssm.conv_kernel", 0),
-        ssm_d_inner=_int(md, f"{a}.ssm.inner_size", 0),
-        ssm_d_state=_int(md, f"{a}.ssm.state_size", 0),
-        ssm_n_group=_int(md, f"{a}.ssm.group_count", 0),
-        indexer_head_size=_int(md, f"{a}.attention.indexer.key_length", 0) if arch == "deepseek32" else 0,
-    )
-
-
-@dataclass(frozen=True)
 class LayerCost:
     """Bytes of one repeating layer, split the way the optimizer decides on them."""
 
@@ -484,7 +323,8 @@ class ModelProfile:
         tk = _kv_type(type_k)
         tv = _kv_type(type_v or type_k)
         if tv not in (GGMLQuantizationType.F16, GGMLQuantizationType.F32, GGMLQuantizationType.BF16) and not flash_attn:
-            raise InvalidArgumentError("a quantized V cache needs flash attention", hint="add -fa on or use --kv-type f16")
+            raise InvalidArgumentError("a quantized V cache needs flash attention",
+                                       hint="add -fa on or use --kv-type f16")
         cells = self.kv_cells(ctx, n_seq)  # all streams
         per_stream = cells // n_seq
         swa_cells = cells if swa_full else min(per_stream, align_up(hp.n_swa + n_ubatch, KV_CELL_PADDING)) * n_seq
@@ -533,9 +373,8 @@ class ModelProfile:
         return float(total)
 
     # -- reporting --------------------------------------------------------------------------
-    def to_dict(self, ctx: int = 4096, kv_type: str = "f16", n_ubatch: int = 512, flash_attn: bool = True) -> dict[str, Any]:
-        from .compute import compute_buffer_estimate
-
+    def to_dict(self, ctx: int = 4096, kv_type: str = "f16", n_ubatch: int = 512,
+                flash_attn: bool = True) -> dict[str, Any]:
         hp = self.hparams
         kv = self.kv_layer_bytes(ctx, kv_type, n_ubatch=n_ubatch, flash_attn=flash_attn)
         layers = []
@@ -572,7 +411,6 @@ class ModelProfile:
             "kv_type": kv_type,
             "kv_bytes_per_token": self.kv_bytes_per_token(kv_type),
             "kv_bytes": sum(kv),
-            "compute": compute_buffer_estimate(self, n_ctx=ctx, n_ubatch=n_ubatch, flash_attn=flash_attn).to_dict(),
             "output_bytes": self.output_bytes("cpu"),
             "input_bytes": self.input_bytes(),
             "layers": layers,

@@ -135,13 +135,13 @@ def plan_svg(plan: Plan) -> str:
     # predicted speed + decode breakdown
     _text(svg, 10, speed_top, f"predicted: decode {p.tg_tps:.1f} tok/s, prompt {p.pp_tps:.0f} tok/s", 14,
           font_weight="bold", id="predicted", data_tg_tps=f"{p.tg_tps:.3f}", data_pp_tps=f"{p.pp_tps:.3f}")
-    for r, (label, parts, cls) in enumerate((("decode ms/token", p.tg_breakdown, "tg-part"),
+    for r, (label, breakdown, cls) in enumerate((("decode ms/token", p.tg_breakdown, "tg-part"),
                                              ("prompt ms/token", p.pp_breakdown, "pp-part"))):
         y = speed_top + 14 + r * 40
         _text(svg, 10, y + 13, label, 12)
-        total = sum(parts.values()) or 1.0
+        total = sum(breakdown.values()) or 1.0
         x = float(left)
-        for i, (k, v) in enumerate(sorted(parts.items(), key=lambda kv: -kv[1])):
+        for i, (k, v) in enumerate(sorted(breakdown.items(), key=lambda kv: -kv[1])):
             w = (WIDTH - left - 30) * v / total
             _el(svg, "rect", x=f"{x:.2f}", y=y, width=f"{w:.2f}", height=18,
                 fill=colours.get(k, DEVICE_COLOURS[(i + 3) % len(DEVICE_COLOURS)]), class_=cls,

@@ -2,8 +2,8 @@
 of a common GGUF release, without weights. They let people (and tests, benchmarks and the
 README's first command) plan before downloading hundreds of GB.
 
-Each description is built by a function from the published hyper-parameters, then written with
-``gguf``'s writer as a header-only GGUF (tensor infos, no data).
+Each description is built by a function from the published hyper-parameters, then written as a
+header-only GGUF (tensor infos, no data) by :mod:`omni_place.gguf_write`.
 """
 from __future__ import annotations
 
@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
-from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFWriter
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
 from .errors import InvalidArgumentError
+from .gguf_write import write_gguf
 
 Q = GGMLQuantizationType
 
@@ -34,11 +34,6 @@ class ModelSpec:
 
     def add(self, name: str, shape: tuple[int, ...], qtype: GGMLQuantizationType) -> None:
         self.tensors.append((name, shape, qtype))
-
-
-def _nbytes(shape: tuple[int, ...], qtype: GGMLQuantizationType) -> int:
-    block, size = GGML_QUANT_SIZES[qtype]
-    return int(np.prod(shape, dtype=object)) // block * size
 
 
 def deepseek_v3(n_nextn: int = 1) -> ModelSpec:
@@ -125,13 +120,23 @@ def _use_more_bits(i: int, n: int) -> bool:
     return i < n // 8 or i >= 7 * n // 8 or (i - n // 8) % 3 == 2
 
 
-_FALLBACK = {Q.Q4_K: Q.Q5_0, Q.Q5_K: Q.Q5_1, Q.Q6_K: Q.Q8_0}  # llama-quant.cpp:399-440
+# What llama-quantize writes instead of a type whose block does not divide a tensor's row length
+# ne0 (src/llama-quant.cpp:390-443, tensor_type_fallback): the 256-block K- and IQ-quants fall back
+# to a 32-block type; when that does not divide ne0 either (or the type is not listed), F16.
+QUANT_FALLBACK: dict[GGMLQuantizationType, GGMLQuantizationType] = {
+    **dict.fromkeys((Q.IQ1_S, Q.IQ1_M, Q.IQ2_XXS, Q.IQ2_XS, Q.IQ2_S, Q.IQ3_XXS, Q.IQ3_S, Q.IQ4_XS), Q.IQ4_NL),
+    **dict.fromkeys((Q.Q2_K, Q.Q3_K, Q.TQ1_0, Q.TQ2_0), Q.Q4_0),
+    Q.Q4_K: Q.Q5_0,
+    Q.Q5_K: Q.Q5_1,
+    Q.Q6_K: Q.Q8_0,
+}
 
 
-def _fit(qtype: GGMLQuantizationType, ne0: int) -> GGMLQuantizationType:
+def fit_quant_type(qtype: GGMLQuantizationType, ne0: int) -> GGMLQuantizationType:
+    """The type llama-quantize gives a tensor of row length ``ne0`` when asked for ``qtype``."""
     if ne0 % GGML_QUANT_SIZES[qtype][0] == 0:
         return qtype
-    fb = _FALLBACK.get(qtype, Q.F16)
+    fb = QUANT_FALLBACK.get(qtype, Q.F16)
     return fb if ne0 % GGML_QUANT_SIZES[fb][0] == 0 else Q.F16
 
 
@@ -148,7 +153,7 @@ def q4_k_m_type(name: str, shape: tuple[int, ...], *, layer: int | None, n_layer
             t = Q.Q5_K
     elif "ffn_down" in name and layer is not None:  # :624-652, MoE: layer from the name
         t = Q.Q6_K if _use_more_bits(layer, n_layer_all) else Q.Q4_K
-    return _fit(t, ne0)
+    return fit_quant_type(t, ne0)
 
 
 def _quantizable(name: str, shape: tuple[int, ...]) -> bool:
@@ -158,7 +163,8 @@ def _quantizable(name: str, shape: tuple[int, ...]) -> bool:
 
 
 def _apply_q4_k_m(spec: ModelSpec, n_layer_all: int, *, is_70b: bool = False) -> ModelSpec:
-    n_attn_v = sum(1 for n, _, _ in spec.tensors if n.endswith(("attn_v.weight", "attn_qkv.weight", "attn_kv_b.weight")))
+    attn_v = ("attn_v.weight", "attn_qkv.weight", "attn_kv_b.weight")
+    n_attn_v = sum(1 for n, _, _ in spec.tensors if n.endswith(attn_v))
     i_attn_v = 0
     out = []
     for name, shape, qtype in spec.tensors:
@@ -431,56 +437,16 @@ def write_header_only(
     """Write ``spec`` as a header-only GGUF (no tensor data), optionally split into ``shards``
     files named like llama.cpp's gguf-split output, and optionally with a full-size tokenizer
     vocabulary (tokens + merges) to exercise readers on real header sizes."""
-    path = Path(path)
-    if shards > 1:
-        stem = path.name[: -len(".gguf")] if path.name.endswith(".gguf") else path.name
-        paths = [path.with_name(f"{stem}-{i:05d}-of-{shards:05d}.gguf") for i in range(1, shards + 1)]
-    else:
-        paths = [path]
-    per_shard = -(-len(spec.tensors) // shards)
-    for i, p in enumerate(paths):
-        w = GGUFWriter(str(p), spec.arch if i == 0 else spec.arch, use_temp_file=False)
-        if i == 0:
-            w.add_name(spec.name)
-            for key, value in spec.metadata.items():
-                if key.startswith(f"{spec.arch}.") or key.startswith("general."):
-                    _add_kv(w, key, value)
-            if with_vocab and spec.n_vocab:
-                toks = _vocab(spec.n_vocab)
-                w.add_tokenizer_model("gpt2")
-                w.add_token_list(toks)
-                w.add_token_types([1] * spec.n_vocab)
-                w.add_token_merges([f"t{j} o{j}" for j in range(spec.n_vocab - 1500)])
-        if shards > 1:
-            w.add_uint16("split.no", i)
-            w.add_uint16("split.count", shards)
-            w.add_int32("split.tensors.count", len(spec.tensors))
-        for name, shape, qtype in spec.tensors[i * per_shard : (i + 1) * per_shard]:
-            block, type_size = GGML_QUANT_SIZES[qtype]
-            # GGUFWriter takes numpy (row-major) shapes, with rows in bytes for raw types.
-            byte_shape = (*reversed(shape[1:]), shape[0] // block * type_size)
-            w.add_tensor_info(name, byte_shape, np.dtype(np.uint8), _nbytes(shape, qtype), raw_dtype=qtype)
-        w.write_header_to_file()
-        w.write_kv_data_to_file()
-        w.write_ti_data_to_file()
-        w.close()
-    return paths
+    metadata: dict[str, Any] = {"general.name": spec.name}
+    metadata.update((k, v) for k, v in spec.metadata.items() if k.startswith((f"{spec.arch}.", "general.")))
+    if with_vocab and spec.n_vocab:
+        metadata["tokenizer.ggml.model"] = "gpt2"
+        metadata["tokenizer.ggml.tokens"] = _vocab(spec.n_vocab)
+        metadata["tokenizer.ggml.token_type"] = [1] * spec.n_vocab
+        metadata["tokenizer.ggml.merges"] = [f"t{j} o{j}" for j in range(spec.n_vocab - 1500)]
+    return write_gguf(path, spec.arch, metadata, spec.tensors, split=shards)
 
 
-def _add_kv(w: GGUFWriter, key: str, value: Any) -> None:
-    if isinstance(value, bool):
-        w.add_bool(key, value)
-    elif isinstance(value, int):
-        w.add_uint32(key, value) if 0 <= value < 1 << 32 else w.add_uint64(key, value)
-    elif isinstance(value, float):
-        w.add_float32(key, value)
-    elif isinstance(value, str):
-        w.add_string(key, value)
-    elif isinstance(value, (list, tuple)):
-        w.add_array(key, list(value))
-    else:  # pragma: no cover - specs only use the types above
-        raise TypeError(f"unsupported metadata value for {key}: {value!r}")
-
-
-__all__ = ["ModelSpec", "REFERENCE_MODELS", "cached_reference_model", "is_reference_header", "write_header_only",
-           "deepseek_v3", "deepseek_v32", "qwen3_235b_a22b", "glm_4_6", "gpt_oss_120b", "llama_3_3_70b", "q4_k_m_type"]
+__all__ = ["ModelSpec", "QUANT_FALLBACK", "REFERENCE_MODELS", "cached_reference_model", "fit_quant_type",
+           "is_reference_header", "write_header_only", "deepseek_v3", "deepseek_v32", "qwen3_235b_a22b", "glm_4_6",
+           "gpt_oss_120b", "llama_3_3_70b", "q4_k_m_type"]

@@ -1,55 +1,22 @@
 """Terminal rendering of a plan: flags, per-device memory bars, layer map, predicted speed; and
-the ``LLAMA_ARG_*`` environment form of the flags."""
+its environment form."""
 from __future__ import annotations
 
 import shlex
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from .errors import InvalidArgumentError
+from .plan import Plan
+from .units import GiB
 
-if TYPE_CHECKING:
-    from .plan import Plan
-
-GiB = 1 << 30
 BAR = 40
 STRIP = 64  # layers per line of the layer strip
 MAX_RUNS = 12  # list the layer ranges too when there are at most this many
-# Environment variables llama-server / llama-cli read for each flag (vendored llama.cpp
-# common/arg.cpp, set_env(...) at the line given). They are applied before the command line, so
-# a flag given on the command line wins over its variable (common/arg.cpp:784-806).
-LLAMA_ENV = {
-    "-dev": "LLAMA_ARG_DEVICE",  # arg.cpp:2744
-    "-ngl": "LLAMA_ARG_N_GPU_LAYERS",  # :2805
-    "-ts": "LLAMA_ARG_TENSOR_SPLIT",  # :2856
-    "-ot": "LLAMA_ARG_OVERRIDE_TENSOR",  # :2758
-    "-c": "LLAMA_ARG_CTX_SIZE",  # :1648
-    "-ub": "LLAMA_ARG_UBATCH",  # :1681
-    "-b": "LLAMA_ARG_BATCH",  # :1674
-    "-ctk": "LLAMA_ARG_CACHE_TYPE_K",  # :2448
-    "-ctv": "LLAMA_ARG_CACHE_TYPE_V",  # :2461
-    "-fa": "LLAMA_ARG_FLASH_ATTN",  # :1768
-    "-sm": "LLAMA_ARG_SPLIT_MODE",  # :2829
-    "-mg": "LLAMA_ARG_MAIN_GPU",  # :2866
-    "-ncmoe": "LLAMA_ARG_N_CPU_MOE",  # :2775
-    "--rpc": "LLAMA_ARG_RPC",  # :2689
-}
 
 
-def llama_env(args: list[str]) -> dict[str, str]:
-    """The ``LLAMA_ARG_*`` variables equivalent to llama-server flags (``-flag value`` pairs)."""
-    out = {}
-    for flag, value in zip(args[::2], args[1::2]):
-        if flag not in LLAMA_ENV:
-            raise InvalidArgumentError(f"flag {flag} has no LLAMA_ARG_ environment variable",
-                                       hint="use --format args")
-        out[LLAMA_ENV[flag]] = value
-    return out
-
-
-def env_lines(args: list[str]) -> list[str]:
-    """``export LLAMA_ARG_...=...`` lines equivalent to llama-server flags."""
-    return ["# llama-server / llama-cli read these; a flag on the command line wins over its variable"] + [
-        f"export {name}={shlex.quote(value)}" for name, value in llama_env(args).items()]
+def env_lines(plan: Plan) -> list[str]:
+    """``export NAME=value`` lines of the plan's environment form, after the dialect's note."""
+    note = plan.dialect.env_note
+    return ([f"# {note}"] if note else []) + [f"export {k}={shlex.quote(v)}" for k, v in plan.env().items()]
 
 
 def _bar(weights: int, kv: int, compute: int, capacity: int, overflow: bool = False) -> str:
@@ -187,4 +154,4 @@ def plot_data(plan: Plan) -> dict[str, Any]:
     return {"symbols": device_symbols(plan), "attn": attn, "experts": exps}
 
 
-__all__ = ["render_plan", "env_lines", "llama_env", "layer_strip", "device_symbols", "LLAMA_ENV"]
+__all__ = ["device_symbols", "env_lines", "layer_strip", "render_plan"]

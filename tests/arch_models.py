@@ -1,9 +1,16 @@
-"""Tiny but valid, loadable GGUF models with random weights, for engine-comparison tests.
+"""Tiny but valid, loadable GGUF models with random weights: the tests' (and benchmarks') models.
 
-``write_model(path, arch, ...)`` writes a model of one of ``ARCHS`` with ``gguf.GGUFWriter``: the
-metadata keys and tensor names/shapes follow the vendored llama.cpp loaders
-(``src/models/<arch>.cpp``) and converters (``conversion/*.py``), so the real libllama loads the
-file and decodes with it. Everything is deterministic for a given ``seed``.
+``write_model(path, arch, ...)`` writes a model of one of ``ARCHS`` through the package's writer
+(:func:`omni_place.gguf_write.write_gguf`): the metadata keys and tensor names/shapes follow the
+vendored llama.cpp loaders (``src/models/<arch>.cpp``) and converters (``conversion/*.py``), so
+the real libllama loads the file and decodes with it. Everything is deterministic for a given
+``seed``.
+
+``write_llama(path, ...)`` writes a small llama whose tensors are listed layer by layer (token_embd,
+blk.0 .. blk.N-1, output_norm, output) and returns a :class:`TinyModel` that describes every
+tensor, so tests can compute expected per-layer / per-device bytes independently of the code
+under test. ``tiny_llama_spec()`` is the smallest header-only model (a
+:class:`omni_place.reference_models.ModelSpec` with a realistic quant mix).
 
 Conventions
 -----------
@@ -14,7 +21,8 @@ Conventions
   sliding-window and layer 5 is full attention, so both kinds exist).
 * ``weight_type`` applies to every 2-D/3-D matrix (token_embd and output included). A tensor
   whose row length ne0 is not a multiple of the type's block size falls back the way
-  ``llama-quantize`` does (Q4_K->Q5_0, Q5_K->Q5_1, Q6_K->Q8_0, Q2_K/Q3_K->Q4_0; then F16).
+  ``llama-quantize`` does (``omni_place.reference_models.fit_quant_type``: Q4_K->Q5_0,
+  Q5_K->Q5_1, Q6_K->Q8_0, Q2_K/Q3_K->Q4_0; then F16).
   Norms are F32 ones; routers (``ffn_gate_inp``), biases, ``attn_sinks`` and ``exp_probs_b``
   are F32. ``tensor_types`` ({regex: type}) overrides per tensor name (first match wins).
   Quantized data are valid blocks: ``gguf.quants.quantize`` where gguf-py implements it
@@ -34,14 +42,17 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping
+from typing import Any, Mapping
 
 import numpy as np
 
 import gguf
-from gguf import GGML_QUANT_SIZES, GGMLQuantizationType as QT
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType as QT, Keys
+
+from omni_place.gguf_write import GGUFTensor, shard_paths, tensor_nbytes, write_gguf
+from omni_place.reference_models import ModelSpec, fit_quant_type
 
 __all__ = [
     "ARCHS",
@@ -52,9 +63,13 @@ __all__ = [
     "SWA_ARCHS",
     "NEXTN_ARCHS",
     "MLA_ARCHS",
+    "TensorInfo",
     "TensorSpec",
+    "TinyModel",
     "model_tensors",
     "shard_paths",
+    "tiny_llama_spec",
+    "write_llama",
     "write_model",
 ]
 
@@ -85,9 +100,6 @@ _FILE_TYPES: dict[QT, int] = {
     QT.Q4_K: gguf.LlamaFileType.MOSTLY_Q4_K_M, QT.Q5_K: gguf.LlamaFileType.MOSTLY_Q5_K_M,
     QT.Q6_K: gguf.LlamaFileType.MOSTLY_Q6_K, QT.MXFP4: gguf.LlamaFileType.MOSTLY_MXFP4_MOE,
 }
-# llama-quantize's fallback when ne0 is not a multiple of 256 (IQ4_NL replaced by Q4_0: gguf-py
-# cannot quantize IQ4_NL)
-_FALLBACK: dict[QT, QT] = {QT.Q2_K: QT.Q4_0, QT.Q3_K: QT.Q4_0, QT.Q4_K: QT.Q5_0, QT.Q5_K: QT.Q5_1, QT.Q6_K: QT.Q8_0}
 # byte offsets of the fp16 scale fields inside one K-quant super-block (ggml-common.h)
 _KQUANT_FP16_FIELDS: dict[QT, tuple[int, ...]] = {
     QT.Q2_K: (80, 82),   # scales[16], qs[64], d, dmin
@@ -97,9 +109,6 @@ _KQUANT_FP16_FIELDS: dict[QT, tuple[int, ...]] = {
     QT.Q6_K: (208,),     # ql[128], qh[64], scales[16] (int8), d
 }
 _PYTHON_QUANTIZE = frozenset({QT.BF16, QT.Q8_0, QT.Q4_0, QT.Q4_1, QT.Q5_0, QT.Q5_1, QT.MXFP4})
-
-# llama.cpp's llama_split_path() and gguf-py's gguf_writer.SHARD_NAME_FORMAT
-_SHARD_NAME_FORMAT = "{:s}-{:05d}-of-{:05d}.gguf"
 
 # deepseek2 MLA dims used unless overridden (real V3: 512 / 1536 / 64)
 _MLA_DEFAULTS = {"kv_lora_rank": 64, "q_lora_rank": 64, "rope_dim": 16}
@@ -123,31 +132,6 @@ def _qtype(t: str | QT) -> QT:
         return _TYPE_NAMES[t.lower()]
     except KeyError:
         raise ValueError(f"unsupported tensor type {t!r}; use one of {sorted(_TYPE_NAMES)}") from None
-
-
-def _fit_type(qt: QT, ne0: int) -> QT:
-    """The type actually written for a matrix with row length ne0 (llama-quantize's fallback)."""
-    blck = GGML_QUANT_SIZES[qt][0]
-    if ne0 % blck == 0:
-        return qt
-    fb = _FALLBACK.get(qt)
-    if fb is not None and ne0 % GGML_QUANT_SIZES[fb][0] == 0:
-        return fb
-    return QT.F16
-
-
-def _nbytes(qt: QT, shape: tuple[int, ...]) -> int:
-    blck, tsize = GGML_QUANT_SIZES[qt]
-    assert shape[0] % blck == 0, (qt, shape)
-    return math.prod(shape) // blck * tsize
-
-
-def shard_paths(path: str | Path, split: int) -> list[Path]:
-    """The file names ``write_model(path, ..., split=split)`` produces (first one is returned)."""
-    path = Path(path)
-    if split <= 1:
-        return [path]
-    return [path.with_name(_SHARD_NAME_FORMAT.format(path.stem, i + 1, split)) for i in range(split)]
 
 
 # --------------------------------------------------------------------------------------------
@@ -292,7 +276,9 @@ def _tensor_data(rng: np.random.Generator, spec: TensorSpec, qt: QT) -> np.ndarr
 # vocabulary
 # --------------------------------------------------------------------------------------------
 
-def _add_spm_vocab(w: gguf.GGUFWriter, n_vocab: int) -> None:
+def _spm_vocab(n_vocab: int) -> dict[str, Any]:
+    """Metadata of a llama-style SentencePiece vocabulary: <unk> <s> </s>, 256 byte tokens, then
+    filler pieces."""
     if n_vocab < 260:
         raise ValueError("n_vocab must be >= 260 (3 specials + 256 byte tokens + 1)")
     tokens = ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)]
@@ -314,15 +300,10 @@ def _add_spm_vocab(w: gguf.GGUFWriter, n_vocab: int) -> None:
     tokens += fill
     types += [gguf.TokenType.NORMAL] * n_fill
     scores = [0.0] * 259 + [-float(j) for j in range(n_fill)]
-    w.add_tokenizer_model("llama")
-    w.add_token_list(tokens)
-    w.add_token_scores(scores)
-    w.add_token_types([int(t) for t in types])
-    w.add_bos_token_id(1)
-    w.add_eos_token_id(2)
-    w.add_unk_token_id(0)
-    w.add_add_bos_token(True)
-    w.add_add_eos_token(False)
+    return {Keys.Tokenizer.MODEL: "llama", Keys.Tokenizer.LIST: tokens, Keys.Tokenizer.SCORES: scores,
+            Keys.Tokenizer.TOKEN_TYPE: [int(t) for t in types], Keys.Tokenizer.BOS_ID: 1,
+            Keys.Tokenizer.EOS_ID: 2, Keys.Tokenizer.UNK_ID: 0, Keys.Tokenizer.ADD_BOS: True,
+            Keys.Tokenizer.ADD_EOS: False}
 
 
 def _bytes_to_unicode() -> dict[int, str]:
@@ -337,7 +318,8 @@ def _bytes_to_unicode() -> dict[int, str]:
     return {b: chr(c) for b, c in zip(bs, cs)}
 
 
-def _add_gpt2_vocab(w: gguf.GGUFWriter, n_vocab: int) -> None:
+def _gpt2_vocab(n_vocab: int) -> dict[str, Any]:
+    """Metadata of a byte-level BPE vocabulary (what qwen*/gpt-oss/glm use)."""
     if n_vocab < 260:
         raise ValueError("n_vocab must be >= 260 (256 byte tokens + merges + 2 specials)")
     byte_chars = [_bytes_to_unicode()[b] for b in range(256)]
@@ -358,14 +340,9 @@ def _add_gpt2_vocab(w: gguf.GGUFWriter, n_vocab: int) -> None:
         tokens.append(f"[PAD{len(tokens)}]")
     tokens += ["<|endoftext|>", "<|im_end|>"]
     types = [gguf.TokenType.NORMAL] * (n_vocab - 2) + [gguf.TokenType.CONTROL] * 2
-    w.add_tokenizer_model("gpt2")
-    w.add_tokenizer_pre("default")
-    w.add_token_list(tokens)
-    w.add_token_types([int(t) for t in types])
-    w.add_token_merges(merges)
-    w.add_bos_token_id(n_vocab - 2)
-    w.add_eos_token_id(n_vocab - 1)
-    w.add_add_bos_token(False)
+    return {Keys.Tokenizer.MODEL: "gpt2", Keys.Tokenizer.PRE: "default", Keys.Tokenizer.LIST: tokens,
+            Keys.Tokenizer.TOKEN_TYPE: [int(t) for t in types], Keys.Tokenizer.MERGES: merges,
+            Keys.Tokenizer.BOS_ID: n_vocab - 2, Keys.Tokenizer.EOS_ID: n_vocab - 1, Keys.Tokenizer.ADD_BOS: False}
 
 
 # --------------------------------------------------------------------------------------------
@@ -391,8 +368,8 @@ def write_model(path: str | Path, arch: str, *, n_layer: int | None = None, n_em
     deepseek2: ``head_dim`` is qk_nope_head_dim = v_head_dim (default 32), ``n_rot`` is
     qk_rope_head_dim (16), plus ``kv_lora_rank`` (64) and ``q_lora_rank`` (64); the KV cache
     row is ``kv_lora_rank + n_rot`` (MLA). deepseek32: deepseek2 plus the DSA lightning indexer
-    (``indexer.*`` tensors, ``_INDEXER_DEFAULTS``), whose key cache is a second KV cache. glm4moe: ``n_rot`` defaults to head_dim/2 (partial
-    rotary, as GLM-4.5).
+    (``indexer.*`` tensors, ``_INDEXER_DEFAULTS``), whose key cache is a second KV cache.
+    glm4moe: ``n_rot`` defaults to head_dim/2 (partial rotary, as GLM-4.5).
     """
     if arch not in ARCHS:
         raise ValueError(f"unknown arch {arch!r}; supported: {ARCHS}")
@@ -441,100 +418,256 @@ def write_model(path: str | Path, arch: str, *, n_layer: int | None = None, n_em
             return QT.F32
         for rx, t in overrides:
             if rx.search(spec.name):
-                return _fit_type(t, spec.shape[0])
-        return _fit_type(base_type, spec.shape[0])
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    w = gguf.GGUFWriter(path, arch)
+                return fit_quant_type(t, spec.shape[0])
+        return fit_quant_type(base_type, spec.shape[0])
 
     # ---- metadata
-    w.add_name(f"omni-place tiny {arch}")
-    w.add_type("model")
-    w.add_file_type(int(_FILE_TYPES.get(base_type, gguf.LlamaFileType.MOSTLY_F16)))
+    md: dict[str, Any] = {}
+
+    def kv(key: str, value: Any) -> None:
+        md[key.format(arch=arch)] = value
+
+    L, A, R = Keys.LLM, Keys.Attention, Keys.Rope
+    kv(Keys.General.NAME, f"omni-place tiny {arch}")
+    kv(Keys.General.TYPE, "model")
+    kv(Keys.General.FILE_TYPE, int(_FILE_TYPES.get(base_type, gguf.LlamaFileType.MOSTLY_F16)))
     if base_type not in (QT.F32, QT.F16, QT.BF16) or any(t not in (QT.F32, QT.F16, QT.BF16) for _, t in overrides):
-        w.add_quantization_version(gguf.GGML_QUANT_VERSION)
-    w.add_context_length(n_ctx_train)
-    w.add_embedding_length(n_embd)
-    w.add_block_count(n_layer + n_nextn)
-    w.add_feed_forward_length(n_ff)
-    w.add_head_count(n_head)
-    w.add_head_count_kv(1 if arch in MLA_ARCHS else n_head_kv)
-    w.add_layer_norm_rms_eps(1e-6 if arch != "gpt-oss" else 1e-5)
-    w.add_rope_freq_base({"gemma3": 1e6, "qwen3": 1e6, "qwen3moe": 1e6, "qwen2": 1e6, "gpt-oss": 150000.0}.get(arch, 10000.0))
+        kv(Keys.General.QUANTIZATION_VERSION, gguf.GGML_QUANT_VERSION)
+    kv(L.CONTEXT_LENGTH, n_ctx_train)
+    kv(L.EMBEDDING_LENGTH, n_embd)
+    kv(L.BLOCK_COUNT, n_layer + n_nextn)
+    kv(L.FEED_FORWARD_LENGTH, n_ff)
+    kv(A.HEAD_COUNT, n_head)
+    kv(A.HEAD_COUNT_KV, 1 if arch in MLA_ARCHS else n_head_kv)
+    kv(A.LAYERNORM_RMS_EPS, 1e-6 if arch != "gpt-oss" else 1e-5)
+    kv(R.FREQ_BASE, {"gemma3": 1e6, "qwen3": 1e6, "qwen3moe": 1e6, "qwen2": 1e6,
+                     "gpt-oss": 150000.0}.get(arch, 10000.0))
 
     if arch in MLA_ARCHS:
         # MLA is stored as MQA with one big head (converter: conversion/deepseek.py)
-        w.add_key_length(kv_lora_rank + n_rot)
-        w.add_value_length(kv_lora_rank)
-        w.add_key_length_mla(head_dim + n_rot)
-        w.add_value_length_mla(head_dim)
-        w.add_kv_lora_rank(kv_lora_rank)
-        w.add_q_lora_rank(q_lora_rank)
-        w.add_rope_dimension_count(n_rot)
-        w.add_vocab_size(n_vocab)
+        kv(A.KEY_LENGTH, kv_lora_rank + n_rot)
+        kv(A.VALUE_LENGTH, kv_lora_rank)
+        kv(A.KEY_LENGTH_MLA, head_dim + n_rot)
+        kv(A.VALUE_LENGTH_MLA, head_dim)
+        kv(A.KV_LORA_RANK, kv_lora_rank)
+        kv(A.Q_LORA_RANK, q_lora_rank)
+        kv(R.DIMENSION_COUNT, n_rot)
+        kv(L.VOCAB_SIZE, n_vocab)
         if arch == "deepseek32":
-            w.add_indexer_head_count(_INDEXER_DEFAULTS["head_count"])
-            w.add_indexer_key_length(_INDEXER_DEFAULTS["key_length"])
-            w.add_indexer_top_k(_INDEXER_DEFAULTS["top_k"])
+            kv(A.Indexer.HEAD_COUNT, _INDEXER_DEFAULTS["head_count"])
+            kv(A.Indexer.KEY_LENGTH, _INDEXER_DEFAULTS["key_length"])
+            kv(A.Indexer.TOP_K, _INDEXER_DEFAULTS["top_k"])
     else:
         if arch not in ("llama", "qwen2") or head_dim != n_embd // n_head:
-            w.add_key_length(head_dim)
-            w.add_value_length(head_dim)
-        w.add_rope_dimension_count(n_rot)
+            kv(A.KEY_LENGTH, head_dim)
+            kv(A.VALUE_LENGTH, head_dim)
+        kv(R.DIMENSION_COUNT, n_rot)
 
     if is_moe:
-        w.add_expert_count(n_expert)
-        w.add_expert_used_count(n_expert_used)
-        w.add_expert_feed_forward_length(n_ff_exp)
+        kv(L.EXPERT_COUNT, n_expert)
+        kv(L.EXPERT_USED_COUNT, n_expert_used)
+        kv(L.EXPERT_FEED_FORWARD_LENGTH, n_ff_exp)
     if arch in _DS_MOE:
-        w.add_leading_dense_block_count(n_dense_lead)
-        w.add_expert_shared_count(n_expert_shared)
-        w.add_expert_weights_scale(2.5 if arch in MLA_ARCHS else 1.0)
-        w.add_expert_weights_norm(True)
-        w.add_expert_gating_func(gguf.ExpertGatingFuncType.SIGMOID)
+        kv(L.LEADING_DENSE_BLOCK_COUNT, n_dense_lead)
+        kv(L.EXPERT_SHARED_COUNT, n_expert_shared)
+        kv(L.EXPERT_WEIGHTS_SCALE, 2.5 if arch in MLA_ARCHS else 1.0)
+        kv(L.EXPERT_WEIGHTS_NORM, True)
+        kv(L.EXPERT_GATING_FUNC, int(gguf.ExpertGatingFuncType.SIGMOID))
         if n_nextn:
-            w.add_nextn_predict_layers(n_nextn)
+            kv(L.NEXTN_PREDICT_LAYERS, n_nextn)
     if arch in SWA_ARCHS:
-        w.add_sliding_window(int(n_swa))  # pattern: gpt-oss 2 (even layers SWA), gemma3 6 (5 SWA + 1 full)
+        kv(A.SLIDING_WINDOW, int(n_swa))  # pattern: gpt-oss 2 (even layers SWA), gemma3 6 (5 SWA + 1 full)
     if arch == "gemma3":
-        w.add_rope_freq_base_swa(10000.0)
+        kv(R.FREQ_BASE_SWA, 10000.0)
 
     if tokenizer == "spm":
-        _add_spm_vocab(w, n_vocab)
+        md.update(_spm_vocab(n_vocab))
     elif tokenizer == "gpt2":
-        _add_gpt2_vocab(w, n_vocab)
+        md.update(_gpt2_vocab(n_vocab))
     else:
         raise ValueError("tokenizer must be 'spm' or 'gpt2'")
 
-    # ---- tensors; shard i holds sizes[i] consecutive tensors
-    sizes = [len(specs) // split + (1 if k < len(specs) % split else 0) for k in range(split)]
+    # ---- tensors (data drawn in file order)
+    kinds = {spec.name: spec for spec in specs}
+    tensors = [GGUFTensor(spec.name, spec.shape, type_of(spec)) for spec in specs]
     rng = np.random.default_rng(seed)
-    for spec in specs:
-        if split > 1:
-            # GGUFWriter starts a new shard once the current one holds split_max_tensors tensors
-            w.split_max_tensors = sizes[min(len(w.tensors), split) - 1]
-        qt = type_of(spec)
-        if header_only:
-            w.add_tensor_info(spec.name, tuple(reversed(spec.shape)), np.dtype(np.float32),
-                              _nbytes(qt, spec.shape), raw_dtype=qt)
-        else:
-            data = _tensor_data(rng, spec, qt)
-            assert data.nbytes == _nbytes(qt, spec.shape), (spec, qt)
-            if qt in (QT.F32, QT.F16):
-                w.add_tensor(spec.name, data)
-            else:
-                w.add_tensor(spec.name, data, raw_dtype=qt)
-    assert len(w.tensors) == split, (len(w.tensors), split)
 
-    w.write_header_to_file(path)
-    w.write_kv_data_to_file()
-    if header_only:
-        w.write_ti_data_to_file()
-    else:
-        w.write_tensors_to_file()
-    w.close()
-    return shard_paths(path, split)[0]
+    def data(t: GGUFTensor) -> np.ndarray:
+        return _tensor_data(rng, kinds[t.name], t.qtype)
+
+    return write_gguf(path, arch, md, tensors, data=None if header_only else data, split=split)[0]
+
+
+# --------------------------------------------------------------------------------------------
+# a llama listed layer by layer, described tensor by tensor
+# --------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class TensorInfo:
+    name: str
+    ggml_type: str
+    shape: tuple[int, ...]
+    """numpy shape (ggml ``ne`` reversed)."""
+    nbytes: int
+
+
+@dataclass
+class TinyModel:
+    """What :func:`write_llama` put into the file."""
+
+    path: Path
+    arch: str
+    n_layer: int
+    n_embd: int
+    n_head: int
+    n_head_kv: int
+    n_ff: int
+    n_vocab: int
+    n_ctx_train: int
+    n_expert: int = 0
+    n_expert_used: int = 0
+    tied_output: bool = False
+    tensors: dict[str, TensorInfo] = field(default_factory=dict)
+
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
+
+    def layer_bytes(self, il: int) -> int:
+        """Bytes of every ``blk.<il>.*`` tensor."""
+        prefix = f"blk.{il}."
+        return sum(t.nbytes for n, t in self.tensors.items() if n.startswith(prefix))
+
+    def bytes_matching(self, pattern: str) -> int:
+        """Bytes of the tensors whose name matches ``pattern`` (regex_search, like -ot)."""
+        rx = re.compile(pattern)
+        return sum(t.nbytes for n, t in self.tensors.items() if rx.search(n))
+
+    @property
+    def output_bytes(self) -> int:
+        """The output slot's own tensors (output_norm, and output.weight unless tied)."""
+        return sum(t.nbytes for n, t in self.tensors.items() if n.startswith("output"))
+
+    def kv_bytes_per_layer(self, n_ctx: int, type_bytes: int = 2) -> int:
+        """K + V cache bytes of one layer for ``n_ctx`` cells (f16 by default; n_ctx padded to 256)."""
+        cells = -(-n_ctx // 256) * 256
+        return 2 * self.n_head_kv * self.head_dim * type_bytes * cells
+
+
+def write_llama(
+    path: str | Path,
+    *,
+    n_layer: int = 6,
+    n_embd: int = 64,
+    n_head: int = 4,
+    n_head_kv: int = 2,
+    n_ff: int = 128,
+    n_vocab: int = 300,
+    n_ctx_train: int = 2048,
+    n_expert: int = 0,
+    n_expert_used: int = 0,
+    tied_output: bool = False,
+    seed: int = 0,
+) -> TinyModel:
+    """A llama-architecture model (Mixtral-style MoE when ``n_expert`` > 0).
+
+    Matrices are F16 (routers F32) and norms F32 ones, written in the order token_embd, blk.0 ..
+    blk.N-1, output_norm, output (so the CPU-mapped range of the first layers is contiguous).
+    """
+    if n_embd % n_head:
+        raise ValueError(f"n_embd ({n_embd}) must be a multiple of n_head ({n_head})")
+    if n_expert and not 0 < n_expert_used <= n_expert:
+        raise ValueError(f"n_expert_used must be in 1..n_expert ({n_expert}), got {n_expert_used}")
+    head_dim = n_embd // n_head
+    tensors: list[GGUFTensor] = []
+    norms: set[str] = set()
+
+    def matrix(name: str, np_shape: tuple[int, ...], f16: bool = True) -> None:
+        tensors.append(GGUFTensor(name, tuple(reversed(np_shape)), QT.F16 if f16 else QT.F32))
+
+    def norm(name: str, n: int) -> None:
+        tensors.append(GGUFTensor(name, (n,), QT.F32))
+        norms.add(name)
+
+    matrix("token_embd.weight", (n_vocab, n_embd))
+    for il in range(n_layer):
+        p = f"blk.{il}."
+        norm(p + "attn_norm.weight", n_embd)
+        matrix(p + "attn_q.weight", (n_embd, n_embd))
+        matrix(p + "attn_k.weight", (n_head_kv * head_dim, n_embd))
+        matrix(p + "attn_v.weight", (n_head_kv * head_dim, n_embd))
+        matrix(p + "attn_output.weight", (n_embd, n_embd))
+        norm(p + "ffn_norm.weight", n_embd)
+        if n_expert:
+            matrix(p + "ffn_gate_inp.weight", (n_expert, n_embd), f16=False)
+            matrix(p + "ffn_gate_exps.weight", (n_expert, n_ff, n_embd))
+            matrix(p + "ffn_down_exps.weight", (n_expert, n_embd, n_ff))
+            matrix(p + "ffn_up_exps.weight", (n_expert, n_ff, n_embd))
+        else:
+            matrix(p + "ffn_gate.weight", (n_ff, n_embd))
+            matrix(p + "ffn_down.weight", (n_embd, n_ff))
+            matrix(p + "ffn_up.weight", (n_ff, n_embd))
+    norm("output_norm.weight", n_embd)
+    if not tied_output:
+        matrix("output.weight", (n_vocab, n_embd))
+
+    md: dict[str, Any] = {
+        Keys.General.NAME: "omni-place tiny llama",
+        "llama.context_length": n_ctx_train,
+        "llama.embedding_length": n_embd,
+        "llama.block_count": n_layer,
+        "llama.feed_forward_length": n_ff,
+        "llama.attention.head_count": n_head,
+        "llama.attention.head_count_kv": n_head_kv,
+        "llama.attention.layer_norm_rms_epsilon": 1e-5,
+        "llama.rope.dimension_count": head_dim,
+        "llama.vocab_size": n_vocab,
+        Keys.General.FILE_TYPE: int(gguf.LlamaFileType.MOSTLY_F16),
+    }
+    if n_expert:
+        md["llama.expert_count"] = n_expert
+        md["llama.expert_used_count"] = n_expert_used
+    md.update(_spm_vocab(n_vocab))
+
+    rng = np.random.default_rng(seed)
+
+    def data(t: GGUFTensor) -> np.ndarray:
+        np_shape = tuple(reversed(t.shape))
+        if t.name in norms:
+            return np.ones(np_shape, dtype=np.float32)
+        return (rng.standard_normal(np_shape) * 0.02).astype(np.float16 if t.qtype == QT.F16 else np.float32)
+
+    path = write_gguf(path, "llama", md, tensors, data=data)[0]
+    return TinyModel(
+        path=path, arch="llama", n_layer=n_layer, n_embd=n_embd, n_head=n_head, n_head_kv=n_head_kv, n_ff=n_ff,
+        n_vocab=n_vocab, n_ctx_train=n_ctx_train, n_expert=n_expert, n_expert_used=n_expert_used,
+        tied_output=tied_output,
+        tensors={t.name: TensorInfo(t.name, t.qtype.name, tuple(reversed(t.shape)), tensor_nbytes(t.shape, t.qtype))
+                 for t in tensors},
+    )
+
+
+def tiny_llama_spec(n_vocab: int = 0) -> ModelSpec:
+    """A 2-layer llama header (n_embd 256, 1000-token vocab) with a realistic quant mix, written
+    with the project's header-only writer: the tests' and the fuzzer's smallest real GGUF."""
+    Q = QT
+    spec = ModelSpec("llama", "tiny", {"llama.block_count": 2, "llama.embedding_length": 256,
+                                        "llama.attention.head_count": 4, "llama.attention.head_count_kv": 2,
+                                        "llama.feed_forward_length": 512, "llama.context_length": 4096,
+                                        "llama.vocab_size": 1000, "llama.rope.dimension_count": 64})
+    spec.add("token_embd.weight", (256, 1000), Q.Q4_K)
+    for il in range(2):
+        for name, shape, q in (("attn_norm.weight", (256,), Q.F32), ("attn_q.weight", (256, 256), Q.Q8_0),
+                               ("attn_k.weight", (256, 128), Q.Q8_0), ("attn_v.weight", (256, 128), Q.Q6_K),
+                               ("attn_output.weight", (256, 256), Q.Q4_0), ("ffn_norm.weight", (256,), Q.F32),
+                               ("ffn_gate.weight", (256, 512), Q.Q4_K), ("ffn_up.weight", (256, 512), Q.Q4_K),
+                               ("ffn_down.weight", (512, 256), Q.Q6_K)):
+            spec.add(f"blk.{il}.{name}", shape, q)
+    spec.add("output_norm.weight", (256,), Q.F32)
+    spec.add("output.weight", (256, 1000), Q.Q6_K)
+    if n_vocab:
+        spec.n_vocab = n_vocab
+    return spec
 
 
 # --------------------------------------------------------------------------------------------
@@ -548,7 +681,8 @@ import llama_cpp as L
 import llama_cpp._logger as _lg
 _lg.set_verbose(True)  # engine log lines go to stderr
 
-path, n_ctx, load_mtp, swa_full, n_threads = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "1", sys.argv[4] == "1", int(sys.argv[5])
+path, n_ctx, n_threads = sys.argv[1], int(sys.argv[2]), int(sys.argv[5])
+load_mtp, swa_full = sys.argv[3] == "1", sys.argv[4] == "1"
 L.llama_backend_init()
 mp = L.llama_model_default_params()
 mp.n_gpu_layers = 0

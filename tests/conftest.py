@@ -8,9 +8,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from ggufs import TinyModel, write_llama
 
 from omni_place.errors import LibLlamaNotFoundError, LibLlamaVersionError
+
+from .arch_models import TinyModel, write_llama
 
 
 @functools.lru_cache(maxsize=1)

@@ -9,17 +9,15 @@ from __future__ import annotations
 
 import importlib.util
 import math
-import sys
 from pathlib import Path
 
+import gguf
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from omni_place.units import MiB
 
-import gguf  # noqa: E402
-
-from arch_models import (  # noqa: E402
+from .arch_models import (
     ARCHS,
     MOE_ARCHS,
     NEXTN_ARCHS,
@@ -30,7 +28,7 @@ from arch_models import (  # noqa: E402
     write_model,
 )
 
-MAX_MODEL_BYTES = 2 * 1024 * 1024
+MAX_MODEL_BYTES = 2 * MiB
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +40,7 @@ def engine() -> None:
 
 
 def _mib(n_bytes: float) -> float:
-    return n_bytes / (1024 * 1024)
+    return n_bytes / MiB
 
 
 def _expected_kv(arch: str, *, n_ctx: int, n_layer: int, n_head_kv: int = 2, head_dim: int | None = None,

@@ -15,8 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from omni_place import bench
-from omni_place import calibrate as cal
+from omni_place import bench, calibration
+from omni_place.bench import calibrate as cal
+from omni_place.bench import run
+from omni_place.engines import BENCH_ENGINES, engine_of_binary
 from omni_place.cli import main
 
 RES = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "engine_compare"
@@ -55,7 +57,7 @@ def test_records_cover_both_engines_and_keep_failures(records: list[dict]) -> No
     assert ooms and all(r["avg_ts"] is None and r["error"] for r in ooms)
     # every default split of these models overflows the GPUs, in both engines
     assert {(r["model"], r["engine"], r["rig"]) for r in ooms if r["config"] == "default"} == {
-        (m, e, g) for m in ("moe33", "dense15") for e in bench.ENGINES for g in ("rig_12_4", "rig_12")}
+        (m, e, g) for m in ("moe33", "dense15") for e in BENCH_ENGINES for g in ("rig_12_4", "rig_12")}
     ok = [r for r in records if r["status"] == "ok"]
     assert all(r["avg_ts"] > 0 and len(r["samples_ts"]) == 2 for r in ok)
 
@@ -70,8 +72,8 @@ def test_parse_output_reads_mainline_jsonl_and_ik_json(records: list[dict]) -> N
     # a crash after the first test leaves the array open: the complete object still counts
     cut = pretty[: pretty.index("},") + 1]
     assert bench.parse_output(cut) == ik_recs[:1]
-    assert bench.test_name(ik_recs[0]) == ik_recs[0]["test"]
-    assert bench.test_name(main_recs[0]) in ("pp512", "tg64")
+    assert run.test_name(ik_recs[0]) == ik_recs[0]["test"]
+    assert run.test_name(main_recs[0]) in ("pp512", "tg64")
 
 
 def test_classify_real_failures(records: list[dict]) -> None:
@@ -89,7 +91,8 @@ def test_classify_real_failures(records: list[dict]) -> None:
     ("res/moe33.rig_12_4/ik_llama.cpp.omni_place.0.log", "ik_llama.cpp", ["CUDA1", "CUDA0"]),
     ("res/dense15.rig_12/ik_llama.cpp.fit.0.log", "ik_llama.cpp", ["CUDA0"]),
 ])
-def test_placement_from_real_logs(log: str, engine: str, names: list[str], moe_header: Path, records: list[dict]) -> None:
+def test_placement_from_real_logs(log: str, engine: str, names: list[str], moe_header: Path,
+                                  records: list[dict]) -> None:
     from omni_place.model import load_model
 
     rig, model = log.split("/")[1].split(".")[1], log.split("/")[1].split(".")[0]
@@ -133,7 +136,7 @@ def test_calibration_improves_and_is_scored_on_unseen_records(points: list[cal.P
 
     held = cal.points_from_records(rerun, search=[RES])
     assert len(points) == 56 and len(held) == 28
-    for eng in bench.ENGINES:
+    for eng in BENCH_ENGINES:
         train = [p for p in points if p.engine == eng]
         test = [p for p in held if p.engine == eng]
         fitted = cal.fit_params(train)
@@ -157,14 +160,14 @@ def test_save_and_load_calibrated(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
 
     monkeypatch.setenv("OMNI_PLACE_CONFIG", str(tmp_path))
     cluster = points[0].cluster
-    assert cal.load_calibrated(cluster) is None
+    assert calibration.load_calibrated(cluster) is None
     p = SpeedParams(gpu_bw_eff=0.5, split_s=5e-5)
-    path = cal.save_calibration(cal.machine_id(cluster), {"llama.cpp": p})
+    path = calibration.save_calibration(calibration.machine_id(cluster), {"llama.cpp": p})
     assert path.parent == tmp_path / "calibration"
-    assert cal.load_calibrated(cluster) == p
-    assert cal.load_calibrated(cluster, "ik_llama.cpp") is None
+    assert calibration.load_calibrated(cluster) == p
+    assert calibration.load_calibrated(cluster, "ik_llama.cpp") is None
     path.write_text("{broken")
-    assert cal.load_calibrated(cluster) is None
+    assert calibration.load_calibrated(cluster) is None
 
 
 def test_plans_use_the_saved_calibration(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -178,7 +181,7 @@ def test_plans_use_the_saved_calibration(tmp_path: Path, monkeypatch: pytest.Mon
     before = plan_split(model, cluster, ctx=8192)
     assert before.solve_stats["speed_params"] == "defaults"
     slow = SpeedParams(gpu_bw_eff=SpeedParams().gpu_bw_eff / 2)
-    cal.save_calibration(cal.machine_id(cluster), {"llama.cpp": slow})
+    calibration.save_calibration(calibration.machine_id(cluster), {"llama.cpp": slow})
     after = plan_split(model, cluster, ctx=8192)
     assert after.solve_stats["speed_params"] == "calibrated"
     assert after.predicted.tg_tps == pytest.approx(before.predicted.tg_tps / 2, rel=0.15)
@@ -193,7 +196,7 @@ def test_calibrate_command(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caps
     assert "held-out (holdout records)" in out and "out-of-memory runs" in out
     assert sorted(p.name for p in (tmp_path / "calibration").iterdir()) == ["h200-12g.json", "h200x2-12g-4g.json"]
     doc = json.loads((tmp_path / "calibration" / "h200x2-12g-4g.json").read_text())
-    assert set(doc["engines"]) == set(bench.ENGINES)
+    assert set(doc["engines"]) == set(BENCH_ENGINES)
 
 
 def test_calibrate_bad_input(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -222,7 +225,8 @@ for r in recs:
 def test_bench_command_replays_real_record_and_records_oom(tmp_path: Path, moe_header: Path, records: list[dict],
                                                            capsys: pytest.CaptureFixture) -> None:
     real = [r["engine_record"] for r in records
-            if r["status"] == "ok" and r["engine"] == "llama.cpp" and r["config"] == "ot-exps" and r["rig"] == "rig_12_4"]
+            if r["status"] == "ok" and r["engine"] == "llama.cpp" and r["config"] == "ot-exps"
+            and r["rig"] == "rig_12_4"]
     oom = next(r["error"] for r in records if r["status"] == "oom_load" and r["engine"] == "llama.cpp")
     exe = tmp_path / "llama-bench"
     exe.write_text(FAKE.format(python=sys.executable, recs=json.dumps(real), oom=oom))
@@ -254,6 +258,6 @@ def test_bench_command_rejects_missing_binary(tmp_path: Path, moe_header: Path, 
 
 
 def test_engine_of_binary() -> None:
-    assert bench.engine_of_binary("/x/ik_llama.cpp/build/bin/llama-bench") == "ik_llama.cpp"
-    assert bench.engine_of_binary("/root/eng/build-ik/bin/llama-bench") == "ik_llama.cpp"
-    assert bench.engine_of_binary("/x/llama.cpp/build/bin/llama-bench") == "llama.cpp"
+    assert engine_of_binary("/x/ik_llama.cpp/build/bin/llama-bench") == "ik_llama.cpp"
+    assert engine_of_binary("/root/eng/build-ik/bin/llama-bench") == "ik_llama.cpp"
+    assert engine_of_binary("/x/llama.cpp/build/bin/llama-bench") == "llama.cpp"

@@ -16,9 +16,8 @@ from omni_place.catalog import (
     normalize_name,
     suggest,
 )
+from omni_place.units import GiB, MiB
 
-GIB = 1 << 30
-MIB = 1 << 20
 
 REQUIRED = [
     "RTX 3060 12GB", "RTX 3090", "RTX 4060 Ti 16GB", "RTX 4090", "RTX 5090", "RTX A6000",
@@ -29,22 +28,22 @@ REQUIRED = [
 
 # NVML name -> (memory NVML reports, catalog entry expected)
 NVML_NAMES = [
-    ("NVIDIA GeForce RTX 5090", 32607 * MIB, "RTX 5090"),
-    ("NVIDIA RTX PRO 6000 Blackwell Workstation Edition", 97887 * MIB, "RTX PRO 6000 Blackwell Workstation"),
-    ("NVIDIA RTX PRO 6000 Blackwell Max-Q Workstation Edition", 97887 * MIB, "RTX PRO 6000 Blackwell Max-Q"),
-    ("NVIDIA H100 80GB HBM3", 81559 * MIB, "H100 SXM"),
-    ("NVIDIA H100 PCIe", 81559 * MIB, "H100 PCIe"),
-    ("NVIDIA H200", 143771 * MIB, "H200"),
-    ("NVIDIA A100-SXM4-80GB", 81920 * MIB, "A100 SXM 80GB"),
-    ("NVIDIA A100-PCIE-40GB", 40960 * MIB, "A100 PCIe 40GB"),
-    ("NVIDIA GeForce RTX 3090", 24576 * MIB, "RTX 3090"),
-    ("GeForce RTX 3090", 24576 * MIB, "RTX 3090"),  # older drivers omit "NVIDIA"
-    ("NVIDIA GeForce RTX 4060 Ti", 16380 * MIB, "RTX 4060 Ti 16GB"),
-    ("NVIDIA GeForce RTX 3060", 12288 * MIB, "RTX 3060 12GB"),
-    ("Tesla P40", 24576 * MIB, "Tesla P40"),
-    ("NVIDIA RTX 6000 Ada Generation", 49140 * MIB, "RTX 6000 Ada"),
-    ("NVIDIA RTX A6000", 49140 * MIB, "RTX A6000"),
-    ("NVIDIA L40S", 46068 * MIB, "L40S"),
+    ("NVIDIA GeForce RTX 5090", 32607 * MiB, "RTX 5090"),
+    ("NVIDIA RTX PRO 6000 Blackwell Workstation Edition", 97887 * MiB, "RTX PRO 6000 Blackwell Workstation"),
+    ("NVIDIA RTX PRO 6000 Blackwell Max-Q Workstation Edition", 97887 * MiB, "RTX PRO 6000 Blackwell Max-Q"),
+    ("NVIDIA H100 80GB HBM3", 81559 * MiB, "H100 SXM"),
+    ("NVIDIA H100 PCIe", 81559 * MiB, "H100 PCIe"),
+    ("NVIDIA H200", 143771 * MiB, "H200"),
+    ("NVIDIA A100-SXM4-80GB", 81920 * MiB, "A100 SXM 80GB"),
+    ("NVIDIA A100-PCIE-40GB", 40960 * MiB, "A100 PCIe 40GB"),
+    ("NVIDIA GeForce RTX 3090", 24576 * MiB, "RTX 3090"),
+    ("GeForce RTX 3090", 24576 * MiB, "RTX 3090"),  # older drivers omit "NVIDIA"
+    ("NVIDIA GeForce RTX 4060 Ti", 16380 * MiB, "RTX 4060 Ti 16GB"),
+    ("NVIDIA GeForce RTX 3060", 12288 * MiB, "RTX 3060 12GB"),
+    ("Tesla P40", 24576 * MiB, "Tesla P40"),
+    ("NVIDIA RTX 6000 Ada Generation", 49140 * MiB, "RTX 6000 Ada"),
+    ("NVIDIA RTX A6000", 49140 * MiB, "RTX A6000"),
+    ("NVIDIA L40S", 46068 * MiB, "L40S"),
 ]
 
 
@@ -61,10 +60,10 @@ def test_nvml_names_match(nvml_name: str, total: int, expected: str) -> None:
 
 
 def test_sizes_the_catalog_lacks_do_not_match() -> None:
-    assert match_gpu("NVIDIA GeForce RTX 3060", 8 * GIB) is None
-    assert match_gpu("NVIDIA GeForce RTX 4060 Ti", 8 * GIB) is None
-    assert match_gpu("NVIDIA GeForce RTX 4090", 48 * GIB) is None  # modded 48 GB boards
-    assert match_gpu("NVIDIA Unknown GPU", 8 * GIB) is None
+    assert match_gpu("NVIDIA GeForce RTX 3060", 8 * GiB) is None
+    assert match_gpu("NVIDIA GeForce RTX 4060 Ti", 8 * GiB) is None
+    assert match_gpu("NVIDIA GeForce RTX 4090", 48 * GiB) is None  # modded 48 GB boards
+    assert match_gpu("NVIDIA Unknown GPU", 8 * GiB) is None
 
 
 def test_every_entry_is_complete_and_sane() -> None:

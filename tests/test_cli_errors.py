@@ -1,4 +1,4 @@
-"""Every invalid command line and impossible cluster (issue 8): exit 2, stdout empty, exactly
+"""Every invalid command line and impossible cluster: exit 2, stdout empty, exactly
 ``error: ...`` then ``hint: ...`` on stderr, no traceback, no hang."""
 from __future__ import annotations
 
@@ -9,10 +9,11 @@ from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
 import pytest
-from ggufs import tiny_llama_spec
 
 from omni_place.cli import main
 from omni_place.reference_models import write_header_only
+
+from .arch_models import tiny_llama_spec
 
 
 GPU = '[[devices]]\nname = "CUDA0"\nkind = "gpu"\nbandwidth_gbs = 900\n'
@@ -88,7 +89,8 @@ ARGUMENT_ERRORS = [
     pytest.param(["check", "{m}", "--preset", "seed", "--", "-ts", "1,x"], "-ts", id="check -ts text"),
     pytest.param(["check", "{m}", "--preset", "seed", "--", "-c", "-5"], "context length", id="check -c negative"),
     pytest.param(["check", "{m}", "--preset", "seed", "--", "-ot", "bad[regex=CPU"], "-ot", id="check -ot bad regex"),
-    pytest.param(["check", "{m}", "--preset", "seed", "--", "-ngl", "99", "-dev", "CUDA7"], "CUDA7", id="check -dev unknown"),
+    pytest.param(["check", "{m}", "--preset", "seed", "--", "-ngl", "99", "-dev", "CUDA7"], "CUDA7",
+                 id="check -dev unknown"),
     pytest.param(["devices", "--preset", "nosuch"], "nosuch", id="devices unknown preset"),
     pytest.param(["devices", "--cluster", "{missing}"], "not found", id="devices cluster missing"),
 ]
@@ -111,8 +113,10 @@ CLUSTER_ERRORS = [
     pytest.param(GPU.replace("900", "nan") + "memory_gib = 24\n", "finite", id="bandwidth nan"),
     pytest.param(GPU.replace("900", "0") + "memory_gib = 24\n", "positive", id="bandwidth zero"),
     pytest.param(GPU + "memory_gib = 1e30\n", "memory_gib", id="memory 1e30 GiB"),
-    pytest.param("".join(GPU.replace("CUDA0", f"CUDA{i}") + "memory_gib = 24\n" for i in range(71)), "at most 64", id="71 GPUs"),
-    pytest.param('[[devices]]\nname = "CPU"\nkind = "cpu"\nthreads = 99999999999999999\n', "threads", id="absurd threads"),
+    pytest.param("".join(GPU.replace("CUDA0", f"CUDA{i}") + "memory_gib = 24\n" for i in range(71)), "at most 64",
+                 id="71 GPUs"),
+    pytest.param('[[devices]]\nname = "CPU"\nkind = "cpu"\nthreads = 99999999999999999\n', "threads",
+                 id="absurd threads"),
     pytest.param(b"\xff\xfe\x00name = 1", "cannot read cluster file", id="not utf-8"),
     pytest.param(bytes(range(256)), "cannot read cluster file", id="binary"),
     pytest.param("", "describes no devices", id="empty"),

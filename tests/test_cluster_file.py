@@ -7,11 +7,12 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from test_devices_nvml import RTX5090, FakeNvml, gpu
+from .test_devices_nvml import RTX5090, FakeNvml, gpu
 
 import omni_place
-from omni_place import devices
 from omni_place.devices import (
+    DEFAULT_RPC_LATENCY_US,
+    DEFAULT_RPC_LINK_GBS,
     Cluster,
     Device,
     list_presets,
@@ -20,10 +21,11 @@ from omni_place.devices import (
     pcie_gbs,
     resolve_cluster,
 )
+from omni_place.devices import cluster as cluster_mod
+from omni_place.devices import nvml as nvml_mod
 from omni_place.errors import ClusterError, InvalidArgumentError
+from omni_place.units import GiB, MiB
 
-GIB = 1 << 30
-MIB = 1 << 20
 
 VALID = """\
 # a desk with a local 4090, a remote 3090 and a described CPU
@@ -95,17 +97,17 @@ def test_valid_file(tmp_path: Path) -> None:
 
     rpc = cluster.by_name("RPC0")
     assert rpc.kind == "rpc" and rpc.model == "RTX 3090" and rpc.endpoint == "[fe80::1]:50052"
-    assert rpc.memory_bytes == int(23.5 * GIB) and rpc.bandwidth_gbs == 936.0 and rpc.tflops == 142.0
+    assert rpc.memory_bytes == int(23.5 * GiB) and rpc.bandwidth_gbs == 936.0 and rpc.tflops == 142.0
     assert rpc.host == "fe80::1"
-    assert rpc.link_gbs == devices.DEFAULT_RPC_LINK_GBS
-    assert rpc.link_latency_us == devices.DEFAULT_RPC_LATENCY_US
+    assert rpc.link_gbs == DEFAULT_RPC_LINK_GBS
+    assert rpc.link_latency_us == DEFAULT_RPC_LATENCY_US
     assert rpc.source["memory"] == "file" and rpc.source["bandwidth"] == "catalog"
     assert rpc.source["link"] == "estimated"
 
     cuda0 = cluster.by_name("CUDA0")
-    assert cuda0.memory_bytes == 24 * GIB and cuda0.link_gbs == 20.0
+    assert cuda0.memory_bytes == 24 * GiB and cuda0.link_gbs == 20.0
     assert (cuda0.pcie_gen, cuda0.pcie_width) == (4, 16) and cuda0.peer_access is False
-    assert cuda0.margin_bytes == 512 * MIB and cuda0.host == "local"
+    assert cuda0.margin_bytes == 512 * MiB and cuda0.host == "local"
     assert cuda0.source["link"] == "file" and cuda0.source["peer_access"] == "file"
 
     cuda1 = cluster.by_name("CUDA1")
@@ -115,8 +117,8 @@ def test_valid_file(tmp_path: Path) -> None:
 
     cpu = cluster.cpu
     assert cpu is not None and cpu.name == "CPU" and cpu.model == "Test CPU"
-    assert cpu.memory_bytes == 120 * GIB and cpu.bandwidth_gbs == 65.5 and cpu.threads == 16
-    assert cpu.margin_bytes == 2048 * MIB and cpu.usable_bytes == 118 * GIB
+    assert cpu.memory_bytes == 120 * GiB and cpu.bandwidth_gbs == 65.5 and cpu.threads == 16
+    assert cpu.margin_bytes == 2048 * MiB and cpu.usable_bytes == 118 * GiB
     assert cpu.source["bandwidth"] == "file"
     assert cluster.notes == ()
     json.dumps(cluster.to_dict())  # JSON-ready
@@ -137,7 +139,8 @@ def test_file_without_cpu_uses_this_machine(tmp_path: Path) -> None:
 
 def test_partial_cpu_measured(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     probed: list[int] = []
-    monkeypatch.setattr(devices, "measure_memory_bandwidth", lambda threads: probed.append(threads) or 123.0)
+    monkeypatch.setattr(cluster_mod, "measure_memory_bandwidth",
+                        lambda threads: probed.append(threads) or 123.0)
     cluster = load_cluster(write(tmp_path, """\
         [[devices]]
         name = "CPU"
@@ -146,7 +149,7 @@ def test_partial_cpu_measured(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
         threads = 3
         """), measure=True)
     cpu = cluster.cpu
-    assert cpu is not None and cpu.memory_bytes == 8 * GIB and cpu.source["memory"] == "file"
+    assert cpu is not None and cpu.memory_bytes == 8 * GiB and cpu.source["memory"] == "file"
     assert cpu.source["bandwidth"] == "measured" and cpu.bandwidth_gbs == 123.0
     assert probed == [3] and cluster.notes == ()
     # a bandwidth in the file wins over --measure
@@ -179,7 +182,7 @@ def test_discover_true_merges_nvml_gpus_and_rpc(tmp_path: Path, monkeypatch: pyt
 
 def test_inline_devices_array(tmp_path: Path) -> None:
     cluster = load_cluster(write(tmp_path, 'devices = [{name = "CPU", kind = "cpu", memory_gib = 4}]\n'))
-    assert cluster.cpu is not None and cluster.cpu.memory_bytes == 4 * GIB
+    assert cluster.cpu is not None and cluster.cpu.memory_bytes == 4 * GiB
     err = error_of(tmp_path, 'name = "x"\ndevices = [{name = "CPU", kind = "cpu", memory_gib = -4}]\n')
     assert line_of(err) == 2 and "memory_gib must be positive" in str(err)
 
@@ -306,14 +309,14 @@ def test_seed_preset() -> None:
     seed = load_preset("seed")
     pro, rtx = seed.gpus
     assert (pro.name, pro.model) == ("CUDA0", "RTX PRO 6000 Blackwell Workstation")
-    assert pro.memory_bytes == 96 * GIB
-    assert (rtx.name, rtx.model, rtx.memory_bytes) == ("CUDA1", "RTX 5090", 32 * GIB)
+    assert pro.memory_bytes == 96 * GiB
+    assert (rtx.name, rtx.model, rtx.memory_bytes) == ("CUDA1", "RTX 5090", 32 * GiB)
     for dev in (pro, rtx):
         assert (dev.pcie_gen, dev.pcie_width, dev.peer_access) == (5, 16, False)
         assert dev.link_gbs == pytest.approx(63.0, abs=0.1)
     cpu = seed.cpu
     assert cpu is not None and cpu.threads == 32 and cpu.bandwidth_gbs == 360
-    assert 480 * GIB <= cpu.memory_bytes <= 512 * GIB
+    assert 480 * GiB <= cpu.memory_bytes <= 512 * GiB
 
 
 def test_unknown_preset_lists_available() -> None:
@@ -325,7 +328,7 @@ def test_unknown_preset_lists_available() -> None:
 
 
 def test_resolve_cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(devices, "_import_nvml", lambda: None)
+    monkeypatch.setattr(nvml_mod, "_import_nvml", lambda: None)
     assert [d.name for d in resolve_cluster("auto").devices] == ["CPU"]
     seed = resolve_cluster("seed")
     assert resolve_cluster(seed) is seed
@@ -346,9 +349,9 @@ def test_public_exports() -> None:
 
 
 def test_cluster_and_device_invariants() -> None:
-    cpu = Device(name="CPU", kind="cpu", memory_bytes=GIB, bandwidth_gbs=10)
-    gpu_dev = Device(name="CUDA0", kind="gpu", memory_bytes=GIB, bandwidth_gbs=10)
-    rpc = Device(name="RPC0", kind="rpc", memory_bytes=GIB, bandwidth_gbs=10, endpoint="h:1")
+    cpu = Device(name="CPU", kind="cpu", memory_bytes=GiB, bandwidth_gbs=10)
+    gpu_dev = Device(name="CUDA0", kind="gpu", memory_bytes=GiB, bandwidth_gbs=10)
+    rpc = Device(name="RPC0", kind="rpc", memory_bytes=GiB, bandwidth_gbs=10, endpoint="h:1")
     cluster = Cluster("c", (gpu_dev, cpu, rpc))
     assert cluster.gpus == (rpc, gpu_dev) and cluster.cpu is cpu
     with pytest.raises(ClusterError, match="did you mean 'CUDA0'"):
@@ -359,11 +362,11 @@ def test_cluster_and_device_invariants() -> None:
     with pytest.raises(ClusterError, match="two devices"):
         Cluster("c", (cpu, cpu))
     with pytest.raises(ClusterError, match="more than one cpu"):
-        Cluster("c", (cpu, Device(name="CPU2", kind="cpu", memory_bytes=GIB, bandwidth_gbs=1)))
+        Cluster("c", (cpu, Device(name="CPU2", kind="cpu", memory_bytes=GiB, bandwidth_gbs=1)))
     for bad in (dict(memory_bytes=0), dict(bandwidth_gbs=0.0), dict(kind="tpu"), dict(margin_bytes=-1),
                 dict(kind="rpc")):
         with pytest.raises(ClusterError):
-            Device(**{"name": "X", "kind": "gpu", "memory_bytes": GIB, "bandwidth_gbs": 1.0, **bad})
+            Device(**{"name": "X", "kind": "gpu", "memory_bytes": GiB, "bandwidth_gbs": 1.0, **bad})
     with pytest.raises(TypeError):
         cpu.source["memory"] = "file"  # type: ignore[index]
 

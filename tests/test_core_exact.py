@@ -25,8 +25,9 @@ from hypothesis import HealthCheck, Verbosity, given, settings
 from hypothesis import strategies as st
 
 from omni_place import _core
-from omni_place._reference import CoreProblem, brute_force, milp_fixed_order, placement_cost
 from omni_place.errors import GGUFFormatError, NativeCoreError
+
+from .reference_solvers import CoreProblem, brute_force, milp_fixed_order, placement_cost
 
 _PROFILES: dict[str, dict[str, Any]] = {
     "ci": {"max_examples": 200},

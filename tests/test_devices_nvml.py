@@ -8,11 +8,9 @@ from typing import Any
 
 import pytest
 
-from omni_place import devices
-from omni_place.devices import discover
-
-MIB = 1 << 20
-GIB = 1 << 30
+from omni_place.devices import DEFAULT_GPU_BANDWIDTH_GBS, DEFAULT_PCIE, Cluster, discover
+from omni_place.devices import nvml as nvml_mod
+from omni_place.units import GiB, MiB
 
 
 class NVMLError(Exception):
@@ -47,12 +45,12 @@ class FakeGpu:
     missing: set[str] = field(default_factory=set)
 
 
-RTX3090 = dict(name="NVIDIA GeForce RTX 3090", total=24 * GIB, free=23 * GIB, cc=(8, 6),
+RTX3090 = dict(name="NVIDIA GeForce RTX 3090", total=24 * GiB, free=23 * GiB, cc=(8, 6),
                cores=10496, sm_clock=2100, mem_clock=9751)
-PRO6000 = dict(name="NVIDIA RTX PRO 6000 Blackwell Workstation Edition", total=97887 * MIB,
-               free=95 * GIB, cc=(12, 0), cores=24064, sm_clock=3090, mem_clock=14001,
+PRO6000 = dict(name="NVIDIA RTX PRO 6000 Blackwell Workstation Edition", total=97887 * MiB,
+               free=95 * GiB, cc=(12, 0), cores=24064, sm_clock=3090, mem_clock=14001,
                bus_width=512, pcie_max=(5, 16))
-RTX5090 = dict(name="NVIDIA GeForce RTX 5090", total=32607 * MIB, free=31 * GIB, cc=(12, 0),
+RTX5090 = dict(name="NVIDIA GeForce RTX 5090", total=32607 * MiB, free=31 * GiB, cc=(12, 0),
                cores=21760, sm_clock=3090, mem_clock=14001, bus_width=512, pcie_max=(5, 16))
 
 
@@ -160,7 +158,7 @@ def three_gpus() -> list[FakeGpu]:
             gpu("cccc3333", 0x81, **RTX5090)]
 
 
-def gpu_models(cluster: devices.Cluster) -> list[tuple[str, str | None]]:
+def gpu_models(cluster: Cluster) -> list[tuple[str, str | None]]:
     return [(d.name, d.model) for d in cluster.gpus]
 
 
@@ -172,8 +170,8 @@ def test_asymmetric_gpus_fastest_first_and_catalog_figures() -> None:
     assert [d.name for d in cluster.devices] == ["CUDA0", "CUDA1", "CUDA2", "CPU"]
     pro = cluster.by_name("CUDA0")
     assert pro.kind == "gpu"
-    assert pro.total_bytes == 97887 * MIB and pro.free_bytes == 95 * GIB
-    assert pro.memory_bytes == 95 * GIB  # plan with what is free now
+    assert pro.total_bytes == 97887 * MiB and pro.free_bytes == 95 * GiB
+    assert pro.memory_bytes == 95 * GiB  # plan with what is free now
     assert pro.bandwidth_gbs == 1792 and pro.tflops == 500.0
     assert (pro.pcie_gen, pro.pcie_width) == (5, 16)  # max link, not the idle gen-1 link
     assert pro.link_gbs == pytest.approx(63.0, abs=0.1)
@@ -194,8 +192,8 @@ def test_pci_bus_id_order(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_identical_gpus_tie_by_bus_id_not_nvml_index() -> None:
-    gpus = [gpu("late", 0x81, name="NVIDIA GeForce RTX 4090", total=24 * GIB, free=20 * GIB),
-            gpu("early", 0x02, name="NVIDIA GeForce RTX 4090", total=24 * GIB, free=22 * GIB)]
+    gpus = [gpu("late", 0x81, name="NVIDIA GeForce RTX 4090", total=24 * GiB, free=20 * GiB),
+            gpu("early", 0x02, name="NVIDIA GeForce RTX 4090", total=24 * GiB, free=22 * GiB)]
     cluster = discover(nvml=FakeNvml(gpus))
     assert [d.uuid for d in cluster.gpus] == ["GPU-early", "GPU-late"]
 
@@ -244,7 +242,7 @@ def test_ambiguous_uuid_prefix_names_no_gpu(monkeypatch: pytest.MonkeyPatch) -> 
 
 
 def test_unknown_gpu_bandwidth_from_nvml_clocks() -> None:
-    odd = gpu("odd", 0x01, name="NVIDIA Mystery Accelerator", total=48 * GIB, free=47 * GIB,
+    odd = gpu("odd", 0x01, name="NVIDIA Mystery Accelerator", total=48 * GiB, free=47 * GiB,
               mem_clock=10501, bus_width=384)
     dev = discover(nvml=FakeNvml([odd])).by_name("CUDA0")
     assert dev.model == "Mystery Accelerator"
@@ -254,7 +252,7 @@ def test_unknown_gpu_bandwidth_from_nvml_clocks() -> None:
 
 
 def test_catalog_size_mismatch_falls_back_to_nvml() -> None:
-    small = gpu("s", 0x01, name="NVIDIA GeForce RTX 3060", total=8 * GIB, free=7 * GIB,
+    small = gpu("s", 0x01, name="NVIDIA GeForce RTX 3060", total=8 * GiB, free=7 * GiB,
                 mem_clock=7501, bus_width=128)
     dev = discover(nvml=FakeNvml([small])).by_name("CUDA0")
     assert dev.model == "GeForce RTX 3060"  # the 8 GB card is not the catalog's 12 GB one
@@ -264,15 +262,15 @@ def test_catalog_size_mismatch_falls_back_to_nvml() -> None:
 def test_every_optional_field_not_supported() -> None:
     everything = {"uuid", "pci", "cc", "cores", "sm_clock", "mem_clock", "bus_width",
                   "pcie_max", "pcie_curr"}
-    bare = gpu("x", 0x01, name="NVIDIA Mystery Accelerator", total=16 * GIB, free=15 * GIB,
+    bare = gpu("x", 0x01, name="NVIDIA Mystery Accelerator", total=16 * GiB, free=15 * GiB,
                missing=everything)
     cluster = discover(nvml=FakeNvml([bare]))
     dev = cluster.by_name("CUDA0")
-    assert dev.memory_bytes == 15 * GIB
+    assert dev.memory_bytes == 15 * GiB
     assert dev.uuid is None and dev.pci_bus_id is None and dev.compute_capability is None
-    assert dev.bandwidth_gbs == devices.DEFAULT_GPU_BANDWIDTH_GBS
+    assert dev.bandwidth_gbs == DEFAULT_GPU_BANDWIDTH_GBS
     assert dev.source["bandwidth"] == "estimated" and dev.source["link"] == "estimated"
-    assert (dev.pcie_gen, dev.pcie_width) == devices.DEFAULT_PCIE
+    assert (dev.pcie_gen, dev.pcie_width) == DEFAULT_PCIE
     assert any("bandwidth unknown" in n for n in cluster.notes)
 
 
@@ -281,20 +279,20 @@ def test_catalog_fills_link_and_memory_when_nvml_is_silent() -> None:
     dev = discover(nvml=FakeNvml([quiet])).by_name("CUDA0")
     assert (dev.pcie_gen, dev.pcie_width) == (5, 16)  # catalog, before the idle current link
     assert dev.source["link"] == "catalog"
-    assert dev.total_bytes == 32 * GIB and dev.free_bytes is None
+    assert dev.total_bytes == 32 * GiB and dev.free_bytes is None
     assert dev.source["memory"] == "catalog"
 
 
 def test_current_link_when_neither_max_nor_catalog() -> None:
-    odd = gpu("o", 0x01, name="NVIDIA Mystery", total=8 * GIB, free=8 * GIB,
+    odd = gpu("o", 0x01, name="NVIDIA Mystery", total=8 * GiB, free=8 * GiB,
               pcie_curr=(3, 8), missing={"pcie_max"})
     dev = discover(nvml=FakeNvml([odd])).by_name("CUDA0")
     assert (dev.pcie_gen, dev.pcie_width, dev.link_gbs) == (3, 8, pytest.approx(7.88))
 
 
 def test_gpu_without_memory_or_free_memory_is_left_out() -> None:
-    gone = gpu("g", 0x01, name="NVIDIA Mystery", total=8 * GIB, free=0, missing=set())
-    unknown = gpu("u", 0x02, name="NVIDIA Mystery", total=8 * GIB, free=1, missing={"memory"})
+    gone = gpu("g", 0x01, name="NVIDIA Mystery", total=8 * GiB, free=0, missing=set())
+    unknown = gpu("u", 0x02, name="NVIDIA Mystery", total=8 * GiB, free=1, missing={"memory"})
     cluster = discover(nvml=FakeNvml([gone, unknown]))
     assert cluster.gpus == ()
     assert len([n for n in cluster.notes if "left out" in n]) == 2
@@ -307,15 +305,15 @@ def test_memory_info_v2_preferred_and_old_binding_falls_back() -> None:
         def nvmlDeviceGetMemoryInfo(self, h: int, version: object = None) -> SimpleNamespace:
             info = super().nvmlDeviceGetMemoryInfo(h)
             if version is self.nvmlMemory_v2:
-                info.free -= 300 * MIB  # v2 free excludes reserved memory
+                info.free -= 300 * MiB  # v2 free excludes reserved memory
             return info
 
     class OldBinding(FakeNvml):
         nvmlMemory_v2 = object()  # constant present, but the function takes no version
 
     g = gpu("m", 0x01, **RTX3090)
-    assert discover(nvml=V2([g])).by_name("CUDA0").free_bytes == 23 * GIB - 300 * MIB
-    assert discover(nvml=OldBinding([g])).by_name("CUDA0").free_bytes == 23 * GIB
+    assert discover(nvml=V2([g])).by_name("CUDA0").free_bytes == 23 * GiB - 300 * MiB
+    assert discover(nvml=OldBinding([g])).by_name("CUDA0").free_bytes == 23 * GiB
 
 
 def test_p2p_binding_mismatch_is_unknown_not_fatal() -> None:
@@ -361,7 +359,7 @@ def test_nvml_error_while_counting_still_shuts_down() -> None:
 
 
 def test_pynvml_missing_gives_cpu_only(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(devices, "_import_nvml", lambda: None)
+    monkeypatch.setattr(nvml_mod, "_import_nvml", lambda: None)
     cluster = discover()
     assert [d.name for d in cluster.devices] == ["CPU"]
     assert any("nvidia-ml-py" in n for n in cluster.notes)

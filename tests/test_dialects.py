@@ -1,7 +1,8 @@
 """Golden tests of the engine dialects against the engines' own layer-assignment rules.
 
-ik_llama.cpp: ``ik_assign_reference`` is ENGINE_FACTS' split_emulator.py ``ik_assign``, kept
-verbatim as an independent reference for ``ik_llama.assign_layers``; plans emitted for ik must
+ik_llama.cpp: ``ik_assign_reference`` transcribes ik_llama.cpp's byte-weighted LAYER split
+(``src/llama.cpp:4436-4470`` in ``llm_load_tensors``) as an independent reference for
+``ik_llama.assign_layers``; plans emitted for ik must
 come back unchanged through ik's byte-weighted walk, also when our per-layer sizes are off by a
 few percent (the nearest-rounding margin the encoding is built around).
 """
@@ -12,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from arch_models import write_model
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
@@ -21,15 +21,19 @@ from omni_place.devices import Cluster, Device
 from omni_place.engines import ENGINES, ik_llama, llama_cpp, traits, vllm
 from omni_place.errors import InvalidArgumentError, NothingFitsError
 from omni_place.model import load_model
-from omni_place.plan import evaluate, memory_unit, plan_split
+from omni_place.plan import evaluate, plan_split
+from omni_place.problem import memory_unit
 from omni_place.reference_models import deepseek_v3, write_header_only
+from omni_place.units import GiB
 
-GiB = 1 << 30
+from .arch_models import write_model
 
 
 def ik_assign_reference(layer_bytes, out_bytes, max_compute, n_gpu_layers, splits_frac, margins=None):
-    """ENGINE_FACTS split_emulator.py: ik_llama.cpp LAYER split, byte-weighted, nearest rounding
-    (in float64; ``margins`` collects each decision's distance from a tie, relative to the total)."""
+    """ik_llama.cpp's LAYER split (src/llama.cpp:4436-4470): byte-weighted, each device charged
+    max_compute first, a straddling layer goes where the overshoot is smaller (nearest rounding),
+    leftovers to the last device (in float64; ``margins`` collects each decision's distance from a
+    tie, relative to the total)."""
     n_layer = len(layer_bytes)
     sizes = list(layer_bytes) + [out_bytes]
     nd = len(splits_frac)
@@ -90,8 +94,9 @@ def same_placement(model, got, want) -> None:
 
 # --- ik_llama.cpp --------------------------------------------------------------------------
 
-def test_ik_worked_example_from_engine_facts() -> None:
-    # uniform layers, output about one layer, compute ignored (ENGINE_FACTS §1.4)
+def test_ik_worked_example_uniform_layers() -> None:
+    # uniform layers, output about one layer, compute ignored: ik's ngl counts repeating layers
+    # only and the output goes to a GPU only if ngl > n_layer (ik_llama.cpp src/llama.cpp:4318)
     a = ik_llama.assign_layers([1.0] * 61 + [1.0], 0.0, 99, [75, 25], 2)
     assert a[:61].count(0) == 46 and a[:61].count(1) == 15 and a[61] == 1
     b = ik_llama.assign_layers([1.0] * 61 + [1.0], 0.0, 19, [75, 25], 2)
@@ -157,7 +162,8 @@ def test_ik_layer_sizes_equal_the_engines_own_table(tmp_path: Path, model_name: 
     compute = {float(m[1]) for m in re.finditer(r"^Layer +\d+: +[\d.]+, +[\d.]+, +[\d.]+ +([\d.]+) +MiB", log, re.M)}
     model = load_model(header)
     # llama-bench passes no context size: ik sizes the KV cache at the training context
-    sizes, max_compute = ik_llama.layer_sizes(model, ik_llama.bench_context(model, Context(n_ubatch=512, swa_full=True)))
+    sizes, max_compute = ik_llama.layer_sizes(model,
+                                              ik_llama.bench_context(model, Context(n_ubatch=512, swa_full=True)))
     assert len(rows) == model.n_layer + 1
     for il, (_, _, total) in rows.items():
         assert sizes[il] / 2**20 == pytest.approx(total, abs=0.01), il

@@ -4,15 +4,26 @@ from __future__ import annotations
 import struct
 from pathlib import Path
 
+import numpy as np
 import pytest
+from gguf import GGUFReader, GGUFValueType
 
-from ggufs import tiny_llama_spec as small_spec
-
+from omni_place import _core, gguf
 from omni_place.errors import GGUFFormatError, MissingShardError
 from omni_place.gguf import LongArray, read_header, read_model_files
 from omni_place.reference_models import write_header_only
 
+from .arch_models import tiny_llama_spec as small_spec
 
+
+def test_value_type_sizes_have_one_source() -> None:
+    """The C core's sizes (the one table) are gguf-py's, and the reader decodes with them."""
+    fixed = {int(t) for t in GGUFValueType} - {GGUFValueType.STRING, GGUFValueType.ARRAY}
+    assert set(_core.GGUF_TYPE_SIZES) == fixed
+    assert _core.GGUF_TYPE_SIZES == {int(t): np.dtype(v).itemsize for t, v in GGUFReader.gguf_scalar_to_np.items()}
+    assert (_core.GGUF_STRING, _core.GGUF_ARRAY) == (GGUFValueType.STRING, GGUFValueType.ARRAY)
+    assert gguf._SCALAR_SIZES == _core.GGUF_TYPE_SIZES
+    assert {t: struct.calcsize(f) for t, f in gguf._SCALAR_FORMATS.items()} == _core.GGUF_TYPE_SIZES
 
 
 @pytest.fixture
@@ -94,10 +105,11 @@ HOSTILE = {
     "absurd kv count": (_header(0, 1 << 60), "more than"),
     "absurd tensor count": (_header(1 << 59, 0), "more than"),
     "absurd string length": (_header(0, 1) + struct.pack("<Q", 1 << 62) + b"x" * 16, "truncated header"),
-    "absurd array length": (_header(0, 1) + struct.pack("<Q", 1) + b"k" + struct.pack("<IIQ", 9, 4, 1 << 61) + b"\0" * 16,
-                             "truncated header"),
+    "absurd array length": (_header(0, 1) + struct.pack("<Q", 1) + b"k" + struct.pack("<IIQ", 9, 4, 1 << 61)
+                            + b"\0" * 16, "truncated header"),
     "nested array": (_header(0, 1) + struct.pack("<Q", 1) + b"k" + struct.pack("<IIQ", 9, 9, 1) + b"\0" * 16, "nested"),
-    "unknown value type": (_header(0, 1) + struct.pack("<Q", 1) + b"k" + struct.pack("<I", 77) + b"\0" * 16, "unknown value type"),
+    "unknown value type": (_header(0, 1) + struct.pack("<Q", 1) + b"k" + struct.pack("<I", 77) + b"\0" * 16,
+                           "unknown value type"),
     "duplicate key": (_header(0, 2) + _kv_string("a", "x") + _kv_string("a", "y"), "duplicate metadata key"),
     "five dims": (_header(1, 0) + _tensor("t", [1, 1, 1, 1, 1]), "5 dimensions"),
     "zero dim": (_header(1, 0) + _tensor("t", [4, 0]), "invalid shape"),

@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 
 from omni_place.plan import evaluate
+from omni_place.units import MiB
 
 ROOT = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "engine_compare"
-MiB = 1 << 20
 _MODEL = re.compile(r"load_tensors:\s+(\S+) model buffer size =\s+([\d.]+) MiB")
 _COMPUTE = re.compile(r"sched_reserve:\s+(\S+) compute buffer size =\s+([\d.]+) MiB")
 
@@ -34,7 +34,8 @@ def mainline_loads() -> list[tuple[str, str, list[str], str]]:
                 continue
             log = tar.extractfile(name).read().decode()  # type: ignore[union-attr]
             cmd = next((line for line in log.splitlines() if line.startswith("$ ")), None)
-            if cmd is None or "compute buffer size" not in log or "failed to" in log or "CUDA error" in log or "-fitt" in cmd:
+            if (cmd is None or "compute buffer size" not in log or "failed to" in log or "CUDA error" in log
+                or "-fitt" in cmd):
                 continue  # OOM at load, context or first decode, or --fit (it rewrites the flags itself)
             argv = shlex.split(cmd[2:])
             first_load = log.split("llama_context: n_ctx                 = 256")[0]

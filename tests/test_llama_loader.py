@@ -2,6 +2,7 @@
 the real build's identity and struct layouts (engine)."""
 from __future__ import annotations
 
+import ast
 import ctypes
 import subprocess
 import sys
@@ -36,6 +37,56 @@ def test_import_never_loads_libllama() -> None:
     )
     r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
+
+
+def _llama_imports() -> dict[str, set[str]]:
+    """omni_place.llama module -> the sibling modules it imports, at any depth of its code
+    (top level, functions, TYPE_CHECKING blocks)."""
+    folder = REPO / "omni_place" / "llama"
+    names = {p.stem for p in folder.glob("*.py")}
+    graph: dict[str, set[str]] = {}
+    for path in folder.glob("*.py"):
+        found: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 1:
+                found |= {node.module.split(".")[0]} if node.module else {a.name for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("omni_place.llama"):
+                parts = node.module.split(".")  # type: ignore[union-attr]
+                found |= {parts[2]} if len(parts) > 2 else {a.name for a in node.names}
+            elif isinstance(node, ast.Import):
+                found |= {a.name.split(".")[2] for a in node.names if a.name.startswith("omni_place.llama.")}
+        graph[path.stem] = (found & names) - {path.stem}
+    return graph
+
+
+def test_llama_modules_import_one_way() -> None:
+    """No import cycle inside omni_place.llama, hidden in a function or not; and the package
+    imports neither the modules run as ``python -m`` (probe, rpc) nor what imports them."""
+    graph = _llama_imports()
+    state: dict[str, str] = {}
+
+    def visit(module: str, path: list[str]) -> None:
+        state[module] = "open"
+        for dep in sorted(graph[module]):
+            assert state.get(dep) != "open", "import cycle: " + " -> ".join([*path, dep])
+            if dep not in state:
+                visit(dep, [*path, dep])
+        state[module] = "done"
+
+    for module in sorted(graph):
+        if module not in state:
+            visit(module, [module])
+    tree = ast.parse((REPO / "omni_place" / "llama" / "__init__.py").read_text())
+    eager = {a.name if n.module is None else n.module.split(".")[0]
+             for n in tree.body if isinstance(n, ast.ImportFrom) and n.level == 1 for a in n.names}
+
+    def closure(module: str) -> set[str]:
+        out = {module}
+        for dep in graph[module]:
+            out |= closure(dep)
+        return out
+
+    assert not {m for e in eager for m in closure(e)} & {"probe", "rpc"}
 
 
 def test_bogus_env_lists_every_path_tried(tmp_path: Path) -> None:

@@ -16,18 +16,21 @@ from typing import Any
 
 import numpy as np
 import pytest
-from ggufs import TinyModel
 
 from omni_place.errors import InvalidArgumentError
 from omni_place.llama import LoadReport, LoadSpec, probe_load, rpc_servers
+from omni_place.llama._child import child_env
 from omni_place.llama.logcapture import MIB_PRINT_TOLERANCE_BYTES, LogCapture, LogLine, mib_to_bytes, parse_log
-from omni_place.llama.probe import buffer_device, child_env
+from omni_place.llama.probe import buffer_device
+from omni_place.llama.rpc import RPC_CONN_CAPS_SIZE, client_protocol
+
+from .arch_models import TinyModel
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def expected_slots(n_layer_all: int, ngl: int, tensor_split: list[float], devices: list[str]) -> dict[int, str]:
-    """llama.cpp's layer -> device rule (src/llama-model.cpp load_tensors), in float32 like the
+    """llama.cpp's layer -> device rule (src/llama-model.cpp:1579-1604, load_tensors), in float32 like the
     engine: the last ``ngl`` of the n_layer_all + 1 slots go to upper_bound(cumsum(ts)/sum, j/act)."""
     n_slots = n_layer_all + 1
     ngl = n_slots if ngl < 0 else ngl
@@ -179,8 +182,6 @@ def test_invalid_override_target_names_the_known_ones(tiny_llama: TinyModel, lib
 def fake_rpc_server(libllama) -> Iterator[str]:
     """Answers the RPC HELLO like a server of this build, then closes every connection at the
     next command: the handshake passes, the client's next request fails and ggml aborts."""
-    from omni_place.llama.rpc import RPC_CONN_CAPS_SIZE, client_protocol
-
     version = client_protocol()
     reply = bytes([*version, 0]) + bytes(RPC_CONN_CAPS_SIZE)
     server = socket.socket()
@@ -292,14 +293,16 @@ llama_context:  CUDA_Host  output buffer size =     0.58 MiB
 llama_kv_cache:      CUDA0 KV buffer size =   128.00 MiB
 llama_kv_cache: size =  160.00 MiB (  4096 cells,   4 layers,  1/1 seqs), K (f16):   80.00 MiB, V (q8_0):   80.00 MiB
 llama_memory_recurrent:        CPU RS buffer size =     0.02 MiB
-llama_memory_recurrent: size =    0.02 MiB (     1 cells,   4 layers,  1 seqs  0 rs_seq), R (f32):    0.01 MiB, S (f32):    0.01 MiB, P (f32):    0.00 MiB
+llama_memory_recurrent: size =    0.02 MiB (     1 cells,   4 layers,  1 seqs  0 rs_seq), R (f32):    0.01 MiB, \
+S (f32):    0.01 MiB, P (f32):    0.00 MiB
 llama_context: pipeline parallelism enabled
 sched_reserve:      CUDA0 compute buffer size =   300.01 MiB
 sched_reserve:  CUDA_Host compute buffer size =    12.00 MiB
 ~llama_context:      CUDA0 compute buffer size is 300.0100 MiB, matches expectation of 300.0100 MiB
 sched_reserve: graph (pp bs=512, tg bs=1): nodes = 200 / 190, splits = 5 / 3, input objects = 2, input tensors = 3
 sched_reserve: reserve took 1.52 ms, sched copies = 4
-llama_context: layer 3 is assigned to device CUDA0 but the fused op is assigned to device CPU (usually due to missing support)
+llama_context: layer 3 is assigned to device CUDA0 but the fused op is assigned to device CPU \
+(usually due to missing support)
 """
 
 
@@ -393,8 +396,10 @@ def test_report_json_roundtrip() -> None:
     assert back.device_bytes() == {"RPC0": {"model": 10}}
 
 
-def test_float32_recipe_matches_engine_facts_example() -> None:
-    """ENGINE_FACTS 1.3: 61 layers + output, ts 75,25: ngl 99 -> 47/14, ngl 19 -> 43 CPU, 15/3."""
+def test_float32_rule_on_61_layers_split_75_25() -> None:
+    """The rule of llama.cpp's load_tensors (src/llama-model.cpp:1579-1604: float32 prefix sums of
+    tensor_split, upper_bound of slot/act) on 61 layers + output, ts 75,25: ngl 99 -> 47/14 with
+    the output on the second device, ngl 19 -> 43 CPU, 15/3."""
     full = expected_slots(61, 99, [75, 25], ["A", "B"])
     assert sum(1 for il in range(61) if full[il] == "A") == 47 and full[61] == "B"
     part = expected_slots(61, 19, [75, 25], ["A", "B"])

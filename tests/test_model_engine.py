@@ -6,9 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from arch_models import ARCHS, engine_available, engine_load, write_model
 from omni_place.compute import compute_buffer_estimate
-from omni_place.model import ARCHITECTURES, MiB, load_model
+from omni_place.model import ARCHITECTURES, load_model
+from omni_place.units import MiB
+
+from .arch_models import ARCHS, engine_available, engine_load, write_model
 
 pytestmark = [pytest.mark.engine,
               pytest.mark.skipif(not engine_available(), reason="llama-cpp-python (real libllama) not installed")]
@@ -18,7 +20,7 @@ PRINT_RES = 0.005 * MiB  # the engine prints MiB with 2 decimals
 
 
 def tolerance(n: float) -> float:
-    """The issue's bound for model and KV bytes: max(1 %, 16 MiB) -- here also the print rounding."""
+    """The accuracy target for model and KV bytes: max(1 %, 16 MiB) -- here also the print rounding."""
     return max(0.01 * n, 16 * MiB)
 
 

@@ -100,7 +100,8 @@ def _numel(shape) -> int:
 
 
 def test_deepseek_mla_kv_cache(deepseek) -> None:
-    # 576-wide latent per layer per token, f16; NextN layer holds no KV (ENGINE_FACTS §4.2)
+    # MLA stores only the 576-wide latent (kv_lora_rank 512 + rope 64) per layer per token, f16
+    # (llama.cpp src/llama-kv-cache.cpp:230-234: no V for MLA); the NextN block gets no KV cache
     assert deepseek.kv_bytes_per_token("f16") == 61 * 576 * 2
     kv = deepseek.kv_layer_bytes(32768, "f16")
     assert kv[61] == 0

@@ -16,8 +16,7 @@ from omni_place.errors import InvalidArgumentError, NothingFitsError
 from omni_place.model import load_model
 from omni_place.plan import evaluate, plan_split
 from omni_place.reference_models import deepseek_v3, write_header_only
-
-GiB = 1 << 30
+from omni_place.units import GiB
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +74,9 @@ def test_every_plan_fits_and_roundtrips(deepseek, m0: float, m1: float, bw0: flo
 
 @given(counts=st.lists(st.integers(0, 40), min_size=1, max_size=6), n_layer=st.integers(1, 160))
 def test_exact_count_encoding_matches_engine_rule(counts: list[int], n_layer: int) -> None:
-    # ENGINE_FACTS §1.3: -ngl ΣL+1, -ts L0..L_last+1 gives exactly L_d layers per device
+    # -ngl ΣL+1, -ts L0..L_last+1 gives exactly L_d layers per device: llama.cpp offloads the
+    # last ngl of the n_layer+1 slots and picks each slot's device by upper_bound over the
+    # cumulative -ts fractions (src/llama-model.cpp:1580-1618, load_tensors)
     while sum(counts) > n_layer:
         counts[counts.index(max(counts))] -= 1
     if sum(counts) == 0:
@@ -90,7 +91,8 @@ def test_exact_count_encoding_matches_engine_rule(counts: list[int], n_layer: in
 
 
 def test_engine_rule_worked_example() -> None:
-    # ENGINE_FACTS §1.3: 61 layers + output, -ts 75,25
+    # 61 layers + output, -ts 75,25 (the rule of src/llama-model.cpp:1580-1618): ngl 99 gives
+    # 47 / 14 + output, ngl 19 keeps 43 layers on the CPU and gives 15 / 3 + output
     a = llama_cpp.assign_layers(62, 99, [75, 25], 2)
     assert a[:-1].count(0) == 47 and a[:-1].count(1) == 14 and a[-1] == 1
     b = llama_cpp.assign_layers(62, 19, [75, 25], 2)
@@ -180,7 +182,7 @@ def test_what_the_core_returns_fits_by_the_byte_model(deepseek, m0: float, m1: f
     """The core's memory arrays are the usage model rounded up: every optimum it returns, in
     both memory variants, must fit when re-priced in exact bytes (no silent fallback)."""
     from omni_place.cost import Context, CostModel
-    from omni_place.plan import _core_candidates, build_arrays, candidate_orders
+    from omni_place.problem import build_arrays, candidate_orders, core_candidates
 
     cluster = rig((m0, 1800), (m1, 900))
     if rpc:
@@ -190,7 +192,7 @@ def test_what_the_core_returns_fits_by_the_byte_model(deepseek, m0: float, m1: f
     cost = CostModel(deepseek, cluster, Context(ctx=ctx, n_ubatch=ubatch))
     orders = candidate_orders(cluster, cost)
     arr = build_arrays(cost, orders)
-    for _, placement, _ in _core_candidates(arr, orders, cost, 1.0, 1e-3, {}):
+    for _, placement, _ in core_candidates(arr, orders, cost, 1.0, 1e-3, {}):
         over = [(u.name, u.used_bytes - u.capacity_bytes) for u in cost.usage(placement) if not u.fits]
         assert not over, over
 

@@ -10,19 +10,18 @@ import pytest
 from gguf import GGMLQuantizationType as Q
 
 from omni_place.errors import InvalidArgumentError
+from omni_place.gguf_write import tensor_nbytes
 from omni_place.model import load_model
 from omni_place.plan import plan_split
 from omni_place.reference_models import (
     REFERENCE_MODELS,
     ModelSpec,
     _apply_q4_k_m,
-    _nbytes,
     cached_reference_model,
     deepseek_v3,
     q4_k_m_type,
 )
-
-GiB = 1 << 30
+from omni_place.units import GiB
 
 
 @pytest.fixture(autouse=True)
@@ -32,7 +31,7 @@ def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def total_gib(spec: ModelSpec) -> float:
-    return sum(_nbytes(shape, q) for _, shape, q in spec.tensors) / GiB
+    return sum(tensor_nbytes(shape, q) for _, shape, q in spec.tensors) / GiB
 
 
 # llama.cpp's own size line (llama-bench "size" / print_info "file size", GiB) for the release
@@ -89,7 +88,8 @@ def test_every_reference_model_loads_and_plans_on_the_seed_rig(name: str) -> Non
 
 def test_deepseek_v32_profile() -> None:
     m = load_model(cached_reference_model("deepseek-v3.2"))
-    assert (m.architecture, m.n_layer, m.hparams.n_layer_nextn, m.hparams.indexer_head_size) == ("deepseek32", 62, 1, 128)
+    assert ((m.architecture, m.n_layer, m.hparams.n_layer_nextn, m.hparams.indexer_head_size)
+            == ("deepseek32", 62, 1, 128))
     # MLA latent (576) + indexer key (128) per trunk layer, f16
     assert m.kv_bytes_per_token("f16") == 61 * (576 + 128) * 2
     assert {t.role.value for t in m.tensors if ".indexer." in t.name} == {"attention", "norm"}

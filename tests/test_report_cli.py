@@ -16,7 +16,7 @@ import pytest
 
 from omni_place.cli import main
 from omni_place.engines import llama_cpp
-from omni_place.report import LLAMA_ENV
+from omni_place.engines.llama_cpp import LLAMA_ENV
 from omni_place.reference_models import REFERENCE_MODELS, write_header_only
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -171,7 +171,7 @@ def test_exec_user_model_and_errors(fake_engine) -> None:
 def test_env_command(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     from omni_place import devices
 
-    monkeypatch.setattr(devices, "_import_nvml", lambda: None)
+    monkeypatch.setattr(devices.nvml, "_import_nvml", lambda: None)
     code, out, _ = run(capsys, "env")
     assert code == 0 and out.startswith("omni-place ") and "libllama:" in out and "CPU" in out
     assert "deepseek-v3.2" in out

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import socket
-import sys
 import threading
 from pathlib import Path
 
@@ -14,7 +13,7 @@ from omni_place.cli import main
 from omni_place.errors import EngineError
 from omni_place.llama.rpc import RPC_CONN_CAPS_SIZE, check_rpc_server, rpc_hello
 
-ROOT = Path(__file__).resolve().parents[1]
+from .rpc_links import measure
 
 
 def rpc_cluster(tmp_path: Path, endpoints: list[str], rtt_us: float = 200, gbs: float = 1.25) -> Path:
@@ -107,15 +106,11 @@ def test_not_an_rpc_server_and_unreachable() -> None:
 @pytest.mark.engine
 def test_predicted_slowdown_matches_measured_over_emulated_links(libllama, tmp_path: Path) -> None:
     """Real decode through libllama over CPU + 2 RPC servers behind delay/rate proxies: the
-    predicted extra time per token of a 1 Gbit/s + 1 ms link over a 10 Gbit/s + 0.1 ms one (the
-    issue's pair) is within ±25 % of the measured one (benchmarks/rpc_network.py records more)."""
+    predicted extra time per token of a 1 Gbit/s + 1 ms link over a 10 Gbit/s + 0.1 ms one is
+    within ±25 % of the measured one (benchmarks/rpc_network.py records more settings)."""
     if not (libllama.features.get("rpc") and libllama.features.get("rpc_server")):
         pytest.skip("this libllama was built without RPC")
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    import rpc_network
-
-    fast, slow = rpc_network.measure(32, [("fast", 0.1, 10.0), ("1gbe", 1.0, 1.0)], workdir=tmp_path,
-                                     repeats=3)
+    fast, slow = measure(32, [("fast", 0.1, 10.0), ("1gbe", 1.0, 1.0)], workdir=tmp_path, repeats=3)
     assert fast["layers"] == {"RPC0": 5, "RPC1": 3}  # -ts 1,1 over 8 layers + output (engine rule)
     assert slow["measured_slowdown_ms"] > 1.5  # the link really slowed decoding
     assert abs(slow["slowdown_error"]) <= 0.25, slow

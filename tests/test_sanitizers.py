@@ -1,4 +1,4 @@
-"""The C core under AddressSanitizer + UndefinedBehaviorSanitizer (issue 8).
+"""The C core under AddressSanitizer + UndefinedBehaviorSanitizer.
 
 What runs (in the default suite, so in CI; about a minute on 2 cores):
 
@@ -13,7 +13,9 @@ What runs (in the default suite, so in CI; about a minute on 2 cores):
    package. The core's property suite (tests/test_core_exact.py: brute force and MILP oracles,
    invalid inputs, state limits, threads), the GGUF reader and fuzz tests and the thread tests then
    run in a subprocess that imports that copy, with the ASan runtime preloaded. Any ASan or
-   UBSan report aborts the subprocess and fails the test with the report.
+   UBSan report aborts the subprocess and fails the test with the report. The subprocess imports
+   omni_place before pytest starts: ``tests`` is a package, so pytest puts the checkout's root
+   (which holds the uninstrumented omni_place) first on sys.path when it collects it.
 
 By hand, the same run:
 
@@ -21,7 +23,8 @@ By hand, the same run:
     # then, with the build kept in /tmp/asan:
     cd /tmp && PYTHONPATH=/tmp/asan/pkg LD_PRELOAD=$(gcc -print-file-name=libasan.so) \\
       ASAN_OPTIONS=detect_leaks=0 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \\
-      python -m pytest -q /path/to/omni_place/tests/test_core_exact.py
+      python -c "import sys, omni_place._core, pytest; sys.exit(pytest.main(sys.argv[1:]))" \\
+      -q /path/to/omni_place/tests/test_core_exact.py
 
 (``OMNI_PLACE_SANITIZE=address,undefined python setup.py build_ext --inplace`` also builds an
 instrumented extension, but Python then refuses to import it unless the ASan runtime is
@@ -58,6 +61,10 @@ REPORT_MARKERS = ("ERROR: AddressSanitizer", "runtime error:", "SUMMARY: Undefin
 CYTHON_DIRECTIVES = ["language_level=3", "boundscheck=False", "wraparound=False", "initializedcheck=False",
                      "cdivision=True"]
 SUITE = ["test_core_exact.py", "test_gguf_reader.py", "test_fuzz_gguf.py", "test_threads.py"]
+# pytest, with omni_place (and its _core) imported from PYTHONPATH before pytest can put the
+# checkout's root on sys.path; prints where the core came from
+PYTEST_WITH_CORE = ("import sys, omni_place._core as c, pytest; print('omni_place._core:', c.__file__, flush=True); "
+                    "sys.exit(pytest.main(sys.argv[1:]))")
 
 pytestmark = pytest.mark.sanitizers
 
@@ -185,11 +192,12 @@ def run_suite(pkg: Path, dest: Path, libasan: str) -> tuple[int, str]:
                            cwd=dest, env=env, capture_output=True, text=True, timeout=120)
     assert probe.returncode == 0 and probe.stdout.strip().startswith(str(pkg)), probe.stdout + probe.stderr
     # --capture=sys: a sanitizer report goes to the real fd 2, not into pytest's capture file
-    cmd = [sys.executable, "-m", "pytest", "-q", "-x", "--capture=sys", "-p", "no:cacheprovider",
+    cmd = [sys.executable, "-c", PYTEST_WITH_CORE, "-q", "-x", "--capture=sys", "-p", "no:cacheprovider",
            "-W", "ignore::pytest.PytestUnknownMarkWarning",
            "--deselect", f"{ROOT / 'tests' / 'test_core_exact.py'}::test_gil_is_released",  # timing, not memory
            *[str(ROOT / "tests" / t) for t in SUITE]]
     run = subprocess.run(cmd, cwd=dest, env=env, capture_output=True, text=True, timeout=900)
+    assert f"omni_place._core: {pkg}" in run.stdout, run.stdout[:2000] + run.stderr[-2000:]
     return run.returncode, run.stdout + run.stderr
 
 

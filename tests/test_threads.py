@@ -1,4 +1,4 @@
-"""plan_split, the reader and the core called from several threads at once (issue 8).
+"""plan_split, the reader and the core called from several threads at once.
 
 The core keeps no global or static mutable state and solves without the GIL (``with nogil`` in
 _core.pyx; tests/test_core_exact.py checks GIL release and concurrent solves of one problem). Here:

@@ -1,4 +1,4 @@
-"""Plans applied through the real libllama and compared with what the engine did (issue 5).
+"""Plans applied through the real libllama and compared with what the engine did.
 
 Randomized plans (hypothesis) of tiny real models of four architectures -- dense llama, SWA
 gemma3, MoE qwen3moe, MoE + MLA + leading dense layer + NextN deepseek2 -- over CPU + two loopback
@@ -6,8 +6,9 @@ RPC devices: random device order, CPU prefix, per-device layer counts, per-layer
 overrides to the CPU, expert overrides to the *other* RPC device, output overrides, context, ubatch,
 KV type and flash attention. Each is loaded for real (load_mode none, so every CPU byte is
 counted) and must show 0 mismatches of layer, output and tensor devices, model and KV bytes
-within the issue's max(1 %, 16 MiB) -- and in fact exact up to the engine's print rounding where
-the plan models every override -- and compute buffers within verify.Tolerance's rule.
+within the default verify.Tolerance, max(1 %, 16 MiB) -- and in fact exact up to the engine's
+print rounding where the plan models every override -- and compute buffers within
+verify.Tolerance's rule.
 Plus plan_split's own plans, dry runs, the in-process handle, and the `verify` command's exit codes.
 """
 from __future__ import annotations
@@ -19,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from arch_models import write_model
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -27,12 +27,12 @@ from omni_place.cli import main
 from omni_place.cost import CPU, EXPERT_OPTIONS, Context, CostModel, Placement, placement_from_counts
 from omni_place.devices import Cluster, Device
 from omni_place.engines import llama_cpp
-from omni_place.errors import EngineMismatchError, InvalidArgumentError
-from omni_place.llama import LoadReport, Tolerance, apply, verify_plan
 from omni_place.engines.common import rpc_servers
-from omni_place.llama.apply import TENSOR_SPLIT_FLOATS, load_spec
-from omni_place.llama.logcapture import MIB
+from omni_place.errors import EngineMismatchError, InvalidArgumentError
+from omni_place.llama import LoadReport, Tolerance, apply, bindings as b, verify_plan
+from omni_place.llama.plan_spec import TENSOR_SPLIT_FLOATS, load_spec
 from omni_place.llama.verify import (
+    Expected,
     compare,
     engine_device_names,
     expected_from_plan,
@@ -42,6 +42,9 @@ from omni_place.llama.verify import (
 )
 from omni_place.model import ModelProfile, load_model
 from omni_place.plan import Plan, plan_split
+from omni_place.units import MiB
+
+from .arch_models import write_model
 
 engine = pytest.mark.engine
 ARCHS = ("llama", "gemma3", "qwen3moe", "deepseek2")
@@ -59,7 +62,7 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, ModelProfile]:
 
 def loop_cluster(endpoints: list[str], mem_mib: tuple[float, float] = (64, 64), cpu_gbs: float = 0.01) -> Cluster:
     """CPU + the two loopback RPC servers, described as small fast devices (no margin)."""
-    rpc = [Device(name, "rpc", int(mem * MIB), 500.0, endpoint=ep, link_gbs=100.0, link_latency_us=1.0,
+    rpc = [Device(name, "rpc", int(mem * MiB), 500.0, endpoint=ep, link_gbs=100.0, link_latency_us=1.0,
                   margin_bytes=0) for name, ep, mem in zip(ACCEL, endpoints, mem_mib)]
     return Cluster("loopback", (*rpc, Device("CPU", "cpu", 16 << 30, cpu_gbs, threads=2)))
 
@@ -155,7 +158,7 @@ def test_random_plans_load_as_planned(arch: str, models: dict[str, ModelProfile]
         plan = make_plan(model, cluster, p, context)
         v = verify_plan(plan, timeout=60)
         # the cost model does not price experts on another accelerator (decode refuses them):
-        # bytes are then only within the issue's tolerance, not exact
+        # bytes are then only within the default tolerance, max(1 %, 16 MiB), not exact
         assert_engine_agrees(plan, v, exact=not p.extra_overrides)
 
     check()
@@ -221,8 +224,6 @@ def test_dry_run_places_like_the_real_load(arch: str, models: dict[str, ModelPro
 
 @engine
 def test_apply_keeps_a_usable_model_and_context(models: dict[str, ModelProfile], rpc_pair: list[str]) -> None:
-    from omni_place.llama import bindings as b
-
     model = models["llama"]
     p = placement_from_counts(model, ACCEL, 1, (2, 1))
     plan = make_plan(model, loop_cluster(rpc_pair), p, Context(ctx=512, n_ubatch=32))
@@ -262,7 +263,7 @@ def test_engine_disagreement_is_reported(models: dict[str, ModelProfile], rpc_pa
     wrong.layers[0] = "RPC1"
     wrong.tensors["blk.2.ffn_up_exps.weight"] = ("RPC0", "doctored")
     wrong.devices["RPC0"]["compute"] = 0  # under-predicted (with 64 KiB of slack, below)
-    wrong.devices["RPC1"]["compute"] = 64 * MIB  # conservative: a warning, not a mismatch
+    wrong.devices["RPC1"]["compute"] = 64 * MiB  # conservative: a warning, not a mismatch
     bad = compare(wrong, v.load, plan.cluster, Tolerance(compute_under_bytes=64 << 10))
     problems = bad.mismatches()
     assert not bad.matches and len(problems) == 3, problems
@@ -415,8 +416,6 @@ def test_fallback_off_the_layers_device_is_a_mismatch() -> None:
                 "host_buffer_type": None}]
     report = LoadReport(ok=True, layer_devices={0: "CPU", 1: "RPC0"}, output_device="RPC0", n_layer_all=2,
                         devices=devices, devices_used=["RPC0"], log=TENSOR_LOG.splitlines())
-    from omni_place.llama.verify import Expected
-
     exp = Expected("m.gguf", ["RPC0"], ["CPU", "RPC0"], "RPC0",
                    {"blk.2.ffn_gate_exps.weight": ("CPU", "exps=CPU")}, {}, {"blk.1.attn_q.weight": "RPC0"})
     v = compare(exp, report)
@@ -431,12 +430,12 @@ def test_fallback_off_the_layers_device_is_a_mismatch() -> None:
 def test_tolerance_rules() -> None:
     tol = Tolerance()
     pr = 5243  # one printed line: 0.005 MiB
-    assert tol.bounds("model", 1000 * MIB) == (1000 * MIB - 16 * MIB - pr, 1000 * MIB + 16 * MIB + pr)
-    assert tol.bounds("kv", 4000 * MIB, 2) == (4000 * MIB - 40 * MIB - 2 * pr, 4000 * MIB + 40 * MIB + 2 * pr)
-    low, high = tol.bounds("compute", 101 * MIB)
-    assert (low, high) == (40 * MIB - pr, 102 * MIB + pr)  # engine >= (pred - 1 MiB) / 2.5, <= pred + 1 MiB
-    assert Tolerance.exact().bounds("model", MIB, 3) == (MIB - 3 * pr, MIB + 3 * pr)
-    assert tol.bounds("model", MIB, mapped=True)[1] == float("inf")
+    assert tol.bounds("model", 1000 * MiB) == (1000 * MiB - 16 * MiB - pr, 1000 * MiB + 16 * MiB + pr)
+    assert tol.bounds("kv", 4000 * MiB, 2) == (4000 * MiB - 40 * MiB - 2 * pr, 4000 * MiB + 40 * MiB + 2 * pr)
+    low, high = tol.bounds("compute", 101 * MiB)
+    assert (low, high) == (40 * MiB - pr, 102 * MiB + pr)  # engine >= (pred - 1 MiB) / 2.5, <= pred + 1 MiB
+    assert Tolerance.exact().bounds("model", MiB, 3) == (MiB - 3 * pr, MiB + 3 * pr)
+    assert tol.bounds("model", MiB, mapped=True)[1] == float("inf")
 
 
 def test_device_names_follow_endpoints() -> None:

@@ -3,11 +3,13 @@ from __future__ import annotations
 
 import json
 import sys
+from typing import Any
 from pathlib import Path
 
 import click
 
 from .. import bench
+from ..engines import BENCH_ENGINES, engine_of_binary
 from ..errors import InvalidArgumentError
 from . import cli
 from .plan_cmd import _cluster_spec, cluster_option
@@ -27,10 +29,10 @@ def _binaries(values: tuple[str, ...]) -> dict[str, str]:
     out: dict[str, str] = {}
     for v in values:
         engine, eq, path = v.partition("=")
-        if eq and engine in bench.ENGINES:
+        if eq and engine in BENCH_ENGINES:
             pass
         else:
-            engine, path = bench.engine_of_binary(v), v
+            engine, path = engine_of_binary(v), v
         if not Path(path).exists():
             raise InvalidArgumentError(f"no llama-bench at {path}", hint="pass the path of a built llama-bench binary")
         if engine in out:
@@ -43,7 +45,8 @@ def _binaries(values: tuple[str, ...]) -> dict[str, str]:
 @cli.command("bench")
 @click.argument("model", type=click.Path(exists=True, dir_okay=False))
 @click.option("--llama-bench", "binaries", multiple=True, required=True,
-              help="A llama-bench binary: PATH (a path containing 'ik' is ik_llama.cpp) or ENGINE=PATH. Repeat per engine.")
+              help="A llama-bench binary: PATH (a path containing 'ik' is ik_llama.cpp) or ENGINE=PATH. "
+                   "Repeat per engine.")
 @cluster_option
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default="bench-results", show_default=True,
               help="Folder for records.jsonl, matrix.json, logs/ and the chart.")
@@ -74,14 +77,14 @@ def bench_cmd(model: str, binaries: tuple[str, ...], cluster_file: str | None, p
           --llama-bench ik_llama.cpp=~/ik_llama.cpp/build/bin/llama-bench --plot
     """
     from ..devices import resolve_cluster
-    from ..plan import _objective_weights
+    from ..plan import objective_weights
 
     obj: str | float = objective
     try:
         obj = float(objective)
     except ValueError:
         pass
-    _objective_weights(obj)
+    objective_weights(obj)
     bins = _binaries(binaries)
     cluster = resolve_cluster(_cluster_spec(cluster_file, preset))
     out = Path(out_dir)
@@ -101,7 +104,7 @@ def bench_cmd(model: str, binaries: tuple[str, ...], cluster_file: str | None, p
     click.echo(f"records: {out / 'records.jsonl'}")
 
 
-def _fmt_err(e: dict) -> str:  # type: ignore[type-arg]
+def _fmt_err(e: dict[str, Any]) -> str:
     return ", ".join(f"{k}: median {v['median_abs'] * 100:.1f} %, max {v['max_abs'] * 100:.1f} % (n={v['n']})"
                      for k, v in e.items())
 
@@ -123,7 +126,8 @@ def calibrate_cmd(records: tuple[str, ...], holdout: tuple[str, ...], models: tu
     Models and cluster files are looked up beside the records (NAME.hdr.gguf[.xz], RIG.toml)
     unless given. The error is reported on records the fit did not see.
     """
-    from .. import calibrate as cal
+    from ..bench import calibrate as cal
+    from ..calibration import machine_id, save_calibration
 
     recs = bench.load_records(records)
     hrecs = bench.load_records(holdout) if holdout else []
@@ -153,9 +157,9 @@ def calibrate_cmd(records: tuple[str, ...], holdout: tuple[str, ...], models: tu
                                   "n_points": len(ep)}
     saved = []
     if not no_save:
-        ids = [machine] if machine else sorted({cal.machine_id(p.cluster) for p in pts})
+        ids = [machine] if machine else sorted({machine_id(p.cluster) for p in pts})
         for mid in ids:
-            saved.append(str(cal.save_calibration(mid, fitted, {"report": report})))
+            saved.append(str(save_calibration(mid, fitted, {"report": report})))
     report["saved"] = saved
     if fmt == "json":
         click.echo(json.dumps(report, indent=1))

@@ -5,7 +5,9 @@ import json
 
 import click
 
-from ..model import KV_TYPES, MiB, ModelProfile, load_model, role_totals
+from ..compute import compute_buffer_estimate
+from ..model import KV_TYPES, ModelProfile, load_model, role_totals
+from ..units import MiB
 from . import cli
 
 
@@ -42,7 +44,8 @@ def _text_report(model: ModelProfile, report: dict) -> str:
             f"{_mib(ly['kv_bytes']):>9} {_mib(cuda):>9}{tag}"
         )
     by_role = role_totals(model.tensors)
-    lines += ["", "  by role: " + ", ".join(f"{r} {_mib(b)} MiB" for r, b in sorted(by_role.items(), key=lambda x: -x[1]))]
+    lines += ["", "  by role: " + ", ".join(f"{r} {_mib(b)} MiB"
+                                            for r, b in sorted(by_role.items(), key=lambda x: -x[1]))]
     unknown = model.unknown_tensors
     if unknown:
         shown = ", ".join(unknown[:8]) + (f", ... ({len(unknown)} in all)" if len(unknown) > 8 else "")
@@ -52,10 +55,14 @@ def _text_report(model: ModelProfile, report: dict) -> str:
 
 @cli.command("inspect")
 @click.argument("model", type=click.Path(dir_okay=False))
-@click.option("--ctx", type=click.IntRange(1, 1 << 24), default=4096, show_default=True, help="Context length for the KV cache.")
-@click.option("--kv-type", type=click.Choice(list(KV_TYPES), case_sensitive=False), default="f16", show_default=True, help="KV cache type (-ctk/-ctv).")
-@click.option("--ubatch", type=click.IntRange(1, 1 << 16), default=512, show_default=True, help="Physical batch size (-ub) for compute buffers.")
-@click.option("--flash-attn/--no-flash-attn", default=True, show_default=True, help="Flash attention (changes compute buffers and V layout).")
+@click.option("--ctx", type=click.IntRange(1, 1 << 24), default=4096, show_default=True,
+              help="Context length for the KV cache.")
+@click.option("--kv-type", type=click.Choice(list(KV_TYPES), case_sensitive=False), default="f16", show_default=True,
+              help="KV cache type (-ctk/-ctv).")
+@click.option("--ubatch", type=click.IntRange(1, 1 << 16), default=512, show_default=True,
+              help="Physical batch size (-ub) for compute buffers.")
+@click.option("--flash-attn/--no-flash-attn", default=True, show_default=True,
+              help="Flash attention (changes compute buffers and V layout).")
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
 def inspect_cmd(model: str, ctx: int, kv_type: str, ubatch: int, flash_attn: bool, fmt: str) -> None:
     """Show what every tensor and layer of MODEL costs: bytes as stored and as allocated on CUDA,
@@ -72,6 +79,7 @@ def inspect_cmd(model: str, ctx: int, kv_type: str, ubatch: int, flash_attn: boo
     """
     profile = load_model(model)
     report = profile.to_dict(ctx=ctx, kv_type=kv_type.lower(), n_ubatch=ubatch, flash_attn=flash_attn)
+    report["compute"] = compute_buffer_estimate(profile, n_ctx=ctx, n_ubatch=ubatch, flash_attn=flash_attn).to_dict()
     if fmt == "json":
         click.echo(json.dumps(report, indent=1))
     else:

@@ -9,13 +9,13 @@ from pathlib import Path
 
 import click
 
-from ..engines import ENGINES
-from ..engines.llama_cpp import _FLAG_ALIASES
+from ..engines import ENGINES, LLAMA_FAMILY, traits
+from ..engines.llama_cpp import FLAG_ALIASES
 from ..errors import InvalidArgumentError, NothingFitsError
 from ..model import KV_TYPES, ModelProfile, load_model
 from ..plan import Plan, evaluate, plan_split
 from ..reference_models import REFERENCE_MODELS, cached_reference_model
-from ..report import env_lines
+from ..report import env_lines, render_plan
 from . import cli
 
 DEFAULT_MODEL = "deepseek-v3.2"
@@ -49,12 +49,9 @@ def _emit(plan: Plan, fmt: str, tool: str) -> None:
     elif fmt == "args":
         click.echo(shlex.join(plan.args(tool)))
     elif fmt == "env":
-        if plan.engine == "llama.cpp":
-            click.echo("\n".join(env_lines(plan.args("server"))))
-        else:
-            click.echo("\n".join(f"export {k}={shlex.quote(v)}" for k, v in plan.env().items()))
+        click.echo("\n".join(env_lines(plan)))
     else:
-        click.echo(plan.explain())
+        click.echo(render_plan(plan))
 
 
 class _ExecCommand(click.Command):
@@ -72,7 +69,7 @@ class _ExecCommand(click.Command):
 def _flag_key(tok: str) -> str | None:
     """The placement/context key of a llama.cpp flag (any alias, ``--flag=value`` too)."""
     flag = tok.partition("=")[0] if tok.startswith("--") else tok
-    return _FLAG_ALIASES.get(flag) or {"-m": "model", "--model": "model"}.get(flag)
+    return FLAG_ALIASES.get(flag) or {"-m": "model", "--model": "model"}.get(flag)
 
 
 def exec_argv(plan: Plan, engine_argv: list[str], model_path: Path | None) -> tuple[list[str], list[str]]:
@@ -148,17 +145,17 @@ def plan_cmd(model: str | None, cluster_file: str | None, preset: str | None, ct
       omni-place plan model.gguf --preset seed --exec -- llama-server --port 8080
       llama-server -m model.gguf $(omni-place plan model.gguf --preset seed --format args)
     """
-    engine_argv = click.get_current_context().meta.get("omni_place.engine_argv")
+    engine_argv: list[str] | None = click.get_current_context().meta.get("omni_place.engine_argv")
     if engine_argv is not None and not do_exec:
         raise InvalidArgumentError("arguments after -- are the engine command of --exec",
                                    hint="add --exec, e.g. omni-place plan MODEL --exec -- llama-server --port 8080")
     if do_exec and not engine_argv:
         raise InvalidArgumentError("--exec needs the engine command after --",
                                    hint="e.g. omni-place plan MODEL --exec -- llama-server --port 8080")
-    if do_exec and engine == "vllm":
+    if do_exec and not traits(engine).llama_family:
         raise InvalidArgumentError("--exec runs llama.cpp-family engines",
                                    hint="for vLLM use --format env and --format args with `vllm serve`")
-    if do_exec and shutil.which(engine_argv[0]) is None:
+    if do_exec and engine_argv and shutil.which(engine_argv[0]) is None:
         raise InvalidArgumentError(f"engine {engine_argv[0]!r} not found (not a file, not on PATH)",
                                    hint="give the path of llama-server / llama-cli after --")
     obj: str | float = objective
@@ -189,8 +186,8 @@ def plan_cmd(model: str | None, cluster_file: str | None, preset: str | None, ct
         _emit(plan, fmt, tool)
         return
     model_path = Path(model) if model is not None and Path(model).exists() else None
-    argv, notes = exec_argv(plan, engine_argv, model_path)
-    click.echo(plan.explain(), err=True)
+    argv, notes = exec_argv(plan, engine_argv or [], model_path)
+    click.echo(render_plan(plan), err=True)
     for n in notes:
         click.echo(f"omni-place: {n}", err=True)
     click.echo("omni-place: exec " + shlex.join(argv), err=True)
@@ -206,7 +203,7 @@ def plan_cmd(model: str | None, cluster_file: str | None, preset: str | None, ct
 @cli.command("check", context_settings={"ignore_unknown_options": True})
 @click.argument("model")
 @cluster_option
-@click.option("--engine", type=click.Choice(["llama.cpp", "ik_llama.cpp"]), default="llama.cpp", show_default=True,
+@click.option("--engine", type=click.Choice(list(LLAMA_FAMILY)), default="llama.cpp", show_default=True,
               help="Whose rules the command line follows (ik: byte-weighted -ts, -ngl without the output).")
 @click.option("--tool", type=click.Choice(["server", "bench"]), default="server", show_default=True,
               help="The arguments are llama-server/llama-cli's or llama-bench's (separators, --n-cpu-moe).")

@@ -5,7 +5,8 @@ import os
 
 import click
 
-from ..llama.rpc import DEFAULT_PORT, GIB, is_loopback, serve, server_host
+from ..llama.rpc import DEFAULT_PORT, is_loopback, serve, server_host
+from ..units import GiB
 from . import cli
 
 
@@ -60,7 +61,7 @@ def rpc_server(
             err=True,
         )
     n_threads = threads if threads is not None else max(1, (os.cpu_count() or 2) // 2)
-    mem_bytes = None if mem_gib is None else int(round(mem_gib * GIB))
+    mem_bytes = None if mem_gib is None else int(round(mem_gib * GiB))
     advertised = f"{mem_gib:g} GiB advertised" if mem_gib is not None else "host RAM advertised"
     threads_text = f"{n_threads} thread{'' if n_threads == 1 else 's'}"
     click.echo(f"omni-place rpc-server: serving CPU on {host}:{port} ({threads_text}, {advertised})", err=True)

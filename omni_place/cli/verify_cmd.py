@@ -14,10 +14,10 @@ from typing import Any
 
 import click
 
+from ..engines import DIALECTS
 from ..errors import ClusterError, InvalidArgumentError
 from . import cli
 
-ENGINE = "llama.cpp"
 _REQUIRED = ("engine", "model", "args")
 
 
@@ -81,10 +81,11 @@ def plan_from_json(data: dict[str, Any], model: str, cluster: str, source: str =
     from ..model import load_model
     from ..plan import evaluate
 
-    if data["engine"] != ENGINE:
+    verifiable = [name for name, d in DIALECTS.items() if d.traits.libllama]
+    if data["engine"] not in verifiable:
         raise InvalidArgumentError(
-            f"{source} is a plan for {data['engine']}; verify loads {ENGINE} plans through libllama",
-            hint="plan with --engine llama.cpp to verify it through the engine")
+            f"{source} is a plan for {data['engine']}; verify loads {', '.join(verifiable)} plans through libllama",
+            hint=f"plan with --engine {verifiable[0]} to verify it through the engine")
     model_path = Path(model)
     if not model_path.is_file():
         raise InvalidArgumentError(f"model file not found: {model}", hint="verify needs the model's weights on disk")
@@ -102,7 +103,7 @@ def plan_from_json(data: dict[str, Any], model: str, cluster: str, source: str =
             f"(devices: {', '.join(sorted(names))})",
             hint="pass the cluster the plan was made for with --cluster FILE or --preset NAME")
     ctx = data.get("ctx") if isinstance(data.get("ctx"), int) else None
-    plan = evaluate(profile, clus, list(data["args"]), ctx=ctx)
+    plan = evaluate(profile, clus, list(data["args"]), ctx=ctx, engine=data["engine"])
     return plan, expected_from_json(data, plan)
 
 

@@ -1,42 +1,33 @@
-"""Engine flag dialects, one module each (one source of truth per dialect), and what the planner
-must know of each engine (:class:`EngineTraits`)."""
+"""Engine dialects, one module each (one source of truth per dialect), behind one interface
+(:class:`~.base.Dialect`) and one registry: ``dialect(name)``."""
 from __future__ import annotations
 
-from dataclasses import dataclass
-from types import ModuleType
+import re
 
-from ..errors import InvalidArgumentError
 from . import ik_llama, llama_cpp, vllm
+from .base import BenchSpelling, Dialect, EngineTraits, PlacementArgs, by_name
 
-
-@dataclass(frozen=True)
-class EngineTraits:
-    """Placement rules that differ between engines."""
-
-    cpu_weights: bool  # layers / routed experts may stay in CPU RAM
-    rpc_devices: bool  # llama.cpp RPC servers can be devices
-    swa_full: bool  # the SWA KV cache is sized for the whole context
-    embedding_on_first: bool  # the token embedding lives on the first device, not in CPU RAM
-    output_only_offload: bool = True  # the output head alone may sit on an accelerator
-
-
-DIALECTS: dict[str, ModuleType] = {llama_cpp.NAME: llama_cpp, ik_llama.NAME: ik_llama, vllm.NAME: vllm}
-TRAITS: dict[str, EngineTraits] = {
-    llama_cpp.NAME: EngineTraits(cpu_weights=True, rpc_devices=True, swa_full=False, embedding_on_first=False),
-    # ik: -ngl 0 drops every override, so a head on a GPU needs a layer there too
-    ik_llama.NAME: EngineTraits(cpu_weights=True, rpc_devices=True, swa_full=True, embedding_on_first=False,
-                                output_only_offload=False),
-    vllm.NAME: EngineTraits(cpu_weights=False, rpc_devices=False, swa_full=False, embedding_on_first=True),
-}
+DIALECTS: dict[str, Dialect] = {d.name: d for d in (llama_cpp.DIALECT, ik_llama.DIALECT, vllm.DIALECT)}
 ENGINES = tuple(DIALECTS)
+LLAMA_FAMILY = tuple(n for n, d in DIALECTS.items() if d.traits.llama_family)
+BENCH_ENGINES = tuple(n for n, d in DIALECTS.items() if d.bench is not None)
+
+
+def dialect(engine: str) -> Dialect:
+    """The dialect of a supported engine; a clear error for any other name."""
+    return by_name(DIALECTS, engine)
 
 
 def traits(engine: str) -> EngineTraits:
     """The traits of a supported engine; a clear error for any other name."""
-    try:
-        return TRAITS[engine]
-    except KeyError:
-        raise InvalidArgumentError(f"unknown engine {engine!r}", hint="use one of: " + ", ".join(ENGINES)) from None
+    return dialect(engine).traits
 
 
-__all__ = ["DIALECTS", "ENGINES", "TRAITS", "EngineTraits", "ik_llama", "llama_cpp", "traits", "vllm"]
+def engine_of_binary(path: str) -> str:
+    """Guess the engine of a llama-bench binary from its path (``ik`` in it means ik_llama.cpp)."""
+    ik = re.search(r"(^|[^a-z])ik([^a-z]|$)|ik_llama", str(path).lower())
+    return ik_llama.NAME if ik else llama_cpp.NAME
+
+
+__all__ = ["BENCH_ENGINES", "DIALECTS", "ENGINES", "LLAMA_FAMILY", "BenchSpelling", "Dialect", "EngineTraits",
+           "PlacementArgs", "dialect", "engine_of_binary", "ik_llama", "llama_cpp", "traits", "vllm"]

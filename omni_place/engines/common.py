@@ -2,7 +2,8 @@
 tool's separators from the dialect's :class:`FlagSyntax` table) and the ``-ot`` expert patterns.
 
 Both forks match ``-ot`` patterns with ECMAScript ``std::regex`` ``regex_search`` on full tensor
-names, first match wins (ENGINE_FACTS §2), so one pattern builder serves both.
+names, first match wins (``src/llama-model-loader.cpp:1233-1259``; ik
+``src/llama-load-tensors.cpp:262-267, 459-469``), so one pattern builder serves both.
 """
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
 from ..cost import CPU, EXPERT_KINDS, Placement
-from ..devices import Device
+from ..devices import Cluster, Device
 from ..errors import ClusterError, InvalidArgumentError
 from ..model import ModelProfile
 
@@ -20,6 +21,24 @@ KIND_REGEX = {
     frozenset({"down"}): r"ffn_down_(ch|)exps",
     frozenset({"gate", "up", "gate_up"}): r"ffn_(up|gate|gate_up)_(ch|)exps",
 }
+
+
+@dataclass
+class ParsedArgs:
+    """What a user's llama.cpp command line says about placement and context."""
+
+    n_gpu_layers: int = -1
+    tensor_split: list[float] | None = None
+    devices: list[str] | None = None
+    overrides: list[tuple[str, str]] = field(default_factory=list)
+    ctx: int | None = None
+    n_ubatch: int = 512
+    type_k: str = "f16"
+    type_v: str = "f16"
+    flash_attn: bool | None = None
+    split_mode: str = "layer"
+    rpc: list[str] = field(default_factory=list)
+    n_cpu_moe: int = 0  # ik_llama.cpp's library -ncmoe/-cmoe (a count; see ik_llama.decode)
 
 
 @dataclass(frozen=True)
@@ -52,6 +71,12 @@ class EngineArgs:
     syntax: Mapping[str, FlagSyntax] = field(default_factory=dict, repr=False)
     extra: list[str] = field(default_factory=list)  # dialect flags that always go along (e.g. ik's -mla)
     rpc: list[str] = field(default_factory=list)  # rpc-server endpoints to register (--rpc), in device order
+
+    @classmethod
+    def from_parsed(cls, parsed: ParsedArgs, syntax: Mapping[str, FlagSyntax]) -> EngineArgs:
+        """The placement flags of a parsed command line, to be spelled with ``syntax``."""
+        return cls(parsed.n_gpu_layers, list(parsed.tensor_split or []), parsed.devices or [],
+                   list(parsed.overrides), syntax, rpc=list(parsed.rpc))
 
     def args(self, tool: str = "server", *, ctx: int | None = None, n_ubatch: int | None = None,
              type_k: str = "f16", type_v: str = "f16", flash_attn: bool = True) -> list[str]:
@@ -116,7 +141,7 @@ def layer_regex(layers: Sequence[int]) -> str:
     nums = sorted(set(layers))
     alts: list[str] = []
     start = prev = nums[0]
-    for n in nums[1:] + [None]:  # type: ignore[list-item]
+    for n in [*nums[1:], None]:
         if n is not None and n == prev + 1:
             prev = n
             continue
@@ -141,6 +166,11 @@ def expert_overrides(model: ModelProfile, p: Placement, cpu_buffer: str = "CPU")
             raise InvalidArgumentError(f"no override pattern for expert kinds {sorted(kinds)}")
         out.append((layer_regex(layers) + regex, cpu_buffer))
     return out + list(p.extra_overrides)
+
+
+def accelerator_names(cluster: Cluster) -> list[str]:
+    """The cluster's accelerators in the engines' default device order."""
+    return [d.name for d in cluster.gpus]
 
 
 def rpc_servers(devices: Sequence[Device]) -> list[str]:

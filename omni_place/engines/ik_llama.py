@@ -1,6 +1,6 @@
 """ik_llama.cpp's placement flags: from a Placement to flags that reproduce it there, and back.
 
-ik differs from mainline (ENGINE_FACTS §1.4, ik ``src/llama.cpp`` ``llm_load_tensors``):
+ik differs from mainline (ik ``src/llama.cpp:4177-4672``, ``llm_load_tensors``):
 
 - ``-ngl`` counts repeating layers only: the first ``n_layer - ngl`` run on the CPU, and the
   output head goes to a GPU only when ``ngl > n_layer``.
@@ -26,11 +26,14 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..cost import CPU, Context, Placement
+from ..cost import CPU, Context, DeviceUsage, Placement
+from ..devices import Cluster
 from ..errors import InvalidArgumentError
 from ..model import ModelProfile
 from . import llama_cpp
-from .common import EngineArgs, FlagSyntax, expert_overrides, layer_counts, model_devices
+from .base import BenchSpelling, Dialect, EngineTraits
+from .common import (EngineArgs, FlagSyntax, accelerator_names, expert_overrides, layer_counts, model_devices,
+                     rpc_buffer_names, rpc_servers)
 
 NAME = "ik_llama.cpp"
 SYNTAX = {
@@ -40,6 +43,7 @@ SYNTAX = {
 }
 TOOLS = tuple(SYNTAX)
 SWA_FULL = True  # ik sizes SWA layers' KV cache for the whole context
+FIT_MARGIN = 1 << 30  # ik keeps 1 GiB free per GPU in its default split (k_default_mem_margin)
 _TS_UNIT = 1024.0 * 1024.0  # -ts shares are written in MiB (2 decimals: 10 KiB resolution)
 
 _EXPERT = re.compile(r"\.ffn_(gate_up|gate|up|down)_(ch|)exps\.")
@@ -111,7 +115,8 @@ def layer_sizes(model: ModelProfile, context: Context) -> tuple[list[float], flo
                 # ik rebuilds wkv_b from k_b and v_b (Q8_0 when they are quantized)
                 ws = wv.info.shape  # type: ignore[attr-defined]
                 wks = wk.info.shape  # type: ignore[attr-defined]
-                q8_row = ws[0] // 32 * 34 if wv.info.type_name not in ("F32", "F16", "BF16") else wv.bytes // max(1, ws[1] * ws[2])  # type: ignore[attr-defined]
+                q8_row = (ws[0] // 32 * 34 if wv.info.type_name not in ("F32", "F16", "BF16")  # type: ignore[attr-defined]
+                          else wv.bytes // max(1, ws[1] * ws[2]))  # type: ignore[attr-defined]
                 sizes[il] += q8_row * (ws[1] + wks[1]) * ws[2] * 2
             elif wkv is not None:
                 sizes[il] += (wkv.bytes // 2) * ((wk is None) + (wv is None))  # type: ignore[attr-defined]
@@ -284,3 +289,67 @@ def _ncmoe_overrides(model: ModelProfile, homes: Sequence[str], order: Sequence[
             out.append((pat.format(il), CPU))
             take[d] -= 1
     return out
+
+
+_LOG_KV = re.compile(r"llama_kv_cache_init: +(\S+) KV buffer size = +([\d.]+) MiB")  # ik src/llama.cpp
+
+
+class IkLlama(Dialect):
+    """ik_llama.cpp: ``-ngl`` without the output head, byte-weighted ``-ts`` (:func:`encode`)."""
+
+    name = NAME
+    # -ngl 0 drops every override, so a head on a GPU needs a layer there too
+    traits = EngineTraits(cpu_weights=True, rpc_devices=True, swa_full=SWA_FULL, embedding_on_first=False,
+                          output_only_offload=False)
+    tools = TOOLS
+    bench = BenchSpelling(fit=("--fit", "1"), n_cpu_moe="--n-cpu-moe", output=("-o", "json"), ngl_all="999")
+
+    def encode(self, model: ModelProfile, placement: Placement, cluster: Cluster, context: Context,
+               usage: Sequence[DeviceUsage]) -> EngineArgs:
+        return encode(model, placement, accelerator_names(cluster), context, rpc_buffer_names(cluster.devices),
+                      rpc_servers(cluster.devices))
+
+    def parse_args(self, argv: Sequence[str], tool: str = "server") -> llama_cpp.ParsedArgs:
+        return parse_args(argv, tool)
+
+    def decode(self, model: ModelProfile, parsed: llama_cpp.ParsedArgs, cluster: Cluster, context: Context,
+               tool: str = "server") -> Placement:
+        # no -ts: ik splits by free memory less its fit margin
+        accel = accelerator_names(cluster)
+        free = [max(0.0, float(cluster.by_name(n).memory_bytes) - FIT_MARGIN) for n in accel]
+        return decode(model, parsed, accel, context, free_mem=free, rpc_names=rpc_buffer_names(cluster.devices),
+                      tool=tool)
+
+    def flags_of(self, parsed: llama_cpp.ParsedArgs) -> EngineArgs:
+        return EngineArgs.from_parsed(parsed, SYNTAX)
+
+    def layer_homes_from_log(self, log: str, n_layer: int, accelerators: Sequence[str],
+                             argv: Sequence[str]) -> tuple[list[str], str] | None:
+        """ik prints no per-layer lines: each device's KV cache buffer is one equal slice per
+        layer, layers contiguous in device order after the CPU's; the output follows the last
+        layer's device when ``-ngl`` exceeds the layer count."""
+        kv: dict[str, float] = {}
+        for dev, mib in _LOG_KV.findall(log):
+            if dev in kv:
+                break  # the next context's buffers
+            kv[dev] = float(mib)
+        total = sum(kv.values())
+        if not total:
+            return None
+        homes, output = [CPU] * n_layer, CPU
+        gpu = [(d, kv[d]) for d in kv if re.fullmatch(r"CUDA\d+", d)]
+        counts = [round(n_layer * v / total) for _, v in gpu]
+        il = n_layer - sum(counts)
+        for (d, _), n in zip(gpu, counts):
+            idx = int(d[4:])
+            name = accelerators[idx] if idx < len(accelerators) else d
+            for k in range(il, il + n):
+                homes[k] = name
+            il += n
+        ngl = int(argv[list(argv).index("-ngl") + 1]) if "-ngl" in argv else None
+        if homes[0] != CPU and (ngl is None or ngl > n_layer):
+            output = homes[n_layer - 1]
+        return homes, output
+
+
+DIALECT = IkLlama()

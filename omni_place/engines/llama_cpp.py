@@ -1,6 +1,6 @@
 """Mainline llama.cpp's placement flags: from a Placement to exact flags, and back.
 
-Layer split (ENGINE_FACTS §1.2-1.3, ``src/llama-model.cpp`` load_tensors): ``n_layer + 1`` slots
+Layer split (``src/llama-model.cpp:1502-1618``, load_tensors): ``n_layer + 1`` slots
 (the repeating layers, NextN blocks included, then the output head); GPU slots are the last
 ``-ngl``; slot ``j`` of ``act`` goes to the first device whose cumulative ``-ts`` fraction is
 strictly greater than ``j/act`` (float32). Exact counts ``L_d``: ``-ngl ΣL_d+1``,
@@ -14,29 +14,61 @@ from __future__ import annotations
 
 import re
 import shlex
-from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
 
-from ..cost import CPU, Placement, expert_kind
+from ..cost import CPU, Context, DeviceUsage, Placement, expert_kind
+from ..devices import Cluster
 from ..errors import InvalidArgumentError
 from ..model import ModelProfile, Role
-from .common import (EngineArgs, FlagSyntax, dev_flag, expert_overrides, layer_counts, layer_regex, model_devices,
-                     override_device)
+from .base import BenchSpelling, Dialect, EngineTraits, PlacementArgs
+from .common import (EngineArgs, FlagSyntax, ParsedArgs, accelerator_names, dev_flag, expert_overrides, layer_counts,
+                     layer_regex, model_devices, override_device, rpc_buffer_names, rpc_servers)
 
-__all__ = ["NAME", "SYNTAX", "TOOLS", "EngineArgs", "assign_layers", "decode", "encode", "engine_args",
-           "layer_regex", "parse_args"]
+__all__ = ["DIALECT", "FLAG_ALIASES", "LLAMA_ENV", "NAME", "SYNTAX", "TOOLS", "EngineArgs", "LlamaCpp", "ParsedArgs",
+           "assign_layers", "decode", "encode", "engine_args", "layer_regex", "llama_env", "parse_args"]
 
 NAME = "llama.cpp"
 # Tools and their separators: llama-bench takes lists of test values after commas, so devices
-# and shares inside one test go with "/" and override entries with ";" (MEASURING.md).
+# and shares inside one test go with "/" and override entries with ";" (tools/llama-bench/llama-bench.cpp).
 SYNTAX = {
     "server": FlagSyntax(dev_sep=",", ts_sep=",", ot_sep=",", fa_on="on", fa_off="off", takes_ctx=True),
     "cli": FlagSyntax(dev_sep=",", ts_sep=",", ot_sep=",", fa_on="on", fa_off="off", takes_ctx=True),
     "bench": FlagSyntax(dev_sep="/", ts_sep="/", ot_sep=";", fa_on="1", fa_off="0", takes_ctx=False, rpc_flag="-rpc"),
 }
 TOOLS = tuple(SYNTAX)
+# Environment variables llama-server / llama-cli read for each flag (common/arg.cpp, set_env(...)
+# at the line given). They are applied before the command line, so a flag given on the command
+# line wins over its variable (common/arg.cpp:784-806).
+LLAMA_ENV = {
+    "-dev": "LLAMA_ARG_DEVICE",  # arg.cpp:2744
+    "-ngl": "LLAMA_ARG_N_GPU_LAYERS",  # :2805
+    "-ts": "LLAMA_ARG_TENSOR_SPLIT",  # :2856
+    "-ot": "LLAMA_ARG_OVERRIDE_TENSOR",  # :2758
+    "-c": "LLAMA_ARG_CTX_SIZE",  # :1648
+    "-ub": "LLAMA_ARG_UBATCH",  # :1681
+    "-b": "LLAMA_ARG_BATCH",  # :1674
+    "-ctk": "LLAMA_ARG_CACHE_TYPE_K",  # :2448
+    "-ctv": "LLAMA_ARG_CACHE_TYPE_V",  # :2461
+    "-fa": "LLAMA_ARG_FLASH_ATTN",  # :1768
+    "-sm": "LLAMA_ARG_SPLIT_MODE",  # :2829
+    "-mg": "LLAMA_ARG_MAIN_GPU",  # :2866
+    "-ncmoe": "LLAMA_ARG_N_CPU_MOE",  # :2775
+    "--rpc": "LLAMA_ARG_RPC",  # :2689
+}
+_LOG_LAYER = re.compile(r"load_tensors: layer +(\d+) assigned to device (\S+?),")  # src/llama-model.cpp
+
+
+def llama_env(args: Sequence[str]) -> dict[str, str]:
+    """The ``LLAMA_ARG_*`` variables equivalent to llama-server flags (``-flag value`` pairs)."""
+    out = {}
+    for flag, value in zip(args[::2], args[1::2]):
+        if flag not in LLAMA_ENV:
+            raise InvalidArgumentError(f"flag {flag} has no LLAMA_ARG_ environment variable",
+                                       hint="use --format args")
+        out[LLAMA_ENV[flag]] = value
+    return out
 
 
 def engine_args(n_gpu_layers: int, tensor_split: Sequence[float], devices: Sequence[str],
@@ -74,7 +106,7 @@ def encode(model: ModelProfile, p: Placement, default_order: Sequence[str], rpc:
 def assign_layers(n_slots: int, n_gpu_layers: int, tensor_split: Sequence[float] | None,
                   n_devices: int, free_mem: Sequence[float] | None = None) -> list[int]:
     """Device index of every slot (-1 = CPU), last entry = output, exactly as load_tensors does
-    it in float32 (the same arithmetic as ENGINE_FACTS' split_emulator.py)."""
+    it in float32 (``src/llama-model.cpp:1502-1618``)."""
     n_layer = n_slots - 1
     if n_gpu_layers < 0:
         n_gpu_layers = n_layer + 1
@@ -98,25 +130,7 @@ def assign_layers(n_slots: int, n_gpu_layers: int, tensor_split: Sequence[float]
     return out
 
 
-@dataclass
-class ParsedArgs:
-    """What a user's llama.cpp command line says about placement and context."""
-
-    n_gpu_layers: int = -1
-    tensor_split: list[float] | None = None
-    devices: list[str] | None = None
-    overrides: list[tuple[str, str]] = field(default_factory=list)
-    ctx: int | None = None
-    n_ubatch: int = 512
-    type_k: str = "f16"
-    type_v: str = "f16"
-    flash_attn: bool | None = None
-    split_mode: str = "layer"
-    rpc: list[str] = field(default_factory=list)
-    n_cpu_moe: int = 0  # ik_llama.cpp's library -ncmoe/-cmoe (a count; see ik_llama.decode)
-
-
-_FLAG_ALIASES = {
+FLAG_ALIASES = {
     "-ngl": "ngl", "--gpu-layers": "ngl", "--n-gpu-layers": "ngl",
     "-ts": "ts", "--tensor-split": "ts",
     "-dev": "dev", "--device": "dev",
@@ -148,7 +162,7 @@ def parse_args(argv: Sequence[str], *, ncmoe: str = "patterns") -> ParsedArgs:
     while i < len(toks):
         tok = toks[i]
         flag, eq, inline = tok.partition("=") if tok.startswith("--") else (tok, "", "")
-        key = _FLAG_ALIASES.get(flag)
+        key = FLAG_ALIASES.get(flag)
         if key is None:
             i += 1
             continue
@@ -203,7 +217,8 @@ def _apply(out: ParsedArgs, key: str, flag: str, val: str, ncmoe: str) -> None:
                 re.compile(pat)
             except re.error as err:
                 raise InvalidArgumentError(f"{flag} pattern {pat!r} is not a valid regex: {err}",
-                                           hint=r'escape dots and brackets, e.g. -ot "blk\.(1|2)\.ffn_.*_exps=CPU"') from None
+                                           hint='escape dots and brackets, e.g. '
+                                                r'-ot "blk\.(1|2)\.ffn_.*_exps=CPU"') from None
             out.overrides.append((pat, buft))
     elif key == "ncmoe":
         n = _int(flag, val)
@@ -287,4 +302,56 @@ def placement_with_overrides(model: ModelProfile, order: Sequence[str], homes: S
                 raise InvalidArgumentError(
                     f"-ot {p}={b} moves non-expert tensor {t.name}; omni-place prices only routed-expert "
                     "and output overrides", hint="anchor the pattern to expert tensors (…_exps)")
-    return Placement(tuple(order), homes, tuple(cpu_experts), output, tuple(extra))
+    return Placement(tuple(order), tuple(homes), tuple(cpu_experts), output, tuple(extra))
+
+
+class LlamaCpp(Dialect):
+    """Mainline llama.cpp: exact per-device layer counts through ``-ngl``/``-ts``."""
+
+    name = NAME
+    traits = EngineTraits(cpu_weights=True, rpc_devices=True, swa_full=False, embedding_on_first=False,
+                          libllama=True)
+    tools = TOOLS
+    bench = BenchSpelling(fit=("-fitt", "1024"), n_cpu_moe="-ncmoe", output=("-o", "jsonl"), ngl_all="99")
+    env_note = "llama-server / llama-cli read these; a flag on the command line wins over its variable"
+
+    def encode(self, model: ModelProfile, placement: Placement, cluster: Cluster, context: Context,
+               usage: Sequence[DeviceUsage]) -> EngineArgs:
+        return encode(model, placement, accelerator_names(cluster), rpc_servers(cluster.devices),
+                      rpc_buffer_names(cluster.devices))
+
+    def env(self, placement_args: PlacementArgs, args: Sequence[str]) -> dict[str, str]:
+        return llama_env(args)
+
+    def parse_args(self, argv: Sequence[str], tool: str = "server") -> ParsedArgs:
+        return parse_args(argv)
+
+    def decode(self, model: ModelProfile, parsed: ParsedArgs, cluster: Cluster, context: Context,
+               tool: str = "server") -> Placement:
+        # no -ts: the engine splits by free memory
+        accel = accelerator_names(cluster)
+        free = [float(cluster.by_name(n).memory_bytes) for n in accel]
+        return decode(model, parsed, accel, free_mem=free,
+                      rpc_names=rpc_buffer_names(cluster.devices))
+
+    def flags_of(self, parsed: ParsedArgs) -> EngineArgs:
+        return EngineArgs.from_parsed(parsed, SYNTAX)
+
+    def layer_homes_from_log(self, log: str, n_layer: int, accelerators: Sequence[str],
+                             argv: Sequence[str]) -> tuple[list[str], str] | None:
+        """``load_tensors: layer N assigned to device D`` lines; slot ``n_layer`` is the output."""
+        hits = _LOG_LAYER.findall(log)
+        if not hits:
+            return None
+        homes, output = [CPU] * n_layer, CPU
+        for il_s, dev in hits:
+            il = int(il_s)
+            name = CPU if dev.upper().startswith("CPU") else dev
+            if il < n_layer:
+                homes[il] = name
+            else:
+                output = name
+        return homes, output
+
+
+DIALECT = LlamaCpp()

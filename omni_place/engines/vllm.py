@@ -13,10 +13,11 @@ import math
 from dataclasses import dataclass, field
 from typing import Sequence
 
-from ..cost import CPU, DeviceUsage, Placement
+from ..cost import CPU, Context, DeviceUsage, Placement
 from ..devices import Cluster
 from ..errors import InvalidArgumentError
 from ..model import ModelProfile
+from .base import Dialect, EngineTraits, PlacementArgs
 from .common import layer_counts
 
 NAME = "vllm"
@@ -110,3 +111,27 @@ def check_kv_types(type_k: str, type_v: str) -> None:
     if type_k != type_v or type_k not in KV_CACHE_DTYPE:
         raise InvalidArgumentError(f"KV cache type {type_k}/{type_v} has no vLLM equivalent",
                                    hint="plan vLLM with --kv-type f16")
+
+
+class Vllm(Dialect):
+    """vLLM: pipeline stages of whole layers on local GPUs."""
+
+    name = NAME
+    traits = EngineTraits(cpu_weights=False, rpc_devices=False, swa_full=False, embedding_on_first=True,
+                          llama_family=False)
+    tools = TOOLS
+
+    def encode(self, model: ModelProfile, placement: Placement, cluster: Cluster, context: Context,
+               usage: Sequence[DeviceUsage]) -> VllmArgs:
+        return encode(model, placement, cluster, usage)
+
+    def check_context(self, context: Context) -> None:
+        check_kv_types(context.type_k, context.type_v)
+
+    def env(self, placement_args: PlacementArgs, args: Sequence[str]) -> dict[str, str]:
+        if not isinstance(placement_args, VllmArgs):
+            raise InvalidArgumentError("these flags are not a vLLM plan's", hint="plan with --engine vllm")
+        return placement_args.env()
+
+
+DIALECT = Vllm()

@@ -17,12 +17,13 @@ from ._abi import BuildInfo, detect_build, get_abi
 from ._loader import ENV_VAR, LoadedLibrary, load_libllama, loaded_libllama
 from .logcapture import EngineLog, LogCapture, LogLine, mib_to_bytes, parse_log
 
-# probe and rpc are also run as `python -m omni_place.llama.probe|rpc` (child processes): they
-# are imported on first use so that running them as __main__ does not import them twice.
+# probe and rpc are also run as `python -m omni_place.llama.probe|rpc` (child processes). The
+# package is imported before a module run as __main__, so it must not import them -- nor what
+# imports them (plan_spec, verify, applied): they are imported on first use of one of their names.
 _LAZY = {
-    "AppliedPlan": "apply",
-    "apply": "apply",
-    "load_spec": "apply",
+    "AppliedPlan": "applied",
+    "apply": "applied",
+    "load_spec": "plan_spec",
     "Tolerance": "verify",
     "VerifyReport": "verify",
     "verify_plan": "verify",
@@ -36,10 +37,11 @@ _LAZY = {
 }
 
 if TYPE_CHECKING:
-    from .apply import AppliedPlan, apply, load_spec
-    from .verify import Tolerance, VerifyReport, verify_plan
+    from .applied import AppliedPlan, apply
+    from .plan_spec import load_spec
     from .probe import LoadReport, LoadSpec, buffer_device, probe_load
     from .rpc import RpcServer, rpc_servers, start_rpc_server
+    from .verify import Tolerance, VerifyReport, verify_plan
 
 
 def build_info(library: str | None = None) -> BuildInfo:
@@ -53,9 +55,7 @@ def __getattr__(name: str) -> Any:
         return build_info().describe()
     module = _LAZY.get(name)
     if module is not None:
-        value = getattr(importlib.import_module(f".{module}", __name__), name)
-        globals()[name] = value  # `apply` is also a submodule: bind the name to the function
-        return value
+        return getattr(importlib.import_module(f".{module}", __name__), name)
     raise AttributeError(f"module 'omni_place.llama' has no attribute {name!r}")
 
 

@@ -105,16 +105,9 @@ GGML_BACKEND_DEVICE_TYPE_ACCEL = 3
 GGML_BACKEND_DEVICE_TYPE_META = 4
 DEVICE_TYPE_NAMES: dict[int, str] = {0: "CPU", 1: "GPU", 2: "IGPU", 3: "ACCEL", 4: "META"}
 
-# enum ggml_type (values are stable: removed types keep their numbers)
-GGML_TYPE_BY_NAME: dict[str, int] = {
-    "f32": 0, "f16": 1, "q4_0": 2, "q4_1": 3, "q5_0": 6, "q5_1": 7, "q8_0": 8, "q8_1": 9,
-    "q2_k": 10, "q3_k": 11, "q4_k": 12, "q5_k": 13, "q6_k": 14, "q8_k": 15,
-    "iq2_xxs": 16, "iq2_xs": 17, "iq3_xxs": 18, "iq1_s": 19, "iq4_nl": 20, "iq3_s": 21, "iq2_s": 22,
-    "iq4_xs": 23, "i8": 24, "i16": 25, "i32": 26, "i64": 27, "f64": 28, "iq1_m": 29, "bf16": 30,
-    "tq1_0": 34, "tq2_0": 35, "mxfp4": 39,
-}
-# KV-cache types llama.cpp's CLI accepts (-ctk/-ctv)
-KV_CACHE_TYPES: tuple[str, ...] = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "iq4_nl", "q5_0", "q5_1")
+# enum ggml_type: the KV cache types (-ctk/-ctv) and their values have one home,
+# omni_place.model.KV_TYPES (gguf's GGMLQuantizationType carries ggml's enum values); the probe
+# reads them there, so importing the bindings (RPC servers, the package) does not import gguf.
 
 # ---------------------------------------------------------------------------------------------
 # The decorator
@@ -383,7 +376,8 @@ def llama_model_n_params(model: llama_model_p, /) -> int:
     ...
 
 
-# LLAMA_API int32_t llama_model_meta_val_str(const struct llama_model * model, const char * key, char * buf, size_t buf_size);
+# LLAMA_API int32_t llama_model_meta_val_str(const struct llama_model * model, const char * key,
+#                                            char * buf, size_t buf_size);
 @ctypes_function(
     "llama_model_meta_val_str",
     [llama_model_p_ctypes, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_size_t],
@@ -400,7 +394,8 @@ def llama_model_meta_count(model: llama_model_p, /) -> int:
     ...
 
 
-# LLAMA_API int32_t llama_model_meta_key_by_index(const struct llama_model * model, int32_t i, char * buf, size_t buf_size);
+# LLAMA_API int32_t llama_model_meta_key_by_index(const struct llama_model * model, int32_t i,
+#                                                 char * buf, size_t buf_size);
 @ctypes_function(
     "llama_model_meta_key_by_index",
     [llama_model_p_ctypes, ctypes.c_int32, ctypes.c_char_p, ctypes.c_size_t],
@@ -410,7 +405,8 @@ def llama_model_meta_key_by_index(model: llama_model_p, i: int, buf: Any, buf_si
     ...
 
 
-# LLAMA_API int32_t llama_model_meta_val_str_by_index(const struct llama_model * model, int32_t i, char * buf, size_t buf_size);
+# LLAMA_API int32_t llama_model_meta_val_str_by_index(const struct llama_model * model, int32_t i,
+#                                                     char * buf, size_t buf_size);
 @ctypes_function(
     "llama_model_meta_val_str_by_index",
     [llama_model_p_ctypes, ctypes.c_int32, ctypes.c_char_p, ctypes.c_size_t],
@@ -690,7 +686,8 @@ def ggml_backend_rpc_buffer_type(endpoint: bytes, device: int, /) -> ggml_backen
     ...
 
 
-# GGML_BACKEND_API void ggml_backend_rpc_get_device_memory(const char * endpoint, uint32_t device, size_t * free, size_t * total);
+# GGML_BACKEND_API void ggml_backend_rpc_get_device_memory(const char * endpoint, uint32_t device,
+#                                                          size_t * free, size_t * total);
 @ctypes_function(
     "ggml_backend_rpc_get_device_memory",
     [ctypes.c_char_p, ctypes.c_uint32, ctypes.POINTER(ctypes.c_size_t), ctypes.POINTER(ctypes.c_size_t)],

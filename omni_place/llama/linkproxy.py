@@ -123,7 +123,8 @@ def link_proxy(upstream: str, *, rtt_ms: float, gbit: float, host: str = "127.0.
     try:
         line = proc.stdout.readline() if proc.stdout else ""
         if not line.startswith("listening "):
-            raise EngineError(f"link proxy did not start: {line.strip() or proc.stderr.read().strip()}")
+            err = proc.stderr.read().strip() if proc.stderr else ""
+            raise EngineError(f"link proxy did not start: {line.strip() or err}")
         yield line.split()[1]
     finally:
         proc.kill()

@@ -38,19 +38,19 @@ from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from ..units import MiB
 from . import bindings as b
 
-MIB = 1 << 20
 MIB_PRINT_RESOLUTION = 0.005
 """Half a unit of the last printed digit: the true size is within this many MiB of the printed one."""
-MIB_PRINT_TOLERANCE_BYTES = math.ceil(MIB_PRINT_RESOLUTION * MIB)
+MIB_PRINT_TOLERANCE_BYTES = math.ceil(MIB_PRINT_RESOLUTION * MiB)
 
 LEVEL_NAMES: Mapping[int, str] = {0: "NONE", 1: "DEBUG", 2: "INFO", 3: "WARN", 4: "ERROR", 5: "CONT"}
 
 
 def mib_to_bytes(mib: float) -> int:
     """Bytes for a size printed in MiB (exact only to +-MIB_PRINT_TOLERANCE_BYTES)."""
-    return round(mib * MIB)
+    return round(mib * MiB)
 
 
 @dataclass(frozen=True)
@@ -368,7 +368,6 @@ __all__ = [
     "GraphInfo",
     "LogCapture",
     "LogLine",
-    "MIB",
     "MIB_PRINT_RESOLUTION",
     "MIB_PRINT_TOLERANCE_BYTES",
     "UsedDevice",

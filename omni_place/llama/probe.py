@@ -27,128 +27,20 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import EngineError, InvalidArgumentError, OmniPlaceError
+from ..model import KV_TYPES
 from . import bindings as b
 from ._abi import get_abi, llama_model_tensor_buft_override
+from ._child import child_env
 from ._loader import load_libllama, loaded_libllama
 from .logcapture import MIB_PRINT_TOLERANCE_BYTES, EngineLog, LogCapture, LogLine, parse_log
+from .rpc import check_rpc_server
+from .spec import LoadSpec
 
 ABORT_MARKER = "omni_place: GGML_ABORT: "
 """Prefix of the line the child writes to stderr when ggml aborts (message follows)."""
 
-_SPLIT_MODES = {"none": 0, "layer": 1, "row": 2, "tensor": 3}
 _HOST_BUFFER_TYPES = frozenset({"CPU", "CPU_Mapped", "CPU_REPACK", "AMX", "KleidiAI", "CPU_KLEIDIAI"})
 _RE_RPC_BUFT = re.compile(r"RPC(?P<index>\d+)\[(?P<endpoint>.+)\]")
-
-
-# ---------------------------------------------------------------------------------------------
-# What to load
-# ---------------------------------------------------------------------------------------------
-
-
-@dataclass
-class LoadSpec:
-    """What to load and how; every field is JSON-serialisable (see :meth:`to_json`)."""
-
-    model_path: str
-    n_gpu_layers: int = -1
-    """Slots counted from the end (output head first); negative = all."""
-    split_mode: int = b.LLAMA_SPLIT_MODE_LAYER
-    """0 none, 1 layer, 2 row, 3 tensor (a name such as "layer" is converted)."""
-    main_gpu: int = 0
-    tensor_split: list[float] | None = None
-    """Per model device, in model-device order; padded to llama_max_devices() floats."""
-    devices: list[str] | None = None
-    """Device names (e.g. ["RPC0", "RPC1"]) -> NULL-terminated device array; None = automatic."""
-    overrides: list[tuple[str, str]] = field(default_factory=list)
-    """(regex, target): target is "CPU", a device name ("RPC0", "CUDA0") or a buffer-type name."""
-    rpc_servers: list[str] = field(default_factory=list)
-    """``host:port`` endpoints added and registered before devices are resolved."""
-    n_ctx: int = 512
-    n_batch: int | None = None
-    n_ubatch: int = 512
-    n_seq_max: int = 1
-    type_k: str = "f16"
-    type_v: str = "f16"
-    flash_attn: str = "auto"
-    swa_full: bool = False
-    offload_kqv: bool = True
-    op_offload: bool = True
-    kv_unified: bool = False
-    dry_run: bool = False
-    """no_alloc + load_mode NONE: buffers are sized but nothing is allocated or read."""
-    create_context: bool = True
-    n_threads: int | None = None
-    load_mode: str | None = None
-    """auto/none/mmap/mlock/mmap_mlock/direct_io; None = auto (none for dry runs)."""
-    no_host: bool = False
-    use_extra_bufts: bool = True
-
-    def __post_init__(self) -> None:
-        self.model_path = os.fspath(self.model_path)
-        if isinstance(self.split_mode, str):
-            mode = _SPLIT_MODES.get(self.split_mode.lower())
-            if mode is None:
-                raise InvalidArgumentError(f"unknown split_mode {self.split_mode!r} (one of {', '.join(_SPLIT_MODES)})")
-            self.split_mode = mode
-        self.overrides = [(str(p), str(t)) for p, t in self.overrides]
-        if self.tensor_split is not None:
-            self.tensor_split = [float(x) for x in self.tensor_split]
-
-    def validate(self) -> None:
-        """Raise InvalidArgumentError for values the engine would reject or crash on."""
-        if self.split_mode not in _SPLIT_MODES.values():
-            raise InvalidArgumentError(f"split_mode must be 0..3, got {self.split_mode}")
-        if self.tensor_split is not None and any(x < 0 or x != x for x in self.tensor_split):
-            raise InvalidArgumentError(f"tensor_split values must be >= 0, got {self.tensor_split}")
-        for name in ("n_ctx", "n_ubatch", "n_seq_max"):
-            if getattr(self, name) < 0 or (name != "n_ctx" and getattr(self, name) == 0):
-                raise InvalidArgumentError(f"{name} must be positive, got {getattr(self, name)}")
-        if self.n_batch is not None and self.n_batch <= 0:
-            raise InvalidArgumentError(f"n_batch must be positive, got {self.n_batch}")
-        for name in ("type_k", "type_v"):
-            if getattr(self, name).lower() not in b.KV_CACHE_TYPES:
-                raise InvalidArgumentError(
-                    f"{name} {getattr(self, name)!r} is not a KV cache type (one of {', '.join(b.KV_CACHE_TYPES)})"
-                )
-        if self.flash_attn.lower() not in b.FLASH_ATTN_BY_NAME:
-            raise InvalidArgumentError(f"flash_attn must be auto, on or off, got {self.flash_attn!r}")
-        if self.load_mode is not None and self.load_mode.lower() not in b.LOAD_MODE_BY_NAME:
-            raise InvalidArgumentError(
-                f"unknown load_mode {self.load_mode!r} (one of {', '.join(b.LOAD_MODE_BY_NAME)})"
-            )
-        if self.dry_run and self.load_mode not in (None, "none", "NONE"):
-            raise InvalidArgumentError(
-                f"a dry run needs load_mode 'none', got {self.load_mode!r}",
-                hint="with mmap the engine asserts GGML_ASSERT(!ml.no_alloc); leave load_mode unset",
-            )
-        for pattern, target in self.overrides:
-            if not pattern or not target:
-                raise InvalidArgumentError(f"override needs a pattern and a target, got ({pattern!r}, {target!r})")
-        for endpoint in self.rpc_servers:
-            host, _, port = endpoint.rpartition(":")
-            if not host or not port.isdigit() or not 0 < int(port) < 65536:
-                raise InvalidArgumentError(f"RPC endpoint must be host:port, got {endpoint!r}")
-
-    @property
-    def effective_load_mode(self) -> int:
-        if self.load_mode is None:
-            return b.LLAMA_LOAD_MODE_NONE if self.dry_run else b.LLAMA_LOAD_MODE_AUTO
-        return b.LOAD_MODE_BY_NAME[self.load_mode.lower()]
-
-    def to_json(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["overrides"] = [list(o) for o in self.overrides]
-        return data
-
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> LoadSpec:
-        known = {f.name for f in fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise InvalidArgumentError(f"unknown LoadSpec field(s): {', '.join(sorted(unknown))}")
-        values = dict(data)
-        values["overrides"] = [tuple(o) for o in values.get("overrides") or []]
-        return cls(**values)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -294,7 +186,8 @@ _ABORT_CALLBACK: Any = None
 
 def _install_abort_marker() -> None:
     """Make ggml write one marked line to stderr before it aborts (the probe child also runs
-    with GGML_NO_BACKTRACE=1, see :func:`child_env`, so ggml does not attach gdb first)."""
+    with GGML_NO_BACKTRACE=1, see :func:`~omni_place.llama._child.child_env`, so ggml does not
+    attach gdb first)."""
     global _ABORT_CALLBACK
     if _ABORT_CALLBACK is not None or not b.available(b.ggml_set_abort_callback):
         return
@@ -341,8 +234,6 @@ def _errors_text(log: EngineLog, fallback: str) -> str:
 def _check_reachable(endpoint: str) -> None:
     """ggml aborts the process when an RPC endpoint does not answer or speaks another protocol
     version; refuse it plainly instead (a HELLO handshake, :func:`.rpc.check_rpc_server`)."""
-    from .rpc import check_rpc_server  # local import: rpc imports probe for child_env
-
     check_rpc_server(endpoint)
 
 
@@ -354,7 +245,7 @@ def load_in_process(spec: LoadSpec, library: str | None = None, *,
     With ``handles`` (a dict), a successful load is kept instead of freed: ``handles["model"]``
     and ``handles["context"]`` (None without ``create_context``) are the engine's pointers, and
     ``handles["keepalive"]`` the ctypes arrays the engine was given; the caller frees them
-    (``llama_free`` / ``llama_model_free``, see :class:`omni_place.llama.apply.AppliedPlan`)."""
+    (``llama_free`` / ``llama_model_free``, see :class:`omni_place.llama.applied.AppliedPlan`)."""
     spec.validate()
     started = time.monotonic()
     lib = load_libllama(library)
@@ -424,8 +315,8 @@ def load_in_process(spec: LoadSpec, library: str | None = None, *,
                 cp.n_batch = spec.n_batch
             cp.n_ubatch = spec.n_ubatch
             cp.n_seq_max = spec.n_seq_max
-            cp.type_k = b.GGML_TYPE_BY_NAME[spec.type_k.lower()]
-            cp.type_v = b.GGML_TYPE_BY_NAME[spec.type_v.lower()]
+            cp.type_k = int(KV_TYPES[spec.type_k.lower()])  # ggml_type
+            cp.type_v = int(KV_TYPES[spec.type_v.lower()])
             cp.flash_attn_type = b.FLASH_ATTN_BY_NAME[spec.flash_attn.lower()]
             cp.swa_full = spec.swa_full
             cp.offload_kqv = spec.offload_kqv
@@ -508,22 +399,6 @@ def _fill_from_log(report: LoadReport, records: Sequence[LogLine | str]) -> None
 # ---------------------------------------------------------------------------------------------
 # The parent side
 # ---------------------------------------------------------------------------------------------
-
-
-def _package_root() -> str:
-    return str(Path(__file__).resolve().parents[2])
-
-
-def child_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    """Environment for engine child processes: omni_place importable, no gdb backtraces."""
-    env = dict(os.environ)
-    root = _package_root()
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
-    env.setdefault("GGML_NO_BACKTRACE", "1")
-    env["PYTHONUNBUFFERED"] = "1"
-    if extra:
-        env.update(extra)
-    return env
 
 
 def _failure_from_output(

@@ -37,10 +37,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import EngineError, InvalidArgumentError, LibLlamaVersionError, OmniPlaceError
+from ..units import GiB
 from . import bindings as b
+from ._child import child_env
 from ._loader import load_libllama, loaded_libllama
 
-GIB = 1 << 30
 DEFAULT_PORT = 50052
 
 _GET_NAME = ctypes.CFUNCTYPE(ctypes.c_char_p, ctypes.c_void_p)
@@ -89,7 +90,7 @@ def _advertise_memory(dev: b.ggml_backend_dev_t, free: int, total: int) -> None:
             hint="start the server without --mem-gib",
         )
 
-    def get_memory(_dev: int, p_free: ctypes.Array, p_total: ctypes.Array) -> None:  # type: ignore[type-arg]
+    def get_memory(_dev: int, p_free: ctypes.Array[ctypes.c_size_t], p_total: ctypes.Array[ctypes.c_size_t]) -> None:
         p_free[0] = free
         p_total[0] = total
 
@@ -162,7 +163,7 @@ class RpcServer:
 
     host: str
     port: int
-    process: subprocess.Popen  # type: ignore[type-arg]
+    process: subprocess.Popen[bytes]
     log_path: Path
     mem_bytes: int | None = None
     _stopped: bool = field(default=False, repr=False)
@@ -212,8 +213,6 @@ def _free_port(host: str) -> int:
 def _spawn(
     host: str, port: int, threads: int, mem_bytes: int | None, cache_dir: str | None, library: str | None
 ) -> RpcServer:
-    from .probe import child_env  # local import: probe imports nothing from here
-
     fd, log_name = tempfile.mkstemp(prefix=f"omni-place-rpc-{port}-", suffix=".log")
     cmd = [sys.executable, "-m", "omni_place.llama.rpc", "--host", host, "--port", str(port),
            "--threads", str(threads)]
@@ -246,7 +245,7 @@ def _wait_ready(server: RpcServer, deadline: float) -> bool:
 
 
 def _mem_bytes(mem_gib: float | None) -> int | None:
-    return None if mem_gib is None else int(round(mem_gib * GIB))
+    return None if mem_gib is None else int(round(mem_gib * GiB))
 
 
 def start_rpc_server(
@@ -338,11 +337,14 @@ def rpc_hello(endpoint: str, timeout: float = 5.0) -> tuple[int, int, int]:
             size = int.from_bytes(head, "little") if head is not None else 0
             body = _recv_exact(sock, 4) if 4 <= size <= 4096 else None
     except (OSError, ValueError) as err:
-        raise EngineError(f"RPC server {endpoint} is not accepting connections ({getattr(err, 'strerror', None) or err})",
-                          hint="start it with `omni-place rpc-server --port PORT` (same llama.cpp build) or check host:port") from None
+        raise EngineError(f"RPC server {endpoint} is not accepting connections "
+                          f"({getattr(err, 'strerror', None) or err})",
+                          hint="start it with `omni-place rpc-server --port PORT` (same llama.cpp build) "
+                               "or check host:port") from None
     if body is None:
         raise EngineError(f"{endpoint} did not answer the RPC HELLO: not a llama.cpp rpc-server of a compatible build",
-                          hint="run rpc-server from the same llama.cpp build as the engine (an older protocol closes the connection)")
+                          hint="run rpc-server from the same llama.cpp build as the engine "
+                               "(an older protocol closes the connection)")
     return body[0], body[1], body[2]
 
 

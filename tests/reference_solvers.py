@@ -188,7 +188,8 @@ def brute_force(pb: CoreProblem) -> RefResult | None:
             cpu_prefix.append(cpu_prefix[-1] + pb.cpu_cost(rate, l))
         memo: dict[tuple[int, int, int, int], tuple[float, tuple[int, ...]] | None] = {}
 
-        def best_range(j: int, a: int, b: int, extra: int) -> tuple[float, tuple[int, ...]] | None:
+        def best_range(j: int, a: int, b: int, extra: int, memo=memo, seq=seq, budget=budget,
+                       rate=rate) -> tuple[float, tuple[int, ...]] | None:
             """Cheapest option tuple for layers a..b-1 on position j within its budget."""
             key = (j, a, b, extra)
             if key not in memo:
@@ -325,7 +326,7 @@ def milp_fixed_order(pb: CoreProblem, order: int, mip_rel_gap: float = 0.0,
         cost[ys[l]] += pb.cpu_cost(rate, l)
     for (l, p, o), c in xs.items():
         cost[c] += pb.layer_cost(rate, seq[p], l, o)
-    for (l, a, b), c in ts.items():
+    for (_, a, b), c in ts.items():
         cost[c] += float(pb.trans[pb.D if a == CPU else seq[a], seq[b]])
     for p, d in enumerate(seq):
         for c in h(L - 1, p):

@@ -10,26 +10,28 @@ predicts the group it did not see; :func:`holdout_errors` scores a separate set 
 re-run). Failed runs are kept and checked the other way: every out-of-memory record must be
 predicted infeasible.
 
-Fitted parameters are stored per machine as JSON under ``$OMNI_PLACE_CONFIG/calibration/`` (or
-``~/.config/omni_place/calibration/``), one file per machine id, with one parameter set per
-engine; :func:`load_calibrated` returns them for a cluster so later plans and predictions use
-them.
+Fitted parameters are stored per machine by :mod:`omni_place.calibration`, where later plans
+read them.
 """
 from __future__ import annotations
 
 import dataclasses
-import json
 import lzma
 import math
-import os
-import re
 import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import InvalidArgumentError
+import numpy as np
+from scipy.optimize import least_squares
+
+from ..cost import Context, CostModel, Placement, SpeedParams
+from ..devices import Cluster, resolve_cluster
+from ..errors import InvalidArgumentError
+from ..model import ModelProfile, load_model
+from .records import placement_from_dict
 
 FIT_NAMES = ("gpu_bw_eff", "cpu_bw_eff", "gpu_compute_eff", "cpu_tflops_per_core", "split_s", "stream_eff")
 BOUNDS = {
@@ -42,7 +44,6 @@ BOUNDS = {
     "rpc_bw_eff": (0.05, 1.2),
     "pcie_latency_s": (1e-7, 1e-3),
 }
-SCHEMA = "omni_place.calibration/1"
 
 
 @dataclass
@@ -50,9 +51,9 @@ class Point:
     """One measured test of one placement."""
 
     record: dict[str, Any]
-    model: Any  # ModelProfile
-    cluster: Any  # Cluster
-    placement: Any  # Placement
+    model: ModelProfile
+    cluster: Cluster
+    placement: Placement
     kind: str  # "tg" | "pp"
     measured: float
     ctx: int
@@ -70,14 +71,12 @@ class Point:
 
 # (model, cluster, ctx, ubatch) identity -> (model, cluster, CostModel). The entry holds the
 # model and cluster themselves, so their ids cannot be reused by other objects while cached.
-_COSTS: dict[tuple[int, int, int, int], tuple[Any, Any, Any]] = {}
+_COSTS: dict[tuple[int, int, int, int], tuple[ModelProfile, Cluster, CostModel]] = {}
 
 
-def predict_point(pt: Point, params: Any) -> float:
+def predict_point(pt: Point, params: SpeedParams) -> float:
     """Predicted tok/s of a point's test under ``params`` (the byte model is built once per
     model/cluster/context; only the speed parameters change)."""
-    from .cost import Context, CostModel
-
     key = (id(pt.model), id(pt.cluster), pt.ctx, pt.ubatch)
     entry = _COSTS.get(key)
     if entry is None:
@@ -89,9 +88,7 @@ def predict_point(pt: Point, params: Any) -> float:
     return pred.tg_tps if pt.kind == "tg" else pred.pp_tps
 
 
-def _resolve_model(name: str, search: Sequence[Path], models: dict[str, str]) -> Any:
-    from .model import load_model
-
+def _resolve_model(name: str, search: Sequence[Path], models: dict[str, str]) -> ModelProfile:
     if name in models:
         return load_model(models[name])
     for d in search:
@@ -108,9 +105,7 @@ def _resolve_model(name: str, search: Sequence[Path], models: dict[str, str]) ->
                                hint=f"pass --model {name}=PATH (a header-only GGUF is enough)")
 
 
-def _resolve_cluster(rig: str, search: Sequence[Path], clusters: dict[str, str]) -> Any:
-    from .devices import resolve_cluster
-
+def _resolve_cluster(rig: str, search: Sequence[Path], clusters: dict[str, str]) -> Cluster:
     if rig in clusters:
         return resolve_cluster(clusters[rig])
     for d in search:
@@ -125,12 +120,10 @@ def points_from_records(records: Sequence[dict[str, Any]], *, search: Sequence[P
                         models: dict[str, str] | None = None,
                         clusters: dict[str, str] | None = None) -> list[Point]:
     """Calibration points: successful records that carry a placement (``as_run``)."""
-    from .bench import placement_from_dict
-
     models = models or {}
     clusters = clusters or {}
-    mcache: dict[str, Any] = {}
-    ccache: dict[str, Any] = {}
+    mcache: dict[str, ModelProfile] = {}
+    ccache: dict[str, Cluster] = {}
     out = []
     for r in records:
         if r.get("status") != "ok" or not r.get("avg_ts") or not r.get("placement"):
@@ -148,13 +141,9 @@ def points_from_records(records: Sequence[dict[str, Any]], *, search: Sequence[P
     return out
 
 
-def fit_params(points: Sequence[Point], base: Any = None, names: Sequence[str] = FIT_NAMES) -> Any:
+def fit_params(points: Sequence[Point], base: SpeedParams | None = None,
+               names: Sequence[str] = FIT_NAMES) -> SpeedParams:
     """SpeedParams minimising Σ log(pred/measured)² over ``points`` (tg and pp weighted alike)."""
-    import numpy as np
-    from scipy.optimize import least_squares  # type: ignore[import-untyped]
-
-    from .cost import SpeedParams
-
     base = base or SpeedParams()
     if not points:
         raise InvalidArgumentError("no successful records with a placement to calibrate on",
@@ -164,8 +153,9 @@ def fit_params(points: Sequence[Point], base: Any = None, names: Sequence[str] =
     hi = np.array([math.log(BOUNDS[n][1]) for n in names])
     x0 = np.clip(x0, lo + 1e-9, hi - 1e-9)
 
-    def params_of(x: Any) -> Any:
-        return dataclasses.replace(base, **{n: float(math.exp(v)) for n, v in zip(names, x)})
+    def params_of(x: Any) -> SpeedParams:
+        values: dict[str, Any] = {n: float(math.exp(v)) for n, v in zip(names, x)}
+        return dataclasses.replace(base, **values)
 
     def resid(x: Any) -> Any:
         p = params_of(x)
@@ -188,7 +178,7 @@ def errors(points: Sequence[Point], preds: Sequence[float]) -> dict[str, Any]:
     return out
 
 
-def cross_validate(points: Sequence[Point], base: Any = None,
+def cross_validate(points: Sequence[Point], base: SpeedParams | None = None,
                    fit: Callable[..., Any] = fit_params) -> list[tuple[Point, float]]:
     """Leave-one-group-out: each configuration's records predicted by parameters fitted on all
     the other configurations (of the same engine)."""
@@ -216,54 +206,5 @@ def feasibility_check(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]
     return out
 
 
-# --------------------------------------------------------------------------------------------
-# storage per machine
-# --------------------------------------------------------------------------------------------
-
-def config_dir() -> Path:
-    base = os.environ.get("OMNI_PLACE_CONFIG")
-    root = Path(base) if base else Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config") / "omni_place"
-    return root / "calibration"
-
-
-def machine_id(cluster: Any) -> str:
-    """A file-name-safe id of a machine: the cluster's name (cluster files and presets name the
-    machine; discovery names it after the host)."""
-    name = getattr(cluster, "name", None) or str(cluster)
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "machine"
-
-
-def save_calibration(machine: str, per_engine: dict[str, Any], meta: dict[str, Any] | None = None,
-                     path: Path | None = None) -> Path:
-    """Write ``{engine: SpeedParams}`` for a machine; returns the file."""
-    path = path or config_dir() / f"{machine}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    doc = {"schema": SCHEMA, "machine": machine,
-           "engines": {e: dataclasses.asdict(p) for e, p in per_engine.items()}, **(meta or {})}
-    path.write_text(json.dumps(doc, indent=1))
-    return path
-
-
-def load_calibration(machine: str, engine: str = "llama.cpp", path: Path | None = None) -> Any | None:
-    from .cost import SpeedParams
-
-    path = path or config_dir() / f"{machine}.json"
-    if not path.exists():
-        return None
-    try:
-        doc = json.loads(path.read_text())
-        d = doc["engines"][engine]
-    except (json.JSONDecodeError, KeyError, TypeError):
-        return None
-    known = {f.name for f in dataclasses.fields(SpeedParams)}
-    return SpeedParams(**{k: v for k, v in d.items() if k in known})
-
-
-def load_calibrated(cluster: Any, engine: str = "llama.cpp") -> Any | None:
-    """The calibrated SpeedParams of this cluster's machine for ``engine``, or None."""
-    return load_calibration(machine_id(cluster), engine)
-
-
-__all__ = ["FIT_NAMES", "Point", "config_dir", "cross_validate", "errors", "feasibility_check", "fit_params",
-           "load_calibrated", "load_calibration", "machine_id", "points_from_records", "predict_point",
-           "save_calibration"]
+__all__ = ["BOUNDS", "FIT_NAMES", "Point", "cross_validate", "errors", "feasibility_check", "fit_params",
+           "points_from_records", "predict_point"]

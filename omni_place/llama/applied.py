@@ -1,11 +1,9 @@
 """Load a plan through the real libllama with exactly its parameters: ``apply(plan)``.
 
-The plan's engine arguments become a :class:`~omni_place.llama.probe.LoadSpec`: ``n_gpu_layers``,
-``tensor_split`` (padded to 16 floats, what ``llama_model_params.tensor_split`` must point to), the
-device list in plan order when the plan sets one (``-dev``), the overrides (``-ot``) with each
-target looked up as a device, the context settings (``-c``, ``-ub``, ``-ctk``/``-ctv``, ``-fa``),
-and the cluster's RPC servers, added in ``RPC0, RPC1, ...`` order so the engine numbers them as
-the cluster does.
+The plan's engine arguments become a :class:`~omni_place.llama.probe.LoadSpec` (see
+:func:`~omni_place.llama.plan_spec.load_spec`): ``n_gpu_layers``, ``tensor_split``, the device
+list, the overrides, the context settings and the cluster's RPC servers, numbered as the cluster
+numbers them.
 
 * ``apply(plan)`` (``dry_run=True``): a no_alloc load in a child process -- placement and compute
   buffers, nothing allocated, an engine abort cannot take the caller down.
@@ -20,78 +18,20 @@ plan (:class:`~omni_place.llama.verify.VerifyReport`).
 """
 from __future__ import annotations
 
-import sys
-import types
-from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..engines.common import rpc_servers
-from ..errors import EngineError, InvalidArgumentError
-from .probe import LoadReport, LoadSpec, _check_reachable, load_in_process, probe_load
+from ..errors import EngineError
+from . import bindings as b
+from ._loader import load_libllama
+from .logcapture import LogCapture
+from .plan_spec import load_spec, preflight
+from .probe import LoadReport, LoadSpec, load_in_process, probe_load
 from .verify import Tolerance, VerifyReport, compare, expected_from_plan
 
 if TYPE_CHECKING:
     from ..plan import Plan
-
-TENSOR_SPLIT_FLOATS = 16
-"""llama_max_devices() of the supported builds: tensor_split must point to this many floats."""
-ENGINE = "llama.cpp"
-
-
-def preflight(plan: Plan) -> None:
-    """Refuse, with one line and a hint, what cannot be loaded: another engine's plan, a missing
-    model file, an RPC server that does not answer (ggml would abort on it)."""
-    if plan.engine != ENGINE:
-        raise InvalidArgumentError(
-            f"this plan is for {plan.engine}; omni-place loads plans through mainline libllama (llama.cpp)",
-            hint="plan with --engine llama.cpp to verify through the engine",
-        )
-    path = Path(plan.model.path)
-    if not path.is_file():
-        raise InvalidArgumentError(f"model file not found: {path}", hint="verify needs the model's weights on disk")
-    for endpoint in rpc_servers(plan.cluster.devices):
-        _check_reachable(endpoint)
-
-
-def _target(target: str, names: Mapping[str, str]) -> str:
-    return names.get(target, target)
-
-
-def load_spec(plan: Plan, *, dry_run: bool = True, load_mode: str | None = None, n_threads: int | None = None,
-              names: Mapping[str, str] | None = None, explicit_devices: bool = False) -> LoadSpec:
-    """The :class:`LoadSpec` that loads ``plan`` with exactly its parameters.
-
-    ``names`` maps cluster device names to the engine's when they differ (an engine that already
-    registered other RPC servers numbers them differently); ``explicit_devices`` passes the plan's
-    device order even where the flags leave it to the engine's default (the same order in a
-    fresh engine process).
-    """
-    ea = plan.engine_args
-    names = dict(names or {})
-    order = list(ea.devices) or (list(plan.default_order) if explicit_devices else [])
-    split = [float(x) for x in ea.tensor_split or []]
-    if split:
-        split += [0.0] * max(0, TENSOR_SPLIT_FLOATS - len(split))
-    c = plan.context
-    return LoadSpec(
-        model_path=str(plan.model.path),
-        n_gpu_layers=int(ea.n_gpu_layers),
-        tensor_split=split or None,
-        devices=[_target(n, names) for n in order] if order else None,
-        overrides=[(p, _target(t, names)) for p, t in ea.overrides],
-        rpc_servers=rpc_servers(plan.cluster.devices),
-        n_ctx=int(c.ctx),
-        n_ubatch=int(c.n_ubatch),
-        n_seq_max=int(getattr(c, "n_seq", 1)),
-        type_k=c.type_k,
-        type_v=c.type_v,
-        flash_attn="on" if c.flash_attn else "off",
-        swa_full=bool(getattr(c, "swa_full", False)),
-        dry_run=dry_run,
-        load_mode=load_mode,
-        n_threads=n_threads,
-    )
 
 
 class AppliedPlan:
@@ -127,9 +67,6 @@ class AppliedPlan:
 
     def close(self) -> None:
         """Free the context and the model (idempotent)."""
-        from . import bindings as b
-        from .logcapture import LogCapture
-
         handles, self._handles = self._handles, {}
         if not handles:
             return
@@ -153,9 +90,6 @@ class AppliedPlan:
 def _engine_names(plan: Plan, library: str | None) -> dict[str, str]:
     """Cluster RPC device name -> this process's engine name for it (servers are registered once
     per process, numbered in the order they were first added)."""
-    from . import bindings as b
-    from ._loader import load_libllama
-
     load_libllama(library)
     by_endpoint: dict[str, list[str]] = {}
     for endpoint in rpc_servers(plan.cluster.devices):
@@ -199,15 +133,4 @@ def apply(plan: Plan, *, dry_run: bool = True, library: str | None = None, load_
     return AppliedPlan(plan, spec, report, compare(expected, report, plan.cluster, tolerance), handles)
 
 
-class _CallableModule(types.ModuleType):
-    """``omni_place.llama.apply`` is both this module and the function: once the module is
-    imported Python binds the package attribute ``apply`` to the module, so the module forwards
-    calls to :func:`apply`."""
-
-    def __call__(self, plan: Plan, **kwargs: Any) -> AppliedPlan:
-        return apply(plan, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule
-
-__all__ = ["TENSOR_SPLIT_FLOATS", "AppliedPlan", "apply", "load_spec", "preflight"]
+__all__ = ["AppliedPlan", "apply"]

@@ -1,0 +1,44 @@
+"""The placement an engine made, read back from its ``-v`` log's last load: layer homes as its
+dialect reads them (:meth:`~omni_place.engines.Dialect.layer_homes_from_log`) and the expert
+tensors overridden to the CPU, which both forks print alike."""
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+from ..cost import CPU, Placement
+from ..engines import dialect
+from ..model import ModelProfile
+
+# src/llama-model-loader.cpp: "tensor <name> (...) buffer type overridden to <buft>"
+_OVERRIDE = re.compile(r"[Tt]ensor (blk\.(\d+)\.ffn_(gate_up|gate|up|down)_(?:ch|)exps\.weight) \(.*?\) "
+                       r"buffer type overrid+en to (\S+)")
+_LOAD_START = re.compile(r"llama_model_loader: loaded meta data")
+
+
+def _last_load(log: str) -> str:
+    """The part of a log from its last model load (a fit run probes several times)."""
+    starts = [m.start() for m in _LOAD_START.finditer(log)]
+    return log[starts[-1]:] if starts else log
+
+
+def placement_from_log(log: str, model: ModelProfile, accelerators: Sequence[str], engine: str,
+                       argv: Sequence[str] = ()) -> Placement | None:
+    """The :class:`~omni_place.cost.Placement` an engine made, from its ``-v`` log.
+    ``accelerators`` names the engine's devices in its order. None when the log does not say."""
+    L = model.n_layer
+    seg = _last_load(log)
+    found = dialect(engine).layer_homes_from_log(seg, L, accelerators, argv)
+    if found is None:
+        return None
+    homes, output = found
+    cpu_kinds: list[set[str]] = [set() for _ in range(L)]
+    for _name, il_s, kind, buft in _OVERRIDE.findall(seg):
+        il = int(il_s)
+        if il < L and (buft.upper().startswith("CPU") or buft.upper().startswith("CUDA_HOST")):
+            cpu_kinds[il].add(kind)
+    # engine order as run: devices in the order their layers come (the output's device last)
+    used = list(dict.fromkeys([h for h in homes if h != CPU] + ([output] if output != CPU else [])))
+    order = tuple(used) + tuple(a for a in accelerators if a not in used)
+    cpu_experts = tuple(frozenset(k) if homes[il] != CPU else frozenset() for il, k in enumerate(cpu_kinds))
+    return Placement(order, tuple(homes), cpu_experts, output)

@@ -1,0 +1,194 @@
+"""Bench records: reading them, pricing the placement each run made (``as_run``), and the
+comparison table with the targets."""
+from __future__ import annotations
+
+import json
+import os
+import shlex
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from ..cost import Context, CostModel, DeviceUsage, Placement, Prediction
+from ..devices import Cluster
+from ..engines import BENCH_ENGINES
+from ..errors import InvalidArgumentError
+from ..model import ModelProfile, load_model
+from ..units import GiB
+from .logread import placement_from_log
+from .run import CONFIG_ORDER, OK
+
+
+def price(usage: Sequence[DeviceUsage], pred: Prediction) -> dict[str, Any]:
+    """Feasibility, tok/s and per-device memory of a priced placement, as records keep them."""
+    return {
+        "feasible": all(u.fits for u in usage),
+        "tg_tps": round(pred.tg_tps, 3),
+        "pp_tps": round(pred.pp_tps, 3),
+        "devices": [{"name": u.name, "used_gib": round(u.used_bytes / GiB, 3),
+                     "usable_gib": round(u.capacity_bytes / GiB, 3), "fits": u.fits} for u in usage],
+    }
+
+
+def placement_to_dict(p: Placement) -> dict[str, Any]:
+    return {"order": list(p.order), "layer_home": list(p.layer_home),
+            "cpu_experts": [sorted(k) for k in p.cpu_experts], "output": p.output}
+
+
+def placement_from_dict(d: dict[str, Any]) -> Placement:
+    return Placement(tuple(d["order"]), tuple(d["layer_home"]), tuple(frozenset(k) for k in d["cpu_experts"]),
+                     d["output"])
+
+
+def price_placement(model: ModelProfile, cluster: Cluster, placement: Placement, *, ctx: int, ubatch: int,
+                    params: Any = None, flash_attn: bool = True) -> dict[str, Any]:
+    """Memory and speed of a placement at a bench context (what ``as_run`` holds)."""
+    cost = CostModel(model, cluster, Context(ctx=ctx, n_ubatch=ubatch, flash_attn=flash_attn), params)
+    return price(cost.usage(placement), cost.predict(placement))
+
+
+def attach_placements(records: list[dict[str, Any]], model: str | ModelProfile, cluster: Cluster,
+                      log_dir: Path | None, params: Any = None) -> list[dict[str, Any]]:
+    """Add ``placement`` (read from each run's -v log) and ``as_run`` (its price) to records."""
+    prof = load_model(model)
+    accel = [d.name for d in cluster.gpus]
+    cache: dict[str, Any] = {}
+    for r in records:
+        name = r.get("log")
+        if not name or log_dir is None or not (log_dir / name).exists():
+            continue
+        if name not in cache:
+            text = (log_dir / name).read_text(errors="replace")
+            vis = (r.get("env") or {}).get("CUDA_VISIBLE_DEVICES")
+            # engine device i is the i-th visible GPU: name it as the cluster does
+            names = [f"CUDA{v.strip()}" for v in vis.split(",")] if vis else accel
+            cache[name] = placement_from_log(text, prof, names, r["engine"], r.get("argv") or ())
+        p = cache[name]
+        if p is None:
+            continue
+        r["placement"] = placement_to_dict(p)
+        ctx = int(r.get("n_prompt", 512)) + int(r.get("n_gen", 64))
+        r["as_run"] = price_placement(prof, cluster, p, ctx=ctx, ubatch=int(r.get("ubatch", 512)), params=params)
+    return records
+
+
+def load_records(paths: Sequence[str | os.PathLike[str]]) -> list[dict[str, Any]]:
+    """Records from JSONL files (one record per line; blank lines skipped)."""
+    out: list[dict[str, Any]] = []
+    for p in paths:
+        path = Path(p)
+        if not path.exists():
+            raise InvalidArgumentError(f"no records file {path}",
+                                       hint="pass the records.jsonl that `omni-place bench` wrote")
+        for i, line in enumerate(path.read_text().splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise InvalidArgumentError(f"{path}:{i}: not a JSON record: {err.msg}") from None
+            if not isinstance(rec, dict) or "engine" not in rec or "status" not in rec:
+                raise InvalidArgumentError(f"{path}:{i}: not an omni_place bench record",
+                                           hint="records come from `omni-place bench` / benchmarks/engine_compare.py")
+            out.append(rec)
+    return out
+
+
+def _kind(test: str) -> str:
+    return "pp" if test.startswith("pp") and "+" not in test else "tg"
+
+
+def final_rows(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per (rig, model, engine, config): the successful attempt, else the last one."""
+    groups: dict[tuple[str, str, str, str], list[dict[str, Any]]] = {}
+    for r in records:
+        groups.setdefault((r.get("rig", ""), r.get("model", ""), r["engine"], r["config"]), []).append(r)
+    rows = []
+    for key, recs in groups.items():
+        by_att: dict[int, list[dict[str, Any]]] = {}
+        for r in recs:
+            by_att.setdefault(int(r.get("attempt", 0)), []).append(r)
+        ok = [a for a, rs in by_att.items() if all(x["status"] == OK for x in rs)]
+        att = min(ok) if ok else max(by_att)
+        rs = by_att[att]
+        row: dict[str, Any] = {"rig": key[0], "model": key[1], "engine": key[2], "config": key[3],
+                               "argv": rs[0].get("argv", []), "attempts": len(by_att), "status": rs[0]["status"]}
+        for r in rs:
+            k = _kind(r["test"])
+            row[k] = r.get("avg_ts")
+            row[k + "_sd"] = r.get("stddev_ts")
+            row[k + "_test"] = r["test"]
+            pred = r.get("as_run") or r.get("predicted") or {}
+            row[k + "_pred"] = pred.get(k + "_tps") if isinstance(pred, dict) else None
+            if r["status"] != OK:
+                row["status"] = r["status"]
+        pred = rs[0].get("predicted") or {}
+        row["pred_feasible"] = pred.get("feasible") if isinstance(pred, dict) else None
+        row["failed_attempts"] = [{"argv": v[0].get("argv"), "status": v[0]["status"],
+                                   "pred_feasible": (v[0].get("predicted") or {}).get("feasible")}
+                                  for a, v in sorted(by_att.items()) if a != att]
+        rows.append(row)
+    order = {c: i for i, c in enumerate(CONFIG_ORDER)}
+    rows.sort(key=lambda r: (r["rig"], r["model"],
+                             BENCH_ENGINES.index(r["engine"]) if r["engine"] in BENCH_ENGINES else 9,
+                             order.get(r["config"], 99)))
+    return rows
+
+
+def _fmt(v: Any, sd: Any = None) -> str:
+    if v is None:
+        return "-"
+    s = f"{v:.1f}"
+    if sd is not None:
+        s += f" ±{sd:.1f}"
+    return s
+
+
+def comparison_table(records: Sequence[dict[str, Any]]) -> str:
+    """A markdown table: per rig/model/engine, each configuration's measured pp/tg (mean ± sd of
+    the repetitions), omni_place's prediction, and failures."""
+    rows = final_rows(records)
+    head = ("| rig | model | engine | config | flags | pp t/s | tg t/s | pred pp | pred tg | status |\n"
+            "|---|---|---|---|---|---:|---:|---:|---:|---|")
+    lines = [head]
+    for r in rows:
+        flags = shlex.join(r["argv"]) if r["argv"] else "(none)"
+        if len(flags) > 60:
+            flags = flags[:57] + "..."
+        status = r["status"]
+        if r["failed_attempts"]:
+            status += f" (after {len(r['failed_attempts'])} failed: " + ", ".join(
+                f"{shlex.join(f['argv'] or [])} {f['status']}" for f in r["failed_attempts"]) + ")"
+        lines.append(f"| {r['rig']} | {r['model']} | {r['engine']} | {r['config']} | `{flags}` | "
+                     f"{_fmt(r.get('pp'), r.get('pp_sd'))} | {_fmt(r.get('tg'), r.get('tg_sd'))} | "
+                     f"{_fmt(r.get('pp_pred'))} | {_fmt(r.get('tg_pred'))} | {status} |")
+    return "\n".join(lines)
+
+
+def target_check(records: Sequence[dict[str, Any]]) -> list[str]:
+    """The issue's targets per rig/model/engine: omni_place's tg >= fit's and every recipe's;
+    its pp not below fit's. One line each, with the margins."""
+    rows = final_rows(records)
+    out = []
+    groups: dict[tuple[str, str, str], dict[str, dict[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault((r["rig"], r["model"], r["engine"]), {})[r["config"]] = r
+    for key, cfgs in groups.items():
+        om = cfgs.get("omni_place")
+        if om is None or not om.get("tg"):
+            out.append(f"{' / '.join(key)}: omni_place has no measurement ({om['status'] if om else 'not run'})")
+            continue
+        parts = []
+        for name, r in cfgs.items():
+            if name == "omni_place":
+                continue
+            if not r.get("tg"):
+                parts.append(f"{name} {r['status']}")
+                continue
+            d = (om["tg"] / r["tg"] - 1) * 100
+            s = f"tg vs {name} {d:+.1f}%"
+            if name == "fit" and r.get("pp") and om.get("pp"):
+                s += f", pp vs fit {(om['pp'] / r['pp'] - 1) * 100:+.1f}%"
+            parts.append(s)
+        out.append(f"{' / '.join(key)}: " + "; ".join(parts))
+    return out

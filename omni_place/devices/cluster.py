@@ -1,0 +1,268 @@
+"""The device model: :class:`Device`, :class:`Cluster`, the engine's device order and this machine's CPU.
+
+Everything else in :mod:`omni_place.devices` builds these: :mod:`.nvml` (discovered GPUs),
+:mod:`.cluster_file` (TOML cluster files and presets), :mod:`.resolve` (``cluster=`` specs).
+Devices are named and ordered the way llama.cpp names and orders them by default: ``RPC0``,
+``RPC1``, ... first (in ``--rpc`` order), then ``CUDA0``, ``CUDA1``, ... in CUDA's enumeration
+order, then ``CPU``. Figures: memory in bytes, bandwidth and links in GB/s (10**9 B/s), compute
+in dense FP16 tensor TFLOPS (see ``data/gpu_catalog.toml``).
+"""
+from __future__ import annotations
+
+import difflib
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from importlib import resources
+from types import MappingProxyType
+from typing import Any, Literal
+
+from ..cpuprobe import DEFAULT_CPU_BANDWIDTH_GBS, cpu_info, measure_memory_bandwidth
+from ..errors import ClusterError
+from ..units import GiB, MiB
+
+__all__ = [
+    "DEFAULT_GPU_BANDWIDTH_GBS", "DEFAULT_MARGIN_BYTES", "DEFAULT_PCIE", "DEFAULT_PCIE_LATENCY_US",
+    "DEFAULT_RPC_LATENCY_US", "DEFAULT_RPC_LINK_GBS", "GPU_BACKENDS", "KINDS",
+    "Cluster", "Device", "DeviceKind", "list_presets",
+]
+
+DeviceKind = Literal["gpu", "cpu", "rpc"]
+KINDS: tuple[str, ...] = ("gpu", "cpu", "rpc")
+
+#: Memory kept free on every device for what no formula sees (CUDA context, cuBLAS workspace).
+DEFAULT_MARGIN_BYTES = 512 * MiB
+#: Assumed latency of a small host<->GPU copy over PCIe, microseconds.
+DEFAULT_PCIE_LATENCY_US = 10.0
+#: Assumed host link of a GPU described without one: PCIe 4.0 x16.
+DEFAULT_PCIE = (4, 16)
+#: Assumed network to an RPC host described without one: 10 GbE and a LAN round trip.
+DEFAULT_RPC_LINK_GBS = 1.25
+DEFAULT_RPC_LATENCY_US = 100.0
+#: Assumed memory bandwidth of a GPU NVML cannot describe and the catalog does not know, GB/s.
+DEFAULT_GPU_BANDWIDTH_GBS = 300.0
+
+#: ggml backend device-name prefixes for GPUs, in ggml's registration (= default) order.
+GPU_BACKENDS: tuple[str, ...] = ("CUDA", "ROCm", "MTL", "SYCL", "Vulkan", "CANN")
+_GPU_NAME = re.compile(r"(?P<prefix>[A-Za-z]+?)(?P<index>\d+)")
+_RPC_NAME = re.compile(r"RPC(?P<index>\d+)")
+
+
+# --------------------------------------------------------------------------------------------
+# Device and Cluster
+# --------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Device:
+    """One place tensors can live: a local GPU, the CPU, or a device behind a llama.cpp RPC server.
+
+    Attributes:
+        name: the engine's device name (``CUDA0``, ``RPC0``, ``CPU``).
+        kind: ``"gpu"``, ``"cpu"`` or ``"rpc"``.
+        memory_bytes: capacity the planner may fill, before ``margin_bytes`` is kept free
+            (free memory for NVML GPUs, available RAM for the local CPU, the file's figure else).
+        bandwidth_gbs: memory bandwidth, GB/s.
+        model: catalog or marketing name (``RTX 5090``), None when unknown.
+        total_bytes / free_bytes: installed and currently free memory, None when unknown.
+        tflops: dense FP16 tensor TFLOPS (FP16 accumulate), None when unknown.
+        link_gbs / link_latency_us: the path to the host (PCIe for a GPU, the network for RPC);
+            None for the CPU itself.
+        pcie_gen / pcie_width: the PCIe link ``link_gbs`` was derived from, when it was.
+        peer_access: GPU only -- True when peer-to-peer reads work with every other GPU of the
+            cluster, False when some pair cannot, None when unknown or there is no other GPU.
+        endpoint: ``host:port`` of the RPC server (rpc only).
+        host: the machine the device sits in (``"local"`` for this one).
+        threads: CPU threads the engine should use (cpu only).
+        margin_bytes: memory kept free on this device.
+        compute_capability / uuid / pci_bus_id: NVML facts, None when unknown.
+        source: where each figure came from -- ``{"memory": "nvml", "bandwidth": "catalog",
+            ...}`` with values ``nvml``, ``catalog``, ``file``, ``os``, ``measured`` or
+            ``estimated``.
+    """
+
+    name: str
+    kind: DeviceKind
+    memory_bytes: int
+    bandwidth_gbs: float
+    model: str | None = None
+    total_bytes: int | None = None
+    free_bytes: int | None = None
+    tflops: float | None = None
+    link_gbs: float | None = None
+    link_latency_us: float | None = None
+    pcie_gen: int | None = None
+    pcie_width: int | None = None
+    peer_access: bool | None = None
+    endpoint: str | None = None
+    host: str = "local"
+    threads: int | None = None
+    margin_bytes: int = DEFAULT_MARGIN_BYTES
+    compute_capability: str | None = None
+    uuid: str | None = None
+    pci_bus_id: str | None = None
+    source: Mapping[str, str] = field(default_factory=dict, hash=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "source", MappingProxyType(dict(self.source)))
+        problem = None
+        if self.kind not in KINDS:
+            problem = f"kind {self.kind!r} is not one of {', '.join(KINDS)}"
+        elif not self.memory_bytes > 0:
+            problem = f"memory must be positive (got {self.memory_bytes} bytes)"
+        elif not (self.bandwidth_gbs > 0 and math.isfinite(self.bandwidth_gbs)):
+            problem = f"bandwidth must be positive (got {self.bandwidth_gbs} GB/s)"
+        elif self.margin_bytes < 0:
+            problem = f"margin must not be negative (got {self.margin_bytes} bytes)"
+        elif self.kind == "rpc" and not self.endpoint:
+            problem = "an rpc device needs an endpoint (host:port)"
+        if problem:
+            raise ClusterError(f"device {self.name!r}: {problem}")
+
+    @property
+    def usable_bytes(self) -> int:
+        """Memory the planner may fill: ``memory_bytes - margin_bytes`` (never negative)."""
+        return max(0, self.memory_bytes - self.margin_bytes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Every field as plain JSON-ready values (``source`` as a dict)."""
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        out["source"] = dict(self.source)
+        return out
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """The devices of a machine (or of several, through RPC), in the engine's default order.
+
+    ``notes`` say what discovery could not see (no NVML, a hidden GPU, an estimated figure).
+    """
+
+    name: str
+    devices: tuple[Device, ...]
+    description: str = ""
+    notes: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "devices", tuple(self.devices))
+        object.__setattr__(self, "notes", tuple(self.notes))
+        seen: set[str] = set()
+        for dev in self.devices:
+            if dev.name in seen:
+                raise ClusterError(f"cluster {self.name!r}: two devices are named {dev.name!r}")
+            seen.add(dev.name)
+        if sum(dev.kind == "cpu" for dev in self.devices) > 1:
+            raise ClusterError(f"cluster {self.name!r}: more than one cpu device")
+
+    @property
+    def gpus(self) -> tuple[Device, ...]:
+        """The accelerators (gpu and rpc) in the engine's default order: RPC first, then GPUs."""
+        return (tuple(d for d in self.devices if d.kind == "rpc")
+                + tuple(d for d in self.devices if d.kind == "gpu"))
+
+    @property
+    def cpu(self) -> Device | None:
+        """The CPU device, if the cluster has one."""
+        return next((d for d in self.devices if d.kind == "cpu"), None)
+
+    def by_name(self, name: str) -> Device:
+        """The device called ``name``.
+
+        Raises:
+            ClusterError: no such device (the message lists the cluster's devices).
+        """
+        for dev in self.devices:
+            if dev.name == name:
+                return dev
+        names = [d.name for d in self.devices]
+        close = difflib.get_close_matches(name, names, n=1)
+        raise ClusterError(
+            f"cluster {self.name!r} has no device {name!r} (devices: {', '.join(names)})",
+            hint=f"did you mean {close[0]!r}?" if close else "run `omni-place devices` to list them")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "description": self.description,
+            "devices": [d.to_dict() for d in self.devices],
+            "notes": list(self.notes),
+        }
+
+
+def _engine_order(devices: Sequence[Device]) -> tuple[Device, ...]:
+    """RPC devices by index, then GPUs by backend and index, then the CPU (llama.cpp default)."""
+    def key(dev: Device) -> tuple[int, int, int]:
+        if dev.kind == "rpc":
+            m = _RPC_NAME.fullmatch(dev.name)
+            return (0, 0, int(m["index"]) if m else 0)
+        if dev.kind == "gpu":
+            m = _GPU_NAME.fullmatch(dev.name)
+            if m and m["prefix"] in GPU_BACKENDS:
+                return (1, GPU_BACKENDS.index(m["prefix"]), int(m["index"]))
+            return (1, len(GPU_BACKENDS), 0)
+        return (2, 0, 0)
+    return tuple(sorted(devices, key=key))
+
+
+# --------------------------------------------------------------------------------------------
+# The local CPU
+# --------------------------------------------------------------------------------------------
+
+def _cpu_notes(cpu: Device) -> list[str]:
+    if cpu.source.get("bandwidth") != "estimated":
+        return []
+    return [f"CPU memory bandwidth assumed {cpu.bandwidth_gbs:g} GB/s; use --measure or "
+            f"bandwidth_gbs in a cluster file for a real figure"]
+
+
+def _local_cpu(*, measure: bool, given: Mapping[str, Any] | None = None) -> Device:
+    """The CPU device of this machine; figures in ``given`` (from a cluster file) win."""
+    given = dict(given or {})
+    info = cpu_info()
+    source: dict[str, str] = {}
+    threads = given.pop("threads", None)
+    if threads is None:
+        threads = info.physical_cores
+        source["threads"] = "os"
+    else:
+        source["threads"] = "file"
+    memory = given.pop("memory_bytes", None)
+    total = given.pop("total_bytes", None)
+    free = None
+    if memory is None:
+        total = info.total_bytes
+        free = info.available_bytes if info.available_bytes is not None else info.total_bytes
+        memory = free if free else 1 * GiB  # an OS that reports nothing: assume almost nothing
+        source["memory"] = "os" if free else "estimated"
+    else:
+        source["memory"] = "file"
+    bandwidth = given.pop("bandwidth_gbs", None)
+    if bandwidth is not None:
+        source["bandwidth"] = "file"
+    elif measure:
+        bandwidth = measure_memory_bandwidth(threads=threads)
+        source["bandwidth"] = "measured"
+    else:
+        bandwidth = DEFAULT_CPU_BANDWIDTH_GBS
+        source["bandwidth"] = "estimated"
+    if given.get("tflops") is not None:
+        source["tflops"] = "file"
+    model = given.pop("model", None) or info.model
+    return Device(name="CPU", kind="cpu", memory_bytes=int(memory), bandwidth_gbs=float(bandwidth),
+                  model=model, total_bytes=total if total is not None else int(memory),
+                  free_bytes=free, threads=int(threads), source=source, **given)
+
+
+# --------------------------------------------------------------------------------------------
+# Presets
+# --------------------------------------------------------------------------------------------
+
+def _preset_dir() -> Any:
+    return resources.files("omni_place") / "data" / "presets"
+
+
+def list_presets() -> list[str]:
+    """Names of the presets shipped with omni_place, sorted."""
+    return sorted(entry.name.removesuffix(".toml") for entry in _preset_dir().iterdir()
+                  if entry.name.endswith(".toml"))
+

@@ -1,0 +1,112 @@
+"""The one interface every engine dialect implements, and what the planner must know of each
+engine (:class:`EngineTraits`). ``plan``, ``bench`` and the CLI reach an engine only through
+:func:`omni_place.engines.dialect`; no module outside ``engines/`` compares engine names."""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar, Mapping, Protocol, Sequence
+
+from ..errors import InvalidArgumentError
+
+if TYPE_CHECKING:
+    from ..cost import Context, DeviceUsage, Placement
+    from ..devices import Cluster
+    from ..model import ModelProfile
+    from .common import ParsedArgs
+
+
+@dataclass(frozen=True)
+class EngineTraits:
+    """Placement rules that differ between engines."""
+
+    cpu_weights: bool  # layers / routed experts may stay in CPU RAM
+    rpc_devices: bool  # llama.cpp RPC servers can be devices
+    swa_full: bool  # the SWA KV cache is sized for the whole context
+    embedding_on_first: bool  # the token embedding lives on the first device, not in CPU RAM
+    output_only_offload: bool = True  # the output head alone may sit on an accelerator
+    llama_family: bool = True  # a llama.cpp-style command line (-ngl/-ts/-ot) that `check`/--exec take
+    libllama: bool = False  # this project's ctypes libllama (mainline) can load and verify its plans
+
+
+@dataclass(frozen=True)
+class BenchSpelling:
+    """How an engine's llama-bench spells the recipes ``omni-place bench`` runs."""
+
+    fit: tuple[str, ...]  # the engine's own memory fitter
+    n_cpu_moe: str  # the --n-cpu-moe flag
+    output: tuple[str, ...]  # machine-readable output
+    ngl_all: str  # an -ngl that offloads every layer
+
+
+class PlacementArgs(Protocol):
+    """The placement part of an engine's command line, as :meth:`Dialect.encode` returns it."""
+
+    @property
+    def n_gpu_layers(self) -> int: ...
+
+    @property
+    def tensor_split(self) -> Sequence[float]: ...
+
+    @property
+    def devices(self) -> Sequence[str]: ...
+
+    @property
+    def overrides(self) -> Sequence[tuple[str, str]]: ...
+
+    def args(self, tool: str = "server", *, ctx: int | None = None, n_ubatch: int | None = None,
+             type_k: str = "f16", type_v: str = "f16", flash_attn: bool = True) -> list[str]: ...
+
+
+class Dialect(ABC):
+    """One engine: its traits, how a placement becomes its flags and back, and how it reports
+    a placement in its log."""
+
+    name: ClassVar[str]
+    traits: ClassVar[EngineTraits]
+    tools: ClassVar[tuple[str, ...]]
+    bench: ClassVar[BenchSpelling | None] = None
+    env_note: ClassVar[str | None] = None  # a comment line above the environment form
+
+    @abstractmethod
+    def encode(self, model: ModelProfile, placement: Placement, cluster: Cluster, context: Context,
+               usage: Sequence[DeviceUsage]) -> PlacementArgs:
+        """The engine's flags that reproduce ``placement`` exactly."""
+
+    def check_context(self, context: Context) -> None:  # noqa: B027 - optional hook; the default accepts any context
+        """Refuse context settings the engine cannot run (KV types, ...)."""
+
+    def env(self, placement_args: PlacementArgs, args: Sequence[str]) -> dict[str, str]:
+        """Environment variables that carry the plan (``args``: its server flags)."""
+        raise InvalidArgumentError(f"{self.name} reads no environment variable for its placement flags",
+                                   hint="use --format args and pass the flags on its command line")
+
+    def parse_args(self, argv: Sequence[str], tool: str = "server") -> ParsedArgs:
+        """The placement flags of a user's command line for ``tool``."""
+        raise InvalidArgumentError(f"omni-place reads no {self.name} command line",
+                                   hint="use --engine llama.cpp or ik_llama.cpp")
+
+    def decode(self, model: ModelProfile, parsed: ParsedArgs, cluster: Cluster, context: Context,
+               tool: str = "server") -> Placement:
+        """The placement the engine makes of a parsed command line on ``cluster``."""
+        raise InvalidArgumentError(f"omni-place reads no {self.name} command line",
+                                   hint="use --engine llama.cpp or ik_llama.cpp")
+
+    def flags_of(self, parsed: ParsedArgs) -> PlacementArgs:
+        """A parsed command line's placement flags, spelled again by this dialect."""
+        raise InvalidArgumentError(f"omni-place reads no {self.name} command line",
+                                   hint="use --engine llama.cpp or ik_llama.cpp")
+
+    def layer_homes_from_log(self, log: str, n_layer: int, accelerators: Sequence[str],
+                             argv: Sequence[str]) -> tuple[list[str], str] | None:
+        """Each layer's device and the output's, from the engine's ``-v`` log of one load
+        (``accelerators``: its devices in its order); None when the log does not say."""
+        return None
+
+
+def by_name(dialects: Mapping[str, Any], engine: str) -> Any:
+    """A registry entry by engine name; a clear error for any other name."""
+    try:
+        return dialects[engine]
+    except (KeyError, TypeError):
+        raise InvalidArgumentError(f"unknown engine {engine!r}", hint="use one of: " + ", ".join(dialects)) from None

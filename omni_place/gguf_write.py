@@ -1,0 +1,134 @@
+"""Write GGUF files from a description: metadata, tensor infos and, optionally, tensor data.
+
+This is the one GGUF writer of the project. The shipped header-only reference models
+(:mod:`omni_place.reference_models`), the tests' tiny real models and the benchmarks' synthetic
+models are all written here. It drives ``gguf.GGUFWriter`` (gguf-py, maintained next to
+llama.cpp), so the layout is the one llama.cpp's converters produce:
+
+* ``general.architecture`` comes first, then the metadata in the order given;
+* without ``data`` the file is header-only: it ends right after the tensor infos, like a
+  download that has not reached the weights yet;
+* with ``data`` every tensor's bytes follow, each aligned to 32 bytes. Data is requested and
+  written one tensor at a time, so a model of any size streams through a small buffer;
+* ``split=N`` writes N shards named ``<stem>-0000i-of-0000N.gguf`` with the tensors spread as
+  evenly as possible. As with llama.cpp's ``gguf-split``, the first shard carries all the
+  metadata and every shard carries ``split.no``, ``split.count`` and ``split.tensors.count``.
+"""
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFWriter
+
+# llama.cpp's llama_split_path() and gguf-py's gguf_writer.SHARD_NAME_FORMAT
+SHARD_NAME_FORMAT = "{:s}-{:05d}-of-{:05d}.gguf"
+
+
+class GGUFTensor(NamedTuple):
+    """One tensor info: ``shape`` in ggml order (ne0, the row length, first)."""
+
+    name: str
+    shape: tuple[int, ...]
+    qtype: GGMLQuantizationType
+
+
+TensorData = Callable[[GGUFTensor], np.ndarray]
+"""Returns a tensor's bytes as an array of exactly ``tensor_nbytes(shape, qtype)`` bytes."""
+
+
+def tensor_nbytes(shape: Iterable[int], qtype: GGMLQuantizationType) -> int:
+    """Bytes of a tensor as stored in the file (``ggml_nbytes``); ``shape`` in ggml order."""
+    shape = tuple(int(d) for d in shape)
+    block, type_size = GGML_QUANT_SIZES[GGMLQuantizationType(qtype)]
+    if shape[0] % block:
+        raise ValueError(f"row length {shape[0]} is not a multiple of the {GGMLQuantizationType(qtype).name} "
+                         f"block size {block}")
+    return math.prod(shape) // block * type_size
+
+
+def shard_paths(path: str | os.PathLike[str], split: int) -> list[Path]:
+    """The files ``write_gguf(path, ..., split=split)`` writes, first shard first."""
+    path = Path(path)
+    if split <= 1:
+        return [path]
+    return [path.with_name(SHARD_NAME_FORMAT.format(path.stem, i + 1, split)) for i in range(split)]
+
+
+def _add_kv(w: GGUFWriter, key: str, value: Any) -> None:
+    """One metadata entry, typed from its Python value: bool, int (uint32, else uint64; int32 or
+    int64 if negative), float (float32), str, or a list/tuple (an array of its first element's
+    type). Empty strings and arrays are skipped, as ``GGUFWriter`` does."""
+    if isinstance(value, bool):
+        w.add_bool(key, value)
+    elif isinstance(value, int):
+        if value >= 0:
+            w.add_uint32(key, value) if value < 1 << 32 else w.add_uint64(key, value)
+        else:
+            w.add_int32(key, value) if value >= -(1 << 31) else w.add_int64(key, value)
+    elif isinstance(value, float):
+        w.add_float32(key, value)
+    elif isinstance(value, str):
+        w.add_string(key, value)
+    elif isinstance(value, (list, tuple)):
+        w.add_array(key, list(value))
+    else:
+        raise TypeError(f"unsupported metadata value for {key}: {value!r}")
+
+
+def write_gguf(
+    path: str | os.PathLike[str],
+    arch: str,
+    metadata: Mapping[str, Any],
+    tensors: Iterable[tuple[str, tuple[int, ...], GGMLQuantizationType]],
+    *,
+    data: TensorData | None = None,
+    split: int = 1,
+) -> list[Path]:
+    """Write a GGUF model; return its files (one unless ``split`` > 1), first shard first.
+
+    ``metadata`` maps keys to values typed as in :func:`_add_kv` (``general.architecture`` is
+    ``arch`` and comes first). ``tensors`` are ``(name, ggml shape, type)`` in file order.
+    ``data`` (optional) is called once per tensor, in file order, for its bytes; without it the
+    files are header-only.
+    """
+    infos = [GGUFTensor(name, tuple(int(d) for d in shape), GGMLQuantizationType(qtype))
+             for name, shape, qtype in tensors]
+    if split < 1:
+        raise ValueError(f"split must be >= 1, got {split}")
+    if split > max(1, len(infos)):
+        raise ValueError(f"split={split} > {len(infos)} tensors")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    w = GGUFWriter(path, arch)
+    for key, value in metadata.items():
+        _add_kv(w, key, value)
+
+    # shard k holds sizes[k] consecutive tensors
+    sizes = [len(infos) // split + (1 if k < len(infos) % split else 0) for k in range(split)]
+    nbytes = [tensor_nbytes(t.shape, t.qtype) for t in infos]
+    for t, n in zip(infos, nbytes):
+        if split > 1:
+            # GGUFWriter starts a new shard once the current one holds split_max_tensors tensors
+            w.split_max_tensors = sizes[min(len(w.tensors), split) - 1]
+        w.add_tensor_info(t.name, tuple(reversed(t.shape)), np.dtype(np.float32), n, raw_dtype=t.qtype)
+    assert len(w.tensors) == split, (len(w.tensors), split)
+
+    w.write_header_to_file(path)
+    w.write_kv_data_to_file()
+    w.write_ti_data_to_file()
+    if data is not None:
+        for t, n in zip(infos, nbytes):
+            arr = np.ascontiguousarray(data(t))
+            if arr.nbytes != n:
+                raise ValueError(f"{t.name}: data has {arr.nbytes} bytes, {t.qtype.name} {list(t.shape)} needs {n}")
+            w.write_tensor_data(arr)
+    w.close()
+    return shard_paths(path, split)
+
+
+__all__ = ["GGUFTensor", "SHARD_NAME_FORMAT", "TensorData", "shard_paths", "tensor_nbytes", "write_gguf"]
