@@ -23,7 +23,9 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
-from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFWriter
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFWriter, Keys, TokenType
+
+from .gguf import GGUFModelFiles
 
 # llama.cpp's llama_split_path() and gguf-py's gguf_writer.SHARD_NAME_FORMAT
 SHARD_NAME_FORMAT = "{:s}-{:05d}-of-{:05d}.gguf"
@@ -57,6 +59,37 @@ def shard_paths(path: str | os.PathLike[str], split: int) -> list[Path]:
     if split <= 1:
         return [path]
     return [path.with_name(SHARD_NAME_FORMAT.format(path.stem, i + 1, split)) for i in range(split)]
+
+
+def spm_vocab(n_vocab: int) -> dict[str, Any]:
+    """Metadata of a llama-style SentencePiece vocabulary of ``n_vocab`` tokens: <unk> <s> </s>,
+    256 byte tokens, then filler pieces. Enough for the engine to load a model whose header has
+    no tokenizer (shipped header-only descriptions); buffer sizes depend only on the count."""
+    if n_vocab < 260:
+        raise ValueError("n_vocab must be >= 260 (3 specials + 256 byte tokens + 1)")
+    tokens = ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)]
+    types = [TokenType.UNKNOWN, TokenType.CONTROL, TokenType.CONTROL] + [TokenType.BYTE] * 256
+    n_fill = n_vocab - len(tokens)
+    letters = "etaoinshrdlucmfwypvbgkjqxz"
+    fill: list[str] = []
+    i = 0
+    while len(fill) < n_fill:
+        # "▁e", "▁t", ... then "▁ee", "▁et", ...: unique, plausible pieces
+        s, k = "", i
+        while True:
+            s += letters[k % 26]
+            k //= 26
+            if k == 0:
+                break
+        fill.append("\u2581" + s)
+        i += 1
+    tokens += fill
+    types += [TokenType.NORMAL] * n_fill
+    scores = [0.0] * 259 + [-float(j) for j in range(n_fill)]
+    return {Keys.Tokenizer.MODEL: "llama", Keys.Tokenizer.LIST: tokens, Keys.Tokenizer.SCORES: scores,
+            Keys.Tokenizer.TOKEN_TYPE: [int(t) for t in types], Keys.Tokenizer.BOS_ID: 1,
+            Keys.Tokenizer.EOS_ID: 2, Keys.Tokenizer.UNK_ID: 0, Keys.Tokenizer.ADD_BOS: True,
+            Keys.Tokenizer.ADD_EOS: False}
 
 
 def _add_kv(w: GGUFWriter, key: str, value: Any) -> None:
@@ -131,4 +164,47 @@ def write_gguf(
     return shard_paths(path, split)
 
 
-__all__ = ["GGUFTensor", "SHARD_NAME_FORMAT", "TensorData", "shard_paths", "tensor_nbytes", "write_gguf"]
+def sparse_copy(files: GGUFModelFiles, dest: str | os.PathLike[str]) -> Path:
+    """A copy of a model whose shards hold the real headers followed by a hole as long as the
+    tensor data: every tensor is within the file's bounds (``llama_model_loader`` checks that),
+    but no data block is written, so a full-size copy of a 400 GB model costs a few MB of disk.
+    Enough for a no-alloc dry run (``load_mode`` none reads no tensor data). A header without a
+    tokenizer (a shipped description) is rewritten as one file with :func:`spm_vocab`. Returns
+    the first shard's path in ``dest``."""
+    out_dir = Path(dest)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if Keys.Tokenizer.MODEL not in files.metadata:
+        return _sparse_with_vocab(files, out_dir / files.shards[0].path.name)
+    for i, shard in enumerate(files.shards):
+        ends = [t.offset + t.n_bytes for t in files.tensors if t.shard == i]
+        size = shard.data_offset + (max(ends) if ends else 0)
+        with open(shard.path, "rb") as src:
+            header = src.read(shard.data_offset)
+        fd = os.open(out_dir / shard.path.name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        with os.fdopen(fd, "wb") as out:
+            out.write(header)
+            out.truncate(size)
+    return out_dir / files.shards[0].path.name
+
+
+
+def _sparse_with_vocab(files: GGUFModelFiles, path: Path) -> Path:
+    md = {k: v for k, v in files.metadata.items() if k != "general.architecture" and not k.startswith("split.")}
+    arch = str(files.metadata["general.architecture"])
+    n_vocab = int(md.get(f"{arch}.vocab_size") or next(
+        (t.shape[1] for t in files.tensors if t.name == "token_embd.weight" and len(t.shape) > 1), 0))
+    md.update(spm_vocab(n_vocab))
+    tensors = [(t.name, t.shape, GGMLQuantizationType(t.ggml_type)) for t in files.tensors]
+    write_gguf(path, arch, md, tensors)
+    header_end = path.stat().st_size
+    align = int(md.get("general.alignment", 32))
+    data = 0
+    for t in files.tensors:  # GGUFWriter's layout: each tensor's data aligned in file order
+        data = -(-data // align) * align + t.n_bytes
+    with open(path, "r+b") as out:
+        out.truncate(-(-header_end // align) * align + data)
+    return path
+
+
+__all__ = ["GGUFTensor", "SHARD_NAME_FORMAT", "TensorData", "shard_paths", "sparse_copy", "spm_vocab", "tensor_nbytes",
+           "write_gguf"]

@@ -51,7 +51,7 @@ import numpy as np
 import gguf
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType as QT, Keys
 
-from omni_place.gguf_write import GGUFTensor, shard_paths, tensor_nbytes, write_gguf
+from omni_place.gguf_write import GGUFTensor, shard_paths, spm_vocab, tensor_nbytes, write_gguf
 from omni_place.reference_models import ModelSpec, fit_quant_type
 
 __all__ = [
@@ -276,36 +276,6 @@ def _tensor_data(rng: np.random.Generator, spec: TensorSpec, qt: QT) -> np.ndarr
 # vocabulary
 # --------------------------------------------------------------------------------------------
 
-def _spm_vocab(n_vocab: int) -> dict[str, Any]:
-    """Metadata of a llama-style SentencePiece vocabulary: <unk> <s> </s>, 256 byte tokens, then
-    filler pieces."""
-    if n_vocab < 260:
-        raise ValueError("n_vocab must be >= 260 (3 specials + 256 byte tokens + 1)")
-    tokens = ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)]
-    types = [gguf.TokenType.UNKNOWN, gguf.TokenType.CONTROL, gguf.TokenType.CONTROL] + [gguf.TokenType.BYTE] * 256
-    n_fill = n_vocab - len(tokens)
-    letters = "etaoinshrdlucmfwypvbgkjqxz"
-    fill: list[str] = []
-    i = 0
-    while len(fill) < n_fill:
-        # "▁e", "▁t", ... then "▁ee", "▁et", ...: unique, plausible pieces
-        s, k = "", i
-        while True:
-            s += letters[k % 26]
-            k //= 26
-            if k == 0:
-                break
-        fill.append("\u2581" + s)
-        i += 1
-    tokens += fill
-    types += [gguf.TokenType.NORMAL] * n_fill
-    scores = [0.0] * 259 + [-float(j) for j in range(n_fill)]
-    return {Keys.Tokenizer.MODEL: "llama", Keys.Tokenizer.LIST: tokens, Keys.Tokenizer.SCORES: scores,
-            Keys.Tokenizer.TOKEN_TYPE: [int(t) for t in types], Keys.Tokenizer.BOS_ID: 1,
-            Keys.Tokenizer.EOS_ID: 2, Keys.Tokenizer.UNK_ID: 0, Keys.Tokenizer.ADD_BOS: True,
-            Keys.Tokenizer.ADD_EOS: False}
-
-
 def _bytes_to_unicode() -> dict[int, str]:
     bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
     cs = bs[:]
@@ -481,7 +451,7 @@ def write_model(path: str | Path, arch: str, *, n_layer: int | None = None, n_em
         kv(R.FREQ_BASE_SWA, 10000.0)
 
     if tokenizer == "spm":
-        md.update(_spm_vocab(n_vocab))
+        md.update(spm_vocab(n_vocab))
     elif tokenizer == "gpt2":
         md.update(_gpt2_vocab(n_vocab))
     else:
@@ -627,7 +597,7 @@ def write_llama(
     if n_expert:
         md["llama.expert_count"] = n_expert
         md["llama.expert_used_count"] = n_expert_used
-    md.update(_spm_vocab(n_vocab))
+    md.update(spm_vocab(n_vocab))
 
     rng = np.random.default_rng(seed)
 

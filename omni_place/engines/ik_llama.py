@@ -29,7 +29,7 @@ import numpy as np
 from ..cost import CPU, Context, DeviceUsage, Placement
 from ..devices import Cluster
 from ..errors import InvalidArgumentError
-from ..model import ModelProfile
+from ..model import ModelProfile, TensorRecord
 from . import llama_cpp
 from .base import BenchSpelling, Dialect, EngineTraits
 from .common import (EngineArgs, FlagSyntax, accelerator_names, expert_overrides, layer_counts, model_devices,
@@ -71,7 +71,7 @@ def layer_sizes(model: ModelProfile, context: Context) -> tuple[list[float], flo
     ffn_shexp = [0] * n_layer
     ffn_dense = [0] * n_layer
     has_norm = [False] * n_layer
-    mla: list[dict[str, object]] = [{} for _ in range(n_layer)]
+    mla: list[dict[str, TensorRecord]] = [{} for _ in range(n_layer)]
     first_nextn = n_layer - hp.n_layer_nextn
     output_w = embd = 0
     for t in model.tensors:
@@ -113,13 +113,12 @@ def layer_sizes(model: ModelProfile, context: Context) -> tuple[list[float], flo
             wk, wv, wkv = m.get("attn_k_b"), m.get("attn_v_b"), m.get("attn_kv_b")
             if wk is not None and wv is not None and wkv is None:
                 # ik rebuilds wkv_b from k_b and v_b (Q8_0 when they are quantized)
-                ws = wv.info.shape  # type: ignore[attr-defined]
-                wks = wk.info.shape  # type: ignore[attr-defined]
-                q8_row = (ws[0] // 32 * 34 if wv.info.type_name not in ("F32", "F16", "BF16")  # type: ignore[attr-defined]
-                          else wv.bytes // max(1, ws[1] * ws[2]))  # type: ignore[attr-defined]
+                ws, wks = wv.info.shape, wk.info.shape
+                quantized = wv.info.type_name not in ("F32", "F16", "BF16")
+                q8_row = ws[0] // 32 * 34 if quantized else wv.bytes // max(1, ws[1] * ws[2])
                 sizes[il] += q8_row * (ws[1] + wks[1]) * ws[2] * 2
             elif wkv is not None:
-                sizes[il] += (wkv.bytes // 2) * ((wk is None) + (wv is None))  # type: ignore[attr-defined]
+                sizes[il] += (wkv.bytes // 2) * ((wk is None) + (wv is None))
     kv = model.kv_layer_bytes(context.ctx, context.type_k, context.type_v, n_seq=context.n_seq,
                               n_ubatch=ub, flash_attn=context.flash_attn, swa_full=True)
     # ik's cache_size() prices NextN blocks like the trunk layer before them (mainline gives them none)
