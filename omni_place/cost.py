@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Sequence
 
 from .compute import PIPELINE_COPIES, ComputeEstimate, compute_buffer_estimate
+from .cpuprobe import DEFAULT_DISK_GBS
 from .devices import Cluster, Device
 from .errors import ClusterError, InvalidArgumentError
 from .model import LayerCost, ModelProfile, Role, TensorRecord
@@ -106,6 +107,7 @@ class DeviceUsage:
     compute_bytes: int = 0
     capacity_bytes: int = 0  # usable: memory minus margin
     margin_bytes: int = 0
+    pageable_bytes: int = 0  # mmap'd weights the OS may page from disk (CPU, --allow-paging only)
     n_layers: int = 0
     holds_output: bool = False
 
@@ -119,11 +121,19 @@ class DeviceUsage:
 
     @property
     def fits(self) -> bool:
-        # CPU weights are mmap'd page cache (they page from disk when RAM is short); the KV
-        # cache and compute buffers are allocated and must fit.
-        if self.kind == "cpu":
-            return self.kv_bytes + self.compute_bytes <= self.capacity_bytes
-        return self.used_bytes <= self.capacity_bytes
+        """Everything fits in the usable memory; pageable weights (mmap'd CPU weights when
+        paging is allowed) may stay on disk, the KV cache and compute buffers may not."""
+        return self.used_bytes - self.pageable_bytes <= self.capacity_bytes
+
+    @property
+    def shortfall_bytes(self) -> int:
+        """Bytes over the usable memory, not counting what may page (0 when it fits)."""
+        return max(0, self.used_bytes - self.pageable_bytes - self.capacity_bytes)
+
+    @property
+    def paged_bytes(self) -> int:
+        """Pageable weights that do not fit in RAM: read from disk as they are used."""
+        return min(self.pageable_bytes, max(0, self.used_bytes - self.capacity_bytes))
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -137,6 +147,7 @@ class DeviceUsage:
             "capacity_bytes": self.capacity_bytes,
             "margin_bytes": self.margin_bytes,
             "free_bytes": self.free_bytes,
+            "paged_bytes": self.paged_bytes,
             "fits": self.fits,
         }
 
@@ -171,6 +182,7 @@ class Context:
     depth: int = 0  # tokens already in the KV cache when decoding (llama-bench -d)
     n_seq: int = 1
     swa_full: bool = False  # SWA layers' KV sized for the whole context (ik_llama.cpp)
+    allow_paging: bool = False  # CPU-held weights beyond RAM may page from disk (mmap), priced at disk speed
     embedding_on_first: bool = False  # token embedding on the first device (vLLM), else CPU RAM
 
 
@@ -281,6 +293,8 @@ class CostModel:
             out[p.order[0]].compute_bytes += self.op_offload_bytes
         cpu_use.compute_bytes += self.compute.host_bytes(copies) + self.compute.device_bytes(
             cpu_use.n_layers > 0, p.output == CPU)
+        if self.context.allow_paging:
+            cpu_use.pageable_bytes = cpu_use.weights_bytes
         return list(out.values())
 
     def pipeline_parallel(self, p: Placement) -> bool:
@@ -429,6 +443,15 @@ class CostModel:
                     "pcie_stream": streamed_bytes / self.n_tokens / self.stream_bandwidth(first)}
         return {CPU: flops / self.flops(CPU)}
 
+    def disk_bandwidth(self) -> float:
+        """Bytes/s at which weights that do not fit in RAM page in from disk."""
+        return (self.cpu.disk_gbs or DEFAULT_DISK_GBS) * GB
+
+    def _paged_fraction(self, p: Placement) -> float:
+        """Share of the CPU-held weights that pages from disk (0 unless paging is allowed)."""
+        cpu = next(u for u in self.usage(p) if u.name == CPU)
+        return cpu.paged_bytes / cpu.weights_bytes if cpu.weights_bytes else 0.0
+
     def output_tg(self, name: str) -> float:
         """Decode seconds of the output head on ``name``: reading its weights, then the token's
         F32 logits copied back to the host (a round trip over the network for an RPC device)."""
@@ -461,6 +484,13 @@ class CostModel:
         if p.output != prev:
             add(tg, {"transfers": self.hop_tg(prev, p.output)})
         add(tg, {p.output: self.output_tg(p.output)})
+        paged = self._paged_fraction(p)
+        if paged:
+            # the paged share of what the CPU reads per token comes from disk instead of RAM
+            disk = self.disk_bandwidth()
+            add(tg, {"disk": paged * tg.get(CPU, 0.0) * self.bandwidth(CPU) / disk})
+            if "pcie_stream" in pp and p.first is not None:
+                add(pp, {"disk": paged * pp["pcie_stream"] * self.stream_bandwidth(p.first) / disk})
         t_tg = sum(tg.values())
         t_pp = sum(pp.values())
         return Prediction(1.0 / t_tg if t_tg > 0 else math.inf, 1.0 / t_pp if t_pp > 0 else math.inf, tg, pp)

@@ -22,6 +22,10 @@ from .units import GB, MiB
 #: Conservative on purpose: dual-channel DDR4-3200 peaks at 51.2 GB/s and sustains ~40 GB/s;
 #: servers are much faster, so run ``omni-place devices --measure`` or write it in a cluster file.
 DEFAULT_CPU_BANDWIDTH_GBS = 40.0
+# Read bandwidth assumed for the disk that weights page in from when RAM is short: a PCIe 3/4
+# NVMe drive under mmap page faults (sequential reads reach 3-7 GB/s; faulting reaches less).
+DEFAULT_DISK_GBS = 2.0
+_DISK_PROBE_BYTES = 256 * MiB
 
 _PROBE_BYTES = 256 * MiB  # per array: src + dst = 512 MiB, above nearly every last-level cache
 
@@ -167,3 +171,50 @@ def measure_memory_bandwidth(threads: int | None = None, size_bytes: int | None 
             if rep:  # rep 0 warms the pool and the TLB
                 best = min(best, elapsed)
     return 2 * n * 8 / best / GB
+
+
+def measure_disk_read_bandwidth(folder: str | os.PathLike[str] | None = None,
+                                size_bytes: int = _DISK_PROBE_BYTES) -> float:
+    """Read bandwidth of the disk under ``folder`` (default: the temp folder) in GB/s.
+
+    Writes a ``size_bytes`` file of random bytes, flushes it and drops it from the page cache
+    (``posix_fadvise(DONTNEED)``), then times reading it back in 4 MiB chunks with ``O_DIRECT``
+    where the file system allows it. The file is created with ``mkstemp`` and removed.
+    """
+    import tempfile
+
+    if size_bytes < MiB:
+        raise InvalidArgumentError(f"disk probe needs at least 1 MiB (got {size_bytes} bytes)")
+    chunk = 4 * MiB
+    fd, name = tempfile.mkstemp(prefix="omni_place_disk_", dir=folder)
+    try:
+        block = np.random.default_rng(0).integers(0, 256, chunk, dtype=np.uint8).tobytes()
+        with os.fdopen(fd, "wb") as out:
+            for _ in range(max(1, size_bytes // chunk)):
+                out.write(block)
+            out.flush()
+            os.fsync(out.fileno())
+        flags = os.O_RDONLY | getattr(os, "O_DIRECT", 0)
+        try:
+            rfd = os.open(name, flags)
+        except OSError:  # a file system without O_DIRECT (tmpfs): drop the cache instead
+            rfd = os.open(name, os.O_RDONLY)
+        try:
+            if hasattr(os, "posix_fadvise"):
+                os.posix_fadvise(rfd, 0, 0, os.POSIX_FADV_DONTNEED)
+            import mmap
+
+            buf = mmap.mmap(-1, chunk)  # page-aligned, as O_DIRECT requires
+            total = 0
+            start = time.perf_counter()
+            while True:
+                n = os.readv(rfd, [buf])
+                if n <= 0:
+                    break
+                total += n
+            elapsed = time.perf_counter() - start
+        finally:
+            os.close(rfd)
+    finally:
+        os.unlink(name)
+    return total / max(elapsed, 1e-9) / GB

@@ -164,6 +164,20 @@ def write_gguf(
     return shard_paths(path, split)
 
 
+def full_sizes(files: GGUFModelFiles) -> list[int]:
+    """Each shard's size with all of its tensor data: up to the end of its last tensor."""
+    out = []
+    for i, shard in enumerate(files.shards):
+        ends = [t.offset + t.n_bytes for t in files.tensors if t.shard == i]
+        out.append(shard.data_offset + (max(ends) if ends else 0))
+    return out
+
+
+def has_tensor_data(files: GGUFModelFiles) -> bool:
+    """Whether every shard holds its tensor data (not a header-only file or a cut download)."""
+    return all(shard.file_size >= size for shard, size in zip(files.shards, full_sizes(files)))
+
+
 def sparse_copy(files: GGUFModelFiles, dest: str | os.PathLike[str]) -> Path:
     """A copy of a model whose shards hold the real headers followed by a hole as long as the
     tensor data: every tensor is within the file's bounds (``llama_model_loader`` checks that),
@@ -175,9 +189,7 @@ def sparse_copy(files: GGUFModelFiles, dest: str | os.PathLike[str]) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     if Keys.Tokenizer.MODEL not in files.metadata:
         return _sparse_with_vocab(files, out_dir / files.shards[0].path.name)
-    for i, shard in enumerate(files.shards):
-        ends = [t.offset + t.n_bytes for t in files.tensors if t.shard == i]
-        size = shard.data_offset + (max(ends) if ends else 0)
+    for shard, size in zip(files.shards, full_sizes(files)):
         with open(shard.path, "rb") as src:
             header = src.read(shard.data_offset)
         fd = os.open(out_dir / shard.path.name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
@@ -206,5 +218,6 @@ def _sparse_with_vocab(files: GGUFModelFiles, path: Path) -> Path:
     return path
 
 
-__all__ = ["GGUFTensor", "SHARD_NAME_FORMAT", "TensorData", "shard_paths", "sparse_copy", "spm_vocab", "tensor_nbytes",
+__all__ = ["GGUFTensor", "SHARD_NAME_FORMAT", "TensorData", "full_sizes", "has_tensor_data", "shard_paths",
+           "sparse_copy", "spm_vocab", "tensor_nbytes",
            "write_gguf"]

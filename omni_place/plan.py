@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import json
 import shlex
-from dataclasses import dataclass, field
-from typing import Any, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Mapping, Sequence
 
 from .calibration import load_calibrated
 from .cost import CPU, EXPERT_OPTIONS, Context, CostModel, DeviceUsage, Placement, Prediction, SpeedParams
@@ -65,6 +65,8 @@ class Plan:
     default_order: tuple[str, ...]
     notes: list[str] = field(default_factory=list)
     solve_stats: dict[str, Any] = field(default_factory=dict)
+    params: SpeedParams | None = None  # the speed parameters it was priced with (None: defaults)
+    certified: dict[str, Any] | None = None  # the engine's own dry run of it (omni_place.llama.certify)
 
     @property
     def dialect(self) -> Dialect:
@@ -160,6 +162,7 @@ class Plan:
             "notes": self.notes,
             "hosts": [h.to_dict() for h in self.host_commands()],
             "solve": self.solve_stats,
+            "certified": self.certified,
         }
 
     def _bench_args(self) -> list[str] | None:
@@ -191,11 +194,15 @@ def plan_split(
     engine: str = "llama.cpp",
     depth: int = 0,
     params: SpeedParams | None = None,
+    allow_paging: bool = False,
 ) -> Plan:
     """The fastest placement of ``model`` on ``cluster`` that fits every device's memory.
 
     ``objective`` is "tg" (decode tok/s), "pp" (prompt tok/s) or a weight W in [0, 1] that
     minimizes ``W*t_tg/t_tg* + (1-W)*t_pp/t_pp*`` (each time relative to its own optimum).
+    CPU RAM is a limit like any device's: weights, KV cache and compute buffers must fit in it,
+    unless ``allow_paging`` lets the CPU-held weights that do not fit page from disk (mmap),
+    priced at the CPU device's ``disk_gbs``.
     Raises :class:`NothingFitsError` when no placement fits (not even all on the CPU).
     """
     engine_rules = dialect(engine)
@@ -207,7 +214,7 @@ def plan_split(
         raise InvalidArgumentError(f"ubatch {ubatch} is out of range (1..65536)")
     context = Context(ctx=ctx, n_ubatch=ubatch, type_k=kv_type, type_v=kv_type_v or kv_type,
                       flash_attn=flash_attn, depth=depth, swa_full=rules.swa_full,
-                      embedding_on_first=rules.embedding_on_first)
+                      embedding_on_first=rules.embedding_on_first, allow_paging=allow_paging)
     engine_rules.check_context(context)
     prof.check_kv_types(context.type_k, context.type_v, context.flash_attn)
     if len(clus.gpus) > MAX_DEVICES:
@@ -243,7 +250,7 @@ def plan_split(
                 f"the GPUs ({', '.join(d.name for d in clus.gpus if d.kind == 'gpu') or 'none'}) and "
                 f"{engine} cannot keep layers or experts in CPU RAM",
                 hint="plan with --engine llama.cpp (CPU offload), a shorter --ctx, or more GPUs")
-        raise _nothing_fits(cost, all_cpu)
+        raise _nothing_fits(cost, [p for _, p, _ in candidates] or [all_cpu])
     _, best, core = min(feasible, key=lambda c: c[0])
     stats["core"] = core
     usage = cost.usage(best)
@@ -252,7 +259,24 @@ def plan_split(
     if calibrated is not None:
         notes.append(f"speeds use this machine's calibration for {engine} (omni-place calibrate)")
     return Plan(prof, clus, engine, objective, context, best, usage, cost.predict(best),
-                engine_rules.encode(prof, best, clus, context, usage), default_order, notes, stats)
+                engine_rules.encode(prof, best, clus, context, usage), default_order, notes, stats,
+                params or calibrated)
+
+
+def replan(plan: Plan, capacity_delta: Mapping[str, int]) -> Plan:
+    """The refine step of certification: :func:`plan_split` again for the same model, context,
+    objective and engine, with each named device's memory moved by ``capacity_delta`` bytes (the
+    engine's measured compute buffers minus the estimate, negated), reported on the plan's own
+    cluster."""
+    devices = tuple(replace(d, memory_bytes=max(1, d.memory_bytes + int(capacity_delta.get(d.name, 0))))
+                    for d in plan.cluster.devices)
+    shifted = Cluster(plan.cluster.name, devices, plan.cluster.description, plan.cluster.notes)
+    c = plan.context
+    new = plan_split(plan.model, shifted, ctx=c.ctx, ubatch=c.n_ubatch, kv_type=c.type_k, kv_type_v=c.type_v,
+                     flash_attn=c.flash_attn, objective=plan.objective, engine=plan.engine, depth=c.depth,
+                     params=plan.params, allow_paging=c.allow_paging)
+    usage = CostModel(plan.model, plan.cluster, c, plan.params).usage(new.placement)
+    return replace(new, cluster=plan.cluster, usage=usage, notes=list(new.notes))
 
 
 def _without_lone_head(cost: CostModel, cand: Candidate, w_tg: float, w_pp: float) -> Candidate:
@@ -278,13 +302,25 @@ def objective_weights(objective: str | float) -> tuple[float, float]:
                                hint="e.g. --objective 0.8 weighs decode 80 %, prompt 20 %")
 
 
-def _nothing_fits(cost: CostModel, cpu_only: Placement) -> NothingFitsError:
-    cpu = next(u for u in cost.usage(cpu_only) if u.name == CPU)
+def _nothing_fits(cost: CostModel, tried: Sequence[Placement]) -> NothingFitsError:
+    """What is missing for the closest placement the planner tried: the device that overflows
+    by the least (the CPU when only RAM is short), and by how much."""
+    best = min(tried, key=lambda p: sum(u.shortfall_bytes for u in cost.usage(p)))
+    short = [u for u in cost.usage(best) if not u.fits]
+    parts = []
+    for u in short:
+        what = (f"weights {u.weights_bytes / GiB:.1f} + KV {u.kv_bytes / GiB:.1f} + compute "
+                f"{u.compute_bytes / GiB:.1f} GiB")
+        if u.pageable_bytes:
+            what = f"KV {u.kv_bytes / GiB:.1f} + compute {u.compute_bytes / GiB:.1f} GiB"
+        parts.append(f"{'CPU RAM' if u.kind == 'cpu' else u.name} needs {what} in {u.capacity_bytes / GiB:.1f} GiB "
+                     f"usable, short by {u.shortfall_bytes / GiB:.2f} GiB")
+    accel = ", ".join(d.name for d in cost.cluster.gpus) or "none"
+    cpu_short = any(u.kind == "cpu" for u in short) and not cost.context.allow_paging
     return NothingFitsError(
-        f"nothing fits: all on the CPU needs {(cpu.kv_bytes + cpu.compute_bytes) / GiB:.1f} GiB of KV "
-        f"cache and compute buffers in {cpu.capacity_bytes / GiB:.1f} GiB usable RAM, and no split "
-        f"over the accelerators ({', '.join(d.name for d in cost.cluster.gpus) or 'none'}) fits"
-    )
+        f"nothing fits: {'; '.join(parts)} (accelerators: {accel})",
+        hint=("add --allow-paging to let weights beyond RAM page from disk (slow), or use more RAM, "
+              "more GPUs, a smaller quant or a shorter --ctx") if cpu_short else None)
 
 
 def _notes(cost: CostModel, p: Placement, usage: list[DeviceUsage]) -> list[str]:
@@ -293,7 +329,8 @@ def _notes(cost: CostModel, p: Placement, usage: list[DeviceUsage]) -> list[str]
     if cpu.weights_bytes > cpu.capacity_bytes:
         notes.append(
             f"CPU-held weights ({cpu.weights_bytes / GiB:.1f} GiB) exceed usable RAM "
-            f"({cpu.capacity_bytes / GiB:.1f} GiB): mmap will page from disk and decode will be slower"
+            f"({cpu.capacity_bytes / GiB:.1f} GiB): mmap will page {cpu.paged_bytes / GiB:.1f} GiB from disk "
+            f"at {cost.disk_bandwidth() / 1e9:.1f} GB/s (--allow-paging), which the prediction includes"
         )
     for u in usage:
         if u.kind == "rpc" and u.weights_bytes:
@@ -312,9 +349,10 @@ def _notes(cost: CostModel, p: Placement, usage: list[DeviceUsage]) -> list[str]
 
 def evaluate(model: str | ModelProfile, cluster: str | Cluster, argv: Sequence[str], *,
              ctx: int | None = None, params: SpeedParams | None = None, engine: str = "llama.cpp",
-             tool: str = "server") -> Plan:
+             tool: str = "server", allow_paging: bool = False) -> Plan:
     """Price a user's llama.cpp / ik_llama.cpp command line (``tool`` "server" for llama-server /
-    llama-cli, "bench" for llama-bench): memory per device, whether it fits, tg/pp."""
+    llama-cli, "bench" for llama-bench): memory per device, whether it fits, tg/pp
+    (``allow_paging``: as :func:`plan_split`)."""
     engine_rules = dialect(engine)
     rules = engine_rules.traits
     parsed = engine_rules.parse_args(argv, tool)
@@ -322,7 +360,8 @@ def evaluate(model: str | ModelProfile, cluster: str | Cluster, argv: Sequence[s
     clus = resolve_cluster(cluster)
     context = Context(ctx=parsed.ctx or ctx or 4096, n_ubatch=parsed.n_ubatch, type_k=parsed.type_k,
                       type_v=parsed.type_v, flash_attn=parsed.flash_attn if parsed.flash_attn is not None else True,
-                      swa_full=rules.swa_full, embedding_on_first=rules.embedding_on_first)
+                      swa_full=rules.swa_full, embedding_on_first=rules.embedding_on_first,
+                      allow_paging=allow_paging)
     prof.check_kv_types(context.type_k, context.type_v, context.flash_attn)
     cost = CostModel(prof, clus, context, params or load_calibrated(clus, engine))
     placement = engine_rules.decode(prof, parsed, clus, context, tool)
@@ -330,8 +369,9 @@ def evaluate(model: str | ModelProfile, cluster: str | Cluster, argv: Sequence[s
     notes = [f"{u.name} overflows by {(u.used_bytes - u.capacity_bytes) / GiB:.2f} GiB "
              f"(needs {u.used_bytes / GiB:.2f} GiB of {u.capacity_bytes / GiB:.2f} GiB usable)"
              if u.kind != "cpu" else
-             f"CPU RAM: KV cache + compute need {(u.kv_bytes + u.compute_bytes) / GiB:.2f} GiB of "
-             f"{u.capacity_bytes / GiB:.2f} GiB usable"
+             f"CPU RAM overflows by {u.shortfall_bytes / GiB:.2f} GiB (needs "
+             f"{(u.used_bytes - u.pageable_bytes) / GiB:.2f} GiB of {u.capacity_bytes / GiB:.2f} GiB usable"
+             + ("; --allow-paging lets weights page from disk)" if not allow_paging else ")")
              for u in usage if not u.fits]
     return Plan(prof, clus, engine, "given", context, placement, usage, cost.predict(placement),
                 engine_rules.flags_of(parsed), tuple(d.name for d in clus.gpus), notes, {})

@@ -6,7 +6,7 @@ import shlex
 from typing import Any
 
 from .plan import Plan
-from .units import GiB
+from .units import GiB, MiB
 
 BAR = 40
 STRIP = 64  # layers per line of the layer strip
@@ -145,7 +145,23 @@ def render_plan(plan: Plan) -> str:
         lines.append("DOES NOT FIT: " + "; ".join(plan.notes))
     else:
         lines += [f"note: {n}" for n in plan.notes]
+    lines += _certified_lines(plan.certified)
     return "\n".join(lines)
+
+
+def _certified_lines(cert: dict[str, Any] | None) -> list[str]:
+    """What the engine's own dry run said of the plan (``omni_place.llama.certify``)."""
+    if not cert:
+        return []
+    if cert.get("status") != "certified":
+        return [f"not certified by the engine: {cert.get('reason')}"]
+    out = [f"certified by {cert['by']} ({cert['dry_runs']} no-alloc dry run{'s' if cert['dry_runs'] != 1 else ''}):"]
+    for name, d in cert["devices"].items():
+        if d.get("compute_engine_bytes") is None:
+            continue
+        out.append(f"  {name:<8} compute {d['compute_engine_bytes'] / MiB:.1f} MiB (estimated "
+                   f"{d['compute_estimated_bytes'] / MiB:.1f}), free {d['free_bytes'] / GiB:.2f} GiB")
+    return out
 
 
 def plot_data(plan: Plan) -> dict[str, Any]:

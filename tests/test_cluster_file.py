@@ -380,3 +380,22 @@ def test_pcie_table() -> None:
     for gen, width in ((7, 16), (4, 3), (0, 16)):
         with pytest.raises(ClusterError):
             pcie_gbs(gen, width)
+
+
+def test_disk_gbs_is_a_cpu_figure(tmp_path: Path) -> None:
+    from omni_place.cpuprobe import measure_disk_read_bandwidth
+
+    ok = tmp_path / "ok.toml"
+    ok.write_text('[[devices]]\nname = "CPU"\nkind = "cpu"\nmemory_gib = 64\nbandwidth_gbs = 80\ndisk_gbs = 3.5\n')
+    assert load_cluster(ok, nvml=None).cpu.disk_gbs == 3.5
+    for bad, msg in (('disk_gbs = 0', "must be positive"), ('disk_gbs = "fast"', "number")):
+        p = tmp_path / "bad.toml"
+        p.write_text(f'[[devices]]\nname = "CPU"\nkind = "cpu"\nmemory_gib = 64\n{bad}\n')
+        with pytest.raises(ClusterError, match=msg):
+            load_cluster(p, nvml=None)
+    gpu = tmp_path / "gpu.toml"
+    gpu.write_text('[[devices]]\nname = "CUDA0"\nkind = "gpu"\ncatalog = "RTX 4090"\ndisk_gbs = 3\n')
+    with pytest.raises(ClusterError, match="does not apply"):
+        load_cluster(gpu, nvml=None)
+    assert measure_disk_read_bandwidth(tmp_path, size_bytes=8 << 20) > 0
+    assert not list(tmp_path.glob("omni_place_disk_*"))  # the probe file is removed

@@ -202,3 +202,47 @@ def test_public_contract_names() -> None:
 
     assert omni_place.plan_split is plan_split and omni_place.evaluate is evaluate
     assert {"plan_split", "evaluate", "Plan"} <= set(omni_place.__all__)
+
+
+# --- CPU RAM is a limit ---------------------------------------------------------------------------
+
+def test_ram_too_small_is_infeasible_and_names_the_cpu(deepseek) -> None:
+    """DeepSeek-V3 Q4_K_M (~377 GiB) on 2x 96 GiB + 128 GiB RAM: the CPU share cannot fit."""
+    with pytest.raises(NothingFitsError, match=r"CPU RAM needs .* short by [\d.]+ GiB") as err:
+        plan_split(deepseek, rig((96, 1800), (96, 1800), ram_gib=128))
+    assert "--allow-paging" in (err.value.hint or "")
+
+
+def test_allow_paging_plans_and_prices_the_disk(deepseek) -> None:
+    small = rig((96, 1800), (96, 1800), ram_gib=128)
+    paged = plan_split(deepseek, small, allow_paging=True)
+    cpu = next(u for u in paged.usage if u.name == CPU)
+    assert paged.feasible and cpu.paged_bytes > 0 and cpu.paged_bytes == cpu.used_bytes - cpu.capacity_bytes
+    assert paged.predicted.tg_breakdown["disk"] > 0
+    assert any("page" in n and "from disk" in n for n in paged.notes)
+    # a faster disk is a faster plan; enough RAM removes the disk term
+    fast_devs = tuple(d if d.kind != "cpu" else Device("CPU", "cpu", d.memory_bytes, d.bandwidth_gbs, threads=32,
+                                                       disk_gbs=14.0) for d in small.devices)
+    fast = plan_split(deepseek, Cluster("fast-disk", fast_devs), allow_paging=True)
+    assert fast.predicted.tg_tps > paged.predicted.tg_tps
+    roomy = plan_split(deepseek, rig((96, 1800), (96, 1800), ram_gib=512), allow_paging=True)
+    assert "disk" not in roomy.predicted.tg_breakdown
+
+
+def test_cli_exit_3_without_paging_and_0_with_it(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cluster = tmp_path / "small-ram.toml"
+    cluster.write_text('name = "small-ram"\ndiscover = false\n'
+                       '[[devices]]\nname = "CUDA0"\nkind = "gpu"\ncatalog = "RTX 4090"\n'
+                       '[[devices]]\nname = "CPU"\nkind = "cpu"\nmemory_gib = 64\nbandwidth_gbs = 80\n'
+                       'disk_gbs = 3.5\n')
+    assert main(["plan", "qwen3-235b-a22b", "--cluster", str(cluster)]) == 3
+    err = capsys.readouterr().err
+    assert err.startswith("error: nothing fits: CPU RAM needs") and "hint: add --allow-paging" in err
+    assert main(["plan", "qwen3-235b-a22b", "--cluster", str(cluster), "--allow-paging", "--format", "json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    cpu = next(d for d in doc["devices"] if d["name"] == "CPU")
+    assert doc["feasible"] and cpu["paged_bytes"] > 0
+    assert main(["check", "qwen3-235b-a22b", "--cluster", str(cluster), "--", "-ngl", "99", "-ot", "exps=CPU"]) == 3
+    assert "CPU RAM overflows by" in capsys.readouterr().err
+    assert main(["check", "qwen3-235b-a22b", "--cluster", str(cluster), "--allow-paging", "--",
+                 "-ngl", "99", "-ot", "exps=CPU"]) == 0

@@ -37,7 +37,8 @@ def _link(dev: Device) -> str:
 def _model(dev: Device) -> str:
     model = dev.model or "-"
     if dev.kind == "cpu" and dev.threads:
-        return f"{model} ({dev.threads} threads)"
+        disk = f", disk {dev.disk_gbs:.1f} GB/s" if dev.disk_gbs else ""
+        return f"{model} ({dev.threads} threads{disk})"
     if dev.kind == "rpc":
         return f"{model} @ {dev.endpoint}"
     return model
@@ -115,6 +116,8 @@ def devices_command(cluster_file: str | None, preset: str | None, measure: bool,
       peer_access      true | false: GPU peer-to-peer works (gpu)
       endpoint         rpc-server address "host:port" (rpc, required)
       threads          CPU threads for the engine (cpu)
+      disk_gbs         read GB/s of the disk the model is on (cpu; weights beyond RAM page in
+                       from it with plan --allow-paging; default 2, --measure measures it)
       margin_mib       memory kept free on the device, MiB (default 512)
       host             machine the device is in (default "local"; rpc: endpoint host)
     \b

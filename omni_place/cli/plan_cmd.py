@@ -112,6 +112,9 @@ def exec_argv(plan: Plan, engine_argv: list[str], model_path: Path | None) -> tu
               help="Tokens already in context when decoding (llama-bench -d).")
 @click.option("--engine", type=click.Choice(list(ENGINES)), default="llama.cpp", show_default=True,
               help="Whose flags to print: mainline llama.cpp, ik_llama.cpp, or vLLM pipeline stages.")
+@click.option("--allow-paging", is_flag=True,
+              help="Let CPU-held weights beyond RAM page from disk (mmap; priced at the CPU's disk_gbs) instead of "
+                   "refusing the plan.")
 @click.option("--tool", type=click.Choice(["server", "bench"]), default="server", show_default=True,
               help="Flag dialect for --format args: llama-server/cli or llama-bench.")
 @click.option("--format", "fmt", type=click.Choice(["text", "args", "json", "env"]), default="text", show_default=True)
@@ -119,11 +122,14 @@ def exec_argv(plan: Plan, engine_argv: list[str], model_path: Path | None) -> tu
               help="Also write the plan as an SVG picture (memory bars, layer map, speed).")
 @click.option("--verify", "do_verify", is_flag=True,
               help="Then load the plan through your libllama and compare engine and plan (exit 4 if they disagree).")
+@click.option("--certify/--no-certify", "certify_plan", default=True, show_default=True,
+              help="Where libllama and the plan's devices are here, size the plan with the engine's own no-alloc dry "
+                   "run and tighten it to the measured compute buffers (a few runs of about a second).")
 @click.option("--exec", "do_exec", is_flag=True,
               help="Run the engine command given after `--` with the plan's flags (the plan is printed to stderr).")
 def plan_cmd(model: str | None, cluster_file: str | None, preset: str | None, ctx: int, ubatch: int,
              kv_type: str, no_flash_attn: bool, objective: str, depth: int, engine: str, tool: str, fmt: str,
-             plot_path: str | None, do_verify: bool, do_exec: bool) -> None:
+             plot_path: str | None, do_verify: bool, do_exec: bool, allow_paging: bool, certify_plan: bool) -> None:
     """Print the fastest placement of MODEL that fits, with exact flags and predicted tok/s.
 
     MODEL is a .gguf (any shard of a split model; a header-only file works) or the name of a
@@ -167,7 +173,11 @@ def plan_cmd(model: str | None, cluster_file: str | None, preset: str | None, ct
                                        hint="e.g. --objective 0.8") from None
     plan = plan_split(resolve_model(model), _cluster_spec(cluster_file, preset), ctx=ctx, ubatch=ubatch,
                       kv_type=kv_type.lower(), flash_attn=not no_flash_attn, objective=obj, engine=engine,
-                      depth=depth)
+                      depth=depth, allow_paging=allow_paging)
+    if certify_plan:
+        from ..llama.certify import certify
+
+        plan = certify(plan)
     if plot_path:
         from ..plot import write_plot
 
@@ -208,9 +218,12 @@ def plan_cmd(model: str | None, cluster_file: str | None, preset: str | None, ct
 @click.option("--tool", type=click.Choice(["server", "bench"]), default="server", show_default=True,
               help="The arguments are llama-server/llama-cli's or llama-bench's (separators, --n-cpu-moe).")
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.option("--allow-paging", is_flag=True,
+              help="Let CPU-held weights beyond RAM page from disk (mmap; priced at the CPU's disk_gbs) instead of "
+                   "refusing the plan.")
 @click.argument("engine_args", nargs=-1, type=click.UNPROCESSED)
 def check_cmd(model: str, cluster_file: str | None, preset: str | None, engine: str, tool: str, fmt: str,
-              engine_args: tuple[str, ...]) -> None:
+              allow_paging: bool, engine_args: tuple[str, ...]) -> None:
     """Will YOUR llama.cpp / ik_llama.cpp command fit, and how fast is it? Prices the placement
     flags after `--` (-ngl, -ts, -dev, -ot, -ncmoe, -cmoe, -c, -ub, -ctk, -ctv, -fa, -sm, --rpc)
     on the cluster.
@@ -223,7 +236,7 @@ def check_cmd(model: str, cluster_file: str | None, preset: str | None, engine: 
       omni-place check model.gguf --preset seed --engine ik_llama.cpp -- -ngl 999 -ncmoe 30 -c 32768
     """
     plan = evaluate(resolve_model(model), _cluster_spec(cluster_file, preset), list(engine_args),
-                    engine=engine, tool=tool)
+                    engine=engine, tool=tool, allow_paging=allow_paging)
     _emit(plan, fmt, tool)
     if not plan.feasible:
         raise NothingFitsError("; ".join(plan.notes),

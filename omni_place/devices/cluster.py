@@ -18,7 +18,7 @@ from importlib import resources
 from types import MappingProxyType
 from typing import Any, Literal
 
-from ..cpuprobe import DEFAULT_CPU_BANDWIDTH_GBS, cpu_info, measure_memory_bandwidth
+from ..cpuprobe import DEFAULT_CPU_BANDWIDTH_GBS, cpu_info, measure_disk_read_bandwidth, measure_memory_bandwidth
 from ..errors import ClusterError
 from ..units import GiB, MiB
 
@@ -74,6 +74,8 @@ class Device:
         endpoint: ``host:port`` of the RPC server (rpc only).
         host: the machine the device sits in (``"local"`` for this one).
         threads: CPU threads the engine should use (cpu only).
+        disk_gbs: read bandwidth of the disk the model file is on, GB/s (cpu only): what
+            weights that do not fit in RAM are paged in at (``--allow-paging``).
         margin_bytes: memory kept free on this device.
         compute_capability / uuid / pci_bus_id: NVML facts, None when unknown.
         source: where each figure came from -- ``{"memory": "nvml", "bandwidth": "catalog",
@@ -97,6 +99,7 @@ class Device:
     endpoint: str | None = None
     host: str = "local"
     threads: int | None = None
+    disk_gbs: float | None = None
     margin_bytes: int = DEFAULT_MARGIN_BYTES
     compute_capability: str | None = None
     uuid: str | None = None
@@ -116,6 +119,8 @@ class Device:
             problem = f"margin must not be negative (got {self.margin_bytes} bytes)"
         elif self.kind == "rpc" and not self.endpoint:
             problem = "an rpc device needs an endpoint (host:port)"
+        elif self.disk_gbs is not None and not (self.disk_gbs > 0 and math.isfinite(self.disk_gbs)):
+            problem = f"disk bandwidth must be positive (got {self.disk_gbs} GB/s)"
         if problem:
             raise ClusterError(f"device {self.name!r}: {problem}")
 
@@ -247,6 +252,11 @@ def _local_cpu(*, measure: bool, given: Mapping[str, Any] | None = None) -> Devi
         source["bandwidth"] = "estimated"
     if given.get("tflops") is not None:
         source["tflops"] = "file"
+    if given.get("disk_gbs") is not None:
+        source["disk"] = "file"
+    elif measure:
+        given["disk_gbs"] = measure_disk_read_bandwidth()
+        source["disk"] = "measured"
     model = given.pop("model", None) or info.model
     return Device(name="CPU", kind="cpu", memory_bytes=int(memory), bandwidth_gbs=float(bandwidth),
                   model=model, total_bytes=total if total is not None else int(memory),

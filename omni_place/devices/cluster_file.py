@@ -65,6 +65,7 @@ _DEVICE_KEYS: dict[str, tuple[type | tuple[type, ...], tuple[str, ...]]] = {
     "pcie_width": (int, ("gpu",)),
     "endpoint": (str, ("rpc",)),
     "threads": (int, ("cpu",)),
+    "disk_gbs": (_NUMBER, ("cpu",)),
     "margin_mib": (_NUMBER, KINDS),
     "host": (str, KINDS),
     "peer_access": (bool, ("gpu",)),
@@ -117,6 +118,7 @@ class _Locator:
 # Generous upper bounds of device figures (a typo or a hostile file must not reach the core:
 # 1e30 GiB overflows its int64 arrays, 1e308 TFLOPS predicts nonsense).
 _UPPER_BOUNDS = {"memory_gib": 1 << 20, "bandwidth_gbs": 1e5, "tflops": 1e5, "link_gbs": 1e4, "threads": 4096,
+                 "disk_gbs": 1e3,
                  "link_latency_us": 1e7, "margin_mib": 1 << 30}
 
 
@@ -196,7 +198,7 @@ class _FileParser:
             if kind not in _DEVICE_KEYS[key][1]:
                 raise self.fail(at(key), f"device {name!r}: {key!r} does not apply to kind {kind!r}")
         self._check_name(i, name, kind)
-        positive = ("memory_gib", "bandwidth_gbs", "tflops", "link_gbs", "threads")
+        positive = ("memory_gib", "bandwidth_gbs", "tflops", "link_gbs", "threads", "disk_gbs")
         for key in positive:
             if key in table and not table[key] > 0:
                 raise self.fail(at(key), f"device {name!r}: {key} must be positive (got {table[key]})")
@@ -234,7 +236,7 @@ class _FileParser:
         take("tflops", "tflops", spec.fp16_tflops if spec else None, float)
         if "model" in table or spec is not None:
             out["model"] = table.get("model", spec.name if spec else None)
-        for key in ("threads", "peer_access", "host"):
+        for key in ("threads", "peer_access", "host", "disk_gbs"):
             if key in table:
                 out[key] = table[key]
         if "margin_mib" in table:

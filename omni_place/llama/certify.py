@@ -1,0 +1,134 @@
+"""Certify a plan with the engine itself, and tighten it: the engine's no-alloc dry run of the
+chosen plan (a child process; nothing is allocated or read, so it costs no VRAM and takes about a
+second) gives every device's real compute buffer. Where the estimate was off, the device's memory
+is corrected by the difference and the plan is solved again (:func:`omni_place.plan.replan`):
+slack beyond the margin goes to more layers or experts, an overflow backs off. At most
+``max_runs`` dry runs; the result says what the engine measured for the plan it returns.
+
+It runs only where the plan can load: a libllama that verifies this engine's plans and the
+plan's devices present (the engine places every layer where the plan does). Otherwise the plan
+comes back unchanged, with ``certified["status"] == "skipped"`` and the reason. A header-only
+model is dry-run from a sparse copy (:func:`omni_place.gguf_write.sparse_copy`).
+"""
+from __future__ import annotations
+
+import tempfile
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from ..cost import CostModel
+from ..devices.nvml import discover_gpus
+from ..engines.common import rpc_servers
+from ..errors import OmniPlaceError
+from ..gguf import read_model_files
+from ..gguf_write import has_tensor_data, sparse_copy
+from ..model import load_model
+from ..plan import Plan, replan
+from ..units import MiB
+from ._abi import get_abi
+from ._loader import load_libllama
+from .rpc import check_rpc_server
+from .verify import VerifyReport, verify_plan
+
+MAX_RUNS = 4
+SLACK_UNIT = 64 * MiB  # slack below this on every device is not worth another dry run
+
+
+def _compute_by_device(report: VerifyReport) -> dict[str, int]:
+    return {d.name: b.actual for d in report.devices for b in d.buffers if b.kind == "compute" and b.actual is not None}
+
+
+def _skipped(plan: Plan, reason: str) -> Plan:
+    return replace(plan, certified={"status": "skipped", "reason": reason})
+
+
+def absent_devices(plan: Plan, library: str | None = None) -> str | None:
+    """Why the plan's devices are not all here (None when they are): a GPU index NVML does not
+    list on this machine, or an RPC server that does not answer."""
+    p = plan.placement
+    used = [n for n in p.order if n in p.layer_home or n == p.output]
+    gpus = [plan.cluster.by_name(n) for n in used if plan.cluster.by_name(n).kind == "gpu"]
+    if gpus:
+        here = {d.name for d in discover_gpus()[0]}
+        missing = [d.name for d in gpus if d.name not in here]
+        if missing:
+            return f"{', '.join(missing)} {'is' if len(missing) == 1 else 'are'} not on this machine"
+    for endpoint in rpc_servers(plan.cluster.devices):
+        try:
+            check_rpc_server(endpoint, library)
+        except OmniPlaceError as err:
+            return f"RPC server {endpoint} is not usable: {err}"
+    return None
+
+
+def certify(plan: Plan, *, library: str | None = None, max_runs: int = MAX_RUNS, timeout: float = 300) -> Plan:
+    """``plan`` (or a tighter one) with ``certified`` set: per device, the engine's compute
+    buffer and the free memory it leaves; see the module doc."""
+    if not plan.dialect.traits.libllama:
+        return _skipped(plan, f"this libllama loads llama.cpp plans, not {plan.engine}")
+    absent = absent_devices(plan, library)
+    if absent:
+        return _skipped(plan, absent)
+    try:
+        build = get_abi(load_libllama(library)).build.describe()
+    except OmniPlaceError as err:
+        return _skipped(plan, f"no libllama: {err}")
+    files = read_model_files(plan.model.path)
+    with tempfile.TemporaryDirectory(prefix="omni_place_certify_") as tmp:
+        dry_model = plan.model if has_tensor_data(files) else load_model(sparse_copy(files, Path(tmp)))
+        delta: dict[str, int] = {}
+        runs: list[dict[str, Any]] = []
+        current = plan
+        best: tuple[Plan, dict[str, int]] | None = None
+        for _ in range(max_runs):
+            report = verify_plan(replace(current, model=dry_model), dry_run=True, library=library, timeout=timeout)
+            if report.error:
+                return _skipped(plan, f"the engine's dry run failed: {report.error}")
+            moved = [c for c in report.layers if not c.match]
+            if moved:
+                return _skipped(plan, f"the plan's devices are not all present here (layer {moved[0].layer}: plan "
+                                      f"{moved[0].predicted}, engine {moved[0].actual})")
+            measured = _compute_by_device(report)
+            usage = [replace(u, compute_bytes=measured.get(u.name, u.compute_bytes)) for u in current.usage]
+            free = {u.name: u.capacity_bytes - (u.used_bytes - u.pageable_bytes) for u in usage}
+            runs.append({"compute_bytes": measured, "free_bytes": free})
+            fits = all(u.fits for u in usage)
+            if fits:
+                best = (replace(current, usage=usage), measured)
+            accel = [u for u in usage if u.kind != "cpu"]
+            if fits and all(free[u.name] < SLACK_UNIT for u in accel if u.n_layers or u.holds_output):
+                break
+            # move each accelerator's memory by what the estimate got wrong (over-prediction
+            # gives room, under-prediction takes it), then solve again
+            for u in current.usage:
+                if u.kind != "cpu" and u.name in measured:
+                    delta[u.name] = delta.get(u.name, 0) + u.compute_bytes - measured[u.name]
+            if not fits:
+                for u in usage:
+                    if u.kind != "cpu" and not u.fits:
+                        delta[u.name] = delta.get(u.name, 0) - u.shortfall_bytes - MiB
+            candidate = replan(plan, delta)
+            if candidate.placement == current.placement and fits:
+                break
+            current = candidate
+    if best is None:
+        return _skipped(plan, f"no plan the engine sized fit in {len(runs)} dry runs")
+    final, measured = best
+    estimated = _estimated(final)
+    return replace(final, model=plan.model, certified={
+        "status": "certified", "by": build, "dry_runs": len(runs),
+        "devices": {u.name: {"compute_estimated_bytes": estimated.get(u.name),
+                             "compute_engine_bytes": measured.get(u.name), "free_bytes": u.free_bytes}
+                    for u in final.usage},
+        "runs": runs})
+
+
+def _estimated(final: Plan) -> dict[str, int]:
+    """The estimated compute of ``final``'s placement per device (before the engine's numbers
+    replaced it)."""
+    usage = CostModel(final.model, final.cluster, final.context, final.params).usage(final.placement)
+    return {u.name: u.compute_bytes for u in usage}
+
+
+__all__ = ["MAX_RUNS", "absent_devices", "certify"]
