@@ -17,7 +17,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from ..cost import CostModel
+from ..cost import CostModel, placement_from_counts
 from ..devices.nvml import discover_gpus
 from ..engines.common import rpc_servers
 from ..errors import OmniPlaceError
@@ -32,7 +32,7 @@ from .rpc import check_rpc_server
 from .verify import VerifyReport, verify_plan
 
 MAX_RUNS = 4
-SLACK_UNIT = 64 * MiB  # slack below this on every device is not worth another dry run
+SLACK_UNIT = 64 * MiB  # the slack worth another dry run when the model has no repeating layer
 
 
 def _compute_by_device(report: VerifyReport) -> dict[str, int]:
@@ -79,35 +79,57 @@ def certify(plan: Plan, *, library: str | None = None, max_runs: int = MAX_RUNS,
         dry_model = plan.model if has_tensor_data(files) else load_model(sparse_copy(files, Path(tmp)))
         delta: dict[str, int] = {}
         runs: list[dict[str, Any]] = []
-        current = plan
         best: tuple[Plan, dict[str, int]] | None = None
-        for _ in range(max_runs):
-            report = verify_plan(replace(current, model=dry_model), dry_run=True, library=library, timeout=timeout)
+
+        def measure(candidate: Plan) -> tuple[dict[str, int], str | None]:
+            report = verify_plan(replace(candidate, model=dry_model), dry_run=True, library=library, timeout=timeout)
             if report.error:
-                return _skipped(plan, f"the engine's dry run failed: {report.error}")
+                return {}, f"the engine's dry run failed: {report.error}"
             moved = [c for c in report.layers if not c.match]
             if moved:
-                return _skipped(plan, f"the plan's devices are not all present here (layer {moved[0].layer}: plan "
-                                      f"{moved[0].predicted}, engine {moved[0].actual})")
-            measured = _compute_by_device(report)
+                return {}, (f"the plan's devices are not all present here (layer {moved[0].layer}: plan "
+                            f"{moved[0].predicted}, engine {moved[0].actual})")
+            return _compute_by_device(report), None
+
+        backoff: dict[str, int] = {}
+
+        def correct(candidate: Plan, measured: dict[str, int]) -> None:
+            # move each accelerator's memory by what the estimate got wrong there in the last
+            # measured placement (an over-prediction gives room, an under-prediction takes it),
+            # less what overflowed before
+            for u in candidate.usage:
+                if u.kind != "cpu" and u.name in measured:
+                    delta[u.name] = u.compute_bytes - measured[u.name] - backoff.get(u.name, 0)
+
+        # slack below the smallest layer is not worth another dry run
+        step = min((lc.dense["cpu"] + kv for lc, kv in zip(plan.model.layers, _kv(plan)) if not lc.is_nextn),
+                   default=SLACK_UNIT)
+        current = plan
+        probe = _probe_plan(plan)
+        if probe is not None:  # accelerators the plan leaves empty: size their buffers first
+            measured, why = measure(probe)
+            if why:
+                return _skipped(plan, why)
+            runs.append({"probe": True, "compute_bytes": measured})
+            correct(probe, measured)
+            current = replan(plan, delta)
+        while len(runs) < max_runs:
+            measured, why = measure(current)
+            if why:
+                return _skipped(plan, why)
             usage = [replace(u, compute_bytes=measured.get(u.name, u.compute_bytes)) for u in current.usage]
             free = {u.name: u.capacity_bytes - (u.used_bytes - u.pageable_bytes) for u in usage}
             runs.append({"compute_bytes": measured, "free_bytes": free})
             fits = all(u.fits for u in usage)
             if fits:
                 best = (replace(current, usage=usage), measured)
-            accel = [u for u in usage if u.kind != "cpu"]
-            if fits and all(free[u.name] < SLACK_UNIT for u in accel if u.n_layers or u.holds_output):
+            busy = [u for u in usage if u.kind != "cpu" and (u.n_layers or u.holds_output)]
+            if fits and all(free[u.name] < step for u in busy):
                 break
-            # move each accelerator's memory by what the estimate got wrong (over-prediction
-            # gives room, under-prediction takes it), then solve again
-            for u in current.usage:
-                if u.kind != "cpu" and u.name in measured:
-                    delta[u.name] = delta.get(u.name, 0) + u.compute_bytes - measured[u.name]
-            if not fits:
-                for u in usage:
-                    if u.kind != "cpu" and not u.fits:
-                        delta[u.name] = delta.get(u.name, 0) - u.shortfall_bytes - MiB
+            for u in usage:
+                if u.kind != "cpu" and not u.fits:
+                    backoff[u.name] = backoff.get(u.name, 0) + u.shortfall_bytes + MiB
+            correct(current, measured)
             candidate = replan(plan, delta)
             if candidate.placement == current.placement and fits:
                 break
@@ -122,6 +144,28 @@ def certify(plan: Plan, *, library: str | None = None, max_runs: int = MAX_RUNS,
                              "compute_engine_bytes": measured.get(u.name), "free_bytes": u.free_bytes}
                     for u in final.usage},
         "runs": runs})
+
+
+def _kv(plan: Plan) -> list[int]:
+    return CostModel(plan.model, plan.cluster, plan.context, plan.params).kv
+
+
+def _probe_plan(plan: Plan) -> Plan | None:
+    """A placement that puts layers on every accelerator the plan leaves empty (the layers
+    split evenly over all accelerators, the output on the last), priced but not meant to fit:
+    a no-alloc dry run sizes its compute buffers without allocating them. None when the plan
+    already uses every accelerator."""
+    accel = [d.name for d in plan.cluster.gpus]
+    p = plan.placement
+    if not accel or all(n in p.layer_home or n == p.output for n in accel):
+        return None
+    n = plan.model.n_layer
+    counts = [n // len(accel) + (i < n % len(accel)) for i in range(len(accel))]
+    probe = placement_from_counts(plan.model, accel, 0, counts)
+    cost = CostModel(plan.model, plan.cluster, plan.context, plan.params)
+    usage = cost.usage(probe)
+    return replace(plan, placement=probe, usage=usage,
+                   engine_args=plan.dialect.encode(plan.model, probe, plan.cluster, plan.context, usage))
 
 
 def _estimated(final: Plan) -> dict[str, int]:
