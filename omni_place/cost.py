@@ -120,15 +120,20 @@ class DeviceUsage:
         return self.capacity_bytes - self.used_bytes
 
     @property
+    def headroom_bytes(self) -> int:
+        """Usable memory left once everything that must stay resident is in (negative when it
+        overflows); pageable weights (mmap'd CPU weights when paging is allowed) may stay on disk."""
+        return self.capacity_bytes - (self.used_bytes - self.pageable_bytes)
+
+    @property
     def fits(self) -> bool:
-        """Everything fits in the usable memory; pageable weights (mmap'd CPU weights when
-        paging is allowed) may stay on disk, the KV cache and compute buffers may not."""
-        return self.used_bytes - self.pageable_bytes <= self.capacity_bytes
+        """Everything that must stay resident fits: the KV cache, compute buffers and weights that may not page."""
+        return self.headroom_bytes >= 0
 
     @property
     def shortfall_bytes(self) -> int:
         """Bytes over the usable memory, not counting what may page (0 when it fits)."""
-        return max(0, self.used_bytes - self.pageable_bytes - self.capacity_bytes)
+        return max(0, -self.headroom_bytes)
 
     @property
     def paged_bytes(self) -> int:
@@ -449,6 +454,8 @@ class CostModel:
 
     def _paged_fraction(self, p: Placement) -> float:
         """Share of the CPU-held weights that pages from disk (0 unless paging is allowed)."""
+        if not self.context.allow_paging:
+            return 0.0  # nothing is pageable: predict() stays one pass over the layers
         cpu = next(u for u in self.usage(p) if u.name == CPU)
         return cpu.paged_bytes / cpu.weights_bytes if cpu.weights_bytes else 0.0
 

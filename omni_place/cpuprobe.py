@@ -6,8 +6,10 @@ that cannot be read comes back as None.
 """
 from __future__ import annotations
 
+import mmap
 import os
 import platform
+import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -181,8 +183,6 @@ def measure_disk_read_bandwidth(folder: str | os.PathLike[str] | None = None,
     (``posix_fadvise(DONTNEED)``), then times reading it back in 4 MiB chunks with ``O_DIRECT``
     where the file system allows it. The file is created with ``mkstemp`` and removed.
     """
-    import tempfile
-
     if size_bytes < MiB:
         raise InvalidArgumentError(f"disk probe needs at least 1 MiB (got {size_bytes} bytes)")
     chunk = 4 * MiB
@@ -202,8 +202,6 @@ def measure_disk_read_bandwidth(folder: str | os.PathLike[str] | None = None,
         try:
             if hasattr(os, "posix_fadvise"):
                 os.posix_fadvise(rfd, 0, 0, os.POSIX_FADV_DONTNEED)
-            import mmap
-
             buf = mmap.mmap(-1, chunk)  # page-aligned, as O_DIRECT requires
             total = 0
             start = time.perf_counter()

@@ -79,7 +79,7 @@ def certify(plan: Plan, *, library: str | None = None, max_runs: int = MAX_RUNS,
         dry_model = plan.model if has_tensor_data(files) else load_model(sparse_copy(files, Path(tmp)))
         delta: dict[str, int] = {}
         runs: list[dict[str, Any]] = []
-        best: tuple[Plan, dict[str, int]] | None = None
+        best: tuple[Plan, dict[str, int], dict[str, int]] | None = None  # plan, engine, estimate
 
         def measure(candidate: Plan) -> tuple[dict[str, int], str | None]:
             report = verify_plan(replace(candidate, model=dry_model), dry_run=True, library=library, timeout=timeout)
@@ -102,10 +102,11 @@ def certify(plan: Plan, *, library: str | None = None, max_runs: int = MAX_RUNS,
                     delta[u.name] = u.compute_bytes - measured[u.name] - backoff.get(u.name, 0)
 
         # slack below the smallest layer is not worth another dry run
-        step = min((lc.dense["cpu"] + kv for lc, kv in zip(plan.model.layers, _kv(plan)) if not lc.is_nextn),
+        cost = CostModel(plan.model, plan.cluster, plan.context, plan.params)
+        step = min((lc.dense["cpu"] + kv for lc, kv in zip(plan.model.layers, cost.kv) if not lc.is_nextn),
                    default=SLACK_UNIT)
         current = plan
-        probe = _probe_plan(plan)
+        probe = _probe_plan(plan, cost)
         if probe is not None:  # accelerators the plan leaves empty: size their buffers first
             measured, why = measure(probe)
             if why:
@@ -118,11 +119,12 @@ def certify(plan: Plan, *, library: str | None = None, max_runs: int = MAX_RUNS,
             if why:
                 return _skipped(plan, why)
             usage = [replace(u, compute_bytes=measured.get(u.name, u.compute_bytes)) for u in current.usage]
-            free = {u.name: u.capacity_bytes - (u.used_bytes - u.pageable_bytes) for u in usage}
+            free = {u.name: u.headroom_bytes for u in usage}
             runs.append({"compute_bytes": measured, "free_bytes": free})
             fits = all(u.fits for u in usage)
             if fits:
-                best = (replace(current, usage=usage), measured)
+                estimated = {u.name: u.compute_bytes for u in current.usage}
+                best = (replace(current, usage=usage), measured, estimated)
             busy = [u for u in usage if u.kind != "cpu" and (u.n_layers or u.holds_output)]
             if fits and all(free[u.name] < step for u in busy):
                 break
@@ -136,8 +138,7 @@ def certify(plan: Plan, *, library: str | None = None, max_runs: int = MAX_RUNS,
             current = candidate
     if best is None:
         return _skipped(plan, f"no plan the engine sized fit in {len(runs)} dry runs")
-    final, measured = best
-    estimated = _estimated(final)
+    final, measured, estimated = best
     return replace(final, model=plan.model, certified={
         "status": "certified", "by": build, "dry_runs": len(runs),
         "devices": {u.name: {"compute_estimated_bytes": estimated.get(u.name),
@@ -146,11 +147,7 @@ def certify(plan: Plan, *, library: str | None = None, max_runs: int = MAX_RUNS,
         "runs": runs})
 
 
-def _kv(plan: Plan) -> list[int]:
-    return CostModel(plan.model, plan.cluster, plan.context, plan.params).kv
-
-
-def _probe_plan(plan: Plan) -> Plan | None:
+def _probe_plan(plan: Plan, cost: CostModel) -> Plan | None:
     """A placement that puts layers on every accelerator the plan leaves empty (the layers
     split evenly over all accelerators, the output on the last), priced but not meant to fit:
     a no-alloc dry run sizes its compute buffers without allocating them. None when the plan
@@ -162,17 +159,9 @@ def _probe_plan(plan: Plan) -> Plan | None:
     n = plan.model.n_layer
     counts = [n // len(accel) + (i < n % len(accel)) for i in range(len(accel))]
     probe = placement_from_counts(plan.model, accel, 0, counts)
-    cost = CostModel(plan.model, plan.cluster, plan.context, plan.params)
     usage = cost.usage(probe)
     return replace(plan, placement=probe, usage=usage,
                    engine_args=plan.dialect.encode(plan.model, probe, plan.cluster, plan.context, usage))
-
-
-def _estimated(final: Plan) -> dict[str, int]:
-    """The estimated compute of ``final``'s placement per device (before the engine's numbers
-    replaced it)."""
-    usage = CostModel(final.model, final.cluster, final.context, final.params).usage(final.placement)
-    return {u.name: u.compute_bytes for u in usage}
 
 
 __all__ = ["MAX_RUNS", "absent_devices", "certify"]
