@@ -21,7 +21,7 @@ from .model import ModelProfile, load_model
 from .problem import (MAX_DEVICES, Candidate, best_time, build_arrays, candidate_orders, core_candidates, cpu_only,
                       memory_unit)
 from .reference_models import is_reference_header
-from .units import GiB, MiB
+from .units import GB, GiB, MiB
 
 OBJECTIVES = ("tg", "pp")
 TIE_BREAK = 1e-3  # weight of the other objective, so equal-speed plans prefer the better other
@@ -309,10 +309,8 @@ def _nothing_fits(cost: CostModel, tried: Sequence[Placement]) -> NothingFitsErr
     short = [u for u in cost.usage(best) if not u.fits]
     parts = []
     for u in short:
-        what = (f"weights {u.weights_bytes / GiB:.1f} + KV {u.kv_bytes / GiB:.1f} + compute "
-                f"{u.compute_bytes / GiB:.1f} GiB")
-        if u.pageable_bytes:
-            what = f"KV {u.kv_bytes / GiB:.1f} + compute {u.compute_bytes / GiB:.1f} GiB"
+        weights = "" if u.pageable_bytes else f"weights {u.weights_bytes / GiB:.1f} + "
+        what = f"{weights}KV {u.kv_bytes / GiB:.1f} + compute {u.compute_bytes / GiB:.1f} GiB"
         parts.append(f"{'CPU RAM' if u.kind == 'cpu' else u.name} needs {what} in {u.capacity_bytes / GiB:.1f} GiB "
                      f"usable, short by {u.shortfall_bytes / GiB:.2f} GiB")
     accel = ", ".join(d.name for d in cost.cluster.gpus) or "none"
@@ -330,7 +328,7 @@ def _notes(cost: CostModel, p: Placement, usage: list[DeviceUsage]) -> list[str]
         notes.append(
             f"CPU-held weights ({cpu.weights_bytes / GiB:.1f} GiB) exceed usable RAM "
             f"({cpu.capacity_bytes / GiB:.1f} GiB): mmap will page {cpu.paged_bytes / GiB:.1f} GiB from disk "
-            f"at {cost.disk_bandwidth() / 1e9:.1f} GB/s (--allow-paging), which the prediction includes"
+            f"at {cost.disk_bandwidth() / GB:.1f} GB/s (--allow-paging), which the prediction includes"
         )
     for u in usage:
         if u.kind == "rpc" and u.weights_bytes:
@@ -366,7 +364,7 @@ def evaluate(model: str | ModelProfile, cluster: str | Cluster, argv: Sequence[s
     cost = CostModel(prof, clus, context, params or load_calibrated(clus, engine))
     placement = engine_rules.decode(prof, parsed, clus, context, tool)
     usage = cost.usage(placement)
-    notes = [f"{u.name} overflows by {(u.used_bytes - u.capacity_bytes) / GiB:.2f} GiB "
+    notes = [f"{u.name} overflows by {u.shortfall_bytes / GiB:.2f} GiB "
              f"(needs {u.used_bytes / GiB:.2f} GiB of {u.capacity_bytes / GiB:.2f} GiB usable)"
              if u.kind != "cpu" else
              f"CPU RAM overflows by {u.shortfall_bytes / GiB:.2f} GiB (needs "
