@@ -48,7 +48,7 @@ def main() -> None:
                                 flash_attn="on" if fa else "off")
                 report = probe_load(spec, timeout=300)
                 est = compute_buffer_estimate(model, n_ctx=ctx, n_ubatch=ub, flash_attn=fa)
-                predicted = est.device_bytes(True, True) + est.host_bytes()
+                predicted = est.cpu_only_bytes()
                 engine = sum(report.compute_buffers.values()) if report.ok else None
                 records.append({"model": name, "architecture": model.architecture, "n_ubatch": ub, "ctx": ctx,
                                 "flash_attn": fa, "engine_ok": report.ok, "error": report.error,

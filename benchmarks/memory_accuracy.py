@@ -35,7 +35,7 @@ def measure(arch: str, weight_type: str, ctx: int, d: Path) -> dict:
     pred = {
         "model": m.input_bytes() + sum(lc.dense["cpu"] + lc.experts["cpu"] for lc in m.layers) + m.output_bytes("cpu"),
         "kv": sum(m.kv_layer_bytes(ctx, n_ubatch=N_UBATCH)),
-        "compute": ce.device_bytes(True, True) + ce.host,
+        "compute": ce.cpu_only_bytes(),
     }
     engine = {
         "model": sum(x for _, x in eng.model_buffers) * MiB,

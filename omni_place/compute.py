@@ -1,83 +1,161 @@
-"""Compute-buffer estimate: the scratch memory llama.cpp's scheduler reserves per backend.
+"""Compute buffers: the scratch memory llama.cpp's scheduler reserves per backend.
 
-The engine sizes these buffers by allocating its worst-case graph (``llama-context.cpp``
+The engine sizes these buffers by allocating its worst-case graph (``src/llama-context.cpp``
 ``sched_reserve``: a prompt batch of ``n_tokens = min(n_ctx, n_ubatch)`` tokens, all of them
-outputs, then a 1-token graph, then the prompt graph again). Each backend's buffer is the peak of
-the activations alive at once in the part of the graph it runs: roughly the widest single op of a
-layer (attention scores without flash attention, the FFN / MoE intermediates) plus the residual
-stream; the output device also holds the logits (``n_vocab x n_tokens`` F32) and the CPU's host
-buffer the token-embedding gather.
+outputs) with ggml's graph allocator (``ggml/src/ggml-alloc.c``), which reuses a tensor's memory
+once its last consumer ran. Each backend's buffer is therefore a *peak*, not a sum: the largest
+set of activations alive at one point of the part of the graph it runs (the logits and two
+residual rows at the output head; the FFN or MoE intermediates, or the attention scores without
+flash attention, inside a layer), plus the graph inputs alive throughout (the KQ masks).
 
-The widths are exact from the hyper-parameters; how many of them the allocator keeps alive at
-once is what :data:`CALIBRATION` holds, fitted to the engine's ``compute buffer size`` log lines
-(tests/test_model_engine.py and benchmarks/memory_accuracy.py re-measure it).
+Every term is ``n_tokens`` times a width from the hyper-parameters, so the peak over the graph
+is a maximum of linear functions of per-token widths (:func:`features`). Which ones, with what
+multiplicity, is fitted per device role and backend from the engine's own ``compute buffer
+size`` lines over random model shapes, contexts and placements (``benchmarks/compute_sweep.py``
+records them with no-alloc dry runs; ``benchmarks/compute_fit.py`` fits the max-affine pieces
+into ``data/compute_model.json`` and reports the error on shapes the fit did not see).
+
+Roles (``ROLES``): ``layers_output`` a device running layers and the output head (everything on
+one device), ``host_base`` the CPU's buffer when accelerators run every layer, ``host_all`` /
+``host_partial`` the CPU running every / some layers beside an accelerator, ``offload_none`` /
+``gpu_partial`` / ``gpu_exps`` the first GPU receiving op-offloaded work of CPU-held weights
+(none, some layers, routed experts on the CPU), whose peak includes a copy of the largest such
+weight (``ggml-backend.cpp`` copies an offloaded op's weight into the split's inputs).
+A device running layers without the output head is ``layers_output`` with the vocabulary width
+set to zero.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import json
+from dataclasses import dataclass
+from functools import lru_cache
+from importlib import resources
 from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 if TYPE_CHECKING:
     from .model import ModelProfile
 
 F32 = 4
 PIPELINE_COPIES = 4  # GGML_SCHED_MAX_COPIES: input copies kept when the engine pipelines
-DSA_INDEXER_BYTES_PER_CELL = 6  # F32 score + F16 mask per (kv cell, token), deepseek32
+
+# Per-token widths, in F32 elements (bytes / 4 / n_tokens); ``inv_tokens`` carries constants.
+FEATURES = ("inv_tokens", "embd", "ff", "q", "kv", "mla", "moe", "moe_embd", "n_expert", "shexp", "vocab",
+            "mask", "kq", "indexer", "swa_mask", "kv_cast", "cpu_weight", "kv_layer")
+ROLES = ("layers_output", "host_base", "host_all", "host_partial", "offload_none", "gpu_partial", "gpu_exps")
+_VOCAB = FEATURES.index("vocab")
+_CPU_WEIGHT = FEATURES.index("cpu_weight")
 
 
-@dataclass(frozen=True)
-class Calibration:
-    """How many widest-op activations are alive at the peak (fitted to engine log lines)."""
+def features(model: ModelProfile, *, n_ctx: int, n_ubatch: int, flash_attn: bool, n_seq: int = 1,
+             kv_quantized: bool = False, kv_layer_bytes: int = 0) -> np.ndarray:
+    """The per-token widths the compute peaks are linear in (``cpu_weight`` left 0: it depends
+    on the placement, see :meth:`ComputeEstimate.offload_bytes`)."""
+    hp = model.hparams
+    n_tokens = max(1, min(model.kv_cells(n_ctx, n_seq), n_ubatch))
+    n_kv = model.kv_cells(n_ctx, n_seq)
+    layers = range(hp.n_layer_kv or hp.n_layer)
+    n_head = max((hp.n_head[il] for il in layers), default=0)
+    n_head_kv = max((hp.n_head_kv[il] for il in layers), default=0)
+    mask_elt = 0.5 if flash_attn else 1.0  # F16 mask with flash attention, F32 without (llama-graph.cpp)
+    def width(tensor_name: str) -> int:  # rows of a layer matrix (ggml ne1), the widest over layers
+        return max((t.info.shape[1] for t in model.tensors if t.name.endswith(tensor_name) and len(t.info.shape) >= 2),
+                   default=0)
 
-    layer_live: float = 2.0  # multiples of the widest per-layer intermediate
-    residual_live: float = 3.0  # multiples of the residual stream (n_embd)
-    output_live: float = 1.0  # multiples of the logits
-    host_live: float = 2.0  # CPU host buffer: multiples of the residual stream
+    # the dense FFN's width where a layer has one (MoE GGUFs carry feed_forward_length regardless)
+    ff, shexp = width(".ffn_up.weight"), width(".ffn_up_shexp.weight")
+
+    swa_cells = 0
+    if any(hp.is_swa) and hp.n_swa:
+        swa_cells = min(n_kv, hp.n_swa + n_ubatch)
+    moe = hp.n_expert > 0
+    f = np.zeros(len(FEATURES))
+    f[:] = [
+        1.0 / n_tokens,
+        hp.n_embd,
+        ff,
+        0 if hp.is_mla else n_head * hp.head_dim_k,
+        0 if hp.is_mla else n_head_kv * hp.head_dim_k,
+        n_head * (hp.kv_lora_rank + hp.n_rot) if hp.is_mla else 0,
+        hp.n_expert_used * hp.n_ff_exp if moe else 0,
+        hp.n_expert_used * hp.n_embd if moe else 0,
+        hp.n_expert,
+        shexp,
+        hp.n_vocab,
+        n_kv * mask_elt,
+        0 if flash_attn else n_kv * n_head,
+        # the DSA indexer's scores and top-k mask over the cache (src/models/deepseek32.cpp); its
+        # heads are reduced as they go (V3.2's 64 heads measured ~1x, not 64x, the 4 of the sweep)
+        n_kv if hp.indexer_head_size else 0,
+        swa_cells * mask_elt,
+        # flash attention over a quantized cache reads K and V through an F16 copy of the whole
+        # cache of a layer (llama-graph.cpp build_attn_mha casts them for the backends that need it)
+        n_kv * n_head_kv * (hp.head_dim_k + hp.head_dim_v) * 0.5 if flash_attn and kv_quantized else 0.0,
+        0.0,
+        kv_layer_bytes / F32 / n_tokens,
+    ]
+    return f
 
 
-CALIBRATION = Calibration()
+@lru_cache(maxsize=None)
+def fitted_pieces() -> dict[str, dict[str, np.ndarray]]:
+    """backend class ("cuda", "cpu") -> role -> max-affine pieces (rows of FEATURES coefficients)."""
+    raw: dict[str, Any] = json.loads(resources.files("omni_place.data").joinpath("compute_model.json").read_text())
+    return {backend: {role: np.asarray(fit["pieces"], dtype=float) * fit["scale"] for role, fit in roles.items()}
+            for backend, roles in raw["backends"].items()}
+
+
+def _peak(pieces: np.ndarray, f: np.ndarray, n_tokens: int) -> int:
+    return int(F32 * n_tokens * float(np.max(pieces @ f)))
 
 
 @dataclass(frozen=True)
 class ComputeEstimate:
-    """Per-backend compute-buffer bytes for one context configuration."""
+    """Per-role compute-buffer bytes for one model and context (see the module doc).
+
+    ``offload_*`` are (base, per-byte) pairs per piece: the peak with a copy of a CPU-held weight
+    of ``w`` bytes is ``max(base + slope * w)``, evaluated by :meth:`offload_bytes`."""
 
     n_tokens: int
-    layer_device: int  # any device holding at least one layer
-    output_extra: int  # added on the device holding the output head (logits)
-    host: int  # the CPU's compute buffer (pinned host memory of devices[0] when a GPU is used)
-    mask: int = 0  # the KQ mask input (n_kv x n_tokens), held by every backend of the graph
+    backend_roles: dict[str, dict[str, int]]  # backend class -> role -> bytes (no offload term)
+    layers_only: dict[str, int]  # backend class -> a device running layers without the output head
+    offload: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]]
+    mask: int  # bytes of one copy of the KQ mask (pipeline parallelism keeps several)
 
-    def device_bytes(self, holds_layers: bool, holds_output: bool, copies: int = 1) -> int:
-        """Bytes of one accelerator; ``copies`` > 1 under pipeline parallelism, where the
-        scheduler keeps that many copies of every split's inputs (the mask among them)."""
+    def device_bytes(self, holds_layers: bool, holds_output: bool, copies: int = 1, backend: str = "cuda") -> int:
+        """An accelerator's buffer: the peak of the layers (and output head) it runs; ``copies`` > 1
+        under pipeline parallelism, where the scheduler keeps that many copies of its inputs."""
         if not (holds_layers or holds_output):
             return 0
-        return self.layer_device + self.mask * copies + (self.output_extra if holds_output else 0)
+        cls = "cuda" if backend == "cuda" else "cpu"
+        peak = self.backend_roles[cls]["layers_output"] if holds_output else self.layers_only[cls]
+        return peak + self.mask * (copies - 1)
 
-    def host_bytes(self, copies: int = 1) -> int:
-        return self.host + self.mask * copies
+    def host_bytes(self, role: str = "host_base", copies: int = 1) -> int:
+        """The CPU's buffer beside accelerators: ``host_base`` (no layers on the CPU),
+        ``host_partial`` (some), ``host_all`` (every layer and the output head)."""
+        return self.backend_roles["cuda"][role] + self.mask * (copies - 1)
+
+    def cpu_only_bytes(self) -> int:
+        """The CPU backend running everything (no accelerator in the placement)."""
+        return self.backend_roles["cpu"]["layers_output"]
+
+    def offload_bytes(self, role: str, cpu_weight_bytes: int) -> int:
+        """The first GPU's buffer when it runs op-offloaded work whose largest CPU-held weight has
+        ``cpu_weight_bytes`` (role ``offload_none``, ``gpu_partial`` or ``gpu_exps``)."""
+        base, slope = self.offload["cuda"][role]
+        return int(float(np.max(base + slope * cpu_weight_bytes)))
+
+    def offload_extra(self, cpu_weight_bytes: int) -> int:
+        """What op offload adds on the first GPU at most, over its own layers and output head: the
+        bound the solver adds before the exact re-pricing picks the placement's role."""
+        own = self.backend_roles["cuda"]["layers_output"]
+        return max(0, max(self.offload_bytes(role, cpu_weight_bytes) for role in self.offload["cuda"]) - own)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def widest_layer_activation(model: ModelProfile, n_tokens: int, n_kv: int, flash_attn: bool) -> int:
-    """Elements of the widest intermediate of any layer for a batch of ``n_tokens``."""
-    hp = model.hparams
-    widest = 0
-    for il in range(hp.n_layer_kv or hp.n_layer):
-        n_head = hp.n_head[il]
-        q = n_head * (hp.kv_lora_rank + hp.n_rot if hp.is_mla else hp.head_dim_k)
-        attn = q * n_tokens
-        if not flash_attn and n_head:
-            attn = max(attn, n_kv * n_tokens * n_head)  # KQ scores
-        ffn = 2 * hp.n_ff[il] * n_tokens
-        moe = 0
-        if hp.n_expert and il >= hp.n_layer_dense_lead:
-            moe = n_tokens * (hp.n_expert + hp.n_expert_used * (2 * hp.n_ff_exp + hp.n_embd))
-        widest = max(widest, attn, ffn, moe)
-    return widest
+        return {"n_tokens": self.n_tokens, "mask": self.mask, "layers_only": dict(self.layers_only),
+                **{f"{cls}_{role}": b for cls, roles in self.backend_roles.items() for role, b in roles.items()}}
 
 
 def compute_buffer_estimate(
@@ -87,21 +165,24 @@ def compute_buffer_estimate(
     n_ubatch: int = 512,
     flash_attn: bool = True,
     n_seq: int = 1,
-    calibration: Calibration = CALIBRATION,
+    kv_quantized: bool = False,
+    kv_layer_bytes: int = 0,
 ) -> ComputeEstimate:
-    """Estimate the compute buffers llama.cpp reserves for ``n_ubatch`` and ``n_ctx``."""
-    hp = model.hparams
-    n_tokens = min(model.kv_cells(n_ctx, n_seq), n_ubatch)
-    n_kv = model.kv_cells(n_ctx, n_seq)
-    widest = widest_layer_activation(model, n_tokens, n_kv, flash_attn)
-    residual = hp.n_embd * n_tokens
-    layer = F32 * int(calibration.layer_live * widest + calibration.residual_live * residual)
-    if hp.indexer_head_size:
-        # DSA lightning indexer: an F32 score and an F16 mask over n_kv x n_tokens (6 B per cell)
-        layer += int(DSA_INDEXER_BYTES_PER_CELL * n_kv * n_tokens)
-    logits = F32 * hp.n_vocab * n_tokens
-    output = F32 * int(calibration.output_live * logits)
-    host = F32 * int(calibration.host_live * residual)
-    # KQ mask: F16 with flash attention, F32 without (llama-graph.cpp build_attn_inp_kv)
-    mask = (2 if flash_attn else F32) * n_kv * n_tokens
-    return ComputeEstimate(n_tokens=n_tokens, layer_device=layer, output_extra=output, host=host, mask=mask)
+    """The compute buffers llama.cpp reserves for ``n_ubatch`` and ``n_ctx``, per device role."""
+    f = features(model, n_ctx=n_ctx, n_ubatch=n_ubatch, flash_attn=flash_attn, n_seq=n_seq,
+                 kv_quantized=kv_quantized, kv_layer_bytes=kv_layer_bytes)
+    n_tokens = max(1, min(model.kv_cells(n_ctx, n_seq), n_ubatch))
+    no_vocab = f.copy()
+    no_vocab[_VOCAB] = 0.0
+    roles: dict[str, dict[str, int]] = {}
+    layers_only: dict[str, int] = {}
+    offload: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {}
+    for cls, fits in fitted_pieces().items():
+        roles[cls] = {role: _peak(p, f, n_tokens) for role, p in fits.items()}
+        layers_only[cls] = _peak(fits["layers_output"], no_vocab, n_tokens)
+        # cpu_weight enters as bytes / (F32 * n_tokens): slope per byte is coef / F32 / n_tokens * F32 * n_tokens
+        offload[cls] = {role: (F32 * n_tokens * (p @ f), p[:, _CPU_WEIGHT].copy())
+                        for role, p in fits.items() if role.startswith(("offload", "gpu_"))}
+    mask = int(F32 * n_tokens * f[FEATURES.index("mask")])
+    return ComputeEstimate(n_tokens=n_tokens, backend_roles=roles, layers_only=layers_only, offload=offload,
+                           mask=mask)

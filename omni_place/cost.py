@@ -34,7 +34,6 @@ from .model import LayerCost, ModelProfile, Role, TensorRecord
 from .units import GB
 
 CPU = "CPU"
-OP_OFFLOAD_LIVE_WEIGHTS = 2  # offloaded weight copies alive at once in devices[0]'s compute buffer
 
 # Routed-expert tensor kinds as they appear in names (ffn_<kind>_exps / ffn_<kind>_chexps).
 EXPERT_KINDS = ("gate", "up", "down", "gate_up")
@@ -213,7 +212,8 @@ class CostModel:
         self.kv = model.kv_layer_bytes(c.ctx, c.type_k, c.type_v, n_seq=c.n_seq,
                                        n_ubatch=c.n_ubatch, flash_attn=c.flash_attn, swa_full=c.swa_full)
         self.compute: ComputeEstimate = compute_buffer_estimate(
-            model, n_ctx=c.ctx, n_ubatch=c.n_ubatch, flash_attn=c.flash_attn, n_seq=c.n_seq)
+            model, n_ctx=c.ctx, n_ubatch=c.n_ubatch, flash_attn=c.flash_attn, n_seq=c.n_seq,
+            kv_quantized=c.type_k != "f16" or c.type_v != "f16", kv_layer_bytes=max(self.kv, default=0))
         hp = model.hparams
         self.k_over_n = hp.n_expert_used / hp.n_expert if hp.n_expert else 0.0
         b = self.n_tokens = self.compute.n_tokens
@@ -249,17 +249,39 @@ class CostModel:
         return sum(v for k, v in per.items() if (k in kinds) == on_cpu)
 
     @cached_property
-    def op_offload_bytes(self) -> int:
-        """Bytes devices[0] reserves to receive CPU-held weights during op offload: a copy of each
-        offloaded weight of the split it runs, sized for the whole tensor. Two are alive at once
-        (the engine's buffer held ~1.8 expert tensors on an H200, benchmarks/results/
-        engine_compare), so: the largest pair of tensors of any layer."""
-        per_layer: dict[int, list[int]] = {}
-        for t in self.model.tensors:
-            if t.layer is not None and t.role is not Role.NEXTN:
-                per_layer.setdefault(t.layer, []).append(t.alloc_bytes("cuda"))
-        return max((sum(sorted(sizes, reverse=True)[:OP_OFFLOAD_LIVE_WEIGHTS]) for sizes in per_layer.values()),
-                   default=0)
+    def largest_weight_bytes(self) -> int:
+        """The largest layer or output weight as a GPU holds it: what op offload copies at most."""
+        return max((t.alloc_bytes("cuda") for t in self.model.tensors
+                    if (t.layer is not None and t.role is not Role.NEXTN) or t.role is Role.OUTPUT), default=0)
+
+    @cached_property
+    def op_offload_bound(self) -> int:
+        """The most op offload can add on the first GPU over its own peak, for any placement: what
+        the solver reserves there before the exact re-pricing (:meth:`_offload_compute`)."""
+        w = self.largest_weight_bytes
+        two_gpus = sum(1 for d in self.cluster.gpus if d.kind == "gpu") > 1
+        return max(self.compute.offload_extra(w), 2 * w if two_gpus else 0)
+
+    def _offload_compute(self, p: Placement, own: int, gpus_with_layers: int) -> int:
+        """devices[0]'s compute buffer when it runs op-offloaded work of CPU-held weights
+        (``ggml_backend_sched`` offloads ops with a batch >= 32 to the first device that
+        ``offload_op``s them and copies their weight in): the fitted role of the placement with
+        the largest weight it copies (compute.py). With experts on the CPU and layers on a second
+        GPU the first one held two copies of that weight beside its own layers' peak (H200 pair, moe33 records in
+        tests/test_gpu_records.py: 436.5 MiB = 2 x 216 MiB + 4.5)."""
+        cpu_layers = {il for il, h in enumerate(p.layer_home) if h == CPU}
+        if len(cpu_layers) == len(p.layer_home) and p.output == CPU:
+            role, weights = "offload_none", [t for t in self.model.tensors
+                                             if t.layer is not None or t.role is Role.OUTPUT]
+        elif cpu_layers:
+            role, weights = "gpu_partial", [t for t in self.model.tensors if t.layer in cpu_layers]
+        else:
+            role = "gpu_exps"
+            weights = [t for lc, kinds in zip(self.model.layers, p.cpu_experts) if kinds
+                       for t in lc.expert_tensors if expert_kind(t) in kinds]
+        w = max((t.alloc_bytes("cuda") for t in weights if t.role is not Role.NEXTN), default=0)
+        two_copies = own + 2 * w if role == "gpu_exps" and gpus_with_layers > 1 else 0
+        return max(own, self.compute.offload_bytes(role, w), two_copies)
 
     def usage(self, p: Placement) -> list[DeviceUsage]:
         """Per-device memory of a placement: every accelerator of the order, then the CPU."""
@@ -293,14 +315,28 @@ class CostModel:
         copies = PIPELINE_COPIES if self.pipeline_parallel(p) else 1
         for name in p.order:
             use = out[name]
-            use.compute_bytes += self.compute.device_bytes(use.n_layers > 0, use.holds_output, copies)
-        if p.order and self._has_cpu_weights(p) and self.device(p.order[0]).kind == "gpu":
-            out[p.order[0]].compute_bytes += self.op_offload_bytes
-        cpu_use.compute_bytes += self.compute.host_bytes(copies) + self.compute.device_bytes(
-            cpu_use.n_layers > 0, p.output == CPU)
+            use.compute_bytes += self.compute.device_bytes(use.n_layers > 0, use.holds_output, copies,
+                                                           backend_of(self.device(name)))
+        offload = bool(p.order) and self.device(p.order[0]).kind == "gpu"
+        if offload and self._has_cpu_weights(p):
+            first = out[p.order[0]]
+            gpus = sum(1 for n in p.order if out[n].n_layers and self.device(n).kind == "gpu")
+            first.compute_bytes = self._offload_compute(p, first.compute_bytes, gpus)
+        cpu_use.compute_bytes += self._host_compute(p, cpu_use, offload, copies)
         if self.context.allow_paging:
             cpu_use.pageable_bytes = cpu_use.weights_bytes
         return list(out.values())
+
+    def _host_compute(self, p: Placement, cpu_use: DeviceUsage, offload: bool, copies: int) -> int:
+        """The CPU backend's compute buffer: the host's share beside accelerators, or the whole
+        graph when nothing can take op offload (no GPU first in the order)."""
+        c = self.compute
+        if cpu_use.n_layers == 0:
+            return c.host_bytes("host_base", copies)
+        if not offload:
+            return c.cpu_only_bytes() if p.output == CPU else c.device_bytes(True, False, backend="cpu")
+        every = cpu_use.n_layers == len(p.layer_home) and p.output == CPU
+        return c.host_bytes("host_all" if every else "host_partial", copies)
 
     def pipeline_parallel(self, p: Placement) -> bool:
         """Whether llama.cpp pipelines this placement (``llama-context.cpp``): several model

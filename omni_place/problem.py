@@ -19,6 +19,7 @@ from ._native import core as _core
 from .compute import PIPELINE_COPIES
 from .cost import CPU, EXPERT_OPTIONS, CostModel, Placement, backend_of
 from .devices import Cluster
+from .errors import InvalidArgumentError, NativeCoreError
 from .model import ModelProfile
 from .units import MiB
 
@@ -88,7 +89,8 @@ def unit_for_capacities(caps: Sequence[int]) -> int:
     MAX_UNITS_PER_DEVICE units."""
     if len(caps) < COARSE_FROM_DEVICES:
         return MiB
-    return max(MiB, 1 << max(0, math.ceil(math.log2(max(caps) / MAX_UNITS_PER_DEVICE))))
+    biggest = max(max(caps), 1)  # every device full (memory == margin) leaves 0 usable bytes
+    return max(MiB, 1 << max(0, math.ceil(math.log2(biggest / MAX_UNITS_PER_DEVICE))))
 
 
 def build_arrays(cost: CostModel, orders: Sequence[tuple[str, ...]], unit: int = MiB) -> _Arrays:
@@ -158,14 +160,17 @@ def build_arrays(cost: CostModel, orders: Sequence[tuple[str, ...]], unit: int =
             trans_pp[a, b] = cost.hop_pp(na, nb)
     out_tg = np.array([cost.output_tg(n) for n in names])
     comp = cost.compute
-    offload = cost.op_offload_bytes
+    offload = cost.op_offload_bound
     embedding = model.input_bytes() if cost.context.embedding_on_first else 0
+    # a device's compute buffer is a peak: its layers' alone, or theirs with the output head's
+    layers_only = [comp.device_bytes(True, False, backend=backend_of(cluster.by_name(n))) for n in names]
+    with_output = [comp.device_bytes(True, True, backend=backend_of(cluster.by_name(n))) for n in names]
     mem = {
         "mem_dense": mem_dense,
         "mem_exp": mem_exp,
-        "out_mem": np.array([_units(model.output_bytes(backend_of(cluster.by_name(n))) + comp.output_extra)
-                             for n in names], dtype=np.int64),
-        "fixed_mem": np.array([_units(comp.layer_device + comp.mask) for _ in names], dtype=np.int64),
+        "out_mem": np.array([_units(model.output_bytes(backend_of(cluster.by_name(n))) + max(0, w - l))
+                             for n, w, l in zip(names, with_output, layers_only)], dtype=np.int64),
+        "fixed_mem": np.array([_units(b) for b in layers_only], dtype=np.int64),
         "first_mem": np.array([_units(offload + embedding) if cluster.by_name(n).kind == "gpu" else _units(embedding)
                                for n in names], dtype=np.int64),
         "cap": np.array([cluster.by_name(n).usable_bytes // unit for n in names], dtype=np.int64),
@@ -177,7 +182,7 @@ def build_arrays(cost: CostModel, orders: Sequence[tuple[str, ...]], unit: int =
     first_no_cpu = np.array([_units(embedding)] * len(names), dtype=np.int64)
     # with no weight on the CPU llama.cpp may pipeline (CostModel.pipeline_parallel): the graph
     # inputs, the KQ mask among them, are then kept PIPELINE_COPIES times on every device
-    fixed_pp = np.array([_units(comp.layer_device + comp.mask * PIPELINE_COPIES) for _ in names], dtype=np.int64)
+    fixed_pp = np.array([_units(b + comp.mask * (PIPELINE_COPIES - 1)) for b in layers_only], dtype=np.int64)
     return _Arrays(names, order_arr, tg, pp, mem, allow, stream, stream_cpu, first_no_cpu, fixed_pp)
 
 
@@ -204,24 +209,32 @@ def _solve_with_stream(arr: _Arrays, cost: CostModel, w_tg: float, w_pp: float, 
         allow = arr.allow.copy()
         allow[:, :, 1:] = 0
         time_cpu = time_cpu + 1e6  # a CPU layer now costs more than any real plan
-    return _core.solve(
-        orders=arr.orders,
-        time=w_tg * arr.tg["time"] + w_pp * arr.pp["time"],
-        time_cpu=time_cpu,
-        trans=w_tg * arr.tg["trans"] + w_pp * arr.pp["trans"],
-        out_time=w_tg * arr.tg["out_time"] + w_pp * arr.pp["out_time"],
-        out_time_cpu=w_tg * arr.tg["out_time_cpu"] + w_pp * arr.pp["out_time_cpu"],
-        stream=arr.stream,
-        stream_cpu=arr.stream_cpu,
-        stream_rate=w_pp * arr.pp["stream_rate"],
-        allow=allow,
-        mem_dense=mem["mem_dense"],
-        mem_exp=mem["mem_exp"],
-        out_mem=mem["out_mem"],
-        fixed_mem=mem["fixed_mem"],
-        first_mem=mem["first_mem"],
-        cap=mem["cap"],
-    )
+    try:
+        return _core.solve(
+            orders=arr.orders,
+            time=w_tg * arr.tg["time"] + w_pp * arr.pp["time"],
+            time_cpu=time_cpu,
+            trans=w_tg * arr.tg["trans"] + w_pp * arr.pp["trans"],
+            out_time=w_tg * arr.tg["out_time"] + w_pp * arr.pp["out_time"],
+            out_time_cpu=w_tg * arr.tg["out_time_cpu"] + w_pp * arr.pp["out_time_cpu"],
+            stream=arr.stream,
+            stream_cpu=arr.stream_cpu,
+            stream_rate=w_pp * arr.pp["stream_rate"],
+            allow=allow,
+            mem_dense=mem["mem_dense"],
+            mem_exp=mem["mem_exp"],
+            out_mem=mem["out_mem"],
+            fixed_mem=mem["fixed_mem"],
+            first_mem=mem["first_mem"],
+            cap=mem["cap"],
+        )
+    except NativeCoreError as err:
+        # EINVAL / ENOMEM: the arrays came from the model and cluster, so it is their values that
+        # the core refuses (a capacity out of range, a non-finite time) -- not a broken install
+        raise InvalidArgumentError(
+            f"the placement core refuses the problem built from this model and cluster: {err.message}",
+            hint="check the cluster's memory, margin and bandwidth figures (`omni-place devices`); "
+                 "fewer or coarser devices when the state limit is hit") from None
 
 
 def core_candidates(arr: _Arrays, orders: Sequence[tuple[str, ...]], cost: CostModel, w_tg: float,

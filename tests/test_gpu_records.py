@@ -75,5 +75,9 @@ def test_cuda_loads_priced_as_the_engine_allocated(headers: dict[str, Path], mod
         checked += 1
         eng = weights.get(u.name, 0.0)
         assert abs(u.weights_bytes - eng) <= max(0.01 * eng, 16 * MiB), (u.name, u.weights_bytes / MiB, eng / MiB)
-        assert u.compute_bytes >= compute[u.name] - MiB, (u.name, u.compute_bytes / MiB, compute[u.name] / MiB)
+        # compute buffers: never below the engine by more than 32 MiB (the fitted model's target,
+        # omni_place/compute.py), and not the multiples over it of the old widest-op bound
+        eng_c = compute[u.name]
+        assert eng_c - 32 * MiB <= u.compute_bytes <= max(1.35 * eng_c, eng_c + 32 * MiB), (
+            u.name, u.compute_bytes / MiB, eng_c / MiB)
     assert checked

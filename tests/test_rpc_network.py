@@ -110,7 +110,8 @@ def test_predicted_slowdown_matches_measured_over_emulated_links(libllama, tmp_p
     within ±25 % of the measured one (benchmarks/rpc_network.py records more settings)."""
     if not (libllama.features.get("rpc") and libllama.features.get("rpc_server")):
         pytest.skip("this libllama was built without RPC")
-    fast, slow = measure(32, [("fast", 0.1, 10.0), ("1gbe", 1.0, 1.0)], workdir=tmp_path, repeats=3)
+    # medians of 5 interleaved runs: 3 let one loaded moment of a shared 2-core machine through
+    fast, slow = measure(32, [("fast", 0.1, 10.0), ("1gbe", 1.0, 1.0)], workdir=tmp_path, repeats=5)
     assert fast["layers"] == {"RPC0": 5, "RPC1": 3}  # -ts 1,1 over 8 layers + output (engine rule)
     assert slow["measured_slowdown_ms"] > 1.5  # the link really slowed decoding
     assert abs(slow["slowdown_error"]) <= 0.25, slow

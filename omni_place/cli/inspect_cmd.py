@@ -7,6 +7,7 @@ import click
 
 from ..compute import compute_buffer_estimate
 from ..model import KV_TYPES, ModelProfile, load_model, role_totals
+from ..termtext import printable
 from ..units import MiB
 from . import cli
 
@@ -30,9 +31,11 @@ def _text_report(model: ModelProfile, report: dict) -> str:
         f"output {_mib(report['output_bytes'])})",
         f"  KV cache ({report['kv_type']}, ctx {report['ctx']}): {_mib(report['kv_bytes'])} MiB, "
         f"{report['kv_bytes_per_token'] / 1024:,.1f} KiB/token",
-        f"  compute buffers (ubatch {report['compute']['n_tokens']}): per device "
-        f"{_mib(report['compute']['layer_device'])} MiB, + {_mib(report['compute']['output_extra'])} MiB "
-        f"on the output device, host {_mib(report['compute']['host'])} MiB",
+        f"  compute buffers (ubatch {report['compute']['n_tokens']}): a GPU with layers "
+        f"{_mib(report['compute']['layers_only']['cuda'])} MiB, with the output head too "
+        f"{_mib(report['compute']['cuda_layers_output'])} MiB; the CPU beside it "
+        f"{_mib(report['compute']['cuda_host_base'])} MiB; "
+        f"the CPU alone {_mib(report['compute']['cpu_layers_output'])} MiB",
         "",
         f"  {'layer':>5} {'dense MiB':>10} {'experts MiB':>12} {'KV MiB':>9} {'CUDA MiB':>9}",
     ]
@@ -50,7 +53,7 @@ def _text_report(model: ModelProfile, report: dict) -> str:
     if unknown:
         shown = ", ".join(unknown[:8]) + (f", ... ({len(unknown)} in all)" if len(unknown) > 8 else "")
         lines.append(f"  unknown tensors (priced with their layer): {shown}")
-    return "\n".join(lines)
+    return "\n".join(printable(line) for line in lines)  # names and paths come from the file
 
 
 @cli.command("inspect")
@@ -70,11 +73,13 @@ def inspect_cmd(model: str, ctx: int, kv_type: str, ubatch: int, flash_attn: boo
     layer at --ctx and --kv-type, and the compute buffers for --ubatch.
 
     MODEL is a .gguf file; for split models pass any shard (*-00001-of-00009.gguf). Only the
-    header is read: a header-only file (tensor data cut off) works.
+    header is read: a header-only file (tensor data cut off) works. MODEL may also be
+    hf:OWNER/REPO[:QUANT], an https URL, ollama:NAME or a shipped name (see `plan --help`).
 
     \b
     Examples:
       omni-place inspect DeepSeek-V3-Q4_K_M-00001-of-00009.gguf --ctx 32768
+      omni-place inspect hf:unsloth/DeepSeek-V3.1-GGUF:Q4_K_M
       omni-place inspect model.gguf --kv-type q8_0 --format json | jq .kv_bytes_per_token
     """
     profile = load_model(model)

@@ -1,0 +1,166 @@
+"""Sweep the engine's compute buffers over random model shapes, contexts and placements.
+
+Each case draws an architecture the tests can write (``tests.arch_models.ARCHS``) with random
+but realistic dimensions, writes it header-only, makes a sparse full-size copy (real header, a
+hole for the data) and dry-runs it through the real libllama with ``no_alloc``: buffers are
+sized, nothing is allocated or read, so a case costs well under a second and no memory. Each
+record holds the model's ``write_model`` arguments (so a fit can rebuild the profile), the
+context, the placement and the engine's per-buffer ``compute buffer size`` lines.
+
+Placements per backend (``--devices``):
+
+* ``cpu``: everything on the CPU backend (no accelerator).
+* ``CUDA0`` (or any device names): ``all`` (every layer and the output on the devices),
+  ``partial`` (half the layers and the output), ``exps_cpu`` (all layers, routed experts
+  overridden to the CPU; MoE only), ``none`` (``-ngl 0`` with the devices present, so only op
+  offload can use them).
+* ``--rpc N``: N loopback RPC servers as the devices (CPU-only machines).
+
+``--fit-params PATH`` runs the engine's own ``llama-fit-params --fit-print on -v`` (the same
+no-alloc dry run, in C++, with llama.cpp's argument parser) instead of the ctypes probe, and
+reads the same log lines; use it where only the engine's tools are built.
+
+    python -m benchmarks.compute_sweep --cases 300 --out benchmarks/results/compute_sweep_cpu.jsonl
+    python -m benchmarks.compute_sweep --devices CUDA0 --cases 400 --out .../compute_sweep_cuda.jsonl
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import random
+import subprocess
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Iterator
+
+from omni_place.gguf import read_model_files
+from omni_place.gguf_write import sparse_copy
+from omni_place.llama import LoadSpec, build_info, parse_log, probe_load, rpc_servers
+from tests.arch_models import ARCHS, MLA_ARCHS, MOE_ARCHS, write_model
+
+UBATCHES = (128, 256, 512, 1024, 2048, 4096)
+CONTEXTS = (512, 2048, 4096, 8192, 16384, 32768, 65536, 131072)
+
+
+def random_shape(rng: random.Random, arch: str) -> dict[str, Any]:
+    """``write_model`` keyword arguments of a realistic random model of ``arch``."""
+    head_dim = rng.choice((64, 128)) if arch not in MLA_ARCHS else rng.choice((64, 128))
+    n_head = rng.choice((8, 16, 32, 64))
+    n_head_kv = rng.choice([h for h in (1, 2, 4, 8, 16) if n_head % h == 0 and h <= n_head])
+    n_embd = rng.choice((1024, 2048, 3072, 4096, 5120, 7168))
+    kw: dict[str, Any] = dict(n_layer=rng.choice((3, 4, 6)), n_embd=n_embd, n_head=n_head, n_head_kv=n_head_kv,
+                              n_ff=rng.choice((1536, 4096, 8192, 14336, 18432, 28672)),
+                              n_vocab=rng.choice((1024, 32000, 65536, 129280, 151936, 201088)),
+                              head_dim=head_dim, weight_type=rng.choice(("q4_k", "q8_0", "f16")))
+    if arch in MOE_ARCHS:
+        n_expert = rng.choice((8, 32, 64, 128, 256))
+        kw.update(n_expert=n_expert, n_expert_used=rng.choice([k for k in (1, 2, 4, 8) if k <= n_expert]),
+                  n_ff_exp=rng.choice((256, 512, 768, 1536, 2048, 2880)))
+    if arch in MLA_ARCHS:
+        kw.update(n_head_kv=n_head, kv_lora_rank=rng.choice((256, 512)), q_lora_rank=rng.choice((768, 1536)),
+                  n_rot=64)
+    if arch == "gemma3":
+        kw["n_layer"] = 6
+    if arch == "qwen2":  # its loader takes head_dim = n_embd / n_head
+        kw["head_dim"] = n_embd // n_head
+    return kw
+
+
+def placements(devices: list[str], arch: str, n_layer: int) -> Iterator[tuple[str, dict[str, Any]]]:
+    if not devices:
+        yield "cpu", {"n_gpu_layers": 0}
+        return
+    yield "all", {"n_gpu_layers": -1}
+    yield "partial", {"n_gpu_layers": n_layer // 2 + 1}
+    yield "none", {"n_gpu_layers": 0}
+    if arch in MOE_ARCHS:
+        yield "exps_cpu", {"n_gpu_layers": -1, "overrides": [(r"\.ffn_(up|down|gate)_exps", "CPU")]}
+
+
+def fit_params_run(tool: str, spec: LoadSpec) -> dict[str, Any]:
+    """One dry run through ``llama-fit-params``; the record fields read from its log."""
+    argv = [tool, "--fit-print", "on", "-v", "-m", spec.model_path, "-c", str(spec.n_ctx), "-b", str(spec.n_ubatch),
+            "-ub", str(spec.n_ubatch), "-fa", spec.flash_attn, "-ctk", spec.type_k, "-ctv", spec.type_v,
+            "-ngl", str(spec.n_gpu_layers if spec.n_gpu_layers >= 0 else 999)]
+    if spec.devices:
+        argv += ["-dev", ",".join(spec.devices)]
+    if spec.overrides:
+        argv += ["-ot", ",".join(f"{pattern}={target}" for pattern, target in spec.overrides)]
+    try:
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+    except subprocess.TimeoutExpired:
+        return {"ok": False, "error": "timeout", "compute": {}}
+    log = parse_log((proc.stderr + proc.stdout).splitlines())
+    compute = log.buffer_bytes("compute")
+    return {"ok": proc.returncode == 0 and bool(compute), "compute": compute,
+            "error": None if proc.returncode == 0 else proc.stderr[-400:],
+            "layer_devices": {str(k): v for k, v in log.layer_devices.items()},
+            "pipeline_parallel": log.pipeline_parallel, "fit_print": proc.stdout[-400:]}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--cases", type=int, default=200, help="random models (each runs every placement)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--devices", default="", help="comma-separated device names, e.g. CUDA0")
+    ap.add_argument("--rpc", type=int, default=0, help="loopback RPC servers as the devices")
+    ap.add_argument("--workers", type=int, default=1, help="dry runs at once (each is a child process)")
+    ap.add_argument("--fit-params", help="llama-fit-params binary: dry-run through the engine's own tool")
+    ap.add_argument("--out", required=True)
+    args = ap.parse_args()
+    rng = random.Random(args.seed)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    n = 0
+    with contextlib.ExitStack() as stack, out.open("w") as fh:
+        endpoints: list[str] = stack.enter_context(rpc_servers(args.rpc, threads=1)) if args.rpc else []
+        devices = [f"RPC{i}" for i in range(args.rpc)] if args.rpc else [d for d in args.devices.split(",") if d]
+        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory()))
+        fh.write(json.dumps({"meta": {"engine": build_info().describe(), "devices": devices,
+                                      "seed": args.seed, "cases": args.cases}}) + "\n")
+        jobs: list[tuple[dict[str, Any], LoadSpec]] = []
+        for case in range(args.cases):
+            arch = rng.choice(ARCHS)
+            shape = random_shape(rng, arch)
+            try:
+                header = write_model(tmp / f"m{case}.gguf", arch, header_only=True, tokenizer="spm", **shape)
+            except (ValueError, KeyError) as err:  # a shape the writer refuses (e.g. block sizes)
+                print(f"case {case}: {arch} {shape}: {err}")
+                continue
+            full = sparse_copy(read_model_files(header), tmp / f"m{case}-full")
+            ub, ctx = rng.choice(UBATCHES), rng.choice(CONTEXTS)
+            fa = rng.random() < 0.6
+            kv = rng.choice(("f16", "q8_0")) if fa else "f16"
+            for name, placement in placements(devices, arch, shape["n_layer"]):
+                spec = LoadSpec(model_path=str(full), n_ctx=ctx, n_batch=ub, n_ubatch=ub, dry_run=True, type_k=kv,
+                                type_v=kv, flash_attn="on" if fa else "off", devices=devices or None,
+                                rpc_servers=endpoints, **placement)
+                jobs.append(({"case": case, "arch": arch, "shape": shape, "n_ubatch": ub, "n_ctx": ctx,
+                              "n_batch": ub, "flash_attn": fa, "kv_type": kv, "placement": name}, spec))
+        print(f"{len(jobs)} dry runs of {args.cases} models written in {time.time() - t0:.0f} s", flush=True)
+        def run(job: tuple[dict[str, Any], LoadSpec]) -> dict[str, Any]:
+            if args.fit_params:
+                return fit_params_run(args.fit_params, job[1])
+            rep = probe_load(job[1], timeout=300)
+            return {"ok": rep.ok, "error": rep.error, "compute": rep.compute_buffers,
+                    "layer_devices": {str(k): v for k, v in rep.layer_devices.items()},
+                    "output_device": rep.output_device, "pipeline_parallel": rep.pipeline_parallel,
+                    "graph_splits": rep.graph_splits}
+
+        with ThreadPoolExecutor(max(1, args.workers)) as pool:
+            for (rec, _), result in zip(jobs, pool.map(run, jobs)):
+                rec.update(result)
+                fh.write(json.dumps(rec) + "\n")
+                fh.flush()
+                n += 1
+                if n % 50 == 0:
+                    print(f"{n}/{len(jobs)} dry runs, {time.time() - t0:.0f} s", flush=True)
+    print(f"{n} dry runs in {time.time() - t0:.0f} s -> {out}")
+
+
+if __name__ == "__main__":
+    main()
