@@ -11,12 +11,13 @@ from __future__ import annotations
 import os
 import xml.etree.ElementTree as ET
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from .errors import InvalidArgumentError
 from .report import device_symbols, layer_strip
 
 if TYPE_CHECKING:
+    from .compare import CompareRow
     from .plan import Plan
 
 GiB = 1 << 30
@@ -164,18 +165,81 @@ def _ours(path: Path) -> bool:
 def write_plot(plan: Plan, path: str | os.PathLike[str]) -> Path:
     """Write the plan's SVG to ``path``. An existing file is replaced only when it is an earlier
     omni-place picture; anything else is left alone (InvalidArgumentError)."""
+    return write_svg(plan_svg(plan), path, "--plot", "plan.svg")
+
+
+def write_svg(svg: str, path: str | os.PathLike[str], option: str = "--plot", example: str = "plan.svg") -> Path:
+    """Write an SVG document to ``path``, replacing only an earlier omni-place picture."""
     path = Path(path)
     if path.suffix.lower() != ".svg":
-        raise InvalidArgumentError(f"--plot {path}: the picture is SVG", hint="name it like plan.svg")
+        raise InvalidArgumentError(f"{option} {path}: the picture is SVG", hint=f"name it like {example}")
     if path.is_dir() or (path.exists() and not _ours(path)):
-        raise InvalidArgumentError(f"--plot {path}: the file exists and is not an omni-place picture",
+        raise InvalidArgumentError(f"{option} {path}: the file exists and is not an omni-place picture",
                                    hint="remove it or choose another name; omni-place never overwrites other files")
     if not path.parent.is_dir():
-        raise InvalidArgumentError(f"--plot {path}: folder {path.parent} does not exist")
+        raise InvalidArgumentError(f"{option} {path}: folder {path.parent} does not exist")
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(plan_svg(plan), encoding="utf-8")
+    tmp.write_text(svg, encoding="utf-8")
     os.replace(tmp, path)
     return path
 
 
-__all__ = ["plan_svg", "write_plot"]
+def compare_svg(rows: Sequence[CompareRow], picks: Mapping[Any, CompareRow | None] | None = None,
+                min_tg: float | None = None) -> str:
+    """A grouped bar chart of a comparison: decode (top) and prompt (bottom) tok/s per model, one
+    bar per setting (cluster, ctx, KV, engine) in the plan picture's colours; a setting that does
+    not fit is an empty outlined bar marked ``x``, --best's picks are outlined in black, and
+    ``--min-tg`` is a dashed line. Bars carry ``class="bar"`` and ``data-*`` with their numbers."""
+    models = list(dict.fromkeys(r.label for r in rows))
+    settings = list(dict.fromkeys(r.setting for r in rows))
+    chosen = {id(r) for r in (picks or {}).values() if r is not None}
+    colour = {s: DEVICE_COLOURS[i % len(DEVICE_COLOURS)] for i, s in enumerate(settings)}
+    left, panel_h, top, gap = 70, 220, 60, 60
+    legend_h = 18 * len(settings)
+    height = top + 2 * (panel_h + gap) + legend_h + 20
+    svg = ET.Element("svg", {"xmlns": "http://www.w3.org/2000/svg", "width": str(WIDTH), "height": str(height),
+                             "viewBox": f"0 0 {WIDTH} {height}", "font-family": "sans-serif",
+                             "data-generator": GENERATOR})
+    _text(svg, left, 28, "omni-place compare: predicted tok/s", 16, font_weight="bold")
+    group_w = (WIDTH - left - 20) / max(1, len(models))
+    bar_w = max(2.0, min(40.0, (group_w - 16) / max(1, len(settings))))
+    for p, (key, title) in enumerate((("tg_tps", "decode tok/s"), ("pp_tps", "prompt tok/s"))):
+        y0 = top + p * (panel_h + gap)
+        vals = [getattr(r, key) or 0.0 for r in rows]
+        vmax = max([*vals, (min_tg or 0.0) * (key == "tg_tps"), 1e-9]) * 1.1
+        _text(svg, 8, y0 + 12, title, 12, font_weight="bold")
+        _el(svg, "line", x1=left, y1=y0 + panel_h, x2=WIDTH - 20, y2=y0 + panel_h, stroke="#333333")
+        _text(svg, left - 6, y0 + 10, f"{vmax / 1.1:.1f}", 10, text_anchor="end")
+        for r in rows:
+            gi, si = models.index(r.label), settings.index(r.setting)
+            x = left + gi * group_w + 8 + si * bar_w
+            v = getattr(r, key) or 0.0
+            h = panel_h * v / vmax
+            attrs: dict[str, object] = dict(class_="bar", data_model=r.model, data_cluster=r.cluster, data_ctx=r.ctx,
+                                            data_kv=r.kv_type, data_engine=r.engine, data_fits=str(r.fits).lower(),
+                                            data_metric=key, data_value=f"{v:.3f}",
+                                            data_best=str(id(r) in chosen).lower())
+            if r.fits:
+                _el(svg, "rect", x=f"{x:.1f}", y=f"{y0 + panel_h - h:.1f}", width=f"{bar_w - 2:.1f}", height=f"{h:.1f}",
+                    fill=colour[r.setting], stroke="#000000" if id(r) in chosen else "none", stroke_width=2, **attrs)
+            else:
+                _el(svg, "rect", x=f"{x:.1f}", y=f"{y0 + panel_h - 14:.1f}", width=f"{bar_w - 2:.1f}", height="14",
+                    fill=NONE_COLOUR, stroke=colour[r.setting], **attrs)
+                _text(svg, x + (bar_w - 2) / 2, y0 + panel_h - 3, "x", 10, text_anchor="middle")
+        if key == "tg_tps" and min_tg:
+            y = y0 + panel_h - panel_h * min_tg / vmax
+            _el(svg, "line", x1=left, y1=f"{y:.1f}", x2=WIDTH - 20, y2=f"{y:.1f}", stroke="#c44e52",
+                stroke_dasharray="6,4", class_="min-tg", data_value=min_tg)
+            _text(svg, WIDTH - 22, y - 4, f">= {min_tg:g} tok/s", 10, text_anchor="end", fill="#c44e52")
+        for gi, m in enumerate(models):
+            _text(svg, left + gi * group_w + group_w / 2, y0 + panel_h + 16, m, 11, text_anchor="middle")
+    y = top + 2 * (panel_h + gap) - 10
+    for s in settings:
+        _el(svg, "rect", x=left, y=y, width=12, height=12, fill=colour[s])
+        _text(svg, left + 18, y + 11, f"{s[0]}, ctx {s[1]}, KV {s[2]}, {s[3]}", 11)
+        y += 18
+    ET.indent(svg)
+    return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(svg, encoding="unicode") + "\n"
+
+
+__all__ = ["compare_svg", "plan_svg", "write_plot", "write_svg"]
