@@ -2,13 +2,15 @@
 
 The seeds and mutations are ``tests/gguf_fuzz.py`` (shared with tests/test_fuzz_gguf.py, which
 runs them under hypothesis): real headers from the project's writers, each case mutated 1-3 times
-in ways that know the GGUF layout. This driver writes every case's files and runs
-``read_model_files`` and then ``load_model`` on them, in ``--workers`` processes.
+in ways that know the GGUF layout (hyper-parameter values included). This driver writes every
+case's files and runs ``read_model_files``, ``load_model`` and ``plan_split`` on them, in
+``--workers`` processes.
 
-Outcomes: ``ok`` (parsed and profiled), ``error`` (an OmniPlaceError with a one-line message and
-exit code 2 for reader errors), ``crash`` (any other exception, or a worker killed by a signal),
-``hang`` (a case over ``--timeout`` seconds; a worker silent for 4x that long is killed). Peak RSS
-is each worker's ``ru_maxrss``; ``rss_growth`` is the largest growth over its RSS after warm-up.
+Outcomes: ``ok`` (parsed, profiled and planned on the seed preset), ``error`` (an OmniPlaceError
+with a one-line message and exit code 2, or 3 when nothing fits), ``crash`` (any other
+exception, or a worker killed by a signal), ``hang`` (a case over ``--timeout`` seconds; a
+worker silent for 4x that long is killed). Peak RSS is each worker's ``ru_maxrss``;
+``rss_growth`` is the largest growth over its RSS after warm-up.
 Every 97th case also goes through ``omni-place inspect`` in-process (exit code and the
 ``error:``/``hint:`` lines). Case ``i`` of ``--seed s`` is reproducible: ``--replay i``.
 
@@ -25,10 +27,8 @@ import io
 import json
 import os
 import platform
-import resource
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -36,15 +36,16 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+from benchmarks.fuzzrun import CaseTimeout, mark, merge, rss_kib, run_pool, start_worker
 from omni_place import __version__
-from omni_place.errors import GGUFFormatError, MissingShardError, OmniPlaceError
+from omni_place.errors import NothingFitsError, OmniPlaceError
 from omni_place.gguf import read_model_files
 from omni_place.model import load_model
+from omni_place.plan import plan_split
 from tests.gguf_fuzz import make_case, make_seeds, write_case
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "benchmarks" / "results"
-READER_ERRORS = (GGUFFormatError, MissingShardError)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -52,27 +53,23 @@ READER_ERRORS = (GGUFFormatError, MissingShardError)
 # ---------------------------------------------------------------------------------------------
 
 
-class CaseTimeout(BaseException):
-    pass
-
-
-def _alarm(signum: int, frame: Any) -> None:
-    raise CaseTimeout
-
-
 def run_case(path: Path, timeout: float, cli: bool) -> tuple[str, str]:
     """(outcome, detail) where outcome is ok / error:<Class> / crash / hang / bad_error."""
     signal.setitimer(signal.ITIMER_REAL, timeout)
+    loaded = False  # whether the header read and profiled (what `inspect` does)
     try:
         try:
             files = read_model_files(path)
-            load_model(path)
+            profile = load_model(path)
+            loaded = True
+            plan = plan_split(profile, "seed")  # every value the reader let through is usable
+            json.loads(plan.to_json())
             outcome, detail = "ok", f"{len(files.tensors)} tensors"
         except OmniPlaceError as err:
             msg = err.message
             if "\n" in msg or not msg or "\n" in (err.hint or "") or len(msg) > 1000:
                 return "bad_error", f"{type(err).__name__}: multi-line, empty or over-long message: {msg[:300]!r}"
-            if isinstance(err, READER_ERRORS) and err.exit_code != 2:
+            if err.exit_code != (3 if isinstance(err, NothingFitsError) else 2):
                 return "bad_error", f"{type(err).__name__}: exit code {err.exit_code}"
             outcome, detail = f"error:{type(err).__name__}", msg
         except CaseTimeout:
@@ -92,7 +89,7 @@ def run_case(path: Path, timeout: float, cli: bool) -> tuple[str, str]:
                 except BaseException as err:  # noqa: BLE001
                     return "crash", f"inspect raised {type(err).__name__}: {err}"
             lines = errout.getvalue().splitlines()
-            if outcome == "ok":
+            if loaded:
                 if code != 0:
                     return "bad_error", f"inspect exit {code} on a model that loads: {lines[:1]}"
             elif not (code == 2 or (code == 3)) or not lines or not lines[0].startswith("error: ") \
@@ -105,18 +102,12 @@ def run_case(path: Path, timeout: float, cli: bool) -> tuple[str, str]:
         signal.setitimer(signal.ITIMER_REAL, 0)
 
 
-def _rss_kib() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-
-
 def worker(args: argparse.Namespace) -> None:
     """Run cases [start, start+count), write JSON lines of failures and a summary to --out."""
-    signal.signal(signal.SIGALRM, _alarm)
-    work = Path(tempfile.mkdtemp(prefix="fuzzw-", dir=args.tmp))
+    work, progress = start_worker("fuzzw-", args.tmp, args.progress)
     seeds = make_seeds(work)
     casedir = work / "case"
     casedir.mkdir()
-    progress = os.open(args.progress, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     counts: dict[str, int] = {}
     ops_seen: dict[str, int] = {}
     failures: list[dict[str, Any]] = []
@@ -125,11 +116,11 @@ def worker(args: argparse.Namespace) -> None:
     for s in seeds:
         write_case(casedir, [bytearray(b) for b in s.files])
         run_case(next(casedir.glob("*-00001-of-*.gguf"), casedir / "m.gguf"), args.timeout, True)
-    base_rss = _rss_kib()
+    base_rss = rss_kib()
     max_growth = (0, -1)
     t0 = time.perf_counter()
     for case in range(args.start, args.start + args.count):
-        os.pwrite(progress, f"{case:>12}\n".encode(), 0)
+        mark(progress, case)
         name, files, ops = make_case(seeds, args.seed, case)
         for op in ops:
             k = op.split(":")[0] if not op.startswith("field") else op
@@ -143,14 +134,14 @@ def worker(args: argparse.Namespace) -> None:
         counts[outcome] = counts.get(outcome, 0) + 1
         if outcome in ("crash", "hang", "bad_error"):
             failures.append({"case": case, "outcome": outcome, "seed": name, "ops": ops, "detail": detail[:400]})
-        rss = _rss_kib()
+        rss = rss_kib()
         if rss - base_rss > max_growth[0]:
             max_growth = (rss - base_rss, case)
     wall = time.perf_counter() - t0
     shutil.rmtree(work, ignore_errors=True)
     with open(args.out, "w") as fh:
         json.dump({"start": args.start, "count": args.count, "counts": counts, "ops": ops_seen,
-                   "failures": failures, "base_rss_kib": base_rss, "peak_rss_kib": _rss_kib(),
+                   "failures": failures, "base_rss_kib": base_rss, "peak_rss_kib": rss_kib(),
                    "max_rss_growth_kib": max_growth[0], "max_rss_growth_case": max_growth[1],
                    "slowest_case_s": slowest[0], "slowest_case": slowest[1], "wall_s": wall}, fh)
 
@@ -162,80 +153,9 @@ def worker(args: argparse.Namespace) -> None:
 
 def drive(args: argparse.Namespace) -> dict[str, Any]:
     tmp = args.tmp or ("/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None)
-    run_dir = Path(tempfile.mkdtemp(prefix="fuzz-gguf-", dir=tmp))
-    per = -(-args.cases // args.workers)
-    procs: list[dict[str, Any]] = []
-    t0 = time.perf_counter()
-    start = 0
-    while start < args.cases:
-        n = min(per, args.cases - start)
-        procs.append({"start": start, "count": n, "pending": [(start, n)], "results": []})
-        start += n
-
-    def launch(p: dict[str, Any]) -> None:
-        s, n = p["pending"].pop(0)
-        prog = run_dir / f"progress-{s}"
-        out = run_dir / f"out-{s}.json"
-        cmd = [sys.executable, "-m", "benchmarks.fuzz_gguf", "--worker", "--seed", str(args.seed), "--start", str(s),
-               "--count", str(n), "--timeout", str(args.timeout), "--progress", str(prog),
-               "--out", str(out), "--tmp", str(run_dir)]
-        p["proc"] = subprocess.Popen(cmd, cwd=ROOT)
-        p["cur"] = (s, n, prog, out)
-        p["last"] = (time.monotonic(), None)
-
-    for p in procs:
-        launch(p)
-    crashes: list[dict[str, Any]] = []
-    while any("proc" in p for p in procs):
-        time.sleep(0.5)
-        for p in procs:
-            if "proc" not in p:
-                continue
-            s, n, prog, out = p["cur"]
-            rc = p["proc"].poll()
-            try:
-                at = int(prog.read_text().strip() or -1)
-            except (OSError, ValueError):
-                at = None
-            if rc is None:
-                if at != p["last"][1]:
-                    p["last"] = (time.monotonic(), at)
-                    continue
-                if time.monotonic() - p["last"][0] > max(20.0, 4 * args.timeout) and at is not None:
-                    p["proc"].kill()  # silent for too long: a hang the alarm could not break
-                    p["proc"].wait()
-                    crashes.append({"case": at, "outcome": "hang", "detail": "worker silent; killed"})
-                    rc = "hang"
-                else:
-                    continue
-            if rc == 0:
-                p["results"].append(json.loads(out.read_text()))
-                del p["proc"]
-            else:
-                if at is None or at < s:
-                    raise SystemExit(f"worker for cases {s}..{s + n - 1} failed before its first case (exit {rc})")
-                if rc != "hang":
-                    crashes.append({"case": at, "outcome": "crash", "detail": f"worker exited with {rc}"})
-                # resume after the case that killed the worker
-                nxt = (at if at is not None else s) + 1
-                if nxt < s + n:
-                    p["pending"].insert(0, (nxt, s + n - nxt))
-                del p["proc"]
-            if "proc" not in p and p["pending"]:
-                launch(p)
-    wall = time.perf_counter() - t0
-    parts = [r for p in procs for r in p["results"]]
-    counts: dict[str, int] = {}
-    ops: dict[str, int] = {}
-    failures = list(crashes)
-    for r in parts:
-        for k, v in r["counts"].items():
-            counts[k] = counts.get(k, 0) + v
-        for k, v in r["ops"].items():
-            ops[k] = ops.get(k, 0) + v
-        failures += r["failures"]
-    shutil.rmtree(run_dir, ignore_errors=True)
-    n_cases = sum(counts.values()) + len(crashes)
+    parts, crashes, wall = run_pool("benchmarks.fuzz_gguf", ["--seed", str(args.seed)], args.cases, args.workers,
+                                    args.timeout, "fuzz-gguf-", tmp)
+    counts, ops, failures, n_cases = merge(parts, crashes)
     return {
         "benchmark": "fuzz_gguf",
         "command": " ".join(["python", "-m", "benchmarks.fuzz_gguf", *sys.argv[1:]]),
@@ -291,8 +211,7 @@ def replay(args: argparse.Namespace) -> None:
         print(f"case {args.replay}: seed {name}, mutations {ops}, files {[p.name for p in casedir.iterdir()]}")
         try:
             read_model_files(path)
-            load_model(path)
-            print("ok")
+            print(plan_split(load_model(path), "seed").to_json()[:400])
         except OmniPlaceError as err:
             print(f"{type(err).__name__} (exit {err.exit_code}): {err.message}\n  hint: {err.hint}")
 

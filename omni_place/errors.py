@@ -32,6 +32,10 @@ class GGUFFormatError(OmniPlaceError, ValueError):
     default_hint = "check that the file is a complete GGUF v2/v3 header (re-download the first shard)"
 
 
+class TruncatedHeaderError(GGUFFormatError):
+    """The bytes end inside the GGUF header (a cut download; a remote reader fetches more)."""
+
+
 class MissingShardError(OmniPlaceError, FileNotFoundError):
     """A split GGUF names shards that are not on disk."""
 

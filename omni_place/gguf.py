@@ -26,7 +26,8 @@ from typing import Any, Iterator
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType
 
 from ._native import core as _core
-from .errors import GGUFFormatError, MissingShardError
+from .errors import GGUFFormatError, MissingShardError, TruncatedHeaderError
+from .validate import show
 
 GGUF_MAGIC = b"GGUF"
 SUPPORTED_VERSIONS = (2, 3)
@@ -41,8 +42,12 @@ MAX_INLINE_ARRAY = 4096
 MAX_NAME_BYTES = 1 << 16  # one key or tensor name (the GGUF spec caps keys at 65535 bytes)
 MAX_STRING_BYTES = 1 << 24  # one metadata string value
 MAX_MATERIALIZED_BYTES = 1 << 26  # all strings kept from one header together
-MAX_TENSORS = 1 << 20
-MAX_KV = 1 << 20
+# Tensor and key counts of one model (all shards together): the largest released GGUFs hold
+# under 2,000 tensors and a few dozen keys, and the engine has at most 512 layers
+# (LLAMA_MAX_LAYERS). At this limit reading, profiling and planning take ~2.5 s and ~110 MiB;
+# a million tiny tensors took 37 s and 1.1 GiB (tests/test_hostile_model.py keeps it linear).
+MAX_TENSORS = 1 << 16
+MAX_KV = 1 << 16
 
 # How to decode each fixed-size value type (GGUFValueType, from the gguf package). Their sizes
 # come from the C core, the one table of them (test_gguf_reader checks the two agree).
@@ -62,7 +67,7 @@ _SCALAR_FORMATS: dict[int, str] = {
 _SCALAR_SIZES: dict[int, int] = {t: _core.GGUF_TYPE_SIZES[t] for t in _SCALAR_FORMATS}
 _U32 = struct.Struct("<I")
 _U64 = struct.Struct("<Q")
-_SHARD_RE = re.compile(r"^(?P<prefix>.*)-(?P<no>\d{5})-of-(?P<count>\d{5})\.gguf$")
+_SHARD_RE = re.compile(r"^(?P<prefix>.*)-(?P<no>\d{5})-of-(?P<count>\d{5})\.gguf$", re.ASCII)
 
 
 @dataclass(frozen=True)
@@ -162,7 +167,7 @@ class _Cursor:
 
     def need(self, n: int, what: str) -> None:
         if n < 0 or self.pos + n > self.end:
-            raise GGUFFormatError(
+            raise TruncatedHeaderError(
                 f"{self.path}: truncated header: {what} needs {n} bytes at byte {self.pos}, "
                 f"file has {self.end}",
                 hint="the download is incomplete or the file is not GGUF; re-download it",
@@ -203,7 +208,7 @@ class _Cursor:
         try:
             self.pos = _core.skip_strings(self.buf, self.pos, count)
         except GGUFFormatError as err:
-            raise GGUFFormatError(
+            raise TruncatedHeaderError(
                 f"{self.path}: truncated header: {what}: {err.message}",
                 hint="the download is incomplete or the file is not GGUF; re-download it",
             ) from None
@@ -257,6 +262,8 @@ def read_header(path: str | os.PathLike[str], shard: int = 0) -> GGUFHeader:
         raise GGUFFormatError(f"{path}: is a directory", hint="pass the .gguf file itself") from None
     except OSError as err:
         raise GGUFFormatError(f"{path}: cannot open: {err.strerror}", hint="check the path and permissions") from None
+    except ValueError:  # a NUL byte in the path
+        raise GGUFFormatError(f"{show(str(path))}: not a valid path", hint="check the model path") from None
     try:
         st = os.fstat(fd)
         if stat.S_ISDIR(st.st_mode):
@@ -280,6 +287,20 @@ def read_header(path: str | os.PathLike[str], shard: int = 0) -> GGUFHeader:
         os.close(fd)
 
 
+def parse_header_prefix(buf: bytes, path: str | os.PathLike[str], file_size: int, shard: int = 0) -> GGUFHeader:
+    """Parse a header from the first bytes of a ``file_size``-byte file (a remote file's prefix).
+    Raises :class:`TruncatedHeaderError` when ``buf`` ends inside the header: fetch more."""
+    path = Path(path)
+    if len(buf) < 24:
+        raise TruncatedHeaderError(f"{path}: {len(buf)} bytes is too short for a GGUF header")
+    try:
+        return _parse(buf, path, file_size, shard)
+    except (ValueError, OverflowError, MemoryError) as err:
+        if isinstance(err, GGUFFormatError):
+            raise
+        raise GGUFFormatError(f"{path}: malformed header: {err}") from None
+
+
 def _parse(buf: Any, path: Path, size: int, shard: int) -> GGUFHeader:
     try:
         cur = _Cursor(buf, path)
@@ -297,11 +318,16 @@ def _parse(buf: Any, path: Path, size: int, shard: int) -> GGUFHeader:
         n_tensors = cur.u64("tensor count")
         n_kv = cur.u64("metadata count")
         # Each KV is at least 8 (key len) + 4 (type) bytes, each tensor info at least 8+4+8+4+8.
-        if n_kv * 12 > size or n_tensors * 32 > size or n_kv > MAX_KV or n_tensors > MAX_TENSORS:
+        if n_kv * 12 > size or n_tensors * 32 > size:
             raise GGUFFormatError(
                 f"{path}: header claims {n_kv} metadata entries and {n_tensors} tensors, "
                 f"more than {size} bytes can hold"
             )
+        if n_kv > MAX_KV or n_tensors > MAX_TENSORS:
+            raise GGUFFormatError(
+                f"{path}: header claims {n_kv} metadata entries and {n_tensors} tensors; omni_place reads "
+                f"at most {MAX_KV} entries and {MAX_TENSORS} tensors (real models have under 2,000 tensors)",
+                hint="this is not a model llama.cpp would load; check the file")
         metadata: dict[str, Any] = {}
         for i in range(n_kv):
             key = cur.string(f"metadata key #{i}", MAX_NAME_BYTES)
@@ -374,6 +400,7 @@ def read_model_files(path: str | os.PathLike[str]) -> GGUFModelFiles:
     if not isinstance(count, int) or count < 1 or count > 9999:
         raise GGUFFormatError(f"{path}: invalid split.count {count!r}")
     shards = [first]
+    held = len(first.tensors)
     if count > 1:
         named = _SHARD_RE.match(path.name)
         if named and int(named["count"]) != count:
@@ -396,6 +423,11 @@ def read_model_files(path: str | os.PathLike[str]) -> GGUFModelFiles:
                     hint="shards from different downloads or quantizations were mixed",
                 )
             shards.append(h)
+            held += len(h.tensors)
+            if held > MAX_TENSORS:  # checked per shard: 9999 shards must not all be read first
+                raise GGUFFormatError(f"{p}: the first {i + 1} shards hold {held} tensors; omni_place reads at "
+                                      f"most {MAX_TENSORS} (real models have under 2,000)",
+                                      hint="this is not a model llama.cpp would load; check the files")
     tensors: list[TensorInfo] = []
     seen: set[str] = set()
     for h in shards:
@@ -417,7 +449,9 @@ def iter_layer_tensors(tensors: list[TensorInfo]) -> Iterator[tuple[int | None, 
     for t in tensors:
         if t.name.startswith("blk."):
             parts = t.name.split(".", 2)
-            if len(parts) == 3 and parts[1].isdigit():
-                yield int(parts[1]), parts[2], t
+            # the engine names layer il "blk.{il}": ASCII digits, no leading zeros
+            idx = parts[1] if len(parts) == 3 else ""
+            if 0 < len(idx) <= 6 and idx.isascii() and idx.isdigit() and str(int(idx)) == idx:
+                yield int(idx), parts[2], t
                 continue
         yield None, t.name, t

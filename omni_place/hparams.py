@@ -3,11 +3,13 @@ metadata (``src/llama-model.cpp`` load_hparams reads the same keys), and the one
 architectures the memory model knows."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from .errors import GGUFFormatError, UnsupportedModelError
 from .gguf import LongArray
+from .validate import integer
 
 
 @dataclass(frozen=True)
@@ -85,55 +87,96 @@ NOT_COVERED = {
 }
 
 
+# Bounds on what a header may claim, checked once here so later code only sees usable numbers.
+# The engine's own limits (llama.cpp src/llama-hparams.h) where it has them: LLAMA_MAX_LAYERS 512,
+# LLAMA_MAX_EXPERTS 1024, and load_hparams GGML_ASSERTs on block_count (1..LLAMA_MAX_LAYERS),
+# nextn_predict_layers (<= block_count) and expert_used_count (1..expert_count with experts, 0
+# without: src/llama-model.cpp after LLM_KV_EXPERT_GROUP_USED_COUNT). The rest are generous
+# sanity limits, ~50x the largest released model, so 2^64-1 cannot reach the cost model.
+MAX_LAYERS = 512
+MAX_EXPERTS = 1024
+MAX_WIDTH = 1 << 20  # embedding, FFN and SSM widths
+MAX_HEADS = 1 << 12  # attention heads per layer
+MAX_HEAD_DIM = 1 << 14  # key/value/rope/indexer widths, MLA ranks
+MAX_CONTEXT = 1 << 24  # training context and sliding window, in tokens
+MAX_VOCAB = 1 << 24
+
+
+def _bad(key: str) -> Callable[[str], GGUFFormatError]:
+    def make(message: str) -> GGUFFormatError:
+        return GGUFFormatError(f"metadata {message}",
+                               hint=f"the header's {key} is unusable (the engine refuses such a model too); "
+                               "re-download or re-convert the GGUF")
+    return make
+
+
 def _meta(md: dict[str, Any], key: str, default: Any = None) -> Any:
     v = md.get(key, default)
     return default if isinstance(v, LongArray) else v
 
 
-def _int(md: dict[str, Any], key: str, default: int | None = None) -> int:
+def _int(md: dict[str, Any], key: str, default: int | None = None, *, lo: int = 0, hi: int) -> int:
+    """A scalar integer key in ``[lo, hi]`` (``default`` when absent; missing and no default:
+    UnsupportedModelError)."""
     v = _meta(md, key, default)
     if v is None:
         raise UnsupportedModelError(f"metadata key {key!r} is missing", hint="the GGUF is incomplete or too old")
-    if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-        raise GGUFFormatError(f"metadata key {key!r} = {v!r} is not a non-negative integer")
-    return v
+    return integer(v, key, lo=lo, hi=hi, error=_bad(key))
 
 
-def _per_layer(md: dict[str, Any], key: str, n: int, default: int | None) -> tuple[int, ...]:
+def _per_layer(md: dict[str, Any], key: str, n: int, default: int | None, *, hi: int) -> tuple[int, ...]:
+    """A key the engine reads with get_key_or_arr: one integer for every layer, or one each."""
     v = _meta(md, key, default)
     if isinstance(v, list):
-        if len(v) != n or not all(isinstance(x, int) and x >= 0 for x in v):
-            raise GGUFFormatError(f"metadata key {key!r} must hold {n} non-negative integers")
-        return tuple(v)
-    return (_int(md, key, default),) * n
+        if len(v) != n:
+            raise GGUFFormatError(f"metadata {key} has {len(v)} entries, the model has {n} layers",
+                                  hint=f"the header's {key} is unusable; re-download or re-convert the GGUF")
+        return tuple(integer(x, f"{key}[{il}]", lo=0, hi=hi, error=_bad(key)) for il, x in enumerate(v))
+    return (_int(md, key, default, hi=hi),) * n
 
 
 def read_hparams(arch: str, md: dict[str, Any], n_vocab_fallback: int) -> HParams:
+    """The hyper-parameters of ``arch`` from GGUF metadata, every value checked for type and
+    range (GGUFFormatError naming the key and value; UnsupportedModelError for a missing key)."""
     a = arch
-    n_layer = _int(md, f"{a}.block_count")
-    if not 1 <= n_layer <= 4096:
-        raise GGUFFormatError(f"{a}.block_count = {n_layer} is out of range (1..4096)")
-    n_embd = _int(md, f"{a}.embedding_length")
-    n_head = _per_layer(md, f"{a}.attention.head_count", n_layer, 0)
-    n_head_kv = _per_layer(md, f"{a}.attention.head_count_kv", n_layer, max(n_head) if n_head else 0)
-    h0 = max(n_head) if n_head else 0
-    head_dim_k = _int(md, f"{a}.attention.key_length", n_embd // h0 if h0 else 0)
-    head_dim_v = _int(md, f"{a}.attention.value_length", n_embd // h0 if h0 else 0)
-    k_mla = _int(md, f"{a}.attention.key_length_mla", 0)
-    v_mla = _int(md, f"{a}.attention.value_length_mla", 0)
-    n_vocab = _meta(md, f"{a}.vocab_size") or n_vocab_fallback
-    n_expert = _int(md, f"{a}.expert_count", 0)
+    n_layer = _int(md, f"{a}.block_count", lo=1, hi=MAX_LAYERS)
+    n_nextn = _int(md, f"{a}.nextn_predict_layers", 0, hi=n_layer - 1)
+    n_embd = _int(md, f"{a}.embedding_length", lo=1, hi=MAX_WIDTH)
+    n_head = _per_layer(md, f"{a}.attention.head_count", n_layer, 0, hi=MAX_HEADS)
+    n_head_kv = _per_layer(md, f"{a}.attention.head_count_kv", n_layer, max(n_head), hi=MAX_HEADS)
+    for il, (h, h_kv) in enumerate(zip(n_head, n_head_kv)):
+        if h and h_kv > h:  # the engine's n_gqa() = n_head / n_head_kv would be 0
+            raise _bad(f"{a}.attention.head_count_kv")(
+                f"{a}.attention.head_count_kv = {h_kv} exceeds head_count = {h} in layer {il}")
+    h0 = max(n_head)
+    head_dim_k = _int(md, f"{a}.attention.key_length", n_embd // h0 if h0 else 0, hi=MAX_HEAD_DIM)
+    head_dim_v = _int(md, f"{a}.attention.value_length", n_embd // h0 if h0 else 0, hi=MAX_HEAD_DIM)
+    k_mla = _int(md, f"{a}.attention.key_length_mla", 0, hi=MAX_HEAD_DIM)
+    v_mla = _int(md, f"{a}.attention.value_length_mla", 0, hi=MAX_HEAD_DIM)
+    n_vocab = _int(md, f"{a}.vocab_size", 0, hi=MAX_VOCAB) or integer(
+        n_vocab_fallback, "tokenizer.ggml.tokens length", lo=0, hi=MAX_VOCAB, error=_bad("tokenizer.ggml.tokens"))
+    n_expert = _int(md, f"{a}.expert_count", 0, hi=MAX_EXPERTS)
+    used = _per_layer(md, f"{a}.expert_used_count", n_layer, 0, hi=MAX_EXPERTS)
+    n_expert_used = max(used)
+    if n_expert and not 1 <= n_expert_used <= n_expert or not n_expert and n_expert_used:
+        raise _bad(f"{a}.expert_used_count")(
+            f"{a}.expert_used_count = {n_expert_used} with expert_count = {n_expert}: the engine needs "
+            + ("1..expert_count experts per token" if n_expert else "0 without experts"))
     spec = ARCHITECTURES.get(arch, ArchSpec())
-    n_swa = _int(md, f"{a}.attention.sliding_window", 0)
+    n_swa = _int(md, f"{a}.attention.sliding_window", 0, hi=MAX_CONTEXT)
     pattern = md.get(f"{a}.attention.sliding_window_pattern")
-    n_nextn = _int(md, f"{a}.nextn_predict_layers", 0)
     n_main = n_layer - n_nextn
     if isinstance(pattern, list):
         if len(pattern) < n_main:
             raise GGUFFormatError(f"{a}.attention.sliding_window_pattern has {len(pattern)} entries, need {n_main}")
-        is_swa = tuple(bool(x) for x in pattern[:n_main]) + (False,) * n_nextn
+        # one flag per layer: a BOOL array as converters write it, or 0/1 integers
+        flags = [integer(int(x) if isinstance(x, bool) else x, f"{a}.attention.sliding_window_pattern[{il}]",
+                         lo=0, hi=1, error=_bad(f"{a}.attention.sliding_window_pattern"))
+                 for il, x in enumerate(pattern[:n_main])]
+        is_swa = tuple(bool(x) for x in flags) + (False,) * n_nextn
     else:
-        n_pat = pattern if isinstance(pattern, int) and not isinstance(pattern, bool) else spec.swa_pattern
+        n_pat = (spec.swa_pattern if pattern is None or isinstance(pattern, LongArray) else
+                 _int(md, f"{a}.attention.sliding_window_pattern", hi=MAX_LAYERS))
         if n_swa and n_pat:
             if spec.swa_dense_first:
                 is_swa = tuple(il % n_pat != 0 for il in range(n_main))
@@ -150,24 +193,26 @@ def read_hparams(arch: str, md: dict[str, Any], n_vocab_fallback: int) -> HParam
         n_head_kv=n_head_kv,
         head_dim_k=head_dim_k,
         head_dim_v=head_dim_v,
-        n_vocab=int(n_vocab),
-        n_ctx_train=_int(md, f"{a}.context_length", 0),
+        n_vocab=n_vocab,
+        n_ctx_train=_int(md, f"{a}.context_length", 0, hi=MAX_CONTEXT),
         n_expert=n_expert,
-        n_expert_used=_int(md, f"{a}.expert_used_count", 0),
-        n_ff=_per_layer(md, f"{a}.feed_forward_length", n_layer, 0),
-        n_ff_exp=_int(md, f"{a}.expert_feed_forward_length", 0),
-        n_layer_dense_lead=_int(md, f"{a}.leading_dense_block_count", 0),
+        n_expert_used=n_expert_used,
+        n_ff=_per_layer(md, f"{a}.feed_forward_length", n_layer, 0, hi=MAX_WIDTH),
+        n_ff_exp=_int(md, f"{a}.expert_feed_forward_length", 0, hi=MAX_WIDTH),
+        n_layer_dense_lead=_int(md, f"{a}.leading_dense_block_count", 0, hi=n_layer),
         is_mla=bool(k_mla and v_mla),
-        kv_lora_rank=_int(md, f"{a}.attention.kv_lora_rank", 0),
-        n_rot=_int(md, f"{a}.rope.dimension_count", head_dim_k),
+        kv_lora_rank=_int(md, f"{a}.attention.kv_lora_rank", 0, hi=MAX_HEAD_DIM),
+        n_rot=_int(md, f"{a}.rope.dimension_count", head_dim_k, hi=MAX_HEAD_DIM),
         n_swa=n_swa,
         is_swa=is_swa,
-        ssm_d_conv=_int(md, f"{a}.ssm.conv_kernel", 0),
-        ssm_d_inner=_int(md, f"{a}.ssm.inner_size", 0),
-        ssm_d_state=_int(md, f"{a}.ssm.state_size", 0),
-        ssm_n_group=_int(md, f"{a}.ssm.group_count", 0),
-        indexer_head_size=_int(md, f"{a}.attention.indexer.key_length", 0) if arch == "deepseek32" else 0,
+        ssm_d_conv=_int(md, f"{a}.ssm.conv_kernel", 0, hi=MAX_HEAD_DIM),
+        ssm_d_inner=_int(md, f"{a}.ssm.inner_size", 0, hi=MAX_WIDTH),
+        ssm_d_state=_int(md, f"{a}.ssm.state_size", 0, hi=MAX_HEAD_DIM),
+        ssm_n_group=_int(md, f"{a}.ssm.group_count", 0, hi=MAX_HEADS),
+        indexer_head_size=(_int(md, f"{a}.attention.indexer.key_length", 0, hi=MAX_HEAD_DIM)
+                           if arch == "deepseek32" else 0),
     )
 
 
-__all__ = ["ARCHITECTURES", "NOT_COVERED", "ArchSpec", "HParams", "read_hparams"]
+__all__ = ["ARCHITECTURES", "MAX_CONTEXT", "MAX_EXPERTS", "MAX_LAYERS", "NOT_COVERED", "ArchSpec", "HParams",
+           "read_hparams"]

@@ -31,6 +31,7 @@ from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 from .errors import GGUFFormatError, InvalidArgumentError, UnsupportedModelError
 from .gguf import GGUFModelFiles, LongArray, TensorInfo, iter_layer_tensors, read_model_files
 from .hparams import ARCHITECTURES, NOT_COVERED, ArchSpec, HParams, read_hparams
+from .sources import resolve_model_source
 
 
 CUDA_ROW_PADDING = 512  # MATRIX_ROW_PADDING, ggml-cuda/common.cuh
@@ -445,7 +446,13 @@ def profile_from_files(files: GGUFModelFiles) -> ModelProfile:
     arch = md.get("general.architecture")
     if not isinstance(arch, str) or not arch:
         raise GGUFFormatError(f"{files.path}: general.architecture is missing", hint="this GGUF is not a model file")
-    hp = read_hparams(arch, md, _n_vocab_from_tokens(md))
+    if not files.tensors:
+        raise GGUFFormatError(f"{files.path}: the header lists no tensors",
+                              hint="a model file lists its weights; this one is a vocabulary or an empty header")
+    try:
+        hp = read_hparams(arch, md, _n_vocab_from_tokens(md))
+    except GGUFFormatError as err:
+        raise GGUFFormatError(f"{files.path}: {err.message}", hint=err.hint) from None
     records: list[TensorRecord] = []
     for layer, inner, info in iter_layer_tensors(files.tensors):
         if layer is not None and layer >= hp.n_layer:
@@ -455,6 +462,11 @@ def profile_from_files(files: GGUFModelFiles) -> ModelProfile:
         role = classify(layer, inner)
         n_exp = _expert_count(info, hp.n_expert) if role is Role.ROUTED_EXPERT else 0
         records.append(TensorRecord(info.name, layer, role, info, n_exp))
+    empty = sorted(set(range(hp.n_layer_kv)) - {r.layer for r in records if r.layer is not None})
+    if empty:  # the engine loads every trunk block's weights (a missing one is "missing tensor")
+        shown = ", ".join(map(str, empty[:8])) + (f" and {len(empty) - 8} more" if len(empty) > 8 else "")
+        raise GGUFFormatError(f"{files.path}: block_count is {hp.n_layer} but layer {shown} has no tensors",
+                              hint="the header is truncated or corrupt; re-download it")
     names = {r.name for r in records}
     return ModelProfile(
         path=files.path,
@@ -469,10 +481,14 @@ def profile_from_files(files: GGUFModelFiles) -> ModelProfile:
 
 
 def load_model(path: str | os.PathLike[str] | ModelProfile) -> ModelProfile:
-    """Read a GGUF model's header (single file or split shards; pass the first) into a profile."""
+    """Read a model's GGUF header (single file or split shards, any shard) into a profile. MODEL
+    may also be a shipped name, ``hf:OWNER/REPO[:QUANT]``, an http(s) URL or ``ollama:NAME``
+    (:func:`omni_place.sources.resolve_model_source`)."""
     if isinstance(path, ModelProfile):
         return path
-    return profile_from_files(read_model_files(path))
+    if not isinstance(path, (str, os.PathLike)):
+        raise InvalidArgumentError(f"model must be a path or a ModelProfile (got {type(path).__name__})")
+    return profile_from_files(read_model_files(resolve_model_source(path)))
 
 
 def role_totals(tensors: Iterable[TensorRecord]) -> dict[str, int]:

@@ -7,21 +7,24 @@ it all. Rendering a plan is :mod:`omni_place.report`'s job.
 """
 from __future__ import annotations
 
-import json
+import ipaddress
 import shlex
 from dataclasses import dataclass, field, replace
 from typing import Any, Mapping, Sequence
 
-from .calibration import load_calibrated
+from .calibration import checked_params, read_calibrated
 from .cost import CPU, EXPERT_OPTIONS, Context, CostModel, DeviceUsage, Placement, Prediction, SpeedParams
 from .devices import Cluster, resolve_cluster
 from .engines import Dialect, PlacementArgs, dialect
+from .engines.common import tool_context
 from .errors import ClusterError, InvalidArgumentError, NothingFitsError
-from .model import ModelProfile, load_model
+from .hparams import MAX_CONTEXT
+from .model import KV_TYPES, ModelProfile, load_model
 from .problem import (MAX_DEVICES, Candidate, best_time, build_arrays, candidate_orders, core_candidates, cpu_only,
                       memory_unit)
-from .reference_models import is_reference_header
+from .sources import model_argument
 from .units import GB, GiB, MiB
+from .validate import choice, dump_json, flag, integer, show, text
 
 OBJECTIVES = ("tg", "pp")
 TIE_BREAK = 1e-3  # weight of the other objective, so equal-speed plans prefer the better other
@@ -44,9 +47,21 @@ class HostCommand:
         return {"host": self.host, "role": self.role, "argv": self.argv, "env": self.env, "shell": self.shell()}
 
 
+def _bind_address(host: str) -> str:
+    """What ``rpc-server -H`` can bind for an endpoint's host: rpc-server takes an IPv4 literal
+    only (``inet_addr``, ggml-rpc transport.cpp socket_t::create_server), so a host name becomes
+    127.0.0.1 for localhost and 0.0.0.0 (every interface of that host) otherwise."""
+    if host == "localhost":
+        return "127.0.0.1"
+    try:
+        return str(ipaddress.IPv4Address(host))
+    except ValueError:
+        return "0.0.0.0"
+
+
 def _model_argument(model: ModelProfile) -> str:
-    """The -m argument: the model's path, or a placeholder for a shipped header-only description."""
-    return "MODEL.gguf" if is_reference_header(model.path) else str(model.path)
+    """The -m argument: the model's path, or a name for a header without weights."""
+    return model_argument(model.path)
 
 
 @dataclass
@@ -67,6 +82,7 @@ class Plan:
     solve_stats: dict[str, Any] = field(default_factory=dict)
     params: SpeedParams | None = None  # the speed parameters it was priced with (None: defaults)
     certified: dict[str, Any] | None = None  # the engine's own dry run of it (omni_place.llama.certify)
+    assumptions: list[str] = field(default_factory=list)  # what pricing a command line assumed (evaluate)
 
     @property
     def dialect(self) -> Dialect:
@@ -112,8 +128,7 @@ class Plan:
         out = []
         for endpoint in getattr(self.engine_args, "rpc", []):
             host, _, port = endpoint.rpartition(":")
-            out.append(HostCommand(host.strip("[]"), "rpc-server",
-                                   ["rpc-server", "-H", host.strip("[]"), "-p", port, "-c"]))
+            out.append(HostCommand(host, "rpc-server", ["rpc-server", "-H", _bind_address(host), "-p", port, "-c"]))
         binary = "llama-bench" if tool == "bench" else "llama-server"
         out.append(HostCommand("local", "engine", [binary, "-m", model_arg] + self.args(tool)))
         return out
@@ -163,6 +178,7 @@ class Plan:
             "hosts": [h.to_dict() for h in self.host_commands()],
             "solve": self.solve_stats,
             "certified": self.certified,
+            "assumptions": self.assumptions,
         }
 
     def _bench_args(self) -> list[str] | None:
@@ -178,7 +194,7 @@ class Plan:
             return None
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=1)
+        return dump_json(self.to_dict(), indent=1)
 
 
 def plan_split(
@@ -203,15 +219,20 @@ def plan_split(
     CPU RAM is a limit like any device's: weights, KV cache and compute buffers must fit in it,
     unless ``allow_paging`` lets the CPU-held weights that do not fit page from disk (mmap),
     priced at the CPU device's ``disk_gbs``.
-    Raises :class:`NothingFitsError` when no placement fits (not even all on the CPU).
+    Raises :class:`NothingFitsError` when no placement fits (not even all on the CPU), and
+    :class:`InvalidArgumentError` naming the argument for one of the wrong type or range (``ctx``
+    1..2^24, ``ubatch`` 1..65536, ``depth`` 0..2^24, ``kv_type`` one of ``model.KV_TYPES``, bools
+    for the flags, a ``SpeedParams`` of finite positive values).
     """
     engine_rules = dialect(engine)
     rules = engine_rules.traits
     w_tg, w_pp = objective_weights(objective)
+    ctx, ubatch, depth = _int_arg(ctx, "ctx", 1), _int_arg(ubatch, "ubatch", 1, MAX_UBATCH), _int_arg(depth, "depth", 0)
+    kv_type, kv_type_v = _kv_arg(kv_type, "kv_type"), None if kv_type_v is None else _kv_arg(kv_type_v, "kv_type_v")
+    flash_attn, allow_paging = flag(flash_attn, "flash_attn"), flag(allow_paging, "allow_paging")
+    _params_arg(params)
     prof = load_model(model)
     clus = resolve_cluster(cluster)
-    if ubatch < 1 or ubatch > 65536:
-        raise InvalidArgumentError(f"ubatch {ubatch} is out of range (1..65536)")
     context = Context(ctx=ctx, n_ubatch=ubatch, type_k=kv_type, type_v=kv_type_v or kv_type,
                       flash_attn=flash_attn, depth=depth, swa_full=rules.swa_full,
                       embedding_on_first=rules.embedding_on_first, allow_paging=allow_paging)
@@ -220,7 +241,7 @@ def plan_split(
     if len(clus.gpus) > MAX_DEVICES:
         raise ClusterError(f"cluster {clus.name!r} has {len(clus.gpus)} accelerators; the planner takes at most "
                            f"{MAX_DEVICES}", hint="plan for a subset of the devices (llama.cpp takes at most 16)")
-    calibrated = None if params is not None else load_calibrated(clus, engine)
+    calibrated, store_note = (None, None) if params is not None else read_calibrated(clus, engine)
     cost = CostModel(prof, clus, context, params or calibrated)
     orders = candidate_orders(clus, cost, rpc=rules.rpc_devices)
     default_order = tuple(d.name for d in clus.gpus)
@@ -258,6 +279,8 @@ def plan_split(
     stats["speed_params"] = "given" if params is not None else ("calibrated" if calibrated else "defaults")
     if calibrated is not None:
         notes.append(f"speeds use this machine's calibration for {engine} (omni-place calibrate)")
+    if store_note:
+        notes.append(store_note)
     return Plan(prof, clus, engine, objective, context, best, usage, cost.predict(best),
                 engine_rules.encode(prof, best, clus, context, usage), default_order, notes, stats,
                 params or calibrated)
@@ -277,6 +300,22 @@ def replan(plan: Plan, capacity_delta: Mapping[str, int]) -> Plan:
                      params=plan.params, allow_paging=c.allow_paging)
     usage = CostModel(plan.model, plan.cluster, c, plan.params).usage(new.placement)
     return replace(new, cluster=plan.cluster, usage=usage, notes=list(new.notes))
+
+
+MAX_UBATCH = 65536  # llama.cpp's n_ubatch is a uint32; larger batches are not a real setting
+
+
+def _int_arg(value: Any, name: str, lo: int, hi: int = MAX_CONTEXT) -> int:
+    return integer(value, name, lo=lo, hi=hi)
+
+
+def _kv_arg(value: Any, name: str) -> str:
+    return choice(text(value, name, max_len=16).lower(), name, KV_TYPES)
+
+
+def _params_arg(params: Any) -> None:
+    if params is not None:
+        checked_params(params)
 
 
 def _without_lone_head(cost: CostModel, cand: Candidate, w_tg: float, w_pp: float) -> Candidate:
@@ -350,18 +389,30 @@ def evaluate(model: str | ModelProfile, cluster: str | Cluster, argv: Sequence[s
              tool: str = "server", allow_paging: bool = False) -> Plan:
     """Price a user's llama.cpp / ik_llama.cpp command line (``tool`` "server" for llama-server /
     llama-cli, "bench" for llama-bench): memory per device, whether it fits, tg/pp
-    (``allow_paging``: as :func:`plan_split`)."""
+    (``allow_paging``: as :func:`plan_split`). Settings the command line leaves out take the
+    tool's defaults (no ``-c``: ``ctx`` when given, else llama.cpp's training context, or
+    llama-bench's test context); what was assumed, and flags that are not priced, are listed in
+    :attr:`Plan.assumptions`. ``argv`` is a list of strings; an argument of the wrong type or
+    range raises :class:`InvalidArgumentError` naming it."""
     engine_rules = dialect(engine)
     rules = engine_rules.traits
-    parsed = engine_rules.parse_args(argv, tool)
+    if isinstance(argv, (str, bytes)) or not isinstance(argv, Sequence) or not all(isinstance(a, str) for a in argv):
+        raise InvalidArgumentError(f"argv must be a list of strings (got {show(argv)})",
+                                   hint='e.g. ["-ngl", "99", "-ts", "3,1"]')
+    tool = choice(tool, "tool", ("server", "bench"))
+    ctx = None if ctx is None else _int_arg(ctx, "ctx", 1)
+    allow_paging = flag(allow_paging, "allow_paging")
+    _params_arg(params)
+    parsed = engine_rules.parse_args(list(argv), tool)
     prof = load_model(model)
     clus = resolve_cluster(cluster)
-    context = Context(ctx=parsed.ctx or ctx or 4096, n_ubatch=parsed.n_ubatch, type_k=parsed.type_k,
-                      type_v=parsed.type_v, flash_attn=parsed.flash_attn if parsed.flash_attn is not None else True,
-                      swa_full=rules.swa_full, embedding_on_first=rules.embedding_on_first,
-                      allow_paging=allow_paging)
+    run = tool_context(parsed, engine_rules.tool_defaults(tool), prof.hparams.n_ctx_train, ctx)
+    context = Context(ctx=run.ctx, n_ubatch=run.n_ubatch, type_k=parsed.type_k, type_v=parsed.type_v,
+                      flash_attn=run.flash_attn, depth=run.depth, swa_full=rules.swa_full,
+                      embedding_on_first=rules.embedding_on_first, allow_paging=allow_paging)
     prof.check_kv_types(context.type_k, context.type_v, context.flash_attn)
-    cost = CostModel(prof, clus, context, params or load_calibrated(clus, engine))
+    calibrated, store_note = (None, None) if params is not None else read_calibrated(clus, engine)
+    cost = CostModel(prof, clus, context, params or calibrated)
     placement = engine_rules.decode(prof, parsed, clus, context, tool)
     usage = cost.usage(placement)
     notes = [f"{u.name} overflows by {u.shortfall_bytes / GiB:.2f} GiB "
@@ -370,6 +421,7 @@ def evaluate(model: str | ModelProfile, cluster: str | Cluster, argv: Sequence[s
              f"CPU RAM overflows by {u.shortfall_bytes / GiB:.2f} GiB (needs "
              f"{(u.used_bytes - u.pageable_bytes) / GiB:.2f} GiB of {u.capacity_bytes / GiB:.2f} GiB usable"
              + ("; --allow-paging lets weights page from disk)" if not allow_paging else ")")
-             for u in usage if not u.fits]
+             for u in usage if not u.fits] + ([store_note] if store_note else [])
     return Plan(prof, clus, engine, "given", context, placement, usage, cost.predict(placement),
-                engine_rules.flags_of(parsed), tuple(d.name for d in clus.gpus), notes, {})
+                engine_rules.flags_of(parsed), tuple(d.name for d in clus.gpus), notes, {},
+                assumptions=list(run.assumptions))

@@ -18,6 +18,7 @@ from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
 from .errors import InvalidArgumentError
 from .gguf_write import write_gguf
+from .safeio import is_own_file, make_private, private_dir, write_atomic
 
 Q = GGMLQuantizationType
 
@@ -375,13 +376,18 @@ REFERENCE_MODELS: dict[str, Callable[[], ModelSpec]] = {
 
 
 def _fallback_cache_dir() -> Path:
-    """Where headers go when the cache folder cannot be created (a read-only home)."""
+    """Where headers go when the cache folder is not usable (a read-only home, a folder another
+    user owns): a folder under the temp dir, used only when it is private (see
+    :func:`omni_place.safeio.private_dir`)."""
     return Path(tempfile.gettempdir()) / f"omni_place-{os.getuid()}"
 
 
 def is_reference_header(path: str | os.PathLike[str]) -> bool:
     """Whether ``path`` is a header written by :func:`cached_reference_model` (no weights)."""
-    return Path(path).parent in (cache_dir(), _fallback_cache_dir())
+    p = Path(path)
+    session = p.parent.name.startswith("omni_place-models-")  # safeio.private_dir's own folder
+    known = p.name.rsplit("-", 1)[0] in REFERENCE_MODELS
+    return p.parent in (cache_dir(), _fallback_cache_dir()) or (session and known)
 
 
 def cache_dir() -> Path:
@@ -400,25 +406,23 @@ def spec_digest(spec: ModelSpec) -> str:
 
 
 def cached_reference_model(name: str) -> Path:
-    """Path of the header-only GGUF of a reference model, written on first use (atomically; a
-    changed description gets a new file name, so a stale cache is never read)."""
+    """Path of the header-only GGUF of a reference model, written on first use (a changed
+    description gets a new file name, so a stale cache is never read).
+
+    The cache folder is used only when private (this user's, writable by no one else; else the
+    temp-dir fallback, else a fresh folder for this process), a cached file only when it is a
+    regular file of this user's; anything else at that name is replaced by a header written
+    under a random name and renamed into place (:mod:`omni_place.safeio`)."""
     try:
         builder = REFERENCE_MODELS[name]
     except KeyError:
         raise InvalidArgumentError(f"unknown reference model {name!r}",
                                    hint="shipped: " + ", ".join(REFERENCE_MODELS)) from None
     spec = builder()
-    path = cache_dir() / f"{name}-{spec_digest(spec)}.gguf"
-    if not path.exists():
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-        except OSError:  # read-only home: a private folder under the temp dir
-            path = _fallback_cache_dir() / path.name
-            path.parent.mkdir(parents=True, exist_ok=True)
-        if not path.exists():
-            tmp = path.with_suffix(f".tmp{os.getpid()}")
-            write_header_only(spec, tmp)
-            os.replace(tmp, path)
+    folder = cache_dir() if make_private(cache_dir()) else private_dir(_fallback_cache_dir(), "models")
+    path = folder / f"{name}-{spec_digest(spec)}.gguf"
+    if not is_own_file(path):
+        write_atomic(path, lambda tmp: write_header_only(spec, tmp))
     return path
 
 

@@ -6,6 +6,7 @@ import shlex
 from typing import Any
 
 from .plan import Plan
+from .termtext import printable
 from .units import GiB, MiB
 
 BAR = 40
@@ -16,7 +17,7 @@ MAX_RUNS = 12  # list the layer ranges too when there are at most this many
 def env_lines(plan: Plan) -> list[str]:
     """``export NAME=value`` lines of the plan's environment form, after the dialect's note."""
     note = plan.dialect.env_note
-    return ([f"# {note}"] if note else []) + [f"export {k}={shlex.quote(v)}" for k, v in plan.env().items()]
+    return ([f"# {note}"] if note else []) + [printable(f"export {k}={shlex.quote(v)}") for k, v in plan.env().items()]
 
 
 def _bar(weights: int, kv: int, compute: int, capacity: int, overflow: bool = False) -> str:
@@ -145,8 +146,10 @@ def render_plan(plan: Plan) -> str:
         lines.append("DOES NOT FIT: " + "; ".join(plan.notes))
     else:
         lines += [f"note: {n}" for n in plan.notes]
+    lines += [f"assumed: {a}" for a in plan.assumptions]
     lines += _certified_lines(plan.certified)
-    return "\n".join(lines)
+    # model, cluster and device names, paths and notes come from files: one printable line each
+    return "\n".join(printable(line) for line in lines)
 
 
 def _certified_lines(cert: dict[str, Any] | None) -> list[str]:

@@ -6,10 +6,13 @@ Seeds are headers written by the project's own writers (``reference_models.write
 path), every test architecture, and 3-way split models. Each case applies 1-3 mutations that know
 the GGUF layout (absurd lengths and counts, wrong magic/version/types/alignment, truncation at
 field boundaries, duplicated or dropped KVs and tensor infos, bit flips, inserted bytes, shard
-swaps, deletions and cross-shard duplicates). Case ``i`` of run ``s`` is deterministic.
+swaps, deletions and cross-shard duplicates, and hyper-parameters given hostile values of any
+type: 2^64-1, negative, NaN, strings, arrays of the wrong length). Case ``i`` of run ``s`` is
+deterministic.
 """
 from __future__ import annotations
 
+import math
 import random
 import struct
 from dataclasses import dataclass
@@ -170,6 +173,42 @@ U32_EDGES = (0, 1, 2, 3, 4, 5, 7, 8, 9, 10, 12, 13, 14, 15, 16, 30, 31, 39, 40, 
              (1 << 31) - 1, 1 << 31, (1 << 32) - 1)
 
 
+# Hyper-parameter keys (after "<arch>.") whose values later code uses: a mutation gives one a
+# hostile value of any GGUF type (2^64-1, negative, NaN, a string, an array of the wrong length).
+HPARAM_KEYS = ("block_count", "embedding_length", "attention.head_count", "attention.head_count_kv", "vocab_size",
+               "expert_count", "expert_used_count", "context_length", "feed_forward_length",
+               "attention.key_length", "attention.value_length", "attention.kv_lora_rank", "nextn_predict_layers",
+               "attention.sliding_window", "attention.sliding_window_pattern", "rope.dimension_count",
+               "expert_feed_forward_length", "leading_dense_block_count", "ssm.inner_size", "ssm.state_size",
+               "ssm.conv_kernel", "attention.key_length_mla")
+_ARRAY_ITEMS = {4: ("<I", (0, 1, 2, 4, 8, 64, (1 << 32) - 1)), 10: ("<Q", (0, 1, 8, (1 << 64) - 1)),
+                5: ("<i", (-1, 0, 1, 8)), 7: ("<?", (False, True))}
+
+
+def _hostile_kv(rnd: random.Random, key: bytes) -> bytes:
+    """One KV: ``key`` with a value of a random GGUF type, chosen at the edges."""
+    vt = rnd.choice((4, 4, 10, 10, 5, 12, 6, 8, 9, 9, 7))
+    if vt == 4:
+        body = struct.pack("<I", rnd.choice(U32_EDGES))
+    elif vt == 10:
+        body = struct.pack("<Q", rnd.choice(U64_EDGES))
+    elif vt == 5:
+        body = struct.pack("<i", rnd.choice((-1, -(1 << 31), 0, 1, 3)))
+    elif vt in (12, 6):
+        body = struct.pack("<d" if vt == 12 else "<f", rnd.choice((math.nan, math.inf, -0.0, 2.0, 1e30)))
+    elif vt == 8:
+        text = rnd.choice((b"", b"abc", b"12", b"\xff\xfe"))
+        body = struct.pack("<Q", len(text)) + text
+    elif vt == 9:
+        et = rnd.choice(tuple(_ARRAY_ITEMS))
+        fmt, items = _ARRAY_ITEMS[et]
+        n = rnd.choice((0, 1, 2, 3, 4, 61, 62, 5000))
+        body = struct.pack("<IQ", et, n) + b"".join(struct.pack(fmt, rnd.choice(items)) for _ in range(n))
+    else:
+        body = b"\x01"
+    return struct.pack("<Q", len(key)) + key + struct.pack("<I", vt) + body
+
+
 def _put(buf: bytearray, off: int, size: int, value: int) -> None:
     if off + size <= len(buf):
         buf[off:off + size] = (value & ((1 << (8 * size)) - 1)).to_bytes(size, "little")
@@ -195,7 +234,7 @@ def _mutate_one(rnd: random.Random, files: list[bytearray], idx: int) -> str:
     if lay is not None:
         ops += ["field"] * 8 + ["truncate_field"] * 2 + ["dup_kv", "dup_tensor", "drop_kv", "drop_tensor",
                                                          "alignment", "magic", "version", "retype_kv",
-                                                         "big_count"]
+                                                         "big_count"] + ["hparam"] * 4
     if len(files) > 1:
         ops += ["swap_shards", "delete_shard", "cross_dup", "copy_shard"]
     op = rnd.choice(ops)
@@ -265,6 +304,22 @@ def _mutate_one(rnd: random.Random, files: list[bytearray], idx: int) -> str:
         s, _, _ = rnd.choice(lay.kvs)
         (klen,) = struct.unpack_from("<Q", buf, s)
         _put(buf, s + 8 + klen, 4, rnd.choice(range(0, 14)))
+    elif op == "hparam":
+        arch = next((k.split(".")[0] for _, _, k in lay.kvs
+                     if "." in k and k.split(".")[0] not in ("general", "tokenizer", "split")), None)
+        if arch is None:
+            return "hparam:skip"
+        key = f"{arch}.{rnd.choice(HPARAM_KEYS)}".encode()
+        found = next(((s_, e_) for s_, e_, k in lay.kvs if k.encode() == key), None)
+        if found is not None and rnd.random() < 0.8:
+            buf[found[0]:found[1]] = _hostile_kv(rnd, key)
+        elif found is None:
+            buf[24:24] = _hostile_kv(rnd, key)
+            _put(buf, 16, 8, int.from_bytes(buf[16:24], "little") + 1)
+        else:
+            s_, e_ = found
+            del buf[s_:e_]
+            _put(buf, 16, 8, int.from_bytes(buf[16:24], "little") - 1)
     elif op == "big_count":
         _put(buf, rnd.choice([8, 16]), 8, rnd.choice([len(buf) // 12, len(buf) // 32, len(buf), 1 << 20, 1 << 40]))
     elif op == "swap_shards":

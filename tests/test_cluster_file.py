@@ -57,7 +57,7 @@ name = "RPC0"
 kind = "rpc"
 catalog = "rtx 3090"
 memory_gib = 23.5
-endpoint = "[fe80::1]:50052"
+endpoint = "192.168.7.20:50052"
 
 [[devices]]
 name = "CUDA0"
@@ -96,9 +96,9 @@ def test_valid_file(tmp_path: Path) -> None:
     assert [d.name for d in cluster.gpus] == ["RPC0", "CUDA0", "CUDA1"]
 
     rpc = cluster.by_name("RPC0")
-    assert rpc.kind == "rpc" and rpc.model == "RTX 3090" and rpc.endpoint == "[fe80::1]:50052"
+    assert rpc.kind == "rpc" and rpc.model == "RTX 3090" and rpc.endpoint == "192.168.7.20:50052"
     assert rpc.memory_bytes == int(23.5 * GiB) and rpc.bandwidth_gbs == 936.0 and rpc.tflops == 142.0
-    assert rpc.host == "fe80::1"
+    assert rpc.host == "192.168.7.20"
     assert rpc.link_gbs == DEFAULT_RPC_LINK_GBS
     assert rpc.link_latency_us == DEFAULT_RPC_LATENCY_US
     assert rpc.source["memory"] == "file" and rpc.source["bandwidth"] == "catalog"
@@ -278,7 +278,7 @@ def test_bad_endpoints(tmp_path: Path, endpoint: str) -> None:
 
 @pytest.mark.parametrize(("endpoint", "host"), [("10.0.0.2:50052", "10.0.0.2"),
                                                 ("gpu-box.lan:1", "gpu-box.lan"),
-                                                ("localhost:50052", "local"), ("[::1]:9", "local")])
+                                                ("localhost:50052", "local"), ("127.0.0.1:9", "local")])
 def test_good_endpoints(tmp_path: Path, endpoint: str, host: str) -> None:
     path = write(tmp_path, "[[devices]]\nname = 'RPC0'\nkind = 'rpc'\ncatalog = 'L4'\n"
                            f"endpoint = '{endpoint}'\n")

@@ -31,7 +31,8 @@ from ..cost import Context, CostModel, Placement, SpeedParams
 from ..devices import Cluster, resolve_cluster
 from ..errors import InvalidArgumentError
 from ..model import ModelProfile, load_model
-from .records import placement_from_dict
+from ..validate import file_component, read_file
+from .records import check_record, placement_from_dict
 
 FIT_NAMES = ("gpu_bw_eff", "cpu_bw_eff", "gpu_compute_eff", "cpu_tflops_per_core", "split_s", "stream_eff")
 BOUNDS = {
@@ -88,26 +89,59 @@ def predict_point(pt: Point, params: SpeedParams) -> float:
     return pred.tg_tps if pt.kind == "tg" else pred.pp_tps
 
 
+# A header-only GGUF with a full tokenizer is ~10 MiB; decompressing stops well past that.
+MAX_HEADER_BYTES = 1 << 28
+
+
 def _resolve_model(name: str, search: Sequence[Path], models: dict[str, str]) -> ModelProfile:
     if name in models:
         return load_model(models[name])
+    file_component(name, "record model name")  # joined to the search folders below
     for d in search:
         for cand in (d / f"{name}.hdr.gguf", d / f"{name}.gguf"):
             if cand.exists():
                 return load_model(cand)
         xz = d / f"{name}.hdr.gguf.xz"
         if xz.exists():
-            out = Path(tempfile.gettempdir()) / f"omni_place_{name}_{xz.stat().st_size}.hdr.gguf"
-            if not out.exists():
-                out.write_bytes(lzma.decompress(xz.read_bytes()))
-            return load_model(out)
+            return _load_xz_header(xz)
     raise InvalidArgumentError(f"no GGUF (header) for model {name!r} in {', '.join(map(str, search))}",
                                hint=f"pass --model {name}=PATH (a header-only GGUF is enough)")
+
+
+def _load_xz_header(xz: Path) -> ModelProfile:
+    """The profile of an xz-compressed header: streamed into a file in a private temporary folder
+    (``mkdtemp``: mode 0700, a fresh name) with at most MAX_HEADER_BYTES written, read, and
+    removed with its folder whatever happens."""
+    packed = read_file(xz, limit=MAX_HEADER_BYTES, what="compressed header")
+    with tempfile.TemporaryDirectory(prefix="omni_place-") as folder:
+        out = Path(folder) / xz.name.removesuffix(".xz")
+        dec = lzma.LZMADecompressor()
+        written = 0
+        try:
+            with open(out, "xb") as fh:
+                chunk = dec.decompress(packed, max_length=1 << 20)
+                while True:
+                    written += len(chunk)
+                    if written > MAX_HEADER_BYTES:
+                        raise InvalidArgumentError(f"{xz}: decompresses to more than {MAX_HEADER_BYTES} bytes, "
+                                                   "more than any GGUF header",
+                                                   hint="compress the header-only GGUF, not the whole model")
+                    fh.write(chunk)
+                    if dec.eof or (dec.needs_input and not chunk):
+                        break
+                    chunk = dec.decompress(b"", max_length=1 << 20)
+        except lzma.LZMAError as err:
+            raise InvalidArgumentError(f"{xz}: not a valid .xz file ({err})",
+                                       hint="re-create it with `xz -k NAME.hdr.gguf`") from None
+        if not dec.eof:
+            raise InvalidArgumentError(f"{xz}: the .xz stream is truncated", hint="re-create it with `xz -k`")
+        return load_model(out)
 
 
 def _resolve_cluster(rig: str, search: Sequence[Path], clusters: dict[str, str]) -> Cluster:
     if rig in clusters:
         return resolve_cluster(clusters[rig])
+    file_component(rig, "record rig name")  # joined to the search folders below
     for d in search:
         cand = d / f"{rig}.toml"
         if cand.exists():
@@ -125,7 +159,8 @@ def points_from_records(records: Sequence[dict[str, Any]], *, search: Sequence[P
     mcache: dict[str, ModelProfile] = {}
     ccache: dict[str, Cluster] = {}
     out = []
-    for r in records:
+    for i, r in enumerate(records):
+        check_record(r, f"record #{i + 1}")
         if r.get("status") != "ok" or not r.get("avg_ts") or not r.get("placement"):
             continue
         name, rig = str(r.get("model", "")), str(r.get("rig", ""))
@@ -135,10 +170,17 @@ def points_from_records(records: Sequence[dict[str, Any]], *, search: Sequence[P
             ccache[rig] = _resolve_cluster(rig, search, clusters)
         test = str(r["test"])
         kind = "pp" if test.startswith("pp") and "+" not in test else "tg"
-        ctx = int(r.get("n_prompt", 512)) + int(r.get("n_gen", 64))
-        out.append(Point(r, mcache[name], ccache[rig], placement_from_dict(r["placement"]), kind,
-                         float(r["avg_ts"]), ctx, int(r.get("ubatch", 512))))
+        ctx = max(1, _count(r, "n_prompt", 512) + _count(r, "n_gen", 64))
+        where = f"record {name}/{rig}/{r['engine']}/{r['config']}/{test}"
+        placement = placement_from_dict(r["placement"], mcache[name], ccache[rig], where)
+        out.append(Point(r, mcache[name], ccache[rig], placement, kind, float(r["avg_ts"]), ctx,
+                         _count(r, "ubatch", 512)))
     return out
+
+
+def _count(r: dict[str, Any], key: str, default: int) -> int:
+    v = r.get(key)
+    return default if v is None else int(v)
 
 
 def fit_params(points: Sequence[Point], base: SpeedParams | None = None,

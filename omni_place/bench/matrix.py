@@ -40,7 +40,7 @@ def _evaluate(model: ModelProfile, cluster: Cluster, engine: str, argv: Sequence
               params: Any) -> dict[str, Any]:
     """omni_place's price of a llama-bench flag set in ``engine``'s dialect (an error entry
     when omni_place cannot price it)."""
-    full = list(argv) + ["-c", str(ctx), "-ub", str(ubatch)]
+    full = list(argv) + ["-ub", str(ubatch)]  # llama-bench has no -c: the context is ``ctx``
     try:
         return _prediction(evaluate(model, cluster, full, ctx=ctx, params=params, engine=engine, tool="bench"))
     except Exception as err:  # noqa: BLE001 - an unpriceable recipe is still benchmarked

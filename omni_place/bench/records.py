@@ -2,19 +2,19 @@
 comparison table with the targets."""
 from __future__ import annotations
 
-import json
 import os
 import shlex
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..cost import Context, CostModel, DeviceUsage, Placement, Prediction
+from ..cost import CPU, EXPERT_KINDS, Context, CostModel, DeviceUsage, Placement, Prediction
 from ..devices import Cluster
 from ..engines import BENCH_ENGINES
 from ..errors import InvalidArgumentError
 from ..model import ModelProfile, load_model
 from ..units import GiB
+from ..validate import decode_text, file_component, flag, integer, load_json, number, read_file, show, text
 from .logread import placement_from_log
 from .run import CONFIG_ORDER, OK
 
@@ -35,9 +35,31 @@ def placement_to_dict(p: Placement) -> dict[str, Any]:
             "cpu_experts": [sorted(k) for k in p.cpu_experts], "output": p.output}
 
 
-def placement_from_dict(d: dict[str, Any]) -> Placement:
-    return Placement(tuple(d["order"]), tuple(d["layer_home"]), tuple(frozenset(k) for k in d["cpu_experts"]),
-                     d["output"])
+def placement_from_dict(d: dict[str, Any], model: ModelProfile | None = None, cluster: Cluster | None = None,
+                        where: str = "placement") -> Placement:
+    """A Placement from its dict (:func:`placement_to_dict`). With ``model`` and ``cluster`` it is
+    checked against them: one home and one expert set per layer slot, every device named in
+    the cluster, expert kinds the cost model knows (InvalidArgumentError naming ``where``)."""
+    p = Placement(tuple(d["order"]), tuple(d["layer_home"]), tuple(frozenset(k) for k in d["cpu_experts"]),
+                  d["output"])
+    if model is None or cluster is None:
+        return p
+    names = {dev.name for dev in cluster.gpus}
+    problem = None
+    if len(p.layer_home) != model.n_layer or len(p.cpu_experts) != model.n_layer:
+        problem = (f"{len(p.layer_home)} layer homes and {len(p.cpu_experts)} expert sets for a model of "
+                   f"{model.n_layer} layer slots")
+    elif len(set(p.order)) != len(p.order) or not set(p.order) <= names:
+        problem = f"device order {show(list(p.order), 200)} is not a list of this cluster's accelerators"
+    elif not set(p.layer_home) | {p.output} <= names | {CPU}:
+        unknown = sorted((set(p.layer_home) | {p.output}) - names - {CPU})
+        problem = f"it names devices the cluster does not have: {show(unknown, 200)}"
+    elif not set().union(*p.cpu_experts) <= set(EXPERT_KINDS):
+        problem = f"unknown expert kinds {show(sorted(set().union(*p.cpu_experts) - set(EXPERT_KINDS)), 200)}"
+    if problem:
+        raise InvalidArgumentError(f"{where}: the placement does not fit the model and cluster: {problem}",
+                                   hint="pass the model and cluster the records were measured with")
+    return p
 
 
 def price_placement(model: ModelProfile, cluster: Cluster, placement: Placement, *, ctx: int, ubatch: int,
@@ -55,7 +77,10 @@ def attach_placements(records: list[dict[str, Any]], model: str | ModelProfile, 
     cache: dict[str, Any] = {}
     for r in records:
         name = r.get("log")
-        if not name or log_dir is None or not (log_dir / name).exists():
+        if not name or log_dir is None:
+            continue
+        file_component(name, "record log", error=InvalidArgumentError)  # joined to log_dir
+        if not (log_dir / name).exists():
             continue
         if name not in cache:
             text = (log_dir / name).read_text(errors="replace")
@@ -72,25 +97,86 @@ def attach_placements(records: list[dict[str, Any]], model: str | ModelProfile, 
     return records
 
 
+MAX_RECORDS_BYTES = 1 << 28  # a bench of thousands of runs is a few MiB
+MAX_TPS = 1e9  # tokens per second beyond any machine
+_RECORD_HINT = "records come from `omni-place bench` / benchmarks/engine_compare.py"
+# Keys later code reads, by type: text, counts, speeds (finite, >= 0, or null), lists of text.
+_TEXT_KEYS = ("engine", "status", "config", "test", "model", "rig", "log", "schema", "cluster", "command")
+_INT_KEYS = {"n_prompt": (0, 1 << 20), "n_gen": (0, 1 << 20), "ubatch": (1, 65536), "attempt": (0, 1 << 20),
+             "threads": (0, 1 << 16)}
+_SPEED_KEYS = ("avg_ts", "stddev_ts")
+_NULLABLE = ("log", "threads")  # a run without a log file; the engine's default thread count
+_PRICE_KEYS = ("predicted", "as_run")
+
+
+def check_record(rec: Any, where: str) -> dict[str, Any]:
+    """A bench record with every key the harness reads checked for type and range (one error
+    naming ``where`` and the key). ``placement`` is checked for shape here and against the model
+    and cluster by :func:`placement_from_dict`."""
+    def bad(message: str) -> InvalidArgumentError:
+        return InvalidArgumentError(f"{where}: {message}", hint=_RECORD_HINT)
+
+    if not isinstance(rec, dict) or not all(k in rec for k in ("engine", "status", "config", "test")):
+        raise bad("not an omni_place bench record (an object with engine, status, config and test)")
+    for key in _TEXT_KEYS:
+        if key in rec and (rec[key] is not None or key not in _NULLABLE):
+            text(rec[key], key, max_len=4096, error=bad)
+    for key, (lo, hi) in _INT_KEYS.items():
+        if key in rec and (rec[key] is not None or key not in _NULLABLE):
+            integer(rec[key], key, lo=lo, hi=hi, error=bad)
+    for key in _SPEED_KEYS:
+        if rec.get(key) is not None:
+            number(rec[key], key, lo=0.0, hi=MAX_TPS, error=bad)
+    if rec.get("argv") is not None and (not isinstance(rec["argv"], list)
+                                        or not all(isinstance(a, str) for a in rec["argv"])):
+        raise bad(f"argv must be a list of strings (got {show(rec['argv'])})")
+    if rec.get("env") is not None and (not isinstance(rec["env"], dict)
+                                       or not all(isinstance(v, str) for v in rec["env"].values())):
+        raise bad(f"env must map names to strings (got {show(rec['env'])})")
+    for key in _PRICE_KEYS:
+        price_ = rec.get(key)
+        if price_ is None:
+            continue
+        if not isinstance(price_, dict):
+            raise bad(f"{key} must be an object (got {show(price_)})")
+        if price_.get("feasible") is not None:
+            flag(price_["feasible"], f"{key}.feasible", error=bad)
+        for k in ("tg_tps", "pp_tps"):
+            if price_.get(k) is not None:
+                number(price_[k], f"{key}.{k}", lo=0.0, hi=MAX_TPS, error=bad)
+    placement = rec.get("placement")
+    if placement is not None:
+        if not isinstance(placement, dict) or any(k not in placement for k in ("order", "layer_home",
+                                                                                 "cpu_experts", "output")):
+            raise bad("placement must be an object with order, layer_home, cpu_experts and output")
+        for key in ("order", "layer_home"):
+            if not isinstance(placement[key], list) or not all(isinstance(x, str) for x in placement[key]):
+                raise bad(f"placement.{key} must be a list of device names")
+        if not isinstance(placement["cpu_experts"], list) or not all(
+                isinstance(k, list) and all(isinstance(x, str) for x in k) for k in placement["cpu_experts"]):
+            raise bad("placement.cpu_experts must be a list of lists of expert kinds")
+        text(placement["output"], "placement.output", max_len=64, error=bad)
+    return rec
+
+
 def load_records(paths: Sequence[str | os.PathLike[str]]) -> list[dict[str, Any]]:
-    """Records from JSONL files (one record per line; blank lines skipped)."""
+    """Records from JSONL files (one record per line; blank lines skipped), each checked by
+    :func:`check_record`. Files are read as regular files of at most MAX_RECORDS_BYTES (a FIFO,
+    ``/dev/zero`` or a binary file is an error, not a hang), each line as strict JSON."""
     out: list[dict[str, Any]] = []
     for p in paths:
         path = Path(p)
-        if not path.exists():
+        if not os.path.lexists(path):
             raise InvalidArgumentError(f"no records file {path}",
                                        hint="pass the records.jsonl that `omni-place bench` wrote")
-        for i, line in enumerate(path.read_text().splitlines(), 1):
+        raw = read_file(path, limit=MAX_RECORDS_BYTES, what="records file")
+        for i, line in enumerate(decode_text(raw, f"records file {path}").splitlines(), 1):
             if not line.strip():
                 continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise InvalidArgumentError(f"{path}:{i}: not a JSON record: {err.msg}") from None
-            if not isinstance(rec, dict) or "engine" not in rec or "status" not in rec:
-                raise InvalidArgumentError(f"{path}:{i}: not an omni_place bench record",
-                                           hint="records come from `omni-place bench` / benchmarks/engine_compare.py")
-            out.append(rec)
+            where = f"{path}:{i}"
+            rec = load_json(line, f"record {where}",
+                            error=lambda m: InvalidArgumentError(m, hint=_RECORD_HINT))
+            out.append(check_record(rec, where))
     return out
 
 

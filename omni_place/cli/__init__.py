@@ -13,6 +13,7 @@ import click
 
 from .. import __version__
 from ..errors import OmniPlaceError
+from ..termtext import printable
 
 
 # command name -> the module that defines it (imported only when the command runs, so that
@@ -20,6 +21,7 @@ from ..errors import OmniPlaceError
 COMMANDS = {
     "plan": "plan_cmd", "check": "plan_cmd", "inspect": "inspect_cmd", "devices": "devices_cmd",
     "verify": "verify_cmd", "rpc-server": "rpc_cmd", "env": "env_cmd", "bench": "bench_cmd", "calibrate": "bench_cmd",
+    "compare": "compare_cmd",
 }
 
 
@@ -46,20 +48,21 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cli.main(args=argv, prog_name="omni-place", standalone_mode=False)
     except OmniPlaceError as err:
-        click.echo(f"error: {err.message}", err=True)
+        # a message may quote a name from a file: escaped, it stays one line and drives no terminal
+        click.echo(printable(f"error: {err.message}"), err=True)
         if err.hint:
-            click.echo(f"hint: {err.hint}", err=True)
+            click.echo(printable(f"hint: {err.hint}"), err=True)
         return err.exit_code
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         return 130
     except click.UsageError as err:
-        click.echo(f"error: {err.format_message()}", err=True)
+        click.echo(printable(f"error: {err.format_message()}"), err=True)
         command = err.ctx.command_path if err.ctx is not None else "omni-place"
         click.echo(f"hint: see `{command} --help`", err=True)
         return 2
     except click.ClickException as err:
-        click.echo(f"error: {err.format_message()}", err=True)
+        click.echo(printable(f"error: {err.format_message()}"), err=True)
         return err.exit_code
     except click.exceptions.Exit as err:
         return err.exit_code

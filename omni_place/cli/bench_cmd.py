@@ -12,6 +12,7 @@ from .. import bench
 from ..engines import BENCH_ENGINES, engine_of_binary
 from ..errors import InvalidArgumentError
 from . import cli
+from .params import FiniteFloat
 from .plan_cmd import _cluster_spec, cluster_option
 
 
@@ -58,7 +59,7 @@ def _binaries(values: tuple[str, ...]) -> dict[str, str]:
 @click.option("--objective", default="tg", show_default=True, help="omni_place's objective: tg, pp or a weight.")
 @click.option("--config", "configs", multiple=True, type=click.Choice(list(bench.CONFIG_ORDER)),
               help="Run only these configurations (repeatable; default all).")
-@click.option("--timeout", type=click.FloatRange(1, None), default=900, show_default=True,
+@click.option("--timeout", type=FiniteFloat(1, 86400), default=900, show_default=True,
               help="Seconds before one llama-bench run is stopped (recorded as failed).")
 @click.option("--plot", is_flag=True, help="Also write chart_tg.svg and chart_pp.svg.")
 def bench_cmd(model: str, binaries: tuple[str, ...], cluster_file: str | None, preset: str | None, out_dir: str,

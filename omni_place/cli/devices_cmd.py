@@ -8,6 +8,7 @@ import click
 
 from ..devices import Cluster, Device, discover, list_presets, load_cluster, load_preset
 from ..errors import InvalidArgumentError
+from ..termtext import printable
 from . import cli
 
 GIB = 1 << 30
@@ -59,9 +60,9 @@ def format_table(cluster: Cluster) -> str:
     header = ("NAME", "KIND", "MODEL", "FREE/TOTAL GiB", "BW GB/s", "TFLOPS", "LINK", "PEER", "SOURCE")
     rows: list[Sequence[str]] = [header]
     for dev in cluster.devices:
-        rows.append((dev.name, dev.kind, _model(dev), f"{_gib(dev.free_bytes)}/{_gib(dev.total_bytes)}",
-                     _number(dev.bandwidth_gbs), _number(dev.tflops), _link(dev), _peer(dev),
-                     _source(dev)))
+        fields = (dev.name, dev.kind, _model(dev), f"{_gib(dev.free_bytes)}/{_gib(dev.total_bytes)}",
+                 _number(dev.bandwidth_gbs), _number(dev.tflops), _link(dev), _peer(dev), _source(dev))
+        rows.append([printable(c) for c in fields])  # names and models come from cluster files
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     right = {3, 4, 5}  # numeric columns
     lines = []
@@ -70,7 +71,7 @@ def format_table(cluster: Cluster) -> str:
                  for i, (cell, w) in enumerate(zip(row, widths, strict=True))]
         lines.append("  ".join(cells).rstrip())
     title = f"cluster: {cluster.name}" + (f" -- {cluster.description}" if cluster.description else "")
-    return "\n".join([title, *lines])
+    return "\n".join([printable(title), *lines])
 
 
 @cli.command("devices")
@@ -144,7 +145,7 @@ def devices_command(cluster_file: str | None, preset: str | None, measure: bool,
     """
     if list_presets_:
         for name in list_presets():
-            click.echo(f"{name:<16} {load_preset(name).description}")
+            click.echo(printable(f"{name:<16} {load_preset(name).description}"))
         return
     if cluster_file is not None and preset is not None:
         raise InvalidArgumentError("--cluster and --preset are mutually exclusive",
@@ -163,4 +164,4 @@ def devices_command(cluster_file: str | None, preset: str | None, measure: bool,
         return
     click.echo(format_table(cluster))
     for note in notes:
-        click.echo(f"note: {note}", err=True)
+        click.echo(printable(f"note: {note}"), err=True)

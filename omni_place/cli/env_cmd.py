@@ -11,6 +11,7 @@ from typing import Any
 import click
 
 from .. import __version__
+from ..termtext import printable
 from . import cli
 
 GIB = 1 << 30
@@ -109,4 +110,4 @@ def env_cmd(fmt: str) -> None:
     lines.append("reference models: " + ", ".join(info["reference_models"]) + f" (cache {info['reference_cache']})")
     if info["env"]:
         lines.append("environment: " + " ".join(f"{k}={v}" for k, v in info["env"].items()))
-    click.echo("\n".join(lines))
+    click.echo("\n".join(printable(line) for line in lines))  # paths and variables may hold anything

@@ -14,20 +14,17 @@ from ..engines.llama_cpp import FLAG_ALIASES
 from ..errors import InvalidArgumentError, NothingFitsError
 from ..model import KV_TYPES, ModelProfile, load_model
 from ..plan import Plan, evaluate, plan_split
-from ..reference_models import REFERENCE_MODELS, cached_reference_model
+from ..sources import is_header_copy
 from ..report import env_lines, render_plan
+from ..termtext import printable
 from . import cli
 
 DEFAULT_MODEL = "deepseek-v3.2"
 
 
 def resolve_model(model: str | None) -> ModelProfile:
-    """A path to a GGUF, or the name of a shipped header-only reference model."""
-    if model is None:
-        model = DEFAULT_MODEL
-    if not Path(model).exists() and model in REFERENCE_MODELS:
-        return load_model(cached_reference_model(model))
-    return load_model(model)
+    """MODEL in any form :func:`load_model` takes (a path, a shipped name, hf:, a URL, ollama:)."""
+    return load_model(DEFAULT_MODEL if model is None else model)
 
 
 def cluster_option(f):  # noqa: ANN001, ANN201 - click decorator
@@ -46,8 +43,14 @@ def _cluster_spec(cluster_file: str | None, preset: str | None) -> str:
 def _emit(plan: Plan, fmt: str, tool: str) -> None:
     if fmt == "json":
         click.echo(plan.to_json())
-    elif fmt == "args":
+    elif fmt == "args":  # shell words: for eval, or to paste; $(...) alone would keep the quotes
         click.echo(shlex.join(plan.args(tool)))
+    elif fmt == "argv":  # one argument per line: mapfile -t / xargs -d '\n' take them as they are
+        args = plan.args(tool)
+        if any("\n" in a for a in args):
+            raise InvalidArgumentError("a flag of this plan holds a newline, which --format argv cannot carry",
+                                       hint="use --format args with eval, or --format json")
+        click.echo("\n".join(args))
     elif fmt == "env":
         click.echo("\n".join(env_lines(plan)))
     else:
@@ -93,7 +96,8 @@ def exec_argv(plan: Plan, engine_argv: list[str], model_path: Path | None) -> tu
     head = [engine]
     if "model" not in user_keys:
         if model_path is None:
-            raise InvalidArgumentError("the plan is for a shipped header-only model: the engine needs the real file",
+            raise InvalidArgumentError("the plan is for a header-only model (shipped or remote): the engine "
+                                       "needs the real file",
                                        hint="give the .gguf as MODEL, or pass -m /path/to/model.gguf after --")
         head += ["-m", str(model_path)]
     return head + kept + user, notes
@@ -117,7 +121,9 @@ def exec_argv(plan: Plan, engine_argv: list[str], model_path: Path | None) -> tu
                    "refusing the plan.")
 @click.option("--tool", type=click.Choice(["server", "bench"]), default="server", show_default=True,
               help="Flag dialect for --format args: llama-server/cli or llama-bench.")
-@click.option("--format", "fmt", type=click.Choice(["text", "args", "json", "env"]), default="text", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["text", "args", "argv", "json", "env"]), default="text",
+              show_default=True, help="args: the flags as shell words (eval-safe); argv: one flag per line "
+                                      "(mapfile -t); json: everything; env: LLAMA_ARG_* variables.")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False),
               help="Also write the plan as an SVG picture (memory bars, layer map, speed).")
 @click.option("--verify", "do_verify", is_flag=True,
@@ -132,24 +138,33 @@ def plan_cmd(model: str | None, cluster_file: str | None, preset: str | None, ct
              plot_path: str | None, do_verify: bool, do_exec: bool, allow_paging: bool, certify_plan: bool) -> None:
     """Print the fastest placement of MODEL that fits, with exact flags and predicted tok/s.
 
-    MODEL is a .gguf (any shard of a split model; a header-only file works) or the name of a
-    shipped header-only reference model: deepseek-v3.2 (the default), deepseek-v3,
-    qwen3-235b-a22b, glm-4.6, gpt-oss-120b, llama-3.3-70b. Devices come from --cluster, --preset
+    MODEL is a .gguf (any shard of a split model; a header-only file works),
+    hf:OWNER/REPO[:QUANT|/PATH.gguf][@REVISION] or an https URL (only the shards' headers are
+    read, a few MB each, and cached), ollama:NAME[:TAG], or the name of a shipped header-only
+    reference model: deepseek-v3.2 (the default), deepseek-v3, qwen3-235b-a22b, glm-4.6,
+    gpt-oss-120b, llama-3.3-70b. Devices come from --cluster, --preset
     or, by default, NVML discovery plus this CPU.
 
     --exec runs `ENGINE -m MODEL <plan flags> <your args>` in place of omni-place (nothing is
     written). Your own flags win: a plan flag you also give is dropped (a note says which).
+
+    To splice the flags into your own command, take them one per line (--format argv) or let
+    the shell parse the quoted words (--format args with eval); a bare $(... --format args)
+    would pass the quotes around -ot to the engine.
 
     Exit codes: 0 a plan, 2 bad input, 3 nothing fits (the message says what is missing).
 
     \b
     Examples:
       omni-place plan --preset seed
+      omni-place plan hf:unsloth/DeepSeek-V3.1-GGUF:Q4_K_M --preset seed
       omni-place plan model.gguf --cluster rig.toml --ctx 32768 --format args
       omni-place plan --preset seed --plot plan.svg
       omni-place plan model.gguf --cluster rig.toml --verify
       omni-place plan model.gguf --preset seed --exec -- llama-server --port 8080
-      llama-server -m model.gguf $(omni-place plan model.gguf --preset seed --format args)
+      mapfile -t flags < <(omni-place plan model.gguf --preset seed --format argv)
+      llama-server -m model.gguf "${flags[@]}"
+      eval "llama-server -m model.gguf $(omni-place plan model.gguf --preset seed --format args)"
     """
     engine_argv: list[str] | None = click.get_current_context().meta.get("omni_place.engine_argv")
     if engine_argv is not None and not do_exec:
@@ -158,6 +173,9 @@ def plan_cmd(model: str | None, cluster_file: str | None, preset: str | None, ct
     if do_exec and not engine_argv:
         raise InvalidArgumentError("--exec needs the engine command after --",
                                    hint="e.g. omni-place plan MODEL --exec -- llama-server --port 8080")
+    if do_verify and not traits(engine).libllama:
+        raise InvalidArgumentError(f"--verify loads plans through libllama, which cannot load {engine} plans",
+                                   hint="plan with --engine llama.cpp to verify, or drop --verify")
     if do_exec and not traits(engine).llama_family:
         raise InvalidArgumentError("--exec runs llama.cpp-family engines",
                                    hint="for vLLM use --format env and --format args with `vllm serve`")
@@ -195,12 +213,12 @@ def plan_cmd(model: str | None, cluster_file: str | None, preset: str | None, ct
     if not do_exec:
         _emit(plan, fmt, tool)
         return
-    model_path = Path(model) if model is not None and Path(model).exists() else None
+    model_path = None if is_header_copy(plan.model.path) else plan.model.path
     argv, notes = exec_argv(plan, engine_argv or [], model_path)
     click.echo(render_plan(plan), err=True)
     for n in notes:
-        click.echo(f"omni-place: {n}", err=True)
-    click.echo("omni-place: exec " + shlex.join(argv), err=True)
+        click.echo(printable(f"omni-place: {n}"), err=True)
+    click.echo(printable("omni-place: exec " + shlex.join(argv)), err=True)
     sys.stdout.flush()
     sys.stderr.flush()
     try:
@@ -210,7 +228,22 @@ def plan_cmd(model: str | None, cluster_file: str | None, preset: str | None, ct
                                    hint="check that the engine is an executable llama-server / llama-cli") from None
 
 
-@cli.command("check", context_settings={"ignore_unknown_options": True})
+class _CheckCommand(click.Command):
+    """``check``'s own options before ``--``, the engine's command line after it. An engine flag
+    or an unknown option before ``--`` is an error, never silently ignored or priced as the
+    engine's (``check MODEL --ctx 8192`` would otherwise price the default context)."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        i = args.index("--") if "--" in args else len(args)
+        ctx.meta["omni_place.engine_argv"] = args[i + 1:]
+        for tok in args[:i]:
+            if _flag_key(tok) or tok.partition("=")[0] in ("--ctx", "--ubatch", "--kv-type", "--no-flash-attn"):
+                raise click.UsageError(f"{tok} before `--` is not an option of check: engine flags go after `--` "
+                                       "(e.g. omni-place check MODEL --preset seed -- -c 8192 -ngl 99)", ctx)
+        return super().parse_args(ctx, args[:i])
+
+
+@cli.command("check", cls=_CheckCommand)
 @click.argument("model")
 @cluster_option
 @click.option("--engine", type=click.Choice(list(LLAMA_FAMILY)), default="llama.cpp", show_default=True,
@@ -221,12 +254,16 @@ def plan_cmd(model: str | None, cluster_file: str | None, preset: str | None, ct
 @click.option("--allow-paging", is_flag=True,
               help="Let CPU-held weights beyond RAM page from disk (mmap; priced at the CPU's disk_gbs) instead of "
                    "refusing the plan.")
-@click.argument("engine_args", nargs=-1, type=click.UNPROCESSED)
 def check_cmd(model: str, cluster_file: str | None, preset: str | None, engine: str, tool: str, fmt: str,
-              allow_paging: bool, engine_args: tuple[str, ...]) -> None:
+              allow_paging: bool) -> None:
     """Will YOUR llama.cpp / ik_llama.cpp command fit, and how fast is it? Prices the placement
     flags after `--` (-ngl, -ts, -dev, -ot, -ncmoe, -cmoe, -c, -ub, -ctk, -ctv, -fa, -sm, --rpc)
     on the cluster.
+
+    Settings the flags leave out are the tool's defaults: no -c (or -c 0) is the model's training
+    context, as llama.cpp does (llama-server's --fit may lower it; give -c N to price another);
+    llama-bench runs -p 512 -n 128 with -fa 0. Flags that do not change placement or memory are
+    listed as not priced (a warning on stderr); values the engine refuses are errors.
 
     Exit 0 when it fits, 3 when a device overflows (named, with the amount), 2 on bad input.
 
@@ -235,8 +272,12 @@ def check_cmd(model: str, cluster_file: str | None, preset: str | None, engine: 
       omni-place check model.gguf --preset seed -- -ngl 99 -ts 75,25 --n-cpu-moe 20 -c 32768
       omni-place check model.gguf --preset seed --engine ik_llama.cpp -- -ngl 999 -ncmoe 30 -c 32768
     """
-    plan = evaluate(resolve_model(model), _cluster_spec(cluster_file, preset), list(engine_args),
+    engine_args: list[str] = click.get_current_context().meta.get("omni_place.engine_argv") or []
+    plan = evaluate(resolve_model(model), _cluster_spec(cluster_file, preset), engine_args,
                     engine=engine, tool=tool, allow_paging=allow_paging)
+    for a in plan.assumptions:
+        if a.startswith("not priced"):
+            click.echo(printable(f"warning: {a}"), err=True)
     _emit(plan, fmt, tool)
     if not plan.feasible:
         raise NothingFitsError("; ".join(plan.notes),

@@ -8,6 +8,10 @@ import click
 from ..llama.rpc import DEFAULT_PORT, is_loopback, serve, server_host
 from ..units import GiB
 from . import cli
+from .params import FiniteFloat
+
+MAX_MEM_GIB = 1 << 20  # 1 PiB: the cluster files' bound on a device's memory_gib
+MAX_THREADS = 4096  # the cluster files' bound on a CPU's threads
 
 
 @cli.command("rpc-server")
@@ -20,13 +24,13 @@ from . import cli
 @click.option("--port", type=click.IntRange(1, 65535), default=DEFAULT_PORT, show_default=True)
 @click.option(
     "--threads",
-    type=click.IntRange(min=1),
+    type=click.IntRange(1, MAX_THREADS),
     default=None,
     help="CPU threads for the served device  [default: half the cores]",
 )
 @click.option(
     "--mem-gib",
-    type=click.FloatRange(min=0, min_open=True),
+    type=FiniteFloat(0, MAX_MEM_GIB, lo_open=True),
     default=None,
     help="Memory (GiB) to advertise to clients instead of the host's RAM. Clients split layers by "
     "it; the server does not enforce it.",

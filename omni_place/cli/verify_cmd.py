@@ -7,8 +7,8 @@ the engine did. Exit 0 when everything matches, 4 when the engine disagrees, 2 o
 """
 from __future__ import annotations
 
-import json
 import os
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -16,36 +16,68 @@ import click
 
 from ..engines import DIALECTS
 from ..errors import ClusterError, InvalidArgumentError
+from ..hparams import MAX_CONTEXT
+from ..validate import decode_text, dump_json, integer, load_json, read_file, show, text
 from . import cli
+from .params import FiniteFloat
 
-_REQUIRED = ("engine", "model", "args")
+_PLAN_HINT = "pass the output of `omni-place plan ... --format json`"
+MAX_PLAN_BYTES = 1 << 24  # a plan of 512 layers on 64 devices is well under 1 MiB
+MAX_BYTES = 1 << 62
 
 
 def read_plan_json(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """A plan JSON (``Plan.to_dict()``, ``omni-place plan --format json``), checked for the keys
-    verify needs."""
+    """A plan JSON (``Plan.to_dict()``, ``omni-place plan --format json``), every key verify
+    reads checked for type and range: a regular file of at most MAX_PLAN_BYTES (a FIFO or
+    ``/dev/zero`` is refused without blocking), strict JSON (no NaN/Infinity, ``1e400`` or
+    400-digit numbers, bounded nesting)."""
     p = Path(path)
-    try:
-        data = json.loads(p.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InvalidArgumentError(
-            f"plan file not found: {p}",
-            hint="write one with `omni-place plan MODEL ... --format json > plan.json`") from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise InvalidArgumentError(f"cannot read plan file {p}: {err}") from None
-    except json.JSONDecodeError as err:
-        raise InvalidArgumentError(f"{p} is not JSON ({err.msg} at line {err.lineno})",
-                                   hint="pass the output of `omni-place plan ... --format json`") from None
+    bad = partial(InvalidArgumentError, hint=_PLAN_HINT)
+
+    def plan_error(message: str) -> InvalidArgumentError:
+        return bad(f"{p}: {message}")
+
+    raw = read_file(p, limit=MAX_PLAN_BYTES, what="plan file",
+                    error=partial(InvalidArgumentError,
+                                  hint="write one with `omni-place plan MODEL ... --format json > plan.json`"))
+    data = load_json(decode_text(raw, f"plan file {p}", error=bad), f"plan file {p}", error=bad)
     if not isinstance(data, dict):
-        raise InvalidArgumentError(f"{p} is not a plan (a JSON object)",
-                                   hint="pass the output of `omni-place plan ... --format json`")
-    missing = [k for k in _REQUIRED if k not in data]
+        raise bad(f"{p} is not a plan (a JSON object)")
+    missing = [k for k in ("engine", "model", "args") if k not in data]
     if missing:
-        raise InvalidArgumentError(f"{p} is not a plan: no {', '.join(missing)}",
-                                   hint="pass the output of `omni-place plan ... --format json`")
-    if not isinstance(data["args"], list) or not all(isinstance(a, str) for a in data["args"]):
-        raise InvalidArgumentError(f"{p}: 'args' is not a list of flags")
+        raise bad(f"{p} is not a plan: no {', '.join(missing)}")
+    text(data["engine"], "engine", max_len=64, error=plan_error)
+    text(data["model"], "model", error=plan_error)
+    _strings(data["args"], "args", plan_error)
+    for key in ("architecture", "cluster", "output_device"):
+        if data.get(key) is not None:
+            text(data[key], key, max_len=4096, error=plan_error)
+    if data.get("ctx") is not None:
+        integer(data["ctx"], "ctx", lo=1, hi=MAX_CONTEXT, error=plan_error)
+    if "device_order" in data:
+        _strings(data["device_order"], "device_order", plan_error)
+    for key, fields in (("layers", {"device": str}),
+                        ("devices", {"name": str, "weights_bytes": int, "kv_bytes": int, "compute_bytes": int})):
+        if key not in data:
+            continue
+        if not isinstance(data[key], list):
+            raise plan_error(f"{key} must be a list (got {show(data[key])})")
+        for i, entry in enumerate(data[key]):
+            if not isinstance(entry, dict):
+                raise plan_error(f"{key}[{i}] must be an object (got {show(entry)})")
+            for name, kind in fields.items():
+                if entry.get(name) is None:
+                    continue
+                if kind is str:
+                    text(entry[name], f"{key}[{i}].{name}", max_len=4096, error=plan_error)
+                else:
+                    integer(entry[name], f"{key}[{i}].{name}", lo=0, hi=MAX_BYTES, error=plan_error)
     return data
+
+
+def _strings(value: Any, name: str, error: Any) -> None:
+    if not isinstance(value, list) or not all(isinstance(a, str) for a in value):
+        raise error(f"{name} must be a list of strings (got {show(value)})")
 
 
 def _same_model(data: dict[str, Any], model_path: Path, profile: Any) -> bool:
@@ -84,7 +116,8 @@ def plan_from_json(data: dict[str, Any], model: str, cluster: str, source: str =
     verifiable = [name for name, d in DIALECTS.items() if d.traits.libllama]
     if data["engine"] not in verifiable:
         raise InvalidArgumentError(
-            f"{source} is a plan for {data['engine']}; verify loads {', '.join(verifiable)} plans through libllama",
+            f"{source} is a plan for {data['engine']}; verify loads {', '.join(verifiable)} plans "
+            "through libllama",
             hint=f"plan with --engine {verifiable[0]} to verify it through the engine")
     model_path = Path(model)
     if not model_path.is_file():
@@ -99,10 +132,10 @@ def plan_from_json(data: dict[str, Any], model: str, cluster: str, source: str =
     missing = [n for n in planned if n not in names]
     if missing:
         raise ClusterError(
-            f"{source} places the model on {', '.join(missing)}, which cluster {clus.name!r} does not have "
+            f"{source} places the model on {show(', '.join(missing), 200)}, which cluster {clus.name!r} does not have "
             f"(devices: {', '.join(sorted(names))})",
             hint="pass the cluster the plan was made for with --cluster FILE or --preset NAME")
-    ctx = data.get("ctx") if isinstance(data.get("ctx"), int) else None
+    ctx = data.get("ctx")
     plan = evaluate(profile, clus, list(data["args"]), ctx=ctx, engine=data["engine"])
     return plan, expected_from_json(data, plan)
 
@@ -113,7 +146,7 @@ def emit(report: Any, fmt: str, plan: Any = None) -> None:
         doc = report.to_dict()
         if plan is not None:
             doc = {"plan": plan.to_dict(), "verify": doc}
-        click.echo(json.dumps(doc, indent=1))
+        click.echo(dump_json(doc, indent=1))
     else:
         click.echo(report.to_text())
 
@@ -141,7 +174,7 @@ def verify_and_emit(plan: Any, fmt: str = "text", *, dry_run: bool = False, libr
 @click.option("--dry-run", is_flag=True,
               help="Size buffers without allocating (no_alloc): checks placement and compute buffers only.")
 @click.option("--library", help="libllama file or folder (default: OMNI_PLACE_LIBLLAMA, then llama-cpp-python).")
-@click.option("--timeout", type=click.FloatRange(1), default=600, show_default=True,
+@click.option("--timeout", type=FiniteFloat(1, 86400), default=600, show_default=True,
               help="Seconds the engine may take to load.")
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
 def verify_cmd(model: str, plan_file: str, cluster_file: str | None, preset: str | None, dry_run: bool,

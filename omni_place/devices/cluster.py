@@ -10,7 +10,6 @@ in dense FP16 tensor TFLOPS (see ``data/gpu_catalog.toml``).
 from __future__ import annotations
 
 import difflib
-import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
@@ -21,16 +20,19 @@ from typing import Any, Literal
 from ..cpuprobe import DEFAULT_CPU_BANDWIDTH_GBS, cpu_info, measure_disk_read_bandwidth, measure_memory_bandwidth
 from ..errors import ClusterError
 from ..units import GiB, MiB
+from ..validate import choice, flag, integer, number, show, text
 
 __all__ = [
     "DEFAULT_GPU_BANDWIDTH_GBS", "DEFAULT_MARGIN_BYTES", "DEFAULT_PCIE", "DEFAULT_PCIE_LATENCY_US",
-    "DEFAULT_RPC_LATENCY_US", "DEFAULT_RPC_LINK_GBS", "GPU_BACKENDS", "KINDS",
+    "DEFAULT_RPC_LATENCY_US", "DEFAULT_RPC_LINK_GBS", "GPU_BACKENDS", "KINDS", "MAX_ACCELERATORS",
     "Cluster", "Device", "DeviceKind", "list_presets",
 ]
 
 DeviceKind = Literal["gpu", "cpu", "rpc"]
 KINDS: tuple[str, ...] = ("gpu", "cpu", "rpc")
 
+#: The most memory a device may claim (1 PiB; the core counts memory in int64 units).
+MAX_MEMORY_BYTES = 1 << 50
 #: Memory kept free on every device for what no formula sees (CUDA context, cuBLAS workspace).
 DEFAULT_MARGIN_BYTES = 512 * MiB
 #: Assumed latency of a small host<->GPU copy over PCIe, microseconds.
@@ -45,8 +47,13 @@ DEFAULT_GPU_BANDWIDTH_GBS = 300.0
 
 #: ggml backend device-name prefixes for GPUs, in ggml's registration (= default) order.
 GPU_BACKENDS: tuple[str, ...] = ("CUDA", "ROCm", "MTL", "SYCL", "Vulkan", "CANN")
-_GPU_NAME = re.compile(r"(?P<prefix>[A-Za-z]+?)(?P<index>\d+)")
-_RPC_NAME = re.compile(r"RPC(?P<index>\d+)")
+# The engine's names: ASCII digits without leading zeros (ggml prints "CUDA%d"), so CUDA00, a
+# fullwidth CUDA\uff10 or an Arabic-Indic digit is no device of the engine's.
+_GPU_NAME = re.compile(r"(?P<prefix>[A-Za-z]+?)(?P<index>0|[1-9][0-9]{0,3})", re.ASCII)
+_RPC_NAME = re.compile(r"RPC(?P<index>0|[1-9][0-9]{0,3})", re.ASCII)
+#: Accelerators a cluster may have: the C core's OP_MAX_DEVICES (csrc/), checked by cluster files
+#: while they are read (tests/test_cluster_file.py checks the two agree).
+MAX_ACCELERATORS = 64
 
 
 # --------------------------------------------------------------------------------------------
@@ -107,22 +114,35 @@ class Device:
     source: Mapping[str, str] = field(default_factory=dict, hash=False)
 
     def __post_init__(self) -> None:
+        def bad(problem: str) -> ClusterError:
+            return ClusterError(f"device {show(self.name)}: {problem}")
+
+        text(self.name, "name", max_len=128, error=bad)
+        choice(self.kind, "kind", KINDS, error=bad)
+        if integer(self.memory_bytes, "memory_bytes", hi=MAX_MEMORY_BYTES, error=bad) < 1:
+            raise bad(f"memory must be positive (got {self.memory_bytes} bytes)")
+        number(self.bandwidth_gbs, "bandwidth_gbs", lo=0, lo_open=True, hi=1e6, error=bad)
+        integer(self.margin_bytes, "margin_bytes", lo=0, hi=MAX_MEMORY_BYTES, error=bad)
+        for key in ("total_bytes", "free_bytes"):
+            if getattr(self, key) is not None:
+                integer(getattr(self, key), key, lo=0, hi=MAX_MEMORY_BYTES, error=bad)
+        for key in ("tflops", "link_gbs", "disk_gbs"):
+            if getattr(self, key) is not None:
+                number(getattr(self, key), key, lo=0, lo_open=True, hi=1e6, error=bad)
+        if self.link_latency_us is not None:
+            number(self.link_latency_us, "link_latency_us", lo=0, hi=1e7, error=bad)
+        if self.threads is not None:
+            integer(self.threads, "threads", lo=1, hi=4096, error=bad)
+        for key in ("model", "endpoint", "host", "compute_capability", "uuid", "pci_bus_id"):
+            if getattr(self, key) is not None:
+                text(getattr(self, key), key, max_len=300, error=bad)
+        if self.peer_access is not None:
+            flag(self.peer_access, "peer_access", error=bad)
+        if self.kind == "rpc" and not self.endpoint:
+            raise bad("an rpc device needs an endpoint (host:port)")
+        if not isinstance(self.source, Mapping):
+            raise bad(f"source must be a mapping (got {show(self.source)})")
         object.__setattr__(self, "source", MappingProxyType(dict(self.source)))
-        problem = None
-        if self.kind not in KINDS:
-            problem = f"kind {self.kind!r} is not one of {', '.join(KINDS)}"
-        elif not self.memory_bytes > 0:
-            problem = f"memory must be positive (got {self.memory_bytes} bytes)"
-        elif not (self.bandwidth_gbs > 0 and math.isfinite(self.bandwidth_gbs)):
-            problem = f"bandwidth must be positive (got {self.bandwidth_gbs} GB/s)"
-        elif self.margin_bytes < 0:
-            problem = f"margin must not be negative (got {self.margin_bytes} bytes)"
-        elif self.kind == "rpc" and not self.endpoint:
-            problem = "an rpc device needs an endpoint (host:port)"
-        elif self.disk_gbs is not None and not (self.disk_gbs > 0 and math.isfinite(self.disk_gbs)):
-            problem = f"disk bandwidth must be positive (got {self.disk_gbs} GB/s)"
-        if problem:
-            raise ClusterError(f"device {self.name!r}: {problem}")
 
     @property
     def usable_bytes(self) -> int:
@@ -149,8 +169,14 @@ class Cluster:
     notes: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "devices", tuple(self.devices))
-        object.__setattr__(self, "notes", tuple(self.notes))
+        text(self.name, "cluster name", max_len=4096, error=ClusterError)
+        text(self.description, "cluster description", max_len=1 << 16, error=ClusterError)
+        devices = tuple(self.devices) if isinstance(self.devices, (list, tuple)) else None
+        if devices is None or not all(isinstance(d, Device) for d in devices):
+            raise ClusterError(f"cluster {show(self.name)}: devices must be a list of Device objects "
+                               f"(got {show(self.devices)})")
+        object.__setattr__(self, "devices", devices)
+        object.__setattr__(self, "notes", tuple(str(n) for n in self.notes))
         seen: set[str] = set()
         for dev in self.devices:
             if dev.name in seen:

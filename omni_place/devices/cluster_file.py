@@ -7,13 +7,14 @@ Every error names the file and line (tomllib reports no lines for valid TOML, so
 """
 from __future__ import annotations
 
+import bisect
 import difflib
 import ipaddress
-import math
 import os
 import re
 import sys
 from collections.abc import Callable, Sequence
+from functools import partial
 from importlib import resources
 from pathlib import Path
 from types import ModuleType
@@ -25,8 +26,9 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 from ..catalog import PCIE_GBS_PER_LANE, PCIE_WIDTHS, GpuSpec, lookup, pcie_gbs, suggest
-from ..errors import ClusterError
+from ..errors import ClusterError, InvalidArgumentError
 from ..units import GiB, MiB
+from ..validate import decode_text, number, read_file, show, text
 from .cluster import (
     _GPU_NAME,
     _RPC_NAME,
@@ -36,6 +38,7 @@ from .cluster import (
     DEFAULT_RPC_LINK_GBS,
     GPU_BACKENDS,
     KINDS,
+    MAX_ACCELERATORS,
     Cluster,
     Device,
     _cpu_notes,
@@ -71,9 +74,14 @@ _DEVICE_KEYS: dict[str, tuple[type | tuple[type, ...], tuple[str, ...]]] = {
     "peer_access": (bool, ("gpu",)),
 }
 _TYPE_NAMES = {str: "a string", int: "an integer", bool: "true or false", _NUMBER: "a number"}
-_LOOPBACK = {"localhost", "127.0.0.1", "::1"}
-_ENDPOINT = re.compile(r"(?:\[(?P<v6>[^\]]+)\]|(?P<host>[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?))"
-                       r":(?P<port>\d{1,5})")
+_LOOPBACK = {"localhost", "127.0.0.1"}
+_ENDPOINT = re.compile(r"(?:\[(?P<v6>[^\]]+)\]|(?P<host>[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?))"
+                       r":(?P<port>[0-9]{1,5})", re.ASCII)
+#: A cluster file is a few KiB; this bound keeps reading and parsing it well under a second.
+MAX_CLUSTER_BYTES = 1 << 20
+#: Text values: names and hosts are identifiers, descriptions a sentence or two.
+_MAX_TEXT = {"name": 128, "description": 4096, "model": 128, "catalog": 128, "host": 253, "endpoint": 300,
+             "kind": 16}
 _PRESET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
@@ -84,12 +92,17 @@ class _Locator:
 
     def __init__(self, text: str) -> None:
         self.lines = text.splitlines()
-        # (line number, header name, is array-of-tables) of every table header
+        # (line number, header name, is array-of-tables) of every table header; lookups below
+        # use these lists once built, so locating every device's keys is linear in the file
         self.headers: list[tuple[int, str, bool]] = []
         for no, line in enumerate(self.lines, 1):
+            if "[" not in line:
+                continue
             m = self._HEADER.match(line)
             if m:
                 self.headers.append((no, m[2].replace('"', "").replace("'", ""), m[1] == "[["))
+        self.header_lines = [no for no, _, _ in self.headers]
+        self.device_lines = [no for no, name, array in self.headers if array and name == "devices"]
 
     def _key_in(self, key: str, start: int, stop: int) -> int | None:
         pattern = re.compile(rf"\s*(?:{re.escape(key)}|\"{re.escape(key)}\"|'{re.escape(key)}')\s*=")
@@ -105,13 +118,14 @@ class _Locator:
 
     def device(self, index: int) -> int:
         """Line of the ``index``-th ``[[devices]]`` header (or of ``devices =`` when inline)."""
-        found = [no for no, name, array in self.headers if array and name == "devices"]
+        found = self.device_lines
         return found[index] if index < len(found) else self.top_key("devices")
 
     def device_key(self, index: int, key: str) -> int:
         """Line of ``key`` inside the ``index``-th device table (its header line if not found)."""
         start = self.device(index)
-        stop = next((no for no, _, _ in self.headers if no > start), len(self.lines) + 1)
+        after = bisect.bisect_right(self.header_lines, start)
+        stop = self.header_lines[after] if after < len(self.header_lines) else len(self.lines) + 1
         return self._key_in(key, start + 1, stop) or start
 
 
@@ -131,17 +145,21 @@ def _close(word: str, choices: Sequence[str]) -> str:
     return f"did you mean {hits[0]!r}?" if hits else f"valid keys: {', '.join(choices)}"
 
 
-def _parse_endpoint(endpoint: str) -> str | None:
-    """The host of a valid ``host:port`` endpoint, else None."""
+def _parse_endpoint(endpoint: str) -> tuple[str | None, str]:
+    """(host, "") of a valid ``host:port`` endpoint, else (None, why not)."""
     m = _ENDPOINT.fullmatch(endpoint)
     if not m or not 1 <= int(m["port"]) <= 65535:
-        return None
+        return None, "is not host:port"
     if m["v6"] is not None:
         try:
-            return str(ipaddress.IPv6Address(m["v6"]))
+            ipaddress.IPv6Address(m["v6"])
         except ValueError:
-            return None
-    return m["host"]
+            return None, "is not host:port"
+        # ggml-rpc is IPv4 only: the client splits the endpoint at its first ':' and connects
+        # with gethostbyname + AF_INET, rpc-server binds with inet_addr (ggml-rpc.cpp
+        # parse_endpoint, transport.cpp socket_t::connect / create_server)
+        return None, "is an IPv6 address, which llama.cpp's RPC cannot use (IPv4 only)"
+    return m["host"], ""
 
 
 class _FileParser:
@@ -154,6 +172,9 @@ class _FileParser:
     def fail(self, line: int, message: str, hint: str | None = None) -> ClusterError:
         return ClusterError(f"{self.path}:{line}: {message}", hint=hint)
 
+    def _fail_at_key(self, key: str, message: str) -> ClusterError:
+        return self.fail(self.loc.top_key(key), message)
+
     def top_level(self, doc: dict[str, Any]) -> None:
         for key in doc:
             if key not in _TOP_KEYS:
@@ -162,6 +183,8 @@ class _FileParser:
         for key, kind in (("name", str), ("description", str), ("discover", bool)):
             if key in doc and not isinstance(doc[key], kind):
                 raise self.fail(self.loc.top_key(key), f"{key} must be {_TYPE_NAMES[kind]}")
+            if kind is str and key in doc:
+                text(doc[key], key, max_len=_MAX_TEXT[key], error=partial(self._fail_at_key, key))
         devices = doc.get("devices", [])
         if not isinstance(devices, list) or not all(isinstance(t, dict) for t in devices):
             raise self.fail(self.loc.top_key("devices"),
@@ -187,9 +210,14 @@ class _FileParser:
             kind_of_value = _DEVICE_KEYS[key][0]
             is_bool = isinstance(value, bool)
             if not isinstance(value, kind_of_value) or (is_bool and kind_of_value is not bool):
-                raise self.fail(at(key), f"{key} must be {_TYPE_NAMES[kind_of_value]} (got {value!r})")
-            if isinstance(value, float) and not math.isfinite(value):
-                raise self.fail(at(key), f"{key} must be finite (got {value!r})")
+                raise self.fail(at(key), f"{key} must be {_TYPE_NAMES[kind_of_value]} (got {show(value)})")
+
+            def bad(message: str, key: str = key) -> ClusterError:
+                return self.fail(at(key), message)
+            if isinstance(value, str):
+                text(value, key, max_len=_MAX_TEXT[key], error=bad)
+            elif kind_of_value is _NUMBER:
+                number(value, key, error=bad)  # finite and within a float (a 400-digit integer is not)
         name, kind = table["name"], table["kind"]
         if kind not in KINDS:
             raise self.fail(at("kind"), f"device {name!r}: kind {kind!r} is not one of "
@@ -203,13 +231,13 @@ class _FileParser:
             if key in table and not table[key] > 0:
                 raise self.fail(at(key), f"device {name!r}: {key} must be positive (got {table[key]})")
             if key in table and table[key] > _UPPER_BOUNDS[key]:
-                raise self.fail(at(key), f"device {name!r}: {key} = {table[key]:g} is beyond any real device "
+                raise self.fail(at(key), f"device {name!r}: {key} = {show(table[key])} is beyond any real device "
                                 f"(at most {_UPPER_BOUNDS[key]:g})")
         for key in ("link_latency_us", "margin_mib"):
             if key in table and table[key] < 0:
                 raise self.fail(at(key), f"device {name!r}: {key} must not be negative (got {table[key]})")
             if key in table and table[key] > _UPPER_BOUNDS[key]:
-                raise self.fail(at(key), f"device {name!r}: {key} = {table[key]:g} is beyond any real link "
+                raise self.fail(at(key), f"device {name!r}: {key} = {show(table[key])} is beyond any real link "
                                 f"(at most {_UPPER_BOUNDS[key]:g})")
 
         spec = None
@@ -281,10 +309,10 @@ class _FileParser:
         gen = table.get("pcie_gen", spec.pcie_gen if spec else None)
         width = table.get("pcie_width", spec.pcie_width if spec else None)
         if "pcie_gen" in table and gen not in PCIE_GBS_PER_LANE:
-            raise self.fail(at("pcie_gen"), f"pcie_gen {gen} is not a PCIe generation "
+            raise self.fail(at("pcie_gen"), f"pcie_gen {show(gen)} is not a PCIe generation "
                             f"({', '.join(map(str, PCIE_GBS_PER_LANE))})")
         if "pcie_width" in table and width not in PCIE_WIDTHS:
-            raise self.fail(at("pcie_width"), f"pcie_width {width} is not a PCIe lane count "
+            raise self.fail(at("pcie_width"), f"pcie_width {show(width)} is not a PCIe lane count "
                             f"({', '.join(map(str, PCIE_WIDTHS))})")
         if (gen is None) != (width is None):
             key = "pcie_width" if gen is not None else "pcie_gen"
@@ -308,11 +336,12 @@ class _FileParser:
         if "endpoint" not in table:
             raise self.fail(self.loc.device(i), f"rpc device {name!r} has no endpoint",
                             'add `endpoint = "host:port"` (the address rpc-server listens on)')
-        host = _parse_endpoint(table["endpoint"])
+        host, problem = _parse_endpoint(table["endpoint"])
         if host is None:
             raise self.fail(self.loc.device_key(i, "endpoint"),
-                            f"rpc device {name!r}: endpoint {table['endpoint']!r} is not host:port",
-                            'write it as "192.168.1.20:50052" or "[fe80::1]:50052" (port 1-65535)')
+                            f"rpc device {name!r}: endpoint {show(table['endpoint'])} {problem}",
+                            'write it as "192.168.1.20:50052" or "gpu-box.lan:50052" (IPv4 or a host name, '
+                            'port 1-65535)')
         out["endpoint"] = table["endpoint"]
         out.setdefault("host", "local" if host in _LOOPBACK else host)
         out["link_gbs"] = float(table.get("link_gbs", DEFAULT_RPC_LINK_GBS))
@@ -354,17 +383,39 @@ class _FileParser:
 def _parse_cluster(text: str, path: str, *, nvml: ModuleType | Any | None, measure: bool) -> Cluster:
     try:
         doc = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as err:
-        m = re.search(r"\(at line (\d+), column (\d+)\)", str(err))
-        msg = re.sub(r"\s*\(at line \d+, column \d+\)", "", str(err)) or "syntax error"
-        where = f"{m[1]}:{m[2]}" if m else "1"
-        raise ClusterError(f"{path}:{where}: invalid TOML: {msg}",
-                           hint="check the TOML syntax (key = value, [[devices]] headers, quotes)") from None
+    except RecursionError:
+        raise ClusterError(f"{path}: invalid TOML: arrays or tables nest too deeply",
+                           hint="a cluster file nests two levels: [[devices]] tables of keys") from None
+    except ValueError as err:
+        if isinstance(err, tomllib.TOMLDecodeError):
+            raise _toml_error(err, path) from None
+        raise ClusterError(f"{path}: invalid TOML: {err}") from None  # e.g. a 5000-digit integer
     parser = _FileParser(text, path)
     parser.top_level(doc)
-    parsed = [parser.device(i, table) for i, table in enumerate(doc.get("devices", []))]
+    tables = doc.get("devices", [])
+    if len(tables) > MAX_ACCELERATORS + 1:  # before any per-device work: time stays linear
+        raise parser.fail(parser.loc.device(MAX_ACCELERATORS + 1),
+                          f"{len(tables)} devices: a cluster has at most {MAX_ACCELERATORS} accelerators and a CPU",
+                          hint="describe a subset of the machine (llama.cpp itself takes at most 16 GPUs)")
+    parsed = [parser.device(i, table) for i, table in enumerate(tables)]
     parser.check_set(parsed)
+    accelerators = sum(dev["kind"] != "cpu" for dev in parsed)
+    if accelerators > MAX_ACCELERATORS:
+        raise parser.fail(1, f"{accelerators} accelerators: a cluster has at most {MAX_ACCELERATORS}",
+                          hint="describe a subset of the machine (llama.cpp itself takes at most 16 GPUs)")
+    return _build(doc, parser, parsed, nvml=nvml, measure=measure)
 
+
+def _toml_error(err: Exception, path: str) -> ClusterError:
+    m = re.search(r"\(at line (\d+), column (\d+)\)", str(err))
+    msg = re.sub(r"\s*\(at line \d+, column \d+\)", "", str(err)) or "syntax error"
+    where = f"{m[1]}:{m[2]}" if m else "1"
+    return ClusterError(f"{path}:{where}: invalid TOML: {msg}",
+                        hint="check the TOML syntax (key = value, [[devices]] headers, quotes)")
+
+
+def _build(doc: dict[str, Any], parser: _FileParser, parsed: list[dict[str, Any]], *,
+           nvml: ModuleType | Any | None, measure: bool) -> Cluster:
     notes: list[str] = []
     base: list[Device] = []
     if doc.get("discover", False):
@@ -387,7 +438,7 @@ def _parse_cluster(text: str, path: str, *, nvml: ModuleType | Any | None, measu
         notes.append("no cpu device in the file: using this machine's CPU")
     notes += _cpu_notes(cpu)
     devices.append(cpu)
-    name = doc.get("name") or Path(path).stem
+    name = doc.get("name") or Path(parser.path).stem
     return Cluster(name=name, devices=_engine_order(devices),
                    description=doc.get("description", ""), notes=tuple(notes))
 
@@ -405,16 +456,17 @@ def load_cluster(path: str | os.PathLike[str], *, nvml: ModuleType | Any | None 
         ClusterError: the file is missing, not TOML, or describes an impossible machine; the
             message names the file and line.
     """
+    if not isinstance(path, (str, os.PathLike)):
+        raise InvalidArgumentError(f"a cluster file is a path (got {show(path)})")
     p = Path(path)
-    if p.exists() and not p.is_file():
-        raise ClusterError(f"cluster file {p} is not a regular file", hint="give the path of a .toml cluster file")
-    try:
-        text = p.read_text(encoding="utf-8")
-    except FileNotFoundError:
+    if not os.path.lexists(p):
         raise ClusterError(f"cluster file not found: {p}",
-                           hint=f"check the path, or use a preset: {', '.join(list_presets())}") from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise ClusterError(f"cannot read cluster file {p}: {err}") from None
+                           hint=f"check the path, or use a preset: {', '.join(list_presets())}")
+
+    def unreadable(message: str) -> ClusterError:
+        return ClusterError(f"cannot read cluster file: {message}", hint="give the path of a .toml cluster file")
+    text = decode_text(read_file(p, limit=MAX_CLUSTER_BYTES, what="cluster file", error=unreadable),
+                       str(p), error=unreadable)
     return _parse_cluster(text, str(p), nvml=nvml, measure=measure)
 
 
@@ -426,9 +478,11 @@ def load_preset(name: str, *, measure: bool = False) -> Cluster:
         ClusterError: no preset has that name (the message lists the available ones).
     """
     available = list_presets()
+    if not isinstance(name, str):
+        raise InvalidArgumentError(f"a preset name is a string (got {show(name)})")
     if not _PRESET_NAME.fullmatch(name) or name not in available:
         close = difflib.get_close_matches(name, available, n=1)
-        raise ClusterError(f"unknown preset {name!r} (available: {', '.join(available)})",
+        raise ClusterError(f"unknown preset {show(name)} (available: {', '.join(available)})",
                            hint=f"did you mean {close[0]!r}?" if close
                            else "or pass a cluster file with --cluster FILE")
     ref = _preset_dir() / f"{name}.toml"

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import difflib
 import os
-from pathlib import Path
 
 from ..errors import ClusterError, InvalidArgumentError
+from ..validate import show
 from .cluster import Cluster, list_presets
 from .cluster_file import load_cluster, load_preset
 from .nvml import discover
@@ -38,11 +38,11 @@ def resolve_cluster(spec: Cluster | str | os.PathLike[str] = "auto", *, measure:
             f"(got {type(spec).__name__})")
     if spec == "auto":
         return discover(measure=measure)
-    if Path(spec).exists() or spec.endswith(".toml") or os.sep in spec or "/" in spec:
+    if os.path.lexists(spec) or spec.endswith(".toml") or os.sep in spec or "/" in spec:
         return load_cluster(spec, measure=measure)
     if spec in list_presets():
         return load_preset(spec, measure=measure)
     close = difflib.get_close_matches(spec, list_presets(), n=1)
-    raise ClusterError(f"no cluster file or preset named {spec!r} (presets: {', '.join(list_presets())})",
+    raise ClusterError(f"no cluster file or preset named {show(spec)} (presets: {', '.join(list_presets())})",
                        hint=f"did you mean {close[0]!r}?" if close else
                        "pass 'auto', a path to a cluster file, or a preset name")

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Mapping, Protocol, Sequence
 
 from ..errors import InvalidArgumentError
+from .common import BENCH_DEFAULTS, SERVER_DEFAULTS, ToolDefaults
 
 if TYPE_CHECKING:
     from ..cost import Context, DeviceUsage, Placement
@@ -80,6 +81,10 @@ class Dialect(ABC):
         """Environment variables that carry the plan (``args``: its server flags)."""
         raise InvalidArgumentError(f"{self.name} reads no environment variable for its placement flags",
                                    hint="use --format args and pass the flags on its command line")
+
+    def tool_defaults(self, tool: str = "server") -> ToolDefaults:
+        """What ``tool`` uses for the settings a command line leaves out (context, batches, -fa, -ngl)."""
+        return BENCH_DEFAULTS if tool == "bench" else SERVER_DEFAULTS
 
     def parse_args(self, argv: Sequence[str], tool: str = "server") -> ParsedArgs:
         """The placement flags of a user's command line for ``tool``."""

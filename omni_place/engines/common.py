@@ -1,5 +1,7 @@
 """What the llama.cpp-family dialects share: the placement part of a command line (with each
-tool's separators from the dialect's :class:`FlagSyntax` table) and the ``-ot`` expert patterns.
+tool's separators from the dialect's :class:`FlagSyntax` table), the ``-ot`` expert patterns,
+each tool's defaults (:class:`ToolDefaults`) and the time-bounded matching of users' ``-ot``
+patterns (:class:`OverrideMatcher`).
 
 Both forks match ``-ot`` patterns with ECMAScript ``std::regex`` ``regex_search`` on full tensor
 names, first match wins (``src/llama-model-loader.cpp:1233-1259``; ik
@@ -7,8 +9,11 @@ names, first match wins (``src/llama-model-loader.cpp:1233-1259``; ik
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Mapping, Sequence
+
+import regex
 
 from ..cost import CPU, EXPERT_KINDS, Placement
 from ..devices import Cluster, Device
@@ -21,24 +26,144 @@ KIND_REGEX = {
     frozenset({"down"}): r"ffn_down_(ch|)exps",
     frozenset({"gate", "up", "gate_up"}): r"ffn_(up|gate|gate_up)_(ch|)exps",
 }
+# The seconds all -ot patterns of one command line may spend on a model's tensor names. A
+# user's pattern can backtrack catastrophically (``(a|aa)+$``); std::regex would hang the
+# engine too, so such a pattern is refused by name instead of hanging omni-place.
+OT_MATCH_SECONDS = 2.0
+MAX_PATTERN_CHARS = 4096
 
 
 @dataclass
 class ParsedArgs:
-    """What a user's llama.cpp command line says about placement and context."""
+    """What a user's llama.cpp command line says about placement and context. ``None`` is
+    "not given": the tool's default applies (:class:`ToolDefaults`, :func:`tool_context`)."""
 
-    n_gpu_layers: int = -1
+    n_gpu_layers: int | None = None
     tensor_split: list[float] | None = None
     devices: list[str] | None = None
     overrides: list[tuple[str, str]] = field(default_factory=list)
-    ctx: int | None = None
-    n_ubatch: int = 512
+    ctx: int | None = None  # -c; 0 = the model's training context
+    n_batch: int | None = None  # -b
+    n_ubatch: int | None = None  # -ub; 0 = n_batch
     type_k: str = "f16"
     type_v: str = "f16"
-    flash_attn: bool | None = None
+    flash_attn: bool | None = None  # None: the tool's default (auto counts as on)
     split_mode: str = "layer"
+    main_gpu: int = 0  # -mg: the one device of -sm none
     rpc: list[str] = field(default_factory=list)
     n_cpu_moe: int = 0  # ik_llama.cpp's library -ncmoe/-cmoe (a count; see ik_llama.decode)
+    n_prompt: int | None = None  # llama-bench -p
+    n_gen: int | None = None  # llama-bench -n
+    n_depth: int | None = None  # llama-bench -d
+    unpriced: list[str] = field(default_factory=list)  # flags the engine takes that are not priced
+
+
+@dataclass(frozen=True)
+class ToolDefaults:
+    """What a tool uses for a setting the command line leaves out.
+
+    llama-server / llama-cli (``common/common.h`` ``common_params``): ``-c 0`` (the model's
+    training context, ``src/llama-context.cpp``: ``n_ctx == 0 ? hparams.n_ctx_train``), ``-b
+    2048``, ``-ub 512``, ``-fa auto``, ``-ngl`` all (``-1``; ``--fit``, on by default, may lower
+    layers and context when the user sets neither). llama-bench
+    (``tools/llama-bench/llama-bench.cpp`` ``cmd_params_defaults``): no ``-c`` -- each test's
+    context is ``n_prompt + n_gen + n_depth`` (``-p 512``, ``-n 128``, ``-d 0``), ``-b 2048``,
+    ``-ub 512``, ``-fa 0``, ``-ngl 99`` (ik's: 999)."""
+
+    n_gpu_layers: int = -1
+    ctx: int | None = 0  # None: from the bench tests
+    n_batch: int = 2048
+    n_ubatch: int = 512
+    flash_attn: bool = True
+    n_prompt: int = 512
+    n_gen: int = 128
+    n_depth: int = 0
+
+
+SERVER_DEFAULTS = ToolDefaults()
+BENCH_DEFAULTS = ToolDefaults(n_gpu_layers=99, ctx=None, flash_attn=False)
+
+
+@dataclass(frozen=True)
+class ToolContext:
+    """The context a command line runs with, and what was assumed to get it."""
+
+    ctx: int
+    n_ubatch: int
+    flash_attn: bool
+    depth: int
+    assumptions: tuple[str, ...] = ()
+
+
+def tool_context(parsed: ParsedArgs, defaults: ToolDefaults, n_ctx_train: int, ctx: int | None = None) -> ToolContext:
+    """Context size, physical batch and flash attention of ``parsed`` under ``defaults``
+    (``ctx``: the caller's context when the command line gives none). The engine's rules
+    (``src/llama-context.cpp``, ``llama_context``): ``n_ctx 0`` is ``n_ctx_train``; ``n_batch =
+    min(n_ctx, n_batch)`` (causal attention); ``n_ubatch = min(n_batch, n_ubatch or n_batch)``."""
+    notes: list[str] = []
+    depth = 0
+    n_ctx = parsed.ctx if parsed.ctx is not None else ctx
+    if n_ctx is None and defaults.ctx is None:  # llama-bench: the larger test's context
+        p = defaults.n_prompt if parsed.n_prompt is None else parsed.n_prompt
+        n = defaults.n_gen if parsed.n_gen is None else parsed.n_gen
+        depth = defaults.n_depth if parsed.n_depth is None else parsed.n_depth
+        n_ctx = max(p, n) + depth
+        notes.append(f"context {n_ctx}: llama-bench's largest test (-p {p}, -n {n}, -d {depth})")
+    elif n_ctx is None or n_ctx == 0:
+        if not n_ctx_train:
+            raise InvalidArgumentError("the model states no training context, which -c 0 (the default) would use",
+                                       hint="give the context with -c N")
+        how = "-c 0" if n_ctx == 0 else "no -c"
+        notes.append(f"context {n_ctx_train}: the model's training context ({how}, as llama.cpp does); "
+                     "llama-server's --fit (on by default) may lower it when it does not fit -- pass -c N to "
+                     "price another")
+        n_ctx = n_ctx_train
+    n_batch = min(n_ctx, defaults.n_batch if parsed.n_batch is None else parsed.n_batch)
+    ub = defaults.n_ubatch if parsed.n_ubatch is None else parsed.n_ubatch
+    n_ubatch = max(1, min(n_batch, ub or n_batch))
+    fa = defaults.flash_attn if parsed.flash_attn is None else parsed.flash_attn
+    if parsed.unpriced:
+        notes.append("not priced (assumed not to change placement or memory): " + " ".join(parsed.unpriced))
+    return ToolContext(n_ctx, n_ubatch, fa, depth, tuple(notes))
+
+
+class OverrideMatcher:
+    """``-ot`` entries compiled once and searched in order (first match wins), each search
+    bounded by what is left of :data:`OT_MATCH_SECONDS` (the ``regex`` package's timeout; the
+    ``re`` module has none). ``targets`` maps each entry to what the caller wants back."""
+
+    def __init__(self, overrides: Sequence[tuple[str, str]], seconds: float = OT_MATCH_SECONDS) -> None:
+        self.entries = [(compile_pattern(p), p, b) for p, b in overrides]
+        self._deadline = time.monotonic() + seconds
+        self._seconds = seconds
+
+    def first(self, name: str) -> int | None:
+        """Index of the first entry whose pattern matches somewhere in ``name``, or None."""
+        for i, (rx, pattern, _) in enumerate(self.entries):
+            left = self._deadline - time.monotonic()
+            try:
+                if left <= 0:
+                    raise TimeoutError
+                if rx.search(name, timeout=left):
+                    return i
+            except TimeoutError:
+                raise InvalidArgumentError(
+                    f"-ot pattern {pattern!r} takes more than {self._seconds:g} s to match the model's tensor "
+                    "names (catastrophic backtracking)",
+                    hint=r"use a plain pattern such as blk\.(3|4)\.ffn_.*_exps (no nested repetition)") from None
+        return None
+
+
+def compile_pattern(pattern: str) -> regex.Pattern[str]:
+    """A user's ``-ot`` regex, compiled; a clear error for an invalid or oversized one."""
+    if len(pattern) > MAX_PATTERN_CHARS:
+        raise InvalidArgumentError(f"-ot pattern of {len(pattern)} characters (at most {MAX_PATTERN_CHARS})",
+                                   hint=r"name the layers by range, e.g. blk\.([3-9]|1[0-6])\.ffn_.*_exps")
+    try:
+        return regex.compile(pattern)
+    except (regex.error, RecursionError, OverflowError) as err:
+        raise InvalidArgumentError(f"-ot pattern {pattern!r} is not a valid regex: {err}",
+                                   hint=r'escape dots and brackets, e.g. -ot "blk\.(1|2)\.ffn_.*_exps=CPU"') from None
 
 
 @dataclass(frozen=True)
@@ -75,8 +200,9 @@ class EngineArgs:
     @classmethod
     def from_parsed(cls, parsed: ParsedArgs, syntax: Mapping[str, FlagSyntax]) -> EngineArgs:
         """The placement flags of a parsed command line, to be spelled with ``syntax``."""
-        return cls(parsed.n_gpu_layers, list(parsed.tensor_split or []), parsed.devices or [],
-                   list(parsed.overrides), syntax, rpc=list(parsed.rpc))
+        ngl = -1 if parsed.n_gpu_layers is None else parsed.n_gpu_layers
+        return cls(ngl, list(parsed.tensor_split or []), parsed.devices or [], list(parsed.overrides), syntax,
+                   rpc=list(parsed.rpc))
 
     def args(self, tool: str = "server", *, ctx: int | None = None, n_ubatch: int | None = None,
              type_k: str = "f16", type_v: str = "f16", flash_attn: bool = True) -> list[str]:
@@ -114,7 +240,7 @@ def _digit_range(lo: int, hi: int) -> str:
     return str(lo) if lo == hi else f"[{lo}-{hi}]"
 
 
-def _range_regex(a: int, b: int) -> list[str]:
+def range_regex(a: int, b: int) -> list[str]:
     """Alternatives matching exactly the integers a..b (no leading zeros)."""
     out: list[str] = []
     n = a
@@ -145,7 +271,7 @@ def layer_regex(layers: Sequence[int]) -> str:
         if n is not None and n == prev + 1:
             prev = n
             continue
-        alts += _range_regex(start, prev)
+        alts += range_regex(start, prev)
         if n is not None:
             start = prev = n
     body = "|".join(alts)
@@ -215,19 +341,32 @@ def _rpc_index(name: str) -> int:
 
 
 def model_devices(split_mode: str, devices: Sequence[str] | None, accelerators: Sequence[str],
-                  names: Mapping[str, str] | None = None) -> list[str]:
+                  names: Mapping[str, str] | None = None, main_gpu: int = 0) -> list[str]:
     """The engine's model devices for a command line: its ``-dev`` list (device or buffer names,
-    mapped through ``names``) or the cluster's default order; ``-sm none`` keeps the first."""
+    mapped through ``names``) or the cluster's default order. ``-sm none`` keeps only device
+    ``-mg`` of that list, none when ``-mg`` is negative, and the engine refuses a ``-mg`` past
+    its end (``src/llama.cpp`` ``llama_model_load_from_file_impl``: "invalid value for
+    main_gpu")."""
     if split_mode not in ("layer", "none"):
         raise InvalidArgumentError(f"split mode {split_mode!r} is not modelled",
                                    hint="omni-place models -sm layer (the default) and none")
     names = names or {}
-    order = [names.get(d, d) for d in devices] if devices else list(accelerators)
+    order = [names.get(d, d) for d in devices] if devices is not None else list(accelerators)
     unknown = [d for d in order if d not in accelerators]
     if unknown:
         raise InvalidArgumentError(f"-dev names {', '.join(unknown)}, not in the cluster ({', '.join(accelerators)})",
                                    hint="`omni-place devices` lists the cluster's device names")
-    return order[:1] if split_mode == "none" else order
+    if len(set(order)) != len(order):
+        raise InvalidArgumentError(f"-dev names a device twice ({', '.join(order)})", hint="name each device once")
+    if split_mode != "none":
+        return order
+    if main_gpu < 0:
+        return []
+    if main_gpu >= len(order):
+        raise InvalidArgumentError(f"-sm none -mg {main_gpu}: the engine has {len(order)} device"
+                                   f"{'' if len(order) == 1 else 's'} ({', '.join(order) or 'none'}), so it refuses "
+                                   "this main GPU", hint=f"give -mg 0..{max(0, len(order) - 1)}")
+    return [order[main_gpu]]
 
 
 def layer_counts(p: Placement) -> list[int]:

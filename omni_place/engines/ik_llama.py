@@ -32,7 +32,8 @@ from ..errors import InvalidArgumentError
 from ..model import ModelProfile, TensorRecord
 from . import llama_cpp
 from .base import BenchSpelling, Dialect, EngineTraits
-from .common import (EngineArgs, FlagSyntax, accelerator_names, expert_overrides, layer_counts, model_devices,
+from .common import (BENCH_DEFAULTS, SERVER_DEFAULTS, EngineArgs, FlagSyntax, ToolDefaults, accelerator_names,
+                     expert_overrides, layer_counts, model_devices,
                      rpc_buffer_names, rpc_servers)
 
 NAME = "ik_llama.cpp"
@@ -237,19 +238,20 @@ def parse_args(argv: Sequence[str], tool: str = "server") -> llama_cpp.ParsedArg
     """The placement flags of an ik llama-server / llama-bench command line (same spellings as
     mainline). The library's ``-ncmoe``/``-cmoe`` stay a count (see :func:`decode`); llama-bench's
     ``--n-cpu-moe N`` is first-N patterns in argument order."""
-    return llama_cpp.parse_args(argv, ncmoe="patterns" if tool == "bench" else "count")
+    return llama_cpp.parse_args(argv, ncmoe="patterns" if tool == "bench" else "count", tool=tool)
 
 
 def decode(model: ModelProfile, parsed: llama_cpp.ParsedArgs, accelerators: Sequence[str], context: Context,
            free_mem: Sequence[float] | None = None, rpc_names: dict[str, str] | None = None,
-           tool: str = "server") -> Placement:
+           tool: str = "server", n_gpu_layers: int = -1) -> Placement:
     """The placement ik_llama.cpp makes of these flags (for `omni-place check --engine ik_llama.cpp`;
     ``tool="bench"``: llama-bench, whose layer sizes use the training context)."""
     by_buffer = {buffer_name(a, rpc_names): a for a in accelerators}
-    order = model_devices(parsed.split_mode, parsed.devices, accelerators, by_buffer)
+    order = model_devices(parsed.split_mode, parsed.devices, accelerators, by_buffer, parsed.main_gpu)
+    free = None if free_mem is None else [free_mem[list(accelerators).index(d)] for d in order]
     sizes, max_compute = layer_sizes(model, bench_context(model, context) if tool == "bench" else context)
-    ngl = parsed.n_gpu_layers if order else 0
-    slots = assign_layers(sizes, max_compute, ngl, parsed.tensor_split, len(order), free_mem)
+    ngl = (n_gpu_layers if parsed.n_gpu_layers is None else parsed.n_gpu_layers) if order else 0
+    slots = assign_layers(sizes, max_compute, ngl, parsed.tensor_split, len(order), free)
     homes = tuple(CPU if s < 0 else order[s] for s in slots[:-1])
     output = CPU if slots[-1] < 0 else order[slots[-1]]
     overrides = list(parsed.overrides) if ngl != 0 else []
@@ -317,7 +319,11 @@ class IkLlama(Dialect):
         accel = accelerator_names(cluster)
         free = [max(0.0, float(cluster.by_name(n).memory_bytes) - FIT_MARGIN) for n in accel]
         return decode(model, parsed, accel, context, free_mem=free, rpc_names=rpc_buffer_names(cluster.devices),
-                      tool=tool)
+                      tool=tool, n_gpu_layers=self.tool_defaults(tool).n_gpu_layers)
+
+    def tool_defaults(self, tool: str = "server") -> ToolDefaults:
+        # ik's llama-bench offloads -ngl 999 by default (mainline's: 99)
+        return replace(BENCH_DEFAULTS, n_gpu_layers=999) if tool == "bench" else SERVER_DEFAULTS
 
     def flags_of(self, parsed: llama_cpp.ParsedArgs) -> EngineArgs:
         return EngineArgs.from_parsed(parsed, SYNTAX)

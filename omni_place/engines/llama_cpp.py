@@ -12,6 +12,7 @@ llama-bench takes ``-ts a/b`` and ``-ot a=X;b=Y`` (a comma there starts another 
 """
 from __future__ import annotations
 
+import math
 import re
 import shlex
 from typing import Sequence
@@ -23,8 +24,9 @@ from ..devices import Cluster
 from ..errors import InvalidArgumentError
 from ..model import ModelProfile, Role
 from .base import BenchSpelling, Dialect, EngineTraits, PlacementArgs
-from .common import (EngineArgs, FlagSyntax, ParsedArgs, accelerator_names, dev_flag, expert_overrides, layer_counts,
-                     layer_regex, model_devices, override_device, rpc_buffer_names, rpc_servers)
+from .common import (EngineArgs, FlagSyntax, OverrideMatcher, ParsedArgs, accelerator_names, compile_pattern, dev_flag,
+                     expert_overrides, layer_counts, layer_regex, model_devices, override_device, range_regex,
+                     rpc_buffer_names, rpc_servers)
 
 __all__ = ["DIALECT", "FLAG_ALIASES", "LLAMA_ENV", "NAME", "SYNTAX", "TOOLS", "EngineArgs", "LlamaCpp", "ParsedArgs",
            "assign_layers", "decode", "encode", "engine_args", "layer_regex", "llama_env", "parse_args"]
@@ -138,33 +140,58 @@ FLAG_ALIASES = {
     "-cmoe": "cmoe", "--cpu-moe": "cmoe",
     "-ncmoe": "ncmoe", "--n-cpu-moe": "ncmoe",
     "-c": "ctx", "--ctx-size": "ctx",
+    "-b": "batch", "--batch-size": "batch",
     "-ub": "ub", "--ubatch-size": "ub",
     "-ctk": "ctk", "--cache-type-k": "ctk",
     "-ctv": "ctv", "--cache-type-v": "ctv",
     "-fa": "fa", "--flash-attn": "fa",
     "-sm": "sm", "--split-mode": "sm",
+    "-mg": "mg", "--main-gpu": "mg",
     "--rpc": "rpc", "-rpc": "rpc",
 }
+# llama-bench's own spellings (tools/llama-bench/llama-bench.cpp); it has no -c: a test's
+# context is -p + -n + -d. In llama-server/llama-cli -p and -n mean the prompt and n_predict.
+BENCH_ALIASES = {
+    "-p": "n_prompt", "--n-prompt": "n_prompt", "-n": "n_gen", "--n-gen": "n_gen",
+    "-d": "n_depth", "--n-depth": "n_depth",
+}
+BENCH_ONLY = frozenset(BENCH_ALIASES.values())
 _NO_VALUE = {"cmoe"}
+_INT32 = (-(1 << 31), (1 << 31) - 1)  # std::stoi's range: the engine refuses anything beyond it
+_INTEGER = re.compile(r"[+-]?[0-9]+")  # ASCII digits only: int() would also take "١٢" and "1_0"
+_TRUTHY, _FALSEY, _AUTO = {"on", "enabled", "true", "1"}, {"off", "disabled", "false", "0"}, {"auto", "-1"}
+_FLT_MAX = float(np.finfo(np.float32).max)
+MAX_SPLIT = 16  # llama_max_devices() of CUDA builds: -ts takes no more shares
+# the one CPU pattern of -ncmoe N (common/arg.cpp, "--n-cpu-moe": one llm_ffn_exps_block_regex(i)
+# per i < N, each "blk\.<i>\.ffn_(up|down|gate|gate_up)_(ch|)exps"): the same tensors as one
+# pattern over the range 0..N-1, O(log N) long, so a huge N builds no pattern per layer
+_NCMOE = r"blk\.({})\.ffn_(up|down|gate|gate_up)_(ch|)exps"
 
 
-def parse_args(argv: Sequence[str], *, ncmoe: str = "patterns") -> ParsedArgs:
-    """Parse the placement flags of a llama-server / llama-cli / llama-bench command line.
-    Flags that do not change placement are ignored; a bench list of values is refused.
+def parse_args(argv: Sequence[str], *, ncmoe: str = "patterns", tool: str = "server") -> ParsedArgs:
+    """Parse the placement flags of a llama-server / llama-cli / llama-bench (``tool="bench"``)
+    command line. Values the engine would refuse are refused (InvalidArgumentError); flags that
+    omni-place does not price are listed in ``unpriced`` (a flag and the value after it) and a
+    stray word, which the engine refuses, is refused; a bench list of values is refused.
 
-    ``ncmoe="patterns"`` turns ``-ncmoe N`` into first-N-layer ``-ot`` entries in argument order
-    (mainline, and ik's llama-bench); ``"count"`` keeps it as a count (ik's library)."""
+    ``ncmoe="patterns"`` turns ``-ncmoe N`` into the CPU pattern of the first N layers in
+    argument order (mainline, and ik's llama-bench); ``"count"`` keeps it as a count (ik's library)."""
     out = ParsedArgs()
     toks = list(argv)
     if len(toks) == 1 and " " in toks[0]:
-        toks = shlex.split(toks[0])
+        try:
+            toks = shlex.split(toks[0])
+        except ValueError as err:  # an unbalanced quote
+            raise InvalidArgumentError(f"cannot split the command line {toks[0]!r}: {err}",
+                                       hint="balance the quotes, or pass each argument separately") from None
+    aliases = {**FLAG_ALIASES, **BENCH_ALIASES} if tool == "bench" else FLAG_ALIASES
     i = 0
     while i < len(toks):
         tok = toks[i]
         flag, eq, inline = tok.partition("=") if tok.startswith("--") else (tok, "", "")
-        key = FLAG_ALIASES.get(flag)
+        key = aliases.get(flag)
         if key is None:
-            i += 1
+            i = _skip_unpriced(toks, i, out)
             continue
         if key in _NO_VALUE:
             if ncmoe == "count":
@@ -185,24 +212,91 @@ def parse_args(argv: Sequence[str], *, ncmoe: str = "patterns") -> ParsedArgs:
     return out
 
 
-def _int(flag: str, val: str) -> int:
-    try:
-        return int(val)
-    except ValueError:
+def _skip_unpriced(toks: Sequence[str], i: int, out: ParsedArgs) -> int:
+    """Record a flag omni-place does not price (with the value that follows it, if any) and
+    return the index after it; a word that is no flag is refused, as the engine refuses it."""
+    tok = toks[i]
+    if not tok.startswith("-") or tok == "-":
+        raise InvalidArgumentError(f"{tok!r} is neither a flag nor a flag's value: the engine refuses it "
+                                   "(\"invalid argument\")", hint="check the command line for a stray word or a "
+                                                                  "missing flag")
+    taken = 1
+    nxt = toks[i + 1] if i + 1 < len(toks) else None
+    if "=" not in tok and nxt is not None and (not nxt.startswith("-") or _INTEGER.fullmatch(nxt)):
+        taken = 2
+    out.unpriced.append(shlex.join(toks[i:i + taken]))
+    return i + taken
+
+
+def _int(flag: str, val: str, lo: int = _INT32[0], hi: int = _INT32[1]) -> int:
+    """An integer value as std::stoi reads it whole; a clear error for anything else."""
+    if not _INTEGER.fullmatch(val.strip()):
         raise InvalidArgumentError(f"{flag} {val!r} is not an integer",
-                                   hint="omni-place check evaluates one configuration: give single values") from None
+                                   hint="omni-place check evaluates one configuration: give single values")
+    n = int(val)
+    if not _INT32[0] <= n <= _INT32[1]:
+        raise InvalidArgumentError(f"{flag} {val} is beyond a 32-bit integer: the engine refuses it",
+                                   hint=f"give {flag} a value in {lo}..{hi}")
+    if not lo <= n <= hi:
+        what = _RANGE_HINTS.get(flag)
+        raise InvalidArgumentError(f"{flag} {n} is out of range ({lo}..{hi})" + (f": {what}" if what else ""),
+                                   hint=f"give {flag} a value in {lo}..{hi}")
+    return n
+
+
+_RANGE_HINTS = {
+    "-c": "the context length (0 = the model's training context)",
+    "-b": "the logical batch, at least 1 token", "-ub": "the physical batch (0 = the logical batch -b)",
+}
+
+
+def _split_shares(flag: str, val: str) -> list[float]:
+    """``-ts`` shares: finite, non-negative, at most MAX_SPLIT (std::stof would take nan/inf)."""
+    shares = []
+    for x in re.split(r"[,/;]", val):
+        if x == "":
+            continue
+        try:
+            v = float(x) if re.fullmatch(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?", x.strip()) else None
+        except OverflowError:
+            v = None
+        if v is None or not math.isfinite(v):
+            raise InvalidArgumentError(f"{flag} {val!r} is not a list of finite numbers", hint="e.g. -ts 3,1")
+        if v < 0:
+            raise InvalidArgumentError(f"{flag} {val!r} has a negative share", hint="e.g. -ts 3,1")
+        if v > _FLT_MAX:  # std::stof throws out_of_range: the engine refuses it
+            raise InvalidArgumentError(f"{flag} share {x.strip()[:40]!r} is beyond a 32-bit float: the engine "
+                                       "refuses it", hint="e.g. -ts 3,1")
+        shares.append(v)
+    if len(shares) > MAX_SPLIT:
+        raise InvalidArgumentError(f"{flag} has {len(shares)} shares; the engine takes at most {MAX_SPLIT}",
+                                   hint="one share per device")
+    with np.errstate(over="ignore"):
+        running = np.cumsum(np.asarray(shares, dtype=np.float32), dtype=np.float32)
+    if not np.isfinite(running).all():
+        # the engine's float32 running sum overflows and every split becomes NaN: no placement to price
+        raise InvalidArgumentError(f"{flag} shares sum beyond a 32-bit float: the engine's split is undefined",
+                                   hint="e.g. -ts 3,1")
+    return shares
+
+
+def _choice(flag: str, val: str) -> bool | None:
+    """``-fa``: on / off / auto (None) in any of the engine's spellings (common/arg.cpp is_truthy...)."""
+    v = val.lower()
+    if v in _TRUTHY:
+        return True
+    if v in _FALSEY:
+        return False
+    if v in _AUTO:
+        return None
+    raise InvalidArgumentError(f"{flag} {val!r} is not on, off or auto", hint=f"e.g. {flag} on")
 
 
 def _apply(out: ParsedArgs, key: str, flag: str, val: str, ncmoe: str) -> None:
     if key == "ngl":
         out.n_gpu_layers = -1 if val in ("all", "auto") else _int(flag, val)
     elif key == "ts":
-        try:
-            out.tensor_split = [float(x) for x in re.split(r"[,/;]", val) if x != ""]
-        except ValueError:
-            raise InvalidArgumentError(f"{flag} {val!r} is not a list of numbers", hint="e.g. -ts 3,1") from None
-        if any(x < 0 for x in out.tensor_split):
-            raise InvalidArgumentError(f"{flag} {val!r} has a negative share")
+        out.tensor_split = _split_shares(flag, val)
     elif key == "dev":
         out.devices = [] if val == "none" else [d for d in re.split(r"[,/]", val) if d]
     elif key == "ot":
@@ -213,42 +307,45 @@ def _apply(out: ParsedArgs, key: str, flag: str, val: str, ncmoe: str) -> None:
             if not eq or not pat:
                 raise InvalidArgumentError(f"{flag} item {item!r} is not <regex>=<buffer type>",
                                            hint=r'e.g. -ot "blk\.(1|2)\.ffn_.*_exps=CPU"')
-            try:
-                re.compile(pat)
-            except re.error as err:
-                raise InvalidArgumentError(f"{flag} pattern {pat!r} is not a valid regex: {err}",
-                                           hint='escape dots and brackets, e.g. '
-                                                r'-ot "blk\.(1|2)\.ffn_.*_exps=CPU"') from None
+            compile_pattern(pat)
             out.overrides.append((pat, buft))
     elif key == "ncmoe":
-        n = _int(flag, val)
-        if n < 0:
-            raise InvalidArgumentError(f"{flag} {n} is negative", hint="give a number of layers >= 0")
+        n = _int(flag, val, lo=0)
         if ncmoe == "count":
             out.n_cpu_moe = n
-            return
-        out.overrides += [(rf"blk\.{i}\.ffn_(up|down|gate|gate_up)_(ch|)exps", "CPU") for i in range(n)]
+        elif n:
+            out.overrides.append((_NCMOE.format("|".join(range_regex(0, n - 1))), "CPU"))
     elif key == "ctx":
-        out.ctx = _int(flag, val)
+        out.ctx = _int("-c", val, lo=0)
+    elif key == "batch":
+        out.n_batch = _int("-b", val, lo=1)
     elif key == "ub":
-        out.n_ubatch = _int(flag, val)
+        out.n_ubatch = _int("-ub", val, lo=0)
+    elif key in BENCH_ONLY:
+        setattr(out, key, _int(flag, val, lo=0))
     elif key == "ctk":
         out.type_k = val.lower()
     elif key == "ctv":
         out.type_v = val.lower()
     elif key == "fa":
-        out.flash_attn = val.lower() in ("1", "on", "true", "yes") if val.lower() != "auto" else None
+        out.flash_attn = _choice(flag, val)
     elif key == "sm":
         out.split_mode = val.lower()
+    elif key == "mg":
+        out.main_gpu = _int(flag, val)
     elif key == "rpc":
         out.rpc = [e for e in val.split(",") if e]
 
 
 def decode(model: ModelProfile, parsed: ParsedArgs, accelerators: Sequence[str],
-           free_mem: Sequence[float] | None = None, rpc_names: dict[str, str] | None = None) -> Placement:
-    """The placement llama.cpp makes of these flags (for `omni-place check`)."""
-    order = model_devices(parsed.split_mode, parsed.devices, accelerators)
-    slots = assign_layers(model.n_layer + 1, parsed.n_gpu_layers, parsed.tensor_split, len(order), free_mem)
+           free_mem: Sequence[float] | None = None, rpc_names: dict[str, str] | None = None,
+           n_gpu_layers: int = -1) -> Placement:
+    """The placement llama.cpp makes of these flags (for `omni-place check`); ``free_mem`` is
+    per accelerator, ``n_gpu_layers`` the tool's default ``-ngl``."""
+    order = model_devices(parsed.split_mode, parsed.devices, accelerators, main_gpu=parsed.main_gpu)
+    free = None if free_mem is None else [free_mem[list(accelerators).index(d)] for d in order]
+    ngl = n_gpu_layers if parsed.n_gpu_layers is None else parsed.n_gpu_layers
+    slots = assign_layers(model.n_layer + 1, ngl, parsed.tensor_split, len(order), free)
     homes = tuple(CPU if s < 0 else order[s] for s in slots[:-1])
     output = CPU if slots[-1] < 0 else order[slots[-1]]
     return placement_with_overrides(model, order, homes, output, parsed.overrides, accelerators, rpc_names)
@@ -260,14 +357,16 @@ def placement_with_overrides(model: ModelProfile, order: Sequence[str], homes: S
     """Apply ``-ot`` entries (regex_search, first match wins) to a layer assignment: expert kinds
     sent to the CPU per layer, and an output head moved elsewhere. Both forks match the same way;
     targets are buffer types (:func:`~.common.override_device`)."""
-    compiled = [(re.compile(p), override_device(b, rpc_names), p, b) for p, b in overrides]
+    matcher = OverrideMatcher(overrides)
+    targets = [(override_device(b, rpc_names), p, b) for p, b in overrides]
 
     def first_match(name: str) -> tuple[str, str, str] | None:
         """(device, pattern, buffer type) of the first override matching a tensor, as the loader
         applies them (regex_search, first match wins)."""
-        return next(((dev, p, b) for rx, dev, p, b in compiled if rx.search(name)), None)
+        i = matcher.first(name)
+        return None if i is None else targets[i]
 
-    for _, dev, _, b in compiled:
+    for dev, _, b in targets:
         if dev != CPU and dev not in accelerators:
             raise InvalidArgumentError(f"-ot buffer type {b!r} names no device of the cluster")
     cpu_experts: list[frozenset[str]] = []
@@ -324,15 +423,15 @@ class LlamaCpp(Dialect):
         return llama_env(args)
 
     def parse_args(self, argv: Sequence[str], tool: str = "server") -> ParsedArgs:
-        return parse_args(argv)
+        return parse_args(argv, tool=tool)
 
     def decode(self, model: ModelProfile, parsed: ParsedArgs, cluster: Cluster, context: Context,
                tool: str = "server") -> Placement:
         # no -ts: the engine splits by free memory
         accel = accelerator_names(cluster)
         free = [float(cluster.by_name(n).memory_bytes) for n in accel]
-        return decode(model, parsed, accel, free_mem=free,
-                      rpc_names=rpc_buffer_names(cluster.devices))
+        return decode(model, parsed, accel, free_mem=free, rpc_names=rpc_buffer_names(cluster.devices),
+                      n_gpu_layers=self.tool_defaults(tool).n_gpu_layers)
 
     def flags_of(self, parsed: ParsedArgs) -> EngineArgs:
         return EngineArgs.from_parsed(parsed, SYNTAX)

@@ -176,8 +176,11 @@ def _load_from_spec(
             attempts.append(_Attempt(f"{prefix}{spec}", f"folder holds none of {', '.join(LLAMA_NAMES)}"))
             return None
         files = existing
-    elif spec.exists():
+    elif spec.is_file():
         files = [spec]
+    elif spec.exists():  # dlopen() of a FIFO blocks, of /dev/zero reads without end
+        attempts.append(_Attempt(f"{prefix}{spec}", "not a regular file (a pipe, device or socket)"))
+        return None
     else:
         attempts.append(_Attempt(f"{prefix}{spec}", "no such file or folder"))
         return None
@@ -239,7 +242,7 @@ def _load_file(file: Path, source: str, attempts: list[_Attempt]) -> LoadedLibra
     if sys.platform == "win32" and hasattr(os, "add_dll_directory"):
         _DLL_DIRECTORIES.append(os.add_dll_directory(str(lib_dir)))  # removed again when collected
     for key, names in zip(_GGML_KEYS, GGML_LIBS, strict=True):
-        candidate = next((lib_dir / n for n in names if (lib_dir / n).is_file()), None)
+        candidate = next((lib_dir / n for n in names if (lib_dir / n).is_file()), None)  # regular files only
         if candidate is None:
             continue  # e.g. a build without RPC, or backends built as loadable modules
         try:

@@ -113,7 +113,7 @@ def apply(plan: Plan, *, dry_run: bool = True, library: str | None = None, load_
     Raises EngineError when the engine cannot load the plan (the message is the engine's),
     InvalidArgumentError for another engine's plan or a missing model file.
     """
-    preflight(plan)
+    preflight(plan, dry_run=dry_run)
     expected = expected_from_plan(plan)
     spec = load_spec(plan, dry_run=True, n_threads=n_threads)
     if dry_run or check_first:

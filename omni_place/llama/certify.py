@@ -18,8 +18,6 @@ from pathlib import Path
 from typing import Any
 
 from ..cost import CostModel, placement_from_counts
-from ..devices.nvml import discover_gpus
-from ..engines.common import rpc_servers
 from ..errors import OmniPlaceError
 from ..gguf import read_model_files
 from ..gguf_write import has_tensor_data, sparse_copy
@@ -28,7 +26,7 @@ from ..plan import Plan, replan
 from ..units import MiB
 from ._abi import get_abi
 from ._loader import load_libllama
-from .rpc import check_rpc_server
+from .plan_spec import absent_devices
 from .verify import VerifyReport, verify_plan
 
 MAX_RUNS = 4
@@ -41,25 +39,6 @@ def _compute_by_device(report: VerifyReport) -> dict[str, int]:
 
 def _skipped(plan: Plan, reason: str) -> Plan:
     return replace(plan, certified={"status": "skipped", "reason": reason})
-
-
-def absent_devices(plan: Plan, library: str | None = None) -> str | None:
-    """Why the plan's devices are not all here (None when they are): a GPU index NVML does not
-    list on this machine, or an RPC server that does not answer."""
-    p = plan.placement
-    used = [n for n in p.order if n in p.layer_home or n == p.output]
-    gpus = [plan.cluster.by_name(n) for n in used if plan.cluster.by_name(n).kind == "gpu"]
-    if gpus:
-        here = {d.name for d in discover_gpus()[0]}
-        missing = [d.name for d in gpus if d.name not in here]
-        if missing:
-            return f"{', '.join(missing)} {'is' if len(missing) == 1 else 'are'} not on this machine"
-    for endpoint in rpc_servers(plan.cluster.devices):
-        try:
-            check_rpc_server(endpoint, library)
-        except OmniPlaceError as err:
-            return f"RPC server {endpoint} is not usable: {err}"
-    return None
 
 
 def certify(plan: Plan, *, library: str | None = None, max_runs: int = MAX_RUNS, timeout: float = 300) -> Plan:
@@ -82,7 +61,11 @@ def certify(plan: Plan, *, library: str | None = None, max_runs: int = MAX_RUNS,
         best: tuple[Plan, dict[str, int], dict[str, int]] | None = None  # plan, engine, estimate
 
         def measure(candidate: Plan) -> tuple[dict[str, int], str | None]:
-            report = verify_plan(replace(candidate, model=dry_model), dry_run=True, library=library, timeout=timeout)
+            try:
+                report = verify_plan(replace(candidate, model=dry_model), dry_run=True, library=library,
+                                     timeout=timeout)
+            except OmniPlaceError as err:  # e.g. the probe placement names a GPU that is not here
+                return {}, err.message
             if report.error:
                 return {}, f"the engine's dry run failed: {report.error}"
             moved = [c for c in report.layers if not c.match]
@@ -164,4 +147,4 @@ def _probe_plan(plan: Plan, cost: CostModel) -> Plan | None:
                    engine_args=plan.dialect.encode(plan.model, probe, plan.cluster, plan.context, usage))
 
 
-__all__ = ["MAX_RUNS", "absent_devices", "certify"]
+__all__ = ["MAX_RUNS", "certify"]

@@ -15,8 +15,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..devices.nvml import discover_gpus
 from ..engines.common import rpc_servers
-from ..errors import InvalidArgumentError
+from ..errors import InvalidArgumentError, OmniPlaceError
+from ..gguf import read_model_files
+from ..gguf_write import has_tensor_data
 from .probe import LoadSpec
 from .rpc import check_rpc_server
 
@@ -27,9 +30,10 @@ TENSOR_SPLIT_FLOATS = 16
 """llama_max_devices() of the supported builds: tensor_split must point to this many floats."""
 
 
-def preflight(plan: Plan) -> None:
-    """Refuse, with one line and a hint, what cannot be loaded: another engine's plan, a missing
-    model file, an RPC server that does not answer (ggml would abort on it)."""
+def preflight(plan: Plan, *, dry_run: bool = True) -> None:
+    """Refuse, with one line and a hint (exit 2), what cannot be loaded here: another engine's
+    plan, a missing model file, a header-only file for a real load (``dry_run=False``), a GPU
+    this machine lacks, an RPC server that does not answer (ggml would abort on it)."""
     if not plan.dialect.traits.libllama:
         raise InvalidArgumentError(
             f"this plan is for {plan.engine}; omni-place loads plans through mainline libllama (llama.cpp)",
@@ -38,8 +42,32 @@ def preflight(plan: Plan) -> None:
     path = Path(plan.model.path)
     if not path.is_file():
         raise InvalidArgumentError(f"model file not found: {path}", hint="verify needs the model's weights on disk")
+    if not dry_run and not has_tensor_data(read_model_files(path)):
+        raise InvalidArgumentError(f"{path} is a header-only GGUF (no tensor data): a real load needs the weights",
+                                   hint="use --dry-run (no_alloc: placement and compute buffers), or the full model")
+    absent = absent_devices(plan)
+    if absent:
+        raise InvalidArgumentError(f"cannot load the plan here: {absent}",
+                                   hint="verify on the machine the plan is for (`omni-place devices` lists this one's)")
+
+
+def absent_devices(plan: Plan, library: str | None = None) -> str | None:
+    """Why the plan's devices are not all here (None when they are): a GPU index NVML does not
+    list on this machine, or an RPC server that does not answer."""
+    p = plan.placement
+    used = [n for n in p.order if n in p.layer_home or n == p.output]
+    gpus = [plan.cluster.by_name(n) for n in used if plan.cluster.by_name(n).kind == "gpu"]
+    if gpus:
+        here = {d.name for d in discover_gpus()[0]}
+        missing = [d.name for d in gpus if d.name not in here]
+        if missing:
+            return f"{', '.join(missing)} {'is' if len(missing) == 1 else 'are'} not on this machine"
     for endpoint in rpc_servers(plan.cluster.devices):
-        check_rpc_server(endpoint)
+        try:
+            check_rpc_server(endpoint, library)
+        except OmniPlaceError as err:
+            return f"RPC server {endpoint} is not usable: {err.message}"
+    return None
 
 
 def _target(target: str, names: Mapping[str, str]) -> str:
@@ -82,4 +110,4 @@ def load_spec(plan: Plan, *, dry_run: bool = True, load_mode: str | None = None,
     )
 
 
-__all__ = ["TENSOR_SPLIT_FLOATS", "load_spec", "preflight"]
+__all__ = ["TENSOR_SPLIT_FLOATS", "absent_devices", "load_spec", "preflight"]

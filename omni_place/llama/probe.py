@@ -62,6 +62,10 @@ class LoadReport:
 
     ok: bool
     error: str | None = None
+    error_kind: str | None = None
+    """Whose fault a failure is: ``"input"`` when the request cannot be loaded here (no usable
+    libllama, no model file, a device or buffer type this machine lacks, an invalid spec) and
+    the engine was never asked; ``"engine"`` when the engine refused, aborted or timed out."""
     layer_devices: dict[int, str] = field(default_factory=dict)
     """Repeating layer (0..n_layer_all-1, NextN blocks included) -> device name."""
     output_device: str | None = None
@@ -335,6 +339,7 @@ def load_in_process(spec: LoadSpec, library: str | None = None, *,
         report.ok = True
     except OmniPlaceError as err:
         report.error = err.message
+        report.error_kind = "engine" if isinstance(err, EngineError) else "input"
     finally:
         if handles is not None and report.ok:
             handles.update(model=model, context=ctx, keepalive=keep)
@@ -421,7 +426,7 @@ def _failure_from_output(
     tail = [ln.strip() for ln in lines if ln.strip() and not ln.startswith(ABORT_MARKER)][-5:]
     if tail:
         what += "; last log lines: " + " | ".join(tail)
-    report = LoadReport(ok=False, error=what, dry_run=spec.dry_run, spec=spec.to_json())
+    report = LoadReport(ok=False, error=what, error_kind="engine", dry_run=spec.dry_run, spec=spec.to_json())
     _fill_from_log(report, lines)
     report.returncode = returncode
     report.elapsed_s = round(elapsed, 3)
@@ -480,7 +485,7 @@ def _child_main() -> int:
         spec = LoadSpec.from_json(request["spec"])
         report = load_in_process(spec, request.get("library"))
     except OmniPlaceError as err:  # bad request or no libllama: still answer with a report
-        report = LoadReport(ok=False, error=err.message)
+        report = LoadReport(ok=False, error=err.message, error_kind="input")
     report_out.write(json.dumps(report.to_json()))
     report_out.flush()
     # skip interpreter teardown: engine/RPC destructors at exit must not turn a report into a crash

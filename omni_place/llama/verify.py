@@ -125,8 +125,8 @@ def expected_from_json(data: Mapping[str, Any], plan: Plan) -> Expected:
         exp.order = [str(d) for d in data["device_order"]]
     if isinstance(data.get("devices"), list):
         exp.devices = {
-            str(d["name"]): {"model": int(d.get("weights_bytes", 0)), "kv": int(d.get("kv_bytes", 0)),
-                             "compute": int(d.get("compute_bytes", 0))}
+            str(d["name"]): {"model": int(d.get("weights_bytes") or 0), "kv": int(d.get("kv_bytes") or 0),
+                             "compute": int(d.get("compute_bytes") or 0)}  # null: unknown, as absent
             for d in data["devices"] if isinstance(d, Mapping) and "name" in d
         }
     return exp
@@ -282,7 +282,7 @@ def verify_plan(plan: Plan, *, dry_run: bool = False, library: str | None = None
     the weights, with ``load_mode="none"`` unless given so every CPU byte is counted exactly; a
     dry run only sizes compute buffers. Never raises for an engine disagreement or a failed
     load: see :attr:`VerifyReport.matches` and :meth:`VerifyReport.raise_for_mismatch`."""
-    preflight(plan)
+    preflight(plan, dry_run=dry_run)
     spec = load_spec(plan, dry_run=dry_run, load_mode=load_mode if (load_mode or dry_run) else "none",
                      n_threads=n_threads)
     report = probe_load(spec, timeout=timeout, library=library)

@@ -7,7 +7,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from ..errors import EngineMismatchError
+from ..errors import EngineMismatchError, InvalidArgumentError
+from ..termtext import printable
 from ..units import MiB
 from .logcapture import MIB_PRINT_TOLERANCE_BYTES
 from .probe import LoadReport
@@ -222,7 +223,13 @@ class VerifyReport:
         return max(devs, default=0)
 
     def raise_for_mismatch(self) -> None:
-        """Raise :class:`EngineMismatchError` (CLI exit 4) unless everything matched."""
+        """Raise :class:`EngineMismatchError` (CLI exit 4) unless everything matched; a load that
+        could not even be attempted here (no libllama, a device this machine lacks) is bad input
+        or environment, :class:`InvalidArgumentError` (exit 2), not a disagreement."""
+        if self.load is not None and self.load.error_kind == "input":
+            raise InvalidArgumentError(f"cannot load the plan on this machine: {self.error or self.load.error}",
+                                       hint="verify where the plan's devices and a libllama are present "
+                                       "(`omni-place env` shows what this machine has)")
         problems = self.mismatches()
         if problems:
             more = f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""
@@ -280,7 +287,7 @@ class VerifyReport:
             lines += [f"  - {p}" for p in problems]
         else:
             lines.append("MATCH: the engine placed and sized everything as planned")
-        return "\n".join(lines)
+        return "\n".join(printable(line) for line in lines)  # paths, tensor and device names from files
 
 
 def _describe_build(build: Mapping[str, Any]) -> str:
