@@ -48,17 +48,23 @@ _VOCAB = FEATURES.index("vocab")
 _CPU_WEIGHT = FEATURES.index("cpu_weight")
 
 
+def batch_tokens(model: ModelProfile, n_ctx: int, n_ubatch: int, n_seq: int = 1) -> int:
+    """Tokens of the worst-case graph the engine reserves: ``min(n_ctx, n_ubatch)``."""
+    return max(1, min(model.kv_cells(n_ctx, n_seq), n_ubatch))
+
+
 def features(model: ModelProfile, *, n_ctx: int, n_ubatch: int, flash_attn: bool, n_seq: int = 1,
              kv_quantized: bool = False, kv_layer_bytes: int = 0) -> np.ndarray:
     """The per-token widths the compute peaks are linear in (``cpu_weight`` left 0: it depends
     on the placement, see :meth:`ComputeEstimate.offload_bytes`)."""
     hp = model.hparams
-    n_tokens = max(1, min(model.kv_cells(n_ctx, n_seq), n_ubatch))
+    n_tokens = batch_tokens(model, n_ctx, n_ubatch, n_seq)
     n_kv = model.kv_cells(n_ctx, n_seq)
     layers = range(hp.n_layer_kv or hp.n_layer)
     n_head = max((hp.n_head[il] for il in layers), default=0)
     n_head_kv = max((hp.n_head_kv[il] for il in layers), default=0)
     mask_elt = 0.5 if flash_attn else 1.0  # F16 mask with flash attention, F32 without (llama-graph.cpp)
+
     def width(tensor_name: str) -> int:  # rows of a layer matrix (ggml ne1), the widest over layers
         return max((t.info.shape[1] for t in model.tensors if t.name.endswith(tensor_name) and len(t.info.shape) >= 2),
                    default=0)
@@ -171,7 +177,7 @@ def compute_buffer_estimate(
     """The compute buffers llama.cpp reserves for ``n_ubatch`` and ``n_ctx``, per device role."""
     f = features(model, n_ctx=n_ctx, n_ubatch=n_ubatch, flash_attn=flash_attn, n_seq=n_seq,
                  kv_quantized=kv_quantized, kv_layer_bytes=kv_layer_bytes)
-    n_tokens = max(1, min(model.kv_cells(n_ctx, n_seq), n_ubatch))
+    n_tokens = batch_tokens(model, n_ctx, n_ubatch, n_seq)
     no_vocab = f.copy()
     no_vocab[_VOCAB] = 0.0
     roles: dict[str, dict[str, int]] = {}
@@ -180,7 +186,7 @@ def compute_buffer_estimate(
     for cls, fits in fitted_pieces().items():
         roles[cls] = {role: _peak(p, f, n_tokens) for role, p in fits.items()}
         layers_only[cls] = _peak(fits["layers_output"], no_vocab, n_tokens)
-        # cpu_weight enters as bytes / (F32 * n_tokens): slope per byte is coef / F32 / n_tokens * F32 * n_tokens
+        # cpu_weight is bytes / (F32 * n_tokens), so its coefficient is already per byte of the buffer
         offload[cls] = {role: (F32 * n_tokens * (p @ f), p[:, _CPU_WEIGHT].copy())
                         for role, p in fits.items() if role.startswith(("offload", "gpu_"))}
     mask = int(F32 * n_tokens * f[FEATURES.index("mask")])

@@ -249,10 +249,33 @@ class CostModel:
         return sum(v for k, v in per.items() if (k in kinds) == on_cpu)
 
     @cached_property
+    def _offloadable_weights(self) -> tuple[list[int], list[dict[str, int]], int]:
+        """What op offload may copy, as a GPU holds it, found once: per layer its largest weight
+        and its largest routed-expert tensor per kind, and the largest output weight (NextN-only
+        tensors are never loaded)."""
+        layer_max = [0] * len(self.model.layers)
+        output_max = 0
+        for t in self.model.tensors:
+            if t.role is Role.NEXTN:
+                continue
+            if t.layer is not None:
+                layer_max[t.layer] = max(layer_max[t.layer], t.alloc_bytes("cuda"))
+            elif t.role is Role.OUTPUT:
+                output_max = max(output_max, t.alloc_bytes("cuda"))
+        expert_max: list[dict[str, int]] = []
+        for lc in self.model.layers:
+            per: dict[str, int] = {}
+            for t in lc.expert_tensors:
+                if t.role is not Role.NEXTN:
+                    per[expert_kind(t)] = max(per.get(expert_kind(t), 0), t.alloc_bytes("cuda"))
+            expert_max.append(per)
+        return layer_max, expert_max, output_max
+
+    @cached_property
     def largest_weight_bytes(self) -> int:
         """The largest layer or output weight as a GPU holds it: what op offload copies at most."""
-        return max((t.alloc_bytes("cuda") for t in self.model.tensors
-                    if (t.layer is not None and t.role is not Role.NEXTN) or t.role is Role.OUTPUT), default=0)
+        layer_max, _, output_max = self._offloadable_weights
+        return max(max(layer_max, default=0), output_max)
 
     @cached_property
     def op_offload_bound(self) -> int:
@@ -269,17 +292,16 @@ class CostModel:
         the largest weight it copies (compute.py). With experts on the CPU and layers on a second
         GPU the first one held two copies of that weight beside its own layers' peak (H200 pair, moe33 records in
         tests/test_gpu_records.py: 436.5 MiB = 2 x 216 MiB + 4.5)."""
-        cpu_layers = {il for il, h in enumerate(p.layer_home) if h == CPU}
+        layer_max, expert_max, _ = self._offloadable_weights
+        cpu_layers = [il for il, h in enumerate(p.layer_home) if h == CPU]
         if len(cpu_layers) == len(p.layer_home) and p.output == CPU:
-            role, weights = "offload_none", [t for t in self.model.tensors
-                                             if t.layer is not None or t.role is Role.OUTPUT]
+            role, w = "offload_none", self.largest_weight_bytes
         elif cpu_layers:
-            role, weights = "gpu_partial", [t for t in self.model.tensors if t.layer in cpu_layers]
+            role, w = "gpu_partial", max(layer_max[il] for il in cpu_layers)
         else:
             role = "gpu_exps"
-            weights = [t for lc, kinds in zip(self.model.layers, p.cpu_experts) if kinds
-                       for t in lc.expert_tensors if expert_kind(t) in kinds]
-        w = max((t.alloc_bytes("cuda") for t in weights if t.role is not Role.NEXTN), default=0)
+            w = max((b for per, kinds in zip(expert_max, p.cpu_experts) for k, b in per.items() if k in kinds),
+                    default=0)
         two_copies = own + 2 * w if role == "gpu_exps" and gpus_with_layers > 1 else 0
         return max(own, self.compute.offload_bytes(role, w), two_copies)
 
