@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from .cost import SpeedParams
 from .devices import Cluster
 from .errors import InvalidArgumentError
+from .safeio import write_atomic
 from .validate import decode_text, dump_json, integer, load_json, number, read_file, safe_file_name, show
 
 SCHEMA = "omni_place.calibration/1"
@@ -52,15 +52,7 @@ def save_calibration(machine: str, per_engine: dict[str, SpeedParams], meta: dic
     doc = {"schema": SCHEMA, "machine": machine,
            "engines": {e: dataclasses.asdict(p) for e, p in per_engine.items()}, **(meta or {})}
     text = dump_json(doc, indent=1)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_atomic(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
 def _params(d: Any, where: str) -> SpeedParams:

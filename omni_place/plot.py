@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from .errors import InvalidArgumentError
+from .safeio import write_atomic
 from .report import device_symbols, layer_strip
 
 if TYPE_CHECKING:
@@ -178,10 +179,9 @@ def write_svg(svg: str, path: str | os.PathLike[str], option: str = "--plot", ex
                                    hint="remove it or choose another name; omni-place never overwrites other files")
     if not path.parent.is_dir():
         raise InvalidArgumentError(f"{option} {path}: folder {path.parent} does not exist")
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(svg, encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    written = write_atomic(path, lambda tmp: tmp.write_text(svg, encoding="utf-8"))
+    written.chmod(0o644)  # a picture to share, not a private file (mkstemp creates 0600)
+    return written
 
 
 def compare_svg(rows: Sequence[CompareRow], picks: Mapping[Any, CompareRow | None] | None = None,
