@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ubatch", type=int, default=512)
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--threads", type=int)
-    p.add_argument("--objective", default="tg")
+    p.add_argument("--objective", default="balanced")
     p.add_argument("--rig")
     p.add_argument("-o", "--output", required=True)
     p.set_defaults(fn=_prepare)

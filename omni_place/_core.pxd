@@ -66,3 +66,14 @@ cdef extern from "omni_place.h" nogil:
                              size_t *out_offset)
     int op_gguf_skip_array(const uint8_t *buf, size_t len, size_t offset, uint32_t elem_type,
                            uint64_t n, size_t *out_offset)
+
+
+cdef extern from "membw.h" nogil:
+    enum:
+        OP_MEMBW_MAX_THREADS   # 4096
+        OP_MEMBW_MAX_REPS      # 1000
+
+    size_t OP_MEMBW_MAX_BYTES  # 1 TiB
+
+    int op_membw_read(size_t bytes, int32_t threads, int32_t reps, double *best_seconds,
+                      uint64_t *checksum)

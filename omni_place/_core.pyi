@@ -15,6 +15,9 @@ DEFAULT_MAX_STATES: int
 GGUF_TYPE_SIZES: dict[int, int]  # fixed-size GGUF value type -> bytes (csrc: op_gguf_type_size)
 GGUF_STRING: int
 GGUF_ARRAY: int
+MEMBW_MAX_THREADS: int
+MEMBW_MAX_REPS: int
+MEMBW_MAX_BYTES: int
 
 def status_str(status: int) -> str: ...
 
@@ -72,3 +75,7 @@ def skip_array(buf: bytes | bytearray | memoryview | NDArray[np.uint8], offset: 
                elem_type: int, n: int) -> int: ...
 def skip_strings(buf: bytes | bytearray | memoryview | NDArray[np.uint8], offset: int,
                  n: int) -> int: ...
+
+def membw_read(nbytes: int, threads: int, reps: int) -> tuple[float, int]:
+    """(best seconds, checksum) of a multi-threaded read of ``nbytes // 8`` uint64 words."""
+    ...

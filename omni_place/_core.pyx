@@ -4,7 +4,7 @@ from libc.stdint cimport int32_t, int64_t, uint8_t, uint32_t, uint64_t
 
 import numpy as np
 
-from omni_place.errors import GGUFFormatError, NativeCoreError
+from omni_place.errors import GGUFFormatError, InvalidArgumentError, NativeCoreError
 
 OK = OP_OK
 INFEASIBLE = OP_INFEASIBLE
@@ -20,6 +20,9 @@ DEFAULT_MAX_STATES = OP_DEFAULT_MAX_STATES
 GGUF_TYPE_SIZES = {t: op_gguf_type_size(t) for t in range(OP_GGUF_TYPE_COUNT) if op_gguf_type_size(t)}
 GGUF_STRING = OP_GGUF_STRING
 GGUF_ARRAY = OP_GGUF_ARRAY
+MEMBW_MAX_THREADS = OP_MEMBW_MAX_THREADS
+MEMBW_MAX_REPS = OP_MEMBW_MAX_REPS
+MEMBW_MAX_BYTES = OP_MEMBW_MAX_BYTES
 
 
 def status_str(int status) -> str:
@@ -252,3 +255,38 @@ def skip_array(buf, offset, elem_type, n) -> int:
 def skip_strings(buf, offset, n) -> int:
     """Offset just past `n` GGUF strings (uint64 LE length + bytes) starting at `offset`."""
     return skip_array(buf, offset, GGUF_STRING, n)
+
+
+def membw_read(nbytes, threads, reps) -> tuple:
+    """(best seconds, checksum) of reading ``nbytes // 8`` uint64 words with ``threads`` threads
+    at once, ``reps`` timed reads after a warm-up, from a buffer each thread first-touched
+    (csrc/membw.h: op_membw_read). The checksum is ``n (n - 1) / 2 mod 2**64`` for ``n`` words.
+
+    Raises InvalidArgumentError for threads outside 1..MEMBW_MAX_THREADS, reps outside
+    1..MEMBW_MAX_REPS or a size below 8 bytes a thread or above MEMBW_MAX_BYTES, and
+    NativeCoreError when the buffer or a thread cannot be created.
+    """
+    for name, value in (("nbytes", nbytes), ("threads", threads), ("reps", reps)):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise InvalidArgumentError(f"bandwidth probe: {name} must be an integer (got {value!r})")
+    if not 1 <= threads <= OP_MEMBW_MAX_THREADS or not 1 <= reps <= OP_MEMBW_MAX_REPS:
+        raise InvalidArgumentError(
+            f"bandwidth probe needs 1..{OP_MEMBW_MAX_THREADS} threads and 1..{OP_MEMBW_MAX_REPS} "
+            f"reads (got {threads} threads, {reps} reads)")
+    if not 8 * threads <= nbytes <= OP_MEMBW_MAX_BYTES:
+        raise InvalidArgumentError(
+            f"bandwidth probe buffer of {nbytes} bytes is outside 8 bytes a thread "
+            f"({8 * threads}) .. {OP_MEMBW_MAX_BYTES}")
+    cdef size_t size = nbytes
+    cdef int32_t n_threads = threads, n_reps = reps
+    cdef double best = 0.0
+    cdef uint64_t checksum = 0
+    cdef int rc
+    with nogil:
+        rc = op_membw_read(size, n_threads, n_reps, &best, &checksum)
+    if rc == OP_EINVAL:
+        raise InvalidArgumentError(f"bandwidth probe rejected {nbytes} bytes, {threads} threads, {reps} reads")
+    if rc != OP_OK:
+        raise NativeCoreError(f"bandwidth probe could not allocate {nbytes} bytes or start {threads} threads",
+                              hint="use a smaller buffer or fewer threads")
+    return best, checksum

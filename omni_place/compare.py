@@ -93,7 +93,7 @@ def _bpw(profile: ModelProfile) -> float:
 
 def compare(models: Sequence[str], clusters: Sequence[str | Cluster], *, ctxs: Sequence[int] = (4096,),
             kv_types: Sequence[str] = ("f16",), engines: Sequence[str] = ("llama.cpp",),
-            objective: str | float = "tg", allow_paging: bool = False) -> list[CompareRow]:
+            objective: str | float = "balanced", allow_paging: bool = False) -> list[CompareRow]:
     """One row per (model, cluster, ctx, KV type, engine), in that nesting order."""
     n = len(models) * len(clusters) * len(ctxs) * len(kv_types) * len(engines)
     if n == 0:

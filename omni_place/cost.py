@@ -8,186 +8,87 @@ minimizes and what a plan reports are one model.
 
 Decode (tg, batch 1) is memory-bound: each layer reads its dense weights, its KV cache up to
 ``depth`` and ``k/N`` of its routed-expert bytes from the memory they sit in, at that memory's
-bandwidth times an efficiency; every hop of the activations between devices costs a graph split
+bandwidth times an efficiency, plus a fixed cost per layer on each backend it visits (kernel
+launches, thread barriers); every hop of the activations between devices costs a graph split
 (scheduling + synchronisation) plus the link's latency and the ``n_embd`` F32 transfer.
-Prompt processing (pp, batches of ``n_ubatch``) is compute-bound on the GPUs; weights held by the
-CPU are streamed over PCIe to the first device per ubatch (llama.cpp's op offload for batches of
-32 or more; only the experts a ubatch touches) and computed there; RPC devices take no offload.
+Prompt processing (pp, batches of ``n_ubatch``) is compute-bound on the GPUs (a routed expert
+costs at least one MMQ tile of tokens); weights held by the CPU are copied from pageable host
+memory to the first device per ubatch (llama.cpp's op offload for batches of 32 or more; only
+the experts a ubatch touches; a CPU layer's KV cache with it) and computed there; RPC devices
+take no offload.
 
-The efficiencies and per-split costs are :class:`SpeedParams`; the defaults are typical figures
-(llama.cpp CUDA matvec reaches ~70-80 % of datasheet bandwidth, quantized matmul ~40-50 % of
-dense FP16 tensor peak, a CPU<->GPU graph split ~20-40 us) that ``omni-place calibrate`` refits
-per machine from llama-bench records.
+The efficiencies and fixed costs are :class:`SpeedParams`. Their defaults were fitted to
+measured llama-bench runs on one H200 machine (``benchmarks/results/speed_truth.md``); the
+machine figures they multiply (memory and pageable-copy bandwidths) come from the cluster, best
+measured by ``omni-place devices --measure``; ``omni-place calibrate`` refits the parameters per
+machine from llama-bench records.
 """
 from __future__ import annotations
 
 import math
 from functools import cached_property
-from dataclasses import asdict, dataclass, field
-from typing import Any, Sequence
+from dataclasses import asdict, dataclass
 
 from .compute import PIPELINE_COPIES, ComputeEstimate, compute_buffer_estimate
 from .cpuprobe import DEFAULT_DISK_GBS
 from .devices import Cluster, Device
-from .errors import ClusterError, InvalidArgumentError
-from .model import LayerCost, ModelProfile, Role, TensorRecord
+from .errors import ClusterError
+from .model import LayerCost, ModelProfile, Role
+from .placement import (CPU, EXPERT_KINDS, EXPERT_OPTIONS, Context, DeviceUsage, Placement, Prediction, expert_kind,
+                        placement_from_counts)
 from .units import GB
 
-CPU = "CPU"
-
-# Routed-expert tensor kinds as they appear in names (ffn_<kind>_exps / ffn_<kind>_chexps).
-EXPERT_KINDS = ("gate", "up", "down", "gate_up")
-# The per-layer expert options the optimizer chooses from: which kinds are overridden to the CPU.
-EXPERT_OPTIONS: tuple[frozenset[str], ...] = (
-    frozenset(),  # all experts with the layer
-    frozenset({"down"}),  # ffn_down_exps on the CPU
-    frozenset({"gate", "up", "gate_up"}),  # gate/up on the CPU, down with the layer
-    frozenset(EXPERT_KINDS),  # all experts on the CPU
-)
-
-
-def expert_kind(t: TensorRecord) -> str:
-    """'gate', 'up', 'down' or 'gate_up' for a routed-expert tensor name."""
-    inner = t.name.split(".", 2)[2]
-    return inner.split("_exps")[0].split("_chexps")[0].removeprefix("ffn_")
-
+# Op offload copies CPU-held weights with cudaMemcpyAsync from pageable (mmap'd) memory
+# (ggml/src/ggml-cuda/ggml-cuda.cu:779-783 from ggml_backend_sched_compute_splits,
+# ggml/src/ggml-backend.cpp:1708-1800), which the driver stages through pinned buffers: on an
+# H200 VM 5.2-7.8 GB/s of a 63 GB/s PCIe 5 x16 link (pinned: 55; benchmarks/host_link.py). The
+# fraction of the link assumed when the GPU's ``stream_gbs`` was not measured.
+PAGEABLE_LINK_FRACTION = 0.12
+# ... and from pinned memory (CUDA_Host): 54-55 GB/s of the 63 on that H200 (DMA at link speed).
+PINNED_LINK_FRACTION = 0.87
+# Share of a MoE layer's decode ops that run where its routed experts are (the three
+# MUL_MAT_IDs, the GLU, the weighting and the sum of the experts' outputs).
+EXPERT_OPS_SHARE = 0.25
+# MUL_MAT_ID runs each expert's tokens in tiles of the MMQ kernel's widest column count
+# (mmq_x up to 128; the tile is picked against the whole batch on NVIDIA,
+# ggml/src/ggml-cuda/mmq.cu:299-304): an expert that gets fewer tokens still costs a full tile.
+MMQ_TILE_TOKENS = 128
 
 @dataclass(frozen=True)
 class SpeedParams:
-    """Efficiencies and fixed costs of the speed model (fitted by calibration)."""
+    """Efficiencies and fixed costs of the speed model (fitted by calibration).
 
-    gpu_bw_eff: float = 0.75  # achieved / datasheet memory bandwidth in decode matvecs
-    cpu_bw_eff: float = 0.70  # achieved / nominal CPU memory bandwidth
+    Defaults: where a figure was measured, the record is named; the H200 figures come from
+    ``benchmarks/results/speed_truth.md`` (one H200 VM, dense and MoE models, 60 placements)."""
+
+    gpu_bw_eff: float = 0.47  # achieved / datasheet memory bandwidth in decode matvecs (H200: 0.47)
+    # achieved / the multi-threaded read bandwidth devices --measure reports (csrc/membw.c):
+    # llama-bench decode of a 1.1 GB dense Q4_K model read 26-29 GB/s where the probe read 29-41
+    # (2-vCPU VM, interleaved; benchmarks/results/speed_truth.md)
+    cpu_bw_eff: float = 0.80
     rpc_bw_eff: float = 0.60  # RPC server backends (CPU backends over a socket)
-    gpu_compute_eff: float = 0.40  # achieved / dense FP16 tensor peak in prompt matmuls
+    # achieved / the catalog's dense FP16 tensor peak in prompt matmuls: H200 0.12 (its datasheet
+    # peak needs wgmma, which ggml's MMQ kernels do not use); consumer cards reach more: calibrate
+    gpu_compute_eff: float = 0.15
     cpu_tflops_per_core: float = 0.05  # achieved CPU TFLOPS per core in quantized matmuls
-    split_s: float = 25e-6  # cost of one graph split (sync + launch) per decoded token
+    split_s: float = 20e-6  # cost of one graph split (sync + launch) per decoded token (H200: 21 us)
     pcie_latency_s: float = 10e-6  # default latency of a host<->GPU copy
     op_offload_min_batch: int = 32  # GGML_OP_OFFLOAD_MIN_BATCH
     # network round trips per visit of a token to an RPC device: 1 by the protocol (one waited
     # get_tensor), 1.05-1.3 measured over emulated links (benchmarks/results/rpc_network.md)
     rpc_round_trips: float = 1.2
-    # achieved / datasheet link bandwidth when op offload streams CPU-held weights to the GPU
-    # (mmap'd pageable memory, copied through a staging buffer): ik_llama.cpp fitted 0.66 on an
-    # H200 VM (benchmarks/results/engine_compare); the seed rig's ~100 tok/s DeepSeek prompt
-    # speed with ~250 GB of experts in RAM over PCIe 5 implies ~0.8
-    stream_eff: float = 0.75
+    # achieved / base rate when op offload streams CPU-held weights to the GPU: the base is the
+    # GPU's measured pageable host->device rate (``stream_gbs``, devices --measure), else
+    # PAGEABLE_LINK_FRACTION of its link
+    stream_eff: float = 1.0
+    # fixed decode seconds per layer and token on a GPU (kernel launches and the small ops
+    # between the matvecs): H200 54 us
+    gpu_layer_s: float = 55e-6
+    # the same on the CPU backend (a thread barrier per op): H200 VM, 16 threads, 310 us
+    cpu_layer_s: float = 300e-6
 
     def to_dict(self) -> dict[str, float]:
         return asdict(self)
-
-
-@dataclass(frozen=True)
-class Placement:
-    """Where everything goes, engine-neutral. Layer homes are device names or ``"CPU"``."""
-
-    order: tuple[str, ...]  # accelerators in engine device order (the -dev list)
-    layer_home: tuple[str, ...]  # per layer slot
-    cpu_experts: tuple[frozenset[str], ...]  # per layer: expert kinds overridden to the CPU
-    output: str  # device holding the output head, or "CPU"
-    extra_overrides: tuple[tuple[str, str], ...] = ()  # (regex, device) the user gave that we model as-is
-
-    @property
-    def first(self) -> str | None:
-        return self.order[0] if self.order else None
-
-    def layers_on(self, name: str) -> list[int]:
-        return [il for il, h in enumerate(self.layer_home) if h == name]
-
-
-@dataclass
-class DeviceUsage:
-    """Memory of one device under a placement, in bytes."""
-
-    name: str
-    kind: str
-    weights_bytes: int = 0
-    kv_bytes: int = 0
-    compute_bytes: int = 0
-    capacity_bytes: int = 0  # usable: memory minus margin
-    margin_bytes: int = 0
-    pageable_bytes: int = 0  # mmap'd weights the OS may page from disk (CPU, --allow-paging only)
-    n_layers: int = 0
-    holds_output: bool = False
-
-    @property
-    def used_bytes(self) -> int:
-        return self.weights_bytes + self.kv_bytes + self.compute_bytes
-
-    @property
-    def free_bytes(self) -> int:
-        return self.capacity_bytes - self.used_bytes
-
-    @property
-    def headroom_bytes(self) -> int:
-        """Usable memory left once everything that must stay resident is in (negative when it
-        overflows); pageable weights (mmap'd CPU weights when paging is allowed) may stay on disk."""
-        return self.capacity_bytes - (self.used_bytes - self.pageable_bytes)
-
-    @property
-    def fits(self) -> bool:
-        """Everything that must stay resident fits: the KV cache, compute buffers and weights that may not page."""
-        return self.headroom_bytes >= 0
-
-    @property
-    def shortfall_bytes(self) -> int:
-        """Bytes over the usable memory, not counting what may page (0 when it fits)."""
-        return max(0, -self.headroom_bytes)
-
-    @property
-    def paged_bytes(self) -> int:
-        """Pageable weights that do not fit in RAM: read from disk as they are used."""
-        return min(self.pageable_bytes, max(0, self.used_bytes - self.capacity_bytes))
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "kind": self.kind,
-            "n_layers": self.n_layers,
-            "holds_output": self.holds_output,
-            "weights_bytes": self.weights_bytes,
-            "kv_bytes": self.kv_bytes,
-            "compute_bytes": self.compute_bytes,
-            "capacity_bytes": self.capacity_bytes,
-            "margin_bytes": self.margin_bytes,
-            "free_bytes": self.free_bytes,
-            "paged_bytes": self.paged_bytes,
-            "fits": self.fits,
-        }
-
-
-@dataclass
-class Prediction:
-    """Predicted speed with where the time goes (seconds per token, by device / activity)."""
-
-    tg_tps: float
-    pp_tps: float
-    tg_breakdown: dict[str, float] = field(default_factory=dict)
-    pp_breakdown: dict[str, float] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "tg_tps": round(self.tg_tps, 3),
-            "pp_tps": round(self.pp_tps, 3),
-            "tg_ms_per_token": {k: round(v * 1e3, 4) for k, v in self.tg_breakdown.items()},
-            "pp_ms_per_token": {k: round(v * 1e3, 5) for k, v in self.pp_breakdown.items()},
-        }
-
-
-@dataclass(frozen=True)
-class Context:
-    """The run settings that change memory and speed."""
-
-    ctx: int = 4096
-    n_ubatch: int = 512
-    type_k: str = "f16"
-    type_v: str = "f16"
-    flash_attn: bool = True
-    depth: int = 0  # tokens already in the KV cache when decoding (llama-bench -d)
-    n_seq: int = 1
-    swa_full: bool = False  # SWA layers' KV sized for the whole context (ik_llama.cpp)
-    allow_paging: bool = False  # CPU-held weights beyond RAM may page from disk (mmap), priced at disk speed
-    embedding_on_first: bool = False  # token embedding on the first device (vLLM), else CPU RAM
 
 
 def backend_of(dev: Device) -> str:
@@ -279,11 +180,22 @@ class CostModel:
 
     @cached_property
     def op_offload_bound(self) -> int:
-        """The most op offload can add on the first GPU over its own peak, for any placement: what
-        the solver reserves there before the exact re-pricing (:meth:`_offload_compute`)."""
-        w = self.largest_weight_bytes
+        """What op offload adds on the first GPU over its own layers' and output's peak when some
+        layers or experts stay on the CPU: what the solver reserves there before the exact
+        re-pricing (:meth:`_offload_compute`). The largest *layer* weight sets it: a plan with
+        layers on a GPU keeps the output head there (an all-CPU plan, and a head left on the CPU,
+        are priced exactly, not through this reserve); H200 loads: a reserve from the largest
+        weight overall (the output head) cost a whole layer of VRAM that the engine never used
+        (benchmarks/results/speed_truth.md)."""
+        if not self.context.op_offload:
+            return 0
+        layer_max, expert_max, _ = self._offloadable_weights
+        w_layer = max(layer_max, default=0)
+        w_exp = max((max(per.values(), default=0) for per in expert_max), default=0)
+        own = self.compute.backend_roles["cuda"]["layers_output"]
+        extra = max(self.compute.offload_bytes("gpu_partial", w_layer), self.compute.offload_bytes("gpu_exps", w_exp))
         two_gpus = sum(1 for d in self.cluster.gpus if d.kind == "gpu") > 1
-        return max(self.compute.offload_extra(w), 2 * w if two_gpus else 0)
+        return max(0, extra - own, 2 * w_exp if two_gpus else 0)
 
     def _offload_compute(self, p: Placement, own: int, gpus_with_layers: int) -> int:
         """devices[0]'s compute buffer when it runs op-offloaded work of CPU-held weights
@@ -339,13 +251,13 @@ class CostModel:
             use = out[name]
             use.compute_bytes += self.compute.device_bytes(use.n_layers > 0, use.holds_output, copies,
                                                            backend_of(self.device(name)))
-        offload = bool(p.order) and self.device(p.order[0]).kind == "gpu"
+        offload = bool(p.order) and self.device(p.order[0]).kind == "gpu" and self.context.op_offload
         if offload and self._has_cpu_weights(p):
             first = out[p.order[0]]
             gpus = sum(1 for n in p.order if out[n].n_layers and self.device(n).kind == "gpu")
             first.compute_bytes = self._offload_compute(p, first.compute_bytes, gpus)
         cpu_use.compute_bytes += self._host_compute(p, cpu_use, offload, copies)
-        if self.context.allow_paging:
+        if self.context.allow_paging and not self.context.pinned_weights:
             cpu_use.pageable_bytes = cpu_use.weights_bytes
         return list(out.values())
 
@@ -452,51 +364,83 @@ class CostModel:
         return dense, experts
 
     def layer_tg(self, il: int, home: str, cpu_kinds: frozenset[str]) -> dict[str, float]:
-        """Decode seconds of layer ``il`` by where they are spent."""
+        """Decode seconds of layer ``il`` by where they are spent: bytes read at each memory's
+        achieved bandwidth plus a fixed cost per layer on each backend it visits (kernel
+        launches on a GPU, a thread barrier per op on the CPU; routed experts alone are about
+        a quarter of a MoE layer's ops)."""
         lc = self.model.layers[il]
         stored = self._expert_split[il]["stored"]
         dense_read = lc.dense["cpu"] + self.kv_read[il]
+        sp = self.params
         if home == CPU:
             exp_read = sum(stored.values()) * self.k_over_n
-            return {CPU: (dense_read + exp_read) / self.bandwidth(CPU)}
+            return {CPU: (dense_read + exp_read) / self.bandwidth(CPU) + sp.cpu_layer_s}
         on_dev = sum(v for k, v in stored.items() if k not in cpu_kinds) * self.k_over_n
         on_cpu = sum(v for k, v in stored.items() if k in cpu_kinds) * self.k_over_n
-        out = {home: (dense_read + on_dev) / self.bandwidth(home)}
+        out = {home: (dense_read + on_dev) / self.bandwidth(home) + self._layer_overhead(home)}
         if on_cpu:
-            out[CPU] = on_cpu / self.bandwidth(CPU)
+            out[CPU] = on_cpu / self.bandwidth(CPU) + sp.cpu_layer_s * EXPERT_OPS_SHARE
             out["transfers"] = 2 * self.hop_tg(home, CPU)
         return out
 
+    def _layer_overhead(self, name: str) -> float:
+        """Fixed decode seconds per layer on an accelerator (an RPC server runs a CPU backend)."""
+        return self.params.gpu_layer_s if self.device(name).kind == "gpu" else self.params.cpu_layer_s
+
     def layer_pp(self, il: int, home: str, cpu_kinds: frozenset[str], first: str | None) -> dict[str, float]:
-        """Prompt seconds per token of layer ``il`` by where they are spent."""
-        dense_p, exp_p = self.layer_params(il)
+        """Prompt seconds per token of layer ``il`` by where they are spent. A CPU-home layer's
+        KV cache is copied to the offload device with its weights (its attention runs there)."""
+        dense_p, _ = self.layer_params(il)
         stored = self._expert_split[il]["stored"]
         exp_total = sum(stored.values())
         frac_cpu = (sum(v for k, v in stored.items() if k in cpu_kinds) / exp_total) if exp_total else 0.0
-        active_exp_flops = 2.0 * exp_p * self.k_over_n
         dense_flops = 2.0 * dense_p
         out: dict[str, float] = {}
         if home == CPU:
-            cpu_flops, streamed = (dense_flops + active_exp_flops,
-                                   self.model.layers[il].dense["cpu"] + exp_total * self.expert_hit)
-            out.update(self._cpu_weights_pp(cpu_flops, streamed, first))
+            on_gpu = first is not None and self.offloads_to(first)
+            streamed = self.model.layers[il].dense["cpu"] + self.kv_read[il] + exp_total * self.expert_hit
+            out.update(self._cpu_weights_pp(dense_flops + self.expert_flops(il, on_gpu), streamed, first))
             return out
-        out[home] = (dense_flops + active_exp_flops * (1 - frac_cpu)) / self.flops(home)
+        on_gpu_home = self.device(home).kind == "gpu"
+        out[home] = (dense_flops + self.expert_flops(il, on_gpu_home) * (1 - frac_cpu)) / self.flops(home)
         if frac_cpu:
             streamed = exp_total * frac_cpu * self.expert_hit
-            for k, v in self._cpu_weights_pp(active_exp_flops * frac_cpu, streamed, first).items():
+            on_gpu = first is not None and self.offloads_to(first)
+            for k, v in self._cpu_weights_pp(self.expert_flops(il, on_gpu) * frac_cpu, streamed, first).items():
                 out[k] = out.get(k, 0.0) + v
             out["transfers"] = out.get("transfers", 0.0) + 2 * self.hop_pp(home, CPU)
         return out
 
+    def expert_flops(self, il: int, gpu: bool) -> float:
+        """Routed-expert FLOPs per prompt token of layer ``il``: each token runs k of N experts;
+        on a GPU every expert a ubatch touches costs at least one MMQ tile of tokens."""
+        _, exp_p = self.layer_params(il)
+        flops = 2.0 * exp_p * self.k_over_n
+        if not gpu or not flops:
+            return flops
+        hit = self.expert_hit
+        per_expert = self.n_tokens * self.k_over_n / hit  # tokens of each touched expert
+        tiles = math.ceil(per_expert / MMQ_TILE_TOKENS) * MMQ_TILE_TOKENS
+        return flops * tiles / per_expert
+
     def stream_bandwidth(self, name: str) -> float:
-        """Bytes/s at which op offload streams CPU-held weights to device ``name``."""
-        return self.link(name)[0] * self.params.stream_eff
+        """Bytes/s at which op offload streams CPU-held weights to device ``name``, times
+        ``stream_eff``: from pinned memory (``Context.pinned_weights``) PINNED_LINK_FRACTION of its
+        link; from pageable mmap'd memory its measured rate (``stream_gbs``), else
+        PAGEABLE_LINK_FRACTION of its link."""
+        dev = self.device(name)
+        measured = getattr(dev, "stream_gbs", None)
+        if self.context.pinned_weights:
+            base = self.link(name)[0] * PINNED_LINK_FRACTION
+        else:
+            base = measured * GB if measured else self.link(name)[0] * PAGEABLE_LINK_FRACTION
+        return base * self.params.stream_eff
 
     def offloads_to(self, name: str) -> bool:
         """Whether CPU-held weights are op-offloaded to ``name`` when it is devices[0] (a GPU,
         batches of at least GGML_OP_OFFLOAD_MIN_BATCH tokens; RPC devices take no offload)."""
-        return self.device(name).kind == "gpu" and self.n_tokens >= self.params.op_offload_min_batch
+        return (self.context.op_offload and self.device(name).kind == "gpu"
+                and self.n_tokens >= self.params.op_offload_min_batch)
 
     def _cpu_weights_pp(self, flops: float, streamed_bytes: float, first: str | None) -> dict[str, float]:
         """CPU-held weights in a prompt batch: op-offloaded to ``first`` (a GPU) when the batch is
@@ -561,21 +505,8 @@ class CostModel:
         return Prediction(1.0 / t_tg if t_tg > 0 else math.inf, 1.0 / t_pp if t_pp > 0 else math.inf, tg, pp)
 
 
-def placement_from_counts(model: ModelProfile, order: Sequence[str], n_cpu: int, counts: Sequence[int],
-                          options: Sequence[int] | None = None, output: str | None = None) -> Placement:
-    """Build a placement from a CPU prefix, per-device layer counts in order, and option indices."""
-    if n_cpu + sum(counts) != model.n_layer:
-        raise InvalidArgumentError(f"{n_cpu} CPU layers + {sum(counts)} device layers != {model.n_layer}")
-    homes: list[str] = [CPU] * n_cpu
-    for name, n in zip(order, counts):
-        homes += [name] * n
-    opts = list(options) if options is not None else [0] * model.n_layer
-    cpu_exp = tuple(EXPERT_OPTIONS[o] if h != CPU and o >= 0 else frozenset() for h, o in zip(homes, opts))
-    if output is None:
-        used = [n for n, c in zip(order, counts) if c > 0]
-        output = used[-1] if used else CPU
-    return Placement(tuple(order), tuple(homes), cpu_exp, output)
-
-
-__all__ = ["CPU", "Context", "CostModel", "DeviceUsage", "EXPERT_OPTIONS", "Placement", "Prediction",
-           "SpeedParams", "placement_from_counts"]
+# Placement, Context and the priced results live in .placement; they are re-exported here, where
+# most callers meet them next to the CostModel.
+__all__ = ["CPU", "EXPERT_KINDS", "EXPERT_OPS_SHARE", "EXPERT_OPTIONS", "MMQ_TILE_TOKENS", "PAGEABLE_LINK_FRACTION",
+           "PINNED_LINK_FRACTION", "Context", "CostModel", "DeviceUsage", "Placement", "Prediction", "SpeedParams",
+           "expert_kind", "placement_from_counts"]

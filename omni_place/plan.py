@@ -20,14 +20,17 @@ from .engines.common import tool_context
 from .errors import ClusterError, InvalidArgumentError, NothingFitsError
 from .hparams import MAX_CONTEXT
 from .model import KV_TYPES, ModelProfile, load_model
-from .problem import (MAX_DEVICES, Candidate, best_time, build_arrays, candidate_orders, core_candidates, cpu_only,
-                      memory_unit)
+from .objective import (FRONTIER_WEIGHTS, TIE_BREAK, beats, choose, core_weights, frontier, parse_objective,
+                        prompt_floor)
+from .problem import MAX_DEVICES, build_arrays, candidate_orders, core_candidates, cpu_only, default_order, memory_unit
+from .recipes import Recipe, decoded, placement_flags, priced, standard_recipes
+from .variants import expressible, pinned_note, without_op_offload
 from .sources import model_argument
 from .units import GB, GiB, MiB
 from .validate import choice, dump_json, flag, integer, show, text
 
-OBJECTIVES = ("tg", "pp")
-TIE_BREAK = 1e-3  # weight of the other objective, so equal-speed plans prefer the better other
+MAX_ALTERNATIVES = 10
+BALANCE_STEPS = 4  # bisection steps over the decode weight when the fastest decode plan prompts too slowly
 
 
 @dataclass(frozen=True)
@@ -83,6 +86,8 @@ class Plan:
     params: SpeedParams | None = None  # the speed parameters it was priced with (None: defaults)
     certified: dict[str, Any] | None = None  # the engine's own dry run of it (omni_place.llama.certify)
     assumptions: list[str] = field(default_factory=list)  # what pricing a command line assumed (evaluate)
+    compared: list[dict[str, Any]] = field(default_factory=list)  # recipes priced beside it (plan_split)
+    alternatives: list[dict[str, Any]] = field(default_factory=list)  # its tg/pp frontier (--alternatives)
 
     @property
     def dialect(self) -> Dialect:
@@ -112,7 +117,7 @@ class Plan:
         """Flags for llama-server / llama-cli (``tool="server"``) or llama-bench (``"bench"``)."""
         c = self.context
         return self.engine_args.args(tool, ctx=c.ctx, n_ubatch=c.n_ubatch, type_k=c.type_k,
-                                     type_v=c.type_v, flash_attn=c.flash_attn)
+                                     type_v=c.type_v, flash_attn=c.flash_attn, op_offload=c.op_offload)
 
     def env(self) -> dict[str, str]:
         """Environment variables that carry the placement (vLLM: stages; llama.cpp: LLAMA_ARG_*)."""
@@ -179,6 +184,8 @@ class Plan:
             "solve": self.solve_stats,
             "certified": self.certified,
             "assumptions": self.assumptions,
+            "compared": self.compared,
+            "alternatives": self.alternatives,
         }
 
     def _bench_args(self) -> list[str] | None:
@@ -206,30 +213,42 @@ def plan_split(
     kv_type: str = "f16",
     kv_type_v: str | None = None,
     flash_attn: bool = True,
-    objective: str | float = "tg",
+    objective: str | float = "balanced",
     engine: str = "llama.cpp",
     depth: int = 0,
     params: SpeedParams | None = None,
     allow_paging: bool = False,
+    alternatives: int = 0,
+    vs: Sequence[str] | None = None,
 ) -> Plan:
     """The fastest placement of ``model`` on ``cluster`` that fits every device's memory.
 
-    ``objective`` is "tg" (decode tok/s), "pp" (prompt tok/s) or a weight W in [0, 1] that
-    minimizes ``W*t_tg/t_tg* + (1-W)*t_pp/t_pp*`` (each time relative to its own optimum).
+    ``objective`` is "balanced" (the best decode among plans within 80 % of the best prompt
+    speed), "tg" (decode tok/s), "pp" (prompt tok/s) or a weight W in [0, 1] on decode (see
+    :mod:`omni_place.objective`). The plan is chosen among the core's optima and the recipes
+    people use instead (:mod:`omni_place.recipes`: ``--fit``, ``-ot exps=CPU``, ``--n-cpu-moe``,
+    ``-ngl``) plus ``vs``, the user's own placement flags in the engine's dialect; all are priced
+    on the same context and listed in :attr:`Plan.compared`, and the plan is at least as good on
+    its objective as each one (it takes a recipe's placement when that one is better, and says
+    so). ``alternatives`` N > 0 also lists up to N plans of the tg/pp Pareto frontier
+    (:attr:`Plan.alternatives`).
     CPU RAM is a limit like any device's: weights, KV cache and compute buffers must fit in it,
     unless ``allow_paging`` lets the CPU-held weights that do not fit page from disk (mmap),
     priced at the CPU device's ``disk_gbs``.
     Raises :class:`NothingFitsError` when no placement fits (not even all on the CPU), and
     :class:`InvalidArgumentError` naming the argument for one of the wrong type or range (``ctx``
     1..2^24, ``ubatch`` 1..65536, ``depth`` 0..2^24, ``kv_type`` one of ``model.KV_TYPES``, bools
-    for the flags, a ``SpeedParams`` of finite positive values).
+    for the flags, a ``SpeedParams`` of finite positive values, ``alternatives`` 0..10, ``vs`` a
+    list of strings the engine parses).
     """
     engine_rules = dialect(engine)
     rules = engine_rules.traits
-    w_tg, w_pp = objective_weights(objective)
+    objective = parse_objective(objective)
     ctx, ubatch, depth = _int_arg(ctx, "ctx", 1), _int_arg(ubatch, "ubatch", 1, MAX_UBATCH), _int_arg(depth, "depth", 0)
     kv_type, kv_type_v = _kv_arg(kv_type, "kv_type"), None if kv_type_v is None else _kv_arg(kv_type_v, "kv_type_v")
     flash_attn, allow_paging = flag(flash_attn, "flash_attn"), flag(allow_paging, "allow_paging")
+    alternatives = integer(alternatives, "alternatives", lo=0, hi=MAX_ALTERNATIVES)
+    vs = None if vs is None else _argv_arg(vs, "vs")
     _params_arg(params)
     prof = load_model(model)
     clus = resolve_cluster(cluster)
@@ -243,47 +262,60 @@ def plan_split(
                            f"{MAX_DEVICES}", hint="plan for a subset of the devices (llama.cpp takes at most 16)")
     calibrated, store_note = (None, None) if params is not None else read_calibrated(clus, engine)
     cost = CostModel(prof, clus, context, params or calibrated)
-    orders = candidate_orders(clus, cost, rpc=rules.rpc_devices)
-    default_order = tuple(d.name for d in clus.gpus)
-    candidates: list[Candidate] = []
-    unit = memory_unit(clus)
-    stats: dict[str, Any] = {"orders": len(orders), "unit_mib": unit / MiB}
-    variants = (True, False) if rules.cpu_weights else (True,)
-    if orders:
-        arr = build_arrays(cost, orders, unit)
-        if isinstance(objective, (int, float)) and not isinstance(objective, bool):
-            # relative weights need both optima first
-            t_tg = best_time(arr, orders, cost, 1.0, TIE_BREAK, variants)
-            t_pp = best_time(arr, orders, cost, TIE_BREAK, 1.0, variants)
-            w_tg, w_pp = float(objective) / t_tg, (1.0 - float(objective)) / t_pp
-        candidates += core_candidates(arr, orders, cost, w_tg, w_pp, stats, variants)
-    if not rules.output_only_offload:  # such an engine keeps a lone output head on the CPU
-        candidates = [_without_lone_head(cost, c, w_tg, w_pp) for c in candidates]
-    all_cpu = cpu_only(prof)
+    stats: dict[str, Any] = {"unit_mib": memory_unit(clus) / MiB, "alternatives": alternatives, "vs": vs}
+    solver = _Solver(cost, engine_rules, stats)
+    compared = standard_recipes(cost, engine_rules)
+    vs_note = None
+    if vs is not None:
+        compared.append(priced(cost, "vs", "your flags", vs, decoded(cost, engine_rules, vs)))
+        if placement_flags(vs) != vs:
+            vs_note = "the context flags in --vs are not priced: every row uses the plan's context"
+    options = solver.options(objective, compared, alternatives)
+    cost_off = CostModel(prof, clus, replace(context, op_offload=False), cost.params)
+    solver_off = None
+    if engine_rules.traits.op_offload_switch and any(d.kind == "gpu" for d in clus.gpus):
+        # the same optima without op offload: no copies to reserve room for on the first GPU,
+        # CPU-held weights computed by the CPU in prompt batches
+        solver_off = _Solver(cost_off, engine_rules, {})
+        options += [replace(o, op_offload=False, label=f"{o.label}, --no-op-offload")
+                    for o in solver_off.options(objective, compared, alternatives)]
     if rules.cpu_weights:
-        pred_cpu = cost.predict(all_cpu)
-        candidates.append((w_tg / pred_cpu.tg_tps + w_pp / pred_cpu.pp_tps, all_cpu, {}))
-    feasible = [(t, p, s) for t, p, s in candidates if all(u.fits for u in cost.usage(p))]
-    if not feasible:
+        options.append(priced(cost, "solver", "all on the CPU", (), cpu_only(prof, default_order(cost))))
+        if default_order(cost) and expressible(cost, engine_rules, cpu_only(prof)):
+            # -dev none: no device at all, so no GPU compute buffer and no op offload either
+            options.append(priced(cost, "solver", "all on the CPU, no device", (), cpu_only(prof)))
+    options += compared
+    options += without_op_offload(cost, engine_rules, [o for o in options if o.op_offload])
+    if not any(o.fits for o in options):
         if not rules.cpu_weights:
             raise NothingFitsError(
                 f"nothing fits for {engine}: the weights, KV cache and compute buffers do not fit on "
                 f"the GPUs ({', '.join(d.name for d in clus.gpus if d.kind == 'gpu') or 'none'}) and "
                 f"{engine} cannot keep layers or experts in CPU RAM",
                 hint="plan with --engine llama.cpp (CPU offload), a shorter --ctx, or more GPUs")
-        raise _nothing_fits(cost, [p for _, p, _ in candidates] or [all_cpu])
-    _, best, core = min(feasible, key=lambda c: c[0])
-    stats["core"] = core
+        raise _nothing_fits(cost, [o.placement for o in options if o.placement is not None])
+    chosen = choose(options, objective)
+    best = chosen.placement
+    assert best is not None and chosen.predicted is not None
+    if not chosen.op_offload:
+        context, cost = cost_off.context, cost_off
+    stats["core"] = solver.core_stats.get(best) or (solver_off.core_stats.get(best) if solver_off else None)
+    stats["chosen_from"] = chosen.name
+    stats["prompt_floor_tps"] = prompt_floor([o for o in options if o.fits])
     usage = cost.usage(best)
-    notes = _notes(cost, best, usage)
+    notes = (_notes(cost, best, usage) + _objective_notes(chosen, options, objective)
+             + pinned_note(cost, best, chosen.predicted, engine_rules.traits.pin_weights[0]))
     stats["speed_params"] = "given" if params is not None else ("calibrated" if calibrated else "defaults")
     if calibrated is not None:
         notes.append(f"speeds use this machine's calibration for {engine} (omni-place calibrate)")
-    if store_note:
-        notes.append(store_note)
-    return Plan(prof, clus, engine, objective, context, best, usage, cost.predict(best),
-                engine_rules.encode(prof, best, clus, context, usage), default_order, notes, stats,
-                params or calibrated)
+    notes += [n for n in (store_note, vs_note) if n]
+    ea = engine_rules.encode(prof, best, clus, context, usage)
+    plan = Plan(prof, clus, engine, objective, context, best, usage, chosen.predicted, ea,
+                tuple(d.name for d in clus.gpus), notes, stats, params or calibrated)
+    plan.compared = [_compared_entry(o, chosen.predicted) for o in compared]
+    plan.alternatives = [_alternative_entry(plan, cost if o.op_offload else cost_off, o, chosen)
+                         for o in frontier(options, alternatives)]
+    return plan
 
 
 def replan(plan: Plan, capacity_delta: Mapping[str, int]) -> Plan:
@@ -297,7 +329,8 @@ def replan(plan: Plan, capacity_delta: Mapping[str, int]) -> Plan:
     c = plan.context
     new = plan_split(plan.model, shifted, ctx=c.ctx, ubatch=c.n_ubatch, kv_type=c.type_k, kv_type_v=c.type_v,
                      flash_attn=c.flash_attn, objective=plan.objective, engine=plan.engine, depth=c.depth,
-                     params=plan.params, allow_paging=c.allow_paging)
+                     params=plan.params, allow_paging=c.allow_paging,
+                     alternatives=plan.solve_stats.get("alternatives", 0), vs=plan.solve_stats.get("vs"))
     usage = CostModel(plan.model, plan.cluster, c, plan.params).usage(new.placement)
     return replace(new, cluster=plan.cluster, usage=usage, notes=list(new.notes))
 
@@ -318,33 +351,137 @@ def _params_arg(params: Any) -> None:
         checked_params(params)
 
 
-def _without_lone_head(cost: CostModel, cand: Candidate, w_tg: float, w_pp: float) -> Candidate:
-    """A candidate with every layer on the CPU but the output head on an accelerator, re-priced
+def _without_lone_head(cost: CostModel, p: Placement) -> Placement:
+    """A placement with every layer on the CPU but the output head on an accelerator, as one
     with the head on the CPU (what an engine without that option can run)."""
-    t, p, stats = cand
     if p.output == CPU or any(h != CPU for h in p.layer_home):
-        return cand
-    p = cpu_only(cost.model)
-    pred = cost.predict(p)
-    return (w_tg / pred.tg_tps + w_pp / pred.pp_tps, p, stats)
+        return p
+    return cpu_only(cost.model, p.order)
+
+
+def _argv_arg(value: Any, name: str) -> list[str]:
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence) or not all(isinstance(a, str) for a in value):
+        raise InvalidArgumentError(f"{name} must be a list of strings (got {show(value)})",
+                                   hint='e.g. ["-ngl", "99", "-ts", "3,1"]')
+    return list(value)
+
+
+class _Solver:
+    """The core's optima for objective weights, each priced exactly; one set of arrays for all."""
+
+    def __init__(self, cost: CostModel, rules: Dialect, stats: dict[str, Any]) -> None:
+        self.cost, self.rules, self.stats = cost, rules, stats
+        self.orders = candidate_orders(cost.cluster, cost, rpc=rules.traits.rpc_devices)
+        stats["orders"] = len(self.orders)
+        self.variants = (True, False) if rules.traits.cpu_weights else (True,)
+        self.arr = build_arrays(cost, self.orders, memory_unit(cost.cluster)) if self.orders else None
+        self.core_stats: dict[Placement, dict[str, Any]] = {}
+        self.optimum = (1.0, 1.0)  # seconds per token of the decode and the prompt optimum
+
+    def solve(self, w_tg: float, w_pp: float, label: str) -> list[Recipe]:
+        if self.arr is None:
+            return []
+        out = []
+        for _, p, core in core_candidates(self.arr, self.orders, self.cost, w_tg, w_pp, self.stats, self.variants):
+            if not self.rules.traits.output_only_offload:  # such an engine keeps a lone output head on the CPU
+                p = _without_lone_head(self.cost, p)
+            self.core_stats.setdefault(p, core)
+            out.append(priced(self.cost, "solver", label, (), p))
+        return out
+
+    def weighted(self, w: float, label: str) -> list[Recipe]:
+        """The optima of ``w * t_tg/t_tg* + (1 - w) * t_pp/t_pp*`` (times relative to the optima)."""
+        return self.solve(w / self.optimum[0], (1.0 - w) / self.optimum[1], label)
+
+    def options(self, objective: str | float, compared: list[Recipe], alternatives: int) -> list[Recipe]:
+        """The optima ``objective`` needs: decode's and prompt's always (a pp plan is never slower
+        at prompt than the tg plan; balanced needs the best prompt speed); a weight's own; for
+        balanced, when the decode optimum prompts below the floor, a bisection over the weight
+        for the most decode-heavy optimum above it; the frontier's for ``alternatives``."""
+        decode = self.solve(1.0, TIE_BREAK, "solver (decode)")
+        out = decode + self.solve(TIE_BREAK, 1.0, "solver (prompt)")
+        if not out:
+            return out
+        self.optimum = (min(1 / _speed(o)[0] for o in out), min(1 / _speed(o)[1] for o in out))
+        if isinstance(objective, float):
+            out += self.weighted(objective, f"solver (weight {objective:g})")
+        fits = [o for o in out + compared if o.fits]
+        floor = prompt_floor(fits) if fits else 0.0
+        if objective == "balanced" and fits and not any(o.fits and _speed(o)[1] >= floor for o in decode):
+            lo, hi = 0.0, 1.0
+            for _ in range(BALANCE_STEPS):
+                mid = (lo + hi) / 2
+                got = self.weighted(mid, f"solver (weight {mid:g})")
+                out += got
+                lo, hi = (mid, hi) if any(o.fits and _speed(o)[1] >= floor for o in got) else (lo, mid)
+        for w in FRONTIER_WEIGHTS if alternatives else ():
+            if 0.0 < w < 1.0:
+                out += self.weighted(w, f"solver (weight {w:g})")
+        return out
+
+
+def _speed(o: Recipe) -> tuple[float, float]:
+    assert o.predicted is not None
+    return o.predicted.tg_tps, o.predicted.pp_tps
 
 
 def objective_weights(objective: str | float) -> tuple[float, float]:
-    """(decode, prompt) weights of an objective; a clear error for anything else."""
-    if objective == "tg":
-        return 1.0, TIE_BREAK
-    if objective == "pp":
-        return TIE_BREAK, 1.0
-    if isinstance(objective, (int, float)) and not isinstance(objective, bool) and 0.0 <= objective <= 1.0:
-        return float(objective), 1.0 - float(objective)
-    raise InvalidArgumentError(f"objective {objective!r} is not tg, pp or a weight in [0, 1]",
-                               hint="e.g. --objective 0.8 weighs decode 80 %, prompt 20 %")
+    """(decode, prompt) weights the core starts from for an objective; a clear error for
+    anything else (see :func:`omni_place.objective.core_weights`)."""
+    return core_weights(objective)
+
+
+def _objective_notes(chosen: Recipe, options: Sequence[Recipe], objective: str | float) -> list[str]:
+    """What the objective traded, and where the plan's placement came from."""
+    fits = [o for o in options if o.fits]
+    tg, pp = _speed(chosen)
+    notes = []
+    if chosen.name != "solver":
+        notes.append(f"the {chosen.label} placement ({shlex.join(chosen.argv)}) is at least as good as the solver's "
+                     f"optima on objective {objective} by the model: the plan takes it")
+    fastest = choose(fits, "tg")
+    if objective != "tg" and beats(fastest, chosen, "tg", fits):
+        ftg, fpp = _speed(fastest)
+        notes.append(f"objective {objective}: the fastest decode plan ({ftg:.1f} tok/s, {ftg / tg - 1:+.0%}) "
+                     f"prompts at {fpp:.0f} tok/s ({fpp / pp - 1:+.0%}); --objective tg takes it")
+    elif objective == "tg" and pp < prompt_floor(fits):
+        btg, bpp = _speed(choose(fits, "balanced"))
+        notes.append(f"objective tg: this plan prompts at {pp:.0f} tok/s, {max(_speed(o)[1] for o in fits) / pp:.1f}x "
+                     f"slower than the fastest prompt plan, for {tg / btg - 1:+.0%} decode over the default "
+                     f"(balanced: {btg:.1f} tok/s decode, {bpp:.0f} prompt)")
+    return notes
+
+
+def _compared_entry(o: Recipe, plan: Prediction) -> dict[str, Any]:
+    """One row of "plan vs recipes": the recipe's flags, whether it fits, tok/s, and its speeds
+    relative to the plan's (-0.2: 20 % slower)."""
+    pred = o.predicted
+    return {"name": o.name, "label": o.label, "args": list(o.argv), "feasible": o.fits,
+            "tg_tps": None if pred is None else pred.tg_tps, "pp_tps": None if pred is None else pred.pp_tps,
+            "tg_vs_plan": None if pred is None else pred.tg_tps / plan.tg_tps - 1,
+            "pp_vs_plan": None if pred is None else pred.pp_tps / plan.pp_tps - 1, "error": o.error}
+
+
+def _alternative_entry(plan: Plan, cost: CostModel, o: Recipe, chosen: Recipe) -> dict[str, Any]:
+    """One plan of the frontier: where it came from, tok/s and its flags (the plan's dialect)."""
+    assert o.placement is not None
+    tg, pp = _speed(o)
+    c = cost.context
+    ea = plan.dialect.encode(plan.model, o.placement, plan.cluster, c, cost.usage(o.placement))
+    return {"source": o.label, "tg_tps": tg, "pp_tps": pp,
+            "chosen": o.placement == chosen.placement and o.op_offload == chosen.op_offload,
+            "args": ea.args("server", ctx=c.ctx, n_ubatch=c.n_ubatch, type_k=c.type_k, type_v=c.type_v,
+                            flash_attn=c.flash_attn, op_offload=c.op_offload)}
 
 
 def _nothing_fits(cost: CostModel, tried: Sequence[Placement]) -> NothingFitsError:
     """What is missing for the closest placement the planner tried: the device that overflows
     by the least (the CPU when only RAM is short), and by how much."""
-    best = min(tried, key=lambda p: sum(u.shortfall_bytes for u in cost.usage(p)))
+    def shortfall(p: Placement) -> tuple[int, int]:  # the accelerators' first: RAM is what a user can page
+        usage = cost.usage(p)
+        return sum(u.shortfall_bytes for u in usage if u.kind != "cpu"), sum(u.shortfall_bytes for u in usage)
+
+    best = min(tried, key=shortfall)
     short = [u for u in cost.usage(best) if not u.fits]
     parts = []
     for u in short:
@@ -409,7 +546,8 @@ def evaluate(model: str | ModelProfile, cluster: str | Cluster, argv: Sequence[s
     run = tool_context(parsed, engine_rules.tool_defaults(tool), prof.hparams.n_ctx_train, ctx)
     context = Context(ctx=run.ctx, n_ubatch=run.n_ubatch, type_k=parsed.type_k, type_v=parsed.type_v,
                       flash_attn=run.flash_attn, depth=run.depth, swa_full=rules.swa_full,
-                      embedding_on_first=rules.embedding_on_first, allow_paging=allow_paging)
+                      embedding_on_first=rules.embedding_on_first, allow_paging=allow_paging,
+                      pinned_weights=parsed.pinned_weights, op_offload=parsed.op_offload)
     prof.check_kv_types(context.type_k, context.type_v, context.flash_attn)
     calibrated, store_note = (None, None) if params is not None else read_calibrated(clus, engine)
     cost = CostModel(prof, clus, context, params or calibrated)

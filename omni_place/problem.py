@@ -121,11 +121,12 @@ def build_arrays(cost: CostModel, orders: Sequence[tuple[str, ...]], unit: int =
         nextn = lc.is_nextn
         tcpu_tg[il] = 0.0 if nextn else sum(cost.layer_tg(il, CPU, frozenset()).values())
         # pp of CPU-held weights goes through stream x stream_rate[first]
-        dense_p, exp_p = cost.layer_params(il)
+        dense_p, _ = cost.layer_params(il)
         exp_total = cost.expert_bytes(il, "stored", None, False)
-        stream_cpu[il] = 0.0 if nextn else (lc.dense["cpu"] + exp_total * cost.expert_hit) / cost.n_tokens
+        stream_cpu[il] = 0.0 if nextn else (lc.dense["cpu"] + cost.kv_read[il]
+                                             + exp_total * cost.expert_hit) / cost.n_tokens
         if not nextn:
-            flops_streamed += 2 * (dense_p + exp_p * cost.k_over_n)
+            flops_streamed += 2 * dense_p + cost.expert_flops(il, gpu=True)
             amount_streamed += stream_cpu[il]
         for o, kinds in enumerate(EXPERT_OPTIONS):
             on_cpu = cost.expert_bytes(il, "stored", kinds, True)
@@ -194,9 +195,17 @@ def placement_of(arr: _Arrays, res: Any, order_list: Sequence[tuple[str, ...]]) 
     return Placement(tuple(order), homes, cpu_exp, output)
 
 
-def cpu_only(model: ModelProfile) -> Placement:
+def default_order(cost: CostModel) -> tuple[str, ...]:
+    """The engine's devices when no ``-dev`` is given: the cluster's accelerators in order."""
+    return tuple(d.name for d in cost.cluster.gpus)
+
+
+def cpu_only(model: ModelProfile, order: Sequence[str] = ()) -> Placement:
+    """Every layer and the output on the CPU. ``order`` names the accelerators the engine still
+    has (``-ngl 0`` keeps them: the first one takes op-offloaded prompt work and its compute
+    buffer); empty for an engine without devices."""
     L = model.n_layer
-    return Placement((), (CPU,) * L, (frozenset(),) * L, CPU)
+    return Placement(tuple(order), (CPU,) * L, (frozenset(),) * L, CPU)
 
 
 def _solve_with_stream(arr: _Arrays, cost: CostModel, w_tg: float, w_pp: float, *, no_cpu_weights: bool) -> Any:
@@ -263,4 +272,4 @@ def best_time(arr: _Arrays, orders: Sequence[tuple[str, ...]], cost: CostModel, 
         return (1 / pr.tg_tps) if w_tg >= w_pp else (1 / pr.pp_tps)
 
     times = [own(p) for _, p, _ in core_candidates(arr, orders, cost, w_tg, w_pp, {}, variants)]
-    return min(times) if times else own(cpu_only(cost.model))
+    return min(times) if times else own(cpu_only(cost.model, default_order(cost)))

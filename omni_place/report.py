@@ -148,6 +148,8 @@ def render_plan(plan: Plan) -> str:
         lines += [f"note: {n}" for n in plan.notes]
     lines += [f"assumed: {a}" for a in plan.assumptions]
     lines += _certified_lines(plan.certified)
+    lines += compared_lines(plan)
+    lines += alternative_lines(plan)
     # model, cluster and device names, paths and notes come from files: one printable line each
     return "\n".join(printable(line) for line in lines)
 
@@ -167,10 +169,51 @@ def _certified_lines(cert: dict[str, Any] | None) -> list[str]:
     return out
 
 
+def _vs(ratio: float | None) -> str:
+    if ratio is None:
+        return ""
+    return f"{ratio:+.0%}" if abs(ratio) >= 0.005 else "0%"
+
+
+def compared_lines(plan: Plan) -> list[str]:
+    """"plan vs recipes": each recipe priced on the plan's context, with its speeds relative to
+    the plan's (the plan is at least as good on its objective as every one that fits)."""
+    if not plan.compared:
+        return []
+    p = plan.predicted
+    rows = [("plan (this one)", "yes", f"{p.tg_tps:.1f}", "", f"{p.pp_tps:.0f}", "", "")]
+    for c in plan.compared:
+        if c["error"]:
+            rows.append((c["label"], "-", "", "", "", "", c["error"]))
+            continue
+        rows.append((c["label"], "yes" if c["feasible"] else "NO", f"{c['tg_tps']:.1f}", _vs(c["tg_vs_plan"]),
+                     f"{c['pp_tps']:.0f}", _vs(c["pp_vs_plan"]), shlex.join(c["args"])))
+    head = ("", "fits", "decode", "vs plan", "prompt", "vs plan", "flags")
+    width = [max(len(r[i]) for r in [head, *rows]) for i in range(6)]
+    out = ["", f"plan vs recipes (tok/s, same context; objective {plan.objective}):"]
+    for r in [head, *rows]:
+        out.append(("  " + "  ".join(f"{v:<{width[i]}}" if i == 0 else f"{v:>{width[i]}}" for i, v in enumerate(r[:6]))
+                    + f"  {r[6]}").rstrip())
+    return out
+
+
+def alternative_lines(plan: Plan) -> list[str]:
+    """The tg/pp frontier (``--alternatives``): no plan below is faster at both."""
+    if not plan.alternatives:
+        return []
+    n = len(plan.alternatives)
+    out = ["", f"alternatives (tg/pp frontier, {n} plan{'s' if n != 1 else ''}; * this plan):"]
+    for a in plan.alternatives:
+        mark = "*" if a["chosen"] else " "
+        out.append(f"  {mark} decode {a['tg_tps']:7.1f}  prompt {a['pp_tps']:7.0f}  {a['source']}")
+        out.append(f"      {shlex.join(a['args'])}")
+    return out
+
+
 def plot_data(plan: Plan) -> dict[str, Any]:
     """What the picture shows, engine-neutral (used by :mod:`omni_place.plot`)."""
     attn, exps = layer_strip(plan)
     return {"symbols": device_symbols(plan), "attn": attn, "experts": exps}
 
 
-__all__ = ["device_symbols", "env_lines", "layer_strip", "render_plan"]
+__all__ = ["alternative_lines", "compared_lines", "device_symbols", "env_lines", "layer_strip", "render_plan"]

@@ -82,6 +82,10 @@ def test_classify_real_failures(records: list[dict]) -> None:
             assert bench.classify_failure(1, "\n".join(r["error"])) == r["status"]
     assert bench.classify_failure(1, "llama_init_from_model: failed to allocate compute pp buffers") == "oom_context"
     assert bench.classify_failure(1, "segmentation fault") == "error"
+    # a load that fails for a reason other than memory is not an out-of-memory result
+    assert bench.classify_failure(1, "llama_model_load: error loading model: check_tensor_dims: tensor "
+                                     "'blk.0.attn_q.weight' not found\nllama_model_load_from_file_impl: failed to "
+                                     "load model") == "error"
     assert bench.classify_failure(0, "") == "ok"
 
 

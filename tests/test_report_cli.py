@@ -61,8 +61,9 @@ def test_json(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_env_lines_rebuild_the_args(capsys: pytest.CaptureFixture[str]) -> None:
-    _, args_out, _ = run(capsys, "plan", "--preset", "seed", "--format", "args")
-    code, out, _ = run(capsys, "plan", "--preset", "seed", "--format", "env")
+    plan = ("plan", "qwen3-235b-a22b", "--preset", "4090-rpc-3090")  # op offload on: every flag has a variable
+    _, args_out, _ = run(capsys, *plan, "--format", "args")
+    code, out, _ = run(capsys, *plan, "--format", "env")
     assert code == 0
     flag_of = {v: k for k, v in LLAMA_ENV.items()}
     rebuilt = []
@@ -76,6 +77,11 @@ def test_env_lines_rebuild_the_args(capsys: pytest.CaptureFixture[str]) -> None:
     # a POSIX shell accepts it
     r = subprocess.run(["sh", "-c", out + '\nprintf %s "$LLAMA_ARG_OVERRIDE_TENSOR"'], capture_output=True, text=True)
     assert r.returncode == 0 and r.stdout == shlex.split(args_out)[shlex.split(args_out).index("-ot") + 1]
+    # --no-op-offload has no LLAMA_ARG_ variable (common/arg.cpp): a plan that needs it says so
+    _, args_out, _ = run(capsys, "plan", "--preset", "seed", "--format", "args")
+    assert args_out.split()[-1] == "--no-op-offload"
+    code, out, err = run(capsys, "plan", "--preset", "seed", "--format", "env")
+    assert code == 2 and "--no-op-offload has no LLAMA_ARG_ environment variable" in err and "--format args" in err
 
 
 def test_plot_is_a_real_svg(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:

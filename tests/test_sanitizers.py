@@ -8,7 +8,7 @@ What runs (in the default suite, so in CI; about a minute on 2 cores):
    run of (2) means something.
 2. ``test_property_suite_under_sanitizers``: the extension is rebuilt from the current sources
    (``omni_place/_core.pyx`` cythonized, or the ``_core.c`` that ``pip install -e`` generated
-   when Cython is not importable) together with csrc/solver.c and csrc/gguf_scan.c, with
+   when Cython is not importable) together with csrc/solver.c, csrc/gguf_scan.c and csrc/membw.c, with
    ``-fsanitize=address,undefined -fno-sanitize-recover=undefined``, into a temporary copy of the
    package. The core's property suite (tests/test_core_exact.py: brute force and MILP oracles,
    invalid inputs, state limits, threads), the GGUF reader and fuzz tests and the thread tests then
@@ -162,7 +162,8 @@ def build_instrumented(dest: Path, cc: str, csrc: Path = CSRC) -> Path:
     includes = [f"-I{csrc}", f"-I{np.get_include()}", f"-I{sysconfig.get_paths()['include']}"]
     flags = [*SAN_FLAGS, "-fPIC", "-DNPY_NO_DEPRECATED_API=NPY_1_7_API_VERSION", *includes]
     objs, procs = [], []
-    for src, std in ((core_c, []), (csrc / "solver.c", ["-std=c11"]), (csrc / "gguf_scan.c", ["-std=c11"])):
+    c11 = ["-std=c11", "-pthread"]
+    for src, std in ((core_c, []), *((csrc / name, c11) for name in ("solver.c", "gguf_scan.c", "membw.c"))):
         obj = build / (src.stem + ".o")
         objs.append(obj)
         procs.append(subprocess.Popen([cc, *flags, *std, "-c", str(src), "-o", str(obj)],
@@ -176,7 +177,7 @@ def build_instrumented(dest: Path, cc: str, csrc: Path = CSRC) -> Path:
     shutil.copytree(PKG, pkg / "omni_place",
                     ignore=shutil.ignore_patterns("*.so", "*.c", "__pycache__", "*.pyd"))
     so = pkg / "omni_place" / ("_core" + sysconfig.get_config_var("EXT_SUFFIX"))
-    subprocess.run([cc, "-shared", *SAN_FLAGS, *[str(o) for o in objs], "-o", str(so)], check=True,
+    subprocess.run([cc, "-shared", "-pthread", *SAN_FLAGS, *[str(o) for o in objs], "-o", str(so)], check=True,
                    capture_output=True, text=True)
     data = so.read_bytes()
     assert b"__asan_report" in data and b"__ubsan_handle" in data, "the extension is not instrumented"

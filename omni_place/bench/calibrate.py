@@ -41,7 +41,9 @@ BOUNDS = {
     "gpu_compute_eff": (0.005, 1.0),
     "cpu_tflops_per_core": (0.001, 1.0),
     "split_s": (1e-6, 2e-3),
-    "stream_eff": (0.01, 1.0),
+    "stream_eff": (0.05, 8.0),  # of the base pageable rate (cost.stream_bandwidth): bare metal may reach more
+    "gpu_layer_s": (1e-6, 1e-3),
+    "cpu_layer_s": (1e-6, 5e-3),
     "rpc_bw_eff": (0.05, 1.2),
     "pcie_latency_s": (1e-7, 1e-3),
 }
@@ -59,6 +61,8 @@ class Point:
     measured: float
     ctx: int
     ubatch: int
+    context: Context | None = None  # the run's full context (KV types, flash attention, depth); else ctx/ubatch
+    op_offload: bool = True  # False: the run had op offload off (llama-bench -nopo 1)
 
     @property
     def group(self) -> str:
@@ -70,21 +74,22 @@ class Point:
         return str(self.record["engine"])
 
 
-# (model, cluster, ctx, ubatch) identity -> (model, cluster, CostModel). The entry holds the
+# (model, cluster, context) identity -> (model, cluster, CostModel). The entry holds the
 # model and cluster themselves, so their ids cannot be reused by other objects while cached.
-_COSTS: dict[tuple[int, int, int, int], tuple[ModelProfile, Cluster, CostModel]] = {}
+_COSTS: dict[tuple[int, int, Context], tuple[ModelProfile, Cluster, CostModel]] = {}
+NO_OP_OFFLOAD = 1 << 30  # an op_offload_min_batch no batch reaches: prompt ops of CPU weights stay on the CPU
 
 
 def predict_point(pt: Point, params: SpeedParams) -> float:
     """Predicted tok/s of a point's test under ``params`` (the byte model is built once per
     model/cluster/context; only the speed parameters change)."""
-    key = (id(pt.model), id(pt.cluster), pt.ctx, pt.ubatch)
+    context = pt.context or Context(ctx=pt.ctx, n_ubatch=pt.ubatch)
+    key = (id(pt.model), id(pt.cluster), context)
     entry = _COSTS.get(key)
     if entry is None:
-        entry = _COSTS[key] = (pt.model, pt.cluster,
-                               CostModel(pt.model, pt.cluster, Context(ctx=pt.ctx, n_ubatch=pt.ubatch), params))
+        entry = _COSTS[key] = (pt.model, pt.cluster, CostModel(pt.model, pt.cluster, context, params))
     cost = entry[2]
-    cost.params = params
+    cost.params = params if pt.op_offload else dataclasses.replace(params, op_offload_min_batch=NO_OP_OFFLOAD)
     pred = cost.predict(pt.placement)
     return pred.tg_tps if pt.kind == "tg" else pred.pp_tps
 
@@ -183,9 +188,17 @@ def _count(r: dict[str, Any], key: str, default: int) -> int:
     return default if v is None else int(v)
 
 
+# Weight of the pull towards the starting parameters, per parameter and in log space: moving a
+# parameter by a factor e costs as much as one point predicted e^0.25 - 1 = 28 % off. A handful
+# of records cannot pin six parameters (several trade off against each other on one placement);
+# the prior keeps the ones the records do not identify near their defaults.
+PRIOR_WEIGHT = 0.25
+
+
 def fit_params(points: Sequence[Point], base: SpeedParams | None = None,
-               names: Sequence[str] = FIT_NAMES) -> SpeedParams:
-    """SpeedParams minimising Σ log(pred/measured)² over ``points`` (tg and pp weighted alike)."""
+               names: Sequence[str] = FIT_NAMES, prior_weight: float = PRIOR_WEIGHT) -> SpeedParams:
+    """SpeedParams minimising Σ log(pred/measured)² over ``points`` (tg and pp weighted alike)
+    plus ``prior_weight``² Σ log(param/start)² (see PRIOR_WEIGHT)."""
     base = base or SpeedParams()
     if not points:
         raise InvalidArgumentError("no successful records with a placement to calibrate on",
@@ -199,9 +212,12 @@ def fit_params(points: Sequence[Point], base: SpeedParams | None = None,
         values: dict[str, Any] = {n: float(math.exp(v)) for n, v in zip(names, x)}
         return dataclasses.replace(base, **values)
 
+    start = x0.copy()
+
     def resid(x: Any) -> Any:
         p = params_of(x)
-        return np.array([math.log(max(predict_point(pt, p), 1e-9) / pt.measured) for pt in points])
+        fit = [math.log(max(predict_point(pt, p), 1e-9) / pt.measured) for pt in points]
+        return np.concatenate([fit, prior_weight * (x - start)])
 
     res = least_squares(resid, x0, bounds=(lo, hi), x_scale=1.0, diff_step=1e-3, max_nfev=200)
     return params_of(res.x)

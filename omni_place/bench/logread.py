@@ -8,11 +8,13 @@ from collections.abc import Sequence
 
 from ..cost import CPU, Placement
 from ..engines import dialect
+from ..engines.common import override_device
 from ..model import ModelProfile
 
 # src/llama-model-loader.cpp: "tensor <name> (...) buffer type overridden to <buft>"
 _OVERRIDE = re.compile(r"[Tt]ensor (blk\.(\d+)\.ffn_(gate_up|gate|up|down)_(?:ch|)exps\.weight) \(.*?\) "
                        r"buffer type overrid+en to (\S+)")
+_OUTPUT_OVERRIDE = re.compile(r"[Tt]ensor output\.weight \(.*?\) buffer type overrid+en to (\S+)")
 _LOAD_START = re.compile(r"llama_model_loader: loaded meta data")
 
 
@@ -32,6 +34,12 @@ def placement_from_log(log: str, model: ModelProfile, accelerators: Sequence[str
     if found is None:
         return None
     homes, output = found
+    moved = _OUTPUT_OVERRIDE.search(seg)  # -ot ^output\.=BUFT: the head is where the override put it
+    if moved:
+        buft = moved.group(1)
+        idx = int(buft[4:]) if re.fullmatch(r"CUDA\d+", buft) else None
+        output = (CPU if override_device(buft) == CPU
+                  else accelerators[idx] if idx is not None and idx < len(accelerators) else buft)
     cpu_kinds: list[set[str]] = [set() for _ in range(L)]
     for _name, il_s, kind, buft in _OVERRIDE.findall(seg):
         il = int(il_s)

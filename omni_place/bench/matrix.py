@@ -8,6 +8,8 @@
 - ``ncmoe``    -- ``--n-cpu-moe N`` with the smallest N the memory model says loads, then larger N
   on an out-of-memory failure, as a user would (MoE only);
 - ``ngl``      -- ``-ngl N`` with the largest N that loads (dense only);
+
+(the recipes' flags and searches are :mod:`omni_place.recipes`', shared with ``plan``'s comparison);
 - ``omni_place`` -- :func:`omni_place.plan.plan_split` for that engine.
 
 Beside each attempt sits omni_place's prediction (memory per device, feasible, tg/pp) for its
@@ -18,12 +20,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from ..cost import Placement
+from .. import recipes
+from ..cost import CPU, Placement
 from ..devices import Cluster
 from ..engines import BENCH_ENGINES, BenchSpelling, dialect
 from ..errors import InvalidArgumentError
@@ -54,12 +58,17 @@ def _bench_spelling(engine: str) -> BenchSpelling:
     return spelling
 
 
+def _gpus_fit(priced: dict[str, Any]) -> bool:
+    """Whether a priced flag set's accelerators fit (what the recipe searches step on)."""
+    return "devices" in priced and all(d["fits"] for d in priced["devices"] if d["name"] != CPU)
+
+
 def _moe(model: ModelProfile) -> bool:
     return bool(model.hparams.n_expert)
 
 
 def build_configs(model: str | ModelProfile, cluster: Cluster, engine: str, *, n_prompt: int = 512, n_gen: int = 64,
-                  ubatch: int = 512, objective: str | float = "tg", params: Any = None,
+                  ubatch: int = 512, objective: str | float = "balanced", params: Any = None,
                   configs: Sequence[str] = CONFIG_ORDER, retries: int = 3) -> list[BenchConfig]:
     """The configurations of one engine for ``model`` on ``cluster`` (see the module doc)."""
     d = _bench_spelling(engine)
@@ -77,21 +86,20 @@ def build_configs(model: str | ModelProfile, cluster: Cluster, engine: str, *, n
             out.append(BenchConfig(engine, name, [Attempt(list(d.fit), None)],
                                    "engine's own fitter; priced from the placement it made (-v log)"))
         elif name == "ot-exps" and _moe(prof):
-            argv = ["-ngl", d.ngl_all, "-ot", "exps=CPU"]
-            out.append(BenchConfig(engine, name, [Attempt(argv, ev(argv))], "-ngl 99 -ot exps=CPU"))
+            argv = recipes.ot_exps_argv(d)
+            out.append(BenchConfig(engine, name, [Attempt(argv, ev(argv))], shlex.join(argv)))
         elif name == "ncmoe" and _moe(prof):
             L = prof.n_layer
-            n0 = next((n for n in range(L + 1) if ev([d.n_cpu_moe, str(n)]).get("feasible")), L)
+            n0 = recipes.smallest_ncmoe(L, lambda n: _gpus_fit(ev(recipes.ncmoe_argv(d, n))))
             ns = sorted({min(L, n0 + k * 2) for k in range(retries)})
             out.append(BenchConfig(engine, name,
-                                   [Attempt([d.n_cpu_moe, str(n)], ev([d.n_cpu_moe, str(n)])) for n in ns],
+                                   [Attempt(recipes.ncmoe_argv(d, n), ev(recipes.ncmoe_argv(d, n))) for n in ns],
                                    "smallest --n-cpu-moe that loads (memory model first, +2 on OOM)"))
         elif name == "ngl" and not _moe(prof):
-            L = prof.n_layer
-            n0 = next((n for n in range(L + 1, -1, -1) if ev(["-ngl", str(n)]).get("feasible")), 0)
+            n0 = recipes.largest_ngl(prof.n_layer, lambda n: _gpus_fit(ev(recipes.ngl_argv(n))))
             ns = [max(0, n0 - k * 2) for k in range(retries)]
             out.append(BenchConfig(engine, name,
-                                   [Attempt(["-ngl", str(n)], ev(["-ngl", str(n)])) for n in dict.fromkeys(ns)],
+                                   [Attempt(recipes.ngl_argv(n), ev(recipes.ngl_argv(n))) for n in dict.fromkeys(ns)],
                                    "largest -ngl that loads (memory model first, -2 on OOM)"))
         elif name == "omni_place":
             plan = plan_split(prof, cluster, ctx=ctx, ubatch=ubatch, objective=objective, params=params, engine=engine)
@@ -105,7 +113,7 @@ def _plan_bench_args(plan: Plan, model: ModelProfile, cluster: Cluster) -> tuple
     """A plan's llama-bench placement flags. A bench without ``-dev`` (ik's) cannot reorder the
     GPUs: then the GPUs are renamed into the plan's order and CUDA_VISIBLE_DEVICES reorders them."""
     try:
-        return _placement_only(plan.args("bench")), {}
+        return recipes.placement_flags(plan.args("bench")), {}
     except InvalidArgumentError:
         order = list(plan.placement.order)
         gpus = [d.name for d in cluster.gpus]
@@ -122,25 +130,7 @@ def _plan_bench_args(plan: Plan, model: ModelProfile, cluster: Cluster) -> tuple
     ea = plan.dialect.encode(model, q, renamed, plan.context, usage)
     new = dataclasses.replace(plan, engine_args=ea, placement=q, cluster=renamed)
     env = {"CUDA_VISIBLE_DEVICES": ",".join(n.removeprefix("CUDA") for n in order)}
-    return _placement_only(new.args("bench")), env
-
-
-_CTX_FLAGS = {"-ub", "-c", "-fa", "-ctk", "-ctv", "--ubatch-size", "--flash-attn", "-b"}
-
-
-def _placement_only(argv: Sequence[str]) -> list[str]:
-    """Drop the context flags of a plan's bench args (the matrix sets them for every config)."""
-    out: list[str] = []
-    skip = False
-    for tok in argv:
-        if skip:
-            skip = False
-            continue
-        if tok in _CTX_FLAGS:
-            skip = True
-            continue
-        out.append(tok)
-    return out
+    return recipes.placement_flags(new.args("bench")), env
 
 
 def common_args(engine: str, model_path: str, *, n_prompt: int, n_gen: int, ubatch: int, reps: int,
@@ -160,7 +150,7 @@ def common_args(engine: str, model_path: str, *, n_prompt: int, n_gen: int, ubat
 
 def build_matrix(model_path: str, cluster: Cluster, engines: Sequence[str], *, model_file: str | None = None,
                  n_prompt: int = 512, n_gen: int = 64, ubatch: int = 512, reps: int = 3,
-                 threads: int | None = None, objective: str | float = "tg", params: Any = None,
+                 threads: int | None = None, objective: str | float = "balanced", params: Any = None,
                  configs: Sequence[str] = CONFIG_ORDER, rig: str | None = None) -> dict[str, Any]:
     """Every engine's configurations with their predictions and its common llama-bench argv,
     as one JSON-ready matrix (what :func:`~.run.run_matrix` runs)."""
@@ -179,7 +169,7 @@ def build_matrix(model_path: str, cluster: Cluster, engines: Sequence[str], *, m
 
 def run_bench(model_path: str, cluster: Cluster, binaries: dict[str, str], out_dir: Path, *, n_prompt: int = 512,
               n_gen: int = 64, ubatch: int = 512, reps: int = 3, threads: int | None = None,
-              objective: str | float = "tg", params: Any = None, configs: Sequence[str] = CONFIG_ORDER,
+              objective: str | float = "balanced", params: Any = None, configs: Sequence[str] = CONFIG_ORDER,
               rig: str | None = None, progress_stream: TextIO | None = sys.stderr,
               timeout: float = 900) -> list[dict[str, Any]]:
     """Build, run and price the whole comparison in one process (the ``bench`` command)."""

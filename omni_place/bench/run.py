@@ -79,8 +79,10 @@ def parse_output(text: str) -> list[dict[str, Any]]:
     return out
 
 
-_OOM_LOAD = re.compile(r"failed to load model|unable to allocate .*buffer|failed to allocate .*buffer for|"
-                       r"error loading model|cudaMalloc failed: out of memory", re.IGNORECASE)
+# An allocation that failed while loading (a load that failed for any other reason, e.g. a
+# tensor the architecture needs is missing, is an ``error``).
+_OOM_LOAD = re.compile(r"unable to allocate .*buffer|failed to allocate .*buffer for|cudaMalloc failed: out of memory",
+                       re.IGNORECASE)
 _OOM_CTX = re.compile(r"failed to create context|failed to allocate compute|failed to initialize the context|"
                       r"llama_init_from_model: failed|failed to reserve", re.IGNORECASE)
 

@@ -57,14 +57,16 @@ def _peer(dev: Device) -> str:
 
 def format_table(cluster: Cluster) -> str:
     """The aligned text table `omni-place devices` prints."""
-    header = ("NAME", "KIND", "MODEL", "FREE/TOTAL GiB", "BW GB/s", "TFLOPS", "LINK", "PEER", "SOURCE")
+    header = ("NAME", "KIND", "MODEL", "FREE/TOTAL GiB", "BW GB/s", "TFLOPS", "LINK", "STREAM GB/s", "PEER",
+              "SOURCE")
     rows: list[Sequence[str]] = [header]
     for dev in cluster.devices:
         fields = (dev.name, dev.kind, _model(dev), f"{_gib(dev.free_bytes)}/{_gib(dev.total_bytes)}",
-                 _number(dev.bandwidth_gbs), _number(dev.tflops), _link(dev), _peer(dev), _source(dev))
+                  _number(dev.bandwidth_gbs), _number(dev.tflops), _link(dev), _number(dev.stream_gbs),
+                  _peer(dev), _source(dev))
         rows.append([printable(c) for c in fields])  # names and models come from cluster files
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    right = {3, 4, 5}  # numeric columns
+    right = {3, 4, 5, 7}  # numeric columns
     lines = []
     for row in rows:
         cells = [cell.rjust(w) if i in right else cell.ljust(w)
@@ -78,7 +80,9 @@ def format_table(cluster: Cluster) -> str:
 @click.option("--cluster", "cluster_file", metavar="FILE",
               help="Describe the machine with a TOML cluster file.")
 @click.option("--preset", metavar="NAME", help="Use a shipped cluster preset (see --list-presets).")
-@click.option("--measure", is_flag=True, help="Measure the CPU memory bandwidth (about a second).")
+@click.option("--measure", is_flag=True,
+              help="Measure the CPU's multi-threaded memory read bandwidth, the disk's read speed and each "
+                   "NVIDIA GPU's host->GPU copy rate from pageable memory (a few seconds).")
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True,
               help="Output format.")
 @click.option("--list-presets", "list_presets_", is_flag=True, help="List the shipped presets and exit.")
@@ -92,9 +96,11 @@ def devices_command(cluster_file: str | None, preset: str | None, measure: bool,
     describe a machine you may not have.
 
     SOURCE says where figures came from: nvml, catalog (omni_place/data/gpu_catalog.toml),
-    file, os, measured or estimated. BW is memory bandwidth, TFLOPS dense FP16 tensor
-    throughput, LINK the path to the host (PCIe, or the network for RPC), PEER whether GPU
-    peer-to-peer access works with every other GPU.
+    file, os, measured or estimated. BW is memory bandwidth (the CPU's as --measure measures
+    it: all engine threads reading at once, what decode does), TFLOPS dense FP16 tensor
+    throughput, LINK the path to the host (PCIe, or the network for RPC), STREAM the rate at
+    which the engine copies CPU-held weights from pageable memory to the GPU (op offload),
+    PEER whether GPU peer-to-peer access works with every other GPU.
 
     \b
     Cluster file (TOML):
@@ -114,6 +120,8 @@ def devices_command(cluster_file: str | None, preset: str | None, measure: bool,
       link_latency_us  link latency, microseconds (default 10, rpc 100)
       pcie_gen         PCIe generation 1-6 (gpu; sets link_gbs)
       pcie_width       PCIe lanes 1-32 (gpu)
+      stream_gbs       GB/s at which the engine copies CPU-held weights from pageable host
+                       memory to this GPU for op offload (gpu; --measure measures it)
       peer_access      true | false: GPU peer-to-peer works (gpu)
       endpoint         rpc-server address "host:port" (rpc, required)
       threads          CPU threads for the engine (cpu)

@@ -10,9 +10,11 @@ from pathlib import Path
 import click
 
 from ..engines import ENGINES, LLAMA_FAMILY, traits
+from ..engines.common import flag_groups
 from ..engines.llama_cpp import FLAG_ALIASES
 from ..errors import InvalidArgumentError, NothingFitsError
 from ..model import KV_TYPES, ModelProfile, load_model
+from ..objective import parse_objective
 from ..plan import Plan, evaluate, plan_split
 from ..sources import is_header_copy
 from ..report import env_lines, render_plan
@@ -38,6 +40,14 @@ def _cluster_spec(cluster_file: str | None, preset: str | None) -> str:
     if cluster_file and preset:
         raise InvalidArgumentError("--cluster and --preset are exclusive", hint="give one of them")
     return cluster_file or preset or "auto"
+
+
+def _split_flags(text: str) -> list[str]:
+    try:
+        return shlex.split(text)
+    except ValueError as err:
+        raise InvalidArgumentError(f"--vs {text!r} is not a shell-quoted flag list: {err}",
+                                   hint='quote the whole list, e.g. --vs "-ngl 99 -ot exps=CPU"') from None
 
 
 def _emit(plan: Plan, fmt: str, tool: str) -> None:
@@ -86,11 +96,12 @@ def exec_argv(plan: Plan, engine_argv: list[str], model_path: Path | None) -> tu
     notes = []
     plan_args = plan.args("server")
     kept: list[str] = []
-    for flag, value in zip(plan_args[::2], plan_args[1::2]):
+    for flag, *value in flag_groups(plan_args):
         if _flag_key(flag) in user_keys:
-            notes.append(f"your {flag} replaces the plan's {flag} {value} (the plan's memory check assumed it)")
+            notes.append(f"your {flag} replaces the plan's {' '.join([flag, *value])} "
+                         "(the plan's memory check assumed it)")
         else:
-            kept += [flag, value]
+            kept += [flag, *value]
     if user_keys & {"cmoe", "ncmoe"}:
         notes.append("--cpu-moe/--n-cpu-moe add CPU overrides on top of the plan's placement")
     head = [engine]
@@ -110,8 +121,14 @@ def exec_argv(plan: Plan, engine_argv: list[str], model_path: Path | None) -> tu
 @click.option("--ubatch", type=click.IntRange(1, 65536), default=512, show_default=True, help="Physical batch (-ub).")
 @click.option("--kv-type", type=click.Choice(list(KV_TYPES), case_sensitive=False), default="f16", show_default=True)
 @click.option("--no-flash-attn", is_flag=True, help="Plan for -fa off (bigger compute buffers).")
-@click.option("--objective", default="tg", show_default=True,
-              help="tg (decode tok/s), pp (prompt tok/s) or a weight 0..1 on decode.")
+@click.option("--objective", default="balanced", show_default=True,
+              help="balanced (the best decode within 80 % of the best prompt speed), tg (decode tok/s), pp (prompt "
+                   "tok/s) or a weight 0..1 on decode.")
+@click.option("--alternatives", type=click.IntRange(0, 10), default=0, show_default=True, metavar="N",
+              help="Also list up to N plans of the decode/prompt Pareto frontier (3-5 is a good number), with flags.")
+@click.option("--vs", "vs_flags", metavar="FLAGS",
+              help='Price your own placement flags beside the plan, e.g. --vs "-ngl 99 -ncmoe 30" (the engine\'s '
+                   "dialect; the plan's context); the plan takes them if they are better.")
 @click.option("--depth", type=click.IntRange(0, 1 << 24), default=0, show_default=True,
               help="Tokens already in context when decoding (llama-bench -d).")
 @click.option("--engine", type=click.Choice(list(ENGINES)), default="llama.cpp", show_default=True,
@@ -135,7 +152,8 @@ def exec_argv(plan: Plan, engine_argv: list[str], model_path: Path | None) -> tu
               help="Run the engine command given after `--` with the plan's flags (the plan is printed to stderr).")
 def plan_cmd(model: str | None, cluster_file: str | None, preset: str | None, ctx: int, ubatch: int,
              kv_type: str, no_flash_attn: bool, objective: str, depth: int, engine: str, tool: str, fmt: str,
-             plot_path: str | None, do_verify: bool, do_exec: bool, allow_paging: bool, certify_plan: bool) -> None:
+             plot_path: str | None, do_verify: bool, do_exec: bool, allow_paging: bool, certify_plan: bool,
+             alternatives: int, vs_flags: str | None) -> None:
     """Print the fastest placement of MODEL that fits, with exact flags and predicted tok/s.
 
     MODEL is a .gguf (any shard of a split model; a header-only file works),
@@ -152,6 +170,11 @@ def plan_cmd(model: str | None, cluster_file: str | None, preset: str | None, ct
     the shell parse the quoted words (--format args with eval); a bare $(... --format args)
     would pass the quotes around -ot to the engine.
 
+    After the plan comes "plan vs recipes": --fit (emulated), -ot exps=CPU and the smallest
+    --n-cpu-moe that fits (MoE), the largest -ngl that fits (dense) and --vs FLAGS, each priced
+    on the same context. The plan is at least as good as each on the objective; where a recipe
+    is better it takes that placement and says so.
+
     Exit codes: 0 a plan, 2 bad input, 3 nothing fits (the message says what is missing).
 
     \b
@@ -160,6 +183,7 @@ def plan_cmd(model: str | None, cluster_file: str | None, preset: str | None, ct
       omni-place plan hf:unsloth/DeepSeek-V3.1-GGUF:Q4_K_M --preset seed
       omni-place plan model.gguf --cluster rig.toml --ctx 32768 --format args
       omni-place plan --preset seed --plot plan.svg
+      omni-place plan --preset seed --alternatives 4 --vs "-ngl 99 -ncmoe 40"
       omni-place plan model.gguf --cluster rig.toml --verify
       omni-place plan model.gguf --preset seed --exec -- llama-server --port 8080
       mapfile -t flags < <(omni-place plan model.gguf --preset seed --format argv)
@@ -182,16 +206,10 @@ def plan_cmd(model: str | None, cluster_file: str | None, preset: str | None, ct
     if do_exec and engine_argv and shutil.which(engine_argv[0]) is None:
         raise InvalidArgumentError(f"engine {engine_argv[0]!r} not found (not a file, not on PATH)",
                                    hint="give the path of llama-server / llama-cli after --")
-    obj: str | float = objective
-    if objective not in ("tg", "pp"):
-        try:
-            obj = float(objective)
-        except ValueError:
-            raise InvalidArgumentError(f"--objective {objective!r} is not tg, pp or a number",
-                                       hint="e.g. --objective 0.8") from None
     plan = plan_split(resolve_model(model), _cluster_spec(cluster_file, preset), ctx=ctx, ubatch=ubatch,
-                      kv_type=kv_type.lower(), flash_attn=not no_flash_attn, objective=obj, engine=engine,
-                      depth=depth, allow_paging=allow_paging)
+                      kv_type=kv_type.lower(), flash_attn=not no_flash_attn, objective=parse_objective(objective),
+                      engine=engine, depth=depth, allow_paging=allow_paging, alternatives=alternatives,
+                      vs=None if vs_flags is None else _split_flags(vs_flags))
     if certify_plan:
         from ..llama.certify import certify
 

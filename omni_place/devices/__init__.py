@@ -17,6 +17,7 @@ in dense FP16 tensor TFLOPS (see ``data/gpu_catalog.toml``).
 This package only re-exports. Its modules, each importing only those listed before it:
 
 * :mod:`.cluster` -- the model: Device, Cluster, engine order, the local CPU, defaults, preset names;
+* :mod:`.cudacopy` -- host->GPU copy rates measured through the CUDA driver (``stream_gbs``);
 * :mod:`.nvml` -- NVML discovery (:func:`discover`);
 * :mod:`.cluster_file` -- the TOML cluster-file parser and presets (:func:`load_cluster`,
   :func:`load_preset`);

@@ -76,6 +76,9 @@ class Device:
         link_gbs / link_latency_us: the path to the host (PCIe for a GPU, the network for RPC);
             None for the CPU itself.
         pcie_gen / pcie_width: the PCIe link ``link_gbs`` was derived from, when it was.
+        stream_gbs: GPU only -- GB/s at which the engine copies CPU-held weights from pageable
+            host memory to this GPU for op offload (far below ``link_gbs``: the driver stages
+            pageable copies); ``devices --measure`` measures it, None when unknown.
         peer_access: GPU only -- True when peer-to-peer reads work with every other GPU of the
             cluster, False when some pair cannot, None when unknown or there is no other GPU.
         endpoint: ``host:port`` of the RPC server (rpc only).
@@ -102,6 +105,7 @@ class Device:
     link_latency_us: float | None = None
     pcie_gen: int | None = None
     pcie_width: int | None = None
+    stream_gbs: float | None = None
     peer_access: bool | None = None
     endpoint: str | None = None
     host: str = "local"
@@ -126,9 +130,11 @@ class Device:
         for key in ("total_bytes", "free_bytes"):
             if getattr(self, key) is not None:
                 integer(getattr(self, key), key, lo=0, hi=MAX_MEMORY_BYTES, error=bad)
-        for key in ("tflops", "link_gbs", "disk_gbs"):
+        for key in ("tflops", "link_gbs", "stream_gbs", "disk_gbs"):
             if getattr(self, key) is not None:
                 number(getattr(self, key), key, lo=0, lo_open=True, hi=1e6, error=bad)
+        if self.stream_gbs is not None and self.kind != "gpu":
+            raise bad(f"stream_gbs applies to gpu devices only (this one is {self.kind})")
         if self.link_latency_us is not None:
             number(self.link_latency_us, "link_latency_us", lo=0, hi=1e7, error=bad)
         if self.threads is not None:

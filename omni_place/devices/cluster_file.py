@@ -64,6 +64,7 @@ _DEVICE_KEYS: dict[str, tuple[type | tuple[type, ...], tuple[str, ...]]] = {
     "tflops": (_NUMBER, KINDS),
     "link_gbs": (_NUMBER, ("gpu", "rpc")),
     "link_latency_us": (_NUMBER, ("gpu", "rpc")),
+    "stream_gbs": (_NUMBER, ("gpu",)),
     "pcie_gen": (int, ("gpu",)),
     "pcie_width": (int, ("gpu",)),
     "endpoint": (str, ("rpc",)),
@@ -132,7 +133,7 @@ class _Locator:
 # Generous upper bounds of device figures (a typo or a hostile file must not reach the core:
 # 1e30 GiB overflows its int64 arrays, 1e308 TFLOPS predicts nonsense).
 _UPPER_BOUNDS = {"memory_gib": 1 << 20, "bandwidth_gbs": 1e5, "tflops": 1e5, "link_gbs": 1e4, "threads": 4096,
-                 "disk_gbs": 1e3,
+                 "stream_gbs": 1e4, "disk_gbs": 1e3,
                  "link_latency_us": 1e7, "margin_mib": 1 << 30}
 
 
@@ -226,7 +227,7 @@ class _FileParser:
             if kind not in _DEVICE_KEYS[key][1]:
                 raise self.fail(at(key), f"device {name!r}: {key!r} does not apply to kind {kind!r}")
         self._check_name(i, name, kind)
-        positive = ("memory_gib", "bandwidth_gbs", "tflops", "link_gbs", "threads", "disk_gbs")
+        positive = ("memory_gib", "bandwidth_gbs", "tflops", "link_gbs", "stream_gbs", "threads", "disk_gbs")
         for key in positive:
             if key in table and not table[key] > 0:
                 raise self.fail(at(key), f"device {name!r}: {key} must be positive (got {table[key]})")
@@ -329,6 +330,8 @@ class _FileParser:
         out["pcie_gen"], out["pcie_width"] = gen, width
         out["link_latency_us"] = float(table.get("link_latency_us", DEFAULT_PCIE_LATENCY_US))
         source["link_latency"] = "file" if "link_latency_us" in table else "estimated"
+        if "stream_gbs" in table:
+            out["stream_gbs"], source["stream"] = float(table["stream_gbs"]), "file"
 
     def _rpc_link(self, i: int, table: dict[str, Any], out: dict[str, Any],
                   source: dict[str, str]) -> None:
@@ -423,7 +426,7 @@ def _build(doc: dict[str, Any], parser: _FileParser, parsed: list[dict[str, Any]
             if dev["kind"] == "gpu":
                 raise parser.fail(dev["_line"], f"gpu {dev['name']!r}: with discover = true local "
                                   "GPUs come from NVML", 'describe GPUs of other machines as kind = "rpc"')
-        base, notes = discover_gpus(nvml)
+        base, notes = discover_gpus(nvml, measure=measure)
     devices: list[Device] = list(base)
     cpu_given: dict[str, Any] | None = None
     for dev in parsed:
@@ -448,9 +451,9 @@ def load_cluster(path: str | os.PathLike[str], *, nvml: ModuleType | Any | None 
     """Read a TOML cluster file (schema: ``omni-place devices --help``).
 
     CPU figures the file leaves out (and the whole CPU, if the file has none) come from this
-    machine; ``measure`` measures its memory bandwidth where the file gives none. With
+    machine; ``measure`` measures its memory and disk bandwidth where the file gives none. With
     ``discover = true`` in the file, NVML GPUs (through ``nvml``, as in :func:`discover`) join
-    the file's devices.
+    the file's devices, with ``measure`` their host->GPU copy rates too.
 
     Raises:
         ClusterError: the file is missing, not TOML, or describes an impossible machine; the

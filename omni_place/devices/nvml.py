@@ -29,6 +29,7 @@ from .cluster import (
     _cpu_notes,
     _local_cpu,
 )
+from .cudacopy import with_stream_rates
 
 __all__ = ["discover", "discover_gpus"]
 
@@ -319,12 +320,19 @@ def _discover_gpus(nvml_lib: ModuleType | Any | None) -> tuple[list[Device], lis
         nvml.stop()
 
 
-def discover_gpus(nvml_lib: ModuleType | Any | None = None) -> tuple[list[Device], list[str]]:
+def discover_gpus(nvml_lib: ModuleType | Any | None = None, *,
+                  measure: bool = False) -> tuple[list[Device], list[str]]:
     """GPU devices named CUDA0.. in CUDA's order, and notes on what could not be seen.
 
     ``nvml_lib`` is an NVML binding module (tests inject fakes); None imports ``pynvml``.
+    ``measure`` measures each GPU's host->GPU copy rate from pageable memory (``stream_gbs``,
+    through the CUDA driver: :mod:`.cudacopy`) after NVML has read the free memory.
     """
-    return _discover_gpus(nvml_lib if nvml_lib is not None else _import_nvml())
+    gpus, notes = _discover_gpus(nvml_lib if nvml_lib is not None else _import_nvml())
+    if measure and gpus:
+        gpus, measured = with_stream_rates(gpus)
+        notes += measured
+    return gpus, notes
 
 
 def discover(nvml: ModuleType | Any | None = None, measure: bool = False) -> Cluster:
@@ -336,10 +344,11 @@ def discover(nvml: ModuleType | Any | None = None, measure: bool = False) -> Clu
 
     Args:
         nvml: an NVML binding module to use instead of ``pynvml`` (tests inject fakes).
-        measure: measure the CPU memory bandwidth (about a second) instead of assuming
-            :data:`~omni_place.cpuprobe.DEFAULT_CPU_BANDWIDTH_GBS`.
+        measure: measure the CPU memory read bandwidth and disk read speed (about two
+            seconds) instead of assuming :data:`~omni_place.cpuprobe.DEFAULT_CPU_BANDWIDTH_GBS`
+            and the default disk, and each GPU's host->GPU copy rate (``stream_gbs``).
     """
-    gpus, notes = discover_gpus(nvml)
+    gpus, notes = discover_gpus(nvml, measure=measure)
     cpu = _local_cpu(measure=measure)
     notes += _cpu_notes(cpu)
     return Cluster(name=socket.gethostname() or "local", devices=(*gpus, cpu),

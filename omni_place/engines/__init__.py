@@ -5,7 +5,9 @@ from __future__ import annotations
 import re
 
 from . import ik_llama, llama_cpp, vllm
-from .base import BenchSpelling, Dialect, EngineTraits, PlacementArgs, by_name
+from typing import Any, Mapping
+
+from .base import BenchRecordFlags, BenchSpelling, Dialect, EngineTraits, PlacementArgs, by_name
 
 DIALECTS: dict[str, Dialect] = {d.name: d for d in (llama_cpp.DIALECT, ik_llama.DIALECT, vllm.DIALECT)}
 ENGINES = tuple(DIALECTS)
@@ -29,5 +31,14 @@ def engine_of_binary(path: str) -> str:
     return ik_llama.NAME if ik else llama_cpp.NAME
 
 
-__all__ = ["BENCH_ENGINES", "DIALECTS", "ENGINES", "LLAMA_FAMILY", "BenchSpelling", "Dialect", "EngineTraits",
-           "PlacementArgs", "dialect", "engine_of_binary", "ik_llama", "llama_cpp", "traits", "vllm"]
+def engine_of_bench_record(record: Mapping[str, Any]) -> str | None:
+    """The engine whose llama-bench printed a plain output record, from the keys only its
+    output has (mainline's ``tensor_buft_overrides``/``n_cpu_moe``, ik's ``override_tensor``/
+    ``mla_attn``, ...); None when the record has none of them or both engines' keys."""
+    hits = [n for n in BENCH_ENGINES if DIALECTS[n].bench_record_keys & record.keys()]
+    return hits[0] if len(hits) == 1 else None
+
+
+__all__ = ["BENCH_ENGINES", "DIALECTS", "ENGINES", "LLAMA_FAMILY", "BenchRecordFlags", "BenchSpelling", "Dialect",
+           "EngineTraits", "PlacementArgs", "dialect", "engine_of_bench_record", "engine_of_binary", "ik_llama",
+           "llama_cpp", "traits", "vllm"]

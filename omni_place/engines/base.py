@@ -28,6 +28,9 @@ class EngineTraits:
     output_only_offload: bool = True  # the output head alone may sit on an accelerator
     llama_family: bool = True  # a llama.cpp-style command line (-ngl/-ts/-ot) that `check`/--exec take
     libllama: bool = False  # this project's ctypes libllama (mainline) can load and verify its plans
+    # the flags that load CPU-held weights without mmap, into pinned memory: (server, bench)
+    pin_weights: tuple[tuple[str, ...], tuple[str, ...]] = ((), ())
+    op_offload_switch: bool = False  # every tool can turn op offload off (FlagSyntax.no_op_offload)
 
 
 @dataclass(frozen=True)
@@ -38,6 +41,18 @@ class BenchSpelling:
     n_cpu_moe: str  # the --n-cpu-moe flag
     output: tuple[str, ...]  # machine-readable output
     ngl_all: str  # an -ngl that offloads every layer
+    no_op_offload: tuple[str, ...] = ()  # keeps prompt ops of CPU-held weights on the CPU (empty: no such flag)
+
+
+@dataclass(frozen=True)
+class BenchRecordFlags:
+    """One record of an engine's plain llama-bench output (``-o json``/``jsonl``) as the
+    llama-bench command line of its one test, for :meth:`Dialect.parse_args` (``tool="bench"``)."""
+
+    argv: tuple[str, ...]
+    threads: int | None = None  # -t; None: the record does not say
+    op_offload: bool = True  # False: -nopo 1 (prompt ops of CPU-held weights stay on the CPU)
+    fitted: str | None = None  # the engine's fitter chose the placement, so the flags do not tell it
 
 
 class PlacementArgs(Protocol):
@@ -56,7 +71,8 @@ class PlacementArgs(Protocol):
     def overrides(self) -> Sequence[tuple[str, str]]: ...
 
     def args(self, tool: str = "server", *, ctx: int | None = None, n_ubatch: int | None = None,
-             type_k: str = "f16", type_v: str = "f16", flash_attn: bool = True) -> list[str]: ...
+             type_k: str = "f16", type_v: str = "f16", flash_attn: bool = True,
+             op_offload: bool = True) -> list[str]: ...
 
 
 class Dialect(ABC):
@@ -68,6 +84,7 @@ class Dialect(ABC):
     tools: ClassVar[tuple[str, ...]]
     bench: ClassVar[BenchSpelling | None] = None
     env_note: ClassVar[str | None] = None  # a comment line above the environment form
+    bench_record_keys: ClassVar[frozenset[str]] = frozenset()  # keys only this engine's llama-bench prints
 
     @abstractmethod
     def encode(self, model: ModelProfile, placement: Placement, cluster: Cluster, context: Context,
@@ -100,6 +117,12 @@ class Dialect(ABC):
     def flags_of(self, parsed: ParsedArgs) -> PlacementArgs:
         """A parsed command line's placement flags, spelled again by this dialect."""
         raise InvalidArgumentError(f"omni-place reads no {self.name} command line",
+                                   hint="use --engine llama.cpp or ik_llama.cpp")
+
+    def bench_record_flags(self, record: Mapping[str, Any]) -> BenchRecordFlags:
+        """The llama-bench flags of one record of this engine's plain llama-bench output
+        (InvalidArgumentError naming a missing or malformed field)."""
+        raise InvalidArgumentError(f"omni-place reads no {self.name} llama-bench output",
                                    hint="use --engine llama.cpp or ik_llama.cpp")
 
     def layer_homes_from_log(self, log: str, n_layer: int, accelerators: Sequence[str],

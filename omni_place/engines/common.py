@@ -9,9 +9,10 @@ names, first match wins (``src/llama-model-loader.cpp:1233-1259``; ik
 """
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass, field
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import regex
 
@@ -19,6 +20,7 @@ from ..cost import CPU, EXPERT_KINDS, Placement
 from ..devices import Cluster, Device
 from ..errors import ClusterError, InvalidArgumentError
 from ..model import ModelProfile
+from ..validate import integer, show, text
 
 # Which routed-expert kinds an -ot pattern moves, for each expert option of the optimizer.
 KIND_REGEX = {
@@ -55,6 +57,10 @@ class ParsedArgs:
     n_prompt: int | None = None  # llama-bench -p
     n_gen: int | None = None  # llama-bench -n
     n_depth: int | None = None  # llama-bench -d
+    # CPU-held weights loaded without mmap land in the first GPU's pinned host buffer (CUDA_Host)
+    # and op offload copies them at the pinned rate (src/llama-model-loader.cpp:1269-1277)
+    pinned_weights: bool = False
+    op_offload: bool = True  # False: --no-op-offload / llama-bench -nopo 1
     unpriced: list[str] = field(default_factory=list)  # flags the engine takes that are not priced
 
 
@@ -177,6 +183,22 @@ class FlagSyntax:
     fa_off: str
     takes_ctx: bool  # llama-bench has no -c (it takes -p/-n/-d)
     rpc_flag: str = "--rpc"  # llama-bench spells it -rpc
+    no_op_offload: tuple[str, ...] = ()  # turns op offload off (empty: the tool cannot)
+
+
+def flag_groups(args: Sequence[str]) -> list[tuple[str, ...]]:
+    """A plan's flags as (flag, value) pairs and lone switches (``--no-op-offload``): a token
+    that starts with ``-`` and is no number begins a group; plan values never start with ``-``."""
+    groups: list[list[str]] = []
+    for tok in args:
+        if tok.startswith("-") and not _NUMBER.fullmatch(tok) or not groups:
+            groups.append([tok])
+        else:
+            groups[-1].append(tok)
+    return [tuple(g) for g in groups]
+
+
+_NUMBER = re.compile(r"-?[0-9.]+")
 
 
 def format_share(x: float) -> str:
@@ -205,7 +227,7 @@ class EngineArgs:
                    rpc=list(parsed.rpc))
 
     def args(self, tool: str = "server", *, ctx: int | None = None, n_ubatch: int | None = None,
-             type_k: str = "f16", type_v: str = "f16", flash_attn: bool = True) -> list[str]:
+             type_k: str = "f16", type_v: str = "f16", flash_attn: bool = True, op_offload: bool = True) -> list[str]:
         syn = self.syntax.get(tool)
         if syn is None:
             raise InvalidArgumentError(f"unknown tool {tool!r}", hint="use one of: " + ", ".join(self.syntax))
@@ -233,6 +255,11 @@ class EngineArgs:
         if type_v != "f16":
             out += ["-ctv", type_v]
         out += ["-fa", syn.fa_on if flash_attn else syn.fa_off]
+        if not op_offload:
+            if not syn.no_op_offload:
+                raise InvalidArgumentError(f"this plan turns op offload off, which this engine's {tool} cannot",
+                                           hint="plan with the engine's default (op offload on)")
+            out += list(syn.no_op_offload)
         return out + list(self.extra)
 
 
@@ -375,5 +402,51 @@ def layer_counts(p: Placement) -> list[int]:
 
 
 def dev_flag(order: Sequence[str], default_order: Sequence[str]) -> list[str]:
-    """The -dev list, or nothing when the order is the engine's default."""
-    return [] if list(order) == list(default_order) else list(order)
+    """The -dev list, or nothing when the order is the engine's default; ``none`` (no device:
+    everything on the CPU, no op offload) for an empty order on a machine with accelerators."""
+    if list(order) == list(default_order):
+        return []
+    return list(order) if order else ["none"]
+
+
+# --- plain llama-bench output records ----------------------------------------------------------
+
+_REQUIRED = object()
+MAX_RECORD_TEXT = 1 << 16  # an -ot list of a few hundred patterns; a record field is never longer
+
+
+def record_int(record: Mapping[str, Any], key: str, lo: int, hi: int, default: Any = _REQUIRED) -> int:
+    """An integer field of a llama-bench record (JSON numbers; ``default`` when absent)."""
+    if key not in record and default is not _REQUIRED:
+        return int(default)
+    if key not in record:
+        raise InvalidArgumentError(f"the record has no {key!r} field")
+    return integer(record[key], key, lo=lo, hi=hi)
+
+
+def record_text(record: Mapping[str, Any], key: str, default: Any = _REQUIRED) -> str:
+    """A text field of a llama-bench record."""
+    if key not in record and default is not _REQUIRED:
+        return str(default)
+    if key not in record:
+        raise InvalidArgumentError(f"the record has no {key!r} field")
+    return text(record[key], key, max_len=MAX_RECORD_TEXT)
+
+
+def record_switch(record: Mapping[str, Any], key: str, default: bool) -> bool:
+    """An on/off field: JSON ``true``/``false`` or ``0``/``1`` (llama-bench prints some
+    switches as ints, e.g. mainline's ``no_op_offload``)."""
+    v = record.get(key, default)
+    if isinstance(v, bool):
+        return v
+    if isinstance(v, int) and v in (0, 1):
+        return bool(v)
+    raise InvalidArgumentError(f"{key} must be true/false or 0/1 (got {show(v)})")
+
+
+def nonzero_shares(shares: str) -> bool:
+    """Whether a record's ``tensor_split`` (``"0.00"``, ``"9.00/40.00"``) sets any share."""
+    try:
+        return any(float(x) != 0 for x in shares.split("/") if x.strip())
+    except ValueError:
+        raise InvalidArgumentError(f"tensor_split {show(shares)} is not a list of numbers") from None

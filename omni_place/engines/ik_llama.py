@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field, replace
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -31,10 +31,10 @@ from ..devices import Cluster
 from ..errors import InvalidArgumentError
 from ..model import ModelProfile, TensorRecord
 from . import llama_cpp
-from .base import BenchSpelling, Dialect, EngineTraits
+from .base import BenchRecordFlags, BenchSpelling, Dialect, EngineTraits
 from .common import (BENCH_DEFAULTS, SERVER_DEFAULTS, EngineArgs, FlagSyntax, ToolDefaults, accelerator_names,
-                     expert_overrides, layer_counts, model_devices,
-                     rpc_buffer_names, rpc_servers)
+                     expert_overrides, layer_counts, model_devices, nonzero_shares, record_int, record_switch,
+                     record_text, rpc_buffer_names, rpc_servers)
 
 NAME = "ik_llama.cpp"
 SYNTAX = {
@@ -292,6 +292,30 @@ def _ncmoe_overrides(model: ModelProfile, homes: Sequence[str], order: Sequence[
     return out
 
 
+def bench_record_flags(rec: Mapping[str, Any]) -> BenchRecordFlags:
+    """The llama-bench flags of one ``-o json`` record of ik's llama-bench (ik
+    ``examples/llama-bench/llama-bench.cpp``, ``test::get_values``): ``tensor_split`` shares joined
+    by "/" ("0.00": none), ``override_tensor`` "pat=BUFT,..." or "" (``--n-cpu-moe N`` is already
+    there as its first-N patterns), ``flash_attn`` true/false. ik's output names no devices (it has
+    no -dev; the order is CUDA_VISIBLE_DEVICES') and leaves no trace of ``--fit``: such a run's
+    record reads as the default split, so its placement needs the run's -v log."""
+    n32 = (1 << 31) - 1
+    argv = ["-ngl", str(record_int(rec, "n_gpu_layers", -1, n32)),
+            "-sm", record_text(rec, "split_mode", "layer"), "-mg", str(record_int(rec, "main_gpu", -1, n32, 0))]
+    shares = record_text(rec, "tensor_split", "0.00")
+    if nonzero_shares(shares):
+        argv += ["-ts", shares]
+    overrides = record_text(rec, "override_tensor", "")
+    if overrides not in ("", "none"):
+        argv += ["-ot", overrides]
+    argv += ["-ub", str(record_int(rec, "n_ubatch", 1, n32)), "-b", str(record_int(rec, "n_batch", 1, n32)),
+             "-ctk", record_text(rec, "type_k", "f16"), "-ctv", record_text(rec, "type_v", "f16"),
+             "-fa", "1" if record_switch(rec, "flash_attn", True) else "0",
+             "-p", str(record_int(rec, "n_prompt", 0, n32)), "-n", str(record_int(rec, "n_gen", 0, n32))]
+    threads = record_int(rec, "n_threads", 1, 1 << 16) if "n_threads" in rec else None
+    return BenchRecordFlags(tuple(argv), threads)
+
+
 _LOG_KV = re.compile(r"llama_kv_cache_init: +(\S+) KV buffer size = +([\d.]+) MiB")  # ik src/llama.cpp
 
 
@@ -301,9 +325,10 @@ class IkLlama(Dialect):
     name = NAME
     # -ngl 0 drops every override, so a head on a GPU needs a layer there too
     traits = EngineTraits(cpu_weights=True, rpc_devices=True, swa_full=SWA_FULL, embedding_on_first=False,
-                          output_only_offload=False)
+                          output_only_offload=False, pin_weights=(("--no-mmap",), ("-mmp", "0")))
     tools = TOOLS
     bench = BenchSpelling(fit=("--fit", "1"), n_cpu_moe="--n-cpu-moe", output=("-o", "json"), ngl_all="999")
+    bench_record_keys = frozenset({"override_tensor", "cuda", "mla_attn", "fused_moe", "ser"})
 
     def encode(self, model: ModelProfile, placement: Placement, cluster: Cluster, context: Context,
                usage: Sequence[DeviceUsage]) -> EngineArgs:
@@ -327,6 +352,9 @@ class IkLlama(Dialect):
 
     def flags_of(self, parsed: llama_cpp.ParsedArgs) -> EngineArgs:
         return EngineArgs.from_parsed(parsed, SYNTAX)
+
+    def bench_record_flags(self, record: Mapping[str, Any]) -> BenchRecordFlags:
+        return bench_record_flags(record)
 
     def layer_homes_from_log(self, log: str, n_layer: int, accelerators: Sequence[str],
                              argv: Sequence[str]) -> tuple[list[str], str] | None:

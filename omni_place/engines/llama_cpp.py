@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import re
 import shlex
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -23,10 +23,11 @@ from ..cost import CPU, Context, DeviceUsage, Placement, expert_kind
 from ..devices import Cluster
 from ..errors import InvalidArgumentError
 from ..model import ModelProfile, Role
-from .base import BenchSpelling, Dialect, EngineTraits, PlacementArgs
+from .base import BenchRecordFlags, BenchSpelling, Dialect, EngineTraits, PlacementArgs
 from .common import (EngineArgs, FlagSyntax, OverrideMatcher, ParsedArgs, accelerator_names, compile_pattern, dev_flag,
-                     expert_overrides, layer_counts, layer_regex, model_devices, override_device, range_regex,
-                     rpc_buffer_names, rpc_servers)
+                     expert_overrides, flag_groups, layer_counts, layer_regex, model_devices, nonzero_shares,
+                     override_device, range_regex, record_int, record_switch, record_text, rpc_buffer_names,
+                     rpc_servers)
 
 __all__ = ["DIALECT", "FLAG_ALIASES", "LLAMA_ENV", "NAME", "SYNTAX", "TOOLS", "EngineArgs", "LlamaCpp", "ParsedArgs",
            "assign_layers", "decode", "encode", "engine_args", "layer_regex", "llama_env", "parse_args"]
@@ -35,9 +36,13 @@ NAME = "llama.cpp"
 # Tools and their separators: llama-bench takes lists of test values after commas, so devices
 # and shares inside one test go with "/" and override entries with ";" (tools/llama-bench/llama-bench.cpp).
 SYNTAX = {
-    "server": FlagSyntax(dev_sep=",", ts_sep=",", ot_sep=",", fa_on="on", fa_off="off", takes_ctx=True),
-    "cli": FlagSyntax(dev_sep=",", ts_sep=",", ot_sep=",", fa_on="on", fa_off="off", takes_ctx=True),
-    "bench": FlagSyntax(dev_sep="/", ts_sep="/", ot_sep=";", fa_on="1", fa_off="0", takes_ctx=False, rpc_flag="-rpc"),
+    # --no-op-offload: common/arg.cpp:2947-2948; -nopo: tools/llama-bench/llama-bench.cpp:898
+    "server": FlagSyntax(dev_sep=",", ts_sep=",", ot_sep=",", fa_on="on", fa_off="off", takes_ctx=True,
+                         no_op_offload=("--no-op-offload",)),
+    "cli": FlagSyntax(dev_sep=",", ts_sep=",", ot_sep=",", fa_on="on", fa_off="off", takes_ctx=True,
+                      no_op_offload=("--no-op-offload",)),
+    "bench": FlagSyntax(dev_sep="/", ts_sep="/", ot_sep=";", fa_on="1", fa_off="0", takes_ctx=False, rpc_flag="-rpc",
+                        no_op_offload=("-nopo", "1")),
 }
 TOOLS = tuple(SYNTAX)
 # Environment variables llama-server / llama-cli read for each flag (common/arg.cpp, set_env(...)
@@ -65,11 +70,12 @@ _LOG_LAYER = re.compile(r"load_tensors: layer +(\d+) assigned to device (\S+?),"
 def llama_env(args: Sequence[str]) -> dict[str, str]:
     """The ``LLAMA_ARG_*`` variables equivalent to llama-server flags (``-flag value`` pairs)."""
     out = {}
-    for flag, value in zip(args[::2], args[1::2]):
-        if flag not in LLAMA_ENV:
+    for group in flag_groups(args):
+        flag = group[0]
+        if flag not in LLAMA_ENV or len(group) != 2:
             raise InvalidArgumentError(f"flag {flag} has no LLAMA_ARG_ environment variable",
                                        hint="use --format args")
-        out[LLAMA_ENV[flag]] = value
+        out[LLAMA_ENV[flag]] = group[1]
     return out
 
 
@@ -148,15 +154,23 @@ FLAG_ALIASES = {
     "-sm": "sm", "--split-mode": "sm",
     "-mg": "mg", "--main-gpu": "mg",
     "--rpc": "rpc", "-rpc": "rpc",
+    # loading without mmap pins CPU-held weights: mainline's -lm (common/arg.cpp:2691,
+    # tools/llama-bench/llama-bench.cpp:778), ik's --no-mmap and llama-bench -mmp 0
+    "-lm": "lm", "--load-mode": "lm", "--no-mmap": "nommap", "-mmp": "mmp", "--mmap": "mmp",
+    "--no-op-offload": "nopo_flag", "--op-offload": "opo_flag",
 }
 # llama-bench's own spellings (tools/llama-bench/llama-bench.cpp); it has no -c: a test's
 # context is -p + -n + -d. In llama-server/llama-cli -p and -n mean the prompt and n_predict.
 BENCH_ALIASES = {
     "-p": "n_prompt", "--n-prompt": "n_prompt", "-n": "n_gen", "--n-gen": "n_gen",
     "-d": "n_depth", "--n-depth": "n_depth",
+    "-nopo": "nopo", "--no-op-offload": "nopo",  # a 0|1 value in llama-bench, a switch in the server
 }
-BENCH_ONLY = frozenset(BENCH_ALIASES.values())
-_NO_VALUE = {"cmoe"}
+BENCH_ONLY = frozenset({"n_prompt", "n_gen", "n_depth"})  # the test sizes
+_NO_VALUE = {"cmoe", "nommap", "nopo_flag", "opo_flag"}
+# load modes (include/llama.h LLAMA_LOAD_MODE_*) and whether they map the file
+# (src/llama-model-loader.cpp:559: mmap for auto, mmap and mmap+mlock)
+LOAD_MODES = {"auto": True, "none": False, "mmap": True, "mlock": False, "mmap+mlock": True, "dio": False}
 _INT32 = (-(1 << 31), (1 << 31) - 1)  # std::stoi's range: the engine refuses anything beyond it
 _INTEGER = re.compile(r"[+-]?[0-9]+")  # ASCII digits only: int() would also take "١٢" and "1_0"
 _TRUTHY, _FALSEY, _AUTO = {"on", "enabled", "true", "1"}, {"off", "disabled", "false", "0"}, {"auto", "-1"}
@@ -192,6 +206,13 @@ def parse_args(argv: Sequence[str], *, ncmoe: str = "patterns", tool: str = "ser
         key = aliases.get(flag)
         if key is None:
             i = _skip_unpriced(toks, i, out)
+            continue
+        if key in ("nommap", "nopo_flag", "opo_flag"):
+            if key == "nommap":
+                out.pinned_weights = True
+            else:
+                out.op_offload = key == "opo_flag"
+            i += 1
             continue
         if key in _NO_VALUE:
             if ncmoe == "count":
@@ -335,6 +356,14 @@ def _apply(out: ParsedArgs, key: str, flag: str, val: str, ncmoe: str) -> None:
         out.main_gpu = _int(flag, val)
     elif key == "rpc":
         out.rpc = [e for e in val.split(",") if e]
+    elif key == "lm":
+        if val not in LOAD_MODES:
+            raise InvalidArgumentError(f"{flag} {val!r} is not a load mode", hint="one of " + ", ".join(LOAD_MODES))
+        out.pinned_weights = not LOAD_MODES[val]
+    elif key == "mmp":
+        out.pinned_weights = not _int(flag, val, lo=0, hi=1)
+    elif key == "nopo":
+        out.op_offload = not _int(flag, val, lo=0, hi=1)
 
 
 def decode(model: ModelProfile, parsed: ParsedArgs, accelerators: Sequence[str],
@@ -404,15 +433,52 @@ def placement_with_overrides(model: ModelProfile, order: Sequence[str], homes: S
     return Placement(tuple(order), tuple(homes), tuple(cpu_experts), output, tuple(extra))
 
 
+def bench_record_flags(rec: Mapping[str, Any]) -> BenchRecordFlags:
+    """The llama-bench flags of one ``-o json``/``jsonl`` record (tools/llama-bench/llama-bench.cpp,
+    ``test::get_values``): ``devices`` "auto" or ``CUDA0/CUDA1``, ``tensor_split`` "%.2f" shares
+    joined by "/" ("0.00": none), ``tensor_buft_overrides`` "pat=BUFT;..." or "none", ``n_cpu_moe``
+    (its patterns go after the -ot ones, as llama-bench appends them), ``flash_attn`` -1/0/1.
+    A record with ``fit_target`` or ``fit_min_ctx`` was placed by the fitter (-fitt/-fitc)."""
+    n32 = (1 << 31) - 1
+    argv = ["-ngl", str(record_int(rec, "n_gpu_layers", -1, n32)),
+            "-sm", record_text(rec, "split_mode", "layer"), "-mg", str(record_int(rec, "main_gpu", -1, n32, 0))]
+    devices = record_text(rec, "devices", "auto")
+    if devices != "auto":
+        argv += ["-dev", devices]
+    shares = record_text(rec, "tensor_split", "0.00")
+    if nonzero_shares(shares):
+        argv += ["-ts", shares]
+    overrides = record_text(rec, "tensor_buft_overrides", "none")
+    if overrides not in ("none", ""):
+        argv += ["-ot", overrides]
+    n_cpu_moe = record_int(rec, "n_cpu_moe", 0, n32, 0)
+    if n_cpu_moe:
+        argv += ["-ncmoe", str(n_cpu_moe)]
+    fa = rec.get("flash_attn", -1)  # -1/0/1; older builds print true/false
+    fa_text = ("1" if fa else "0") if isinstance(fa, bool) else str(record_int(rec, "flash_attn", -1, 1))
+    argv += ["-ub", str(record_int(rec, "n_ubatch", 1, n32)), "-b", str(record_int(rec, "n_batch", 1, n32)),
+             "-ctk", record_text(rec, "type_k", "f16"), "-ctv", record_text(rec, "type_v", "f16"), "-fa", fa_text,
+             "-p", str(record_int(rec, "n_prompt", 0, n32)), "-n", str(record_int(rec, "n_gen", 0, n32)),
+             "-d", str(record_int(rec, "n_depth", 0, n32, 0))]
+    fit = [f"{flag} {n}" for flag, key in (("-fitt", "fit_target"), ("-fitc", "fit_min_ctx"))
+           if (n := record_int(rec, key, 0, 1 << 62, 0))]
+    threads = record_int(rec, "n_threads", 1, 1 << 16) if "n_threads" in rec else None
+    return BenchRecordFlags(tuple(argv), threads, op_offload=not record_switch(rec, "no_op_offload", False),
+                            fitted=" ".join(fit) or None)
+
+
 class LlamaCpp(Dialect):
     """Mainline llama.cpp: exact per-device layer counts through ``-ngl``/``-ts``."""
 
     name = NAME
     traits = EngineTraits(cpu_weights=True, rpc_devices=True, swa_full=False, embedding_on_first=False,
-                          libllama=True)
+                          libllama=True, pin_weights=(("-lm", "none"), ("-lm", "none")),
+                          op_offload_switch=all(s.no_op_offload for s in SYNTAX.values()))
     tools = TOOLS
-    bench = BenchSpelling(fit=("-fitt", "1024"), n_cpu_moe="-ncmoe", output=("-o", "jsonl"), ngl_all="99")
+    bench = BenchSpelling(fit=("-fitt", "1024"), n_cpu_moe="-ncmoe", output=("-o", "jsonl"), ngl_all="99",
+                          no_op_offload=("-nopo", "1"))
     env_note = "llama-server / llama-cli read these; a flag on the command line wins over its variable"
+    bench_record_keys = frozenset({"tensor_buft_overrides", "n_cpu_moe", "devices", "backends", "no_op_offload"})
 
     def encode(self, model: ModelProfile, placement: Placement, cluster: Cluster, context: Context,
                usage: Sequence[DeviceUsage]) -> EngineArgs:
@@ -435,6 +501,9 @@ class LlamaCpp(Dialect):
 
     def flags_of(self, parsed: ParsedArgs) -> EngineArgs:
         return EngineArgs.from_parsed(parsed, SYNTAX)
+
+    def bench_record_flags(self, record: Mapping[str, Any]) -> BenchRecordFlags:
+        return bench_record_flags(record)
 
     def layer_homes_from_log(self, log: str, n_layer: int, accelerators: Sequence[str],
                              argv: Sequence[str]) -> tuple[list[str], str] | None:

@@ -57,7 +57,8 @@ class VllmArgs:
                 PARTITION_ENV: ",".join(str(n) for n in self.partition)}
 
     def args(self, tool: str = "server", *, ctx: int | None = None, n_ubatch: int | None = None,
-             type_k: str = "f16", type_v: str = "f16", flash_attn: bool = True) -> list[str]:
+             type_k: str = "f16", type_v: str = "f16", flash_attn: bool = True,
+             op_offload: bool = True) -> list[str]:
         if tool not in ("server", "cli"):
             raise InvalidArgumentError(f"vLLM has no {tool!r} flag dialect", hint="use --tool server")
         check_kv_types(type_k, type_v)

@@ -86,6 +86,8 @@ def load_spec(plan: Plan, *, dry_run: bool = True, load_mode: str | None = None,
     ea = plan.engine_args
     names = dict(names or {})
     order = list(ea.devices) or (list(plan.default_order) if explicit_devices else [])
+    # -dev none (common/arg.cpp parse_device_list): a device list holding only the terminator
+    devices = [] if order == ["none"] else ([_target(n, names) for n in order] if order else None)
     split = [float(x) for x in ea.tensor_split or []]
     if split:
         split += [0.0] * max(0, TENSOR_SPLIT_FLOATS - len(split))
@@ -94,7 +96,7 @@ def load_spec(plan: Plan, *, dry_run: bool = True, load_mode: str | None = None,
         model_path=str(plan.model.path),
         n_gpu_layers=int(ea.n_gpu_layers),
         tensor_split=split or None,
-        devices=[_target(n, names) for n in order] if order else None,
+        devices=devices,
         overrides=[(p, _target(t, names)) for p, t in ea.overrides],
         rpc_servers=rpc_servers(plan.cluster.devices),
         n_ctx=int(c.ctx),

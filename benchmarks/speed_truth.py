@@ -1,0 +1,396 @@
+"""Measured prompt and decode speed of many placements on a real GPU machine (the truth the
+speed model is checked against), with plain llama-bench records and ``-v`` logs kept.
+
+Three subcommands, run in this order on the GPU machine:
+
+``models DIR``
+    Write the speed models: full-size GGUFs of three real architectures (a dense llama, a
+    qwen3moe, a deepseek2 with MLA, shared experts and a leading dense layer), ~6-9 GB each.
+    Every large weight is a hole (zeros: a matmul's speed does not depend on its values), while
+    the tensors that decide *routing* hold real values: F32 norms of ones, a random F32 router per
+    MoE layer and random token embeddings. With zero attention and FFN outputs the router sees
+    each token's normalised embedding, so llama-bench's random prompt tokens spread over the
+    experts as a real model's do. (A tiled all-positive Q4_K pattern, as ``synth_gguf`` writes,
+    drives every token to the same few experts and makes op offload copy almost nothing: its
+    MoE prompt speeds are not what a real model gets.)
+
+``prepare MODEL --cluster TOML --rig NAME -o MATRIX``
+    The configurations of one model on one rig: the engine's ``--fit``, the recipes of
+    ``omni-place bench`` (``-ot exps=CPU``, the smallest ``--n-cpu-moe``, the largest ``-ngl``),
+    omni_place's plans for the ``tg`` and ``pp`` objectives, and a sweep of placements that
+    spans the CPU share (``-ngl`` / ``--n-cpu-moe`` steps), each with omni_place's prediction.
+
+``run MATRIX... --bin llama-bench --out DIR --rounds N``
+    Every configuration of every matrix, in rounds that alternate the order (A B C, C B A, ...)
+    so slow drifts of the machine do not favour one configuration; one ``-v`` log per run.
+
+Speed models are deterministic: ``models DIR --header-only`` here writes the same headers
+(the same bytes up to the data), which is all that pricing needs.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+import tarfile
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+SPEED_MODELS: dict[str, dict[str, Any]] = {
+    # 32 layers of a 13B-like shape (GQA 40/8): 10.6 B parameters, ~6.3 GB in Q4_K
+    "dense11": dict(arch="llama", n_layer=32, n_embd=5120, n_head=40, n_head_kv=8, head_dim=128, n_ff=17408,
+                    n_vocab=65536),
+    # 24 layers of a Qwen3-30B-A3B-like shape (128 experts, 8 used): ~8.6 GB in Q4_K
+    "moe15": dict(arch="qwen3moe", n_layer=24, n_embd=2048, n_head=32, n_head_kv=4, head_dim=128, n_ff=6144,
+                  n_expert=128, n_expert_used=8, n_ff_exp=768, n_vocab=151936),
+    # DeepSeek-V2-Lite-like: MLA (kv_lora 512), 64 experts (6 used) + 2 shared, 1 leading dense layer;
+    # 28 layers: llama.cpp takes a 26- or 27-layer deepseek2 for a "lite" one without q LoRA
+    # (src/models/deepseek2.cpp:8) and would not find attn_q.weight
+    "mla16": dict(arch="deepseek2", n_layer=28, n_embd=2048, n_head=16, n_head_kv=1, head_dim=128, n_rot=64,
+                  kv_lora_rank=512, q_lora_rank=768, n_ff=10944, n_expert=64, n_expert_used=6, n_ff_exp=1408,
+                  n_expert_shared=2, n_dense_lead=1, n_vocab=102400),
+}
+
+
+def write_speed_model(name: str, folder: Path, *, header_only: bool = False) -> Path:
+    """Write speed model ``name`` into ``folder`` (see the module doc); returns its path."""
+    from omni_place.gguf import read_model_files
+    from omni_place.gguf_write import sparse_copy
+    from tests.arch_models import write_model
+
+    folder.mkdir(parents=True, exist_ok=True)
+    header = write_model(folder / f"{name}.hdr.gguf", weight_type="q4_k", tokenizer="spm", header_only=True,
+                         **SPEED_MODELS[name])
+    if header_only:
+        return header
+    files = read_model_files(header)
+    full = sparse_copy(files, folder / "full")
+    target = folder / f"{name}.gguf"
+    full.rename(target)
+    (folder / "full").rmdir()
+    shard = files.shards[0]
+    rng = np.random.default_rng(0)
+    with open(target, "r+b") as fh:
+        for t in files.tensors:
+            n = t.n_elements
+            if t.name.endswith("norm.weight") or "_norm" in t.name:
+                data = np.ones(n, dtype=np.float32).tobytes()
+            elif t.name.endswith("ffn_gate_inp.weight"):
+                data = rng.standard_normal(n, dtype=np.float32).tobytes()
+            elif t.name == "token_embd.weight" and t.type_name == "Q4_K":
+                data = _random_q4_k(rng, t.n_bytes)
+            elif t.name == "token_embd.weight":
+                raise SystemExit(f"{name}: token_embd is {t.type_name}; the speed models write Q4_K embeddings")
+            else:
+                continue
+            assert len(data) == t.n_bytes, (t.name, len(data), t.n_bytes)
+            fh.seek(shard.data_offset + t.offset)
+            fh.write(data)
+    return target
+
+
+def _random_q4_k(rng: np.random.Generator, nbytes: int) -> bytes:
+    """Q4_K blocks whose values are centred: every sub-block scale and min is 32 and
+    dmin = 7.5 d, so a weight is 32 d (q - 7.5) for a random nibble q."""
+    blocks = rng.integers(0, 256, size=(nbytes // 144, 144), dtype=np.uint8)
+    blocks[:, 0:2] = np.frombuffer(np.float16(0.004).tobytes(), dtype=np.uint8)
+    blocks[:, 2:4] = np.frombuffer(np.float16(0.03).tobytes(), dtype=np.uint8)
+    blocks[:, 4:12] = 0xA0  # 6-bit scales / mins 0..3 = 32, high bits of 4..7 = 2
+    blocks[:, 12:16] = 0x00  # low nibbles of scales / mins 4..7
+    return blocks.tobytes()
+
+
+def _models(a: argparse.Namespace) -> int:
+    unknown = sorted(set(a.names) - set(SPEED_MODELS))
+    if unknown:
+        raise SystemExit(f"unknown speed models {unknown}; known: {', '.join(SPEED_MODELS)}")
+    for name in a.names or list(SPEED_MODELS):
+        path = write_speed_model(name, Path(a.folder), header_only=a.header_only)
+        print(f"{path} {path.stat().st_size / 1e9:.2f} GB", flush=True)
+    return 0
+
+
+def _prepare(a: argparse.Namespace) -> int:
+    from omni_place.bench.matrix import build_configs, common_args
+    from omni_place.bench.run import CONFIG_ORDER, SCHEMA, Attempt, BenchConfig
+    from omni_place.devices import resolve_cluster
+    from omni_place.model import load_model
+    from omni_place.plan import evaluate
+
+    cluster = resolve_cluster(a.cluster)
+    prof = load_model(a.model)
+    ctx = a.n_prompt + a.n_gen
+    engine = "llama.cpp"
+    wanted = a.configs.split(",") if a.configs else ["fit", "ot-exps", "ncmoe", "ngl", "omni_place", "omni_place_pp",
+                                                      "sweep"]
+    configs = build_configs(prof, cluster, engine, n_prompt=a.n_prompt, n_gen=a.n_gen, ubatch=a.ubatch,
+                            configs=[c for c in wanted if c in CONFIG_ORDER])
+    if "omni_place_pp" in wanted:
+        configs += build_configs(prof, cluster, engine, n_prompt=a.n_prompt, n_gen=a.n_gen, ubatch=a.ubatch,
+                                 objective="pp", configs=("omni_place",))
+        configs[-1].name = "omni_place_pp"
+    seen = {tuple(att.argv) for c in configs for att in c.attempts}
+
+    def feasible(argv: list[str]) -> dict[str, Any] | None:
+        pred = evaluate(prof, cluster, [*argv, "-ub", str(a.ubatch)], ctx=ctx, engine=engine, tool="bench")
+        return ({"feasible": True, "tg_tps": round(pred.predicted.tg_tps, 3),
+                 "pp_tps": round(pred.predicted.pp_tps, 3)} if pred.feasible else None)
+
+    def add(name: str, argv: list[str], note: str) -> None:
+        price = feasible(argv)
+        if price is not None and tuple(argv) not in seen:
+            seen.add(tuple(argv))
+            configs.append(BenchConfig(engine, name, [Attempt(argv, price)], note))
+
+    if "sweep" in wanted:
+        # placements across the CPU's share: whole layers on the CPU (-ngl), and for MoE the
+        # experts of the first layers (--n-cpu-moe)
+        L = prof.n_layer
+        n_max = max((n for n in range(L + 2) if feasible(["-ngl", str(n)])), default=0)
+        for n in sorted({0, n_max // 3, (2 * n_max) // 3}):
+            add(f"ngl{n}", ["-ngl", str(n)], "whole layers on the CPU")
+        if prof.hparams.n_expert:
+            n0 = next((n for n in range(L + 1) if feasible(["-ngl", "99", "-ncmoe", str(n)])), L)
+            for n in sorted({L, (L + n0) // 2}):
+                add(f"ncmoe{n}", ["-ngl", "99", "-ncmoe", str(n)], "experts of the first layers on the CPU")
+    matrix = {"schema": SCHEMA, "model": Path(a.model).name.split(".")[0], "model_file": a.model_file or a.model,
+              "cluster": cluster.name, "rig": a.rig, "n_prompt": a.n_prompt, "n_gen": a.n_gen, "ubatch": a.ubatch,
+              "threads": a.threads, "configs": [c.to_dict() for c in configs],
+              "common": {engine: common_args(engine, a.model_file or a.model, n_prompt=a.n_prompt, n_gen=a.n_gen,
+                                             ubatch=a.ubatch, reps=a.reps, threads=a.threads)}}
+    Path(a.output).write_text(json.dumps(matrix, indent=1))
+    for c in configs:
+        print(f"{c.name:14s} {' | '.join(' '.join(att.argv) for att in c.attempts)[:150]}")
+    return 0
+
+
+def _rig(a: argparse.Namespace) -> int:
+    """A cluster file of the measured machine: one GPU with the free memory llama.cpp reported
+    (its ``-v`` line ``using device CUDA0 ... - N MiB free``, after the ballast and its own CUDA
+    context), the same margin as ``-fitt``, and the CPU as ``devices --measure`` measured it."""
+    text = (f'# {a.description}\nname = "{a.name}"\n\n[[devices]]\nname = "CUDA0"\nkind = "gpu"\ncatalog = "H200"\n'
+            f"memory_gib = {a.gpu_free_mib / 1024:.4f}\nmargin_mib = {a.margin_mib}\n\n"
+            f'[[devices]]\nname = "CPU"\nkind = "cpu"\nmemory_gib = {a.cpu_gib}\n'
+            f"bandwidth_gbs = {a.cpu_gbs}\nthreads = {a.threads}\n")
+    Path(a.output).write_text(text)
+    print(text)
+    return 0
+
+
+def _run(a: argparse.Namespace) -> int:
+    from omni_place.bench.run import BenchConfig, Progress, expected_tests, run_config
+
+    matrices = [json.loads(Path(m).read_text()) for m in a.matrices]
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    items = [(m, BenchConfig.from_dict(c)) for m in matrices for c in m["configs"]]
+    done_path = out / "done.txt"
+    done = set(done_path.read_text().split()) if done_path.exists() else set()
+    prog = Progress(len(items) * a.rounds)
+    with open(out / "records.jsonl", "a") as fh:
+        for rnd in range(a.rounds):
+            order = items if rnd % 2 == 0 else items[::-1]
+            for m, cfg in order:
+                key = f"{m['model']}.{m['rig']}.{cfg.name}.r{rnd}"
+                if key in done:
+                    prog.done += 1
+                    continue
+                meta = {k: m[k] for k in ("model", "model_file", "cluster", "rig", "n_prompt", "n_gen", "ubatch",
+                                          "threads")}
+                meta["round"] = rnd
+                recs = run_config(cfg, a.bin, m["common"][cfg.engine], tests=expected_tests(m["n_prompt"], m["n_gen"]),
+                                  log_dir=out / "logs" / f"{m['model']}.{m['rig']}.r{rnd}", meta=meta, progress=prog,
+                                  timeout=a.timeout)
+                fh.writelines(json.dumps(r) + "\n" for r in recs)
+                fh.flush()
+                with open(done_path, "a") as d:
+                    d.write(key + "\n")
+    return 0
+
+
+def _emit(lines: list[str], out: list[dict[str, Any]], json_path: str | None) -> int:
+    """Print a table; write its rows as JSON when asked."""
+    print("\n".join(lines))
+    if json_path:
+        Path(json_path).write_text(json.dumps(out, indent=1))
+    return 0
+
+
+def _rows(results: list[str], only_model: str | None = None) -> dict[tuple[str, str, str], dict[str, Any]]:
+    """Per (rig, model, configuration) of ``run`` folders (records.jsonl + logs/) or of
+    benchmarks/results/speed_truth (records_<level>.jsonl + logs.tar.xz): the measured tok/s of
+    every round and the first round's ``-v`` log."""
+    from omni_place.bench.records import load_records
+
+    rows: dict[tuple[str, str, str], dict[str, Any]] = {}
+    tmp = tempfile.TemporaryDirectory(prefix="speed_truth-")
+    sources: list[tuple[Path, Path]] = []  # (records.jsonl, the folder of its logs)
+    for res in results:
+        root = Path(res)
+        if (root / "records.jsonl").exists():
+            sources.append((root / "records.jsonl", root / "logs"))
+            continue
+        with tarfile.open(root / "logs.tar.xz") as tar:
+            tar.extractall(tmp.name, filter="data")
+        for rec in sorted(root.glob("records_*.jsonl")):
+            level = rec.stem.removeprefix("records_")
+            sources.append((rec, Path(tmp.name) / "res" / f"res_{level}" / "logs"))
+    for records, logs in sources:
+        for r in load_records([records]):
+            if r["status"] != "ok" or not r.get("avg_ts") or (only_model and r["model"] != only_model):
+                continue
+            row = rows.setdefault((r["rig"], r["model"], r["config"]), {"tg": [], "pp": [], "argv": r["argv"]})
+            row["pp" if r["test"].startswith("pp") else "tg"].append(float(r["avg_ts"]))
+            if "log" not in row:
+                log = logs / f"{r['model']}.{r['rig']}.r{r['round']}" / r["log"]
+                row["log"] = log.read_text(errors="replace")
+    tmp.cleanup()
+    return rows
+
+
+def _report(a: argparse.Namespace) -> int:
+    """Price every measured configuration as it ran (the placement read from its -v log) and
+    compare with the measured tok/s: per configuration, the median over rounds."""
+    import statistics
+
+    from omni_place.bench.logread import placement_from_log
+    from omni_place.cost import Context, CostModel, SpeedParams
+    from omni_place.devices import resolve_cluster
+    from omni_place.model import load_model
+
+    params = SpeedParams(**json.loads(a.params)) if a.params else None
+    if a.calibration:  # `omni-place calibrate --format json` output
+        fitted = json.loads(Path(a.calibration).read_text())["engines"]["llama.cpp"]["params"]
+        params = SpeedParams(**fitted)
+    rows = _rows(a.results, a.only_model)
+    out = []
+    models: dict[str, Any] = {}
+    for (rig, model, config), row in sorted(rows.items()):
+        prof = models.setdefault(model, load_model(Path(a.headers) / f"{model}.hdr.gguf"))
+        cluster = resolve_cluster(str(Path(a.rigs) / f"rig_{rig.removeprefix('h200-')}.toml"))
+        placement = placement_from_log(row["log"], prof, ["CUDA0"], "llama.cpp", row["argv"])
+        if placement is None:
+            continue
+        cost = CostModel(prof, cluster, Context(ctx=512 + 32, n_ubatch=512), params)
+        pred = cost.predict(placement)
+        tg, pp = statistics.median(row["tg"]), statistics.median(row["pp"])
+        n_cpu = sum(h == "CPU" for h in placement.layer_home)
+        n_exp = sum(bool(k) for k in placement.cpu_experts)
+        out.append({"rig": rig, "model": model, "config": config, "argv": row["argv"], "cpu_layers": n_cpu,
+                    "cpu_expert_layers": n_exp, "tg": tg, "pp": pp, "tg_spread": [min(row["tg"]), max(row["tg"])],
+                    "pp_spread": [min(row["pp"]), max(row["pp"])], "pred_tg": round(pred.tg_tps, 2),
+                    "pred_pp": round(pred.pp_tps, 2), "tg_err": round(pred.tg_tps / tg - 1, 3),
+                    "pp_err": round(pred.pp_tps / pp - 1, 3)})
+    lines = ["| rig | model | config | CPU layers / expert layers | tg (min-max) | pred tg | err | pp (min-max) | "
+             "pred pp | err |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for o in out:
+        lines.append(f"| {o['rig']} | {o['model']} | {o['config']} | {o['cpu_layers']} / {o['cpu_expert_layers']} | "
+                     f"{o['tg']:.1f} ({o['tg_spread'][0]:.1f}-{o['tg_spread'][1]:.1f}) | {o['pred_tg']:.1f} | "
+                     f"{o['tg_err']:+.0%} | {o['pp']:.0f} ({o['pp_spread'][0]:.0f}-{o['pp_spread'][1]:.0f}) | "
+                     f"{o['pred_pp']:.0f} | {o['pp_err']:+.0%} |")
+    for rig in sorted({o["rig"] for o in out}):
+        for kind in ("tg", "pp"):
+            errs = sorted(abs(o[f"{kind}_err"]) for o in out if o["rig"] == rig)
+            lines.append(f"\n{rig} {kind}: {len(errs)} configurations, median |error| {statistics.median(errs):.1%}, "
+                         f"max {errs[-1]:.1%}")
+    return _emit(lines, out, a.json)
+
+
+_BUFFER = re.compile(r"(load_tensors|llama_kv_cache|sched_reserve): +CUDA0 (model|KV|compute) buffer size"
+                     r" = +([0-9.]+) MiB")
+
+
+def _vram(a: argparse.Namespace) -> int:
+    """CUDA0's buffers as the engine allocated them in each configuration's final load (model,
+    KV cache, the larger compute buffer), next to omni_place's price of that placement: the
+    issue-14 check of --fit against the plan at equal margins."""
+    from omni_place.bench.logread import _last_load, placement_from_log
+    from omni_place.cost import Context, CostModel
+    from omni_place.devices import resolve_cluster
+    from omni_place.model import load_model
+
+    lines = ["| rig | model | config | engine MiB (model / KV / compute) | total | predicted total | "
+             "predicted compute |", "|---|---|---|---|---:|---:|---:|"]
+    out = []
+    for (rig, model, config), row in sorted(_rows(a.results).items()):
+        seg = _last_load(row["log"])
+        got = {"model": 0.0, "KV": 0.0, "compute": 0.0}
+        for _, kind, mib in _BUFFER.findall(seg):
+            got[kind] = max(got[kind], float(mib)) if kind == "compute" else got[kind] + float(mib)
+        prof = load_model(Path(a.headers) / f"{model}.hdr.gguf")
+        cluster = resolve_cluster(str(Path(a.rigs) / f"rig_{rig.removeprefix('h200-')}.toml"))
+        placement = placement_from_log(row["log"], prof, ["CUDA0"], "llama.cpp", row["argv"])
+        if placement is None:
+            continue
+        use = next(u for u in CostModel(prof, cluster, Context(ctx=512 + 32, n_ubatch=512)).usage(placement)
+                   if u.name == "CUDA0")
+        total = sum(got.values())
+        out.append({"rig": rig, "model": model, "config": config, "engine_mib": got, "engine_total_mib": total,
+                    "predicted_total_mib": use.used_bytes / 2**20, "predicted_compute_mib": use.compute_bytes / 2**20})
+        lines.append(f"| {rig} | {model} | {config} | {got['model']:.0f} / {got['KV']:.0f} / {got['compute']:.0f} | "
+                     f"{total:.0f} | {use.used_bytes / 2**20:.0f} | {use.compute_bytes / 2**20:.0f} |")
+    return _emit(lines, out, a.json)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    m = sub.add_parser("models")
+    m.add_argument("folder")
+    m.add_argument("names", nargs="*", help="some of: " + ", ".join(SPEED_MODELS) + " (default: all)")
+    m.add_argument("--header-only", action="store_true")
+    p = sub.add_parser("prepare")
+    p.add_argument("model")
+    p.add_argument("--cluster", required=True)
+    p.add_argument("--rig", required=True)
+    p.add_argument("--model-file")
+    p.add_argument("--n-prompt", type=int, default=512)
+    p.add_argument("--n-gen", type=int, default=32)
+    p.add_argument("--ubatch", type=int, default=512)
+    p.add_argument("--reps", type=int, default=2)
+    p.add_argument("--threads", type=int)
+    p.add_argument("--configs", help="comma-separated subset of: fit, ot-exps, ncmoe, ngl, omni_place, "
+                                      "omni_place_pp, sweep (default: all)")
+    p.add_argument("-o", "--output", required=True)
+    g = sub.add_parser("rig")
+    g.add_argument("name")
+    g.add_argument("--gpu-free-mib", type=float, required=True)
+    g.add_argument("--margin-mib", type=int, default=1024)
+    g.add_argument("--cpu-gbs", type=float, required=True)
+    g.add_argument("--cpu-gib", type=float, required=True)
+    g.add_argument("--threads", type=int, required=True)
+    g.add_argument("--description", default="one H200 held down by a ballast, plus CPU RAM")
+    g.add_argument("-o", "--output", required=True)
+    r = sub.add_parser("run")
+    r.add_argument("matrices", nargs="+")
+    r.add_argument("--bin", required=True)
+    r.add_argument("--out", required=True)
+    r.add_argument("--rounds", type=int, default=2)
+    r.add_argument("--timeout", type=float, default=300)
+    q = sub.add_parser("report")
+    q.add_argument("results", nargs="+", help="folders `run` wrote (records.jsonl + logs/)")
+    q.add_argument("--headers", required=True, help="folder of the speed models' headers (models --header-only)")
+    q.add_argument("--rigs", required=True, help="folder of the rig_<level>.toml files")
+    q.add_argument("--params", help="SpeedParams as JSON (default: the model's defaults)")
+    q.add_argument("--calibration", help="price with the parameters of `omni-place calibrate --format json`")
+    q.add_argument("--only-model", help="only this model's configurations")
+    q.add_argument("--json")
+    v = sub.add_parser("vram")
+    v.add_argument("results", nargs="+")
+    v.add_argument("--headers", required=True)
+    v.add_argument("--rigs", required=True)
+    v.add_argument("--json")
+    a = ap.parse_args(argv)
+    return {"models": _models, "prepare": _prepare, "rig": _rig, "run": _run, "report": _report,
+            "vram": _vram}[a.cmd](a)
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    raise SystemExit(main())

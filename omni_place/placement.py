@@ -1,0 +1,171 @@
+"""The engine-neutral description of a placement and what pricing it returns.
+
+A :class:`Placement` says where every layer's home is (its dense part, KV cache and compute),
+which of its routed-expert tensors are overridden to the CPU, and where the output head goes;
+:class:`Context` holds the run settings that change memory and speed; :class:`DeviceUsage` and
+:class:`Prediction` are the bytes and seconds :class:`omni_place.cost.CostModel` prices.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+from .errors import InvalidArgumentError
+from .model import ModelProfile, TensorRecord
+
+CPU = "CPU"
+
+# Routed-expert tensor kinds as they appear in names (ffn_<kind>_exps / ffn_<kind>_chexps).
+EXPERT_KINDS = ("gate", "up", "down", "gate_up")
+# The per-layer expert options the optimizer chooses from: which kinds are overridden to the CPU.
+EXPERT_OPTIONS: tuple[frozenset[str], ...] = (
+    frozenset(),  # all experts with the layer
+    frozenset({"down"}),  # ffn_down_exps on the CPU
+    frozenset({"gate", "up", "gate_up"}),  # gate/up on the CPU, down with the layer
+    frozenset(EXPERT_KINDS),  # all experts on the CPU
+)
+
+
+def expert_kind(t: TensorRecord) -> str:
+    """'gate', 'up', 'down' or 'gate_up' for a routed-expert tensor name."""
+    inner = t.name.split(".", 2)[2]
+    return inner.split("_exps")[0].split("_chexps")[0].removeprefix("ffn_")
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where everything goes, engine-neutral. Layer homes are device names or ``"CPU"``."""
+
+    order: tuple[str, ...]  # accelerators in engine device order (the -dev list)
+    layer_home: tuple[str, ...]  # per layer slot
+    cpu_experts: tuple[frozenset[str], ...]  # per layer: expert kinds overridden to the CPU
+    output: str  # device holding the output head, or "CPU"
+    extra_overrides: tuple[tuple[str, str], ...] = ()  # (regex, device) the user gave that we model as-is
+
+    @property
+    def first(self) -> str | None:
+        return self.order[0] if self.order else None
+
+    def layers_on(self, name: str) -> list[int]:
+        return [il for il, h in enumerate(self.layer_home) if h == name]
+
+
+@dataclass
+class DeviceUsage:
+    """Memory of one device under a placement, in bytes."""
+
+    name: str
+    kind: str
+    weights_bytes: int = 0
+    kv_bytes: int = 0
+    compute_bytes: int = 0
+    capacity_bytes: int = 0  # usable: memory minus margin
+    margin_bytes: int = 0
+    pageable_bytes: int = 0  # mmap'd weights the OS may page from disk (CPU, --allow-paging only)
+    n_layers: int = 0
+    holds_output: bool = False
+
+    @property
+    def used_bytes(self) -> int:
+        return self.weights_bytes + self.kv_bytes + self.compute_bytes
+
+    @property
+    def free_bytes(self) -> int:
+        return self.capacity_bytes - self.used_bytes
+
+    @property
+    def headroom_bytes(self) -> int:
+        """Usable memory left once everything that must stay resident is in (negative when it
+        overflows); pageable weights (mmap'd CPU weights when paging is allowed) may stay on disk."""
+        return self.capacity_bytes - (self.used_bytes - self.pageable_bytes)
+
+    @property
+    def fits(self) -> bool:
+        """Everything that must stay resident fits: the KV cache, compute buffers and weights that may not page."""
+        return self.headroom_bytes >= 0
+
+    @property
+    def shortfall_bytes(self) -> int:
+        """Bytes over the usable memory, not counting what may page (0 when it fits)."""
+        return max(0, -self.headroom_bytes)
+
+    @property
+    def paged_bytes(self) -> int:
+        """Pageable weights that do not fit in RAM: read from disk as they are used."""
+        return min(self.pageable_bytes, max(0, self.used_bytes - self.capacity_bytes))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "n_layers": self.n_layers,
+            "holds_output": self.holds_output,
+            "weights_bytes": self.weights_bytes,
+            "kv_bytes": self.kv_bytes,
+            "compute_bytes": self.compute_bytes,
+            "capacity_bytes": self.capacity_bytes,
+            "margin_bytes": self.margin_bytes,
+            "free_bytes": self.free_bytes,
+            "paged_bytes": self.paged_bytes,
+            "fits": self.fits,
+        }
+
+
+@dataclass
+class Prediction:
+    """Predicted speed with where the time goes (seconds per token, by device / activity)."""
+
+    tg_tps: float
+    pp_tps: float
+    tg_breakdown: dict[str, float] = field(default_factory=dict)
+    pp_breakdown: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "tg_tps": round(self.tg_tps, 3),
+            "pp_tps": round(self.pp_tps, 3),
+            "tg_ms_per_token": {k: round(v * 1e3, 4) for k, v in self.tg_breakdown.items()},
+            "pp_ms_per_token": {k: round(v * 1e3, 5) for k, v in self.pp_breakdown.items()},
+        }
+
+
+@dataclass(frozen=True)
+class Context:
+    """The run settings that change memory and speed."""
+
+    ctx: int = 4096
+    n_ubatch: int = 512
+    type_k: str = "f16"
+    type_v: str = "f16"
+    flash_attn: bool = True
+    depth: int = 0  # tokens already in the KV cache when decoding (llama-bench -d)
+    n_seq: int = 1
+    swa_full: bool = False  # SWA layers' KV sized for the whole context (ik_llama.cpp)
+    allow_paging: bool = False  # CPU-held weights beyond RAM may page from disk (mmap), priced at disk speed
+    embedding_on_first: bool = False  # token embedding on the first device (vLLM), else CPU RAM
+    # CPU-held weights loaded without mmap (mainline -lm none, ik --no-mmap) sit in the first
+    # GPU's pinned host buffer: op offload copies them at the pinned rate, and they cannot page
+    pinned_weights: bool = False
+    # op offload (llama.cpp's default): prompt ops of CPU-held weights run on the first GPU, their
+    # weights copied in per ubatch; off (mainline --no-op-offload): the CPU computes them
+    op_offload: bool = True
+
+
+def placement_from_counts(model: ModelProfile, order: Sequence[str], n_cpu: int, counts: Sequence[int],
+                          options: Sequence[int] | None = None, output: str | None = None) -> Placement:
+    """Build a placement from a CPU prefix, per-device layer counts in order, and option indices."""
+    if n_cpu + sum(counts) != model.n_layer:
+        raise InvalidArgumentError(f"{n_cpu} CPU layers + {sum(counts)} device layers != {model.n_layer}")
+    homes: list[str] = [CPU] * n_cpu
+    for name, n in zip(order, counts):
+        homes += [name] * n
+    opts = list(options) if options is not None else [0] * model.n_layer
+    cpu_exp = tuple(EXPERT_OPTIONS[o] if h != CPU and o >= 0 else frozenset() for h, o in zip(homes, opts))
+    if output is None:
+        used = [n for n, c in zip(order, counts) if c > 0]
+        output = used[-1] if used else CPU
+    return Placement(tuple(order), tuple(homes), cpu_exp, output)
+
+
+__all__ = ["CPU", "EXPERT_KINDS", "EXPERT_OPTIONS", "Context", "DeviceUsage", "Placement", "Prediction",
+           "expert_kind", "placement_from_counts"]

@@ -1,0 +1,246 @@
+"""`omni-place calibrate` on llama-bench's own output, and `calibrate --run`.
+
+The fixtures in tests/data/llamabench are real H200 runs (benchmarks/results/engine_compare,
+logs.tar.xz): plain ``-o jsonl`` (mainline) and ``-o json`` (ik_llama.cpp) output, and the same
+runs' -v logs trimmed to the lines omni_place reads (see the README there). ``--run`` is driven
+by a fake llama-bench that replays those recorded runs (a test double of the process boundary).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import stat
+import sys
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from omni_place.bench.calibrate import _load_xz_header
+from omni_place.bench.design import design_runs
+from omni_place.bench.llamabench import import_files, import_text, scan_objects
+from omni_place.cli import main
+from omni_place.cost import CPU
+from omni_place.devices import resolve_cluster
+from omni_place.plan import evaluate
+
+ROOT = Path(__file__).resolve().parents[1]
+RES = ROOT / "benchmarks" / "results" / "engine_compare"
+DATA = ROOT / "tests" / "data" / "llamabench"
+LOGS = sorted((DATA / "logs").glob("*.log"))
+
+
+@pytest.fixture(scope="module")
+def models() -> dict:
+    return {m: _load_xz_header(RES / f"{m}.hdr.gguf.xz") for m in ("moe33", "dense15")}
+
+
+def _setting(name: str, models: dict) -> tuple:
+    model, rig = name.split(".")[:2]
+    return models[model], resolve_cluster(str(RES / f"{rig}.toml"))
+
+
+@pytest.mark.parametrize("log", LOGS, ids=[p.name for p in LOGS])
+def test_record_fields_decode_to_the_logged_placement(log: Path, models: dict) -> None:
+    """The placement decoded from a record's fields is the one the engine logged for that run,
+    wherever the flags determine it."""
+    model, cluster = _setting(log.name, models)
+    text = log.read_text()
+    from_log = import_text(text, model, cluster)
+    from_flags = import_text(text.split("\n# stdout\n", 1)[1], model, cluster)
+    assert from_log.read == 2 and len(from_log.points) == 2 and not from_log.skipped
+    assert {p.kind for p in from_log.points} == {"pp", "tg"}
+    if ".fit." in log.name and ".llama.cpp." in log.name:  # -fitt: the record says so; needs the log
+        assert not from_flags.points
+        assert list(from_flags.skipped) == ["placed by the engine's fitter (-fitt 1024): needs the run's -v log"]
+        return
+    # where everything is (the log does not repeat the -ot pattern that moved the output head)
+    a, b = (dataclasses.replace(r.points[0].placement, extra_overrides=()) for r in (from_log, from_flags))
+    if ".fit." in log.name:  # ik prints no trace of --fit: its record reads as the default split
+        assert a != b
+        return
+    if log.name.startswith("moe33.rig_12_4.llama.cpp.") and ("ncmoe" in log.name or "ot-exps" in log.name):
+        # no -ts: the engine splits by the free memory it saw, which no record holds; the
+        # cluster's figures give the same split within one boundary layer
+        counts = [[sum(h == d for h in p.layer_home) for d in ("CUDA0", "CUDA1", CPU)] for p in (a, b)]
+        assert all(abs(x - y) <= 1 for x, y in zip(*counts)) and a.cpu_experts == b.cpu_experts
+        return
+    assert a == b
+
+
+def test_plain_output_files(models: dict) -> None:
+    model, cluster = _setting("moe33.rig_12_4", models)
+    mainline = import_files([DATA / "moe33.rig_12_4.llama.cpp.jsonl"], model, cluster)
+    assert (mainline.read, len(mainline.points)) == (8, 6)
+    assert mainline.skipped == {"placed by the engine's fitter (-fitt 1024): needs the run's -v log": 2}
+    assert {p.engine for p in mainline.points} == {"llama.cpp"}
+    # the omni_place run: -dev CUDA1/CUDA0 -ngl 49 -ts 9/40 with experts of 38 layers in RAM
+    omni = [p for p in mainline.points if p.placement.order == ("CUDA1", "CUDA0")]
+    assert len(omni) == 2 and sum(h == "CUDA1" for h in omni[0].placement.layer_home) == 9
+    assert {(p.kind, p.ctx, p.ubatch) for p in omni} == {("pp", 512, 512), ("tg", 64, 64)}
+    model, cluster = _setting("moe33.rig_12", models)
+    ik = import_files([DATA / "moe33.rig_12.ik_llama.cpp.json"], model, cluster)
+    assert (ik.read, len(ik.points), {p.engine for p in ik.points}) == (8, 8, {"ik_llama.cpp"})
+    assert all(p.context is not None and p.context.swa_full for p in ik.points)
+
+
+def test_record_fields_reach_the_context_and_threads(models: dict) -> None:
+    model, cluster = _setting("moe33.rig_12", models)
+    rec = json.loads((DATA / "moe33.rig_12_4.llama.cpp.jsonl").read_text().splitlines()[2])
+    rec.update(n_ubatch=256, type_k="q8_0", type_v="q8_0", n_threads=8, n_depth=1000, no_op_offload=1,
+               devices="auto", tensor_split="0.00", n_gpu_layers=20)
+    (pt,) = import_text(json.dumps(rec), model, cluster).points
+    assert pt.context is not None
+    assert (pt.context.n_ubatch, pt.context.type_k, pt.context.depth, pt.context.ctx) == (256, "q8_0", 1000, 1512)
+    assert pt.cluster.cpu is not None and pt.cluster.cpu.threads == 8 and not pt.op_offload
+    assert sum(h != CPU for h in pt.placement.layer_home) == 19  # -ngl 20: 19 layers and the output
+
+
+def test_prompt_generation_and_split_modes_are_skipped(models: dict) -> None:
+    model, cluster = _setting("moe33.rig_12", models)
+    lines = (DATA / "moe33.rig_12_4.llama.cpp.jsonl").read_text().splitlines()
+    pg = dict(json.loads(lines[2]), n_prompt=512, n_gen=64)
+    row = dict(json.loads(lines[2]), split_mode="row", devices="auto", tensor_split="0.00")
+    got = import_text("\n".join(map(json.dumps, (pg, row))), model, cluster)
+    assert not got.points and sum(got.skipped.values()) == 2
+    assert "prompt+generation test (-pg): its rate mixes both" in got.skipped
+    assert any("split mode 'row' is not modelled" in k for k in got.skipped)
+
+
+GARBAGE = ['', 'garbage\n', '{"avg_ts": NaN, "n_prompt": 1}', '{"avg_ts": 1e400}', '{"avg_ts": ' + "9" * 400 + "}",
+           '[{"avg_ts": 1', '{' * 100000, '{"a":[' + "1,\n" * 1000, '\x00\x01{"avg_ts"', '[1, 2, "x"]', 'null']
+
+
+@pytest.mark.parametrize("text", GARBAGE, ids=range(len(GARBAGE)))
+def test_garbage_is_counted_never_raised(text: str, models: dict) -> None:
+    model, cluster = _setting("moe33.rig_12", models)
+    got = import_text(text, model, cluster)
+    assert not got.points and sum(got.skipped.values()) == got.read - len(got.points)
+
+
+_JSON = st.recursive(st.none() | st.booleans() | st.integers(-(1 << 70), 1 << 70) | st.floats(allow_nan=False)
+                     | st.text(max_size=20), lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=5), c,
+                                                                                                   max_size=3),
+                     max_leaves=8)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(field=st.sampled_from(["n_gpu_layers", "tensor_split", "tensor_buft_overrides", "n_cpu_moe", "devices",
+                              "split_mode", "n_ubatch", "n_batch", "flash_attn", "type_k", "n_threads", "n_prompt",
+                              "n_gen", "n_depth", "avg_ts", "fit_target", "no_op_offload", "main_gpu"]),
+       value=_JSON, drop=st.booleans())
+def test_any_field_value_is_used_or_skipped(field: str, value: object, drop: bool, models: dict) -> None:
+    """A record with any field of any type, or missing, is used or skipped with a reason."""
+    model, cluster = _setting("moe33.rig_12", models)
+    rec = json.loads((DATA / "moe33.rig_12_4.llama.cpp.jsonl").read_text().splitlines()[2])
+    if drop:
+        rec.pop(field)
+    else:
+        rec[field] = value
+    got = import_text(json.dumps(rec), model, cluster)
+    assert len(got.points) + sum(got.skipped.values()) == 1
+
+
+def test_scan_is_linear_on_hostile_text() -> None:
+    values, bad = scan_objects('{"a": [\n' * 20000)
+    assert values == [] and bad >= 1
+
+
+def test_calibrate_command_on_plain_output(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                           capsys: pytest.CaptureFixture) -> None:
+    monkeypatch.setenv("OMNI_PLACE_CONFIG", str(tmp_path))
+    rc = main(["calibrate", str(DATA / "moe33.rig_12_4.llama.cpp.jsonl"),
+               str(DATA / "logs" / "moe33.rig_12_4.llama.cpp.fit.log"),
+               "--model", str(RES / "moe33.hdr.gguf.xz"), "--cluster", str(RES / "rig_12_4.toml")])
+    out = capsys.readouterr().out
+    assert rc == 0
+    assert "10 records, 8 used; skipped: 2 x placed by the engine's fitter" in out
+    assert "llama.cpp: fitted on 8 measurements" in out and "fit error:" in out and "leave-one-configuration-out" in out
+    doc = json.loads((tmp_path / "calibration" / "h200x2-12g-4g.json").read_text())
+    assert set(doc["engines"]) == {"llama.cpp"}
+
+
+@pytest.mark.parametrize("text", ["garbage\n", '{"avg_ts": NaN}\n', '[{"avg_ts": 5, "n_prompt": 512, "n_gen": 0}]'])
+def test_no_usable_record_is_one_error(text: str, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    f = tmp_path / "out.jsonl"
+    f.write_text(text)
+    rc = main(["calibrate", str(f), "--model", str(RES / "moe33.hdr.gguf.xz"), "--cluster", str(RES / "rig_12.toml"),
+               "--no-save"])
+    err = capsys.readouterr().err.splitlines()
+    assert rc == 2 and len(err) == 2
+    assert err[0].startswith("error: no usable llama-bench records in") and err[1].startswith("hint: ")
+
+
+# --- calibrate --run ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("model_name,rig,engine", [("moe33", "rig_12", "llama.cpp"),
+                                                   ("moe33", "rig_12_4", "ik_llama.cpp"),
+                                                   ("dense15", "rig_12_4", "llama.cpp")])
+def test_design_is_feasible_short_and_identifying(model_name: str, rig: str, engine: str, models: dict) -> None:
+    model, cluster = models[model_name], resolve_cluster(str(RES / f"{rig}.toml"))
+    design = design_runs(model, cluster, engine)
+    assert design.seconds <= design.budget_s and 2 <= len(design.runs) <= 6
+    assert {"gpu_bw_eff", "cpu_bw_eff", "stream_eff"} <= set(design.fit_names)
+    if model_name == "moe33":
+        assert "split_s" in design.fit_names
+    if engine == "llama.cpp":
+        assert "cpu_tflops_per_core" in design.fit_names
+    for run in design.runs:
+        plan = evaluate(model, cluster, run.argv(), engine=engine, tool="bench")
+        assert plan.feasible, (run.name, run.argv())
+        assert 1 <= run.n_prompt <= 2048 and run.n_gen <= 256
+
+
+FAKE = r'''#!{python}
+"""A fake llama-bench replaying recorded H200 runs (stderr: the -v log, stdout: the output)."""
+import sys
+from pathlib import Path
+argv = sys.argv[1:]
+if any("ffn_down" in a for a in argv):
+    sys.stderr.write("alloc_buffer: allocating 9000 MiB: cudaMalloc failed: out of memory\n")
+    sys.exit(1)
+counter = Path({counter!r})
+i = int(counter.read_text()) if counter.exists() else 0
+counter.write_text(str(i + 1))
+logs = {logs!r}
+log = logs[i % len(logs)]
+head, out = Path(log).read_text().split("\n# stdout\n", 1)
+sys.stderr.write(head.split("\n", 2)[2] + "\n")
+sys.stdout.write(out)
+'''
+
+
+def test_calibrate_run_with_a_fake_llama_bench(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                               capsys: pytest.CaptureFixture) -> None:
+    monkeypatch.setenv("OMNI_PLACE_CONFIG", str(tmp_path / "cfg"))
+    logs = [str(DATA / "logs" / f"moe33.rig_12_4.llama.cpp.{c}.log") for c in ("ot-exps", "omni_place", "ncmoe")]
+    exe = tmp_path / "llama-bench"
+    exe.write_text(FAKE.format(python=sys.executable, counter=str(tmp_path / "n"), logs=logs))
+    exe.chmod(exe.stat().st_mode | stat.S_IXUSR)
+    rc = main(["calibrate", "--run", str(exe), str(RES / "moe33.hdr.gguf.xz"), "--cluster", str(RES / "rig_12_4.toml"),
+               "--out", str(tmp_path / "runs")])
+    cap = capsys.readouterr()
+    assert rc == 0, cap.err
+    assert "estimated" in cap.err and "budget 180 s" in cap.err
+    assert "[1/4] gpu" in cap.err and "[3/4] split" in cap.err and "failed (oom_load" in cap.err
+    assert "measured: 6 records, 6 used; skipped: 1 x run failed: oom_load" in cap.out
+    assert "llama.cpp: fitted on 6 measurements" in cap.out and "fit error:" in cap.out
+    assert len(list((tmp_path / "runs").glob("*.log"))) == 4
+    doc = json.loads((tmp_path / "cfg" / "calibration" / "h200x2-12g-4g.json").read_text())
+    assert doc["report"]["engines"]["llama.cpp"]["fitted"] == ["gpu_bw_eff", "gpu_compute_eff", "cpu_bw_eff",
+                                                                 "stream_eff", "split_s", "cpu_tflops_per_core"]
+
+
+def test_calibrate_run_dry_run_and_bad_arguments(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    exe = tmp_path / "llama-bench"
+    exe.write_text("#!/bin/sh\nexit 3\n")
+    exe.chmod(0o700)
+    args = ["calibrate", "--run", str(exe), str(RES / "dense15.hdr.gguf.xz"), "--cluster", str(RES / "rig_12.toml")]
+    assert main([*args, "--dry-run"]) == 0
+    assert "cpu-layers" in capsys.readouterr().err
+    assert main([*args, str(RES / "moe33.hdr.gguf.xz")]) == 2
+    assert "--run takes one MODEL" in capsys.readouterr().err
+    assert main([*args, "--out", str(tmp_path / "o"), "--no-save"]) == 2  # every run fails
+    err = capsys.readouterr().err
+    assert "failed (error, exit 3" in err and "error: no usable llama-bench records" in err
