@@ -193,7 +193,10 @@ class CostModel:
         w_layer = max(layer_max, default=0)
         w_exp = max((max(per.values(), default=0) for per in expert_max), default=0)
         own = self.compute.backend_roles["cuda"]["layers_output"]
-        extra = max(self.compute.offload_bytes("gpu_partial", w_layer), self.compute.offload_bytes("gpu_exps", w_exp))
+        if not self.context.expert_copies_in_compute:
+            w_exp = 0
+        extra = max(self.compute.offload_bytes("gpu_partial", w_layer),
+                    self.compute.offload_bytes("gpu_exps", w_exp) if w_exp else 0)
         two_gpus = sum(1 for d in self.cluster.gpus if d.kind == "gpu") > 1
         return max(0, extra - own, 2 * w_exp if two_gpus else 0)
 
@@ -210,6 +213,8 @@ class CostModel:
             role, w = "offload_none", self.largest_weight_bytes
         elif cpu_layers:
             role, w = "gpu_partial", max(layer_max[il] for il in cpu_layers)
+        elif not self.context.expert_copies_in_compute:
+            return own
         else:
             role = "gpu_exps"
             w = max((b for per, kinds in zip(expert_max, p.cpu_experts) for k, b in per.items() if k in kinds),

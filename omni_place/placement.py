@@ -149,6 +149,8 @@ class Context:
     # op offload (llama.cpp's default): prompt ops of CPU-held weights run on the first GPU, their
     # weights copied in per ubatch; off (mainline --no-op-offload): the CPU computes them
     op_offload: bool = True
+    # the first GPU's compute buffer holds the copied routed-expert weights (EngineTraits)
+    expert_copies_in_compute: bool = True
 
 
 def placement_from_counts(model: ModelProfile, order: Sequence[str], n_cpu: int, counts: Sequence[int],

@@ -252,9 +252,8 @@ def plan_split(
     _params_arg(params)
     prof = load_model(model)
     clus = resolve_cluster(cluster)
-    context = Context(ctx=ctx, n_ubatch=ubatch, type_k=kv_type, type_v=kv_type_v or kv_type,
-                      flash_attn=flash_attn, depth=depth, swa_full=rules.swa_full,
-                      embedding_on_first=rules.embedding_on_first, allow_paging=allow_paging)
+    context = rules.context(ctx=ctx, n_ubatch=ubatch, type_k=kv_type, type_v=kv_type_v or kv_type,
+                            flash_attn=flash_attn, depth=depth, allow_paging=allow_paging)
     engine_rules.check_context(context)
     prof.check_kv_types(context.type_k, context.type_v, context.flash_attn)
     if len(clus.gpus) > MAX_DEVICES:
@@ -544,10 +543,9 @@ def evaluate(model: str | ModelProfile, cluster: str | Cluster, argv: Sequence[s
     prof = load_model(model)
     clus = resolve_cluster(cluster)
     run = tool_context(parsed, engine_rules.tool_defaults(tool), prof.hparams.n_ctx_train, ctx)
-    context = Context(ctx=run.ctx, n_ubatch=run.n_ubatch, type_k=parsed.type_k, type_v=parsed.type_v,
-                      flash_attn=run.flash_attn, depth=run.depth, swa_full=rules.swa_full,
-                      embedding_on_first=rules.embedding_on_first, allow_paging=allow_paging,
-                      pinned_weights=parsed.pinned_weights, op_offload=parsed.op_offload)
+    context = rules.context(ctx=run.ctx, n_ubatch=run.n_ubatch, type_k=parsed.type_k, type_v=parsed.type_v,
+                            flash_attn=run.flash_attn, depth=run.depth, allow_paging=allow_paging,
+                            pinned_weights=parsed.pinned_weights, op_offload=parsed.op_offload)
     prof.check_kv_types(context.type_k, context.type_v, context.flash_attn)
     calibrated, store_note = (None, None) if params is not None else read_calibrated(clus, engine)
     cost = CostModel(prof, clus, context, params or calibrated)

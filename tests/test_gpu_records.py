@@ -81,3 +81,52 @@ def test_cuda_loads_priced_as_the_engine_allocated(headers: dict[str, Path], mod
         assert eng_c - 32 * MiB <= u.compute_bytes <= max(1.35 * eng_c, eng_c + 32 * MiB), (
             u.name, u.compute_bytes / MiB, eng_c / MiB)
     assert checked
+
+
+_IK_COMPUTE = re.compile(r"llama_init_from_model:\s+(CUDA\d) compute buffer size =\s+([\d.]+) MiB")
+
+
+def ik_loads() -> list[tuple[str, str, list[str], dict[str, float]]]:
+    """(model, rig, flags, the first context's CUDA compute buffers in MiB) of every
+    ik_llama.cpp run of the same H200 records that created its contexts (not --fit, whose flags
+    do not tell the placement)."""
+    out = []
+    with tarfile.open(ROOT / "logs.tar.xz") as tar:
+        for name in sorted(tar.getnames()):
+            if not name.endswith(".log") or "/ik_llama.cpp." not in name or not name.startswith("./res/"):
+                continue
+            log = tar.extractfile(name).read().decode()  # type: ignore[union-attr]
+            cmd = next((line for line in log.splitlines() if line.startswith("$ ")), None)
+            if cmd is None or "compute buffer size" not in log or "failed to" in log or "--fit" in cmd:
+                continue
+            argv = shlex.split(cmd[2:])
+            compute: dict[str, float] = {}
+            for dev, mib in _IK_COMPUTE.findall(log):
+                compute.setdefault(dev, float(mib))
+            model, rig = name.split("/")[2].split(".", 1)
+            out.append((model, rig, argv[argv.index("-v") + 1:], compute))
+    return out
+
+
+IK_LOADS = ik_loads()
+
+
+@pytest.mark.parametrize("model,rig,flags,compute", IK_LOADS,
+                         ids=[f"{m}-{r}-{' '.join(f)[:40]}" for m, r, f, _ in IK_LOADS])
+def test_ik_compute_buffers_do_not_hold_expert_copies(headers: dict[str, Path], model: str, rig: str,
+                                                      flags: list[str], compute: dict[str, float]) -> None:
+    """ik_llama.cpp's first GPU did not grow with routed experts in RAM (48-136 MiB where
+    mainline's held 276-436 MiB of expert copies): priced without them, never under the engine,
+    and no longer hundreds of MiB over it."""
+    plan = evaluate(headers[model], str(ROOT / f"{rig}.toml"), flags, engine="ik_llama.cpp", tool="bench", ctx=576)
+    checked = 0
+    for u in plan.usage:
+        if u.name in compute:
+            checked += 1
+            eng = compute[u.name] * MiB
+            assert eng - 1 * MiB <= u.compute_bytes <= eng + 160 * MiB, (u.name, u.compute_bytes / MiB, eng / MiB)
+    assert checked
+
+
+def test_ik_records_are_here() -> None:
+    assert len(IK_LOADS) >= 8 and any("exps=CPU" in " ".join(f) for _, _, f, _ in IK_LOADS)

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
-from ..cost import EXPERT_KINDS, Context, CostModel, Placement, SpeedParams
+from ..cost import EXPERT_KINDS, CostModel, Placement, SpeedParams
 from ..devices import Cluster
 from ..engines import dialect
 from ..engines.common import KIND_REGEX, ParsedArgs, layer_regex, tool_context
@@ -86,8 +86,7 @@ def _placement(model: ModelProfile, cluster: Cluster, engine: str, flags: Sequen
     rules = dialect(engine)
     parsed = rules.parse_args([*flags, "-p", "512", "-n", "128"], "bench")
     tc = tool_context(parsed, rules.tool_defaults("bench"), model.hparams.n_ctx_train)
-    context = Context(ctx=SIZING_CTX, n_ubatch=tc.n_ubatch, flash_attn=tc.flash_attn,
-                      swa_full=rules.traits.swa_full, embedding_on_first=rules.traits.embedding_on_first)
+    context = rules.traits.context(ctx=SIZING_CTX, n_ubatch=tc.n_ubatch, flash_attn=tc.flash_attn)
     placement = rules.decode(model, parsed, cluster, context, "bench")
     sp = params if op_offload else dataclasses.replace(params, op_offload_min_batch=NO_OP_OFFLOAD)
     cost = CostModel(model, cluster, context, sp)

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..cost import Context, Placement
+from ..cost import Placement
 from ..devices import Cluster
 from ..engines import dialect, engine_of_bench_record
 from ..engines.common import ParsedArgs, tool_context
@@ -224,10 +224,10 @@ def import_text(text: str, model: ModelProfile, cluster: Cluster, *, engine: str
         rules = dialect(run.engine)
         try:
             tc = tool_context(run.parsed, rules.tool_defaults("bench"), n_ctx_train)
-            context = Context(ctx=tc.ctx, n_ubatch=tc.n_ubatch, type_k=run.parsed.type_k, type_v=run.parsed.type_v,
-                              flash_attn=tc.flash_attn, depth=tc.depth, swa_full=rules.traits.swa_full,
-                              embedding_on_first=rules.traits.embedding_on_first,
-                              pinned_weights=run.parsed.pinned_weights, op_offload=run.parsed.op_offload)
+            context = rules.traits.context(ctx=tc.ctx, n_ubatch=tc.n_ubatch, type_k=run.parsed.type_k,
+                                           type_v=run.parsed.type_v, flash_attn=tc.flash_attn, depth=tc.depth,
+                                           pinned_weights=run.parsed.pinned_weights,
+                                           op_offload=run.parsed.op_offload)
             model.check_kv_types(context.type_k, context.type_v, context.flash_attn)
             placement = from_log.get(run.config)
             if placement is None and run.fitted:

@@ -8,10 +8,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Mapping, Protocol, Sequence
 
 from ..errors import InvalidArgumentError
+from ..placement import Context
 from .common import BENCH_DEFAULTS, SERVER_DEFAULTS, ToolDefaults
 
 if TYPE_CHECKING:
-    from ..cost import Context, DeviceUsage, Placement
+    from ..cost import DeviceUsage, Placement
     from ..devices import Cluster
     from ..model import ModelProfile
     from .common import ParsedArgs
@@ -31,6 +32,15 @@ class EngineTraits:
     # the flags that load CPU-held weights without mmap, into pinned memory: (server, bench)
     pin_weights: tuple[tuple[str, ...], tuple[str, ...]] = ((), ())
     op_offload_switch: bool = False  # every tool can turn op offload off (FlagSyntax.no_op_offload)
+    # the first GPU's compute buffer holds the copies of op-offloaded routed-expert weights
+    # (mainline; ik_llama.cpp's did not grow with experts in RAM: 48-136 MiB against mainline's
+    # 276-436 for the same placements, benchmarks/results/engine_compare logs)
+    expert_copies_in_compute: bool = True
+
+    def context(self, **settings: Any) -> Context:
+        """A run :class:`~omni_place.cost.Context` with this engine's rules filled in."""
+        return Context(swa_full=self.swa_full, embedding_on_first=self.embedding_on_first,
+                       expert_copies_in_compute=self.expert_copies_in_compute, **settings)
 
 
 @dataclass(frozen=True)

@@ -325,7 +325,8 @@ class IkLlama(Dialect):
     name = NAME
     # -ngl 0 drops every override, so a head on a GPU needs a layer there too
     traits = EngineTraits(cpu_weights=True, rpc_devices=True, swa_full=SWA_FULL, embedding_on_first=False,
-                          output_only_offload=False, pin_weights=(("--no-mmap",), ("-mmp", "0")))
+                          output_only_offload=False, pin_weights=(("--no-mmap",), ("-mmp", "0")),
+                          expert_copies_in_compute=False)
     tools = TOOLS
     bench = BenchSpelling(fit=("--fit", "1"), n_cpu_moe="--n-cpu-moe", output=("-o", "json"), ngl_all="999")
     bench_record_keys = frozenset({"override_tensor", "cuda", "mla_attn", "fused_moe", "ser"})
