@@ -276,15 +276,16 @@ def plan_split(
         # the same optima without op offload: no copies to reserve room for on the first GPU,
         # CPU-held weights computed by the CPU in prompt batches
         solver_off = _Solver(cost_off, engine_rules, {})
-        options += [replace(o, op_offload=False, label=f"{o.label}, --no-op-offload")
-                    for o in solver_off.options(objective, compared, alternatives)]
+        optima = (solver_off.solve(1.0, TIE_BREAK, "solver (decode)")
+                  + solver_off.solve(TIE_BREAK, 1.0, "solver (prompt)"))
+        options += [replace(o, op_offload=False, label=f"{o.label}, --no-op-offload") for o in optima]
     if rules.cpu_weights:
         options.append(priced(cost, "solver", "all on the CPU", (), cpu_only(prof, default_order(cost))))
         if default_order(cost) and expressible(cost, engine_rules, cpu_only(prof)):
             # -dev none: no device at all, so no GPU compute buffer and no op offload either
             options.append(priced(cost, "solver", "all on the CPU, no device", (), cpu_only(prof)))
     options += compared
-    options += without_op_offload(cost, engine_rules, [o for o in options if o.op_offload])
+    options += without_op_offload(cost, engine_rules, [o for o in options if o.op_offload and o.name != "solver"])
     if not any(o.fits for o in options):
         if not rules.cpu_weights:
             raise NothingFitsError(

@@ -142,22 +142,41 @@ class OverrideMatcher:
         self.entries = [(compile_pattern(p), p, b) for p, b in overrides]
         self._deadline = time.monotonic() + seconds
         self._seconds = seconds
+        # one search that tells whether any entry matches (most tensor names match none): the
+        # alternation of the patterns, when none has a group syntax or backreference that
+        # alternation would change (ik's --n-cpu-moe is one pattern per layer)
+        self._any: regex.Pattern[str] | None = None
+        plain = [p for _, p, _ in self.entries if "(?" not in p and not _BACKREF.search(p)]
+        if len(self.entries) > 4 and len(plain) == len(self.entries):
+            try:
+                self._any = regex.compile("|".join(f"(?:{p})" for p in plain))
+            except (regex.error, RecursionError, OverflowError):
+                self._any = None
 
     def first(self, name: str) -> int | None:
         """Index of the first entry whose pattern matches somewhere in ``name``, or None."""
+        if self._any is not None and not self._search(self._any, name, self._any.pattern):
+            return None
         for i, (rx, pattern, _) in enumerate(self.entries):
-            left = self._deadline - time.monotonic()
-            try:
-                if left <= 0:
-                    raise TimeoutError
-                if rx.search(name, timeout=left):
-                    return i
-            except TimeoutError:
-                raise InvalidArgumentError(
-                    f"-ot pattern {pattern!r} takes more than {self._seconds:g} s to match the model's tensor "
-                    "names (catastrophic backtracking)",
-                    hint=r"use a plain pattern such as blk\.(3|4)\.ffn_.*_exps (no nested repetition)") from None
+            if self._search(rx, name, pattern):
+                return i
         return None
+
+    def _search(self, rx: regex.Pattern[str], name: str, pattern: str) -> bool:
+        """Whether ``rx`` matches in ``name``, within what is left of the time bound."""
+        left = self._deadline - time.monotonic()
+        try:
+            if left <= 0:
+                raise TimeoutError
+            return rx.search(name, timeout=left) is not None
+        except TimeoutError:
+            raise InvalidArgumentError(
+                f"-ot pattern {pattern[:200]!r} takes more than {self._seconds:g} s to match the model's tensor "
+                "names (catastrophic backtracking)",
+                hint=r"use a plain pattern such as blk\.(3|4)\.ffn_.*_exps (no nested repetition)") from None
+
+
+_BACKREF = re.compile(r"\\[1-9gk]")
 
 
 def compile_pattern(pattern: str) -> regex.Pattern[str]:
