@@ -46,6 +46,11 @@ from .units import GB
 PAGEABLE_LINK_FRACTION = 0.12
 # ... and from pinned memory (CUDA_Host): 54-55 GB/s of the 63 on that H200 (DMA at link speed).
 PINNED_LINK_FRACTION = 0.87
+# Weight types the CPU backend repacks into interleaved CPU_REPACK buffers on x86 (AVX2; Q2_K
+# needs AVX-512), for matmul weights whose row count is a multiple of 8
+# (ggml/src/ggml-cpu/repack.cpp:4925-5120 ggml_repack_get_optimal_repack_type). The repacked copy
+# is allocated memory: it cannot page from the model file as mmap'd weights can.
+REPACK_TYPES = frozenset({"Q4_0", "Q4_K", "IQ4_NL", "MXFP4"})
 # Share of a MoE layer's decode ops that run where its routed experts are (the three
 # MUL_MAT_IDs, the GLU, the weighting and the sum of the experts' outputs).
 EXPERT_OPS_SHARE = 0.25
@@ -263,8 +268,29 @@ class CostModel:
             first.compute_bytes = self._offload_compute(p, first.compute_bytes, gpus)
         cpu_use.compute_bytes += self._host_compute(p, cpu_use, offload, copies)
         if self.context.allow_paging and not self.context.pinned_weights:
-            cpu_use.pageable_bytes = cpu_use.weights_bytes
+            cpu_use.pageable_bytes = cpu_use.weights_bytes - self.repacked_bytes(p)
         return list(out.values())
+
+    def repacked_bytes(self, p: Placement) -> int:
+        """CPU-held weights the engine copies into CPU_REPACK buffers: those of REPACK_TYPES when
+        no local GPU's pinned host buffer comes first in the CPU's buffer list
+        (src/llama-model.cpp:1078-1135: accelerators, the first device's host buffer, the extra
+        buffers such as CPU_REPACK, the CPU; with mmap the host buffer becomes CPU_Mapped,
+        src/llama-model-loader.cpp:1269-1277); the token embedding (GET_ROWS) stays mapped."""
+        if any(self.device(n).kind == "gpu" for n in p.order):
+            return 0
+        total = 0
+        for t in self.model.tensors:
+            if t.info.type_name not in REPACK_TYPES or t.role in (Role.NEXTN, Role.EMBEDDING):
+                continue
+            if len(t.info.shape) < 2 or t.info.shape[1] % 8:
+                continue
+            home = p.output if t.layer is None else p.layer_home[t.layer]
+            if t.role is Role.ROUTED_EXPERT and home != CPU and t.layer is not None:
+                home = CPU if expert_kind(t) in p.cpu_experts[t.layer] else home
+            if home == CPU:
+                total += t.bytes
+        return total
 
     def _host_compute(self, p: Placement, cpu_use: DeviceUsage, offload: bool, copies: int) -> int:
         """The CPU backend's compute buffer: the host's share beside accelerators, or the whole
@@ -513,5 +539,5 @@ class CostModel:
 # Placement, Context and the priced results live in .placement; they are re-exported here, where
 # most callers meet them next to the CostModel.
 __all__ = ["CPU", "EXPERT_KINDS", "EXPERT_OPS_SHARE", "EXPERT_OPTIONS", "MMQ_TILE_TOKENS", "PAGEABLE_LINK_FRACTION",
-           "PINNED_LINK_FRACTION", "Context", "CostModel", "DeviceUsage", "Placement", "Prediction", "SpeedParams",
-           "expert_kind", "placement_from_counts"]
+           "PINNED_LINK_FRACTION", "REPACK_TYPES", "Context", "CostModel", "DeviceUsage", "Placement", "Prediction",
+           "SpeedParams", "expert_kind", "placement_from_counts"]

@@ -25,6 +25,7 @@ from omni_place.engines import dialect
 from omni_place.errors import InvalidArgumentError
 from omni_place.model import load_model
 from omni_place.plan import evaluate, plan_split
+from omni_place.problem import cpu_only
 from omni_place.units import GB
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -206,3 +207,30 @@ def test_plan_turns_op_offload_off_only_where_it_pays(truth: list[dict[str, Any]
     with pytest.raises(InvalidArgumentError):
         dialect("ik_llama.cpp").encode(model, plan.placement, plan.cluster, plan.context, plan.usage).args(
             "server", op_offload=False)
+
+
+@pytest.mark.parametrize(("arch", "weight_type", "moe"), [("llama", "q4_0", False), ("qwen3moe", "q4_k", True),
+                                                         ("gpt-oss", "mxfp4", True)])
+def test_cpu_repack_bytes_are_the_engines(tmp_path: Path, arch: str, weight_type: str, moe: bool) -> None:
+    """With no GPU in front, the CPU backend copies Q4_0/Q4_K/IQ4_NL/MXFP4 matmul weights (experts
+    too) into CPU_REPACK buffers: allocated memory, which never pages from the file. The real
+    libllama's `CPU_REPACK model buffer size` line is the model's repacked bytes."""
+    sys.path.insert(0, str(ROOT))
+    from tests.arch_models import engine_available, engine_load, write_model
+
+    if not engine_available():
+        pytest.skip("no libllama")
+    kw: dict[str, Any] = dict(n_expert=8, n_expert_used=2, n_ff_exp=256) if moe else {}
+    path = write_model(tmp_path / f"{arch}.gguf", arch, n_layer=2, n_embd=256, n_head=4, n_head_kv=2, n_ff=512,
+                       n_vocab=512, weight_type=weight_type, **kw)
+    lines = engine_load(path, n_ctx=256).log_lines("CPU_REPACK model buffer size")
+    assert lines, "the engine repacked nothing"
+    engine_mib = float(lines[0].split("=")[1].split()[0])
+    model = load_model(path)
+    cost = CostModel(model, resolve_cluster("seed"), Context(ctx=256, allow_paging=True))
+    cpu = cpu_only(model)
+    assert cost.repacked_bytes(cpu) / 2**20 == pytest.approx(engine_mib, abs=0.006)
+    use = next(u for u in cost.usage(cpu) if u.name == CPU)
+    assert use.pageable_bytes == use.weights_bytes - cost.repacked_bytes(cpu) < use.weights_bytes
+    # a GPU first in the device list: its pinned host buffer (CPU_Mapped with mmap) wins, no repack
+    assert cost.repacked_bytes(cpu_only(model, ("CUDA0", "CUDA1"))) == 0
