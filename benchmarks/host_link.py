@@ -7,8 +7,10 @@ memory, which the driver stages through pinned buffers. This prints, as one JSON
 
 - ``h2d_gbs``: host-to-device GB/s for pinned memory, pageable ``malloc`` memory and pages of
   a memory-mapped file in the page cache (what llama.cpp copies from), per copy size;
-- ``cpu``: CPU memory bandwidth as ``omni-place devices --measure`` reports it (a multi-threaded
-  copy, bytes read + written), a multi-threaded read (what decode does) and one thread's copy.
+- ``cpu``: CPU memory bandwidth as ``omni-place devices --measure`` reports it (since the H200
+  run of benchmarks/results/speed_truth the C core's multi-threaded read; in that run's
+  host_link.json it was still a numpy copy counting bytes read + written), a threaded numpy
+  read and one thread's copy.
 
 Needs PyTorch with CUDA for the H2D part (skipped without). Usage:
 ``python benchmarks/host_link.py --file MODEL.gguf``

@@ -80,8 +80,9 @@ class SpeedParams:
     pcie_latency_s: float = 10e-6  # default latency of a host<->GPU copy
     op_offload_min_batch: int = 32  # GGML_OP_OFFLOAD_MIN_BATCH
     # network round trips per visit of a token to an RPC device: 1 by the protocol (one waited
-    # get_tensor), 1.05-1.3 measured over emulated links (benchmarks/results/rpc_network.md)
-    rpc_round_trips: float = 1.2
+    # get_tensor); 0.93-1.09 measured over four emulated links with paired, interleaved runs
+    # (benchmarks/results/rpc_network.md; 1.05-1.3 with the earlier unpaired runs)
+    rpc_round_trips: float = 1.08
     # achieved / base rate when op offload streams CPU-held weights to the GPU: the base is the
     # GPU's measured pageable host->device rate (``stream_gbs``, devices --measure), else
     # PAGEABLE_LINK_FRACTION of its link
