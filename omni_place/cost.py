@@ -25,9 +25,10 @@ machine from llama-bench records.
 """
 from __future__ import annotations
 
+import copy
 import math
 from functools import cached_property
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 from .compute import PIPELINE_COPIES, ComputeEstimate, compute_buffer_estimate
 from .cpuprobe import DEFAULT_DISK_GBS
@@ -135,6 +136,17 @@ class CostModel:
         for t in model.tensors:
             if t.layer is not None:
                 self._params[t.layer][t.role is Role.ROUTED_EXPERT] += t.info.n_elements
+
+    def with_switches(self, *, op_offload: bool | None = None, pinned_weights: bool | None = None) -> CostModel:
+        """This model with engine switches changed that change no tensor's size, only where
+        prompt work runs and what it copies: the byte tables are shared, what depends on the
+        switches is recomputed."""
+        c = self.context
+        new = copy.copy(self)
+        new.context = replace(c, op_offload=c.op_offload if op_offload is None else op_offload,
+                              pinned_weights=c.pinned_weights if pinned_weights is None else pinned_weights)
+        new.__dict__.pop("op_offload_bound", None)  # a cached_property of the switches
+        return new
 
     # -- bytes ------------------------------------------------------------------------------
     def _split_experts(self, lc: LayerCost) -> dict[str, dict[str, int]]:

@@ -270,7 +270,7 @@ def plan_split(
         if placement_flags(vs) != vs:
             vs_note = "the context flags in --vs are not priced: every row uses the plan's context"
     options = solver.options(objective, compared, alternatives)
-    cost_off = CostModel(prof, clus, replace(context, op_offload=False), cost.params)
+    cost_off = cost.with_switches(op_offload=False)
     solver_off = None
     if engine_rules.traits.op_offload_switch and any(d.kind == "gpu" for d in clus.gpus):
         # the same optima without op offload: no copies to reserve room for on the first GPU,

@@ -31,7 +31,7 @@ def without_op_offload(cost: CostModel, rules: Dialect, options: Sequence[Recipe
     ubatch touches every expert of every layer."""
     if not rules.traits.op_offload_switch:
         return []
-    off = CostModel(cost.model, cost.cluster, replace(cost.context, op_offload=False), cost.params)
+    off = cost.with_switches(op_offload=False)
     out = []
     for o in options:
         p = o.placement
@@ -49,8 +49,7 @@ def pinned_note(cost: CostModel, p: Placement, pred: Prediction, flags: Sequence
     mmap, src/llama-model-loader.cpp:1269-1277), when that changes it and the RAM holds them."""
     if not flags or not p.order or cost.context.pinned_weights or cost.device(p.order[0]).kind != "gpu":
         return []
-    pinned = CostModel(cost.model, cost.cluster, replace(cost.context, pinned_weights=True, op_offload=True),
-                       cost.params)
+    pinned = cost.with_switches(pinned_weights=True, op_offload=True)
     cpu = next(u for u in pinned.usage(p) if u.name == CPU)
     faster = pinned.predict(p).pp_tps
     if not cpu.weights_bytes or not cpu.fits or faster < pred.pp_tps * 1.1:

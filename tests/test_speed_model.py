@@ -234,3 +234,17 @@ def test_cpu_repack_bytes_are_the_engines(tmp_path: Path, arch: str, weight_type
     assert use.pageable_bytes == use.weights_bytes - cost.repacked_bytes(cpu) < use.weights_bytes
     # a GPU first in the device list: its pinned host buffer (CPU_Mapped with mmap) wins, no repack
     assert cost.repacked_bytes(cpu_only(model, ("CUDA0", "CUDA1"))) == 0
+
+
+def test_switches_share_bytes_and_change_prompt_work(truth: list[dict[str, Any]]) -> None:
+    row = next(r for r in truth if r["rig"] == "h200-a" and r["model"] == "moe15" and r["config"] == "ncmoe")
+    cost: CostModel = row["cost"]
+    off = cost.with_switches(op_offload=False)
+    p = row["placement"]
+    assert off.kv == cost.kv and off.compute is cost.compute  # the byte tables are shared
+    assert cost.context.op_offload and not off.context.op_offload
+    assert off.op_offload_bound == 0 < cost.op_offload_bound
+    gpu = next(u for u in off.usage(p) if u.name == "CUDA0")
+    assert gpu.compute_bytes <= next(u for u in cost.usage(p) if u.name == "CUDA0").compute_bytes
+    assert "pcie_stream" in cost.predict(p).pp_breakdown and "pcie_stream" not in off.predict(p).pp_breakdown
+    assert cost.with_switches().context == cost.context
