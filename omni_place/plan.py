@@ -272,7 +272,8 @@ def plan_split(
     options = solver.options(objective, compared, alternatives)
     cost_off = cost.with_switches(op_offload=False)
     solver_off = None
-    if engine_rules.traits.op_offload_switch and any(d.kind == "gpu" for d in clus.gpus):
+    switchable = engine_rules.traits.op_offload_switch and any(d.kind == "gpu" for d in clus.gpus)
+    if switchable:
         # the same optima without op offload: no copies to reserve room for on the first GPU,
         # CPU-held weights computed by the CPU in prompt batches
         solver_off = _Solver(cost_off, engine_rules, {})
@@ -285,7 +286,8 @@ def plan_split(
             # -dev none: no device at all, so no GPU compute buffer and no op offload either
             options.append(priced(cost, "solver", "all on the CPU, no device", (), cpu_only(prof)))
     options += compared
-    options += without_op_offload(cost, engine_rules, [o for o in options if o.op_offload and o.name != "solver"])
+    if switchable:  # the recipes too (the solver's own optima were solved without it above)
+        options += without_op_offload(cost, cost_off, [o for o in options if o.name != "solver"])
     if not any(o.fits for o in options):
         if not rules.cpu_weights:
             raise NothingFitsError(

@@ -207,12 +207,17 @@ def _bounded_int(text: str) -> int:
     return int(text)
 
 
+# the strict decoder load_json uses; for callers that scan several JSON values in one text
+# (``raw_decode``), e.g. llama-bench output inside a -v log
+STRICT_JSON = json.JSONDecoder(parse_constant=_no_constant, parse_float=_finite_float, parse_int=_bounded_int)
+
+
 def load_json(doc: str, what: str, *, error: ErrorFactory = InvalidArgumentError) -> Any:
     """Parse JSON text strictly: NaN/Infinity, numbers beyond a float (``1e400``), integers over
     MAX_JSON_INT_DIGITS digits and nesting beyond the interpreter's recursion limit are errors,
     not values (the C scanner counts its depth, so deep nesting fails fast and cleanly)."""
     try:
-        return json.loads(doc, parse_constant=_no_constant, parse_float=_finite_float, parse_int=_bounded_int)
+        return STRICT_JSON.decode(doc)
     except json.JSONDecodeError as err:
         raise error(f"{what} is not JSON ({err.msg} at line {err.lineno} column {err.colno})") from None
     except RecursionError:
@@ -227,6 +232,6 @@ def dump_json(value: Any, **kwargs: Any) -> str:
     return json.dumps(value, allow_nan=False, **kwargs)
 
 
-__all__ = ["MAX_JSON_INT_DIGITS", "MAX_NAME_CHARS", "ErrorFactory", "choice", "decode_text",
+__all__ = ["MAX_JSON_INT_DIGITS", "MAX_NAME_CHARS", "STRICT_JSON", "ErrorFactory", "choice", "decode_text",
            "dump_json", "file_component", "flag", "integer", "load_json", "number", "read_file", "safe_file_name",
            "show", "text"]

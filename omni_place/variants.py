@@ -24,14 +24,11 @@ def expressible(cost: CostModel, rules: Dialect, p: Placement) -> bool:
     return back.order == p.order and back.layer_home == p.layer_home
 
 
-def without_op_offload(cost: CostModel, rules: Dialect, options: Sequence[Recipe]) -> list[Recipe]:
-    """The fitting options that hold weights on the CPU, priced with op offload off, where the
-    engine can turn it off: copying CPU-held weights to the GPU per ubatch (from pageable memory
-    at a few GB/s) can be slower than computing them on the CPU, e.g. a large sparse MoE whose
-    ubatch touches every expert of every layer."""
-    if not rules.traits.op_offload_switch:
-        return []
-    off = cost.with_switches(op_offload=False)
+def without_op_offload(cost: CostModel, off: CostModel, options: Sequence[Recipe]) -> list[Recipe]:
+    """The fitting options that hold weights on the CPU and op-offload them, priced on ``off``
+    (``cost`` with op offload off; for an engine that can turn it off): copying CPU-held weights
+    to the GPU per ubatch (from pageable memory at a few GB/s) can be slower than computing them
+    on the CPU, e.g. a large sparse MoE whose ubatch touches every expert of every layer."""
     out = []
     for o in options:
         p = o.placement

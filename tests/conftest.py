@@ -12,6 +12,18 @@ import pytest
 from omni_place.errors import LibLlamaNotFoundError, LibLlamaVersionError
 
 from .arch_models import TinyModel, write_llama
+from .test_devices_nvml import PRO6000, RTX5090, FakeNvml, gpu
+
+
+@pytest.fixture()
+def two_gpus(monkeypatch: pytest.MonkeyPatch) -> None:
+    """NVML sees a 5090 at bus 41 and a PRO 6000 at 81; CUDA (fastest first) calls them CUDA1, CUDA0."""
+    from omni_place.devices import nvml
+
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    monkeypatch.delenv("CUDA_DEVICE_ORDER", raising=False)
+    fake = FakeNvml([gpu("b", 0x41, **RTX5090), gpu("a", 0x81, **PRO6000)], p2p={(0, 1): 5})
+    monkeypatch.setattr(nvml, "_import_nvml", lambda: fake)
 
 
 @functools.lru_cache(maxsize=1)

@@ -93,7 +93,8 @@ def test_record_fields_reach_the_context_and_threads(models: dict) -> None:
     (pt,) = import_text(json.dumps(rec), model, cluster).points
     assert pt.context is not None
     assert (pt.context.n_ubatch, pt.context.type_k, pt.context.depth, pt.context.ctx) == (256, "q8_0", 1000, 1512)
-    assert pt.cluster.cpu is not None and pt.cluster.cpu.threads == 8 and not pt.op_offload
+    assert pt.cluster.cpu is not None and pt.cluster.cpu.threads == 8
+    assert not pt.context.op_offload  # -nopo 1
     assert sum(h != CPU for h in pt.placement.layer_home) == 19  # -ngl 20: 19 layers and the output
 
 

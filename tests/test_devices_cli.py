@@ -6,7 +6,6 @@ import time
 from pathlib import Path
 
 import pytest
-from .test_devices_nvml import PRO6000, RTX5090, FakeNvml, gpu
 
 from omni_place.devices import nvml as nvml_mod
 from omni_place.cli import main
@@ -15,14 +14,6 @@ from omni_place.cli import main
 @pytest.fixture()
 def no_nvml(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(nvml_mod, "_import_nvml", lambda: None)
-
-
-@pytest.fixture()
-def two_gpus(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
-    monkeypatch.delenv("CUDA_DEVICE_ORDER", raising=False)
-    fake = FakeNvml([gpu("b", 0x41, **RTX5090), gpu("a", 0x81, **PRO6000)], p2p={(0, 1): 5})
-    monkeypatch.setattr(nvml_mod, "_import_nvml", lambda: fake)
 
 
 def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:

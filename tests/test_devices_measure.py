@@ -20,11 +20,9 @@ from omni_place.cli import main
 from omni_place.cpuprobe import measure_memory_bandwidth
 from omni_place.devices import Device, discover, load_cluster
 from omni_place.devices import cudacopy
-from omni_place.devices import nvml as nvml_mod
 from omni_place.errors import ClusterError, InvalidArgumentError
 from omni_place.units import GB, GiB, MiB
 
-from .test_devices_nvml import PRO6000, RTX5090, FakeNvml, gpu
 
 # ---------------------------------------------------------------------------------------------
 # CPU: the C read kernel
@@ -174,15 +172,6 @@ class FakeCuda:
 @pytest.fixture()
 def small_copies(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(cudacopy, "COPY_BYTES", 16 * MiB)
-
-
-@pytest.fixture()
-def two_gpus(monkeypatch: pytest.MonkeyPatch) -> None:
-    """NVML sees a 5090 at bus 41 and a PRO 6000 at 81; CUDA (fastest first) calls them CUDA1, CUDA0."""
-    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
-    monkeypatch.delenv("CUDA_DEVICE_ORDER", raising=False)
-    fake = FakeNvml([gpu("b", 0x41, **RTX5090), gpu("a", 0x81, **PRO6000)], p2p={(0, 1): 5})
-    monkeypatch.setattr(nvml_mod, "_import_nvml", lambda: fake)
 
 
 def use_cuda(monkeypatch: pytest.MonkeyPatch, fake: FakeCuda | None) -> None:

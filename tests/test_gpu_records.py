@@ -25,23 +25,32 @@ _MODEL = re.compile(r"load_tensors:\s+(\S+) model buffer size =\s+([\d.]+) MiB")
 _COMPUTE = re.compile(r"sched_reserve:\s+(\S+) compute buffer size =\s+([\d.]+) MiB")
 
 
-def mainline_loads() -> list[tuple[str, str, list[str], str]]:
-    """(model, rig, engine flags, first load's log text) of every mainline run that loaded."""
+def loaded_runs(engine: str, fit_flag: str, failures: tuple[str, ...] = ("failed to",)) -> list[
+        tuple[str, str, list[str], str]]:
+    """(model, rig, engine flags, log text) of every run of ``engine`` that loaded and created
+    its contexts: not one whose log shows ``failures``, nor a --fit run (``fit_flag``: it rewrites
+    the flags itself, so they do not tell the placement)."""
     out = []
     with tarfile.open(ROOT / "logs.tar.xz") as tar:
         for name in sorted(tar.getnames()):
-            if not name.endswith(".log") or "/llama.cpp." not in name or not name.startswith("./res/"):
+            if not name.endswith(".log") or f"/{engine}." not in name or not name.startswith("./res/"):
                 continue
             log = tar.extractfile(name).read().decode()  # type: ignore[union-attr]
             cmd = next((line for line in log.splitlines() if line.startswith("$ ")), None)
-            if (cmd is None or "compute buffer size" not in log or "failed to" in log or "CUDA error" in log
-                or "-fitt" in cmd):
-                continue  # OOM at load, context or first decode, or --fit (it rewrites the flags itself)
+            if (cmd is None or "compute buffer size" not in log or any(f in log for f in failures)
+                    or fit_flag in cmd):
+                continue
             argv = shlex.split(cmd[2:])
-            first_load = log.split("llama_context: n_ctx                 = 256")[0]
             model, rig = name.split("/")[2].split(".", 1)
-            out.append((model, rig, argv[argv.index("-v") + 1:], first_load))
+            out.append((model, rig, argv[argv.index("-v") + 1:], log))
     return out
+
+
+def mainline_loads() -> list[tuple[str, str, list[str], str]]:
+    """(model, rig, engine flags, first load's log text) of every mainline run that loaded (not
+    OOM at load, context or first decode)."""
+    return [(model, rig, flags, log.split("llama_context: n_ctx                 = 256")[0])
+            for model, rig, flags, log in loaded_runs("llama.cpp", "-fitt", ("failed to", "CUDA error"))]
 
 
 LOADS = mainline_loads()
@@ -88,23 +97,13 @@ _IK_COMPUTE = re.compile(r"llama_init_from_model:\s+(CUDA\d) compute buffer size
 
 def ik_loads() -> list[tuple[str, str, list[str], dict[str, float]]]:
     """(model, rig, flags, the first context's CUDA compute buffers in MiB) of every
-    ik_llama.cpp run of the same H200 records that created its contexts (not --fit, whose flags
-    do not tell the placement)."""
+    ik_llama.cpp run of the same H200 records that created its contexts."""
     out = []
-    with tarfile.open(ROOT / "logs.tar.xz") as tar:
-        for name in sorted(tar.getnames()):
-            if not name.endswith(".log") or "/ik_llama.cpp." not in name or not name.startswith("./res/"):
-                continue
-            log = tar.extractfile(name).read().decode()  # type: ignore[union-attr]
-            cmd = next((line for line in log.splitlines() if line.startswith("$ ")), None)
-            if cmd is None or "compute buffer size" not in log or "failed to" in log or "--fit" in cmd:
-                continue
-            argv = shlex.split(cmd[2:])
-            compute: dict[str, float] = {}
-            for dev, mib in _IK_COMPUTE.findall(log):
-                compute.setdefault(dev, float(mib))
-            model, rig = name.split("/")[2].split(".", 1)
-            out.append((model, rig, argv[argv.index("-v") + 1:], compute))
+    for model, rig, flags, log in loaded_runs("ik_llama.cpp", "--fit"):
+        compute: dict[str, float] = {}
+        for dev, mib in _IK_COMPUTE.findall(log):
+            compute.setdefault(dev, float(mib))
+        out.append((model, rig, flags, compute))
     return out
 
 

@@ -61,8 +61,8 @@ class Point:
     measured: float
     ctx: int
     ubatch: int
-    context: Context | None = None  # the run's full context (KV types, flash attention, depth); else ctx/ubatch
-    op_offload: bool = True  # False: the run had op offload off (llama-bench -nopo 1)
+    # the run's full context (KV types, flash attention, depth, op offload); else ctx/ubatch
+    context: Context | None = None
 
     @property
     def group(self) -> str:
@@ -77,7 +77,6 @@ class Point:
 # (model, cluster, context) identity -> (model, cluster, CostModel). The entry holds the
 # model and cluster themselves, so their ids cannot be reused by other objects while cached.
 _COSTS: dict[tuple[int, int, Context], tuple[ModelProfile, Cluster, CostModel]] = {}
-NO_OP_OFFLOAD = 1 << 30  # an op_offload_min_batch no batch reaches: prompt ops of CPU weights stay on the CPU
 
 
 def predict_point(pt: Point, params: SpeedParams) -> float:
@@ -89,7 +88,7 @@ def predict_point(pt: Point, params: SpeedParams) -> float:
     if entry is None:
         entry = _COSTS[key] = (pt.model, pt.cluster, CostModel(pt.model, pt.cluster, context, params))
     cost = entry[2]
-    cost.params = params if pt.op_offload else dataclasses.replace(params, op_offload_min_batch=NO_OP_OFFLOAD)
+    cost.params = params
     pred = cost.predict(pt.placement)
     return pred.tg_tps if pt.kind == "tg" else pred.pp_tps
 

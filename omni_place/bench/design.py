@@ -23,7 +23,6 @@ llama-bench (``-o json[l] -v``, one log per run), reporting one line per run; a 
 """
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +34,6 @@ from ..engines import dialect
 from ..engines.common import KIND_REGEX, ParsedArgs, layer_regex, tool_context
 from ..errors import NothingFitsError, OmniPlaceError
 from ..model import ModelProfile
-from .calibrate import NO_OP_OFFLOAD
 from .llamabench import Imported, import_text
 from .run import OK, Progress, classify_failure, parse_output, run_attempt
 
@@ -81,15 +79,15 @@ class Design:
 
 
 def _placement(model: ModelProfile, cluster: Cluster, engine: str, flags: Sequence[str],
-               params: SpeedParams, op_offload: bool = True) -> tuple[Placement, bool, float, float]:
+               params: SpeedParams) -> tuple[Placement, bool, float, float]:
     """(placement, fits, tg tok/s, pp tok/s) of llama-bench flags, priced as `check --tool bench` does."""
     rules = dialect(engine)
     parsed = rules.parse_args([*flags, "-p", "512", "-n", "128"], "bench")
     tc = tool_context(parsed, rules.tool_defaults("bench"), model.hparams.n_ctx_train)
-    context = rules.traits.context(ctx=SIZING_CTX, n_ubatch=tc.n_ubatch, flash_attn=tc.flash_attn)
+    context = rules.traits.context(ctx=SIZING_CTX, n_ubatch=tc.n_ubatch, flash_attn=tc.flash_attn,
+                                   op_offload=parsed.op_offload)
     placement = rules.decode(model, parsed, cluster, context, "bench")
-    sp = params if op_offload else dataclasses.replace(params, op_offload_min_batch=NO_OP_OFFLOAD)
-    cost = CostModel(model, cluster, context, sp)
+    cost = CostModel(model, cluster, context, params)
     pred = cost.predict(placement)
     return placement, all(u.fits for u in cost.usage(placement)), pred.tg_tps, pred.pp_tps
 
@@ -168,7 +166,7 @@ def design_runs(model: ModelProfile, cluster: Cluster, engine: str, *, params: S
     for name, flags, with_tg in cands:
         op_offload = name != "cpu-compute"
         try:
-            placement, ok, tg, pp = _placement(model, cluster, engine, flags, params, op_offload)
+            placement, ok, tg, pp = _placement(model, cluster, engine, flags, params)
         except OmniPlaceError:
             continue
         if not ok or (placement in seen and op_offload):

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -27,7 +26,7 @@ from ..engines import dialect, engine_of_bench_record
 from ..engines.common import ParsedArgs, tool_context
 from ..errors import InvalidArgumentError, OmniPlaceError
 from ..model import ModelProfile
-from ..validate import MAX_JSON_INT_DIGITS, decode_text, number, read_file
+from ..validate import STRICT_JSON, decode_text, number, read_file
 from .calibrate import Point
 from .logread import placement_from_log
 from .records import MAX_TPS, placement_from_dict, placement_to_dict
@@ -38,27 +37,6 @@ _HINT = ("give llama-bench's own output: `llama-bench ... -o jsonl` (mainline) o
          "with -v and 2>&1 to keep the log")
 
 
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not a number")
-
-
-def _finite_float(s: str) -> float:
-    v = float(s)
-    if not math.isfinite(v):
-        raise ValueError(f"{s[:24]} is beyond any finite number")
-    return v
-
-
-def _bounded_int(s: str) -> int:
-    if len(s.lstrip("-")) > MAX_JSON_INT_DIGITS:
-        raise ValueError(f"an integer of {len(s)} digits")
-    return int(s)
-
-
-# strict JSON, as omni_place.validate.load_json reads it (no NaN/Infinity, no 1e400, no 400-digit ints)
-_DECODER = json.JSONDecoder(parse_constant=_no_constant, parse_float=_finite_float, parse_int=_bounded_int)
-
-
 def scan_objects(text: str) -> tuple[list[Any], int]:
     """(values, bad): the JSON values of llama-bench output -- a whole JSON document (ik's array),
     else every object that starts a line (jsonl, or an array's items inside a log or cut short by
@@ -67,7 +45,7 @@ def scan_objects(text: str) -> tuple[list[Any], int]:
     stripped = text.strip()
     if stripped[:1] in ("[", "{"):
         try:
-            doc = _DECODER.decode(stripped)
+            doc = STRICT_JSON.decode(stripped)
             return (doc if isinstance(doc, list) else [doc]), 0
         except (ValueError, RecursionError):
             pass
@@ -80,7 +58,7 @@ def scan_objects(text: str) -> tuple[list[Any], int]:
         start = pos + len(text[pos:line_end]) - len(text[pos:line_end].lstrip())
         if start < line_end and text[start] == "{":
             try:
-                obj, end = _DECODER.raw_decode(text, start)
+                obj, end = STRICT_JSON.raw_decode(text, start)
                 out.append(obj)
                 pos = end
                 continue
@@ -126,7 +104,6 @@ class _Run:
     parsed: ParsedArgs
     fitted: str | None
     threads: int | None
-    op_offload: bool
     measured: float
     kind: str
 
@@ -164,7 +141,7 @@ def _prepare(i: int, rec: Any, engine: str | None, skipped: Counter[str]) -> _Ru
     if not parsed.n_prompt and not parsed.n_gen:
         skipped["a test of no tokens"] += 1
         return None
-    return _Run(i, rec, eng, flags.argv, parsed, flags.fitted, flags.threads, flags.op_offload, measured,
+    return _Run(i, rec, eng, flags.argv, parsed, flags.fitted, flags.threads, measured,
                 "pp" if parsed.n_prompt else "tg")
 
 
@@ -242,7 +219,7 @@ def import_text(text: str, model: ModelProfile, cluster: Cluster, *, engine: str
         record = {"engine": run.engine, "config": labels[run.config], "test": test, "rig": cluster.name,
                   "model": model.name, "avg_ts": run.measured, "placement": placement_to_dict(placement)}
         result.points.append(Point(record, model, _with_threads(cluster, run.threads, thread_clusters), placement,
-                                   run.kind, run.measured, context.ctx, context.n_ubatch, context, run.op_offload))
+                                   run.kind, run.measured, context.ctx, context.n_ubatch, context))
     return result
 
 

@@ -61,7 +61,6 @@ class BenchRecordFlags:
 
     argv: tuple[str, ...]
     threads: int | None = None  # -t; None: the record does not say
-    op_offload: bool = True  # False: -nopo 1 (prompt ops of CPU-held weights stay on the CPU)
     fitted: str | None = None  # the engine's fitter chose the placement, so the flags do not tell it
 
 

@@ -33,8 +33,8 @@ from ..model import ModelProfile, TensorRecord
 from . import llama_cpp
 from .base import BenchRecordFlags, BenchSpelling, Dialect, EngineTraits
 from .common import (BENCH_DEFAULTS, SERVER_DEFAULTS, EngineArgs, FlagSyntax, ToolDefaults, accelerator_names,
-                     expert_overrides, layer_counts, model_devices, nonzero_shares, record_int, record_switch,
-                     record_text, rpc_buffer_names, rpc_servers)
+                     expert_overrides, layer_counts, model_devices, record_int, record_split_flags, record_switch,
+                     record_test_flags, record_text, rpc_buffer_names, rpc_servers)
 
 NAME = "ik_llama.cpp"
 SYNTAX = {
@@ -299,19 +299,11 @@ def bench_record_flags(rec: Mapping[str, Any]) -> BenchRecordFlags:
     there as its first-N patterns), ``flash_attn`` true/false. ik's output names no devices (it has
     no -dev; the order is CUDA_VISIBLE_DEVICES') and leaves no trace of ``--fit``: such a run's
     record reads as the default split, so its placement needs the run's -v log."""
-    n32 = (1 << 31) - 1
-    argv = ["-ngl", str(record_int(rec, "n_gpu_layers", -1, n32)),
-            "-sm", record_text(rec, "split_mode", "layer"), "-mg", str(record_int(rec, "main_gpu", -1, n32, 0))]
-    shares = record_text(rec, "tensor_split", "0.00")
-    if nonzero_shares(shares):
-        argv += ["-ts", shares]
+    argv = record_split_flags(rec)
     overrides = record_text(rec, "override_tensor", "")
     if overrides not in ("", "none"):
         argv += ["-ot", overrides]
-    argv += ["-ub", str(record_int(rec, "n_ubatch", 1, n32)), "-b", str(record_int(rec, "n_batch", 1, n32)),
-             "-ctk", record_text(rec, "type_k", "f16"), "-ctv", record_text(rec, "type_v", "f16"),
-             "-fa", "1" if record_switch(rec, "flash_attn", True) else "0",
-             "-p", str(record_int(rec, "n_prompt", 0, n32)), "-n", str(record_int(rec, "n_gen", 0, n32))]
+    argv += record_test_flags(rec, "1" if record_switch(rec, "flash_attn", True) else "0")
     threads = record_int(rec, "n_threads", 1, 1 << 16) if "n_threads" in rec else None
     return BenchRecordFlags(tuple(argv), threads)
 

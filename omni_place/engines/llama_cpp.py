@@ -25,9 +25,9 @@ from ..errors import InvalidArgumentError
 from ..model import ModelProfile, Role
 from .base import BenchRecordFlags, BenchSpelling, Dialect, EngineTraits, PlacementArgs
 from .common import (EngineArgs, FlagSyntax, OverrideMatcher, ParsedArgs, accelerator_names, compile_pattern, dev_flag,
-                     expert_overrides, flag_groups, layer_counts, layer_regex, model_devices, nonzero_shares,
-                     override_device, range_regex, record_int, record_switch, record_text, rpc_buffer_names,
-                     rpc_servers)
+                     expert_overrides, flag_groups, layer_counts, layer_regex, model_devices, override_device,
+                     range_regex, record_int, record_split_flags, record_switch, record_test_flags, record_text,
+                     rpc_buffer_names, rpc_servers)
 
 __all__ = ["DIALECT", "FLAG_ALIASES", "LLAMA_ENV", "NAME", "SYNTAX", "TOOLS", "EngineArgs", "LlamaCpp", "ParsedArgs",
            "assign_layers", "decode", "encode", "engine_args", "layer_regex", "llama_env", "parse_args"]
@@ -440,14 +440,10 @@ def bench_record_flags(rec: Mapping[str, Any]) -> BenchRecordFlags:
     (its patterns go after the -ot ones, as llama-bench appends them), ``flash_attn`` -1/0/1.
     A record with ``fit_target`` or ``fit_min_ctx`` was placed by the fitter (-fitt/-fitc)."""
     n32 = (1 << 31) - 1
-    argv = ["-ngl", str(record_int(rec, "n_gpu_layers", -1, n32)),
-            "-sm", record_text(rec, "split_mode", "layer"), "-mg", str(record_int(rec, "main_gpu", -1, n32, 0))]
+    argv = record_split_flags(rec)
     devices = record_text(rec, "devices", "auto")
     if devices != "auto":
         argv += ["-dev", devices]
-    shares = record_text(rec, "tensor_split", "0.00")
-    if nonzero_shares(shares):
-        argv += ["-ts", shares]
     overrides = record_text(rec, "tensor_buft_overrides", "none")
     if overrides not in ("none", ""):
         argv += ["-ot", overrides]
@@ -456,15 +452,13 @@ def bench_record_flags(rec: Mapping[str, Any]) -> BenchRecordFlags:
         argv += ["-ncmoe", str(n_cpu_moe)]
     fa = rec.get("flash_attn", -1)  # -1/0/1; older builds print true/false
     fa_text = ("1" if fa else "0") if isinstance(fa, bool) else str(record_int(rec, "flash_attn", -1, 1))
-    argv += ["-ub", str(record_int(rec, "n_ubatch", 1, n32)), "-b", str(record_int(rec, "n_batch", 1, n32)),
-             "-ctk", record_text(rec, "type_k", "f16"), "-ctv", record_text(rec, "type_v", "f16"), "-fa", fa_text,
-             "-p", str(record_int(rec, "n_prompt", 0, n32)), "-n", str(record_int(rec, "n_gen", 0, n32)),
-             "-d", str(record_int(rec, "n_depth", 0, n32, 0))]
+    argv += record_test_flags(rec, fa_text) + ["-d", str(record_int(rec, "n_depth", 0, n32, 0))]
+    if record_switch(rec, "no_op_offload", False):
+        argv += list(SYNTAX["bench"].no_op_offload)
     fit = [f"{flag} {n}" for flag, key in (("-fitt", "fit_target"), ("-fitc", "fit_min_ctx"))
            if (n := record_int(rec, key, 0, 1 << 62, 0))]
     threads = record_int(rec, "n_threads", 1, 1 << 16) if "n_threads" in rec else None
-    return BenchRecordFlags(tuple(argv), threads, op_offload=not record_switch(rec, "no_op_offload", False),
-                            fitted=" ".join(fit) or None)
+    return BenchRecordFlags(tuple(argv), threads, fitted=" ".join(fit) or None)
 
 
 class LlamaCpp(Dialect):
@@ -476,7 +470,7 @@ class LlamaCpp(Dialect):
                           op_offload_switch=all(s.no_op_offload for s in SYNTAX.values()))
     tools = TOOLS
     bench = BenchSpelling(fit=("-fitt", "1024"), n_cpu_moe="-ncmoe", output=("-o", "jsonl"), ngl_all="99",
-                          no_op_offload=("-nopo", "1"))
+                          no_op_offload=SYNTAX["bench"].no_op_offload)
     env_note = "llama-server / llama-cli read these; a flag on the command line wins over its variable"
     bench_record_keys = frozenset({"tensor_buft_overrides", "n_cpu_moe", "devices", "backends", "no_op_offload"})
 
