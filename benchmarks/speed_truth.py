@@ -126,14 +126,23 @@ def _prepare(a: argparse.Namespace) -> int:
     prof = load_model(a.model)
     ctx = a.n_prompt + a.n_gen
     engine = "llama.cpp"
-    wanted = a.configs.split(",") if a.configs else ["fit", "ot-exps", "ncmoe", "ngl", "omni_place", "omni_place_pp",
-                                                      "sweep"]
+    wanted = a.configs.split(",") if a.configs else ["fit", "ot-exps", "ncmoe", "ngl", "omni_place", "omni_place_tg",
+                                                      "omni_place_pp", "omni_place_pin", "sweep"]
     configs = build_configs(prof, cluster, engine, n_prompt=a.n_prompt, n_gen=a.n_gen, ubatch=a.ubatch,
                             configs=[c for c in wanted if c in CONFIG_ORDER])
-    if "omni_place_pp" in wanted:
-        configs += build_configs(prof, cluster, engine, n_prompt=a.n_prompt, n_gen=a.n_gen, ubatch=a.ubatch,
-                                 objective="pp", configs=("omni_place",))
-        configs[-1].name = "omni_place_pp"
+    # the plan of each objective ("omni_place" is the default, balanced); a plan equal to an
+    # earlier one runs once, and ``objectives`` names the configuration that measured it
+    objectives = {"balanced": "omni_place"} if "omni_place" in wanted else {}
+    for objective in ("tg", "pp"):
+        if f"omni_place_{objective}" not in wanted:
+            continue
+        cfg = build_configs(prof, cluster, engine, n_prompt=a.n_prompt, n_gen=a.n_gen, ubatch=a.ubatch,
+                            objective=objective, configs=("omni_place",))[0]
+        same = next((c for c in configs if c.attempts[0].argv == cfg.attempts[0].argv), None)
+        if same is None:
+            cfg.name = f"omni_place_{objective}"
+            configs.append(cfg)
+        objectives[objective] = cfg.name if same is None else same.name
     seen = {tuple(att.argv) for c in configs for att in c.attempts}
 
     def feasible(argv: list[str]) -> dict[str, Any] | None:
@@ -147,6 +156,15 @@ def _prepare(a: argparse.Namespace) -> int:
             seen.add(tuple(argv))
             configs.append(BenchConfig(engine, name, [Attempt(argv, price)], note))
 
+    plan = next((c for c in configs if c.name == "omni_place"), None)
+    if "omni_place_pin" in wanted and plan is not None:
+        # the plan's placement with its CPU-held weights pinned (-lm none) and op offload on: what
+        # the plan's note says pinning would give
+        argv = list(plan.attempts[0].argv)
+        if "-nopo" in argv:
+            i = argv.index("-nopo")
+            del argv[i:i + 2]
+        add("omni_place_pin", [*argv, "-lm", "none"], "the balanced plan's placement, CPU weights pinned, op offload on")
     if "sweep" in wanted:
         # placements across the CPU's share: whole layers on the CPU (-ngl), and for MoE the
         # experts of the first layers (--n-cpu-moe)
@@ -160,7 +178,7 @@ def _prepare(a: argparse.Namespace) -> int:
                 add(f"ncmoe{n}", ["-ngl", "99", "-ncmoe", str(n)], "experts of the first layers on the CPU")
     matrix = {"schema": SCHEMA, "model": Path(a.model).name.split(".")[0], "model_file": a.model_file or a.model,
               "cluster": cluster.name, "rig": a.rig, "n_prompt": a.n_prompt, "n_gen": a.n_gen, "ubatch": a.ubatch,
-              "threads": a.threads, "configs": [c.to_dict() for c in configs],
+              "threads": a.threads, "objectives": objectives, "configs": [c.to_dict() for c in configs],
               "common": {engine: common_args(engine, a.model_file or a.model, n_prompt=a.n_prompt, n_gen=a.n_gen,
                                              ubatch=a.ubatch, reps=a.reps, threads=a.threads)}}
     Path(a.output).write_text(json.dumps(matrix, indent=1))
