@@ -277,10 +277,12 @@ def _report(a: argparse.Namespace) -> int:
     import statistics
 
     from omni_place.bench.logread import placement_from_log
-    from omni_place.cost import Context, CostModel, SpeedParams
+    from omni_place.cost import CostModel, SpeedParams
     from omni_place.devices import resolve_cluster
+    from omni_place.engines import dialect
     from omni_place.model import load_model
 
+    rules = dialect("llama.cpp")
     params = SpeedParams(**json.loads(a.params)) if a.params else None
     if a.calibration:  # `omni-place calibrate --format json` output
         fitted = json.loads(Path(a.calibration).read_text())["engines"]["llama.cpp"]["params"]
@@ -294,7 +296,10 @@ def _report(a: argparse.Namespace) -> int:
         placement = placement_from_log(row["log"], prof, ["CUDA0"], "llama.cpp", row["argv"])
         if placement is None:
             continue
-        cost = CostModel(prof, cluster, Context(ctx=512 + 32, n_ubatch=512), params)
+        parsed = rules.parse_args(row["argv"], tool="bench")
+        context = rules.traits.context(ctx=512 + 32, n_ubatch=512, pinned_weights=parsed.pinned_weights,
+                                       op_offload=parsed.op_offload)
+        cost = CostModel(prof, cluster, context, params)
         pred = cost.predict(placement)
         tg, pp = statistics.median(row["tg"]), statistics.median(row["pp"])
         n_cpu = sum(h == "CPU" for h in placement.layer_home)

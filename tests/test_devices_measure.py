@@ -66,7 +66,8 @@ def test_measure_memory_bandwidth_is_the_read_kernel() -> None:
 # GPU: host->GPU copies through a fake libcuda
 # ---------------------------------------------------------------------------------------------
 
-_ERROR_NAMES = {2: b"CUDA_ERROR_OUT_OF_MEMORY", 100: b"CUDA_ERROR_NO_DEVICE", 999: b"CUDA_ERROR_UNKNOWN"}
+_ERROR_NAMES = {2: b"CUDA_ERROR_OUT_OF_MEMORY", 100: b"CUDA_ERROR_NO_DEVICE", 201: b"CUDA_ERROR_INVALID_CONTEXT",
+                999: b"CUDA_ERROR_UNKNOWN"}
 
 
 class FakeCuda:
@@ -147,6 +148,9 @@ class FakeCuda:
         return self._enter("cuMemFree_v2")
 
     def cuMemHostAlloc(self, ptr: Any, size: ctypes.c_size_t, flags: ctypes.c_uint) -> int:
+        if not self.current:
+            self.calls.append("cuMemHostAlloc")
+            return 201  # CUDA_ERROR_INVALID_CONTEXT, as the real driver answers without a context
         rc = self._enter("cuMemHostAlloc")
         if rc == 0:
             buf = ctypes.create_string_buffer(size.value)
@@ -189,9 +193,10 @@ def test_rates_and_call_sequence(monkeypatch: pytest.MonkeyPatch, small_copies: 
         assert rate.pinned_gbs is not None and rate.pinned_gbs > 2 * rate.pageable_gbs
         assert rate.pci_bus_id == fake.bus_ids[i] and rate.ordinal == i
     per_gpu = ["cuDeviceGet", "cuDeviceGetPCIBusId", "cuDevicePrimaryCtxRetain", "cuCtxSetCurrent",
-               "cuMemAlloc_v2", *["cuMemcpyHtoD_v2", "cuCtxSynchronize"] * 8, "cuMemFree_v2",
+               "cuMemAlloc_v2", *["cuMemcpyHtoD_v2", "cuCtxSynchronize"] * 4, "cuMemHostAlloc",
+               *["cuMemcpyHtoD_v2", "cuCtxSynchronize"] * 4, "cuMemFreeHost", "cuMemFree_v2",
                "cuCtxSetCurrent", "cuDevicePrimaryCtxRelease_v2"]
-    assert fake.calls == ["cuInit", "cuDeviceGetCount", "cuMemHostAlloc", *per_gpu, *per_gpu, "cuMemFreeHost"]
+    assert fake.calls == ["cuInit", "cuDeviceGetCount", *per_gpu, *per_gpu]
     assert not fake.retained and not fake.device_mem and not fake.pinned  # everything given back
 
 
@@ -201,8 +206,8 @@ def test_errors_become_notes_and_resources_are_released(monkeypatch: pytest.Monk
     use_cuda(monkeypatch, fake)
     rates, notes = cudacopy.measure_host_copies()
     assert list(rates) == [0] and rates[0].pinned_gbs is None and rates[0].pageable_gbs > 0
-    assert notes == ["pinned host memory unavailable (cuMemHostAlloc failed: CUDA_ERROR_UNKNOWN): only pageable "
-                     "copies measured",
+    assert notes == ["CUDA0: pinned host memory unavailable (cuMemHostAlloc failed: CUDA_ERROR_UNKNOWN): only "
+                     "pageable copies measured",
                      "CUDA1: host->GPU copy rate not measured (cuMemAlloc_v2 failed: CUDA_ERROR_OUT_OF_MEMORY)"]
     assert not fake.retained and not fake.device_mem and not fake.pinned
 

@@ -107,8 +107,24 @@ def _best_copy_seconds(cuda: _Driver, dptr: int, host: int, size: int, reps: int
     return best
 
 
-def _measure_one(cuda: _Driver, ordinal: int, pageable: np.ndarray, pinned: int | None, reps: int,
-                 notes: list[str]) -> HostCopy:
+def _pinned_seconds(cuda: _Driver, dptr: int, size: int, reps: int, name: str, notes: list[str]) -> float | None:
+    """The best copy from ``cuMemHostAlloc``'d memory, allocated in the current context (the
+    driver refuses it without one: CUDA_ERROR_INVALID_CONTEXT); None, with a note, when pinned
+    memory is unavailable."""
+    pinned = ctypes.c_void_p()
+    try:
+        cuda("cuMemHostAlloc", ctypes.pointer(pinned), ctypes.c_size_t(size), ctypes.c_uint(0))
+    except _CudaFailure as err:
+        notes.append(f"{name}: pinned host memory unavailable ({err}): only pageable copies measured")
+        return None
+    try:
+        ctypes.memset(pinned, 1, size)
+        return _best_copy_seconds(cuda, dptr, pinned.value or 0, size, reps)
+    finally:
+        _release(cuda, notes, name, "cuMemFreeHost", pinned)
+
+
+def _measure_one(cuda: _Driver, ordinal: int, pageable: np.ndarray, reps: int, notes: list[str]) -> HostCopy:
     size = pageable.nbytes
     dev = ctypes.c_int()
     cuda("cuDeviceGet", ctypes.pointer(dev), ctypes.c_int(ordinal))
@@ -126,7 +142,7 @@ def _measure_one(cuda: _Driver, ordinal: int, pageable: np.ndarray, pinned: int 
         cuda("cuMemAlloc_v2", ctypes.pointer(dptr), ctypes.c_size_t(size))
         try:
             pageable_s = _best_copy_seconds(cuda, dptr.value, pageable.ctypes.data, size, reps)
-            pinned_s = None if pinned is None else _best_copy_seconds(cuda, dptr.value, pinned, size, reps)
+            pinned_s = _pinned_seconds(cuda, dptr.value, size, reps, f"CUDA{ordinal}", notes)
         finally:
             _release(cuda, notes, f"CUDA{ordinal}", "cuMemFree_v2", ctypes.c_uint64(dptr.value))
     finally:
@@ -152,10 +168,10 @@ def measure_host_copies(ordinals: Sequence[int] | None = None, *, size_bytes: in
     """Host->GPU copy rates of the visible CUDA devices from pageable and pinned memory.
 
     Each device gets ``reps`` timed ``cuMemcpyHtoD`` copies of ``size_bytes`` (default
-    :data:`COPY_BYTES`; after a warm-up)
-    from a plain numpy buffer and from ``cuMemHostAlloc``'d memory; the best of each counts. The
-    host buffers are capped at an eighth of available memory each. ``ordinals`` limits the
-    devices (default: all the driver sees). Returns the rates by ordinal and notes on what could
+    :data:`COPY_BYTES`; after a warm-up) from a plain numpy buffer and from ``cuMemHostAlloc``'d
+    memory (allocated in that device's primary context); the best of each counts. The host
+    buffers are capped at an eighth of available memory each. ``ordinals`` limits the devices
+    (default: all the driver sees). Returns the rates by ordinal and notes on what could
     not be measured; never raises for a missing driver or a failing call.
     """
     lib = _load_libcuda()
@@ -180,23 +196,12 @@ def measure_host_copies(ordinals: Sequence[int] | None = None, *, size_bytes: in
         return {}, [f"too little free memory for a {_MIN_COPY_BYTES // MiB} MiB copy: host->GPU copy rate "
                     "not measured"]
     pageable = np.ones(size_bytes, dtype=np.uint8)  # written, so every page is mapped before timing
-    pinned = ctypes.c_void_p()
-    try:
-        cuda("cuMemHostAlloc", ctypes.pointer(pinned), ctypes.c_size_t(size_bytes), ctypes.c_uint(0))
-        ctypes.memset(pinned, 1, size_bytes)
-    except _CudaFailure as err:
-        notes.append(f"pinned host memory unavailable ({err}): only pageable copies measured")
-        pinned = ctypes.c_void_p()
     rates: dict[int, HostCopy] = {}
-    try:
-        for i in wanted:
-            try:
-                rates[i] = _measure_one(cuda, i, pageable, pinned.value, reps, notes)
-            except _CudaFailure as err:
-                notes.append(f"CUDA{i}: host->GPU copy rate not measured ({err})")
-    finally:
-        if pinned.value:
-            _release(cuda, notes, "host", "cuMemFreeHost", pinned)
+    for i in wanted:
+        try:
+            rates[i] = _measure_one(cuda, i, pageable, reps, notes)
+        except _CudaFailure as err:
+            notes.append(f"CUDA{i}: host->GPU copy rate not measured ({err})")
     return rates, notes
 
 
