@@ -13,11 +13,14 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, TypeVar
 
 import numpy as np
 
 from .errors import InvalidArgumentError
 from .units import GB, GiB, MiB
+
+T = TypeVar("T")
 
 #: Memory bandwidth assumed for the CPU when neither a probe nor a cluster file gives one, GB/s.
 #: Conservative on purpose: dual-channel DDR4-3200 peaks at 51.2 GB/s and sustains ~40 GB/s;
@@ -162,6 +165,30 @@ def measure_memory_bandwidth(threads: int | None = None, size_bytes: int | None 
         raise InvalidArgumentError(f"bandwidth probe needs a buffer of at least 1 MiB (got {size_bytes!r} bytes)")
     seconds, _ = core.membw_read(size_bytes, threads, reps)
     return (size_bytes // 8 * 8) / seconds / GB
+
+
+def _cpu_jiffies() -> tuple[int, int] | None:
+    """(busy, total) clock ticks of all CPUs since boot from /proc/stat; None off Linux."""
+    line = (_read("/proc/stat") or "").split("\n", 1)[0].split()
+    if len(line) < 6 or line[0] != "cpu" or not all(x.isdigit() for x in line[1:9]):
+        return None
+    ticks = [int(x) for x in line[1:9]]  # user nice system idle iowait irq softirq steal
+    return sum(ticks) - ticks[3] - ticks[4], sum(ticks)
+
+
+def others_cpu_share(run: Callable[[], T]) -> tuple[T, float | None]:
+    """``run()``, and the share of the machine's CPU time that *other* processes used meanwhile
+    (0..1; None where /proc/stat is missing). A bandwidth probe that shares the cores and the
+    memory bus with a compile or an inference reads low (an H200 host measured 48.5 GB/s during a
+    16-job build, where llama.cpp decode alone read about 75)."""
+    before, own_before = _cpu_jiffies(), time.process_time()
+    result = run()
+    after, own = _cpu_jiffies(), time.process_time() - own_before
+    if before is None or after is None or after[1] <= before[1]:
+        return result, None
+    busy, total = after[0] - before[0], after[1] - before[1]
+    others = busy - own * (os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100)
+    return result, min(1.0, max(0.0, others / total))
 
 
 def measure_disk_read_bandwidth(folder: str | os.PathLike[str] | None = None,

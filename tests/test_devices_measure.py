@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import ctypes
 import json
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -17,7 +20,7 @@ import pytest
 
 from omni_place._native import core
 from omni_place.cli import main
-from omni_place.cpuprobe import measure_memory_bandwidth
+from omni_place.cpuprobe import measure_memory_bandwidth, others_cpu_share
 from omni_place.devices import Device, discover, load_cluster
 from omni_place.devices import cudacopy
 from omni_place.errors import ClusterError, InvalidArgumentError
@@ -60,6 +63,32 @@ def test_measure_memory_bandwidth_is_the_read_kernel() -> None:
         measure_memory_bandwidth(threads=1, size_bytes=1000)
     with pytest.raises(InvalidArgumentError, match="threads"):
         measure_memory_bandwidth(threads=0, size_bytes=64 * MiB)
+
+
+def test_others_cpu_share_sees_a_busy_neighbour() -> None:
+    """Processes spinning beside a probe show up in the share; the probe's own threads do not."""
+    n = min(os.cpu_count() or 1, 4)
+    spin = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(n)]
+    try:
+        time.sleep(0.3)
+        _, share = others_cpu_share(lambda: time.sleep(1.0))
+    finally:
+        for p in spin:
+            p.kill()
+            p.wait()
+    assert share is not None and share > 0.6 * n / (os.cpu_count() or 1)
+    gbs, _ = others_cpu_share(lambda: measure_memory_bandwidth(threads=2, size_bytes=64 * MiB, reps=2))
+    assert gbs > 0
+
+
+def test_busy_probe_is_noted(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("omni_place.devices.cluster.others_cpu_share", lambda run: (41.5, 0.45))
+    monkeypatch.setattr("omni_place.devices.cluster.measure_disk_read_bandwidth", lambda: 2.0)
+    cluster = discover(measure=True)
+    assert cluster.cpu is not None and cluster.cpu.bandwidth_gbs == 41.5
+    assert any("measured while other processes used 45% of the CPU" in n for n in cluster.notes)
+    monkeypatch.setattr("omni_place.devices.cluster.others_cpu_share", lambda run: (41.5, 0.05))
+    assert not any("other processes" in n for n in discover(measure=True).notes)
 
 
 # ---------------------------------------------------------------------------------------------

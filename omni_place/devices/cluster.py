@@ -17,7 +17,8 @@ from importlib import resources
 from types import MappingProxyType
 from typing import Any, Literal
 
-from ..cpuprobe import DEFAULT_CPU_BANDWIDTH_GBS, cpu_info, measure_disk_read_bandwidth, measure_memory_bandwidth
+from ..cpuprobe import (DEFAULT_CPU_BANDWIDTH_GBS, cpu_info, measure_disk_read_bandwidth, measure_memory_bandwidth,
+                        others_cpu_share)
 from ..errors import ClusterError
 from ..units import GiB, MiB
 from ..validate import choice, flag, integer, number, show, text
@@ -245,7 +246,15 @@ def _engine_order(devices: Sequence[Device]) -> tuple[Device, ...]:
 # The local CPU
 # --------------------------------------------------------------------------------------------
 
+# Other processes' share of the CPU during the bandwidth probe above which the figure is flagged
+_BUSY_SHARE = 0.2
+
+
 def _cpu_notes(cpu: Device) -> list[str]:
+    if "others_busy" in cpu.source:
+        return [f"CPU memory bandwidth {cpu.bandwidth_gbs:.1f} GB/s was measured while other processes used "
+                f"{float(cpu.source['others_busy']):.0%} of the CPU: it reads low under load; run devices "
+                "--measure again on an idle machine (decode speeds are priced from it)"]
     if cpu.source.get("bandwidth") != "estimated":
         return []
     return [f"CPU memory bandwidth assumed {cpu.bandwidth_gbs:g} GB/s; use --measure or "
@@ -277,8 +286,10 @@ def _local_cpu(*, measure: bool, given: Mapping[str, Any] | None = None) -> Devi
     if bandwidth is not None:
         source["bandwidth"] = "file"
     elif measure:
-        bandwidth = measure_memory_bandwidth(threads=threads)
+        bandwidth, busy = others_cpu_share(lambda: measure_memory_bandwidth(threads=threads))
         source["bandwidth"] = "measured"
+        if busy is not None and busy > _BUSY_SHARE:
+            source["others_busy"] = f"{busy:.2f}"
     else:
         bandwidth = DEFAULT_CPU_BANDWIDTH_GBS
         source["bandwidth"] = "estimated"
