@@ -17,12 +17,20 @@ Three subcommands, run in this order on the GPU machine:
 ``prepare MODEL --cluster TOML --rig NAME -o MATRIX``
     The configurations of one model on one rig: the engine's ``--fit``, the recipes of
     ``omni-place bench`` (``-ot exps=CPU``, the smallest ``--n-cpu-moe``, the largest ``-ngl``),
-    omni_place's plans for the ``tg`` and ``pp`` objectives, and a sweep of placements that
-    spans the CPU share (``-ngl`` / ``--n-cpu-moe`` steps), each with omni_place's prediction.
+    omni_place's plans for each objective (balanced, ``tg``, ``pp``; a plan equal to an earlier
+    configuration runs once, the matrix's ``objectives`` names it), the balanced plan with its
+    CPU weights pinned (``-lm none``, op offload on), and a sweep of placements that spans the
+    CPU share (``-ngl`` / ``--n-cpu-moe`` steps), each with omni_place's prediction.
 
 ``run MATRIX... --bin llama-bench --out DIR --rounds N``
     Every configuration of every matrix, in rounds that alternate the order (A B C, C B A, ...)
     so slow drifts of the machine do not favour one configuration; one ``-v`` log per run.
+
+Then, anywhere: ``report`` (each run priced as it ran), ``versus`` (each objective's plan against
+every recipe, with the rounds' spread) and ``vram`` (the engine's buffers against the price).
+
+Measure the CPU (``devices --measure``, ``host_link.py``) on an idle machine: the first H200 runs
+probed it beside a 16-job compile and read 48.5 GB/s where decode alone reached ~75.
 
 Speed models are deterministic: ``models DIR --header-only`` here writes the same headers
 (the same bytes up to the data), which is all that pricing needs.
@@ -164,7 +172,7 @@ def _prepare(a: argparse.Namespace) -> int:
         if "-nopo" in argv:
             i = argv.index("-nopo")
             del argv[i:i + 2]
-        add("omni_place_pin", [*argv, "-lm", "none"], "the balanced plan's placement, CPU weights pinned, op offload on")
+        add("omni_place_pin", [*argv, "-lm", "none"], "the balanced plan, CPU weights pinned, op offload on")
     if "sweep" in wanted:
         # placements across the CPU's share: whole layers on the CPU (-ngl), and for MoE the
         # experts of the first layers (--n-cpu-moe)
@@ -360,6 +368,58 @@ def _vram(a: argparse.Namespace) -> int:
     return _emit(lines, out, a.json)
 
 
+RECIPES = ("fit", "ot-exps", "ncmoe", "ngl")
+
+
+def _objective_configs(results: list[str]) -> dict[tuple[str, str], dict[str, str]]:
+    """(rig, model) -> objective -> the configuration that ran that objective's plan, from the
+    matrices `prepare` wrote (kept in logs.tar.xz); a rig without one ran the balanced plan only."""
+    out: dict[tuple[str, str], dict[str, str]] = {}
+    for res in results:
+        tar_path = Path(res) / "logs.tar.xz"
+        if not tar_path.exists():
+            continue
+        with tarfile.open(tar_path) as tar:
+            for member in tar.getmembers():
+                if re.fullmatch(r"res/matrix_[^/]+\.json", member.name):
+                    fh = tar.extractfile(member)
+                    m = json.load(fh) if fh else {}
+                    out[(m["rig"], m["model"])] = m.get("objectives", {})
+    return out
+
+
+def _versus(a: argparse.Namespace) -> int:
+    """Each objective's plan against every recipe, measured: medians over the interleaved rounds,
+    the spread (max - min) / median of both, and whether the plan is at least as good within it."""
+    import statistics
+
+    rows = _rows(a.results)
+    objectives = _objective_configs(a.results)
+    lines = ["| rig | model | objective (config) | metric | plan | recipe | recipe value | ratio | noise | verdict |",
+             "|---|---|---|---|---:|---|---:|---:|---:|---|"]
+    out = []
+    for rig, model in sorted({(r, m) for r, m, _ in rows}):
+        objs = objectives.get((rig, model), {"balanced": "omni_place"})
+        for objective, config in sorted(objs.items()):
+            plan = rows.get((rig, model, config))
+            if plan is None:
+                continue
+            for metric in (("tg", "pp") if objective == "balanced" else (objective,)):
+                for recipe in RECIPES:
+                    rec = rows.get((rig, model, recipe))
+                    if rec is None:
+                        continue
+                    pv, rv = statistics.median(plan[metric]), statistics.median(rec[metric])
+                    noise = max((max(x) - min(x)) / statistics.median(x) for x in (plan[metric], rec[metric]))
+                    ok = pv >= rv * (1 - noise)
+                    out.append({"rig": rig, "model": model, "objective": objective, "config": config,
+                                "metric": metric, "plan": pv, "recipe": recipe, "recipe_value": rv,
+                                "ratio": pv / rv, "noise": noise, "at_least_as_good": ok})
+                    lines.append(f"| {rig} | {model} | {objective} ({config}) | {metric} | {pv:.1f} | {recipe} | "
+                                 f"{rv:.1f} | {pv / rv:.2f} | {noise:.0%} | {'ok' if ok else 'BELOW'} |")
+    return _emit(lines, out, a.json)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -378,7 +438,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--reps", type=int, default=2)
     p.add_argument("--threads", type=int)
     p.add_argument("--configs", help="comma-separated subset of: fit, ot-exps, ncmoe, ngl, omni_place, "
-                                      "omni_place_pp, sweep (default: all)")
+                                      "omni_place_tg, omni_place_pp, omni_place_pin, sweep (default: all)")
     p.add_argument("-o", "--output", required=True)
     g = sub.add_parser("rig")
     g.add_argument("name")
@@ -403,6 +463,9 @@ def main(argv: list[str] | None = None) -> int:
     q.add_argument("--calibration", help="price with the parameters of `omni-place calibrate --format json`")
     q.add_argument("--only-model", help="only this model's configurations")
     q.add_argument("--json")
+    w = sub.add_parser("versus")
+    w.add_argument("results", nargs="+")
+    w.add_argument("--json")
     v = sub.add_parser("vram")
     v.add_argument("results", nargs="+")
     v.add_argument("--headers", required=True)
@@ -410,7 +473,7 @@ def main(argv: list[str] | None = None) -> int:
     v.add_argument("--json")
     a = ap.parse_args(argv)
     return {"models": _models, "prepare": _prepare, "rig": _rig, "run": _run, "report": _report,
-            "vram": _vram}[a.cmd](a)
+            "vram": _vram, "versus": _versus}[a.cmd](a)
 
 
 if __name__ == "__main__":
