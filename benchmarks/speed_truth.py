@@ -44,6 +44,7 @@ import re
 import sys
 import tarfile
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -82,24 +83,73 @@ def write_speed_model(name: str, folder: Path, *, header_only: bool = False) -> 
     full.rename(target)
     (folder / "full").rmdir()
     shard = files.shards[0]
-    rng = np.random.default_rng(0)
     with open(target, "r+b") as fh:
-        for t in files.tensors:
-            n = t.n_elements
-            if t.name.endswith("norm.weight") or "_norm" in t.name:
-                data = np.ones(n, dtype=np.float32).tobytes()
-            elif t.name.endswith("ffn_gate_inp.weight"):
-                data = rng.standard_normal(n, dtype=np.float32).tobytes()
-            elif t.name == "token_embd.weight" and t.type_name == "Q4_K":
-                data = _random_q4_k(rng, t.n_bytes)
-            elif t.name == "token_embd.weight":
-                raise SystemExit(f"{name}: token_embd is {t.type_name}; the speed models write Q4_K embeddings")
-            else:
-                continue
+        for t, data in _valued_tensors(files):
             assert len(data) == t.n_bytes, (t.name, len(data), t.n_bytes)
             fh.seek(shard.data_offset + t.offset)
             fh.write(data)
     return target
+
+
+def _valued_tensors(files: Any) -> Iterator[tuple[Any, bytes]]:
+    """The tensors of a speed model that hold values, with their bytes, in file order (one
+    seeded generator: the same values every time)."""
+    rng = np.random.default_rng(0)
+    for t in files.tensors:
+        n = t.n_elements
+        if t.name.endswith("norm.weight") or "_norm" in t.name:
+            yield t, np.ones(n, dtype=np.float32).tobytes()
+        elif t.name.endswith("ffn_gate_inp.weight"):
+            yield t, rng.standard_normal(n, dtype=np.float32).tobytes()
+        elif t.name == "token_embd.weight" and t.type_name == "Q4_K":
+            yield t, _random_q4_k(rng, t.n_bytes)
+        elif t.name == "token_embd.weight":
+            raise SystemExit(f"{t.name} is {t.type_name}; the speed models write Q4_K embeddings")
+
+
+def routed_share(header: Path, n_tokens: int = 512, trials: int = 4) -> float:
+    """The mean share of a MoE layer's experts that one ubatch of ``n_tokens`` random prompt
+    tokens (llama-bench's ``std::rand() % n_vocab``) routes to, replayed from the speed model's own
+    router and embeddings (the header names them, ``_valued_tensors`` regenerates their values).
+    With zero attention and FFN outputs each layer's router sees the token's RMS-normed embedding.
+    A sigmoid router (deepseek2's ``expert_gating_func`` 2) meets logits of ~45 sd here: sigmoid
+    rounds most of the top ones to 1.0f and the tie goes to the lowest expert index
+    (ggml/src/ggml-cuda/topk-moe.cu:210), so a ubatch touches ~57 % of mla16's experts where a
+    real router's ~1-sd logits touch all. 1.0 for a dense model."""
+    from gguf import GGMLQuantizationType
+    from gguf.quants import dequantize
+
+    from omni_place.gguf import read_model_files
+
+    files = read_model_files(header)
+    meta = files.metadata
+    arch = meta["general.architecture"]
+    n_exp, k = meta.get(f"{arch}.expert_count", 0), meta.get(f"{arch}.expert_used_count", 0)
+    if not n_exp:
+        return 1.0
+    sigmoid = meta.get(f"{arch}.expert_gating_func") == 2  # LLAMA_EXPERT_GATING_FUNC_TYPE_SIGMOID
+    n_embd = meta[f"{arch}.embedding_length"]
+    emb, routers = b"", []
+    for t, data in _valued_tensors(files):
+        if t.name == "token_embd.weight":
+            emb, n_vocab = data, t.shape[1]
+        elif t.name.endswith("ffn_gate_inp.weight"):
+            routers.append(np.frombuffer(data, dtype=np.float32).reshape(n_exp, n_embd))
+    rows = np.frombuffer(emb, dtype=np.uint8).reshape(n_vocab, -1)
+    pick = np.random.default_rng(1)
+    shares = []
+    for _ in range(trials):
+        tokens = rows[pick.integers(0, n_vocab, n_tokens)]
+        x = dequantize(tokens, GGMLQuantizationType.Q4_K).astype(np.float32).reshape(n_tokens, n_embd)
+        x /= np.sqrt((x * x).mean(axis=1, keepdims=True) + 1e-6)
+        for w in routers:
+            logits = x @ w.T
+            # softmax is monotone in the logits; sigmoid in F32 saturates (ties)
+            score = (1 / (1 + np.exp(-logits.astype(np.float64)))).astype(np.float32) if sigmoid else logits
+            ties_low = np.broadcast_to(np.arange(n_exp), score.shape)
+            top = np.lexsort((ties_low, -score), axis=1)[:, :k]
+            shares.append(len(np.unique(top)) / n_exp)
+    return float(np.mean(shares))
 
 
 def _random_q4_k(rng: np.random.Generator, nbytes: int) -> bytes:
@@ -298,8 +348,12 @@ def _report(a: argparse.Namespace) -> int:
     rows = _rows(a.results, a.only_model)
     out = []
     models: dict[str, Any] = {}
+    routing: dict[str, float] = {}
     for (rig, model, config), row in sorted(rows.items()):
-        prof = models.setdefault(model, load_model(Path(a.headers) / f"{model}.hdr.gguf"))
+        header = Path(a.headers) / f"{model}.hdr.gguf"
+        prof = models.setdefault(model, load_model(header))
+        if model not in routing:  # the share of experts a ubatch touched in these runs
+            routing[model] = routed_share(header) if a.routing == "replayed" else 1.0
         cluster = resolve_cluster(str(Path(a.rigs) / f"rig_{rig.removeprefix('h200-')}.toml"))
         placement = placement_from_log(row["log"], prof, ["CUDA0"], "llama.cpp", row["argv"])
         if placement is None:
@@ -308,6 +362,8 @@ def _report(a: argparse.Namespace) -> int:
         context = rules.traits.context(ctx=512 + 32, n_ubatch=512, pinned_weights=parsed.pinned_weights,
                                        op_offload=parsed.op_offload)
         cost = CostModel(prof, cluster, context, params)
+        if a.routing == "replayed":
+            cost = cost.with_routing(routing[model])
         pred = cost.predict(placement)
         tg, pp = statistics.median(row["tg"]), statistics.median(row["pp"])
         n_cpu = sum(h == "CPU" for h in placement.layer_home)
@@ -324,6 +380,8 @@ def _report(a: argparse.Namespace) -> int:
                      f"{o['tg']:.1f} ({o['tg_spread'][0]:.1f}-{o['tg_spread'][1]:.1f}) | {o['pred_tg']:.1f} | "
                      f"{o['tg_err']:+.0%} | {o['pp']:.0f} ({o['pp_spread'][0]:.0f}-{o['pp_spread'][1]:.0f}) | "
                      f"{o['pred_pp']:.0f} | {o['pp_err']:+.0%} |")
+    lines.append("\nexperts one ubatch touched: " + ", ".join(f"{m} {v:.0%}" for m, v in sorted(routing.items()))
+                 + ("" if a.routing == "replayed" else " (assumed: uniform routing)"))
     for rig in sorted({o["rig"] for o in out}):
         for kind in ("tg", "pp"):
             errs = sorted(abs(o[f"{kind}_err"]) for o in out if o["rig"] == rig)
@@ -462,6 +520,9 @@ def main(argv: list[str] | None = None) -> int:
     q.add_argument("--params", help="SpeedParams as JSON (default: the model's defaults)")
     q.add_argument("--calibration", help="price with the parameters of `omni-place calibrate --format json`")
     q.add_argument("--only-model", help="only this model's configurations")
+    q.add_argument("--routing", choices=("replayed", "uniform"), default="replayed",
+                   help="the share of experts a ubatch touches: replayed from each speed model's router "
+                        "(what the runs did, routed_share) or the cost model's uniform-routing default")
     q.add_argument("--json")
     w = sub.add_parser("versus")
     w.add_argument("results", nargs="+")

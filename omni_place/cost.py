@@ -1,8 +1,8 @@
 """The speed and memory model of a placement, and its translation into the core's arrays.
 
 A :class:`Placement` says, engine-neutrally, where every layer's home is (its dense part, KV
-cache and compute), which of its routed-expert tensors are overridden to the CPU, and where the
-output head goes. :class:`CostModel` prices a placement exactly in bytes and seconds; the same
+cache and compute), which of its routed-expert tensors live elsewhere (the CPU or another local
+GPU), and where the output head goes. :class:`CostModel` prices a placement exactly in bytes and seconds; the same
 methods fill the arrays the C core optimizes over (:mod:`omni_place.problem`), so what the core
 minimizes and what a plan reports are one model.
 
@@ -10,7 +10,10 @@ Decode (tg, batch 1) is memory-bound: each layer reads its dense weights, its KV
 ``depth`` and ``k/N`` of its routed-expert bytes from the memory they sit in, at that memory's
 bandwidth times an efficiency, plus a fixed cost per layer on each backend it visits (kernel
 launches, thread barriers); every hop of the activations between devices costs a graph split
-(scheduling + synchronisation) plus the link's latency and the ``n_embd`` F32 transfer.
+(scheduling + synchronisation) plus the link's latency and the ``n_embd`` F32 transfer. Experts
+away from their layer (CPU or another GPU) cost a hop out and one back per layer visit: the
+scheduler runs an op on the backend holding its weight (``ggml/src/ggml-backend.cpp:951-980``)
+and copies its inputs there; GPUs without P2P copy through the host, over both links.
 Prompt processing (pp, batches of ``n_ubatch``) is compute-bound on the GPUs (a routed expert
 costs at least one MMQ tile of tokens); weights held by the CPU are copied from pageable host
 memory to the first device per ubatch (llama.cpp's op offload for batches of 32 or more; only
@@ -27,16 +30,17 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Sequence
 from functools import cached_property
 from dataclasses import asdict, dataclass, replace
 
 from .compute import PIPELINE_COPIES, ComputeEstimate, compute_buffer_estimate
 from .cpuprobe import DEFAULT_DISK_GBS
 from .devices import Cluster, Device
-from .errors import ClusterError
+from .errors import ClusterError, InvalidArgumentError
 from .model import LayerCost, ModelProfile, Role
-from .placement import (CPU, EXPERT_KINDS, EXPERT_OPTIONS, Context, DeviceUsage, Placement, Prediction, expert_kind,
-                        placement_from_counts)
+from .placement import (CPU, EXPERT_KINDS, EXPERT_OPTIONS, Context, DeviceUsage, ExpertHomes, Placement, Prediction,
+                        expert_kind, on_cpu, placement_from_counts)
 from .units import GB
 
 # Op offload copies CPU-held weights with cudaMemcpyAsync from pageable (mmap'd) memory
@@ -127,6 +131,8 @@ class CostModel:
         b = self.n_tokens = self.compute.n_tokens
         # Fraction of a layer's experts a ubatch touches (each token picks k of N).
         self.expert_hit = 1.0 - (1.0 - self.k_over_n) ** b if hp.n_expert else 1.0
+        per_expert = b * self.k_over_n / self.expert_hit  # tokens per touched expert, in whole MMQ tiles
+        self.tile_factor = math.ceil(per_expert / MMQ_TILE_TOKENS) * MMQ_TILE_TOKENS / per_expert if per_expert else 1.0
         depth_cells = min(c.depth, c.ctx)
         full_cells = model.kv_cells(c.ctx, c.n_seq)
         self.kv_read = [kv * depth_cells / full_cells for kv in self.kv]
@@ -148,6 +154,22 @@ class CostModel:
         new.__dict__.pop("op_offload_bound", None)  # a cached_property of the switches
         return new
 
+    def with_routing(self, tokens_per_expert: Sequence[Sequence[int]]) -> CostModel:
+        """This model with a replayed or measured routing instead of the default (tokens pick k of N
+        independently): per MoE layer, how many of one ubatch's tokens each expert got. Op offload
+        copies only the rows of experts that got any (ggml/src/ggml-backend.cpp:1708-1779); a GPU
+        runs each of them in whole MMQ tiles of tokens (MMQ_TILE_TOKENS). Averaged over layers."""
+        hp, routed = self.model.hparams, [list(c) for c in tokens_per_expert]
+        want = hp.n_expert_used * self.n_tokens
+        if not routed or any(len(c) != hp.n_expert or min(c) < 0 or sum(c) != want for c in routed):
+            raise InvalidArgumentError(f"a routing needs, per layer, {hp.n_expert} non-negative token counts "
+                                       f"summing to {want} (k x n_ubatch)", hint="replay one ubatch's router")
+        new = copy.copy(self)  # token slots per routed token, and the share of experts touched
+        tiles = [sum(math.ceil(n / MMQ_TILE_TOKENS) for n in c) * MMQ_TILE_TOKENS / want for c in routed]
+        new.expert_hit = sum(sum(n > 0 for n in c) for c in routed) / (hp.n_expert * len(routed))
+        new.tile_factor = sum(tiles) / len(tiles)
+        return new
+
     # -- bytes ------------------------------------------------------------------------------
     def _split_experts(self, lc: LayerCost) -> dict[str, dict[str, int]]:
         """backend -> expert kind -> allocated bytes, plus 'stored' -> kind -> bytes."""
@@ -160,12 +182,13 @@ class CostModel:
             out[backend] = per
         return out
 
-    def expert_bytes(self, il: int, backend: str, kinds: frozenset[str] | None, on_cpu: bool) -> int:
-        """Bytes of layer ``il``'s expert tensors that are (on_cpu) / are not on the CPU."""
+    def expert_bytes(self, il: int, backend: str, kinds: frozenset[str] | None, inside: bool) -> int:
+        """Bytes of layer ``il``'s expert tensors whose kind is (``inside``) / is not in ``kinds``
+        (None: all of them), as ``backend`` allocates them."""
         per = self._expert_split[il][backend]
         if kinds is None:
             return sum(per.values())
-        return sum(v for k, v in per.items() if (k in kinds) == on_cpu)
+        return sum(v for k, v in per.items() if (k in kinds) == inside)
 
     @cached_property
     def _offloadable_weights(self) -> tuple[list[int], list[dict[str, int]], int]:
@@ -260,11 +283,14 @@ class CostModel:
             use.n_layers += 1
             use.weights_bytes += lc.dense[backend]
             use.kv_bytes += self.kv[il]
-            if home == CPU:
-                use.weights_bytes += self.expert_bytes(il, "cpu", None, False)
-            else:
-                use.weights_bytes += self.expert_bytes(il, backend, p.cpu_experts[il], False)
-                cpu_use.weights_bytes += self.expert_bytes(il, "cpu", p.cpu_experts[il], True)
+            away = p.experts_away(il)
+            use.weights_bytes += self.expert_bytes(il, backend, frozenset().union(*away.values()), False)
+            for where, kinds in away.items():
+                if where not in out:
+                    raise InvalidArgumentError(f"layer {il}'s experts are placed on {where}, which is not one of the "
+                                               f"placement's devices ({', '.join(p.order) or 'none'})",
+                                               hint="a device holding experts must be in the device order")
+                out[where].weights_bytes += self.expert_bytes(il, self.backend(where), kinds, True)
         out_use = out[p.output]
         out_use.holds_output = True
         out_backend = "cpu" if p.output == CPU else backend_of(self.device(p.output))
@@ -272,7 +298,10 @@ class CostModel:
         copies = PIPELINE_COPIES if self.pipeline_parallel(p) else 1
         for name in p.order:
             use = out[name]
-            use.compute_bytes += self.compute.device_bytes(use.n_layers > 0, use.holds_output, copies,
+            # a GPU running other layers' experts holds their MoE intermediates: priced as a layer's
+            # whole peak when it runs no layer of its own (conservative), else within its own peak
+            runs_layers = use.n_layers > 0 or name in p.foreign_experts
+            use.compute_bytes += self.compute.device_bytes(runs_layers, use.holds_output, copies,
                                                            backend_of(self.device(name)))
         offload = bool(p.order) and self.device(p.order[0]).kind == "gpu" and self.context.op_offload
         if offload and self._has_cpu_weights(p):
@@ -299,8 +328,8 @@ class CostModel:
             if len(t.info.shape) < 2 or t.info.shape[1] % 8:
                 continue
             home = p.output if t.layer is None else p.layer_home[t.layer]
-            if t.role is Role.ROUTED_EXPERT and home != CPU and t.layer is not None:
-                home = CPU if expert_kind(t) in p.cpu_experts[t.layer] else home
+            if t.role is Role.ROUTED_EXPERT and t.layer is not None:
+                home = p.expert_home(t.layer, expert_kind(t))
             if home == CPU:
                 total += t.bytes
         return total
@@ -322,7 +351,8 @@ class CostModel:
         used = [n for n in p.order if n in p.layer_home]
         return (len(p.order) > 1 and all(h != CPU for h in p.layer_home) and bool(used)
                 and p.output == used[-1]  # elsewhere it takes an -ot override
-                and not p.extra_overrides and not self._has_cpu_weights(p))
+                and not p.extra_overrides and not any(
+                    p.expert_homes[il] and self.model.layers[il].has_experts for il in range(len(p.layer_home))))
 
     def _has_cpu_weights(self, p: Placement) -> bool:
         return any(h == CPU for h in p.layer_home) or any(
@@ -331,6 +361,10 @@ class CostModel:
     def device(self, name: str) -> Device:
         dev = self._devices.get(name)
         return dev if dev is not None else self.cluster.by_name(name)  # by_name raises the error
+
+    def backend(self, name: str) -> str:
+        """The backend class of a device name (``"cpu"`` for the CPU)."""
+        return "cpu" if name == CPU else backend_of(self.device(name))
 
     # -- seconds ----------------------------------------------------------------------------
     def bandwidth(self, name: str) -> float:
@@ -407,37 +441,48 @@ class CostModel:
         dense, experts = self._params[il]
         return dense, experts
 
-    def layer_tg(self, il: int, home: str, cpu_kinds: frozenset[str]) -> dict[str, float]:
+    def _away(self, il: int, experts: ExpertHomes) -> tuple[float, dict[str, float]]:
+        """Stored bytes of layer ``il``'s experts with the layer, and by device away from it."""
+        stored = self._expert_split[il]["stored"]
+        away: dict[str, float] = {}
+        for kind, dev in experts:
+            if stored.get(kind):
+                away[dev] = away.get(dev, 0.0) + stored[kind]
+        return sum(stored.values()) - sum(away.values()), away
+
+    def layer_tg(self, il: int, home: str, experts: ExpertHomes) -> dict[str, float]:
         """Decode seconds of layer ``il`` by where they are spent: bytes read at each memory's
         achieved bandwidth plus a fixed cost per layer on each backend it visits (kernel
         launches on a GPU, a thread barrier per op on the CPU; routed experts alone are about
-        a quarter of a MoE layer's ops)."""
+        a quarter of a MoE layer's ops), and the hops out to and back from each device holding
+        some of its experts (kinds on two devices: home -> a -> b -> home, priced as two round
+        trips, within a split of the three hops)."""
         lc = self.model.layers[il]
-        stored = self._expert_split[il]["stored"]
         dense_read = lc.dense["cpu"] + self.kv_read[il]
-        sp = self.params
         if home == CPU:
-            exp_read = sum(stored.values()) * self.k_over_n
-            return {CPU: (dense_read + exp_read) / self.bandwidth(CPU) + sp.cpu_layer_s}
-        on_dev = sum(v for k, v in stored.items() if k not in cpu_kinds) * self.k_over_n
-        on_cpu = sum(v for k, v in stored.items() if k in cpu_kinds) * self.k_over_n
-        out = {home: (dense_read + on_dev) / self.bandwidth(home) + self._layer_overhead(home)}
-        if on_cpu:
-            out[CPU] = on_cpu / self.bandwidth(CPU) + sp.cpu_layer_s * EXPERT_OPS_SHARE
-            out["transfers"] = 2 * self.hop_tg(home, CPU)
+            exp_read = sum(self._expert_split[il]["stored"].values()) * self.k_over_n
+            return {CPU: (dense_read + exp_read) / self.bandwidth(CPU) + self.params.cpu_layer_s}
+        with_layer, away = self._away(il, experts)
+        out = {home: (dense_read + with_layer * self.k_over_n) / self.bandwidth(home) + self._layer_overhead(home)}
+        for dev, stored in away.items():
+            t = stored * self.k_over_n / self.bandwidth(dev) + self._layer_overhead(dev) * EXPERT_OPS_SHARE
+            out[dev] = out.get(dev, 0.0) + t
+            out["transfers"] = out.get("transfers", 0.0) + 2 * self.hop_tg(home, dev)
         return out
 
     def _layer_overhead(self, name: str) -> float:
-        """Fixed decode seconds per layer on an accelerator (an RPC server runs a CPU backend)."""
-        return self.params.gpu_layer_s if self.device(name).kind == "gpu" else self.params.cpu_layer_s
+        """Fixed decode seconds per layer on a backend (an RPC server runs a CPU backend)."""
+        return self.params.gpu_layer_s if name != CPU and self.device(name).kind == "gpu" else self.params.cpu_layer_s
 
-    def layer_pp(self, il: int, home: str, cpu_kinds: frozenset[str], first: str | None) -> dict[str, float]:
+    def layer_pp(self, il: int, home: str, experts: ExpertHomes, first: str | None) -> dict[str, float]:
         """Prompt seconds per token of layer ``il`` by where they are spent. A CPU-home layer's
-        KV cache is copied to the offload device with its weights (its attention runs there)."""
+        KV cache is copied to the offload device with its weights (its attention runs there);
+        experts on another GPU are computed there, a hop out and back per ubatch."""
         dense_p, _ = self.layer_params(il)
-        stored = self._expert_split[il]["stored"]
-        exp_total = sum(stored.values())
-        frac_cpu = (sum(v for k, v in stored.items() if k in cpu_kinds) / exp_total) if exp_total else 0.0
+        exp_total = sum(self._expert_split[il]["stored"].values())
+        _, away = self._away(il, experts)
+        frac = {dev: b / exp_total for dev, b in away.items()}
+        frac_cpu = frac.pop(CPU, 0.0)
         dense_flops = 2.0 * dense_p
         out: dict[str, float] = {}
         if home == CPU:
@@ -446,7 +491,11 @@ class CostModel:
             out.update(self._cpu_weights_pp(dense_flops + self.expert_flops(il, on_gpu), streamed, first))
             return out
         on_gpu_home = self.device(home).kind == "gpu"
-        out[home] = (dense_flops + self.expert_flops(il, on_gpu_home) * (1 - frac_cpu)) / self.flops(home)
+        out[home] = (dense_flops + self.expert_flops(il, on_gpu_home) * (1 - frac_cpu - sum(frac.values()))
+                     ) / self.flops(home)
+        for dev, f in frac.items():
+            out[dev] = out.get(dev, 0.0) + self.expert_flops(il, self.device(dev).kind == "gpu") * f / self.flops(dev)
+            out["transfers"] = out.get("transfers", 0.0) + 2 * self.hop_pp(home, dev)
         if frac_cpu:
             streamed = exp_total * frac_cpu * self.expert_hit
             on_gpu = first is not None and self.offloads_to(first)
@@ -460,12 +509,7 @@ class CostModel:
         on a GPU every expert a ubatch touches costs at least one MMQ tile of tokens."""
         _, exp_p = self.layer_params(il)
         flops = 2.0 * exp_p * self.k_over_n
-        if not gpu or not flops:
-            return flops
-        hit = self.expert_hit
-        per_expert = self.n_tokens * self.k_over_n / hit  # tokens of each touched expert
-        tiles = math.ceil(per_expert / MMQ_TILE_TOKENS) * MMQ_TILE_TOKENS
-        return flops * tiles / per_expert
+        return flops * self.tile_factor if gpu else flops
 
     def stream_bandwidth(self, name: str) -> float:
         """Bytes/s at which op offload streams CPU-held weights to device ``name``, times
@@ -531,8 +575,8 @@ class CostModel:
             if home != prev:
                 add(tg, {"transfers": self.hop_tg(prev, home)})
                 add(pp, {"transfers": self.hop_pp(prev, home)})
-            add(tg, self.layer_tg(il, home, p.cpu_experts[il]))
-            add(pp, self.layer_pp(il, home, p.cpu_experts[il], p.first))
+            add(tg, self.layer_tg(il, home, p.expert_homes[il]))
+            add(pp, self.layer_pp(il, home, p.expert_homes[il], p.first))
             prev = home
         if p.output != prev:
             add(tg, {"transfers": self.hop_tg(prev, p.output)})
@@ -552,5 +596,5 @@ class CostModel:
 # Placement, Context and the priced results live in .placement; they are re-exported here, where
 # most callers meet them next to the CostModel.
 __all__ = ["CPU", "EXPERT_KINDS", "EXPERT_OPS_SHARE", "EXPERT_OPTIONS", "MMQ_TILE_TOKENS", "PAGEABLE_LINK_FRACTION",
-           "PINNED_LINK_FRACTION", "REPACK_TYPES", "Context", "CostModel", "DeviceUsage", "Placement", "Prediction",
-           "SpeedParams", "expert_kind", "placement_from_counts"]
+           "PINNED_LINK_FRACTION", "REPACK_TYPES", "Context", "CostModel", "DeviceUsage", "ExpertHomes", "Placement",
+           "Prediction", "SpeedParams", "expert_kind", "on_cpu", "placement_from_counts"]

@@ -1,14 +1,16 @@
 """The engine-neutral description of a placement and what pricing it returns.
 
 A :class:`Placement` says where every layer's home is (its dense part, KV cache and compute),
-which of its routed-expert tensors are overridden to the CPU, and where the output head goes;
+where those of its routed-expert tensors live that do not live with it (the CPU or another local
+GPU), and where the output head goes;
 :class:`Context` holds the run settings that change memory and speed; :class:`DeviceUsage` and
 :class:`Prediction` are the bytes and seconds :class:`omni_place.cost.CostModel` prices.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from functools import cached_property
+from typing import Any, Iterable, Sequence
 
 from .errors import InvalidArgumentError
 from .model import ModelProfile, TensorRecord
@@ -26,6 +28,17 @@ EXPERT_OPTIONS: tuple[frozenset[str], ...] = (
 )
 
 
+# A layer's routed-expert kinds that do not live with the layer, as (kind, device) pairs: device
+# "CPU" or another local accelerator of the placement's order. The common case, every kind with
+# the layer, is the empty set; a kind appears at most once and never with its layer's own device.
+ExpertHomes = frozenset[tuple[str, str]]
+
+
+def on_cpu(kinds: Iterable[str]) -> ExpertHomes:
+    """Expert homes with ``kinds`` in CPU RAM and the rest with the layer."""
+    return frozenset((k, CPU) for k in kinds)
+
+
 def expert_kind(t: TensorRecord) -> str:
     """'gate', 'up', 'down' or 'gate_up' for a routed-expert tensor name."""
     inner = t.name.split(".", 2)[2]
@@ -38,13 +51,47 @@ class Placement:
 
     order: tuple[str, ...]  # accelerators in engine device order (the -dev list)
     layer_home: tuple[str, ...]  # per layer slot
-    cpu_experts: tuple[frozenset[str], ...]  # per layer: expert kinds overridden to the CPU
+    expert_homes: tuple[ExpertHomes, ...]  # per layer: expert kinds that live elsewhere, and where
     output: str  # device holding the output head, or "CPU"
     extra_overrides: tuple[tuple[str, str], ...] = ()  # (regex, device) the user gave that we model as-is
 
     @property
     def first(self) -> str | None:
         return self.order[0] if self.order else None
+
+    @cached_property
+    def cpu_experts(self) -> tuple[frozenset[str], ...]:
+        """Per layer: the expert kinds in CPU RAM."""
+        return tuple(frozenset(k for k, d in homes if d == CPU) for homes in self.expert_homes)
+
+    def experts_away(self, il: int) -> dict[str, frozenset[str]]:
+        """Layer ``il``'s expert kinds that do not live with it, by the device they live on (in
+        name order)."""
+        out: dict[str, set[str]] = {}
+        for kind, dev in self.expert_homes[il]:
+            out.setdefault(dev, set()).add(kind)
+        return {dev: frozenset(out[dev]) for dev in sorted(out)}
+
+    def experts_where(self, il: int, present: frozenset[str]) -> str:
+        """Where layer ``il``'s experts of the kinds it has (``present``) live: one device's name,
+        or the devices with their kinds, e.g. ``CUDA0+CPU(gate,up)`` (down with the layer)."""
+        away = {d: kinds & present for d, kinds in self.experts_away(il).items() if kinds & present}
+        home = self.layer_home[il]
+        if home == CPU or not away:
+            return home
+        stays = present - frozenset().union(*away.values())
+        if not stays and len(away) == 1:
+            return next(iter(away))
+        return "+".join([home] * bool(stays) + [f"{d}({','.join(sorted(k))})" for d, k in away.items()])
+
+    def expert_home(self, il: int, kind: str) -> str:
+        """The device layer ``il``'s routed experts of ``kind`` live on."""
+        return next((d for k, d in self.expert_homes[il] if k == kind), self.layer_home[il])
+
+    @cached_property
+    def foreign_experts(self) -> frozenset[str]:
+        """Accelerators holding experts of a layer whose home is another device."""
+        return frozenset(d for homes in self.expert_homes for _, d in homes if d != CPU)
 
     def layers_on(self, name: str) -> list[int]:
         return [il for il, h in enumerate(self.layer_home) if h == name]
@@ -151,6 +198,12 @@ class Context:
     op_offload: bool = True
     # the first GPU's compute buffer holds the copied routed-expert weights (EngineTraits)
     expert_copies_in_compute: bool = True
+    # -sm: "layer" (the default) or "none" keep each GPU layer whole on one device; a parallel
+    # mode (mainline "tensor", ik "graph"; engines.splitmodes) splits the weights and KV cache of
+    # every GPU layer across the placement's order by split_shares (one per device of the order),
+    # and a GPU layer's layer_home then names the order's first device (omni_place.splitcost)
+    split_mode: str = "layer"
+    split_shares: tuple[float, ...] = ()
 
 
 def placement_from_counts(model: ModelProfile, order: Sequence[str], n_cpu: int, counts: Sequence[int],
@@ -162,12 +215,12 @@ def placement_from_counts(model: ModelProfile, order: Sequence[str], n_cpu: int,
     for name, n in zip(order, counts):
         homes += [name] * n
     opts = list(options) if options is not None else [0] * model.n_layer
-    cpu_exp = tuple(EXPERT_OPTIONS[o] if h != CPU and o >= 0 else frozenset() for h, o in zip(homes, opts))
+    experts = tuple(on_cpu(EXPERT_OPTIONS[o]) if h != CPU and o >= 0 else frozenset() for h, o in zip(homes, opts))
     if output is None:
         used = [n for n, c in zip(order, counts) if c > 0]
         output = used[-1] if used else CPU
-    return Placement(tuple(order), tuple(homes), cpu_exp, output)
+    return Placement(tuple(order), tuple(homes), experts, output)
 
 
-__all__ = ["CPU", "EXPERT_KINDS", "EXPERT_OPTIONS", "Context", "DeviceUsage", "Placement", "Prediction",
-           "expert_kind", "placement_from_counts"]
+__all__ = ["CPU", "EXPERT_KINDS", "EXPERT_OPTIONS", "Context", "DeviceUsage", "ExpertHomes", "Placement", "Prediction",
+           "expert_kind", "on_cpu", "placement_from_counts"]

@@ -13,18 +13,21 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Mapping, Sequence
 
 from .calibration import checked_params, read_calibrated
-from .cost import CPU, EXPERT_OPTIONS, Context, CostModel, DeviceUsage, Placement, Prediction, SpeedParams
+from .cost import CPU, Context, CostModel, DeviceUsage, Placement, Prediction, SpeedParams, expert_kind
 from .devices import Cluster, resolve_cluster
 from .engines import Dialect, PlacementArgs, dialect
 from .engines.common import tool_context
 from .errors import ClusterError, InvalidArgumentError, NothingFitsError
 from .hparams import MAX_CONTEXT
 from .model import KV_TYPES, ModelProfile, load_model
-from .objective import (FRONTIER_WEIGHTS, TIE_BREAK, beats, choose, core_weights, frontier, parse_objective,
-                        prompt_floor)
+from .objective import (FRONTIER_WEIGHTS, TIE_BREAK, adopt_pinned, beats, choose, choose_split_mode, core_weights,
+                        frontier, parse_objective, prompt_floor)
 from .problem import MAX_DEVICES, build_arrays, candidate_orders, core_candidates, cpu_only, default_order, memory_unit
 from .recipes import Recipe, decoded, placement_flags, priced, standard_recipes
-from .variants import expressible, pinned_note, without_op_offload
+from .rehome import rehome_experts
+from .splitcost import cost_model
+from .variants import (expressible, pinned_adopted_note, pinned_note, pinned_variants, split_candidates,
+                       without_op_offload)
 from .sources import model_argument
 from .units import GB, GiB, MiB
 from .validate import choice, dump_json, flag, integer, show, text
@@ -88,6 +91,7 @@ class Plan:
     assumptions: list[str] = field(default_factory=list)  # what pricing a command line assumed (evaluate)
     compared: list[dict[str, Any]] = field(default_factory=list)  # recipes priced beside it (plan_split)
     alternatives: list[dict[str, Any]] = field(default_factory=list)  # its tg/pp frontier (--alternatives)
+    split_modes: list[dict[str, Any]] = field(default_factory=list)  # each -sm mode priced or refused (plan_split)
 
     @property
     def dialect(self) -> Dialect:
@@ -117,7 +121,8 @@ class Plan:
         """Flags for llama-server / llama-cli (``tool="server"``) or llama-bench (``"bench"``)."""
         c = self.context
         return self.engine_args.args(tool, ctx=c.ctx, n_ubatch=c.n_ubatch, type_k=c.type_k,
-                                     type_v=c.type_v, flash_attn=c.flash_attn, op_offload=c.op_offload)
+                                     type_v=c.type_v, flash_attn=c.flash_attn, op_offload=c.op_offload,
+                                     pinned_weights=c.pinned_weights)
 
     def env(self) -> dict[str, str]:
         """Environment variables that carry the placement (vLLM: stages; llama.cpp: LLAMA_ARG_*)."""
@@ -142,15 +147,8 @@ class Plan:
         out = []
         for il, home in enumerate(self.placement.layer_home):
             lc = self.model.layers[il]
-            kinds = self.placement.cpu_experts[il]
-            if not lc.has_experts:
-                experts = None
-            elif home == CPU or kinds == EXPERT_OPTIONS[-1]:
-                experts = CPU
-            elif not kinds:
-                experts = home
-            else:
-                experts = f"{home}+CPU({','.join(sorted(k for k in kinds if k != 'gate_up'))})"
+            present = frozenset(expert_kind(t) for t in lc.expert_tensors)
+            experts = self.placement.experts_where(il, present) if lc.has_experts else None
             out.append({"layer": il, "device": home, "experts": experts, "nextn": lc.is_nextn})
         return out
 
@@ -186,6 +184,8 @@ class Plan:
             "assumptions": self.assumptions,
             "compared": self.compared,
             "alternatives": self.alternatives,
+            "split_mode": c.split_mode,
+            "split_modes": self.split_modes,
         }
 
     def _bench_args(self) -> list[str] | None:
@@ -220,6 +220,8 @@ def plan_split(
     allow_paging: bool = False,
     alternatives: int = 0,
     vs: Sequence[str] | None = None,
+    split_modes: bool = True,
+    pin_weights: bool = True,
 ) -> Plan:
     """The fastest placement of ``model`` on ``cluster`` that fits every device's memory.
 
@@ -231,7 +233,11 @@ def plan_split(
     on the same context and listed in :attr:`Plan.compared`, and the plan is at least as good on
     its objective as each one (it takes a recipe's placement when that one is better, and says
     so). ``alternatives`` N > 0 also lists up to N plans of the tg/pp Pareto frontier
-    (:attr:`Plan.alternatives`).
+    (:attr:`Plan.alternatives`). ``split_modes`` prices the engine's parallel split modes beside
+    the layer split and takes one that beats it by the margin (:attr:`Plan.split_modes`; False:
+    the layer split only). ``pin_weights`` lets the plan load without mmap (``-lm none``, ik
+    ``--no-mmap``) when pinning the CPU-held weights gains more than ``objective.PIN_MARGIN``
+    (False: keep mmap).
     CPU RAM is a limit like any device's: weights, KV cache and compute buffers must fit in it,
     unless ``allow_paging`` lets the CPU-held weights that do not fit page from disk (mmap),
     priced at the CPU device's ``disk_gbs``.
@@ -247,6 +253,7 @@ def plan_split(
     ctx, ubatch, depth = _int_arg(ctx, "ctx", 1), _int_arg(ubatch, "ubatch", 1, MAX_UBATCH), _int_arg(depth, "depth", 0)
     kv_type, kv_type_v = _kv_arg(kv_type, "kv_type"), None if kv_type_v is None else _kv_arg(kv_type_v, "kv_type_v")
     flash_attn, allow_paging = flag(flash_attn, "flash_attn"), flag(allow_paging, "allow_paging")
+    split_modes, pin_weights = flag(split_modes, "split_modes"), flag(pin_weights, "pin_weights")
     alternatives = integer(alternatives, "alternatives", lo=0, hi=MAX_ALTERNATIVES)
     vs = None if vs is None else _argv_arg(vs, "vs")
     _params_arg(params)
@@ -301,12 +308,28 @@ def plan_split(
     assert best is not None and chosen.predicted is not None
     if not chosen.op_offload:
         context, cost = cost_off.context, cost_off
+    pin_flags = engine_rules.traits.pin_flags if pin_weights else ()
+    stats["pin_weights"] = pin_weights
+    mmapped = cost.with_switches(op_offload=True)
+    pinned = mmapped.with_switches(pinned_weights=True)
+    pick = adopt_pinned(chosen, pinned_variants(pinned, options), options, objective) if pin_flags else None
+    if pick is not None:
+        stats["unpinned"] = {"tg_tps": chosen.predicted.tg_tps, "pp_tps": chosen.predicted.pp_tps}
+        chosen, best, context, cost = pick, pick.placement, pinned.context, pinned
+    stats["split_modes"] = split_modes
+    candidates = split_candidates(cost, engine_rules) if split_modes else []
+    split_table, split_pick = choose_split_mode(chosen, candidates, objective, options)
+    if split_pick is not None:  # a parallel split mode, by more than the margin
+        chosen, cost = split_pick
+        context, best = cost.context, chosen.placement
+    assert best is not None and chosen.predicted is not None
     stats["core"] = solver.core_stats.get(best) or (solver_off.core_stats.get(best) if solver_off else None)
     stats["chosen_from"] = chosen.name
     stats["prompt_floor_tps"] = prompt_floor([o for o in options if o.fits])
     usage = cost.usage(best)
     notes = (_notes(cost, best, usage) + _objective_notes(chosen, options, objective)
-             + pinned_note(cost, best, chosen.predicted, engine_rules.traits.pin_weights[0]))
+             + (pinned_adopted_note(mmapped, cost, best, pin_flags) if chosen.pinned
+                else pinned_note(cost, best, chosen.predicted, pin_flags)))
     stats["speed_params"] = "given" if params is not None else ("calibrated" if calibrated else "defaults")
     if calibrated is not None:
         notes.append(f"speeds use this machine's calibration for {engine} (omni-place calibrate)")
@@ -315,6 +338,7 @@ def plan_split(
     plan = Plan(prof, clus, engine, objective, context, best, usage, chosen.predicted, ea,
                 tuple(d.name for d in clus.gpus), notes, stats, params or calibrated)
     plan.compared = [_compared_entry(o, chosen.predicted) for o in compared]
+    plan.split_modes = split_table
     plan.alternatives = [_alternative_entry(plan, cost if o.op_offload else cost_off, o, chosen)
                          for o in frontier(options, alternatives)]
     return plan
@@ -332,8 +356,10 @@ def replan(plan: Plan, capacity_delta: Mapping[str, int]) -> Plan:
     new = plan_split(plan.model, shifted, ctx=c.ctx, ubatch=c.n_ubatch, kv_type=c.type_k, kv_type_v=c.type_v,
                      flash_attn=c.flash_attn, objective=plan.objective, engine=plan.engine, depth=c.depth,
                      params=plan.params, allow_paging=c.allow_paging,
-                     alternatives=plan.solve_stats.get("alternatives", 0), vs=plan.solve_stats.get("vs"))
-    usage = CostModel(plan.model, plan.cluster, c, plan.params).usage(new.placement)
+                     alternatives=plan.solve_stats.get("alternatives", 0), vs=plan.solve_stats.get("vs"),
+                     split_modes=plan.solve_stats.get("split_modes", True),
+                     pin_weights=plan.solve_stats.get("pin_weights", True))
+    usage = cost_model(plan.model, plan.cluster, new.context, plan.params).usage(new.placement)
     return replace(new, cluster=plan.cluster, usage=usage, notes=list(new.notes))
 
 
@@ -387,6 +413,7 @@ class _Solver:
         for _, p, core in core_candidates(self.arr, self.orders, self.cost, w_tg, w_pp, self.stats, self.variants):
             if not self.rules.traits.output_only_offload:  # such an engine keeps a lone output head on the CPU
                 p = _without_lone_head(self.cost, p)
+            p = rehome_experts(self.cost, p, w_tg, w_pp)  # CPU-held experts onto other local GPUs
             self.core_stats.setdefault(p, core)
             out.append(priced(self.cost, "solver", label, (), p))
         return out
@@ -438,7 +465,7 @@ def _objective_notes(chosen: Recipe, options: Sequence[Recipe], objective: str |
     fits = [o for o in options if o.fits]
     tg, pp = _speed(chosen)
     notes = []
-    if chosen.name != "solver":
+    if chosen.name not in ("solver", "split"):  # a split mode's choice is its own table (report)
         notes.append(f"the {chosen.label} placement ({shlex.join(chosen.argv)}) is at least as good as the solver's "
                      f"optima on objective {objective} by the model: the plan takes it")
     fastest = choose(fits, "tg")
@@ -471,9 +498,10 @@ def _alternative_entry(plan: Plan, cost: CostModel, o: Recipe, chosen: Recipe) -
     c = cost.context
     ea = plan.dialect.encode(plan.model, o.placement, plan.cluster, c, cost.usage(o.placement))
     return {"source": o.label, "tg_tps": tg, "pp_tps": pp,
-            "chosen": o.placement == chosen.placement and o.op_offload == chosen.op_offload,
+            "chosen": (o.placement, o.op_offload, o.pinned) == (chosen.placement, chosen.op_offload, chosen.pinned),
             "args": ea.args("server", ctx=c.ctx, n_ubatch=c.n_ubatch, type_k=c.type_k, type_v=c.type_v,
-                            flash_attn=c.flash_attn, op_offload=c.op_offload)}
+                            flash_attn=c.flash_attn, op_offload=c.op_offload,
+                            pinned_weights=c.pinned_weights)}
 
 
 def _nothing_fits(cost: CostModel, tried: Sequence[Placement]) -> NothingFitsError:
@@ -551,8 +579,10 @@ def evaluate(model: str | ModelProfile, cluster: str | Cluster, argv: Sequence[s
                             pinned_weights=parsed.pinned_weights, op_offload=parsed.op_offload)
     prof.check_kv_types(context.type_k, context.type_v, context.flash_attn)
     calibrated, store_note = (None, None) if params is not None else read_calibrated(clus, engine)
-    cost = CostModel(prof, clus, context, params or calibrated)
     placement = engine_rules.decode(prof, parsed, clus, context, tool)
+    mode, shares = engine_rules.split_run(prof, parsed, clus, placement.order, context.flash_attn, tool)
+    context = replace(context, split_mode=mode, split_shares=shares)
+    cost = cost_model(prof, clus, context, params or calibrated)
     usage = cost.usage(placement)
     notes = [f"{u.name} overflows by {u.shortfall_bytes / GiB:.2f} GiB "
              f"(needs {u.used_bytes / GiB:.2f} GiB of {u.capacity_bytes / GiB:.2f} GiB usable)"

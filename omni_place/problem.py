@@ -17,7 +17,7 @@ import numpy as np
 
 from ._native import core as _core
 from .compute import PIPELINE_COPIES
-from .cost import CPU, EXPERT_OPTIONS, CostModel, Placement, backend_of
+from .cost import CPU, EXPERT_OPTIONS, CostModel, Placement, backend_of, on_cpu
 from .devices import Cluster
 from .errors import InvalidArgumentError, NativeCoreError
 from .model import ModelProfile
@@ -129,8 +129,8 @@ def build_arrays(cost: CostModel, orders: Sequence[tuple[str, ...]], unit: int =
             flops_streamed += 2 * dense_p + cost.expert_flops(il, gpu=True)
             amount_streamed += stream_cpu[il]
         for o, kinds in enumerate(EXPERT_OPTIONS):
-            on_cpu = cost.expert_bytes(il, "stored", kinds, True)
-            stream[il, o] = 0.0 if nextn else on_cpu * cost.expert_hit / cost.n_tokens
+            cpu_bytes = cost.expert_bytes(il, "stored", kinds, True)
+            stream[il, o] = 0.0 if nextn else cpu_bytes * cost.expert_hit / cost.n_tokens
         for d, name in enumerate(names):
             backend = backend_of(cluster.by_name(name))
             mem_dense[d, il] = _units(lc.dense[backend] + cost.kv[il])
@@ -141,8 +141,8 @@ def build_arrays(cost: CostModel, orders: Sequence[tuple[str, ...]], unit: int =
                 if nextn:
                     continue
                 # + a negligible tie-break so CPU experts gather in the lowest layers (short -ot)
-                t_tg[d, il, o] = sum(cost.layer_tg(il, name, kinds).values()) + (1e-12 * il if o else 0.0)
-                parts = cost.layer_pp(il, name, kinds, None)  # first=None: CPU part priced via stream
+                t_tg[d, il, o] = sum(cost.layer_tg(il, name, on_cpu(kinds)).values()) + (1e-12 * il if o else 0.0)
+                parts = cost.layer_pp(il, name, on_cpu(kinds), None)  # first=None: CPU part priced via stream
                 t_pp[d, il, o] = sum(v for k, v in parts.items() if k != CPU)
     # seconds per streamed byte-per-token when device f is first (see CostModel._cpu_weights_pp)
     flops_per_amount = flops_streamed / amount_streamed if amount_streamed else 0.0
@@ -190,9 +190,10 @@ def build_arrays(cost: CostModel, orders: Sequence[tuple[str, ...]], unit: int =
 def placement_of(arr: _Arrays, res: Any, order_list: Sequence[tuple[str, ...]]) -> Placement:
     order = order_list[res.order]
     homes = tuple(CPU if h < 0 else arr.names[h] for h in res.home)
-    cpu_exp = tuple(EXPERT_OPTIONS[o] if o >= 0 else frozenset() for o in res.option)
+    experts = tuple(on_cpu(EXPERT_OPTIONS[o]) if o >= 0 and h != CPU else frozenset()
+                    for h, o in zip(homes, res.option))
     output = CPU if res.out_device < 0 else arr.names[res.out_device]
-    return Placement(tuple(order), homes, cpu_exp, output)
+    return Placement(tuple(order), homes, experts, output)
 
 
 def default_order(cost: CostModel) -> tuple[str, ...]:

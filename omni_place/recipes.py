@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
-from .cost import CPU, EXPERT_OPTIONS, CostModel, Placement, Prediction, expert_kind
+from .cost import CPU, EXPERT_OPTIONS, CostModel, ExpertHomes, Placement, Prediction, expert_kind, on_cpu
 from .engines import BenchSpelling, Dialect
 from .errors import InvalidArgumentError
 
@@ -99,6 +99,7 @@ class Recipe:
     predicted: Prediction | None = None
     error: str | None = None  # why it could not be placed (e.g. flags the engine refuses)
     op_offload: bool = True  # False: priced (and run) with op offload off
+    pinned: bool = False  # True: priced (and run) with the CPU-held weights pinned (no mmap)
 
 
 def priced(cost: CostModel, name: str, label: str, argv: Sequence[str], placement: Placement) -> Recipe:
@@ -114,12 +115,13 @@ def as_options(cost: CostModel, p: Placement) -> Placement:
     can encode it when a plan takes it. Same tensors, same price."""
     if all(kinds in EXPERT_OPTIONS for kinds in p.cpu_experts):
         return p
-    out = []
+    out: list[ExpertHomes] = []
     for il, kinds in enumerate(p.cpu_experts):
         present = {expert_kind(t) for t in cost.model.layers[il].expert_tensors}
         same = [o for o in EXPERT_OPTIONS if o & present == kinds & present]
-        out.append(same[0] if kinds and same else kinds)
-    return replace(p, cpu_experts=tuple(out))
+        elsewhere = p.expert_homes[il] - on_cpu(kinds)  # kinds on other GPUs: left as they are
+        out.append(on_cpu(same[0]) if kinds and same and not elsewhere else p.expert_homes[il])
+    return replace(p, expert_homes=tuple(out))
 
 
 def gpus_fit(cost: CostModel, p: Placement) -> bool:
@@ -191,8 +193,8 @@ def _ncmoe_guess(cost: CostModel, base: Placement, fit: Placement) -> int:
 
     def moved(k: int) -> Placement:
         first = set(moe[:k])
-        return replace(base, cpu_experts=tuple(ALL_EXPERTS if il in first else e
-                                               for il, e in enumerate(base.cpu_experts)))
+        return replace(base, expert_homes=tuple(on_cpu(ALL_EXPERTS) if il in first else e
+                                                for il, e in enumerate(base.expert_homes)))
 
     k = first_true(0, len(moe), lambda k: gpus_fit(cost, moved(k)), in_ram)
     return cost.model.n_layer if k is None else 0 if k == 0 else moe[k - 1] + 1
@@ -225,7 +227,7 @@ def _fit_placement(cost: CostModel, counts: Sequence[tuple[int, int]]) -> Placem
     n_layer - n_part of them whole and the rest with their experts in RAM (LAYER_FRACTION_MOE)."""
     names = [d.name for d in cost.cluster.gpus]
     L = cost.model.n_layer
-    homes, experts, output = [CPU] * L, [frozenset[str]()] * L, CPU
+    homes, experts, output = [CPU] * L, [ExpertHomes()] * L, CPU
     slot = L + 1 - sum(n for n, _ in counts)
     for name, (n, part) in zip(names, counts):
         for k in range(n):
@@ -234,7 +236,7 @@ def _fit_placement(cost: CostModel, counts: Sequence[tuple[int, int]]) -> Placem
                 continue
             homes[slot + k] = name
             if k >= n - part and cost.model.layers[slot + k].has_experts:
-                experts[slot + k] = ALL_EXPERTS
+                experts[slot + k] = on_cpu(ALL_EXPERTS)
         slot += n
     return Placement(tuple(names), tuple(homes), tuple(experts), output)
 

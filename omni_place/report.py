@@ -5,7 +5,10 @@ from __future__ import annotations
 import shlex
 from typing import Any
 
+from .engines.common import format_share
+from .objective import SPLIT_MODE_MARGIN
 from .plan import Plan
+from .splitcost import PARALLEL_MODES
 from .termtext import printable
 from .units import GiB, MiB
 
@@ -64,7 +67,7 @@ def layer_strip(plan: Plan) -> tuple[str, str]:
         elif e in sym:
             exps.append(sym[e])
         else:
-            exps.append("m")  # split: some expert kinds with the layer, the others on the CPU
+            exps.append("m")  # split: expert kinds on more than one device (the layer's, the CPU, another GPU)
     return "".join(attn), "".join(exps)
 
 
@@ -124,7 +127,7 @@ def render_plan(plan: Plan) -> str:
     sym = device_symbols(plan)
     attn, exps = layer_strip(plan)
     legend = ", ".join(f"{s} {name}" for name, s in sym.items())
-    lines += ["", f"layer map (a column per layer: {legend}; m experts split with the CPU, - no experts, "
+    lines += ["", f"layer map (a column per layer: {legend}; m experts split over devices, - no experts, "
                   "n NextN slot):"]
     for start in range(0, len(attn), STRIP):
         ruler = _ruler(start, min(len(attn), start + STRIP))
@@ -132,6 +135,10 @@ def render_plan(plan: Plan) -> str:
                   f"  {'attn+KV':<9}{attn[start:start + STRIP]}",
                   f"  {'experts':<9}{exps[start:start + STRIP]}"]
     lines.append(f"  {'output':<9}{plan.placement.output}")
+    if c.split_mode in PARALLEL_MODES:
+        shares = ":".join(format_share(x) for x in c.split_shares)
+        lines.append(f"  {'split':<9}-sm {c.split_mode}: every GPU layer and the output head split across "
+                     f"{', '.join(plan.placement.order)} by {shares} (shown as {plan.placement.order[0]})")
     runs = _runs(plan)
     if len(runs) <= MAX_RUNS:  # short enough to list; the strip above always shows everything
         lines += [f"  {f'{a}-{b}' if a != b else str(a):>9}  {label}" for a, b, label in runs]
@@ -149,9 +156,30 @@ def render_plan(plan: Plan) -> str:
     lines += [f"assumed: {a}" for a in plan.assumptions]
     lines += _certified_lines(plan.certified)
     lines += compared_lines(plan)
+    lines += split_mode_lines(plan)
     lines += alternative_lines(plan)
     # model, cluster and device names, paths and notes come from files: one printable line each
     return "\n".join(printable(line) for line in lines)
+
+
+def split_mode_lines(plan: Plan) -> list[str]:
+    """The plan's split-mode comparison: each -sm mode's predicted speeds, or why the engine
+    refuses it here, and which one the plan took."""
+    rows = plan.split_modes
+    if len(rows) < 2:
+        return []
+    out = ["", f"split modes (tok/s; a parallel mode is taken only when better by more than "
+               f"{SPLIT_MODE_MARGIN:.0%} on the objective: its all-reduce cost is an unmeasured prior):",
+           f"  {'mode':<8}{'fits':>5}{'decode':>8}{'prompt':>8}  shares"]
+    for r in rows:
+        mark = "  <- plan" if r["chosen"] else ""
+        if r["refused"]:
+            out.append(f"  {r['mode']:<8}{'-':>5}{'':>8}{'':>8}  refused: {r['refused']}")
+            continue
+        shares = ",".join(format_share(x) for x in r["shares"]) if r["shares"] else ""
+        out.append(f"  {r['mode']:<8}{'yes' if r['feasible'] else 'no':>5}{r['tg_tps']:8.1f}{r['pp_tps']:8.0f}  "
+                   f"{shares}{mark}")
+    return out
 
 
 def _certified_lines(cert: dict[str, Any] | None) -> list[str]:

@@ -3,14 +3,18 @@
 (``-dev none``). They change prompt speed and a GPU's compute buffer, not where tensors live."""
 from __future__ import annotations
 
-from dataclasses import replace
-from typing import Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Sequence
 
-from .cost import CPU, CostModel, Placement, Prediction
+from .cost import CPU, EXPERT_OPTIONS, CostModel, Placement, Prediction, on_cpu
 from .engines import Dialect
+from .engines.common import format_share
+from .engines.splitmodes import refusal
 from .errors import InvalidArgumentError
 from .recipes import Recipe, priced
+from .splitcost import SplitCostModel
 from .units import GiB
+
 
 
 def expressible(cost: CostModel, rules: Dialect, p: Placement) -> bool:
@@ -41,6 +45,38 @@ def without_op_offload(cost: CostModel, off: CostModel, options: Sequence[Recipe
     return out
 
 
+def pinned_variants(pinned: CostModel, options: Sequence[Recipe]) -> list[Recipe]:
+    """The fitting options that hold weights in CPU RAM, once per placement, priced on ``pinned``
+    (op offload on, the weights loaded without mmap so the CPU-held ones land in the first GPU's
+    pinned host buffer, src/llama-model-loader.cpp:1269-1277): op offload then copies them at link
+    speed. A placement whose RAM cannot hold those weights unpageable, or whose first GPU lacks the
+    op-offload room, does not fit and is left out."""
+    seen: set[Placement] = set()
+    out = []
+    for o in options:
+        p = o.placement
+        if not o.fits or o.pinned or p is None or p in seen or not p.order or not pinned.offloads_to(p.order[0]):
+            continue
+        if not any(h == CPU for h in p.layer_home) and not any(p.cpu_experts):
+            continue
+        seen.add(p)
+        r = priced(pinned, o.name, f"{o.label}, pinned", o.argv, p)
+        if r.fits:
+            out.append(replace(r, pinned=True))
+    return out
+
+
+def pinned_adopted_note(mmapped: CostModel, pinned: CostModel, p: Placement, flags: Sequence[str]) -> list[str]:
+    """What a plan that pins its CPU-held weights gains and costs, against the same placement
+    loaded with mmap."""
+    cpu = next(u for u in pinned.usage(p) if u.name == CPU)
+    before, after = mmapped.predict(p), pinned.predict(p)
+    return [f"{' '.join(flags)} loads the {cpu.weights_bytes / GiB:.1f} GiB of CPU-held weights into pinned memory "
+            f"(no mmap: the whole file is read at start and that RAM cannot page): prompt {before.pp_tps:.0f} -> "
+            f"{after.pp_tps:.0f} tok/s by the model against the same placement mmap'd; an H200 host measured "
+            "3-5x the prompt speed pinned, and MoE decode 5-15 % slower (benchmarks/results/plans_vs_fit.md)"]
+
+
 def pinned_note(cost: CostModel, p: Placement, pred: Prediction, flags: Sequence[str]) -> list[str]:
     """The prompt speed of the same placement with its CPU-held weights pinned (loaded without
     mmap, src/llama-model-loader.cpp:1269-1277), when that changes it and the RAM holds them."""
@@ -57,4 +93,73 @@ def pinned_note(cost: CostModel, p: Placement, pred: Prediction, flags: Sequence
             "by the model (op offload copies pinned memory at link speed, pageable memory far slower)"]
 
 
-__all__ = ["expressible", "pinned_note", "without_op_offload"]
+@dataclass
+class SplitCandidate:
+    """One ``-sm`` mode of the engine besides the layer split: why the engine refuses it here
+    (never emitted then), or its priced options with the cost model each was priced on."""
+
+    mode: str
+    refused: str | None = None
+    options: list[tuple[Recipe, CostModel]] = field(default_factory=list)
+
+
+def split_candidates(cost: CostModel, rules: Dialect) -> list[SplitCandidate]:
+    """Every split mode of the engine but ``layer`` and ``none``: a parallel mode the engine runs
+    for this model on two or more local GPUs is priced with every layer and the output head split
+    across them, by shares proportional to their usable memory, to their bandwidth, or equal;
+    any other is listed with the engine's reason (:func:`omni_place.engines.splitmodes.refusal`)."""
+    gpus = [d for d in cost.cluster.gpus if d.kind == "gpu"]
+    out = []
+    for rule in rules.traits.split_modes:
+        if rule.name in ("layer", "none"):
+            continue
+        why = refusal(rule, rules.name, cost.model, [d.kind for d in gpus], cost.context.flash_attn)
+        if why is None and len(gpus) < 2:
+            why = f"-sm {rule.name} splits over two or more local GPUs; the cluster has {len(gpus)}"
+        cand = SplitCandidate(rule.name, why)
+        if why is None:
+            ratios = {_ratio([d.usable_bytes for d in gpus]), _ratio([d.bandwidth_gbs for d in gpus]),
+                      _ratio([1.0] * len(gpus))}
+            cand.options = [_split_option(cost, rule.name, gpus, shares) for shares in sorted(ratios) if any(shares)]
+        out.append(cand)
+    return out
+
+
+def _ratio(values: Sequence[float]) -> tuple[float, ...]:
+    """Shares as a short -ts: the smallest positive one 1, two decimals (``3.03,1``)."""
+    low = min((v for v in values if v > 0), default=1.0)
+    return tuple(round(v / low, 2) for v in values)
+
+
+def _split_option(cost: CostModel, mode: str, gpus: Sequence[Any], shares: Sequence[float]
+                  ) -> tuple[Recipe, CostModel]:
+    """Every layer and the output head split across ``gpus`` by ``shares`` under ``-sm mode``;
+    when that does not fit a MoE model, the routed experts of the fewest leading layers in CPU
+    RAM that make it fit (found by bisection: memory only falls as layers' experts leave)."""
+    order = tuple(d.name for d in gpus)
+    split = SplitCostModel(cost.model, cost.cluster, replace(cost.context, split_mode=mode,
+                                                              split_shares=tuple(shares)), cost.params)
+    n = cost.model.n_layer
+    moe = [il for il, lc in enumerate(cost.model.layers) if lc.has_experts and not lc.is_nextn]
+
+    def with_cpu_experts(k: int) -> Placement:
+        homes = tuple(on_cpu(EXPERT_OPTIONS[-1]) if il in moe[:k] else frozenset() for il in range(n))
+        return Placement(order, (order[0],) * n, homes, order[0])
+
+    def fits(k: int) -> bool:
+        return all(u.fits for u in split.usage(with_cpu_experts(k)))
+
+    k = 0
+    if moe and not fits(0) and fits(len(moe)):
+        lo, hi = 0, len(moe)  # fits(hi), not fits(lo)
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            lo, hi = (lo, mid) if fits(mid) else (mid, hi)
+        k = hi
+    argv = ("-sm", mode, "-ts", ",".join(format_share(x) for x in shares))
+    label = f"-sm {mode}" + (f", experts of the first {k} MoE layers on the CPU" if k else "")
+    return priced(split, "split", label, argv, with_cpu_experts(k)), split
+
+
+__all__ = ["SplitCandidate", "expressible", "pinned_adopted_note", "pinned_note", "pinned_variants", "split_candidates",
+           "without_op_offload"]

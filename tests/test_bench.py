@@ -6,6 +6,8 @@ record and a real out-of-memory failure.
 """
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import lzma
 import stat
@@ -104,7 +106,16 @@ def test_placement_from_real_logs(log: str, engine: str, names: list[str], moe_h
     p = bench.placement_from_log(_log(log), load_model(hdr), names, engine)
     assert p is not None
     rec = next(r for r in records if r["log"] == log.rsplit("/", 1)[1] and r["rig"] == rig and r["model"] == model)
-    assert bench.placement_to_dict(p) == rec["placement"]
+    want = bench.placement_from_dict(rec["placement"])  # written before expert homes: kinds in RAM per layer
+    if log.endswith("llama.cpp.fit.0.log") and engine == "llama.cpp":
+        # --fit overflowed the first partial layer of CUDA0 onto the next GPU (common/fit.cpp:576-577,
+        # 820-850): "blk.15.ffn_gate_exps.weight ... overridden to CUDA1", read since experts may
+        # live on another GPU (the record, read before, kept them with the layer)
+        homes = list(want.expert_homes)
+        assert p.layer_home[15] == "CUDA0" and not homes[15]
+        homes[15] = frozenset({("gate", "CUDA1"), ("down", "CUDA1")})
+        want = dataclasses.replace(want, expert_homes=tuple(homes))
+    assert p == want == bench.placement_from_dict(bench.placement_to_dict(p))
     if log.endswith("llama.cpp.omni_place.0.log") and engine == "llama.cpp":
         # the plan's -dev CUDA1/CUDA0 -ts 9/40: 9 layers on CUDA1 first, then 39 on CUDA0
         assert p.order[:2] == ("CUDA1", "CUDA0")
@@ -182,11 +193,12 @@ def test_plans_use_the_saved_calibration(tmp_path: Path, monkeypatch: pytest.Mon
 
     monkeypatch.setenv("OMNI_PLACE_CONFIG", str(tmp_path))
     model, cluster = cached_reference_model("llama-3.3-70b"), load_preset("h100-x2")
-    before = plan_split(model, cluster, ctx=8192)
+    # the layer split: its decode is the GPUs' reads (a tensor split adds fixed all-reduce costs)
+    before = plan_split(model, cluster, ctx=8192, split_modes=False)
     assert before.solve_stats["speed_params"] == "defaults"
     slow = SpeedParams(gpu_bw_eff=SpeedParams().gpu_bw_eff / 2)
     calibration.save_calibration(calibration.machine_id(cluster), {"llama.cpp": slow})
-    after = plan_split(model, cluster, ctx=8192)
+    after = plan_split(model, cluster, ctx=8192, split_modes=False)
     assert after.solve_stats["speed_params"] == "calibrated"
     assert after.predicted.tg_tps == pytest.approx(before.predicted.tg_tps / 2, rel=0.15)
     assert plan_split(model, cluster, ctx=8192, engine="ik_llama.cpp").solve_stats["speed_params"] == "defaults"

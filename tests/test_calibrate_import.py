@@ -106,7 +106,7 @@ def test_prompt_generation_and_split_modes_are_skipped(models: dict) -> None:
     got = import_text("\n".join(map(json.dumps, (pg, row))), model, cluster)
     assert not got.points and sum(got.skipped.values()) == 2
     assert "prompt+generation test (-pg): its rate mixes both" in got.skipped
-    assert any("split mode 'row' is not modelled" in k for k in got.skipped)
+    assert any("-sm row: calibration fits the layer split" in k for k in got.skipped)
 
 
 GARBAGE = ['', 'garbage\n', '{"avg_ts": NaN, "n_prompt": 1}', '{"avg_ts": 1e400}', '{"avg_ts": ' + "9" * 400 + "}",

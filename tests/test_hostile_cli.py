@@ -74,7 +74,7 @@ REFUSED = [
     (["-ts", "3.4e38,3.4e38"], "split is undefined"), (["-ngl", "99999999999"], "32-bit"),
     (["-ngl", "١٢"], "not an integer"), (["-c", "1_000"], "not an integer"), (["-fa", "banana"], "-fa"),
     (['-ot "blk\\.0\\.=CPU'], "quotation"), (["-ngl", "99", "stray"], "stray"),
-    (["-sm", "none", "-mg", "5"], "main GPU"), (["-sm", "row"], "not modelled"), (["-dev", "CUDA0,CUDA0"], "twice"),
+    (["-sm", "none", "-mg", "5"], "main GPU"), (["-sm", "row"], "split buffer"), (["-dev", "CUDA0,CUDA0"], "twice"),
     (["-ot", "(" * 5000 + "a" + ")" * 5000 + "=CPU"], "-ot pattern"),
 ]
 

@@ -77,10 +77,15 @@ def test_env_lines_rebuild_the_args(capsys: pytest.CaptureFixture[str]) -> None:
     # a POSIX shell accepts it
     r = subprocess.run(["sh", "-c", out + '\nprintf %s "$LLAMA_ARG_OVERRIDE_TENSOR"'], capture_output=True, text=True)
     assert r.returncode == 0 and r.stdout == shlex.split(args_out)[shlex.split(args_out).index("-ot") + 1]
-    # --no-op-offload has no LLAMA_ARG_ variable (common/arg.cpp): a plan that needs it says so
+    # the seed plan pins its CPU weights: -lm none is LLAMA_ARG_LOAD_MODE (common/arg.cpp:2707)
     _, args_out, _ = run(capsys, "plan", "--preset", "seed", "--format", "args")
+    assert args_out.split()[-2:] == ["-lm", "none"]
+    code, out, _ = run(capsys, "plan", "--preset", "seed", "--format", "env")
+    assert code == 0 and "export LLAMA_ARG_LOAD_MODE=none" in out.splitlines()
+    # --no-op-offload has no LLAMA_ARG_ variable (common/arg.cpp): a plan that needs it says so
+    _, args_out, _ = run(capsys, "plan", "--preset", "seed", "--objective", "tg", "--format", "args")
     assert args_out.split()[-1] == "--no-op-offload"
-    code, out, err = run(capsys, "plan", "--preset", "seed", "--format", "env")
+    code, out, err = run(capsys, "plan", "--preset", "seed", "--objective", "tg", "--format", "env")
     assert code == 2 and "--no-op-offload has no LLAMA_ARG_ environment variable" in err and "--format args" in err
 
 

@@ -21,7 +21,7 @@ from omni_place.bench.records import load_records
 from omni_place.cost import (MMQ_TILE_TOKENS, PAGEABLE_LINK_FRACTION, PINNED_LINK_FRACTION, CPU, Context, CostModel,
                              SpeedParams)
 from omni_place.devices import resolve_cluster
-from omni_place.engines import dialect
+from omni_place.engines import dialect, ik_llama, llama_cpp
 from omni_place.errors import InvalidArgumentError
 from omni_place.model import load_model
 from omni_place.plan import evaluate, plan_split
@@ -159,8 +159,10 @@ def test_fixed_layer_costs_bound_decode_of_small_layers(truth: list[dict[str, An
 ])
 def test_flags_that_pin_cpu_weights(engine: str, tool: str, argv: list[str], pinned: bool) -> None:
     assert dialect(engine).parse_args(argv, tool).pinned_weights is pinned
-    spelled = dialect(engine).traits.pin_weights[0 if tool == "server" else 1]
+    spelled = {"llama.cpp": llama_cpp.SYNTAX, "ik_llama.cpp": ik_llama.SYNTAX}[engine][tool].pin_weights
     assert dialect(engine).parse_args(["-ngl", "1", *spelled], tool).pinned_weights
+    server = {"llama.cpp": llama_cpp.SYNTAX, "ik_llama.cpp": ik_llama.SYNTAX}[engine]["server"]
+    assert dialect(engine).traits.pin_flags == server.pin_weights != ()
 
 
 @pytest.mark.parametrize("argv", [["-lm", "fast"], ["-mmp", "2"]])
@@ -178,6 +180,36 @@ def test_check_prices_pinned_flags_and_plan_offers_them(truth: list[dict[str, An
     assert pinned.predicted.tg_tps == pytest.approx(mapped.predicted.tg_tps)
     plan = plan_split(model, cluster, ctx=4096)
     assert any(n.startswith("-lm none loads the") for n in plan.notes), plan.notes
+
+
+def test_plan_pins_cpu_weights_where_the_objective_gains(tmp_path: Path) -> None:
+    """Pinning (-lm none / ik --no-mmap) is a priced decision: balanced and pp plans of a MoE with
+    experts in RAM take it (op offload then copies at link speed), tg plans do not (no decode gain
+    by the margin), and RAM that cannot hold the CPU weights unpageable rules it out."""
+    model = load_model("deepseek-v3")
+    balanced = plan_split(model, "seed", ctx=8192)
+    assert balanced.context.pinned_weights and balanced.context.op_offload
+    assert balanced.args("server")[-2:] == ["-lm", "none"] and balanced.args("bench")[-2:] == ["-lm", "none"]
+    assert balanced.env()["LLAMA_ARG_LOAD_MODE"] == "none"
+    unpinned = balanced.solve_stats["unpinned"]
+    assert balanced.predicted.pp_tps > unpinned["pp_tps"] * 1.1
+    assert any(n.startswith("-lm none loads the") and "tok/s by the model" in n for n in balanced.notes)
+    back = evaluate(model, "seed", balanced.args("server"))
+    assert back.predicted.pp_tps == pytest.approx(balanced.predicted.pp_tps)
+    assert back.placement.layer_home == balanced.placement.layer_home
+    tg = plan_split(model, "seed", ctx=8192, objective="tg")
+    assert not tg.context.pinned_weights and "-lm" not in tg.args("server")
+    assert any(n.startswith("-lm none") for n in tg.notes)  # offered, not taken
+    ik = plan_split(model, "seed", ctx=8192, engine="ik_llama.cpp")
+    assert ik.context.pinned_weights and "--no-mmap" in ik.args("server") and "-mmp" in ik.args("bench")
+    # 200 GiB of RAM: the ~250 GiB of CPU-held experts fit only pageable (paged from disk), so no
+    # pinned plan; the same machine with the seed's 496 GiB pins them
+    seed = (Path(__file__).parent.parent / "omni_place" / "data" / "presets" / "seed.toml").read_text()
+    small = tmp_path / "small.toml"
+    small.write_text(seed.replace("memory_gib = 496", "memory_gib = 200"))
+    assert "memory_gib = 200" in small.read_text()
+    paged = plan_split(model, str(small), ctx=8192, allow_paging=True)
+    assert paged.feasible and not paged.context.pinned_weights and "-lm" not in paged.args("server")
 
 
 @pytest.mark.parametrize(("tool", "argv", "on"), [

@@ -3,12 +3,11 @@
 Randomized plans (hypothesis) of tiny real models of four architectures -- dense llama, SWA
 gemma3, MoE qwen3moe, MoE + MLA + leading dense layer + NextN deepseek2 -- over CPU + two loopback
 RPC devices: random device order, CPU prefix, per-device layer counts, per-layer routed-expert
-overrides to the CPU, expert overrides to the *other* RPC device, output overrides, context, ubatch,
-KV type and flash attention. Each is loaded for real (load_mode none, so every CPU byte is
-counted) and must show 0 mismatches of layer, output and tensor devices, model and KV bytes
-within the default verify.Tolerance, max(1 %, 16 MiB) -- and in fact exact up to the engine's
-print rounding where the plan models every override -- and compute buffers within
-verify.Tolerance's rule.
+overrides to the CPU, expert kinds on the *other* RPC device (priced like experts on another GPU;
+omni-place refuses such flags, the engine takes them), output overrides, context, ubatch, KV type
+and flash attention. Each is loaded for real (load_mode none, so every CPU byte is counted) and
+must show 0 mismatches of layer, output and tensor devices, model and KV bytes exact up to the
+engine's print rounding, and compute buffers within verify.Tolerance's rule.
 Plus plan_split's own plans, dry runs, the in-process handle, and the `verify` command's exit codes.
 """
 from __future__ import annotations
@@ -24,7 +23,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from omni_place.cli import main
-from omni_place.cost import CPU, EXPERT_OPTIONS, Context, CostModel, Placement, placement_from_counts
+from omni_place.cost import CPU, EXPERT_OPTIONS, Context, CostModel, Placement, expert_kind, placement_from_counts
 from omni_place.devices import Cluster, Device
 from omni_place.engines import llama_cpp
 from omni_place.engines.common import rpc_servers
@@ -94,16 +93,16 @@ def placements(draw: st.DrawFn, model: ModelProfile) -> tuple[Placement, Context
     p = placement_from_counts(model, order, n_cpu, counts, options)
     used = [d for d, c in zip(order, counts) if c]
     output = draw(st.sampled_from([p.output, CPU, *order])) if used else draw(st.sampled_from([CPU, *order]))
-    extra: list[tuple[str, str]] = []
-    if len(order) == 2 and draw(st.booleans()):  # one layer's experts onto the *other* RPC device
+    homes = list(p.expert_homes)
+    if len(order) == 2 and draw(st.booleans()):  # one layer's experts of a kind onto the *other* RPC device
         movable = [il for il, h in enumerate(p.layer_home) if h != CPU and model.layers[il].has_experts
                    and not model.layers[il].is_nextn]
         if movable:
             il = draw(st.sampled_from(movable))
             other = next(d for d in order if d != p.layer_home[il])
             kind = draw(st.sampled_from(["up", "down", "gate"]))
-            extra.append((rf"blk\.{il}\.ffn_{kind}_exps", other))
-    p = Placement(p.order, p.layer_home, p.cpu_experts, output, tuple(extra))
+            homes[il] = frozenset((k, d) for k, d in homes[il] if k != kind) | {(kind, other)}
+    p = Placement(p.order, p.layer_home, tuple(homes), output)
     fa = draw(st.booleans())
     hp = model.hparams
     kv_types = ["f16", "f32"]
@@ -157,9 +156,7 @@ def test_random_plans_load_as_planned(arch: str, models: dict[str, ModelProfile]
         p, context = drawn
         plan = make_plan(model, cluster, p, context)
         v = verify_plan(plan, timeout=60)
-        # the cost model does not price experts on another accelerator (decode refuses them):
-        # bytes are then only within the default tolerance, max(1 %, 16 MiB), not exact
-        assert_engine_agrees(plan, v, exact=not p.extra_overrides)
+        assert_engine_agrees(plan, v, exact=True)
 
     check()
 
@@ -173,7 +170,7 @@ def test_moe_experts_on_the_cpu_and_on_the_other_rpc_device(arch: str, models: d
     # layer 0 on the CPU; RPC0 gets layer 1 with every expert on the CPU and layer 2 with only its
     # down experts there; RPC1 the rest, one layer's up experts living on RPC0
     p = placement_from_counts(model, ACCEL, 1, (2, model.n_layer - 3), [0, 3, 1] + [0] * (model.n_layer - 3))
-    p = Placement(p.order, p.layer_home, p.cpu_experts, p.output, ((rf"blk\.{n - 1}\.ffn_up_exps", "RPC0"),))
+    p = Placement(p.order, p.layer_home, p.expert_homes, p.output, ((rf"blk\.{n - 1}\.ffn_up_exps", "RPC0"),))
     plan = make_plan(model, loop_cluster(rpc_pair), p, Context(ctx=512, n_ubatch=32))
     v = verify_plan(plan)
     assert_engine_agrees(plan, v, exact=False)
@@ -187,6 +184,38 @@ def test_moe_experts_on_the_cpu_and_on_the_other_rpc_device(arch: str, models: d
     dev = {d.name: {b.kind: b for b in d.buffers}["model"] for d in v.devices}
     assert abs(dev["RPC0"].actual - dev["RPC0"].predicted - size) <= 2 * 5243
     assert abs(dev["RPC1"].predicted - dev["RPC1"].actual - size) <= 2 * 5243
+
+
+@engine
+@pytest.mark.parametrize("arch", ["qwen3moe", "deepseek2"])
+def test_experts_on_the_other_rpc_device_load_as_priced_yet_are_refused(arch: str, models: dict[str, ModelProfile],
+                                                                       rpc_pair: list[str]) -> None:
+    """The engine takes a layer on RPC0 with some of its experts on RPC1 (and one on RPC1 with
+    experts on RPC0 and the CPU): the no-alloc load places every tensor as the expert homes say,
+    the real load's model bytes per device are exactly the priced ones -- and omni-place still
+    refuses such flags (engines.common.check_expert_target: across rpc-servers every layer visit
+    relays its activations through this host)."""
+    model = models[arch]
+    p = placement_from_counts(model, ACCEL, 0, (2, model.n_layer - 2))
+    moe = [il for il, lc in enumerate(model.layers) if lc.has_experts and not lc.is_nextn]
+    on0 = next(il for il in moe if p.layer_home[il] == "RPC0")
+    on1 = next(il for il in moe if p.layer_home[il] == "RPC1")
+    homes = list(p.expert_homes)
+    homes[on0] = frozenset({("up", "RPC1"), ("gate", "RPC1")})
+    homes[on1] = frozenset({("down", "RPC0"), ("up", CPU)})
+    q = Placement(p.order, p.layer_home, tuple(homes), p.output)
+    cluster = loop_cluster(rpc_pair)
+    plan = make_plan(model, cluster, q, Context(ctx=512, n_ubatch=32))
+    dry = verify_plan(plan, dry_run=True)
+    assert dry.matches, dry.to_text()
+    where = {t.tensor: t.actual for t in dry.tensors}
+    for il in (on0, on1):
+        for t in model.layers[il].expert_tensors:
+            assert where.get(t.name, q.layer_home[il]) == q.expert_home(il, expert_kind(t)), t.name
+    assert_engine_agrees(plan, verify_plan(plan), exact=True)
+    rules = llama_cpp.DIALECT
+    with pytest.raises(InvalidArgumentError, match="across an RPC device"):
+        rules.decode(model, rules.parse_args(plan.args()), cluster, plan.context)
 
 
 @engine

@@ -135,6 +135,9 @@ def _prepare(i: int, rec: Any, engine: str | None, skipped: Counter[str]) -> _Ru
     except OmniPlaceError as err:
         skipped[_short(err.message)] += 1
         return None
+    if parsed.split_mode not in ("layer", "none"):
+        skipped[f"-sm {_short(parsed.split_mode)}: calibration fits the layer split's speeds"] += 1
+        return None
     if parsed.n_prompt and parsed.n_gen:
         skipped["prompt+generation test (-pg): its rate mixes both"] += 1
         return None

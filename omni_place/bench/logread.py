@@ -1,6 +1,6 @@
 """The placement an engine made, read back from its ``-v`` log's last load: layer homes as its
 dialect reads them (:meth:`~omni_place.engines.Dialect.layer_homes_from_log`) and the expert
-tensors overridden to the CPU, which both forks print alike."""
+tensors overridden to the CPU or another GPU, which both forks print alike."""
 from __future__ import annotations
 
 import re
@@ -34,19 +34,21 @@ def placement_from_log(log: str, model: ModelProfile, accelerators: Sequence[str
     if found is None:
         return None
     homes, output = found
+
+    def device(buft: str) -> str:
+        idx = int(buft[4:]) if re.fullmatch(r"CUDA\d+", buft) else None
+        return (CPU if override_device(buft) == CPU
+                else accelerators[idx] if idx is not None and idx < len(accelerators) else buft)
+
     moved = _OUTPUT_OVERRIDE.search(seg)  # -ot ^output\.=BUFT: the head is where the override put it
     if moved:
-        buft = moved.group(1)
-        idx = int(buft[4:]) if re.fullmatch(r"CUDA\d+", buft) else None
-        output = (CPU if override_device(buft) == CPU
-                  else accelerators[idx] if idx is not None and idx < len(accelerators) else buft)
-    cpu_kinds: list[set[str]] = [set() for _ in range(L)]
+        output = device(moved.group(1))
+    away: list[dict[str, str]] = [{} for _ in range(L)]
     for _name, il_s, kind, buft in _OVERRIDE.findall(seg):
         il = int(il_s)
-        if il < L and (buft.upper().startswith("CPU") or buft.upper().startswith("CUDA_HOST")):
-            cpu_kinds[il].add(kind)
+        if il < L and homes[il] != CPU and device(buft) != homes[il]:
+            away[il][kind] = device(buft)
     # engine order as run: devices in the order their layers come (the output's device last)
     used = list(dict.fromkeys([h for h in homes if h != CPU] + ([output] if output != CPU else [])))
     order = tuple(used) + tuple(a for a in accelerators if a not in used)
-    cpu_experts = tuple(frozenset(k) if homes[il] != CPU else frozenset() for il, k in enumerate(cpu_kinds))
-    return Placement(order, tuple(homes), cpu_experts, output)
+    return Placement(order, tuple(homes), tuple(frozenset(a.items()) for a in away), output)

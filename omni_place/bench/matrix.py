@@ -124,7 +124,8 @@ def _plan_bench_args(plan: Plan, model: ModelProfile, cluster: Cluster) -> tuple
     devs.sort(key=lambda d: (d.kind != "gpu", d.name))
     renamed = Cluster(cluster.name, tuple(devs), cluster.description, cluster.notes)
     p = plan.placement
-    q = Placement(tuple(rename[n] for n in p.order), tuple(rename.get(h, h) for h in p.layer_home), p.cpu_experts,
+    q = Placement(tuple(rename[n] for n in p.order), tuple(rename.get(h, h) for h in p.layer_home),
+                  tuple(frozenset((k, rename.get(d, d)) for k, d in e) for e in p.expert_homes),
                   rename.get(p.output, p.output), p.extra_overrides)
     usage = [dataclasses.replace(u, name=rename.get(u.name, u.name)) for u in plan.usage]
     ea = plan.dialect.encode(model, q, renamed, plan.context, usage)

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..cost import CPU, EXPERT_KINDS, Context, CostModel, DeviceUsage, Placement, Prediction
+from ..cost import CPU, EXPERT_KINDS, Context, CostModel, DeviceUsage, ExpertHomes, Placement, Prediction, on_cpu
 from ..devices import Cluster
 from ..engines import BENCH_ENGINES
 from ..errors import InvalidArgumentError
@@ -31,8 +31,17 @@ def price(usage: Sequence[DeviceUsage], pred: Prediction) -> dict[str, Any]:
 
 
 def placement_to_dict(p: Placement) -> dict[str, Any]:
+    """``expert_homes``: per layer, [kind, device] pairs of the expert kinds not with the layer."""
     return {"order": list(p.order), "layer_home": list(p.layer_home),
-            "cpu_experts": [sorted(k) for k in p.cpu_experts], "output": p.output}
+            "expert_homes": [sorted([k, d] for k, d in e) for e in p.expert_homes], "output": p.output}
+
+
+def _expert_homes(d: dict[str, Any]) -> tuple[ExpertHomes, ...]:
+    """A record's expert homes; records written before experts could live on another GPU name
+    the kinds in CPU RAM per layer (``cpu_experts``)."""
+    if "expert_homes" in d:
+        return tuple(frozenset((k, dev) for k, dev in e) for e in d["expert_homes"])
+    return tuple(on_cpu(k) for k in d["cpu_experts"])
 
 
 def placement_from_dict(d: dict[str, Any], model: ModelProfile | None = None, cluster: Cluster | None = None,
@@ -40,22 +49,24 @@ def placement_from_dict(d: dict[str, Any], model: ModelProfile | None = None, cl
     """A Placement from its dict (:func:`placement_to_dict`). With ``model`` and ``cluster`` it is
     checked against them: one home and one expert set per layer slot, every device named in
     the cluster, expert kinds the cost model knows (InvalidArgumentError naming ``where``)."""
-    p = Placement(tuple(d["order"]), tuple(d["layer_home"]), tuple(frozenset(k) for k in d["cpu_experts"]),
-                  d["output"])
+    p = Placement(tuple(d["order"]), tuple(d["layer_home"]), _expert_homes(d), d["output"])
     if model is None or cluster is None:
         return p
     names = {dev.name for dev in cluster.gpus}
     problem = None
-    if len(p.layer_home) != model.n_layer or len(p.cpu_experts) != model.n_layer:
-        problem = (f"{len(p.layer_home)} layer homes and {len(p.cpu_experts)} expert sets for a model of "
+    kinds = {k for e in p.expert_homes for k, _ in e}
+    if len(p.layer_home) != model.n_layer or len(p.expert_homes) != model.n_layer:
+        problem = (f"{len(p.layer_home)} layer homes and {len(p.expert_homes)} expert sets for a model of "
                    f"{model.n_layer} layer slots")
     elif len(set(p.order)) != len(p.order) or not set(p.order) <= names:
         problem = f"device order {show(list(p.order), 200)} is not a list of this cluster's accelerators"
     elif not set(p.layer_home) | {p.output} <= names | {CPU}:
         unknown = sorted((set(p.layer_home) | {p.output}) - names - {CPU})
         problem = f"it names devices the cluster does not have: {show(unknown, 200)}"
-    elif not set().union(*p.cpu_experts) <= set(EXPERT_KINDS):
-        problem = f"unknown expert kinds {show(sorted(set().union(*p.cpu_experts) - set(EXPERT_KINDS)), 200)}"
+    elif not kinds <= set(EXPERT_KINDS):
+        problem = f"unknown expert kinds {show(sorted(kinds - set(EXPERT_KINDS)), 200)}"
+    elif not {dev for e in p.expert_homes for _, dev in e} <= set(p.order) | {CPU}:
+        problem = "experts on a device outside the device order"
     if problem:
         raise InvalidArgumentError(f"{where}: the placement does not fit the model and cluster: {problem}",
                                    hint="pass the model and cluster the records were measured with")
@@ -146,15 +157,20 @@ def check_record(rec: Any, where: str) -> dict[str, Any]:
                 number(price_[k], f"{key}.{k}", lo=0.0, hi=MAX_TPS, error=bad)
     placement = rec.get("placement")
     if placement is not None:
+        experts_key = "expert_homes" if isinstance(placement, dict) and "expert_homes" in placement else "cpu_experts"
         if not isinstance(placement, dict) or any(k not in placement for k in ("order", "layer_home",
-                                                                                 "cpu_experts", "output")):
-            raise bad("placement must be an object with order, layer_home, cpu_experts and output")
+                                                                                 experts_key, "output")):
+            raise bad("placement must be an object with order, layer_home, expert_homes and output")
         for key in ("order", "layer_home"):
             if not isinstance(placement[key], list) or not all(isinstance(x, str) for x in placement[key]):
                 raise bad(f"placement.{key} must be a list of device names")
-        if not isinstance(placement["cpu_experts"], list) or not all(
-                isinstance(k, list) and all(isinstance(x, str) for x in k) for k in placement["cpu_experts"]):
+        if experts_key == "cpu_experts" and (not isinstance(placement["cpu_experts"], list) or not all(
+                isinstance(k, list) and all(isinstance(x, str) for x in k) for k in placement["cpu_experts"])):
             raise bad("placement.cpu_experts must be a list of lists of expert kinds")
+        if experts_key == "expert_homes" and (not isinstance(placement["expert_homes"], list) or not all(
+                isinstance(e, list) and all(isinstance(x, list) and len(x) == 2 and all(isinstance(y, str) for y in x)
+                                            for x in e) for e in placement["expert_homes"])):
+            raise bad("placement.expert_homes must be a list of lists of [expert kind, device] pairs")
         text(placement["output"], "placement.output", max_len=64, error=bad)
     return rec
 

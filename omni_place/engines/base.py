@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Mapping, Protocol, Sequence
 from ..errors import InvalidArgumentError
 from ..placement import Context
 from .common import BENCH_DEFAULTS, SERVER_DEFAULTS, ToolDefaults
+from .splitmodes import SplitModeRule, check, rule_of
 
 if TYPE_CHECKING:
     from ..cost import DeviceUsage, Placement
@@ -29,13 +30,19 @@ class EngineTraits:
     output_only_offload: bool = True  # the output head alone may sit on an accelerator
     llama_family: bool = True  # a llama.cpp-style command line (-ngl/-ts/-ot) that `check`/--exec take
     libllama: bool = False  # this project's ctypes libllama (mainline) can load and verify its plans
-    # the flags that load CPU-held weights without mmap, into pinned memory: (server, bench)
-    pin_weights: tuple[tuple[str, ...], tuple[str, ...]] = ((), ())
+    # the server's flags that load without mmap, pinning CPU-held weights, when every tool has them
+    # (derived from the dialect's FlagSyntax.pin_weights; empty: the engine cannot)
+    pin_flags: tuple[str, ...] = ()
     op_offload_switch: bool = False  # every tool can turn op offload off (FlagSyntax.no_op_offload)
     # the first GPU's compute buffer holds the copies of op-offloaded routed-expert weights
     # (mainline; ik_llama.cpp's did not grow with experts in RAM: 48-136 MiB against mainline's
     # 276-436 for the same placements, benchmarks/results/engine_compare logs)
     expert_copies_in_compute: bool = True
+    split_modes: tuple[SplitModeRule, ...] = ()  # the engine's -sm values (its module's SPLIT_MODES)
+
+    def split_mode(self, name: str) -> SplitModeRule | None:
+        """The table entry of ``-sm name`` (None: the engine has no such mode)."""
+        return next((r for r in self.split_modes if r.name == name), None)
 
     def context(self, **settings: Any) -> Context:
         """A run :class:`~omni_place.cost.Context` with this engine's rules filled in."""
@@ -81,7 +88,7 @@ class PlacementArgs(Protocol):
 
     def args(self, tool: str = "server", *, ctx: int | None = None, n_ubatch: int | None = None,
              type_k: str = "f16", type_v: str = "f16", flash_attn: bool = True,
-             op_offload: bool = True) -> list[str]: ...
+             op_offload: bool = True, pinned_weights: bool = False) -> list[str]: ...
 
 
 class Dialect(ABC):
@@ -133,6 +140,26 @@ class Dialect(ABC):
         (InvalidArgumentError naming a missing or malformed field)."""
         raise InvalidArgumentError(f"omni-place reads no {self.name} llama-bench output",
                                    hint="use --engine llama.cpp or ik_llama.cpp")
+
+    def split_run(self, model: ModelProfile, parsed: ParsedArgs, cluster: Cluster, order: Sequence[str],
+                  flash_attn: bool, tool: str = "server") -> tuple[str, tuple[float, ...]]:
+        """A parsed command line's split mode and, for a parallel one, each model device's share
+        (``order``: the decoded placement's devices), refusing what the engine refuses (one
+        line naming its condition) or what omni-place does not price."""
+        rule = rule_of(self.traits.split_modes, self.name, parsed.split_mode, tool)
+        check(rule, self.name, model, [cluster.by_name(n).kind for n in order], flash_attn)
+        if not rule.parallel:
+            return rule.name, ()
+        shares = list(parsed.tensor_split or [])[:len(order)]
+        shares += [0.0] * (len(order) - len(shares))
+        if not any(shares):
+            shares = self.default_shares(cluster, order)
+        return rule.name, tuple(float(x) for x in shares)
+
+    def default_shares(self, cluster: Cluster, order: Sequence[str]) -> list[float]:
+        """A parallel mode's shares when ``-ts`` gives none: equal (mainline's meta device,
+        ``src/llama-model.cpp:855-856``)."""
+        return [1.0] * len(order)
 
     def layer_homes_from_log(self, log: str, n_layer: int, accelerators: Sequence[str],
                              argv: Sequence[str]) -> tuple[list[str], str] | None:

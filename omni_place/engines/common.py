@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 import time
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any, Collection, Mapping, Sequence
 
 import regex
 
@@ -22,7 +22,8 @@ from ..errors import ClusterError, InvalidArgumentError
 from ..model import ModelProfile
 from ..validate import integer, show, text
 
-# Which routed-expert kinds an -ot pattern moves, for each expert option of the optimizer.
+# Which routed-expert kinds an -ot pattern moves, for each expert option of the optimizer
+# (other sets of kinds: :func:`kind_regex`).
 KIND_REGEX = {
     frozenset(EXPERT_KINDS): r"ffn_(up|down|gate|gate_up)_(ch|)exps",
     frozenset({"down"}): r"ffn_down_(ch|)exps",
@@ -203,6 +204,14 @@ class FlagSyntax:
     takes_ctx: bool  # llama-bench has no -c (it takes -p/-n/-d)
     rpc_flag: str = "--rpc"  # llama-bench spells it -rpc
     no_op_offload: tuple[str, ...] = ()  # turns op offload off (empty: the tool cannot)
+    # loads the weights without mmap: CPU-held weights land in the first GPU's pinned host buffer
+    # (CUDA_Host), which op offload copies at link speed (empty: the tool cannot)
+    pin_weights: tuple[str, ...] = ()
+
+
+def pin_flags_of(syntax: Mapping[str, FlagSyntax]) -> tuple[str, ...]:
+    """The server's flags that pin CPU-held weights, when every tool of ``syntax`` can (else ())."""
+    return syntax["server"].pin_weights if all(s.pin_weights for s in syntax.values()) else ()
 
 
 def flag_groups(args: Sequence[str]) -> list[tuple[str, ...]]:
@@ -237,16 +246,19 @@ class EngineArgs:
     syntax: Mapping[str, FlagSyntax] = field(default_factory=dict, repr=False)
     extra: list[str] = field(default_factory=list)  # dialect flags that always go along (e.g. ik's -mla)
     rpc: list[str] = field(default_factory=list)  # rpc-server endpoints to register (--rpc), in device order
+    split_mode: str = "layer"  # -sm; emitted when not the default
+    main_gpu: int = 0  # -mg: the one device of -sm none
 
     @classmethod
     def from_parsed(cls, parsed: ParsedArgs, syntax: Mapping[str, FlagSyntax]) -> EngineArgs:
         """The placement flags of a parsed command line, to be spelled with ``syntax``."""
         ngl = -1 if parsed.n_gpu_layers is None else parsed.n_gpu_layers
         return cls(ngl, list(parsed.tensor_split or []), parsed.devices or [], list(parsed.overrides), syntax,
-                   rpc=list(parsed.rpc))
+                   rpc=list(parsed.rpc), split_mode=parsed.split_mode, main_gpu=parsed.main_gpu)
 
     def args(self, tool: str = "server", *, ctx: int | None = None, n_ubatch: int | None = None,
-             type_k: str = "f16", type_v: str = "f16", flash_attn: bool = True, op_offload: bool = True) -> list[str]:
+             type_k: str = "f16", type_v: str = "f16", flash_attn: bool = True, op_offload: bool = True,
+             pinned_weights: bool = False) -> list[str]:
         syn = self.syntax.get(tool)
         if syn is None:
             raise InvalidArgumentError(f"unknown tool {tool!r}", hint="use one of: " + ", ".join(self.syntax))
@@ -261,6 +273,10 @@ class EngineArgs:
                     hint="use the server/cli flags, or order the devices with CUDA_VISIBLE_DEVICES")
             out += ["-dev", syn.dev_sep.join(self.devices)]
         out += ["-ngl", str(self.n_gpu_layers)]
+        if self.split_mode != "layer":
+            out += ["-sm", self.split_mode]
+        if self.split_mode == "none" and self.main_gpu:
+            out += ["-mg", str(self.main_gpu)]
         if self.tensor_split:
             out += ["-ts", syn.ts_sep.join(format_share(x) for x in self.tensor_split)]
         if self.overrides:
@@ -279,6 +295,11 @@ class EngineArgs:
                 raise InvalidArgumentError(f"this plan turns op offload off, which this engine's {tool} cannot",
                                            hint="plan with the engine's default (op offload on)")
             out += list(syn.no_op_offload)
+        if pinned_weights:
+            if not syn.pin_weights:
+                raise InvalidArgumentError(f"this plan pins the CPU-held weights, which this engine's {tool} cannot",
+                                           hint="plan with the engine's default (mmap)")
+            out += list(syn.pin_weights)
         return out + list(self.extra)
 
 
@@ -324,25 +345,103 @@ def layer_regex(layers: Sequence[int]) -> str:
     return rf"blk\.({body})\." if len(alts) > 1 or not body.isdigit() else rf"blk\.{body}\."
 
 
-def expert_overrides(model: ModelProfile, p: Placement, cpu_buffer: str = "CPU") -> list[tuple[str, str]]:
-    """``-ot`` entries sending each layer's chosen expert kinds to the CPU: one compact pattern
-    per set of kinds, lowest layers first, then the placement's own extra overrides."""
-    by_kinds: dict[frozenset[str], list[int]] = {}
-    for il, kinds in enumerate(p.cpu_experts):
-        if kinds and p.layer_home[il] != CPU and model.layers[il].has_experts:
-            by_kinds.setdefault(frozenset(kinds), []).append(il)
-    out: list[tuple[str, str]] = []
-    for kinds, layers in sorted(by_kinds.items(), key=lambda kv: kv[1][0]):
-        regex = KIND_REGEX.get(kinds)
-        if regex is None:
-            raise InvalidArgumentError(f"no override pattern for expert kinds {sorted(kinds)}")
-        out.append((layer_regex(layers) + regex, cpu_buffer))
+def kind_regex(kinds: frozenset[str]) -> str:
+    """The ``-ot`` pattern part naming the routed-expert tensors of ``kinds`` (any subset of
+    ``EXPERT_KINDS``; ``ffn_gate_(ch|)exps`` does not match ``ffn_gate_up_exps``)."""
+    if kinds in KIND_REGEX:
+        return KIND_REGEX[kinds]
+    if not kinds or not kinds <= set(EXPERT_KINDS):
+        raise InvalidArgumentError(f"no override pattern for expert kinds {sorted(kinds)}")
+    alts = "|".join(k for k in EXPERT_KINDS if k in kinds)
+    return rf"ffn_({alts})_(ch|)exps" if len(kinds) > 1 else rf"ffn_{alts}_(ch|)exps"
+
+
+def expert_overrides(model: ModelProfile, p: Placement, rpc_names: Mapping[str, str] | None = None
+                     ) -> list[tuple[str, str]]:
+    """``-ot`` entries sending each layer's expert kinds that do not live with it to their
+    device: one compact pattern per (device, kinds), lowest layers first, then the placement's
+    own extra overrides. Targets are buffer-type names, which both forks list per device:
+    ``CPU`` and ``CUDA<i>`` for CUDA device i (mainline ``common/arg.cpp:252-262``,
+    ``ggml/src/ggml-cuda/ggml-cuda.cu:948``; ik ``common/common.cpp:849-878``,
+    ``ggml/src/ggml-cuda.cu:594``), so a local GPU's buffer type is its device name. RPC
+    devices never hold another layer's experts (:func:`check_expert_target`)."""
+    groups: dict[tuple[str, frozenset[str]], list[int]] = {}
+    for il, home in enumerate(p.layer_home):
+        if not p.expert_homes[il] or home == CPU or not model.layers[il].has_experts:
+            continue
+        for dev, kinds in p.experts_away(il).items():
+            if dev != CPU and {home, dev} & set(rpc_names or {}):
+                raise InvalidArgumentError(f"the placement puts layer {il}'s experts on {dev}, away from its layer on "
+                                           f"{home}, across an RPC device", hint=RPC_EXPERTS_HINT)
+            groups.setdefault((dev, kinds), []).append(il)
+    out = [(layer_regex(layers) + kind_regex(kinds), dev)
+           for (dev, kinds), layers in sorted(groups.items(), key=lambda kv: (kv[1][0], kv[0][0]))]
     return out + list(p.extra_overrides)
+
+
+RPC_EXPERTS_HINT = ("experts may live on another *local* GPU or the CPU; across RPC servers every layer would relay "
+                    "its activations through this host twice per token")
+
+
+def check_expert_target(tensor: str, home: str, target: str, item: str, order: Sequence[str], *,
+                        local: Collection[str] | None = None, rpc: Mapping[str, str] | None = None) -> None:
+    """Refuse a routed-expert tensor on ``target`` when its layer lives on ``home``, another
+    accelerator, unless both are local GPUs of the model's devices (``order``): ``local`` names the
+    local GPUs, or else every device not in ``rpc`` (RPC device -> buffer name) is local.
+
+    Mainline llama.cpp allows it between local GPUs: an op runs on the backend holding its
+    weight and the scheduler copies the activations there and back
+    (``ggml/src/ggml-backend.cpp:951-980``, pass 1 at :1097-1102). A device outside ``-dev`` has
+    no backend, and a weight there aborts the scheduler ("pre-allocated tensor ... in a buffer
+    that cannot run the operation", ``ggml-backend.cpp:938-942``). Across RPC devices the engine
+    loads and runs it (measured: libllama 0c1e570, two loopback rpc-servers), but devices of two
+    servers cannot copy to each other (``ggml/src/ggml-rpc/ggml-rpc.cpp:752-771`` returns false
+    for different servers), so every layer visit relays its activations through this host over
+    both networks twice: a performance trap that omni-place refuses rather than prices. ik_llama.cpp
+    shares both rules (ik ``ggml/src/ggml-backend.cpp:1340``, ``ggml/src/ggml-rpc.cpp:680-687``)."""
+    if target == CPU or target == home:
+        return
+    where = f"-ot {item} moves {tensor}"
+    if home == CPU:
+        raise InvalidArgumentError(f"{where} to {target}, away from its layer on the CPU",
+                                   hint="omni-place keeps a CPU layer's experts in CPU RAM: anchor the pattern to "
+                                        "layers on a GPU")
+    if target not in order:
+        raise InvalidArgumentError(f"{where} to {target}, which is not one of the engine's devices "
+                                   f"({', '.join(order) or 'none'}): the scheduler has no backend for it and aborts",
+                                   hint=f"add {target} to -dev, or send the experts to the CPU")
+    is_local = (lambda d: d in local) if local is not None else (lambda d: d not in (rpc or {}))
+    if not (is_local(home) and is_local(target)):
+        raise InvalidArgumentError(
+            f"{where} to {target}, another device than its layer's ({home}), across an RPC device",
+            hint=RPC_EXPERTS_HINT)
 
 
 def accelerator_names(cluster: Cluster) -> list[str]:
     """The cluster's accelerators in the engines' default device order."""
     return [d.name for d in cluster.gpus]
+
+
+def meta_order(cluster: Cluster) -> list[str]:
+    """Mainline's default devices of a meta device (``-sm tensor``): every non-CPU device in
+    registry order, the local GPUs before the RPC devices that --rpc adds (src/llama.cpp:193-219;
+    the layer split instead puts RPC devices first)."""
+    return [d.name for d in cluster.gpus if d.kind == "gpu"] + [d.name for d in cluster.gpus if d.kind != "gpu"]
+
+
+def parallel_layers(p: Placement) -> int:
+    """The GPU layers of a placement under a parallel split mode, which the engines can only
+    give as the last ``-ngl`` layers with the output head on the GPUs too."""
+    n_gpu = sum(1 for h in p.layer_home if h != CPU)
+    if any(h != CPU for h in p.layer_home[:len(p.layer_home) - n_gpu]) or (n_gpu and p.output == CPU):
+        raise InvalidArgumentError("under a parallel split mode the GPU layers must be the last ones, with the "
+                                   "output head", hint="keep the first layers on the CPU and the rest on the GPUs")
+    return n_gpu
+
+
+def local_gpus(cluster: Cluster) -> frozenset[str]:
+    """The cluster's local GPUs: the devices that may hold another layer's experts."""
+    return frozenset(d.name for d in cluster.gpus if d.kind == "gpu")
 
 
 def rpc_servers(devices: Sequence[Device]) -> list[str]:
@@ -392,10 +491,7 @@ def model_devices(split_mode: str, devices: Sequence[str] | None, accelerators: 
     mapped through ``names``) or the cluster's default order. ``-sm none`` keeps only device
     ``-mg`` of that list, none when ``-mg`` is negative, and the engine refuses a ``-mg`` past
     its end (``src/llama.cpp`` ``llama_model_load_from_file_impl``: "invalid value for
-    main_gpu")."""
-    if split_mode not in ("layer", "none"):
-        raise InvalidArgumentError(f"split mode {split_mode!r} is not modelled",
-                                   hint="omni-place models -sm layer (the default) and none")
+    main_gpu"); every other mode (the dialect's ``SPLIT_MODES`` says which exist) keeps them all."""
     names = names or {}
     order = [names.get(d, d) for d in devices] if devices is not None else list(accelerators)
     unknown = [d for d in order if d not in accelerators]

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field, replace
-from typing import Any, Mapping, Sequence
+from typing import Any, Collection, Mapping, Sequence
 
 import numpy as np
 
@@ -32,17 +32,46 @@ from ..errors import InvalidArgumentError
 from ..model import ModelProfile, TensorRecord
 from . import llama_cpp
 from .base import BenchRecordFlags, BenchSpelling, Dialect, EngineTraits
+from .splitmodes import SplitModeRule
 from .common import (BENCH_DEFAULTS, SERVER_DEFAULTS, EngineArgs, FlagSyntax, ToolDefaults, accelerator_names,
-                     expert_overrides, layer_counts, model_devices, record_int, record_split_flags, record_switch,
-                     record_test_flags, record_text, rpc_buffer_names, rpc_servers)
+                     expert_overrides, layer_counts, local_gpus, model_devices, parallel_layers, pin_flags_of,
+                     record_int, record_split_flags, record_switch, record_test_flags, record_text, rpc_buffer_names,
+                     rpc_servers)
 
 NAME = "ik_llama.cpp"
 SYNTAX = {
-    "server": FlagSyntax(dev_sep=",", ts_sep=",", ot_sep=",", fa_on="1", fa_off="0", takes_ctx=True),
-    "cli": FlagSyntax(dev_sep=",", ts_sep=",", ot_sep=",", fa_on="1", fa_off="0", takes_ctx=True),
-    "bench": FlagSyntax(dev_sep=None, ts_sep="/", ot_sep=",", fa_on="1", fa_off="0", takes_ctx=False, rpc_flag="-rpc"),
+    # --no-mmap: ik common/common.cpp; -mmp 0: ik examples/llama-bench/llama-bench.cpp
+    "server": FlagSyntax(dev_sep=",", ts_sep=",", ot_sep=",", fa_on="1", fa_off="0", takes_ctx=True,
+                         pin_weights=("--no-mmap",)),
+    "cli": FlagSyntax(dev_sep=",", ts_sep=",", ot_sep=",", fa_on="1", fa_off="0", takes_ctx=True,
+                      pin_weights=("--no-mmap",)),
+    "bench": FlagSyntax(dev_sep=None, ts_sep="/", ot_sep=",", fa_on="1", fa_off="0", takes_ctx=False, rpc_flag="-rpc",
+                        pin_weights=("-mmp", "0")),
 }
 TOOLS = tuple(SYNTAX)
+# -sm values (ik common/common.cpp:2054-2077; its llama-bench takes none/layer/graph only,
+# examples/llama-bench/llama-bench.cpp:652-672)
+SPLIT_MODES = (
+    SplitModeRule("none", "ik:src/llama.cpp:8341-8350"),
+    SplitModeRule("layer", "ik:src/llama.cpp:4627-4636"),
+    # attention split across the GPUs, the rest of a layer on one (ik:src/llama.cpp:4645-4652)
+    SplitModeRule("attn", "ik:src/llama.cpp:4638-4652", bench=False, min_devices=2, priced=False),
+    # every layer's matrices in CUDA's split buffer by -ts (ik:src/llama.cpp:4638-4672,
+    # src/llama-load-tensors.cpp:4647-4806); an unlisted architecture falls back to layer with a
+    # warning (:4225-4241); fewer than two devices throw (:4370-4372); the split buffer is CUDA's
+    # (or SYCL's) over the local GPUs (:485-505), so RPC devices cannot take part
+    SplitModeRule("graph", "ik:src/llama.cpp:4638-4672", parallel=True, min_devices=2,
+                  device_kinds=frozenset({"gpu"}),
+                  device_refusal="its graph split buffer is CUDA's, over local GPUs only (ik:src/llama.cpp:485-505)",
+                  # is_model_split_supported (ik:src/llama.cpp:3895-3929), less gemma4*: their support
+                  # depends on per-layer embeddings (:4226-4233), which omni-place does not read
+                  archs=frozenset({"llama", "qwen3moe", "glm4moe", "mistral3", "command-r", "cohere2", "cohere2_moe",
+                                   "mimo2", "qwen3", "qwen3vl", "hunyuan-moe", "gpt-oss", "ernie4_5-moe", "minimax-m2",
+                                   "minimax-m3", "seed_oss", "step35", "laguna", "qwen35", "qwen35moe", "deepseek2",
+                                   "glm-dsa", "mistral4", "mellum", "muse-glimmer"}),
+                  archs_allowed=True, archs_source="ik:src/llama.cpp:3895-3929, 4236-4241", arch_fallback="layer",
+                  mla_kv_mirrored=True),
+)
 SWA_FULL = True  # ik sizes SWA layers' KV cache for the whole context
 FIT_MARGIN = 1 << 30  # ik keeps 1 GiB free per GPU in its default split (k_default_mem_margin)
 _TS_UNIT = 1024.0 * 1024.0  # -ts shares are written in MiB (2 decimals: 10 KiB resolution)
@@ -145,7 +174,8 @@ def assign_layers(sizes: Sequence[float], max_compute: float, n_gpu_layers: int,
         ts = list(tensor_split or [])[:n_devices] + [0.0] * max(0, n_devices - len(tensor_split or []))
         src = (free_mem or [1.0] * n_devices) if all(x == 0 for x in ts) else ts
         cum = np.cumsum(np.asarray(src, dtype=np.float32), dtype=np.float32)
-        splits = (cum / cum[-1]).astype(np.float32)
+        with np.errstate(invalid="ignore", divide="ignore"):  # all-zero shares: NaN splits, as in ik's float math
+            splits = (cum / cum[-1]).astype(np.float32)
         n_last = n_layer + 1 if n_gpu_layers > n_layer else n_layer
         total = max_compute * n_devices + float(sum(sizes[i_gpu_start:n_last]))
         last = i_gpu_start
@@ -180,9 +210,10 @@ def encode(model: ModelProfile, p: Placement, default_order: Sequence[str], cont
     """ik_llama.cpp flags that reproduce a placement (contiguous layer ranges in device order);
     ``rpc_names`` are the RPC devices' buffer names, ``rpc`` the rpc-server endpoints."""
     counts = layer_counts(p)
-    used = [n for n, c in zip(p.order, counts) if c > 0]
+    # the devices with layers, and those holding other layers' experts: every one a model device
+    used = [n for n, c in zip(p.order, counts) if c > 0 or n in p.foreign_experts]
     n_dev_layers = sum(counts)
-    overrides = expert_overrides(model, p)
+    overrides = expert_overrides(model, p, rpc_names)
     if n_dev_layers == 0:
         if p.output != CPU:
             raise InvalidArgumentError(
@@ -192,7 +223,8 @@ def encode(model: ModelProfile, p: Placement, default_order: Sequence[str], cont
     all_on_gpu = n_dev_layers == model.n_layer
     output_on_gpu = p.output != CPU
     ngl = n_dev_layers + 1 if all_on_gpu and output_on_gpu else n_dev_layers
-    natural_output = used[-1] if ngl > model.n_layer else CPU
+    with_layers = [n for n, c in zip(p.order, counts) if c > 0]
+    natural_output = with_layers[-1] if ngl > model.n_layer else CPU
     if p.output != natural_output:
         overrides.append((r"^output\.", buffer_name(p.output, rpc_names)))
     devices = [buffer_name(n, rpc_names) for n in used]
@@ -202,15 +234,29 @@ def encode(model: ModelProfile, p: Placement, default_order: Sequence[str], cont
                         bench_tensor_split=_shares(model, p, used, ngl, bench_context(model, context)))
 
 
+def encode_parallel(model: ModelProfile, p: Placement, context: Context, default_order: Sequence[str]) -> EngineArgs:
+    """ik flags of a placement under ``-sm graph``: the GPU layers are the last ``-ngl`` (the
+    output head with them takes ``-ngl`` past the layer count), split by ``-ts``."""
+    n_gpu = parallel_layers(p)
+    ngl = n_gpu + 1 if n_gpu == model.n_layer and p.output != CPU else n_gpu
+    devices = [] if list(p.order) == list(default_order) else list(p.order)
+    shares = list(context.split_shares)
+    return IkEngineArgs(ngl, shares, devices, expert_overrides(model, p), SYNTAX, split_mode=context.split_mode,
+                        bench_tensor_split=shares)
+
+
 def _shares(model: ModelProfile, p: Placement, used: Sequence[str], ngl: int, context: Context) -> list[float]:
-    """-ts shares (MiB) that put ik's byte-weighted boundaries exactly between the planned layers."""
+    """-ts shares (MiB) that put ik's byte-weighted boundaries exactly between the planned layers
+    (a device without layers gets just the ``max_compute`` the walk charges it first, so it
+    takes none)."""
     if len(used) < 2:
         return []  # one device: the split is moot
     sizes, max_compute = layer_sizes(model, context)
+    last = [n for n in used if p.layers_on(n)][-1]
     ts = []
     for name in used:
         share = max_compute + sum(sizes[il] for il in p.layers_on(name))
-        if name == used[-1] and ngl > model.n_layer:
+        if name == last and ngl > model.n_layer:
             share += sizes[model.n_layer]
         ts.append(round(share / _TS_UNIT, 2))
     return ts
@@ -243,7 +289,7 @@ def parse_args(argv: Sequence[str], tool: str = "server") -> llama_cpp.ParsedArg
 
 def decode(model: ModelProfile, parsed: llama_cpp.ParsedArgs, accelerators: Sequence[str], context: Context,
            free_mem: Sequence[float] | None = None, rpc_names: dict[str, str] | None = None,
-           tool: str = "server", n_gpu_layers: int = -1) -> Placement:
+           tool: str = "server", n_gpu_layers: int = -1, local: Collection[str] | None = None) -> Placement:
     """The placement ik_llama.cpp makes of these flags (for `omni-place check --engine ik_llama.cpp`;
     ``tool="bench"``: llama-bench, whose layer sizes use the training context)."""
     by_buffer = {buffer_name(a, rpc_names): a for a in accelerators}
@@ -254,10 +300,19 @@ def decode(model: ModelProfile, parsed: llama_cpp.ParsedArgs, accelerators: Sequ
     slots = assign_layers(sizes, max_compute, ngl, parsed.tensor_split, len(order), free)
     homes = tuple(CPU if s < 0 else order[s] for s in slots[:-1])
     output = CPU if slots[-1] < 0 else order[slots[-1]]
+    parallel = any(r.parallel and r.name == parsed.split_mode for r in SPLIT_MODES)
+    if parallel and order:
+        # graph: every GPU layer (the last -ngl) split across the devices, and the output head
+        # with them (split when -ngl > n_layer, else whole on a GPU: priced as split;
+        # ik:src/llama.cpp:4653-4672)
+        homes = tuple(CPU if h == CPU else order[0] for h in homes)
+        output = order[0] if ngl != 0 else CPU
     overrides = list(parsed.overrides) if ngl != 0 else []
     if parsed.n_cpu_moe and ngl != 0:
-        overrides += _ncmoe_overrides(model, homes, order, parsed.n_cpu_moe)
-    return llama_cpp.placement_with_overrides(model, order, homes, output, overrides, accelerators, rpc_names)
+        # under graph the library takes the last N layers with experts, as on one GPU
+        # (ik:src/llama-load-tensors.cpp:272)
+        overrides += _ncmoe_overrides(model, homes, order[:1] if parallel else order, parsed.n_cpu_moe)
+    return llama_cpp.placement_with_overrides(model, order, homes, output, overrides, accelerators, rpc_names, local)
 
 
 def _ncmoe_overrides(model: ModelProfile, homes: Sequence[str], order: Sequence[str], n: int) -> list[tuple[str, str]]:
@@ -317,14 +372,16 @@ class IkLlama(Dialect):
     name = NAME
     # -ngl 0 drops every override, so a head on a GPU needs a layer there too
     traits = EngineTraits(cpu_weights=True, rpc_devices=True, swa_full=SWA_FULL, embedding_on_first=False,
-                          output_only_offload=False, pin_weights=(("--no-mmap",), ("-mmp", "0")),
-                          expert_copies_in_compute=False)
+                          output_only_offload=False, pin_flags=pin_flags_of(SYNTAX),
+                          expert_copies_in_compute=False, split_modes=SPLIT_MODES)
     tools = TOOLS
     bench = BenchSpelling(fit=("--fit", "1"), n_cpu_moe="--n-cpu-moe", output=("-o", "json"), ngl_all="999")
     bench_record_keys = frozenset({"override_tensor", "cuda", "mla_attn", "fused_moe", "ser"})
 
     def encode(self, model: ModelProfile, placement: Placement, cluster: Cluster, context: Context,
                usage: Sequence[DeviceUsage]) -> EngineArgs:
+        if context.split_mode != "layer":
+            return encode_parallel(model, placement, context, accelerator_names(cluster))
         return encode(model, placement, accelerator_names(cluster), context, rpc_buffer_names(cluster.devices),
                       rpc_servers(cluster.devices))
 
@@ -337,7 +394,12 @@ class IkLlama(Dialect):
         accel = accelerator_names(cluster)
         free = [max(0.0, float(cluster.by_name(n).memory_bytes) - FIT_MARGIN) for n in accel]
         return decode(model, parsed, accel, context, free_mem=free, rpc_names=rpc_buffer_names(cluster.devices),
-                      tool=tool, n_gpu_layers=self.tool_defaults(tool).n_gpu_layers)
+                      tool=tool, n_gpu_layers=self.tool_defaults(tool).n_gpu_layers, local=local_gpus(cluster))
+
+    def default_shares(self, cluster: Cluster, order: Sequence[str]) -> list[float]:
+        """ik's split without -ts: each device's free memory less its fit margin
+        (ik:src/llama.cpp:4323-4351)."""
+        return [max(0.0, float(cluster.by_name(n).memory_bytes) - FIT_MARGIN) for n in order]
 
     def tool_defaults(self, tool: str = "server") -> ToolDefaults:
         # ik's llama-bench offloads -ngl 999 by default (mainline's: 99)

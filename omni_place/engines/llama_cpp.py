@@ -15,19 +15,20 @@ from __future__ import annotations
 import math
 import re
 import shlex
-from typing import Any, Mapping, Sequence
+from typing import Any, Collection, Mapping, Sequence
 
 import numpy as np
 
-from ..cost import CPU, Context, DeviceUsage, Placement, expert_kind
+from ..cost import CPU, Context, DeviceUsage, ExpertHomes, Placement, expert_kind
 from ..devices import Cluster
 from ..errors import InvalidArgumentError
 from ..model import ModelProfile, Role
 from .base import BenchRecordFlags, BenchSpelling, Dialect, EngineTraits, PlacementArgs
-from .common import (EngineArgs, FlagSyntax, OverrideMatcher, ParsedArgs, accelerator_names, compile_pattern, dev_flag,
-                     expert_overrides, flag_groups, layer_counts, layer_regex, model_devices, override_device,
-                     range_regex, record_int, record_split_flags, record_switch, record_test_flags, record_text,
-                     rpc_buffer_names, rpc_servers)
+from .splitmodes import SplitModeRule
+from .common import (EngineArgs, FlagSyntax, OverrideMatcher, ParsedArgs, accelerator_names, check_expert_target,
+                     compile_pattern, dev_flag, expert_overrides, flag_groups, layer_counts, layer_regex, local_gpus,
+                     meta_order, model_devices, override_device, parallel_layers, pin_flags_of, range_regex, record_int,
+                     record_split_flags, record_switch, record_test_flags, record_text, rpc_buffer_names, rpc_servers)
 
 __all__ = ["DIALECT", "FLAG_ALIASES", "LLAMA_ENV", "NAME", "SYNTAX", "TOOLS", "EngineArgs", "LlamaCpp", "ParsedArgs",
            "assign_layers", "decode", "encode", "engine_args", "layer_regex", "llama_env", "parse_args"]
@@ -36,15 +37,44 @@ NAME = "llama.cpp"
 # Tools and their separators: llama-bench takes lists of test values after commas, so devices
 # and shares inside one test go with "/" and override entries with ";" (tools/llama-bench/llama-bench.cpp).
 SYNTAX = {
-    # --no-op-offload: common/arg.cpp:2947-2948; -nopo: tools/llama-bench/llama-bench.cpp:898
+    # --no-op-offload: common/arg.cpp:2947-2948; -nopo: tools/llama-bench/llama-bench.cpp:898;
+    # -lm none (no mmap): common/arg.cpp:2691-2707, tools/llama-bench/llama-bench.cpp:778
     "server": FlagSyntax(dev_sep=",", ts_sep=",", ot_sep=",", fa_on="on", fa_off="off", takes_ctx=True,
-                         no_op_offload=("--no-op-offload",)),
+                         no_op_offload=("--no-op-offload",), pin_weights=("-lm", "none")),
     "cli": FlagSyntax(dev_sep=",", ts_sep=",", ot_sep=",", fa_on="on", fa_off="off", takes_ctx=True,
-                      no_op_offload=("--no-op-offload",)),
+                      no_op_offload=("--no-op-offload",), pin_weights=("-lm", "none")),
     "bench": FlagSyntax(dev_sep="/", ts_sep="/", ot_sep=";", fa_on="1", fa_off="0", takes_ctx=False, rpc_flag="-rpc",
-                        no_op_offload=("-nopo", "1")),
+                        no_op_offload=("-nopo", "1"), pin_weights=("-lm", "none")),
 }
 TOOLS = tuple(SYNTAX)
+# -sm values (common/arg.cpp:2806-2829; llama-bench: tools/llama-bench/llama-bench.cpp:750-772).
+SPLIT_MODES = (
+    SplitModeRule("none", "src/llama.cpp:289-301"),
+    SplitModeRule("layer", "src/llama-model.cpp:1502-1618"),
+    # each GPU layer's buffer list starts with the backend's split buffer type; a backend without
+    # one throws "device X does not support split buffers" (src/llama-model.cpp:1144-1166). Of
+    # the backends omni-place models none has one: CUDA's registry exports no
+    # ggml_backend_split_buffer_type (ggml/src/ggml-cuda/ggml-cuda.cu:5785-5806; only SYCL declares
+    # one, ggml/include/ggml-sycl.h:28) and RPC's neither (a loopback load refuses it, tests)
+    SplitModeRule("row", "src/llama-model.cpp:1139-1166", device_kinds=frozenset(),
+                  device_refusal="their backends have no split buffer type, so the engine refuses to load "
+                                 "(\"does not support split buffers\", src/llama-model.cpp:1144-1166)"),
+    # one meta device over every non-CPU device (src/llama.cpp:160-219; RPC devices included);
+    # each weight and KV tensor is split by -ts (default: equal) with per-tensor granularity and
+    # a per-layer rotation of the rounding (src/llama-model.cpp:377-880); CPU layers (-ngl) and
+    # -ot CPU overrides stay in CPU buffers; flash attention is required
+    # (src/llama-context.cpp:3821-3832); --fit does not run (common/fit.cpp:183-185, a warning at
+    # :894-896), so the flags are used as given
+    SplitModeRule("tensor", "src/llama-model.cpp:377-880", parallel=True,
+                  flash_attn="src/llama-context.cpp:3821-3832",
+                  archs=frozenset({"grok", "mpt", "plamo2", "minicpm3", "gemma3n", "mamba", "mamba2", "jamba",
+                                   "falcon-h1", "olmo2", "olmoe", "deepseek2", "deepseek32", "hy_v4", "dots3note",
+                                   "glm-dsa", "bitnet", "t5", "nemotron_h", "nemotron_h_moe", "granitehybrid",
+                                   "minimax-01", "minimax-m2", "minimax-m3", "mistral4", "kimi-linear",
+                                   "bailingmoe3", "kimi-k3", "glm5-next", "qwen3tts", "qwen4exp"}),
+                  archs_source="src/llama-arch.cpp:1142-1179 llm_arch_supports_sm_tensor, checked at "
+                               "src/llama-model.cpp:360-362"),
+)
 # Environment variables llama-server / llama-cli read for each flag (common/arg.cpp, set_env(...)
 # at the line given). They are applied before the command line, so a flag given on the command
 # line wins over its variable (common/arg.cpp:784-806).
@@ -63,6 +93,7 @@ LLAMA_ENV = {
     "-mg": "LLAMA_ARG_MAIN_GPU",  # :2866
     "-ncmoe": "LLAMA_ARG_N_CPU_MOE",  # :2775
     "--rpc": "LLAMA_ARG_RPC",  # :2689
+    "-lm": "LLAMA_ARG_LOAD_MODE",  # :2707
 }
 _LOG_LAYER = re.compile(r"load_tensors: layer +(\d+) assigned to device (\S+?),")  # src/llama-model.cpp
 
@@ -91,7 +122,7 @@ def encode(model: ModelProfile, p: Placement, default_order: Sequence[str], rpc:
     their devices' buffer-type names, which ``-ot`` takes for RPC targets."""
     counts = layer_counts(p)
     n_dev_layers = sum(counts)
-    overrides = expert_overrides(model, p)
+    overrides = expert_overrides(model, p, rpc_names)
     used = [n for n, c in zip(p.order, counts) if c > 0]
     output_natural = used[-1] if used else None
     if n_dev_layers == 0:
@@ -107,6 +138,17 @@ def encode(model: ModelProfile, p: Placement, default_order: Sequence[str], rpc:
     if p.output != output_natural:
         overrides.append((r"^output\.", (rpc_names or {}).get(p.output, p.output)))
     return engine_args(n_dev_layers + 1, ts, dev_flag(p.order, default_order), overrides, rpc)
+
+
+def encode_parallel(model: ModelProfile, p: Placement, context: Context, default_order: Sequence[str],
+                    rpc: Sequence[str] = ()) -> EngineArgs:
+    """Flags of a placement under a parallel split mode (``context.split_mode``): the GPU layers
+    are the last ``-ngl`` slots (the output slot first), split by ``-ts`` (``context.split_shares``)."""
+    n_gpu = parallel_layers(p)
+    ea = engine_args(n_gpu + (p.output != CPU), context.split_shares, dev_flag(p.order, default_order),
+                     expert_overrides(model, p), rpc)
+    ea.split_mode = context.split_mode
+    return ea
 
 
 # --- the engine's own rules, for `check` ------------------------------------------------------
@@ -368,24 +410,35 @@ def _apply(out: ParsedArgs, key: str, flag: str, val: str, ncmoe: str) -> None:
 
 def decode(model: ModelProfile, parsed: ParsedArgs, accelerators: Sequence[str],
            free_mem: Sequence[float] | None = None, rpc_names: dict[str, str] | None = None,
-           n_gpu_layers: int = -1) -> Placement:
+           n_gpu_layers: int = -1, local: Collection[str] | None = None) -> Placement:
     """The placement llama.cpp makes of these flags (for `omni-place check`); ``free_mem`` is
-    per accelerator, ``n_gpu_layers`` the tool's default ``-ngl``."""
+    per accelerator, ``n_gpu_layers`` the tool's default ``-ngl``, ``local`` the local GPUs
+    (:func:`~.common.check_expert_target`)."""
     order = model_devices(parsed.split_mode, parsed.devices, accelerators, main_gpu=parsed.main_gpu)
     free = None if free_mem is None else [free_mem[list(accelerators).index(d)] for d in order]
     ngl = n_gpu_layers if parsed.n_gpu_layers is None else parsed.n_gpu_layers
+    if any(r.parallel and r.name == parsed.split_mode for r in SPLIT_MODES):
+        # one meta device wraps the order (src/llama.cpp:160-219), so the layer split runs over it
+        # alone: the last -ngl slots are split across every device, the rest stay on the CPU
+        meta = assign_layers(model.n_layer + 1, ngl, None, 1 if order else 0)
+        homes = tuple(CPU if s < 0 else order[0] for s in meta[:-1])
+        return placement_with_overrides(model, order, homes, CPU if meta[-1] < 0 else order[0], parsed.overrides,
+                                        accelerators, rpc_names, local)
     slots = assign_layers(model.n_layer + 1, ngl, parsed.tensor_split, len(order), free)
     homes = tuple(CPU if s < 0 else order[s] for s in slots[:-1])
     output = CPU if slots[-1] < 0 else order[slots[-1]]
-    return placement_with_overrides(model, order, homes, output, parsed.overrides, accelerators, rpc_names)
+    return placement_with_overrides(model, order, homes, output, parsed.overrides, accelerators, rpc_names, local)
 
 
 def placement_with_overrides(model: ModelProfile, order: Sequence[str], homes: Sequence[str], output: str,
                              overrides: Sequence[tuple[str, str]], accelerators: Sequence[str],
-                             rpc_names: dict[str, str] | None = None) -> Placement:
-    """Apply ``-ot`` entries (regex_search, first match wins) to a layer assignment: expert kinds
-    sent to the CPU per layer, and an output head moved elsewhere. Both forks match the same way;
-    targets are buffer types (:func:`~.common.override_device`)."""
+                             rpc_names: dict[str, str] | None = None,
+                             local: Collection[str] | None = None) -> Placement:
+    """Apply ``-ot`` entries (regex_search, first match wins) to a layer assignment: each
+    layer's expert kinds sent to the CPU or to another local GPU, and an output head moved
+    elsewhere. Both forks match the same way; targets are buffer types
+    (:func:`~.common.override_device`); experts across RPC devices are refused
+    (:func:`~.common.check_expert_target`)."""
     matcher = OverrideMatcher(overrides)
     targets = [(override_device(b, rpc_names), p, b) for p, b in overrides]
 
@@ -398,22 +451,21 @@ def placement_with_overrides(model: ModelProfile, order: Sequence[str], homes: S
     for dev, _, b in targets:
         if dev != CPU and dev not in accelerators:
             raise InvalidArgumentError(f"-ot buffer type {b!r} names no device of the cluster")
-    cpu_experts: list[frozenset[str]] = []
+    expert_homes: list[ExpertHomes] = []
     extra: list[tuple[str, str]] = []
     for il, home in enumerate(homes):
-        kinds = set()
+        away: dict[str, str] = {}
         for t in model.layers[il].expert_tensors:
             hit = first_match(t.name)
-            if hit is None:
+            if hit is None or hit[0] == home:
                 continue
             dev, p, b = hit
-            if dev == CPU:
-                kinds.add(expert_kind(t))
-            elif dev != home:
-                raise InvalidArgumentError(
-                    f"-ot {p}={b} moves {t.name} to another accelerator than its layer's ({home})",
-                    hint="omni-place models experts on their layer's device or on the CPU")
-        cpu_experts.append(frozenset(kinds) if home != CPU else frozenset())
+            check_expert_target(t.name, home, dev, f"{p}={b}", order, local=local, rpc=rpc_names)
+            kind = expert_kind(t)
+            if away.setdefault(kind, dev) != dev:
+                raise InvalidArgumentError(f"-ot sends layer {il}'s {kind} experts to both {away[kind]} and {dev}",
+                                           hint=r"anchor each pattern to whole tensor kinds, e.g. blk\.3\.ffn_up_exps")
+        expert_homes.append(frozenset(away.items()))
     # Non-expert tensors matched by an override are not modelled: say so instead of mispricing.
     for t in model.tensors:
         if t.role is Role.ROUTED_EXPERT:
@@ -430,7 +482,7 @@ def placement_with_overrides(model: ModelProfile, order: Sequence[str], homes: S
                 raise InvalidArgumentError(
                     f"-ot {p}={b} moves non-expert tensor {t.name}; omni-place prices only routed-expert "
                     "and output overrides", hint="anchor the pattern to expert tensors (…_exps)")
-    return Placement(tuple(order), tuple(homes), tuple(cpu_experts), output, tuple(extra))
+    return Placement(tuple(order), tuple(homes), tuple(expert_homes), output, tuple(extra))
 
 
 def bench_record_flags(rec: Mapping[str, Any]) -> BenchRecordFlags:
@@ -466,8 +518,8 @@ class LlamaCpp(Dialect):
 
     name = NAME
     traits = EngineTraits(cpu_weights=True, rpc_devices=True, swa_full=False, embedding_on_first=False,
-                          libllama=True, pin_weights=(("-lm", "none"), ("-lm", "none")),
-                          op_offload_switch=all(s.no_op_offload for s in SYNTAX.values()))
+                          libllama=True, pin_flags=pin_flags_of(SYNTAX),
+                          op_offload_switch=all(s.no_op_offload for s in SYNTAX.values()), split_modes=SPLIT_MODES)
     tools = TOOLS
     bench = BenchSpelling(fit=("-fitt", "1024"), n_cpu_moe="-ncmoe", output=("-o", "jsonl"), ngl_all="99",
                           no_op_offload=SYNTAX["bench"].no_op_offload)
@@ -476,6 +528,8 @@ class LlamaCpp(Dialect):
 
     def encode(self, model: ModelProfile, placement: Placement, cluster: Cluster, context: Context,
                usage: Sequence[DeviceUsage]) -> EngineArgs:
+        if context.split_mode != "layer":
+            return encode_parallel(model, placement, context, meta_order(cluster), rpc_servers(cluster.devices))
         return encode(model, placement, accelerator_names(cluster), rpc_servers(cluster.devices),
                       rpc_buffer_names(cluster.devices))
 
@@ -489,9 +543,11 @@ class LlamaCpp(Dialect):
                tool: str = "server") -> Placement:
         # no -ts: the engine splits by free memory
         accel = accelerator_names(cluster)
+        if parsed.devices is None and any(r.parallel and r.name == parsed.split_mode for r in SPLIT_MODES):
+            accel = meta_order(cluster)
         free = [float(cluster.by_name(n).memory_bytes) for n in accel]
         return decode(model, parsed, accel, free_mem=free, rpc_names=rpc_buffer_names(cluster.devices),
-                      n_gpu_layers=self.tool_defaults(tool).n_gpu_layers)
+                      n_gpu_layers=self.tool_defaults(tool).n_gpu_layers, local=local_gpus(cluster))
 
     def flags_of(self, parsed: ParsedArgs) -> EngineArgs:
         return EngineArgs.from_parsed(parsed, SYNTAX)

@@ -58,7 +58,7 @@ class VllmArgs:
 
     def args(self, tool: str = "server", *, ctx: int | None = None, n_ubatch: int | None = None,
              type_k: str = "f16", type_v: str = "f16", flash_attn: bool = True,
-             op_offload: bool = True) -> list[str]:
+             op_offload: bool = True, pinned_weights: bool = False) -> list[str]:
         if tool not in ("server", "cli"):
             raise InvalidArgumentError(f"vLLM has no {tool!r} flag dialect", hint="use --tool server")
         check_kv_types(type_k, type_v)
@@ -82,9 +82,9 @@ def visible_device(cluster: Cluster, name: str) -> str:
 
 def encode(model: ModelProfile, p: Placement, cluster: Cluster, usage: Sequence[DeviceUsage]) -> VllmArgs:
     """vLLM stages for a placement whose weights are all on local GPUs."""
-    if any(h == CPU for h in p.layer_home) or any(p.cpu_experts[il] for il in range(model.n_layer)
+    if any(h == CPU for h in p.layer_home) or any(p.expert_homes[il] for il in range(model.n_layer)
                                                  if model.layers[il].has_experts):
-        raise InvalidArgumentError("vLLM cannot keep layers or experts on the CPU per layer",
+        raise InvalidArgumentError("vLLM cannot keep layers on the CPU or experts away from their layer",
                                    hint="this placement needs llama.cpp or ik_llama.cpp")
     counts = layer_counts(p)
     used = [n for n, c in zip(p.order, counts) if c > 0]

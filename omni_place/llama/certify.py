@@ -23,6 +23,7 @@ from ..gguf import read_model_files
 from ..gguf_write import has_tensor_data, sparse_copy
 from ..model import load_model
 from ..plan import Plan, replan
+from ..splitcost import cost_model
 from ..units import MiB
 from ._abi import get_abi
 from ._loader import load_libllama
@@ -46,6 +47,9 @@ def certify(plan: Plan, *, library: str | None = None, max_runs: int = MAX_RUNS,
     buffer and the free memory it leaves; see the module doc."""
     if not plan.dialect.traits.libllama:
         return _skipped(plan, f"this libllama loads llama.cpp plans, not {plan.engine}")
+    if plan.context.split_mode != "layer":  # see plan_spec.preflight
+        return _skipped(plan, f"under -sm {plan.context.split_mode} the engine reports one Meta() buffer, not each "
+                              "device's")
     absent = absent_devices(plan, library)
     if absent:
         return _skipped(plan, absent)
@@ -85,7 +89,7 @@ def certify(plan: Plan, *, library: str | None = None, max_runs: int = MAX_RUNS,
                     delta[u.name] = u.compute_bytes - measured[u.name] - backoff.get(u.name, 0)
 
         # slack below the smallest layer is not worth another dry run
-        cost = CostModel(plan.model, plan.cluster, plan.context, plan.params)
+        cost = cost_model(plan.model, plan.cluster, plan.context, plan.params)
         step = min((lc.dense["cpu"] + kv for lc, kv in zip(plan.model.layers, cost.kv) if not lc.is_nextn),
                    default=SLACK_UNIT)
         current = plan

@@ -22,6 +22,7 @@ from ..gguf import read_model_files
 from ..gguf_write import has_tensor_data
 from .probe import LoadSpec
 from .rpc import check_rpc_server
+from .spec import split_mode_number
 
 if TYPE_CHECKING:
     from ..plan import Plan
@@ -39,6 +40,11 @@ def preflight(plan: Plan, *, dry_run: bool = True) -> None:
             f"this plan is for {plan.engine}; omni-place loads plans through mainline libllama (llama.cpp)",
             hint="plan with --engine llama.cpp to verify through the engine",
         )
+    if plan.context.split_mode != "layer":
+        raise InvalidArgumentError(
+            f"verify compares each device's buffers with the plan; under -sm {plan.context.split_mode} the engine "
+            "reports one Meta() buffer for all devices (the largest device's slice), not each device's",
+            hint="tests/test_split_modes.py checks the tensor split's bytes against the engine")
     path = Path(plan.model.path)
     if not path.is_file():
         raise InvalidArgumentError(f"model file not found: {path}", hint="verify needs the model's weights on disk")
@@ -107,6 +113,7 @@ def load_spec(plan: Plan, *, dry_run: bool = True, load_mode: str | None = None,
         flash_attn="on" if c.flash_attn else "off",
         swa_full=bool(getattr(c, "swa_full", False)),
         op_offload=bool(getattr(c, "op_offload", True)),
+        split_mode=split_mode_number(c.split_mode),
         dry_run=dry_run,
         load_mode=load_mode,
         n_threads=n_threads,

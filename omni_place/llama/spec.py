@@ -14,6 +14,13 @@ from . import bindings as b
 _SPLIT_MODES = {"none": 0, "layer": 1, "row": 2, "tensor": 3}
 
 
+def split_mode_number(name: str) -> int:
+    """libllama's ``enum llama_split_mode`` value of a ``-sm`` name (include/llama.h:199-204)."""
+    if name.lower() not in _SPLIT_MODES:
+        raise InvalidArgumentError(f"unknown split_mode {name!r} (one of {', '.join(_SPLIT_MODES)})")
+    return _SPLIT_MODES[name.lower()]
+
+
 @dataclass
 class LoadSpec:
     """What to load and how; every field is JSON-serialisable (see :meth:`to_json`)."""
@@ -120,4 +127,4 @@ class LoadSpec:
         return cls(**values)
 
 
-__all__ = ["LoadSpec"]
+__all__ = ["LoadSpec", "split_mode_number"]
