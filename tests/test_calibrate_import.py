@@ -96,6 +96,17 @@ def test_record_fields_reach_the_context_and_threads(models: dict) -> None:
     assert pt.cluster.cpu is not None and pt.cluster.cpu.threads == 8
     assert not pt.context.op_offload  # -nopo 1
     assert sum(h != CPU for h in pt.placement.layer_home) == 19  # -ngl 20: 19 layers and the output
+    assert not pt.context.pinned_weights  # load_mode "auto": mmap
+    for mode, pinned in (("none", True), ("mlock", True), ("mmap", False)):
+        rec["load_mode"] = mode  # -lm: a run without mmap held its CPU weights pinned
+        (pt,) = import_text(json.dumps(rec), model, cluster).points
+        assert pt.context is not None and pt.context.pinned_weights is pinned, mode
+    ik_model, ik_cluster = _setting("moe33.rig_12", models)
+    ik = json.loads((DATA / "moe33.rig_12.ik_llama.cpp.json").read_text())[0]
+    for use_mmap, pinned in ((True, False), (False, True)):
+        ik["use_mmap"] = use_mmap  # ik's -mmp 0
+        (pt,) = import_text(json.dumps([ik]), ik_model, ik_cluster, engine="ik_llama.cpp").points
+        assert pt.context is not None and pt.context.pinned_weights is pinned, use_mmap
 
 
 def test_prompt_generation_and_split_modes_are_skipped(models: dict) -> None:
@@ -129,7 +140,7 @@ _JSON = st.recursive(st.none() | st.booleans() | st.integers(-(1 << 70), 1 << 70
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(field=st.sampled_from(["n_gpu_layers", "tensor_split", "tensor_buft_overrides", "n_cpu_moe", "devices",
                               "split_mode", "n_ubatch", "n_batch", "flash_attn", "type_k", "n_threads", "n_prompt",
-                              "n_gen", "n_depth", "avg_ts", "fit_target", "no_op_offload", "main_gpu"]),
+                              "n_gen", "n_depth", "avg_ts", "fit_target", "no_op_offload", "main_gpu", "load_mode"]),
        value=_JSON, drop=st.booleans())
 def test_any_field_value_is_used_or_skipped(field: str, value: object, drop: bool, models: dict) -> None:
     """A record with any field of any type, or missing, is used or skipped with a reason."""

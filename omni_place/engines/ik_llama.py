@@ -359,6 +359,8 @@ def bench_record_flags(rec: Mapping[str, Any]) -> BenchRecordFlags:
     if overrides not in ("", "none"):
         argv += ["-ot", overrides]
     argv += record_test_flags(rec, "1" if record_switch(rec, "flash_attn", True) else "0")
+    if not record_switch(rec, "use_mmap", True):  # -mmp 0: CPU-held weights pinned
+        argv += list(SYNTAX["bench"].pin_weights)
     threads = record_int(rec, "n_threads", 1, 1 << 16) if "n_threads" in rec else None
     return BenchRecordFlags(tuple(argv), threads)
 

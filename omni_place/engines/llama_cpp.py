@@ -507,6 +507,9 @@ def bench_record_flags(rec: Mapping[str, Any]) -> BenchRecordFlags:
     argv += record_test_flags(rec, fa_text) + ["-d", str(record_int(rec, "n_depth", 0, n32, 0))]
     if record_switch(rec, "no_op_offload", False):
         argv += list(SYNTAX["bench"].no_op_offload)
+    load_mode = record_text(rec, "load_mode", "auto")  # -lm: none/mlock load without mmap (pinned)
+    if load_mode != "auto":
+        argv += ["-lm", load_mode]
     fit = [f"{flag} {n}" for flag, key in (("-fitt", "fit_target"), ("-fitc", "fit_min_ctx"))
            if (n := record_int(rec, key, 0, 1 << 62, 0))]
     threads = record_int(rec, "n_threads", 1, 1 << 16) if "n_threads" in rec else None
