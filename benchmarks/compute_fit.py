@@ -5,10 +5,14 @@ Reads the records of ``benchmarks/compute_sweep.py`` (CPU backend and CUDA), tur
 fits, per backend class and role, a maximum of non-negative linear functions (a
 max-affine fit, one piece per phase of the graph (:data:`PHASES`): rows are assigned to the
 piece that attains the maximum and each piece is re-fitted by non-negative least squares on
-relative error). A quarter of
-the random models (``case % 4 == 0``) is held out; the report gives the error on them. A final
-per-role scale leaves at most 5 % of the training rows below the engine by more than the target
-(max(3 %, 32 MiB)), so that predictions err on the side the planner can afford.
+relative error). For a CUDA device's roles the candidates also include the replayed graph of
+:mod:`omni_place.compute_graph` (one multiplicity and a constant), alone or beside the phases;
+cross-validation over the training models picks one, and the best of the phases alone is kept
+as ``widths_only`` for architectures the graph does not rebuild. A quarter of the random models
+(``case % 4 == 0``) is held out; the report gives the error on them, per role and per
+architecture. Scales (per phase, or of the whole maximum) leave at most 5 % of the training rows
+below the engine by more than the target (max(3 %, 32 MiB)), so that predictions err on the side
+the planner can afford.
 
     python -m benchmarks.compute_fit benchmarks/results/compute_sweep_cpu.jsonl \\
         benchmarks/results/compute_sweep_cuda.jsonl          # writes omni_place/data/compute_model.json
@@ -16,6 +20,7 @@ per-role scale leaves at most 5 % of the training rows below the engine by more 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import pickle
 import tempfile
@@ -26,7 +31,7 @@ from typing import Any
 import numpy as np
 from scipy.optimize import nnls
 
-from omni_place.compute import F32, FEATURES, ROLES, features
+from omni_place.compute import F32, FEATURES, GRAPH_OF_ROLE, ROLES, features
 from omni_place.model import ModelProfile, Role, load_model
 from omni_place.units import MiB
 from tests.arch_models import write_model
@@ -52,10 +57,15 @@ def _largest(model: ModelProfile, on_cpu: Any) -> int:
     return max((t.alloc_bytes("cuda") for t in model.tensors if on_cpu(t)), default=0)
 
 
+def record_ubatch(rec: dict[str, Any]) -> int:
+    """The ubatch a sweep record ran: the engine caps n_ubatch at n_batch, which the ctypes probe
+    left at llama.cpp's default and the CUDA sweep (``fit_print`` records) set to n_ubatch."""
+    return int(min(rec["n_ubatch"], rec.get("n_batch") or (rec["n_ubatch"] if "fit_print" in rec else DEFAULT_N_BATCH)))
+
+
 def rows_of(rec: dict[str, Any], model: ModelProfile) -> list[tuple[str, str, np.ndarray, float]]:
     """(backend class, role, features, engine bytes) of one record's buffers."""
-    # the engine caps n_ubatch at n_batch; the ctypes probe left n_batch at llama.cpp's default
-    ubatch = min(rec["n_ubatch"], rec.get("n_batch") or (rec["n_ubatch"] if "fit_print" in rec else DEFAULT_N_BATCH))
+    ubatch = record_ubatch(rec)
     kv = max(model.kv_layer_bytes(rec["n_ctx"], rec["kv_type"], rec["kv_type"], n_seq=1, n_ubatch=ubatch,
                                   flash_attn=rec["flash_attn"]), default=0)
     f = features(model, n_ctx=rec["n_ctx"], n_ubatch=ubatch, flash_attn=rec["flash_attn"],
@@ -112,19 +122,24 @@ START: dict[str, dict[str, float]] = {
 OFFLOAD_ONLY = ("cpu_weight", "kv_layer")  # widths of copies that only op offload makes
 
 
-def fit_phases(X: np.ndarray, y: np.ndarray, offload: bool, iters: int = 60) -> np.ndarray:
-    """A max over :data:`PHASES` of non-negative linear functions of their widths, minimizing the
-    relative squared error: rows go to the phase that attains the maximum, each phase is re-fitted
-    by NNLS on its rows, until the assignment is stable."""
-    masks = np.array([[name in cols for name in FEATURES] for cols in PHASES.values()], dtype=float)
+def fit_phases(X: np.ndarray, y: np.ndarray, offload: bool, iters: int = 60,
+               phases: dict[str, tuple[str, ...]] | None = None,
+               start: dict[str, dict[str, float]] | None = None) -> np.ndarray:
+    """A max over ``phases`` (default :data:`PHASES`, from ``start``'s multiplicities) of
+    non-negative linear functions of their widths, minimizing the relative squared error: rows go
+    to the phase that attains the maximum, each phase is re-fitted by NNLS on its rows, until the
+    assignment is stable."""
+    phases, start = (PHASES, START) if phases is None else (phases, start or {})
+    masks = np.array([[name in cols for name in FEATURES] for cols in phases.values()], dtype=float)
     usable = masks * (X.max(axis=0) > 0)  # a width that is always 0 here cannot be fitted
     if not offload:  # no copies: drop their widths and the phase made of them
         usable[:, [FEATURES.index(name) for name in OFFLOAD_ONLY]] = 0.0
-        usable[list(PHASES).index("offload")] = 0.0
-    coef = usable * np.array([[START.get(name, {}).get(col, 0.0) for col in FEATURES] for name in PHASES])
+        if "offload" in phases:
+            usable[list(phases).index("offload")] = 0.0
+    coef = usable * np.array([[start.get(name, {}).get(col, 0.0) for col in FEATURES] for name in phases])
     assign = np.argmax(X @ coef.T, axis=1)
     for _ in range(iters):
-        for k in range(len(PHASES)):
+        for k in range(len(phases)):
             rows = assign == k
             cols = usable[k] > 0
             if rows.sum() >= max(3, cols.sum()):
@@ -137,12 +152,77 @@ def fit_phases(X: np.ndarray, y: np.ndarray, offload: bool, iters: int = 60) -> 
     return coef
 
 
+def _smallest_scale(fitted: np.ndarray, truth: np.ndarray, tol: np.ndarray) -> float:
+    """The smallest factor that leaves at most UNDER_SHARE of the rows below the target."""
+    return next((float(s) for s in np.arange(0.90, 3.0, 0.01) if np.mean(fitted * s < truth - tol) <= UNDER_SHARE),
+                3.0)
+
+
+def calibrate(coef: np.ndarray, X: np.ndarray, truth: np.ndarray, tol: np.ndarray,
+              rounds: int = 3) -> tuple[np.ndarray, float]:
+    """Scale each phase by the smallest factor that leaves at most UNDER_SHARE of the training
+    rows it prices under the target (a phase the graph sums exactly needs none, one the
+    allocator fragments needs more), then the whole maximum likewise: (scaled pieces, scale)."""
+    coef = coef.copy()
+    for _ in range(rounds):
+        values = X @ coef.T / X[:, :1] * F32
+        owner = np.argmax(values, axis=1)
+        for k in range(len(coef)):
+            rows = owner == k
+            if rows.sum() >= 3:
+                coef[k] *= _smallest_scale(values[rows, k], truth[rows], tol[rows])
+    return coef, _smallest_scale(np.max(X @ coef.T, axis=1) / X[:, 0] * F32, truth, tol)
+
+
+Candidate = tuple[dict[str, tuple[str, ...]], dict[str, dict[str, float]], int]
+
+
+def candidates(cls: str, role: str) -> list[Candidate]:
+    """(phases, starting multiplicities, calibration rounds) to choose from: for a CUDA device's
+    roles the widths' phases, the replayed graph (compute_graph.py) alone or beside them, each
+    scaled as a whole or per phase; elsewhere (the CPU backend, the host's share) the widths'
+    phases scaled as a whole."""
+    if not (cls == "cuda" and role in GRAPH_OF_ROLE):
+        return [(PHASES, START, 0)]
+    graph: dict[str, tuple[str, ...]] = {"graph": ("inv_tokens", GRAPH_OF_ROLE[role])}
+    start = {"graph": {GRAPH_OF_ROLE[role]: 1.0}}
+    sets = [(PHASES, START), (graph, start), ({**PHASES, **graph}, {**START, **start})]
+    return [(phases, start, rounds) for (phases, start), rounds in itertools.product(sets, (0, 3))]
+
+
+def _fit(cand: Candidate, X: np.ndarray, y: np.ndarray, truth: np.ndarray, tol: np.ndarray,
+         offload: bool) -> tuple[np.ndarray, float]:
+    phases, start, rounds = cand
+    return calibrate(fit_phases(X, y, offload, phases=phases, start=start), X, truth, tol, rounds)
+
+
+def select_and_fit(cls: str, role: str, X: np.ndarray, y: np.ndarray, truth: np.ndarray, tol: np.ndarray,
+                   cases: np.ndarray, folds: int = 4, replayed: bool = True) -> tuple[np.ndarray, float]:
+    """The candidate most often within the target on training rows it was not fitted to
+    (``folds``-fold cross-validation over the training models), refitted on all of them;
+    ``replayed=False``: among the widths' phases only."""
+    offload = role.startswith(("offload", "gpu_"))
+    best: tuple[float, Candidate] | None = None
+    for cand in candidates(cls, role) if replayed else [(PHASES, START, 0), (PHASES, START, 3)]:
+        within = []
+        for k in range(folds):
+            held = (cases // 4) % folds == k  # whole models, as the held-out split
+            coef, scale = _fit(cand, X[~held], y[~held], truth[~held], tol[~held], offload)
+            pred = np.max(X[held] @ coef.T, axis=1) / X[held, 0] * F32 * scale
+            within.append(np.abs(pred - truth[held]) <= tol[held])
+        score = float(np.mean(np.concatenate(within)))
+        if best is None or score > best[0]:
+            best = (score, cand)
+    assert best is not None
+    return _fit(best[1], X, y, truth, tol, offload)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("records", nargs="+", help="compute_sweep JSONL files")
     ap.add_argument("--rows-cache", help="a pickle of the model profiles (building them writes every model)")
     args = ap.parse_args()
-    data: dict[tuple[str, str], list[tuple[int, np.ndarray, float, float]]] = defaultdict(list)
+    data: dict[tuple[str, str], list[tuple[int, np.ndarray, float, float, str]]] = defaultdict(list)
     engines: list[str] = []
     cache: dict[str, ModelProfile] = {}
     cached = Path(args.rows_cache) if args.rows_cache else None
@@ -158,54 +238,69 @@ def main() -> None:
                 if not rec["ok"]:
                     continue
                 model = _profile(cache, Path(tmp), rec["arch"], rec["shape"])
-                for cls, role, f, y in rows_of(rec, model):
-                    if y > 0:
-                        data[cls, role].append((rec["case"], f, y / F32 * f[0], y))
+                for cls, role, f, engine_bytes in rows_of(rec, model):
+                    if engine_bytes > 0:
+                        data[cls, role].append((rec["case"], f, engine_bytes / F32 * f[0], engine_bytes,
+                                                rec["arch"]))
     if cached:
         cached.write_bytes(pickle.dumps(cache))
     out: dict[str, Any] = {"features": list(FEATURES), "engines": engines, "backends": {}}
-    report = []
+    report: list[dict[str, Any]] = []
+    by_arch: list[dict[str, Any]] = []  # held-out rows only
     for (cls, role), rows in sorted(data.items()):
-        test = np.array([case % 4 == 0 for case, *_ in rows])
-        X = np.array([f for _, f, _, _ in rows])
-        y = np.array([t for _, _, t, _ in rows])
-        coef = fit_phases(X[~test], y[~test], offload=role.startswith(("offload", "gpu_")))
-        truth = np.array([b for *_, b in rows])
-        fitted = np.max(X @ coef.T, axis=1) / X[:, 0] * F32
+        test = np.array([row[0] % 4 == 0 for row in rows])
+        X = np.array([row[1] for row in rows])
+        y = np.array([row[2] for row in rows])
+        truth = np.array([row[3] for row in rows])
+        arch = np.array([row[4] for row in rows])
         tol = np.maximum(TOLERANCE_MIB * MiB, TOLERANCE_REL * truth)
-        # the smallest scale that leaves at most UNDER_SHARE of the training rows under the target
-        scale = next((float(s) for s in np.arange(0.90, 3.0, 0.01)
-                      if np.mean((fitted * s < truth - tol)[~test]) <= UNDER_SHARE), 3.0)
-        out["backends"].setdefault(cls, {})[role] = {"pieces": coef.round(6).tolist(), "scale": round(scale, 4)}
+        cases = np.array([row[0] for row in rows])
+        coef, scale = select_and_fit(cls, role, X[~test], y[~test], truth[~test], tol[~test], cases=cases[~test])
+        fitted = np.max(X @ coef.T, axis=1) / X[:, 0] * F32
+        fit: dict[str, Any] = {"pieces": coef.round(6).tolist(), "scale": round(scale, 4)}
+        if cls == "cuda" and role in GRAPH_OF_ROLE:  # for an architecture compute_graph does not rebuild
+            fallback, fallback_scale = select_and_fit(cls, role, X[~test], y[~test], truth[~test], tol[~test],
+                                                      cases=cases[~test], replayed=False)
+            fit["widths_only"] = {"pieces": fallback.round(6).tolist(), "scale": round(fallback_scale, 4)}
+        out["backends"].setdefault(cls, {})[role] = fit
         pred = fitted * scale
         for split, sel in (("train", ~test), ("held-out", test)):
-            if not sel.any():
-                continue
-            err = (pred[sel] - truth[sel]) / MiB
-            rel = pred[sel] / truth[sel] - 1.0
-            ok = np.abs(err) <= np.maximum(TOLERANCE_MIB, TOLERANCE_REL * truth[sel] / MiB)
-            report.append({"backend": cls, "role": role, "split": split, "rows": int(sel.sum()),
-                           "within_target": round(float(ok.mean()), 3),
-                           "under_32mib": int((err < -TOLERANCE_MIB).sum()),
-                           "median_rel": round(float(np.median(rel)), 4),
-                           "p95_abs_rel": round(float(np.quantile(np.abs(rel), 0.95)), 4),
-                           "max_over_mib": round(float(err.max()), 1), "max_under_mib": round(float(-err.min()), 1)})
+            if sel.any():
+                report.append({"backend": cls, "role": role, "split": split, **_stats(pred[sel], truth[sel])})
+        for name in sorted(set(arch[test])):
+            sel = test & (arch == name)
+            by_arch.append({"backend": cls, "role": role, "arch": name, **_stats(pred[sel], truth[sel])})
     if not {r for roles in out["backends"].values() for r in roles} <= set(ROLES):
         raise SystemExit("a fitted role is not in omni_place.compute.ROLES")
     MODEL_JSON.write_text(json.dumps(out, indent=1) + "\n")
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "compute_fit.json").write_text(json.dumps({"records": args.records, "report": report}, indent=1))
-    lines = ["| backend | role | split | rows | within max(3 %, 32 MiB) | under by > 32 MiB | median rel. error | "
-             "95th pct abs. rel. error | max over MiB | max under MiB |",
-             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
-    lines += [f"| {r['backend']} | {r['role']} | {r['split']} | {r['rows']} | {r['within_target']:.1%} | "
-              f"{r['under_32mib']} | {r['median_rel']:+.1%} | {r['p95_abs_rel']:.1%} | {r['max_over_mib']} | "
-              f"{r['max_under_mib']} |" for r in report]
+    (RESULTS / "compute_fit.json").write_text(json.dumps({"records": args.records, "report": report,
+                                                         "held_out_by_arch": by_arch}, indent=1))
+    lines = _table(report, "split") + ["", "Held-out models by architecture:", ""] + _table(by_arch, "arch")
     (RESULTS / "compute_fit.md").write_text(
         "# Compute-buffer model: fit and held-out error\n\n`python -m benchmarks.compute_fit "
         + " ".join(Path(p).name for p in args.records) + "` (engines: " + "; ".join(sorted(set(engines)))
         + ")\n\n" + "\n".join(lines) + "\n")
     print("\n".join(lines))
+
+
+def _stats(pred: np.ndarray, truth: np.ndarray) -> dict[str, Any]:
+    err = (pred - truth) / MiB
+    rel = pred / truth - 1.0
+    ok = np.abs(err) <= np.maximum(TOLERANCE_MIB, TOLERANCE_REL * truth / MiB)
+    return {"rows": int(len(truth)), "within_target": round(float(ok.mean()), 3),
+            "under_32mib": int((err < -TOLERANCE_MIB).sum()), "median_rel": round(float(np.median(rel)), 4),
+            "p95_abs_rel": round(float(np.quantile(np.abs(rel), 0.95)), 4),
+            "max_over_mib": round(float(err.max()), 1), "max_under_mib": round(float(-err.min()), 1)}
+
+
+def _table(rows: list[dict[str, Any]], key: str) -> list[str]:
+    lines = [f"| backend | role | {key} | rows | within max(3 %, 32 MiB) | under by > 32 MiB | median rel. error | "
+             "95th pct abs. rel. error | max over MiB | max under MiB |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    return lines + [f"| {r['backend']} | {r['role']} | {r[key]} | {r['rows']} | {r['within_target']:.1%} | "
+                    f"{r['under_32mib']} | {r['median_rel']:+.1%} | {r['p95_abs_rel']:.1%} | {r['max_over_mib']} | "
+                    f"{r['max_under_mib']} |" for r in rows]
 
 
 if __name__ == "__main__":

@@ -10,9 +10,11 @@ Three subcommands, run in this order on the GPU machine:
     the tensors that decide *routing* hold real values: F32 norms of ones, a random F32 router per
     MoE layer and random token embeddings. With zero attention and FFN outputs the router sees
     each token's normalised embedding, so llama-bench's random prompt tokens spread over the
-    experts as a real model's do. (A tiled all-positive Q4_K pattern, as ``synth_gguf`` writes,
-    drives every token to the same few experts and makes op offload copy almost nothing: its
-    MoE prompt speeds are not what a real model gets.)
+    experts of a softmax router (moe15) as a real model's do; deepseek2's sigmoid router saturates
+    on these logits and a ubatch uses ~59 % of mla16's experts (``replay_routing``). (A tiled
+    all-positive Q4_K pattern, as ``synth_gguf`` writes, drives every token to the same few
+    experts and makes op offload copy almost nothing: its MoE prompt speeds are not what a real
+    model gets.)
 
 ``prepare MODEL --cluster TOML --rig NAME -o MATRIX``
     The configurations of one model on one rig: the engine's ``--fit``, the recipes of
@@ -26,7 +28,8 @@ Three subcommands, run in this order on the GPU machine:
     Every configuration of every matrix, in rounds that alternate the order (A B C, C B A, ...)
     so slow drifts of the machine do not favour one configuration; one ``-v`` log per run.
 
-Then, anywhere: ``report`` (each run priced as it ran), ``versus`` (each objective's plan against
+Then, anywhere: ``report`` (each run priced as it ran, with the routing replayed from each
+speed model's router), ``versus`` (each objective's plan against
 every recipe, with the rounds' spread) and ``vram`` (the engine's buffers against the price).
 
 Measure the CPU (``devices --measure``, ``host_link.py``) on an idle machine: the first H200 runs
@@ -107,15 +110,17 @@ def _valued_tensors(files: Any) -> Iterator[tuple[Any, bytes]]:
             raise SystemExit(f"{t.name} is {t.type_name}; the speed models write Q4_K embeddings")
 
 
-def routed_share(header: Path, n_tokens: int = 512, trials: int = 4) -> float:
-    """The mean share of a MoE layer's experts that one ubatch of ``n_tokens`` random prompt
-    tokens (llama-bench's ``std::rand() % n_vocab``) routes to, replayed from the speed model's own
-    router and embeddings (the header names them, ``_valued_tensors`` regenerates their values).
-    With zero attention and FFN outputs each layer's router sees the token's RMS-normed embedding.
-    A sigmoid router (deepseek2's ``expert_gating_func`` 2) meets logits of ~45 sd here: sigmoid
-    rounds most of the top ones to 1.0f and the tie goes to the lowest expert index
-    (ggml/src/ggml-cuda/topk-moe.cu:210), so a ubatch touches ~57 % of mla16's experts where a
-    real router's ~1-sd logits touch all. 1.0 for a dense model."""
+def replay_routing(header: Path, n_tokens: int = 512, trials: int = 4) -> list[list[int]]:
+    """How many of a ubatch's ``n_tokens`` random prompt tokens (llama-bench's ``std::rand() %
+    n_vocab``) each expert of each MoE layer gets, replayed from the speed model's own router and
+    embeddings (the header names them, ``_valued_tensors`` regenerates their values), ``trials``
+    ubatches per layer; for ``CostModel.with_routing``. Empty for a dense model. With zero
+    attention and FFN outputs each layer's router sees the token's RMS-normed embedding. A sigmoid
+    router (deepseek2's ``expert_gating_func`` 2) meets logits of ~45 sd here: F32 sigmoid rounds
+    the top ones to 1.0 and the tie goes to the lowest expert index
+    (ggml/src/ggml-cuda/topk-moe.cu:210), so a ubatch of mla16 touches ~59 % of its experts, the
+    low-numbered ones with several MMQ tiles of tokens, where ~1-sd logits (a trained router's)
+    spread tokens over all of them."""
     from gguf import GGMLQuantizationType
     from gguf.quants import dequantize
 
@@ -126,10 +131,10 @@ def routed_share(header: Path, n_tokens: int = 512, trials: int = 4) -> float:
     arch = meta["general.architecture"]
     n_exp, k = meta.get(f"{arch}.expert_count", 0), meta.get(f"{arch}.expert_used_count", 0)
     if not n_exp:
-        return 1.0
+        return []
     sigmoid = meta.get(f"{arch}.expert_gating_func") == 2  # LLAMA_EXPERT_GATING_FUNC_TYPE_SIGMOID
     n_embd = meta[f"{arch}.embedding_length"]
-    emb, routers = b"", []
+    emb, n_vocab, routers = b"", 0, []
     for t, data in _valued_tensors(files):
         if t.name == "token_embd.weight":
             emb, n_vocab = data, t.shape[1]
@@ -137,7 +142,7 @@ def routed_share(header: Path, n_tokens: int = 512, trials: int = 4) -> float:
             routers.append(np.frombuffer(data, dtype=np.float32).reshape(n_exp, n_embd))
     rows = np.frombuffer(emb, dtype=np.uint8).reshape(n_vocab, -1)
     pick = np.random.default_rng(1)
-    shares = []
+    counts = []
     for _ in range(trials):
         tokens = rows[pick.integers(0, n_vocab, n_tokens)]
         x = dequantize(tokens, GGMLQuantizationType.Q4_K).astype(np.float32).reshape(n_tokens, n_embd)
@@ -148,8 +153,8 @@ def routed_share(header: Path, n_tokens: int = 512, trials: int = 4) -> float:
             score = (1 / (1 + np.exp(-logits.astype(np.float64)))).astype(np.float32) if sigmoid else logits
             ties_low = np.broadcast_to(np.arange(n_exp), score.shape)
             top = np.lexsort((ties_low, -score), axis=1)[:, :k]
-            shares.append(len(np.unique(top)) / n_exp)
-    return float(np.mean(shares))
+            counts.append(np.bincount(top.ravel(), minlength=n_exp).tolist())
+    return counts
 
 
 def _random_q4_k(rng: np.random.Generator, nbytes: int) -> bytes:
@@ -348,12 +353,12 @@ def _report(a: argparse.Namespace) -> int:
     rows = _rows(a.results, a.only_model)
     out = []
     models: dict[str, Any] = {}
-    routing: dict[str, float] = {}
+    routing: dict[str, list[list[int]]] = {}
     for (rig, model, config), row in sorted(rows.items()):
         header = Path(a.headers) / f"{model}.hdr.gguf"
         prof = models.setdefault(model, load_model(header))
         if model not in routing:  # the share of experts a ubatch touched in these runs
-            routing[model] = routed_share(header) if a.routing == "replayed" else 1.0
+            routing[model] = replay_routing(header) if a.routing == "replayed" else []
         cluster = resolve_cluster(str(Path(a.rigs) / f"rig_{rig.removeprefix('h200-')}.toml"))
         placement = placement_from_log(row["log"], prof, ["CUDA0"], "llama.cpp", row["argv"])
         if placement is None:
@@ -362,7 +367,7 @@ def _report(a: argparse.Namespace) -> int:
         context = rules.traits.context(ctx=512 + 32, n_ubatch=512, pinned_weights=parsed.pinned_weights,
                                        op_offload=parsed.op_offload)
         cost = CostModel(prof, cluster, context, params)
-        if a.routing == "replayed":
+        if routing[model]:
             cost = cost.with_routing(routing[model])
         pred = cost.predict(placement)
         tg, pp = statistics.median(row["tg"]), statistics.median(row["pp"])
@@ -380,8 +385,9 @@ def _report(a: argparse.Namespace) -> int:
                      f"{o['tg']:.1f} ({o['tg_spread'][0]:.1f}-{o['tg_spread'][1]:.1f}) | {o['pred_tg']:.1f} | "
                      f"{o['tg_err']:+.0%} | {o['pp']:.0f} ({o['pp_spread'][0]:.0f}-{o['pp_spread'][1]:.0f}) | "
                      f"{o['pred_pp']:.0f} | {o['pp_err']:+.0%} |")
-    lines.append("\nexperts one ubatch touched: " + ", ".join(f"{m} {v:.0%}" for m, v in sorted(routing.items()))
-                 + ("" if a.routing == "replayed" else " (assumed: uniform routing)"))
+    if any(routing.values()):
+        lines.append("\nexperts one ubatch touched (replayed): " + ", ".join(
+            f"{m} {np.mean([np.count_nonzero(c) / len(c) for c in v]):.0%}" for m, v in sorted(routing.items()) if v))
     for rig in sorted({o["rig"] for o in out}):
         for kind in ("tg", "pp"):
             errs = sorted(abs(o[f"{kind}_err"]) for o in out if o["rig"] == rig)
@@ -522,7 +528,7 @@ def main(argv: list[str] | None = None) -> int:
     q.add_argument("--only-model", help="only this model's configurations")
     q.add_argument("--routing", choices=("replayed", "uniform"), default="replayed",
                    help="the share of experts a ubatch touches: replayed from each speed model's router "
-                        "(what the runs did, routed_share) or the cost model's uniform-routing default")
+                        "(what the runs did, replay_routing) or the cost model's uniform-routing default")
     q.add_argument("--json")
     w = sub.add_parser("versus")
     w.add_argument("results", nargs="+")

@@ -3,26 +3,27 @@
 The engine sizes these buffers by allocating its worst-case graph (``src/llama-context.cpp``
 ``sched_reserve``: a prompt batch of ``n_tokens = min(n_ctx, n_ubatch)`` tokens, all of them
 outputs) with ggml's graph allocator (``ggml/src/ggml-alloc.c``), which reuses a tensor's memory
-once its last consumer ran. Each backend's buffer is therefore a *peak*, not a sum: the largest
-set of activations alive at one point of the part of the graph it runs (the logits and two
-residual rows at the output head; the FFN or MoE intermediates, or the attention scores without
-flash attention, inside a layer), plus the graph inputs alive throughout (the KQ masks).
+once its last consumer ran. Each backend's buffer is therefore a *peak*, not a sum: the highest
+address the allocator reached over the part of the graph that backend runs.
 
-Every term is ``n_tokens`` times a width from the hyper-parameters, so the peak over the graph
-is a maximum of linear functions of per-token widths (:func:`features`). Which ones, with what
-multiplicity, is fitted per device role and backend from the engine's own ``compute buffer
-size`` lines over random model shapes, contexts and placements (``benchmarks/compute_sweep.py``
-records them with no-alloc dry runs; ``benchmarks/compute_fit.py`` fits the max-affine pieces
-into ``data/compute_model.json`` and reports the error on shapes the fit did not see).
+For a CUDA device :mod:`.compute_graph` rebuilds that graph per architecture and replays the
+allocator over it (the ``graph_*`` features, one per device role). Beside it, every term of a
+phase of the graph is ``n_tokens`` times a width from the hyper-parameters (:func:`features`),
+so a phase's peak is linear in per-token widths and the buffer a maximum of such pieces. Which
+pieces, with what multiplicity, is fitted per device role and backend from the engine's own
+``compute buffer size`` lines over random model shapes, contexts and placements
+(``benchmarks/compute_sweep.py`` records them with no-alloc dry runs; ``benchmarks/compute_fit.py``
+picks and fits the pieces into ``data/compute_model.json`` and reports the error on shapes the
+fit did not see).
 
 Roles (``ROLES``): ``layers_output`` a device running layers and the output head (everything on
 one device), ``host_base`` the CPU's buffer when accelerators run every layer, ``host_all`` /
 ``host_partial`` the CPU running every / some layers beside an accelerator, ``offload_none`` /
 ``gpu_partial`` / ``gpu_exps`` the first GPU receiving op-offloaded work of CPU-held weights
-(none, some layers, routed experts on the CPU), whose peak includes a copy of the largest such
-weight (``ggml-backend.cpp`` copies an offloaded op's weight into the split's inputs).
+(none, some layers, routed experts on the CPU), whose peak includes copies of those weights
+(``ggml-backend.cpp`` copies an offloaded op's weight into the split's inputs).
 A device running layers without the output head is ``layers_output`` with the vocabulary width
-set to zero.
+set to zero and the graph replayed without the head.
 """
 from __future__ import annotations
 
@@ -34,6 +35,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .compute_graph import REPLAYED, Offload, device_peak
+from .model import KV_CELL_PADDING, align_up
+
 if TYPE_CHECKING:
     from .model import ModelProfile
 
@@ -42,10 +46,18 @@ PIPELINE_COPIES = 4  # GGML_SCHED_MAX_COPIES: input copies kept when the engine 
 
 # Per-token widths, in F32 elements (bytes / 4 / n_tokens); ``inv_tokens`` carries constants.
 FEATURES = ("inv_tokens", "embd", "ff", "q", "kv", "mla", "moe", "moe_embd", "n_expert", "shexp", "vocab",
-            "mask", "kq", "indexer", "swa_mask", "kv_cast", "cpu_weight", "kv_layer")
+            "mask", "kq", "indexer", "swa_mask", "kv_cast", "cpu_weight", "kv_layer",
+            "graph_all", "graph_layers", "graph_none", "graph_partial", "graph_exps")
+# ``graph_*``: the CUDA buffer of the replayed graph (compute_graph.py) of a device running every
+# layer and the output head (``all``), the layers only, or the op-offloaded work of host-held
+# weights: of everything (``none``), of the layers but the last (``partial``), of the experts
 ROLES = ("layers_output", "host_base", "host_all", "host_partial", "offload_none", "gpu_partial", "gpu_exps")
 _VOCAB = FEATURES.index("vocab")
+_ALL, _LAYERS = FEATURES.index("graph_all"), FEATURES.index("graph_layers")
 _CPU_WEIGHT = FEATURES.index("cpu_weight")
+# the device role each graph feature prices (the fit uses it for the CUDA roles)
+GRAPH_OF_ROLE = {"layers_output": "graph_all", "offload_none": "graph_none", "gpu_partial": "graph_partial",
+                 "gpu_exps": "graph_exps"}
 
 
 def batch_tokens(model: ModelProfile, n_ctx: int, n_ubatch: int, n_seq: int = 1) -> int:
@@ -95,21 +107,52 @@ def features(model: ModelProfile, *, n_ctx: int, n_ubatch: int, flash_attn: bool
         # heads are reduced as they go (V3.2's 64 heads measured ~1x, not 64x, the 4 of the sweep)
         n_kv if hp.indexer_head_size else 0,
         swa_cells * mask_elt,
-        # flash attention over a quantized cache reads K and V through an F16 copy of the whole
-        # cache of a layer (llama-graph.cpp build_attn_mha casts them for the backends that need it)
+        # flash attention over a quantized cache: CUDA's F16 copies of the layer's K and V (per
+        # token only by the fit; compute_graph.py places them exactly)
         n_kv * n_head_kv * (hp.head_dim_k + hp.head_dim_v) * 0.5 if flash_attn and kv_quantized else 0.0,
         0.0,
         kv_layer_bytes / F32 / n_tokens,
+        *graph_widths(model, n_tokens=n_tokens, n_kv=n_kv, n_ubatch=n_ubatch, n_seq=n_seq, flash_attn=flash_attn,
+                      kv_quantized=kv_quantized, kv_layer_bytes=kv_layer_bytes),
     ]
     return f
 
 
+def graph_widths(model: ModelProfile, *, n_tokens: int, n_kv: int, n_ubatch: int, n_seq: int, flash_attn: bool,
+                 kv_quantized: bool, kv_layer_bytes: int) -> list[float]:
+    """The ``graph_*`` features: compute_graph.device_peak per device role, per token in F32 (0
+    for an architecture it does not rebuild)."""
+    hp = model.hparams
+    if model.architecture not in REPLAYED:
+        return [0.0] * 5
+    n_layer = hp.n_layer_kv or hp.n_layer
+    n_kv_swa = n_kv
+    if any(hp.is_swa) and hp.n_swa:
+        n_kv_swa = min(n_kv // n_seq, align_up(hp.n_swa + n_ubatch, KV_CELL_PADDING)) * n_seq
+
+    def peak(offload: Offload, with_output: bool = True) -> int:
+        return device_peak(model, n_tokens=n_tokens, n_kv=n_kv, n_kv_swa=n_kv_swa, flash_attn=flash_attn,
+                           kv_quantized=kv_quantized, kv_layer_bytes=kv_layer_bytes, with_output=with_output,
+                           offload=offload)
+
+    every = frozenset(range(n_layer))
+    peaks = [peak(Offload()), peak(Offload(), with_output=False),
+             peak(Offload(every, cpu_experts=True, cpu_output=True)), peak(Offload(every - {n_layer - 1})),
+             peak(Offload(cpu_experts=True)) if hp.n_expert else 0]
+    return [p / F32 / n_tokens for p in peaks]
+
+
 @lru_cache(maxsize=None)
-def fitted_pieces() -> dict[str, dict[str, np.ndarray]]:
-    """backend class ("cuda", "cpu") -> role -> max-affine pieces (rows of FEATURES coefficients)."""
+def fitted_pieces(replayed: bool = True) -> dict[str, dict[str, np.ndarray]]:
+    """backend class ("cuda", "cpu") -> role -> max-affine pieces (rows of FEATURES coefficients);
+    ``replayed=False``: the pieces of widths only, for an architecture compute_graph does not rebuild."""
     raw: dict[str, Any] = json.loads(resources.files("omni_place.data").joinpath("compute_model.json").read_text())
-    return {backend: {role: np.asarray(fit["pieces"], dtype=float) * fit["scale"] for role, fit in roles.items()}
-            for backend, roles in raw["backends"].items()}
+
+    def pieces(fit: dict[str, Any]) -> np.ndarray:
+        fit = fit if replayed else fit.get("widths_only", fit)
+        return np.asarray(fit["pieces"], dtype=float) * fit["scale"]
+
+    return {backend: {role: pieces(fit) for role, fit in roles.items()} for backend, roles in raw["backends"].items()}
 
 
 def _peak(pieces: np.ndarray, f: np.ndarray, n_tokens: int) -> int:
@@ -149,7 +192,11 @@ class ComputeEstimate:
 
     def offload_bytes(self, role: str, cpu_weight_bytes: int) -> int:
         """The first GPU's buffer when it runs op-offloaded work whose largest CPU-held weight has
-        ``cpu_weight_bytes`` (role ``offload_none``, ``gpu_partial`` or ``gpu_exps``)."""
+        ``cpu_weight_bytes`` (role ``offload_none``, ``gpu_partial`` or ``gpu_exps``; the replayed
+        graph copies the model's own weights of the role, the widths' pieces price this one); with
+        no weight to copy the scheduler offloads nothing and the GPU holds its own graph's peak."""
+        if cpu_weight_bytes <= 0:
+            return self.backend_roles["cuda"]["layers_output"]
         base, slope = self.offload["cuda"][role]
         return int(float(np.max(base + slope * cpu_weight_bytes)))
 
@@ -173,17 +220,20 @@ def compute_buffer_estimate(
     n_seq: int = 1,
     kv_quantized: bool = False,
     kv_layer_bytes: int = 0,
+    replayed: bool = True,
 ) -> ComputeEstimate:
-    """The compute buffers llama.cpp reserves for ``n_ubatch`` and ``n_ctx``, per device role."""
+    """The compute buffers llama.cpp reserves for ``n_ubatch`` and ``n_ctx``, per device role;
+    ``replayed=False``: from the widths-only fit, for an engine whose graphs are not mainline's."""
     f = features(model, n_ctx=n_ctx, n_ubatch=n_ubatch, flash_attn=flash_attn, n_seq=n_seq,
                  kv_quantized=kv_quantized, kv_layer_bytes=kv_layer_bytes)
     n_tokens = batch_tokens(model, n_ctx, n_ubatch, n_seq)
-    no_vocab = f.copy()
+    no_vocab = f.copy()  # a device running layers without the output head
     no_vocab[_VOCAB] = 0.0
+    no_vocab[_ALL] = f[_LAYERS]
     roles: dict[str, dict[str, int]] = {}
     layers_only: dict[str, int] = {}
     offload: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {}
-    for cls, fits in fitted_pieces().items():
+    for cls, fits in fitted_pieces(replayed and model.architecture in REPLAYED).items():
         roles[cls] = {role: _peak(p, f, n_tokens) for role, p in fits.items()}
         layers_only[cls] = _peak(fits["layers_output"], no_vocab, n_tokens)
         # cpu_weight is bytes / (F32 * n_tokens), so its coefficient is already per byte of the buffer

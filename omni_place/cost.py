@@ -124,7 +124,7 @@ class CostModel:
         self.kv = model.kv_layer_bytes(c.ctx, c.type_k, c.type_v, n_seq=c.n_seq,
                                        n_ubatch=c.n_ubatch, flash_attn=c.flash_attn, swa_full=c.swa_full)
         self.compute: ComputeEstimate = compute_buffer_estimate(
-            model, n_ctx=c.ctx, n_ubatch=c.n_ubatch, flash_attn=c.flash_attn, n_seq=c.n_seq,
+            model, n_ctx=c.ctx, n_ubatch=c.n_ubatch, flash_attn=c.flash_attn, n_seq=c.n_seq, replayed=c.mainline_graph,
             kv_quantized=c.type_k != "f16" or c.type_v != "f16", kv_layer_bytes=max(self.kv, default=0))
         hp = model.hparams
         self.k_over_n = hp.n_expert_used / hp.n_expert if hp.n_expert else 0.0

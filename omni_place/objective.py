@@ -194,8 +194,9 @@ def adopt_pinned(chosen: Recipe, pinned: Sequence[Recipe], options: Sequence[Rec
                  objective: str | float) -> Recipe | None:
     """The pinned option a plan takes instead of ``chosen`` (the best of ``options``): the
     objective's best among both, when it is pinned and beats ``chosen`` by :data:`PIN_MARGIN`."""
-    pool = [*options, *(o for o in pinned if o.fits)]
-    if len(pool) == len(options):
+    priced = [o for o in options if o.fits and o.predicted is not None]  # not a recipe the engine refuses
+    pool = [*priced, *(o for o in pinned if o.fits)]
+    if len(pool) == len(priced):
         return None
     best = choose(pool, objective)
     return best if best.pinned and beats(best, chosen, objective, pool, PIN_MARGIN) else None

@@ -198,6 +198,9 @@ class Context:
     op_offload: bool = True
     # the first GPU's compute buffer holds the copied routed-expert weights (EngineTraits)
     expert_copies_in_compute: bool = True
+    # compute buffers of mainline's graphs, replayed (omni_place.compute_graph); False: the
+    # engine builds other graphs (ik_llama.cpp), priced with the widths-only fit (EngineTraits)
+    mainline_graph: bool = True
     # -sm: "layer" (the default) or "none" keep each GPU layer whole on one device; a parallel
     # mode (mainline "tensor", ik "graph"; engines.splitmodes) splits the weights and KV cache of
     # every GPU layer across the placement's order by split_shares (one per device of the order),

@@ -2,8 +2,8 @@
 ``bench``'s matrix.
 
 - ``fit``     -- mainline llama.cpp's ``--fit`` (on by default in llama-server), emulated on the
-  cost model's memory figures (:func:`fit_style`; for ik_llama.cpp, whose own ``--fit`` moves
-  experts differently, the same packing spelled in its flags);
+  cost model's memory figures (:func:`omni_place.fitemu.fit_style`; for ik_llama.cpp, whose own
+  ``--fit`` moves experts differently, the same packing spelled in its flags);
 - ``ot-exps`` -- ``-ngl 99 -ot exps=CPU``: every layer on the GPUs, every expert in RAM (MoE);
 - ``ncmoe``   -- ``--n-cpu-moe N`` with the smallest N whose GPUs fit (MoE);
 - ``ngl``     -- ``-ngl N`` with the largest N whose GPUs fit (dense).
@@ -20,9 +20,9 @@ from dataclasses import dataclass, replace
 from .cost import CPU, EXPERT_OPTIONS, CostModel, ExpertHomes, Placement, Prediction, expert_kind, on_cpu
 from .engines import BenchSpelling, Dialect
 from .errors import InvalidArgumentError
+from .fitemu import fit_style
 
 ALL_EXPERTS = EXPERT_OPTIONS[-1]
-FIT_TARGET = 1 << 30  # --fit's default margin per device, 1024 MiB (common/common.h:483 fit_params_target)
 
 
 def ot_exps_argv(spelling: BenchSpelling) -> list[str]:
@@ -214,119 +214,6 @@ def placement_flags(argv: Sequence[str]) -> list[str]:
         else:
             out.append(tok)
     return out
-
-
-# --------------------------------------------------------------------------------------------
-# --fit, emulated
-# --------------------------------------------------------------------------------------------
-
-def _fit_placement(cost: CostModel, counts: Sequence[tuple[int, int]]) -> Placement:
-    """The placement ``common/fit.cpp`` ``set_ngl_tensor_split_tbo`` (:548-586) encodes for
-    (n_layer, n_part) per device: the last sum(n_layer) of the L + 1 slots (the output head last)
-    are offloaded, each device takes the next n_layer slots in device order, its first
-    n_layer - n_part of them whole and the rest with their experts in RAM (LAYER_FRACTION_MOE)."""
-    names = [d.name for d in cost.cluster.gpus]
-    L = cost.model.n_layer
-    homes, experts, output = [CPU] * L, [ExpertHomes()] * L, CPU
-    slot = L + 1 - sum(n for n, _ in counts)
-    for name, (n, part) in zip(names, counts):
-        for k in range(n):
-            if slot + k == L:
-                output = name
-                continue
-            homes[slot + k] = name
-            if k >= n - part and cost.model.layers[slot + k].has_experts:
-                experts[slot + k] = on_cpu(ALL_EXPERTS)
-        slot += n
-    return Placement(tuple(names), tuple(homes), tuple(experts), output)
-
-
-def _device_memory(cost: CostModel, counts: Sequence[tuple[int, int]], device: int) -> tuple[int, int]:
-    """(bytes used, target) of accelerator ``device`` with ``counts``: fit.cpp's "test allocation"
-    (:589-614) against its target, free memory less ``--fit-target`` (:647-652), or the
-    device's usable memory when that is less."""
-    dev = cost.cluster.gpus[device]
-    u = next(u for u in cost.usage(_fit_placement(cost, counts)) if u.name == dev.name)
-    free = dev.memory_bytes if dev.free_bytes is None else dev.free_bytes
-    return u.used_bytes, min(u.capacity_bytes, free - FIT_TARGET)
-
-
-def _most_that_fit(lo: int, hi: int, memory: Callable[[int], tuple[int, int]]) -> int:
-    """The largest n in [lo, hi] whose memory fits, ``lo`` being the fallback: fit.cpp's false
-    position (:687-722) -- try ``hi``; else interpolate between the last n that fits and the
-    first that does not, and stop when they are one apart."""
-    used_hi, target = memory(hi)
-    if used_hi <= target or hi <= lo:
-        return hi if used_hi <= target else lo
-    used_lo, _ = memory(lo)
-    while hi - lo > 1:
-        delta = hi - lo
-        step = min(max(1, delta * (target - used_lo) // max(1, used_hi - used_lo)), delta - 1)
-        used, _ = memory(lo + step)
-        if used <= target:
-            lo, used_lo = lo + step, used
-        else:
-            hi, used_hi = lo + step, used
-    return lo
-
-
-def fit_style(cost: CostModel) -> Placement:
-    """What mainline's ``--fit`` does with this model on these devices (``common/fit.cpp``
-    ``common_params_fit_impl``), its measurements replaced by the cost model's memory. The
-    context is the plan's (``--fit``'s context step, :373-458, runs only when -c is left out).
-
-    Step 3 (:675-728): from the last device to the first, each takes as many of the slots left
-    as fit, a contiguous range; for a MoE model these are "dense-only" layers, experts in RAM
-    (the last device's first slot stays whole). Step 4 (:735-876), for a MoE model whose dense
-    parts all fitted (:616-645 sums the surplus; with whole layers packed back to front that is
-    every slot placed): from the first device on, each turns as many dense-only layers into
-    whole layers as fit. Not emulated: the one partial layer per device that step 4 may add
-    (``LAYER_FRACTION_UP/GATE/ATTN``, :810-862), worth at most one layer's experts per device.
-    ``--fit`` ignores speeds and links, and so does this. Like fit.cpp it checks a device only
-    while filling it, so a later step can still push an earlier one over (the pipeline copies
-    of a plan with no weight left on the CPU); the comparison then shows it as not fitting."""
-    nd, slots = len(cost.cluster.gpus), cost.model.n_layer + 1
-    moe = bool(cost.model.hparams.n_expert)
-    counts = [(0, 0)] * nd
-
-    def dense_only(device: int, n: int) -> tuple[int, int]:
-        return (n, 0) if not moe else (n, n if device < nd - 1 else max(0, n - 1))
-
-    for dev in range(nd - 1, -1, -1):
-        left = slots - sum(n for n, _ in counts[dev + 1:])
-
-        def memory(n: int, dev: int = dev) -> tuple[int, int]:
-            trial = list(counts)
-            trial[dev] = dense_only(dev, n)
-            return _device_memory(cost, trial, dev)
-
-        counts[dev] = dense_only(dev, _most_that_fit(0, left, memory))
-    if not moe or sum(n for n, _ in counts) < slots:
-        return _fit_placement(cost, counts)
-
-    def converted(base: list[tuple[int, int]], dev: int, start: int, c: int) -> tuple[list[tuple[int, int]], int]:
-        """``c`` dense-only layers of devices ``start``.. made whole on ``dev`` (:771-784)."""
-        out = list(base)
-        for jd in range(start, nd):
-            n, part = out[jd]
-            k = min(c, part)
-            out[jd] = (n - k, part - k)
-            n_dev, part_dev = out[dev]
-            out[dev] = (n_dev + k, part_dev)
-            c -= k
-            if out[jd][1] > 0:
-                return out, jd
-        return out, nd
-
-    start = next((jd for jd in range(nd) if all(n > 0 for n, _ in counts[jd:])), nd)
-    dev = 0
-    while dev <= start < nd:
-        def whole(c: int, base: list[tuple[int, int]] = counts, dev: int = dev, start: int = start) -> tuple[int, int]:
-            return _device_memory(cost, converted(base, dev, start, c)[0], dev)
-
-        counts, start = converted(counts, dev, start, _most_that_fit(0, sum(p for _, p in counts[start:]), whole))
-        dev += 1
-    return _fit_placement(cost, counts)
 
 
 __all__ = ["Recipe", "as_options", "decoded", "first_true", "fit_style", "gpus_fit", "largest_ngl", "ncmoe_argv",

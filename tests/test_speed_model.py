@@ -280,3 +280,90 @@ def test_switches_share_bytes_and_change_prompt_work(truth: list[dict[str, Any]]
     assert gpu.compute_bytes <= next(u for u in cost.usage(p) if u.name == "CUDA0").compute_bytes
     assert "pcie_stream" in cost.predict(p).pp_breakdown and "pcie_stream" not in off.predict(p).pp_breakdown
     assert cost.with_switches().context == cost.context
+
+
+PLANS = ROOT / "benchmarks" / "results" / "plans_vs_fit"
+
+
+@pytest.fixture(scope="module")
+def mla_runs(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
+    """The mla16 (deepseek2, MLA, 64 experts) and moe15 runs of benchmarks/results/plans_vs_fit,
+    each priced as it ran (placement from its -v log, op offload and pinning from its flags, the
+    CPU figure of the rig files corrected by cpu_bw_eff 1.4) with the routing replayed from the
+    speed model's own router."""
+    sys.path.insert(0, str(ROOT))
+    from benchmarks.speed_truth import replay_routing, write_speed_model
+
+    tmp = tmp_path_factory.mktemp("plans_vs_fit")
+    with tarfile.open(PLANS / "logs.tar.xz") as tar:
+        tar.extractall(tmp, filter="data", members=[m for m in tar.getmembers() if "dense11" not in m.name])
+    rows: dict[tuple[str, str, str], dict[str, Any]] = {}
+    for rec in sorted(PLANS.glob("records_*.jsonl")):
+        logs = tmp / "res" / f"res_{rec.stem.removeprefix('records_')}" / "logs"
+        for r in load_records([rec]):
+            if r["model"] == "dense11" or r["status"] != "ok" or not r.get("avg_ts"):
+                continue
+            row = rows.setdefault((r["rig"], r["model"], r["config"]), {"tg": [], "pp": [], "argv": r["argv"]})
+            row["pp" if r["test"].startswith("pp") else "tg"].append(float(r["avg_ts"]))
+            row.setdefault("log", (logs / f"{r['model']}.{r['rig']}.r{r['round']}" / r["log"]).read_text())
+    headers = {m: write_speed_model(m, tmp / "hdr", header_only=True) for m in ("mla16", "moe15")}
+    routing = {m: replay_routing(h) for m, h in headers.items()}
+    models = {m: load_model(h) for m, h in headers.items()}
+    rules = dialect("llama.cpp")
+    out = []
+    for (rig, model, config), row in sorted(rows.items()):
+        parsed = rules.parse_args(row["argv"], "bench")
+        context = rules.traits.context(ctx=512 + 32, n_ubatch=512, pinned_weights=parsed.pinned_weights,
+                                       op_offload=parsed.op_offload)
+        cluster = resolve_cluster(str(PLANS / f"rig_{rig.removeprefix('h200-')}.toml"))
+        uniform = CostModel(models[model], cluster, context, SpeedParams(cpu_bw_eff=1.4))
+        placement = placement_from_log(row["log"], models[model], ["CUDA0"], "llama.cpp", row["argv"])
+        assert placement is not None, (rig, model, config)
+        out.append({"rig": rig, "model": model, "config": config, "placement": placement, "uniform": uniform,
+                    "cost": uniform.with_routing(routing[model]), "pinned": parsed.pinned_weights,
+                    "tg": statistics.median(row["tg"]), "pp": statistics.median(row["pp"])})
+    return out
+
+
+def _err(row: dict[str, Any], kind: str, cost: str = "cost") -> float:
+    pred = row[cost].predict(row["placement"])
+    return float((pred.tg_tps if kind == "tg" else pred.pp_tps) / row[kind] - 1)
+
+
+def test_mla_experts_in_ram_are_priced_with_the_routing_they_had(mla_runs: list[dict[str, Any]]) -> None:
+    """deepseek2's sigmoid router saturates on the speed model (logits of ~45 sd: F32 sigmoid
+    ties at 1.0, the lowest index wins), so each ubatch touched ~59 % of mla16's experts and op
+    offload copied only those rows. Priced with that routing, every mla16 run with weights in
+    RAM is within 30 % at prompt (uniform routing: 24-47 % too slow, every run) and, unpinned,
+    within 20 % at decode."""
+    partial = [r for r in mla_runs if r["model"] == "mla16" and r["rig"] != "h200-full"]
+    assert len(partial) >= 20
+    cost: CostModel = partial[0]["cost"]
+    assert 0.5 < cost.expert_hit < 0.7 and partial[0]["uniform"].expert_hit > 0.999
+    pp = [_err(r, "pp") for r in partial]
+    assert max(map(abs, pp)) < 0.30, pp
+    assert statistics.median(map(abs, pp)) < 0.12, pp
+    assert max(_err(r, "pp", "uniform") for r in partial) < -0.2
+    tg = [_err(r, "tg") for r in partial if not r["pinned"]]
+    assert max(map(abs, tg)) < 0.20, tg
+
+
+def test_replayed_routing_of_a_spreading_router_is_the_uniform_default(mla_runs: list[dict[str, Any]]) -> None:
+    """moe15's softmax router spreads each ubatch over all 128 experts: its replay prices as the
+    default (every expert copied, one MMQ tile each)."""
+    for r in (r for r in mla_runs if r["model"] == "moe15"):
+        assert r["cost"].expert_hit == pytest.approx(1.0)
+        assert r["cost"].tile_factor == pytest.approx(r["uniform"].tile_factor)
+        assert _err(r, "pp") == pytest.approx(_err(r, "pp", "uniform"), abs=1e-9)
+
+
+def test_a_routing_must_count_one_ubatch(mla_runs: list[dict[str, Any]]) -> None:
+    cost: CostModel = mla_runs[0]["uniform"]
+    n, k = cost.model.hparams.n_expert, cost.model.hparams.n_expert_used
+    with pytest.raises(InvalidArgumentError):
+        cost.with_routing([[k * cost.n_tokens - 1] + [0] * (n - 1)])  # one token short
+    with pytest.raises(InvalidArgumentError):
+        cost.with_routing([])
+    skewed = cost.with_routing([[k * cost.n_tokens] + [0] * (n - 1)])
+    assert skewed.expert_hit == pytest.approx(1 / n)
+    assert skewed.tile_factor == pytest.approx(1.0)  # 3072 tokens: 24 whole tiles

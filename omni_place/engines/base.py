@@ -38,6 +38,10 @@ class EngineTraits:
     # (mainline; ik_llama.cpp's did not grow with experts in RAM: 48-136 MiB against mainline's
     # 276-436 for the same placements, benchmarks/results/engine_compare logs)
     expert_copies_in_compute: bool = True
+    # its compute graphs are mainline's, so compute_graph's replay sizes their buffers; ik builds
+    # its own (fused ops, its MLA and MoE paths): its CPU-offload buffers measured 26-69 MiB over
+    # the replay's for the same placements (tests/test_gpu_records.py), so it gets the widths fit
+    mainline_graph: bool = True
     split_modes: tuple[SplitModeRule, ...] = ()  # the engine's -sm values (its module's SPLIT_MODES)
 
     def split_mode(self, name: str) -> SplitModeRule | None:
@@ -47,7 +51,8 @@ class EngineTraits:
     def context(self, **settings: Any) -> Context:
         """A run :class:`~omni_place.cost.Context` with this engine's rules filled in."""
         return Context(swa_full=self.swa_full, embedding_on_first=self.embedding_on_first,
-                       expert_copies_in_compute=self.expert_copies_in_compute, **settings)
+                       expert_copies_in_compute=self.expert_copies_in_compute, mainline_graph=self.mainline_graph,
+                       **settings)
 
 
 @dataclass(frozen=True)

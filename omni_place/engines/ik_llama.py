@@ -375,7 +375,7 @@ class IkLlama(Dialect):
     # -ngl 0 drops every override, so a head on a GPU needs a layer there too
     traits = EngineTraits(cpu_weights=True, rpc_devices=True, swa_full=SWA_FULL, embedding_on_first=False,
                           output_only_offload=False, pin_flags=pin_flags_of(SYNTAX),
-                          expert_copies_in_compute=False, split_modes=SPLIT_MODES)
+                          expert_copies_in_compute=False, mainline_graph=False, split_modes=SPLIT_MODES)
     tools = TOOLS
     bench = BenchSpelling(fit=("--fit", "1"), n_cpu_moe="--n-cpu-moe", output=("-o", "json"), ngl_all="999")
     bench_record_keys = frozenset({"override_tensor", "cuda", "mla_attn", "fused_moe", "ser"})

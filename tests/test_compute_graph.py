@@ -1,0 +1,155 @@
+"""The replayed compute graph (omni_place/compute_graph.py) and the fitted compute model against the
+engine's own buffer lines: the real H200 loads of benchmarks/results/speed_truth (headers written
+by the same deterministic generator) and the committed dry-run sweep's held-out models."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from benchmarks.compute_fit import RESULTS, _largest, record_ubatch
+from benchmarks.speed_truth import write_speed_model
+from omni_place.compute import compute_buffer_estimate
+from omni_place.compute_graph import Offload, _replay, _Tensor, device_peak
+from omni_place.errors import UnsupportedModelError
+from omni_place.model import ModelProfile, Role, load_model
+from omni_place.units import MiB
+from tests.arch_models import write_model
+
+TARGET_REL, TARGET_MIB = 0.03, 32 * MiB  # issue 14: within max(3 %, 32 MiB), never below by more than 32 MiB
+
+
+def within(predicted: float, engine: float) -> bool:
+    return abs(predicted - engine) <= max(TARGET_REL * engine, TARGET_MIB)
+
+
+def test_the_allocator_reuses_parents_and_freed_blocks() -> None:
+    """ggml-alloc's rules on a hand graph: an in-place op takes over its only parent, a freed
+    block is reused by the best-fitting later tensor, a graph output is never freed."""
+    a = _Tensor(1000)
+    b = _Tensor(1000, [a], inplace=True)  # takes a's block
+    c = _Tensor(4000, [b])  # b is freed after c
+    d = _Tensor(1000, [c], output=True)  # fits b's freed block
+    e = _Tensor(256, [d, c])  # c is still alive until here
+    assert _replay([a, b, c, d, e]) == 1024 + 4096 + 256
+    x = _Tensor(1000)
+    y = _Tensor(1000, [x, x])  # two uses of x: not in place
+    assert _replay([x, y]) == 2048
+
+
+@pytest.fixture(scope="module")
+def speed_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("speed_models")
+    for name in ("dense11", "moe15"):
+        write_speed_model(name, folder, header_only=True)
+    return folder
+
+
+def _engine_compute(model: str, config: str, rig: str) -> float:
+    rows = json.loads((RESULTS / "speed_truth" / "vram.json").read_text())
+    return next(r["engine_mib"]["compute"] * MiB for r in rows
+                if (r["rig"], r["model"], r["config"]) == (rig, model, config))
+
+
+# (model, config, rig) of benchmarks/results/speed_truth and what the device ran:
+# -ngl 99 (every layer and the head), -ngl 0 (all op-offloaded), -ot exps=CPU
+H200_LOADS = [("dense11", "omni_place", "h200-full", "all"), ("dense11", "ngl0", "h200-a", "none"),
+              ("moe15", "omni_place", "h200-full", "all"), ("moe15", "ngl0", "h200-a", "none"),
+              ("moe15", "ot-exps", "h200-a", "exps")]
+
+
+@pytest.mark.parametrize(("model", "config", "rig", "role"), H200_LOADS, ids=[f"{m}-{c}" for m, c, _, _ in H200_LOADS])
+def test_replayed_graph_matches_the_h200_buffer_lines(speed_models: Path, model: str, config: str, rig: str,
+                                                      role: str) -> None:
+    """llama-bench -v on one H200 (``-p 512 -ub 512 -fa 1``: the reserve holds 512 tokens over a
+    768-cell cache) against the replayed graph, not fitted to them."""
+    profile = load_model(speed_models / f"{model}.hdr.gguf")
+    n_layer = profile.hparams.n_layer
+    offload = {"all": Offload(), "none": Offload(frozenset(range(n_layer)), cpu_experts=True, cpu_output=True),
+               "exps": Offload(cpu_experts=True)}[role]
+    kv = max(profile.kv_layer_bytes(544, "f16", "f16", n_seq=1, n_ubatch=512, flash_attn=True))
+    peak = device_peak(profile, n_tokens=512, n_kv=profile.kv_cells(544), n_kv_swa=profile.kv_cells(544),
+                       flash_attn=True, kv_quantized=False, kv_layer_bytes=kv, offload=offload)
+    engine = _engine_compute(model, config, rig)
+    assert within(peak, engine), (peak / MiB, engine / MiB)
+
+
+def _sweep_rows() -> list[dict[str, Any]]:
+    lines = (RESULTS / "compute_sweep_cuda.jsonl").read_text().splitlines()
+    return [r for r in map(json.loads, lines) if "meta" not in r and r["ok"] and r["case"] % 4 == 0]
+
+
+@pytest.fixture(scope="module")
+def held_out(tmp_path_factory: pytest.TempPathFactory) -> list[tuple[dict[str, Any], ModelProfile]]:
+    """The sweep's held-out records (``case % 4 == 0``, never fitted to) with their models."""
+    folder = tmp_path_factory.mktemp("held_out")
+    models: dict[str, ModelProfile] = {}
+    out = []
+    for rec in _sweep_rows():
+        key = json.dumps([rec["arch"], rec["shape"]], sort_keys=True)
+        if key not in models:
+            path = write_model(folder / f"m{len(models)}.gguf", rec["arch"], header_only=True, tokenizer="spm",
+                               **rec["shape"])
+            models[key] = load_model(path)
+        out.append((rec, models[key]))
+    return out
+
+
+def _predicted_cuda0(rec: dict[str, Any], model: ModelProfile) -> int:
+    """CUDA0's buffer as the planner prices the record's placement (cost.py's calls)."""
+    ub = record_ubatch(rec)
+    kv = max(model.kv_layer_bytes(rec["n_ctx"], rec["kv_type"], rec["kv_type"], n_seq=1, n_ubatch=ub,
+                                  flash_attn=rec["flash_attn"]))
+    est = compute_buffer_estimate(model, n_ctx=rec["n_ctx"], n_ubatch=ub, flash_attn=rec["flash_attn"],
+                                  kv_quantized=rec["kv_type"] != "f16", kv_layer_bytes=kv)
+    place = rec["placement"]
+    if place == "all":
+        return est.device_bytes(True, True)
+    if place == "none":
+        every = _largest(model, lambda t: t.layer is not None or t.role is Role.OUTPUT)
+        return est.offload_bytes("offload_none", every)
+    if place == "partial":
+        cpu = {int(k) for k, v in rec["layer_devices"].items() if v == "CPU"}
+        return est.offload_bytes("gpu_partial", _largest(model, lambda t: t.layer in cpu))
+    return est.offload_bytes("gpu_exps", _largest(model, lambda t: t.role is Role.ROUTED_EXPERT))
+
+
+# the held-out share within the target each placement's role must keep (compute_fit.md: 92, 52,
+# 26 and 61 % when this was written; the fit before the replayed graph reached 49, 12, 6 and 29 %)
+# and the most held-out records it may leave below the engine by more than 32 MiB
+BOUNDS = {"all": (0.85, 4), "none": (0.45, 7), "partial": (0.2, 5), "exps_cpu": (0.5, 2)}
+
+
+@pytest.mark.parametrize("placement", sorted(BOUNDS))
+def test_held_out_sweep_accuracy(held_out: list[tuple[dict[str, Any], ModelProfile]], placement: str) -> None:
+    rows = [(rec, m) for rec, m in held_out if rec["placement"] == placement]
+    assert len(rows) >= 30
+    got = [(_predicted_cuda0(rec, m), rec["compute"]["CUDA0"]) for rec, m in rows]
+    share = sum(within(p, e) for p, e in got) / len(got)
+    under = sum(p < e - TARGET_MIB for p, e in got)
+    min_share, max_under = BOUNDS[placement]
+    assert share >= min_share and under <= max_under, (placement, round(share, 3), under)
+    assert all(math.isfinite(p) and p > 0 for p, _ in got)
+
+
+def test_an_architecture_without_a_replayed_graph_keeps_the_widths_fit(tmp_path: Path) -> None:
+    """An architecture compute_graph does not rebuild is priced by the widths' phases (the fit's
+    ``widths_only`` pieces), not by a graph of missing tensors: the same llama relabelled prices
+    within the widths fit's error of the replayed one, not near zero."""
+    model = load_model(write_model(tmp_path / "l.gguf", "llama", header_only=True, n_layer=4, n_embd=4096,
+                                   n_head=32, n_head_kv=8, n_ff=14336, n_vocab=128256))
+    other = dataclasses.replace(model, architecture="mistral3")
+    with pytest.raises(UnsupportedModelError):
+        device_peak(other, n_tokens=512, n_kv=8192, n_kv_swa=8192, flash_attn=True, kv_quantized=False,
+                    kv_layer_bytes=0)
+    replayed = compute_buffer_estimate(model, n_ctx=8192)
+    widths = compute_buffer_estimate(other, n_ctx=8192)
+    largest = max(t.alloc_bytes("cuda") for t in model.tensors)
+    pairs = [(replayed.device_bytes(True, True), widths.device_bytes(True, True)),
+             (replayed.offload_bytes("offload_none", largest), widths.offload_bytes("offload_none", largest))]
+    for a, b in pairs:
+        assert 0.8 * a <= b <= 1.5 * a, (a / MiB, b / MiB)
