@@ -50,7 +50,9 @@ def pinned_variants(pinned: CostModel, options: Sequence[Recipe]) -> list[Recipe
     (op offload on, the weights loaded without mmap so the CPU-held ones land in the first GPU's
     pinned host buffer, src/llama-model-loader.cpp:1269-1277): op offload then copies them at link
     speed. A placement whose RAM cannot hold those weights unpageable, or whose first GPU lacks the
-    op-offload room, does not fit and is left out."""
+    op-offload room, does not fit and is left out. (Where the driver refuses to pin that much,
+    llama.cpp falls back to an ordinary CPU buffer, ggml-cuda.cu:1289-1295, and the run copies at
+    the pageable rate again; GGML_CUDA_NO_PINNED does the same on purpose.)"""
     seen: set[Placement] = set()
     out = []
     for o in options:
