@@ -221,13 +221,17 @@ def _prepare(a: argparse.Namespace) -> int:
 
     plan = next((c for c in configs if c.name == "omni_place"), None)
     if "omni_place_pin" in wanted and plan is not None:
-        # the plan's placement with its CPU-held weights pinned (-lm none) and op offload on: what
-        # the plan's note says pinning would give
+        # the balanced plan's placement the other way round: pinned (-lm none, op offload on) when
+        # the plan keeps mmap, mmap'd when the plan pins -- what the plan's note prices
         argv = list(plan.attempts[0].argv)
-        if "-nopo" in argv:
-            i = argv.index("-nopo")
-            del argv[i:i + 2]
-        add("omni_place_pin", [*argv, "-lm", "none"], "the balanced plan, CPU weights pinned, op offload on")
+        for flag in ("-nopo", "-lm"):
+            if flag in argv:
+                i = argv.index(flag)
+                del argv[i:i + 2]
+        if "-lm" in plan.attempts[0].argv:
+            add("omni_place_mmap", argv, "the balanced plan's placement, mmap'd (op offload on)")
+        else:
+            add("omni_place_pin", [*argv, "-lm", "none"], "the balanced plan, CPU weights pinned, op offload on")
     if "sweep" in wanted:
         # placements across the CPU's share: whole layers on the CPU (-ngl), and for MoE the
         # experts of the first layers (--n-cpu-moe)
@@ -502,7 +506,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--reps", type=int, default=2)
     p.add_argument("--threads", type=int)
     p.add_argument("--configs", help="comma-separated subset of: fit, ot-exps, ncmoe, ngl, omni_place, "
-                                      "omni_place_tg, omni_place_pp, omni_place_pin, sweep (default: all)")
+                                      "omni_place_tg, omni_place_pp, omni_place_pin (the balanced plan pinned, "
+                                      "or mmap'd when it pins), sweep (default: all)")
     p.add_argument("-o", "--output", required=True)
     g = sub.add_parser("rig")
     g.add_argument("name")
