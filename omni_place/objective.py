@@ -28,7 +28,7 @@ from typing import Any
 from .cost import CostModel
 from .errors import InvalidArgumentError
 from .recipes import Recipe
-from .variants import SplitCandidate
+from .variants import PIN_MARGIN, SplitCandidate
 
 OBJECTIVES = ("balanced", "tg", "pp")
 BALANCED_PROMPT_FLOOR = 0.8  # balanced keeps plans with at least this fraction of the best prompt speed
@@ -181,13 +181,6 @@ def _split_wins(a: Recipe, layer: Recipe, objective: str | float, options: Seque
         return _speeds(a)[1] >= prompt_floor(options) * (1 - SAME) and \
             _speeds(a)[0] > _speeds(layer)[0] * (1 + SPLIT_MODE_MARGIN)
     return beats(a, layer, objective, options, SPLIT_MODE_MARGIN)
-
-
-# Loading without mmap pins the CPU-held weights: op offload then copies them at link speed (3-5x
-# the prompt speed on the H200 runs, benchmarks/results/plans_vs_fit.md), but that RAM cannot
-# page, the load reads the whole file first, and MoE decode measured 5-15 % slower there (not in
-# the model). A pinned plan replaces the mmap'd one only when its objective gains more than this.
-PIN_MARGIN = 0.10
 
 
 def adopt_pinned(chosen: Recipe, pinned: Sequence[Recipe], options: Sequence[Recipe],

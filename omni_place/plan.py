@@ -310,12 +310,12 @@ def plan_split(
         context, cost = cost_off.context, cost_off
     pin_flags = engine_rules.traits.pin_flags if pin_weights else ()
     stats["pin_weights"] = pin_weights
-    mmapped = cost.with_switches(op_offload=True)
-    pinned = mmapped.with_switches(pinned_weights=True)
-    pick = adopt_pinned(chosen, pinned_variants(pinned, options), options, objective) if pin_flags else None
-    if pick is not None:
-        stats["unpinned"] = {"tg_tps": chosen.predicted.tg_tps, "pp_tps": chosen.predicted.pp_tps}
-        chosen, best, context, cost = pick, pick.placement, pinned.context, pinned
+    if pin_flags:
+        pinned = cost.with_switches(op_offload=True, pinned_weights=True)
+        pick = adopt_pinned(chosen, pinned_variants(pinned, options), options, objective)
+        if pick is not None:
+            stats["unpinned"] = {"tg_tps": chosen.predicted.tg_tps, "pp_tps": chosen.predicted.pp_tps}
+            chosen, best, context, cost = pick, pick.placement, pinned.context, pinned
     stats["split_modes"] = split_modes
     candidates = split_candidates(cost, engine_rules) if split_modes else []
     split_table, split_pick = choose_split_mode(chosen, candidates, objective, options)
@@ -328,7 +328,7 @@ def plan_split(
     stats["prompt_floor_tps"] = prompt_floor([o for o in options if o.fits])
     usage = cost.usage(best)
     notes = (_notes(cost, best, usage) + _objective_notes(chosen, options, objective)
-             + (pinned_adopted_note(mmapped, cost, best, pin_flags) if chosen.pinned
+             + (pinned_adopted_note(cost, best, pin_flags) if context.pinned_weights
                 else pinned_note(cost, best, chosen.predicted, pin_flags)))
     stats["speed_params"] = "given" if params is not None else ("calibrated" if calibrated else "defaults")
     if calibrated is not None:

@@ -45,6 +45,14 @@ def without_op_offload(cost: CostModel, off: CostModel, options: Sequence[Recipe
     return out
 
 
+# Loading without mmap pins the CPU-held weights: op offload then copies them at link speed (3-5x
+# the prompt speed on the H200 runs, benchmarks/results/plans_vs_fit.md), but that RAM cannot
+# page, the load reads the whole file first, and MoE decode measured 5-15 % slower there (not in
+# the model). A plan pins only when its objective gains more than this (objective.adopt_pinned),
+# and notes the switch when the prompt would.
+PIN_MARGIN = 0.10
+
+
 def pinned_variants(pinned: CostModel, options: Sequence[Recipe]) -> list[Recipe]:
     """The fitting options that hold weights in CPU RAM, once per placement, priced on ``pinned``
     (op offload on, the weights loaded without mmap so the CPU-held ones land in the first GPU's
@@ -68,11 +76,11 @@ def pinned_variants(pinned: CostModel, options: Sequence[Recipe]) -> list[Recipe
     return out
 
 
-def pinned_adopted_note(mmapped: CostModel, pinned: CostModel, p: Placement, flags: Sequence[str]) -> list[str]:
+def pinned_adopted_note(pinned: CostModel, p: Placement, flags: Sequence[str]) -> list[str]:
     """What a plan that pins its CPU-held weights gains and costs, against the same placement
     loaded with mmap."""
     cpu = next(u for u in pinned.usage(p) if u.name == CPU)
-    before, after = mmapped.predict(p), pinned.predict(p)
+    before, after = pinned.with_switches(pinned_weights=False).predict(p), pinned.predict(p)
     return [f"{' '.join(flags)} loads the {cpu.weights_bytes / GiB:.1f} GiB of CPU-held weights into pinned memory "
             f"(no mmap: the whole file is read at start and that RAM cannot page): prompt {before.pp_tps:.0f} -> "
             f"{after.pp_tps:.0f} tok/s by the model against the same placement mmap'd; an H200 host measured "
@@ -87,7 +95,7 @@ def pinned_note(cost: CostModel, p: Placement, pred: Prediction, flags: Sequence
     pinned = cost.with_switches(pinned_weights=True, op_offload=True)
     cpu = next(u for u in pinned.usage(p) if u.name == CPU)
     faster = pinned.predict(p).pp_tps
-    if not cpu.weights_bytes or not cpu.fits or faster < pred.pp_tps * 1.1:
+    if not cpu.weights_bytes or not cpu.fits or faster < pred.pp_tps * (1 + PIN_MARGIN):
         return []
     instead = "" if cost.context.op_offload else " instead of --no-op-offload"
     return [f"{' '.join(flags)}{instead} loads the {cpu.weights_bytes / GiB:.1f} GiB of CPU-held weights into pinned "
@@ -163,5 +171,5 @@ def _split_option(cost: CostModel, mode: str, gpus: Sequence[Any], shares: Seque
     return priced(split, "split", label, argv, with_cpu_experts(k)), split
 
 
-__all__ = ["SplitCandidate", "expressible", "pinned_adopted_note", "pinned_note", "pinned_variants", "split_candidates",
-           "without_op_offload"]
+__all__ = ["PIN_MARGIN", "SplitCandidate", "expressible", "pinned_adopted_note", "pinned_note", "pinned_variants",
+           "split_candidates", "without_op_offload"]
