@@ -338,16 +338,34 @@ def _rows(results: list[str], only_model: str | None = None) -> dict[tuple[str, 
     return rows
 
 
+def _placed(a: argparse.Namespace, rows: dict[tuple[str, str, str], dict[str, Any]]) -> Iterator[
+        tuple[tuple[str, str, str], dict[str, Any], Any, Any, Any]]:
+    """Each row whose placement its ``-v`` log shows: (rig, model, configuration), the row, the
+    model's profile (from ``--headers``), the rig's cluster (``--rigs``) and the placement; each
+    header and rig is read once."""
+    from omni_place.bench.logread import placement_from_log
+    from omni_place.devices import resolve_cluster
+    from omni_place.model import load_model
+
+    models: dict[str, Any] = {}
+    clusters: dict[str, Any] = {}
+    for (rig, model, config), row in sorted(rows.items()):
+        if model not in models:
+            models[model] = load_model(Path(a.headers) / f"{model}.hdr.gguf")
+        if rig not in clusters:
+            clusters[rig] = resolve_cluster(str(Path(a.rigs) / f"rig_{rig.removeprefix('h200-')}.toml"))
+        placement = placement_from_log(row["log"], models[model], ["CUDA0"], "llama.cpp", row["argv"])
+        if placement is not None:
+            yield (rig, model, config), row, models[model], clusters[rig], placement
+
+
 def _report(a: argparse.Namespace) -> int:
     """Price every measured configuration as it ran (the placement read from its -v log) and
     compare with the measured tok/s: per configuration, the median over rounds."""
     import statistics
 
-    from omni_place.bench.logread import placement_from_log
     from omni_place.cost import CostModel, SpeedParams
-    from omni_place.devices import resolve_cluster
     from omni_place.engines import dialect
-    from omni_place.model import load_model
 
     rules = dialect("llama.cpp")
     params = SpeedParams(**json.loads(a.params)) if a.params else None
@@ -356,17 +374,11 @@ def _report(a: argparse.Namespace) -> int:
         params = SpeedParams(**fitted)
     rows = _rows(a.results, a.only_model)
     out = []
-    models: dict[str, Any] = {}
     routing: dict[str, list[list[int]]] = {}
-    for (rig, model, config), row in sorted(rows.items()):
-        header = Path(a.headers) / f"{model}.hdr.gguf"
-        prof = models.setdefault(model, load_model(header))
+    for (rig, model, config), row, prof, cluster, placement in _placed(a, rows):
         if model not in routing:  # the share of experts a ubatch touched in these runs
+            header = Path(a.headers) / f"{model}.hdr.gguf"
             routing[model] = replay_routing(header) if a.routing == "replayed" else []
-        cluster = resolve_cluster(str(Path(a.rigs) / f"rig_{rig.removeprefix('h200-')}.toml"))
-        placement = placement_from_log(row["log"], prof, ["CUDA0"], "llama.cpp", row["argv"])
-        if placement is None:
-            continue
         parsed = rules.parse_args(row["argv"], tool="bench")
         context = rules.traits.context(ctx=512 + 32, n_ubatch=512, pinned_weights=parsed.pinned_weights,
                                        op_offload=parsed.op_offload)
@@ -408,24 +420,17 @@ def _vram(a: argparse.Namespace) -> int:
     """CUDA0's buffers as the engine allocated them in each configuration's final load (model,
     KV cache, the larger compute buffer), next to omni_place's price of that placement: the
     issue-14 check of --fit against the plan at equal margins."""
-    from omni_place.bench.logread import _last_load, placement_from_log
+    from omni_place.bench.logread import _last_load
     from omni_place.cost import Context, CostModel
-    from omni_place.devices import resolve_cluster
-    from omni_place.model import load_model
 
     lines = ["| rig | model | config | engine MiB (model / KV / compute) | total | predicted total | "
              "predicted compute |", "|---|---|---|---|---:|---:|---:|"]
     out = []
-    for (rig, model, config), row in sorted(_rows(a.results).items()):
+    for (rig, model, config), row, prof, cluster, placement in _placed(a, _rows(a.results)):
         seg = _last_load(row["log"])
         got = {"model": 0.0, "KV": 0.0, "compute": 0.0}
         for _, kind, mib in _BUFFER.findall(seg):
             got[kind] = max(got[kind], float(mib)) if kind == "compute" else got[kind] + float(mib)
-        prof = load_model(Path(a.headers) / f"{model}.hdr.gguf")
-        cluster = resolve_cluster(str(Path(a.rigs) / f"rig_{rig.removeprefix('h200-')}.toml"))
-        placement = placement_from_log(row["log"], prof, ["CUDA0"], "llama.cpp", row["argv"])
-        if placement is None:
-            continue
         use = next(u for u in CostModel(prof, cluster, Context(ctx=512 + 32, n_ubatch=512)).usage(placement)
                    if u.name == "CUDA0")
         total = sum(got.values())

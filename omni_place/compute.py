@@ -66,9 +66,10 @@ def batch_tokens(model: ModelProfile, n_ctx: int, n_ubatch: int, n_seq: int = 1)
 
 
 def features(model: ModelProfile, *, n_ctx: int, n_ubatch: int, flash_attn: bool, n_seq: int = 1,
-             kv_quantized: bool = False, kv_layer_bytes: int = 0) -> np.ndarray:
+             kv_quantized: bool = False, kv_layer_bytes: int = 0, replayed: bool = True) -> np.ndarray:
     """The per-token widths the compute peaks are linear in (``cpu_weight`` left 0: it depends
-    on the placement, see :meth:`ComputeEstimate.offload_bytes`)."""
+    on the placement, see :meth:`ComputeEstimate.offload_bytes`); ``replayed=False`` leaves the
+    ``graph_*`` widths 0 without replaying (the widths-only fits weigh them 0)."""
     hp = model.hparams
     n_tokens = batch_tokens(model, n_ctx, n_ubatch, n_seq)
     n_kv = model.kv_cells(n_ctx, n_seq)
@@ -112,8 +113,8 @@ def features(model: ModelProfile, *, n_ctx: int, n_ubatch: int, flash_attn: bool
         n_kv * n_head_kv * (hp.head_dim_k + hp.head_dim_v) * 0.5 if flash_attn and kv_quantized else 0.0,
         0.0,
         kv_layer_bytes / F32 / n_tokens,
-        *graph_widths(model, n_tokens=n_tokens, n_kv=n_kv, n_ubatch=n_ubatch, n_seq=n_seq, flash_attn=flash_attn,
-                      kv_quantized=kv_quantized, kv_layer_bytes=kv_layer_bytes),
+        *(graph_widths(model, n_tokens=n_tokens, n_kv=n_kv, n_ubatch=n_ubatch, n_seq=n_seq, flash_attn=flash_attn,
+                       kv_quantized=kv_quantized, kv_layer_bytes=kv_layer_bytes) if replayed else [0.0] * 5),
     ]
     return f
 
@@ -224,8 +225,9 @@ def compute_buffer_estimate(
 ) -> ComputeEstimate:
     """The compute buffers llama.cpp reserves for ``n_ubatch`` and ``n_ctx``, per device role;
     ``replayed=False``: from the widths-only fit, for an engine whose graphs are not mainline's."""
+    replayed = replayed and model.architecture in REPLAYED
     f = features(model, n_ctx=n_ctx, n_ubatch=n_ubatch, flash_attn=flash_attn, n_seq=n_seq,
-                 kv_quantized=kv_quantized, kv_layer_bytes=kv_layer_bytes)
+                 kv_quantized=kv_quantized, kv_layer_bytes=kv_layer_bytes, replayed=replayed)
     n_tokens = batch_tokens(model, n_ctx, n_ubatch, n_seq)
     no_vocab = f.copy()  # a device running layers without the output head
     no_vocab[_VOCAB] = 0.0
@@ -233,7 +235,7 @@ def compute_buffer_estimate(
     roles: dict[str, dict[str, int]] = {}
     layers_only: dict[str, int] = {}
     offload: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {}
-    for cls, fits in fitted_pieces(replayed and model.architecture in REPLAYED).items():
+    for cls, fits in fitted_pieces(replayed).items():
         roles[cls] = {role: _peak(p, f, n_tokens) for role, p in fits.items()}
         layers_only[cls] = _peak(fits["layers_output"], no_vocab, n_tokens)
         # cpu_weight is bytes / (F32 * n_tokens), so its coefficient is already per byte of the buffer

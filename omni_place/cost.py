@@ -278,7 +278,7 @@ class CostModel:
         out[embedding_home].weights_bytes += m.input_bytes()
         for il, home in enumerate(p.layer_home):
             use = out[home]
-            backend = "cpu" if home == CPU else backend_of(self.device(home))
+            backend = self.backend(home)
             lc = m.layers[il]
             use.n_layers += 1
             use.weights_bytes += lc.dense[backend]
@@ -293,7 +293,7 @@ class CostModel:
                 out[where].weights_bytes += self.expert_bytes(il, self.backend(where), kinds, True)
         out_use = out[p.output]
         out_use.holds_output = True
-        out_backend = "cpu" if p.output == CPU else backend_of(self.device(p.output))
+        out_backend = self.backend(p.output)
         out_use.weights_bytes += m.output_bytes(out_backend)
         copies = PIPELINE_COPIES if self.pipeline_parallel(p) else 1
         for name in p.order:
@@ -301,8 +301,7 @@ class CostModel:
             # a GPU running other layers' experts holds their MoE intermediates: priced as a layer's
             # whole peak when it runs no layer of its own (conservative), else within its own peak
             runs_layers = use.n_layers > 0 or name in p.foreign_experts
-            use.compute_bytes += self.compute.device_bytes(runs_layers, use.holds_output, copies,
-                                                           backend_of(self.device(name)))
+            use.compute_bytes += self.compute.device_bytes(runs_layers, use.holds_output, copies, self.backend(name))
         offload = bool(p.order) and self.device(p.order[0]).kind == "gpu" and self.context.op_offload
         if offload and self._has_cpu_weights(p):
             first = out[p.order[0]]
@@ -552,7 +551,7 @@ class CostModel:
     def output_tg(self, name: str) -> float:
         """Decode seconds of the output head on ``name``: reading its weights, then the token's
         F32 logits copied back to the host (a round trip over the network for an RPC device)."""
-        backend = "cpu" if name == CPU else backend_of(self.device(name))
+        backend = self.backend(name)
         t = self.model.output_bytes(backend) / self.bandwidth(name)
         if name != CPU:
             bw, lat = self.link(name)

@@ -58,20 +58,8 @@ def parse_objective(value: str | float) -> str | float:
     return w
 
 
-def core_weights(objective: str | float) -> tuple[float, float]:
-    """(decode, prompt) weights the core solves with first: the objective's own for tg, pp and a
-    weight (raw, before :func:`~omni_place.plan.plan_split` scales it by the optima); decode's
-    for balanced, which starts from the fastest decode plan."""
-    objective = parse_objective(objective)
-    if objective in ("tg", "balanced"):
-        return 1.0, TIE_BREAK
-    if objective == "pp":
-        return TIE_BREAK, 1.0
-    assert isinstance(objective, float)
-    return objective, 1.0 - objective
-
-
-def _speeds(o: Recipe) -> tuple[float, float]:
+def speeds(o: Recipe) -> tuple[float, float]:
+    """(decode, prompt) tok/s of a priced option."""
     assert o.predicted is not None
     return o.predicted.tg_tps, o.predicted.pp_tps
 
@@ -79,20 +67,20 @@ def _speeds(o: Recipe) -> tuple[float, float]:
 def _best_by(options: Sequence[Recipe], primary: int) -> Recipe:
     """The option with the highest speed ``primary`` (0 tg, 1 pp) up to :data:`RANK_BAND`, the
     other speed deciding within the band."""
-    top = max(_speeds(o)[primary] for o in options)
-    tied = [o for o in options if _speeds(o)[primary] >= top * (1 - RANK_BAND)]
-    return max(tied, key=lambda o: _speeds(o)[1 - primary])
+    top = max(speeds(o)[primary] for o in options)
+    tied = [o for o in options if speeds(o)[primary] >= top * (1 - RANK_BAND)]
+    return max(tied, key=lambda o: speeds(o)[1 - primary])
 
 
 def prompt_floor(options: Sequence[Recipe]) -> float:
     """The prompt speed a balanced plan must reach: :data:`BALANCED_PROMPT_FLOOR` of the best."""
-    return BALANCED_PROMPT_FLOOR * max(_speeds(o)[1] for o in options)
+    return BALANCED_PROMPT_FLOOR * max(speeds(o)[1] for o in options)
 
 
 def weighted_score(o: Recipe, objective: float, options: Sequence[Recipe]) -> float:
-    best_tg = max(_speeds(x)[0] for x in options)
-    best_pp = max(_speeds(x)[1] for x in options)
-    tg, pp = _speeds(o)
+    best_tg = max(speeds(x)[0] for x in options)
+    best_pp = max(speeds(x)[1] for x in options)
+    tg, pp = speeds(o)
     return objective * best_tg / tg + (1 - objective) * best_pp / pp
 
 
@@ -109,9 +97,9 @@ def choose(options: Sequence[Recipe], objective: str | float) -> Recipe:
         return _best_by(fits, 1)
     if objective == "balanced":
         floor = prompt_floor(fits)
-        return _best_by([o for o in fits if _speeds(o)[1] >= floor * (1 - SAME)], 0)
+        return _best_by([o for o in fits if speeds(o)[1] >= floor * (1 - SAME)], 0)
     assert isinstance(objective, float)
-    return min(fits, key=lambda o: (weighted_score(o, objective, fits), -_speeds(o)[0]))
+    return min(fits, key=lambda o: (weighted_score(o, objective, fits), -speeds(o)[0]))
 
 
 def beats(a: Recipe, b: Recipe, objective: str | float, options: Sequence[Recipe], margin: float = SAME) -> bool:
@@ -119,7 +107,7 @@ def beats(a: Recipe, b: Recipe, objective: str | float, options: Sequence[Recipe
     the weights judged against ``options``): the order :func:`choose` maximizes; ``margin``: by
     more than this fraction of the objective's speed (or weighted score)."""
     objective = parse_objective(objective)
-    (atg, app), (btg, bpp) = _speeds(a), _speeds(b)
+    (atg, app), (btg, bpp) = speeds(a), speeds(b)
     if objective == "tg":
         return atg > btg * (1 + margin)
     if objective == "pp":
@@ -147,7 +135,7 @@ def choose_split_mode(chosen: Recipe, candidates: Sequence[SplitCandidate], obje
     """The split-mode comparison of a plan whose layer split chose ``chosen``: a row per mode (the
     best of its priced options under ``objective``, or the engine's refusal) and the parallel
     option the plan adopts, if one beats ``chosen`` by more than :data:`SPLIT_MODE_MARGIN`."""
-    tg, pp = _speeds(chosen)
+    tg, pp = speeds(chosen)
     rows: list[dict[str, Any]] = [{"mode": "layer", "chosen": True, "feasible": True, "shares": None,
                                    "tg_tps": tg, "pp_tps": pp, "refused": None}]
     adopted: tuple[Recipe, CostModel] | None = None
@@ -160,7 +148,7 @@ def choose_split_mode(chosen: Recipe, candidates: Sequence[SplitCandidate], obje
         fits = [o for o in cand.options if o[0].fits]
         pick = next(o for o in fits if o[0] is choose([r for r, _ in fits], objective)) if fits else cand.options[0]
         row.update(feasible=pick[0].fits, shares=list(pick[1].context.split_shares),
-                   tg_tps=_speeds(pick[0])[0], pp_tps=_speeds(pick[0])[1])
+                   tg_tps=speeds(pick[0])[0], pp_tps=speeds(pick[0])[1])
         row["cpu_expert_layers"] = sum(1 for kinds in pick[0].placement.cpu_experts if kinds) \
             if pick[0].placement is not None else 0
         pool = [*options, pick[0]] + ([adopted[0]] if adopted else [])
@@ -178,8 +166,8 @@ def _split_wins(a: Recipe, layer: Recipe, objective: str | float, options: Seque
     ``balanced`` that is its decode (with its prompt above the floor): a mode whose only gain is
     the prompt would push the layer plan under the floor by its own, unmeasured, prediction."""
     if parse_objective(objective) == "balanced":
-        return _speeds(a)[1] >= prompt_floor(options) * (1 - SAME) and \
-            _speeds(a)[0] > _speeds(layer)[0] * (1 + SPLIT_MODE_MARGIN)
+        return speeds(a)[1] >= prompt_floor(options) * (1 - SAME) and \
+            speeds(a)[0] > speeds(layer)[0] * (1 + SPLIT_MODE_MARGIN)
     return beats(a, layer, objective, options, SPLIT_MODE_MARGIN)
 
 
@@ -201,8 +189,8 @@ def frontier(options: Sequence[Recipe], n: int) -> list[Recipe]:
     between (equal speeds count once)."""
     fits = [o for o in options if o.fits and o.predicted is not None]
     front: list[Recipe] = []
-    for o in sorted(fits, key=lambda o: (-_speeds(o)[0], -_speeds(o)[1])):
-        if not front or _speeds(o)[1] > _speeds(front[-1])[1] * (1 + SAME):
+    for o in sorted(fits, key=lambda o: (-speeds(o)[0], -speeds(o)[1])):
+        if not front or speeds(o)[1] > speeds(front[-1])[1] * (1 + SAME):
             front.append(o)  # sorted by decode: on the frontier iff its prompt beats all before it
     if len(front) <= n:
         return front
@@ -213,5 +201,5 @@ def frontier(options: Sequence[Recipe], n: int) -> list[Recipe]:
 
 
 __all__ = ["BALANCED_PROMPT_FLOOR", "FRONTIER_WEIGHTS", "OBJECTIVES", "PIN_MARGIN", "RANK_BAND", "SPLIT_MODE_MARGIN",
-           "TIE_BREAK", "adopt_pinned", "beats", "choose", "choose_split_mode", "core_weights", "frontier",
-           "parse_objective", "prompt_floor"]
+           "TIE_BREAK", "adopt_pinned", "beats", "choose", "choose_split_mode", "frontier",
+           "parse_objective", "prompt_floor", "speeds"]

@@ -20,8 +20,8 @@ from .engines.common import tool_context
 from .errors import ClusterError, InvalidArgumentError, NothingFitsError
 from .hparams import MAX_CONTEXT
 from .model import KV_TYPES, ModelProfile, load_model
-from .objective import (FRONTIER_WEIGHTS, TIE_BREAK, adopt_pinned, beats, choose, choose_split_mode, core_weights,
-                        frontier, parse_objective, prompt_floor)
+from .objective import (FRONTIER_WEIGHTS, TIE_BREAK, adopt_pinned, beats, choose, choose_split_mode, frontier,
+                        parse_objective, prompt_floor, speeds)
 from .problem import MAX_DEVICES, build_arrays, candidate_orders, core_candidates, cpu_only, default_order, memory_unit
 from .recipes import Recipe, decoded, placement_flags, priced, standard_recipes
 from .rehome import rehome_experts
@@ -431,51 +431,40 @@ class _Solver:
         out = decode + self.solve(TIE_BREAK, 1.0, "solver (prompt)")
         if not out:
             return out
-        self.optimum = (min(1 / _speed(o)[0] for o in out), min(1 / _speed(o)[1] for o in out))
+        self.optimum = (min(1 / speeds(o)[0] for o in out), min(1 / speeds(o)[1] for o in out))
         if isinstance(objective, float):
             out += self.weighted(objective, f"solver (weight {objective:g})")
         fits = [o for o in out + compared if o.fits]
         floor = prompt_floor(fits) if fits else 0.0
-        if objective == "balanced" and fits and not any(o.fits and _speed(o)[1] >= floor for o in decode):
+        if objective == "balanced" and fits and not any(o.fits and speeds(o)[1] >= floor for o in decode):
             lo, hi = 0.0, 1.0
             for _ in range(BALANCE_STEPS):
                 mid = (lo + hi) / 2
                 got = self.weighted(mid, f"solver (weight {mid:g})")
                 out += got
-                lo, hi = (mid, hi) if any(o.fits and _speed(o)[1] >= floor for o in got) else (lo, mid)
+                lo, hi = (mid, hi) if any(o.fits and speeds(o)[1] >= floor for o in got) else (lo, mid)
         for w in FRONTIER_WEIGHTS if alternatives else ():
             if 0.0 < w < 1.0:
                 out += self.weighted(w, f"solver (weight {w:g})")
         return out
 
 
-def _speed(o: Recipe) -> tuple[float, float]:
-    assert o.predicted is not None
-    return o.predicted.tg_tps, o.predicted.pp_tps
-
-
-def objective_weights(objective: str | float) -> tuple[float, float]:
-    """(decode, prompt) weights the core starts from for an objective; a clear error for
-    anything else (see :func:`omni_place.objective.core_weights`)."""
-    return core_weights(objective)
-
-
 def _objective_notes(chosen: Recipe, options: Sequence[Recipe], objective: str | float) -> list[str]:
     """What the objective traded, and where the plan's placement came from."""
     fits = [o for o in options if o.fits]
-    tg, pp = _speed(chosen)
+    tg, pp = speeds(chosen)
     notes = []
     if chosen.name not in ("solver", "split"):  # a split mode's choice is its own table (report)
         notes.append(f"the {chosen.label} placement ({shlex.join(chosen.argv)}) is at least as good as the solver's "
                      f"optima on objective {objective} by the model: the plan takes it")
     fastest = choose(fits, "tg")
     if objective != "tg" and beats(fastest, chosen, "tg", fits):
-        ftg, fpp = _speed(fastest)
+        ftg, fpp = speeds(fastest)
         notes.append(f"objective {objective}: the fastest decode plan ({ftg:.1f} tok/s, {ftg / tg - 1:+.0%}) "
                      f"prompts at {fpp:.0f} tok/s ({fpp / pp - 1:+.0%}); --objective tg takes it")
     elif objective == "tg" and pp < prompt_floor(fits):
-        btg, bpp = _speed(choose(fits, "balanced"))
-        notes.append(f"objective tg: this plan prompts at {pp:.0f} tok/s, {max(_speed(o)[1] for o in fits) / pp:.1f}x "
+        btg, bpp = speeds(choose(fits, "balanced"))
+        notes.append(f"objective tg: this plan prompts at {pp:.0f} tok/s, {max(speeds(o)[1] for o in fits) / pp:.1f}x "
                      f"slower than the fastest prompt plan, for {tg / btg - 1:+.0%} decode over the default "
                      f"(balanced: {btg:.1f} tok/s decode, {bpp:.0f} prompt)")
     return notes
@@ -494,7 +483,7 @@ def _compared_entry(o: Recipe, plan: Prediction) -> dict[str, Any]:
 def _alternative_entry(plan: Plan, cost: CostModel, o: Recipe, chosen: Recipe) -> dict[str, Any]:
     """One plan of the frontier: where it came from, tok/s and its flags (the plan's dialect)."""
     assert o.placement is not None
-    tg, pp = _speed(o)
+    tg, pp = speeds(o)
     c = cost.context
     ea = plan.dialect.encode(plan.model, o.placement, plan.cluster, c, cost.usage(o.placement))
     return {"source": o.label, "tg_tps": tg, "pp_tps": pp,

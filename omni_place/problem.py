@@ -263,14 +263,3 @@ def core_candidates(arr: _Arrays, orders: Sequence[tuple[str, ...]], cost: CostM
             continue  # only reachable through the 1e6 penalty: the other variant prices it right
         out.append((res.time, p, res.as_dict()))
     return out
-
-
-def best_time(arr: _Arrays, orders: Sequence[tuple[str, ...]], cost: CostModel, w_tg: float, w_pp: float,
-               variants: Sequence[bool] = (True, False)) -> float:
-    """Seconds per token of the better objective (tg if w_tg >= w_pp) at its own optimum."""
-    def own(p: Placement) -> float:
-        pr = cost.predict(p)
-        return (1 / pr.tg_tps) if w_tg >= w_pp else (1 / pr.pp_tps)
-
-    times = [own(p) for _, p, _ in core_candidates(arr, orders, cost, w_tg, w_pp, {}, variants)]
-    return min(times) if times else own(cpu_only(cost.model, default_order(cost)))

@@ -257,7 +257,7 @@ class SplitCostModel(CostModel):
             raise InvalidArgumentError(f"-sm {self.context.split_mode} over {len(p.order)} devices with "
                                        f"{len(self.shares)} shares", hint="give one -ts share per device")
         bad = [h for h in set(p.layer_home) | {p.output} if h not in (CPU, p.order[0])]
-        away = sorted({d for homes in p.expert_homes for _, d in homes if d != CPU})
+        away = sorted(p.foreign_experts)
         if bad or away:
             raise InvalidArgumentError(f"under -sm {self.context.split_mode} every GPU layer is split across all "
                                        f"devices; this placement puts layers or experts on {', '.join(bad + away)}",

@@ -28,11 +28,10 @@ from ..errors import InvalidArgumentError, OmniPlaceError
 from ..model import ModelProfile
 from ..validate import STRICT_JSON, decode_text, number, read_file
 from .calibrate import Point
-from .logread import placement_from_log
+from .logread import LOAD_START, placement_from_log
 from .records import MAX_TPS, placement_from_dict, placement_to_dict
 
 MAX_OUTPUT_BYTES = 1 << 26  # a mainline -fitt -v log is ~10 MiB; output alone is a few KiB per test
-_LOAD_START = "llama_model_loader: loaded meta data"  # one per model load (src/llama-model-loader.cpp)
 _HINT = ("give llama-bench's own output: `llama-bench ... -o jsonl` (mainline) or `-o json` (ik_llama.cpp), "
          "with -v and 2>&1 to keep the log")
 
@@ -164,10 +163,10 @@ def _log_placements(text: str, runs: Sequence[_Run], model: ModelProfile,
     """Placements read from the file's -v log per configuration: the last load for a file of one
     configuration (a fitter loads several times), else load i for configuration i when there is
     one load per configuration; nothing when the file has no log or they cannot be paired."""
-    if _LOAD_START not in text or not runs:
+    if LOAD_START not in text or not runs:
         return {}
     configs = list(dict.fromkeys(r.config for r in runs))
-    parts = text.split(_LOAD_START)[1:]
+    parts = text.split(LOAD_START)[1:]
     if len(configs) == 1:
         parts = parts[-1:]
     elif len(configs) != len(parts):
@@ -176,7 +175,7 @@ def _log_placements(text: str, runs: Sequence[_Run], model: ModelProfile,
     out: dict[tuple[Any, ...], Placement | None] = {}
     for cfg, part in zip(configs, parts):
         run = next(r for r in runs if r.config == cfg)
-        p = placement_from_log(_LOAD_START + part, model, accel, run.engine, run.argv)
+        p = placement_from_log(LOAD_START + part, model, accel, run.engine, run.argv)
         # a log naming devices the cluster lacks is refused here (InvalidArgumentError)
         out[cfg] = None if p is None else placement_from_dict(placement_to_dict(p), model, cluster,
                                                                "the placement in the -v log")

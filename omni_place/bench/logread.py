@@ -15,7 +15,8 @@ from ..model import ModelProfile
 _OVERRIDE = re.compile(r"[Tt]ensor (blk\.(\d+)\.ffn_(gate_up|gate|up|down)_(?:ch|)exps\.weight) \(.*?\) "
                        r"buffer type overrid+en to (\S+)")
 _OUTPUT_OVERRIDE = re.compile(r"[Tt]ensor output\.weight \(.*?\) buffer type overrid+en to (\S+)")
-_LOAD_START = re.compile(r"llama_model_loader: loaded meta data")
+LOAD_START = "llama_model_loader: loaded meta data"  # one per model load (src/llama-model-loader.cpp)
+_LOAD_START = re.compile(re.escape(LOAD_START))
 
 
 def _last_load(log: str) -> str:

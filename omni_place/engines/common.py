@@ -559,14 +559,14 @@ def record_switch(record: Mapping[str, Any], key: str, default: bool) -> bool:
     raise InvalidArgumentError(f"{key} must be true/false or 0/1 (got {show(v)})")
 
 
-_N32 = (1 << 31) - 1
+N32 = (1 << 31) - 1  # the largest int32: llama-bench record fields are C ints
 
 
 def record_split_flags(record: Mapping[str, Any]) -> list[str]:
     """The flags of a llama-bench record's layer split that both engines print alike:
     ``n_gpu_layers``, ``split_mode``, ``main_gpu`` and a ``tensor_split`` that sets any share."""
-    argv = ["-ngl", str(record_int(record, "n_gpu_layers", -1, _N32)),
-            "-sm", record_text(record, "split_mode", "layer"), "-mg", str(record_int(record, "main_gpu", -1, _N32, 0))]
+    argv = ["-ngl", str(record_int(record, "n_gpu_layers", -1, N32)),
+            "-sm", record_text(record, "split_mode", "layer"), "-mg", str(record_int(record, "main_gpu", -1, N32, 0))]
     shares = record_text(record, "tensor_split", "0.00")
     return argv + (["-ts", shares] if nonzero_shares(shares) else [])
 
@@ -574,9 +574,9 @@ def record_split_flags(record: Mapping[str, Any]) -> list[str]:
 def record_test_flags(record: Mapping[str, Any], fa: str) -> list[str]:
     """The batch, KV-type, flash-attention (``fa``, in the engine's spelling) and test-size
     flags of a llama-bench record."""
-    return ["-ub", str(record_int(record, "n_ubatch", 1, _N32)), "-b", str(record_int(record, "n_batch", 1, _N32)),
+    return ["-ub", str(record_int(record, "n_ubatch", 1, N32)), "-b", str(record_int(record, "n_batch", 1, N32)),
             "-ctk", record_text(record, "type_k", "f16"), "-ctv", record_text(record, "type_v", "f16"), "-fa", fa,
-            "-p", str(record_int(record, "n_prompt", 0, _N32)), "-n", str(record_int(record, "n_gen", 0, _N32))]
+            "-p", str(record_int(record, "n_prompt", 0, N32)), "-n", str(record_int(record, "n_gen", 0, N32))]
 
 
 def nonzero_shares(shares: str) -> bool:

@@ -25,10 +25,11 @@ from ..errors import InvalidArgumentError
 from ..model import ModelProfile, Role
 from .base import BenchRecordFlags, BenchSpelling, Dialect, EngineTraits, PlacementArgs
 from .splitmodes import SplitModeRule
-from .common import (EngineArgs, FlagSyntax, OverrideMatcher, ParsedArgs, accelerator_names, check_expert_target,
-                     compile_pattern, dev_flag, expert_overrides, flag_groups, layer_counts, layer_regex, local_gpus,
-                     meta_order, model_devices, override_device, parallel_layers, pin_flags_of, range_regex, record_int,
-                     record_split_flags, record_switch, record_test_flags, record_text, rpc_buffer_names, rpc_servers)
+from .common import (N32, EngineArgs, FlagSyntax, OverrideMatcher, ParsedArgs, accelerator_names,
+                     check_expert_target, compile_pattern, dev_flag, expert_overrides, flag_groups, layer_counts,
+                     layer_regex, local_gpus, meta_order, model_devices, override_device, parallel_layers,
+                     pin_flags_of, range_regex, record_int, record_split_flags, record_switch, record_test_flags,
+                     record_text, rpc_buffer_names, rpc_servers)
 
 __all__ = ["DIALECT", "FLAG_ALIASES", "LLAMA_ENV", "NAME", "SYNTAX", "TOOLS", "EngineArgs", "LlamaCpp", "ParsedArgs",
            "assign_layers", "decode", "encode", "engine_args", "layer_regex", "llama_env", "parse_args"]
@@ -491,7 +492,6 @@ def bench_record_flags(rec: Mapping[str, Any]) -> BenchRecordFlags:
     joined by "/" ("0.00": none), ``tensor_buft_overrides`` "pat=BUFT;..." or "none", ``n_cpu_moe``
     (its patterns go after the -ot ones, as llama-bench appends them), ``flash_attn`` -1/0/1.
     A record with ``fit_target`` or ``fit_min_ctx`` was placed by the fitter (-fitt/-fitc)."""
-    n32 = (1 << 31) - 1
     argv = record_split_flags(rec)
     devices = record_text(rec, "devices", "auto")
     if devices != "auto":
@@ -499,12 +499,12 @@ def bench_record_flags(rec: Mapping[str, Any]) -> BenchRecordFlags:
     overrides = record_text(rec, "tensor_buft_overrides", "none")
     if overrides not in ("none", ""):
         argv += ["-ot", overrides]
-    n_cpu_moe = record_int(rec, "n_cpu_moe", 0, n32, 0)
+    n_cpu_moe = record_int(rec, "n_cpu_moe", 0, N32, 0)
     if n_cpu_moe:
         argv += ["-ncmoe", str(n_cpu_moe)]
     fa = rec.get("flash_attn", -1)  # -1/0/1; older builds print true/false
     fa_text = ("1" if fa else "0") if isinstance(fa, bool) else str(record_int(rec, "flash_attn", -1, 1))
-    argv += record_test_flags(rec, fa_text) + ["-d", str(record_int(rec, "n_depth", 0, n32, 0))]
+    argv += record_test_flags(rec, fa_text) + ["-d", str(record_int(rec, "n_depth", 0, N32, 0))]
     if record_switch(rec, "no_op_offload", False):
         argv += list(SYNTAX["bench"].no_op_offload)
     load_mode = record_text(rec, "load_mode", "auto")  # -lm: none/mlock load without mmap (pinned)

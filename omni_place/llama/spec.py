@@ -62,10 +62,7 @@ class LoadSpec:
     def __post_init__(self) -> None:
         self.model_path = os.fspath(self.model_path)
         if isinstance(self.split_mode, str):
-            mode = _SPLIT_MODES.get(self.split_mode.lower())
-            if mode is None:
-                raise InvalidArgumentError(f"unknown split_mode {self.split_mode!r} (one of {', '.join(_SPLIT_MODES)})")
-            self.split_mode = mode
+            self.split_mode = split_mode_number(self.split_mode)
         self.overrides = [(str(p), str(t)) for p, t in self.overrides]
         if self.tensor_split is not None:
             self.tensor_split = [float(x) for x in self.tensor_split]
