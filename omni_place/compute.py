@@ -35,13 +35,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .compute_graph import REPLAYED, Offload, device_peak
+from .compute_graph import F32, REPLAYED, Offload, device_peak
 from .model import KV_CELL_PADDING, align_up
 
 if TYPE_CHECKING:
     from .model import ModelProfile
 
-F32 = 4
 PIPELINE_COPIES = 4  # GGML_SCHED_MAX_COPIES: input copies kept when the engine pipelines
 
 # Per-token widths, in F32 elements (bytes / 4 / n_tokens); ``inv_tokens`` carries constants.

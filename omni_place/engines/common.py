@@ -548,6 +548,11 @@ def record_text(record: Mapping[str, Any], key: str, default: Any = _REQUIRED) -
     return text(record[key], key, max_len=MAX_RECORD_TEXT)
 
 
+def record_threads(record: Mapping[str, Any]) -> int | None:
+    """A record's ``n_threads`` (None when it has none)."""
+    return record_int(record, "n_threads", 1, 1 << 16) if "n_threads" in record else None
+
+
 def record_switch(record: Mapping[str, Any], key: str, default: bool) -> bool:
     """An on/off field: JSON ``true``/``false`` or ``0``/``1`` (llama-bench prints some
     switches as ints, e.g. mainline's ``no_op_offload``)."""

@@ -35,8 +35,8 @@ from .base import BenchRecordFlags, BenchSpelling, Dialect, EngineTraits
 from .splitmodes import SplitModeRule
 from .common import (BENCH_DEFAULTS, SERVER_DEFAULTS, EngineArgs, FlagSyntax, ToolDefaults, accelerator_names,
                      expert_overrides, layer_counts, local_gpus, model_devices, parallel_layers, pin_flags_of,
-                     record_int, record_split_flags, record_switch, record_test_flags, record_text, rpc_buffer_names,
-                     rpc_servers)
+                     record_split_flags, record_switch, record_test_flags, record_text, record_threads,
+                     rpc_buffer_names, rpc_servers)
 
 NAME = "ik_llama.cpp"
 SYNTAX = {
@@ -361,8 +361,7 @@ def bench_record_flags(rec: Mapping[str, Any]) -> BenchRecordFlags:
     argv += record_test_flags(rec, "1" if record_switch(rec, "flash_attn", True) else "0")
     if not record_switch(rec, "use_mmap", True):  # -mmp 0: CPU-held weights pinned
         argv += list(SYNTAX["bench"].pin_weights)
-    threads = record_int(rec, "n_threads", 1, 1 << 16) if "n_threads" in rec else None
-    return BenchRecordFlags(tuple(argv), threads)
+    return BenchRecordFlags(tuple(argv), record_threads(rec))
 
 
 _LOG_KV = re.compile(r"llama_kv_cache_init: +(\S+) KV buffer size = +([\d.]+) MiB")  # ik src/llama.cpp

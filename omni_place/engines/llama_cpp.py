@@ -29,7 +29,7 @@ from .common import (N32, EngineArgs, FlagSyntax, OverrideMatcher, ParsedArgs, a
                      check_expert_target, compile_pattern, dev_flag, expert_overrides, flag_groups, layer_counts,
                      layer_regex, local_gpus, meta_order, model_devices, override_device, parallel_layers,
                      pin_flags_of, range_regex, record_int, record_split_flags, record_switch, record_test_flags,
-                     record_text, rpc_buffer_names, rpc_servers)
+                     record_text, record_threads, rpc_buffer_names, rpc_servers)
 
 __all__ = ["DIALECT", "FLAG_ALIASES", "LLAMA_ENV", "NAME", "SYNTAX", "TOOLS", "EngineArgs", "LlamaCpp", "ParsedArgs",
            "assign_layers", "decode", "encode", "engine_args", "layer_regex", "llama_env", "parse_args"]
@@ -512,8 +512,7 @@ def bench_record_flags(rec: Mapping[str, Any]) -> BenchRecordFlags:
         argv += ["-lm", load_mode]
     fit = [f"{flag} {n}" for flag, key in (("-fitt", "fit_target"), ("-fitc", "fit_min_ctx"))
            if (n := record_int(rec, key, 0, 1 << 62, 0))]
-    threads = record_int(rec, "n_threads", 1, 1 << 16) if "n_threads" in rec else None
-    return BenchRecordFlags(tuple(argv), threads, fitted=" ".join(fit) or None)
+    return BenchRecordFlags(tuple(argv), record_threads(rec), fitted=" ".join(fit) or None)
 
 
 class LlamaCpp(Dialect):
