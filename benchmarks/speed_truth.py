@@ -9,9 +9,11 @@ Three subcommands, run in this order on the GPU machine:
     Every large weight is a hole (zeros: a matmul's speed does not depend on its values), while
     the tensors that decide *routing* hold real values: F32 norms of ones, a random F32 router per
     MoE layer and random token embeddings. With zero attention and FFN outputs the router sees
-    each token's normalised embedding, so llama-bench's random prompt tokens spread over the
-    experts of a softmax router (moe15) as a real model's do; deepseek2's sigmoid router saturates
-    on these logits and a ubatch uses ~59 % of mla16's experts (``replay_routing``). (A tiled
+    each token's normalised embedding. The router's values are scaled by 1/sqrt(n_embd) so its
+    logits have unit spread (``ROUTERS["unit"]``, a trained router's scale): llama-bench's random
+    prompt tokens then spread over all experts as a real model's do. The first H200 runs used
+    unscaled routers (``"raw"``): deepseek2's sigmoid saturated on their ~45-sd logits and a ubatch
+    used ~59 % of mla16's experts (``replay_routing``). (A tiled
     all-positive Q4_K pattern, as ``synth_gguf`` writes, drives every token to the same few
     experts and makes op offload copy almost nothing: its MoE prompt speeds are not what a real
     model gets.)
@@ -69,8 +71,13 @@ SPEED_MODELS: dict[str, dict[str, Any]] = {
 }
 
 
-def write_speed_model(name: str, folder: Path, *, header_only: bool = False) -> Path:
-    """Write speed model ``name`` into ``folder`` (see the module doc); returns its path."""
+# the router's values: standard normal times this factor of n_embd (see the module doc)
+ROUTERS = {"unit": lambda n_embd: n_embd ** -0.5, "raw": lambda n_embd: 1.0}
+
+
+def write_speed_model(name: str, folder: Path, *, header_only: bool = False, router: str = "unit") -> Path:
+    """Write speed model ``name`` into ``folder`` (see the module doc) with ``router`` values
+    (a key of ``ROUTERS``); returns its path."""
     from omni_place.gguf import read_model_files
     from omni_place.gguf_write import sparse_copy
     from tests.arch_models import write_model
@@ -87,36 +94,38 @@ def write_speed_model(name: str, folder: Path, *, header_only: bool = False) -> 
     (folder / "full").rmdir()
     shard = files.shards[0]
     with open(target, "r+b") as fh:
-        for t, data in _valued_tensors(files):
+        for t, data in _valued_tensors(files, router):
             assert len(data) == t.n_bytes, (t.name, len(data), t.n_bytes)
             fh.seek(shard.data_offset + t.offset)
             fh.write(data)
     return target
 
 
-def _valued_tensors(files: Any) -> Iterator[tuple[Any, bytes]]:
+def _valued_tensors(files: Any, router: str) -> Iterator[tuple[Any, bytes]]:
     """The tensors of a speed model that hold values, with their bytes, in file order (one
-    seeded generator: the same values every time)."""
+    seeded generator: the same values every time); ``router`` scales the routers (``ROUTERS``)."""
     rng = np.random.default_rng(0)
     for t in files.tensors:
         n = t.n_elements
         if t.name.endswith("norm.weight") or "_norm" in t.name:
             yield t, np.ones(n, dtype=np.float32).tobytes()
         elif t.name.endswith("ffn_gate_inp.weight"):
-            yield t, rng.standard_normal(n, dtype=np.float32).tobytes()
+            gain = np.float32(ROUTERS[router](t.shape[0]))  # shape [n_embd, n_expert]
+            yield t, (rng.standard_normal(n, dtype=np.float32) * gain).tobytes()
         elif t.name == "token_embd.weight" and t.type_name == "Q4_K":
             yield t, _random_q4_k(rng, t.n_bytes)
         elif t.name == "token_embd.weight":
             raise SystemExit(f"{t.name} is {t.type_name}; the speed models write Q4_K embeddings")
 
 
-def replay_routing(header: Path, n_tokens: int = 512, trials: int = 4) -> list[list[int]]:
+def replay_routing(header: Path, router: str = "unit", n_tokens: int = 512, trials: int = 4) -> list[list[int]]:
     """How many of a ubatch's ``n_tokens`` random prompt tokens (llama-bench's ``std::rand() %
     n_vocab``) each expert of each MoE layer gets, replayed from the speed model's own router and
     embeddings (the header names them, ``_valued_tensors`` regenerates their values), ``trials``
-    ubatches per layer; for ``CostModel.with_routing``. Empty for a dense model. With zero
-    attention and FFN outputs each layer's router sees the token's RMS-normed embedding. A sigmoid
-    router (deepseek2's ``expert_gating_func`` 2) meets logits of ~45 sd here: F32 sigmoid rounds
+    ubatches per layer, for the speed model written with ``router`` values; for
+    ``CostModel.with_routing``. Empty for a dense model. With zero attention and FFN outputs each
+    layer's router sees the token's RMS-normed embedding. A ``"raw"`` sigmoid router (deepseek2's
+    ``expert_gating_func`` 2) meets logits of ~45 sd: F32 sigmoid rounds
     the top ones to 1.0 and the tie goes to the lowest expert index
     (ggml/src/ggml-cuda/topk-moe.cu:210), so a ubatch of mla16 touches ~59 % of its experts, the
     low-numbered ones with several MMQ tiles of tokens, where ~1-sd logits (a trained router's)
@@ -135,7 +144,7 @@ def replay_routing(header: Path, n_tokens: int = 512, trials: int = 4) -> list[l
     sigmoid = meta.get(f"{arch}.expert_gating_func") == 2  # LLAMA_EXPERT_GATING_FUNC_TYPE_SIGMOID
     n_embd = meta[f"{arch}.embedding_length"]
     emb, n_vocab, routers = b"", 0, []
-    for t, data in _valued_tensors(files):
+    for t, data in _valued_tensors(files, router):
         if t.name == "token_embd.weight":
             emb, n_vocab = data, t.shape[1]
         elif t.name.endswith("ffn_gate_inp.weight"):
@@ -173,7 +182,7 @@ def _models(a: argparse.Namespace) -> int:
     if unknown:
         raise SystemExit(f"unknown speed models {unknown}; known: {', '.join(SPEED_MODELS)}")
     for name in a.names or list(SPEED_MODELS):
-        path = write_speed_model(name, Path(a.folder), header_only=a.header_only)
+        path = write_speed_model(name, Path(a.folder), header_only=a.header_only, router=a.router)
         print(f"{path} {path.stat().st_size / 1e9:.2f} GB", flush=True)
     return 0
 
@@ -182,15 +191,17 @@ def _prepare(a: argparse.Namespace) -> int:
     from omni_place.bench.matrix import build_configs, common_args
     from omni_place.bench.run import CONFIG_ORDER, SCHEMA, Attempt, BenchConfig
     from omni_place.devices import resolve_cluster
+    from omni_place.engines import dialect
     from omni_place.model import load_model
     from omni_place.plan import evaluate
 
     cluster = resolve_cluster(a.cluster)
     prof = load_model(a.model)
     ctx = a.n_prompt + a.n_gen
-    engine = "llama.cpp"
+    engine = a.engine
+    rules = dialect(engine)
     wanted = a.configs.split(",") if a.configs else ["fit", "ot-exps", "ncmoe", "ngl", "omni_place", "omni_place_tg",
-                                                      "omni_place_pp", "omni_place_pin", "sweep"]
+                                                      "omni_place_pp", "omni_place_pin", "tail-exps", "sweep"]
     configs = build_configs(prof, cluster, engine, n_prompt=a.n_prompt, n_gen=a.n_gen, ubatch=a.ubatch,
                             configs=[c for c in wanted if c in CONFIG_ORDER])
     # the plan of each objective ("omni_place" is the default, balanced); a plan equal to an
@@ -221,17 +232,28 @@ def _prepare(a: argparse.Namespace) -> int:
 
     plan = next((c for c in configs if c.name == "omni_place"), None)
     if "omni_place_pin" in wanted and plan is not None:
-        # the balanced plan's placement the other way round: pinned (-lm none, op offload on) when
-        # the plan keeps mmap, mmap'd when the plan pins -- what the plan's note prices
+        # the balanced plan's placement the other way round: pinned (op offload on) when the plan
+        # keeps mmap, mmap'd when the plan pins -- what the plan's note prices
+        syntax = rules.syntax["bench"]
         argv = list(plan.attempts[0].argv)
-        for flag in ("-nopo", "-lm"):
-            if flag in argv:
-                i = argv.index(flag)
-                del argv[i:i + 2]
-        if "-lm" in plan.attempts[0].argv:
+        for flag in (syntax.no_op_offload, syntax.pin_weights):
+            if flag and flag[0] in argv:
+                i = argv.index(flag[0])
+                del argv[i:i + len(flag)]
+        if rules.parse_args(plan.attempts[0].argv, "bench").pinned_weights:
             add("omni_place_mmap", argv, "the balanced plan's placement, mmap'd (op offload on)")
-        else:
-            add("omni_place_pin", [*argv, "-lm", "none"], "the balanced plan, CPU weights pinned, op offload on")
+        elif syntax.pin_weights:
+            add("omni_place_pin", [*argv, *syntax.pin_weights], "the balanced plan, CPU weights pinned, op offload on")
+    ncmoe = next((c for c in configs if c.name == "ncmoe"), None)
+    if "tail-exps" in wanted and ncmoe is not None and rules.bench is not None:
+        # as many expert layers on the CPU as the smallest --n-cpu-moe, but the last ones: which
+        # end's experts go to the CPU (issue 16's layer-position question)
+        n = int(ncmoe.attempts[0].argv[ncmoe.attempts[0].argv.index(rules.bench.n_cpu_moe) + 1])
+        lead = prof.hparams.n_layer_dense_lead
+        k = max(0, n - lead)
+        tail = "|".join(str(i) for i in range(prof.n_layer - k, prof.n_layer))
+        add("tail-exps", ["-ngl", rules.bench.ngl_all, "-ot", rf"blk\.({tail})\.ffn_(up|down|gate)_exps=CPU"],
+            f"the experts of the last {k} layers on the CPU (the smallest --n-cpu-moe's count)")
     if "sweep" in wanted:
         # placements across the CPU's share: whole layers on the CPU (-ngl), and for MoE the
         # experts of the first layers (--n-cpu-moe)
@@ -329,7 +351,8 @@ def _rows(results: list[str], only_model: str | None = None) -> dict[tuple[str, 
         for r in load_records([records]):
             if r["status"] != "ok" or not r.get("avg_ts") or (only_model and r["model"] != only_model):
                 continue
-            row = rows.setdefault((r["rig"], r["model"], r["config"]), {"tg": [], "pp": [], "argv": r["argv"]})
+            row = rows.setdefault((r["rig"], r["model"], r["config"]),
+                                  {"tg": [], "pp": [], "argv": r["argv"], "engine": r["engine"]})
             row["pp" if r["test"].startswith("pp") else "tg"].append(float(r["avg_ts"]))
             if "log" not in row:
                 log = logs / f"{r['model']}.{r['rig']}.r{r['round']}" / r["log"]
@@ -354,7 +377,7 @@ def _placed(a: argparse.Namespace, rows: dict[tuple[str, str, str], dict[str, An
             models[model] = load_model(Path(a.headers) / f"{model}.hdr.gguf")
         if rig not in clusters:
             clusters[rig] = resolve_cluster(str(Path(a.rigs) / f"rig_{rig.removeprefix('h200-')}.toml"))
-        placement = placement_from_log(row["log"], models[model], ["CUDA0"], "llama.cpp", row["argv"])
+        placement = placement_from_log(row["log"], models[model], ["CUDA0"], row["engine"], row["argv"])
         if placement is not None:
             yield (rig, model, config), row, models[model], clusters[rig], placement
 
@@ -367,18 +390,18 @@ def _report(a: argparse.Namespace) -> int:
     from omni_place.cost import CostModel, SpeedParams
     from omni_place.engines import dialect
 
-    rules = dialect("llama.cpp")
     params = SpeedParams(**json.loads(a.params)) if a.params else None
-    if a.calibration:  # `omni-place calibrate --format json` output
-        fitted = json.loads(Path(a.calibration).read_text())["engines"]["llama.cpp"]["params"]
-        params = SpeedParams(**fitted)
+    calibrated = json.loads(Path(a.calibration).read_text())["engines"] if a.calibration else {}
     rows = _rows(a.results, a.only_model)
     out = []
     routing: dict[str, list[list[int]]] = {}
     for (rig, model, config), row, prof, cluster, placement in _placed(a, rows):
         if model not in routing:  # the share of experts a ubatch touched in these runs
             header = Path(a.headers) / f"{model}.hdr.gguf"
-            routing[model] = replay_routing(header) if a.routing == "replayed" else []
+            routing[model] = replay_routing(header, a.router) if a.routing == "replayed" else []
+        rules = dialect(row["engine"])
+        if calibrated:  # `omni-place calibrate --format json` output
+            params = SpeedParams(**calibrated[row["engine"]]["params"])
         parsed = rules.parse_args(row["argv"], tool="bench")
         context = rules.traits.context(ctx=512 + 32, n_ubatch=512, pinned_weights=parsed.pinned_weights,
                                        op_offload=parsed.op_offload)
@@ -412,8 +435,10 @@ def _report(a: argparse.Namespace) -> int:
     return _emit(lines, out, a.json)
 
 
-_BUFFER = re.compile(r"(load_tensors|llama_kv_cache|sched_reserve): +CUDA0 (model|KV|compute) buffer size"
-                     r" = +([0-9.]+) MiB")
+# mainline: "load_tensors: CUDA0 model buffer size", "llama_kv_cache: CUDA0 KV buffer size",
+# "sched_reserve: CUDA0 compute buffer size"; ik: "llm_load_tensors: CUDA0 buffer size",
+# "llama_kv_cache_init: CUDA0 KV buffer size", "llama_new_context_with_model: CUDA0 compute buffer size"
+_BUFFER = re.compile(r"^(\w+): +CUDA0 (?:(model|KV|compute) )?buffer size = +([0-9.]+) MiB", re.M)
 
 
 def _vram(a: argparse.Namespace) -> int:
@@ -421,7 +446,8 @@ def _vram(a: argparse.Namespace) -> int:
     KV cache, the larger compute buffer), next to omni_place's price of that placement: the
     issue-14 check of --fit against the plan at equal margins."""
     from omni_place.bench.logread import _last_load
-    from omni_place.cost import Context, CostModel
+    from omni_place.cost import CostModel
+    from omni_place.engines import dialect
 
     lines = ["| rig | model | config | engine MiB (model / KV / compute) | total | predicted total | "
              "predicted compute |", "|---|---|---|---|---:|---:|---:|"]
@@ -430,9 +456,13 @@ def _vram(a: argparse.Namespace) -> int:
         seg = _last_load(row["log"])
         got = {"model": 0.0, "KV": 0.0, "compute": 0.0}
         for _, kind, mib in _BUFFER.findall(seg):
+            kind = kind or "model"
             got[kind] = max(got[kind], float(mib)) if kind == "compute" else got[kind] + float(mib)
-        use = next(u for u in CostModel(prof, cluster, Context(ctx=512 + 32, n_ubatch=512)).usage(placement)
-                   if u.name == "CUDA0")
+        rules = dialect(row["engine"])
+        parsed = rules.parse_args(row["argv"], tool="bench")
+        context = rules.traits.context(ctx=512 + 32, n_ubatch=512, pinned_weights=parsed.pinned_weights,
+                                       op_offload=parsed.op_offload)
+        use = next(u for u in CostModel(prof, cluster, context).usage(placement) if u.name == "CUDA0")
         total = sum(got.values())
         out.append({"rig": rig, "model": model, "config": config, "engine_mib": got, "engine_total_mib": total,
                     "predicted_total_mib": use.used_bytes / 2**20, "predicted_compute_mib": use.compute_bytes / 2**20})
@@ -500,11 +530,13 @@ def main(argv: list[str] | None = None) -> int:
     m.add_argument("folder")
     m.add_argument("names", nargs="*", help="some of: " + ", ".join(SPEED_MODELS) + " (default: all)")
     m.add_argument("--header-only", action="store_true")
+    m.add_argument("--router", choices=sorted(ROUTERS), default="unit", help="the routers' scale (module doc)")
     p = sub.add_parser("prepare")
     p.add_argument("model")
     p.add_argument("--cluster", required=True)
     p.add_argument("--rig", required=True)
     p.add_argument("--model-file")
+    p.add_argument("--engine", default="llama.cpp", help="the dialect of the configurations (llama.cpp, ik_llama.cpp)")
     p.add_argument("--n-prompt", type=int, default=512)
     p.add_argument("--n-gen", type=int, default=32)
     p.add_argument("--ubatch", type=int, default=512)
@@ -512,7 +544,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int)
     p.add_argument("--configs", help="comma-separated subset of: fit, ot-exps, ncmoe, ngl, omni_place, "
                                       "omni_place_tg, omni_place_pp, omni_place_pin (the balanced plan pinned, "
-                                      "or mmap'd when it pins), sweep (default: all)")
+                                      "or mmap'd when it pins), tail-exps (the smallest --n-cpu-moe's count of "
+                                      "expert layers, the last ones), sweep (default: all)")
     p.add_argument("-o", "--output", required=True)
     g = sub.add_parser("rig")
     g.add_argument("name")
@@ -539,6 +572,8 @@ def main(argv: list[str] | None = None) -> int:
     q.add_argument("--routing", choices=("replayed", "uniform"), default="replayed",
                    help="the share of experts a ubatch touches: replayed from each speed model's router "
                         "(what the runs did, replay_routing) or the cost model's uniform-routing default")
+    q.add_argument("--router", choices=sorted(ROUTERS), default="unit",
+                   help="the routers the measured speed models had (raw: the first H200 runs)")
     q.add_argument("--json")
     w = sub.add_parser("versus")
     w.add_argument("results", nargs="+")

@@ -307,7 +307,7 @@ def mla_runs(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
             row["pp" if r["test"].startswith("pp") else "tg"].append(float(r["avg_ts"]))
             row.setdefault("log", (logs / f"{r['model']}.{r['rig']}.r{r['round']}" / r["log"]).read_text())
     headers = {m: write_speed_model(m, tmp / "hdr", header_only=True) for m in ("mla16", "moe15")}
-    routing = {m: replay_routing(h) for m, h in headers.items()}
+    routing = {m: replay_routing(h, "raw") for m, h in headers.items()}  # the routers those runs had
     models = {m: load_model(h) for m, h in headers.items()}
     rules = dialect("llama.cpp")
     out = []

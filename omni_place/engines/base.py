@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Mapping, Protocol, Sequence
 
 from ..errors import InvalidArgumentError
 from ..placement import Context
-from .common import BENCH_DEFAULTS, SERVER_DEFAULTS, ToolDefaults
+from .common import BENCH_DEFAULTS, SERVER_DEFAULTS, FlagSyntax, ToolDefaults
 from .splitmodes import SplitModeRule, check, rule_of
 
 if TYPE_CHECKING:
@@ -103,6 +103,7 @@ class Dialect(ABC):
     name: ClassVar[str]
     traits: ClassVar[EngineTraits]
     tools: ClassVar[tuple[str, ...]]
+    syntax: ClassVar[Mapping[str, FlagSyntax]] = {}  # per tool, how it spells the placement flags
     bench: ClassVar[BenchSpelling | None] = None
     env_note: ClassVar[str | None] = None  # a comment line above the environment form
     bench_record_keys: ClassVar[frozenset[str]] = frozenset()  # keys only this engine's llama-bench prints

@@ -376,6 +376,7 @@ class IkLlama(Dialect):
                           output_only_offload=False, pin_flags=pin_flags_of(SYNTAX),
                           expert_copies_in_compute=False, mainline_graph=False, split_modes=SPLIT_MODES)
     tools = TOOLS
+    syntax = SYNTAX
     bench = BenchSpelling(fit=("--fit", "1"), n_cpu_moe="--n-cpu-moe", output=("-o", "json"), ngl_all="999")
     bench_record_keys = frozenset({"override_tensor", "cuda", "mla_attn", "fused_moe", "ser"})
 

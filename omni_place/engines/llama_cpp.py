@@ -523,6 +523,7 @@ class LlamaCpp(Dialect):
                           libllama=True, pin_flags=pin_flags_of(SYNTAX),
                           op_offload_switch=all(s.no_op_offload for s in SYNTAX.values()), split_modes=SPLIT_MODES)
     tools = TOOLS
+    syntax = SYNTAX
     bench = BenchSpelling(fit=("-fitt", "1024"), n_cpu_moe="-ncmoe", output=("-o", "jsonl"), ngl_all="99",
                           no_op_offload=SYNTAX["bench"].no_op_offload)
     env_note = "llama-server / llama-cli read these; a flag on the command line wins over its variable"
