@@ -40,7 +40,7 @@ from .devices import Cluster, Device
 from .errors import ClusterError, InvalidArgumentError
 from .model import LayerCost, ModelProfile, Role
 from .placement import (CPU, EXPERT_KINDS, EXPERT_OPTIONS, Context, DeviceUsage, ExpertHomes, Placement, Prediction,
-                        expert_kind, on_cpu, placement_from_counts)
+                        add_seconds, expert_kind, on_cpu, placement_from_counts)
 from .units import GB
 
 # Op offload copies CPU-held weights with cudaMemcpyAsync from pageable (mmap'd) memory
@@ -266,12 +266,8 @@ class CostModel:
     def usage(self, p: Placement) -> list[DeviceUsage]:
         """Per-device memory of a placement: every accelerator of the order, then the CPU."""
         m = self.model
-        out: dict[str, DeviceUsage] = {}
-        for name in p.order:
-            dev = self.device(name)
-            out[name] = DeviceUsage(name, dev.kind, capacity_bytes=dev.usable_bytes, margin_bytes=dev.margin_bytes)
-        cpu = self.cpu
-        cpu_use = out[CPU] = DeviceUsage(CPU, "cpu", capacity_bytes=cpu.usable_bytes, margin_bytes=cpu.margin_bytes)
+        out = {name: DeviceUsage.empty(name, self.device(name)) for name in p.order}
+        cpu_use = out[CPU] = DeviceUsage.empty(CPU, self.cpu)
         embedding_home = CPU
         if self.context.embedding_on_first:
             embedding_home = next((n for n in p.order if n in p.layer_home), CPU)
@@ -303,7 +299,7 @@ class CostModel:
             runs_layers = use.n_layers > 0 or name in p.foreign_experts
             use.compute_bytes += self.compute.device_bytes(runs_layers, use.holds_output, copies, self.backend(name))
         offload = bool(p.order) and self.device(p.order[0]).kind == "gpu" and self.context.op_offload
-        if offload and self._has_cpu_weights(p):
+        if offload and self.has_cpu_weights(p):
             first = out[p.order[0]]
             gpus = sum(1 for n in p.order if out[n].n_layers and self.device(n).kind == "gpu")
             first.compute_bytes = self._offload_compute(p, first.compute_bytes, gpus)
@@ -353,7 +349,8 @@ class CostModel:
                 and not p.extra_overrides and not any(
                     p.expert_homes[il] and self.model.layers[il].has_experts for il in range(len(p.layer_home))))
 
-    def _has_cpu_weights(self, p: Placement) -> bool:
+    def has_cpu_weights(self, p: Placement) -> bool:
+        """Whether ``p`` holds weights in CPU RAM: a CPU layer, or a MoE layer's routed experts."""
         return any(h == CPU for h in p.layer_home) or any(
             p.cpu_experts[il] and self.model.layers[il].has_experts for il in range(len(p.layer_home)))
 
@@ -463,10 +460,16 @@ class CostModel:
             return {CPU: (dense_read + exp_read) / self.bandwidth(CPU) + self.params.cpu_layer_s}
         with_layer, away = self._away(il, experts)
         out = {home: (dense_read + with_layer * self.k_over_n) / self.bandwidth(home) + self._layer_overhead(home)}
+        add_seconds(out, self.away_tg(home, away))
+        return out
+
+    def away_tg(self, home: str, away: dict[str, float]) -> dict[str, float]:
+        """Decode seconds of a layer's experts away from its ``home`` (``away``: stored bytes by
+        device, :meth:`_away`): each device reads ``k/N`` of them, runs their ops, a hop out and back."""
+        out: dict[str, float] = {}
         for dev, stored in away.items():
-            t = stored * self.k_over_n / self.bandwidth(dev) + self._layer_overhead(dev) * EXPERT_OPS_SHARE
-            out[dev] = out.get(dev, 0.0) + t
-            out["transfers"] = out.get("transfers", 0.0) + 2 * self.hop_tg(home, dev)
+            add_seconds(out, {dev: stored * self.k_over_n / self.bandwidth(dev)
+                              + self._layer_overhead(dev) * EXPERT_OPS_SHARE, "transfers": 2 * self.hop_tg(home, dev)})
         return out
 
     def _layer_overhead(self, name: str) -> float:
@@ -477,30 +480,29 @@ class CostModel:
         """Prompt seconds per token of layer ``il`` by where they are spent. A CPU-home layer's
         KV cache is copied to the offload device with its weights (its attention runs there);
         experts on another GPU are computed there, a hop out and back per ubatch."""
-        dense_p, _ = self.layer_params(il)
+        dense_flops = 2.0 * self.layer_params(il)[0]
         exp_total = sum(self._expert_split[il]["stored"].values())
+        if home == CPU:
+            streamed = self.model.layers[il].dense["cpu"] + self.kv_read[il] + exp_total * self.expert_hit
+            return self._cpu_weights_pp(il, dense_flops, 1.0, streamed, first)
         _, away = self._away(il, experts)
         frac = {dev: b / exp_total for dev, b in away.items()}
-        frac_cpu = frac.pop(CPU, 0.0)
-        dense_flops = 2.0 * dense_p
+        kept = 1 - frac.pop(CPU, 0.0) - sum(frac.values())  # the experts' share computed with the layer
+        out = {home: (dense_flops + self.expert_flops(il, self.device(home).kind == "gpu") * kept) / self.flops(home)}
+        add_seconds(out, self.away_pp(il, home, away, first))
+        return out
+
+    def away_pp(self, il: int, home: str, away: dict[str, float], first: str | None) -> dict[str, float]:
+        """Prompt seconds per token of layer ``il``'s experts away from its ``home`` (``away`` as for
+        :meth:`away_tg`): computed by another GPU, or held by the CPU (:meth:`_cpu_weights_pp`), a
+        hop out and back per ubatch each; the CPU's share last."""
+        exp_total = sum(self._expert_split[il]["stored"].values())
         out: dict[str, float] = {}
-        if home == CPU:
-            on_gpu = first is not None and self.offloads_to(first)
-            streamed = self.model.layers[il].dense["cpu"] + self.kv_read[il] + exp_total * self.expert_hit
-            out.update(self._cpu_weights_pp(dense_flops + self.expert_flops(il, on_gpu), streamed, first))
-            return out
-        on_gpu_home = self.device(home).kind == "gpu"
-        out[home] = (dense_flops + self.expert_flops(il, on_gpu_home) * (1 - frac_cpu - sum(frac.values()))
-                     ) / self.flops(home)
-        for dev, f in frac.items():
-            out[dev] = out.get(dev, 0.0) + self.expert_flops(il, self.device(dev).kind == "gpu") * f / self.flops(dev)
-            out["transfers"] = out.get("transfers", 0.0) + 2 * self.hop_pp(home, dev)
-        if frac_cpu:
-            streamed = exp_total * frac_cpu * self.expert_hit
-            on_gpu = first is not None and self.offloads_to(first)
-            for k, v in self._cpu_weights_pp(self.expert_flops(il, on_gpu) * frac_cpu, streamed, first).items():
-                out[k] = out.get(k, 0.0) + v
-            out["transfers"] = out.get("transfers", 0.0) + 2 * self.hop_pp(home, CPU)
+        for dev, stored in sorted(away.items(), key=lambda item: item[0] == CPU):
+            f = stored / exp_total
+            part = (self._cpu_weights_pp(il, 0.0, f, exp_total * f * self.expert_hit, first) if dev == CPU else
+                    {dev: self.expert_flops(il, self.device(dev).kind == "gpu") * f / self.flops(dev)})
+            add_seconds(out, {**part, "transfers": 2 * self.hop_pp(home, dev)})
         return out
 
     def expert_flops(self, il: int, gpu: bool) -> float:
@@ -529,13 +531,15 @@ class CostModel:
         return (self.context.op_offload and self.device(name).kind == "gpu"
                 and self.n_tokens >= self.params.op_offload_min_batch)
 
-    def _cpu_weights_pp(self, flops: float, streamed_bytes: float, first: str | None) -> dict[str, float]:
-        """CPU-held weights in a prompt batch: op-offloaded to ``first`` (a GPU) when the batch is
-        large enough, else computed by the CPU."""
+    def _cpu_weights_pp(self, il: int, dense_flops: float, expert_share: float, streamed_bytes: float,
+                        first: str | None) -> dict[str, float]:
+        """CPU-held weights of layer ``il`` in a prompt batch (``dense_flops`` per token and
+        ``expert_share`` of its routed experts): op-offloaded to ``first`` (a GPU, MMQ tiles) when
+        the batch is large enough, else computed by the CPU."""
         if first is not None and self.offloads_to(first):
-            return {first: flops / self.flops(first),
+            return {first: (dense_flops + self.expert_flops(il, True) * expert_share) / self.flops(first),
                     "pcie_stream": streamed_bytes / self.n_tokens / self.stream_bandwidth(first)}
-        return {CPU: flops / self.flops(CPU)}
+        return {CPU: (dense_flops + self.expert_flops(il, False) * expert_share) / self.flops(CPU)}
 
     def disk_bandwidth(self) -> float:
         """Bytes/s at which weights that do not fit in RAM page in from disk."""
@@ -562,33 +566,27 @@ class CostModel:
         """Decode and prompt tokens/s of a placement, with the time breakdown."""
         tg: dict[str, float] = {}
         pp: dict[str, float] = {}
-
-        def add(acc: dict[str, float], part: dict[str, float]) -> None:
-            for k, v in part.items():
-                acc[k] = acc.get(k, 0.0) + v
-
         prev = CPU  # the embedding lookup runs on the CPU
         for il, home in enumerate(p.layer_home):
             if self.model.layers[il].is_nextn:
                 continue  # MTP blocks are not run when decoding without a draft
             if home != prev:
-                add(tg, {"transfers": self.hop_tg(prev, home)})
-                add(pp, {"transfers": self.hop_pp(prev, home)})
-            add(tg, self.layer_tg(il, home, p.expert_homes[il]))
-            add(pp, self.layer_pp(il, home, p.expert_homes[il], p.first))
+                add_seconds(tg, {"transfers": self.hop_tg(prev, home)})
+                add_seconds(pp, {"transfers": self.hop_pp(prev, home)})
+            add_seconds(tg, self.layer_tg(il, home, p.expert_homes[il]))
+            add_seconds(pp, self.layer_pp(il, home, p.expert_homes[il], p.first))
             prev = home
         if p.output != prev:
-            add(tg, {"transfers": self.hop_tg(prev, p.output)})
-        add(tg, {p.output: self.output_tg(p.output)})
+            add_seconds(tg, {"transfers": self.hop_tg(prev, p.output)})
+        add_seconds(tg, {p.output: self.output_tg(p.output)})
         paged = self._paged_fraction(p)
         if paged:
             # the paged share of what the CPU reads per token comes from disk instead of RAM
             disk = self.disk_bandwidth()
-            add(tg, {"disk": paged * tg.get(CPU, 0.0) * self.bandwidth(CPU) / disk})
+            add_seconds(tg, {"disk": paged * tg.get(CPU, 0.0) * self.bandwidth(CPU) / disk})
             if "pcie_stream" in pp and p.first is not None:
-                add(pp, {"disk": paged * pp["pcie_stream"] * self.stream_bandwidth(p.first) / disk})
-        t_tg = sum(tg.values())
-        t_pp = sum(pp.values())
+                add_seconds(pp, {"disk": paged * pp["pcie_stream"] * self.stream_bandwidth(p.first) / disk})
+        t_tg, t_pp = sum(tg.values()), sum(pp.values())
         return Prediction(1.0 / t_tg if t_tg > 0 else math.inf, 1.0 / t_pp if t_pp > 0 else math.inf, tg, pp)
 
 

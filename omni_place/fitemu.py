@@ -118,9 +118,8 @@ class FitEmulator:
         fraction) of each partial layer whose fraction moves more than routed experts."""
         nd, L = len(self.names), self.L
         ngl = sum(s.n_layer for s in shares)
-        slots = assign_layers(L + 1, ngl, [float(s.n_layer) for s in shares] if nd > 1 else None, nd, self.free)
-        homes = [CPU if s < 0 else self.names[s] for s in slots[:-1]]
-        output = CPU if slots[-1] < 0 else self.names[slots[-1]]
+        homes, output = self._homes(assign_layers(L + 1, ngl, [float(s.n_layer) for s in shares] if nd > 1 else None,
+                                                  nd, self.free))
         experts: list[ExpertHomes] = [frozenset()] * L
         others = []
         il0 = L + 1 - ngl
@@ -134,7 +133,12 @@ class FitEmulator:
                     if rest and homes[il] != CPU:
                         others.append((il, homes[il], target, frac))
             il0 += s.n_part
-        return Placement(tuple(self.names), tuple(homes), tuple(experts), output), others
+        return Placement(tuple(self.names), homes, tuple(experts), output), others
+
+    def _homes(self, slots: Sequence[int]) -> tuple[tuple[str, ...], str]:
+        """Each layer's device and the output's from the engine's slots (-1: the CPU)."""
+        names = [CPU if s < 0 else self.names[s] for s in slots]
+        return tuple(names[:-1]), names[-1]
 
     def placement(self, shares: Shares, over: Sequence[str]) -> Placement:
         return self._layout(shares, over)[0]
@@ -143,27 +147,25 @@ class FitEmulator:
         """Bytes each device uses with these shares: the no-alloc probe of :589-614."""
         key = (shares, tuple(over))
         if key not in self._memory:
-            p, others = self._layout(shares, over)
-            used = {u.name: u.used_bytes for u in self.cost.usage(p)}
-            for il, home, target, frac in others:
-                used[home] -= self._other_bytes(il, frac, home)
-                if target != CPU:
-                    used[target] += self._other_bytes(il, frac, target)
-            self._memory[key] = [used[n] for n in self.names]
+            self._memory[key] = self._used(*self._layout(shares, over))
         return self._memory[key]
 
     def default_placement(self, experts_on_cpu: bool = False) -> Placement:
         """No ``-ngl``/``-ts``: every slot on the devices, split by free memory; with
         ``experts_on_cpu`` every routed expert in RAM (fit.cpp:617-622's probe)."""
-        nd = len(self.names)
-        slots = assign_layers(self.L + 1, -1, None, nd, self.free)
-        homes = tuple(CPU if s < 0 else self.names[s] for s in slots[:-1])
+        homes, output = self._homes(assign_layers(self.L + 1, -1, None, len(self.names), self.free))
         experts = tuple(frozenset((k, CPU) for k in self._moved[(il, Fraction.MOE)][0])
                         if experts_on_cpu and homes[il] != CPU else frozenset() for il in range(self.L))
-        return Placement(tuple(self.names), homes, experts, CPU if slots[-1] < 0 else self.names[slots[-1]])
+        return Placement(tuple(self.names), homes, experts, output)
 
-    def _used(self, p: Placement) -> list[int]:
+    def _used(self, p: Placement, others: Sequence[tuple[int, str, str, Fraction]] = ()) -> list[int]:
+        """Bytes each device uses under ``p``, less the non-expert tensors that partial layers'
+        patterns move (``others``, from :meth:`_layout`), which go to their target instead."""
         used = {u.name: u.used_bytes for u in self.cost.usage(p)}
+        for il, home, target, frac in others:
+            used[home] -= self._other_bytes(il, frac, home)
+            if target != CPU:
+                used[target] += self._other_bytes(il, frac, target)
         return [used[n] for n in self.names]
 
     def fit(self) -> Placement:
@@ -279,23 +281,18 @@ class FitEmulator:
         if dev < nd - 1:
             over_test[dev] = self.names[dev + 1]
 
-        def fits(m: list[int]) -> bool:  # strictly under, on this device and the one it overflows to
-            return m[dev] < targets[dev] and (dev + 1 == nd or m[dev + 1] < targets[dev + 1])
+        def fitting(frac: Fraction) -> tuple[Shares, list[int]] | None:
+            """``test`` with this fraction kept, when it is strictly under the targets of this
+            device and the one it overflows to."""
+            cand = _set(test, dev, overflow=frac)
+            m = self.memory(cand, over_test)
+            return (cand, m) if m[dev] < targets[dev] and (dev + 1 == nd or m[dev + 1] < targets[dev + 1]) else None
 
-        up = _set(test, dev, overflow=Fraction.UP)
-        m = self.memory(up, over_test)
-        if fits(m):
-            shares, over, mem, start = up, over_test, m, start_test
-            gate = _set(up, dev, overflow=Fraction.GATE)
-            m = self.memory(gate, over_test)
-            if fits(m):
-                shares, mem = gate, m
-        else:
-            attn = _set(test, dev, overflow=Fraction.ATTN)
-            m = self.memory(attn, over_test)
-            if fits(m):
-                shares, over, mem, start = attn, over_test, m, start_test
-        return shares, over, mem, start
+        up = fitting(Fraction.UP)
+        kept = (fitting(Fraction.GATE) or up) if up is not None else fitting(Fraction.ATTN)
+        if kept is None:
+            return shares, over, mem, start
+        return kept[0], over_test, kept[1], start_test
 
 
 def fit_style(cost: CostModel) -> Placement:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, Iterable, Sequence
 
+from .devices import Device
 from .errors import InvalidArgumentError
 from .model import ModelProfile, TensorRecord
 
@@ -112,6 +113,11 @@ class DeviceUsage:
     n_layers: int = 0
     holds_output: bool = False
 
+    @classmethod
+    def empty(cls, name: str, device: Device) -> DeviceUsage:
+        """Nothing yet on ``device`` (called ``name`` in the placement): its capacity and margin."""
+        return cls(name, device.kind, capacity_bytes=device.usable_bytes, margin_bytes=device.margin_bytes)
+
     @property
     def used_bytes(self) -> int:
         return self.weights_bytes + self.kv_bytes + self.compute_bytes
@@ -176,6 +182,12 @@ class Prediction:
         }
 
 
+def add_seconds(acc: dict[str, float], part: dict[str, float]) -> None:
+    """Add a time breakdown (seconds by device or activity, as in :class:`Prediction`) into ``acc``."""
+    for k, v in part.items():
+        acc[k] = acc.get(k, 0.0) + v
+
+
 @dataclass(frozen=True)
 class Context:
     """The run settings that change memory and speed."""
@@ -226,4 +238,4 @@ def placement_from_counts(model: ModelProfile, order: Sequence[str], n_cpu: int,
 
 
 __all__ = ["CPU", "EXPERT_KINDS", "EXPERT_OPTIONS", "Context", "DeviceUsage", "ExpertHomes", "Placement", "Prediction",
-           "expert_kind", "on_cpu", "placement_from_counts"]
+           "add_seconds", "expert_kind", "on_cpu", "placement_from_counts"]

@@ -30,17 +30,18 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
 
 import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
-from .cost import CPU, EXPERT_OPS_SHARE, CostModel, DeviceUsage, Placement, Prediction, SpeedParams, expert_kind
+from .cost import CPU, CostModel, DeviceUsage, Placement, Prediction, SpeedParams, expert_kind
 from .devices import Cluster
 from .errors import InvalidArgumentError
 from .model import BACKEND_ALIGNMENT, ModelProfile, Role, TensorRecord, align_up, row_bytes
-from .placement import Context
+from .placement import Context, add_seconds
 
 REDUCES_PER_LAYER = 2  # all-reduces per layer: attention output and FFN output (prior, not measured)
 
@@ -270,10 +271,8 @@ class SplitCostModel(CostModel):
     def usage(self, p: Placement) -> list[DeviceUsage]:
         self._bind(p)
         dense, experts, output, kv = self._slices
-        out = {d: DeviceUsage(d, self.device(d).kind, capacity_bytes=self.device(d).usable_bytes,
-                              margin_bytes=self.device(d).margin_bytes) for d in p.order}
-        cpu = out[CPU] = DeviceUsage(CPU, "cpu", capacity_bytes=self.cpu.usable_bytes,
-                                     margin_bytes=self.cpu.margin_bytes)
+        out = {d: DeviceUsage.empty(d, self.device(d)) for d in p.order}
+        cpu = out[CPU] = DeviceUsage.empty(CPU, self.cpu)
         cpu.weights_bytes += self.model.input_bytes()
         for il, home in enumerate(p.layer_home):
             kinds = p.cpu_experts[il]
@@ -296,7 +295,7 @@ class SplitCostModel(CostModel):
                 use.holds_output, use.weights_bytes = True, use.weights_bytes + output[j]
             use.compute_bytes += self.compute.device_bytes(use.n_layers > 0, use.holds_output, 1, self.backend(d))
         offload = self.device(p.order[0]).kind == "gpu" and self.context.op_offload
-        if offload and self._has_cpu_weights(p):
+        if offload and self.has_cpu_weights(p):
             first = out[p.order[0]]
             first.compute_bytes = self._offload_compute(p, first.compute_bytes, len(p.order))
         cpu.compute_bytes += self._host_compute(p, cpu, offload, 1)
@@ -320,13 +319,6 @@ class SplitCostModel(CostModel):
         tg: dict[str, float] = {}
         pp: dict[str, float] = {}
 
-        def add(acc: dict[str, float], key: str, v: float) -> None:
-            acc[key] = acc.get(key, 0.0) + v
-
-        def slowest(acc: dict[str, float], times: list[float]) -> None:
-            j = max(range(len(times)), key=times.__getitem__)
-            add(acc, p.order[j], times[j])
-
         reduce_tg, reduce_pp = self.allreduce(p, 1), self.allreduce(p, self.n_tokens)
         entry_tg = max(self.hop_tg(CPU, d) for d in p.order)
         entry_pp = max(self.hop_pp(CPU, d) for d in p.order)
@@ -335,39 +327,36 @@ class SplitCostModel(CostModel):
             if self.model.layers[il].is_nextn:
                 continue
             if home != prev:  # activations broadcast to every device, or gathered back to the CPU
-                add(tg, "transfers", entry_tg)
-                add(pp, "transfers", entry_pp)
+                add_seconds(tg, {"transfers": entry_tg})
+                add_seconds(pp, {"transfers": entry_pp})
                 prev = home
             if home == CPU:
-                for acc, part in ((tg, self.layer_tg(il, CPU, p.expert_homes[il])),
-                                  (pp, self.layer_pp(il, CPU, p.expert_homes[il], p.first))):
-                    for k, v in part.items():
-                        add(acc, k, v)
+                add_seconds(tg, self.layer_tg(il, CPU, p.expert_homes[il]))
+                add_seconds(pp, self.layer_pp(il, CPU, p.expert_homes[il], p.first))
                 continue
             self._parallel_layer(p, il, dense[il], experts[il], kv[il], tg, pp)
-            add(tg, "allreduce", REDUCES_PER_LAYER * reduce_tg)
-            add(pp, "allreduce", REDUCES_PER_LAYER * reduce_pp)
+            add_seconds(tg, {"allreduce": REDUCES_PER_LAYER * reduce_tg})
+            add_seconds(pp, {"allreduce": REDUCES_PER_LAYER * reduce_pp})
         if p.output == CPU:
             if prev != CPU:
-                add(tg, "transfers", entry_tg)
-            add(tg, CPU, self.output_tg(CPU))
+                add_seconds(tg, {"transfers": entry_tg})
+            add_seconds(tg, {CPU: self.output_tg(CPU)})
         else:
             if prev == CPU:
-                add(tg, "transfers", entry_tg)
+                add_seconds(tg, {"transfers": entry_tg})
             logits = self.model.hparams.n_vocab * 4
             total = sum(self.shares)
-            slowest(tg, [output[j] / self.bandwidth(d) + self.link(d)[1] + logits * s / total / self.link(d)[0]
-                         for j, (d, s) in enumerate(zip(p.order, self.shares))])
+            add_seconds(tg, _slowest(p.order, [output[j] / self.bandwidth(d) + self.link(d)[1]
+                                               + logits * s / total / self.link(d)[0]
+                                               for j, (d, s) in enumerate(zip(p.order, self.shares))]))
         t_tg, t_pp = sum(tg.values()), sum(pp.values())
         return Prediction(1.0 / t_tg if t_tg > 0 else math.inf, 1.0 / t_pp if t_pp > 0 else math.inf, tg, pp)
 
     def _parallel_layer(self, p: Placement, il: int, dense: list[int], experts: list[dict[str, int]],
                         kv: list[float], tg: dict[str, float], pp: dict[str, float]) -> None:
-        """Decode and prompt seconds of GPU layer ``il``, split across the order's devices."""
+        """Decode and prompt seconds of GPU layer ``il``, split across the order's devices, and of
+        its experts in CPU RAM (priced as the layer split prices experts away from their layer)."""
         kinds = p.cpu_experts[il]
-        stored = self._expert_split[il]["stored"]
-        exp_total = sum(stored.values())
-        on_cpu = sum(v for k, v in stored.items() if k in kinds)
         dense_flops, _ = self.layer_params(il)
         exp_flops = self.expert_flops(il, True)
         dense_whole = max(1, self.model.layers[il].dense["cuda"])  # the layer's dense part on one device
@@ -379,18 +368,17 @@ class SplitCostModel(CostModel):
             t_tg.append(read / self.bandwidth(d) + self._layer_overhead(d))
             flops = 2.0 * dense_flops * min(1.0, dense[j] / dense_whole) + exp_flops * mine / exp_all
             t_pp.append(flops / self.flops(d))
-        j_tg = max(range(len(t_tg)), key=t_tg.__getitem__)
-        j_pp = max(range(len(t_pp)), key=t_pp.__getitem__)
-        tg[p.order[j_tg]] = tg.get(p.order[j_tg], 0.0) + t_tg[j_tg]
-        pp[p.order[j_pp]] = pp.get(p.order[j_pp], 0.0) + t_pp[j_pp]
-        if on_cpu:
-            first = p.order[0]
-            tg[CPU] = tg.get(CPU, 0.0) + on_cpu * self.k_over_n / self.bandwidth(CPU) + \
-                self.params.cpu_layer_s * EXPERT_OPS_SHARE
-            tg["transfers"] = tg.get("transfers", 0.0) + 2 * self.hop_tg(first, CPU)
-            for k, v in self._cpu_weights_pp(exp_flops * on_cpu / exp_total, on_cpu * self.expert_hit, first).items():
-                pp[k] = pp.get(k, 0.0) + v
-            pp["transfers"] = pp.get("transfers", 0.0) + 2 * self.hop_pp(first, CPU)
+        add_seconds(tg, _slowest(p.order, t_tg))
+        add_seconds(pp, _slowest(p.order, t_pp))
+        _, away = self._away(il, p.expert_homes[il])  # the CPU only (_bind)
+        add_seconds(tg, self.away_tg(p.order[0], away))
+        add_seconds(pp, self.away_pp(il, p.order[0], away, p.order[0]))
+
+
+def _slowest(order: Sequence[str], seconds: Sequence[float]) -> dict[str, float]:
+    """The slowest device's seconds, by its name: devices working in parallel wait for it."""
+    j = max(range(len(seconds)), key=seconds.__getitem__)
+    return {order[j]: seconds[j]}
 
 
 def cost_model(model: ModelProfile, cluster: Cluster, context: Context, params: SpeedParams | None = None

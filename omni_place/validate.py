@@ -140,10 +140,11 @@ def safe_file_name(value: str, default: str = "unnamed") -> str:
 
 
 def read_file(path: str | os.PathLike[str], *, limit: int, what: str,
-              error: ErrorFactory = InvalidArgumentError) -> bytes:
-    """The bytes of a regular file of at most ``limit`` bytes. FIFOs, devices (``/dev/zero``),
-    sockets and folders are refused without blocking (``O_NONBLOCK`` + ``fstat``), and a file
-    that grows while it is read is cut at ``limit + 1`` bytes and refused."""
+              error: ErrorFactory = InvalidArgumentError, head: bool = False) -> bytes:
+    """The bytes of a regular file of at most ``limit`` bytes (``head``: its first ``limit``
+    bytes, whatever its size). FIFOs, devices (``/dev/zero``), sockets and folders are refused
+    without blocking (``O_NONBLOCK`` + ``fstat``), and a file that grows while it is read is cut
+    at ``limit + 1`` bytes and refused."""
     p = os.fspath(path)
     flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_CLOEXEC", 0)
     try:
@@ -162,10 +163,10 @@ def read_file(path: str | os.PathLike[str], *, limit: int, what: str,
             raise error(f"{what} {p} is a folder, not a file")
         if not stat.S_ISREG(st.st_mode):
             raise error(f"{what} {p} is not a regular file (a pipe, socket or device)")
-        if st.st_size > limit:
+        if st.st_size > limit and not head:
             raise error(f"{what} {p} has {st.st_size} bytes, more than the {limit} a {what} can have")
         chunks: list[bytes] = []
-        left = limit + 1
+        left = limit if head else limit + 1
         while left > 0:
             chunk = os.read(fd, min(left, 1 << 20))
             if not chunk:

@@ -36,9 +36,8 @@ def without_op_offload(cost: CostModel, off: CostModel, options: Sequence[Recipe
     out = []
     for o in options:
         p = o.placement
-        if not o.fits or p is None or not o.op_offload or not p.order or not cost.offloads_to(p.order[0]):
-            continue
-        if not any(h == CPU for h in p.layer_home) and not any(p.cpu_experts):
+        if (not o.fits or p is None or not o.op_offload or not p.order or not cost.offloads_to(p.order[0])
+                or not cost.has_cpu_weights(p)):
             continue
         r = priced(off, o.name, f"{o.label}, --no-op-offload", o.argv, p)
         out.append(replace(r, op_offload=False))
@@ -65,9 +64,8 @@ def pinned_variants(pinned: CostModel, options: Sequence[Recipe]) -> list[Recipe
     out = []
     for o in options:
         p = o.placement
-        if not o.fits or o.pinned or p is None or p in seen or not p.order or not pinned.offloads_to(p.order[0]):
-            continue
-        if not any(h == CPU for h in p.layer_home) and not any(p.cpu_experts):
+        if (not o.fits or o.pinned or p is None or p in seen or not p.order or not pinned.offloads_to(p.order[0])
+                or not pinned.has_cpu_weights(p)):
             continue
         seen.add(p)
         r = priced(pinned, o.name, f"{o.label}, pinned", o.argv, p)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import stat
 import sys
 from pathlib import Path
@@ -19,10 +20,11 @@ from hypothesis import strategies as st
 
 from omni_place.bench.calibrate import _load_xz_header
 from omni_place.bench.design import design_runs
-from omni_place.bench.llamabench import import_files, import_text, scan_objects
+from omni_place.bench.llamabench import MAX_OUTPUT_BYTES, import_files, import_text, scan_objects
+from omni_place.bench.records import MAX_RECORDS_BYTES
 from omni_place.cli import main
 from omni_place.cost import CPU
-from omni_place.devices import resolve_cluster
+from omni_place.devices import Cluster, Device, resolve_cluster
 from omni_place.plan import evaluate
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -184,6 +186,21 @@ def test_no_usable_record_is_one_error(text: str, tmp_path: Path, capsys: pytest
     assert err[0].startswith("error: no usable llama-bench records in") and err[1].startswith("hint: ")
 
 
+def test_file_kind_is_read_from_the_head(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """calibrate tells llama-bench output from bench records by a file's first MiB, whatever its
+    size: llama-bench output grown (sparse) past even a records file's limit is refused by the
+    llama-bench reader, in its words."""
+    f = tmp_path / "out.jsonl"
+    f.write_text((DATA / "moe33.rig_12_4.llama.cpp.jsonl").read_text())
+    size = MAX_RECORDS_BYTES + 1
+    os.truncate(f, size)
+    rc = main(["calibrate", str(f), "--model", str(RES / "moe33.hdr.gguf.xz"), "--cluster", str(RES / "rig_12.toml"),
+               "--no-save"])
+    err = capsys.readouterr().err.splitlines()
+    assert rc == 2 and err[0] == (f"error: llama-bench output {f} has {size} bytes, more than the "
+                                  f"{MAX_OUTPUT_BYTES} a llama-bench output can have")
+
+
 # --- calibrate --run ---------------------------------------------------------------------------
 
 @pytest.mark.parametrize("model_name,rig,engine", [("moe33", "rig_12", "llama.cpp"),
@@ -202,6 +219,19 @@ def test_design_is_feasible_short_and_identifying(model_name: str, rig: str, eng
         plan = evaluate(model, cluster, run.argv(), engine=engine, tool="bench")
         assert plan.feasible, (run.name, run.argv())
         assert 1 <= run.n_prompt <= 2048 and run.n_gen <= 256
+
+
+def test_design_keeps_the_gpu_run_when_ram_cannot_hold_the_experts(models: dict) -> None:
+    """An 80 GiB GPU holds the whole 31 GiB MoE beside 16 GiB of RAM that cannot hold its experts:
+    the fewest layers' experts in RAM that fit is none, so the design has its GPU run (and the
+    split run, the down experts alone fitting in RAM)."""
+    gpu = Device("CUDA0", "gpu", 80 << 30, 4800.0, tflops=989.5, link_gbs=63.0)
+    cluster = Cluster("80g-gpu-16g-ram", (gpu, Device("CPU", "cpu", 16 << 30, 200.0, threads=16)))
+    design = design_runs(models["moe33"], cluster, "llama.cpp")
+    assert [r.name for r in design.runs] == ["gpu", "split"]
+    assert "-ot" not in design.runs[0].flags
+    for run in design.runs:
+        assert evaluate(models["moe33"], cluster, run.argv(), engine="llama.cpp", tool="bench").feasible
 
 
 FAKE = r'''#!{python}

@@ -11,11 +11,13 @@ from __future__ import annotations
 import io
 import json
 from contextlib import redirect_stderr, redirect_stdout
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from omni_place.cli import main
+from omni_place.cost import CPU, CostModel, Placement
 from omni_place.devices import Cluster, Device, resolve_cluster
 from omni_place.engines import dialect
 from omni_place.engines.splitmodes import refusal
@@ -219,6 +221,30 @@ def test_plan_json_and_text_show_the_comparison(capsys: pytest.CaptureFixture[st
     assert main(["plan", "llama-3.3-70b", "--preset", "seed", "--ctx", "8192"]) == 0
     text = capsys.readouterr().out
     assert "split modes (tok/s;" in text and "refused: llama.cpp cannot use -sm row" in text
+
+
+@pytest.mark.parametrize("op_offload,ubatch", [(True, 512), (False, 512), (True, 16), (False, 16)])
+def test_cpu_experts_are_priced_as_under_the_layer_split(models: dict[str, Path], op_offload: bool,
+                                                         ubatch: int) -> None:
+    """-sm tensor prices a GPU layer's experts in CPU RAM by the cost model's one rule: the CPU's
+    decode and prompt seconds and the op-offload stream are the layer split's for the same
+    experts. Op offload off, or a ubatch under its 32 tokens: the CPU computes them, without the
+    GPU's MMQ tile padding (16 tokens over 4 experts: 8 per expert, a 16x padding on a GPU)."""
+    model = load_model(models["qwen3moe"])
+    gpus = [Device(f"CUDA{i}", "gpu", 8 << 30, 1000.0, tflops=100.0, link_gbs=25.0) for i in range(2)]
+    cluster = Cluster("two-gpus", (*gpus, Device("CPU", "cpu", 16 << 30, 50.0, threads=8)))
+    n = model.n_layer
+    experts = tuple(frozenset({("up", CPU), ("gate", CPU), ("down", CPU)}) if il == 1 else frozenset()
+                    for il in range(n))
+    p = Placement(("CUDA0", "CUDA1"), ("CUDA0",) * n, experts, "CUDA0")
+    ctx = dialect("llama.cpp").traits.context(ctx=512, n_ubatch=ubatch, flash_attn=True, op_offload=op_offload)
+    layer = CostModel(model, cluster, ctx).predict(p)
+    split = SplitCostModel(model, cluster, replace(ctx, split_mode="tensor", split_shares=(1.0, 1.0))).predict(p)
+    offloaded = op_offload and ubatch >= 32
+    assert ("pcie_stream" in split.pp_breakdown) == offloaded and ("CPU" in split.pp_breakdown) != offloaded
+    for key in ("CPU", "pcie_stream"):
+        assert split.tg_breakdown.get(key) == pytest.approx(layer.tg_breakdown.get(key))
+        assert split.pp_breakdown.get(key) == pytest.approx(layer.pp_breakdown.get(key))
 
 
 def test_parallel_decode_is_the_slowest_share_plus_the_allreduces() -> None:

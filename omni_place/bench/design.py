@@ -23,8 +23,9 @@ llama-bench (``-o json[l] -v``, one log per run), reporting one line per run; a 
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 from typing import TextIO
 
@@ -34,6 +35,7 @@ from ..engines import dialect
 from ..engines.common import KIND_REGEX, ParsedArgs, layer_regex, tool_context
 from ..errors import NothingFitsError, OmniPlaceError
 from ..model import ModelProfile
+from ..recipes import first_true
 from .llamabench import Imported, import_text
 from .run import OK, Progress, classify_failure, parse_output, run_attempt
 
@@ -99,18 +101,6 @@ def _flags(engine: str, ngl: int, cpu_experts: Sequence[tuple[Sequence[int], fro
     return tuple(dialect(engine).flags_of(ParsedArgs(n_gpu_layers=ngl, overrides=overrides)).args("bench"))
 
 
-def _least_that_fits(fits: Callable[[int], bool], lo: int, hi: int) -> int | None:
-    """The least k in lo..hi with fits(k), for fits monotone in k; None when not even hi fits."""
-    if not fits(hi):
-        return None
-    if fits(lo):
-        return lo
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        lo, hi = (lo, mid) if fits(mid) else (mid, hi)
-    return hi
-
-
 def design_runs(model: ModelProfile, cluster: Cluster, engine: str, *, params: SpeedParams | None = None,
                 budget_s: float = BUDGET_S, reps: int = REPS) -> Design:
     """The calibration runs for ``model`` on ``cluster`` with ``engine``'s llama-bench (see the
@@ -125,21 +115,28 @@ def design_runs(model: ModelProfile, cluster: Cluster, engine: str, *, params: S
     moe_layers = [il for il, lc in enumerate(model.layers) if lc.has_experts]
     every, down = frozenset(EXPERT_KINDS), frozenset({"down"})
 
-    def fits(flags: tuple[str, ...]) -> bool:
+    @cache
+    def price(flags: tuple[str, ...]) -> tuple[Placement, bool, float, float] | None:
+        """Each candidate's flags priced once: the searches' probes and the chosen runs."""
         try:
-            return _placement(model, cluster, engine, flags, params)[1]
+            return _placement(model, cluster, engine, flags, params)
         except OmniPlaceError:
-            return False
+            return None
+
+    def fits(flags: tuple[str, ...]) -> bool:
+        priced = price(flags)
+        return priced is not None and priced[1]
 
     cands: list[tuple[str, tuple[str, ...], bool]] = []  # name, flags, with a tg test
     if not cluster.gpus:
         cands.append(("cpu", _flags(engine, 0), True))
     elif moe_layers:
-        # experts of the first k expert layers in CPU RAM, k as small as fits
+        # experts of the first k expert layers in CPU RAM, k as small as fits (each search tried
+        # from 0 first: mostly everything fits)
         def gpu(k: int) -> tuple[str, ...]:
             return _flags(engine, ngl_all, [(moe_layers[:k], every)])
 
-        k = _least_that_fits(lambda k: fits(gpu(k)), 0, len(moe_layers))
+        k = first_true(0, len(moe_layers), lambda k: fits(gpu(k)), guess=0)
         if k is not None:
             cands.append(("gpu", gpu(k), True))
         cpu_flags = gpu(len(moe_layers))
@@ -149,11 +146,11 @@ def design_runs(model: ModelProfile, cluster: Cluster, engine: str, *, params: S
         def split(m: int) -> tuple[str, ...]:
             return _flags(engine, ngl_all, [(moe_layers[:m], every), (moe_layers[m:], down)])
 
-        m = _least_that_fits(lambda m: fits(split(m)), 0, len(moe_layers))
+        m = first_true(0, len(moe_layers), lambda m: fits(split(m)), guess=0)
         if m is not None and len(moe_layers) - m >= max(2, len(moe_layers) // 8):
             cands.append(("split", split(m), True))
     else:
-        n = _least_that_fits(lambda n: fits(_flags(engine, L - n)), 0, L)
+        n = first_true(0, L, lambda n: fits(_flags(engine, L - n)), guess=0)
         if n is not None:
             cands.append(("gpu", _flags(engine, L - n), True))
         cpu_flags = _flags(engine, L // 2 if n is None or n < L // 2 else L // 4)
@@ -161,26 +158,26 @@ def design_runs(model: ModelProfile, cluster: Cluster, engine: str, *, params: S
     if cluster.gpus and spelling.no_op_offload:
         cands.append(("cpu-compute", cpu_flags + spelling.no_op_offload, False))
 
-    priced = []
+    chosen = []
     seen: set[Placement] = set()
     for name, flags, with_tg in cands:
         op_offload = name != "cpu-compute"
-        try:
-            placement, ok, tg, pp = _placement(model, cluster, engine, flags, params)
-        except OmniPlaceError:
+        priced = price(flags)
+        if priced is None:
             continue
+        placement, ok, tg, pp = priced
         if not ok or (placement in seen and op_offload):
             continue
         seen.add(placement)
-        priced.append((name, flags, with_tg, tg, pp))
-    if not priced:
+        chosen.append((name, flags, with_tg, tg, pp))
+    if not chosen:
         raise NothingFitsError(f"no calibration run of {model.name} fits {cluster.name}",
                                hint="calibrate with a smaller model (a few GB is enough)")
     load_s = LOAD_FIXED_S + model.total_bytes / (LOAD_GBS * 1e9)
-    n_tests = sum(2 if with_tg else 1 for _, _, with_tg, _, _ in priced)
-    per_pass = max(0.25, (budget_s - load_s * len(priced)) / n_tests / (reps + 1))
+    n_tests = sum(2 if with_tg else 1 for _, _, with_tg, _, _ in chosen)
+    per_pass = max(0.25, (budget_s - load_s * len(chosen)) / n_tests / (reps + 1))
     runs = []
-    for name, flags, with_tg, tg, pp in priced:
+    for name, flags, with_tg, tg, pp in chosen:
         n_prompt = int(min(max(pp * per_pass, N_PROMPT[0]), N_PROMPT[1])) // 64 * 64
         n_gen = int(min(max(tg * per_pass, N_GEN[0]), N_GEN[1])) // 8 * 8 if with_tg else 0
         seconds = load_s + (reps + 1) * (n_prompt / pp + (n_gen / tg if n_gen else 0.0))

@@ -16,6 +16,9 @@ from .params import FiniteFloat
 from .plan_cmd import _cluster_spec, cluster_option
 
 
+SNIFF_BYTES = 1 << 20  # the head of a RECORDS file that says its kind (its reader then checks its size)
+
+
 def _pairs(values: tuple[str, ...], what: str) -> dict[str, str]:
     out = {}
     for v in values:
@@ -177,10 +180,9 @@ def _file_kind(path: str) -> str | None:
     """"plain" for llama-bench's own output, "records" for `omni-place bench` records, None when
     the file's head holds no JSON object that says."""
     from ..bench.llamabench import scan_objects
-    from ..bench.records import MAX_RECORDS_BYTES
     from ..validate import read_file
 
-    head = read_file(path, limit=MAX_RECORDS_BYTES, what="records file")[: 1 << 20]
+    head = read_file(path, limit=SNIFF_BYTES, what="records file", head=True)
     first = next((v for v in scan_objects(head.decode("utf-8", errors="replace"))[0] if isinstance(v, dict)), None)
     if first is None:
         return None

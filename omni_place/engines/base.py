@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Mapping, Protocol, Sequence
 from ..errors import InvalidArgumentError
 from ..placement import Context
 from .common import BENCH_DEFAULTS, SERVER_DEFAULTS, FlagSyntax, ToolDefaults
-from .splitmodes import SplitModeRule, check, rule_of
+from .splitmodes import SplitModeRule, check, find_rule, rule_of
 
 if TYPE_CHECKING:
     from ..cost import DeviceUsage, Placement
@@ -46,7 +46,7 @@ class EngineTraits:
 
     def split_mode(self, name: str) -> SplitModeRule | None:
         """The table entry of ``-sm name`` (None: the engine has no such mode)."""
-        return next((r for r in self.split_modes if r.name == name), None)
+        return find_rule(self.split_modes, name)
 
     def context(self, **settings: Any) -> Context:
         """A run :class:`~omni_place.cost.Context` with this engine's rules filled in."""

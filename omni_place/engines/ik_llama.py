@@ -32,7 +32,7 @@ from ..errors import InvalidArgumentError
 from ..model import ModelProfile, TensorRecord
 from . import llama_cpp
 from .base import BenchRecordFlags, BenchSpelling, Dialect, EngineTraits
-from .splitmodes import SplitModeRule
+from .splitmodes import SplitModeRule, is_parallel
 from .common import (BENCH_DEFAULTS, SERVER_DEFAULTS, EngineArgs, FlagSyntax, ToolDefaults, accelerator_names,
                      expert_overrides, layer_counts, local_gpus, model_devices, parallel_layers, pin_flags_of,
                      record_split_flags, record_switch, record_test_flags, record_text, record_threads,
@@ -300,7 +300,7 @@ def decode(model: ModelProfile, parsed: llama_cpp.ParsedArgs, accelerators: Sequ
     slots = assign_layers(sizes, max_compute, ngl, parsed.tensor_split, len(order), free)
     homes = tuple(CPU if s < 0 else order[s] for s in slots[:-1])
     output = CPU if slots[-1] < 0 else order[slots[-1]]
-    parallel = any(r.parallel and r.name == parsed.split_mode for r in SPLIT_MODES)
+    parallel = is_parallel(SPLIT_MODES, parsed.split_mode)
     if parallel and order:
         # graph: every GPU layer (the last -ngl) split across the devices, and the output head
         # with them (split when -ngl > n_layer, else whole on a GPU: priced as split;

@@ -24,7 +24,7 @@ from ..devices import Cluster
 from ..errors import InvalidArgumentError
 from ..model import ModelProfile, Role
 from .base import BenchRecordFlags, BenchSpelling, Dialect, EngineTraits, PlacementArgs
-from .splitmodes import SplitModeRule
+from .splitmodes import SplitModeRule, is_parallel
 from .common import (N32, EngineArgs, FlagSyntax, OverrideMatcher, ParsedArgs, accelerator_names,
                      check_expert_target, compile_pattern, dev_flag, expert_overrides, flag_groups, layer_counts,
                      layer_regex, local_gpus, meta_order, model_devices, override_device, parallel_layers,
@@ -418,7 +418,7 @@ def decode(model: ModelProfile, parsed: ParsedArgs, accelerators: Sequence[str],
     order = model_devices(parsed.split_mode, parsed.devices, accelerators, main_gpu=parsed.main_gpu)
     free = None if free_mem is None else [free_mem[list(accelerators).index(d)] for d in order]
     ngl = n_gpu_layers if parsed.n_gpu_layers is None else parsed.n_gpu_layers
-    if any(r.parallel and r.name == parsed.split_mode for r in SPLIT_MODES):
+    if is_parallel(SPLIT_MODES, parsed.split_mode):
         # one meta device wraps the order (src/llama.cpp:160-219), so the layer split runs over it
         # alone: the last -ngl slots are split across every device, the rest stay on the CPU
         meta = assign_layers(model.n_layer + 1, ngl, None, 1 if order else 0)
@@ -546,7 +546,7 @@ class LlamaCpp(Dialect):
                tool: str = "server") -> Placement:
         # no -ts: the engine splits by free memory
         accel = accelerator_names(cluster)
-        if parsed.devices is None and any(r.parallel and r.name == parsed.split_mode for r in SPLIT_MODES):
+        if parsed.devices is None and is_parallel(SPLIT_MODES, parsed.split_mode):
             accel = meta_order(cluster)
         free = [float(cluster.by_name(n).memory_bytes) for n in accel]
         return decode(model, parsed, accel, free_mem=free, rpc_names=rpc_buffer_names(cluster.devices),

@@ -43,9 +43,20 @@ class SplitModeRule:
         return (arch in self.archs) == self.archs_allowed
 
 
+def find_rule(table: Sequence[SplitModeRule], mode: str) -> SplitModeRule | None:
+    """The table entry of ``-sm mode`` (None: the engine has no such mode)."""
+    return next((r for r in table if r.name == mode), None)
+
+
+def is_parallel(table: Sequence[SplitModeRule], mode: str) -> bool:
+    """Whether ``-sm mode`` is one of the table's parallel modes (False for a mode it lacks)."""
+    rule = find_rule(table, mode)
+    return rule is not None and rule.parallel
+
+
 def rule_of(table: Sequence[SplitModeRule], engine: str, mode: str, tool: str = "server") -> SplitModeRule:
     """The table entry of ``-sm mode``; the engine's own refusal for a value it does not know."""
-    rule = next((r for r in table if r.name == mode), None)
+    rule = find_rule(table, mode)
     if rule is None or (tool == "bench" and not rule.bench):
         names = [r.name for r in table if tool != "bench" or r.bench]
         raise InvalidArgumentError(f"-sm {mode}: {engine}'s {'llama-bench' if tool == 'bench' else 'server'} has no "
@@ -94,4 +105,4 @@ def check(rule: SplitModeRule, engine: str, model: ModelProfile, device_kinds: S
         raise InvalidArgumentError(why, hint="use -sm layer (the default), or another engine, model or settings")
 
 
-__all__ = ["SplitModeRule", "check", "refusal", "rule_of"]
+__all__ = ["SplitModeRule", "check", "find_rule", "is_parallel", "refusal", "rule_of"]
