@@ -20,19 +20,17 @@ memory to the first device per ubatch (llama.cpp's op offload for batches of 32 
 the experts a ubatch touches; a CPU layer's KV cache with it) and computed there; RPC devices
 take no offload.
 
-The efficiencies and fixed costs are :class:`SpeedParams`. Their defaults were fitted to
-measured llama-bench runs on one H200 machine (``benchmarks/results/speed_truth.md``); the
-machine figures they multiply (memory and pageable-copy bandwidths) come from the cluster, best
-measured by ``omni-place devices --measure``; ``omni-place calibrate`` refits the parameters per
-machine from llama-bench records.
+The efficiencies and fixed costs are :class:`SpeedParams`, fitted to llama-bench runs on an H200
+(``benchmarks/results/``); the figures they multiply come from the cluster (``omni-place devices
+--measure``); ``omni-place calibrate`` refits them per machine from llama-bench records.
 """
 from __future__ import annotations
 
 import copy
 import math
 from collections.abc import Sequence
-from functools import cached_property
 from dataclasses import asdict, dataclass, replace
+from functools import cached_property
 
 from .compute import PIPELINE_COPIES, ComputeEstimate, compute_buffer_estimate
 from .cpuprobe import DEFAULT_DISK_GBS
@@ -51,10 +49,9 @@ from .units import GB
 PAGEABLE_LINK_FRACTION = 0.12
 # ... and from pinned memory (CUDA_Host): 54-55 GB/s of the 63 on that H200 (DMA at link speed).
 PINNED_LINK_FRACTION = 0.87
-# Weight types the CPU backend repacks into interleaved CPU_REPACK buffers on x86 (AVX2; Q2_K
-# needs AVX-512), for matmul weights whose row count is a multiple of 8
-# (ggml/src/ggml-cpu/repack.cpp:4925-5120 ggml_repack_get_optimal_repack_type). The repacked copy
-# is allocated memory: it cannot page from the model file as mmap'd weights can.
+# Weight types the CPU backend repacks into interleaved CPU_REPACK buffers on x86 (AVX2; Q2_K needs
+# AVX-512), for matmul weights of a multiple of 8 rows (ggml/src/ggml-cpu/repack.cpp:4925-5120
+# ggml_repack_get_optimal_repack_type): allocated memory, which cannot page from the file as mmap can.
 REPACK_TYPES = frozenset({"Q4_0", "Q4_K", "IQ4_NL", "MXFP4"})
 # Share of a MoE layer's decode ops that run where its routed experts are (the three
 # MUL_MAT_IDs, the GLU, the weighting and the sum of the experts' outputs).
@@ -95,6 +92,9 @@ class SpeedParams:
     # fixed decode seconds per layer and token on a GPU (kernel launches and the small ops
     # between the matvecs): H200 54 us
     gpu_layer_s: float = 55e-6
+    # MLA attention's addition (k_b/v_b batched matmuls, 576-wide FA): H200 41 us; without it whole-GPU
+    # decode of dense / GQA MoE / MLA MoE priced +2 / +3 / +51 % (benchmarks/results/plans_vs_fit_23.md)
+    gpu_mla_layer_s: float = 41e-6
     # the same on the CPU backend (a thread barrier per op): H200 VM, 16 threads, 310 us
     cpu_layer_s: float = 300e-6
 
@@ -459,7 +459,8 @@ class CostModel:
             exp_read = sum(self._expert_split[il]["stored"].values()) * self.k_over_n
             return {CPU: (dense_read + exp_read) / self.bandwidth(CPU) + self.params.cpu_layer_s}
         with_layer, away = self._away(il, experts)
-        out = {home: (dense_read + with_layer * self.k_over_n) / self.bandwidth(home) + self._layer_overhead(home)}
+        out = {home: (dense_read + with_layer * self.k_over_n) / self.bandwidth(home)
+               + self._layer_overhead(home, attention=True)}
         add_seconds(out, self.away_tg(home, away))
         return out
 
@@ -472,9 +473,11 @@ class CostModel:
                               + self._layer_overhead(dev) * EXPERT_OPS_SHARE, "transfers": 2 * self.hop_tg(home, dev)})
         return out
 
-    def _layer_overhead(self, name: str) -> float:
-        """Fixed decode seconds per layer on a backend (an RPC server runs a CPU backend)."""
-        return self.params.gpu_layer_s if name != CPU and self.device(name).kind == "gpu" else self.params.cpu_layer_s
+    def _layer_overhead(self, name: str, attention: bool = False) -> float:
+        """Fixed decode seconds per layer on a backend (RPC: a CPU backend); ``attention``: MLA's on a GPU."""
+        if name == CPU or self.device(name).kind != "gpu":
+            return self.params.cpu_layer_s
+        return self.params.gpu_layer_s + (self.params.gpu_mla_layer_s if attention and self.model.hparams.is_mla else 0)
 
     def layer_pp(self, il: int, home: str, experts: ExpertHomes, first: str | None) -> dict[str, float]:
         """Prompt seconds per token of layer ``il`` by where they are spent. A CPU-home layer's

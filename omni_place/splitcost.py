@@ -365,7 +365,7 @@ class SplitCostModel(CostModel):
         for j, d in enumerate(p.order):
             mine = sum(b for k, b in experts[j].items() if k not in kinds)
             read = dense[j] + self.kv_read[il] * kv[j] + mine * self.k_over_n
-            t_tg.append(read / self.bandwidth(d) + self._layer_overhead(d))
+            t_tg.append(read / self.bandwidth(d) + self._layer_overhead(d, attention=True))
             flops = 2.0 * dense_flops * min(1.0, dense[j] / dense_whole) + exp_flops * mine / exp_all
             t_pp.append(flops / self.flops(d))
         add_seconds(tg, _slowest(p.order, t_tg))

@@ -81,8 +81,8 @@ def pinned_adopted_note(pinned: CostModel, p: Placement, flags: Sequence[str]) -
     before, after = pinned.with_switches(pinned_weights=False).predict(p), pinned.predict(p)
     return [f"{' '.join(flags)} loads the {cpu.weights_bytes / GiB:.1f} GiB of CPU-held weights into pinned memory "
             f"(no mmap: the whole file is read at start and that RAM cannot page): prompt {before.pp_tps:.0f} -> "
-            f"{after.pp_tps:.0f} tok/s by the model against the same placement mmap'd; an H200 host measured "
-            "3-5x the prompt speed pinned, and MoE decode 5-15 % slower (benchmarks/results/plans_vs_fit.md)"]
+            f"{after.pp_tps:.0f} tok/s by the model against the same placement mmap'd; H200 hosts measured "
+            "3-7x the prompt speed pinned, decode -15..+8 % (benchmarks/results/plans_vs_fit_23.md)"]
 
 
 def pinned_note(cost: CostModel, p: Placement, pred: Prediction, flags: Sequence[str]) -> list[str]:

@@ -8,6 +8,7 @@ pin CPU-held weights."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import statistics
 import sys
 import tarfile
@@ -367,3 +368,54 @@ def test_a_routing_must_count_one_ubatch(mla_runs: list[dict[str, Any]]) -> None
     skewed = cost.with_routing([[k * cost.n_tokens] + [0] * (n - 1)])
     assert skewed.expert_hit == pytest.approx(1 / n)
     assert skewed.tile_factor == pytest.approx(1.0)  # 3072 tokens: 24 whole tiles
+
+
+PVF23 = ROOT / "benchmarks" / "results" / "plans_vs_fit_23"
+
+
+@pytest.fixture(scope="module")
+def idle_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[dict[str, Any]]]:
+    """benchmarks/results/plans_vs_fit_23 (CPU probed on the idle machine, routers of unit-spread
+    logits) priced by ``speed_truth report`` with the default parameters, and with MLA's fixed
+    decode cost left out."""
+    sys.path.insert(0, str(ROOT))
+    from benchmarks.speed_truth import main, write_speed_model
+
+    tmp = tmp_path_factory.mktemp("pvf23")
+    for m in ("dense11", "moe15", "mla16"):
+        write_speed_model(m, tmp / "hdr", header_only=True)
+    out = {}
+    for name, extra in (("default", []), ("no_mla", ["--params", '{"gpu_mla_layer_s": 0}', "--only-model", "mla16"])):
+        path = tmp / f"{name}.json"
+        assert main(["report", str(PVF23), "--headers", str(tmp / "hdr"), "--rigs", str(PVF23), "--json", str(path),
+                     *extra]) == 0
+        out[name] = json.loads(path.read_text())
+    return out
+
+
+def test_whole_gpu_decode_prices_mla_attention(idle_runs: dict[str, list[dict[str, Any]]]) -> None:
+    """Decode on the GPU alone is kernel-bound for these small layers: dense, GQA MoE and MLA MoE
+    within 5 % with MLA attention's own fixed cost per layer; without it the MLA model is priced
+    ~50 % too fast, and its partial offloads too fast by more than with it."""
+    full = {r["model"]: r for r in idle_runs["default"] if r["rig"] == "h200-full"}
+    assert set(full) == {"dense11", "moe15", "mla16"}
+    assert all(abs(r["tg_err"]) < 0.05 for r in full.values()), full
+    bare = {(r["rig"], r["config"]): r["tg_err"] for r in idle_runs["no_mla"]}
+    assert bare[("h200-full", "fit")] > 0.4
+    with_mla = [r["tg_err"] for r in idle_runs["default"] if r["model"] == "mla16" and r["rig"] != "h200-full"]
+    assert statistics.median(map(abs, with_mla)) < statistics.median(
+        abs(e) for (rig, _), e in bare.items() if rig != "h200-full")
+
+
+def test_uncalibrated_decode_on_the_idle_machine(idle_runs: dict[str, list[dict[str, Any]]]) -> None:
+    """With the CPU figure ``devices --measure`` read on the idle machine and the default
+    parameters, partial offloads of all three architectures decode within the issue's +/-25 %
+    but for one single-sample run (the same placement measured 47.0 and 41.2 tok/s at the two
+    levels), median within 10 % per level; prompt within +/-36 %."""
+    rows = [r for r in idle_runs["default"] if r["rig"] != "h200-full"]
+    assert {r["model"] for r in rows} == {"dense11", "moe15", "mla16"} and len(rows) >= 30
+    tg = sorted(abs(r["tg_err"]) for r in rows)
+    assert tg[-2] < 0.25 and tg[-1] < 0.30, tg
+    for rig in ("h200-a", "h200-b"):
+        assert statistics.median(abs(r["tg_err"]) for r in rows if r["rig"] == rig) < 0.10
+    assert max(abs(r["pp_err"]) for r in rows) < 0.36

@@ -43,6 +43,7 @@ BOUNDS = {
     "split_s": (1e-6, 2e-3),
     "stream_eff": (0.05, 8.0),  # of the base pageable rate (cost.stream_bandwidth): bare metal may reach more
     "gpu_layer_s": (1e-6, 1e-3),
+    "gpu_mla_layer_s": (1e-7, 1e-3),
     "cpu_layer_s": (1e-6, 5e-3),
     "rpc_bw_eff": (0.05, 1.2),
     "pcie_latency_s": (1e-7, 1e-3),
