@@ -190,8 +190,10 @@ def _models(a: argparse.Namespace) -> int:
 def _prepare(a: argparse.Namespace) -> int:
     from omni_place.bench.matrix import build_configs, common_args
     from omni_place.bench.run import CONFIG_ORDER, SCHEMA, Attempt, BenchConfig
+    from omni_place.cost import EXPERT_KINDS
     from omni_place.devices import resolve_cluster
     from omni_place.engines import dialect
+    from omni_place.engines.common import KIND_REGEX, layer_regex
     from omni_place.model import load_model
     from omni_place.plan import evaluate
 
@@ -245,15 +247,17 @@ def _prepare(a: argparse.Namespace) -> int:
         elif syntax.pin_weights:
             add("omni_place_pin", [*argv, *syntax.pin_weights], "the balanced plan, CPU weights pinned, op offload on")
     ncmoe = next((c for c in configs if c.name == "ncmoe"), None)
-    if "tail-exps" in wanted and ncmoe is not None and rules.bench is not None:
-        # as many expert layers on the CPU as the smallest --n-cpu-moe, but the last ones: which
-        # end's experts go to the CPU (issue 16's layer-position question)
+    if "tail-exps" in wanted:
+        # as many expert layers in RAM as the smallest --n-cpu-moe, but the last ones: which end's
+        # experts go to the CPU (issue 16's layer-position question)
+        if ncmoe is None or rules.bench is None:
+            raise SystemExit("tail-exps takes its count from the ncmoe configuration: add ncmoe to --configs")
         n = int(ncmoe.attempts[0].argv[ncmoe.attempts[0].argv.index(rules.bench.n_cpu_moe) + 1])
-        lead = prof.hparams.n_layer_dense_lead
-        k = max(0, n - lead)
-        tail = "|".join(str(i) for i in range(prof.n_layer - k, prof.n_layer))
-        add("tail-exps", ["-ngl", rules.bench.ngl_all, "-ot", rf"blk\.({tail})\.ffn_(up|down|gate)_exps=CPU"],
-            f"the experts of the last {k} layers on the CPU (the smallest --n-cpu-moe's count)")
+        moe = [il for il, lc in enumerate(prof.layers) if lc.has_experts and not lc.is_nextn]
+        tail = moe[len(moe) - sum(il < n for il in moe):]
+        add("tail-exps", ["-ngl", rules.bench.ngl_all, "-ot", layer_regex(tail) + KIND_REGEX[frozenset(EXPERT_KINDS)]
+                          + "=CPU"], f"the experts of the last {len(tail)} expert layers on the CPU (the smallest "
+                                     "--n-cpu-moe's count)")
     if "sweep" in wanted:
         # placements across the CPU's share: whole layers on the CPU (-ngl), and for MoE the
         # experts of the first layers (--n-cpu-moe)
@@ -351,8 +355,11 @@ def _rows(results: list[str], only_model: str | None = None) -> dict[tuple[str, 
         for r in load_records([records]):
             if r["status"] != "ok" or not r.get("avg_ts") or (only_model and r["model"] != only_model):
                 continue
-            row = rows.setdefault((r["rig"], r["model"], r["config"]),
-                                  {"tg": [], "pp": [], "argv": r["argv"], "engine": r["engine"]})
+            key = (r["rig"], r["model"], r["config"])
+            if key in rows and rows[key]["engine"] != r["engine"]:  # another engine's configuration of that name
+                key = (r["rig"], r["model"], f"{r['config']}@{r['engine']}")
+            row = rows.setdefault(key, {"tg": [], "pp": [], "argv": r["argv"], "engine": r["engine"],
+                                        "ubatch": int(r.get("ubatch") or 512)})
             row["pp" if r["test"].startswith("pp") else "tg"].append(float(r["avg_ts"]))
             if "log" not in row:
                 log = logs / f"{r['model']}.{r['rig']}.r{r['round']}" / r["log"]
@@ -362,10 +369,11 @@ def _rows(results: list[str], only_model: str | None = None) -> dict[tuple[str, 
 
 
 def _placed(a: argparse.Namespace, rows: dict[tuple[str, str, str], dict[str, Any]]) -> Iterator[
-        tuple[tuple[str, str, str], dict[str, Any], Any, Any, Any]]:
-    """Each row whose placement its ``-v`` log shows: (rig, model, configuration), the row, the
-    model's profile (from ``--headers``), the rig's cluster (``--rigs``) and the placement; each
-    header and rig is read once."""
+        tuple[tuple[str, str, str], dict[str, Any], Any, Any, Any, Any]]:
+    """Each row whose placements its ``-v`` log shows: (rig, model, configuration), the row, the
+    model's profile (from ``--headers``), the rig's cluster (``--rigs``), the prompt test's
+    placement (the load that served the ubatch's context: a fitter loads again per test) and the
+    decode test's (the last load); each header and rig is read once."""
     from omni_place.bench.logread import placement_from_log
     from omni_place.devices import resolve_cluster
     from omni_place.model import load_model
@@ -377,9 +385,20 @@ def _placed(a: argparse.Namespace, rows: dict[tuple[str, str, str], dict[str, An
             models[model] = load_model(Path(a.headers) / f"{model}.hdr.gguf")
         if rig not in clusters:
             clusters[rig] = resolve_cluster(str(Path(a.rigs) / f"rig_{rig.removeprefix('h200-')}.toml"))
-        placement = placement_from_log(row["log"], models[model], ["CUDA0"], row["engine"], row["argv"])
-        if placement is not None:
-            yield (rig, model, config), row, models[model], clusters[rig], placement
+        pp, tg = (placement_from_log(row["log"], models[model], ["CUDA0"], row["engine"], row["argv"], n_ubatch=ub)
+                  for ub in (row["ubatch"], None))
+        if pp is not None and tg is not None:
+            yield (rig, model, config), row, models[model], clusters[rig], pp, tg
+
+
+def _run_context(row: dict[str, Any]) -> Any:
+    """The context a row's runs had (``-p 512 -n 32``, the matrix's ubatch, its load mode and op offload)."""
+    from omni_place.engines import dialect
+
+    rules = dialect(row["engine"])
+    parsed = rules.parse_args(row["argv"], tool="bench")
+    return rules.traits.context(ctx=512 + 32, n_ubatch=row["ubatch"], pinned_weights=parsed.pinned_weights,
+                                op_offload=parsed.op_offload)
 
 
 def _report(a: argparse.Namespace) -> int:
@@ -388,34 +407,32 @@ def _report(a: argparse.Namespace) -> int:
     import statistics
 
     from omni_place.cost import CostModel, SpeedParams
-    from omni_place.engines import dialect
 
     params = SpeedParams(**json.loads(a.params)) if a.params else None
     calibrated = json.loads(Path(a.calibration).read_text())["engines"] if a.calibration else {}
     rows = _rows(a.results, a.only_model)
     out = []
     routing: dict[str, list[list[int]]] = {}
-    for (rig, model, config), row, prof, cluster, placement in _placed(a, rows):
+    for (rig, model, config), row, prof, cluster, placement, tg_placement in _placed(a, rows):
         if model not in routing:  # the share of experts a ubatch touched in these runs
             header = Path(a.headers) / f"{model}.hdr.gguf"
             routing[model] = replay_routing(header, a.router) if a.routing == "replayed" else []
-        rules = dialect(row["engine"])
         if calibrated:  # `omni-place calibrate --format json` output
+            if row["engine"] not in calibrated:
+                raise SystemExit(f"{a.calibration} calibrates {', '.join(calibrated)}, not {row['engine']}")
             params = SpeedParams(**calibrated[row["engine"]]["params"])
-        parsed = rules.parse_args(row["argv"], tool="bench")
-        context = rules.traits.context(ctx=512 + 32, n_ubatch=512, pinned_weights=parsed.pinned_weights,
-                                       op_offload=parsed.op_offload)
-        cost = CostModel(prof, cluster, context, params)
+        cost = CostModel(prof, cluster, _run_context(row), params)
         if routing[model]:
             cost = cost.with_routing(routing[model])
         pred = cost.predict(placement)
+        pred_tg = pred if tg_placement == placement else cost.predict(tg_placement)
         tg, pp = statistics.median(row["tg"]), statistics.median(row["pp"])
         n_cpu = sum(h == "CPU" for h in placement.layer_home)
         n_exp = sum(bool(k) for k in placement.cpu_experts)
         out.append({"rig": rig, "model": model, "config": config, "argv": row["argv"], "cpu_layers": n_cpu,
                     "cpu_expert_layers": n_exp, "tg": tg, "pp": pp, "tg_spread": [min(row["tg"]), max(row["tg"])],
-                    "pp_spread": [min(row["pp"]), max(row["pp"])], "pred_tg": round(pred.tg_tps, 2),
-                    "pred_pp": round(pred.pp_tps, 2), "tg_err": round(pred.tg_tps / tg - 1, 3),
+                    "pp_spread": [min(row["pp"]), max(row["pp"])], "pred_tg": round(pred_tg.tg_tps, 2),
+                    "pred_pp": round(pred.pp_tps, 2), "tg_err": round(pred_tg.tg_tps / tg - 1, 3),
                     "pp_err": round(pred.pp_tps / pp - 1, 3)})
     lines = ["| rig | model | config | CPU layers / expert layers | tg (min-max) | pred tg | err | pp (min-max) | "
              "pred pp | err |", "|---|---|---|---|---|---|---|---|---|---|"]
@@ -439,30 +456,30 @@ def _report(a: argparse.Namespace) -> int:
 # "sched_reserve: CUDA0 compute buffer size"; ik: "llm_load_tensors: CUDA0 buffer size",
 # "llama_kv_cache_init: CUDA0 KV buffer size", "llama_new_context_with_model: CUDA0 compute buffer size"
 _BUFFER = re.compile(r"^(\w+): +CUDA0 (?:(model|KV|compute) )?buffer size = +([0-9.]+) MiB", re.M)
+_CONTEXT_START = re.compile(r"^(?:llama_context|llama_new_context_with_model): +n_ctx += ", re.M)
 
 
 def _vram(a: argparse.Namespace) -> int:
-    """CUDA0's buffers as the engine allocated them in each configuration's final load (model,
-    KV cache, the larger compute buffer), next to omni_place's price of that placement: the
-    issue-14 check of --fit against the plan at equal margins."""
-    from omni_place.bench.logread import _last_load
+    """CUDA0's buffers as the engine allocated them for the prompt test (the weights of the load
+    that served the ubatch's context, that context's KV cache and compute buffer), next to
+    omni_place's price of that placement: the issue-14 check of --fit against the plan at equal
+    margins and one context."""
+    from omni_place.bench.logread import CONTEXT_UBATCH, load_serving
     from omni_place.cost import CostModel
-    from omni_place.engines import dialect
 
     lines = ["| rig | model | config | engine MiB (model / KV / compute) | total | predicted total | "
              "predicted compute |", "|---|---|---|---|---:|---:|---:|"]
     out = []
-    for (rig, model, config), row, prof, cluster, placement in _placed(a, _rows(a.results)):
-        seg = _last_load(row["log"])
+    for (rig, model, config), row, prof, cluster, placement, _ in _placed(a, _rows(a.results)):
+        load = load_serving(row["log"], row["ubatch"])
+        starts = [m.start() for m in _CONTEXT_START.finditer(load)] + [len(load)]
+        contexts = [load[x:y] for x, y in zip(starts, starts[1:])]
+        ctx = next(c for c in contexts if row["ubatch"] in (int(u) for u in CONTEXT_UBATCH.findall(c)))
         got = {"model": 0.0, "KV": 0.0, "compute": 0.0}
-        for _, kind, mib in _BUFFER.findall(seg):
+        for _, kind, mib in _BUFFER.findall(load[:starts[0]]) + _BUFFER.findall(ctx):
             kind = kind or "model"
             got[kind] = max(got[kind], float(mib)) if kind == "compute" else got[kind] + float(mib)
-        rules = dialect(row["engine"])
-        parsed = rules.parse_args(row["argv"], tool="bench")
-        context = rules.traits.context(ctx=512 + 32, n_ubatch=512, pinned_weights=parsed.pinned_weights,
-                                       op_offload=parsed.op_offload)
-        use = next(u for u in CostModel(prof, cluster, context).usage(placement) if u.name == "CUDA0")
+        use = next(u for u in CostModel(prof, cluster, _run_context(row)).usage(placement) if u.name == "CUDA0")
         total = sum(got.values())
         out.append({"rig": rig, "model": model, "config": config, "engine_mib": got, "engine_total_mib": total,
                     "predicted_total_mib": use.used_bytes / 2**20, "predicted_compute_mib": use.compute_bytes / 2**20})

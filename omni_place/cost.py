@@ -92,7 +92,7 @@ class SpeedParams:
     # fixed decode seconds per layer and token on a GPU (kernel launches and the small ops
     # between the matvecs): H200 54 us
     gpu_layer_s: float = 55e-6
-    # MLA attention's addition (k_b/v_b batched matmuls, 576-wide FA): H200 41 us; without it whole-GPU
+    # MLA attention's addition (attributed, not profiled): H200 41 us; without it whole-GPU
     # decode of dense / GQA MoE / MLA MoE priced +2 / +3 / +51 % (benchmarks/results/plans_vs_fit_23.md)
     gpu_mla_layer_s: float = 41e-6
     # the same on the CPU backend (a thread barrier per op): H200 VM, 16 threads, 310 us

@@ -91,6 +91,7 @@ def split_ne(ne: int, granularity: int, shares: list[float], rotation: int, floo
     ``granularity``, the last device in that order taking the rest (src/llama-model.cpp:832-862);
     otherwise the exact proportional split."""
     n = len(shares)
+    granularity = max(1, granularity)  # a header whose head size reads 0 splits by element, never divides by 0
     if not floor:
         total = sum(shares)
         return [ne * s / total for s in shares]

@@ -260,3 +260,13 @@ def test_parallel_decode_is_the_slowest_share_plus_the_allreduces() -> None:
     even = evaluate("llama-3.3-70b", "seed", ["-sm", "tensor", "-ts", "1,1", "-c", "8192"]).predicted
     assert even.tg_tps > plan.predicted.tg_tps  # equal bandwidths: the even split reads less per device
     assert set(tg) == {"CUDA0", "allreduce", "transfers"}  # the 3/4 share is the slower one every layer
+
+
+def test_a_zero_granularity_splits_by_element() -> None:
+    """A hostile header whose head size reads 0 gives an output projection a granularity of 0
+    (head granularity x head_dim_v): the split is by element instead of a ZeroDivisionError
+    (found by tests/test_fuzz_gguf.py's structured mutations)."""
+    from omni_place.splitcost import split_ne
+
+    assert split_ne(100, 0, [3.0, 1.0], 0, True) == [75, 25]
+    assert sum(split_ne(7, 0, [1.0, 1.0, 1.0], 1, True)) == 7

@@ -23,13 +23,13 @@ llama-bench (``-o json[l] -v``, one log per run), reporting one line per run; a 
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from typing import TextIO
 
-from ..cost import EXPERT_KINDS, CostModel, Placement, SpeedParams
+from ..cost import CPU, EXPERT_KINDS, CostModel, Placement, SpeedParams
 from ..devices import Cluster
 from ..engines import dialect
 from ..engines.common import KIND_REGEX, ParsedArgs, layer_regex, tool_context
@@ -81,8 +81,9 @@ class Design:
 
 
 def _placement(model: ModelProfile, cluster: Cluster, engine: str, flags: Sequence[str],
-               params: SpeedParams) -> tuple[Placement, bool, float, float]:
-    """(placement, fits, tg tok/s, pp tok/s) of llama-bench flags, priced as `check --tool bench` does."""
+               params: SpeedParams) -> tuple[Placement, bool, bool, float, float]:
+    """(placement, fits, the GPUs fit, tg tok/s, pp tok/s) of llama-bench flags, priced as
+    `check --tool bench` does."""
     rules = dialect(engine)
     parsed = rules.parse_args([*flags, "-p", "512", "-n", "128"], "bench")
     tc = tool_context(parsed, rules.tool_defaults("bench"), model.hparams.n_ctx_train)
@@ -91,7 +92,8 @@ def _placement(model: ModelProfile, cluster: Cluster, engine: str, flags: Sequen
     placement = rules.decode(model, parsed, cluster, context, "bench")
     cost = CostModel(model, cluster, context, params)
     pred = cost.predict(placement)
-    return placement, all(u.fits for u in cost.usage(placement)), pred.tg_tps, pred.pp_tps
+    usage = cost.usage(placement)
+    return placement, all(u.fits for u in usage), all(u.fits for u in usage if u.name != CPU), pred.tg_tps, pred.pp_tps
 
 
 def _flags(engine: str, ngl: int, cpu_experts: Sequence[tuple[Sequence[int], frozenset[str]]] = ()) -> tuple[str, ...]:
@@ -116,16 +118,24 @@ def design_runs(model: ModelProfile, cluster: Cluster, engine: str, *, params: S
     every, down = frozenset(EXPERT_KINDS), frozenset({"down"})
 
     @cache
-    def price(flags: tuple[str, ...]) -> tuple[Placement, bool, float, float] | None:
+    def price(flags: tuple[str, ...]) -> tuple[Placement, bool, bool, float, float] | None:
         """Each candidate's flags priced once: the searches' probes and the chosen runs."""
         try:
             return _placement(model, cluster, engine, flags, params)
         except OmniPlaceError:
             return None
 
-    def fits(flags: tuple[str, ...]) -> bool:
-        priced = price(flags)
-        return priced is not None and priced[1]
+    def least(hi: int, flags_of: Callable[[int], tuple[str, ...]]) -> int | None:
+        """The smallest k in [0, hi] whose flags fit: the GPUs fit from some k on (more in RAM),
+        RAM up to some k, so search the GPUs' condition and check RAM once there (where it fails
+        no larger k fits either)."""
+        def gpus_fit(k: int) -> bool:
+            priced = price(flags_of(k))
+            return priced is not None and priced[2]
+
+        k = first_true(0, hi, gpus_fit, guess=0)
+        priced = None if k is None else price(flags_of(k))
+        return k if priced is not None and priced[1] else None
 
     cands: list[tuple[str, tuple[str, ...], bool]] = []  # name, flags, with a tg test
     if not cluster.gpus:
@@ -136,7 +146,7 @@ def design_runs(model: ModelProfile, cluster: Cluster, engine: str, *, params: S
         def gpu(k: int) -> tuple[str, ...]:
             return _flags(engine, ngl_all, [(moe_layers[:k], every)])
 
-        k = first_true(0, len(moe_layers), lambda k: fits(gpu(k)), guess=0)
+        k = least(len(moe_layers), gpu)
         if k is not None:
             cands.append(("gpu", gpu(k), True))
         cpu_flags = gpu(len(moe_layers))
@@ -146,11 +156,11 @@ def design_runs(model: ModelProfile, cluster: Cluster, engine: str, *, params: S
         def split(m: int) -> tuple[str, ...]:
             return _flags(engine, ngl_all, [(moe_layers[:m], every), (moe_layers[m:], down)])
 
-        m = first_true(0, len(moe_layers), lambda m: fits(split(m)), guess=0)
+        m = least(len(moe_layers), split)
         if m is not None and len(moe_layers) - m >= max(2, len(moe_layers) // 8):
             cands.append(("split", split(m), True))
     else:
-        n = first_true(0, L, lambda n: fits(_flags(engine, L - n)), guess=0)
+        n = least(L, lambda n: _flags(engine, L - n))
         if n is not None:
             cands.append(("gpu", _flags(engine, L - n), True))
         cpu_flags = _flags(engine, L // 2 if n is None or n < L // 2 else L // 4)
@@ -165,7 +175,7 @@ def design_runs(model: ModelProfile, cluster: Cluster, engine: str, *, params: S
         priced = price(flags)
         if priced is None:
             continue
-        placement, ok, tg, pp = priced
+        placement, ok, _, tg, pp = priced
         if not ok or (placement in seen and op_offload):
             continue
         seen.add(placement)

@@ -158,28 +158,28 @@ def _with_threads(cluster: Cluster, threads: int | None, cache: dict[int, Cluste
     return cache[threads]
 
 
-def _log_placements(text: str, runs: Sequence[_Run], model: ModelProfile,
-                    cluster: Cluster) -> dict[tuple[Any, ...], Placement | None]:
-    """Placements read from the file's -v log per configuration: the last load for a file of one
-    configuration (a fitter loads several times), else load i for configuration i when there is
-    one load per configuration; nothing when the file has no log or they cannot be paired."""
+def _log_parts(text: str, runs: Sequence[_Run]) -> dict[tuple[Any, ...], str]:
+    """The part of the file's -v log per configuration: the whole log for a file of one
+    configuration (a fitter loads several times, once per test), else load i for configuration i
+    when there is one load per configuration; nothing when the file has no log or they cannot
+    be paired."""
     if LOAD_START not in text or not runs:
         return {}
     configs = list(dict.fromkeys(r.config for r in runs))
-    parts = text.split(LOAD_START)[1:]
     if len(configs) == 1:
-        parts = parts[-1:]
-    elif len(configs) != len(parts):
-        return {}
-    accel = [d.name for d in cluster.gpus]
-    out: dict[tuple[Any, ...], Placement | None] = {}
-    for cfg, part in zip(configs, parts):
-        run = next(r for r in runs if r.config == cfg)
-        p = placement_from_log(LOAD_START + part, model, accel, run.engine, run.argv)
-        # a log naming devices the cluster lacks is refused here (InvalidArgumentError)
-        out[cfg] = None if p is None else placement_from_dict(placement_to_dict(p), model, cluster,
-                                                               "the placement in the -v log")
-    return out
+        return {configs[0]: text}
+    parts = text.split(LOAD_START)[1:]
+    return {cfg: LOAD_START + part for cfg, part in zip(configs, parts)} if len(configs) == len(parts) else {}
+
+
+def _log_placement(log: str, run: _Run, n_ubatch: int, model: ModelProfile, cluster: Cluster) -> Placement | None:
+    """The placement a run had, from its part of the -v log: a prompt test's is the load that
+    served its ubatch's context (:func:`~.logread.load_serving`), a decode test's the last."""
+    p = placement_from_log(log, model, [d.name for d in cluster.gpus], run.engine, run.argv,
+                           n_ubatch=n_ubatch if run.kind == "pp" else None)
+    # a log naming devices the cluster lacks is refused here (InvalidArgumentError)
+    return None if p is None else placement_from_dict(placement_to_dict(p), model, cluster,
+                                                      "the placement in the -v log")
 
 
 def import_text(text: str, model: ModelProfile, cluster: Cluster, *, engine: str | None = None,
@@ -191,11 +191,7 @@ def import_text(text: str, model: ModelProfile, cluster: Cluster, *, engine: str
     result.skipped.update({"not strict JSON (NaN, Infinity, a cut-off or malformed object)": bad} if bad else {})
     result.read = len(values) + bad
     runs = [r for i, v in enumerate(values) if (r := _prepare(i, v, engine, result.skipped)) is not None]
-    try:
-        from_log = _log_placements(text, runs, model, cluster)
-    except OmniPlaceError as err:
-        result.skipped[_short(f"-v log not used: {err.message}")] += 1
-        from_log = {}
+    logs = _log_parts(text, runs)
     labels = {cfg: f"{source}#{k + 1}" for k, cfg in enumerate(dict.fromkeys(r.config for r in runs))}
     thread_clusters: dict[int, Cluster] = {}
     n_ctx_train = model.hparams.n_ctx_train
@@ -208,7 +204,13 @@ def import_text(text: str, model: ModelProfile, cluster: Cluster, *, engine: str
                                            pinned_weights=run.parsed.pinned_weights,
                                            op_offload=run.parsed.op_offload)
             model.check_kv_types(context.type_k, context.type_v, context.flash_attn)
-            placement = from_log.get(run.config)
+            placement = None
+            if run.config in logs:
+                try:
+                    placement = _log_placement(logs[run.config], run, context.n_ubatch, model, cluster)
+                except OmniPlaceError as err:  # counted once; the runs fall back to their flags
+                    result.skipped[_short(f"-v log not used: {err.message}")] = 1
+                    logs.clear()
             if placement is None and run.fitted:
                 result.skipped[f"placed by the engine's fitter ({run.fitted}): needs the run's -v log"] += 1
                 continue

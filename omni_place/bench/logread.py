@@ -17,20 +17,42 @@ _OVERRIDE = re.compile(r"[Tt]ensor (blk\.(\d+)\.ffn_(gate_up|gate|up|down)_(?:ch
 _OUTPUT_OVERRIDE = re.compile(r"[Tt]ensor output\.weight \(.*?\) buffer type overrid+en to (\S+)")
 LOAD_START = "llama_model_loader: loaded meta data"  # one per model load (src/llama-model-loader.cpp)
 _LOAD_START = re.compile(re.escape(LOAD_START))
+# a context's micro-batch: mainline src/llama-context.cpp "llama_context: n_ubatch = N", ik
+# "llama_new_context_with_model: n_ubatch = N"
+CONTEXT_UBATCH = re.compile(r"^(?:llama_context|llama_new_context_with_model): +n_ubatch += +(\d+)", re.M)
+# allocated weights (a fitter's no-alloc probes print 0.00 MiB): mainline "load_tensors: CUDA0
+# model buffer size = N MiB", ik "llm_load_tensors: CUDA0 buffer size = N MiB"
+_ALLOCATED = re.compile(r"load_tensors: +\S+ (?:model )?buffer size = +(?!0+\.0+ MiB)[0-9.]+ MiB")
 
 
 def _last_load(log: str) -> str:
     """The part of a log from its last model load (a fit run probes several times)."""
+    return load_serving(log)
+
+
+def load_serving(log: str, n_ubatch: int | None = None) -> str:
+    """The part of a log from the last model load that made a context of micro-batch
+    ``n_ubatch`` with its buffers allocated, up to the next load: llama-bench under ``-fitt`` /
+    ``--fit`` loads again (and probes without allocating) for each test, so a prompt test's
+    placement is not the last load's. The last load when ``n_ubatch`` is None or no load matches."""
     starts = [m.start() for m in _LOAD_START.finditer(log)]
-    return log[starts[-1]:] if starts else log
+    if not starts:
+        return log
+    parts = [log[a:b] for a, b in zip(starts, [*starts[1:], len(log)])]
+    if n_ubatch is not None:
+        for part in reversed(parts):
+            if _ALLOCATED.search(part) and n_ubatch in (int(u) for u in CONTEXT_UBATCH.findall(part)):
+                return part
+    return parts[-1]
 
 
 def placement_from_log(log: str, model: ModelProfile, accelerators: Sequence[str], engine: str,
-                       argv: Sequence[str] = ()) -> Placement | None:
-    """The :class:`~omni_place.cost.Placement` an engine made, from its ``-v`` log.
-    ``accelerators`` names the engine's devices in its order. None when the log does not say."""
+                       argv: Sequence[str] = (), n_ubatch: int | None = None) -> Placement | None:
+    """The :class:`~omni_place.cost.Placement` an engine made, from its ``-v`` log (the load that
+    served a context of ``n_ubatch``, :func:`load_serving`). ``accelerators`` names the engine's
+    devices in its order. None when the log does not say."""
     L = model.n_layer
-    seg = _last_load(log)
+    seg = load_serving(log, n_ubatch)
     found = dialect(engine).layer_homes_from_log(seg, L, accelerators, argv)
     if found is None:
         return None

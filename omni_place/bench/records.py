@@ -85,7 +85,7 @@ def attach_placements(records: list[dict[str, Any]], model: str | ModelProfile, 
     """Add ``placement`` (read from each run's -v log) and ``as_run`` (its price) to records."""
     prof = load_model(model)
     accel = [d.name for d in cluster.gpus]
-    cache: dict[str, Any] = {}
+    cache: dict[tuple[str, int | None], Any] = {}
     for r in records:
         name = r.get("log")
         if not name or log_dir is None:
@@ -93,13 +93,15 @@ def attach_placements(records: list[dict[str, Any]], model: str | ModelProfile, 
         file_component(name, "record log", error=InvalidArgumentError)  # joined to log_dir
         if not (log_dir / name).exists():
             continue
-        if name not in cache:
+        # a prompt test ran on the load that served its ubatch's context (a fitter loads per test)
+        ub = int(r.get("ubatch", 512)) if str(r.get("test", "")).startswith("pp") else None
+        if (name, ub) not in cache:
             text = (log_dir / name).read_text(errors="replace")
             vis = (r.get("env") or {}).get("CUDA_VISIBLE_DEVICES")
             # engine device i is the i-th visible GPU: name it as the cluster does
             names = [f"CUDA{v.strip()}" for v in vis.split(",")] if vis else accel
-            cache[name] = placement_from_log(text, prof, names, r["engine"], r.get("argv") or ())
-        p = cache[name]
+            cache[(name, ub)] = placement_from_log(text, prof, names, r["engine"], r.get("argv") or (), n_ubatch=ub)
+        p = cache[(name, ub)]
         if p is None:
             continue
         r["placement"] = placement_to_dict(p)
