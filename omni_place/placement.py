@@ -8,7 +8,7 @@ GPU), and where the output head goes;
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from functools import cached_property
 from typing import Any, Iterable, Sequence
 
@@ -237,5 +237,48 @@ def placement_from_counts(model: ModelProfile, order: Sequence[str], n_cpu: int,
     return Placement(tuple(order), tuple(homes), experts, output)
 
 
+@dataclass(frozen=True)
+class SpeedParams:
+    """Efficiencies and fixed costs of the speed model (fitted by calibration).
+
+    Defaults: where a figure was measured, the record is named; the H200 figures come from
+    ``benchmarks/results/speed_truth.md`` (one H200 VM, dense and MoE models, 60 placements)."""
+
+    gpu_bw_eff: float = 0.47  # achieved / datasheet memory bandwidth in decode matvecs (H200: 0.47)
+    # achieved / the multi-threaded read bandwidth devices --measure reports (csrc/membw.c):
+    # llama-bench decode of a 1.1 GB dense Q4_K model read 26-29 GB/s where the probe read 29-41
+    # (2-vCPU VM, interleaved; benchmarks/results/speed_truth.md)
+    cpu_bw_eff: float = 0.80
+    rpc_bw_eff: float = 0.60  # RPC server backends (CPU backends over a socket)
+    # achieved / the catalog's dense FP16 tensor peak in prompt matmuls: H200 0.12 (its datasheet
+    # peak needs wgmma, which ggml's MMQ kernels do not use); consumer cards reach more: calibrate
+    gpu_compute_eff: float = 0.15
+    cpu_tflops_per_core: float = 0.05  # achieved CPU TFLOPS per core in quantized matmuls
+    split_s: float = 20e-6  # cost of one graph split (sync + launch) per decoded token (H200: 21 us)
+    pcie_latency_s: float = 10e-6  # default latency of a host<->GPU copy
+    op_offload_min_batch: int = 32  # GGML_OP_OFFLOAD_MIN_BATCH
+    # network round trips per visit of a token to an RPC device: 1 by the protocol (one waited
+    # get_tensor); 0.93-1.09 measured over four emulated links with paired, interleaved runs
+    # (benchmarks/results/rpc_network.md; 1.05-1.3 with the earlier unpaired runs)
+    rpc_round_trips: float = 1.08
+    # achieved / base rate when op offload streams CPU-held weights to the GPU: the base is the
+    # GPU's measured pageable host->device rate (``stream_gbs``, devices --measure), else
+    # cost.PAGEABLE_LINK_FRACTION of its link
+    stream_eff: float = 1.0
+    # fixed decode seconds per layer and token on a GPU (kernel launches and the small ops
+    # between the matvecs): H200 54 us
+    gpu_layer_s: float = 55e-6
+    # the same on the CPU backend (a thread barrier per op): H200 VM, 16 threads, 310 us
+    cpu_layer_s: float = 300e-6
+    # what an MLA attention adds on a GPU (attributed, not profiled): H200 41 us; without it
+    # whole-GPU decode of dense / GQA MoE / MLA MoE priced +2 / +3 / +51 %
+    # (benchmarks/results/plans_vs_fit_23.md)
+    gpu_mla_layer_s: float = 41e-6
+
+    def to_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+
+
 __all__ = ["CPU", "EXPERT_KINDS", "EXPERT_OPTIONS", "Context", "DeviceUsage", "ExpertHomes", "Placement", "Prediction",
-           "add_seconds", "expert_kind", "on_cpu", "placement_from_counts"]
+           "SpeedParams", "add_seconds", "expert_kind", "on_cpu", "placement_from_counts"]
