@@ -473,8 +473,9 @@ def _vram(a: argparse.Namespace) -> int:
     for (rig, model, config), row, prof, cluster, placement, _ in _placed(a, _rows(a.results)):
         load = load_serving(row["log"], row["ubatch"])
         starts = [m.start() for m in _CONTEXT_START.finditer(load)] + [len(load)]
-        contexts = [load[x:y] for x, y in zip(starts, starts[1:])]
-        ctx = next(c for c in contexts if row["ubatch"] in (int(u) for u in CONTEXT_UBATCH.findall(c)))
+        contexts = [load[x:y] for x, y in zip(starts, starts[1:])] or [""]  # a load that made no context
+        # the prompt test's context (the engine may clamp the ubatch to the context: then the first)
+        ctx = next((c for c in contexts if row["ubatch"] in (int(u) for u in CONTEXT_UBATCH.findall(c))), contexts[0])
         got = {"model": 0.0, "KV": 0.0, "compute": 0.0}
         for _, kind, mib in _BUFFER.findall(load[:starts[0]]) + _BUFFER.findall(ctx):
             kind = kind or "model"
