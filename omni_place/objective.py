@@ -64,6 +64,12 @@ def speeds(o: Recipe) -> tuple[float, float]:
     return o.predicted.tg_tps, o.predicted.pp_tps
 
 
+def feasible(options: Sequence[Recipe]) -> list[Recipe]:
+    """The options that fit and carry a price (a recipe the engine refuses has none): what every
+    ranking and reference speed is taken over."""
+    return [o for o in options if o.fits and o.predicted is not None]
+
+
 def _best_by(options: Sequence[Recipe], primary: int) -> Recipe:
     """The option with the highest speed ``primary`` (0 tg, 1 pp) up to :data:`RANK_BAND`, the
     other speed deciding within the band."""
@@ -74,12 +80,12 @@ def _best_by(options: Sequence[Recipe], primary: int) -> Recipe:
 
 def prompt_floor(options: Sequence[Recipe]) -> float:
     """The prompt speed a balanced plan must reach: :data:`BALANCED_PROMPT_FLOOR` of the best."""
-    return BALANCED_PROMPT_FLOOR * max(speeds(o)[1] for o in options)
+    return BALANCED_PROMPT_FLOOR * max(speeds(o)[1] for o in feasible(options))
 
 
 def weighted_score(o: Recipe, objective: float, options: Sequence[Recipe]) -> float:
-    best_tg = max(speeds(x)[0] for x in options)
-    best_pp = max(speeds(x)[1] for x in options)
+    best_tg = max(speeds(x)[0] for x in feasible(options))
+    best_pp = max(speeds(x)[1] for x in feasible(options))
     tg, pp = speeds(o)
     return objective * best_tg / tg + (1 - objective) * best_pp / pp
 
@@ -87,7 +93,7 @@ def weighted_score(o: Recipe, objective: float, options: Sequence[Recipe]) -> fl
 def choose(options: Sequence[Recipe], objective: str | float) -> Recipe:
     """The feasible option that ``objective`` ranks first (see the module doc); ``options`` must
     hold at least one feasible, priced option."""
-    fits = [o for o in options if o.fits and o.predicted is not None]
+    fits = feasible(options)
     if not fits:
         raise ValueError("choose() needs a feasible option")
     objective = parse_objective(objective)
@@ -151,7 +157,7 @@ def choose_split_mode(chosen: Recipe, candidates: Sequence[SplitCandidate], obje
                    tg_tps=speeds(pick[0])[0], pp_tps=speeds(pick[0])[1])
         row["cpu_expert_layers"] = sum(1 for kinds in pick[0].placement.cpu_experts if kinds) \
             if pick[0].placement is not None else 0
-        pool = [*options, pick[0]] + ([adopted[0]] if adopted else [])
+        pool = [*feasible(options), pick[0]] + ([adopted[0]] if adopted else [])
         if pick[0].fits and _split_wins(pick[0], chosen, objective, pool) and (
                 adopted is None or beats(pick[0], adopted[0], objective, pool)):
             adopted = pick
@@ -175,7 +181,7 @@ def adopt_pinned(chosen: Recipe, pinned: Sequence[Recipe], options: Sequence[Rec
                  objective: str | float) -> Recipe | None:
     """The pinned option a plan takes instead of ``chosen`` (the best of ``options``): the
     objective's best among both, when it is pinned and beats ``chosen`` by :data:`PIN_MARGIN`."""
-    priced = [o for o in options if o.fits and o.predicted is not None]  # not a recipe the engine refuses
+    priced = feasible(options)
     pool = [*priced, *(o for o in pinned if o.fits)]
     if len(pool) == len(priced):
         return None
@@ -187,7 +193,7 @@ def frontier(options: Sequence[Recipe], n: int) -> list[Recipe]:
     """Up to ``n`` feasible options on the tg/pp Pareto frontier (none faster at both), from the
     fastest decode to the fastest prompt; when more are on it, both ends and evenly spaced ones
     between (equal speeds count once)."""
-    fits = [o for o in options if o.fits and o.predicted is not None]
+    fits = feasible(options)
     front: list[Recipe] = []
     for o in sorted(fits, key=lambda o: (-speeds(o)[0], -speeds(o)[1])):
         if not front or speeds(o)[1] > speeds(front[-1])[1] * (1 + SAME):
@@ -201,5 +207,5 @@ def frontier(options: Sequence[Recipe], n: int) -> list[Recipe]:
 
 
 __all__ = ["BALANCED_PROMPT_FLOOR", "FRONTIER_WEIGHTS", "OBJECTIVES", "PIN_MARGIN", "RANK_BAND", "SPLIT_MODE_MARGIN",
-           "TIE_BREAK", "adopt_pinned", "beats", "choose", "choose_split_mode", "frontier",
+           "TIE_BREAK", "adopt_pinned", "beats", "choose", "choose_split_mode", "feasible", "frontier",
            "parse_objective", "prompt_floor", "speeds"]

@@ -216,6 +216,8 @@ class SplitCostModel(CostModel):
         parts = []
         for width, g, kv_type in ((hp.head_dim_k * hp.n_head_kv[il], gkv, c.type_k),
                                   (hp.head_dim_v * hp.n_head_kv[il], gv, c.type_v)):
+            if not width:  # a header whose KV head size reads 0: no bytes to share
+                continue
             block = GGML_QUANT_SIZES[GGMLQuantizationType[kv_type.upper()]][0]
             ne = split_ne(width, g, self.shares, rot, True)
             if any(x % block for x in ne):
@@ -223,7 +225,9 @@ class SplitCostModel(CostModel):
                     f"-sm {c.split_mode}: layer {il}'s {kv_type} KV slices ({'/'.join(map(str, ne))} values) are not "
                     f"whole {block}-value blocks; the engine aborts (GGML_ASSERT)", hint="use an f16 KV cache")
             parts.append((row_bytes(GGMLQuantizationType[kv_type.upper()], width), [x / width for x in ne]))
-        total = sum(b for b, _ in parts) or 1
+        total = sum(b for b, _ in parts)
+        if not total:
+            return [s / sum(self.shares) for s in self.shares]
         return [sum(b * f[j] for b, f in parts) / total for j in range(n)]
 
     @cached_property

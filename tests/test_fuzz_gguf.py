@@ -376,3 +376,14 @@ def test_fuzz_peak_rss_is_flat(seeds: list, casedir: Path) -> None:
         read_or_clean_error(fz.write_case(casedir, files))
     grown_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
     assert grown_mib < 64, grown_mib
+
+
+@pytest.mark.parametrize(("seed", "case"), [
+    (2323, 1056),  # llama-split3, hparams mutated: a KV head width of 0 divided split-mode pricing by zero
+    (2323, 4445),  # glm4moe, hparams mutated: an unpriced recipe reached the split modes' prompt floor
+])
+def test_cases_the_fuzz_driver_found(seeds: list, tmp_path: Path, seed: int, case: int) -> None:
+    """Crashes ``python -m benchmarks.fuzz_gguf --seed 2323`` found in ``plan_split``'s split-mode
+    pricing (``--replay CASE`` reproduces each), now a plan or a clean error."""
+    _, files, _ = fz.make_case(seeds, seed, case)
+    read_or_clean_error(fz.write_case(tmp_path, files))
