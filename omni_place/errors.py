@@ -9,6 +9,14 @@ from __future__ import annotations
 EXIT_BAD_INPUT = 2
 EXIT_NOTHING_FITS = 3
 EXIT_ENGINE_DISAGREES = 4
+MAX_MESSAGE = 1000  # characters of a message or hint; a longer one (an echoed hostile value) keeps both ends
+
+
+def _bounded(text: str) -> str:
+    if len(text) <= MAX_MESSAGE:
+        return text
+    head, tail = MAX_MESSAGE * 2 // 3, MAX_MESSAGE // 3 - 40
+    return f"{text[:head]} [... {len(text) - head - tail} characters ...] {text[-tail:]}"
 
 
 class OmniPlaceError(Exception):
@@ -18,9 +26,10 @@ class OmniPlaceError(Exception):
     default_hint = ""
 
     def __init__(self, message: str, hint: str | None = None) -> None:
+        message = _bounded(message)
         super().__init__(message)
         self.message = message
-        self.hint = hint if hint is not None else self.default_hint
+        self.hint = _bounded(hint if hint is not None else self.default_hint)
 
     def __str__(self) -> str:
         return self.message

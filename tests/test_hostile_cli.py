@@ -298,3 +298,13 @@ def test_a_cache_folder_others_can_write_is_not_used(cache: Path, tmp_path: Path
     assert load_model(path).architecture == "deepseek32"
     plan = plan_split("deepseek-v3.2" and str(path), "seed")
     assert plan.model.name.startswith("DeepSeek-V3.2")
+
+
+@pytest.mark.parametrize("args", [["-ngl", "x" * 5000], ["-ts", "1," * 3000 + "z"], ["-c", "2" + "[" * 10000]])
+def test_an_echoed_hostile_value_keeps_the_error_readable(tiny: str, two_gpus: str, args: list[str]) -> None:
+    """An error that quotes a huge value stays one line of at most 1,000 characters, with the
+    flag at its start and the reason at its end (errors.MAX_MESSAGE)."""
+    code, _, err = run(["check", tiny, "--cluster", two_gpus, "--", *args])
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 2 and lines[0].startswith("error: ") and lines[1].startswith("hint: ")
+    assert len(lines[0]) <= len("error: ") + 1000 and args[0] in lines[0][:40] and "characters ...]" in lines[0]
