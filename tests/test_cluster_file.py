@@ -363,8 +363,9 @@ def test_cluster_and_device_invariants() -> None:
         Cluster("c", (cpu, cpu))
     with pytest.raises(ClusterError, match="more than one cpu"):
         Cluster("c", (cpu, Device(name="CPU2", kind="cpu", memory_bytes=GiB, bandwidth_gbs=1)))
-    for bad in (dict(memory_bytes=0), dict(bandwidth_gbs=0.0), dict(kind="tpu"), dict(margin_bytes=-1),
-                dict(kind="rpc")):
+    # 1e-308 GB/s is positive but prices a token at infinite seconds (found by benchmarks/fuzz_boundaries)
+    for bad in (dict(memory_bytes=0), dict(bandwidth_gbs=0.0), dict(bandwidth_gbs=1e-308), dict(link_gbs=1e-9),
+                dict(kind="tpu"), dict(margin_bytes=-1), dict(kind="rpc")):
         with pytest.raises(ClusterError):
             Device(**{"name": "X", "kind": "gpu", "memory_bytes": GiB, "bandwidth_gbs": 1.0, **bad})
     with pytest.raises(TypeError):

@@ -34,6 +34,9 @@ KINDS: tuple[str, ...] = ("gpu", "cpu", "rpc")
 
 #: The most memory a device may claim (1 PiB; the core counts memory in int64 units).
 MAX_MEMORY_BYTES = 1 << 50
+# the slowest rate (GB/s, TFLOPS) a device may declare: 1 MB/s; below it (1e-308 passes "positive")
+# a token takes longer than any float can say
+MIN_RATE = 1e-3
 #: Memory kept free on every device for what no formula sees (CUDA context, cuBLAS workspace).
 DEFAULT_MARGIN_BYTES = 512 * MiB
 #: Assumed latency of a small host<->GPU copy over PCIe, microseconds.
@@ -126,14 +129,14 @@ class Device:
         choice(self.kind, "kind", KINDS, error=bad)
         if integer(self.memory_bytes, "memory_bytes", hi=MAX_MEMORY_BYTES, error=bad) < 1:
             raise bad(f"memory must be positive (got {self.memory_bytes} bytes)")
-        number(self.bandwidth_gbs, "bandwidth_gbs", lo=0, lo_open=True, hi=1e6, error=bad)
+        number(self.bandwidth_gbs, "bandwidth_gbs", lo=MIN_RATE, hi=1e6, error=bad)
         integer(self.margin_bytes, "margin_bytes", lo=0, hi=MAX_MEMORY_BYTES, error=bad)
         for key in ("total_bytes", "free_bytes"):
             if getattr(self, key) is not None:
                 integer(getattr(self, key), key, lo=0, hi=MAX_MEMORY_BYTES, error=bad)
         for key in ("tflops", "link_gbs", "stream_gbs", "disk_gbs"):
             if getattr(self, key) is not None:
-                number(getattr(self, key), key, lo=0, lo_open=True, hi=1e6, error=bad)
+                number(getattr(self, key), key, lo=MIN_RATE, hi=1e6, error=bad)
         if self.stream_gbs is not None and self.kind != "gpu":
             raise bad(f"stream_gbs applies to gpu devices only (this one is {self.kind})")
         if self.link_latency_us is not None:
