@@ -84,8 +84,9 @@ def prompt_floor(options: Sequence[Recipe]) -> float:
 
 
 def weighted_score(o: Recipe, objective: float, options: Sequence[Recipe]) -> float:
-    best_tg = max(speeds(x)[0] for x in feasible(options))
-    best_pp = max(speeds(x)[1] for x in feasible(options))
+    pool = feasible(options)
+    best_tg = max(speeds(x)[0] for x in pool)
+    best_pp = max(speeds(x)[1] for x in pool)
     tg, pp = speeds(o)
     return objective * best_tg / tg + (1 - objective) * best_pp / pp
 

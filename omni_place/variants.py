@@ -11,7 +11,7 @@ from .engines import Dialect
 from .engines.common import format_share
 from .engines.splitmodes import refusal
 from .errors import InvalidArgumentError
-from .recipes import Recipe, priced
+from .recipes import Recipe, first_true, priced
 from .splitcost import SplitCostModel
 from .units import GiB
 
@@ -143,7 +143,7 @@ def _split_option(cost: CostModel, mode: str, gpus: Sequence[Any], shares: Seque
                   ) -> tuple[Recipe, CostModel]:
     """Every layer and the output head split across ``gpus`` by ``shares`` under ``-sm mode``;
     when that does not fit a MoE model, the routed experts of the fewest leading layers in CPU
-    RAM that make it fit (found by bisection: memory only falls as layers' experts leave)."""
+    RAM that make it fit (recipes.first_true: memory only falls as layers' experts leave)."""
     order = tuple(d.name for d in gpus)
     split = SplitCostModel(cost.model, cost.cluster, replace(cost.context, split_mode=mode,
                                                               split_shares=tuple(shares)), cost.params)
@@ -158,12 +158,8 @@ def _split_option(cost: CostModel, mode: str, gpus: Sequence[Any], shares: Seque
         return all(u.fits for u in split.usage(with_cpu_experts(k)))
 
     k = 0
-    if moe and not fits(0) and fits(len(moe)):
-        lo, hi = 0, len(moe)  # fits(hi), not fits(lo)
-        while hi - lo > 1:
-            mid = (lo + hi) // 2
-            lo, hi = (lo, mid) if fits(mid) else (mid, hi)
-        k = hi
+    if moe and not fits(0) and fits(len(moe)):  # RAM holds every expert: fits(k) only turns true
+        k = first_true(1, len(moe), fits, guess=1) or 0
     argv = ("-sm", mode, "-ts", ",".join(format_share(x) for x in shares))
     label = f"-sm {mode}" + (f", experts of the first {k} MoE layers on the CPU" if k else "")
     return priced(split, "split", label, argv, with_cpu_experts(k)), split

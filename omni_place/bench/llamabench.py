@@ -172,11 +172,11 @@ def _log_parts(text: str, runs: Sequence[_Run]) -> dict[tuple[Any, ...], str]:
     return {cfg: LOAD_START + part for cfg, part in zip(configs, parts)} if len(configs) == len(parts) else {}
 
 
-def _log_placement(log: str, run: _Run, n_ubatch: int, model: ModelProfile, cluster: Cluster) -> Placement | None:
-    """The placement a run had, from its part of the -v log: a prompt test's is the load that
-    served its ubatch's context (:func:`~.logread.load_serving`), a decode test's the last."""
-    p = placement_from_log(log, model, [d.name for d in cluster.gpus], run.engine, run.argv,
-                           n_ubatch=n_ubatch if run.kind == "pp" else None)
+def _log_placement(log: str, run: _Run, n_ubatch: int | None, model: ModelProfile,
+                   cluster: Cluster) -> Placement | None:
+    """The placement a run had, from its part of the -v log: the load that served a context of
+    ``n_ubatch`` (a prompt test's, :func:`~.logread.load_serving`), else the last (a decode test's)."""
+    p = placement_from_log(log, model, [d.name for d in cluster.gpus], run.engine, run.argv, n_ubatch=n_ubatch)
     # a log naming devices the cluster lacks is refused here (InvalidArgumentError)
     return None if p is None else placement_from_dict(placement_to_dict(p), model, cluster,
                                                       "the placement in the -v log")
@@ -192,6 +192,7 @@ def import_text(text: str, model: ModelProfile, cluster: Cluster, *, engine: str
     result.read = len(values) + bad
     runs = [r for i, v in enumerate(values) if (r := _prepare(i, v, engine, result.skipped)) is not None]
     logs = _log_parts(text, runs)
+    from_log: dict[tuple[Any, ...], Placement | None] = {}  # (configuration, prompt ubatch) -> placement
     labels = {cfg: f"{source}#{k + 1}" for k, cfg in enumerate(dict.fromkeys(r.config for r in runs))}
     thread_clusters: dict[int, Cluster] = {}
     n_ctx_train = model.hparams.n_ctx_train
@@ -204,13 +205,14 @@ def import_text(text: str, model: ModelProfile, cluster: Cluster, *, engine: str
                                            pinned_weights=run.parsed.pinned_weights,
                                            op_offload=run.parsed.op_offload)
             model.check_kv_types(context.type_k, context.type_v, context.flash_attn)
-            placement = None
-            if run.config in logs:
+            key = (run.config, context.n_ubatch if run.kind == "pp" else None)
+            if run.config in logs and key not in from_log:  # a pp and a tg run share a load
                 try:
-                    placement = _log_placement(logs[run.config], run, context.n_ubatch, model, cluster)
+                    from_log[key] = _log_placement(logs[run.config], run, key[1], model, cluster)
                 except OmniPlaceError as err:  # counted once; the runs fall back to their flags
                     result.skipped[_short(f"-v log not used: {err.message}")] = 1
                     logs.clear()
+            placement = from_log.get(key)
             if placement is None and run.fitted:
                 result.skipped[f"placed by the engine's fitter ({run.fitted}): needs the run's -v log"] += 1
                 continue

@@ -25,11 +25,6 @@ CONTEXT_UBATCH = re.compile(r"^(?:llama_context|llama_new_context_with_model): +
 _ALLOCATED = re.compile(r"load_tensors: +\S+ (?:model )?buffer size = +(?!0+\.0+ MiB)[0-9.]+ MiB")
 
 
-def _last_load(log: str) -> str:
-    """The part of a log from its last model load (a fit run probes several times)."""
-    return load_serving(log)
-
-
 def load_serving(log: str, n_ubatch: int | None = None) -> str:
     """The part of a log from the last model load that made a context of micro-batch
     ``n_ubatch`` with its buffers allocated, up to the next load: llama-bench under ``-fitt`` /

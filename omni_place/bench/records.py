@@ -86,6 +86,7 @@ def attach_placements(records: list[dict[str, Any]], model: str | ModelProfile, 
     prof = load_model(model)
     accel = [d.name for d in cluster.gpus]
     cache: dict[tuple[str, int | None], Any] = {}
+    texts: dict[str, str] = {}
     for r in records:
         name = r.get("log")
         if not name or log_dir is None:
@@ -96,7 +97,9 @@ def attach_placements(records: list[dict[str, Any]], model: str | ModelProfile, 
         # a prompt test ran on the load that served its ubatch's context (a fitter loads per test)
         ub = int(r.get("ubatch", 512)) if str(r.get("test", "")).startswith("pp") else None
         if (name, ub) not in cache:
-            text = (log_dir / name).read_text(errors="replace")
+            if name not in texts:  # a pp and a tg record share one log
+                texts[name] = (log_dir / name).read_text(errors="replace")
+            text = texts[name]
             vis = (r.get("env") or {}).get("CUDA_VISIBLE_DEVICES")
             # engine device i is the i-th visible GPU: name it as the cluster does
             names = [f"CUDA{v.strip()}" for v in vis.split(",")] if vis else accel
