@@ -36,7 +36,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .compute_graph import F32, REPLAYED, Offload, device_peak
-from .model import KV_CELL_PADDING, align_up
 
 if TYPE_CHECKING:
     from .model import ModelProfile
@@ -126,9 +125,7 @@ def graph_widths(model: ModelProfile, *, n_tokens: int, n_kv: int, n_ubatch: int
     if model.architecture not in REPLAYED:
         return [0.0] * 5
     n_layer = hp.n_layer_kv or hp.n_layer
-    n_kv_swa = n_kv
-    if any(hp.is_swa) and hp.n_swa:
-        n_kv_swa = min(n_kv // n_seq, align_up(hp.n_swa + n_ubatch, KV_CELL_PADDING)) * n_seq
+    n_kv_swa = model.swa_kv_cells(n_kv, n_ubatch, n_seq) if any(hp.is_swa) and hp.n_swa else n_kv
 
     def peak(offload: Offload, with_output: bool = True) -> int:
         return device_peak(model, n_tokens=n_tokens, n_kv=n_kv, n_kv_swa=n_kv_swa, flash_attn=flash_attn,

@@ -286,6 +286,13 @@ class ModelProfile:
             raise InvalidArgumentError(f"context length {ctx} is beyond 16M tokens", hint="check --ctx")
         return align_up(max(1, ctx // n_seq), KV_CELL_PADDING) * n_seq
 
+    def swa_kv_cells(self, cells: int, n_ubatch: int, n_seq: int = 1, swa_full: bool = False) -> int:
+        """KV cells of a sliding-window layer out of ``cells`` (all streams): per stream
+        ``pad256(min(cells, n_swa + n_ubatch))``, all of them with ``swa_full``."""
+        if swa_full:
+            return cells
+        return min(cells // n_seq, align_up(self.hparams.n_swa + n_ubatch, KV_CELL_PADDING)) * n_seq
+
     def check_kv_types(self, type_k: str, type_v: str, flash_attn: bool) -> None:
         """Refuse KV cache types the engine refuses: a quantized row must hold whole blocks
         (K rows are head_dim_k wide, or the MLA latent; V rows head_dim_v), and a quantized V
@@ -327,8 +334,7 @@ class ModelProfile:
             raise InvalidArgumentError("a quantized V cache needs flash attention",
                                        hint="add -fa on or use --kv-type f16")
         cells = self.kv_cells(ctx, n_seq)  # all streams
-        per_stream = cells // n_seq
-        swa_cells = cells if swa_full else min(per_stream, align_up(hp.n_swa + n_ubatch, KV_CELL_PADDING)) * n_seq
+        swa_cells = self.swa_kv_cells(cells, n_ubatch, n_seq, swa_full)
         spec = ARCHITECTURES.get(self.architecture, ArchSpec())
         out: list[int] = []
         v_width_max = max(
