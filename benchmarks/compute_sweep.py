@@ -80,8 +80,9 @@ def placements(devices: list[str], arch: str, n_layer: int) -> Iterator[tuple[st
         yield "exps_cpu", {"n_gpu_layers": -1, "overrides": [(r"\.ffn_(up|down|gate)_exps", "CPU")]}
 
 
-def fit_params_run(tool: str, spec: LoadSpec) -> dict[str, Any]:
-    """One dry run through ``llama-fit-params``; the record fields read from its log."""
+def fit_params_run(tool: str, spec: LoadSpec, log_path: Path | None = None) -> dict[str, Any]:
+    """One dry run through ``llama-fit-params``; the record fields read from its log (kept whole
+    at ``log_path`` when given: with an engine built to trace its graph allocator, the trace)."""
     argv = [tool, "--fit-print", "on", "-v", "-m", spec.model_path, "-c", str(spec.n_ctx), "-b", str(spec.n_ubatch),
             "-ub", str(spec.n_ubatch), "-fa", spec.flash_attn, "-ctk", spec.type_k, "-ctv", spec.type_v,
             "-ngl", str(spec.n_gpu_layers if spec.n_gpu_layers >= 0 else 999)]
@@ -93,6 +94,8 @@ def fit_params_run(tool: str, spec: LoadSpec) -> dict[str, Any]:
         proc = subprocess.run(argv, capture_output=True, text=True, timeout=300)
     except subprocess.TimeoutExpired:
         return {"ok": False, "error": "timeout", "compute": {}}
+    if log_path is not None:
+        log_path.write_text(proc.stderr)
     log = parse_log((proc.stderr + proc.stdout).splitlines())
     compute = log.buffer_bytes("compute")
     return {"ok": proc.returncode == 0 and bool(compute), "compute": compute,
@@ -109,11 +112,14 @@ def main() -> None:
     ap.add_argument("--rpc", type=int, default=0, help="loopback RPC servers as the devices")
     ap.add_argument("--workers", type=int, default=1, help="dry runs at once (each is a child process)")
     ap.add_argument("--fit-params", help="llama-fit-params binary: dry-run through the engine's own tool")
+    ap.add_argument("--logs", help="folder for each --fit-params run's whole log (case<N>.<placement>.log)")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
     rng = random.Random(args.seed)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    if args.logs:
+        Path(args.logs).mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     n = 0
     with contextlib.ExitStack() as stack, out.open("w") as fh:
@@ -144,7 +150,8 @@ def main() -> None:
         print(f"{len(jobs)} dry runs of {args.cases} models written in {time.time() - t0:.0f} s", flush=True)
         def run(job: tuple[dict[str, Any], LoadSpec]) -> dict[str, Any]:
             if args.fit_params:
-                return fit_params_run(args.fit_params, job[1])
+                log = Path(args.logs) / f"case{job[0]['case']}.{job[0]['placement']}.log" if args.logs else None
+                return fit_params_run(args.fit_params, job[1], log)
             rep = probe_load(job[1], timeout=300)
             return {"ok": rep.ok, "error": rep.error, "compute": rep.compute_buffers,
                     "layer_devices": {str(k): v for k, v in rep.layer_devices.items()},

@@ -247,7 +247,7 @@ def _prepare(a: argparse.Namespace) -> int:
         elif syntax.pin_weights:
             add("omni_place_pin", [*argv, *syntax.pin_weights], "the balanced plan, CPU weights pinned, op offload on")
     ncmoe = next((c for c in configs if c.name == "ncmoe"), None)
-    if "tail-exps" in wanted:
+    if "tail-exps" in wanted and prof.hparams.n_expert:
         # as many expert layers in RAM as the smallest --n-cpu-moe, but the last ones: which end's
         # experts go to the CPU (issue 16's layer-position question)
         if ncmoe is None or rules.bench is None:
