@@ -207,12 +207,15 @@ class CostModel:
         the largest weight it copies (compute.py). With experts on the CPU and layers on a second
         GPU the first one held two copies of that weight beside its own layers' peak (H200 pair, moe33 records in
         tests/test_gpu_records.py: 436.5 MiB = 2 x 216 MiB + 4.5)."""
-        layer_max, expert_max, _ = self._offloadable_weights
+        layer_max, expert_max, output_max = self._offloadable_weights
         cpu_layers = [il for il, h in enumerate(p.layer_home) if h == CPU]
         if len(cpu_layers) == len(p.layer_home) and p.output == CPU:
             role, w = "offload_none", self.largest_weight_bytes
         elif cpu_layers:
             role, w = "gpu_partial", max(layer_max[il] for il in cpu_layers)
+            if p.output == CPU:  # the head's matmul is offloaded too, its copy beside the logits: as
+                # with no GPU layer (ik_llama.cpp -ngl 10 of dense11: 328 MiB, mainline -ngl 0: 318)
+                own = max(own, self.compute.offload_bytes("offload_none", output_max))
         elif not self.context.expert_copies_in_compute:
             return own
         else:
@@ -462,7 +465,8 @@ class CostModel:
         out: dict[str, float] = {}
         for dev, stored in sorted(away.items(), key=lambda item: item[0] == CPU):
             f = stored / exp_total
-            part = (self._cpu_weights_pp(il, 0.0, f, exp_total * f * self.expert_hit, first) if dev == CPU else
+            part = (self._cpu_weights_pp(il, 0.0, f, exp_total * f * self.expert_hit, first, self.experts_pinned)
+                    if dev == CPU else
                     {dev: self.expert_flops(il, self.device(dev).kind == "gpu") * f / self.flops(dev)})
             add_seconds(out, {**part, "transfers": 2 * self.hop_pp(home, dev)})
         return out
@@ -474,14 +478,20 @@ class CostModel:
         flops = 2.0 * exp_p * self.k_over_n
         return flops * self.tile_factor if gpu else flops
 
-    def stream_bandwidth(self, name: str) -> float:
+    @property
+    def experts_pinned(self) -> bool:
+        """Whether the CPU-held experts of GPU layers sit in pinned memory (the engine's overrides
+        pin them, or every CPU-held weight is)."""
+        return self.context.pinned_weights or self.context.pinned_overrides
+
+    def stream_bandwidth(self, name: str, pinned: bool | None = None) -> float:
         """Bytes/s at which op offload streams CPU-held weights to device ``name``, times
-        ``stream_eff``: from pinned memory (``Context.pinned_weights``) PINNED_LINK_FRACTION of its
-        link; from pageable mmap'd memory its measured rate (``stream_gbs``), else
-        PAGEABLE_LINK_FRACTION of its link."""
+        ``stream_eff``: from pinned memory (``pinned``, by default ``Context.pinned_weights``)
+        PINNED_LINK_FRACTION of its link; from pageable mmap'd memory its measured rate
+        (``stream_gbs``), else PAGEABLE_LINK_FRACTION of its link."""
         dev = self.device(name)
         measured = getattr(dev, "stream_gbs", None)
-        if self.context.pinned_weights:
+        if self.context.pinned_weights if pinned is None else pinned:
             base = self.link(name)[0] * PINNED_LINK_FRACTION
         else:
             base = measured * GB if measured else self.link(name)[0] * PAGEABLE_LINK_FRACTION
@@ -494,13 +504,13 @@ class CostModel:
                 and self.n_tokens >= self.params.op_offload_min_batch)
 
     def _cpu_weights_pp(self, il: int, dense_flops: float, expert_share: float, streamed_bytes: float,
-                        first: str | None) -> dict[str, float]:
+                        first: str | None, pinned: bool | None = None) -> dict[str, float]:
         """CPU-held weights of layer ``il`` in a prompt batch (``dense_flops`` per token and
         ``expert_share`` of its routed experts): op-offloaded to ``first`` (a GPU, MMQ tiles) when
         the batch is large enough, else computed by the CPU."""
         if first is not None and self.offloads_to(first):
             return {first: (dense_flops + self.expert_flops(il, True) * expert_share) / self.flops(first),
-                    "pcie_stream": streamed_bytes / self.n_tokens / self.stream_bandwidth(first)}
+                    "pcie_stream": streamed_bytes / self.n_tokens / self.stream_bandwidth(first, pinned)}
         return {CPU: (dense_flops + self.expert_flops(il, False) * expert_share) / self.flops(CPU)}
 
     def disk_bandwidth(self) -> float:

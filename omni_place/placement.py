@@ -205,6 +205,8 @@ class Context:
     # CPU-held weights loaded without mmap (mainline -lm none, ik --no-mmap) sit in the first
     # GPU's pinned host buffer: op offload copies them at the pinned rate, and they cannot page
     pinned_weights: bool = False
+    # experts of GPU layers held by the CPU through overrides are pinned even with mmap (EngineTraits)
+    pinned_overrides: bool = False
     # op offload (llama.cpp's default): prompt ops of CPU-held weights run on the first GPU, their
     # weights copied in per ubatch; off (mainline --no-op-offload): the CPU computes them
     op_offload: bool = True

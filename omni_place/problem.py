@@ -152,6 +152,13 @@ def build_arrays(cost: CostModel, orders: Sequence[tuple[str, ...]], unit: int =
             rate[d] = 1.0 / cost.stream_bandwidth(name) + flops_per_amount / cost.flops(name)
         else:
             rate[d] = flops_per_amount / cost.flops(CPU)
+    if cost.experts_pinned and not cost.context.pinned_weights:
+        # the engine pins overridden experts but not whole CPU layers: the one rate per first
+        # device is the layers' (pageable), so the experts' amounts shrink by the pinned rate's
+        # share, the largest over the GPUs (never cheaper than any); predict() prices both exactly
+        shares = [(1.0 / cost.stream_bandwidth(n, True) + flops_per_amount / cost.flops(n)) / rate[d]
+                  for d, n in enumerate(names) if cost.offloads_to(n)]
+        stream *= max(shares, default=1.0)
     trans_tg = np.zeros((D + 1, D + 1))
     trans_pp = np.zeros((D + 1, D + 1))
     all_names = names + [CPU]

@@ -202,7 +202,9 @@ def test_plan_pins_cpu_weights_where_the_objective_gains(tmp_path: Path) -> None
     assert not tg.context.pinned_weights and "-lm" not in tg.args("server")
     assert any(n.startswith("-lm none") for n in tg.notes)  # offered, not taken
     ik = plan_split(model, "seed", ctx=8192, engine="ik_llama.cpp")
-    assert ik.context.pinned_weights and "--no-mmap" in ik.args("server") and "-mmp" in ik.args("bench")
+    # ik pins experts overridden to the CPU under mmap already: --no-mmap gains it nothing here
+    assert not ik.context.pinned_weights and "--no-mmap" not in ik.args("server")
+    assert all(h != "CPU" for h in ik.placement.layer_home)
     # 200 GiB of RAM: the ~250 GiB of CPU-held experts fit only pageable (paged from disk), so no
     # pinned plan; the same machine with the seed's 496 GiB pins them
     seed = (Path(__file__).parent.parent / "omni_place" / "data" / "presets" / "seed.toml").read_text()
@@ -444,3 +446,41 @@ def test_a_fitters_prompt_test_is_read_from_its_own_load(tmp_path: Path) -> None
                   if (placement := placement_from_log(log, model, ["CUDA0"], "llama.cpp", ["-fitt", "1024"],
                                                       n_ubatch=ub)) is not None}
     assert cpu_layers == {512: 12, None: 11}
+
+
+def test_ik_pins_overridden_experts_even_under_mmap(truth: list[dict[str, Any]]) -> None:
+    """ik_llama.cpp puts tensors overridden to the CPU in CUDA_Host even with mmap on
+    (src/llama-load-tensors.cpp:260-271; H200 -v logs: `buffer type overridden to CUDA_Host`, and
+    `-ot exps=CPU` prompted 2419 tok/s mmap'd against 2604 with -mmp 0, moe15,
+    benchmarks/results/ik_24.md); its whole CPU layers stay mapped (`CPU buffer`, dense11 -ngl 10
+    780 tok/s against 2765 with -mmp 0). Mainline maps both."""
+    row = next(r for r in truth if r["model"] == "moe15")
+    model, cluster = row["cost"].model, row["cost"].cluster
+    experts = ["-ngl", "999", "-ot", "exps=CPU", "-c", "4096"]
+    ik_mapped, ik_pinned = (evaluate(model, cluster, argv, engine="ik_llama.cpp")
+                            for argv in (experts, [*experts, "-mmp", "0"]))
+    assert ik_mapped.predicted.pp_tps == pytest.approx(ik_pinned.predicted.pp_tps, rel=1e-6)
+    ml_mapped, ml_pinned = (evaluate(model, cluster, argv) for argv in (experts, [*experts, "-lm", "none"]))
+    assert ml_pinned.predicted.pp_tps > 2 * ml_mapped.predicted.pp_tps
+    layers = ["-ngl", "8", "-c", "4096"]
+    ik_layers_mapped, ik_layers_pinned = (evaluate(model, cluster, argv, engine="ik_llama.cpp")
+                                          for argv in (layers, [*layers, "-mmp", "0"]))
+    assert ik_layers_pinned.predicted.pp_tps > 2 * ik_layers_mapped.predicted.pp_tps
+
+
+def test_a_head_left_on_the_cpu_is_copied_into_the_first_gpus_compute_buffer(
+        truth: list[dict[str, Any]]) -> None:
+    """ik_llama.cpp's -ngl leaves the output head on the CPU; op offload then copies it into
+    CUDA0's compute buffer: dense11 -ngl 10 at 512 tokens measured 328.02 MiB there, -ngl 33
+    (head on the GPU) 152.13 (benchmarks/results/ik_24 logs)."""
+    row = next(r for r in truth if r["model"] == "dense11")
+    model, cluster = row["cost"].model, row["cost"].cluster
+
+    def cuda0_compute_mib(argv: list[str]) -> float:
+        plan = evaluate(model, cluster, [*argv, "-p", "512", "-n", "0", "-ub", "512", "-fa", "1"],
+                        engine="ik_llama.cpp", tool="bench")
+        return next(u.compute_bytes for u in plan.usage if u.name == "CUDA0") / 2**20
+
+    partial = cuda0_compute_mib(["-ngl", "10"])
+    assert 328.02 - 32 <= partial <= 328.02 * 1.15
+    assert cuda0_compute_mib(["-ngl", "33"]) < partial - 100

@@ -42,6 +42,10 @@ class EngineTraits:
     # its own (fused ops, its MLA and MoE paths): its CPU-offload buffers measured 26-69 MiB over
     # the replay's for the same placements (tests/test_gpu_records.py), so it gets the widths fit
     mainline_graph: bool = True
+    # tensors overridden to the CPU (-ot X=CPU, --n-cpu-moe) land in the first GPU's pinned host
+    # buffer even under mmap (ik_llama.cpp: src/llama-load-tensors.cpp:260-271 swaps any host
+    # buffer type of an override for llama_default_buffer_type_cpu(true))
+    pinned_overrides: bool = False
     split_modes: tuple[SplitModeRule, ...] = ()  # the engine's -sm values (its module's SPLIT_MODES)
 
     def split_mode(self, name: str) -> SplitModeRule | None:
@@ -52,7 +56,7 @@ class EngineTraits:
         """A run :class:`~omni_place.cost.Context` with this engine's rules filled in."""
         return Context(swa_full=self.swa_full, embedding_on_first=self.embedding_on_first,
                        expert_copies_in_compute=self.expert_copies_in_compute, mainline_graph=self.mainline_graph,
-                       **settings)
+                       pinned_overrides=self.pinned_overrides, **settings)
 
 
 @dataclass(frozen=True)

@@ -374,7 +374,8 @@ class IkLlama(Dialect):
     # -ngl 0 drops every override, so a head on a GPU needs a layer there too
     traits = EngineTraits(cpu_weights=True, rpc_devices=True, swa_full=SWA_FULL, embedding_on_first=False,
                           output_only_offload=False, pin_flags=pin_flags_of(SYNTAX),
-                          expert_copies_in_compute=False, mainline_graph=False, split_modes=SPLIT_MODES)
+                          expert_copies_in_compute=False, mainline_graph=False, pinned_overrides=True,
+                          split_modes=SPLIT_MODES)
     tools = TOOLS
     syntax = SYNTAX
     bench = BenchSpelling(fit=("--fit", "1"), n_cpu_moe="--n-cpu-moe", output=("-o", "json"), ngl_all="999")
