@@ -126,7 +126,10 @@ def main() -> None:
         endpoints: list[str] = stack.enter_context(rpc_servers(args.rpc, threads=1)) if args.rpc else []
         devices = [f"RPC{i}" for i in range(args.rpc)] if args.rpc else [d for d in args.devices.split(",") if d]
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory()))
-        fh.write(json.dumps({"meta": {"engine": build_info().describe(), "devices": devices,
+        # the engine that sized the buffers: --fit-params' own libllama (built beside it), else ours
+        library = Path(args.fit_params).parent / "libllama.so" if args.fit_params else None
+        engine = build_info(str(library) if library and library.exists() else None).describe()
+        fh.write(json.dumps({"meta": {"engine": engine, "devices": devices,
                                       "seed": args.seed, "cases": args.cases}}) + "\n")
         jobs: list[tuple[dict[str, Any], LoadSpec]] = []
         for case in range(args.cases):
