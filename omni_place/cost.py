@@ -266,9 +266,20 @@ class CostModel:
             gpus = sum(1 for n in p.order if out[n].n_layers and self.device(n).kind == "gpu")
             first.compute_bytes = self._offload_compute(p, first.compute_bytes, gpus)
         cpu_use.compute_bytes += self._host_compute(p, cpu_use, offload, copies)
-        if self.context.allow_paging and not self.context.pinned_weights:
-            cpu_use.pageable_bytes = cpu_use.weights_bytes - self.repacked_bytes(p)
+        cpu_use.pageable_bytes = self.pageable_bytes(p, cpu_use.weights_bytes)
         return list(out.values())
+
+    def pageable_bytes(self, p: Placement, cpu_weights: int) -> int:
+        """Of the CPU's ``cpu_weights``, what the OS may page from disk under --allow-paging: the
+        mmap'd ones, less CPU_REPACK copies and the experts an engine pins through its overrides
+        when a GPU takes op offload (ik_llama.cpp, EngineTraits.pinned_overrides)."""
+        if not self.context.allow_paging or self.context.pinned_weights:
+            return 0
+        pinned = 0
+        if self.context.pinned_overrides and any(self.device(n).kind == "gpu" for n in p.order):
+            pinned = sum(self.expert_bytes(il, "cpu", p.experts_away(il).get(CPU, frozenset()), True)
+                         for il, home in enumerate(p.layer_home) if home != CPU)
+        return max(0, cpu_weights - self.repacked_bytes(p) - pinned)
 
     def repacked_bytes(self, p: Placement) -> int:
         """CPU-held weights the engine copies into CPU_REPACK buffers: those of REPACK_TYPES when

@@ -304,8 +304,7 @@ class SplitCostModel(CostModel):
             first = out[p.order[0]]
             first.compute_bytes = self._offload_compute(p, first.compute_bytes, len(p.order))
         cpu.compute_bytes += self._host_compute(p, cpu, offload, 1)
-        if self.context.allow_paging and not self.context.pinned_weights:
-            cpu.pageable_bytes = cpu.weights_bytes - self.repacked_bytes(p)
+        cpu.pageable_bytes = self.pageable_bytes(p, cpu.weights_bytes)
         return list(out.values())
 
     # -- seconds --------------------------------------------------------------------------------

@@ -245,6 +245,21 @@ def test_allow_paging_plans_and_prices_the_disk(deepseek) -> None:
     assert "disk" not in roomy.predicted.tg_breakdown
 
 
+def test_experts_ik_pins_cannot_page(deepseek) -> None:
+    """ik_llama.cpp pins the experts it overrides to the CPU (CUDA_Host, src/llama-load-tensors.cpp:
+    260-271): under --allow-paging only mmap'd weights page, so `-ot exps=CPU` on too little RAM
+    still fails on ik where mainline pages it."""
+    small = rig((96, 1800), (96, 1800), ram_gib=128)
+    argv = ["-ngl", "99", "-ot", "exps=CPU", "-c", "4096"]
+    mainline = evaluate(deepseek, small, argv, allow_paging=True)
+    ik = evaluate(deepseek, small, argv, engine="ik_llama.cpp", allow_paging=True)
+    main_cpu, ik_cpu = (next(u for u in e.usage if u.name == CPU) for e in (mainline, ik))
+    assert mainline.feasible and main_cpu.paged_bytes > 0
+    # what stays pageable on ik is the mapped token embedding alone
+    assert ik_cpu.pageable_bytes == deepseek.input_bytes()
+    assert not ik.feasible and ik_cpu.weights_bytes > ik_cpu.capacity_bytes
+
+
 def test_cli_exit_3_without_paging_and_0_with_it(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     cluster = tmp_path / "small-ram.toml"
     cluster.write_text('name = "small-ram"\ndiscover = false\n'
