@@ -192,6 +192,7 @@ def import_text(text: str, model: ModelProfile, cluster: Cluster, *, engine: str
     result.read = len(values) + bad
     runs = [r for i, v in enumerate(values) if (r := _prepare(i, v, engine, result.skipped)) is not None]
     logs = _log_parts(text, runs)
+    logs_usable = bool(logs)  # one unusable log stops reading the rest: their runs price their flags
     from_log: dict[tuple[Any, ...], Placement | None] = {}  # (configuration, prompt ubatch) -> placement
     labels = {cfg: f"{source}#{k + 1}" for k, cfg in enumerate(dict.fromkeys(r.config for r in runs))}
     thread_clusters: dict[int, Cluster] = {}
@@ -206,12 +207,12 @@ def import_text(text: str, model: ModelProfile, cluster: Cluster, *, engine: str
                                            op_offload=run.parsed.op_offload)
             model.check_kv_types(context.type_k, context.type_v, context.flash_attn)
             key = (run.config, context.n_ubatch if run.kind == "pp" else None)
-            if run.config in logs and key not in from_log:  # a pp and a tg run share a load
+            if logs_usable and run.config in logs and key not in from_log:  # a pp and a tg run share a load
                 try:
                     from_log[key] = _log_placement(logs[run.config], run, key[1], model, cluster)
                 except OmniPlaceError as err:  # counted once; the runs fall back to their flags
                     result.skipped[_short(f"-v log not used: {err.message}")] = 1
-                    logs.clear()
+                    logs_usable = False
             placement = from_log.get(key)
             if placement is None and run.fitted:
                 result.skipped[f"placed by the engine's fitter ({run.fitted}): needs the run's -v log"] += 1
