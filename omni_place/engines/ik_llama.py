@@ -364,6 +364,8 @@ def bench_record_flags(rec: Mapping[str, Any]) -> BenchRecordFlags:
     return BenchRecordFlags(tuple(argv), record_threads(rec))
 
 
+# src/llama.cpp:4827 "offloaded %d/%d layers to GPU": min(-ngl, L + 1) of L + 1, the head counted last
+_LOG_OFFLOADED = re.compile(r"offloaded (\d+)/\d+ layers to GPU")
 _LOG_KV = re.compile(r"llama_kv_cache_init: +(\S+) KV buffer size = +([\d.]+) MiB")  # ik src/llama.cpp
 
 
@@ -437,9 +439,19 @@ class IkLlama(Dialect):
             for k in range(il, il + n):
                 homes[k] = name
             il += n
-        ngl = int(argv[list(argv).index("-ngl") + 1]) if "-ngl" in argv else None
-        if homes[0] != CPU and (ngl is None or ngl > n_layer):
-            output = homes[n_layer - 1]
+        # the head is offloaded when -ngl (or --fit, which raises it) exceeds the layer count: the
+        # log's "offloaded N/L+1 layers" says which; --fit names the head's device as layer L
+        offloaded = _LOG_OFFLOADED.search(log)
+        if offloaded:
+            head_on_gpu = int(offloaded.group(1)) > n_layer
+        else:
+            ngl = int(argv[list(argv).index("-ngl") + 1]) if "-ngl" in argv else None
+            head_on_gpu = homes[0] != CPU and (ngl is None or ngl > n_layer)
+        if head_on_gpu:
+            fitted = re.search(rf"Setting layer {n_layer} to device (\d+)", log)
+            idx = int(fitted.group(1)) if fitted else None
+            output = (accelerators[idx] if idx is not None and idx < len(accelerators)
+                      else next((h for h in reversed(homes) if h != CPU), CPU))
         return homes, output
 
 
