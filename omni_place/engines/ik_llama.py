@@ -449,8 +449,8 @@ class IkLlama(Dialect):
             head_on_gpu = homes[0] != CPU and (ngl is None or ngl > n_layer)
         if head_on_gpu:
             fitted = re.search(rf"Setting layer {n_layer} to device (\d+)", log)
-            idx = int(fitted.group(1)) if fitted else None
-            output = (accelerators[idx] if idx is not None and idx < len(accelerators)
+            head = int(fitted.group(1)) if fitted else None
+            output = (accelerators[head] if head is not None and head < len(accelerators)
                       else next((h for h in reversed(homes) if h != CPU), CPU))
         return homes, output
 
