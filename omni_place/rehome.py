@@ -16,11 +16,17 @@ from __future__ import annotations
 from dataclasses import replace
 
 from .cost import EXPERT_OPTIONS, CostModel, Placement, on_cpu
+from .placement import ExpertHomes
 
 
 def _weighted(cost: CostModel, p: Placement, w_tg: float, w_pp: float) -> float:
     pred = cost.predict(p)
     return w_tg / pred.tg_tps + w_pp / pred.pp_tps
+
+
+def _moved(homes: ExpertHomes, kinds: frozenset[str], target: str) -> ExpertHomes:
+    """A layer's expert homes with ``kinds`` moved from the CPU to ``target``."""
+    return (homes - on_cpu(kinds)) | {(k, target) for k in kinds}
 
 
 def rehome_experts(cost: CostModel, p: Placement, w_tg: float, w_pp: float) -> Placement:
@@ -32,7 +38,7 @@ def rehome_experts(cost: CostModel, p: Placement, w_tg: float, w_pp: float) -> P
                and cost.model.layers[il].has_experts and not cost.model.layers[il].is_nextn]
     if len(local) < 2 or not movable or not all(u.fits for u in cost.usage(p)):
         return p
-    moves: list[tuple[float, int, str, frozenset[str]]] = []  # (seconds saved per byte, layer, GPU, kinds)
+    moves: list[tuple[float, int, str, frozenset[str], int]] = []  # (s saved per byte, layer, GPU, kinds, bytes)
     for il in movable:
         home, old, in_ram = p.layer_home[il], p.expert_homes[il], p.cpu_experts[il]
         before_tg, before_pp = cost.layer_tg(il, home, old), cost.layer_pp(il, home, old, p.first)
@@ -40,20 +46,19 @@ def rehome_experts(cost: CostModel, p: Placement, w_tg: float, w_pp: float) -> P
             for target in local:
                 if target == home:
                     continue
-                new = (old - on_cpu(kinds)) | {(k, target) for k in kinds}
+                new = _moved(old, kinds, target)
                 gain = (w_tg * (sum(before_tg.values()) - sum(cost.layer_tg(il, home, new).values()))
                         + w_pp * (sum(before_pp.values()) - sum(cost.layer_pp(il, home, new, p.first).values())))
                 size = cost.expert_bytes(il, cost.backend(target), kinds, True)
                 if gain > 0 and size:
-                    moves.append((gain / size, il, target, kinds))
+                    moves.append((gain / size, il, target, kinds, size))
     best, score = p, _weighted(cost, p, w_tg, w_pp)
     too_big: dict[str, int] = {}  # per target: the smallest move that did not fit
-    for _, il, target, kinds in sorted(moves, key=lambda m: (-m[0], m[1], m[2], sorted(m[3]))):
-        size = cost.expert_bytes(il, cost.backend(target), kinds, True)
+    for _, il, target, kinds, size in sorted(moves, key=lambda m: (-m[0], m[1], m[2], sorted(m[3]))):
         if not kinds <= best.cpu_experts[il] or size >= too_big.get(target, size + 1):
             continue  # moved already, or cannot fit where a smaller move did not
         homes = list(best.expert_homes)
-        homes[il] = (homes[il] - on_cpu(kinds)) | {(k, target) for k in kinds}
+        homes[il] = _moved(homes[il], kinds, target)
         order = best.order if target in best.order else (*best.order, target)
         q = replace(best, order=order, expert_homes=tuple(homes))
         if not all(u.fits for u in cost.usage(q)):
