@@ -229,7 +229,7 @@ class CostModel:
         """Per-device memory of a placement: every accelerator of the order, then the CPU."""
         m = self.model
         out = {name: DeviceUsage.empty(name, self.device(name)) for name in p.order}
-        cpu_use = out[CPU] = DeviceUsage.empty(CPU, self.cpu)
+        out[CPU] = DeviceUsage.empty(CPU, self.cpu)
         embedding_home = CPU
         if self.context.embedding_on_first:
             embedding_home = next((n for n in p.order if n in p.layer_home), CPU)
@@ -260,14 +260,20 @@ class CostModel:
             # whole peak when it runs no layer of its own (conservative), else within its own peak
             runs_layers = use.n_layers > 0 or name in p.foreign_experts
             use.compute_bytes += self.compute.device_bytes(runs_layers, use.holds_output, copies, self.backend(name))
+        gpus = sum(1 for n in p.order if out[n].n_layers and self.device(n).kind == "gpu")
+        self._finish_usage(p, out, copies, gpus)
+        return list(out.values())
+
+    def _finish_usage(self, p: Placement, out: dict[str, DeviceUsage], copies: int, gpus_with_layers: int) -> None:
+        """What both layouts (layer split here, parallel splits in splitcost) add last: the first
+        GPU's buffer with op-offloaded work, the CPU's compute buffer, and what may page."""
+        cpu_use = out[CPU]
         offload = bool(p.order) and self.device(p.order[0]).kind == "gpu" and self.context.op_offload
         if offload and self.has_cpu_weights(p):
             first = out[p.order[0]]
-            gpus = sum(1 for n in p.order if out[n].n_layers and self.device(n).kind == "gpu")
-            first.compute_bytes = self._offload_compute(p, first.compute_bytes, gpus)
+            first.compute_bytes = self._offload_compute(p, first.compute_bytes, gpus_with_layers)
         cpu_use.compute_bytes += self._host_compute(p, cpu_use, offload, copies)
         cpu_use.pageable_bytes = self.pageable_bytes(p, cpu_use.weights_bytes)
-        return list(out.values())
 
     def pageable_bytes(self, p: Placement, cpu_weights: int) -> int:
         """Of the CPU's ``cpu_weights``, what the OS may page from disk under --allow-paging: the

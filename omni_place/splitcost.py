@@ -299,12 +299,7 @@ class SplitCostModel(CostModel):
             if p.output != CPU:
                 use.holds_output, use.weights_bytes = True, use.weights_bytes + output[j]
             use.compute_bytes += self.compute.device_bytes(use.n_layers > 0, use.holds_output, 1, self.backend(d))
-        offload = self.device(p.order[0]).kind == "gpu" and self.context.op_offload
-        if offload and self.has_cpu_weights(p):
-            first = out[p.order[0]]
-            first.compute_bytes = self._offload_compute(p, first.compute_bytes, len(p.order))
-        cpu.compute_bytes += self._host_compute(p, cpu, offload, 1)
-        cpu.pageable_bytes = self.pageable_bytes(p, cpu.weights_bytes)
+        self._finish_usage(p, out, 1, len(p.order))
         return list(out.values())
 
     # -- seconds --------------------------------------------------------------------------------
