@@ -39,8 +39,10 @@ class EngineTraits:
     # 276-436 for the same placements, benchmarks/results/engine_compare logs)
     expert_copies_in_compute: bool = True
     # its compute graphs are mainline's, so compute_graph's replay sizes their buffers; ik builds
-    # its own (fused ops, its MLA and MoE paths): its CPU-offload buffers measured 26-69 MiB over
-    # the replay's for the same placements (tests/test_gpu_records.py), so it gets the widths fit
+    # its own (fused ops, its MLA and MoE paths): its buffers run 1-3 % above mainline's for the
+    # same placement (H200: 328.02 / 318.00, 304.75 / 300.75, 152.13 / 149.88 MiB; ik_24.md), and
+    # the replay put its head-on-the-CPU loads 5-7 MiB under (tests/test_gpu_records.py), so it
+    # gets the widths fit, never under on those loads (35-64 MiB over)
     mainline_graph: bool = True
     # tensors overridden to the CPU (-ot X=CPU, --n-cpu-moe) land in the first GPU's pinned host
     # buffer even under mmap (ik_llama.cpp: src/llama-load-tensors.cpp:260-271 swaps any host
