@@ -28,14 +28,14 @@ set to zero and the graph replayed without the head.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import resources
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
-from .compute_graph import F32, REPLAYED, Offload, device_peak
+from .compute_graph import F32, REPLAYED, TRACE_CHECKED, Offload, device_peak
 
 if TYPE_CHECKING:
     from .model import ModelProfile
@@ -168,6 +168,9 @@ class ComputeEstimate:
     layers_only: dict[str, int]  # backend class -> a device running layers without the output head
     offload: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]]
     mask: int  # bytes of one copy of the KQ mask (pipeline parallelism keeps several)
+    # the CUDA buffer of one device running every layer not held by the host, replayed for an
+    # exact placement (Offload, with_output); None where the replay is not trace-checked
+    replay: Callable[[Offload, bool], int] | None = field(default=None, compare=False, repr=False)
 
     def device_bytes(self, holds_layers: bool, holds_output: bool, copies: int = 1, backend: str = "cuda") -> int:
         """An accelerator's buffer: the peak of the layers (and output head) it runs; ``copies`` > 1
@@ -238,5 +241,16 @@ def compute_buffer_estimate(
         offload[cls] = {role: (F32 * n_tokens * (p @ f), p[:, _CPU_WEIGHT].copy())
                         for role, p in fits.items() if role.startswith(("offload", "gpu_"))}
     mask = int(F32 * n_tokens * f[FEATURES.index("mask")])
+    replay = None
+    if replayed and model.architecture in TRACE_CHECKED:
+        hp = model.hparams
+        n_kv = model.kv_cells(n_ctx, n_seq)
+        n_kv_swa = model.swa_kv_cells(n_kv, n_ubatch, n_seq) if any(hp.is_swa) and hp.n_swa else n_kv
+
+        @lru_cache(maxsize=256)
+        def replay(offload: Offload, with_output: bool) -> int:
+            return device_peak(model, n_tokens=n_tokens, n_kv=n_kv, n_kv_swa=n_kv_swa, flash_attn=flash_attn,
+                               kv_quantized=kv_quantized, kv_layer_bytes=kv_layer_bytes, with_output=with_output,
+                               offload=offload)
     return ComputeEstimate(n_tokens=n_tokens, backend_roles=roles, layers_only=layers_only, offload=offload,
-                           mask=mask)
+                           mask=mask, replay=replay)

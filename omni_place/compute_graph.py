@@ -38,6 +38,10 @@ F32 = 4
 # the architectures whose graphs the builder rebuilds (checked against the engine's dry runs,
 # benchmarks/results/compute_fit.md); others are priced by the widths' phases alone
 REPLAYED = frozenset({"llama", "qwen2", "qwen3", "qwen3moe", "gemma3", "gpt-oss", "glm4moe", "deepseek2", "deepseek32"})
+# replays checked against ggml-alloc traces of the engine, allocation by allocation (llama,
+# qwen3moe, deepseek2 on an H200, tests/data/compute_traces.json; qwen2 and qwen3 build the same
+# blocks): the planner prices op offload of these by replaying the placement itself
+TRACE_CHECKED = frozenset({"llama", "qwen2", "qwen3", "qwen3moe", "deepseek2"})
 CUDA_ALIGNMENT = 128  # ggml_backend_cuda_buffer_type_get_alignment
 RUN_CAP = 3  # consecutive layers of one kind replayed; the allocator's state repeats after two
 

@@ -33,6 +33,7 @@ from dataclasses import replace
 from functools import cached_property
 
 from .compute import PIPELINE_COPIES, ComputeEstimate, compute_buffer_estimate
+from .compute_graph import Offload
 from .cpuprobe import DEFAULT_DISK_GBS
 from .devices import Cluster, Device
 from .errors import ClusterError, InvalidArgumentError
@@ -223,7 +224,20 @@ class CostModel:
             w = max((b for per, kinds in zip(expert_max, p.cpu_experts) for k, b in per.items() if k in kinds),
                     default=0)
         two_copies = own + 2 * w if role == "gpu_exps" and gpus_with_layers > 1 else 0
+        if self.compute.replay is not None:
+            # this placement replayed as the engine allocates it (compute_graph.TRACE_CHECKED); one
+            # GPU running every other layer is exactly that graph, a GPU beside others at most it
+            exact = self.compute.replay(self._host_held(p), p.output in (CPU, p.order[0]))
+            return max(exact, two_copies) if gpus_with_layers <= 1 else max(own, exact, two_copies)
         return max(own, self.compute.offload_bytes(role, w), two_copies)
+
+    def _host_held(self, p: Placement) -> Offload:
+        """What the placement leaves in host memory, as the graph replay takes it (a layer with any
+        expert kind in RAM counts as all of its experts: every copy is then priced)."""
+        kv_layers = range(self.model.hparams.n_layer_kv or self.model.hparams.n_layer)
+        experts = self.context.expert_copies_in_compute
+        return Offload(frozenset(il for il in kv_layers if p.layer_home[il] == CPU), cpu_output=p.output == CPU,
+                       cpu_expert_layers=frozenset(il for il in kv_layers if experts and p.cpu_experts[il]))
 
     def usage(self, p: Placement) -> list[DeviceUsage]:
         """Per-device memory of a placement: every accelerator of the order, then the CPU."""

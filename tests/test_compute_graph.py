@@ -17,6 +17,7 @@ from omni_place.compute import compute_buffer_estimate
 from omni_place.compute_graph import Offload, _replay, _Tensor, device_peak
 from omni_place.errors import UnsupportedModelError
 from omni_place.model import ModelProfile, Role, load_model
+from omni_place.plan import evaluate
 from omni_place.units import MiB
 from tests.arch_models import write_model
 
@@ -106,6 +107,20 @@ def test_replay_makes_the_engines_allocations(speed_models: Path, run: dict[str,
     assert [list(a) for a in trace[:len(run["first_allocations"])]] == run["first_allocations"]
     assert peak == run["high_water"]
     assert round(peak / MiB, 2) == run["engine_mib"]
+
+
+@pytest.mark.parametrize("run", TRACES["runs"], ids=[f"{r['model']} {r['args']}" for r in TRACES["runs"]])
+def test_plans_price_the_first_gpus_buffer_as_the_engine_sized_it(speed_models: Path, tmp_path: Path,
+                                                                   run: dict[str, Any]) -> None:
+    """The planner prices a placement's op-offload buffer by replaying that placement: the same
+    command lines, priced by `check`'s path, give the engine's `CUDA0 compute buffer size`."""
+    rig = tmp_path / "h200.toml"
+    rig.write_text('name = "h200"\n[[devices]]\nname = "CUDA0"\nkind = "gpu"\ncatalog = "H200"\nmemory_gib = 139\n'
+                   '[[devices]]\nname = "CPU"\nkind = "cpu"\nmemory_gib = 120\nbandwidth_gbs = 90\n')
+    argv = [*run["args"].split(), "-c", str(TRACES["n_ctx"]), "-ub", str(TRACES["n_ubatch"]), "-fa", "on"]
+    plan = evaluate(speed_models / f"{run['model']}.hdr.gguf", str(rig), argv)
+    cuda0 = next(u for u in plan.usage if u.name == "CUDA0")
+    assert cuda0.compute_bytes / MiB == pytest.approx(run["engine_mib"], abs=0.01)
 
 
 def _sweep_rows() -> list[dict[str, Any]]:
