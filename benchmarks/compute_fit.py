@@ -12,7 +12,9 @@ as ``widths_only`` for architectures the graph does not rebuild. A quarter of th
 (``case % 4 == 0``) is held out; the report gives the error on them, per role and per
 architecture. Scales (per phase, or of the whole maximum) leave at most 5 % of the training rows
 below the engine by more than 32 MiB (issue 14's bound, not the max(3 %, 32 MiB) target of
-being within), so that predictions err on the side the planner can afford.
+being within), so that predictions err on the side the planner can afford. A second table scores
+what the planner prices for the op-offload roles (:func:`planner_report`): the placement replayed
+for the trace-checked architectures, the fitted pieces for the others.
 
     python -m benchmarks.compute_fit benchmarks/results/compute_sweep_cpu.jsonl \\
         benchmarks/results/compute_sweep_cuda.jsonl          # writes omni_place/data/compute_model.json
@@ -31,9 +33,13 @@ from typing import Any
 import numpy as np
 from scipy.optimize import nnls
 
-from omni_place.compute import F32, FEATURES, GRAPH_OF_ROLE, ROLES, features
+from omni_place.compute import F32, FEATURES, GRAPH_OF_ROLE, ROLES, features, fitted_pieces
+from omni_place.compute_graph import TRACE_CHECKED
+from omni_place.cost import CostModel
+from omni_place.devices import Cluster, Device
 from omni_place.model import ModelProfile, Role, load_model
-from omni_place.units import MiB
+from omni_place.placement import CPU, Context, Placement, expert_kind, on_cpu
+from omni_place.units import GiB, MiB
 from tests.arch_models import write_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -94,6 +100,64 @@ def rows_of(rec: dict[str, Any], model: ModelProfile) -> list[tuple[str, str, np
         w = _largest(model, lambda t: t.role is Role.ROUTED_EXPERT)
         return [("cuda", "host_base", f, host), ("cuda", "gpu_exps", with_weight(w), gpu)]
     return []
+
+
+# the op-offload role of each CUDA sweep placement (rows_of gives it CUDA0's bytes)
+OFFLOAD_ROLE = {"none": "offload_none", "partial": "gpu_partial", "exps_cpu": "gpu_exps"}
+# the sweep's one GPU beside the host (capacities and speeds do not enter the compute buffers)
+_RIG = Cluster("sweep", (Device(name="CUDA0", kind="gpu", memory_bytes=141 * GiB, bandwidth_gbs=4800, tflops=990),
+                         Device(name=CPU, kind="cpu", memory_bytes=1024 * GiB, bandwidth_gbs=100, tflops=2)))
+
+
+def planner_cuda0(rec: dict[str, Any], model: ModelProfile) -> int:
+    """CUDA0's compute buffer as the planner prices the placement of a CUDA sweep record of an
+    op-offload role (:data:`OFFLOAD_ROLE`): :meth:`CostModel.usage` of the same placement on one
+    GPU, i.e. the placement replayed (``ComputeEstimate.replay``) for an architecture of
+    ``compute_graph.TRACE_CHECKED``, else the fitted role's pieces. ``partial`` keeps the output
+    head on the GPU (mainline -ngl counts it as the last layer); ``none`` keeps it on the host."""
+    cost = CostModel(model, _RIG, Context(ctx=rec["n_ctx"], n_ubatch=record_ubatch(rec), type_k=rec["kv_type"],
+                                          type_v=rec["kv_type"], flash_attn=rec["flash_attn"]))
+    n_layer, place = model.n_layer, rec["placement"]
+    no_experts = (frozenset(),) * n_layer
+    if place == "none":
+        p = Placement(("CUDA0",), (CPU,) * n_layer, no_experts, CPU)
+    elif place == "partial":
+        homes = tuple(rec["layer_devices"].get(str(il), "CUDA0") for il in range(n_layer))
+        p = Placement(("CUDA0",), homes, no_experts, "CUDA0")
+    elif place == "exps_cpu":
+        experts = tuple(on_cpu({expert_kind(t) for t in lc.expert_tensors}) for lc in model.layers)
+        p = Placement(("CUDA0",), ("CUDA0",) * n_layer, experts, "CUDA0")
+    else:
+        raise ValueError(f"placement {place!r} has no op-offload role")
+    return next(u.compute_bytes for u in cost.usage(p) if u.name == "CUDA0")
+
+
+PLANNER_NOTE = ("CUDA0's buffer as `CostModel.usage` prices each record's placement (one GPU): the placement "
+                "replayed for the architectures of `compute_graph.TRACE_CHECKED` (" + ", ".join(sorted(TRACE_CHECKED))
+                + "), else the larger of the fitted role's pieces above and the GPU's own layers' peak.")
+
+
+def planner_report(records: list[tuple[dict[str, Any], ModelProfile]]) -> dict[str, list[dict[str, Any]]]:
+    """What the planner prices for CUDA0 in the op-offload records, against the engine:
+    ``split`` (train / held-out per role) and ``held_out_by_arch`` rows of :func:`_stats`."""
+    by_role: dict[str, list[tuple[bool, str, int, float]]] = defaultdict(list)
+    for rec, model in records:
+        if rec["placement"] in OFFLOAD_ROLE and rec["compute"].get("CUDA0", 0) > 0:
+            by_role[OFFLOAD_ROLE[rec["placement"]]].append(
+                (rec["case"] % 4 == 0, rec["arch"], planner_cuda0(rec, model), rec["compute"]["CUDA0"]))
+    split: list[dict[str, Any]] = []
+    by_arch: list[dict[str, Any]] = []
+    for role, rows in sorted(by_role.items()):
+        test = np.array([row[0] for row in rows])
+        arch = np.array([row[1] for row in rows])
+        pred, truth = (np.array([row[k] for row in rows], dtype=float) for k in (2, 3))
+        for name, sel in (("train", ~test), ("held-out", test)):
+            if sel.any():
+                split.append({"backend": "cuda", "role": role, "split": name, **_stats(pred[sel], truth[sel])})
+        for name in sorted(set(arch[test])):
+            sel = test & (arch == name)
+            by_arch.append({"backend": "cuda", "role": role, "arch": name, **_stats(pred[sel], truth[sel])})
+    return {"split": split, "held_out_by_arch": by_arch}
 
 
 # Each piece is one phase of the graph and may only use the widths alive in that phase
@@ -223,6 +287,7 @@ def main() -> None:
     args = ap.parse_args()
     data: dict[tuple[str, str], list[tuple[int, np.ndarray, float, float, str]]] = defaultdict(list)
     engines: list[str] = []
+    offloaded: list[tuple[dict[str, Any], ModelProfile]] = []  # the CUDA records of an op-offload role
     cache: dict[str, ModelProfile] = {}
     cached = Path(args.rows_cache) if args.rows_cache else None
     if cached and cached.exists():
@@ -237,6 +302,8 @@ def main() -> None:
                 if not rec["ok"]:
                     continue
                 model = _profile(cache, Path(tmp), rec["arch"], rec["shape"])
+                if rec["placement"] in OFFLOAD_ROLE:
+                    offloaded.append((rec, model))
                 for cls, role, f, engine_bytes in rows_of(rec, model):
                     if engine_bytes > 0:
                         data[cls, role].append((rec["case"], f, engine_bytes / F32 * f[0], engine_bytes,
@@ -272,10 +339,15 @@ def main() -> None:
     if not {r for roles in out["backends"].values() for r in roles} <= set(ROLES):
         raise SystemExit("a fitted role is not in omni_place.compute.ROLES")
     MODEL_JSON.write_text(json.dumps(out, indent=1) + "\n")
+    fitted_pieces.cache_clear()  # the planner's table prices with the fit just written
+    planner = planner_report(offloaded)
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "compute_fit.json").write_text(json.dumps({"records": args.records, "report": report,
-                                                         "held_out_by_arch": by_arch}, indent=1))
-    lines = _table(report, "split") + ["", "Held-out models by architecture:", ""] + _table(by_arch, "arch")
+                                                         "held_out_by_arch": by_arch, "planner": planner}, indent=1))
+    lines = (_table(report, "split") + ["", "Held-out models by architecture:", ""] + _table(by_arch, "arch")
+             + ["", "## What the planner prices (op-offload roles)", "", PLANNER_NOTE, ""]
+             + _table(planner["split"], "split") + ["", "Held-out models by architecture:", ""]
+             + _table(planner["held_out_by_arch"], "arch"))
     (RESULTS / "compute_fit.md").write_text(
         "# Compute-buffer model: fit and held-out error\n\n`python -m benchmarks.compute_fit "
         + " ".join(Path(p).name for p in args.records) + "` (engines: " + "; ".join(sorted(set(engines)))
