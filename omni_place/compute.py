@@ -117,6 +117,20 @@ def features(model: ModelProfile, *, n_ctx: int, n_ubatch: int, flash_attn: bool
     return f
 
 
+def replayer(model: ModelProfile, *, n_tokens: int, n_kv: int, n_ubatch: int, n_seq: int, flash_attn: bool,
+             kv_quantized: bool, kv_layer_bytes: int) -> Callable[[Offload, bool], int]:
+    """compute_graph.device_peak of this model and context, as a function of what the host holds
+    and whether the device runs the output head."""
+    hp = model.hparams
+    n_kv_swa = model.swa_kv_cells(n_kv, n_ubatch, n_seq) if any(hp.is_swa) and hp.n_swa else n_kv
+
+    def peak(offload: Offload, with_output: bool) -> int:
+        return device_peak(model, n_tokens=n_tokens, n_kv=n_kv, n_kv_swa=n_kv_swa, flash_attn=flash_attn,
+                           kv_quantized=kv_quantized, kv_layer_bytes=kv_layer_bytes, with_output=with_output,
+                           offload=offload)
+    return peak
+
+
 def graph_widths(model: ModelProfile, *, n_tokens: int, n_kv: int, n_ubatch: int, n_seq: int, flash_attn: bool,
                  kv_quantized: bool, kv_layer_bytes: int) -> list[float]:
     """The ``graph_*`` features: compute_graph.device_peak per device role, per token in F32 (0
@@ -125,17 +139,12 @@ def graph_widths(model: ModelProfile, *, n_tokens: int, n_kv: int, n_ubatch: int
     if model.architecture not in REPLAYED:
         return [0.0] * 5
     n_layer = hp.n_layer_kv or hp.n_layer
-    n_kv_swa = model.swa_kv_cells(n_kv, n_ubatch, n_seq) if any(hp.is_swa) and hp.n_swa else n_kv
-
-    def peak(offload: Offload, with_output: bool = True) -> int:
-        return device_peak(model, n_tokens=n_tokens, n_kv=n_kv, n_kv_swa=n_kv_swa, flash_attn=flash_attn,
-                           kv_quantized=kv_quantized, kv_layer_bytes=kv_layer_bytes, with_output=with_output,
-                           offload=offload)
-
+    peak = replayer(model, n_tokens=n_tokens, n_kv=n_kv, n_ubatch=n_ubatch, n_seq=n_seq, flash_attn=flash_attn,
+                    kv_quantized=kv_quantized, kv_layer_bytes=kv_layer_bytes)
     every = frozenset(range(n_layer))
-    peaks = [peak(Offload()), peak(Offload(), with_output=False),
-             peak(Offload(every, cpu_experts=True, cpu_output=True)), peak(Offload(every - {n_layer - 1})),
-             peak(Offload(cpu_experts=True)) if hp.n_expert else 0]
+    peaks = [peak(Offload(), True), peak(Offload(), False),
+             peak(Offload(every, cpu_experts=True, cpu_output=True), True), peak(Offload(every - {n_layer - 1}), True),
+             peak(Offload(cpu_experts=True), True) if hp.n_expert else 0]
     return [p / F32 / n_tokens for p in peaks]
 
 
@@ -243,14 +252,8 @@ def compute_buffer_estimate(
     mask = int(F32 * n_tokens * f[FEATURES.index("mask")])
     replay = None
     if replayed and model.architecture in TRACE_CHECKED:
-        hp = model.hparams
-        n_kv = model.kv_cells(n_ctx, n_seq)
-        n_kv_swa = model.swa_kv_cells(n_kv, n_ubatch, n_seq) if any(hp.is_swa) and hp.n_swa else n_kv
-
-        @lru_cache(maxsize=256)
-        def replay(offload: Offload, with_output: bool) -> int:
-            return device_peak(model, n_tokens=n_tokens, n_kv=n_kv, n_kv_swa=n_kv_swa, flash_attn=flash_attn,
-                               kv_quantized=kv_quantized, kv_layer_bytes=kv_layer_bytes, with_output=with_output,
-                               offload=offload)
+        replay = lru_cache(maxsize=256)(replayer(
+            model, n_tokens=n_tokens, n_kv=model.kv_cells(n_ctx, n_seq), n_ubatch=n_ubatch, n_seq=n_seq,
+            flash_attn=flash_attn, kv_quantized=kv_quantized, kv_layer_bytes=kv_layer_bytes))
     return ComputeEstimate(n_tokens=n_tokens, backend_roles=roles, layers_only=layers_only, offload=offload,
                            mask=mask, replay=replay)

@@ -297,7 +297,7 @@ class CostModel:
             return 0
         pinned = 0
         if self.context.pinned_overrides and any(self.device(n).kind == "gpu" for n in p.order):
-            pinned = sum(self.expert_bytes(il, "cpu", p.experts_away(il).get(CPU, frozenset()), True)
+            pinned = sum(self.expert_bytes(il, "cpu", p.cpu_experts[il], True)
                          for il, home in enumerate(p.layer_home) if home != CPU)
         return max(0, cpu_weights - self.repacked_bytes(p) - pinned)
 
