@@ -42,7 +42,7 @@ class EngineTraits:
     # its own (fused ops, its MLA and MoE paths): its buffers run 1-3 % above mainline's for the
     # same placement (H200: 328.02 / 318.00, 304.75 / 300.75, 152.13 / 149.88 MiB; ik_24.md), and
     # the replay put its head-on-the-CPU loads 5-7 MiB under (tests/test_gpu_records.py), so it
-    # gets the widths fit, never under on those loads (35-64 MiB over)
+    # gets the widths fit, never under on those loads (40-64 MiB over on the H200, ik_24.md)
     mainline_graph: bool = True
     # tensors overridden to the CPU (-ot X=CPU, --n-cpu-moe) land in the first GPU's pinned host
     # buffer even under mmap (ik_llama.cpp: src/llama-load-tensors.cpp:260-271 swaps any host
