@@ -108,6 +108,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--cases", type=int, default=200, help="random models (each runs every placement)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--archs", help=f"comma-separated architectures to draw from (default: all of {', '.join(ARCHS)})")
     ap.add_argument("--devices", default="", help="comma-separated device names, e.g. CUDA0")
     ap.add_argument("--rpc", type=int, default=0, help="loopback RPC servers as the devices")
     ap.add_argument("--workers", type=int, default=1, help="dry runs at once (each is a child process)")
@@ -116,6 +117,9 @@ def main() -> None:
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
     rng = random.Random(args.seed)
+    archs = tuple(a for a in (args.archs or "").split(",") if a) or ARCHS
+    if unknown := sorted(set(archs) - set(ARCHS)):
+        ap.error(f"unknown architecture {', '.join(unknown)}; the sweep writes {', '.join(ARCHS)}")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     if args.logs:
@@ -133,7 +137,7 @@ def main() -> None:
                                       "seed": args.seed, "cases": args.cases}}) + "\n")
         jobs: list[tuple[dict[str, Any], LoadSpec]] = []
         for case in range(args.cases):
-            arch = rng.choice(ARCHS)
+            arch = rng.choice(archs)
             shape = random_shape(rng, arch)
             try:
                 header = write_model(tmp / f"m{case}.gguf", arch, header_only=True, tokenizer="spm", **shape)
