@@ -37,6 +37,7 @@ from .compute_graph import Offload
 from .cpuprobe import DEFAULT_DISK_GBS
 from .devices import Cluster, Device
 from .errors import ClusterError, InvalidArgumentError
+from .gpu_matmul import batch_rate, expert_time_factor, routed_tile_factor, uniform_tile_factor
 from .model import LayerCost, ModelProfile, Role
 from .placement import (CPU, EXPERT_KINDS, EXPERT_OPTIONS, Context, DeviceUsage, ExpertHomes, Placement, Prediction,
                         SpeedParams, add_seconds, expert_kind, on_cpu, placement_from_counts)
@@ -57,10 +58,6 @@ REPACK_TYPES = frozenset({"Q4_0", "Q4_K", "IQ4_NL", "MXFP4"})
 # Share of a MoE layer's decode ops that run where its routed experts are (the three
 # MUL_MAT_IDs, the GLU, the weighting and the sum of the experts' outputs).
 EXPERT_OPS_SHARE = 0.25
-# MUL_MAT_ID runs each expert's tokens in tiles of the MMQ kernel's widest column count
-# (mmq_x up to 128; the tile is picked against the whole batch on NVIDIA,
-# ggml/src/ggml-cuda/mmq.cu:299-304): an expert that gets fewer tokens still costs a full tile.
-MMQ_TILE_TOKENS = 128
 
 def backend_of(dev: Device) -> str:
     return {"gpu": "cuda", "rpc": "rpc", "cpu": "cpu"}[dev.kind]
@@ -91,8 +88,7 @@ class CostModel:
         b = self.n_tokens = self.compute.n_tokens
         # Fraction of a layer's experts a ubatch touches (each token picks k of N).
         self.expert_hit = 1.0 - (1.0 - self.k_over_n) ** b if hp.n_expert else 1.0
-        per_expert = b * self.k_over_n / self.expert_hit  # tokens per touched expert, in whole MMQ tiles
-        self.tile_factor = math.ceil(per_expert / MMQ_TILE_TOKENS) * MMQ_TILE_TOKENS / per_expert if per_expert else 1.0
+        self.tile_factor = uniform_tile_factor(b, self.k_over_n, self.expert_hit)  # whole MMQ tiles per expert
         depth_cells = min(c.depth, c.ctx)
         full_cells = model.kv_cells(c.ctx, c.n_seq)
         self.kv_read = [kv * depth_cells / full_cells for kv in self.kv]
@@ -118,16 +114,15 @@ class CostModel:
         """This model with a replayed or measured routing instead of the default (tokens pick k of N
         independently): per MoE layer, how many of one ubatch's tokens each expert got. Op offload
         copies only the rows of experts that got any (ggml/src/ggml-backend.cpp:1708-1779); a GPU
-        runs each of them in whole MMQ tiles of tokens (MMQ_TILE_TOKENS). Averaged over layers."""
+        runs each of them in whole MMQ tiles of tokens (gpu_matmul). Averaged over layers."""
         hp, routed = self.model.hparams, [list(c) for c in tokens_per_expert]
         want = hp.n_expert_used * self.n_tokens
         if not routed or any(len(c) != hp.n_expert or min(c) < 0 or sum(c) != want for c in routed):
             raise InvalidArgumentError(f"a routing needs, per layer, {hp.n_expert} non-negative token counts "
                                        f"summing to {want} (k x n_ubatch)", hint="replay one ubatch's router")
         new = copy.copy(self)  # token slots per routed token, and the share of experts touched
-        tiles = [sum(math.ceil(n / MMQ_TILE_TOKENS) for n in c) * MMQ_TILE_TOKENS / want for c in routed]
         new.expert_hit = sum(sum(n > 0 for n in c) for c in routed) / (hp.n_expert * len(routed))
-        new.tile_factor = sum(tiles) / len(tiles)
+        new.tile_factor = routed_tile_factor(routed, self.n_tokens, hp.n_expert_used)
         return new
 
     # -- bytes ------------------------------------------------------------------------------
@@ -366,16 +361,15 @@ class CostModel:
         return dev.bandwidth_gbs * GB * eff
 
     def flops(self, name: str) -> float:
-        """Achieved FLOP/s for prompt matmuls."""
+        """Achieved FLOP/s for prompt matmuls (a GPU's at this ubatch: gpu_matmul.batch_rate)."""
         sp = self.params
         if name == CPU:
             return max(1, self.cpu.threads or 1) * sp.cpu_tflops_per_core * 1e12
         dev = self.device(name)
-        if dev.kind == "rpc" or not dev.tflops:
-            # RPC servers here are CPU backends; an unknown GPU gets 10 TFLOPS (old consumer card)
-            tf = dev.tflops or (max(1, dev.threads or 8) * sp.cpu_tflops_per_core if dev.kind == "rpc" else 10.0)
-            return tf * 1e12 * (sp.gpu_compute_eff if dev.kind == "gpu" else 1.0)
-        return dev.tflops * 1e12 * sp.gpu_compute_eff
+        if dev.kind == "rpc":  # RPC servers here are CPU backends
+            return (dev.tflops or max(1, dev.threads or 8) * sp.cpu_tflops_per_core) * 1e12
+        # an unknown GPU gets 10 TFLOPS (old consumer card)
+        return (dev.tflops or 10.0) * 1e12 * sp.gpu_compute_eff * batch_rate(self.n_tokens, sp.gpu_half_rate_tokens)
 
     def link(self, name: str) -> tuple[float, float]:
         """(bytes/s, seconds per crossing) of a device's path to the host.
@@ -503,11 +497,11 @@ class CostModel:
         return out
 
     def expert_flops(self, il: int, gpu: bool) -> float:
-        """Routed-expert FLOPs per prompt token of layer ``il``: each token runs k of N experts;
-        on a GPU every expert a ubatch touches costs at least one MMQ tile of tokens."""
+        """Routed-expert FLOPs per prompt token of layer ``il``: each token runs k of N experts; on a
+        GPU, the dense FLOPs that take as long (whole MMQ tiles, MUL_MAT_ID's rate: gpu_matmul)."""
         _, exp_p = self.layer_params(il)
         flops = 2.0 * exp_p * self.k_over_n
-        return flops * self.tile_factor if gpu else flops
+        return flops * expert_time_factor(self.tile_factor, self.params.gpu_moe_compute_eff) if gpu else flops
 
     @property
     def experts_pinned(self) -> bool:
@@ -595,6 +589,6 @@ class CostModel:
 
 # Placement, Context and the priced results live in .placement; they are re-exported here, where
 # most callers meet them next to the CostModel.
-__all__ = ["CPU", "EXPERT_KINDS", "EXPERT_OPS_SHARE", "EXPERT_OPTIONS", "MMQ_TILE_TOKENS", "PAGEABLE_LINK_FRACTION",
+__all__ = ["CPU", "EXPERT_KINDS", "EXPERT_OPS_SHARE", "EXPERT_OPTIONS", "PAGEABLE_LINK_FRACTION",
            "PINNED_LINK_FRACTION", "REPACK_TYPES", "Context", "CostModel", "DeviceUsage", "ExpertHomes", "Placement",
            "Prediction", "SpeedParams", "expert_kind", "on_cpu", "placement_from_counts"]

@@ -255,6 +255,12 @@ class SpeedParams:
     # achieved / the catalog's dense FP16 tensor peak in prompt matmuls: H200 0.12 (its datasheet
     # peak needs wgmma, which ggml's MMQ kernels do not use); consumer cards reach more: calibrate
     gpu_compute_eff: float = 0.15
+    # tokens at which a GPU's prompt matmuls run at half their full-batch rate (MMQ tiles narrower
+    # than 128 columns; omni_place/gpu_matmul.py): H200 dense prompt at ubatch 64..4096, 48
+    gpu_half_rate_tokens: float = 48.0
+    # MUL_MAT_ID's rate on full MMQ tiles as a share of a dense product's: H200 0.32-0.39 over
+    # ubatch 1024-4096 of a GQA MoE and an MLA MoE (benchmarks/results/plans_vs_fit_25.md)
+    gpu_moe_compute_eff: float = 0.33
     cpu_tflops_per_core: float = 0.05  # achieved CPU TFLOPS per core in quantized matmuls
     split_s: float = 20e-6  # cost of one graph split (sync + launch) per decoded token (H200: 21 us)
     pcie_latency_s: float = 10e-6  # default latency of a host<->GPU copy

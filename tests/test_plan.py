@@ -175,9 +175,9 @@ def test_cli_plan_formats_and_exit_codes(deepseek, tmp_path: Path, capsys: pytes
 def test_cli_pin_and_split_mode_switches(deepseek, capsys: pytest.CaptureFixture[str]) -> None:
     """--no-pin keeps mmap and --no-split-modes the layer split, whatever the planner would take."""
     model = str(deepseek.path)
-    assert main(["plan", model, "--preset", "seed", "--format", "argv"]) == 0
-    assert capsys.readouterr().out.splitlines()[-2:] == ["-lm", "none"]  # pinning pays here
-    assert main(["plan", model, "--preset", "seed", "--format", "argv", "--no-pin"]) == 0
+    assert main(["plan", model, "--preset", "seed", "--format", "argv", "--objective", "pp"]) == 0
+    assert capsys.readouterr().out.splitlines()[-2:] == ["-lm", "none"]  # pinning pays the prompt here
+    assert main(["plan", model, "--preset", "seed", "--format", "argv", "--objective", "pp", "--no-pin"]) == 0
     assert "-lm" not in capsys.readouterr().out.splitlines()
     assert main(["plan", "llama-3.3-70b", "--preset", "seed", "--format", "argv"]) == 0
     assert "-sm" in capsys.readouterr().out.splitlines()  # a dense model on 96 + 32 GB: -sm tensor
