@@ -34,7 +34,7 @@ import numpy as np
 from scipy.optimize import nnls
 
 from omni_place.compute import F32, FEATURES, GRAPH_OF_ROLE, ROLES, features, fitted_pieces
-from omni_place.compute_graph import TRACE_CHECKED
+from omni_place.compute_graph import CPU_CHECKED, TRACE_CHECKED
 from omni_place.cost import CostModel
 from omni_place.devices import Cluster, Device
 from omni_place.model import ModelProfile, Role, load_model
@@ -132,9 +132,21 @@ def planner_cuda0(rec: dict[str, Any], model: ModelProfile) -> int:
     return next(u.compute_bytes for u in cost.usage(p) if u.name == "CUDA0")
 
 
+def planner_cpu(rec: dict[str, Any], model: ModelProfile) -> int:
+    """The CPU backend's buffer as the planner prices a CPU sweep record (everything on the CPU,
+    no accelerator): the graph replayed for ``compute_graph.CPU_CHECKED``, else the fitted pieces."""
+    cpu = Cluster("cpu", (Device(name=CPU, kind="cpu", memory_bytes=1024 * GiB, bandwidth_gbs=100, tflops=2),))
+    cost = CostModel(model, cpu, Context(ctx=rec["n_ctx"], n_ubatch=record_ubatch(rec), type_k=rec["kv_type"],
+                                         type_v=rec["kv_type"], flash_attn=rec["flash_attn"]))
+    p = Placement((), (CPU,) * model.n_layer, (frozenset(),) * model.n_layer, CPU)
+    return next(u.compute_bytes for u in cost.usage(p) if u.name == CPU)
+
+
 PLANNER_NOTE = ("CUDA0's buffer as `CostModel.usage` prices each record's placement (one GPU): the placement "
                 "replayed for the architectures of `compute_graph.TRACE_CHECKED` (" + ", ".join(sorted(TRACE_CHECKED))
-                + "), else the larger of the fitted role's pieces above and the GPU's own layers' peak.")
+                + "), else the larger of the fitted role's pieces above and the GPU's own layers' peak; "
+                "`cpu_only`: the CPU backend's buffer of a CPU-only load, replayed for `compute_graph.CPU_CHECKED` ("
+                + ", ".join(sorted(CPU_CHECKED)) + "), else the fitted pieces.")
 
 
 def planner_report(records: list[tuple[dict[str, Any], ModelProfile]]) -> dict[str, list[dict[str, Any]]]:
@@ -142,21 +154,25 @@ def planner_report(records: list[tuple[dict[str, Any], ModelProfile]]) -> dict[s
     ``split`` (train / held-out per role) and ``held_out_by_arch`` rows of :func:`_stats`."""
     by_role: dict[str, list[tuple[bool, str, int, float]]] = defaultdict(list)
     for rec, model in records:
-        if rec["placement"] in OFFLOAD_ROLE and rec["compute"].get("CUDA0", 0) > 0:
+        if rec["placement"] == "cpu" and rec["compute"].get("CPU", 0) > 0:
+            by_role["cpu_only"].append(
+                (rec["case"] % 4 == 0, rec["arch"], planner_cpu(rec, model), rec["compute"]["CPU"]))
+        elif rec["placement"] in OFFLOAD_ROLE and rec["compute"].get("CUDA0", 0) > 0:
             by_role[OFFLOAD_ROLE[rec["placement"]]].append(
                 (rec["case"] % 4 == 0, rec["arch"], planner_cuda0(rec, model), rec["compute"]["CUDA0"]))
     split: list[dict[str, Any]] = []
     by_arch: list[dict[str, Any]] = []
     for role, rows in sorted(by_role.items()):
+        backend = "cpu" if role == "cpu_only" else "cuda"
         test = np.array([row[0] for row in rows])
         arch = np.array([row[1] for row in rows])
         pred, truth = (np.array([row[k] for row in rows], dtype=float) for k in (2, 3))
         for name, sel in (("train", ~test), ("held-out", test)):
             if sel.any():
-                split.append({"backend": "cuda", "role": role, "split": name, **_stats(pred[sel], truth[sel])})
+                split.append({"backend": backend, "role": role, "split": name, **_stats(pred[sel], truth[sel])})
         for name in sorted(set(arch[test])):
             sel = test & (arch == name)
-            by_arch.append({"backend": "cuda", "role": role, "arch": name, **_stats(pred[sel], truth[sel])})
+            by_arch.append({"backend": backend, "role": role, "arch": name, **_stats(pred[sel], truth[sel])})
     return {"split": split, "held_out_by_arch": by_arch}
 
 
@@ -287,7 +303,7 @@ def main() -> None:
     args = ap.parse_args()
     data: dict[tuple[str, str], list[tuple[int, np.ndarray, float, float, str]]] = defaultdict(list)
     engines: list[str] = []
-    offloaded: list[tuple[dict[str, Any], ModelProfile]] = []  # the CUDA records of an op-offload role
+    offloaded: list[tuple[dict[str, Any], ModelProfile]] = []  # the records the planner table prices
     cache: dict[str, ModelProfile] = {}
     cached = Path(args.rows_cache) if args.rows_cache else None
     if cached and cached.exists():
@@ -302,7 +318,7 @@ def main() -> None:
                 if not rec["ok"]:
                     continue
                 model = _profile(cache, Path(tmp), rec["arch"], rec["shape"])
-                if rec["placement"] in OFFLOAD_ROLE:
+                if rec["placement"] in (*OFFLOAD_ROLE, "cpu"):
                     offloaded.append((rec, model))
                 for cls, role, f, engine_bytes in rows_of(rec, model):
                     if engine_bytes > 0:
@@ -345,7 +361,7 @@ def main() -> None:
     (RESULTS / "compute_fit.json").write_text(json.dumps({"records": args.records, "report": report,
                                                          "held_out_by_arch": by_arch, "planner": planner}, indent=1))
     lines = (_table(report, "split") + ["", "Held-out models by architecture:", ""] + _table(by_arch, "arch")
-             + ["", "## What the planner prices (op-offload roles)", "", PLANNER_NOTE, ""]
+             + ["", "## What the planner prices (op-offload roles, CPU-only loads)", "", PLANNER_NOTE, ""]
              + _table(planner["split"], "split") + ["", "Held-out models by architecture:", ""]
              + _table(planner["held_out_by_arch"], "arch"))
     (RESULTS / "compute_fit.md").write_text(

@@ -7,7 +7,10 @@ once its last consumer ran. Each backend's buffer is therefore a *peak*, not a s
 address the allocator reached over the part of the graph that backend runs.
 
 For a CUDA device :mod:`.compute_graph` rebuilds that graph per architecture and replays the
-allocator over it (the ``graph_*`` features, one per device role). Beside it, every term of a
+allocator over it (the ``graph_*`` features, one per device role; the planner replays the exact
+placement for ``TRACE_CHECKED`` architectures); the CPU backend running a CPU-only load, and an
+RPC server running every layer and the head, are replayed outright for ``CPU_CHECKED`` ones
+(:attr:`ComputeEstimate.cpu_replay`, :attr:`~ComputeEstimate.rpc_replay`). Beside it, every term of a
 phase of the graph is ``n_tokens`` times a width from the hyper-parameters (:func:`features`),
 so a phase's peak is linear in per-token widths and the buffer a maximum of such pieces. Which
 pieces, with what multiplicity, is fitted per device role and backend from the engine's own
@@ -35,7 +38,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
-from .compute_graph import F32, REPLAYED, TRACE_CHECKED, Offload, device_peak
+from .compute_graph import CPU_CHECKED, F32, REPLAYED, TRACE_CHECKED, Offload, device_peak
 
 if TYPE_CHECKING:
     from .model import ModelProfile
@@ -118,16 +121,16 @@ def features(model: ModelProfile, *, n_ctx: int, n_ubatch: int, flash_attn: bool
 
 
 def replayer(model: ModelProfile, *, n_tokens: int, n_kv: int, n_ubatch: int, n_seq: int, flash_attn: bool,
-             kv_quantized: bool, kv_layer_bytes: int) -> Callable[[Offload, bool], int]:
-    """compute_graph.device_peak of this model and context, as a function of what the host holds
-    and whether the device runs the output head."""
+             kv_quantized: bool, kv_layer_bytes: int) -> Callable[..., int]:
+    """compute_graph.device_peak of this model and context, as a function of what the host holds,
+    whether the device runs the output head and its backend (``"cuda"``, or ``"cpu"`` alone)."""
     hp = model.hparams
     n_kv_swa = model.swa_kv_cells(n_kv, n_ubatch, n_seq) if any(hp.is_swa) and hp.n_swa else n_kv
 
-    def peak(offload: Offload, with_output: bool) -> int:
+    def peak(offload: Offload, with_output: bool, backend: str = "cuda") -> int:
         return device_peak(model, n_tokens=n_tokens, n_kv=n_kv, n_kv_swa=n_kv_swa, flash_attn=flash_attn,
                            kv_quantized=kv_quantized, kv_layer_bytes=kv_layer_bytes, with_output=with_output,
-                           offload=offload)
+                           offload=offload, backend=backend)
     return peak
 
 
@@ -180,12 +183,20 @@ class ComputeEstimate:
     # the CUDA buffer of one device running every layer not held by the host, replayed for an
     # exact placement (Offload, with_output); None where the replay is not trace-checked
     replay: Callable[[Offload, bool], int] | None = field(default=None, compare=False, repr=False)
+    # replayed where checked against the engine (compute_graph.CPU_CHECKED): the CPU backend's
+    # buffer running the whole graph alone, and an RPC server's running every layer and the head
+    cpu_replay: Callable[[], int] | None = field(default=None, compare=False, repr=False)
+    rpc_replay: Callable[[], int] | None = field(default=None, compare=False, repr=False)
 
-    def device_bytes(self, holds_layers: bool, holds_output: bool, copies: int = 1, backend: str = "cuda") -> int:
+    def device_bytes(self, holds_layers: bool, holds_output: bool, copies: int = 1, backend: str = "cuda",
+                     whole: bool = False) -> int:
         """An accelerator's buffer: the peak of the layers (and output head) it runs; ``copies`` > 1
-        under pipeline parallelism, where the scheduler keeps that many copies of its inputs."""
+        under pipeline parallelism, where the scheduler keeps that many copies of its inputs.
+        ``whole``: it runs every layer and the output head (an RPC device's is then replayed)."""
         if not (holds_layers or holds_output):
             return 0
+        if backend == "rpc" and whole and copies == 1 and self.rpc_replay is not None:
+            return self.rpc_replay()
         cls = "cuda" if backend == "cuda" else "cpu"
         peak = self.backend_roles[cls]["layers_output"] if holds_output else self.layers_only[cls]
         return peak + self.mask * (copies - 1)
@@ -196,8 +207,9 @@ class ComputeEstimate:
         return self.backend_roles["cuda"][role] + self.mask * (copies - 1)
 
     def cpu_only_bytes(self) -> int:
-        """The CPU backend running everything (no accelerator in the placement)."""
-        return self.backend_roles["cpu"]["layers_output"]
+        """The CPU backend running everything (no accelerator in the placement): the replayed graph
+        where it was checked against the engine's allocations, else the fitted pieces."""
+        return self.cpu_replay() if self.cpu_replay is not None else self.backend_roles["cpu"]["layers_output"]
 
     def offload_bytes(self, role: str, cpu_weight_bytes: int) -> int:
         """The first GPU's buffer when it runs op-offloaded work whose largest CPU-held weight has
@@ -250,10 +262,14 @@ def compute_buffer_estimate(
         offload[cls] = {role: (F32 * n_tokens * (p @ f), p[:, _CPU_WEIGHT].copy())
                         for role, p in fits.items() if role.startswith(("offload", "gpu_"))}
     mask = int(F32 * n_tokens * f[FEATURES.index("mask")])
-    replay = None
-    if replayed and model.architecture in TRACE_CHECKED:
-        replay = lru_cache(maxsize=256)(replayer(
-            model, n_tokens=n_tokens, n_kv=model.kv_cells(n_ctx, n_seq), n_ubatch=n_ubatch, n_seq=n_seq,
-            flash_attn=flash_attn, kv_quantized=kv_quantized, kv_layer_bytes=kv_layer_bytes))
+    replay = cpu_replay = rpc_replay = None
+    if replayed and model.architecture in TRACE_CHECKED | CPU_CHECKED:
+        peak = replayer(model, n_tokens=n_tokens, n_kv=model.kv_cells(n_ctx, n_seq), n_ubatch=n_ubatch, n_seq=n_seq,
+                        flash_attn=flash_attn, kv_quantized=kv_quantized, kv_layer_bytes=kv_layer_bytes)
+        if model.architecture in TRACE_CHECKED:
+            replay = lru_cache(maxsize=256)(peak)
+        if model.architecture in CPU_CHECKED:
+            cpu_replay = lru_cache(maxsize=1)(lambda: peak(Offload(), True, "cpu"))
+            rpc_replay = lru_cache(maxsize=1)(lambda: peak(Offload(), True, "rpc"))
     return ComputeEstimate(n_tokens=n_tokens, backend_roles=roles, layers_only=layers_only, offload=offload,
-                           mask=mask, replay=replay)
+                           mask=mask, replay=replay, cpu_replay=cpu_replay, rpc_replay=rpc_replay)

@@ -265,10 +265,10 @@ class CostModel:
         copies = PIPELINE_COPIES if self.pipeline_parallel(p) else 1
         for name in p.order:
             use = out[name]
-            # a GPU running other layers' experts holds their MoE intermediates: priced as a layer's
-            # whole peak when it runs no layer of its own (conservative), else within its own peak
-            runs_layers = use.n_layers > 0 or name in p.foreign_experts
-            use.compute_bytes += self.compute.device_bytes(runs_layers, use.holds_output, copies, self.backend(name))
+            # a GPU running other layers' experts (their MoE intermediates) is priced a layer's peak at least
+            whole = use.n_layers == len(p.layer_home) and use.holds_output and not any(p.expert_homes)
+            use.compute_bytes += self.compute.device_bytes(use.n_layers > 0 or name in p.foreign_experts,
+                                                           use.holds_output, copies, self.backend(name), whole)
         gpus = sum(1 for n in p.order if out[n].n_layers and self.device(n).kind == "gpu")
         self._finish_usage(p, out, copies, gpus)
         return list(out.values())
