@@ -70,6 +70,17 @@ class Offload:
         return self.cpu_experts or il in self.cpu_expert_layers or il in self.cpu_layers
 
 
+def _fattn_on_device(dk: int, dv: int, gqa_ratio: int, n_kv: int) -> bool:
+    """Whether CUDA runs a FLASH_ATTN_EXT of K and V head sizes ``dk``, ``dv`` (fattn.cu:541-631
+    ggml_cuda_get_best_fattn_kernel; a causal mask, no ALiBi, a cache type it reads); else the
+    scheduler runs it on the CPU and copies its output back in."""
+    gqa_opt = gqa_ratio >= 2 and n_kv % 256 == 0  # FATTN_KQ_STRIDE
+    if dk in (40, 64, 72, 80, 96, 112, 128, 256):
+        return dv == dk
+    rules = {192: (128, 8), 320: (256, 32), 512: (512, 1), 576: (512, 1)}  # dk: (dv, gqa_ratio multiple)
+    return dk in rules and dv == rules[dk][0] and gqa_opt and gqa_ratio % rules[dk][1] == 0
+
+
 def _topk_fusable(n_expert: int) -> bool:
     """CUDA fuses the router's top-k (ggml-cuda.cu:4555-4606) for these expert counts (topk-moe.cu:410)."""
     return (n_expert & (n_expert - 1) == 0 and n_expert <= 512) or n_expert in (288, 576)
@@ -150,7 +161,9 @@ class _Builder:
         return t
 
     def view(self, t: Tensor) -> Tensor:
-        v = Tensor(t.size, [t], view=t.view or t)
+        """A view (reshape, permute) of ``t``, in ``t``'s memory: a device op reading a host
+        tensor's view copies the view in."""
+        v = Tensor(t.size, [t], view=t.view or t, host=t.host)
         self.nodes.append(v)
         return v
 
@@ -159,6 +172,15 @@ class _Builder:
         """A tensor in host memory: a graph input, a CPU-held weight, a view of a host-held cache."""
         return Tensor(size, host=True, weight=weight)
 
+    def cache_copy(self, size: int, ne0: int, cache: tuple[int, int]) -> Tensor:
+        """The device's copy of a view of a host-held cache (``size`` bytes, rows of ``ne0``
+        elements; ``cache``: the bytes and elements of the layer's cache): CUDA pads a quantized
+        row to MATRIX_ROW_PADDING (512) elements (ggml-cuda.cu:912-917 get_alloc_size; every
+        cache type's block holds 32 elements)."""
+        if self.kv_quantized and self.cuda and ne0 % 512:
+            size += (512 - ne0 % 512) * cache[0] // cache[1]
+        return self.leaf(size)
+
     def w(self, name: str, host: bool | None = None) -> list[Tensor]:
         """Weight ``name`` as an op's source: nothing when it is in device memory (external)."""
         if not (self.cpu if host is None else host) or name not in self.weights:
@@ -166,10 +188,12 @@ class _Builder:
         return [self.leaf(self.weights[name], weight=True)]
 
     def weighted(self, name: str, width: int, x: Tensor, *more: Tensor, host: bool | None = None) -> Tensor:
-        """A matmul of weight ``name`` (its src[0]), then its bias ADD in place when there is one."""
+        """A matmul of weight ``name`` (its src[0]), then its bias ADD in place when there is one;
+        an expert's (MUL_MAT_ID: ``more`` holds the ids) is an ADD_ID that reads the ids too
+        (llama-graph.cpp:2212, 2228, 2330)."""
         out = self.new(width, *self.w(name, host), x, *more)
         bias = name.replace(".weight", ".bias")
-        return self.sized(out.size, out, *self.w(bias, host), inplace=True) if self.has(bias) else out
+        return self.sized(out.size, out, *self.w(bias, host), *more, inplace=True) if self.has(bias) else out
 
     def norm(self, x: Tensor, name: str, width: int | None = None) -> Tensor:
         """rms_norm then the weight's MUL, both in place when ``x`` (not a view) has no other consumer."""
@@ -231,9 +255,10 @@ class _Builder:
         if last:  # inp_out_ids: the last layer keeps the output rows (all of them here)
             out_ids = self.input("out_ids", self.t * 4)
             attn = self.new(self.hp.n_embd, attn, out_ids)
-            res = self.new(self.hp.n_embd, x, out_ids)
         if self.has(b + "post_ffw_norm.weight"):  # gemma3: norms after attention and FFN
             attn = self.norm(attn, b + "post_attention_norm.weight")
+        if last:  # the residual's rows: the ADD's src[1], after src[0]'s chain (gemma3.cpp:158-167)
+            res = self.new(self.hp.n_embd, x, out_ids)
         ffn_inp = self.new(self.hp.n_embd, attn, res, inplace=True)
         pre = b + ("ffn_norm.weight" if self.has(b + "ffn_norm.weight") else "post_attention_norm.weight")
         cur = self.norm(ffn_inp, pre)
@@ -276,12 +301,16 @@ class _Builder:
         self.store(v, self.idxs("v", swa, 1 if self.fa else n_head_kv * dv))
         n_kv = self.n_kv_swa if swa else self.n_kv
         layer_bytes = self.kv_layer_bytes * n_kv // self.n_kv  # the copied view: n_kv cells of the layer's cache
-        kv = [self.leaf(layer_bytes // 2), self.leaf(layer_bytes - layer_bytes // 2)] if self.cpu else []
+        k_bytes = layer_bytes // 2
+        kv = [self.cache_copy(k_bytes, dk, (k_bytes, n_kv * n_head_kv * dk)),
+              self.cache_copy(layer_bytes - k_bytes, dv, (layer_bytes - k_bytes, n_kv * n_head_kv * dv))] \
+            if self.cpu else []
         sinks = self.w(b + "attn_sinks.weight")
         mask = self.mask(swa)
         if self.fa:
-            extra = _pad(n_kv * n_head_kv * (dk + dv) * 2) if self.kv_quantized and self.cuda else 0  # F16 K/V copies
-            o = self.sized(n_head * dv * self.t * F32 + extra, self.view(q), *kv, mask, *sinks)
+            device = not self.cuda or _fattn_on_device(dk, dv, n_head // n_head_kv, n_kv)
+            extra = _pad(n_kv * n_head_kv * (dk + dv) * 2) if self.kv_quantized and self.cuda and device else 0  # F16 K/V copies
+            o = self.sized(n_head * dv * self.t * F32 + extra, self.view(q), *kv, mask, *sinks, host=not device)
         else:
             kq = self.new(n_kv * n_head, *kv[:1], self.view(q))
             kq = self.new(n_kv * n_head, kq, mask, *sinks, inplace=True)  # soft_max
@@ -315,15 +344,22 @@ class _Builder:
         k_cat = self.new(latent + rope, kv_c, k_pe)
         self.store(k_cat, self.idxs("k", False))  # the V cache is a view of it
         dsa = hp.indexer_head_size > 0
-        # a host-held cache: K's view and V's (the latent part of each row of K) are copied apart
-        row = self.kv_layer_bytes // max(1, self.n_kv)
-        kv = [self.leaf(self.kv_layer_bytes), self.leaf(self.kv_layer_bytes - row * rope // (latent + rope))] \
+        # a host-held cache: K's view and V's (the latent part of each row of K, its last row
+        # ending after the latent) are copied apart; the DSA indexer's keys are a cache of their own
+        k_bytes = self.kv_layer_bytes * (latent + rope) // (latent + rope + hp.indexer_head_size)
+        k_cache = (k_bytes, self.n_kv * (latent + rope))
+        kv = [self.cache_copy(k_bytes, latent + rope, k_cache),
+              self.cache_copy(k_bytes - k_bytes // max(1, self.n_kv) * rope // (latent + rope), latent, k_cache)] \
             if self.cpu else []
         dv = self.weights_shape(b + "attn_v_b.weight", 1) or hp.head_dim_v
         if self.fa:
-            extra = _pad(self.n_kv * (latent + rope) * 2) if self.kv_quantized and self.cuda else 0
+            device = not self.cuda or _fattn_on_device(latent + rope, latent, n_head, self.n_kv)
+            # CUDA's F16 copy of K, and of V apart where V is no view of K: the copies of a
+            # host-held cache (fattn-common.cuh:63 V_is_K_view)
+            f16 = self.n_kv * (latent + rope) * 2 + (self.n_kv * latent * 2 if self.cpu else 0)
+            extra = _pad(f16) if self.kv_quantized and self.cuda and device else 0
             mask = self.dsa_mask(il, qa, cur) if dsa else self.mask(False)
-            o = self.sized(n_head * latent * self.t * F32 + extra, self.view(q_cat), *kv, mask)
+            o = self.sized(n_head * latent * self.t * F32 + extra, self.view(q_cat), *kv, mask, host=not device)
         else:
             # build_attn_mha (llama-graph.cpp:2616-2750) makes V's cont (of the transposed latent)
             # first, then KQ, then reads the mask in the softmax
@@ -372,7 +408,11 @@ class _Builder:
         w = self.weighted(b + "indexer.proj.weight", self.weights_shape(b + "indexer.proj.weight"), cur)
         w = self.sized(w.size, self.view(w), inplace=True)
         lid_mask = self.input("lid_mask", self.n_kv * t * 2)  # fused_lid: F16
-        scores = self.new(self.n_kv, self.view(q), w, lid_mask)  # LIGHTNING_INDEXER
+        # LIGHTNING_INDEXER: CUDA runs it for 128-wide keys in 32 or 64 heads only
+        # (lightning-indexer.cu:536-586); else the CPU does, and the scores are copied back in
+        heads = self.weights_shape(b + "indexer.attn_q_b.weight") // max(1, self.hp.indexer_head_size)
+        on_host = self.cuda and not (self.hp.indexer_head_size == 128 and heads in (32, 64))
+        scores = self.sized(self.n_kv * t * F32, self.view(q), w, lid_mask, host=on_host)
         top_k = self.new(n_top_k, self.new(n_top_k, scores, elt=4), elt=4)  # TOP_K and its cont (I32)
         mask = self.mask(False)
         filled = self.sized(mask.size, mask, inplace=True)  # FILL -inf (the mask has a later use: not in place)
