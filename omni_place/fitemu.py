@@ -98,10 +98,12 @@ class FitEmulator:
         for t in self.cost.model.tensors:
             if t.layer is not None:
                 per.setdefault(t.layer, []).append(t)
+        # a layer's pattern hits only that layer's tensors (blk\.5\. is not in blk.15.): one
+        # pattern per fraction, any layer number, tried on each layer's own tensors
+        any_layer = {frac: re.compile(pat.format(il=r"\d+")) for frac, pat in OVERFLOW_PATTERN.items()}
         out = {}
         for il in range(self.L):
-            for frac, pat in OVERFLOW_PATTERN.items():
-                rx = re.compile(pat.format(il=il))
+            for frac, rx in any_layer.items():
                 hit = [t for t in per.get(il, ()) if rx.search(t.name)]
                 out[(il, frac)] = (frozenset(expert_kind(t) for t in hit if t.role is Role.ROUTED_EXPERT),
                                    tuple(t for t in hit if t.role is not Role.ROUTED_EXPERT))
