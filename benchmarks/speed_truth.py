@@ -511,8 +511,11 @@ def _objective_configs(results: list[str]) -> dict[tuple[str, str], dict[str, st
 
 def _versus(a: argparse.Namespace) -> int:
     """Each objective's plan against every recipe, measured: medians over the interleaved rounds,
-    the spread (max - min) / median of both, and whether the plan is at least as good within it."""
+    the spread (max - min) / median of both, and whether the plan is at least as good within it
+    (on its objective: a balanced plan's decode against recipes within its prompt floor)."""
     import statistics
+
+    from omni_place.objective import BALANCED_PROMPT_FLOOR
 
     rows = _rows(a.results)
     objectives = _objective_configs(a.results)
@@ -525,6 +528,11 @@ def _versus(a: argparse.Namespace) -> int:
             plan = rows.get((rig, model, config))
             if plan is None:
                 continue
+            # balanced ranks by decode among the plans within BALANCED_PROMPT_FLOOR of the best
+            # prompt (objective.py): a recipe measured below that floor cannot beat a plan above it
+            prompts = [statistics.median(r["pp"]) for (g, m, c), r in rows.items()
+                       if (g, m) == (rig, model) and r["pp"] and (c == config or c in RECIPES)]
+            floor = BALANCED_PROMPT_FLOOR * max(prompts, default=0.0)
             for metric in (("tg", "pp") if objective == "balanced" else (objective,)):
                 for recipe in RECIPES:
                     rec = rows.get((rig, model, recipe))
@@ -533,11 +541,18 @@ def _versus(a: argparse.Namespace) -> int:
                     pv, rv = statistics.median(plan[metric]), statistics.median(rec[metric])
                     noise = max((max(x) - min(x)) / statistics.median(x) for x in (plan[metric], rec[metric]))
                     ok = pv >= rv * (1 - noise)
+                    verdict = "ok" if ok else "BELOW"
+                    if objective == "balanced" and plan["pp"] and rec["pp"]:
+                        plan_in = statistics.median(plan["pp"]) >= floor * (1 - noise)
+                        by_floor = metric == "tg" and not ok and statistics.median(rec["pp"]) < floor
+                        ok = plan_in and (ok or by_floor) if metric == "tg" else plan_in
+                        verdict = ("ok: recipe's prompt below the floor" if by_floor and ok else
+                                   "ok" if ok else "BELOW" if plan_in else "BELOW: plan's prompt below the floor")
                     out.append({"rig": rig, "model": model, "objective": objective, "config": config,
                                 "metric": metric, "plan": pv, "recipe": recipe, "recipe_value": rv,
                                 "ratio": pv / rv, "noise": noise, "at_least_as_good": ok})
                     lines.append(f"| {rig} | {model} | {objective} ({config}) | {metric} | {pv:.1f} | {recipe} | "
-                                 f"{rv:.1f} | {pv / rv:.2f} | {noise:.0%} | {'ok' if ok else 'BELOW'} |")
+                                 f"{rv:.1f} | {pv / rv:.2f} | {noise:.0%} | {verdict} |")
     return _emit(lines, out, a.json)
 
 
