@@ -199,12 +199,22 @@ class CostModel:
     def _offload_compute(self, p: Placement, own: int, gpus_with_layers: int) -> int:
         """devices[0]'s compute buffer when it runs op-offloaded work of CPU-held weights
         (``ggml_backend_sched`` offloads ops with a batch >= 32 to the first device that
-        ``offload_op``s them and copies their weight in): the fitted role of the placement with
-        the largest weight it copies (compute.py). With experts on the CPU and layers on a second
-        GPU the first one held two copies of that weight beside its own layers' peak (H200 pair, moe33 records in
-        tests/test_gpu_records.py: 436.5 MiB = 2 x 216 MiB + 4.5)."""
+        ``offload_op``s them and copies their weight in): the placement replayed as the engine
+        allocates it (compute_graph.TRACE_CHECKED), else the fitted role of the placement with the
+        largest weight it copies (compute.py). With experts on the CPU and layers on a second GPU
+        the first one held two copies of that weight beside its own layers' peak (H200 pair, moe33
+        records in tests/test_gpu_records.py: 436.5 MiB = 2 x 216 MiB + 4.5)."""
         layer_max, expert_max, output_max = self._offloadable_weights
         cpu_layers = [il for il, h in enumerate(p.layer_home) if h == CPU]
+        if not cpu_layers and not self.context.expert_copies_in_compute:
+            return own
+        expert_w = 0 if cpu_layers else max(
+            (b for per, kinds in zip(expert_max, p.cpu_experts) for k, b in per.items() if k in kinds), default=0)
+        two_copies = own + 2 * expert_w if expert_w and gpus_with_layers > 1 else 0
+        if self.compute.replay is not None:
+            # one GPU running every other layer is exactly the replayed graph, a GPU beside others at most it
+            exact = self.compute.replay(self._host_held(p), p.output in (CPU, p.order[0]))
+            return max(exact, two_copies) if gpus_with_layers <= 1 else max(own, exact, two_copies)
         if len(cpu_layers) == len(p.layer_home) and p.output == CPU:
             role, w = "offload_none", self.largest_weight_bytes
         elif cpu_layers:
@@ -212,18 +222,8 @@ class CostModel:
             if p.output == CPU:  # the head's matmul is offloaded too, its copy beside the logits: as
                 # with no GPU layer (ik_llama.cpp -ngl 10 of dense11: 328 MiB, mainline -ngl 0: 318)
                 own = max(own, self.compute.offload_bytes("offload_none", output_max))
-        elif not self.context.expert_copies_in_compute:
-            return own
         else:
-            role = "gpu_exps"
-            w = max((b for per, kinds in zip(expert_max, p.cpu_experts) for k, b in per.items() if k in kinds),
-                    default=0)
-        two_copies = own + 2 * w if role == "gpu_exps" and gpus_with_layers > 1 else 0
-        if self.compute.replay is not None:
-            # this placement replayed as the engine allocates it (compute_graph.TRACE_CHECKED); one
-            # GPU running every other layer is exactly that graph, a GPU beside others at most it
-            exact = self.compute.replay(self._host_held(p), p.output in (CPU, p.order[0]))
-            return max(exact, two_copies) if gpus_with_layers <= 1 else max(own, exact, two_copies)
+            role, w = "gpu_exps", expert_w
         return max(own, self.compute.offload_bytes(role, w), two_copies)
 
     def _host_held(self, p: Placement) -> Offload:
