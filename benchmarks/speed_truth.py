@@ -31,7 +31,7 @@ Three subcommands, run in this order on the GPU machine:
     so slow drifts of the machine do not favour one configuration; one ``-v`` log per run.
 
 Then, anywhere: ``report`` (each run priced as it ran, with the routing replayed from each
-speed model's router), ``versus`` (each objective's plan against
+speed model's router; it also reads benchmarks/results/engine_compare), ``versus`` (each objective's plan against
 every recipe, with the rounds' spread) and ``vram`` (the engine's buffers against the price).
 
 Measure the CPU (``devices --measure``, ``host_link.py``) on an idle machine: the first H200 runs
@@ -332,25 +332,33 @@ def _emit(lines: list[str], out: list[dict[str, Any]], json_path: str | None) ->
     return 0
 
 
+# engine_compare's records files -> the folder of logs.tar.xz that holds their logs (run 1 and the re-run)
+_RUN_FOLDERS = {"records": "res", "records_rerun": "res2"}
+
+
 def _rows(results: list[str], only_model: str | None = None) -> dict[tuple[str, str, str], dict[str, Any]]:
-    """Per (rig, model, configuration) of ``run`` folders (records.jsonl + logs/) or of
-    benchmarks/results/speed_truth (records_<level>.jsonl + logs.tar.xz): the measured tok/s of
-    every round and the first round's ``-v`` log."""
+    """Per (rig, model, configuration): the measured tok/s of every round and the first round's
+    ``-v`` log, from ``run`` folders (records.jsonl + logs/), from benchmarks/results/speed_truth's
+    layout (records_<level>.jsonl + logs.tar.xz, logs under res/res_<level>/logs/<model>.<rig>.r<round>/)
+    or from engine_compare's (records.jsonl and records_rerun.jsonl + logs.tar.xz, logs under
+    res/<model>.<rig>/ and res2/<model>.<rig>/; a re-run counts as more rounds)."""
     from omni_place.bench.records import load_records
 
     rows: dict[tuple[str, str, str], dict[str, Any]] = {}
     tmp = tempfile.TemporaryDirectory(prefix="speed_truth-")
-    sources: list[tuple[Path, Path]] = []  # (records.jsonl, the folder of its logs)
+    sources: list[tuple[Path, Path]] = []  # (records file, the folder of its logs)
     for res in results:
         root = Path(res)
-        if (root / "records.jsonl").exists():
+        if (root / "records.jsonl").exists() and (root / "logs").is_dir():
             sources.append((root / "records.jsonl", root / "logs"))
             continue
+        dest = Path(tmp.name) / str(len(sources))
         with tarfile.open(root / "logs.tar.xz") as tar:
-            tar.extractall(tmp.name, filter="data")
-        for rec in sorted(root.glob("records_*.jsonl")):
+            tar.extractall(dest, filter="data")
+        for rec in sorted(root.glob("records*.jsonl")):
             level = rec.stem.removeprefix("records_")
-            sources.append((rec, Path(tmp.name) / "res" / f"res_{level}" / "logs"))
+            logs = dest / "res" / f"res_{level}" / "logs"
+            sources.append((rec, logs if logs.is_dir() else dest / _RUN_FOLDERS.get(rec.stem, rec.stem)))
     for records, logs in sources:
         for r in load_records([records]):
             if r["status"] != "ok" or not r.get("avg_ts") or (only_model and r["model"] != only_model):
@@ -359,51 +367,91 @@ def _rows(results: list[str], only_model: str | None = None) -> dict[tuple[str, 
             if key in rows and rows[key]["engine"] != r["engine"]:  # another engine's configuration of that name
                 key = (r["rig"], r["model"], f"{r['config']}@{r['engine']}")
             row = rows.setdefault(key, {"tg": [], "pp": [], "argv": r["argv"], "engine": r["engine"],
-                                        "ubatch": int(r.get("ubatch") or 512)})
+                                        "ubatch": int(r.get("ubatch") or 512), "command": r.get("command"),
+                                        "ctx": int(r.get("n_prompt") or 512) + int(r.get("n_gen") or 32),
+                                        "env": r.get("env") or {}})
             row["pp" if r["test"].startswith("pp") else "tg"].append(float(r["avg_ts"]))
             if "log" not in row:
-                log = logs / f"{r['model']}.{r['rig']}.r{r['round']}" / r["log"]
-                row["log"] = log.read_text(errors="replace")
+                run = f"{r['model']}.{r['rig']}" + (f".r{r['round']}" if "round" in r else "")
+                row["log"] = (logs / run / r["log"]).read_text(errors="replace")
     tmp.cleanup()
     return rows
+
+
+def _header(folder: Path, model: str, keep: Path) -> Path:
+    """``model``'s header in ``folder``: <model>.hdr.gguf, or <model>.hdr.gguf.xz unpacked into ``keep``."""
+    import lzma
+
+    plain, packed = folder / f"{model}.hdr.gguf", folder / f"{model}.hdr.gguf.xz"
+    if plain.exists() or not packed.exists():
+        return plain
+    out = keep / plain.name
+    out.write_bytes(lzma.decompress(packed.read_bytes()))
+    return out
+
+
+def _rig_file(folder: Path, rig: str) -> str:
+    """The cluster file of ``rig``: <rig>.toml, or rig_<level>.toml for speed_truth's h200-<level>."""
+    own = folder / f"{rig}.toml"
+    return str(own if own.exists() else folder / f"rig_{rig.removeprefix('h200-')}.toml")
 
 
 def _placed(a: argparse.Namespace, rows: dict[tuple[str, str, str], dict[str, Any]]) -> Iterator[
         tuple[tuple[str, str, str], dict[str, Any], Any, Any, Any, Any]]:
     """Each row whose placements its ``-v`` log shows: (rig, model, configuration), the row, the
-    model's profile (from ``--headers``), the rig's cluster (``--rigs``), the prompt test's
-    placement (the load that served the ubatch's context: a fitter loads again per test) and the
-    decode test's (the last load); each header and rig is read once."""
+    model's profile (from ``--headers``), the rig's cluster (``--rigs``; ``--cpu-gbs`` replaces its
+    CPU bandwidth), the prompt test's placement (the load that served the ubatch's context: a
+    fitter loads again per test) and the decode test's (the last load); each header and rig is
+    read once. The engine's device i is the cluster's GPU the run's CUDA_VISIBLE_DEVICES names."""
+    import dataclasses
+
     from omni_place.bench.logread import placement_from_log
     from omni_place.devices import resolve_cluster
     from omni_place.model import load_model
 
     models: dict[str, Any] = {}
     clusters: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="speed_truth-hdr-") as keep:
+        for model in sorted({m for _, m, _ in rows}):
+            models[model] = load_model(_header(Path(a.headers), model, Path(keep)))
+    cpu_gbs = getattr(a, "cpu_gbs", None)
     for (rig, model, config), row in sorted(rows.items()):
-        if model not in models:
-            models[model] = load_model(Path(a.headers) / f"{model}.hdr.gguf")
         if rig not in clusters:
-            clusters[rig] = resolve_cluster(str(Path(a.rigs) / f"rig_{rig.removeprefix('h200-')}.toml"))
-        pp, tg = (placement_from_log(row["log"], models[model], ["CUDA0"], row["engine"], row["argv"], n_ubatch=ub)
+            cluster = resolve_cluster(_rig_file(Path(a.rigs), rig))
+            if cpu_gbs:
+                cluster = dataclasses.replace(cluster, devices=tuple(
+                    dataclasses.replace(d, bandwidth_gbs=cpu_gbs) if d.kind == "cpu" else d for d in cluster.devices))
+            clusters[rig] = cluster
+        visible = row["env"].get("CUDA_VISIBLE_DEVICES")
+        accel = ([f"CUDA{v.strip()}" for v in visible.split(",")] if visible
+                 else [d.name for d in clusters[rig].gpus])
+        pp, tg = (placement_from_log(row["log"], models[model], accel, row["engine"], row["argv"], n_ubatch=ub)
                   for ub in (row["ubatch"], None))
         if pp is not None and tg is not None:
             yield (rig, model, config), row, models[model], clusters[rig], pp, tg
 
 
 def _run_context(row: dict[str, Any]) -> Any:
-    """The context a row's runs had (``-p 512 -n 32``, the matrix's ubatch, its load mode and op offload)."""
+    """The context a row's runs had, from its llama-bench command line (``-p`` + ``-n``, ``-ub``,
+    ``-fa``, the KV types, load mode and op offload) and the engine's traits."""
+    import shlex
+
     from omni_place.engines import dialect
 
     rules = dialect(row["engine"])
-    parsed = rules.parse_args(row["argv"], tool="bench")
-    return rules.traits.context(ctx=512 + 32, n_ubatch=row["ubatch"], pinned_weights=parsed.pinned_weights,
-                                op_offload=parsed.op_offload)
+    words = shlex.split(row.get("command") or "")  # [VAR=value ...] llama-bench FLAGS
+    argv = words[1 + words.index("llama-bench"):] if "llama-bench" in words else row["argv"]
+    p = rules.parse_args(argv, tool="bench")
+    fa = rules.tool_defaults("bench").flash_attn if p.flash_attn is None else p.flash_attn
+    return rules.traits.context(ctx=row["ctx"], n_ubatch=p.n_ubatch or row["ubatch"], type_k=p.type_k,
+                                type_v=p.type_v, flash_attn=fa, pinned_weights=p.pinned_weights,
+                                op_offload=p.op_offload)
 
 
 def _report(a: argparse.Namespace) -> int:
     """Price every measured configuration as it ran (the placement read from its -v log) and
-    compare with the measured tok/s: per configuration, the median over rounds."""
+    compare with the measured tok/s: per configuration, the median over rounds; per rig and
+    engine, the median and largest |error|."""
     import statistics
 
     from omni_place.cost import CostModel, SpeedParams
@@ -413,10 +461,15 @@ def _report(a: argparse.Namespace) -> int:
     rows = _rows(a.results, a.only_model)
     out = []
     routing: dict[str, list[list[int]]] = {}
+    moe: set[str] = set()
     for (rig, model, config), row, prof, cluster, placement, tg_placement in _placed(a, rows):
-        if model not in routing:  # the share of experts a ubatch touched in these runs
+        if prof.hparams.n_expert:
+            moe.add(model)
+        if model not in routing:  # the share of experts a ubatch touched in these runs: replayable
+            # for the speed models only (their router and embeddings are known), else uniform
             header = Path(a.headers) / f"{model}.hdr.gguf"
-            routing[model] = replay_routing(header, a.router) if a.routing == "replayed" else []
+            replay = a.routing == "replayed" and model in SPEED_MODELS
+            routing[model] = replay_routing(header, a.router) if replay else []
         if calibrated:  # `omni-place calibrate --format json` output
             if row["engine"] not in calibrated:
                 raise SystemExit(f"{a.calibration} calibrates {', '.join(calibrated)}, not {row['engine']}")
@@ -429,26 +482,32 @@ def _report(a: argparse.Namespace) -> int:
         tg, pp = statistics.median(row["tg"]), statistics.median(row["pp"])
         n_cpu = sum(h == "CPU" for h in placement.layer_home)
         n_exp = sum(bool(k) for k in placement.cpu_experts)
-        out.append({"rig": rig, "model": model, "config": config, "argv": row["argv"], "cpu_layers": n_cpu,
-                    "cpu_expert_layers": n_exp, "tg": tg, "pp": pp, "tg_spread": [min(row["tg"]), max(row["tg"])],
+        out.append({"rig": rig, "model": model, "engine": row["engine"], "config": config.split("@")[0],
+                    "argv": row["argv"], "cpu_layers": n_cpu, "cpu_expert_layers": n_exp, "tg": tg, "pp": pp,
+                    "tg_runs": row["tg"], "pp_runs": row["pp"], "tg_spread": [min(row["tg"]), max(row["tg"])],
                     "pp_spread": [min(row["pp"]), max(row["pp"])], "pred_tg": round(pred_tg.tg_tps, 2),
                     "pred_pp": round(pred.pp_tps, 2), "tg_err": round(pred_tg.tg_tps / tg - 1, 3),
-                    "pp_err": round(pred.pp_tps / pp - 1, 3)})
-    lines = ["| rig | model | config | CPU layers / expert layers | tg (min-max) | pred tg | err | pp (min-max) | "
-             "pred pp | err |", "|---|---|---|---|---|---|---|---|---|---|"]
+                    "pp_err": round(pred.pp_tps / pp - 1, 3),
+                    "tg_ms": {k: round(v * 1e3, 4) for k, v in pred_tg.tg_breakdown.items()},
+                    "pp_ms_per_1k": {k: round(v * 1e6, 4) for k, v in pred.pp_breakdown.items()}})
+    lines = ["| rig | model | engine | config | CPU layers / expert layers | tg (min-max) | pred tg | err | "
+             "pp (min-max) | pred pp | err |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for o in out:
-        lines.append(f"| {o['rig']} | {o['model']} | {o['config']} | {o['cpu_layers']} / {o['cpu_expert_layers']} | "
-                     f"{o['tg']:.1f} ({o['tg_spread'][0]:.1f}-{o['tg_spread'][1]:.1f}) | {o['pred_tg']:.1f} | "
-                     f"{o['tg_err']:+.0%} | {o['pp']:.0f} ({o['pp_spread'][0]:.0f}-{o['pp_spread'][1]:.0f}) | "
-                     f"{o['pred_pp']:.0f} | {o['pp_err']:+.0%} |")
+        lines.append(f"| {o['rig']} | {o['model']} | {o['engine']} | {o['config']} | {o['cpu_layers']} / "
+                     f"{o['cpu_expert_layers']} | {o['tg']:.1f} ({o['tg_spread'][0]:.1f}-{o['tg_spread'][1]:.1f}) | "
+                     f"{o['pred_tg']:.1f} | {o['tg_err']:+.0%} | {o['pp']:.0f} ({o['pp_spread'][0]:.0f}-"
+                     f"{o['pp_spread'][1]:.0f}) | {o['pred_pp']:.0f} | {o['pp_err']:+.0%} |")
     if any(routing.values()):
         lines.append("\nexperts one ubatch touched (replayed): " + ", ".join(
             f"{m} {np.mean([np.count_nonzero(c) / len(c) for c in v]):.0%}" for m, v in sorted(routing.items()) if v))
-    for rig in sorted({o["rig"] for o in out}):
+    uniform = sorted(m for m, v in routing.items() if not v and m in moe)
+    if uniform:
+        lines.append("\nrouting priced uniform (each token picks k of N): " + ", ".join(uniform))
+    for rig, engine in sorted({(o["rig"], o["engine"]) for o in out}):
         for kind in ("tg", "pp"):
-            errs = sorted(abs(o[f"{kind}_err"]) for o in out if o["rig"] == rig)
-            lines.append(f"\n{rig} {kind}: {len(errs)} configurations, median |error| {statistics.median(errs):.1%}, "
-                         f"max {errs[-1]:.1%}")
+            errs = sorted(abs(o[f"{kind}_err"]) for o in out if (o["rig"], o["engine"]) == (rig, engine))
+            lines.append(f"\n{rig} {engine} {kind}: {len(errs)} configurations, median |error| "
+                         f"{statistics.median(errs):.1%}, max {errs[-1]:.1%}")
     return _emit(lines, out, a.json)
 
 
@@ -596,15 +655,20 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--rounds", type=int, default=2)
     r.add_argument("--timeout", type=float, default=300)
     q = sub.add_parser("report")
-    q.add_argument("results", nargs="+", help="folders `run` wrote (records.jsonl + logs/)")
-    q.add_argument("--headers", required=True, help="folder of the speed models' headers (models --header-only)")
-    q.add_argument("--rigs", required=True, help="folder of the rig_<level>.toml files")
+    q.add_argument("results", nargs="+", help="folders `run` wrote (records.jsonl + logs/), or result folders "
+                                              "of speed_truth's or engine_compare's layout (_rows)")
+    q.add_argument("--headers", required=True, help="folder of the models' headers, <model>.hdr.gguf or "
+                                                    ".hdr.gguf.xz (speed models: models --header-only)")
+    q.add_argument("--rigs", required=True, help="folder of the cluster files, <rig>.toml or rig_<level>.toml")
+    q.add_argument("--cpu-gbs", type=float, help="price with this CPU bandwidth instead of the rig files' (e.g. "
+                                                 "an idle probe's where theirs was read under load)")
     q.add_argument("--params", help="SpeedParams as JSON (default: the model's defaults)")
     q.add_argument("--calibration", help="price with the parameters of `omni-place calibrate --format json`")
     q.add_argument("--only-model", help="only this model's configurations")
     q.add_argument("--routing", choices=("replayed", "uniform"), default="replayed",
                    help="the share of experts a ubatch touches: replayed from each speed model's router "
-                        "(what the runs did, replay_routing) or the cost model's uniform-routing default")
+                        "(what the runs did, replay_routing) or the cost model's uniform-routing default "
+                        "(always for models that are not speed models)")
     q.add_argument("--router", choices=sorted(ROUTERS), default="unit",
                    help="the routers the measured speed models had (raw: the first H200 runs)")
     q.add_argument("--json")

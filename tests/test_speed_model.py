@@ -550,3 +550,65 @@ def test_a_head_left_on_the_cpu_is_copied_into_the_first_gpus_compute_buffer(
     partial = cuda0_compute_mib(["-ngl", "10"])
     assert 328.02 - 32 <= partial <= 328.02 * 1.15
     assert cuda0_compute_mib(["-ngl", "33"]) < partial - 100
+
+
+ENGINE_COMPARE = ROOT / "benchmarks" / "results" / "engine_compare"
+IDLE_CPU_GBS = 89.8  # `devices --measure` on an idle H200 VM of the same lender (ik_24.md; 85.7-93.9 on three)
+
+
+@pytest.fixture(scope="module")
+def second_rig(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[dict[str, Any]]]:
+    """benchmarks/results/engine_compare (2x H200 with ballasts, both engines, the synthetic
+    dense15 / moe33 of synth_gguf) priced by ``speed_truth report`` with the default parameters:
+    the rig files as recorded (a CPU copy probe of 49 GB/s, read while the engines were being
+    built) and with an idle probe's figure (rescore_25.md)."""
+    sys.path.insert(0, str(ROOT))
+    from benchmarks.speed_truth import main
+
+    tmp = tmp_path_factory.mktemp("engine_compare")
+    out = {}
+    for name, extra in (("recorded", []), ("idle_cpu", ["--cpu-gbs", str(IDLE_CPU_GBS)])):
+        path = tmp / f"{name}.json"
+        folder = str(ENGINE_COMPARE)
+        assert main(["report", folder, "--headers", folder, "--rigs", folder, "--json", str(path), *extra]) == 0
+        out[name] = json.loads(path.read_text())
+    return out
+
+
+def _by_rig_engine(rows: list[dict[str, Any]], kind: str) -> dict[tuple[str, str], list[float]]:
+    out: dict[tuple[str, str], list[float]] = {}
+    for r in rows:
+        # mainline's moe33 prompt: the synthetic router's collapse, tested on its own below
+        if not (kind == "pp" and r["model"] == "moe33" and r["engine"] == "llama.cpp"):
+            out.setdefault((r["rig"], r["engine"]), []).append(abs(r[f"{kind}_err"]))
+    return out
+
+
+def test_second_rig_uncalibrated_accuracy(second_rig: dict[str, list[dict[str, Any]]]) -> None:
+    """Held out from every fit: both engines on both rigs, 28 configurations (the re-run's rounds
+    merged). With the idle CPU figure decode is within the issue's +/-25 % but for two ik runs
+    (28 %), median <= 20 % per rig and engine; prompt (mainline's moe33 aside) median <= 22 %,
+    max 52 % (ik's omni_place plan of moe33 on one GPU). As recorded, the CPU figure read under
+    load prices every decode too slow."""
+    recorded, idle = second_rig["recorded"], second_rig["idle_cpu"]
+    assert len(idle) == 28 and {(r["rig"], r["engine"]) for r in idle} == {
+        (rig, eng) for rig in ("rig_12", "rig_12_4") for eng in ("llama.cpp", "ik_llama.cpp")}
+    for (rig, engine), errs in _by_rig_engine(idle, "tg").items():
+        assert statistics.median(errs) < 0.22 and max(errs) < 0.32, (rig, engine, errs)
+    assert sum(e > 0.25 for errs in _by_rig_engine(idle, "tg").values() for e in errs) <= 2
+    for (rig, engine), errs in _by_rig_engine(idle, "pp").items():
+        assert statistics.median(errs) < 0.25 and max(errs) < 0.56, (rig, engine, errs)
+    assert all(r["tg_err"] < 0 for r in recorded)
+    assert all(statistics.median(e) > 0.25 for e in _by_rig_engine(recorded, "tg").values())
+
+
+def test_second_rig_moe_prompt_shows_the_synthetic_routers_collapse(
+        second_rig: dict[str, list[dict[str, Any]]]) -> None:
+    """synth_gguf's moe33 routes every token of a ubatch to nearly the same experts (tiled
+    all-positive weights; its routing cannot be replayed, so it is priced uniform). Mainline
+    copies only the experts a ubatch touched and ran 16-20x the uniform price; ik_llama.cpp,
+    although its log says only_active_experts is on, ran at the price of copying every expert
+    at the pinned rate (+5 .. +52 %): the engines differ here, the model does not."""
+    moe = [r for r in second_rig["idle_cpu"] if r["model"] == "moe33"]
+    assert all(r["pp_err"] < -0.9 for r in moe if r["engine"] == "llama.cpp")
+    assert all(-0.1 < r["pp_err"] < 0.6 for r in moe if r["engine"] == "ik_llama.cpp")
