@@ -14,10 +14,13 @@ architecture. Scales (per phase, or of the whole maximum) leave at most 5 % of t
 below the engine by more than 32 MiB (issue 14's bound, not the max(3 %, 32 MiB) target of
 being within), so that predictions err on the side the planner can afford. A second table scores
 what the planner prices for the op-offload roles (:func:`planner_report`): the placement replayed
-for the trace-checked architectures, the fitted pieces for the others.
+for the trace-checked architectures, the fitted pieces for the others. A third scores the
+planner's price of every placement on independent CUDA sweeps (``--held-out``: other random
+models, none of them fitted to), per placement and architecture.
 
     python -m benchmarks.compute_fit benchmarks/results/compute_sweep_cpu.jsonl \\
-        benchmarks/results/compute_sweep_cuda.jsonl          # writes omni_place/data/compute_model.json
+        benchmarks/results/compute_sweep_cuda.jsonl \\
+        --held-out benchmarks/results/compute_sweep_cuda_25.jsonl   # writes omni_place/data/compute_model.json
 """
 from __future__ import annotations
 
@@ -104,22 +107,26 @@ def rows_of(rec: dict[str, Any], model: ModelProfile) -> list[tuple[str, str, np
 
 # the op-offload role of each CUDA sweep placement (rows_of gives it CUDA0's bytes)
 OFFLOAD_ROLE = {"none": "offload_none", "partial": "gpu_partial", "exps_cpu": "gpu_exps"}
+CUDA_PLACEMENTS = ("all", *OFFLOAD_ROLE)
 # the sweep's one GPU beside the host (capacities and speeds do not enter the compute buffers)
 _RIG = Cluster("sweep", (Device(name="CUDA0", kind="gpu", memory_bytes=141 * GiB, bandwidth_gbs=4800, tflops=990),
                          Device(name=CPU, kind="cpu", memory_bytes=1024 * GiB, bandwidth_gbs=100, tflops=2)))
 
 
 def planner_cuda0(rec: dict[str, Any], model: ModelProfile) -> int:
-    """CUDA0's compute buffer as the planner prices the placement of a CUDA sweep record of an
-    op-offload role (:data:`OFFLOAD_ROLE`): :meth:`CostModel.usage` of the same placement on one
-    GPU, i.e. the placement replayed (``ComputeEstimate.replay``) for an architecture of
-    ``compute_graph.TRACE_CHECKED``, else the fitted role's pieces. ``partial`` keeps the output
-    head on the GPU (mainline -ngl counts it as the last layer); ``none`` keeps it on the host."""
+    """CUDA0's compute buffer as the planner prices the placement of a CUDA sweep record
+    (:data:`CUDA_PLACEMENTS`): :meth:`CostModel.usage` of the same placement on one GPU, i.e. for
+    op offload the placement replayed (``ComputeEstimate.replay``) for an architecture of
+    ``compute_graph.TRACE_CHECKED``, else the fitted role's pieces; ``all``: the fitted
+    ``layers_output``. ``partial`` keeps the output head on the GPU (mainline -ngl counts it as
+    the last layer); ``none`` keeps it on the host."""
     cost = CostModel(model, _RIG, Context(ctx=rec["n_ctx"], n_ubatch=record_ubatch(rec), type_k=rec["kv_type"],
                                           type_v=rec["kv_type"], flash_attn=rec["flash_attn"]))
     n_layer, place = model.n_layer, rec["placement"]
     no_experts = (frozenset(),) * n_layer
-    if place == "none":
+    if place == "all":
+        p = Placement(("CUDA0",), ("CUDA0",) * n_layer, no_experts, "CUDA0")
+    elif place == "none":
         p = Placement(("CUDA0",), (CPU,) * n_layer, no_experts, CPU)
     elif place == "partial":
         homes = tuple(rec["layer_devices"].get(str(il), "CUDA0") for il in range(n_layer))
@@ -128,7 +135,7 @@ def planner_cuda0(rec: dict[str, Any], model: ModelProfile) -> int:
         experts = tuple(on_cpu({expert_kind(t) for t in lc.expert_tensors}) for lc in model.layers)
         p = Placement(("CUDA0",), ("CUDA0",) * n_layer, experts, "CUDA0")
     else:
-        raise ValueError(f"placement {place!r} has no op-offload role")
+        raise ValueError(f"placement {place!r} is not one of {CUDA_PLACEMENTS}")
     return next(u.compute_bytes for u in cost.usage(p) if u.name == "CUDA0")
 
 
@@ -174,6 +181,21 @@ def planner_report(records: list[tuple[dict[str, Any], ModelProfile]]) -> dict[s
             sel = test & (arch == name)
             by_arch.append({"backend": backend, "role": role, "arch": name, **_stats(pred[sel], truth[sel])})
     return {"split": split, "held_out_by_arch": by_arch}
+
+
+def independent_report(records: list[tuple[dict[str, Any], ModelProfile]]) -> list[dict[str, Any]]:
+    """The planner's CUDA0 price (:func:`planner_cuda0`) of independent sweeps' records, against
+    the engine: :func:`_stats` rows per placement, over all architectures (``arch`` "all") and
+    per architecture."""
+    pairs: dict[tuple[str, str], list[tuple[int, float]]] = defaultdict(list)
+    for rec, model in records:
+        if rec["placement"] in CUDA_PLACEMENTS and rec["compute"].get("CUDA0", 0) > 0:
+            pair = (planner_cuda0(rec, model), rec["compute"]["CUDA0"])
+            pairs[rec["placement"], "all"].append(pair)
+            pairs[rec["placement"], rec["arch"]].append(pair)
+    order = sorted(pairs, key=lambda k: (CUDA_PLACEMENTS.index(k[0]), k[1] != "all", k[1]))
+    return [{"backend": "cuda", "placement": place, "arch": arch,
+             **_stats(*(np.array(col, dtype=float) for col in zip(*pairs[place, arch])))} for place, arch in order]
 
 
 # Each piece is one phase of the graph and may only use the widths alive in that phase
@@ -299,6 +321,8 @@ def select_and_fit(cls: str, role: str, X: np.ndarray, y: np.ndarray, truth: np.
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("records", nargs="+", help="compute_sweep JSONL files")
+    ap.add_argument("--held-out", nargs="*", default=[], metavar="RECORDS",
+                    help="CUDA compute_sweep JSONL files never fitted to: the planner's price of each placement")
     ap.add_argument("--rows-cache", help="a pickle of the model profiles (building them writes every model)")
     args = ap.parse_args()
     data: dict[tuple[str, str], list[tuple[int, np.ndarray, float, float, str]]] = defaultdict(list)
@@ -324,6 +348,9 @@ def main() -> None:
                     if engine_bytes > 0:
                         data[cls, role].append((rec["case"], f, engine_bytes / F32 * f[0], engine_bytes,
                                                 rec["arch"]))
+        independent = [(rec, _profile(cache, Path(tmp), rec["arch"], rec["shape"]))
+                       for path in args.held_out for rec in map(json.loads, Path(path).read_text().splitlines())
+                       if "meta" not in rec and rec["ok"]]
     if cached:
         cached.write_bytes(pickle.dumps(cache))
     out: dict[str, Any] = {"features": list(FEATURES), "engines": engines, "backends": {}}
@@ -357,16 +384,28 @@ def main() -> None:
     MODEL_JSON.write_text(json.dumps(out, indent=1) + "\n")
     fitted_pieces.cache_clear()  # the planner's table prices with the fit just written
     planner = planner_report(offloaded)
+    independent_rows = independent_report(independent)
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "compute_fit.json").write_text(json.dumps({"records": args.records, "report": report,
-                                                         "held_out_by_arch": by_arch, "planner": planner}, indent=1))
-    lines = (_table(report, "split") + ["", "Held-out models by architecture:", ""] + _table(by_arch, "arch")
+    (RESULTS / "compute_fit.json").write_text(json.dumps(
+        {"records": args.records, "report": report, "held_out_by_arch": by_arch, "planner": planner,
+         "held_out_files": args.held_out, "independent": independent_rows}, indent=1))
+    role = ("backend", "role")
+    lines = (_table(report, (*role, "split")) + ["", "Held-out models by architecture:", ""]
+             + _table(by_arch, (*role, "arch"))
              + ["", "## What the planner prices (op-offload roles, CPU-only loads)", "", PLANNER_NOTE, ""]
-             + _table(planner["split"], "split") + ["", "Held-out models by architecture:", ""]
-             + _table(planner["held_out_by_arch"], "arch"))
+             + _table(planner["split"], (*role, "split")) + ["", "Held-out models by architecture:", ""]
+             + _table(planner["held_out_by_arch"], (*role, "arch")))
+    if independent_rows:
+        n_models = len({json.dumps([rec["arch"], rec["shape"]], sort_keys=True) for rec, _ in independent})
+        lines += ["", "## The planner on independent sweeps (never fitted to)", "",
+                  "CUDA0's buffer as `CostModel.usage` prices each record's placement (as above; `all`: the fitted "
+                  f"`layers_output`) on {', '.join(Path(p).name for p in args.held_out)}: {len(independent)} records "
+                  f"of {n_models} random models drawn with another seed.", "",
+                  *_table(independent_rows, ("backend", "placement", "arch"))]
+    held = (" --held-out " + " ".join(Path(p).name for p in args.held_out)) if args.held_out else ""
     (RESULTS / "compute_fit.md").write_text(
         "# Compute-buffer model: fit and held-out error\n\n`python -m benchmarks.compute_fit "
-        + " ".join(Path(p).name for p in args.records) + "` (engines: " + "; ".join(sorted(set(engines)))
+        + " ".join(Path(p).name for p in args.records) + held + "` (engines: " + "; ".join(sorted(set(engines)))
         + ")\n\n" + "\n".join(lines) + "\n")
     print("\n".join(lines))
 
@@ -381,11 +420,11 @@ def _stats(pred: np.ndarray, truth: np.ndarray) -> dict[str, Any]:
             "max_over_mib": round(float(err.max()), 1), "max_under_mib": round(float(-err.min()), 1)}
 
 
-def _table(rows: list[dict[str, Any]], key: str) -> list[str]:
-    lines = [f"| backend | role | {key} | rows | within max(3 %, 32 MiB) | under by > 32 MiB | median rel. error | "
+def _table(rows: list[dict[str, Any]], keys: tuple[str, ...]) -> list[str]:
+    lines = ["| " + " | ".join(keys) + " | rows | within max(3 %, 32 MiB) | under by > 32 MiB | median rel. error | "
              "95th pct abs. rel. error | max over MiB | max under MiB |",
-             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
-    return lines + [f"| {r['backend']} | {r['role']} | {r[key]} | {r['rows']} | {r['within_target']:.1%} | "
+             "|" + "---|" * len(keys) + "---:|" * 7]
+    return lines + ["| " + " | ".join(str(r[k]) for k in keys) + f" | {r['rows']} | {r['within_target']:.1%} | "
                     f"{r['under_32mib']} | {r['median_rel']:+.1%} | {r['p95_abs_rel']:.1%} | {r['max_over_mib']} | "
                     f"{r['max_under_mib']} |" for r in rows]
 

@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
-from .compute_graph import CPU_CHECKED, F32, REPLAYED, TRACE_CHECKED, Offload, device_peak
+from .compute_graph import CPU_CHECKED, F32, REPLAYED, TRACE_CHECKED, Offload, device_peak, layer_signatures, replay_key
 
 if TYPE_CHECKING:
     from .model import ModelProfile
@@ -61,9 +61,11 @@ GRAPH_OF_ROLE = {"layers_output": "graph_all", "offload_none": "graph_none", "gp
                  "gpu_exps": "graph_exps"}
 
 
-def batch_tokens(model: ModelProfile, n_ctx: int, n_ubatch: int, n_seq: int = 1) -> int:
-    """Tokens of the worst-case graph the engine reserves: ``min(n_ctx, n_ubatch)``."""
-    return max(1, min(model.kv_cells(n_ctx, n_seq), n_ubatch))
+def batch_tokens(n_ctx: int, n_ubatch: int) -> int:
+    """Tokens of the worst-case graph the engine reserves: ``min(n_ctx, n_ubatch)``, the context
+    as asked for (llama_context caps n_batch by it before padding the cache to 256 cells: ``-c 544
+    -ub 4096`` reserves 544 tokens over 768 cells)."""
+    return max(1, min(n_ctx, n_ubatch))
 
 
 def features(model: ModelProfile, *, n_ctx: int, n_ubatch: int, flash_attn: bool, n_seq: int = 1,
@@ -72,7 +74,7 @@ def features(model: ModelProfile, *, n_ctx: int, n_ubatch: int, flash_attn: bool
     on the placement, see :meth:`ComputeEstimate.offload_bytes`); ``replayed=False`` leaves the
     ``graph_*`` widths 0 without replaying (the widths-only fits weigh them 0)."""
     hp = model.hparams
-    n_tokens = batch_tokens(model, n_ctx, n_ubatch, n_seq)
+    n_tokens = batch_tokens(n_ctx, n_ubatch)
     n_kv = model.kv_cells(n_ctx, n_seq)
     layers = range(hp.n_layer_kv or hp.n_layer)
     n_head = max((hp.n_head[il] for il in layers), default=0)
@@ -149,6 +151,20 @@ def graph_widths(model: ModelProfile, *, n_tokens: int, n_kv: int, n_ubatch: int
              peak(Offload(every, cpu_experts=True, cpu_output=True), True), peak(Offload(every - {n_layer - 1}), True),
              peak(Offload(cpu_experts=True), True) if hp.n_expert else 0]
     return [p / F32 / n_tokens for p in peaks]
+
+
+def _keyed_replay(model: ModelProfile, peak: Callable[..., int]) -> Callable[[Offload, bool], int]:
+    """``peak`` on CUDA, once per distinct replay (compute_graph.replay_key): the planner prices
+    dozens of placements that differ only in how many layers' experts stay in host memory."""
+    signatures = layer_signatures(model)
+    done: dict[tuple[object, ...], int] = {}
+
+    def replay(offload: Offload, with_output: bool) -> int:
+        key = replay_key(model, signatures, offload, with_output)
+        if key not in done:
+            done[key] = peak(offload, with_output)
+        return done[key]
+    return replay
 
 
 @lru_cache(maxsize=None)
@@ -248,7 +264,7 @@ def compute_buffer_estimate(
     replayed = replayed and model.architecture in REPLAYED
     f = features(model, n_ctx=n_ctx, n_ubatch=n_ubatch, flash_attn=flash_attn, n_seq=n_seq,
                  kv_quantized=kv_quantized, kv_layer_bytes=kv_layer_bytes, replayed=replayed)
-    n_tokens = batch_tokens(model, n_ctx, n_ubatch, n_seq)
+    n_tokens = batch_tokens(n_ctx, n_ubatch)
     no_vocab = f.copy()  # a device running layers without the output head
     no_vocab[_VOCAB] = 0.0
     no_vocab[_ALL] = f[_LAYERS]
@@ -267,7 +283,7 @@ def compute_buffer_estimate(
         peak = replayer(model, n_tokens=n_tokens, n_kv=model.kv_cells(n_ctx, n_seq), n_ubatch=n_ubatch, n_seq=n_seq,
                         flash_attn=flash_attn, kv_quantized=kv_quantized, kv_layer_bytes=kv_layer_bytes)
         if model.architecture in TRACE_CHECKED:
-            replay = lru_cache(maxsize=256)(peak)
+            replay = _keyed_replay(model, peak)
         if model.architecture in CPU_CHECKED:
             cpu_replay = lru_cache(maxsize=1)(lambda: peak(Offload(), True, "cpu"))
             rpc_replay = lru_cache(maxsize=1)(lambda: peak(Offload(), True, "rpc"))

@@ -14,8 +14,10 @@ their sizes, for one of two buffers (:func:`device_peak`):
   attention over a quantized cache carries F16 copies of K and V in the FA node (``fattn.cu``
   get_alloc_size), and its fusions keep tensors alive (``graph_optimize`` alloc deps): the MoE
   weighted sum keeps the experts' outputs and the router weights until the sum, the fused top-k
-  keeps its whole chain until its end. The six H200 traces of tests/data/compute_traces.json
-  match the engine's allocations one by one (size and offset).
+  keeps its whole chain until its end; a quantized cache's copies are padded to 512 elements,
+  and what CUDA cannot run (some FA head sizes, DSA's lightning indexer) stays on the host. The
+  H200 traces of tests/data/compute_traces.json (``runs``) match the engine's allocations one by
+  one (size and offset).
 * the CPU backend running the whole graph alone (``-ngl 0`` with no accelerator): no copies and
   none of CUDA's extras, the graph inputs are the first tensors of its own buffer. The CPU traces
   of tests/data/compute_traces.json (``cpu_runs``) match allocation by allocation for every
@@ -23,6 +25,7 @@ their sizes, for one of two buffers (:func:`device_peak`):
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -36,14 +39,15 @@ F32 = 4
 # the architectures whose graphs the builder rebuilds (checked against the engine's dry runs,
 # benchmarks/results/compute_fit.md); others are priced by the widths' phases alone
 REPLAYED = frozenset({"llama", "qwen2", "qwen3", "qwen3moe", "gemma3", "gpt-oss", "glm4moe", "deepseek2", "deepseek32"})
-# CUDA replays checked against ggml-alloc traces of the engine, allocation by allocation (llama,
-# qwen3moe, deepseek2 on an H200, tests/data/compute_traces.json; qwen2 and qwen3 build the same
-# blocks), and gemma3 and glm4moe, whose node lists the CPU traces check, against the CUDA sweep's
-# buffer lines (every placement: 74/75 and 88/88 records to the byte): the planner prices op
-# offload of these by replaying the placement itself. gpt-oss is left out: 14 of its 192 CUDA
-# records, all with experts (and their ADD_ID biases) in host memory, replay up to 72 MiB over
-# the engine's buffer, a difference no CUDA trace has shown yet
-TRACE_CHECKED = frozenset({"llama", "qwen2", "qwen3", "qwen3moe", "deepseek2", "gemma3", "glm4moe"})
+# CUDA replays checked against the engine on an H200, for every rebuilt architecture: ggml-alloc
+# traces allocation by allocation (size and offset) up to the `CUDA0 compute buffer size` line, 61
+# runs (the speed models under f16 and q8_0 caches, ubatch 128-4096, FA on and off, every kind of
+# op offload; random gemma3, gpt-oss, glm4moe and deepseek32 shapes in all four placements;
+# tests/data/compute_traces.json holds 17 of them), and the CUDA sweeps' buffer lines: 931 of 932
+# records of benchmarks/results/compute_sweep_cuda.jsonl within 1 MiB (one gemma3 record 42 MiB
+# over) and all 216 of the held-out compute_sweep_cuda_25.jsonl exact. The planner prices op
+# offload of these by replaying the placement itself (compute_fit.md's planner tables)
+TRACE_CHECKED = REPLAYED
 # the CPU backend's buffer (device_peak backend="cpu", and "rpc") checked against ggml-alloc traces
 # of the engine's CPU dry runs, allocation by allocation, for every rebuilt architecture
 # (tests/data/compute_traces.json "cpu_runs"; loopback RPC dry runs in tests/test_compute_model.py)
@@ -100,8 +104,7 @@ class _Builder:
         self.fa, self.kv_quantized, self.offload = flash_attn, kv_quantized, offload
         self.kv_layer_bytes = kv_layer_bytes  # one layer's K and V cache (the host-held layers' copies)
         self.nodes: list[Tensor] = []
-        self.weights = {t.name: t.alloc_bytes("cuda") for t in model.tensors}
-        self.shapes = {t.name: tuple(t.info.shape) for t in model.tensors}
+        self.weights = model.cuda_weights  # name -> (bytes on CUDA, shape)
         self.cpu = False  # building a layer whose weights (and cache) stay in host memory
         # gpt-oss keeps the output rows after its last layer, the others in it (openai-moe.cpp:157)
         self.rows_at_end = model.architecture == "gpt-oss"
@@ -185,7 +188,7 @@ class _Builder:
         """Weight ``name`` as an op's source: nothing when it is in device memory (external)."""
         if not (self.cpu if host is None else host) or name not in self.weights:
             return []
-        return [self.leaf(self.weights[name], weight=True)]
+        return [self.leaf(self.weights[name][0], weight=True)]
 
     def weighted(self, name: str, width: int, x: Tensor, *more: Tensor, host: bool | None = None) -> Tensor:
         """A matmul of weight ``name`` (its src[0]), then its bias ADD in place when there is one;
@@ -213,7 +216,7 @@ class _Builder:
 
     def weights_shape(self, name: str, dim: int = 1) -> int:
         """ne[dim] of a weight (ne1: a matmul's output width), 0 if the model has none."""
-        shape = self.shapes.get(name, ())
+        shape = self.weights[name][1] if name in self.weights else ()
         return shape[dim] if len(shape) > dim else 0
 
     # -- the graph ----------------------------------------------------------------------------------
@@ -309,7 +312,8 @@ class _Builder:
         mask = self.mask(swa)
         if self.fa:
             device = not self.cuda or _fattn_on_device(dk, dv, n_head // n_head_kv, n_kv)
-            extra = _pad(n_kv * n_head_kv * (dk + dv) * 2) if self.kv_quantized and self.cuda and device else 0  # F16 K/V copies
+            # CUDA's F16 copies of a quantized K and V
+            extra = _pad(n_kv * n_head_kv * (dk + dv) * 2) if self.kv_quantized and self.cuda and device else 0
             o = self.sized(n_head * dv * self.t * F32 + extra, self.view(q), *kv, mask, *sinks, host=not device)
         else:
             kq = self.new(n_kv * n_head, *kv[:1], self.view(q))
@@ -490,17 +494,51 @@ def _representative_layers(builder: _Builder, n_layer: int) -> list[int]:
     do not repeat: an iSWA model's full layer after fewer of its SWA layers lands elsewhere)."""
     if not builder.cuda:
         return list(range(n_layer))
-    hp, off = builder.hp, builder.offload
+    moe = [builder.has(f"blk.{il}.ffn_gate_inp.weight") for il in range(n_layer)]
+    return _kept_layers(moe, builder.hp.is_swa, builder.offload, n_layer)
+
+
+def _kept_layers(moe: list[bool], is_swa: Sequence[bool], off: Offload, n_layer: int) -> list[int]:
     keep: list[int] = []
-    run_kind, run = None, 0
+    run_kind: tuple[bool, ...] | None = None
+    run = 0
     for il in range(n_layer):
-        kind = (builder.has(f"blk.{il}.ffn_gate_inp.weight"), hp.is_swa[il], il in off.cpu_layers,
-                off.experts_on_host(il))
+        kind = (moe[il], is_swa[il], il in off.cpu_layers, off.experts_on_host(il))
         run = run + 1 if kind == run_kind else 1
         run_kind = kind
         if run <= RUN_CAP or il == n_layer - 1:
             keep.append(il)
     return keep
+
+
+# a layer's tensors: (name less "blk.N.", ggml type, shape), sorted
+LayerSignature = tuple[tuple[str, int, tuple[int, ...]], ...]
+
+
+def layer_signatures(model: ModelProfile) -> list[LayerSignature]:
+    """Per layer, what its nodes' sizes are made of: its tensors (name less the layer prefix, type,
+    shape)."""
+    per: list[list[tuple[str, int, tuple[int, ...]]]] = [[] for _ in model.layers]
+    for t in model.tensors:
+        if t.layer is not None:
+            per[t.layer].append((t.name.split(".", 2)[-1], t.info.ggml_type, t.info.shape))
+    return [tuple(sorted(p)) for p in per]
+
+
+def replay_key(model: ModelProfile, signatures: Sequence[LayerSignature], offload: Offload,
+               with_output: bool) -> tuple[object, ...]:
+    """What a CUDA replay of ``offload`` depends on, so that placements which leave different layers
+    in host memory but replay the same nodes share one replay: the replayed layers' tensors and
+    kinds in order, and for DSA the layers skipped between them (their mask leaves)."""
+    hp = model.hparams
+    n_layer = hp.n_layer_kv or hp.n_layer
+    moe = [any(name == "ffn_gate_inp.weight" for name, _, _ in signatures[il]) for il in range(n_layer)]
+    prev, key = -1, []
+    for il in _kept_layers(moe, hp.is_swa, offload, n_layer):
+        key.append((signatures[il], hp.is_swa[il], il in offload.cpu_layers, offload.experts_on_host(il),
+                    il - prev if hp.indexer_head_size else 0, il == n_layer - 1))
+        prev = il
+    return tuple(key), with_output, offload.cpu_output
 
 
 def device_peak(model: ModelProfile, *, n_tokens: int, n_kv: int, n_kv_swa: int, flash_attn: bool,

@@ -22,7 +22,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from enum import Enum
-from functools import cached_property
+from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -118,6 +118,7 @@ def classify(layer: int | None, inner_name: str) -> Role:
     return Role.UNKNOWN
 
 
+@lru_cache(maxsize=None)
 def _type_sizes(ggml_type: int) -> tuple[int, int]:
     return GGML_QUANT_SIZES[GGMLQuantizationType(ggml_type)]
 
@@ -233,6 +234,12 @@ class ModelProfile:
             return "not covered"
         spec = ARCHITECTURES.get(self.architecture)
         return "verified" if spec and spec.verified else "generic"
+
+    @cached_property
+    def cuda_weights(self) -> dict[str, tuple[int, tuple[int, ...]]]:
+        """Every tensor by name: the bytes CUDA allocates for it and its shape (the compute graph
+        replay's weights, read once per model)."""
+        return {t.name: (t.alloc_bytes("cuda"), tuple(t.info.shape)) for t in self.tensors}
 
     @cached_property
     def layers(self) -> list[LayerCost]:
