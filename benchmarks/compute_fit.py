@@ -108,6 +108,8 @@ def rows_of(rec: dict[str, Any], model: ModelProfile) -> list[tuple[str, str, np
 # the op-offload role of each CUDA sweep placement (rows_of gives it CUDA0's bytes)
 OFFLOAD_ROLE = {"none": "offload_none", "partial": "gpu_partial", "exps_cpu": "gpu_exps"}
 CUDA_PLACEMENTS = ("all", *OFFLOAD_ROLE)
+# the host's role beside the GPU in each CUDA sweep placement (rows_of gives it CUDA_Host's bytes)
+HOST_ROLE = {"all": "host_base", "none": "host_all", "partial": "host_partial", "exps_cpu": "host_base"}
 # the sweep's one GPU beside the host (capacities and speeds do not enter the compute buffers)
 _RIG = Cluster("sweep", (Device(name="CUDA0", kind="gpu", memory_bytes=141 * GiB, bandwidth_gbs=4800, tflops=990),
                          Device(name=CPU, kind="cpu", memory_bytes=1024 * GiB, bandwidth_gbs=100, tflops=2)))
@@ -120,6 +122,14 @@ def planner_cuda0(rec: dict[str, Any], model: ModelProfile) -> int:
     ``compute_graph.TRACE_CHECKED``, else the fitted role's pieces; ``all``: the fitted
     ``layers_output``. ``partial`` keeps the output head on the GPU (mainline -ngl counts it as
     the last layer); ``none`` keeps it on the host."""
+    return planner_usage(rec, model)["CUDA0"]
+
+
+def planner_usage(rec: dict[str, Any], model: ModelProfile) -> dict[str, int]:
+    """Compute bytes per device (CUDA0, the CPU) as :meth:`CostModel.usage` prices the placement
+    of a CUDA sweep record (:func:`planner_cuda0`); the CPU's is the record's ``CUDA_Host`` line:
+    replayed for ``compute_graph.TRACE_CHECKED`` (``ComputeEstimate.host_replay``), else the
+    fitted host role's pieces."""
     cost = CostModel(model, _RIG, Context(ctx=rec["n_ctx"], n_ubatch=record_ubatch(rec), type_k=rec["kv_type"],
                                           type_v=rec["kv_type"], flash_attn=rec["flash_attn"]))
     n_layer, place = model.n_layer, rec["placement"]
@@ -136,7 +146,7 @@ def planner_cuda0(rec: dict[str, Any], model: ModelProfile) -> int:
         p = Placement(("CUDA0",), ("CUDA0",) * n_layer, experts, "CUDA0")
     else:
         raise ValueError(f"placement {place!r} is not one of {CUDA_PLACEMENTS}")
-    return next(u.compute_bytes for u in cost.usage(p) if u.name == "CUDA0")
+    return {u.name: u.compute_bytes for u in cost.usage(p)}
 
 
 def planner_cpu(rec: dict[str, Any], model: ModelProfile) -> int:
@@ -152,6 +162,8 @@ def planner_cpu(rec: dict[str, Any], model: ModelProfile) -> int:
 PLANNER_NOTE = ("CUDA0's buffer as `CostModel.usage` prices each record's placement (one GPU): the placement "
                 "replayed for the architectures of `compute_graph.TRACE_CHECKED` (" + ", ".join(sorted(TRACE_CHECKED))
                 + "), else the larger of the fitted role's pieces above and the GPU's own layers' peak; "
+                "`host_*`: the host's buffer beside the GPU (the `CUDA_Host` line) in every CUDA placement, "
+                "replayed from the same graph for those architectures, else the fitted host role; "
                 "`cpu_only`: the CPU backend's buffer of a CPU-only load, replayed for `compute_graph.CPU_CHECKED` ("
                 + ", ".join(sorted(CPU_CHECKED)) + "), else the fitted pieces.")
 
@@ -164,9 +176,14 @@ def planner_report(records: list[tuple[dict[str, Any], ModelProfile]]) -> dict[s
         if rec["placement"] == "cpu" and rec["compute"].get("CPU", 0) > 0:
             by_role["cpu_only"].append(
                 (rec["case"] % 4 == 0, rec["arch"], planner_cpu(rec, model), rec["compute"]["CPU"]))
-        elif rec["placement"] in OFFLOAD_ROLE and rec["compute"].get("CUDA0", 0) > 0:
-            by_role[OFFLOAD_ROLE[rec["placement"]]].append(
-                (rec["case"] % 4 == 0, rec["arch"], planner_cuda0(rec, model), rec["compute"]["CUDA0"]))
+        elif rec["placement"] in CUDA_PLACEMENTS:
+            usage, held_out = planner_usage(rec, model), rec["case"] % 4 == 0
+            if rec["placement"] in OFFLOAD_ROLE and rec["compute"].get("CUDA0", 0) > 0:
+                by_role[OFFLOAD_ROLE[rec["placement"]]].append(
+                    (held_out, rec["arch"], usage["CUDA0"], rec["compute"]["CUDA0"]))
+            if rec["compute"].get("CUDA_Host", 0) > 0:
+                by_role[HOST_ROLE[rec["placement"]]].append(
+                    (held_out, rec["arch"], usage[CPU], rec["compute"]["CUDA_Host"]))
     split: list[dict[str, Any]] = []
     by_arch: list[dict[str, Any]] = []
     for role, rows in sorted(by_role.items()):
@@ -184,18 +201,23 @@ def planner_report(records: list[tuple[dict[str, Any], ModelProfile]]) -> dict[s
 
 
 def independent_report(records: list[tuple[dict[str, Any], ModelProfile]]) -> list[dict[str, Any]]:
-    """The planner's CUDA0 price (:func:`planner_cuda0`) of independent sweeps' records, against
-    the engine: :func:`_stats` rows per placement, over all architectures (``arch`` "all") and
-    per architecture."""
-    pairs: dict[tuple[str, str], list[tuple[int, float]]] = defaultdict(list)
+    """The planner's CUDA0 and CUDA_Host prices (:func:`planner_usage`) of independent sweeps'
+    records, against the engine: :func:`_stats` rows per buffer and placement, over all
+    architectures (``arch`` "all") and per architecture."""
+    pairs: dict[tuple[str, str, str], list[tuple[int, float]]] = defaultdict(list)
     for rec, model in records:
-        if rec["placement"] in CUDA_PLACEMENTS and rec["compute"].get("CUDA0", 0) > 0:
-            pair = (planner_cuda0(rec, model), rec["compute"]["CUDA0"])
-            pairs[rec["placement"], "all"].append(pair)
-            pairs[rec["placement"], rec["arch"]].append(pair)
-    order = sorted(pairs, key=lambda k: (CUDA_PLACEMENTS.index(k[0]), k[1] != "all", k[1]))
-    return [{"backend": "cuda", "placement": place, "arch": arch,
-             **_stats(*(np.array(col, dtype=float) for col in zip(*pairs[place, arch])))} for place, arch in order]
+        if rec["placement"] not in CUDA_PLACEMENTS:
+            continue
+        usage = planner_usage(rec, model)
+        for buffer, name in (("cuda", "CUDA0"), ("cuda_host", CPU)):
+            engine = rec["compute"].get("CUDA_Host" if name == CPU else name, 0)
+            if engine > 0:
+                for arch in ("all", rec["arch"]):
+                    pairs[buffer, rec["placement"], arch].append((usage[name], engine))
+    order = sorted(pairs, key=lambda k: (k[0], CUDA_PLACEMENTS.index(k[1]), k[2] != "all", k[2]))
+    return [{"backend": buffer, "placement": place, "arch": arch,
+             **_stats(*(np.array(col, dtype=float) for col in zip(*pairs[buffer, place, arch]))),
+             } for buffer, place, arch in order]
 
 
 # Each piece is one phase of the graph and may only use the widths alive in that phase
@@ -342,7 +364,7 @@ def main() -> None:
                 if not rec["ok"]:
                     continue
                 model = _profile(cache, Path(tmp), rec["arch"], rec["shape"])
-                if rec["placement"] in (*OFFLOAD_ROLE, "cpu"):
+                if rec["placement"] in (*CUDA_PLACEMENTS, "cpu"):
                     offloaded.append((rec, model))
                 for cls, role, f, engine_bytes in rows_of(rec, model):
                     if engine_bytes > 0:
@@ -392,13 +414,15 @@ def main() -> None:
     role = ("backend", "role")
     lines = (_table(report, (*role, "split")) + ["", "Held-out models by architecture:", ""]
              + _table(by_arch, (*role, "arch"))
-             + ["", "## What the planner prices (op-offload roles, CPU-only loads)", "", PLANNER_NOTE, ""]
+             + ["", "## What the planner prices (op-offload roles, the host beside a GPU, CPU-only loads)", "",
+                PLANNER_NOTE, ""]
              + _table(planner["split"], (*role, "split")) + ["", "Held-out models by architecture:", ""]
              + _table(planner["held_out_by_arch"], (*role, "arch")))
     if independent_rows:
         n_models = len({json.dumps([rec["arch"], rec["shape"]], sort_keys=True) for rec, _ in independent})
         lines += ["", "## The planner on independent sweeps (never fitted to)", "",
-                  "CUDA0's buffer as `CostModel.usage` prices each record's placement (as above; `all`: the fitted "
+                  "CUDA0's buffer (`cuda`) and the host's beside it (`cuda_host`, the `CUDA_Host` line) as "
+                  "`CostModel.usage` prices each record's placement (as above; CUDA0 in `all`: the fitted "
                   f"`layers_output`) on {', '.join(Path(p).name for p in args.held_out)}: {len(independent)} records "
                   f"of {n_models} random models drawn with another seed.", "",
                   *_table(independent_rows, ("backend", "placement", "arch"))]

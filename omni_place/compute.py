@@ -8,7 +8,8 @@ address the allocator reached over the part of the graph that backend runs.
 
 For a CUDA device :mod:`.compute_graph` rebuilds that graph per architecture and replays the
 allocator over it (the ``graph_*`` features, one per device role; the planner replays the exact
-placement for ``TRACE_CHECKED`` architectures); the CPU backend running a CPU-only load, and an
+placement for ``TRACE_CHECKED`` architectures, and from the same graph the host's buffer beside
+one CUDA device, :attr:`ComputeEstimate.host_replay`); the CPU backend running a CPU-only load, and an
 RPC server running every layer and the head, are replayed outright for ``CPU_CHECKED`` ones
 (:attr:`ComputeEstimate.cpu_replay`, :attr:`~ComputeEstimate.rpc_replay`). Beside it, every term of a
 phase of the graph is ``n_tokens`` times a width from the hyper-parameters (:func:`features`),
@@ -38,7 +39,8 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
-from .compute_graph import CPU_CHECKED, F32, REPLAYED, TRACE_CHECKED, Offload, device_peak, layer_signatures, replay_key
+from .compute_graph import (CPU_CHECKED, F32, REPLAYED, TRACE_CHECKED, Offload, cuda_peaks, device_peak,
+                            layer_signatures, replay_key)
 
 if TYPE_CHECKING:
     from .model import ModelProfile
@@ -136,6 +138,21 @@ def replayer(model: ModelProfile, *, n_tokens: int, n_kv: int, n_ubatch: int, n_
     return peak
 
 
+def cuda_replayer(model: ModelProfile, *, n_tokens: int, n_kv: int, n_ubatch: int, n_seq: int, flash_attn: bool,
+                  kv_quantized: bool, kv_layer_bytes: int) -> Callable[[Offload, bool], tuple[int, int]]:
+    """compute_graph.cuda_peaks of this model and context: a CUDA device's buffer and the host's
+    beside it (one graph built for both), as a function of what the host holds and whether the
+    device runs the output head."""
+    hp = model.hparams
+    n_kv_swa = model.swa_kv_cells(n_kv, n_ubatch, n_seq) if any(hp.is_swa) and hp.n_swa else n_kv
+
+    def peaks(offload: Offload, with_output: bool) -> tuple[int, int]:
+        return cuda_peaks(model, n_tokens=n_tokens, n_kv=n_kv, n_kv_swa=n_kv_swa, flash_attn=flash_attn,
+                          kv_quantized=kv_quantized, kv_layer_bytes=kv_layer_bytes, with_output=with_output,
+                          offload=offload)
+    return peaks
+
+
 def graph_widths(model: ModelProfile, *, n_tokens: int, n_kv: int, n_ubatch: int, n_seq: int, flash_attn: bool,
                  kv_quantized: bool, kv_layer_bytes: int) -> list[float]:
     """The ``graph_*`` features: compute_graph.device_peak per device role, per token in F32 (0
@@ -153,16 +170,18 @@ def graph_widths(model: ModelProfile, *, n_tokens: int, n_kv: int, n_ubatch: int
     return [p / F32 / n_tokens for p in peaks]
 
 
-def _keyed_replay(model: ModelProfile, peak: Callable[..., int]) -> Callable[[Offload, bool], int]:
-    """``peak`` on CUDA, once per distinct replay (compute_graph.replay_key): the planner prices
-    dozens of placements that differ only in how many layers' experts stay in host memory."""
+def _keyed_replay(model: ModelProfile, peaks: Callable[[Offload, bool], tuple[int, int]]) -> Callable[
+        [Offload, bool], tuple[int, int]]:
+    """``peaks`` (the CUDA device's buffer, the host's), once per distinct replay
+    (compute_graph.replay_key): the planner prices dozens of placements that differ only in how
+    many layers' experts stay in host memory."""
     signatures = layer_signatures(model)
-    done: dict[tuple[object, ...], int] = {}
+    done: dict[tuple[object, ...], tuple[int, int]] = {}
 
-    def replay(offload: Offload, with_output: bool) -> int:
+    def replay(offload: Offload, with_output: bool) -> tuple[int, int]:
         key = replay_key(model, signatures, offload, with_output)
         if key not in done:
-            done[key] = peak(offload, with_output)
+            done[key] = peaks(offload, with_output)
         return done[key]
     return replay
 
@@ -199,6 +218,8 @@ class ComputeEstimate:
     # the CUDA buffer of one device running every layer not held by the host, replayed for an
     # exact placement (Offload, with_output); None where the replay is not trace-checked
     replay: Callable[[Offload, bool], int] | None = field(default=None, compare=False, repr=False)
+    # the host's buffer beside that one device (the CUDA_Host line), from the same replay
+    host_replay: Callable[[Offload, bool], int] | None = field(default=None, compare=False, repr=False)
     # replayed where checked against the engine (compute_graph.CPU_CHECKED): the CPU backend's
     # buffer running the whole graph alone, and an RPC server's running every layer and the head
     cpu_replay: Callable[[], int] | None = field(default=None, compare=False, repr=False)
@@ -278,14 +299,23 @@ def compute_buffer_estimate(
         offload[cls] = {role: (F32 * n_tokens * (p @ f), p[:, _CPU_WEIGHT].copy())
                         for role, p in fits.items() if role.startswith(("offload", "gpu_"))}
     mask = int(F32 * n_tokens * f[FEATURES.index("mask")])
-    replay = cpu_replay = rpc_replay = None
+    replay = host_replay = cpu_replay = rpc_replay = None
     if replayed and model.architecture in TRACE_CHECKED | CPU_CHECKED:
-        peak = replayer(model, n_tokens=n_tokens, n_kv=model.kv_cells(n_ctx, n_seq), n_ubatch=n_ubatch, n_seq=n_seq,
-                        flash_attn=flash_attn, kv_quantized=kv_quantized, kv_layer_bytes=kv_layer_bytes)
+        shape: dict[str, Any] = dict(n_tokens=n_tokens, n_kv=model.kv_cells(n_ctx, n_seq), n_ubatch=n_ubatch,
+                                     n_seq=n_seq, flash_attn=flash_attn, kv_quantized=kv_quantized,
+                                     kv_layer_bytes=kv_layer_bytes)
+        peak = replayer(model, **shape)
         if model.architecture in TRACE_CHECKED:
-            replay = _keyed_replay(model, peak)
+            both = _keyed_replay(model, cuda_replayer(model, **shape))
+
+            def replay(offload: Offload, with_output: bool) -> int:
+                return both(offload, with_output)[0]
+
+            def host_replay(offload: Offload, with_output: bool) -> int:
+                return both(offload, with_output)[1]
         if model.architecture in CPU_CHECKED:
             cpu_replay = lru_cache(maxsize=1)(lambda: peak(Offload(), True, "cpu"))
             rpc_replay = lru_cache(maxsize=1)(lambda: peak(Offload(), True, "rpc"))
     return ComputeEstimate(n_tokens=n_tokens, backend_roles=roles, layers_only=layers_only, offload=offload,
-                           mask=mask, replay=replay, cpu_replay=cpu_replay, rpc_replay=rpc_replay)
+                           mask=mask, replay=replay, host_replay=host_replay, cpu_replay=cpu_replay,
+                           rpc_replay=rpc_replay)

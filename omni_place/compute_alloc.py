@@ -8,10 +8,11 @@ grows the buffer. The buffer's size is the highest address ever used, which depe
 order and the sizes of the tensors, not only on which are alive at once.
 
 What a backend's buffer holds is the scheduler's choice (``ggml/src/ggml-backend.cpp``):
-:func:`schedule_device` gives a device beside the local CPU (a CUDA GPU, an RPC server) its part,
-the host tensors it reads copied in per split; a backend running the whole graph alone (the CPU
-with no accelerator) keeps everything, its graph inputs the first leaves of its own buffer
-(:func:`replay`'s ``leaves``). :mod:`.compute_graph` builds the node lists.
+:func:`schedule` gives a device beside the local CPU (a CUDA GPU, an RPC server) its part, the
+host tensors it reads copied in per split, and the host its own (the CPU backend's ops, the
+graph inputs, the device tensors it reads copied out); a backend running the whole graph alone
+(the CPU with no accelerator) keeps everything, its graph inputs the first leaves of its own
+buffer (:func:`replay`'s ``leaves``). :mod:`.compute_graph` builds the node lists.
 """
 from __future__ import annotations
 
@@ -78,42 +79,48 @@ class Tensor:
     output: bool = False  # a graph output: never freed
     host: bool = False  # in host memory: a graph input, a CPU-held weight or cache, a node the CPU runs
     weight: bool = False  # a CPU-held weight: the device op using it starts a new split
+    external: bool = False  # memory of no compute buffer: a weight, a view of the KV cache
     children: int = 0
     views: int = 0
     owned: bool = False
     addr: int = 0
 
 
-def schedule_device(nodes: list[Tensor]) -> list[Tensor]:
-    """An accelerator's part of the graph (``ggml-backend.cpp``): splits start where the backend
-    changes or a device op uses a CPU-held weight while its split already has inputs (1325-1344);
-    a host tensor a device op reads is copied once, by the first split that reads it (1377-1395),
-    and the copies are nodes at the start of their split, in the order the split first reads
-    them (1514-1531); a device tensor a host split reads is kept until that split starts (its
-    ``input_dep``, 1523). Graph inputs stay in host memory, copied in where read; the device's own
-    leaves (fresh tensors an op fills) go to :func:`replay`'s ``leaves``."""
-    out: list[Tensor] = []
-    copies: dict[int, Tensor] = {}
+def schedule(nodes: list[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
+    """The scheduler's split of the graph (``ggml-backend.cpp``) into the accelerator's part and
+    the host's (the CPU backend's, in the ``CUDA_Host`` buffer beside a GPU), in the order
+    ``sched->graph`` gives ggml-alloc. Splits start where the backend changes or a device op uses
+    a CPU-held weight while its split already has inputs (1325-1344). A tensor another backend's
+    split reads is copied once per backend, by the first split that reads it (1377-1395; later
+    splits read that copy); each split starts with its inputs, in the order it first reads them,
+    as an ``input_dep`` in the source's part (a dependency that keeps the source until the copy
+    is made) and the copy in the split's (1514-1531). Graph inputs live on the last backend, the
+    CPU (944-949), the host's :func:`replay` ``leaves`` (ggml-alloc.c:728-732 allocates the
+    graph's leaves first); weights and cache views (``external``) take no memory."""
+    device: list[Tensor] = []
+    host: list[Tensor] = []
+    copies: dict[tuple[int, bool], Tensor] = {}  # (source, the reading side is the host) -> its copy
     on_host: bool | None = None
-    start = n_inputs = 0
+    start = host_start = n_inputs = 0
     for n in nodes:
         if n.view is None and (n.host != on_host or (not n.host and n_inputs and any(s.weight for s in n.src))):
-            on_host, start, n_inputs = n.host, len(out), 0
+            on_host, start, host_start, n_inputs = n.host, len(device), len(host), 0
         src = []
         for s in n.src:
             if s.host == n.host:
                 src.append(s)
-            elif id(s) not in copies:  # the input copy (or, for a host split, the dependency)
-                copies[id(s)] = c = Tensor(0, [s]) if n.host else Tensor(s.size)
-                out.insert(start + n_inputs, c)
+                continue
+            if (id(s), n.host) not in copies:
+                copies[id(s), n.host] = c = Tensor(s.size)
+                dep = Tensor(0, [s])
+                here, there = (host, device) if n.host else (device, host)
+                here.insert((host_start if n.host else start) + n_inputs, c)
+                there.insert((start if n.host else host_start) + n_inputs, dep)
                 n_inputs += 1
-                src.append(c)
-            elif not n.host:
-                src.append(copies[id(s)])
+            src.append(copies[id(s), n.host])
         n.src = src
-        if not n.host:
-            out.append(n)
-    return out
+        (host if n.host else device).append(n)
+    return device, host
 
 
 def replay(nodes: list[Tensor], align: int, leaves: Sequence[Tensor] = (),
@@ -128,7 +135,7 @@ def replay(nodes: list[Tensor], align: int, leaves: Sequence[Tensor] = (),
     mem = Allocator(align)
 
     def allocate(t: Tensor) -> None:
-        if t.owned or t.view is not None or not t.size:  # size 0: a store into the cache, a dependency
+        if t.owned or t.view is not None or not t.size or t.external:  # size 0: a store, a dependency
             return
         t.owned = True
         if t.inplace:

@@ -17,7 +17,8 @@ their sizes, for one of two buffers (:func:`device_peak`):
   keeps its whole chain until its end; a quantized cache's copies are padded to 512 elements,
   and what CUDA cannot run (some FA head sizes, DSA's lightning indexer) stays on the host. The
   H200 traces of tests/data/compute_traces.json (``runs``) match the engine's allocations one by
-  one (size and offset).
+  one (size and offset); so does the host's buffer beside it, from the same graph (the
+  ``CUDA_Host`` line, :func:`cuda_peaks`).
 * the CPU backend running the whole graph alone (``-ngl 0`` with no accelerator): no copies and
   none of CUDA's extras, the graph inputs are the first tensors of its own buffer. The CPU traces
   of tests/data/compute_traces.json (``cpu_runs``) match allocation by allocation for every
@@ -29,7 +30,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from .compute_alloc import CPU_ALIGNMENT, CUDA_ALIGNMENT, Tensor, pad, replay, schedule_device
+from .compute_alloc import CPU_ALIGNMENT, CUDA_ALIGNMENT, Tensor, pad, replay, schedule
 from .errors import UnsupportedModelError
 
 if TYPE_CHECKING:
@@ -45,8 +46,10 @@ REPLAYED = frozenset({"llama", "qwen2", "qwen3", "qwen3moe", "gemma3", "gpt-oss"
 # op offload; random gemma3, gpt-oss, glm4moe and deepseek32 shapes in all four placements;
 # tests/data/compute_traces.json holds 17 of them), and the CUDA sweeps' buffer lines: 931 of 932
 # records of benchmarks/results/compute_sweep_cuda.jsonl within 1 MiB (one gemma3 record 42 MiB
-# over) and all 216 of the held-out compute_sweep_cuda_25.jsonl exact. The planner prices op
-# offload of these by replaying the placement itself (compute_fit.md's planner tables)
+# over) and all 216 of the held-out compute_sweep_cuda_25.jsonl exact. The host's buffer beside
+# the GPU (`CUDA_Host`, cuda_peaks): the same 61 traces allocation by allocation and all 1148
+# records to the printed 0.01 MiB. The planner prices op offload and the host's buffer of these by
+# replaying the placement itself (compute_fit.md's planner tables)
 TRACE_CHECKED = REPLAYED
 # the CPU backend's buffer (device_peak backend="cpu", and "rpc") checked against ggml-alloc traces
 # of the engine's CPU dry runs, allocation by allocation, for every rebuilt architecture
@@ -172,14 +175,17 @@ class _Builder:
 
     @staticmethod
     def leaf(size: int, weight: bool = False) -> Tensor:
-        """A tensor in host memory: a graph input, a CPU-held weight, a view of a host-held cache."""
-        return Tensor(size, host=True, weight=weight)
+        """A tensor of no compute buffer in host memory: a CPU-held weight, a view of a host-held cache."""
+        return Tensor(size, host=True, weight=weight, external=True)
 
     def cache_copy(self, size: int, ne0: int, cache: tuple[int, int]) -> Tensor:
-        """The device's copy of a view of a host-held cache (``size`` bytes, rows of ``ne0``
-        elements; ``cache``: the bytes and elements of the layer's cache): CUDA pads a quantized
-        row to MATRIX_ROW_PADDING (512) elements (ggml-cuda.cu:912-917 get_alloc_size; every
-        cache type's block holds 32 elements)."""
+        """A view of the layer's cache (``size`` bytes, rows of ``ne0`` elements; ``cache``: the
+        bytes and elements of the layer's cache). Host-held, the device's copy of it: CUDA pads a
+        quantized row to MATRIX_ROW_PADDING (512) elements (ggml-cuda.cu:912-917 get_alloc_size;
+        every cache type's block holds 32 elements); device-held, read in place by device ops and
+        copied out, unpadded, for a host op (flash attention CUDA cannot run)."""
+        if not self.cpu:
+            return Tensor(size, external=True)
         if self.kv_quantized and self.cuda and ne0 % 512:
             size += (512 - ne0 % 512) * cache[0] // cache[1]
         return self.leaf(size)
@@ -306,8 +312,7 @@ class _Builder:
         layer_bytes = self.kv_layer_bytes * n_kv // self.n_kv  # the copied view: n_kv cells of the layer's cache
         k_bytes = layer_bytes // 2
         kv = [self.cache_copy(k_bytes, dk, (k_bytes, n_kv * n_head_kv * dk)),
-              self.cache_copy(layer_bytes - k_bytes, dv, (layer_bytes - k_bytes, n_kv * n_head_kv * dv))] \
-            if self.cpu else []
+              self.cache_copy(layer_bytes - k_bytes, dv, (layer_bytes - k_bytes, n_kv * n_head_kv * dv))]
         sinks = self.w(b + "attn_sinks.weight")
         mask = self.mask(swa)
         if self.fa:
@@ -353,8 +358,7 @@ class _Builder:
         k_bytes = self.kv_layer_bytes * (latent + rope) // (latent + rope + hp.indexer_head_size)
         k_cache = (k_bytes, self.n_kv * (latent + rope))
         kv = [self.cache_copy(k_bytes, latent + rope, k_cache),
-              self.cache_copy(k_bytes - k_bytes // max(1, self.n_kv) * rope // (latent + rope), latent, k_cache)] \
-            if self.cpu else []
+              self.cache_copy(k_bytes - k_bytes // max(1, self.n_kv) * rope // (latent + rope), latent, k_cache)]
         dv = self.weights_shape(b + "attn_v_b.weight", 1) or hp.head_dim_v
         if self.fa:
             device = not self.cuda or _fattn_on_device(latent + rope, latent, n_head, self.n_kv)
@@ -416,7 +420,10 @@ class _Builder:
         # (lightning-indexer.cu:536-586); else the CPU does, and the scores are copied back in
         heads = self.weights_shape(b + "indexer.attn_q_b.weight") // max(1, self.hp.indexer_head_size)
         on_host = self.cuda and not (self.hp.indexer_head_size == 128 and heads in (32, 64))
-        scores = self.sized(self.n_kv * t * F32, self.view(q), w, lid_mask, host=on_host)
+        # the indexer's key cache (n_kv rows): a host op copies a device-held one out
+        total = self.hp.kv_lora_rank + self.hp.n_rot + self.hp.indexer_head_size
+        keys = Tensor(self.kv_layer_bytes * self.hp.indexer_head_size // total, host=self.cpu, external=True)
+        scores = self.sized(self.n_kv * t * F32, self.view(q), keys, w, lid_mask, host=on_host)
         top_k = self.new(n_top_k, self.new(n_top_k, scores, elt=4), elt=4)  # TOP_K and its cont (I32)
         mask = self.mask(False)
         filled = self.sized(mask.size, mask, inplace=True)  # FILL -inf (the mask has a later use: not in place)
@@ -544,26 +551,39 @@ def replay_key(model: ModelProfile, signatures: Sequence[LayerSignature], offloa
 def device_peak(model: ModelProfile, *, n_tokens: int, n_kv: int, n_kv_swa: int, flash_attn: bool,
                 kv_quantized: bool, kv_layer_bytes: int, with_output: bool = True,
                 offload: Offload = Offload(), backend: str = "cuda",
-                trace: list[tuple[int, int]] | None = None) -> int:
+                trace: list[tuple[int, int]] | None = None, host_trace: list[tuple[int, int]] | None = None) -> int:
     """Bytes of the compute buffer of a device running every layer (and the output head when
     ``with_output``): a CUDA device (``backend="cuda"``) with ``offload``'s host-held weights
     copied in (module doc), or the CPU backend running the whole graph alone (``"cpu"``: no
     accelerator, or an RPC server's): its graph inputs in its own buffer, none of CUDA's extras.
     ``"rpc"``: an RPC server's CPU backend running every layer for the local host (the scheduler
     copies the graph inputs in, as for a CUDA device, none of CUDA's extras). ``trace`` collects
-    the (size, offset) of each allocation, as ggml-alloc.c's AT_PRINTF does."""
+    the (size, offset) of each allocation, as ggml-alloc.c's AT_PRINTF does (``host_trace``: the
+    host's, :func:`cuda_peaks`)."""
+    return cuda_peaks(model, n_tokens=n_tokens, n_kv=n_kv, n_kv_swa=n_kv_swa, flash_attn=flash_attn,
+                      kv_quantized=kv_quantized, kv_layer_bytes=kv_layer_bytes, with_output=with_output,
+                      offload=offload, backend=backend, trace=trace, host_trace=host_trace)[0]
+
+
+def cuda_peaks(model: ModelProfile, *, n_tokens: int, n_kv: int, n_kv_swa: int, flash_attn: bool,
+               kv_quantized: bool, kv_layer_bytes: int, with_output: bool = True,
+               offload: Offload = Offload(), backend: str = "cuda", trace: list[tuple[int, int]] | None = None,
+               host_trace: list[tuple[int, int]] | None = None) -> tuple[int, int]:
+    """:func:`device_peak` and, from the same graph, the host's buffer beside the device (the
+    ``CUDA_Host`` line: the CPU backend's split, the graph inputs, the copies of what it reads;
+    the CPU's alignment, ggml-cuda.cu:1309); 0 for a backend running the graph alone."""
     if model.architecture not in REPLAYED:
         raise UnsupportedModelError(f"no compute graph for architecture {model.architecture!r}",
                                     hint="rebuilt: " + ", ".join(sorted(REPLAYED)))
     if backend not in ("cuda", "cpu", "rpc") or (backend != "cuda" and offload != Offload()):
         raise ValueError(f"no replay of a {backend!r} buffer with {offload}")
-    cuda = backend == "cuda"
-    builder = _Builder(model, n_tokens, n_kv, n_kv_swa, flash_attn, kv_quantized, kv_layer_bytes, offload, cuda,
-                       alone=backend == "cpu")
+    builder = _Builder(model, n_tokens, n_kv, n_kv_swa, flash_attn, kv_quantized, kv_layer_bytes, offload,
+                       backend == "cuda", alone=backend == "cpu")
     nodes = builder.build(with_output)
+    if backend == "cpu":
+        return replay(nodes, CPU_ALIGNMENT, builder.leaves, trace), 0
+    # an RPC server is a device beside the local CPU, which keeps the graph inputs and the token embeddings
+    device, host = schedule(nodes)
     own = [t for t in builder.leaves if not t.host]
-    if cuda:
-        return replay(schedule_device(nodes), CUDA_ALIGNMENT, own, trace)
-    if backend == "rpc":  # a device beside the local CPU, which keeps the graph inputs and the token embeddings
-        return replay(schedule_device(nodes), CPU_ALIGNMENT, own, trace)
-    return replay(nodes, CPU_ALIGNMENT, builder.leaves, trace)
+    return (replay(device, CUDA_ALIGNMENT if backend == "cuda" else CPU_ALIGNMENT, own, trace),
+            replay(host, CPU_ALIGNMENT, [t for t in builder.leaves if t.host], host_trace))

@@ -318,9 +318,14 @@ class CostModel:
         return total
 
     def _host_compute(self, p: Placement, cpu_use: DeviceUsage, offload: bool, copies: int) -> int:
-        """The CPU backend's compute buffer: the host's share beside accelerators, or the whole
-        graph when nothing can take op offload (no GPU first in the order)."""
+        """The CPU backend's compute buffer: the host's share beside accelerators (the ``CUDA_Host``
+        line beside one CUDA device replayed for compute_graph.TRACE_CHECKED, else the fitted
+        role), or the whole graph when nothing can take op offload (no GPU first in the order)."""
         c = self.compute
+        if (c.host_replay is not None and copies == 1 and len(p.order) == 1 and self.backend(p.order[0]) == "cuda"
+                and (self.offloads_to(p.order[0]) or not self.has_cpu_weights(p))):
+            # one CUDA device beside the host, CPU-held weights' ops offloaded to it: the replayed graph
+            return c.host_replay(self._host_held(p), True)
         if cpu_use.n_layers == 0:
             return c.host_bytes("host_base", copies)
         if not offload:

@@ -16,7 +16,7 @@ from benchmarks.speed_truth import write_speed_model
 from omni_place.compute import batch_tokens, compute_buffer_estimate
 from omni_place.compute_alloc import CUDA_ALIGNMENT, Tensor, replay
 from omni_place import compute_graph
-from omni_place.compute_graph import TRACE_CHECKED, Offload, device_peak, layer_signatures, replay_key
+from omni_place.compute_graph import TRACE_CHECKED, Offload, cuda_peaks, device_peak, layer_signatures, replay_key
 from omni_place.errors import UnsupportedModelError
 from omni_place.model import ModelProfile, Role, load_model
 from omni_place.plan import evaluate
@@ -117,19 +117,27 @@ def test_replay_makes_the_engines_allocations(speed_models: Path, tmp_path: Path
     """The replay allocates what the engine allocates, where it does (size and offset of each of
     the first allocations: graph inputs copied by the split that first reads them, weights and
     host-held cache copied per op (a quantized one padded), no view taken over in place, what CUDA
-    cannot run left on the host), and reaches its buffer size."""
+    cannot run left on the host), and reaches its buffer size; so does the host's buffer beside
+    it from the same graph (the `CUDA_Host` line: graph inputs first, then the CPU's split with
+    the copies of the device tensors it reads: stores into a host-held cache, the DSA indexer,
+    flash attention CUDA cannot run)."""
     profile = load_model(_run_model(run, speed_models, tmp_path))
     n_ctx, n_ubatch, fa, kv_type = _run_context(run)
     kv = max(profile.kv_layer_bytes(n_ctx, kv_type, kv_type, n_seq=1, n_ubatch=n_ubatch, flash_attn=fa))
     n_kv = profile.kv_cells(n_ctx)
     n_kv_swa = profile.swa_kv_cells(n_kv, n_ubatch, 1) if any(profile.hparams.is_swa) else n_kv
     trace: list[tuple[int, int]] = []
-    peak = device_peak(profile, n_tokens=batch_tokens(n_ctx, n_ubatch), n_kv=n_kv, n_kv_swa=n_kv_swa,
-                       flash_attn=fa, kv_quantized=kv_type != "f16", kv_layer_bytes=kv,
-                       offload=_offload(run["offload"]), trace=trace)
+    host_trace: list[tuple[int, int]] = []
+    peak, host = cuda_peaks(profile, n_tokens=batch_tokens(n_ctx, n_ubatch), n_kv=n_kv, n_kv_swa=n_kv_swa,
+                            flash_attn=fa, kv_quantized=kv_type != "f16", kv_layer_bytes=kv,
+                            offload=_offload(run["offload"]), trace=trace, host_trace=host_trace)
     assert [list(a) for a in trace[:len(run["first_allocations"])]] == run["first_allocations"]
     assert peak == run["high_water"]
     assert round(peak / MiB, 2) == run["engine_mib"]
+    engine_host = run["host"]
+    assert [list(a) for a in host_trace[:len(engine_host["first_allocations"])]] == engine_host["first_allocations"]
+    assert host == engine_host["high_water"]
+    assert round(host / MiB, 2) == engine_host["engine_mib"]
 
 
 @pytest.mark.parametrize("run", TRACES["cpu_runs"],
@@ -178,7 +186,8 @@ def test_plans_price_the_first_gpus_buffer_as_the_engine_sized_it(speed_models: 
                                                                    run: dict[str, Any]) -> None:
     """The planner prices a placement's op-offload buffer by replaying that placement: the same
     command lines, priced by `check`'s path, give the engine's `CUDA0 compute buffer size`; a GPU
-    holding everything is priced by the fitted ``layers_output`` role, within the target."""
+    holding everything is priced by the fitted ``layers_output`` role, within the target. The
+    CPU's compute buffer is the engine's `CUDA_Host` line, replayed from the same graph."""
     rig = tmp_path / "h200.toml"
     rig.write_text('name = "h200"\n[[devices]]\nname = "CUDA0"\nkind = "gpu"\ncatalog = "H200"\nmemory_gib = 139\n'
                    '[[devices]]\nname = "CPU"\nkind = "cpu"\nmemory_gib = 120\nbandwidth_gbs = 90\n')
@@ -187,6 +196,8 @@ def test_plans_price_the_first_gpus_buffer_as_the_engine_sized_it(speed_models: 
             "-fa", "on" if fa else "off", "-ctk", kv_type, "-ctv", kv_type]
     plan = evaluate(_run_model(run, speed_models, tmp_path), str(rig), argv)
     cuda0 = next(u for u in plan.usage if u.name == "CUDA0").compute_bytes
+    host = next(u for u in plan.usage if u.name == "CPU").compute_bytes
+    assert host / MiB == pytest.approx(run["host"]["engine_mib"], abs=0.01)
     if run["offload"]:
         assert cuda0 / MiB == pytest.approx(run["engine_mib"], abs=0.01)
     else:
@@ -259,7 +270,9 @@ def test_held_out_sweep_accuracy(held_out: list[tuple[dict[str, Any], ModelProfi
 # architectures' held-out records (every architecture now), the share within the target it must
 # keep and the most records below the engine by more than 32 MiB (compute_fit.md's planner
 # table: 65/65, 65/65 and 41/41 within 0.05 MiB, 0 under)
-PLANNER_BOUNDS = {"gpu_partial": (0.98, 0), "offload_none": (0.98, 0), "gpu_exps": (0.97, 0)}
+PLANNER_BOUNDS = {"gpu_partial": (0.98, 0), "offload_none": (0.98, 0), "gpu_exps": (0.97, 0),
+                  # the host's buffer beside the GPU, replayed: every held-out record to 0.01 MiB
+                  "host_base": (1.0, 0), "host_all": (1.0, 0), "host_partial": (1.0, 0)}
 
 
 def test_planner_prices_the_checked_architectures_op_offload(held_out: list[tuple[dict[str, Any], ModelProfile]]
