@@ -191,12 +191,7 @@ def planner_report(records: list[tuple[dict[str, Any], ModelProfile]]) -> dict[s
         test = np.array([row[0] for row in rows])
         arch = np.array([row[1] for row in rows])
         pred, truth = (np.array([row[k] for row in rows], dtype=float) for k in (2, 3))
-        for name, sel in (("train", ~test), ("held-out", test)):
-            if sel.any():
-                split.append({"backend": backend, "role": role, "split": name, **_stats(pred[sel], truth[sel])})
-        for name in sorted(set(arch[test])):
-            sel = test & (arch == name)
-            by_arch.append({"backend": backend, "role": role, "arch": name, **_stats(pred[sel], truth[sel])})
+        _score(backend, role, pred, truth, test, arch, split, by_arch)
     return {"split": split, "held_out_by_arch": by_arch}
 
 
@@ -394,13 +389,7 @@ def main() -> None:
                                                       cases=cases[~test], replayed=False)
             fit["widths_only"] = {"pieces": fallback.round(6).tolist(), "scale": round(fallback_scale, 4)}
         out["backends"].setdefault(cls, {})[role] = fit
-        pred = fitted * scale
-        for split, sel in (("train", ~test), ("held-out", test)):
-            if sel.any():
-                report.append({"backend": cls, "role": role, "split": split, **_stats(pred[sel], truth[sel])})
-        for name in sorted(set(arch[test])):
-            sel = test & (arch == name)
-            by_arch.append({"backend": cls, "role": role, "arch": name, **_stats(pred[sel], truth[sel])})
+        _score(cls, role, fitted * scale, truth, test, arch, report, by_arch)
     if not {r for roles in out["backends"].values() for r in roles} <= set(ROLES):
         raise SystemExit("a fitted role is not in omni_place.compute.ROLES")
     MODEL_JSON.write_text(json.dumps(out, indent=1) + "\n")
@@ -432,6 +421,18 @@ def main() -> None:
         + " ".join(Path(p).name for p in args.records) + held + "` (engines: " + "; ".join(sorted(set(engines)))
         + ")\n\n" + "\n".join(lines) + "\n")
     print("\n".join(lines))
+
+
+def _score(backend: str, role: str, pred: np.ndarray, truth: np.ndarray, test: np.ndarray, arch: np.ndarray,
+           split: list[dict[str, Any]], by_arch: list[dict[str, Any]]) -> None:
+    """Append :func:`_stats` rows of one role: train and held-out to ``split``, each held-out
+    architecture to ``by_arch``."""
+    for name, sel in (("train", ~test), ("held-out", test)):
+        if sel.any():
+            split.append({"backend": backend, "role": role, "split": name, **_stats(pred[sel], truth[sel])})
+    for name in sorted(set(arch[test])):
+        sel = test & (arch == name)
+        by_arch.append({"backend": backend, "role": role, "arch": name, **_stats(pred[sel], truth[sel])})
 
 
 def _stats(pred: np.ndarray, truth: np.ndarray) -> dict[str, Any]:

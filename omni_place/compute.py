@@ -39,8 +39,8 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
-from .compute_graph import (CPU_CHECKED, F32, REPLAYED, TRACE_CHECKED, Offload, cuda_peaks, device_peak,
-                            layer_signatures, replay_key)
+from .compute_graph import (CPU_CHECKED, F32, REPLAYED, TRACE_CHECKED, Offload, cuda_peaks, layer_signatures,
+                            replay_key)
 
 if TYPE_CHECKING:
     from .model import ModelProfile
@@ -125,37 +125,23 @@ def features(model: ModelProfile, *, n_ctx: int, n_ubatch: int, flash_attn: bool
 
 
 def replayer(model: ModelProfile, *, n_tokens: int, n_kv: int, n_ubatch: int, n_seq: int, flash_attn: bool,
-             kv_quantized: bool, kv_layer_bytes: int) -> Callable[..., int]:
-    """compute_graph.device_peak of this model and context, as a function of what the host holds,
-    whether the device runs the output head and its backend (``"cuda"``, or ``"cpu"`` alone)."""
+             kv_quantized: bool, kv_layer_bytes: int) -> Callable[..., tuple[int, int]]:
+    """compute_graph.cuda_peaks of this model and context: (a device's buffer, the host's beside it,
+    one graph built for both) as a function of what the host holds, whether the device runs the
+    output head and its backend (``"cuda"``, ``"rpc"``, or ``"cpu"`` running the graph alone)."""
     hp = model.hparams
     n_kv_swa = model.swa_kv_cells(n_kv, n_ubatch, n_seq) if any(hp.is_swa) and hp.n_swa else n_kv
 
-    def peak(offload: Offload, with_output: bool, backend: str = "cuda") -> int:
-        return device_peak(model, n_tokens=n_tokens, n_kv=n_kv, n_kv_swa=n_kv_swa, flash_attn=flash_attn,
-                           kv_quantized=kv_quantized, kv_layer_bytes=kv_layer_bytes, with_output=with_output,
-                           offload=offload, backend=backend)
-    return peak
-
-
-def cuda_replayer(model: ModelProfile, *, n_tokens: int, n_kv: int, n_ubatch: int, n_seq: int, flash_attn: bool,
-                  kv_quantized: bool, kv_layer_bytes: int) -> Callable[[Offload, bool], tuple[int, int]]:
-    """compute_graph.cuda_peaks of this model and context: a CUDA device's buffer and the host's
-    beside it (one graph built for both), as a function of what the host holds and whether the
-    device runs the output head."""
-    hp = model.hparams
-    n_kv_swa = model.swa_kv_cells(n_kv, n_ubatch, n_seq) if any(hp.is_swa) and hp.n_swa else n_kv
-
-    def peaks(offload: Offload, with_output: bool) -> tuple[int, int]:
+    def peaks(offload: Offload, with_output: bool, backend: str = "cuda") -> tuple[int, int]:
         return cuda_peaks(model, n_tokens=n_tokens, n_kv=n_kv, n_kv_swa=n_kv_swa, flash_attn=flash_attn,
                           kv_quantized=kv_quantized, kv_layer_bytes=kv_layer_bytes, with_output=with_output,
-                          offload=offload)
+                          offload=offload, backend=backend)
     return peaks
 
 
 def graph_widths(model: ModelProfile, *, n_tokens: int, n_kv: int, n_ubatch: int, n_seq: int, flash_attn: bool,
                  kv_quantized: bool, kv_layer_bytes: int) -> list[float]:
-    """The ``graph_*`` features: compute_graph.device_peak per device role, per token in F32 (0
+    """The ``graph_*`` features: the replayed device buffer per device role, per token in F32 (0
     for an architecture it does not rebuild)."""
     hp = model.hparams
     if model.architecture not in REPLAYED:
@@ -164,9 +150,10 @@ def graph_widths(model: ModelProfile, *, n_tokens: int, n_kv: int, n_ubatch: int
     peak = replayer(model, n_tokens=n_tokens, n_kv=n_kv, n_ubatch=n_ubatch, n_seq=n_seq, flash_attn=flash_attn,
                     kv_quantized=kv_quantized, kv_layer_bytes=kv_layer_bytes)
     every = frozenset(range(n_layer))
-    peaks = [peak(Offload(), True), peak(Offload(), False),
-             peak(Offload(every, cpu_experts=True, cpu_output=True), True), peak(Offload(every - {n_layer - 1}), True),
-             peak(Offload(cpu_experts=True), True) if hp.n_expert else 0]
+    peaks = [peak(Offload(), True)[0], peak(Offload(), False)[0],
+             peak(Offload(every, cpu_experts=True, cpu_output=True), True)[0],
+             peak(Offload(every - {n_layer - 1}), True)[0],
+             peak(Offload(cpu_experts=True), True)[0] if hp.n_expert else 0]
     return [p / F32 / n_tokens for p in peaks]
 
 
@@ -306,7 +293,7 @@ def compute_buffer_estimate(
                                      kv_layer_bytes=kv_layer_bytes)
         peak = replayer(model, **shape)
         if model.architecture in TRACE_CHECKED:
-            both = _keyed_replay(model, cuda_replayer(model, **shape))
+            both = _keyed_replay(model, peak)
 
             def replay(offload: Offload, with_output: bool) -> int:
                 return both(offload, with_output)[0]
@@ -314,8 +301,8 @@ def compute_buffer_estimate(
             def host_replay(offload: Offload, with_output: bool) -> int:
                 return both(offload, with_output)[1]
         if model.architecture in CPU_CHECKED:
-            cpu_replay = lru_cache(maxsize=1)(lambda: peak(Offload(), True, "cpu"))
-            rpc_replay = lru_cache(maxsize=1)(lambda: peak(Offload(), True, "rpc"))
+            cpu_replay = lru_cache(maxsize=1)(lambda: peak(Offload(), True, "cpu")[0])
+            rpc_replay = lru_cache(maxsize=1)(lambda: peak(Offload(), True, "rpc")[0])
     return ComputeEstimate(n_tokens=n_tokens, backend_roles=roles, layers_only=layers_only, offload=offload,
                            mask=mask, replay=replay, host_replay=host_replay, cpu_replay=cpu_replay,
                            rpc_replay=rpc_replay)
