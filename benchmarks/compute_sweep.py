@@ -14,11 +14,16 @@ Placements per backend (``--devices``):
   ``partial`` (half the layers and the output), ``exps_cpu`` (all layers, routed experts
   overridden to the CPU; MoE only), ``none`` (``-ngl 0`` with the devices present, so only op
   offload can use them).
-* ``--rpc N``: N loopback RPC servers as the devices (CPU-only machines).
+* ``--rpc N``: N loopback RPC servers as (more) devices, after ``--devices`` (CPU-only machines,
+  or a GPU beside RPC servers).
+* several devices: a layer split with an uneven random ``-ts``: ``split`` (every layer and the
+  output), ``split_partial`` (some layers on the CPU), ``split_exps`` (routed experts on the CPU).
 
 ``--fit-params PATH`` runs the engine's own ``llama-fit-params --fit-print on -v`` (the same
 no-alloc dry run, in C++, with llama.cpp's argument parser) instead of the ctypes probe, and
-reads the same log lines; use it where only the engine's tools are built.
+reads the same log lines; use it where only the engine's tools are built. ``--ik-bench PATH``
+runs ik_llama.cpp's llama-bench instead (ik has no no-alloc dry run: each case really loads the
+sparse model, ``--max-gib`` bounds it, and runs its context as one prompt).
 
     python -m benchmarks.compute_sweep --cases 300 --out benchmarks/results/compute_sweep_cpu.jsonl
     python -m benchmarks.compute_sweep --devices CUDA0 --cases 400 --out .../compute_sweep_cuda.jsonl
@@ -29,6 +34,7 @@ import argparse
 import contextlib
 import json
 import random
+import re
 import subprocess
 import tempfile
 import time
@@ -38,11 +44,13 @@ from typing import Any, Iterator
 
 from omni_place.gguf import read_model_files
 from omni_place.gguf_write import sparse_copy
+from omni_place.units import GiB, MiB
 from omni_place.llama import LoadSpec, build_info, parse_log, probe_load, rpc_servers
 from tests.arch_models import ARCHS, MLA_ARCHS, MOE_ARCHS, write_model
 
 UBATCHES = (128, 256, 512, 1024, 2048, 4096)
 CONTEXTS = (512, 2048, 4096, 8192, 16384, 32768, 65536, 131072)
+IK_CONTEXTS = CONTEXTS[:6]  # ik runs the context as a prompt
 
 
 def random_shape(rng: random.Random, arch: str) -> dict[str, Any]:
@@ -69,9 +77,19 @@ def random_shape(rng: random.Random, arch: str) -> dict[str, Any]:
     return kw
 
 
-def placements(devices: list[str], arch: str, n_layer: int) -> Iterator[tuple[str, dict[str, Any]]]:
+def placements(devices: list[str], arch: str, n_layer: int,
+               rng: random.Random | None = None) -> Iterator[tuple[str, dict[str, Any]]]:
     if not devices:
         yield "cpu", {"n_gpu_layers": 0}
+        return
+    if len(devices) > 1:  # a layer split over the devices, uneven (-ts), every device holding a layer
+        rng = rng or random.Random(n_layer)
+        ts = [float(rng.randint(1, 4)) for _ in devices]
+        yield "split", {"n_gpu_layers": -1, "tensor_split": ts}
+        yield "split_partial", {"n_gpu_layers": n_layer // 2 + len(devices), "tensor_split": ts}
+        if arch in MOE_ARCHS:
+            yield "split_exps", {"n_gpu_layers": -1, "tensor_split": ts,
+                                 "overrides": [(r"\.ffn_(up|down|gate)_exps", "CPU")]}
         return
     yield "all", {"n_gpu_layers": -1}
     yield "partial", {"n_gpu_layers": n_layer // 2 + 1}
@@ -86,8 +104,12 @@ def fit_params_run(tool: str, spec: LoadSpec, log_path: Path | None = None) -> d
     argv = [tool, "--fit-print", "on", "-v", "-m", spec.model_path, "-c", str(spec.n_ctx), "-b", str(spec.n_ubatch),
             "-ub", str(spec.n_ubatch), "-fa", spec.flash_attn, "-ctk", spec.type_k, "-ctv", spec.type_v,
             "-ngl", str(spec.n_gpu_layers if spec.n_gpu_layers >= 0 else 999)]
+    if spec.rpc_servers:  # registers the RPC devices, so before -dev names them
+        argv += ["--rpc", ",".join(spec.rpc_servers)]
     if spec.devices:
         argv += ["-dev", ",".join(spec.devices)]
+    if spec.tensor_split:
+        argv += ["-ts", ",".join(f"{x:g}" for x in spec.tensor_split)]
     if spec.overrides:
         argv += ["-ot", ",".join(f"{pattern}={target}" for pattern, target in spec.overrides)]
     try:
@@ -104,6 +126,36 @@ def fit_params_run(tool: str, spec: LoadSpec, log_path: Path | None = None) -> d
             "pipeline_parallel": log.pipeline_parallel, "fit_print": proc.stdout[-400:]}
 
 
+_IK_COMPUTE = re.compile(r"^\w+: +(\S+) compute buffer size = +([0-9.]+) MiB", re.M)
+
+
+def ik_bench_run(tool: str, spec: LoadSpec, log_path: Path | None = None) -> dict[str, Any]:
+    """One load of ik_llama.cpp's llama-bench (``-p n_ctx -n 0``: the context is the prompt, so it
+    reserves the same graph a server of that context does) with ik's server defaults where its
+    llama-bench's differ (``-amb``); the compute buffer lines of its one context."""
+    argv = [tool, "-m", spec.model_path, "-p", str(spec.n_ctx), "-n", "0", "-b", str(spec.n_ubatch),
+            "-ub", str(spec.n_ubatch), "-fa", "1" if spec.flash_attn == "on" else "0", "-ctk", spec.type_k,
+            "-ctv", spec.type_v, "-ngl", str(spec.n_gpu_layers if spec.n_gpu_layers >= 0 else 999),
+            "-amb", "256", "-r", "1", "-w", "0", "-v", "-o", "json"]
+    if spec.overrides:
+        argv += ["-ot", ",".join(f"{pattern}={target}" for pattern, target in spec.overrides)]
+    try:
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+    except subprocess.TimeoutExpired:
+        return {"ok": False, "error": "timeout", "compute": {}}
+    if log_path is not None:
+        log_path.write_text(proc.stderr)
+    compute: dict[str, int] = {}
+    for buft, mib in _IK_COMPUTE.findall(proc.stderr):
+        compute.setdefault(buft, round(float(mib) * MiB))  # the first context (one test, one context)
+    return {"ok": proc.returncode == 0 and bool(compute), "compute": compute, "argv": argv[1:],
+            "error": None if proc.returncode == 0 else proc.stderr[-400:]}
+
+
+def model_bytes(path: Path) -> int:
+    return sum(t.n_bytes for t in read_model_files(path).tensors)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--cases", type=int, default=200, help="random models (each runs every placement)")
@@ -113,6 +165,9 @@ def main() -> None:
     ap.add_argument("--rpc", type=int, default=0, help="loopback RPC servers as the devices")
     ap.add_argument("--workers", type=int, default=1, help="dry runs at once (each is a child process)")
     ap.add_argument("--fit-params", help="llama-fit-params binary: dry-run through the engine's own tool")
+    ap.add_argument("--ik-bench", help="ik_llama.cpp's llama-bench: one real (allocating) load and prompt per "
+                    "dry run instead, the context as the prompt (ik has no no-alloc dry run)")
+    ap.add_argument("--max-gib", type=float, default=16.0, help="--ik-bench: skip models larger than this")
     ap.add_argument("--logs", help="folder for each --fit-params run's whole log (case<N>.<placement>.log)")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
@@ -128,11 +183,13 @@ def main() -> None:
     n = 0
     with contextlib.ExitStack() as stack, out.open("w") as fh:
         endpoints: list[str] = stack.enter_context(rpc_servers(args.rpc, threads=1)) if args.rpc else []
-        devices = [f"RPC{i}" for i in range(args.rpc)] if args.rpc else [d for d in args.devices.split(",") if d]
+        devices = [d for d in args.devices.split(",") if d] + [f"RPC{i}" for i in range(args.rpc)]
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory()))
-        # the engine that sized the buffers: --fit-params' own libllama (built beside it), else ours
+        # the engine that sized the buffers: --fit-params' own libllama (built beside it), else ours;
+        # ik's libllama has another ABI, so its llama-bench names it
         library = Path(args.fit_params).parent / "libllama.so" if args.fit_params else None
-        engine = build_info(str(library) if library and library.exists() else None).describe()
+        engine = (f"ik_llama.cpp llama-bench {args.ik_bench}" if args.ik_bench
+                  else build_info(str(library) if library and library.exists() else None).describe())
         fh.write(json.dumps({"meta": {"engine": engine, "devices": devices,
                                       "seed": args.seed, "cases": args.cases}}) + "\n")
         jobs: list[tuple[dict[str, Any], LoadSpec]] = []
@@ -145,10 +202,13 @@ def main() -> None:
                 print(f"case {case}: {arch} {shape}: {err}")
                 continue
             full = sparse_copy(read_model_files(header), tmp / f"m{case}-full")
-            ub, ctx = rng.choice(UBATCHES), rng.choice(CONTEXTS)
+            ub, ctx = rng.choice(UBATCHES), rng.choice(IK_CONTEXTS if args.ik_bench else CONTEXTS)
             fa = rng.random() < 0.6
             kv = rng.choice(("f16", "q8_0")) if fa else "f16"
-            for name, placement in placements(devices, arch, shape["n_layer"]):
+            if args.ik_bench and model_bytes(header) > args.max_gib * GiB:  # ik allocates what it loads
+                print(f"case {case}: {arch} {model_bytes(header) / GiB:.1f} GiB > --max-gib, skipped")
+                continue
+            for name, placement in placements(devices, arch, shape["n_layer"], rng):
                 spec = LoadSpec(model_path=str(full), n_ctx=ctx, n_batch=ub, n_ubatch=ub, dry_run=True, type_k=kv,
                                 type_v=kv, flash_attn="on" if fa else "off", devices=devices or None,
                                 rpc_servers=endpoints, **placement)
@@ -156,6 +216,9 @@ def main() -> None:
                               "n_batch": ub, "flash_attn": fa, "kv_type": kv, "placement": name}, spec))
         print(f"{len(jobs)} dry runs of {args.cases} models written in {time.time() - t0:.0f} s", flush=True)
         def run(job: tuple[dict[str, Any], LoadSpec]) -> dict[str, Any]:
+            if args.ik_bench:
+                log = Path(args.logs) / f"case{job[0]['case']}.{job[0]['placement']}.log" if args.logs else None
+                return ik_bench_run(args.ik_bench, job[1], log)
             if args.fit_params:
                 log = Path(args.logs) / f"case{job[0]['case']}.{job[0]['placement']}.log" if args.logs else None
                 return fit_params_run(args.fit_params, job[1], log)
