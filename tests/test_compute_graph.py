@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from benchmarks.compute_fit import RESULTS, _largest, planner_report, record_ubatch
-from benchmarks.speed_truth import write_speed_model
+from benchmarks.speed_models import write_speed_model
 from omni_place.compute import batch_tokens, compute_buffer_estimate
 from omni_place.compute_alloc import CUDA_ALIGNMENT, Tensor, replay
 from omni_place import compute_graph

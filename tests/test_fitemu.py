@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from benchmarks.fit_emulation import RESULTS, FittedLoad, cluster_of, recorded_fits, same_placement
-from benchmarks.speed_truth import write_speed_model
+from benchmarks.speed_models import write_speed_model
 from omni_place.bench.logread import placement_from_log
 from omni_place.cost import CPU, CostModel, Placement
 from omni_place.devices import Cluster, Device

@@ -41,7 +41,7 @@ def truth(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
     """Per (rig, model, configuration): the median measured tg/pp over rounds and the priced
     placement it ran with."""
     sys.path.insert(0, str(ROOT))
-    from benchmarks.speed_truth import write_speed_model
+    from benchmarks.speed_models import write_speed_model
 
     tmp = tmp_path_factory.mktemp("speed_truth")
     with tarfile.open(RESULTS / "logs.tar.xz") as tar:
@@ -181,7 +181,7 @@ def test_gpu_prompt_follows_the_ubatch_for_dense_and_moe(tmp_path: Path) -> None
     runs = _ubatch_runs()
     assert {m for m, *_ in runs} == {"dense11", "moe15", "mla16"} and len(runs) == 30
     sys.path.insert(0, str(ROOT))
-    from benchmarks.speed_truth import write_speed_model
+    from benchmarks.speed_models import write_speed_model
 
     headers = {m: write_speed_model(m, tmp_path, header_only=True) for m in ("dense11", "moe15", "mla16")}
     rig = PVF23 / "rig_full.toml"
@@ -361,7 +361,7 @@ def mla_runs(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
     CPU figure of the rig files corrected by cpu_bw_eff 1.4) with the routing replayed from the
     speed model's own router."""
     sys.path.insert(0, str(ROOT))
-    from benchmarks.speed_truth import replay_routing, write_speed_model
+    from benchmarks.speed_models import replay_routing, write_speed_model
 
     tmp = tmp_path_factory.mktemp("plans_vs_fit")
     with tarfile.open(PLANS / "logs.tar.xz") as tar:
@@ -447,7 +447,8 @@ def idle_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[dict[s
     logits) priced by ``speed_truth report`` with the default parameters, and with MLA's fixed
     decode cost left out."""
     sys.path.insert(0, str(ROOT))
-    from benchmarks.speed_truth import main, write_speed_model
+    from benchmarks.speed_models import write_speed_model
+    from benchmarks.speed_truth import main
 
     tmp = tmp_path_factory.mktemp("pvf23")
     for m in ("dense11", "moe15", "mla16"):
@@ -499,7 +500,7 @@ def test_a_fitters_prompt_test_is_read_from_its_own_load(tmp_path: Path) -> None
     layers in RAM (the load that served the 512-token context), its ``tg32`` with 11 (the last
     load); ``report``, ``vram`` and calibration import price each test on its own load."""
     sys.path.insert(0, str(ROOT))
-    from benchmarks.speed_truth import write_speed_model
+    from benchmarks.speed_models import write_speed_model
 
     name = "res/res_a/logs/dense11.h200-a.r2/llama.cpp.fit.0.log"
     with tarfile.open(PVF23 / "logs.tar.xz") as tar:
