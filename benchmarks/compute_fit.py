@@ -117,19 +117,17 @@ _RIG = Cluster("sweep", (Device(name="CUDA0", kind="gpu", memory_bytes=141 * GiB
 
 def planner_cuda0(rec: dict[str, Any], model: ModelProfile) -> int:
     """CUDA0's compute buffer as the planner prices the placement of a CUDA sweep record
-    (:data:`CUDA_PLACEMENTS`): :meth:`CostModel.usage` of the same placement on one GPU, i.e. for
-    op offload the placement replayed (``ComputeEstimate.replay``) for an architecture of
-    ``compute_graph.TRACE_CHECKED``, else the fitted role's pieces; ``all``: the fitted
-    ``layers_output``. ``partial`` keeps the output head on the GPU (mainline -ngl counts it as
-    the last layer); ``none`` keeps it on the host."""
+    (:data:`CUDA_PLACEMENTS`): :meth:`CostModel.usage` of the same placement on one GPU, i.e. the
+    placement replayed (``ComputeEstimate.split_replay``) for an architecture of
+    ``compute_graph.SPLIT_CHECKED``, else the fitted role's pieces. ``partial`` keeps the output
+    head on the GPU (mainline -ngl counts it as the last layer); ``none`` keeps it on the host."""
     return planner_usage(rec, model)["CUDA0"]
 
 
 def planner_usage(rec: dict[str, Any], model: ModelProfile) -> dict[str, int]:
     """Compute bytes per device (CUDA0, the CPU) as :meth:`CostModel.usage` prices the placement
-    of a CUDA sweep record (:func:`planner_cuda0`); the CPU's is the record's ``CUDA_Host`` line:
-    replayed for ``compute_graph.TRACE_CHECKED`` (``ComputeEstimate.host_replay``), else the
-    fitted host role's pieces."""
+    of a CUDA sweep record (:func:`planner_cuda0`); the CPU's is the record's ``CUDA_Host`` line,
+    replayed from the same graph."""
     cost = CostModel(model, _RIG, Context(ctx=rec["n_ctx"], n_ubatch=record_ubatch(rec), type_k=rec["kv_type"],
                                           type_v=rec["kv_type"], flash_attn=rec["flash_attn"]))
     n_layer, place = model.n_layer, rec["placement"]

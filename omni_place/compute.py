@@ -6,12 +6,15 @@ outputs) with ggml's graph allocator (``ggml/src/ggml-alloc.c``), which reuses a
 once its last consumer ran. Each backend's buffer is therefore a *peak*, not a sum: the highest
 address the allocator reached over the part of the graph that backend runs.
 
-For a CUDA device :mod:`.compute_graph` rebuilds that graph per architecture and replays the
-allocator over it (the ``graph_*`` features, one per device role; the planner replays the exact
-placement for ``TRACE_CHECKED`` architectures, and from the same graph the host's buffer beside
-one CUDA device, :attr:`ComputeEstimate.host_replay`); the CPU backend running a CPU-only load, and an
-RPC server running every layer and the head, are replayed outright for ``CPU_CHECKED`` ones
-(:attr:`ComputeEstimate.cpu_replay`, :attr:`~ComputeEstimate.rpc_replay`). Beside it, every term of a
+:mod:`.compute_graph` rebuilds that graph per architecture and :mod:`.compute_replay` schedules
+and allocates it: a layer split over any devices (CUDA GPUs, RPC servers) beside the CPU gives
+every backend's buffer from one graph (:attr:`ComputeEstimate.split_replay`, for
+``SPLIT_CHECKED`` architectures; the planner prices each layer split with it, pipelined or not), and
+its one-device cases serve the rest: the first GPU's op-offload buffer and the host's beside one
+CUDA device (:attr:`~ComputeEstimate.replay`, :attr:`~ComputeEstimate.host_replay`), the CPU
+backend running a CPU-only load and an RPC server running every layer and the head
+(:attr:`~ComputeEstimate.cpu_replay`, :attr:`~ComputeEstimate.rpc_replay`), and the ``graph_*``
+features, one per CUDA device role. Beside it, every term of a
 phase of the graph is ``n_tokens`` times a width from the hyper-parameters (:func:`features`),
 so a phase's peak is linear in per-token widths and the buffer a maximum of such pieces. Which
 pieces, with what multiplicity, is fitted per device role and backend from the engine's own
@@ -39,13 +42,15 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
-from .compute_graph import (CPU_CHECKED, F32, REPLAYED, TRACE_CHECKED, Offload, cuda_peaks, layer_signatures,
-                            replay_key)
+from .compute_graph import CPU_CHECKED, F32, REPLAYED, SPLIT_CHECKED, TRACE_CHECKED, Layout, Offload
+from .compute_replay import layer_signatures, replay_key, split_peaks
 
 if TYPE_CHECKING:
     from .model import ModelProfile
 
 PIPELINE_COPIES = 4  # GGML_SCHED_MAX_COPIES: input copies kept when the engine pipelines
+# (a layout, whether the graph has the output head) -> every backend's buffer: the devices', the CPU's
+SplitReplay = Callable[[Layout, bool], tuple[int, ...]]
 
 # Per-token widths, in F32 elements (bytes / 4 / n_tokens); ``inv_tokens`` carries constants.
 FEATURES = ("inv_tokens", "embd", "ff", "q", "kv", "mla", "moe", "moe_embd", "n_expert", "shexp", "vocab",
@@ -71,10 +76,12 @@ def batch_tokens(n_ctx: int, n_ubatch: int) -> int:
 
 
 def features(model: ModelProfile, *, n_ctx: int, n_ubatch: int, flash_attn: bool, n_seq: int = 1,
-             kv_quantized: bool = False, kv_layer_bytes: int = 0, replayed: bool = True) -> np.ndarray:
+             kv_quantized: bool = False, kv_layer_bytes: int = 0, replayed: bool = True,
+             split: SplitReplay | None = None) -> np.ndarray:
     """The per-token widths the compute peaks are linear in (``cpu_weight`` left 0: it depends
     on the placement, see :meth:`ComputeEstimate.offload_bytes`); ``replayed=False`` leaves the
-    ``graph_*`` widths 0 without replaying (the widths-only fits weigh them 0)."""
+    ``graph_*`` widths 0 without replaying (the widths-only fits weigh them 0). ``split``: this
+    context's :func:`replayer`, to share its replays."""
     hp = model.hparams
     n_tokens = batch_tokens(n_ctx, n_ubatch)
     n_kv = model.kv_cells(n_ctx, n_seq)
@@ -119,58 +126,52 @@ def features(model: ModelProfile, *, n_ctx: int, n_ubatch: int, flash_attn: bool
         0.0,
         kv_layer_bytes / F32 / n_tokens,
         *(graph_widths(model, n_tokens=n_tokens, n_kv=n_kv, n_ubatch=n_ubatch, n_seq=n_seq, flash_attn=flash_attn,
-                       kv_quantized=kv_quantized, kv_layer_bytes=kv_layer_bytes) if replayed else [0.0] * 5),
+                       kv_quantized=kv_quantized, kv_layer_bytes=kv_layer_bytes, split=split)
+          if replayed else [0.0] * 5),
     ]
     return f
 
 
 def replayer(model: ModelProfile, *, n_tokens: int, n_kv: int, n_ubatch: int, n_seq: int, flash_attn: bool,
-             kv_quantized: bool, kv_layer_bytes: int) -> Callable[..., tuple[int, int]]:
-    """compute_graph.cuda_peaks of this model and context: (a device's buffer, the host's beside it,
-    one graph built for both) as a function of what the host holds, whether the device runs the
-    output head and its backend (``"cuda"``, ``"rpc"``, or ``"cpu"`` running the graph alone)."""
+             kv_quantized: bool, kv_layer_bytes: int) -> SplitReplay:
+    """compute_replay.split_peaks of this model and context, once per distinct replay
+    (compute_replay.replay_key; the planner prices dozens of placements that differ only in how
+    many layers' experts stay in host memory): every backend's buffer (the devices', then the
+    CPU's) as a function of the layout and whether the graph has the output head."""
     hp = model.hparams
     n_kv_swa = model.swa_kv_cells(n_kv, n_ubatch, n_seq) if any(hp.is_swa) and hp.n_swa else n_kv
+    signatures = layer_signatures(model)
+    done: dict[tuple[object, ...], tuple[int, ...]] = {}
 
-    def peaks(offload: Offload, with_output: bool, backend: str = "cuda") -> tuple[int, int]:
-        return cuda_peaks(model, n_tokens=n_tokens, n_kv=n_kv, n_kv_swa=n_kv_swa, flash_attn=flash_attn,
-                          kv_quantized=kv_quantized, kv_layer_bytes=kv_layer_bytes, with_output=with_output,
-                          offload=offload, backend=backend)
+    def peaks(layout: Layout, with_output: bool) -> tuple[int, ...]:
+        key = replay_key(model, signatures, layout, with_output)
+        if key not in done:
+            done[key] = split_peaks(model, n_tokens=n_tokens, n_kv=n_kv, n_kv_swa=n_kv_swa, flash_attn=flash_attn,
+                                    kv_quantized=kv_quantized, kv_layer_bytes=kv_layer_bytes, layout=layout,
+                                    with_output=with_output)
+        return done[key]
     return peaks
 
 
 def graph_widths(model: ModelProfile, *, n_tokens: int, n_kv: int, n_ubatch: int, n_seq: int, flash_attn: bool,
-                 kv_quantized: bool, kv_layer_bytes: int) -> list[float]:
+                 kv_quantized: bool, kv_layer_bytes: int, split: SplitReplay | None = None) -> list[float]:
     """The ``graph_*`` features: the replayed device buffer per device role, per token in F32 (0
     for an architecture it does not rebuild)."""
     hp = model.hparams
     if model.architecture not in REPLAYED:
         return [0.0] * 5
     n_layer = hp.n_layer_kv or hp.n_layer
-    peak = replayer(model, n_tokens=n_tokens, n_kv=n_kv, n_ubatch=n_ubatch, n_seq=n_seq, flash_attn=flash_attn,
-                    kv_quantized=kv_quantized, kv_layer_bytes=kv_layer_bytes)
+    if split is None:
+        split = replayer(model, n_tokens=n_tokens, n_kv=n_kv, n_ubatch=n_ubatch, n_seq=n_seq, flash_attn=flash_attn,
+                         kv_quantized=kv_quantized, kv_layer_bytes=kv_layer_bytes)
+
+    def peak(offload: Offload, with_output: bool = True) -> int:
+        return split(offload.layout(hp.n_layer, "cuda"), with_output)[0]
+
     every = frozenset(range(n_layer))
-    peaks = [peak(Offload(), True)[0], peak(Offload(), False)[0],
-             peak(Offload(every, cpu_experts=True, cpu_output=True), True)[0],
-             peak(Offload(every - {n_layer - 1}), True)[0],
-             peak(Offload(cpu_experts=True), True)[0] if hp.n_expert else 0]
+    peaks = [peak(Offload()), peak(Offload(), False), peak(Offload(every, cpu_experts=True, cpu_output=True)),
+             peak(Offload(every - {n_layer - 1})), peak(Offload(cpu_experts=True)) if hp.n_expert else 0]
     return [p / F32 / n_tokens for p in peaks]
-
-
-def _keyed_replay(model: ModelProfile, peaks: Callable[[Offload, bool], tuple[int, int]]) -> Callable[
-        [Offload, bool], tuple[int, int]]:
-    """``peaks`` (the CUDA device's buffer, the host's), once per distinct replay
-    (compute_graph.replay_key): the planner prices dozens of placements that differ only in how
-    many layers' experts stay in host memory."""
-    signatures = layer_signatures(model)
-    done: dict[tuple[object, ...], tuple[int, int]] = {}
-
-    def replay(offload: Offload, with_output: bool) -> tuple[int, int]:
-        key = replay_key(model, signatures, offload, with_output)
-        if key not in done:
-            done[key] = peaks(offload, with_output)
-        return done[key]
-    return replay
 
 
 @lru_cache(maxsize=None)
@@ -211,6 +212,9 @@ class ComputeEstimate:
     # buffer running the whole graph alone, and an RPC server's running every layer and the head
     cpu_replay: Callable[[], int] | None = field(default=None, compare=False, repr=False)
     rpc_replay: Callable[[], int] | None = field(default=None, compare=False, repr=False)
+    # every backend's buffer of a layer split with no pipeline parallelism, replayed where checked
+    # (compute_graph.SPLIT_CHECKED): (Layout, with_output) -> the devices' buffers, then the CPU's
+    split_replay: SplitReplay | None = field(default=None, compare=False, repr=False)
 
     def device_bytes(self, holds_layers: bool, holds_output: bool, copies: int = 1, backend: str = "cuda",
                      whole: bool = False) -> int:
@@ -270,9 +274,12 @@ def compute_buffer_estimate(
     """The compute buffers llama.cpp reserves for ``n_ubatch`` and ``n_ctx``, per device role;
     ``replayed=False``: from the widths-only fit, for an engine whose graphs are not mainline's."""
     replayed = replayed and model.architecture in REPLAYED
-    f = features(model, n_ctx=n_ctx, n_ubatch=n_ubatch, flash_attn=flash_attn, n_seq=n_seq,
-                 kv_quantized=kv_quantized, kv_layer_bytes=kv_layer_bytes, replayed=replayed)
     n_tokens = batch_tokens(n_ctx, n_ubatch)
+    split = replayer(model, n_tokens=n_tokens, n_kv=model.kv_cells(n_ctx, n_seq), n_ubatch=n_ubatch, n_seq=n_seq,
+                     flash_attn=flash_attn, kv_quantized=kv_quantized,
+                     kv_layer_bytes=kv_layer_bytes) if replayed else None
+    f = features(model, n_ctx=n_ctx, n_ubatch=n_ubatch, flash_attn=flash_attn, n_seq=n_seq,
+                 kv_quantized=kv_quantized, kv_layer_bytes=kv_layer_bytes, replayed=replayed, split=split)
     no_vocab = f.copy()  # a device running layers without the output head
     no_vocab[_VOCAB] = 0.0
     no_vocab[_ALL] = f[_LAYERS]
@@ -286,23 +293,24 @@ def compute_buffer_estimate(
         offload[cls] = {role: (F32 * n_tokens * (p @ f), p[:, _CPU_WEIGHT].copy())
                         for role, p in fits.items() if role.startswith(("offload", "gpu_"))}
     mask = int(F32 * n_tokens * f[FEATURES.index("mask")])
-    replay = host_replay = cpu_replay = rpc_replay = None
-    if replayed and model.architecture in TRACE_CHECKED | CPU_CHECKED:
-        shape: dict[str, Any] = dict(n_tokens=n_tokens, n_kv=model.kv_cells(n_ctx, n_seq), n_ubatch=n_ubatch,
-                                     n_seq=n_seq, flash_attn=flash_attn, kv_quantized=kv_quantized,
-                                     kv_layer_bytes=kv_layer_bytes)
-        peak = replayer(model, **shape)
-        if model.architecture in TRACE_CHECKED:
-            both = _keyed_replay(model, peak)
+    replay = host_replay = cpu_replay = rpc_replay = split_replay = None
+    arch, n_layer = model.architecture, model.hparams.n_layer
+    if split is not None and arch in TRACE_CHECKED | CPU_CHECKED | SPLIT_CHECKED:
+        if arch in TRACE_CHECKED:  # one CUDA device beside the host
 
             def replay(offload: Offload, with_output: bool) -> int:
-                return both(offload, with_output)[0]
+                return split(offload.layout(n_layer, "cuda"), with_output)[0]
 
             def host_replay(offload: Offload, with_output: bool) -> int:
-                return both(offload, with_output)[1]
-        if model.architecture in CPU_CHECKED:
-            cpu_replay = lru_cache(maxsize=1)(lambda: peak(Offload(), True, "cpu")[0])
-            rpc_replay = lru_cache(maxsize=1)(lambda: peak(Offload(), True, "rpc")[0])
+                return split(offload.layout(n_layer, "cuda"), with_output)[1]
+        if arch in CPU_CHECKED:
+            def cpu_replay() -> int:
+                return split(Layout((), (0,) * n_layer), True)[0]
+
+            def rpc_replay() -> int:
+                return split(Layout(("rpc",), (0,) * n_layer), True)[0]
+        if arch in SPLIT_CHECKED:
+            split_replay = split
     return ComputeEstimate(n_tokens=n_tokens, backend_roles=roles, layers_only=layers_only, offload=offload,
                            mask=mask, replay=replay, host_replay=host_replay, cpu_replay=cpu_replay,
-                           rpc_replay=rpc_replay)
+                           rpc_replay=rpc_replay, split_replay=split_replay)

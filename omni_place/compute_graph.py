@@ -1,4 +1,4 @@
-"""The compute graph llama.cpp reserves, rebuilt for :mod:`.compute_alloc`'s allocator replay.
+"""The compute graph llama.cpp reserves, rebuilt for :mod:`.compute_alloc`'s scheduler and allocator.
 
 ``sched_reserve`` (``src/llama-context.cpp``) builds the worst-case graph (a prompt ubatch of
 ``n_tokens`` tokens, all of them outputs) and ``ggml_gallocr`` sizes every backend's buffer by
@@ -6,32 +6,31 @@ allocating it. The buffer's size is the highest address ever used, which depends
 and the sizes of the tensors, not only on which are alive at once: this module rebuilds the node
 list of the architectures omni_place covers (``src/models/*.cpp``, ``llama-graph.cpp`` build_attn /
 build_ffn / build_moe_ffn, the MLA and DSA variants, a quantized cache's Hadamard rotations) with
-their sizes, for one of two buffers (:func:`device_peak`):
+their sizes, for a :class:`Layout`: the devices of a layer split (each a CUDA GPU or an RPC
+server), the layers, experts and output head each holds, and the CPU.
 
-* a CUDA device beside the CPU: the builder tags what stays in host memory (graph inputs, the
-  weights and KV cache of CPU-held layers or experts, the stores into a host-held cache, which
-  run on the CPU) and the scheduler's splits copy it in. CUDA adds allocations of its own: flash
-  attention over a quantized cache carries F16 copies of K and V in the FA node (``fattn.cu``
-  get_alloc_size), and its fusions keep tensors alive (``graph_optimize`` alloc deps): the MoE
-  weighted sum keeps the experts' outputs and the router weights until the sum, the fused top-k
-  keeps its whole chain until its end; a quantized cache's copies are padded to 512 elements,
-  and what CUDA cannot run (some FA head sizes, DSA's lightning indexer) stays on the host. The
-  H200 traces of tests/data/compute_traces.json (``runs``) match the engine's allocations one by
-  one (size and offset); so does the host's buffer beside it, from the same graph (the
-  ``CUDA_Host`` line, :func:`cuda_peaks`).
-* the CPU backend running the whole graph alone (``-ngl 0`` with no accelerator): no copies and
-  none of CUDA's extras, the graph inputs are the first tensors of its own buffer. The CPU traces
-  of tests/data/compute_traces.json (``cpu_runs``) match allocation by allocation for every
-  architecture of :data:`CPU_CHECKED`.
+The builder does not place the ops: every weight, cache view and graph input is a source tagged
+with the backend holding it, and :func:`.compute_alloc.schedule` assigns the ops as
+``ggml_backend_sched`` does (an op where its weight is, op offload of host-held weights to the
+first CUDA device, the rest spread from its neighbours) and copies what crosses backends. What
+differs by backend lives on the tensors, so one graph serves every device of a split: CUDA's
+allocations of its own (flash attention over a quantized cache carries F16 copies of K and V in
+the FA node, ``fattn.cu`` get_alloc_size; a quantized cache's copies are padded to 512 elements),
+its fusions' keep-alives (``graph_optimize`` alloc deps, where CUDA runs the layer: the MoE
+weighted sum keeps the experts' outputs and the router weights until the sum, the fused top-k its
+whole chain), and what CUDA cannot run (some FA head sizes, DSA's lightning indexer: the CPU runs
+it). An RPC server is its CPU backend: none of these, the CPU's alignment (ggml-rpc.cpp:846-926).
+Checked allocation by allocation against the engine's traces (tests/data/compute_traces.json):
+one CUDA GPU beside the host (``runs``, H200: the ``CUDA0`` and ``CUDA_Host`` buffers), the CPU
+backend alone (``cpu_runs``) and splits over RPC servers (``split_runs``).
 """
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from .compute_alloc import CPU_ALIGNMENT, CUDA_ALIGNMENT, Tensor, pad, replay, schedule
-from .errors import UnsupportedModelError
+from .compute_alloc import CUDA_ALIGNMENT, Tensor, pad
 
 if TYPE_CHECKING:
     from .model import ModelProfile
@@ -47,15 +46,22 @@ REPLAYED = frozenset({"llama", "qwen2", "qwen3", "qwen3moe", "gemma3", "gpt-oss"
 # tests/data/compute_traces.json holds 17 of them), and the CUDA sweeps' buffer lines: 931 of 932
 # records of benchmarks/results/compute_sweep_cuda.jsonl within 1 MiB (one gemma3 record 42 MiB
 # over) and all 216 of the held-out compute_sweep_cuda_25.jsonl exact. The host's buffer beside
-# the GPU (`CUDA_Host`, cuda_peaks): the same 61 traces allocation by allocation and all 1148
-# records to the printed 0.01 MiB. The planner prices op offload and the host's buffer of these by
-# replaying the placement itself (compute_fit.md's planner tables)
+# the GPU (`CUDA_Host`, compute_replay.device_and_host_peaks): the same 61 traces allocation by
+# allocation and all 1148 records to the printed 0.01 MiB. The planner prices op offload and the
+# host's buffer of these by replaying the placement itself (compute_fit.md's planner tables)
 TRACE_CHECKED = REPLAYED
 # the CPU backend's buffer (device_peak backend="cpu", and "rpc") checked against ggml-alloc traces
 # of the engine's CPU dry runs, allocation by allocation, for every rebuilt architecture
 # (tests/data/compute_traces.json "cpu_runs"; loopback RPC dry runs in tests/test_compute_model.py)
 CPU_CHECKED = REPLAYED
-RUN_CAP = 3  # consecutive layers of one kind replayed; the allocator's state repeats after two
+# every backend's buffer of a layer split over several devices (compute_replay.split_peaks)
+# checked against ggml-alloc traces of loopback RPC dry runs, for every rebuilt architecture: 349
+# runs of the CPU beside two or three RPC servers (uneven -ts, some layers on the CPU, routed
+# experts or some of their kinds or some layers' experts on the CPU, the head on the CPU or the
+# last device, FA on and off, f16 and q8_0 caches, ubatch 128-4096), all 920 buffers equal
+# allocation by allocation (tests/data/compute_traces.json "split_runs" holds 24); a CUDA device
+# in a split follows TRACE_CHECKED's rules, per device
+SPLIT_CHECKED = REPLAYED
 
 
 def _pad(n: int) -> int:
@@ -76,6 +82,53 @@ class Offload:
     def experts_on_host(self, il: int) -> bool:
         return self.cpu_experts or il in self.cpu_expert_layers or il in self.cpu_layers
 
+    def layout(self, n_layer: int, backend: str) -> Layout:
+        """This offload as the layout of one ``backend`` device beside the host (``"cpu"``: the
+        CPU backend alone, which must then hold everything)."""
+        if backend == "cpu":
+            return Layout((), (0,) * n_layer)
+        return Layout((backend,), tuple(int(il in self.cpu_layers) for il in range(n_layer)),
+                      tuple(ALL_EXPERTS if self.experts_on_host(il) else frozenset() for il in range(n_layer)),
+                      int(self.cpu_output))
+
+
+ALL_EXPERTS = frozenset({"gate", "up", "down", "gate_up"})  # routed-expert kinds (placement.EXPERT_KINDS)
+
+
+@dataclass(frozen=True)
+class Layout:
+    """A layer split as the scheduler sees it: the devices' ``backends`` in its order (``"cuda"``,
+    ``"rpc"``; the CPU is backend ``len(backends)``, the last), per layer the backend holding its
+    weights and KV cache (``layers``) and the routed-expert kinds the CPU holds (``cpu_experts``,
+    of ALL_EXPERTS), the output head's backend, and op offload (the engine's default, for batches
+    of at least 32 tokens): an op of a CPU-held weight runs on the first CUDA device; ``copies``:
+    the scheduler's copies of every input (4 under pipeline parallelism, compute_alloc.schedule)."""
+
+    backends: tuple[str, ...]
+    layers: tuple[int, ...]
+    cpu_experts: tuple[frozenset[str], ...] = ()
+    output: int = 0
+    offload: bool = True
+    copies: int = 1
+
+    @property
+    def cpu(self) -> int:
+        return len(self.backends)
+
+    @property
+    def kinds(self) -> tuple[str, ...]:
+        return (*self.backends, "cpu")
+
+    def experts(self, il: int, kind: str) -> int:
+        """The backend holding layer ``il``'s routed experts of ``kind`` ("gate", "up", "down")."""
+        return self.cpu if il < len(self.cpu_experts) and kind in self.cpu_experts[il] else self.layers[il]
+
+    def runner(self, home: int) -> int:
+        """The backend running the ops of weights held by ``home`` (op offload: the first CUDA device)."""
+        if home == self.cpu and self.offload and "cuda" in self.backends:
+            return self.backends.index("cuda")
+        return home
+
 
 def _fattn_on_device(dk: int, dv: int, gqa_ratio: int, n_kv: int) -> bool:
     """Whether CUDA runs a FLASH_ATTN_EXT of K and V head sizes ``dk``, ``dv`` (fattn.cu:541-631
@@ -93,22 +146,23 @@ def _topk_fusable(n_expert: int) -> bool:
     return (n_expert & (n_expert - 1) == 0 and n_expert <= 512) or n_expert in (288, 576)
 
 
-class _Builder:
-    """The graph of one model and batch in the engine's node order, host and device nodes apart
-    (weights in device memory are external and left out)."""
+class GraphBuilder:
+    """The graph of one model and batch in the engine's node order, every weight, cache view and
+    graph input a source tagged with the backend holding it (the scheduler places the ops)."""
 
     def __init__(self, model: ModelProfile, n_tokens: int, n_kv: int, n_kv_swa: int, flash_attn: bool,
-                 kv_quantized: bool, kv_layer_bytes: int, offload: Offload, cuda: bool = True,
-                 alone: bool = False) -> None:
+                 kv_quantized: bool, kv_layer_bytes: int, layout: Layout) -> None:
         self.model, self.hp = model, model.hparams
-        self.cuda = cuda  # CUDA's own allocations (fused kernels' keep-alives, FA's F16 copies)
-        self.alone = alone  # one backend runs the whole graph: no host part
         self.t, self.n_kv, self.n_kv_swa = n_tokens, n_kv, n_kv_swa
-        self.fa, self.kv_quantized, self.offload = flash_attn, kv_quantized, offload
-        self.kv_layer_bytes = kv_layer_bytes  # one layer's K and V cache (the host-held layers' copies)
+        self.fa, self.kv_quantized, self.layout = flash_attn, kv_quantized, layout
+        self.kv_layer_bytes = kv_layer_bytes  # one layer's K and V cache (the copies of a cache held elsewhere)
         self.nodes: list[Tensor] = []
         self.weights = model.cuda_weights  # name -> (bytes on CUDA, shape)
-        self.cpu = False  # building a layer whose weights (and cache) stay in host memory
+        self.cpu_backend = layout.cpu
+        self.device_weights = [Tensor(0, home=b, weight=True, external=True) for b in range(layout.cpu)]
+        self.home = layout.cpu  # the backend holding the weights (and cache) of the layer being built
+        self.cuda = False  # its ops run on CUDA: CUDA's own allocations (fused kernels' keep-alives, FA's F16 copies)
+        self.offloaded = False  # op offload runs its ops on a device: its weights and cache are copied there
         # gpt-oss keeps the output rows after its last layer, the others in it (openai-moe.cpp:157)
         self.rows_at_end = model.architecture == "gpt-oss"
         # the leaves the graph allocates, in the order it meets them: graph inputs (host memory
@@ -118,10 +172,10 @@ class _Builder:
         self.dsa_zeros = self.dsa_zeros_size = 0  # the DSA mask leaves made (layers 0..dsa_zeros-1), their size
 
     def input(self, key: object, size: int) -> Tensor:
-        """Graph input ``key`` (``ggml_set_input``), made where the graph first reads it: in host
-        memory beside an accelerator, the first tensors of a lone backend's own buffer."""
+        """Graph input ``key`` (``ggml_set_input``), made where the graph first reads it: on the
+        CPU, the last backend (ggml-backend.cpp:944-949)."""
         if key not in self._inputs:
-            self._inputs[key] = t = Tensor(size, host=True)
+            self._inputs[key] = t = Tensor(size, home=self.layout.cpu, input=True)
             self.leaves.append(t)
         return self._inputs[key]
 
@@ -147,10 +201,9 @@ class _Builder:
             n *= 2
         return self.input((kind + "_rot", swa and any(self.hp.is_swa)), n * n * F32)
 
-    def hadamard(self, x: Tensor, rot: Tensor | None, size: int | None = None) -> Tensor:
-        """llama_mul_mat_hadamard (llama-impl.h:57-75): a matmul of a reshape by the rotation
-        (``size``: of ``x``'s data, where its allocation carries more)."""
-        return x if rot is None else self.sized(x.size if size is None else size, rot, self.view(x))
+    def hadamard(self, x: Tensor, rot: Tensor | None) -> Tensor:
+        """llama_mul_mat_hadamard (llama-impl.h:57-75): a matmul of a reshape by the rotation."""
+        return x if rot is None else self.sized(x.size, rot, self.view(x))
 
     def mask(self, swa: bool) -> Tensor:
         """The KQ mask over the full or the SWA cache: F16 with flash attention (llama-graph.cpp)."""
@@ -158,51 +211,52 @@ class _Builder:
         return self.input(("mask", swa), (self.n_kv_swa if swa else self.n_kv) * self.t * (2 if self.fa else F32))
 
     def new(self, width: int, *src: Tensor, inplace: bool = False, output: bool = False, elt: int = F32) -> Tensor:
-        return self.sized(width * self.t * elt, *src, inplace=inplace, output=output)
-
-    def sized(self, size: int, *src: Tensor, inplace: bool = False, output: bool = False,
-              host: bool = False) -> Tensor:
-        t = Tensor(size, list(src), inplace=inplace, output=output, host=host)
+        t = Tensor(width * self.t * elt, list(src), inplace, None, output)
         self.nodes.append(t)
         return t
 
-    def view(self, t: Tensor) -> Tensor:
-        """A view (reshape, permute) of ``t``, in ``t``'s memory: a device op reading a host
-        tensor's view copies the view in."""
-        v = Tensor(t.size, [t], view=t.view or t, host=t.host)
+    def sized(self, size: int, *src: Tensor, inplace: bool = False, output: bool = False, **kw: Any) -> Tensor:
+        t = Tensor(size, list(src), inplace=inplace, output=output, **kw)
+        self.nodes.append(t)
+        return t
+
+    def keep(self, *src: Tensor, home: int = -1) -> None:
+        """An allocation dependency: ``src`` stay allocated until here (ggml-backend.cpp:1535-1554)."""
+        self.sized(0, *src, dep=True, home=home)
+
+    def view(self, t: Tensor, size: int = 0) -> Tensor:
+        """A view (reshape, permute) of ``t``, in ``t``'s memory: an op of another backend reading
+        it copies the view (``size``: its ggml_nbytes where it spans less than ``t``)."""
+        v = Tensor(size or t.size, [t], False, t.view or t)
         self.nodes.append(v)
         return v
 
-    @staticmethod
-    def leaf(size: int, weight: bool = False) -> Tensor:
-        """A tensor of no compute buffer in host memory: a CPU-held weight, a view of a host-held cache."""
-        return Tensor(size, host=True, weight=weight, external=True)
-
     def cache_copy(self, size: int, ne0: int, cache: tuple[int, int]) -> Tensor:
         """A view of the layer's cache (``size`` bytes, rows of ``ne0`` elements; ``cache``: the
-        bytes and elements of the layer's cache). Host-held, the device's copy of it: CUDA pads a
-        quantized row to MATRIX_ROW_PADDING (512) elements (ggml-cuda.cu:912-917 get_alloc_size;
-        every cache type's block holds 32 elements); device-held, read in place by device ops and
-        copied out, unpadded, for a host op (flash attention CUDA cannot run)."""
-        if not self.cpu:
-            return Tensor(size, external=True)
-        if self.kv_quantized and self.cuda and ne0 % 512:
-            size += (512 - ne0 % 512) * cache[0] // cache[1]
-        return self.leaf(size)
+        bytes and elements of the layer's cache), read in place on its backend, copied elsewhere:
+        a CUDA copy pads a quantized row to MATRIX_ROW_PADDING (512) elements (ggml-cuda.cu:912-917
+        get_alloc_size; every cache type's block holds 32 elements)."""
+        pad_to = (512 - ne0 % 512) * cache[0] // cache[1] if self.kv_quantized and ne0 % 512 else 0
+        return Tensor(size, home=self.home, external=True, cuda_size=size + pad_to if pad_to else 0)
 
-    def w(self, name: str, host: bool | None = None) -> list[Tensor]:
-        """Weight ``name`` as an op's source: nothing when it is in device memory (external)."""
-        if not (self.cpu if host is None else host) or name not in self.weights:
+    def w(self, name: str, home: int | None = None, copied: bool = False) -> list[Tensor]:
+        """Weight ``name`` (held by ``home``, by default the layer's backend) as an op's source. A
+        device's weight of an op the device runs is never copied (pass 1 runs the op there): one
+        stand-in per device serves them all, unless ``copied`` (a weight of an op run elsewhere)."""
+        if name not in self.weights:
             return []
-        return [self.leaf(self.weights[name][0], weight=True)]
+        home = self.home if home is None else home
+        if home != self.cpu_backend and not copied:
+            return [self.device_weights[home]]
+        return [Tensor(self.weights[name][0], home=home, weight=True, external=True)]
 
-    def weighted(self, name: str, width: int, x: Tensor, *more: Tensor, host: bool | None = None) -> Tensor:
+    def weighted(self, name: str, width: int, x: Tensor, *more: Tensor, home: int | None = None) -> Tensor:
         """A matmul of weight ``name`` (its src[0]), then its bias ADD in place when there is one;
         an expert's (MUL_MAT_ID: ``more`` holds the ids) is an ADD_ID that reads the ids too
         (llama-graph.cpp:2212, 2228, 2330)."""
-        out = self.new(width, *self.w(name, host), x, *more)
+        out = self.new(width, *self.w(name, home), x, *more)
         bias = name.replace(".weight", ".bias")
-        return self.sized(out.size, out, *self.w(bias, host), *more, inplace=True) if self.has(bias) else out
+        return self.sized(out.size, out, *self.w(bias, home), *more, inplace=True) if self.has(bias) else out
 
     def norm(self, x: Tensor, name: str, width: int | None = None) -> Tensor:
         """rms_norm then the weight's MUL, both in place when ``x`` (not a view) has no other consumer."""
@@ -213,9 +267,9 @@ class _Builder:
         return self.sized(x.size, x, self.pos, inplace=True)
 
     def store(self, x: Tensor, idxs: Tensor) -> None:
-        """SET_ROWS of ``x`` into the cache: on the host for a host-held cache (the scheduler runs
-        an op on its destination's backend), else a device node of no memory of its own."""
-        self.sized(0, self.view(x), idxs, host=self.cpu)
+        """SET_ROWS of ``x`` into the cache: no memory of its own, run by the cache's backend (the
+        scheduler runs an op on its destination's, ggml-backend.cpp:921-935)."""
+        self.sized(0, self.view(x), idxs, home=self.home)
 
     def has(self, name: str) -> bool:
         return name in self.weights
@@ -227,20 +281,28 @@ class _Builder:
 
     # -- the graph ----------------------------------------------------------------------------------
 
-    def build(self, with_output: bool) -> list[Tensor]:
-        hp, t = self.hp, self.t
+    def enter(self, home: int) -> None:
+        """Build the weights (and cache) of backend ``home`` next, run where the layout runs them."""
+        runner = self.layout.runner(home)
+        self.home, self.cuda, self.offloaded = home, self.layout.kinds[runner] == "cuda", runner != home
+
+    def build(self, layers: Sequence[int], with_output: bool) -> list[Tensor]:
+        """The node list of ``layers`` (the replayed ones, in order) and the output head."""
+        hp, t, lay = self.hp, self.t, self.layout
         tokens = self.input("tokens", t * 4)
         # build_inp_embd (llama-graph.cpp:2384-2435): the embeddings input, which a token batch
         # leaves unused (ggml_build_forward_select), is a graph input all the same
         self.input("embd", hp.n_embd * t * F32)
-        x = self.sized(hp.n_embd * t * F32, tokens, host=not self.alone)  # GET_ROWS: on the CPU, the table's home
+        # GET_ROWS of the token table: on the CPU, its home (llama-model.cpp:1604; CUDA offloads no
+        # GET_ROWS, ggml-cuda.cu:5636-5639)
+        x = self.sized(hp.n_embd * t * F32, *self.w("token_embd.weight", lay.cpu), tokens, offloadable=False)
         n_layer = hp.n_layer_kv or hp.n_layer
-        for il in _representative_layers(self, n_layer):
-            self.cpu = il in self.offload.cpu_layers
+        for il in layers:
+            self.enter(lay.layers[il])
             x = self.layer(il, x, last=il == n_layer - 1 and not self.rows_at_end)
         x.output = x.output or self.rows_at_end  # gpt-oss: the last layer's output is t_h_nextn, an output
         if with_output:
-            self.cpu = self.offload.cpu_output
+            self.enter(lay.output)
             if self.rows_at_end:
                 x = self.new(hp.n_embd, x, self.input("out_ids", t * 4))
             x = self.norm(x, "output_norm.weight")
@@ -254,9 +316,10 @@ class _Builder:
         if self.hp.indexer_head_size and self.dsa_zeros < il:
             # the DSA leaves of the layers left out (:meth:`dsa_mask`): allocated up front all the
             # same, each freed in its own layer, i.e. before this one
-            skipped = [Tensor(self.dsa_zeros_size) for _ in range(self.dsa_zeros, il)]
+            runner = self.layout.runner(self.layout.layers[il - 1])
+            skipped = [Tensor(self.dsa_zeros_size, home=runner) for _ in range(self.dsa_zeros, il)]
             self.leaves += skipped
-            self.sized(0, *skipped)
+            self.keep(*skipped, home=runner)
             self.dsa_zeros = il
         cur = self.norm(x, b + "attn_norm.weight")
         attn = self.mla(il, cur) if self.hp.is_mla else self.attention(il, cur)
@@ -313,18 +376,20 @@ class _Builder:
         k_bytes = layer_bytes // 2
         kv = [self.cache_copy(k_bytes, dk, (k_bytes, n_kv * n_head_kv * dk)),
               self.cache_copy(layer_bytes - k_bytes, dv, (layer_bytes - k_bytes, n_kv * n_head_kv * dv))]
-        sinks = self.w(b + "attn_sinks.weight")
+        sinks = self.w(b + "attn_sinks.weight", copied=True)  # FA: run where CUDA cannot
         mask = self.mask(swa)
         if self.fa:
-            device = not self.cuda or _fattn_on_device(dk, dv, n_head // n_head_kv, n_kv)
-            # CUDA's F16 copies of a quantized K and V
-            extra = _pad(n_kv * n_head_kv * (dk + dv) * 2) if self.kv_quantized and self.cuda and device else 0
-            o = self.sized(n_head * dv * self.t * F32 + extra, self.view(q), *kv, mask, *sinks, host=not device)
+            # CUDA's F16 copies of a quantized K and V (fattn.cu get_alloc_size); some head sizes it
+            # cannot run: the scheduler runs them where most of their sources are, the CPU
+            size = n_head * dv * self.t * F32
+            extra = _pad(n_kv * n_head_kv * (dk + dv) * 2) if self.kv_quantized else 0
+            o = self.sized(size, self.view(q), *kv, mask, *sinks, by_weight=False, cuda_size=size + extra,
+                           cuda_ok=_fattn_on_device(dk, dv, n_head // n_head_kv, n_kv))
         else:
             kq = self.new(n_kv * n_head, *kv[:1], self.view(q))
             kq = self.new(n_kv * n_head, kq, mask, *sinks, inplace=True)  # soft_max
             o = self.new(n_head * dv, self.view(self.new(n_head * dv, *kv[1:], kq)))  # KQV, permute + cont
-        o = self.hadamard(o, v_rot, n_head * dv * self.t * F32)  # the FA node's size holds CUDA's copies
+        o = self.hadamard(o, v_rot)
         return self.weighted(b + "attn_output.weight", hp.n_embd, self.view(o))
 
     def mla(self, il: int, cur: Tensor) -> Tensor:
@@ -361,13 +426,14 @@ class _Builder:
               self.cache_copy(k_bytes - k_bytes // max(1, self.n_kv) * rope // (latent + rope), latent, k_cache)]
         dv = self.weights_shape(b + "attn_v_b.weight", 1) or hp.head_dim_v
         if self.fa:
-            device = not self.cuda or _fattn_on_device(latent + rope, latent, n_head, self.n_kv)
-            # CUDA's F16 copy of K, and of V apart where V is no view of K: the copies of a
-            # host-held cache (fattn-common.cuh:63 V_is_K_view)
-            f16 = self.n_kv * (latent + rope) * 2 + (self.n_kv * latent * 2 if self.cpu else 0)
-            extra = _pad(f16) if self.kv_quantized and self.cuda and device else 0
+            # CUDA's F16 copy of K, and of V apart where V is no view of K: the copies of a cache
+            # held elsewhere (fattn-common.cuh:63 V_is_K_view)
+            f16 = self.n_kv * (latent + rope) * 2 + (self.n_kv * latent * 2 if self.offloaded else 0)
             mask = self.dsa_mask(il, qa, cur) if dsa else self.mask(False)
-            o = self.sized(n_head * latent * self.t * F32 + extra, self.view(q_cat), *kv, mask, host=not device)
+            size = n_head * latent * self.t * F32
+            o = self.sized(size, self.view(q_cat), *kv, mask, by_weight=False,
+                           cuda_size=size + _pad(f16) if self.kv_quantized else 0,
+                           cuda_ok=_fattn_on_device(latent + rope, latent, n_head, self.n_kv))
         else:
             # build_attn_mha (llama-graph.cpp:2616-2750) makes V's cont (of the transposed latent)
             # first, then KQ, then reads the mask in the softmax
@@ -419,15 +485,15 @@ class _Builder:
         # LIGHTNING_INDEXER: CUDA runs it for 128-wide keys in 32 or 64 heads only
         # (lightning-indexer.cu:536-586); else the CPU does, and the scores are copied back in
         heads = self.weights_shape(b + "indexer.attn_q_b.weight") // max(1, self.hp.indexer_head_size)
-        on_host = self.cuda and not (self.hp.indexer_head_size == 128 and heads in (32, 64))
-        # the indexer's key cache (n_kv rows): a host op copies a device-held one out
+        # the indexer's key cache (n_kv rows), copied where it is read elsewhere
         total = self.hp.kv_lora_rank + self.hp.n_rot + self.hp.indexer_head_size
-        keys = Tensor(self.kv_layer_bytes * self.hp.indexer_head_size // total, host=self.cpu, external=True)
-        scores = self.sized(self.n_kv * t * F32, self.view(q), keys, w, lid_mask, host=on_host)
+        keys = Tensor(self.kv_layer_bytes * self.hp.indexer_head_size // total, home=self.home, external=True)
+        scores = self.sized(self.n_kv * t * F32, self.view(q), keys, w, lid_mask,
+                            cuda_ok=self.hp.indexer_head_size == 128 and heads in (32, 64))
         top_k = self.new(n_top_k, self.new(n_top_k, scores, elt=4), elt=4)  # TOP_K and its cont (I32)
         mask = self.mask(False)
         filled = self.sized(mask.size, mask, inplace=True)  # FILL -inf (the mask has a later use: not in place)
-        rows = Tensor(filled.size, [zeros, self.view(top_k), self.view(filled)], view=filled)  # SET_ROWS: a view
+        rows = Tensor(filled.size, [zeros, self.view(top_k), self.view(filled)], view=filled, writes=True)  # SET_ROWS
         self.nodes.append(rows)
         # the ADD takes the mask over where it is the mask's last use (the last layer, ggml-alloc.c:632-675)
         return self.sized(mask.size, self.view(rows), mask, inplace=True)
@@ -445,7 +511,8 @@ class _Builder:
         hp, b, md = self.hp, f"blk.{il}.", self.model.metadata
         arch = self.model.architecture
         bias = self.w(b + "exp_probs_b.bias")
-        fused = self.cuda and _topk_fusable(hp.n_expert) and arch != "gpt-oss" and not bias
+        # a copied bias (an op-offloaded layer's) starts a split inside the chain: no fusion
+        fused = self.cuda and _topk_fusable(hp.n_expert) and arch != "gpt-oss" and not (bias and self.offloaded)
         logits = self.weighted(b + "ffn_gate_inp.weight", hp.n_expert, cur)
         if arch == "gpt-oss":  # softmax over the selected logits only
             ids = self.new(hp.n_expert, logits, elt=4)
@@ -464,7 +531,7 @@ class _Builder:
         if md.get(f"{arch}.expert_weights_scale", 1.0) not in (0.0, 1.0):
             weights = self.new(hp.n_expert_used, self.view(weights), inplace=True)
         if fused:
-            self.sized(0, *chain)
+            self.keep(*chain)
         return ids, weights
 
     def moe(self, il: int, cur: Tensor) -> Tensor:
@@ -476,114 +543,21 @@ class _Builder:
         e, used = hp.n_embd, hp.n_expert_used
         ff_exp = self.weights_shape(b + "ffn_up_exps.weight") or hp.n_ff_exp
         ids, weights = self.router(il, cur)
-        host = self.offload.experts_on_host(il)
+        lay = self.layout
         x = self.view(cur)
-        ids_v = self.view(ids)
-        gate = self.weighted(b + "ffn_gate_exps.weight", used * ff_exp, x, ids_v, host=host)
-        up = self.weighted(b + "ffn_up_exps.weight", used * ff_exp, x, ids_v, host=host)
+        # the top-k view of the argsort: k of each row of n_expert (ggml_nbytes of a strided view)
+        ids_v = self.view(ids, 4 * (used + (self.t - 1) * hp.n_expert))
+        gate = self.weighted(b + "ffn_gate_exps.weight", used * ff_exp, x, ids_v, home=lay.experts(il, "gate"))
+        up = self.weighted(b + "ffn_up_exps.weight", used * ff_exp, x, ids_v, home=lay.experts(il, "up"))
         down = self.weighted(b + "ffn_down_exps.weight", used * e, self.new(used * ff_exp, gate, up), ids_v,
-                             host=host)
+                             home=lay.experts(il, "down"))
         weighted = self.new(used * e, down, weights, inplace=True)
         out = self.new(e, self.view(weighted)) if used == 1 else self.new(e, self.view(weighted), self.view(weighted))
         for _ in range(2, used):
             out = self.new(e, out, self.view(weighted), inplace=True)
-        if self.cuda and 2 <= used <= 15:  # CUDA's alloc dep, kept until the sum (ggml-cuda.cu:3034, 3108)
-            self.sized(0, down, weights)
+        fused = self.cuda and lay.runner(lay.experts(il, "down")) == lay.runner(self.home)
+        if fused and 2 <= used <= 15:  # CUDA's alloc dep, kept until the sum (ggml-cuda.cu:3034, 3108)
+            self.keep(down, weights)
         if self.has(b + "ffn_up_shexp.weight"):
             out = self.new(e, out, self.ffn(b, cur, "_shexp"), inplace=True)
         return out
-
-
-def _representative_layers(builder: _Builder, n_layer: int) -> list[int]:
-    """The layers replayed: runs of one kind (dense/MoE, SWA/full, host/device) capped at
-    RUN_CAP, the last layer always (it keeps the output rows); every layer for a backend running
-    the whole graph alone or an RPC server's (their one replay; the CPU traces show states that
-    do not repeat: an iSWA model's full layer after fewer of its SWA layers lands elsewhere)."""
-    if not builder.cuda:
-        return list(range(n_layer))
-    moe = [builder.has(f"blk.{il}.ffn_gate_inp.weight") for il in range(n_layer)]
-    return _kept_layers(moe, builder.hp.is_swa, builder.offload, n_layer)
-
-
-def _kept_layers(moe: list[bool], is_swa: Sequence[bool], off: Offload, n_layer: int) -> list[int]:
-    keep: list[int] = []
-    run_kind: tuple[bool, ...] | None = None
-    run = 0
-    for il in range(n_layer):
-        kind = (moe[il], is_swa[il], il in off.cpu_layers, off.experts_on_host(il))
-        run = run + 1 if kind == run_kind else 1
-        run_kind = kind
-        if run <= RUN_CAP or il == n_layer - 1:
-            keep.append(il)
-    return keep
-
-
-# a layer's tensors: (name less "blk.N.", ggml type, shape), sorted
-LayerSignature = tuple[tuple[str, int, tuple[int, ...]], ...]
-
-
-def layer_signatures(model: ModelProfile) -> list[LayerSignature]:
-    """Per layer, what its nodes' sizes are made of: its tensors (name less the layer prefix, type,
-    shape)."""
-    per: list[list[tuple[str, int, tuple[int, ...]]]] = [[] for _ in model.layers]
-    for t in model.tensors:
-        if t.layer is not None:
-            per[t.layer].append((t.name.split(".", 2)[-1], t.info.ggml_type, t.info.shape))
-    return [tuple(sorted(p)) for p in per]
-
-
-def replay_key(model: ModelProfile, signatures: Sequence[LayerSignature], offload: Offload,
-               with_output: bool) -> tuple[object, ...]:
-    """What a CUDA replay of ``offload`` depends on, so that placements which leave different layers
-    in host memory but replay the same nodes share one replay: the replayed layers' tensors and
-    kinds in order, and for DSA the layers skipped between them (their mask leaves)."""
-    hp = model.hparams
-    n_layer = hp.n_layer_kv or hp.n_layer
-    moe = [any(name == "ffn_gate_inp.weight" for name, _, _ in signatures[il]) for il in range(n_layer)]
-    prev, key = -1, []
-    for il in _kept_layers(moe, hp.is_swa, offload, n_layer):
-        key.append((signatures[il], hp.is_swa[il], il in offload.cpu_layers, offload.experts_on_host(il),
-                    il - prev if hp.indexer_head_size else 0, il == n_layer - 1))
-        prev = il
-    return tuple(key), with_output, offload.cpu_output
-
-
-def device_peak(model: ModelProfile, *, n_tokens: int, n_kv: int, n_kv_swa: int, flash_attn: bool,
-                kv_quantized: bool, kv_layer_bytes: int, with_output: bool = True,
-                offload: Offload = Offload(), backend: str = "cuda",
-                trace: list[tuple[int, int]] | None = None, host_trace: list[tuple[int, int]] | None = None) -> int:
-    """Bytes of the compute buffer of a device running every layer (and the output head when
-    ``with_output``): a CUDA device (``backend="cuda"``) with ``offload``'s host-held weights
-    copied in (module doc), or the CPU backend running the whole graph alone (``"cpu"``: no
-    accelerator, or an RPC server's): its graph inputs in its own buffer, none of CUDA's extras.
-    ``"rpc"``: an RPC server's CPU backend running every layer for the local host (the scheduler
-    copies the graph inputs in, as for a CUDA device, none of CUDA's extras). ``trace`` collects
-    the (size, offset) of each allocation, as ggml-alloc.c's AT_PRINTF does (``host_trace``: the
-    host's, :func:`cuda_peaks`)."""
-    return cuda_peaks(model, n_tokens=n_tokens, n_kv=n_kv, n_kv_swa=n_kv_swa, flash_attn=flash_attn,
-                      kv_quantized=kv_quantized, kv_layer_bytes=kv_layer_bytes, with_output=with_output,
-                      offload=offload, backend=backend, trace=trace, host_trace=host_trace)[0]
-
-
-def cuda_peaks(model: ModelProfile, *, n_tokens: int, n_kv: int, n_kv_swa: int, flash_attn: bool,
-               kv_quantized: bool, kv_layer_bytes: int, with_output: bool = True,
-               offload: Offload = Offload(), backend: str = "cuda", trace: list[tuple[int, int]] | None = None,
-               host_trace: list[tuple[int, int]] | None = None) -> tuple[int, int]:
-    """:func:`device_peak` and, from the same graph, the host's buffer beside the device (the
-    ``CUDA_Host`` line: the CPU backend's split, the graph inputs, the copies of what it reads;
-    the CPU's alignment, ggml-cuda.cu:1309); 0 for a backend running the graph alone."""
-    if model.architecture not in REPLAYED:
-        raise UnsupportedModelError(f"no compute graph for architecture {model.architecture!r}",
-                                    hint="rebuilt: " + ", ".join(sorted(REPLAYED)))
-    if backend not in ("cuda", "cpu", "rpc") or (backend != "cuda" and offload != Offload()):
-        raise ValueError(f"no replay of a {backend!r} buffer with {offload}")
-    builder = _Builder(model, n_tokens, n_kv, n_kv_swa, flash_attn, kv_quantized, kv_layer_bytes, offload,
-                       backend == "cuda", alone=backend == "cpu")
-    nodes = builder.build(with_output)
-    if backend == "cpu":
-        return replay(nodes, CPU_ALIGNMENT, builder.leaves, trace), 0
-    # an RPC server is a device beside the local CPU, which keeps the graph inputs and the token embeddings
-    device, host = schedule(nodes)
-    own = [t for t in builder.leaves if not t.host]
-    return (replay(device, CUDA_ALIGNMENT if backend == "cuda" else CPU_ALIGNMENT, own, trace),
-            replay(host, CPU_ALIGNMENT, [t for t in builder.leaves if t.host], host_trace))

@@ -33,7 +33,7 @@ from dataclasses import replace
 from functools import cached_property
 
 from .compute import PIPELINE_COPIES, ComputeEstimate, compute_buffer_estimate
-from .compute_graph import Offload
+from .compute_price import host_compute, offload_compute, replayed_buffers
 from .cpuprobe import DEFAULT_DISK_GBS
 from .devices import Cluster, Device
 from .errors import ClusterError, InvalidArgumentError
@@ -146,7 +146,7 @@ class CostModel:
         return sum(v for k, v in per.items() if (k in kinds) == inside)
 
     @cached_property
-    def _offloadable_weights(self) -> tuple[list[int], list[dict[str, int]], int]:
+    def offloadable_weights(self) -> tuple[list[int], list[dict[str, int]], int]:
         """What op offload may copy, as a GPU holds it, found once: per layer its largest weight
         and its largest routed-expert tensor per kind, and the largest output weight (NextN-only
         tensors are never loaded)."""
@@ -171,21 +171,21 @@ class CostModel:
     @cached_property
     def largest_weight_bytes(self) -> int:
         """The largest layer or output weight as a GPU holds it: what op offload copies at most."""
-        layer_max, _, output_max = self._offloadable_weights
+        layer_max, _, output_max = self.offloadable_weights
         return max(max(layer_max, default=0), output_max)
 
     @cached_property
     def op_offload_bound(self) -> int:
         """What op offload adds on the first GPU over its own layers' and output's peak when some
         layers or experts stay on the CPU: what the solver reserves there before the exact
-        re-pricing (:meth:`_offload_compute`). The largest *layer* weight sets it: a plan with
+        re-pricing (compute_price.offload_compute). The largest *layer* weight sets it: a plan with
         layers on a GPU keeps the output head there (an all-CPU plan, and a head left on the CPU,
         are priced exactly, not through this reserve); H200 loads: a reserve from the largest
         weight overall (the output head) cost a whole layer of VRAM that the engine never used
         (benchmarks/results/speed_truth.md)."""
         if not self.context.op_offload:
             return 0
-        layer_max, expert_max, _ = self._offloadable_weights
+        layer_max, expert_max, _ = self.offloadable_weights
         w_layer = max(layer_max, default=0)
         w_exp = max((max(per.values(), default=0) for per in expert_max), default=0)
         own = self.compute.backend_roles["cuda"]["layers_output"]
@@ -195,44 +195,6 @@ class CostModel:
                     self.compute.offload_bytes("gpu_exps", w_exp) if w_exp else 0)
         two_gpus = sum(1 for d in self.cluster.gpus if d.kind == "gpu") > 1
         return max(0, extra - own, 2 * w_exp if two_gpus else 0)
-
-    def _offload_compute(self, p: Placement, own: int, gpus_with_layers: int) -> int:
-        """devices[0]'s compute buffer when it runs op-offloaded work of CPU-held weights
-        (``ggml_backend_sched`` offloads ops with a batch >= 32 to the first device that
-        ``offload_op``s them and copies their weight in): the placement replayed as the engine
-        allocates it (compute_graph.TRACE_CHECKED), else the fitted role of the placement with the
-        largest weight it copies (compute.py). With experts on the CPU and layers on a second GPU
-        the first one held two copies of that weight beside its own layers' peak (H200 pair, moe33
-        records in tests/test_gpu_records.py: 436.5 MiB = 2 x 216 MiB + 4.5)."""
-        layer_max, expert_max, output_max = self._offloadable_weights
-        cpu_layers = [il for il, h in enumerate(p.layer_home) if h == CPU]
-        if not cpu_layers and not self.context.expert_copies_in_compute:
-            return own
-        expert_w = 0 if cpu_layers else max(
-            (b for per, kinds in zip(expert_max, p.cpu_experts) for k, b in per.items() if k in kinds), default=0)
-        two_copies = own + 2 * expert_w if expert_w and gpus_with_layers > 1 else 0
-        if self.compute.replay is not None:
-            # one GPU running every other layer is exactly the replayed graph, a GPU beside others at most it
-            exact = self.compute.replay(self._host_held(p), p.output in (CPU, p.order[0]))
-            return max(exact, two_copies) if gpus_with_layers <= 1 else max(own, exact, two_copies)
-        if len(cpu_layers) == len(p.layer_home) and p.output == CPU:
-            role, w = "offload_none", self.largest_weight_bytes
-        elif cpu_layers:
-            role, w = "gpu_partial", max(layer_max[il] for il in cpu_layers)
-            if p.output == CPU:  # the head's matmul is offloaded too, its copy beside the logits: as
-                # with no GPU layer (ik_llama.cpp -ngl 10 of dense11: 328 MiB, mainline -ngl 0: 318)
-                own = max(own, self.compute.offload_bytes("offload_none", output_max))
-        else:
-            role, w = "gpu_exps", expert_w
-        return max(own, self.compute.offload_bytes(role, w), two_copies)
-
-    def _host_held(self, p: Placement) -> Offload:
-        """What the placement leaves in host memory, as the graph replay takes it (a layer with any
-        expert kind in RAM counts as all of its experts: every copy is then priced)."""
-        kv_layers = range(self.model.hparams.n_layer_kv or self.model.hparams.n_layer)
-        experts = self.context.expert_copies_in_compute
-        return Offload(frozenset(il for il in kv_layers if p.layer_home[il] == CPU), cpu_output=p.output == CPU,
-                       cpu_expert_layers=frozenset(il for il in kv_layers if experts and p.cpu_experts[il]))
 
     def usage(self, p: Placement) -> list[DeviceUsage]:
         """Per-device memory of a placement: every accelerator of the order, then the CPU."""
@@ -263,14 +225,20 @@ class CostModel:
         out_backend = self.backend(p.output)
         out_use.weights_bytes += m.output_bytes(out_backend)
         copies = PIPELINE_COPIES if self.pipeline_parallel(p) else 1
+        # a layer split, pipelined or not: every buffer replayed where checked
+        replayed = replayed_buffers(self, p, copies)
         for name in p.order:
             use = out[name]
             # a GPU running other layers' experts (their MoE intermediates) is priced a layer's peak at least
             whole = use.n_layers == len(p.layer_home) and use.holds_output and not any(p.expert_homes)
-            use.compute_bytes += self.compute.device_bytes(use.n_layers > 0 or name in p.foreign_experts,
-                                                           use.holds_output, copies, self.backend(name), whole)
-        gpus = sum(1 for n in p.order if out[n].n_layers and self.device(n).kind == "gpu")
-        self._finish_usage(p, out, copies, gpus)
+            use.compute_bytes += replayed[name] if replayed is not None else self.compute.device_bytes(
+                use.n_layers > 0 or name in p.foreign_experts, use.holds_output, copies, self.backend(name), whole)
+        if replayed is not None:
+            out[CPU].compute_bytes += replayed[CPU]
+            out[CPU].pageable_bytes = self.pageable_bytes(p, out[CPU].weights_bytes)
+        else:
+            gpus = sum(1 for n in p.order if out[n].n_layers and self.device(n).kind == "gpu")
+            self._finish_usage(p, out, copies, gpus)
         return list(out.values())
 
     def _finish_usage(self, p: Placement, out: dict[str, DeviceUsage], copies: int, gpus_with_layers: int) -> None:
@@ -280,8 +248,8 @@ class CostModel:
         offload = bool(p.order) and self.device(p.order[0]).kind == "gpu" and self.context.op_offload
         if offload and self.has_cpu_weights(p):
             first = out[p.order[0]]
-            first.compute_bytes = self._offload_compute(p, first.compute_bytes, gpus_with_layers)
-        cpu_use.compute_bytes += self._host_compute(p, cpu_use, offload, copies)
+            first.compute_bytes = offload_compute(self, p, first.compute_bytes, gpus_with_layers)
+        cpu_use.compute_bytes += host_compute(self, p, cpu_use, offload, copies)
         cpu_use.pageable_bytes = self.pageable_bytes(p, cpu_use.weights_bytes)
 
     def pageable_bytes(self, p: Placement, cpu_weights: int) -> int:
@@ -316,22 +284,6 @@ class CostModel:
             if home == CPU:
                 total += t.bytes
         return total
-
-    def _host_compute(self, p: Placement, cpu_use: DeviceUsage, offload: bool, copies: int) -> int:
-        """The CPU backend's compute buffer: the host's share beside accelerators (the ``CUDA_Host``
-        line beside one CUDA device replayed for compute_graph.TRACE_CHECKED, else the fitted
-        role), or the whole graph when nothing can take op offload (no GPU first in the order)."""
-        c = self.compute
-        if (c.host_replay is not None and copies == 1 and len(p.order) == 1 and self.backend(p.order[0]) == "cuda"
-                and (self.offloads_to(p.order[0]) or not self.has_cpu_weights(p))):
-            # one CUDA device beside the host, CPU-held weights' ops offloaded to it: the replayed graph
-            return c.host_replay(self._host_held(p), True)
-        if cpu_use.n_layers == 0:
-            return c.host_bytes("host_base", copies)
-        if not offload:
-            return c.cpu_only_bytes() if p.output == CPU else c.device_bytes(True, False, backend="cpu")
-        every = cpu_use.n_layers == len(p.layer_home) and p.output == CPU
-        return c.host_bytes("host_all" if every else "host_partial", copies)
 
     def pipeline_parallel(self, p: Placement) -> bool:
         """Whether llama.cpp pipelines this placement (``llama-context.cpp``): several model

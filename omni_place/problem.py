@@ -77,6 +77,11 @@ class _Arrays:
     stream_cpu: np.ndarray  # [L] the same for a layer wholly on the CPU
     first_mem_no_cpu: np.ndarray  # [D] what the first device holds when no weight is on the CPU
     fixed_mem_no_cpu: np.ndarray  # [D] per-device compute buffers then (pipeline parallelism)
+    # rows of ``orders`` whose first device takes op offload, or none of whose devices does: the
+    # engine offloads a CPU-held weight's op to the first device that takes it (ggml-backend.cpp:
+    # 951-980), where ``first_mem`` reserves its buffer; an order with an RPC device before a GPU
+    # would put it on the GPU behind
+    offload_rows: np.ndarray
 
 
 def memory_unit(cluster: Cluster) -> int:
@@ -191,7 +196,10 @@ def build_arrays(cost: CostModel, orders: Sequence[tuple[str, ...]], unit: int =
     # with no weight on the CPU llama.cpp may pipeline (CostModel.pipeline_parallel): the graph
     # inputs, the KQ mask among them, are then kept PIPELINE_COPIES times on every device
     fixed_pp = np.array([_units(b + comp.mask * (PIPELINE_COPIES - 1)) for b in layers_only], dtype=np.int64)
-    return _Arrays(names, order_arr, tg, pp, mem, allow, stream, stream_cpu, first_no_cpu, fixed_pp)
+    takes = [cost.offloads_to(n) for n in names]
+    rows = np.array([r for r, seq in enumerate(order_arr)
+                     if (seq[0] >= 0 and takes[seq[0]]) or not any(takes[d] for d in seq if d >= 0)], dtype=np.int64)
+    return _Arrays(names, order_arr, tg, pp, mem, allow, stream, stream_cpu, first_no_cpu, fixed_pp, rows)
 
 
 def placement_of(arr: _Arrays, res: Any, order_list: Sequence[tuple[str, ...]]) -> Placement:
@@ -216,7 +224,8 @@ def cpu_only(model: ModelProfile, order: Sequence[str] = ()) -> Placement:
     return Placement(tuple(order), (CPU,) * L, (frozenset(),) * L, CPU)
 
 
-def _solve_with_stream(arr: _Arrays, cost: CostModel, w_tg: float, w_pp: float, *, no_cpu_weights: bool) -> Any:
+def _solve_with_stream(arr: _Arrays, cost: CostModel, w_tg: float, w_pp: float, *, no_cpu_weights: bool,
+                       rows: np.ndarray) -> Any:
     mem = dict(arr.mem)
     allow: np.ndarray = arr.allow
     time_cpu = w_tg * arr.tg["time_cpu"] + w_pp * arr.pp["time_cpu"]
@@ -228,7 +237,7 @@ def _solve_with_stream(arr: _Arrays, cost: CostModel, w_tg: float, w_pp: float, 
         time_cpu = time_cpu + 1e6  # a CPU layer now costs more than any real plan
     try:
         return _core.solve(
-            orders=arr.orders,
+            orders=arr.orders[rows],
             time=w_tg * arr.tg["time"] + w_pp * arr.pp["time"],
             time_cpu=time_cpu,
             trans=w_tg * arr.tg["trans"] + w_pp * arr.pp["trans"],
@@ -258,14 +267,18 @@ def core_candidates(arr: _Arrays, orders: Sequence[tuple[str, ...]], cost: CostM
                      w_pp: float, stats: dict[str, Any], variants: Sequence[bool] = (True, False),
                     ) -> list[Candidate]:
     """Core optima of the memory variants (``no_cpu_weights`` True / False): without CPU-held
-    weights (no op-offload buffer on devices[0]) and with them."""
+    weights (no op-offload buffer on devices[0]) and with them (over the orders whose op offload
+    goes to devices[0], :attr:`_Arrays.offload_rows`)."""
     out = []
     for no_cpu in variants:
-        res = _solve_with_stream(arr, cost, w_tg, w_pp, no_cpu_weights=no_cpu)
+        rows = np.arange(len(arr.orders)) if no_cpu else arr.offload_rows
+        if not len(rows):
+            continue
+        res = _solve_with_stream(arr, cost, w_tg, w_pp, no_cpu_weights=no_cpu, rows=rows)
         stats["states"] = stats.get("states", 0) + res.n_states
         if not res.ok:
             continue
-        p = placement_of(arr, res, orders)
+        p = placement_of(arr, res, [orders[int(r)] for r in rows] if len(orders) else orders)
         if no_cpu and any(h == CPU for h in p.layer_home):
             continue  # only reachable through the 1e6 penalty: the other variant prices it right
         out.append((res.time, p, res.as_dict()))

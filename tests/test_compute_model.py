@@ -105,3 +105,45 @@ def test_an_rpc_device_running_everything_is_priced_as_the_engine_sizes_it(tmp_p
     placement = Placement(("RPC0",), ("RPC0",) * model.n_layer, (frozenset(),) * model.n_layer, "RPC0")
     predicted = next(u for u in cost.usage(placement) if u.name == "RPC0").compute_bytes
     assert round(predicted / MiB, 2) == round(engine / MiB, 2), (shape, ub, ctx, fa, kv)
+
+
+# layer splits over the two loopback RPC servers (rpc_pair: devices RPC0, RPC1) with no pipelining:
+# some layers on the CPU and some layers' down experts; iSWA with the head on the CPU (an override,
+# so no pipelining); DSA with layers on the CPU, flash attention off
+SPLIT_CASES = [("qwen3moe", 9200, ["-ngl", "4", "-ts", "1,2", "-ot", r"blk\.[0-3]\.ffn_down_exps=CPU"]),
+               ("gemma3", 9201, ["-ngl", "99", "-ts", "1,1", "-ot", "^output=CPU"]),
+               ("deepseek32", 9202, ["-ngl", "3", "-ts", "2,3", "-fa", "off"])]
+
+
+@pytest.mark.parametrize(("arch", "seed", "flags"), SPLIT_CASES, ids=[a for a, _, _ in SPLIT_CASES])
+def test_a_layer_split_over_rpc_servers_is_priced_as_the_engine_sizes_it(
+        tmp_path: Path, rpc_pair: list[str], arch: str, seed: int, flags: list[str]) -> None:
+    """A command line over two RPC servers, priced by the planner (evaluate: every device's
+    compute buffer and the CPU's from one replayed split), then dry-run by the real libllama with
+    exactly the plan's parameters (verify_plan): every `compute buffer size` line is the price."""
+    from omni_place.llama.verify import verify_plan
+    from omni_place.plan import evaluate
+
+    rng = random.Random(seed)
+    shape = random_shape(rng, arch)
+    shape["n_layer"] = max(shape["n_layer"], 5)
+    ub, ctx = rng.choice((128, 512, 1024)), rng.choice((2048, 8192))
+    kv = "q8_0" if "off" not in flags and rng.random() < 0.5 else "f16"
+    header = write_model(tmp_path / "m.gguf", arch, header_only=True, tokenizer="spm", **shape)
+    full = sparse_copy(read_model_files(header), tmp_path / "full")
+    rpc = tuple(Device(name=f"RPC{i}", kind="rpc", memory_bytes=64 * GiB, bandwidth_gbs=10, endpoint=ep)
+                for i, ep in enumerate(rpc_pair))
+    cluster = Cluster("rpc2", (*rpc, Device(name=CPU, kind="cpu", memory_bytes=256 * GiB, bandwidth_gbs=100)))
+    argv = [*flags, "-dev", "RPC0,RPC1", "-c", str(ctx), "-b", str(ub), "-ub", str(ub), "-ctk", kv, "-ctv", kv]
+    plan = evaluate(str(full), cluster, argv if "-fa" in flags else [*argv, "-fa", "on"])
+    assert any(h == CPU for h in plan.placement.layer_home) or plan.placement.output == CPU  # no pipelining
+    report = verify_plan(plan, dry_run=True, timeout=120)
+    load = report.load
+    assert report.error is None and load is not None and not load.pipeline_parallel, report.error
+    # each server's one device is RPC0 there: its buffer type is RPC0[endpoint]
+    engine = {CPU: load.compute_buffers["CPU"],
+              **{f"RPC{i}": load.compute_buffers[f"RPC0[{ep}]"] for i, ep in enumerate(rpc_pair)}}
+    priced = {u.name: u.compute_bytes for u in plan.usage}
+    assert all(priced.values())  # every device and the CPU compute
+    assert {n: round(b / MiB, 2) for n, b in priced.items()} == {n: round(b / MiB, 2) for n, b in engine.items()}, \
+        (shape, argv)

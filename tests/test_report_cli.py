@@ -61,7 +61,7 @@ def test_json(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_env_lines_rebuild_the_args(capsys: pytest.CaptureFixture[str]) -> None:
-    plan = ("plan", "qwen3-235b-a22b", "--preset", "4090-rpc-3090")  # op offload on: every flag has a variable
+    plan = ("plan", "gpt-oss-120b", "--preset", "4090-rpc-3090")  # op offload on: every flag has a variable
     _, args_out, _ = run(capsys, *plan, "--format", "args")
     code, out, _ = run(capsys, *plan, "--format", "env")
     assert code == 0

@@ -342,11 +342,12 @@ def test_switches_share_bytes_and_change_prompt_work(truth: list[dict[str, Any]]
     assert off.kv == cost.kv and off.compute is cost.compute  # the byte tables are shared
     assert cost.context.op_offload and not off.context.op_offload
     assert off.op_offload_bound == 0 < cost.op_offload_bound
-    # off: the GPU's own layers' peak; on: the placement replayed with its expert copies, which the
-    # engine may fit in less (moe15 --n-cpu-moe 20 on the H200: 342.26 MiB, all on the GPU 341.5)
+    # both the placement replayed: off, the GPU's own layers' peak (the fitted role's within 1 MiB);
+    # on, with its expert copies, which the engine may fit in less (moe15 --n-cpu-moe 20 on the
+    # H200: 342.26 MiB, all on the GPU 341.5)
     gpu_off, gpu_on = (next(u for u in c.usage(p) if u.name == "CUDA0").compute_bytes for c in (off, cost))
     own = cost.compute.device_bytes(True, True)
-    assert gpu_off == own and gpu_on != own
+    assert abs(gpu_off - own) < 2**20 and gpu_on != gpu_off
     assert "pcie_stream" in cost.predict(p).pp_breakdown and "pcie_stream" not in off.predict(p).pp_breakdown
     assert cost.with_switches().context == cost.context
 

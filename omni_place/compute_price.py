@@ -1,0 +1,132 @@
+"""A placement's compute buffers as the cost model prices them (:meth:`.cost.CostModel.usage`).
+
+A layer split, pipelined or not, is replayed whole where the replay was checked
+(:mod:`.compute_replay`, compute_graph.SPLIT_CHECKED): one graph scheduled onto every device and
+the CPU gives each device's buffer, the first CUDA device's op-offloaded work included, and the
+host's. What the replay does not cover (an engine other than mainline, experts on
+another device than their layer's, a parallel split mode) is priced per device from the fitted
+roles (:mod:`.compute`), with the first GPU's op-offload buffer and the host's beside one CUDA
+device still replayed where they were checked.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Protocol
+
+from .compute_graph import Layout, Offload
+from .placement import CPU
+
+if TYPE_CHECKING:
+    from .compute import ComputeEstimate
+    from .model import ModelProfile
+    from .placement import Context, DeviceUsage, Placement, SpeedParams
+
+
+class PricedModel(Protocol):
+    """What these functions read of a :class:`.cost.CostModel`."""
+
+    model: ModelProfile
+    context: Context
+    params: SpeedParams
+    compute: ComputeEstimate
+    n_tokens: int
+
+    def backend(self, name: str) -> str: ...
+
+    def offloads_to(self, name: str) -> bool: ...
+
+    def has_cpu_weights(self, p: Placement) -> bool: ...
+
+    @property
+    def offloadable_weights(self) -> tuple[list[int], list[dict[str, int]], int]: ...
+
+    @property
+    def largest_weight_bytes(self) -> int: ...
+
+
+def split_layout(cost: PricedModel, p: Placement, copies: int = 1) -> Layout | None:
+    """``p`` as the scheduler sees it (compute_graph.Layout: the devices' backends in ``p.order``,
+    the CPU last; op offload from the context and the batch), or None where the replay does not
+    cover it: an engine whose graphs are not mainline's, a token table on a device, routed experts
+    on another device than their layer's or the CPU."""
+    c = cost.context
+    if not (c.mainline_graph and c.expert_copies_in_compute) or c.embedding_on_first:
+        return None
+    index = {name: i for i, name in enumerate(p.order)}
+    index[CPU] = len(p.order)
+    if any(where != CPU for homes in p.expert_homes for _, where in homes):
+        return None
+    # ggml_backend_cuda_device_offload_op: batches of at least op_offload_min_batch tokens (ggml-cuda.cu:5651-5655)
+    offload = c.op_offload and cost.n_tokens >= cost.params.op_offload_min_batch
+    return Layout(tuple(cost.backend(n) for n in p.order), tuple(index[h] for h in p.layer_home),
+                  tuple(frozenset(k for k, _ in homes) for homes in p.expert_homes), index[p.output], offload,
+                  copies)
+
+
+def replayed_buffers(cost: PricedModel, p: Placement, copies: int = 1) -> dict[str, int] | None:
+    """Every device's compute buffer and the CPU's (by name) of ``p`` run with ``copies`` of each
+    input (the scheduler's n_copies: 4 when pipelined), replayed; None where :func:`split_layout`
+    gives no layout or the architecture's split replay is unchecked."""
+    layout = split_layout(cost, p, copies)
+    if layout is None or cost.compute.split_replay is None:
+        return None
+    return dict(zip((*p.order, CPU), cost.compute.split_replay(layout, True)))
+
+
+def host_held(cost: PricedModel, p: Placement) -> Offload:
+    """What the placement leaves in host memory, as the one-device replay takes it (a layer with
+    any expert kind in RAM counts as all of its experts: every copy is then priced)."""
+    hp = cost.model.hparams
+    kv_layers = range(hp.n_layer_kv or hp.n_layer)
+    experts = cost.context.expert_copies_in_compute
+    return Offload(frozenset(il for il in kv_layers if p.layer_home[il] == CPU), cpu_output=p.output == CPU,
+                   cpu_expert_layers=frozenset(il for il in kv_layers if experts and p.cpu_experts[il]))
+
+
+def offload_compute(cost: PricedModel, p: Placement, own: int, gpus_with_layers: int) -> int:
+    """devices[0]'s compute buffer when it runs op-offloaded work of CPU-held weights
+    (``ggml_backend_sched`` offloads ops with a batch >= 32 to the first device that
+    ``offload_op``s them and copies their weight in), where :func:`replayed_buffers` does not price
+    it: the one-device replay of the placement (compute_graph.TRACE_CHECKED), else the fitted
+    role of the placement with the largest weight it copies (compute.py). With experts on the CPU
+    and layers on a second GPU the first one held two copies of that weight beside its own layers'
+    peak (H200 pair, moe33 records in tests/test_gpu_records.py: 436.5 MiB = 2 x 216 MiB + 4.5)."""
+    layer_max, expert_max, output_max = cost.offloadable_weights
+    cpu_layers = [il for il, h in enumerate(p.layer_home) if h == CPU]
+    if not cpu_layers and not cost.context.expert_copies_in_compute:
+        return own
+    expert_w = 0 if cpu_layers else max(
+        (b for per, kinds in zip(expert_max, p.cpu_experts) for k, b in per.items() if k in kinds), default=0)
+    two_copies = own + 2 * expert_w if expert_w and gpus_with_layers > 1 else 0
+    c = cost.compute
+    if c.replay is not None:
+        # one GPU running every other layer is exactly the replayed graph, a GPU beside others at most it
+        exact = c.replay(host_held(cost, p), p.output in (CPU, p.order[0]))
+        return max(exact, two_copies) if gpus_with_layers <= 1 else max(own, exact, two_copies)
+    if len(cpu_layers) == len(p.layer_home) and p.output == CPU:
+        role, w = "offload_none", cost.largest_weight_bytes
+    elif cpu_layers:
+        role, w = "gpu_partial", max(layer_max[il] for il in cpu_layers)
+        if p.output == CPU:  # the head's matmul is offloaded too, its copy beside the logits: as
+            # with no GPU layer (ik_llama.cpp -ngl 10 of dense11: 328 MiB, mainline -ngl 0: 318)
+            own = max(own, c.offload_bytes("offload_none", output_max))
+    else:
+        role, w = "gpu_exps", expert_w
+    return max(own, c.offload_bytes(role, w), two_copies)
+
+
+def host_compute(cost: PricedModel, p: Placement, cpu_use: DeviceUsage, offload: bool, copies: int) -> int:
+    """The CPU backend's compute buffer where :func:`replayed_buffers` does not price it: the host's
+    share beside accelerators (the ``CUDA_Host`` line beside one CUDA device replayed for
+    compute_graph.TRACE_CHECKED, else the fitted role), or the whole graph when nothing can take
+    op offload (no GPU first in the order)."""
+    c = cost.compute
+    if (c.host_replay is not None and copies == 1 and len(p.order) == 1 and cost.backend(p.order[0]) == "cuda"
+            and (cost.offloads_to(p.order[0]) or not cost.has_cpu_weights(p))):
+        # one CUDA device beside the host, CPU-held weights' ops offloaded to it: the replayed graph
+        return c.host_replay(host_held(cost, p), True)
+    if cpu_use.n_layers == 0:
+        return c.host_bytes("host_base", copies)
+    if not offload:
+        return c.cpu_only_bytes() if p.output == CPU else c.device_bytes(True, False, backend="cpu")
+    every = cpu_use.n_layers == len(p.layer_home) and p.output == CPU
+    return c.host_bytes("host_all" if every else "host_partial", copies)
