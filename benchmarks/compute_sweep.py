@@ -98,6 +98,20 @@ def placements(devices: list[str], arch: str, n_layer: int,
         yield "exps_cpu", {"n_gpu_layers": -1, "overrides": [(r"\.ffn_(up|down|gate)_exps", "CPU")]}
 
 
+def _run_tool(argv: list[str], spec: LoadSpec, log_path: Path | None) -> subprocess.CompletedProcess[str] | None:
+    """Run an engine tool with ``spec``'s tensor overrides appended; its stderr kept at ``log_path``
+    when given; None if it timed out."""
+    if spec.overrides:
+        argv = argv + ["-ot", ",".join(f"{pattern}={target}" for pattern, target in spec.overrides)]
+    try:
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+    except subprocess.TimeoutExpired:
+        return None
+    if log_path is not None:
+        log_path.write_text(proc.stderr)
+    return proc
+
+
 def fit_params_run(tool: str, spec: LoadSpec, log_path: Path | None = None) -> dict[str, Any]:
     """One dry run through ``llama-fit-params``; the record fields read from its log (kept whole
     at ``log_path`` when given: with an engine built to trace its graph allocator, the trace)."""
@@ -110,14 +124,9 @@ def fit_params_run(tool: str, spec: LoadSpec, log_path: Path | None = None) -> d
         argv += ["-dev", ",".join(spec.devices)]
     if spec.tensor_split:
         argv += ["-ts", ",".join(f"{x:g}" for x in spec.tensor_split)]
-    if spec.overrides:
-        argv += ["-ot", ",".join(f"{pattern}={target}" for pattern, target in spec.overrides)]
-    try:
-        proc = subprocess.run(argv, capture_output=True, text=True, timeout=300)
-    except subprocess.TimeoutExpired:
+    proc = _run_tool(argv, spec, log_path)
+    if proc is None:
         return {"ok": False, "error": "timeout", "compute": {}}
-    if log_path is not None:
-        log_path.write_text(proc.stderr)
     log = parse_log((proc.stderr + proc.stdout).splitlines())
     compute = log.buffer_bytes("compute")
     return {"ok": proc.returncode == 0 and bool(compute), "compute": compute,
@@ -137,14 +146,9 @@ def ik_bench_run(tool: str, spec: LoadSpec, log_path: Path | None = None) -> dic
             "-ub", str(spec.n_ubatch), "-fa", "1" if spec.flash_attn == "on" else "0", "-ctk", spec.type_k,
             "-ctv", spec.type_v, "-ngl", str(spec.n_gpu_layers if spec.n_gpu_layers >= 0 else 999),
             "-amb", "256", "-r", "1", "-w", "0", "-v", "-o", "json"]
-    if spec.overrides:
-        argv += ["-ot", ",".join(f"{pattern}={target}" for pattern, target in spec.overrides)]
-    try:
-        proc = subprocess.run(argv, capture_output=True, text=True, timeout=300)
-    except subprocess.TimeoutExpired:
+    proc = _run_tool(argv, spec, log_path)
+    if proc is None:
         return {"ok": False, "error": "timeout", "compute": {}}
-    if log_path is not None:
-        log_path.write_text(proc.stderr)
     compute: dict[str, int] = {}
     for buft, mib in _IK_COMPUTE.findall(proc.stderr):
         compute.setdefault(buft, round(float(mib) * MiB))  # the first context (one test, one context)
