@@ -118,9 +118,13 @@ def score_record(rec: dict[str, Any], model: ModelProfile, sweep: Sweep, cluster
     """One row per engine compute buffer of a record: the device, its role and both prices."""
     context = Context(ctx=rec["n_ctx"], n_ubatch=record_ubatch(rec), type_k=rec["kv_type"], type_v=rec["kv_type"],
                       flash_attn=rec["flash_attn"])
-    usage = {u.name: u.compute_bytes for u in CostModel(model, cluster, context).usage(
-        placement_of(rec, model, sweep.devices))}
+    cost, placement = CostModel(model, cluster, context), placement_of(rec, model, sweep.devices)
+    usage = {u.name: u.compute_bytes for u in cost.usage(placement)}
+    # the engine pipelines a head alone on a layer-less device set by -ts; the planner spells that with -ot
+    pipelined = (("engine and planner" if cost.pipeline_parallel(placement) else "engine only")
+                 if rec.get("pipeline_parallel") else "no")
     return [{"file": sweep.path.name, "case": rec["case"], "arch": rec["arch"], "placement": rec["placement"],
+             "pipelined": pipelined,
              "device": name, "role": HOST if name == CPU else name, "engine": size, "predicted": usage.get(name)}
             for name, size in engine_buffers(rec, sweep).items()]
 
@@ -172,16 +176,19 @@ def main(argv: list[str] | None = None) -> None:
                     help="where to write OUT.md and OUT.json (default: benchmarks/results/split_compute)")
     args = ap.parse_args(argv)
     rows = list(score(args.files))
-    by_arch, by_place = summarize(rows, "arch"), summarize(rows, "placement")
+    by_arch, by_place, by_pipe = (summarize(rows, by) for by in ("arch", "placement", "pipelined"))
     lines = (["# The planner's compute buffers of layer splits against the engine's", "",
               "`python -m benchmarks.split_compute " + " ".join(p.name for p in args.files) + "`: each record's "
               "layout (a GPU beside RPC servers) priced by `CostModel.usage`, per engine `compute buffer size` "
               f"line (role `{HOST}`: the CPU's). Error = planner - engine; under = the planner below the engine "
               f"by more than {TOLERANCE_MIB:.0f} MiB.", "", "## By architecture", "", *table(by_arch, "arch"),
-              "", "## By placement", "", *table(by_place, "placement")])
+              "", "## By placement", "", *table(by_place, "placement"),
+              "", "## By pipelining (the engine's log; whether the planner prices the placement pipelined)", "",
+              *table(by_pipe, "pipelined")])
     args.out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     args.out.with_suffix(".json").write_text(json.dumps(
-        {"files": [p.name for p in args.files], "by_arch": by_arch, "by_placement": by_place, "records": rows},
+        {"files": [p.name for p in args.files], "by_arch": by_arch, "by_placement": by_place, "by_pipelining": by_pipe,
+         "records": rows},
         indent=1) + "\n")
     print("\n".join(lines))
 
