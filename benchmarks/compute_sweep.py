@@ -38,7 +38,7 @@ import re
 import subprocess
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -232,9 +232,11 @@ def main() -> None:
                     "output_device": rep.output_device, "pipeline_parallel": rep.pipeline_parallel,
                     "graph_splits": rep.graph_splits}
 
-        with ThreadPoolExecutor(max(1, args.workers)) as pool:
-            for (rec, _), result in zip(jobs, pool.map(run, jobs)):
-                rec.update(result)
+        with ThreadPoolExecutor(max(1, args.workers)) as pool:  # records as they finish: a slow run holds none back
+            futures = {pool.submit(run, job): job[0] for job in jobs}
+            for future in as_completed(futures):
+                rec = futures[future]
+                rec.update(future.result())
                 fh.write(json.dumps(rec) + "\n")
                 fh.flush()
                 n += 1

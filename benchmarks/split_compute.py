@@ -86,14 +86,14 @@ def cluster_of(sweep: Sweep) -> Cluster:
 
 def placement_of(rec: dict[str, Any], model: ModelProfile, devices: tuple[str, ...]) -> Placement:
     """The record's layout: each layer and the output head (key ``n_layer``) where the engine's
-    log put it, the routed experts on the CPU for ``split_exps``; the order is the -dev list less
-    the devices that hold nothing (the engine gives those no compute buffer)."""
+    log put it, the routed experts on the CPU for ``split_exps``; the order is the -dev list, a
+    device that holds nothing included (it still counts towards pipelining, llama-context.cpp:431)."""
     homes = tuple(rec["layer_devices"][str(il)] for il in range(model.n_layer + 1))
     if rec["placement"] == "split_exps":
         experts = tuple(on_cpu({expert_kind(t) for t in lc.expert_tensors}) for lc in model.layers)
     else:
         experts = (frozenset(),) * model.n_layer
-    return Placement(tuple(d for d in devices if d in homes), homes[:-1], experts, homes[-1])
+    return Placement(tuple(devices), homes[:-1], experts, homes[-1])
 
 
 def engine_buffers(rec: dict[str, Any], sweep: Sweep) -> dict[str, int]:

@@ -272,7 +272,7 @@ def compute_buffer_estimate(
     replayed: bool = True,
 ) -> ComputeEstimate:
     """The compute buffers llama.cpp reserves for ``n_ubatch`` and ``n_ctx``, per device role;
-    ``replayed=False``: from the widths-only fit, for an engine whose graphs are not mainline's."""
+    ``replayed=False``: from the widths-only fit (as for an architecture the graph does not rebuild)."""
     replayed = replayed and model.architecture in REPLAYED
     n_tokens = batch_tokens(n_ctx, n_ubatch)
     split = replayer(model, n_tokens=n_tokens, n_kv=model.kv_cells(n_ctx, n_seq), n_ubatch=n_ubatch, n_seq=n_seq,

@@ -101,8 +101,10 @@ class Layout:
     ``"rpc"``; the CPU is backend ``len(backends)``, the last), per layer the backend holding its
     weights and KV cache (``layers``) and the routed-expert kinds the CPU holds (``cpu_experts``,
     of ALL_EXPERTS), the output head's backend, and op offload (the engine's default, for batches
-    of at least 32 tokens): an op of a CPU-held weight runs on the first CUDA device; ``copies``:
-    the scheduler's copies of every input (4 under pipeline parallelism, compute_alloc.schedule)."""
+    of at least 32 tokens): an op of a CPU-held weight runs on the first CUDA device, a routed
+    expert's MUL_MAT_ID only where ``expert_offload`` (ik_llama.cpp asks for more tokens,
+    cost.CostModel.experts_offloaded); ``copies``: the scheduler's copies of every input (4 under
+    pipeline parallelism, compute_alloc.schedule)."""
 
     backends: tuple[str, ...]
     layers: tuple[int, ...]
@@ -110,6 +112,7 @@ class Layout:
     output: int = 0
     offload: bool = True
     copies: int = 1
+    expert_offload: bool = True
 
     @property
     def cpu(self) -> int:
@@ -128,6 +131,10 @@ class Layout:
         if home == self.cpu and self.offload and "cuda" in self.backends:
             return self.backends.index("cuda")
         return home
+
+    def expert_runner(self, home: int) -> int:
+        """The backend running the MUL_MAT_ID of routed experts held by ``home``."""
+        return home if home == self.cpu and not self.expert_offload else self.runner(home)
 
 
 def _fattn_on_device(dk: int, dv: int, gqa_ratio: int, n_kv: int) -> bool:
@@ -250,11 +257,12 @@ class GraphBuilder:
             return [self.device_weights[home]]
         return [Tensor(self.weights[name][0], home=home, weight=True, external=True)]
 
-    def weighted(self, name: str, width: int, x: Tensor, *more: Tensor, home: int | None = None) -> Tensor:
+    def weighted(self, name: str, width: int, x: Tensor, *more: Tensor, home: int | None = None,
+                 offloadable: bool = True) -> Tensor:
         """A matmul of weight ``name`` (its src[0]), then its bias ADD in place when there is one;
         an expert's (MUL_MAT_ID: ``more`` holds the ids) is an ADD_ID that reads the ids too
-        (llama-graph.cpp:2212, 2228, 2330)."""
-        out = self.new(width, *self.w(name, home), x, *more)
+        (llama-graph.cpp:2212, 2228, 2330). ``offloadable``: op offload may take the matmul."""
+        out = self.sized(width * self.t * F32, *self.w(name, home), x, *more, offloadable=offloadable)
         bias = name.replace(".weight", ".bias")
         return self.sized(out.size, out, *self.w(bias, home), *more, inplace=True) if self.has(bias) else out
 
@@ -547,15 +555,18 @@ class GraphBuilder:
         x = self.view(cur)
         # the top-k view of the argsort: k of each row of n_expert (ggml_nbytes of a strided view)
         ids_v = self.view(ids, 4 * (used + (self.t - 1) * hp.n_expert))
-        gate = self.weighted(b + "ffn_gate_exps.weight", used * ff_exp, x, ids_v, home=lay.experts(il, "gate"))
-        up = self.weighted(b + "ffn_up_exps.weight", used * ff_exp, x, ids_v, home=lay.experts(il, "up"))
+        off = lay.expert_offload
+        gate = self.weighted(b + "ffn_gate_exps.weight", used * ff_exp, x, ids_v, home=lay.experts(il, "gate"),
+                             offloadable=off)
+        up = self.weighted(b + "ffn_up_exps.weight", used * ff_exp, x, ids_v, home=lay.experts(il, "up"),
+                           offloadable=off)
         down = self.weighted(b + "ffn_down_exps.weight", used * e, self.new(used * ff_exp, gate, up), ids_v,
-                             home=lay.experts(il, "down"))
+                             home=lay.experts(il, "down"), offloadable=off)
         weighted = self.new(used * e, down, weights, inplace=True)
         out = self.new(e, self.view(weighted)) if used == 1 else self.new(e, self.view(weighted), self.view(weighted))
         for _ in range(2, used):
             out = self.new(e, out, self.view(weighted), inplace=True)
-        fused = self.cuda and lay.runner(lay.experts(il, "down")) == lay.runner(self.home)
+        fused = self.cuda and lay.expert_runner(lay.experts(il, "down")) == lay.runner(self.home)
         if fused and 2 <= used <= 15:  # CUDA's alloc dep, kept until the sum (ggml-cuda.cu:3034, 3108)
             self.keep(down, weights)
         if self.has(b + "ffn_up_shexp.weight"):

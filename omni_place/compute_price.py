@@ -3,7 +3,8 @@
 A layer split, pipelined or not, is replayed whole where the replay was checked
 (:mod:`.compute_replay`, compute_graph.SPLIT_CHECKED): one graph scheduled onto every device and
 the CPU gives each device's buffer, the first CUDA device's op-offloaded work included, and the
-host's. What the replay does not cover (an engine other than mainline, experts on
+host's (an engine whose graphs are not mainline's adds its measured margins,
+cost.CostModel.add_compute_margins). What the replay does not cover (experts on
 another device than their layer's, a parallel split mode) is priced per device from the fitted
 roles (:mod:`.compute`), with the first GPU's op-offload buffer and the host's beside one CUDA
 device still replayed where they were checked.
@@ -34,6 +35,11 @@ class PricedModel(Protocol):
 
     def offloads_to(self, name: str) -> bool: ...
 
+    def offload_device(self, p: Placement) -> str | None: ...
+
+    @property
+    def experts_offloaded(self) -> bool: ...
+
     def has_cpu_weights(self, p: Placement) -> bool: ...
 
     @property
@@ -46,10 +52,10 @@ class PricedModel(Protocol):
 def split_layout(cost: PricedModel, p: Placement, copies: int = 1) -> Layout | None:
     """``p`` as the scheduler sees it (compute_graph.Layout: the devices' backends in ``p.order``,
     the CPU last; op offload from the context and the batch), or None where the replay does not
-    cover it: an engine whose graphs are not mainline's, a token table on a device, routed experts
-    on another device than their layer's or the CPU."""
+    cover it: a token table on a device, routed experts on another device than their layer's or
+    the CPU."""
     c = cost.context
-    if not (c.mainline_graph and c.expert_copies_in_compute) or c.embedding_on_first:
+    if c.embedding_on_first:
         return None
     index = {name: i for i, name in enumerate(p.order)}
     index[CPU] = len(p.order)
@@ -59,7 +65,7 @@ def split_layout(cost: PricedModel, p: Placement, copies: int = 1) -> Layout | N
     offload = c.op_offload and cost.n_tokens >= cost.params.op_offload_min_batch
     return Layout(tuple(cost.backend(n) for n in p.order), tuple(index[h] for h in p.layer_home),
                   tuple(frozenset(k for k, _ in homes) for homes in p.expert_homes), index[p.output], offload,
-                  copies)
+                  copies, cost.experts_offloaded)
 
 
 def replayed_buffers(cost: PricedModel, p: Placement, copies: int = 1) -> dict[str, int] | None:
@@ -77,22 +83,23 @@ def host_held(cost: PricedModel, p: Placement) -> Offload:
     any expert kind in RAM counts as all of its experts: every copy is then priced)."""
     hp = cost.model.hparams
     kv_layers = range(hp.n_layer_kv or hp.n_layer)
-    experts = cost.context.expert_copies_in_compute
+    experts = cost.experts_offloaded
     return Offload(frozenset(il for il in kv_layers if p.layer_home[il] == CPU), cpu_output=p.output == CPU,
                    cpu_expert_layers=frozenset(il for il in kv_layers if experts and p.cpu_experts[il]))
 
 
 def offload_compute(cost: PricedModel, p: Placement, own: int, gpus_with_layers: int) -> int:
-    """devices[0]'s compute buffer when it runs op-offloaded work of CPU-held weights
-    (``ggml_backend_sched`` offloads ops with a batch >= 32 to the first device that
-    ``offload_op``s them and copies their weight in), where :func:`replayed_buffers` does not price
-    it: the one-device replay of the placement (compute_graph.TRACE_CHECKED), else the fitted
-    role of the placement with the largest weight it copies (compute.py). With experts on the CPU
-    and layers on a second GPU the first one held two copies of that weight beside its own layers'
-    peak (H200 pair, moe33 records in tests/test_gpu_records.py: 436.5 MiB = 2 x 216 MiB + 4.5)."""
+    """The op-offload device's compute buffer (:meth:`.cost.CostModel.offload_device`) when it
+    runs op-offloaded work of CPU-held weights (``ggml_backend_sched`` offloads ops with a batch
+    >= 32 to the first device that ``offload_op``s them and copies their weight in), where
+    :func:`replayed_buffers` does not price it: the one-device replay of the placement
+    (compute_graph.TRACE_CHECKED), else the fitted role of the placement with the largest weight
+    it copies (compute.py). With experts on the CPU and layers on a second GPU the first one held
+    two copies of that weight beside its own layers' peak (H200 pair, moe33 records in
+    tests/test_gpu_records.py: 436.5 MiB = 2 x 216 MiB + 4.5)."""
     layer_max, expert_max, output_max = cost.offloadable_weights
     cpu_layers = [il for il, h in enumerate(p.layer_home) if h == CPU]
-    if not cpu_layers and not cost.context.expert_copies_in_compute:
+    if not cpu_layers and not cost.experts_offloaded:
         return own
     expert_w = 0 if cpu_layers else max(
         (b for per, kinds in zip(expert_max, p.cpu_experts) for k, b in per.items() if k in kinds), default=0)
@@ -100,7 +107,7 @@ def offload_compute(cost: PricedModel, p: Placement, own: int, gpus_with_layers:
     c = cost.compute
     if c.replay is not None:
         # one GPU running every other layer is exactly the replayed graph, a GPU beside others at most it
-        exact = c.replay(host_held(cost, p), p.output in (CPU, p.order[0]))
+        exact = c.replay(host_held(cost, p), p.output in (CPU, cost.offload_device(p)))
         return max(exact, two_copies) if gpus_with_layers <= 1 else max(own, exact, two_copies)
     if len(cpu_layers) == len(p.layer_home) and p.output == CPU:
         role, w = "offload_none", cost.largest_weight_bytes

@@ -104,7 +104,8 @@ def replay_key(model: ModelProfile, signatures: Sequence[LayerSignature], layout
         key.append((signatures[il], hp.is_swa[il], layout.layers[il], *(layout.experts(il, k) for k in EXPERTS),
                     il - prev if hp.indexer_head_size else 0, il == n_layer - 1))
         prev = il
-    return tuple(key), with_output, layout.output, layout.backends, layout.offload, layout.copies
+    return (tuple(key), with_output, layout.output, layout.backends, layout.offload, layout.copies,
+            layout.expert_offload)
 
 
 def split_peaks(model: ModelProfile, *, n_tokens: int, n_kv: int, n_kv_swa: int, flash_attn: bool,

@@ -80,8 +80,9 @@ class CostModel:
         c = context
         self.kv = model.kv_layer_bytes(c.ctx, c.type_k, c.type_v, n_seq=c.n_seq,
                                        n_ubatch=c.n_ubatch, flash_attn=c.flash_attn, swa_full=c.swa_full)
+        replayed = not c.replay_gpus or sum(d.kind == "gpu" for d in cluster.gpus) <= c.replay_gpus
         self.compute: ComputeEstimate = compute_buffer_estimate(
-            model, n_ctx=c.ctx, n_ubatch=c.n_ubatch, flash_attn=c.flash_attn, n_seq=c.n_seq, replayed=c.mainline_graph,
+            model, n_ctx=c.ctx, n_ubatch=c.n_ubatch, flash_attn=c.flash_attn, n_seq=c.n_seq, replayed=replayed,
             kv_quantized=c.type_k != "f16" or c.type_v != "f16", kv_layer_bytes=max(self.kv, default=0))
         hp = model.hparams
         self.k_over_n = hp.n_expert_used / hp.n_expert if hp.n_expert else 0.0
@@ -189,7 +190,7 @@ class CostModel:
         w_layer = max(layer_max, default=0)
         w_exp = max((max(per.values(), default=0) for per in expert_max), default=0)
         own = self.compute.backend_roles["cuda"]["layers_output"]
-        if not self.context.expert_copies_in_compute:
+        if not self.experts_offloaded:
             w_exp = 0
         extra = max(self.compute.offload_bytes("gpu_partial", w_layer),
                     self.compute.offload_bytes("gpu_exps", w_exp) if w_exp else 0)
@@ -239,15 +240,28 @@ class CostModel:
         else:
             gpus = sum(1 for n in p.order if out[n].n_layers and self.device(n).kind == "gpu")
             self._finish_usage(p, out, copies, gpus)
+        self.add_compute_margins(out)
         return list(out.values())
+
+    def add_compute_margins(self, out: dict[str, DeviceUsage]) -> None:
+        """What an engine whose graphs are not mainline's adds to each compute buffer priced from
+        mainline's replay (``Context.compute_margin`` on accelerators, ``host_compute_margin`` on
+        the host); none on the widths fit (an unreplayed architecture, ``Context.replay_gpus``)."""
+        c = self.context
+        if self.compute.split_replay is None:
+            return
+        for name, use in out.items():
+            if use.compute_bytes:
+                use.compute_bytes += c.host_compute_margin if name == CPU else c.compute_margin
 
     def _finish_usage(self, p: Placement, out: dict[str, DeviceUsage], copies: int, gpus_with_layers: int) -> None:
         """What both layouts (layer split here, parallel splits in splitcost) add last: the first
         GPU's buffer with op-offloaded work, the CPU's compute buffer, and what may page."""
         cpu_use = out[CPU]
-        offload = bool(p.order) and self.device(p.order[0]).kind == "gpu" and self.context.op_offload
-        if offload and self.has_cpu_weights(p):
-            first = out[p.order[0]]
+        target = self.offload_device(p)
+        offload = target is not None and self.context.op_offload
+        if offload and target is not None and self.has_cpu_weights(p):
+            first = out[target]
             first.compute_bytes = offload_compute(self, p, first.compute_bytes, gpus_with_layers)
         cpu_use.compute_bytes += host_compute(self, p, cpu_use, offload, copies)
         cpu_use.pageable_bytes = self.pageable_bytes(p, cpu_use.weights_bytes)
@@ -286,13 +300,20 @@ class CostModel:
         return total
 
     def pipeline_parallel(self, p: Placement) -> bool:
-        """Whether llama.cpp pipelines this placement (``llama-context.cpp``): several model
-        devices, every layer and the output on them, and no tensor override at all."""
+        """Whether llama.cpp pipelines this placement (src/llama-context.cpp:430-435): several
+        model devices, every layer and the output on them, and no tensor override at all. The
+        head goes on the last device with layers, or (``Context.output_by_split``) alone on a
+        later device by its ``-ts`` slot; anywhere else it takes an ``-ot`` override."""
         used = [n for n in p.order if n in p.layer_home]
         return (len(p.order) > 1 and all(h != CPU for h in p.layer_home) and bool(used)
-                and p.output == used[-1]  # elsewhere it takes an -ot override
+                and (p.output == used[-1] or self._head_alone_after(p, used[-1]))
                 and not p.extra_overrides and not any(
                     p.expert_homes[il] and self.model.layers[il].has_experts for il in range(len(p.layer_home))))
+
+    def _head_alone_after(self, p: Placement, last_used: str) -> bool:
+        """The output head alone on a device after ``last_used`` in the order, spelled by -ts."""
+        return (self.context.output_by_split and p.output in p.order
+                and p.order.index(p.output) > p.order.index(last_used) and p.output not in p.foreign_experts)
 
     def has_cpu_weights(self, p: Placement) -> bool:
         """Whether ``p`` holds weights in CPU RAM: a CPU layer, or a MoE layer's routed experts."""
@@ -479,6 +500,20 @@ class CostModel:
             base = measured * GB if measured else self.link(name)[0] * PAGEABLE_LINK_FRACTION
         return base * self.params.stream_eff
 
+    def offload_device(self, p: Placement) -> str | None:
+        """The device that takes op-offloaded work of CPU-held weights: the first of the order
+        whose backend offloads ops, a GPU (ggml-backend.cpp:966-975; RPC offloads none), or None."""
+        return next((n for n in p.order if self.device(n).kind == "gpu"), None)
+
+    @property
+    def experts_offloaded(self) -> bool:
+        """Whether op offload takes the MUL_MAT_ID of CPU-held routed experts at this batch: as
+        any op of >= op_offload_min_batch tokens, or under ``Context.moe_offload_by_share`` only
+        when each expert gets that many on average (ik ggml-cuda.cu:5180-5207)."""
+        hp, b, least = self.model.hparams, self.n_tokens, self.params.op_offload_min_batch
+        by_share = not self.context.moe_offload_by_share or b * hp.n_expert_used >= least * hp.n_expert
+        return self.context.op_offload and b >= least and by_share
+
     def offloads_to(self, name: str) -> bool:
         """Whether CPU-held weights are op-offloaded to ``name`` when it is devices[0] (a GPU,
         batches of at least GGML_OP_OFFLOAD_MIN_BATCH tokens; RPC devices take no offload)."""
@@ -490,10 +525,15 @@ class CostModel:
         """CPU-held weights of layer ``il`` in a prompt batch (``dense_flops`` per token and
         ``expert_share`` of its routed experts): op-offloaded to ``first`` (a GPU, MMQ tiles) when
         the batch is large enough, else computed by the CPU."""
-        if first is not None and self.offloads_to(first):
-            return {first: (dense_flops + self.expert_flops(il, True) * expert_share) / self.flops(first),
-                    "pcie_stream": streamed_bytes / self.n_tokens / self.stream_bandwidth(first, pinned)}
-        return {CPU: (dense_flops + self.expert_flops(il, False) * expert_share) / self.flops(CPU)}
+        if first is None or not self.offloads_to(first):
+            return {CPU: (dense_flops + self.expert_flops(il, False) * expert_share) / self.flops(CPU)}
+        if not self.experts_offloaded and expert_share:  # the experts' share stays on the CPU
+            experts_streamed = self.expert_bytes(il, "stored", None, False) * expert_share * self.expert_hit
+            out = self._cpu_weights_pp(il, dense_flops, 0.0, streamed_bytes - experts_streamed, first, pinned)
+            add_seconds(out, {CPU: self.expert_flops(il, False) * expert_share / self.flops(CPU)})
+            return out
+        return {first: (dense_flops + self.expert_flops(il, True) * expert_share) / self.flops(first),
+                "pcie_stream": streamed_bytes / self.n_tokens / self.stream_bandwidth(first, pinned)}
 
     def disk_bandwidth(self) -> float:
         """Bytes/s at which weights that do not fit in RAM page in from disk."""
@@ -520,6 +560,7 @@ class CostModel:
         """Decode and prompt tokens/s of a placement, with the time breakdown."""
         tg: dict[str, float] = {}
         pp: dict[str, float] = {}
+        target = self.offload_device(p)
         prev = CPU  # the embedding lookup runs on the CPU
         for il, home in enumerate(p.layer_home):
             if self.model.layers[il].is_nextn:
@@ -528,7 +569,7 @@ class CostModel:
                 add_seconds(tg, {"transfers": self.hop_tg(prev, home)})
                 add_seconds(pp, {"transfers": self.hop_pp(prev, home)})
             add_seconds(tg, self.layer_tg(il, home, p.expert_homes[il]))
-            add_seconds(pp, self.layer_pp(il, home, p.expert_homes[il], p.first))
+            add_seconds(pp, self.layer_pp(il, home, p.expert_homes[il], target))
             prev = home
         if p.output != prev:
             add_seconds(tg, {"transfers": self.hop_tg(prev, p.output)})
@@ -538,8 +579,8 @@ class CostModel:
             # the paged share of what the CPU reads per token comes from disk instead of RAM
             disk = self.disk_bandwidth()
             add_seconds(tg, {"disk": paged * tg.get(CPU, 0.0) * self.bandwidth(CPU) / disk})
-            if "pcie_stream" in pp and p.first is not None:
-                add_seconds(pp, {"disk": paged * pp["pcie_stream"] * self.stream_bandwidth(p.first) / disk})
+            if "pcie_stream" in pp and target is not None:
+                add_seconds(pp, {"disk": paged * pp["pcie_stream"] * self.stream_bandwidth(target) / disk})
         t_tg, t_pp = sum(tg.values()), sum(pp.values())
         return Prediction(1.0 / t_tg if t_tg > 0 else math.inf, 1.0 / t_pp if t_pp > 0 else math.inf, tg, pp)
 

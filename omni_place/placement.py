@@ -56,10 +56,6 @@ class Placement:
     output: str  # device holding the output head, or "CPU"
     extra_overrides: tuple[tuple[str, str], ...] = ()  # (regex, device) the user gave that we model as-is
 
-    @property
-    def first(self) -> str | None:
-        return self.order[0] if self.order else None
-
     @cached_property
     def cpu_experts(self) -> tuple[frozenset[str], ...]:
         """Per layer: the expert kinds in CPU RAM."""
@@ -210,11 +206,14 @@ class Context:
     # op offload (llama.cpp's default): prompt ops of CPU-held weights run on the first GPU, their
     # weights copied in per ubatch; off (mainline --no-op-offload): the CPU computes them
     op_offload: bool = True
-    # the first GPU's compute buffer holds the copied routed-expert weights (EngineTraits)
-    expert_copies_in_compute: bool = True
-    # compute buffers of mainline's graphs, replayed (omni_place.compute_graph); False: the
-    # engine builds other graphs (ik_llama.cpp), priced with the widths-only fit (EngineTraits)
-    mainline_graph: bool = True
+    # routed experts' MUL_MAT_ID offloaded only at n_tokens x used >= 32 x experts (EngineTraits)
+    moe_offload_by_share: bool = False
+    # bytes an engine's compute buffers run above mainline's replay: accelerator, host (EngineTraits)
+    compute_margin: int = 0
+    host_compute_margin: int = 0
+    replay_gpus: int = 0  # the most GPUs of a cluster the replay prices, 0: any (EngineTraits)
+    # a head alone on a later layer-less device takes no -ot, so it may pipeline (EngineTraits)
+    output_by_split: bool = True
     # -sm: "layer" (the default) or "none" keep each GPU layer whole on one device; a parallel
     # mode (mainline "tensor", ik "graph"; engines.splitmodes) splits the weights and KV cache of
     # every GPU layer across the placement's order by split_shares (one per device of the order),

@@ -120,6 +120,9 @@ def build_arrays(cost: CostModel, orders: Sequence[tuple[str, ...]], unit: int =
     stream = np.zeros((L, K))
     stream_cpu = np.zeros(L)
     tcpu_tg = np.zeros(L)
+    tcpu_pp = np.zeros(L)
+    # routed experts the CPU holds are streamed to the first device only if op offload takes them
+    experts_streamed = cost.experts_offloaded
     flops_streamed = 0.0
     amount_streamed = 0.0
     for il, lc in enumerate(model.layers):
@@ -127,14 +130,16 @@ def build_arrays(cost: CostModel, orders: Sequence[tuple[str, ...]], unit: int =
         tcpu_tg[il] = 0.0 if nextn else sum(cost.layer_tg(il, CPU, frozenset()).values())
         # pp of CPU-held weights goes through stream x stream_rate[first]
         dense_p, _ = cost.layer_params(il)
-        exp_total = cost.expert_bytes(il, "stored", None, False)
+        exp_total = cost.expert_bytes(il, "stored", None, False) if experts_streamed else 0
         stream_cpu[il] = 0.0 if nextn else (lc.dense["cpu"] + cost.kv_read[il]
                                              + exp_total * cost.expert_hit) / cost.n_tokens
         if not nextn:
-            flops_streamed += 2 * dense_p + cost.expert_flops(il, gpu=True)
+            flops_streamed += 2 * dense_p + (cost.expert_flops(il, gpu=True) if experts_streamed else 0.0)
             amount_streamed += stream_cpu[il]
+            if not experts_streamed:  # a CPU layer's experts computed by the CPU
+                tcpu_pp[il] = cost.expert_flops(il, gpu=False) / cost.flops(CPU)
         for o, kinds in enumerate(EXPERT_OPTIONS):
-            cpu_bytes = cost.expert_bytes(il, "stored", kinds, True)
+            cpu_bytes = cost.expert_bytes(il, "stored", kinds, True) if experts_streamed else 0
             stream[il, o] = 0.0 if nextn else cpu_bytes * cost.expert_hit / cost.n_tokens
         for d, name in enumerate(names):
             backend = backend_of(cluster.by_name(name))
@@ -148,7 +153,7 @@ def build_arrays(cost: CostModel, orders: Sequence[tuple[str, ...]], unit: int =
                 # + a negligible tie-break so CPU experts gather in the lowest layers (short -ot)
                 t_tg[d, il, o] = sum(cost.layer_tg(il, name, on_cpu(kinds)).values()) + (1e-12 * il if o else 0.0)
                 parts = cost.layer_pp(il, name, on_cpu(kinds), None)  # first=None: CPU part priced via stream
-                t_pp[d, il, o] = sum(v for k, v in parts.items() if k != CPU)
+                t_pp[d, il, o] = sum(v for k, v in parts.items() if k != CPU or not experts_streamed)
     # seconds per streamed byte-per-token when device f is first (see CostModel._cpu_weights_pp)
     flops_per_amount = flops_streamed / amount_streamed if amount_streamed else 0.0
     rate = np.zeros(D)
@@ -176,8 +181,9 @@ def build_arrays(cost: CostModel, orders: Sequence[tuple[str, ...]], unit: int =
     offload = cost.op_offload_bound
     embedding = model.input_bytes() if cost.context.embedding_on_first else 0
     # a device's compute buffer is a peak: its layers' alone, or theirs with the output head's
-    layers_only = [comp.device_bytes(True, False, backend=backend_of(cluster.by_name(n))) for n in names]
-    with_output = [comp.device_bytes(True, True, backend=backend_of(cluster.by_name(n))) for n in names]
+    margin = cost.context.compute_margin if comp.split_replay is not None else 0  # CostModel.add_compute_margins
+    layers_only = [comp.device_bytes(True, False, backend=backend_of(cluster.by_name(n))) + margin for n in names]
+    with_output = [comp.device_bytes(True, True, backend=backend_of(cluster.by_name(n))) + margin for n in names]
     mem = {
         "mem_dense": mem_dense,
         "mem_exp": mem_exp,
@@ -190,7 +196,7 @@ def build_arrays(cost: CostModel, orders: Sequence[tuple[str, ...]], unit: int =
     }
     tg: dict[str, Any] = {"time": t_tg, "time_cpu": tcpu_tg, "trans": trans_tg, "out_time": out_tg,
           "out_time_cpu": cost.output_tg(CPU), "stream_rate": np.zeros(D)}
-    pp: dict[str, Any] = {"time": t_pp, "time_cpu": np.zeros(L), "trans": trans_pp, "out_time": np.zeros(D),
+    pp: dict[str, Any] = {"time": t_pp, "time_cpu": tcpu_pp, "trans": trans_pp, "out_time": np.zeros(D),
           "out_time_cpu": 0.0, "stream_rate": rate}
     first_no_cpu = np.array([_units(embedding)] * len(names), dtype=np.int64)
     # with no weight on the CPU llama.cpp may pipeline (CostModel.pipeline_parallel): the graph

@@ -39,16 +39,17 @@ def rehome_experts(cost: CostModel, p: Placement, w_tg: float, w_pp: float) -> P
     if len(local) < 2 or not movable or not all(u.fits for u in cost.usage(p)):
         return p
     moves: list[tuple[float, int, str, frozenset[str], int]] = []  # (s saved per byte, layer, GPU, kinds, bytes)
+    first = cost.offload_device(p)
     for il in movable:
         home, old, in_ram = p.layer_home[il], p.expert_homes[il], p.cpu_experts[il]
-        before_tg, before_pp = cost.layer_tg(il, home, old), cost.layer_pp(il, home, old, p.first)
+        before_tg, before_pp = cost.layer_tg(il, home, old), cost.layer_pp(il, home, old, first)
         for kinds in {in_ram & option for option in EXPERT_OPTIONS[1:]} - {frozenset()}:
             for target in local:
                 if target == home:
                     continue
                 new = _moved(old, kinds, target)
                 gain = (w_tg * (sum(before_tg.values()) - sum(cost.layer_tg(il, home, new).values()))
-                        + w_pp * (sum(before_pp.values()) - sum(cost.layer_pp(il, home, new, p.first).values())))
+                        + w_pp * (sum(before_pp.values()) - sum(cost.layer_pp(il, home, new, first).values())))
                 size = cost.expert_bytes(il, cost.backend(target), kinds, True)
                 if gain > 0 and size:
                     moves.append((gain / size, il, target, kinds, size))

@@ -300,6 +300,7 @@ class SplitCostModel(CostModel):
                 use.holds_output, use.weights_bytes = True, use.weights_bytes + output[j]
             use.compute_bytes += self.compute.device_bytes(use.n_layers > 0, use.holds_output, 1, self.backend(d))
         self._finish_usage(p, out, 1, len(p.order))
+        self.add_compute_margins(out)
         return list(out.values())
 
     # -- seconds --------------------------------------------------------------------------------
@@ -331,7 +332,7 @@ class SplitCostModel(CostModel):
                 prev = home
             if home == CPU:
                 add_seconds(tg, self.layer_tg(il, CPU, p.expert_homes[il]))
-                add_seconds(pp, self.layer_pp(il, CPU, p.expert_homes[il], p.first))
+                add_seconds(pp, self.layer_pp(il, CPU, p.expert_homes[il], self.offload_device(p)))
                 continue
             self._parallel_layer(p, il, dense[il], experts[il], kv[il], tg, pp)
             add_seconds(tg, {"allreduce": REDUCES_PER_LAYER * reduce_tg})

@@ -50,11 +50,13 @@ def test_pipelined_splits_are_priced_exactly() -> None:
 
 
 
-@pytest.mark.parametrize("arch", ["qwen3", "gemma3", "deepseek32"])
+@pytest.mark.parametrize("arch, head_alone", [("qwen3", False), ("gemma3", False), ("deepseek32", False),
+                                              ("qwen3", True)])
 def test_a_pipelined_split_over_rpc_servers_is_priced_as_the_engine_sizes_it(
-        tmp_path: Path, rpc_pair: list[str], arch: str) -> None:
+        tmp_path: Path, rpc_pair: list[str], arch: str, head_alone: bool) -> None:
     """Every layer and the head over two loopback RPC servers: the real libllama pipelines it
-    (verify_plan's dry run), and every `compute buffer size` line is the planner's price."""
+    (verify_plan's dry run), and every `compute buffer size` line is the planner's price;
+    ``head_alone``: every layer on RPC0 and the head alone on RPC1 by its -ts slot (no override)."""
     from omni_place.llama.verify import verify_plan
     from omni_place.plan import evaluate
 
@@ -66,8 +68,11 @@ def test_a_pipelined_split_over_rpc_servers_is_priced_as_the_engine_sizes_it(
     rpc = tuple(Device(name=f"RPC{i}", kind="rpc", memory_bytes=64 * GiB, bandwidth_gbs=10, endpoint=ep)
                 for i, ep in enumerate(rpc_pair))
     cluster = Cluster("rpc2", (*rpc, Device(name=CPU, kind="cpu", memory_bytes=256 * GiB, bandwidth_gbs=100)))
-    argv = ["-ngl", "99", "-ts", "2,3", "-dev", "RPC0,RPC1", "-c", "4096", "-b", "512", "-ub", "512", "-fa", "on"]
+    ts = f"{shape['n_layer']},1" if head_alone else "2,3"
+    argv = ["-ngl", "99", "-ts", ts, "-dev", "RPC0,RPC1", "-c", "4096", "-b", "512", "-ub", "512", "-fa", "on"]
     plan = evaluate(str(full), cluster, argv)
+    if head_alone:
+        assert plan.placement.output == "RPC1" and set(plan.placement.layer_home) == {"RPC0"}
     report = verify_plan(plan, dry_run=True, timeout=120)
     load = report.load
     assert report.error is None and load is not None and load.pipeline_parallel, report.error

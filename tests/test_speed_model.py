@@ -540,7 +540,8 @@ def test_a_head_left_on_the_cpu_is_copied_into_the_first_gpus_compute_buffer(
         truth: list[dict[str, Any]]) -> None:
     """ik_llama.cpp's -ngl leaves the output head on the CPU; op offload then copies it into
     CUDA0's compute buffer: dense11 -ngl 10 at 512 tokens measured 328.02 MiB there, -ngl 33
-    (head on the GPU) 152.13 (benchmarks/results/ik_24 logs)."""
+    (head on the GPU) 152.13 (benchmarks/results/ik_24 logs). Priced as mainline's replay plus
+    ik's margin (ik_llama.IK_COMPUTE_MARGIN): never under, at most that margin over."""
     row = next(r for r in truth if r["model"] == "dense11")
     model, cluster = row["cost"].model, row["cost"].cluster
 
@@ -550,7 +551,7 @@ def test_a_head_left_on_the_cpu_is_copied_into_the_first_gpus_compute_buffer(
         return next(u.compute_bytes for u in plan.usage if u.name == "CUDA0") / 2**20
 
     partial = cuda0_compute_mib(["-ngl", "10"])
-    assert 328.02 - 32 <= partial <= 328.02 * 1.15
+    assert 328.02 - 32 <= partial <= 328.02 + ik_llama.IK_COMPUTE_MARGIN / 2**20
     assert cuda0_compute_mib(["-ngl", "33"]) < partial - 100
 
 
@@ -590,8 +591,9 @@ def test_second_rig_uncalibrated_accuracy(second_rig: dict[str, list[dict[str, A
     """Held out from every fit: both engines on both rigs, 28 configurations (the re-run's rounds
     merged). With the idle CPU figure decode is within the issue's +/-25 % but for two ik runs
     (28 %), median <= 20 % per rig and engine; prompt (mainline's moe33 aside) median <= 22 %,
-    max 52 % (ik's omni_place plan of moe33 on one GPU). As recorded, the CPU figure read under
-    load prices every decode too slow."""
+    max 52 % (ik's omni_place plan of moe33 on one GPU); ik's prompt median <= 35 % since its moe33
+    experts in RAM are priced on the CPU (see the next test). As recorded, the CPU figure read
+    under load prices every decode too slow."""
     recorded, idle = second_rig["recorded"], second_rig["idle_cpu"]
     assert len(idle) == 28 and {(r["rig"], r["engine"]) for r in idle} == {
         (rig, eng) for rig in ("rig_12", "rig_12_4") for eng in ("llama.cpp", "ik_llama.cpp")}
@@ -599,7 +601,8 @@ def test_second_rig_uncalibrated_accuracy(second_rig: dict[str, list[dict[str, A
         assert statistics.median(errs) < 0.22 and max(errs) < 0.32, (rig, engine, errs)
     assert sum(e > 0.25 for errs in _by_rig_engine(idle, "tg").values() for e in errs) <= 2
     for (rig, engine), errs in _by_rig_engine(idle, "pp").items():
-        assert statistics.median(errs) < 0.25 and max(errs) < 0.56, (rig, engine, errs)
+        bound = 0.35 if engine == "ik_llama.cpp" else 0.25
+        assert statistics.median(errs) < bound and max(errs) < 0.56, (rig, engine, errs)
     assert all(r["tg_err"] < 0 for r in recorded)
     assert all(statistics.median(e) > 0.25 for e in _by_rig_engine(recorded, "tg").values())
 
@@ -608,9 +611,11 @@ def test_second_rig_moe_prompt_shows_the_synthetic_routers_collapse(
         second_rig: dict[str, list[dict[str, Any]]]) -> None:
     """synth_gguf's moe33 routes every token of a ubatch to nearly the same experts (tiled
     all-positive weights; its routing cannot be replayed, so it is priced uniform). Mainline
-    copies only the experts a ubatch touched and ran 16-20x the uniform price; ik_llama.cpp,
-    although its log says only_active_experts is on, ran at the price of copying every expert
-    at the pinned rate (+5 .. +52 %): the engines differ here, the model does not."""
+    copies only the experts a ubatch touched and ran 16-20x the uniform price. ik_llama.cpp
+    offloads no expert matmul of moe33 at ubatch 512 (256 experts, 8 used: 512 x 8 < 32 x 256,
+    ik ggml-cuda.cu:5180-5207), so the CPU computes them; priced at the CPU's mainline rate its
+    prompt comes out 3-36 % under what ran (ik's own CPU MoE kernels run faster): the engines
+    differ here, the model does not."""
     moe = [r for r in second_rig["idle_cpu"] if r["model"] == "moe33"]
     assert all(r["pp_err"] < -0.9 for r in moe if r["engine"] == "llama.cpp")
-    assert all(-0.1 < r["pp_err"] < 0.6 for r in moe if r["engine"] == "ik_llama.cpp")
+    assert all(-0.4 < r["pp_err"] < 0.0 for r in moe if r["engine"] == "ik_llama.cpp")

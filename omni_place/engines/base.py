@@ -34,20 +34,27 @@ class EngineTraits:
     # (derived from the dialect's FlagSyntax.pin_weights; empty: the engine cannot)
     pin_flags: tuple[str, ...] = ()
     op_offload_switch: bool = False  # every tool can turn op offload off (FlagSyntax.no_op_offload)
-    # the first GPU's compute buffer holds the copies of op-offloaded routed-expert weights
-    # (mainline; ik_llama.cpp's did not grow with experts in RAM: 48-136 MiB against mainline's
-    # 276-436 for the same placements, benchmarks/results/engine_compare logs)
-    expert_copies_in_compute: bool = True
-    # its compute graphs are mainline's, so compute_graph's replay sizes their buffers; ik builds
-    # its own (fused ops, its MLA and MoE paths): its buffers run 1-3 % above mainline's for the
-    # same placement (H200: 328.02 / 318.00, 304.75 / 300.75, 152.13 / 149.88 MiB; ik_24.md), and
-    # the replay put its head-on-the-CPU loads 5-7 MiB under (tests/test_gpu_records.py), so it
-    # gets the widths fit, never under on those loads (40-64 MiB over on the H200, ik_24.md)
-    mainline_graph: bool = True
+    # op offload takes a routed expert's MUL_MAT_ID only when the batch gives each expert the
+    # minimum batch on average: n_tokens x experts used >= 32 x experts (ik_llama.cpp,
+    # ggml/src/ggml-cuda.cu:5180-5207); mainline offloads it like any op of >= 32 tokens
+    moe_offload_by_share: bool = False
+    # bytes above mainline's replayed compute buffer on an accelerator and on the host: an engine
+    # whose graphs are not mainline's (ik_llama.cpp: fused ops, its MLA and MoE paths) is priced
+    # as mainline's replay of the placement plus these (benchmarks/ik_compute.py measures them)
+    compute_margin: int = 0
+    host_compute_margin: int = 0
+    # the most GPUs of a cluster whose buffers that replay prices (0: any); with more, the widths
+    # fit and no margin (ik over an H200 pair: CUDA1 100.5 MiB where mainline's replay gives 223,
+    # tests/test_gpu_records.py)
+    replay_gpus: int = 0
     # tensors overridden to the CPU (-ot X=CPU, --n-cpu-moe) land in the first GPU's pinned host
     # buffer even under mmap (ik_llama.cpp: src/llama-load-tensors.cpp:260-271 swaps any host
     # buffer type of an override for llama_default_buffer_type_cpu(true))
     pinned_overrides: bool = False
+    # a head alone on a layer-less device after the last one with layers is spelled by -ts (its
+    # own slot), no -ot, so the engine may still pipeline (mainline's encode); ik's encoder leaves
+    # such a device out of -dev and overrides the head
+    output_by_split: bool = True
     split_modes: tuple[SplitModeRule, ...] = ()  # the engine's -sm values (its module's SPLIT_MODES)
 
     def split_mode(self, name: str) -> SplitModeRule | None:
@@ -57,8 +64,10 @@ class EngineTraits:
     def context(self, **settings: Any) -> Context:
         """A run :class:`~omni_place.cost.Context` with this engine's rules filled in."""
         return Context(swa_full=self.swa_full, embedding_on_first=self.embedding_on_first,
-                       expert_copies_in_compute=self.expert_copies_in_compute, mainline_graph=self.mainline_graph,
-                       pinned_overrides=self.pinned_overrides, **settings)
+                       moe_offload_by_share=self.moe_offload_by_share, compute_margin=self.compute_margin,
+                       host_compute_margin=self.host_compute_margin, replay_gpus=self.replay_gpus,
+                       pinned_overrides=self.pinned_overrides,
+                       output_by_split=self.output_by_split, **settings)
 
 
 @dataclass(frozen=True)

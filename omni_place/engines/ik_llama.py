@@ -74,6 +74,11 @@ SPLIT_MODES = (
 )
 SWA_FULL = True  # ik sizes SWA layers' KV cache for the whole context
 FIT_MARGIN = 1 << 30  # ik keeps 1 GiB free per GPU in its default split (k_default_mem_margin)
+# ik's compute buffers above mainline's replay of the same placement (its own graphs): the
+# smallest margins that leave at most 5 % of 155 H200 llama-bench loads of random models under by
+# more than 32 MiB (benchmarks/ik_compute.py, benchmarks/results/ik_compute.md)
+IK_COMPUTE_MARGIN = 64 * 1024 * 1024
+IK_HOST_COMPUTE_MARGIN = 24 * 1024 * 1024
 _TS_UNIT = 1024.0 * 1024.0  # -ts shares are written in MiB (2 decimals: 10 KiB resolution)
 
 _EXPERT = re.compile(r"\.ffn_(gate_up|gate|up|down)_(ch|)exps\.")
@@ -376,8 +381,9 @@ class IkLlama(Dialect):
     # -ngl 0 drops every override, so a head on a GPU needs a layer there too
     traits = EngineTraits(cpu_weights=True, rpc_devices=True, swa_full=SWA_FULL, embedding_on_first=False,
                           output_only_offload=False, pin_flags=pin_flags_of(SYNTAX),
-                          expert_copies_in_compute=False, mainline_graph=False, pinned_overrides=True,
-                          split_modes=SPLIT_MODES)
+                          moe_offload_by_share=True, compute_margin=IK_COMPUTE_MARGIN,
+                          host_compute_margin=IK_HOST_COMPUTE_MARGIN, replay_gpus=1, pinned_overrides=True,
+                          output_by_split=False, split_modes=SPLIT_MODES)
     tools = TOOLS
     syntax = SYNTAX
     bench = BenchSpelling(fit=("--fit", "1"), n_cpu_moe="--n-cpu-moe", output=("-o", "json"), ngl_all="999")
