@@ -262,6 +262,7 @@ def plan_split(
     context = rules.context(ctx=ctx, n_ubatch=ubatch, type_k=kv_type, type_v=kv_type_v or kv_type,
                             flash_attn=flash_attn, depth=depth, allow_paging=allow_paging)
     engine_rules.check_context(context)
+    model_notes = engine_rules.model_notes(prof)
     prof.check_kv_types(context.type_k, context.type_v, context.flash_attn)
     if len(clus.gpus) > MAX_DEVICES:
         raise ClusterError(f"cluster {clus.name!r} has {len(clus.gpus)} accelerators; the planner takes at most "
@@ -333,7 +334,7 @@ def plan_split(
     stats["speed_params"] = "given" if params is not None else ("calibrated" if calibrated else "defaults")
     if calibrated is not None:
         notes.append(f"speeds use this machine's calibration for {engine} (omni-place calibrate)")
-    notes += [n for n in (store_note, vs_note) if n]
+    notes += [n for n in (store_note, vs_note) if n] + model_notes
     ea = engine_rules.encode(prof, best, clus, context, usage)
     plan = Plan(prof, clus, engine, objective, context, best, usage, chosen.predicted, ea,
                 tuple(d.name for d in clus.gpus), notes, stats, params or calibrated)
@@ -567,6 +568,7 @@ def evaluate(model: str | ModelProfile, cluster: str | Cluster, argv: Sequence[s
                             flash_attn=run.flash_attn, depth=run.depth, allow_paging=allow_paging,
                             pinned_weights=parsed.pinned_weights, op_offload=parsed.op_offload)
     prof.check_kv_types(context.type_k, context.type_v, context.flash_attn)
+    model_notes = engine_rules.model_notes(prof)
     calibrated, store_note = (None, None) if params is not None else read_calibrated(clus, engine)
     placement = engine_rules.decode(prof, parsed, clus, context, tool)
     mode, shares = engine_rules.split_run(prof, parsed, clus, placement.order, context.flash_attn, tool)
@@ -579,7 +581,7 @@ def evaluate(model: str | ModelProfile, cluster: str | Cluster, argv: Sequence[s
              f"CPU RAM overflows by {u.shortfall_bytes / GiB:.2f} GiB (needs "
              f"{(u.used_bytes - u.pageable_bytes) / GiB:.2f} GiB of {u.capacity_bytes / GiB:.2f} GiB usable"
              + ("; --allow-paging lets weights page from disk)" if not allow_paging else ")")
-             for u in usage if not u.fits] + ([store_note] if store_note else [])
+             for u in usage if not u.fits] + ([store_note] if store_note else []) + model_notes
     return Plan(prof, clus, engine, "given", context, placement, usage, cost.predict(placement),
                 engine_rules.flags_of(parsed), tuple(d.name for d in clus.gpus), notes, {},
                 assumptions=list(run.assumptions))

@@ -113,3 +113,22 @@ def test_ik_margins_are_what_the_committed_sweeps_give() -> None:
         # held out, measured: 2 of 49 device buffers and 3 of 49 host buffers under by > 32 MiB
         assert np.mean(test[:, 0] + shipped < test[:, 1] - 32 * MiB) <= 0.07
 
+
+
+def test_ik_notes_a_file_it_cannot_name_or_mla_heads_it_cannot_convert(tmp_path: Path) -> None:
+    """ik_llama.cpp names no deepseek32 architecture (it runs V3.2 from a deepseek2 GGUF) and
+    aborts on mainline's MLA conversion of heads other than 576/512 (src/llama-hparams.cpp:
+    1083-1097): the plan says so; DeepSeek's own shapes get no note."""
+    from omni_place.plan import plan_split
+
+    mla = dict(kv_lora_rank=512, q_lora_rank=1536, n_rot=64, head_dim=128, n_head=16, n_head_kv=16)
+    cluster = _cluster("CUDA0")
+    v32 = write_model(tmp_path / "v32.gguf", "deepseek32", header_only=True, **mla)
+    notes = plan_split(str(v32), cluster, engine="ik_llama.cpp").notes
+    assert any("names no deepseek32 architecture" in n for n in notes)
+    assert not any("architecture" in n for n in plan_split(str(v32), cluster).notes)
+    ds = write_model(tmp_path / "ds.gguf", "deepseek2", header_only=True, **mla)
+    assert not any("ik_llama.cpp" in n for n in plan_split(str(ds), cluster, engine="ik_llama.cpp").notes)
+    odd = write_model(tmp_path / "odd.gguf", "deepseek2", header_only=True, **{**mla, "kv_lora_rank": 256})
+    assert any("ik_llama.cpp aborts on this file" in n
+               for n in plan_split(str(odd), cluster, engine="ik_llama.cpp").notes)

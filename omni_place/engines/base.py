@@ -131,6 +131,10 @@ class Dialect(ABC):
     def check_context(self, context: Context) -> None:  # noqa: B027 - optional hook; the default accepts any context
         """Refuse context settings the engine cannot run (KV types, ...)."""
 
+    def model_notes(self, model: ModelProfile) -> list[str]:
+        """Notes on a model the engine refuses or loads otherwise than it is priced."""
+        return []
+
     def env(self, placement_args: PlacementArgs, args: Sequence[str]) -> dict[str, str]:
         """Environment variables that carry the plan (``args``: its server flags)."""
         raise InvalidArgumentError(f"{self.name} reads no environment variable for its placement flags",

@@ -79,6 +79,8 @@ FIT_MARGIN = 1 << 30  # ik keeps 1 GiB free per GPU in its default split (k_defa
 # more than 32 MiB (benchmarks/ik_compute.py, benchmarks/results/ik_compute.md)
 IK_COMPUTE_MARGIN = 64 * 1024 * 1024
 IK_HOST_COMPUTE_MARGIN = 24 * 1024 * 1024
+# architectures omni_place prices that ik_llama.cpp (8337e4cd3) does not name: src/llama-arch.cpp
+UNNAMED_ARCHITECTURES = frozenset({"deepseek32"})
 _TS_UNIT = 1024.0 * 1024.0  # -ts shares are written in MiB (2 decimals: 10 KiB resolution)
 
 _EXPERT = re.compile(r"\.ffn_(gate_up|gate|up|down)_(ch|)exps\.")
@@ -398,6 +400,23 @@ class IkLlama(Dialect):
 
     def parse_args(self, argv: Sequence[str], tool: str = "server") -> llama_cpp.ParsedArgs:
         return parse_args(argv, tool)
+
+    def model_notes(self, model: ModelProfile) -> list[str]:
+        hp = model.hparams
+        if model.architecture in UNNAMED_ARCHITECTURES:
+            return [f"ik_llama.cpp names no {model.architecture} architecture (src/llama-arch.cpp): it refuses this "
+                    "file (\"unknown model architecture\") and loads the model from a deepseek2-architecture GGUF "
+                    "(its deepseek2 graph runs the DSA indexer, src/graphs/build_deepseek2.cpp:353); these flags "
+                    "are priced on this file: plan that one for exact flags"]
+        if model.architecture == "deepseek2" and hp.is_mla and max(hp.n_head_kv, default=0) == 1:
+            # mainline's MLA conversion (one KV head): ik re-derives its heads only for DeepSeek's sizes
+            n_head = max(hp.n_head, default=0)
+            if (hp.head_dim_k, hp.head_dim_v, hp.n_rot) != (576, 512, 64) or n_head % 4:
+                return [f"ik_llama.cpp aborts on this file: it converts mainline's MLA (one KV head) only for "
+                        f"key/value heads 576/512, rope 64 and heads in fours, this one has {hp.head_dim_k}/"
+                        f"{hp.head_dim_v}, rope {hp.n_rot}, {n_head} heads (src/llama-hparams.cpp:1083-1097); "
+                        "run it with llama.cpp or convert it for ik"]
+        return []
 
     def decode(self, model: ModelProfile, parsed: llama_cpp.ParsedArgs, cluster: Cluster, context: Context,
                tool: str = "server") -> Placement:
