@@ -528,9 +528,10 @@ class CostModel:
         if first is None or not self.offloads_to(first):
             return {CPU: (dense_flops + self.expert_flops(il, False) * expert_share) / self.flops(CPU)}
         if not self.experts_offloaded and expert_share:  # the experts' share stays on the CPU
-            experts_streamed = self.expert_bytes(il, "stored", None, False) * expert_share * self.expert_hit
-            out = self._cpu_weights_pp(il, dense_flops, 0.0, streamed_bytes - experts_streamed, first, pinned)
-            add_seconds(out, {CPU: self.expert_flops(il, False) * expert_share / self.flops(CPU)})
+            out = {CPU: self.expert_flops(il, False) * expert_share / self.flops(CPU)}
+            rest = streamed_bytes - self.expert_bytes(il, "stored", None, False) * expert_share * self.expert_hit
+            if dense_flops or rest > 0:  # the dense weights (and a CPU layer's KV) still go to the GPU
+                add_seconds(out, self._cpu_weights_pp(il, dense_flops, 0.0, rest, first, pinned))
             return out
         return {first: (dense_flops + self.expert_flops(il, True) * expert_share) / self.flops(first),
                 "pcie_stream": streamed_bytes / self.n_tokens / self.stream_bandwidth(first, pinned)}

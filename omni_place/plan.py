@@ -26,8 +26,8 @@ from .problem import MAX_DEVICES, build_arrays, candidate_orders, core_candidate
 from .recipes import Recipe, decoded, placement_flags, priced, standard_recipes
 from .rehome import rehome_experts
 from .splitcost import cost_model
-from .variants import (expressible, pinned_adopted_note, pinned_note, pinned_variants, split_candidates,
-                       without_op_offload)
+from .variants import (expert_offload_note, expressible, pinned_adopted_note, pinned_note, pinned_variants,
+                       split_candidates, without_op_offload)
 from .sources import model_argument
 from .units import GB, GiB, MiB
 from .validate import choice, dump_json, flag, integer, show, text
@@ -330,7 +330,8 @@ def plan_split(
     usage = cost.usage(best)
     notes = (_notes(cost, best, usage) + _objective_notes(chosen, options, objective)
              + (pinned_adopted_note(cost, best, pin_flags) if context.pinned_weights
-                else pinned_note(cost, best, chosen.predicted, pin_flags)))
+                else pinned_note(cost, best, chosen.predicted, pin_flags))
+             + expert_offload_note(cost, best, chosen.predicted))
     stats["speed_params"] = "given" if params is not None else ("calibrated" if calibrated else "defaults")
     if calibrated is not None:
         notes.append(f"speeds use this machine's calibration for {engine} (omni-place calibrate)")

@@ -101,6 +101,37 @@ def pinned_note(cost: CostModel, p: Placement, pred: Prediction, flags: Sequence
             "by the model (op offload copies pinned memory at link speed, pageable memory far slower)"]
 
 
+def expert_offload_ubatch(cost: CostModel) -> int | None:
+    """The smallest power-of-two ubatch (up to 4096) at which an engine that offloads routed
+    experts only at n_tokens x used >= 32 x experts (``Context.moe_offload_by_share``) takes them,
+    where this context's does not; None where it already does, or never will."""
+    hp, c = cost.model.hparams, cost.context
+    if not (c.moe_offload_by_share and c.op_offload and hp.n_expert) or cost.experts_offloaded:
+        return None
+    need = -(-cost.params.op_offload_min_batch * hp.n_expert // hp.n_expert_used)
+    ubatch = 1 << max(0, need - 1).bit_length()
+    return ubatch if c.n_ubatch < ubatch <= 4096 else None
+
+
+def expert_offload_note(cost: CostModel, p: Placement, pred: Prediction) -> list[str]:
+    """With routed experts in RAM that the engine computes on the CPU at this ubatch (ik_llama.cpp,
+    ggml-cuda.cu:5180-5207), the ubatch at which the GPU takes them, priced on the same placement
+    (its prompt speed, and whether the larger compute buffers still fit)."""
+    ubatch = expert_offload_ubatch(cost)
+    if ubatch is None or not any(p.cpu_experts[il] and cost.model.layers[il].has_experts
+                                 for il in range(len(p.layer_home))):
+        return []
+    hp = cost.model.hparams
+    larger = CostModel(cost.model, cost.cluster, replace(cost.context, n_ubatch=ubatch), cost.params)
+    over = [u.name for u in larger.usage(p) if not u.fits]
+    fits = (f"this placement then overflows {', '.join(over)}: --ubatch {ubatch} plans for it" if over
+            else "this placement still fits")
+    return [f"{cost.context.n_ubatch} tokens x {hp.n_expert_used} experts used < 32 x {hp.n_expert} experts: the "
+            "engine computes the CPU-held experts on the CPU (ik ggml-cuda.cu:5180-5207); -ub "
+            f"{ubatch} lets the GPU take them: prompt {pred.pp_tps:.0f} -> {larger.predict(p).pp_tps:.0f} tok/s by "
+            f"the model, larger compute buffers ({fits})"]
+
+
 @dataclass
 class SplitCandidate:
     """One ``-sm`` mode of the engine besides the layer split: why the engine refuses it here

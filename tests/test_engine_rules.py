@@ -132,3 +132,23 @@ def test_ik_notes_a_file_it_cannot_name_or_mla_heads_it_cannot_convert(tmp_path:
     odd = write_model(tmp_path / "odd.gguf", "deepseek2", header_only=True, **{**mla, "kv_lora_rank": 256})
     assert any("ik_llama.cpp aborts on this file" in n
                for n in plan_split(str(odd), cluster, engine="ik_llama.cpp").notes)
+
+
+def test_ik_plans_note_the_ubatch_at_which_the_gpu_takes_the_cpu_experts(moe: ModelProfile) -> None:
+    """128 experts, 8 used: ik computes CPU-held experts on the CPU below 512 tokens a ubatch; the
+    note prices the same placement at -ub 512 (faster prompt); mainline, or a ubatch past the
+    bound, gets none."""
+    from omni_place.variants import expert_offload_note, expert_offload_ubatch
+
+    n = moe.n_layer
+    p = Placement(("CUDA0",), ("CUDA0",) * n, tuple(on_cpu({"gate", "up", "down"}) for _ in range(n)), "CUDA0")
+    ik = CostModel(moe, _cluster("CUDA0"), ik_llama.IkLlama.traits.context(n_ubatch=256))
+    assert expert_offload_ubatch(ik) == 512
+    (note,) = expert_offload_note(ik, p, ik.predict(p))
+    at_512 = CostModel(moe, _cluster("CUDA0"), ik_llama.IkLlama.traits.context(n_ubatch=512)).predict(p).pp_tps
+    assert "-ub 512 lets the GPU take them" in note and f"-> {at_512:.0f} tok/s" in note
+    assert at_512 > ik.predict(p).pp_tps
+    assert expert_offload_ubatch(CostModel(moe, _cluster("CUDA0"), Context(n_ubatch=256))) is None
+    assert expert_offload_ubatch(CostModel(moe, _cluster("CUDA0"), ik_llama.IkLlama.traits.context())) is None
+    nothing_in_ram = replace(p, expert_homes=(frozenset(),) * n)
+    assert expert_offload_note(ik, nothing_in_ram, ik.predict(nothing_in_ram)) == []
