@@ -295,7 +295,7 @@ def compute_buffer_estimate(
     mask = int(F32 * n_tokens * f[FEATURES.index("mask")])
     replay = host_replay = cpu_replay = rpc_replay = split_replay = None
     arch, n_layer = model.architecture, model.hparams.n_layer
-    if split is not None and arch in TRACE_CHECKED | CPU_CHECKED | SPLIT_CHECKED:
+    if split is not None:  # the architecture is replayed (REPLAYED); each use where it was checked
         if arch in TRACE_CHECKED:  # one CUDA device beside the host
 
             def replay(offload: Offload, with_output: bool) -> int:

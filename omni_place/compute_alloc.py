@@ -41,7 +41,7 @@ class Allocator:
 
     def alloc(self, size: int) -> int:
         align, blocks = self.align, self.blocks
-        size = (size + align - 1) // align * align
+        size = pad(size, align)
         best, best_size = len(blocks) - 1, 0
         for i in range(best):
             free = blocks[i][1]
@@ -59,7 +59,7 @@ class Allocator:
 
     def free(self, addr: int, size: int) -> None:
         align, blocks = self.align, self.blocks
-        size = (size + align - 1) // align * align
+        size = pad(size, align)
         end = addr + size
         for i, block in enumerate(blocks):
             start = block[0]
