@@ -576,6 +576,7 @@ def evaluate(model: str | ModelProfile, cluster: str | Cluster, argv: Sequence[s
     context = replace(context, split_mode=mode, split_shares=shares)
     cost = cost_model(prof, clus, context, params or calibrated)
     usage = cost.usage(placement)
+    predicted = cost.predict(placement)
     notes = [f"{u.name} overflows by {u.shortfall_bytes / GiB:.2f} GiB "
              f"(needs {u.used_bytes / GiB:.2f} GiB of {u.capacity_bytes / GiB:.2f} GiB usable)"
              if u.kind != "cpu" else
@@ -583,6 +584,7 @@ def evaluate(model: str | ModelProfile, cluster: str | Cluster, argv: Sequence[s
              f"{(u.used_bytes - u.pageable_bytes) / GiB:.2f} GiB of {u.capacity_bytes / GiB:.2f} GiB usable"
              + ("; --allow-paging lets weights page from disk)" if not allow_paging else ")")
              for u in usage if not u.fits] + ([store_note] if store_note else []) + model_notes
-    return Plan(prof, clus, engine, "given", context, placement, usage, cost.predict(placement),
+    notes += expert_offload_note(cost, placement, predicted)
+    return Plan(prof, clus, engine, "given", context, placement, usage, predicted,
                 engine_rules.flags_of(parsed), tuple(d.name for d in clus.gpus), notes, {},
                 assumptions=list(run.assumptions))

@@ -124,8 +124,8 @@ def expert_offload_note(cost: CostModel, p: Placement, pred: Prediction) -> list
     hp = cost.model.hparams
     larger = CostModel(cost.model, cost.cluster, replace(cost.context, n_ubatch=ubatch), cost.params)
     over = [u.name for u in larger.usage(p) if not u.fits]
-    fits = (f"this placement then overflows {', '.join(over)}: --ubatch {ubatch} plans for it" if over
-            else "this placement still fits")
+    fits = (f"this placement then overflows {', '.join(over)}: `omni-place plan --ubatch {ubatch}` plans for it"
+            if over else "this placement still fits")
     return [f"{cost.context.n_ubatch} tokens x {hp.n_expert_used} experts used < 32 x {hp.n_expert} experts: the "
             "engine computes the CPU-held experts on the CPU (ik ggml-cuda.cu:5180-5207); -ub "
             f"{ubatch} lets the GPU take them: prompt {pred.pp_tps:.0f} -> {larger.predict(p).pp_tps:.0f} tok/s by "

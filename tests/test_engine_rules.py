@@ -152,3 +152,9 @@ def test_ik_plans_note_the_ubatch_at_which_the_gpu_takes_the_cpu_experts(moe: Mo
     assert expert_offload_ubatch(CostModel(moe, _cluster("CUDA0"), ik_llama.IkLlama.traits.context())) is None
     nothing_in_ram = replace(p, expert_homes=(frozenset(),) * n)
     assert expert_offload_note(ik, nothing_in_ram, ik.predict(nothing_in_ram)) == []
+    # `check` of the user's own flags says the same
+    from omni_place.plan import evaluate
+    argv = ["-ngl", "99", "-ot", "exps=CPU", "-ub", "256", "-c", "4096"]
+    checked = evaluate(moe, _cluster("CUDA0"), argv, engine="ik_llama.cpp")
+    assert checked.placement == p and any("-ub 512 lets the GPU take them" in n for n in checked.notes)
+    assert not any("lets the GPU" in n for n in evaluate(moe, _cluster("CUDA0"), argv).notes)
