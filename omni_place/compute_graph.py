@@ -217,10 +217,9 @@ class GraphBuilder:
         swa = swa and any(self.hp.is_swa)
         return self.input(("mask", swa), (self.n_kv_swa if swa else self.n_kv) * self.t * (2 if self.fa else F32))
 
-    def new(self, width: int, *src: Tensor, inplace: bool = False, output: bool = False, elt: int = F32) -> Tensor:
-        t = Tensor(width * self.t * elt, list(src), inplace, None, output)
-        self.nodes.append(t)
-        return t
+    def new(self, width: int, *src: Tensor, elt: int = F32, **kw: Any) -> Tensor:
+        """A new tensor of ``width`` elements of ``elt`` bytes per token (:meth:`sized`'s keywords)."""
+        return self.sized(width * self.t * elt, *src, **kw)
 
     def sized(self, size: int, *src: Tensor, inplace: bool = False, output: bool = False, **kw: Any) -> Tensor:
         t = Tensor(size, list(src), inplace=inplace, output=output, **kw)
@@ -262,7 +261,7 @@ class GraphBuilder:
         """A matmul of weight ``name`` (its src[0]), then its bias ADD in place when there is one;
         an expert's (MUL_MAT_ID: ``more`` holds the ids) is an ADD_ID that reads the ids too
         (llama-graph.cpp:2212, 2228, 2330). ``offloadable``: op offload may take the matmul."""
-        out = self.sized(width * self.t * F32, *self.w(name, home), x, *more, offloadable=offloadable)
+        out = self.new(width, *self.w(name, home), x, *more, offloadable=offloadable)
         bias = name.replace(".weight", ".bias")
         return self.sized(out.size, out, *self.w(bias, home), *more, inplace=True) if self.has(bias) else out
 

@@ -38,6 +38,9 @@ class PricedModel(Protocol):
     def offload_device(self, p: Placement) -> str | None: ...
 
     @property
+    def ops_offloaded(self) -> bool: ...
+
+    @property
     def experts_offloaded(self) -> bool: ...
 
     def has_cpu_weights(self, p: Placement) -> bool: ...
@@ -61,11 +64,9 @@ def split_layout(cost: PricedModel, p: Placement, copies: int = 1) -> Layout | N
     index[CPU] = len(p.order)
     if any(where != CPU for homes in p.expert_homes for _, where in homes):
         return None
-    # ggml_backend_cuda_device_offload_op: batches of at least op_offload_min_batch tokens (ggml-cuda.cu:5651-5655)
-    offload = c.op_offload and cost.n_tokens >= cost.params.op_offload_min_batch
     return Layout(tuple(cost.backend(n) for n in p.order), tuple(index[h] for h in p.layer_home),
-                  tuple(frozenset(k for k, _ in homes) for homes in p.expert_homes), index[p.output], offload,
-                  copies, cost.experts_offloaded)
+                  tuple(frozenset(k for k, _ in homes) for homes in p.expert_homes), index[p.output],
+                  cost.ops_offloaded, copies, cost.experts_offloaded)
 
 
 def replayed_buffers(cost: PricedModel, p: Placement, copies: int = 1) -> dict[str, int] | None:
@@ -125,7 +126,7 @@ def host_compute(cost: PricedModel, p: Placement, cpu_use: DeviceUsage, offload:
     """The CPU backend's compute buffer where :func:`replayed_buffers` does not price it: the host's
     share beside accelerators (the ``CUDA_Host`` line beside one CUDA device replayed for
     compute_graph.TRACE_CHECKED, else the fitted role), or the whole graph when nothing can take
-    op offload (no GPU first in the order)."""
+    op offload (no GPU in the order)."""
     c = cost.compute
     if (c.host_replay is not None and copies == 1 and len(p.order) == 1 and cost.backend(p.order[0]) == "cuda"
             and (cost.offloads_to(p.order[0]) or not cost.has_cpu_weights(p))):

@@ -258,9 +258,9 @@ class CostModel:
         """What both layouts (layer split here, parallel splits in splitcost) add last: the first
         GPU's buffer with op-offloaded work, the CPU's compute buffer, and what may page."""
         cpu_use = out[CPU]
-        target = self.offload_device(p)
-        offload = target is not None and self.context.op_offload
-        if offload and target is not None and self.has_cpu_weights(p):
+        target = self.offload_device(p) if self.context.op_offload else None
+        offload = target is not None
+        if target is not None and self.has_cpu_weights(p):
             first = out[target]
             first.compute_bytes = offload_compute(self, p, first.compute_bytes, gpus_with_layers)
         cpu_use.compute_bytes += host_compute(self, p, cpu_use, offload, copies)
@@ -306,14 +306,9 @@ class CostModel:
         later device by its ``-ts`` slot; anywhere else it takes an ``-ot`` override."""
         used = [n for n in p.order if n in p.layer_home]
         return (len(p.order) > 1 and all(h != CPU for h in p.layer_home) and bool(used)
-                and (p.output == used[-1] or self._head_alone_after(p, used[-1]))
+                and (p.output == used[-1] or self.context.output_by_split and p.output_after_layers)
                 and not p.extra_overrides and not any(
                     p.expert_homes[il] and self.model.layers[il].has_experts for il in range(len(p.layer_home))))
-
-    def _head_alone_after(self, p: Placement, last_used: str) -> bool:
-        """The output head alone on a device after ``last_used`` in the order, spelled by -ts."""
-        return (self.context.output_by_split and p.output in p.order
-                and p.order.index(p.output) > p.order.index(last_used) and p.output not in p.foreign_experts)
 
     def has_cpu_weights(self, p: Placement) -> bool:
         """Whether ``p`` holds weights in CPU RAM: a CPU layer, or a MoE layer's routed experts."""
@@ -506,19 +501,30 @@ class CostModel:
         return next((n for n in p.order if self.device(n).kind == "gpu"), None)
 
     @property
+    def ops_offloaded(self) -> bool:
+        """Whether op offload takes ops of CPU-held weights at this batch: on, and at least
+        op_offload_min_batch tokens (ggml-cuda.cu:5651-5655)."""
+        return self.context.op_offload and self.n_tokens >= self.params.op_offload_min_batch
+
+    @property
+    def expert_offload_batch(self) -> int:
+        """The fewest tokens of a batch whose routed-expert MUL_MAT_ID op offload takes: as any
+        op's, or under ``Context.moe_offload_by_share`` enough to give each expert that many on
+        average (ik ggml-cuda.cu:5180-5207)."""
+        hp, least = self.model.hparams, self.params.op_offload_min_batch
+        if not (self.context.moe_offload_by_share and hp.n_expert):
+            return least
+        return max(least, -(-least * hp.n_expert // hp.n_expert_used))
+
+    @property
     def experts_offloaded(self) -> bool:
-        """Whether op offload takes the MUL_MAT_ID of CPU-held routed experts at this batch: as
-        any op of >= op_offload_min_batch tokens, or under ``Context.moe_offload_by_share`` only
-        when each expert gets that many on average (ik ggml-cuda.cu:5180-5207)."""
-        hp, b, least = self.model.hparams, self.n_tokens, self.params.op_offload_min_batch
-        by_share = not self.context.moe_offload_by_share or b * hp.n_expert_used >= least * hp.n_expert
-        return self.context.op_offload and b >= least and by_share
+        """Whether op offload takes the MUL_MAT_ID of CPU-held routed experts at this batch."""
+        return self.ops_offloaded and self.n_tokens >= self.expert_offload_batch
 
     def offloads_to(self, name: str) -> bool:
-        """Whether CPU-held weights are op-offloaded to ``name`` when it is devices[0] (a GPU,
-        batches of at least GGML_OP_OFFLOAD_MIN_BATCH tokens; RPC devices take no offload)."""
-        return (self.context.op_offload and self.device(name).kind == "gpu"
-                and self.n_tokens >= self.params.op_offload_min_batch)
+        """Whether CPU-held weights are op-offloaded to ``name`` when it is the offload device
+        (:meth:`offload_device`: a GPU; RPC devices take no offload) at this batch."""
+        return self.device(name).kind == "gpu" and self.ops_offloaded
 
     def _cpu_weights_pp(self, il: int, dense_flops: float, expert_share: float, streamed_bytes: float,
                         first: str | None, pinned: bool | None = None) -> dict[str, float]:

@@ -93,6 +93,14 @@ class Placement:
     def layers_on(self, name: str) -> list[int]:
         return [il for il, h in enumerate(self.layer_home) if h == name]
 
+    @cached_property
+    def output_after_layers(self) -> bool:
+        """The output head alone on a device of the order after every device holding layers
+        (llama.cpp spells that with the head's own -ts slot, no override)."""
+        used = [i for i, name in enumerate(self.order) if name in self.layer_home]
+        return (bool(used) and self.output in self.order and self.order.index(self.output) > used[-1]
+                and self.output not in self.foreign_experts)
+
 
 @dataclass
 class DeviceUsage:

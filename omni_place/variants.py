@@ -105,11 +105,10 @@ def expert_offload_ubatch(cost: CostModel) -> int | None:
     """The smallest power-of-two ubatch (up to 4096) at which an engine that offloads routed
     experts only at n_tokens x used >= 32 x experts (``Context.moe_offload_by_share``) takes them,
     where this context's does not; None where it already does, or never will."""
-    hp, c = cost.model.hparams, cost.context
-    if not (c.moe_offload_by_share and c.op_offload and hp.n_expert) or cost.experts_offloaded:
+    c = cost.context
+    if not (c.moe_offload_by_share and c.op_offload and cost.model.hparams.n_expert) or cost.experts_offloaded:
         return None
-    need = -(-cost.params.op_offload_min_batch * hp.n_expert // hp.n_expert_used)
-    ubatch = 1 << max(0, need - 1).bit_length()
+    ubatch = 1 << max(0, cost.expert_offload_batch - 1).bit_length()
     return ubatch if c.n_ubatch < ubatch <= 4096 else None
 
 

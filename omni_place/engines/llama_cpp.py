@@ -135,7 +135,7 @@ def encode(model: ModelProfile, p: Placement, default_order: Sequence[str], rpc:
         return engine_args(1, ts, dev_flag(p.order, default_order), overrides, rpc)
     ts = list(counts)
     last = max(i for i, c in enumerate(counts) if c > 0)
-    if p.output in p.order and p.order.index(p.output) > last and p.output not in p.foreign_experts:
+    if p.output_after_layers:
         ts[p.order.index(p.output)] = 1  # the output slot alone: no override, so it may still pipeline
     else:
         ts[last] += 1
