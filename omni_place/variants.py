@@ -12,7 +12,7 @@ from .engines.common import format_share
 from .engines.splitmodes import refusal
 from .errors import InvalidArgumentError
 from .recipes import Recipe, first_true, priced
-from .splitcost import SplitCostModel
+from .splitcost import SplitCostModel, cost_model
 from .units import GiB
 
 
@@ -117,11 +117,12 @@ def expert_offload_note(cost: CostModel, p: Placement, pred: Prediction) -> list
     ggml-cuda.cu:5180-5207), the ubatch at which the GPU takes them, priced on the same placement
     (its prompt speed, and whether the larger compute buffers still fit)."""
     ubatch = expert_offload_ubatch(cost)
-    if ubatch is None or not any(p.cpu_experts[il] and cost.model.layers[il].has_experts
-                                 for il in range(len(p.layer_home))):
+    held = any(lc.has_experts and (home == CPU or p.cpu_experts[il])  # a CPU layer's experts, or overridden ones
+               for il, (lc, home) in enumerate(zip(cost.model.layers, p.layer_home)))
+    if ubatch is None or not held:
         return []
     hp = cost.model.hparams
-    larger = CostModel(cost.model, cost.cluster, replace(cost.context, n_ubatch=ubatch), cost.params)
+    larger = cost_model(cost.model, cost.cluster, replace(cost.context, n_ubatch=ubatch), cost.params)
     over = [u.name for u in larger.usage(p) if not u.fits]
     fits = (f"this placement then overflows {', '.join(over)}: `omni-place plan --ubatch {ubatch}` plans for it"
             if over else "this placement still fits")

@@ -152,6 +152,10 @@ def test_ik_plans_note_the_ubatch_at_which_the_gpu_takes_the_cpu_experts(moe: Mo
     assert expert_offload_ubatch(CostModel(moe, _cluster("CUDA0"), ik_llama.IkLlama.traits.context())) is None
     nothing_in_ram = replace(p, expert_homes=(frozenset(),) * n)
     assert expert_offload_note(ik, nothing_in_ram, ik.predict(nothing_in_ram)) == []
+    # whole MoE layers on the CPU hold their experts there too
+    cpu_layers = replace(nothing_in_ram, layer_home=(CPU,) * 2 + ("CUDA0",) * (n - 2))
+    (note,) = expert_offload_note(ik, cpu_layers, ik.predict(cpu_layers))
+    assert "-ub 512 lets the GPU take them" in note
     # `check` of the user's own flags says the same
     from omni_place.plan import evaluate
     argv = ["-ngl", "99", "-ot", "exps=CPU", "-ub", "256", "-c", "4096"]
