@@ -31,6 +31,15 @@ SPEED_MODELS: dict[str, dict[str, Any]] = {
     # 24 layers of a Qwen3-30B-A3B-like shape (128 experts, 8 used): ~8.6 GB in Q4_K
     "moe15": dict(arch="qwen3moe", n_layer=24, n_embd=2048, n_head=32, n_head_kv=4, head_dim=128, n_ff=6144,
                   n_expert=128, n_expert_used=8, n_ff_exp=768, n_vocab=151936),
+    # 16 layers of 256 experts (8 used), DeepSeek-V3's ratio: ik_llama.cpp computes CPU-held experts
+    # on the CPU below ubatch 1024 (ggml-cuda.cu:5180-5207), ~7.3 GB in Q4_K
+    "moe256": dict(arch="qwen3moe", n_layer=16, n_embd=2048, n_head=32, n_head_kv=4, head_dim=128, n_ff=6144,
+                   n_expert=256, n_expert_used=8, n_ff_exp=512, n_vocab=151936),
+    # Llama-3-8B and Llama-3.2-1B shapes in Q4_0: the models of llama.cpp's own performance tables
+    "llama8b": dict(arch="llama", n_layer=32, n_embd=4096, n_head=32, n_head_kv=8, head_dim=128, n_ff=14336,
+                    n_vocab=128256, weight_type="q4_0"),
+    "llama1b": dict(arch="llama", n_layer=16, n_embd=2048, n_head=32, n_head_kv=8, head_dim=64, n_ff=8192,
+                    n_vocab=128256, weight_type="q4_0"),
     # DeepSeek-V2-Lite-like: MLA (kv_lora 512), 64 experts (6 used) + 2 shared, 1 leading dense layer;
     # 28 layers: llama.cpp takes a 26- or 27-layer deepseek2 for a "lite" one without q LoRA
     # (src/models/deepseek2.cpp:8) and would not find attn_q.weight
@@ -52,8 +61,9 @@ def write_speed_model(name: str, folder: Path, *, header_only: bool = False, rou
     from tests.arch_models import write_model
 
     folder.mkdir(parents=True, exist_ok=True)
-    header = write_model(folder / f"{name}.hdr.gguf", weight_type="q4_k", tokenizer="spm", header_only=True,
-                         **SPEED_MODELS[name])
+    shape = dict(SPEED_MODELS[name])
+    header = write_model(folder / f"{name}.hdr.gguf", weight_type=shape.pop("weight_type", "q4_k"), tokenizer="spm",
+                         header_only=True, **shape)
     if header_only:
         return header
     files = read_model_files(header)
@@ -83,6 +93,8 @@ def _valued_tensors(files: Any, router: str) -> Iterator[tuple[Any, bytes]]:
             yield t, (rng.standard_normal(n, dtype=np.float32) * gain).tobytes()
         elif t.name == "token_embd.weight" and t.type_name == "Q4_K":
             yield t, _random_q4_k(rng, t.n_bytes)
+        elif t.name == "token_embd.weight" and t.type_name == "Q4_0":
+            yield t, _random_q4_0(rng, t.n_bytes)
         elif t.name == "token_embd.weight":
             raise SystemExit(f"{t.name} is {t.type_name}; the speed models write Q4_K embeddings")
 
@@ -133,6 +145,13 @@ def replay_routing(header: Path, router: str = "unit", n_tokens: int = 512, tria
             top = np.lexsort((ties_low, -score), axis=1)[:, :k]
             counts.append(np.bincount(top.ravel(), minlength=n_exp).tolist())
     return counts
+
+
+def _random_q4_0(rng: np.random.Generator, nbytes: int) -> bytes:
+    """Q4_0 blocks of random nibbles with scale 0.12: a weight is 0.12 (q - 8)."""
+    blocks = rng.integers(0, 256, size=(nbytes // 18, 18), dtype=np.uint8)
+    blocks[:, 0:2] = np.frombuffer(np.float16(0.12).tobytes(), dtype=np.uint8)
+    return blocks.tobytes()
 
 
 def _random_q4_k(rng: np.random.Generator, nbytes: int) -> bytes:

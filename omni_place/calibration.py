@@ -20,7 +20,8 @@ from .errors import InvalidArgumentError
 from .safeio import write_atomic
 from .validate import decode_text, dump_json, integer, load_json, number, read_file, safe_file_name, show
 
-SCHEMA = "omni_place.calibration/1"
+# /2: the GPU efficiencies became scales on the catalog's per-compute-capability shares
+SCHEMA = "omni_place.calibration/2"
 MAX_STORE_BYTES = 1 << 22  # a store holds a few numbers per engine and the fit report
 
 

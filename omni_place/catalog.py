@@ -11,6 +11,7 @@ import difflib
 import functools
 import sys
 from dataclasses import dataclass
+from typing import Any
 from importlib import resources
 
 if sys.version_info >= (3, 11):
@@ -32,9 +33,15 @@ MEMORY_MATCH_TOLERANCE = 0.10
 _CATALOG_FILE = "gpu_catalog.toml"
 _FIELDS: dict[str, type | tuple[type, ...]] = {
     "name": str, "memory_gib": (int, float), "bandwidth_gbs": (int, float),
-    "fp16_tflops": (int, float), "pcie_gen": int, "pcie_width": int, "aliases": list,
-    "source": str, "note": str,
+    "fp16_tflops": (int, float), "compute_capability": str, "pcie_gen": int, "pcie_width": int,
+    "aliases": list, "source": str, "note": str,
 }
+_SPEED_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "compute_capability": str, "decode_bw_share": (int, float), "layer_us": (int, float),
+    "mmq_share": (int, float), "source": str,
+}
+#: the ``[[speed]]`` row for GPUs whose compute capability has no row of its own
+DEFAULT_SPEED_ROW = "default"
 _OPTIONAL = {"note"}
 
 
@@ -60,6 +67,7 @@ class GpuSpec:
     memory_gib: float
     bandwidth_gbs: float
     fp16_tflops: float
+    compute_capability: str
     pcie_gen: int
     pcie_width: int
     aliases: tuple[str, ...]
@@ -76,6 +84,25 @@ class GpuSpec:
         return pcie_gbs(self.pcie_gen, self.pcie_width)
 
 
+@dataclass(frozen=True)
+class SpeedShare:
+    """What llama.cpp's CUDA backend achieves of a GPU's datasheet figures, for GPUs of one
+    compute capability (``[[speed]]`` in ``data/gpu_catalog.toml``; derived from llama-bench
+    records by ``benchmarks/public_gpus.py``).
+
+    Attributes:
+        decode_bw_share: achieved / datasheet memory bandwidth in decode's matrix-vector products.
+        layer_us: fixed decode microseconds per layer and token (kernel launches, the small ops).
+        mmq_share: achieved / ``fp16_tflops`` in prompt matmuls (MMQ's int8 tensor-core kernels).
+    """
+
+    compute_capability: str
+    decode_bw_share: float
+    layer_us: float
+    mmq_share: float
+    source: str
+
+
 def normalize_name(name: str) -> str:
     """Canonical form for matching: case-folded, single spaces, no leading ``NVIDIA``."""
     text = " ".join(name.split()).casefold()
@@ -89,13 +116,7 @@ def load_catalog() -> tuple[GpuSpec, ...]:
     Raises:
         ClusterError: the shipped catalog is malformed (a packaging bug).
     """
-    ref = resources.files("omni_place") / "data" / _CATALOG_FILE
-    where = f"omni_place/data/{_CATALOG_FILE}"
-    try:
-        doc = tomllib.loads(ref.read_text(encoding="utf-8"))
-    except (OSError, tomllib.TOMLDecodeError) as err:
-        raise ClusterError(f"{where}: cannot read the GPU catalog: {err}",
-                           hint="reinstall omni_place; the package data is damaged") from None
+    where, doc = _catalog_doc()
     specs: list[GpuSpec] = []
     seen: dict[str, str] = {}
     for i, entry in enumerate(doc.get("gpu", [])):
@@ -110,7 +131,7 @@ def load_catalog() -> tuple[GpuSpec, ...]:
         spec = GpuSpec(
             name=entry["name"], memory_gib=float(entry["memory_gib"]),
             bandwidth_gbs=float(entry["bandwidth_gbs"]), fp16_tflops=float(entry["fp16_tflops"]),
-            pcie_gen=entry["pcie_gen"], pcie_width=entry["pcie_width"],
+            compute_capability=entry["compute_capability"], pcie_gen=entry["pcie_gen"], pcie_width=entry["pcie_width"],
             aliases=tuple(entry["aliases"]), source=entry["source"], note=entry.get("note", ""),
         )
         spec.link_gbs  # noqa: B018  (validates the PCIe figures)
@@ -122,6 +143,51 @@ def load_catalog() -> tuple[GpuSpec, ...]:
     if not specs:
         raise ClusterError(f"{where}: the GPU catalog has no [[gpu]] entries")
     return tuple(specs)
+
+
+_WHERE = f"omni_place/data/{_CATALOG_FILE}"
+
+
+@functools.cache
+def _catalog_doc() -> tuple[str, dict[str, Any]]:
+    ref = resources.files("omni_place") / "data" / _CATALOG_FILE
+    try:
+        return _WHERE, tomllib.loads(ref.read_text(encoding="utf-8"))
+    except (OSError, tomllib.TOMLDecodeError) as err:
+        raise ClusterError(f"{_WHERE}: cannot read the GPU catalog: {err}",
+                           hint="reinstall omni_place; the package data is damaged") from None
+
+
+@functools.cache
+def speed_shares() -> dict[str, SpeedShare]:
+    """The ``[[speed]]`` rows by compute capability (one of them :data:`DEFAULT_SPEED_ROW`).
+
+    Raises:
+        ClusterError: the shipped catalog is malformed (a packaging bug).
+    """
+    where, doc = _catalog_doc()
+    rows: dict[str, SpeedShare] = {}
+    for i, entry in enumerate(doc.get("speed", [])):
+        label = f"{where}: [[speed]] #{i + 1}"
+        if set(entry) != set(_SPEED_FIELDS) or any(
+                not isinstance(v, _SPEED_FIELDS[k]) or isinstance(v, bool) for k, v in entry.items()):
+            raise ClusterError(f"{label}: needs exactly {sorted(_SPEED_FIELDS)} with their types")
+        row = SpeedShare(entry["compute_capability"], float(entry["decode_bw_share"]), float(entry["layer_us"]),
+                         float(entry["mmq_share"]), entry["source"])
+        if not (0 < row.decode_bw_share <= 1 and 0 < row.mmq_share <= 1 and 0 < row.layer_us < 1e4) \
+                or row.compute_capability in rows:
+            raise ClusterError(f"{label}: shares must lie in (0, 1], layer_us in (0, 1e4), and each compute "
+                               "capability appear once")
+        rows[row.compute_capability] = row
+    if DEFAULT_SPEED_ROW not in rows:
+        raise ClusterError(f"{where}: no [[speed]] row for compute_capability = {DEFAULT_SPEED_ROW!r}")
+    return rows
+
+
+def speed_share(compute_capability: str | None) -> SpeedShare:
+    """The speed row of a GPU of this compute capability, else the default row."""
+    rows = speed_shares()
+    return rows.get(compute_capability or DEFAULT_SPEED_ROW, rows[DEFAULT_SPEED_ROW])
 
 
 def lookup(name: str) -> GpuSpec | None:

@@ -330,7 +330,7 @@ class CostModel:
         if name == CPU:
             return self.cpu.bandwidth_gbs * GB * sp.cpu_bw_eff
         dev = self.device(name)
-        eff = sp.gpu_bw_eff if dev.kind == "gpu" else sp.rpc_bw_eff
+        eff = dev.speed.decode_bw_share * sp.gpu_bw_scale if dev.kind == "gpu" else sp.rpc_bw_eff
         return dev.bandwidth_gbs * GB * eff
 
     def flops(self, name: str) -> float:
@@ -341,8 +341,8 @@ class CostModel:
         dev = self.device(name)
         if dev.kind == "rpc":  # RPC servers here are CPU backends
             return (dev.tflops or max(1, dev.threads or 8) * sp.cpu_tflops_per_core) * 1e12
-        # an unknown GPU gets 10 TFLOPS (old consumer card)
-        return (dev.tflops or 10.0) * 1e12 * sp.gpu_compute_eff * batch_rate(self.n_tokens, sp.gpu_half_rate_tokens)
+        share = dev.speed.mmq_share * sp.gpu_compute_scale  # an unknown GPU: 10 TFLOPS (old consumer card)
+        return (dev.tflops or 10.0) * 1e12 * share * batch_rate(self.n_tokens, sp.gpu_half_rate_tokens)
 
     def link(self, name: str) -> tuple[float, float]:
         """(bytes/s, seconds per crossing) of a device's path to the host.
@@ -437,7 +437,8 @@ class CostModel:
         """Fixed decode seconds per layer on a backend (RPC: a CPU backend); ``attention``: MLA's on a GPU."""
         if name == CPU or self.device(name).kind != "gpu":
             return self.params.cpu_layer_s
-        return self.params.gpu_layer_s + (self.params.gpu_mla_layer_s if attention and self.model.hparams.is_mla else 0)
+        mla = self.params.gpu_mla_layer_s if attention and self.model.hparams.is_mla else 0
+        return self.device(name).speed.layer_us * 1e-6 * self.params.gpu_layer_scale + mla
 
     def layer_pp(self, il: int, home: str, experts: ExpertHomes, first: str | None) -> dict[str, float]:
         """Prompt seconds per token of layer ``il`` by where they are spent. A CPU-home layer's

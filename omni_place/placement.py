@@ -253,15 +253,16 @@ class SpeedParams:
     Defaults: where a figure was measured, the record is named; the H200 figures come from
     ``benchmarks/results/speed_truth.md`` (one H200 VM, dense and MoE models, 60 placements)."""
 
-    gpu_bw_eff: float = 0.47  # achieved / datasheet memory bandwidth in decode matvecs (H200: 0.47)
+    # multipliers on what the GPU catalog says llama.cpp achieves on a GPU of that compute
+    # capability (``[[speed]]`` in data/gpu_catalog.toml): of its bandwidth in decode matvecs and
+    # of its FP16 TFLOPS in prompt matmuls; 1 = as the catalog says, calibration fits the machine's
+    gpu_bw_scale: float = 1.0
+    gpu_compute_scale: float = 1.0
     # achieved / the multi-threaded read bandwidth devices --measure reports (csrc/membw.c):
     # llama-bench decode of a 1.1 GB dense Q4_K model read 26-29 GB/s where the probe read 29-41
     # (2-vCPU VM, interleaved; benchmarks/results/speed_truth.md)
     cpu_bw_eff: float = 0.80
     rpc_bw_eff: float = 0.60  # RPC server backends (CPU backends over a socket)
-    # achieved / the catalog's dense FP16 tensor peak in prompt matmuls: H200 0.12 (its datasheet
-    # peak needs wgmma, which ggml's MMQ kernels do not use); consumer cards reach more: calibrate
-    gpu_compute_eff: float = 0.15
     # tokens at which a GPU's prompt matmuls run at half their full-batch rate (MMQ tiles narrower
     # than 128 columns; omni_place/gpu_matmul.py): H200 dense prompt at ubatch 64..4096, 48
     gpu_half_rate_tokens: float = 48.0
@@ -280,9 +281,9 @@ class SpeedParams:
     # GPU's measured pageable host->device rate (``stream_gbs``, devices --measure), else
     # cost.PAGEABLE_LINK_FRACTION of its link
     stream_eff: float = 1.0
-    # fixed decode seconds per layer and token on a GPU (kernel launches and the small ops
-    # between the matvecs): H200 54 us
-    gpu_layer_s: float = 55e-6
+    # multiplier on the catalog's fixed decode seconds per layer and token on a GPU (kernel
+    # launches and the small ops between the matvecs; ``layer_us`` of its [[speed]] row)
+    gpu_layer_scale: float = 1.0
     # the same on the CPU backend (a thread barrier per op): H200 VM, 16 threads, 310 us
     cpu_layer_s: float = 300e-6
     # what an MLA attention adds on a GPU (attributed, not profiled): H200 41 us; without it

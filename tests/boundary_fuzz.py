@@ -317,7 +317,7 @@ API_ARGS: dict[str, list[Any]] = {
     "objective": ["tg", "pp", 0.0, 0.5, 1.0, 1.5, -0.1, math.nan, True, None, "speed", 1],
     "engine": ["llama.cpp", "ik_llama.cpp", "vllm", "exllama", None, ["llama.cpp"]],
     "allow_paging": [False, True, 0, "no"],
-    "params": [None, SpeedParams(), {"gpu_bw_eff": 1}, "defaults", SpeedParams(gpu_bw_eff=math.nan)],
+    "params": [None, SpeedParams(), {"gpu_bw_scale": 1}, "defaults", SpeedParams(gpu_bw_scale=math.nan)],
     "argv": [["-ngl", "99"], ["-ngl", "0"], ["-ngl", "99", "-ts", "3,1"], [], "-ngl 99", None, [1, 2],
              ["-c", "nan"], ["--n-cpu-moe", "1"], ["-ngl", "-5"], ("-ngl", "99")],
     "tool": ["server", "bench", "cli", None],

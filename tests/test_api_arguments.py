@@ -35,7 +35,7 @@ PLAN_ARGUMENTS = [
     ("kv_type_v", ["f16"]), ("flash_attn", "yes"), ("flash_attn", 1), ("allow_paging", None),
     ("objective", math.nan), ("objective", 1.5), ("objective", -0.1), ("objective", True), ("objective", "speed"),
     ("objective", None), ("engine", None), ("engine", ["llama.cpp"]), ("engine", "exllama"),
-    ("params", {"gpu_bw_eff": 0.5}), ("params", "defaults"),
+    ("params", {"gpu_bw_scale": 0.5}), ("params", "defaults"),
 ]
 
 

@@ -183,7 +183,7 @@ def test_save_and_load_calibrated(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     monkeypatch.setenv("OMNI_PLACE_CONFIG", str(tmp_path))
     cluster = points[0].cluster
     assert calibration.load_calibrated(cluster) is None
-    p = SpeedParams(gpu_bw_eff=0.5, split_s=5e-5)
+    p = SpeedParams(gpu_bw_scale=0.5, split_s=5e-5)
     path = calibration.save_calibration(calibration.machine_id(cluster), {"llama.cpp": p})
     assert path.parent == tmp_path / "calibration"
     assert calibration.load_calibrated(cluster) == p
@@ -203,7 +203,7 @@ def test_plans_use_the_saved_calibration(tmp_path: Path, monkeypatch: pytest.Mon
     # the layer split: its decode is the GPUs' reads (a tensor split adds fixed all-reduce costs)
     before = plan_split(model, cluster, ctx=8192, split_modes=False)
     assert before.solve_stats["speed_params"] == "defaults"
-    slow = SpeedParams(gpu_bw_eff=SpeedParams().gpu_bw_eff / 2)
+    slow = SpeedParams(gpu_bw_scale=SpeedParams().gpu_bw_scale / 2)
     calibration.save_calibration(calibration.machine_id(cluster), {"llama.cpp": slow})
     after = plan_split(model, cluster, ctx=8192, split_modes=False)
     assert after.solve_stats["speed_params"] == "calibrated"

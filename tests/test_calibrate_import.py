@@ -210,7 +210,7 @@ def test_design_is_feasible_short_and_identifying(model_name: str, rig: str, eng
     model, cluster = models[model_name], resolve_cluster(str(RES / f"{rig}.toml"))
     design = design_runs(model, cluster, engine)
     assert design.seconds <= design.budget_s and 2 <= len(design.runs) <= 6
-    assert {"gpu_bw_eff", "cpu_bw_eff", "stream_eff"} <= set(design.fit_names)
+    assert {"gpu_bw_scale", "cpu_bw_eff", "stream_eff"} <= set(design.fit_names)
     if model_name == "moe33":
         assert "split_s" in design.fit_names
     if engine == "llama.cpp":
@@ -270,7 +270,7 @@ def test_calibrate_run_with_a_fake_llama_bench(tmp_path: Path, monkeypatch: pyte
     assert "llama.cpp: fitted on 6 measurements" in cap.out and "fit error:" in cap.out
     assert len(list((tmp_path / "runs").glob("*.log"))) == 4
     doc = json.loads((tmp_path / "cfg" / "calibration" / "h200x2-12g-4g.json").read_text())
-    assert doc["report"]["engines"]["llama.cpp"]["fitted"] == ["gpu_bw_eff", "gpu_compute_eff", "cpu_bw_eff",
+    assert doc["report"]["engines"]["llama.cpp"]["fitted"] == ["gpu_bw_scale", "gpu_compute_scale", "cpu_bw_eff",
                                                                  "stream_eff", "split_s", "cpu_tflops_per_core"]
 
 

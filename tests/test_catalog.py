@@ -81,8 +81,8 @@ def test_every_entry_is_complete_and_sane() -> None:
 
 def test_file_has_every_field_and_nothing_else() -> None:
     text = (resources.files("omni_place") / "data" / "gpu_catalog.toml").read_text(encoding="utf-8")
-    required = {"name", "memory_gib", "bandwidth_gbs", "fp16_tflops", "pcie_gen", "pcie_width",
-                "aliases", "source"}
+    required = {"name", "memory_gib", "bandwidth_gbs", "fp16_tflops", "compute_capability", "pcie_gen",
+                "pcie_width", "aliases", "source"}
     for entry in tomllib.loads(text)["gpu"]:
         assert required <= set(entry) <= required | {"note"}, entry.get("name")
 

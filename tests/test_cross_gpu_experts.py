@@ -296,7 +296,7 @@ def test_greedy_pass_fills_the_other_gpu_with_ram_experts_while_it_pays(tmp_path
         assert got == p
     # a GPU slower than the CPU at these experts (hops and launches included) gets none
     slow = CostModel(model, two_gpus((512, cuda1)), Context(ctx=4096, n_ubatch=64),
-                     SpeedParams(gpu_layer_s=0.05))
+                     SpeedParams(gpu_layer_scale=0.05/55e-6))
     assert rehome_experts(slow, p, 1.0, 0.0) == p
 
 

@@ -15,7 +15,7 @@ import pytest
 
 from omni_place import _core
 from omni_place.bench.records import load_records
-from omni_place.calibration import machine_id, read_calibration, save_calibration, store_path
+from omni_place.calibration import SCHEMA, machine_id, read_calibration, save_calibration, store_path
 from omni_place.cost import SpeedParams
 from omni_place.devices import load_cluster
 from omni_place.devices.cluster import MAX_ACCELERATORS
@@ -287,15 +287,15 @@ def _seed_store(content: bytes | None = None, params: dict[str, Any] | None = No
     path = store_path("seed")
     path.parent.mkdir(parents=True, exist_ok=True)
     if params is not None:
-        content = json.dumps({"schema": "omni_place.calibration/1", "engines": {"llama.cpp": params}}).encode()
+        content = json.dumps({"schema": SCHEMA, "engines": {"llama.cpp": params}}).encode()
     path.write_bytes(content or b"")
     return path
 
 
 @pytest.mark.parametrize("content, params, fragment", [
     (b"\xff\xfe binary", None, "not UTF-8"), (b"{", None, "not JSON"), (b"[]", None, "is not an omni_place"),
-    (None, {"gpu_bw_eff": float("nan")}, "NaN"), (None, {"gpu_bw_eff": "fast"}, "must be a number"),
-    (None, {"gpu_bw_eff": -0.5}, "out of range"), (None, {"op_offload_min_batch": 2.5}, "must be an integer"),
+    (None, {"gpu_bw_scale": float("nan")}, "NaN"), (None, {"gpu_bw_scale": "fast"}, "must be a number"),
+    (None, {"gpu_bw_scale": -0.5}, "out of range"), (None, {"op_offload_min_batch": 2.5}, "must be an integer"),
     (None, "params", "not an object"),
 ])
 def test_a_corrupt_calibration_never_breaks_plans(model: str, content: bytes | None, params: Any,
@@ -348,7 +348,7 @@ def test_saving_is_atomic_and_refuses_nan(tmp_path: Path) -> None:
     path = tmp_path / "store" / "m.json"
     save_calibration("m", {"llama.cpp": SpeedParams()}, path=path)
     with pytest.raises(ValueError):
-        save_calibration("m", {"llama.cpp": SpeedParams(gpu_bw_eff=float("nan"))}, path=path)
+        save_calibration("m", {"llama.cpp": SpeedParams(gpu_bw_scale=float("nan"))}, path=path)
     assert read_calibration("m", path=path) == (SpeedParams(), None)  # the old file is intact
     assert [p.name for p in path.parent.iterdir()] == ["m.json"]  # no temporary file left
 

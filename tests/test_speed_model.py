@@ -106,7 +106,7 @@ def test_the_old_structure_missed_by_far(truth: list[dict[str, Any]]) -> None:
     """The same runs priced as before (op offload at 75 % of the link, no per-layer costs): the
     prompt of every partially offloaded run was predicted 2.5-4x too fast."""
     partial = [r for r in truth if r["rig"] != "h200-full"]
-    old = SpeedParams(stream_eff=0.75 / PAGEABLE_LINK_FRACTION, gpu_layer_s=1e-9, cpu_layer_s=1e-9)
+    old = SpeedParams(stream_eff=0.75 / PAGEABLE_LINK_FRACTION, gpu_layer_scale=1e-9/55e-6, cpu_layer_s=1e-9)
     assert min(_errors(partial, old)["pp"]) > 1.5
 
 
@@ -199,7 +199,7 @@ def test_fixed_layer_costs_bound_decode_of_small_layers(truth: list[dict[str, An
     cost: CostModel = full["cost"]
     pred = cost.predict(full["placement"])
     n_layers = cost.model.n_layer
-    assert 1 / pred.tg_tps > n_layers * cost.params.gpu_layer_s  # the launches alone
+    assert 1 / pred.tg_tps > n_layers * cost.device("CUDA0").speed.layer_us * 1e-6  # the launches alone
     assert abs(pred.tg_tps / full["tg"] - 1) < 0.15
 
 

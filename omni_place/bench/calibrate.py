@@ -34,15 +34,15 @@ from ..model import ModelProfile, load_model
 from ..validate import file_component, read_file
 from .records import check_record, placement_from_dict
 
-FIT_NAMES = ("gpu_bw_eff", "cpu_bw_eff", "gpu_compute_eff", "cpu_tflops_per_core", "split_s", "stream_eff")
+FIT_NAMES = ("gpu_bw_scale", "cpu_bw_eff", "gpu_compute_scale", "cpu_tflops_per_core", "split_s", "stream_eff")
 BOUNDS = {
-    "gpu_bw_eff": (0.05, 1.2),
+    "gpu_bw_scale": (0.1, 2.5),
     "cpu_bw_eff": (0.05, 3.0),  # the CPU figure may be a conservative measurement
-    "gpu_compute_eff": (0.005, 1.0),
+    "gpu_compute_scale": (0.03, 7.0),
     "cpu_tflops_per_core": (0.001, 1.0),
     "split_s": (1e-6, 2e-3),
     "stream_eff": (0.05, 8.0),  # of the base pageable rate (cost.stream_bandwidth): bare metal may reach more
-    "gpu_layer_s": (1e-6, 1e-3),
+    "gpu_layer_scale": (0.02, 20.0),
     "gpu_mla_layer_s": (1e-7, 1e-3),
     "cpu_layer_s": (1e-6, 5e-3),
     "rpc_bw_eff": (0.05, 1.2),

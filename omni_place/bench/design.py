@@ -6,7 +6,7 @@ placements, each feasible by the memory model and each moving a different share 
 
 - ``gpu``: every layer on the GPUs, or as much as fits (the experts of the fewest first layers,
   or the fewest first layers, in CPU RAM) -- GPU bandwidth in decode, GPU compute in the prompt
-  (``gpu_bw_eff``, ``gpu_compute_eff``);
+  (``gpu_bw_scale``, ``gpu_compute_scale``);
 - ``cpu-experts`` (MoE) / ``cpu-layers`` (dense): every routed expert, or half the layers, in CPU
   RAM -- CPU bandwidth in decode, op-offload streaming over the host link in the prompt
   (``cpu_bw_eff``, ``stream_eff``);
@@ -207,7 +207,7 @@ _PURPOSE = {
 }
 # which runs identify each parameter (a parameter none of the remaining runs moves is not fitted)
 _IDENTIFIES = {
-    "gpu_bw_eff": {"gpu"}, "gpu_compute_eff": {"gpu"},
+    "gpu_bw_scale": {"gpu"}, "gpu_compute_scale": {"gpu"},
     "cpu_bw_eff": {"cpu-experts", "cpu-layers", "cpu"}, "stream_eff": {"cpu-experts", "cpu-layers"},
     "split_s": {"split"}, "cpu_tflops_per_core": {"cpu-compute", "cpu"},
 }

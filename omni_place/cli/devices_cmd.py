@@ -120,6 +120,8 @@ def devices_command(cluster_file: str | None, preset: str | None, measure: bool,
       link_latency_us  link latency, microseconds (default 10, rpc 100)
       pcie_gen         PCIe generation 1-6 (gpu; sets link_gbs)
       pcie_width       PCIe lanes 1-32 (gpu)
+      compute_capability  CUDA compute capability "8.9" (gpu; from catalog or NVML): picks
+                       the catalog's speed row, what llama.cpp achieves of the figures above
       stream_gbs       GB/s at which the engine copies CPU-held weights from pageable host
                        memory to this GPU for op offload (gpu; --measure measures it)
       peer_access      true | false: GPU peer-to-peer works (gpu)

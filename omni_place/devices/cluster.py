@@ -19,6 +19,7 @@ from typing import Any, Literal
 
 from ..cpuprobe import (DEFAULT_CPU_BANDWIDTH_GBS, cpu_info, measure_disk_read_bandwidth, measure_memory_bandwidth,
                         others_cpu_share)
+from ..catalog import SpeedShare, speed_share
 from ..errors import ClusterError
 from ..units import GiB, MiB
 from ..validate import choice, flag, integer, number, show, text
@@ -153,6 +154,12 @@ class Device:
         if not isinstance(self.source, Mapping):
             raise bad(f"source must be a mapping (got {show(self.source)})")
         object.__setattr__(self, "source", MappingProxyType(dict(self.source)))
+
+    @property
+    def speed(self) -> SpeedShare:
+        """What llama.cpp achieves of this GPU's datasheet figures: the catalog's row of its
+        compute capability (:func:`omni_place.catalog.speed_share`)."""
+        return speed_share(self.compute_capability)
 
     @property
     def usable_bytes(self) -> int:

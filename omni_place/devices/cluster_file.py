@@ -67,6 +67,7 @@ _DEVICE_KEYS: dict[str, tuple[type | tuple[type, ...], tuple[str, ...]]] = {
     "stream_gbs": (_NUMBER, ("gpu",)),
     "pcie_gen": (int, ("gpu",)),
     "pcie_width": (int, ("gpu",)),
+    "compute_capability": (str, ("gpu",)),
     "endpoint": (str, ("rpc",)),
     "threads": (int, ("cpu",)),
     "disk_gbs": (_NUMBER, ("cpu",)),
@@ -82,7 +83,8 @@ _ENDPOINT = re.compile(r"(?:\[(?P<v6>[^\]]+)\]|(?P<host>[A-Za-z0-9](?:[A-Za-z0-9
 MAX_CLUSTER_BYTES = 1 << 20
 #: Text values: names and hosts are identifiers, descriptions a sentence or two.
 _MAX_TEXT = {"name": 128, "description": 4096, "model": 128, "catalog": 128, "host": 253, "endpoint": 300,
-             "kind": 16}
+             "kind": 16, "compute_capability": 8}
+_COMPUTE_CAPABILITY = re.compile(r"[0-9]{1,2}\.[0-9]", re.ASCII)
 _PRESET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
@@ -265,6 +267,12 @@ class _FileParser:
         take("tflops", "tflops", spec.fp16_tflops if spec else None, float)
         if "model" in table or spec is not None:
             out["model"] = table.get("model", spec.name if spec else None)
+        if "compute_capability" in table and not _COMPUTE_CAPABILITY.fullmatch(table["compute_capability"]):
+            raise self.fail(at("compute_capability"), f"device {name!r}: compute_capability "
+                            f"{show(table['compute_capability'])} is not MAJOR.MINOR",
+                            'e.g. compute_capability = "8.9"')
+        if "compute_capability" in table or spec is not None:
+            out["compute_capability"] = table.get("compute_capability", spec.compute_capability if spec else None)
         for key in ("threads", "peer_access", "host", "disk_gbs"):
             if key in table:
                 out[key] = table[key]
