@@ -120,7 +120,9 @@ def test_valid_file(tmp_path: Path) -> None:
     assert cpu.memory_bytes == 120 * GiB and cpu.bandwidth_gbs == 65.5 and cpu.threads == 16
     assert cpu.margin_bytes == 2048 * MiB and cpu.usable_bytes == 118 * GiB
     assert cpu.source["bandwidth"] == "file"
-    assert cluster.notes == ()
+    # the home-made GPU states no compute capability: its speed is the catalog's default row
+    assert len(cluster.notes) == 1 and cluster.notes[0].startswith(
+        "speed of CUDA1 (compute capability unknown) is priced with the GPU catalog's default row")
     json.dumps(cluster.to_dict())  # JSON-ready
 
 

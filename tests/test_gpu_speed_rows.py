@@ -81,6 +81,11 @@ def test_cluster_files_carry_the_compute_capability(tmp_path: Path) -> None:
         """))
     cluster = resolve_cluster(str(path))
     assert [d.compute_capability for d in cluster.devices if d.kind == "gpu"] == ["8.9", "8.6"]
+    assert not any("default row" in n for n in cluster.notes)
+    path.write_text(path.read_text().replace('"8.6"', '"7.5"'))
+    assert any("CUDA1 (7.5) is priced with the GPU catalog's default row" in n
+               for n in resolve_cluster(str(path)).notes)
+    path.write_text(path.read_text().replace('"7.5"', '"8.6"'))
     path.write_text(path.read_text().replace('"8.6"', '"ampere"'))
     with pytest.raises(ClusterError, match="compute_capability 'ampere' is not MAJOR.MINOR"):
         resolve_cluster(str(path))

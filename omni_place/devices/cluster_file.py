@@ -43,6 +43,7 @@ from .cluster import (
     Device,
     _cpu_notes,
     _engine_order,
+    _gpu_speed_notes,
     _local_cpu,
     _preset_dir,
     list_presets,
@@ -447,7 +448,7 @@ def _build(doc: dict[str, Any], parser: _FileParser, parsed: list[dict[str, Any]
     cpu = _local_cpu(measure=measure, given=given)
     if cpu_given is None:
         notes.append("no cpu device in the file: using this machine's CPU")
-    notes += _cpu_notes(cpu)
+    notes += _gpu_speed_notes(devices) + _cpu_notes(cpu)
     devices.append(cpu)
     name = doc.get("name") or Path(parser.path).stem
     return Cluster(name=name, devices=_engine_order(devices),

@@ -27,6 +27,7 @@ from .cluster import (
     Cluster,
     Device,
     _cpu_notes,
+    _gpu_speed_notes,
     _local_cpu,
 )
 from .cudacopy import with_stream_rates
@@ -350,7 +351,7 @@ def discover(nvml: ModuleType | Any | None = None, measure: bool = False) -> Clu
     """
     gpus, notes = discover_gpus(nvml, measure=measure)
     cpu = _local_cpu(measure=measure)
-    notes += _cpu_notes(cpu)
+    notes += _gpu_speed_notes(gpus) + _cpu_notes(cpu)
     return Cluster(name=socket.gethostname() or "local", devices=(*gpus, cpu),
                    description="discovered (NVML + OS)", notes=tuple(notes))
 
