@@ -59,7 +59,7 @@ EXTREME_KEYS = ("memory_gib", "bandwidth_gbs", "tflops", "link_gbs", "link_laten
 EXTREME_NUMBERS = ["1e-9", "0.001", "0.5", "1", "3", "1024", "1048576", "99999", "1e5", "1e4", "1e7", "0"]
 TOML_KEYS = ["name", "kind", "model", "catalog", "memory_gib", "bandwidth_gbs", "tflops", "link_gbs",
              "link_latency_us", "pcie_gen", "pcie_width", "endpoint", "threads", "disk_gbs", "margin_mib", "host",
-             "peer_access", "memory_gb", "discover", "description", "devices", "bogus"]
+             "peer_access", "compute_capability", "memory_gb", "discover", "description", "devices", "bogus"]
 JSON_VALUES: list[Any] = [
     None, True, False, 0, -1, 1, 2 ** 63, -(2 ** 63), 10 ** 40, 1.5, -0.0, 1e308, "", "x", "CUDA0", "CPU", "RPC9",
     "llama.cpp", "ik_llama.cpp", "vllm", "-ngl", "../../x", "\x1b[31m", "x" * 5000, [], {}, [1, 2], ["-ngl", "99"],
@@ -113,6 +113,7 @@ bandwidth_gbs = 448
 tflops = 60
 pcie_gen = 3
 pcie_width = 8
+compute_capability = "8.6"
 link_latency_us = 7
 
 [[devices]]
