@@ -5,21 +5,22 @@ GPU (``-ngl 99``, the default ubatch 512), copied with their source from llama.c
 requests, its CUDA scoreboard (discussion 15013) and third-party comparisons, plus this project's
 H200 runs of the same shapes (``h200_*.jsonl``). Each record is priced as it ran, by the planner
 (:func:`omni_place.plan.evaluate` on a one-GPU cluster of the catalog entry, the model's header
-written from its published shape), at two values of the GPU scale; as decode time is
-``bytes / bandwidth + fixed costs`` (and prompt time ``FLOPs / rate + the rest``), the two give
-the share of the datasheet figure that makes the prediction equal the record: the record's
-*implied* share (``decode_bw_share`` from tg records, ``mmq_share`` from pp records).
+written from its published shape). The price is linear in 1 / share and in the fixed cost per
+layer, so pricing each record at the catalog's row, at twice its share and at twice its layer
+cost splits its time into those parts and the rest (:func:`parts`).
 
-A compute capability's row is the median implied share over its GPUs' records. Its accuracy is
-stated leave one GPU out: each GPU's records predicted with the median of the *other* GPUs of its
-row (the default row when it has none), beside the prediction of the default row alone (the
-planner before these rows). Rows derive only from compute capabilities with records of at least
-two GPUs or two models, and only GDDR cards (consumer and workstation; the H200's HBM rows stay
-the default, fitted on 60 placements in speed_truth.md, with its records here as a check).
+A compute capability's row is fitted on its records (:func:`fit_row`): for decode, least squares
+on relative errors over (1 / ``decode_bw_share``, ``layer_us``), the share at most 1, and the
+layer cost fitted only where the records hold two model shapes (else the default row's); for the
+prompt, the median share that prices each record exactly (``mmq_share``). Its accuracy is stated
+with each GPU left out: its records priced with a row fitted on every other GPU of the derived
+capabilities, beside the default row alone (the planner before these rows). Only GDDR cards'
+capabilities are derived (``DERIVED_CCS``); the H200's row stays the fit of 60 placements in
+speed_truth.md, with its records here as a check.
 
     python -m benchmarks.public_gpus          # -> benchmarks/results/public_gpus.{md,json}
 
-The test (tests/test_speed_model.py) checks the shipped ``[[speed]]`` rows equal what this derives.
+The test (tests/test_gpu_speed_rows.py) checks the shipped ``[[speed]]`` rows equal what this derives.
 """
 from __future__ import annotations
 
@@ -108,9 +109,10 @@ def _shape(model: str) -> tuple[Any, ...]:
     return tuple(sorted((k, v) for k, v in SHAPES[model].items() if k != "weight_type"))
 
 
-def fit_row(recs: list[dict[str, Any]], kind: str) -> dict[str, float]:
+def fit_row(recs: list[dict[str, Any]], kind: str, default_layer_us: float) -> dict[str, float]:
     """The share (and, for decode, the per-layer microseconds) that price ``recs`` best: least
-    squares on relative errors, linear in (1 / share, layer_us); share at most 1."""
+    squares on relative errors, linear in (1 / share, layer_us); share at most 1. Records of one
+    shape keep ``default_layer_us``."""
     import numpy as np
     from scipy.optimize import lsq_linear
 
@@ -119,14 +121,12 @@ def fit_row(recs: list[dict[str, Any]], kind: str) -> dict[str, float]:
                                                      for r in recs), 2)}
     rows = np.array([[r["share_now"] * r["scaled"] * r["tps"], r["layers"] / r["layer_now"] * r["tps"]] for r in recs])
     rhs = np.array([1.0 - r["rest"] * r["tps"] for r in recs])
-    lo, hi = [1.0, 1.0], [50.0, 300.0]
-    if len({_shape(r["model"]) for r in recs}) < 2:  # one shape (quant kernels differ): the layer cost stays
-        rows, lo, hi = rows[:, :1], [1.0], [50.0]
-        rhs = rhs - np.array([r["layers"] * r["tps"] for r in recs])
-        sol = lsq_linear(rows, rhs, bounds=(lo, hi)).x
-        return {"decode_bw_share": round(1.0 / sol[0], 2), "layer_us": round(recs[0]["layer_now"], 1)}
-    sol = lsq_linear(rows, rhs, bounds=(lo, hi)).x
-    return {"decode_bw_share": round(1.0 / sol[0], 2), "layer_us": round(sol[1], 1)}
+    one_shape = len({_shape(r["model"]) for r in recs}) < 2  # quant kernels differ more than their layers
+    if one_shape:
+        rhs = rhs - rows[:, 1] * default_layer_us
+        rows = rows[:, :1]
+    sol = lsq_linear(rows, rhs, bounds=([1.0] * rows.shape[1], [50.0, 300.0][:rows.shape[1]])).x
+    return {"decode_bw_share": round(1.0 / sol[0], 2), "layer_us": round(default_layer_us if one_shape else sol[1], 1)}
 
 
 def derive(records: list[dict[str, Any]]) -> dict[str, Any]:
@@ -157,14 +157,15 @@ def derive(records: list[dict[str, Any]]) -> dict[str, Any]:
             row: dict[str, float] = {}
             for kind in ("tg", "pp"):
                 recs = [r for r in out if r["cc"] == cc and r["kind"] == kind]
-                row.update(fit_row(recs, kind) if recs else {})
+                row.update(fit_row(recs, kind, default.layer_us) if recs else {})
             if row:
                 rows[cc] = row
         for r in out:
             r["pred_default"] = predict(r, {})
             # held out: the rows fitted on the other GPUs of every derived compute capability
             others = [o for o in out if o["gpu"] != r["gpu"] and o["cc"] in DERIVED_CCS and o["kind"] == r["kind"]]
-            r["pred_held_out"] = predict(r, fit_row(others, r["kind"]) if r["cc"] in DERIVED_CCS and others else {})
+            r["pred_held_out"] = predict(r, fit_row(others, r["kind"], default.layer_us)
+                                         if r["cc"] in DERIVED_CCS and others else {})
             r["pred_rows"] = predict(r, rows.get(r["cc"], {}))
     return {"default_row": DEFAULT_SPEED_ROW, "rows": {cc: {k: row.get(k, getattr(default, k)) for k in
                                                              ("decode_bw_share", "layer_us", "mmq_share")}

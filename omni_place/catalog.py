@@ -11,8 +11,8 @@ import difflib
 import functools
 import sys
 from dataclasses import dataclass
-from typing import Any
 from importlib import resources
+from typing import Any
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -31,6 +31,7 @@ PCIE_WIDTHS = (1, 2, 4, 8, 16, 32)
 MEMORY_MATCH_TOLERANCE = 0.10
 
 _CATALOG_FILE = "gpu_catalog.toml"
+_WHERE = f"omni_place/data/{_CATALOG_FILE}"
 _FIELDS: dict[str, type | tuple[type, ...]] = {
     "name": str, "memory_gib": (int, float), "bandwidth_gbs": (int, float),
     "fp16_tflops": (int, float), "compute_capability": str, "pcie_gen": int, "pcie_width": int,
@@ -116,11 +117,11 @@ def load_catalog() -> tuple[GpuSpec, ...]:
     Raises:
         ClusterError: the shipped catalog is malformed (a packaging bug).
     """
-    where, doc = _catalog_doc()
+    doc = _catalog_doc()
     specs: list[GpuSpec] = []
     seen: dict[str, str] = {}
     for i, entry in enumerate(doc.get("gpu", [])):
-        label = f"{where}: [[gpu]] #{i + 1}"
+        label = f"{_WHERE}: [[gpu]] #{i + 1}"
         missing = set(_FIELDS) - _OPTIONAL - set(entry)
         unknown = set(entry) - set(_FIELDS)
         if missing or unknown:
@@ -141,18 +142,16 @@ def load_catalog() -> tuple[GpuSpec, ...]:
         seen[key] = spec.name
         specs.append(spec)
     if not specs:
-        raise ClusterError(f"{where}: the GPU catalog has no [[gpu]] entries")
+        raise ClusterError(f"{_WHERE}: the GPU catalog has no [[gpu]] entries")
     return tuple(specs)
 
 
-_WHERE = f"omni_place/data/{_CATALOG_FILE}"
-
-
 @functools.cache
-def _catalog_doc() -> tuple[str, dict[str, Any]]:
+def _catalog_doc() -> dict[str, Any]:
+    """The catalog file, parsed once (its ``[[gpu]]`` and ``[[speed]]`` tables)."""
     ref = resources.files("omni_place") / "data" / _CATALOG_FILE
     try:
-        return _WHERE, tomllib.loads(ref.read_text(encoding="utf-8"))
+        return tomllib.loads(ref.read_text(encoding="utf-8"))
     except (OSError, tomllib.TOMLDecodeError) as err:
         raise ClusterError(f"{_WHERE}: cannot read the GPU catalog: {err}",
                            hint="reinstall omni_place; the package data is damaged") from None
@@ -165,10 +164,10 @@ def speed_shares() -> dict[str, SpeedShare]:
     Raises:
         ClusterError: the shipped catalog is malformed (a packaging bug).
     """
-    where, doc = _catalog_doc()
+    doc = _catalog_doc()
     rows: dict[str, SpeedShare] = {}
     for i, entry in enumerate(doc.get("speed", [])):
-        label = f"{where}: [[speed]] #{i + 1}"
+        label = f"{_WHERE}: [[speed]] #{i + 1}"
         if set(entry) != set(_SPEED_FIELDS) or any(
                 not isinstance(v, _SPEED_FIELDS[k]) or isinstance(v, bool) for k, v in entry.items()):
             raise ClusterError(f"{label}: needs exactly {sorted(_SPEED_FIELDS)} with their types")
@@ -180,7 +179,7 @@ def speed_shares() -> dict[str, SpeedShare]:
                                "capability appear once")
         rows[row.compute_capability] = row
     if DEFAULT_SPEED_ROW not in rows:
-        raise ClusterError(f"{where}: no [[speed]] row for compute_capability = {DEFAULT_SPEED_ROW!r}")
+        raise ClusterError(f"{_WHERE}: no [[speed]] row for compute_capability = {DEFAULT_SPEED_ROW!r}")
     return rows
 
 

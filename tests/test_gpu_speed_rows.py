@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import statistics
 import sys
+import tempfile
 import textwrap
 from pathlib import Path
 
@@ -85,8 +86,7 @@ def test_cluster_files_carry_the_compute_capability(tmp_path: Path) -> None:
     path.write_text(path.read_text().replace('"8.6"', '"7.5"'))
     assert any("CUDA1 (7.5) is priced with the GPU catalog's default row" in n
                for n in resolve_cluster(str(path)).notes)
-    path.write_text(path.read_text().replace('"7.5"', '"8.6"'))
-    path.write_text(path.read_text().replace('"8.6"', '"ampere"'))
+    path.write_text(path.read_text().replace('"7.5"', '"ampere"'))
     with pytest.raises(ClusterError, match="compute_capability 'ampere' is not MAJOR.MINOR"):
         resolve_cluster(str(path))
 
@@ -94,11 +94,8 @@ def test_cluster_files_carry_the_compute_capability(tmp_path: Path) -> None:
 def test_decode_and_prompt_follow_the_row_of_the_gpu() -> None:
     """The same model on a 4090 (8.9 row) and on an unknown-architecture card of the same
     datasheet figures (default row): the row's shares set the speed."""
-    from omni_place.cost import CostModel  # noqa: F401  (the module that reads the rows)
     from omni_place.plan import evaluate
     from tests.arch_models import write_model
-
-    import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
         model = write_model(Path(tmp) / "m.gguf", "llama", n_layer=32, n_embd=4096, n_head=32, n_head_kv=8,

@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 from ..cpuprobe import (DEFAULT_CPU_BANDWIDTH_GBS, cpu_info, measure_disk_read_bandwidth, measure_memory_bandwidth,
                         others_cpu_share)
-from ..catalog import SpeedShare, speed_share, speed_shares
+from ..catalog import DEFAULT_SPEED_ROW, SpeedShare, speed_share
 from ..errors import ClusterError
 from ..units import GiB, MiB
 from ..validate import choice, flag, integer, number, show, text
@@ -263,9 +263,8 @@ _BUSY_SHARE = 0.2
 def _gpu_speed_notes(devices: Sequence[Device]) -> list[str]:
     """A note naming the GPUs priced with the catalog's default speed row (no llama-bench
     records of their compute capability)."""
-    rows = speed_shares()
     unknown = [f"{d.name} ({d.compute_capability or 'compute capability unknown'})" for d in devices
-               if d.kind == "gpu" and (d.compute_capability or "") not in rows]
+               if d.kind == "gpu" and d.speed.compute_capability == DEFAULT_SPEED_ROW]
     if not unknown:
         return []
     return [f"speed of {', '.join(unknown)} is priced with the GPU catalog's default row (one H200's "
