@@ -182,7 +182,8 @@ def report(result: dict[str, Any]) -> str:
              "llama-bench's default ubatch 512; each record priced as it ran. Errors: prediction / measured - 1.",
              "",
              "Rows derived (`[[speed]]` in omni_place/data/gpu_catalog.toml; the others keep the default row, "
-             "decode 0.47 / MMQ 0.15, fitted on one H200):", "",
+             "the H200's: decode 0.93 of the bandwidth at most, the weight types' kernel rates at most "
+             "(benchmarks/results/quant_speed.md), MMQ 0.15):", "",
              "| compute capability | decode_bw_share | layer_us | mmq_share |", "|---|---:|---:|---:|"]
     for cc, row in result["rows"].items():
         lines.append(f"| {cc} | {row['decode_bw_share']:.2f} | {row['layer_us']:.1f} | {row['mmq_share']:.2f} |")
@@ -195,11 +196,13 @@ def report(result: dict[str, Any]) -> str:
                      f"| {r['pred_held_out']:.0f} ({_err(r['pred_held_out'], r['tps']):+.0f} %) "
                      f"| {r['pred_rows']:.0f} ({_err(r['pred_rows'], r['tps']):+.0f} %) | {r['source']} |")
     lines += ["", "## What the records say", "",
-              "- One H200 fit for every GPU (decode 0.47 of the datasheet bandwidth plus 55 us per layer, MMQ 0.15 "
-              "of `fp16_tflops`) priced every GDDR card 29-76 % slow, decode and prompt alike: those cards reach "
-              "0.8-1.0 of their bandwidth in decode's matrix-vector products and 0.46-0.58 of their FP16-accumulate "
-              "tensor peak in MMQ (int8 tensor cores, twice that peak on these chips), where the H200 reaches 0.15 "
-              "(its datasheet peak needs wgmma, which MMQ does not use). This was the held-out rigs' 20-57 % miss.",
+              "- The first H200 fit for every GPU (decode 0.47 of the datasheet bandwidth plus 55 us per layer, "
+              "MMQ 0.15 of `fp16_tflops`) priced every GDDR card 29-76 % slow, decode and prompt alike. In decode "
+              "the H200 is not memory-bound: its quant kernels are (quant_speed.md), and pricing their work at "
+              "each GPU's MMQ rate beside the memory (0.93 of it) prices the GDDR cards' decode within a "
+              "median 4 % with the default row alone (the 'default row' column). In MMQ those cards reach "
+              "0.44-0.57 of their FP16-accumulate tensor peak (int8 tensor cores, twice that peak on these "
+              "chips), where the H200 reaches 0.15 (its datasheet peak needs wgmma, which MMQ does not use).",
               "- Rows are keyed by compute capability because llama.cpp's CUDA backend picks its kernels by it "
               "(ggml/src/ggml-cuda/common.cuh:53-60, `GGML_CUDA_CC_*`). Capabilities without records (6.1, 7.0, 7.5, "
               "8.0: the A100's HBM is closer to the H200) keep the default row.",

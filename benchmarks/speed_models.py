@@ -53,17 +53,35 @@ SPEED_MODELS: dict[str, dict[str, Any]] = {
 ROUTERS = {"unit": lambda n_embd: n_embd ** -0.5, "raw": lambda n_embd: 1.0}
 
 
-def write_speed_model(name: str, folder: Path, *, header_only: bool = False, router: str = "unit") -> Path:
+#: llama.cpp-style mixes (src/llama-quant.cpp gives ffn_down, attn_v and the head more bits):
+#: name -> (the matrices' type, {tensor-name regex: type}); the token embeddings stay Q4_K
+MIXES: dict[str, tuple[str, dict[str, str]]] = {
+    "q4_k_m": ("q4_k", {r"ffn_down|attn_v|attn_kv_b|^output\.": "q6_k"}),
+    # an IQ2_XXS-style MoE: i-quant experts, attention and shared tensors in Q4_K
+    "iq2_xxs_moe": ("q4_k", {r"_exps\.": "iq2_xxs"}),
+}
+
+
+def write_speed_model(name: str, folder: Path, *, header_only: bool = False, router: str = "unit",
+                      weight_type: str | None = None) -> Path:
     """Write speed model ``name`` into ``folder`` (see the module doc) with ``router`` values
-    (a key of ``ROUTERS``); returns its path."""
+    (a key of ``ROUTERS``); returns its path. ``weight_type`` (a ggml type name, or a key of
+    ``MIXES``) replaces the model's own for every matrix but the token embeddings (Q4_K, random)
+    and names the file ``{name}.{weight_type}``."""
     from omni_place.gguf import read_model_files
     from omni_place.gguf_write import sparse_copy
     from tests.arch_models import write_model
 
     folder.mkdir(parents=True, exist_ok=True)
     shape = dict(SPEED_MODELS[name])
-    header = write_model(folder / f"{name}.hdr.gguf", weight_type=shape.pop("weight_type", "q4_k"), tokenizer="spm",
-                         header_only=True, **shape)
+    own_type = shape.pop("weight_type", "q4_k")
+    types: dict[str, Any] = {}
+    if weight_type is not None:
+        base, extra = MIXES.get(weight_type.lower(), (weight_type, {}))
+        name, own_type = f"{name}.{weight_type.lower()}", base
+        types = {"tensor_types": {r"^token_embd\.": "q4_k", **extra}}
+    header = write_model(folder / f"{name}.hdr.gguf", weight_type=own_type, tokenizer="spm",
+                         header_only=True, **types, **shape)
     if header_only:
         return header
     files = read_model_files(header)

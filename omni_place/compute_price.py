@@ -14,10 +14,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Protocol
 
 from .compute_graph import Layout, Offload
-from .placement import CPU
+from .model import Role
+from .placement import CPU, expert_kind
 
 if TYPE_CHECKING:
     from .compute import ComputeEstimate
+    from .devices import Cluster
     from .model import ModelProfile
     from .placement import Context, DeviceUsage, Placement, SpeedParams
 
@@ -26,6 +28,7 @@ class PricedModel(Protocol):
     """What these functions read of a :class:`.cost.CostModel`."""
 
     model: ModelProfile
+    cluster: Cluster
     context: Context
     params: SpeedParams
     compute: ComputeEstimate
@@ -50,6 +53,48 @@ class PricedModel(Protocol):
 
     @property
     def largest_weight_bytes(self) -> int: ...
+
+
+def offloadable_weights(model: ModelProfile) -> tuple[list[int], list[dict[str, int]], int]:
+    """What op offload may copy, as a GPU holds it: per layer its largest weight and its largest
+    routed-expert tensor per kind, and the largest output weight (NextN-only tensors are never loaded)."""
+    layer_max = [0] * len(model.layers)
+    output_max = 0
+    for t in model.tensors:
+        if t.role is Role.NEXTN:
+            continue
+        if t.layer is not None:
+            layer_max[t.layer] = max(layer_max[t.layer], t.alloc_bytes("cuda"))
+        elif t.role is Role.OUTPUT:
+            output_max = max(output_max, t.alloc_bytes("cuda"))
+    expert_max: list[dict[str, int]] = []
+    for lc in model.layers:
+        per: dict[str, int] = {}
+        for t in lc.expert_tensors:
+            if t.role is not Role.NEXTN:
+                per[expert_kind(t)] = max(per.get(expert_kind(t), 0), t.alloc_bytes("cuda"))
+        expert_max.append(per)
+    return layer_max, expert_max, output_max
+
+
+def op_offload_reserve(cost: PricedModel) -> int:
+    """What op offload adds on the first GPU over its own layers' and output's peak when some
+    layers or experts stay on the CPU: what the solver reserves there before the exact
+    re-pricing (:func:`offload_compute`). The largest *layer* weight sets it: a plan with
+    layers on a GPU keeps the output head there (an all-CPU plan, and a head left on the CPU,
+    are priced exactly, not through this reserve); H200 loads: a reserve from the largest
+    weight overall (the output head) cost a whole layer of VRAM that the engine never used
+    (benchmarks/results/speed_truth.md)."""
+    if not cost.context.op_offload:
+        return 0
+    layer_max, expert_max, _ = cost.offloadable_weights
+    w_layer = max(layer_max, default=0)
+    w_exp = max((max(per.values(), default=0) for per in expert_max), default=0) if cost.experts_offloaded else 0
+    own = cost.compute.backend_roles["cuda"]["layers_output"]
+    extra = max(cost.compute.offload_bytes("gpu_partial", w_layer),
+                cost.compute.offload_bytes("gpu_exps", w_exp) if w_exp else 0)
+    two_gpus = sum(1 for d in cost.cluster.gpus if d.kind == "gpu") > 1
+    return max(0, extra - own, 2 * w_exp if two_gpus else 0)
 
 
 def split_layout(cost: PricedModel, p: Placement, copies: int = 1) -> Layout | None:

@@ -6,14 +6,15 @@ GPU), and where the output head goes. :class:`CostModel` prices a placement exac
 methods fill the arrays the C core optimizes over (:mod:`omni_place.problem`), so what the core
 minimizes and what a plan reports are one model.
 
-Decode (tg, batch 1) is memory-bound: each layer reads its dense weights, its KV cache up to
-``depth`` and ``k/N`` of its routed-expert bytes from the memory they sit in, at that memory's
-bandwidth times an efficiency, plus a fixed cost per layer on each backend it visits (kernel
-launches, thread barriers); every hop of the activations between devices costs a graph split
-(scheduling + synchronisation) plus the link's latency and the ``n_embd`` F32 transfer. Experts
-away from their layer (CPU or another GPU) cost a hop out and one back per layer visit: the
-scheduler runs an op on the backend holding its weight (``ggml/src/ggml-backend.cpp:951-980``)
-and copies its inputs there; GPUs without P2P copy through the host, over both links.
+Decode (tg, batch 1) reads each layer's dense weights, its KV cache up to ``depth`` and ``k/N``
+of its routed-expert bytes from the memory they sit in, at that memory's bandwidth times an
+efficiency or as fast as the kernels take their weight types (kernels.py), plus a fixed cost per
+layer on each backend it visits (kernel launches, thread barriers); every hop of the activations
+between devices costs a graph split (scheduling + synchronisation) plus the link's latency and the
+``n_embd`` F32 transfer. Experts away from their layer (CPU or another GPU) cost a hop out and
+one back per layer visit: the scheduler runs an op on the backend holding its weight
+(``ggml/src/ggml-backend.cpp:951-980``) and copies its inputs there; GPUs without P2P copy
+through the host, over both links.
 Prompt processing (pp, batches of ``n_ubatch``) is compute-bound on the GPUs (a routed expert
 costs at least one MMQ tile of tokens); weights held by the CPU are copied from pageable host
 memory to the first device per ubatch (llama.cpp's op offload for batches of 32 or more; only
@@ -33,11 +34,12 @@ from dataclasses import replace
 from functools import cached_property
 
 from .compute import PIPELINE_COPIES, ComputeEstimate, compute_buffer_estimate
-from .compute_price import host_compute, offload_compute, replayed_buffers
+from .compute_price import host_compute, offload_compute, offloadable_weights, op_offload_reserve, replayed_buffers
 from .cpuprobe import DEFAULT_DISK_GBS
 from .devices import Cluster, Device
 from .errors import ClusterError, InvalidArgumentError
 from .gpu_matmul import batch_rate, expert_time_factor, routed_tile_factor, uniform_tile_factor
+from .kernels import FA_OFF_LAYER_SHARE, KernelWork, kernel_work
 from .model import LayerCost, ModelProfile, Role
 from .placement import (CPU, EXPERT_KINDS, EXPERT_OPTIONS, Context, DeviceUsage, ExpertHomes, Placement, Prediction,
                         SpeedParams, add_seconds, expert_kind, on_cpu, placement_from_counts)
@@ -96,9 +98,16 @@ class CostModel:
         self.act_bytes = hp.n_embd * 4  # one token's activations (F32)
         self._expert_split: list[dict[str, dict[str, int]]] = [self._split_experts(lc) for lc in model.layers]
         self._params = [[0.0, 0.0] for _ in model.layers]  # (dense, routed-expert) parameters
+        self._work = [[KernelWork(), KernelWork()] for _ in model.layers]  # the same as kernel work (kernels.py)
         for t in model.tensors:
             if t.layer is not None:
                 self._params[t.layer][t.role is Role.ROUTED_EXPERT] += t.info.n_elements
+                part = self._work[t.layer]
+                part[t.role is Role.ROUTED_EXPERT] = part[t.role is Role.ROUTED_EXPERT].add(
+                    t.info.type_name, t.info.n_elements, t.bytes)
+        head = [t for t in model.tensors
+                if t.role is Role.OUTPUT or (model.tied_output and t.name == "token_embd.weight")]
+        self._output_work = kernel_work((t.info.type_name, t.info.n_elements, t.bytes) for t in head)
 
     def with_switches(self, *, op_offload: bool | None = None, pinned_weights: bool | None = None) -> CostModel:
         """This model with engine switches changed that change no tensor's size, only where
@@ -148,26 +157,8 @@ class CostModel:
 
     @cached_property
     def offloadable_weights(self) -> tuple[list[int], list[dict[str, int]], int]:
-        """What op offload may copy, as a GPU holds it, found once: per layer its largest weight
-        and its largest routed-expert tensor per kind, and the largest output weight (NextN-only
-        tensors are never loaded)."""
-        layer_max = [0] * len(self.model.layers)
-        output_max = 0
-        for t in self.model.tensors:
-            if t.role is Role.NEXTN:
-                continue
-            if t.layer is not None:
-                layer_max[t.layer] = max(layer_max[t.layer], t.alloc_bytes("cuda"))
-            elif t.role is Role.OUTPUT:
-                output_max = max(output_max, t.alloc_bytes("cuda"))
-        expert_max: list[dict[str, int]] = []
-        for lc in self.model.layers:
-            per: dict[str, int] = {}
-            for t in lc.expert_tensors:
-                if t.role is not Role.NEXTN:
-                    per[expert_kind(t)] = max(per.get(expert_kind(t), 0), t.alloc_bytes("cuda"))
-            expert_max.append(per)
-        return layer_max, expert_max, output_max
+        """What op offload may copy, as a GPU holds it (compute_price.offloadable_weights)."""
+        return offloadable_weights(self.model)
 
     @cached_property
     def largest_weight_bytes(self) -> int:
@@ -177,25 +168,9 @@ class CostModel:
 
     @cached_property
     def op_offload_bound(self) -> int:
-        """What op offload adds on the first GPU over its own layers' and output's peak when some
-        layers or experts stay on the CPU: what the solver reserves there before the exact
-        re-pricing (compute_price.offload_compute). The largest *layer* weight sets it: a plan with
-        layers on a GPU keeps the output head there (an all-CPU plan, and a head left on the CPU,
-        are priced exactly, not through this reserve); H200 loads: a reserve from the largest
-        weight overall (the output head) cost a whole layer of VRAM that the engine never used
-        (benchmarks/results/speed_truth.md)."""
-        if not self.context.op_offload:
-            return 0
-        layer_max, expert_max, _ = self.offloadable_weights
-        w_layer = max(layer_max, default=0)
-        w_exp = max((max(per.values(), default=0) for per in expert_max), default=0)
-        own = self.compute.backend_roles["cuda"]["layers_output"]
-        if not self.experts_offloaded:
-            w_exp = 0
-        extra = max(self.compute.offload_bytes("gpu_partial", w_layer),
-                    self.compute.offload_bytes("gpu_exps", w_exp) if w_exp else 0)
-        two_gpus = sum(1 for d in self.cluster.gpus if d.kind == "gpu") > 1
-        return max(0, extra - own, 2 * w_exp if two_gpus else 0)
+        """What op offload adds on the first GPU over its own layers' and output's peak
+        (compute_price.op_offload_reserve)."""
+        return op_offload_reserve(self)
 
     def usage(self, p: Placement) -> list[DeviceUsage]:
         """Per-device memory of a placement: every accelerator of the order, then the CPU."""
@@ -341,8 +316,21 @@ class CostModel:
         dev = self.device(name)
         if dev.kind == "rpc":  # RPC servers here are CPU backends
             return (dev.tflops or max(1, dev.threads or 8) * sp.cpu_tflops_per_core) * 1e12
-        share = dev.speed.mmq_share * sp.gpu_compute_scale  # an unknown GPU: 10 TFLOPS (old consumer card)
-        return (dev.tflops or 10.0) * 1e12 * share * batch_rate(self.n_tokens, sp.gpu_half_rate_tokens)
+        return self.kernel_rate(name) * batch_rate(self.n_tokens, sp.gpu_half_rate_tokens)
+
+    def kernel_rate(self, name: str) -> float:
+        """A GPU's MMQ FLOP/s at full batch: its row's share of ``fp16_tflops`` (an unknown GPU: 10,
+        an old consumer card); the rate decode kernels' work is priced at (kernels.py)."""
+        dev = self.device(name)
+        return (dev.tflops or 10.0) * 1e12 * dev.speed.mmq_share * self.params.gpu_compute_scale
+
+    def read_tg(self, name: str, weight_bytes: float, work: KernelWork) -> float:
+        """Decode seconds for ``name`` to run the matrix-vector products of ``weight_bytes`` of
+        weights: a GPU at the slower of its memory and its kernels, the CPU (and an RPC server's)
+        at the weights' types' share of its Q4_K read rate (kernels.py)."""
+        if name == CPU or self.device(name).kind != "gpu":
+            return work.cpu_decode_bytes / self.bandwidth(name)
+        return max(weight_bytes / self.bandwidth(name), work.gpu_decode_flops / self.kernel_rate(name))
 
     def link(self, name: str) -> tuple[float, float]:
         """(bytes/s, seconds per crossing) of a device's path to the host.
@@ -397,6 +385,16 @@ class CostModel:
         dense, experts = self._params[il]
         return dense, experts
 
+    def dense_flops(self, il: int, gpu: bool) -> float:
+        """Prompt FLOPs per token of layer ``il``'s dense weights; on a GPU, in Q4_K's MMQ time (kernels.py)."""
+        return self._work[il][0].prompt_flops if gpu else 2.0 * self._params[il][0]
+
+    def expert_work(self, il: int, stored_bytes: float) -> KernelWork:
+        """Kernel work of one token's reads of ``stored_bytes`` of layer ``il``'s routed experts
+        (``k/N`` of them; its expert tensors' types in proportion)."""
+        total = sum(self._expert_split[il]["stored"].values())
+        return self._work[il][1].scaled(self.k_over_n * stored_bytes / total) if total > 0 else KernelWork()
+
     def _away(self, il: int, experts: ExpertHomes) -> tuple[float, dict[str, float]]:
         """Stored bytes of layer ``il``'s experts with the layer, and by device away from it."""
         stored = self._expert_split[il]["stored"]
@@ -407,52 +405,53 @@ class CostModel:
         return sum(stored.values()) - sum(away.values()), away
 
     def layer_tg(self, il: int, home: str, experts: ExpertHomes) -> dict[str, float]:
-        """Decode seconds of layer ``il`` by where they are spent: bytes read at each memory's
-        achieved bandwidth plus a fixed cost per layer on each backend it visits (kernel
-        launches on a GPU, a thread barrier per op on the CPU; routed experts alone are about
+        """Decode seconds of layer ``il`` by where they are spent: weights as :meth:`read_tg` prices
+        them, the KV cache at the memory's rate, a fixed cost per layer on each backend it visits
+        (kernel launches on a GPU, a thread barrier per op on the CPU; routed experts alone are about
         a quarter of a MoE layer's ops), and the hops out to and back from each device holding
         some of its experts (kinds on two devices: home -> a -> b -> home, priced as two round
         trips, within a split of the three hops)."""
-        lc = self.model.layers[il]
-        dense_read = lc.dense["cpu"] + self.kv_read[il]
-        if home == CPU:
-            exp_read = sum(self._expert_split[il]["stored"].values()) * self.k_over_n
-            return {CPU: (dense_read + exp_read) / self.bandwidth(CPU) + self.params.cpu_layer_s}
-        with_layer, away = self._away(il, experts)
-        out = {home: (dense_read + with_layer * self.k_over_n) / self.bandwidth(home)
-               + self._layer_overhead(home, attention=True)}
-        add_seconds(out, self.away_tg(home, away))
+        dense, kv = self.model.layers[il].dense["cpu"], self.kv_read[il]
+        every: tuple[float, dict[str, float]] = (sum(self._expert_split[il]["stored"].values()), {})  # a CPU layer's
+        with_layer, away = self._away(il, experts) if home != CPU else every
+        out = {home: self.read_tg(home, dense + with_layer * self.k_over_n,
+                                  self._work[il][0].plus(self.expert_work(il, with_layer)))
+               + kv / self.bandwidth(home) + self._layer_overhead(home, True, self.model.layers[il].has_experts)}
+        add_seconds(out, self.away_tg(il, home, away))
         return out
 
-    def away_tg(self, home: str, away: dict[str, float]) -> dict[str, float]:
-        """Decode seconds of a layer's experts away from its ``home`` (``away``: stored bytes by
+    def away_tg(self, il: int, home: str, away: dict[str, float]) -> dict[str, float]:
+        """Decode seconds of layer ``il``'s experts away from its ``home`` (``away``: stored bytes by
         device, :meth:`_away`): each device reads ``k/N`` of them, runs their ops, a hop out and back."""
         out: dict[str, float] = {}
         for dev, stored in away.items():
-            add_seconds(out, {dev: stored * self.k_over_n / self.bandwidth(dev)
+            add_seconds(out, {dev: self.read_tg(dev, stored * self.k_over_n, self.expert_work(il, stored))
                               + self._layer_overhead(dev) * EXPERT_OPS_SHARE, "transfers": 2 * self.hop_tg(home, dev)})
         return out
 
-    def _layer_overhead(self, name: str, attention: bool = False) -> float:
-        """Fixed decode seconds per layer on a backend (RPC: a CPU backend); ``attention``: MLA's on a GPU."""
+    def _layer_overhead(self, name: str, attention: bool = False, moe: bool = False) -> float:
+        """Fixed decode seconds per layer on a backend (RPC: a CPU backend); ``attention``: MLA's on a
+        GPU, ``moe``: a MoE FFN's ops around its experts there."""
         if name == CPU or self.device(name).kind != "gpu":
             return self.params.cpu_layer_s
         mla = self.params.gpu_mla_layer_s if attention and self.model.hparams.is_mla else 0
-        return self.device(name).speed.layer_us * 1e-6 * self.params.gpu_layer_scale + mla
+        mla += self.params.gpu_moe_layer_s if moe else 0
+        fa_off = FA_OFF_LAYER_SHARE if attention and not self.context.flash_attn else 0.0
+        return self.device(name).speed.layer_us * 1e-6 * self.params.gpu_layer_scale * (1 + fa_off) + mla
 
     def layer_pp(self, il: int, home: str, experts: ExpertHomes, first: str | None) -> dict[str, float]:
         """Prompt seconds per token of layer ``il`` by where they are spent. A CPU-home layer's
         KV cache is copied to the offload device with its weights (its attention runs there);
         experts on another GPU are computed there, a hop out and back per ubatch."""
-        dense_flops = 2.0 * self.layer_params(il)[0]
         exp_total = sum(self._expert_split[il]["stored"].values())
         if home == CPU:
             streamed = self.model.layers[il].dense["cpu"] + self.kv_read[il] + exp_total * self.expert_hit
-            return self._cpu_weights_pp(il, dense_flops, 1.0, streamed, first)
+            return self._cpu_weights_pp(il, True, 1.0, streamed, first)
         _, away = self._away(il, experts)
         frac = {dev: b / exp_total for dev, b in away.items()}
         kept = 1 - frac.pop(CPU, 0.0) - sum(frac.values())  # the experts' share computed with the layer
-        out = {home: (dense_flops + self.expert_flops(il, self.device(home).kind == "gpu") * kept) / self.flops(home)}
+        gpu = self.device(home).kind == "gpu"
+        out = {home: (self.dense_flops(il, gpu) + self.expert_flops(il, gpu) * kept) / self.flops(home)}
         add_seconds(out, self.away_pp(il, home, away, first))
         return out
 
@@ -464,7 +463,7 @@ class CostModel:
         out: dict[str, float] = {}
         for dev, stored in sorted(away.items(), key=lambda item: item[0] == CPU):
             f = stored / exp_total
-            part = (self._cpu_weights_pp(il, 0.0, f, exp_total * f * self.expert_hit, first, self.experts_pinned)
+            part = (self._cpu_weights_pp(il, False, f, exp_total * f * self.expert_hit, first, self.experts_pinned)
                     if dev == CPU else
                     {dev: self.expert_flops(il, self.device(dev).kind == "gpu") * f / self.flops(dev)})
             add_seconds(out, {**part, "transfers": 2 * self.hop_pp(home, dev)})
@@ -472,10 +471,11 @@ class CostModel:
 
     def expert_flops(self, il: int, gpu: bool) -> float:
         """Routed-expert FLOPs per prompt token of layer ``il``: each token runs k of N experts; on a
-        GPU, the dense FLOPs that take as long (whole MMQ tiles, MUL_MAT_ID's rate: gpu_matmul)."""
-        _, exp_p = self.layer_params(il)
-        flops = 2.0 * exp_p * self.k_over_n
-        return flops * expert_time_factor(self.tile_factor, self.params.gpu_moe_compute_eff) if gpu else flops
+        GPU, the dense FLOPs that take as long (whole MMQ tiles, MUL_MAT_ID's rate: gpu_matmul; Q4_K's time)."""
+        if not gpu:
+            return 2.0 * self._params[il][1] * self.k_over_n
+        flops = self._work[il][1].prompt_flops * self.k_over_n
+        return flops * expert_time_factor(self.tile_factor, self.params.gpu_moe_compute_eff)
 
     @property
     def experts_pinned(self) -> bool:
@@ -527,20 +527,22 @@ class CostModel:
         (:meth:`offload_device`: a GPU; RPC devices take no offload) at this batch."""
         return self.device(name).kind == "gpu" and self.ops_offloaded
 
-    def _cpu_weights_pp(self, il: int, dense_flops: float, expert_share: float, streamed_bytes: float,
+    def _cpu_weights_pp(self, il: int, dense: bool, expert_share: float, streamed_bytes: float,
                         first: str | None, pinned: bool | None = None) -> dict[str, float]:
-        """CPU-held weights of layer ``il`` in a prompt batch (``dense_flops`` per token and
+        """CPU-held weights of layer ``il`` in a prompt batch (its dense weights if ``dense``, and
         ``expert_share`` of its routed experts): op-offloaded to ``first`` (a GPU, MMQ tiles) when
         the batch is large enough, else computed by the CPU."""
         if first is None or not self.offloads_to(first):
-            return {CPU: (dense_flops + self.expert_flops(il, False) * expert_share) / self.flops(CPU)}
+            return {CPU: (dense * self.dense_flops(il, False) + self.expert_flops(il, False) * expert_share)
+                    / self.flops(CPU)}
         if not self.experts_offloaded and expert_share:  # the experts' share stays on the CPU
             out = {CPU: self.expert_flops(il, False) * expert_share / self.flops(CPU)}
             rest = streamed_bytes - self.expert_bytes(il, "stored", None, False) * expert_share * self.expert_hit
-            if dense_flops or rest > 0:  # the dense weights (and a CPU layer's KV) still go to the GPU
-                add_seconds(out, self._cpu_weights_pp(il, dense_flops, 0.0, rest, first, pinned))
+            if dense or rest > 0:  # the dense weights (and a CPU layer's KV) still go to the GPU
+                add_seconds(out, self._cpu_weights_pp(il, dense, 0.0, rest, first, pinned))
             return out
-        return {first: (dense_flops + self.expert_flops(il, True) * expert_share) / self.flops(first),
+        flops = dense * self.dense_flops(il, True) + self.expert_flops(il, True) * expert_share
+        return {first: flops / self.flops(first),
                 "pcie_stream": streamed_bytes / self.n_tokens / self.stream_bandwidth(first, pinned)}
 
     def disk_bandwidth(self) -> float:
@@ -557,8 +559,7 @@ class CostModel:
     def output_tg(self, name: str) -> float:
         """Decode seconds of the output head on ``name``: reading its weights, then the token's
         F32 logits copied back to the host (a round trip over the network for an RPC device)."""
-        backend = self.backend(name)
-        t = self.model.output_bytes(backend) / self.bandwidth(name)
+        t = self.read_tg(name, self.model.output_bytes(self.backend(name)), self._output_work)
         if name != CPU:
             bw, lat = self.link(name)
             t += lat + self.model.hparams.n_vocab * 4 / bw
@@ -593,8 +594,7 @@ class CostModel:
         return Prediction(1.0 / t_tg if t_tg > 0 else math.inf, 1.0 / t_pp if t_pp > 0 else math.inf, tg, pp)
 
 
-# Placement, Context and the priced results live in .placement; they are re-exported here, where
-# most callers meet them next to the CostModel.
+# Placement, Context and the priced results live in .placement; re-exported beside the CostModel.
 __all__ = ["CPU", "EXPERT_KINDS", "EXPERT_OPS_SHARE", "EXPERT_OPTIONS", "PAGEABLE_LINK_FRACTION",
            "PINNED_LINK_FRACTION", "REPACK_TYPES", "Context", "CostModel", "DeviceUsage", "ExpertHomes", "Placement",
            "Prediction", "SpeedParams", "expert_kind", "on_cpu", "placement_from_counts"]

@@ -290,6 +290,10 @@ class SpeedParams:
     # whole-GPU decode of dense / GQA MoE / MLA MoE priced +2 / +3 / +51 %
     # (benchmarks/results/plans_vs_fit_23.md)
     gpu_mla_layer_s: float = 41e-6
+    # what a MoE FFN adds on the GPU holding its layer (router, top-k, the expert weighting and
+    # sum around the MUL_MAT_IDs): H200 12 us, fitted on the whole-GPU qwen3moe run of
+    # benchmarks/results/plans_vs_fit_23 (with it the MLA MoE's is within 2 %; quant_speed.md)
+    gpu_moe_layer_s: float = 12e-6
 
     def to_dict(self) -> dict[str, float]:
         return asdict(self)

@@ -129,12 +129,12 @@ def build_arrays(cost: CostModel, orders: Sequence[tuple[str, ...]], unit: int =
         nextn = lc.is_nextn
         tcpu_tg[il] = 0.0 if nextn else sum(cost.layer_tg(il, CPU, frozenset()).values())
         # pp of CPU-held weights goes through stream x stream_rate[first]
-        dense_p, _ = cost.layer_params(il)
         exp_total = cost.expert_bytes(il, "stored", None, False) if experts_streamed else 0
         stream_cpu[il] = 0.0 if nextn else (lc.dense["cpu"] + cost.kv_read[il]
                                              + exp_total * cost.expert_hit) / cost.n_tokens
         if not nextn:
-            flops_streamed += 2 * dense_p + (cost.expert_flops(il, gpu=True) if experts_streamed else 0.0)
+            flops_streamed += cost.dense_flops(il, gpu=True)
+            flops_streamed += cost.expert_flops(il, gpu=True) if experts_streamed else 0.0
             amount_streamed += stream_cpu[il]
             if not experts_streamed:  # a CPU layer's experts computed by the CPU
                 tcpu_pp[il] = cost.expert_flops(il, gpu=False) / cost.flops(CPU)

@@ -357,21 +357,22 @@ class SplitCostModel(CostModel):
         """Decode and prompt seconds of GPU layer ``il``, split across the order's devices, and of
         its experts in CPU RAM (priced as the layer split prices experts away from their layer)."""
         kinds = p.cpu_experts[il]
-        dense_flops, _ = self.layer_params(il)
-        exp_flops = self.expert_flops(il, True)
+        dense_flops, exp_flops = self.dense_flops(il, True), self.expert_flops(il, True)
         dense_whole = max(1, self.model.layers[il].dense["cuda"])  # the layer's dense part on one device
         exp_all = max(1, sum(sum(e.values()) for e in experts))  # every expert slice, as if all on GPUs
+        exp_stored = sum(self._expert_split[il]["stored"].values())
         t_tg, t_pp = [], []
         for j, d in enumerate(p.order):
             mine = sum(b for k, b in experts[j].items() if k not in kinds)
-            read = dense[j] + self.kv_read[il] * kv[j] + mine * self.k_over_n
-            t_tg.append(read / self.bandwidth(d) + self._layer_overhead(d, attention=True))
-            flops = 2.0 * dense_flops * min(1.0, dense[j] / dense_whole) + exp_flops * mine / exp_all
-            t_pp.append(flops / self.flops(d))
+            share = min(1.0, dense[j] / dense_whole)  # its slice of the dense weights, its experts' in stored bytes
+            work = self._work[il][0].scaled(share).plus(self.expert_work(il, exp_stored * mine / exp_all))
+            t_tg.append(self.read_tg(d, dense[j] + mine * self.k_over_n, work) + self.kv_read[il] * kv[j]
+                        / self.bandwidth(d) + self._layer_overhead(d, True, self.model.layers[il].has_experts))
+            t_pp.append((dense_flops * share + exp_flops * mine / exp_all) / self.flops(d))
         add_seconds(tg, _slowest(p.order, t_tg))
         add_seconds(pp, _slowest(p.order, t_pp))
         _, away = self._away(il, p.expert_homes[il])  # the CPU only (_bind)
-        add_seconds(tg, self.away_tg(p.order[0], away))
+        add_seconds(tg, self.away_tg(il, p.order[0], away))
         add_seconds(pp, self.away_pp(il, p.order[0], away, p.order[0]))
 
 

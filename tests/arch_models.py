@@ -90,6 +90,9 @@ _TYPE_NAMES: dict[str, QT] = {
     "q8_0": QT.Q8_0, "q4_0": QT.Q4_0, "q4_1": QT.Q4_1, "q5_0": QT.Q5_0, "q5_1": QT.Q5_1,
     "q2_k": QT.Q2_K, "q3_k": QT.Q3_K, "q4_k": QT.Q4_K, "q5_k": QT.Q5_K, "q6_k": QT.Q6_K,
     "mxfp4": QT.MXFP4,
+    # i-quants: headers and hole-filled speed models only (``_tensor_data`` has no generator)
+    "iq4_xs": QT.IQ4_XS, "iq4_nl": QT.IQ4_NL, "iq3_s": QT.IQ3_S, "iq3_xxs": QT.IQ3_XXS,
+    "iq2_s": QT.IQ2_S, "iq2_xs": QT.IQ2_XS, "iq2_xxs": QT.IQ2_XXS, "iq1_m": QT.IQ1_M, "iq1_s": QT.IQ1_S,
 }
 _FILE_TYPES: dict[QT, int] = {
     QT.F32: gguf.LlamaFileType.ALL_F32, QT.F16: gguf.LlamaFileType.MOSTLY_F16,
@@ -99,6 +102,11 @@ _FILE_TYPES: dict[QT, int] = {
     QT.Q2_K: gguf.LlamaFileType.MOSTLY_Q2_K, QT.Q3_K: gguf.LlamaFileType.MOSTLY_Q3_K_M,
     QT.Q4_K: gguf.LlamaFileType.MOSTLY_Q4_K_M, QT.Q5_K: gguf.LlamaFileType.MOSTLY_Q5_K_M,
     QT.Q6_K: gguf.LlamaFileType.MOSTLY_Q6_K, QT.MXFP4: gguf.LlamaFileType.MOSTLY_MXFP4_MOE,
+    QT.IQ4_XS: gguf.LlamaFileType.MOSTLY_IQ4_XS, QT.IQ4_NL: gguf.LlamaFileType.MOSTLY_IQ4_NL,
+    QT.IQ3_S: gguf.LlamaFileType.MOSTLY_IQ3_S, QT.IQ3_XXS: gguf.LlamaFileType.MOSTLY_IQ3_XXS,
+    QT.IQ2_S: gguf.LlamaFileType.MOSTLY_IQ2_S, QT.IQ2_XS: gguf.LlamaFileType.MOSTLY_IQ2_XS,
+    QT.IQ2_XXS: gguf.LlamaFileType.MOSTLY_IQ2_XXS, QT.IQ1_M: gguf.LlamaFileType.MOSTLY_IQ1_M,
+    QT.IQ1_S: gguf.LlamaFileType.MOSTLY_IQ1_S,
 }
 # byte offsets of the fp16 scale fields inside one K-quant super-block (ggml-common.h)
 _KQUANT_FP16_FIELDS: dict[QT, tuple[int, ...]] = {

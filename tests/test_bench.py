@@ -203,7 +203,9 @@ def test_plans_use_the_saved_calibration(tmp_path: Path, monkeypatch: pytest.Mon
     # the layer split: its decode is the GPUs' reads (a tensor split adds fixed all-reduce costs)
     before = plan_split(model, cluster, ctx=8192, split_modes=False)
     assert before.solve_stats["speed_params"] == "defaults"
-    slow = SpeedParams(gpu_bw_scale=SpeedParams().gpu_bw_scale / 2)
+    # half the memory's and half the kernels' rate (a 70B Q4_K on an H100 is kernel-bound: kernels.py)
+    slow = SpeedParams(gpu_bw_scale=SpeedParams().gpu_bw_scale / 2,
+                       gpu_compute_scale=SpeedParams().gpu_compute_scale / 2)
     calibration.save_calibration(calibration.machine_id(cluster), {"llama.cpp": slow})
     after = plan_split(model, cluster, ctx=8192, split_modes=False)
     assert after.solve_stats["speed_params"] == "calibrated"

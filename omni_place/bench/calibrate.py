@@ -44,6 +44,7 @@ BOUNDS = {
     "stream_eff": (0.05, 8.0),  # of the base pageable rate (cost.stream_bandwidth): bare metal may reach more
     "gpu_layer_scale": (0.02, 20.0),
     "gpu_mla_layer_s": (1e-7, 1e-3),
+    "gpu_moe_layer_s": (0.0, 1e-3),
     "cpu_layer_s": (1e-6, 5e-3),
     "rpc_bw_eff": (0.05, 1.2),
     "pcie_latency_s": (1e-7, 1e-3),

@@ -88,7 +88,8 @@ class ToolDefaults:
 
 
 SERVER_DEFAULTS = ToolDefaults()
-BENCH_DEFAULTS = ToolDefaults(n_gpu_layers=99, ctx=None, flash_attn=False)
+# llama-bench's -fa defaults to auto (tools/llama-bench/llama-bench.cpp:406), which counts as on
+BENCH_DEFAULTS = ToolDefaults(n_gpu_layers=99, ctx=None, flash_attn=True)
 
 
 @dataclass(frozen=True)

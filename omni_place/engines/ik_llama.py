@@ -433,7 +433,7 @@ class IkLlama(Dialect):
 
     def tool_defaults(self, tool: str = "server") -> ToolDefaults:
         # ik's llama-bench offloads -ngl 999 by default (mainline's: 99)
-        return replace(BENCH_DEFAULTS, n_gpu_layers=999) if tool == "bench" else SERVER_DEFAULTS
+        return replace(BENCH_DEFAULTS, n_gpu_layers=999, flash_attn=False) if tool == "bench" else SERVER_DEFAULTS
 
     def flags_of(self, parsed: llama_cpp.ParsedArgs) -> EngineArgs:
         return EngineArgs.from_parsed(parsed, SYNTAX)

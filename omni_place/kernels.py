@@ -1,0 +1,126 @@
+"""How fast llama.cpp's matrix kernels consume each weight type, read from ``data/weight_types.toml``.
+
+Decode's matrix-vector products read every weight once, but a weight costs the kernel work as well
+as bytes: unpacking a block, its scales, an i-quant's grid lookups
+(``ggml/src/ggml-cuda/vecdotq.cuh``, ``ggml/src/ggml-cpu/arch/x86/quants.c``). Where the memory is
+fast for the compute beside it (an HBM GPU) that work, not the bytes, sets the pace: on an H200 an
+8B model in Q4_0 decodes at 342 tok/s, in Q6_K at 207, in IQ1_S at 368, nearly independent of their
+1.8-6.5 GB. A GPU reads a group of weights in ``max(bytes / bandwidth, work / kernel rate)``, the
+work in :attr:`WeightTypeSpeed.gpu_decode_flops` per weight and the rate the GPU's MMQ rate
+(``fp16_tflops`` x its row's ``mmq_share``), so the same type is memory-bound on a GDDR card with
+6x the H200's compute per byte. On the CPU, a type reaches :attr:`WeightTypeSpeed.cpu_decode_share`
+of the rate Q4_K reads at (i-quants a third of it: compute-bound on every core count measured).
+Prompt matmuls (MMQ tiles, ``ggml/src/ggml-cuda/mmq.cuh``) take :attr:`WeightTypeSpeed.gpu_prompt`
+times Q4_K's time per FLOP; F16/BF16 go to cuBLAS.
+
+The rows are derived by ``python -m benchmarks.quant_speed report`` from llama-bench runs on one
+H200 and its 16-vCPU host (benchmarks/results/quant_speed.md). Types without a row (ik_llama.cpp's
+IQ*_K, ternary types) price as :data:`FALLBACK_TYPE`.
+"""
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Iterable
+from dataclasses import dataclass
+from importlib import resources
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+from .errors import ClusterError
+
+_FILE = "weight_types.toml"
+_WHERE = f"omni_place/data/{_FILE}"
+_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "type": str, "gpu_decode_flops": (int, float), "gpu_prompt": (int, float), "cpu_decode_share": (int, float),
+}
+#: the row of types the table lacks, and the type every other row is relative to
+FALLBACK_TYPE = "Q4_K"
+#: decode on a GPU without flash attention: extra fixed time per layer, as a share of the row's
+#: ``layer_us`` (the softmax and its copies run as separate kernels; benchmarks/results/quant_speed.md)
+FA_OFF_LAYER_SHARE = 0.37
+
+
+@dataclass(frozen=True)
+class WeightTypeSpeed:
+    """Kernel speed of one ggml weight type (``[[type]]`` in ``data/weight_types.toml``).
+
+    Attributes:
+        gpu_decode_flops: the GPU matrix-vector kernel's work per weight, in FLOPs at the GPU's
+            MMQ rate (0: memory-bound on every GPU measured).
+        gpu_prompt: MMQ time per FLOP relative to Q4_K's.
+        cpu_decode_share: the CPU's decode read rate of this type relative to Q4_K's.
+    """
+
+    type: str
+    gpu_decode_flops: float
+    gpu_prompt: float
+    cpu_decode_share: float
+
+
+@dataclass(frozen=True)
+class KernelWork:
+    """What a group of weights costs the kernels: :meth:`add` sums tensors."""
+
+    gpu_decode_flops: float = 0.0  # decode work on a GPU, FLOPs at its MMQ rate
+    cpu_decode_bytes: float = 0.0  # bytes the CPU reads in the time it reads that many bytes of Q4_K
+    prompt_flops: float = 0.0  # per prompt token: 2 FLOPs per weight, in Q4_K's MMQ time
+
+    def add(self, type_name: str, n_elements: int, n_bytes: int) -> KernelWork:
+        s = weight_type_speed(type_name)
+        return KernelWork(self.gpu_decode_flops + n_elements * s.gpu_decode_flops,
+                          self.cpu_decode_bytes + n_bytes / s.cpu_decode_share,
+                          self.prompt_flops + 2.0 * n_elements * s.gpu_prompt)
+
+    def plus(self, other: KernelWork) -> KernelWork:
+        return KernelWork(self.gpu_decode_flops + other.gpu_decode_flops,
+                          self.cpu_decode_bytes + other.cpu_decode_bytes, self.prompt_flops + other.prompt_flops)
+
+    def scaled(self, factor: float) -> KernelWork:
+        return KernelWork(self.gpu_decode_flops * factor, self.cpu_decode_bytes * factor, self.prompt_flops * factor)
+
+
+def kernel_work(tensors: Iterable[tuple[str, int, int]]) -> KernelWork:
+    """The summed :class:`KernelWork` of (type name, elements, bytes) triples."""
+    work = KernelWork()
+    for type_name, n_elements, n_bytes in tensors:
+        work = work.add(type_name, n_elements, n_bytes)
+    return work
+
+
+@functools.cache
+def weight_type_speeds() -> dict[str, WeightTypeSpeed]:
+    """The rows by ggml type name (upper case), read and validated once.
+
+    Raises:
+        ClusterError: the shipped table is malformed (a packaging bug).
+    """
+    ref = resources.files("omni_place") / "data" / _FILE
+    try:
+        doc = tomllib.loads(ref.read_text(encoding="utf-8"))
+    except (OSError, tomllib.TOMLDecodeError) as err:
+        raise ClusterError(f"{_WHERE}: cannot read the weight-type table: {err}",
+                           hint="reinstall omni_place; the package data is damaged") from None
+    rows: dict[str, WeightTypeSpeed] = {}
+    for i, entry in enumerate(doc.get("type", [])):
+        if set(entry) != set(_FIELDS) or any(
+                not isinstance(v, _FIELDS[k]) or isinstance(v, bool) for k, v in entry.items()):
+            raise ClusterError(f"{_WHERE}: [[type]] #{i + 1} needs exactly {sorted(_FIELDS)} with their types")
+        row = WeightTypeSpeed(entry["type"].upper(), float(entry["gpu_decode_flops"]), float(entry["gpu_prompt"]),
+                              float(entry["cpu_decode_share"]))
+        if row.gpu_decode_flops < 0 or row.gpu_prompt <= 0 or row.cpu_decode_share <= 0 or row.type in rows:
+            raise ClusterError(f"{_WHERE}: [[type]] #{i + 1}: factors must be positive and each type appear once")
+        rows[row.type] = row
+    if FALLBACK_TYPE not in rows:
+        raise ClusterError(f"{_WHERE}: no row for {FALLBACK_TYPE}")
+    return rows
+
+
+def weight_type_speed(type_name: str) -> WeightTypeSpeed:
+    """The row of a ggml type (F32 weights, norms and routers, read as F16), else Q4_K's."""
+    rows = weight_type_speeds()
+    key = "F16" if type_name.upper() == "F32" else type_name.upper()
+    return rows.get(key, rows[FALLBACK_TYPE])
