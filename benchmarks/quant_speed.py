@@ -61,15 +61,43 @@ TESTS = (
 )
 
 
+def group(r: dict[str, Any]) -> tuple[Any, ...]:
+    """A record's (shape, type, where, test, flash_attn, threads)."""
+    shape, wtype = Path(r["model_filename"]).name.split(".")[:2]
+    return (shape, wtype, "gpu" if r["n_gpu_layers"] else "cpu", "pp" if r["n_prompt"] else "tg",
+            int(r["flash_attn"]), r["n_threads"])
+
+
 def medians(records: list[dict[str, Any]]) -> dict[tuple[Any, ...], float]:
-    """Median tok/s over every sample of each (shape, type, where, test, flash_attn, threads)."""
+    """Median tok/s over every sample of each :func:`group`."""
     samples: dict[tuple[Any, ...], list[float]] = {}
     for r in records:
-        shape, wtype = Path(r["model_filename"]).name.split(".")[:2]
-        key = (shape, wtype, "gpu" if r["n_gpu_layers"] else "cpu", "pp" if r["n_prompt"] else "tg",
-               int(r["flash_attn"]), r["n_threads"])
-        samples.setdefault(key, []).extend(r["samples_ts"])
+        samples.setdefault(group(r), []).extend(r["samples_ts"])
     return {k: statistics.median(v) for k, v in samples.items()}
+
+
+def priced(records: list[dict[str, Any]], folder: Path) -> dict[tuple[Any, ...], float]:
+    """The planner's tok/s per :func:`group`: each record imported as a user's llama-bench output
+    (``omni_place.bench.llamabench``: its -ngl, -fa and -t go through the dialect) on the H200
+    machine (CLUSTER) and priced with the default parameters."""
+    from benchmarks.speed_models import write_speed_model
+    from omni_place.bench.calibrate import predict_point
+    from omni_place.bench.llamabench import import_text
+    from omni_place.devices import resolve_cluster
+    from omni_place.model import ModelProfile, load_model
+    from omni_place.placement import SpeedParams
+
+    path = folder / "cluster.toml"
+    path.write_text(CLUSTER)
+    cluster, models = resolve_cluster(str(path)), {}
+    out: dict[tuple[Any, ...], list[float]] = {}
+    for r in records:
+        key = group(r)
+        model: ModelProfile = models.get(key[:2]) or models.setdefault(
+            key[:2], load_model(write_speed_model(key[0], folder, header_only=True, weight_type=key[1])))
+        points = import_text(json.dumps(r), model, cluster).points
+        out.setdefault(key, []).extend(predict_point(p, SpeedParams()) for p in points)
+    return {k: statistics.median(v) for k, v in out.items()}
 
 
 def weights(header: Path) -> tuple[int, int, int]:
@@ -158,18 +186,6 @@ CLUSTER = (f'name = "h200-vm"\n[[devices]]\nname = "CUDA0"\nkind = "gpu"\ncatalo
            '[[devices]]\nname = "CPU"\nkind = "cpu"\nmemory_gib = 120\nbandwidth_gbs = 87.7\nthreads = 16\n')
 
 
-def price(key: tuple[Any, ...], header: Path, cluster: Path) -> float:
-    """The planner's tok/s for one record group ``(shape, type, where, test, flash_attn, threads)``."""
-    from omni_place.plan import evaluate
-
-    _, _, where, test, fa, threads = key
-    n = 512 if test == "pp" else 64
-    argv = ["-ngl", "99" if where == "gpu" else "0", "-fa", str(fa), "-t", str(threads),
-            "-p", str(n if test == "pp" else 0), "-n", str(n if test == "tg" else 0)]
-    pred = evaluate(str(header), str(cluster), argv, engine="llama.cpp", tool="bench").predicted
-    return pred.tg_tps if test == "tg" else pred.pp_tps
-
-
 MOE_RECORDS = RESULTS / "quant_speed" / "moe15_ot_exps.jsonl"
 #: held-out placements priced before they ran (``predict-validation``): llama.cpp-style mixed
 #: quants (speed_models.MIXES) of the three speed-model architectures, whole and partly on the CPU
@@ -222,41 +238,24 @@ def predict_validation(folder: Path) -> list[dict[str, Any]]:
     return out
 
 
-def _moe_rows(folder: Path, cluster: Path) -> list[dict[str, Any]]:
+def _moe_rows(folder: Path) -> list[dict[str, Any]]:
     """moe15 in four types with every expert in CPU RAM (-ot exps=CPU), 16 and 8 threads: checks the
     CPU shares on MUL_MAT_ID (routed experts) and the prompt's op offload, which the fit did not use."""
-    from benchmarks.speed_models import write_speed_model
-    from omni_place.plan import evaluate
-
-    samples: dict[tuple[Any, ...], list[float]] = {}
-    for r in (json.loads(line) for line in MOE_RECORDS.read_text().splitlines()):
-        key = (Path(r["model_filename"]).name.split(".")[1], "pp" if r["n_prompt"] else "tg", r["n_threads"])
-        samples.setdefault(key, []).extend(r["samples_ts"])
-    rows = []
-    for (wtype, test, threads), tps in sorted(samples.items()):
-        header = write_speed_model("moe15", folder, header_only=True, weight_type=wtype)
-        argv = ["-ngl", "99", "-ot", "exps=CPU", "-fa", "1", "-t", str(threads),
-                "-p", "512" if test == "pp" else "0", "-n", "32" if test == "tg" else "0"]
-        pred = evaluate(str(header), str(cluster), argv, engine="llama.cpp", tool="bench").predicted
-        rows.append({"shape": "moe15 -ot exps=CPU", "type": wtype, "where": "gpu+cpu", "test": test, "fa": 1,
-                     "threads": threads, "measured": round(statistics.median(tps), 1),
-                     "predicted": round(pred.tg_tps if test == "tg" else pred.pp_tps, 1)})
-    return rows
+    records = [json.loads(line) for line in MOE_RECORDS.read_text().splitlines()]
+    predicted = priced(records, folder)
+    return [{"shape": "moe15 -ot exps=CPU", "type": key[1], "where": "gpu+cpu", "test": key[3], "fa": key[4],
+             "threads": key[5], "measured": round(tps, 1), "predicted": round(predicted[key], 1)}
+            for key, tps in sorted(medians(records).items())]
 
 
 def report(records: list[dict[str, Any]], folder: Path) -> dict[str, Any]:
     """Every record group priced by the planner with the shipped tables (whole-GPU and all-CPU
-    runs, and moe15 with its experts in CPU RAM)."""
-    from benchmarks.speed_models import write_speed_model
-
-    cluster = folder / "cluster.toml"
-    cluster.write_text(CLUSTER)
-    rows = []
-    for key, tps in sorted(medians(records).items()):
-        header = write_speed_model(key[0], folder, header_only=True, weight_type=key[1])
-        rows.append({"shape": key[0], "type": key[1], "where": key[2], "test": key[3], "fa": key[4],
-                     "threads": key[5], "measured": round(tps, 1), "predicted": round(price(key, header, cluster), 1)})
-    return {"rows": rows + _moe_rows(folder, cluster)}
+    runs, :func:`priced`, and moe15 with its experts in CPU RAM)."""
+    predicted = priced(records, folder)
+    rows = [{"shape": key[0], "type": key[1], "where": key[2], "test": key[3], "fa": key[4], "threads": key[5],
+             "measured": round(tps, 1), "predicted": round(predicted[key], 1)}
+            for key, tps in sorted(medians(records).items())]
+    return {"rows": rows + _moe_rows(folder)}
 
 
 def _err(row: dict[str, Any]) -> float:
@@ -326,6 +325,8 @@ def markdown(derived: dict[str, Any], result: dict[str, Any], before: dict[str, 
 NOTES = [
     "## What the runs showed",
     "",
+    "(Every record is priced as a user's imported llama-bench output: `omni_place.bench.llamabench`.)",
+    "",
     "- **On an HBM GPU decode is kernel-bound, not memory-bound.** The 8B model decodes at 194-377 tok/s "
     "in every quant type whatever its size (1.8-8.3 GB), while F16 (15 GB) reads at 0.93 of the "
     "bandwidth: Q4_1 (5.0 GB) beats Q4_0 (4.5 GB), IQ1_S beats Q2_K, Q3_K and Q6_K are the slowest. "
@@ -347,10 +348,11 @@ NOTES = [
     "the price is 41-51 % fast there, 129-162 % before the shares.",
     "- **Limits.** One machine: the GPU rows are Hopper's and scale to other GPUs through their MMQ rate; "
     "the CPU shares are this Xeon's at 16 threads (llama-cpp-python's libllama on a 2-vCPU EPYC here, "
-    "llama1b at 2 threads: IQ2_XXS 0.23, Q6_K 0.97, F16 1.10 of Q4_K's rate). The planner prices CPU "
-    "decode at the engine's full thread count: at 4 and 8 threads of 16 it is 140-180 % and 25-50 % fast "
-    "(`devices --measure` measures with all threads). The 1B model's prompt is priced 60-170 % fast "
-    "(its matmuls do not fill 132 SMs).",
+    "llama1b at 2 threads: IQ2_XXS 0.23, Q6_K 0.97, F16 1.10 of Q4_K's rate). Records run with fewer "
+    "threads than the CPU figure was measured with read at (threads / those) ^ 0.7 of it "
+    "(`llamabench.CPU_THREAD_EXPONENT`, fitted on these records, so the 4- and 8-thread rows are "
+    "in-sample; before it they were priced +142 % and +37 %); `plan` and `check` price the cluster's "
+    "`threads`. The 1B model's prompt is priced 60-170 % fast (its matmuls do not fill 132 SMs).",
 ]
 
 

@@ -39,7 +39,7 @@ from .cpuprobe import DEFAULT_DISK_GBS
 from .devices import Cluster, Device
 from .errors import ClusterError, InvalidArgumentError
 from .gpu_matmul import batch_rate, expert_time_factor, routed_tile_factor, uniform_tile_factor
-from .kernels import FA_OFF_LAYER_SHARE, KernelWork, kernel_work
+from .kernels import FA_OFF_LAYER_SHARE, KERNEL_FLOPS_PER_BYTE, KernelWork, kernel_work
 from .model import LayerCost, ModelProfile, Role
 from .placement import (CPU, EXPERT_KINDS, EXPERT_OPTIONS, Context, DeviceUsage, ExpertHomes, Placement, Prediction,
                         SpeedParams, add_seconds, expert_kind, on_cpu, placement_from_counts)
@@ -319,18 +319,18 @@ class CostModel:
         return self.kernel_rate(name) * batch_rate(self.n_tokens, sp.gpu_half_rate_tokens)
 
     def kernel_rate(self, name: str) -> float:
-        """A GPU's MMQ FLOP/s at full batch: its row's share of ``fp16_tflops`` (an unknown GPU: 10,
-        an old consumer card); the rate decode kernels' work is priced at (kernels.py)."""
+        """A GPU's MMQ FLOP/s at full batch: its row's share of ``fp16_tflops`` (unknown: 10 TFLOPS)."""
         dev = self.device(name)
         return (dev.tflops or 10.0) * 1e12 * dev.speed.mmq_share * self.params.gpu_compute_scale
 
     def read_tg(self, name: str, weight_bytes: float, work: KernelWork) -> float:
-        """Decode seconds for ``name`` to run the matrix-vector products of ``weight_bytes`` of
-        weights: a GPU at the slower of its memory and its kernels, the CPU (and an RPC server's)
-        at the weights' types' share of its Q4_K read rate (kernels.py)."""
-        if name == CPU or self.device(name).kind != "gpu":
+        """Decode seconds for ``name`` to run the matrix-vector products of ``weight_bytes`` of weights:
+        a GPU at the slower of its memory and its kernels (its MMQ rate, at least KERNEL_FLOPS_PER_BYTE
+        of its bandwidth), the CPU (an RPC server's) at the types' share of its Q4_K rate (kernels.py)."""
+        if name == CPU or (dev := self.device(name)).kind != "gpu":
             return work.cpu_decode_bytes / self.bandwidth(name)
-        return max(weight_bytes / self.bandwidth(name), work.gpu_decode_flops / self.kernel_rate(name))
+        floor = KERNEL_FLOPS_PER_BYTE * dev.bandwidth_gbs * GB * self.params.gpu_compute_scale
+        return max(weight_bytes / self.bandwidth(name), work.gpu_decode_flops / max(self.kernel_rate(name), floor))
 
     def link(self, name: str) -> tuple[float, float]:
         """(bytes/s, seconds per crossing) of a device's path to the host.
