@@ -5,11 +5,12 @@ as bytes: unpacking a block, its scales, an i-quant's grid lookups
 (``ggml/src/ggml-cuda/vecdotq.cuh``, ``ggml/src/ggml-cpu/arch/x86/quants.c``). Where the memory is
 fast for the compute beside it (an HBM GPU) that work, not the bytes, sets the pace: on an H200 an
 8B model in Q4_0 decodes at 342 tok/s, in Q6_K at 207, in IQ1_S at 368, nearly independent of their
-1.8-6.5 GB. A GPU reads a group of weights in ``max(bytes / bandwidth, work / kernel rate)``, the
-work in :attr:`WeightTypeSpeed.gpu_decode_flops` per weight and the rate the GPU's MMQ rate
-(``fp16_tflops`` x its row's ``mmq_share``), so the same type is memory-bound on a GDDR card with
-6x the H200's compute per byte. On the CPU, a type reaches :attr:`WeightTypeSpeed.cpu_decode_share`
-of the rate Q4_K reads at (i-quants a third of it: compute-bound on every core count measured).
+1.8-6.5 GB. A GPU reads a group of weights in ``max(bytes / bandwidth, work / kernel rate)``: the
+work is :attr:`WeightTypeSpeed.gpu_decode_flops` per weight, the rate the GPU's MMQ rate
+(``fp16_tflops`` x its row's ``mmq_share``, at least :data:`KERNEL_FLOPS_PER_BYTE` of its
+bandwidth), so the same type is memory-bound on a GDDR card with 4-6x the H200's compute per byte.
+On the CPU, a type reaches :attr:`WeightTypeSpeed.cpu_decode_share` of the rate Q4_K reads at
+(i-quants a third of it: compute-bound on every core count measured).
 Prompt matmuls (MMQ tiles, ``ggml/src/ggml-cuda/mmq.cuh``) take :attr:`WeightTypeSpeed.gpu_prompt`
 times Q4_K's time per FLOP; F16/BF16 go to cuBLAS.
 
