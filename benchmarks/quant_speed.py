@@ -37,6 +37,8 @@ from typing import Any
 
 RESULTS = Path(__file__).resolve().parent / "results"
 RECORDS = RESULTS / "quant_speed" / "records.jsonl"
+IK_RECORDS = RESULTS / "ik_types" / "records.jsonl"
+IK_VALIDATION = RESULTS / "ik_types" / "validation.jsonl"
 TABLE = Path(__file__).resolve().parents[1] / "omni_place" / "data" / "weight_types.toml"
 
 #: types whose GPU decode is memory-bound on the H200 (no kernel ceiling): the rows' memory side
@@ -57,6 +59,15 @@ SHAPES = ("llama8b", "llama1b")
 TESTS = (
     ("gpu", "llama8b", ["-ngl", "99", "-fa", "0,1", "-p", "512", "-n", "64", "-r", "2"]),
     ("gpu", "llama1b", ["-ngl", "99", "-fa", "1", "-p", "512", "-n", "64", "-r", "2"]),
+    ("cpu", "llama8b", ["-ngl", "0", "-fa", "1", "-p", "0", "-n", "16", "-r", "2"]),
+)
+#: ik_llama.cpp's own weight types (omni_place/data/ik_types.toml) as ubergarm's quants use them,
+#: beside mainline types run by ik's kernels (its CPU has its own i-quant code, ggml/src/iqk)
+IK_TYPES = ("iq2_k", "iq3_k", "iq4_k", "iq5_k", "iq6_k", "iq2_ks", "iq3_ks", "iq4_ks", "iq5_ks", "iq4_kss",
+            "iq2_kl", "iq1_kt", "iq2_kt", "iq3_kt", "iq4_kt", "q6_0")
+IK_REFERENCE = ("q4_k", "q8_0", "f16", "q6_k", "iq2_xxs", "iq4_xs")
+IK_TESTS = (
+    ("gpu", "llama8b", ["-ngl", "99", "-fa", "1", "-p", "512", "-n", "64", "-r", "2"]),
     ("cpu", "llama8b", ["-ngl", "0", "-fa", "1", "-p", "0", "-n", "16", "-r", "2"]),
 )
 
@@ -157,9 +168,42 @@ def derive(records: list[dict[str, Any]], folder: Path) -> dict[str, Any]:
             "cpu_decode_share": round(cpu_rate(t) / cpu_rate("q4_k"), 2)}
         fa_off.append((1 / med["llama8b", t, "gpu", "tg", 0, THREADS] - 1 / med["llama8b", t, "gpu", "tg", 1, THREADS])
                       / shapes["llama8b", t][2])
+    ik = derive_ik([json.loads(line) for line in IK_RECORDS.read_text().splitlines()], folder, types["Q4_K"],
+                   layer_s, bw)
     return {"gpu_row": {"compute_capability": "9.0", "decode_bw_share": float(share),
                         "layer_us": round(float(layer_s) * 1e6, 1)},
-            "fa_off_layer_share": round(statistics.median(fa_off) / layer_s, 2), "types": types}
+            "fa_off_layer_share": round(statistics.median(fa_off) / layer_s, 2), "types": {**types, **ik}}
+
+
+def derive_ik(records: list[dict[str, Any]], folder: Path, q4_k: dict[str, float], layer_s: float,
+              bw: float) -> dict[str, dict[str, float]]:
+    """Rows of ik_llama.cpp's own types (IK_TYPES) from ik's llama-bench runs of the 8B shape
+    (IK_TESTS): each against Q4_K as the same engine ran it, beside it in the same rounds, and put
+    on the scale of Q4_K's mainline row (``q4_k``): GPU decode work from the kernel time net of the
+    layers' cost (0 where within 10 % of the memory's time at ``bw``), the prompt's MMQ time, the
+    CPU's decode rate net of its per-layer cost."""
+    from benchmarks.speed_models import write_speed_model
+    from omni_place.placement import SpeedParams
+
+    med, cpu_layer_s = medians(records), SpeedParams().cpu_layer_s
+    shapes = {t: weights(write_speed_model("llama8b", folder, header_only=True, weight_type=t))
+              for t in (*IK_TYPES, "q4_k")}
+
+    def kernel_s(t: str) -> float:
+        return 1 / med["llama8b", t, "gpu", "tg", 1, THREADS] - shapes[t][2] * layer_s
+
+    def pp_time(t: str) -> float:
+        return 1 / med["llama8b", t, "gpu", "pp", 1, THREADS]
+
+    def cpu_rate(t: str) -> float:
+        return shapes[t][0] / (1 / med["llama8b", t, "cpu", "tg", 1, THREADS] - shapes[t][2] * cpu_layer_s)
+
+    return {t.upper(): {
+        "gpu_decode_flops": 0.0 if kernel_s(t) <= 1.1 * shapes[t][0] / bw else round(
+            float(q4_k["gpu_decode_flops"] * kernel_s(t) / kernel_s("q4_k")), 1),
+        "gpu_prompt": round(float(q4_k["gpu_prompt"] * pp_time(t) / pp_time("q4_k")), 2),
+        "cpu_decode_share": round(float(q4_k["cpu_decode_share"] * cpu_rate(t) / cpu_rate("q4_k")), 2)}
+        for t in IK_TYPES}
 
 
 _TABLE_HEAD = """\
@@ -173,11 +217,16 @@ _TABLE_HEAD = """\
 #                     quant_speed.CPU_STAND_IN)
 # Types not listed price as Q4_K.
 """
+_IK_HEAD = """\
+# ik_llama.cpp's own types (omni_place/data/ik_types.toml), run by ik's llama-bench on the same
+# machine (benchmarks/results/ik_types/): each against Q4_K as ik ran it, on Q4_K's scale above
+"""
 
 
 def table_text(types: dict[str, dict[str, float]]) -> str:
-    """``data/weight_types.toml`` for the derived ``types``."""
-    rows = [f'[[type]]\ntype = "{t}"\n' + "".join(f"{k} = {v}\n" for k, v in row.items()) for t, row in types.items()]
+    """``data/weight_types.toml`` for the derived ``types`` (mainline's, then ik_llama.cpp's)."""
+    rows = [(_IK_HEAD if t == IK_TYPES[0].upper() else "") + f'[[type]]\ntype = "{t}"\n'
+            + "".join(f"{k} = {v}\n" for k, v in row.items()) for t, row in types.items()]
     return _TABLE_HEAD + "\n" + "\n".join(rows)
 
 
@@ -196,7 +245,17 @@ VALIDATION: tuple[tuple[str, str, str], ...] = (
     ("mla16", "q4_k_m", "-ngl 99"), ("mla16", "q4_k_m", "-ngl 99 -ot exps=CPU"),
 )
 VALIDATION_FLAGS = "-fa 1 -p 512 -n 32 -r 2 -t 16"
+#: the same for ik_llama.cpp's llama-bench: its expert-offload rule (a CPU-held MUL_MAT_ID runs on the
+#: GPU only from n_tokens x used >= 32 x experts: moe256 at -ub 1024) and its own types
+VALIDATION_IK: tuple[tuple[str, str, str], ...] = (
+    ("moe256", "q4_k", "-ngl 99 -ot exps=CPU -ub 512"), ("moe256", "q4_k", "-ngl 99 -ot exps=CPU -ub 1024"),
+    ("moe256", "q4_k", "-ngl 99 -ot exps=CPU -ub 2048"), ("moe256", "iq2_ks_moe", "-ngl 99 -ot exps=CPU -ub 512"),
+    ("moe256", "iq2_ks_moe", "-ngl 99"), ("dense11", "q4_k_m", "-ngl 8"), ("dense11", "q4_k_m", "-ngl 20"),
+    ("dense11", "iq4_ks", "-ngl 20"),
+)
+VALIDATION_IK_FLAGS = "-p 2048 -b 2048 -n 32 -r 2 -t 16"
 VALIDATION_FILE = RESULTS / "quant_speed" / "validation.json"
+VALIDATION_IK_FILE = RESULTS / "quant_speed" / "validation_ik.json"
 
 
 def validation_rows() -> list[dict[str, Any]]:
@@ -221,17 +280,19 @@ def validation_rows() -> list[dict[str, Any]]:
     return rows
 
 
-def predict_validation(folder: Path) -> list[dict[str, Any]]:
-    """The planner's tok/s for every VALIDATION placement on the H200 machine (CLUSTER)."""
+def predict_validation(folder: Path, engine: str = "llama.cpp") -> list[dict[str, Any]]:
+    """The planner's tok/s for every VALIDATION placement (VALIDATION_IK for ik_llama.cpp) on the
+    H200 machine (CLUSTER)."""
     from benchmarks.speed_models import write_speed_model
     from omni_place.plan import evaluate
 
     cluster = folder / "cluster.toml"
     cluster.write_text(CLUSTER)
+    runs, common = (VALIDATION, VALIDATION_FLAGS) if engine == "llama.cpp" else (VALIDATION_IK, VALIDATION_IK_FLAGS)
     out = []
-    for shape, mix, flags in VALIDATION:
+    for shape, mix, flags in runs:
         header = write_speed_model(shape, folder, header_only=True, weight_type=mix)
-        pred = evaluate(str(header), str(cluster), [*flags.split(), *VALIDATION_FLAGS.split()], engine="llama.cpp",
+        pred = evaluate(str(header), str(cluster), [*flags.split(), *common.split()], engine=engine,
                         tool="bench").predicted
         out.append({"model": f"{shape}.{mix}", "flags": flags, "tg_predicted": round(pred.tg_tps, 1),
                     "pp_predicted": round(pred.pp_tps, 1)})
@@ -258,12 +319,74 @@ def report(records: list[dict[str, Any]], folder: Path) -> dict[str, Any]:
     return {"rows": rows + _moe_rows(folder)}
 
 
+def ik_validation_rows(folder: Path) -> list[dict[str, Any]]:
+    """The VALIDATION_IK placements as ik's llama-bench ran them (ik_types/validation.jsonl: median of
+    every sample of three interleaved rounds) beside the prices made before the runs
+    (validation_ik.json, ik's own types priced as Q4_K then) and the prices of this commit."""
+    samples: dict[tuple[str, int, int, str, str], list[float]] = {}
+    for line in IK_VALIDATION.read_text().splitlines():
+        r = json.loads(line)
+        key = (Path(r["model_filename"]).stem, r["n_gpu_layers"], r["n_ubatch"], r["override_tensor"] or "none",
+               "pp" if r["n_prompt"] else "tg")
+        samples.setdefault(key, []).extend(r["samples_ts"])
+    now = predict_validation(folder, "ik_llama.cpp")
+    rows = []
+    for row, after in zip(json.loads(VALIDATION_IK_FILE.read_text())["rows"], now):
+        flags = row["flags"].split()
+        ngl = int(flags[flags.index("-ngl") + 1])
+        ub = int(flags[flags.index("-ub") + 1]) if "-ub" in flags else 512
+        ot = flags[flags.index("-ot") + 1] if "-ot" in flags else "none"
+        for test in ("tg", "pp"):
+            rows.append({"model": row["model"], "flags": row["flags"], "test": test,
+                         "measured": round(statistics.median(samples[row["model"], ngl, ub, ot, test]), 1),
+                         "predicted": after[f"{test}_predicted"], "before": row[f"{test}_predicted"]})
+    return rows
+
+
+def ik_markdown(derived: dict[str, Any], folder: Path) -> list[str]:
+    """The ik_llama.cpp section of quant_speed.md: its types' rows, each record priced as an
+    imported llama-bench output, and the held-out ik placements."""
+    records = [json.loads(line) for line in IK_RECORDS.read_text().splitlines()]
+    med, pred = medians(records), priced(records, folder)
+    lines = ["", "## ik_llama.cpp: its own types, its expert offload", "",
+             "ik_llama.cpp's llama-bench (8337e4cd3, CUDA sm_90) on the same kind of H200 machine, two rounds in "
+             "alternating type order ([ik_types/records.jsonl](ik_types/records.jsonl)); the files were written by "
+             "omni_place's GGUF writer and ik reported every one at exactly the bytes `ggml_types` gives "
+             "(26 files, 16 ik types with and without row scales). Rows: each type against Q4_K as ik ran it "
+             "(`derive_ik`). Mainline types as ik runs them are listed for comparison (their rows stay "
+             "mainline's).", "",
+             "| type | gpu_decode_flops | gpu_prompt | cpu_decode_share | 8B GPU tg (meas / pred) | 8B GPU pp "
+             "| 8B CPU tg, 16 threads |", "|---|---:|---:|---:|---:|---:|---:|"]
+
+    def cell(t: str, where: str, test: str) -> str:
+        key = ("llama8b", t, where, test, 1, THREADS)
+        m, p = med[key], pred[key]
+        return f"{m:.1f} / {p:.1f} ({100 * (p / m - 1):+.0f} %)"
+
+    for t in (*IK_TYPES, *IK_REFERENCE):
+        row = derived["types"][t.upper()]
+        name = t.upper() if t in IK_TYPES else f"{t.upper()} (mainline row)"
+        lines.append(f"| {name} | {row['gpu_decode_flops']:g} | {row['gpu_prompt']:g} | {row['cpu_decode_share']:g} "
+                     f"| {cell(t, 'gpu', 'tg')} | {cell(t, 'gpu', 'pp')} | {cell(t, 'cpu', 'tg')} |")
+    lines += ["", f"Held out (ik's llama-bench `{VALIDATION_IK_FLAGS}`, three interleaved rounds, "
+              "[ik_types/validation.jsonl](ik_types/validation.jsonl)); priced before the runs "
+              "([quant_speed/validation_ik.json](quant_speed/validation_ik.json): ik's types then priced as "
+              "Q4_K) and by this commit:", "",
+              "| model | flags | test | measured | now | before the runs |", "|---|---|---|---:|---:|---:|"]
+    for v in ik_validation_rows(folder):
+        lines.append(f"| {v['model']} | `{v['flags']}` | {v['test']} | {v['measured']:g} | {v['predicted']:g} "
+                     f"({_err(v):+.0f} %) | {v['before']:g} ({_err({**v, 'predicted': v['before']}):+.0f} %) |")
+    return lines
+
+
 def _err(row: dict[str, Any]) -> float:
     return 100.0 * (row["predicted"] / row["measured"] - 1)
 
 
-def markdown(derived: dict[str, Any], result: dict[str, Any], before: dict[str, Any] | None) -> str:
-    """benchmarks/results/quant_speed.md: the derived rows, then the accuracy of the planner."""
+def markdown(derived: dict[str, Any], result: dict[str, Any], before: dict[str, Any] | None,
+             ik: list[str] = ()) -> str:  # type: ignore[assignment]
+    """benchmarks/results/quant_speed.md: the derived rows, then the accuracy of the planner, then
+    ``ik`` (:func:`ik_markdown`)."""
     lines = ["# Weight types: what llama.cpp's kernels make of each ggml type", "",
              "`python -m benchmarks.quant_speed report` (see its docstring). llama-bench (mainline, the vendored "
              "llama.cpp of llama-cpp-python 0.3.36, CUDA sm_90, GGML_NATIVE) on one H200 and its 16-vCPU Xeon "
@@ -284,6 +407,8 @@ def markdown(derived: dict[str, Any], result: dict[str, Any], before: dict[str, 
 
     for t, row in derived["types"].items():
         lo = t.lower()
+        if lo not in TYPES:
+            continue  # ik_llama.cpp's: ik_markdown
         lines.append(f"| {t} | {row['gpu_decode_flops']:g} | {row['gpu_prompt']:g} | {row['cpu_decode_share']:g} "
                      f"| {cell(('llama8b', lo, 'gpu', 'tg', 1, THREADS))} "
                      f"| {cell(('llama8b', lo, 'gpu', 'pp', 1, THREADS))} "
@@ -318,7 +443,7 @@ def markdown(derived: dict[str, Any], result: dict[str, Any], before: dict[str, 
     lines += ["", "(CPU records of MXFP4 left out: see below. Only the 16-thread CPU records and the 8B GPU "
               "records were fitted; the 1B shape checks the split between layers and weights, moe15 the CPU "
               "shares on routed experts.)"]
-    return "\n".join(lines + [""] + NOTES) + "\n"
+    return "\n".join(lines + ik + [""] + NOTES) + "\n"
 
 
 #: what the runs showed, below the tables of quant_speed.md
@@ -359,7 +484,7 @@ NOTES = [
 def _models(a: argparse.Namespace) -> int:
     from benchmarks.speed_models import write_speed_model
 
-    for shape in SHAPES:
+    for shape in a.shapes:
         for t in a.types:
             print(write_speed_model(shape, Path(a.dir), weight_type=t), flush=True)
     return 0
@@ -370,21 +495,24 @@ def _run(a: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     types = list(reversed(a.types)) if a.reverse else list(a.types)
     for t in types:
-        for where, shape, args in TESTS:
+        for where, shape, args in IK_TESTS if a.ik else TESTS:
             if where not in a.where:
                 continue
             done = out / f"{shape}.{t}.{where}.jsonl"
             if done.exists():
                 continue
             model = Path(a.dir) / f"{shape}.{t}.gguf"
-            cmd = [a.bin, "-m", str(model), "-t", str(a.threads), "-o", "jsonl", *args]
+            # ik's llama-bench writes a JSON array (it has no jsonl): kept as one record a line
+            cmd = [a.bin, "-m", str(model), "-t", str(a.threads), "-o", "json" if a.ik else "jsonl", *args]
             r = subprocess.run(cmd, capture_output=True, text=True, timeout=a.timeout)
             if r.returncode:
                 (out / f"{shape}.{t}.{where}.err").write_text(r.stderr[-4000:])
                 print(f"{t} {shape} {where}: exit {r.returncode}", flush=True)
                 continue
-            done.write_text(r.stdout)
-            tps = [round(json.loads(line)["avg_ts"], 1) for line in r.stdout.splitlines() if line.startswith("{")]
+            records = (json.loads(r.stdout) if a.ik else
+                       [json.loads(line) for line in r.stdout.splitlines() if line.startswith("{")])
+            done.write_text("".join(json.dumps(rec) + "\n" for rec in records))
+            tps = [round(rec["avg_ts"], 1) for rec in records]
             print(f"{t} {shape} {where}: {tps}", flush=True)
     return 0
 
@@ -395,6 +523,7 @@ def main(argv: list[str] | None = None) -> int:
     m = sub.add_parser("models", help="write the per-type speed models into DIR")
     m.add_argument("dir")
     m.add_argument("--types", nargs="+", default=list(TYPES))
+    m.add_argument("--shapes", nargs="+", default=list(SHAPES))
     r = sub.add_parser("run", help="run llama-bench over the models of DIR")
     r.add_argument("dir")
     r.add_argument("--bin", required=True)
@@ -405,7 +534,9 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--timeout", type=int, default=300)
     r.add_argument("--types", nargs="+", default=list(TYPES))
     r.add_argument("--where", nargs="+", default=["gpu", "cpu"], choices=["gpu", "cpu"])
+    r.add_argument("--ik", action="store_true", help="ik_llama.cpp's llama-bench: its tests (IK_TESTS)")
     v = sub.add_parser("predict-validation", help="price the VALIDATION placements (-> quant_speed/validation.json)")
+    v.add_argument("--engine", default="llama.cpp", choices=["llama.cpp", "ik_llama.cpp"])
     v.set_defaults(cmd="predict_validation")
     w = sub.add_parser("report", help="derive the rows and price every record (-> results/quant_speed.{md,json})")
     w.add_argument("--write", action="store_true", help="rewrite omni_place/data/weight_types.toml")
@@ -417,9 +548,10 @@ def _predict(a: argparse.Namespace) -> int:
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
-        rows = predict_validation(Path(tmp))
-    VALIDATION_FILE.write_text(json.dumps({"predicted_with": "the planner of this commit, before the runs",
-                                           "rows": rows}, indent=1) + "\n")
+        rows = predict_validation(Path(tmp), a.engine)
+    target = VALIDATION_FILE if a.engine == "llama.cpp" else VALIDATION_IK_FILE
+    target.write_text(json.dumps({"predicted_with": "the planner of this commit, before the runs",
+                                  "rows": rows}, indent=1) + "\n")
     print(json.dumps(rows, indent=1))
     return 0
 
@@ -435,8 +567,9 @@ def _report(a: argparse.Namespace) -> int:
         if a.write:
             TABLE.write_text(table_text(derived["types"]))
         result = report(records, Path(tmp))
+        ik = ik_markdown(derived, Path(tmp))
     out.write_text(json.dumps({"derived": derived, **result, "before": before}, indent=1) + "\n")
-    (RESULTS / "quant_speed.md").write_text(markdown(derived, result, before))
+    (RESULTS / "quant_speed.md").write_text(markdown(derived, result, before, ik))
     print((RESULTS / "quant_speed.md").read_text())
     return 0
 

@@ -59,6 +59,8 @@ MIXES: dict[str, tuple[str, dict[str, str]]] = {
     "q4_k_m": ("q4_k", {r"ffn_down|attn_v|attn_kv_b|^output\.": "q6_k"}),
     # an IQ2_XXS-style MoE: i-quant experts, attention and shared tensors in Q4_K
     "iq2_xxs_moe": ("q4_k", {r"_exps\.": "iq2_xxs"}),
+    # an ik_llama.cpp-style MoE (ubergarm's quants): IQ2_KS experts, IQ4_KS elsewhere
+    "iq2_ks_moe": ("iq4_ks", {r"_exps\.": "iq2_ks"}),
 }
 
 

@@ -3,9 +3,10 @@
 Why not ``gguf.GGUFReader``: it memory-maps every tensor's data and raises on a header-only file
 (tensor data cut off), and people plan before they download 400 GB. This reader stops after the
 tensor infos, so a header-only file, a truncated download or a full 100 GB shard all read in
-milliseconds. Type tables (``GGML_QUANT_SIZES``, the value types) come from the ``gguf`` package,
-the reference maintained next to llama.cpp; the byte size of each value type comes from the C
-core (``_core.GGUF_TYPE_SIZES``), whose skip helpers step over long arrays.
+milliseconds. Tensor type sizes come from :mod:`omni_place.ggml_types` (the ``gguf`` package's
+table, the reference maintained next to llama.cpp, plus ik_llama.cpp's own types), the value types
+from the ``gguf`` package; the byte size of each value type comes from the C core
+(``_core.GGUF_TYPE_SIZES``), whose skip helpers step over long arrays.
 
 Hostile input is bounded the way ``ggml/src/gguf.cpp`` bounds it: every length is checked against
 the bytes that remain before anything is allocated, ``n_dims <= 4``, element counts are Python
@@ -23,10 +24,11 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, Iterator
 
-from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType
+from gguf import GGUFValueType
 
 from ._native import core as _core
 from .errors import GGUFFormatError, MissingShardError, TruncatedHeaderError
+from .ggml_types import ggml_type as ggml_type_of
 from .validate import show
 
 GGUF_MAGIC = b"GGUF"
@@ -93,7 +95,7 @@ class TensorInfo:
 
     @property
     def type_name(self) -> str:
-        return GGMLQuantizationType(self.ggml_type).name
+        return ggml_type_of(self.ggml_type).name
 
     @cached_property
     def n_elements(self) -> int:
@@ -105,13 +107,11 @@ class TensorInfo:
     @cached_property
     def n_bytes(self) -> int:
         """Bytes as stored in the file (``ggml_nbytes``)."""
-        block, type_size = GGML_QUANT_SIZES[GGMLQuantizationType(self.ggml_type)]
-        return self.n_elements // block * type_size
+        return ggml_type_of(self.ggml_type).tensor_bytes(self.shape)
 
     def row_bytes(self, n: int) -> int:
         """Bytes of ``n`` elements of this tensor's type (``ggml_row_size``)."""
-        block, type_size = GGML_QUANT_SIZES[GGMLQuantizationType(self.ggml_type)]
-        return -(-n // block) * type_size
+        return ggml_type_of(self.ggml_type).row_bytes(n)
 
 
 @dataclass
@@ -354,10 +354,12 @@ def _parse(buf: Any, path: Path, size: int, shard: int) -> GGUFHeader:
             ggml_type = cur.u32(f"{_q(name)} type")
             offset = cur.u64(f"{_q(name)} offset")
             try:
-                qtype = GGMLQuantizationType(ggml_type)
-                block, _ = GGML_QUANT_SIZES[qtype]
-            except (ValueError, KeyError):
-                raise GGUFFormatError(f"{path}: tensor {_q(name)} has unknown ggml type {ggml_type}") from None
+                qtype = ggml_type_of(ggml_type)
+                block = qtype.block
+            except KeyError:
+                raise GGUFFormatError(f"{path}: tensor {_q(name)} has unknown ggml type {ggml_type}",
+                                      hint="neither llama.cpp's types nor ik_llama.cpp's "
+                                           "(omni_place/data/ik_types.toml) have it") from None
             n_el = 1
             for d in shape:
                 if d == 0 or d >= 1 << 62:

@@ -16,15 +16,15 @@ llama.cpp), so the layout is the one llama.cpp's converters produce:
 """
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
-from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFWriter, Keys, TokenType
+from gguf import GGUFWriter, Keys, TokenType
 
+from .ggml_types import ggml_type
 from .gguf import GGUFModelFiles
 
 # llama.cpp's llama_split_path() and gguf-py's gguf_writer.SHARD_NAME_FORMAT
@@ -36,21 +36,20 @@ class GGUFTensor(NamedTuple):
 
     name: str
     shape: tuple[int, ...]
-    qtype: GGMLQuantizationType
+    qtype: int  # a ggml type id (GGMLQuantizationType, or one of ik_llama.cpp's: ggml_types)
 
 
 TensorData = Callable[[GGUFTensor], np.ndarray]
 """Returns a tensor's bytes as an array of exactly ``tensor_nbytes(shape, qtype)`` bytes."""
 
 
-def tensor_nbytes(shape: Iterable[int], qtype: GGMLQuantizationType) -> int:
+def tensor_nbytes(shape: Iterable[int], qtype: int) -> int:
     """Bytes of a tensor as stored in the file (``ggml_nbytes``); ``shape`` in ggml order."""
     shape = tuple(int(d) for d in shape)
-    block, type_size = GGML_QUANT_SIZES[GGMLQuantizationType(qtype)]
-    if shape[0] % block:
-        raise ValueError(f"row length {shape[0]} is not a multiple of the {GGMLQuantizationType(qtype).name} "
-                         f"block size {block}")
-    return math.prod(shape) // block * type_size
+    t = ggml_type(qtype)
+    if shape[0] % t.block:
+        raise ValueError(f"row length {shape[0]} is not a multiple of the {t.name} block size {t.block}")
+    return t.tensor_bytes(shape)
 
 
 def shard_paths(path: str | os.PathLike[str], split: int) -> list[Path]:
@@ -117,7 +116,7 @@ def write_gguf(
     path: str | os.PathLike[str],
     arch: str,
     metadata: Mapping[str, Any],
-    tensors: Iterable[tuple[str, tuple[int, ...], GGMLQuantizationType]],
+    tensors: Iterable[tuple[str, tuple[int, ...], int]],
     *,
     data: TensorData | None = None,
     split: int = 1,
@@ -129,8 +128,7 @@ def write_gguf(
     ``data`` (optional) is called once per tensor, in file order, for its bytes; without it the
     files are header-only.
     """
-    infos = [GGUFTensor(name, tuple(int(d) for d in shape), GGMLQuantizationType(qtype))
-             for name, shape, qtype in tensors]
+    infos = [GGUFTensor(name, tuple(int(d) for d in shape), qtype) for name, shape, qtype in tensors]
     if split < 1:
         raise ValueError(f"split must be >= 1, got {split}")
     if split > max(1, len(infos)):
@@ -148,7 +146,8 @@ def write_gguf(
         if split > 1:
             # GGUFWriter starts a new shard once the current one holds split_max_tensors tensors
             w.split_max_tensors = sizes[min(len(w.tensors), split) - 1]
-        w.add_tensor_info(t.name, tuple(reversed(t.shape)), np.dtype(np.float32), n, raw_dtype=t.qtype)
+        # GGUFWriter packs raw_dtype as a uint32: ik_llama.cpp's type ids pass through unchanged
+        w.add_tensor_info(t.name, tuple(reversed(t.shape)), np.dtype(np.float32), n, raw_dtype=t.qtype)  # type: ignore[arg-type]
     assert len(w.tensors) == split, (len(w.tensors), split)
 
     w.write_header_to_file(path)
@@ -158,7 +157,8 @@ def write_gguf(
         for t, n in zip(infos, nbytes):
             arr = np.ascontiguousarray(data(t))
             if arr.nbytes != n:
-                raise ValueError(f"{t.name}: data has {arr.nbytes} bytes, {t.qtype.name} {list(t.shape)} needs {n}")
+                raise ValueError(f"{t.name}: data has {arr.nbytes} bytes, {ggml_type(t.qtype).name} {list(t.shape)} "
+                                 f"needs {n}")
             w.write_tensor_data(arr)
     w.close()
     return shard_paths(path, split)
@@ -206,7 +206,7 @@ def _sparse_with_vocab(files: GGUFModelFiles, path: Path) -> Path:
     n_vocab = int(md.get(f"{arch}.vocab_size") or next(
         (t.shape[1] for t in files.tensors if t.name == "token_embd.weight" and len(t.shape) > 1), 0))
     md.update(spm_vocab(n_vocab))
-    tensors = [(t.name, t.shape, GGMLQuantizationType(t.ggml_type)) for t in files.tensors]
+    tensors = [(t.name, t.shape, t.ggml_type) for t in files.tensors]
     write_gguf(path, arch, md, tensors)
     header_end = path.stat().st_size
     align = int(md.get("general.alignment", 32))

@@ -15,8 +15,10 @@ Prompt matmuls (MMQ tiles, ``ggml/src/ggml-cuda/mmq.cuh``) take :attr:`WeightTyp
 times Q4_K's time per FLOP; F16/BF16 go to cuBLAS.
 
 The rows are derived by ``python -m benchmarks.quant_speed report`` from llama-bench runs on one
-H200 and its 16-vCPU host (benchmarks/results/quant_speed.md). Types without a row (ik_llama.cpp's
-IQ*_K, ternary types) price as :data:`FALLBACK_TYPE`.
+H200 and its 16-vCPU host (benchmarks/results/quant_speed.md): mainline's types as llama.cpp ran
+them, ik_llama.cpp's own (IQ2_K .. IQ6_K, IQ*_KS, IQ*_KT, Q6_0) as ik's llama-bench ran them, each
+against Q4_K beside it. Types without a row (ternary types, ik's CPU-only _R4/_R8 repacks) price
+as :data:`FALLBACK_TYPE`.
 """
 from __future__ import annotations
 

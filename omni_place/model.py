@@ -22,13 +22,14 @@ import os
 import re
 from dataclasses import dataclass, field
 from enum import Enum
-from functools import cached_property, lru_cache
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Iterable
 
-from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+from gguf import GGMLQuantizationType
 
 from .errors import GGUFFormatError, InvalidArgumentError, UnsupportedModelError
+from .ggml_types import ggml_type
 from .gguf import GGUFModelFiles, LongArray, TensorInfo, iter_layer_tensors, read_model_files
 from .hparams import ARCHITECTURES, NOT_COVERED, ArchSpec, HParams, read_hparams
 from .sources import resolve_model_source
@@ -118,15 +119,9 @@ def classify(layer: int | None, inner_name: str) -> Role:
     return Role.UNKNOWN
 
 
-@lru_cache(maxsize=None)
-def _type_sizes(ggml_type: int) -> tuple[int, int]:
-    return GGML_QUANT_SIZES[GGMLQuantizationType(ggml_type)]
-
-
-def row_bytes(ggml_type: int, n: int) -> int:
-    """``ggml_row_size``: bytes of ``n`` consecutive elements of a type."""
-    block, size = _type_sizes(ggml_type)
-    return n // block * size
+def row_bytes(type_id: int, n: int) -> int:
+    """``ggml_row_size``: bytes of a row of ``n`` elements of a type."""
+    return ggml_type(type_id).row_bytes(n)
 
 
 def align_up(n: int, alignment: int) -> int:
@@ -137,8 +132,7 @@ def alloc_bytes(t: TensorInfo, backend: str) -> int:
     """Bytes the engine allocates for a weight on a backend ('cuda', 'cpu' or 'rpc')."""
     size = t.n_bytes
     if backend == "cuda":
-        block, _ = _type_sizes(t.ggml_type)
-        if block > 1 and t.shape[0] % CUDA_ROW_PADDING:
+        if ggml_type(t.ggml_type).block > 1 and t.shape[0] % CUDA_ROW_PADDING:
             size += row_bytes(t.ggml_type, CUDA_ROW_PADDING - t.shape[0] % CUDA_ROW_PADDING)
     try:
         return align_up(size, BACKEND_ALIGNMENT[backend])
@@ -308,12 +302,12 @@ class ModelProfile:
         k_row = hp.kv_lora_rank + hp.n_rot if hp.is_mla else hp.head_dim_k
         rows = [("K", type_k, k_row)] + ([] if hp.is_mla else [("V", type_v, hp.head_dim_v)])  # MLA: no V cache
         for which, name, row in rows:
-            block = GGML_QUANT_SIZES[GGMLQuantizationType(_kv_type(name))][0]
+            block = ggml_type(_kv_type(name)).block
             if block > 1 and row % block:
                 raise InvalidArgumentError(
                     f"{which} cache type {name}: a row of {row} values is not a whole number of {block}-value blocks",
                     hint="use f16 (or bf16) for this model's KV cache")
-        if GGML_QUANT_SIZES[GGMLQuantizationType(_kv_type(type_v))][0] > 1 and not flash_attn and not hp.is_mla:
+        if ggml_type(_kv_type(type_v)).block > 1 and not flash_attn and not hp.is_mla:
             raise InvalidArgumentError(f"a quantized V cache ({type_v}) needs flash attention",
                                        hint="drop --no-flash-attn, or use --kv-type f16")
 

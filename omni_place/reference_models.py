@@ -17,6 +17,7 @@ from typing import Any, Callable
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
 from .errors import InvalidArgumentError
+from .ggml_types import ggml_type
 from .gguf_write import write_gguf
 from .safeio import is_own_file, make_private, private_dir, write_atomic
 
@@ -133,11 +134,12 @@ QUANT_FALLBACK: dict[GGMLQuantizationType, GGMLQuantizationType] = {
 }
 
 
-def fit_quant_type(qtype: GGMLQuantizationType, ne0: int) -> GGMLQuantizationType:
-    """The type llama-quantize gives a tensor of row length ``ne0`` when asked for ``qtype``."""
-    if ne0 % GGML_QUANT_SIZES[qtype][0] == 0:
+def fit_quant_type(qtype: int, ne0: int) -> int:
+    """The type llama-quantize gives a tensor of row length ``ne0`` when asked for ``qtype`` (a ggml
+    type id; ik_llama.cpp's types, which mainline's table lacks, fall back to F16)."""
+    if ne0 % ggml_type(qtype).block == 0:
         return qtype
-    fb = QUANT_FALLBACK.get(qtype, Q.F16)
+    fb = QUANT_FALLBACK.get(Q(qtype), Q.F16) if qtype in Q._value2member_map_ else Q.F16
     return fb if ne0 % GGML_QUANT_SIZES[fb][0] == 0 else Q.F16
 
 
@@ -154,7 +156,7 @@ def q4_k_m_type(name: str, shape: tuple[int, ...], *, layer: int | None, n_layer
             t = Q.Q5_K
     elif "ffn_down" in name and layer is not None:  # :624-652, MoE: layer from the name
         t = Q.Q6_K if _use_more_bits(layer, n_layer_all) else Q.Q4_K
-    return fit_quant_type(t, ne0)
+    return Q(fit_quant_type(t, ne0))
 
 
 def _quantizable(name: str, shape: tuple[int, ...]) -> bool:

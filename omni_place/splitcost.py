@@ -35,11 +35,11 @@ from dataclasses import dataclass
 from functools import cached_property
 
 import numpy as np
-from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
 from .cost import CPU, CostModel, DeviceUsage, Placement, Prediction, SpeedParams, expert_kind
 from .devices import Cluster
 from .errors import InvalidArgumentError
+from .ggml_types import ggml_type, ggml_type_named
 from .model import BACKEND_ALIGNMENT, ModelProfile, Role, TensorRecord, align_up, row_bytes
 from .placement import Context, add_seconds
 
@@ -82,7 +82,7 @@ _IK_EXTRA: tuple[tuple[re.Pattern[str], int, str], ...] = tuple((re.compile(p), 
 
 
 def _blck(t: TensorRecord | None) -> int:
-    return 1 if t is None else GGML_QUANT_SIZES[GGMLQuantizationType(t.info.ggml_type)][0]
+    return 1 if t is None else ggml_type(t.info.ggml_type).block
 
 
 def split_ne(ne: int, granularity: int, shares: list[float], rotation: int, floor: bool) -> list[float]:
@@ -218,13 +218,13 @@ class SplitCostModel(CostModel):
                                   (hp.head_dim_v * hp.n_head_kv[il], gv, c.type_v)):
             if not width:  # a header whose KV head size reads 0: no bytes to share
                 continue
-            block = GGML_QUANT_SIZES[GGMLQuantizationType[kv_type.upper()]][0]
+            block = ggml_type_named(kv_type).block
             ne = split_ne(width, g, self.shares, rot, True)
             if any(x % block for x in ne):
                 raise InvalidArgumentError(
                     f"-sm {c.split_mode}: layer {il}'s {kv_type} KV slices ({'/'.join(map(str, ne))} values) are not "
                     f"whole {block}-value blocks; the engine aborts (GGML_ASSERT)", hint="use an f16 KV cache")
-            parts.append((row_bytes(GGMLQuantizationType[kv_type.upper()], width), [x / width for x in ne]))
+            parts.append((row_bytes(ggml_type_named(kv_type).id, width), [x / width for x in ne]))
         total = sum(b for b, _ in parts)
         if not total:
             return [s / sum(self.shares) for s in self.shares]

@@ -51,6 +51,7 @@ import numpy as np
 import gguf
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType as QT, Keys
 
+from omni_place.ggml_types import ggml_type_named
 from omni_place.gguf_write import GGUFTensor, shard_paths, spm_vocab, tensor_nbytes, write_gguf
 from omni_place.reference_models import ModelSpec, fit_quant_type
 
@@ -90,7 +91,8 @@ _TYPE_NAMES: dict[str, QT] = {
     "q8_0": QT.Q8_0, "q4_0": QT.Q4_0, "q4_1": QT.Q4_1, "q5_0": QT.Q5_0, "q5_1": QT.Q5_1,
     "q2_k": QT.Q2_K, "q3_k": QT.Q3_K, "q4_k": QT.Q4_K, "q5_k": QT.Q5_K, "q6_k": QT.Q6_K,
     "mxfp4": QT.MXFP4,
-    # i-quants: headers and hole-filled speed models only (``_tensor_data`` has no generator)
+    # i-quants: headers and hole-filled speed models only (``_tensor_data`` has no generator), as
+    # ik_llama.cpp's own types (any name in omni_place/data/ik_types.toml, through ``_qtype``)
     "iq4_xs": QT.IQ4_XS, "iq4_nl": QT.IQ4_NL, "iq3_s": QT.IQ3_S, "iq3_xxs": QT.IQ3_XXS,
     "iq2_s": QT.IQ2_S, "iq2_xs": QT.IQ2_XS, "iq2_xxs": QT.IQ2_XXS, "iq1_m": QT.IQ1_M, "iq1_s": QT.IQ1_S,
 }
@@ -133,13 +135,15 @@ class TensorSpec:
     kind: str  # "w" (matrix: weight_type), "norm" (F32 ones), "f32" (F32 small random)
 
 
-def _qtype(t: str | QT) -> QT:
+def _qtype(t: str | QT) -> int:
+    """A type name's ggml id: mainline's (``_TYPE_NAMES``) or ik_llama.cpp's (header-only files)."""
     if isinstance(t, QT):
         return t
     try:
-        return _TYPE_NAMES[t.lower()]
+        return _TYPE_NAMES.get(t.lower()) or ggml_type_named(t).id
     except KeyError:
-        raise ValueError(f"unsupported tensor type {t!r}; use one of {sorted(_TYPE_NAMES)}") from None
+        raise ValueError(f"unsupported tensor type {t!r}; use one of {sorted(_TYPE_NAMES)} or an "
+                         "ik_llama.cpp type (omni_place/data/ik_types.toml)") from None
 
 
 # --------------------------------------------------------------------------------------------
@@ -391,7 +395,7 @@ def write_model(path: str | Path, arch: str, *, n_layer: int | None = None, n_em
     base_type = _qtype(weight_type)
     overrides = [(re.compile(p), _qtype(t)) for p, t in (tensor_types or {}).items()]
 
-    def type_of(spec: TensorSpec) -> QT:
+    def type_of(spec: TensorSpec) -> int:
         if spec.kind != "w":
             return QT.F32
         for rx, t in overrides:

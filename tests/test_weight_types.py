@@ -36,7 +36,8 @@ def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_shipped_rows_are_what_the_records_give(records: list[dict], folder: Path) -> None:
     derived = quant_speed.derive(records, folder)
-    assert len(records) >= 500 and set(derived["types"]) == {t.upper() for t in quant_speed.TYPES}
+    assert len(records) >= 500 and set(derived["types"]) == {t.upper() for t in quant_speed.TYPES
+                                                              + quant_speed.IK_TYPES}
     shipped = weight_type_speeds()
     for name, row in derived["types"].items():
         assert (shipped[name].gpu_decode_flops, shipped[name].gpu_prompt, shipped[name].cpu_decode_share) == (
@@ -97,7 +98,7 @@ def test_kernel_bound_on_hbm_memory_bound_on_gddr(folder: Path) -> None:
 
 
 def test_types_without_a_row_and_f32_weights() -> None:
-    assert weight_type_speed("IQ4_KS") is weight_type_speeds()[FALLBACK_TYPE]  # ik_llama.cpp's own type
+    assert weight_type_speed("IQ4_K_R4") is weight_type_speeds()[FALLBACK_TYPE]  # ik's CPU-only repack
     assert weight_type_speed("f32") is weight_type_speeds()["F16"]
     iq = [weight_type_speeds()[t].cpu_decode_share for t in ("IQ1_S", "IQ1_M", "IQ2_XXS", "IQ2_XS", "IQ3_XXS")]
     assert max(iq) < 0.5 < statistics.median(s.cpu_decode_share for s in weight_type_speeds().values())

@@ -432,8 +432,9 @@ class IkLlama(Dialect):
         return [max(0.0, float(cluster.by_name(n).memory_bytes) - FIT_MARGIN) for n in order]
 
     def tool_defaults(self, tool: str = "server") -> ToolDefaults:
-        # ik's llama-bench offloads -ngl 999 by default (mainline's: 99)
-        return replace(BENCH_DEFAULTS, n_gpu_layers=999, flash_attn=False) if tool == "bench" else SERVER_DEFAULTS
+        # ik's llama-bench offloads -ngl 999 by default (mainline's: 99); flash attention is on by
+        # default in both tools since ik #863 (examples/llama-bench/llama-bench.cpp:299, common/common.h:422)
+        return replace(BENCH_DEFAULTS, n_gpu_layers=999) if tool == "bench" else SERVER_DEFAULTS
 
     def flags_of(self, parsed: llama_cpp.ParsedArgs) -> EngineArgs:
         return EngineArgs.from_parsed(parsed, SYNTAX)

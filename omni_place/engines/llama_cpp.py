@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 import re
 import shlex
+from collections import Counter
 from typing import Any, Collection, Mapping, Sequence
 
 import numpy as np
@@ -22,6 +23,7 @@ import numpy as np
 from ..cost import CPU, Context, DeviceUsage, ExpertHomes, Placement, expert_kind
 from ..devices import Cluster
 from ..errors import InvalidArgumentError
+from ..ggml_types import is_ik_only
 from ..model import ModelProfile, Role
 from .base import BenchRecordFlags, BenchSpelling, Dialect, EngineTraits, PlacementArgs
 from .splitmodes import SplitModeRule, is_parallel
@@ -541,6 +543,15 @@ class LlamaCpp(Dialect):
 
     def env(self, placement_args: PlacementArgs, args: Sequence[str]) -> dict[str, str]:
         return llama_env(args)
+
+    def model_notes(self, model: ModelProfile) -> list[str]:
+        ik_types = Counter(t.info.type_name for t in model.tensors if is_ik_only(t.info.ggml_type))
+        if not ik_types:
+            return []
+        kinds = ", ".join(f"{name} x {n}" for name, n in ik_types.most_common())
+        return [f"llama.cpp cannot load this file: {sum(ik_types.values())} tensors are of ik_llama.cpp's own types "
+                f"({kinds}), which its ggml has not (ggml/src/gguf.cpp:730: 'invalid ggml type'); plan with --engine "
+                "ik_llama.cpp, or use a mainline quant of the model"]
 
     def parse_args(self, argv: Sequence[str], tool: str = "server") -> ParsedArgs:
         return parse_args(argv, tool=tool)

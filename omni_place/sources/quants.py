@@ -2,9 +2,10 @@
 ``MXFP4_MOE``...), the files of a repository grouped into models (split shards together, quants in
 sub-folders as unsloth publishes them) and the one quality order of tags.
 
-Quality order: bits per weight of the tag's base ggml type (``GGML_QUANT_SIZES`` of the gguf
-package, the table llama.cpp maintains), then the mix suffix llama-quantize gives it (``_XXS`` <
-``_XS`` < ``_S`` < none < ``_M`` < ``_L`` < ``_XL``), then unsloth's dynamic ``UD-`` variant.
+Quality order: bits per weight of the tag's base ggml type (:mod:`omni_place.ggml_types`: the gguf
+package's table, which llama.cpp maintains, and ik_llama.cpp's types), then the mix suffix
+llama-quantize gives it (``_XXS`` < ``_XS`` < ``_S`` < none < ``_M`` < ``_L`` < ``_XL``), then
+unsloth's dynamic ``UD-`` variant.
 """
 from __future__ import annotations
 
@@ -12,14 +13,14 @@ import re
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
-from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
-
 from ..errors import InvalidArgumentError
+from ..ggml_types import GgmlType, ggml_type_named
 
-# A tag between non-alphanumeric characters; the longest spelling wins (Q4_K_M over Q4_K).
+# A tag between non-alphanumeric characters; the longest spelling wins (Q4_K_M over Q4_K). ik_llama.cpp's
+# types (IQ4_KS, IQ2_KT, IQ3_K_R4: ubergarm's quants) are tags too.
 _TAG = re.compile(
     r"(?<![A-Za-z0-9])((?:UD-)?(?:(?:I?Q[1-8]|TQ[12])_[01K](?:_(?:XXS|XS|XXL|XL|S|M|L))?"
-    r"|IQ[1-4]_(?:XXS|XS|NL|S|M)|MXFP4(?:_MOE)?|BF16|F16|F32))(?![A-Za-z0-9])",
+    r"|IQ[1-4]_(?:XXS|XS|NL|S|M)|IQ[1-6]_K(?:SS|S|T|L)?|MXFP4(?:_MOE)?|BF16|F16|F32)(?:_R[48])?)(?![A-Za-z0-9])",
     re.IGNORECASE | re.ASCII,
 )
 _SHARD = re.compile(r"-(\d{5})-of-(\d{5})\.gguf$", re.IGNORECASE | re.ASCII)
@@ -38,13 +39,13 @@ def quant_tag(path: str) -> str | None:
     return None
 
 
-def base_type(tag: str) -> GGMLQuantizationType | None:
+def base_type(tag: str) -> GgmlType | None:
     """The ggml type a tag's mix is built on (Q4_K_M -> Q4_K), None if unknown."""
     name = tag.upper().removeprefix("UD-")
     name = MIX_BASE.get(name, name)
     for candidate in (name, name.rsplit("_", 1)[0]):
         try:
-            return GGMLQuantizationType[candidate]
+            return ggml_type_named(candidate)
         except KeyError:
             continue
     return None
@@ -55,8 +56,7 @@ def nominal_bpw(tag: str) -> float | None:
     t = base_type(tag)
     if t is None:
         return None
-    block, type_size = GGML_QUANT_SIZES[t]
-    return type_size * 8 / block
+    return t.bytes * 8 / t.block
 
 
 def quality_key(tag: str | None, measured_bpw: float = 0.0) -> tuple[float, int, int]:
