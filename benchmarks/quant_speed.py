@@ -466,7 +466,8 @@ NOTES = [
     "in F32 and every FMA takes a microcode assist. A property of the synthetic weights, not of the "
     "type: its row takes IQ4_NL's rate (same 16-entry lookup kernel).",
     "- Prompt (MMQ) per FLOP: Q2_K 1.6x Q4_K's time, Q6_K 1.18x, IQ2_S/XS 1.16x; F16/BF16 go to "
-    "cuBLAS at 0.37-0.43x. Without flash attention the prompt ran a median 16 % slower at depth 0 (not priced).",
+    "cuBLAS at 0.37-0.43x. Without flash attention the prompt ran a median 16 % slower at depth 0 (priced "
+    "since session 30 by omni_place/attention.py: benchmarks/results/attention_depth.md).",
     "- Held out, IQ2_XXS experts in RAM beside Q4_K attention decoded at 47 tok/s (`-ot exps=CPU`, two "
     "rounds 42-56) where the same experts beside IQ2_XXS attention had decoded at 64-68 in the sweep "
     "(priced 71-72 both): not explained by the model (the GPU side differs by 0.4 ms a token at most); "

@@ -7,7 +7,8 @@ host's (an engine whose graphs are not mainline's adds its measured margins,
 cost.CostModel.add_compute_margins). What the replay does not cover (experts on
 another device than their layer's, a parallel split mode) is priced per device from the fitted
 roles (:mod:`.compute`), with the first GPU's op-offload buffer and the host's beside one CUDA
-device still replayed where they were checked.
+device still replayed where they were checked. Beside them, what of the host's weights the
+engine copies (CPU_REPACK) and what may page from disk (:func:`pageable_bytes`).
 """
 from __future__ import annotations
 
@@ -17,9 +18,14 @@ from .compute_graph import Layout, Offload
 from .model import Role
 from .placement import CPU, expert_kind
 
+# Weight types the CPU backend repacks into interleaved CPU_REPACK buffers on x86 (AVX2; Q2_K needs
+# AVX-512), for matmul weights of a multiple of 8 rows (ggml/src/ggml-cpu/repack.cpp:4925-5120
+# ggml_repack_get_optimal_repack_type): allocated memory, which cannot page from the file as mmap can.
+REPACK_TYPES = frozenset({"Q4_0", "Q4_K", "IQ4_NL", "MXFP4"})
+
 if TYPE_CHECKING:
     from .compute import ComputeEstimate
-    from .devices import Cluster
+    from .devices import Cluster, Device
     from .model import ModelProfile
     from .placement import Context, DeviceUsage, Placement, SpeedParams
 
@@ -47,6 +53,10 @@ class PricedModel(Protocol):
     def experts_offloaded(self) -> bool: ...
 
     def has_cpu_weights(self, p: Placement) -> bool: ...
+
+    def device(self, name: str) -> Device: ...
+
+    def expert_bytes(self, il: int, backend: str, kinds: frozenset[str] | None, inside: bool) -> int: ...
 
     @property
     def offloadable_weights(self) -> tuple[list[int], list[dict[str, int]], int]: ...
@@ -183,3 +193,38 @@ def host_compute(cost: PricedModel, p: Placement, cpu_use: DeviceUsage, offload:
         return c.cpu_only_bytes() if p.output == CPU else c.device_bytes(True, False, backend="cpu")
     every = cpu_use.n_layers == len(p.layer_home) and p.output == CPU
     return c.host_bytes("host_all" if every else "host_partial", copies)
+
+
+def pageable_bytes(cost: PricedModel, p: Placement, cpu_weights: int) -> int:
+    """Of the CPU's ``cpu_weights``, what the OS may page from disk under --allow-paging: the
+    mmap'd ones, less CPU_REPACK copies and the experts an engine pins through its overrides
+    when a GPU takes op offload (ik_llama.cpp, EngineTraits.pinned_overrides)."""
+    if not cost.context.allow_paging or cost.context.pinned_weights:
+        return 0
+    pinned = 0
+    if cost.context.pinned_overrides and any(cost.device(n).kind == "gpu" for n in p.order):
+        pinned = sum(cost.expert_bytes(il, "cpu", p.cpu_experts[il], True)
+                     for il, home in enumerate(p.layer_home) if home != CPU)
+    return max(0, cpu_weights - repacked_bytes(cost, p) - pinned)
+
+
+def repacked_bytes(cost: PricedModel, p: Placement) -> int:
+    """CPU-held weights the engine copies into CPU_REPACK buffers: those of REPACK_TYPES when
+    no local GPU's pinned host buffer comes first in the CPU's buffer list
+    (src/llama-model.cpp:1078-1135: accelerators, the first device's host buffer, the extra
+    buffers such as CPU_REPACK, the CPU; with mmap the host buffer becomes CPU_Mapped,
+    src/llama-model-loader.cpp:1269-1277); the token embedding (GET_ROWS) stays mapped."""
+    if any(cost.device(n).kind == "gpu" for n in p.order):
+        return 0
+    total = 0
+    for t in cost.model.tensors:
+        if t.info.type_name not in REPACK_TYPES or t.role in (Role.NEXTN, Role.EMBEDDING):
+            continue
+        if len(t.info.shape) < 2 or t.info.shape[1] % 8:
+            continue
+        home = p.output if t.layer is None else p.layer_home[t.layer]
+        if t.role is Role.ROUTED_EXPERT and t.layer is not None:
+            home = p.expert_home(t.layer, expert_kind(t))
+        if home == CPU:
+            total += t.bytes
+    return total

@@ -6,9 +6,10 @@ GPU), and where the output head goes. :class:`CostModel` prices a placement exac
 methods fill the arrays the C core optimizes over (:mod:`omni_place.problem`), so what the core
 minimizes and what a plan reports are one model.
 
-Decode (tg, batch 1) reads each layer's dense weights, its KV cache up to ``depth`` and ``k/N``
-of its routed-expert bytes from the memory they sit in, at that memory's bandwidth times an
-efficiency or as fast as the kernels take their weight types (kernels.py), plus a fixed cost per
+Decode (tg, batch 1) reads each layer's dense weights, its KV cache up to ``depth`` (attention.py:
+slower than its bytes) and ``k/N`` of its routed-expert bytes from the memory they sit in, at that
+memory's bandwidth times an efficiency or as fast as the kernels take their weight types
+(kernels.py), plus a fixed cost per
 layer on each backend it visits (kernel launches, thread barriers); every hop of the activations
 between devices costs a graph split (scheduling + synchronisation) plus the link's latency and the
 ``n_embd`` F32 transfer. Experts away from their layer (CPU or another GPU) cost a hop out and
@@ -16,7 +17,8 @@ one back per layer visit: the scheduler runs an op on the backend holding its we
 (``ggml/src/ggml-backend.cpp:951-980``) and copies its inputs there; GPUs without P2P copy
 through the host, over both links.
 Prompt processing (pp, batches of ``n_ubatch``) is compute-bound on the GPUs (a routed expert
-costs at least one MMQ tile of tokens); weights held by the CPU are copied from pageable host
+costs at least one MMQ tile of tokens; attention over the cache at ``depth`` as attention.py
+prices it, where the layer's ops run); weights held by the CPU are copied from pageable host
 memory to the first device per ubatch (llama.cpp's op offload for batches of 32 or more; only
 the experts a ubatch touches; a CPU layer's KV cache with it) and computed there; RPC devices
 take no offload.
@@ -34,11 +36,13 @@ from dataclasses import replace
 from functools import cached_property
 
 from .compute import PIPELINE_COPIES, ComputeEstimate, compute_buffer_estimate
-from .compute_price import host_compute, offload_compute, offloadable_weights, op_offload_reserve, replayed_buffers
+from .compute_price import (REPACK_TYPES, host_compute, offload_compute, offloadable_weights, op_offload_reserve,
+                            pageable_bytes, replayed_buffers)
 from .cpuprobe import DEFAULT_DISK_GBS
 from .devices import Cluster, Device
 from .errors import ClusterError, InvalidArgumentError
 from .gpu_matmul import batch_rate, expert_time_factor, routed_tile_factor, uniform_tile_factor
+from .attention import attended_cells, decode_kv_cost, prompt_attention_s
 from .kernels import FA_OFF_LAYER_SHARE, KERNEL_FLOPS_PER_BYTE, KernelWork, kernel_work
 from .model import LayerCost, ModelProfile, Role
 from .placement import (CPU, EXPERT_KINDS, EXPERT_OPTIONS, Context, DeviceUsage, ExpertHomes, Placement, Prediction,
@@ -53,10 +57,6 @@ from .units import GB
 PAGEABLE_LINK_FRACTION = 0.12
 # ... and from pinned memory (CUDA_Host): 54-55 GB/s of the 63 on that H200 (DMA at link speed).
 PINNED_LINK_FRACTION = 0.87
-# Weight types the CPU backend repacks into interleaved CPU_REPACK buffers on x86 (AVX2; Q2_K needs
-# AVX-512), for matmul weights of a multiple of 8 rows (ggml/src/ggml-cpu/repack.cpp:4925-5120
-# ggml_repack_get_optimal_repack_type): allocated memory, which cannot page from the file as mmap can.
-REPACK_TYPES = frozenset({"Q4_0", "Q4_K", "IQ4_NL", "MXFP4"})
 # Share of a MoE layer's decode ops that run where its routed experts are (the three
 # MUL_MAT_IDs, the GLU, the weighting and the sum of the experts' outputs).
 EXPERT_OPS_SHARE = 0.25
@@ -95,6 +95,8 @@ class CostModel:
         depth_cells = min(c.depth, c.ctx)
         full_cells = model.kv_cells(c.ctx, c.n_seq)
         self.kv_read = [kv * depth_cells / full_cells for kv in self.kv]
+        self._attn = [2.0 * hp.n_head[il] * (hp.head_dim_k + hp.head_dim_v) * attended_cells(  # per prompt token
+            c.depth, b, c.flash_attn, hp.n_swa if hp.is_swa[il] else 0) if kv else 0.0 for il, kv in enumerate(self.kv)]
         self.act_bytes = hp.n_embd * 4  # one token's activations (F32)
         self._expert_split: list[dict[str, dict[str, int]]] = [self._split_experts(lc) for lc in model.layers]
         self._params = [[0.0, 0.0] for _ in model.layers]  # (dense, routed-expert) parameters
@@ -211,7 +213,7 @@ class CostModel:
                 use.n_layers > 0 or name in p.foreign_experts, use.holds_output, copies, self.backend(name), whole)
         if replayed is not None:
             out[CPU].compute_bytes += replayed[CPU]
-            out[CPU].pageable_bytes = self.pageable_bytes(p, out[CPU].weights_bytes)
+            out[CPU].pageable_bytes = pageable_bytes(self, p, out[CPU].weights_bytes)
         else:
             gpus = sum(1 for n in p.order if out[n].n_layers and self.device(n).kind == "gpu")
             self._finish_usage(p, out, copies, gpus)
@@ -239,40 +241,7 @@ class CostModel:
             first = out[target]
             first.compute_bytes = offload_compute(self, p, first.compute_bytes, gpus_with_layers)
         cpu_use.compute_bytes += host_compute(self, p, cpu_use, offload, copies)
-        cpu_use.pageable_bytes = self.pageable_bytes(p, cpu_use.weights_bytes)
-
-    def pageable_bytes(self, p: Placement, cpu_weights: int) -> int:
-        """Of the CPU's ``cpu_weights``, what the OS may page from disk under --allow-paging: the
-        mmap'd ones, less CPU_REPACK copies and the experts an engine pins through its overrides
-        when a GPU takes op offload (ik_llama.cpp, EngineTraits.pinned_overrides)."""
-        if not self.context.allow_paging or self.context.pinned_weights:
-            return 0
-        pinned = 0
-        if self.context.pinned_overrides and any(self.device(n).kind == "gpu" for n in p.order):
-            pinned = sum(self.expert_bytes(il, "cpu", p.cpu_experts[il], True)
-                         for il, home in enumerate(p.layer_home) if home != CPU)
-        return max(0, cpu_weights - self.repacked_bytes(p) - pinned)
-
-    def repacked_bytes(self, p: Placement) -> int:
-        """CPU-held weights the engine copies into CPU_REPACK buffers: those of REPACK_TYPES when
-        no local GPU's pinned host buffer comes first in the CPU's buffer list
-        (src/llama-model.cpp:1078-1135: accelerators, the first device's host buffer, the extra
-        buffers such as CPU_REPACK, the CPU; with mmap the host buffer becomes CPU_Mapped,
-        src/llama-model-loader.cpp:1269-1277); the token embedding (GET_ROWS) stays mapped."""
-        if any(self.device(n).kind == "gpu" for n in p.order):
-            return 0
-        total = 0
-        for t in self.model.tensors:
-            if t.info.type_name not in REPACK_TYPES or t.role in (Role.NEXTN, Role.EMBEDDING):
-                continue
-            if len(t.info.shape) < 2 or t.info.shape[1] % 8:
-                continue
-            home = p.output if t.layer is None else p.layer_home[t.layer]
-            if t.role is Role.ROUTED_EXPERT and t.layer is not None:
-                home = p.expert_home(t.layer, expert_kind(t))
-            if home == CPU:
-                total += t.bytes
-        return total
+        cpu_use.pageable_bytes = pageable_bytes(self, p, cpu_use.weights_bytes)
 
     def pipeline_parallel(self, p: Placement) -> bool:
         """Whether llama.cpp pipelines this placement (src/llama-context.cpp:430-435): several
@@ -411,12 +380,12 @@ class CostModel:
         a quarter of a MoE layer's ops), and the hops out to and back from each device holding
         some of its experts (kinds on two devices: home -> a -> b -> home, priced as two round
         trips, within a split of the three hops)."""
-        dense, kv = self.model.layers[il].dense["cpu"], self.kv_read[il]
+        dense = self.model.layers[il].dense["cpu"]
         every: tuple[float, dict[str, float]] = (sum(self._expert_split[il]["stored"].values()), {})  # a CPU layer's
         with_layer, away = self._away(il, experts) if home != CPU else every
         out = {home: self.read_tg(home, dense + with_layer * self.k_over_n,
                                   self._work[il][0].plus(self.expert_work(il, with_layer)))
-               + kv / self.bandwidth(home) + self._layer_overhead(home, True, self.model.layers[il].has_experts)}
+               + self.kv_tg(il, home) + self._layer_overhead(home, True, self.model.layers[il].has_experts)}
         add_seconds(out, self.away_tg(il, home, away))
         return out
 
@@ -428,6 +397,17 @@ class CostModel:
             add_seconds(out, {dev: self.read_tg(dev, stored * self.k_over_n, self.expert_work(il, stored))
                               + self._layer_overhead(dev) * EXPERT_OPS_SHARE, "transfers": 2 * self.hop_tg(home, dev)})
         return out
+
+    def kv_tg(self, il: int, name: str) -> float:
+        """Decode seconds to attend over layer ``il``'s cache at the run's depth on ``name`` (attention.py)."""
+        gpu = name != CPU and self.device(name).kind == "gpu"
+        return self.kv_read[il] / self.bandwidth(name) * (decode_kv_cost(self.context.flash_attn) if gpu else 1.0)
+
+    def attention_pp(self, il: int, name: str) -> float:
+        """Prompt seconds per token of layer ``il``'s attention over its cache on ``name`` (attention.py)."""
+        gpu = name != CPU and self.device(name).kind == "gpu"
+        return prompt_attention_s(self._attn[il], self.n_tokens, self.context.flash_attn, self.flops(name),
+                                  self._layer_overhead(name) if gpu else 0.0)
 
     def _layer_overhead(self, name: str, attention: bool = False, moe: bool = False) -> float:
         """Fixed decode seconds per layer on a backend (RPC: a CPU backend); ``attention``: MLA's on a
@@ -451,7 +431,8 @@ class CostModel:
         frac = {dev: b / exp_total for dev, b in away.items()}
         kept = 1 - frac.pop(CPU, 0.0) - sum(frac.values())  # the experts' share computed with the layer
         gpu = self.device(home).kind == "gpu"
-        out = {home: (self.dense_flops(il, gpu) + self.expert_flops(il, gpu) * kept) / self.flops(home)}
+        out = {home: (self.dense_flops(il, gpu) + self.expert_flops(il, gpu) * kept) / self.flops(home)
+               + self.attention_pp(il, home)}
         add_seconds(out, self.away_pp(il, home, away, first))
         return out
 
@@ -534,7 +515,7 @@ class CostModel:
         the batch is large enough, else computed by the CPU."""
         if first is None or not self.offloads_to(first):
             return {CPU: (dense * self.dense_flops(il, False) + self.expert_flops(il, False) * expert_share)
-                    / self.flops(CPU)}
+                    / self.flops(CPU) + dense * self.attention_pp(il, CPU)}
         if not self.experts_offloaded and expert_share:  # the experts' share stays on the CPU
             out = {CPU: self.expert_flops(il, False) * expert_share / self.flops(CPU)}
             rest = streamed_bytes - self.expert_bytes(il, "stored", None, False) * expert_share * self.expert_hit
@@ -542,7 +523,7 @@ class CostModel:
                 add_seconds(out, self._cpu_weights_pp(il, dense, 0.0, rest, first, pinned))
             return out
         flops = dense * self.dense_flops(il, True) + self.expert_flops(il, True) * expert_share
-        return {first: flops / self.flops(first),
+        return {first: flops / self.flops(first) + dense * self.attention_pp(il, first),
                 "pcie_stream": streamed_bytes / self.n_tokens / self.stream_bandwidth(first, pinned)}
 
     def disk_bandwidth(self) -> float:

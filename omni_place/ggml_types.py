@@ -37,8 +37,8 @@ class GgmlType:
     row_meta: int = 0  # bytes per row ahead of its blocks (ik's row scales)
 
     def row_bytes(self, n: int) -> int:
-        """``ggml_row_size``: bytes of a row of ``n`` elements (rounded up to whole blocks)."""
-        return self.row_meta + -(-n // self.block) * self.bytes
+        """``ggml_row_size``: bytes of a row of ``n`` elements (ggml's integer division: whole blocks)."""
+        return self.row_meta + n // self.block * self.bytes
 
     def tensor_bytes(self, shape: Iterable[int]) -> int:
         """``ggml_nbytes`` of a contiguous tensor; ``shape`` in ggml order (ne0 first)."""

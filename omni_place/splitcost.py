@@ -366,9 +366,10 @@ class SplitCostModel(CostModel):
             mine = sum(b for k, b in experts[j].items() if k not in kinds)
             share = min(1.0, dense[j] / dense_whole)  # its slice of the dense weights, its experts' in stored bytes
             work = self._work[il][0].scaled(share).plus(self.expert_work(il, exp_stored * mine / exp_all))
-            t_tg.append(self.read_tg(d, dense[j] + mine * self.k_over_n, work) + self.kv_read[il] * kv[j]
-                        / self.bandwidth(d) + self._layer_overhead(d, True, self.model.layers[il].has_experts))
-            t_pp.append((dense_flops * share + exp_flops * mine / exp_all) / self.flops(d))
+            t_tg.append(self.read_tg(d, dense[j] + mine * self.k_over_n, work) + self.kv_tg(il, d) * kv[j]
+                        + self._layer_overhead(d, True, self.model.layers[il].has_experts))
+            t_pp.append((dense_flops * share + exp_flops * mine / exp_all) / self.flops(d)
+                        + self.attention_pp(il, d) * kv[j])
         add_seconds(tg, _slowest(p.order, t_tg))
         add_seconds(pp, _slowest(p.order, t_pp))
         _, away = self._away(il, p.expert_homes[il])  # the CPU only (_bind)

@@ -131,7 +131,8 @@ def test_context_defaults_are_the_engine_tools_own(tiny: str, two_gpus: str) -> 
     # llama-bench: no -c; its tests' context, flash attention auto (on: tools/llama-bench/llama-bench.cpp:406)
     bench = evaluate(tiny, two_gpus, ["-ngl", "99"], tool="bench")
     assert (bench.context.ctx, bench.context.flash_attn) == (512, True)
-    assert not evaluate(tiny, two_gpus, ["-ngl", "99"], tool="bench", engine="ik_llama.cpp").context.flash_attn
+    # ik's llama-bench too, since ik #863 (examples/llama-bench/llama-bench.cpp:299)
+    assert evaluate(tiny, two_gpus, ["-ngl", "99"], tool="bench", engine="ik_llama.cpp").context.flash_attn
     bench = evaluate(tiny, two_gpus, ["-p", "64", "-n", "1024", "-d", "100"], tool="bench")
     assert (bench.context.ctx, bench.context.depth) == (1124, 100)
 

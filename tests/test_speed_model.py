@@ -21,6 +21,7 @@ from omni_place.bench.logread import placement_from_log
 from omni_place.bench.records import load_records
 from omni_place.cost import (PAGEABLE_LINK_FRACTION, PINNED_LINK_FRACTION, CPU, Context, CostModel,
                              SpeedParams)
+from omni_place.compute_price import repacked_bytes
 from omni_place.devices import resolve_cluster
 from omni_place.engines import dialect, ik_llama, llama_cpp
 from omni_place.errors import InvalidArgumentError
@@ -327,11 +328,11 @@ def test_cpu_repack_bytes_are_the_engines(tmp_path: Path, arch: str, weight_type
     model = load_model(path)
     cost = CostModel(model, resolve_cluster("seed"), Context(ctx=256, allow_paging=True))
     cpu = cpu_only(model)
-    assert cost.repacked_bytes(cpu) / 2**20 == pytest.approx(engine_mib, abs=0.006)
+    assert repacked_bytes(cost, cpu) / 2**20 == pytest.approx(engine_mib, abs=0.006)
     use = next(u for u in cost.usage(cpu) if u.name == CPU)
-    assert use.pageable_bytes == use.weights_bytes - cost.repacked_bytes(cpu) < use.weights_bytes
+    assert use.pageable_bytes == use.weights_bytes - repacked_bytes(cost, cpu) < use.weights_bytes
     # a GPU first in the device list: its pinned host buffer (CPU_Mapped with mmap) wins, no repack
-    assert cost.repacked_bytes(cpu_only(model, ("CUDA0", "CUDA1"))) == 0
+    assert repacked_bytes(cost, cpu_only(model, ("CUDA0", "CUDA1"))) == 0
 
 
 def test_switches_share_bytes_and_change_prompt_work(truth: list[dict[str, Any]]) -> None:

@@ -1,0 +1,51 @@
+"""What attention over the KV cache costs beside the weights, with and without flash attention.
+
+A prompt token attends to every cached token: ``2 x n_head x (head_dim_k + head_dim_v)`` FLOPs per
+cached token and layer (KQ, then KQV). With flash attention one tiled kernel runs them and skips
+the masked half of the ubatch (ggml/src/ggml-cuda/fattn-common.cuh, ``KV_max``); without it the
+scores are materialized, KQ and KQV run as cuBLAS matmuls over every cell and the softmax as a
+pass of its own (src/llama-graph.cpp ``build_attn_mha``), at a lower rate and with a fixed cost per
+layer and ubatch. Decode reads the cache once a token, slower than its bytes at the decode
+bandwidth: the split-KV reduction and, without flash attention, the softmax pass.
+
+The constants are fitted by ``python -m benchmarks.attention_depth report`` on llama-bench ``-d``
+sweeps of two dense shapes on an H200 (benchmarks/results/attention_depth.md; tests/
+test_attention_depth.py checks they equal the fit). GPU rates are multiples of the GPU's MMQ rate,
+so they scale to other GPUs as the matmuls do; on the CPU attention runs at its FLOP rate.
+"""
+from __future__ import annotations
+
+#: prompt attention with flash attention, FLOP/s as a multiple of the GPU's MMQ rate at the ubatch
+#: (CostModel.flops)
+FA_PROMPT_RATE = 1.27
+#: without flash attention: its FLOP/s as a multiple of the MMQ rate, and a fixed cost per layer
+#: and ubatch as a multiple of the GPU row's ``layer_us``
+NO_FA_PROMPT_RATE = 0.47
+NO_FA_PROMPT_LAYER_SHARE = 3.0
+#: decode's read of the cache on a GPU: its bytes' time at the decode bandwidth, times this
+FA_DECODE_KV_COST = 1.83
+NO_FA_DECODE_KV_COST = 3.35
+
+
+def attended_cells(depth: int, n_tokens: int, flash_attn: bool, window: int = 0) -> float:
+    """Mean cached tokens a prompt token of a ``n_tokens`` ubatch attends to at ``depth``: with
+    flash attention half the ubatch beside the depth (masked tiles skipped), without it every score
+    of the ubatch's cells; a sliding-window layer (``window`` > 0) sees at most its window."""
+    cells = depth + (n_tokens / 2 if flash_attn else n_tokens)
+    return min(cells, window + n_tokens) if window else cells
+
+
+def prompt_attention_s(flops: float, n_tokens: int, flash_attn: bool, rate: float, gpu_layer_s: float) -> float:
+    """Seconds per prompt token of one layer's attention of ``flops`` per token: on a GPU
+    (``gpu_layer_s`` > 0, its row's per-layer decode cost; ``rate`` its MMQ FLOP/s) at the fitted
+    rates, on the CPU (``gpu_layer_s`` 0; ``rate`` its FLOP/s) at its rate."""
+    if not gpu_layer_s:
+        return flops / rate
+    if flash_attn:
+        return flops / (rate * FA_PROMPT_RATE)
+    return flops / (rate * NO_FA_PROMPT_RATE) + NO_FA_PROMPT_LAYER_SHARE * gpu_layer_s / n_tokens
+
+
+def decode_kv_cost(flash_attn: bool) -> float:
+    """Factor on a GPU's time to read the decode's KV cache at its decode bandwidth."""
+    return FA_DECODE_KV_COST if flash_attn else NO_FA_DECODE_KV_COST
