@@ -67,19 +67,17 @@ def derive(records: list[dict[str, Any]], folder: Path) -> dict[str, float]:
     Prompt, seconds per token: ``w_m + F x kv_fa / R1`` (fa 1) and ``w_m + L x c / 512 + F x kv / R0``
     (fa 0), with ``w_m`` each model's weights time, ``F`` its FLOPs per cached token, ``kv_fa`` =
     depth + 256 (half the ubatch), ``kv`` = depth + 512; R1, R0 and c (seconds a layer and ubatch) are
-    returned as multiples of the GPU's MMQ rate at the 512-token ubatch (``CostModel.flops``) and of
-    its ``layer_us``. Decode: ``v_m + f x KV
+    returned as multiples of the GPU's full-batch MMQ rate (``CostModel.kernel_rate``: flash
+    attention's tiles do not follow the matmuls' ubatch curve) and of its ``layer_us``. Decode: ``v_m + f x KV
     bytes at depth / decode bandwidth`` per -fa, f returned."""
     import numpy as np
 
     from omni_place.catalog import lookup, speed_share
-    from omni_place.gpu_matmul import batch_rate
-    from omni_place.placement import SpeedParams
 
     gpu = lookup(GPU)
     assert gpu is not None
     row = speed_share(gpu.compute_capability)
-    mmq = gpu.fp16_tflops * 1e12 * row.mmq_share * batch_rate(512, SpeedParams().gpu_half_rate_tokens)
+    mmq = gpu.fp16_tflops * 1e12 * row.mmq_share
     bw = gpu.bandwidth_gbs * 1e9 * row.decode_bw_share
     med = medians(records)
     shapes = {m: _shape(m, folder) for m in FITTED}

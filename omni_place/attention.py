@@ -15,12 +15,12 @@ so they scale to other GPUs as the matmuls do; on the CPU attention runs at its 
 """
 from __future__ import annotations
 
-#: prompt attention with flash attention, FLOP/s as a multiple of the GPU's MMQ rate at the ubatch
-#: (CostModel.flops)
-FA_PROMPT_RATE = 1.27
+#: prompt attention with flash attention, FLOP/s as a multiple of the GPU's full-batch MMQ rate
+#: (CostModel.kernel_rate)
+FA_PROMPT_RATE = 1.16
 #: without flash attention: its FLOP/s as a multiple of the MMQ rate, and a fixed cost per layer
 #: and ubatch as a multiple of the GPU row's ``layer_us``
-NO_FA_PROMPT_RATE = 0.47
+NO_FA_PROMPT_RATE = 0.43
 NO_FA_PROMPT_LAYER_SHARE = 3.0
 #: decode's read of the cache on a GPU: its bytes' time at the decode bandwidth, times this
 FA_DECODE_KV_COST = 1.83
@@ -30,7 +30,8 @@ NO_FA_DECODE_KV_COST = 3.35
 def attended_cells(depth: int, n_tokens: int, flash_attn: bool, window: int = 0) -> float:
     """Mean cached tokens a prompt token of a ``n_tokens`` ubatch attends to at ``depth``: with
     flash attention half the ubatch beside the depth (masked tiles skipped), without it every score
-    of the ubatch's cells; a sliding-window layer (``window`` > 0) sees at most its window."""
+    of the ubatch's cells; a sliding-window layer (``window`` > 0) sees at most its window. (A prompt
+    of several ubatches is priced as its first: the later ones' attention to the earlier is not.)"""
     cells = depth + (n_tokens / 2 if flash_attn else n_tokens)
     return min(cells, window + n_tokens) if window else cells
 

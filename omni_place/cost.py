@@ -406,8 +406,8 @@ class CostModel:
     def attention_pp(self, il: int, name: str) -> float:
         """Prompt seconds per token of layer ``il``'s attention over its cache on ``name`` (attention.py)."""
         gpu = name != CPU and self.device(name).kind == "gpu"
-        return prompt_attention_s(self._attn[il], self.n_tokens, self.context.flash_attn, self.flops(name),
-                                  self._layer_overhead(name) if gpu else 0.0)
+        rate, layer_s = (self.kernel_rate(name), self._layer_overhead(name)) if gpu else (self.flops(name), 0.0)
+        return prompt_attention_s(self._attn[il], self.n_tokens, self.context.flash_attn, rate, layer_s)
 
     def _layer_overhead(self, name: str, attention: bool = False, moe: bool = False) -> float:
         """Fixed decode seconds per layer on a backend (RPC: a CPU backend); ``attention``: MLA's on a
