@@ -270,14 +270,24 @@ def validation_rows() -> list[dict[str, Any]]:
     rows = []
     for row in json.loads(VALIDATION_FILE.read_text())["rows"]:
         flags = row["flags"].split()
-        ngl = int(flags[flags.index("-ngl") + 1])
-        ncmoe = int(flags[flags.index("-ncmoe") + 1]) if "-ncmoe" in flags else 0
-        ot = flags[flags.index("-ot") + 1] if "-ot" in flags else "none"
-        for test in ("tg", "pp"):
-            rows.append({"model": row["model"], "flags": row["flags"], "test": test,
-                         "measured": round(statistics.median(samples[row["model"], ngl, ncmoe, ot, test]), 1),
-                         "predicted": row[f"{test}_predicted"], "before": row[f"{test}_before"]})
+        key = (row["model"], int(_flag(flags, "-ngl", "0")), int(_flag(flags, "-ncmoe", "0")),
+               _flag(flags, "-ot", "none"))
+        rows += _test_rows(row, samples, key, {t: row[f"{t}_predicted"] for t in ("tg", "pp")},
+                           {t: row[f"{t}_before"] for t in ("tg", "pp")})
     return rows
+
+
+def _flag(flags: list[str], name: str, default: str) -> str:
+    """The value of ``name`` in a split command line, else ``default``."""
+    return flags[flags.index(name) + 1] if name in flags else default
+
+
+def _test_rows(row: dict[str, Any], samples: dict[tuple[Any, ...], list[float]], key: tuple[Any, ...],
+               predicted: dict[str, float], before: dict[str, float]) -> list[dict[str, Any]]:
+    """A validation placement's tg and pp rows: the median of its samples (``key`` + the test)."""
+    return [{"model": row["model"], "flags": row["flags"], "test": test,
+             "measured": round(statistics.median(samples[(*key, test)]), 1), "predicted": predicted[test],
+             "before": before[test]} for test in ("tg", "pp")]
 
 
 def predict_validation(folder: Path, engine: str = "llama.cpp") -> list[dict[str, Any]]:
@@ -333,13 +343,10 @@ def ik_validation_rows(folder: Path) -> list[dict[str, Any]]:
     rows = []
     for row, after in zip(json.loads(VALIDATION_IK_FILE.read_text())["rows"], now):
         flags = row["flags"].split()
-        ngl = int(flags[flags.index("-ngl") + 1])
-        ub = int(flags[flags.index("-ub") + 1]) if "-ub" in flags else 512
-        ot = flags[flags.index("-ot") + 1] if "-ot" in flags else "none"
-        for test in ("tg", "pp"):
-            rows.append({"model": row["model"], "flags": row["flags"], "test": test,
-                         "measured": round(statistics.median(samples[row["model"], ngl, ub, ot, test]), 1),
-                         "predicted": after[f"{test}_predicted"], "before": row[f"{test}_predicted"]})
+        key = (row["model"], int(_flag(flags, "-ngl", "0")), int(_flag(flags, "-ub", "512")),
+               _flag(flags, "-ot", "none"))
+        rows += _test_rows(row, samples, key, {t: after[f"{t}_predicted"] for t in ("tg", "pp")},
+                           {t: row[f"{t}_predicted"] for t in ("tg", "pp")})
     return rows
 
 

@@ -144,10 +144,15 @@ def read_hparams(arch: str, md: dict[str, Any], n_vocab_fallback: int) -> HParam
     n_embd = _int(md, f"{a}.embedding_length", lo=1, hi=MAX_WIDTH)
     n_head = _per_layer(md, f"{a}.attention.head_count", n_layer, 0, hi=MAX_HEADS)
     n_head_kv = _per_layer(md, f"{a}.attention.head_count_kv", n_layer, max(n_head), hi=MAX_HEADS)
+    if not max(n_head) and a not in NOT_COVERED:  # llama.cpp requires it of every attention model
+        raise _bad(f"{a}.attention.head_count")(f"{a}.attention.head_count is missing or 0 in every layer")
     for il, (h, h_kv) in enumerate(zip(n_head, n_head_kv)):
         if h and h_kv > h:  # the engine's n_gqa() = n_head / n_head_kv would be 0
             raise _bad(f"{a}.attention.head_count_kv")(
                 f"{a}.attention.head_count_kv = {h_kv} exceeds head_count = {h} in layer {il}")
+        if h and not h_kv and a not in NOT_COVERED:  # 0 marks a recurrent layer, which only hybrids have
+            raise _bad(f"{a}.attention.head_count_kv")(
+                f"{a}.attention.head_count_kv = 0 in layer {il} (head_count {h}): {a} has no recurrent layers")
     h0 = max(n_head)
     head_dim_k = _int(md, f"{a}.attention.key_length", n_embd // h0 if h0 else 0, hi=MAX_HEAD_DIM)
     head_dim_v = _int(md, f"{a}.attention.value_length", n_embd // h0 if h0 else 0, hi=MAX_HEAD_DIM)

@@ -57,6 +57,10 @@ def make_seeds(workdir: Path, *, archs: bool = True) -> list[Seed]:
             add(f"arch-{arch}", [p], 0.5)
         p = write_model(d / "qwen3moe-split.gguf", "qwen3moe", header_only=True, split=2)
         add("arch-qwen3moe-split2", shard_paths(p.with_name("qwen3moe-split.gguf"), 2), 0.5)
+        # ik_llama.cpp's own types, with per-row scales (omni_place/data/ik_types.toml)
+        p = write_model(d / "ik-types.gguf", "qwen3moe", header_only=True, weight_type="iq4_ks",
+                        tensor_types={r"_exps\.": "iq2_kt", r"attn_v": "q6_0"})
+        add("ik-types", [p], 0.5)
     return seeds
 
 

@@ -73,6 +73,11 @@ HOSTILE_METADATA = [
                  id="kv heads 2^64-1"),
     pytest.param({"llama.attention.head_count_kv": 8}, "llama.attention.head_count_kv", "exceeds head_count",
                  id="kv heads > heads"),
+    # found by the GGUF fuzzer: the compute graph's n_head / n_head_kv divided by zero
+    pytest.param({"llama.attention.head_count_kv": 0}, "llama.attention.head_count_kv", "no recurrent layers",
+                 id="kv heads 0 in a model without recurrent layers"),
+    pytest.param({"llama.attention.head_count": 0}, "llama.attention.head_count", "missing or 0",
+                 id="no attention heads"),
     pytest.param({"llama.attention.head_count": [4, 4, 4]}, "llama.attention.head_count", "has 3 entries",
                  id="per-layer heads of the wrong length"),
     pytest.param({"llama.attention.head_count": [4, -4]}, "llama.attention.head_count[1]", "out of range",
