@@ -106,3 +106,22 @@ def test_ik_bench_runs_flash_attention_unless_told_not_to(tmp_path: Path) -> Non
                         engine="ik_llama.cpp", tool="bench").predicted.tg_tps
 
     assert tg() == tg("-fa", "1") > tg("-fa", "0")
+
+
+def test_iks_own_json_output_calibrates_whole(tmp_path: Path) -> None:
+    """ik's llama-bench -o json (a JSON array, ik's own keys: override_tensor, fused_moe, mla_attn)
+    of the held-out runs, as the tool wrote them: every record a calibration point, none skipped,
+    ik's placement (its expert-offload rule at -ub 512 vs 2048) in each."""
+    from omni_place.bench.llamabench import import_text
+    from omni_place.devices import resolve_cluster
+
+    cluster = tmp_path / "cluster.toml"
+    cluster.write_text(quant_speed.CLUSTER)
+    records = [json.loads(line) for line in quant_speed.IK_VALIDATION.read_text().splitlines()]
+    moe = [{k: v for k, v in r.items() if k != "round"} for r in records
+           if r["round"] == 1 and Path(r["model_filename"]).stem == "moe256.q4_k"]
+    model = load_model(write_speed_model("moe256", tmp_path, header_only=True, weight_type="q4_k"))
+    imported = import_text(json.dumps(moe, indent=2), model, resolve_cluster(str(cluster)))
+    assert imported.read == len(moe) == 6 and not imported.skipped and len(imported.points) == 6
+    by_ub = {(p.context.n_ubatch, p.kind): p for p in imported.points}
+    assert by_ub[512, "pp"].context.moe_offload_by_share and by_ub[2048, "pp"].context.flash_attn
