@@ -28,6 +28,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from benchmarks.quant_speed import medians, priced
+
 RESULTS = Path(__file__).resolve().parent / "results"
 RECORDS = RESULTS / "attention_depth" / "records.jsonl"
 #: the files whose depth sweeps the constants are fitted on (the others are held out)
@@ -36,15 +38,9 @@ GPU = "H200"
 
 
 def _key(r: dict[str, Any]) -> tuple[str, int, int, str]:
+    """A record's (model file stem, flash_attn, depth, test): its group for quant_speed's medians and
+    prices (each record imported as a user's llama-bench output)."""
     return (Path(r["model_filename"]).stem, int(r["flash_attn"]), r["n_depth"], "pp" if r["n_prompt"] else "tg")
-
-
-def medians(records: list[dict[str, Any]]) -> dict[tuple[str, int, int, str], float]:
-    """Median tok/s of every sample per (model, flash_attn, depth, test)."""
-    samples: dict[tuple[str, int, int, str], list[float]] = {}
-    for r in records:
-        samples.setdefault(_key(r), []).extend(r["samples_ts"])
-    return {k: statistics.median(v) for k, v in samples.items()}
 
 
 def _shape(stem: str, folder: Path) -> dict[str, float]:
@@ -79,7 +75,7 @@ def derive(records: list[dict[str, Any]], folder: Path) -> dict[str, float]:
     row = speed_share(gpu.compute_capability)
     mmq = gpu.fp16_tflops * 1e12 * row.mmq_share
     bw = gpu.bandwidth_gbs * 1e9 * row.decode_bw_share
-    med = medians(records)
+    med = medians(records, _key)
     shapes = {m: _shape(m, folder) for m in FITTED}
     pp_rows, pp_t, tg_rows, tg_t = [], [], [], []
     for (m, fa, depth, test), tps in med.items():
@@ -104,31 +100,8 @@ def derive(records: list[dict[str, Any]], folder: Path) -> dict[str, float]:
             "fa_decode_kv_cost": round(float(tg[2 * n]), 2), "no_fa_decode_kv_cost": round(float(tg[2 * n + 1]), 2)}
 
 
-def priced(records: list[dict[str, Any]], folder: Path) -> dict[tuple[str, int, int, str], float]:
-    """The planner's tok/s for every record group, each record imported as a user's llama-bench
-    output on the H200 machine (quant_speed.CLUSTER)."""
-    from benchmarks.quant_speed import CLUSTER
-    from benchmarks.speed_models import write_speed_model
-    from omni_place.bench.calibrate import predict_point
-    from omni_place.bench.llamabench import import_text
-    from omni_place.devices import resolve_cluster
-    from omni_place.model import load_model
-    from omni_place.placement import SpeedParams
-
-    (folder / "cluster.toml").write_text(CLUSTER)
-    cluster, models, out = resolve_cluster(str(folder / "cluster.toml")), {}, {}
-    for r in records:
-        key = _key(r)
-        shape, wtype = key[0].split(".")[:2]
-        model = models.get(key[0]) or models.setdefault(
-            key[0], load_model(write_speed_model(shape, folder, header_only=True, weight_type=wtype)))
-        out.setdefault(key, []).extend(predict_point(p, SpeedParams()) for p in import_text(json.dumps(r), model,
-                                                                                             cluster).points)
-    return {k: statistics.median(v) for k, v in out.items()}
-
-
 def report(records: list[dict[str, Any]], folder: Path, before: dict[str, Any] | None = None) -> dict[str, Any]:
-    med, pred = medians(records), priced(records, folder)
+    med, pred = medians(records, _key), priced(records, folder, _key)
     old = {tuple(r["key"]): r.get("before") for r in (before or {}).get("rows", [])}  # the first pricing, kept
     rows = [{"key": list(k), "fitted": k[0] in FITTED, "measured": round(v, 1), "predicted": round(pred[k], 1),
              "before": old.get(k)} for k, v in sorted(med.items())]

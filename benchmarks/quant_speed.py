@@ -32,6 +32,7 @@ import json
 import statistics
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -79,18 +80,24 @@ def group(r: dict[str, Any]) -> tuple[Any, ...]:
             int(r["flash_attn"]), r["n_threads"])
 
 
-def medians(records: list[dict[str, Any]]) -> dict[tuple[Any, ...], float]:
-    """Median tok/s over every sample of each :func:`group`."""
+#: what a record is grouped by (:func:`group` here, other keys in the validation tables and
+#: benchmarks.attention_depth)
+RecordKey = Callable[[dict[str, Any]], tuple[Any, ...]]
+
+
+def medians(records: list[dict[str, Any]], key: RecordKey = group) -> dict[tuple[Any, ...], float]:
+    """Median tok/s over every sample of each group of records (``key``)."""
     samples: dict[tuple[Any, ...], list[float]] = {}
     for r in records:
-        samples.setdefault(group(r), []).extend(r["samples_ts"])
+        samples.setdefault(key(r), []).extend(r["samples_ts"])
     return {k: statistics.median(v) for k, v in samples.items()}
 
 
-def priced(records: list[dict[str, Any]], folder: Path) -> dict[tuple[Any, ...], float]:
-    """The planner's tok/s per :func:`group`: each record imported as a user's llama-bench output
-    (``omni_place.bench.llamabench``: its -ngl, -fa and -t go through the dialect) on the H200
-    machine (CLUSTER) and priced with the default parameters."""
+def priced(records: list[dict[str, Any]], folder: Path, key: RecordKey = group) -> dict[tuple[Any, ...], float]:
+    """The planner's tok/s per group of records (``key``): each record imported as a user's
+    llama-bench output (``omni_place.bench.llamabench``: its -ngl, -fa, -t and -d go through the
+    dialect) on the H200 machine (CLUSTER), of the speed model its file name names
+    (``{shape}.{type}.gguf``), and priced with the default parameters."""
     from benchmarks.speed_models import write_speed_model
     from omni_place.bench.calibrate import predict_point
     from omni_place.bench.llamabench import import_text
@@ -103,11 +110,11 @@ def priced(records: list[dict[str, Any]], folder: Path) -> dict[tuple[Any, ...],
     cluster, models = resolve_cluster(str(path)), {}
     out: dict[tuple[Any, ...], list[float]] = {}
     for r in records:
-        key = group(r)
-        model: ModelProfile = models.get(key[:2]) or models.setdefault(
-            key[:2], load_model(write_speed_model(key[0], folder, header_only=True, weight_type=key[1])))
+        shape, wtype = Path(r["model_filename"]).name.split(".")[:2]
+        model: ModelProfile = models.get((shape, wtype)) or models.setdefault(
+            (shape, wtype), load_model(write_speed_model(shape, folder, header_only=True, weight_type=wtype)))
         points = import_text(json.dumps(r), model, cluster).points
-        out.setdefault(key, []).extend(predict_point(p, SpeedParams()) for p in points)
+        out.setdefault(key(r), []).extend(predict_point(p, SpeedParams()) for p in points)
     return {k: statistics.median(v) for k, v in out.items()}
 
 
@@ -261,18 +268,16 @@ VALIDATION_IK_FILE = RESULTS / "quant_speed" / "validation_ik.json"
 def validation_rows() -> list[dict[str, Any]]:
     """The VALIDATION placements as they ran (quant_speed/validation.jsonl: median of every
     sample of two interleaved rounds) beside the prices made before the runs (validation.json)."""
-    samples: dict[tuple[str, int, int, str, str], list[float]] = {}
-    for line in (RESULTS / "quant_speed" / "validation.jsonl").read_text().splitlines():
-        r = json.loads(line)
-        key = (Path(r["model_filename"]).stem, r["n_gpu_layers"], r["n_cpu_moe"], r["tensor_buft_overrides"],
-               "pp" if r["n_prompt"] else "tg")
-        samples.setdefault(key, []).extend(r["samples_ts"])
+    measured = medians([json.loads(line) for line in (RESULTS / "quant_speed" / "validation.jsonl").read_text()
+                        .splitlines()],
+                       lambda r: (Path(r["model_filename"]).stem, r["n_gpu_layers"], r["n_cpu_moe"],
+                                  r["tensor_buft_overrides"], "pp" if r["n_prompt"] else "tg"))
     rows = []
     for row in json.loads(VALIDATION_FILE.read_text())["rows"]:
         flags = row["flags"].split()
         key = (row["model"], int(_flag(flags, "-ngl", "0")), int(_flag(flags, "-ncmoe", "0")),
                _flag(flags, "-ot", "none"))
-        rows += _test_rows(row, samples, key, {t: row[f"{t}_predicted"] for t in ("tg", "pp")},
+        rows += _test_rows(row, measured, key, {t: row[f"{t}_predicted"] for t in ("tg", "pp")},
                            {t: row[f"{t}_before"] for t in ("tg", "pp")})
     return rows
 
@@ -282,12 +287,11 @@ def _flag(flags: list[str], name: str, default: str) -> str:
     return flags[flags.index(name) + 1] if name in flags else default
 
 
-def _test_rows(row: dict[str, Any], samples: dict[tuple[Any, ...], list[float]], key: tuple[Any, ...],
+def _test_rows(row: dict[str, Any], measured: dict[tuple[Any, ...], float], key: tuple[Any, ...],
                predicted: dict[str, float], before: dict[str, float]) -> list[dict[str, Any]]:
-    """A validation placement's tg and pp rows: the median of its samples (``key`` + the test)."""
-    return [{"model": row["model"], "flags": row["flags"], "test": test,
-             "measured": round(statistics.median(samples[(*key, test)]), 1), "predicted": predicted[test],
-             "before": before[test]} for test in ("tg", "pp")]
+    """A validation placement's tg and pp rows: its median tok/s (``measured``, by ``key`` + the test)."""
+    return [{"model": row["model"], "flags": row["flags"], "test": test, "measured": round(measured[(*key, test)], 1),
+             "predicted": predicted[test], "before": before[test]} for test in ("tg", "pp")]
 
 
 def predict_validation(folder: Path, engine: str = "llama.cpp") -> list[dict[str, Any]]:
@@ -333,19 +337,16 @@ def ik_validation_rows(folder: Path) -> list[dict[str, Any]]:
     """The VALIDATION_IK placements as ik's llama-bench ran them (ik_types/validation.jsonl: median of
     every sample of three interleaved rounds) beside the prices made before the runs
     (validation_ik.json, ik's own types priced as Q4_K then) and the prices of this commit."""
-    samples: dict[tuple[str, int, int, str, str], list[float]] = {}
-    for line in IK_VALIDATION.read_text().splitlines():
-        r = json.loads(line)
-        key = (Path(r["model_filename"]).stem, r["n_gpu_layers"], r["n_ubatch"], r["override_tensor"] or "none",
-               "pp" if r["n_prompt"] else "tg")
-        samples.setdefault(key, []).extend(r["samples_ts"])
+    measured = medians([json.loads(line) for line in IK_VALIDATION.read_text().splitlines()],
+                       lambda r: (Path(r["model_filename"]).stem, r["n_gpu_layers"], r["n_ubatch"],
+                                  r["override_tensor"] or "none", "pp" if r["n_prompt"] else "tg"))
     now = predict_validation(folder, "ik_llama.cpp")
     rows = []
     for row, after in zip(json.loads(VALIDATION_IK_FILE.read_text())["rows"], now):
         flags = row["flags"].split()
         key = (row["model"], int(_flag(flags, "-ngl", "0")), int(_flag(flags, "-ub", "512")),
                _flag(flags, "-ot", "none"))
-        rows += _test_rows(row, samples, key, {t: after[f"{t}_predicted"] for t in ("tg", "pp")},
+        rows += _test_rows(row, measured, key, {t: after[f"{t}_predicted"] for t in ("tg", "pp")},
                            {t: row[f"{t}_predicted"] for t in ("tg", "pp")})
     return rows
 

@@ -35,6 +35,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 from functools import cached_property
 
+from .attention import attended_cells, decode_kv_cost, prompt_attention_s
 from .compute import PIPELINE_COPIES, ComputeEstimate, compute_buffer_estimate
 from .compute_price import (REPACK_TYPES, host_compute, offload_compute, offloadable_weights, op_offload_reserve,
                             pageable_bytes, replayed_buffers)
@@ -42,7 +43,6 @@ from .cpuprobe import DEFAULT_DISK_GBS
 from .devices import Cluster, Device
 from .errors import ClusterError, InvalidArgumentError
 from .gpu_matmul import batch_rate, expert_time_factor, routed_tile_factor, uniform_tile_factor
-from .attention import attended_cells, decode_kv_cost, prompt_attention_s
 from .kernels import FA_OFF_LAYER_SHARE, KERNEL_FLOPS_PER_BYTE, KernelWork, kernel_work
 from .model import LayerCost, ModelProfile, Role
 from .placement import (CPU, EXPERT_KINDS, EXPERT_OPTIONS, Context, DeviceUsage, ExpertHomes, Placement, Prediction,
@@ -296,8 +296,9 @@ class CostModel:
         """Decode seconds for ``name`` to run the matrix-vector products of ``weight_bytes`` of weights:
         a GPU at the slower of its memory and its kernels (its MMQ rate, at least KERNEL_FLOPS_PER_BYTE
         of its bandwidth), the CPU (an RPC server's) at the types' share of its Q4_K rate (kernels.py)."""
-        if name == CPU or (dev := self.device(name)).kind != "gpu":
+        if not self.on_gpu(name):
             return work.cpu_decode_bytes / self.bandwidth(name)
+        dev = self.device(name)
         floor = KERNEL_FLOPS_PER_BYTE * dev.bandwidth_gbs * GB * self.params.gpu_compute_scale
         return max(weight_bytes / self.bandwidth(name), work.gpu_decode_flops / max(self.kernel_rate(name), floor))
 
@@ -398,21 +399,25 @@ class CostModel:
                               + self._layer_overhead(dev) * EXPERT_OPS_SHARE, "transfers": 2 * self.hop_tg(home, dev)})
         return out
 
+    def on_gpu(self, name: str) -> bool:
+        """Whether ``name`` is a GPU (not the CPU or an RPC server, a CPU backend here)."""
+        return name != CPU and self.device(name).kind == "gpu"
+
     def kv_tg(self, il: int, name: str) -> float:
         """Decode seconds to attend over layer ``il``'s cache at the run's depth on ``name`` (attention.py)."""
-        gpu = name != CPU and self.device(name).kind == "gpu"
-        return self.kv_read[il] / self.bandwidth(name) * (decode_kv_cost(self.context.flash_attn) if gpu else 1.0)
+        factor = decode_kv_cost(self.context.flash_attn) if self.on_gpu(name) else 1.0
+        return self.kv_read[il] / self.bandwidth(name) * factor
 
     def attention_pp(self, il: int, name: str) -> float:
         """Prompt seconds per token of layer ``il``'s attention over its cache on ``name`` (attention.py)."""
-        gpu = name != CPU and self.device(name).kind == "gpu"
+        gpu = self.on_gpu(name)
         rate, layer_s = (self.kernel_rate(name), self._layer_overhead(name)) if gpu else (self.flops(name), 0.0)
         return prompt_attention_s(self._attn[il], self.n_tokens, self.context.flash_attn, rate, layer_s)
 
     def _layer_overhead(self, name: str, attention: bool = False, moe: bool = False) -> float:
         """Fixed decode seconds per layer on a backend (RPC: a CPU backend); ``attention``: MLA's on a
         GPU, ``moe``: a MoE FFN's ops around its experts there."""
-        if name == CPU or self.device(name).kind != "gpu":
+        if not self.on_gpu(name):
             return self.params.cpu_layer_s
         mla = self.params.gpu_mla_layer_s if attention and self.model.hparams.is_mla else 0
         mla += self.params.gpu_moe_layer_s if moe else 0

@@ -109,10 +109,6 @@ class TensorInfo:
         """Bytes as stored in the file (``ggml_nbytes``)."""
         return ggml_type_of(self.ggml_type).tensor_bytes(self.shape)
 
-    def row_bytes(self, n: int) -> int:
-        """Bytes of ``n`` elements of this tensor's type (``ggml_row_size``)."""
-        return ggml_type_of(self.ggml_type).row_bytes(n)
-
 
 @dataclass
 class GGUFHeader:

@@ -17,7 +17,7 @@ from typing import Any, Callable
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
 from .errors import InvalidArgumentError
-from .ggml_types import ggml_type
+from .ggml_types import ggml_type, is_ik_only
 from .gguf_write import write_gguf
 from .safeio import is_own_file, make_private, private_dir, write_atomic
 
@@ -139,7 +139,7 @@ def fit_quant_type(qtype: int, ne0: int) -> int:
     type id; ik_llama.cpp's types, which mainline's table lacks, fall back to F16)."""
     if ne0 % ggml_type(qtype).block == 0:
         return qtype
-    fb = QUANT_FALLBACK.get(Q(qtype), Q.F16) if qtype in Q._value2member_map_ else Q.F16
+    fb = Q.F16 if is_ik_only(qtype) else QUANT_FALLBACK.get(Q(qtype), Q.F16)
     return fb if ne0 % GGML_QUANT_SIZES[fb][0] == 0 else Q.F16
 
 
