@@ -86,10 +86,15 @@ RecordKey = Callable[[dict[str, Any]], tuple[Any, ...]]
 
 
 def medians(records: list[dict[str, Any]], key: RecordKey = group) -> dict[tuple[Any, ...], float]:
-    """Median tok/s over every sample of each group of records (``key``)."""
+    """Median tok/s over the warm samples (records.warm_samples: ik's first prompt repetition
+    runs cold) of each group of records (``key``)."""
+    from omni_place.bench.records import warm_samples
+    from omni_place.engines import engine_of_bench_record
+
     samples: dict[tuple[Any, ...], list[float]] = {}
     for r in records:
-        samples.setdefault(key(r), []).extend(r["samples_ts"])
+        warm = warm_samples(r, engine_of_bench_record(r) or "llama.cpp", r["n_prompt"] > 0)
+        samples.setdefault(key(r), []).extend(warm)
     return {k: statistics.median(v) for k, v in samples.items()}
 
 

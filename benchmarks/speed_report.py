@@ -42,7 +42,7 @@ def _rows(results: list[str], only_model: str | None = None) -> dict[tuple[str, 
     layout (records_<level>.jsonl + logs.tar.xz, logs under res/res_<level>/logs/<model>.<rig>.r<round>/)
     or from engine_compare's (records.jsonl and records_rerun.jsonl + logs.tar.xz, logs under
     res/<model>.<rig>/ and res2/<model>.<rig>/; a re-run counts as more rounds)."""
-    from omni_place.bench.records import load_records
+    from omni_place.bench.records import load_records, steady_tps
 
     rows: dict[tuple[str, str, str], dict[str, Any]] = {}
     tmp = tempfile.TemporaryDirectory(prefix="speed_truth-")
@@ -70,7 +70,8 @@ def _rows(results: list[str], only_model: str | None = None) -> dict[tuple[str, 
                                         "ubatch": int(r.get("ubatch") or 512), "command": r.get("command"),
                                         "ctx": int(r.get("n_prompt") or 512) + int(r.get("n_gen") or 32),
                                         "env": r.get("env") or {}})
-            row["pp" if r["test"].startswith("pp") else "tg"].append(float(r["avg_ts"]))
+            prompt = r["test"].startswith("pp")
+            row["pp" if prompt else "tg"].append(float(steady_tps(r, r["engine"], prompt) or r["avg_ts"]))
             if "log" not in row:
                 run = f"{r['model']}.{r['rig']}" + (f".r{r['round']}" if "round" in r else "")
                 row["log"] = (logs / run / r["log"]).read_text(errors="replace")
@@ -208,7 +209,29 @@ def report(a: argparse.Namespace) -> int:
             errs = sorted(abs(o[f"{kind}_err"]) for o in out if (o["rig"], o["engine"]) == (rig, engine))
             lines.append(f"\n{rig} {engine} {kind}: {len(errs)} configurations, median |error| "
                          f"{statistics.median(errs):.1%}, max {errs[-1]:.1%}")
+        ranks = [f"{model} {kind} {rho:.2f} ({n})" for model in sorted({o["model"] for o in out})
+                 for kind in ("tg", "pp")
+                 for rho, n in [rank_correlation([o for o in out if (o["rig"], o["engine"], o["model"])
+                                                  == (rig, engine, model)], kind)] if n >= 3]
+        if ranks:
+            lines.append(f"\n{rig} {engine} rank correlation (Spearman, distinct placements): " + ", ".join(ranks))
     return _emit(lines, out, a.json)
+
+
+def rank_correlation(rows: list[dict[str, Any]], kind: str) -> tuple[float, int]:
+    """(Spearman's rho of predicted against measured ``kind`` tok/s, placements): configurations
+    priced alike are one placement run under several names (a recipe that is also the plan), so
+    their measured medians are averaged into one point first."""
+    from scipy.stats import spearmanr
+
+    by_pred: dict[float, list[float]] = {}
+    for o in rows:
+        by_pred.setdefault(o[f"pred_{kind}"], []).append(o[kind])
+    if len(by_pred) < 3:
+        return float("nan"), len(by_pred)
+    preds = sorted(by_pred)
+    rho = spearmanr(preds, [float(np.mean(by_pred[p])) for p in preds]).statistic
+    return float(rho), len(preds)
 
 
 # mainline: "load_tensors: CUDA0 model buffer size", "llama_kv_cache: CUDA0 KV buffer size",

@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from omni_place.bench.calibrate import _load_xz_header
 from omni_place.bench.design import design_runs
 from omni_place.bench.llamabench import MAX_OUTPUT_BYTES, import_files, import_text, scan_objects
-from omni_place.bench.records import MAX_RECORDS_BYTES
+from omni_place.bench.records import MAX_RECORDS_BYTES, MAX_TPS
 from omni_place.cli import main
 from omni_place.cost import CPU
 from omni_place.devices import Cluster, Device, resolve_cluster
@@ -85,6 +85,39 @@ def test_plain_output_files(models: dict) -> None:
     ik = import_files([DATA / "moe33.rig_12.ik_llama.cpp.json"], model, cluster)
     assert (ik.read, len(ik.points), {p.engine for p in ik.points}) == (8, 8, {"ik_llama.cpp"})
     assert all(p.context is not None and p.context.swa_full for p in ik.points)
+
+
+def test_ik_prompt_is_measured_warm(models: dict) -> None:
+    """ik's llama-bench warms a prompt test up with one token (examples/llama-bench/
+    llama-bench.cpp:2226-2232), so its first timed repetition runs cold (here 696 against 900
+    tok/s): a prompt point is the mean of the later samples, a decode point and mainline's
+    records are llama-bench's avg_ts."""
+    model, cluster = _setting("moe33.rig_12", models)
+    raw = json.loads((DATA / "moe33.rig_12.ik_llama.cpp.json").read_text())
+    ik = import_files([DATA / "moe33.rig_12.ik_llama.cpp.json"], model, cluster)
+    assert len(ik.points) == len(raw) == 8
+    for pt, rec in zip(ik.points, raw):
+        warm = rec["samples_ts"][1:]
+        expect = sum(warm) / len(warm) if pt.kind == "pp" else rec["avg_ts"]
+        assert pt.measured == pytest.approx(expect)
+    assert ik.points[0].measured == pytest.approx(900.628)
+    model, cluster = _setting("moe33.rig_12_4", models)
+    mainline = import_files([DATA / "moe33.rig_12_4.llama.cpp.jsonl"], model, cluster)
+    assert all(pt.measured == pt.record["avg_ts"] for pt in mainline.points)
+
+
+@pytest.mark.parametrize("samples", [None, [812.0], "900", [True, 900.0], [float("nan"), 900.0],
+                                     [600.0, float("inf")], [600.0, -1.0], [600.0, "900"]])
+def test_ik_prompt_samples_that_cannot_be_trusted_keep_avg_ts(samples: object) -> None:
+    from omni_place.bench.records import steady_tps, warm_samples
+
+    rec = {"avg_ts": 812.0, "samples_ts": samples}
+    assert steady_tps(rec, "ik_llama.cpp", True) == 812.0
+    assert steady_tps({"avg_ts": 812.0, "samples_ts": [600.0, 900.0]}, "ik_llama.cpp", True) == 900.0
+    assert steady_tps({"avg_ts": 750.0, "samples_ts": [600.0, 900.0]}, "llama.cpp", True) == 750.0
+    assert steady_tps({"avg_ts": 750.0, "samples_ts": [600.0, 900.0]}, "ik_llama.cpp", False) == 750.0
+    assert warm_samples({"samples_ts": [600.0, 900.0, 910.0]}, "ik_llama.cpp", True) == [900.0, 910.0]
+    assert steady_tps({"samples_ts": [600.0]}, "vllm", True) is None
 
 
 def test_record_fields_reach_the_context_and_threads(models: dict) -> None:
@@ -154,6 +187,22 @@ def test_any_field_value_is_used_or_skipped(field: str, value: object, drop: boo
         rec[field] = value
     got = import_text(json.dumps(rec), model, cluster)
     assert len(got.points) + sum(got.skipped.values()) == 1
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(value=_JSON, drop=st.booleans())
+def test_any_ik_samples_value_is_used_or_skipped(value: object, drop: bool, models: dict) -> None:
+    """An ik prompt record's samples_ts, of any type or missing: the record is used or skipped,
+    and a point's measurement is a positive finite tok/s (the warm samples' mean or avg_ts)."""
+    model, cluster = _setting("moe33.rig_12", models)
+    rec = json.loads((DATA / "moe33.rig_12.ik_llama.cpp.json").read_text())[0]
+    if drop:
+        rec.pop("samples_ts")
+    else:
+        rec["samples_ts"] = value
+    got = import_text(json.dumps(rec), model, cluster, engine="ik_llama.cpp")
+    assert len(got.points) + sum(got.skipped.values()) == 1
+    assert all(0 < p.measured < MAX_TPS for p in got.points)
 
 
 def test_scan_is_linear_on_hostile_text() -> None:

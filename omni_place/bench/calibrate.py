@@ -32,7 +32,7 @@ from ..devices import Cluster, resolve_cluster
 from ..errors import InvalidArgumentError
 from ..model import ModelProfile, load_model
 from ..validate import file_component, read_file
-from .records import check_record, placement_from_dict
+from .records import check_record, placement_from_dict, steady_tps
 
 FIT_NAMES = ("gpu_bw_scale", "cpu_bw_eff", "gpu_compute_scale", "cpu_tflops_per_core", "split_s", "stream_eff")
 BOUNDS = {
@@ -167,19 +167,20 @@ def points_from_records(records: Sequence[dict[str, Any]], *, search: Sequence[P
     out = []
     for i, r in enumerate(records):
         check_record(r, f"record #{i + 1}")
-        if r.get("status") != "ok" or not r.get("avg_ts") or not r.get("placement"):
+        test = str(r["test"])
+        kind = "pp" if test.startswith("pp") and "+" not in test else "tg"
+        measured = steady_tps(r, str(r["engine"]), kind == "pp")
+        if r.get("status") != "ok" or not measured or not r.get("placement"):
             continue
         name, rig = str(r.get("model", "")), str(r.get("rig", ""))
         if name not in mcache:
             mcache[name] = _resolve_model(name, search, models)
         if rig not in ccache:
             ccache[rig] = _resolve_cluster(rig, search, clusters)
-        test = str(r["test"])
-        kind = "pp" if test.startswith("pp") and "+" not in test else "tg"
         ctx = max(1, _count(r, "n_prompt", 512) + _count(r, "n_gen", 64))
         where = f"record {name}/{rig}/{r['engine']}/{r['config']}/{test}"
         placement = placement_from_dict(r["placement"], mcache[name], ccache[rig], where)
-        out.append(Point(r, mcache[name], ccache[rig], placement, kind, float(r["avg_ts"]), ctx,
+        out.append(Point(r, mcache[name], ccache[rig], placement, kind, measured, ctx,
                          _count(r, "ubatch", 512)))
     return out
 

@@ -10,7 +10,7 @@ from typing import Any
 
 from ..cost import CPU, EXPERT_KINDS, Context, CostModel, DeviceUsage, ExpertHomes, Placement, Prediction, on_cpu
 from ..devices import Cluster
-from ..engines import BENCH_ENGINES
+from ..engines import BENCH_ENGINES, dialect
 from ..errors import InvalidArgumentError
 from ..model import ModelProfile, load_model
 from ..units import GiB
@@ -201,6 +201,42 @@ def load_records(paths: Sequence[str | os.PathLike[str]]) -> list[dict[str, Any]
     return out
 
 
+def _samples(rec: dict[str, Any]) -> list[float]:
+    """A llama-bench record's ``samples_ts`` when they are all tok/s (finite, > 0), else none."""
+    samples = rec.get("samples_ts")
+    ok = isinstance(samples, list) and all(
+        isinstance(x, (int, float)) and not isinstance(x, bool) and 0 < x < MAX_TPS for x in samples)
+    return [float(x) for x in samples] if ok and isinstance(samples, list) else []
+
+
+def _cold_first(samples: list[float], engine: str, prompt: bool) -> bool:
+    """Whether a test's first timed repetition ran cold: a prompt test of two or more samples of an
+    engine whose llama-bench warms prompts up with one token (EngineTraits.bench_cold_first_prompt)."""
+    return (prompt and len(samples) >= 2 and engine in BENCH_ENGINES
+            and dialect(engine).traits.bench_cold_first_prompt)
+
+
+def warm_samples(rec: dict[str, Any], engine: str, prompt: bool) -> list[float]:
+    """A llama-bench test's ``samples_ts`` that ran warm: all of them, but the first of a prompt
+    test whose engine warms prompts up with one token (:func:`steady_tps`); none when the
+    record's samples are not all tok/s."""
+    samples = _samples(rec)
+    return samples[1:] if _cold_first(samples, engine, prompt) else samples
+
+
+def steady_tps(rec: dict[str, Any], engine: str, prompt: bool) -> float | None:
+    """The tok/s a llama-bench test ran at once warm, what a server sees and the speed model
+    prices: the record's ``avg_ts``, but for a prompt test of ik_llama.cpp, whose llama-bench
+    warms prompts up with one token (examples/llama-bench/llama-bench.cpp:2226-2232), the mean of
+    the samples after the first -- that one runs the full batch cold, at 0.45-0.9 of the others
+    on an H200 (benchmarks/results/calibrate_31.md). None when the record has no ``avg_ts``."""
+    samples = _samples(rec)
+    if _cold_first(samples, engine, prompt):
+        return sum(samples[1:]) / (len(samples) - 1)
+    avg = rec.get("avg_ts")
+    return None if avg is None else float(avg)
+
+
 def _kind(test: str) -> str:
     return "pp" if test.startswith("pp") and "+" not in test else "tg"
 
@@ -222,7 +258,7 @@ def final_rows(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
                                "argv": rs[0].get("argv", []), "attempts": len(by_att), "status": rs[0]["status"]}
         for r in rs:
             k = _kind(r["test"])
-            row[k] = r.get("avg_ts")
+            row[k] = steady_tps(r, r["engine"], k == "pp")
             row[k + "_sd"] = r.get("stddev_ts")
             row[k + "_test"] = r["test"]
             pred = r.get("as_run") or r.get("predicted") or {}

@@ -55,6 +55,10 @@ class EngineTraits:
     # own slot), no -ot, so the engine may still pipeline (mainline's encode); ik's encoder leaves
     # such a device out of -dev and overrides the head
     output_by_split: bool = True
+    # llama-bench warms a prompt test up with one token, not the whole prompt (ik_llama.cpp,
+    # examples/llama-bench/llama-bench.cpp:2226-2232; mainline runs the prompt,
+    # tools/llama-bench/llama-bench.cpp:2419): its first timed repetition runs the full batch cold
+    bench_cold_first_prompt: bool = False
     split_modes: tuple[SplitModeRule, ...] = ()  # the engine's -sm values (its module's SPLIT_MODES)
 
     def split_mode(self, name: str) -> SplitModeRule | None:

@@ -385,7 +385,8 @@ class IkLlama(Dialect):
                           output_only_offload=False, pin_flags=pin_flags_of(SYNTAX),
                           moe_offload_by_share=True, compute_margin=IK_COMPUTE_MARGIN,
                           host_compute_margin=IK_HOST_COMPUTE_MARGIN, replay_gpus=1, pinned_overrides=True,
-                          output_by_split=False, split_modes=SPLIT_MODES)
+                          output_by_split=False, bench_cold_first_prompt=True,
+                          split_modes=SPLIT_MODES)
     tools = TOOLS
     syntax = SYNTAX
     bench = BenchSpelling(fit=("--fit", "1"), n_cpu_moe="--n-cpu-moe", output=("-o", "json"), ngl_all="999")
