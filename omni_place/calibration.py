@@ -21,7 +21,8 @@ from .safeio import write_atomic
 from .validate import decode_text, dump_json, integer, load_json, number, read_file, safe_file_name, show
 
 # /2: the GPU efficiencies became scales on the catalog's per-compute-capability shares
-SCHEMA = "omni_place.calibration/2"
+# /3: cpu_tflops_per_core became the CPU's dense rate, routed experts at cpu_moe_compute_eff of it
+SCHEMA = "omni_place.calibration/3"
 MAX_STORE_BYTES = 1 << 22  # a store holds a few numbers per engine and the fit report
 
 

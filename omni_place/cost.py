@@ -456,10 +456,11 @@ class CostModel:
         return out
 
     def expert_flops(self, il: int, gpu: bool) -> float:
-        """Routed-expert FLOPs per prompt token of layer ``il``: each token runs k of N experts; on a
-        GPU, the dense FLOPs that take as long (whole MMQ tiles, MUL_MAT_ID's rate: gpu_matmul; Q4_K's time)."""
+        """Routed-expert FLOPs per prompt token of layer ``il``: each token runs k of N experts,
+        counted as the dense FLOPs that take as long -- on a GPU whole MMQ tiles at MUL_MAT_ID's
+        rate (gpu_matmul; Q4_K's time), on the CPU at ``cpu_moe_compute_eff`` of its dense rate."""
         if not gpu:
-            return 2.0 * self._params[il][1] * self.k_over_n
+            return 2.0 * self._params[il][1] * self.k_over_n / self.params.cpu_moe_compute_eff
         flops = self._work[il][1].prompt_flops * self.k_over_n
         return flops * expert_time_factor(self.tile_factor, self.params.gpu_moe_compute_eff)
 

@@ -269,7 +269,13 @@ class SpeedParams:
     # MUL_MAT_ID's rate on full MMQ tiles as a share of a dense product's: H200 0.32-0.39 over
     # ubatch 1024-4096 of a GQA MoE and an MLA MoE (benchmarks/results/plans_vs_fit_25.md)
     gpu_moe_compute_eff: float = 0.33
-    cpu_tflops_per_core: float = 0.05  # achieved CPU TFLOPS per core in quantized matmuls
+    # achieved CPU TFLOPS per core in a prompt's dense quantized matmuls: H200 hosts, 16 threads,
+    # 16 Q4_K layers of dense11 with op offload off, 0.124 and 0.165 on two VMs
+    # (benchmarks/results/calibrate_31.md)
+    cpu_tflops_per_core: float = 0.13
+    # MUL_MAT_ID's rate on the CPU as a share of that: a ubatch gives each routed expert a few
+    # tokens (moe15 at ubatch 512: 32), the same two VMs ran moe15's Q4_K experts at 0.43 / 0.37
+    cpu_moe_compute_eff: float = 0.4
     split_s: float = 20e-6  # cost of one graph split (sync + launch) per decoded token (H200: 21 us)
     pcie_latency_s: float = 10e-6  # default latency of a host<->GPU copy
     op_offload_min_batch: int = 32  # GGML_OP_OFFLOAD_MIN_BATCH
