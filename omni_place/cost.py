@@ -58,8 +58,9 @@ PAGEABLE_LINK_FRACTION = 0.12
 # ... and from pinned memory (CUDA_Host): 54-55 GB/s of the 63 on that H200 (DMA at link speed).
 PINNED_LINK_FRACTION = 0.87
 # Share of a MoE layer's decode ops that run where its routed experts are (the three
-# MUL_MAT_IDs, the GLU, the weighting and the sum of the experts' outputs).
+# MUL_MAT_IDs, the GLU, the weighting and the sum of the experts' outputs): mainline's 4 + k ops.
 EXPERT_OPS_SHARE = 0.25
+FUSED_EXPERT_OPS = 3  # an engine that fuses them (Context.fused_moe): up+gate+GLU, down, weighted sum
 
 def backend_of(dev: Device) -> str:
     return {"gpu": "cuda", "rpc": "rpc", "cpu": "cpu"}[dev.kind]
@@ -396,8 +397,17 @@ class CostModel:
         out: dict[str, float] = {}
         for dev, stored in away.items():
             add_seconds(out, {dev: self.read_tg(dev, stored * self.k_over_n, self.expert_work(il, stored))
-                              + self._layer_overhead(dev) * EXPERT_OPS_SHARE, "transfers": 2 * self.hop_tg(home, dev)})
+                              + self._layer_overhead(dev) * self._expert_ops_share(dev),
+                              "transfers": 2 * self.hop_tg(home, dev)})
         return out
+
+    def _expert_ops_share(self, name: str) -> float:
+        """EXPERT_OPS_SHARE, of which a CPU backend's (an RPC server's) fused experts keep
+        FUSED_EXPERT_OPS of mainline's 4 + k ops (the ik_llama.cpp CPU-expert decodes of
+        benchmarks/results/calibrate_31.md)."""
+        if not self.context.fused_moe or self.on_gpu(name):
+            return EXPERT_OPS_SHARE
+        return EXPERT_OPS_SHARE * FUSED_EXPERT_OPS / (4 + self.model.hparams.n_expert_used)
 
     def on_gpu(self, name: str) -> bool:
         """Whether ``name`` is a GPU (not the CPU or an RPC server, a CPU backend here)."""

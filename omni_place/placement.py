@@ -216,6 +216,9 @@ class Context:
     op_offload: bool = True
     # routed experts' MUL_MAT_ID offloaded only at n_tokens x used >= 32 x experts (EngineTraits)
     moe_offload_by_share: bool = False
+    # a routed-expert FFN runs as three ops: up and gate fused with the activation, down, the
+    # weighted sum (EngineTraits.fused_moe)
+    fused_moe: bool = False
     # bytes an engine's compute buffers run above mainline's replay: accelerator, host (EngineTraits)
     compute_margin: int = 0
     host_compute_margin: int = 0

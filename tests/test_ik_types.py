@@ -125,3 +125,51 @@ def test_iks_own_json_output_calibrates_whole(tmp_path: Path) -> None:
     assert imported.read == len(moe) == 6 and not imported.skipped and len(imported.points) == 6
     by_ub = {(p.context.n_ubatch, p.kind): p for p in imported.points}
     assert by_ub[512, "pp"].context.moe_offload_by_share and by_ub[2048, "pp"].context.flash_attn
+
+
+def test_ik_fused_experts_decode_on_the_cpu(tmp_path: Path) -> None:
+    """ik runs a routed-expert FFN as three ops (-fmoe and fused_mmad, both on by default,
+    src/llama-build-context.cpp:1598-1690) where mainline runs 4 + k: the held-out ik decodes with
+    every expert in RAM (moe256, 16 layers of 8-of-256 experts; Q4_K and IQ2_KS, three rounds,
+    priced by the import as a user's llama-bench output) are within 12 %; the same placement with
+    mainline's op count is priced over 10 % slower."""
+    import dataclasses
+
+    from omni_place.cost import CostModel
+
+    rows = [r for r in quant_speed.ik_validation_rows(tmp_path)
+            if r["test"] == "tg" and "exps=CPU" in r["flags"]]
+    assert len(rows) == 4
+    for r in rows:
+        assert r["predicted"] == pytest.approx(r["measured"], rel=0.12), r
+    header = write_speed_model("moe256", tmp_path, header_only=True, weight_type="q4_k")
+    cluster = tmp_path / "cluster.toml"
+    cluster.write_text(quant_speed.CLUSTER)
+    plan = evaluate(str(header), str(cluster), ["-ngl", "99", "-ot", "exps=CPU", "-p", "0", "-n", "32"],
+                    engine="ik_llama.cpp", tool="bench")
+    assert plan.context.fused_moe
+    fused, unfused = (CostModel(plan.model, plan.cluster, dataclasses.replace(plan.context, fused_moe=f))
+                      .predict(plan.placement).tg_tps for f in (True, False))
+    assert fused > 1.10 * unfused
+
+
+def test_ik_fused_moe_switches_reach_the_context() -> None:
+    """ik's server turns fused MoE off with -no-fmoe (common/common.cpp:1973), its llama-bench with
+    -fmoe 0 (and its records say fused_moe); mainline has neither and leaves them unpriced."""
+    from omni_place.errors import InvalidArgumentError
+
+    ik, mainline = dialect("ik_llama.cpp"), dialect("llama.cpp")
+    assert ik.parse_args(["-ngl", "99", "-fmoe", "0"], "bench").fused_moe is False
+    assert ik.parse_args(["--fused-moe=1"], "bench").fused_moe is True
+    parsed = ik.parse_args(["-ngl", "99", "-no-fmoe"], "server")
+    assert parsed.fused_moe is False and not parsed.unpriced
+    assert ik.parse_args(["-ngl", "99"], "server").fused_moe is None
+    for bad in (["-fmoe", "x"], ["-fmoe"], ["-fmoe", "-ngl", "9"]):
+        with pytest.raises(InvalidArgumentError, match="-fmoe needs 0 or 1"):
+            ik.parse_args(bad, "bench")
+    assert mainline.parse_args(["-fmoe", "0"], "bench").unpriced == ["-fmoe 0"]
+    assert ik.traits.context().fused_moe and not ik.traits.context(fused_moe=False).fused_moe
+    assert not mainline.traits.context(fused_moe=True).fused_moe
+    record = json.loads(quant_speed.IK_VALIDATION.read_text().splitlines()[0])
+    assert "-fmoe" not in ik.bench_record_flags(record).argv
+    assert ik.bench_record_flags({**record, "fused_moe": False}).argv[-2:] == ("-fmoe", "0")

@@ -88,7 +88,7 @@ def _placement(model: ModelProfile, cluster: Cluster, engine: str, flags: Sequen
     parsed = rules.parse_args([*flags, "-p", "512", "-n", "128"], "bench")
     tc = tool_context(parsed, rules.tool_defaults("bench"), model.hparams.n_ctx_train)
     context = rules.traits.context(ctx=SIZING_CTX, n_ubatch=tc.n_ubatch, flash_attn=tc.flash_attn,
-                                   op_offload=parsed.op_offload)
+                                   op_offload=parsed.op_offload, fused_moe=parsed.fused_moe)
     placement = rules.decode(model, parsed, cluster, context, "bench")
     cost = CostModel(model, cluster, context, params)
     pred = cost.predict(placement)

@@ -213,7 +213,7 @@ def import_text(text: str, model: ModelProfile, cluster: Cluster, *, engine: str
             context = rules.traits.context(ctx=tc.ctx, n_ubatch=tc.n_ubatch, type_k=run.parsed.type_k,
                                            type_v=run.parsed.type_v, flash_attn=tc.flash_attn, depth=tc.depth,
                                            pinned_weights=run.parsed.pinned_weights,
-                                           op_offload=run.parsed.op_offload)
+                                           op_offload=run.parsed.op_offload, fused_moe=run.parsed.fused_moe)
             model.check_kv_types(context.type_k, context.type_v, context.flash_attn)
             key = (run.config, context.n_ubatch if run.kind == "pp" else None)
             if logs_usable and run.config in logs and key not in from_log:  # a pp and a tg run share a load

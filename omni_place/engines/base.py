@@ -38,6 +38,11 @@ class EngineTraits:
     # minimum batch on average: n_tokens x experts used >= 32 x experts (ik_llama.cpp,
     # ggml/src/ggml-cuda.cu:5180-5207); mainline offloads it like any op of >= 32 tokens
     moe_offload_by_share: bool = False
+    # a routed-expert FFN is three ops, where mainline's is 4 + k (up, gate, the GLU, down, the
+    # weighting and k - 1 adds; src/llama-graph.cpp build_moe_ffn): ik_llama.cpp fuses up, gate
+    # and the activation (-fmoe) and the weighted sum (fused_mmad), both on by default
+    # (src/llama-build-context.cpp:1598-1690, src/llama.cpp:7610-7614)
+    fused_moe: bool = False
     # bytes above mainline's replayed compute buffer on an accelerator and on the host: an engine
     # whose graphs are not mainline's (ik_llama.cpp: fused ops, its MLA and MoE paths) is priced
     # as mainline's replay of the placement plus these (benchmarks/ik_compute.py measures them)
@@ -65,10 +70,12 @@ class EngineTraits:
         """The table entry of ``-sm name`` (None: the engine has no such mode)."""
         return find_rule(self.split_modes, name)
 
-    def context(self, **settings: Any) -> Context:
-        """A run :class:`~omni_place.cost.Context` with this engine's rules filled in."""
+    def context(self, *, fused_moe: bool | None = None, **settings: Any) -> Context:
+        """A run :class:`~omni_place.cost.Context` with this engine's rules filled in;
+        ``fused_moe`` is the command line's (ParsedArgs.fused_moe: None, the engine's default)."""
         return Context(swa_full=self.swa_full, embedding_on_first=self.embedding_on_first,
-                       moe_offload_by_share=self.moe_offload_by_share, compute_margin=self.compute_margin,
+                       moe_offload_by_share=self.moe_offload_by_share,
+                       fused_moe=self.fused_moe and fused_moe is not False, compute_margin=self.compute_margin,
                        host_compute_margin=self.host_compute_margin, replay_gpus=self.replay_gpus,
                        pinned_overrides=self.pinned_overrides,
                        output_by_split=self.output_by_split, **settings)

@@ -62,6 +62,7 @@ class ParsedArgs:
     # and op offload copies them at the pinned rate (src/llama-model-loader.cpp:1269-1277)
     pinned_weights: bool = False
     op_offload: bool = True  # False: --no-op-offload / llama-bench -nopo 1
+    fused_moe: bool | None = None  # ik -no-fmoe / llama-bench -fmoe 0|1; None: the engine's default
     unpriced: list[str] = field(default_factory=list)  # flags the engine takes that are not priced
 
 

@@ -21,6 +21,7 @@ ik differs from mainline (ik ``src/llama.cpp:4177-4672``, ``llm_load_tensors``):
 from __future__ import annotations
 
 import re
+import shlex
 from dataclasses import dataclass, field, replace
 from typing import Any, Collection, Mapping, Sequence
 
@@ -287,11 +288,31 @@ class IkEngineArgs(EngineArgs):
         return super().args(tool, **kwargs)
 
 
+# fused MoE off: the server's switch (common/common.cpp:1973), llama-bench's 0|1 (llama-bench.cpp:857)
+_NO_FUSED_MOE = ("-no-fmoe", "--no-fused-moe")
+_FUSED_MOE = ("-fmoe", "--fused-moe")
+
+
 def parse_args(argv: Sequence[str], tool: str = "server") -> llama_cpp.ParsedArgs:
     """The placement flags of an ik llama-server / llama-bench command line (same spellings as
-    mainline). The library's ``-ncmoe``/``-cmoe`` stay a count (see :func:`decode`); llama-bench's
-    ``--n-cpu-moe N`` is first-N patterns in argument order."""
-    return llama_cpp.parse_args(argv, ncmoe="patterns" if tool == "bench" else "count", tool=tool)
+    mainline, plus ik's fused-MoE switch). The library's ``-ncmoe``/``-cmoe`` stay a count (see
+    :func:`decode`); llama-bench's ``--n-cpu-moe N`` is first-N patterns in argument order."""
+    out = llama_cpp.parse_args(argv, ncmoe="patterns" if tool == "bench" else "count", tool=tool)
+    unpriced = []
+    for item in out.unpriced:
+        words = shlex.split(item)
+        flag, eq, inline = words[0].partition("=")
+        if tool != "bench" and words == [flag] and flag in _NO_FUSED_MOE:
+            out.fused_moe = False
+        elif tool == "bench" and flag in _FUSED_MOE:
+            value = inline if eq else (words[1] if len(words) > 1 else "")
+            if not re.fullmatch(r"[+-]?\d{1,9}", value):
+                raise InvalidArgumentError(f"{flag} needs 0 or 1, not {value!r}", hint=f"{flag} 0 turns fused MoE off")
+            out.fused_moe = int(value) != 0  # std::stoi, then a bool
+        else:
+            unpriced.append(item)
+    out.unpriced = unpriced
+    return out
 
 
 def decode(model: ModelProfile, parsed: llama_cpp.ParsedArgs, accelerators: Sequence[str], context: Context,
@@ -368,6 +389,8 @@ def bench_record_flags(rec: Mapping[str, Any]) -> BenchRecordFlags:
     argv += record_test_flags(rec, "1" if record_switch(rec, "flash_attn", True) else "0")
     if not record_switch(rec, "use_mmap", True):  # -mmp 0: CPU-held weights pinned
         argv += list(SYNTAX["bench"].pin_weights)
+    if not record_switch(rec, "fused_moe", True):
+        argv += ["-fmoe", "0"]
     return BenchRecordFlags(tuple(argv), record_threads(rec))
 
 
@@ -383,7 +406,7 @@ class IkLlama(Dialect):
     # -ngl 0 drops every override, so a head on a GPU needs a layer there too
     traits = EngineTraits(cpu_weights=True, rpc_devices=True, swa_full=SWA_FULL, embedding_on_first=False,
                           output_only_offload=False, pin_flags=pin_flags_of(SYNTAX),
-                          moe_offload_by_share=True, compute_margin=IK_COMPUTE_MARGIN,
+                          moe_offload_by_share=True, fused_moe=True, compute_margin=IK_COMPUTE_MARGIN,
                           host_compute_margin=IK_HOST_COMPUTE_MARGIN, replay_gpus=1, pinned_overrides=True,
                           output_by_split=False, bench_cold_first_prompt=True,
                           split_modes=SPLIT_MODES)
