@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import stat
 import sys
 from pathlib import Path
@@ -222,6 +223,21 @@ def test_calibrate_command_on_plain_output(tmp_path: Path, monkeypatch: pytest.M
     assert "llama.cpp: fitted on 8 measurements" in out and "fit error:" in out and "leave-one-configuration-out" in out
     doc = json.loads((tmp_path / "calibration" / "h200x2-12g-4g.json").read_text())
     assert set(doc["engines"]) == {"llama.cpp"}
+    assert re.search(r"tg: median [\d.]+ %, max [\d.]+ % \(n=4\), rank -?[01]\.\d\d", out)
+
+
+def test_errors_rank_predictions_as_the_engine_ranked_them(models: dict) -> None:
+    """calibrate's error report carries Spearman's rank correlation of predicted against measured
+    (issue 15's >= 0.9), None where it is undefined (under 3 points, or a constant side)."""
+    from omni_place.bench.calibrate import errors
+
+    model, cluster = _setting("moe33.rig_12", models)
+    pts = [p for p in import_files([DATA / "moe33.rig_12.ik_llama.cpp.json"], model, cluster).points if p.kind == "tg"]
+    measured = [p.measured for p in pts]
+    assert len(pts) == 4 and len(set(measured)) == 4
+    assert errors(pts, measured)["tg"]["rank"] == 1.0
+    assert errors(pts, [-m for m in measured])["tg"]["rank"] == -1.0
+    assert errors(pts, [1.0] * 4)["tg"]["rank"] is None and errors(pts[:2], measured[:2])["tg"]["rank"] is None
 
 
 @pytest.mark.parametrize("text", ["garbage\n", '{"avg_ts": NaN}\n', '[{"avg_ts": 5, "n_prompt": 512, "n_gen": 0}]'])

@@ -226,15 +226,22 @@ def fit_params(points: Sequence[Point], base: SpeedParams | None = None,
 
 
 def errors(points: Sequence[Point], preds: Sequence[float]) -> dict[str, Any]:
-    """Relative errors (pred/measured - 1) by kind: per point, median and max of |err|."""
+    """Relative errors (pred/measured - 1) by kind: per point, median and max of |err|, and the
+    Spearman rank correlation of predicted against measured (``rank``; None under 3 points or
+    when either side is constant)."""
+    from scipy.stats import spearmanr
+
     out: dict[str, Any] = {}
     for kind in ("tg", "pp"):
-        errs = [(pt, p / pt.measured - 1) for pt, p in zip(points, preds) if pt.kind == kind]
-        if not errs:
+        pairs = [(p, pt.measured) for pt, p in zip(points, preds) if pt.kind == kind]
+        if not pairs:
             continue
-        absd = sorted(abs(e) for _, e in errs)
-        out[kind] = {"n": len(errs), "median_abs": round(absd[len(absd) // 2], 4), "max_abs": round(absd[-1], 4),
-                     "mean_abs": round(sum(absd) / len(absd), 4)}
+        absd = sorted(abs(p / m - 1) for p, m in pairs)
+        rank = None
+        if len(pairs) >= 3 and len({p for p, _ in pairs}) > 1 and len({m for _, m in pairs}) > 1:
+            rank = round(float(spearmanr([p for p, _ in pairs], [m for _, m in pairs]).statistic), 3)
+        out[kind] = {"n": len(pairs), "median_abs": round(absd[len(absd) // 2], 4), "max_abs": round(absd[-1], 4),
+                     "mean_abs": round(sum(absd) / len(absd), 4), "rank": rank}
     return out
 
 

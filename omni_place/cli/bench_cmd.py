@@ -105,8 +105,9 @@ def bench_cmd(model: str, binaries: tuple[str, ...], cluster_file: str | None, p
 
 
 def _fmt_err(e: dict[str, Any]) -> str:
+    """``tg: median 3.1 %, max 8.0 % (n=12), rank 0.95, pp: ...`` (rank: Spearman's, when defined)."""
     return ", ".join(f"{k}: median {v['median_abs'] * 100:.1f} %, max {v['max_abs'] * 100:.1f} % (n={v['n']})"
-                     for k, v in e.items())
+                     + (f", rank {v['rank']:.2f}" if v.get("rank") is not None else "") for k, v in e.items())
 
 
 @cli.command("calibrate")
@@ -145,7 +146,8 @@ def calibrate_cmd(records: tuple[str, ...], holdout: tuple[str, ...], models: tu
     llama.cpp, `-o json` of either fork; written with `-v ... > out.jsonl 2>&1`, the file also
     holds the log, where the placement is read from, which fitted runs need) with --model and
     --cluster/--preset. Records that cannot be used (a -pg test, a fitted run without its log,
-    a malformed record) are skipped and counted. The error is reported on measurements the fit did not see.
+    a malformed record) are skipped and counted. The error (median, max and the rank correlation
+    of predicted against measured) is reported on measurements the fit did not see.
 
     With --run LLAMA_BENCH the one argument is the MODEL (its GGUF): a few runs that separate
     GPU and CPU bandwidth, host-link streaming, per-split cost and prompt compute are designed
