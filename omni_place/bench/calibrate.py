@@ -32,7 +32,7 @@ from ..devices import Cluster, resolve_cluster
 from ..errors import InvalidArgumentError
 from ..model import ModelProfile, load_model
 from ..validate import file_component, read_file
-from .records import check_record, placement_from_dict, steady_tps
+from .records import check_record, placement_from_dict, steady_tps, kind_of_test
 
 FIT_NAMES = ("gpu_bw_scale", "cpu_bw_eff", "gpu_compute_scale", "cpu_tflops_per_core", "split_s", "stream_eff")
 BOUNDS = {
@@ -168,7 +168,7 @@ def points_from_records(records: Sequence[dict[str, Any]], *, search: Sequence[P
     for i, r in enumerate(records):
         check_record(r, f"record #{i + 1}")
         test = str(r["test"])
-        kind = "pp" if test.startswith("pp") and "+" not in test else "tg"
+        kind = kind_of_test(test)
         measured = steady_tps(r, str(r["engine"]), kind == "pp")
         if r.get("status") != "ok" or not measured or not r.get("placement"):
             continue

@@ -204,9 +204,10 @@ def load_records(paths: Sequence[str | os.PathLike[str]]) -> list[dict[str, Any]
 def _samples(rec: dict[str, Any]) -> list[float]:
     """A llama-bench record's ``samples_ts`` when they are all tok/s (finite, > 0), else none."""
     samples = rec.get("samples_ts")
-    ok = isinstance(samples, list) and all(
-        isinstance(x, (int, float)) and not isinstance(x, bool) and 0 < x < MAX_TPS for x in samples)
-    return [float(x) for x in samples] if ok and isinstance(samples, list) else []
+    if not isinstance(samples, list) or not all(
+            isinstance(x, (int, float)) and not isinstance(x, bool) and 0 < x < MAX_TPS for x in samples):
+        return []
+    return [float(x) for x in samples]
 
 
 def _cold_first(samples: list[float], engine: str, prompt: bool) -> bool:
@@ -237,7 +238,8 @@ def steady_tps(rec: dict[str, Any], engine: str, prompt: bool) -> float | None:
     return None if avg is None else float(avg)
 
 
-def _kind(test: str) -> str:
+def kind_of_test(test: str) -> str:
+    """"pp" for a llama-bench prompt test ("pp512"), "tg" for a decode or prompt+decode test."""
     return "pp" if test.startswith("pp") and "+" not in test else "tg"
 
 
@@ -257,7 +259,7 @@ def final_rows(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         row: dict[str, Any] = {"rig": key[0], "model": key[1], "engine": key[2], "config": key[3],
                                "argv": rs[0].get("argv", []), "attempts": len(by_att), "status": rs[0]["status"]}
         for r in rs:
-            k = _kind(r["test"])
+            k = kind_of_test(r["test"])
             row[k] = steady_tps(r, r["engine"], k == "pp")
             row[k + "_sd"] = r.get("stddev_ts")
             row[k + "_test"] = r["test"]
