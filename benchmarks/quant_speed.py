@@ -227,6 +227,10 @@ _TABLE_HEAD = """\
 #   gpu_prompt        MMQ time per FLOP relative to Q4_K (F16/BF16: cuBLAS)
 #   cpu_decode_share  the CPU's decode read rate relative to Q4_K's, 16 threads (MXFP4: IQ4_NL's,
 #                     quant_speed.CPU_STAND_IN)
+#   cpu_prompt        the CPU's prompt matmul (MUL_MAT) time per FLOP relative to Q4_K's, and
+#   cpu_expert_prompt the same for routed experts (MUL_MAT_ID): written by `python -m
+#                     benchmarks.cpu_prompt report --write` (benchmarks/results/cpu_prompt.md);
+#                     absent: Q4_K's
 # Types not listed price as Q4_K.
 """
 _IK_HEAD = """\
@@ -236,10 +240,20 @@ _IK_HEAD = """\
 
 
 def table_text(types: dict[str, dict[str, float]]) -> str:
-    """``data/weight_types.toml`` for the derived ``types`` (mainline's, then ik_llama.cpp's)."""
+    """``data/weight_types.toml`` for the derived ``types`` (mainline's, then ik_llama.cpp's); the
+    CPU prompt columns a row lacks are kept from the shipped table (benchmarks/cpu_prompt.py)."""
+    from omni_place.kernels import weight_type_speeds
+
+    shipped = weight_type_speeds()
     rows = [(_IK_HEAD if t == IK_TYPES[0].upper() else "") + f'[[type]]\ntype = "{t}"\n'
-            + "".join(f"{k} = {v}\n" for k, v in row.items()) for t, row in types.items()]
+            + "".join(f"{k} = {v}\n" for k, v in {**row, **_cpu_prompt_columns(shipped.get(t), row)}.items())
+            for t, row in types.items()]
     return _TABLE_HEAD + "\n" + "\n".join(rows)
+
+
+def _cpu_prompt_columns(shipped: Any, row: dict[str, float]) -> dict[str, float]:
+    return {k: getattr(shipped, k) for k in ("cpu_prompt", "cpu_expert_prompt")
+            if shipped and k not in row and getattr(shipped, k) != 1.0}
 
 
 #: the H200 machine as `omni-place devices --measure` saw it (results/quant_speed/devices.txt)

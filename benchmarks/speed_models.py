@@ -64,22 +64,32 @@ MIXES: dict[str, tuple[str, dict[str, str]]] = {
 }
 
 
+def mix(weight_type: str) -> tuple[str, dict[str, str]]:
+    """(the matrices' type, {tensor-name regex: type}) of ``weight_type``: a key of ``MIXES``,
+    ``x<type>`` (the routed experts in <type>, Q4_K elsewhere) or a ggml type name."""
+    if weight_type in MIXES:
+        return MIXES[weight_type]
+    if weight_type.startswith("x"):
+        return "q4_k", {r"_exps\.": weight_type[1:]}
+    return weight_type, {}
+
+
 def write_speed_model(name: str, folder: Path, *, header_only: bool = False, router: str = "unit",
-                      weight_type: str | None = None) -> Path:
+                      weight_type: str | None = None, shape: dict[str, Any] | None = None) -> Path:
     """Write speed model ``name`` into ``folder`` (see the module doc) with ``router`` values
     (a key of ``ROUTERS``); returns its path. ``weight_type`` (a ggml type name, or a key of
     ``MIXES``) replaces the model's own for every matrix but the token embeddings (Q4_K, random)
-    and names the file ``{name}.{weight_type}``."""
+    and names the file ``{name}.{weight_type}``; ``shape`` replaces ``SPEED_MODELS[name]``."""
     from omni_place.gguf import read_model_files
     from omni_place.gguf_write import sparse_copy
     from tests.arch_models import write_model
 
     folder.mkdir(parents=True, exist_ok=True)
-    shape = dict(SPEED_MODELS[name])
+    shape = dict(shape or SPEED_MODELS[name])
     own_type = shape.pop("weight_type", "q4_k")
     types: dict[str, Any] = {}
     if weight_type is not None:
-        base, extra = MIXES.get(weight_type.lower(), (weight_type, {}))
+        base, extra = mix(weight_type.lower())
         name, own_type = f"{name}.{weight_type.lower()}", base
         types = {"tensor_types": {r"^token_embd\.": "q4_k", **extra}}
     header = write_model(folder / f"{name}.hdr.gguf", weight_type=own_type, tokenizer="spm",

@@ -105,9 +105,8 @@ class CostModel:
         for t in model.tensors:
             if t.layer is not None:
                 self._params[t.layer][t.role is Role.ROUTED_EXPERT] += t.info.n_elements
-                part = self._work[t.layer]
-                part[t.role is Role.ROUTED_EXPERT] = part[t.role is Role.ROUTED_EXPERT].add(
-                    t.info.type_name, t.info.n_elements, t.bytes)
+                part, routed = self._work[t.layer], t.role is Role.ROUTED_EXPERT
+                part[routed] = part[routed].add(t.info.type_name, t.info.n_elements, t.bytes, routed=routed)
         head = [t for t in model.tensors
                 if t.role is Role.OUTPUT or (model.tied_output and t.name == "token_embd.weight")]
         self._output_work = kernel_work((t.info.type_name, t.info.n_elements, t.bytes) for t in head)
@@ -353,12 +352,15 @@ class CostModel:
 
     def layer_params(self, il: int) -> tuple[float, float]:
         """(dense parameters, routed-expert parameters) of a layer."""
-        dense, experts = self._params[il]
-        return dense, experts
+        return self._params[il][0], self._params[il][1]
 
     def dense_flops(self, il: int, gpu: bool) -> float:
-        """Prompt FLOPs per token of layer ``il``'s dense weights; on a GPU, in Q4_K's MMQ time (kernels.py)."""
-        return self._work[il][0].prompt_flops if gpu else 2.0 * self._params[il][0]
+        """Prompt FLOPs per token of layer ``il``'s dense weights, in Q4_K's time on a GPU (MMQ) or
+        on the CPU (its kernel per type where the engine's are mainline's: Context.cpu_type_rates)."""
+        return self._work[il][0].prompt_flops if gpu else self._cpu_prompt_flops(il, 0)
+
+    def _cpu_prompt_flops(self, il: int, routed: int) -> float:
+        return self._work[il][routed].cpu_prompt_flops if self.context.cpu_type_rates else 2 * self._params[il][routed]
 
     def expert_work(self, il: int, stored_bytes: float) -> KernelWork:
         """Kernel work of one token's reads of ``stored_bytes`` of layer ``il``'s routed experts
@@ -468,9 +470,10 @@ class CostModel:
     def expert_flops(self, il: int, gpu: bool) -> float:
         """Routed-expert FLOPs per prompt token of layer ``il``: each token runs k of N experts,
         counted as the dense FLOPs that take as long -- on a GPU whole MMQ tiles at MUL_MAT_ID's
-        rate (gpu_matmul; Q4_K's time), on the CPU at ``cpu_moe_compute_eff`` of its dense rate."""
+        rate (gpu_matmul; Q4_K's time), on the CPU at ``cpu_moe_compute_eff`` of its dense rate
+        (Q4_K's; each type's as :meth:`dense_flops`)."""
         if not gpu:
-            return 2.0 * self._params[il][1] * self.k_over_n / self.params.cpu_moe_compute_eff
+            return self._cpu_prompt_flops(il, 1) * self.k_over_n / self.params.cpu_moe_compute_eff
         flops = self._work[il][1].prompt_flops * self.k_over_n
         return flops * expert_time_factor(self.tile_factor, self.params.gpu_moe_compute_eff)
 

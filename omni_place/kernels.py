@@ -12,7 +12,11 @@ bandwidth), so the same type is memory-bound on a GDDR card with 4-6x the H200's
 On the CPU, a type reaches :attr:`WeightTypeSpeed.cpu_decode_share` of the rate Q4_K reads at
 (i-quants a third of it: compute-bound on every core count measured).
 Prompt matmuls (MMQ tiles, ``ggml/src/ggml-cuda/mmq.cuh``) take :attr:`WeightTypeSpeed.gpu_prompt`
-times Q4_K's time per FLOP; F16/BF16 go to cuBLAS.
+times Q4_K's time per FLOP; F16/BF16 go to cuBLAS. On the CPU a prompt's matmul runs the type's
+own kernel: repacked GEMMs for Q4_0 / Q4_K / IQ4_NL (``ggml/src/ggml-cpu/repack.cpp``), llamafile's
+tinyBLAS for some dense types, else a ``vec_dot`` per row and column, and routed experts
+(MUL_MAT_ID) never tinyBLAS: :attr:`WeightTypeSpeed.cpu_prompt` and ``cpu_expert_prompt`` are
+their times per FLOP relative to Q4_K's (``benchmarks/cpu_prompt.py``).
 
 The rows are derived by ``python -m benchmarks.quant_speed report`` from llama-bench runs on one
 H200 and its 16-vCPU host (benchmarks/results/quant_speed.md): mainline's types as llama.cpp ran
@@ -40,6 +44,8 @@ _WHERE = f"omni_place/data/{_FILE}"
 _FIELDS: dict[str, type | tuple[type, ...]] = {
     "type": str, "gpu_decode_flops": (int, float), "gpu_prompt": (int, float), "cpu_decode_share": (int, float),
 }
+#: columns a row may leave out: the CPU's prompt kernels, unmeasured for the type (Q4_K's time)
+_OPTIONAL: dict[str, type | tuple[type, ...]] = {"cpu_prompt": (int, float), "cpu_expert_prompt": (int, float)}
 #: the row of types the table lacks, and the type every other row is relative to
 FALLBACK_TYPE = "Q4_K"
 #: the decode kernels' rate is at least this many FLOPs per byte of a GPU's bandwidth: the H200's
@@ -60,12 +66,16 @@ class WeightTypeSpeed:
             MMQ rate (0: memory-bound on every GPU measured).
         gpu_prompt: MMQ time per FLOP relative to Q4_K's.
         cpu_decode_share: the CPU's decode read rate of this type relative to Q4_K's.
+        cpu_prompt: the CPU's prompt matmul (MUL_MAT) time per FLOP relative to Q4_K's.
+        cpu_expert_prompt: the same for routed experts (MUL_MAT_ID).
     """
 
     type: str
     gpu_decode_flops: float
     gpu_prompt: float
     cpu_decode_share: float
+    cpu_prompt: float = 1.0
+    cpu_expert_prompt: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -75,19 +85,23 @@ class KernelWork:
     gpu_decode_flops: float = 0.0  # decode work on a GPU, FLOPs at its MMQ rate
     cpu_decode_bytes: float = 0.0  # bytes the CPU reads in the time it reads that many bytes of Q4_K
     prompt_flops: float = 0.0  # per prompt token: 2 FLOPs per weight, in Q4_K's MMQ time
+    cpu_prompt_flops: float = 0.0  # the same in the CPU's Q4_K time (routed: as experts)
 
-    def add(self, type_name: str, n_elements: int, n_bytes: int) -> KernelWork:
+    def add(self, type_name: str, n_elements: int, n_bytes: int, *, routed: bool = False) -> KernelWork:
         s = weight_type_speed(type_name)
         return KernelWork(self.gpu_decode_flops + n_elements * s.gpu_decode_flops,
                           self.cpu_decode_bytes + n_bytes / s.cpu_decode_share,
-                          self.prompt_flops + 2.0 * n_elements * s.gpu_prompt)
+                          self.prompt_flops + 2.0 * n_elements * s.gpu_prompt,
+                          self.cpu_prompt_flops + 2.0 * n_elements * (s.cpu_expert_prompt if routed else s.cpu_prompt))
 
     def plus(self, other: KernelWork) -> KernelWork:
         return KernelWork(self.gpu_decode_flops + other.gpu_decode_flops,
-                          self.cpu_decode_bytes + other.cpu_decode_bytes, self.prompt_flops + other.prompt_flops)
+                          self.cpu_decode_bytes + other.cpu_decode_bytes, self.prompt_flops + other.prompt_flops,
+                          self.cpu_prompt_flops + other.cpu_prompt_flops)
 
     def scaled(self, factor: float) -> KernelWork:
-        return KernelWork(self.gpu_decode_flops * factor, self.cpu_decode_bytes * factor, self.prompt_flops * factor)
+        return KernelWork(self.gpu_decode_flops * factor, self.cpu_decode_bytes * factor, self.prompt_flops * factor,
+                          self.cpu_prompt_flops * factor)
 
 
 def kernel_work(tensors: Iterable[tuple[str, int, int]]) -> KernelWork:
@@ -112,13 +126,15 @@ def weight_type_speeds() -> dict[str, WeightTypeSpeed]:
         raise ClusterError(f"{_WHERE}: cannot read the weight-type table: {err}",
                            hint="reinstall omni_place; the package data is damaged") from None
     rows: dict[str, WeightTypeSpeed] = {}
+    fields = {**_FIELDS, **_OPTIONAL}
     for i, entry in enumerate(doc.get("type", [])):
-        if set(entry) != set(_FIELDS) or any(
-                not isinstance(v, _FIELDS[k]) or isinstance(v, bool) for k, v in entry.items()):
-            raise ClusterError(f"{_WHERE}: [[type]] #{i + 1} needs exactly {sorted(_FIELDS)} with their types")
-        row = WeightTypeSpeed(entry["type"].upper(), float(entry["gpu_decode_flops"]), float(entry["gpu_prompt"]),
-                              float(entry["cpu_decode_share"]))
-        if row.gpu_decode_flops < 0 or row.gpu_prompt <= 0 or row.cpu_decode_share <= 0 or row.type in rows:
+        if not set(_FIELDS) <= set(entry) <= set(fields) or any(
+                not isinstance(v, fields[k]) or isinstance(v, bool) for k, v in entry.items()):
+            raise ClusterError(f"{_WHERE}: [[type]] #{i + 1} needs {sorted(_FIELDS)} (and may have "
+                               f"{sorted(_OPTIONAL)}) with their types")
+        row = WeightTypeSpeed(type=entry["type"].upper(), **{k: float(v) for k, v in entry.items() if k != "type"})
+        if min(row.gpu_prompt, row.cpu_decode_share, row.cpu_prompt, row.cpu_expert_prompt) <= 0 \
+                or row.gpu_decode_flops < 0 or row.type in rows:
             raise ClusterError(f"{_WHERE}: [[type]] #{i + 1}: factors must be positive and each type appear once")
         rows[row.type] = row
     if FALLBACK_TYPE not in rows:

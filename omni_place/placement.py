@@ -219,6 +219,9 @@ class Context:
     # a routed-expert FFN runs as three ops: up and gate fused with the activation, down, the
     # weighted sum (EngineTraits.fused_moe)
     fused_moe: bool = False
+    # the CPU's prompt matmuls cost each weight type its own time (data/weight_types.toml
+    # cpu_prompt, cpu_expert_prompt: mainline's kernels), else Q4_K's (EngineTraits)
+    cpu_type_rates: bool = True
     # bytes an engine's compute buffers run above mainline's replay: accelerator, host (EngineTraits)
     compute_margin: int = 0
     host_compute_margin: int = 0
@@ -274,7 +277,7 @@ class SpeedParams:
     gpu_moe_compute_eff: float = 0.33
     # achieved CPU TFLOPS per core in a prompt's dense quantized matmuls: H200 hosts, 16 threads,
     # 16 Q4_K layers of dense11 with op offload off, 0.124 and 0.165 on two VMs
-    # (benchmarks/results/calibrate_31.md)
+    # (benchmarks/results/calibrate_31.md); other types at their kernels' time (kernels.py cpu_prompt)
     cpu_tflops_per_core: float = 0.13
     # MUL_MAT_ID's rate on the CPU as a share of that: a ubatch gives each routed expert a few
     # tokens (moe15 at ubatch 512: 32), the same two VMs ran moe15's Q4_K experts at 0.43 / 0.37

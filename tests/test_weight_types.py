@@ -107,7 +107,13 @@ def test_types_without_a_row_and_f32_weights() -> None:
 @pytest.mark.parametrize("text, what", [
     ('[[type]]\ntype = "Q4_0"\ngpu_decode_flops = 1\ngpu_prompt = 1\ncpu_decode_share = 1\n', "no row for Q4_K"),
     ('[[type]]\ntype = "Q4_K"\ngpu_decode_flops = 1\ngpu_prompt = 0\ncpu_decode_share = 1\n', "positive"),
-    ('[[type]]\ntype = "Q4_K"\ngpu_prompt = 1\ncpu_decode_share = 1\n', "needs exactly"),
+    ('[[type]]\ntype = "Q4_K"\ngpu_prompt = 1\ncpu_decode_share = 1\n', "needs"),
+    ('[[type]]\ntype = "Q4_K"\ngpu_decode_flops = 1\ngpu_prompt = 1\ncpu_decode_share = 1\ncpu_ratio = 1\n',
+     "may have"),
+    ('[[type]]\ntype = "Q4_K"\ngpu_decode_flops = 1\ngpu_prompt = 1\ncpu_decode_share = 1\ncpu_prompt = -1\n',
+     "positive"),
+    ('[[type]]\ntype = "Q4_K"\ngpu_decode_flops = 1\ngpu_prompt = 1\ncpu_decode_share = 1\n'
+     'cpu_expert_prompt = "2"\n', "with their types"),
     ('[[type]\n', "cannot read"),
 ])
 def test_a_damaged_table_is_one_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, text: str,

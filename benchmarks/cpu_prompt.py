@@ -1,0 +1,286 @@
+"""The CPU's prompt (matrix-matrix) rate per weight type, dense (MUL_MAT) and routed experts (MUL_MAT_ID).
+
+llama.cpp's CPU backend runs a prompt's matmuls with a different kernel per type and op
+(ggml/src/ggml-cpu): Q4_0, Q4_K and IQ4_NL weights are repacked into interleaved blocks with
+their own GEMM for both ops (repack.cpp:4974-5120, supports_op 5190-5225); dense F16, BF16,
+Q8_0, Q4_0, Q5_0 and IQ4_NL matmuls go to llamafile's tinyBLAS on AVX/AVX2/AVX-512
+(llamafile/sgemm.cpp:3805-4140, called at ggml-cpu.c:1311 and 1393, MUL_MAT only); everything
+else is one ``vec_dot`` per row and column (ggml-cpu.c:1165 ggml_compute_forward_mul_mat_one_chunk,
+1483 the _id one for experts). So a FLOP costs each type its own time, and an expert's is not
+what the same type's dense matmul costs.
+
+Two small models per type, written by ``speed_models.write_speed_model`` (zero weights: a
+kernel's speed does not depend on their values; random embeddings and a unit-scale router, so a
+512-token ubatch gives each of 128 experts ~32 tokens as in moe15):
+- ``cpu_dense.<type>``: 4 llama layers, every matrix of the type (attention is 2 % of the FLOPs);
+- ``cpu_moe.x<type>``: 4 qwen3moe layers, the routed experts of the type, Q4_K elsewhere (the
+  dense part, 10 % of the FLOPs, is taken out at cpu_dense.q4_k's rate).
+
+``run`` times 512-token prompts through libllama (llama-cpp-python, CPU only, flash attention
+on, as llama-bench ``-fa 1 -ngl 0``), configurations interleaved over rounds; ``report`` gives
+each type's time per FLOP relative to Q4_K's and, with ``--bench``, the same from llama-bench
+records of ``moe15.x<type>`` at ``-ngl 99 -ot exps=CPU -nopo 1`` (another CPU; the GPU's
+share of those runs, as the planner prices it, taken out). ``--write`` puts the factors into
+``omni_place/data/weight_types.toml`` (``cpu_prompt``, ``cpu_expert_prompt``).
+
+    python -m benchmarks.cpu_prompt models /tmp/cpm
+    python -m benchmarks.cpu_prompt run /tmp/cpm -o benchmarks/results/cpu_prompt/libllama_epyc2.jsonl --threads 2
+    python -m benchmarks.cpu_prompt report benchmarks/results/cpu_prompt/libllama_*.jsonl \\
+        --bench benchmarks/results/cpu_prompt/h200_moe15.jsonl [--write]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import random
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+RESULTS = Path(__file__).resolve().parent / "results"
+#: the mainline types of data/weight_types.toml that a CPU computes prompts in
+TYPES = ("f16", "bf16", "q8_0", "q6_k", "q5_k", "q5_0", "q5_1", "q4_k", "q4_0", "q4_1", "iq4_xs", "iq4_nl",
+         "q3_k", "iq3_s", "iq3_xxs", "q2_k", "iq2_s", "iq2_xs", "iq2_xxs", "iq1_m", "iq1_s")
+SHAPES: dict[str, dict[str, Any]] = {
+    "cpu_dense": dict(arch="llama", n_layer=4, n_embd=1024, n_head=8, n_head_kv=2, head_dim=64, n_ff=4096,
+                      n_vocab=32000),
+    "cpu_moe": dict(arch="qwen3moe", n_layer=4, n_embd=1024, n_head=8, n_head_kv=2, head_dim=64, n_ff=4096,
+                    n_expert=128, n_expert_used=8, n_ff_exp=512, n_vocab=32000),
+}
+N_PROMPT = 512
+
+
+def model_name(shape: str, t: str) -> str:
+    return f"{shape}.{t}" if shape == "cpu_dense" else f"{shape}.x{t}"
+
+
+def write_models(folder: Path, types: tuple[str, ...] = TYPES) -> list[Path]:
+    from benchmarks.speed_models import write_speed_model
+
+    out = []
+    for t in types:
+        for shape, dims in SHAPES.items():
+            wtype = t if shape == "cpu_dense" else f"x{t}"
+            out.append(write_speed_model(shape, folder, weight_type=wtype, shape=dims))
+    return out
+
+
+def time_prompt(path: Path, threads: int, reps: int) -> list[float]:
+    """Seconds of ``reps`` 512-token prompts of the model at ``path`` after one warm-up, CPU only."""
+    from llama_cpp import Llama
+
+    llm = Llama(model_path=str(path), n_gpu_layers=0, n_ctx=N_PROMPT + 16, n_batch=N_PROMPT, n_ubatch=N_PROMPT,
+                n_threads=threads, n_threads_batch=threads, flash_attn=True, verbose=False)
+    rng = random.Random(0)
+    tokens = [rng.randrange(1, llm.n_vocab()) for _ in range(N_PROMPT)]
+    samples = []
+    for i in range(reps + 1):
+        llm.reset()
+        start = time.perf_counter()
+        llm.eval(tokens)
+        if i:
+            samples.append(time.perf_counter() - start)
+    llm.close()
+    return samples
+
+
+def run(folder: Path, output: Path, threads: int, rounds: int, reps: int) -> None:
+    """Time every model in ``folder``, rounds interleaved (every other one in reverse), appending
+    one JSON record per model and round to ``output`` (rounds numbered on from its last)."""
+    import llama_cpp
+
+    paths = sorted(p for p in folder.glob("cpu_*.gguf") if not p.name.endswith(".hdr.gguf"))
+    if not paths:
+        raise SystemExit(f"no cpu_dense.* / cpu_moe.* models in {folder}; write them with `models`")
+    machine = _cpu_name()
+    first = 1 + max((r["round"] for r in load([output])), default=-1) if output.exists() else 0
+    with output.open("a") as fh:
+        for r in range(first, first + rounds):
+            for p in paths if r % 2 == 0 else reversed(paths):
+                shape, wtype = p.name.split(".")[:2]
+                rec = {"machine": machine, "threads": threads, "shape": shape,
+                       "type": wtype[1:] if shape == "cpu_moe" else wtype, "n_prompt": N_PROMPT, "round": r,
+                       "samples_s": time_prompt(p, threads, reps), "llama_cpp_python": llama_cpp.__version__,
+                       "system_info": llama_cpp.llama_print_system_info().decode().strip()}
+                fh.write(json.dumps(rec) + "\n")
+                fh.flush()
+                print(f"{p.name} r{r}: {N_PROMPT / statistics.median(rec['samples_s']):.1f} tok/s", flush=True)
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _flops(shape: str, t: str) -> tuple[float, float]:
+    """(dense, routed-expert) matmul FLOPs per prompt token of a model (header only)."""
+    from omni_place.model import Role, load_model
+
+    from benchmarks.speed_models import write_speed_model
+
+    folder = Path("/tmp/omni_place_cpu_prompt_headers")
+    wtype = model_name(shape, t).split(".")[1]
+    model = load_model(write_speed_model(shape, folder, header_only=True, weight_type=wtype, shape=SHAPES[shape]))
+    hp = model.hparams
+    dense = sum(x.info.n_elements for x in model.tensors if x.layer is not None and x.role is not Role.ROUTED_EXPERT)
+    experts = sum(x.info.n_elements for x in model.tensors if x.role is Role.ROUTED_EXPERT)
+    return 2.0 * dense, 2.0 * experts * (hp.n_expert_used / hp.n_expert if hp.n_expert else 0.0)
+
+
+def local_factors(records: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Per machine: {"dense"|"expert" + ":" + type: seconds per FLOP relative to Q4_K's}."""
+    by: dict[tuple[str, str, str], list[float]] = {}
+    for r in records:
+        by.setdefault((r["machine"], r["shape"], r["type"]), []).extend(r["samples_s"])
+    out: dict[str, dict[str, float]] = {}
+    for machine in sorted({k[0] for k in by}):
+        med = {(s, t): statistics.median(v) / N_PROMPT for (m, s, t), v in by.items() if m == machine}
+        if ("cpu_dense", "q4_k") not in med or ("cpu_moe", "q4_k") not in med:
+            continue
+        dense_q4k = med["cpu_dense", "q4_k"] / sum(_flops("cpu_dense", "q4_k"))  # s per FLOP, attention in
+        rows: dict[str, float] = {}
+        moe_d, moe_e = _flops("cpu_moe", "q4_k")
+        expert_q4k = med["cpu_moe", "q4_k"] - moe_d * dense_q4k
+        for (s, t), sec in sorted(med.items()):
+            if s == "cpu_dense":
+                rows[f"dense:{t}"] = sec / med["cpu_dense", "q4_k"]
+            else:
+                rows[f"expert:{t}"] = (sec - moe_d * dense_q4k) / expert_q4k
+        out[machine] = rows
+    return out
+
+
+def bench_factors(records: list[dict[str, Any]]) -> dict[str, float]:
+    """{"expert:" + type: relative time per FLOP} from llama-bench records of moe15.x<type> with
+    its experts in RAM and op offload off: the CPU's share of each run's time per prompt token
+    (the planner's GPU and transfer share of the same placement taken out), against Q4_K's."""
+    from omni_place.bench.records import steady_tps
+    from omni_place.devices import resolve_cluster
+
+    from benchmarks.quant_speed import CLUSTER
+
+    cpu_s: dict[str, list[float]] = {}
+    folder = Path("/tmp/omni_place_cpu_prompt_headers")
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "cluster.toml").write_text(CLUSTER)
+    cluster = resolve_cluster(str(folder / "cluster.toml"))
+    for r in records:
+        if not r.get("n_prompt") or not r.get("no_op_offload"):
+            continue
+        t = Path(r["model_filename"]).name.split(".")[1][1:]
+        tps = steady_tps(r, "llama.cpp", True) or r["avg_ts"]
+        others = _gpu_share(r, t, cluster)
+        cpu_s.setdefault(t, []).append(1 / tps - others)
+    if "q4_k" not in cpu_s:
+        return {}
+    base = statistics.median(cpu_s["q4_k"])
+    return {f"expert:{t}": statistics.median(v) / base for t, v in sorted(cpu_s.items())}
+
+
+def _gpu_share(record: dict[str, Any], t: str, cluster: Any) -> float:
+    """Seconds per prompt token the planner gives a record's placement outside the CPU."""
+    from omni_place.bench.llamabench import import_text
+    from omni_place.cost import CostModel
+    from omni_place.model import load_model
+
+    from benchmarks.speed_models import write_speed_model
+
+    model = load_model(write_speed_model("moe15", Path("/tmp/omni_place_cpu_prompt_headers"), header_only=True,
+                                         weight_type=f"x{t}"))
+    point = import_text(json.dumps(record), model, cluster).points[0]
+    assert point.context is not None
+    pred = CostModel(model, cluster, point.context).predict(point.placement)
+    return sum(v for k, v in pred.pp_breakdown.items() if k != "CPU")
+
+
+def derive(records: list[dict[str, Any]], bench: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """The table's columns per type (upper case): ``cpu_prompt`` and ``cpu_expert_prompt``, each
+    the geometric mean over the CPUs that ran the type (libllama records, llama-bench records)."""
+    tables = [*local_factors(records).values(), bench_factors(bench)]
+    out: dict[str, dict[str, float]] = {}
+    for t in TYPES:
+        for column, key in (("cpu_prompt", f"dense:{t}"), ("cpu_expert_prompt", f"expert:{t}")):
+            values = [tab[key] for tab in tables if key in tab]
+            if values:
+                out.setdefault(t.upper(), {})[column] = round(statistics.geometric_mean(values), 2)
+    return out
+
+
+def load(paths: list[Path]) -> list[dict[str, Any]]:
+    return [json.loads(line) for p in paths for line in p.read_text().splitlines() if line.strip()]
+
+
+def report(records: list[Path], bench: list[Path], write: bool) -> int:
+    rows, brows = load(records), load(bench)
+    local, h200 = local_factors(rows), bench_factors(brows)
+    derived = derive(rows, brows)
+    machines = [*local, *(["llama-bench: " + brows[0].get("cpu_info", "?")] if h200 else [])]
+    tables = [*local.values(), *([h200] if h200 else [])]
+    print("| type | " + " | ".join(f"dense: {c}" for c in local) + " | "
+          + " | ".join(f"experts: {c}" for c in machines) + " | cpu_prompt | cpu_expert_prompt |")
+    print("|---|" + "---:|" * (len(local) + len(machines) + 2))
+    for t in TYPES:
+        cells = [f"{tab[f'dense:{t}']:.2f}" if f"dense:{t}" in tab else "" for tab in local.values()]
+        cells += [f"{tab[f'expert:{t}']:.2f}" if f"expert:{t}" in tab else "" for tab in tables]
+        row = derived.get(t.upper(), {})
+        cells += [f"{row[c]:g}" if c in row else "" for c in ("cpu_prompt", "cpu_expert_prompt")]
+        if any(cells):
+            print(f"| {t.upper()} | " + " | ".join(cells) + " |")
+    if write:
+        write_table(derived)
+    return 0
+
+
+def write_table(derived: dict[str, dict[str, float]]) -> None:
+    """Set ``cpu_prompt`` / ``cpu_expert_prompt`` of data/weight_types.toml's rows from
+    ``derive`` (types not measured keep theirs), through quant_speed's writer."""
+    from omni_place.kernels import weight_type_speeds
+
+    from benchmarks.quant_speed import TABLE, table_text
+
+    types = {name: {"gpu_decode_flops": row.gpu_decode_flops, "gpu_prompt": row.gpu_prompt,
+                    "cpu_decode_share": row.cpu_decode_share,
+                    **{k: v for k, v in derived.get(name, {}).items() if v != 1.0}}  # 1.0: the default
+             for name, row in weight_type_speeds().items()}
+    TABLE.write_text(table_text(types))
+    print(f"wrote {TABLE}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.cpu_prompt", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    m = sub.add_parser("models", help="write cpu_dense.<type> and cpu_moe.x<type>")
+    m.add_argument("folder", type=Path)
+    m.add_argument("--types", default=",".join(TYPES))
+    r = sub.add_parser("run", help="time 512-token prompts of every model in FOLDER through libllama")
+    r.add_argument("folder", type=Path)
+    r.add_argument("-o", "--output", type=Path, required=True)
+    r.add_argument("--threads", type=int, required=True)
+    r.add_argument("--rounds", type=int, default=2)
+    r.add_argument("--reps", type=int, default=3)
+    q = sub.add_parser("report", help="each type's time per FLOP relative to Q4_K")
+    q.add_argument("records", nargs="*", type=Path)
+    q.add_argument("--bench", nargs="*", type=Path, default=[], help="llama-bench records of moe15.x<type>")
+    q.add_argument("--write", action="store_true", help="write the factors into data/weight_types.toml")
+    a = ap.parse_args(argv)
+    if a.cmd == "models":
+        for p in write_models(a.folder, tuple(a.types.split(","))):
+            print(p)
+        return 0
+    if a.cmd == "run":
+        run(a.folder, a.output, a.threads, a.rounds, a.reps)
+        return 0
+    return report(a.records, a.bench, a.write)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
