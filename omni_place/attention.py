@@ -11,7 +11,12 @@ bandwidth: the split-KV reduction and, without flash attention, the softmax pass
 The constants are fitted by ``python -m benchmarks.attention_depth report`` on llama-bench ``-d``
 sweeps of two dense shapes on an H200 (benchmarks/results/attention_depth.md; tests/
 test_attention_depth.py checks they equal the fit). GPU rates are multiples of the GPU's MMQ rate,
-so they scale to other GPUs as the matmuls do; on the CPU attention runs at its FLOP rate.
+so they scale to other GPUs as the matmuls do; on the CPU a prompt's attention runs at its FLOP
+rate, and a decode's reads the cache far below the memory's rate: one query row a head, per cell an
+F16 dot, an online-softmax step and an F16 axpy (ggml/src/ggml-cpu/ops.cpp:8843, split over the
+threads by cells from 512 on, 9490-9520), or without flash attention two F16 matmuls around a
+softmax; heads of half the width over as many cache bytes took as long, so it is priced per byte,
+at a rate that grows with the threads (``benchmarks/cpu_attention.py``).
 """
 from __future__ import annotations
 
@@ -25,6 +30,20 @@ NO_FA_PROMPT_LAYER_SHARE = 3.0
 #: decode's read of the cache on a GPU: its bytes' time at the decode bandwidth, times this
 FA_DECODE_KV_COST = 1.83
 NO_FA_DECODE_KV_COST = 3.35
+
+
+#: decode attention on the CPU reads its cache at this many bytes per FLOP of the CPU's prompt matmul
+#: rate (threads x cpu_tflops_per_core), flash attention on / off: one cell at a time a head. libllama
+#: on a 2-vCPU EPYC (0.106 TFLOPS a core in Q4_K matmuls), two head shapes with the same bytes a cell,
+#: 1 and 2 threads, 1024-8192 cells: 0.016-0.028 / 0.039-0.078 (benchmarks/results/cpu_attention.md)
+CPU_DECODE_KV_BYTES_PER_FLOP = {True: 0.021, False: 0.053}
+
+
+def cpu_decode_kv_s(kv_bytes: float, bandwidth: float, rate: float, flash_attn: bool) -> float:
+    """Decode seconds of one CPU layer's attention over ``kv_bytes`` of cache: read at the memory's
+    ``bandwidth`` or as fast as the threads' kernel takes it (``rate``, the CPU's matmul FLOP/s;
+    ``math.inf``: the bytes alone), whichever is slower."""
+    return kv_bytes / min(bandwidth, rate * CPU_DECODE_KV_BYTES_PER_FLOP[flash_attn])
 
 
 def attended_cells(depth: int, n_tokens: int, flash_attn: bool, window: int = 0) -> float:

@@ -1,27 +1,24 @@
 """The speed and memory model of a placement, and its translation into the core's arrays.
 
-A :class:`Placement` says, engine-neutrally, where every layer's home is (its dense part, KV
-cache and compute), which of its routed-expert tensors live elsewhere (the CPU or another local
-GPU), and where the output head goes. :class:`CostModel` prices a placement exactly in bytes and seconds; the same
-methods fill the arrays the C core optimizes over (:mod:`omni_place.problem`), so what the core
-minimizes and what a plan reports are one model.
+A :class:`Placement` says, engine-neutrally, where every layer's home is (its dense part, KV cache and
+compute), which of its routed-expert tensors live elsewhere (the CPU or another local GPU), and where the
+output head goes. :class:`CostModel` prices a placement exactly in bytes and seconds; the same methods fill
+the arrays the C core optimizes over (:mod:`omni_place.problem`), so what the core minimizes and what a plan
+reports are one model.
 
-Decode (tg, batch 1) reads each layer's dense weights, its KV cache up to ``depth`` (attention.py:
-slower than its bytes) and ``k/N`` of its routed-expert bytes from the memory they sit in, at that
-memory's bandwidth times an efficiency or as fast as the kernels take their weight types
-(kernels.py), plus a fixed cost per
-layer on each backend it visits (kernel launches, thread barriers); every hop of the activations
-between devices costs a graph split (scheduling + synchronisation) plus the link's latency and the
-``n_embd`` F32 transfer. Experts away from their layer (CPU or another GPU) cost a hop out and
-one back per layer visit: the scheduler runs an op on the backend holding its weight
-(``ggml/src/ggml-backend.cpp:951-980``) and copies its inputs there; GPUs without P2P copy
-through the host, over both links.
-Prompt processing (pp, batches of ``n_ubatch``) is compute-bound on the GPUs (a routed expert
-costs at least one MMQ tile of tokens; attention over the cache at ``depth`` as attention.py
-prices it, where the layer's ops run); weights held by the CPU are copied from pageable host
-memory to the first device per ubatch (llama.cpp's op offload for batches of 32 or more; only
-the experts a ubatch touches; a CPU layer's KV cache with it) and computed there; RPC devices
-take no offload.
+Decode (tg, batch 1) reads each layer's dense weights, its KV cache up to ``depth`` (attention.py: slower
+than its bytes) and ``k/N`` of its routed-expert bytes from the memory they
+sit in, at that memory's bandwidth times an efficiency or as fast as the kernels take their weight types
+(kernels.py), plus a fixed cost per layer on each backend it visits (kernel launches, thread barriers);
+every hop of the activations between devices costs a graph split (scheduling + synchronisation) plus the
+link's latency and the ``n_embd`` F32 transfer. Experts away from their layer (CPU or another GPU) cost a
+hop out and one back per layer visit: the scheduler runs an op on the backend holding its weight
+(``ggml/src/ggml-backend.cpp:951-980``) and copies its inputs there; GPUs without P2P copy through the host,
+over both links. Prompt processing (pp, batches of ``n_ubatch``) is compute-bound on the GPUs (a routed
+expert costs at least one MMQ tile of tokens; attention over the cache at ``depth`` as attention.py prices
+it, where the layer's ops run); weights held by the CPU are copied from pageable host memory to the first
+device per ubatch (llama.cpp's op offload for batches of 32 or more; only the experts a ubatch touches; a
+CPU layer's KV cache with it) and computed there; RPC devices take no offload.
 
 The efficiencies and fixed costs are :class:`SpeedParams`, fitted to llama-bench runs on an H200
 (``benchmarks/results/``); the figures they multiply come from the cluster (``omni-place devices
@@ -35,7 +32,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 from functools import cached_property
 
-from .attention import attended_cells, decode_kv_cost, prompt_attention_s
+from .attention import attended_cells, cpu_decode_kv_s, decode_kv_cost, prompt_attention_s
 from .compute import PIPELINE_COPIES, ComputeEstimate, compute_buffer_estimate
 from .compute_price import (REPACK_TYPES, host_compute, offload_compute, offloadable_weights, op_offload_reserve,
                             pageable_bytes, replayed_buffers)
@@ -74,9 +71,7 @@ class CostModel:
         if cluster.cpu is None:
             raise ClusterError(f"cluster {cluster.name!r} has no cpu device",
                                hint="add a [[devices]] entry with kind = \"cpu\"")
-        self.model = model
-        self.cluster = cluster
-        self.context = context
+        self.model, self.cluster, self.context = model, cluster, context
         self.params = params or SpeedParams()
         self.cpu = cluster.cpu
         self._devices = {d.name: d for d in cluster.devices}
@@ -356,11 +351,12 @@ class CostModel:
 
     def dense_flops(self, il: int, gpu: bool) -> float:
         """Prompt FLOPs per token of layer ``il``'s dense weights, in Q4_K's time on a GPU (MMQ) or
-        on the CPU (its kernel per type where the engine's are mainline's: Context.cpu_type_rates)."""
+        on the CPU (its kernel per type where the engine's are mainline's: Context.mainline_cpu_kernels)."""
         return self._work[il][0].prompt_flops if gpu else self._cpu_prompt_flops(il, 0)
 
     def _cpu_prompt_flops(self, il: int, routed: int) -> float:
-        return self._work[il][routed].cpu_prompt_flops if self.context.cpu_type_rates else 2 * self._params[il][routed]
+        mainline = self.context.mainline_cpu_kernels
+        return self._work[il][routed].cpu_prompt_flops if mainline else 2 * self._params[il][routed]
 
     def expert_work(self, il: int, stored_bytes: float) -> KernelWork:
         """Kernel work of one token's reads of ``stored_bytes`` of layer ``il``'s routed experts
@@ -416,9 +412,13 @@ class CostModel:
         return name != CPU and self.device(name).kind == "gpu"
 
     def kv_tg(self, il: int, name: str) -> float:
-        """Decode seconds to attend over layer ``il``'s cache at the run's depth on ``name`` (attention.py)."""
-        factor = decode_kv_cost(self.context.flash_attn) if self.on_gpu(name) else 1.0
-        return self.kv_read[il] / self.bandwidth(name) * factor
+        """Decode seconds to attend over layer ``il``'s cache at the run's depth on ``name`` (attention.py):
+        on a GPU slower than its bytes, on the CPU as fast as its threads compute (Context.mainline_cpu_kernels)."""
+        fa = self.context.flash_attn
+        if self.on_gpu(name):
+            return self.kv_read[il] / self.bandwidth(name) * decode_kv_cost(fa)
+        rate = self.flops(name) if self.context.mainline_cpu_kernels else math.inf
+        return cpu_decode_kv_s(self.kv_read[il], self.bandwidth(name), rate, fa)
 
     def attention_pp(self, il: int, name: str) -> float:
         """Prompt seconds per token of layer ``il``'s attention over its cache on ``name`` (attention.py)."""

@@ -219,9 +219,9 @@ class Context:
     # a routed-expert FFN runs as three ops: up and gate fused with the activation, down, the
     # weighted sum (EngineTraits.fused_moe)
     fused_moe: bool = False
-    # the CPU's prompt matmuls cost each weight type its own time (data/weight_types.toml
-    # cpu_prompt, cpu_expert_prompt: mainline's kernels), else Q4_K's (EngineTraits)
-    cpu_type_rates: bool = True
+    # the CPU runs mainline's kernels: each weight type's prompt time (data/weight_types.toml),
+    # the decode's cache at its threads' rate (attention.py); else Q4_K's and the memory's (EngineTraits)
+    mainline_cpu_kernels: bool = True
     # bytes an engine's compute buffers run above mainline's replay: accelerator, host (EngineTraits)
     compute_margin: int = 0
     host_compute_margin: int = 0

@@ -110,7 +110,7 @@ def test_each_expert_type_costs_the_cpu_its_own_kernel(expert_types: dict[str, l
     for wtype, before in (("q5_0", 2.5), ("q8_0", 1.9)):
         cpu_pp, = (p for p in expert_types[wtype] if p.kind == "pp" and p.context and not p.context.op_offload)
         assert cpu_pp.context is not None
-        one_rate = replace(cpu_pp, context=replace(cpu_pp.context, cpu_type_rates=False))
+        one_rate = replace(cpu_pp, context=replace(cpu_pp.context, mainline_cpu_kernels=False))
         assert predict_point(one_rate, SpeedParams()) > before * cpu_pp.measured
 
 

@@ -1,0 +1,153 @@
+"""Decode attention on the CPU at depth: compute-bound, not a read of the KV cache.
+
+llama.cpp's CPU flash attention decodes one query row per head over the cache
+(ggml/src/ggml-cpu/ops.cpp:8843 ggml_compute_forward_flash_attn_ext_f16_one_chunk: per cell an
+F16 dot of the key, an online-softmax step with expf, an F16 axpy of the value), split over the
+threads by cells from 512 cells on (ops.cpp:9490-9520) and by heads below; without flash
+attention it is two F16 matmuls around a softmax. Either way a cell costs far more than its
+bytes: the planner read the cache at the memory's rate and priced a CPU-held 8192-token decode
+5x too fast in its depth slope. Now (``attention.CPU_DECODE_ATTENTION_EFF``) a CPU layer's
+decode attention takes the longer of its bytes at the read rate and its FLOPs (``2 x heads x
+(dk + dv)`` a cell) at that share of the CPU's matmul rate.
+
+``run`` writes two small CPU-only llama models (zero weights, Q4_K; ``speed_models``) that differ
+in heads and head size, and times single-token decodes through libllama (llama-cpp-python) after
+filling the cache to each depth, flash attention on and off, at the given thread counts;
+``report`` prices each record as a llama-bench ``-ngl 0 -n 16 -d DEPTH`` on the measured CPU.
+
+    python -m benchmarks.cpu_attention run -o benchmarks/results/cpu_attention/libllama_epyc2.jsonl \\
+        --threads 2,1 --bandwidth-gbs 34.4
+    python -m benchmarks.cpu_attention report benchmarks/results/cpu_attention/libllama_epyc2.jsonl
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+SHAPES: dict[str, dict[str, Any]] = {
+    # GQA 32/8, 128-wide heads (Llama-3-8B's attention), a small FFN so attention dominates at depth
+    "attn_gqa": dict(arch="llama", n_layer=2, n_embd=4096, n_head=32, n_head_kv=8, head_dim=128, n_ff=1024,
+                     n_vocab=32000),
+    # MHA 16/16, 64-wide heads: other heads, other bytes per FLOP
+    "attn_mha": dict(arch="llama", n_layer=2, n_embd=1024, n_head=16, n_head_kv=16, head_dim=64, n_ff=1024,
+                     n_vocab=32000),
+}
+DEPTHS = (0, 1024, 4096, 8192)
+N_GEN = 16
+
+
+def write(folder: Path) -> dict[str, Path]:
+    from benchmarks.speed_models import write_speed_model
+
+    return {name: write_speed_model(name, folder, weight_type="q4_k", shape=dims) for name, dims in SHAPES.items()}
+
+
+def time_decode(path: Path, threads: int, flash_attn: bool) -> dict[int, list[float]]:
+    """Seconds of each of N_GEN single-token decodes after filling the cache to each depth."""
+    from llama_cpp import Llama
+
+    llm = Llama(model_path=str(path), n_gpu_layers=0, n_ctx=max(DEPTHS) + 2 * N_GEN, n_batch=512, n_ubatch=512,
+                n_threads=threads, n_threads_batch=threads, flash_attn=flash_attn, verbose=False)
+    rng = random.Random(0)
+    out = {}
+    for depth in DEPTHS:
+        llm.reset()
+        if depth:
+            llm.eval([rng.randrange(1, llm.n_vocab()) for _ in range(depth)])
+        samples = []
+        for i in range(N_GEN + 1):
+            start = time.perf_counter()
+            llm.eval([rng.randrange(1, llm.n_vocab())])
+            if i:  # the first decode after the prompt is a warm-up
+                samples.append(time.perf_counter() - start)
+        out[depth] = samples
+    llm.close()
+    return out
+
+
+def run(output: Path, threads: list[int], bandwidth_gbs: float, folder: Path) -> None:
+    import llama_cpp
+
+    from benchmarks.cpu_prompt import _cpu_name
+
+    paths = write(folder)
+    with output.open("a") as fh:
+        for n in threads:
+            for name, path in paths.items():
+                for fa in (True, False):
+                    for depth, samples in time_decode(path, n, fa).items():
+                        rec = {"machine": _cpu_name(), "bandwidth_gbs": bandwidth_gbs, "threads": n, "shape": name,
+                               "flash_attn": fa, "depth": depth, "samples_s": samples,
+                               "llama_cpp_python": llama_cpp.__version__}
+                        fh.write(json.dumps(rec) + "\n")
+                        print(f"{name} -t {n} -fa {int(fa)} -d {depth}: {1e3 * statistics.median(samples):.2f} ms",
+                              flush=True)
+
+
+def priced(records: list[dict[str, Any]], folder: Path, cpu_tflops_per_core: float | None = None,
+           ) -> list[tuple[dict[str, Any], float, float]]:
+    """(record, measured ms, priced ms) per record: a llama-bench ``-ngl 0 -n 16 -d DEPTH`` of the
+    record's model on a CPU-only cluster of its machine (its matmul rate ``cpu_tflops_per_core``,
+    else the planner's default)."""
+    from omni_place.model import load_model
+    from omni_place.placement import SpeedParams
+    from omni_place.plan import evaluate
+
+    from benchmarks.speed_models import write_speed_model
+
+    out = []
+    for r in records:
+        cluster = folder / f"cpu{r['threads']}.toml"
+        cluster.write_text(f'name = "cpu"\n[[devices]]\nname = "CPU"\nkind = "cpu"\nmemory_gib = 16\n'
+                           f'bandwidth_gbs = {r["bandwidth_gbs"]}\nthreads = {r["threads"]}\n')
+        model = load_model(write_speed_model(r["shape"], folder, header_only=True, weight_type="q4_k",
+                                             shape=SHAPES[r["shape"]]))
+        argv = ["-ngl", "0", "-p", "0", "-n", str(N_GEN), "-d", str(r["depth"]), "-fa", str(int(r["flash_attn"])),
+                "-t", str(r["threads"])]
+        params = SpeedParams() if cpu_tflops_per_core is None else SpeedParams(cpu_tflops_per_core=cpu_tflops_per_core)
+        tg = evaluate(model, str(cluster), argv, tool="bench", params=params).predicted.tg_tps
+        out.append((r, 1e3 * statistics.median(r["samples_s"]), 1e3 / tg))
+    return out
+
+
+def report(paths: list[Path], cpu_tflops_per_core: float | None) -> int:
+    import tempfile
+
+    records = [json.loads(line) for p in paths for line in p.read_text().splitlines() if line.strip()]
+    with tempfile.TemporaryDirectory() as tmp:
+        rows = priced(records, Path(tmp), cpu_tflops_per_core)
+    print("| model | threads | -fa | depth | measured ms | priced ms |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for r, measured, price in rows:
+        print(f"| {r['shape']} | {r['threads']} | {int(r['flash_attn'])} | {r['depth']} | {measured:.2f} "
+              f"| {price:.2f} ({price / measured - 1:+.0%}) |")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.cpu_attention", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("run", help="time CPU decodes at depth through libllama")
+    r.add_argument("-o", "--output", type=Path, required=True)
+    r.add_argument("--threads", default="2", help="comma-separated thread counts")
+    r.add_argument("--bandwidth-gbs", type=float, required=True, help="`omni-place devices --measure`'s CPU figure")
+    r.add_argument("--folder", type=Path, default=Path("/tmp/omni_place_cpu_attention"))
+    q = sub.add_parser("report", help="measured against priced")
+    q.add_argument("records", nargs="+", type=Path)
+    q.add_argument("--cpu-tflops-per-core", type=float, help="the CPU's Q4_K matmul rate (cpu_prompt's records)")
+    a = ap.parse_args(argv)
+    if a.cmd == "run":
+        run(a.output, [int(t) for t in a.threads.split(",")], a.bandwidth_gbs, a.folder)
+        return 0
+    return report(a.records, a.cpu_tflops_per_core)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
