@@ -1,17 +1,17 @@
-"""Decode attention on the CPU at depth: compute-bound, not a read of the KV cache.
+"""Decode attention on the CPU at depth: far slower than a read of the KV cache.
 
 llama.cpp's CPU flash attention decodes one query row per head over the cache
 (ggml/src/ggml-cpu/ops.cpp:8843 ggml_compute_forward_flash_attn_ext_f16_one_chunk: per cell an
 F16 dot of the key, an online-softmax step with expf, an F16 axpy of the value), split over the
 threads by cells from 512 cells on (ops.cpp:9490-9520) and by heads below; without flash
-attention it is two F16 matmuls around a softmax. Either way a cell costs far more than its
-bytes: the planner read the cache at the memory's rate and priced a CPU-held 8192-token decode
-5x too fast in its depth slope. Now (``attention.CPU_DECODE_ATTENTION_EFF``) a CPU layer's
-decode attention takes the longer of its bytes at the read rate and its FLOPs (``2 x heads x
-(dk + dv)`` a cell) at that share of the CPU's matmul rate.
+attention it is two F16 matmuls around a softmax. The planner read the cache at the memory's rate
+and priced its depth slope 2.6-57x too fast. Now (``omni_place/attention.py``) a CPU layer's
+decode attention takes the slowest of its cache at the memory's rate, its cache at a rate that
+grows with the threads (``CPU_DECODE_KV_BYTES_PER_FLOP``) and its FLOPs at a share of the CPU's
+matmul rate (``CPU_DECODE_FLOP_SHARE``, what binds MLA's shared latent row).
 
-``run`` writes two small CPU-only llama models (zero weights, Q4_K; ``speed_models``) that differ
-in heads and head size, and times single-token decodes through libllama (llama-cpp-python) after
+``run`` writes small CPU-only models (zero weights, Q4_K; ``speed_models``) that differ in heads,
+head size and attention (GQA, MHA, MLA), and times single-token decodes through libllama (llama-cpp-python) after
 filling the cache to each depth, flash attention on and off, at the given thread counts;
 ``report`` prices each record as a llama-bench ``-ngl 0 -n 16 -d DEPTH`` on the measured CPU.
 
@@ -37,15 +37,19 @@ SHAPES: dict[str, dict[str, Any]] = {
     # MHA 16/16, 64-wide heads: other heads, other bytes per FLOP
     "attn_mha": dict(arch="llama", n_layer=2, n_embd=1024, n_head=16, n_head_kv=16, head_dim=64, n_ff=1024,
                      n_vocab=32000),
+    # MLA (deepseek2, mla16's attention): 16 heads share one 576-wide latent row a cell
+    "attn_mla": dict(arch="deepseek2", n_layer=2, n_embd=2048, n_head=16, n_head_kv=1, head_dim=128, n_rot=64,
+                     kv_lora_rank=512, q_lora_rank=768, n_ff=1024, n_expert=64, n_expert_used=6, n_ff_exp=256,
+                     n_expert_shared=2, n_dense_lead=1, n_vocab=32000),
 }
 DEPTHS = (0, 1024, 4096, 8192)
 N_GEN = 16
 
 
-def write(folder: Path) -> dict[str, Path]:
+def write(folder: Path, shapes: list[str]) -> dict[str, Path]:
     from benchmarks.speed_models import write_speed_model
 
-    return {name: write_speed_model(name, folder, weight_type="q4_k", shape=dims) for name, dims in SHAPES.items()}
+    return {name: write_speed_model(name, folder, weight_type="q4_k", shape=SHAPES[name]) for name in shapes}
 
 
 def time_decode(path: Path, threads: int, flash_attn: bool) -> dict[int, list[float]]:
@@ -71,12 +75,12 @@ def time_decode(path: Path, threads: int, flash_attn: bool) -> dict[int, list[fl
     return out
 
 
-def run(output: Path, threads: list[int], bandwidth_gbs: float, folder: Path) -> None:
+def run(output: Path, threads: list[int], bandwidth_gbs: float, folder: Path, shapes: list[str]) -> None:
     import llama_cpp
 
     from benchmarks.cpu_prompt import _cpu_name
 
-    paths = write(folder)
+    paths = write(folder, shapes)
     with output.open("a") as fh:
         for n in threads:
             for name, path in paths.items():
@@ -139,12 +143,13 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--threads", default="2", help="comma-separated thread counts")
     r.add_argument("--bandwidth-gbs", type=float, required=True, help="`omni-place devices --measure`'s CPU figure")
     r.add_argument("--folder", type=Path, default=Path("/tmp/omni_place_cpu_attention"))
+    r.add_argument("--shapes", default=",".join(SHAPES), help="some of: " + ", ".join(SHAPES))
     q = sub.add_parser("report", help="measured against priced")
     q.add_argument("records", nargs="+", type=Path)
     q.add_argument("--cpu-tflops-per-core", type=float, help="the CPU's Q4_K matmul rate (cpu_prompt's records)")
     a = ap.parse_args(argv)
     if a.cmd == "run":
-        run(a.output, [int(t) for t in a.threads.split(",")], a.bandwidth_gbs, a.folder)
+        run(a.output, [int(t) for t in a.threads.split(",")], a.bandwidth_gbs, a.folder, a.shapes.split(","))
         return 0
     return report(a.records, a.cpu_tflops_per_core)
 

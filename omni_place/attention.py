@@ -37,13 +37,19 @@ NO_FA_DECODE_KV_COST = 3.35
 #: on a 2-vCPU EPYC (0.106 TFLOPS a core in Q4_K matmuls), two head shapes with the same bytes a cell,
 #: 1 and 2 threads, 1024-8192 cells: 0.016-0.028 / 0.039-0.078 (benchmarks/results/cpu_attention.md)
 CPU_DECODE_KV_BYTES_PER_FLOP = {True: 0.021, False: 0.053}
+#: ... and its FLOPs (``2 x n_head x (dk + dv)`` a cell) at this share of that rate at best, which binds
+#: MLA: all heads share one latent row a cell (a 16-head MLA on the same CPU: 0.26 / 0.13; the GQA and
+#: MHA shapes stay bound by their bytes)
+CPU_DECODE_FLOP_SHARE = {True: 0.26, False: 0.2}
 
 
-def cpu_decode_kv_s(kv_bytes: float, bandwidth: float, rate: float, flash_attn: bool) -> float:
-    """Decode seconds of one CPU layer's attention over ``kv_bytes`` of cache: read at the memory's
-    ``bandwidth`` or as fast as the threads' kernel takes it (``rate``, the CPU's matmul FLOP/s;
-    ``math.inf``: the bytes alone), whichever is slower."""
-    return kv_bytes / min(bandwidth, rate * CPU_DECODE_KV_BYTES_PER_FLOP[flash_attn])
+def cpu_decode_kv_s(kv_bytes: float, flops: float, bandwidth: float, rate: float, flash_attn: bool) -> float:
+    """Decode seconds of one CPU layer's attention over ``kv_bytes`` of cache (``flops`` of work): the
+    bytes read at the memory's ``bandwidth`` or as fast as the threads' kernel takes them, and the
+    FLOPs at its best share of ``rate`` (the CPU's matmul FLOP/s; ``math.inf``: the bytes alone),
+    whichever is slowest."""
+    return max(kv_bytes / min(bandwidth, rate * CPU_DECODE_KV_BYTES_PER_FLOP[flash_attn]),
+               flops / (rate * CPU_DECODE_FLOP_SHARE[flash_attn]))
 
 
 def attended_cells(depth: int, n_tokens: int, flash_attn: bool, window: int = 0) -> float:

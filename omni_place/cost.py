@@ -88,11 +88,12 @@ class CostModel:
         # Fraction of a layer's experts a ubatch touches (each token picks k of N).
         self.expert_hit = 1.0 - (1.0 - self.k_over_n) ** b if hp.n_expert else 1.0
         self.tile_factor = uniform_tile_factor(b, self.k_over_n, self.expert_hit)  # whole MMQ tiles per expert
-        depth_cells = min(c.depth, c.ctx)
-        full_cells = model.kv_cells(c.ctx, c.n_seq)
+        depth_cells, full_cells = min(c.depth, c.ctx), model.kv_cells(c.ctx, c.n_seq)
         self.kv_read = [kv * depth_cells / full_cells for kv in self.kv]
-        self._attn = [2.0 * hp.n_head[il] * (hp.head_dim_k + hp.head_dim_v) * attended_cells(  # per prompt token
-            c.depth, b, c.flash_attn, hp.n_swa if hp.is_swa[il] else 0) if kv else 0.0 for il, kv in enumerate(self.kv)]
+        cell = [2.0 * hp.n_head[il] * (hp.head_dim_k + hp.head_dim_v) if kv else 0.0 for il, kv in enumerate(self.kv)]
+        window = [hp.n_swa if hp.is_swa[il] else 0 for il in range(len(self.kv))]  # attention FLOPs of
+        self._attn = [f * attended_cells(c.depth, b, c.flash_attn, w) for f, w in zip(cell, window)]  # a prompt token
+        self._attn_tg = [f * min(depth_cells, w or depth_cells) for f, w in zip(cell, window)]  # a decoded token
         self.act_bytes = hp.n_embd * 4  # one token's activations (F32)
         self._expert_split: list[dict[str, dict[str, int]]] = [self._split_experts(lc) for lc in model.layers]
         self._params = [[0.0, 0.0] for _ in model.layers]  # (dense, routed-expert) parameters
@@ -147,10 +148,7 @@ class CostModel:
     def expert_bytes(self, il: int, backend: str, kinds: frozenset[str] | None, inside: bool) -> int:
         """Bytes of layer ``il``'s expert tensors whose kind is (``inside``) / is not in ``kinds``
         (None: all of them), as ``backend`` allocates them."""
-        per = self._expert_split[il][backend]
-        if kinds is None:
-            return sum(per.values())
-        return sum(v for k, v in per.items() if (k in kinds) == inside)
+        return sum(v for k, v in self._expert_split[il][backend].items() if kinds is None or (k in kinds) == inside)
 
     @cached_property
     def offloadable_weights(self) -> tuple[list[int], list[dict[str, int]], int]:
@@ -418,7 +416,7 @@ class CostModel:
         if self.on_gpu(name):
             return self.kv_read[il] / self.bandwidth(name) * decode_kv_cost(fa)
         rate = self.flops(name) if self.context.mainline_cpu_kernels else math.inf
-        return cpu_decode_kv_s(self.kv_read[il], self.bandwidth(name), rate, fa)
+        return cpu_decode_kv_s(self.kv_read[il], self._attn_tg[il], self.bandwidth(name), rate, fa)
 
     def attention_pp(self, il: int, name: str) -> float:
         """Prompt seconds per token of layer ``il``'s attention over its cache on ``name`` (attention.py)."""
