@@ -78,7 +78,7 @@ def time_decode(path: Path, threads: int, flash_attn: bool) -> dict[int, list[fl
 def run(output: Path, threads: list[int], bandwidth_gbs: float, folder: Path, shapes: list[str]) -> None:
     import llama_cpp
 
-    from benchmarks.cpu_prompt import _cpu_name
+    from benchmarks.cpu_prompt import cpu_name
 
     paths = write(folder, shapes)
     with output.open("a") as fh:
@@ -86,7 +86,7 @@ def run(output: Path, threads: list[int], bandwidth_gbs: float, folder: Path, sh
             for name, path in paths.items():
                 for fa in (True, False):
                     for depth, samples in time_decode(path, n, fa).items():
-                        rec = {"machine": _cpu_name(), "bandwidth_gbs": bandwidth_gbs, "threads": n, "shape": name,
+                        rec = {"machine": cpu_name(), "bandwidth_gbs": bandwidth_gbs, "threads": n, "shape": name,
                                "flash_attn": fa, "depth": depth, "samples_s": samples,
                                "llama_cpp_python": llama_cpp.__version__}
                         fh.write(json.dumps(rec) + "\n")
@@ -105,17 +105,18 @@ def priced(records: list[dict[str, Any]], folder: Path, cpu_tflops_per_core: flo
 
     from benchmarks.speed_models import write_speed_model
 
+    params = SpeedParams() if cpu_tflops_per_core is None else SpeedParams(cpu_tflops_per_core=cpu_tflops_per_core)
+    models = {name: load_model(write_speed_model(name, folder, header_only=True, weight_type="q4_k", shape=dims))
+              for name, dims in SHAPES.items() if any(r["shape"] == name for r in records)}
     out = []
     for r in records:
-        cluster = folder / f"cpu{r['threads']}.toml"
-        cluster.write_text(f'name = "cpu"\n[[devices]]\nname = "CPU"\nkind = "cpu"\nmemory_gib = 16\n'
-                           f'bandwidth_gbs = {r["bandwidth_gbs"]}\nthreads = {r["threads"]}\n')
-        model = load_model(write_speed_model(r["shape"], folder, header_only=True, weight_type="q4_k",
-                                             shape=SHAPES[r["shape"]]))
+        cluster = folder / f"cpu{r['threads']}_{r['bandwidth_gbs']}.toml"
+        if not cluster.exists():
+            cluster.write_text(f'name = "cpu"\n[[devices]]\nname = "CPU"\nkind = "cpu"\nmemory_gib = 16\n'
+                               f'bandwidth_gbs = {r["bandwidth_gbs"]}\nthreads = {r["threads"]}\n')
         argv = ["-ngl", "0", "-p", "0", "-n", str(N_GEN), "-d", str(r["depth"]), "-fa", str(int(r["flash_attn"])),
                 "-t", str(r["threads"])]
-        params = SpeedParams() if cpu_tflops_per_core is None else SpeedParams(cpu_tflops_per_core=cpu_tflops_per_core)
-        tg = evaluate(model, str(cluster), argv, tool="bench", params=params).predicted.tg_tps
+        tg = evaluate(models[r["shape"]], str(cluster), argv, tool="bench", params=params).predicted.tg_tps
         out.append((r, 1e3 * statistics.median(r["samples_s"]), 1e3 / tg))
     return out
 
@@ -123,7 +124,9 @@ def priced(records: list[dict[str, Any]], folder: Path, cpu_tflops_per_core: flo
 def report(paths: list[Path], cpu_tflops_per_core: float | None) -> int:
     import tempfile
 
-    records = [json.loads(line) for p in paths for line in p.read_text().splitlines() if line.strip()]
+    from benchmarks.cpu_prompt import load
+
+    records = load(paths)
     with tempfile.TemporaryDirectory() as tmp:
         rows = priced(records, Path(tmp), cpu_tflops_per_core)
     print("| model | threads | -fa | depth | measured ms | priced ms |")

@@ -31,16 +31,17 @@ share of those runs, as the planner prices it, taken out). ``--write`` puts the 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import platform
 import random
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-RESULTS = Path(__file__).resolve().parent / "results"
 #: the mainline types of data/weight_types.toml that a CPU computes prompts in
 TYPES = ("f16", "bf16", "q8_0", "q6_k", "q5_k", "q5_0", "q5_1", "q4_k", "q4_0", "q4_1", "iq4_xs", "iq4_nl",
          "q3_k", "iq3_s", "iq3_xxs", "q2_k", "iq2_s", "iq2_xs", "iq2_xxs", "iq1_m", "iq1_s")
@@ -53,19 +54,33 @@ SHAPES: dict[str, dict[str, Any]] = {
 N_PROMPT = 512
 
 
-def model_name(shape: str, t: str) -> str:
-    return f"{shape}.{t}" if shape == "cpu_dense" else f"{shape}.x{t}"
+def weight_type_of(shape: str, t: str) -> str:
+    """The speed-model weight type of ``shape`` for ggml type ``t``: every matrix, or the experts."""
+    return t if shape == "cpu_dense" else f"x{t}"
 
 
 def write_models(folder: Path, types: tuple[str, ...] = TYPES) -> list[Path]:
     from benchmarks.speed_models import write_speed_model
 
-    out = []
-    for t in types:
-        for shape, dims in SHAPES.items():
-            wtype = t if shape == "cpu_dense" else f"x{t}"
-            out.append(write_speed_model(shape, folder, weight_type=wtype, shape=dims))
-    return out
+    return [write_speed_model(shape, folder, weight_type=weight_type_of(shape, t), shape=dims)
+            for t in types for shape, dims in SHAPES.items()]
+
+
+@functools.cache
+def _scratch() -> tempfile.TemporaryDirectory[str]:
+    """A folder for the headers and the cluster file that pricing writes (removed at exit)."""
+    return tempfile.TemporaryDirectory(prefix="omni_place_cpu_prompt_")
+
+
+@functools.cache
+def _header(name: str, weight_type: str) -> Any:
+    """The loaded header of speed model ``name`` (``SHAPES`` here, else speed_models') in ``weight_type``."""
+    from omni_place.model import load_model
+
+    from benchmarks.speed_models import write_speed_model
+
+    return load_model(write_speed_model(name, Path(_scratch().name), header_only=True, weight_type=weight_type,
+                                        shape=SHAPES.get(name)))
 
 
 def time_prompt(path: Path, threads: int, reps: int) -> list[float]:
@@ -95,7 +110,7 @@ def run(folder: Path, output: Path, threads: int, rounds: int, reps: int) -> Non
     paths = sorted(p for p in folder.glob("cpu_*.gguf") if not p.name.endswith(".hdr.gguf"))
     if not paths:
         raise SystemExit(f"no cpu_dense.* / cpu_moe.* models in {folder}; write them with `models`")
-    machine = _cpu_name()
+    machine = cpu_name()
     first = 1 + max((r["round"] for r in load([output])), default=-1) if output.exists() else 0
     with output.open("a") as fh:
         for r in range(first, first + rounds):
@@ -110,7 +125,7 @@ def run(folder: Path, output: Path, threads: int, rounds: int, reps: int) -> Non
                 print(f"{p.name} r{r}: {N_PROMPT / statistics.median(rec['samples_s']):.1f} tok/s", flush=True)
 
 
-def _cpu_name() -> str:
+def cpu_name() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -122,13 +137,9 @@ def _cpu_name() -> str:
 
 def _flops(shape: str, t: str) -> tuple[float, float]:
     """(dense, routed-expert) matmul FLOPs per prompt token of a model (header only)."""
-    from omni_place.model import Role, load_model
+    from omni_place.model import Role
 
-    from benchmarks.speed_models import write_speed_model
-
-    folder = Path("/tmp/omni_place_cpu_prompt_headers")
-    wtype = model_name(shape, t).split(".")[1]
-    model = load_model(write_speed_model(shape, folder, header_only=True, weight_type=wtype, shape=SHAPES[shape]))
+    model = _header(shape, weight_type_of(shape, t))
     hp = model.hparams
     dense = sum(x.info.n_elements for x in model.tensors if x.layer is not None and x.role is not Role.ROUTED_EXPERT)
     experts = sum(x.info.n_elements for x in model.tensors if x.role is Role.ROUTED_EXPERT)
@@ -147,7 +158,7 @@ def local_factors(records: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
             continue
         dense_q4k = med["cpu_dense", "q4_k"] / sum(_flops("cpu_dense", "q4_k"))  # s per FLOP, attention in
         rows: dict[str, float] = {}
-        moe_d, moe_e = _flops("cpu_moe", "q4_k")
+        moe_d, _ = _flops("cpu_moe", "q4_k")
         expert_q4k = med["cpu_moe", "q4_k"] - moe_d * dense_q4k
         for (s, t), sec in sorted(med.items()):
             if s == "cpu_dense":
@@ -168,10 +179,9 @@ def bench_factors(records: list[dict[str, Any]]) -> dict[str, float]:
     from benchmarks.quant_speed import CLUSTER
 
     cpu_s: dict[str, list[float]] = {}
-    folder = Path("/tmp/omni_place_cpu_prompt_headers")
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "cluster.toml").write_text(CLUSTER)
-    cluster = resolve_cluster(str(folder / "cluster.toml"))
+    path = Path(_scratch().name) / "cluster.toml"
+    path.write_text(CLUSTER)
+    cluster = resolve_cluster(str(path))
     for r in records:
         if not r.get("n_prompt") or not r.get("no_op_offload"):
             continue
@@ -189,12 +199,8 @@ def _gpu_share(record: dict[str, Any], t: str, cluster: Any) -> float:
     """Seconds per prompt token the planner gives a record's placement outside the CPU."""
     from omni_place.bench.llamabench import import_text
     from omni_place.cost import CostModel
-    from omni_place.model import load_model
 
-    from benchmarks.speed_models import write_speed_model
-
-    model = load_model(write_speed_model("moe15", Path("/tmp/omni_place_cpu_prompt_headers"), header_only=True,
-                                         weight_type=f"x{t}"))
+    model = _header("moe15", f"x{t}")
     point = import_text(json.dumps(record), model, cluster).points[0]
     assert point.context is not None
     pred = CostModel(model, cluster, point.context).predict(point.placement)
@@ -202,9 +208,13 @@ def _gpu_share(record: dict[str, Any], t: str, cluster: Any) -> float:
 
 
 def derive(records: list[dict[str, Any]], bench: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
-    """The table's columns per type (upper case): ``cpu_prompt`` and ``cpu_expert_prompt``, each
-    the geometric mean over the CPUs that ran the type (libllama records, llama-bench records)."""
-    tables = [*local_factors(records).values(), bench_factors(bench)]
+    """The table's columns per type (upper case) from libllama and llama-bench records (:func:`columns`)."""
+    return columns([*local_factors(records).values(), bench_factors(bench)])
+
+
+def columns(tables: list[dict[str, float]]) -> dict[str, dict[str, float]]:
+    """``cpu_prompt`` and ``cpu_expert_prompt`` per type (upper case), each the geometric mean of
+    the type's factor over ``tables`` (one per CPU) that have it."""
     out: dict[str, dict[str, float]] = {}
     for t in TYPES:
         for column, key in (("cpu_prompt", f"dense:{t}"), ("cpu_expert_prompt", f"expert:{t}")):
@@ -221,7 +231,7 @@ def load(paths: list[Path]) -> list[dict[str, Any]]:
 def report(records: list[Path], bench: list[Path], write: bool) -> int:
     rows, brows = load(records), load(bench)
     local, h200 = local_factors(rows), bench_factors(brows)
-    derived = derive(rows, brows)
+    derived = columns([*local.values(), h200])
     machines = [*local, *(["llama-bench: " + brows[0].get("cpu_info", "?")] if h200 else [])]
     tables = [*local.values(), *([h200] if h200 else [])]
     print("| type | " + " | ".join(f"dense: {c}" for c in local) + " | "

@@ -16,7 +16,8 @@ rate, and a decode's reads the cache far below the memory's rate: one query row 
 F16 dot, an online-softmax step and an F16 axpy (ggml/src/ggml-cpu/ops.cpp:8843, split over the
 threads by cells from 512 on, 9490-9520), or without flash attention two F16 matmuls around a
 softmax; heads of half the width over as many cache bytes took as long, so it is priced per byte,
-at a rate that grows with the threads (``benchmarks/cpu_attention.py``).
+at a rate that grows with the threads, except where many heads share a row (MLA): their FLOPs bind
+(``benchmarks/cpu_attention.py``).
 """
 from __future__ import annotations
 

@@ -7,12 +7,12 @@ the arrays the C core optimizes over (:mod:`omni_place.problem`), so what the co
 reports are one model.
 
 Decode (tg, batch 1) reads each layer's dense weights, its KV cache up to ``depth`` (attention.py: slower
-than its bytes) and ``k/N`` of its routed-expert bytes from the memory they
-sit in, at that memory's bandwidth times an efficiency or as fast as the kernels take their weight types
-(kernels.py), plus a fixed cost per layer on each backend it visits (kernel launches, thread barriers);
-every hop of the activations between devices costs a graph split (scheduling + synchronisation) plus the
-link's latency and the ``n_embd`` F32 transfer. Experts away from their layer (CPU or another GPU) cost a
-hop out and one back per layer visit: the scheduler runs an op on the backend holding its weight
+than its bytes) and ``k/N`` of its routed-expert bytes from the memory they sit in, at that memory's
+bandwidth times an efficiency or as fast as the kernels take their weight types (kernels.py), plus a fixed
+cost per layer on each backend it visits (kernel launches, thread barriers); every hop of the activations
+between devices costs a graph split (scheduling + synchronisation) plus the link's latency and the
+``n_embd`` F32 transfer. Experts away from their layer (CPU or another GPU) cost a hop out and one back per
+layer visit: the scheduler runs an op on the backend holding its weight
 (``ggml/src/ggml-backend.cpp:951-980``) and copies its inputs there; GPUs without P2P copy through the host,
 over both links. Prompt processing (pp, batches of ``n_ubatch``) is compute-bound on the GPUs (a routed
 expert costs at least one MMQ tile of tokens; attention over the cache at ``depth`` as attention.py prices
@@ -91,9 +91,9 @@ class CostModel:
         depth_cells, full_cells = min(c.depth, c.ctx), model.kv_cells(c.ctx, c.n_seq)
         self.kv_read = [kv * depth_cells / full_cells for kv in self.kv]
         cell = [2.0 * hp.n_head[il] * (hp.head_dim_k + hp.head_dim_v) if kv else 0.0 for il, kv in enumerate(self.kv)]
-        window = [hp.n_swa if hp.is_swa[il] else 0 for il in range(len(self.kv))]  # attention FLOPs of
-        self._attn = [f * attended_cells(c.depth, b, c.flash_attn, w) for f, w in zip(cell, window)]  # a prompt token
-        self._attn_tg = [f * min(depth_cells, w or depth_cells) for f, w in zip(cell, window)]  # a decoded token
+        window = [hp.n_swa if hp.is_swa[il] else 0 for il in range(len(self.kv))]  # attention FLOPs: per prompt token,
+        self._attn = [f * attended_cells(c.depth, b, c.flash_attn, w) for f, w in zip(cell, window)]
+        self._attn_tg = [f * min(depth_cells, w or depth_cells) for f, w in zip(cell, window)]  # per decoded token
         self.act_bytes = hp.n_embd * 4  # one token's activations (F32)
         self._expert_split: list[dict[str, dict[str, int]]] = [self._split_experts(lc) for lc in model.layers]
         self._params = [[0.0, 0.0] for _ in model.layers]  # (dense, routed-expert) parameters
