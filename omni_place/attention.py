@@ -53,11 +53,18 @@ def cpu_decode_kv_s(kv_bytes: float, flops: float, bandwidth: float, rate: float
                flops / (rate * CPU_DECODE_FLOP_SHARE[flash_attn]))
 
 
-def attended_cells(depth: int, n_tokens: int, flash_attn: bool, window: int = 0) -> float:
-    """Mean cached tokens a prompt token of a ``n_tokens`` ubatch attends to at ``depth``: with
-    flash attention half the ubatch beside the depth (masked tiles skipped), without it every score
-    of the ubatch's cells; a sliding-window layer (``window`` > 0) sees at most its window. (A prompt
-    of several ubatches is priced as its first: the later ones' attention to the earlier is not.)"""
+def mean_depths(depth: int, n_prompt: int, n_gen: int, n_tokens: int) -> tuple[float, float]:
+    """(decode, prompt) mean cached tokens before a decoded token and before a prompt's ubatch of
+    ``n_tokens``, in a llama-bench test of ``n_gen`` decodes or ``n_prompt`` prompt tokens after
+    ``depth`` (tools/llama-bench/llama-bench.cpp ``test_gen``, ``test_prompt``): decode ``i`` follows
+    ``depth + i`` cells, ubatch ``j`` ``depth + j x n_tokens``. 0 tokens: one decode, one ubatch."""
+    return depth + max(0, n_gen - 1) / 2, depth + max(0, n_prompt - n_tokens) / 2
+
+
+def attended_cells(depth: float, n_tokens: int, flash_attn: bool, window: int = 0) -> float:
+    """Mean cached tokens a prompt token of a ``n_tokens`` ubatch attends to after ``depth`` cells:
+    with flash attention half the ubatch beside the depth (masked tiles skipped), without it every
+    score of the ubatch's cells; a sliding-window layer (``window`` > 0) sees at most its window."""
     cells = depth + (n_tokens / 2 if flash_attn else n_tokens)
     return min(cells, window + n_tokens) if window else cells
 

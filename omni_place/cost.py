@@ -32,7 +32,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 from functools import cached_property
 
-from .attention import attended_cells, cpu_decode_kv_s, decode_kv_cost, prompt_attention_s
+from .attention import attended_cells, cpu_decode_kv_s, decode_kv_cost, mean_depths, prompt_attention_s
 from .compute import PIPELINE_COPIES, ComputeEstimate, compute_buffer_estimate
 from .compute_price import (REPACK_TYPES, host_compute, offload_compute, offloadable_weights, op_offload_reserve,
                             pageable_bytes, replayed_buffers)
@@ -88,11 +88,12 @@ class CostModel:
         # Fraction of a layer's experts a ubatch touches (each token picks k of N).
         self.expert_hit = 1.0 - (1.0 - self.k_over_n) ** b if hp.n_expert else 1.0
         self.tile_factor = uniform_tile_factor(b, self.k_over_n, self.expert_hit)  # whole MMQ tiles per expert
-        depth_cells, full_cells = min(c.depth, c.ctx), model.kv_cells(c.ctx, c.n_seq)
+        tg_depth, pp_depth = mean_depths(c.depth, c.n_prompt, c.n_gen, b)  # a bench test's mean
+        depth_cells, full_cells = min(tg_depth, c.ctx), model.kv_cells(c.ctx, c.n_seq)
         self.kv_read = [kv * depth_cells / full_cells for kv in self.kv]
         cell = [2.0 * hp.n_head[il] * (hp.head_dim_k + hp.head_dim_v) if kv else 0.0 for il, kv in enumerate(self.kv)]
         window = [hp.n_swa if hp.is_swa[il] else 0 for il in range(len(self.kv))]  # attention FLOPs: per prompt token,
-        self._attn = [f * attended_cells(c.depth, b, c.flash_attn, w) for f, w in zip(cell, window)]
+        self._attn = [f * attended_cells(pp_depth, b, c.flash_attn, w) for f, w in zip(cell, window)]
         self._attn_tg = [f * min(depth_cells, w or depth_cells) for f, w in zip(cell, window)]  # per decoded token
         self.act_bytes = hp.n_embd * 4  # one token's activations (F32)
         self._expert_split: list[dict[str, dict[str, int]]] = [self._split_experts(lc) for lc in model.layers]

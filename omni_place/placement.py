@@ -202,6 +202,10 @@ class Context:
     type_v: str = "f16"
     flash_attn: bool = True
     depth: int = 0  # tokens already in the KV cache when decoding (llama-bench -d)
+    # a llama-bench test's lengths after ``depth``: its later decodes and ubatches attend to the
+    # earlier ones (attention.mean_depths); 0: one token, one ubatch (a server at ``depth``)
+    n_prompt: int = 0
+    n_gen: int = 0
     n_seq: int = 1
     swa_full: bool = False  # SWA layers' KV sized for the whole context (ik_llama.cpp)
     allow_paging: bool = False  # CPU-held weights beyond RAM may page from disk (mmap), priced at disk speed

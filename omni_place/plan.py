@@ -566,9 +566,9 @@ def evaluate(model: str | ModelProfile, cluster: str | Cluster, argv: Sequence[s
     clus = resolve_cluster(cluster)
     run = tool_context(parsed, engine_rules.tool_defaults(tool), prof.hparams.n_ctx_train, ctx)
     context = rules.context(ctx=run.ctx, n_ubatch=run.n_ubatch, type_k=parsed.type_k, type_v=parsed.type_v,
-                            flash_attn=run.flash_attn, depth=run.depth, allow_paging=allow_paging,
-                            pinned_weights=parsed.pinned_weights, op_offload=parsed.op_offload,
-                            fused_moe=parsed.fused_moe)
+                            flash_attn=run.flash_attn, depth=run.depth, n_prompt=run.n_prompt, n_gen=run.n_gen,
+                            allow_paging=allow_paging, pinned_weights=parsed.pinned_weights,
+                            op_offload=parsed.op_offload, fused_moe=parsed.fused_moe)
     prof.check_kv_types(context.type_k, context.type_v, context.flash_attn)
     model_notes = engine_rules.model_notes(prof)
     calibrated, store_note = (None, None) if params is not None else read_calibrated(clus, engine)

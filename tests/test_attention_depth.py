@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from omni_place import attention
-from omni_place.attention import attended_cells, prompt_attention_s
+from omni_place.attention import attended_cells, mean_depths, prompt_attention_s
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -59,7 +59,28 @@ def test_the_structure() -> None:
     # flash attention skips the masked half of the ubatch; a sliding window caps what a layer sees
     assert attended_cells(4096, 512, True) == 4352 and attended_cells(4096, 512, False) == 4608
     assert attended_cells(65536, 512, True, window=4096) == 4096 + 512
+    # a llama-bench test's later decodes and ubatches attend to the earlier: one decode and one
+    # ubatch (a server's) at the depth, 256 decodes 127.5 more, a 4096-token prompt's 8 ubatches 1792
+    assert mean_depths(4096, 0, 0, 512) == mean_depths(4096, 512, 1, 512) == (4096, 4096)
+    assert mean_depths(0, 0, 256, 512) == (127.5, 0) and mean_depths(100, 4096, 0, 512) == (100, 1892)
     fa, no_fa = (prompt_attention_s(1e9, 512, f, 100e12, 45e-6) for f in (True, False))
     assert no_fa > 2 * fa > 0
     # the CPU: its own FLOP rate, no GPU factors
     assert prompt_attention_s(1e9, 512, False, 1e12, 0.0) == pytest.approx(1e-3)
+
+
+def test_a_bench_test_is_priced_at_its_mean_depth(tmp_path: Path) -> None:
+    """`check --tool bench` and imported records price a decode test at its mean depth: 2048
+    decodes after 2048 cached tokens take as long a token as one decode after 3071.5."""
+    from benchmarks.speed_models import write_speed_model
+    from omni_place.plan import evaluate
+
+    header = str(write_speed_model("dense11", tmp_path, header_only=True))
+    rig = str(attention_depth.RESULTS / "plans_vs_fit_23" / "rig_full.toml")
+
+    def tg(depth: int, n_gen: int) -> float:
+        argv = ["-ngl", "99", "-fa", "1", "-p", "0", "-n", str(n_gen), "-d", str(depth)]
+        return evaluate(header, rig, argv, tool="bench").predicted.tg_tps
+
+    assert tg(2048, 2048) < 0.99 * tg(2048, 1)
+    assert tg(2048, 2048) == pytest.approx(tg(3071, 1), rel=1e-3)

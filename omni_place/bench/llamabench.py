@@ -212,6 +212,7 @@ def import_text(text: str, model: ModelProfile, cluster: Cluster, *, engine: str
             tc = tool_context(run.parsed, rules.tool_defaults("bench"), n_ctx_train)
             context = rules.traits.context(ctx=tc.ctx, n_ubatch=tc.n_ubatch, type_k=run.parsed.type_k,
                                            type_v=run.parsed.type_v, flash_attn=tc.flash_attn, depth=tc.depth,
+                                           n_prompt=tc.n_prompt, n_gen=tc.n_gen,
                                            pinned_weights=run.parsed.pinned_weights,
                                            op_offload=run.parsed.op_offload, fused_moe=run.parsed.fused_moe)
             model.check_kv_types(context.type_k, context.type_v, context.flash_attn)

@@ -102,6 +102,9 @@ class ToolContext:
     flash_attn: bool
     depth: int
     assumptions: tuple[str, ...] = ()
+    # a llama-bench test's prompt tokens and decoded tokens after ``depth`` (0: not a bench run)
+    n_prompt: int = 0
+    n_gen: int = 0
 
 
 def tool_context(parsed: ParsedArgs, defaults: ToolDefaults, n_ctx_train: int, ctx: int | None = None) -> ToolContext:
@@ -110,12 +113,13 @@ def tool_context(parsed: ParsedArgs, defaults: ToolDefaults, n_ctx_train: int, c
     (``src/llama-context.cpp``, ``llama_context``): ``n_ctx 0`` is ``n_ctx_train``; ``n_batch =
     min(n_ctx, n_batch)`` (causal attention); ``n_ubatch = min(n_batch, n_ubatch or n_batch)``."""
     notes: list[str] = []
-    depth = 0
-    n_ctx = parsed.ctx if parsed.ctx is not None else ctx
-    if n_ctx is None and defaults.ctx is None:  # llama-bench: the larger test's context
+    depth = p = n = 0
+    if defaults.ctx is None:  # llama-bench: the test sizes
         p = defaults.n_prompt if parsed.n_prompt is None else parsed.n_prompt
         n = defaults.n_gen if parsed.n_gen is None else parsed.n_gen
         depth = defaults.n_depth if parsed.n_depth is None else parsed.n_depth
+    n_ctx = parsed.ctx if parsed.ctx is not None else ctx
+    if n_ctx is None and defaults.ctx is None:  # llama-bench: the larger test's context
         n_ctx = max(p, n) + depth
         notes.append(f"context {n_ctx}: llama-bench's largest test (-p {p}, -n {n}, -d {depth})")
     elif n_ctx is None or n_ctx == 0:
@@ -133,7 +137,7 @@ def tool_context(parsed: ParsedArgs, defaults: ToolDefaults, n_ctx_train: int, c
     fa = defaults.flash_attn if parsed.flash_attn is None else parsed.flash_attn
     if parsed.unpriced:
         notes.append("not priced (assumed not to change placement or memory): " + " ".join(parsed.unpriced))
-    return ToolContext(n_ctx, n_ubatch, fa, depth, tuple(notes))
+    return ToolContext(n_ctx, n_ubatch, fa, depth, tuple(notes), p, n)
 
 
 class OverrideMatcher:
