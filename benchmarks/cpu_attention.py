@@ -13,7 +13,8 @@ matmul rate (``CPU_DECODE_FLOP_SHARE``, what binds MLA's shared latent row).
 ``run`` writes small CPU-only models (zero weights, Q4_K; ``speed_models``) that differ in heads,
 head size and attention (GQA, MHA, MLA), and times single-token decodes through libllama (llama-cpp-python) after
 filling the cache to each depth, flash attention on and off, at the given thread counts;
-``report`` prices each record as a llama-bench ``-ngl 0 -n 16 -d DEPTH`` on the measured CPU.
+``run-bench`` times the same with a llama-bench binary (ik_llama.cpp's: ``-gp DEPTH,16``); ``report``
+prices each record as a llama-bench ``-ngl 0 -n 16 -d DEPTH`` on the measured CPU, by its engine.
 
     python -m benchmarks.cpu_attention run -o benchmarks/results/cpu_attention/libllama_epyc2.jsonl \\
         --threads 2,1 --bandwidth-gbs 34.4
@@ -94,6 +95,37 @@ def run(output: Path, threads: list[int], bandwidth_gbs: float, folder: Path, sh
                               flush=True)
 
 
+def run_bench(binary: Path, output: Path, threads: list[int], bandwidth_gbs: float, folder: Path,
+              shapes: list[str], reps: int, flash_attn: tuple[bool, ...] = (True, False)) -> None:
+    """:func:`run` with a llama-bench binary: ``-n 16 -d DEPTH`` (mainline), ``-gp DEPTH,16``
+    (ik_llama.cpp: the prompt untimed, examples/llama-bench/llama-bench.cpp:2245), one record per
+    test with llama-bench's own inside (``samples_s``: each repetition's seconds a token)."""
+    import subprocess
+
+    from omni_place.engines import engine_of_bench_record, engine_of_binary
+
+    from benchmarks.cpu_prompt import cpu_name
+
+    paths, ik = write(folder, shapes), engine_of_binary(str(binary)) == "ik_llama.cpp"
+    tests = ["-p", "0", "-n", "0", *(a for d in DEPTHS for a in ("-gp", f"{d},{N_GEN}"))] if ik else [
+        "-p", "0", "-n", str(N_GEN), "-d", ",".join(map(str, DEPTHS))]
+    with output.open("a") as fh:
+        for n in threads:
+            for name, path in paths.items():
+                for fa in flash_attn:
+                    out = subprocess.run([str(binary), "-m", str(path), "-ngl", "0", "-t", str(n), "-fa", str(int(fa)),
+                                          "-r", str(reps), "-o", "json", *tests],
+                                         capture_output=True, text=True, check=True).stdout
+                    for bench in json.loads(out):
+                        depth = bench["n_prompt"] if ik else bench["n_depth"]
+                        rec = {"machine": cpu_name(), "bandwidth_gbs": bandwidth_gbs, "threads": n, "shape": name,
+                               "flash_attn": fa, "depth": depth, "engine": engine_of_bench_record(bench),
+                               "samples_s": [1 / ts for ts in bench["samples_ts"]], "bench": bench}
+                        fh.write(json.dumps(rec) + "\n")
+                        print(f"{rec['engine']} {name} -t {n} -fa {int(fa)} -d {depth}: "
+                              f"{1e3 * statistics.median(rec['samples_s']):.2f} ms", flush=True)
+
+
 def priced(records: list[dict[str, Any]], folder: Path, cpu_tflops_per_core: float | None = None,
            ) -> list[tuple[dict[str, Any], float, float]]:
     """(record, measured ms, priced ms) per record: a llama-bench ``-ngl 0 -n 16 -d DEPTH`` of the
@@ -116,7 +148,8 @@ def priced(records: list[dict[str, Any]], folder: Path, cpu_tflops_per_core: flo
                                f'bandwidth_gbs = {r["bandwidth_gbs"]}\nthreads = {r["threads"]}\n')
         argv = ["-ngl", "0", "-p", "0", "-n", str(N_GEN), "-d", str(r["depth"]), "-fa", str(int(r["flash_attn"])),
                 "-t", str(r["threads"])]
-        tg = evaluate(models[r["shape"]], str(cluster), argv, tool="bench", params=params).predicted.tg_tps
+        tg = evaluate(models[r["shape"]], str(cluster), argv, tool="bench", params=params,
+                      engine=r.get("engine") or "llama.cpp").predicted.tg_tps
         out.append((r, 1e3 * statistics.median(r["samples_s"]), 1e3 / tg))
     return out
 
@@ -147,12 +180,25 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--bandwidth-gbs", type=float, required=True, help="`omni-place devices --measure`'s CPU figure")
     r.add_argument("--folder", type=Path, default=Path("/tmp/omni_place_cpu_attention"))
     r.add_argument("--shapes", default=",".join(SHAPES), help="some of: " + ", ".join(SHAPES))
+    b = sub.add_parser("run-bench", help="the same with a llama-bench binary (mainline's or ik_llama.cpp's)")
+    b.add_argument("binary", type=Path)
+    b.add_argument("-o", "--output", type=Path, required=True)
+    b.add_argument("--threads", default="2", help="comma-separated thread counts")
+    b.add_argument("--bandwidth-gbs", type=float, required=True, help="`omni-place devices --measure`'s CPU figure")
+    b.add_argument("--folder", type=Path, default=Path("/tmp/omni_place_cpu_attention"))
+    b.add_argument("--shapes", default=",".join(SHAPES), help="some of: " + ", ".join(SHAPES))
+    b.add_argument("--reps", type=int, default=3)
+    b.add_argument("--fa", default="1,0", help="flash attention settings to run")
     q = sub.add_parser("report", help="measured against priced")
     q.add_argument("records", nargs="+", type=Path)
     q.add_argument("--cpu-tflops-per-core", type=float, help="the CPU's Q4_K matmul rate (cpu_prompt's records)")
     a = ap.parse_args(argv)
     if a.cmd == "run":
         run(a.output, [int(t) for t in a.threads.split(",")], a.bandwidth_gbs, a.folder, a.shapes.split(","))
+        return 0
+    if a.cmd == "run-bench":
+        run_bench(a.binary, a.output, [int(t) for t in a.threads.split(",")], a.bandwidth_gbs, a.folder,
+                  a.shapes.split(","), a.reps, tuple(f == "1" for f in a.fa.split(",")))
         return 0
     return report(a.records, a.cpu_tflops_per_core)
 

@@ -17,21 +17,29 @@ kernel's speed does not depend on their values; random embeddings and a unit-sca
   dense part, 10 % of the FLOPs, is taken out at cpu_dense.q4_k's rate).
 
 ``run`` times 512-token prompts through libllama (llama-cpp-python, CPU only, flash attention
-on, as llama-bench ``-fa 1 -ngl 0``), configurations interleaved over rounds; ``report`` gives
-each type's time per FLOP relative to Q4_K's and, with ``--bench``, the same from llama-bench
-records of ``moe15.x<type>`` at ``-ngl 99 -ot exps=CPU -nopo 1`` (another CPU; the GPU's
-share of those runs, as the planner prices it, taken out). ``--write`` puts the factors into
-``omni_place/data/weight_types.toml`` (``cpu_prompt``, ``cpu_expert_prompt``).
+on, as llama-bench ``-fa 1 -ngl 0``), configurations interleaved over rounds; ``run-bench`` the
+same through a llama-bench binary, mainline's or ik_llama.cpp's (ik runs every type with its
+own GEMMs, ggml/src/iqk). ``report`` gives each type's time per FLOP relative to Q4_K's per CPU
+and build (libllama's wheel and a native llama-bench run different kernels on one CPU), ik's
+relative to mainline's Q4_K on the same CPU and build, and, with ``--bench``, mainline's from
+llama-bench records of ``moe15.x<type>`` at ``-ngl 99 -ot exps=CPU -nopo 1`` (another CPU; the
+GPU's share of those runs, as the planner prices it, taken out). ``--write`` puts the factors into
+``omni_place/data/weight_types.toml`` (``cpu_prompt``, ``cpu_expert_prompt``, ``ik_cpu_prompt``,
+``ik_cpu_expert_prompt``). ``models --held-out`` writes two other shapes (:data:`HELD_OUT`) for
+checking that the factors carry over.
 
-    python -m benchmarks.cpu_prompt models /tmp/cpm
+    python -m benchmarks.cpu_prompt models /tmp/cpm [--types ...]
     python -m benchmarks.cpu_prompt run /tmp/cpm -o benchmarks/results/cpu_prompt/libllama_epyc2.jsonl --threads 2
-    python -m benchmarks.cpu_prompt report benchmarks/results/cpu_prompt/libllama_*.jsonl \\
+    python -m benchmarks.cpu_prompt run-bench IK/llama-bench /tmp/cpm -o .../bench_ik_epyc2.jsonl --threads 2
+    python -m benchmarks.cpu_prompt report benchmarks/results/cpu_prompt/{libllama,bench}_*.jsonl \\
         --bench benchmarks/results/cpu_prompt/h200_moe15.jsonl [--write]
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
+import io
 import json
 import platform
 import random
@@ -42,6 +50,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from benchmarks.quant_speed import IK_TYPES, RESULTS
+
 #: the mainline types of data/weight_types.toml that a CPU computes prompts in
 TYPES = ("f16", "bf16", "q8_0", "q6_k", "q5_k", "q5_0", "q5_1", "q4_k", "q4_0", "q4_1", "iq4_xs", "iq4_nl",
          "q3_k", "iq3_s", "iq3_xxs", "q2_k", "iq2_s", "iq2_xs", "iq2_xxs", "iq1_m", "iq1_s")
@@ -51,19 +61,27 @@ SHAPES: dict[str, dict[str, Any]] = {
     "cpu_moe": dict(arch="qwen3moe", n_layer=4, n_embd=1024, n_head=8, n_head_kv=2, head_dim=64, n_ff=4096,
                     n_expert=128, n_expert_used=8, n_ff_exp=512, n_vocab=32000),
 }
+#: other shapes, kept out of the factors: whether they carry over (``models --held-out``)
+HELD_OUT: dict[str, dict[str, Any]] = {
+    "cpu_wide": dict(arch="llama", n_layer=2, n_embd=2048, n_head=16, n_head_kv=4, head_dim=128, n_ff=5632,
+                     n_vocab=32000),
+    "cpu_moe64": dict(arch="qwen3moe", n_layer=2, n_embd=2048, n_head=16, n_head_kv=4, head_dim=128, n_ff=5632,
+                      n_expert=64, n_expert_used=8, n_ff_exp=768, n_vocab=32000),
+}
 N_PROMPT = 512
 
 
 def weight_type_of(shape: str, t: str) -> str:
     """The speed-model weight type of ``shape`` for ggml type ``t``: every matrix, or the experts."""
-    return t if shape == "cpu_dense" else f"x{t}"
+    return f"x{t}" if "n_expert" in {**SHAPES, **HELD_OUT}[shape] else t
 
 
-def write_models(folder: Path, types: tuple[str, ...] = TYPES) -> list[Path]:
+def write_models(folder: Path, types: tuple[str, ...] = TYPES, shapes: dict[str, dict[str, Any]] = SHAPES,
+                 ) -> list[Path]:
     from benchmarks.speed_models import write_speed_model
 
     return [write_speed_model(shape, folder, weight_type=weight_type_of(shape, t), shape=dims)
-            for t in types for shape, dims in SHAPES.items()]
+            for t in types for shape, dims in shapes.items()]
 
 
 @functools.cache
@@ -80,7 +98,7 @@ def _header(name: str, weight_type: str) -> Any:
     from benchmarks.speed_models import write_speed_model
 
     return load_model(write_speed_model(name, Path(_scratch().name), header_only=True, weight_type=weight_type,
-                                        shape=SHAPES.get(name)))
+                                        shape={**SHAPES, **HELD_OUT}.get(name)))
 
 
 def time_prompt(path: Path, threads: int, reps: int) -> list[float]:
@@ -117,12 +135,44 @@ def run(folder: Path, output: Path, threads: int, rounds: int, reps: int) -> Non
             for p in paths if r % 2 == 0 else reversed(paths):
                 shape, wtype = p.name.split(".")[:2]
                 rec = {"machine": machine, "threads": threads, "shape": shape,
-                       "type": wtype[1:] if shape == "cpu_moe" else wtype, "n_prompt": N_PROMPT, "round": r,
+                       "type": wtype.removeprefix("x") if "moe" in shape else wtype, "n_prompt": N_PROMPT, "round": r,
                        "samples_s": time_prompt(p, threads, reps), "llama_cpp_python": llama_cpp.__version__,
                        "system_info": llama_cpp.llama_print_system_info().decode().strip()}
                 fh.write(json.dumps(rec) + "\n")
                 fh.flush()
                 print(f"{p.name} r{r}: {N_PROMPT / statistics.median(rec['samples_s']):.1f} tok/s", flush=True)
+
+
+def run_bench(binary: Path, folder: Path, output: Path, threads: int, rounds: int, reps: int) -> None:
+    """:func:`run` with a llama-bench binary (mainline's or ik_llama.cpp's: ``-p 512 -n 0 -ngl 0 -fa 1``),
+    one invocation per model and round; each record keeps llama-bench's own and its warm samples
+    (records.warm_samples: ik's first prompt repetition runs cold)."""
+    import subprocess
+
+    from omni_place.bench.records import warm_samples
+    from omni_place.engines import engine_of_bench_record
+
+    paths = sorted(p for p in folder.glob("cpu_*.gguf") if not p.name.endswith(".hdr.gguf"))
+    if not paths:
+        raise SystemExit(f"no cpu_dense.* / cpu_moe.* models in {folder}; write them with `models`")
+    machine = cpu_name()
+    first = 1 + max((r["round"] for r in load([output])), default=-1) if output.exists() else 0
+    with output.open("a") as fh:
+        for r in range(first, first + rounds):
+            for p in paths if r % 2 == 0 else reversed(paths):
+                shape, wtype = p.name.split(".")[:2]
+                out = subprocess.run([str(binary), "-m", str(p), "-p", str(N_PROMPT), "-n", "0", "-ngl", "0", "-fa",
+                                      "1", "-t", str(threads), "-r", str(reps), "-o", "json"],  # ik's: no jsonl
+                                     capture_output=True, text=True, check=True).stdout
+                bench, = json.loads(out)
+                engine = engine_of_bench_record(bench) or "llama.cpp"
+                samples = warm_samples(bench, engine, True)
+                rec = {"machine": machine, "threads": threads, "shape": shape, "engine": engine,
+                       "type": wtype.removeprefix("x") if "moe" in shape else wtype, "n_prompt": N_PROMPT, "round": r,
+                       "samples_s": [N_PROMPT / ts for ts in samples], "bench": bench}
+                fh.write(json.dumps(rec) + "\n")
+                fh.flush()
+                print(f"{engine} {p.name} r{r}: {N_PROMPT / statistics.median(rec['samples_s']):.1f} tok/s", flush=True)
 
 
 def cpu_name() -> str:
@@ -146,26 +196,50 @@ def _flops(shape: str, t: str) -> tuple[float, float]:
     return 2.0 * dense, 2.0 * experts * (hp.n_expert_used / hp.n_expert if hp.n_expert else 0.0)
 
 
-def local_factors(records: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
-    """Per machine: {"dense"|"expert" + ":" + type: seconds per FLOP relative to Q4_K's}."""
+def local_factors(records: list[dict[str, Any]], base: list[dict[str, Any]] | None = None,
+                  ) -> dict[str, dict[str, float]]:
+    """Per machine: {"dense"|"expert" + ":" + type: seconds per FLOP relative to Q4_K's}, each
+    record's engine against its own Q4_K (the dense part of a cpu_moe model at its engine's dense
+    Q4_K rate). ``base``: records of mainline's on the same machines, and every factor is
+    relative to *its* Q4_K instead (ik_llama.cpp's kernels on mainline's scale)."""
+    out: dict[str, dict[str, float]] = {}
+    med, ref = _medians(records), _medians(base if base is not None else records)
+    for machine in sorted({m for m, _, _ in med}):
+        if not {(machine, "cpu_dense", "q4_k"), (machine, "cpu_moe", "q4_k")} <= med.keys() & ref.keys():
+            continue
+        moe_d, _ = _flops("cpu_moe", "q4_k")
+        per_flop = sum(_flops("cpu_dense", "q4_k"))  # Q4_K's dense seconds per FLOP, attention in
+        own, mainline = med[machine, "cpu_dense", "q4_k"] / per_flop, ref[machine, "cpu_dense", "q4_k"] / per_flop
+        expert_q4k = ref[machine, "cpu_moe", "q4_k"] - moe_d * mainline
+        rows: dict[str, float] = {}
+        for (m, s, t), sec in sorted(med.items()):
+            if m == machine:
+                rows[f"dense:{t}" if s == "cpu_dense" else f"expert:{t}"] = (
+                    sec / ref[machine, "cpu_dense", "q4_k"] if s == "cpu_dense" else (sec - moe_d * own) / expert_q4k)
+        out[machine] = rows
+    return out
+
+
+def _medians(records: list[dict[str, Any]]) -> dict[tuple[str, str, str], float]:
+    """(machine, shape, type) -> median seconds of a prompt token."""
     by: dict[tuple[str, str, str], list[float]] = {}
     for r in records:
-        by.setdefault((r["machine"], r["shape"], r["type"]), []).extend(r["samples_s"])
-    out: dict[str, dict[str, float]] = {}
-    for machine in sorted({k[0] for k in by}):
-        med = {(s, t): statistics.median(v) / N_PROMPT for (m, s, t), v in by.items() if m == machine}
-        if ("cpu_dense", "q4_k") not in med or ("cpu_moe", "q4_k") not in med:
-            continue
-        dense_q4k = med["cpu_dense", "q4_k"] / sum(_flops("cpu_dense", "q4_k"))  # s per FLOP, attention in
-        rows: dict[str, float] = {}
-        moe_d, _ = _flops("cpu_moe", "q4_k")
-        expert_q4k = med["cpu_moe", "q4_k"] - moe_d * dense_q4k
-        for (s, t), sec in sorted(med.items()):
-            if s == "cpu_dense":
-                rows[f"dense:{t}"] = sec / med["cpu_dense", "q4_k"]
-            else:
-                rows[f"expert:{t}"] = (sec - moe_d * dense_q4k) / expert_q4k
-        out[machine] = rows
+        if r["shape"] in SHAPES:
+            by.setdefault((cpu_label(r), r["shape"], r["type"]), []).extend(r["samples_s"])
+    return {k: statistics.median(v) / N_PROMPT for k, v in by.items()}
+
+
+def cpu_label(record: dict[str, Any]) -> str:
+    """The CPU and the build that ran a record: libllama's wheel (built for AVX2 here, no AVX-512)
+    and a native llama-bench run different kernels on one CPU."""
+    return record["machine"] + (" llama-bench" if "bench" in record else " libllama")
+
+
+def by_engine(records: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """Records by engine (libllama's, without one: mainline's)."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for r in records:
+        out.setdefault(r.get("engine", "llama.cpp"), []).append(r)
     return out
 
 
@@ -208,19 +282,69 @@ def _gpu_share(record: dict[str, Any], t: str, cluster: Any) -> float:
 
 
 def derive(records: list[dict[str, Any]], bench: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
-    """The table's columns per type (upper case) from libllama and llama-bench records (:func:`columns`)."""
-    return columns([*local_factors(records).values(), bench_factors(bench)])
+    """The table's columns per type (upper case, :func:`columns`): mainline's from its libllama
+    and llama-bench records and ``bench`` (llama-bench records of moe15, :func:`bench_factors`),
+    ik_llama.cpp's (``ik_cpu_prompt``, ``ik_cpu_expert_prompt``) from its records against
+    mainline's on the same CPU and build kind and from its runs on an H200 host (:func:`ik_host_factors`)."""
+    engines = by_engine(records)
+    out = columns([*local_factors(engines.get("llama.cpp", [])).values(), bench_factors(bench)])
+    for t, row in columns([*ik_factors(records).values(), ik_host_factors()], "ik_", (*TYPES, *IK_TYPES)).items():
+        out.setdefault(t, {}).update(row)
+    return out
 
 
-def columns(tables: list[dict[str, float]]) -> dict[str, dict[str, float]]:
-    """``cpu_prompt`` and ``cpu_expert_prompt`` per type (upper case), each the geometric mean of
-    the type's factor over ``tables`` (one per CPU) that have it."""
+#: ik_llama.cpp's llama-bench runs of moe33 (Q4_K experts, 256 of 8 used) on an H200 host's 32-vCPU
+#: Xeon, and that VM's CPU figure idle (`devices --measure`; benchmarks/results/ik_24.md)
+ENGINE_COMPARE = RESULTS / "engine_compare"
+ENGINE_COMPARE_CPU_GBS = 89.8
+
+
+def ik_host_factors() -> dict[str, float]:
+    """{"expert:q4_k": ik's time per FLOP relative to mainline's Q4_K experts} on the Xeon of
+    ENGINE_COMPARE: ik offloads no MUL_MAT_ID of 256 experts at ubatch 512 (512 x 8 < 32 x 256), so
+    its CPU computes every expert it holds. Each run's CPU time (its prompt time less what the
+    planner gives the GPUs and transfers) against the CPU time the planner gives it, on the scale
+    of the default ``cpu_tflops_per_core`` and ``cpu_moe_compute_eff`` (that Xeon's mainline rates);
+    the median over the runs."""
+    from omni_place.kernels import weight_type_speed
+
+    from benchmarks.speed_truth import main as speed_truth
+
+    out = Path(_scratch().name) / "engine_compare.json"
+    folder = str(ENGINE_COMPARE)
+    if not out.exists():
+        with contextlib.redirect_stdout(io.StringIO()):  # its table; the rows are in the JSON
+            speed_truth(["report", folder, "--headers", folder, "--rigs", folder, "--cpu-gbs",
+                         str(ENGINE_COMPARE_CPU_GBS), "--only-model", "moe33", "--json", str(out)])
+    shipped = weight_type_speed("Q4_K").cpu_prompt_time(True, True)
+    ratios = []
+    for row in json.loads(out.read_text()):
+        if row["engine"] == "ik_llama.cpp":
+            cpu = row["pp_ms_per_1k"].get("CPU", 0.0) / 1e6
+            others = sum(v for k, v in row["pp_ms_per_1k"].items() if k != "CPU") / 1e6
+            if cpu > 0:
+                ratios.append((1 / row["pp"] - others) / cpu)
+    return {"expert:q4_k": shipped * statistics.median(ratios)} if ratios else {}
+
+
+def ik_factors(records: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """:func:`local_factors` of ik_llama.cpp's records against mainline's among ``records``."""
+    engines = by_engine(records)
+    if not {"ik_llama.cpp", "llama.cpp"} <= engines.keys():
+        return {}
+    return local_factors(engines["ik_llama.cpp"], engines["llama.cpp"])
+
+
+def columns(tables: list[dict[str, float]], prefix: str = "",
+            types: tuple[str, ...] = TYPES) -> dict[str, dict[str, float]]:
+    """``cpu_prompt`` and ``cpu_expert_prompt`` (after ``prefix``) per type (upper case), each the
+    geometric mean of the type's factor over ``tables`` (one per CPU) that have it."""
     out: dict[str, dict[str, float]] = {}
-    for t in TYPES:
+    for t in types:
         for column, key in (("cpu_prompt", f"dense:{t}"), ("cpu_expert_prompt", f"expert:{t}")):
             values = [tab[key] for tab in tables if key in tab]
             if values:
-                out.setdefault(t.upper(), {})[column] = round(statistics.geometric_mean(values), 2)
+                out.setdefault(t.upper(), {})[prefix + column] = round(statistics.geometric_mean(values), 2)
     return out
 
 
@@ -228,37 +352,50 @@ def load(paths: list[Path]) -> list[dict[str, Any]]:
     return [json.loads(line) for p in paths for line in p.read_text().splitlines() if line.strip()]
 
 
-def report(records: list[Path], bench: list[Path], write: bool) -> int:
-    rows, brows = load(records), load(bench)
-    local, h200 = local_factors(rows), bench_factors(brows)
-    derived = columns([*local.values(), h200])
-    machines = [*local, *(["llama-bench: " + brows[0].get("cpu_info", "?")] if h200 else [])]
-    tables = [*local.values(), *([h200] if h200 else [])]
-    print("| type | " + " | ".join(f"dense: {c}" for c in local) + " | "
-          + " | ".join(f"experts: {c}" for c in machines) + " | cpu_prompt | cpu_expert_prompt |")
-    print("|---|" + "---:|" * (len(local) + len(machines) + 2))
-    for t in TYPES:
-        cells = [f"{tab[f'dense:{t}']:.2f}" if f"dense:{t}" in tab else "" for tab in local.values()]
-        cells += [f"{tab[f'expert:{t}']:.2f}" if f"expert:{t}" in tab else "" for tab in tables]
+def _print_table(head: list[str], tables: list[tuple[str, dict[str, float]]], derived: dict[str, dict[str, float]],
+                 names: tuple[str, ...], types: tuple[str, ...]) -> None:
+    print("| type | " + " | ".join(head) + " | " + " | ".join(names) + " |")
+    print("|---|" + "---:|" * (len(head) + len(names)))
+    for t in types:
+        cells = [f"{tab[key]:.2f}" if (key := f"{kind}:{t}") in tab else "" for kind, tab in tables]
         row = derived.get(t.upper(), {})
-        cells += [f"{row[c]:g}" if c in row else "" for c in ("cpu_prompt", "cpu_expert_prompt")]
+        cells += [f"{row[c]:g}" if c in row else "" for c in names]
         if any(cells):
             print(f"| {t.upper()} | " + " | ".join(cells) + " |")
+
+
+def report(records: list[Path], bench: list[Path], write: bool) -> int:
+    rows, brows = load(records), load(bench)
+    local, h200 = local_factors(by_engine(rows).get("llama.cpp", [])), bench_factors(brows)
+    derived = derive(rows, brows)
+    experts = [*local.items(), *([("llama-bench: " + brows[0].get("cpu_info", "?"), h200)] if h200 else [])]
+    _print_table([f"dense: {c}" for c in local] + [f"experts: {c}" for c, _ in experts],
+                 [("dense", tab) for tab in local.values()] + [("expert", tab) for _, tab in experts],
+                 derived, ("cpu_prompt", "cpu_expert_prompt"), TYPES)
+    ik = ik_factors(rows)
+    if ik:  # ik's on mainline's Q4_K scale, beside mainline's own by the same build kind
+        ik["llama-bench: " + "moe33 on an H200 host's Xeon (engine_compare)"] = ik_host_factors()
+        print()
+        cols = [(f"{name} ik: {c}", kind, tab) for c, tab in ik.items()
+                for kind, name in (("dense", "dense"), ("expert", "experts"))
+                if any(k.startswith(kind) for k in tab)]
+        _print_table([h for h, _, _ in cols], [(kind, tab) for _, kind, tab in cols], derived,
+                     ("ik_cpu_prompt", "ik_cpu_expert_prompt"), (*TYPES, *IK_TYPES))
     if write:
         write_table(derived)
     return 0
 
 
 def write_table(derived: dict[str, dict[str, float]]) -> None:
-    """Set ``cpu_prompt`` / ``cpu_expert_prompt`` of data/weight_types.toml's rows from
-    ``derive`` (types not measured keep theirs), through quant_speed's writer."""
+    """Set the CPU prompt columns of data/weight_types.toml's rows from ``derive`` (types not
+    measured keep theirs), through quant_speed's writer."""
     from omni_place.kernels import weight_type_speeds
 
-    from benchmarks.quant_speed import TABLE, table_text
+    from benchmarks.quant_speed import TABLE, is_default, table_text
 
     types = {name: {"gpu_decode_flops": row.gpu_decode_flops, "gpu_prompt": row.gpu_prompt,
                     "cpu_decode_share": row.cpu_decode_share,
-                    **{k: v for k, v in derived.get(name, {}).items() if v != 1.0}}  # 1.0: the default
+                    **{k: v for k, v in derived.get(name, {}).items() if not is_default(k, v)}}
              for name, row in weight_type_speeds().items()}
     TABLE.write_text(table_text(types))
     print(f"wrote {TABLE}")
@@ -271,23 +408,34 @@ def main(argv: list[str] | None = None) -> int:
     m = sub.add_parser("models", help="write cpu_dense.<type> and cpu_moe.x<type>")
     m.add_argument("folder", type=Path)
     m.add_argument("--types", default=",".join(TYPES))
+    m.add_argument("--held-out", action="store_true", help="the HELD_OUT shapes instead")
     r = sub.add_parser("run", help="time 512-token prompts of every model in FOLDER through libllama")
     r.add_argument("folder", type=Path)
     r.add_argument("-o", "--output", type=Path, required=True)
     r.add_argument("--threads", type=int, required=True)
     r.add_argument("--rounds", type=int, default=2)
     r.add_argument("--reps", type=int, default=3)
+    b = sub.add_parser("run-bench", help="the same with a llama-bench binary (mainline's or ik_llama.cpp's)")
+    b.add_argument("binary", type=Path)
+    b.add_argument("folder", type=Path)
+    b.add_argument("-o", "--output", type=Path, required=True)
+    b.add_argument("--threads", type=int, required=True)
+    b.add_argument("--rounds", type=int, default=2)
+    b.add_argument("--reps", type=int, default=3)
     q = sub.add_parser("report", help="each type's time per FLOP relative to Q4_K")
     q.add_argument("records", nargs="*", type=Path)
     q.add_argument("--bench", nargs="*", type=Path, default=[], help="llama-bench records of moe15.x<type>")
     q.add_argument("--write", action="store_true", help="write the factors into data/weight_types.toml")
     a = ap.parse_args(argv)
     if a.cmd == "models":
-        for p in write_models(a.folder, tuple(a.types.split(","))):
+        for p in write_models(a.folder, tuple(a.types.split(",")), HELD_OUT if a.held_out else SHAPES):
             print(p)
         return 0
     if a.cmd == "run":
         run(a.folder, a.output, a.threads, a.rounds, a.reps)
+        return 0
+    if a.cmd == "run-bench":
+        run_bench(a.binary, a.folder, a.output, a.threads, a.rounds, a.reps)
         return 0
     return report(a.records, a.bench, a.write)
 

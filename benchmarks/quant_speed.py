@@ -231,6 +231,8 @@ _TABLE_HEAD = """\
 #   cpu_expert_prompt the same for routed experts (MUL_MAT_ID): written by `python -m
 #                     benchmarks.cpu_prompt report --write` (benchmarks/results/cpu_prompt.md);
 #                     absent: Q4_K's
+#   ik_cpu_prompt, ik_cpu_expert_prompt  the same by ik_llama.cpp's CPU kernels, relative to
+#                     mainline's Q4_K on one CPU (the same report); absent: ik's Q4_K
 # Types not listed price as Q4_K.
 """
 _IK_HEAD = """\
@@ -252,8 +254,17 @@ def table_text(types: dict[str, dict[str, float]]) -> str:
 
 
 def _cpu_prompt_columns(shipped: Any, row: dict[str, float]) -> dict[str, float]:
-    return {k: getattr(shipped, k) for k in ("cpu_prompt", "cpu_expert_prompt")
-            if shipped and k not in row and getattr(shipped, k) != 1.0}
+    from omni_place.kernels import CPU_PROMPT_COLUMNS
+
+    return {k: getattr(shipped, k) for k in CPU_PROMPT_COLUMNS
+            if shipped and k not in row and not is_default(k, getattr(shipped, k))}
+
+
+def is_default(column: str, value: Any) -> bool:
+    """Whether ``value`` is what a row of data/weight_types.toml without ``column`` reads as."""
+    from omni_place.kernels import WeightTypeSpeed
+
+    return bool(value == WeightTypeSpeed.__dataclass_fields__[column].default)
 
 
 #: the H200 machine as `omni-place devices --measure` saw it (results/quant_speed/devices.txt)

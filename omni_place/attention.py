@@ -42,15 +42,23 @@ CPU_DECODE_KV_BYTES_PER_FLOP = {True: 0.021, False: 0.053}
 #: MLA: all heads share one latent row a cell (a 16-head MLA on the same CPU: 0.26 / 0.13; the GQA and
 #: MHA shapes stay bound by their bytes)
 CPU_DECODE_FLOP_SHARE = {True: 0.26, False: 0.2}
+#: the same for ik_llama.cpp's CPU flash attention (ggml/src/iqk/iqk_flash_attn.cpp), on the scale of
+#: mainline's Q4_K matmul rate: its native llama-bench (AVX-512) on the EPYC, 2 threads, 0-8192 cells,
+#: GQA and MHA 9.8 / 10.0 GB/s and MLA 171 GFLOP/s beside mainline's 0.149 TFLOPS a core
+#: (benchmarks/results/cpu_attention.md). Without flash attention unmeasured: mainline's.
+IK_CPU_DECODE_KV_BYTES_PER_FLOP = {True: 0.033, False: CPU_DECODE_KV_BYTES_PER_FLOP[False]}
+IK_CPU_DECODE_FLOP_SHARE = {True: 0.57, False: CPU_DECODE_FLOP_SHARE[False]}
 
 
-def cpu_decode_kv_s(kv_bytes: float, flops: float, bandwidth: float, rate: float, flash_attn: bool) -> float:
+def cpu_decode_kv_s(kv_bytes: float, flops: float, bandwidth: float, rate: float, flash_attn: bool,
+                    ik: bool = False) -> float:
     """Decode seconds of one CPU layer's attention over ``kv_bytes`` of cache (``flops`` of work): the
     bytes read at the memory's ``bandwidth`` or as fast as the threads' kernel takes them, and the
     FLOPs at its best share of ``rate`` (the CPU's matmul FLOP/s; ``math.inf``: the bytes alone),
-    whichever is slowest."""
-    return max(kv_bytes / min(bandwidth, rate * CPU_DECODE_KV_BYTES_PER_FLOP[flash_attn]),
-               flops / (rate * CPU_DECODE_FLOP_SHARE[flash_attn]))
+    whichever is slowest; ``ik``: ik_llama.cpp's kernel."""
+    per_flop, share = ((IK_CPU_DECODE_KV_BYTES_PER_FLOP, IK_CPU_DECODE_FLOP_SHARE) if ik else
+                       (CPU_DECODE_KV_BYTES_PER_FLOP, CPU_DECODE_FLOP_SHARE))
+    return max(kv_bytes / min(bandwidth, rate * per_flop[flash_attn]), flops / (rate * share[flash_attn]))
 
 
 def mean_depths(depth: int, n_prompt: int, n_gen: int, n_tokens: int) -> tuple[float, float]:

@@ -103,7 +103,8 @@ class CostModel:
             if t.layer is not None:
                 self._params[t.layer][t.role is Role.ROUTED_EXPERT] += t.info.n_elements
                 part, routed = self._work[t.layer], t.role is Role.ROUTED_EXPERT
-                part[routed] = part[routed].add(t.info.type_name, t.info.n_elements, t.bytes, routed=routed)
+                part[routed] = part[routed].add(t.info.type_name, t.info.n_elements, t.bytes, routed=routed,
+                                                ik_cpu=c.ik_cpu_kernels)
         head = [t for t in model.tensors
                 if t.role is Role.OUTPUT or (model.tied_output and t.name == "token_embd.weight")]
         self._output_work = kernel_work((t.info.type_name, t.info.n_elements, t.bytes) for t in head)
@@ -350,12 +351,8 @@ class CostModel:
 
     def dense_flops(self, il: int, gpu: bool) -> float:
         """Prompt FLOPs per token of layer ``il``'s dense weights, in Q4_K's time on a GPU (MMQ) or
-        on the CPU (its kernel per type where the engine's are mainline's: Context.mainline_cpu_kernels)."""
-        return self._work[il][0].prompt_flops if gpu else self._cpu_prompt_flops(il, 0)
-
-    def _cpu_prompt_flops(self, il: int, routed: int) -> float:
-        mainline = self.context.mainline_cpu_kernels
-        return self._work[il][routed].cpu_prompt_flops if mainline else 2 * self._params[il][routed]
+        on the CPU (each type's kernel, the engine's: Context.ik_cpu_kernels)."""
+        return self._work[il][0].prompt_flops if gpu else self._work[il][0].cpu_prompt_flops
 
     def expert_work(self, il: int, stored_bytes: float) -> KernelWork:
         """Kernel work of one token's reads of ``stored_bytes`` of layer ``il``'s routed experts
@@ -412,12 +409,12 @@ class CostModel:
 
     def kv_tg(self, il: int, name: str) -> float:
         """Decode seconds to attend over layer ``il``'s cache at the run's depth on ``name`` (attention.py):
-        on a GPU slower than its bytes, on the CPU as fast as its threads compute (Context.mainline_cpu_kernels)."""
+        on a GPU slower than its bytes, on the CPU as fast as its threads compute (the engine's kernel)."""
         fa = self.context.flash_attn
         if self.on_gpu(name):
             return self.kv_read[il] / self.bandwidth(name) * decode_kv_cost(fa)
-        rate = self.flops(name) if self.context.mainline_cpu_kernels else math.inf
-        return cpu_decode_kv_s(self.kv_read[il], self._attn_tg[il], self.bandwidth(name), rate, fa)
+        return cpu_decode_kv_s(self.kv_read[il], self._attn_tg[il], self.bandwidth(name), self.flops(name), fa,
+                               self.context.ik_cpu_kernels)
 
     def attention_pp(self, il: int, name: str) -> float:
         """Prompt seconds per token of layer ``il``'s attention over its cache on ``name`` (attention.py)."""
@@ -472,7 +469,7 @@ class CostModel:
         rate (gpu_matmul; Q4_K's time), on the CPU at ``cpu_moe_compute_eff`` of its dense rate
         (Q4_K's; each type's as :meth:`dense_flops`)."""
         if not gpu:
-            return self._cpu_prompt_flops(il, 1) * self.k_over_n / self.params.cpu_moe_compute_eff
+            return self._work[il][1].cpu_prompt_flops * self.k_over_n / self.params.cpu_moe_compute_eff
         flops = self._work[il][1].prompt_flops * self.k_over_n
         return flops * expert_time_factor(self.tile_factor, self.params.gpu_moe_compute_eff)
 

@@ -16,7 +16,9 @@ times Q4_K's time per FLOP; F16/BF16 go to cuBLAS. On the CPU a prompt's matmul 
 own kernel: repacked GEMMs for Q4_0 / Q4_K / IQ4_NL (``ggml/src/ggml-cpu/repack.cpp``), llamafile's
 tinyBLAS for some dense types, else a ``vec_dot`` per row and column, and routed experts
 (MUL_MAT_ID) never tinyBLAS: :attr:`WeightTypeSpeed.cpu_prompt` and ``cpu_expert_prompt`` are
-their times per FLOP relative to Q4_K's (``benchmarks/cpu_prompt.py``).
+their times per FLOP relative to Q4_K's (``benchmarks/cpu_prompt.py``). ik_llama.cpp's CPU runs
+its own GEMMs for every type (ggml/src/iqk/iqk_mul_mat.cpp): ``ik_cpu_prompt`` and
+``ik_cpu_expert_prompt``, on the same scale (mainline's Q4_K).
 
 The rows are derived by ``python -m benchmarks.quant_speed report`` from llama-bench runs on one
 H200 and its 16-vCPU host (benchmarks/results/quant_speed.md): mainline's types as llama.cpp ran
@@ -44,8 +46,10 @@ _WHERE = f"omni_place/data/{_FILE}"
 _FIELDS: dict[str, type | tuple[type, ...]] = {
     "type": str, "gpu_decode_flops": (int, float), "gpu_prompt": (int, float), "cpu_decode_share": (int, float),
 }
-#: columns a row may leave out: the CPU's prompt kernels, unmeasured for the type (Q4_K's time)
-_OPTIONAL: dict[str, type | tuple[type, ...]] = {"cpu_prompt": (int, float), "cpu_expert_prompt": (int, float)}
+#: columns a row may leave out: the CPU's prompt kernels, mainline's then ik_llama.cpp's, unmeasured
+#: for the type (Q4_K's time by the same kernels)
+CPU_PROMPT_COLUMNS = ("cpu_prompt", "cpu_expert_prompt", "ik_cpu_prompt", "ik_cpu_expert_prompt")
+_OPTIONAL: dict[str, type | tuple[type, ...]] = {c: (int, float) for c in CPU_PROMPT_COLUMNS}
 #: the row of types the table lacks, and the type every other row is relative to
 FALLBACK_TYPE = "Q4_K"
 #: the decode kernels' rate is at least this many FLOPs per byte of a GPU's bandwidth: the H200's
@@ -68,6 +72,8 @@ class WeightTypeSpeed:
         cpu_decode_share: the CPU's decode read rate of this type relative to Q4_K's.
         cpu_prompt: the CPU's prompt matmul (MUL_MAT) time per FLOP relative to Q4_K's.
         cpu_expert_prompt: the same for routed experts (MUL_MAT_ID).
+        ik_cpu_prompt / ik_cpu_expert_prompt: the same by ik_llama.cpp's kernels, relative to
+            mainline's Q4_K (None: unmeasured, ik's Q4_K).
     """
 
     type: str
@@ -76,6 +82,19 @@ class WeightTypeSpeed:
     cpu_decode_share: float
     cpu_prompt: float = 1.0
     cpu_expert_prompt: float = 1.0
+    ik_cpu_prompt: float | None = None
+    ik_cpu_expert_prompt: float | None = None
+
+    def cpu_prompt_time(self, routed: bool, ik: bool) -> float:
+        """The CPU's prompt time per FLOP relative to mainline's dense (``routed``: expert) Q4_K, by
+        mainline's kernels or ik_llama.cpp's (``ik``)."""
+        if not ik:
+            return self.cpu_expert_prompt if routed else self.cpu_prompt
+        own = self.ik_cpu_expert_prompt if routed else self.ik_cpu_prompt
+        if own is None:  # unmeasured: ik's Q4_K, else mainline's
+            q4_k = weight_type_speeds()[FALLBACK_TYPE]
+            return 1.0 if q4_k is self else q4_k.cpu_prompt_time(routed, ik)
+        return own
 
 
 @dataclass(frozen=True)
@@ -85,14 +104,15 @@ class KernelWork:
     gpu_decode_flops: float = 0.0  # decode work on a GPU, FLOPs at its MMQ rate
     cpu_decode_bytes: float = 0.0  # bytes the CPU reads in the time it reads that many bytes of Q4_K
     prompt_flops: float = 0.0  # per prompt token: 2 FLOPs per weight, in Q4_K's MMQ time
-    cpu_prompt_flops: float = 0.0  # the same in the CPU's Q4_K time (routed: as experts)
+    cpu_prompt_flops: float = 0.0  # the same in the CPU's Q4_K time (routed: as experts; ik: its kernels')
 
-    def add(self, type_name: str, n_elements: int, n_bytes: int, *, routed: bool = False) -> KernelWork:
+    def add(self, type_name: str, n_elements: int, n_bytes: int, *, routed: bool = False,
+            ik_cpu: bool = False) -> KernelWork:
         s = weight_type_speed(type_name)
         return KernelWork(self.gpu_decode_flops + n_elements * s.gpu_decode_flops,
                           self.cpu_decode_bytes + n_bytes / s.cpu_decode_share,
                           self.prompt_flops + 2.0 * n_elements * s.gpu_prompt,
-                          self.cpu_prompt_flops + 2.0 * n_elements * (s.cpu_expert_prompt if routed else s.cpu_prompt))
+                          self.cpu_prompt_flops + 2.0 * n_elements * s.cpu_prompt_time(routed, ik_cpu))
 
     def plus(self, other: KernelWork) -> KernelWork:
         return KernelWork(self.gpu_decode_flops + other.gpu_decode_flops,
@@ -133,7 +153,7 @@ def weight_type_speeds() -> dict[str, WeightTypeSpeed]:
             raise ClusterError(f"{_WHERE}: [[type]] #{i + 1} needs {sorted(_FIELDS)} (and may have "
                                f"{sorted(_OPTIONAL)}) with their types")
         row = WeightTypeSpeed(type=entry["type"].upper(), **{k: float(v) for k, v in entry.items() if k != "type"})
-        if min(row.gpu_prompt, row.cpu_decode_share, row.cpu_prompt, row.cpu_expert_prompt) <= 0 \
+        if min(row.gpu_prompt, row.cpu_decode_share, *(entry.get(c, 1) for c in CPU_PROMPT_COLUMNS)) <= 0 \
                 or row.gpu_decode_flops < 0 or row.type in rows:
             raise ClusterError(f"{_WHERE}: [[type]] #{i + 1}: factors must be positive and each type appear once")
         rows[row.type] = row

@@ -223,9 +223,9 @@ class Context:
     # a routed-expert FFN runs as three ops: up and gate fused with the activation, down, the
     # weighted sum (EngineTraits.fused_moe)
     fused_moe: bool = False
-    # the CPU runs mainline's kernels: each weight type's prompt time (data/weight_types.toml),
-    # the decode's cache at its threads' rate (attention.py); else Q4_K's and the memory's (EngineTraits)
-    mainline_cpu_kernels: bool = True
+    # the CPU runs ik_llama.cpp's kernels, not mainline's: their prompt time per weight type
+    # (data/weight_types.toml), the decode's cache at the memory's rate (EngineTraits)
+    ik_cpu_kernels: bool = False
     # bytes an engine's compute buffers run above mainline's replay: accelerator, host (EngineTraits)
     compute_margin: int = 0
     host_compute_margin: int = 0

@@ -10,9 +10,9 @@ and by llama-bench on the H200's Xeon (benchmarks/results/cpu_prompt/)."""
 from __future__ import annotations
 
 import json
+import statistics
 import sys
 import tarfile
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -94,46 +94,94 @@ def expert_types(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[Poi
 
 def test_each_expert_type_costs_the_cpu_its_own_kernel(expert_types: dict[str, list[Point]]) -> None:
     """The CPU computed the experts' prompt at 436 (Q4_K, repacked), 432 (IQ2_XXS), 227 (Q8_0)
-    and 171 tok/s (Q5_0): each within 25 % now, where one rate for every type priced Q5_0
-    +167 % and Q8_0 +101 %. (The table is two CPUs' geometric mean; this Xeon's own kernels run
-    Q5_0 and Q8_0 experts 14-15 % slower than it.) The op-offloaded runs, which the CPU's prompt
-    kernels do not touch, stay within 10 %, prompt and decode. (The decodes of the op-offload-off
-    runs are the same placement, run first: 68-77 tok/s for Q4_K between the two, not used.)"""
+    and 171 tok/s (Q5_0): each within 30 % now (+4 / +12 / +27 / +26 %), where one rate for every
+    type priced Q5_0 +167 % and Q8_0 +101 %. (The table is three tables' geometric mean, two of
+    them the EPYC's; this Xeon's own kernels run Q5_0 and Q8_0 experts 17-21 % slower than it.)
+    The op-offloaded runs, which the CPU's prompt kernels do not touch, stay within 10 %, prompt
+    and decode. (The decodes of the op-offload-off runs are the same placement, run first: 68-77
+    tok/s for Q4_K between the two, not used.)"""
     assert sorted(expert_types) == ["iq2_xxs", "q4_k", "q5_0", "q8_0"]
     for wtype, points in expert_types.items():
         assert len(points) == 4  # pp512 and tg32, op offload off and on
         for pt in points:
             assert pt.context is not None
-            bound = 0.25 if not pt.context.op_offload else 0.10
+            bound = 0.30 if not pt.context.op_offload else 0.10
             if pt.kind == "pp" or pt.context.op_offload:
                 assert predict_point(pt, SpeedParams()) == pytest.approx(pt.measured, rel=bound), (wtype, pt.kind)
-    for wtype, before in (("q5_0", 2.5), ("q8_0", 1.9)):
-        cpu_pp, = (p for p in expert_types[wtype] if p.kind == "pp" and p.context and not p.context.op_offload)
-        assert cpu_pp.context is not None
-        one_rate = replace(cpu_pp, context=replace(cpu_pp.context, mainline_cpu_kernels=False))
-        assert predict_point(one_rate, SpeedParams()) > before * cpu_pp.measured
 
 
 def test_shipped_columns_are_what_the_records_give() -> None:
     """weight_types.toml's CPU prompt columns are benchmarks/cpu_prompt.py's derivation of the
-    committed records (21 types dense and as experts on the EPYC, four as experts on the Xeon)."""
+    committed records: mainline's 21 types dense and as experts on the EPYC by libllama (an AVX2
+    build) and by a native llama-bench (AVX-512), four as experts on the Xeon; ik_llama.cpp's 37
+    (its own 16 with them) by its native llama-bench beside mainline's on the same EPYC."""
     folder = RES.parent / "cpu_prompt"
-    derived = cpu_prompt.derive(cpu_prompt.load(sorted(folder.glob("libllama_*.jsonl"))),
+    derived = cpu_prompt.derive(cpu_prompt.load([*sorted(folder.glob("libllama_*.jsonl")),
+                                                 *sorted(folder.glob("bench_*_epyc2.jsonl"))]),
                                 cpu_prompt.load([folder / "h200_moe15.jsonl"]))
-    assert len(derived) == len(cpu_prompt.TYPES) and derived["Q4_K"] == {"cpu_prompt": 1.0, "cpu_expert_prompt": 1.0}
-    from omni_place.kernels import weight_type_speeds
+    assert len(derived) == len(cpu_prompt.TYPES) + len(cpu_prompt.IK_TYPES)
+    assert (derived["Q4_K"]["cpu_prompt"], derived["Q4_K"]["cpu_expert_prompt"]) == (1.0, 1.0)
+    from omni_place.kernels import CPU_PROMPT_COLUMNS, weight_type_speeds
 
     shipped = weight_type_speeds()
     for name, row in derived.items():
-        assert (shipped[name].cpu_prompt, shipped[name].cpu_expert_prompt) == (
-            row["cpu_prompt"], row["cpu_expert_prompt"]), name
+        assert set(row) <= set(CPU_PROMPT_COLUMNS) and all(getattr(shipped[name], c) == v for c, v in row.items()), name
     # the kernels differ by more than the machines do: Q5_0's vec_dot experts against Q4_K's repacked GEMM
     assert derived["Q5_0"]["cpu_expert_prompt"] > 2.0 and derived["IQ2_XXS"]["cpu_expert_prompt"] < 1.3
+    # ik's own GEMMs (ggml/src/iqk) take 0.5-0.8 of mainline's Q4_K time for every quantized type
+    assert all(0.45 < row[c] < 0.85 for name, row in derived.items() if name not in ("F16", "BF16")
+               for c in ("ik_cpu_prompt", "ik_cpu_expert_prompt"))
 
 
-def test_the_cpu_kernels_per_type_are_mainlines(tmp_path: Path) -> None:
+def _heldout_errors(tmp_path: Path) -> dict[tuple[str, str, str], float]:
+    """Predicted / measured - 1 of each held-out llama-bench record (two shapes the columns did not
+    use, both engines, 2 threads on the EPYC), imported as a user's output; the CPU's dense rate and
+    its experts' share calibrated on mainline's Q4_K run of each shape alone."""
+    from scipy.optimize import brentq
+
+    (tmp_path / "cpu.toml").write_text('name = "epyc"\n[[devices]]\nname = "CPU"\nkind = "cpu"\n'
+                                       'memory_gib = 16\nbandwidth_gbs = 58.6\nthreads = 2\n')
+    cluster = resolve_cluster(str(tmp_path / "cpu.toml"))
+    records = cpu_prompt.load([RES.parent / "cpu_prompt" / "heldout_epyc2.jsonl"])
+    points = {}
+    for rec in records:
+        model = load_model(write_speed_model(rec["shape"], tmp_path, header_only=True, shape=cpu_prompt.HELD_OUT[
+            rec["shape"]], weight_type=cpu_prompt.weight_type_of(rec["shape"], rec["type"])))
+        points[rec["engine"], rec["shape"], rec["type"]], = import_text(json.dumps(rec["bench"]), model, cluster).points
+    wide, moe = points["llama.cpp", "cpu_wide", "q4_k"], points["llama.cpp", "cpu_moe64", "q4_k"]
+    rate = brentq(lambda x: predict_point(wide, SpeedParams(cpu_tflops_per_core=x)) - wide.measured, 0.01, 1)
+    eff = brentq(lambda e: predict_point(moe, SpeedParams(cpu_tflops_per_core=rate, cpu_moe_compute_eff=e))
+                 - moe.measured, 0.05, 5)
+    params = SpeedParams(cpu_tflops_per_core=rate, cpu_moe_compute_eff=eff)
+    return {key: predict_point(pt, params) / pt.measured - 1 for key, pt in points.items()}
+
+
+def test_each_engines_kernels_carry_over_to_other_shapes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """cpu_wide (2048 wide, Llama) and cpu_moe64 (64 experts of 8 used, 768 wide): ik_llama.cpp's
+    20 records (ten types, its own among them) within 20 %, where its CPU priced at mainline's
+    Q4_K time for every type (before) was 1.3-2x slow on all of them. Mainline's other ten within 30 %:
+    its columns are the geometric mean of an AVX2 and an AVX-512 build, and this native build runs
+    IQ2_XXS, IQ4_XS and Q6_K 10-30 % faster than that mean (the two Q4_K runs are the calibration)."""
+    errors = _heldout_errors(tmp_path)
+    ik = [e for (engine, *_), e in errors.items() if engine == "ik_llama.cpp"]
+    mainline = [e for (engine, *_), e in errors.items() if engine == "llama.cpp"]
+    assert len(ik) == 20 and len(mainline) == 12
+    assert max(map(abs, ik)) < 0.20 and statistics.median(map(abs, ik)) < 0.10
+    assert max(map(abs, mainline)) < 0.30
+    from omni_place.bench import calibrate
+    from omni_place.kernels import WeightTypeSpeed
+
+    mainline_time = WeightTypeSpeed.cpu_prompt_time
+    monkeypatch.setattr(WeightTypeSpeed, "cpu_prompt_time",
+                        lambda self, routed, ik: 1.0 if ik else mainline_time(self, routed, ik))
+    monkeypatch.setattr(calibrate, "_COSTS", {})
+    before = _heldout_errors(tmp_path)
+    assert all(e < -0.25 for (engine, *_), e in before.items() if engine == "ik_llama.cpp")
+
+
+def test_the_cpu_kernels_per_type_are_each_engines(tmp_path: Path) -> None:
     """A dense Q5_0 model on a CPU-only machine: llama.cpp's prompt costs Q5_0's tinyBLAS time
-    per FLOP, ik_llama.cpp's (its own iqk GEMMs, unmeasured) Q4_K's; decode reads the same."""
+    per FLOP, ik_llama.cpp's its own GEMM's; decode reads the same."""
     from omni_place.kernels import weight_type_speed
     from omni_place.plan import evaluate
 
@@ -143,6 +191,7 @@ def test_the_cpu_kernels_per_type_are_mainlines(tmp_path: Path) -> None:
                                          shape=cpu_prompt.SHAPES["cpu_dense"]))
     ml, ik = (evaluate(model, str(tmp_path / "cpu.toml"), ["-ngl", "0", "-fa", "1"], tool="bench",
                        engine=engine).predicted for engine in ("llama.cpp", "ik_llama.cpp"))
-    factor = weight_type_speed("Q5_0").cpu_prompt
-    assert factor > 1.2
-    assert ml.pp_tps < ik.pp_tps / (0.9 * factor) and ml.tg_tps == pytest.approx(ik.tg_tps, rel=0.05)
+    q5_0 = weight_type_speed("Q5_0")
+    assert q5_0.ik_cpu_prompt is not None and q5_0.cpu_prompt > 2 * q5_0.ik_cpu_prompt
+    assert ik.pp_tps / ml.pp_tps == pytest.approx(q5_0.cpu_prompt / q5_0.ik_cpu_prompt, rel=0.1)
+    assert ml.tg_tps == pytest.approx(ik.tg_tps, rel=0.05)

@@ -198,7 +198,8 @@ def test_ik_cannot_offload_only_the_head(deepseek) -> None:
 
 
 def test_ik_flag_spelling_per_tool(deepseek) -> None:
-    plan = plan_split(deepseek, "seed", ctx=32768, engine="ik_llama.cpp")
+    plan = plan_split(deepseek, rig((48, 1800), (48, 1800), cpu_bw=100), ctx=32768, engine="ik_llama.cpp")
+    assert not plan.engine_args.devices  # the engine's own order: its bench can spell it
     server, bench = plan.args("server"), plan.args("bench")
     ot_server, ot_bench = server[server.index("-ot") + 1], bench[bench.index("-ot") + 1]
     assert ot_server == ot_bench and ";" not in ot_bench  # ik's llama-bench splits -ot on ','

@@ -43,11 +43,11 @@ class EngineTraits:
     # and the activation (-fmoe) and the weighted sum (fused_mmad), both on by default
     # (src/llama-build-context.cpp:1598-1690, src/llama.cpp:7610-7614)
     fused_moe: bool = False
-    # the CPU backend runs mainline's kernels, measured: prompt matmuls at each type's time per
-    # FLOP (weight_types.toml cpu_prompt, cpu_expert_prompt), the decode's cache at its threads'
-    # rate (attention.CPU_DECODE_KV_BYTES_PER_FLOP); ik_llama.cpp's own CPU GEMMs and flash
-    # attention (iqk_mul_mat) are not measured: every type at Q4_K's rate, the cache at the memory's
-    mainline_cpu_kernels: bool = True
+    # the CPU backend runs ik_llama.cpp's own kernels (ggml/src/iqk): prompt matmuls at each type's
+    # time per FLOP by them (weight_types.toml ik_cpu_prompt, ik_cpu_expert_prompt), the decode's
+    # cache at the memory's rate (its flash attention unmeasured); else mainline's (cpu_prompt,
+    # cpu_expert_prompt; the cache at its threads' rate, attention.CPU_DECODE_KV_BYTES_PER_FLOP)
+    ik_cpu_kernels: bool = False
     # bytes above mainline's replayed compute buffer on an accelerator and on the host: an engine
     # whose graphs are not mainline's (ik_llama.cpp: fused ops, its MLA and MoE paths) is priced
     # as mainline's replay of the placement plus these (benchmarks/ik_compute.py measures them)
@@ -81,7 +81,7 @@ class EngineTraits:
         return Context(swa_full=self.swa_full, embedding_on_first=self.embedding_on_first,
                        moe_offload_by_share=self.moe_offload_by_share,
                        fused_moe=self.fused_moe and fused_moe is not False,
-                       mainline_cpu_kernels=self.mainline_cpu_kernels, compute_margin=self.compute_margin,
+                       ik_cpu_kernels=self.ik_cpu_kernels, compute_margin=self.compute_margin,
                        host_compute_margin=self.host_compute_margin, replay_gpus=self.replay_gpus,
                        pinned_overrides=self.pinned_overrides,
                        output_by_split=self.output_by_split, **settings)

@@ -406,7 +406,7 @@ class IkLlama(Dialect):
     # -ngl 0 drops every override, so a head on a GPU needs a layer there too
     traits = EngineTraits(cpu_weights=True, rpc_devices=True, swa_full=SWA_FULL, embedding_on_first=False,
                           output_only_offload=False, pin_flags=pin_flags_of(SYNTAX),
-                          moe_offload_by_share=True, fused_moe=True, mainline_cpu_kernels=False,
+                          moe_offload_by_share=True, fused_moe=True, ik_cpu_kernels=True,
                           compute_margin=IK_COMPUTE_MARGIN,
                           host_compute_margin=IK_HOST_COMPUTE_MARGIN, replay_gpus=1, pinned_overrides=True,
                           output_by_split=False, bench_cold_first_prompt=True,
