@@ -71,3 +71,33 @@ def test_a_cache_read_is_never_faster_than_the_memory(fa: bool) -> None:
     assert attention.cpu_decode_kv_s(1e9, 0.0, 10e9, 1e15, fa) == pytest.approx(0.1)
     assert attention.cpu_decode_kv_s(1e9, 0.0, 10e9, 1e11, fa) > 0.1
     assert attention.cpu_decode_kv_s(1e9, 1e15, 10e9, 1e15, fa) > 1.0  # bound by the FLOPs
+
+
+def test_iks_gp_records_are_decodes_at_depth(tmp_path: Path) -> None:
+    """A record of ik's ``-gp D,16`` (test ``tg16@ppD``: 16 decodes after an untimed D-token prompt)
+    is a decode at depth D, mainline's ``-d D -n 16``: imported as one and priced as that command
+    is (before, skipped as a prompt+generation test)."""
+    import json
+
+    from omni_place.bench.calibrate import predict_point
+    from omni_place.bench.llamabench import import_text
+    from omni_place.devices import resolve_cluster
+    from omni_place.model import load_model
+    from omni_place.placement import SpeedParams
+
+    records = [r for r in load([IK_RECORDS]) if r["shape"] == "attn_gqa"]
+    (tmp_path / "cpu.toml").write_text('name = "cpu"\n[[devices]]\nname = "CPU"\nkind = "cpu"\nmemory_gib = 16\n'
+                                       f'bandwidth_gbs = {records[0]["bandwidth_gbs"]}\nthreads = 2\n')
+    from benchmarks.speed_models import write_speed_model
+
+    model = load_model(write_speed_model("attn_gqa", tmp_path, header_only=True, weight_type="q4_k",
+                                         shape=cpu_attention.SHAPES["attn_gqa"]))
+    cluster = resolve_cluster(str(tmp_path / "cpu.toml"))
+    imported = import_text(json.dumps([r["bench"] for r in records]), model, cluster)
+    assert not imported.skipped and [(p.kind, p.context and p.context.depth) for p in imported.points] == [
+        ("tg", d) for d in cpu_attention.DEPTHS]
+    (tmp_path / "priced").mkdir()
+    priced = cpu_attention.priced(records, tmp_path / "priced", EPYC_NATIVE_TFLOPS_PER_CORE)
+    params = SpeedParams(cpu_tflops_per_core=EPYC_NATIVE_TFLOPS_PER_CORE)
+    for point, (_, _, ms) in zip(imported.points, priced):
+        assert 1e3 / predict_point(point, params) == pytest.approx(ms, rel=1e-6)

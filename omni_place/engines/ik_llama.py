@@ -36,8 +36,8 @@ from .base import BenchRecordFlags, BenchSpelling, Dialect, EngineTraits
 from .splitmodes import SplitModeRule, is_parallel
 from .common import (BENCH_DEFAULTS, SERVER_DEFAULTS, EngineArgs, FlagSyntax, ToolDefaults, accelerator_names,
                      expert_overrides, layer_counts, local_gpus, model_devices, parallel_layers, pin_flags_of,
-                     record_split_flags, record_switch, record_test_flags, record_text, record_threads,
-                     rpc_buffer_names, rpc_servers)
+                     N32, record_int, record_split_flags, record_switch, record_test_flags, record_text,
+                     record_threads, rpc_buffer_names, rpc_servers)
 
 NAME = "ik_llama.cpp"
 SYNTAX = {
@@ -386,7 +386,12 @@ def bench_record_flags(rec: Mapping[str, Any]) -> BenchRecordFlags:
     overrides = record_text(rec, "override_tensor", "")
     if overrides not in ("", "none"):
         argv += ["-ot", overrides]
-    argv += record_test_flags(rec, "1" if record_switch(rec, "flash_attn", True) else "0")
+    fa = "1" if record_switch(rec, "flash_attn", True) else "0"
+    if _GP_TEST.fullmatch(record_text(rec, "test", "")):  # -gp D,N: N decodes after an untimed D-token
+        # prompt (examples/llama-bench/llama-bench.cpp:1415, 2245), as mainline's -d D -n N
+        argv += record_test_flags({**rec, "n_prompt": 0}, fa) + ["-d", str(record_int(rec, "n_prompt", 0, N32))]
+    else:
+        argv += record_test_flags(rec, fa)
     if not record_switch(rec, "use_mmap", True):  # -mmp 0: CPU-held weights pinned
         argv += list(SYNTAX["bench"].pin_weights)
     if not record_switch(rec, "fused_moe", True):
@@ -395,6 +400,7 @@ def bench_record_flags(rec: Mapping[str, Any]) -> BenchRecordFlags:
 
 
 # src/llama.cpp:4827 "offloaded %d/%d layers to GPU": min(-ngl, L + 1) of L + 1, the head counted last
+_GP_TEST = re.compile(r"tg\d+@pp\d+")  # a -gp test's name in ik's record
 _LOG_OFFLOADED = re.compile(r"offloaded (\d+)/\d+ layers to GPU")
 _LOG_KV = re.compile(r"llama_kv_cache_init: +(\S+) KV buffer size = +([\d.]+) MiB")  # ik src/llama.cpp
 
