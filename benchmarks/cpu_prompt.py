@@ -143,10 +143,11 @@ def run(folder: Path, output: Path, threads: int, rounds: int, reps: int) -> Non
                 print(f"{p.name} r{r}: {N_PROMPT / statistics.median(rec['samples_s']):.1f} tok/s", flush=True)
 
 
-def run_bench(binary: Path, folder: Path, output: Path, threads: int, rounds: int, reps: int) -> None:
-    """:func:`run` with a llama-bench binary (mainline's or ik_llama.cpp's: ``-p 512 -n 0 -ngl 0 -fa 1``),
-    one invocation per model and round; each record keeps llama-bench's own and its warm samples
-    (records.warm_samples: ik's first prompt repetition runs cold)."""
+def run_bench(binary: Path, folder: Path, output: Path, threads: int, rounds: int, reps: int, n_gen: int = 0) -> None:
+    """:func:`run` with a llama-bench binary (mainline's or ik_llama.cpp's: ``-p 512 -n 0 -ngl 0 -fa 1``;
+    ``n_gen``: a decode test, ``-p 0 -n N``, its samples seconds a token), one invocation per model
+    and round; each record keeps llama-bench's own and its warm samples (records.warm_samples: ik's
+    first prompt repetition runs cold)."""
     import subprocess
 
     from omni_place.bench.records import warm_samples
@@ -161,18 +162,20 @@ def run_bench(binary: Path, folder: Path, output: Path, threads: int, rounds: in
         for r in range(first, first + rounds):
             for p in paths if r % 2 == 0 else reversed(paths):
                 shape, wtype = p.name.split(".")[:2]
-                out = subprocess.run([str(binary), "-m", str(p), "-p", str(N_PROMPT), "-n", "0", "-ngl", "0", "-fa",
-                                      "1", "-t", str(threads), "-r", str(reps), "-o", "json"],  # ik's: no jsonl
+                test = ["-p", "0", "-n", str(n_gen)] if n_gen else ["-p", str(N_PROMPT), "-n", "0"]
+                out = subprocess.run([str(binary), "-m", str(p), *test, "-ngl", "0", "-fa", "1", "-t", str(threads),
+                                      "-r", str(reps), "-o", "json"],  # ik's: no jsonl
                                      capture_output=True, text=True, check=True).stdout
                 bench, = json.loads(out)
                 engine = engine_of_bench_record(bench) or "llama.cpp"
-                samples = warm_samples(bench, engine, True)
+                tokens = 1 if n_gen else N_PROMPT
                 rec = {"machine": machine, "threads": threads, "shape": shape, "engine": engine,
-                       "type": wtype.removeprefix("x") if "moe" in shape else wtype, "n_prompt": N_PROMPT, "round": r,
-                       "samples_s": [N_PROMPT / ts for ts in samples], "bench": bench}
+                       "type": wtype.removeprefix("x") if "moe" in shape else wtype, "round": r,
+                       **({"n_gen": n_gen} if n_gen else {"n_prompt": N_PROMPT}),
+                       "samples_s": [tokens / ts for ts in warm_samples(bench, engine, not n_gen)], "bench": bench}
                 fh.write(json.dumps(rec) + "\n")
                 fh.flush()
-                print(f"{engine} {p.name} r{r}: {N_PROMPT / statistics.median(rec['samples_s']):.1f} tok/s", flush=True)
+                print(f"{engine} {p.name} r{r}: {tokens / statistics.median(rec['samples_s']):.1f} tok/s", flush=True)
 
 
 def cpu_name() -> str:
@@ -208,8 +211,8 @@ def local_factors(records: list[dict[str, Any]], base: list[dict[str, Any]] | No
         if not {(machine, "cpu_dense", "q4_k"), (machine, "cpu_moe", "q4_k")} <= med.keys() & ref.keys():
             continue
         moe_d, _ = _flops("cpu_moe", "q4_k")
-        per_flop = sum(_flops("cpu_dense", "q4_k"))  # Q4_K's dense seconds per FLOP, attention in
-        own, mainline = med[machine, "cpu_dense", "q4_k"] / per_flop, ref[machine, "cpu_dense", "q4_k"] / per_flop
+        flops = sum(_flops("cpu_dense", "q4_k"))  # dense Q4_K's seconds per FLOP, attention in: own, mainline's
+        own, mainline = med[machine, "cpu_dense", "q4_k"] / flops, ref[machine, "cpu_dense", "q4_k"] / flops
         expert_q4k = ref[machine, "cpu_moe", "q4_k"] - moe_d * mainline
         rows: dict[str, float] = {}
         for (m, s, t), sec in sorted(med.items()):
@@ -224,7 +227,7 @@ def _medians(records: list[dict[str, Any]]) -> dict[tuple[str, str, str], float]
     """(machine, shape, type) -> median seconds of a prompt token."""
     by: dict[tuple[str, str, str], list[float]] = {}
     for r in records:
-        if r["shape"] in SHAPES:
+        if r["shape"] in SHAPES and not r.get("n_gen"):  # prompt tests
             by.setdefault((cpu_label(r), r["shape"], r["type"]), []).extend(r["samples_s"])
     return {k: statistics.median(v) / N_PROMPT for k, v in by.items()}
 
@@ -285,11 +288,14 @@ def derive(records: list[dict[str, Any]], bench: list[dict[str, Any]]) -> dict[s
     """The table's columns per type (upper case, :func:`columns`): mainline's from its libllama
     and llama-bench records and ``bench`` (llama-bench records of moe15, :func:`bench_factors`),
     ik_llama.cpp's (``ik_cpu_prompt``, ``ik_cpu_expert_prompt``) from its records against
-    mainline's on the same CPU and build kind and from its runs on an H200 host (:func:`ik_host_factors`)."""
+    mainline's on the same CPU and build kind and from its runs on an H200 host (:func:`ik_host_factors`),
+    and ik's decode shares where mainline's compute binds (:func:`ik_decode_shares`)."""
     engines = by_engine(records)
     out = columns([*local_factors(engines.get("llama.cpp", [])).values(), bench_factors(bench)])
     for t, row in columns([*ik_factors(records).values(), ik_host_factors()], "ik_", (*TYPES, *IK_TYPES)).items():
         out.setdefault(t, {}).update(row)
+    for t, share in ik_decode_shares(records).items():
+        out.setdefault(t, {})["ik_cpu_decode_share"] = share
     return out
 
 
@@ -325,6 +331,30 @@ def ik_host_factors() -> dict[str, float]:
             if cpu > 0:
                 ratios.append((1 / row["pp"] - others) / cpu)
     return {"expert:q4_k": shipped * statistics.median(ratios)} if ratios else {}
+
+
+#: mainline's decode is bound by its kernel's compute, not the memory, below this cpu_decode_share
+COMPUTE_BOUND_SHARE = 0.5
+
+
+def ik_decode_shares(records: list[dict[str, Any]]) -> dict[str, float]:
+    """``ik_cpu_decode_share`` per type (upper case) from decode tests (``run-bench --decode``) of
+    both engines on ``cpu_dense``: where mainline's decode is bound by its compute (its
+    ``cpu_decode_share`` below COMPUTE_BOUND_SHARE, the i-quants), ik's kernel reads at that share
+    times its speed against mainline's (both compute-bound there; elsewhere the memory binds both)."""
+    from omni_place.kernels import weight_type_speed
+
+    by: dict[tuple[str, str], list[float]] = {}
+    for r in records:
+        if r.get("n_gen") and r["shape"] == "cpu_dense":
+            by.setdefault((r.get("engine", "llama.cpp"), r["type"]), []).extend(r["samples_s"])
+    out = {}
+    for (engine, t), ik in sorted(by.items()):
+        mainline = by.get(("llama.cpp", t))
+        share = weight_type_speed(t).cpu_decode_share
+        if engine == "ik_llama.cpp" and mainline and share < COMPUTE_BOUND_SHARE:
+            out[t.upper()] = round(share * statistics.median(mainline) / statistics.median(ik), 2)
+    return out
 
 
 def ik_factors(records: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
@@ -422,6 +452,7 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--threads", type=int, required=True)
     b.add_argument("--rounds", type=int, default=2)
     b.add_argument("--reps", type=int, default=3)
+    b.add_argument("--decode", type=int, default=0, metavar="N", help="a decode test of N tokens instead")
     q = sub.add_parser("report", help="each type's time per FLOP relative to Q4_K")
     q.add_argument("records", nargs="*", type=Path)
     q.add_argument("--bench", nargs="*", type=Path, default=[], help="llama-bench records of moe15.x<type>")
@@ -435,7 +466,7 @@ def main(argv: list[str] | None = None) -> int:
         run(a.folder, a.output, a.threads, a.rounds, a.reps)
         return 0
     if a.cmd == "run-bench":
-        run_bench(a.binary, a.folder, a.output, a.threads, a.rounds, a.reps)
+        run_bench(a.binary, a.folder, a.output, a.threads, a.rounds, a.reps, a.decode)
         return 0
     return report(a.records, a.bench, a.write)
 

@@ -233,6 +233,8 @@ _TABLE_HEAD = """\
 #                     absent: Q4_K's
 #   ik_cpu_prompt, ik_cpu_expert_prompt  the same by ik_llama.cpp's CPU kernels, relative to
 #                     mainline's Q4_K on one CPU (the same report); absent: ik's Q4_K
+#   ik_cpu_decode_share  cpu_decode_share by ik's kernels where mainline's compute binds (the same
+#                     report); absent: mainline's
 # Types not listed price as Q4_K.
 """
 _IK_HEAD = """\
@@ -254,9 +256,9 @@ def table_text(types: dict[str, dict[str, float]]) -> str:
 
 
 def _cpu_prompt_columns(shipped: Any, row: dict[str, float]) -> dict[str, float]:
-    from omni_place.kernels import CPU_PROMPT_COLUMNS
+    from omni_place.kernels import CPU_KERNEL_COLUMNS
 
-    return {k: getattr(shipped, k) for k in CPU_PROMPT_COLUMNS
+    return {k: getattr(shipped, k) for k in CPU_KERNEL_COLUMNS
             if shipped and k not in row and not is_default(k, getattr(shipped, k))}
 
 

@@ -18,7 +18,8 @@ tinyBLAS for some dense types, else a ``vec_dot`` per row and column, and routed
 (MUL_MAT_ID) never tinyBLAS: :attr:`WeightTypeSpeed.cpu_prompt` and ``cpu_expert_prompt`` are
 their times per FLOP relative to Q4_K's (``benchmarks/cpu_prompt.py``). ik_llama.cpp's CPU runs
 its own GEMMs for every type (ggml/src/iqk/iqk_mul_mat.cpp): ``ik_cpu_prompt`` and
-``ik_cpu_expert_prompt``, on the same scale (mainline's Q4_K).
+``ik_cpu_expert_prompt``, on the same scale (mainline's Q4_K), and its own decode kernels, faster
+or slower where mainline's are bound by their compute (the i-quants: ``ik_cpu_decode_share``).
 
 The rows are derived by ``python -m benchmarks.quant_speed report`` from llama-bench runs on one
 H200 and its 16-vCPU host (benchmarks/results/quant_speed.md): mainline's types as llama.cpp ran
@@ -46,10 +47,11 @@ _WHERE = f"omni_place/data/{_FILE}"
 _FIELDS: dict[str, type | tuple[type, ...]] = {
     "type": str, "gpu_decode_flops": (int, float), "gpu_prompt": (int, float), "cpu_decode_share": (int, float),
 }
-#: columns a row may leave out: the CPU's prompt kernels, mainline's then ik_llama.cpp's, unmeasured
-#: for the type (Q4_K's time by the same kernels)
-CPU_PROMPT_COLUMNS = ("cpu_prompt", "cpu_expert_prompt", "ik_cpu_prompt", "ik_cpu_expert_prompt")
-_OPTIONAL: dict[str, type | tuple[type, ...]] = {c: (int, float) for c in CPU_PROMPT_COLUMNS}
+#: columns a row may leave out: the CPU's prompt kernels, mainline's then ik_llama.cpp's (unmeasured
+#: for the type: Q4_K's time by the same kernels), and ik's decode where its kernel is not mainline's
+CPU_KERNEL_COLUMNS = ("cpu_prompt", "cpu_expert_prompt", "ik_cpu_prompt", "ik_cpu_expert_prompt",
+                      "ik_cpu_decode_share")
+_OPTIONAL: dict[str, type | tuple[type, ...]] = {c: (int, float) for c in CPU_KERNEL_COLUMNS}
 #: the row of types the table lacks, and the type every other row is relative to
 FALLBACK_TYPE = "Q4_K"
 #: the decode kernels' rate is at least this many FLOPs per byte of a GPU's bandwidth: the H200's
@@ -74,6 +76,8 @@ class WeightTypeSpeed:
         cpu_expert_prompt: the same for routed experts (MUL_MAT_ID).
         ik_cpu_prompt / ik_cpu_expert_prompt: the same by ik_llama.cpp's kernels, relative to
             mainline's Q4_K (None: unmeasured, ik's Q4_K).
+        ik_cpu_decode_share: ``cpu_decode_share`` by ik's kernels, where mainline's is bound by its
+            compute (None: mainline's).
     """
 
     type: str
@@ -84,6 +88,11 @@ class WeightTypeSpeed:
     cpu_expert_prompt: float = 1.0
     ik_cpu_prompt: float | None = None
     ik_cpu_expert_prompt: float | None = None
+    ik_cpu_decode_share: float | None = None
+
+    def cpu_decode(self, ik: bool) -> float:
+        """The CPU's decode read rate relative to Q4_K's, by mainline's kernels or ik_llama.cpp's."""
+        return self.ik_cpu_decode_share if ik and self.ik_cpu_decode_share is not None else self.cpu_decode_share
 
     def cpu_prompt_time(self, routed: bool, ik: bool) -> float:
         """The CPU's prompt time per FLOP relative to mainline's dense (``routed``: expert) Q4_K, by
@@ -110,7 +119,7 @@ class KernelWork:
             ik_cpu: bool = False) -> KernelWork:
         s = weight_type_speed(type_name)
         return KernelWork(self.gpu_decode_flops + n_elements * s.gpu_decode_flops,
-                          self.cpu_decode_bytes + n_bytes / s.cpu_decode_share,
+                          self.cpu_decode_bytes + n_bytes / s.cpu_decode(ik_cpu),
                           self.prompt_flops + 2.0 * n_elements * s.gpu_prompt,
                           self.cpu_prompt_flops + 2.0 * n_elements * s.cpu_prompt_time(routed, ik_cpu))
 
@@ -153,7 +162,7 @@ def weight_type_speeds() -> dict[str, WeightTypeSpeed]:
             raise ClusterError(f"{_WHERE}: [[type]] #{i + 1} needs {sorted(_FIELDS)} (and may have "
                                f"{sorted(_OPTIONAL)}) with their types")
         row = WeightTypeSpeed(type=entry["type"].upper(), **{k: float(v) for k, v in entry.items() if k != "type"})
-        if min(row.gpu_prompt, row.cpu_decode_share, *(entry.get(c, 1) for c in CPU_PROMPT_COLUMNS)) <= 0 \
+        if min(row.gpu_prompt, row.cpu_decode_share, *(entry.get(c, 1) for c in CPU_KERNEL_COLUMNS)) <= 0 \
                 or row.gpu_decode_flops < 0 or row.type in rows:
             raise ClusterError(f"{_WHERE}: [[type]] #{i + 1}: factors must be positive and each type appear once")
         rows[row.type] = row

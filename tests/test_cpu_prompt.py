@@ -117,20 +117,27 @@ def test_shipped_columns_are_what_the_records_give() -> None:
     (its own 16 with them) by its native llama-bench beside mainline's on the same EPYC."""
     folder = RES.parent / "cpu_prompt"
     derived = cpu_prompt.derive(cpu_prompt.load([*sorted(folder.glob("libllama_*.jsonl")),
-                                                 *sorted(folder.glob("bench_*_epyc2.jsonl"))]),
+                                                 *sorted(folder.glob("bench_*_epyc2.jsonl")),
+                                                 *sorted(folder.glob("decode_*_epyc2.jsonl"))]),
                                 cpu_prompt.load([folder / "h200_moe15.jsonl"]))
     assert len(derived) == len(cpu_prompt.TYPES) + len(cpu_prompt.IK_TYPES)
     assert (derived["Q4_K"]["cpu_prompt"], derived["Q4_K"]["cpu_expert_prompt"]) == (1.0, 1.0)
-    from omni_place.kernels import CPU_PROMPT_COLUMNS, weight_type_speeds
+    from omni_place.kernels import CPU_KERNEL_COLUMNS, weight_type_speeds
 
     shipped = weight_type_speeds()
     for name, row in derived.items():
-        assert set(row) <= set(CPU_PROMPT_COLUMNS) and all(getattr(shipped[name], c) == v for c, v in row.items()), name
+        assert set(row) <= set(CPU_KERNEL_COLUMNS) and all(getattr(shipped[name], c) == v for c, v in row.items()), name
     # the kernels differ by more than the machines do: Q5_0's vec_dot experts against Q4_K's repacked GEMM
     assert derived["Q5_0"]["cpu_expert_prompt"] > 2.0 and derived["IQ2_XXS"]["cpu_expert_prompt"] < 1.3
     # ik's own GEMMs (ggml/src/iqk) take 0.5-0.8 of mainline's Q4_K time for every quantized type
     assert all(0.45 < row[c] < 0.85 for name, row in derived.items() if name not in ("F16", "BF16")
                for c in ("ik_cpu_prompt", "ik_cpu_expert_prompt"))
+    # its decode differs where mainline's kernel, not the memory, binds: the seven mainline i-quants
+    # (2 threads: IQ3_XXS 285 tok/s against 222, IQ1_M 249 against 304)
+    ik_decode = {name: row["ik_cpu_decode_share"] for name, row in derived.items() if "ik_cpu_decode_share" in row}
+    assert sorted(ik_decode) == ["IQ1_M", "IQ1_S", "IQ2_S", "IQ2_XS", "IQ2_XXS", "IQ3_S", "IQ3_XXS"]
+    assert ik_decode["IQ3_XXS"] > 1.2 * shipped["IQ3_XXS"].cpu_decode_share
+    assert ik_decode["IQ1_M"] < shipped["IQ1_M"].cpu_decode_share
 
 
 def _heldout_errors(tmp_path: Path) -> dict[tuple[str, str, str], float]:
@@ -181,7 +188,8 @@ def test_each_engines_kernels_carry_over_to_other_shapes(tmp_path: Path, monkeyp
 
 def test_the_cpu_kernels_per_type_are_each_engines(tmp_path: Path) -> None:
     """A dense Q5_0 model on a CPU-only machine: llama.cpp's prompt costs Q5_0's tinyBLAS time
-    per FLOP, ik_llama.cpp's its own GEMM's; decode reads the same."""
+    per FLOP, ik_llama.cpp's its own GEMM's; decode reads the same, but for an i-quant's (the
+    per-layer costs beside the weights' read are the engines' alike)."""
     from omni_place.kernels import weight_type_speed
     from omni_place.plan import evaluate
 
@@ -195,3 +203,11 @@ def test_the_cpu_kernels_per_type_are_each_engines(tmp_path: Path) -> None:
     assert q5_0.ik_cpu_prompt is not None and q5_0.cpu_prompt > 2 * q5_0.ik_cpu_prompt
     assert ik.pp_tps / ml.pp_tps == pytest.approx(q5_0.cpu_prompt / q5_0.ik_cpu_prompt, rel=0.1)
     assert ml.tg_tps == pytest.approx(ik.tg_tps, rel=0.05)
+    # an i-quant, whose decode mainline's kernel binds, decodes at each engine's own share
+    iq3 = load_model(write_speed_model("cpu_dense", tmp_path, header_only=True, weight_type="iq3_xxs",
+                                       shape=cpu_prompt.SHAPES["cpu_dense"]))
+    ml, ik = (evaluate(iq3, str(tmp_path / "cpu.toml"), ["-ngl", "0", "-fa", "1"], tool="bench",
+                       engine=engine).predicted for engine in ("llama.cpp", "ik_llama.cpp"))
+    row = weight_type_speed("IQ3_XXS")
+    assert row.ik_cpu_decode_share is not None and ik.tg_tps > 1.05 * ml.tg_tps
+    assert ik.tg_tps / ml.tg_tps < row.ik_cpu_decode_share / row.cpu_decode_share
