@@ -48,6 +48,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 from benchmarks.quant_speed import IK_TYPES, RESULTS
@@ -120,27 +121,33 @@ def time_prompt(path: Path, threads: int, reps: int) -> list[float]:
     return samples
 
 
+def _models_in_rounds(folder: Path, output: Path, rounds: int) -> Iterator[tuple[int, Path, str, str]]:
+    """(round, model path, shape, ggml type) of every cpu_* model in ``folder``, ``rounds`` times,
+    every other round in reverse; rounds numbered on from ``output``'s last."""
+    paths = sorted(p for p in folder.glob("cpu_*.gguf") if not p.name.endswith(".hdr.gguf"))
+    if not paths:
+        raise SystemExit(f"no cpu_dense.* / cpu_moe.* models in {folder}; write them with `models`")
+    first = 1 + max((r["round"] for r in load([output])), default=-1) if output.exists() else 0
+    for r in range(first, first + rounds):
+        for p in paths if r % 2 == 0 else reversed(paths):
+            shape, wtype = p.name.split(".")[:2]
+            yield r, p, shape, wtype.removeprefix("x") if "moe" in shape else wtype
+
+
 def run(folder: Path, output: Path, threads: int, rounds: int, reps: int) -> None:
     """Time every model in ``folder``, rounds interleaved (every other one in reverse), appending
     one JSON record per model and round to ``output`` (rounds numbered on from its last)."""
     import llama_cpp
 
-    paths = sorted(p for p in folder.glob("cpu_*.gguf") if not p.name.endswith(".hdr.gguf"))
-    if not paths:
-        raise SystemExit(f"no cpu_dense.* / cpu_moe.* models in {folder}; write them with `models`")
     machine = cpu_name()
-    first = 1 + max((r["round"] for r in load([output])), default=-1) if output.exists() else 0
     with output.open("a") as fh:
-        for r in range(first, first + rounds):
-            for p in paths if r % 2 == 0 else reversed(paths):
-                shape, wtype = p.name.split(".")[:2]
-                rec = {"machine": machine, "threads": threads, "shape": shape,
-                       "type": wtype.removeprefix("x") if "moe" in shape else wtype, "n_prompt": N_PROMPT, "round": r,
-                       "samples_s": time_prompt(p, threads, reps), "llama_cpp_python": llama_cpp.__version__,
-                       "system_info": llama_cpp.llama_print_system_info().decode().strip()}
-                fh.write(json.dumps(rec) + "\n")
-                fh.flush()
-                print(f"{p.name} r{r}: {N_PROMPT / statistics.median(rec['samples_s']):.1f} tok/s", flush=True)
+        for r, p, shape, wtype in _models_in_rounds(folder, output, rounds):
+            rec = {"machine": machine, "threads": threads, "shape": shape, "type": wtype, "n_prompt": N_PROMPT,
+                   "round": r, "samples_s": time_prompt(p, threads, reps), "llama_cpp_python": llama_cpp.__version__,
+                   "system_info": llama_cpp.llama_print_system_info().decode().strip()}
+            fh.write(json.dumps(rec) + "\n")
+            fh.flush()
+            print(f"{p.name} r{r}: {N_PROMPT / statistics.median(rec['samples_s']):.1f} tok/s", flush=True)
 
 
 def run_bench(binary: Path, folder: Path, output: Path, threads: int, rounds: int, reps: int, n_gen: int = 0) -> None:
@@ -153,29 +160,22 @@ def run_bench(binary: Path, folder: Path, output: Path, threads: int, rounds: in
     from omni_place.bench.records import warm_samples
     from omni_place.engines import engine_of_bench_record
 
-    paths = sorted(p for p in folder.glob("cpu_*.gguf") if not p.name.endswith(".hdr.gguf"))
-    if not paths:
-        raise SystemExit(f"no cpu_dense.* / cpu_moe.* models in {folder}; write them with `models`")
     machine = cpu_name()
-    first = 1 + max((r["round"] for r in load([output])), default=-1) if output.exists() else 0
+    test = ["-p", "0", "-n", str(n_gen)] if n_gen else ["-p", str(N_PROMPT), "-n", "0"]
+    tokens = 1 if n_gen else N_PROMPT
     with output.open("a") as fh:
-        for r in range(first, first + rounds):
-            for p in paths if r % 2 == 0 else reversed(paths):
-                shape, wtype = p.name.split(".")[:2]
-                test = ["-p", "0", "-n", str(n_gen)] if n_gen else ["-p", str(N_PROMPT), "-n", "0"]
-                out = subprocess.run([str(binary), "-m", str(p), *test, "-ngl", "0", "-fa", "1", "-t", str(threads),
-                                      "-r", str(reps), "-o", "json"],  # ik's: no jsonl
-                                     capture_output=True, text=True, check=True).stdout
-                bench, = json.loads(out)
-                engine = engine_of_bench_record(bench) or "llama.cpp"
-                tokens = 1 if n_gen else N_PROMPT
-                rec = {"machine": machine, "threads": threads, "shape": shape, "engine": engine,
-                       "type": wtype.removeprefix("x") if "moe" in shape else wtype, "round": r,
-                       **({"n_gen": n_gen} if n_gen else {"n_prompt": N_PROMPT}),
-                       "samples_s": [tokens / ts for ts in warm_samples(bench, engine, not n_gen)], "bench": bench}
-                fh.write(json.dumps(rec) + "\n")
-                fh.flush()
-                print(f"{engine} {p.name} r{r}: {tokens / statistics.median(rec['samples_s']):.1f} tok/s", flush=True)
+        for r, p, shape, wtype in _models_in_rounds(folder, output, rounds):
+            out = subprocess.run([str(binary), "-m", str(p), *test, "-ngl", "0", "-fa", "1", "-t", str(threads),
+                                  "-r", str(reps), "-o", "json"],  # ik's: no jsonl
+                                 capture_output=True, text=True, check=True).stdout
+            bench, = json.loads(out)
+            engine = engine_of_bench_record(bench) or "llama.cpp"
+            rec = {"machine": machine, "threads": threads, "shape": shape, "engine": engine, "type": wtype,
+                   "round": r, **({"n_gen": n_gen} if n_gen else {"n_prompt": N_PROMPT}),
+                   "samples_s": [tokens / ts for ts in warm_samples(bench, engine, not n_gen)], "bench": bench}
+            fh.write(json.dumps(rec) + "\n")
+            fh.flush()
+            print(f"{engine} {p.name} r{r}: {tokens / statistics.median(rec['samples_s']):.1f} tok/s", flush=True)
 
 
 def cpu_name() -> str:

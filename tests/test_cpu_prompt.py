@@ -14,6 +14,7 @@ import statistics
 import sys
 import tarfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -195,19 +196,21 @@ def test_the_cpu_kernels_per_type_are_each_engines(tmp_path: Path) -> None:
 
     (tmp_path / "cpu.toml").write_text('name = "cpu"\n[[devices]]\nname = "CPU"\nkind = "cpu"\n'
                                        'memory_gib = 64\nbandwidth_gbs = 60\nthreads = 8\n')
-    model = load_model(write_speed_model("cpu_dense", tmp_path, header_only=True, weight_type="q5_0",
-                                         shape=cpu_prompt.SHAPES["cpu_dense"]))
-    ml, ik = (evaluate(model, str(tmp_path / "cpu.toml"), ["-ngl", "0", "-fa", "1"], tool="bench",
-                       engine=engine).predicted for engine in ("llama.cpp", "ik_llama.cpp"))
+
+    def priced(weight_type: str) -> tuple[Any, Any]:
+        model = load_model(write_speed_model("cpu_dense", tmp_path, header_only=True, weight_type=weight_type,
+                                             shape=cpu_prompt.SHAPES["cpu_dense"]))
+        ml, ik = (evaluate(model, str(tmp_path / "cpu.toml"), ["-ngl", "0", "-fa", "1"], tool="bench",
+                           engine=engine).predicted for engine in ("llama.cpp", "ik_llama.cpp"))
+        return ml, ik
+
+    ml, ik = priced("q5_0")
     q5_0 = weight_type_speed("Q5_0")
     assert q5_0.ik_cpu_prompt is not None and q5_0.cpu_prompt > 2 * q5_0.ik_cpu_prompt
     assert ik.pp_tps / ml.pp_tps == pytest.approx(q5_0.cpu_prompt / q5_0.ik_cpu_prompt, rel=0.1)
     assert ml.tg_tps == pytest.approx(ik.tg_tps, rel=0.05)
     # an i-quant, whose decode mainline's kernel binds, decodes at each engine's own share
-    iq3 = load_model(write_speed_model("cpu_dense", tmp_path, header_only=True, weight_type="iq3_xxs",
-                                       shape=cpu_prompt.SHAPES["cpu_dense"]))
-    ml, ik = (evaluate(iq3, str(tmp_path / "cpu.toml"), ["-ngl", "0", "-fa", "1"], tool="bench",
-                       engine=engine).predicted for engine in ("llama.cpp", "ik_llama.cpp"))
+    ml, ik = priced("iq3_xxs")
     row = weight_type_speed("IQ3_XXS")
     assert row.ik_cpu_decode_share is not None and ik.tg_tps > 1.05 * ml.tg_tps
     assert ik.tg_tps / ml.tg_tps < row.ik_cpu_decode_share / row.cpu_decode_share
