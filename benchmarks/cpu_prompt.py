@@ -285,22 +285,40 @@ def _gpu_share(record: dict[str, Any], t: str, cluster: Any) -> float:
 
 
 def derive(records: list[dict[str, Any]], bench: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
-    """The table's columns per type (upper case, :func:`columns`): mainline's from its libllama
-    and llama-bench records and ``bench`` (llama-bench records of moe15, :func:`bench_factors`),
-    ik_llama.cpp's (``ik_cpu_prompt``, ``ik_cpu_expert_prompt``) from its records against
-    mainline's on the same CPU and build kind and from its runs on an H200 host (:func:`ik_host_factors`),
-    and ik's decode shares where mainline's compute binds (:func:`ik_decode_shares`)."""
-    engines = by_engine(records)
-    out = columns([*local_factors(engines.get("llama.cpp", [])).values(), bench_factors(bench)])
-    for t, row in columns([*ik_factors(records).values(), ik_host_factors()], "ik_", (*TYPES, *IK_TYPES)).items():
+    """The table's columns per type (upper case) from :func:`factor_tables` of the records."""
+    return _columns_of(*factor_tables(records, bench), records)
+
+
+def factor_tables(records: list[dict[str, Any]], bench: list[dict[str, Any]],
+                  ) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, float]]]:
+    """(mainline's, ik_llama.cpp's) factor tables by the CPU and build that ran them: mainline's from
+    its libllama and llama-bench records and ``bench`` (llama-bench records of moe15,
+    :func:`bench_factors`); ik's from its records against mainline's on the same CPU and build
+    kind and from its runs on an H200 host (:func:`ik_host_factors`)."""
+    mainline, ik = local_factors(by_engine(records).get("llama.cpp", [])), ik_factors(records)
+    h200, host = bench_factors(bench), ik_host_factors()
+    if h200:
+        mainline["llama-bench: " + bench[0].get("cpu_info", "?")] = h200
+    if host:
+        ik["llama-bench: moe33 on an H200 host's Xeon (engine_compare)"] = host
+    return mainline, ik
+
+
+def _columns_of(mainline: dict[str, dict[str, float]], ik: dict[str, dict[str, float]],
+                records: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """:func:`columns` of both engines' tables, and ik's decode shares where mainline's compute
+    binds (:func:`ik_decode_shares`)."""
+    out = columns(list(mainline.values()))
+    for t, row in columns(list(ik.values()), "ik_", (*TYPES, *IK_TYPES)).items():
         out.setdefault(t, {}).update(row)
     for t, share in ik_decode_shares(records).items():
         out.setdefault(t, {})["ik_cpu_decode_share"] = share
     return out
 
 
-#: ik_llama.cpp's llama-bench runs of moe33 (Q4_K experts, 256 of 8 used) on an H200 host's 32-vCPU
-#: Xeon, and that VM's CPU figure idle (`devices --measure`; benchmarks/results/ik_24.md)
+#: both engines' llama-bench runs on H200 hosts (ik's of moe33: Q4_K experts, 256 of 8 used, on a
+#: 32-vCPU Xeon), and that VM's CPU figure idle: `devices --measure` on an idle H200 VM of the same
+#: lender (benchmarks/results/ik_24.md; 85.7-93.9 GB/s on three)
 ENGINE_COMPARE = RESULTS / "engine_compare"
 ENGINE_COMPARE_CPU_GBS = 89.8
 
@@ -382,12 +400,16 @@ def load(paths: list[Path]) -> list[dict[str, Any]]:
     return [json.loads(line) for p in paths for line in p.read_text().splitlines() if line.strip()]
 
 
-def _print_table(head: list[str], tables: list[tuple[str, dict[str, float]]], derived: dict[str, dict[str, float]],
-                 names: tuple[str, ...], types: tuple[str, ...]) -> None:
-    print("| type | " + " | ".join(head) + " | " + " | ".join(names) + " |")
-    print("|---|" + "---:|" * (len(head) + len(names)))
+def _print_table(tables: dict[str, dict[str, float]], derived: dict[str, dict[str, float]], prefix: str,
+                 types: tuple[str, ...]) -> None:
+    """A markdown table: each factor table's dense and expert columns it has, then the derived ones."""
+    cols = [(f"{name}: {label}", kind, tab) for label, tab in tables.items()
+            for kind, name in (("dense", "dense"), ("expert", "experts")) if any(k.startswith(kind) for k in tab)]
+    names = (prefix + "cpu_prompt", prefix + "cpu_expert_prompt")
+    print("| type | " + " | ".join(h for h, _, _ in cols) + " | " + " | ".join(names) + " |")
+    print("|---|" + "---:|" * (len(cols) + len(names)))
     for t in types:
-        cells = [f"{tab[key]:.2f}" if (key := f"{kind}:{t}") in tab else "" for kind, tab in tables]
+        cells = [f"{tab[key]:.2f}" if (key := f"{kind}:{t}") in tab else "" for _, kind, tab in cols]
         row = derived.get(t.upper(), {})
         cells += [f"{row[c]:g}" if c in row else "" for c in names]
         if any(cells):
@@ -395,22 +417,13 @@ def _print_table(head: list[str], tables: list[tuple[str, dict[str, float]]], de
 
 
 def report(records: list[Path], bench: list[Path], write: bool) -> int:
-    rows, brows = load(records), load(bench)
-    local, h200 = local_factors(by_engine(rows).get("llama.cpp", [])), bench_factors(brows)
-    derived = derive(rows, brows)
-    experts = [*local.items(), *([("llama-bench: " + brows[0].get("cpu_info", "?"), h200)] if h200 else [])]
-    _print_table([f"dense: {c}" for c in local] + [f"experts: {c}" for c, _ in experts],
-                 [("dense", tab) for tab in local.values()] + [("expert", tab) for _, tab in experts],
-                 derived, ("cpu_prompt", "cpu_expert_prompt"), TYPES)
-    ik = ik_factors(rows)
+    rows = load(records)
+    mainline, ik = factor_tables(rows, load(bench))
+    derived = _columns_of(mainline, ik, rows)
+    _print_table(mainline, derived, "", TYPES)
     if ik:  # ik's on mainline's Q4_K scale, beside mainline's own by the same build kind
-        ik["llama-bench: " + "moe33 on an H200 host's Xeon (engine_compare)"] = ik_host_factors()
         print()
-        cols = [(f"{name} ik: {c}", kind, tab) for c, tab in ik.items()
-                for kind, name in (("dense", "dense"), ("expert", "experts"))
-                if any(k.startswith(kind) for k in tab)]
-        _print_table([h for h, _, _ in cols], [(kind, tab) for _, kind, tab in cols], derived,
-                     ("ik_cpu_prompt", "ik_cpu_expert_prompt"), (*TYPES, *IK_TYPES))
+        _print_table(ik, derived, "ik_", (*TYPES, *IK_TYPES))
     if write:
         write_table(derived)
     return 0

@@ -578,10 +578,6 @@ def test_a_head_left_on_the_cpu_is_copied_into_the_first_gpus_compute_buffer(
     assert cuda0_compute_mib(["-ngl", "33"]) < partial - 100
 
 
-ENGINE_COMPARE = ROOT / "benchmarks" / "results" / "engine_compare"
-IDLE_CPU_GBS = 89.8  # `devices --measure` on an idle H200 VM of the same lender (ik_24.md; 85.7-93.9 on three)
-
-
 @pytest.fixture(scope="module")
 def second_rig(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[dict[str, Any]]]:
     """benchmarks/results/engine_compare (2x H200 with ballasts, both engines, the synthetic
@@ -589,11 +585,12 @@ def second_rig(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[dict[
     the rig files as recorded (a CPU copy probe of 49 GB/s, read while the engines were being
     built) and with an idle probe's figure (rescore_25.md)."""
     sys.path.insert(0, str(ROOT))
+    from benchmarks.cpu_prompt import ENGINE_COMPARE, ENGINE_COMPARE_CPU_GBS
     from benchmarks.speed_truth import main
 
     tmp = tmp_path_factory.mktemp("engine_compare")
     out = {}
-    for name, extra in (("recorded", []), ("idle_cpu", ["--cpu-gbs", str(IDLE_CPU_GBS)])):
+    for name, extra in (("recorded", []), ("idle_cpu", ["--cpu-gbs", str(ENGINE_COMPARE_CPU_GBS)])):
         path = tmp / f"{name}.json"
         folder = str(ENGINE_COMPARE)
         assert main(["report", folder, "--headers", folder, "--rigs", folder, "--json", str(path), *extra]) == 0
