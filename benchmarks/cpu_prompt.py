@@ -233,9 +233,24 @@ def _medians(records: list[dict[str, Any]]) -> dict[tuple[str, str, str], float]
 
 
 def cpu_label(record: dict[str, Any]) -> str:
-    """The CPU and the build that ran a record: libllama's wheel (built for AVX2 here, no AVX-512)
-    and a native llama-bench run different kernels on one CPU."""
-    return record["machine"] + (" llama-bench" if "bench" in record else " libllama")
+    """The CPU and the build that ran a record, with the build's SIMD: libllama's wheel (built for
+    AVX2 here, ``GGML_NATIVE=off``) and a llama-bench built for AVX-512 run different kernels on
+    one CPU."""
+    return f"{record['machine']} {'llama-bench' if 'bench' in record else 'libllama'} ({record_simd(record)})"
+
+
+def record_simd(record: dict[str, Any]) -> str:
+    """The SIMD (kernels.CPU_SIMD, upper case) of the build that ran a record: libllama's from its
+    system_info line; llama-bench's AVX512 (every llama-bench record here: native or AVX-512 builds
+    on CPUs with AVX-512)."""
+    if "bench" in record:
+        return record.get("simd", "avx512").upper()
+    return "AVX512" if "AVX512 = 1" in record.get("system_info", "") else "AVX2"
+
+
+def label_simd(label: str) -> str:
+    """The SIMD (kernels.CPU_SIMD) of a factor table's label (:func:`cpu_label`)."""
+    return label.rsplit("(", 1)[1].rstrip(")").lower()
 
 
 def by_engine(records: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
@@ -298,7 +313,7 @@ def factor_tables(records: list[dict[str, Any]], bench: list[dict[str, Any]],
     mainline, ik = local_factors(by_engine(records).get("llama.cpp", [])), ik_factors(records)
     h200, host = bench_factors(bench), ik_host_factors()
     if h200:
-        mainline["llama-bench: " + bench[0].get("cpu_info", "?")] = h200
+        mainline[f"llama-bench: {bench[0].get('cpu_info', '?')} (AVX512)"] = h200  # an H200 host's native build
     if host:
         ik["llama-bench: moe33 on an H200 host's Xeon (engine_compare)"] = host
     return mainline, ik
@@ -308,8 +323,13 @@ def _columns_of(mainline: dict[str, dict[str, float]], ik: dict[str, dict[str, f
                 records: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
     """:func:`columns` of both engines' tables, and ik's decode shares where mainline's compute
     binds (:func:`ik_decode_shares`)."""
+    from omni_place.kernels import CPU_SIMD
+
     out = columns(list(mainline.values()))
-    for t, row in columns(list(ik.values()), "ik_", (*TYPES, *IK_TYPES)).items():
+    per_simd = [columns([tab for label, tab in mainline.items() if label_simd(label) == simd], f"{simd}_")
+                for simd in CPU_SIMD]
+    for t, row in [item for table in (*per_simd, columns(list(ik.values()), "ik_", (*TYPES, *IK_TYPES)))
+                   for item in table.items()]:
         out.setdefault(t, {}).update(row)
     for t, share in ik_decode_shares(records).items():
         out.setdefault(t, {})["ik_cpu_decode_share"] = share
@@ -400,12 +420,13 @@ def load(paths: list[Path]) -> list[dict[str, Any]]:
     return [json.loads(line) for p in paths for line in p.read_text().splitlines() if line.strip()]
 
 
-def _print_table(tables: dict[str, dict[str, float]], derived: dict[str, dict[str, float]], prefix: str,
-                 types: tuple[str, ...]) -> None:
-    """A markdown table: each factor table's dense and expert columns it has, then the derived ones."""
+def _print_table(tables: dict[str, dict[str, float]], derived: dict[str, dict[str, float]],
+                 prefixes: tuple[str, ...], types: tuple[str, ...]) -> None:
+    """A markdown table: each factor table's dense and expert columns it has, then the derived ones
+    (those of each of ``prefixes``)."""
     cols = [(f"{name}: {label}", kind, tab) for label, tab in tables.items()
             for kind, name in (("dense", "dense"), ("expert", "experts")) if any(k.startswith(kind) for k in tab)]
-    names = (prefix + "cpu_prompt", prefix + "cpu_expert_prompt")
+    names = tuple(prefix + c for prefix in prefixes for c in ("cpu_prompt", "cpu_expert_prompt"))
     print("| type | " + " | ".join(h for h, _, _ in cols) + " | " + " | ".join(names) + " |")
     print("|---|" + "---:|" * (len(cols) + len(names)))
     for t in types:
@@ -420,10 +441,12 @@ def report(records: list[Path], bench: list[Path], write: bool) -> int:
     rows = load(records)
     mainline, ik = factor_tables(rows, load(bench))
     derived = _columns_of(mainline, ik, rows)
-    _print_table(mainline, derived, "", TYPES)
+    from omni_place.kernels import CPU_SIMD
+
+    _print_table(mainline, derived, ("", *(f"{simd}_" for simd in CPU_SIMD)), TYPES)
     if ik:  # ik's on mainline's Q4_K scale, beside mainline's own by the same build kind
         print()
-        _print_table(ik, derived, "ik_", (*TYPES, *IK_TYPES))
+        _print_table(ik, derived, ("ik_",), (*TYPES, *IK_TYPES))
     if write:
         write_table(derived)
     return 0

@@ -230,7 +230,9 @@ _TABLE_HEAD = """\
 #   cpu_prompt        the CPU's prompt matmul (MUL_MAT) time per FLOP relative to Q4_K's, and
 #   cpu_expert_prompt the same for routed experts (MUL_MAT_ID): written by `python -m
 #                     benchmarks.cpu_prompt report --write` (benchmarks/results/cpu_prompt.md);
-#                     absent: Q4_K's
+#                     absent: Q4_K's; over the CPUs and both SIMD builds (a CPU whose build is unknown)
+#   avx2_cpu_prompt, avx2_cpu_expert_prompt, avx512_...  the same by one SIMD build's kernels (the
+#                     cluster's cpu `simd`); absent: the columns above
 #   ik_cpu_prompt, ik_cpu_expert_prompt  the same by ik_llama.cpp's CPU kernels, relative to
 #                     mainline's Q4_K on one CPU (the same report); absent: ik's Q4_K
 #   ik_cpu_decode_share  cpu_decode_share by ik's kernels where mainline's compute binds (the same
@@ -269,9 +271,11 @@ def is_default(column: str, value: Any) -> bool:
     return bool(value == WeightTypeSpeed.__dataclass_fields__[column].default)
 
 
-#: the H200 machine as `omni-place devices --measure` saw it (results/quant_speed/devices.txt)
+#: the H200 machine as `omni-place devices --measure` saw it (results/quant_speed/devices.txt); its
+#: llama.cpp a native build on an AVX-512 Xeon
 CLUSTER = (f'name = "h200-vm"\n[[devices]]\nname = "CUDA0"\nkind = "gpu"\ncatalog = "{GPU}"\n'
-           '[[devices]]\nname = "CPU"\nkind = "cpu"\nmemory_gib = 120\nbandwidth_gbs = 87.7\nthreads = 16\n')
+           '[[devices]]\nname = "CPU"\nkind = "cpu"\nmemory_gib = 120\nbandwidth_gbs = 87.7\nthreads = 16\n'
+           'simd = "avx512"\n')
 
 
 MOE_RECORDS = RESULTS / "quant_speed" / "moe15_ot_exps.jsonl"

@@ -40,7 +40,8 @@ from .cpuprobe import DEFAULT_DISK_GBS
 from .devices import Cluster, Device
 from .errors import ClusterError, InvalidArgumentError
 from .gpu_matmul import batch_rate, expert_time_factor, routed_tile_factor, uniform_tile_factor
-from .kernels import FA_OFF_LAYER_SHARE, KERNEL_FLOPS_PER_BYTE, KernelWork, kernel_work
+from .kernels import FA_OFF_LAYER_SHARE, KERNEL_FLOPS_PER_BYTE, KernelWork, ik_expert_time_scale, kernel_work
+from .layer_work import layer_work
 from .model import LayerCost, ModelProfile, Role
 from .placement import (CPU, EXPERT_KINDS, EXPERT_OPTIONS, Context, DeviceUsage, ExpertHomes, Placement, Prediction,
                         SpeedParams, add_seconds, expert_kind, on_cpu, placement_from_counts)
@@ -88,6 +89,7 @@ class CostModel:
         # Fraction of a layer's experts a ubatch touches (each token picks k of N).
         self.expert_hit = 1.0 - (1.0 - self.k_over_n) ** b if hp.n_expert else 1.0
         self.tile_factor = uniform_tile_factor(b, self.k_over_n, self.expert_hit)  # whole MMQ tiles per expert
+        self.cpu_expert_scale = ik_expert_time_scale(b * self.k_over_n) if c.ik_cpu_kernels and hp.n_expert else 1.0
         tg_depth, pp_depth = mean_depths(c.depth, c.n_prompt, c.n_gen, b)  # a bench test's mean
         depth_cells, full_cells = min(tg_depth, c.ctx), model.kv_cells(c.ctx, c.n_seq)
         self.kv_read = [kv * depth_cells / full_cells for kv in self.kv]
@@ -97,14 +99,9 @@ class CostModel:
         self._attn_tg = [f * min(depth_cells, w or depth_cells) for f, w in zip(cell, window)]  # per decoded token
         self.act_bytes = hp.n_embd * 4  # one token's activations (F32)
         self._expert_split: list[dict[str, dict[str, int]]] = [self._split_experts(lc) for lc in model.layers]
-        self._params = [[0.0, 0.0] for _ in model.layers]  # (dense, routed-expert) parameters
-        self._work = [[KernelWork(), KernelWork()] for _ in model.layers]  # the same as kernel work (kernels.py)
-        for t in model.tensors:
-            if t.layer is not None:
-                self._params[t.layer][t.role is Role.ROUTED_EXPERT] += t.info.n_elements
-                part, routed = self._work[t.layer], t.role is Role.ROUTED_EXPERT
-                part[routed] = part[routed].add(t.info.type_name, t.info.n_elements, t.bytes, routed=routed,
-                                                ik_cpu=c.ik_cpu_kernels)
+        work = layer_work(model, ik_cpu=c.ik_cpu_kernels, simd=self.cpu.simd)  # its kernels' work (kernels.py)
+        self._params, self._work, self._pp_work = work.params, work.decode, work.prompt
+        self.ffn_in_prompt, self.pp_dense_cpu_bytes = work.ffn_in_prompt, work.prompt_dense_cpu_bytes
         head = [t for t in model.tensors
                 if t.role is Role.OUTPUT or (model.tied_output and t.name == "token_embd.weight")]
         self._output_work = kernel_work((t.info.type_name, t.info.n_elements, t.bytes) for t in head)
@@ -347,12 +344,12 @@ class CostModel:
 
     def layer_params(self, il: int) -> tuple[float, float]:
         """(dense parameters, routed-expert parameters) of a layer."""
-        return self._params[il][0], self._params[il][1]
+        return self._params[il]
 
     def dense_flops(self, il: int, gpu: bool) -> float:
         """Prompt FLOPs per token of layer ``il``'s dense weights, in Q4_K's time on a GPU (MMQ) or
         on the CPU (each type's kernel, the engine's: Context.ik_cpu_kernels)."""
-        return self._work[il][0].prompt_flops if gpu else self._work[il][0].cpu_prompt_flops
+        return self._pp_work[il][0].prompt_flops if gpu else self._pp_work[il][0].cpu_prompt_flops
 
     def expert_work(self, il: int, stored_bytes: float) -> KernelWork:
         """Kernel work of one token's reads of ``stored_bytes`` of layer ``il``'s routed experts
@@ -438,8 +435,9 @@ class CostModel:
         experts on another GPU are computed there, a hop out and back per ubatch."""
         exp_total = sum(self._expert_split[il]["stored"].values())
         if home == CPU:
-            streamed = self.model.layers[il].dense["cpu"] + self.kv_read[il] + exp_total * self.expert_hit
-            return self._cpu_weights_pp(il, True, 1.0, streamed, first)
+            streamed = (self.pp_dense_cpu_bytes[il] + self.kv_read[il]
+                        + exp_total * self.expert_hit * self.ffn_in_prompt[il])
+            return self._cpu_weights_pp(il, True, self.ffn_in_prompt[il], streamed, first)
         _, away = self._away(il, experts)
         frac = {dev: b / exp_total for dev, b in away.items()}
         kept = 1 - frac.pop(CPU, 0.0) - sum(frac.values())  # the experts' share computed with the layer
@@ -455,7 +453,7 @@ class CostModel:
         hop out and back per ubatch each; the CPU's share last."""
         exp_total = sum(self._expert_split[il]["stored"].values())
         out: dict[str, float] = {}
-        for dev, stored in sorted(away.items(), key=lambda item: item[0] == CPU):
+        for dev, stored in sorted(away.items(), key=lambda item: item[0] == CPU) if self.ffn_in_prompt[il] else ():
             f = stored / exp_total
             part = (self._cpu_weights_pp(il, False, f, exp_total * f * self.expert_hit, first, self.experts_pinned)
                     if dev == CPU else
@@ -469,8 +467,9 @@ class CostModel:
         rate (gpu_matmul; Q4_K's time), on the CPU at ``cpu_moe_compute_eff`` of its dense rate
         (Q4_K's; each type's as :meth:`dense_flops`)."""
         if not gpu:
-            return self._work[il][1].cpu_prompt_flops * self.k_over_n / self.params.cpu_moe_compute_eff
-        flops = self._work[il][1].prompt_flops * self.k_over_n
+            return (self._pp_work[il][1].cpu_prompt_flops * self.k_over_n * self.cpu_expert_scale
+                    / self.params.cpu_moe_compute_eff)
+        flops = self._pp_work[il][1].prompt_flops * self.k_over_n
         return flops * expert_time_factor(self.tile_factor, self.params.gpu_moe_compute_eff)
 
     @property

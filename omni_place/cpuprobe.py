@@ -43,6 +43,7 @@ class CpuInfo:
     logical_cpus: int
     total_bytes: int | None
     available_bytes: int | None
+    flags: frozenset[str] = frozenset()  # the instruction-set flags of /proc/cpuinfo (x86 "flags")
 
 
 def _read(path: str) -> str | None:
@@ -59,9 +60,10 @@ def _usable_cpus() -> set[int] | None:
         return None
 
 
-def _parse_cpuinfo(text: str, usable: set[int] | None) -> tuple[str | None, int, int]:
-    """(model name, physical cores, logical CPUs) from /proc/cpuinfo, limited to ``usable``."""
+def _parse_cpuinfo(text: str, usable: set[int] | None) -> tuple[str | None, int, int, frozenset[str]]:
+    """(model name, physical cores, logical CPUs, flags) from /proc/cpuinfo, limited to ``usable``."""
     model: str | None = None
+    flags: frozenset[str] | None = None
     cores: set[tuple[str, str]] = set()
     logical = 0
     for block in text.split("\n\n"):
@@ -77,9 +79,11 @@ def _parse_cpuinfo(text: str, usable: set[int] | None) -> tuple[str | None, int,
             continue
         logical += 1
         model = model or fields.get("model name") or fields.get("Model") or fields.get("cpu model")
+        if flags is None and "flags" in fields:
+            flags = frozenset(fields["flags"].split())
         # Without topology fields (some ARM kernels, VMs) every logical CPU counts as a core.
         cores.add((fields.get("physical id", "0"), fields.get("core id", fields["processor"])))
-    return model, len(cores), logical
+    return model, len(cores), logical, flags or frozenset()
 
 
 def _meminfo() -> tuple[int | None, int | None]:
@@ -113,7 +117,7 @@ def _cgroup_memory() -> tuple[int | None, int | None]:
 def cpu_info() -> CpuInfo:
     """Model, cores and RAM of this machine, honouring CPU affinity and a cgroup memory limit."""
     usable = _usable_cpus()
-    model, physical, logical = _parse_cpuinfo(_read("/proc/cpuinfo") or "", usable)
+    model, physical, logical, flags = _parse_cpuinfo(_read("/proc/cpuinfo") or "", usable)
     if logical == 0:  # no /proc/cpuinfo (or nothing parsable)
         logical = len(usable) if usable else (os.cpu_count() or 1)
         physical = logical
@@ -129,6 +133,7 @@ def cpu_info() -> CpuInfo:
         logical_cpus=max(1, logical),
         total_bytes=total,
         available_bytes=available,
+        flags=flags,
     )
 
 

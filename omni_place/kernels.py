@@ -16,7 +16,9 @@ times Q4_K's time per FLOP; F16/BF16 go to cuBLAS. On the CPU a prompt's matmul 
 own kernel: repacked GEMMs for Q4_0 / Q4_K / IQ4_NL (``ggml/src/ggml-cpu/repack.cpp``), llamafile's
 tinyBLAS for some dense types, else a ``vec_dot`` per row and column, and routed experts
 (MUL_MAT_ID) never tinyBLAS: :attr:`WeightTypeSpeed.cpu_prompt` and ``cpu_expert_prompt`` are
-their times per FLOP relative to Q4_K's (``benchmarks/cpu_prompt.py``). ik_llama.cpp's CPU runs
+their times per FLOP relative to Q4_K's (``benchmarks/cpu_prompt.py``), per SIMD build where the
+cluster says which (:data:`CPU_SIMD`: the same type runs other kernels on AVX2 and AVX-512), else
+over both. ik_llama.cpp's CPU runs
 its own GEMMs for every type (ggml/src/iqk/iqk_mul_mat.cpp): ``ik_cpu_prompt`` and
 ``ik_cpu_expert_prompt``, on the same scale (mainline's Q4_K), and its own decode kernels, faster
 or slower where mainline's are bound by their compute (the i-quants: ``ik_cpu_decode_share``).
@@ -47,11 +49,44 @@ _WHERE = f"omni_place/data/{_FILE}"
 _FIELDS: dict[str, type | tuple[type, ...]] = {
     "type": str, "gpu_decode_flops": (int, float), "gpu_prompt": (int, float), "cpu_decode_share": (int, float),
 }
-#: columns a row may leave out: the CPU's prompt kernels, mainline's then ik_llama.cpp's (unmeasured
-#: for the type: Q4_K's time by the same kernels), and ik's decode where its kernel is not mainline's
-CPU_KERNEL_COLUMNS = ("cpu_prompt", "cpu_expert_prompt", "ik_cpu_prompt", "ik_cpu_expert_prompt",
-                      "ik_cpu_decode_share")
+#: the SIMD a CPU build of llama.cpp runs its kernels with (a native build: the CPU's best; a
+#: portable one, e.g. GGML_NATIVE=OFF: AVX2): each picks its own kernels per type (ggml/src/ggml-cpu/
+#: arch/x86/quants.c, repack.cpp), and their speeds differ by up to 1.8x (benchmarks/results/cpu_prompt.md)
+CPU_SIMD = ("avx2", "avx512")
+#: the CPU flags (/proc/cpuinfo) each needs, the widest first: ggml's AVX512 build needs F, BW, VL
+#: (ggml/src/ggml-cpu/CMakeLists.txt GGML_AVX512), its AVX2 build AVX2, FMA, F16C
+_SIMD_FLAGS = {"avx512": {"avx512f", "avx512bw", "avx512vl"}, "avx2": {"avx2", "fma", "f16c"}}
+
+
+def cpu_simd(flags: Iterable[str]) -> str | None:
+    """The SIMD a native build of llama.cpp runs on a CPU with these flags (None: neither, e.g. ARM)."""
+    have = set(flags)
+    return next((simd for simd, need in _SIMD_FLAGS.items() if need <= have), None)
+
+
+#: columns a row may leave out: the CPU's prompt kernels, mainline's (over both SIMD builds, then each
+#: build's) then ik_llama.cpp's (unmeasured for the type: Q4_K's time by the same kernels), and ik's
+#: decode where its kernel is not mainline's
+CPU_KERNEL_COLUMNS = ("cpu_prompt", "cpu_expert_prompt", *(f"{simd}_{c}" for simd in CPU_SIMD
+                                                           for c in ("cpu_prompt", "cpu_expert_prompt")),
+                      "ik_cpu_prompt", "ik_cpu_expert_prompt", "ik_cpu_decode_share")
 _OPTIONAL: dict[str, type | tuple[type, ...]] = {c: (int, float) for c in CPU_KERNEL_COLUMNS}
+#: ik_llama.cpp's CPU MUL_MAT_ID runs each expert's tokens through its GEMM, faster per FLOP the more
+#: of them a ubatch gives it: its expert columns hold at IK_EXPERT_TOKENS tokens per expert (ubatch
+#: 512, 128 experts of 8), and time per FLOP goes as tokens^-IK_EXPERT_TOKENS_EXP within the measured
+#: 16-128 (an EPYC 0.21, a Xeon 0.34; the EPYC flat from 8 to 16: benchmarks/results/cpu_prompt.md).
+#: Mainline's is flat.
+IK_EXPERT_TOKENS = 32.0
+IK_EXPERT_TOKENS_EXP = 0.27
+_IK_EXPERT_TOKENS_RANGE = (16.0, 128.0)
+
+
+def ik_expert_time_scale(tokens_per_expert: float) -> float:
+    """ik_llama.cpp's CPU expert time per FLOP at ``tokens_per_expert`` relative to its columns'."""
+    lo, hi = _IK_EXPERT_TOKENS_RANGE
+    return float((min(max(tokens_per_expert, lo), hi) / IK_EXPERT_TOKENS) ** -IK_EXPERT_TOKENS_EXP)
+
+
 #: the row of types the table lacks, and the type every other row is relative to
 FALLBACK_TYPE = "Q4_K"
 #: the decode kernels' rate is at least this many FLOPs per byte of a GPU's bandwidth: the H200's
@@ -72,8 +107,11 @@ class WeightTypeSpeed:
             MMQ rate (0: memory-bound on every GPU measured).
         gpu_prompt: MMQ time per FLOP relative to Q4_K's.
         cpu_decode_share: the CPU's decode read rate of this type relative to Q4_K's.
-        cpu_prompt: the CPU's prompt matmul (MUL_MAT) time per FLOP relative to Q4_K's.
+        cpu_prompt: the CPU's prompt matmul (MUL_MAT) time per FLOP relative to Q4_K's, over
+            both SIMD builds (a CPU whose build is unknown).
         cpu_expert_prompt: the same for routed experts (MUL_MAT_ID).
+        avx2_cpu_prompt / avx2_cpu_expert_prompt, avx512_...: the same by one SIMD build's
+            kernels (None: unmeasured, the mean's).
         ik_cpu_prompt / ik_cpu_expert_prompt: the same by ik_llama.cpp's kernels, relative to
             mainline's Q4_K (None: unmeasured, ik's Q4_K).
         ik_cpu_decode_share: ``cpu_decode_share`` by ik's kernels, where mainline's is bound by its
@@ -86,6 +124,10 @@ class WeightTypeSpeed:
     cpu_decode_share: float
     cpu_prompt: float = 1.0
     cpu_expert_prompt: float = 1.0
+    avx2_cpu_prompt: float | None = None
+    avx2_cpu_expert_prompt: float | None = None
+    avx512_cpu_prompt: float | None = None
+    avx512_cpu_expert_prompt: float | None = None
     ik_cpu_prompt: float | None = None
     ik_cpu_expert_prompt: float | None = None
     ik_cpu_decode_share: float | None = None
@@ -94,15 +136,18 @@ class WeightTypeSpeed:
         """The CPU's decode read rate relative to Q4_K's, by mainline's kernels or ik_llama.cpp's."""
         return self.ik_cpu_decode_share if ik and self.ik_cpu_decode_share is not None else self.cpu_decode_share
 
-    def cpu_prompt_time(self, routed: bool, ik: bool) -> float:
+    def cpu_prompt_time(self, routed: bool, ik: bool, simd: str | None = None) -> float:
         """The CPU's prompt time per FLOP relative to mainline's dense (``routed``: expert) Q4_K, by
-        mainline's kernels or ik_llama.cpp's (``ik``)."""
+        mainline's kernels of the ``simd`` build (:data:`CPU_SIMD`; None: unknown) or
+        ik_llama.cpp's (``ik``; measured on AVX-512)."""
+        column = "cpu_expert_prompt" if routed else "cpu_prompt"
         if not ik:
-            return self.cpu_expert_prompt if routed else self.cpu_prompt
-        own = self.ik_cpu_expert_prompt if routed else self.ik_cpu_prompt
+            own = getattr(self, f"{simd}_{column}") if simd in CPU_SIMD else None
+            return own if own is not None else getattr(self, column)
+        own = getattr(self, f"ik_{column}")
         if own is None:  # unmeasured: ik's Q4_K, else mainline's
             q4_k = weight_type_speeds()[FALLBACK_TYPE]
-            return 1.0 if q4_k is self else q4_k.cpu_prompt_time(routed, ik)
+            return 1.0 if q4_k is self else q4_k.cpu_prompt_time(routed, ik, simd)
         return own
 
 
@@ -116,12 +161,12 @@ class KernelWork:
     cpu_prompt_flops: float = 0.0  # the same in the CPU's Q4_K time (routed: as experts; ik: its kernels')
 
     def add(self, type_name: str, n_elements: int, n_bytes: int, *, routed: bool = False,
-            ik_cpu: bool = False) -> KernelWork:
+            ik_cpu: bool = False, simd: str | None = None) -> KernelWork:
         s = weight_type_speed(type_name)
         return KernelWork(self.gpu_decode_flops + n_elements * s.gpu_decode_flops,
                           self.cpu_decode_bytes + n_bytes / s.cpu_decode(ik_cpu),
                           self.prompt_flops + 2.0 * n_elements * s.gpu_prompt,
-                          self.cpu_prompt_flops + 2.0 * n_elements * s.cpu_prompt_time(routed, ik_cpu))
+                          self.cpu_prompt_flops + 2.0 * n_elements * s.cpu_prompt_time(routed, ik_cpu, simd))
 
     def plus(self, other: KernelWork) -> KernelWork:
         return KernelWork(self.gpu_decode_flops + other.gpu_decode_flops,

@@ -129,8 +129,10 @@ def build_arrays(cost: CostModel, orders: Sequence[tuple[str, ...]], unit: int =
         nextn = lc.is_nextn
         tcpu_tg[il] = 0.0 if nextn else sum(cost.layer_tg(il, CPU, frozenset()).values())
         # pp of CPU-held weights goes through stream x stream_rate[first]
-        exp_total = cost.expert_bytes(il, "stored", None, False) if experts_streamed else 0
-        stream_cpu[il] = 0.0 if nextn else (lc.dense["cpu"] + cost.kv_read[il]
+        # (a prompt's last layer copies none of its FFN: CostModel.ffn_in_prompt)
+        ffn = cost.ffn_in_prompt[il]
+        exp_total = cost.expert_bytes(il, "stored", None, False) * ffn if experts_streamed else 0
+        stream_cpu[il] = 0.0 if nextn else (cost.pp_dense_cpu_bytes[il] + cost.kv_read[il]
                                              + exp_total * cost.expert_hit) / cost.n_tokens
         if not nextn:
             flops_streamed += cost.dense_flops(il, gpu=True)
@@ -139,7 +141,7 @@ def build_arrays(cost: CostModel, orders: Sequence[tuple[str, ...]], unit: int =
             if not experts_streamed:  # a CPU layer's experts computed by the CPU
                 tcpu_pp[il] = cost.expert_flops(il, gpu=False) / cost.flops(CPU)
         for o, kinds in enumerate(EXPERT_OPTIONS):
-            cpu_bytes = cost.expert_bytes(il, "stored", kinds, True) if experts_streamed else 0
+            cpu_bytes = cost.expert_bytes(il, "stored", kinds, True) * ffn if experts_streamed else 0
             stream[il, o] = 0.0 if nextn else cpu_bytes * cost.expert_hit / cost.n_tokens
         for d, name in enumerate(names):
             backend = backend_of(cluster.by_name(name))

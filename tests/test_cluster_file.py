@@ -402,3 +402,36 @@ def test_disk_gbs_is_a_cpu_figure(tmp_path: Path) -> None:
         load_cluster(gpu, nvml=None)
     assert measure_disk_read_bandwidth(tmp_path, size_bytes=8 << 20) > 0
     assert not list(tmp_path.glob("omni_place_disk_*"))  # the probe file is removed
+
+
+def test_simd_says_which_cpu_kernels_the_engine_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``simd`` names the CPU build's SIMD (kernels.CPU_SIMD); a file's CPU without it is priced
+    over both builds, a CPU the file leaves out takes this machine's flags' widest (a native build)."""
+    from omni_place import cpuprobe
+    from omni_place.kernels import cpu_simd
+
+    ok = tmp_path / "ok.toml"
+    ok.write_text('[[devices]]\nname = "CPU"\nkind = "cpu"\nmemory_gib = 64\nbandwidth_gbs = 80\nsimd = "avx2"\n')
+    assert load_cluster(ok, nvml=None).cpu.simd == "avx2"
+    for bad, msg in (('simd = "avx1024"', "not one of avx2, avx512"), ("simd = 512", "must be a string")):
+        p = tmp_path / "bad.toml"
+        p.write_text(f'[[devices]]\nname = "CPU"\nkind = "cpu"\nmemory_gib = 64\n{bad}\n')
+        with pytest.raises(ClusterError, match=msg):
+            load_cluster(p, nvml=None)
+    gpu = tmp_path / "gpu.toml"
+    gpu.write_text('[[devices]]\nname = "CUDA0"\nkind = "gpu"\ncatalog = "RTX 4090"\nsimd = "avx2"\n')
+    with pytest.raises(ClusterError, match="does not apply"):
+        load_cluster(gpu, nvml=None)
+    assert cpu_simd("fpu avx2 fma f16c avx512f avx512bw avx512vl".split()) == "avx512"
+    assert cpu_simd("fpu avx2 fma f16c avx512f".split()) == "avx2"  # F alone is not ggml's AVX512 build
+    assert cpu_simd("fp asimd sve".split()) is None
+    text = "processor\t: 0\nmodel name\t: X\nflags\t\t: fpu avx2 fma f16c\n\nprocessor\t: 1\nmodel name\t: X\n"
+    assert cpuprobe._parse_cpuinfo(text, None)[3] == {"fpu", "avx2", "fma", "f16c"}
+    monkeypatch.setattr(cluster_mod, "cpu_info", lambda: cpuprobe.CpuInfo("X", 4, 8, 64 << 30, 60 << 30,
+                                                                           frozenset({"avx2", "fma", "f16c"})))
+    half = tmp_path / "half.toml"
+    half.write_text('[[devices]]\nname = "CPU"\nkind = "cpu"\nbandwidth_gbs = 80\n')
+    assert load_cluster(half, nvml=None).cpu.simd is None
+    no_cpu = tmp_path / "no_cpu.toml"  # the whole CPU from this machine
+    no_cpu.write_text('[[devices]]\nname = "CUDA0"\nkind = "gpu"\ncatalog = "RTX 4090"\n')
+    assert load_cluster(no_cpu, nvml=None).cpu.simd == "avx2"

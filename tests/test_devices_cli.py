@@ -82,7 +82,7 @@ def test_preset_seed(capsys: pytest.CaptureFixture[str]) -> None:
     rows = {line.split()[0]: line for line in out.splitlines()[2:]}
     assert "RTX PRO 6000 Blackwell Workstation" in rows["CUDA0"] and "-/96.0" in rows["CUDA0"]
     assert "RTX 5090" in rows["CUDA1"] and "PCIe5 x16 63.0 GB/s" in rows["CUDA1"]
-    assert "360" in rows["CPU"] and "(32 threads)" in rows["CPU"]
+    assert "360" in rows["CPU"] and "(32 threads, AVX512)" in rows["CPU"]
     code, out, _ = run(capsys, "--preset", "seed", "--format", "json")
     assert json.loads(out)["name"] == "seed"
 

@@ -637,12 +637,13 @@ def test_second_rig_moe_prompt_shows_the_synthetic_routers_collapse(
     copies only the experts a ubatch touched and ran 16-20x the uniform price. ik_llama.cpp
     offloads no expert matmul of moe33 at ubatch 512 (256 experts, 8 used: 512 x 8 < 32 x 256,
     ik ggml-cuda.cu:5180-5207), so the CPU computes them at ik's own kernels' rate
-    (weight_types.toml ik_cpu_expert_prompt; Q4_K's is the geometric mean of the EPYC's measured
-    and this Xeon's from these runs, benchmarks/cpu_prompt.ik_host_factors): -0..+19 % but for
-    the plan's one sample on rig_12 (+57 %, see above). At mainline's rate, before, they came
-    out 2-38 % under what ran; at the EPYC's alone, +7..+73 %."""
+    (weight_types.toml ik_cpu_expert_prompt; Q4_K's is the geometric mean of two 2-vCPU machines'
+    measured and this Xeon's from these runs, benchmarks/cpu_prompt.ik_host_factors), at 16 tokens
+    per expert 1.2x their time (kernels.ik_expert_time_scale): -11..+5 % but for the plan's one
+    sample on rig_12 (+37 %, see above). At mainline's rate (before session 33) they came out 2-38 %
+    under what ran; at the EPYC's alone, +7..+73 %; session 33's columns -0..+19 % (+57 %)."""
     moe = [r for r in second_rig["idle_cpu"] if r["model"] == "moe33"]
     assert all(r["pp_err"] < -0.9 for r in moe if r["engine"] == "llama.cpp")
     ik = {(r["rig"], r["config"]): r["pp_err"] for r in moe if r["engine"] == "ik_llama.cpp"}
-    assert len(ik) == 8 and ik.pop(("rig_12", "omni_place")) < 0.6
-    assert all(-0.05 < e < 0.2 for e in ik.values()), ik
+    assert len(ik) == 8 and ik.pop(("rig_12", "omni_place")) < 0.45
+    assert all(-0.13 < e < 0.1 for e in ik.values()), ik

@@ -38,8 +38,9 @@ def _link(dev: Device) -> str:
 def _model(dev: Device) -> str:
     model = dev.model or "-"
     if dev.kind == "cpu" and dev.threads:
+        simd = f", {dev.simd.upper()}" if dev.simd else ""
         disk = f", disk {dev.disk_gbs:.1f} GB/s" if dev.disk_gbs else ""
-        return f"{model} ({dev.threads} threads{disk})"
+        return f"{model} ({dev.threads} threads{simd}{disk})"
     if dev.kind == "rpc":
         return f"{model} @ {dev.endpoint}"
     return model
@@ -127,6 +128,9 @@ def devices_command(cluster_file: str | None, preset: str | None, measure: bool,
       peer_access      true | false: GPU peer-to-peer works (gpu)
       endpoint         rpc-server address "host:port" (rpc, required)
       threads          CPU threads for the engine (cpu)
+      simd             avx512 | avx2: the SIMD the engine's CPU build runs (cpu; prices the CPU's
+                       prompt kernels per type; left out: priced over both, unless no file
+                       describes the CPU: then this CPU's flags give it, as a native build)
       disk_gbs         read GB/s of the disk the model is on (cpu; weights beyond RAM page in
                        from it with plan --allow-paging; default 2, --measure measures it)
       margin_mib       memory kept free on the device, MiB (default 512)

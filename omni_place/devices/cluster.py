@@ -21,6 +21,7 @@ from ..cpuprobe import (DEFAULT_CPU_BANDWIDTH_GBS, cpu_info, measure_disk_read_b
                         others_cpu_share)
 from ..catalog import DEFAULT_SPEED_ROW, SpeedShare, speed_share
 from ..errors import ClusterError
+from ..kernels import CPU_SIMD, cpu_simd
 from ..units import GiB, MiB
 from ..validate import choice, flag, integer, number, show, text
 
@@ -89,6 +90,8 @@ class Device:
         endpoint: ``host:port`` of the RPC server (rpc only).
         host: the machine the device sits in (``"local"`` for this one).
         threads: CPU threads the engine should use (cpu only).
+        simd: the SIMD the engine's CPU kernels are built for, one of kernels.CPU_SIMD (cpu only;
+            None: unknown, priced over both).
         disk_gbs: read bandwidth of the disk the model file is on, GB/s (cpu only): what
             weights that do not fit in RAM are paged in at (``--allow-paging``).
         margin_bytes: memory kept free on this device.
@@ -115,6 +118,7 @@ class Device:
     endpoint: str | None = None
     host: str = "local"
     threads: int | None = None
+    simd: str | None = None
     disk_gbs: float | None = None
     margin_bytes: int = DEFAULT_MARGIN_BYTES
     compute_capability: str | None = None
@@ -144,6 +148,10 @@ class Device:
             number(self.link_latency_us, "link_latency_us", lo=0, hi=1e7, error=bad)
         if self.threads is not None:
             integer(self.threads, "threads", lo=1, hi=4096, error=bad)
+        if self.simd is not None:
+            choice(self.simd, "simd", CPU_SIMD, error=bad)
+            if self.kind != "cpu":
+                raise bad(f"simd applies to the cpu device only (this one is {self.kind})")
         for key in ("model", "endpoint", "host", "compute_capability", "uuid", "pci_bus_id"):
             if getattr(self, key) is not None:
                 text(getattr(self, key), key, max_len=300, error=bad)
@@ -284,7 +292,10 @@ def _cpu_notes(cpu: Device) -> list[str]:
 
 
 def _local_cpu(*, measure: bool, given: Mapping[str, Any] | None = None) -> Device:
-    """The CPU device of this machine; figures in ``given`` (from a cluster file) win."""
+    """The CPU device of this machine; figures in ``given`` (from a cluster file) win. ``simd`` is
+    the engine build's, not only the CPU's: this CPU's flags give it only where no file describes
+    the CPU (``given`` None); a file's CPU without it is priced over both builds."""
+    probe_simd = given is None
     given = dict(given or {})
     info = cpu_info()
     source: dict[str, str] = {}
@@ -322,6 +333,11 @@ def _local_cpu(*, measure: bool, given: Mapping[str, Any] | None = None) -> Devi
     elif measure:
         given["disk_gbs"] = measure_disk_read_bandwidth()
         source["disk"] = "measured"
+    if given.get("simd") is not None:
+        source["simd"] = "file"
+    elif probe_simd and (simd := cpu_simd(info.flags)) is not None:
+        given["simd"] = simd
+        source["simd"] = "os"
     model = given.pop("model", None) or info.model
     return Device(name="CPU", kind="cpu", memory_bytes=int(memory), bandwidth_gbs=float(bandwidth),
                   model=model, total_bytes=total if total is not None else int(memory),

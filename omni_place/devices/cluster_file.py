@@ -27,6 +27,7 @@ else:  # pragma: no cover
 
 from ..catalog import PCIE_GBS_PER_LANE, PCIE_WIDTHS, GpuSpec, lookup, pcie_gbs, suggest
 from ..errors import ClusterError, InvalidArgumentError
+from ..kernels import CPU_SIMD
 from ..units import GiB, MiB
 from ..validate import decode_text, number, read_file, show, text
 from .cluster import (
@@ -71,6 +72,7 @@ _DEVICE_KEYS: dict[str, tuple[type | tuple[type, ...], tuple[str, ...]]] = {
     "compute_capability": (str, ("gpu",)),
     "endpoint": (str, ("rpc",)),
     "threads": (int, ("cpu",)),
+    "simd": (str, ("cpu",)),
     "disk_gbs": (_NUMBER, ("cpu",)),
     "margin_mib": (_NUMBER, KINDS),
     "host": (str, KINDS),
@@ -84,7 +86,7 @@ _ENDPOINT = re.compile(r"(?:\[(?P<v6>[^\]]+)\]|(?P<host>[A-Za-z0-9](?:[A-Za-z0-9
 MAX_CLUSTER_BYTES = 1 << 20
 #: Text values: names and hosts are identifiers, descriptions a sentence or two.
 _MAX_TEXT = {"name": 128, "description": 4096, "model": 128, "catalog": 128, "host": 253, "endpoint": 300,
-             "kind": 16, "compute_capability": 8}
+             "kind": 16, "compute_capability": 8, "simd": 16}
 _COMPUTE_CAPABILITY = re.compile(r"[0-9]{1,2}\.[0-9]", re.ASCII)
 _PRESET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
@@ -274,7 +276,11 @@ class _FileParser:
                             'e.g. compute_capability = "8.9"')
         if "compute_capability" in table or spec is not None:
             out["compute_capability"] = table.get("compute_capability", spec.compute_capability if spec else None)
-        for key in ("threads", "peer_access", "host", "disk_gbs"):
+        if "simd" in table and table["simd"] not in CPU_SIMD:
+            raise self.fail(at("simd"), f"device {name!r}: simd {show(table['simd'])} is not one of "
+                            f"{', '.join(CPU_SIMD)}", "the widest SIMD the engine's CPU build uses: avx512 on "
+                            "a CPU with AVX-512 (a native build), else avx2")
+        for key in ("threads", "peer_access", "host", "disk_gbs", "simd"):
             if key in table:
                 out[key] = table[key]
         if "margin_mib" in table:
@@ -444,7 +450,7 @@ def _build(doc: dict[str, Any], parser: _FileParser, parsed: list[dict[str, Any]
             cpu_given = kwargs
             continue
         devices.append(Device(**kwargs))
-    given = {k: v for k, v in (cpu_given or {}).items() if k not in ("name", "kind", "source")}
+    given = {k: v for k, v in cpu_given.items() if k not in ("name", "kind", "source")} if cpu_given else None
     cpu = _local_cpu(measure=measure, given=given)
     if cpu_given is None:
         notes.append("no cpu device in the file: using this machine's CPU")
