@@ -146,8 +146,9 @@ def priced(records: list[dict[str, Any]], folder: Path, cpu_tflops_per_core: flo
         if not cluster.exists():
             cluster.write_text(f'name = "cpu"\n[[devices]]\nname = "CPU"\nkind = "cpu"\nmemory_gib = 16\n'
                                f'bandwidth_gbs = {r["bandwidth_gbs"]}\nthreads = {r["threads"]}\n')
-        argv = ["-ngl", "0", "-p", "0", "-n", str(N_GEN), "-d", str(r["depth"]), "-fa", str(int(r["flash_attn"])),
-                "-t", str(r["threads"])]
+        test = (["-n", "0", "-gp", f"{r['depth']},{N_GEN}"] if r.get("engine") == "ik_llama.cpp"  # ik has no -d
+                else ["-n", str(N_GEN), "-d", str(r["depth"])])
+        argv = ["-ngl", "0", "-p", "0", *test, "-fa", str(int(r["flash_attn"])), "-t", str(r["threads"])]
         tg = evaluate(models[r["shape"]], str(cluster), argv, tool="bench", params=params,
                       engine=r.get("engine") or "llama.cpp").predicted.tg_tps
         out.append((r, 1e3 * statistics.median(r["samples_s"]), 1e3 / tg))

@@ -61,12 +61,15 @@ def cpu_decode_kv_s(kv_bytes: float, flops: float, bandwidth: float, rate: float
     return max(kv_bytes / min(bandwidth, rate * per_flop[flash_attn]), flops / (rate * share[flash_attn]))
 
 
-def mean_depths(depth: int, n_prompt: int, n_gen: int, n_tokens: int) -> tuple[float, float]:
+def mean_depths(depth: int, n_prompt: int, n_gen: int, n_tokens: int,
+                prompt_depth: int | None = None) -> tuple[float, float]:
     """(decode, prompt) mean cached tokens before a decoded token and before a prompt's ubatch of
     ``n_tokens``, in a llama-bench test of ``n_gen`` decodes or ``n_prompt`` prompt tokens after
-    ``depth`` (tools/llama-bench/llama-bench.cpp ``test_gen``, ``test_prompt``): decode ``i`` follows
-    ``depth + i`` cells, ubatch ``j`` ``depth + j x n_tokens``. 0 tokens: one decode, one ubatch."""
-    return depth + max(0, n_gen - 1) / 2, depth + max(0, n_prompt - n_tokens) / 2
+    ``depth`` (tools/llama-bench/llama-bench.cpp ``test_gen``, ``test_prompt``; the prompt's after
+    ``prompt_depth`` where given): decode ``i`` follows ``depth + i`` cells, ubatch ``j`` ``depth +
+    j x n_tokens``. 0 tokens: one decode, one ubatch."""
+    pp_depth = depth if prompt_depth is None else prompt_depth
+    return depth + max(0, n_gen - 1) / 2, pp_depth + max(0, n_prompt - n_tokens) / 2
 
 
 def attended_cells(depth: float, n_tokens: int, flash_attn: bool, window: int = 0) -> float:

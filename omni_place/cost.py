@@ -90,7 +90,7 @@ class CostModel:
         self.expert_hit = 1.0 - (1.0 - self.k_over_n) ** b if hp.n_expert else 1.0
         self.tile_factor = uniform_tile_factor(b, self.k_over_n, self.expert_hit)  # whole MMQ tiles per expert
         self.cpu_expert_scale = ik_expert_time_scale(b * self.k_over_n) if c.ik_cpu_kernels and hp.n_expert else 1.0
-        tg_depth, pp_depth = mean_depths(c.depth, c.n_prompt, c.n_gen, b)  # a bench test's mean
+        tg_depth, pp_depth = mean_depths(c.depth, c.n_prompt, c.n_gen, b, c.prompt_depth)  # a bench test's mean
         depth_cells, full_cells = min(tg_depth, c.ctx), model.kv_cells(c.ctx, c.n_seq)
         self.kv_read = [kv * depth_cells / full_cells for kv in self.kv]
         cell = [2.0 * hp.n_head[il] * (hp.head_dim_k + hp.head_dim_v) if kv else 0.0 for il, kv in enumerate(self.kv)]

@@ -206,6 +206,7 @@ class Context:
     # earlier ones (attention.mean_depths); 0: one token, one ubatch (a server at ``depth``)
     n_prompt: int = 0
     n_gen: int = 0
+    prompt_depth: int | None = None  # the prompt test's depth where it is not ``depth`` (ik's -gp)
     n_seq: int = 1
     swa_full: bool = False  # SWA layers' KV sized for the whole context (ik_llama.cpp)
     allow_paging: bool = False  # CPU-held weights beyond RAM may page from disk (mmap), priced at disk speed

@@ -567,6 +567,7 @@ def evaluate(model: str | ModelProfile, cluster: str | Cluster, argv: Sequence[s
     run = tool_context(parsed, engine_rules.tool_defaults(tool), prof.hparams.n_ctx_train, ctx)
     context = rules.context(ctx=run.ctx, n_ubatch=run.n_ubatch, type_k=parsed.type_k, type_v=parsed.type_v,
                             flash_attn=run.flash_attn, depth=run.depth, n_prompt=run.n_prompt, n_gen=run.n_gen,
+                            prompt_depth=run.prompt_depth,
                             allow_paging=allow_paging, pinned_weights=parsed.pinned_weights,
                             op_offload=parsed.op_offload, fused_moe=parsed.fused_moe)
     prof.check_kv_types(context.type_k, context.type_v, context.flash_attn)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -324,3 +325,27 @@ def test_memory_unit_grows_only_for_large_clusters() -> None:
     big = rig(*[(48, 900)] * 16)
     unit = memory_unit(big)
     assert unit > 1 << 20 and max(d.usable_bytes for d in big.gpus) / unit <= 4096
+
+
+def test_ik_bench_tests_are_its_own(deepseek: Any) -> None:
+    """ik_llama.cpp's llama-bench has no -d (it stops: "invalid parameter"); its -gp D,N decodes N
+    tokens after an untimed D-token prompt in a context of D + N
+    (examples/llama-bench/llama-bench.cpp:559-569, 1046): the decode is priced at that depth, the
+    -p prompt test at its own (none), and the context holds the deepest test. -pg P,N (both
+    engines) sizes the context; anything but two counts is refused as the engine refuses it."""
+    with pytest.raises(InvalidArgumentError, match="has no -d"):
+        evaluate(deepseek, "seed", ["-ngl", "99", "-ot", "exps=CPU", "-d", "4096"], engine="ik_llama.cpp", tool="bench")
+    for bad in ("4096", "4096,128,1", "a,1", "4096,-1"):
+        with pytest.raises(InvalidArgumentError, match="-gp"):
+            evaluate(deepseek, "seed", ["-ngl", "99", "-gp", bad], engine="ik_llama.cpp", tool="bench")
+    base = ["-ngl", "99", "-ot", "exps=CPU"]
+    plain = evaluate(deepseek, "seed", base, engine="ik_llama.cpp", tool="bench")
+    deep = evaluate(deepseek, "seed", [*base, "-gp", "16384,64", "-gp", "1024,64"], engine="ik_llama.cpp",
+                    tool="bench")
+    assert (plain.context.ctx, deep.context.ctx) == (512, 16384 + 64)
+    assert (deep.context.depth, deep.context.n_gen, deep.context.prompt_depth) == (16384, 64, 0)
+    assert deep.predicted.tg_tps < plain.predicted.tg_tps
+    assert deep.predicted.pp_tps == pytest.approx(plain.predicted.pp_tps, rel=0.02)  # pp512 at depth 0 in both
+    assert not any("-gp" in a for a in deep.assumptions if a.startswith("not priced"))
+    pg = evaluate(deepseek, "seed", [*base, "-pg", "2048,128", "-d", "1024"], tool="bench")
+    assert pg.context.ctx == 2048 + 128 + 1024

@@ -144,7 +144,7 @@ def _prepare(i: int, rec: Any, engine: str | None, skipped: Counter[str]) -> _Ru
     if parsed.n_prompt and parsed.n_gen:
         skipped["prompt+generation test (-pg): its rate mixes both"] += 1
         return None
-    if not parsed.n_prompt and not parsed.n_gen:
+    if not parsed.n_prompt and not parsed.n_gen and not parsed.gp_tests:  # ik's -gp D,N: N decodes
         skipped["a test of no tokens"] += 1
         return None
     # ik's first prompt repetition runs cold: priced is the warm speed (records.steady_tps)
@@ -212,7 +212,7 @@ def import_text(text: str, model: ModelProfile, cluster: Cluster, *, engine: str
             tc = tool_context(run.parsed, rules.tool_defaults("bench"), n_ctx_train)
             context = rules.traits.context(ctx=tc.ctx, n_ubatch=tc.n_ubatch, type_k=run.parsed.type_k,
                                            type_v=run.parsed.type_v, flash_attn=tc.flash_attn, depth=tc.depth,
-                                           n_prompt=tc.n_prompt, n_gen=tc.n_gen,
+                                           n_prompt=tc.n_prompt, n_gen=tc.n_gen, prompt_depth=tc.prompt_depth,
                                            pinned_weights=run.parsed.pinned_weights,
                                            op_offload=run.parsed.op_offload, fused_moe=run.parsed.fused_moe)
             model.check_kv_types(context.type_k, context.type_v, context.flash_attn)

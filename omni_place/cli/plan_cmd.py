@@ -288,8 +288,10 @@ def check_cmd(model: str, cluster_file: str | None, preset: str | None, engine: 
 
     Settings the flags leave out are the tool's defaults: no -c (or -c 0) is the model's training
     context, as llama.cpp does (llama-server's --fit may lower it; give -c N to price another);
-    llama-bench runs -p 512 -n 128 with -fa 0. Flags that do not change placement or memory are
-    listed as not priced (a warning on stderr); values the engine refuses are errors.
+    llama-bench runs -p 512 -n 128 with -fa auto (on), each test in a context of its own size: its
+    decode priced after -d D tokens (ik's llama-bench has no -d: its -gp D,N), -pg P,N sized.
+    Flags that do not change placement or memory are listed as not priced (a warning on stderr);
+    values the engine refuses are errors.
 
     Exit 0 when it fits, 3 when a device overflows (named, with the amount), 2 on bad input.
 

@@ -58,6 +58,10 @@ class ParsedArgs:
     n_prompt: int | None = None  # llama-bench -p
     n_gen: int | None = None  # llama-bench -n
     n_depth: int | None = None  # llama-bench -d
+    # llama-bench's (prompt, gen) pair tests: -pg P,N (both engines: P prompt tokens then N decodes,
+    # timed together) and ik's -gp D,N (N decodes after an untimed D-token prompt)
+    pg_tests: list[tuple[int, int]] = field(default_factory=list)
+    gp_tests: list[tuple[int, int]] = field(default_factory=list)
     # CPU-held weights loaded without mmap land in the first GPU's pinned host buffer (CUDA_Host)
     # and op offload copies them at the pinned rate (src/llama-model-loader.cpp:1269-1277)
     pinned_weights: bool = False
@@ -105,6 +109,7 @@ class ToolContext:
     # a llama-bench test's prompt tokens and decoded tokens after ``depth`` (0: not a bench run)
     n_prompt: int = 0
     n_gen: int = 0
+    prompt_depth: int | None = None  # the prompt test's depth where it is not the decode's
 
 
 def tool_context(parsed: ParsedArgs, defaults: ToolDefaults, n_ctx_train: int, ctx: int | None = None) -> ToolContext:
@@ -114,14 +119,25 @@ def tool_context(parsed: ParsedArgs, defaults: ToolDefaults, n_ctx_train: int, c
     min(n_ctx, n_batch)`` (causal attention); ``n_ubatch = min(n_batch, n_ubatch or n_batch)``."""
     notes: list[str] = []
     depth = p = n = 0
+    prompt_depth = None
+    tests = ""
     if defaults.ctx is None:  # llama-bench: the test sizes
         p = defaults.n_prompt if parsed.n_prompt is None else parsed.n_prompt
         n = defaults.n_gen if parsed.n_gen is None else parsed.n_gen
         depth = defaults.n_depth if parsed.n_depth is None else parsed.n_depth
+        tests = f"-p {p}, -n {n}" + (f", -d {depth}" if parsed.n_depth is not None else "")
+        sizes = [max(p, n) + depth] + [pp + tg + depth for pp, tg in parsed.pg_tests]
+        tests += "".join(f", -pg {pp},{tg}" for pp, tg in parsed.pg_tests)
+        if parsed.gp_tests:  # ik: each a context of D + N (examples/llama-bench/llama-bench.cpp:1046)
+            sizes += [d + tg for d, tg in parsed.gp_tests]
+            tests += "".join(f", -gp {d},{tg}" for d, tg in parsed.gp_tests)
+            gp_depth, gp_gen = max(parsed.gp_tests, key=sum)  # the decode priced: the deepest -gp test
+            notes.append(f"decode priced as -gp {gp_depth},{gp_gen}: {gp_gen} tokens after a {gp_depth}-token prompt")
+            prompt_depth, depth, n = depth, gp_depth, gp_gen
     n_ctx = parsed.ctx if parsed.ctx is not None else ctx
-    if n_ctx is None and defaults.ctx is None:  # llama-bench: the larger test's context
-        n_ctx = max(p, n) + depth
-        notes.append(f"context {n_ctx}: llama-bench's largest test (-p {p}, -n {n}, -d {depth})")
+    if n_ctx is None and defaults.ctx is None:  # llama-bench: the largest test's context
+        n_ctx = max(sizes)
+        notes.append(f"context {n_ctx}: llama-bench's largest test ({tests})")
     elif n_ctx is None or n_ctx == 0:
         if not n_ctx_train:
             raise InvalidArgumentError("the model states no training context, which -c 0 (the default) would use",
@@ -137,7 +153,7 @@ def tool_context(parsed: ParsedArgs, defaults: ToolDefaults, n_ctx_train: int, c
     fa = defaults.flash_attn if parsed.flash_attn is None else parsed.flash_attn
     if parsed.unpriced:
         notes.append("not priced (assumed not to change placement or memory): " + " ".join(parsed.unpriced))
-    return ToolContext(n_ctx, n_ubatch, fa, depth, tuple(notes), p, n)
+    return ToolContext(n_ctx, n_ubatch, fa, depth, tuple(notes), p, n, prompt_depth)
 
 
 class OverrideMatcher:

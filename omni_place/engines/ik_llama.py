@@ -298,11 +298,17 @@ def parse_args(argv: Sequence[str], tool: str = "server") -> llama_cpp.ParsedArg
     mainline, plus ik's fused-MoE switch). The library's ``-ncmoe``/``-cmoe`` stay a count (see
     :func:`decode`); llama-bench's ``--n-cpu-moe N`` is first-N patterns in argument order."""
     out = llama_cpp.parse_args(argv, ncmoe="patterns" if tool == "bench" else "count", tool=tool)
+    if tool == "bench" and out.n_depth is not None:  # examples/llama-bench/llama-bench.cpp:906-915
+        raise InvalidArgumentError("ik_llama.cpp's llama-bench has no -d / --n-depth: it stops (\"invalid "
+                                   "parameter for argument\")", hint="its -gp D,N decodes N tokens after a "
+                                   "D-token prompt (-gp 4096,128 for mainline's -d 4096 -n 128)")
     unpriced = []
     for item in out.unpriced:
         words = shlex.split(item)
         flag, eq, inline = words[0].partition("=")
-        if tool != "bench" and words == [flag] and flag in _NO_FUSED_MOE:
+        if tool == "bench" and flag == "-gp":  # examples/llama-bench/llama-bench.cpp:559-569
+            out.gp_tests.append(llama_cpp.pair_test(flag, words[1] if len(words) > 1 else ""))
+        elif tool != "bench" and words == [flag] and flag in _NO_FUSED_MOE:
             out.fused_moe = False
         elif tool == "bench" and flag in _FUSED_MOE:
             value = inline if eq else (words[1] if len(words) > 1 else "")
@@ -388,8 +394,9 @@ def bench_record_flags(rec: Mapping[str, Any]) -> BenchRecordFlags:
         argv += ["-ot", overrides]
     fa = "1" if record_switch(rec, "flash_attn", True) else "0"
     if _GP_TEST.fullmatch(record_text(rec, "test", "")):  # -gp D,N: N decodes after an untimed D-token
-        # prompt (examples/llama-bench/llama-bench.cpp:1415, 2245), as mainline's -d D -n N
-        argv += record_test_flags({**rec, "n_prompt": 0}, fa) + ["-d", str(record_int(rec, "n_prompt", 0, N32))]
+        # prompt (examples/llama-bench/llama-bench.cpp:1415, 2245), the record's only test
+        gp = f"{record_int(rec, 'n_prompt', 0, N32)},{record_int(rec, 'n_gen', 0, N32)}"
+        argv += record_test_flags({**rec, "n_prompt": 0, "n_gen": 0}, fa) + ["-gp", gp]
     else:
         argv += record_test_flags(rec, fa)
     if not record_switch(rec, "use_mmap", True):  # -mmp 0: CPU-held weights pinned

@@ -211,7 +211,7 @@ FLAG_ALIASES = {
 # context is -p + -n + -d. In llama-server/llama-cli -p and -n mean the prompt and n_predict.
 BENCH_ALIASES = {
     "-p": "n_prompt", "--n-prompt": "n_prompt", "-n": "n_gen", "--n-gen": "n_gen",
-    "-d": "n_depth", "--n-depth": "n_depth",
+    "-d": "n_depth", "--n-depth": "n_depth", "-pg": "pg",
     "-nopo": "nopo", "--no-op-offload": "nopo",  # a 0|1 value in llama-bench, a switch in the server
 }
 BENCH_ONLY = frozenset({"n_prompt", "n_gen", "n_depth"})  # the test sizes
@@ -279,6 +279,17 @@ def parse_args(argv: Sequence[str], *, ncmoe: str = "patterns", tool: str = "ser
         i += 1
         _apply(out, key, flag, val, ncmoe)
     return out
+
+
+def pair_test(flag: str, val: str) -> tuple[int, int]:
+    """llama-bench's ``-pg`` / ik's ``-gp`` value ``A,B``: exactly two counts (the engine stops with
+    "invalid parameter" on any other number of them)."""
+    parts = val.split(",")
+    if len(parts) != 2:
+        raise InvalidArgumentError(f"{flag} {val!r} is not two counts A,B: llama-bench stops (\"invalid parameter\")",
+                                   hint=f"e.g. {flag} 4096,128")
+    a, b = (_int(flag, x, lo=0) for x in parts)
+    return a, b
 
 
 def _skip_unpriced(toks: Sequence[str], i: int, out: ParsedArgs) -> int:
@@ -392,6 +403,8 @@ def _apply(out: ParsedArgs, key: str, flag: str, val: str, ncmoe: str) -> None:
         out.n_ubatch = _int("-ub", val, lo=0)
     elif key in BENCH_ONLY:
         setattr(out, key, _int(flag, val, lo=0))
+    elif key == "pg":
+        out.pg_tests.append(pair_test(flag, val))
     elif key == "ctk":
         out.type_k = val.lower()
     elif key == "ctv":
