@@ -40,7 +40,8 @@ from .cpuprobe import DEFAULT_DISK_GBS
 from .devices import Cluster, Device
 from .errors import ClusterError, InvalidArgumentError
 from .gpu_matmul import batch_rate, expert_time_factor, routed_tile_factor, uniform_tile_factor
-from .kernels import FA_OFF_LAYER_SHARE, KERNEL_FLOPS_PER_BYTE, KernelWork, ik_expert_time_scale, kernel_work
+from .kernels import (FA_OFF_LAYER_SHARE, KERNEL_FLOPS_PER_BYTE, KernelWork, cpu_expert_width_scale,
+                      ik_expert_time_scale, kernel_work)
 from .layer_work import layer_work
 from .model import LayerCost, ModelProfile, Role
 from .placement import (CPU, EXPERT_KINDS, EXPERT_OPTIONS, Context, DeviceUsage, ExpertHomes, Placement, Prediction,
@@ -89,7 +90,8 @@ class CostModel:
         # Fraction of a layer's experts a ubatch touches (each token picks k of N).
         self.expert_hit = 1.0 - (1.0 - self.k_over_n) ** b if hp.n_expert else 1.0
         self.tile_factor = uniform_tile_factor(b, self.k_over_n, self.expert_hit)  # whole MMQ tiles per expert
-        self.cpu_expert_scale = ik_expert_time_scale(b * self.k_over_n) if c.ik_cpu_kernels and hp.n_expert else 1.0
+        self.cpu_expert_scale = cpu_expert_width_scale(hp.n_ff_exp) * (  # kernels.py: an expert's width, ik's tokens
+            ik_expert_time_scale(b * self.k_over_n) if c.ik_cpu_kernels and hp.n_expert else 1.0)
         tg_depth, pp_depth = mean_depths(c.depth, c.n_prompt, c.n_gen, b, c.prompt_depth)  # a bench test's mean
         depth_cells, full_cells = min(tg_depth, c.ctx), model.kv_cells(c.ctx, c.n_seq)
         self.kv_read = [kv * depth_cells / full_cells for kv in self.kv]

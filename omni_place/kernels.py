@@ -87,6 +87,24 @@ def ik_expert_time_scale(tokens_per_expert: float) -> float:
     return float((min(max(tokens_per_expert, lo), hi) / IK_EXPERT_TOKENS) ** -IK_EXPERT_TOKENS_EXP)
 
 
+#: a routed expert's CPU time per FLOP also grows as the expert narrows, in both engines: MUL_MAT_ID
+#: gathers each expert's tokens and runs its products per expert, a cost per token and input row
+#: beside the expert's width of work. Time as (1 + W / n_ff_exp), W = CPU_EXPERT_WIDTH_ROWS, relative to
+#: CPU_EXPERT_WIDTH's (moe15's, where cpu_moe_compute_eff was fitted): the share of the dense rate
+#: they needed was 0.33-0.39 at 256 wide, 0.41-0.46 at 768, 0.46-0.51 at 2048 on a Xeon, both
+#: engines (benchmarks/results/cpu_prompt.md, shape sweep)
+CPU_EXPERT_WIDTH = 768
+CPU_EXPERT_WIDTH_ROWS = 110.0
+
+
+def cpu_expert_width_scale(n_ff_exp: int) -> float:
+    """The CPU's routed-expert time per FLOP at experts ``n_ff_exp`` wide relative to CPU_EXPERT_WIDTH's
+    (1 where the width is unknown)."""
+    if n_ff_exp <= 0:
+        return 1.0
+    return (1 + CPU_EXPERT_WIDTH_ROWS / n_ff_exp) / (1 + CPU_EXPERT_WIDTH_ROWS / CPU_EXPERT_WIDTH)
+
+
 #: the row of types the table lacks, and the type every other row is relative to
 FALLBACK_TYPE = "Q4_K"
 #: the decode kernels' rate is at least this many FLOPs per byte of a GPU's bandwidth: the H200's
