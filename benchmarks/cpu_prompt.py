@@ -467,6 +467,18 @@ def write_table(derived: dict[str, dict[str, float]]) -> None:
     print(f"wrote {TABLE}")
 
 
+def add_run_options(parser: argparse.ArgumentParser, binary: bool = False) -> None:
+    """A run's arguments: [a llama-bench binary], the models' folder, the records' file, threads,
+    interleaved rounds and repetitions."""
+    if binary:
+        parser.add_argument("binary", type=Path)
+    parser.add_argument("folder", type=Path)
+    parser.add_argument("-o", "--output", type=Path, required=True)
+    parser.add_argument("--threads", type=int, required=True)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--reps", type=int, default=3)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.cpu_prompt", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -475,19 +487,9 @@ def main(argv: list[str] | None = None) -> int:
     m.add_argument("folder", type=Path)
     m.add_argument("--types", default=",".join(TYPES))
     m.add_argument("--held-out", action="store_true", help="the HELD_OUT shapes instead")
-    r = sub.add_parser("run", help="time 512-token prompts of every model in FOLDER through libllama")
-    r.add_argument("folder", type=Path)
-    r.add_argument("-o", "--output", type=Path, required=True)
-    r.add_argument("--threads", type=int, required=True)
-    r.add_argument("--rounds", type=int, default=2)
-    r.add_argument("--reps", type=int, default=3)
+    add_run_options(sub.add_parser("run", help="time 512-token prompts of every model in FOLDER through libllama"))
     b = sub.add_parser("run-bench", help="the same with a llama-bench binary (mainline's or ik_llama.cpp's)")
-    b.add_argument("binary", type=Path)
-    b.add_argument("folder", type=Path)
-    b.add_argument("-o", "--output", type=Path, required=True)
-    b.add_argument("--threads", type=int, required=True)
-    b.add_argument("--rounds", type=int, default=2)
-    b.add_argument("--reps", type=int, default=3)
+    add_run_options(b, binary=True)
     b.add_argument("--decode", type=int, default=0, metavar="N", help="a decode test of N tokens instead")
     q = sub.add_parser("report", help="each type's time per FLOP relative to Q4_K")
     q.add_argument("records", nargs="*", type=Path)

@@ -16,7 +16,7 @@ from .calibration import checked_params, read_calibrated
 from .cost import CPU, Context, CostModel, DeviceUsage, Placement, Prediction, SpeedParams, expert_kind
 from .devices import Cluster, resolve_cluster
 from .engines import Dialect, PlacementArgs, dialect
-from .engines.common import tool_context
+from .engines.tools import tool_context
 from .errors import ClusterError, InvalidArgumentError, NothingFitsError
 from .hparams import MAX_CONTEXT
 from .model import KV_TYPES, ModelProfile, load_model

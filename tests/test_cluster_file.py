@@ -5,6 +5,7 @@ import json
 import re
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import pytest
 from .test_devices_nvml import RTX5090, FakeNvml, gpu
@@ -385,21 +386,28 @@ def test_pcie_table() -> None:
             pcie_gbs(gen, width)
 
 
-def test_disk_gbs_is_a_cpu_figure(tmp_path: Path) -> None:
-    from omni_place.cpuprobe import measure_disk_read_bandwidth
-
+def _cpu_key(tmp_path: Path, good: str, bad: tuple[tuple[str, str], ...]) -> Any:
+    """The CPU of a file with the cpu-only key line ``good``; each of ``bad`` (a line, the error's
+    words) refused, and the key refused on a GPU."""
     ok = tmp_path / "ok.toml"
-    ok.write_text('[[devices]]\nname = "CPU"\nkind = "cpu"\nmemory_gib = 64\nbandwidth_gbs = 80\ndisk_gbs = 3.5\n')
-    assert load_cluster(ok, nvml=None).cpu.disk_gbs == 3.5
-    for bad, msg in (('disk_gbs = 0', "must be positive"), ('disk_gbs = "fast"', "number")):
+    ok.write_text(f'[[devices]]\nname = "CPU"\nkind = "cpu"\nmemory_gib = 64\nbandwidth_gbs = 80\n{good}\n')
+    for line, msg in bad:
         p = tmp_path / "bad.toml"
-        p.write_text(f'[[devices]]\nname = "CPU"\nkind = "cpu"\nmemory_gib = 64\n{bad}\n')
+        p.write_text(f'[[devices]]\nname = "CPU"\nkind = "cpu"\nmemory_gib = 64\n{line}\n')
         with pytest.raises(ClusterError, match=msg):
             load_cluster(p, nvml=None)
     gpu = tmp_path / "gpu.toml"
-    gpu.write_text('[[devices]]\nname = "CUDA0"\nkind = "gpu"\ncatalog = "RTX 4090"\ndisk_gbs = 3\n')
+    gpu.write_text(f'[[devices]]\nname = "CUDA0"\nkind = "gpu"\ncatalog = "RTX 4090"\n{good}\n')
     with pytest.raises(ClusterError, match="does not apply"):
         load_cluster(gpu, nvml=None)
+    return load_cluster(ok, nvml=None).cpu
+
+
+def test_disk_gbs_is_a_cpu_figure(tmp_path: Path) -> None:
+    from omni_place.cpuprobe import measure_disk_read_bandwidth
+
+    assert _cpu_key(tmp_path, "disk_gbs = 3.5", (('disk_gbs = 0', "must be positive"),
+                                                  ('disk_gbs = "fast"', "number"))).disk_gbs == 3.5
     assert measure_disk_read_bandwidth(tmp_path, size_bytes=8 << 20) > 0
     assert not list(tmp_path.glob("omni_place_disk_*"))  # the probe file is removed
 
@@ -410,18 +418,8 @@ def test_simd_says_which_cpu_kernels_the_engine_runs(tmp_path: Path, monkeypatch
     from omni_place import cpuprobe
     from omni_place.kernels import cpu_simd
 
-    ok = tmp_path / "ok.toml"
-    ok.write_text('[[devices]]\nname = "CPU"\nkind = "cpu"\nmemory_gib = 64\nbandwidth_gbs = 80\nsimd = "avx2"\n')
-    assert load_cluster(ok, nvml=None).cpu.simd == "avx2"
-    for bad, msg in (('simd = "avx1024"', "not one of avx2, avx512"), ("simd = 512", "must be a string")):
-        p = tmp_path / "bad.toml"
-        p.write_text(f'[[devices]]\nname = "CPU"\nkind = "cpu"\nmemory_gib = 64\n{bad}\n')
-        with pytest.raises(ClusterError, match=msg):
-            load_cluster(p, nvml=None)
-    gpu = tmp_path / "gpu.toml"
-    gpu.write_text('[[devices]]\nname = "CUDA0"\nkind = "gpu"\ncatalog = "RTX 4090"\nsimd = "avx2"\n')
-    with pytest.raises(ClusterError, match="does not apply"):
-        load_cluster(gpu, nvml=None)
+    assert _cpu_key(tmp_path, 'simd = "avx2"', (('simd = "avx1024"', "not one of avx2, avx512"),
+                                                ("simd = 512", "must be a string"))).simd == "avx2"
     assert cpu_simd("fpu avx2 fma f16c avx512f avx512bw avx512vl".split()) == "avx512"
     assert cpu_simd("fpu avx2 fma f16c avx512f".split()) == "avx2"  # F alone is not ggml's AVX512 build
     assert cpu_simd("fp asimd sve".split()) is None

@@ -32,7 +32,8 @@ from typing import TextIO
 from ..cost import CPU, EXPERT_KINDS, CostModel, Placement, SpeedParams
 from ..devices import Cluster
 from ..engines import dialect
-from ..engines.common import KIND_REGEX, ParsedArgs, layer_regex, tool_context
+from ..engines.common import KIND_REGEX, ParsedArgs, layer_regex
+from ..engines.tools import tool_context
 from ..errors import NothingFitsError, OmniPlaceError
 from ..model import ModelProfile
 from ..recipes import first_true

@@ -23,7 +23,8 @@ from typing import Any
 from ..cost import Placement
 from ..devices import Cluster
 from ..engines import dialect, engine_of_bench_record
-from ..engines.common import ParsedArgs, tool_context
+from ..engines.common import ParsedArgs
+from ..engines.tools import tool_context
 from ..errors import InvalidArgumentError, OmniPlaceError
 from ..model import ModelProfile
 from ..validate import STRICT_JSON, decode_text, number, read_file

@@ -9,7 +9,8 @@ from typing import TYPE_CHECKING, Any, ClassVar, Mapping, Protocol, Sequence
 
 from ..errors import InvalidArgumentError
 from ..placement import Context
-from .common import BENCH_DEFAULTS, SERVER_DEFAULTS, FlagSyntax, ToolDefaults
+from .common import FlagSyntax
+from .tools import BENCH_DEFAULTS, SERVER_DEFAULTS, ToolDefaults
 from .splitmodes import SplitModeRule, check, find_rule, rule_of
 
 if TYPE_CHECKING:

@@ -34,10 +34,10 @@ from ..model import ModelProfile, TensorRecord
 from . import llama_cpp
 from .base import BenchRecordFlags, BenchSpelling, Dialect, EngineTraits
 from .splitmodes import SplitModeRule, is_parallel
-from .common import (BENCH_DEFAULTS, SERVER_DEFAULTS, EngineArgs, FlagSyntax, ToolDefaults, accelerator_names,
-                     expert_overrides, layer_counts, local_gpus, model_devices, parallel_layers, pin_flags_of,
-                     N32, record_int, record_split_flags, record_switch, record_test_flags, record_text,
-                     record_threads, rpc_buffer_names, rpc_servers)
+from .common import (N32, EngineArgs, FlagSyntax, accelerator_names, expert_overrides, layer_counts, local_gpus,
+                     model_devices, parallel_layers, pin_flags_of, record_int, record_split_flags, record_switch,
+                     record_test_flags, record_text, record_threads, rpc_buffer_names, rpc_servers)
+from .tools import BENCH_DEFAULTS, SERVER_DEFAULTS, ToolDefaults, pair_test
 
 NAME = "ik_llama.cpp"
 SYNTAX = {
@@ -307,7 +307,7 @@ def parse_args(argv: Sequence[str], tool: str = "server") -> llama_cpp.ParsedArg
         words = shlex.split(item)
         flag, eq, inline = words[0].partition("=")
         if tool == "bench" and flag == "-gp":  # examples/llama-bench/llama-bench.cpp:559-569
-            out.gp_tests.append(llama_cpp.pair_test(flag, words[1] if len(words) > 1 else ""))
+            out.gp_tests.append(pair_test(flag, words[1] if len(words) > 1 else ""))
         elif tool != "bench" and words == [flag] and flag in _NO_FUSED_MOE:
             out.fused_moe = False
         elif tool == "bench" and flag in _FUSED_MOE:

@@ -27,6 +27,7 @@ from ..ggml_types import is_ik_only
 from ..model import ModelProfile, Role
 from .base import BenchRecordFlags, BenchSpelling, Dialect, EngineTraits, PlacementArgs
 from .splitmodes import SplitModeRule, is_parallel
+from .tools import pair_test
 from .common import (N32, EngineArgs, FlagSyntax, OverrideMatcher, ParsedArgs, accelerator_names,
                      check_expert_target, compile_pattern, dev_flag, expert_overrides, flag_groups, layer_counts,
                      layer_regex, local_gpus, meta_order, model_devices, override_device, parallel_layers,
@@ -279,17 +280,6 @@ def parse_args(argv: Sequence[str], *, ncmoe: str = "patterns", tool: str = "ser
         i += 1
         _apply(out, key, flag, val, ncmoe)
     return out
-
-
-def pair_test(flag: str, val: str) -> tuple[int, int]:
-    """llama-bench's ``-pg`` / ik's ``-gp`` value ``A,B``: exactly two counts (the engine stops with
-    "invalid parameter" on any other number of them)."""
-    parts = val.split(",")
-    if len(parts) != 2:
-        raise InvalidArgumentError(f"{flag} {val!r} is not two counts A,B: llama-bench stops (\"invalid parameter\")",
-                                   hint=f"e.g. {flag} 4096,128")
-    a, b = (_int(flag, x, lo=0) for x in parts)
-    return a, b
 
 
 def _skip_unpriced(toks: Sequence[str], i: int, out: ParsedArgs) -> int:
