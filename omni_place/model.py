@@ -284,7 +284,8 @@ class ModelProfile:
         if ctx <= 0:
             raise InvalidArgumentError(f"context length must be positive, got {ctx}", hint="use --ctx 4096 or larger")
         if ctx > 1 << 24:
-            raise InvalidArgumentError(f"context length {ctx} is beyond 16M tokens", hint="check --ctx")
+            raise InvalidArgumentError(f"context length {ctx} is beyond 16M tokens",
+                                       hint="check --ctx / -c, or llama-bench's test sizes (-p, -n, -d, -pg, -gp)")
         return align_up(max(1, ctx // n_seq), KV_CELL_PADDING) * n_seq
 
     def swa_kv_cells(self, cells: int, n_ubatch: int, n_seq: int = 1, swa_full: bool = False) -> int:

@@ -349,3 +349,6 @@ def test_ik_bench_tests_are_its_own(deepseek: Any) -> None:
     assert not any("-gp" in a for a in deep.assumptions if a.startswith("not priced"))
     pg = evaluate(deepseek, "seed", [*base, "-pg", "2048,128", "-d", "1024"], tool="bench")
     assert pg.context.ctx == 2048 + 128 + 1024
+    with pytest.raises(InvalidArgumentError, match="beyond 16M") as err:  # a sum no engine could hold
+        evaluate(deepseek, "seed", [*base, "-gp", "2147483647,2147483647"], engine="ik_llama.cpp", tool="bench")
+    assert "-gp" in (err.value.hint or "")
