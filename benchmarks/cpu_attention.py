@@ -128,13 +128,14 @@ def run_bench(binary: Path, output: Path, threads: list[int], bandwidth_gbs: flo
 
 def priced(records: list[dict[str, Any]], folder: Path, cpu_tflops_per_core: float | None = None,
            ) -> list[tuple[dict[str, Any], float, float]]:
-    """(record, measured ms, priced ms) per record: a llama-bench ``-ngl 0 -n 16 -d DEPTH`` of the
-    record's model on a CPU-only cluster of its machine (its matmul rate ``cpu_tflops_per_core``,
-    else the planner's default)."""
+    """(record, measured ms, priced ms) per record: a llama-bench ``-ngl 0 -n 16 -d DEPTH`` (ik's:
+    ``-gp DEPTH,16``) of the record's model on a CPU-only cluster of its machine (its matmul rate
+    ``cpu_tflops_per_core``, else the planner's default)."""
     from omni_place.model import load_model
     from omni_place.placement import SpeedParams
     from omni_place.plan import evaluate
 
+    from benchmarks.cpu_prompt import cpu_cluster
     from benchmarks.speed_models import write_speed_model
 
     params = SpeedParams() if cpu_tflops_per_core is None else SpeedParams(cpu_tflops_per_core=cpu_tflops_per_core)
@@ -142,10 +143,7 @@ def priced(records: list[dict[str, Any]], folder: Path, cpu_tflops_per_core: flo
               for name, dims in SHAPES.items() if any(r["shape"] == name for r in records)}
     out = []
     for r in records:
-        cluster = folder / f"cpu{r['threads']}_{r['bandwidth_gbs']}.toml"
-        if not cluster.exists():
-            cluster.write_text(f'name = "cpu"\n[[devices]]\nname = "CPU"\nkind = "cpu"\nmemory_gib = 16\n'
-                               f'bandwidth_gbs = {r["bandwidth_gbs"]}\nthreads = {r["threads"]}\n')
+        cluster = cpu_cluster(folder, r["bandwidth_gbs"], r["threads"])
         test = (["-n", "0", "-gp", f"{r['depth']},{N_GEN}"] if r.get("engine") == "ik_llama.cpp"  # ik has no -d
                 else ["-n", str(N_GEN), "-d", str(r["depth"])])
         argv = ["-ngl", "0", "-p", "0", *test, "-fa", str(int(r["flash_attn"])), "-t", str(r["threads"])]

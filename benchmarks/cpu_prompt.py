@@ -102,6 +102,16 @@ def _header(name: str, weight_type: str) -> Any:
                                         shape={**SHAPES, **HELD_OUT}.get(name)))
 
 
+def cpu_cluster(folder: Path, cpu_gbs: float, threads: int) -> Path:
+    """The cluster file of a CPU alone (``cpu_gbs`` GB/s, ``threads``) in ``folder``, written once:
+    what the CPU benchmarks' records are priced on."""
+    path = folder / f"cpu{threads}_{cpu_gbs}.toml"
+    if not path.exists():
+        path.write_text(f'name = "cpu"\n[[devices]]\nname = "CPU"\nkind = "cpu"\nmemory_gib = 16\n'
+                        f'bandwidth_gbs = {cpu_gbs}\nthreads = {threads}\n')
+    return path
+
+
 def time_prompt(path: Path, threads: int, reps: int) -> list[float]:
     """Seconds of ``reps`` 512-token prompts of the model at ``path`` after one warm-up, CPU only."""
     from llama_cpp import Llama

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -67,10 +66,8 @@ def points(records: list[dict[str, Any]], cpu_gbs: float, threads: int) -> dict[
 
     from benchmarks.speed_models import write_speed_model
 
-    scratch = Path(tempfile.mkdtemp(prefix="omni_place_cpu_shapes_"))
-    (scratch / "cpu.toml").write_text(f'name = "cpu"\n[[devices]]\nname = "CPU"\nkind = "cpu"\nmemory_gib = 16\n'
-                                      f'bandwidth_gbs = {cpu_gbs}\nthreads = {threads}\n')
-    cluster = resolve_cluster(str(scratch / "cpu.toml"))
+    scratch = Path(cpu_prompt._scratch().name)  # removed at exit
+    cluster = resolve_cluster(str(cpu_prompt.cpu_cluster(scratch, cpu_gbs, threads)))
     headers = {name: load_model(write_speed_model(name, scratch, header_only=True, shape=dims,
                                                   weight_type="xq4_k" if "n_expert" in dims else "q4_k"))
                for name, dims in SWEEP.items()}

@@ -40,8 +40,7 @@ from .cpuprobe import DEFAULT_DISK_GBS
 from .devices import Cluster, Device
 from .errors import ClusterError, InvalidArgumentError
 from .gpu_matmul import batch_rate, expert_time_factor, routed_tile_factor, uniform_tile_factor
-from .kernels import (FA_OFF_LAYER_SHARE, KERNEL_FLOPS_PER_BYTE, KernelWork, cpu_expert_width_scale,
-                      ik_expert_time_scale, kernel_work)
+from .kernels import FA_OFF_LAYER_SHARE, KERNEL_FLOPS_PER_BYTE, KernelWork, cpu_expert_time_scale, kernel_work
 from .layer_work import layer_work
 from .model import LayerCost, ModelProfile, Role
 from .placement import (CPU, EXPERT_KINDS, EXPERT_OPTIONS, Context, DeviceUsage, ExpertHomes, Placement, Prediction,
@@ -90,8 +89,7 @@ class CostModel:
         # Fraction of a layer's experts a ubatch touches (each token picks k of N).
         self.expert_hit = 1.0 - (1.0 - self.k_over_n) ** b if hp.n_expert else 1.0
         self.tile_factor = uniform_tile_factor(b, self.k_over_n, self.expert_hit)  # whole MMQ tiles per expert
-        self.cpu_expert_scale = cpu_expert_width_scale(hp.n_ff_exp) * (  # kernels.py: an expert's width, ik's tokens
-            ik_expert_time_scale(b * self.k_over_n) if c.ik_cpu_kernels and hp.n_expert else 1.0)
+        self.cpu_expert_scale = cpu_expert_time_scale(hp.n_ff_exp, b * self.k_over_n, c.ik_cpu_kernels)
         tg_depth, pp_depth = mean_depths(c.depth, c.n_prompt, c.n_gen, b, c.prompt_depth)  # a bench test's mean
         depth_cells, full_cells = min(tg_depth, c.ctx), model.kv_cells(c.ctx, c.n_seq)
         self.kv_read = [kv * depth_cells / full_cells for kv in self.kv]
@@ -435,11 +433,9 @@ class CostModel:
         """Prompt seconds per token of layer ``il`` by where they are spent. A CPU-home layer's
         KV cache is copied to the offload device with its weights (its attention runs there);
         experts on another GPU are computed there, a hop out and back per ubatch."""
-        exp_total = sum(self._expert_split[il]["stored"].values())
         if home == CPU:
-            streamed = (self.pp_dense_cpu_bytes[il] + self.kv_read[il]
-                        + exp_total * self.expert_hit * self.ffn_in_prompt[il])
-            return self._cpu_weights_pp(il, True, self.ffn_in_prompt[il], streamed, first)
+            return self._cpu_weights_pp(il, True, self.ffn_in_prompt[il], self.cpu_layer_pp_bytes(il, True), first)
+        exp_total = sum(self._expert_split[il]["stored"].values())
         _, away = self._away(il, experts)
         frac = {dev: b / exp_total for dev, b in away.items()}
         kept = 1 - frac.pop(CPU, 0.0) - sum(frac.values())  # the experts' share computed with the layer
@@ -448,6 +444,12 @@ class CostModel:
                + self.attention_pp(il, home)}
         add_seconds(out, self.away_pp(il, home, away, first))
         return out
+
+    def cpu_layer_pp_bytes(self, il: int, experts: bool) -> float:
+        """What op offload copies of CPU-home layer ``il`` per prompt ubatch: its dense part, its KV cache
+        and (``experts``) the experts it touches; no FFN in the last layer (:attr:`ffn_in_prompt`)."""
+        touched = self.expert_bytes(il, "stored", None, False) * self.expert_hit * self.ffn_in_prompt[il]
+        return self.pp_dense_cpu_bytes[il] + self.kv_read[il] + (touched if experts else 0.0)
 
     def away_pp(self, il: int, home: str, away: dict[str, float], first: str | None) -> dict[str, float]:
         """Prompt seconds per token of layer ``il``'s experts away from its ``home`` (``away`` as for

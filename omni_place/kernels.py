@@ -105,6 +105,12 @@ def cpu_expert_width_scale(n_ff_exp: int) -> float:
     return (1 + CPU_EXPERT_WIDTH_ROWS / n_ff_exp) / (1 + CPU_EXPERT_WIDTH_ROWS / CPU_EXPERT_WIDTH)
 
 
+def cpu_expert_time_scale(n_ff_exp: int, tokens_per_expert: float, ik: bool) -> float:
+    """The CPU's routed-expert time per FLOP relative to the columns': the experts' width, and with
+    ik_llama.cpp's kernels (``ik``) the tokens a ubatch gives each."""
+    return cpu_expert_width_scale(n_ff_exp) * (ik_expert_time_scale(tokens_per_expert) if ik else 1.0)
+
+
 #: the row of types the table lacks, and the type every other row is relative to
 FALLBACK_TYPE = "Q4_K"
 #: the decode kernels' rate is at least this many FLOPs per byte of a GPU's bandwidth: the H200's

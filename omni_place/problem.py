@@ -129,11 +129,7 @@ def build_arrays(cost: CostModel, orders: Sequence[tuple[str, ...]], unit: int =
         nextn = lc.is_nextn
         tcpu_tg[il] = 0.0 if nextn else sum(cost.layer_tg(il, CPU, frozenset()).values())
         # pp of CPU-held weights goes through stream x stream_rate[first]
-        # (a prompt's last layer copies none of its FFN: CostModel.ffn_in_prompt)
-        ffn = cost.ffn_in_prompt[il]
-        exp_total = cost.expert_bytes(il, "stored", None, False) * ffn if experts_streamed else 0
-        stream_cpu[il] = 0.0 if nextn else (cost.pp_dense_cpu_bytes[il] + cost.kv_read[il]
-                                             + exp_total * cost.expert_hit) / cost.n_tokens
+        stream_cpu[il] = 0.0 if nextn else cost.cpu_layer_pp_bytes(il, experts_streamed) / cost.n_tokens
         if not nextn:
             flops_streamed += cost.dense_flops(il, gpu=True)
             flops_streamed += cost.expert_flops(il, gpu=True) if experts_streamed else 0.0
@@ -141,7 +137,8 @@ def build_arrays(cost: CostModel, orders: Sequence[tuple[str, ...]], unit: int =
             if not experts_streamed:  # a CPU layer's experts computed by the CPU
                 tcpu_pp[il] = cost.expert_flops(il, gpu=False) / cost.flops(CPU)
         for o, kinds in enumerate(EXPERT_OPTIONS):
-            cpu_bytes = cost.expert_bytes(il, "stored", kinds, True) * ffn if experts_streamed else 0
+            # (a prompt's last layer copies none of its FFN: CostModel.ffn_in_prompt)
+            cpu_bytes = cost.expert_bytes(il, "stored", kinds, True) * cost.ffn_in_prompt[il] if experts_streamed else 0
             stream[il, o] = 0.0 if nextn else cpu_bytes * cost.expert_hit / cost.n_tokens
         for d, name in enumerate(names):
             backend = backend_of(cluster.by_name(name))

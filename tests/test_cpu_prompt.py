@@ -179,14 +179,14 @@ def test_each_engines_kernels_carry_over_to_other_shapes(tmp_path: Path, monkeyp
     assert len(ik) == 20 and len(mainline) == 12
     assert max(map(abs, ik)) < 0.11 and statistics.median(map(abs, ik)) < 0.04
     assert max(map(abs, mainline)) < 0.20 and statistics.median(map(abs, mainline)) < 0.06
-    from omni_place import cost
+    from omni_place import kernels
     from omni_place.bench import calibrate
     from omni_place.kernels import WeightTypeSpeed
 
     mainline_time = WeightTypeSpeed.cpu_prompt_time
     monkeypatch.setattr(WeightTypeSpeed, "cpu_prompt_time",
                         lambda self, routed, ik, simd=None: 1.0 if ik else mainline_time(self, routed, ik, simd))
-    monkeypatch.setattr(cost, "ik_expert_time_scale", lambda tokens_per_expert: 1.0)
+    monkeypatch.setattr(kernels, "ik_expert_time_scale", lambda tokens_per_expert: 1.0)
     monkeypatch.setattr(calibrate, "_COSTS", {})
     before = _heldout_errors(tmp_path)
     assert all(e < -0.25 for (engine, *_), e in before.items() if engine == "ik_llama.cpp")

@@ -66,11 +66,11 @@ def test_one_cpu_rate_prices_every_width() -> None:
     kernels.ik_expert_time_scale). Priced as before (every layer's FFN, one rate for every expert),
     the 1024-wide models ran 37-40 % slower than priced (+60 / +68 %) and ik's experts at 128
     tokens each needed a share of 0.71, mainline's 2048 wide 0.60."""
-    shares = {(r["engine"], r["shape"]): r.get("fitted_moe_eff") for r in cpu_shapes.report(RECORDS, 26.0, 2)}
+    rows = cpu_shapes.report(RECORDS, cpu_gbs=26.0, threads=2)
+    shares = {(r["engine"], r["shape"]): r.get("fitted_moe_eff") for r in rows}
     for engine in ("llama.cpp", "ik_llama.cpp"):  # the width no longer moves it
         wide, narrow = shares[engine, "cpu_moe_e128f2048"], shares[engine, "cpu_moe_e128f256"]
         assert narrow == pytest.approx(wide, rel=0.08), engine
-    rows = cpu_shapes.report(RECORDS, cpu_gbs=26.0, threads=2)
     engines = {r["engine"] for r in rows}
     assert engines == {"llama.cpp", "ik_llama.cpp"} and len(rows) == 2 * len(cpu_shapes.SWEEP)
     for r in rows:

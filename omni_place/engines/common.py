@@ -36,6 +36,44 @@ OT_MATCH_SECONDS = 2.0
 MAX_PATTERN_CHARS = 4096
 
 
+N32 = (1 << 31) - 1  # the largest int32: llama-bench record fields are C ints
+_INT32 = (-N32 - 1, N32)  # std::stoi's range: the engine refuses anything beyond it
+INTEGER = re.compile(r"[+-]?[0-9]+")  # ASCII digits only: int() would also take "١٢" and "1_0"
+
+
+def flag_int(flag: str, val: str, lo: int = _INT32[0], hi: int = _INT32[1]) -> int:
+    """An integer value as std::stoi reads it whole; a clear error for anything else."""
+    if not INTEGER.fullmatch(val.strip()):
+        raise InvalidArgumentError(f"{flag} {val!r} is not an integer",
+                                   hint="omni-place check evaluates one configuration: give single values")
+    n = int(val)
+    if not _INT32[0] <= n <= _INT32[1]:
+        raise InvalidArgumentError(f"{flag} {val} is beyond a 32-bit integer: the engine refuses it",
+                                   hint=f"give {flag} a value in {lo}..{hi}")
+    if not lo <= n <= hi:
+        what = _RANGE_HINTS.get(flag)
+        raise InvalidArgumentError(f"{flag} {n} is out of range ({lo}..{hi})" + (f": {what}" if what else ""),
+                                   hint=f"give {flag} a value in {lo}..{hi}")
+    return n
+
+
+_RANGE_HINTS = {
+    "-c": "the context length (0 = the model's training context)",
+    "-b": "the logical batch, at least 1 token", "-ub": "the physical batch (0 = the logical batch -b)",
+}
+
+
+def pair_test(flag: str, val: str) -> tuple[int, int]:
+    """llama-bench's ``-pg`` / ik's ``-gp`` value ``A,B``: exactly two counts (the engine stops with
+    "invalid parameter" on any other number of them)."""
+    parts = val.split(",")
+    if len(parts) != 2:
+        raise InvalidArgumentError(f"{flag} {val!r} is not two counts A,B: llama-bench stops (\"invalid parameter\")",
+                                   hint=f"e.g. {flag} 4096,128")
+    a, b = (flag_int(flag, x, lo=0) for x in parts)
+    return a, b
+
+
 @dataclass
 class ParsedArgs:
     """What a user's llama.cpp command line says about placement and context. ``None`` is
@@ -500,7 +538,6 @@ def record_switch(record: Mapping[str, Any], key: str, default: bool) -> bool:
     raise InvalidArgumentError(f"{key} must be true/false or 0/1 (got {show(v)})")
 
 
-N32 = (1 << 31) - 1  # the largest int32: llama-bench record fields are C ints
 
 
 def record_split_flags(record: Mapping[str, Any]) -> list[str]:

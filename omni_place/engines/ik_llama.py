@@ -36,8 +36,8 @@ from .base import BenchRecordFlags, BenchSpelling, Dialect, EngineTraits
 from .splitmodes import SplitModeRule, is_parallel
 from .common import (N32, EngineArgs, FlagSyntax, accelerator_names, expert_overrides, layer_counts, local_gpus,
                      model_devices, parallel_layers, pin_flags_of, record_int, record_split_flags, record_switch,
-                     record_test_flags, record_text, record_threads, rpc_buffer_names, rpc_servers)
-from .tools import BENCH_DEFAULTS, SERVER_DEFAULTS, ToolDefaults, pair_test
+                     pair_test, record_test_flags, record_text, record_threads, rpc_buffer_names, rpc_servers)
+from .tools import BENCH_DEFAULTS, SERVER_DEFAULTS, ToolDefaults
 
 NAME = "ik_llama.cpp"
 SYNTAX = {

@@ -27,12 +27,11 @@ from ..ggml_types import is_ik_only
 from ..model import ModelProfile, Role
 from .base import BenchRecordFlags, BenchSpelling, Dialect, EngineTraits, PlacementArgs
 from .splitmodes import SplitModeRule, is_parallel
-from .tools import pair_test
-from .common import (N32, EngineArgs, FlagSyntax, OverrideMatcher, ParsedArgs, accelerator_names,
-                     check_expert_target, compile_pattern, dev_flag, expert_overrides, flag_groups, layer_counts,
-                     layer_regex, local_gpus, meta_order, model_devices, override_device, parallel_layers,
-                     pin_flags_of, range_regex, record_int, record_split_flags, record_switch, record_test_flags,
-                     record_text, record_threads, rpc_buffer_names, rpc_servers)
+from .common import (INTEGER, N32, EngineArgs, FlagSyntax, OverrideMatcher, ParsedArgs, accelerator_names,
+                     check_expert_target, compile_pattern, dev_flag, expert_overrides, flag_groups, flag_int,
+                     layer_counts, layer_regex, local_gpus, meta_order, model_devices, override_device, pair_test,
+                     parallel_layers, pin_flags_of, range_regex, record_int, record_split_flags, record_switch,
+                     record_test_flags, record_text, record_threads, rpc_buffer_names, rpc_servers)
 
 __all__ = ["DIALECT", "FLAG_ALIASES", "LLAMA_ENV", "NAME", "SYNTAX", "TOOLS", "EngineArgs", "LlamaCpp", "ParsedArgs",
            "assign_layers", "decode", "encode", "engine_args", "layer_regex", "llama_env", "parse_args"]
@@ -220,8 +219,6 @@ _NO_VALUE = {"cmoe", "nommap", "nopo_flag", "opo_flag"}
 # load modes (include/llama.h LLAMA_LOAD_MODE_*) and whether they map the file
 # (src/llama-model-loader.cpp:559: mmap for auto, mmap and mmap+mlock)
 LOAD_MODES = {"auto": True, "none": False, "mmap": True, "mlock": False, "mmap+mlock": True, "dio": False}
-_INT32 = (-(1 << 31), (1 << 31) - 1)  # std::stoi's range: the engine refuses anything beyond it
-_INTEGER = re.compile(r"[+-]?[0-9]+")  # ASCII digits only: int() would also take "١٢" and "1_0"
 _TRUTHY, _FALSEY, _AUTO = {"on", "enabled", "true", "1"}, {"off", "disabled", "false", "0"}, {"auto", "-1"}
 _FLT_MAX = float(np.finfo(np.float32).max)
 MAX_SPLIT = 16  # llama_max_devices() of CUDA builds: -ts takes no more shares
@@ -292,32 +289,10 @@ def _skip_unpriced(toks: Sequence[str], i: int, out: ParsedArgs) -> int:
                                                                   "missing flag")
     taken = 1
     nxt = toks[i + 1] if i + 1 < len(toks) else None
-    if "=" not in tok and nxt is not None and (not nxt.startswith("-") or _INTEGER.fullmatch(nxt)):
+    if "=" not in tok and nxt is not None and (not nxt.startswith("-") or INTEGER.fullmatch(nxt)):
         taken = 2
     out.unpriced.append(shlex.join(toks[i:i + taken]))
     return i + taken
-
-
-def _int(flag: str, val: str, lo: int = _INT32[0], hi: int = _INT32[1]) -> int:
-    """An integer value as std::stoi reads it whole; a clear error for anything else."""
-    if not _INTEGER.fullmatch(val.strip()):
-        raise InvalidArgumentError(f"{flag} {val!r} is not an integer",
-                                   hint="omni-place check evaluates one configuration: give single values")
-    n = int(val)
-    if not _INT32[0] <= n <= _INT32[1]:
-        raise InvalidArgumentError(f"{flag} {val} is beyond a 32-bit integer: the engine refuses it",
-                                   hint=f"give {flag} a value in {lo}..{hi}")
-    if not lo <= n <= hi:
-        what = _RANGE_HINTS.get(flag)
-        raise InvalidArgumentError(f"{flag} {n} is out of range ({lo}..{hi})" + (f": {what}" if what else ""),
-                                   hint=f"give {flag} a value in {lo}..{hi}")
-    return n
-
-
-_RANGE_HINTS = {
-    "-c": "the context length (0 = the model's training context)",
-    "-b": "the logical batch, at least 1 token", "-ub": "the physical batch (0 = the logical batch -b)",
-}
 
 
 def _split_shares(flag: str, val: str) -> list[float]:
@@ -364,7 +339,7 @@ def _choice(flag: str, val: str) -> bool | None:
 
 def _apply(out: ParsedArgs, key: str, flag: str, val: str, ncmoe: str) -> None:
     if key == "ngl":
-        out.n_gpu_layers = -1 if val in ("all", "auto") else _int(flag, val)
+        out.n_gpu_layers = -1 if val in ("all", "auto") else flag_int(flag, val)
     elif key == "ts":
         out.tensor_split = _split_shares(flag, val)
     elif key == "dev":
@@ -380,19 +355,19 @@ def _apply(out: ParsedArgs, key: str, flag: str, val: str, ncmoe: str) -> None:
             compile_pattern(pat)
             out.overrides.append((pat, buft))
     elif key == "ncmoe":
-        n = _int(flag, val, lo=0)
+        n = flag_int(flag, val, lo=0)
         if ncmoe == "count":
             out.n_cpu_moe = n
         elif n:
             out.overrides.append((_NCMOE.format("|".join(range_regex(0, n - 1))), "CPU"))
     elif key == "ctx":
-        out.ctx = _int("-c", val, lo=0)
+        out.ctx = flag_int("-c", val, lo=0)
     elif key == "batch":
-        out.n_batch = _int("-b", val, lo=1)
+        out.n_batch = flag_int("-b", val, lo=1)
     elif key == "ub":
-        out.n_ubatch = _int("-ub", val, lo=0)
+        out.n_ubatch = flag_int("-ub", val, lo=0)
     elif key in BENCH_ONLY:
-        setattr(out, key, _int(flag, val, lo=0))
+        setattr(out, key, flag_int(flag, val, lo=0))
     elif key == "pg":
         out.pg_tests.append(pair_test(flag, val))
     elif key == "ctk":
@@ -404,7 +379,7 @@ def _apply(out: ParsedArgs, key: str, flag: str, val: str, ncmoe: str) -> None:
     elif key == "sm":
         out.split_mode = val.lower()
     elif key == "mg":
-        out.main_gpu = _int(flag, val)
+        out.main_gpu = flag_int(flag, val)
     elif key == "rpc":
         out.rpc = [e for e in val.split(",") if e]
     elif key == "lm":
@@ -412,9 +387,9 @@ def _apply(out: ParsedArgs, key: str, flag: str, val: str, ncmoe: str) -> None:
             raise InvalidArgumentError(f"{flag} {val!r} is not a load mode", hint="one of " + ", ".join(LOAD_MODES))
         out.pinned_weights = not LOAD_MODES[val]
     elif key == "mmp":
-        out.pinned_weights = not _int(flag, val, lo=0, hi=1)
+        out.pinned_weights = not flag_int(flag, val, lo=0, hi=1)
     elif key == "nopo":
-        out.op_offload = not _int(flag, val, lo=0, hi=1)
+        out.op_offload = not flag_int(flag, val, lo=0, hi=1)
 
 
 def decode(model: ModelProfile, parsed: ParsedArgs, accelerators: Sequence[str],

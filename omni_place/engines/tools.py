@@ -2,7 +2,6 @@
 out, and the context, batch and test sizes a command line runs with."""
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 from ..errors import InvalidArgumentError
@@ -19,7 +18,7 @@ class ToolDefaults:
     layers and context when the user sets neither). llama-bench
     (``tools/llama-bench/llama-bench.cpp`` ``cmd_params_defaults``): no ``-c`` -- each test's
     context is ``n_prompt + n_gen + n_depth`` (``-p 512``, ``-n 128``, ``-d 0``), ``-b 2048``,
-    ``-ub 512``, ``-fa 0``, ``-ngl 99`` (ik's: 999)."""
+    ``-ub 512``, ``-fa`` auto (on), ``-ngl 99`` (ik's: 999)."""
 
     n_gpu_layers: int = -1
     ctx: int | None = 0  # None: from the bench tests
@@ -94,18 +93,3 @@ def tool_context(parsed: ParsedArgs, defaults: ToolDefaults, n_ctx_train: int, c
         notes.append("not priced (assumed not to change placement or memory): " + " ".join(parsed.unpriced))
     return ToolContext(n_ctx, n_ubatch, fa, depth, tuple(notes), p, n, prompt_depth)
 
-
-_COUNT = re.compile(r"[+-]?[0-9]{1,10}")
-
-
-def pair_test(flag: str, val: str) -> tuple[int, int]:
-    """llama-bench's ``-pg`` / ik's ``-gp`` value ``A,B``: exactly two counts (the engine stops with
-    "invalid parameter" on any other number of them, std::stoi on each)."""
-    parts = val.split(",")
-    if len(parts) != 2:
-        raise InvalidArgumentError(f"{flag} {val!r} is not two counts A,B: llama-bench stops (\"invalid parameter\")",
-                                   hint=f"e.g. {flag} 4096,128")
-    if not all(_COUNT.fullmatch(x.strip()) and 0 <= int(x) < 1 << 31 for x in parts):
-        raise InvalidArgumentError(f"{flag} {val!r}: each count must be an integer in 0..{(1 << 31) - 1}",
-                                   hint=f"e.g. {flag} 4096,128")
-    return int(parts[0]), int(parts[1])
