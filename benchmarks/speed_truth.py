@@ -155,7 +155,7 @@ def _rig(a: argparse.Namespace) -> int:
     text = (f'# {a.description}\nname = "{a.name}"\n\n[[devices]]\nname = "CUDA0"\nkind = "gpu"\ncatalog = "H200"\n'
             f"memory_gib = {a.gpu_free_mib / 1024:.4f}\nmargin_mib = {a.margin_mib}\n\n"
             f'[[devices]]\nname = "CPU"\nkind = "cpu"\nmemory_gib = {a.cpu_gib}\n'
-            f"bandwidth_gbs = {a.cpu_gbs}\nthreads = {a.threads}\n")
+            f"bandwidth_gbs = {a.cpu_gbs}\nthreads = {a.threads}\n" + (f'simd = "{a.simd}"\n' if a.simd else ""))
     Path(a.output).write_text(text)
     print(text)
     return 0
@@ -196,6 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     # imported here: run as a script, the repository root is on sys.path only once main runs
     from benchmarks import speed_report
     from benchmarks.speed_models import ROUTERS, SPEED_MODELS
+    from omni_place.kernels import CPU_SIMD
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -227,6 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--cpu-gbs", type=float, required=True)
     g.add_argument("--cpu-gib", type=float, required=True)
     g.add_argument("--threads", type=int, required=True)
+    g.add_argument("--simd", choices=CPU_SIMD, help="the CPU build's SIMD (default: none written, priced over both)")
     g.add_argument("--description", default="one H200 held down by a ballast, plus CPU RAM")
     g.add_argument("-o", "--output", required=True)
     r = sub.add_parser("run")

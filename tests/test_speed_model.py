@@ -647,3 +647,16 @@ def test_second_rig_moe_prompt_shows_the_synthetic_routers_collapse(
     ik = {(r["rig"], r["config"]): r["pp_err"] for r in moe if r["engine"] == "ik_llama.cpp"}
     assert len(ik) == 8 and ik.pop(("rig_12", "omni_place")) < 0.45
     assert all(-0.13 < e < 0.1 for e in ik.values()), ik
+
+
+@pytest.mark.parametrize("simd", [None, "avx512"])
+def test_rig_file_states_the_cpu_simd_it_is_given(tmp_path: Path, simd: str | None) -> None:
+    from benchmarks import speed_truth
+    from omni_place.devices.cluster_file import load_cluster
+
+    out = tmp_path / "rig.toml"
+    argv = ["rig", "h200-x", "--gpu-free-mib", "3059", "--cpu-gbs", "92", "--cpu-gib", "100", "--threads", "16",
+            "-o", str(out), *(["--simd", simd] if simd else [])]
+    assert speed_truth.main(argv) == 0
+    cpu = next(d for d in load_cluster(out).devices if d.kind == "cpu")
+    assert (cpu.simd, cpu.threads, cpu.memory_bytes) == (simd, 16, 100 << 30)
