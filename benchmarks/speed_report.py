@@ -133,8 +133,8 @@ def _placed(a: argparse.Namespace, rows: dict[tuple[str, str, str], dict[str, An
 
 
 def _run_context(row: dict[str, Any]) -> Any:
-    """The context a row's runs had, from its llama-bench command line (``-p`` + ``-n``, ``-ub``,
-    ``-fa``, the KV types, load mode and op offload) and the engine's traits."""
+    """The context a row's runs had, from its llama-bench command line (test sizes, batches, ``-fa``,
+    the KV types, load mode and op offload) and the engine's traits."""
     import shlex
 
     from omni_place.engines import dialect
@@ -142,11 +142,7 @@ def _run_context(row: dict[str, Any]) -> Any:
     rules = dialect(row["engine"])
     words = shlex.split(row.get("command") or "")  # [VAR=value ...] llama-bench FLAGS
     argv = words[1 + words.index("llama-bench"):] if "llama-bench" in words else row["argv"]
-    p = rules.parse_args(argv, tool="bench")
-    fa = rules.tool_defaults("bench").flash_attn if p.flash_attn is None else p.flash_attn
-    return rules.traits.context(ctx=row["ctx"], n_ubatch=p.n_ubatch or row["ubatch"], type_k=p.type_k,
-                                type_v=p.type_v, flash_attn=fa, pinned_weights=p.pinned_weights,
-                                op_offload=p.op_offload)
+    return rules.run_context(rules.parse_args(argv, tool="bench"), "bench", 0, row["ctx"])[1]
 
 
 def report(a: argparse.Namespace) -> int:

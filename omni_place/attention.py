@@ -72,6 +72,22 @@ def mean_depths(depth: int, n_prompt: int, n_gen: int, n_tokens: int,
     return depth + max(0, n_gen - 1) / 2, pp_depth + max(0, n_prompt - n_tokens) / 2
 
 
+def prompt_ubatches(n_prompt: int, n_batch: int, n_ubatch: int) -> dict[int, int]:
+    """Ubatch size -> count of a llama-bench prompt test of ``n_prompt`` tokens: llama_decode of
+    ``n_batch`` tokens at a time (tools/llama-bench/llama-bench.cpp ``test_prompt``), each split into
+    ``n_ubatch``-token ubatches, the last one shorter (src/llama-batch.cpp ``split_simple``). Per-ubatch
+    costs (op offload's weight copies, a split's round trip) are paid by each, the shorter too."""
+    out: dict[int, int] = {}
+    n_batch = max(n_batch, n_ubatch, 1)
+    full, rest = divmod(max(n_prompt, 0), n_batch)
+    for tokens, times in ((n_batch, full), (rest, 1)):
+        whole, tail = divmod(tokens, n_ubatch)
+        for size, count in ((n_ubatch, whole * times), (tail, times)):
+            if size and count:
+                out[size] = out.get(size, 0) + count
+    return out
+
+
 def attended_cells(depth: float, n_tokens: int, flash_attn: bool, window: int = 0) -> float:
     """Mean cached tokens a prompt token of a ``n_tokens`` ubatch attends to after ``depth`` cells:
     with flash attention half the ubatch beside the depth (masked tiles skipped), without it every

@@ -6,19 +6,17 @@ output head goes. :class:`CostModel` prices a placement exactly in bytes and sec
 the arrays the C core optimizes over (:mod:`omni_place.problem`), so what the core minimizes and what a plan
 reports are one model.
 
-Decode (tg, batch 1) reads each layer's dense weights, its KV cache up to ``depth`` (attention.py: slower
-than its bytes) and ``k/N`` of its routed-expert bytes from the memory they sit in, at that memory's
-bandwidth times an efficiency or as fast as the kernels take their weight types (kernels.py), plus a fixed
-cost per layer on each backend it visits (kernel launches, thread barriers); every hop of the activations
-between devices costs a graph split (scheduling + synchronisation) plus the link's latency and the
-``n_embd`` F32 transfer. Experts away from their layer (CPU or another GPU) cost a hop out and one back per
-layer visit: the scheduler runs an op on the backend holding its weight
-(``ggml/src/ggml-backend.cpp:951-980``) and copies its inputs there; GPUs without P2P copy through the host,
-over both links. Prompt processing (pp, batches of ``n_ubatch``) is compute-bound on the GPUs (a routed
-expert costs at least one MMQ tile of tokens; attention over the cache at ``depth`` as attention.py prices
-it, where the layer's ops run); weights held by the CPU are copied from pageable host memory to the first
-device per ubatch (llama.cpp's op offload for batches of 32 or more; only the experts a ubatch touches; a
-CPU layer's KV cache with it) and computed there; RPC devices take no offload.
+Decode (tg, batch 1) reads each layer's dense weights, its KV cache up to ``depth`` (attention.py) and
+``k/N`` of its routed-expert bytes where they sit, at that memory's bandwidth times an efficiency or as fast
+as the kernels take their weight types (kernels.py), plus a fixed cost per layer on each backend it visits;
+every hop of the activations between devices costs a graph split plus the link's latency and the ``n_embd``
+F32 transfer. Experts away from their layer (CPU or another GPU) cost a hop out and one back per layer: the
+scheduler runs an op on the backend holding its weight (``ggml/src/ggml-backend.cpp:951-980``); GPUs
+without P2P copy through the host. Prompt processing (pp, ubatches of ``n_ubatch``; a test's shorter last
+one too) is compute-bound on the GPUs (a routed expert costs at least one MMQ tile of tokens; attention
+as attention.py prices it); weights held by the CPU are copied to the first device per ubatch (llama.cpp's
+op offload for batches of 32 or more; only the experts a ubatch touches; a CPU layer's KV cache with it)
+and computed there; RPC devices take no offload.
 
 The efficiencies and fixed costs are :class:`SpeedParams`, fitted to llama-bench runs on an H200
 (``benchmarks/results/``); the figures they multiply come from the cluster (``omni-place devices
@@ -44,14 +42,12 @@ from .kernels import FA_OFF_LAYER_SHARE, KERNEL_FLOPS_PER_BYTE, KernelWork, cpu_
 from .layer_work import layer_work
 from .model import LayerCost, ModelProfile, Role
 from .placement import (CPU, EXPERT_KINDS, EXPERT_OPTIONS, Context, DeviceUsage, ExpertHomes, Placement, Prediction,
-                        SpeedParams, add_seconds, expert_kind, on_cpu, placement_from_counts)
+                        SpeedParams, add_seconds, expert_kind, on_cpu, over_prompt_test, placement_from_counts)
 from .units import GB
 
-# Op offload copies CPU-held weights with cudaMemcpyAsync from pageable (mmap'd) memory
-# (ggml/src/ggml-cuda/ggml-cuda.cu:779-783 from ggml_backend_sched_compute_splits,
-# ggml/src/ggml-backend.cpp:1708-1800), which the driver stages through pinned buffers: on an
-# H200 VM 5.2-7.8 GB/s of a 63 GB/s PCIe 5 x16 link (pinned: 55; benchmarks/host_link.py). The
-# fraction of the link assumed when the GPU's ``stream_gbs`` was not measured.
+# Op offload copies CPU-held weights with cudaMemcpyAsync from pageable (mmap'd) memory (ggml-cuda.cu:779-783
+# from ggml-backend.cpp:1708-1800), staged by the driver through pinned buffers: on an H200 VM 5.2-7.8 GB/s of
+# a 63 GB/s PCIe 5 x16 link (benchmarks/host_link.py). The link's fraction where ``stream_gbs`` is unmeasured.
 PAGEABLE_LINK_FRACTION = 0.12
 # ... and from pinned memory (CUDA_Host): 54-55 GB/s of the 63 on that H200 (DMA at link speed).
 PINNED_LINK_FRACTION = 0.87
@@ -107,9 +103,8 @@ class CostModel:
         self._output_work = kernel_work((t.info.type_name, t.info.n_elements, t.bytes) for t in head)
 
     def with_switches(self, *, op_offload: bool | None = None, pinned_weights: bool | None = None) -> CostModel:
-        """This model with engine switches changed that change no tensor's size, only where
-        prompt work runs and what it copies: the byte tables are shared, what depends on the
-        switches is recomputed."""
+        """This model with engine switches changed that change no tensor's size, only where prompt
+        work runs and what it copies: the byte tables are shared, the rest is recomputed."""
         c = self.context
         new = copy.copy(self)
         new.context = replace(c, op_offload=c.op_offload if op_offload is None else op_offload,
@@ -565,7 +560,13 @@ class CostModel:
         return t
 
     def predict(self, p: Placement) -> Prediction:
-        """Decode and prompt tokens/s of a placement, with the time breakdown."""
+        """Decode and prompt tokens/s of a placement, with the time breakdown; a llama-bench test's
+        prompt ubatch by ubatch, a shorter last one too (placement.over_prompt_test)."""
+        return over_prompt_test(self.context, self.n_tokens, self.predict_ubatch(p),
+                                lambda c: type(self)(self.model, self.cluster, c, self.params).predict_ubatch(p))
+
+    def predict_ubatch(self, p: Placement) -> Prediction:
+        """:meth:`predict` with the prompt priced per token of full ubatches."""
         tg: dict[str, float] = {}
         pp: dict[str, float] = {}
         target = self.offload_device(p)

@@ -8,9 +8,13 @@ GPU), and where the output head goes;
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
 from functools import cached_property
 from typing import Any, Iterable, Sequence
+
+from .attention import prompt_ubatches
 
 from .devices import Device
 from .errors import InvalidArgumentError
@@ -198,6 +202,7 @@ class Context:
 
     ctx: int = 4096
     n_ubatch: int = 512
+    n_batch: int = 2048  # a llama-bench test's prompt goes to llama_decode this many tokens at a time
     type_k: str = "f16"
     type_v: str = "f16"
     flash_attn: bool = True
@@ -239,6 +244,25 @@ class Context:
     # and a GPU layer's layer_home then names the order's first device (omni_place.splitcost)
     split_mode: str = "layer"
     split_shares: tuple[float, ...] = ()
+
+
+def over_prompt_test(context: Context, n_tokens: int, pred: Prediction,
+                     price_at: Callable[[Context], Prediction]) -> Prediction:
+    """``pred`` (priced per token at ubatches of ``n_tokens``) with its prompt as a llama-bench test of
+    ``context.n_prompt`` tokens runs it (attention.prompt_ubatches): a ubatch of another size is
+    ``price_at`` a context of that ubatch, after the rest of the prompt; the test's tok/s is its
+    tokens over the ubatches' seconds. Unchanged where every ubatch has ``n_tokens`` (or no test)."""
+    sizes = prompt_ubatches(context.n_prompt, context.n_batch, n_tokens)
+    if set(sizes) <= {n_tokens}:
+        return pred
+    start = context.depth if context.prompt_depth is None else context.prompt_depth
+    pp: dict[str, float] = {}
+    for size, count in sizes.items():
+        part = pred if size == n_tokens else price_at(replace(context, n_ubatch=size, n_prompt=size,
+                                                              prompt_depth=start + context.n_prompt - size))
+        add_seconds(pp, {k: v * size * count / context.n_prompt for k, v in part.pp_breakdown.items()})
+    t_pp = sum(pp.values())
+    return Prediction(pred.tg_tps, 1.0 / t_pp if t_pp > 0 else math.inf, pred.tg_breakdown, pp)
 
 
 def placement_from_counts(model: ModelProfile, order: Sequence[str], n_cpu: int, counts: Sequence[int],

@@ -16,7 +16,6 @@ from .calibration import checked_params, read_calibrated
 from .cost import CPU, Context, CostModel, DeviceUsage, Placement, Prediction, SpeedParams, expert_kind
 from .devices import Cluster, resolve_cluster
 from .engines import Dialect, PlacementArgs, dialect
-from .engines.tools import tool_context
 from .errors import ClusterError, InvalidArgumentError, NothingFitsError
 from .hparams import MAX_CONTEXT
 from .model import KV_TYPES, ModelProfile, load_model
@@ -553,7 +552,6 @@ def evaluate(model: str | ModelProfile, cluster: str | Cluster, argv: Sequence[s
     :attr:`Plan.assumptions`. ``argv`` is a list of strings; an argument of the wrong type or
     range raises :class:`InvalidArgumentError` naming it."""
     engine_rules = dialect(engine)
-    rules = engine_rules.traits
     if isinstance(argv, (str, bytes)) or not isinstance(argv, Sequence) or not all(isinstance(a, str) for a in argv):
         raise InvalidArgumentError(f"argv must be a list of strings (got {show(argv)})",
                                    hint='e.g. ["-ngl", "99", "-ts", "3,1"]')
@@ -564,12 +562,7 @@ def evaluate(model: str | ModelProfile, cluster: str | Cluster, argv: Sequence[s
     parsed = engine_rules.parse_args(list(argv), tool)
     prof = load_model(model)
     clus = resolve_cluster(cluster)
-    run = tool_context(parsed, engine_rules.tool_defaults(tool), prof.hparams.n_ctx_train, ctx)
-    context = rules.context(ctx=run.ctx, n_ubatch=run.n_ubatch, type_k=parsed.type_k, type_v=parsed.type_v,
-                            flash_attn=run.flash_attn, depth=run.depth, n_prompt=run.n_prompt, n_gen=run.n_gen,
-                            prompt_depth=run.prompt_depth,
-                            allow_paging=allow_paging, pinned_weights=parsed.pinned_weights,
-                            op_offload=parsed.op_offload, fused_moe=parsed.fused_moe)
+    run, context = engine_rules.run_context(parsed, tool, prof.hparams.n_ctx_train, ctx, allow_paging=allow_paging)
     prof.check_kv_types(context.type_k, context.type_v, context.flash_attn)
     model_notes = engine_rules.model_notes(prof)
     calibrated, store_note = (None, None) if params is not None else read_calibrated(clus, engine)

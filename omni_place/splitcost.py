@@ -313,7 +313,7 @@ class SplitCostModel(CostModel):
         hop = self.hop_tg if n_tokens == 1 else self.hop_pp
         return steps * max(hop(a, b) for a in p.order for b in p.order if a < b)
 
-    def predict(self, p: Placement) -> Prediction:
+    def predict_ubatch(self, p: Placement) -> Prediction:
         self._bind(p)
         dense, experts, output, kv = self._slices
         tg: dict[str, float] = {}

@@ -185,11 +185,14 @@ def design_runs(model: ModelProfile, cluster: Cluster, engine: str, *, params: S
         raise NothingFitsError(f"no calibration run of {model.name} fits {cluster.name}",
                                hint="calibrate with a smaller model (a few GB is enough)")
     load_s = LOAD_FIXED_S + model.total_bytes / (LOAD_GBS * 1e9)
+    ubatch = dialect(engine).tool_defaults("bench").n_ubatch
     n_tests = sum(2 if with_tg else 1 for _, _, with_tg, _, _ in chosen)
     per_pass = max(0.25, (budget_s - load_s * len(chosen)) / n_tests / (reps + 1))
     runs = []
     for name, flags, with_tg, tg, pp in chosen:
-        n_prompt = int(min(max(pp * per_pass, N_PROMPT[0]), N_PROMPT[1])) // 64 * 64
+        n_prompt = int(min(max(pp * per_pass, N_PROMPT[0]), N_PROMPT[1]))
+        n_prompt -= n_prompt % (ubatch if n_prompt >= ubatch else 64)  # whole ubatches: a shorter last one
+        # costs a whole one's weight copies (attention.prompt_ubatches), a regime a server's prompts rarely see
         n_gen = int(min(max(tg * per_pass, N_GEN[0]), N_GEN[1])) // 8 * 8 if with_tg else 0
         seconds = load_s + (reps + 1) * (n_prompt / pp + (n_gen / tg if n_gen else 0.0))
         runs.append(DesignRun(name, _PURPOSE[name], flags, n_prompt, n_gen, tg, pp, seconds))

@@ -24,7 +24,6 @@ from ..cost import Placement
 from ..devices import Cluster
 from ..engines import dialect, engine_of_bench_record
 from ..engines.common import ParsedArgs
-from ..engines.tools import tool_context
 from ..errors import InvalidArgumentError, OmniPlaceError
 from ..model import ModelProfile
 from ..validate import STRICT_JSON, decode_text, number, read_file
@@ -210,12 +209,7 @@ def import_text(text: str, model: ModelProfile, cluster: Cluster, *, engine: str
     for run in runs:
         rules = dialect(run.engine)
         try:
-            tc = tool_context(run.parsed, rules.tool_defaults("bench"), n_ctx_train)
-            context = rules.traits.context(ctx=tc.ctx, n_ubatch=tc.n_ubatch, type_k=run.parsed.type_k,
-                                           type_v=run.parsed.type_v, flash_attn=tc.flash_attn, depth=tc.depth,
-                                           n_prompt=tc.n_prompt, n_gen=tc.n_gen, prompt_depth=tc.prompt_depth,
-                                           pinned_weights=run.parsed.pinned_weights,
-                                           op_offload=run.parsed.op_offload, fused_moe=run.parsed.fused_moe)
+            _, context = rules.run_context(run.parsed, "bench", n_ctx_train)
             model.check_kv_types(context.type_k, context.type_v, context.flash_attn)
             key = (run.config, context.n_ubatch if run.kind == "pp" else None)
             if logs_usable and run.config in logs and key not in from_log:  # a pp and a tg run share a load

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Mapping, Protocol, Sequence
 from ..errors import InvalidArgumentError
 from ..placement import Context
 from .common import FlagSyntax
-from .tools import BENCH_DEFAULTS, SERVER_DEFAULTS, ToolDefaults
+from .tools import BENCH_DEFAULTS, SERVER_DEFAULTS, ToolContext, ToolDefaults, tool_context
 from .splitmodes import SplitModeRule, check, find_rule, rule_of
 
 if TYPE_CHECKING:
@@ -161,6 +161,18 @@ class Dialect(ABC):
     def tool_defaults(self, tool: str = "server") -> ToolDefaults:
         """What ``tool`` uses for the settings a command line leaves out (context, batches, -fa, -ngl)."""
         return BENCH_DEFAULTS if tool == "bench" else SERVER_DEFAULTS
+
+    def run_context(self, parsed: ParsedArgs, tool: str, n_ctx_train: int, ctx: int | None = None,
+                    **settings: Any) -> tuple[ToolContext, Context]:
+        """The context a parsed command line of ``tool`` runs with (tools.tool_context: its size,
+        batches, flash attention and test sizes; its KV types, load mode, op offload and fused MoE)
+        under this engine's traits; ``settings``: the caller's others (e.g. ``allow_paging``)."""
+        run = tool_context(parsed, self.tool_defaults(tool), n_ctx_train, ctx)
+        return run, self.traits.context(
+            ctx=run.ctx, n_ubatch=run.n_ubatch, n_batch=run.n_batch, type_k=parsed.type_k, type_v=parsed.type_v,
+            flash_attn=run.flash_attn, depth=run.depth, n_prompt=run.n_prompt, n_gen=run.n_gen,
+            prompt_depth=run.prompt_depth, pinned_weights=parsed.pinned_weights, op_offload=parsed.op_offload,
+            fused_moe=parsed.fused_moe, **settings)
 
     def parse_args(self, argv: Sequence[str], tool: str = "server") -> ParsedArgs:
         """The placement flags of a user's command line for ``tool``."""

@@ -48,6 +48,7 @@ class ToolContext:
     n_prompt: int = 0
     n_gen: int = 0
     prompt_depth: int | None = None  # the prompt test's depth where it is not the decode's
+    n_batch: int = 2048  # the logical batch (-b): a prompt test goes to llama_decode in pieces of it
 
 
 def tool_context(parsed: ParsedArgs, defaults: ToolDefaults, n_ctx_train: int, ctx: int | None = None) -> ToolContext:
@@ -91,5 +92,5 @@ def tool_context(parsed: ParsedArgs, defaults: ToolDefaults, n_ctx_train: int, c
     fa = defaults.flash_attn if parsed.flash_attn is None else parsed.flash_attn
     if parsed.unpriced:
         notes.append("not priced (assumed not to change placement or memory): " + " ".join(parsed.unpriced))
-    return ToolContext(n_ctx, n_ubatch, fa, depth, tuple(notes), p, n, prompt_depth)
+    return ToolContext(n_ctx, n_ubatch, fa, depth, tuple(notes), p, n, prompt_depth, n_batch)
 

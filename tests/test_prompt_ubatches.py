@@ -1,0 +1,98 @@
+"""A llama-bench prompt test runs in ubatches, the last one shorter, and each pays the per-ubatch
+costs (op offload's weight copies above all): attention.prompt_ubatches, placement.over_prompt_test,
+against the session-35 H200 runs (benchmarks/results/calibrate_35), where `calibrate --run` measured
+the same placement at -p 1280 / 1088 (two full ubatches and a short one) that the held-out matrix
+measured at -p 512."""
+from __future__ import annotations
+
+import statistics
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from omni_place.attention import prompt_ubatches
+from omni_place.bench.calibrate import predict_point
+from omni_place.bench.llamabench import import_text
+from omni_place.cost import Context, CostModel, SpeedParams
+from omni_place.devices import resolve_cluster
+from omni_place.model import load_model
+from omni_place.placement import Placement, on_cpu
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from benchmarks.speed_models import write_speed_model  # noqa: E402
+
+RES = ROOT / "benchmarks" / "results" / "calibrate_35"
+
+
+def test_a_prompt_splits_into_batches_then_ubatches() -> None:
+    assert prompt_ubatches(1280, 2048, 512) == {512: 2, 256: 1}
+    assert prompt_ubatches(3000, 2048, 512) == {512: 5, 440: 1}  # 2048 = 4 x 512, then 952 = 512 + 440
+    assert prompt_ubatches(4096, 2048, 512) == {512: 8}
+    assert prompt_ubatches(128, 2048, 512) == {128: 1}
+    assert prompt_ubatches(0, 2048, 512) == {}
+
+
+@given(st.integers(0, 1 << 20), st.integers(1, 1 << 14), st.integers(1, 1 << 14))
+def test_the_ubatches_hold_every_prompt_token_once(n_prompt: int, n_batch: int, n_ubatch: int) -> None:
+    n_batch = max(n_batch, n_ubatch)  # the engine's n_ubatch = min(n_batch, -ub)
+    sizes = prompt_ubatches(n_prompt, n_batch, n_ubatch)
+    assert sum(s * c for s, c in sizes.items()) == n_prompt
+    assert all(0 < s <= n_ubatch for s in sizes)
+    whole, rest = divmod(n_prompt, n_batch)  # each batch's ubatches, a shorter last one
+    assert sum(sizes.values()) == whole * -(-n_batch // n_ubatch) + -(-rest // n_ubatch)
+
+
+@pytest.fixture(scope="module")
+def moe15(tmp_path_factory: pytest.TempPathFactory):
+    return load_model(write_speed_model("moe15", tmp_path_factory.mktemp("hdr"), header_only=True))
+
+
+def test_a_short_last_ubatch_costs_a_whole_ones_weight_copies(moe15) -> None:
+    """Every expert on the CPU, streamed per ubatch: -p 1280 is three ubatches' copies for 2.5
+    ubatches' tokens; -p 1024 (two whole ones) is priced as -p 512, and a test shorter than a
+    ubatch is one ubatch of its own tokens."""
+    cluster = resolve_cluster(str(RES / "rig_b.toml"))
+    experts = tuple(on_cpu(("gate", "up", "down") if lc.has_experts else ()) for lc in moe15.layers)
+    placement = Placement(("CUDA0",), ("CUDA0",) * moe15.n_layer, experts, "CUDA0")
+
+    def pp(n_prompt: int) -> float:
+        context = Context(ctx=n_prompt, n_ubatch=512, n_batch=2048, n_prompt=n_prompt)
+        return CostModel(moe15, cluster, context).predict(placement).pp_tps
+
+    full, tail = pp(1024), pp(1280)
+    assert pp(512) == pytest.approx(full, rel=0.01)
+    stream = CostModel(moe15, cluster, Context(ctx=1024, n_prompt=1024)).predict(placement).pp_breakdown
+    assert stream["pcie_stream"] > 0.5 * sum(stream.values())  # the copies dominate ...
+    assert 0.75 < tail / full < 0.9  # ... so 2.5 ubatches' tokens take nearly 3 ubatches' time
+    assert pp(128) < 0.5 * full  # a whole ubatch's copies for a quarter of its tokens
+    server = CostModel(moe15, cluster, Context(ctx=1280)).predict(placement)  # no test: whole ubatches
+    assert server.pp_tps == pytest.approx(full, rel=0.01)
+
+
+@pytest.mark.parametrize("model", ["moe15", "mla16"])
+def test_the_same_placement_at_two_prompt_lengths_as_measured(tmp_path: Path, model: str) -> None:
+    """`calibrate --run`'s cpu-experts run (-p 1280 / 1088, every routed expert in RAM) and the
+    held-out `-ot exps=CPU` (-p 512), one placement, on one H200: the measured ratio (0.73 / 0.76)
+    is what the ubatches give, not the 1.0 of pricing per full ubatch."""
+    with tarfile.open(RES / "logs.tar.xz") as tar:
+        tar.extractall(tmp_path, filter="data")
+    prof = load_model(write_speed_model(model, tmp_path, header_only=True))
+    cluster = resolve_cluster(str(RES / "rig_b.toml"))
+    logs = tmp_path / "res"
+    (long,) = [p for p in import_text((logs / "cal" / model / "2.cpu-experts.log").read_text(), prof, cluster).points
+               if p.kind == "pp"]
+    short = [p for r in (0, 1) for p in import_text(
+        (logs / "res_b" / "logs" / f"{model}.h200-b.r{r}" / "llama.cpp.ot-exps.0.log").read_text(), prof,
+        cluster).points if p.kind == "pp"]  # both rounds
+    assert {p.placement for p in short} == {long.placement} and long.context.n_prompt > 1024
+    assert {p.context.n_prompt for p in short} == {512}
+    measured = long.measured / statistics.mean(p.measured for p in short)
+    short = short[0]
+    predicted = predict_point(long, SpeedParams()) / predict_point(short, SpeedParams())
+    assert measured < 0.8
+    assert predicted == pytest.approx(measured, rel=0.15)
