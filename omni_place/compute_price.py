@@ -61,9 +61,6 @@ class PricedModel(Protocol):
     @property
     def offloadable_weights(self) -> tuple[list[int], list[dict[str, int]], int]: ...
 
-    @property
-    def largest_weight_bytes(self) -> int: ...
-
 
 def offloadable_weights(model: ModelProfile) -> tuple[list[int], list[dict[str, int]], int]:
     """What op offload may copy, as a GPU holds it: per layer its largest weight and its largest
@@ -166,7 +163,7 @@ def offload_compute(cost: PricedModel, p: Placement, own: int, gpus_with_layers:
         exact = c.replay(host_held(cost, p), p.output in (CPU, cost.offload_device(p)))
         return max(exact, two_copies) if gpus_with_layers <= 1 else max(own, exact, two_copies)
     if len(cpu_layers) == len(p.layer_home) and p.output == CPU:
-        role, w = "offload_none", cost.largest_weight_bytes
+        role, w = "offload_none", max(max(layer_max, default=0), output_max)  # the largest weight it copies
     elif cpu_layers:
         role, w = "gpu_partial", max(layer_max[il] for il in cpu_layers)
         if p.output == CPU:  # the head's matmul is offloaded too, its copy beside the logits: as

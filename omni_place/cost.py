@@ -150,12 +150,6 @@ class CostModel:
         return offloadable_weights(self.model)
 
     @cached_property
-    def largest_weight_bytes(self) -> int:
-        """The largest layer or output weight as a GPU holds it: what op offload copies at most."""
-        layer_max, _, output_max = self.offloadable_weights
-        return max(max(layer_max, default=0), output_max)
-
-    @cached_property
     def op_offload_bound(self) -> int:
         """What op offload adds on the first GPU over its own layers' and output's peak
         (compute_price.op_offload_reserve)."""
@@ -208,9 +202,8 @@ class CostModel:
         return list(out.values())
 
     def add_compute_margins(self, out: dict[str, DeviceUsage]) -> None:
-        """What an engine whose graphs are not mainline's adds to each compute buffer priced from
-        mainline's replay (``Context.compute_margin`` on accelerators, ``host_compute_margin`` on
-        the host); none on the widths fit (an unreplayed architecture, ``Context.replay_gpus``)."""
+        """What an engine whose graphs are not mainline's adds to each compute buffer of mainline's replay
+        (``Context.compute_margin``, ``host_compute_margin`` on the host); none on the widths fit."""
         c = self.context
         if self.compute.split_replay is None:
             return
@@ -219,8 +212,8 @@ class CostModel:
                 use.compute_bytes += c.host_compute_margin if name == CPU else c.compute_margin
 
     def _finish_usage(self, p: Placement, out: dict[str, DeviceUsage], copies: int, gpus_with_layers: int) -> None:
-        """What both layouts (layer split here, parallel splits in splitcost) add last: the first
-        GPU's buffer with op-offloaded work, the CPU's compute buffer, and what may page."""
+        """What both layouts (layer split, splitcost's parallel splits) add last: the first GPU's buffer
+        with op-offloaded work, the CPU's compute buffer, and what may page."""
         cpu_use = out[CPU]
         target = self.offload_device(p) if self.context.op_offload else None
         offload = target is not None
@@ -231,10 +224,9 @@ class CostModel:
         cpu_use.pageable_bytes = pageable_bytes(self, p, cpu_use.weights_bytes)
 
     def pipeline_parallel(self, p: Placement) -> bool:
-        """Whether llama.cpp pipelines this placement (src/llama-context.cpp:430-435): several
-        model devices, every layer and the output on them, and no tensor override at all. The
-        head goes on the last device with layers, or (``Context.output_by_split``) alone on a
-        later device by its ``-ts`` slot; anywhere else it takes an ``-ot`` override."""
+        """Whether llama.cpp pipelines this placement (src/llama-context.cpp:430-435): several model devices,
+        every layer and the output on them, no tensor override. The head goes on the last device with layers,
+        or (``Context.output_by_split``) alone on a later one by its ``-ts`` slot; elsewhere it takes an -ot."""
         used = [n for n in p.order if n in p.layer_home]
         return (len(p.order) > 1 and all(h != CPU for h in p.layer_home) and bool(used)
                 and (p.output == used[-1] or self.context.output_by_split and p.output_after_layers)
@@ -563,7 +555,14 @@ class CostModel:
         """Decode and prompt tokens/s of a placement, with the time breakdown; a llama-bench test's
         prompt ubatch by ubatch, a shorter last one too (placement.over_prompt_test)."""
         return over_prompt_test(self.context, self.n_tokens, self.predict_ubatch(p),
-                                lambda c: type(self)(self.model, self.cluster, c, self.params).predict_ubatch(p))
+                                lambda c: self._at(c).predict_ubatch(p))
+
+    def _at(self, context: Context) -> CostModel:
+        """This model at another context (a test's shorter ubatch), built once, with these parameters."""
+        others = self.__dict__.setdefault("_others", {})
+        other = others.get(context) or others.setdefault(context, type(self)(self.model, self.cluster, context))
+        other.params = self.params
+        return other
 
     def predict_ubatch(self, p: Placement) -> Prediction:
         """:meth:`predict` with the prompt priced per token of full ubatches."""
