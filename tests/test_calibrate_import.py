@@ -226,6 +226,33 @@ def test_calibrate_command_on_plain_output(tmp_path: Path, monkeypatch: pytest.M
     assert re.search(r"tg: median [\d.]+ %, max [\d.]+ % \(n=4\), rank -?[01]\.\d\d", out)
 
 
+
+def test_calibrate_on_a_run_folder_scored_on_another(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                     capsys: pytest.CaptureFixture) -> None:
+    """A folder stands for its files (RECORDS and --holdout): the session-35 H200 matrix's first
+    round of moe15 (11 llama-bench runs, each its -v log with its -o jsonl output) fitted, its second
+    round scored; hidden files and sub-folders are not read, an empty folder is one error."""
+    import tarfile
+
+    from benchmarks.speed_models import write_speed_model
+
+    monkeypatch.setenv("OMNI_PLACE_CONFIG", str(tmp_path / "cfg"))
+    res35 = ROOT / "benchmarks" / "results" / "calibrate_35"
+    with tarfile.open(res35 / "logs.tar.xz") as tar:
+        tar.extractall(tmp_path, filter="data")
+    logs = tmp_path / "res" / "res_b" / "logs"
+    (logs / "moe15.h200-b.r0" / ".notes").write_text("not llama-bench output")
+    (logs / "moe15.h200-b.r0" / "old").mkdir()
+    header = write_speed_model("moe15", tmp_path, header_only=True)
+    rc = main(["calibrate", str(logs / "moe15.h200-b.r0"), "--holdout", str(logs / "moe15.h200-b.r1"),
+               "--model", str(header), "--cluster", str(res35 / "rig_b.toml"), "--no-save"])
+    out = capsys.readouterr().out
+    assert rc == 0 and "22 records, 22 used" in out and "fitted on 22 measurements" in out
+    assert re.search(r"held-out \(holdout records\): tg: median [\d.]+ %, max [\d.]+ % \(n=11\)", out)
+    (tmp_path / "empty").mkdir()
+    rc = main(["calibrate", str(tmp_path / "empty"), "--model", str(header), "--cluster", str(res35 / "rig_b.toml")])
+    assert rc == 2 and "RECORDS folder" in capsys.readouterr().err
+
 def test_errors_rank_predictions_as_the_engine_ranked_them(models: dict) -> None:
     """calibrate's error report carries Spearman's rank correlation of predicted against measured
     (issue 15's >= 0.9), None where it is undefined (under 3 points, or a constant side)."""

@@ -1,6 +1,7 @@
 """`omni-place bench` and `omni-place calibrate`."""
 from __future__ import annotations
 
+import itertools
 import json
 import sys
 from typing import Any
@@ -17,6 +18,7 @@ from .plan_cmd import _cluster_spec, cluster_option
 
 
 SNIFF_BYTES = 1 << 20  # the head of a RECORDS file that says its kind (its reader then checks its size)
+MAX_RECORD_FILES = 10_000  # files RECORDS / --holdout may name, folders expanded
 
 
 def _pairs(values: tuple[str, ...], what: str) -> dict[str, str]:
@@ -111,9 +113,10 @@ def _fmt_err(e: dict[str, Any]) -> str:
 
 
 @cli.command("calibrate")
-@click.argument("records", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
-@click.option("--holdout", multiple=True, type=click.Path(exists=True, dir_okay=False),
-              help="Records to score only (never fitted on), e.g. a re-run. Without it: leave-one-configuration-out.")
+@click.argument("records", nargs=-1, required=True, type=click.Path(exists=True))
+@click.option("--holdout", multiple=True, type=click.Path(exists=True),
+              help="Records to score only (never fitted on), e.g. a re-run: a file (repeat the option per file) or "
+                   "a folder of them. Without it: leave-one-configuration-out.")
 @click.option("--model", "models", multiple=True,
               help="The model of plain llama-bench output (a GGUF; a header-only one is enough), or NAME=PATH "
                    "for `omni-place bench` records.")
@@ -142,7 +145,7 @@ def calibrate_cmd(records: tuple[str, ...], holdout: tuple[str, ...], models: tu
     """Fit the speed model's efficiencies and split costs to llama-bench measurements, per
     engine, and store them for the machine; later plans use them.
 
-    RECORDS are `omni-place bench` records, or llama-bench's own output (`-o jsonl` of
+    RECORDS are files, or folders of them, of `omni-place bench` records or llama-bench's own output (`-o jsonl` of
     llama.cpp, `-o json` of either fork; written with `-v ... > out.jsonl 2>&1`, the file also
     holds the log, where the placement is read from, which fitted runs need) with --model and
     --cluster/--preset. Records that cannot be used (a -pg test, a fitted run without its log,
@@ -163,6 +166,7 @@ def calibrate_cmd(records: tuple[str, ...], holdout: tuple[str, ...], models: tu
         _calibrate_run(run_exe, records, clusters, preset, engine, Path(out_dir), budget, threads, timeout,
                        dry_run, machine, no_save, fmt)
         return
+    records, holdout = _files_of(records, "RECORDS"), _files_of(holdout, "--holdout")
     # llama-bench's own output by its fields; a file with no usable object goes with what the
     # options ask for (a plain --model means llama-bench output)
     kinds = {_file_kind(p) for p in records + holdout}
@@ -176,6 +180,28 @@ def calibrate_cmd(records: tuple[str, ...], holdout: tuple[str, ...], models: tu
         _calibrate_plain(records, holdout, models, clusters, preset, engine, machine, no_save, fmt)
         return
     _calibrate_records(records, holdout, models, clusters, machine, no_save, fmt)
+
+
+def _files_of(paths: tuple[str, ...], what: str) -> tuple[str, ...]:
+    """Each path, a folder as its files (not hidden, not in sub-folders, by name): a run's outputs."""
+    out: list[str] = []
+    for p in map(Path, paths):
+        if not p.is_dir():
+            out.append(str(p))
+            continue
+        try:
+            entries = list(itertools.islice(p.iterdir(), MAX_RECORD_FILES + 1))
+            files = sorted(str(f) for f in entries if not f.name.startswith(".") and f.is_file())
+        except OSError as err:
+            raise InvalidArgumentError(f"cannot list {what} folder {p}: {err.strerror or err}",
+                                       hint="check the folder's permissions") from None
+        if not files:
+            raise InvalidArgumentError(f"{what} folder {p} holds no files", hint="give the folder of a run's outputs")
+        out += files
+        if len(out) > MAX_RECORD_FILES or len(entries) > MAX_RECORD_FILES:
+            raise InvalidArgumentError(f"{what} names more than {MAX_RECORD_FILES} files",
+                                       hint="give the folders of the runs to calibrate on, not a whole tree")
+    return tuple(out)
 
 
 def _file_kind(path: str) -> str | None:
