@@ -310,7 +310,10 @@ def test_design_is_feasible_short_and_identifying(model_name: str, rig: str, eng
     for run in design.runs:
         plan = evaluate(model, cluster, run.argv(), engine=engine, tool="bench")
         assert plan.feasible, (run.name, run.argv())
-        assert 1 <= run.n_prompt <= 2048 and run.n_gen <= 256
+        assert (1 <= run.n_prompt <= 2048 or run.name == "repeat") and run.n_gen <= 256
+        assert run.n_prompt < 512 or run.n_prompt % 512 == 0  # whole ubatches
+    first, repeat = next(r for r in design.runs if r.n_gen), design.runs[-1]  # the first decode again, last
+    assert (repeat.name, repeat.flags, repeat.n_prompt, repeat.n_gen) == ("repeat", first.flags, 0, first.n_gen)
 
 
 def test_design_keeps_the_gpu_run_when_ram_cannot_hold_the_experts(models: dict) -> None:
@@ -320,7 +323,7 @@ def test_design_keeps_the_gpu_run_when_ram_cannot_hold_the_experts(models: dict)
     gpu = Device("CUDA0", "gpu", 80 << 30, 4800.0, tflops=989.5, link_gbs=63.0)
     cluster = Cluster("80g-gpu-16g-ram", (gpu, Device("CPU", "cpu", 16 << 30, 200.0, threads=16)))
     design = design_runs(models["moe33"], cluster, "llama.cpp")
-    assert [r.name for r in design.runs] == ["gpu", "split"]
+    assert [r.name for r in design.runs] == ["gpu", "split", "repeat"]
     assert "-ot" not in design.runs[0].flags
     for run in design.runs:
         assert evaluate(models["moe33"], cluster, run.argv(), engine="llama.cpp", tool="bench").feasible
@@ -348,7 +351,9 @@ sys.stdout.write(out)
 def test_calibrate_run_with_a_fake_llama_bench(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                capsys: pytest.CaptureFixture) -> None:
     monkeypatch.setenv("OMNI_PLACE_CONFIG", str(tmp_path / "cfg"))
-    logs = [str(DATA / "logs" / f"moe33.rig_12_4.llama.cpp.{c}.log") for c in ("ot-exps", "omni_place", "ncmoe")]
+    # replayed in turn: the last run, a repeat of the first's decode, gets another run's (a machine that moved)
+    logs = [str(DATA / "logs" / f"moe33.rig_12_4.llama.cpp.{c}.log") for c in ("ot-exps", "omni_place", "ncmoe",
+                                                                              "omni_place")]
     exe = tmp_path / "llama-bench"
     exe.write_text(FAKE.format(python=sys.executable, counter=str(tmp_path / "n"), logs=logs))
     exe.chmod(exe.stat().st_mode | stat.S_IXUSR)
@@ -357,10 +362,14 @@ def test_calibrate_run_with_a_fake_llama_bench(tmp_path: Path, monkeypatch: pyte
     cap = capsys.readouterr()
     assert rc == 0, cap.err
     assert "estimated" in cap.err and "budget 180 s" in cap.err
-    assert "[1/4] gpu" in cap.err and "[3/4] split" in cap.err and "failed (oom_load" in cap.err
-    assert "measured: 6 records, 6 used; skipped: 1 x run failed: oom_load" in cap.out
-    assert "llama.cpp: fitted on 6 measurements" in cap.out and "fit error:" in cap.out
-    assert len(list((tmp_path / "runs").glob("*.log"))) == 4
+    assert "[1/5] gpu" in cap.err and "[3/5] split" in cap.err and "failed (oom_load" in cap.err
+    assert "[5/5] repeat" in cap.err
+    assert "measured: 8 records, 8 used; skipped: 1 x run failed: oom_load" in cap.out
+    drift = re.search(r"drift: gpu's decode ran ([\d.]+) tok/s first and ([\d.]+) last \(([-+][\d.]+)%\); both are "
+                      r"fitted; this machine's speed moved", cap.out)
+    assert drift and abs(float(drift[2]) / float(drift[1]) - 1 - float(drift[3]) / 100) < 0.005  # as printed
+    assert "llama.cpp: fitted on 8 measurements" in cap.out and "fit error:" in cap.out
+    assert len(list((tmp_path / "runs").glob("*.log"))) == 5
     doc = json.loads((tmp_path / "cfg" / "calibration" / "h200x2-12g-4g.json").read_text())
     assert doc["report"]["engines"]["llama.cpp"]["fitted"] == ["gpu_bw_scale", "gpu_compute_scale", "cpu_bw_eff",
                                                                  "stream_eff", "split_s", "cpu_tflops_per_core"]

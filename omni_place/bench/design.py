@@ -14,7 +14,10 @@ placements, each feasible by the memory model and each moving a different share 
   first layers' experts and only the down experts of the others), which separates the per-split
   cost from CPU bandwidth (``split_s``; bytes and splits grow together in the other runs);
 - ``cpu-compute`` (engines with a no-op-offload flag): ``cpu-experts``/``cpu-layers`` with op
-  offload off, prompt only -- CPU prompt compute (``cpu_tflops_per_core``).
+  offload off, prompt only -- CPU prompt compute (``cpu_tflops_per_core``);
+- ``repeat``, last: the first run's decode again. Fitted with the rest (the two windows averaged),
+  and :func:`design_drift` says how far the machine's speed moved between them (a VM's did by
+  7-13 % between windows minutes apart: benchmarks/results/calibrate_35.md).
 
 Test sizes (-p/-n) come from each run's predicted speed, so the whole design fits a time budget
 (3 minutes by default, model loads included). :func:`run_design` runs it with the engine's
@@ -45,6 +48,7 @@ LOAD_GBS = 3.0  # GB/s a run reads its weights at (page cache or NVMe) ...
 LOAD_FIXED_S = 3.0  # ... plus backend start-up and the warm-up pass
 REPS = 3  # llama-bench -r
 N_GEN = (16, 256)  # -n bounds: enough tokens to average over, few enough for a slow CPU
+REPEAT = "repeat"  # the last run: the first run's decode again
 N_PROMPT = (128, 2048)  # -p bounds: at least op offload's batch of 32, a full ubatch when it is cheap
 SIZING_CTX = N_PROMPT[1] + N_GEN[1]  # memory and speeds are priced at the largest test
 
@@ -184,17 +188,21 @@ def design_runs(model: ModelProfile, cluster: Cluster, engine: str, *, params: S
     if not chosen:
         raise NothingFitsError(f"no calibration run of {model.name} fits {cluster.name}",
                                hint="calibrate with a smaller model (a few GB is enough)")
+    first = next((c for c in chosen if c[2]), None)
+    if first is not None:  # the first decode again, last: how far the machine moved during the design
+        chosen.append((REPEAT, *first[1:]))
     load_s = LOAD_FIXED_S + model.total_bytes / (LOAD_GBS * 1e9)
     ubatch = dialect(engine).tool_defaults("bench").n_ubatch
-    n_tests = sum(2 if with_tg else 1 for _, _, with_tg, _, _ in chosen)
+    n_tests = sum(2 if with_tg and name != REPEAT else 1 for name, _, with_tg, _, _ in chosen)
     per_pass = max(0.25, (budget_s - load_s * len(chosen)) / n_tests / (reps + 1))
-    runs = []
+    runs: list[DesignRun] = []
     for name, flags, with_tg, tg, pp in chosen:
-        n_prompt = int(min(max(pp * per_pass, N_PROMPT[0]), N_PROMPT[1]))
+        n_prompt = int(min(max(pp * per_pass, N_PROMPT[0]), N_PROMPT[1])) if name != REPEAT else 0
         n_prompt -= n_prompt % (ubatch if n_prompt >= ubatch else 64)  # whole ubatches: a shorter last one
         # costs a whole one's weight copies (attention.prompt_ubatches), a regime a server's prompts rarely see
         n_gen = int(min(max(tg * per_pass, N_GEN[0]), N_GEN[1])) // 8 * 8 if with_tg else 0
-        seconds = load_s + (reps + 1) * (n_prompt / pp + (n_gen / tg if n_gen else 0.0))
+        n_gen = next((r.n_gen for r in runs if r.flags == flags), n_gen) if name == REPEAT else n_gen
+        seconds = load_s + (reps + 1) * ((n_prompt / pp if n_prompt else 0.0) + (n_gen / tg if n_gen else 0.0))
         runs.append(DesignRun(name, _PURPOSE[name], flags, n_prompt, n_gen, tg, pp, seconds))
     names = {r.name for r in runs}
     fit_names = tuple(n for n, by in _IDENTIFIES.items() if by & names)
@@ -208,6 +216,7 @@ _PURPOSE = {
     "split": "per-split cost (a split in every layer, about the CPU bytes of `gpu`)",
     "cpu-compute": "CPU prompt compute (op offload off)",
     "cpu": "CPU bandwidth (tg) and compute (pp)",
+    "repeat": "the first decode again: how far this machine's speed moved during the runs",
 }
 # which runs identify each parameter (a parameter none of the remaining runs moves is not fitted)
 _IDENTIFIES = {
@@ -220,8 +229,8 @@ _IDENTIFIES = {
 def describe(design: Design) -> list[str]:
     """One line per run and the budget line, for the terminal."""
     lines = [f"{i}. {r.name}: {' '.join(r.argv(design.reps))}  -- {r.purpose}; predicted "
-             f"pp {r.pp_tps:.0f} / tg {r.tg_tps:.1f} tok/s, ~{r.seconds:.0f} s"
-             for i, r in enumerate(design.runs, 1)]
+             + " / ".join(([f"pp {r.pp_tps:.0f}"] if r.n_prompt else []) + ([f"tg {r.tg_tps:.1f}"] if r.n_gen else []))
+             + f" tok/s, ~{r.seconds:.0f} s" for i, r in enumerate(design.runs, 1)]
     lines.append(f"estimated {design.seconds:.0f} s for {len(design.runs)} runs (budget {design.budget_s:.0f} s); "
                  f"fits {', '.join(design.fit_names)}")
     return lines
@@ -257,4 +266,44 @@ def run_design(design: Design, exe: str, model_path: str, model: ModelProfile, c
     return result
 
 
-__all__ = ["BUDGET_S", "Design", "DesignRun", "describe", "design_runs", "run_design"]
+@dataclass(frozen=True)
+class Drift:
+    """The design's first decode, measured first and again last (the ``repeat`` run)."""
+
+    run: str
+    first_tps: float
+    last_tps: float
+
+    @property
+    def change(self) -> float:
+        return self.last_tps / self.first_tps - 1.0
+
+    def line(self) -> str:
+        """``drift: ...``, with a warning past DRIFT_WARN."""
+        out = (f"drift: {self.run}'s decode ran {self.first_tps:.1f} tok/s first and {self.last_tps:.1f} last "
+               f"({self.change:+.1%}); both are fitted")
+        if abs(self.change) > DRIFT_WARN:
+            out += ("; this machine's speed moved while it was measured, later runs may differ as much "
+                    "(calibrate again when it is idle)")
+        return out
+
+
+DRIFT_WARN = 0.05  # a move past the run-to-run noise of one quiet machine (benchmarks/results/calibrate_35.md)
+
+
+def design_drift(design: Design, imported: Imported) -> Drift | None:
+    """How the first decode moved between the first run and the ``repeat`` run; None unless both measured it."""
+    if not design.runs or design.runs[-1].name != REPEAT:
+        return None
+    first = next(r.name for r in design.runs if r.n_gen)
+
+    def decode(name: str) -> float | None:
+        return next((p.measured for p in imported.points
+                     if p.kind == "tg" and str(p.record.get("config", "")).split("#")[0] == name), None)
+
+    a, b = decode(first), decode(REPEAT)
+    return Drift(first, a, b) if a and b else None
+
+
+__all__ = ["BUDGET_S", "REPEAT", "Design", "DesignRun", "Drift", "describe", "design_drift", "design_runs",
+           "run_design"]

@@ -309,7 +309,7 @@ def _calibrate_plain(records: tuple[str, ...], holdout: tuple[str, ...], models:
 def _calibrate_run(exe: str, args: tuple[str, ...], clusters: tuple[str, ...], preset: str | None,
                    engine: str | None, out: Path, budget: float, threads: int | None, timeout: float,
                    dry_run: bool, machine: str | None, no_save: bool, fmt: str) -> None:
-    from ..bench.design import describe, design_runs, run_design
+    from ..bench.design import describe, design_drift, design_runs, run_design
     from ..bench.llamabench import require_points
     from ..calibration import machine_id, read_calibrated
     from ..devices import resolve_cluster
@@ -330,11 +330,14 @@ def _calibrate_run(exe: str, args: tuple[str, ...], clusters: tuple[str, ...], p
                           progress_stream=sys.stderr)
     points = require_points(imported, f"the runs of {exe} (logs in {out})")
     fitted, engines = _fit_report(points, [], design.fit_names, base)
+    drift = design_drift(design, imported)
     report: dict[str, Any] = {"engines": engines, "records": imported.summary(), "skipped": dict(imported.skipped),
                               "design": [{"name": r.name, "argv": r.argv(design.reps)} for r in design.runs],
-                              "logs": str(out)}
+                              "logs": str(out), "drift": drift and {"run": drift.run, "first_tps": drift.first_tps,
+                                                                   "last_tps": drift.last_tps,
+                                                                   "change": round(drift.change, 4)}}
     report["saved"] = _save(fitted, report, [machine or machine_id(cluster)], no_save)
-    _emit_report(report, fmt, f"measured: {imported.summary()}")
+    _emit_report(report, fmt, f"measured: {imported.summary()}" + (f"\n{drift.line()}" if drift else ""))
 
 
 def _calibrate_records(records: tuple[str, ...], holdout: tuple[str, ...], models: tuple[str, ...],
