@@ -286,3 +286,17 @@ def test_engine_of_binary() -> None:
     assert engine_of_binary("/x/ik_llama.cpp/build/bin/llama-bench") == "ik_llama.cpp"
     assert engine_of_binary("/root/eng/build-ik/bin/llama-bench") == "ik_llama.cpp"
     assert engine_of_binary("/x/llama.cpp/build/bin/llama-bench") == "llama.cpp"
+
+
+def test_a_record_is_priced_as_its_test_ran(records: list[dict]) -> None:
+    """A bench record's point carries its test: a prompt of 1280 tokens at ubatch 512 (a short last
+    ubatch, placement.over_prompt_test) is priced below a prompt of 1024, per token; its decode at
+    its tokens' mean depth."""
+    from omni_place.cost import SpeedParams
+
+    rec = next(r for r in records if r["status"] == "ok" and r["test"].startswith("pp") and r.get("placement")
+               and r["model"] == "moe33" and r["config"] == "ot-exps")
+    (whole,), (short,) = (cal.points_from_records([{**rec, "n_prompt": n}], search=[RES]) for n in (1024, 1280))
+    assert (whole.context.n_prompt, short.context.n_prompt, short.context.n_ubatch) == (1024, 1280, 512)
+    ratio = cal.predict_point(short, SpeedParams()) / cal.predict_point(whole, SpeedParams())
+    assert ratio < 0.95

@@ -177,11 +177,14 @@ def points_from_records(records: Sequence[dict[str, Any]], *, search: Sequence[P
             mcache[name] = _resolve_model(name, search, models)
         if rig not in ccache:
             ccache[rig] = _resolve_cluster(rig, search, clusters)
-        ctx = max(1, _count(r, "n_prompt", 512) + _count(r, "n_gen", 64))
+        n_prompt, n_gen, ubatch = _count(r, "n_prompt", 512), _count(r, "n_gen", 64), _count(r, "ubatch", 512)
+        ctx = max(1, n_prompt + n_gen)
         where = f"record {name}/{rig}/{r['engine']}/{r['config']}/{test}"
         placement = placement_from_dict(r["placement"], mcache[name], ccache[rig], where)
-        out.append(Point(r, mcache[name], ccache[rig], placement, kind, measured, ctx,
-                         _count(r, "ubatch", 512)))
+        # the test as it ran: its prompt's ubatches, its decodes' depths (placement.over_prompt_test)
+        context = Context(ctx=ctx, n_ubatch=ubatch, n_prompt=n_prompt if kind == "pp" else 0,
+                          n_gen=n_gen if kind == "tg" else 0)
+        out.append(Point(r, mcache[name], ccache[rig], placement, kind, measured, ctx, ubatch, context))
     return out
 
 
