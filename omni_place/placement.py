@@ -15,7 +15,6 @@ from functools import cached_property
 from typing import Any, Iterable, Sequence
 
 from .attention import prompt_ubatches
-
 from .devices import Device
 from .errors import InvalidArgumentError
 from .model import ModelProfile, TensorRecord

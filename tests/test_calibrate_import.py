@@ -373,6 +373,8 @@ def test_calibrate_run_with_a_fake_llama_bench(tmp_path: Path, monkeypatch: pyte
     doc = json.loads((tmp_path / "cfg" / "calibration" / "h200x2-12g-4g.json").read_text())
     assert doc["report"]["engines"]["llama.cpp"]["fitted"] == ["gpu_bw_scale", "gpu_compute_scale", "cpu_bw_eff",
                                                                  "stream_eff", "split_s", "cpu_tflops_per_core"]
+    saved_drift = doc["report"]["drift"]
+    assert saved_drift["run"] == "gpu" and abs(saved_drift["change"] - float(drift[3]) / 100) < 0.001
 
 
 def test_calibrate_run_dry_run_and_bad_arguments(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

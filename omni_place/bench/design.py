@@ -278,6 +278,10 @@ class Drift:
     def change(self) -> float:
         return self.last_tps / self.first_tps - 1.0
 
+    def to_dict(self) -> dict[str, float | str]:
+        return {"run": self.run, "first_tps": self.first_tps, "last_tps": self.last_tps,
+                "change": round(self.change, 4)}
+
     def line(self) -> str:
         """``drift: ...``, with a warning past DRIFT_WARN."""
         out = (f"drift: {self.run}'s decode ran {self.first_tps:.1f} tok/s first and {self.last_tps:.1f} last "

@@ -333,9 +333,7 @@ def _calibrate_run(exe: str, args: tuple[str, ...], clusters: tuple[str, ...], p
     drift = design_drift(design, imported)
     report: dict[str, Any] = {"engines": engines, "records": imported.summary(), "skipped": dict(imported.skipped),
                               "design": [{"name": r.name, "argv": r.argv(design.reps)} for r in design.runs],
-                              "logs": str(out), "drift": drift and {"run": drift.run, "first_tps": drift.first_tps,
-                                                                   "last_tps": drift.last_tps,
-                                                                   "change": round(drift.change, 4)}}
+                              "logs": str(out), "drift": drift.to_dict() if drift else None}
     report["saved"] = _save(fitted, report, [machine or machine_id(cluster)], no_save)
     _emit_report(report, fmt, f"measured: {imported.summary()}" + (f"\n{drift.line()}" if drift else ""))
 
