@@ -389,3 +389,19 @@ def test_calibrate_run_dry_run_and_bad_arguments(tmp_path: Path, capsys: pytest.
     assert main([*args, "--out", str(tmp_path / "o"), "--no-save"]) == 2  # every run fails
     err = capsys.readouterr().err
     assert "failed (error, exit 3" in err and "error: no usable llama-bench records" in err
+
+
+def test_record_folders_are_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                    capsys: pytest.CaptureFixture) -> None:
+    """A folder of more files than calibrate reads is one error (not a listing of a whole tree)."""
+    from omni_place.cli import bench_cmd
+
+    monkeypatch.setattr(bench_cmd, "MAX_RECORD_FILES", 3)
+    folder = tmp_path / "runs"
+    folder.mkdir()
+    for i in range(5):
+        (folder / f"{i}.log").write_text("{}")
+    rc = main(["calibrate", str(folder), "--model", str(RES / "moe33.hdr.gguf.xz"), "--cluster",
+               str(RES / "rig_12_4.toml")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "RECORDS names more than 3 files" in err and err.count("\n") == 2
