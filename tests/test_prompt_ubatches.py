@@ -96,3 +96,20 @@ def test_the_same_placement_at_two_prompt_lengths_as_measured(tmp_path: Path, mo
     predicted = predict_point(long, SpeedParams()) / predict_point(short, SpeedParams())
     assert measured < 0.8
     assert predicted == pytest.approx(measured, rel=0.15)
+
+
+
+def test_check_says_how_a_bench_prompt_runs(tmp_path: Path) -> None:
+    """`check --tool bench` (evaluate) names a prompt's ubatches where one is short, not otherwise."""
+    from omni_place.plan import evaluate
+
+    header = str(write_speed_model("moe15", tmp_path, header_only=True))
+
+    def notes(argv: list[str]) -> list[str]:
+        plan = evaluate(header, str(RES / "rig_b.toml"), argv, tool="bench")
+        return [a for a in plan.assumptions if "ubatches" in a]
+
+    assert notes(["-p", "1280", "-n", "0", "-ngl", "99"]) == [
+        "-p 1280 runs as ubatches of 2 x 512 + 1 x 256 tokens, each paying the per-ubatch costs (op offload's "
+        "weight copies) in full"]
+    assert notes(["-p", "1024", "-n", "0", "-ngl", "99"]) == notes(["-p", "100", "-ngl", "99"]) == []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..attention import prompt_ubatches
 from ..errors import InvalidArgumentError
 from .common import ParsedArgs
 
@@ -89,6 +90,11 @@ def tool_context(parsed: ParsedArgs, defaults: ToolDefaults, n_ctx_train: int, c
     n_batch = min(n_ctx, defaults.n_batch if parsed.n_batch is None else parsed.n_batch)
     ub = defaults.n_ubatch if parsed.n_ubatch is None else parsed.n_ubatch
     n_ubatch = max(1, min(n_batch, ub or n_batch))
+    ubatches = prompt_ubatches(p, n_batch, n_ubatch)
+    if set(ubatches) - {n_ubatch} and sum(ubatches.values()) > 1:  # whole ubatches and a short one
+        parts = " + ".join(f"{c} x {s}" for s, c in sorted(ubatches.items(), reverse=True))
+        notes.append(f"-p {p} runs as ubatches of {parts} tokens, each paying the per-ubatch costs "
+                     "(op offload's weight copies) in full")
     fa = defaults.flash_attn if parsed.flash_attn is None else parsed.flash_attn
     if parsed.unpriced:
         notes.append("not priced (assumed not to change placement or memory): " + " ".join(parsed.unpriced))
