@@ -113,3 +113,27 @@ def test_check_says_how_a_bench_prompt_runs(tmp_path: Path) -> None:
         "-p 1280 runs as ubatches of 2 x 512 + 1 x 256 tokens, each paying the per-ubatch costs (op offload's "
         "weight copies) in full"]
     assert notes(["-p", "1024", "-n", "0", "-ngl", "99"]) == notes(["-p", "100", "-ngl", "99"]) == []
+
+
+@pytest.mark.parametrize("shape", ["cpu_moe", "cpu_dense"])
+def test_a_cpu_only_prompt_of_a_short_last_ubatch_as_measured(tmp_path: Path, shape: str) -> None:
+    """Where the CPU computes the prompt no weights are copied per ubatch, and a short last ubatch
+    costs its tokens' share: llama-bench -p 512 / 640 / 1024 (-t 2, mainline's AVX-512 build, the
+    2-vCPU Xeon of session 35; calibrate_35/cpu_tail.tar.xz) measured the MoE at 1.00 / 1.03 / 1.03
+    and the dense model at 1.00 / 0.98 / 0.93 of -p 512; priced within 6 % of each ratio."""
+    from benchmarks import cpu_prompt
+
+    with tarfile.open(RES / "cpu_tail.tar.xz") as tar:
+        tar.extractall(tmp_path, filter="data")
+    t = "q4_k"
+    model = load_model(write_speed_model(shape, tmp_path, header_only=True, weight_type=cpu_prompt.weight_type_of(
+        shape, t), shape=cpu_prompt.SHAPES[shape]))
+    (tmp_path / "cpu.toml").write_text('name = "xeon2"\n[[devices]]\nname = "CPU"\nkind = "cpu"\nmemory_gib = 20\n'
+                                       'bandwidth_gbs = 20\nthreads = 2\nsimd = "avx512"\n')
+    cluster = resolve_cluster(str(tmp_path / "cpu.toml"))
+    log = tmp_path / f"tail_{shape}.{cpu_prompt.weight_type_of(shape, t)}.log"
+    points = import_text(log.read_text(), model, cluster).points
+    assert [p.context.n_prompt for p in points] == [512, 640, 1024]
+    (first, *rest) = [(p.measured, predict_point(p, SpeedParams())) for p in points]
+    for measured, priced in rest:
+        assert priced / first[1] == pytest.approx(measured / first[0], abs=0.06)
