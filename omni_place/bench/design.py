@@ -48,9 +48,9 @@ LOAD_GBS = 3.0  # GB/s a run reads its weights at (page cache or NVMe) ...
 LOAD_FIXED_S = 3.0  # ... plus backend start-up and the warm-up pass
 REPS = 3  # llama-bench -r
 N_GEN = (16, 256)  # -n bounds: enough tokens to average over, few enough for a slow CPU
-REPEAT = "repeat"  # the last run: the first run's decode again
 N_PROMPT = (128, 2048)  # -p bounds: at least op offload's batch of 32, a full ubatch when it is cheap
 SIZING_CTX = N_PROMPT[1] + N_GEN[1]  # memory and speeds are priced at the largest test
+REPEAT = "repeat"  # the last run: the first run's decode again
 
 
 @dataclass(frozen=True)
@@ -216,7 +216,7 @@ _PURPOSE = {
     "split": "per-split cost (a split in every layer, about the CPU bytes of `gpu`)",
     "cpu-compute": "CPU prompt compute (op offload off)",
     "cpu": "CPU bandwidth (tg) and compute (pp)",
-    "repeat": "the first decode again: how far this machine's speed moved during the runs",
+    REPEAT: "the first decode again: how far this machine's speed moved during the runs",
 }
 # which runs identify each parameter (a parameter none of the remaining runs moves is not fitted)
 _IDENTIFIES = {
