@@ -111,7 +111,7 @@ def test_check_says_how_a_bench_prompt_runs(tmp_path: Path) -> None:
 
     assert notes(["-p", "1280", "-n", "0", "-ngl", "99"]) == [
         "-p 1280 runs as ubatches of 2 x 512 + 1 x 256 tokens, each paying the per-ubatch costs (op offload's "
-        "weight copies) in full"]
+        "weight copies, where it copies) in full"]
     assert notes(["-p", "1024", "-n", "0", "-ngl", "99"]) == notes(["-p", "100", "-ngl", "99"]) == []
 
 

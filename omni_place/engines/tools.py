@@ -94,7 +94,7 @@ def tool_context(parsed: ParsedArgs, defaults: ToolDefaults, n_ctx_train: int, c
     if set(ubatches) - {n_ubatch} and sum(ubatches.values()) > 1:  # whole ubatches and a short one
         parts = " + ".join(f"{c} x {s}" for s, c in sorted(ubatches.items(), reverse=True))
         notes.append(f"-p {p} runs as ubatches of {parts} tokens, each paying the per-ubatch costs "
-                     "(op offload's weight copies) in full")
+                     "(op offload's weight copies, where it copies) in full")
     fa = defaults.flash_attn if parsed.flash_attn is None else parsed.flash_attn
     if parsed.unpriced:
         notes.append("not priced (assumed not to change placement or memory): " + " ".join(parsed.unpriced))
