@@ -538,8 +538,6 @@ def record_switch(record: Mapping[str, Any], key: str, default: bool) -> bool:
     raise InvalidArgumentError(f"{key} must be true/false or 0/1 (got {show(v)})")
 
 
-
-
 def record_split_flags(record: Mapping[str, Any]) -> list[str]:
     """The flags of a llama-bench record's layer split that both engines print alike:
     ``n_gpu_layers``, ``split_mode``, ``main_gpu`` and a ``tensor_split`` that sets any share."""
