@@ -152,7 +152,7 @@ def _rig(a: argparse.Namespace) -> int:
     """A cluster file of the measured machine: one GPU with the free memory llama.cpp reported
     (its ``-v`` line ``using device CUDA0 ... - N MiB free``, after the ballast and its own CUDA
     context), the same margin as ``-fitt``, and the CPU as ``devices --measure`` measured it."""
-    text = (f'# {a.description}\nname = "{a.name}"\n\n[[devices]]\nname = "CUDA0"\nkind = "gpu"\ncatalog = "H200"\n'
+    text = (f'# {a.description}\nname = "{a.name}"\n\n[[devices]]\nname = "CUDA0"\nkind = "gpu"\ncatalog = "{a.catalog}"\n'
             f"memory_gib = {a.gpu_free_mib / 1024:.4f}\nmargin_mib = {a.margin_mib}\n\n"
             f'[[devices]]\nname = "CPU"\nkind = "cpu"\nmemory_gib = {a.cpu_gib}\n'
             f"bandwidth_gbs = {a.cpu_gbs}\nthreads = {a.threads}\n" + (f'simd = "{a.simd}"\n' if a.simd else ""))
@@ -229,7 +229,8 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--cpu-gib", type=float, required=True)
     g.add_argument("--threads", type=int, required=True)
     g.add_argument("--simd", choices=CPU_SIMD, help="the CPU build's SIMD (default: none written, priced over both)")
-    g.add_argument("--description", default="one H200 held down by a ballast, plus CPU RAM")
+    g.add_argument("--catalog", default="H200", help="the GPU's catalog name (devices --measure: its model)")
+    g.add_argument("--description", default="one GPU held down by a ballast, plus CPU RAM")
     g.add_argument("-o", "--output", required=True)
     r = sub.add_parser("run")
     r.add_argument("matrices", nargs="+")
