@@ -21,6 +21,8 @@ at a rate that grows with the threads, except where many heads share a row (MLA)
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 #: prompt attention with flash attention, FLOP/s as a multiple of the GPU's full-batch MMQ rate
 #: (CostModel.kernel_rate)
 FA_PROMPT_RATE = 1.16
@@ -110,3 +112,15 @@ def prompt_attention_s(flops: float, n_tokens: int, flash_attn: bool, rate: floa
 def decode_kv_cost(flash_attn: bool) -> float:
     """Factor on a GPU's time to read the decode's KV cache at its decode bandwidth."""
     return FA_DECODE_KV_COST if flash_attn else NO_FA_DECODE_KV_COST
+
+
+def cpu_cache_prompt_bytes(kv: Sequence[int], cells: Sequence[int], write_bytes: Sequence[int], depth: float,
+                           n_tokens: int) -> list[float]:
+    """Bytes a prompt ubatch of ``n_tokens`` after ``depth`` cells moves, per layer, between a GPU
+    that op offload runs the layer's attention on and its KV cache in CPU memory (``kv`` bytes over
+    ``cells``; ``write_bytes`` a token's new K/V as the graph computes them, 0 for a recurrent
+    state, which goes up whole). The cache of a CPU layer is pageable whatever buffer holds the
+    weights (src/llama-kv-cache.cpp:212-219): the new K/V go down as F32 to the CPU's ``set_rows``
+    (src/llama-graph.cpp:2915-2916), and the cells the ubatch attends come back up."""
+    return [size * min(1.0, (depth + n_tokens) / n) + w * n_tokens if w else float(size)
+            for size, n, w in zip(kv, cells, write_bytes)]

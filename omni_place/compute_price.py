@@ -4,7 +4,7 @@ A layer split, pipelined or not, is replayed whole where the replay was checked
 (:mod:`.compute_replay`, compute_graph.SPLIT_CHECKED): one graph scheduled onto every device and
 the CPU gives each device's buffer, the first CUDA device's op-offloaded work included, and the
 host's (an engine whose graphs are not mainline's adds its measured margins,
-cost.CostModel.add_compute_margins). What the replay does not cover (experts on
+:func:`add_compute_margins`). What the replay does not cover (experts on
 another device than their layer's, a parallel split mode) is priced per device from the fitted
 roles (:mod:`.compute`), with the first GPU's op-offload buffer and the host's beside one CUDA
 device still replayed where they were checked. Beside them, what of the host's weights the
@@ -190,6 +190,30 @@ def host_compute(cost: PricedModel, p: Placement, cpu_use: DeviceUsage, offload:
         return c.cpu_only_bytes() if p.output == CPU else c.device_bytes(True, False, backend="cpu")
     every = cpu_use.n_layers == len(p.layer_home) and p.output == CPU
     return c.host_bytes("host_all" if every else "host_partial", copies)
+
+
+def finish_usage(cost: PricedModel, p: Placement, out: dict[str, DeviceUsage], copies: int,
+                 gpus_with_layers: int) -> None:
+    """What both layouts (layer split, splitcost's parallel splits) add last to ``out``: the first
+    GPU's buffer with op-offloaded work, the CPU's compute buffer, and what may page."""
+    cpu_use = out[CPU]
+    target = cost.offload_device(p) if cost.context.op_offload else None
+    if target is not None and cost.has_cpu_weights(p):
+        first = out[target]
+        first.compute_bytes = offload_compute(cost, p, first.compute_bytes, gpus_with_layers)
+    cpu_use.compute_bytes += host_compute(cost, p, cpu_use, target is not None, copies)
+    cpu_use.pageable_bytes = pageable_bytes(cost, p, cpu_use.weights_bytes)
+
+
+def add_compute_margins(cost: PricedModel, out: dict[str, DeviceUsage]) -> None:
+    """What an engine whose graphs are not mainline's adds to each compute buffer of mainline's replay
+    (``Context.compute_margin``, ``host_compute_margin`` on the host); none on the widths fit."""
+    c = cost.context
+    if cost.compute.split_replay is None:
+        return
+    for name, use in out.items():
+        if use.compute_bytes:
+            use.compute_bytes += c.host_compute_margin if name == CPU else c.compute_margin
 
 
 def pageable_bytes(cost: PricedModel, p: Placement, cpu_weights: int) -> int:

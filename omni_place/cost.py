@@ -30,9 +30,10 @@ from collections.abc import Sequence
 from dataclasses import replace
 from functools import cached_property
 
-from .attention import attended_cells, cpu_decode_kv_s, decode_kv_cost, mean_depths, prompt_attention_s
+from .attention import (attended_cells, cpu_cache_prompt_bytes, cpu_decode_kv_s, decode_kv_cost, mean_depths,
+                        prompt_attention_s)
 from .compute import PIPELINE_COPIES, ComputeEstimate, compute_buffer_estimate
-from .compute_price import (REPACK_TYPES, host_compute, offload_compute, offloadable_weights, op_offload_reserve,
+from .compute_price import (REPACK_TYPES, add_compute_margins, finish_usage, offloadable_weights, op_offload_reserve,
                             pageable_bytes, replayed_buffers)
 from .cpuprobe import DEFAULT_DISK_GBS
 from .devices import Cluster, Device
@@ -89,6 +90,9 @@ class CostModel:
         tg_depth, pp_depth = mean_depths(c.depth, c.n_prompt, c.n_gen, b, c.prompt_depth)  # a bench test's mean
         depth_cells, full_cells = min(tg_depth, c.ctx), model.kv_cells(c.ctx, c.n_seq)
         self.kv_read = [kv * depth_cells / full_cells for kv in self.kv]
+        swa_cells = model.swa_kv_cells(full_cells, c.n_ubatch, c.n_seq, c.swa_full)
+        self.kv_pp_bytes = cpu_cache_prompt_bytes(self.kv, [swa_cells if s else full_cells for s in hp.is_swa],
+                                                  [model.kv_write_bytes(il) for il in range(len(self.kv))], pp_depth, b)
         cell = [2.0 * hp.n_head[il] * (hp.head_dim_k + hp.head_dim_v) if kv else 0.0 for il, kv in enumerate(self.kv)]
         window = [hp.n_swa if hp.is_swa[il] else 0 for il in range(len(self.kv))]  # attention FLOPs: per prompt token,
         self._attn = [f * attended_cells(pp_depth, b, c.flash_attn, w) for f, w in zip(cell, window)]
@@ -98,6 +102,7 @@ class CostModel:
         work = layer_work(model, ik_cpu=c.ik_cpu_kernels, simd=self.cpu.simd)  # its kernels' work (kernels.py)
         self._params, self._work, self._pp_work = work.params, work.decode, work.prompt
         self.ffn_in_prompt, self.pp_dense_cpu_bytes = work.ffn_in_prompt, work.prompt_dense_cpu_bytes
+        self._pp_tensors = work.prompt_tensors
         head = [t for t in model.tensors
                 if t.role is Role.OUTPUT or (model.tied_output and t.name == "token_embd.weight")]
         self._output_work = kernel_work((t.info.type_name, t.info.n_elements, t.bytes) for t in head)
@@ -197,31 +202,9 @@ class CostModel:
             out[CPU].pageable_bytes = pageable_bytes(self, p, out[CPU].weights_bytes)
         else:
             gpus = sum(1 for n in p.order if out[n].n_layers and self.device(n).kind == "gpu")
-            self._finish_usage(p, out, copies, gpus)
-        self.add_compute_margins(out)
+            finish_usage(self, p, out, copies, gpus)
+        add_compute_margins(self, out)
         return list(out.values())
-
-    def add_compute_margins(self, out: dict[str, DeviceUsage]) -> None:
-        """What an engine whose graphs are not mainline's adds to each compute buffer of mainline's replay
-        (``Context.compute_margin``, ``host_compute_margin`` on the host); none on the widths fit."""
-        c = self.context
-        if self.compute.split_replay is None:
-            return
-        for name, use in out.items():
-            if use.compute_bytes:
-                use.compute_bytes += c.host_compute_margin if name == CPU else c.compute_margin
-
-    def _finish_usage(self, p: Placement, out: dict[str, DeviceUsage], copies: int, gpus_with_layers: int) -> None:
-        """What both layouts (layer split, splitcost's parallel splits) add last: the first GPU's buffer
-        with op-offloaded work, the CPU's compute buffer, and what may page."""
-        cpu_use = out[CPU]
-        target = self.offload_device(p) if self.context.op_offload else None
-        offload = target is not None
-        if target is not None and self.has_cpu_weights(p):
-            first = out[target]
-            first.compute_bytes = offload_compute(self, p, first.compute_bytes, gpus_with_layers)
-        cpu_use.compute_bytes += host_compute(self, p, cpu_use, offload, copies)
-        cpu_use.pageable_bytes = pageable_bytes(self, p, cpu_use.weights_bytes)
 
     def pipeline_parallel(self, p: Placement) -> bool:
         """Whether llama.cpp pipelines this placement (src/llama-context.cpp:430-435): several model devices,
@@ -418,10 +401,13 @@ class CostModel:
 
     def layer_pp(self, il: int, home: str, experts: ExpertHomes, first: str | None) -> dict[str, float]:
         """Prompt seconds per token of layer ``il`` by where they are spent. A CPU-home layer's
-        KV cache is copied to the offload device with its weights (its attention runs there);
-        experts on another GPU are computed there, a hop out and back per ubatch."""
+        attention runs on the offload device with its weights (:meth:`cpu_cache_pp`); experts on
+        another GPU are computed there, a hop out and back per ubatch."""
         if home == CPU:
-            return self._cpu_weights_pp(il, True, self.ffn_in_prompt[il], self.cpu_layer_pp_bytes(il, True), first)
+            out = self._cpu_weights_pp(il, True, self.ffn_in_prompt[il], self.cpu_layer_pp_bytes(il, True), first)
+            if first is not None and self.offloads_to(first):
+                add_seconds(out, self.cpu_cache_pp(il, first))
+            return out
         exp_total = sum(self._expert_split[il]["stored"].values())
         _, away = self._away(il, experts)
         frac = {dev: b / exp_total for dev, b in away.items()}
@@ -432,11 +418,17 @@ class CostModel:
         add_seconds(out, self.away_pp(il, home, away, first))
         return out
 
+    def cpu_cache_pp(self, il: int, first: str) -> dict[str, float]:
+        """Per prompt token, CPU-home layer ``il``'s KV cache moved for its attention on ``first``
+        (:attr:`kv_pp_bytes`, at the pageable rate), through a CPU split (``set_rows``) between two GPU ones."""
+        kv_s, splits_s = self.kv_pp_bytes[il] / self.stream_bandwidth(first, False), 2 * self.params.split_s
+        return {"pcie_stream": kv_s / self.n_tokens, "transfers": splits_s / self.n_tokens}
+
     def cpu_layer_pp_bytes(self, il: int, experts: bool) -> float:
-        """What op offload copies of CPU-home layer ``il`` per prompt ubatch: its dense part, its KV cache
+        """What op offload copies of CPU-home layer ``il``'s weights per prompt ubatch: its dense part
         and (``experts``) the experts it touches; no FFN in the last layer (:attr:`ffn_in_prompt`)."""
         touched = self.expert_bytes(il, "stored", None, False) * self.expert_hit * self.ffn_in_prompt[il]
-        return self.pp_dense_cpu_bytes[il] + self.kv_read[il] + (touched if experts else 0.0)
+        return self.pp_dense_cpu_bytes[il] + (touched if experts else 0.0)
 
     def away_pp(self, il: int, home: str, away: dict[str, float], first: str | None) -> dict[str, float]:
         """Prompt seconds per token of layer ``il``'s experts away from its ``home`` (``away`` as for
@@ -529,7 +521,15 @@ class CostModel:
             return out
         flops = dense * self.dense_flops(il, True) + self.expert_flops(il, True) * expert_share
         return {first: flops / self.flops(first) + dense * self.attention_pp(il, first),
-                "pcie_stream": streamed_bytes / self.n_tokens / self.stream_bandwidth(first, pinned)}
+                "pcie_stream": streamed_bytes / self.n_tokens / self.stream_bandwidth(first, pinned),
+                "transfers": self.offload_splits(il, dense, expert_share) * self.params.split_s / self.n_tokens}
+
+    def offload_splits(self, il: int, dense: bool, expert_share: float) -> float:
+        """Graph splits a prompt ubatch pays for op-offloading layer ``il``'s CPU-held weights (its dense
+        part if ``dense``, ``expert_share`` of its routed experts): one per weight tensor, so that each
+        copy's memory is reused (ggml/src/ggml-backend.cpp:1324-1344; ik's :1747-1770)."""
+        dense_tensors, routed_tensors = self._pp_tensors[il]
+        return dense * dense_tensors + routed_tensors * expert_share
 
     def disk_bandwidth(self) -> float:
         """Bytes/s at which weights that do not fit in RAM page in from disk."""

@@ -22,14 +22,17 @@ FFN_ROLES = frozenset({Role.FFN, Role.SHARED_EXPERT, Role.ROUTER, Role.ROUTED_EX
 class LayerWork:
     """Per layer (index as ``model.layers``): (dense, routed-expert) kernel work of a decoded token
     (``decode``) and of a prompt token (``prompt``), their parameters, whether a prompt runs the
-    layer's FFN (``ffn_in_prompt``: 1, or 0 for the last layer), and the bytes of its dense part
-    a prompt uses as the CPU holds them (``prompt_dense_cpu_bytes``: what op offload copies)."""
+    layer's FFN (``ffn_in_prompt``: 1, or 0 for the last layer), the bytes of its dense part a
+    prompt uses as the CPU holds them (``prompt_dense_cpu_bytes``: what op offload copies), and how
+    many (dense, routed-expert) weight tensors a prompt uses (``prompt_tensors``: op offload makes
+    each a graph split of its own)."""
 
     decode: list[tuple[KernelWork, KernelWork]]
     prompt: list[tuple[KernelWork, KernelWork]]
     params: list[tuple[float, float]]
     ffn_in_prompt: list[float]
     prompt_dense_cpu_bytes: list[int]
+    prompt_tensors: list[tuple[int, int]]
 
 
 def layer_work(model: ModelProfile, *, ik_cpu: bool, simd: str | None) -> LayerWork:
@@ -42,6 +45,7 @@ def layer_work(model: ModelProfile, *, ik_cpu: bool, simd: str | None) -> LayerW
     decode = [[KernelWork(), KernelWork()] for _ in range(n)]
     prompt = [[KernelWork(), KernelWork()] for _ in range(n)]
     params = [[0.0, 0.0] for _ in range(n)]
+    tensors = [[0, 0] for _ in range(n)]
     for t in model.tensors:
         if t.layer is None:
             continue
@@ -50,8 +54,9 @@ def layer_work(model: ModelProfile, *, ik_cpu: bool, simd: str | None) -> LayerW
         skipped = t.role in FFN_ROLES and not ffn_in_prompt[t.layer]
         if skipped and not routed:
             dense_cpu[t.layer] -= t.alloc_bytes("cpu")
+        tensors[t.layer][routed] += not skipped
         for works in (decode, prompt) if not skipped else (decode,):
             works[t.layer][routed] = works[t.layer][routed].add(t.info.type_name, t.info.n_elements, t.bytes,
                                                                 routed=routed, ik_cpu=ik_cpu, simd=simd)
     return LayerWork([(d, r) for d, r in decode], [(d, r) for d, r in prompt], [(d, r) for d, r in params],
-                     ffn_in_prompt, dense_cpu)
+                     ffn_in_prompt, dense_cpu, [(d, r) for d, r in tensors])

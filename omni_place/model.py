@@ -381,6 +381,17 @@ class ModelProfile:
                 total += row_bytes(tv, hp.head_dim_v * hp.n_head_kv[il])
         return float(total)
 
+    def kv_write_bytes(self, il: int) -> int:
+        """Bytes of one token's new cache entries of layer ``il`` as the graph computes them (F32 K,
+        and V unless MLA, before ``set_rows`` stores them in the cache's type: src/llama-graph.cpp
+        ``build_attn``, src/llama-kv-cache.cpp ``cpy_k``/``cpy_v``); 0 for a layer without a KV cache."""
+        hp = self.hparams
+        if il >= hp.n_layer_kv or not hp.n_head_kv[il]:
+            return 0
+        if hp.is_mla:
+            return 4 * (hp.head_dim_k * hp.n_head_kv[il] + hp.indexer_head_size)
+        return 4 * (hp.head_dim_k + hp.head_dim_v) * hp.n_head_kv[il]
+
     # -- reporting --------------------------------------------------------------------------
     def to_dict(self, ctx: int = 4096, kv_type: str = "f16", n_ubatch: int = 512,
                 flash_attn: bool = True) -> dict[str, Any]:

@@ -123,6 +123,8 @@ def build_arrays(cost: CostModel, orders: Sequence[tuple[str, ...]], unit: int =
     tcpu_pp = np.zeros(L)
     # routed experts the CPU holds are streamed to the first device only if op offload takes them
     experts_streamed = cost.experts_offloaded
+    offloading = [n for n in names if cost.offloads_to(n)]
+    split_pp = cost.params.split_s / cost.n_tokens  # a graph split per op-offloaded weight (offload_splits)
     flops_streamed = 0.0
     amount_streamed = 0.0
     for il, lc in enumerate(model.layers):
@@ -136,6 +138,9 @@ def build_arrays(cost: CostModel, orders: Sequence[tuple[str, ...]], unit: int =
             amount_streamed += stream_cpu[il]
             if not experts_streamed:  # a CPU layer's experts computed by the CPU
                 tcpu_pp[il] = cost.expert_flops(il, gpu=False) / cost.flops(CPU)
+            if offloading:  # beside its weights' bytes: its KV cache's traffic and the splits
+                tcpu_pp[il] += max(sum(cost.cpu_cache_pp(il, g).values()) for g in offloading) + split_pp * (
+                    cost.offload_splits(il, True, cost.ffn_in_prompt[il] if experts_streamed else 0.0))
         for o, kinds in enumerate(EXPERT_OPTIONS):
             # (a prompt's last layer copies none of its FFN: CostModel.ffn_in_prompt)
             cpu_bytes = cost.expert_bytes(il, "stored", kinds, True) * cost.ffn_in_prompt[il] if experts_streamed else 0
@@ -153,6 +158,10 @@ def build_arrays(cost: CostModel, orders: Sequence[tuple[str, ...]], unit: int =
                 t_tg[d, il, o] = sum(cost.layer_tg(il, name, on_cpu(kinds)).values()) + (1e-12 * il if o else 0.0)
                 parts = cost.layer_pp(il, name, on_cpu(kinds), None)  # first=None: CPU part priced via stream
                 t_pp[d, il, o] = sum(v for k, v in parts.items() if k != CPU or not experts_streamed)
+                if experts_streamed and offloading and stream[il, o]:
+                    stored = cost.expert_bytes(il, "stored", None, False)
+                    t_pp[d, il, o] += split_pp * cost.offload_splits(
+                        il, False, cost.expert_bytes(il, "stored", kinds, True) / stored if stored else 0.0)
     # seconds per streamed byte-per-token when device f is first (see CostModel._cpu_weights_pp)
     flops_per_amount = flops_streamed / amount_streamed if amount_streamed else 0.0
     rate = np.zeros(D)
@@ -180,7 +189,7 @@ def build_arrays(cost: CostModel, orders: Sequence[tuple[str, ...]], unit: int =
     offload = cost.op_offload_bound
     embedding = model.input_bytes() if cost.context.embedding_on_first else 0
     # a device's compute buffer is a peak: its layers' alone, or theirs with the output head's
-    margin = cost.context.compute_margin if comp.split_replay is not None else 0  # CostModel.add_compute_margins
+    margin = cost.context.compute_margin if comp.split_replay is not None else 0  # compute_price.add_compute_margins
     layers_only = [comp.device_bytes(True, False, backend=backend_of(cluster.by_name(n))) + margin for n in names]
     with_output = [comp.device_bytes(True, True, backend=backend_of(cluster.by_name(n))) + margin for n in names]
     mem = {

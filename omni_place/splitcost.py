@@ -37,6 +37,7 @@ from functools import cached_property
 import numpy as np
 
 from .cost import CPU, CostModel, DeviceUsage, Placement, Prediction, SpeedParams, expert_kind
+from .compute_price import add_compute_margins, finish_usage
 from .devices import Cluster
 from .errors import InvalidArgumentError
 from .ggml_types import ggml_type, ggml_type_named
@@ -299,8 +300,8 @@ class SplitCostModel(CostModel):
             if p.output != CPU:
                 use.holds_output, use.weights_bytes = True, use.weights_bytes + output[j]
             use.compute_bytes += self.compute.device_bytes(use.n_layers > 0, use.holds_output, 1, self.backend(d))
-        self._finish_usage(p, out, 1, len(p.order))
-        self.add_compute_margins(out)
+        finish_usage(self, p, out, 1, len(p.order))
+        add_compute_margins(self, out)
         return list(out.values())
 
     # -- seconds --------------------------------------------------------------------------------

@@ -54,7 +54,7 @@ def test_a_prompts_last_layer_computes_and_copies_no_ffn(tmp_path: Path) -> None
     experts = sum(t.bytes for t in moe.model.layers[0].expert_tensors) * moe.expert_hit
     assert moe.pp_dense_cpu_bytes[1] < moe.pp_dense_cpu_bytes[0] == moe.model.layers[0].dense["cpu"]
     assert copied == pytest.approx(moe.pp_dense_cpu_bytes[0] + experts + moe.pp_dense_cpu_bytes[1]
-                                   + moe.kv_read[0] + moe.kv_read[1], rel=1e-6)
+                                   + moe.kv_pp_bytes[0] + moe.kv_pp_bytes[1], rel=1e-6)
 
 
 @pytest.mark.skipif(not RECORDS, reason="no shapes records")
