@@ -36,13 +36,15 @@ def _emit(lines: list[str], out: list[dict[str, Any]], json_path: str | None) ->
 _RUN_FOLDERS = {"records": "res", "records_rerun": "res2"}
 
 
-def _rows(results: list[str], only_model: str | None = None) -> dict[tuple[str, str, str], dict[str, Any]]:
+def _rows(results: list[str], only_model: str | None = None,
+          steady: bool = False) -> dict[tuple[str, str, str], dict[str, Any]]:
     """Per (rig, model, configuration): the measured tok/s of every round and the first round's
     ``-v`` log, from ``run`` folders (records.jsonl + logs/), from benchmarks/results/speed_truth's
     layout (records_<level>.jsonl + logs.tar.xz, logs under res/res_<level>/logs/<model>.<rig>.r<round>/)
     or from engine_compare's (records.jsonl and records_rerun.jsonl + logs.tar.xz, logs under
-    res/<model>.<rig>/ and res2/<model>.<rig>/; a re-run counts as more rounds)."""
-    from omni_place.bench.records import load_records, steady_tps
+    res/<model>.<rig>/ and res2/<model>.<rig>/; a re-run counts as more rounds). ``steady``: leaves
+    out the tests whose repetitions differ as `calibrate` leaves them out (records.UNSTEADY_SPREAD)."""
+    from omni_place.bench.records import UNSTEADY_SPREAD, load_records, sample_spread, steady_tps
 
     rows: dict[tuple[str, str, str], dict[str, Any]] = {}
     tmp = tempfile.TemporaryDirectory(prefix="speed_truth-")
@@ -71,6 +73,8 @@ def _rows(results: list[str], only_model: str | None = None) -> dict[tuple[str, 
                                         "ctx": int(r.get("n_prompt") or 512) + int(r.get("n_gen") or 32),
                                         "env": r.get("env") or {}})
             prompt = r["test"].startswith("pp")
+            if steady and sample_spread(r, r["engine"], prompt) > UNSTEADY_SPREAD:
+                continue
             row["pp" if prompt else "tg"].append(float(steady_tps(r, r["engine"], prompt) or r["avg_ts"]))
             if "log" not in row:
                 run = f"{r['model']}.{r['rig']}" + (f".r{r['round']}" if "round" in r else "")
@@ -92,9 +96,9 @@ def _header(folder: Path, model: str, keep: Path) -> Path:
 
 
 def _rig_file(folder: Path, rig: str) -> str:
-    """The cluster file of ``rig``: <rig>.toml, or rig_<level>.toml for speed_truth's h200-<level>."""
+    """The cluster file of ``rig``: <rig>.toml, or rig_<level>.toml for speed_truth's <gpu>-<level>."""
     own = folder / f"{rig}.toml"
-    return str(own if own.exists() else folder / f"rig_{rig.removeprefix('h200-')}.toml")
+    return str(own if own.exists() else folder / f"rig_{rig.rpartition('-')[2]}.toml")
 
 
 def _placed(a: argparse.Namespace, rows: dict[tuple[str, str, str], dict[str, Any]]) -> Iterator[
@@ -155,7 +159,7 @@ def report(a: argparse.Namespace) -> int:
 
     params = SpeedParams(**json.loads(a.params)) if a.params else None
     calibrated = json.loads(Path(a.calibration).read_text())["engines"] if a.calibration else {}
-    rows = _rows(a.results, a.only_model)
+    rows = _rows(a.results, a.only_model, a.steady)
     out = []
     routing: dict[str, list[list[int]]] = {}
     moe: set[str] = set()

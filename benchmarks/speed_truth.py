@@ -152,7 +152,8 @@ def _rig(a: argparse.Namespace) -> int:
     """A cluster file of the measured machine: one GPU with the free memory llama.cpp reported
     (its ``-v`` line ``using device CUDA0 ... - N MiB free``, after the ballast and its own CUDA
     context), the same margin as ``-fitt``, and the CPU as ``devices --measure`` measured it."""
-    text = (f'# {a.description}\nname = "{a.name}"\n\n[[devices]]\nname = "CUDA0"\nkind = "gpu"\ncatalog = "{a.catalog}"\n'
+    text = (f'# {a.description}\nname = "{a.name}"\n\n'
+            f'[[devices]]\nname = "CUDA0"\nkind = "gpu"\ncatalog = "{a.catalog}"\n'
             f"memory_gib = {a.gpu_free_mib / 1024:.4f}\nmargin_mib = {a.margin_mib}\n\n"
             f'[[devices]]\nname = "CPU"\nkind = "cpu"\nmemory_gib = {a.cpu_gib}\n'
             f"bandwidth_gbs = {a.cpu_gbs}\nthreads = {a.threads}\n" + (f'simd = "{a.simd}"\n' if a.simd else ""))
@@ -249,6 +250,8 @@ def main(argv: list[str] | None = None) -> int:
     q.add_argument("--params", help="SpeedParams as JSON (default: the model's defaults)")
     q.add_argument("--calibration", help="price with the parameters of `omni-place calibrate --format json`")
     q.add_argument("--only-model", help="only this model's configurations")
+    q.add_argument("--steady", action="store_true", help="leave out tests whose repetitions differ by more than "
+                   "omni_place.bench.records.UNSTEADY_SPREAD, as `calibrate` does")
     q.add_argument("--routing", choices=("replayed", "uniform"), default="replayed",
                    help="the share of experts a ubatch touches: replayed from each speed model's router "
                         "(what the runs did, replay_routing) or the cost model's uniform-routing default "

@@ -405,3 +405,28 @@ def test_record_folders_are_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPa
                str(RES / "rig_12_4.toml")])
     err = capsys.readouterr().err
     assert rc == 2 and "RECORDS names more than 3 files" in err and err.count("\n") == 2
+
+
+def test_unsteady_records_are_left_out_and_counted(tmp_path: Path) -> None:
+    """An H100 VM's round of decodes whose two repetitions read 15 and 74 tok/s (calibrate_36): such
+    records are skipped with their count and reason, the steady ones of the same logs kept; ik's cold
+    first prompt repetition is not a spread."""
+    import tarfile
+
+    from benchmarks.speed_models import write_speed_model
+    from omni_place.bench.records import UNSTEADY_SPREAD, sample_spread
+    from omni_place.model import load_model
+
+    assert sample_spread({"samples_ts": [15.2, 74.4]}, "llama.cpp", False) > UNSTEADY_SPREAD
+    assert sample_spread({"samples_ts": [600.0, 900.0, 910.0]}, "ik_llama.cpp", True) < 0.02
+    assert sample_spread({"samples_ts": [600.0, 900.0]}, "ik_llama.cpp", False) == pytest.approx(0.5)
+    assert sample_spread({"samples_ts": [812.0]}, "llama.cpp", True) == sample_spread({}, "llama.cpp", True) == 0.0
+    res = ROOT / "benchmarks" / "results" / "calibrate_36"
+    with tarfile.open(res / "logs.tar.xz") as tar:
+        tar.extractall(tmp_path, filter="data")
+    model = load_model(write_speed_model("moe15", tmp_path, header_only=True))
+    logs = sorted((tmp_path / "res" / "res_b" / "logs" / "moe15.h100-b.r0").glob("*.log"))
+    got = import_files(logs, model, resolve_cluster(str(res / "rig_b.toml")))
+    (reason,) = [why for why in got.skipped if why.startswith("unsteady")]
+    assert got.skipped[reason] == 9 and len(got.points) == 11
+    assert sum(p.kind == "tg" for p in got.points) == 1  # the one decode whose repetitions agreed

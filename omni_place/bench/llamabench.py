@@ -29,7 +29,7 @@ from ..model import ModelProfile
 from ..validate import STRICT_JSON, decode_text, number, read_file
 from .calibrate import Point
 from .logread import LOAD_START, placement_from_log
-from .records import MAX_TPS, placement_from_dict, placement_to_dict, steady_tps
+from .records import MAX_TPS, UNSTEADY_SPREAD, placement_from_dict, placement_to_dict, sample_spread, steady_tps
 
 # CPU decode read rate at fewer threads than the CPU figure was measured with (devices --measure
 # reads with the engine's threads): x (threads / those) ** this. H200 host, 16 vCPUs, 22 weight
@@ -146,6 +146,10 @@ def _prepare(i: int, rec: Any, engine: str | None, skipped: Counter[str]) -> _Ru
         return None
     if not parsed.n_prompt and not parsed.n_gen and not parsed.gp_tests:  # ik's -gp D,N: N decodes
         skipped["a test of no tokens"] += 1
+        return None
+    if sample_spread(rec, eng, bool(parsed.n_prompt)) > UNSTEADY_SPREAD:
+        skipped[f"unsteady: its repetitions differ by more than {UNSTEADY_SPREAD:.0%}, the machine's speed "
+                "moved (rerun it on an idle machine)"] += 1
         return None
     # ik's first prompt repetition runs cold: priced is the warm speed (records.steady_tps)
     measured = steady_tps(rec, eng, bool(parsed.n_prompt)) or measured

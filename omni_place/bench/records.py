@@ -238,6 +238,17 @@ def steady_tps(rec: dict[str, Any], engine: str, prompt: bool) -> float | None:
     return None if avg is None else float(avg)
 
 
+#: a record whose warm repetitions differ by more than this (max / min - 1) ran while the machine's
+#: speed moved: an H100 VM's decodes read 15 and 74 tok/s in one test (benchmarks/results/calibrate_36.md)
+UNSTEADY_SPREAD = 0.25
+
+
+def sample_spread(rec: dict[str, Any], engine: str, prompt: bool) -> float:
+    """max / min - 1 of a record's :func:`warm_samples`; 0 for fewer than two."""
+    warm = warm_samples(rec, engine, prompt)
+    return max(warm) / min(warm) - 1 if len(warm) >= 2 else 0.0
+
+
 def kind_of_test(test: str) -> str:
     """"pp" for a llama-bench prompt test ("pp512"), "tg" for a decode or prompt+decode test."""
     return "pp" if test.startswith("pp") and "+" not in test else "tg"
