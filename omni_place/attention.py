@@ -17,7 +17,8 @@ F16 dot, an online-softmax step and an F16 axpy (ggml/src/ggml-cpu/ops.cpp:8843,
 threads by cells from 512 on, 9490-9520), or without flash attention two F16 matmuls around a
 softmax; heads of half the width over as many cache bytes took as long, so it is priced per byte,
 at a rate that grows with the threads, except where many heads share a row (MLA): their FLOPs bind
-(``benchmarks/cpu_attention.py``).
+(``benchmarks/cpu_attention.py``). Where op offload runs a CPU layer's attention on a GPU, its cache
+moves over the host link each ubatch (:func:`cpu_cache_prompt_bytes`).
 """
 from __future__ import annotations
 

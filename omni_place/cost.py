@@ -15,8 +15,8 @@ scheduler runs an op on the backend holding its weight (``ggml/src/ggml-backend.
 without P2P copy through the host. Prompt processing (pp, ubatches of ``n_ubatch``; a test's shorter last
 one too) is compute-bound on the GPUs (a routed expert costs at least one MMQ tile of tokens; attention
 as attention.py prices it); weights held by the CPU are copied to the first device per ubatch (llama.cpp's
-op offload for batches of 32 or more; only the experts a ubatch touches; a CPU layer's KV cache with it)
-and computed there; RPC devices take no offload.
+op offload for batches of 32 or more; only the experts a ubatch touches; a graph split per weight; a CPU
+layer's KV cache both ways, pageable) and computed there; RPC devices take no offload.
 
 The efficiencies and fixed costs are :class:`SpeedParams`, fitted to llama-bench runs on an H200
 (``benchmarks/results/``); the figures they multiply come from the cluster (``omni-place devices

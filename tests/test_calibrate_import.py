@@ -430,3 +430,35 @@ def test_unsteady_records_are_left_out_and_counted(tmp_path: Path) -> None:
     (reason,) = [why for why in got.skipped if why.startswith("unsteady")]
     assert got.skipped[reason] == 9 and len(got.points) == 11
     assert sum(p.kind == "tg" for p in got.points) == 1  # the one decode whose repetitions agreed
+
+
+def test_calibrate_run_repeats_an_unsteady_run_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                    capsys: pytest.CaptureFixture) -> None:
+    """The first run's decode comes out unsteady (repetitions 15 and 60 tok/s): it runs once more
+    within the budget and its decode is taken from there; its prompt, steady the first time, is not
+    taken twice."""
+    monkeypatch.setenv("OMNI_PLACE_CONFIG", str(tmp_path / "cfg"))
+    steady = DATA / "logs" / "moe33.rig_12_4.llama.cpp.ot-exps.log"
+    head, out = steady.read_text().split("\n# stdout\n", 1)
+    lines = []
+    for line in out.splitlines():
+        rec = json.loads(line) if line.startswith("{") else None
+        if rec is not None and rec["n_gen"]:
+            rec["samples_ts"], rec["avg_ts"] = [15.0, 60.0], 37.5
+            line = json.dumps(rec)
+        lines.append(line)
+    unsteady = tmp_path / "unsteady.log"
+    unsteady.write_text(head + "\n# stdout\n" + "\n".join(lines) + "\n")
+    logs = [str(unsteady), str(steady)] + [str(DATA / "logs" / f"moe33.rig_12_4.llama.cpp.{c}.log")
+                                           for c in ("omni_place", "ncmoe", "omni_place")]
+    exe = tmp_path / "llama-bench"
+    exe.write_text(FAKE.format(python=sys.executable, counter=str(tmp_path / "n"), logs=logs))
+    exe.chmod(exe.stat().st_mode | stat.S_IXUSR)
+    rc = main(["calibrate", "--run", str(exe), str(RES / "moe33.hdr.gguf.xz"), "--cluster", str(RES / "rig_12_4.toml"),
+               "--out", str(tmp_path / "runs"), "--no-save"])
+    cap = capsys.readouterr()
+    assert rc == 0, cap.err
+    assert "gpu: ok (1 unsteady)" in cap.err and "[2/6] gpu again" in cap.err and "[6/6] repeat" in cap.err
+    assert (tmp_path / "runs" / "1.gpu.again.log").exists()
+    assert "8 used" in cap.out and "1 x measured steadily before the run was repeated" in cap.out
+    assert "1 x unsteady" in cap.out and "drift: gpu's decode" in cap.out

@@ -105,7 +105,9 @@ def test_each_expert_type_costs_the_cpu_its_own_kernel(expert_types: dict[str, l
     the same placement, run first: 68-77 tok/s for Q4_K between the two, not used.)"""
     assert sorted(expert_types) == ["iq2_xxs", "q4_k", "q5_0", "q8_0"]
     for wtype, points in expert_types.items():
-        assert len(points) == 4  # pp512 and tg32, op offload off and on
+        # pp512 and tg32, op offload off and on; Q4_K's op-offloaded prompt read 415 and 543 tok/s
+        # in one test and is left out (records.UNSTEADY_SPREAD)
+        assert len(points) == (3 if wtype == "q4_k" else 4)
         for pt in points:
             assert pt.context is not None
             bound = 0.45 if not pt.context.op_offload else 0.12 if pt.kind == "pp" else 0.10

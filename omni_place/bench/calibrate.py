@@ -32,7 +32,7 @@ from ..devices import Cluster, resolve_cluster
 from ..errors import InvalidArgumentError
 from ..model import ModelProfile, load_model
 from ..validate import file_component, read_file
-from .records import check_record, placement_from_dict, steady_tps, kind_of_test
+from .records import UNSTEADY_SPREAD, check_record, kind_of_test, placement_from_dict, sample_spread, steady_tps
 
 FIT_NAMES = ("gpu_bw_scale", "cpu_bw_eff", "gpu_compute_scale", "cpu_tflops_per_core", "split_s", "stream_eff")
 BOUNDS = {
@@ -170,7 +170,8 @@ def points_from_records(records: Sequence[dict[str, Any]], *, search: Sequence[P
         test = str(r["test"])
         kind = kind_of_test(test)
         measured = steady_tps(r, str(r["engine"]), kind == "pp")
-        if r.get("status") != "ok" or not measured or not r.get("placement"):
+        if (r.get("status") != "ok" or not measured or not r.get("placement")
+                or sample_spread(r, str(r["engine"]), kind == "pp") > UNSTEADY_SPREAD):
             continue
         name, rig = str(r.get("model", "")), str(r.get("rig", ""))
         if name not in mcache:

@@ -40,7 +40,7 @@ from ..engines.tools import tool_context
 from ..errors import NothingFitsError, OmniPlaceError
 from ..model import ModelProfile
 from ..recipes import first_true
-from .llamabench import Imported, import_text
+from .llamabench import UNSTEADY, Imported, import_text
 from .run import OK, Progress, classify_failure, parse_output, run_attempt
 
 BUDGET_S = 180.0  # the whole design, model loads included
@@ -240,29 +240,51 @@ def run_design(design: Design, exe: str, model_path: str, model: ModelProfile, c
                threads: int | None = None, timeout: float = 300, progress_stream: TextIO | None = None) -> Imported:
     """Run every design run with llama-bench ``exe`` (its -v log with the output in
     ``out_dir/<i>.<name>.log``) and import what each measured; failed runs are counted in
-    ``skipped`` by their status."""
+    ``skipped`` by their status. A run whose test came out unsteady (llamabench.UNSTEADY) runs
+    once more where the budget has room, for the tests it lacks (``<i>.<name>.again.log``)."""
     spelling = dialect(design.engine).bench
     assert spelling is not None
     out_dir.mkdir(parents=True, exist_ok=True)
     prog = Progress(len(design.runs), progress_stream)
     result = Imported()
-    for i, r in enumerate(design.runs, 1):
-        label = f"{r.name} ({r.purpose}; ~{r.seconds:.0f} s)"
+    spent = 0.0
+
+    def run(i: int, r: DesignRun, suffix: str = "") -> Imported | None:
+        nonlocal spent
+        label = f"{r.name}{suffix and ' ' + suffix} ({r.purpose}; ~{r.seconds:.0f} s)"
         prog.start(label)
         argv = ["-m", model_path, *r.argv(design.reps), *(["-t", str(threads)] if threads else []),
                 *spelling.output, "-v"]
-        log_path = out_dir / f"{i}.{r.name}.log"
+        log_path = out_dir / f"{i}.{r.name}{suffix and '.' + suffix}.log"
         rc, so, se, dt = run_attempt(exe, argv, log_path, timeout=timeout)
+        spent += dt
         status = OK if rc == 0 and parse_output(so) else classify_failure(rc or 1, se + so)
         if status != OK:
             prog.end(r.name, f"failed ({status}, exit {rc}; log {log_path})", dt)
             result.skipped[f"run failed: {status}"] += 1
-            continue
+            return None
         got = import_text(log_path.read_text(errors="replace"), model, cluster, engine=design.engine,
                           source=r.name)
         summary = ", ".join(f"{p.kind} {p.measured:.1f} tok/s" for p in got.points)
-        prog.end(r.name, "ok", dt, summary)
+        prog.end(r.name, "ok" + (f" ({got.skipped[UNSTEADY]} unsteady)" if got.skipped[UNSTEADY] else ""), dt,
+                 summary)
+        return got
+
+    for i, r in enumerate(design.runs, 1):
+        got = run(i, r)
+        if got is None:
+            continue
         result.add(got)
+        if got.skipped[UNSTEADY] and spent + r.seconds <= design.budget_s:
+            prog.total += 1
+            again = run(i, r, "again")
+            if again is not None:
+                measured = {p.kind for p in got.points}
+                kept = [p for p in again.points if p.kind not in measured]
+                if len(kept) < len(again.points):
+                    again.skipped["measured steadily before the run was repeated"] += len(again.points) - len(kept)
+                again.points = kept
+                result.add(again)
     return result
 
 

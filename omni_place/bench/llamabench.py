@@ -118,6 +118,11 @@ class _Run:
                 tuple(p.overrides), p.split_mode, p.main_gpu, p.n_cpu_moe, self.fitted)
 
 
+#: the skip reason of a test whose repetitions differ by more than records.UNSTEADY_SPREAD
+UNSTEADY = (f"unsteady: its repetitions differ by more than {UNSTEADY_SPREAD:.0%}, the machine's speed moved "
+            "(rerun it on an idle machine)")
+
+
 def _short(message: str) -> str:
     return message if len(message) <= 160 else message[:157] + "..."
 
@@ -148,8 +153,7 @@ def _prepare(i: int, rec: Any, engine: str | None, skipped: Counter[str]) -> _Ru
         skipped["a test of no tokens"] += 1
         return None
     if sample_spread(rec, eng, bool(parsed.n_prompt)) > UNSTEADY_SPREAD:
-        skipped[f"unsteady: its repetitions differ by more than {UNSTEADY_SPREAD:.0%}, the machine's speed "
-                "moved (rerun it on an idle machine)"] += 1
+        skipped[UNSTEADY] += 1
         return None
     # ik's first prompt repetition runs cold: priced is the warm speed (records.steady_tps)
     measured = steady_tps(rec, eng, bool(parsed.n_prompt)) or measured

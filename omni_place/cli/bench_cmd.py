@@ -149,12 +149,15 @@ def calibrate_cmd(records: tuple[str, ...], holdout: tuple[str, ...], models: tu
     llama.cpp, `-o json` of either fork; written with `-v ... > out.jsonl 2>&1`, the file also
     holds the log, where the placement is read from, which fitted runs need) with --model and
     --cluster/--preset. Records that cannot be used (a -pg test, a fitted run without its log,
-    a malformed record) are skipped and counted. The error (median, max and the rank correlation
-    of predicted against measured) is reported on measurements the fit did not see.
+    a malformed record, a test whose repetitions differ by more than 25 %: the machine's speed
+    moved) are skipped and counted. The error (median, max and the rank correlation of predicted
+    against measured) is reported on measurements the fit did not see.
 
     With --run LLAMA_BENCH the one argument is the MODEL (its GGUF): a few runs that separate
     GPU and CPU bandwidth, host-link streaming, per-split cost and prompt compute are designed
-    to take about --budget seconds, run with progress on stderr, and fitted.
+    to take about --budget seconds, run with progress on stderr, and fitted. A run that came
+    out unsteady runs once more while the budget has room; the first decode is repeated last
+    to show how far the machine's speed moved (drift).
 
     \b
     Examples:
