@@ -120,8 +120,9 @@ def cpu_cache_prompt_bytes(kv: Sequence[int], cells: Sequence[int], write_bytes:
     """Bytes a prompt ubatch of ``n_tokens`` after ``depth`` cells moves, per layer, between a GPU
     that op offload runs the layer's attention on and its KV cache in CPU memory (``kv`` bytes over
     ``cells``; ``write_bytes`` a token's new K/V as the graph computes them, 0 for a recurrent
-    state, which goes up whole). The cache of a CPU layer is pageable whatever buffer holds the
-    weights (src/llama-kv-cache.cpp:212-219): the new K/V go down as F32 to the CPU's ``set_rows``
+    state, which goes up whole). The cache stays where the layer's device keeps it (mainline: pageable
+    whatever buffer holds the weights, src/llama-kv-cache.cpp:212-219; ik_llama.cpp: pinned,
+    EngineTraits.pinned_cpu_cache): the new K/V go down as F32 to the CPU's ``set_rows``
     (src/llama-graph.cpp:2915-2916), and the cells the ubatch attends come back up."""
     return [size * min(1.0, (depth + n_tokens) / n) + w * n_tokens if w else float(size)
             for size, n, w in zip(kv, cells, write_bytes)]

@@ -16,7 +16,7 @@ without P2P copy through the host. Prompt processing (pp, ubatches of ``n_ubatch
 one too) is compute-bound on the GPUs (a routed expert costs at least one MMQ tile of tokens; attention
 as attention.py prices it); weights held by the CPU are copied to the first device per ubatch (llama.cpp's
 op offload for batches of 32 or more; only the experts a ubatch touches; a graph split per weight; a CPU
-layer's KV cache both ways, pageable) and computed there; RPC devices take no offload.
+layer's KV cache both ways, mainline's pageable) and computed there; RPC devices take no offload.
 
 The efficiencies and fixed costs are :class:`SpeedParams`, fitted to llama-bench runs on an H200
 (``benchmarks/results/``); the figures they multiply come from the cluster (``omni-place devices
@@ -419,9 +419,10 @@ class CostModel:
         return out
 
     def cpu_cache_pp(self, il: int, first: str) -> dict[str, float]:
-        """Per prompt token, CPU-home layer ``il``'s KV cache moved for its attention on ``first``
-        (:attr:`kv_pp_bytes`, at the pageable rate), through a CPU split (``set_rows``) between two GPU ones."""
-        kv_s, splits_s = self.kv_pp_bytes[il] / self.stream_bandwidth(first, False), 2 * self.params.split_s
+        """Per prompt token, CPU-home layer ``il``'s KV cache moved for its attention on ``first`` (:attr:`kv_pp_bytes`,
+        pageable unless Context.pinned_cpu_cache), through a CPU split (``set_rows``) between two GPU ones."""
+        kv_s = self.kv_pp_bytes[il] / self.stream_bandwidth(first, self.context.pinned_cpu_cache)
+        splits_s = 2 * self.params.split_s
         return {"pcie_stream": kv_s / self.n_tokens, "transfers": splits_s / self.n_tokens}
 
     def cpu_layer_pp_bytes(self, il: int, experts: bool) -> float:

@@ -220,6 +220,8 @@ class Context:
     pinned_weights: bool = False
     # experts of GPU layers held by the CPU through overrides are pinned even with mmap (EngineTraits)
     pinned_overrides: bool = False
+    # a CPU layer's KV cache is pinned (EngineTraits): op offload moves it at the pinned rate
+    pinned_cpu_cache: bool = False
     # op offload (llama.cpp's default): prompt ops of CPU-held weights run on the first GPU, their
     # weights copied in per ubatch; off (mainline --no-op-offload): the CPU computes them
     op_offload: bool = True

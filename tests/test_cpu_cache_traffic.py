@@ -5,9 +5,10 @@ runs: the H100 matrix of benchmarks/results/calibrate_36 and the H200 ones of ca
   cache adds a CPU split (``set_rows``) between two GPU ones: the splits priced
   (``CostModel.offload_splits``, ``cpu_cache_pp``) are the ones llama.cpp reports
   (``sched_reserve: graph (pp bs=512 ...) splits = N``).
-- A CPU layer's cache stays in pageable memory whatever holds the weights: with ``-lm none``
-  (pinned weights) its traffic goes at the pageable rate, and that dense plan's prompt is priced
-  as it measured on three rigs (it was priced 17-28 % fast while the cache went at the pinned rate).
+- Mainline keeps a CPU layer's cache in pageable memory whatever holds the weights: with ``-lm
+  none`` (pinned weights) its traffic goes at the pageable rate, and that dense plan's prompt is
+  priced as it measured on three rigs (it was priced 17-28 % fast while the cache went at the
+  pinned rate). ik_llama.cpp keeps it pinned; both as their logs say.
 """
 from __future__ import annotations
 
@@ -115,3 +116,23 @@ def test_the_pinned_dense_plan_prompts_as_measured(unpacked: Path, models: dict[
     assert len(points) >= 2 and all(p.context is not None and p.context.pinned_weights for p in points)
     measured = statistics.median(p.measured for p in points)
     assert predict_point(points[0], SpeedParams()) == pytest.approx(measured, rel=0.12)
+
+
+@pytest.mark.parametrize("engine, run, log", [
+    ("llama.cpp", "calibrate_36", "res/res_b/logs/dense11.h100-b.r0/llama.cpp.ngl.0.log"),
+    ("ik_llama.cpp", "ik_24", "res/res_b/logs/dense11.h200-b.r0/ik_llama.cpp.ngl.0.log")])
+def test_where_each_engine_keeps_a_cpu_layers_cache(tmp_path: Path, models: dict[str, ModelProfile], engine: str,
+                                                    run: str, log: str) -> None:
+    """Mainline allocates a CPU layer's cache in plain CPU memory, ik_llama.cpp in the GPU's pinned
+    host buffer, as their logs say: the cache moves at the pageable or the pinned rate."""
+    from omni_place.engines import dialect
+
+    with tarfile.open(RESULTS / run / "logs.tar.xz") as tar:
+        tar.extractall(tmp_path, filter="data", members=[m for m in tar.getmembers() if m.name == log])
+    buffers = set(re.findall(r"llama_kv_cache(?:_init)?: +(\S+) KV buffer size", (tmp_path / log).read_text()))
+    pinned = dialect(engine).traits.pinned_cpu_cache
+    assert buffers == {"CUDA0", "CUDA_Host" if pinned else "CPU"}
+    cost = CostModel(models["dense11"], resolve_cluster(str(RESULTS / "calibrate_36" / "rig_b.toml")),
+                     dialect(engine).traits.context(ctx=576, n_prompt=512))
+    rate = cost.stream_bandwidth("CUDA0", pinned)
+    assert cost.cpu_cache_pp(3, "CUDA0")["pcie_stream"] == pytest.approx(cost.kv_pp_bytes[3] / 512 / rate)

@@ -62,6 +62,10 @@ class EngineTraits:
     # buffer even under mmap (ik_llama.cpp: src/llama-load-tensors.cpp:260-271 swaps any host
     # buffer type of an override for llama_default_buffer_type_cpu(true))
     pinned_overrides: bool = False
+    # a CPU layer's KV cache lands in the first GPU's pinned host buffer (ik_llama.cpp: the layer's
+    # buffer type, src/llama.cpp:4328 and 352-360, holds its cache, :1272-1288; the logs' "CUDA_Host
+    # KV buffer"); mainline's is plain CPU memory (src/llama-kv-cache.cpp:212-219, "CPU KV buffer")
+    pinned_cpu_cache: bool = False
     # a head alone on a layer-less device after the last one with layers is spelled by -ts (its
     # own slot), no -ot, so the engine may still pipeline (mainline's encode); ik's encoder leaves
     # such a device out of -dev and overrides the head
@@ -84,7 +88,7 @@ class EngineTraits:
                        fused_moe=self.fused_moe and fused_moe is not False,
                        ik_cpu_kernels=self.ik_cpu_kernels, compute_margin=self.compute_margin,
                        host_compute_margin=self.host_compute_margin, replay_gpus=self.replay_gpus,
-                       pinned_overrides=self.pinned_overrides,
+                       pinned_overrides=self.pinned_overrides, pinned_cpu_cache=self.pinned_cpu_cache,
                        output_by_split=self.output_by_split, **settings)
 
 

@@ -422,6 +422,7 @@ class IkLlama(Dialect):
                           moe_offload_by_share=True, fused_moe=True, ik_cpu_kernels=True,
                           compute_margin=IK_COMPUTE_MARGIN,
                           host_compute_margin=IK_HOST_COMPUTE_MARGIN, replay_gpus=1, pinned_overrides=True,
+                          pinned_cpu_cache=True,
                           output_by_split=False, bench_cold_first_prompt=True,
                           split_modes=SPLIT_MODES)
     tools = TOOLS
