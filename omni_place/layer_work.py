@@ -54,7 +54,7 @@ def layer_work(model: ModelProfile, *, ik_cpu: bool, simd: str | None) -> LayerW
         skipped = t.role in FFN_ROLES and not ffn_in_prompt[t.layer]
         if skipped and not routed:
             dense_cpu[t.layer] -= t.alloc_bytes("cpu")
-        tensors[t.layer][routed] += not skipped
+        tensors[t.layer][routed] += 0 if skipped else 1
         for works in (decode, prompt) if not skipped else (decode,):
             works[t.layer][routed] = works[t.layer][routed].add(t.info.type_name, t.info.n_elements, t.bytes,
                                                                 routed=routed, ik_cpu=ik_cpu, simd=simd)
