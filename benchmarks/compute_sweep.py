@@ -46,7 +46,7 @@ from omni_place.gguf import read_model_files
 from omni_place.gguf_write import sparse_copy
 from omni_place.units import GiB, MiB
 from omni_place.llama import LoadSpec, build_info, parse_log, probe_load, rpc_servers
-from tests.arch_models import ARCHS, MLA_ARCHS, MOE_ARCHS, write_model
+from tests.arch_models import ARCHS, HYBRID_ARCHS, MLA_ARCHS, MOE_ARCHS, write_model
 
 UBATCHES = (128, 256, 512, 1024, 2048, 4096)
 CONTEXTS = (512, 2048, 4096, 8192, 16384, 32768, 65536, 131072)
@@ -72,6 +72,13 @@ def random_shape(rng: random.Random, arch: str) -> dict[str, Any]:
                   n_rot=64)
     if arch == "gemma3":
         kw["n_layer"] = 6
+    if arch in HYBRID_ARCHS:  # Qwen3-Next / Qwen3.5: 16 key heads and 16-64 value heads of 128, every 4th layer full
+        k_heads = rng.choice((8, 16))
+        kw.update(n_layer=rng.choice((4, 8)), head_dim=rng.choice((128, 256)),
+                  gdn={"head_dim": 128, "k_heads": k_heads, "v_heads": k_heads * rng.choice((1, 2, 4)),
+                       "d_conv": 4, "interval": 4})
+        if arch in MOE_ARCHS:
+            kw["n_expert_shared"] = 1
     if arch == "qwen2":  # its loader takes head_dim = n_embd / n_head
         kw["head_dim"] = n_embd // n_head
     return kw

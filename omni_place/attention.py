@@ -19,6 +19,10 @@ softmax; heads of half the width over as many cache bytes took as long, so it is
 at a rate that grows with the threads, except where many heads share a row (MLA): their FLOPs bind
 (``benchmarks/cpu_attention.py``). Where op offload runs a CPU layer's attention on a GPU, its cache
 moves over the host link each ubatch (:func:`cpu_cache_prompt_bytes`).
+
+A recurrent layer (a Gated DeltaNet hybrid's linear attention, an SSM) attends to no cells: it reads
+and writes its fixed-size state each decoded token (:data:`RECURRENT_STATE_PASSES`) and runs the delta
+rule over it for each prompt token (:data:`DELTA_RULE_FLOPS`), whatever the depth.
 """
 from __future__ import annotations
 
@@ -51,6 +55,51 @@ CPU_DECODE_FLOP_SHARE = {True: 0.26, False: 0.2}
 #: (benchmarks/results/cpu_attention.md). Without flash attention unmeasured: mainline's.
 IK_CPU_DECODE_KV_BYTES_PER_FLOP = {True: 0.033, False: CPU_DECODE_KV_BYTES_PER_FLOP[False]}
 IK_CPU_DECODE_FLOP_SHARE = {True: 0.57, False: CPU_DECODE_FLOP_SHARE[False]}
+
+
+#: a recurrent layer's state crosses memory three times a decoded token, a read and a write each:
+#: build_rs gathers the sequence's state (get_rows, src/llama-graph.cpp:3535), the fused delta-rule op
+#: reads it and writes the new one (ggml_gated_delta_net), a copy stores that in the cache
+#: (src/models/delta-net-base.cpp build_recurrent_attn)
+RECURRENT_STATE_PASSES = 6
+#: the delta rule's FLOPs per token and state element: the decay, S^T k, the rank-1 update, S^T q
+#: (ggml/src/ggml-cpu/ops.cpp gated_delta_net_one_chunk: four vector passes over each head's state)
+DELTA_RULE_FLOPS = 7
+#: the delta rule's rate, a share of the device's prompt matmul FLOP/s (a GPU's MMQ rate, the CPU's
+#: cpu_tflops_per_core a thread), one token after another over each head's state: a state column per
+#: warp and two warp reductions a token on a GPU (ggml/src/ggml-cuda/gated_delta_net.cu; a prior, not
+#: measured on a GPU), a head per thread on the CPU (0.08: libllama on this project's 2-vCPU Xeon, two
+#: Qwen3.5 shapes whose layers swap attention for linear attention, benchmarks/results/hybrid_cpu.md)
+SCAN_RATE_SHARE = {True: 0.1, False: 0.08}
+#: F32 activations a token's linear-attention mixer reads and writes beside its matmuls, per key and
+#: per value channel: the convolution's concat, conv and SiLU over the 2 x key + value channels, the
+#: L2 norms and scales of q and k, the delta rule's reads and output, the gated RMS norm (the
+#: engine's graph: src/models/qwen35.cpp build_layer_attn_linear)
+MIXER_PASSES_KEY, MIXER_PASSES_VALUE = 22, 17
+
+
+def delta_rule_work(d_state: int, d_inner: int, n_group: int) -> tuple[float, float, int]:
+    """(FLOPs, activation bytes, heads) of a prompt token's linear-attention mixer: ``n_group`` key
+    heads and ``d_inner / d_state`` value heads of ``d_state`` channels (a state of ``d_state x d_inner``)."""
+    return (DELTA_RULE_FLOPS * d_state * d_inner, 4.0 * (MIXER_PASSES_KEY * n_group * d_state
+                                                         + MIXER_PASSES_VALUE * d_inner), d_inner // max(1, d_state))
+
+
+def recurrent_prompt_s(work: tuple[float, float, int], rate: float, bandwidth: float, gpu: bool,
+                       threads: int = 0) -> float:
+    """Seconds per prompt token of a recurrent layer's mixer beside its matmuls (:func:`delta_rule_work`):
+    the delta rule at its share of ``rate`` (the device's matmul FLOP/s; on the CPU over ``threads``,
+    at most a thread a head) and the activations at ``bandwidth``."""
+    flops, act_bytes, heads = work
+    if not gpu and threads > heads > 0:
+        rate *= heads / threads
+    return flops / (rate * SCAN_RATE_SHARE[gpu]) + act_bytes / bandwidth
+
+
+def decode_cache_bytes(kv: Sequence[int], recurrent: Sequence[bool], read_share: float) -> list[float]:
+    """Bytes a decoded token moves per layer: ``read_share`` of a KV cache (the cells up to the
+    depth), a recurrent state whole, :data:`RECURRENT_STATE_PASSES` times."""
+    return [size * (RECURRENT_STATE_PASSES if r else read_share) for size, r in zip(kv, recurrent)]
 
 
 def cpu_decode_kv_s(kv_bytes: float, flops: float, bandwidth: float, rate: float, flash_attn: bool,

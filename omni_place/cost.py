@@ -30,38 +30,33 @@ from collections.abc import Sequence
 from dataclasses import replace
 from functools import cached_property
 
-from .attention import (attended_cells, cpu_cache_prompt_bytes, cpu_decode_kv_s, decode_kv_cost, mean_depths,
-                        prompt_attention_s)
+from .attention import (attended_cells, cpu_cache_prompt_bytes, cpu_decode_kv_s, decode_cache_bytes, decode_kv_cost,
+                        delta_rule_work, mean_depths, prompt_attention_s, recurrent_prompt_s)
 from .compute import PIPELINE_COPIES, ComputeEstimate, compute_buffer_estimate
 from .compute_price import (REPACK_TYPES, add_compute_margins, finish_usage, offloadable_weights, op_offload_reserve,
                             pageable_bytes, replayed_buffers)
-from .cpuprobe import DEFAULT_DISK_GBS
-from .devices import Cluster, Device
+from .devices import Cluster
 from .errors import ClusterError, InvalidArgumentError
 from .gpu_matmul import batch_rate, expert_time_factor, routed_tile_factor, uniform_tile_factor
 from .kernels import FA_OFF_LAYER_SHARE, KERNEL_FLOPS_PER_BYTE, KernelWork, cpu_expert_time_scale, kernel_work
 from .layer_work import layer_work
+from .hparams import ARCHITECTURES, ArchSpec
 from .model import LayerCost, ModelProfile, Role
 from .placement import (CPU, EXPERT_KINDS, EXPERT_OPTIONS, Context, DeviceUsage, ExpertHomes, Placement, Prediction,
                         SpeedParams, add_seconds, expert_kind, on_cpu, over_prompt_test, placement_from_counts)
+from .transfers import PAGEABLE_LINK_FRACTION, PINNED_LINK_FRACTION, Transfers, backend_of
 from .units import GB
 
-# Op offload copies CPU-held weights with cudaMemcpyAsync from pageable (mmap'd) memory (ggml-cuda.cu:779-783
-# from ggml-backend.cpp:1708-1800), staged by the driver through pinned buffers: on an H200 VM 5.2-7.8 GB/s of
-# a 63 GB/s PCIe 5 x16 link (benchmarks/host_link.py). The link's fraction where ``stream_gbs`` is unmeasured.
-PAGEABLE_LINK_FRACTION = 0.12
-# ... and from pinned memory (CUDA_Host): 54-55 GB/s of the 63 on that H200 (DMA at link speed).
-PINNED_LINK_FRACTION = 0.87
 # Share of a MoE layer's decode ops that run where its routed experts are (the three
 # MUL_MAT_IDs, the GLU, the weighting and the sum of the experts' outputs): mainline's 4 + k ops.
 EXPERT_OPS_SHARE = 0.25
 FUSED_EXPERT_OPS = 3  # an engine that fuses them (Context.fused_moe): up+gate+GLU, down, weighted sum
+# Graph nodes of a llama layer (the engine's `graph: nodes` count), whose decode the fixed per-layer
+# costs price: a recurrent layer's ArchSpec.recurrent_layer_ops more cost in proportion.
+LAYER_OPS = 31
 
-def backend_of(dev: Device) -> str:
-    return {"gpu": "cuda", "rpc": "rpc", "cpu": "cpu"}[dev.kind]
 
-
-class CostModel:
+class CostModel(Transfers):
     """Exact bytes and predicted seconds for a (model, cluster, context); see the module doc."""
 
     def __init__(self, model: ModelProfile, cluster: Cluster, context: Context,
@@ -89,11 +84,15 @@ class CostModel:
         self.cpu_expert_scale = cpu_expert_time_scale(hp.n_ff_exp, b * self.k_over_n, c.ik_cpu_kernels)
         tg_depth, pp_depth = mean_depths(c.depth, c.n_prompt, c.n_gen, b, c.prompt_depth)  # a bench test's mean
         depth_cells, full_cells = min(tg_depth, c.ctx), model.kv_cells(c.ctx, c.n_seq)
-        self.kv_read = [kv * depth_cells / full_cells for kv in self.kv]
+        self.recurrent = [model.is_recurrent(il) for il in range(len(self.kv))]
+        self.kv_read = decode_cache_bytes(self.kv, self.recurrent, depth_cells / full_cells)
+        self.recurrent_ops = ARCHITECTURES.get(model.architecture, ArchSpec()).recurrent_layer_ops / LAYER_OPS
         swa_cells = model.swa_kv_cells(full_cells, c.n_ubatch, c.n_seq, c.swa_full)
         self.kv_pp_bytes = cpu_cache_prompt_bytes(self.kv, [swa_cells if s else full_cells for s in hp.is_swa],
                                                   [model.kv_write_bytes(il) for il in range(len(self.kv))], pp_depth, b)
-        cell = [2.0 * hp.n_head[il] * (hp.head_dim_k + hp.head_dim_v) if kv else 0.0 for il, kv in enumerate(self.kv)]
+        cell = [2.0 * hp.n_head[il] * (hp.head_dim_k + hp.head_dim_v) if kv and not r else 0.0
+                for il, (kv, r) in enumerate(zip(self.kv, self.recurrent))]
+        self._mixer = delta_rule_work(hp.ssm_d_state, hp.ssm_d_inner, hp.ssm_n_group)  # a recurrent layer's, a token
         window = [hp.n_swa if hp.is_swa[il] else 0 for il in range(len(self.kv))]  # attention FLOPs: per prompt token,
         self._attn = [f * attended_cells(pp_depth, b, c.flash_attn, w) for f, w in zip(cell, window)]
         self._attn_tg = [f * min(depth_cells, w or depth_cells) for f, w in zip(cell, window)]  # per decoded token
@@ -221,14 +220,6 @@ class CostModel:
         return any(h == CPU for h in p.layer_home) or any(
             p.cpu_experts[il] and self.model.layers[il].has_experts for il in range(len(p.layer_home)))
 
-    def device(self, name: str) -> Device:
-        dev = self._devices.get(name)
-        return dev if dev is not None else self.cluster.by_name(name)  # by_name raises the error
-
-    def backend(self, name: str) -> str:
-        """The backend class of a device name (``"cpu"`` for the CPU)."""
-        return "cpu" if name == CPU else backend_of(self.device(name))
-
     # -- seconds ----------------------------------------------------------------------------
     def bandwidth(self, name: str) -> float:
         """Achieved memory bandwidth in bytes/s."""
@@ -243,11 +234,15 @@ class CostModel:
         """Achieved FLOP/s for prompt matmuls (a GPU's at this ubatch: gpu_matmul.batch_rate)."""
         sp = self.params
         if name == CPU:
-            return max(1, self.cpu.threads or 1) * sp.cpu_tflops_per_core * 1e12
+            return self.threads(name) * sp.cpu_tflops_per_core * 1e12
         dev = self.device(name)
         if dev.kind == "rpc":  # RPC servers here are CPU backends
-            return (dev.tflops or max(1, dev.threads or 8) * sp.cpu_tflops_per_core) * 1e12
+            return (dev.tflops or self.threads(name) * sp.cpu_tflops_per_core) * 1e12
         return self.kernel_rate(name) * batch_rate(self.n_tokens, sp.gpu_half_rate_tokens)
+
+    def threads(self, name: str) -> int:
+        """The CPU threads of the CPU (or an RPC server) running ``name``'s CPU ops."""
+        return max(1, (self.cpu if name == CPU else self.device(name)).threads or (1 if name == CPU else 8))
 
     def kernel_rate(self, name: str) -> float:
         """A GPU's MMQ FLOP/s at full batch: its row's share of ``fp16_tflops`` (unknown: 10 TFLOPS)."""
@@ -263,54 +258,6 @@ class CostModel:
         dev = self.device(name)
         floor = KERNEL_FLOPS_PER_BYTE * dev.bandwidth_gbs * GB * self.params.gpu_compute_scale
         return max(weight_bytes / self.bandwidth(name), work.gpu_decode_flops / max(self.kernel_rate(name), floor))
-
-    def link(self, name: str) -> tuple[float, float]:
-        """(bytes/s, seconds per crossing) of a device's path to the host.
-
-        A GPU's latency is per host<->device copy. An RPC device's ``link_latency_us`` is the
-        network round trip, and each crossing costs half of it: ggml-rpc sends set_tensor and
-        graph_compute without waiting (``send_async``) and waits once per visit, for the
-        get_tensor reply, so a token entering and leaving an RPC device costs one round trip
-        (times ``SpeedParams.rpc_round_trips``, what was measured)."""
-        if name == CPU:
-            return (math.inf, 0.0)
-        dev = self.device(name)
-        gbs = dev.link_gbs or 16.0
-        if dev.link_latency_us is None:
-            return (gbs * GB, self.params.pcie_latency_s)
-        lat = dev.link_latency_us * 1e-6
-        return (gbs * GB, lat / 2 * self.params.rpc_round_trips if dev.kind == "rpc" else lat)
-
-    def same_server(self, a: str, b: str) -> bool:
-        """Two devices of one rpc-server: ggml-rpc copies between them on the server
-        (RPC_CMD_COPY_TENSOR, one round trip, no payload over the network)."""
-        if CPU in (a, b):
-            return False
-        da, db = self.device(a), self.device(b)
-        return da.kind == db.kind == "rpc" and da.endpoint is not None and da.endpoint == db.endpoint
-
-    def _hop(self, a: str, b: str, n_tokens: int) -> float:
-        """Seconds per token to move a batch of ``n_tokens`` activations from a to b: one graph
-        split, and over each end's link (the host relays between two devices) its round trip once
-        per batch plus the F32 activations."""
-        if a == b:
-            return 0.0
-        t = self.params.split_s
-        if self.same_server(a, b):
-            return (t + 2 * self.link(a)[1]) / n_tokens  # a copy request and its reply
-        for name in (a, b):
-            if name != CPU:
-                bw, lat = self.link(name)
-                t += lat + n_tokens * self.act_bytes / bw
-        return t / n_tokens
-
-    def hop_tg(self, a: str, b: str) -> float:
-        """Seconds to move one token's activations from device a to device b (decode)."""
-        return self._hop(a, b, 1)
-
-    def hop_pp(self, a: str, b: str) -> float:
-        """Per prompt token: the ubatch's activations cross once per ubatch."""
-        return self._hop(a, b, self.n_tokens)
 
     def layer_params(self, il: int) -> tuple[float, float]:
         """(dense parameters, routed-expert parameters) of a layer."""
@@ -348,7 +295,8 @@ class CostModel:
         with_layer, away = self._away(il, experts) if home != CPU else every
         out = {home: self.read_tg(home, dense + with_layer * self.k_over_n,
                                   self._work[il][0].plus(self.expert_work(il, with_layer)))
-               + self.kv_tg(il, home) + self._layer_overhead(home, True, self.model.layers[il].has_experts)}
+               + self.kv_tg(il, home) + self._layer_overhead(home, not self.recurrent[il],
+                                                             self.model.layers[il].has_experts, self.recurrent[il])}
         add_seconds(out, self.away_tg(il, home, away))
         return out
 
@@ -378,6 +326,8 @@ class CostModel:
         """Decode seconds to attend over layer ``il``'s cache at the run's depth on ``name`` (attention.py):
         on a GPU slower than its bytes, on the CPU as fast as its threads compute (the engine's kernel)."""
         fa = self.context.flash_attn
+        if self.recurrent[il]:  # its state, whole, at the memory's rate
+            return self.kv_read[il] / self.bandwidth(name)
         if self.on_gpu(name):
             return self.kv_read[il] / self.bandwidth(name) * decode_kv_cost(fa)
         return cpu_decode_kv_s(self.kv_read[il], self._attn_tg[il], self.bandwidth(name), self.flops(name), fa,
@@ -386,18 +336,23 @@ class CostModel:
     def attention_pp(self, il: int, name: str) -> float:
         """Prompt seconds per token of layer ``il``'s attention over its cache on ``name`` (attention.py)."""
         gpu = self.on_gpu(name)
+        if self.recurrent[il]:  # no cells attended: the delta rule over its state, its mixer's activations
+            return recurrent_prompt_s(self._mixer, self.kernel_rate(name) if gpu else self.flops(name),
+                                      self.bandwidth(name), gpu, 0 if gpu else self.threads(name))
         rate, layer_s = (self.kernel_rate(name), self._layer_overhead(name)) if gpu else (self.flops(name), 0.0)
         return prompt_attention_s(self._attn[il], self.n_tokens, self.context.flash_attn, rate, layer_s)
 
-    def _layer_overhead(self, name: str, attention: bool = False, moe: bool = False) -> float:
+    def _layer_overhead(self, name: str, attention: bool = False, moe: bool = False, recurrent: bool = False) -> float:
         """Fixed decode seconds per layer on a backend (RPC: a CPU backend); ``attention``: MLA's on a
-        GPU, ``moe``: a MoE FFN's ops around its experts there."""
+        GPU, ``moe``: a MoE FFN's ops around its experts there, ``recurrent``: a recurrent layer's
+        extra ops (LAYER_OPS)."""
+        ops = 1.0 + self.recurrent_ops * recurrent
         if not self.on_gpu(name):
-            return self.params.cpu_layer_s
+            return self.params.cpu_layer_s * ops
         mla = self.params.gpu_mla_layer_s if attention and self.model.hparams.is_mla else 0
         mla += self.params.gpu_moe_layer_s if moe else 0
         fa_off = FA_OFF_LAYER_SHARE if attention and not self.context.flash_attn else 0.0
-        return self.device(name).speed.layer_us * 1e-6 * self.params.gpu_layer_scale * (1 + fa_off) + mla
+        return self.device(name).speed.layer_us * 1e-6 * self.params.gpu_layer_scale * (ops + fa_off) + mla
 
     def layer_pp(self, il: int, home: str, experts: ExpertHomes, first: str | None) -> dict[str, float]:
         """Prompt seconds per token of layer ``il`` by where they are spent. A CPU-home layer's
@@ -456,56 +411,6 @@ class CostModel:
         flops = self._pp_work[il][1].prompt_flops * self.k_over_n
         return flops * expert_time_factor(self.tile_factor, self.params.gpu_moe_compute_eff)
 
-    @property
-    def experts_pinned(self) -> bool:
-        """Whether the CPU-held experts of GPU layers sit in pinned memory (the engine's overrides
-        pin them, or every CPU-held weight is)."""
-        return self.context.pinned_weights or self.context.pinned_overrides
-
-    def stream_bandwidth(self, name: str, pinned: bool | None = None) -> float:
-        """Bytes/s at which op offload streams CPU-held weights to device ``name``, times
-        ``stream_eff``: from pinned memory (``pinned``, by default ``Context.pinned_weights``)
-        PINNED_LINK_FRACTION of its link; from pageable mmap'd memory its measured rate
-        (``stream_gbs``), else PAGEABLE_LINK_FRACTION of its link."""
-        dev = self.device(name)
-        measured = getattr(dev, "stream_gbs", None)
-        if self.context.pinned_weights if pinned is None else pinned:
-            base = self.link(name)[0] * PINNED_LINK_FRACTION
-        else:
-            base = measured * GB if measured else self.link(name)[0] * PAGEABLE_LINK_FRACTION
-        return base * self.params.stream_eff
-
-    def offload_device(self, p: Placement) -> str | None:
-        """The device that takes op-offloaded work of CPU-held weights: the first of the order
-        whose backend offloads ops, a GPU (ggml-backend.cpp:966-975; RPC offloads none), or None."""
-        return next((n for n in p.order if self.device(n).kind == "gpu"), None)
-
-    @property
-    def ops_offloaded(self) -> bool:
-        """Whether op offload takes ops of CPU-held weights at this batch: on, and at least
-        op_offload_min_batch tokens (ggml-cuda.cu:5651-5655)."""
-        return self.context.op_offload and self.n_tokens >= self.params.op_offload_min_batch
-
-    @property
-    def expert_offload_batch(self) -> int:
-        """The fewest tokens of a batch whose routed-expert MUL_MAT_ID op offload takes: as any
-        op's, or under ``Context.moe_offload_by_share`` enough to give each expert that many on
-        average (ik ggml-cuda.cu:5180-5207)."""
-        hp, least = self.model.hparams, self.params.op_offload_min_batch
-        if not (self.context.moe_offload_by_share and hp.n_expert):
-            return least
-        return max(least, -(-least * hp.n_expert // hp.n_expert_used))
-
-    @property
-    def experts_offloaded(self) -> bool:
-        """Whether op offload takes the MUL_MAT_ID of CPU-held routed experts at this batch."""
-        return self.ops_offloaded and self.n_tokens >= self.expert_offload_batch
-
-    def offloads_to(self, name: str) -> bool:
-        """Whether CPU-held weights are op-offloaded to ``name`` when it is the offload device
-        (:meth:`offload_device`: a GPU; RPC devices take no offload) at this batch."""
-        return self.device(name).kind == "gpu" and self.ops_offloaded
-
     def _cpu_weights_pp(self, il: int, dense: bool, expert_share: float, streamed_bytes: float,
                         first: str | None, pinned: bool | None = None) -> dict[str, float]:
         """CPU-held weights of layer ``il`` in a prompt batch (its dense weights if ``dense``, and
@@ -531,10 +436,6 @@ class CostModel:
         copy's memory is reused (ggml/src/ggml-backend.cpp:1324-1344; ik's :1747-1770)."""
         dense_tensors, routed_tensors = self._pp_tensors[il]
         return dense * dense_tensors + routed_tensors * expert_share
-
-    def disk_bandwidth(self) -> float:
-        """Bytes/s at which weights that do not fit in RAM page in from disk."""
-        return (self.cpu.disk_gbs or DEFAULT_DISK_GBS) * GB
 
     def _paged_fraction(self, p: Placement) -> float:
         """Share of the CPU-held weights that pages from disk (0 unless paging is allowed)."""
@@ -597,4 +498,4 @@ class CostModel:
 # Placement, Context and the priced results live in .placement; re-exported beside the CostModel.
 __all__ = ["CPU", "EXPERT_KINDS", "EXPERT_OPS_SHARE", "EXPERT_OPTIONS", "PAGEABLE_LINK_FRACTION",
            "PINNED_LINK_FRACTION", "REPACK_TYPES", "Context", "CostModel", "DeviceUsage", "ExpertHomes", "Placement",
-           "Prediction", "SpeedParams", "expert_kind", "on_cpu", "placement_from_counts"]
+           "Prediction", "SpeedParams", "backend_of", "expert_kind", "on_cpu", "placement_from_counts"]

@@ -55,6 +55,14 @@ class ArchSpec:
     swa_pattern: int = 0  # default sliding_window_pattern (n: layer il is SWA iff il % n < n-1)
     swa_dense_first: bool = False
     recurrent: bool = False  # every layer is recurrent (mamba)
+    # Gated DeltaNet hybrids: the layers `attention.recurrent_layers` flags, else all but every
+    # `full_attention_interval`-th (default 4) of the trunk are linear attention with a recurrent
+    # state (src/models/qwen35moe.cpp load_arch_hparams); NextN blocks are full attention
+    recurrent_interval: bool = False
+    # graph nodes a recurrent layer runs beyond the model's own attention layer (the engine's
+    # `sched_reserve: graph: nodes = N` over models that differ in their layer mix): its decode
+    # costs that many more kernels on a GPU and thread barriers on the CPU
+    recurrent_layer_ops: int = 0
     verified: bool = False
 
 
@@ -72,6 +80,9 @@ ARCHITECTURES: dict[str, ArchSpec] = {
     "gpt-oss": ArchSpec(swa_pattern=2, verified=True),
     "gemma3": ArchSpec(swa_pattern=6, verified=True),
     "gemma2": ArchSpec(swa_pattern=2),
+    "qwen3next": ArchSpec(recurrent_interval=True, recurrent_layer_ops=34, verified=True),
+    "qwen35": ArchSpec(recurrent_interval=True, recurrent_layer_ops=26, verified=True),
+    "qwen35moe": ArchSpec(recurrent_interval=True, recurrent_layer_ops=26, verified=True),
     "mistral3": ArchSpec(),
     "mamba": ArchSpec(recurrent=True),
     "mamba2": ArchSpec(recurrent=True),
@@ -81,7 +92,7 @@ ARCHITECTURES: dict[str, ArchSpec] = {
 }
 # Architectures whose memory layout is known to differ from what this module models.
 NOT_COVERED = {
-    "rwkv6", "rwkv7", "arwkv7", "rwkv6qwen2", "lfm2", "lfm2moe", "qwen3next", "qwen35", "qwen35moe",
+    "rwkv6", "rwkv7", "arwkv7", "rwkv6qwen2", "lfm2", "lfm2moe",
     "kimi-linear", "gemma3n", "gemma4", "minimax-m3", "glm-dsa", "t5", "t5encoder",
     "bert", "nomic-bert", "jina-bert-v2", "whisper", "falcon-h1",
 }
@@ -135,6 +146,30 @@ def _per_layer(md: dict[str, Any], key: str, n: int, default: int | None, *, hi:
     return (_int(md, key, default, hi=hi),) * n
 
 
+def _flags(md: dict[str, Any], key: str, n: int) -> tuple[bool, ...] | None:
+    """A per-layer flag array (BOOL as converters write it, or 0/1 integers), its first ``n``
+    entries; None when the key is absent or not an array."""
+    v = md.get(key)
+    if not isinstance(v, list):
+        return None
+    if len(v) < n:
+        raise GGUFFormatError(f"metadata {key} has {len(v)} entries, need {n}",
+                              hint=f"the header's {key} is unusable; re-download or re-convert the GGUF")
+    return tuple(bool(integer(int(x) if isinstance(x, bool) else x, f"{key}[{il}]", lo=0, hi=1, error=_bad(key)))
+                 for il, x in enumerate(v[:n]))
+
+
+def _recurrent_layers(md: dict[str, Any], a: str, n_layer: int, n_nextn: int) -> tuple[bool, ...]:
+    """Which layers of a Gated DeltaNet hybrid are recurrent: ``attention.recurrent_layers``, else
+    all but every ``full_attention_interval``-th of the trunk (NextN blocks never)."""
+    n_main = n_layer - n_nextn
+    flags = _flags(md, f"{a}.attention.recurrent_layers", n_layer)
+    if flags is not None:
+        return tuple(f and il < n_main for il, f in enumerate(flags))
+    interval = _int(md, f"{a}.full_attention_interval", 4, lo=1, hi=MAX_LAYERS)
+    return tuple(il < n_main and (il + 1) % interval != 0 for il in range(n_layer))
+
+
 def read_hparams(arch: str, md: dict[str, Any], n_vocab_fallback: int) -> HParams:
     """The hyper-parameters of ``arch`` from GGUF metadata, every value checked for type and
     range (GGUFFormatError naming the key and value; UnsupportedModelError for a missing key)."""
@@ -153,6 +188,10 @@ def read_hparams(arch: str, md: dict[str, Any], n_vocab_fallback: int) -> HParam
         if h and not h_kv and a not in NOT_COVERED:  # 0 marks a recurrent layer, which only hybrids have
             raise _bad(f"{a}.attention.head_count_kv")(
                 f"{a}.attention.head_count_kv = 0 in layer {il} (head_count {h}): {a} has no recurrent layers")
+    spec = ARCHITECTURES.get(arch, ArchSpec())
+    if spec.recurrent_interval:  # a recurrent layer's head_count_kv is 0, as hybrids' own arrays have it
+        recurrent = _recurrent_layers(md, a, n_layer, n_nextn)
+        n_head_kv = tuple(0 if r else h for r, h in zip(recurrent, n_head_kv))
     h0 = max(n_head)
     head_dim_k = _int(md, f"{a}.attention.key_length", n_embd // h0 if h0 else 0, hi=MAX_HEAD_DIM)
     head_dim_v = _int(md, f"{a}.attention.value_length", n_embd // h0 if h0 else 0, hi=MAX_HEAD_DIM)
@@ -167,18 +206,12 @@ def read_hparams(arch: str, md: dict[str, Any], n_vocab_fallback: int) -> HParam
         raise _bad(f"{a}.expert_used_count")(
             f"{a}.expert_used_count = {n_expert_used} with expert_count = {n_expert}: the engine needs "
             + ("1..expert_count experts per token" if n_expert else "0 without experts"))
-    spec = ARCHITECTURES.get(arch, ArchSpec())
     n_swa = _int(md, f"{a}.attention.sliding_window", 0, hi=MAX_CONTEXT)
     pattern = md.get(f"{a}.attention.sliding_window_pattern")
     n_main = n_layer - n_nextn
-    if isinstance(pattern, list):
-        if len(pattern) < n_main:
-            raise GGUFFormatError(f"{a}.attention.sliding_window_pattern has {len(pattern)} entries, need {n_main}")
-        # one flag per layer: a BOOL array as converters write it, or 0/1 integers
-        flags = [integer(int(x) if isinstance(x, bool) else x, f"{a}.attention.sliding_window_pattern[{il}]",
-                         lo=0, hi=1, error=_bad(f"{a}.attention.sliding_window_pattern"))
-                 for il, x in enumerate(pattern[:n_main])]
-        is_swa = tuple(bool(x) for x in flags) + (False,) * n_nextn
+    swa_flags = _flags(md, f"{a}.attention.sliding_window_pattern", n_main)
+    if swa_flags is not None:
+        is_swa = swa_flags + (False,) * n_nextn
     else:
         n_pat = (spec.swa_pattern if pattern is None or isinstance(pattern, LongArray) else
                  _int(md, f"{a}.attention.sliding_window_pattern", hi=MAX_LAYERS))

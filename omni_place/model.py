@@ -337,7 +337,6 @@ class ModelProfile:
                                        hint="add -fa on or use --kv-type f16")
         cells = self.kv_cells(ctx, n_seq)  # all streams
         swa_cells = self.swa_kv_cells(cells, n_ubatch, n_seq, swa_full)
-        spec = ARCHITECTURES.get(self.architecture, ArchSpec())
         out: list[int] = []
         v_width_max = max(
             (hp.head_dim_v * h for il, h in enumerate(hp.n_head_kv) if il < hp.n_layer_kv and h), default=0
@@ -346,7 +345,7 @@ class ModelProfile:
             if il >= hp.n_layer_kv:
                 out.append(0)
                 continue
-            if spec.recurrent or (hp.n_head_kv[il] == 0 and hp.ssm_d_inner):
+            if self.is_recurrent(il):
                 out.append(self._recurrent_state_bytes(n_seq))
                 continue
             n_cells = swa_cells if hp.is_swa[il] else cells
@@ -358,6 +357,14 @@ class ModelProfile:
             v_width = hp.head_dim_v * hp.n_head_kv[il] if flash_attn else v_width_max  # transposed V uses the max
             out.append(k + row_bytes(tv, v_width) * n_cells)
         return out
+
+    def is_recurrent(self, il: int) -> bool:
+        """Whether layer ``il`` holds a recurrent state (F32 conv and SSM / delta-rule state, its size
+        independent of the context: llama-memory-recurrent.cpp) instead of a KV cache: every layer of
+        a recurrent architecture, a hybrid's layers without KV heads."""
+        hp = self.hparams
+        spec = ARCHITECTURES.get(self.architecture, ArchSpec())
+        return il < hp.n_layer_kv and (spec.recurrent or (hp.n_head_kv[il] == 0 and hp.ssm_d_inner > 0))
 
     def _recurrent_state_bytes(self, n_seq: int) -> int:
         hp = self.hparams

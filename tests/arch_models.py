@@ -75,10 +75,15 @@ __all__ = [
 ]
 
 ARCHS: tuple[str, ...] = ("llama", "qwen2", "qwen3", "qwen3moe", "deepseek2", "gpt-oss", "gemma3", "glm4moe",
-                          "deepseek32")
-MOE_ARCHS: frozenset[str] = frozenset({"qwen3moe", "deepseek2", "gpt-oss", "glm4moe", "deepseek32"})
+                          "deepseek32", "qwen35", "qwen35moe", "qwen3next")
+MOE_ARCHS: frozenset[str] = frozenset({"qwen3moe", "deepseek2", "gpt-oss", "glm4moe", "deepseek32", "qwen35moe",
+                                       "qwen3next"})
+# Gated DeltaNet hybrids (src/models/qwen3next.cpp, qwen35.cpp, qwen35moe.cpp): every
+# full_attention_interval-th layer is gated full attention, the others linear attention with a
+# recurrent state; MoE ones have a gated shared expert
+HYBRID_ARCHS: frozenset[str] = frozenset({"qwen35", "qwen35moe", "qwen3next"})
 SWA_ARCHS: frozenset[str] = frozenset({"gpt-oss", "gemma3"})
-NEXTN_ARCHS: frozenset[str] = frozenset({"deepseek2", "glm4moe", "deepseek32"})
+NEXTN_ARCHS: frozenset[str] = frozenset({"deepseek2", "glm4moe", "deepseek32", "qwen35", "qwen35moe", "qwen3next"})
 # MLA archs (deepseek32 = deepseek2 + the DSA lightning indexer, src/models/deepseek32.cpp)
 MLA_ARCHS: frozenset[str] = frozenset({"deepseek2", "deepseek32"})
 # DeepSeek-style MoE: leading dense layers, shared experts, exp_probs_b, NextN
@@ -124,6 +129,8 @@ _PYTHON_QUANTIZE = frozenset({QT.BF16, QT.Q8_0, QT.Q4_0, QT.Q4_1, QT.Q5_0, QT.Q5
 _MLA_DEFAULTS = {"kv_lora_rank": 64, "q_lora_rank": 64, "rope_dim": 16}
 # deepseek32 lightning-indexer dims (real V3.2: 64 heads of 128, top-k 2048)
 _INDEXER_DEFAULTS = {"head_count": 4, "key_length": 64, "top_k": 16}  # key_length >= 64: Hadamard sizes
+# Gated DeltaNet dims (real Qwen3.5-35B-A3B: conv 4, heads of 128, 16 key heads, 32 value heads)
+_GDN_DEFAULTS = {"d_conv": 4, "head_dim": 16, "k_heads": 2, "v_heads": 4, "interval": 4}
 
 
 @dataclass(frozen=True)
@@ -153,7 +160,8 @@ def _qtype(t: str | QT) -> int:
 def model_tensors(arch: str, *, n_layer: int, n_embd: int, n_head: int, n_head_kv: int, n_ff: int,
                   n_vocab: int, n_expert: int, n_ff_exp: int, head_dim: int, n_rot: int,
                   tied_output: bool, n_nextn: int = 0, n_dense_lead: int = 1, n_expert_shared: int = 1,
-                  kv_lora_rank: int = 64, q_lora_rank: int = 64) -> list[TensorSpec]:
+                  kv_lora_rank: int = 64, q_lora_rank: int = 64,
+                  gdn: Mapping[str, int] = _GDN_DEFAULTS) -> list[TensorSpec]:
     """Tensor names and ggml shapes ``write_model`` writes for ``arch`` (in file order)."""
     T: list[TensorSpec] = []
 
@@ -173,7 +181,10 @@ def model_tensors(arch: str, *, n_layer: int, n_embd: int, n_head: int, n_head_k
         add(b + "attn_norm.weight", (E,), "norm")
 
         # ---- attention
-        if arch in MLA_ARCHS:
+        if arch in HYBRID_ARCHS:
+            _hybrid_mixer(add, b, arch, E, n_head * head_dim, kv_dim, head_dim, gdn,
+                          recurrent=i < n_layer and (i + 1) % gdn["interval"] != 0)
+        elif arch in MLA_ARCHS:
             rope = n_rot
             k_mla = head_dim + rope  # qk_nope + qk_rope
             add(b + "attn_q_a_norm.weight", (q_lora_rank,), "norm")
@@ -208,7 +219,9 @@ def model_tensors(arch: str, *, n_layer: int, n_embd: int, n_head: int, n_head_k
                 add(b + "attn_k_norm.weight", (head_dim,), "norm")
 
         # ---- norms between attention and FFN
-        if arch == "gemma3":
+        if arch in HYBRID_ARCHS:
+            add(b + "post_attention_norm.weight", (E,), "norm")
+        elif arch == "gemma3":
             add(b + "post_attention_norm.weight", (E,), "norm")
             add(b + "ffn_norm.weight", (E,), "norm")
             add(b + "post_ffw_norm.weight", (E,), "norm")
@@ -236,7 +249,9 @@ def model_tensors(arch: str, *, n_layer: int, n_embd: int, n_head: int, n_head_k
                 add(b + "ffn_gate_exps.bias", (n_ff_exp, n_expert), "f32")
                 add(b + "ffn_up_exps.bias", (n_ff_exp, n_expert), "f32")
                 add(b + "ffn_down_exps.bias", (E, n_expert), "f32")
-            if arch in _DS_MOE and n_expert_shared > 0:
+            if arch in HYBRID_ARCHS:
+                add(b + "ffn_gate_inp_shexp.weight", (E,), "f32")
+            if (arch in _DS_MOE or arch in HYBRID_ARCHS) and n_expert_shared > 0:
                 n_sh = n_ff_exp * n_expert_shared
                 add(b + "ffn_gate_shexp.weight", (E, n_sh))
                 add(b + "ffn_up_shexp.weight", (E, n_sh))
@@ -249,6 +264,33 @@ def model_tensors(arch: str, *, n_layer: int, n_embd: int, n_head: int, n_head_k
             add(b + "nextn.hnorm.weight", (E,), "norm")
             add(b + "nextn.shared_head_norm.weight", (E,), "norm")
     return T
+
+
+def _hybrid_mixer(add: Any, b: str, arch: str, E: int, q_dim: int, kv_dim: int, head_dim: int,
+                  g: Mapping[str, int], *, recurrent: bool) -> None:
+    """A Gated DeltaNet hybrid's token mixer: gated full attention (Q twice as wide: query and
+    gate) or linear attention (the loaders' load_block_trunk)."""
+    if not recurrent:
+        add(b + "attn_q.weight", (E, 2 * q_dim))
+        add(b + "attn_k.weight", (E, kv_dim))
+        add(b + "attn_v.weight", (E, kv_dim))
+        add(b + "attn_output.weight", (q_dim, E))
+        add(b + "attn_q_norm.weight", (head_dim,), "norm")
+        add(b + "attn_k_norm.weight", (head_dim,), "norm")
+        return
+    key_dim, value_dim = g["head_dim"] * g["k_heads"], g["head_dim"] * g["v_heads"]
+    add(b + "attn_qkv.weight", (E, 2 * key_dim + value_dim))
+    add(b + "attn_gate.weight", (E, value_dim))
+    add(b + "ssm_conv1d.weight", (g["d_conv"], 2 * key_dim + value_dim), "f32")
+    add(b + "ssm_dt.bias", (g["v_heads"],), "f32")
+    add(b + "ssm_a", (g["v_heads"],), "f32")
+    if arch == "qwen3next":
+        add(b + "ssm_ba.weight", (E, 2 * g["v_heads"]))
+    else:
+        add(b + "ssm_beta.weight", (E, g["v_heads"]))
+        add(b + "ssm_alpha.weight", (E, g["v_heads"]))
+    add(b + "ssm_norm.weight", (g["head_dim"],), "norm")
+    add(b + "ssm_out.weight", (value_dim, E))
 
 
 # --------------------------------------------------------------------------------------------
@@ -340,7 +382,7 @@ def write_model(path: str | Path, arch: str, *, n_layer: int | None = None, n_em
                 n_dense_lead: int = 1, n_expert_shared: int = 1,
                 kv_lora_rank: int | None = None, q_lora_rank: int | None = None,
                 tokenizer: str = "spm", seed: int = 0, header_only: bool = False,
-                split: int = 1) -> Path:
+                split: int = 1, gdn: Mapping[str, int] | None = None) -> Path:
     """Write a tiny random model of ``arch`` to ``path``; return the (first) file's path.
 
     MoE knobs (``n_expert``, ``n_expert_used``, ``n_ff_exp``, ``n_expert_shared``,
@@ -352,7 +394,12 @@ def write_model(path: str | Path, arch: str, *, n_layer: int | None = None, n_em
     row is ``kv_lora_rank + n_rot`` (MLA). deepseek32: deepseek2 plus the DSA lightning indexer
     (``indexer.*`` tensors, ``_INDEXER_DEFAULTS``), whose key cache is a second KV cache.
     glm4moe: ``n_rot`` defaults to head_dim/2 (partial rotary, as GLM-4.5).
+    qwen35 / qwen35moe / qwen3next (Gated DeltaNet hybrids): ``gdn`` overrides the linear
+    attention's dims in ``_GDN_DEFAULTS`` (``d_conv``, ``head_dim``, ``k_heads``, ``v_heads``,
+    ``interval``: every interval-th trunk layer is full attention); ``n_rot`` defaults to
+    head_dim/4 (partial rotary); MoE ones have a shared expert of ``n_ff_exp * n_expert_shared``.
     """
+    gdn = {**_GDN_DEFAULTS, **(gdn or {})}
     if arch not in ARCHS:
         raise ValueError(f"unknown arch {arch!r}; supported: {ARCHS}")
     if n_layer is None:
@@ -373,22 +420,22 @@ def write_model(path: str | Path, arch: str, *, n_layer: int | None = None, n_em
         head_dim = 32 if arch in MLA_ARCHS else n_embd // n_head
     if n_rot is None:
         n_rot = {"deepseek2": _MLA_DEFAULTS["rope_dim"], "deepseek32": _MLA_DEFAULTS["rope_dim"],
-                 "glm4moe": head_dim // 2}.get(arch, head_dim)
+                 "glm4moe": head_dim // 2}.get(arch, head_dim // 4 if arch in HYBRID_ARCHS else head_dim)
     if arch in ("llama", "gpt-oss") and n_rot != head_dim:
         raise ValueError(f"{arch} requires n_rot == head_dim")
     kv_lora_rank = kv_lora_rank or _MLA_DEFAULTS["kv_lora_rank"]
     q_lora_rank = q_lora_rank or _MLA_DEFAULTS["q_lora_rank"]
     if arch in SWA_ARCHS and n_swa is None:
         n_swa = 64
-    n_dense_lead = n_dense_lead if arch in NEXTN_ARCHS else 0
-    if arch in NEXTN_ARCHS and not (0 <= n_dense_lead < n_layer):
+    n_dense_lead = n_dense_lead if arch in _DS_MOE else 0
+    if arch in _DS_MOE and not (0 <= n_dense_lead < n_layer):
         raise ValueError("need 0 <= n_dense_lead < n_layer (the NextN block must be MoE)")
 
     specs = model_tensors(arch, n_layer=n_layer, n_embd=n_embd, n_head=n_head, n_head_kv=n_head_kv,
                           n_ff=n_ff, n_vocab=n_vocab, n_expert=n_expert, n_ff_exp=n_ff_exp,
                           head_dim=head_dim, n_rot=n_rot, tied_output=tied_output, n_nextn=n_nextn,
                           n_dense_lead=n_dense_lead, n_expert_shared=n_expert_shared,
-                          kv_lora_rank=kv_lora_rank, q_lora_rank=q_lora_rank)
+                          kv_lora_rank=kv_lora_rank, q_lora_rank=q_lora_rank, gdn=gdn)
     if split > len(specs):
         raise ValueError(f"split={split} > {len(specs)} tensors")
 
@@ -455,6 +502,21 @@ def write_model(path: str | Path, arch: str, *, n_layer: int | None = None, n_em
         kv(L.EXPERT_WEIGHTS_SCALE, 2.5 if arch in MLA_ARCHS else 1.0)
         kv(L.EXPERT_WEIGHTS_NORM, True)
         kv(L.EXPERT_GATING_FUNC, int(gguf.ExpertGatingFuncType.SIGMOID))
+        if n_nextn:
+            kv(L.NEXTN_PREDICT_LAYERS, n_nextn)
+    if arch in HYBRID_ARCHS:
+        g = gdn
+        kv(Keys.SSM.CONV_KERNEL, g["d_conv"])
+        kv(Keys.SSM.STATE_SIZE, g["head_dim"])
+        kv(Keys.SSM.GROUP_COUNT, g["k_heads"])
+        kv(Keys.SSM.TIME_STEP_RANK, g["v_heads"])
+        kv(Keys.SSM.INNER_SIZE, g["head_dim"] * g["v_heads"])
+        kv(L.FULL_ATTENTION_INTERVAL, g["interval"])
+        if is_moe:
+            kv(L.EXPERT_SHARED_FEED_FORWARD_LENGTH, n_ff_exp * n_expert_shared)
+        if arch != "qwen3next":  # interleaved MRoPE over n_rot / 2 pairs (conversion/qwen.py)
+            half = n_rot // 2
+            kv(R.DIMENSION_SECTIONS, [half - 2 * (half // 3), half // 3, half // 3, 0])
         if n_nextn:
             kv(L.NEXTN_PREDICT_LAYERS, n_nextn)
     if arch in SWA_ARCHS:
@@ -710,6 +772,9 @@ print("\n" + json.dumps(out))
 """
 
 _KV_RE = re.compile(r"llama_kv_cache:\s+(\S+) KV buffer size =\s+([0-9.]+) MiB")
+_RS_RE = re.compile(r"llama_memory_recurrent:\s+(\S+) RS buffer size =\s+([0-9.]+) MiB")
+# llama_memory_recurrent's debug lines: a layer given a state, or skipped (llama-memory-recurrent.cpp)
+_RS_LAYER_RE = re.compile(r"llama_memory_recurrent[,:] layer\s+(\d+): (dev|skipped)")
 _KV_SIZE_RE = re.compile(r"llama_kv_cache: size =\s+([0-9.]+) MiB \(\s*(\d+) cells,\s+(\d+) layers")
 _MODEL_BUF_RE = re.compile(r"load_tensors:\s+(\S+) model buffer size =\s+([0-9.]+) MiB")
 _COMPUTE_RE = re.compile(r"sched_reserve:\s+(\S+) compute buffer size =\s+([0-9.]+) MiB")
@@ -724,6 +789,8 @@ class EngineResult:
     log: str
     kv_buffers: list[tuple[str, float]]        # (buffer type, MiB) per "KV buffer size" line
     kv_caches: list[tuple[float, int, int]]    # (MiB, cells, layers) per "llama_kv_cache: size =" line
+    rs_buffers: list[tuple[str, float]]        # (buffer type, MiB) per recurrent "RS buffer size" line
+    rs_layers: list[int]                       # the layers llama_memory_recurrent gave a state
     model_buffers: list[tuple[str, float]]     # (buffer type, MiB)
     compute_buffers: list[tuple[str, float]]   # (buffer type, MiB)
 
@@ -778,6 +845,8 @@ def engine_load(path: str | Path, *, n_ctx: int = 256, load_mtp: bool = False, s
         returncode=r.returncode, info=info, log=log,
         kv_buffers=[(m[1], float(m[2])) for m in _KV_RE.finditer(log)],
         kv_caches=[(float(m[1]), int(m[2]), int(m[3])) for m in _KV_SIZE_RE.finditer(log)],
+        rs_buffers=[(m[1], float(m[2])) for m in _RS_RE.finditer(log)],
+        rs_layers=[int(m[1]) for m in _RS_LAYER_RE.finditer(log) if m[2] == "dev"],
         model_buffers=[(m[1], float(m[2])) for m in _MODEL_BUF_RE.finditer(log)],
         compute_buffers=[(m[1], float(m[2])) for m in _COMPUTE_RE.finditer(log)],
     )

@@ -37,9 +37,9 @@ def test_model_kv_compute_match_engine(tmp_path: Path, arch: str) -> None:
     assert abs(model_pred - model_eng) <= tolerance(model_eng)
     assert abs(model_pred - model_eng) <= 0.02 * model_eng + PRINT_RES  # much tighter in fact
 
-    kv_pred = sum(m.kv_layer_bytes(N_CTX, n_ubatch=N_UBATCH))
-    kv_eng = sum(mib for _, mib in eng.kv_buffers) * MiB
-    assert abs(kv_pred - kv_eng) <= PRINT_RES * len(eng.kv_buffers) + 1  # exact up to printing
+    kv_pred = sum(m.kv_layer_bytes(N_CTX, n_ubatch=N_UBATCH))  # a hybrid's recurrent state included
+    kv_eng = sum(mib for _, mib in eng.kv_buffers + eng.rs_buffers) * MiB
+    assert abs(kv_pred - kv_eng) <= PRINT_RES * len(eng.kv_buffers + eng.rs_buffers) + 1  # exact up to printing
 
     # Compute buffers: the fitted peak model (compute.py), within max(3 %, 32 MiB) of the engine
     ce = compute_buffer_estimate(m, n_ctx=N_CTX, n_ubatch=N_UBATCH)
@@ -82,3 +82,34 @@ def test_deepseek32_indexer_key_cache(tmp_path: Path, kv_type: str) -> None:
     row = {"f16": lambda n: 2 * n, "q8_0": lambda n: n // 32 * 34}[kv_type]
     assert kv[:4] == [(row(80) + row(64)) * N_CTX] * 4 and kv[4] == 0
     assert m.kv_bytes_per_token(kv_type) == 4 * (row(80) + row(64))
+
+
+@pytest.mark.parametrize("arch, interval, n_nextn", [("qwen35", 3, 0), ("qwen35moe", 4, 1), ("qwen3next", 2, 1)])
+def test_hybrid_recurrent_layers_and_state(tmp_path: Path, arch: str, interval: int, n_nextn: int) -> None:
+    """Gated DeltaNet hybrids: the engine gives every trunk layer but each interval-th a recurrent
+    state (its `llama_memory_recurrent, layer N: dev` lines) and the rest, NextN blocks excepted, a
+    KV cache; both sized as kv_layer_bytes says, to the printed 0.01 MiB."""
+    gdn = {"head_dim": 128, "k_heads": 2, "v_heads": 4, "interval": interval}  # a 0.25 MiB state per layer
+    path = write_model(tmp_path / f"{arch}.gguf", arch, n_layer=6, n_embd=256, head_dim=64, gdn=gdn,
+                       n_nextn=n_nextn, weight_type="f16")
+    eng = engine_load(path, n_ctx=N_CTX)
+    assert eng.ok, eng.log[-2000:]
+    m = load_model(path)
+    assert m.coverage == "verified" and m.unknown_tensors == []
+    hp = m.hparams
+    recurrent = [il for il in range(hp.n_layer_kv) if hp.n_head_kv[il] == 0]
+    attention = [il for il in range(hp.n_layer_kv) if hp.n_head_kv[il]]
+    assert recurrent == [il for il in range(6) if (il + 1) % interval] == eng.rs_layers
+    assert [layers for _, _, layers in eng.kv_caches] == [len(attention)]
+    model_pred = m.input_bytes() + sum(lc.dense["cpu"] + lc.experts["cpu"] for lc in m.layers) + m.output_bytes("cpu")
+    assert abs(model_pred - sum(mib for _, mib in eng.model_buffers) * MiB) <= PRINT_RES  # NextN blocks not loaded
+
+    per_layer = m.kv_layer_bytes(N_CTX, n_ubatch=N_UBATCH)
+    assert per_layer[hp.n_layer_kv:] == [0] * n_nextn
+    rs_eng = sum(mib for _, mib in eng.rs_buffers) * MiB
+    kv_eng = sum(mib for _, mib in eng.kv_buffers) * MiB
+    assert abs(sum(per_layer[il] for il in recurrent) - rs_eng) <= PRINT_RES
+    assert abs(sum(per_layer[il] for il in attention) - kv_eng) <= PRINT_RES
+    # the recurrent state does not grow with the context; the cache does
+    assert m.kv_layer_bytes(4 * N_CTX)[recurrent[0]] == per_layer[recurrent[0]]
+    assert m.kv_layer_bytes(4 * N_CTX)[attention[0]] == 4 * per_layer[attention[0]]
