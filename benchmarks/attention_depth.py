@@ -63,8 +63,9 @@ def derive(records: list[dict[str, Any]], folder: Path) -> dict[str, float]:
     Prompt, seconds per token: ``w_m + F x kv_fa / R1`` (fa 1) and ``w_m + L x c / 512 + F x kv / R0``
     (fa 0), with ``w_m`` each model's weights time, ``F`` its FLOPs per cached token, ``kv_fa`` =
     depth + 256 (half the ubatch), ``kv`` = depth + 512; R1, R0 and c (seconds a layer and ubatch) are
-    returned as multiples of the GPU's full-batch MMQ rate (``CostModel.kernel_rate``: flash
-    attention's tiles do not follow the matmuls' ubatch curve) and of its ``layer_us``. Decode: ``v_m + f x KV
+    returned as shares of the GPU's FP16 tensor peak (``fp16_tflops``, ``CostModel.attention_rate``:
+    attention runs on the FP16 tensor cores, the matmuls' MMQ on the int8 ones, whose ratio differs
+    by GPU class; its tiles do not follow the matmuls' ubatch curve) and of its ``layer_us``. Decode: ``v_m + f x KV
     bytes at depth / decode bandwidth`` per -fa, f returned."""
     import numpy as np
 
@@ -73,7 +74,7 @@ def derive(records: list[dict[str, Any]], folder: Path) -> dict[str, float]:
     gpu = lookup(GPU)
     assert gpu is not None
     row = speed_share(gpu.compute_capability)
-    mmq = gpu.fp16_tflops * 1e12 * row.mmq_share
+    fp16 = gpu.fp16_tflops * 1e12
     bw = gpu.bandwidth_gbs * 1e9 * row.decode_bw_share
     med = medians(records, _key)
     shapes = {m: _shape(m, folder) for m in FITTED}
@@ -95,7 +96,8 @@ def derive(records: list[dict[str, Any]], folder: Path) -> dict[str, float]:
     tg, *_ = np.linalg.lstsq(np.array(tg_rows), np.array(tg_t), rcond=None)
     n = len(FITTED)
     fixed_s, inv_r1, inv_r0 = pp[n:]
-    return {"fa_prompt_rate": round(float(1 / inv_r1 / mmq), 2), "no_fa_prompt_rate": round(float(1 / inv_r0 / mmq), 2),
+    return {"fa_prompt_share": round(float(1 / inv_r1 / fp16), 3),
+            "no_fa_prompt_share": round(float(1 / inv_r0 / fp16), 3),
             "no_fa_prompt_layer_share": round(float(fixed_s / (row.layer_us * 1e-6)), 1),
             "fa_decode_kv_cost": round(float(tg[2 * n]), 2), "no_fa_decode_kv_cost": round(float(tg[2 * n + 1]), 2)}
 
@@ -117,7 +119,7 @@ def markdown(result: dict[str, Any]) -> str:
              "output.", "",
              "Fitted (llama8b q4_k at depths 0 / 4096 / 8192 / 16384, dense11 q4_k_m at 0 / 4096 / 16384): "
              "prompt attention with flash attention "
-             f"at {d['fa_prompt_rate']} x the GPU's MMQ rate, without it at {d['no_fa_prompt_rate']} x plus "
+             f"at {d['fa_prompt_share']} of the GPU's FP16 tensor peak, without it at {d['no_fa_prompt_share']} plus "
              f"{d['no_fa_prompt_layer_share']} x `layer_us` a layer and ubatch; decode reads the cache in "
              f"{d['fa_decode_kv_cost']} x (flash attention) / {d['no_fa_decode_kv_cost']} x (without) the time its "
              "bytes take at the decode bandwidth (`omni_place/attention.py`).", "",

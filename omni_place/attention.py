@@ -10,8 +10,12 @@ bandwidth: the split-KV reduction and, without flash attention, the softmax pass
 
 The constants are fitted by ``python -m benchmarks.attention_depth report`` on llama-bench ``-d``
 sweeps of two dense shapes on an H200 (benchmarks/results/attention_depth.md; tests/
-test_attention_depth.py checks they equal the fit). GPU rates are multiples of the GPU's MMQ rate,
-so they scale to other GPUs as the matmuls do; on the CPU a prompt's attention runs at its FLOP
+test_attention_depth.py checks they equal the fit). GPU rates are shares of the GPU's FP16 tensor
+peak (``fp16_tflops``): attention runs on the FP16 tensor cores (ggml/src/ggml-cuda/fattn-mma-f16.cuh,
+cuBLAS without flash attention), not the int8 ones of the matmuls' MMQ, whose ratio to FP16 differs
+by GPU class (an H200's MMQ reaches 0.15 of it, a GeForce's 0.45-0.60: gpu_catalog.toml); Qwen3.5
+at depth on an RTX 4090 ran its 256-wide heads at 0.21 of that card's peak, the H200's 128-wide
+ones 0.17 (benchmarks/results/hybrid_speed.md). On the CPU a prompt's attention runs at its FLOP
 rate, and a decode's reads the cache far below the memory's rate: one query row a head, per cell an
 F16 dot, an online-softmax step and an F16 axpy (ggml/src/ggml-cpu/ops.cpp:8843, split over the
 threads by cells from 512 on, 9490-9520), or without flash attention two F16 matmuls around a
@@ -21,19 +25,20 @@ at a rate that grows with the threads, except where many heads share a row (MLA)
 moves over the host link each ubatch (:func:`cpu_cache_prompt_bytes`).
 
 A recurrent layer (a Gated DeltaNet hybrid's linear attention, an SSM) attends to no cells: it reads
-and writes its fixed-size state each decoded token (:data:`RECURRENT_STATE_PASSES`) and runs the delta
-rule over it for each prompt token (:data:`DELTA_RULE_FLOPS`), whatever the depth.
+and writes its fixed-size state each decoded token (:data:`RECURRENT_STATE_PASSES`), and each token,
+decoded or in a prompt, runs the delta rule over it (:data:`DELTA_RULE_FLOPS`) and a mixer of
+elementwise passes (:func:`delta_rule_work`), whatever the depth.
 """
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-#: prompt attention with flash attention, FLOP/s as a multiple of the GPU's full-batch MMQ rate
-#: (CostModel.kernel_rate)
-FA_PROMPT_RATE = 1.16
-#: without flash attention: its FLOP/s as a multiple of the MMQ rate, and a fixed cost per layer
-#: and ubatch as a multiple of the GPU row's ``layer_us``
-NO_FA_PROMPT_RATE = 0.43
+#: prompt attention with flash attention, FLOP/s as a share of the GPU's FP16 tensor peak
+#: (CostModel.attention_rate)
+FA_PROMPT_SHARE = 0.174
+#: without flash attention: its FLOP/s as a share of that peak, and a fixed cost per layer and
+#: ubatch as a multiple of the GPU row's ``layer_us``
+NO_FA_PROMPT_SHARE = 0.065
 NO_FA_PROMPT_LAYER_SHARE = 3.0
 #: decode's read of the cache on a GPU: its bytes' time at the decode bandwidth, times this
 FA_DECODE_KV_COST = 1.83
@@ -150,13 +155,13 @@ def attended_cells(depth: float, n_tokens: int, flash_attn: bool, window: int = 
 
 def prompt_attention_s(flops: float, n_tokens: int, flash_attn: bool, rate: float, gpu_layer_s: float) -> float:
     """Seconds per prompt token of one layer's attention of ``flops`` per token: on a GPU
-    (``gpu_layer_s`` > 0, its row's per-layer decode cost; ``rate`` its MMQ FLOP/s) at the fitted
-    rates, on the CPU (``gpu_layer_s`` 0; ``rate`` its FLOP/s) at its rate."""
+    (``gpu_layer_s`` > 0, its row's per-layer decode cost; ``rate`` its FP16 tensor FLOP/s) at the
+    fitted shares, on the CPU (``gpu_layer_s`` 0; ``rate`` its FLOP/s) at its rate."""
     if not gpu_layer_s:
         return flops / rate
     if flash_attn:
-        return flops / (rate * FA_PROMPT_RATE)
-    return flops / (rate * NO_FA_PROMPT_RATE) + NO_FA_PROMPT_LAYER_SHARE * gpu_layer_s / n_tokens
+        return flops / (rate * FA_PROMPT_SHARE)
+    return flops / (rate * NO_FA_PROMPT_SHARE) + NO_FA_PROMPT_LAYER_SHARE * gpu_layer_s / n_tokens
 
 
 def decode_kv_cost(flash_attn: bool) -> float:

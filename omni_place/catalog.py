@@ -35,7 +35,7 @@ _WHERE = f"omni_place/data/{_CATALOG_FILE}"
 _FIELDS: dict[str, type | tuple[type, ...]] = {
     "name": str, "memory_gib": (int, float), "bandwidth_gbs": (int, float),
     "fp16_tflops": (int, float), "compute_capability": str, "pcie_gen": int, "pcie_width": int,
-    "aliases": list, "source": str, "note": str,
+    "aliases": list, "source": str, "note": str, "fp32_accumulate_share": (int, float),
 }
 _SPEED_FIELDS: dict[str, type | tuple[type, ...]] = {
     "compute_capability": str, "decode_bw_share": (int, float), "layer_us": (int, float),
@@ -43,7 +43,7 @@ _SPEED_FIELDS: dict[str, type | tuple[type, ...]] = {
 }
 #: the ``[[speed]]`` row for GPUs whose compute capability has no row of its own
 DEFAULT_SPEED_ROW = "default"
-_OPTIONAL = {"note"}
+_OPTIONAL = {"note", "fp32_accumulate_share"}
 
 
 def pcie_gbs(gen: int, width: int) -> float:
@@ -74,6 +74,7 @@ class GpuSpec:
     aliases: tuple[str, ...]
     source: str
     note: str = ""
+    fp32_accumulate_share: float = 1.0  # FP16 tensor math accumulating in FP32 (attention's), of fp16_tflops
 
     @property
     def memory_bytes(self) -> int:
@@ -134,7 +135,10 @@ def load_catalog() -> tuple[GpuSpec, ...]:
             bandwidth_gbs=float(entry["bandwidth_gbs"]), fp16_tflops=float(entry["fp16_tflops"]),
             compute_capability=entry["compute_capability"], pcie_gen=entry["pcie_gen"], pcie_width=entry["pcie_width"],
             aliases=tuple(entry["aliases"]), source=entry["source"], note=entry.get("note", ""),
+            fp32_accumulate_share=float(entry.get("fp32_accumulate_share", 1.0)),
         )
+        if not 0 < spec.fp32_accumulate_share <= 1:
+            raise ClusterError(f"{label}: fp32_accumulate_share = {spec.fp32_accumulate_share} is not in (0, 1]")
         spec.link_gbs  # noqa: B018  (validates the PCIe figures)
         key = normalize_name(spec.name)
         if key in seen:

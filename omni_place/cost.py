@@ -244,6 +244,12 @@ class CostModel(Transfers):
         """The CPU threads of the CPU (or an RPC server) running ``name``'s CPU ops."""
         return max(1, (self.cpu if name == CPU else self.device(name)).threads or (1 if name == CPU else 8))
 
+    def attention_rate(self, name: str) -> float:
+        """A GPU's FP16 tensor FLOP/s accumulating in FP32 (``fp16_tflops``, half on GeForce cards;
+        unknown: 10 TFLOPS), which attention runs at."""
+        dev = self.device(name)
+        return (dev.tflops or 10.0) * dev.fp32_accumulate_share * 1e12 * self.params.gpu_compute_scale
+
     def kernel_rate(self, name: str) -> float:
         """A GPU's MMQ FLOP/s at full batch: its row's share of ``fp16_tflops`` (unknown: 10 TFLOPS)."""
         dev = self.device(name)
@@ -326,8 +332,8 @@ class CostModel(Transfers):
         """Decode seconds to attend over layer ``il``'s cache at the run's depth on ``name`` (attention.py):
         on a GPU slower than its bytes, on the CPU as fast as its threads compute (the engine's kernel)."""
         fa = self.context.flash_attn
-        if self.recurrent[il]:  # its state, whole, at the memory's rate
-            return self.kv_read[il] / self.bandwidth(name)
+        if self.recurrent[il]:  # its state, whole, at the memory's rate, and the delta rule's step
+            return self.kv_read[il] / self.bandwidth(name) + self.mixer_s(name)
         if self.on_gpu(name):
             return self.kv_read[il] / self.bandwidth(name) * decode_kv_cost(fa)
         return cpu_decode_kv_s(self.kv_read[il], self._attn_tg[il], self.bandwidth(name), self.flops(name), fa,
@@ -336,11 +342,17 @@ class CostModel(Transfers):
     def attention_pp(self, il: int, name: str) -> float:
         """Prompt seconds per token of layer ``il``'s attention over its cache on ``name`` (attention.py)."""
         gpu = self.on_gpu(name)
-        if self.recurrent[il]:  # no cells attended: the delta rule over its state, its mixer's activations
-            return recurrent_prompt_s(self._mixer, self.kernel_rate(name) if gpu else self.flops(name),
-                                      self.bandwidth(name), gpu, 0 if gpu else self.threads(name))
-        rate, layer_s = (self.kernel_rate(name), self._layer_overhead(name)) if gpu else (self.flops(name), 0.0)
+        if self.recurrent[il]:  # no cells attended
+            return self.mixer_s(name)
+        rate, layer_s = (self.attention_rate(name), self._layer_overhead(name)) if gpu else (self.flops(name), 0.0)
         return prompt_attention_s(self._attn[il], self.n_tokens, self.context.flash_attn, rate, layer_s)
+
+    def mixer_s(self, name: str) -> float:
+        """Seconds a token of a recurrent layer's mixer takes on ``name`` beside its matmuls: the delta
+        rule over the state and its elementwise passes (attention.recurrent_prompt_s)."""
+        gpu = self.on_gpu(name)
+        return recurrent_prompt_s(self._mixer, self.kernel_rate(name) if gpu else self.flops(name),
+                                  self.bandwidth(name), gpu, 0 if gpu else self.threads(name))
 
     def _layer_overhead(self, name: str, attention: bool = False, moe: bool = False, recurrent: bool = False) -> float:
         """Fixed decode seconds per layer on a backend (RPC: a CPU backend); ``attention``: MLA's on a

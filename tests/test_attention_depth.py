@@ -32,9 +32,9 @@ def result(records: list[dict], tmp_path_factory: pytest.TempPathFactory) -> dic
 
 def test_shipped_constants_are_what_the_runs_give(result: dict) -> None:
     d = result["derived"]
-    assert (attention.FA_PROMPT_RATE, attention.NO_FA_PROMPT_RATE, attention.NO_FA_PROMPT_LAYER_SHARE,
+    assert (attention.FA_PROMPT_SHARE, attention.NO_FA_PROMPT_SHARE, attention.NO_FA_PROMPT_LAYER_SHARE,
             attention.FA_DECODE_KV_COST, attention.NO_FA_DECODE_KV_COST) == (
-        d["fa_prompt_rate"], d["no_fa_prompt_rate"], d["no_fa_prompt_layer_share"], d["fa_decode_kv_cost"],
+        d["fa_prompt_share"], d["no_fa_prompt_share"], d["no_fa_prompt_layer_share"], d["fa_decode_kv_cost"],
         d["no_fa_decode_kv_cost"])
 
 

@@ -84,7 +84,15 @@ def test_file_has_every_field_and_nothing_else() -> None:
     required = {"name", "memory_gib", "bandwidth_gbs", "fp16_tflops", "compute_capability", "pcie_gen",
                 "pcie_width", "aliases", "source"}
     for entry in tomllib.loads(text)["gpu"]:
-        assert required <= set(entry) <= required | {"note"}, entry.get("name")
+        assert required <= set(entry) <= required | {"note", "fp32_accumulate_share"}, entry.get("name")
+
+
+def test_geforce_cards_accumulate_fp32_at_half_rate() -> None:
+    """The datasheets' FP16 figure is FP16-accumulate; GeForce cards run FP32-accumulate (flash
+    attention's) at half of it, workstation and datacenter cards at all of it."""
+    for spec in load_catalog():
+        geforce = spec.name.startswith("RTX ") and spec.name[4:5].isdigit() and "Ada" not in spec.name
+        assert spec.fp32_accumulate_share == (0.5 if geforce else 1.0), spec.name
 
 
 def test_names_and_aliases_unique() -> None:

@@ -2,11 +2,13 @@
 log lines, for tiny real models of every verified architecture (tests/arch_models.py)."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 
 from omni_place.compute import compute_buffer_estimate
+from omni_place.cost import LAYER_OPS
 from omni_place.model import ARCHITECTURES, load_model
 from omni_place.units import MiB
 
@@ -113,3 +115,21 @@ def test_hybrid_recurrent_layers_and_state(tmp_path: Path, arch: str, interval: 
     # the recurrent state does not grow with the context; the cache does
     assert m.kv_layer_bytes(4 * N_CTX)[recurrent[0]] == per_layer[recurrent[0]]
     assert m.kv_layer_bytes(4 * N_CTX)[attention[0]] == 4 * per_layer[attention[0]]
+
+
+def _graph_nodes(path: Path) -> int:
+    eng = engine_load(path, n_ctx=N_CTX)
+    assert eng.ok, eng.log[-2000:]
+    return int(re.search(r"graph: nodes = (\d+)", eng.log)[1])
+
+
+@pytest.mark.parametrize("arch", ["qwen35", "qwen35moe", "qwen3next"])
+def test_recurrent_layer_ops_are_the_engine_graphs(tmp_path: Path, arch: str) -> None:
+    """ArchSpec.recurrent_layer_ops: the graph nodes a recurrent layer runs beyond the model's
+    attention layer, as the engine counts them (6 layers, 3 then 4 of them recurrent); LAYER_OPS: a
+    llama layer's (4 layers more)."""
+    nodes = [_graph_nodes(write_model(tmp_path / f"{arch}{iv}.gguf", arch, n_layer=6, gdn={"interval": iv},
+                                      weight_type="f16")) for iv in (2, 3)]
+    assert nodes[1] - nodes[0] == ARCHITECTURES[arch].recurrent_layer_ops
+    llama = [_graph_nodes(write_model(tmp_path / f"llama{n}.gguf", "llama", n_layer=n)) for n in (4, 8)]
+    assert (llama[1] - llama[0]) / 4 == LAYER_OPS

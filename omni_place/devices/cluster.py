@@ -13,13 +13,14 @@ import difflib
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
+from functools import cached_property
 from importlib import resources
 from types import MappingProxyType
 from typing import Any, Literal
 
 from ..cpuprobe import (DEFAULT_CPU_BANDWIDTH_GBS, cpu_info, measure_disk_read_bandwidth, measure_memory_bandwidth,
                         others_cpu_share)
-from ..catalog import DEFAULT_SPEED_ROW, SpeedShare, speed_share
+from ..catalog import DEFAULT_SPEED_ROW, SpeedShare, lookup, speed_share
 from ..errors import ClusterError
 from ..kernels import CPU_SIMD, cpu_simd
 from ..units import GiB, MiB
@@ -168,6 +169,13 @@ class Device:
         """What llama.cpp achieves of this GPU's datasheet figures: the catalog's row of its
         compute capability (:func:`omni_place.catalog.speed_share`)."""
         return speed_share(self.compute_capability)
+
+    @cached_property
+    def fp32_accumulate_share(self) -> float:
+        """FP16 tensor math accumulating in FP32 (attention's) as a share of ``tflops``: the catalog
+        entry's (GeForce cards: 0.5), 1 for a GPU the catalog does not know."""
+        spec = lookup(self.model) if self.model else None
+        return spec.fp32_accumulate_share if spec else 1.0
 
     @property
     def usable_bytes(self) -> int:

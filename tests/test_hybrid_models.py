@@ -1,0 +1,141 @@
+"""Gated DeltaNet hybrids (Qwen3-Next ``qwen3next``, Qwen3.5 ``qwen35`` / ``qwen35moe``): which layers
+are recurrent, and what a recurrent layer costs, checked against llama-bench records.
+
+The engine's own sizes of their state and cache are in tests/test_model_engine.py; here:
+- the recurrent layers come from ``attention.recurrent_layers`` or ``full_attention_interval``
+  (src/models/qwen35moe.cpp load_arch_hparams), NextN blocks never, bad metadata refused;
+- a recurrent layer attends to no cells: its decode moves its state whatever the depth, its prompt
+  runs the delta rule and its mixer, and its fixed cost counts its extra graph nodes;
+- priced as they ran, mainline llama-bench on this project's CPU (the hybrid beside a model of the
+  same shape without recurrent layers, benchmarks/results/hybrid_speed/cpu_*.jsonl) and public RTX
+  4090 records of Qwen3.5 9B / 27B / 35B-A3B (public.json).
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from omni_place.attention import RECURRENT_STATE_PASSES
+from omni_place.cost import CPU, LAYER_OPS, Context, CostModel, placement_from_counts
+from omni_place.devices import resolve_cluster
+from omni_place.errors import GGUFFormatError
+from omni_place.hparams import ARCHITECTURES, read_hparams
+from omni_place.model import load_model
+
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from benchmarks import hybrid_speed  # noqa: E402
+
+
+def _md(arch: str = "qwen35", n_layer: int = 8, **extra: Any) -> dict[str, Any]:
+    md = {f"{arch}.block_count": n_layer, f"{arch}.embedding_length": 256, f"{arch}.attention.head_count": 4,
+          f"{arch}.attention.head_count_kv": 2, f"{arch}.ssm.inner_size": 256, f"{arch}.ssm.state_size": 64,
+          f"{arch}.ssm.group_count": 2, f"{arch}.ssm.conv_kernel": 4}
+    md.update({f"{arch}.{k}": v for k, v in extra.items()})
+    return md
+
+
+def _recurrent(md: dict[str, Any], arch: str = "qwen35") -> list[int]:
+    hp = read_hparams(arch, md, 320)
+    return [il for il, h in enumerate(hp.n_head_kv) if h == 0]
+
+
+def test_recurrent_layers_from_the_interval_or_the_flags() -> None:
+    assert _recurrent(_md()) == [0, 1, 2, 4, 5, 6]  # default interval 4: layers 3 and 7 attend
+    assert _recurrent(_md(full_attention_interval=2)) == [0, 2, 4, 6]
+    assert _recurrent(_md(n_layer=9, full_attention_interval=2, nextn_predict_layers=1)) == [0, 2, 4, 6]
+    flags = [True, False] * 4
+    assert _recurrent(_md(full_attention_interval=4, **{"attention.recurrent_layers": flags})) == [0, 2, 4, 6]
+    # the converter writes False for NextN blocks; a True there is not a recurrent layer either
+    assert _recurrent(_md(nextn_predict_layers=1, **{"attention.recurrent_layers": [True] * 8})) == list(range(7))
+    # an architecture without the rule keeps its head counts
+    assert _recurrent(_md("qwen3"), "qwen3") == []
+
+
+@pytest.mark.parametrize("extra, needle", [
+    ({"attention.recurrent_layers": [True, False]}, "recurrent_layers has 2 entries, need 8"),
+    ({"attention.recurrent_layers": [2] * 8}, "recurrent_layers"),
+    ({"full_attention_interval": 0}, "full_attention_interval"),
+])
+def test_bad_recurrent_metadata_is_one_format_error(extra: dict[str, Any], needle: str) -> None:
+    with pytest.raises(GGUFFormatError, match=needle):
+        read_hparams("qwen35", _md(**extra), 320)
+
+
+@pytest.fixture(scope="module")
+def hybrid(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """A Qwen3.5-35B-A3B header (its published shape) and a one-GPU-plus-CPU rig."""
+    folder = tmp_path_factory.mktemp("hybrid")
+    headers = hybrid_speed.write_headers(folder, ["Qwen3.5-35B-A3B UD-Q4_K_XL"], header_only=True)
+    return load_model(headers["Qwen3.5-35B-A3B UD-Q4_K_XL"]), resolve_cluster(hybrid_speed.gpu_cluster(folder,
+                                                                                                       "RTX 4090"))
+
+
+def _cost(model: Any, cluster: Any, depth: int) -> CostModel:
+    return CostModel(model, cluster, Context(ctx=65536, depth=depth, prompt_depth=depth))
+
+
+def test_a_recurrent_layer_moves_its_state_whatever_the_depth(hybrid: Any) -> None:
+    model, cluster = hybrid
+    shallow, deep = _cost(model, cluster, 0), _cost(model, cluster, 32768)
+    rec = next(il for il in range(model.n_layer) if model.is_recurrent(il))
+    att = next(il for il in range(model.hparams.n_layer_kv) if not model.is_recurrent(il))
+    state = model.kv_layer_bytes(65536)[rec]
+    assert state == 4 * (3 * (4096 + 2 * 2048) + 128 * 4096)  # conv and delta-rule state, F32
+    for cost in (shallow, deep):  # the state's passes, and the delta rule's step (as a prompt token's)
+        for name in ("CUDA0", CPU):
+            assert cost.kv_tg(rec, name) == pytest.approx(RECURRENT_STATE_PASSES * state / cost.bandwidth(name)
+                                                          + cost.attention_pp(rec, name))
+    assert deep.attention_pp(rec, "CUDA0") == shallow.attention_pp(rec, "CUDA0") > 0
+    assert deep.attention_pp(att, "CUDA0") > 5 * shallow.attention_pp(att, "CUDA0")
+    assert deep.kv_tg(att, "CUDA0") > 100 * shallow.kv_tg(att, "CUDA0")
+
+
+def test_a_recurrent_layer_pays_for_its_extra_graph_nodes(hybrid: Any) -> None:
+    model, cluster = hybrid
+    cost = _cost(model, cluster, 0)
+    ops = ARCHITECTURES["qwen35moe"].recurrent_layer_ops
+    per_layer = {"CUDA0": cluster.by_name("CUDA0").speed.layer_us * 1e-6 * cost.params.gpu_layer_scale,
+                 CPU: cost.params.cpu_layer_s}  # what a llama layer's LAYER_OPS nodes cost
+    for name, llama_layer in per_layer.items():
+        extra = cost._layer_overhead(name, False, True, True) - cost._layer_overhead(name, True, True)
+        assert extra == pytest.approx(llama_layer * ops / LAYER_OPS)
+    # the whole model on the GPU: a recurrent layer's decode costs more than an attention layer's
+    p = placement_from_counts(model, ["CUDA0"], 0, [model.n_layer])
+    tg = [sum(cost.layer_tg(il, "CUDA0", p.expert_homes[il]).values()) for il in range(model.hparams.n_layer_kv)]
+    assert min(t for il, t in enumerate(tg) if model.is_recurrent(il)) > max(
+        t for il, t in enumerate(tg) if not model.is_recurrent(il)) * 0.98
+
+
+def test_cpu_records_priced_as_their_controls() -> None:
+    """Each hybrid on this project's CPU is priced within a few points of the model of its shape
+    without recurrent layers (what the recurrent layers add, priced right), and within 30 %."""
+    records = [r for p in sorted(hybrid_speed.FOLDER.glob("cpu_*.jsonl"))
+               for r in hybrid_speed.load_records(p)]
+    assert {r["shape"] for r in records} == set(hybrid_speed.CPU_MODELS)
+    import tempfile
+    with tempfile.TemporaryDirectory() as tmp:
+        rows = hybrid_speed.price_cpu(records, Path(tmp))
+    for r in rows:
+        assert abs(r["error_pct"]) < 30, r
+        if r["vs_control_pct"] is not None:
+            assert abs(r["vs_control_pct"]) < 12, r
+
+
+def test_public_rtx4090_records() -> None:
+    """Qwen3.5 on an RTX 4090 as published, at depths 0-65536: decode within 20 %, prompt 25 %. The
+    attention over a filled cache carries over from the H200's fit only as a share of the FP32-
+    accumulate tensor rate (half the catalog's FP16 figure on a GeForce card); as a multiple of the
+    MMQ rate it priced the 65536-deep prompt +209 % (benchmarks/results/hybrid_speed.md)."""
+    import json
+    import tempfile
+    public = json.loads((hybrid_speed.FOLDER / "public.json").read_text())
+    with tempfile.TemporaryDirectory() as tmp:
+        rows = hybrid_speed.price_public(public["records"], Path(tmp))
+    assert len(rows) == 24
+    for r in rows:
+        assert abs(r["error_pct"]) < (20 if r["test"].startswith("tg") else 25), r
