@@ -15,6 +15,10 @@ the planner as it ran, uncalibrated:
   shapes (:data:`SHAPES`: the 9B's size and parameter count match the log's exactly, the others'
   quant mixes are approximations within 1.2 % of its sizes).
 
+``ik_logs/<arch>.log``: ik_llama.cpp's llama-bench (8337e4cd3, native CPU build, ``-p 0 -n 2 -v``) loading
+:data:`IK_SHAPE` of each hybrid: it keeps a recurrent layer's state in its KV buffer (src/llama.cpp:1373-1386),
+sized as mainline's separate RS buffer (tests/test_hybrid_models.py compares them).
+
     python -m benchmarks.hybrid_speed models /tmp/hyb
     python -m benchmarks.hybrid_speed run LLAMA_BENCH /tmp/hyb -o benchmarks/results/hybrid_speed/cpu_xeon2.jsonl \\
         --threads 2 --cpu-gbs 18.8
@@ -61,6 +65,10 @@ CPU_MODELS = [m for m in SHAPES if not m.startswith("Qwen")]
 #: each hybrid CPU model and the model it is compared with (the same shape without recurrent layers)
 CONTROLS = {"qwen35_2b_i2": "qwen3_2b", "qwen35_2b_i4": "qwen3_2b", "qwen35_2b_i8": "qwen3_2b",
             "qwen35moe_16l": "qwen3moe_16l"}
+#: write_model arguments of the tiny hybrids ik_llama.cpp loaded for ik_logs/ (a 256-cell context)
+IK_SHAPE = dict(n_layer=8, n_embd=256, head_dim=64, gdn={"head_dim": 128, "k_heads": 2, "v_heads": 4, "interval": 4},
+                weight_type="f16", tokenizer="gpt2")
+IK_CTX = 256
 #: the catalog's name of each public record's GPU
 GPUS = {"RTX 4090": "RTX 4090"}
 

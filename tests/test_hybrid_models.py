@@ -12,6 +12,7 @@ The engine's own sizes of their state and cache are in tests/test_model_engine.p
 """
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,9 @@ from omni_place.devices import resolve_cluster
 from omni_place.errors import GGUFFormatError
 from omni_place.hparams import ARCHITECTURES, read_hparams
 from omni_place.model import load_model
+from omni_place.units import MiB
+
+from .arch_models import write_model
 
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -139,3 +143,16 @@ def test_public_rtx4090_records() -> None:
     assert len(rows) == 24
     for r in rows:
         assert abs(r["error_pct"]) < (20 if r["test"].startswith("tg") else 25), r
+
+
+@pytest.mark.parametrize("arch", ["qwen35", "qwen35moe", "qwen3next"])
+def test_ik_llama_cpp_holds_the_state_in_its_kv_buffer(tmp_path: Path, arch: str) -> None:
+    """ik_llama.cpp keeps a recurrent layer's state in its KV buffer, beside the attention layers'
+    cache, of mainline's size (its llama-bench -v log, benchmarks/results/hybrid_speed/ik_logs)."""
+    log = (hybrid_speed.FOLDER / "ik_logs" / f"{arch}.log").read_text()
+    assert f"n_ctx         = {hybrid_speed.IK_CTX}" in log
+    (mib,) = [float(m) for m in re.findall(r"CPU KV buffer size =\s+([0-9.]+) MiB", log)]
+    model = load_model(write_model(tmp_path / f"{arch}.gguf", arch, header_only=True, **hybrid_speed.IK_SHAPE))
+    kv = model.kv_layer_bytes(hybrid_speed.IK_CTX)
+    assert sum(kv[il] for il in range(model.n_layer) if model.is_recurrent(il)) > sum(kv) / 2  # the state dominates
+    assert abs(sum(kv) - mib * MiB) <= 0.005 * MiB
