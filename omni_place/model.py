@@ -410,6 +410,7 @@ class ModelProfile:
                 {
                     "layer": lc.index,
                     "nextn": lc.is_nextn,
+                    "recurrent": self.is_recurrent(lc.index),
                     "bytes": lc.stored_bytes,
                     "dense_bytes": lc.dense["cpu"],
                     "expert_bytes": lc.experts["cpu"],
@@ -438,6 +439,7 @@ class ModelProfile:
             "kv_type": kv_type,
             "kv_bytes_per_token": self.kv_bytes_per_token(kv_type),
             "kv_bytes": sum(kv),
+            "recurrent_state_bytes": sum(b for il, b in enumerate(kv) if self.is_recurrent(il)),
             "output_bytes": self.output_bytes("cpu"),
             "input_bytes": self.input_bytes(),
             "layers": layers,

@@ -156,3 +156,26 @@ def test_ik_llama_cpp_holds_the_state_in_its_kv_buffer(tmp_path: Path, arch: str
     kv = model.kv_layer_bytes(hybrid_speed.IK_CTX)
     assert sum(kv[il] for il in range(model.n_layer) if model.is_recurrent(il)) > sum(kv) / 2  # the state dominates
     assert abs(sum(kv) - mib * MiB) <= 0.005 * MiB
+
+
+def test_inspect_and_plan_name_the_recurrent_layers(hybrid: Any, capsys: pytest.CaptureFixture[str],
+                                                     tmp_path: Path) -> None:
+    """`inspect` tells the recurrent layers and their state apart from the cache; `plan` fits
+    Qwen3.5-35B-A3B at a 131072-token context on a 24 GB card (its cache is 10 layers')."""
+    import json
+
+    from omni_place.cli import main
+
+    model, _ = hybrid
+    assert main(["inspect", str(model.path), "--ctx", "131072"]) == 0
+    out = capsys.readouterr().out
+    assert "30 recurrent layers" in out and out.count(" recurrent\n") == 30
+    assert main(["inspect", str(model.path), "--ctx", "131072", "--format", "json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    kv = model.kv_layer_bytes(131072)
+    assert report["recurrent_state_bytes"] == sum(kv[il] for il in range(model.n_layer) if model.is_recurrent(il))
+    assert report["recurrent_state_bytes"] == 30 * kv[0] and kv[3] == 256 * 2**20  # 2 heads x 256 x K and V
+    rig = hybrid_speed.gpu_cluster(tmp_path, "RTX 4090")
+    assert main(["plan", str(model.path), "--cluster", str(rig), "--ctx", "131072", "--format", "json"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["feasible"] and plan["n_cpu_layers"] == 0 and plan["predicted"]["tg_tps"] > 0

@@ -26,22 +26,26 @@ def _text_report(model: ModelProfile, report: dict) -> str:
         + (f", experts {hp.n_expert} (k={hp.n_expert_used})" if hp.n_expert else "")
         + (", MLA" if hp.is_mla else "")
         + (f", SWA {hp.n_swa}" if hp.n_swa else "")
+        + (f", {n_rec} recurrent layers" if (n_rec := sum(ly["recurrent"] for ly in report["layers"])) else "")
         + (", tied output" if model.tied_output else ""),
         f"  weights {_mib(report['total_bytes'])} MiB  (input/CPU {_mib(report['input_bytes'])}, "
         f"output {_mib(report['output_bytes'])})",
         f"  KV cache ({report['kv_type']}, ctx {report['ctx']}): {_mib(report['kv_bytes'])} MiB, "
-        f"{report['kv_bytes_per_token'] / 1024:,.1f} KiB/token",
+        f"{report['kv_bytes_per_token'] / 1024:,.1f} KiB/token"
+        + (f" (incl. the recurrent layers' state, {_mib(report['recurrent_state_bytes'])} MiB whatever the ctx)"
+           if report["recurrent_state_bytes"] else ""),
         f"  compute buffers (ubatch {report['compute']['n_tokens']}): a GPU with layers "
         f"{_mib(report['compute']['layers_only']['cuda'])} MiB, with the output head too "
         f"{_mib(report['compute']['cuda_layers_output'])} MiB; the CPU beside it "
         f"{_mib(report['compute']['cuda_host_base'])} MiB; "
         f"the CPU alone {_mib(report['compute']['cpu_layers_output'])} MiB",
         "",
-        f"  {'layer':>5} {'dense MiB':>10} {'experts MiB':>12} {'KV MiB':>9} {'CUDA MiB':>9}",
+        f"  {'layer':>5} {'dense MiB':>10} {'experts MiB':>12} {'KV MiB':>9} {'CUDA MiB':>9}"
+        + ("  (KV MiB: a recurrent layer's state)" if report["recurrent_state_bytes"] else ""),
     ]
     for ly in report["layers"]:
         cuda = ly["dense_bytes_cuda"] + ly["expert_bytes_cuda"]
-        tag = " nextn" if ly["nextn"] else ""
+        tag = " nextn" if ly["nextn"] else " recurrent" if ly["recurrent"] else ""
         lines.append(
             f"  {ly['layer']:>5} {_mib(ly['dense_bytes']):>10} {_mib(ly['expert_bytes']):>12} "
             f"{_mib(ly['kv_bytes']):>9} {_mib(cuda):>9}{tag}"
