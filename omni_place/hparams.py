@@ -55,6 +55,11 @@ class ArchSpec:
     swa_pattern: int = 0  # default sliding_window_pattern (n: layer il is SWA iff il % n < n-1)
     swa_dense_first: bool = False
     recurrent: bool = False  # every layer is recurrent (mamba)
+    # a hybrid (the engine's llm_arch_is_hybrid, src/llama-arch.cpp): a layer without KV heads is
+    # recurrent (or, with ``ffn_layers``, an FFN-only layer where its feed_forward_length is set:
+    # Nemotron-H's MLP and MoE layers, src/models/nemotron-h.cpp load_arch_hparams)
+    hybrid: bool = False
+    ffn_layers: bool = False
     # Gated DeltaNet hybrids: the layers `attention.recurrent_layers` flags, else all but every
     # `full_attention_interval`-th (default 4) of the trunk are linear attention with a recurrent
     # state (src/models/qwen35moe.cpp load_arch_hparams); NextN blocks are full attention
@@ -80,15 +85,16 @@ ARCHITECTURES: dict[str, ArchSpec] = {
     "gpt-oss": ArchSpec(swa_pattern=2, verified=True),
     "gemma3": ArchSpec(swa_pattern=6, verified=True),
     "gemma2": ArchSpec(swa_pattern=2),
-    "qwen3next": ArchSpec(recurrent_interval=True, recurrent_layer_ops=34, verified=True),
-    "qwen35": ArchSpec(recurrent_interval=True, recurrent_layer_ops=26, verified=True),
-    "qwen35moe": ArchSpec(recurrent_interval=True, recurrent_layer_ops=26, verified=True),
+    "qwen3next": ArchSpec(hybrid=True, recurrent_interval=True, recurrent_layer_ops=34, verified=True),
+    "qwen35": ArchSpec(hybrid=True, recurrent_interval=True, recurrent_layer_ops=26, verified=True),
+    "qwen35moe": ArchSpec(hybrid=True, recurrent_interval=True, recurrent_layer_ops=26, verified=True),
     "mistral3": ArchSpec(),
     "mamba": ArchSpec(recurrent=True),
     "mamba2": ArchSpec(recurrent=True),
-    "jamba": ArchSpec(),
-    "granitehybrid": ArchSpec(),
-    "nemotron_h": ArchSpec(),
+    "jamba": ArchSpec(hybrid=True),
+    "granitehybrid": ArchSpec(hybrid=True, verified=True),
+    "nemotron_h": ArchSpec(hybrid=True, ffn_layers=True),
+    "nemotron_h_moe": ArchSpec(hybrid=True, ffn_layers=True),
 }
 # Architectures whose memory layout is known to differ from what this module models.
 NOT_COVERED = {
@@ -146,6 +152,15 @@ def _per_layer(md: dict[str, Any], key: str, n: int, default: int | None, *, hi:
     return (_int(md, key, default, hi=hi),) * n
 
 
+def is_recurrent_layer(arch: str, hp: HParams, il: int) -> bool:
+    """Whether layer ``il`` of ``arch`` holds a recurrent state instead of a KV cache, by the
+    engine's rule: every trunk layer of a recurrent architecture, a hybrid's layers without KV
+    heads (Nemotron-H's: and without an FFN)."""
+    spec = ARCHITECTURES.get(arch, ArchSpec())
+    ffn_only = spec.ffn_layers and hp.n_ff[il] > 0
+    return il < hp.n_layer_kv and (spec.recurrent or (hp.n_head_kv[il] == 0 and hp.ssm_d_inner > 0 and not ffn_only))
+
+
 def _flags(md: dict[str, Any], key: str, n: int) -> tuple[bool, ...] | None:
     """A per-layer flag array (BOOL as converters write it, or 0/1 integers), its first ``n``
     entries; None when the key is absent or not an array."""
@@ -185,10 +200,11 @@ def read_hparams(arch: str, md: dict[str, Any], n_vocab_fallback: int) -> HParam
         if h and h_kv > h:  # the engine's n_gqa() = n_head / n_head_kv would be 0
             raise _bad(f"{a}.attention.head_count_kv")(
                 f"{a}.attention.head_count_kv = {h_kv} exceeds head_count = {h} in layer {il}")
-        if h and not h_kv and a not in NOT_COVERED:  # 0 marks a recurrent layer, which only hybrids have
-            raise _bad(f"{a}.attention.head_count_kv")(
-                f"{a}.attention.head_count_kv = 0 in layer {il} (head_count {h}): {a} has no recurrent layers")
     spec = ARCHITECTURES.get(arch, ArchSpec())
+    for il, (h, h_kv) in enumerate(zip(n_head, n_head_kv)):
+        if h and not h_kv and not (spec.hybrid or spec.recurrent) and a not in NOT_COVERED:  # only hybrids have
+            raise _bad(f"{a}.attention.head_count_kv")(  # layers without KV heads
+                f"{a}.attention.head_count_kv = 0 in layer {il} (head_count {h}): {a} has no recurrent layers")
     if spec.recurrent_interval:  # a recurrent layer's head_count_kv is 0, as hybrids' own arrays have it
         recurrent = _recurrent_layers(md, a, n_layer, n_nextn)
         n_head_kv = tuple(0 if r else h for r, h in zip(recurrent, n_head_kv))
@@ -253,4 +269,4 @@ def read_hparams(arch: str, md: dict[str, Any], n_vocab_fallback: int) -> HParam
 
 
 __all__ = ["ARCHITECTURES", "MAX_CONTEXT", "MAX_EXPERTS", "MAX_LAYERS", "NOT_COVERED", "ArchSpec", "HParams",
-           "read_hparams"]
+           "is_recurrent_layer", "read_hparams"]

@@ -31,7 +31,7 @@ from gguf import GGMLQuantizationType
 from .errors import GGUFFormatError, InvalidArgumentError, UnsupportedModelError
 from .ggml_types import ggml_type
 from .gguf import GGUFModelFiles, LongArray, TensorInfo, iter_layer_tensors, read_model_files
-from .hparams import ARCHITECTURES, NOT_COVERED, ArchSpec, HParams, read_hparams
+from .hparams import ARCHITECTURES, NOT_COVERED, HParams, is_recurrent_layer, read_hparams
 from .sources import resolve_model_source
 
 
@@ -362,9 +362,7 @@ class ModelProfile:
         """Whether layer ``il`` holds a recurrent state (F32 conv and SSM / delta-rule state, its size
         independent of the context: llama-memory-recurrent.cpp) instead of a KV cache: every layer of
         a recurrent architecture, a hybrid's layers without KV heads."""
-        hp = self.hparams
-        spec = ARCHITECTURES.get(self.architecture, ArchSpec())
-        return il < hp.n_layer_kv and (spec.recurrent or (hp.n_head_kv[il] == 0 and hp.ssm_d_inner > 0))
+        return is_recurrent_layer(self.architecture, self.hparams, il)
 
     def _recurrent_state_bytes(self, n_seq: int) -> int:
         hp = self.hparams

@@ -75,13 +75,17 @@ __all__ = [
 ]
 
 ARCHS: tuple[str, ...] = ("llama", "qwen2", "qwen3", "qwen3moe", "deepseek2", "gpt-oss", "gemma3", "glm4moe",
-                          "deepseek32", "qwen35", "qwen35moe", "qwen3next")
+                          "deepseek32", "qwen35", "qwen35moe", "qwen3next", "granitehybrid")
 MOE_ARCHS: frozenset[str] = frozenset({"qwen3moe", "deepseek2", "gpt-oss", "glm4moe", "deepseek32", "qwen35moe",
                                        "qwen3next"})
 # Gated DeltaNet hybrids (src/models/qwen3next.cpp, qwen35.cpp, qwen35moe.cpp): every
 # full_attention_interval-th layer is gated full attention, the others linear attention with a
 # recurrent state; MoE ones have a gated shared expert
 HYBRID_ARCHS: frozenset[str] = frozenset({"qwen35", "qwen35moe", "qwen3next"})
+# Mamba-2 hybrids (src/models/granite-hybrid.cpp): a layer is an SSM where head_count_kv is 0 (here
+# all but every MAMBA_ATTENTION_EVERY-th), its inner width 2 x n_embd
+MAMBA_HYBRIDS: frozenset[str] = frozenset({"granitehybrid"})
+MAMBA_ATTENTION_EVERY = 4
 SWA_ARCHS: frozenset[str] = frozenset({"gpt-oss", "gemma3"})
 NEXTN_ARCHS: frozenset[str] = frozenset({"deepseek2", "glm4moe", "deepseek32", "qwen35", "qwen35moe", "qwen3next"})
 # MLA archs (deepseek32 = deepseek2 + the DSA lightning indexer, src/models/deepseek32.cpp)
@@ -181,7 +185,9 @@ def model_tensors(arch: str, *, n_layer: int, n_embd: int, n_head: int, n_head_k
         add(b + "attn_norm.weight", (E,), "norm")
 
         # ---- attention
-        if arch in HYBRID_ARCHS:
+        if arch in MAMBA_HYBRIDS and (i + 1) % MAMBA_ATTENTION_EVERY:
+            _mamba2_mixer(add, b, E, gdn)
+        elif arch in HYBRID_ARCHS:
             _hybrid_mixer(add, b, arch, E, n_head * head_dim, kv_dim, head_dim, gdn,
                           recurrent=i < n_layer and (i + 1) % gdn["interval"] != 0)
         elif arch in MLA_ARCHS:
@@ -264,6 +270,21 @@ def model_tensors(arch: str, *, n_layer: int, n_embd: int, n_head: int, n_head_k
             add(b + "nextn.hnorm.weight", (E,), "norm")
             add(b + "nextn.shared_head_norm.weight", (E,), "norm")
     return T
+
+
+def _mamba2_mixer(add: Any, b: str, E: int, g: Mapping[str, int]) -> None:
+    """A Mamba-2 layer (granite-hybrid.cpp load_arch_tensors): inner width 2 x n_embd in
+    ``v_heads`` heads, ``k_heads`` groups of a ``head_dim``-wide state."""
+    d_inner, d_state, n_group, n_head = 2 * E, g["head_dim"], g["k_heads"], g["v_heads"]
+    conv = d_inner + 2 * n_group * d_state
+    add(b + "ssm_in.weight", (E, 2 * d_inner + 2 * n_group * d_state + n_head))
+    add(b + "ssm_conv1d.weight", (g["d_conv"], conv), "f32")
+    add(b + "ssm_conv1d.bias", (conv,), "f32")
+    add(b + "ssm_dt.bias", (n_head,), "f32")
+    add(b + "ssm_a", (1, n_head), "f32")
+    add(b + "ssm_d", (1, n_head), "f32")
+    add(b + "ssm_norm.weight", (d_inner // n_group, n_group), "norm")
+    add(b + "ssm_out.weight", (d_inner, E))
 
 
 def _hybrid_mixer(add: Any, b: str, arch: str, E: int, q_dim: int, kv_dim: int, head_dim: int,
@@ -504,6 +525,13 @@ def write_model(path: str | Path, arch: str, *, n_layer: int | None = None, n_em
         kv(L.EXPERT_GATING_FUNC, int(gguf.ExpertGatingFuncType.SIGMOID))
         if n_nextn:
             kv(L.NEXTN_PREDICT_LAYERS, n_nextn)
+    if arch in MAMBA_HYBRIDS:
+        kv(Keys.SSM.CONV_KERNEL, gdn["d_conv"])
+        kv(Keys.SSM.STATE_SIZE, gdn["head_dim"])
+        kv(Keys.SSM.GROUP_COUNT, gdn["k_heads"])
+        kv(Keys.SSM.TIME_STEP_RANK, gdn["v_heads"])
+        kv(Keys.SSM.INNER_SIZE, 2 * n_embd)
+        kv(A.HEAD_COUNT_KV, [0 if (i + 1) % MAMBA_ATTENTION_EVERY else n_head_kv for i in range(n_layer)])
     if arch in HYBRID_ARCHS:
         g = gdn
         kv(Keys.SSM.CONV_KERNEL, g["d_conv"])

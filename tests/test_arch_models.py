@@ -20,6 +20,7 @@ from omni_place.units import MiB
 from .arch_models import (
     ARCHS,
     HYBRID_ARCHS,
+    MAMBA_HYBRIDS,
     MOE_ARCHS,
     NEXTN_ARCHS,
     SWA_ARCHS,
@@ -55,7 +56,7 @@ def _expected_kv(arch: str, *, n_ctx: int, n_layer: int, n_head_kv: int = 2, hea
         return [(n_ctx, n_layer, n_ctx * n_layer * (64 + 16) * 2, 0), (n_ctx, n_layer, n_ctx * n_layer * 64 * 2, 0)]
     head_dim = head_dim or n_embd // n_head
     row = n_head_kv * head_dim * 2
-    if arch in HYBRID_ARCHS:  # every 4th layer attends over a cache, the others hold a recurrent state
+    if arch in HYBRID_ARCHS | MAMBA_HYBRIDS:  # every 4th layer attends over a cache, the others hold a state
         n_layer //= 4
 
     def cache(cells: int, layers: int):

@@ -23,7 +23,7 @@ from omni_place.attention import RECURRENT_STATE_PASSES
 from omni_place.cost import CPU, LAYER_OPS, Context, CostModel, placement_from_counts
 from omni_place.devices import resolve_cluster
 from omni_place.errors import GGUFFormatError
-from omni_place.hparams import ARCHITECTURES, read_hparams
+from omni_place.hparams import ARCHITECTURES, is_recurrent_layer, read_hparams
 from omni_place.model import load_model
 from omni_place.units import MiB
 
@@ -58,6 +58,23 @@ def test_recurrent_layers_from_the_interval_or_the_flags() -> None:
     assert _recurrent(_md(nextn_predict_layers=1, **{"attention.recurrent_layers": [True] * 8})) == list(range(7))
     # an architecture without the rule keeps its head counts
     assert _recurrent(_md("qwen3"), "qwen3") == []
+
+
+def test_hybrids_without_kv_heads_are_read_not_refused() -> None:
+    """A layer without KV heads is a hybrid's recurrent layer (granitehybrid, jamba) or, in
+    Nemotron-H, an FFN-only layer where its feed_forward_length is set (src/models/nemotron-h.cpp:
+    recurrent iff head_count_kv and feed_forward_length are 0); an architecture without such layers
+    refuses the header."""
+    def recurrent(arch: str, kv: list[int], ff: list[int]) -> list[int]:
+        hp = read_hparams(arch, _md(arch, n_layer=len(kv), **{"attention.head_count_kv": kv,
+                                                                "feed_forward_length": ff}), 320)
+        return [il for il in range(hp.n_layer) if is_recurrent_layer(arch, hp, il)]
+
+    kv, ff = [0, 2, 0, 0], [0, 0, 512, 0]  # mamba, attention, MLP, mamba
+    assert recurrent("nemotron_h_moe", kv, ff) == [0, 3]
+    assert recurrent("granitehybrid", kv, [512] * 4) == [0, 2, 3]
+    with pytest.raises(GGUFFormatError, match="has no recurrent layers"):
+        read_hparams("qwen3", _md("qwen3", n_layer=4, **{"attention.head_count_kv": kv}), 320)
 
 
 @pytest.mark.parametrize("extra, needle", [
