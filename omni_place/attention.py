@@ -74,7 +74,7 @@ DELTA_RULE_FLOPS = 7
 #: cpu_tflops_per_core a thread), one token after another over each head's state: a state column per
 #: warp and two warp reductions a token on a GPU (ggml/src/ggml-cuda/gated_delta_net.cu; a prior, not
 #: measured on a GPU), a head per thread on the CPU (0.08: libllama on this project's 2-vCPU Xeon, two
-#: Qwen3.5 shapes whose layers swap attention for linear attention, benchmarks/results/hybrid_cpu.md)
+#: Qwen3.5 shapes whose layers swap attention for linear attention, benchmarks/results/hybrid_speed.md)
 SCAN_RATE_SHARE = {True: 0.1, False: 0.08}
 #: F32 activations a token's linear-attention mixer reads and writes beside its matmuls, per key and
 #: per value channel: the convolution's concat, conv and SiLU over the 2 x key + value channels, the

@@ -38,9 +38,9 @@ from .compute_price import (REPACK_TYPES, add_compute_margins, finish_usage, off
 from .devices import Cluster
 from .errors import ClusterError, InvalidArgumentError
 from .gpu_matmul import batch_rate, expert_time_factor, routed_tile_factor, uniform_tile_factor
+from .hparams import ARCHITECTURES, ArchSpec
 from .kernels import FA_OFF_LAYER_SHARE, KERNEL_FLOPS_PER_BYTE, KernelWork, cpu_expert_time_scale, kernel_work
 from .layer_work import layer_work
-from .hparams import ARCHITECTURES, ArchSpec
 from .model import LayerCost, ModelProfile, Role
 from .placement import (CPU, EXPERT_KINDS, EXPERT_OPTIONS, Context, DeviceUsage, ExpertHomes, Placement, Prediction,
                         SpeedParams, add_seconds, expert_kind, on_cpu, over_prompt_test, placement_from_counts)
