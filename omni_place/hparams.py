@@ -93,7 +93,7 @@ ARCHITECTURES: dict[str, ArchSpec] = {
     "mamba2": ArchSpec(recurrent=True),
     "jamba": ArchSpec(hybrid=True),
     "granitehybrid": ArchSpec(hybrid=True, verified=True),
-    "nemotron_h": ArchSpec(hybrid=True, ffn_layers=True),
+    "nemotron_h": ArchSpec(hybrid=True, ffn_layers=True, verified=True),
     "nemotron_h_moe": ArchSpec(hybrid=True, ffn_layers=True),
 }
 # Architectures whose memory layout is known to differ from what this module models.

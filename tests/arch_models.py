@@ -75,7 +75,7 @@ __all__ = [
 ]
 
 ARCHS: tuple[str, ...] = ("llama", "qwen2", "qwen3", "qwen3moe", "deepseek2", "gpt-oss", "gemma3", "glm4moe",
-                          "deepseek32", "qwen35", "qwen35moe", "qwen3next", "granitehybrid")
+                          "deepseek32", "qwen35", "qwen35moe", "qwen3next", "granitehybrid", "nemotron_h")
 MOE_ARCHS: frozenset[str] = frozenset({"qwen3moe", "deepseek2", "gpt-oss", "glm4moe", "deepseek32", "qwen35moe",
                                        "qwen3next"})
 # Gated DeltaNet hybrids (src/models/qwen3next.cpp, qwen35.cpp, qwen35moe.cpp): every
@@ -84,8 +84,18 @@ MOE_ARCHS: frozenset[str] = frozenset({"qwen3moe", "deepseek2", "gpt-oss", "glm4
 HYBRID_ARCHS: frozenset[str] = frozenset({"qwen35", "qwen35moe", "qwen3next"})
 # Mamba-2 hybrids (src/models/granite-hybrid.cpp): a layer is an SSM where head_count_kv is 0 (here
 # all but every MAMBA_ATTENTION_EVERY-th), its inner width 2 x n_embd
-MAMBA_HYBRIDS: frozenset[str] = frozenset({"granitehybrid"})
+MAMBA_HYBRIDS: frozenset[str] = frozenset({"granitehybrid", "nemotron_h"})
 MAMBA_ATTENTION_EVERY = 4
+# Nemotron-H's layers, one kind each (src/models/nemotron-h.cpp): Mamba-2 (M), attention (A) or an
+# MLP (F: up and down, a squared ReLU), the pattern repeating
+NEMOTRON_PATTERN = "MAFM"
+
+
+def layer_kind(arch: str, il: int) -> str:
+    """A Mamba-2 hybrid's layer ``il``: "M" (Mamba-2), "A" (attention) or "F" (FFN only)."""
+    if arch == "nemotron_h":
+        return NEMOTRON_PATTERN[il % len(NEMOTRON_PATTERN)]
+    return "A" if (il + 1) % MAMBA_ATTENTION_EVERY == 0 else "M"
 SWA_ARCHS: frozenset[str] = frozenset({"gpt-oss", "gemma3"})
 NEXTN_ARCHS: frozenset[str] = frozenset({"deepseek2", "glm4moe", "deepseek32", "qwen35", "qwen35moe", "qwen3next"})
 # MLA archs (deepseek32 = deepseek2 + the DSA lightning indexer, src/models/deepseek32.cpp)
@@ -185,7 +195,20 @@ def model_tensors(arch: str, *, n_layer: int, n_embd: int, n_head: int, n_head_k
         add(b + "attn_norm.weight", (E,), "norm")
 
         # ---- attention
-        if arch in MAMBA_HYBRIDS and (i + 1) % MAMBA_ATTENTION_EVERY:
+        kind = layer_kind(arch, i) if arch in MAMBA_HYBRIDS else "A"
+        if arch == "nemotron_h":  # one kind a layer, the attention norm its only norm
+            if kind == "M":
+                _mamba2_mixer(add, b, E, gdn)
+            elif kind == "A":
+                add(b + "attn_q.weight", (E, q_dim))
+                add(b + "attn_k.weight", (E, kv_dim))
+                add(b + "attn_v.weight", (E, kv_dim))
+                add(b + "attn_output.weight", (q_dim, E))
+            else:
+                add(b + "ffn_up.weight", (E, n_ff))
+                add(b + "ffn_down.weight", (n_ff, E))
+            continue
+        if kind == "M":
             _mamba2_mixer(add, b, E, gdn)
         elif arch in HYBRID_ARCHS:
             _hybrid_mixer(add, b, arch, E, n_head * head_dim, kv_dim, head_dim, gdn,
@@ -531,7 +554,11 @@ def write_model(path: str | Path, arch: str, *, n_layer: int | None = None, n_em
         kv(Keys.SSM.GROUP_COUNT, gdn["k_heads"])
         kv(Keys.SSM.TIME_STEP_RANK, gdn["v_heads"])
         kv(Keys.SSM.INNER_SIZE, 2 * n_embd)
-        kv(A.HEAD_COUNT_KV, [0 if (i + 1) % MAMBA_ATTENTION_EVERY else n_head_kv for i in range(n_layer)])
+        kinds = [layer_kind(arch, i) for i in range(n_layer)]
+        kv(A.HEAD_COUNT_KV, [n_head_kv if k == "A" else 0 for k in kinds])
+        if arch == "nemotron_h":  # the engine's rule: recurrent iff no KV heads and no FFN
+            kv(L.FEED_FORWARD_LENGTH, [n_ff if k == "F" else 0 for k in kinds])
+            kv(A.LAYERNORM_EPS, 1e-5)
     if arch in HYBRID_ARCHS:
         g = gdn
         kv(Keys.SSM.CONV_KERNEL, g["d_conv"])

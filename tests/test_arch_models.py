@@ -20,12 +20,12 @@ from omni_place.units import MiB
 from .arch_models import (
     ARCHS,
     HYBRID_ARCHS,
-    MAMBA_HYBRIDS,
     MOE_ARCHS,
     NEXTN_ARCHS,
     SWA_ARCHS,
     engine_available,
     engine_load,
+    layer_kind,
     shard_paths,
     write_model,
 )
@@ -56,8 +56,10 @@ def _expected_kv(arch: str, *, n_ctx: int, n_layer: int, n_head_kv: int = 2, hea
         return [(n_ctx, n_layer, n_ctx * n_layer * (64 + 16) * 2, 0), (n_ctx, n_layer, n_ctx * n_layer * 64 * 2, 0)]
     head_dim = head_dim or n_embd // n_head
     row = n_head_kv * head_dim * 2
-    if arch in HYBRID_ARCHS | MAMBA_HYBRIDS:  # every 4th layer attends over a cache, the others hold a state
+    if arch in HYBRID_ARCHS | {"granitehybrid"}:  # every 4th layer attends over a cache, the others hold a state
         n_layer //= 4
+    if arch == "nemotron_h":  # one layer in NEMOTRON_PATTERN attends
+        n_layer = sum(layer_kind(arch, il) == "A" for il in range(n_layer))
 
     def cache(cells: int, layers: int):
         return (cells, layers, cells * layers * row, cells * layers * row)

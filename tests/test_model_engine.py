@@ -135,18 +135,19 @@ def test_recurrent_layer_ops_are_the_engine_graphs(tmp_path: Path, arch: str) ->
     assert (llama[1] - llama[0]) / 4 == LAYER_OPS
 
 
-def test_mamba2_hybrid_state_and_cache(tmp_path: Path) -> None:
-    """granitehybrid (Granite 4.0-H): a layer whose head_count_kv is 0 is a Mamba-2 layer with a
-    conv and SSM state (src/models/granite-hybrid.cpp), the others attend over a cache: which
-    layers and their sizes as the engine has them."""
-    path = write_model(tmp_path / "gh.gguf", "granitehybrid", n_layer=8, n_embd=256, weight_type="f16",
+@pytest.mark.parametrize("arch, recurrent", [("granitehybrid", [0, 1, 2, 4, 5, 6]), ("nemotron_h", [0, 3, 4, 7])])
+def test_mamba2_hybrid_state_and_cache(tmp_path: Path, arch: str, recurrent: list[int]) -> None:
+    """Mamba-2 hybrids: a layer whose head_count_kv is 0 is a Mamba-2 layer with a conv and SSM
+    state (src/models/granite-hybrid.cpp), in Nemotron-H unless it is an FFN-only layer (its
+    feed_forward_length set: nemotron-h.cpp); the others attend over a cache. Which layers and
+    their sizes as the engine has them."""
+    path = write_model(tmp_path / f"{arch}.gguf", arch, n_layer=8, n_embd=256, weight_type="f16",
                        gdn={"head_dim": 64, "k_heads": 2, "v_heads": 8})
     eng = engine_load(path, n_ctx=N_CTX)
     assert eng.ok, eng.log[-2000:]
     m = load_model(path)
     assert m.coverage == "verified" and m.unknown_tensors == []
-    recurrent = [il for il in range(m.n_layer) if m.is_recurrent(il)]
-    assert recurrent == eng.rs_layers == [0, 1, 2, 4, 5, 6]
+    assert [il for il in range(m.n_layer) if m.is_recurrent(il)] == eng.rs_layers == recurrent
     kv = m.kv_layer_bytes(N_CTX, n_ubatch=N_UBATCH)
     assert abs(sum(kv[il] for il in recurrent) - sum(mib for _, mib in eng.rs_buffers) * MiB) <= PRINT_RES
     assert abs(sum(kv) - sum(kv[il] for il in recurrent) - sum(mib for _, mib in eng.kv_buffers) * MiB) <= PRINT_RES
