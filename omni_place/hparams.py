@@ -94,7 +94,7 @@ ARCHITECTURES: dict[str, ArchSpec] = {
     "jamba": ArchSpec(hybrid=True),
     "granitehybrid": ArchSpec(hybrid=True, verified=True),
     "nemotron_h": ArchSpec(hybrid=True, ffn_layers=True, verified=True),
-    "nemotron_h_moe": ArchSpec(hybrid=True, ffn_layers=True),
+    "nemotron_h_moe": ArchSpec(hybrid=True, ffn_layers=True, verified=True),
 }
 # Architectures whose memory layout is known to differ from what this module models.
 NOT_COVERED = {

@@ -75,25 +75,28 @@ __all__ = [
 ]
 
 ARCHS: tuple[str, ...] = ("llama", "qwen2", "qwen3", "qwen3moe", "deepseek2", "gpt-oss", "gemma3", "glm4moe",
-                          "deepseek32", "qwen35", "qwen35moe", "qwen3next", "granitehybrid", "nemotron_h")
+                          "deepseek32", "qwen35", "qwen35moe", "qwen3next", "granitehybrid", "nemotron_h",
+                          "nemotron_h_moe")
 MOE_ARCHS: frozenset[str] = frozenset({"qwen3moe", "deepseek2", "gpt-oss", "glm4moe", "deepseek32", "qwen35moe",
-                                       "qwen3next"})
+                                       "qwen3next", "nemotron_h_moe"})
 # Gated DeltaNet hybrids (src/models/qwen3next.cpp, qwen35.cpp, qwen35moe.cpp): every
 # full_attention_interval-th layer is gated full attention, the others linear attention with a
 # recurrent state; MoE ones have a gated shared expert
 HYBRID_ARCHS: frozenset[str] = frozenset({"qwen35", "qwen35moe", "qwen3next"})
 # Mamba-2 hybrids (src/models/granite-hybrid.cpp): a layer is an SSM where head_count_kv is 0 (here
 # all but every MAMBA_ATTENTION_EVERY-th), its inner width 2 x n_embd
-MAMBA_HYBRIDS: frozenset[str] = frozenset({"granitehybrid", "nemotron_h"})
+MAMBA_HYBRIDS: frozenset[str] = frozenset({"granitehybrid", "nemotron_h", "nemotron_h_moe"})
+NEMOTRON_ARCHS: frozenset[str] = frozenset({"nemotron_h", "nemotron_h_moe"})
 MAMBA_ATTENTION_EVERY = 4
 # Nemotron-H's layers, one kind each (src/models/nemotron-h.cpp): Mamba-2 (M), attention (A) or an
-# MLP (F: up and down, a squared ReLU), the pattern repeating
+# MLP (F: up and down, a squared ReLU; nemotron_h_moe: routed experts of the same two beside a shared
+# one, src/models/nemotron-h.cpp load_arch_tensors), the pattern repeating
 NEMOTRON_PATTERN = "MAFM"
 
 
 def layer_kind(arch: str, il: int) -> str:
     """A Mamba-2 hybrid's layer ``il``: "M" (Mamba-2), "A" (attention) or "F" (FFN only)."""
-    if arch == "nemotron_h":
+    if arch in NEMOTRON_ARCHS:
         return NEMOTRON_PATTERN[il % len(NEMOTRON_PATTERN)]
     return "A" if (il + 1) % MAMBA_ATTENTION_EVERY == 0 else "M"
 SWA_ARCHS: frozenset[str] = frozenset({"gpt-oss", "gemma3"})
@@ -196,7 +199,7 @@ def model_tensors(arch: str, *, n_layer: int, n_embd: int, n_head: int, n_head_k
 
         # ---- attention
         kind = layer_kind(arch, i) if arch in MAMBA_HYBRIDS else "A"
-        if arch == "nemotron_h":  # one kind a layer, the attention norm its only norm
+        if arch in NEMOTRON_ARCHS:  # one kind a layer, the attention norm its only norm
             if kind == "M":
                 _mamba2_mixer(add, b, E, gdn)
             elif kind == "A":
@@ -204,9 +207,16 @@ def model_tensors(arch: str, *, n_layer: int, n_embd: int, n_head: int, n_head_k
                 add(b + "attn_k.weight", (E, kv_dim))
                 add(b + "attn_v.weight", (E, kv_dim))
                 add(b + "attn_output.weight", (q_dim, E))
-            else:
+            elif arch == "nemotron_h":
                 add(b + "ffn_up.weight", (E, n_ff))
                 add(b + "ffn_down.weight", (n_ff, E))
+            else:
+                add(b + "ffn_gate_inp.weight", (E, n_expert), "f32")
+                add(b + "exp_probs_b.bias", (n_expert,), "f32")
+                add(b + "ffn_down_exps.weight", (n_ff_exp, E, n_expert))
+                add(b + "ffn_up_exps.weight", (E, n_ff_exp, n_expert))
+                add(b + "ffn_down_shexp.weight", (n_ff_exp * n_expert_shared, E))
+                add(b + "ffn_up_shexp.weight", (E, n_ff_exp * n_expert_shared))
             continue
         if kind == "M":
             _mamba2_mixer(add, b, E, gdn)
@@ -540,6 +550,9 @@ def write_model(path: str | Path, arch: str, *, n_layer: int | None = None, n_em
         kv(L.EXPERT_COUNT, n_expert)
         kv(L.EXPERT_USED_COUNT, n_expert_used)
         kv(L.EXPERT_FEED_FORWARD_LENGTH, n_ff_exp)
+    if arch == "nemotron_h_moe":
+        kv(L.EXPERT_SHARED_FEED_FORWARD_LENGTH, n_ff_exp * n_expert_shared)
+        kv(L.EXPERT_WEIGHTS_NORM, True)
     if arch in _DS_MOE:
         kv(L.LEADING_DENSE_BLOCK_COUNT, n_dense_lead)
         kv(L.EXPERT_SHARED_COUNT, n_expert_shared)
@@ -556,7 +569,7 @@ def write_model(path: str | Path, arch: str, *, n_layer: int | None = None, n_em
         kv(Keys.SSM.INNER_SIZE, 2 * n_embd)
         kinds = [layer_kind(arch, i) for i in range(n_layer)]
         kv(A.HEAD_COUNT_KV, [n_head_kv if k == "A" else 0 for k in kinds])
-        if arch == "nemotron_h":  # the engine's rule: recurrent iff no KV heads and no FFN
+        if arch in NEMOTRON_ARCHS:  # the engine's rule: recurrent iff no KV heads and no FFN
             kv(L.FEED_FORWARD_LENGTH, [n_ff if k == "F" else 0 for k in kinds])
             kv(A.LAYERNORM_EPS, 1e-5)
     if arch in HYBRID_ARCHS:

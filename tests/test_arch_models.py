@@ -58,7 +58,7 @@ def _expected_kv(arch: str, *, n_ctx: int, n_layer: int, n_head_kv: int = 2, hea
     row = n_head_kv * head_dim * 2
     if arch in HYBRID_ARCHS | {"granitehybrid"}:  # every 4th layer attends over a cache, the others hold a state
         n_layer //= 4
-    if arch == "nemotron_h":  # one layer in NEMOTRON_PATTERN attends
+    if arch in ("nemotron_h", "nemotron_h_moe"):  # one layer in NEMOTRON_PATTERN attends
         n_layer = sum(layer_kind(arch, il) == "A" for il in range(n_layer))
 
     def cache(cells: int, layers: int):
@@ -241,7 +241,9 @@ def test_structure(arch: str, tmp_path: Path) -> None:
     f = {k: v.contents() for k, v in rd.fields.items() if not k.startswith("tokenizer.ggml.")}
     names = {t.name for t in rd.tensors}
     assert f["general.architecture"] == arch
-    assert ("blk.1.ffn_gate_exps.weight" in names) == (arch in MOE_ARCHS)
+    # Nemotron-H: the pattern's layer 2 is its first FFN layer, experts of up and down only
+    expert = "blk.2.ffn_up_exps.weight" if arch == "nemotron_h_moe" else "blk.1.ffn_gate_exps.weight"
+    assert (expert in names) == (arch in MOE_ARCHS)
     if arch in MOE_ARCHS:
         assert f[f"{arch}.expert_count"] == 8 and f[f"{arch}.expert_used_count"] == 2
     if arch in ("deepseek2", "glm4moe", "deepseek32"):

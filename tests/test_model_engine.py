@@ -135,7 +135,8 @@ def test_recurrent_layer_ops_are_the_engine_graphs(tmp_path: Path, arch: str) ->
     assert (llama[1] - llama[0]) / 4 == LAYER_OPS
 
 
-@pytest.mark.parametrize("arch, recurrent", [("granitehybrid", [0, 1, 2, 4, 5, 6]), ("nemotron_h", [0, 3, 4, 7])])
+@pytest.mark.parametrize("arch, recurrent", [("granitehybrid", [0, 1, 2, 4, 5, 6]), ("nemotron_h", [0, 3, 4, 7]),
+                                             ("nemotron_h_moe", [0, 3, 4, 7])])
 def test_mamba2_hybrid_state_and_cache(tmp_path: Path, arch: str, recurrent: list[int]) -> None:
     """Mamba-2 hybrids: a layer whose head_count_kv is 0 is a Mamba-2 layer with a conv and SSM
     state (src/models/granite-hybrid.cpp), in Nemotron-H unless it is an FFN-only layer (its
