@@ -92,9 +92,10 @@ ARCHITECTURES: dict[str, ArchSpec] = {
     "mamba": ArchSpec(recurrent=True),
     "mamba2": ArchSpec(recurrent=True),
     "jamba": ArchSpec(hybrid=True),
-    "granitehybrid": ArchSpec(hybrid=True, verified=True),
-    "nemotron_h": ArchSpec(hybrid=True, ffn_layers=True, verified=True),
-    "nemotron_h_moe": ArchSpec(hybrid=True, ffn_layers=True, verified=True),
+    "granitehybrid": ArchSpec(hybrid=True, recurrent_layer_ops=26, verified=True),
+    # Nemotron-H's Mamba-2 layers run granitehybrid's mixer (src/models/mamba-base.cpp build_mamba2_layer)
+    "nemotron_h": ArchSpec(hybrid=True, ffn_layers=True, recurrent_layer_ops=26, verified=True),
+    "nemotron_h_moe": ArchSpec(hybrid=True, ffn_layers=True, recurrent_layer_ops=26, verified=True),
 }
 # Architectures whose memory layout is known to differ from what this module models.
 NOT_COVERED = {

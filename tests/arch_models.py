@@ -84,21 +84,21 @@ MOE_ARCHS: frozenset[str] = frozenset({"qwen3moe", "deepseek2", "gpt-oss", "glm4
 # recurrent state; MoE ones have a gated shared expert
 HYBRID_ARCHS: frozenset[str] = frozenset({"qwen35", "qwen35moe", "qwen3next"})
 # Mamba-2 hybrids (src/models/granite-hybrid.cpp): a layer is an SSM where head_count_kv is 0 (here
-# all but every MAMBA_ATTENTION_EVERY-th), its inner width 2 x n_embd
+# all but every ``gdn["interval"]``-th), its inner width 2 x n_embd
 MAMBA_HYBRIDS: frozenset[str] = frozenset({"granitehybrid", "nemotron_h", "nemotron_h_moe"})
 NEMOTRON_ARCHS: frozenset[str] = frozenset({"nemotron_h", "nemotron_h_moe"})
-MAMBA_ATTENTION_EVERY = 4
 # Nemotron-H's layers, one kind each (src/models/nemotron-h.cpp): Mamba-2 (M), attention (A) or an
 # MLP (F: up and down, a squared ReLU; nemotron_h_moe: routed experts of the same two beside a shared
 # one, src/models/nemotron-h.cpp load_arch_tensors), the pattern repeating
 NEMOTRON_PATTERN = "MAFM"
 
 
-def layer_kind(arch: str, il: int) -> str:
-    """A Mamba-2 hybrid's layer ``il``: "M" (Mamba-2), "A" (attention) or "F" (FFN only)."""
+def layer_kind(arch: str, il: int, interval: int = 4) -> str:
+    """A Mamba-2 hybrid's layer ``il``: "M" (Mamba-2), "A" (attention, every ``interval``-th in
+    granitehybrid) or "F" (FFN only)."""
     if arch in NEMOTRON_ARCHS:
         return NEMOTRON_PATTERN[il % len(NEMOTRON_PATTERN)]
-    return "A" if (il + 1) % MAMBA_ATTENTION_EVERY == 0 else "M"
+    return "A" if (il + 1) % interval == 0 else "M"
 SWA_ARCHS: frozenset[str] = frozenset({"gpt-oss", "gemma3"})
 NEXTN_ARCHS: frozenset[str] = frozenset({"deepseek2", "glm4moe", "deepseek32", "qwen35", "qwen35moe", "qwen3next"})
 # MLA archs (deepseek32 = deepseek2 + the DSA lightning indexer, src/models/deepseek32.cpp)
@@ -198,7 +198,7 @@ def model_tensors(arch: str, *, n_layer: int, n_embd: int, n_head: int, n_head_k
         add(b + "attn_norm.weight", (E,), "norm")
 
         # ---- attention
-        kind = layer_kind(arch, i) if arch in MAMBA_HYBRIDS else "A"
+        kind = layer_kind(arch, i, gdn["interval"]) if arch in MAMBA_HYBRIDS else "A"
         if arch in NEMOTRON_ARCHS:  # one kind a layer, the attention norm its only norm
             if kind == "M":
                 _mamba2_mixer(add, b, E, gdn)
@@ -567,7 +567,7 @@ def write_model(path: str | Path, arch: str, *, n_layer: int | None = None, n_em
         kv(Keys.SSM.GROUP_COUNT, gdn["k_heads"])
         kv(Keys.SSM.TIME_STEP_RANK, gdn["v_heads"])
         kv(Keys.SSM.INNER_SIZE, 2 * n_embd)
-        kinds = [layer_kind(arch, i) for i in range(n_layer)]
+        kinds = [layer_kind(arch, i, gdn["interval"]) for i in range(n_layer)]
         kv(A.HEAD_COUNT_KV, [n_head_kv if k == "A" else 0 for k in kinds])
         if arch in NEMOTRON_ARCHS:  # the engine's rule: recurrent iff no KV heads and no FFN
             kv(L.FEED_FORWARD_LENGTH, [n_ff if k == "F" else 0 for k in kinds])

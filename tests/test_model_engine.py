@@ -123,7 +123,7 @@ def _graph_nodes(path: Path) -> int:
     return int(re.search(r"graph: nodes = (\d+)", eng.log)[1])
 
 
-@pytest.mark.parametrize("arch", ["qwen35", "qwen35moe", "qwen3next"])
+@pytest.mark.parametrize("arch", ["qwen35", "qwen35moe", "qwen3next", "granitehybrid"])
 def test_recurrent_layer_ops_are_the_engine_graphs(tmp_path: Path, arch: str) -> None:
     """ArchSpec.recurrent_layer_ops: the graph nodes a recurrent layer runs beyond the model's
     attention layer, as the engine counts them (6 layers, 3 then 4 of them recurrent); LAYER_OPS: a
