@@ -102,13 +102,13 @@ def _header(name: str, weight_type: str) -> Any:
                                         shape={**SHAPES, **HELD_OUT}.get(name)))
 
 
-def cpu_cluster(folder: Path, cpu_gbs: float, threads: int) -> Path:
-    """The cluster file of a CPU alone (``cpu_gbs`` GB/s, ``threads``) in ``folder``, written once:
-    what the CPU benchmarks' records are priced on."""
-    path = folder / f"cpu{threads}_{cpu_gbs}.toml"
+def cpu_cluster(folder: Path, cpu_gbs: float, threads: int, simd: str | None = None) -> Path:
+    """The cluster file of a CPU alone (``cpu_gbs`` GB/s, ``threads``, its build's ``simd`` where
+    known) in ``folder``, written once: what the CPU benchmarks' records are priced on."""
+    path = folder / f"cpu{threads}_{cpu_gbs}{'_' + simd if simd else ''}.toml"
     if not path.exists():
         path.write_text(f'name = "cpu"\n[[devices]]\nname = "CPU"\nkind = "cpu"\nmemory_gib = 16\n'
-                        f'bandwidth_gbs = {cpu_gbs}\nthreads = {threads}\n')
+                        f'bandwidth_gbs = {cpu_gbs}\nthreads = {threads}\n' + (f'simd = "{simd}"\n' if simd else ""))
     return path
 
 

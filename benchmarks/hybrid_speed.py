@@ -34,6 +34,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from benchmarks.cpu_prompt import cpu_cluster
+from benchmarks.public_gpus import one_gpu_cluster
+
 RESULTS = Path(__file__).resolve().parent / "results"
 FOLDER = RESULTS / "hybrid_speed"
 
@@ -88,20 +91,6 @@ def model_file(name: str) -> str:
     return name.replace(" ", "_") + ".gguf"
 
 
-def cpu_cluster(folder: Path, gbs: float, threads: int, simd: str | None) -> Path:
-    path = folder / f"cpu_{gbs:g}_{threads}.toml"
-    path.write_text(f'name = "cpu"\n[[devices]]\nname = "CPU"\nkind = "cpu"\nmemory_gib = 64\nbandwidth_gbs = {gbs}\n'
-                    f'threads = {threads}\n' + (f'simd = "{simd}"\n' if simd else ""))
-    return path
-
-
-def gpu_cluster(folder: Path, gpu: str) -> Path:
-    path = folder / f"{gpu.replace(' ', '_')}.toml"
-    path.write_text(f'name = "one {gpu}"\n[[devices]]\nname = "CUDA0"\nkind = "gpu"\ncatalog = "{gpu}"\n'
-                    '[[devices]]\nname = "CPU"\nkind = "cpu"\nmemory_gib = 64\nbandwidth_gbs = 80\nthreads = 16\n')
-    return path
-
-
 def predict(header: Path, cluster: Path, argv: list[str]) -> float:
     """The planner's tokens/s of one llama-bench test (``argv``: its flags)."""
     from omni_place.plan import evaluate
@@ -154,7 +143,7 @@ def price_public(records: list[dict[str, Any]], folder: Path) -> list[dict[str, 
         kind, n = r["test"][:2], r["test"][2:]
         argv = ["-ngl", "99", "-fa", "1", "-d", str(r["depth"]), "-p", n if kind == "pp" else "0",
                 "-n", n if kind == "tg" else "0"]
-        pred = predict(headers[r["model"]], gpu_cluster(folder, GPUS[r["gpu"]]), argv)
+        pred = predict(headers[r["model"]], one_gpu_cluster(folder, GPUS[r["gpu"]]), argv)
         out.append(dict(r, predicted=pred, error_pct=_err(pred, r["tps"])))
     return out
 

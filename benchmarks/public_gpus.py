@@ -72,7 +72,8 @@ def _headers(folder: Path) -> dict[str, Path]:
     return out
 
 
-def _cluster(folder: Path, gpu: str) -> Path:
+def one_gpu_cluster(folder: Path, gpu: str) -> Path:
+    """The cluster file of one catalog GPU beside a 16-thread, 80 GB/s CPU, in ``folder``."""
     path = folder / f"{gpu.replace(' ', '_')}.toml"
     path.write_text(f'name = "one {gpu}"\n[[devices]]\nname = "CUDA0"\nkind = "gpu"\ncatalog = "{gpu}"\n'
                     '[[devices]]\nname = "CPU"\nkind = "cpu"\nmemory_gib = 64\nbandwidth_gbs = 80\nthreads = 16\n')
@@ -142,7 +143,7 @@ def derive(records: list[dict[str, Any]]) -> dict[str, Any]:
             assert spec is not None, rec["gpu"]
             kind = rec["test"][:2]
             row = speed_share(spec.compute_capability)
-            header, cluster = headers[rec["model"]], _cluster(folder, spec.name)
+            header, cluster = headers[rec["model"]], one_gpu_cluster(folder, spec.name)
             scaled, layers, rest = parts(rec, header, cluster)
             out.append(dict(rec, gpu=spec.name, cc=spec.compute_capability, kind=kind, scaled=scaled, layers=layers,
                             rest=rest, share_now=getattr(row, SHARE_OF[kind]), layer_now=row.layer_us))

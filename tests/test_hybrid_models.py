@@ -92,7 +92,7 @@ def hybrid(tmp_path_factory: pytest.TempPathFactory) -> Any:
     """A Qwen3.5-35B-A3B header (its published shape) and a one-GPU-plus-CPU rig."""
     folder = tmp_path_factory.mktemp("hybrid")
     headers = hybrid_speed.write_headers(folder, ["Qwen3.5-35B-A3B UD-Q4_K_XL"], header_only=True)
-    return load_model(headers["Qwen3.5-35B-A3B UD-Q4_K_XL"]), resolve_cluster(hybrid_speed.gpu_cluster(folder,
+    return load_model(headers["Qwen3.5-35B-A3B UD-Q4_K_XL"]), resolve_cluster(hybrid_speed.one_gpu_cluster(folder,
                                                                                                        "RTX 4090"))
 
 
@@ -192,7 +192,7 @@ def test_inspect_and_plan_name_the_recurrent_layers(hybrid: Any, capsys: pytest.
     kv = model.kv_layer_bytes(131072)
     assert report["recurrent_state_bytes"] == sum(kv[il] for il in range(model.n_layer) if model.is_recurrent(il))
     assert report["recurrent_state_bytes"] == 30 * kv[0] and kv[3] == 256 * 2**20  # 2 heads x 256 x K and V
-    rig = hybrid_speed.gpu_cluster(tmp_path, "RTX 4090")
+    rig = hybrid_speed.one_gpu_cluster(tmp_path, "RTX 4090")
     assert main(["plan", str(model.path), "--cluster", str(rig), "--ctx", "131072", "--format", "json"]) == 0
     plan = json.loads(capsys.readouterr().out)
     assert plan["feasible"] and plan["n_cpu_layers"] == 0 and plan["predicted"]["tg_tps"] > 0
