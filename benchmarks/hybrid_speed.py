@@ -152,12 +152,32 @@ def load_records(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def price_compute(records: list[dict[str, Any]], folder: Path) -> dict[str, list[float]]:
+    """Architecture -> the CPU backend's compute buffer as estimated beside the engine's dry runs
+    (``compute_sweep.py`` records of random shapes), prediction / engine - 1 in %."""
+    from omni_place.compute import compute_buffer_estimate
+    from omni_place.model import load_model
+    from tests.arch_models import write_model
+
+    out: dict[str, list[float]] = {}
+    for r in records:
+        if "meta" in r or not r.get("ok"):
+            continue
+        model = load_model(write_model(folder / f"c{r['case']}.gguf", r["arch"], header_only=True, tokenizer="spm",
+                                       **r["shape"]))
+        est = compute_buffer_estimate(model, n_ctx=r["n_ctx"], n_ubatch=r["n_ubatch"], flash_attn=r["flash_attn"],
+                                      kv_quantized=r["kv_type"] != "f16")
+        out.setdefault(r["arch"], []).append(_err(est.cpu_only_bytes(), r["compute"]["CPU"]))
+    return out
+
+
 def report() -> dict[str, Any]:
     cpu = [r for p in sorted(FOLDER.glob("cpu_*.jsonl")) for r in load_records(p)]
     public = json.loads((FOLDER / "public.json").read_text())
     with tempfile.TemporaryDirectory() as tmp:
         result = {"cpu": price_cpu(cpu, Path(tmp)), "public": price_public(public["records"], Path(tmp)),
-                  "public_source": public["source"]}
+                  "public_source": public["source"],
+                  "compute": price_compute(load_records(RESULTS / "compute_sweep_hybrid_cpu.jsonl"), Path(tmp))}
     lines = ["# Gated DeltaNet hybrids: recurrent layers priced against llama-bench", "",
              "`python -m benchmarks.hybrid_speed report` (see its docstring for the method). Uncalibrated; errors: "
              "prediction / measured - 1.", "", "## This project's CPU (mainline llama-bench, `-ngl 0 -fa 1`)", "",
@@ -200,10 +220,13 @@ def notes(result: dict[str, Any]) -> list[str]:
             "it is within the table's errors. The GPU's delta-rule rate is a prior (0.1 of the MMQ rate): no GPU "
             "run separates it here.",
             "- Compute buffers: hybrids are not replayed (compute_graph.REPLAYED); their widths-only estimate "
-            "against 40 CPU dry runs of random shapes (`python -m benchmarks.compute_sweep --cases 40 --archs "
-            "qwen35,qwen35moe,qwen3next`, compute_sweep_hybrid_cpu.jsonl): qwen35 and qwen35moe within -8 .. +8 %, "
-            "qwen3next -24 .. +6 % (its q and k repeated to the value heads). `plan` certifies its estimate with a "
-            "dry run of the real engine where libllama is installed."]
+            "against the CPU backend's dry runs of random shapes (compute_sweep_hybrid_cpu.jsonl: `python -m "
+            "benchmarks.compute_sweep --cases 40 --archs qwen35,qwen35moe,qwen3next` and `--cases 30 --archs "
+            "granitehybrid,nemotron_h,nemotron_h_moe`): "
+            + "; ".join(f"{arch} {min(e):+.0f} .. {max(e):+.0f} % ({len(e)} runs)"
+                        for arch, e in sorted(result["compute"].items()))
+            + ". The widths do not hold a Mamba-2 layer's projections; `plan` says so in a note, and certifies "
+            "its estimate with a dry run of the real engine where libllama is installed."]
 
 
 def main(argv: list[str] | None = None) -> int:

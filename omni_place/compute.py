@@ -86,8 +86,9 @@ def features(model: ModelProfile, *, n_ctx: int, n_ubatch: int, flash_attn: bool
     n_tokens = batch_tokens(n_ctx, n_ubatch)
     n_kv = model.kv_cells(n_ctx, n_seq)
     layers = range(hp.n_layer_kv or hp.n_layer)
-    n_head = max((hp.n_head[il] for il in layers), default=0)
-    n_head_kv = max((hp.n_head_kv[il] for il in layers), default=0)
+    attending = [il for il in layers if hp.n_head_kv[il]]  # a hybrid's recurrent layers attend to nothing
+    n_head = max((hp.n_head[il] for il in attending), default=0)
+    n_head_kv = max((hp.n_head_kv[il] for il in attending), default=0)
     mask_elt = 0.5 if flash_attn else 1.0  # F16 mask with flash attention, F32 without (llama-graph.cpp)
 
     def width(tensor_name: str) -> int:  # rows of a layer matrix (ggml ne1), the widest over layers
@@ -114,7 +115,7 @@ def features(model: ModelProfile, *, n_ctx: int, n_ubatch: int, flash_attn: bool
         hp.n_expert,
         shexp,
         hp.n_vocab,
-        n_kv * mask_elt,
+        n_kv * mask_elt if attending else 0.0,  # a graph input only where a layer attends
         0 if flash_attn else n_kv * n_head,
         # the DSA indexer's scores and top-k mask over the cache (src/models/deepseek32.cpp); its
         # heads are reduced as they go (V3.2's 64 heads measured ~1x, not 64x, the 4 of the sweep)

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Mapping, Sequence
 
 from .calibration import checked_params, read_calibrated
+from .compute_graph import REPLAYED
 from .cost import CPU, Context, CostModel, DeviceUsage, Placement, Prediction, SpeedParams, expert_kind
 from .devices import Cluster, resolve_cluster
 from .engines import Dialect, PlacementArgs, dialect
@@ -538,6 +539,10 @@ def _notes(cost: CostModel, p: Placement, usage: list[DeviceUsage]) -> list[str]
     if cost.model.hparams.n_layer_nextn:
         notes.append("NextN/MTP blocks are placed (they take layer slots) but not priced: "
                      "they run only with MTP drafting")
+    if any(cost.recurrent) and cost.model.architecture not in REPLAYED:
+        notes.append(f"{cost.model.architecture}'s compute buffers are estimated from its widths, not its graph: on "
+                     "the engine's dry runs of hybrids they were off by up to half (benchmarks/results/"
+                     "hybrid_speed.md); check a GPU filled to its last GiB with the engine (omni-place verify)")
     return notes
 
 

@@ -178,7 +178,8 @@ def test_ik_llama_cpp_holds_the_state_in_its_kv_buffer(tmp_path: Path, arch: str
 def test_inspect_and_plan_name_the_recurrent_layers(hybrid: Any, capsys: pytest.CaptureFixture[str],
                                                      tmp_path: Path) -> None:
     """`inspect` tells the recurrent layers and their state apart from the cache; `plan` fits
-    Qwen3.5-35B-A3B at a 131072-token context on a 24 GB card (its cache is 10 layers')."""
+    Qwen3.5-35B-A3B at a 131072-token context on a 24 GB card (its cache is 10 layers') and notes
+    that its compute buffers are estimated, not replayed."""
     import json
 
     from omni_place.cli import main
@@ -196,3 +197,4 @@ def test_inspect_and_plan_name_the_recurrent_layers(hybrid: Any, capsys: pytest.
     assert main(["plan", str(model.path), "--cluster", str(rig), "--ctx", "131072", "--format", "json"]) == 0
     plan = json.loads(capsys.readouterr().out)
     assert plan["feasible"] and plan["n_cpu_layers"] == 0 and plan["predicted"]["tg_tps"] > 0
+    assert any("compute buffers are estimated from its widths" in note for note in plan["notes"])
