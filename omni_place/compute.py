@@ -44,6 +44,7 @@ import numpy as np
 
 from .compute_graph import CPU_CHECKED, F32, REPLAYED, SPLIT_CHECKED, TRACE_CHECKED, Layout, Offload
 from .compute_replay import layer_signatures, replay_key, split_peaks
+from .hparams import ARCHITECTURES, ArchSpec
 
 if TYPE_CHECKING:
     from .model import ModelProfile
@@ -188,6 +189,25 @@ def fitted_pieces(replayed: bool = True) -> dict[str, dict[str, np.ndarray]]:
     return {backend: {role: pieces(fit) for role, fit in roles.items()} for backend, roles in raw["backends"].items()}
 
 
+#: the roles of a backend running layers, whose buffer holds a layer's live tensors
+_LAYER_ROLES = ("layers_output", "host_all", "host_partial")
+
+
+def mamba2_floor(model: ModelProfile, n_tokens: int) -> int:
+    """A Mamba-2 layer's live tensors at its peak, 0 without one: the input projection (z, xBC and
+    dt, kept until the gate reads z), the convolution's concat and output, the scan's output and its
+    reshape, and the residual and normed input (src/models/mamba-base.cpp build_mamba2_layer; the
+    engine's dry runs: a 3072-wide layer at 4096 tokens 675 MiB beside the CPU buffer's 692).
+    The widths-only fit, which knows no such layer, priced that buffer at 300 MiB."""
+    hp = model.hparams
+    if hp.ssm_d_state == 0 or ARCHITECTURES.get(model.architecture, ArchSpec()).recurrent_interval or not any(
+            model.is_recurrent(il) for il in range(hp.n_layer)):
+        return 0
+    conv = hp.ssm_d_inner + 2 * hp.ssm_n_group * hp.ssm_d_state
+    in_proj = hp.ssm_d_inner + conv  # z and xBC (and a dt a head: a few values)
+    return F32 * n_tokens * (in_proj + 2 * conv + 2 * hp.ssm_d_inner + 2 * hp.n_embd)
+
+
 def _peak(pieces: np.ndarray, f: np.ndarray, n_tokens: int) -> int:
     return int(F32 * n_tokens * float(np.max(pieces @ f)))
 
@@ -287,13 +307,16 @@ def compute_buffer_estimate(
     roles: dict[str, dict[str, int]] = {}
     layers_only: dict[str, int] = {}
     offload: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {}
+    mask = int(F32 * n_tokens * f[FEATURES.index("mask")])
+    layer_floor = mamba2_floor(model, n_tokens)
+    floor = layer_floor + mask if layer_floor else 0  # the KQ mask, a graph input, lives throughout
     for cls, fits in fitted_pieces(replayed).items():
-        roles[cls] = {role: _peak(p, f, n_tokens) for role, p in fits.items()}
-        layers_only[cls] = _peak(fits["layers_output"], no_vocab, n_tokens)
+        roles[cls] = {role: max(_peak(p, f, n_tokens), floor if role in _LAYER_ROLES else 0)
+                      for role, p in fits.items()}
+        layers_only[cls] = max(_peak(fits["layers_output"], no_vocab, n_tokens), floor)
         # cpu_weight is bytes / (F32 * n_tokens), so its coefficient is already per byte of the buffer
         offload[cls] = {role: (F32 * n_tokens * (p @ f), p[:, _CPU_WEIGHT].copy())
                         for role, p in fits.items() if role.startswith(("offload", "gpu_"))}
-    mask = int(F32 * n_tokens * f[FEATURES.index("mask")])
     replay = host_replay = cpu_replay = rpc_replay = split_replay = None
     arch, n_layer = model.architecture, model.hparams.n_layer
     if split is not None:  # the architecture is replayed (REPLAYED); each use where it was checked

@@ -541,7 +541,7 @@ def _notes(cost: CostModel, p: Placement, usage: list[DeviceUsage]) -> list[str]
                      "they run only with MTP drafting")
     if any(cost.recurrent) and cost.model.architecture not in REPLAYED:
         notes.append(f"{cost.model.architecture}'s compute buffers are estimated from its widths, not its graph: on "
-                     "the engine's dry runs of hybrids they were off by up to half (benchmarks/results/"
+                     "the engine's CPU dry runs of hybrids up to a quarter below the engine's (benchmarks/results/"
                      "hybrid_speed.md); check a GPU filled to its last GiB with the engine (omni-place verify)")
     return notes
 

@@ -198,3 +198,16 @@ def test_inspect_and_plan_name_the_recurrent_layers(hybrid: Any, capsys: pytest.
     plan = json.loads(capsys.readouterr().out)
     assert plan["feasible"] and plan["n_cpu_layers"] == 0 and plan["predicted"]["tg_tps"] > 0
     assert any("compute buffers are estimated from its widths" in note for note in plan["notes"])
+
+
+def test_hybrid_compute_buffers_against_the_engines_dry_runs(tmp_path: Path) -> None:
+    """The CPU backend's compute buffer of hybrids (widths, and a Mamba-2 layer's live tensors as a
+    floor) against libllama's dry runs of random shapes: within 15 % on the 30 drawn after the
+    floor was set, and no architecture more than a quarter below the engine on the others."""
+    held_out = hybrid_speed.price_compute(
+        hybrid_speed.load_records(hybrid_speed.RESULTS / "compute_sweep_hybrid_cpu_heldout.jsonl"), tmp_path)
+    assert set(held_out) == {"granitehybrid", "nemotron_h", "nemotron_h_moe"}
+    assert all(abs(e) < 15 for errs in held_out.values() for e in errs), held_out
+    first = hybrid_speed.price_compute(
+        hybrid_speed.load_records(hybrid_speed.RESULTS / "compute_sweep_hybrid_cpu.jsonl"), tmp_path)
+    assert len(first) == 6 and min(e for errs in first.values() for e in errs) > -25, first
