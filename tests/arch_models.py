@@ -14,7 +14,7 @@ under test. ``tiny_llama_spec()`` is the smallest header-only model (a
 
 Conventions
 -----------
-* ``n_layer`` counts the *trunk* layers. NextN/MTP layers (``n_nextn``, deepseek2/32, glm4moe only)
+* ``n_layer`` counts the *trunk* layers. NextN/MTP layers (``n_nextn``; NEXTN_ARCHS only)
   come on top, as in real GGUFs: ``block_count = n_layer + n_nextn`` and the NextN blocks are
   ``blk.{n_layer}..``.
 * ``n_layer=None`` means 4, except gemma3 (6: with the default SWA pattern 6, layers 0-4 are
@@ -442,7 +442,7 @@ def write_model(path: str | Path, arch: str, *, n_layer: int | None = None, n_em
     MoE knobs (``n_expert``, ``n_expert_used``, ``n_ff_exp``, ``n_expert_shared``,
     ``n_dense_lead``) only apply to MoE archs; ``n_dense_lead``/``n_expert_shared`` to
     deepseek2/glm4moe (leading dense FFN layers, shared experts). ``n_swa`` (default 64) only
-    applies to gpt-oss/gemma3. ``n_nextn`` (NextN/MTP blocks) only to deepseek2/glm4moe.
+    applies to gpt-oss/gemma3. ``n_nextn`` (NextN/MTP blocks) only to NEXTN_ARCHS.
     deepseek2: ``head_dim`` is qk_nope_head_dim = v_head_dim (default 32), ``n_rot`` is
     qk_rope_head_dim (16), plus ``kv_lora_rank`` (64) and ``q_lora_rank`` (64); the KV cache
     row is ``kv_lora_rank + n_rot`` (MLA). deepseek32: deepseek2 plus the DSA lightning indexer
@@ -452,6 +452,9 @@ def write_model(path: str | Path, arch: str, *, n_layer: int | None = None, n_em
     attention's dims in ``_GDN_DEFAULTS`` (``d_conv``, ``head_dim``, ``k_heads``, ``v_heads``,
     ``interval``: every interval-th trunk layer is full attention); ``n_rot`` defaults to
     head_dim/4 (partial rotary); MoE ones have a shared expert of ``n_ff_exp * n_expert_shared``.
+    granitehybrid / nemotron_h / nemotron_h_moe (Mamba-2 hybrids): ``gdn`` gives the SSM's state
+    width (``head_dim``), groups (``k_heads``) and heads (``v_heads``), its inner width 2 x n_embd;
+    the layer kinds are :func:`layer_kind`'s.
     """
     gdn = {**_GDN_DEFAULTS, **(gdn or {})}
     if arch not in ARCHS:

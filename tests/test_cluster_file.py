@@ -144,6 +144,8 @@ def test_partial_cpu_measured(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     probed: list[int] = []
     monkeypatch.setattr(cluster_mod, "measure_memory_bandwidth",
                         lambda threads: probed.append(threads) or 123.0)
+    # an idle machine: a busy one is test_devices_measure.py's test_busy_probe_is_noted
+    monkeypatch.setattr(cluster_mod, "others_cpu_share", lambda probe: (probe(), 0.0))
     cluster = load_cluster(write(tmp_path, """\
         [[devices]]
         name = "CPU"
