@@ -64,9 +64,10 @@ class ArchSpec:
     # `full_attention_interval`-th (default 4) of the trunk are linear attention with a recurrent
     # state (src/models/qwen35moe.cpp load_arch_hparams); NextN blocks are full attention
     recurrent_interval: bool = False
-    # graph nodes a recurrent layer runs beyond the model's own attention layer (the engine's
-    # `sched_reserve: graph: nodes = N` over models that differ in their layer mix): its decode
-    # costs that many more kernels on a GPU and thread barriers on the CPU
+    # graph nodes a recurrent layer runs beyond the model's own attention layer (a recurrent
+    # architecture's: beyond a llama layer's, cost.LAYER_OPS), from the engine's `sched_reserve:
+    # graph: nodes = N` over models that differ in their layer mix: its decode costs that many more
+    # kernels on a GPU and thread barriers on the CPU
     recurrent_layer_ops: int = 0
     verified: bool = False
 
@@ -90,7 +91,7 @@ ARCHITECTURES: dict[str, ArchSpec] = {
     "qwen35moe": ArchSpec(hybrid=True, recurrent_interval=True, recurrent_layer_ops=26, verified=True),
     "mistral3": ArchSpec(),
     "mamba": ArchSpec(recurrent=True),
-    "mamba2": ArchSpec(recurrent=True),
+    "mamba2": ArchSpec(recurrent=True, recurrent_layer_ops=19, verified=True),
     "jamba": ArchSpec(hybrid=True),
     "granitehybrid": ArchSpec(hybrid=True, recurrent_layer_ops=26, verified=True),
     # Nemotron-H's Mamba-2 layers run granitehybrid's mixer (src/models/mamba-base.cpp build_mamba2_layer)
@@ -195,7 +196,8 @@ def read_hparams(arch: str, md: dict[str, Any], n_vocab_fallback: int) -> HParam
     n_embd = _int(md, f"{a}.embedding_length", lo=1, hi=MAX_WIDTH)
     n_head = _per_layer(md, f"{a}.attention.head_count", n_layer, 0, hi=MAX_HEADS)
     n_head_kv = _per_layer(md, f"{a}.attention.head_count_kv", n_layer, max(n_head), hi=MAX_HEADS)
-    if not max(n_head) and a not in NOT_COVERED:  # llama.cpp requires it of every attention model
+    if not max(n_head) and a not in NOT_COVERED and not ARCHITECTURES.get(a, ArchSpec()).recurrent:
+        # llama.cpp requires it of every attention model
         raise _bad(f"{a}.attention.head_count")(f"{a}.attention.head_count is missing or 0 in every layer")
     for il, (h, h_kv) in enumerate(zip(n_head, n_head_kv)):
         if h and h_kv > h:  # the engine's n_gqa() = n_head / n_head_kv would be 0

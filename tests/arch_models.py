@@ -76,7 +76,7 @@ __all__ = [
 
 ARCHS: tuple[str, ...] = ("llama", "qwen2", "qwen3", "qwen3moe", "deepseek2", "gpt-oss", "gemma3", "glm4moe",
                           "deepseek32", "qwen35", "qwen35moe", "qwen3next", "granitehybrid", "nemotron_h",
-                          "nemotron_h_moe")
+                          "nemotron_h_moe", "mamba2")
 MOE_ARCHS: frozenset[str] = frozenset({"qwen3moe", "deepseek2", "gpt-oss", "glm4moe", "deepseek32", "qwen35moe",
                                        "qwen3next", "nemotron_h_moe"})
 # Gated DeltaNet hybrids (src/models/qwen3next.cpp, qwen35.cpp, qwen35moe.cpp): every
@@ -85,7 +85,7 @@ MOE_ARCHS: frozenset[str] = frozenset({"qwen3moe", "deepseek2", "gpt-oss", "glm4
 HYBRID_ARCHS: frozenset[str] = frozenset({"qwen35", "qwen35moe", "qwen3next"})
 # Mamba-2 hybrids (src/models/granite-hybrid.cpp): a layer is an SSM where head_count_kv is 0 (here
 # all but every ``gdn["interval"]``-th), its inner width 2 x n_embd
-MAMBA_HYBRIDS: frozenset[str] = frozenset({"granitehybrid", "nemotron_h", "nemotron_h_moe"})
+MAMBA_HYBRIDS: frozenset[str] = frozenset({"granitehybrid", "nemotron_h", "nemotron_h_moe", "mamba2"})
 NEMOTRON_ARCHS: frozenset[str] = frozenset({"nemotron_h", "nemotron_h_moe"})
 # Nemotron-H's layers, one kind each (src/models/nemotron-h.cpp): Mamba-2 (M), attention (A) or an
 # MLP (F: up and down, a squared ReLU; nemotron_h_moe: routed experts of the same two beside a shared
@@ -98,7 +98,7 @@ def layer_kind(arch: str, il: int, interval: int = 4) -> str:
     granitehybrid) or "F" (FFN only)."""
     if arch in NEMOTRON_ARCHS:
         return NEMOTRON_PATTERN[il % len(NEMOTRON_PATTERN)]
-    return "A" if (il + 1) % interval == 0 else "M"
+    return "A" if arch != "mamba2" and (il + 1) % interval == 0 else "M"
 SWA_ARCHS: frozenset[str] = frozenset({"gpt-oss", "gemma3"})
 NEXTN_ARCHS: frozenset[str] = frozenset({"deepseek2", "glm4moe", "deepseek32", "qwen35", "qwen35moe", "qwen3next"})
 # MLA archs (deepseek32 = deepseek2 + the DSA lightning indexer, src/models/deepseek32.cpp)
@@ -199,7 +199,7 @@ def model_tensors(arch: str, *, n_layer: int, n_embd: int, n_head: int, n_head_k
 
         # ---- attention
         kind = layer_kind(arch, i, gdn["interval"]) if arch in MAMBA_HYBRIDS else "A"
-        if arch in NEMOTRON_ARCHS:  # one kind a layer, the attention norm its only norm
+        if arch in NEMOTRON_ARCHS | {"mamba2"}:  # one kind a layer, the attention norm its only norm
             if kind == "M":
                 _mamba2_mixer(add, b, E, gdn)
             elif kind == "A":
@@ -572,6 +572,9 @@ def write_model(path: str | Path, arch: str, *, n_layer: int | None = None, n_em
         kv(Keys.SSM.INNER_SIZE, 2 * n_embd)
         kinds = [layer_kind(arch, i, gdn["interval"]) for i in range(n_layer)]
         kv(A.HEAD_COUNT_KV, [n_head_kv if k == "A" else 0 for k in kinds])
+        if arch == "mamba2":  # no attention at all
+            kv(A.HEAD_COUNT, 0)
+            kv(A.HEAD_COUNT_KV, 0)
         if arch in NEMOTRON_ARCHS:  # the engine's rule: recurrent iff no KV heads and no FFN
             kv(L.FEED_FORWARD_LENGTH, [n_ff if k == "F" else 0 for k in kinds])
             kv(A.LAYERNORM_EPS, 1e-5)

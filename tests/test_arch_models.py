@@ -54,6 +54,8 @@ def _expected_kv(arch: str, *, n_ctx: int, n_layer: int, n_head_kv: int = 2, hea
     if arch == "deepseek32":
         # MLA latent cache, then the DSA indexer's key cache (one head of indexer.key_length = 64)
         return [(n_ctx, n_layer, n_ctx * n_layer * (64 + 16) * 2, 0), (n_ctx, n_layer, n_ctx * n_layer * 64 * 2, 0)]
+    if arch == "mamba2":  # every layer recurrent: no KV cache at all
+        return []
     head_dim = head_dim or n_embd // n_head
     row = n_head_kv * head_dim * 2
     if arch in HYBRID_ARCHS | {"granitehybrid"}:  # every 4th layer attends over a cache, the others hold a state
@@ -75,7 +77,7 @@ def _expected_kv(arch: str, *, n_ctx: int, n_layer: int, n_head_kv: int = 2, hea
 def _assert_loads(path: Path, *, load_mtp: bool = False, n_ctx: int = 256):
     r = engine_load(path, n_ctx=n_ctx, load_mtp=load_mtp)
     assert r.ok, f"engine failed (rc={r.returncode}, info={r.info}):\n" + "\n".join(r.log.splitlines()[-40:])
-    assert r.kv_buffers, "no 'llama_kv_cache: ... KV buffer size' line in the engine log"
+    assert r.kv_buffers or r.rs_buffers, "no KV or RS buffer line in the engine log"
     return r
 
 

@@ -135,8 +135,14 @@ def test_recurrent_layer_ops_are_the_engine_graphs(tmp_path: Path, arch: str) ->
     assert (llama[1] - llama[0]) / 4 == LAYER_OPS
 
 
+def test_a_mamba2_layer_runs_its_ops_beyond_a_llama_layer(tmp_path: Path) -> None:
+    """mamba2, every layer recurrent: its layer's graph nodes beyond a llama layer's LAYER_OPS."""
+    nodes = [_graph_nodes(write_model(tmp_path / f"m{n}.gguf", "mamba2", n_layer=n)) for n in (4, 8)]
+    assert (nodes[1] - nodes[0]) / 4 - LAYER_OPS == ARCHITECTURES["mamba2"].recurrent_layer_ops
+
+
 @pytest.mark.parametrize("arch, recurrent", [("granitehybrid", [0, 1, 2, 4, 5, 6]), ("nemotron_h", [0, 3, 4, 7]),
-                                             ("nemotron_h_moe", [0, 3, 4, 7])])
+                                             ("nemotron_h_moe", [0, 3, 4, 7]), ("mamba2", list(range(8)))])
 def test_mamba2_hybrid_state_and_cache(tmp_path: Path, arch: str, recurrent: list[int]) -> None:
     """Mamba-2 hybrids: a layer whose head_count_kv is 0 is a Mamba-2 layer with a conv and SSM
     state (src/models/granite-hybrid.cpp), in Nemotron-H unless it is an FFN-only layer (its
