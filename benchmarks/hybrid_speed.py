@@ -10,10 +10,11 @@ the planner as it ran, uncalibrated:
   ``models``: a qwen3 and qwen35 of one shape (24 layers of 2048, Q4_K), the qwen35 with every 2nd,
   4th and 8th layer full attention (so recurrent layers swap in for attention ones), and a qwen3moe
   beside a qwen35moe. The pairs separate what a recurrent layer costs beyond its matmuls.
-- ``public.json``: Qwen3.5 9B / 27B / 35B-A3B on an RTX 4090 (llama.cpp build 8396, ``-p 1024 -n 64``
-  at depths), from a public log (its address in the file); headers written from the published
-  shapes (:data:`SHAPES`: the 9B's size and parameter count match the log's exactly, the others'
-  quant mixes are approximations within 1.2 % of its sizes).
+- ``public.json``: Qwen3.5 9B / 27B / 35B-A3B and GLM-4.7-Flash (deepseek2 MLA, beside them) on an
+  RTX 4090 (llama.cpp build 8396, ``-p 1024 -n 64`` at depths), from a public log (its address in
+  the file); headers written from the published shapes (:data:`SHAPES`: the 9B's size and parameter
+  count match the log's exactly, the others' quant mixes are approximations within 4 % of its sizes).
+  GLM-4.7-Flash's records set ``attention.GPU_MLA_DECODE_FLOP_SHARE``.
 
 ``ik_logs/<arch>.log``: ik_llama.cpp's llama-bench (8337e4cd3, native CPU build, ``-p 0 -n 2 -v``) loading
 :data:`IK_SHAPE` of each hybrid: it keeps a recurrent layer's state in its KV buffer (src/llama.cpp:1373-1386),
@@ -67,8 +68,13 @@ SHAPES: dict[str, dict[str, Any]] = {
                                        n_ff_exp=512, n_nextn=1, weight_type="q4_k",
                                        tensor_types={r"down_exps": "q5_k", r"exps": "q4_k", r"output": "q6_k",
                                                      r".*": "q8_0"}, gdn=_GDN_35B),
+    # deepseek2 MLA (glm4_moe_lite); its value heads (256) written as wide as its nope part (192)
+    "GLM-4.7-Flash UD-Q4_K_XL": dict(arch="deepseek2", n_layer=47, n_embd=2048, n_head=20, n_head_kv=20, n_ff=10240,
+                                     n_vocab=154880, n_expert=64, n_expert_used=4, n_ff_exp=1536, n_expert_shared=1,
+                                     n_dense_lead=1, head_dim=192, n_rot=64, kv_lora_rank=512, q_lora_rank=768,
+                                     weight_type="q4_k", tensor_types={r"down": "q5_k", r"output": "q6_k"}),
 }
-CPU_MODELS = [m for m in SHAPES if not m.startswith("Qwen")]
+CPU_MODELS = [m for m in SHAPES if " " not in m]  # the public records' models are named as published
 #: each hybrid CPU model and the model it is compared with (the same shape without recurrent layers)
 CONTROLS = {"qwen35_2b_i2": "qwen3_2b", "qwen35_2b_i4": "qwen3_2b", "qwen35_2b_i8": "qwen3_2b",
             "qwen35moe_16l": "qwen3moe_16l"}
@@ -219,12 +225,20 @@ def notes(result: dict[str, Any]) -> list[str]:
             "(`attention.SCAN_RATE_SHARE`) was chosen on an earlier run of these shapes on this machine; the "
             "dense pairs swap 6 and 3 layers, so the cost of a recurrent layer beyond its matmuls is what the "
             "differences measure.",
-            f"- RTX 4090, three Qwen3.5 models at depths 0-65536: decode {worst(decode)} %, prompt {worst(prompt)} %. "
+            f"- RTX 4090, three Qwen3.5 models and GLM-4.7-Flash at depths 0-65536: decode {worst(decode)} %, "
+            f"prompt {worst(prompt)} %. "
             "The prompt at depth depends on the "
             "attention's rate: priced as a multiple of the MMQ rate (the H200's fit) it was +18..+209 % at 8192-65536 "
             "cells, as a share of the FP32-accumulate tensor rate (half the catalog's FP16 figure on a GeForce card) "
             "it is within the table's errors. The GPU's delta-rule rate is a prior (0.1 of the MMQ rate): no GPU "
             "run separates it here.",
+            "- GLM-4.7-Flash (deepseek2 MLA): its 576-wide heads have no vector kernel, so a decoded token runs the "
+            "mma kernel, bound by its FLOPs; priced by its bytes, decode at 8192-32768 cells was +120 .. +397 %. "
+            "`attention.GPU_MLA_DECODE_FLOP_SHARE` is fitted on these records (one GPU, one model): its decode errors "
+            "here are a fit's, not a check. Its prompt at depth stays -45 .. -51 %: this 4090 ran MLA's prompt "
+            "attention at about twice the share the H200 fit gives, while the H200's own MLA prompts (mla16 at "
+            "512 and 4096 tokens, tests/test_speed_model.py) agree with that share; a share fitted here broke them, "
+            "so the difference is left unexplained.",
             "- Compute buffers: hybrids are not replayed (compute_graph.REPLAYED); their widths-only estimate "
             "against the CPU backend's dry runs of random shapes (compute_sweep_hybrid_cpu.jsonl: `python -m "
             "benchmarks.compute_sweep --cases 40 --archs qwen35,qwen35moe,qwen3next` and `--cases 30 --archs "

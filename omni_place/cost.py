@@ -30,8 +30,9 @@ from collections.abc import Sequence
 from dataclasses import replace
 from functools import cached_property
 
-from .attention import (attended_cells, cpu_cache_prompt_bytes, cpu_decode_kv_s, decode_cache_bytes, decode_kv_cost,
-                        delta_rule_work, mean_depths, prompt_attention_s, recurrent_prompt_s)
+from .attention import (GPU_MLA_DECODE_FLOP_SHARE, attended_cells, cpu_cache_prompt_bytes, cpu_decode_kv_s,
+                        decode_cache_bytes, decode_kv_cost, delta_rule_work, mean_depths, prompt_attention_s,
+                        recurrent_prompt_s)
 from .compute import PIPELINE_COPIES, ComputeEstimate, compute_buffer_estimate
 from .compute_price import (REPACK_TYPES, add_compute_margins, finish_usage, offloadable_weights, op_offload_reserve,
                             pageable_bytes, replayed_buffers)
@@ -335,7 +336,10 @@ class CostModel(Transfers):
         if self.recurrent[il]:  # its state, whole, at the memory's rate, and the delta rule's step
             return self.kv_read[il] / self.bandwidth(name) + self.mixer_s(name)
         if self.on_gpu(name):
-            return self.kv_read[il] / self.bandwidth(name) * decode_kv_cost(fa)
+            read_s = self.kv_read[il] / self.bandwidth(name) * decode_kv_cost(fa)
+            if self.model.hparams.is_mla and fa:  # MLA's mma kernel: bound by its FLOPs
+                return max(read_s, self._attn_tg[il] / (self.attention_rate(name) * GPU_MLA_DECODE_FLOP_SHARE))
+            return read_s
         return cpu_decode_kv_s(self.kv_read[il], self._attn_tg[il], self.bandwidth(name), self.flops(name), fa,
                                self.context.ik_cpu_kernels)
 
