@@ -337,7 +337,7 @@ class CostModel(Transfers):
             return self.kv_read[il] / self.bandwidth(name) + self.mixer_s(name)
         if self.on_gpu(name):
             read_s = self.kv_read[il] / self.bandwidth(name) * decode_kv_cost(fa)
-            if self.model.hparams.is_mla and fa:  # MLA's mma kernel: bound by its FLOPs
+            if self.model.hparams.is_mla and fa and self.context.mla_decode_flops:  # mainline's mma kernel
                 return max(read_s, self._attn_tg[il] / (self.attention_rate(name) * GPU_MLA_DECODE_FLOP_SHARE))
             return read_s
         return cpu_decode_kv_s(self.kv_read[il], self._attn_tg[il], self.bandwidth(name), self.flops(name), fa,

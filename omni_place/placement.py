@@ -233,6 +233,8 @@ class Context:
     # the CPU runs ik_llama.cpp's kernels, not mainline's: their prompt time per weight type
     # (data/weight_types.toml), the decode's cache at the memory's rate (EngineTraits)
     ik_cpu_kernels: bool = False
+    # a decoded token's MLA attention on a GPU is bound by its FLOPs (EngineTraits.mla_decode_flops)
+    mla_decode_flops: bool = True
     # bytes an engine's compute buffers run above mainline's replay: accelerator, host (EngineTraits)
     compute_margin: int = 0
     host_compute_margin: int = 0

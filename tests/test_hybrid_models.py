@@ -218,3 +218,21 @@ def test_hybrid_compute_buffers_against_the_engines_dry_runs(tmp_path: Path) -> 
     first = hybrid_speed.price_compute(
         hybrid_speed.load_records(hybrid_speed.RESULTS / "compute_sweep_hybrid_cpu.jsonl"), tmp_path)
     assert len(first) == 6 and min(e for errs in first.values() for e in errs) > -25, first
+
+
+def test_mla_decode_at_depth_is_bound_by_flops_in_mainline_only(tmp_path: Path) -> None:
+    """Mainline has no vector flash-attention kernel for MLA's 576-wide heads: at depth a decoded
+    token's attention is priced by its FLOPs (GLM-4.7-Flash on an RTX 4090, public.json); ik_llama.cpp
+    runs its own MLA kernels, priced by the cache's bytes as before."""
+    from omni_place.engines import dialect
+
+    headers = hybrid_speed.write_headers(tmp_path, ["GLM-4.7-Flash UD-Q4_K_XL"], header_only=True)
+    model = load_model(headers["GLM-4.7-Flash UD-Q4_K_XL"])
+    cluster = resolve_cluster(hybrid_speed.one_gpu_cluster(tmp_path, "RTX 4090"))
+    placement = placement_from_counts(model, ["CUDA0"], 0, [model.n_layer])
+    tps = {}
+    for engine in ("llama.cpp", "ik_llama.cpp"):
+        context = dialect(engine).traits.context(ctx=32768 + 64, depth=32768, n_gen=64)
+        tps[engine] = CostModel(model, cluster, context).predict(placement).tg_tps
+    assert tps["llama.cpp"] == pytest.approx(19.02, rel=0.1)  # measured
+    assert tps["ik_llama.cpp"] > 3 * tps["llama.cpp"]

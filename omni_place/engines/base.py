@@ -74,6 +74,10 @@ class EngineTraits:
     # examples/llama-bench/llama-bench.cpp:2226-2232; mainline runs the prompt,
     # tools/llama-bench/llama-bench.cpp:2419): its first timed repetition runs the full batch cold
     bench_cold_first_prompt: bool = False
+    # a decoded token's MLA attention runs the mma kernel, bound by its FLOPs (mainline: no vector
+    # flash-attention kernel for 576-wide heads, ggml/src/ggml-cuda/fattn.cu:635); ik_llama.cpp and
+    # vLLM have MLA kernels of their own, unmeasured at depth: priced by the cache's bytes
+    mla_decode_flops: bool = True
     split_modes: tuple[SplitModeRule, ...] = ()  # the engine's -sm values (its module's SPLIT_MODES)
 
     def split_mode(self, name: str) -> SplitModeRule | None:
@@ -89,7 +93,7 @@ class EngineTraits:
                        ik_cpu_kernels=self.ik_cpu_kernels, compute_margin=self.compute_margin,
                        host_compute_margin=self.host_compute_margin, replay_gpus=self.replay_gpus,
                        pinned_overrides=self.pinned_overrides, pinned_cpu_cache=self.pinned_cpu_cache,
-                       output_by_split=self.output_by_split, **settings)
+                       output_by_split=self.output_by_split, mla_decode_flops=self.mla_decode_flops, **settings)
 
 
 @dataclass(frozen=True)

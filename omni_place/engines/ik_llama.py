@@ -423,7 +423,7 @@ class IkLlama(Dialect):
                           compute_margin=IK_COMPUTE_MARGIN,
                           host_compute_margin=IK_HOST_COMPUTE_MARGIN, replay_gpus=1, pinned_overrides=True,
                           pinned_cpu_cache=True,
-                          output_by_split=False, bench_cold_first_prompt=True,
+                          output_by_split=False, bench_cold_first_prompt=True, mla_decode_flops=False,
                           split_modes=SPLIT_MODES)
     tools = TOOLS
     syntax = SYNTAX

@@ -119,7 +119,7 @@ class Vllm(Dialect):
 
     name = NAME
     traits = EngineTraits(cpu_weights=False, rpc_devices=False, swa_full=False, embedding_on_first=True,
-                          llama_family=False)
+                          llama_family=False, mla_decode_flops=False)
     tools = TOOLS
 
     def encode(self, model: ModelProfile, placement: Placement, cluster: Cluster, context: Context,
