@@ -245,16 +245,18 @@ class CostModel(Transfers):
         """The CPU threads of the CPU (or an RPC server) running ``name``'s CPU ops."""
         return max(1, (self.cpu if name == CPU else self.device(name)).threads or (1 if name == CPU else 8))
 
+    def _tensor_peak(self, name: str) -> float:
+        """A GPU's ``fp16_tflops`` in FLOP/s (unknown: 10 TFLOPS), times the calibrated compute scale."""
+        return (self.device(name).tflops or 10.0) * 1e12 * self.params.gpu_compute_scale
+
     def attention_rate(self, name: str) -> float:
-        """A GPU's FP16 tensor FLOP/s accumulating in FP32 (``fp16_tflops``, half on GeForce cards;
-        unknown: 10 TFLOPS), which attention runs at."""
-        dev = self.device(name)
-        return (dev.tflops or 10.0) * dev.fp32_accumulate_share * 1e12 * self.params.gpu_compute_scale
+        """A GPU's FP16 tensor FLOP/s accumulating in FP32 (half ``fp16_tflops`` on GeForce cards),
+        which attention runs at."""
+        return self._tensor_peak(name) * self.device(name).fp32_accumulate_share
 
     def kernel_rate(self, name: str) -> float:
-        """A GPU's MMQ FLOP/s at full batch: its row's share of ``fp16_tflops`` (unknown: 10 TFLOPS)."""
-        dev = self.device(name)
-        return (dev.tflops or 10.0) * 1e12 * dev.speed.mmq_share * self.params.gpu_compute_scale
+        """A GPU's MMQ FLOP/s at full batch: its row's share of ``fp16_tflops``."""
+        return self._tensor_peak(name) * self.device(name).speed.mmq_share
 
     def read_tg(self, name: str, weight_bytes: float, work: KernelWork) -> float:
         """Decode seconds for ``name`` to run the matrix-vector products of ``weight_bytes`` of weights:

@@ -196,15 +196,14 @@ def read_hparams(arch: str, md: dict[str, Any], n_vocab_fallback: int) -> HParam
     n_embd = _int(md, f"{a}.embedding_length", lo=1, hi=MAX_WIDTH)
     n_head = _per_layer(md, f"{a}.attention.head_count", n_layer, 0, hi=MAX_HEADS)
     n_head_kv = _per_layer(md, f"{a}.attention.head_count_kv", n_layer, max(n_head), hi=MAX_HEADS)
-    if not max(n_head) and a not in NOT_COVERED and not ARCHITECTURES.get(a, ArchSpec()).recurrent:
-        # llama.cpp requires it of every attention model
+    spec = ARCHITECTURES.get(arch, ArchSpec())
+    # llama.cpp requires heads of every attention model
+    if not max(n_head) and a not in NOT_COVERED and not spec.recurrent:
         raise _bad(f"{a}.attention.head_count")(f"{a}.attention.head_count is missing or 0 in every layer")
     for il, (h, h_kv) in enumerate(zip(n_head, n_head_kv)):
         if h and h_kv > h:  # the engine's n_gqa() = n_head / n_head_kv would be 0
             raise _bad(f"{a}.attention.head_count_kv")(
                 f"{a}.attention.head_count_kv = {h_kv} exceeds head_count = {h} in layer {il}")
-    spec = ARCHITECTURES.get(arch, ArchSpec())
-    for il, (h, h_kv) in enumerate(zip(n_head, n_head_kv)):
         if h and not h_kv and not (spec.hybrid or spec.recurrent) and a not in NOT_COVERED:  # only hybrids have
             raise _bad(f"{a}.attention.head_count_kv")(  # layers without KV heads
                 f"{a}.attention.head_count_kv = 0 in layer {il} (head_count {h}): {a} has no recurrent layers")
