@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.cpu_prompt import cpu_cluster
+from omni_place.bench.records import UNSTEADY_SPREAD
 from benchmarks.public_gpus import one_gpu_cluster
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -68,6 +69,9 @@ SHAPES: dict[str, dict[str, Any]] = {
                                        n_ff_exp=512, n_nextn=1, weight_type="q4_k",
                                        tensor_types={r"down_exps": "q5_k", r"exps": "q4_k", r"output": "q6_k",
                                                      r".*": "q8_0"}, gdn=_GDN_35B),
+    # the 9B's shape with every layer full attention: what its recurrent layers cost beside attention ones
+    "Qwen3-shaped 9B Q8_0": dict(arch="qwen3", n_layer=32, n_embd=4096, n_head=16, n_head_kv=4, head_dim=256,
+                                 n_ff=12288, n_vocab=248320, weight_type="q8_0"),
     # deepseek2 MLA (glm4_moe_lite); its value heads (256) written as wide as its nope part (192)
     "GLM-4.7-Flash UD-Q4_K_XL": dict(arch="deepseek2", n_layer=47, n_embd=2048, n_head=20, n_head_kv=20, n_ff=10240,
                                      n_vocab=154880, n_expert=64, n_expert_used=4, n_ff_exp=1536, n_expert_shared=1,
@@ -84,6 +88,22 @@ IK_SHAPE = dict(n_layer=8, n_embd=256, head_dim=64, gdn={"head_dim": 128, "k_hea
 IK_CTX = 256
 #: the catalog's name of each public record's GPU
 GPUS = {"RTX 4090": "RTX 4090"}
+#: ``gpu-run``: each published shape's llama-bench configurations on one big GPU (all layers at
+#: depths, then experts or layers on the CPU); every run adds ``-fa 1 -t THREADS -r REPS -o jsonl``
+GPU_RUNS: dict[str, list[list[str]]] = {
+    "GLM-4.7-Flash UD-Q4_K_XL": [["-ngl", "99", "-p", "1024", "-n", "64", "-d", "0,8192,32768"],
+                                 ["-ngl", "99", "-ncmoe", "47", "-p", "512", "-n", "32"],
+                                 ["-ngl", "99", "-ncmoe", "24", "-p", "512", "-n", "32"],
+                                 ["-ngl", "99", "-p", "0", "-n", "32", "-d", "2048,4096,16384,24576"]],
+    "Qwen3.5-35B-A3B UD-Q4_K_XL": [["-ngl", "99", "-p", "1024", "-n", "64", "-d", "0,8192,32768"],
+                                   ["-ngl", "99", "-ncmoe", "40", "-p", "512", "-n", "32"],
+                                   ["-ngl", "99", "-ncmoe", "20", "-p", "512", "-n", "32"]],
+    "Qwen3.5-27B UD-Q4_K_XL": [["-ngl", "99", "-p", "1024", "-n", "64", "-d", "0,8192"],
+                               ["-ngl", "48", "-p", "512", "-n", "32", "-d", "0,8192"]],
+    "Qwen3.5-9B Q8_0": [["-ngl", "99", "-p", "1024", "-n", "64", "-d", "0,32768"],
+                        ["-ngl", "20", "-p", "512", "-n", "32"]],
+    "Qwen3-shaped 9B Q8_0": [["-ngl", "99", "-p", "512", "-n", "32"], ["-ngl", "20", "-p", "512", "-n", "32"]],
+}
 
 
 def write_headers(folder: Path, names: list[str], header_only: bool) -> dict[str, Path]:
@@ -123,6 +143,67 @@ def run(binary: Path, folder: Path, output: Path, threads: int, cpu_gbs: float, 
                 rec.update(shape=name, cpu_gbs=cpu_gbs, machine=platform.node())
                 fh.write(json.dumps(rec) + "\n")
             print(f"{name}: done", flush=True)
+
+
+def write_gpu_models(folder: Path) -> None:
+    """The ``GPU_RUNS`` shapes as speed models (``speed_models``: zero matrices, real routers and
+    embeddings, so MoE prompts spread over the experts as a trained model's do)."""
+    from benchmarks.speed_models import write_speed_model
+
+    for name in GPU_RUNS:
+        if (folder / model_file(name)).exists():
+            continue
+        shape = dict(SHAPES[name])
+        path = write_speed_model(Path(model_file(name)).stem, folder, shape=shape)
+        print(f"{path} {path.stat().st_size / 1e9:.2f} GB", flush=True)
+
+
+def run_gpu(binary: Path, folder: Path, output: Path, logs: Path, rig: Path, threads: int, reps: int,
+            only: list[str] | None = None) -> None:
+    """llama-bench on every ``GPU_RUNS`` configuration (models from ``write_gpu_models``), records
+    to ``output`` (each with its shape and the cluster file ``rig`` it is priced on), ``-v`` logs to
+    ``logs``."""
+    output.parent.mkdir(parents=True, exist_ok=True)
+    logs.mkdir(parents=True, exist_ok=True)
+    with output.open("a") as fh:
+        for name, configs in GPU_RUNS.items():
+            for i, config in enumerate(configs if not only or name in only else []):
+                argv = [str(binary), "-m", str(folder / model_file(name)), *config, "-fa", "1", "-t", str(threads),
+                        "-r", str(reps), "-o", "jsonl", "-v"]
+                proc = subprocess.run(argv, capture_output=True, text=True)
+                (logs / f"{Path(model_file(name)).stem}.{i}.log").write_text(proc.stderr)
+                if proc.returncode:
+                    print(f"{name} {' '.join(config)}: exit {proc.returncode}", flush=True)
+                for line in proc.stdout.splitlines():
+                    if line.startswith("{"):
+                        rec = json.loads(line)
+                        rec.update(shape=name, rig=rig.name, machine=platform.node())
+                        fh.write(json.dumps(rec) + "\n")
+                fh.flush()
+                print(f"{name} {' '.join(config)}: done", flush=True)
+
+
+def price_gpu(records: list[dict[str, Any]], folder: Path) -> list[dict[str, Any]]:
+    """Each record of a ``gpu-run``, priced through the llama.cpp dialect's reading of its fields
+    (as ``calibrate`` imports plain llama-bench output) on its rig's cluster file."""
+    from omni_place.engines import dialect
+    from omni_place.plan import evaluate
+
+    headers = write_headers(folder, sorted({r["shape"] for r in records}), header_only=True)
+    out = []
+    for r in records:
+        flags = dialect("llama.cpp").bench_record_flags(r)
+        argv = [*flags.argv, "-t", str(flags.threads)]
+        pred = evaluate(str(headers[r["shape"]]), str(FOLDER / r["rig"]), argv, engine="llama.cpp",
+                        tool="bench").predicted
+        kind = "pp" if r["n_prompt"] else "tg"
+        tps = pred.pp_tps if kind == "pp" else pred.tg_tps
+        samples = r.get("samples_ts") or [r["avg_ts"]]
+        out.append({"gpu": r["gpu_info"], "model": r["shape"], "test": f"{kind}{r['n_prompt'] or r['n_gen']}",
+                    "depth": r.get("n_depth", 0), "ngl": r["n_gpu_layers"], "ncmoe": r.get("n_cpu_moe", 0),
+                    "tps": r["avg_ts"], "spread_pct": 100.0 * (max(samples) / min(samples) - 1.0),
+                    "predicted": tps, "error_pct": _err(tps, r["avg_ts"])})
+    return out
 
 
 def _err(pred: float, meas: float) -> float:
@@ -183,9 +264,11 @@ def price_compute(records: list[dict[str, Any]], folder: Path) -> dict[str, list
 
 def report() -> dict[str, Any]:
     cpu = [r for p in sorted(FOLDER.glob("cpu_*.jsonl")) for r in load_records(p)]
+    gpu = [r for p in sorted(FOLDER.glob("gpu_*.jsonl")) for r in load_records(p)]
     public = json.loads((FOLDER / "public.json").read_text())
     with tempfile.TemporaryDirectory() as tmp:
         result = {"cpu": price_cpu(cpu, Path(tmp)), "public": price_public(public["records"], Path(tmp)),
+                  "gpu": price_gpu(gpu, Path(tmp)),
                   "public_source": public["source"],
                   "compute": price_compute(load_records(RESULTS / "compute_sweep_hybrid_cpu.jsonl"), Path(tmp)),
                   "compute_held_out": price_compute(load_records(RESULTS / "compute_sweep_hybrid_cpu_heldout.jsonl"),
@@ -204,6 +287,12 @@ def report() -> dict[str, Any]:
     for r in result["public"]:
         lines.append(f"| {r['gpu']} | {r['model']} | {r['test']} | {r['depth']} | {r['tps']:g} "
                      f"| {r['predicted']:.1f} | {r['error_pct']:+.1f} % |")
+    lines += ["", "## This project's GPU runs (`gpu-run`: speed models of the published shapes)", "",
+              "| GPU | model | -ngl | -ncmoe | test | depth | measured t/s | spread | predicted | error |",
+              "|---|---|---:|---:|---|---:|---:|---:|---:|---:|"]
+    for r in result["gpu"]:
+        lines.append(f"| {r['gpu']} | {r['model']} | {r['ngl']} | {r['ncmoe']} | {r['test']} | {r['depth']} "
+                     f"| {r['tps']:.1f} | {r['spread_pct']:.1f} % | {r['predicted']:.1f} | {r['error_pct']:+.1f} % |")
     (RESULTS / "hybrid_speed.md").write_text("\n".join(lines + notes(result)) + "\n")
     (RESULTS / "hybrid_speed.json").write_text(json.dumps(result, indent=1) + "\n")
     return result
@@ -233,12 +322,16 @@ def notes(result: dict[str, Any]) -> list[str]:
             "it is within the table's errors. The GPU's delta-rule rate is a prior (0.1 of the MMQ rate): no GPU "
             "run separates it here.",
             "- GLM-4.7-Flash (deepseek2 MLA): its 576-wide heads have no vector kernel, so a decoded token runs the "
-            "mma kernel, bound by its FLOPs; priced by its bytes, decode at 8192-32768 cells was +120 .. +397 %. "
-            "`attention.GPU_MLA_DECODE_FLOP_SHARE` is fitted on these records (one GPU, one model): its decode errors "
-            "here are a fit's, not a check. Its prompt at depth stays -45 .. -51 %: this 4090 ran MLA's prompt "
-            "attention at about twice the share the H200 fit gives, while the H200's own MLA prompts (mla16 at "
-            "512 and 4096 tokens, tests/test_speed_model.py) agree with that share; a share fitted here broke them, "
-            "so the difference is left unexplained.",
+            "mma kernel, bound by its FLOPs; priced by its bytes, decode at 8192-32768 cells was +120 .. +397 % on "
+            "the 4090. The kernel's share of the FP32-accumulate rate is a row of the GPU catalog by compute "
+            "capability (`mla_decode_share`), as the engine picks the kernel by it (ggml/src/ggml-cuda/fattn.cu): "
+            "0.009 for 8.9 from these 4090 records, 0.025 for 9.0 and the default row from this project's H100 "
+            "(below); one GPU each, so each row is a fit on its records. The 4090 ran a decoded token's attention "
+            "at 32768 cells ~17x slower than the H100 (45 against 2.7 ms), far beyond their tensor rates' ratio "
+            "(6x); its log's build (8396, `-fa auto`) may have run another kernel. Its prompt at depth stays "
+            "-45 .. -51 % while the H100's MLA prompts at depth are priced within the table's errors, so the 4090's "
+            "is left unexplained.",
+            *gpu_notes(result["gpu"]),
             "- Compute buffers: hybrids are not replayed (compute_graph.REPLAYED); their widths-only estimate "
             "against the CPU backend's dry runs of random shapes (compute_sweep_hybrid_cpu.jsonl: `python -m "
             "benchmarks.compute_sweep --cases 40 --archs qwen35,qwen35moe,qwen3next` and `--cases 30 --archs "
@@ -254,6 +347,38 @@ def notes(result: dict[str, Any]) -> list[str]:
             "the real engine where libllama is installed."]
 
 
+def gpu_notes(rows: list[dict[str, Any]]) -> list[str]:
+    """The notes on this project's GPU runs (``price_gpu`` rows), their figures computed."""
+    if not rows:
+        return []
+
+    def span(rs: list[dict[str, Any]]) -> str:
+        errs = [r["error_pct"] for r in rs]
+        return f"{min(errs):+.1f} .. {max(errs):+.1f} % ({len(errs)} tests)" if errs else "no tests"
+
+    def part(rs: list[dict[str, Any]], kind: str, steady: bool = False) -> list[dict[str, Any]]:
+        return [r for r in rs if r["test"][:2] == kind and (not steady or r["spread_pct"] <= 100 * UNSTEADY_SPREAD)]
+
+    gpu = sorted({r["gpu"] for r in rows})
+    on_gpu = [r for r in rows if r["ngl"] >= 99 and not r["ncmoe"]]
+    experts = [r for r in rows if r["ncmoe"]]
+    layers = [r for r in rows if r["ngl"] < 99 and r["model"] in GPU_RUNS]
+    hybrid_layers = [r for r in layers if "qwen3-shaped" not in r["model"].lower()]
+    control_layers = [r for r in layers if "qwen3-shaped" in r["model"].lower()]
+    out = [f"- {', '.join(gpu)} (`gpu-run`, uncalibrated; a test is steady when its repetitions lie within "
+           f"{100 * UNSTEADY_SPREAD:.0f} % of each other). All layers on the GPU, depths 0-32768: decode "
+           f"{span(part(on_gpu, 'tg'))}, prompt {span(part(on_gpu, 'pp'))}, steady prompts "
+           f"{span(part(on_gpu, 'pp', True))}: the first of a prompt test's repetitions often ran 20-35 % slow.",
+           f"- Routed experts on the CPU (`-ncmoe`): decode {span(part(experts, 'tg'))}, steady "
+           f"{span(part(experts, 'tg', True))}; prompt {span(part(experts, 'pp'))}."]
+    if hybrid_layers:
+        out.append("- Hybrid layers on the CPU (`-ngl` below the layer count): decode "
+                   f"{span(part(hybrid_layers, 'tg'))}, prompt {span(part(hybrid_layers, 'pp'))}"
+                   + (f"; the all-attention control of the 9B's shape: decode {span(part(control_layers, 'tg'))}, "
+                      f"prompt {span(part(control_layers, 'pp'))}." if control_layers else "."))
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.hybrid_speed", description=__doc__.split("\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -266,6 +391,18 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--threads", type=int, required=True)
     r.add_argument("--cpu-gbs", type=float, required=True, help="the CPU's bandwidth, as `devices --measure` gives it")
     r.add_argument("--reps", type=int, default=3)
+    g = sub.add_parser("gpu-models", help="write the GPU_RUNS shapes as speed models")
+    g.add_argument("folder", type=Path)
+    gr = sub.add_parser("gpu-run", help="llama-bench on the GPU_RUNS configurations")
+    gr.add_argument("binary", type=Path)
+    gr.add_argument("folder", type=Path)
+    gr.add_argument("-o", "--output", type=Path, required=True)
+    gr.add_argument("--logs", type=Path, required=True, help="folder for each run's -v log")
+    gr.add_argument("--rig", type=Path, required=True,
+                    help="the machine's cluster file (speed_truth rig), kept in benchmarks/results/hybrid_speed")
+    gr.add_argument("--threads", type=int, required=True)
+    gr.add_argument("--reps", type=int, default=3)
+    gr.add_argument("--only", nargs="*", help="these models of GPU_RUNS alone")
     sub.add_parser("report", help="price every record; write benchmarks/results/hybrid_speed.{md,json}")
     args = ap.parse_args(argv)
     if args.cmd == "models":
@@ -273,6 +410,10 @@ def main(argv: list[str] | None = None) -> int:
         write_headers(args.folder, CPU_MODELS, header_only=False)
     elif args.cmd == "run":
         run(args.binary, args.folder, args.output, args.threads, args.cpu_gbs, args.reps)
+    elif args.cmd == "gpu-models":
+        write_gpu_models(args.folder)
+    elif args.cmd == "gpu-run":
+        run_gpu(args.binary, args.folder, args.output, args.logs, args.rig, args.threads, args.reps, args.only)
     else:
         for row in report()["cpu"]:
             print(row["shape"], row["test"], f"{row['error_pct']:+.1f} %")

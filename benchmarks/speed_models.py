@@ -123,10 +123,11 @@ def _valued_tensors(files: Any, router: str) -> Iterator[tuple[Any, bytes]]:
             yield t, (rng.standard_normal(n, dtype=np.float32) * gain).tobytes()
         elif t.name == "token_embd.weight" and t.type_name == "Q4_K":
             yield t, _random_q4_k(rng, t.n_bytes)
-        elif t.name == "token_embd.weight" and t.type_name == "Q4_0":
-            yield t, _random_q4_0(rng, t.n_bytes)
+        elif t.name == "token_embd.weight" and t.type_name in _RANDOM_BLOCKS:
+            yield t, _RANDOM_BLOCKS[t.type_name](rng, t.n_bytes)
         elif t.name == "token_embd.weight":
-            raise SystemExit(f"{t.name} is {t.type_name}; the speed models write Q4_K embeddings")
+            raise SystemExit(f"{t.name} is {t.type_name}; the speed models write "
+                             f"{', '.join(_RANDOM_BLOCKS)} embeddings")
 
 
 def replay_routing(header: Path, router: str = "unit", n_tokens: int = 512, trials: int = 4) -> list[list[int]]:
@@ -154,10 +155,10 @@ def replay_routing(header: Path, router: str = "unit", n_tokens: int = 512, tria
         return []
     sigmoid = meta.get(f"{arch}.expert_gating_func") == 2  # LLAMA_EXPERT_GATING_FUNC_TYPE_SIGMOID
     n_embd = meta[f"{arch}.embedding_length"]
-    emb, n_vocab, routers = b"", 0, []
+    emb, emb_type, n_vocab, routers = b"", "Q4_K", 0, []
     for t, data in _valued_tensors(files, router):
         if t.name == "token_embd.weight":
-            emb, n_vocab = data, t.shape[1]
+            emb, emb_type, n_vocab = data, t.type_name, t.shape[1]
         elif t.name.endswith("ffn_gate_inp.weight"):
             routers.append(np.frombuffer(data, dtype=np.float32).reshape(n_exp, n_embd))
     rows = np.frombuffer(emb, dtype=np.uint8).reshape(n_vocab, -1)
@@ -165,7 +166,7 @@ def replay_routing(header: Path, router: str = "unit", n_tokens: int = 512, tria
     counts = []
     for _ in range(trials):
         tokens = rows[pick.integers(0, n_vocab, n_tokens)]
-        x = dequantize(tokens, GGMLQuantizationType.Q4_K).astype(np.float32).reshape(n_tokens, n_embd)
+        x = dequantize(tokens, GGMLQuantizationType[emb_type]).astype(np.float32).reshape(n_tokens, n_embd)
         x /= np.sqrt((x * x).mean(axis=1, keepdims=True) + 1e-6)
         for w in routers:
             logits = x @ w.T
@@ -184,6 +185,13 @@ def _random_q4_0(rng: np.random.Generator, nbytes: int) -> bytes:
     return blocks.tobytes()
 
 
+def _random_q8_0(rng: np.random.Generator, nbytes: int) -> bytes:
+    """Q8_0 blocks of random int8 with scale 0.004: a weight is 0.004 q."""
+    blocks = rng.integers(0, 256, size=(nbytes // 34, 34), dtype=np.uint8)
+    blocks[:, 0:2] = np.frombuffer(np.float16(0.004).tobytes(), dtype=np.uint8)
+    return blocks.tobytes()
+
+
 def _random_q4_k(rng: np.random.Generator, nbytes: int) -> bytes:
     """Q4_K blocks whose values are centred: every sub-block scale and min is 32 and
     dmin = 7.5 d, so a weight is 32 d (q - 7.5) for a random nibble q."""
@@ -193,3 +201,7 @@ def _random_q4_k(rng: np.random.Generator, nbytes: int) -> bytes:
     blocks[:, 4:12] = 0xA0  # 6-bit scales / mins 0..3 = 32, high bits of 4..7 = 2
     blocks[:, 12:16] = 0x00  # low nibbles of scales / mins 4..7
     return blocks.tobytes()
+
+
+#: ggml type name -> the writer of random blocks of it (the speed models' token embeddings)
+_RANDOM_BLOCKS = {"Q4_K": _random_q4_k, "Q4_0": _random_q4_0, "Q8_0": _random_q8_0}

@@ -40,12 +40,6 @@ FA_PROMPT_SHARE = 0.174
 #: ubatch as a multiple of the GPU row's ``layer_us``
 NO_FA_PROMPT_SHARE = 0.065
 NO_FA_PROMPT_LAYER_SHARE = 3.0
-#: MLA's 576-wide heads have no vector flash-attention kernel on CUDA (ggml/src/ggml-cuda/fattn.cu:635
-#: can_use_vector_kernel): a decoded token runs the mma kernel, its FLOPs (every head over the shared
-#: latent) at this share of the GPU's FP32-accumulate tensor rate where that is slower than the bytes:
-#: GLM-4.7-Flash on an RTX 4090 at 8192-32768 cells took 1.46-1.57 TFLOPS (benchmarks/results/
-#: hybrid_speed.md; the one GPU measured: a fit, not yet checked on another)
-GPU_MLA_DECODE_FLOP_SHARE = 0.009
 #: decode's read of the cache on a GPU: its bytes' time at the decode bandwidth, times this
 FA_DECODE_KV_COST = 1.83
 NO_FA_DECODE_KV_COST = 3.35

@@ -7,6 +7,7 @@ name covers several memory sizes, by their total memory. Cluster files name an e
 """
 from __future__ import annotations
 
+
 import difflib
 import functools
 import sys
@@ -39,8 +40,9 @@ _FIELDS: dict[str, type | tuple[type, ...]] = {
 }
 _SPEED_FIELDS: dict[str, type | tuple[type, ...]] = {
     "compute_capability": str, "decode_bw_share": (int, float), "layer_us": (int, float),
-    "mmq_share": (int, float), "source": str,
+    "mmq_share": (int, float), "source": str, "mla_decode_share": (int, float),
 }
+_SPEED_OPTIONAL = {"mla_decode_share"}
 #: the ``[[speed]]`` row for GPUs whose compute capability has no row of its own
 DEFAULT_SPEED_ROW = "default"
 _OPTIONAL = {"note", "fp32_accumulate_share"}
@@ -96,6 +98,9 @@ class SpeedShare:
         decode_bw_share: achieved / datasheet memory bandwidth in decode's matrix-vector products.
         layer_us: fixed decode microseconds per layer and token (kernel launches, the small ops).
         mmq_share: achieved / ``fp16_tflops`` in prompt matmuls (MMQ's int8 tensor-core kernels).
+        mla_decode_share: achieved / the FP32-accumulate tensor rate by the flash-attention mma
+            kernel decoding MLA's 576-wide heads over a cache (``cost.CostModel.kv_tg``); a row
+            that gives none takes the default row's.
     """
 
     compute_capability: str
@@ -103,6 +108,7 @@ class SpeedShare:
     layer_us: float
     mmq_share: float
     source: str
+    mla_decode_share: float
 
 
 def normalize_name(name: str) -> str:
@@ -169,21 +175,27 @@ def speed_shares() -> dict[str, SpeedShare]:
         ClusterError: the shipped catalog is malformed (a packaging bug).
     """
     doc = _catalog_doc()
+    entries = doc.get("speed", [])
+    default_mla = next((e.get("mla_decode_share") for e in entries
+                        if isinstance(e, dict) and e.get("compute_capability") == DEFAULT_SPEED_ROW), None)
+    if not isinstance(default_mla, (int, float)) or isinstance(default_mla, bool):
+        raise ClusterError(f"{_WHERE}: no [[speed]] row for compute_capability = {DEFAULT_SPEED_ROW!r} "
+                           "with every share")
     rows: dict[str, SpeedShare] = {}
-    for i, entry in enumerate(doc.get("speed", [])):
+    for i, entry in enumerate(entries):
         label = f"{_WHERE}: [[speed]] #{i + 1}"
-        if set(entry) != set(_SPEED_FIELDS) or any(
+        if not set(_SPEED_FIELDS) - _SPEED_OPTIONAL <= set(entry) <= set(_SPEED_FIELDS) or any(
                 not isinstance(v, _SPEED_FIELDS[k]) or isinstance(v, bool) for k, v in entry.items()):
-            raise ClusterError(f"{label}: needs exactly {sorted(_SPEED_FIELDS)} with their types")
+            raise ClusterError(f"{label}: needs {sorted(set(_SPEED_FIELDS) - _SPEED_OPTIONAL)} (and may give "
+                               f"{sorted(_SPEED_OPTIONAL)}) with their types")
         row = SpeedShare(entry["compute_capability"], float(entry["decode_bw_share"]), float(entry["layer_us"]),
-                         float(entry["mmq_share"]), entry["source"])
-        if not (0 < row.decode_bw_share <= 1 and 0 < row.mmq_share <= 1 and 0 < row.layer_us < 1e4) \
-                or row.compute_capability in rows:
+                         float(entry["mmq_share"]), entry["source"],
+                         float(entry.get("mla_decode_share", default_mla)))
+        if not (0 < row.decode_bw_share <= 1 and 0 < row.mmq_share <= 1 and 0 < row.layer_us < 1e4
+                and 0 < row.mla_decode_share <= 1) or row.compute_capability in rows:
             raise ClusterError(f"{label}: shares must lie in (0, 1], layer_us in (0, 1e4), and each compute "
                                "capability appear once")
         rows[row.compute_capability] = row
-    if DEFAULT_SPEED_ROW not in rows:
-        raise ClusterError(f"{_WHERE}: no [[speed]] row for compute_capability = {DEFAULT_SPEED_ROW!r}")
     return rows
 
 

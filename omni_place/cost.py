@@ -30,7 +30,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 from functools import cached_property
 
-from .attention import (GPU_MLA_DECODE_FLOP_SHARE, attended_cells, cpu_cache_prompt_bytes, cpu_decode_kv_s,
+from .attention import (attended_cells, cpu_cache_prompt_bytes, cpu_decode_kv_s,
                         decode_cache_bytes, decode_kv_cost, delta_rule_work, mean_depths, prompt_attention_s,
                         recurrent_prompt_s)
 from .compute import PIPELINE_COPIES, ComputeEstimate, compute_buffer_estimate
@@ -339,8 +339,10 @@ class CostModel(Transfers):
             return self.kv_read[il] / self.bandwidth(name) + self.mixer_s(name)
         if self.on_gpu(name):
             read_s = self.kv_read[il] / self.bandwidth(name) * decode_kv_cost(fa)
-            if self.model.hparams.is_mla and fa and self.context.mla_decode_flops:  # mainline's mma kernel
-                return max(read_s, self._attn_tg[il] / (self.attention_rate(name) * GPU_MLA_DECODE_FLOP_SHARE))
+            if self.model.hparams.is_mla and fa and self.context.mla_decode_flops:  # mainline's mma kernel:
+                # no vector kernel takes 576-wide heads (ggml/src/ggml-cuda/fattn.cu:635), bound by its FLOPs
+                share = self.device(name).speed.mla_decode_share
+                return max(read_s, self._attn_tg[il] / (self.attention_rate(name) * share))
             return read_s
         return cpu_decode_kv_s(self.kv_read[il], self._attn_tg[il], self.bandwidth(name), self.flops(name), fa,
                                self.context.ik_cpu_kernels)

@@ -222,10 +222,14 @@ def test_hybrid_compute_buffers_against_the_engines_dry_runs(tmp_path: Path) -> 
 
 def test_mla_decode_at_depth_is_bound_by_flops_in_mainline_only(tmp_path: Path) -> None:
     """Mainline has no vector flash-attention kernel for MLA's 576-wide heads: at depth a decoded
-    token's attention is priced by its FLOPs (GLM-4.7-Flash on an RTX 4090, public.json); ik_llama.cpp
-    runs its own MLA kernels, priced by the cache's bytes as before."""
+    token's attention is priced by its FLOPs at its compute capability's ``mla_decode_share``
+    (GLM-4.7-Flash on an RTX 4090, public.json; on this project's H100 SXM, gpu_h100_round*.jsonl);
+    ik_llama.cpp runs its own MLA kernels, priced by the cache's bytes as before."""
+    from omni_place.catalog import speed_share
     from omni_place.engines import dialect
 
+    assert speed_share("8.9").mla_decode_share < speed_share("9.0").mla_decode_share
+    assert speed_share("8.6").mla_decode_share == speed_share("default").mla_decode_share  # no row of its own
     headers = hybrid_speed.write_headers(tmp_path, ["GLM-4.7-Flash UD-Q4_K_XL"], header_only=True)
     model = load_model(headers["GLM-4.7-Flash UD-Q4_K_XL"])
     cluster = resolve_cluster(hybrid_speed.one_gpu_cluster(tmp_path, "RTX 4090"))
@@ -236,3 +240,7 @@ def test_mla_decode_at_depth_is_bound_by_flops_in_mainline_only(tmp_path: Path) 
         tps[engine] = CostModel(model, cluster, context).predict(placement).tg_tps
     assert tps["llama.cpp"] == pytest.approx(19.02, rel=0.1)  # measured
     assert tps["ik_llama.cpp"] > 3 * tps["llama.cpp"]
+    h100 = [r for p in sorted(hybrid_speed.FOLDER.glob("gpu_h100_round*.jsonl")) for r in hybrid_speed.load_records(p)
+            if r["shape"].startswith("GLM") and r["n_gen"] and r["n_depth"] >= 8192 and not r["n_cpu_moe"]]
+    priced = hybrid_speed.price_gpu(h100, tmp_path)
+    assert len(priced) == 4 and all(abs(r["error_pct"]) < 15 for r in priced), priced
