@@ -14,7 +14,11 @@ the planner as it ran, uncalibrated:
   RTX 4090 (llama.cpp build 8396, ``-p 1024 -n 64`` at depths), from a public log (its address in
   the file); headers written from the published shapes (:data:`SHAPES`: the 9B's size and parameter
   count match the log's exactly, the others' quant mixes are approximations within 4 % of its sizes).
-  GLM-4.7-Flash's records set ``attention.GPU_MLA_DECODE_FLOP_SHARE``.
+  GLM-4.7-Flash's records set the catalog's ``mla_decode_share`` of compute capability 8.9.
+- ``gpu_<gpu>_round*.jsonl``: this project's runs (``gpu-models``, ``gpu-run``) of the same shapes as speed
+  models on one GPU: all layers at depths, routed experts (``-ncmoe``) or layers (``-ngl``) on the CPU,
+  priced on the run's cluster file (``gpu_<gpu>_rig.toml``) through the dialect's reading of each record;
+  the H100's GLM-4.7-Flash decodes set ``mla_decode_share`` of 9.0 and the default row.
 
 ``ik_logs/<arch>.log``: ik_llama.cpp's llama-bench (8337e4cd3, native CPU build, ``-p 0 -n 2 -v``) loading
 :data:`IK_SHAPE` of each hybrid: it keeps a recurrent layer's state in its KV buffer (src/llama.cpp:1373-1386),
@@ -27,6 +31,9 @@ model prices ik's recurrent layers as mainline's.
     python -m benchmarks.hybrid_speed models /tmp/hyb
     python -m benchmarks.hybrid_speed run LLAMA_BENCH /tmp/hyb -o benchmarks/results/hybrid_speed/cpu_xeon2.jsonl \\
         --threads 2 --cpu-gbs 18.8
+    python -m benchmarks.hybrid_speed gpu-models /root/gm       # on the GPU machine
+    python -m benchmarks.hybrid_speed gpu-run LLAMA_BENCH /root/gm -o gpu_records.jsonl --logs logs --rig rig.toml \\
+        --threads 16                              # rig.toml: ``speed_truth rig`` of the machine
     python -m benchmarks.hybrid_speed report      # -> benchmarks/results/hybrid_speed.{md,json}
 """
 from __future__ import annotations
