@@ -244,3 +244,19 @@ def test_mla_decode_at_depth_is_bound_by_flops_in_mainline_only(tmp_path: Path) 
             if r["shape"].startswith("GLM") and r["n_gen"] and r["n_depth"] >= 8192 and not r["n_cpu_moe"]]
     priced = hybrid_speed.price_gpu(h100, tmp_path)
     assert len(priced) == 4 and all(abs(r["error_pct"]) < 15 for r in priced), priced
+
+
+def test_calibrate_from_the_h100_runs_plain_llama_bench_output(tmp_path: Path) -> None:
+    """`omni-place calibrate` on plain llama-bench output of a hybrid MoE (Qwen3.5-35B-A3B) and an MLA
+    MoE (GLM-4.7-Flash) with routed experts on the CPU: fitted on one round of the H100 run, the
+    other round held out: decode within 10 % at the median (issue 15's calibrated bound; GLM's worst
+    test 11 %), prompt within 15 %."""
+    records = [dict(r, round=p.stem) for p in sorted(hybrid_speed.FOLDER.glob("gpu_h100_round*.jsonl"))
+               for r in hybrid_speed.load_records(p) if not r["shape"].startswith("Qwen3.5-9B")
+               and not r["shape"].startswith("Qwen3.5-27B")]
+    fits = {c["model"]: c for c in hybrid_speed.calibrate_gpu(records, tmp_path)}
+    assert set(fits) == {"GLM-4.7-Flash UD-Q4_K_XL", "Qwen3.5-35B-A3B UD-Q4_K_XL"}
+    for fit in fits.values():
+        assert fit["skipped"] and fit["n_points"] >= 6  # unsteady tests left out and counted
+        assert fit["heldout"]["tg"]["max_abs"] < 0.12 and fit["heldout"]["tg"]["median_abs"] < 0.10, fit
+        assert fit["heldout"]["pp"]["max_abs"] < 0.15, fit
