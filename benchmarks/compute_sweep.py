@@ -72,6 +72,16 @@ def random_shape(rng: random.Random, arch: str) -> dict[str, Any]:
                   n_rot=64)
     if arch == "gemma3":
         kw["n_layer"] = 6
+    if arch == "gemma4":  # full heads twice the SWA ones; the last whole periods may share their caches
+        interval, periods = rng.choice((3, 4, 6)), rng.choice((1, 2))
+        moe = rng.random() < 0.5
+        kw.update(n_layer=interval * periods, head_dim=rng.choice((256, 512)),
+                  gemma4={"interval": interval, "head_dim_swa": rng.choice((128, 256)),
+                          "shared": interval * rng.randrange(periods), "moe": int(moe)})
+        if moe:
+            kw.update(n_expert=rng.choice((8, 32, 128)), n_expert_used=rng.choice((2, 4, 8)),
+                      n_ff_exp=rng.choice((256, 704)))
+            kw["n_expert_used"] = min(kw["n_expert_used"], kw["n_expert"])
     if arch in HYBRID_ARCHS:  # Qwen3-Next / Qwen3.5: 16 key heads and 16-64 value heads of 128, every 4th layer full
         k_heads = rng.choice((8, 16))
         kw.update(n_layer=rng.choice((4, 8)), head_dim=rng.choice((128, 256)),

@@ -89,7 +89,9 @@ def features(model: ModelProfile, *, n_ctx: int, n_ubatch: int, flash_attn: bool
     layers = range(hp.n_layer_kv or hp.n_layer)
     attending = [il for il in layers if hp.n_head_kv[il]]  # a hybrid's recurrent layers attend to nothing
     n_head = max((hp.n_head[il] for il in attending), default=0)
-    n_head_kv = max((hp.n_head_kv[il] for il in attending), default=0)
+    q_width = max((hp.n_head[il] * hp.dim_k(il) for il in attending), default=0)  # the widest layer's
+    k_width = max((hp.n_head_kv[il] * hp.dim_k(il) for il in attending), default=0)
+    kv_width = max((hp.n_head_kv[il] * (hp.dim_k(il) + hp.dim_v(il)) for il in attending), default=0)
     mask_elt = 0.5 if flash_attn else 1.0  # F16 mask with flash attention, F32 without (llama-graph.cpp)
 
     def width(tensor_name: str) -> int:  # rows of a layer matrix (ggml ne1), the widest over layers
@@ -108,8 +110,8 @@ def features(model: ModelProfile, *, n_ctx: int, n_ubatch: int, flash_attn: bool
         1.0 / n_tokens,
         hp.n_embd,
         ff,
-        0 if hp.is_mla else n_head * hp.head_dim_k,
-        0 if hp.is_mla else n_head_kv * hp.head_dim_k,
+        0 if hp.is_mla else q_width,
+        0 if hp.is_mla else k_width,
         n_head * (hp.kv_lora_rank + hp.n_rot) if hp.is_mla else 0,
         hp.n_expert_used * hp.n_ff_exp if moe else 0,
         hp.n_expert_used * hp.n_embd if moe else 0,
@@ -124,7 +126,7 @@ def features(model: ModelProfile, *, n_ctx: int, n_ubatch: int, flash_attn: bool
         swa_cells * mask_elt,
         # flash attention over a quantized cache: CUDA's F16 copies of the layer's K and V (per
         # token only by the fit; compute_graph.py places them exactly)
-        n_kv * n_head_kv * (hp.head_dim_k + hp.head_dim_v) * 0.5 if flash_attn and kv_quantized else 0.0,
+        n_kv * kv_width * 0.5 if flash_attn and kv_quantized else 0.0,
         0.0,
         kv_layer_bytes / F32 / n_tokens,
         *(graph_widths(model, n_tokens=n_tokens, n_kv=n_kv, n_ubatch=n_ubatch, n_seq=n_seq, flash_attn=flash_attn,

@@ -350,7 +350,7 @@ class GraphBuilder:
         """Q, V then K (llama-graph.cpp:2895-2897 expands them in that order), each with its bias,
         norm (of a reshape: a new tensor) and rope; the stores; the attention; the output matmul."""
         hp, b = self.hp, f"blk.{il}."
-        n_head, n_head_kv, dk, dv = hp.n_head[il], hp.n_head_kv[il], hp.head_dim_k, hp.head_dim_v
+        n_head, n_head_kv, dk, dv = hp.n_head[il], hp.n_head_kv[il], hp.dim_k(il), hp.dim_v(il)
 
         def proj(name: str, width: int, normed: bool) -> Tensor:
             x = self.view(self.weighted(f"{b}attn_{name}.weight", width, cur))

@@ -86,13 +86,14 @@ class CostModel(Transfers):
         tg_depth, pp_depth = mean_depths(c.depth, c.n_prompt, c.n_gen, b, c.prompt_depth)  # a bench test's mean
         depth_cells, full_cells = min(tg_depth, c.ctx), model.kv_cells(c.ctx, c.n_seq)
         self.recurrent = [model.is_recurrent(il) for il in range(len(self.kv))]
-        self.kv_read = decode_cache_bytes(self.kv, self.recurrent, depth_cells / full_cells)
+        attended = [self.kv[hp.kv_source(il)] for il in range(len(self.kv))]  # a shared layer's: its source's
+        self.kv_read = decode_cache_bytes(attended, self.recurrent, depth_cells / full_cells)
         self.recurrent_ops = ARCHITECTURES.get(model.architecture, ArchSpec()).recurrent_layer_ops / LAYER_OPS
         swa_cells = model.swa_kv_cells(full_cells, c.n_ubatch, c.n_seq, c.swa_full)
-        self.kv_pp_bytes = cpu_cache_prompt_bytes(self.kv, [swa_cells if s else full_cells for s in hp.is_swa],
+        self.kv_pp_bytes = cpu_cache_prompt_bytes(attended, [swa_cells if s else full_cells for s in hp.is_swa],
                                                   [model.kv_write_bytes(il) for il in range(len(self.kv))], pp_depth, b)
-        cell = [2.0 * hp.n_head[il] * (hp.head_dim_k + hp.head_dim_v) if kv and not r else 0.0
-                for il, (kv, r) in enumerate(zip(self.kv, self.recurrent))]
+        cell = [2.0 * hp.n_head[il] * (hp.dim_k(il) + hp.dim_v(il)) if kv and not r else 0.0
+                for il, (kv, r) in enumerate(zip(attended, self.recurrent))]
         self._mixer = delta_rule_work(hp.ssm_d_state, hp.ssm_d_inner, hp.ssm_n_group)  # a recurrent layer's, a token
         window = [hp.n_swa if hp.is_swa[il] else 0 for il in range(len(self.kv))]  # attention FLOPs: per prompt token,
         self._attn = [f * attended_cells(pp_depth, b, c.flash_attn, w) for f, w in zip(cell, window)]

@@ -40,11 +40,36 @@ class HParams:
     ssm_d_state: int = 0
     ssm_n_group: int = 0
     indexer_head_size: int = 0  # DSA lightning indexer key width (deepseek32); 0 = no indexer cache
+    # SWA layers' head widths (attention.key_length_swa / value_length_swa; 0: the full layers' widths)
+    head_dim_k_swa: int = 0
+    head_dim_v_swa: int = 0
+    n_layer_kv_shared: int = 0  # last layers that attend to an earlier layer's cache (attention.shared_kv_layers)
 
     @property
     def n_layer_kv(self) -> int:
         """Layers that can hold a KV cache (NextN blocks are filtered out of the main context)."""
         return self.n_layer - self.n_layer_nextn
+
+    def dim_k(self, il: int) -> int:
+        """Layer ``il``'s K head width: its kind's (src/llama-hparams.cpp n_embd_head_k(il))."""
+        return self.head_dim_k_swa if self.is_swa[il] and self.head_dim_k_swa else self.head_dim_k
+
+    def dim_v(self, il: int) -> int:
+        """Layer ``il``'s V head width (n_embd_head_v(il))."""
+        return self.head_dim_v_swa if self.is_swa[il] and self.head_dim_v_swa else self.head_dim_v
+
+    def owns_kv(self, il: int) -> bool:
+        """Whether layer ``il`` has a cache of its own: not a NextN block, nor one of the last
+        ``n_layer_kv_shared`` layers (the engine's has_kv, src/llama-hparams.cpp)."""
+        return il < self.n_layer_kv and il < self.n_layer - self.n_layer_kv_shared
+
+    def kv_source(self, il: int) -> int:
+        """The layer whose cache layer ``il`` attends: its own, or for a shared layer the last SWA or
+        full layer with a cache (the reuse rule of src/llama-model.cpp create_memory, gemma3n/gemma4)."""
+        start = self.n_layer - self.n_layer_kv_shared
+        if not self.n_layer_kv_shared or il < start:
+            return il
+        return start - (2 if self.is_swa[il] else 1)
 
 
 @dataclass(frozen=True)
@@ -69,6 +94,8 @@ class ArchSpec:
     # graph: nodes = N` over models that differ in their layer mix: its decode costs that many more
     # kernels on a GPU and thread barriers on the CPU
     recurrent_layer_ops: int = 0
+    # the last attention.shared_kv_layers layers attend to earlier layers' caches (gemma4)
+    kv_sharing: bool = False
     verified: bool = False
 
 
@@ -85,6 +112,7 @@ ARCHITECTURES: dict[str, ArchSpec] = {
     "glm4moe": ArchSpec(verified=True),
     "gpt-oss": ArchSpec(swa_pattern=2, verified=True),
     "gemma3": ArchSpec(swa_pattern=6, verified=True),
+    "gemma4": ArchSpec(kv_sharing=True, verified=True),
     "gemma2": ArchSpec(swa_pattern=2),
     "qwen3next": ArchSpec(hybrid=True, recurrent_interval=True, recurrent_layer_ops=34, verified=True),
     "qwen35": ArchSpec(hybrid=True, recurrent_interval=True, recurrent_layer_ops=26, verified=True),
@@ -101,7 +129,7 @@ ARCHITECTURES: dict[str, ArchSpec] = {
 # Architectures whose memory layout is known to differ from what this module models.
 NOT_COVERED = {
     "rwkv6", "rwkv7", "arwkv7", "rwkv6qwen2", "lfm2", "lfm2moe",
-    "kimi-linear", "gemma3n", "gemma4", "minimax-m3", "glm-dsa", "t5", "t5encoder",
+    "kimi-linear", "gemma3n", "minimax-m3", "glm-dsa", "t5", "t5encoder",
     "bert", "nomic-bert", "jina-bert-v2", "whisper", "falcon-h1",
 }
 
@@ -224,6 +252,7 @@ def read_hparams(arch: str, md: dict[str, Any], n_vocab_fallback: int) -> HParam
         raise _bad(f"{a}.expert_used_count")(
             f"{a}.expert_used_count = {n_expert_used} with expert_count = {n_expert}: the engine needs "
             + ("1..expert_count experts per token" if n_expert else "0 without experts"))
+    n_shared = _int(md, f"{a}.attention.shared_kv_layers", 0, hi=max(n_layer - 2, 0)) if spec.kv_sharing else 0
     n_swa = _int(md, f"{a}.attention.sliding_window", 0, hi=MAX_CONTEXT)
     pattern = md.get(f"{a}.attention.sliding_window_pattern")
     n_main = n_layer - n_nextn
@@ -241,7 +270,7 @@ def read_hparams(arch: str, md: dict[str, Any], n_vocab_fallback: int) -> HParam
             is_swa += (False,) * n_nextn
         else:
             is_swa = (False,) * n_layer
-    return HParams(
+    hp = HParams(
         n_layer=n_layer,
         n_layer_nextn=n_nextn,
         n_embd=n_embd,
@@ -267,7 +296,16 @@ def read_hparams(arch: str, md: dict[str, Any], n_vocab_fallback: int) -> HParam
         ssm_n_group=_int(md, f"{a}.ssm.group_count", 0, hi=MAX_HEADS),
         indexer_head_size=(_int(md, f"{a}.attention.indexer.key_length", 0, hi=MAX_HEAD_DIM)
                            if arch == "deepseek32" else 0),
+        head_dim_k_swa=_int(md, f"{a}.attention.key_length_swa", head_dim_k, hi=MAX_HEAD_DIM),
+        head_dim_v_swa=_int(md, f"{a}.attention.value_length_swa", head_dim_v, hi=MAX_HEAD_DIM),
+        n_layer_kv_shared=n_shared,
     )
+    for il in range(n_layer - n_shared, n_layer):  # the engine finds the reused layer in its kind's cache
+        if is_swa[hp.kv_source(il)] != is_swa[il]:
+            raise _bad(f"{a}.attention.shared_kv_layers")(
+                f"{a}.attention.shared_kv_layers = {n_shared}: shared layer {il} would reuse layer {hp.kv_source(il)}, "
+                "a layer of the other attention kind (the engine asserts on it)")
+    return hp
 
 
 __all__ = ["ARCHITECTURES", "MAX_CONTEXT", "MAX_EXPERTS", "MAX_LAYERS", "NOT_COVERED", "ArchSpec", "HParams",

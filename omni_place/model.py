@@ -300,8 +300,9 @@ class ModelProfile:
         (K rows are head_dim_k wide, or the MLA latent; V rows head_dim_v), and a quantized V
         cache needs flash attention (llama-context.cpp)."""
         hp = self.hparams
-        k_row = hp.kv_lora_rank + hp.n_rot if hp.is_mla else hp.head_dim_k
-        rows = [("K", type_k, k_row)] + ([] if hp.is_mla else [("V", type_v, hp.head_dim_v)])  # MLA: no V cache
+        widths = {(hp.dim_k(il), hp.dim_v(il)) for il in range(hp.n_layer)}
+        rows = ([("K", type_k, hp.kv_lora_rank + hp.n_rot)] if hp.is_mla else  # MLA: no V cache
+                [row for k, v in sorted(widths) for row in (("K", type_k, k), ("V", type_v, v))])
         for which, name, row in rows:
             block = ggml_type(_kv_type(name)).block
             if block > 1 and row % block:
@@ -339,22 +340,22 @@ class ModelProfile:
         swa_cells = self.swa_kv_cells(cells, n_ubatch, n_seq, swa_full)
         out: list[int] = []
         v_width_max = max(
-            (hp.head_dim_v * h for il, h in enumerate(hp.n_head_kv) if il < hp.n_layer_kv and h), default=0
+            (hp.dim_v(il) * h for il, h in enumerate(hp.n_head_kv) if il < hp.n_layer_kv and h), default=0
         )
         for il in range(hp.n_layer):
-            if il >= hp.n_layer_kv:
+            if not hp.owns_kv(il):  # a NextN block, or a layer attending to an earlier layer's cache
                 out.append(0)
                 continue
             if self.is_recurrent(il):
                 out.append(self._recurrent_state_bytes(n_seq))
                 continue
             n_cells = swa_cells if hp.is_swa[il] else cells
-            k = row_bytes(tk, hp.head_dim_k * hp.n_head_kv[il]) * n_cells
+            k = row_bytes(tk, hp.dim_k(il) * hp.n_head_kv[il]) * n_cells
             if hp.is_mla:
                 # MLA caches the latent only (no V); DSA adds the indexer's single key head
                 out.append(k + row_bytes(tk, hp.indexer_head_size) * n_cells)
                 continue
-            v_width = hp.head_dim_v * hp.n_head_kv[il] if flash_attn else v_width_max  # transposed V uses the max
+            v_width = hp.dim_v(il) * hp.n_head_kv[il] if flash_attn else v_width_max  # transposed V uses the max
             out.append(k + row_bytes(tv, v_width) * n_cells)
         return out
 
@@ -377,13 +378,13 @@ class ModelProfile:
         hp = self.hparams
         total = 0
         for il in range(hp.n_layer_kv):
-            if hp.n_head_kv[il] == 0:
+            if hp.n_head_kv[il] == 0 or not hp.owns_kv(il):
                 continue
-            total += row_bytes(tk, hp.head_dim_k * hp.n_head_kv[il])
+            total += row_bytes(tk, hp.dim_k(il) * hp.n_head_kv[il])
             if hp.is_mla:
                 total += row_bytes(tk, hp.indexer_head_size)
             else:
-                total += row_bytes(tv, hp.head_dim_v * hp.n_head_kv[il])
+                total += row_bytes(tv, hp.dim_v(il) * hp.n_head_kv[il])
         return float(total)
 
     def kv_write_bytes(self, il: int) -> int:
@@ -391,11 +392,11 @@ class ModelProfile:
         and V unless MLA, before ``set_rows`` stores them in the cache's type: src/llama-graph.cpp
         ``build_attn``, src/llama-kv-cache.cpp ``cpy_k``/``cpy_v``); 0 for a layer without a KV cache."""
         hp = self.hparams
-        if il >= hp.n_layer_kv or not hp.n_head_kv[il]:
+        if not hp.owns_kv(il) or not hp.n_head_kv[il]:
             return 0
         if hp.is_mla:
             return 4 * (hp.head_dim_k * hp.n_head_kv[il] + hp.indexer_head_size)
-        return 4 * (hp.head_dim_k + hp.head_dim_v) * hp.n_head_kv[il]
+        return 4 * (hp.dim_k(il) + hp.dim_v(il)) * hp.n_head_kv[il]
 
     # -- reporting --------------------------------------------------------------------------
     def to_dict(self, ctx: int = 4096, kv_type: str = "f16", n_ubatch: int = 512,

@@ -143,14 +143,15 @@ class SplitCostModel(CostModel):
         hp, n = self.model.hparams, len(self.shares)
         n_head, n_kv = hp.n_head[il], max(1, hp.n_head_kv[il])
         n_gqa = max(1, n_head // n_kv)
-        n_embd_q = n_gqa * hp.head_dim_k
+        dk, dv = hp.dim_k(il), hp.dim_v(il)
+        n_embd_q = n_gqa * dk
         perf = _blck(axis0)
         while perf < 128 and perf * n < n_embd_q:
             perf *= 2
         gq = math.lcm(n_embd_q, perf) if n_embd_q else perf
         gkv = max(1, gq // n_gqa)
-        gv = max(1, gkv // max(1, hp.head_dim_k) * hp.head_dim_v)
-        return gq, gkv, gv, max(1, gq // max(1, hp.head_dim_k))
+        gv = max(1, gkv // max(1, dk) * dv)
+        return gq, gkv, gv, max(1, gq // max(1, dk))
 
     def _rule(self, t: TensorRecord) -> tuple[int, str] | None:
         rules = _RULES + (_IK_EXTRA if self.mode.shared_experts_split else ())
@@ -175,10 +176,10 @@ class SplitCostModel(CostModel):
                 return [(n_ff, 2, g)]
             return [(ne, 1, g)]
         if kind == "qkv":
-            n_q, n_k = hp.n_head[il] * hp.head_dim_k, hp.head_dim_k * hp.n_head_kv[il]
-            n_v = hp.head_dim_v * hp.n_head_kv[il]
+            n_q, n_k = hp.n_head[il] * hp.dim_k(il), hp.dim_k(il) * hp.n_head_kv[il]
+            n_v = hp.dim_v(il) * hp.n_head_kv[il]
             return [(n_q, 1, gq), (n_k, 2, gkv)] if n_k == n_v else [(n_q, 1, gq), (n_k, 1, gkv), (n_v, 1, gv)]
-        g = {"q": gq, "head": ghead, "out": ghead * hp.head_dim_v,
+        g = {"q": gq, "head": ghead, "out": ghead * hp.dim_v(il),
              "gate": ghead if len(t.info.shape) > 1 and t.info.shape[1] == hp.n_head[il] else gq,
              "kv": gv if ".attn_v" in t.name else gkv}[kind]
         return [(ne, 1, g)]
@@ -215,8 +216,8 @@ class SplitCostModel(CostModel):
         rot = self._rotation(il)
         c = self.context
         parts = []
-        for width, g, kv_type in ((hp.head_dim_k * hp.n_head_kv[il], gkv, c.type_k),
-                                  (hp.head_dim_v * hp.n_head_kv[il], gv, c.type_v)):
+        for width, g, kv_type in ((hp.dim_k(il) * hp.n_head_kv[il], gkv, c.type_k),
+                                  (hp.dim_v(il) * hp.n_head_kv[il], gv, c.type_v)):
             if not width:  # a header whose KV head size reads 0: no bytes to share
                 continue
             block = ggml_type_named(kv_type).block

@@ -76,7 +76,7 @@ __all__ = [
 
 ARCHS: tuple[str, ...] = ("llama", "qwen2", "qwen3", "qwen3moe", "deepseek2", "gpt-oss", "gemma3", "glm4moe",
                           "deepseek32", "qwen35", "qwen35moe", "qwen3next", "granitehybrid", "nemotron_h",
-                          "nemotron_h_moe", "mamba2")
+                          "nemotron_h_moe", "mamba2", "gemma4")
 MOE_ARCHS: frozenset[str] = frozenset({"qwen3moe", "deepseek2", "gpt-oss", "glm4moe", "deepseek32", "qwen35moe",
                                        "qwen3next", "nemotron_h_moe"})
 # Gated DeltaNet hybrids (src/models/qwen3next.cpp, qwen35.cpp, qwen35moe.cpp): every
@@ -99,7 +99,16 @@ def layer_kind(arch: str, il: int, interval: int = 4) -> str:
     if arch in NEMOTRON_ARCHS:
         return NEMOTRON_PATTERN[il % len(NEMOTRON_PATTERN)]
     return "A" if arch != "mamba2" and (il + 1) % interval == 0 else "M"
-SWA_ARCHS: frozenset[str] = frozenset({"gpt-oss", "gemma3"})
+SWA_ARCHS: frozenset[str] = frozenset({"gpt-oss", "gemma3", "gemma4"})
+# Gemma 4 (src/models/gemma4.cpp): every ``interval``-th layer full attention (its head ``head_dim``
+# wide), the others sliding-window with ``head_dim_swa``-wide heads; the last ``shared`` layers
+# attend to an earlier layer's cache and carry no K projection of their own
+_GEMMA4_DEFAULTS: dict[str, int] = {"interval": 3, "head_dim_swa": 8, "shared": 3, "moe": 0}
+
+
+def gemma4_is_swa(il: int, interval: int) -> bool:
+    """Whether layer ``il`` of a ``write_model`` gemma4 is sliding-window."""
+    return (il + 1) % interval != 0
 NEXTN_ARCHS: frozenset[str] = frozenset({"deepseek2", "glm4moe", "deepseek32", "qwen35", "qwen35moe", "qwen3next"})
 # MLA archs (deepseek32 = deepseek2 + the DSA lightning indexer, src/models/deepseek32.cpp)
 MLA_ARCHS: frozenset[str] = frozenset({"deepseek2", "deepseek32"})
@@ -178,7 +187,8 @@ def model_tensors(arch: str, *, n_layer: int, n_embd: int, n_head: int, n_head_k
                   n_vocab: int, n_expert: int, n_ff_exp: int, head_dim: int, n_rot: int,
                   tied_output: bool, n_nextn: int = 0, n_dense_lead: int = 1, n_expert_shared: int = 1,
                   kv_lora_rank: int = 64, q_lora_rank: int = 64,
-                  gdn: Mapping[str, int] = _GDN_DEFAULTS) -> list[TensorSpec]:
+                  gdn: Mapping[str, int] = _GDN_DEFAULTS,
+                  gemma4: Mapping[str, int] = _GEMMA4_DEFAULTS) -> list[TensorSpec]:
     """Tensor names and ggml shapes ``write_model`` writes for ``arch`` (in file order)."""
     T: list[TensorSpec] = []
 
@@ -192,6 +202,8 @@ def model_tensors(arch: str, *, n_layer: int, n_embd: int, n_head: int, n_head_k
     add("output_norm.weight", (E,), "norm")
     if not tied_output:
         add("output.weight", (E, V))
+    if arch == "gemma4":  # the full layers' proportional rope (src/models/gemma4.cpp load_arch_tensors)
+        add("rope_freqs.weight", (head_dim // 2,), "f32")
 
     for i in range(n_layer + n_nextn):
         b = f"blk.{i}."
@@ -218,7 +230,19 @@ def model_tensors(arch: str, *, n_layer: int, n_embd: int, n_head: int, n_head_k
                 add(b + "ffn_down_shexp.weight", (n_ff_exp * n_expert_shared, E))
                 add(b + "ffn_up_shexp.weight", (E, n_ff_exp * n_expert_shared))
             continue
-        if kind == "M":
+        if arch == "gemma4":
+            swa = gemma4_is_swa(i, gemma4["interval"])
+            dk = gemma4["head_dim_swa"] if swa else head_dim
+            owns = i < n_layer - gemma4["shared"]
+            add(b + "attn_q.weight", (E, n_head * dk))
+            if owns:
+                add(b + "attn_k.weight", (E, n_head_kv * dk))
+                add(b + "attn_v.weight", (E, n_head_kv * dk))
+            add(b + "attn_output.weight", (n_head * dk, E))
+            add(b + "attn_q_norm.weight", (dk,), "norm")
+            if owns:
+                add(b + "attn_k_norm.weight", (dk,), "norm")
+        elif kind == "M":
             _mamba2_mixer(add, b, E, gdn)
         elif arch in HYBRID_ARCHS:
             _hybrid_mixer(add, b, arch, E, n_head * head_dim, kv_dim, head_dim, gdn,
@@ -260,7 +284,7 @@ def model_tensors(arch: str, *, n_layer: int, n_embd: int, n_head: int, n_head_k
         # ---- norms between attention and FFN
         if arch in HYBRID_ARCHS:
             add(b + "post_attention_norm.weight", (E,), "norm")
-        elif arch == "gemma3":
+        elif arch in ("gemma3", "gemma4"):
             add(b + "post_attention_norm.weight", (E,), "norm")
             add(b + "ffn_norm.weight", (E,), "norm")
             add(b + "post_ffw_norm.weight", (E,), "norm")
@@ -271,7 +295,19 @@ def model_tensors(arch: str, *, n_layer: int, n_embd: int, n_head: int, n_head_k
 
         # ---- FFN
         moe = arch in MOE_ARCHS and not (arch in _DS_MOE and i < n_dense_lead)
-        if not moe:
+        if arch == "gemma4" and gemma4["moe"]:  # routed experts beside the dense FFN, each normed
+            add(b + "ffn_gate.weight", (E, n_ff))
+            add(b + "ffn_up.weight", (E, n_ff))
+            add(b + "ffn_down.weight", (n_ff, E))
+            add(b + "ffn_gate_inp.weight", (E, n_expert), "f32")
+            add(b + "ffn_gate_inp.scale", (E,), "norm")
+            add(b + "pre_ffw_norm_2.weight", (E,), "norm")
+            add(b + "post_ffw_norm_1.weight", (E,), "norm")
+            add(b + "post_ffw_norm_2.weight", (E,), "norm")
+            add(b + "ffn_gate_up_exps.weight", (E, 2 * n_ff_exp, n_expert))
+            add(b + "ffn_down_exps.weight", (n_ff_exp, E, n_expert))
+            add(b + "ffn_down_exps.scale", (n_expert,), "norm")
+        elif not moe:
             add(b + "ffn_gate.weight", (E, n_ff))
             add(b + "ffn_up.weight", (E, n_ff))
             add(b + "ffn_down.weight", (n_ff, E))
@@ -436,7 +472,8 @@ def write_model(path: str | Path, arch: str, *, n_layer: int | None = None, n_em
                 n_dense_lead: int = 1, n_expert_shared: int = 1,
                 kv_lora_rank: int | None = None, q_lora_rank: int | None = None,
                 tokenizer: str = "spm", seed: int = 0, header_only: bool = False,
-                split: int = 1, gdn: Mapping[str, int] | None = None) -> Path:
+                split: int = 1, gdn: Mapping[str, int] | None = None,
+                gemma4: Mapping[str, int] | None = None) -> Path:
     """Write a tiny random model of ``arch`` to ``path``; return the (first) file's path.
 
     MoE knobs (``n_expert``, ``n_expert_used``, ``n_ff_exp``, ``n_expert_shared``,
@@ -455,12 +492,16 @@ def write_model(path: str | Path, arch: str, *, n_layer: int | None = None, n_em
     granitehybrid / nemotron_h / nemotron_h_moe (Mamba-2 hybrids): ``gdn`` gives the SSM's state
     width (``head_dim``), groups (``k_heads``) and heads (``v_heads``), its inner width 2 x n_embd;
     the layer kinds are :func:`layer_kind`'s.
+    gemma4: ``gemma4`` overrides ``_GEMMA4_DEFAULTS`` (the full-attention ``interval``, the SWA
+    layers' ``head_dim_swa``, the ``shared`` last layers that reuse an earlier layer's cache,
+    ``moe``: routed experts beside every layer's dense FFN, as the 26B-A4B).
     """
     gdn = {**_GDN_DEFAULTS, **(gdn or {})}
+    g4 = {**_GEMMA4_DEFAULTS, **(gemma4 or {})}
     if arch not in ARCHS:
         raise ValueError(f"unknown arch {arch!r}; supported: {ARCHS}")
     if n_layer is None:
-        n_layer = 6 if arch == "gemma3" else 4
+        n_layer = 6 if arch in ("gemma3", "gemma4") else 4
     if n_nextn and arch not in NEXTN_ARCHS:
         raise ValueError(f"{arch} has no NextN/MTP layers")
     if tied_output and arch in _UNTIED_ONLY:
@@ -469,7 +510,7 @@ def write_model(path: str | Path, arch: str, *, n_layer: int | None = None, n_em
         raise ValueError("n_head must be a multiple of n_head_kv")
     if split < 1:
         raise ValueError("split must be >= 1")
-    is_moe = arch in MOE_ARCHS
+    is_moe = arch in MOE_ARCHS or arch == "gemma4" and bool(g4["moe"])
     if is_moe and not (0 < n_expert_used <= n_expert):
         raise ValueError("need 0 < n_expert_used <= n_expert")
 
@@ -492,7 +533,7 @@ def write_model(path: str | Path, arch: str, *, n_layer: int | None = None, n_em
                           n_ff=n_ff, n_vocab=n_vocab, n_expert=n_expert, n_ff_exp=n_ff_exp,
                           head_dim=head_dim, n_rot=n_rot, tied_output=tied_output, n_nextn=n_nextn,
                           n_dense_lead=n_dense_lead, n_expert_shared=n_expert_shared,
-                          kv_lora_rank=kv_lora_rank, q_lora_rank=q_lora_rank, gdn=gdn)
+                          kv_lora_rank=kv_lora_rank, q_lora_rank=q_lora_rank, gdn=gdn, gemma4=g4)
     if split > len(specs):
         raise ValueError(f"split={split} > {len(specs)} tensors")
 
@@ -597,6 +638,14 @@ def write_model(path: str | Path, arch: str, *, n_layer: int | None = None, n_em
         kv(A.SLIDING_WINDOW, int(n_swa))  # pattern: gpt-oss 2 (even layers SWA), gemma3 6 (5 SWA + 1 full)
     if arch == "gemma3":
         kv(R.FREQ_BASE_SWA, 10000.0)
+    if arch == "gemma4":
+        kv(R.FREQ_BASE_SWA, 10000.0)
+        kv(A.SLIDING_WINDOW_PATTERN, [gemma4_is_swa(i, g4["interval"]) for i in range(n_layer)])
+        kv(A.SHARED_KV_LAYERS, g4["shared"])
+        kv(A.KEY_LENGTH_SWA, g4["head_dim_swa"])
+        kv(A.VALUE_LENGTH_SWA, g4["head_dim_swa"])
+        kv(Keys.Rope.DIMENSION_COUNT_SWA, g4["head_dim_swa"])
+        kv(L.EMBD_LENGTH_PER_LAYER_INP, 0)
 
     if tokenizer == "spm":
         md.update(spm_vocab(n_vocab))

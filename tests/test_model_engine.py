@@ -158,3 +158,61 @@ def test_mamba2_hybrid_state_and_cache(tmp_path: Path, arch: str, recurrent: lis
     kv = m.kv_layer_bytes(N_CTX, n_ubatch=N_UBATCH)
     assert abs(sum(kv[il] for il in recurrent) - sum(mib for _, mib in eng.rs_buffers) * MiB) <= PRINT_RES
     assert abs(sum(kv) - sum(kv[il] for il in recurrent) - sum(mib for _, mib in eng.kv_buffers) * MiB) <= PRINT_RES
+
+
+@pytest.mark.parametrize("n_layer,interval,shared,head_dim_swa", [(6, 3, 3, 8), (12, 4, 4, 32), (9, 3, 0, 8)])
+def test_gemma4_shared_and_swa_caches(tmp_path: Path, n_layer: int, interval: int, shared: int,
+                                      head_dim_swa: int) -> None:
+    """Gemma 4: SWA layers' heads are their own width (attention.key_length_swa), and the last
+    ``shared_kv_layers`` layers attend to the last SWA or full layer before them, holding no cache
+    (src/llama-model.cpp create_memory's reuse): both caches' layers and bytes as the engine
+    allocates them."""
+    g4 = {"interval": interval, "shared": shared, "head_dim_swa": head_dim_swa}
+    path = write_model(tmp_path / "g4.gguf", "gemma4", n_layer=n_layer, head_dim=16, gemma4=g4)
+    eng = engine_load(path, n_ctx=N_CTX)
+    assert eng.ok, eng.log[-2000:]
+    m = load_model(path)
+    hp = m.hparams
+    owners = [il for il in range(n_layer) if hp.owns_kv(il)]
+    assert len(owners) == n_layer - shared
+    full, swa = ([il for il in owners if hp.is_swa[il] == s] for s in (False, True))
+    assert sorted((cells, layers) for _, cells, layers in eng.kv_caches) == sorted(
+        [(N_CTX, len(full)), (m.swa_kv_cells(N_CTX, N_UBATCH, 1, False), len(swa))])
+    kv = m.kv_layer_bytes(N_CTX, n_ubatch=N_UBATCH)
+    assert all(kv[il] == 0 for il in range(n_layer) if il not in owners)
+    assert abs(sum(kv) - sum(mib for _, mib in eng.kv_buffers) * MiB) <= PRINT_RES * len(eng.kv_buffers) + 1
+    for il in range(n_layer - shared, n_layer):  # a shared layer attends to a cache of its own kind
+        src = hp.kv_source(il)
+        assert hp.owns_kv(src) and hp.is_swa[src] == hp.is_swa[il]
+
+
+def test_gemma4_sharing_the_engine_cannot_load_is_refused(tmp_path: Path) -> None:
+    """A shared layer whose reused layer is of the other kind makes the engine abort
+    (llama-kv-cache.cpp GGML_ASSERT on map_layer_ids): refused with a line naming the key."""
+    from omni_place.errors import GGUFFormatError
+
+    path = write_model(tmp_path / "g4.gguf", "gemma4", n_layer=12, head_dim=16,
+                       gemma4={"interval": 4, "shared": 5, "head_dim_swa": 32})
+    assert not engine_load(path, n_ctx=N_CTX).ok
+    with pytest.raises(GGUFFormatError, match="shared_kv_layers = 5: shared layer 7 would reuse layer 6"):
+        load_model(path)
+
+
+def test_gemma4_moe_experts_beside_the_dense_ffn(tmp_path: Path) -> None:
+    """Gemma 4's MoE (26B-A4B): every layer has routed experts (fused gate_up) beside its dense
+    FFN; model, experts and KV bytes as the engine loads them, the experts in -ncmoe's reach."""
+    from omni_place.engines import dialect
+
+    path = write_model(tmp_path / "g4m.gguf", "gemma4", head_dim=16, gemma4={"moe": 1})
+    eng = engine_load(path, n_ctx=N_CTX)
+    assert eng.ok, eng.log[-2000:]
+    m = load_model(path)
+    model_pred = m.input_bytes() + sum(lc.dense["cpu"] + lc.experts["cpu"] for lc in m.layers) + m.output_bytes("cpu")
+    assert abs(model_pred - sum(mib for _, mib in eng.model_buffers) * MiB) <= PRINT_RES
+    assert all(lc.experts["cpu"] and lc.dense["cpu"] for lc in m.layers)
+    kv_pred = sum(m.kv_layer_bytes(N_CTX, n_ubatch=N_UBATCH))
+    assert abs(kv_pred - sum(mib for _, mib in eng.kv_buffers) * MiB) <= PRINT_RES * len(eng.kv_buffers) + 1
+    parsed = dialect("llama.cpp").parse_args(["-ngl", "99", "-ncmoe", "2"])
+    exps = [t.name for t in m.tensors if "_exps" in t.name]
+    assert exps and all(any(re.search(pat, n) for pat, _ in parsed.overrides) == n.startswith(("blk.0.", "blk.1."))
+                        for n in exps)

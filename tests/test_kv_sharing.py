@@ -1,0 +1,67 @@
+"""Gemma 4's attention as the speed model prices it: SWA layers with heads of their own width and
+the last ``shared_kv_layers`` layers attending to an earlier layer's cache (the engine's bytes are
+checked in tests/test_model_engine.py)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from omni_place.cost import CPU, Context, CostModel, placement_from_counts
+from omni_place.devices import resolve_cluster
+from omni_place.model import load_model
+
+from .arch_models import write_model
+
+CLUSTER = '[[devices]]\nname = "CPU"\nkind = "cpu"\nmemory_gib = 64\nbandwidth_gbs = 50\nthreads = 8\n'
+
+
+@pytest.fixture
+def gemma4(tmp_path: Path):
+    path = write_model(tmp_path / "g4.gguf", "gemma4", n_layer=12, head_dim=64, n_embd=256, n_head=4, n_head_kv=2,
+                       header_only=True, gemma4={"interval": 4, "shared": 4, "head_dim_swa": 32})
+    return load_model(path)
+
+
+def test_head_widths_by_layer_kind(gemma4) -> None:
+    hp = gemma4.hparams
+    assert [hp.dim_k(il) for il in range(4)] == [32, 32, 32, 64]  # layers 3, 7, 11 full attention
+    assert (hp.head_dim_k, hp.head_dim_k_swa, hp.n_layer_kv_shared) == (64, 32, 4)
+    kv = gemma4.kv_layer_bytes(4096, n_ubatch=512)
+    assert kv[3] == 2 * 4096 * 2 * 64 * 2  # K and V, 2 heads of 64, F16, every cell
+    assert kv[0] == 2 * 768 * 2 * 32 * 2  # the window's cells: 64 + 512, padded to 256
+    assert kv[8:] == [0] * 4
+
+
+def test_shared_layers_attend_to_their_sources_cache(gemma4, tmp_path: Path) -> None:
+    """A shared layer reads the cache it reuses at decode and pays its attention FLOPs, as an
+    owner of the same kind does; it holds no bytes of its own."""
+    hp = gemma4.hparams
+    cluster_file = tmp_path / "cpu.toml"
+    cluster_file.write_text(CLUSTER)
+    cost = CostModel(gemma4, resolve_cluster(cluster_file), Context(ctx=4096, depth=2048, n_gen=32))
+    for il in range(8, 12):
+        src = hp.kv_source(il)
+        assert src in (6, 7) and hp.is_swa[src] == hp.is_swa[il]
+        assert cost.kv[il] == 0 and cost.kv_read[il] == cost.kv_read[src] > 0
+        assert cost._attn_tg[il] == pytest.approx(cost._attn_tg[src]) and cost._attn_tg[il] > 0
+    placement = placement_from_counts(gemma4, [CPU], 0, [gemma4.n_layer])
+    with_sharing = cost.predict(placement).tg_tps
+    usage = next(u for u in cost.usage(placement) if u.name == CPU)
+    assert usage.kv_bytes == sum(cost.kv)  # memory: the owners' caches only
+    assert with_sharing > 0
+
+
+def test_compute_buffers_beside_the_engines_dry_runs(tmp_path: Path) -> None:
+    """Gemma 4 is not replayed (compute_graph.REPLAYED): its widths-only compute estimate beside
+    the CPU backend's dry runs of 12 random shapes, dense and MoE, shared caches or not
+    (benchmarks/results/compute_sweep_gemma4_cpu.jsonl: `python -m benchmarks.compute_sweep
+    --cases 12 --seed 3 --archs gemma4`): within 20 %."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from benchmarks import hybrid_speed
+
+    records = hybrid_speed.load_records(hybrid_speed.RESULTS / "compute_sweep_gemma4_cpu.jsonl")
+    errors = hybrid_speed.price_compute(records, tmp_path)["gemma4"]
+    assert len(errors) == 12 and all(abs(e) < 20 for e in errors), errors
