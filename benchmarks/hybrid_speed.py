@@ -18,7 +18,10 @@ the planner as it ran, uncalibrated:
 - ``gpu_<gpu>_round*.jsonl``: this project's runs (``gpu-models``, ``gpu-run``) of the same shapes as speed
   models on one GPU: all layers at depths, routed experts (``-ncmoe``) or layers (``-ngl``) on the CPU,
   priced on the run's cluster file (``gpu_<gpu>_rig.toml``) through the dialect's reading of each record;
-  the H100's GLM-4.7-Flash decodes set ``mla_decode_share`` of 9.0 and the default row.
+  the H100's GLM-4.7-Flash decodes set ``mla_decode_share`` of 9.0 and the default row. Round 1 ran the
+  first configurations of each model; round 2 (the same machine, minutes later) added GLM ``-ncmoe 24``,
+  the 27B's CPU layers at depth and the 9B's ``-ngl 20``. The all-attention control of the 9B's shape and
+  GLM's decode-only depth sweep are for a run that found no machine.
 
 ``ik_logs/<arch>.log``: ik_llama.cpp's llama-bench (8337e4cd3, native CPU build, ``-p 0 -n 2 -v``) loading
 :data:`IK_SHAPE` of each hybrid: it keeps a recurrent layer's state in its KV buffer (src/llama.cpp:1373-1386),

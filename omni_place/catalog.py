@@ -7,7 +7,6 @@ name covers several memory sizes, by their total memory. Cluster files name an e
 """
 from __future__ import annotations
 
-
 import difflib
 import functools
 import sys
