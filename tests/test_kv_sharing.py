@@ -65,3 +65,23 @@ def test_compute_buffers_beside_the_engines_dry_runs(tmp_path: Path) -> None:
     records = hybrid_speed.load_records(hybrid_speed.RESULTS / "compute_sweep_gemma4_cpu.jsonl")
     errors = hybrid_speed.price_compute(records, tmp_path)["gemma4"]
     assert len(errors) == 12 and all(abs(e) < 20 for e in errors), errors
+
+
+@pytest.mark.parametrize("moe", [0, 1])
+def test_ik_llama_cpp_allocates_the_same_caches_at_full_window(tmp_path: Path, moe: int) -> None:
+    """ik_llama.cpp (8337e4cd3) loads Gemma 4 with the same shared layers and widths, its SWA
+    caches full-size (its EngineTraits.swa_full): its llama-bench -v log of this writer's 6-layer
+    model at a 2048-token context (benchmarks/results/ik_gemma4/)."""
+    import re
+
+    from omni_place.engines import dialect
+    from omni_place.units import MiB
+
+    log = (Path(__file__).resolve().parents[1] / "benchmarks/results/ik_gemma4" / f"g4{'m' * moe}.log").read_text()
+    assert "n_ctx         = 2048" in log
+    (mib,) = [float(m) for m in re.findall(r"CPU KV buffer size =\s+([0-9.]+) MiB", log)]
+    model = load_model(write_model(tmp_path / "g4.gguf", "gemma4", head_dim=16, header_only=True,
+                                   gemma4={"moe": moe}))
+    assert dialect("ik_llama.cpp").traits.swa_full
+    kv = model.kv_layer_bytes(2048, swa_full=True)
+    assert abs(sum(kv) - mib * MiB) <= 0.005 * MiB and sum(kv) > sum(model.kv_layer_bytes(2048))
