@@ -113,6 +113,10 @@ ARCHITECTURES: dict[str, ArchSpec] = {
     "gpt-oss": ArchSpec(swa_pattern=2, verified=True),
     "gemma3": ArchSpec(swa_pattern=6, verified=True),
     "gemma4": ArchSpec(kv_sharing=True, verified=True),
+    # LFM2: a layer without KV heads is a gated short convolution, its state the last taps; it runs
+    # 2 graph nodes fewer than the model's attention layer
+    "lfm2": ArchSpec(hybrid=True, recurrent_layer_ops=-2, verified=True),
+    "lfm2moe": ArchSpec(hybrid=True, recurrent_layer_ops=-2, verified=True),
     "gemma2": ArchSpec(swa_pattern=2),
     "qwen3next": ArchSpec(hybrid=True, recurrent_interval=True, recurrent_layer_ops=34, verified=True),
     "qwen35": ArchSpec(hybrid=True, recurrent_interval=True, recurrent_layer_ops=26, verified=True),
@@ -128,7 +132,7 @@ ARCHITECTURES: dict[str, ArchSpec] = {
 }
 # Architectures whose memory layout is known to differ from what this module models.
 NOT_COVERED = {
-    "rwkv6", "rwkv7", "arwkv7", "rwkv6qwen2", "lfm2", "lfm2moe",
+    "rwkv6", "rwkv7", "arwkv7", "rwkv6qwen2",
     "kimi-linear", "gemma3n", "minimax-m3", "glm-dsa", "t5", "t5encoder",
     "bert", "nomic-bert", "jina-bert-v2", "whisper", "falcon-h1",
 }
@@ -253,6 +257,7 @@ def read_hparams(arch: str, md: dict[str, Any], n_vocab_fallback: int) -> HParam
             f"{a}.expert_used_count = {n_expert_used} with expert_count = {n_expert}: the engine needs "
             + ("1..expert_count experts per token" if n_expert else "0 without experts"))
     n_shared = _int(md, f"{a}.attention.shared_kv_layers", 0, hi=max(n_layer - 2, 0)) if spec.kv_sharing else 0
+    shortconv = _int(md, f"{a}.shortconv.l_cache", 0, hi=MAX_HEAD_DIM)
     n_swa = _int(md, f"{a}.attention.sliding_window", 0, hi=MAX_CONTEXT)
     pattern = md.get(f"{a}.attention.sliding_window_pattern")
     n_main = n_layer - n_nextn
@@ -290,8 +295,10 @@ def read_hparams(arch: str, md: dict[str, Any], n_vocab_fallback: int) -> HParam
         n_rot=_int(md, f"{a}.rope.dimension_count", head_dim_k, hi=MAX_HEAD_DIM),
         n_swa=n_swa,
         is_swa=is_swa,
-        ssm_d_conv=_int(md, f"{a}.ssm.conv_kernel", 0, hi=MAX_HEAD_DIM),
-        ssm_d_inner=_int(md, f"{a}.ssm.inner_size", 0, hi=MAX_WIDTH),
+        # LFM2's short convolution: a conv state of (l_cache - 1) taps of n_embd channels, no SSM state
+        # (src/llama-hparams.cpp n_embd_r)
+        ssm_d_conv=shortconv or _int(md, f"{a}.ssm.conv_kernel", 0, hi=MAX_HEAD_DIM),
+        ssm_d_inner=n_embd if shortconv else _int(md, f"{a}.ssm.inner_size", 0, hi=MAX_WIDTH),
         ssm_d_state=_int(md, f"{a}.ssm.state_size", 0, hi=MAX_HEAD_DIM),
         ssm_n_group=_int(md, f"{a}.ssm.group_count", 0, hi=MAX_HEADS),
         indexer_head_size=(_int(md, f"{a}.attention.indexer.key_length", 0, hi=MAX_HEAD_DIM)

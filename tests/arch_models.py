@@ -76,9 +76,12 @@ __all__ = [
 
 ARCHS: tuple[str, ...] = ("llama", "qwen2", "qwen3", "qwen3moe", "deepseek2", "gpt-oss", "gemma3", "glm4moe",
                           "deepseek32", "qwen35", "qwen35moe", "qwen3next", "granitehybrid", "nemotron_h",
-                          "nemotron_h_moe", "mamba2", "gemma4")
+                          "nemotron_h_moe", "mamba2", "gemma4", "lfm2", "lfm2moe")
 MOE_ARCHS: frozenset[str] = frozenset({"qwen3moe", "deepseek2", "gpt-oss", "glm4moe", "deepseek32", "qwen35moe",
-                                       "qwen3next", "nemotron_h_moe"})
+                                       "qwen3next", "nemotron_h_moe", "lfm2moe"})
+# LFM2 (src/models/lfm2.cpp, lfm2moe.cpp): every ``gdn["interval"]``-th layer attention, the others a
+# gated short convolution of ``gdn["d_conv"]`` taps whose state is its last taps (head_count_kv 0)
+LFM2_ARCHS: frozenset[str] = frozenset({"lfm2", "lfm2moe"})
 # Gated DeltaNet hybrids (src/models/qwen3next.cpp, qwen35.cpp, qwen35moe.cpp): every
 # full_attention_interval-th layer is gated full attention, the others linear attention with a
 # recurrent state; MoE ones have a gated shared expert
@@ -114,6 +117,8 @@ NEXTN_ARCHS: frozenset[str] = frozenset({"deepseek2", "glm4moe", "deepseek32", "
 MLA_ARCHS: frozenset[str] = frozenset({"deepseek2", "deepseek32"})
 # DeepSeek-style MoE: leading dense layers, shared experts, exp_probs_b, NextN
 _DS_MOE: frozenset[str] = frozenset({"deepseek2", "glm4moe", "deepseek32"})
+# archs with leading dense FFN layers before their MoE ones
+_DENSE_LEAD: frozenset[str] = _DS_MOE | {"lfm2moe"}
 # archs whose loader requires a separate output.weight (no tied embeddings)
 _UNTIED_ONLY: frozenset[str] = frozenset({"gpt-oss"})
 
@@ -199,7 +204,7 @@ def model_tensors(arch: str, *, n_layer: int, n_embd: int, n_head: int, n_head_k
     q_dim, kv_dim = n_head * head_dim, n_head_kv * head_dim
 
     add("token_embd.weight", (E, V))
-    add("output_norm.weight", (E,), "norm")
+    add("token_embd_norm.weight" if arch in LFM2_ARCHS else "output_norm.weight", (E,), "norm")  # LFM2's final norm
     if not tied_output:
         add("output.weight", (E, V))
     if arch == "gemma4":  # the full layers' proportional rope (src/models/gemma4.cpp load_arch_tensors)
@@ -230,7 +235,19 @@ def model_tensors(arch: str, *, n_layer: int, n_embd: int, n_head: int, n_head_k
                 add(b + "ffn_down_shexp.weight", (n_ff_exp * n_expert_shared, E))
                 add(b + "ffn_up_shexp.weight", (E, n_ff_exp * n_expert_shared))
             continue
-        if arch == "gemma4":
+        if arch in LFM2_ARCHS:
+            if (i + 1) % gdn["interval"]:
+                add(b + "shortconv.conv.weight", (gdn["d_conv"], E), "f32")
+                add(b + "shortconv.in_proj.weight", (E, 3 * E))
+                add(b + "shortconv.out_proj.weight", (E, E))
+            else:
+                add(b + "attn_q_norm.weight", (head_dim,), "norm")
+                add(b + "attn_k_norm.weight", (head_dim,), "norm")
+                add(b + "attn_q.weight", (E, q_dim))
+                add(b + "attn_k.weight", (E, kv_dim))
+                add(b + "attn_v.weight", (E, kv_dim))
+                add(b + "attn_output.weight", (q_dim, E))
+        elif arch == "gemma4":
             swa = gemma4_is_swa(i, gemma4["interval"])
             dk = gemma4["head_dim_swa"] if swa else head_dim
             owns = i < n_layer - gemma4["shared"]
@@ -294,7 +311,7 @@ def model_tensors(arch: str, *, n_layer: int, n_embd: int, n_head: int, n_head_k
             add(b + "ffn_norm.weight", (E,), "norm")
 
         # ---- FFN
-        moe = arch in MOE_ARCHS and not (arch in _DS_MOE and i < n_dense_lead)
+        moe = arch in MOE_ARCHS and not (arch in _DENSE_LEAD and i < n_dense_lead)
         if arch == "gemma4" and gemma4["moe"]:  # routed experts beside the dense FFN, each normed
             add(b + "ffn_gate.weight", (E, n_ff))
             add(b + "ffn_up.weight", (E, n_ff))
@@ -315,7 +332,7 @@ def model_tensors(arch: str, *, n_layer: int, n_embd: int, n_head: int, n_head_k
             add(b + "ffn_gate_inp.weight", (E, n_expert), "f32")
             if arch == "gpt-oss":
                 add(b + "ffn_gate_inp.bias", (n_expert,), "f32")
-            if arch in _DS_MOE:
+            if arch in _DS_MOE or arch == "lfm2moe":
                 add(b + "exp_probs_b.bias", (n_expert,), "f32")
             add(b + "ffn_gate_exps.weight", (E, n_ff_exp, n_expert))
             add(b + "ffn_up_exps.weight", (E, n_ff_exp, n_expert))
@@ -492,6 +509,8 @@ def write_model(path: str | Path, arch: str, *, n_layer: int | None = None, n_em
     granitehybrid / nemotron_h / nemotron_h_moe (Mamba-2 hybrids): ``gdn`` gives the SSM's state
     width (``head_dim``), groups (``k_heads``) and heads (``v_heads``), its inner width 2 x n_embd;
     the layer kinds are :func:`layer_kind`'s.
+    lfm2 / lfm2moe: every ``gdn["interval"]``-th layer attention, the others short convolutions of
+    ``gdn["d_conv"]`` taps; lfm2moe's first ``n_dense_lead`` layers dense.
     gemma4: ``gemma4`` overrides ``_GEMMA4_DEFAULTS`` (the full-attention ``interval``, the SWA
     layers' ``head_dim_swa``, the ``shared`` last layers that reuse an earlier layer's cache,
     ``moe``: routed experts beside every layer's dense FFN, as the 26B-A4B).
@@ -525,8 +544,8 @@ def write_model(path: str | Path, arch: str, *, n_layer: int | None = None, n_em
     q_lora_rank = q_lora_rank or _MLA_DEFAULTS["q_lora_rank"]
     if arch in SWA_ARCHS and n_swa is None:
         n_swa = 64
-    n_dense_lead = n_dense_lead if arch in _DS_MOE else 0
-    if arch in _DS_MOE and not (0 <= n_dense_lead < n_layer):
+    n_dense_lead = n_dense_lead if arch in _DENSE_LEAD else 0
+    if arch in _DENSE_LEAD and not (0 <= n_dense_lead < n_layer):
         raise ValueError("need 0 <= n_dense_lead < n_layer (the NextN block must be MoE)")
 
     specs = model_tensors(arch, n_layer=n_layer, n_embd=n_embd, n_head=n_head, n_head_kv=n_head_kv,
@@ -634,6 +653,12 @@ def write_model(path: str | Path, arch: str, *, n_layer: int | None = None, n_em
             kv(R.DIMENSION_SECTIONS, [half - 2 * (half // 3), half // 3, half // 3, 0])
         if n_nextn:
             kv(L.NEXTN_PREDICT_LAYERS, n_nextn)
+    if arch in LFM2_ARCHS:
+        kv("{arch}.shortconv.l_cache", gdn["d_conv"])
+        kv(A.HEAD_COUNT_KV, [0 if (i + 1) % gdn["interval"] else n_head_kv for i in range(n_layer)])
+        if arch == "lfm2moe":
+            kv(L.LEADING_DENSE_BLOCK_COUNT, n_dense_lead)
+            kv(L.EXPERT_GATING_FUNC, int(gguf.ExpertGatingFuncType.SIGMOID))
     if arch in SWA_ARCHS:
         kv(A.SLIDING_WINDOW, int(n_swa))  # pattern: gpt-oss 2 (even layers SWA), gemma3 6 (5 SWA + 1 full)
     if arch == "gemma3":

@@ -260,3 +260,13 @@ def test_calibrate_from_the_h100_runs_plain_llama_bench_output(tmp_path: Path) -
         assert fit["skipped"] and fit["n_points"] >= 6  # unsteady tests left out and counted
         assert fit["heldout"]["tg"]["max_abs"] < 0.12 and fit["heldout"]["tg"]["median_abs"] < 0.10, fit
         assert fit["heldout"]["pp"]["max_abs"] < 0.15, fit
+
+
+def test_lfm2_compute_buffers_beside_the_engines_dry_runs(tmp_path: Path) -> None:
+    """LFM2 is not replayed: its widths-only compute estimate beside the CPU backend's dry runs of
+    12 random lfm2 / lfm2moe shapes (benchmarks/results/compute_sweep_lfm2_cpu.jsonl: `python -m
+    benchmarks.compute_sweep --cases 12 --seed 5 --archs lfm2,lfm2moe`): within 10 %."""
+    errors = hybrid_speed.price_compute(
+        hybrid_speed.load_records(hybrid_speed.RESULTS / "compute_sweep_lfm2_cpu.jsonl"), tmp_path)
+    assert set(errors) == {"lfm2", "lfm2moe"} and sum(map(len, errors.values())) == 12
+    assert all(abs(e) < 10 for errs in errors.values() for e in errs), errors

@@ -123,7 +123,7 @@ def _graph_nodes(path: Path) -> int:
     return int(re.search(r"graph: nodes = (\d+)", eng.log)[1])
 
 
-@pytest.mark.parametrize("arch", ["qwen35", "qwen35moe", "qwen3next", "granitehybrid"])
+@pytest.mark.parametrize("arch", ["qwen35", "qwen35moe", "qwen3next", "granitehybrid", "lfm2", "lfm2moe"])
 def test_recurrent_layer_ops_are_the_engine_graphs(tmp_path: Path, arch: str) -> None:
     """ArchSpec.recurrent_layer_ops: the graph nodes a recurrent layer runs beyond the model's
     attention layer, as the engine counts them (6 layers, 3 then 4 of them recurrent); LAYER_OPS: a
@@ -142,11 +142,13 @@ def test_a_mamba2_layer_runs_its_ops_beyond_a_llama_layer(tmp_path: Path) -> Non
 
 
 @pytest.mark.parametrize("arch, recurrent", [("granitehybrid", [0, 1, 2, 4, 5, 6]), ("nemotron_h", [0, 3, 4, 7]),
-                                             ("nemotron_h_moe", [0, 3, 4, 7]), ("mamba2", list(range(8)))])
+                                             ("nemotron_h_moe", [0, 3, 4, 7]), ("mamba2", list(range(8))),
+                                             ("lfm2", [0, 1, 2, 4, 5, 6]), ("lfm2moe", [0, 1, 2, 4, 5, 6])])
 def test_mamba2_hybrid_state_and_cache(tmp_path: Path, arch: str, recurrent: list[int]) -> None:
     """Mamba-2 hybrids: a layer whose head_count_kv is 0 is a Mamba-2 layer with a conv and SSM
     state (src/models/granite-hybrid.cpp), in Nemotron-H unless it is an FFN-only layer (its
-    feed_forward_length set: nemotron-h.cpp); the others attend over a cache. Which layers and
+    feed_forward_length set: nemotron-h.cpp); the others attend over a cache. LFM2's such layers are
+    short convolutions, their state the last taps alone (src/models/lfm2.cpp). Which layers and
     their sizes as the engine has them."""
     path = write_model(tmp_path / f"{arch}.gguf", arch, n_layer=8, n_embd=256, weight_type="f16",
                        gdn={"head_dim": 64, "k_heads": 2, "v_heads": 8})
