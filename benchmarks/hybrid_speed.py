@@ -210,7 +210,8 @@ def price_gpu(records: list[dict[str, Any]], folder: Path) -> list[dict[str, Any
         kind = "pp" if r["n_prompt"] else "tg"
         tps = pred.pp_tps if kind == "pp" else pred.tg_tps
         samples = r.get("samples_ts") or [r["avg_ts"]]
-        out.append({"gpu": r["gpu_info"], "model": r["shape"], "test": f"{kind}{r['n_prompt'] or r['n_gen']}",
+        out.append({"gpu": r["gpu_info"], "round": r.get("round", ""), "model": r["shape"],
+                    "test": f"{kind}{r['n_prompt'] or r['n_gen']}",
                     "depth": r.get("n_depth", 0), "ngl": r["n_gpu_layers"], "ncmoe": r.get("n_cpu_moe", 0),
                     "tps": r["avg_ts"], "spread_pct": 100.0 * (max(samples) / min(samples) - 1.0),
                     "predicted": tps, "error_pct": _err(tps, r["avg_ts"])})
@@ -337,10 +338,11 @@ def report() -> dict[str, Any]:
         lines.append(f"| {r['gpu']} | {r['model']} | {r['test']} | {r['depth']} | {r['tps']:g} "
                      f"| {r['predicted']:.1f} | {r['error_pct']:+.1f} % |")
     lines += ["", "## This project's GPU runs (`gpu-run`: speed models of the published shapes)", "",
-              "| GPU | model | -ngl | -ncmoe | test | depth | measured t/s | spread | predicted | error |",
-              "|---|---|---:|---:|---|---:|---:|---:|---:|---:|"]
+              "| GPU | round | model | -ngl | -ncmoe | test | depth | measured t/s | spread | predicted | error |",
+              "|---|---|---|---:|---:|---|---:|---:|---:|---:|---:|"]
     for r in result["gpu"]:
-        lines.append(f"| {r['gpu']} | {r['model']} | {r['ngl']} | {r['ncmoe']} | {r['test']} | {r['depth']} "
+        lines.append(f"| {r['gpu']} | {r['round'].rsplit('_', 1)[-1]} | {r['model']} | {r['ngl']} | {r['ncmoe']} "
+                     f"| {r['test']} | {r['depth']} "
                      f"| {r['tps']:.1f} | {r['spread_pct']:.1f} % | {r['predicted']:.1f} | {r['error_pct']:+.1f} % |")
     lines += ["", "### Calibrated from the same plain llama-bench output", "",
               "`omni-place calibrate ROUND1.jsonl --holdout ROUND2.jsonl --model HEADER --cluster RIG` per model "
