@@ -175,6 +175,12 @@ def _int(md: dict[str, Any], key: str, default: int | None = None, *, lo: int = 
     return integer(v, key, lo=lo, hi=hi, error=_bad(key))
 
 
+def _swa_width(md: dict[str, Any], key: str, full: int, swa: bool) -> int:
+    """An SWA layer's head width: ``key`` where the header gives it (at least 1 where layers are
+    SWA: the engine would make empty K/V projections), else the full layers' ``full``."""
+    return _int(md, key, lo=int(swa), hi=MAX_HEAD_DIM) if key in md else full
+
+
 def _per_layer(md: dict[str, Any], key: str, n: int, default: int | None, *, hi: int) -> tuple[int, ...]:
     """A key the engine reads with get_key_or_arr: one integer for every layer, or one each."""
     v = _meta(md, key, default)
@@ -303,8 +309,8 @@ def read_hparams(arch: str, md: dict[str, Any], n_vocab_fallback: int) -> HParam
         ssm_n_group=_int(md, f"{a}.ssm.group_count", 0, hi=MAX_HEADS),
         indexer_head_size=(_int(md, f"{a}.attention.indexer.key_length", 0, hi=MAX_HEAD_DIM)
                            if arch == "deepseek32" else 0),
-        head_dim_k_swa=_int(md, f"{a}.attention.key_length_swa", head_dim_k, hi=MAX_HEAD_DIM),
-        head_dim_v_swa=_int(md, f"{a}.attention.value_length_swa", head_dim_v, hi=MAX_HEAD_DIM),
+        head_dim_k_swa=_swa_width(md, f"{a}.attention.key_length_swa", head_dim_k, any(is_swa)),
+        head_dim_v_swa=_swa_width(md, f"{a}.attention.value_length_swa", head_dim_v, any(is_swa)),
         n_layer_kv_shared=n_shared,
     )
     for il in range(n_layer - n_shared, n_layer):  # the engine finds the reused layer in its kind's cache

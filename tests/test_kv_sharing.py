@@ -85,3 +85,19 @@ def test_ik_llama_cpp_allocates_the_same_caches_at_full_window(tmp_path: Path, m
     assert dialect("ik_llama.cpp").traits.swa_full
     kv = model.kv_layer_bytes(2048, swa_full=True)
     assert abs(sum(kv) - mib * MiB) <= 0.005 * MiB and sum(kv) > sum(model.kv_layer_bytes(2048))
+
+
+def test_an_empty_swa_head_is_refused(tmp_path: Path) -> None:
+    """attention.key_length_swa = 0 where layers are SWA: one line naming the key (the engine would
+    make empty K/V projections); absent, the full layers' width."""
+    from omni_place.errors import GGUFFormatError
+    from omni_place.gguf import read_model_files
+    from omni_place.hparams import read_hparams
+
+    path = write_model(tmp_path / "g4.gguf", "gemma4", head_dim=16, header_only=True)
+    md = dict(read_model_files(path).metadata)
+    with pytest.raises(GGUFFormatError, match=r"key_length_swa = 0 is out of range \(1\.\."):
+        read_hparams("gemma4", {**md, "gemma4.attention.key_length_swa": 0}, 320)
+    del md["gemma4.attention.key_length_swa"], md["gemma4.attention.value_length_swa"]
+    hp = read_hparams("gemma4", md, 320)
+    assert hp.dim_k(0) == hp.dim_k(2) == 16
