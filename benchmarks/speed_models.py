@@ -121,8 +121,6 @@ def _valued_tensors(files: Any, router: str) -> Iterator[tuple[Any, bytes]]:
         elif t.name.endswith("ffn_gate_inp.weight"):
             gain = np.float32(ROUTERS[router](t.shape[0]))  # shape [n_embd, n_expert]
             yield t, (rng.standard_normal(n, dtype=np.float32) * gain).tobytes()
-        elif t.name == "token_embd.weight" and t.type_name == "Q4_K":
-            yield t, _random_q4_k(rng, t.n_bytes)
         elif t.name == "token_embd.weight" and t.type_name in _RANDOM_BLOCKS:
             yield t, _RANDOM_BLOCKS[t.type_name](rng, t.n_bytes)
         elif t.name == "token_embd.weight":

@@ -156,6 +156,16 @@ def test_prompt_generation_and_split_modes_are_skipped(models: dict) -> None:
     assert any("-sm row: calibration fits the layer split" in k for k in got.skipped)
 
 
+def test_more_threads_than_a_cpu_may_run_are_skipped(models: dict) -> None:
+    """n_threads beyond a cluster CPU's range (hypothesis found 4097): skipped with a count, not an
+    error that stops the whole import."""
+    model, cluster = _setting("moe33.rig_12", models)
+    rec = json.loads((DATA / "moe33.rig_12_4.llama.cpp.jsonl").read_text().splitlines()[2])
+    got = import_text("\n".join(json.dumps(dict(rec, n_threads=n)) for n in (4096, 4097, 1 << 40)), model, cluster)
+    assert len(got.points) == 1 and got.points[0].cluster.cpu.threads == 4096
+    assert sum(got.skipped.values()) == 2 and all("n_threads" in k for k in got.skipped)
+
+
 GARBAGE = ['', 'garbage\n', '{"avg_ts": NaN, "n_prompt": 1}', '{"avg_ts": 1e400}', '{"avg_ts": ' + "9" * 400 + "}",
            '[{"avg_ts": 1', '{' * 100000, '{"a":[' + "1,\n" * 1000, '\x00\x01{"avg_ts"', '[1, 2, "x"]', 'null']
 

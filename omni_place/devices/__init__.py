@@ -34,6 +34,7 @@ from .cluster import (
     DEFAULT_PCIE_LATENCY_US,
     DEFAULT_RPC_LATENCY_US,
     DEFAULT_RPC_LINK_GBS,
+    MAX_THREADS,
     Cluster,
     Device,
     DeviceKind,
@@ -47,5 +48,5 @@ __all__ = [
     "Cluster", "Device", "DeviceKind", "discover", "list_presets", "load_cluster", "load_preset",
     "pcie_gbs", "resolve_cluster", "DEFAULT_CPU_BANDWIDTH_GBS", "PCIE_GBS_PER_LANE",
     "DEFAULT_GPU_BANDWIDTH_GBS", "DEFAULT_MARGIN_BYTES", "DEFAULT_PCIE", "DEFAULT_PCIE_LATENCY_US",
-    "DEFAULT_RPC_LATENCY_US", "DEFAULT_RPC_LINK_GBS",
+    "DEFAULT_RPC_LATENCY_US", "DEFAULT_RPC_LINK_GBS", "MAX_THREADS",
 ]

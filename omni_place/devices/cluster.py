@@ -37,6 +37,8 @@ KINDS: tuple[str, ...] = ("gpu", "cpu", "rpc")
 
 #: The most memory a device may claim (1 PiB; the core counts memory in int64 units).
 MAX_MEMORY_BYTES = 1 << 50
+#: The most threads a CPU (or an RPC server) may run.
+MAX_THREADS = 4096
 # the slowest rate (GB/s, TFLOPS) a device may declare: 1 MB/s; below it (1e-308 passes "positive")
 # a token takes longer than any float can say
 MIN_RATE = 1e-3
@@ -148,7 +150,7 @@ class Device:
         if self.link_latency_us is not None:
             number(self.link_latency_us, "link_latency_us", lo=0, hi=1e7, error=bad)
         if self.threads is not None:
-            integer(self.threads, "threads", lo=1, hi=4096, error=bad)
+            integer(self.threads, "threads", lo=1, hi=MAX_THREADS, error=bad)
         if self.simd is not None:
             choice(self.simd, "simd", CPU_SIMD, error=bad)
             if self.kind != "cpu":

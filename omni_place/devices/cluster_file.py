@@ -40,6 +40,7 @@ from .cluster import (
     GPU_BACKENDS,
     KINDS,
     MAX_ACCELERATORS,
+    MAX_THREADS,
     Cluster,
     Device,
     _cpu_notes,
@@ -137,7 +138,7 @@ class _Locator:
 
 # Generous upper bounds of device figures (a typo or a hostile file must not reach the core:
 # 1e30 GiB overflows its int64 arrays, 1e308 TFLOPS predicts nonsense).
-_UPPER_BOUNDS = {"memory_gib": 1 << 20, "bandwidth_gbs": 1e5, "tflops": 1e5, "link_gbs": 1e4, "threads": 4096,
+_UPPER_BOUNDS = {"memory_gib": 1 << 20, "bandwidth_gbs": 1e5, "tflops": 1e5, "link_gbs": 1e4, "threads": MAX_THREADS,
                  "stream_gbs": 1e4, "disk_gbs": 1e3,
                  "link_latency_us": 1e7, "margin_mib": 1 << 30}
 

@@ -17,7 +17,7 @@ from typing import Any, Collection, Mapping, Sequence
 import regex
 
 from ..cost import CPU, EXPERT_KINDS, Placement
-from ..devices import Cluster, Device
+from ..devices import MAX_THREADS, Cluster, Device
 from ..errors import ClusterError, InvalidArgumentError
 from ..model import ModelProfile
 from ..validate import integer, show, text
@@ -523,8 +523,8 @@ def record_text(record: Mapping[str, Any], key: str, default: Any = _REQUIRED) -
 
 
 def record_threads(record: Mapping[str, Any]) -> int | None:
-    """A record's ``n_threads`` (None when it has none)."""
-    return record_int(record, "n_threads", 1, 1 << 16) if "n_threads" in record else None
+    """A record's ``n_threads`` (None when it has none), no more than a cluster's CPU may run."""
+    return record_int(record, "n_threads", 1, MAX_THREADS) if "n_threads" in record else None
 
 
 def record_switch(record: Mapping[str, Any], key: str, default: bool) -> bool:
