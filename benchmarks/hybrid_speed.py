@@ -197,23 +197,19 @@ def run_gpu(binary: Path, folder: Path, output: Path, logs: Path, rig: Path, thr
 def price_gpu(records: list[dict[str, Any]], folder: Path) -> list[dict[str, Any]]:
     """Each record of a ``gpu-run``, priced through the llama.cpp dialect's reading of its fields
     (as ``calibrate`` imports plain llama-bench output) on its rig's cluster file."""
+    from omni_place.bench.records import sample_spread
     from omni_place.engines import dialect
-    from omni_place.plan import evaluate
 
     headers = write_headers(folder, sorted({r["shape"] for r in records}), header_only=True)
     out = []
     for r in records:
         flags = dialect("llama.cpp").bench_record_flags(r)
-        argv = [*flags.argv, "-t", str(flags.threads)]
-        pred = evaluate(str(headers[r["shape"]]), str(FOLDER / r["rig"]), argv, engine="llama.cpp",
-                        tool="bench").predicted
+        tps = predict(headers[r["shape"]], FOLDER / r["rig"], [*flags.argv, "-t", str(flags.threads)])
         kind = "pp" if r["n_prompt"] else "tg"
-        tps = pred.pp_tps if kind == "pp" else pred.tg_tps
-        samples = r.get("samples_ts") or [r["avg_ts"]]
         out.append({"gpu": r["gpu_info"], "round": r.get("round", ""), "model": r["shape"],
                     "test": f"{kind}{r['n_prompt'] or r['n_gen']}",
                     "depth": r.get("n_depth", 0), "ngl": r["n_gpu_layers"], "ncmoe": r.get("n_cpu_moe", 0),
-                    "tps": r["avg_ts"], "spread_pct": 100.0 * (max(samples) / min(samples) - 1.0),
+                    "tps": r["avg_ts"], "spread_pct": 100.0 * sample_spread(r, "llama.cpp", kind == "pp"),
                     "predicted": tps, "error_pct": _err(tps, r["avg_ts"])})
     return out
 

@@ -30,9 +30,8 @@ from collections.abc import Sequence
 from dataclasses import replace
 from functools import cached_property
 
-from .attention import (attended_cells, cpu_cache_prompt_bytes, cpu_decode_kv_s,
-                        decode_cache_bytes, decode_kv_cost, delta_rule_work, mean_depths, prompt_attention_s,
-                        recurrent_prompt_s)
+from .attention import (attended_cells, cpu_cache_prompt_bytes, cpu_decode_kv_s, decode_cache_bytes, decode_kv_cost,
+                        delta_rule_work, mean_depths, prompt_attention_s, recurrent_prompt_s)
 from .compute import PIPELINE_COPIES, ComputeEstimate, compute_buffer_estimate
 from .compute_price import (REPACK_TYPES, add_compute_margins, finish_usage, offloadable_weights, op_offload_reserve,
                             pageable_bytes, replayed_buffers)

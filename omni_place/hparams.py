@@ -96,6 +96,8 @@ class ArchSpec:
     recurrent_layer_ops: int = 0
     # the last attention.shared_kv_layers layers attend to earlier layers' caches (gemma4)
     kv_sharing: bool = False
+    # a recurrent layer is a short convolution of shortconv.l_cache taps (lfm2 load_arch_hparams)
+    short_conv: bool = False
     verified: bool = False
 
 
@@ -115,8 +117,8 @@ ARCHITECTURES: dict[str, ArchSpec] = {
     "gemma4": ArchSpec(kv_sharing=True, verified=True),
     # LFM2: a layer without KV heads is a gated short convolution, its state the last taps; it runs
     # 2 graph nodes fewer than the model's attention layer
-    "lfm2": ArchSpec(hybrid=True, recurrent_layer_ops=-2, verified=True),
-    "lfm2moe": ArchSpec(hybrid=True, recurrent_layer_ops=-2, verified=True),
+    "lfm2": ArchSpec(hybrid=True, short_conv=True, recurrent_layer_ops=-2, verified=True),
+    "lfm2moe": ArchSpec(hybrid=True, short_conv=True, recurrent_layer_ops=-2, verified=True),
     "gemma2": ArchSpec(swa_pattern=2),
     "qwen3next": ArchSpec(hybrid=True, recurrent_interval=True, recurrent_layer_ops=34, verified=True),
     "qwen35": ArchSpec(hybrid=True, recurrent_interval=True, recurrent_layer_ops=26, verified=True),
@@ -263,7 +265,7 @@ def read_hparams(arch: str, md: dict[str, Any], n_vocab_fallback: int) -> HParam
             f"{a}.expert_used_count = {n_expert_used} with expert_count = {n_expert}: the engine needs "
             + ("1..expert_count experts per token" if n_expert else "0 without experts"))
     n_shared = _int(md, f"{a}.attention.shared_kv_layers", 0, hi=max(n_layer - 2, 0)) if spec.kv_sharing else 0
-    shortconv = _int(md, f"{a}.shortconv.l_cache", 0, hi=MAX_HEAD_DIM)
+    shortconv = _int(md, f"{a}.shortconv.l_cache", 0, hi=MAX_HEAD_DIM) if spec.short_conv else 0
     n_swa = _int(md, f"{a}.attention.sliding_window", 0, hi=MAX_CONTEXT)
     pattern = md.get(f"{a}.attention.sliding_window_pattern")
     n_main = n_layer - n_nextn
