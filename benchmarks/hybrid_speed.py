@@ -435,11 +435,24 @@ def gpu_notes(rows: list[dict[str, Any]]) -> list[str]:
                    + (f"; the all-attention control of the 9B's shape: decode {span(part(control_layers, 'tg'))}, "
                       f"prompt {span(part(control_layers, 'pp'))}." if control_layers else ".")
                    + " Routed experts streamed per prompt ubatch are priced within a few percent, a dense hybrid's "
-                   "CPU layers 30-50 % fast: ~17 ms a layer and 512-token ubatch beyond the weights' copies, "
-                   "unexplained (the engine's scheduler, ggml-backend.cpp:921-985, should put the layer's delta rule "
-                   "on the GPU with its offloaded weights; a run with GGML_SCHED_DEBUG beside an all-attention "
-                   "control of the same shape, planned here, found no machine). Calibrating does not fix it where "
-                   "the fitted records hold no CPU layer (the 9B's prompt below).")
+                   "CPU layers 30-50 % fast: ~17 ms a layer and 512-token ubatch beyond the weights' copies, as if "
+                   "they streamed at ~4.8 GB/s where the experts did at 6.6-7.3. Not the graph's structure: in a "
+                   "CPU-held Gated DeltaNet layer the scheduler keeps on the CPU only the recurrent cache's "
+                   "bookkeeping (build_rs's SCALE, GET_ROWS and CPY and the two state stores, "
+                   "src/llama-graph.cpp:3512-3546, src/models/delta-net-base.cpp:449-560), three round trips of "
+                   "a few MiB; the delta rule and every other op follow their offloaded weights to the GPU (the "
+                   "scheduler's pass 2, ggml/src/ggml-backend.cpp:1124-1200, spreads the GPU's placements over the "
+                   "unplaced ops between them). Counted "
+                   "so, one split per offloaded weight (14 in a recurrent layer, 11 in an attention one) plus "
+                   "those round trips and the attention layers' cache stores gives the 9B's 14 CPU layers about "
+                   "230 graph splits; its log says 228 (`splits = "
+                   "228 / 24`), and the node order is the one libllama's CPU dry run prints (GGML_SCHED_DEBUG=2). "
+                   "Whether the copies' rate or another cost makes the gap is for a run beside the all-attention "
+                   "control (`Qwen3-shaped 9B Q8_0`) with pinned weights (`-lm none`), a 2048-token ubatch and "
+                   "`--poll 0` beside it, to part the rate from per-copy and CPU-side costs; no machine could be "
+                   "had for it in sessions 38-39. Calibrating on records with CPU "
+                   "layers fits it (the 27B's held-out prompt); where the fitted records hold none it stays (the "
+                   "9B's prompt below).")
     return out
 
 

@@ -151,10 +151,12 @@ def _prepare(a: argparse.Namespace) -> int:
 def _rig(a: argparse.Namespace) -> int:
     """A cluster file of the measured machine: one GPU with the free memory llama.cpp reported
     (its ``-v`` line ``using device CUDA0 ... - N MiB free``, after the ballast and its own CUDA
-    context), the same margin as ``-fitt``, and the CPU as ``devices --measure`` measured it."""
+    context), the same margin as ``-fitt``, its pageable copy rate and the CPU as ``devices --measure``
+    measured them."""
     text = (f'# {a.description}\nname = "{a.name}"\n\n'
             f'[[devices]]\nname = "CUDA0"\nkind = "gpu"\ncatalog = "{a.catalog}"\n'
-            f"memory_gib = {a.gpu_free_mib / 1024:.4f}\nmargin_mib = {a.margin_mib}\n\n"
+            f"memory_gib = {a.gpu_free_mib / 1024:.4f}\nmargin_mib = {a.margin_mib}\n"
+            + (f"stream_gbs = {a.stream_gbs}\n" if a.stream_gbs else "") + "\n"
             f'[[devices]]\nname = "CPU"\nkind = "cpu"\nmemory_gib = {a.cpu_gib}\n'
             f"bandwidth_gbs = {a.cpu_gbs}\nthreads = {a.threads}\n" + (f'simd = "{a.simd}"\n' if a.simd else ""))
     Path(a.output).write_text(text)
@@ -231,6 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--threads", type=int, required=True)
     g.add_argument("--simd", choices=CPU_SIMD, help="the CPU build's SIMD (default: none written, priced over both)")
     g.add_argument("--catalog", default="H200", help="the GPU's catalog name (devices --measure: its model)")
+    g.add_argument("--stream-gbs", type=float, help="the GPU's pageable host->GPU rate (devices --measure: stream_gbs)")
     g.add_argument("--description", default="one GPU held down by a ballast, plus CPU RAM")
     g.add_argument("-o", "--output", required=True)
     r = sub.add_parser("run")
