@@ -442,17 +442,15 @@ def gpu_notes(rows: list[dict[str, Any]]) -> list[str]:
                    "src/llama-graph.cpp:3512-3546, src/models/delta-net-base.cpp:449-560), three round trips of "
                    "a few MiB; the delta rule and every other op follow their offloaded weights to the GPU (the "
                    "scheduler's pass 2, ggml/src/ggml-backend.cpp:1124-1200, spreads the GPU's placements over the "
-                   "unplaced ops between them). Counted "
-                   "so, one split per offloaded weight (14 in a recurrent layer, 11 in an attention one) plus "
-                   "those round trips and the attention layers' cache stores gives the 9B's 14 CPU layers about "
-                   "230 graph splits; its log says 228 (`splits = "
-                   "228 / 24`), and the node order is the one libllama's CPU dry run prints (GGML_SCHED_DEBUG=2). "
+                   "unplaced ops between them). Counted so, one split per offloaded weight (14 in a recurrent "
+                   "layer, 11 in an attention one) plus those round trips and the attention layers' cache stores "
+                   "gives the 9B's 14 CPU layers about 230 graph splits; its log says 228 (`splits = 228 / 24`), "
+                   "and the node order is the one libllama's CPU dry run prints (GGML_SCHED_DEBUG=2). "
                    "Whether the copies' rate or another cost makes the gap is for a run beside the all-attention "
                    "control (`Qwen3-shaped 9B Q8_0`) with pinned weights (`-lm none`), a 2048-token ubatch and "
                    "`--poll 0` beside it, to part the rate from per-copy and CPU-side costs; no machine could be "
-                   "had for it in sessions 38-39. Calibrating on records with CPU "
-                   "layers fits it (the 27B's held-out prompt); where the fitted records hold none it stays (the "
-                   "9B's prompt below).")
+                   "had for it in sessions 38-39. Calibrating on records with CPU layers fits it (the 27B's "
+                   "held-out prompt); where the fitted records hold none it stays (the 9B's prompt below).")
     return out
 
 
