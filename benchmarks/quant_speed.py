@@ -520,7 +520,7 @@ NOTES = [
     "the CPU shares are this Xeon's at 16 threads (llama-cpp-python's libllama on a 2-vCPU EPYC here, "
     "llama1b at 2 threads: IQ2_XXS 0.23, Q6_K 0.97, F16 1.10 of Q4_K's rate). Records run with fewer "
     "threads than the CPU figure was measured with read at (threads / those) ^ 0.7 of it "
-    "(`llamabench.CPU_THREAD_EXPONENT`, fitted on these records, so the 4- and 8-thread rows are "
+    "(`devices.CPU_THREAD_EXPONENT`, fitted on these records, so the 4- and 8-thread rows are "
     "in-sample; before it they were priced +142 % and +37 %); `plan` and `check` price the cluster's "
     "`threads`. The 1B model's prompt is priced 60-170 % fast (its matmuls do not fill 132 SMs).",
 ]

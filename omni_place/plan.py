@@ -567,6 +567,8 @@ def evaluate(model: str | ModelProfile, cluster: str | Cluster, argv: Sequence[s
     parsed = engine_rules.parse_args(list(argv), tool)
     prof = load_model(model)
     clus = resolve_cluster(cluster)
+    if parsed.threads is not None:
+        clus = clus.with_cpu_threads(parsed.threads)
     run, context = engine_rules.run_context(parsed, tool, prof.hparams.n_ctx_train, ctx, allow_paging=allow_paging)
     prof.check_kv_types(context.type_k, context.type_v, context.flash_attn)
     model_notes = engine_rules.model_notes(prof)

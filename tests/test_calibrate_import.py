@@ -158,11 +158,12 @@ def test_prompt_generation_and_split_modes_are_skipped(models: dict) -> None:
 
 def test_more_threads_than_a_cpu_may_run_are_skipped(models: dict) -> None:
     """n_threads beyond a cluster CPU's range (hypothesis found 4097): skipped with a count, not an
-    error that stops the whole import."""
+    error that stops the whole import; 4096 threads on a 32-thread CPU are priced as its 32 (more
+    threads than its cores compute no faster)."""
     model, cluster = _setting("moe33.rig_12", models)
     rec = json.loads((DATA / "moe33.rig_12_4.llama.cpp.jsonl").read_text().splitlines()[2])
     got = import_text("\n".join(json.dumps(dict(rec, n_threads=n)) for n in (4096, 4097, 1 << 40)), model, cluster)
-    assert len(got.points) == 1 and got.points[0].cluster.cpu.threads == 4096
+    assert len(got.points) == 1 and got.points[0].cluster.cpu.threads == cluster.cpu.threads == 32
     assert sum(got.skipped.values()) == 2 and all("n_threads" in k for k in got.skipped)
 
 
@@ -337,6 +338,18 @@ def test_design_keeps_the_gpu_run_when_ram_cannot_hold_the_experts(models: dict)
     assert "-ot" not in design.runs[0].flags
     for run in design.runs:
         assert evaluate(models["moe33"], cluster, run.argv(), engine="llama.cpp", tool="bench").feasible
+
+
+def test_dense_gpu_run_puts_every_layer_and_the_output_on_the_gpu(models: dict) -> None:
+    """-ngl k offloads the last k of n_layer + 1 (the output last): the GPU run of a dense model
+    that fits is -ngl n_layer + 1, nothing left on the CPU (-ngl n_layer kept layer 0 there)."""
+    gpu = Device("CUDA0", "gpu", 80 << 30, 3350.0, tflops=989.5, link_gbs=63.0)
+    cluster = Cluster("80g", (gpu, Device("CPU", "cpu", 64 << 30, 100.0, threads=16)))
+    model = models["dense15"]
+    run = design_runs(model, cluster, "llama.cpp").runs[0]
+    assert run.name == "gpu" and run.flags[:2] == ("-ngl", str(model.n_layer + 1))
+    predicted = evaluate(model, cluster, run.argv(), engine="llama.cpp", tool="bench").predicted
+    assert CPU not in predicted.tg_breakdown
 
 
 FAKE = r'''#!{python}

@@ -122,6 +122,29 @@ def test_ngl_past_compute_buffers_is_infeasible(deepseek) -> None:
     assert not checked.feasible
 
 
+def test_threads_flag_prices_the_cpu_at_its_thread_count(deepseek) -> None:
+    """-t N prices the CPU at N threads (Cluster.with_cpu_threads): decode with CPU-held experts
+    slows by (N / the CPU's threads) ** CPU_THREAD_EXPONENT of the bandwidth; 0 or less is the
+    engine's default and more than the CPU's threads compute no faster, so both price as no -t."""
+    from omni_place.devices import CPU_THREAD_EXPONENT
+
+    cluster = rig((96, 1790))
+    base = ["-ngl", "99", "-cmoe", "-c", "4096"]
+    full = evaluate(deepseek, cluster, base)
+    half = evaluate(deepseek, cluster, [*base, "-t", "16"])
+    assert not any("-t" in a for a in half.assumptions)
+    assert half.predicted.tg_tps < full.predicted.tg_tps
+    cpu_full = full.predicted.tg_breakdown[CPU]
+    assert half.predicted.tg_breakdown[CPU] == pytest.approx(cpu_full / 0.5 ** CPU_THREAD_EXPONENT, rel=0.05)
+    for same in (["-t", "0"], ["--threads", "-1"], ["-t", "32"], ["--threads=64"]):
+        assert evaluate(deepseek, cluster, [*base, *same]).predicted.tg_tps == full.predicted.tg_tps
+    assert llama_cpp.parse_args(["-t", "12"]).threads == 12
+    with pytest.raises(InvalidArgumentError, match="not an integer"):
+        llama_cpp.parse_args(["-t", "16,8"], tool="bench")
+    with pytest.raises(InvalidArgumentError, match="out of range"):
+        llama_cpp.parse_args(["-t", "5000"])
+
+
 def test_parse_args_errors() -> None:
     with pytest.raises(InvalidArgumentError, match="not an integer"):
         llama_cpp.parse_args(["-ngl", "14,18"])

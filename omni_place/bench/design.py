@@ -165,9 +165,11 @@ def design_runs(model: ModelProfile, cluster: Cluster, engine: str, *, params: S
         if m is not None and len(moe_layers) - m >= max(2, len(moe_layers) // 8):
             cands.append(("split", split(m), True))
     else:
-        n = least(L, lambda n: _flags(engine, L - n))
+        # -ngl k offloads the last k of the n_layer + 1 (the output last): n + 1 - k layers stay on
+        # the CPU, so L + 1 puts everything on the GPUs (src/llama-model.cpp, i_gpu_start)
+        n = least(L + 1, lambda n: _flags(engine, L + 1 - n))
         if n is not None:
-            cands.append(("gpu", _flags(engine, L - n), True))
+            cands.append(("gpu", _flags(engine, L + 1 - n), True))
         cpu_flags = _flags(engine, L // 2 if n is None or n < L // 2 else L // 4)
         cands.append(("cpu-layers", cpu_flags, True))
     if cluster.gpus and spelling.no_op_offload:

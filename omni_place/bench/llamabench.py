@@ -12,7 +12,6 @@ counted by reason, never an error; only a file with no usable record is.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 from collections import Counter
 from collections.abc import Sequence
@@ -31,10 +30,6 @@ from .calibrate import Point
 from .logread import LOAD_START, placement_from_log
 from .records import MAX_TPS, UNSTEADY_SPREAD, placement_from_dict, placement_to_dict, sample_spread, steady_tps
 
-# CPU decode read rate at fewer threads than the CPU figure was measured with (devices --measure
-# reads with the engine's threads): x (threads / those) ** this. H200 host, 16 vCPUs, 22 weight
-# types of an 8B model: 8 threads read 0.63-0.82 of 16's, 4 threads 0.34-0.43 (quant_speed.md)
-CPU_THREAD_EXPONENT = 0.7
 MAX_OUTPUT_BYTES = 1 << 26  # a mainline -fitt -v log is ~10 MiB; output alone is a few KiB per test
 _HINT = ("give llama-bench's own output: `llama-bench ... -o jsonl` (mainline) or `-o json` (ik_llama.cpp), "
          "with -v and 2>&1 to keep the log")
@@ -162,16 +157,11 @@ def _prepare(i: int, rec: Any, engine: str | None, skipped: Counter[str]) -> _Ru
 
 
 def _with_threads(cluster: Cluster, threads: int | None, cache: dict[int, Cluster]) -> Cluster:
-    """The cluster with its CPU running ``threads`` threads (llama-bench -t), one object per count;
-    fewer than its figure was measured with read slower (CPU_THREAD_EXPONENT)."""
-    cpu = cluster.cpu
-    if threads is None or cpu is None or cpu.threads == threads:
+    """The cluster with its CPU running ``threads`` threads (llama-bench -t), one object per count."""
+    if threads is None:
         return cluster
     if threads not in cache:
-        share = min(1.0, threads / cpu.threads) ** CPU_THREAD_EXPONENT if cpu.threads else 1.0
-        slower = dataclasses.replace(cpu, threads=threads, bandwidth_gbs=cpu.bandwidth_gbs * share)
-        cache[threads] = dataclasses.replace(
-            cluster, devices=tuple(slower if d is cpu else d for d in cluster.devices))
+        cache[threads] = cluster.with_cpu_threads(threads)
     return cache[threads]
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import difflib
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from functools import cached_property
 from importlib import resources
 from types import MappingProxyType
@@ -27,8 +27,8 @@ from ..units import GiB, MiB
 from ..validate import choice, flag, integer, number, show, text
 
 __all__ = [
-    "DEFAULT_GPU_BANDWIDTH_GBS", "DEFAULT_MARGIN_BYTES", "DEFAULT_PCIE", "DEFAULT_PCIE_LATENCY_US",
-    "DEFAULT_RPC_LATENCY_US", "DEFAULT_RPC_LINK_GBS", "GPU_BACKENDS", "KINDS", "MAX_ACCELERATORS",
+    "CPU_THREAD_EXPONENT", "DEFAULT_GPU_BANDWIDTH_GBS", "DEFAULT_MARGIN_BYTES", "DEFAULT_PCIE",
+    "DEFAULT_PCIE_LATENCY_US", "DEFAULT_RPC_LATENCY_US", "DEFAULT_RPC_LINK_GBS", "GPU_BACKENDS", "KINDS", "MAX_ACCELERATORS",
     "Cluster", "Device", "DeviceKind", "list_presets",
 ]
 
@@ -39,6 +39,11 @@ KINDS: tuple[str, ...] = ("gpu", "cpu", "rpc")
 MAX_MEMORY_BYTES = 1 << 50
 #: The most threads a CPU (or an RPC server) may run.
 MAX_THREADS = 4096
+#: A CPU's decode read rate at fewer threads than its figure was measured with (devices --measure
+#: reads with the engine's threads): x (threads / those) ** this. H200 host, 16 vCPUs, 22 weight
+#: types of an 8B model: 8 threads read 0.63-0.82 of 16's, 4 threads 0.34-0.43; H100 host, 16 vCPUs,
+#: Q8_0: 0.58-0.63 and 0.36-0.46 (benchmarks/results/quant_speed.md, hybrid_speed.md)
+CPU_THREAD_EXPONENT = 0.7
 # the slowest rate (GB/s, TFLOPS) a device may declare: 1 MB/s; below it (1e-308 passes "positive")
 # a token takes longer than any float can say
 MIN_RATE = 1e-3
@@ -245,6 +250,17 @@ class Cluster:
         raise ClusterError(
             f"cluster {self.name!r} has no device {name!r} (devices: {', '.join(names)})",
             hint=f"did you mean {close[0]!r}?" if close else "run `omni-place devices` to list them")
+
+    def with_cpu_threads(self, threads: int) -> Cluster:
+        """This cluster with its CPU running ``threads`` threads (llama.cpp's ``-t``): fewer than its
+        figure was measured with read slower, (threads / those) ** :data:`CPU_THREAD_EXPONENT` of it;
+        more than its ``threads`` (the cores it gives) compute no faster, so its figures stay."""
+        cpu = self.cpu
+        if cpu is None or cpu.threads == threads or (cpu.threads and threads > cpu.threads):
+            return self
+        share = min(1.0, threads / cpu.threads) ** CPU_THREAD_EXPONENT if cpu.threads else 1.0
+        slower = replace(cpu, threads=threads, bandwidth_gbs=cpu.bandwidth_gbs * share)
+        return replace(self, devices=tuple(slower if d is cpu else d for d in self.devices))
 
     def to_dict(self) -> dict[str, Any]:
         return {

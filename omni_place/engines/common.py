@@ -105,6 +105,7 @@ class ParsedArgs:
     pinned_weights: bool = False
     op_offload: bool = True  # False: --no-op-offload / llama-bench -nopo 1
     fused_moe: bool | None = None  # ik -no-fmoe / llama-bench -fmoe 0|1; None: the engine's default
+    threads: int | None = None  # -t; None: the cluster's CPU threads
     unpriced: list[str] = field(default_factory=list)  # flags the engine takes that are not priced
 
 

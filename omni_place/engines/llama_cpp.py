@@ -21,7 +21,7 @@ from typing import Any, Collection, Mapping, Sequence
 import numpy as np
 
 from ..cost import CPU, Context, DeviceUsage, ExpertHomes, Placement, expert_kind
-from ..devices import Cluster
+from ..devices import MAX_THREADS, Cluster
 from ..errors import InvalidArgumentError
 from ..ggml_types import is_ik_only
 from ..model import ModelProfile, Role
@@ -206,6 +206,7 @@ FLAG_ALIASES = {
     # tools/llama-bench/llama-bench.cpp:778), ik's --no-mmap and llama-bench -mmp 0
     "-lm": "lm", "--load-mode": "lm", "--no-mmap": "nommap", "-mmp": "mmp", "--mmap": "mmp",
     "--no-op-offload": "nopo_flag", "--op-offload": "opo_flag",
+    "-t": "threads", "--threads": "threads",
 }
 # llama-bench's own spellings (tools/llama-bench/llama-bench.cpp); it has no -c: a test's
 # context is -p + -n + -d. In llama-server/llama-cli -p and -n mean the prompt and n_predict.
@@ -390,6 +391,9 @@ def _apply(out: ParsedArgs, key: str, flag: str, val: str, ncmoe: str) -> None:
         out.pinned_weights = not flag_int(flag, val, lo=0, hi=1)
     elif key == "nopo":
         out.op_offload = not flag_int(flag, val, lo=0, hi=1)
+    elif key == "threads":  # 0 or less: the engine's default, the physical cores (common/common.cpp)
+        n = flag_int(flag, val, hi=MAX_THREADS)
+        out.threads = n if n > 0 else None
 
 
 def decode(model: ModelProfile, parsed: ParsedArgs, accelerators: Sequence[str],
