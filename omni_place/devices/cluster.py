@@ -28,7 +28,8 @@ from ..validate import choice, flag, integer, number, show, text
 
 __all__ = [
     "CPU_THREAD_EXPONENT", "DEFAULT_GPU_BANDWIDTH_GBS", "DEFAULT_MARGIN_BYTES", "DEFAULT_PCIE",
-    "DEFAULT_PCIE_LATENCY_US", "DEFAULT_RPC_LATENCY_US", "DEFAULT_RPC_LINK_GBS", "GPU_BACKENDS", "KINDS", "MAX_ACCELERATORS",
+    "DEFAULT_PCIE_LATENCY_US", "DEFAULT_RPC_LATENCY_US", "DEFAULT_RPC_LINK_GBS", "GPU_BACKENDS", "KINDS",
+    "MAX_ACCELERATORS",
     "Cluster", "Device", "DeviceKind", "list_presets",
 ]
 
