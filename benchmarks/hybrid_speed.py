@@ -23,6 +23,12 @@ the planner as it ran, uncalibrated:
   the 27B's CPU layers at depth and the 9B's ``-ngl 20``. The all-attention control of the 9B's shape and
   GLM's decode-only depth sweep are for a run that found no machine.
 
+- ``switches_<gpu>.jsonl``: the 9B pair at ``-ngl 20`` on the same machine with engine switches
+  varied (session 40): ``-t 16,8 --poll 50,0``, ``-lm mmap,none`` (none: the CPU-held weights in the
+  GPU's pinned host buffer), ``--no-host 0,1``, ``-ub 2048``, and the CPU's decode at 1-16 threads.
+  Priced as the others; ``--no-host 1`` is not priced (on this AMX host its Q8_0 weights go to the AMX
+  buffer type, which op offload cannot copy), its rows show what it costs.
+
 ``ik_logs/<arch>.log``: ik_llama.cpp's llama-bench (8337e4cd3, native CPU build, ``-p 0 -n 2 -v``) loading
 :data:`IK_SHAPE` of each hybrid: it keeps a recurrent layer's state in its KV buffer (src/llama.cpp:1373-1386),
 sized as mainline's separate RS buffer (tests/test_hybrid_models.py compares them).
@@ -43,6 +49,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import platform
 import subprocess
 import sys
@@ -52,6 +59,7 @@ from typing import Any
 
 from benchmarks.cpu_prompt import cpu_cluster
 from omni_place.bench.records import UNSTEADY_SPREAD
+from omni_place.placement import SpeedParams
 from benchmarks.public_gpus import one_gpu_cluster
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -206,12 +214,32 @@ def price_gpu(records: list[dict[str, Any]], folder: Path) -> list[dict[str, Any
         flags = dialect("llama.cpp").bench_record_flags(r)
         tps = predict(headers[r["shape"]], FOLDER / r["rig"], [*flags.argv, "-t", str(flags.threads)])
         kind = "pp" if r["n_prompt"] else "tg"
-        out.append({"gpu": r["gpu_info"], "round": r.get("round", ""), "model": r["shape"],
+        out.append({"gpu": r["gpu_info"], "round": r.get("round", ""), "model": r["shape"], "rig": r["rig"],
+                    "threads": r.get("n_threads"), "poll": r.get("poll"), "load": r.get("load_mode", "auto"),
+                    "ubatch": r.get("n_ubatch"),
                     "test": f"{kind}{r['n_prompt'] or r['n_gen']}",
                     "depth": r.get("n_depth", 0), "ngl": r["n_gpu_layers"], "ncmoe": r.get("n_cpu_moe", 0),
                     "tps": r["avg_ts"], "spread_pct": 100.0 * sample_spread(r, "llama.cpp", kind == "pp"),
                     "predicted": tps, "error_pct": _err(tps, r["avg_ts"])})
     return out
+
+
+def price_switches(records: list[dict[str, Any]], folder: Path) -> list[dict[str, Any]]:
+    """The ``switches_*.jsonl`` records priced as :func:`price_gpu` prices a GPU run's; ``--no-host 1``
+    ones unpriced (predicted None): the planner does not price that switch."""
+    priced = iter(price_gpu([r for r in records if not r.get("no_host")], folder))
+    rows = []
+    for r in records:
+        if not r.get("no_host"):
+            rows.append(dict(next(priced), no_host=False))
+            continue
+        kind = "pp" if r["n_prompt"] else "tg"
+        rows.append({"gpu": r["gpu_info"], "round": "", "model": r["shape"], "rig": r["rig"], "threads": r["n_threads"],
+                     "poll": r.get("poll"), "load": r.get("load_mode", "auto"), "ubatch": r.get("n_ubatch"),
+                     "test": f"{kind}{r['n_prompt'] or r['n_gen']}", "depth": r.get("n_depth", 0),
+                     "ngl": r["n_gpu_layers"], "ncmoe": r.get("n_cpu_moe", 0), "tps": r["avg_ts"],
+                     "spread_pct": None, "predicted": None, "error_pct": None, "no_host": True})
+    return rows
 
 
 def calibrate_gpu(records: list[dict[str, Any]], folder: Path) -> list[dict[str, Any]]:
@@ -315,6 +343,8 @@ def report() -> dict[str, Any]:
         result = {"cpu": price_cpu(cpu, Path(tmp)), "public": price_public(public["records"], Path(tmp)),
                   "gpu": price_gpu(gpu, Path(tmp)),
                   "gpu_calibrated": calibrate_gpu(gpu, Path(tmp)),
+                  "switches": price_switches([r for p in sorted(FOLDER.glob("switches_*.jsonl"))
+                                              for r in load_records(p)], Path(tmp)),
                   "public_source": public["source"],
                   "compute": price_compute(load_records(RESULTS / "compute_sweep_hybrid_cpu.jsonl"), Path(tmp)),
                   "compute_held_out": price_compute(load_records(RESULTS / "compute_sweep_hybrid_cpu_heldout.jsonl"),
@@ -351,6 +381,19 @@ def report() -> dict[str, Any]:
         tg, pp = (c["heldout"][kind] for kind in ("tg", "pp"))
         ranks = " / ".join("-" if k["rank"] is None else f"{k['rank']:.2f}" for k in (tg, pp))
         lines.append(f"| {c['model']} | {c['fitted_on']} | {c['n_points']} | {_held(tg)} | {_held(pp)} | {ranks} |")
+    lines += ["", "### Engine switches beside the all-attention control (`switches_*.jsonl`)", "",
+              "The 9B pair at `-ngl 20 -fa 1` on the same H100, each configuration llama-bench's own `-r 3` "
+              "(`-r 2` for the thread sweep); load `none` is `-lm none` (pinned CPU weights), `auto`/`mmap` the "
+              "default mapping.", "",
+              "| model | -ngl | -t | --poll | load | --no-host | -ub | test | measured t/s | spread | predicted "
+              "| error |", "|---|---:|---:|---:|---|---|---:|---|---:|---:|---:|---:|"]
+    for r in result["switches"]:
+        spread = "" if r["spread_pct"] is None else f"{r['spread_pct']:.1f} %"
+        pred = "not priced" if r["predicted"] is None else f"{r['predicted']:.1f}"
+        err = "" if r["error_pct"] is None else f"{r['error_pct']:+.1f} %"
+        lines.append(f"| {r['model']} | {r['ngl']} | {r['threads']} | {r['poll']} | {r['load']} "
+                     f"| {int(r['no_host'])} | {r['ubatch']} | {r['test']} | {r['tps']:.1f} | {spread} | {pred} "
+                     f"| {err} |")
     (RESULTS / "hybrid_speed.md").write_text("\n".join(lines + notes(result)) + "\n")
     (RESULTS / "hybrid_speed.json").write_text(json.dumps(result, indent=1) + "\n")
     return result
@@ -390,6 +433,8 @@ def notes(result: dict[str, Any]) -> list[str]:
             "-45 .. -51 % while the H100's MLA prompts at depth are priced within the table's errors, so the 4090's "
             "is left unexplained.",
             *gpu_notes(result["gpu"]),
+            *switch_notes(result["switches"], result["gpu"]),
+            *calibrate_run_notes(),
             "- Compute buffers: hybrids are not replayed (compute_graph.REPLAYED); their widths-only estimate "
             "against the CPU backend's dry runs of random shapes (compute_sweep_hybrid_cpu.jsonl: `python -m "
             "benchmarks.compute_sweep --cases 40 --archs qwen35,qwen35moe,qwen3next` and `--cases 30 --archs "
@@ -434,24 +479,126 @@ def gpu_notes(rows: list[dict[str, Any]]) -> list[str]:
                    f"{span(part(hybrid_layers, 'tg'))}, prompt {span(part(hybrid_layers, 'pp'))}"
                    + (f"; the all-attention control of the 9B's shape: decode {span(part(control_layers, 'tg'))}, "
                       f"prompt {span(part(control_layers, 'pp'))}." if control_layers else ".")
-                   + " Routed experts streamed per prompt ubatch are priced within a few percent, a dense hybrid's "
-                   "CPU layers 30-50 % fast: ~17 ms a layer and 512-token ubatch beyond the weights' copies, as if "
-                   "they streamed at ~4.8 GB/s where the experts did at 6.6-7.3. Not the graph's structure: in a "
-                   "CPU-held Gated DeltaNet layer the scheduler keeps on the CPU only the recurrent cache's "
-                   "bookkeeping (build_rs's SCALE, GET_ROWS and CPY and the two state stores, "
-                   "src/llama-graph.cpp:3512-3546, src/models/delta-net-base.cpp:449-560), three round trips of "
-                   "a few MiB; the delta rule and every other op follow their offloaded weights to the GPU (the "
-                   "scheduler's pass 2, ggml/src/ggml-backend.cpp:1124-1200, spreads the GPU's placements over the "
-                   "unplaced ops between them). Counted so, one split per offloaded weight (14 in a recurrent "
-                   "layer, 11 in an attention one) plus those round trips and the attention layers' cache stores "
-                   "gives the 9B's 14 CPU layers about 230 graph splits; its log says 228 (`splits = 228 / 24`), "
-                   "and the node order is the one libllama's CPU dry run prints (GGML_SCHED_DEBUG=2). "
-                   "Whether the copies' rate or another cost makes the gap is for a run beside the all-attention "
-                   "control (`Qwen3-shaped 9B Q8_0`) with pinned weights (`-lm none`), a 2048-token ubatch and "
-                   "`--poll 0` beside it, to part the rate from per-copy and CPU-side costs; no machine could be "
-                   "had for it in sessions 38-39. Calibrating on records with CPU layers fits it (the 27B's "
-                   "held-out prompt); where the fitted records hold none it stays (the 9B's prompt below).")
+                   + " Routed experts streamed per prompt ubatch are priced within a few percent; a dense hybrid's "
+                   "CPU layers ran 30-50 % slower than priced on session 38's VM (its rig priced the pageable "
+                   "copies at 0.12 of the link, 7.6 GB/s, where 8.9 was measured) and 3-66 % on session 40's "
+                   "(measured 9.6 GB/s), the control within 8 %. The graph is the engine's: in a CPU-held Gated "
+                   "DeltaNet layer the scheduler keeps on the CPU only the recurrent cache's bookkeeping (build_rs's "
+                   "SCALE, GET_ROWS and CPY and the two state stores, src/llama-graph.cpp:3512-3546, "
+                   "src/models/delta-net-base.cpp:449-560); the delta rule and every other op follow their "
+                   "offloaded weights to the GPU (the scheduler's pass 2, ggml/src/ggml-backend.cpp:1124-1200). "
+                   "One split per offloaded weight (14 in a recurrent layer, 11 in an attention one), three CPU "
+                   "splits per recurrent layer and two per attention layer (its cache store on the CPU, the "
+                   "attention's split after it) give the 9B's 14 CPU layers 228 splits, as its log says "
+                   "(`splits = 228 / 24`; the split list is tests/data/sched_splits_qwen35_9b_ngl20.txt). "
+                   "The run beside the all-attention control (engine switches, below) parts the gap. "
+                   "Calibrating on records with CPU layers fits it (the 27B's held-out prompt); where the fitted "
+                   "records hold none it stays.")
     return out
+
+
+def calibrate_run_notes() -> list[str]:
+    """The note on ``calibrate --run`` of the 9B on the session-40 H100 (``calibrate_run_h100s40.json``)."""
+    path = FOLDER / "calibrate_run_h100s40.json"
+    if not path.exists():
+        return []
+    run = json.loads(path.read_text())
+    fit = run["engines"]["llama.cpp"]
+    progress = path.with_suffix(".progress.txt").read_text()
+    predicted = re.search(r"cpu-compute: .*predicted pp (\d+)", progress)
+    measured = re.search(r"cpu-compute: ok .* pp ([\d.]+) tok/s", progress)
+    share = fit["params"]["cpu_tflops_per_core"] / SpeedParams().cpu_tflops_per_core
+    held = fit["heldout"]
+    return ["- `omni-place calibrate --run` on Qwen3.5-9B Q8_0 (budget 100 s, the H100 of the switches; design: "
+            + "; ".join(f"{d['name']} `{' '.join(d['argv'])}`" for d in run["design"])
+            + f"): {fit['n_points']} tests fitted ({', '.join(fit['fitted'])}), leave-one-configuration-out "
+            f"decode {_held(held['tg'])}, prompt {_held(held['pp'])}: a left-out prompt test is priced by the "
+            "others, and the CPU-compute run (`-nopo 1`, the only one whose prompt the CPU computes) cannot be"
+            + (f" (uncalibrated {predicted.group(1)} t/s, measured {measured.group(1)}: this CPU's prompt "
+               f"compute of the hybrid's layers fitted at {share:.2f}x the default per-core rate)"
+               if predicted and measured else "")
+            + ". Its "
+            "`gpu` run was `-ngl 33`, which kept layer 0 on the CPU (-ngl k offloads the last k of n_layer + 1); "
+            "fixed after this run (the design's GPU run is now -ngl n_layer + 1)."]
+
+
+def switch_notes(rows: list[dict[str, Any]], gpu: list[dict[str, Any]]) -> list[str]:
+    """The notes on the engine-switch records (``price_switches`` rows; ``gpu``: the ``price_gpu`` rows of
+    the same rig's rounds), their figures computed."""
+    def pick(model: str, test: str, **keys: Any) -> list[dict[str, Any]]:
+        return [r for r in rows if r["model"].startswith(model) and r["test"].startswith(test)
+                and all(r[k] == v for k, v in keys.items())]
+
+    def excess(rs: list[dict[str, Any]]) -> str:  # measured - predicted seconds of a 512-token ubatch, ms
+        ms = [512e3 * (1 / r["tps"] - 1 / r["predicted"]) for r in rs if r["predicted"]]
+        return f"{min(ms):.0f}-{max(ms):.0f}" if len(ms) > 1 else f"{ms[0]:.0f}" if ms else "-"
+
+    def errs(rs: list[dict[str, Any]]) -> str:
+        e = [r["error_pct"] for r in rs if r["error_pct"] is not None]
+        return (f"{min(e):+.1f} .. {max(e):+.1f} %" if len(e) > 1 else f"{e[0]:+.1f} %") if e else "-"
+
+    if not rows:
+        return []
+    hyb, ctl = "Qwen3.5-9B", "Qwen3-shaped"
+    rigs = {r["rig"] for r in rows}
+
+    def spread(model: str) -> str:  # default-switch -ngl 20 prompts of the rig's rounds and switch runs
+        mapped_runs = pick(model, "pp512", load="auto", threads=16, poll=50) + pick(model, "pp512", load="mmap",
+                                                                                    no_host=False)
+        tps = [r["tps"] for r in mapped_runs]
+        tps += [r["tps"] for r in gpu if r["model"].startswith(model) and r["ngl"] == 20 and r["test"] == "pp512"
+                and r["rig"] in rigs]
+        return f"{min(tps):.0f}-{max(tps):.0f} ({len(tps)} runs)"
+    pinned_h = pick(hyb, "pp512", load="none", poll=50, no_host=False)
+    steady_h = [r for r in pinned_h if r["error_pct"] is not None and r["error_pct"] < 100]
+    outlier = [r for r in pinned_h if r not in steady_h]
+    no_host = [r for r in rows if r["no_host"]]
+    with_host = [r["tps"] for r in rows if r["load"] in ("mmap", "none") and r["poll"] == 50 and not r["no_host"]
+                 and r["error_pct"] is not None and r["error_pct"] < 100]
+    hosted = f"{min(with_host):.0f}-{max(with_host):.0f}" if with_host else "-"
+    mapped = {m: pick(m, "pp512", load="mmap", no_host=False) + pick(m, "pp512", load="auto", threads=16, poll=50)
+              for m in (hyb, ctl)}
+    return [
+        f"- Engine switches at `-ngl 20` (the 9B pair, one H100 VM, two calls minutes apart): the all-attention "
+        f"control's prompt is priced {errs(mapped[ctl])} with mapped weights (copied at the measured pageable "
+        f"rate, `stream_gbs`), {errs(pick(ctl, 'pp512', load='none', poll=50, no_host=False))} pinned (`-lm none`, "
+        f"3.2-3.4x faster) and {errs(pick(ctl, 'pp2048'))} at `-ub 2048`: the op-offload structure and both copy "
+        f"rates are the engine's. The hybrid is priced {errs(mapped[hyb])} mapped, {errs(steady_h)} pinned, "
+        f"{errs(pick(hyb, 'pp2048'))} at `-ub 2048`: {excess(steady_h)} ms a 512-token ubatch beyond the "
+        f"prediction pinned, {excess(mapped[hyb])} mapped, over its 11 CPU-held recurrent layers. The scheduler's "
+        "log of the pinned run (GGML_SCHED_DEBUG=2, tests/data/sched_splits_qwen35_9b_ngl20.txt) shows what a "
+        "CPU-held recurrent layer adds to an attention one: three CPU splits (build_rs's gather, the conv-state "
+        "store, the state store), the 2 MiB state up and down, and the whole conv input (16 MiB at 512 tokens: "
+        "the stored last 3 columns are a strided view across it) down to the CPU; the cost model prices these "
+        "(`CostModel.cpu_cache_pp`, `ModelProfile.recurrent_store_bytes`), a few ms of the excess. "
+        "With mapped weights the hybrid also runs faster at `--poll 0` and at 8 threads "
+        f"({errs(pick(hyb, 'pp512', load='auto', poll=0))}; the control moves less): its CPU splits wake the "
+        "thread pool, whose spinning competes with the CPU-driven pageable copies; pinned copies are DMA and "
+        f"`--poll 0` costs there ({errs(pick(hyb, 'pp512', load='none', poll=0))}, control "
+        f"{errs(pick(ctl, 'pp512', load='none', poll=0))}). Not priced: polling and the thread pool. The "
+        "mapped hybrid is also the least steady: its default `-ngl 20` prompt ran "
+        f"{spread(hyb)} t/s in the runs of this rig (the rounds and the switches' default rows, minutes apart), "
+        f"the control {spread(ctl)}.",
+        *([f"- One pinned hybrid run ran at {outlier[0]['tps']:.0f} t/s (the first call), the same configuration "
+           f"{', '.join(format(r['tps'], '.0f') for r in steady_h)} t/s in the second; left unexplained (llama-bench "
+           "without -v prints no allocation warning; a failed pinned allocation falls back to a plain CPU "
+           "buffer)."] if outlier else []),
+        "- `--no-host 1`: "
+        + ", ".join(f"{r['model'].split()[0]} {r['load']} {r['tps']:.0f} t/s" for r in no_host)
+        + f" against {hosted} without it. Without the host buffer first in the CPU's list "
+        "(src/llama-model.cpp:1099-1107) the extra buffer types come first, and this host's CPU has AMX "
+        "(amx_int8 in gpu_h100s40_lscpu.txt; the native build enables the AMX buffer type): AMX takes Q8_0 "
+        "(ggml/src/ggml-cpu/amx/common.h:106-115) and is no host buffer (amx.cpp:236), so op offload cannot "
+        "copy those weights and the CPU computes the CPU layers' prompt with its AMX kernels. "
+        "Not priced (the planner does not know a build's AMX); `check` lists the flag among those it does "
+        "not price.",
+        f"- CPU decode at fewer threads (`-t`, `Cluster.with_cpu_threads`: the bandwidth x (threads / the "
+        f"CPU's) ^ 0.7): all layers on the CPU {errs(pick(ctl, 'tg', ngl=0))} from 1 to 16 threads "
+        f"(1-2 threads run slower than the rule; 4-16 within "
+        f"{errs([r for r in pick(ctl, 'tg', ngl=0) if r['threads'] >= 4])}), at `-ngl 20` "
+        f"{errs(pick(ctl, 'tg', ngl=20) + pick(hyb, 'tg', ngl=20))}; before `-t` was priced, 8 threads were "
+        "+33 .. +48 %.",
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:

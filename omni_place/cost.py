@@ -91,6 +91,7 @@ class CostModel(Transfers):
         swa_cells = model.swa_kv_cells(full_cells, c.n_ubatch, c.n_seq, c.swa_full)
         self.kv_pp_bytes = cpu_cache_prompt_bytes(attended, [swa_cells if s else full_cells for s in hp.is_swa],
                                                   [model.kv_write_bytes(il) for il in range(len(self.kv))], pp_depth, b)
+        self.rs_store_bytes = [model.recurrent_store_bytes(b, c.n_seq) if r else 0 for r in self.recurrent]
         cell = [2.0 * hp.n_head[il] * (hp.dim_k(il) + hp.dim_v(il)) if kv and not r else 0.0
                 for il, (kv, r) in enumerate(zip(attended, self.recurrent))]
         self._mixer = delta_rule_work(hp.ssm_d_state, hp.ssm_d_inner, hp.ssm_n_group)  # a recurrent layer's, a token
@@ -395,10 +396,15 @@ class CostModel(Transfers):
 
     def cpu_cache_pp(self, il: int, first: str) -> dict[str, float]:
         """Per prompt token, CPU-home layer ``il``'s KV cache moved for its attention on ``first`` (:attr:`kv_pp_bytes`,
-        pageable unless Context.pinned_cpu_cache), through a CPU split (``set_rows``) between two GPU ones."""
+        pageable unless Context.pinned_cpu_cache), through a CPU split (``set_rows``) between two GPU ones. A
+        recurrent layer's state goes up whole and its stores run on the CPU: three CPU splits (build_rs's
+        gather, the conv and the state stores, src/llama-graph.cpp:3512-3546) and what they read comes
+        down (:attr:`rs_store_bytes`) into the CPU's compute buffer, the first GPU's pinned host buffer
+        (src/llama-context.cpp:412-418), priced at the pinned rate."""
         kv_s = self.kv_pp_bytes[il] / self.stream_bandwidth(first, self.context.pinned_cpu_cache)
-        splits_s = 2 * self.params.split_s
-        return {"pcie_stream": kv_s / self.n_tokens, "transfers": splits_s / self.n_tokens}
+        store_s = self.rs_store_bytes[il] / self.stream_bandwidth(first, True)
+        splits_s = (3 if self.recurrent[il] else 2) * self.params.split_s
+        return {"pcie_stream": (kv_s + store_s) / self.n_tokens, "transfers": splits_s / self.n_tokens}
 
     def cpu_layer_pp_bytes(self, il: int, experts: bool) -> float:
         """What op offload copies of CPU-home layer ``il``'s weights per prompt ubatch: its dense part

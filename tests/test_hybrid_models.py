@@ -270,3 +270,58 @@ def test_lfm2_compute_buffers_beside_the_engines_dry_runs(tmp_path: Path) -> Non
         hybrid_speed.load_records(hybrid_speed.RESULTS / "compute_sweep_lfm2_cpu.jsonl"), tmp_path)
     assert set(errors) == {"lfm2", "lfm2moe"} and sum(map(len, errors.values())) == 12
     assert all(abs(e) < 10 for errs in errors.values() for e in errs), errors
+
+
+SPLIT_LINE = re.compile(r"## SPLIT #(\d+): (\w+) # \d+ inputs(?::(.*))?")
+SPLIT_INPUT = re.compile(r"\[(.+?) \(\s*(\d+)([KM])\)\]")
+
+
+def _splits(path: Path) -> list[tuple[str, list[tuple[str, int]]]]:
+    """(backend, [(input, size in the log's truncated KiB / MiB units as bytes)]) per split; an input's
+    name without the log's " (view)" / " (permuted)" marks."""
+    out = []
+    for line in path.read_text().splitlines():
+        m = SPLIT_LINE.match(line)
+        if m:
+            inputs = [(name.split(" (")[0], int(n) * (MiB if unit == "M" else 1024)) for name, n, unit in
+                      SPLIT_INPUT.findall(m.group(3) or "")]
+            out.append((m.group(2), inputs))
+    return out
+
+
+def test_cpu_held_recurrent_layer_as_the_engines_scheduler_splits_it(tmp_path: Path) -> None:
+    """The H100's scheduler log of Qwen3.5-9B at -ngl 20 (tests/data/sched_splits_qwen35_9b_ngl20.txt):
+    each CPU-held layer's weights go up one split each (as many as the cost model counts), a recurrent
+    layer runs three CPU splits (an attention layer one, its cache store), its state goes up whole
+    (the cost's kv_pp_bytes) and its stores read the whole conv input and the new state back down
+    (model.recurrent_store_bytes), in the log's truncated units."""
+    header = hybrid_speed.write_headers(tmp_path, ["Qwen3.5-9B Q8_0"], header_only=True)["Qwen3.5-9B Q8_0"]
+    model = load_model(header)
+    cluster = resolve_cluster(str(hybrid_speed.FOLDER / "gpu_h100s40_rig.toml"))
+    cost = CostModel(model, cluster, Context(ctx=512, n_ubatch=512, n_prompt=512, n_gen=0))
+    splits = _splits(Path(__file__).parent / "data" / "sched_splits_qwen35_9b_ngl20.txt")
+    assert len(splits) == 228
+    d_state, d_inner = model.hparams.ssm_d_state, model.hparams.ssm_d_inner
+    state = 4 * d_state * d_inner
+    for il in range(14):  # -ngl 20 of 33 + 1: layers 0-13 on the CPU
+        weights = {n for _, inputs in splits for n, _ in inputs if n.startswith(f"blk.{il}.")}
+        assert len(weights) == cost._pp_tensors[il][0], il
+        moved = {n.rsplit("-", 1)[0]: size for b, inputs in splits for n, size in inputs if n.endswith(f"-{il}")}
+        cpu_splits = sum(1 for b, inputs in splits if b == "CPU" and any(n.endswith(f"-{il}") for n, _ in inputs))
+        if not model.is_recurrent(il):
+            assert set(moved) == {"Kcur", "Vcur"} and cpu_splits == 1, il
+            continue
+        assert set(moved) == {"conv_states_reshaped", "state_predelta", "conv_state_last", "new_state"}, il
+        # the CPU splits that start the layer (build_rs's gather, no inputs) are not named by the layer
+        assert cpu_splits == 2, il
+        up = moved["conv_states_reshaped"] + moved["state_predelta"]
+        assert up == cost.kv_pp_bytes[il] == model.kv_layer_bytes(512)[il]
+        assert moved["new_state"] == state
+        assert moved["conv_state_last"] == (cost.rs_store_bytes[il] - state) // MiB * MiB
+        assert cost.rs_store_bytes[il] - state > 512 * 8192 * 4  # the whole conv input, not its last 3 columns
+        priced = cost.cpu_cache_pp(il, "CUDA0")  # per token: up at the cache's rate, down at the pinned one
+        assert priced["transfers"] == pytest.approx(3 * cost.params.split_s / 512)
+        down = cost.rs_store_bytes[il] / cost.stream_bandwidth("CUDA0", True)
+        assert priced["pcie_stream"] == pytest.approx((up / cost.stream_bandwidth("CUDA0", False) + down) / 512,
+                                                      rel=1e-3)
+    assert sum(b == "CPU" for b, _ in splits) == 1 + 3 * 11 + 3  # the input split, 11 recurrent, 3 attention
