@@ -145,6 +145,30 @@ def test_threads_flag_prices_the_cpu_at_its_thread_count(deepseek) -> None:
         llama_cpp.parse_args(["-t", "5000"])
 
 
+def test_no_host_is_named_in_check_refused_by_ik_and_left_out_of_calibration(deepseek) -> None:
+    """--no-host (mainline's switch; llama-bench's 0|1) puts CPU-held weights in the CPU's extra buffers,
+    which op offload cannot copy: check says so instead of listing it among the flags assumed not to
+    matter; ik_llama.cpp has no such flag; calibrate leaves a record of it out, counted."""
+    from omni_place.bench.llamabench import import_text
+    from omni_place.engines import dialect
+    from omni_place.engines.common import NO_HOST_NOTE
+
+    cluster = rig((96, 1790))
+    for argv, tool in ((["-ngl", "99", "-cmoe", "--no-host"], "server"), (["-ngl", "99", "--no-host", "1"], "bench")):
+        plan = evaluate(deepseek, cluster, argv, tool=tool)
+        assert NO_HOST_NOTE in plan.assumptions and not any("not priced (assumed" in a for a in plan.assumptions)
+    assert not llama_cpp.parse_args(["--no-host", "0"], tool="bench").no_host
+    with pytest.raises(InvalidArgumentError, match="no --no-host"):
+        dialect("ik_llama.cpp").parse_args(["--no-host"], "server")
+    record = {"n_prompt": 512, "n_gen": 0, "avg_ts": 380.0, "samples_ts": [380.0, 381.0], "n_gpu_layers": 20,
+              "n_batch": 2048, "n_ubatch": 512, "flash_attn": 1, "type_k": "f16", "type_v": "f16",
+              "split_mode": "layer", "tensor_split": "0.00", "tensor_buft_overrides": "none", "n_cpu_moe": 0,
+              "devices": "auto", "no_op_offload": 0, "n_threads": 16, "n_depth": 0}
+    both = "\n".join(json.dumps(dict(record, no_host=flag)) for flag in (True, False))
+    got = import_text(both, deepseek, cluster)
+    assert len(got.points) == 1 and sum("--no-host" in k for k in got.skipped) == 1
+
+
 def test_parse_args_errors() -> None:
     with pytest.raises(InvalidArgumentError, match="not an integer"):
         llama_cpp.parse_args(["-ngl", "14,18"])

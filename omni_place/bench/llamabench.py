@@ -138,6 +138,9 @@ def _prepare(i: int, rec: Any, engine: str | None, skipped: Counter[str]) -> _Ru
     except OmniPlaceError as err:
         skipped[_short(err.message)] += 1
         return None
+    if parsed.no_host:
+        skipped["--no-host 1: its CPU weights in extra buffers (CPU_REPACK, AMX) are not priced"] += 1
+        return None
     if parsed.split_mode not in ("layer", "none"):
         skipped[f"-sm {_short(parsed.split_mode)}: calibration fits the layer split's speeds"] += 1
         return None

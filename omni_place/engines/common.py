@@ -106,7 +106,16 @@ class ParsedArgs:
     op_offload: bool = True  # False: --no-op-offload / llama-bench -nopo 1
     fused_moe: bool | None = None  # ik -no-fmoe / llama-bench -fmoe 0|1; None: the engine's default
     threads: int | None = None  # -t; None: the cluster's CPU threads
+    no_host: bool = False  # --no-host: the CPU's extra buffer types before the host buffer (not priced)
     unpriced: list[str] = field(default_factory=list)  # flags the engine takes that are not priced
+
+
+#: What ``--no-host`` changes that the cost model does not price (``check`` says it; ``calibrate``
+#: leaves such records out rather than fit them as if the host buffer were there).
+NO_HOST_NOTE = ("--no-host: the CPU's extra buffer types (CPU_REPACK for Q4_0, Q4_K, IQ4_NL and MXFP4 on x86; "
+                "AMX in native builds on AMX CPUs) take CPU-held weights before the host buffer "
+                "(src/llama-model.cpp:1099-1125), and op offload cannot copy them: the CPU computes their prompt; "
+                "not priced (the prompt is priced as if they were offloaded)")
 
 
 class OverrideMatcher:

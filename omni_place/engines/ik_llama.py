@@ -302,6 +302,9 @@ def parse_args(argv: Sequence[str], tool: str = "server") -> llama_cpp.ParsedArg
         raise InvalidArgumentError("ik_llama.cpp's llama-bench has no -d / --n-depth: it stops (\"invalid "
                                    "parameter for argument\")", hint="its -gp D,N decodes N tokens after a "
                                    "D-token prompt (-gp 4096,128 for mainline's -d 4096 -n 128)")
+    if out.no_host:  # common/common.cpp and examples/llama-bench/llama-bench.cpp know no such flag
+        raise InvalidArgumentError("ik_llama.cpp has no --no-host: it stops (\"invalid argument\")",
+                                   hint="drop --no-host (mainline llama.cpp's flag)")
     unpriced = []
     for item in out.unpriced:
         words = shlex.split(item)

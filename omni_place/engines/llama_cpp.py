@@ -207,6 +207,7 @@ FLAG_ALIASES = {
     "-lm": "lm", "--load-mode": "lm", "--no-mmap": "nommap", "-mmp": "mmp", "--mmap": "mmp",
     "--no-op-offload": "nopo_flag", "--op-offload": "opo_flag",
     "-t": "threads", "--threads": "threads",
+    "--no-host": "nohost",  # a switch in the server (common/arg.cpp:2430), 0|1 in llama-bench
 }
 # llama-bench's own spellings (tools/llama-bench/llama-bench.cpp); it has no -c: a test's
 # context is -p + -n + -d. In llama-server/llama-cli -p and -n mean the prompt and n_predict.
@@ -214,9 +215,10 @@ BENCH_ALIASES = {
     "-p": "n_prompt", "--n-prompt": "n_prompt", "-n": "n_gen", "--n-gen": "n_gen",
     "-d": "n_depth", "--n-depth": "n_depth", "-pg": "pg",
     "-nopo": "nopo", "--no-op-offload": "nopo",  # a 0|1 value in llama-bench, a switch in the server
+    "--no-host": "nohost_bench",
 }
 BENCH_ONLY = frozenset({"n_prompt", "n_gen", "n_depth"})  # the test sizes
-_NO_VALUE = {"cmoe", "nommap", "nopo_flag", "opo_flag"}
+_NO_VALUE = {"cmoe", "nommap", "nopo_flag", "opo_flag", "nohost"}
 # load modes (include/llama.h LLAMA_LOAD_MODE_*) and whether they map the file
 # (src/llama-model-loader.cpp:559: mmap for auto, mmap and mmap+mlock)
 LOAD_MODES = {"auto": True, "none": False, "mmap": True, "mlock": False, "mmap+mlock": True, "dio": False}
@@ -254,9 +256,11 @@ def parse_args(argv: Sequence[str], *, ncmoe: str = "patterns", tool: str = "ser
         if key is None:
             i = _skip_unpriced(toks, i, out)
             continue
-        if key in ("nommap", "nopo_flag", "opo_flag"):
+        if key in ("nommap", "nopo_flag", "opo_flag", "nohost"):
             if key == "nommap":
                 out.pinned_weights = True
+            elif key == "nohost":
+                out.no_host = True
             else:
                 out.op_offload = key == "opo_flag"
             i += 1
@@ -391,6 +395,8 @@ def _apply(out: ParsedArgs, key: str, flag: str, val: str, ncmoe: str) -> None:
         out.pinned_weights = not flag_int(flag, val, lo=0, hi=1)
     elif key == "nopo":
         out.op_offload = not flag_int(flag, val, lo=0, hi=1)
+    elif key == "nohost_bench":
+        out.no_host = bool(flag_int(flag, val, lo=0, hi=1))
     elif key == "threads":  # 0 or less: the engine's default, the physical cores (common/common.cpp)
         n = flag_int(flag, val, hi=MAX_THREADS)
         out.threads = n if n > 0 else None
@@ -497,6 +503,8 @@ def bench_record_flags(rec: Mapping[str, Any]) -> BenchRecordFlags:
     load_mode = record_text(rec, "load_mode", "auto")  # -lm: none/mlock load without mmap (pinned)
     if load_mode != "auto":
         argv += ["-lm", load_mode]
+    if record_switch(rec, "no_host", False):
+        argv += ["--no-host", "1"]
     fit = [f"{flag} {n}" for flag, key in (("-fitt", "fit_target"), ("-fitc", "fit_min_ctx"))
            if (n := record_int(rec, key, 0, 1 << 62, 0))]
     return BenchRecordFlags(tuple(argv), record_threads(rec), fitted=" ".join(fit) or None)

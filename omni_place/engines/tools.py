@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from ..attention import prompt_ubatches
 from ..errors import InvalidArgumentError
-from .common import ParsedArgs
+from .common import NO_HOST_NOTE, ParsedArgs
 
 
 @dataclass(frozen=True)
@@ -96,6 +96,8 @@ def tool_context(parsed: ParsedArgs, defaults: ToolDefaults, n_ctx_train: int, c
         notes.append(f"-p {p} runs as ubatches of {parts} tokens, each paying the per-ubatch costs "
                      "(op offload's weight copies, where it copies) in full")
     fa = defaults.flash_attn if parsed.flash_attn is None else parsed.flash_attn
+    if parsed.no_host:
+        notes.append(NO_HOST_NOTE)
     if parsed.unpriced:
         notes.append("not priced (assumed not to change placement or memory): " + " ".join(parsed.unpriced))
     return ToolContext(n_ctx, n_ubatch, fa, depth, tuple(notes), p, n, prompt_depth, n_batch)
