@@ -548,7 +548,7 @@ def switch_notes(rows: list[dict[str, Any]], gpu: list[dict[str, Any]]) -> list[
         tps = [r["tps"] for r in mapped_runs]
         tps += [r["tps"] for r in gpu if r["model"].startswith(model) and r["ngl"] == 20 and r["test"] == "pp512"
                 and r["rig"] in rigs]
-        return f"{min(tps):.0f}-{max(tps):.0f} ({len(tps)} runs)"
+        return f"{min(tps):.0f}-{max(tps):.0f} t/s ({len(tps)} runs)"
     pinned_h = pick(hyb, "pp512", load="none", poll=50, no_host=False)
     steady_h = [r for r in pinned_h if r["error_pct"] is not None and r["error_pct"] < 100]
     outlier = [r for r in pinned_h if r not in steady_h]
@@ -577,7 +577,7 @@ def switch_notes(rows: list[dict[str, Any]], gpu: list[dict[str, Any]]) -> list[
         f"`--poll 0` costs there ({errs(pick(hyb, 'pp512', load='none', poll=0))}, control "
         f"{errs(pick(ctl, 'pp512', load='none', poll=0))}). Not priced: polling and the thread pool. The "
         "mapped hybrid is also the least steady: its default `-ngl 20` prompt ran "
-        f"{spread(hyb)} t/s in the runs of this rig (the rounds and the switches' default rows, minutes apart), "
+        f"{spread(hyb)} on this rig (the rounds and the switches' default rows, minutes apart), "
         f"the control {spread(ctl)}.",
         *([f"- One pinned hybrid run ran at {outlier[0]['tps']:.0f} t/s (the first call), the same configuration "
            f"{', '.join(format(r['tps'], '.0f') for r in steady_h)} t/s in the second; left unexplained (llama-bench "
@@ -590,8 +590,8 @@ def switch_notes(rows: list[dict[str, Any]], gpu: list[dict[str, Any]]) -> list[
         "(amx_int8 in gpu_h100s40_lscpu.txt; the native build enables the AMX buffer type): AMX takes Q8_0 "
         "(ggml/src/ggml-cpu/amx/common.h:106-115) and is no host buffer (amx.cpp:236), so op offload cannot "
         "copy those weights and the CPU computes the CPU layers' prompt with its AMX kernels. "
-        "Not priced (the planner does not know a build's AMX); `check` lists the flag among those it does "
-        "not price.",
+        "Not priced (the planner does not know a build's AMX): `check` says what the flag changes "
+        "(`engines.common.NO_HOST_NOTE`), `calibrate` leaves such records out.",
         f"- CPU decode at fewer threads (`-t`, `Cluster.with_cpu_threads`: the bandwidth x (threads / the "
         f"CPU's) ^ 0.7): all layers on the CPU {errs(pick(ctl, 'tg', ngl=0))} from 1 to 16 threads "
         f"(1-2 threads run slower than the rule; 4-16 within "
