@@ -166,7 +166,7 @@ def design_runs(model: ModelProfile, cluster: Cluster, engine: str, *, params: S
             cands.append(("split", split(m), True))
     else:
         # -ngl k offloads the last k of the n_layer + 1 (the output last): n + 1 - k layers stay on
-        # the CPU, so L + 1 puts everything on the GPUs (src/llama-model.cpp, i_gpu_start)
+        # the CPU, so L + 1 puts everything on the GPUs (src/llama-model.cpp:1589, i_gpu_start)
         n = least(L + 1, lambda n: _flags(engine, L + 1 - n))
         if n is not None:
             cands.append(("gpu", _flags(engine, L + 1 - n), True))
