@@ -592,12 +592,12 @@ def switch_notes(rows: list[dict[str, Any]], gpu: list[dict[str, Any]]) -> list[
         "copy those weights and the CPU computes the CPU layers' prompt with its AMX kernels. "
         "Not priced (the planner does not know a build's AMX): `check` says what the flag changes "
         "(`engines.common.NO_HOST_NOTE`), `calibrate` leaves such records out.",
-        f"- CPU decode at fewer threads (`-t`, `Cluster.with_cpu_threads`: the bandwidth x (threads / the "
-        f"CPU's) ^ 0.7): all layers on the CPU {errs(pick(ctl, 'tg', ngl=0))} from 1 to 16 threads "
-        f"(1-2 threads run slower than the rule; 4-16 within "
-        f"{errs([r for r in pick(ctl, 'tg', ngl=0) if r['threads'] >= 4])}), at `-ngl 20` "
-        f"{errs(pick(ctl, 'tg', ngl=20) + pick(hyb, 'tg', ngl=20))}; before `-t` was priced, 8 threads were "
-        "+33 .. +48 %.",
+        "- CPU decode at fewer threads (`-t`, `Cluster.with_cpu_threads`: one thread's 10 GB/s, "
+        "`devices.CPU_THREAD_GBS`, in series with the memory's rate, the figure at the CPU's threads kept; set "
+        f"on these records): all layers on the CPU {errs(pick(ctl, 'tg', ngl=0))} from 1 to 16 threads, at "
+        f"`-ngl 20` {errs(pick(ctl, 'tg', ngl=20) + pick(hyb, 'tg', ngl=20))}. With a power law, (threads / the "
+        "CPU's) ^ 0.7 (fitted on the H200 host's 4 and 8 threads), 1-2 threads were +30 .. +47 %; before `-t` was "
+        "priced at all, 8 threads were +33 .. +48 %.",
     ]
 
 

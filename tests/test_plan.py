@@ -123,21 +123,26 @@ def test_ngl_past_compute_buffers_is_infeasible(deepseek) -> None:
 
 
 def test_threads_flag_prices_the_cpu_at_its_thread_count(deepseek) -> None:
-    """-t N prices the CPU at N threads (Cluster.with_cpu_threads): decode with CPU-held experts
-    slows by (N / the CPU's threads) ** CPU_THREAD_EXPONENT of the bandwidth; 0 or less is the
-    engine's default and more than the CPU's threads compute no faster, so both price as no -t."""
-    from omni_place.devices import CPU_THREAD_EXPONENT
+    """-t N prices the CPU at N threads (Cluster.with_cpu_threads): decode with CPU-held experts reads
+    at 1 / (1/B - 1/(T b) + 1/(N b)) (b = CPU_THREAD_GBS), the figure B at the CPU's T threads kept;
+    0 or less is the engine's default and more than the CPU's threads compute no faster, so both
+    price as no -t. A CPU whose figure its threads alone could not read is thread-bound: linear."""
+    from omni_place.devices import CPU_THREAD_GBS
 
-    cluster = rig((96, 1790))
+    cluster = rig((96, 1790), cpu_bw=100)  # 32 threads: their 320 GB/s beyond the memory's 100
     base = ["-ngl", "99", "-cmoe", "-c", "4096"]
     full = evaluate(deepseek, cluster, base)
     half = evaluate(deepseek, cluster, [*base, "-t", "16"])
     assert not any("-t" in a for a in half.assumptions)
     assert half.predicted.tg_tps < full.predicted.tg_tps
+    b = CPU_THREAD_GBS
+    rate16 = 1 / (1 / 100 - 1 / (32 * b) + 1 / (16 * b))
     cpu_full = full.predicted.tg_breakdown[CPU]
-    assert half.predicted.tg_breakdown[CPU] == pytest.approx(cpu_full / 0.5 ** CPU_THREAD_EXPONENT, rel=0.05)
+    assert half.predicted.tg_breakdown[CPU] == pytest.approx(cpu_full * 100 / rate16, rel=0.05)
     for same in (["-t", "0"], ["--threads", "-1"], ["-t", "32"], ["--threads=64"]):
         assert evaluate(deepseek, cluster, [*base, *same]).predicted.tg_tps == full.predicted.tg_tps
+    slow = rig((96, 1790), cpu_bw=500)  # beyond 32 threads' 320 GB/s: half the threads, half the rate
+    assert slow.with_cpu_threads(16).cpu.bandwidth_gbs == pytest.approx(250)
     assert llama_cpp.parse_args(["-t", "12"]).threads == 12
     with pytest.raises(InvalidArgumentError, match="not an integer"):
         llama_cpp.parse_args(["-t", "16,8"], tool="bench")

@@ -127,8 +127,9 @@ def test_a_damaged_table_is_one_clear_error(tmp_path: Path, monkeypatch: pytest.
 
 def test_imported_records_at_fewer_threads_read_slower(records: list[dict], folder: Path) -> None:
     """The CPU records imported as a user's llama-bench output (-t 4, 8, 16 on the 16-thread
-    host): fewer threads than the CPU figure's read slower (devices.CPU_THREAD_EXPONENT), so
-    each thread count is priced within a median 15 %; without it 4 threads were priced +142 %."""
+    host): fewer threads than the CPU figure's read slower (devices.CPU_THREAD_GBS, set on another
+    host's records), so each thread count is priced within a median 15 %; without it 4 threads were
+    priced +142 %."""
     from benchmarks.speed_models import write_speed_model
     from omni_place.bench.calibrate import predict_point
     from omni_place.bench.llamabench import import_files

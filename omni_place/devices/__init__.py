@@ -28,7 +28,7 @@ from __future__ import annotations
 from ..catalog import PCIE_GBS_PER_LANE, pcie_gbs
 from ..cpuprobe import DEFAULT_CPU_BANDWIDTH_GBS
 from .cluster import (
-    CPU_THREAD_EXPONENT,
+    CPU_THREAD_GBS,
     DEFAULT_GPU_BANDWIDTH_GBS,
     DEFAULT_MARGIN_BYTES,
     DEFAULT_PCIE,
@@ -49,5 +49,5 @@ __all__ = [
     "Cluster", "Device", "DeviceKind", "discover", "list_presets", "load_cluster", "load_preset",
     "pcie_gbs", "resolve_cluster", "DEFAULT_CPU_BANDWIDTH_GBS", "PCIE_GBS_PER_LANE",
     "DEFAULT_GPU_BANDWIDTH_GBS", "DEFAULT_MARGIN_BYTES", "DEFAULT_PCIE", "DEFAULT_PCIE_LATENCY_US",
-    "DEFAULT_RPC_LATENCY_US", "DEFAULT_RPC_LINK_GBS", "MAX_THREADS", "CPU_THREAD_EXPONENT",
+    "DEFAULT_RPC_LATENCY_US", "DEFAULT_RPC_LINK_GBS", "MAX_THREADS", "CPU_THREAD_GBS",
 ]

@@ -27,7 +27,7 @@ from ..units import GiB, MiB
 from ..validate import choice, flag, integer, number, show, text
 
 __all__ = [
-    "CPU_THREAD_EXPONENT", "DEFAULT_GPU_BANDWIDTH_GBS", "DEFAULT_MARGIN_BYTES", "DEFAULT_PCIE",
+    "CPU_THREAD_GBS", "DEFAULT_GPU_BANDWIDTH_GBS", "DEFAULT_MARGIN_BYTES", "DEFAULT_PCIE",
     "DEFAULT_PCIE_LATENCY_US", "DEFAULT_RPC_LATENCY_US", "DEFAULT_RPC_LINK_GBS", "GPU_BACKENDS", "KINDS",
     "MAX_ACCELERATORS",
     "Cluster", "Device", "DeviceKind", "list_presets",
@@ -40,11 +40,13 @@ KINDS: tuple[str, ...] = ("gpu", "cpu", "rpc")
 MAX_MEMORY_BYTES = 1 << 50
 #: The most threads a CPU (or an RPC server) may run.
 MAX_THREADS = 4096
-#: A CPU's decode read rate at fewer threads than its figure was measured with (devices --measure
-#: reads with the engine's threads): x (threads / those) ** this. H200 host, 16 vCPUs, 22 weight
-#: types of an 8B model: 8 threads read 0.63-0.82 of 16's, 4 threads 0.34-0.43; H100 host, 16 vCPUs,
-#: Q8_0: 0.58-0.63 and 0.36-0.46 (benchmarks/results/quant_speed.md, hybrid_speed.md)
-CPU_THREAD_EXPONENT = 0.7
+#: One thread's decode read rate through the CPU's kernels, GB/s: at t threads a CPU whose figure B
+#: was measured at T reads 1 / (1/B - 1/(T x this) + 1/(t x this)) (its memory's share and the
+#: threads' in series, the figure at T kept). Fits two hosts of 16 vCPUs: an H100's (Q8_0, 1-16
+#: threads within 5 %, 11 % beside a GPU, benchmarks/results/hybrid_speed.md) and an H200's (22 types at 4 and 8
+#: threads, median error 6 / 9 %, quant_speed.md); a power law (threads / T) ** 0.7 had priced
+#: 1-2 threads +30..+47 % fast.
+CPU_THREAD_GBS = 10.0
 # the slowest rate (GB/s, TFLOPS) a device may declare: 1 MB/s; below it (1e-308 passes "positive")
 # a token takes longer than any float can say
 MIN_RATE = 1e-3
@@ -254,13 +256,17 @@ class Cluster:
 
     def with_cpu_threads(self, threads: int) -> Cluster:
         """This cluster with its CPU running ``threads`` threads (llama.cpp's ``-t``): fewer than its
-        figure was measured with read slower, (threads / those) ** :data:`CPU_THREAD_EXPONENT` of it;
-        more than its ``threads`` (the cores it gives) compute no faster, so its figures stay."""
+        figure was measured with read slower (:data:`CPU_THREAD_GBS`); more than its ``threads`` (the
+        cores it gives) compute no faster, so its figures stay."""
         cpu = self.cpu
         if cpu is None or cpu.threads == threads or (cpu.threads and threads > cpu.threads):
             return self
-        share = min(1.0, threads / cpu.threads) ** CPU_THREAD_EXPONENT if cpu.threads else 1.0
-        slower = replace(cpu, threads=threads, bandwidth_gbs=cpu.bandwidth_gbs * share)
+        bandwidth = cpu.bandwidth_gbs
+        if cpu.threads:
+            memory = 1 / bandwidth - 1 / (cpu.threads * CPU_THREAD_GBS)  # 1 / the memory's own rate
+            bandwidth = (1 / (memory + 1 / (threads * CPU_THREAD_GBS)) if memory > 0  # else thread-bound
+                         else bandwidth * threads / cpu.threads)
+        slower = replace(cpu, threads=threads, bandwidth_gbs=bandwidth)
         return replace(self, devices=tuple(slower if d is cpu else d for d in self.devices))
 
     def to_dict(self) -> dict[str, Any]:
