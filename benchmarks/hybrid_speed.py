@@ -20,8 +20,9 @@ the planner as it ran, uncalibrated:
   priced on the run's cluster file (``gpu_<gpu>_rig.toml``) through the dialect's reading of each record;
   the H100's GLM-4.7-Flash decodes set ``mla_decode_share`` of 9.0 and the default row. Round 1 ran the
   first configurations of each model; round 2 (the same machine, minutes later) added GLM ``-ncmoe 24``,
-  the 27B's CPU layers at depth and the 9B's ``-ngl 20``. The all-attention control of the 9B's shape and
-  GLM's decode-only depth sweep are for a run that found no machine.
+  the 27B's CPU layers at depth and the 9B's ``-ngl 20``. ``gpu_h100s40_round*.jsonl`` (session 40, another
+  H100 VM): the 9B beside its all-attention control (``Qwen3-shaped 9B Q8_0``), all layers and ``-ngl 20``.
+  GLM's decode-only depth sweep is for a run that found no machine.
 
 - ``switches_<gpu>.jsonl``: the 9B pair at ``-ngl 20`` on the same machine with engine switches
   varied (session 40): ``-t 16,8 --poll 50,0``, ``-lm mmap,none`` (none: the CPU-held weights in the
@@ -49,8 +50,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import platform
+import re
 import subprocess
 import sys
 import tempfile
@@ -58,9 +59,9 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.cpu_prompt import cpu_cluster
+from benchmarks.public_gpus import one_gpu_cluster
 from omni_place.bench.records import UNSTEADY_SPREAD
 from omni_place.placement import SpeedParams
-from benchmarks.public_gpus import one_gpu_cluster
 
 RESULTS = Path(__file__).resolve().parent / "results"
 FOLDER = RESULTS / "hybrid_speed"
