@@ -91,7 +91,8 @@ class CostModel(Transfers):
         swa_cells = model.swa_kv_cells(full_cells, c.n_ubatch, c.n_seq, c.swa_full)
         self.kv_pp_bytes = cpu_cache_prompt_bytes(attended, [swa_cells if s else full_cells for s in hp.is_swa],
                                                   [model.kv_write_bytes(il) for il in range(len(self.kv))], pp_depth, b)
-        self.rs_store_bytes = [model.recurrent_store_bytes(b, c.n_seq) if r else 0 for r in self.recurrent]
+        self.rs_store_bytes = [model.recurrent_store_bytes(b, c.n_seq, c.conv_store_reads_input) if r else 0
+                               for r in self.recurrent]
         cell = [2.0 * hp.n_head[il] * (hp.dim_k(il) + hp.dim_v(il)) if kv and not r else 0.0
                 for il, (kv, r) in enumerate(zip(attended, self.recurrent))]
         self._mixer = delta_rule_work(hp.ssm_d_state, hp.ssm_d_inner, hp.ssm_n_group)  # a recurrent layer's, a token

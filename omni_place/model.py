@@ -371,17 +371,19 @@ class ModelProfile:
         n_state = hp.ssm_d_state * hp.ssm_d_inner
         return 4 * (n_conv + n_state) * max(1, n_seq)
 
-    def recurrent_store_bytes(self, n_tokens: int, n_seq: int = 1) -> int:
-        """Bytes a recurrent layer's state stores read per ubatch of ``n_tokens``: the conv state's
-        last d_conv - 1 columns, a strided view across the whole concatenated conv input of
+    def recurrent_store_bytes(self, n_tokens: int, n_seq: int = 1, whole_conv_input: bool = True) -> int:
+        """Bytes a recurrent layer's state stores read per ubatch of ``n_tokens``: the new SSM /
+        delta-rule state (src/models/mamba-base.cpp:132) and the conv state's last d_conv - 1
+        columns, which mainline takes as a strided view across the whole concatenated conv input of
         n_tokens + n_seq (d_conv - 1) columns (src/models/delta-net-base.cpp:472-496,
-        src/models/mamba-base.cpp:57-64 and 207-217), and the new SSM / delta-rule state
-        (mamba-base.cpp:132). A CPU-held layer under op offload runs the stores on the CPU, so the
-        scheduler copies both from the GPU whole (ggml_nbytes of the view)."""
+        mamba-base.cpp:57-64 and 207-217); ``whole_conv_input`` False: a contiguous copy of the
+        conv state alone (ik_llama.cpp). A CPU-held layer under op offload runs the stores on the
+        CPU, so the scheduler copies what they read from the GPU (ggml_nbytes of the view)."""
         hp = self.hparams
         seqs = max(1, n_seq)
         channels = hp.ssm_d_inner + 2 * hp.ssm_n_group * hp.ssm_d_state
-        conv = (n_tokens + seqs * (hp.ssm_d_conv - 1)) * channels if hp.ssm_d_conv > 1 else 0
+        columns = (n_tokens if whole_conv_input else 0) + seqs * (hp.ssm_d_conv - 1)
+        conv = columns * channels if hp.ssm_d_conv > 1 else 0
         return 4 * (conv + hp.ssm_d_state * hp.ssm_d_inner * seqs)
 
     def kv_bytes_per_token(self, type_k: str = "f16", type_v: str | None = None) -> float:

@@ -222,6 +222,8 @@ class Context:
     pinned_overrides: bool = False
     # a CPU layer's KV cache is pinned (EngineTraits): op offload moves it at the pinned rate
     pinned_cpu_cache: bool = False
+    # a CPU-held recurrent layer's conv-state store copies the whole conv input down (EngineTraits)
+    conv_store_reads_input: bool = True
     # op offload (llama.cpp's default): prompt ops of CPU-held weights run on the first GPU, their
     # weights copied in per ubatch; off (mainline --no-op-offload): the CPU computes them
     op_offload: bool = True

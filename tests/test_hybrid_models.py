@@ -325,3 +325,9 @@ def test_cpu_held_recurrent_layer_as_the_engines_scheduler_splits_it(tmp_path: P
         assert priced["pcie_stream"] == pytest.approx((up / cost.stream_bandwidth("CUDA0", False) + down) / 512,
                                                       rel=1e-3)
     assert sum(b == "CPU" for b, _ in splits) == 1 + 3 * 11 + 3  # the input split, 11 recurrent, 3 attention
+    # ik_llama.cpp stores a contiguous copy of the conv state: what comes down is the state, whole
+    from omni_place.engines import dialect
+
+    ik = CostModel(model, cluster, dialect("ik_llama.cpp").traits.context(ctx=512, n_ubatch=512, n_prompt=512))
+    assert not ik.context.conv_store_reads_input
+    assert ik.rs_store_bytes[0] == model.kv_layer_bytes(512)[0] < cost.rs_store_bytes[0] // 7

@@ -66,6 +66,11 @@ class EngineTraits:
     # buffer type, src/llama.cpp:4328 and 352-360, holds its cache, :1272-1288; the logs' "CUDA_Host
     # KV buffer"); mainline's is plain CPU memory (src/llama-kv-cache.cpp:212-219, "CPU KV buffer")
     pinned_cpu_cache: bool = False
+    # a recurrent layer's conv-state store reads a strided view across the whole concatenated conv
+    # input (mainline: src/models/delta-net-base.cpp:472-496, src/models/mamba-base.cpp:57-64), so a
+    # CPU-held layer copies all of it from the GPU; ik_llama.cpp stores a contiguous copy of the
+    # state alone (src/llama-delta-net.cpp:384-401, src/graphs/build_mamba.cpp:69-72)
+    conv_store_reads_input: bool = True
     # a head alone on a layer-less device after the last one with layers is spelled by -ts (its
     # own slot), no -ot, so the engine may still pipeline (mainline's encode); ik's encoder leaves
     # such a device out of -dev and overrides the head
@@ -93,6 +98,7 @@ class EngineTraits:
                        ik_cpu_kernels=self.ik_cpu_kernels, compute_margin=self.compute_margin,
                        host_compute_margin=self.host_compute_margin, replay_gpus=self.replay_gpus,
                        pinned_overrides=self.pinned_overrides, pinned_cpu_cache=self.pinned_cpu_cache,
+                       conv_store_reads_input=self.conv_store_reads_input,
                        output_by_split=self.output_by_split, mla_decode_flops=self.mla_decode_flops, **settings)
 
 

@@ -425,7 +425,7 @@ class IkLlama(Dialect):
                           moe_offload_by_share=True, fused_moe=True, ik_cpu_kernels=True,
                           compute_margin=IK_COMPUTE_MARGIN,
                           host_compute_margin=IK_HOST_COMPUTE_MARGIN, replay_gpus=1, pinned_overrides=True,
-                          pinned_cpu_cache=True,
+                          pinned_cpu_cache=True, conv_store_reads_input=False,
                           output_by_split=False, bench_cold_first_prompt=True, mla_decode_flops=False,
                           split_modes=SPLIT_MODES)
     tools = TOOLS
