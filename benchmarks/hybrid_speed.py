@@ -214,15 +214,20 @@ def price_gpu(records: list[dict[str, Any]], folder: Path) -> list[dict[str, Any
     for r in records:
         flags = dialect("llama.cpp").bench_record_flags(r)
         tps = predict(headers[r["shape"]], FOLDER / r["rig"], [*flags.argv, "-t", str(flags.threads)])
-        kind = "pp" if r["n_prompt"] else "tg"
-        out.append({"gpu": r["gpu_info"], "round": r.get("round", ""), "model": r["shape"], "rig": r["rig"],
-                    "threads": r.get("n_threads"), "poll": r.get("poll"), "load": r.get("load_mode", "auto"),
-                    "ubatch": r.get("n_ubatch"),
-                    "test": f"{kind}{r['n_prompt'] or r['n_gen']}",
-                    "depth": r.get("n_depth", 0), "ngl": r["n_gpu_layers"], "ncmoe": r.get("n_cpu_moe", 0),
-                    "tps": r["avg_ts"], "spread_pct": 100.0 * sample_spread(r, "llama.cpp", kind == "pp"),
-                    "predicted": tps, "error_pct": _err(tps, r["avg_ts"])})
+        row = _record_row(r)
+        out.append(dict(row, spread_pct=100.0 * sample_spread(r, "llama.cpp", row["test"][:2] == "pp"),
+                        predicted=tps, error_pct=_err(tps, r["avg_ts"])))
     return out
+
+
+def _record_row(r: dict[str, Any]) -> dict[str, Any]:
+    """What a table row says of a GPU run's record before its price."""
+    kind = "pp" if r["n_prompt"] else "tg"
+    return {"gpu": r["gpu_info"], "round": r.get("round", ""), "model": r["shape"], "rig": r["rig"],
+            "threads": r.get("n_threads"), "poll": r.get("poll"), "load": r.get("load_mode", "auto"),
+            "ubatch": r.get("n_ubatch"), "test": f"{kind}{r['n_prompt'] or r['n_gen']}",
+            "depth": r.get("n_depth", 0), "ngl": r["n_gpu_layers"], "ncmoe": r.get("n_cpu_moe", 0),
+            "tps": r["avg_ts"]}
 
 
 def price_switches(records: list[dict[str, Any]], folder: Path) -> list[dict[str, Any]]:
@@ -231,15 +236,8 @@ def price_switches(records: list[dict[str, Any]], folder: Path) -> list[dict[str
     priced = iter(price_gpu([r for r in records if not r.get("no_host")], folder))
     rows = []
     for r in records:
-        if not r.get("no_host"):
-            rows.append(dict(next(priced), no_host=False))
-            continue
-        kind = "pp" if r["n_prompt"] else "tg"
-        rows.append({"gpu": r["gpu_info"], "round": "", "model": r["shape"], "rig": r["rig"], "threads": r["n_threads"],
-                     "poll": r.get("poll"), "load": r.get("load_mode", "auto"), "ubatch": r.get("n_ubatch"),
-                     "test": f"{kind}{r['n_prompt'] or r['n_gen']}", "depth": r.get("n_depth", 0),
-                     "ngl": r["n_gpu_layers"], "ncmoe": r.get("n_cpu_moe", 0), "tps": r["avg_ts"],
-                     "spread_pct": None, "predicted": None, "error_pct": None, "no_host": True})
+        rows.append(dict(_record_row(r), spread_pct=None, predicted=None, error_pct=None, no_host=True)
+                    if r.get("no_host") else dict(next(priced), no_host=False))
     return rows
 
 
@@ -543,10 +541,11 @@ def switch_notes(rows: list[dict[str, Any]], gpu: list[dict[str, Any]]) -> list[
     hyb, ctl = "Qwen3.5-9B", "Qwen3-shaped"
     rigs = {r["rig"] for r in rows}
 
+    mapped = {m: pick(m, "pp512", load="mmap", no_host=False) + pick(m, "pp512", load="auto", threads=16, poll=50)
+              for m in (hyb, ctl)}
+
     def spread(model: str) -> str:  # default-switch -ngl 20 prompts of the rig's rounds and switch runs
-        mapped_runs = pick(model, "pp512", load="auto", threads=16, poll=50) + pick(model, "pp512", load="mmap",
-                                                                                    no_host=False)
-        tps = [r["tps"] for r in mapped_runs]
+        tps = [r["tps"] for r in mapped[model]]
         tps += [r["tps"] for r in gpu if r["model"].startswith(model) and r["ngl"] == 20 and r["test"] == "pp512"
                 and r["rig"] in rigs]
         return f"{min(tps):.0f}-{max(tps):.0f} t/s ({len(tps)} runs)"
@@ -557,8 +556,6 @@ def switch_notes(rows: list[dict[str, Any]], gpu: list[dict[str, Any]]) -> list[
     with_host = [r["tps"] for r in rows if r["load"] in ("mmap", "none") and r["poll"] == 50 and not r["no_host"]
                  and r["error_pct"] is not None and r["error_pct"] < 100]
     hosted = f"{min(with_host):.0f}-{max(with_host):.0f}" if with_host else "-"
-    mapped = {m: pick(m, "pp512", load="mmap", no_host=False) + pick(m, "pp512", load="auto", threads=16, poll=50)
-              for m in (hyb, ctl)}
     return [
         f"- Engine switches at `-ngl 20` (the 9B pair, one H100 VM, two calls minutes apart): the all-attention "
         f"control's prompt is priced {errs(mapped[ctl])} with mapped weights (copied at the measured pageable "

@@ -365,9 +365,14 @@ class ModelProfile:
         a recurrent architecture, a hybrid's layers without KV heads."""
         return is_recurrent_layer(self.architecture, self.hparams, il)
 
+    def _conv_channels(self) -> int:
+        """The channels of a recurrent layer's conv state (Mamba-2 / delta-net: x, B and C)."""
+        hp = self.hparams
+        return hp.ssm_d_inner + 2 * hp.ssm_n_group * hp.ssm_d_state
+
     def _recurrent_state_bytes(self, n_seq: int) -> int:
         hp = self.hparams
-        n_conv = max(hp.ssm_d_conv - 1, 0) * (hp.ssm_d_inner + 2 * hp.ssm_n_group * hp.ssm_d_state)
+        n_conv = max(hp.ssm_d_conv - 1, 0) * self._conv_channels()
         n_state = hp.ssm_d_state * hp.ssm_d_inner
         return 4 * (n_conv + n_state) * max(1, n_seq)
 
@@ -379,12 +384,8 @@ class ModelProfile:
         mamba-base.cpp:57-64 and 207-217); ``whole_conv_input`` False: a contiguous copy of the
         conv state alone (ik_llama.cpp). A CPU-held layer under op offload runs the stores on the
         CPU, so the scheduler copies what they read from the GPU (ggml_nbytes of the view)."""
-        hp = self.hparams
-        seqs = max(1, n_seq)
-        channels = hp.ssm_d_inner + 2 * hp.ssm_n_group * hp.ssm_d_state
-        columns = (n_tokens if whole_conv_input else 0) + seqs * (hp.ssm_d_conv - 1)
-        conv = columns * channels if hp.ssm_d_conv > 1 else 0
-        return 4 * (conv + hp.ssm_d_state * hp.ssm_d_inner * seqs)
+        conv_input = whole_conv_input and self.hparams.ssm_d_conv > 1  # the ubatch's columns beside the state
+        return self._recurrent_state_bytes(n_seq) + (4 * n_tokens * self._conv_channels() if conv_input else 0)
 
     def kv_bytes_per_token(self, type_k: str = "f16", type_v: str | None = None) -> float:
         """KV bytes per context token summed over layers (full-attention layers at full size;
