@@ -22,13 +22,20 @@ the planner as it ran, uncalibrated:
   first configurations of each model; round 2 (the same machine, minutes later) added GLM ``-ncmoe 24``,
   the 27B's CPU layers at depth and the 9B's ``-ngl 20``. ``gpu_h100s40_round*.jsonl`` (session 40, another
   H100 VM): the 9B beside its all-attention control (``Qwen3-shaped 9B Q8_0``), all layers and ``-ngl 20``.
-  GLM's decode-only depth sweep is for a run that found no machine.
+  ``gpu_h100s41_round*.jsonl`` (session 41, a third H100 VM, 8 minutes apart): every configuration,
+  GLM's decode-only depth sweep among them; its ``-v`` logs and ``devices --measure`` in ``gpu_h100s41/``.
+- ``calibrate_run_<rig>[_<model>].json`` (``.progress.txt``: its stderr): ``omni-place calibrate --run``
+  on that VM, ``--no-save --format json``.
+- ``threads_prompt_h100s41.jsonl``: the CPU's prompt compute at 1-16 threads on session 41's VM (``-ngl 0
+  -nopo 1 -p 256``: qwen3_2b of the CPU models at 1, 2, 4, 8, 12, 16 threads with its decode, the control
+  at 4, 8, 16).
 
 - ``switches_<gpu>.jsonl``: the 9B pair at ``-ngl 20`` on the same machine with engine switches
   varied (session 40): ``-t 16,8 --poll 50,0``, ``-lm mmap,none`` (none: the CPU-held weights in the
   GPU's pinned host buffer), ``--no-host 0,1``, ``-ub 2048``, and the CPU's decode at 1-16 threads.
   Priced as the others; ``--no-host 1`` is not priced (on this AMX host its Q8_0 weights go to the AMX
-  buffer type, which op offload cannot copy), its rows show what it costs.
+  buffer type, which op offload cannot copy), its rows show what it costs. ``switches_h100s41.jsonl``:
+  the first three of them again on session 41's VM.
 
 ``ik_logs/<arch>.log``: ik_llama.cpp's llama-bench (8337e4cd3, native CPU build, ``-p 0 -n 2 -v``) loading
 :data:`IK_SHAPE` of each hybrid: it keeps a recurrent layer's state in its KV buffer (src/llama.cpp:1373-1386),
@@ -432,8 +439,10 @@ def notes(result: dict[str, Any]) -> list[str]:
             "-45 .. -51 % while the H100's MLA prompts at depth are priced within the table's errors, so the 4090's "
             "is left unexplained.",
             *gpu_notes(result["gpu"]),
-            *switch_notes(result["switches"], result["gpu"]),
+            *[line for rig in sorted({r["rig"] for r in result["switches"]})
+              for line in switch_notes([r for r in result["switches"] if r["rig"] == rig], result["gpu"])],
             *calibrate_run_notes(),
+            *threads_prompt_notes(),
             "- Compute buffers: hybrids are not replayed (compute_graph.REPLAYED); their widths-only estimate "
             "against the CPU backend's dry runs of random shapes (compute_sweep_hybrid_cpu.jsonl: `python -m "
             "benchmarks.compute_sweep --cases 40 --archs qwen35,qwen35moe,qwen3next` and `--cases 30 --archs "
@@ -470,20 +479,27 @@ def gpu_notes(rows: list[dict[str, Any]]) -> list[str]:
     out = [f"- {', '.join(gpu)} (`gpu-run`, uncalibrated; a test is steady when its repetitions lie within "
            f"{100 * UNSTEADY_SPREAD:.0f} % of each other). All layers on the GPU, depths 0-32768: decode "
            f"{span(part(on_gpu, 'tg'))}, prompt {span(part(on_gpu, 'pp'))}, steady prompts "
-           f"{span(part(on_gpu, 'pp', True))}: the first of a prompt test's repetitions often ran 20-35 % slow.",
+           f"{span(part(on_gpu, 'pp', True))}. A prompt test at depth 0 is measured by its repetitions after "
+           "the first, which ran at 0.54-1.03 of the others: the CUDA backend captures its graphs in it "
+           "(records.steady_tps; cuda_graph_warmup.md).",
            f"- Routed experts on the CPU (`-ncmoe`): decode {span(part(experts, 'tg'))}, steady "
            f"{span(part(experts, 'tg', True))}; prompt {span(part(experts, 'pp'))}."]
+    nine_b = {rig: [r for r in hybrid_layers if r["rig"] == rig and r["model"].startswith("Qwen3.5-9B")]
+              for rig in sorted({r["rig"] for r in hybrid_layers})}
     if hybrid_layers:
         out.append("- Hybrid layers on the CPU (`-ngl` below the layer count): decode "
                    f"{span(part(hybrid_layers, 'tg'))}, prompt {span(part(hybrid_layers, 'pp'))}"
                    + (f"; the all-attention control of the 9B's shape: decode {span(part(control_layers, 'tg'))}, "
                       f"prompt {span(part(control_layers, 'pp'))}." if control_layers else ".")
-                   + " Routed experts streamed per prompt ubatch are priced within a few percent; a dense hybrid's "
-                   "CPU layers ran 30-50 % slower than priced on session 38's VM (its rig priced the pageable "
-                   "copies at 0.12 of the link, 7.6 GB/s, where 8.9 was measured) and 3-66 % on session 40's "
-                   "(measured 9.6 GB/s), the control within 8 %. The graph is the engine's: in a CPU-held Gated "
-                   "DeltaNet layer the scheduler keeps on the CPU only the recurrent cache's bookkeeping (build_rs's "
-                   "SCALE, GET_ROWS and CPY and the two state stores, src/llama-graph.cpp:3512-3546, "
+                   + " Routed experts streamed per prompt ubatch are priced within a few percent. The 9B hybrid's "
+                   "`-ngl 20` prompt by VM: "
+                   + "; ".join(f"{rig.removesuffix('_rig.toml')} {span(part(rows_9b, 'pp'))}"
+                               for rig, rows_9b in nine_b.items())
+                   + " (session 38's rig priced the pageable copies at 0.12 of the link, 7.6 GB/s, where 8.9 was "
+                   "measured; the later rigs carry the measured rate, `stream_gbs`). The graph is the engine's: "
+                   "in a CPU-held Gated DeltaNet layer the scheduler keeps on the CPU only the recurrent cache's "
+                   "bookkeeping (build_rs's SCALE, GET_ROWS and CPY and the two state stores, "
+                   "src/llama-graph.cpp:3512-3546, "
                    "src/models/delta-net-base.cpp:449-560); the delta rule and every other op follow their "
                    "offloaded weights to the GPU (the scheduler's pass 2, ggml/src/ggml-backend.cpp:1124-1200). "
                    "One split per offloaded weight (14 in a recurrent layer, 11 in an attention one), three CPU "
@@ -497,28 +513,56 @@ def gpu_notes(rows: list[dict[str, Any]]) -> list[str]:
 
 
 def calibrate_run_notes() -> list[str]:
-    """The note on ``calibrate --run`` of the 9B on the session-40 H100 (``calibrate_run_h100s40.json``)."""
-    path = FOLDER / "calibrate_run_h100s40.json"
+    """The notes on ``calibrate --run`` (``calibrate_run_*.json``): the 9B on the session-40 H100, then
+    each run of session 41's VM, one line each."""
+    out = []
+    for path in sorted(FOLDER.glob("calibrate_run_*.json")):
+        run = json.loads(path.read_text())
+        fit = run["engines"]["llama.cpp"]
+        progress = path.with_suffix(".progress.txt").read_text()
+        predicted = re.search(r"cpu-compute: .*predicted pp (\d+)", progress)
+        measured = re.search(r"cpu-compute: ok .* pp ([\d.]+) tok/s", progress)
+        share = fit["params"]["cpu_tflops_per_core"] / SpeedParams().cpu_tflops_per_core
+        held = fit["heldout"]
+        model = next(m for m in GPU_RUNS if Path(model_file(m)).stem in run["logs"])
+        cpu = (f" (uncalibrated {predicted.group(1)} t/s, measured {measured.group(1)}: this CPU's prompt "
+               f"compute fitted at {share:.2f}x the default per-core rate)" if predicted and measured else "")
+        out.append(f"- `omni-place calibrate --run` on {model} ({path.stem.removeprefix('calibrate_run_')}; design: "
+                   + "; ".join(f"{d['name']} `{' '.join(d['argv'])}`" for d in run["design"])
+                   + f"): {fit['n_points']} tests fitted ({', '.join(fit['fitted'])}), leave-one-configuration-"
+                   f"out decode {_held(held['tg'])}, prompt {_held(held['pp'])}, drift {run['drift']['change']:+.1%}: "
+                   "a left-out prompt test is priced by the others, and the CPU-compute run (`-nopo 1`, the only "
+                   f"one whose prompt the CPU computes) cannot be{cpu}."
+                   + (" Its `gpu` run was `-ngl 33`, which kept layer 0 on the CPU (-ngl k offloads the last k of "
+                      "n_layer + 1); fixed after this run (the design's GPU run is now -ngl n_layer + 1)."
+                      if "s40" in path.stem else ""))
+    return out
+
+
+def threads_prompt_notes() -> list[str]:
+    """The note on the CPU's prompt compute at 1-16 threads (``threads_prompt_h100s41.jsonl``)."""
+    path = FOLDER / "threads_prompt_h100s41.jsonl"
     if not path.exists():
         return []
-    run = json.loads(path.read_text())
-    fit = run["engines"]["llama.cpp"]
-    progress = path.with_suffix(".progress.txt").read_text()
-    predicted = re.search(r"cpu-compute: .*predicted pp (\d+)", progress)
-    measured = re.search(r"cpu-compute: ok .* pp ([\d.]+) tok/s", progress)
-    share = fit["params"]["cpu_tflops_per_core"] / SpeedParams().cpu_tflops_per_core
-    held = fit["heldout"]
-    return ["- `omni-place calibrate --run` on Qwen3.5-9B Q8_0 (budget 100 s, the H100 of the switches; design: "
-            + "; ".join(f"{d['name']} `{' '.join(d['argv'])}`" for d in run["design"])
-            + f"): {fit['n_points']} tests fitted ({', '.join(fit['fitted'])}), leave-one-configuration-out "
-            f"decode {_held(held['tg'])}, prompt {_held(held['pp'])}: a left-out prompt test is priced by the "
-            "others, and the CPU-compute run (`-nopo 1`, the only one whose prompt the CPU computes) cannot be"
-            + (f" (uncalibrated {predicted.group(1)} t/s, measured {measured.group(1)}: this CPU's prompt "
-               f"compute of the hybrid's layers fitted at {share:.2f}x the default per-core rate)"
-               if predicted and measured else "")
-            + ". Its "
-            "`gpu` run was `-ngl 33`, which kept layer 0 on the CPU (-ngl k offloads the last k of n_layer + 1); "
-            "fixed after this run (the design's GPU run is now -ngl n_layer + 1)."]
+    recs = [r for r in load_records(path) if r["n_prompt"]]
+    with tempfile.TemporaryDirectory() as tmp:
+        headers = write_headers(Path(tmp), sorted({r["shape"] for r in recs}), header_only=True)
+        cluster = cpu_cluster(Path(tmp), recs[0]["cpu_gbs"], 16, "avx512")
+        rows = [(r["shape"], r["n_threads"], r["avg_ts"],
+                 _err(predict(headers[r["shape"]], cluster, ["-ngl", "0", "-t", str(r["n_threads"]), "-fa", "1",
+                                                             "-p", str(r["n_prompt"]), "-n", "0"]), r["avg_ts"]))
+                for r in recs]
+    one = {shape: tps for shape, t, tps, _ in rows if t == 1}
+    return ["- The CPU's prompt compute against its threads (session 41's VM, `-ngl 0 -nopo 1 -p 256`): "
+            + "; ".join(f"{shape} at {t} threads {tps:.0f} t/s"
+                        + (f" ({tps / one[shape]:.1f}x one thread)" if shape in one and t > 1 else "")
+                        + f", priced {err:+.0f} %" for shape, t, tps, err in rows)
+            + ". The model's rate is linear in threads (`cpu_tflops_per_core` a thread): the 2B's Q4_K is "
+            "priced within 1 % at 4 threads and 55 % fast at 12-16, where each thread ran at half its lone "
+            "rate; the 9B's Q8_0 is 2.3-2.8x fast at every count, its kernel on this host, not the threads. "
+            "Not priced: one VM, two shapes, and the 16-vCPU VM may give hyperthreads as vCPUs. "
+            "`calibrate --run` fits the per-core rate on the machine (0.36-0.49x the default here)."]
+
 
 
 def switch_notes(rows: list[dict[str, Any]], gpu: list[dict[str, Any]]) -> list[str]:
@@ -540,6 +584,8 @@ def switch_notes(rows: list[dict[str, Any]], gpu: list[dict[str, Any]]) -> list[
         return []
     hyb, ctl = "Qwen3.5-9B", "Qwen3-shaped"
     rigs = {r["rig"] for r in rows}
+    session = re.search(r"s(\d+)_rig", next(iter(rigs)))
+    vm = f"session {session.group(1)}'s H100 VM" if session else "one H100 VM"
 
     mapped = {m: pick(m, "pp512", load="mmap", no_host=False) + pick(m, "pp512", load="auto", threads=16, poll=50)
               for m in (hyb, ctl)}
@@ -557,7 +603,7 @@ def switch_notes(rows: list[dict[str, Any]], gpu: list[dict[str, Any]]) -> list[
                  and r["error_pct"] is not None and r["error_pct"] < 100]
     hosted = f"{min(with_host):.0f}-{max(with_host):.0f}" if with_host else "-"
     return [
-        f"- Engine switches at `-ngl 20` (the 9B pair, one H100 VM, two calls minutes apart): the all-attention "
+        f"- Engine switches at `-ngl 20` (the 9B pair, {vm}): the all-attention "
         f"control's prompt is priced {errs(mapped[ctl])} with mapped weights (copied at the measured pageable "
         f"rate, `stream_gbs`), {errs(pick(ctl, 'pp512', load='none', poll=50, no_host=False))} pinned (`-lm none`, "
         f"3.2-3.4x faster) and {errs(pick(ctl, 'pp2048'))} at `-ub 2048`: the op-offload structure and both copy "
@@ -581,7 +627,7 @@ def switch_notes(rows: list[dict[str, Any]], gpu: list[dict[str, Any]]) -> list[
            f"{', '.join(format(r['tps'], '.0f') for r in steady_h)} t/s in the second; left unexplained (llama-bench "
            "without -v prints no allocation warning; a failed pinned allocation falls back to a plain CPU "
            "buffer)."] if outlier else []),
-        "- `--no-host 1`: "
+        *(["- `--no-host 1`: "
         + ", ".join(f"{r['model'].split()[0]} {r['load']} {r['tps']:.0f} t/s" for r in no_host)
         + f" against {hosted} without it. Without the host buffer first in the CPU's list "
         "(src/llama-model.cpp:1099-1107) the extra buffer types come first, and this host's CPU has AMX "
@@ -589,13 +635,13 @@ def switch_notes(rows: list[dict[str, Any]], gpu: list[dict[str, Any]]) -> list[
         "(ggml/src/ggml-cpu/amx/common.h:106-115) and is no host buffer (amx.cpp:236), so op offload cannot "
         "copy those weights and the CPU computes the CPU layers' prompt with its AMX kernels. "
         "Not priced (the planner does not know a build's AMX): `check` says what the flag changes "
-        "(`engines.common.NO_HOST_NOTE`), `calibrate` leaves such records out.",
-        "- CPU decode at fewer threads (`-t`, `Cluster.with_cpu_threads`: one thread's 10 GB/s, "
+        "(`engines.common.NO_HOST_NOTE`), `calibrate` leaves such records out."] if no_host else []),
+        *(["- CPU decode at fewer threads (`-t`, `Cluster.with_cpu_threads`: one thread's 10 GB/s, "
         "`devices.CPU_THREAD_GBS`, in series with the memory's rate, the figure at the CPU's threads kept; set "
         f"on these records): all layers on the CPU {errs(pick(ctl, 'tg', ngl=0))} from 1 to 16 threads, at "
         f"`-ngl 20` {errs(pick(ctl, 'tg', ngl=20) + pick(hyb, 'tg', ngl=20))}. With a power law, (threads / the "
         "CPU's) ^ 0.7 (fitted on the H200 host's 4 and 8 threads), 1-2 threads were +30 .. +47 %; before `-t` was "
-        "priced at all, 8 threads were +33 .. +48 %.",
+        "priced at all, 8 threads were +33 .. +48 %."] if pick(ctl, "tg", ngl=0) else []),
     ]
 
 

@@ -210,29 +210,50 @@ def _samples(rec: dict[str, Any]) -> list[float]:
     return [float(x) for x in samples]
 
 
-def _cold_first(samples: list[float], engine: str, prompt: bool) -> bool:
-    """Whether a test's first timed repetition ran cold: a prompt test of two or more samples of an
-    engine whose llama-bench warms prompts up with one token (EngineTraits.bench_cold_first_prompt)."""
-    return (prompt and len(samples) >= 2 and engine in BENCH_ENGINES
-            and dialect(engine).traits.bench_cold_first_prompt)
+def _cold_first(rec: dict[str, Any], samples: list[float], engine: str, prompt: bool) -> bool:
+    """Whether a test's first timed repetition ran cold, a prompt test of two or more samples:
+    every one of an engine whose llama-bench warms prompts up with one token
+    (EngineTraits.bench_cold_first_prompt), and a CUDA build's with its weights on the GPUs and no
+    depth run before it, where the CUDA graphs' warmup outlasts llama-bench's
+    (EngineTraits.bench_cuda_graph_warmup). ``rec`` is llama-bench's record or an ``omni-place
+    bench`` record holding it (``engine_record``)."""
+    if not (prompt and len(samples) >= 2 and engine in BENCH_ENGINES):
+        return False
+    traits = dialect(engine).traits
+    inner = rec.get("engine_record")
+    bench: dict[str, Any] = inner if isinstance(inner, dict) else rec
+    return traits.bench_cold_first_prompt or (
+        traits.bench_cuda_graph_warmup and "CUDA" in str(bench.get("backends", "")).upper()
+        and not bench.get("n_depth") and _weights_on_gpus(bench))
+
+
+def _weights_on_gpus(bench: dict[str, Any]) -> bool:
+    """Whether a llama-bench record ran every layer on its GPUs (``-ngl`` 99, llama-bench's default,
+    or more; negative: all) with no tensor kept in RAM (``-ncmoe``, ``-ot``): where the GPU's kernels
+    make the prompt's time and the graphs' capture shows (0.54-1.03 of the later repetitions; with
+    weights streamed from RAM 0.99, benchmarks/results/cuda_graph_warmup.md)."""
+    ngl, overrides = bench.get("n_gpu_layers", 99), str(bench.get("tensor_buft_overrides") or "none")
+    return (isinstance(ngl, int) and (ngl >= 99 or ngl < 0) and not bench.get("n_cpu_moe")
+            and overrides.lower() in ("none", ""))
 
 
 def warm_samples(rec: dict[str, Any], engine: str, prompt: bool) -> list[float]:
-    """A llama-bench test's ``samples_ts`` that ran warm: all of them, but the first of a prompt
-    test whose engine warms prompts up with one token (:func:`steady_tps`); none when the
-    record's samples are not all tok/s."""
+    """A llama-bench test's ``samples_ts`` that ran warm: all of them, but a first prompt
+    repetition that ran cold (:func:`steady_tps`); none when the record's samples are not all tok/s."""
     samples = _samples(rec)
-    return samples[1:] if _cold_first(samples, engine, prompt) else samples
+    return samples[1:] if _cold_first(rec, samples, engine, prompt) else samples
 
 
 def steady_tps(rec: dict[str, Any], engine: str, prompt: bool) -> float | None:
     """The tok/s a llama-bench test ran at once warm, what a server sees and the speed model
-    prices: the record's ``avg_ts``, but for a prompt test of ik_llama.cpp, whose llama-bench
-    warms prompts up with one token (examples/llama-bench/llama-bench.cpp:2226-2232), the mean of
-    the samples after the first -- that one runs the full batch cold, at 0.45-0.9 of the others
-    on an H200 (benchmarks/results/calibrate_31.md). None when the record has no ``avg_ts``."""
+    prices: the record's ``avg_ts``, but the mean of the samples after the first where that one ran
+    cold: every prompt test of ik_llama.cpp, whose llama-bench warms prompts up with one token
+    (examples/llama-bench/llama-bench.cpp:2226-2232; 0.45-0.9 of the others on an H200,
+    benchmarks/results/calibrate_31.md), and a prompt test of mainline's CUDA build at depth 0,
+    whose graphs are captured in it (EngineTraits.bench_cuda_graph_warmup). None when the record
+    has no ``avg_ts``."""
     samples = _samples(rec)
-    if _cold_first(samples, engine, prompt):
+    if _cold_first(rec, samples, engine, prompt):
         return sum(samples[1:]) / (len(samples) - 1)
     avg = rec.get("avg_ts")
     return None if avg is None else float(avg)

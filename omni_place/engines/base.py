@@ -79,6 +79,12 @@ class EngineTraits:
     # examples/llama-bench/llama-bench.cpp:2226-2232; mainline runs the prompt,
     # tools/llama-bench/llama-bench.cpp:2419): its first timed repetition runs the full batch cold
     bench_cold_first_prompt: bool = False
+    # the CUDA backend replays a graph as a CUDA graph only from its second unchanged call
+    # (ggml/src/ggml-cuda/ggml-cuda.cu:4456-4466), a call more than llama-bench's one-prompt warmup
+    # gives a short prompt: a CUDA build's first timed prompt test without a depth run before it
+    # still runs uncaptured: 0.80 of the others on an H100 at -p 1024, as fast as they with
+    # GGML_CUDA_DISABLE_GRAPHS=1 or after a -p 8192 warmup (benchmarks/results/cuda_graph_warmup.md)
+    bench_cuda_graph_warmup: bool = False
     # a decoded token's MLA attention runs the mma kernel, bound by its FLOPs (mainline: no vector
     # flash-attention kernel for 576-wide heads, ggml/src/ggml-cuda/fattn.cu:635); ik_llama.cpp and
     # vLLM have MLA kernels of their own, unmeasured at depth: priced by the cache's bytes

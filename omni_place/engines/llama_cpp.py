@@ -515,7 +515,7 @@ class LlamaCpp(Dialect):
 
     name = NAME
     traits = EngineTraits(cpu_weights=True, rpc_devices=True, swa_full=False, embedding_on_first=False,
-                          libllama=True, pin_flags=pin_flags_of(SYNTAX),
+                          libllama=True, pin_flags=pin_flags_of(SYNTAX), bench_cuda_graph_warmup=True,
                           op_offload_switch=all(s.no_op_offload for s in SYNTAX.values()), split_modes=SPLIT_MODES)
     tools = TOOLS
     syntax = SYNTAX
