@@ -150,6 +150,20 @@ def test_cuda_first_prompt_repetition_at_depth_0_is_left_out() -> None:
     assert graphs_off["samples_ts"][0] > 0.98 * min(graphs_off["samples_ts"][1:])
 
 
+def test_only_whole_gpu_prompts_at_depth_0_ran_their_first_repetition_cold() -> None:
+    """The rule's scope, over every committed mainline prompt test (benchmarks/cuda_graph_warmup.py):
+    cold where the weights all sat on the GPUs and no depth run came first, not elsewhere."""
+    sys.path.insert(0, str(ROOT))
+    from benchmarks.cuda_graph_warmup import survey
+
+    groups = {(g["where"], g["after_depth_run"]): g for g in survey()}
+    whole = groups[("CUDA, all layers", False)]
+    assert whole["tests"] >= 200 and whole["median"] < 0.8 and whole["max"] < 0.95
+    for key in (("CUDA, all layers", True), ("CUDA, all layers, tensors in RAM (-ot, -ncmoe)", False),
+                ("CUDA, some layers on the CPU", False), ("CPU build", False)):
+        assert groups[key]["median"] > 0.95, key
+
+
 def test_record_fields_reach_the_context_and_threads(models: dict) -> None:
     model, cluster = _setting("moe33.rig_12", models)
     rec = json.loads((DATA / "moe33.rig_12_4.llama.cpp.jsonl").read_text().splitlines()[2])
