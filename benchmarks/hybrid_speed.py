@@ -439,8 +439,8 @@ def notes(result: dict[str, Any]) -> list[str]:
             "-45 .. -51 % while the H100's MLA prompts at depth are priced within the table's errors, so the 4090's "
             "is left unexplained.",
             *gpu_notes(result["gpu"]),
-            *[line for rig in sorted({r["rig"] for r in result["switches"]})
-              for line in switch_notes([r for r in result["switches"] if r["rig"] == rig], result["gpu"])],
+            *[line for i, rig in enumerate(sorted({r["rig"] for r in result["switches"]}))
+              for line in switch_notes([r for r in result["switches"] if r["rig"] == rig], result["gpu"], i == 0)],
             *calibrate_run_notes(),
             *threads_prompt_notes(),
             "- Compute buffers: hybrids are not replayed (compute_graph.REPLAYED); their widths-only estimate "
@@ -565,9 +565,10 @@ def threads_prompt_notes() -> list[str]:
 
 
 
-def switch_notes(rows: list[dict[str, Any]], gpu: list[dict[str, Any]]) -> list[str]:
-    """The notes on the engine-switch records (``price_switches`` rows; ``gpu``: the ``price_gpu`` rows of
-    the same rig's rounds), their figures computed."""
+def switch_notes(rows: list[dict[str, Any]], gpu: list[dict[str, Any]], first: bool = True) -> list[str]:
+    """The notes on one rig's engine-switch records (``price_switches`` rows; ``gpu``: the ``price_gpu``
+    rows of the rounds), their figures computed; the scheduler's account of a CPU-held recurrent layer
+    only in the ``first`` rig's."""
     def pick(model: str, test: str, **keys: Any) -> list[dict[str, Any]]:
         return [r for r in rows if r["model"].startswith(model) and r["test"].startswith(test)
                 and all(r[k] == v for k, v in keys.items())]
@@ -602,19 +603,30 @@ def switch_notes(rows: list[dict[str, Any]], gpu: list[dict[str, Any]]) -> list[
     with_host = [r["tps"] for r in rows if r["load"] in ("mmap", "none") and r["poll"] == 50 and not r["no_host"]
                  and r["error_pct"] is not None and r["error_pct"] < 100]
     hosted = f"{min(with_host):.0f}-{max(with_host):.0f}" if with_host else "-"
+    ctl_pinned = pick(ctl, "pp512", load="none", poll=50, no_host=False)
+    faster = [p["tps"] / m["tps"] for p in ctl_pinned for m in mapped[ctl]]
+    if not first:  # the same runs again on another VM: the figures, the account stays with the first
+        return [f"- Engine switches at `-ngl 20` on {vm}: the control {errs(mapped[ctl])} mapped, "
+                f"{errs(ctl_pinned)} pinned, {errs(pick(ctl, 'pp2048'))} at `-ub 2048`; the hybrid "
+                f"{errs(mapped[hyb])} mapped ({errs(pick(hyb, 'pp512', load='auto', poll=0, threads=16))} at "
+                f"`--poll 0`, {errs(pick(hyb, 'pp512', load='auto', threads=8, poll=50))} at 8 threads), "
+                f"{errs(steady_h)} "
+                f"pinned, {errs(pick(hyb, 'pp2048'))} at `-ub 2048`. Its default `-ngl 20` prompt ran "
+                f"{spread(hyb)} here, the control {spread(ctl)}."]
     return [
         f"- Engine switches at `-ngl 20` (the 9B pair, {vm}): the all-attention "
         f"control's prompt is priced {errs(mapped[ctl])} with mapped weights (copied at the measured pageable "
-        f"rate, `stream_gbs`), {errs(pick(ctl, 'pp512', load='none', poll=50, no_host=False))} pinned (`-lm none`, "
-        f"3.2-3.4x faster) and {errs(pick(ctl, 'pp2048'))} at `-ub 2048`: the op-offload structure and both copy "
-        f"rates are the engine's. The hybrid is priced {errs(mapped[hyb])} mapped, {errs(steady_h)} pinned, "
+        f"rate, `stream_gbs`), {errs(ctl_pinned)} pinned (`-lm none`, "
+        f"{min(faster):.1f}-{max(faster):.1f}x faster) and {errs(pick(ctl, 'pp2048'))} at `-ub 2048`: the "
+        f"op-offload structure and both copy rates are the engine's. The hybrid is priced {errs(mapped[hyb])} "
+        f"mapped, {errs(steady_h)} pinned, "
         f"{errs(pick(hyb, 'pp2048'))} at `-ub 2048`: {excess(steady_h)} ms a 512-token ubatch beyond the "
-        f"prediction pinned, {excess(mapped[hyb])} mapped, over its 11 CPU-held recurrent layers. The scheduler's "
-        "log of the pinned run (GGML_SCHED_DEBUG=2, tests/data/sched_splits_qwen35_9b_ngl20.txt) shows what a "
-        "CPU-held recurrent layer adds to an attention one: three CPU splits (build_rs's gather, the conv-state "
-        "store, the state store), the 2 MiB state up and down, and the whole conv input (16 MiB at 512 tokens: "
-        "the stored last 3 columns are a strided view across it) down to the CPU; the cost model prices these "
-        "(`CostModel.cpu_cache_pp`, `ModelProfile.recurrent_store_bytes`), a few ms of the excess. "
+        f"prediction pinned, {excess(mapped[hyb])} mapped, over its 11 CPU-held recurrent layers. "
+        "The scheduler's log of the pinned run (GGML_SCHED_DEBUG=2, tests/data/sched_splits_qwen35_9b_ngl20.txt) "
+        "shows what a CPU-held recurrent layer adds to an attention one: three CPU splits (build_rs's gather, the "
+        "conv-state store, the state store), the 2 MiB state up and down, and the whole conv input (16 MiB at 512 "
+        "tokens: the stored last 3 columns are a strided view across it) down to the CPU; the cost model prices "
+        "these (`CostModel.cpu_cache_pp`, `ModelProfile.recurrent_store_bytes`), a few ms of the excess. "
         "With mapped weights the hybrid also runs faster at `--poll 0` and at 8 threads "
         f"({errs(pick(hyb, 'pp512', load='auto', poll=0))}; the control moves less): its CPU splits wake the "
         "thread pool, whose spinning competes with the CPU-driven pageable copies; pinned copies are DMA and "
