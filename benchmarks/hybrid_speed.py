@@ -479,9 +479,9 @@ def gpu_notes(rows: list[dict[str, Any]]) -> list[str]:
     out = [f"- {', '.join(gpu)} (`gpu-run`, uncalibrated; a test is steady when its repetitions lie within "
            f"{100 * UNSTEADY_SPREAD:.0f} % of each other). All layers on the GPU, depths 0-32768: decode "
            f"{span(part(on_gpu, 'tg'))}, prompt {span(part(on_gpu, 'pp'))}, steady prompts "
-           f"{span(part(on_gpu, 'pp', True))}. A prompt test at depth 0 is measured by its repetitions after "
-           "the first, which ran at 0.54-1.03 of the others: the CUDA backend captures its graphs in it "
-           "(records.steady_tps; cuda_graph_warmup.md).",
+           f"{span(part(on_gpu, 'pp', True))}. A whole-GPU prompt test at depth 0 is measured by its repetitions "
+           "after the first, which runs at 0.50-0.92 of them (234 committed tests): the CUDA backend captures "
+           "its graphs in it (records.steady_tps; cuda_graph_warmup.md).",
            f"- Routed experts on the CPU (`-ncmoe`): decode {span(part(experts, 'tg'))}, steady "
            f"{span(part(experts, 'tg', True))}; prompt {span(part(experts, 'pp'))}."]
     nine_b = {rig: [r for r in hybrid_layers if r["rig"] == rig and r["model"].startswith("Qwen3.5-9B")]
