@@ -544,14 +544,9 @@ def threads_prompt_notes() -> list[str]:
     path = FOLDER / "threads_prompt_h100s41.jsonl"
     if not path.exists():
         return []
-    recs = [r for r in load_records(path) if r["n_prompt"]]
-    with tempfile.TemporaryDirectory() as tmp:
-        headers = write_headers(Path(tmp), sorted({r["shape"] for r in recs}), header_only=True)
-        cluster = cpu_cluster(Path(tmp), recs[0]["cpu_gbs"], 16, "avx512")
-        rows = [(r["shape"], r["n_threads"], r["avg_ts"],
-                 _err(predict(headers[r["shape"]], cluster, ["-ngl", "0", "-t", str(r["n_threads"]), "-fa", "1",
-                                                             "-p", str(r["n_prompt"]), "-n", "0"]), r["avg_ts"]))
-                for r in recs]
+    with tempfile.TemporaryDirectory() as tmp:  # priced as the CPU runs are, each at its threads
+        rows = [(r["shape"], r["threads"], r["measured"], r["error_pct"])
+                for r in price_cpu([r for r in load_records(path) if r["n_prompt"]], Path(tmp))]
     one = {shape: tps for shape, t, tps, _ in rows if t == 1}
     return ["- The CPU's prompt compute against its threads (session 41's VM, `-ngl 0 -nopo 1 -p 256`): "
             + "; ".join(f"{shape} at {t} threads {tps:.0f} t/s"
