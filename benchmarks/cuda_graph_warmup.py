@@ -29,6 +29,8 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from omni_place.bench.records import weights_on_gpus
+
 RESULTS = Path(__file__).resolve().parent / "results"
 FOLDER = RESULTS / "cuda_graph_warmup"
 RUNS = {"backtoback_p1024x3": "-p 1024,1024,1024 -r 4, back to back",
@@ -73,19 +75,20 @@ def survey() -> list[dict[str, Any]]:
             s = rec.get("samples_ts")
             if not isinstance(s, list) or len(s) < 2 or not rec.get("n_prompt") or rec.get("n_gen"):
                 continue
-            in_ram = rec.get("n_cpu_moe") or str(rec.get("tensor_buft_overrides") or "none").lower() != "none"
             where = ("CPU build" if "CUDA" not in str(rec.get("backends", "")).upper()
+                     else "CUDA, all layers" if weights_on_gpus(rec)  # the rule's scope
                      else "CUDA, -ngl 0" if not rec.get("n_gpu_layers")
-                     else "CUDA, some layers on the CPU" if rec["n_gpu_layers"] < 99
-                     else "CUDA, all layers, tensors in RAM (-ot, -ncmoe)" if in_ram else "CUDA, all layers")
+                     else "CUDA, some layers on the CPU" if 0 < rec["n_gpu_layers"] < 99
+                     else "CUDA, tensors in RAM (-ot, -ncmoe) or placed by -fitt")
             groups.setdefault((where, bool(rec.get("n_depth"))), []).append(s[0] / statistics.median(s[1:]))
     return [{"where": where, "after_depth_run": depth, "tests": len(v),
-             "median": round(statistics.median(v), 2), "min": round(min(v), 2), "max": round(max(v), 2)}
+             "median": statistics.median(v), "min": min(v), "max": max(v)}
             for (where, depth), v in sorted(groups.items())]
 
 
 def main() -> int:
-    result = {"controlled": controlled(), "survey": survey()}
+    result = {"controlled": controlled(),
+              "survey": [{k: round(v, 2) if isinstance(v, float) else v for k, v in row.items()} for row in survey()]}
     lines = ["# llama-bench's first prompt repetition on a CUDA build", "",
              "`python -m benchmarks.cuda_graph_warmup` (its docstring has the method and the files). "
              "First over the others' median: below 1 the first timed repetition ran cold.", "",

@@ -140,7 +140,8 @@ def test_cuda_first_prompt_repetition_at_depth_0_is_left_out() -> None:
     at_depth = dict(cold[0], n_depth=8192)
     cpu_build = dict(cold[0], backends="CPU")
     streamed = [dict(cold[0], n_cpu_moe=20), dict(cold[0], tensor_buft_overrides="exps=CPU"),
-                dict(cold[0], n_gpu_layers=20)]  # RAM-held weights: their copies make the time
+                dict(cold[0], n_gpu_layers=20),  # RAM-held weights: their copies make the time
+                dict(cold[0], n_gpu_layers=-1, fit_target=1024)]  # the fitter's placement, unknown here
     for rec in (at_depth, cpu_build, *streamed):
         assert warm_samples(rec, "llama.cpp", True) == rec["samples_ts"]
         assert steady_tps(rec, "llama.cpp", True) == rec["avg_ts"]
@@ -159,7 +160,7 @@ def test_only_whole_gpu_prompts_at_depth_0_ran_their_first_repetition_cold() -> 
     groups = {(g["where"], g["after_depth_run"]): g for g in survey()}
     whole = groups[("CUDA, all layers", False)]
     assert whole["tests"] >= 200 and whole["median"] < 0.8 and whole["max"] < 0.95
-    for key in (("CUDA, all layers", True), ("CUDA, all layers, tensors in RAM (-ot, -ncmoe)", False),
+    for key in (("CUDA, all layers", True), ("CUDA, tensors in RAM (-ot, -ncmoe) or placed by -fitt", False),
                 ("CUDA, some layers on the CPU", False), ("CPU build", False)):
         assert groups[key]["median"] > 0.95, key
 

@@ -224,18 +224,20 @@ def _cold_first(rec: dict[str, Any], samples: list[float], engine: str, prompt: 
     bench: dict[str, Any] = inner if isinstance(inner, dict) else rec
     return traits.bench_cold_first_prompt or (
         traits.bench_cuda_graph_warmup and "CUDA" in str(bench.get("backends", "")).upper()
-        and not bench.get("n_depth") and _weights_on_gpus(bench))
+        and not bench.get("n_depth") and weights_on_gpus(bench))
 
 
-def _weights_on_gpus(bench: dict[str, Any]) -> bool:
+def weights_on_gpus(bench: dict[str, Any]) -> bool:
     """Whether a llama-bench record ran every layer on its GPUs (``-ngl`` 99, llama-bench's default,
-    or more; negative: all) with no tensor kept in RAM (``-ncmoe``, ``-ot``): where the GPU's kernels
-    make the prompt's time and the graphs' capture shows: the first ran at 0.50-0.92 of the later
-    repetitions in 234 committed tests, median 0.76, where with tensors in RAM (177) or layers on the
-    CPU (545) the medians were 0.98 and 0.96 (benchmarks/results/cuda_graph_warmup.md)."""
+    or more; negative: all, src/llama-model.cpp) with no tensor kept in RAM (``-ncmoe``, ``-ot``) and
+    no fitter to move any there (``-fitt``: its record says ``-ngl -1`` whatever it placed): where the
+    GPU's kernels make the prompt's time and the graphs' capture shows. The first ran at 0.50-0.92
+    of the later repetitions in 234 committed tests, median 0.76, where with tensors in RAM or a
+    fitter's placement (344) or layers on the CPU (378) the medians were 0.97 and 0.95
+    (benchmarks/results/cuda_graph_warmup.md)."""
     ngl, overrides = bench.get("n_gpu_layers", 99), str(bench.get("tensor_buft_overrides") or "none")
     return (isinstance(ngl, int) and (ngl >= 99 or ngl < 0) and not bench.get("n_cpu_moe")
-            and overrides.lower() in ("none", ""))
+            and not bench.get("fit_target") and overrides.lower() in ("none", ""))
 
 
 def warm_samples(rec: dict[str, Any], engine: str, prompt: bool) -> list[float]:
