@@ -39,7 +39,10 @@ class HParams:
     ssm_d_inner: int = 0
     ssm_d_state: int = 0
     ssm_n_group: int = 0
-    indexer_head_size: int = 0  # DSA lightning indexer key width (deepseek32); 0 = no indexer cache
+    indexer_head_size: int = 0  # DSA lightning indexer key width (deepseek32, glm-dsa); 0 = no indexer cache
+    # the trunk layers that run a full indexer and cache its key (glm-dsa's attention.indexer.types;
+    # every trunk layer of deepseek32)
+    indexer_full: tuple[bool, ...] = ()
     # SWA layers' head widths (attention.key_length_swa / value_length_swa; 0: the full layers' widths)
     head_dim_k_swa: int = 0
     head_dim_v_swa: int = 0
@@ -57,6 +60,11 @@ class HParams:
     def dim_v(self, il: int) -> int:
         """Layer ``il``'s V head width (n_embd_head_v(il))."""
         return self.head_dim_v_swa if self.is_swa[il] and self.head_dim_v_swa else self.head_dim_v
+
+    def indexer_width(self, il: int) -> int:
+        """Layer ``il``'s DSA indexer key width in the cache: ``indexer_head_size`` where it runs a
+        full indexer (the engine's filter_lid, src/llama-model.cpp:2431), else 0."""
+        return self.indexer_head_size if il < len(self.indexer_full) and self.indexer_full[il] else 0
 
     def owns_kv(self, il: int) -> bool:
         """Whether layer ``il`` has a cache of its own: not a NextN block, nor one of the last
@@ -111,6 +119,7 @@ ARCHITECTURES: dict[str, ArchSpec] = {
     "qwen2moe": ArchSpec(),
     "deepseek2": ArchSpec(verified=True),
     "deepseek32": ArchSpec(verified=True),  # deepseek2 MLA + the DSA indexer's key cache
+    "glm-dsa": ArchSpec(verified=True),  # deepseek32's layout, the indexer's cache on its full layers only
     "glm4moe": ArchSpec(verified=True),
     "gpt-oss": ArchSpec(swa_pattern=2, verified=True),
     "gemma3": ArchSpec(swa_pattern=6, verified=True),
@@ -124,6 +133,12 @@ ARCHITECTURES: dict[str, ArchSpec] = {
     "qwen35": ArchSpec(hybrid=True, recurrent_interval=True, recurrent_layer_ops=26, verified=True),
     "qwen35moe": ArchSpec(hybrid=True, recurrent_interval=True, recurrent_layer_ops=26, verified=True),
     "mistral3": ArchSpec(),
+    # SWA patterns the engine sets where the header has no sliding_window_pattern (converters write
+    # none for these): src/models/cohere2.cpp:5, afmoe.cpp:17, cohere2moe.cpp:28, laguna.cpp:39
+    "cohere2": ArchSpec(swa_pattern=4),
+    "afmoe": ArchSpec(swa_pattern=4),
+    "cohere2moe": ArchSpec(swa_pattern=4, swa_dense_first=True),
+    "laguna": ArchSpec(swa_pattern=4, swa_dense_first=True),
     "mamba": ArchSpec(recurrent=True),
     "mamba2": ArchSpec(recurrent=True, recurrent_layer_ops=19, verified=True),
     "jamba": ArchSpec(hybrid=True),
@@ -132,11 +147,22 @@ ARCHITECTURES: dict[str, ArchSpec] = {
     "nemotron_h": ArchSpec(hybrid=True, ffn_layers=True, recurrent_layer_ops=26, verified=True),
     "nemotron_h_moe": ArchSpec(hybrid=True, ffn_layers=True, recurrent_layer_ops=26, verified=True),
 }
+# MLA with the DSA lightning indexer's key cache on its full-indexer layers, at the full context
+# (llama_kv_cache_dsa, src/llama-kv-cache-dsa.cpp:14-52; dots3note's beside its SWA layers' cache,
+# src/llama-kv-cache-dsa-iswa.cpp:33-75)
+DSA_ARCHITECTURES = frozenset({"deepseek32", "glm-dsa", "hy_v4", "dots3note"})
 # Architectures whose memory layout is known to differ from what this module models.
 NOT_COVERED = {
     "rwkv6", "rwkv7", "arwkv7", "rwkv6qwen2",
-    "kimi-linear", "gemma3n", "minimax-m3", "glm-dsa", "t5", "t5encoder",
+    "kimi-linear", "gemma3n", "minimax-m3", "t5", "t5encoder",
     "bert", "nomic-bert", "jina-bert-v2", "whisper", "falcon-h1",
+    # linear-attention hybrids whose recurrent layers the header does not mark as the rules here
+    # read them (src/models/minimax-01.cpp:12-16, qwen4exp.cpp:131-136; kimi-k3, glm5-next,
+    # bailingmoe3: KDA layers with heads but no KV heads)
+    "minimax-01", "qwen4exp", "kimi-k3", "glm5-next", "bailingmoe3",
+    # DeepSeek-V4's compressed caches (src/llama-kv-cache-dsv4.cpp:1253-1329); nanbeige's looped
+    # blocks, a cache per loop (src/models/nanbeige.cpp:7-31)
+    "deepseek4", "nanbeige",
 }
 
 
@@ -216,6 +242,32 @@ def _flags(md: dict[str, Any], key: str, n: int) -> tuple[bool, ...] | None:
                  for il, x in enumerate(v[:n]))
 
 
+# GLM-5.2's indexer types where its header has none: layers 0, 1 and every fourth from 2 run a full
+# indexer (src/models/glm-dsa.cpp:5-26 GLM_5_2_DEFAULT_INDEXER_TYPES, 78 entries)
+_GLM_5_2_INDEXER_LAYERS = 78
+
+
+def _indexer_full(md: dict[str, Any], a: str, n_main: int, n_ctx_train: int) -> tuple[bool, ...]:
+    """The trunk layers that cache a DSA indexer key: every one of deepseek32; else the header's
+    ``attention.indexer.types`` (one value or one per trunk layer, nonzero: full; the engine's
+    get_key_or_arr); without it glm-dsa's defaults (src/models/glm-dsa.cpp load_arch_hparams: GLM 5 /
+    5.1 all, a 1 Mi training context GLM-5.2's pattern) and none for the others (hy_v4 needs the key
+    or is a full-attention checkpoint without an indexer, indexer.top_k 0: src/models/hy-v4.cpp:45-59,
+    src/llama-model.cpp:2494-2534; dots3note requires it: src/models/dots3note.cpp:40)."""
+    key = f"{a}.attention.indexer.types"
+    if a == "deepseek32":
+        return (True,) * n_main
+    if a == "hy_v4" and not _int(md, f"{a}.attention.indexer.top_k", 0, hi=MAX_CONTEXT):
+        return (False,) * n_main
+    if key in md:
+        return tuple(bool(t) for t in _per_layer(md, key, n_main, None, hi=(1 << 32) - 1))
+    if a == "glm-dsa":
+        if n_ctx_train < 1048576:
+            return (True,) * n_main
+        return tuple(il < _GLM_5_2_INDEXER_LAYERS and (il < 2 or (il - 2) % 4 == 0) for il in range(n_main))
+    return (False,) * n_main
+
+
 def _recurrent_layers(md: dict[str, Any], a: str, n_layer: int, n_nextn: int) -> tuple[bool, ...]:
     """Which layers of a Gated DeltaNet hybrid are recurrent: ``attention.recurrent_layers``, else
     all but every ``full_attention_interval``-th of the trunk (NextN blocks never)."""
@@ -283,6 +335,7 @@ def read_hparams(arch: str, md: dict[str, Any], n_vocab_fallback: int) -> HParam
             is_swa += (False,) * n_nextn
         else:
             is_swa = (False,) * n_layer
+    dsa = arch in DSA_ARCHITECTURES
     hp = HParams(
         n_layer=n_layer,
         n_layer_nextn=n_nextn,
@@ -309,8 +362,8 @@ def read_hparams(arch: str, md: dict[str, Any], n_vocab_fallback: int) -> HParam
         ssm_d_inner=n_embd if shortconv else _int(md, f"{a}.ssm.inner_size", 0, hi=MAX_WIDTH),
         ssm_d_state=_int(md, f"{a}.ssm.state_size", 0, hi=MAX_HEAD_DIM),
         ssm_n_group=_int(md, f"{a}.ssm.group_count", 0, hi=MAX_HEADS),
-        indexer_head_size=(_int(md, f"{a}.attention.indexer.key_length", 0, hi=MAX_HEAD_DIM)
-                           if arch == "deepseek32" else 0),
+        indexer_head_size=_int(md, f"{a}.attention.indexer.key_length", 0, hi=MAX_HEAD_DIM) if dsa else 0,
+        indexer_full=_indexer_full(md, a, n_main, _int(md, f"{a}.context_length", 0, hi=MAX_CONTEXT)) if dsa else (),
         head_dim_k_swa=_swa_width(md, f"{a}.attention.key_length_swa", head_dim_k, any(is_swa)),
         head_dim_v_swa=_swa_width(md, f"{a}.attention.value_length_swa", head_dim_v, any(is_swa)),
         n_layer_kv_shared=n_shared,
@@ -323,5 +376,5 @@ def read_hparams(arch: str, md: dict[str, Any], n_vocab_fallback: int) -> HParam
     return hp
 
 
-__all__ = ["ARCHITECTURES", "MAX_CONTEXT", "MAX_EXPERTS", "MAX_LAYERS", "NOT_COVERED", "ArchSpec", "HParams",
-           "is_recurrent_layer", "read_hparams"]
+__all__ = ["ARCHITECTURES", "DSA_ARCHITECTURES", "MAX_CONTEXT", "MAX_EXPERTS", "MAX_LAYERS", "NOT_COVERED", "ArchSpec",
+           "HParams", "is_recurrent_layer", "read_hparams"]

@@ -14,7 +14,8 @@ llama.cpp (vendored in llama-cpp-python 0.3.36, close to b11434); the line refer
   (``llama-kv-cache-iswa.cpp:69-81``); recurrent layers hold ctx-independent F32 state
   (``llama-memory-recurrent.cpp``). DeepSeek-V3.2 (``deepseek32``, DSA) adds a second cache per
   trunk layer for its lightning indexer: one key head of ``attention.indexer.key_length`` in
-  ``type_k``, no V (``llama-kv-cache-dsa.cpp:30-52``, ``llama-model.cpp:2397-2447``).
+  ``type_k``, no V (``llama-kv-cache-dsa.cpp:30-52``, ``llama-model.cpp:2397-2447``); GLM-5
+  (``glm-dsa``) only on the layers that run a full indexer (``attention.indexer.types``).
 """
 from __future__ import annotations
 
@@ -352,8 +353,9 @@ class ModelProfile:
             n_cells = swa_cells if hp.is_swa[il] else cells
             k = row_bytes(tk, hp.dim_k(il) * hp.n_head_kv[il]) * n_cells
             if hp.is_mla:
-                # MLA caches the latent only (no V); DSA adds the indexer's single key head
-                out.append(k + row_bytes(tk, hp.indexer_head_size) * n_cells)
+                # MLA caches the latent only (no V); DSA adds the indexer's single key head, for
+                # every cell whatever the layer's window (its cache has none)
+                out.append(k + row_bytes(tk, hp.indexer_width(il)) * cells)
                 continue
             v_width = hp.dim_v(il) * hp.n_head_kv[il] if flash_attn else v_width_max  # transposed V uses the max
             out.append(k + row_bytes(tv, v_width) * n_cells)
@@ -398,7 +400,7 @@ class ModelProfile:
                 continue
             total += row_bytes(tk, hp.dim_k(il) * hp.n_head_kv[il])
             if hp.is_mla:
-                total += row_bytes(tk, hp.indexer_head_size)
+                total += row_bytes(tk, hp.indexer_width(il))
             else:
                 total += row_bytes(tv, hp.dim_v(il) * hp.n_head_kv[il])
         return float(total)
@@ -411,7 +413,7 @@ class ModelProfile:
         if not hp.owns_kv(il) or not hp.n_head_kv[il]:
             return 0
         if hp.is_mla:
-            return 4 * (hp.head_dim_k * hp.n_head_kv[il] + hp.indexer_head_size)
+            return 4 * (hp.head_dim_k * hp.n_head_kv[il] + hp.indexer_width(il))
         return 4 * (hp.dim_k(il) + hp.dim_v(il)) * hp.n_head_kv[il]
 
     # -- reporting --------------------------------------------------------------------------

@@ -44,7 +44,7 @@ import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -63,6 +63,7 @@ __all__ = [
     "MOE_ARCHS",
     "SWA_ARCHS",
     "NEXTN_ARCHS",
+    "DSA_ARCHS",
     "MLA_ARCHS",
     "TensorInfo",
     "TensorSpec",
@@ -75,9 +76,10 @@ __all__ = [
 ]
 
 ARCHS: tuple[str, ...] = ("llama", "qwen2", "qwen3", "qwen3moe", "deepseek2", "gpt-oss", "gemma3", "glm4moe",
-                          "deepseek32", "qwen35", "qwen35moe", "qwen3next", "granitehybrid", "nemotron_h",
-                          "nemotron_h_moe", "mamba2", "gemma4", "lfm2", "lfm2moe")
-MOE_ARCHS: frozenset[str] = frozenset({"qwen3moe", "deepseek2", "gpt-oss", "glm4moe", "deepseek32", "qwen35moe",
+                          "deepseek32", "glm-dsa", "qwen35", "qwen35moe", "qwen3next", "granitehybrid",
+                          "nemotron_h", "nemotron_h_moe", "mamba2", "gemma4", "lfm2", "lfm2moe")
+MOE_ARCHS: frozenset[str] = frozenset({"qwen3moe", "deepseek2", "gpt-oss", "glm4moe", "deepseek32", "glm-dsa",
+                                       "qwen35moe",
                                        "qwen3next", "nemotron_h_moe", "lfm2moe"})
 # LFM2 (src/models/lfm2.cpp, lfm2moe.cpp): every ``gdn["interval"]``-th layer attention, the others a
 # gated short convolution of ``gdn["d_conv"]`` taps whose state is its last taps (head_count_kv 0)
@@ -112,11 +114,13 @@ _GEMMA4_DEFAULTS: dict[str, int] = {"interval": 3, "head_dim_swa": 8, "shared": 
 def gemma4_is_swa(il: int, interval: int) -> bool:
     """Whether layer ``il`` of a ``write_model`` gemma4 is sliding-window."""
     return (il + 1) % interval != 0
-NEXTN_ARCHS: frozenset[str] = frozenset({"deepseek2", "glm4moe", "deepseek32", "qwen35", "qwen35moe", "qwen3next"})
-# MLA archs (deepseek32 = deepseek2 + the DSA lightning indexer, src/models/deepseek32.cpp)
-MLA_ARCHS: frozenset[str] = frozenset({"deepseek2", "deepseek32"})
+NEXTN_ARCHS: frozenset[str] = frozenset({"deepseek2", "glm4moe", "deepseek32", "glm-dsa", "qwen35", "qwen35moe",
+                                         "qwen3next"})
+# DSA archs: deepseek2's MLA + the lightning indexer (src/models/deepseek32.cpp, glm-dsa.cpp)
+DSA_ARCHS: frozenset[str] = frozenset({"deepseek32", "glm-dsa"})
+MLA_ARCHS: frozenset[str] = frozenset({"deepseek2"}) | DSA_ARCHS
 # DeepSeek-style MoE: leading dense layers, shared experts, exp_probs_b, NextN
-_DS_MOE: frozenset[str] = frozenset({"deepseek2", "glm4moe", "deepseek32"})
+_DS_MOE: frozenset[str] = frozenset({"deepseek2", "glm4moe"}) | DSA_ARCHS
 # archs with leading dense FFN layers before their MoE ones
 _DENSE_LEAD: frozenset[str] = _DS_MOE | {"lfm2moe"}
 # archs whose loader requires a separate output.weight (no tied embeddings)
@@ -275,7 +279,7 @@ def model_tensors(arch: str, *, n_layer: int, n_embd: int, n_head: int, n_head_k
             add(b + "attn_k_b.weight", (head_dim, kv_lora_rank, n_head))
             add(b + "attn_v_b.weight", (kv_lora_rank, head_dim, n_head))
             add(b + "attn_output.weight", (n_head * head_dim, E))
-            if arch == "deepseek32":
+            if arch in DSA_ARCHS:
                 ih, ik = _INDEXER_DEFAULTS["head_count"], _INDEXER_DEFAULTS["key_length"]
                 add(b + "indexer.k_norm.weight", (ik,), "norm")
                 add(b + "indexer.k_norm.bias", (ik,), "f32")
@@ -490,7 +494,8 @@ def write_model(path: str | Path, arch: str, *, n_layer: int | None = None, n_em
                 kv_lora_rank: int | None = None, q_lora_rank: int | None = None,
                 tokenizer: str = "spm", seed: int = 0, header_only: bool = False,
                 split: int = 1, gdn: Mapping[str, int] | None = None,
-                gemma4: Mapping[str, int] | None = None) -> Path:
+                gemma4: Mapping[str, int] | None = None,
+                indexer_types: Sequence[int] | int | None = None) -> Path:
     """Write a tiny random model of ``arch`` to ``path``; return the (first) file's path.
 
     MoE knobs (``n_expert``, ``n_expert_used``, ``n_ff_exp``, ``n_expert_shared``,
@@ -500,7 +505,10 @@ def write_model(path: str | Path, arch: str, *, n_layer: int | None = None, n_em
     deepseek2: ``head_dim`` is qk_nope_head_dim = v_head_dim (default 32), ``n_rot`` is
     qk_rope_head_dim (16), plus ``kv_lora_rank`` (64) and ``q_lora_rank`` (64); the KV cache
     row is ``kv_lora_rank + n_rot`` (MLA). deepseek32: deepseek2 plus the DSA lightning indexer
-    (``indexer.*`` tensors, ``_INDEXER_DEFAULTS``), whose key cache is a second KV cache.
+    (``indexer.*`` tensors, ``_INDEXER_DEFAULTS``), whose key cache is a second KV cache; glm-dsa
+    the same, its cache on the layers ``indexer_types`` flags (one value for all, or one per trunk
+    layer; None: no key, the engine's default by the training context), the indexer tensors on
+    every trunk layer.
     glm4moe: ``n_rot`` defaults to head_dim/2 (partial rotary, as GLM-4.5).
     qwen35 / qwen35moe / qwen3next (Gated DeltaNet hybrids): ``gdn`` overrides the linear
     attention's dims in ``_GDN_DEFAULTS`` (``d_conv``, ``head_dim``, ``k_heads``, ``v_heads``,
@@ -536,8 +544,8 @@ def write_model(path: str | Path, arch: str, *, n_layer: int | None = None, n_em
     if head_dim is None:
         head_dim = 32 if arch in MLA_ARCHS else n_embd // n_head
     if n_rot is None:
-        n_rot = {"deepseek2": _MLA_DEFAULTS["rope_dim"], "deepseek32": _MLA_DEFAULTS["rope_dim"],
-                 "glm4moe": head_dim // 2}.get(arch, head_dim // 4 if arch in HYBRID_ARCHS else head_dim)
+        n_rot = (_MLA_DEFAULTS["rope_dim"] if arch in MLA_ARCHS else head_dim // 2 if arch == "glm4moe"
+                 else head_dim // 4 if arch in HYBRID_ARCHS else head_dim)
     if arch in ("llama", "gpt-oss") and n_rot != head_dim:
         raise ValueError(f"{arch} requires n_rot == head_dim")
     kv_lora_rank = kv_lora_rank or _MLA_DEFAULTS["kv_lora_rank"]
@@ -599,10 +607,13 @@ def write_model(path: str | Path, arch: str, *, n_layer: int | None = None, n_em
         kv(A.Q_LORA_RANK, q_lora_rank)
         kv(R.DIMENSION_COUNT, n_rot)
         kv(L.VOCAB_SIZE, n_vocab)
-        if arch == "deepseek32":
+        if arch in DSA_ARCHS:
             kv(A.Indexer.HEAD_COUNT, _INDEXER_DEFAULTS["head_count"])
             kv(A.Indexer.KEY_LENGTH, _INDEXER_DEFAULTS["key_length"])
             kv(A.Indexer.TOP_K, _INDEXER_DEFAULTS["top_k"])
+        if indexer_types is not None:  # glm-dsa: which trunk layers run a full indexer
+            kv("{arch}.attention.indexer.types",
+               int(indexer_types) if isinstance(indexer_types, int) else [int(t) for t in indexer_types])
     else:
         if arch not in ("llama", "qwen2") or head_dim != n_embd // n_head:
             kv(A.KEY_LENGTH, head_dim)

@@ -19,7 +19,9 @@ from omni_place.units import MiB
 
 from .arch_models import (
     ARCHS,
+    DSA_ARCHS,
     HYBRID_ARCHS,
+    MLA_ARCHS,
     MOE_ARCHS,
     NEXTN_ARCHS,
     SWA_ARCHS,
@@ -51,8 +53,9 @@ def _expected_kv(arch: str, *, n_ctx: int, n_layer: int, n_head_kv: int = 2, hea
     if arch == "deepseek2":
         # MLA: one 'head' of kv_lora_rank + rope dims, no V cache (V is a view of K)
         return [(n_ctx, n_layer, n_ctx * n_layer * (64 + 16) * 2, 0)]
-    if arch == "deepseek32":
-        # MLA latent cache, then the DSA indexer's key cache (one head of indexer.key_length = 64)
+    if arch in DSA_ARCHS:
+        # MLA latent cache, then the DSA indexer's key cache (one head of indexer.key_length = 64; glm-dsa
+        # without indexer types and a training context under 1 Mi: on every trunk layer)
         return [(n_ctx, n_layer, n_ctx * n_layer * (64 + 16) * 2, 0), (n_ctx, n_layer, n_ctx * n_layer * 64 * 2, 0)]
     if arch == "mamba2":  # every layer recurrent: no KV cache at all
         return []
@@ -251,16 +254,16 @@ def test_structure(arch: str, tmp_path: Path) -> None:
     assert (expert in names) == (arch in MOE_ARCHS)
     if arch in MOE_ARCHS:
         assert f[f"{arch}.expert_count"] == 8 and f[f"{arch}.expert_used_count"] == 2
-    if arch in ("deepseek2", "glm4moe", "deepseek32"):
+    if arch in {"deepseek2", "glm4moe"} | DSA_ARCHS:
         assert f[f"{arch}.leading_dense_block_count"] == 1 and f[f"{arch}.expert_shared_count"] == 1
         assert "blk.0.ffn_gate.weight" in names and "blk.1.exp_probs_b.bias" in names
         assert "blk.1.ffn_up_shexp.weight" in names
-    if arch in ("deepseek2", "deepseek32"):
+    if arch in MLA_ARCHS:
         assert f[f"{arch}.attention.key_length_mla"] == 48 and f[f"{arch}.attention.value_length_mla"] == 32
         assert f[f"{arch}.attention.kv_lora_rank"] == 64 and f[f"{arch}.attention.q_lora_rank"] == 64
         assert f[f"{arch}.attention.head_count_kv"] == 1
-    if arch == "deepseek32":
-        assert f["deepseek32.attention.indexer.head_count"] == 4 and f["deepseek32.attention.indexer.key_length"] == 64
+    if arch in DSA_ARCHS:
+        assert f[f"{arch}.attention.indexer.head_count"] == 4 and f[f"{arch}.attention.indexer.key_length"] == 64
         assert {"blk.0.indexer.attn_k.weight", "blk.0.indexer.k_norm.bias", "blk.3.indexer.proj.weight"} <= names
     if arch in SWA_ARCHS:
         assert f[f"{arch}.attention.sliding_window"] == 64

@@ -50,7 +50,7 @@ def test_model_kv_compute_match_engine(tmp_path: Path, arch: str) -> None:
     assert abs(comp_pred - comp_eng) <= max(0.03 * comp_eng, 32 * MiB)
 
 
-@pytest.mark.parametrize("arch", ["deepseek2", "deepseek32"])
+@pytest.mark.parametrize("arch", ["deepseek2", "deepseek32", "glm-dsa"])
 def test_nextn_block_takes_a_slot_but_no_memory(tmp_path: Path, arch: str) -> None:
     path = write_model(tmp_path / "ds.gguf", arch, n_nextn=1, weight_type="f16")
     m = load_model(path)
@@ -59,8 +59,8 @@ def test_nextn_block_takes_a_slot_but_no_memory(tmp_path: Path, arch: str) -> No
     eng = engine_load(path, n_ctx=N_CTX)
     assert eng.ok
     model_pred = m.input_bytes() + sum(lc.dense["cpu"] + lc.experts["cpu"] for lc in m.layers) + m.output_bytes("cpu")
-    if arch == "deepseek32":
-        # engine quirk: deepseek32.cpp:121 creates blk.N.exp_probs_b.bias without the NextN skip
+    if arch in ("deepseek32", "glm-dsa"):
+        # engine quirk: deepseek32.cpp:121 (glm-dsa.cpp:155) creates blk.N.exp_probs_b.bias without the NextN skip
         # flag (deepseek2.cpp:132 has it), so that 1 KB-class tensor is loaded and the CPU_Mapped
         # range reported by the engine runs from the NextN block's first tensor to it
         import gguf
@@ -84,6 +84,31 @@ def test_deepseek32_indexer_key_cache(tmp_path: Path, kv_type: str) -> None:
     row = {"f16": lambda n: 2 * n, "q8_0": lambda n: n // 32 * 34}[kv_type]
     assert kv[:4] == [(row(80) + row(64)) * N_CTX] * 4 and kv[4] == 0
     assert m.kv_bytes_per_token(kv_type) == 4 * (row(80) + row(64))
+
+
+@pytest.mark.parametrize(("types", "n_ctx_train", "full"), [
+    ([1, 0, 0, 1, 0, 1, 1, 0], 4096, [0, 3, 5, 6]),  # the header's attention.indexer.types
+    (None, 4096, list(range(8))),  # none: GLM 5 / 5.1, every trunk layer
+    (None, 1 << 20, [0, 1, 2, 6]),  # none and a 1 Mi training context: GLM-5.2's 0, 1, every 4th from 2
+])
+def test_glm_dsa_indexer_cache_on_its_full_layers(tmp_path: Path, types: list[int] | None, n_ctx_train: int,
+                                                  full: list[int]) -> None:
+    """GLM-5 (glm-dsa): the MLA latent cache on every trunk layer, the indexer's key only on the
+    layers that run a full indexer (src/llama-model.cpp:2431, src/models/glm-dsa.cpp load_arch_hparams),
+    as the engine's two caches count their layers and bytes."""
+    path = write_model(tmp_path / "glm5.gguf", "glm-dsa", n_layer=8, n_nextn=1, weight_type="f16",
+                       indexer_types=types, n_ctx_train=n_ctx_train)
+    m = load_model(path)
+    assert m.coverage == "verified" and m.unknown_tensors == []
+    assert [il for il, f in enumerate(m.hparams.indexer_full) if f] == full
+    eng = engine_load(path, n_ctx=N_CTX)
+    assert eng.ok, eng.log[-2000:]
+    (latent_mib, _, latent_layers), (indexer_mib, _, indexer_layers) = eng.kv_caches
+    assert (latent_layers, indexer_layers) == (8, len(full))
+    kv = m.kv_layer_bytes(N_CTX)
+    latent, key = 2 * (64 + 16) * N_CTX, 2 * 64 * N_CTX  # F16 rows of kv_lora_rank + rope, indexer key_length
+    assert kv == [latent + key * (il in full) for il in range(8)] + [0]  # the NextN block: none
+    assert abs(latent * 8 - latent_mib * MiB) <= PRINT_RES and abs(key * len(full) - indexer_mib * MiB) <= PRINT_RES
 
 
 @pytest.mark.parametrize("arch, interval, n_nextn", [("qwen35", 3, 0), ("qwen35moe", 4, 1), ("qwen3next", 2, 1)])

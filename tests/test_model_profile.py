@@ -207,3 +207,68 @@ def test_inspect_cli_json_and_errors(deepseek, tmp_path: Path, capsys: pytest.Ca
     err = capsys.readouterr().err.strip().splitlines()
     assert err[0].startswith("error: ") and "not a GGUF file" in err[0]
     assert err[1].startswith("hint: ") and len(err) == 2
+
+
+def test_glm_dsa_indexer_types_from_the_header(tmp_path: Path) -> None:
+    """glm-dsa's attention.indexer.types as the engine reads it (get_key_or_arr over the trunk
+    layers): one value for every layer, one nonzero uint32 per layer, or a wrong length refused;
+    ik_llama.cpp's own indexer layout is named, not priced (a note)."""
+    from omni_place.engines import dialect
+    from omni_place.errors import GGUFFormatError
+
+    from .arch_models import write_model
+
+    def with_types(value: int | list[int]) -> Path:
+        return write_model(tmp_path / "g.gguf", "glm-dsa", n_layer=6, header_only=True, indexer_types=value)
+
+    assert load_model(with_types(0)).hparams.indexer_full == (False,) * 6
+    assert load_model(with_types([2, 0, 0, 7, 0, 1])).hparams.indexer_full == (True, False, False, True, False, True)
+    with pytest.raises(GGUFFormatError, match="indexer.types has 5 entries"):
+        load_model(with_types([1] * 5))
+    m = load_model(with_types([1, 0, 0, 0, 0, 0]))
+    kv = m.kv_layer_bytes(256, "q8_0")
+    assert kv[0] - kv[1] == 64 // 32 * 34 * 256  # the 64-wide key in Q8_0 blocks of 32 (34 B), 256 cells
+    note, = dialect("ik_llama.cpp").model_notes(m)
+    assert "F16 on layers 0, 1 and every fourth from 2" in note and dialect("llama.cpp").model_notes(m) == []
+
+
+def _mla_header(arch: str, n_layer: int, **extra: object) -> dict[str, object]:
+    """The MLA keys read_hparams needs of ``arch`` (a deepseek2-style header), plus ``extra``."""
+    a = arch
+    return {f"{a}.block_count": n_layer, f"{a}.embedding_length": 256, f"{a}.attention.head_count": 4,
+            f"{a}.attention.head_count_kv": 1, f"{a}.attention.key_length": 80, f"{a}.attention.value_length": 64,
+            f"{a}.attention.key_length_mla": 48, f"{a}.attention.value_length_mla": 32,
+            f"{a}.attention.kv_lora_rank": 64, f"{a}.rope.dimension_count": 16, f"{a}.vocab_size": 320,
+            f"{a}.attention.indexer.key_length": 64, **{f"{a}.{k}": v for k, v in extra.items()}}
+
+
+@pytest.mark.parametrize(("arch", "extra", "full"), [
+    # Hunyuan V4: the header's types where its indexer runs (top_k > 0), none on a full-attention checkpoint
+    ("hy_v4", {"attention.indexer.top_k": 16, "attention.indexer.types": [1, 0, 1, 0]}, (True, False, True, False)),
+    ("hy_v4", {"attention.indexer.top_k": 0, "attention.indexer.types": [1, 1, 1, 1]}, (False,) * 4),
+    ("dots3note", {"attention.indexer.types": [1, 1, 0, 0]}, (True, True, False, False)),
+    ("deepseek32", {}, (True,) * 4),
+])
+def test_dsa_indexer_layers_by_architecture(arch: str, extra: dict[str, object], full: tuple[bool, ...]) -> None:
+    """Which layers cache a DSA indexer key (src/llama-model.cpp create_memory's filter_lid per
+    architecture: hy_v4 :2494-2534, dots3note :2536-2585, deepseek32 every trunk layer)."""
+    from omni_place.hparams import read_hparams
+
+    hp = read_hparams(arch, _mla_header(arch, 4, **extra), 320)
+    assert hp.is_mla and hp.indexer_full == full
+    assert [hp.indexer_width(il) for il in range(4)] == [64 * f for f in full]
+
+
+def test_engine_swa_patterns_and_uncovered_layouts() -> None:
+    """An SWA pattern the engine sets without a header key (cohere2: every 4th layer full;
+    cohere2moe dense-first: layer 0 full, src/llama-hparams.cpp set_swa_pattern), and layouts the
+    rules here do not model refused by name, not by a misleading header complaint."""
+    from omni_place.hparams import NOT_COVERED, read_hparams
+
+    def header(a: str) -> dict[str, object]:
+        return {f"{a}.block_count": 8, f"{a}.embedding_length": 256, f"{a}.attention.head_count": 4,
+                f"{a}.attention.head_count_kv": 2, f"{a}.attention.sliding_window": 512, f"{a}.vocab_size": 320}
+
+    assert read_hparams("cohere2", header("cohere2"), 320).is_swa == (True, True, True, False) * 2
+    assert read_hparams("cohere2moe", header("cohere2moe"), 320).is_swa == (False, True, True, True) * 2
+    assert {"deepseek4", "kimi-k3", "glm5-next", "minimax-01", "qwen4exp", "nanbeige"} <= NOT_COVERED

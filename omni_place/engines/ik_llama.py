@@ -450,6 +450,11 @@ class IkLlama(Dialect):
                     "file (\"unknown model architecture\") and loads the model from a deepseek2-architecture GGUF "
                     "(its deepseek2 graph runs the DSA indexer, src/graphs/build_deepseek2.cpp:353); these flags "
                     "are priced on this file: plan that one for exact flags"]
+        if model.architecture == "glm-dsa" and hp.indexer_head_size:
+            return ["ik_llama.cpp caches GLM-DSA's indexer keys in F16 on layers 0, 1 and every fourth from 2 "
+                    "whatever the header's indexer types (src/llama-hparams.cpp:1918, src/llama.cpp:1432); "
+                    "priced here as mainline's cache (the header's full layers, in the K cache's type): as many "
+                    "bytes or more, but for GLM-5.2's layers with a quantized K cache (-ctk)"]
         if model.architecture == "deepseek2" and hp.is_mla and max(hp.n_head_kv, default=0) == 1:
             # mainline's MLA conversion (one KV head): ik re-derives its heads only for DeepSeek's sizes
             n_head = max(hp.n_head, default=0)
