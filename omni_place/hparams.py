@@ -39,9 +39,9 @@ class HParams:
     ssm_d_inner: int = 0
     ssm_d_state: int = 0
     ssm_n_group: int = 0
-    indexer_head_size: int = 0  # DSA lightning indexer key width (deepseek32, glm-dsa); 0 = no indexer cache
-    # the trunk layers that run a full indexer and cache its key (glm-dsa's attention.indexer.types;
-    # every trunk layer of deepseek32)
+    indexer_head_size: int = 0  # DSA lightning indexer key width (DSA_ARCHITECTURES); 0 = no indexer cache
+    # the trunk layers that run a full indexer and cache its key (attention.indexer.types; every
+    # trunk layer of deepseek32)
     indexer_full: tuple[bool, ...] = ()
     # SWA layers' head widths (attention.key_length_swa / value_length_swa; 0: the full layers' widths)
     head_dim_k_swa: int = 0
@@ -335,7 +335,8 @@ def read_hparams(arch: str, md: dict[str, Any], n_vocab_fallback: int) -> HParam
             is_swa += (False,) * n_nextn
         else:
             is_swa = (False,) * n_layer
-    dsa = arch in DSA_ARCHITECTURES
+    indexer_full = (_indexer_full(md, a, n_main, _int(md, f"{a}.context_length", 0, hi=MAX_CONTEXT))
+                    if arch in DSA_ARCHITECTURES else ())
     hp = HParams(
         n_layer=n_layer,
         n_layer_nextn=n_nextn,
@@ -362,8 +363,8 @@ def read_hparams(arch: str, md: dict[str, Any], n_vocab_fallback: int) -> HParam
         ssm_d_inner=n_embd if shortconv else _int(md, f"{a}.ssm.inner_size", 0, hi=MAX_WIDTH),
         ssm_d_state=_int(md, f"{a}.ssm.state_size", 0, hi=MAX_HEAD_DIM),
         ssm_n_group=_int(md, f"{a}.ssm.group_count", 0, hi=MAX_HEADS),
-        indexer_head_size=_int(md, f"{a}.attention.indexer.key_length", 0, hi=MAX_HEAD_DIM) if dsa else 0,
-        indexer_full=_indexer_full(md, a, n_main, _int(md, f"{a}.context_length", 0, hi=MAX_CONTEXT)) if dsa else (),
+        indexer_head_size=_int(md, f"{a}.attention.indexer.key_length", 0, hi=MAX_HEAD_DIM) if any(indexer_full) else 0,
+        indexer_full=indexer_full,
         head_dim_k_swa=_swa_width(md, f"{a}.attention.key_length_swa", head_dim_k, any(is_swa)),
         head_dim_v_swa=_swa_width(md, f"{a}.attention.value_length_swa", head_dim_v, any(is_swa)),
         n_layer_kv_shared=n_shared,

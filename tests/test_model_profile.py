@@ -257,6 +257,7 @@ def test_dsa_indexer_layers_by_architecture(arch: str, extra: dict[str, object],
     hp = read_hparams(arch, _mla_header(arch, 4, **extra), 320)
     assert hp.is_mla and hp.indexer_full == full
     assert [hp.indexer_width(il) for il in range(4)] == [64 * f for f in full]
+    assert hp.indexer_head_size == 64 * any(full)  # no indexer anywhere: none in the compute graph either
 
 
 def test_engine_swa_patterns_and_uncovered_layouts() -> None:
