@@ -146,6 +146,10 @@ ARCHITECTURES: dict[str, ArchSpec] = {
     # Nemotron-H's Mamba-2 layers run granitehybrid's mixer (src/models/mamba-base.cpp build_mamba2_layer)
     "nemotron_h": ArchSpec(hybrid=True, ffn_layers=True, recurrent_layer_ops=26, verified=True),
     "nemotron_h_moe": ArchSpec(hybrid=True, ffn_layers=True, recurrent_layer_ops=26, verified=True),
+    # Kimi-Linear: a layer without KV heads is Kimi Delta Attention, its state Q, K and V's conv taps
+    # and a kda.head_dim-square matrix per head (src/llama-hparams.cpp n_embd_r / n_embd_s); the
+    # others MLA
+    "kimi-linear": ArchSpec(hybrid=True, recurrent_layer_ops=58, verified=True),
 }
 # MLA with the DSA lightning indexer's key cache on its full-indexer layers, at the full context
 # (llama_kv_cache_dsa, src/llama-kv-cache-dsa.cpp:14-52; dots3note's beside its SWA layers' cache,
@@ -154,7 +158,7 @@ DSA_ARCHITECTURES = frozenset({"deepseek32", "glm-dsa", "hy_v4", "dots3note"})
 # Architectures whose memory layout is known to differ from what this module models.
 NOT_COVERED = {
     "rwkv6", "rwkv7", "arwkv7", "rwkv6qwen2",
-    "kimi-linear", "gemma3n", "minimax-m3", "t5", "t5encoder",
+    "gemma3n", "minimax-m3", "t5", "t5encoder",
     "bert", "nomic-bert", "jina-bert-v2", "whisper", "falcon-h1",
     # linear-attention hybrids whose recurrent layers the header does not mark as the rules here
     # read them (src/models/minimax-01.cpp:12-16, qwen4exp.cpp:131-136; kimi-k3, glm5-next,
@@ -318,6 +322,9 @@ def read_hparams(arch: str, md: dict[str, Any], n_vocab_fallback: int) -> HParam
             + ("1..expert_count experts per token" if n_expert else "0 without experts"))
     n_shared = _int(md, f"{a}.attention.shared_kv_layers", 0, hi=max(n_layer - 2, 0)) if spec.kv_sharing else 0
     shortconv = _int(md, f"{a}.shortconv.l_cache", 0, hi=MAX_HEAD_DIM) if spec.short_conv else 0
+    # KDA as the Mamba-2 fields put it: d_inner = heads x head_dim, one group of head_dim per head (conv
+    # channels 3 d_inner: Q, K and V), a head_dim x d_inner state
+    kda = _int(md, f"{a}.kda.head_dim", lo=1, hi=MAX_HEAD_DIM) if a == "kimi-linear" else 0
     n_swa = _int(md, f"{a}.attention.sliding_window", 0, hi=MAX_CONTEXT)
     pattern = md.get(f"{a}.attention.sliding_window_pattern")
     n_main = n_layer - n_nextn
@@ -360,9 +367,10 @@ def read_hparams(arch: str, md: dict[str, Any], n_vocab_fallback: int) -> HParam
         # LFM2's short convolution: a conv state of (l_cache - 1) taps of n_embd channels, no SSM state
         # (src/llama-hparams.cpp n_embd_r)
         ssm_d_conv=shortconv or _int(md, f"{a}.ssm.conv_kernel", 0, hi=MAX_HEAD_DIM),
-        ssm_d_inner=n_embd if shortconv else _int(md, f"{a}.ssm.inner_size", 0, hi=MAX_WIDTH),
-        ssm_d_state=_int(md, f"{a}.ssm.state_size", 0, hi=MAX_HEAD_DIM),
-        ssm_n_group=_int(md, f"{a}.ssm.group_count", 0, hi=MAX_HEADS),
+        ssm_d_inner=(n_embd if shortconv else kda * max(n_head) if kda
+                     else _int(md, f"{a}.ssm.inner_size", 0, hi=MAX_WIDTH)),
+        ssm_d_state=kda or _int(md, f"{a}.ssm.state_size", 0, hi=MAX_HEAD_DIM),
+        ssm_n_group=max(n_head) if kda else _int(md, f"{a}.ssm.group_count", 0, hi=MAX_HEADS),
         indexer_head_size=_int(md, f"{a}.attention.indexer.key_length", 0, hi=MAX_HEAD_DIM) if any(indexer_full) else 0,
         indexer_full=indexer_full,
         head_dim_k_swa=_swa_width(md, f"{a}.attention.key_length_swa", head_dim_k, any(is_swa)),

@@ -77,9 +77,9 @@ __all__ = [
 
 ARCHS: tuple[str, ...] = ("llama", "qwen2", "qwen3", "qwen3moe", "deepseek2", "gpt-oss", "gemma3", "glm4moe",
                           "deepseek32", "glm-dsa", "qwen35", "qwen35moe", "qwen3next", "granitehybrid",
-                          "nemotron_h", "nemotron_h_moe", "mamba2", "gemma4", "lfm2", "lfm2moe")
+                          "nemotron_h", "nemotron_h_moe", "mamba2", "gemma4", "lfm2", "lfm2moe", "kimi-linear")
 MOE_ARCHS: frozenset[str] = frozenset({"qwen3moe", "deepseek2", "gpt-oss", "glm4moe", "deepseek32", "glm-dsa",
-                                       "qwen35moe",
+                                       "kimi-linear", "qwen35moe",
                                        "qwen3next", "nemotron_h_moe", "lfm2moe"})
 # LFM2 (src/models/lfm2.cpp, lfm2moe.cpp): every ``gdn["interval"]``-th layer attention, the others a
 # gated short convolution of ``gdn["d_conv"]`` taps whose state is its last taps (head_count_kv 0)
@@ -121,8 +121,12 @@ DSA_ARCHS: frozenset[str] = frozenset({"deepseek32", "glm-dsa"})
 MLA_ARCHS: frozenset[str] = frozenset({"deepseek2"}) | DSA_ARCHS
 # DeepSeek-style MoE: leading dense layers, shared experts, exp_probs_b, NextN
 _DS_MOE: frozenset[str] = frozenset({"deepseek2", "glm4moe"}) | DSA_ARCHS
+# archs whose attention is MLA. Kimi-Linear (src/models/kimi-linear.cpp): every ``gdn["interval"]``-th
+# layer MLA attention (its Q uncompressed), the others Kimi Delta Attention: Q, K and V each through a
+# short convolution, a ``gdn["head_dim"]``-square state per head; DeepSeek-style MoE
+_MLA_ATTENTION: frozenset[str] = MLA_ARCHS | {"kimi-linear"}
 # archs with leading dense FFN layers before their MoE ones
-_DENSE_LEAD: frozenset[str] = _DS_MOE | {"lfm2moe"}
+_DENSE_LEAD: frozenset[str] = _DS_MOE | {"lfm2moe", "kimi-linear"}
 # archs whose loader requires a separate output.weight (no tied embeddings)
 _UNTIED_ONLY: frozenset[str] = frozenset({"gpt-oss"})
 
@@ -268,6 +272,9 @@ def model_tensors(arch: str, *, n_layer: int, n_embd: int, n_head: int, n_head_k
         elif arch in HYBRID_ARCHS:
             _hybrid_mixer(add, b, arch, E, n_head * head_dim, kv_dim, head_dim, gdn,
                           recurrent=i < n_layer and (i + 1) % gdn["interval"] != 0)
+        elif arch == "kimi-linear":
+            _kimi_mixer(add, b, E, n_head, head_dim, n_rot, kv_lora_rank, gdn,
+                        recurrent=(i + 1) % gdn["interval"] != 0)
         elif arch in MLA_ARCHS:
             rope = n_rot
             k_mla = head_dim + rope  # qk_nope + qk_rope
@@ -336,7 +343,7 @@ def model_tensors(arch: str, *, n_layer: int, n_embd: int, n_head: int, n_head_k
             add(b + "ffn_gate_inp.weight", (E, n_expert), "f32")
             if arch == "gpt-oss":
                 add(b + "ffn_gate_inp.bias", (n_expert,), "f32")
-            if arch in _DS_MOE or arch == "lfm2moe":
+            if arch in _DS_MOE or arch in ("lfm2moe", "kimi-linear"):
                 add(b + "exp_probs_b.bias", (n_expert,), "f32")
             add(b + "ffn_gate_exps.weight", (E, n_ff_exp, n_expert))
             add(b + "ffn_up_exps.weight", (E, n_ff_exp, n_expert))
@@ -347,7 +354,7 @@ def model_tensors(arch: str, *, n_layer: int, n_embd: int, n_head: int, n_head_k
                 add(b + "ffn_down_exps.bias", (E, n_expert), "f32")
             if arch in HYBRID_ARCHS:
                 add(b + "ffn_gate_inp_shexp.weight", (E,), "f32")
-            if (arch in _DS_MOE or arch in HYBRID_ARCHS) and n_expert_shared > 0:
+            if (arch in _DS_MOE or arch in HYBRID_ARCHS or arch == "kimi-linear") and n_expert_shared > 0:
                 n_sh = n_ff_exp * n_expert_shared
                 add(b + "ffn_gate_shexp.weight", (E, n_sh))
                 add(b + "ffn_up_shexp.weight", (E, n_sh))
@@ -375,6 +382,32 @@ def _mamba2_mixer(add: Any, b: str, E: int, g: Mapping[str, int]) -> None:
     add(b + "ssm_d", (1, n_head), "f32")
     add(b + "ssm_norm.weight", (d_inner // n_group, n_group), "norm")
     add(b + "ssm_out.weight", (d_inner, E))
+
+
+def _kimi_mixer(add: Any, b: str, E: int, n_head: int, head_dim: int, rope: int, kv_lora_rank: int,
+                g: Mapping[str, int], *, recurrent: bool) -> None:
+    """Kimi-Linear's token mixer (load_arch_tensors): MLA with an uncompressed Q, or KDA."""
+    if not recurrent:
+        add(b + "attn_kv_a_norm.weight", (kv_lora_rank,), "norm")
+        add(b + "attn_q.weight", (E, n_head * (head_dim + rope)))
+        add(b + "attn_kv_a_mqa.weight", (E, kv_lora_rank + rope))
+        add(b + "attn_k_b.weight", (head_dim, kv_lora_rank, n_head))
+        add(b + "attn_v_b.weight", (kv_lora_rank, head_dim, n_head))
+        add(b + "attn_output.weight", (n_head * head_dim, E))
+        return
+    kda, inner = g["head_dim"], g["head_dim"] * n_head
+    for x in "qkv":
+        add(b + f"ssm_conv1d_{x}.weight", (g["d_conv"], 1, inner), "f32")
+        add(b + f"attn_{x}.weight", (E, inner))
+    add(b + "ssm_f_a.weight", (E, kda))
+    add(b + "ssm_f_b.weight", (kda, inner))
+    add(b + "ssm_beta.weight", (E, n_head))
+    add(b + "ssm_a", (1, n_head), "f32")
+    add(b + "ssm_dt.bias", (inner,), "f32")
+    add(b + "ssm_g_a.weight", (E, kda))
+    add(b + "ssm_g_b.weight", (kda, inner))
+    add(b + "ssm_norm.weight", (kda,), "norm")
+    add(b + "attn_output.weight", (inner, E))
 
 
 def _hybrid_mixer(add: Any, b: str, arch: str, E: int, q_dim: int, kv_dim: int, head_dim: int,
@@ -542,9 +575,9 @@ def write_model(path: str | Path, arch: str, *, n_layer: int | None = None, n_em
         raise ValueError("need 0 < n_expert_used <= n_expert")
 
     if head_dim is None:
-        head_dim = 32 if arch in MLA_ARCHS else n_embd // n_head
+        head_dim = 32 if arch in _MLA_ATTENTION else n_embd // n_head
     if n_rot is None:
-        n_rot = (_MLA_DEFAULTS["rope_dim"] if arch in MLA_ARCHS else head_dim // 2 if arch == "glm4moe"
+        n_rot = (_MLA_DEFAULTS["rope_dim"] if arch in _MLA_ATTENTION else head_dim // 2 if arch == "glm4moe"
                  else head_dim // 4 if arch in HYBRID_ARCHS else head_dim)
     if arch in ("llama", "gpt-oss") and n_rot != head_dim:
         raise ValueError(f"{arch} requires n_rot == head_dim")
@@ -664,6 +697,20 @@ def write_model(path: str | Path, arch: str, *, n_layer: int | None = None, n_em
             kv(R.DIMENSION_SECTIONS, [half - 2 * (half // 3), half // 3, half // 3, 0])
         if n_nextn:
             kv(L.NEXTN_PREDICT_LAYERS, n_nextn)
+    if arch == "kimi-linear":  # conversion/kimi_linear.py: MLA as one KV head on the attention layers
+        kv(A.HEAD_COUNT_KV, [0 if (i + 1) % gdn["interval"] else 1 for i in range(n_layer)])
+        kv(A.KEY_LENGTH, kv_lora_rank + n_rot)
+        kv(A.VALUE_LENGTH, kv_lora_rank)
+        kv(A.KEY_LENGTH_MLA, head_dim + n_rot)
+        kv(A.VALUE_LENGTH_MLA, head_dim)
+        kv(A.KV_LORA_RANK, kv_lora_rank)
+        kv(R.DIMENSION_COUNT, n_rot)
+        kv(L.VOCAB_SIZE, n_vocab)
+        kv(Keys.SSM.CONV_KERNEL, gdn["d_conv"])
+        kv("{arch}.kda.head_dim", gdn["head_dim"])
+        kv(L.LEADING_DENSE_BLOCK_COUNT, n_dense_lead)
+        kv(L.EXPERT_SHARED_COUNT, n_expert_shared)
+        kv(L.EXPERT_GATING_FUNC, int(gguf.ExpertGatingFuncType.SIGMOID))
     if arch in LFM2_ARCHS:
         kv("{arch}.shortconv.l_cache", gdn["d_conv"])
         kv(A.HEAD_COUNT_KV, [0 if (i + 1) % gdn["interval"] else n_head_kv for i in range(n_layer)])

@@ -57,6 +57,8 @@ def _expected_kv(arch: str, *, n_ctx: int, n_layer: int, n_head_kv: int = 2, hea
         # MLA latent cache, then the DSA indexer's key cache (one head of indexer.key_length = 64; glm-dsa
         # without indexer types and a training context under 1 Mi: on every trunk layer)
         return [(n_ctx, n_layer, n_ctx * n_layer * (64 + 16) * 2, 0), (n_ctx, n_layer, n_ctx * n_layer * 64 * 2, 0)]
+    if arch == "kimi-linear":  # every 4th layer MLA (its latent cache alone), the others KDA states
+        return [(n_ctx, n_layer // 4, n_ctx * (n_layer // 4) * (64 + 16) * 2, 0)]
     if arch == "mamba2":  # every layer recurrent: no KV cache at all
         return []
     head_dim = head_dim or n_embd // n_head

@@ -142,13 +142,35 @@ def test_hybrid_recurrent_layers_and_state(tmp_path: Path, arch: str, interval: 
     assert m.kv_layer_bytes(4 * N_CTX)[attention[0]] == 4 * per_layer[attention[0]]
 
 
+def test_kimi_linear_kda_state_and_mla_cache(tmp_path: Path) -> None:
+    """Kimi-Linear: a layer without KV heads is Kimi Delta Attention, whose F32 state is Q, K and V's
+    d_conv - 1 conv taps of heads x head_dim channels each and a head_dim x head_dim matrix per head
+    (src/llama-hparams.cpp n_embd_r / n_embd_s); every interval-th layer is MLA, caching its latent
+    and rope key alone. Both as the engine's RS and KV buffers count them."""
+    gdn = {"head_dim": 64, "d_conv": 4, "interval": 4}
+    path = write_model(tmp_path / "kimi.gguf", "kimi-linear", n_layer=8, n_embd=256, n_head=8, gdn=gdn,
+                       weight_type="f16")
+    eng = engine_load(path, n_ctx=N_CTX)
+    assert eng.ok, eng.log[-2000:]
+    m = load_model(path)
+    assert m.coverage == "verified" and m.unknown_tensors == []
+    assert eng.rs_layers == [0, 1, 2, 4, 5, 6] and [layers for _, _, layers in eng.kv_caches] == [2]
+    kv = m.kv_layer_bytes(N_CTX, n_ubatch=N_UBATCH)
+    state = 4 * (3 * 3 * 8 * 64 + 64 * 64 * 8)  # conv taps of Q, K, V; the per-head matrices
+    latent = 2 * (64 + 16) * N_CTX  # F16 rows of kv_lora_rank + rope
+    assert kv == [state, state, state, latent] * 2
+    assert abs(6 * state - sum(mib for _, mib in eng.rs_buffers) * MiB) <= PRINT_RES
+    assert abs(2 * latent - sum(mib for _, mib in eng.kv_buffers) * MiB) <= PRINT_RES
+
+
 def _graph_nodes(path: Path) -> int:
     eng = engine_load(path, n_ctx=N_CTX)
     assert eng.ok, eng.log[-2000:]
     return int(re.search(r"graph: nodes = (\d+)", eng.log)[1])
 
 
-@pytest.mark.parametrize("arch", ["qwen35", "qwen35moe", "qwen3next", "granitehybrid", "lfm2", "lfm2moe"])
+@pytest.mark.parametrize("arch", ["qwen35", "qwen35moe", "qwen3next", "granitehybrid", "lfm2", "lfm2moe",
+                                  "kimi-linear"])
 def test_recurrent_layer_ops_are_the_engine_graphs(tmp_path: Path, arch: str) -> None:
     """ArchSpec.recurrent_layer_ops: the graph nodes a recurrent layer runs beyond the model's
     attention layer, as the engine counts them (6 layers, 3 then 4 of them recurrent); LAYER_OPS: a

@@ -80,8 +80,10 @@ FIT_MARGIN = 1 << 30  # ik keeps 1 GiB free per GPU in its default split (k_defa
 # more than 32 MiB (benchmarks/ik_compute.py, benchmarks/results/ik_compute.md)
 IK_COMPUTE_MARGIN = 64 * 1024 * 1024
 IK_HOST_COMPUTE_MARGIN = 24 * 1024 * 1024
-# architectures omni_place prices that ik_llama.cpp (8337e4cd3) does not name: src/llama-arch.cpp
-UNNAMED_ARCHITECTURES = frozenset({"deepseek32"})
+# architectures omni_place prices that ik_llama.cpp (8337e4cd3) does not name (src/llama-arch.cpp): it
+# refuses such a file ("unknown model architecture"); cohere2moe is ik's cohere2_moe
+UNNAMED_ARCHITECTURES = frozenset({"deepseek32", "afmoe", "cohere2moe", "granitehybrid", "jamba", "kimi-linear",
+                                   "lfm2", "lfm2moe", "mamba2", "nemotron_h", "nemotron_h_moe"})
 _TS_UNIT = 1024.0 * 1024.0  # -ts shares are written in MiB (2 decimals: 10 KiB resolution)
 
 _EXPERT = re.compile(r"\.ffn_(gate_up|gate|up|down)_(ch|)exps\.")
@@ -446,10 +448,13 @@ class IkLlama(Dialect):
     def model_notes(self, model: ModelProfile) -> list[str]:
         hp = model.hparams
         if model.architecture in UNNAMED_ARCHITECTURES:
-            return [f"ik_llama.cpp names no {model.architecture} architecture (src/llama-arch.cpp): it refuses this "
-                    "file (\"unknown model architecture\") and loads the model from a deepseek2-architecture GGUF "
-                    "(its deepseek2 graph runs the DSA indexer, src/graphs/build_deepseek2.cpp:353); these flags "
-                    "are priced on this file: plan that one for exact flags"]
+            refused = (f"ik_llama.cpp names no {model.architecture} architecture (src/llama-arch.cpp): it refuses "
+                       "this file (\"unknown model architecture\")")
+            if model.architecture != "deepseek32":
+                return [refused + "; run it with llama.cpp (--engine llama.cpp)"]
+            return [refused + " and loads the model from a deepseek2-architecture GGUF (its deepseek2 graph runs "
+                    "the DSA indexer, src/graphs/build_deepseek2.cpp:353); these flags are priced on this file: "
+                    "plan that one for exact flags"]
         if model.architecture == "glm-dsa" and hp.indexer_head_size:
             return ["ik_llama.cpp caches GLM-DSA's indexer keys in F16 on layers 0, 1 and every fourth from 2 "
                     "whatever the header's indexer types (src/llama-hparams.cpp:1918, src/llama.cpp:1432); "
