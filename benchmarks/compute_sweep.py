@@ -89,6 +89,9 @@ def random_shape(rng: random.Random, arch: str) -> dict[str, Any]:
                        "d_conv": 4, "interval": 4})
         if arch in MOE_ARCHS:
             kw["n_expert_shared"] = 1
+    if arch == "kimi-linear":  # Kimi-Linear-48B-A3B: 32 KDA heads of 128, 4-tap convs, MLA every 4th layer
+        kw.update(n_layer=rng.choice((4, 8)), head_dim=128, n_rot=64, kv_lora_rank=512,
+                  gdn={"head_dim": 128, "d_conv": 4, "interval": 4}, n_expert_shared=1)
     if arch in ("lfm2", "lfm2moe"):  # attention as wide as the embedding; 3-tap short convolutions between
         kw.update(head_dim=n_embd // n_head, n_layer=rng.choice((4, 8)),
                   gdn={"d_conv": 3, "interval": rng.choice((2, 4))})

@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import numpy as np
 
 from .compute_graph import CPU_CHECKED, F32, REPLAYED, SPLIT_CHECKED, TRACE_CHECKED, Layout, Offload
-from .compute_replay import layer_signatures, replay_key, split_peaks
+from .compute_replay import cpu_peak_of_layers, layer_signatures, replay_key, split_peaks
 from .hparams import ARCHITECTURES, ArchSpec
 
 if TYPE_CHECKING:
@@ -202,12 +202,27 @@ def mamba2_floor(model: ModelProfile, n_tokens: int) -> int:
     engine's dry runs: a 3072-wide layer at 4096 tokens 675 MiB beside the CPU buffer's 692).
     The widths-only fit, which knows no such layer, priced that buffer at 300 MiB."""
     hp = model.hparams
-    if hp.ssm_d_state == 0 or ARCHITECTURES.get(model.architecture, ArchSpec()).recurrent_interval or not any(
+    spec = ARCHITECTURES.get(model.architecture, ArchSpec())
+    if hp.ssm_d_state == 0 or spec.recurrent_interval or spec.kda or not any(
             model.is_recurrent(il) for il in range(hp.n_layer)):
         return 0
     conv = hp.ssm_d_inner + 2 * hp.ssm_n_group * hp.ssm_d_state
     in_proj = hp.ssm_d_inner + conv  # z and xBC (and a dt a head: a few values)
     return F32 * n_tokens * (in_proj + 2 * conv + 2 * hp.ssm_d_inner + 2 * hp.n_embd)
+
+
+def replayed_layers_floor(model: ModelProfile, *, n_tokens: int, n_kv: int, flash_attn: bool, kv_quantized: bool,
+                          kv_layer_bytes: int) -> int:
+    """Kimi-Linear's MLA layers (their DeepSeek-style MoE) and output head replayed alone on the CPU,
+    as compute_graph rebuilds deepseek2's: a floor of its buffer (0 for other architectures). Of the
+    engine's CPU dry runs of 24 random shapes the widths alone read -26.5 .. +11.6 %, with this floor
+    -8.2 .. +11.6 %; of 40 drawn after it -13.8 .. +30.9 % either way
+    (benchmarks/results/compute_sweep_kimi_cpu*.jsonl; tests/test_hybrid_models.py)."""
+    if not ARCHITECTURES.get(model.architecture, ArchSpec()).kda:
+        return 0
+    layers = [il for il in range(model.hparams.n_layer_kv) if not model.is_recurrent(il)]
+    return cpu_peak_of_layers(model, layers, n_tokens=n_tokens, n_kv=n_kv, flash_attn=flash_attn,
+                              kv_quantized=kv_quantized, kv_layer_bytes=kv_layer_bytes)
 
 
 def _peak(pieces: np.ndarray, f: np.ndarray, n_tokens: int) -> int:
@@ -311,7 +326,9 @@ def compute_buffer_estimate(
     offload: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {}
     mask = int(F32 * n_tokens * f[FEATURES.index("mask")])
     layer_floor = mamba2_floor(model, n_tokens)
-    floor = layer_floor + mask if layer_floor else 0  # the KQ mask, a graph input, lives throughout
+    floor = max(layer_floor + mask if layer_floor else 0,  # the KQ mask, a graph input, lives throughout
+                replayed_layers_floor(model, n_tokens=n_tokens, n_kv=model.kv_cells(n_ctx, n_seq),
+                                      flash_attn=flash_attn, kv_quantized=kv_quantized, kv_layer_bytes=kv_layer_bytes))
     for cls, fits in fitted_pieces(replayed).items():
         roles[cls] = {role: max(_peak(p, f, n_tokens), floor if role in _LAYER_ROLES else 0)
                       for role, p in fits.items()}

@@ -128,6 +128,17 @@ def split_peaks(model: ModelProfile, *, n_tokens: int, n_kv: int, n_kv_swa: int,
     return tuple(peaks)
 
 
+def cpu_peak_of_layers(model: ModelProfile, layers: Sequence[int], *, n_tokens: int, n_kv: int, flash_attn: bool,
+                       kv_quantized: bool, kv_layer_bytes: int) -> int:
+    """The CPU backend's buffer for the graph of ``layers`` alone and the output head, every weight
+    on the CPU (no accelerator), whatever the architecture: the layers must be ones the graph
+    rebuilds (a hybrid's attention layers, :func:`compute.replayed_layers_floor`)."""
+    layout = Layout((), (0,) * model.hparams.n_layer)
+    builder = GraphBuilder(model, n_tokens, n_kv, n_kv, flash_attn, kv_quantized, kv_layer_bytes, layout)
+    parts, leaves = schedule(builder.build(layers, True), builder.leaves, layout.kinds, layout.offload, layout.copies)
+    return replay(parts[0], CPU_ALIGNMENT, leaves[0], None, cuda=False)
+
+
 def device_and_host_peaks(model: ModelProfile, *, n_tokens: int, n_kv: int, n_kv_swa: int, flash_attn: bool,
                           kv_quantized: bool, kv_layer_bytes: int, with_output: bool = True,
                           offload: Offload = ALL_ON_DEVICE, backend: str = "cuda", trace: Trace | None = None,

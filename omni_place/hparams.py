@@ -106,6 +106,9 @@ class ArchSpec:
     kv_sharing: bool = False
     # a recurrent layer is a short convolution of shortconv.l_cache taps (lfm2 load_arch_hparams)
     short_conv: bool = False
+    # a recurrent layer is Kimi Delta Attention (kda.head_dim; kimi-linear load_arch_hparams), the
+    # others MLA with DeepSeek-style MoE, which compute_graph rebuilds
+    kda: bool = False
     verified: bool = False
 
 
@@ -149,7 +152,7 @@ ARCHITECTURES: dict[str, ArchSpec] = {
     # Kimi-Linear: a layer without KV heads is Kimi Delta Attention, its state Q, K and V's conv taps
     # and a kda.head_dim-square matrix per head (src/llama-hparams.cpp n_embd_r / n_embd_s); the
     # others MLA
-    "kimi-linear": ArchSpec(hybrid=True, recurrent_layer_ops=58, verified=True),
+    "kimi-linear": ArchSpec(hybrid=True, recurrent_layer_ops=58, kda=True, verified=True),
 }
 # MLA with the DSA lightning indexer's key cache on its full-indexer layers, at the full context
 # (llama_kv_cache_dsa, src/llama-kv-cache-dsa.cpp:14-52; dots3note's beside its SWA layers' cache,
@@ -324,7 +327,7 @@ def read_hparams(arch: str, md: dict[str, Any], n_vocab_fallback: int) -> HParam
     shortconv = _int(md, f"{a}.shortconv.l_cache", 0, hi=MAX_HEAD_DIM) if spec.short_conv else 0
     # KDA as the Mamba-2 fields put it: d_inner = heads x head_dim, one group of head_dim per head (conv
     # channels 3 d_inner: Q, K and V), a head_dim x d_inner state
-    kda = _int(md, f"{a}.kda.head_dim", lo=1, hi=MAX_HEAD_DIM) if a == "kimi-linear" else 0
+    kda = _int(md, f"{a}.kda.head_dim", lo=1, hi=MAX_HEAD_DIM) if spec.kda else 0
     n_swa = _int(md, f"{a}.attention.sliding_window", 0, hi=MAX_CONTEXT)
     pattern = md.get(f"{a}.attention.sliding_window_pattern")
     n_main = n_layer - n_nextn

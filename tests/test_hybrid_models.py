@@ -220,6 +220,24 @@ def test_hybrid_compute_buffers_against_the_engines_dry_runs(tmp_path: Path) -> 
     assert len(first) == 6 and min(e for errs in first.values() for e in errs) > -25, first
 
 
+def test_kimi_linear_compute_buffers_against_the_engines_dry_runs(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Kimi-Linear's CPU compute buffer (widths, and its MLA layers and output replayed as a floor:
+    compute.replayed_layers_floor) against libllama's dry runs of random shapes
+    (`python -m benchmarks.compute_sweep --cases 24 --archs kimi-linear`, then `--cases 40 --seed 7`
+    after the floor): the widths alone were 26.5 % under on the first set, the floor leaves none of
+    either set more than 15 % under."""
+    import omni_place.compute as compute
+
+    files = ("compute_sweep_kimi_cpu.jsonl", "compute_sweep_kimi_cpu_heldout.jsonl")
+    errors = [hybrid_speed.price_compute(hybrid_speed.load_records(hybrid_speed.RESULTS / f), tmp_path)["kimi-linear"]
+              for f in files]
+    assert [len(e) for e in errors] == [24, 40] and min(min(e) for e in errors) > -15, errors
+    monkeypatch.setattr(compute, "replayed_layers_floor", lambda *a, **k: 0)  # the widths alone
+    widths = hybrid_speed.price_compute(hybrid_speed.load_records(hybrid_speed.RESULTS / files[0]), tmp_path)
+    assert min(widths["kimi-linear"]) < -25
+
+
 def test_mla_decode_at_depth_is_bound_by_flops_in_mainline_only(tmp_path: Path) -> None:
     """Mainline has no vector flash-attention kernel for MLA's 576-wide heads: at depth a decoded
     token's attention is priced by its FLOPs at its compute capability's ``mla_decode_share``
