@@ -630,16 +630,17 @@ def write_model(path: str | Path, arch: str, *, n_layer: int | None = None, n_em
     kv(R.FREQ_BASE, {"gemma3": 1e6, "qwen3": 1e6, "qwen3moe": 1e6, "qwen2": 1e6,
                      "gpt-oss": 150000.0}.get(arch, 10000.0))
 
-    if arch in MLA_ARCHS:
-        # MLA is stored as MQA with one big head (converter: conversion/deepseek.py)
+    if arch in _MLA_ATTENTION:
+        # MLA is stored as MQA with one big head (converter: conversion/deepseek.py, kimi_linear.py)
         kv(A.KEY_LENGTH, kv_lora_rank + n_rot)
         kv(A.VALUE_LENGTH, kv_lora_rank)
         kv(A.KEY_LENGTH_MLA, head_dim + n_rot)
         kv(A.VALUE_LENGTH_MLA, head_dim)
         kv(A.KV_LORA_RANK, kv_lora_rank)
-        kv(A.Q_LORA_RANK, q_lora_rank)
         kv(R.DIMENSION_COUNT, n_rot)
         kv(L.VOCAB_SIZE, n_vocab)
+    if arch in MLA_ARCHS:
+        kv(A.Q_LORA_RANK, q_lora_rank)
         if arch in DSA_ARCHS:
             kv(A.Indexer.HEAD_COUNT, _INDEXER_DEFAULTS["head_count"])
             kv(A.Indexer.KEY_LENGTH, _INDEXER_DEFAULTS["key_length"])
@@ -647,7 +648,7 @@ def write_model(path: str | Path, arch: str, *, n_layer: int | None = None, n_em
         if indexer_types is not None:  # glm-dsa: which trunk layers run a full indexer
             kv("{arch}.attention.indexer.types",
                int(indexer_types) if isinstance(indexer_types, int) else [int(t) for t in indexer_types])
-    else:
+    elif arch not in _MLA_ATTENTION:
         if arch not in ("llama", "qwen2") or head_dim != n_embd // n_head:
             kv(A.KEY_LENGTH, head_dim)
             kv(A.VALUE_LENGTH, head_dim)
@@ -697,15 +698,8 @@ def write_model(path: str | Path, arch: str, *, n_layer: int | None = None, n_em
             kv(R.DIMENSION_SECTIONS, [half - 2 * (half // 3), half // 3, half // 3, 0])
         if n_nextn:
             kv(L.NEXTN_PREDICT_LAYERS, n_nextn)
-    if arch == "kimi-linear":  # conversion/kimi_linear.py: MLA as one KV head on the attention layers
+    if arch == "kimi-linear":  # conversion/kimi_linear.py: one KV head on the MLA layers, none on KDA ones
         kv(A.HEAD_COUNT_KV, [0 if (i + 1) % gdn["interval"] else 1 for i in range(n_layer)])
-        kv(A.KEY_LENGTH, kv_lora_rank + n_rot)
-        kv(A.VALUE_LENGTH, kv_lora_rank)
-        kv(A.KEY_LENGTH_MLA, head_dim + n_rot)
-        kv(A.VALUE_LENGTH_MLA, head_dim)
-        kv(A.KV_LORA_RANK, kv_lora_rank)
-        kv(R.DIMENSION_COUNT, n_rot)
-        kv(L.VOCAB_SIZE, n_vocab)
         kv(Keys.SSM.CONV_KERNEL, gdn["d_conv"])
         kv("{arch}.kda.head_dim", gdn["head_dim"])
         kv(L.LEADING_DENSE_BLOCK_COUNT, n_dense_lead)
