@@ -69,8 +69,9 @@ class CostModel(Transfers):
         self.cpu = cluster.cpu
         self._devices = {d.name: d for d in cluster.devices}
         c = context
-        self.kv = model.kv_layer_bytes(c.ctx, c.type_k, c.type_v, n_seq=c.n_seq,
-                                       n_ubatch=c.n_ubatch, flash_attn=c.flash_attn, swa_full=c.swa_full)
+        self.kv = model.kv_layer_bytes(c.ctx, c.type_k, c.type_v, n_seq=c.n_seq, n_ubatch=c.n_ubatch,
+                                       flash_attn=c.flash_attn, swa_full=c.swa_full,
+                                       ik_indexer=c.type_indexer if c.ik_dsa_indexer else None)
         replayed = not c.replay_gpus or sum(d.kind == "gpu" for d in cluster.gpus) <= c.replay_gpus
         self.compute: ComputeEstimate = compute_buffer_estimate(
             model, n_ctx=c.ctx, n_ubatch=c.n_ubatch, flash_attn=c.flash_attn, n_seq=c.n_seq, replayed=replayed,

@@ -324,8 +324,11 @@ class ModelProfile:
         swa_full: bool = False,
         n_ubatch: int = 512,
         flash_attn: bool = True,
+        ik_indexer: str | None = None,
     ) -> list[int]:
-        """KV cache (or recurrent state) bytes of every layer slot, as llama.cpp allocates them."""
+        """KV cache (or recurrent state) bytes of every layer slot, as llama.cpp allocates them;
+        ``ik_indexer``: a DSA indexer's keys as ik_llama.cpp caches them, in that type
+        (:meth:`ik_indexer_layers`)."""
         hp = self.hparams
         if self.coverage == "not covered":
             raise UnsupportedModelError(
@@ -334,6 +337,7 @@ class ModelProfile:
             )
         tk = _kv_type(type_k)
         tv = _kv_type(type_v or type_k)
+        ti, indexer = (tk, hp.indexer_width) if ik_indexer is None else (_kv_type(ik_indexer), self._ik_indexer_width)
         if tv not in (GGMLQuantizationType.F16, GGMLQuantizationType.F32, GGMLQuantizationType.BF16) and not flash_attn:
             raise InvalidArgumentError("a quantized V cache needs flash attention",
                                        hint="add -fa on or use --kv-type f16")
@@ -355,11 +359,27 @@ class ModelProfile:
             if hp.is_mla:
                 # MLA caches the latent only (no V); DSA adds the indexer's single key head, for
                 # every cell whatever the layer's window (its cache has none)
-                out.append(k + row_bytes(tk, hp.indexer_width(il)) * cells)
+                out.append(k + row_bytes(ti, indexer(il)) * cells)
                 continue
             v_width = hp.dim_v(il) * hp.n_head_kv[il] if flash_attn else v_width_max  # transposed V uses the max
             out.append(k + row_bytes(tv, v_width) * n_cells)
         return out
+
+    @cached_property
+    def ik_indexer_layers(self) -> tuple[bool, ...]:
+        """The layers ik_llama.cpp caches a GLM-DSA indexer key for, whatever the header's indexer
+        types: 0, 1 and every fourth from 2 (ik src/llama-hparams.cpp:1918) of the trunk that carry
+        an indexer (src/llama.cpp:1432); mainline's rule for the other DSA architectures."""
+        hp = self.hparams
+        if self.architecture != "glm-dsa":
+            return tuple(bool(hp.indexer_width(il)) for il in range(hp.n_layer_kv))
+        names = {t.name for t in self.tensors}
+        return tuple(bool(hp.indexer_head_size) and (il <= 1 or il % 4 == 2)
+                     and f"blk.{il}.indexer.attn_k.weight" in names for il in range(hp.n_layer_kv))
+
+    def _ik_indexer_width(self, il: int) -> int:
+        layers = self.ik_indexer_layers
+        return self.hparams.indexer_head_size if il < len(layers) and layers[il] else 0
 
     def is_recurrent(self, il: int) -> bool:
         """Whether layer ``il`` holds a recurrent state (F32 conv and SSM / delta-rule state, its size

@@ -213,6 +213,10 @@ class Context:
     prompt_depth: int | None = None  # the prompt test's depth where it is not ``depth`` (ik's -gp)
     n_seq: int = 1
     swa_full: bool = False  # SWA layers' KV sized for the whole context (ik_llama.cpp)
+    # GLM-DSA's indexer keys cached by ik_llama.cpp's rule (ModelProfile.kv_layer_bytes ik_indexer) in
+    # ``type_indexer``, not the header's full layers in type_k (EngineTraits.ik_dsa_indexer)
+    ik_dsa_indexer: bool = False
+    type_indexer: str = "f16"
     allow_paging: bool = False  # CPU-held weights beyond RAM may page from disk (mmap), priced at disk speed
     embedding_on_first: bool = False  # token embedding on the first device (vLLM), else CPU RAM
     # CPU-held weights loaded without mmap (mainline -lm none, ik --no-mmap) sit in the first

@@ -18,6 +18,7 @@ import pytest
 from omni_place.cost import CPU, Context, CostModel, Placement, on_cpu
 from omni_place.devices import Cluster, Device
 from omni_place.engines import ik_llama, llama_cpp
+from omni_place.errors import InvalidArgumentError
 from omni_place.model import ModelProfile, load_model
 from omni_place.units import GiB, MiB
 from tests.arch_models import write_model
@@ -165,3 +166,45 @@ def test_ik_plans_note_the_ubatch_at_which_the_gpu_takes_the_cpu_experts(moe: Mo
     checked = evaluate(moe, _cluster("CUDA0"), argv, engine="ik_llama.cpp")
     assert checked.placement == p and any("-ub 512 lets the GPU take them" in n for n in checked.notes)
     assert not any("lets the GPU" in n for n in evaluate(moe, _cluster("CUDA0"), argv).notes)
+
+
+def _ik_glm_dsa_runs() -> list[tuple[list[int] | None, str, float, float]]:
+    """(indexer_types, -ctk, KV buffer MiB, indexer MiB) of ik_llama.cpp's llama-bench -v on a tiny
+    GLM-DSA model (tests/data/ik_glm_dsa_kv.txt: its cache lines)."""
+    import ast
+    import re
+
+    runs: list[tuple[list[int] | None, str, float, float]] = []
+    for block in (ROOT / "tests" / "data" / "ik_glm_dsa_kv.txt").read_text().split("## ")[1:]:
+        head = re.match(r"indexer_types=(\S+) -ctk (\S+)", block)
+        assert head is not None
+        kv, idx = (float(re.search(rf"{key} size =\s+([\d.]+) MiB", block)[1])  # type: ignore[index]
+                   for key in ("KV buffer", "indexer"))
+        runs.append((ast.literal_eval(head[1]), head[2], kv, idx))
+    return runs
+
+
+def test_ik_caches_glm_dsa_indexer_keys_by_its_own_rule(tmp_path: Path) -> None:
+    """ik_llama.cpp caches a GLM-DSA indexer key on layers 0, 1 and every fourth from 2 whatever the
+    header's indexer types, in -ictk's type (F16 by default) whatever -ctk: its KV buffer and
+    indexer lines of four runs (header types or none, -ctk f16 or q8_0), to the printed 0.01 MiB;
+    mainline's rule (the header's layers, in -ctk's type) would miss the typed and quantized runs."""
+    runs = _ik_glm_dsa_runs()
+    assert len(runs) == 4
+    ik, missed = ik_llama.DIALECT, 0
+    for types, ctk, kv_mib, idx_mib in runs:
+        model = load_model(write_model(tmp_path / "g.gguf", "glm-dsa", n_layer=8, n_embd=256, n_head=4, head_dim=128,
+                                       n_rot=64, kv_lora_rank=512, q_lora_rank=64, weight_type="f16",
+                                       tokenizer="gpt2", indexer_types=types))
+        assert model.ik_indexer_layers == (True, True, True, False, False, False, True, False)
+        _, context = ik.run_context(ik.parse_args(["-ctk", ctk], "server"), "server", 4096, ctx=256)
+        assert context.ik_dsa_indexer and context.type_indexer == "f16"
+        kv = CostModel(model, _cluster("CUDA0"), context).kv
+        assert abs(sum(kv) - kv_mib * MiB) <= 0.005 * MiB, (types, ctk, sum(kv) / MiB, kv_mib)
+        latent = sum(model.kv_layer_bytes(256, ctk, ik_indexer="f16")) - 4 * 64 * 2 * 256  # 4 F16 64-wide keys
+        assert abs(sum(kv) - latent - idx_mib * MiB) <= 0.005 * MiB + 1  # printed to 0.01 MiB
+        missed += abs(sum(model.kv_layer_bytes(256, ctk)) - kv_mib * MiB) > 0.005 * MiB  # mainline's rule
+    assert missed == 3  # all but the header's four layers in F16, which happen to be as many bytes
+    assert ik.parse_args(["--indexer-cache-type-k", "Q8_0"], "server").type_indexer == "q8_0"
+    with pytest.raises(InvalidArgumentError, match="-ictk needs a cache type"):
+        ik.parse_args(["-ictk", "q9"], "server")

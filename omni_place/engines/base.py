@@ -89,6 +89,9 @@ class EngineTraits:
     # flash-attention kernel for 576-wide heads, ggml/src/ggml-cuda/fattn.cu:635); ik_llama.cpp and
     # vLLM have MLA kernels of their own, unmeasured at depth: priced by the cache's bytes
     mla_decode_flops: bool = True
+    # GLM-DSA's indexer keys by ik_llama.cpp's rule: layers 0, 1 and every fourth from 2 that carry an
+    # indexer, in -ictk's type (ik src/llama-hparams.cpp:1918, src/llama.cpp:1342-1436)
+    ik_dsa_indexer: bool = False
     split_modes: tuple[SplitModeRule, ...] = ()  # the engine's -sm values (its module's SPLIT_MODES)
 
     def split_mode(self, name: str) -> SplitModeRule | None:
@@ -105,7 +108,8 @@ class EngineTraits:
                        host_compute_margin=self.host_compute_margin, replay_gpus=self.replay_gpus,
                        pinned_overrides=self.pinned_overrides, pinned_cpu_cache=self.pinned_cpu_cache,
                        conv_store_reads_input=self.conv_store_reads_input,
-                       output_by_split=self.output_by_split, mla_decode_flops=self.mla_decode_flops, **settings)
+                       output_by_split=self.output_by_split, mla_decode_flops=self.mla_decode_flops,
+                       ik_dsa_indexer=self.ik_dsa_indexer, **settings)
 
 
 @dataclass(frozen=True)
@@ -192,7 +196,7 @@ class Dialect(ABC):
             ctx=run.ctx, n_ubatch=run.n_ubatch, n_batch=run.n_batch, type_k=parsed.type_k, type_v=parsed.type_v,
             flash_attn=run.flash_attn, depth=run.depth, n_prompt=run.n_prompt, n_gen=run.n_gen,
             prompt_depth=run.prompt_depth, pinned_weights=parsed.pinned_weights, op_offload=parsed.op_offload,
-            fused_moe=parsed.fused_moe, **settings)
+            fused_moe=parsed.fused_moe, type_indexer=parsed.type_indexer, **settings)
 
     def parse_args(self, argv: Sequence[str], tool: str = "server") -> ParsedArgs:
         """The placement flags of a user's command line for ``tool``."""

@@ -88,6 +88,7 @@ class ParsedArgs:
     n_ubatch: int | None = None  # -ub; 0 = n_batch
     type_k: str = "f16"
     type_v: str = "f16"
+    type_indexer: str = "f16"  # ik's -ictk: its DSA indexer key cache (Context.ik_dsa_indexer)
     flash_attn: bool | None = None  # None: the tool's default (auto counts as on)
     split_mode: str = "layer"
     main_gpu: int = 0  # -mg: the one device of -sm none

@@ -30,7 +30,7 @@ import numpy as np
 from ..cost import CPU, Context, DeviceUsage, Placement
 from ..devices import Cluster
 from ..errors import InvalidArgumentError
-from ..model import ModelProfile, TensorRecord
+from ..model import KV_TYPES, ModelProfile, TensorRecord
 from . import llama_cpp
 from .base import BenchRecordFlags, BenchSpelling, Dialect, EngineTraits
 from .splitmodes import SplitModeRule, is_parallel
@@ -160,7 +160,8 @@ def layer_sizes(model: ModelProfile, context: Context) -> tuple[list[float], flo
             elif wkv is not None:
                 sizes[il] += (wkv.bytes // 2) * ((wk is None) + (wv is None))
     kv = model.kv_layer_bytes(context.ctx, context.type_k, context.type_v, n_seq=context.n_seq,
-                              n_ubatch=ub, flash_attn=context.flash_attn, swa_full=True)
+                              n_ubatch=ub, flash_attn=context.flash_attn, swa_full=True,
+                              ik_indexer=context.type_indexer)
     # ik's cache_size() prices NextN blocks like the trunk layer before them (mainline gives them none)
     for il in range(n_layer):
         sizes[il] += kv[il] if il < first_nextn or first_nextn == 0 else kv[first_nextn - 1]
@@ -293,6 +294,8 @@ class IkEngineArgs(EngineArgs):
 # fused MoE off: the server's switch (common/common.cpp:1973), llama-bench's 0|1 (llama-bench.cpp:857)
 _NO_FUSED_MOE = ("-no-fmoe", "--no-fused-moe")
 _FUSED_MOE = ("-fmoe", "--fused-moe")
+# the DSA indexer key cache's type (common/common.cpp:1846; default f16, common/common.h:470)
+_INDEXER_CACHE_TYPE = ("-ictk", "--indexer-cache-type-k")
 
 
 def parse_args(argv: Sequence[str], tool: str = "server") -> llama_cpp.ParsedArgs:
@@ -315,6 +318,12 @@ def parse_args(argv: Sequence[str], tool: str = "server") -> llama_cpp.ParsedArg
             out.gp_tests.append(pair_test(flag, words[1] if len(words) > 1 else ""))
         elif tool != "bench" and words == [flag] and flag in _NO_FUSED_MOE:
             out.fused_moe = False
+        elif tool != "bench" and flag in _INDEXER_CACHE_TYPE:
+            value = inline if eq else (words[1] if len(words) > 1 else "")
+            if value.lower() not in KV_TYPES:
+                raise InvalidArgumentError(f"{flag} needs a cache type, not {value!r}",
+                                           hint="one of " + ", ".join(sorted(KV_TYPES)))
+            out.type_indexer = value.lower()
         elif tool == "bench" and flag in _FUSED_MOE:
             value = inline if eq else (words[1] if len(words) > 1 else "")
             if not re.fullmatch(r"[+-]?\d{1,9}", value):
@@ -429,7 +438,7 @@ class IkLlama(Dialect):
                           host_compute_margin=IK_HOST_COMPUTE_MARGIN, replay_gpus=1, pinned_overrides=True,
                           pinned_cpu_cache=True, conv_store_reads_input=False,
                           output_by_split=False, bench_cold_first_prompt=True, mla_decode_flops=False,
-                          split_modes=SPLIT_MODES)
+                          ik_dsa_indexer=True, split_modes=SPLIT_MODES)
     tools = TOOLS
     syntax = SYNTAX
     bench = BenchSpelling(fit=("--fit", "1"), n_cpu_moe="--n-cpu-moe", output=("-o", "json"), ngl_all="999")
@@ -455,18 +464,14 @@ class IkLlama(Dialect):
             return [refused + " and loads the model from a deepseek2-architecture GGUF (its deepseek2 graph runs "
                     "the DSA indexer, src/graphs/build_deepseek2.cpp:353); these flags are priced on this file: "
                     "plan that one for exact flags"]
-        if model.architecture == "glm-dsa" and hp.indexer_head_size:
-            return ["ik_llama.cpp caches GLM-DSA's indexer keys in F16 on layers 0, 1 and every fourth from 2 "
-                    "whatever the header's indexer types (src/llama-hparams.cpp:1918, src/llama.cpp:1432); "
-                    "priced here as mainline's cache (the header's full layers, in the K cache's type): as many "
-                    "bytes or more, but for GLM-5.2's layers with a quantized K cache (-ctk)"]
-        if model.architecture == "deepseek2" and hp.is_mla and max(hp.n_head_kv, default=0) == 1:
+        if model.architecture in ("deepseek2", "glm-dsa") and hp.is_mla and max(hp.n_head_kv, default=0) == 1:
             # mainline's MLA conversion (one KV head): ik re-derives its heads only for DeepSeek's sizes
             n_head = max(hp.n_head, default=0)
             if (hp.head_dim_k, hp.head_dim_v, hp.n_rot) != (576, 512, 64) or n_head % 4:
                 return [f"ik_llama.cpp aborts on this file: it converts mainline's MLA (one KV head) only for "
                         f"key/value heads 576/512, rope 64 and heads in fours, this one has {hp.head_dim_k}/"
-                        f"{hp.head_dim_v}, rope {hp.n_rot}, {n_head} heads (src/llama-hparams.cpp:1083-1097); "
+                        f"{hp.head_dim_v}, rope {hp.n_rot}, {n_head} heads (src/llama-hparams.cpp:"
+                        f"{'1944-1954' if model.architecture == 'glm-dsa' else '1083-1097'}); "
                         "run it with llama.cpp or convert it for ik"]
         return []
 
