@@ -225,6 +225,21 @@ def replayed_layers_floor(model: ModelProfile, *, n_tokens: int, n_kv: int, flas
                               kv_quantized=kv_quantized, kv_layer_bytes=kv_layer_bytes)
 
 
+def msa_floor(model: ModelProfile, n_tokens: int, n_kv: int, flash_attn: bool = True) -> int:
+    """MiniMax-M3's MSA block mask at cell granularity, 0 for other architectures and without flash
+    attention (the engine then runs dense attention, src/models/minimax-m3.cpp:238-244): a ubatch's
+    tokens x cells x KV heads in F32, twice (its gather and the transposed copy, live together,
+    src/models/minimax-m3.cpp:505-509). Of libllama's CPU dry runs of random shapes with flash
+    attention (which MSA needs) the widths alone read -90.3 .. +7.7 % (19 runs), with this floor
+    -30.9 .. +7.7 %; of 26 drawn after it -92.7 .. +16.4 % and -32.1 .. +16.4 %
+    (benchmarks/results/compute_sweep_minimax_cpu*.jsonl; tests/test_hybrid_models.py). The rest of
+    what MSA holds is not modelled: `plan` notes the estimate."""
+    hp = model.hparams
+    if hp.is_mla or not any(hp.indexer_full) or not flash_attn:
+        return 0
+    return 2 * F32 * n_tokens * n_kv * max(hp.n_head_kv)
+
+
 def _peak(pieces: np.ndarray, f: np.ndarray, n_tokens: int) -> int:
     return int(F32 * n_tokens * float(np.max(pieces @ f)))
 
@@ -326,9 +341,11 @@ def compute_buffer_estimate(
     offload: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {}
     mask = int(F32 * n_tokens * f[FEATURES.index("mask")])
     layer_floor = mamba2_floor(model, n_tokens)
+    n_kv = model.kv_cells(n_ctx, n_seq)
+    layer_floor = max(layer_floor, msa_floor(model, n_tokens, n_kv, flash_attn))
     floor = max(layer_floor + mask if layer_floor else 0,  # the KQ mask, a graph input, lives throughout
-                replayed_layers_floor(model, n_tokens=n_tokens, n_kv=model.kv_cells(n_ctx, n_seq),
-                                      flash_attn=flash_attn, kv_quantized=kv_quantized, kv_layer_bytes=kv_layer_bytes))
+                replayed_layers_floor(model, n_tokens=n_tokens, n_kv=n_kv, flash_attn=flash_attn,
+                                      kv_quantized=kv_quantized, kv_layer_bytes=kv_layer_bytes))
     for cls, fits in fitted_pieces(replayed).items():
         roles[cls] = {role: max(_peak(p, f, n_tokens), floor if role in _LAYER_ROLES else 0)
                       for role, p in fits.items()}

@@ -123,6 +123,7 @@ ARCHITECTURES: dict[str, ArchSpec] = {
     "deepseek2": ArchSpec(verified=True),
     "deepseek32": ArchSpec(verified=True),  # deepseek2 MLA + the DSA indexer's key cache
     "glm-dsa": ArchSpec(verified=True),  # deepseek32's layout, the indexer's cache on its full layers only
+    "minimax-m3": ArchSpec(verified=True),  # GQA, and the MSA indexer's cache on its MoE layers
     "glm4moe": ArchSpec(verified=True),
     "gpt-oss": ArchSpec(swa_pattern=2, verified=True),
     "gemma3": ArchSpec(swa_pattern=6, verified=True),
@@ -156,12 +157,14 @@ ARCHITECTURES: dict[str, ArchSpec] = {
 }
 # MLA with the DSA lightning indexer's key cache on its full-indexer layers, at the full context
 # (llama_kv_cache_dsa, src/llama-kv-cache-dsa.cpp:14-52; dots3note's beside its SWA layers' cache,
-# src/llama-kv-cache-dsa-iswa.cpp:33-75)
-DSA_ARCHITECTURES = frozenset({"deepseek32", "glm-dsa", "hy_v4", "dots3note"})
+# src/llama-kv-cache-dsa-iswa.cpp:33-75); MiniMax-M3's MSA indexer on every layer after the leading
+# dense ones, its cache a GQA one of one head: a key of the indexer's width and a value of the
+# model's (llama_kv_cache_msa, src/llama-kv-cache-msa.cpp:13-50; src/llama-model.cpp:2375-2395)
+DSA_ARCHITECTURES = frozenset({"deepseek32", "glm-dsa", "hy_v4", "dots3note", "minimax-m3"})
 # Architectures whose memory layout is known to differ from what this module models.
 NOT_COVERED = {
     "rwkv6", "rwkv7", "arwkv7", "rwkv6qwen2",
-    "gemma3n", "minimax-m3", "t5", "t5encoder",
+    "gemma3n", "t5", "t5encoder",
     "bert", "nomic-bert", "jina-bert-v2", "whisper", "falcon-h1",
     # linear-attention hybrids whose recurrent layers the header does not mark as the rules here
     # read them (src/models/minimax-01.cpp:12-16, qwen4exp.cpp:131-136; kimi-k3, glm5-next,
@@ -264,6 +267,9 @@ def _indexer_full(md: dict[str, Any], a: str, n_main: int, n_ctx_train: int) -> 
     key = f"{a}.attention.indexer.types"
     if a == "deepseek32":
         return (True,) * n_main
+    if a == "minimax-m3":
+        lead = _int(md, f"{a}.leading_dense_block_count", 0, hi=n_main)
+        return tuple(il >= lead for il in range(n_main))
     if a == "hy_v4" and not _int(md, f"{a}.attention.indexer.top_k", 0, hi=MAX_CONTEXT):
         return (False,) * n_main
     if key in md:

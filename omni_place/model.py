@@ -15,7 +15,9 @@ llama.cpp (vendored in llama-cpp-python 0.3.36, close to b11434); the line refer
   (``llama-memory-recurrent.cpp``). DeepSeek-V3.2 (``deepseek32``, DSA) adds a second cache per
   trunk layer for its lightning indexer: one key head of ``attention.indexer.key_length`` in
   ``type_k``, no V (``llama-kv-cache-dsa.cpp:30-52``, ``llama-model.cpp:2397-2447``); GLM-5
-  (``glm-dsa``) only on the layers that run a full indexer (``attention.indexer.types``).
+  (``glm-dsa``) only on the layers that run a full indexer (``attention.indexer.types``);
+  MiniMax-M3's MSA indexer a one-head GQA cache (its key, and a value of the model's head width)
+  on every layer after the leading dense ones (``llama-kv-cache-msa.cpp:13-50``).
 """
 from __future__ import annotations
 
@@ -362,7 +364,9 @@ class ModelProfile:
                 out.append(k + row_bytes(ti, indexer(il)) * cells)
                 continue
             v_width = hp.dim_v(il) * hp.n_head_kv[il] if flash_attn else v_width_max  # transposed V uses the max
-            out.append(k + row_bytes(tv, v_width) * n_cells)
+            # an MSA indexer's cache (minimax-m3): a GQA cache of one head, its key the indexer's width
+            msa = (row_bytes(ti, indexer(il)) + row_bytes(tv, hp.dim_v(il))) * cells if indexer(il) else 0
+            out.append(k + row_bytes(tv, v_width) * n_cells + msa)
         return out
 
     @cached_property
@@ -423,6 +427,8 @@ class ModelProfile:
                 total += row_bytes(tk, hp.indexer_width(il))
             else:
                 total += row_bytes(tv, hp.dim_v(il) * hp.n_head_kv[il])
+                if hp.indexer_width(il):  # an MSA indexer's one-head cache (kv_layer_bytes)
+                    total += row_bytes(tk, hp.indexer_width(il)) + row_bytes(tv, hp.dim_v(il))
         return float(total)
 
     def kv_write_bytes(self, il: int) -> int:
@@ -434,7 +440,7 @@ class ModelProfile:
             return 0
         if hp.is_mla:
             return 4 * (hp.head_dim_k * hp.n_head_kv[il] + hp.indexer_width(il))
-        return 4 * (hp.dim_k(il) + hp.dim_v(il)) * hp.n_head_kv[il]
+        return 4 * ((hp.dim_k(il) + hp.dim_v(il)) * hp.n_head_kv[il] + hp.indexer_width(il))
 
     # -- reporting --------------------------------------------------------------------------
     def to_dict(self, ctx: int = 4096, kv_type: str = "f16", n_ubatch: int = 512,

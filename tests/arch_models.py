@@ -77,9 +77,10 @@ __all__ = [
 
 ARCHS: tuple[str, ...] = ("llama", "qwen2", "qwen3", "qwen3moe", "deepseek2", "gpt-oss", "gemma3", "glm4moe",
                           "deepseek32", "glm-dsa", "qwen35", "qwen35moe", "qwen3next", "granitehybrid",
-                          "nemotron_h", "nemotron_h_moe", "mamba2", "gemma4", "lfm2", "lfm2moe", "kimi-linear")
+                          "nemotron_h", "nemotron_h_moe", "mamba2", "gemma4", "lfm2", "lfm2moe", "kimi-linear",
+                          "minimax-m3")
 MOE_ARCHS: frozenset[str] = frozenset({"qwen3moe", "deepseek2", "gpt-oss", "glm4moe", "deepseek32", "glm-dsa",
-                                       "kimi-linear", "qwen35moe",
+                                       "kimi-linear", "minimax-m3", "qwen35moe",
                                        "qwen3next", "nemotron_h_moe", "lfm2moe"})
 # LFM2 (src/models/lfm2.cpp, lfm2moe.cpp): every ``gdn["interval"]``-th layer attention, the others a
 # gated short convolution of ``gdn["d_conv"]`` taps whose state is its last taps (head_count_kv 0)
@@ -126,7 +127,9 @@ _DS_MOE: frozenset[str] = frozenset({"deepseek2", "glm4moe"}) | DSA_ARCHS
 # short convolution, a ``gdn["head_dim"]``-square state per head; DeepSeek-style MoE
 _MLA_ATTENTION: frozenset[str] = MLA_ARCHS | {"kimi-linear"}
 # archs with leading dense FFN layers before their MoE ones
-_DENSE_LEAD: frozenset[str] = _DS_MOE | {"lfm2moe", "kimi-linear"}
+_DENSE_LEAD: frozenset[str] = _DS_MOE | {"lfm2moe", "kimi-linear", "minimax-m3"}
+# MiniMax-M3 (src/models/minimax-m3.cpp): GQA attention with per-head Q/K norms; its MoE layers
+# (after the leading dense ones) carry the MSA indexer's projections and a key cache of its own
 # archs whose loader requires a separate output.weight (no tied embeddings)
 _UNTIED_ONLY: frozenset[str] = frozenset({"gpt-oss"})
 
@@ -305,7 +308,7 @@ def model_tensors(arch: str, *, n_layer: int, n_embd: int, n_head: int, n_head_k
             if arch == "gpt-oss":
                 add(b + "attn_output.bias", (E,), "f32")
                 add(b + "attn_sinks.weight", (n_head,), "f32")
-            if arch in ("qwen3", "qwen3moe", "gemma3", "glm4moe"):
+            if arch in ("qwen3", "qwen3moe", "gemma3", "glm4moe", "minimax-m3"):
                 add(b + "attn_q_norm.weight", (head_dim,), "norm")
                 add(b + "attn_k_norm.weight", (head_dim,), "norm")
 
@@ -343,7 +346,7 @@ def model_tensors(arch: str, *, n_layer: int, n_embd: int, n_head: int, n_head_k
             add(b + "ffn_gate_inp.weight", (E, n_expert), "f32")
             if arch == "gpt-oss":
                 add(b + "ffn_gate_inp.bias", (n_expert,), "f32")
-            if arch in _DS_MOE or arch in ("lfm2moe", "kimi-linear"):
+            if arch in _DS_MOE or arch in ("lfm2moe", "kimi-linear", "minimax-m3"):
                 add(b + "exp_probs_b.bias", (n_expert,), "f32")
             add(b + "ffn_gate_exps.weight", (E, n_ff_exp, n_expert))
             add(b + "ffn_up_exps.weight", (E, n_ff_exp, n_expert))
@@ -354,11 +357,17 @@ def model_tensors(arch: str, *, n_layer: int, n_embd: int, n_head: int, n_head_k
                 add(b + "ffn_down_exps.bias", (E, n_expert), "f32")
             if arch in HYBRID_ARCHS:
                 add(b + "ffn_gate_inp_shexp.weight", (E,), "f32")
-            if (arch in _DS_MOE or arch in HYBRID_ARCHS or arch == "kimi-linear") and n_expert_shared > 0:
+            if (arch in _DS_MOE | HYBRID_ARCHS | {"kimi-linear", "minimax-m3"}) and n_expert_shared > 0:
                 n_sh = n_ff_exp * n_expert_shared
                 add(b + "ffn_gate_shexp.weight", (E, n_sh))
                 add(b + "ffn_up_shexp.weight", (E, n_sh))
                 add(b + "ffn_down_shexp.weight", (n_sh, E))
+            if arch == "minimax-m3":  # the MSA indexer: a head per KV head (its graph asserts it)
+                ik = _INDEXER_DEFAULTS["key_length"]
+                add(b + "indexer.q_proj.weight", (E, n_head_kv * ik))
+                add(b + "indexer.k_proj.weight", (E, ik))
+                add(b + "indexer.q_norm.weight", (ik,), "norm")
+                add(b + "indexer.k_norm.weight", (ik,), "norm")
 
         # ---- NextN / MTP block extras
         if i >= n_layer:
@@ -702,6 +711,15 @@ def write_model(path: str | Path, arch: str, *, n_layer: int | None = None, n_em
         kv(A.HEAD_COUNT_KV, [0 if (i + 1) % gdn["interval"] else 1 for i in range(n_layer)])
         kv(Keys.SSM.CONV_KERNEL, gdn["d_conv"])
         kv("{arch}.kda.head_dim", gdn["head_dim"])
+        kv(L.LEADING_DENSE_BLOCK_COUNT, n_dense_lead)
+        kv(L.EXPERT_SHARED_COUNT, n_expert_shared)
+        kv(L.EXPERT_GATING_FUNC, int(gguf.ExpertGatingFuncType.SIGMOID))
+    if arch == "minimax-m3":  # its MSA indexer: heads, key width, top-k blocks of block_size cells
+        kv(A.Indexer.HEAD_COUNT, n_head_kv)
+        kv(A.Indexer.KEY_LENGTH, _INDEXER_DEFAULTS["key_length"])
+        kv(A.Indexer.TOP_K, _INDEXER_DEFAULTS["top_k"])
+        kv("{arch}.attention.indexer.block_size", 16)
+        kv("{arch}.attention.indexer.local_blocks", 1)
         kv(L.LEADING_DENSE_BLOCK_COUNT, n_dense_lead)
         kv(L.EXPERT_SHARED_COUNT, n_expert_shared)
         kv(L.EXPERT_GATING_FUNC, int(gguf.ExpertGatingFuncType.SIGMOID))

@@ -57,6 +57,12 @@ def _expected_kv(arch: str, *, n_ctx: int, n_layer: int, n_head_kv: int = 2, hea
         # MLA latent cache, then the DSA indexer's key cache (one head of indexer.key_length = 64; glm-dsa
         # without indexer types and a training context under 1 Mi: on every trunk layer)
         return [(n_ctx, n_layer, n_ctx * n_layer * (64 + 16) * 2, 0), (n_ctx, n_layer, n_ctx * n_layer * 64 * 2, 0)]
+    if arch == "minimax-m3":  # GQA on every layer; the MSA indexer's one-head cache (its 64-wide key, a
+        # head-wide value) on the layers after the leading dense one
+        row = n_head_kv * (head_dim or n_embd // n_head) * 2
+        idx_k, idx_v = 64 * 2, (head_dim or n_embd // n_head) * 2
+        return [(n_ctx, n_layer, n_ctx * n_layer * row, n_ctx * n_layer * row),
+                (n_ctx, n_layer - 1, n_ctx * (n_layer - 1) * idx_k, n_ctx * (n_layer - 1) * idx_v)]
     if arch == "kimi-linear":  # every 4th layer MLA (its latent cache alone), the others KDA states
         return [(n_ctx, n_layer // 4, n_ctx * (n_layer // 4) * (64 + 16) * 2, 0)]
     if arch == "mamba2":  # every layer recurrent: no KV cache at all

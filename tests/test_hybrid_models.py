@@ -238,6 +238,25 @@ def test_kimi_linear_compute_buffers_against_the_engines_dry_runs(tmp_path: Path
     assert min(widths["kimi-linear"]) < -25
 
 
+def test_minimax_m3_compute_buffers_against_the_engines_dry_runs(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """MiniMax-M3's CPU compute buffer with flash attention (widths, and its MSA block mask as a
+    floor: compute.msa_floor) against libllama's dry runs of random shapes (`python -m
+    benchmarks.compute_sweep --cases 30 --archs minimax-m3`, then `--cases 40 --seed 7` after the
+    floor): the widths alone were 90 % under, the floor leaves none more than a third under."""
+    import omni_place.compute as compute
+
+    def errors() -> list[list[float]]:
+        return [hybrid_speed.price_compute([r for r in hybrid_speed.load_records(hybrid_speed.RESULTS / f)
+                                            if r.get("flash_attn")], tmp_path)["minimax-m3"]
+                for f in ("compute_sweep_minimax_cpu.jsonl", "compute_sweep_minimax_cpu_heldout.jsonl")]
+
+    floored = errors()
+    assert [len(e) for e in floored] == [19, 26] and min(min(e) for e in floored) > -33, floored
+    monkeypatch.setattr(compute, "msa_floor", lambda *a, **k: 0)  # the widths alone
+    assert min(min(e) for e in errors()) < -90
+
+
 def test_mla_decode_at_depth_is_bound_by_flops_in_mainline_only(tmp_path: Path) -> None:
     """Mainline has no vector flash-attention kernel for MLA's 576-wide heads: at depth a decoded
     token's attention is priced by its FLOPs at its compute capability's ``mla_decode_share``

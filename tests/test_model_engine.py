@@ -142,6 +142,25 @@ def test_hybrid_recurrent_layers_and_state(tmp_path: Path, arch: str, interval: 
     assert m.kv_layer_bytes(4 * N_CTX)[attention[0]] == 4 * per_layer[attention[0]]
 
 
+def test_minimax_m3_msa_indexer_cache(tmp_path: Path) -> None:
+    """MiniMax-M3: a GQA cache on every layer, and on each layer after the leading dense ones the MSA
+    indexer's: a GQA cache of one head, its key the indexer's width, its value the model's head
+    width (src/llama-kv-cache-msa.cpp:13-50), in the cache types."""
+    path = write_model(tmp_path / "m3.gguf", "minimax-m3", n_layer=6, n_embd=256, n_head=8, n_head_kv=2,
+                       head_dim=64, n_dense_lead=2, weight_type="f16")
+    eng = engine_load(path, n_ctx=N_CTX)
+    assert eng.ok, eng.log[-2000:]
+    m = load_model(path)
+    assert m.coverage == "verified" and m.unknown_tensors == []
+    assert [layers for _, _, layers in eng.kv_caches] == [6, 4]
+    for kv_type, row in (("f16", lambda n: 2 * n), ("q8_0", lambda n: n // 32 * 34)):
+        gqa, msa = 2 * row(2 * 64) * N_CTX, 2 * row(64) * N_CTX  # K and V of 2 heads; the indexer's one
+        assert m.kv_layer_bytes(N_CTX, kv_type) == [gqa, gqa] + [gqa + msa] * 4
+    (main_mib, _, _), (msa_mib, _, _) = eng.kv_caches
+    assert abs(6 * 2 * 2 * 128 * N_CTX - main_mib * MiB) <= PRINT_RES
+    assert abs(4 * 2 * 2 * 64 * N_CTX - msa_mib * MiB) <= PRINT_RES
+
+
 def test_kimi_linear_kda_state_and_mla_cache(tmp_path: Path) -> None:
     """Kimi-Linear: a layer without KV heads is Kimi Delta Attention, whose F32 state is Q, K and V's
     d_conv - 1 conv taps of heads x head_dim channels each and a head_dim x head_dim matrix per head
