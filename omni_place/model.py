@@ -371,10 +371,13 @@ class ModelProfile:
 
     @cached_property
     def ik_indexer_layers(self) -> tuple[bool, ...]:
-        """The layers ik_llama.cpp caches a GLM-DSA indexer key for, whatever the header's indexer
-        types: 0, 1 and every fourth from 2 (ik src/llama-hparams.cpp:1918) of the trunk that carry
-        an indexer (src/llama.cpp:1432); mainline's rule for the other DSA architectures."""
+        """The layers ik_llama.cpp caches an indexer key for: GLM-DSA's 0, 1 and every fourth from 2,
+        whatever the header's indexer types (ik src/llama-hparams.cpp:1918), of the trunk that carry
+        an indexer (src/llama.cpp:1432); none of MiniMax-M3's (ik runs its attention dense, no MSA:
+        src/graphs/build_minimaxm3.cpp); mainline's rule for the other DSA architectures."""
         hp = self.hparams
+        if self.architecture == "minimax-m3":
+            return (False,) * hp.n_layer_kv
         if self.architecture != "glm-dsa":
             return tuple(bool(hp.indexer_width(il)) for il in range(hp.n_layer_kv))
         names = {t.name for t in self.tensors}

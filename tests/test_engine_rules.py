@@ -208,3 +208,19 @@ def test_ik_caches_glm_dsa_indexer_keys_by_its_own_rule(tmp_path: Path) -> None:
     assert ik.parse_args(["--indexer-cache-type-k", "Q8_0"], "server").type_indexer == "q8_0"
     with pytest.raises(InvalidArgumentError, match="-ictk needs a cache type"):
         ik.parse_args(["-ictk", "q9"], "server")
+
+
+def test_ik_runs_minimax_m3_without_its_msa_cache(tmp_path: Path) -> None:
+    """ik_llama.cpp's MiniMax-M3 is dense attention (src/graphs/build_minimaxm3.cpp): no MSA indexer
+    cache, and its loader refuses mainline's file with the indexer tensors (its llama-bench on
+    write_model's minimax-m3: "done_getting_tensors: wrong number of tensors; expected 105, got 89")."""
+    from omni_place.plan import plan_split
+
+    path = write_model(tmp_path / "m3.gguf", "minimax-m3", n_layer=6, n_embd=256, n_head=8, n_head_kv=2, head_dim=64,
+                       n_dense_lead=2, header_only=True)
+    model = load_model(path)
+    gqa = 2 * 2 * 2 * 64 * 1024  # K and V of 2 heads of 64, F16, 1024 cells
+    assert model.kv_layer_bytes(1024, ik_indexer="f16") == [gqa] * 6
+    assert model.kv_layer_bytes(1024)[2:] == [gqa + 2 * 2 * 64 * 1024] * 4  # mainline's MSA cache
+    notes = plan_split(str(path), _cluster("CUDA0"), engine="ik_llama.cpp").notes
+    assert any("takes no MSA indexer tensors" in n for n in notes)

@@ -464,6 +464,10 @@ class IkLlama(Dialect):
             return [refused + " and loads the model from a deepseek2-architecture GGUF (its deepseek2 graph runs "
                     "the DSA indexer, src/graphs/build_deepseek2.cpp:353); these flags are priced on this file: "
                     "plan that one for exact flags"]
+        if model.architecture == "minimax-m3" and any(".indexer." in t.name for t in model.tensors):
+            return ["ik_llama.cpp runs MiniMax-M3's attention dense and its loader takes no MSA indexer tensors: it "
+                    "refuses a file that carries them (\"wrong number of tensors\", src/llama-load-tensors.cpp:5293); "
+                    "run it with llama.cpp, or load ik a file without them"]
         if model.architecture in ("deepseek2", "glm-dsa") and hp.is_mla and max(hp.n_head_kv, default=0) == 1:
             # mainline's MLA conversion (one KV head): ik re-derives its heads only for DeepSeek's sizes
             n_head = max(hp.n_head, default=0)
