@@ -24,6 +24,9 @@ the planner as it ran, uncalibrated:
   H100 VM): the 9B beside its all-attention control (``Qwen3-shaped 9B Q8_0``), all layers and ``-ngl 20``.
   ``gpu_h100s41_round*.jsonl`` (session 41, a third H100 VM, 8 minutes apart): every configuration,
   GLM's decode-only depth sweep among them; its ``-v`` logs and ``devices --measure`` in ``gpu_h100s41/``.
+  ``gpu_h100s43_round*.jsonl``, ``gpu_h100s43b_round*.jsonl`` (session 43, two more H100 VMs): the 35B beside
+  its plain-MoE controls (``Qwen3-shaped 35B-A3B``; on the first VM also ``... wide experts``), ``-ncmoe``
+  0-40; ``gpu_h100s43b/threads.jsonl``: the control's ``-ncmoe 40`` decode at 8, 12 and 16 threads.
 - ``calibrate_run_<rig>[_<model>].json`` (``.progress.txt``: its stderr): ``omni-place calibrate --run``
   on that VM, ``--no-save --format json``.
 - ``threads_prompt_h100s41.jsonl``: the CPU's prompt compute at 1-16 threads on session 41's VM (``-ngl 0
@@ -99,6 +102,18 @@ SHAPES: dict[str, dict[str, Any]] = {
     # the 9B's shape with every layer full attention: what its recurrent layers cost beside attention ones
     "Qwen3-shaped 9B Q8_0": dict(arch="qwen3", n_layer=32, n_embd=4096, n_head=16, n_head_kv=4, head_dim=256,
                                  n_ff=12288, n_vocab=248320, weight_type="q8_0"),
+    # the 35B's shape with every layer full attention and no shared expert (qwen35moe of interval 1 aborts),
+    # then the same expert bytes in a quarter as many experts four times as wide: what its CPU experts cost
+    # beside a plain MoE's, and what an expert's width costs on the CPU at equal bytes
+    "Qwen3-shaped 35B-A3B": dict(arch="qwen3moe", n_layer=40, n_embd=2048, n_head=16, n_head_kv=2, head_dim=256,
+                                 n_ff=512, n_vocab=248320, n_expert=256, n_expert_used=8, n_ff_exp=512,
+                                 weight_type="q4_k", tensor_types={r"down_exps": "q5_k", r"exps": "q4_k",
+                                                                   r"output": "q6_k", r".*": "q8_0"}),
+    "Qwen3-shaped 35B-A3B wide experts": dict(arch="qwen3moe", n_layer=40, n_embd=2048, n_head=16, n_head_kv=2,
+                                              head_dim=256, n_ff=512, n_vocab=248320, n_expert=64, n_expert_used=2,
+                                              n_ff_exp=2048, weight_type="q4_k",
+                                              tensor_types={r"down_exps": "q5_k", r"exps": "q4_k",
+                                                            r"output": "q6_k", r".*": "q8_0"}),
     # deepseek2 MLA (glm4_moe_lite); its value heads (256) written as wide as its nope part (192)
     "GLM-4.7-Flash UD-Q4_K_XL": dict(arch="deepseek2", n_layer=47, n_embd=2048, n_head=20, n_head_kv=20, n_ff=10240,
                                      n_vocab=154880, n_expert=64, n_expert_used=4, n_ff_exp=1536, n_expert_shared=1,
@@ -130,6 +145,9 @@ GPU_RUNS: dict[str, list[list[str]]] = {
     "Qwen3.5-9B Q8_0": [["-ngl", "99", "-p", "1024", "-n", "64", "-d", "0,32768"],
                         ["-ngl", "20", "-p", "512", "-n", "32"]],
     "Qwen3-shaped 9B Q8_0": [["-ngl", "99", "-p", "512", "-n", "32"], ["-ngl", "20", "-p", "512", "-n", "32"]],
+    **{name: [["-ngl", "99", "-p", "1024", "-n", "64"],
+              *(["-ngl", "99", "-ncmoe", str(n), "-p", "512", "-n", "32"] for n in (40, 30, 20, 10))]
+       for name in ("Qwen3-shaped 35B-A3B", "Qwen3-shaped 35B-A3B wide experts")},
 }
 
 
@@ -172,13 +190,13 @@ def run(binary: Path, folder: Path, output: Path, threads: int, cpu_gbs: float, 
             print(f"{name}: done", flush=True)
 
 
-def write_gpu_models(folder: Path) -> None:
-    """The ``GPU_RUNS`` shapes as speed models (``speed_models``: zero matrices, real routers and
-    embeddings, so MoE prompts spread over the experts as a trained model's do)."""
+def write_gpu_models(folder: Path, only: list[str] | None = None) -> None:
+    """The ``GPU_RUNS`` shapes (or ``only`` these) as speed models (``speed_models``: zero matrices,
+    real routers and embeddings, so MoE prompts spread over the experts as a trained model's do)."""
     from benchmarks.speed_models import write_speed_model
 
     for name in GPU_RUNS:
-        if (folder / model_file(name)).exists():
+        if (only and name not in only) or (folder / model_file(name)).exists():
             continue
         shape = dict(SHAPES[name])
         path = write_speed_model(Path(model_file(name)).stem, folder, shape=shape)
@@ -443,6 +461,7 @@ def notes(result: dict[str, Any]) -> list[str]:
               for line in switch_notes([r for r in result["switches"] if r["rig"] == rig], result["gpu"], i == 0)],
             *calibrate_run_notes(),
             *threads_prompt_notes(),
+            *control_notes(result["gpu"]),
             "- Compute buffers: hybrids are not replayed (compute_graph.REPLAYED); their widths-only estimate "
             "against the CPU backend's dry runs of random shapes (compute_sweep_hybrid_cpu.jsonl: `python -m "
             "benchmarks.compute_sweep --cases 40 --archs qwen35,qwen35moe,qwen3next` and `--cases 30 --archs "
@@ -560,6 +579,131 @@ def threads_prompt_notes() -> list[str]:
 
 
 
+def _probe(rig: str) -> float:
+    """The CPU bandwidth (GB/s, ``devices --measure``) a rig file carries."""
+    import tomllib
+
+    devices = tomllib.loads((FOLDER / rig).read_text())["devices"]
+    return float(next(d["bandwidth_gbs"] for d in devices if d["kind"] == "cpu"))
+
+
+def expert_layer_slopes(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per rig and MoE model: the decode seconds one more layer's routed experts on the CPU adds
+    (a least-squares line through ``-ncmoe`` 0..40's seconds per token), measured and priced."""
+    import numpy as np
+
+    out = []
+    for (rig, model), rs in sorted(_group([r for r in rows if r["test"][:2] == "tg" and not r["depth"]
+                                           and r["ngl"] >= 99], ("rig", "model")).items()):
+        n = np.array([r["ncmoe"] for r in rs], dtype=float)
+        if len(set(n)) < 2:
+            continue
+        slope = [float(np.polyfit(n, [1e6 / r[k] for r in rs], 1)[0]) for k in ("tps", "predicted")]
+        out.append({"rig": rig, "model": model, "probe_gbs": _probe(rig), "measured_us": slope[0],
+                    "priced_us": slope[1]})
+    return out
+
+
+def pair_gaps(rows: list[dict[str, Any]]) -> list[tuple[str, str, float]]:
+    """(rig, hybrid, its depth-0 whole-GPU prompt error less its all-attention control's, in points,
+    each the mean over the rig's rounds) for every hybrid measured beside its control on one rig."""
+    pairs = {"Qwen3.5-35B-A3B UD-Q4_K_XL": "Qwen3-shaped 35B-A3B", "Qwen3.5-9B Q8_0": "Qwen3-shaped 9B Q8_0"}
+
+    def mean_err(rig: str, model: str) -> float | None:
+        e = [r["error_pct"] for r in rows if r["rig"] == rig and r["model"] == model and r["test"][:2] == "pp"
+             and not r["depth"] and r["ngl"] >= 99 and not r["ncmoe"]]
+        return sum(e) / len(e) if e else None
+
+    out = []
+    for rig in sorted({r["rig"] for r in rows}):
+        for hybrid, control in pairs.items():
+            h, c = mean_err(rig, hybrid), mean_err(rig, control)
+            if h is not None and c is not None:
+                out.append((rig, hybrid, h - c))
+    return out
+
+
+def control_notes(rows: list[dict[str, Any]]) -> list[str]:
+    """The notes on the 35B hybrid beside its plain-MoE controls (session 43's two VMs)."""
+    rigs = ("gpu_h100s43_rig.toml", "gpu_h100s43b_rig.toml")
+    mine = [r for r in rows if r["rig"] in rigs]
+    if not mine:
+        return []
+
+    def errs(model: str, test: str, **keys: Any) -> str:
+        e = [r["error_pct"] for r in mine if r["model"] == model and r["test"][:2] == test
+             and all(r[k] == v for k, v in keys.items())]
+        return f"{min(e):+.0f} .. {max(e):+.0f} %" if e else "none"
+
+    hybrid, control, wide = "Qwen3.5-35B-A3B UD-Q4_K_XL", "Qwen3-shaped 35B-A3B", "Qwen3-shaped 35B-A3B wide experts"
+    slopes = expert_layer_slopes(rows)
+    fastest = min(slopes, key=lambda x: x["measured_us"])
+
+    def rng_max(key: str) -> float:
+        return max(x[key] for x in slopes)
+
+    def rng(key: str) -> str:
+        return f"{min(x[key] for x in slopes):.0f}-{rng_max(key):.0f}"
+
+    by = {(s["rig"], s["model"]): s for s in slopes}
+
+    def ratio(ncmoe: int) -> str:
+        tps = {m: [r["tps"] for r in mine if r["model"] == m and r["test"][:2] == "tg" and r["ncmoe"] == ncmoe
+                   and r["rig"] == rigs[0]] for m in (wide, control)}
+        return f"{sum(tps[wide]) / sum(tps[control]):.2f}x" if all(tps.values()) else "-"
+
+    threads = FOLDER / "gpu_h100s43b" / "threads.jsonl"
+    t_line = ""
+    if threads.exists():
+        with tempfile.TemporaryDirectory() as tmp:
+            header = write_headers(Path(tmp), [control], header_only=True)[control]
+            argv = ["-ngl", "99", "-ncmoe", "40", "-n", "32", "-p", "0", "-fa", "1", "-t"]
+            priced = {t: predict(header, FOLDER / rigs[1], [*argv, str(t)]) for t in _by_threads(load_records(threads))}
+        t_line = (" The CPU's decode against its threads (the control at `-ncmoe 40`, `-t 8,12,16`, twice, "
+                  "second VM): " + ", ".join(
+                      f"{t} threads {min(v):.1f}-{max(v):.1f} t/s priced {priced[t]:.1f}"
+                      for t, v in sorted(_by_threads(load_records(threads)).items()))
+                  + ": the threads' share of it is priced as it runs.")
+    return [
+        "- The 35B beside plain-MoE controls of its shape (session 43, two H100 VMs, `gpu_h100s43*`): "
+        f"`Qwen3-shaped 35B-A3B` (every layer attention, no shared expert) and `{wide}` (the same expert bytes in "
+        "a quarter as many experts, four times as wide, two routed). Whole-GPU prompt: the hybrid "
+        f"{errs(hybrid, 'pp', ncmoe=0)}, the control {errs(control, 'pp', ncmoe=0)}, the wide one "
+        f"{errs(wide, 'pp', ncmoe=0)}. A hybrid's depth-0 whole-GPU prompt error less its control's on the same VM "
+        "(the 9B's control ran `-p 512`, the others `-p 1024`): "
+        + "; ".join(f"{rig.removesuffix('_rig.toml')} {model.split()[0]} {d:+.1f} pts"
+                    for rig, model, d in pair_gaps(rows))
+        + ". Before `attention.GPU_SCAN_STEP_S` (session 43; a GPU runs the delta rule's tokens one after another, "
+        "and the FLOPs alone priced it at a third of a microsecond a token and layer) the same gaps were +5 .. +14 "
+        f"pts. Prompts with experts on the CPU: the control {errs(control, 'pp', ngl=99)} including whole-GPU.",
+        "- Decode seconds one more layer of routed experts on the CPU adds (`-ncmoe` 0-40, a line through "
+        "each rig's tests), against the CPU probe of that VM: "
+        + "; ".join(f"{s['rig'].removesuffix('_rig.toml')} {s['model']} {s['measured_us']:.0f} us, priced "
+                    f"{s['priced_us']:.0f} (probe {s['probe_gbs']:.0f} GB/s)" for s in slopes)
+        + ". On one VM the hybrid's expert layer costs "
+        + ", ".join(f"{by[(rig, hybrid)]['measured_us'] / by[(rig, control)]['measured_us']:.2f}x"
+                    for rig in rigs if (rig, hybrid) in by and (rig, control) in by)
+        + " the control's (priced equal), so the 35B's CPU-expert decode is a MoE's; what moves it is the VM: "
+        f"over VMs whose probes read {rng('probe_gbs')} GB/s the layer cost {rng('measured_us')} us, "
+        "far more spread than the probe's"
+        + (", and the fastest VM read the highest probe" if fastest["probe_gbs"] == rng_max("probe_gbs") else "")
+        + ". Uncalibrated, the price "
+        f"sits inside that spread ({min(x['priced_us'] / x['measured_us'] for x in slopes):.2f}-"
+        f"{max(x['priced_us'] / x['measured_us'] for x in slopes):.2f}x the measured slope); `calibrate` on the "
+        "machine fits it (above). Expert width at equal bytes (wide / narrow decode, first VM): "
+        f"whole-GPU {ratio(0)}, `-ncmoe 40` {ratio(40)}, `-ncmoe 10` {ratio(10)}; the CPU's part of it is a few "
+        "percent at 16 threads, so decode prices "
+        "no width term." + t_line,
+    ]
+
+
+def _by_threads(records: list[dict[str, Any]]) -> dict[int, list[float]]:
+    out: dict[int, list[float]] = {}
+    for r in records:
+        out.setdefault(int(r["n_threads"]), []).append(float(r["avg_ts"]))
+    return out
+
+
 def switch_notes(rows: list[dict[str, Any]], gpu: list[dict[str, Any]], first: bool = True) -> list[str]:
     """The notes on one rig's engine-switch records (``price_switches`` rows; ``gpu``: the ``price_gpu``
     rows of the rounds), their figures computed; the scheduler's account of a CPU-held recurrent layer
@@ -671,6 +815,7 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--cpu-gbs", type=float, required=True, help="the CPU's bandwidth, as `devices --measure` gives it")
     g = sub.add_parser("gpu-models", help="write the GPU_RUNS shapes as speed models")
     g.add_argument("folder", type=Path)
+    g.add_argument("--only", nargs="*", help="these models of GPU_RUNS alone")
     gr = bench_parser("gpu-run", "llama-bench on the GPU_RUNS configurations")
     gr.add_argument("--logs", type=Path, required=True, help="folder for each run's -v log")
     gr.add_argument("--rig", type=Path, required=True,
@@ -684,7 +829,7 @@ def main(argv: list[str] | None = None) -> int:
     elif args.cmd == "run":
         run(args.binary, args.folder, args.output, args.threads, args.cpu_gbs, args.reps)
     elif args.cmd == "gpu-models":
-        write_gpu_models(args.folder)
+        write_gpu_models(args.folder, args.only)
     elif args.cmd == "gpu-run":
         run_gpu(args.binary, args.folder, args.output, args.logs, args.rig, args.threads, args.reps, args.only)
     else:

@@ -72,10 +72,21 @@ RECURRENT_STATE_PASSES = 6
 DELTA_RULE_FLOPS = 7
 #: the delta rule's rate, a share of the device's prompt matmul FLOP/s (a GPU's MMQ rate, the CPU's
 #: cpu_tflops_per_core a thread), one token after another over each head's state: a state column per
-#: warp and two warp reductions a token on a GPU (ggml/src/ggml-cuda/gated_delta_net.cu; a prior, not
-#: measured on a GPU), a head per thread on the CPU (0.08: libllama on this project's 2-vCPU Xeon, two
-#: Qwen3.5 shapes whose layers swap attention for linear attention, benchmarks/results/hybrid_speed.md)
+#: warp and two warp reductions a token on a GPU (ggml/src/ggml-cuda/gated_delta_net.cu; a prior: there
+#: the step, GPU_SCAN_STEP_S, binds for every shipped shape), a head per thread on the CPU (0.08: libllama
+#: on this project's 2-vCPU Xeon, two Qwen3.5 shapes whose layers swap attention for linear attention,
+#: benchmarks/results/hybrid_speed.md)
 SCAN_RATE_SHARE = {True: 0.1, False: 0.08}
+#: a GPU runs a ubatch's tokens through the delta rule one after another: each block of the grid
+#: (a value head x four state columns, a warp a column) loops over the tokens, loading each one's q, k,
+#: v, gate and beta and reducing twice across the warp before the next
+#: (ggml/src/ggml-cuda/gated_delta_net.cu:62-160), so a token costs at least one such step, whatever
+#: its FLOPs. Qwen3.5's and Qwen3-Next's grids (1024-1536 blocks of four warps) fit at once on a GPU
+#: of about 100 SMs or more; on a smaller one each wave pays the steps again (not priced). Seconds a
+#: step: H100, the 35B-A3B's whole-GPU prompt beside its all-attention control of the same shape on two
+#: VMs and the 9B's beside its own on two more, within -6 .. +4 points of their controls'
+#: (benchmarks/results/hybrid_speed.md)
+GPU_SCAN_STEP_S = 0.7e-6
 #: F32 activations a token's linear-attention mixer reads and writes beside its matmuls, per key and
 #: per value channel: the convolution's concat, conv and SiLU over the 2 x key + value channels, the
 #: L2 norms and scales of q and k, the delta rule's reads and output, the gated RMS norm (the
@@ -94,11 +105,13 @@ def recurrent_prompt_s(work: tuple[float, float, int], rate: float, bandwidth: f
                        threads: int = 0) -> float:
     """Seconds per prompt token of a recurrent layer's mixer beside its matmuls (:func:`delta_rule_work`):
     the delta rule at its share of ``rate`` (the device's matmul FLOP/s; on the CPU over ``threads``,
-    at most a thread a head) and the activations at ``bandwidth``."""
+    at most a thread a head; on a GPU at least :data:`GPU_SCAN_STEP_S`) and the activations at
+    ``bandwidth``."""
     flops, act_bytes, heads = work
     if not gpu and threads > heads > 0:
         rate *= heads / threads
-    return flops / (rate * SCAN_RATE_SHARE[gpu]) + act_bytes / bandwidth
+    scan = flops / (rate * SCAN_RATE_SHARE[gpu])
+    return (max(scan, GPU_SCAN_STEP_S) if gpu else scan) + act_bytes / bandwidth
 
 
 def decode_cache_bytes(kv: Sequence[int], recurrent: Sequence[bool], read_share: float) -> list[float]:

@@ -169,6 +169,19 @@ def test_public_rtx4090_records() -> None:
             assert r["error_pct"] < 35 and (r["depth"] == 0 or r["error_pct"] < -40), r
 
 
+def test_gpu_delta_rule_priced_beside_controls(tmp_path: Path) -> None:
+    """On a GPU the delta rule runs a ubatch's tokens one after another (attention.GPU_SCAN_STEP_S):
+    each hybrid's whole-GPU prompt (llama-bench on H100 VMs, benchmarks/results/hybrid_speed/gpu_*)
+    is priced within 8 points of its all-attention control of the same shape on the same VM; priced
+    by the delta rule's FLOPs alone the gaps were +5 .. +14 points."""
+    records = [dict(r, round=p.stem) for p in sorted(hybrid_speed.FOLDER.glob("gpu_*.jsonl"))
+               for r in hybrid_speed.load_records(p)
+               if r["n_prompt"] and not r.get("n_depth") and r["n_gpu_layers"] >= 99 and not r.get("n_cpu_moe")]
+    gaps = hybrid_speed.pair_gaps(hybrid_speed.price_gpu(records, tmp_path))
+    assert {model for _, model, _ in gaps} == {"Qwen3.5-35B-A3B UD-Q4_K_XL", "Qwen3.5-9B Q8_0"}
+    assert len(gaps) >= 4 and all(abs(gap) < 8 for _, _, gap in gaps), gaps
+
+
 @pytest.mark.parametrize("arch", ["qwen35", "qwen35moe", "qwen3next"])
 def test_ik_llama_cpp_holds_the_state_in_its_kv_buffer(tmp_path: Path, arch: str) -> None:
     """ik_llama.cpp keeps a recurrent layer's state in its KV buffer, beside the attention layers'
