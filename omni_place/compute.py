@@ -229,15 +229,17 @@ def msa_floor(model: ModelProfile, n_tokens: int, n_kv: int, flash_attn: bool = 
     """MiniMax-M3's MSA block mask at cell granularity, 0 for other architectures and without flash
     attention (the engine then runs dense attention, src/models/minimax-m3.cpp:238-244): a ubatch's
     tokens x cells x KV heads in F32, twice (its gather and the transposed copy, live together,
-    src/models/minimax-m3.cpp:505-509). Of libllama's CPU dry runs of random shapes with flash
-    attention (which MSA needs) the widths alone read -90.3 .. +7.7 % (19 runs), with this floor
-    -30.9 .. +7.7 %; of 26 drawn after it -92.7 .. +16.4 % and -32.1 .. +16.4 %
+    src/models/minimax-m3.cpp:505-509), beside the KQ mask's F32 copy that every sparse layer adds
+    to it (tokens x cells, made once before the layers, :295). Of libllama's CPU dry runs of random
+    shapes with flash attention (which MSA needs) the widths alone read -90.3 .. +7.7 % (19 runs),
+    with the two copies -30.9 .. +7.7 %, with the mask's copy too -17.2 .. +7.7 %; of 26 drawn after
+    the first floor -92.7 .. +16.4 %, -32.1 .. +16.4 % and -20.7 .. +16.4 %
     (benchmarks/results/compute_sweep_minimax_cpu*.jsonl; tests/test_hybrid_models.py). The rest of
     what MSA holds is not modelled: `plan` notes the estimate."""
     hp = model.hparams
     if hp.is_mla or not any(hp.indexer_full) or not flash_attn:
         return 0
-    return 2 * F32 * n_tokens * n_kv * max(hp.n_head_kv)
+    return F32 * n_tokens * n_kv * (2 * max(hp.n_head_kv) + 1)
 
 
 def _peak(pieces: np.ndarray, f: np.ndarray, n_tokens: int) -> int:
