@@ -87,6 +87,14 @@ class ArchSpec:
 
     swa_pattern: int = 0  # default sliding_window_pattern (n: layer il is SWA iff il % n < n-1)
     swa_dense_first: bool = False
+    # the window the engine sets in its load_arch_hparams: where the header has no
+    # attention.sliding_window (``swa_without_key``: SWA on then; else off), or whatever the header
+    # says (``swa_window_forced``; a header's 0 still turns it off); ``swa_n_layer``: SWA only at
+    # that layer count (the engine keys it to one model size)
+    swa_window: int = 0
+    swa_window_forced: bool = False
+    swa_without_key: bool = False
+    swa_n_layer: int = 0
     recurrent: bool = False  # every layer is recurrent (mamba)
     # a hybrid (the engine's llm_arch_is_hybrid, src/llama-arch.cpp): a layer without KV heads is
     # recurrent (or, with ``ffn_layers``, an FFN-only layer where its feed_forward_length is set:
@@ -132,7 +140,7 @@ ARCHITECTURES: dict[str, ArchSpec] = {
     # 2 graph nodes fewer than the model's attention layer
     "lfm2": ArchSpec(hybrid=True, short_conv=True, recurrent_layer_ops=-2, verified=True),
     "lfm2moe": ArchSpec(hybrid=True, short_conv=True, recurrent_layer_ops=-2, verified=True),
-    "gemma2": ArchSpec(swa_pattern=2),
+    "gemma2": ArchSpec(swa_pattern=2, swa_window=4096, swa_without_key=True),
     "qwen3next": ArchSpec(hybrid=True, recurrent_interval=True, recurrent_layer_ops=34, verified=True),
     "qwen35": ArchSpec(hybrid=True, recurrent_interval=True, recurrent_layer_ops=26, verified=True),
     "qwen35moe": ArchSpec(hybrid=True, recurrent_interval=True, recurrent_layer_ops=26, verified=True),
@@ -140,6 +148,22 @@ ARCHITECTURES: dict[str, ArchSpec] = {
     # SWA patterns the engine sets where the header has no sliding_window_pattern (converters write
     # none for these): src/models/cohere2.cpp:5, afmoe.cpp:17, cohere2moe.cpp:28, laguna.cpp:39
     "cohere2": ArchSpec(swa_pattern=4),
+    # windows and patterns set in code (src/models/<arch>.cpp load_arch_hparams; a header's
+    # sliding_window_pattern overrides the pattern): Llama 4's chunked attention, 8192 tokens on three
+    # layers of four unless the header's window is 0 (llama4.cpp:8-23; its cache sized as a
+    # window's, src/llama-kv-cache-iswa.cpp:72); OLMo 3, Mellum, PLaMo 3 and SmallThinker only with
+    # a window in the header (olmo2.cpp:4-15, mellum.cpp:4-17, plamo3.cpp:3-10, smallthinker.cpp:4-16,
+    # the last at 4096 whatever it says); EXAONE 4.0's 64-layer 32B alone (exaone4.cpp:4-14);
+    # EXAONE-MoE and Muse Glimmer with theirs (exaone-moe.cpp:2-9, muse-glimmer.cpp:3-11); Gemma 2
+    # at 4096 without one (gemma2.cpp:2-10)
+    "llama4": ArchSpec(swa_pattern=4, swa_window=8192, swa_window_forced=True, swa_without_key=True, verified=True),
+    "olmo2": ArchSpec(swa_pattern=4, verified=True),
+    "mellum": ArchSpec(swa_pattern=4),
+    "plamo3": ArchSpec(swa_pattern=8),
+    "smallthinker": ArchSpec(swa_pattern=4, swa_dense_first=True, swa_window=4096, swa_window_forced=True),
+    "exaone4": ArchSpec(swa_pattern=4, swa_window=4096, swa_without_key=True, swa_n_layer=64),
+    "exaone-moe": ArchSpec(swa_pattern=4),
+    "muse-glimmer": ArchSpec(swa_pattern=4),
     "afmoe": ArchSpec(swa_pattern=4),
     "cohere2moe": ArchSpec(swa_pattern=4, swa_dense_first=True),
     "laguna": ArchSpec(swa_pattern=4, swa_dense_first=True),
@@ -239,6 +263,18 @@ def is_recurrent_layer(arch: str, hp: HParams, il: int) -> bool:
     return il < hp.n_layer_kv and (spec.recurrent or (hp.n_head_kv[il] == 0 and hp.ssm_d_inner > 0 and not ffn_only))
 
 
+def _sliding_window(md: dict[str, Any], a: str, spec: ArchSpec, n_main: int) -> int:
+    """The window the engine runs ``a``'s SWA layers at, 0 for none: the header's
+    attention.sliding_window, or the one the architecture sets in code (:class:`ArchSpec`)."""
+    key = f"{a}.attention.sliding_window"
+    if spec.swa_n_layer and n_main != spec.swa_n_layer:
+        return 0
+    if key not in md:
+        return spec.swa_window if spec.swa_without_key else 0
+    n_swa = _int(md, key, 0, hi=MAX_CONTEXT)
+    return spec.swa_window if n_swa and spec.swa_window_forced else n_swa
+
+
 def _flags(md: dict[str, Any], key: str, n: int) -> tuple[bool, ...] | None:
     """A per-layer flag array (BOOL as converters write it, or 0/1 integers), its first ``n``
     entries; None when the key is absent or not an array."""
@@ -334,11 +370,11 @@ def read_hparams(arch: str, md: dict[str, Any], n_vocab_fallback: int) -> HParam
     # KDA as the Mamba-2 fields put it: d_inner = heads x head_dim, one group of head_dim per head (conv
     # channels 3 d_inner: Q, K and V), a head_dim x d_inner state
     kda = _int(md, f"{a}.kda.head_dim", lo=1, hi=MAX_HEAD_DIM) if spec.kda else 0
-    n_swa = _int(md, f"{a}.attention.sliding_window", 0, hi=MAX_CONTEXT)
-    pattern = md.get(f"{a}.attention.sliding_window_pattern")
     n_main = n_layer - n_nextn
+    n_swa = _sliding_window(md, a, spec, n_main)
+    pattern = md.get(f"{a}.attention.sliding_window_pattern")
     swa_flags = _flags(md, f"{a}.attention.sliding_window_pattern", n_main)
-    if swa_flags is not None:
+    if swa_flags is not None and n_swa:  # without a window the engine leaves SWA off (swa_type NONE)
         is_swa = swa_flags + (False,) * n_nextn
     else:
         n_pat = (spec.swa_pattern if pattern is None or isinstance(pattern, LongArray) else

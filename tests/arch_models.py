@@ -78,9 +78,9 @@ __all__ = [
 ARCHS: tuple[str, ...] = ("llama", "qwen2", "qwen3", "qwen3moe", "deepseek2", "gpt-oss", "gemma3", "glm4moe",
                           "deepseek32", "glm-dsa", "qwen35", "qwen35moe", "qwen3next", "granitehybrid",
                           "nemotron_h", "nemotron_h_moe", "mamba2", "gemma4", "lfm2", "lfm2moe", "kimi-linear",
-                          "minimax-m3")
+                          "minimax-m3", "llama4", "olmo2")
 MOE_ARCHS: frozenset[str] = frozenset({"qwen3moe", "deepseek2", "gpt-oss", "glm4moe", "deepseek32", "glm-dsa",
-                                       "kimi-linear", "minimax-m3", "qwen35moe",
+                                       "kimi-linear", "minimax-m3", "qwen35moe", "llama4",
                                        "qwen3next", "nemotron_h_moe", "lfm2moe"})
 # LFM2 (src/models/lfm2.cpp, lfm2moe.cpp): every ``gdn["interval"]``-th layer attention, the others a
 # gated short convolution of ``gdn["d_conv"]`` taps whose state is its last taps (head_count_kv 0)
@@ -105,7 +105,13 @@ def layer_kind(arch: str, il: int, interval: int = 4) -> str:
     if arch in NEMOTRON_ARCHS:
         return NEMOTRON_PATTERN[il % len(NEMOTRON_PATTERN)]
     return "A" if arch != "mamba2" and (il + 1) % interval == 0 else "M"
-SWA_ARCHS: frozenset[str] = frozenset({"gpt-oss", "gemma3", "gemma4"})
+SWA_ARCHS: frozenset[str] = frozenset({"gpt-oss", "gemma3", "gemma4", "olmo2"})
+# Llama 4 (src/models/llama4.cpp): chunked attention on three layers of four at the engine's own
+# window (LLAMA4_WINDOW, the header's ignored unless 0); every LLAMA4_MOE_STEP-th layer routed experts
+# beside a shared one of their width, the others a dense FFN
+LLAMA4_WINDOW, LLAMA4_MOE_STEP = 8192, 2
+# OLMo 2 / 3 (src/models/olmo2.cpp): no pre-norms; full-width Q and K norms, norms after attention and
+# FFN; with a window in the header, three SWA layers of four
 # Gemma 4 (src/models/gemma4.cpp): every ``interval``-th layer full attention (its head ``head_dim``
 # wide), the others sliding-window with ``head_dim_swa``-wide heads; the last ``shared`` layers
 # attend to an earlier layer's cache and carry no K projection of their own
@@ -223,7 +229,8 @@ def model_tensors(arch: str, *, n_layer: int, n_embd: int, n_head: int, n_head_k
 
     for i in range(n_layer + n_nextn):
         b = f"blk.{i}."
-        add(b + "attn_norm.weight", (E,), "norm")
+        if arch != "olmo2":
+            add(b + "attn_norm.weight", (E,), "norm")
 
         # ---- attention
         kind = layer_kind(arch, i, gdn["interval"]) if arch in MAMBA_HYBRIDS else "A"
@@ -311,6 +318,9 @@ def model_tensors(arch: str, *, n_layer: int, n_embd: int, n_head: int, n_head_k
             if arch in ("qwen3", "qwen3moe", "gemma3", "glm4moe", "minimax-m3"):
                 add(b + "attn_q_norm.weight", (head_dim,), "norm")
                 add(b + "attn_k_norm.weight", (head_dim,), "norm")
+            elif arch == "olmo2":
+                add(b + "attn_q_norm.weight", (q_dim,), "norm")
+                add(b + "attn_k_norm.weight", (kv_dim,), "norm")
 
         # ---- norms between attention and FFN
         if arch in HYBRID_ARCHS:
@@ -319,13 +329,14 @@ def model_tensors(arch: str, *, n_layer: int, n_embd: int, n_head: int, n_head_k
             add(b + "post_attention_norm.weight", (E,), "norm")
             add(b + "ffn_norm.weight", (E,), "norm")
             add(b + "post_ffw_norm.weight", (E,), "norm")
-        elif arch in ("gpt-oss", "glm4moe"):
+        elif arch in ("gpt-oss", "glm4moe", "olmo2"):
             add(b + "post_attention_norm.weight", (E,), "norm")
         else:
             add(b + "ffn_norm.weight", (E,), "norm")
 
         # ---- FFN
-        moe = arch in MOE_ARCHS and not (arch in _DENSE_LEAD and i < n_dense_lead)
+        moe = arch in MOE_ARCHS and not (arch in _DENSE_LEAD and i < n_dense_lead) and not (
+            arch == "llama4" and (i + 1) % LLAMA4_MOE_STEP)
         if arch == "gemma4" and gemma4["moe"]:  # routed experts beside the dense FFN, each normed
             add(b + "ffn_gate.weight", (E, n_ff))
             add(b + "ffn_up.weight", (E, n_ff))
@@ -342,6 +353,8 @@ def model_tensors(arch: str, *, n_layer: int, n_embd: int, n_head: int, n_head_k
             add(b + "ffn_gate.weight", (E, n_ff))
             add(b + "ffn_up.weight", (E, n_ff))
             add(b + "ffn_down.weight", (n_ff, E))
+            if arch == "olmo2":
+                add(b + "post_ffw_norm.weight", (E,), "norm")
         else:
             add(b + "ffn_gate_inp.weight", (E, n_expert), "f32")
             if arch == "gpt-oss":
@@ -357,8 +370,8 @@ def model_tensors(arch: str, *, n_layer: int, n_embd: int, n_head: int, n_head_k
                 add(b + "ffn_down_exps.bias", (E, n_expert), "f32")
             if arch in HYBRID_ARCHS:
                 add(b + "ffn_gate_inp_shexp.weight", (E,), "f32")
-            if (arch in _DS_MOE | HYBRID_ARCHS | {"kimi-linear", "minimax-m3"}) and n_expert_shared > 0:
-                n_sh = n_ff_exp * n_expert_shared
+            if (arch in _DS_MOE | HYBRID_ARCHS | {"kimi-linear", "minimax-m3", "llama4"}) and n_expert_shared > 0:
+                n_sh = n_ff_exp * (1 if arch == "llama4" else n_expert_shared)
                 add(b + "ffn_gate_shexp.weight", (E, n_sh))
                 add(b + "ffn_up_shexp.weight", (E, n_sh))
                 add(b + "ffn_down_shexp.weight", (n_sh, E))
@@ -543,7 +556,7 @@ def write_model(path: str | Path, arch: str, *, n_layer: int | None = None, n_em
     MoE knobs (``n_expert``, ``n_expert_used``, ``n_ff_exp``, ``n_expert_shared``,
     ``n_dense_lead``) only apply to MoE archs; ``n_dense_lead``/``n_expert_shared`` to
     deepseek2/glm4moe (leading dense FFN layers, shared experts). ``n_swa`` (default 64) only
-    applies to gpt-oss/gemma3. ``n_nextn`` (NextN/MTP blocks) only to NEXTN_ARCHS.
+    applies to gpt-oss/gemma3/olmo2 (and llama4, below). ``n_nextn`` (NextN/MTP blocks) only to NEXTN_ARCHS.
     deepseek2: ``head_dim`` is qk_nope_head_dim = v_head_dim (default 32), ``n_rot`` is
     qk_rope_head_dim (16), plus ``kv_lora_rank`` (64) and ``q_lora_rank`` (64); the KV cache
     row is ``kv_lora_rank + n_rot`` (MLA). deepseek32: deepseek2 plus the DSA lightning indexer
@@ -561,6 +574,9 @@ def write_model(path: str | Path, arch: str, *, n_layer: int | None = None, n_em
     the layer kinds are :func:`layer_kind`'s.
     lfm2 / lfm2moe: every ``gdn["interval"]``-th layer attention, the others short convolutions of
     ``gdn["d_conv"]`` taps; lfm2moe's first ``n_dense_lead`` layers dense.
+    llama4: every ``LLAMA4_MOE_STEP``-th layer routed experts beside a shared one, the others dense;
+    no window key unless ``n_swa`` is given (the engine's own window then, unless 0). olmo2: a
+    window of ``n_swa`` (default 64; 0: none).
     gemma4: ``gemma4`` overrides ``_GEMMA4_DEFAULTS`` (the full-attention ``interval``, the SWA
     layers' ``head_dim_swa``, the ``shared`` last layers that reuse an earlier layer's cache,
     ``moe``: routed experts beside every layer's dense FFN, as the 26B-A4B).
@@ -729,8 +745,11 @@ def write_model(path: str | Path, arch: str, *, n_layer: int | None = None, n_em
         if arch == "lfm2moe":
             kv(L.LEADING_DENSE_BLOCK_COUNT, n_dense_lead)
             kv(L.EXPERT_GATING_FUNC, int(gguf.ExpertGatingFuncType.SIGMOID))
-    if arch in SWA_ARCHS:
+    if arch in SWA_ARCHS or arch == "llama4" and n_swa is not None:  # llama4: none unless asked, as
+        # conversion/llama.py writes Scout and Maverick (0 for an all-full-attention checkpoint)
         kv(A.SLIDING_WINDOW, int(n_swa))  # pattern: gpt-oss 2 (even layers SWA), gemma3 6 (5 SWA + 1 full)
+    if arch == "llama4":
+        kv(L.INTERLEAVE_MOE_LAYER_STEP, LLAMA4_MOE_STEP)
     if arch == "gemma3":
         kv(R.FREQ_BASE_SWA, 10000.0)
     if arch == "gemma4":

@@ -21,6 +21,7 @@ from .arch_models import (
     ARCHS,
     DSA_ARCHS,
     HYBRID_ARCHS,
+    LLAMA4_WINDOW,
     MLA_ARCHS,
     MOE_ARCHS,
     NEXTN_ARCHS,
@@ -77,13 +78,17 @@ def _expected_kv(arch: str, *, n_ctx: int, n_layer: int, n_head_kv: int = 2, hea
     def cache(cells: int, layers: int):
         return (cells, layers, cells * layers * row, cells * layers * row)
 
+    if arch == "llama4":  # chunked attention at the engine's window on three layers of four
+        n_swa, n_chunked = LLAMA4_WINDOW, sum(1 for il in range(n_layer) if il % 4 < 3)
+        swa_cells = math.ceil(min(n_ctx, n_swa + n_ubatch) / 256) * 256
+        return [cache(n_ctx, n_layer - n_chunked), cache(swa_cells, n_chunked)]
     if arch not in SWA_ARCHS:
         return [cache(n_ctx, n_layer)]
     swa_cells = math.ceil(min(n_ctx, n_swa + n_ubatch) / 256) * 256
     if arch == "gemma4":  # write_model's default: layers 0-2 hold caches, 2 full, 0 and 1 SWA of 8-wide heads
         swa_row = n_head_kv * 8 * 2
         return [cache(n_ctx, 1), (swa_cells, 2, swa_cells * 2 * swa_row, swa_cells * 2 * swa_row)]
-    n_pattern = {"gpt-oss": 2, "gemma3": 6}[arch]
+    n_pattern = {"gpt-oss": 2, "gemma3": 6, "olmo2": 4}[arch]
     n_swa_layers = sum(1 for il in range(n_layer) if il % n_pattern < n_pattern - 1)
     return [cache(n_ctx, n_layer - n_swa_layers), cache(swa_cells, n_swa_layers)]
 
@@ -120,7 +125,7 @@ def test_arch_loads_and_decodes(arch: str, tmp_path: Path, engine: None) -> None
     r = _assert_loads(p, n_ctx=n_ctx)
     n_layer = 6 if arch in ("gemma3", "gemma4") else 4
     assert r.info["n_layer"] == n_layer and r.info["n_vocab"] == 320
-    assert r.info["n_swa"] == (64 if arch in SWA_ARCHS else 0)
+    assert r.info["n_swa"] == (64 if arch in SWA_ARCHS else LLAMA4_WINDOW if arch == "llama4" else 0)
     _assert_kv(r, _expected_kv(arch, n_ctx=n_ctx, n_layer=n_layer))
     # all weights in one CPU (mmap) buffer; the engine's model size equals the file's tensor bytes
     reader = gguf.GGUFReader(p)

@@ -284,3 +284,31 @@ def test_gemma4_moe_experts_beside_the_dense_ffn(tmp_path: Path) -> None:
     exps = [t.name for t in m.tensors if "_exps" in t.name]
     assert exps and all(any(re.search(pat, n) for pat, _ in parsed.overrides) == n.startswith(("blk.0.", "blk.1."))
                         for n in exps)
+
+
+@pytest.mark.parametrize("arch,n_swa,chunked", [("llama4", None, True), ("llama4", 512, True), ("olmo2", 64, True),
+                                                 ("olmo2", 0, False)])
+def test_windows_the_engine_sets_in_code(tmp_path: Path, arch: str, n_swa: int | None, chunked: bool) -> None:
+    """Llama 4's chunked attention runs three layers of four at the engine's 8192-token window,
+    whatever the header's, unless the header's is 0 (Scout and Maverick carry none); OLMo's sliding
+    window only where the header gives one, on three layers of four: every KV buffer as the engine
+    allocates it at a context past the window (src/models/llama4.cpp:8-23, olmo2.cpp:4-15)."""
+    path = write_model(tmp_path / f"{arch}.gguf", arch, n_layer=8, n_swa=n_swa)
+    n_ctx = 16384
+    eng = engine_load(path, n_ctx=n_ctx)
+    assert eng.ok, eng.log[-2000:]
+    m = load_model(path)
+    assert m.hparams.is_swa == tuple(chunked and il % 4 < 3 for il in range(8))
+    assert [n for _, n, _ in eng.kv_caches] == ([n_ctx, 8448 if arch == "llama4" else 256] if chunked else [n_ctx])
+    kv = m.kv_layer_bytes(n_ctx, n_ubatch=64)
+    assert abs(sum(kv) - sum(mib for _, mib in eng.kv_buffers) * MiB) <= PRINT_RES * len(eng.kv_buffers) + 1
+
+
+def test_llama4_with_a_zero_window_attends_in_full(tmp_path: Path) -> None:
+    """A Llama 4 header whose window is 0 (an all-full-attention checkpoint, conversion/llama.py)
+    turns chunked attention off (src/models/llama4.cpp:9-11). The engine built here then aborts
+    in its graph (llama-graph.cpp:161, no temperature scale is read for it), so the rule is read
+    from source: every layer a full cache."""
+    m = load_model(write_model(tmp_path / "l4.gguf", "llama4", n_layer=8, n_swa=0, header_only=True))
+    assert m.hparams.n_swa == 0 and not any(m.hparams.is_swa)
+    assert len(set(m.kv_layer_bytes(16384))) == 1

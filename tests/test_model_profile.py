@@ -273,3 +273,33 @@ def test_engine_swa_patterns_and_uncovered_layouts() -> None:
     assert read_hparams("cohere2", header("cohere2"), 320).is_swa == (True, True, True, False) * 2
     assert read_hparams("cohere2moe", header("cohere2moe"), 320).is_swa == (False, True, True, True) * 2
     assert {"deepseek4", "kimi-k3", "glm5-next", "minimax-01", "qwen4exp", "nanbeige"} <= NOT_COVERED
+
+
+@pytest.mark.parametrize("arch,window,n_layer,n_swa,is_swa", [
+    ("mellum", 512, 8, 512, (True, True, True, False) * 2),
+    ("plamo3", 512, 8, 512, (True,) * 7 + (False,)),
+    ("plamo3", None, 8, 0, (False,) * 8),  # no window in the header: SWA off (plamo3.cpp:3-10)
+    ("smallthinker", 512, 8, 4096, (False, True, True, True) * 2),  # 4096 whatever the header says
+    ("smallthinker", None, 8, 0, (False,) * 8),
+    ("exaone4", None, 64, 4096, (True, True, True, False) * 16),  # the 32B: 4096 by default
+    ("exaone4", 2048, 64, 2048, (True, True, True, False) * 16),
+    ("exaone4", 2048, 30, 0, (False,) * 30),  # the 1.2B: none, whatever the header says
+    ("exaone-moe", 128, 8, 128, (True, True, True, False) * 2),
+    ("muse-glimmer", 1024, 8, 1024, (True, True, True, False) * 2),
+    ("gemma2", None, 8, 4096, (True, False) * 4),
+    ("llama4", None, 8, 8192, (True, True, True, False) * 2),
+    ("llama4", 0, 8, 0, (False,) * 8),
+])
+def test_windows_set_in_the_engines_code(arch: str, window: int | None, n_layer: int, n_swa: int,
+                                         is_swa: tuple[bool, ...]) -> None:
+    """The SWA window and pattern each architecture's load_arch_hparams sets in code, from the
+    header's window or without one (src/models/<arch>.cpp; hparams.ARCHITECTURES)."""
+    from omni_place.hparams import read_hparams
+
+    md: dict[str, object] = {f"{arch}.block_count": n_layer, f"{arch}.embedding_length": 256,
+                             f"{arch}.attention.head_count": 4, f"{arch}.attention.head_count_kv": 2,
+                             f"{arch}.vocab_size": 320}
+    if window is not None:
+        md[f"{arch}.attention.sliding_window"] = window
+    hp = read_hparams(arch, md, 320)
+    assert (hp.n_swa, hp.is_swa) == (n_swa, is_swa)
