@@ -86,7 +86,10 @@ class CostModel(Transfers):
         tg_depth, pp_depth = mean_depths(c.depth, c.n_prompt, c.n_gen, b, c.prompt_depth)  # a bench test's mean
         depth_cells, full_cells = min(tg_depth, c.ctx), model.kv_cells(c.ctx, c.n_seq)
         self.recurrent = [model.is_recurrent(il) for il in range(len(self.kv))]
-        attended = [self.kv[hp.kv_source(il)] for il in range(len(self.kv))]  # a shared layer's: its source's
+        # a shared layer attends to its source's cache; a layer without KV heads that holds no state
+        # (deci's linear and no-op attention) to none, whatever cache the engine gives it
+        attended = [self.kv[hp.kv_source(il)] if hp.n_head_kv[il] or self.recurrent[il] or hp.kv_source(il) != il
+                    else 0 for il in range(len(self.kv))]
         self.kv_read = decode_cache_bytes(attended, self.recurrent, depth_cells / full_cells)
         self.recurrent_ops = ARCHITECTURES.get(model.architecture, ArchSpec()).recurrent_layer_ops / LAYER_OPS
         swa_cells = model.swa_kv_cells(full_cells, c.n_ubatch, c.n_seq, c.swa_full)

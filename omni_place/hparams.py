@@ -117,6 +117,10 @@ class ArchSpec:
     # a recurrent layer is Kimi Delta Attention (kda.head_dim; kimi-linear load_arch_hparams), the
     # others MLA with DeepSeek-style MoE, which compute_graph rebuilds
     kda: bool = False
+    # a layer may have no KV heads without being recurrent: DeciLM / Nemotron-NAS's linear attention
+    # (an output projection alone) and no-op attention (src/models/deci.cpp load_arch_tensors); the
+    # engine still gives it a cache, of zero-width keys (src/llama-hparams.cpp has_kv)
+    kvless_layers: bool = False
     verified: bool = False
 
 
@@ -145,6 +149,7 @@ ARCHITECTURES: dict[str, ArchSpec] = {
     "qwen35": ArchSpec(hybrid=True, recurrent_interval=True, recurrent_layer_ops=26, verified=True),
     "qwen35moe": ArchSpec(hybrid=True, recurrent_interval=True, recurrent_layer_ops=26, verified=True),
     "mistral3": ArchSpec(),
+    "deci": ArchSpec(kvless_layers=True, verified=True),
     # SWA patterns the engine sets where the header has no sliding_window_pattern (converters write
     # none for these): src/models/cohere2.cpp:5, afmoe.cpp:17, cohere2moe.cpp:28, laguna.cpp:39
     "cohere2": ArchSpec(swa_pattern=4),
@@ -345,8 +350,8 @@ def read_hparams(arch: str, md: dict[str, Any], n_vocab_fallback: int) -> HParam
         if h and h_kv > h:  # the engine's n_gqa() = n_head / n_head_kv would be 0
             raise _bad(f"{a}.attention.head_count_kv")(
                 f"{a}.attention.head_count_kv = {h_kv} exceeds head_count = {h} in layer {il}")
-        if h and not h_kv and not (spec.hybrid or spec.recurrent) and a not in NOT_COVERED:  # only hybrids have
-            raise _bad(f"{a}.attention.head_count_kv")(  # layers without KV heads
+        if h and not h_kv and not (spec.hybrid or spec.recurrent or spec.kvless_layers) and a not in NOT_COVERED:
+            raise _bad(f"{a}.attention.head_count_kv")(  # only hybrids and deci have layers without KV heads
                 f"{a}.attention.head_count_kv = 0 in layer {il} (head_count {h}): {a} has no recurrent layers")
     if spec.recurrent_interval:  # a recurrent layer's head_count_kv is 0, as hybrids' own arrays have it
         recurrent = _recurrent_layers(md, a, n_layer, n_nextn)

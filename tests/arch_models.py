@@ -78,7 +78,7 @@ __all__ = [
 ARCHS: tuple[str, ...] = ("llama", "qwen2", "qwen3", "qwen3moe", "deepseek2", "gpt-oss", "gemma3", "glm4moe",
                           "deepseek32", "glm-dsa", "qwen35", "qwen35moe", "qwen3next", "granitehybrid",
                           "nemotron_h", "nemotron_h_moe", "mamba2", "gemma4", "lfm2", "lfm2moe", "kimi-linear",
-                          "minimax-m3", "llama4", "olmo2")
+                          "minimax-m3", "llama4", "olmo2", "deci")
 MOE_ARCHS: frozenset[str] = frozenset({"qwen3moe", "deepseek2", "gpt-oss", "glm4moe", "deepseek32", "glm-dsa",
                                        "kimi-linear", "minimax-m3", "qwen35moe", "llama4",
                                        "qwen3next", "nemotron_h_moe", "lfm2moe"})
@@ -110,6 +110,10 @@ SWA_ARCHS: frozenset[str] = frozenset({"gpt-oss", "gemma3", "gemma4", "olmo2"})
 # window (LLAMA4_WINDOW, the header's ignored unless 0); every LLAMA4_MOE_STEP-th layer routed experts
 # beside a shared one of their width, the others a dense FFN
 LLAMA4_WINDOW, LLAMA4_MOE_STEP = 8192, 2
+# DeciLM / Nemotron-NAS (src/models/deci.cpp): a layer's attention full (A), linear (L: an output
+# projection alone, no KV heads) or none (N), per DECI_PATTERN; its FFN absent where DECI_FFN is 0
+# (not the last layer's: this engine build then aborts in its first decode, ggml-backend.cpp:205)
+DECI_PATTERN, DECI_FFN = "ALNA", (1, 0, 1, 1)
 # OLMo 2 / 3 (src/models/olmo2.cpp): no pre-norms; full-width Q and K norms, norms after attention and
 # FFN; with a window in the header, three SWA layers of four
 # Gemma 4 (src/models/gemma4.cpp): every ``interval``-th layer full attention (its head ``head_dim``
@@ -229,6 +233,23 @@ def model_tensors(arch: str, *, n_layer: int, n_embd: int, n_head: int, n_head_k
 
     for i in range(n_layer + n_nextn):
         b = f"blk.{i}."
+        if arch == "deci":
+            kind = DECI_PATTERN[i % len(DECI_PATTERN)]
+            if kind != "N":
+                add(b + "attn_norm.weight", (E,), "norm")
+            if kind == "A":
+                add(b + "attn_q.weight", (E, q_dim))
+                add(b + "attn_k.weight", (E, kv_dim))
+                add(b + "attn_v.weight", (E, kv_dim))
+                add(b + "attn_output.weight", (q_dim, E))
+            elif kind == "L":
+                add(b + "attn_output.weight", (E, E))
+            if DECI_FFN[i % len(DECI_FFN)]:
+                add(b + "ffn_norm.weight", (E,), "norm")
+                add(b + "ffn_gate.weight", (E, n_ff))
+                add(b + "ffn_up.weight", (E, n_ff))
+                add(b + "ffn_down.weight", (n_ff, E))
+            continue
         if arch != "olmo2":
             add(b + "attn_norm.weight", (E,), "norm")
 
@@ -750,6 +771,11 @@ def write_model(path: str | Path, arch: str, *, n_layer: int | None = None, n_em
         kv(A.SLIDING_WINDOW, int(n_swa))  # pattern: gpt-oss 2 (even layers SWA), gemma3 6 (5 SWA + 1 full)
     if arch == "llama4":
         kv(L.INTERLEAVE_MOE_LAYER_STEP, LLAMA4_MOE_STEP)
+    if arch == "deci":  # per-layer heads and FFN widths, as conversion/deci.py writes them
+        kinds = [DECI_PATTERN[i % len(DECI_PATTERN)] for i in range(n_layer)]
+        kv(A.HEAD_COUNT, [0 if k == "N" else n_head for k in kinds])
+        kv(A.HEAD_COUNT_KV, [n_head_kv if k == "A" else 0 for k in kinds])
+        kv(L.FEED_FORWARD_LENGTH, [n_ff * DECI_FFN[i % len(DECI_FFN)] for i in range(n_layer)])
     if arch == "gemma3":
         kv(R.FREQ_BASE_SWA, 10000.0)
     if arch == "gemma4":

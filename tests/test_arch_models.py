@@ -20,6 +20,7 @@ from omni_place.units import MiB
 from .arch_models import (
     ARCHS,
     DSA_ARCHS,
+    DECI_PATTERN,
     HYBRID_ARCHS,
     LLAMA4_WINDOW,
     MLA_ARCHS,
@@ -66,6 +67,10 @@ def _expected_kv(arch: str, *, n_ctx: int, n_layer: int, n_head_kv: int = 2, hea
                 (n_ctx, n_layer - 1, n_ctx * (n_layer - 1) * idx_k, n_ctx * (n_layer - 1) * idx_v)]
     if arch == "kimi-linear":  # every 4th layer MLA (its latent cache alone), the others KDA states
         return [(n_ctx, n_layer // 4, n_ctx * (n_layer // 4) * (64 + 16) * 2, 0)]
+    if arch == "deci":  # every layer holds a cache; those without KV heads (linear, no-op) of zero width
+        n_attn = sum(DECI_PATTERN[il % len(DECI_PATTERN)] == "A" for il in range(n_layer))
+        size = n_ctx * n_attn * n_head_kv * (head_dim or n_embd // n_head) * 2
+        return [(n_ctx, n_layer, size, size)]
     if arch == "mamba2":  # every layer recurrent: no KV cache at all
         return []
     head_dim = head_dim or n_embd // n_head

@@ -312,3 +312,26 @@ def test_llama4_with_a_zero_window_attends_in_full(tmp_path: Path) -> None:
     m = load_model(write_model(tmp_path / "l4.gguf", "llama4", n_layer=8, n_swa=0, header_only=True))
     assert m.hparams.n_swa == 0 and not any(m.hparams.is_swa)
     assert len(set(m.kv_layer_bytes(16384))) == 1
+
+
+@pytest.mark.parametrize("flash_attn", [True, False])
+def test_deci_layers_without_kv_heads(tmp_path: Path, flash_attn: bool) -> None:
+    """DeciLM / Nemotron-NAS (Llama-3.3-Nemotron-Super): a layer's attention is full, linear (an
+    output projection, no KV heads) or none, and some have no FFN (src/models/deci.cpp). Every
+    layer still holds a cache (src/llama-hparams.cpp has_kv): zero-width keys where it has no KV
+    heads, and without flash attention a transposed V of the widest layer's width on every layer
+    (src/llama-kv-cache.cpp:209-210); model and KV bytes as libllama allocates them."""
+    from omni_place.llama import LoadSpec, probe_load
+
+    path = write_model(tmp_path / "deci.gguf", "deci", n_layer=8, weight_type="f16")
+    m = load_model(path)
+    n_ff = m.hparams.n_ff[0]
+    assert n_ff and m.hparams.n_head_kv == (2, 0, 0, 2) * 2 and m.hparams.n_ff == (n_ff, 0, n_ff, n_ff) * 2
+    rep = probe_load(LoadSpec(model_path=str(path), n_gpu_layers=0, n_ctx=N_CTX, n_batch=N_UBATCH,
+                              n_ubatch=N_UBATCH, flash_attn="on" if flash_attn else "off"), timeout=120)
+    assert rep.ok, rep.error
+    kv = m.kv_layer_bytes(N_CTX, n_ubatch=N_UBATCH, flash_attn=flash_attn)
+    assert (min(kv) == 0) == flash_attn
+    assert abs(sum(kv) - sum(rep.kv_buffers.values())) <= PRINT_RES + 1
+    model_pred = m.input_bytes() + sum(lc.dense["cpu"] + lc.experts["cpu"] for lc in m.layers) + m.output_bytes("cpu")
+    assert abs(model_pred - sum(rep.model_buffers.values())) <= 0.02 * model_pred + PRINT_RES

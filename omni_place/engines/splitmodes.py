@@ -91,7 +91,8 @@ def refusal(rule: SplitModeRule, engine: str, model: ModelProfile, device_kinds:
     hp = model.hparams
     spec = ARCHITECTURES.get(model.architecture)
     if (spec is not None and spec.recurrent) or hp.ssm_d_inner or any(h == 0 for h in hp.n_head_kv[:hp.n_layer_kv]):
-        return f"omni-place does not price {sm} for recurrent or hybrid layers (architecture {model.architecture!r})"
+        return (f"omni-place does not price {sm} for layers without KV heads (recurrent, hybrid or attention-free; "
+                f"architecture {model.architecture!r})")
     if hp.is_mla and not rule.mla_kv_mirrored:
         return f"omni-place does not price {engine}'s {sm} split of an MLA cache (architecture {model.architecture!r})"
     return None
