@@ -238,10 +238,7 @@ def model_tensors(arch: str, *, n_layer: int, n_embd: int, n_head: int, n_head_k
             if kind != "N":
                 add(b + "attn_norm.weight", (E,), "norm")
             if kind == "A":
-                add(b + "attn_q.weight", (E, q_dim))
-                add(b + "attn_k.weight", (E, kv_dim))
-                add(b + "attn_v.weight", (E, kv_dim))
-                add(b + "attn_output.weight", (q_dim, E))
+                _gqa_attention(add, b, E, q_dim, kv_dim)
             elif kind == "L":
                 add(b + "attn_output.weight", (E, E))
             if DECI_FFN[i % len(DECI_FFN)]:
@@ -259,10 +256,7 @@ def model_tensors(arch: str, *, n_layer: int, n_embd: int, n_head: int, n_head_k
             if kind == "M":
                 _mamba2_mixer(add, b, E, gdn)
             elif kind == "A":
-                add(b + "attn_q.weight", (E, q_dim))
-                add(b + "attn_k.weight", (E, kv_dim))
-                add(b + "attn_v.weight", (E, kv_dim))
-                add(b + "attn_output.weight", (q_dim, E))
+                _gqa_attention(add, b, E, q_dim, kv_dim)
             elif arch == "nemotron_h":
                 add(b + "ffn_up.weight", (E, n_ff))
                 add(b + "ffn_down.weight", (n_ff, E))
@@ -410,6 +404,14 @@ def model_tensors(arch: str, *, n_layer: int, n_embd: int, n_head: int, n_head_k
             add(b + "nextn.hnorm.weight", (E,), "norm")
             add(b + "nextn.shared_head_norm.weight", (E,), "norm")
     return T
+
+
+def _gqa_attention(add: Any, b: str, E: int, q_dim: int, kv_dim: int) -> None:
+    """A plain GQA attention's projections (no biases, no norms)."""
+    add(b + "attn_q.weight", (E, q_dim))
+    add(b + "attn_k.weight", (E, kv_dim))
+    add(b + "attn_v.weight", (E, kv_dim))
+    add(b + "attn_output.weight", (q_dim, E))
 
 
 def _mamba2_mixer(add: Any, b: str, E: int, g: Mapping[str, int]) -> None:
