@@ -130,9 +130,13 @@ def test_ik_notes_a_file_it_cannot_name_or_mla_heads_it_cannot_convert(tmp_path:
     assert not any("architecture" in n for n in plan_split(str(v32), cluster).notes)
     ds = write_model(tmp_path / "ds.gguf", "deepseek2", header_only=True, **mla)
     assert not any("ik_llama.cpp" in n for n in plan_split(str(ds), cluster, engine="ik_llama.cpp").notes)
-    kimi = write_model(tmp_path / "kimi.gguf", "kimi-linear", header_only=True)
-    assert any("names no kimi-linear architecture" in n and "run it with llama.cpp" in n
-               for n in plan_split(str(kimi), cluster, engine="ik_llama.cpp").notes)
+    for arch in ("kimi-linear", "olmo2"):
+        other = write_model(tmp_path / f"{arch}.gguf", arch, header_only=True)
+        assert any(f"names no {arch} architecture" in n and "run it with llama.cpp" in n
+                   for n in plan_split(str(other), cluster, engine="ik_llama.cpp").notes)
+    for arch in ("llama4", "deci"):  # ik names these
+        named = write_model(tmp_path / f"{arch}.gguf", arch, header_only=True)
+        assert not any("architecture" in n for n in plan_split(str(named), cluster, engine="ik_llama.cpp").notes)
     odd = write_model(tmp_path / "odd.gguf", "deepseek2", header_only=True, **{**mla, "kv_lora_rank": 256})
     assert any("ik_llama.cpp aborts on this file" in n
                for n in plan_split(str(odd), cluster, engine="ik_llama.cpp").notes)
