@@ -95,6 +95,10 @@ def random_shape(rng: random.Random, arch: str) -> dict[str, Any]:
     if arch in ("lfm2", "lfm2moe"):  # attention as wide as the embedding; 3-tap short convolutions between
         kw.update(head_dim=n_embd // n_head, n_layer=rng.choice((4, 8)),
                   gdn={"d_conv": 3, "interval": rng.choice((2, 4))})
+    if arch == "falcon-h1":  # Falcon-H1: a Mamba-2 mixer of 64-wide heads over twice the embedding beside
+        # every layer's attention, one or two groups of a 128-256-wide state
+        kw.update(n_layer=rng.choice((4, 8)), gdn={"head_dim": rng.choice((128, 256)), "k_heads": rng.choice((1, 2)),
+                                                   "v_heads": 2 * n_embd // 64, "d_conv": 4, "interval": 4})
     if arch == "qwen2":  # its loader takes head_dim = n_embd / n_head
         kw["head_dim"] = n_embd // n_head
     return kw

@@ -114,10 +114,11 @@ def recurrent_prompt_s(work: tuple[float, float, int], rate: float, bandwidth: f
     return (max(scan, GPU_SCAN_STEP_S) if gpu else scan) + act_bytes / bandwidth
 
 
-def decode_cache_bytes(kv: Sequence[int], recurrent: Sequence[bool], read_share: float) -> list[float]:
-    """Bytes a decoded token moves per layer: ``read_share`` of a KV cache (the cells up to the
-    depth), a recurrent state whole, :data:`RECURRENT_STATE_PASSES` times."""
-    return [size * (RECURRENT_STATE_PASSES if r else read_share) for size, r in zip(kv, recurrent)]
+def decode_cache_bytes(cache: Sequence[int], state: Sequence[int],
+                       read_share: float) -> tuple[list[float], list[float]]:
+    """Bytes a decoded token moves per layer: ``read_share`` of its KV cache (the cells up to the
+    depth), and its recurrent state whole, :data:`RECURRENT_STATE_PASSES` times."""
+    return [size * read_share for size in cache], [size * RECURRENT_STATE_PASSES for size in state]
 
 
 def cpu_decode_kv_s(kv_bytes: float, flops: float, bandwidth: float, rate: float, flash_attn: bool,

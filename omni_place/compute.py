@@ -200,7 +200,8 @@ def mamba2_floor(model: ModelProfile, n_tokens: int) -> int:
     dt, kept until the gate reads z), the convolution's concat and output, the scan's output and its
     reshape, and the residual and normed input (src/models/mamba-base.cpp build_mamba2_layer; the
     engine's dry runs: a 3072-wide layer at 4096 tokens 675 MiB beside the CPU buffer's 692).
-    The widths-only fit, which knows no such layer, priced that buffer at 300 MiB."""
+    The widths-only fit, which knows no such layer, priced that buffer at 300 MiB. Beside a parallel
+    layer's mixer its attention's output waits to be added (src/models/falcon-h1.cpp:152-165)."""
     hp = model.hparams
     spec = ARCHITECTURES.get(model.architecture, ArchSpec())
     if hp.ssm_d_state == 0 or spec.recurrent_interval or spec.kda or not any(
@@ -208,7 +209,7 @@ def mamba2_floor(model: ModelProfile, n_tokens: int) -> int:
         return 0
     conv = hp.ssm_d_inner + 2 * hp.ssm_n_group * hp.ssm_d_state
     in_proj = hp.ssm_d_inner + conv  # z and xBC (and a dt a head: a few values)
-    return F32 * n_tokens * (in_proj + 2 * conv + 2 * hp.ssm_d_inner + 2 * hp.n_embd)
+    return F32 * n_tokens * (in_proj + 2 * conv + 2 * hp.ssm_d_inner + (3 if spec.parallel_ssm else 2) * hp.n_embd)
 
 
 def replayed_layers_floor(model: ModelProfile, *, n_tokens: int, n_kv: int, flash_attn: bool, kv_quantized: bool,

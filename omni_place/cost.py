@@ -85,20 +85,23 @@ class CostModel(Transfers):
         self.cpu_expert_scale = cpu_expert_time_scale(hp.n_ff_exp, b * self.k_over_n, c.ik_cpu_kernels)
         tg_depth, pp_depth = mean_depths(c.depth, c.n_prompt, c.n_gen, b, c.prompt_depth)  # a bench test's mean
         depth_cells, full_cells = min(tg_depth, c.ctx), model.kv_cells(c.ctx, c.n_seq)
-        self.recurrent = [model.is_recurrent(il) for il in range(len(self.kv))]
-        # a shared layer attends to its source's cache; a layer without KV heads that holds no state
-        # (deci's linear and no-op attention) to none, whatever cache the engine gives it
-        attended = [self.kv[hp.kv_source(il)] if hp.n_head_kv[il] or self.recurrent[il] or hp.kv_source(il) != il
-                    else 0 for il in range(len(self.kv))]
-        self.kv_read = decode_cache_bytes(attended, self.recurrent, depth_cells / full_cells)
+        n = len(self.kv)
+        self.recurrent = [model.is_recurrent(il) for il in range(n)]
+        self.attends = [model.attends(il) for il in range(n)]  # a parallel layer (falcon-h1) does both
+        state = [model.recurrent_state_bytes(c.n_seq) if r else 0 for r in self.recurrent]
+        # the KV cache a layer's attention reads: a shared layer's source's; none where a layer without
+        # KV heads holds no state (deci's linear and no-op attention), whatever cache the engine gives it
+        attended = [self.kv[hp.kv_source(il)] - state[hp.kv_source(il)]
+                    if self.attends[il] and (hp.n_head_kv[il] or hp.kv_source(il) != il) else 0 for il in range(n)]
+        self.cache_read, self.state_read = decode_cache_bytes(attended, state, depth_cells / full_cells)
         self.recurrent_ops = ARCHITECTURES.get(model.architecture, ArchSpec()).recurrent_layer_ops / LAYER_OPS
         swa_cells = model.swa_kv_cells(full_cells, c.n_ubatch, c.n_seq, c.swa_full)
-        self.kv_pp_bytes = cpu_cache_prompt_bytes(attended, [swa_cells if s else full_cells for s in hp.is_swa],
-                                                  [model.kv_write_bytes(il) for il in range(len(self.kv))], pp_depth, b)
+        self.kv_pp_bytes = [cache + s for cache, s in zip(cpu_cache_prompt_bytes(
+            attended, [swa_cells if s else full_cells for s in hp.is_swa],
+            [model.kv_write_bytes(il) for il in range(n)], pp_depth, b), state)]  # a state goes up whole
         self.rs_store_bytes = [model.recurrent_store_bytes(b, c.n_seq, c.conv_store_reads_input) if r else 0
                                for r in self.recurrent]
-        cell = [2.0 * hp.n_head[il] * (hp.dim_k(il) + hp.dim_v(il)) if kv and not r else 0.0
-                for il, (kv, r) in enumerate(zip(attended, self.recurrent))]
+        cell = [2.0 * hp.n_head[il] * (hp.dim_k(il) + hp.dim_v(il)) if kv else 0.0 for il, kv in enumerate(attended)]
         self._mixer = delta_rule_work(hp.ssm_d_state, hp.ssm_d_inner, hp.ssm_n_group)  # a recurrent layer's, a token
         window = [hp.n_swa if hp.is_swa[il] else 0 for il in range(len(self.kv))]  # attention FLOPs: per prompt token,
         self._attn = [f * attended_cells(pp_depth, b, c.flash_attn, w) for f, w in zip(cell, window)]
@@ -310,7 +313,7 @@ class CostModel(Transfers):
         with_layer, away = self._away(il, experts) if home != CPU else every
         out = {home: self.read_tg(home, dense + with_layer * self.k_over_n,
                                   self._work[il][0].plus(self.expert_work(il, with_layer)))
-               + self.kv_tg(il, home) + self._layer_overhead(home, not self.recurrent[il],
+               + self.kv_tg(il, home) + self._layer_overhead(home, self.attends[il],
                                                              self.model.layers[il].has_experts, self.recurrent[il])}
         add_seconds(out, self.away_tg(il, home, away))
         return out
@@ -341,25 +344,29 @@ class CostModel(Transfers):
         """Decode seconds to attend over layer ``il``'s cache at the run's depth on ``name`` (attention.py):
         on a GPU slower than its bytes, on the CPU as fast as its threads compute (the engine's kernel)."""
         fa = self.context.flash_attn
-        if self.recurrent[il]:  # its state, whole, at the memory's rate, and the delta rule's step
-            return self.kv_read[il] / self.bandwidth(name) + self.mixer_s(name)
+        # a recurrent layer's state, whole, at the memory's rate, and the delta rule's step
+        state_s = self.state_read[il] / self.bandwidth(name) + self.mixer_s(name) if self.recurrent[il] else 0.0
+        if not self.attends[il]:
+            return state_s
         if self.on_gpu(name):
-            read_s = self.kv_read[il] / self.bandwidth(name) * decode_kv_cost(fa)
+            read_s = self.cache_read[il] / self.bandwidth(name) * decode_kv_cost(fa)
             if self.model.hparams.is_mla and fa and self.context.mla_decode_flops:  # mainline's mma kernel:
                 # no vector kernel takes 576-wide heads (ggml/src/ggml-cuda/fattn.cu:635), bound by its FLOPs
                 share = self.device(name).speed.mla_decode_share
-                return max(read_s, self._attn_tg[il] / (self.attention_rate(name) * share))
-            return read_s
-        return cpu_decode_kv_s(self.kv_read[il], self._attn_tg[il], self.bandwidth(name), self.flops(name), fa,
-                               self.context.ik_cpu_kernels)
+                return state_s + max(read_s, self._attn_tg[il] / (self.attention_rate(name) * share))
+            return state_s + read_s
+        return state_s + cpu_decode_kv_s(self.cache_read[il], self._attn_tg[il], self.bandwidth(name),
+                                         self.flops(name), fa, self.context.ik_cpu_kernels)
 
     def attention_pp(self, il: int, name: str) -> float:
-        """Prompt seconds per token of layer ``il``'s attention over its cache on ``name`` (attention.py)."""
+        """Prompt seconds per token of layer ``il``'s attention over its cache on ``name`` (attention.py),
+        a recurrent layer's mixer instead (a parallel layer's beside it)."""
         gpu = self.on_gpu(name)
-        if self.recurrent[il]:  # no cells attended
-            return self.mixer_s(name)
+        mixer = self.mixer_s(name) if self.recurrent[il] else 0.0
+        if not self.attends[il]:  # no cells attended
+            return mixer
         rate, layer_s = (self.attention_rate(name), self._layer_overhead(name)) if gpu else (self.flops(name), 0.0)
-        return prompt_attention_s(self._attn[il], self.n_tokens, self.context.flash_attn, rate, layer_s)
+        return mixer + prompt_attention_s(self._attn[il], self.n_tokens, self.context.flash_attn, rate, layer_s)
 
     def mixer_s(self, name: str) -> float:
         """Seconds a token of a recurrent layer's mixer takes on ``name`` beside its matmuls: the delta

@@ -121,6 +121,10 @@ class ArchSpec:
     # (an output projection alone) and no-op attention (src/models/deci.cpp load_arch_tensors); the
     # engine still gives it a cache, of zero-width keys (src/llama-hparams.cpp has_kv)
     kvless_layers: bool = False
+    # every layer runs attention and a Mamba-2 mixer side by side, and holds a KV cache and a
+    # recurrent state (Falcon-H1: src/models/falcon-h1.cpp; both memory filters take every layer,
+    # src/llama-model.cpp:2688-2690)
+    parallel_ssm: bool = False
     verified: bool = False
 
 
@@ -176,6 +180,8 @@ ARCHITECTURES: dict[str, ArchSpec] = {
     "mamba2": ArchSpec(recurrent=True, recurrent_layer_ops=19, verified=True),
     "jamba": ArchSpec(hybrid=True),
     "granitehybrid": ArchSpec(hybrid=True, recurrent_layer_ops=26, verified=True),
+    # Falcon-H1: attention and a Mamba-2 mixer in every layer, 50 graph nodes beyond a llama layer's
+    "falcon-h1": ArchSpec(hybrid=True, parallel_ssm=True, recurrent_layer_ops=50, verified=True),
     # Nemotron-H's Mamba-2 layers run granitehybrid's mixer (src/models/mamba-base.cpp build_mamba2_layer)
     "nemotron_h": ArchSpec(hybrid=True, ffn_layers=True, recurrent_layer_ops=26, verified=True),
     "nemotron_h_moe": ArchSpec(hybrid=True, ffn_layers=True, recurrent_layer_ops=26, verified=True),
@@ -194,7 +200,7 @@ DSA_ARCHITECTURES = frozenset({"deepseek32", "glm-dsa", "hy_v4", "dots3note", "m
 NOT_COVERED = {
     "rwkv6", "rwkv7", "arwkv7", "rwkv6qwen2",
     "gemma3n", "t5", "t5encoder",
-    "bert", "nomic-bert", "jina-bert-v2", "whisper", "falcon-h1",
+    "bert", "nomic-bert", "jina-bert-v2", "whisper",
     # linear-attention hybrids whose recurrent layers the header does not mark as the rules here
     # read them (src/models/minimax-01.cpp:12-16, qwen4exp.cpp:131-136; kimi-k3, glm5-next,
     # bailingmoe3: KDA layers with heads but no KV heads)
@@ -260,12 +266,13 @@ def _per_layer(md: dict[str, Any], key: str, n: int, default: int | None, *, hi:
 
 
 def is_recurrent_layer(arch: str, hp: HParams, il: int) -> bool:
-    """Whether layer ``il`` of ``arch`` holds a recurrent state instead of a KV cache, by the
-    engine's rule: every trunk layer of a recurrent architecture, a hybrid's layers without KV
-    heads (Nemotron-H's: and without an FFN)."""
+    """Whether layer ``il`` of ``arch`` holds a recurrent state (instead of a KV cache, or beside one:
+    ``ArchSpec.parallel_ssm``), by the engine's rule: every trunk layer of a recurrent or parallel
+    architecture, a hybrid's layers without KV heads (Nemotron-H's: and without an FFN)."""
     spec = ARCHITECTURES.get(arch, ArchSpec())
     ffn_only = spec.ffn_layers and hp.n_ff[il] > 0
-    return il < hp.n_layer_kv and (spec.recurrent or (hp.n_head_kv[il] == 0 and hp.ssm_d_inner > 0 and not ffn_only))
+    return il < hp.n_layer_kv and (spec.recurrent or spec.parallel_ssm
+                                   or (hp.n_head_kv[il] == 0 and hp.ssm_d_inner > 0 and not ffn_only))
 
 
 def _sliding_window(md: dict[str, Any], a: str, spec: ArchSpec, n_main: int) -> int:

@@ -34,7 +34,7 @@ from gguf import GGMLQuantizationType
 from .errors import GGUFFormatError, InvalidArgumentError, UnsupportedModelError
 from .ggml_types import ggml_type
 from .gguf import GGUFModelFiles, LongArray, TensorInfo, iter_layer_tensors, read_model_files
-from .hparams import ARCHITECTURES, NOT_COVERED, HParams, is_recurrent_layer, read_hparams
+from .hparams import ARCHITECTURES, NOT_COVERED, ArchSpec, HParams, is_recurrent_layer, read_hparams
 from .sources import resolve_model_source
 
 
@@ -353,8 +353,9 @@ class ModelProfile:
             if not hp.owns_kv(il):  # a NextN block, or a layer attending to an earlier layer's cache
                 out.append(0)
                 continue
-            if self.is_recurrent(il):
-                out.append(self._recurrent_state_bytes(n_seq))
+            state = self.recurrent_state_bytes(n_seq) if self.is_recurrent(il) else 0
+            if not self.attends(il):
+                out.append(state)
                 continue
             n_cells = swa_cells if hp.is_swa[il] else cells
             k = row_bytes(tk, hp.dim_k(il) * hp.n_head_kv[il]) * n_cells
@@ -366,7 +367,7 @@ class ModelProfile:
             v_width = hp.dim_v(il) * hp.n_head_kv[il] if flash_attn else v_width_max  # transposed V uses the max
             # an MSA indexer's cache (minimax-m3): a GQA cache of one head, its key the indexer's width
             msa = (row_bytes(ti, indexer(il)) + row_bytes(tv, hp.dim_v(il))) * cells if indexer(il) else 0
-            out.append(k + row_bytes(tv, v_width) * n_cells + msa)
+            out.append(k + row_bytes(tv, v_width) * n_cells + msa + state)
         return out
 
     @cached_property
@@ -394,12 +395,18 @@ class ModelProfile:
         a recurrent architecture, a hybrid's layers without KV heads."""
         return is_recurrent_layer(self.architecture, self.hparams, il)
 
+    def attends(self, il: int) -> bool:
+        """Whether layer ``il`` runs attention over a KV cache of its own: all but a hybrid's recurrent
+        layers (a parallel one's run both: ``ArchSpec.parallel_ssm``)."""
+        return not self.is_recurrent(il) or ARCHITECTURES.get(self.architecture, ArchSpec()).parallel_ssm
+
     def _conv_channels(self) -> int:
         """The channels of a recurrent layer's conv state (Mamba-2 / delta-net: x, B and C)."""
         hp = self.hparams
         return hp.ssm_d_inner + 2 * hp.ssm_n_group * hp.ssm_d_state
 
-    def _recurrent_state_bytes(self, n_seq: int) -> int:
+    def recurrent_state_bytes(self, n_seq: int = 1) -> int:
+        """A recurrent layer's F32 state for ``n_seq`` sequences: its conv taps and its SSM / delta-rule state."""
         hp = self.hparams
         n_conv = max(hp.ssm_d_conv - 1, 0) * self._conv_channels()
         n_state = hp.ssm_d_state * hp.ssm_d_inner
@@ -414,7 +421,7 @@ class ModelProfile:
         conv state alone (ik_llama.cpp). A CPU-held layer under op offload runs the stores on the
         CPU, so the scheduler copies what they read from the GPU (ggml_nbytes of the view)."""
         conv_input = whole_conv_input and self.hparams.ssm_d_conv > 1  # the ubatch's columns beside the state
-        return self._recurrent_state_bytes(n_seq) + (4 * n_tokens * self._conv_channels() if conv_input else 0)
+        return self.recurrent_state_bytes(n_seq) + (4 * n_tokens * self._conv_channels() if conv_input else 0)
 
     def kv_bytes_per_token(self, type_k: str = "f16", type_v: str | None = None) -> float:
         """KV bytes per context token summed over layers (full-attention layers at full size;
@@ -485,7 +492,7 @@ class ModelProfile:
             "kv_type": kv_type,
             "kv_bytes_per_token": self.kv_bytes_per_token(kv_type),
             "kv_bytes": sum(kv),
-            "recurrent_state_bytes": sum(b for il, b in enumerate(kv) if self.is_recurrent(il)),
+            "recurrent_state_bytes": self.recurrent_state_bytes() * sum(map(self.is_recurrent, range(hp.n_layer))),
             "output_bytes": self.output_bytes("cpu"),
             "input_bytes": self.input_bytes(),
             "layers": layers,

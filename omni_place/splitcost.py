@@ -369,7 +369,7 @@ class SplitCostModel(CostModel):
             share = min(1.0, dense[j] / dense_whole)  # its slice of the dense weights, its experts' in stored bytes
             work = self._work[il][0].scaled(share).plus(self.expert_work(il, exp_stored * mine / exp_all))
             t_tg.append(self.read_tg(d, dense[j] + mine * self.k_over_n, work) + self.kv_tg(il, d) * kv[j]
-                        + self._layer_overhead(d, not self.recurrent[il], self.model.layers[il].has_experts,
+                        + self._layer_overhead(d, self.attends[il], self.model.layers[il].has_experts,
                                                self.recurrent[il]))
             t_pp.append((dense_flops * share + exp_flops * mine / exp_all) / self.flops(d)
                         + self.attention_pp(il, d) * kv[j])

@@ -78,7 +78,7 @@ __all__ = [
 ARCHS: tuple[str, ...] = ("llama", "qwen2", "qwen3", "qwen3moe", "deepseek2", "gpt-oss", "gemma3", "glm4moe",
                           "deepseek32", "glm-dsa", "qwen35", "qwen35moe", "qwen3next", "granitehybrid",
                           "nemotron_h", "nemotron_h_moe", "mamba2", "gemma4", "lfm2", "lfm2moe", "kimi-linear",
-                          "minimax-m3", "llama4", "olmo2", "deci")
+                          "minimax-m3", "llama4", "olmo2", "deci", "falcon-h1")
 MOE_ARCHS: frozenset[str] = frozenset({"qwen3moe", "deepseek2", "gpt-oss", "glm4moe", "deepseek32", "glm-dsa",
                                        "kimi-linear", "minimax-m3", "qwen35moe", "llama4",
                                        "qwen3next", "nemotron_h_moe", "lfm2moe"})
@@ -294,6 +294,9 @@ def model_tensors(arch: str, *, n_layer: int, n_embd: int, n_head: int, n_head_k
                 add(b + "attn_k_norm.weight", (dk,), "norm")
         elif kind == "M":
             _mamba2_mixer(add, b, E, gdn)
+        elif arch == "falcon-h1":  # attention and a Mamba-2 mixer side by side (src/models/falcon-h1.cpp)
+            _gqa_attention(add, b, E, q_dim, kv_dim)
+            _mamba2_mixer(add, b, E, gdn)
         elif arch in HYBRID_ARCHS:
             _hybrid_mixer(add, b, arch, E, n_head * head_dim, kv_dim, head_dim, gdn,
                           recurrent=i < n_layer and (i + 1) % gdn["interval"] != 0)
@@ -346,6 +349,8 @@ def model_tensors(arch: str, *, n_layer: int, n_embd: int, n_head: int, n_head_k
             add(b + "post_ffw_norm.weight", (E,), "norm")
         elif arch in ("gpt-oss", "glm4moe", "olmo2"):
             add(b + "post_attention_norm.weight", (E,), "norm")
+        elif arch == "falcon-h1":  # its loader asks for the FFN norm without a suffix (src/models/falcon-h1.cpp)
+            add(b + "ffn_norm", (E,), "norm")
         else:
             add(b + "ffn_norm.weight", (E,), "norm")
 
@@ -717,12 +722,13 @@ def write_model(path: str | Path, arch: str, *, n_layer: int | None = None, n_em
         kv(L.EXPERT_GATING_FUNC, int(gguf.ExpertGatingFuncType.SIGMOID))
         if n_nextn:
             kv(L.NEXTN_PREDICT_LAYERS, n_nextn)
-    if arch in MAMBA_HYBRIDS:
+    if arch in MAMBA_HYBRIDS | {"falcon-h1"}:
         kv(Keys.SSM.CONV_KERNEL, gdn["d_conv"])
         kv(Keys.SSM.STATE_SIZE, gdn["head_dim"])
         kv(Keys.SSM.GROUP_COUNT, gdn["k_heads"])
         kv(Keys.SSM.TIME_STEP_RANK, gdn["v_heads"])
         kv(Keys.SSM.INNER_SIZE, 2 * n_embd)
+    if arch in MAMBA_HYBRIDS:
         kinds = [layer_kind(arch, i, gdn["interval"]) for i in range(n_layer)]
         kv(A.HEAD_COUNT_KV, [n_head_kv if k == "A" else 0 for k in kinds])
         if arch == "mamba2":  # no attention at all

@@ -201,10 +201,12 @@ def test_recurrent_layer_ops_are_the_engine_graphs(tmp_path: Path, arch: str) ->
     assert (llama[1] - llama[0]) / 4 == LAYER_OPS
 
 
-def test_a_mamba2_layer_runs_its_ops_beyond_a_llama_layer(tmp_path: Path) -> None:
-    """mamba2, every layer recurrent: its layer's graph nodes beyond a llama layer's LAYER_OPS."""
-    nodes = [_graph_nodes(write_model(tmp_path / f"m{n}.gguf", "mamba2", n_layer=n)) for n in (4, 8)]
-    assert (nodes[1] - nodes[0]) / 4 - LAYER_OPS == ARCHITECTURES["mamba2"].recurrent_layer_ops
+@pytest.mark.parametrize("arch", ["mamba2", "falcon-h1"])
+def test_a_mamba2_layer_runs_its_ops_beyond_a_llama_layer(tmp_path: Path, arch: str) -> None:
+    """mamba2, every layer recurrent, and falcon-h1, every layer attention beside a Mamba-2 mixer:
+    a layer's graph nodes beyond a llama layer's LAYER_OPS."""
+    nodes = [_graph_nodes(write_model(tmp_path / f"m{n}.gguf", arch, n_layer=n)) for n in (4, 8)]
+    assert (nodes[1] - nodes[0]) / 4 - LAYER_OPS == ARCHITECTURES[arch].recurrent_layer_ops
 
 
 @pytest.mark.parametrize("arch, recurrent", [("granitehybrid", [0, 1, 2, 4, 5, 6]), ("nemotron_h", [0, 3, 4, 7]),
@@ -335,3 +337,33 @@ def test_deci_layers_without_kv_heads(tmp_path: Path, flash_attn: bool) -> None:
     assert abs(sum(kv) - sum(rep.kv_buffers.values())) <= PRINT_RES + 1
     model_pred = m.input_bytes() + sum(lc.dense["cpu"] + lc.experts["cpu"] for lc in m.layers) + m.output_bytes("cpu")
     assert abs(model_pred - sum(rep.model_buffers.values())) <= 0.02 * model_pred + PRINT_RES
+
+
+@pytest.mark.parametrize("flash_attn", [True, False])
+def test_falcon_h1_attention_beside_a_mamba2_mixer(tmp_path: Path, flash_attn: bool) -> None:
+    """Falcon-H1: every layer runs GQA attention and a Mamba-2 mixer side by side (src/models/falcon-h1.cpp),
+    so every layer holds a KV cache and a recurrent state (both memory filters take every layer,
+    src/llama-model.cpp:2688-2690): each buffer as libllama allocates it, with flash attention and
+    without; the cost model prices both the cache read and the state's passes a decoded token."""
+    from omni_place.llama import LoadSpec, probe_load
+
+    path = write_model(tmp_path / "fh1.gguf", "falcon-h1", n_layer=6, weight_type="f16")
+    m = load_model(path)
+    assert all(m.is_recurrent(il) and m.attends(il) for il in range(6))
+    rep = probe_load(LoadSpec(model_path=str(path), n_gpu_layers=0, n_ctx=N_CTX, n_batch=N_UBATCH,
+                              n_ubatch=N_UBATCH, flash_attn="on" if flash_attn else "off"), timeout=120)
+    assert rep.ok, rep.error
+    state = 6 * m.recurrent_state_bytes()
+    assert abs(sum(rep.rs_buffers.values()) - state) <= PRINT_RES + 1
+    kv = sum(m.kv_layer_bytes(N_CTX, n_ubatch=N_UBATCH, flash_attn=flash_attn))
+    assert abs(kv - state - sum(rep.kv_buffers.values())) <= PRINT_RES + 1
+
+    from omni_place.cost import CostModel
+    from omni_place.devices import Cluster, Device
+    from omni_place.placement import CPU, Context
+    from omni_place.units import GiB
+
+    cpu = Device(name=CPU, kind="cpu", memory_bytes=64 * GiB, bandwidth_gbs=50, tflops=1)
+    shallow, deep = (CostModel(m, Cluster("cpu", (cpu,)), Context(ctx=N_CTX, depth=d)) for d in (64, N_CTX // 2))
+    assert all(c.state_read[il] > 0 for c in (shallow, deep) for il in range(6))
+    assert all(deep.cache_read[il] > shallow.cache_read[il] > 0 for il in range(6))  # its cache grows with depth

@@ -82,10 +82,10 @@ IK_COMPUTE_MARGIN = 64 * 1024 * 1024
 IK_HOST_COMPUTE_MARGIN = 24 * 1024 * 1024
 # architectures omni_place prices that ik_llama.cpp (8337e4cd3) does not name (src/llama-arch.cpp): it
 # refuses such a file ("unknown model architecture"); cohere2moe is ik's cohere2_moe. The SWA
-# architectures from olmo2 on are named by no later ik either (0a9ff1255's list)
+# architectures from olmo2 on and falcon-h1 are named by no later ik either (0a9ff1255's list)
 UNNAMED_ARCHITECTURES = frozenset({"deepseek32", "afmoe", "cohere2moe", "granitehybrid", "jamba", "kimi-linear",
                                    "lfm2", "lfm2moe", "mamba2", "nemotron_h", "nemotron_h_moe",
-                                   "olmo2", "plamo3", "smallthinker", "exaone4", "exaone-moe"})
+                                   "olmo2", "plamo3", "smallthinker", "exaone4", "exaone-moe", "falcon-h1"})
 _TS_UNIT = 1024.0 * 1024.0  # -ts shares are written in MiB (2 decimals: 10 KiB resolution)
 
 _EXPERT = re.compile(r"\.ffn_(gate_up|gate|up|down)_(ch|)exps\.")
