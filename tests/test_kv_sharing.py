@@ -43,7 +43,7 @@ def test_shared_layers_attend_to_their_sources_cache(gemma4, tmp_path: Path) -> 
     for il in range(8, 12):
         src = hp.kv_source(il)
         assert src in (6, 7) and hp.is_swa[src] == hp.is_swa[il]
-        assert cost.kv[il] == 0 and cost.kv_read[il] == cost.kv_read[src] > 0
+        assert cost.kv[il] == 0 and cost.cache_read[il] == cost.cache_read[src] > 0
         assert cost._attn_tg[il] == pytest.approx(cost._attn_tg[src]) and cost._attn_tg[il] > 0
     placement = placement_from_counts(gemma4, [CPU], 0, [gemma4.n_layer])
     with_sharing = cost.predict(placement).tg_tps
