@@ -464,6 +464,7 @@ class ModelProfile:
                     "layer": lc.index,
                     "nextn": lc.is_nextn,
                     "recurrent": self.is_recurrent(lc.index),
+                    "attends": self.attends(lc.index),
                     "bytes": lc.stored_bytes,
                     "dense_bytes": lc.dense["cpu"],
                     "expert_bytes": lc.experts["cpu"],

@@ -349,7 +349,7 @@ def test_falcon_h1_attention_beside_a_mamba2_mixer(tmp_path: Path, flash_attn: b
 
     path = write_model(tmp_path / "fh1.gguf", "falcon-h1", n_layer=6, weight_type="f16")
     m = load_model(path)
-    assert all(m.is_recurrent(il) and m.attends(il) for il in range(6))
+    assert all(ly["recurrent"] and ly["attends"] for ly in m.to_dict(N_CTX)["layers"])  # as inspect shows them
     rep = probe_load(LoadSpec(model_path=str(path), n_gpu_layers=0, n_ctx=N_CTX, n_batch=N_UBATCH,
                               n_ubatch=N_UBATCH, flash_attn="on" if flash_attn else "off"), timeout=120)
     assert rep.ok, rep.error

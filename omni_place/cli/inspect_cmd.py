@@ -41,11 +41,13 @@ def _text_report(model: ModelProfile, report: dict) -> str:
         f"the CPU alone {_mib(report['compute']['cpu_layers_output'])} MiB",
         "",
         f"  {'layer':>5} {'dense MiB':>10} {'experts MiB':>12} {'KV MiB':>9} {'CUDA MiB':>9}"
-        + ("  (KV MiB: a recurrent layer's state)" if report["recurrent_state_bytes"] else ""),
+        + ("  (KV MiB: a recurrent layer's state, beside its cache where it attends too)"
+           if report["recurrent_state_bytes"] else ""),
     ]
     for ly in report["layers"]:
         cuda = ly["dense_bytes_cuda"] + ly["expert_bytes_cuda"]
-        tag = " nextn" if ly["nextn"] else " recurrent" if ly["recurrent"] else ""
+        tag = (" nextn" if ly["nextn"] else " attention + recurrent" if ly["recurrent"] and ly["attends"]
+               else " recurrent" if ly["recurrent"] else "")
         lines.append(
             f"  {ly['layer']:>5} {_mib(ly['dense_bytes']):>10} {_mib(ly['expert_bytes']):>12} "
             f"{_mib(ly['kv_bytes']):>9} {_mib(cuda):>9}{tag}"
