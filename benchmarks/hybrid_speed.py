@@ -655,14 +655,15 @@ def control_notes(rows: list[dict[str, Any]]) -> list[str]:
     threads = FOLDER / "gpu_h100s43b" / "threads.jsonl"
     t_line = ""
     if threads.exists():
+        by_threads = _by_threads(load_records(threads))
         with tempfile.TemporaryDirectory() as tmp:
             header = write_headers(Path(tmp), [control], header_only=True)[control]
             argv = ["-ngl", "99", "-ncmoe", "40", "-n", "32", "-p", "0", "-fa", "1", "-t"]
-            priced = {t: predict(header, FOLDER / rigs[1], [*argv, str(t)]) for t in _by_threads(load_records(threads))}
+            priced = {t: predict(header, FOLDER / rigs[1], [*argv, str(t)]) for t in by_threads}
         t_line = (" The CPU's decode against its threads (the control at `-ncmoe 40`, `-t 8,12,16`, twice, "
                   "second VM): " + ", ".join(
                       f"{t} threads {min(v):.1f}-{max(v):.1f} t/s priced {priced[t]:.1f}"
-                      for t, v in sorted(_by_threads(load_records(threads)).items()))
+                      for t, v in sorted(by_threads.items()))
                   + ": the threads' share of it is priced as it runs.")
     return [
         "- The 35B beside plain-MoE controls of its shape (session 43, two H100 VMs, `gpu_h100s43*`): "

@@ -546,7 +546,7 @@ def _notes(cost: CostModel, p: Placement, usage: list[DeviceUsage]) -> list[str]
                      "hybrid_speed.md); check a GPU filled to its last GiB with the engine (omni-place verify)")
     elif msa_floor(cost.model, 1, 1):
         notes.append(f"{cost.model.architecture}'s compute buffers are estimated from its widths and its MSA block "
-                     "mask, not its graph: on the engine's CPU dry runs up to a third below the engine's "
+                     "mask, not its graph: on the engine's CPU dry runs up to a fifth below the engine's "
                      "(compute.msa_floor); check a GPU filled to its last GiB with the engine (omni-place verify)"
                      + ("" if cost.context.flash_attn else "; without flash attention the engine runs its attention "
                         "dense, its output possibly degraded (src/models/minimax-m3.cpp:238-244)"))
