@@ -114,6 +114,14 @@ SHAPES: dict[str, dict[str, Any]] = {
                                               n_ff_exp=2048, weight_type="q4_k",
                                               tensor_types={r"down_exps": "q5_k", r"exps": "q4_k",
                                                             r"output": "q6_k", r".*": "q8_0"}),
+    # Falcon-H1 7B's published dims (attention and a Mamba-2 mixer in every layer: 24 heads of 128,
+    # a 256-wide state; transformers' FalconH1 table), n_ff and one SSM group assumed; then its
+    # attention and FFN alone as llama: what the mixer beside them costs
+    "Falcon-H1-7B Q4_K": dict(arch="falcon-h1", n_layer=44, n_embd=3072, n_head=12, n_head_kv=2, head_dim=128,
+                              n_ff=12288, n_vocab=130048, weight_type="q4_k", tensor_types={r"output": "q6_k"},
+                              gdn={"head_dim": 256, "k_heads": 1, "v_heads": 24, "d_conv": 4, "inner": 3072}),
+    "Llama-shaped Falcon-H1-7B": dict(arch="llama", n_layer=44, n_embd=3072, n_head=12, n_head_kv=2, head_dim=128,
+                                      n_ff=12288, n_vocab=130048, weight_type="q4_k", tensor_types={r"output": "q6_k"}),
     # deepseek2 MLA (glm4_moe_lite); its value heads (256) written as wide as its nope part (192)
     "GLM-4.7-Flash UD-Q4_K_XL": dict(arch="deepseek2", n_layer=47, n_embd=2048, n_head=20, n_head_kv=20, n_ff=10240,
                                      n_vocab=154880, n_expert=64, n_expert_used=4, n_ff_exp=1536, n_expert_shared=1,
@@ -145,6 +153,8 @@ GPU_RUNS: dict[str, list[list[str]]] = {
     "Qwen3.5-9B Q8_0": [["-ngl", "99", "-p", "1024", "-n", "64", "-d", "0,32768"],
                         ["-ngl", "20", "-p", "512", "-n", "32"]],
     "Qwen3-shaped 9B Q8_0": [["-ngl", "99", "-p", "512", "-n", "32"], ["-ngl", "20", "-p", "512", "-n", "32"]],
+    **{name: [["-ngl", "99", "-p", "1024", "-n", "64", "-d", "0,8192,32768"], ["-ngl", "22", "-p", "512", "-n", "32"]]
+       for name in ("Falcon-H1-7B Q4_K", "Llama-shaped Falcon-H1-7B")},
     **{name: [["-ngl", "99", "-p", "1024", "-n", "64"],
               *(["-ngl", "99", "-ncmoe", str(n), "-p", "512", "-n", "32"] for n in (40, 30, 20, 10))]
        for name in ("Qwen3-shaped 35B-A3B", "Qwen3-shaped 35B-A3B wide experts")},

@@ -237,10 +237,9 @@ def msa_floor(model: ModelProfile, n_tokens: int, n_kv: int, flash_attn: bool = 
     the first floor -92.7 .. +16.4 %, -32.1 .. +16.4 % and -20.7 .. +16.4 %
     (benchmarks/results/compute_sweep_minimax_cpu*.jsonl; tests/test_hybrid_models.py). The rest of
     what MSA holds is not modelled: `plan` notes the estimate."""
-    hp = model.hparams
-    if hp.is_mla or not any(hp.indexer_full) or not flash_attn:
+    if not model.msa_indexer or not flash_attn:
         return 0
-    return F32 * n_tokens * n_kv * (2 * max(hp.n_head_kv) + 1)
+    return F32 * n_tokens * n_kv * (2 * max(model.hparams.n_head_kv) + 1)
 
 
 def _peak(pieces: np.ndarray, f: np.ndarray, n_tokens: int) -> int:

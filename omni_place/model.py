@@ -400,6 +400,12 @@ class ModelProfile:
         layers (a parallel one's run both: ``ArchSpec.parallel_ssm``)."""
         return not self.is_recurrent(il) or ARCHITECTURES.get(self.architecture, ArchSpec()).parallel_ssm
 
+    @property
+    def msa_indexer(self) -> bool:
+        """Whether attention is MiniMax-M3's MSA: GQA whose indexer picks the blocks each head
+        attends to (an indexer beside MLA is DSA's, the other layout)."""
+        return not self.hparams.is_mla and any(self.hparams.indexer_full)
+
     def _conv_channels(self) -> int:
         """The channels of a recurrent layer's conv state (Mamba-2 / delta-net: x, B and C)."""
         hp = self.hparams
@@ -444,7 +450,9 @@ class ModelProfile:
     def kv_write_bytes(self, il: int) -> int:
         """Bytes of one token's new cache entries of layer ``il`` as the graph computes them (F32 K,
         and V unless MLA, before ``set_rows`` stores them in the cache's type: src/llama-graph.cpp
-        ``build_attn``, src/llama-kv-cache.cpp ``cpy_k``/``cpy_v``); 0 for a layer without a KV cache."""
+        ``build_attn``, src/llama-kv-cache.cpp ``cpy_k``/``cpy_v``); 0 for a layer without a KV cache.
+        A DSA or MSA indexer's cache takes its key alone: MiniMax-M3's graph never writes the value
+        its MSA cache allocates (src/models/minimax-m3.cpp:358, ``cpy_k`` only)."""
         hp = self.hparams
         if not hp.owns_kv(il) or not hp.n_head_kv[il]:
             return 0

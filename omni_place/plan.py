@@ -13,7 +13,6 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Mapping, Sequence
 
 from .calibration import checked_params, read_calibrated
-from .compute import msa_floor
 from .compute_graph import REPLAYED
 from .cost import CPU, Context, CostModel, DeviceUsage, Placement, Prediction, SpeedParams, expert_kind
 from .devices import Cluster, resolve_cluster
@@ -544,7 +543,7 @@ def _notes(cost: CostModel, p: Placement, usage: list[DeviceUsage]) -> list[str]
         notes.append(f"{cost.model.architecture}'s compute buffers are estimated from its widths, not its graph: on "
                      "the engine's CPU dry runs of hybrids up to a quarter below the engine's (benchmarks/results/"
                      "hybrid_speed.md); check a GPU filled to its last GiB with the engine (omni-place verify)")
-    elif msa_floor(cost.model, 1, 1):
+    elif cost.model.msa_indexer:
         notes.append(f"{cost.model.architecture}'s compute buffers are estimated from its widths and its MSA block "
                      "mask, not its graph: on the engine's CPU dry runs up to a fifth below the engine's "
                      "(compute.msa_floor); check a GPU filled to its last GiB with the engine (omni-place verify)"

@@ -419,10 +419,16 @@ def _gqa_attention(add: Any, b: str, E: int, q_dim: int, kv_dim: int) -> None:
     add(b + "attn_output.weight", (q_dim, E))
 
 
+def _mamba2_inner(n_embd: int, g: Mapping[str, int]) -> int:
+    """A Mamba-2 mixer's inner width: ``g["inner"]`` where given (Falcon-H1's heads x head width),
+    else 2 x n_embd (Mamba-2's expand)."""
+    return g.get("inner") or 2 * n_embd
+
+
 def _mamba2_mixer(add: Any, b: str, E: int, g: Mapping[str, int]) -> None:
-    """A Mamba-2 layer (granite-hybrid.cpp load_arch_tensors): inner width 2 x n_embd in
-    ``v_heads`` heads, ``k_heads`` groups of a ``head_dim``-wide state."""
-    d_inner, d_state, n_group, n_head = 2 * E, g["head_dim"], g["k_heads"], g["v_heads"]
+    """A Mamba-2 layer (granite-hybrid.cpp load_arch_tensors): inner width ``inner`` (default
+    2 x n_embd) in ``v_heads`` heads, ``k_heads`` groups of a ``head_dim``-wide state."""
+    d_inner, d_state, n_group, n_head = _mamba2_inner(E, g), g["head_dim"], g["k_heads"], g["v_heads"]
     conv = d_inner + 2 * n_group * d_state
     add(b + "ssm_in.weight", (E, 2 * d_inner + 2 * n_group * d_state + n_head))
     add(b + "ssm_conv1d.weight", (g["d_conv"], conv), "f32")
@@ -597,9 +603,9 @@ def write_model(path: str | Path, arch: str, *, n_layer: int | None = None, n_em
     attention's dims in ``_GDN_DEFAULTS`` (``d_conv``, ``head_dim``, ``k_heads``, ``v_heads``,
     ``interval``: every interval-th trunk layer is full attention); ``n_rot`` defaults to
     head_dim/4 (partial rotary); MoE ones have a shared expert of ``n_ff_exp * n_expert_shared``.
-    granitehybrid / nemotron_h / nemotron_h_moe (Mamba-2 hybrids): ``gdn`` gives the SSM's state
-    width (``head_dim``), groups (``k_heads``) and heads (``v_heads``), its inner width 2 x n_embd;
-    the layer kinds are :func:`layer_kind`'s.
+    granitehybrid / nemotron_h / nemotron_h_moe (Mamba-2 hybrids) and falcon-h1: ``gdn`` gives the
+    SSM's state width (``head_dim``), groups (``k_heads``), heads (``v_heads``) and inner width
+    (``inner``, default 2 x n_embd); the hybrids' layer kinds are :func:`layer_kind`'s.
     lfm2 / lfm2moe: every ``gdn["interval"]``-th layer attention, the others short convolutions of
     ``gdn["d_conv"]`` taps; lfm2moe's first ``n_dense_lead`` layers dense.
     llama4: every ``LLAMA4_MOE_STEP``-th layer routed experts beside a shared one, the others dense;
@@ -727,7 +733,7 @@ def write_model(path: str | Path, arch: str, *, n_layer: int | None = None, n_em
         kv(Keys.SSM.STATE_SIZE, gdn["head_dim"])
         kv(Keys.SSM.GROUP_COUNT, gdn["k_heads"])
         kv(Keys.SSM.TIME_STEP_RANK, gdn["v_heads"])
-        kv(Keys.SSM.INNER_SIZE, 2 * n_embd)
+        kv(Keys.SSM.INNER_SIZE, _mamba2_inner(n_embd, gdn))
     if arch in MAMBA_HYBRIDS:
         kinds = [layer_kind(arch, i, gdn["interval"]) for i in range(n_layer)]
         kv(A.HEAD_COUNT_KV, [n_head_kv if k == "A" else 0 for k in kinds])
