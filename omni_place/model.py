@@ -87,7 +87,8 @@ LAYER_ROLE_RULES: tuple[tuple[re.Pattern[str], Role], ...] = tuple(
         (r"^attn_|^indexer\.", Role.ATTENTION),  # indexer.*: DSA lightning indexer (deepseek32)
         (r"^ffn_(gate|up|down|gate_up)$", Role.FFN),
         (r"^(ssm_|time_mix_|channel_mix_|shortconv)", Role.RECURRENT),
-        (r"^(rope_freqs|layer_output_scale|altup_|laurel_)", Role.OTHER),
+        # per-layer embeddings' gate and projection (Gemma 3n / 4: src/llama-arch.cpp:570-571)
+        (r"^(rope_freqs|layer_output_scale|altup_|laurel_|per_layer_)|^(inp_gate|proj)$", Role.OTHER),
     )
 )
 GLOBAL_ROLES: dict[str, Role] = {
@@ -99,7 +100,16 @@ GLOBAL_ROLES: dict[str, Role] = {
     "output": Role.OUTPUT,
     "output_norm": Role.OUTPUT_NORM,
     "rope_freqs": Role.OTHER,
+    # Gemma 3n's AltUp projections in and out of its four streams: output-layer tensors
+    # (LLM_TENSOR_LAYER_OUTPUT, src/llama-arch.cpp:924-925), on the output device
+    "altup_proj": Role.OUTPUT,
+    "altup_unembd_proj": Role.OUTPUT,
 }
+# Tensors named without a block that the engine places with layer 0: repeating-layer tensors it
+# creates with layer number 0 (src/llama-arch.cpp:922-923; src/models/gemma4.cpp:60-61,
+# gemma3n.cpp load_arch_tensors), which the loader puts in dev_layer[0]'s buffer
+# (src/llama-model.cpp:1964)
+LAYER_0_GLOBALS = frozenset({"per_layer_model_proj", "per_layer_proj_norm"})
 # Tensors that stay with the layer's home device (everything but routed experts).
 DENSE_ROLES = frozenset(set(Role) - {Role.ROUTED_EXPERT, Role.EMBEDDING, Role.OUTPUT, Role.OUTPUT_NORM})
 
@@ -545,6 +555,8 @@ def profile_from_files(files: GGUFModelFiles) -> ModelProfile:
         raise GGUFFormatError(f"{files.path}: {err.message}", hint=err.hint) from None
     records: list[TensorRecord] = []
     for layer, inner, info in iter_layer_tensors(files.tensors):
+        if layer is None and _strip_suffix(inner) in LAYER_0_GLOBALS:
+            layer = 0
         if layer is not None and layer >= hp.n_layer:
             # Blocks past block_count go with the output device in the engine; report them.
             records.append(TensorRecord(info.name, None, Role.UNKNOWN, info))

@@ -118,8 +118,9 @@ DECI_PATTERN, DECI_FFN = "ALNA", (1, 0, 1, 1)
 # FFN; with a window in the header, three SWA layers of four
 # Gemma 4 (src/models/gemma4.cpp): every ``interval``-th layer full attention (its head ``head_dim``
 # wide), the others sliding-window with ``head_dim_swa``-wide heads; the last ``shared`` layers
-# attend to an earlier layer's cache and carry no K projection of their own
-_GEMMA4_DEFAULTS: dict[str, int] = {"interval": 3, "head_dim_swa": 8, "shared": 3, "moe": 0}
+# attend to an earlier layer's cache and carry no K projection of their own; ``ple``: the per-layer
+# embeddings' width (E2B / E4B: 256), 0 for none
+_GEMMA4_DEFAULTS: dict[str, int] = {"interval": 3, "head_dim_swa": 8, "shared": 3, "moe": 0, "ple": 0}
 
 
 def gemma4_is_swa(il: int, interval: int) -> bool:
@@ -230,6 +231,10 @@ def model_tensors(arch: str, *, n_layer: int, n_embd: int, n_head: int, n_head_k
         add("output.weight", (E, V))
     if arch == "gemma4":  # the full layers' proportional rope (src/models/gemma4.cpp load_arch_tensors)
         add("rope_freqs.weight", (head_dim // 2,), "f32")
+    if arch == "gemma4" and gemma4["ple"]:  # per-layer embeddings, their projection and its norm
+        add("per_layer_token_embd.weight", (gemma4["ple"] * n_layer, V))
+        add("per_layer_model_proj.weight", (E, gemma4["ple"] * n_layer))
+        add("per_layer_proj_norm.weight", (gemma4["ple"],), "norm")
 
     for i in range(n_layer + n_nextn):
         b = f"blk.{i}."
@@ -401,6 +406,11 @@ def model_tensors(arch: str, *, n_layer: int, n_embd: int, n_head: int, n_head_k
                 add(b + "indexer.k_proj.weight", (E, ik))
                 add(b + "indexer.q_norm.weight", (ik,), "norm")
                 add(b + "indexer.k_norm.weight", (ik,), "norm")
+
+        if arch == "gemma4" and gemma4["ple"]:
+            add(b + "inp_gate.weight", (E, gemma4["ple"]))
+            add(b + "proj.weight", (gemma4["ple"], E))
+            add(b + "post_norm.weight", (E,), "norm")
 
         # ---- NextN / MTP block extras
         if i >= n_layer:
@@ -799,7 +809,7 @@ def write_model(path: str | Path, arch: str, *, n_layer: int | None = None, n_em
         kv(A.KEY_LENGTH_SWA, g4["head_dim_swa"])
         kv(A.VALUE_LENGTH_SWA, g4["head_dim_swa"])
         kv(Keys.Rope.DIMENSION_COUNT_SWA, g4["head_dim_swa"])
-        kv(L.EMBD_LENGTH_PER_LAYER_INP, 0)
+        kv(L.EMBD_LENGTH_PER_LAYER_INP, g4["ple"])
 
     if tokenizer == "spm":
         md.update(spm_vocab(n_vocab))

@@ -229,6 +229,24 @@ def test_planner_plans_load_as_planned(models: dict[str, ModelProfile], rpc_pair
 
 
 @engine
+@pytest.mark.parametrize("order", [("RPC0", "RPC1"), ("RPC1", "RPC0")])
+def test_gemma4_per_layer_embeddings_load_as_planned(tmp_path: Path, rpc_pair: list[str],
+                                                    order: tuple[str, str]) -> None:
+    """Gemma 4 E2B / E4B's per-layer embeddings: their table stays with the token embeddings, their
+    projection and its norm (named without a block) go with layer 0, the layers' gates with their
+    layer: every device's model bytes exact, layer 0 on either RPC device and the CPU holding none."""
+    path = write_model(tmp_path / "g4ple.gguf", "gemma4", n_layer=6, n_embd=256, head_dim=64, n_head=4, n_head_kv=2,
+                       gemma4={"ple": 128})
+    model = load_model(path)
+    proj = next(t for t in model.tensors if t.name == "per_layer_model_proj.weight")
+    assert proj.layer == 0 and proj.bytes > 0.05 * MiB  # ten times the engine's printing resolution
+    assert not model.unknown_tensors
+    p = placement_from_counts(model, order, 0, (2, model.n_layer - 2))
+    plan = make_plan(model, loop_cluster(rpc_pair, (16, 16)), p, Context(ctx=256, n_ubatch=32))
+    assert_engine_agrees(plan, verify_plan(plan, timeout=60), exact=True)
+
+
+@engine
 @pytest.mark.parametrize("arch", ["qwen3moe", "deepseek2"])
 def test_dry_run_places_like_the_real_load(arch: str, models: dict[str, ModelProfile], rpc_pair: list[str]) -> None:
     model = models[arch]
