@@ -99,6 +99,9 @@ def random_shape(rng: random.Random, arch: str) -> dict[str, Any]:
         # every layer's attention, one or two groups of a 128-256-wide state
         kw.update(n_layer=rng.choice((4, 8)), gdn={"head_dim": rng.choice((128, 256)), "k_heads": rng.choice((1, 2)),
                                                    "v_heads": 2 * n_embd // 64, "d_conv": 4, "interval": 4})
+    if arch == "gemma3n":  # E2B / E4B: 256-wide heads, 30 or 35 layers (a cache on the first 20 only),
+        # whole periods of four SWA layers and a full one
+        kw.update(n_layer=rng.choice((5, 10, 30, 35)), head_dim=256)
     if arch == "qwen2":  # its loader takes head_dim = n_embd / n_head
         kw["head_dim"] = n_embd // n_head
     return kw

@@ -44,7 +44,7 @@ import numpy as np
 
 from .compute_graph import CPU_CHECKED, F32, REPLAYED, SPLIT_CHECKED, TRACE_CHECKED, Layout, Offload
 from .compute_replay import cpu_peak_of_layers, layer_signatures, replay_key, split_peaks
-from .hparams import ARCHITECTURES, ArchSpec
+from .hparams import ALTUP_STREAMS, ARCHITECTURES, PLE_WIDTH, ArchSpec
 
 if TYPE_CHECKING:
     from .model import ModelProfile
@@ -226,6 +226,24 @@ def replayed_layers_floor(model: ModelProfile, *, n_tokens: int, n_kv: int, flas
                               kv_quantized=kv_quantized, kv_layer_bytes=kv_layer_bytes)
 
 
+def altup_floor(model: ModelProfile, n_tokens: int) -> int:
+    """A Gemma 3n layer's live tensors at its peak, 0 for other architectures: the larger of its
+    AltUp phase (12 rows of the embedding: the four streams, their permuted copy and the
+    prediction, src/models/gemma3n.cpp altup_predict / altup_correct) beside three copies of the
+    per-layer inputs (build_inp_per_layer, project_per_layer_inputs), and its FFN (up, gate and the
+    activation sparsity's temporaries, gaussian_topk, three rows of the FFN's width, beside 12 of
+    the embedding, the predictions among them). Fitted to libllama's CPU dry runs of random shapes:
+    the widths alone read -64.4 .. +6.6 % (40 runs), with this floor -23.7 .. +6.6 %; of 40 drawn
+    after it -59.4 .. +8.4 % and -26.6 .. +9.3 %, the median error 5 %
+    (benchmarks/results/compute_sweep_gemma3n_cpu*.jsonl; tests/test_kv_sharing.py)."""
+    hp = model.hparams
+    if not ARCHITECTURES.get(model.architecture, ArchSpec()).altup:
+        return 0
+    n_ff = max(hp.n_ff, default=0)
+    per_layer = PLE_WIDTH * hp.n_layer
+    return F32 * n_tokens * max(3 * ALTUP_STREAMS * hp.n_embd + 3 * per_layer, 3 * n_ff + 12 * hp.n_embd)
+
+
 def msa_floor(model: ModelProfile, n_tokens: int, n_kv: int, flash_attn: bool = True) -> int:
     """MiniMax-M3's MSA block mask at cell granularity, 0 for other architectures and without flash
     attention (the engine then runs dense attention, src/models/minimax-m3.cpp:238-244): a ubatch's
@@ -344,7 +362,7 @@ def compute_buffer_estimate(
     mask = int(F32 * n_tokens * f[FEATURES.index("mask")])
     layer_floor = mamba2_floor(model, n_tokens)
     n_kv = model.kv_cells(n_ctx, n_seq)
-    layer_floor = max(layer_floor, msa_floor(model, n_tokens, n_kv, flash_attn))
+    layer_floor = max(layer_floor, msa_floor(model, n_tokens, n_kv, flash_attn), altup_floor(model, n_tokens))
     floor = max(layer_floor + mask if layer_floor else 0,  # the KQ mask, a graph input, lives throughout
                 replayed_layers_floor(model, n_tokens=n_tokens, n_kv=n_kv, flash_attn=flash_attn,
                                       kv_quantized=kv_quantized, kv_layer_bytes=kv_layer_bytes))

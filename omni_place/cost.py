@@ -52,7 +52,8 @@ from .units import GB
 EXPERT_OPS_SHARE = 0.25
 FUSED_EXPERT_OPS = 3  # an engine that fuses them (Context.fused_moe): up+gate+GLU, down, weighted sum
 # Graph nodes of a llama layer (the engine's `graph: nodes` count), whose decode the fixed per-layer
-# costs price: a recurrent layer's ArchSpec.recurrent_layer_ops more cost in proportion.
+# costs price: an architecture's ArchSpec.layer_ops, a recurrent layer's recurrent_layer_ops more
+# cost in proportion.
 LAYER_OPS = 31
 
 
@@ -94,7 +95,9 @@ class CostModel(Transfers):
         attended = [self.kv[hp.kv_source(il)] - state[hp.kv_source(il)]
                     if self.attends[il] and (hp.n_head_kv[il] or hp.kv_source(il) != il) else 0 for il in range(n)]
         self.cache_read, self.state_read = decode_cache_bytes(attended, state, depth_cells / full_cells)
-        self.recurrent_ops = ARCHITECTURES.get(model.architecture, ArchSpec()).recurrent_layer_ops / LAYER_OPS
+        spec = ARCHITECTURES.get(model.architecture, ArchSpec())
+        self.layer_ops = 1.0 + spec.layer_ops / LAYER_OPS  # a layer's graph nodes, in llama layers'
+        self.recurrent_ops = spec.recurrent_layer_ops / LAYER_OPS
         swa_cells = model.swa_kv_cells(full_cells, c.n_ubatch, c.n_seq, c.swa_full)
         self.kv_pp_bytes = [cache + s for cache, s in zip(cpu_cache_prompt_bytes(
             attended, [swa_cells if s else full_cells for s in hp.is_swa],
@@ -379,7 +382,7 @@ class CostModel(Transfers):
         """Fixed decode seconds per layer on a backend (RPC: a CPU backend); ``attention``: MLA's on a
         GPU, ``moe``: a MoE FFN's ops around its experts there, ``recurrent``: a recurrent layer's
         extra ops (LAYER_OPS)."""
-        ops = 1.0 + self.recurrent_ops * recurrent
+        ops = self.layer_ops + self.recurrent_ops * recurrent
         if not self.on_gpu(name):
             return self.params.cpu_layer_s * ops
         mla = self.params.gpu_mla_layer_s if attention and self.model.hparams.is_mla else 0

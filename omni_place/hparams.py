@@ -110,8 +110,16 @@ class ArchSpec:
     # graph: nodes = N` over models that differ in their layer mix: its decode costs that many more
     # kernels on a GPU and thread barriers on the CPU
     recurrent_layer_ops: int = 0
-    # the last attention.shared_kv_layers layers attend to earlier layers' caches (gemma4)
+    # graph nodes every layer runs beyond a llama layer's (cost.LAYER_OPS), the engine's count as
+    # above: Gemma's norms around attention and FFN; Gemma 3n's AltUp, LAuReL and per-layer inputs
+    layer_ops: int = 0
+    # the last attention.shared_kv_layers layers attend to earlier layers' caches (gemma4); or all
+    # but the first ``kv_layers``, a count the engine sets in code (gemma3n)
     kv_sharing: bool = False
+    kv_layers: int = 0
+    # Gemma 3n's AltUp: the residual stream kept as ALTUP_STREAMS copies, beside per-layer
+    # embeddings PLE_WIDTH wide per layer (widths the engine fixes, src/llama-hparams.h:264-267)
+    altup: bool = False
     # a recurrent layer is a short convolution of shortconv.l_cache taps (lfm2 load_arch_hparams)
     short_conv: bool = False
     # a recurrent layer is Kimi Delta Attention (kda.head_dim; kimi-linear load_arch_hparams), the
@@ -142,8 +150,13 @@ ARCHITECTURES: dict[str, ArchSpec] = {
     "minimax-m3": ArchSpec(verified=True),  # GQA, and the MSA indexer's cache on its MoE layers
     "glm4moe": ArchSpec(verified=True),
     "gpt-oss": ArchSpec(swa_pattern=2, verified=True),
-    "gemma3": ArchSpec(swa_pattern=6, verified=True),
-    "gemma4": ArchSpec(kv_sharing=True, verified=True),
+    "gemma3": ArchSpec(swa_pattern=6, layer_ops=9, verified=True),
+    "gemma4": ArchSpec(kv_sharing=True, layer_ops=9, verified=True),
+    # Gemma 3n: SWA four layers of five unless the header says otherwise, and a cache on the first 20
+    # layers only, whatever the header (src/models/gemma3n.cpp:3-12); 100 graph nodes a layer with
+    # activation sparsity (its first 10), 90 after, 78 attending to another's cache: 58 beyond a
+    # llama layer over E2B's 30
+    "gemma3n": ArchSpec(swa_pattern=5, kv_layers=20, altup=True, layer_ops=58, verified=True),
     # LFM2: a layer without KV heads is a gated short convolution, its state the last taps; it runs
     # 2 graph nodes fewer than the model's attention layer
     "lfm2": ArchSpec(hybrid=True, short_conv=True, recurrent_layer_ops=-2, verified=True),
@@ -196,10 +209,11 @@ ARCHITECTURES: dict[str, ArchSpec] = {
 # dense ones, its cache a GQA one of one head: a key of the indexer's width and a value of the
 # model's (llama_kv_cache_msa, src/llama-kv-cache-msa.cpp:13-50; src/llama-model.cpp:2375-2395)
 DSA_ARCHITECTURES = frozenset({"deepseek32", "glm-dsa", "hy_v4", "dots3note", "minimax-m3"})
+ALTUP_STREAMS, PLE_WIDTH = 4, 256
 # Architectures whose memory layout is known to differ from what this module models.
 NOT_COVERED = {
     "rwkv6", "rwkv7", "arwkv7", "rwkv6qwen2",
-    "gemma3n", "t5", "t5encoder",
+    "t5", "t5encoder",
     "bert", "nomic-bert", "jina-bert-v2", "whisper",
     # linear-attention hybrids whose recurrent layers the header does not mark as the rules here
     # read them (src/models/minimax-01.cpp:12-16, qwen4exp.cpp:131-136; kimi-k3, glm5-next,
@@ -377,7 +391,8 @@ def read_hparams(arch: str, md: dict[str, Any], n_vocab_fallback: int) -> HParam
         raise _bad(f"{a}.expert_used_count")(
             f"{a}.expert_used_count = {n_expert_used} with expert_count = {n_expert}: the engine needs "
             + ("1..expert_count experts per token" if n_expert else "0 without experts"))
-    n_shared = _int(md, f"{a}.attention.shared_kv_layers", 0, hi=max(n_layer - 2, 0)) if spec.kv_sharing else 0
+    n_shared = (max(n_layer - spec.kv_layers, 0) if spec.kv_layers else
+                _int(md, f"{a}.attention.shared_kv_layers", 0, hi=max(n_layer - 2, 0)) if spec.kv_sharing else 0)
     shortconv = _int(md, f"{a}.shortconv.l_cache", 0, hi=MAX_HEAD_DIM) if spec.short_conv else 0
     # KDA as the Mamba-2 fields put it: d_inner = heads x head_dim, one group of head_dim per head (conv
     # channels 3 d_inner: Q, K and V), a head_dim x d_inner state
@@ -442,5 +457,5 @@ def read_hparams(arch: str, md: dict[str, Any], n_vocab_fallback: int) -> HParam
     return hp
 
 
-__all__ = ["ARCHITECTURES", "DSA_ARCHITECTURES", "MAX_CONTEXT", "MAX_EXPERTS", "MAX_LAYERS", "NOT_COVERED", "ArchSpec",
-           "HParams", "is_recurrent_layer", "read_hparams"]
+__all__ = ["ALTUP_STREAMS", "ARCHITECTURES", "DSA_ARCHITECTURES", "MAX_CONTEXT", "MAX_EXPERTS", "MAX_LAYERS",
+           "NOT_COVERED", "PLE_WIDTH", "ArchSpec", "HParams", "is_recurrent_layer", "read_hparams"]

@@ -78,7 +78,7 @@ __all__ = [
 ARCHS: tuple[str, ...] = ("llama", "qwen2", "qwen3", "qwen3moe", "deepseek2", "gpt-oss", "gemma3", "glm4moe",
                           "deepseek32", "glm-dsa", "qwen35", "qwen35moe", "qwen3next", "granitehybrid",
                           "nemotron_h", "nemotron_h_moe", "mamba2", "gemma4", "lfm2", "lfm2moe", "kimi-linear",
-                          "minimax-m3", "llama4", "olmo2", "deci", "falcon-h1")
+                          "minimax-m3", "llama4", "olmo2", "deci", "falcon-h1", "gemma3n")
 MOE_ARCHS: frozenset[str] = frozenset({"qwen3moe", "deepseek2", "gpt-oss", "glm4moe", "deepseek32", "glm-dsa",
                                        "kimi-linear", "minimax-m3", "qwen35moe", "llama4",
                                        "qwen3next", "nemotron_h_moe", "lfm2moe"})
@@ -105,7 +105,11 @@ def layer_kind(arch: str, il: int, interval: int = 4) -> str:
     if arch in NEMOTRON_ARCHS:
         return NEMOTRON_PATTERN[il % len(NEMOTRON_PATTERN)]
     return "A" if arch != "mamba2" and (il + 1) % interval == 0 else "M"
-SWA_ARCHS: frozenset[str] = frozenset({"gpt-oss", "gemma3", "gemma4", "olmo2"})
+SWA_ARCHS: frozenset[str] = frozenset({"gpt-oss", "gemma3", "gemma4", "olmo2", "gemma3n"})
+# Gemma 3n (src/models/gemma3n.cpp): four AltUp streams, LAuReL and per-layer embeddings at widths the
+# engine fixes (src/llama-hparams.h n_altup, laurel_rank, n_embd_altup); only the first
+# GEMMA3N_KV_LAYERS layers hold a cache, the rest attend to the last of their kind before them
+GEMMA3N_ALTUP, GEMMA3N_LAUREL, GEMMA3N_PLE, GEMMA3N_KV_LAYERS = 4, 64, 256, 20
 # Llama 4 (src/models/llama4.cpp): chunked attention on three layers of four at the engine's own
 # window (LLAMA4_WINDOW, the header's ignored unless 0); every LLAMA4_MOE_STEP-th layer routed experts
 # beside a shared one of their width, the others a dense FFN
@@ -231,10 +235,14 @@ def model_tensors(arch: str, *, n_layer: int, n_embd: int, n_head: int, n_head_k
         add("output.weight", (E, V))
     if arch == "gemma4":  # the full layers' proportional rope (src/models/gemma4.cpp load_arch_tensors)
         add("rope_freqs.weight", (head_dim // 2,), "f32")
-    if arch == "gemma4" and gemma4["ple"]:  # per-layer embeddings, their projection and its norm
-        add("per_layer_token_embd.weight", (gemma4["ple"] * n_layer, V))
-        add("per_layer_model_proj.weight", (E, gemma4["ple"] * n_layer))
-        add("per_layer_proj_norm.weight", (gemma4["ple"],), "norm")
+    ple = gemma4["ple"] if arch == "gemma4" else GEMMA3N_PLE if arch == "gemma3n" else 0
+    if ple:  # per-layer embeddings, their projection and its norm
+        add("per_layer_token_embd.weight", (ple * n_layer, V))
+        add("per_layer_model_proj.weight", (E, ple * n_layer))
+        add("per_layer_proj_norm.weight", (ple,), "norm")
+    if arch == "gemma3n":  # AltUp's projections into and out of its extra streams
+        add("altup_proj.weight", (E, E, GEMMA3N_ALTUP - 1))
+        add("altup_unembd_proj.weight", (E, E, GEMMA3N_ALTUP - 1))
 
     for i in range(n_layer + n_nextn):
         b = f"blk.{i}."
@@ -338,7 +346,7 @@ def model_tensors(arch: str, *, n_layer: int, n_embd: int, n_head: int, n_head_k
             if arch == "gpt-oss":
                 add(b + "attn_output.bias", (E,), "f32")
                 add(b + "attn_sinks.weight", (n_head,), "f32")
-            if arch in ("qwen3", "qwen3moe", "gemma3", "glm4moe", "minimax-m3"):
+            if arch in ("qwen3", "qwen3moe", "gemma3", "glm4moe", "minimax-m3", "gemma3n"):
                 add(b + "attn_q_norm.weight", (head_dim,), "norm")
                 add(b + "attn_k_norm.weight", (head_dim,), "norm")
             elif arch == "olmo2":
@@ -348,7 +356,7 @@ def model_tensors(arch: str, *, n_layer: int, n_embd: int, n_head: int, n_head_k
         # ---- norms between attention and FFN
         if arch in HYBRID_ARCHS:
             add(b + "post_attention_norm.weight", (E,), "norm")
-        elif arch in ("gemma3", "gemma4"):
+        elif arch in ("gemma3", "gemma4", "gemma3n"):
             add(b + "post_attention_norm.weight", (E,), "norm")
             add(b + "ffn_norm.weight", (E,), "norm")
             add(b + "post_ffw_norm.weight", (E,), "norm")
@@ -407,10 +415,20 @@ def model_tensors(arch: str, *, n_layer: int, n_embd: int, n_head: int, n_head_k
                 add(b + "indexer.q_norm.weight", (ik,), "norm")
                 add(b + "indexer.k_norm.weight", (ik,), "norm")
 
-        if arch == "gemma4" and gemma4["ple"]:
-            add(b + "inp_gate.weight", (E, gemma4["ple"]))
-            add(b + "proj.weight", (gemma4["ple"], E))
+        if ple:
+            add(b + "inp_gate.weight", (E, ple))
+            add(b + "proj.weight", (ple, E))
             add(b + "post_norm.weight", (E,), "norm")
+        if arch == "gemma3n":
+            n = GEMMA3N_ALTUP
+            add(b + "altup_correct_coef.weight", (n, n), "f32")
+            add(b + "altup_correct_scale.weight", (E,), "norm")
+            add(b + "altup_predict_coef.weight", (n, n * n), "f32")
+            add(b + "altup_router.weight", (E, n))
+            add(b + "altup_router_norm.weight", (E,), "norm")
+            add(b + "laurel_l.weight", (E, GEMMA3N_LAUREL))
+            add(b + "laurel_r.weight", (GEMMA3N_LAUREL, E))
+            add(b + "laurel_post_norm.weight", (E,), "norm")
 
         # ---- NextN / MTP block extras
         if i >= n_layer:
@@ -630,7 +648,7 @@ def write_model(path: str | Path, arch: str, *, n_layer: int | None = None, n_em
     if arch not in ARCHS:
         raise ValueError(f"unknown arch {arch!r}; supported: {ARCHS}")
     if n_layer is None:
-        n_layer = 6 if arch in ("gemma3", "gemma4") else 4
+        n_layer = 6 if arch in ("gemma3", "gemma4") else GEMMA3N_KV_LAYERS + 5 if arch == "gemma3n" else 4
     if n_nextn and arch not in NEXTN_ARCHS:
         raise ValueError(f"{arch} has no NextN/MTP layers")
     if tied_output and arch in _UNTIED_ONLY:
@@ -800,7 +818,7 @@ def write_model(path: str | Path, arch: str, *, n_layer: int | None = None, n_em
         kv(A.HEAD_COUNT, [0 if k == "N" else n_head for k in kinds])
         kv(A.HEAD_COUNT_KV, [n_head_kv if k == "A" else 0 for k in kinds])
         kv(L.FEED_FORWARD_LENGTH, [n_ff * DECI_FFN[i % len(DECI_FFN)] for i in range(n_layer)])
-    if arch == "gemma3":
+    if arch in ("gemma3", "gemma3n"):
         kv(R.FREQ_BASE_SWA, 10000.0)
     if arch == "gemma4":
         kv(R.FREQ_BASE_SWA, 10000.0)

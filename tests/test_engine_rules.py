@@ -130,10 +130,11 @@ def test_ik_notes_a_file_it_cannot_name_or_mla_heads_it_cannot_convert(tmp_path:
     assert not any("architecture" in n for n in plan_split(str(v32), cluster).notes)
     ds = write_model(tmp_path / "ds.gguf", "deepseek2", header_only=True, **mla)
     assert not any("ik_llama.cpp" in n for n in plan_split(str(ds), cluster, engine="ik_llama.cpp").notes)
-    for arch in ("kimi-linear", "olmo2"):
+    for arch in ("kimi-linear", "olmo2", "gemma3n", "lfm2"):
         other = write_model(tmp_path / f"{arch}.gguf", arch, header_only=True)
-        assert any(f"names no {arch} architecture" in n and "run it with llama.cpp" in n
-                   for n in plan_split(str(other), cluster, engine="ik_llama.cpp").notes)
+        notes = plan_split(str(other), cluster, engine="ik_llama.cpp").notes
+        assert any(f"names no {arch} architecture" in n and "run it with llama.cpp" in n for n in notes)
+        assert any("a later ik (0a9ff1255) names it" in n for n in notes) == (arch == "lfm2")
     for arch in ("llama4", "deci"):  # ik names these
         named = write_model(tmp_path / f"{arch}.gguf", arch, header_only=True)
         assert not any("architecture" in n for n in plan_split(str(named), cluster, engine="ik_llama.cpp").notes)

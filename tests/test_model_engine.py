@@ -209,6 +209,23 @@ def test_a_mamba2_layer_runs_its_ops_beyond_a_llama_layer(tmp_path: Path, arch: 
     assert (nodes[1] - nodes[0]) / 4 - LAYER_OPS == ARCHITECTURES[arch].recurrent_layer_ops
 
 
+@pytest.mark.parametrize("arch", ["gemma3", "gemma4", "gemma3n"])
+def test_a_layers_ops_beyond_a_llama_layer(tmp_path: Path, arch: str) -> None:
+    """ArchSpec.layer_ops: the graph nodes a layer runs beyond a llama layer's, as the engine counts
+    them; Gemma 3n's vary by layer (activation sparsity on the first 10, no K or V on those past
+    20), so its mean over E2B's 30 layers, from 5 and 30 layers and its first 5 layers' own count."""
+    spec = ARCHITECTURES[arch]
+    if arch != "gemma3n":
+        kw = {"gemma4": {"shared": 0}} if arch == "gemma4" else {}
+        nodes = [_graph_nodes(write_model(tmp_path / f"g{n}.gguf", arch, n_layer=n, **kw)) for n in (6, 12)]
+        assert (nodes[1] - nodes[0]) / 6 - LAYER_OPS == spec.layer_ops
+        return
+    n5, n10, n30 = (_graph_nodes(write_model(tmp_path / f"g{n}.gguf", arch, n_layer=n)) for n in (5, 10, 30))
+    first = (n10 - n5) / 5  # a layer with activation sparsity
+    mean = (n30 - n5 + 5 * first) / 30
+    assert abs(mean - LAYER_OPS - spec.layer_ops) < 1
+
+
 @pytest.mark.parametrize("arch, recurrent", [("granitehybrid", [0, 1, 2, 4, 5, 6]), ("nemotron_h", [0, 3, 4, 7]),
                                              ("nemotron_h_moe", [0, 3, 4, 7]), ("mamba2", list(range(8))),
                                              ("lfm2", [0, 1, 2, 4, 5, 6]), ("lfm2moe", [0, 1, 2, 4, 5, 6])])
@@ -254,6 +271,27 @@ def test_gemma4_shared_and_swa_caches(tmp_path: Path, n_layer: int, interval: in
     for il in range(n_layer - shared, n_layer):  # a shared layer attends to a cache of its own kind
         src = hp.kv_source(il)
         assert hp.owns_kv(src) and hp.is_swa[src] == hp.is_swa[il]
+
+
+@pytest.mark.parametrize("n_layer", [12, 25, 35])
+def test_gemma3n_caches_on_its_first_20_layers(tmp_path: Path, n_layer: int) -> None:
+    """Gemma 3n: SWA four layers of five, a cache only on the first 20 layers (a count the engine
+    sets in code, src/models/gemma3n.cpp:7), the rest attending to the last layer of their kind
+    before layer 20 (E2B has 30 layers, E4B 35): both caches' layers and bytes as allocated."""
+    path = write_model(tmp_path / "g3n.gguf", "gemma3n", n_layer=n_layer)
+    eng = engine_load(path, n_ctx=N_CTX)
+    assert eng.ok, eng.log[-2000:]
+    hp = load_model(path).hparams
+    owners = [il for il in range(n_layer) if hp.owns_kv(il)]
+    assert owners == list(range(min(n_layer, 20)))
+    full, swa = ([il for il in owners if hp.is_swa[il] == s] for s in (False, True))
+    assert full == [il for il in owners if il % 5 == 4]
+    m = load_model(path)
+    assert sorted((cells, layers) for _, cells, layers in eng.kv_caches) == sorted(
+        [(N_CTX, len(full)), (m.swa_kv_cells(N_CTX, N_UBATCH, 1, False), len(swa))])
+    kv = m.kv_layer_bytes(N_CTX, n_ubatch=N_UBATCH)
+    assert abs(sum(kv) - sum(mib for _, mib in eng.kv_buffers) * MiB) <= PRINT_RES * len(eng.kv_buffers) + 1
+    assert [hp.kv_source(il) for il in range(20, n_layer)] == [19 if il % 5 == 4 else 18 for il in range(20, n_layer)]
 
 
 def test_gemma4_sharing_the_engine_cannot_load_is_refused(tmp_path: Path) -> None:

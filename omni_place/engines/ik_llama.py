@@ -82,10 +82,13 @@ IK_COMPUTE_MARGIN = 64 * 1024 * 1024
 IK_HOST_COMPUTE_MARGIN = 24 * 1024 * 1024
 # architectures omni_place prices that ik_llama.cpp (8337e4cd3) does not name (src/llama-arch.cpp): it
 # refuses such a file ("unknown model architecture"); cohere2moe is ik's cohere2_moe. The SWA
-# architectures from olmo2 on and falcon-h1 are named by no later ik either (0a9ff1255's list)
+# architectures from olmo2 on, falcon-h1 and gemma3n are named by no later ik either (0a9ff1255's
+# list); lfm2 is named from some later ik on (LATER_NAMED: 0a9ff1255 names it)
 UNNAMED_ARCHITECTURES = frozenset({"deepseek32", "afmoe", "cohere2moe", "granitehybrid", "jamba", "kimi-linear",
                                    "lfm2", "lfm2moe", "mamba2", "nemotron_h", "nemotron_h_moe",
-                                   "olmo2", "plamo3", "smallthinker", "exaone4", "exaone-moe", "falcon-h1"})
+                                   "olmo2", "plamo3", "smallthinker", "exaone4", "exaone-moe", "falcon-h1",
+                                   "gemma3n"})
+LATER_NAMED = frozenset({"lfm2"})
 _TS_UNIT = 1024.0 * 1024.0  # -ts shares are written in MiB (2 decimals: 10 KiB resolution)
 
 _EXPERT = re.compile(r"\.ffn_(gate_up|gate|up|down)_(ch|)exps\.")
@@ -461,6 +464,10 @@ class IkLlama(Dialect):
         if model.architecture in UNNAMED_ARCHITECTURES:
             refused = (f"ik_llama.cpp names no {model.architecture} architecture (src/llama-arch.cpp): it refuses "
                        "this file (\"unknown model architecture\")")
+            if model.architecture in LATER_NAMED:
+                return [f"ik_llama.cpp 8337e4cd3 names no {model.architecture} architecture (src/llama-arch.cpp) and "
+                        "refuses this file; a later ik (0a9ff1255) names it, its layout not checked here: these flags "
+                        "are priced by llama.cpp's rules; run it with llama.cpp (--engine llama.cpp) to be sure"]
             if model.architecture != "deepseek32":
                 return [refused + "; run it with llama.cpp (--engine llama.cpp)"]
             return [refused + " and loads the model from a deepseek2-architecture GGUF (its deepseek2 graph runs "
