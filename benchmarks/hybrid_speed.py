@@ -122,6 +122,14 @@ SHAPES: dict[str, dict[str, Any]] = {
                               gdn={"head_dim": 256, "k_heads": 1, "v_heads": 24, "d_conv": 4, "inner": 3072}),
     "Llama-shaped Falcon-H1-7B": dict(arch="llama", n_layer=44, n_embd=3072, n_head=12, n_head_kv=2, head_dim=128,
                                       n_ff=12288, n_vocab=130048, weight_type="q4_k", tensor_types={r"output": "q6_k"}),
+    # Gemma 3n E2B's dims (30 layers, 2048 wide, 8 heads of 256 over 2 KV heads, a 512-token window on
+    # four layers of five): 100 / 90 / 78 graph nodes a layer, three times a llama layer's; then Gemma 3's
+    # layer at the same widths (40 nodes): what its per-layer ops cost at decode
+    "Gemma-3n-E2B Q4_K": dict(arch="gemma3n", n_layer=30, n_embd=2048, n_head=8, n_head_kv=2, head_dim=256,
+                              n_ff=8192, n_vocab=262144, n_swa=512, weight_type="q4_k",
+                              tensor_types={r"per_layer_token_embd": "q8_0"}),
+    "Gemma-3-shaped E2B": dict(arch="gemma3", n_layer=30, n_embd=2048, n_head=8, n_head_kv=2, head_dim=256,
+                               n_ff=8192, n_vocab=262144, n_swa=512, weight_type="q4_k"),
     # deepseek2 MLA (glm4_moe_lite); its value heads (256) written as wide as its nope part (192)
     "GLM-4.7-Flash UD-Q4_K_XL": dict(arch="deepseek2", n_layer=47, n_embd=2048, n_head=20, n_head_kv=20, n_ff=10240,
                                      n_vocab=154880, n_expert=64, n_expert_used=4, n_ff_exp=1536, n_expert_shared=1,
@@ -155,6 +163,8 @@ GPU_RUNS: dict[str, list[list[str]]] = {
     "Qwen3-shaped 9B Q8_0": [["-ngl", "99", "-p", "512", "-n", "32"], ["-ngl", "20", "-p", "512", "-n", "32"]],
     **{name: [["-ngl", "99", "-p", "1024", "-n", "64", "-d", "0,8192,32768"], ["-ngl", "22", "-p", "512", "-n", "32"]]
        for name in ("Falcon-H1-7B Q4_K", "Llama-shaped Falcon-H1-7B")},
+    **{name: [["-ngl", "99", "-p", "1024", "-n", "64", "-d", "0,8192"], ["-ngl", "15", "-p", "512", "-n", "32"]]
+       for name in ("Gemma-3n-E2B Q4_K", "Gemma-3-shaped E2B")},
     **{name: [["-ngl", "99", "-p", "1024", "-n", "64"],
               *(["-ngl", "99", "-ncmoe", str(n), "-p", "512", "-n", "32"] for n in (40, 30, 20, 10))]
        for name in ("Qwen3-shaped 35B-A3B", "Qwen3-shaped 35B-A3B wide experts")},
