@@ -95,6 +95,8 @@ class ArchSpec:
     swa_window_forced: bool = False
     swa_without_key: bool = False
     swa_n_layer: int = 0
+    # a window in the header makes every attention layer SWA, the recurrent ones none (lfm2)
+    swa_on_attention: bool = False
     recurrent: bool = False  # every layer is recurrent (mamba)
     # a hybrid (the engine's llm_arch_is_hybrid, src/llama-arch.cpp): a layer without KV heads is
     # recurrent (or, with ``ffn_layers``, an FFN-only layer where its feed_forward_length is set:
@@ -159,7 +161,8 @@ ARCHITECTURES: dict[str, ArchSpec] = {
     "gemma3n": ArchSpec(swa_pattern=5, kv_layers=20, altup=True, layer_ops=58, verified=True),
     # LFM2: a layer without KV heads is a gated short convolution, its state the last taps; it runs
     # 2 graph nodes fewer than the model's attention layer
-    "lfm2": ArchSpec(hybrid=True, short_conv=True, recurrent_layer_ops=-2, verified=True),
+    # LFM2 with a window in its header: every attention layer SWA (src/models/lfm2.cpp:26-31); not LFM2-MoE
+    "lfm2": ArchSpec(hybrid=True, short_conv=True, recurrent_layer_ops=-2, swa_on_attention=True, verified=True),
     "lfm2moe": ArchSpec(hybrid=True, short_conv=True, recurrent_layer_ops=-2, verified=True),
     "gemma2": ArchSpec(swa_pattern=2, swa_window=4096, swa_without_key=True),
     "qwen3next": ArchSpec(hybrid=True, recurrent_interval=True, recurrent_layer_ops=34, verified=True),
@@ -401,7 +404,9 @@ def read_hparams(arch: str, md: dict[str, Any], n_vocab_fallback: int) -> HParam
     n_swa = _sliding_window(md, a, spec, n_main)
     pattern = md.get(f"{a}.attention.sliding_window_pattern")
     swa_flags = _flags(md, f"{a}.attention.sliding_window_pattern", n_main)
-    if swa_flags is not None and n_swa:  # without a window the engine leaves SWA off (swa_type NONE)
+    if spec.swa_on_attention:
+        is_swa = tuple(bool(n_swa) and h > 0 for h in n_head_kv)
+    elif swa_flags is not None and n_swa:  # without a window the engine leaves SWA off (swa_type NONE)
         is_swa = swa_flags + (False,) * n_nextn
     else:
         n_pat = (spec.swa_pattern if pattern is None or isinstance(pattern, LongArray) else

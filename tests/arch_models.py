@@ -638,7 +638,7 @@ def write_model(path: str | Path, arch: str, *, n_layer: int | None = None, n_em
     ``gdn["d_conv"]`` taps; lfm2moe's first ``n_dense_lead`` layers dense.
     llama4: every ``LLAMA4_MOE_STEP``-th layer routed experts beside a shared one, the others dense;
     no window key unless ``n_swa`` is given (the engine's own window then, unless 0). olmo2: a
-    window of ``n_swa`` (default 64; 0: none).
+    window of ``n_swa`` (default 64; 0: none). lfm2: no window key unless ``n_swa`` is given.
     gemma4: ``gemma4`` overrides ``_GEMMA4_DEFAULTS`` (the full-attention ``interval``, the SWA
     layers' ``head_dim_swa``, the ``shared`` last layers that reuse an earlier layer's cache,
     ``moe``: routed experts beside every layer's dense FFN, as the 26B-A4B).
@@ -808,7 +808,7 @@ def write_model(path: str | Path, arch: str, *, n_layer: int | None = None, n_em
         if arch == "lfm2moe":
             kv(L.LEADING_DENSE_BLOCK_COUNT, n_dense_lead)
             kv(L.EXPERT_GATING_FUNC, int(gguf.ExpertGatingFuncType.SIGMOID))
-    if arch in SWA_ARCHS or arch == "llama4" and n_swa is not None:  # llama4: none unless asked, as
+    if arch in SWA_ARCHS or arch in ("llama4", "lfm2") and n_swa is not None:  # llama4: none unless asked, as
         # conversion/llama.py writes Scout and Maverick (0 for an all-full-attention checkpoint)
         kv(A.SLIDING_WINDOW, int(n_swa))  # pattern: gpt-oss 2 (even layers SWA), gemma3 6 (5 SWA + 1 full)
     if arch == "llama4":

@@ -344,6 +344,25 @@ def test_windows_the_engine_sets_in_code(tmp_path: Path, arch: str, n_swa: int |
     assert abs(sum(kv) - sum(mib for _, mib in eng.kv_buffers) * MiB) <= PRINT_RES * len(eng.kv_buffers) + 1
 
 
+@pytest.mark.parametrize("arch,n_swa", [("lfm2", 128), ("lfm2", 0), ("lfm2", None), ("lfm2moe", 128)])
+def test_lfm2_window_makes_every_attention_layer_sliding(tmp_path: Path, arch: str, n_swa: int | None) -> None:
+    """LFM2 with a window in its header runs every attention layer with it, its short convolutions
+    none (src/models/lfm2.cpp:26-31); LFM2-MoE reads no window: the caches, the convolutions' state
+    and their bytes as the engine allocates them."""
+    path = write_model(tmp_path / f"{arch}.gguf", arch, n_layer=8, n_swa=n_swa, gdn={"interval": 2})
+    n_ctx = 4096
+    eng = engine_load(path, n_ctx=n_ctx)
+    assert eng.ok, eng.log[-2000:]
+    m = load_model(path)
+    attention = [il for il in range(8) if m.attends(il)]
+    sliding = arch == "lfm2" and bool(n_swa)
+    assert [il for il in range(8) if m.hparams.is_swa[il]] == (attention if sliding else [])
+    assert [(n, layers) for _, n, layers in eng.kv_caches if layers] == [(256 if sliding else n_ctx, len(attention))]
+    kv = m.kv_layer_bytes(n_ctx, n_ubatch=64)
+    buffers = eng.kv_buffers + eng.rs_buffers
+    assert abs(sum(kv) - sum(mib for _, mib in buffers) * MiB) <= PRINT_RES * len(buffers) + 1
+
+
 def test_llama4_with_a_zero_window_attends_in_full(tmp_path: Path) -> None:
     """A Llama 4 header whose window is 0 (an all-full-attention checkpoint, conversion/llama.py)
     turns chunked attention off (src/models/llama4.cpp:9-11). The engine built here then aborts
