@@ -648,7 +648,7 @@ def write_model(path: str | Path, arch: str, *, n_layer: int | None = None, n_em
     if arch not in ARCHS:
         raise ValueError(f"unknown arch {arch!r}; supported: {ARCHS}")
     if n_layer is None:
-        n_layer = 6 if arch in ("gemma3", "gemma4") else GEMMA3N_KV_LAYERS + 5 if arch == "gemma3n" else 4
+        n_layer = 6 if arch in ("gemma3", "gemma4") else 5 if arch == "gemma3n" else 4
     if n_nextn and arch not in NEXTN_ARCHS:
         raise ValueError(f"{arch} has no NextN/MTP layers")
     if tied_output and arch in _UNTIED_ONLY:

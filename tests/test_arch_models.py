@@ -93,7 +93,7 @@ def _expected_kv(arch: str, *, n_ctx: int, n_layer: int, n_head_kv: int = 2, hea
     if arch == "gemma4":  # write_model's default: layers 0-2 hold caches, 2 full, 0 and 1 SWA of 8-wide heads
         swa_row = n_head_kv * 8 * 2
         return [cache(n_ctx, 1), (swa_cells, 2, swa_cells * 2 * swa_row, swa_cells * 2 * swa_row)]
-    n_pattern = {"gpt-oss": 2, "gemma3": 6, "olmo2": 4}[arch]
+    n_pattern = {"gpt-oss": 2, "gemma3": 6, "olmo2": 4, "gemma3n": 5}[arch]
     n_swa_layers = sum(1 for il in range(n_layer) if il % n_pattern < n_pattern - 1)
     return [cache(n_ctx, n_layer - n_swa_layers), cache(swa_cells, n_swa_layers)]
 
@@ -128,7 +128,7 @@ def test_arch_loads_and_decodes(arch: str, tmp_path: Path, engine: None) -> None
     assert p.stat().st_size < MAX_MODEL_BYTES
     n_ctx = 512 if arch in SWA_ARCHS else 256  # 512 > padded SWA window: the two caches differ
     r = _assert_loads(p, n_ctx=n_ctx)
-    n_layer = 6 if arch in ("gemma3", "gemma4") else 4
+    n_layer = 6 if arch in ("gemma3", "gemma4") else 5 if arch == "gemma3n" else 4
     assert r.info["n_layer"] == n_layer and r.info["n_vocab"] == 320
     assert r.info["n_swa"] == (64 if arch in SWA_ARCHS else LLAMA4_WINDOW if arch == "llama4" else 0)
     _assert_kv(r, _expected_kv(arch, n_ctx=n_ctx, n_layer=n_layer))
