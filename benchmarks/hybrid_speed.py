@@ -411,7 +411,7 @@ def report() -> dict[str, Any]:
               "| GPU | round | model | -ngl | -ncmoe | test | depth | measured t/s | spread | predicted | error |",
               "|---|---|---|---:|---:|---|---:|---:|---:|---:|---:|"]
     for r in result["gpu"]:
-        lines.append(f"| {r['gpu']} | {r['round'].rsplit('_', 1)[-1]} | {r['model']} | {r['ngl']} | {r['ncmoe']} "
+        lines.append(f"| {r['gpu']} | {r['round'].removeprefix('gpu_')} | {r['model']} | {r['ngl']} | {r['ncmoe']} "
                      f"| {r['test']} | {r['depth']} "
                      f"| {r['tps']:.1f} | {r['spread_pct']:.1f} % | {r['predicted']:.1f} | {r['error_pct']:+.1f} % |")
     lines += ["", "### Calibrated from the same plain llama-bench output", "",
@@ -482,6 +482,7 @@ def notes(result: dict[str, Any]) -> list[str]:
             *calibrate_run_notes(),
             *threads_prompt_notes(),
             *control_notes(result["gpu"]),
+            *layer_ops_notes(result["gpu"]),
             "- Compute buffers: hybrids are not replayed (compute_graph.REPLAYED); their widths-only estimate "
             "against the CPU backend's dry runs of random shapes (compute_sweep_hybrid_cpu.jsonl: `python -m "
             "benchmarks.compute_sweep --cases 40 --archs qwen35,qwen35moe,qwen3next` and `--cases 30 --archs "
@@ -641,6 +642,34 @@ def pair_gaps(rows: list[dict[str, Any]]) -> list[tuple[str, str, float]]:
             if h is not None and c is not None:
                 out.append((rig, hybrid, h - c))
     return out
+
+
+def layer_ops_notes(rows: list[dict[str, Any]]) -> list[str]:
+    """The notes on Falcon-H1 and Gemma 3n beside controls of their widths (session 44's VM)."""
+    rig = "gpu_h100s44_rig.toml"
+
+    def span(model: str, kind: str, whole: bool) -> str:
+        e = [r["error_pct"] for r in rows if r["rig"] == rig and r["model"] == model and r["test"][:2] == kind
+             and (r["ngl"] >= 99) == whole]
+        return f"{min(e):+.0f} .. {max(e):+.0f} %" if e else "-"
+
+    models = ("Gemma-3n-E2B Q4_K", "Gemma-3-shaped E2B", "Falcon-H1-7B Q4_K", "Llama-shaped Falcon-H1-7B")
+    if not any(r["rig"] == rig for r in rows):
+        return []
+    table = "; ".join(f"{m}: whole-GPU decode {span(m, 'tg', True)}, prompt {span(m, 'pp', True)}, "
+                      f"part on the CPU decode {span(m, 'tg', False)}, prompt {span(m, 'pp', False)}" for m in models)
+    return [f"- Layers with more graph nodes than a llama layer (session 44, one H100 VM, `{rig}`, four rounds "
+            f"of these models): {table}. A layer's fixed decode cost scales with its graph nodes "
+            "(`ArchSpec.layer_ops`): Gemma 3n's 90 a layer (a llama layer's 31) priced so, its whole-GPU decode is "
+            "within 10 %, without them twice too fast (tests/test_hybrid_models.py). Falcon-H1's Mamba-2 mixer "
+            "nodes cost about half a llama layer's each at decode: its whole-GPU decode is priced ~20 % slow. "
+            "Not priced: whole-GPU prompt of narrow models (Gemma's 2048-wide layers +60 %, the 3072-wide llama "
+            "control +15 %, 4096-wide within 5 %: small products fill an H100 less), Gemma 3n's AltUp (its "
+            "four-stream copies and permutes: it prompts at half Gemma 3's speed at the same widths, priced alike) "
+            "and Falcon-H1's mixer on the CPU at prompt (with layers there +70 %, its control's +15 % at most). "
+            "Layers on this VM's CPU (its probe 132 GB/s, "
+            "the fastest seen) decode faster than priced where layers are small (a llama layer's fixed CPU cost "
+            "fits ~100 us here, cpu_layer_s 300 us from an H200 VM): the VM spread `calibrate` fits."]
 
 
 def control_notes(rows: list[dict[str, Any]]) -> list[str]:

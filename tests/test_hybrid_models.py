@@ -182,6 +182,30 @@ def test_gpu_delta_rule_priced_beside_controls(tmp_path: Path) -> None:
     assert len(gaps) >= 4 and all(abs(gap) < 8 for _, _, gap in gaps), gaps
 
 
+def test_a_layers_graph_nodes_priced_at_gpu_decode(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Gemma 3n runs three times a llama layer's graph nodes, Gemma 3 a third more (ArchSpec.layer_ops):
+    its whole-GPU decode, llama-bench on an H100 (benchmarks/results/hybrid_speed/gpu_h100s44_*),
+    is priced within 10 % with them and was priced twice as fast without (Gemma 3: +12 %)."""
+    import dataclasses
+
+    records = [dict(r, round=p.stem) for p in sorted(hybrid_speed.FOLDER.glob("gpu_h100s44_round*.jsonl"))
+               for r in hybrid_speed.load_records(p)
+               if r["shape"].startswith("Gemma") and r["n_gen"] and r["n_gpu_layers"] >= 99]
+
+    def errors() -> dict[str, list[float]]:
+        out: dict[str, list[float]] = {}
+        for row in hybrid_speed.price_gpu(records, tmp_path):
+            out.setdefault(row["model"], []).append(row["error_pct"])
+        return out
+
+    priced = errors()
+    assert len(priced) == 2 and all(len(e) >= 8 and max(map(abs, e)) < 10 for e in priced.values()), priced
+    for arch in ("gemma3", "gemma3n"):
+        monkeypatch.setitem(ARCHITECTURES, arch, dataclasses.replace(ARCHITECTURES[arch], layer_ops=0))
+    unpriced = errors()
+    assert min(unpriced["Gemma-3n-E2B Q4_K"]) > 50 and min(unpriced["Gemma-3-shaped E2B"]) > 8, unpriced
+
+
 @pytest.mark.parametrize("arch", ["qwen35", "qwen35moe", "qwen3next"])
 def test_ik_llama_cpp_holds_the_state_in_its_kv_buffer(tmp_path: Path, arch: str) -> None:
     """ik_llama.cpp keeps a recurrent layer's state in its KV buffer, beside the attention layers'
