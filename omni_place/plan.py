@@ -18,7 +18,7 @@ from .cost import CPU, Context, CostModel, DeviceUsage, Placement, Prediction, S
 from .devices import Cluster, resolve_cluster
 from .engines import Dialect, PlacementArgs, dialect
 from .errors import ClusterError, InvalidArgumentError, NothingFitsError
-from .hparams import MAX_CONTEXT
+from .hparams import ARCHITECTURES, MAX_CONTEXT, ArchSpec
 from .model import KV_TYPES, ModelProfile, load_model
 from .objective import (FRONTIER_WEIGHTS, TIE_BREAK, adopt_pinned, beats, choose, choose_split_mode, frontier,
                         parse_objective, prompt_floor, speeds)
@@ -549,6 +549,12 @@ def _notes(cost: CostModel, p: Placement, usage: list[DeviceUsage]) -> list[str]
                      "(compute.msa_floor); check a GPU filled to its last GiB with the engine (omni-place verify)"
                      + ("" if cost.context.flash_attn else "; without flash attention the engine runs its attention "
                         "dense, its output possibly degraded (src/models/minimax-m3.cpp:238-244)"))
+    elif ARCHITECTURES.get(cost.model.architecture, ArchSpec()).altup:
+        notes.append(f"{cost.model.architecture}'s compute buffers are estimated from its widths and its AltUp "
+                     "streams, not its graph: on the engine's CPU dry runs up to a quarter below the engine's "
+                     "(compute.altup_floor); its prompt on a GPU ran at a third of the priced speed on an H100 "
+                     "(AltUp's copies are not priced: benchmarks/results/hybrid_speed.md); check with omni-place "
+                     "verify")
     return notes
 
 

@@ -84,6 +84,18 @@ def test_gemma3n_compute_buffers_beside_the_engines_dry_runs(tmp_path: Path) -> 
         assert len(errors) == 40 and low < min(errors) and max(errors) < high, (name, sorted(errors))
 
 
+def test_plan_notes_what_gemma3n_leaves_estimated(tmp_path: Path) -> None:
+    """A Gemma 3n plan says its compute buffers are a fitted estimate and that its GPU prompt ran
+    slower than priced; a Gemma 4 plan says neither."""
+    from omni_place.plan import plan_split
+
+    cluster_file = tmp_path / "cpu.toml"
+    cluster_file.write_text(CLUSTER)
+    for arch, noted in (("gemma3n", True), ("gemma4", False)):
+        notes = plan_split(str(write_model(tmp_path / f"{arch}.gguf", arch, header_only=True)), str(cluster_file)).notes
+        assert any("AltUp streams" in n and "omni-place verify" in n for n in notes) == noted, notes
+
+
 @pytest.mark.parametrize("moe", [0, 1])
 def test_ik_llama_cpp_allocates_the_same_caches_at_full_window(tmp_path: Path, moe: int) -> None:
     """ik_llama.cpp (8337e4cd3) loads Gemma 4 with the same shared layers and widths, its SWA
