@@ -260,6 +260,28 @@ def msa_floor(model: ModelProfile, n_tokens: int, n_kv: int, flash_attn: bool = 
     return F32 * n_tokens * n_kv * (2 * max(model.hparams.n_head_kv) + 1)
 
 
+def estimate_note(model: ModelProfile, flash_attn: bool) -> str | None:
+    """What `plan` says of a compute estimate that is neither the engine's graph replayed nor the
+    widths' fit alone: a hybrid's widths, MiniMax-M3's MSA mask, Gemma 3n's AltUp streams (None
+    for the rest)."""
+    arch = model.architecture
+    verify = "check a GPU filled to its last GiB with the engine (omni-place verify)"
+    if arch not in REPLAYED and any(model.is_recurrent(il) for il in range(model.n_layer)):
+        return (f"{arch}'s compute buffers are estimated from its widths, not its graph: on the engine's CPU dry "
+                f"runs of hybrids up to a quarter below the engine's (benchmarks/results/hybrid_speed.md); {verify}")
+    if model.msa_indexer:
+        return (f"{arch}'s compute buffers are estimated from its widths and its MSA block mask, not its graph: on "
+                f"the engine's CPU dry runs up to a fifth below the engine's (compute.msa_floor); {verify}"
+                + ("" if flash_attn else "; without flash attention the engine runs its attention dense, its output "
+                   "possibly degraded (src/models/minimax-m3.cpp:238-244)"))
+    if ARCHITECTURES.get(arch, ArchSpec()).altup:
+        return (f"{arch}'s compute buffers are estimated from its widths and its AltUp streams, not its graph: on "
+                "the engine's CPU dry runs up to a quarter below the engine's (compute.altup_floor); its prompt on "
+                "a GPU ran at a third of the priced speed on an H100 (AltUp's copies are not priced: "
+                f"benchmarks/results/hybrid_speed.md); {verify}")
+    return None
+
+
 def _peak(pieces: np.ndarray, f: np.ndarray, n_tokens: int) -> int:
     return int(F32 * n_tokens * float(np.max(pieces @ f)))
 

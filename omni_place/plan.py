@@ -13,12 +13,12 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Mapping, Sequence
 
 from .calibration import checked_params, read_calibrated
-from .compute_graph import REPLAYED
+from .compute import estimate_note as compute_estimate_note
 from .cost import CPU, Context, CostModel, DeviceUsage, Placement, Prediction, SpeedParams, expert_kind
 from .devices import Cluster, resolve_cluster
 from .engines import Dialect, PlacementArgs, dialect
 from .errors import ClusterError, InvalidArgumentError, NothingFitsError
-from .hparams import ARCHITECTURES, MAX_CONTEXT, ArchSpec
+from .hparams import MAX_CONTEXT
 from .model import KV_TYPES, ModelProfile, load_model
 from .objective import (FRONTIER_WEIGHTS, TIE_BREAK, adopt_pinned, beats, choose, choose_split_mode, frontier,
                         parse_objective, prompt_floor, speeds)
@@ -539,22 +539,8 @@ def _notes(cost: CostModel, p: Placement, usage: list[DeviceUsage]) -> list[str]
     if cost.model.hparams.n_layer_nextn:
         notes.append("NextN/MTP blocks are placed (they take layer slots) but not priced: "
                      "they run only with MTP drafting")
-    if any(cost.recurrent) and cost.model.architecture not in REPLAYED:
-        notes.append(f"{cost.model.architecture}'s compute buffers are estimated from its widths, not its graph: on "
-                     "the engine's CPU dry runs of hybrids up to a quarter below the engine's (benchmarks/results/"
-                     "hybrid_speed.md); check a GPU filled to its last GiB with the engine (omni-place verify)")
-    elif cost.model.msa_indexer:
-        notes.append(f"{cost.model.architecture}'s compute buffers are estimated from its widths and its MSA block "
-                     "mask, not its graph: on the engine's CPU dry runs up to a fifth below the engine's "
-                     "(compute.msa_floor); check a GPU filled to its last GiB with the engine (omni-place verify)"
-                     + ("" if cost.context.flash_attn else "; without flash attention the engine runs its attention "
-                        "dense, its output possibly degraded (src/models/minimax-m3.cpp:238-244)"))
-    elif ARCHITECTURES.get(cost.model.architecture, ArchSpec()).altup:
-        notes.append(f"{cost.model.architecture}'s compute buffers are estimated from its widths and its AltUp "
-                     "streams, not its graph: on the engine's CPU dry runs up to a quarter below the engine's "
-                     "(compute.altup_floor); its prompt on a GPU ran at a third of the priced speed on an H100 "
-                     "(AltUp's copies are not priced: benchmarks/results/hybrid_speed.md); check with omni-place "
-                     "verify")
+    if (estimated := compute_estimate_note(cost.model, cost.context.flash_attn)) is not None:
+        notes.append(estimated)
     return notes
 
 
