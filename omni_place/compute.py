@@ -204,7 +204,7 @@ def mamba2_floor(model: ModelProfile, n_tokens: int) -> int:
     layer's mixer its attention's output waits to be added (src/models/falcon-h1.cpp:152-165)."""
     hp = model.hparams
     spec = ARCHITECTURES.get(model.architecture, ArchSpec())
-    if hp.ssm_d_state == 0 or spec.recurrent_interval or spec.kda or not any(
+    if hp.ssm_d_state == 0 or spec.recurrent_interval or spec.kda or spec.wkv or not any(
             model.is_recurrent(il) for il in range(hp.n_layer)):
         return 0
     conv = hp.ssm_d_inner + 2 * hp.ssm_n_group * hp.ssm_d_state
@@ -260,12 +260,28 @@ def msa_floor(model: ModelProfile, n_tokens: int, n_kv: int, flash_attn: bool = 
     return F32 * n_tokens * n_kv * (2 * max(model.hparams.n_head_kv) + 1)
 
 
+def wkv_floor(model: ModelProfile, n_tokens: int) -> int:
+    """An RWKV-7 layer's live tensors at its peak, 0 for other architectures: its time mix's
+    token-shifted inputs and projections, 19 rows of the embedding (src/models/rwkv7-base.cpp
+    build_rwkv7_time_mix: six lerped inputs, r, w, k, v, a, g, the wkv7 output and its state), or its
+    channel mix's key beside 14 of them. Fitted to libllama's CPU dry runs of random shapes: the widths
+    alone read -85.6 .. +8.3 % (24 runs), with this floor -0.4 .. +8.3 %; of 24 drawn after it -89.9 ..
+    +7.3 % and -0.7 .. +10.4 % (benchmarks/results/compute_sweep_rwkv7_cpu*.jsonl; tests/test_hybrid_models.py)."""
+    if not ARCHITECTURES.get(model.architecture, ArchSpec()).wkv:
+        return 0
+    hp = model.hparams
+    return F32 * n_tokens * max(19 * hp.n_embd, max(hp.n_ff, default=0) + 14 * hp.n_embd)
+
+
 def estimate_note(model: ModelProfile, flash_attn: bool) -> str | None:
     """What `plan` says of a compute estimate that is neither the engine's graph replayed nor the
     widths' fit alone: a hybrid's widths, MiniMax-M3's MSA mask, Gemma 3n's AltUp streams (None
     for the rest)."""
     arch = model.architecture
     verify = "check a GPU filled to its last GiB with the engine (omni-place verify)"
+    if ARCHITECTURES.get(arch, ArchSpec()).wkv:
+        return (f"{arch}'s compute buffers are estimated from its widths and its time mix's live rows, not its "
+                f"graph: on the engine's CPU dry runs within -1 .. +11 % (compute.wkv_floor); {verify}")
     if arch not in REPLAYED and any(model.is_recurrent(il) for il in range(model.n_layer)):
         return (f"{arch}'s compute buffers are estimated from its widths, not its graph: on the engine's CPU dry "
                 f"runs of hybrids up to a quarter below the engine's (benchmarks/results/hybrid_speed.md); {verify}")
@@ -384,7 +400,8 @@ def compute_buffer_estimate(
     mask = int(F32 * n_tokens * f[FEATURES.index("mask")])
     layer_floor = mamba2_floor(model, n_tokens)
     n_kv = model.kv_cells(n_ctx, n_seq)
-    layer_floor = max(layer_floor, msa_floor(model, n_tokens, n_kv, flash_attn), altup_floor(model, n_tokens))
+    layer_floor = max(layer_floor, msa_floor(model, n_tokens, n_kv, flash_attn), altup_floor(model, n_tokens),
+                      wkv_floor(model, n_tokens))
     floor = max(layer_floor + mask if layer_floor else 0,  # the KQ mask, a graph input, lives throughout
                 replayed_layers_floor(model, n_tokens=n_tokens, n_kv=n_kv, flash_attn=flash_attn,
                                       kv_quantized=kv_quantized, kv_layer_bytes=kv_layer_bytes))

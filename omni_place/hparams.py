@@ -127,6 +127,9 @@ class ArchSpec:
     # a recurrent layer is Kimi Delta Attention (kda.head_dim; kimi-linear load_arch_hparams), the
     # others MLA with DeepSeek-style MoE, which compute_graph rebuilds
     kda: bool = False
+    # every layer an RWKV-7 time mix: its state two token shifts of the embedding and a
+    # wkv.head_size-square matrix per head (src/llama-hparams.cpp n_embd_r / n_embd_s)
+    wkv: bool = False
     # a layer may have no KV heads without being recurrent: DeciLM / Nemotron-NAS's linear attention
     # (an output projection alone) and no-op attention (src/models/deci.cpp load_arch_tensors); the
     # engine still gives it a cache, of zero-width keys (src/llama-hparams.cpp has_kv)
@@ -193,6 +196,8 @@ ARCHITECTURES: dict[str, ArchSpec] = {
     "cohere2moe": ArchSpec(swa_pattern=4, swa_dense_first=True),
     "laguna": ArchSpec(swa_pattern=4, swa_dense_first=True),
     "mamba": ArchSpec(recurrent=True),
+    # RWKV-7: 114 graph nodes a layer (its time mix and channel mix), 83 beyond a llama layer's
+    "rwkv7": ArchSpec(recurrent=True, wkv=True, recurrent_layer_ops=83, verified=True),
     "mamba2": ArchSpec(recurrent=True, recurrent_layer_ops=19, verified=True),
     "jamba": ArchSpec(hybrid=True),
     "granitehybrid": ArchSpec(hybrid=True, recurrent_layer_ops=26, verified=True),
@@ -215,7 +220,7 @@ DSA_ARCHITECTURES = frozenset({"deepseek32", "glm-dsa", "hy_v4", "dots3note", "m
 ALTUP_STREAMS, PLE_WIDTH = 4, 256
 # Architectures whose memory layout is known to differ from what this module models.
 NOT_COVERED = {
-    "rwkv6", "rwkv7", "arwkv7", "rwkv6qwen2",
+    "rwkv6", "arwkv7", "rwkv6qwen2",
     "t5", "t5encoder",
     "bert", "nomic-bert", "jina-bert-v2", "whisper",
     # linear-attention hybrids whose recurrent layers the header does not mark as the rules here
@@ -400,6 +405,10 @@ def read_hparams(arch: str, md: dict[str, Any], n_vocab_fallback: int) -> HParam
     # KDA as the Mamba-2 fields put it: d_inner = heads x head_dim, one group of head_dim per head (conv
     # channels 3 d_inner: Q, K and V), a head_dim x d_inner state
     kda = _int(md, f"{a}.kda.head_dim", lo=1, hi=MAX_HEAD_DIM) if spec.kda else 0
+    # RWKV's the same way: token_shift_count shifts of the embedding as the conv taps, a head_size x
+    # n_embd state
+    wkv = _int(md, f"{a}.wkv.head_size", lo=1, hi=MAX_HEAD_DIM) if spec.wkv else 0
+    shifts = _int(md, f"{a}.token_shift_count", 2, lo=1, hi=MAX_HEAD_DIM) if spec.wkv else 0
     n_main = n_layer - n_nextn
     n_swa = _sliding_window(md, a, spec, n_main)
     pattern = md.get(f"{a}.attention.sliding_window_pattern")
@@ -443,10 +452,10 @@ def read_hparams(arch: str, md: dict[str, Any], n_vocab_fallback: int) -> HParam
         is_swa=is_swa,
         # LFM2's short convolution: a conv state of (l_cache - 1) taps of n_embd channels, no SSM state
         # (src/llama-hparams.cpp n_embd_r)
-        ssm_d_conv=shortconv or _int(md, f"{a}.ssm.conv_kernel", 0, hi=MAX_HEAD_DIM),
-        ssm_d_inner=(n_embd if shortconv else kda * max(n_head) if kda
+        ssm_d_conv=shifts + 1 if wkv else shortconv or _int(md, f"{a}.ssm.conv_kernel", 0, hi=MAX_HEAD_DIM),
+        ssm_d_inner=(n_embd if shortconv or wkv else kda * max(n_head) if kda
                      else _int(md, f"{a}.ssm.inner_size", 0, hi=MAX_WIDTH)),
-        ssm_d_state=kda or _int(md, f"{a}.ssm.state_size", 0, hi=MAX_HEAD_DIM),
+        ssm_d_state=kda or wkv or _int(md, f"{a}.ssm.state_size", 0, hi=MAX_HEAD_DIM),
         ssm_n_group=max(n_head) if kda else _int(md, f"{a}.ssm.group_count", 0, hi=MAX_HEADS),
         indexer_head_size=_int(md, f"{a}.attention.indexer.key_length", 0, hi=MAX_HEAD_DIM) if any(indexer_full) else 0,
         indexer_full=indexer_full,

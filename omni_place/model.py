@@ -93,7 +93,6 @@ LAYER_ROLE_RULES: tuple[tuple[re.Pattern[str], Role], ...] = tuple(
 )
 GLOBAL_ROLES: dict[str, Role] = {
     "token_embd": Role.EMBEDDING,
-    "token_embd_norm": Role.EMBEDDING,
     "token_types": Role.EMBEDDING,
     "position_embd": Role.EMBEDDING,
     "per_layer_token_embd": Role.EMBEDDING,
@@ -105,11 +104,11 @@ GLOBAL_ROLES: dict[str, Role] = {
     "altup_proj": Role.OUTPUT,
     "altup_unembd_proj": Role.OUTPUT,
 }
-# Tensors named without a block that the engine places with layer 0: repeating-layer tensors it
-# creates with layer number 0 (src/llama-arch.cpp:922-923; src/models/gemma4.cpp:60-61,
-# gemma3n.cpp load_arch_tensors), which the loader puts in dev_layer[0]'s buffer
-# (src/llama-model.cpp:1964)
-LAYER_0_GLOBALS = frozenset({"per_layer_model_proj", "per_layer_proj_norm"})
+# Tensors named without a block that the engine places with layer 0: repeating-layer tensors made
+# with layer number 0, in dev_layer[0]'s buffer (src/llama-arch.cpp:732, 922-923; src/llama-model.cpp:1964);
+# LFM2's token_embd_norm is its final norm, an output tensor (src/llama-arch.cpp:442, 740)
+LAYER_0_GLOBALS = frozenset({"per_layer_model_proj", "per_layer_proj_norm", "token_embd_norm"})
+OUTPUT_NORM_AS_EMBD_NORM = frozenset({"lfm2", "lfm2moe"})
 # Tensors that stay with the layer's home device (everything but routed experts).
 DENSE_ROLES = frozenset(set(Role) - {Role.ROUTED_EXPERT, Role.EMBEDDING, Role.OUTPUT, Role.OUTPUT_NORM})
 
@@ -555,13 +554,14 @@ def profile_from_files(files: GGUFModelFiles) -> ModelProfile:
         raise GGUFFormatError(f"{files.path}: {err.message}", hint=err.hint) from None
     records: list[TensorRecord] = []
     for layer, inner, info in iter_layer_tensors(files.tensors):
-        if layer is None and _strip_suffix(inner) in LAYER_0_GLOBALS:
+        lfm2_output_norm = arch in OUTPUT_NORM_AS_EMBD_NORM and _strip_suffix(inner) == "token_embd_norm"
+        if layer is None and _strip_suffix(inner) in LAYER_0_GLOBALS and not lfm2_output_norm:
             layer = 0
         if layer is not None and layer >= hp.n_layer:
             # Blocks past block_count go with the output device in the engine; report them.
             records.append(TensorRecord(info.name, None, Role.UNKNOWN, info))
             continue
-        role = classify(layer, inner)
+        role = Role.OUTPUT_NORM if lfm2_output_norm else classify(layer, inner)
         n_exp = _expert_count(info, hp.n_expert) if role is Role.ROUTED_EXPERT else 0
         records.append(TensorRecord(info.name, layer, role, info, n_exp))
     empty = sorted(set(range(hp.n_layer_kv)) - {r.layer for r in records if r.layer is not None})

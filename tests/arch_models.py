@@ -78,7 +78,7 @@ __all__ = [
 ARCHS: tuple[str, ...] = ("llama", "qwen2", "qwen3", "qwen3moe", "deepseek2", "gpt-oss", "gemma3", "glm4moe",
                           "deepseek32", "glm-dsa", "qwen35", "qwen35moe", "qwen3next", "granitehybrid",
                           "nemotron_h", "nemotron_h_moe", "mamba2", "gemma4", "lfm2", "lfm2moe", "kimi-linear",
-                          "minimax-m3", "llama4", "olmo2", "deci", "falcon-h1", "gemma3n")
+                          "minimax-m3", "llama4", "olmo2", "deci", "falcon-h1", "gemma3n", "rwkv7")
 MOE_ARCHS: frozenset[str] = frozenset({"qwen3moe", "deepseek2", "gpt-oss", "glm4moe", "deepseek32", "glm-dsa",
                                        "kimi-linear", "minimax-m3", "qwen35moe", "llama4",
                                        "qwen3next", "nemotron_h_moe", "lfm2moe"})
@@ -146,7 +146,10 @@ _DENSE_LEAD: frozenset[str] = _DS_MOE | {"lfm2moe", "kimi-linear", "minimax-m3"}
 # MiniMax-M3 (src/models/minimax-m3.cpp): GQA attention with per-head Q/K norms; its MoE layers
 # (after the leading dense ones) carry the MSA indexer's projections and a key cache of its own
 # archs whose loader requires a separate output.weight (no tied embeddings)
-_UNTIED_ONLY: frozenset[str] = frozenset({"gpt-oss"})
+_UNTIED_ONLY: frozenset[str] = frozenset({"gpt-oss", "rwkv7"})
+# RWKV-7 (src/models/rwkv7.cpp): every layer a time mix of wkv heads RWKV7_HEAD wide (its state a
+# head-square matrix per head and two token shifts) and a channel mix; its LoRA ranks
+RWKV7_HEAD, RWKV7_LORA = 16, 8
 
 _TYPE_NAMES: dict[str, QT] = {
     "f32": QT.F32, "f16": QT.F16, "bf16": QT.BF16,
@@ -231,6 +234,10 @@ def model_tensors(arch: str, *, n_layer: int, n_embd: int, n_head: int, n_head_k
 
     add("token_embd.weight", (E, V))
     add("token_embd_norm.weight" if arch in LFM2_ARCHS else "output_norm.weight", (E,), "norm")  # LFM2's final norm
+    if arch == "rwkv7":  # the block-0 layer norm of the embeddings, and the final norm's bias
+        add("token_embd_norm.weight", (E,), "norm")
+        add("token_embd_norm.bias", (E,), "f32")
+        add("output_norm.bias", (E,), "f32")
     if not tied_output:
         add("output.weight", (E, V))
     if arch == "gemma4":  # the full layers' proportional rope (src/models/gemma4.cpp load_arch_tensors)
@@ -246,6 +253,9 @@ def model_tensors(arch: str, *, n_layer: int, n_embd: int, n_head: int, n_head_k
 
     for i in range(n_layer + n_nextn):
         b = f"blk.{i}."
+        if arch == "rwkv7":
+            _rwkv7_layer(add, b, E, n_ff)
+            continue
         if arch == "deci":
             kind = DECI_PATTERN[i % len(DECI_PATTERN)]
             if kind != "N":
@@ -445,6 +455,28 @@ def _gqa_attention(add: Any, b: str, E: int, q_dim: int, kv_dim: int) -> None:
     add(b + "attn_k.weight", (E, kv_dim))
     add(b + "attn_v.weight", (E, kv_dim))
     add(b + "attn_output.weight", (q_dim, E))
+
+
+def _rwkv7_layer(add: Any, b: str, E: int, n_ff: int) -> None:
+    """An RWKV-7 layer's tensors (src/models/rwkv7.cpp load_arch_tensors): layer norms with biases,
+    the time mix's LoRAs, lerps and projections, the channel mix."""
+    r = RWKV7_LORA
+    for norm in ("attn_norm", "attn_norm_2", "time_mix_ln"):
+        add(b + f"{norm}.weight", (E,), "norm")
+        add(b + f"{norm}.bias", (E,), "f32")
+    for x in ("w", "a", "v", "g"):
+        if x != "g":
+            add(b + f"time_mix_{x}0.weight", (E,), "f32")
+        add(b + f"time_mix_{x}1.weight", (E, r))
+        add(b + f"time_mix_{x}2.weight", (r, E))
+    add(b + "time_mix_lerp_fused.weight", (E, 1, 1, 6), "f32")
+    for x in ("k_k", "k_a", "r_k"):
+        add(b + f"time_mix_{x}.weight", (E,), "f32")
+    for x in ("key", "value", "receptance", "output"):
+        add(b + f"time_mix_{x}.weight", (E, E))
+    add(b + "channel_mix_lerp_k.weight", (E, 1, 1), "f32")
+    add(b + "channel_mix_key.weight", (E, n_ff))
+    add(b + "channel_mix_value.weight", (n_ff, E))
 
 
 def _mamba2_inner(n_embd: int, g: Mapping[str, int]) -> int:
@@ -762,6 +794,14 @@ def write_model(path: str | Path, arch: str, *, n_layer: int | None = None, n_em
         kv(Keys.SSM.GROUP_COUNT, gdn["k_heads"])
         kv(Keys.SSM.TIME_STEP_RANK, gdn["v_heads"])
         kv(Keys.SSM.INNER_SIZE, _mamba2_inner(n_embd, gdn))
+    if arch == "rwkv7":
+        kv(A.HEAD_COUNT, 0)
+        kv(A.HEAD_COUNT_KV, 0)
+        kv(A.LAYERNORM_EPS, 1e-5)
+        kv(Keys.WKV.HEAD_SIZE, RWKV7_HEAD)
+        kv(L.TOKEN_SHIFT_COUNT, 2)
+        for rank in (A.DECAY_LORA_RANK, A.ICLR_LORA_RANK, A.VALUE_RESIDUAL_MIX_LORA_RANK, A.GATE_LORA_RANK):
+            kv(rank, RWKV7_LORA)
     if arch in MAMBA_HYBRIDS:
         kinds = [layer_kind(arch, i, gdn["interval"]) for i in range(n_layer)]
         kv(A.HEAD_COUNT_KV, [n_head_kv if k == "A" else 0 for k in kinds])

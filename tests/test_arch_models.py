@@ -71,7 +71,7 @@ def _expected_kv(arch: str, *, n_ctx: int, n_layer: int, n_head_kv: int = 2, hea
         n_attn = sum(DECI_PATTERN[il % len(DECI_PATTERN)] == "A" for il in range(n_layer))
         size = n_ctx * n_attn * n_head_kv * (head_dim or n_embd // n_head) * 2
         return [(n_ctx, n_layer, size, size)]
-    if arch == "mamba2":  # every layer recurrent: no KV cache at all
+    if arch in ("mamba2", "rwkv7"):  # every layer recurrent: no KV cache at all
         return []
     head_dim = head_dim or n_embd // n_head
     row = n_head_kv * head_dim * 2

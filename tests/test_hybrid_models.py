@@ -182,6 +182,17 @@ def test_gpu_delta_rule_priced_beside_controls(tmp_path: Path) -> None:
     assert len(gaps) >= 4 and all(abs(gap) < 8 for _, _, gap in gaps), gaps
 
 
+def test_rwkv7_compute_buffers_beside_the_engines_dry_runs(tmp_path: Path) -> None:
+    """RWKV-7's time mix holds 19 rows of the embedding at its peak (compute.wkv_floor): of the CPU
+    backend's dry runs of random shapes the estimate stays within -1 .. +11 % of the 24 it was set on and
+    of 24 drawn after it, where the widths alone read as low as -90 % (benchmarks/results/
+    compute_sweep_rwkv7_cpu*.jsonl: `python -m benchmarks.compute_sweep --cases 24 --archs rwkv7`, then
+    `--seed 7`)."""
+    for name in ("compute_sweep_rwkv7_cpu.jsonl", "compute_sweep_rwkv7_cpu_heldout.jsonl"):
+        errors = hybrid_speed.price_compute(hybrid_speed.load_records(hybrid_speed.RESULTS / name), tmp_path)["rwkv7"]
+        assert len(errors) == 24 and -1 < min(errors) and max(errors) < 11, (name, sorted(errors))
+
+
 def test_a_layers_graph_nodes_priced_at_gpu_decode(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Gemma 3n runs three times a llama layer's graph nodes, Gemma 3 a third more (ArchSpec.layer_ops):
     its whole-GPU decode, llama-bench on an H100 (benchmarks/results/hybrid_speed/gpu_h100s44_*),

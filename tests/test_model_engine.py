@@ -201,10 +201,10 @@ def test_recurrent_layer_ops_are_the_engine_graphs(tmp_path: Path, arch: str) ->
     assert (llama[1] - llama[0]) / 4 == LAYER_OPS
 
 
-@pytest.mark.parametrize("arch", ["mamba2", "falcon-h1"])
+@pytest.mark.parametrize("arch", ["mamba2", "falcon-h1", "rwkv7"])
 def test_a_mamba2_layer_runs_its_ops_beyond_a_llama_layer(tmp_path: Path, arch: str) -> None:
-    """mamba2, every layer recurrent, and falcon-h1, every layer attention beside a Mamba-2 mixer:
-    a layer's graph nodes beyond a llama layer's LAYER_OPS."""
+    """mamba2 and rwkv7, every layer recurrent, and falcon-h1, every layer attention beside a Mamba-2
+    mixer: a layer's graph nodes beyond a llama layer's LAYER_OPS."""
     nodes = [_graph_nodes(write_model(tmp_path / f"m{n}.gguf", arch, n_layer=n)) for n in (4, 8)]
     assert (nodes[1] - nodes[0]) / 4 - LAYER_OPS == ARCHITECTURES[arch].recurrent_layer_ops
 

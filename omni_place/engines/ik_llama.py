@@ -82,12 +82,12 @@ IK_COMPUTE_MARGIN = 64 * 1024 * 1024
 IK_HOST_COMPUTE_MARGIN = 24 * 1024 * 1024
 # architectures omni_place prices that ik_llama.cpp (8337e4cd3) does not name (src/llama-arch.cpp): it
 # refuses such a file ("unknown model architecture"); cohere2moe is ik's cohere2_moe. The SWA
-# architectures from olmo2 on, falcon-h1 and gemma3n are named by no later ik either (0a9ff1255's
+# architectures from olmo2 on, falcon-h1, gemma3n and rwkv7 are named by no later ik either (0a9ff1255's
 # list); lfm2 is named from some later ik on (LATER_NAMED: 0a9ff1255 names it)
 UNNAMED_ARCHITECTURES = frozenset({"deepseek32", "afmoe", "cohere2moe", "granitehybrid", "jamba", "kimi-linear",
                                    "lfm2", "lfm2moe", "mamba2", "nemotron_h", "nemotron_h_moe",
                                    "olmo2", "plamo3", "smallthinker", "exaone4", "exaone-moe", "falcon-h1",
-                                   "gemma3n"})
+                                   "gemma3n", "rwkv7"})
 LATER_NAMED = frozenset({"lfm2"})
 _TS_UNIT = 1024.0 * 1024.0  # -ts shares are written in MiB (2 decimals: 10 KiB resolution)
 
