@@ -130,7 +130,7 @@ def test_ik_notes_a_file_it_cannot_name_or_mla_heads_it_cannot_convert(tmp_path:
     assert not any("architecture" in n for n in plan_split(str(v32), cluster).notes)
     ds = write_model(tmp_path / "ds.gguf", "deepseek2", header_only=True, **mla)
     assert not any("ik_llama.cpp" in n for n in plan_split(str(ds), cluster, engine="ik_llama.cpp").notes)
-    for arch in ("kimi-linear", "olmo2", "gemma3n", "lfm2"):
+    for arch in ("kimi-linear", "olmo2", "gemma3n", "rwkv7", "lfm2"):
         other = write_model(tmp_path / f"{arch}.gguf", arch, header_only=True)
         notes = plan_split(str(other), cluster, engine="ik_llama.cpp").notes
         assert any(f"names no {arch} architecture" in n and "run it with llama.cpp" in n for n in notes)

@@ -64,6 +64,19 @@ def test_roles(name: str) -> None:
         assert classify(None, name) is ROLE_CASES[name]
 
 
+@pytest.mark.parametrize(("arch", "layer", "role"), [("rwkv7", 0, Role.NORM), ("lfm2", None, Role.OUTPUT_NORM)])
+def test_embedding_norm_goes_where_the_engine_puts_it(tmp_path: Path, arch: str, layer: int | None,
+                                                      role: Role) -> None:
+    """token_embd_norm is a repeating tensor made with layer number 0 (RWKV's, BLOOM's, BERT's: on
+    layer 0's device), except in LFM2, whose final norm carries that name (an output tensor)."""
+    from .arch_models import write_model
+
+    model = load_model(write_model(tmp_path / f"{arch}.gguf", arch, header_only=True))
+    norms = [t for t in model.tensors if t.name.startswith("token_embd_norm.")]
+    assert norms and all((t.layer, t.role) == (layer, role) for t in norms)
+    assert not model.unknown_tensors
+
+
 @pytest.fixture(scope="module")
 def deepseek(tmp_path_factory: pytest.TempPathFactory):
     d = tmp_path_factory.mktemp("ds")
