@@ -274,9 +274,9 @@ def wkv_floor(model: ModelProfile, n_tokens: int) -> int:
 
 
 def estimate_note(model: ModelProfile, flash_attn: bool) -> str | None:
-    """What `plan` says of a compute estimate that is neither the engine's graph replayed nor the
-    widths' fit alone: a hybrid's widths, MiniMax-M3's MSA mask, Gemma 3n's AltUp streams (None
-    for the rest)."""
+    """What `plan` says of a compute estimate that is not the engine's graph replayed and that the
+    widths' fit did not see: RWKV-7's time mix, a hybrid's widths, MiniMax-M3's MSA mask, Gemma 3n's
+    AltUp streams (None for the rest)."""
     arch = model.architecture
     verify = "check a GPU filled to its last GiB with the engine (omni-place verify)"
     if ARCHITECTURES.get(arch, ArchSpec()).wkv:

@@ -217,6 +217,7 @@ ARCHITECTURES: dict[str, ArchSpec] = {
 # dense ones, its cache a GQA one of one head: a key of the indexer's width and a value of the
 # model's (llama_kv_cache_msa, src/llama-kv-cache-msa.cpp:13-50; src/llama-model.cpp:2375-2395)
 DSA_ARCHITECTURES = frozenset({"deepseek32", "glm-dsa", "hy_v4", "dots3note", "minimax-m3"})
+# Gemma 3n's AltUp streams and per-layer embedding width, fixed by the engine (src/llama-hparams.h:264-267)
 ALTUP_STREAMS, PLE_WIDTH = 4, 256
 # Architectures whose memory layout is known to differ from what this module models.
 NOT_COVERED = {
@@ -408,7 +409,7 @@ def read_hparams(arch: str, md: dict[str, Any], n_vocab_fallback: int) -> HParam
     # RWKV's the same way: token_shift_count shifts of the embedding as the conv taps, a head_size x
     # n_embd state
     wkv = _int(md, f"{a}.wkv.head_size", lo=1, hi=MAX_HEAD_DIM) if spec.wkv else 0
-    shifts = _int(md, f"{a}.token_shift_count", 2, lo=1, hi=MAX_HEAD_DIM) if spec.wkv else 0
+    shifts = _int(md, f"{a}.token_shift_count", 2, lo=2, hi=2) if spec.wkv else 0  # asserted: src/models/rwkv7.cpp:126
     n_main = n_layer - n_nextn
     n_swa = _sliding_window(md, a, spec, n_main)
     pattern = md.get(f"{a}.attention.sliding_window_pattern")
