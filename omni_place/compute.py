@@ -44,7 +44,7 @@ import numpy as np
 
 from .compute_graph import CPU_CHECKED, F32, REPLAYED, SPLIT_CHECKED, TRACE_CHECKED, Layout, Offload
 from .compute_replay import cpu_peak_of_layers, layer_signatures, replay_key, split_peaks
-from .hparams import ALTUP_STREAMS, ARCHITECTURES, PLE_WIDTH, ArchSpec
+from .hparams import ALTUP_STREAMS, PLE_WIDTH, arch_spec
 
 if TYPE_CHECKING:
     from .model import ModelProfile
@@ -203,7 +203,7 @@ def mamba2_floor(model: ModelProfile, n_tokens: int) -> int:
     The widths-only fit, which knows no such layer, priced that buffer at 300 MiB. Beside a parallel
     layer's mixer its attention's output waits to be added (src/models/falcon-h1.cpp:152-165)."""
     hp = model.hparams
-    spec = ARCHITECTURES.get(model.architecture, ArchSpec())
+    spec = arch_spec(model.architecture)
     if hp.ssm_d_state == 0 or spec.recurrent_interval or spec.kda or spec.wkv or not any(
             model.is_recurrent(il) for il in range(hp.n_layer)):
         return 0
@@ -219,7 +219,7 @@ def replayed_layers_floor(model: ModelProfile, *, n_tokens: int, n_kv: int, flas
     engine's CPU dry runs of 24 random shapes the widths alone read -26.5 .. +11.6 %, with this floor
     -8.2 .. +11.6 %; of 40 drawn after it -13.8 .. +30.9 % either way
     (benchmarks/results/compute_sweep_kimi_cpu*.jsonl; tests/test_hybrid_models.py)."""
-    if not ARCHITECTURES.get(model.architecture, ArchSpec()).kda:
+    if not arch_spec(model.architecture).kda:
         return 0
     layers = [il for il in range(model.hparams.n_layer_kv) if not model.is_recurrent(il)]
     return cpu_peak_of_layers(model, layers, n_tokens=n_tokens, n_kv=n_kv, flash_attn=flash_attn,
@@ -237,7 +237,7 @@ def altup_floor(model: ModelProfile, n_tokens: int) -> int:
     after it -59.4 .. +8.4 % and -26.6 .. +9.3 %, the median error 5 %
     (benchmarks/results/compute_sweep_gemma3n_cpu*.jsonl; tests/test_kv_sharing.py)."""
     hp = model.hparams
-    if not ARCHITECTURES.get(model.architecture, ArchSpec()).altup:
+    if not arch_spec(model.architecture).altup:
         return 0
     n_ff = max(hp.n_ff, default=0)
     per_layer = PLE_WIDTH * hp.n_layer
@@ -267,7 +267,7 @@ def wkv_floor(model: ModelProfile, n_tokens: int) -> int:
     channel mix's key beside 14 of them. Fitted to libllama's CPU dry runs of random shapes: the widths
     alone read -85.6 .. +8.3 % (24 runs), with this floor -0.4 .. +8.3 %; of 24 drawn after it -89.9 ..
     +7.3 % and -0.7 .. +10.4 % (benchmarks/results/compute_sweep_rwkv7_cpu*.jsonl; tests/test_hybrid_models.py)."""
-    if not ARCHITECTURES.get(model.architecture, ArchSpec()).wkv:
+    if not arch_spec(model.architecture).wkv:
         return 0
     hp = model.hparams
     return F32 * n_tokens * max(19 * hp.n_embd, max(hp.n_ff, default=0) + 14 * hp.n_embd)
@@ -277,9 +277,9 @@ def estimate_note(model: ModelProfile, flash_attn: bool) -> str | None:
     """What `plan` says of a compute estimate that is not the engine's graph replayed and that the
     widths' fit did not see: RWKV-7's time mix, a hybrid's widths, MiniMax-M3's MSA mask, Gemma 3n's
     AltUp streams (None for the rest)."""
-    arch = model.architecture
+    arch, spec = model.architecture, arch_spec(model.architecture)
     verify = "check a GPU filled to its last GiB with the engine (omni-place verify)"
-    if ARCHITECTURES.get(arch, ArchSpec()).wkv:
+    if spec.wkv:
         return (f"{arch}'s compute buffers are estimated from its widths and its time mix's live rows, not its "
                 f"graph: on the engine's CPU dry runs within -1 .. +11 % (compute.wkv_floor); {verify}")
     if arch not in REPLAYED and any(model.is_recurrent(il) for il in range(model.n_layer)):
@@ -290,7 +290,7 @@ def estimate_note(model: ModelProfile, flash_attn: bool) -> str | None:
                 f"the engine's CPU dry runs up to a fifth below the engine's (compute.msa_floor); {verify}"
                 + ("" if flash_attn else "; without flash attention the engine runs its attention dense, its output "
                    "possibly degraded (src/models/minimax-m3.cpp:238-244)"))
-    if ARCHITECTURES.get(arch, ArchSpec()).altup:
+    if spec.altup:
         return (f"{arch}'s compute buffers are estimated from its widths and its AltUp streams, not its graph: on "
                 "the engine's CPU dry runs up to a quarter below the engine's (compute.altup_floor); its prompt on "
                 "a GPU ran at a third of the priced speed on an H100 (AltUp's copies are not priced: "

@@ -38,7 +38,7 @@ from .compute_price import (REPACK_TYPES, add_compute_margins, finish_usage, off
 from .devices import Cluster
 from .errors import ClusterError, InvalidArgumentError
 from .gpu_matmul import batch_rate, expert_time_factor, routed_tile_factor, uniform_tile_factor
-from .hparams import ARCHITECTURES, ArchSpec
+from .hparams import arch_spec
 from .kernels import FA_OFF_LAYER_SHARE, KERNEL_FLOPS_PER_BYTE, KernelWork, cpu_expert_time_scale, kernel_work
 from .layer_work import layer_work
 from .model import LayerCost, ModelProfile, Role
@@ -95,7 +95,7 @@ class CostModel(Transfers):
         attended = [self.kv[hp.kv_source(il)] - state[hp.kv_source(il)]
                     if self.attends[il] and (hp.n_head_kv[il] or hp.kv_source(il) != il) else 0 for il in range(n)]
         self.cache_read, self.state_read = decode_cache_bytes(attended, state, depth_cells / full_cells)
-        spec = ARCHITECTURES.get(model.architecture, ArchSpec())
+        spec = arch_spec(model.architecture)
         self.layer_ops = 1.0 + spec.layer_ops / LAYER_OPS  # a layer's graph nodes, in llama layers'
         self.recurrent_ops = spec.recurrent_layer_ops / LAYER_OPS
         swa_cells = model.swa_kv_cells(full_cells, c.n_ubatch, c.n_seq, c.swa_full)

@@ -288,11 +288,16 @@ def _per_layer(md: dict[str, Any], key: str, n: int, default: int | None, *, hi:
     return (_int(md, key, default, hi=hi),) * n
 
 
+def arch_spec(arch: str) -> ArchSpec:
+    """``arch``'s entry in :data:`ARCHITECTURES`; the generic rules' (a default ArchSpec) where it has none."""
+    return ARCHITECTURES.get(arch, ArchSpec())
+
+
 def is_recurrent_layer(arch: str, hp: HParams, il: int) -> bool:
     """Whether layer ``il`` of ``arch`` holds a recurrent state (instead of a KV cache, or beside one:
     ``ArchSpec.parallel_ssm``), by the engine's rule: every trunk layer of a recurrent or parallel
     architecture, a hybrid's layers without KV heads (Nemotron-H's: and without an FFN)."""
-    spec = ARCHITECTURES.get(arch, ArchSpec())
+    spec = arch_spec(arch)
     ffn_only = spec.ffn_layers and hp.n_ff[il] > 0
     return il < hp.n_layer_kv and (spec.recurrent or spec.parallel_ssm
                                    or (hp.n_head_kv[il] == 0 and hp.ssm_d_inner > 0 and not ffn_only))
@@ -372,7 +377,7 @@ def read_hparams(arch: str, md: dict[str, Any], n_vocab_fallback: int) -> HParam
     n_embd = _int(md, f"{a}.embedding_length", lo=1, hi=MAX_WIDTH)
     n_head = _per_layer(md, f"{a}.attention.head_count", n_layer, 0, hi=MAX_HEADS)
     n_head_kv = _per_layer(md, f"{a}.attention.head_count_kv", n_layer, max(n_head), hi=MAX_HEADS)
-    spec = ARCHITECTURES.get(arch, ArchSpec())
+    spec = arch_spec(arch)
     # llama.cpp requires heads of every attention model
     if not max(n_head) and a not in NOT_COVERED and not spec.recurrent:
         raise _bad(f"{a}.attention.head_count")(f"{a}.attention.head_count is missing or 0 in every layer")
@@ -473,4 +478,5 @@ def read_hparams(arch: str, md: dict[str, Any], n_vocab_fallback: int) -> HParam
 
 
 __all__ = ["ALTUP_STREAMS", "ARCHITECTURES", "DSA_ARCHITECTURES", "MAX_CONTEXT", "MAX_EXPERTS", "MAX_LAYERS",
-           "NOT_COVERED", "PLE_WIDTH", "ArchSpec", "HParams", "is_recurrent_layer", "read_hparams"]
+           "NOT_COVERED", "PLE_WIDTH", "ArchSpec", "HParams", "arch_spec", "is_recurrent_layer",
+           "read_hparams"]

@@ -34,7 +34,7 @@ from gguf import GGMLQuantizationType
 from .errors import GGUFFormatError, InvalidArgumentError, UnsupportedModelError
 from .ggml_types import ggml_type
 from .gguf import GGUFModelFiles, LongArray, TensorInfo, iter_layer_tensors, read_model_files
-from .hparams import ARCHITECTURES, NOT_COVERED, ArchSpec, HParams, is_recurrent_layer, read_hparams
+from .hparams import ARCHITECTURES, NOT_COVERED, HParams, arch_spec, is_recurrent_layer, read_hparams
 from .sources import resolve_model_source
 
 
@@ -238,8 +238,7 @@ class ModelProfile:
         """'verified', 'generic' or 'not covered': how far the KV/memory rules are proven."""
         if self.architecture in NOT_COVERED:
             return "not covered"
-        spec = ARCHITECTURES.get(self.architecture)
-        return "verified" if spec and spec.verified else "generic"
+        return "verified" if arch_spec(self.architecture).verified else "generic"
 
     @cached_property
     def cuda_weights(self) -> dict[str, tuple[int, tuple[int, ...]]]:
@@ -407,7 +406,7 @@ class ModelProfile:
     def attends(self, il: int) -> bool:
         """Whether layer ``il`` runs attention over a KV cache of its own: all but a hybrid's recurrent
         layers (a parallel one's run both: ``ArchSpec.parallel_ssm``)."""
-        return not self.is_recurrent(il) or ARCHITECTURES.get(self.architecture, ArchSpec()).parallel_ssm
+        return not self.is_recurrent(il) or arch_spec(self.architecture).parallel_ssm
 
     @property
     def msa_indexer(self) -> bool:
@@ -554,8 +553,9 @@ def profile_from_files(files: GGUFModelFiles) -> ModelProfile:
         raise GGUFFormatError(f"{files.path}: {err.message}", hint=err.hint) from None
     records: list[TensorRecord] = []
     for layer, inner, info in iter_layer_tensors(files.tensors):
-        lfm2_output_norm = arch in OUTPUT_NORM_AS_EMBD_NORM and _strip_suffix(inner) == "token_embd_norm"
-        if layer is None and _strip_suffix(inner) in LAYER_0_GLOBALS and not lfm2_output_norm:
+        base = _strip_suffix(inner)
+        lfm2_output_norm = arch in OUTPUT_NORM_AS_EMBD_NORM and base == "token_embd_norm"
+        if layer is None and base in LAYER_0_GLOBALS and not lfm2_output_norm:
             layer = 0
         if layer is not None and layer >= hp.n_layer:
             # Blocks past block_count go with the output device in the engine; report them.

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from ..errors import InvalidArgumentError
-from ..hparams import ARCHITECTURES
+from ..hparams import arch_spec
 from ..model import ModelProfile
 
 
@@ -89,8 +89,7 @@ def refusal(rule: SplitModeRule, engine: str, model: ModelProfile, device_kinds:
     if rule.flash_attn and not flash_attn:
         return f"{engine} refuses {sm} without flash attention ({rule.flash_attn})"
     hp = model.hparams
-    spec = ARCHITECTURES.get(model.architecture)
-    if (spec is not None and spec.recurrent) or hp.ssm_d_inner or any(h == 0 for h in hp.n_head_kv[:hp.n_layer_kv]):
+    if arch_spec(model.architecture).recurrent or hp.ssm_d_inner or any(h == 0 for h in hp.n_head_kv[:hp.n_layer_kv]):
         return (f"omni-place does not price {sm} for layers without KV heads (recurrent, hybrid or attention-free; "
                 f"architecture {model.architecture!r})")
     if hp.is_mla and not rule.mla_kv_mirrored:
