@@ -31,6 +31,7 @@ elementwise passes (:func:`delta_rule_work`), whatever the depth.
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 #: prompt attention with flash attention, FLOP/s as a share of the GPU's FP16 tensor peak
@@ -141,6 +142,14 @@ def mean_depths(depth: int, n_prompt: int, n_gen: int, n_tokens: int,
     j x n_tokens``. 0 tokens: one decode, one ubatch."""
     pp_depth = depth if prompt_depth is None else prompt_depth
     return depth + max(0, n_gen - 1) / 2, pp_depth + max(0, n_prompt - n_tokens) / 2
+
+
+def prompt_calls_per_token(n_prompt: int, n_batch: int, n_ubatch: int) -> float:
+    """llama_decode calls per prompt token: a llama-bench test of ``n_prompt`` tokens makes one per
+    ``n_batch`` (tools/llama-bench/llama-bench.cpp ``test_prompt``); 0 tokens, a long prompt fed
+    ``n_batch`` at a time (a server's)."""
+    n_batch = max(n_batch, n_ubatch, 1)
+    return math.ceil(n_prompt / n_batch) / n_prompt if n_prompt > 0 else 1.0 / n_batch
 
 
 def prompt_ubatches(n_prompt: int, n_batch: int, n_ubatch: int) -> dict[int, int]:

@@ -39,9 +39,9 @@ _FIELDS: dict[str, type | tuple[type, ...]] = {
 }
 _SPEED_FIELDS: dict[str, type | tuple[type, ...]] = {
     "compute_capability": str, "decode_bw_share": (int, float), "layer_us": (int, float),
-    "mmq_share": (int, float), "source": str, "mla_decode_share": (int, float),
+    "mmq_share": (int, float), "source": str, "mla_decode_share": (int, float), "prompt_layer_us": (int, float),
 }
-_SPEED_OPTIONAL = {"mla_decode_share"}
+_SPEED_OPTIONAL = {"mla_decode_share", "prompt_layer_us"}  # a row without them takes the default row's
 #: the ``[[speed]]`` row for GPUs whose compute capability has no row of its own
 DEFAULT_SPEED_ROW = "default"
 _OPTIONAL = {"note", "fp32_accumulate_share"}
@@ -100,6 +100,9 @@ class SpeedShare:
         mla_decode_share: achieved / the FP32-accumulate tensor rate by the flash-attention mma
             kernel decoding MLA's 576-wide heads over a cache (``cost.CostModel.kv_tg``); a row
             that gives none takes the default row's.
+        prompt_layer_us: fixed prompt microseconds per layer and ubatch (each kernel's shortest
+            run: MMQ's stream-k and fixup passes, the activations' quantization, flash attention,
+            the norms), whatever the layer's width; a row that gives none takes the default row's.
     """
 
     compute_capability: str
@@ -108,6 +111,7 @@ class SpeedShare:
     mmq_share: float
     source: str
     mla_decode_share: float
+    prompt_layer_us: float
 
 
 def normalize_name(name: str) -> str:
@@ -175,9 +179,10 @@ def speed_shares() -> dict[str, SpeedShare]:
     """
     doc = _catalog_doc()
     entries = doc.get("speed", [])
-    default_mla = next((e.get("mla_decode_share") for e in entries
-                        if isinstance(e, dict) and e.get("compute_capability") == DEFAULT_SPEED_ROW), None)
-    if not isinstance(default_mla, (int, float)) or isinstance(default_mla, bool):
+    default = next((e for e in entries if isinstance(e, dict)
+                    and e.get("compute_capability") == DEFAULT_SPEED_ROW), {})
+    if not all(isinstance(default.get(k), (int, float)) and not isinstance(default.get(k), bool)
+               for k in _SPEED_OPTIONAL):
         raise ClusterError(f"{_WHERE}: no [[speed]] row for compute_capability = {DEFAULT_SPEED_ROW!r} "
                            "with every share")
     rows: dict[str, SpeedShare] = {}
@@ -189,11 +194,13 @@ def speed_shares() -> dict[str, SpeedShare]:
                                f"{sorted(_SPEED_OPTIONAL)}) with their types")
         row = SpeedShare(entry["compute_capability"], float(entry["decode_bw_share"]), float(entry["layer_us"]),
                          float(entry["mmq_share"]), entry["source"],
-                         float(entry.get("mla_decode_share", default_mla)))
+                         float(entry.get("mla_decode_share", default["mla_decode_share"])),
+                         float(entry.get("prompt_layer_us", default["prompt_layer_us"])))
         if not (0 < row.decode_bw_share <= 1 and 0 < row.mmq_share <= 1 and 0 < row.layer_us < 1e4
-                and 0 < row.mla_decode_share <= 1) or row.compute_capability in rows:
-            raise ClusterError(f"{label}: shares must lie in (0, 1], layer_us in (0, 1e4), and each compute "
-                               "capability appear once")
+                and 0 <= row.prompt_layer_us < 1e4 and 0 < row.mla_decode_share <= 1) \
+                or row.compute_capability in rows:
+            raise ClusterError(f"{label}: shares must lie in (0, 1], layer_us and prompt_layer_us in (0, 1e4), "
+                               "and each compute capability appear once")
         rows[row.compute_capability] = row
     return rows
 

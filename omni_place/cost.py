@@ -31,7 +31,7 @@ from dataclasses import replace
 from functools import cached_property
 
 from .attention import (attended_cells, cpu_cache_prompt_bytes, cpu_decode_kv_s, decode_cache_bytes, decode_kv_cost,
-                        delta_rule_work, mean_depths, prompt_attention_s, recurrent_prompt_s)
+                        delta_rule_work, mean_depths, prompt_attention_s, prompt_calls_per_token, recurrent_prompt_s)
 from .compute import PIPELINE_COPIES, ComputeEstimate, compute_buffer_estimate
 from .compute_price import (REPACK_TYPES, add_compute_margins, finish_usage, offloadable_weights, op_offload_reserve,
                             pageable_bytes, replayed_buffers)
@@ -390,6 +390,15 @@ class CostModel(Transfers):
         fa_off = FA_OFF_LAYER_SHARE if attention and not self.context.flash_attn else 0.0
         return self.device(name).speed.layer_us * 1e-6 * self.params.gpu_layer_scale * (ops + fa_off) + mla
 
+    def prompt_overhead(self, il: int, name: str) -> float:
+        """Fixed prompt seconds per token of layer ``il`` on ``name``: on a GPU its row's
+        ``prompt_layer_us`` a ubatch, in proportion to the layer's graph nodes (LAYER_OPS) as the
+        decode's; the CPU's barriers are lost in its compute."""
+        if not self.on_gpu(name):
+            return 0.0
+        ops = self.layer_ops + self.recurrent_ops * self.recurrent[il]
+        return self.device(name).speed.prompt_layer_us * 1e-6 * ops / self.n_tokens
+
     def layer_pp(self, il: int, home: str, experts: ExpertHomes, first: str | None) -> dict[str, float]:
         """Prompt seconds per token of layer ``il`` by where they are spent. A CPU-home layer's
         attention runs on the offload device with its weights (:meth:`cpu_cache_pp`); experts on
@@ -405,7 +414,7 @@ class CostModel(Transfers):
         kept = 1 - frac.pop(CPU, 0.0) - sum(frac.values())  # the experts' share computed with the layer
         gpu = self.device(home).kind == "gpu"
         out = {home: (self.dense_flops(il, gpu) + self.expert_flops(il, gpu) * kept) / self.flops(home)
-               + self.attention_pp(il, home)}
+               + self.attention_pp(il, home) + self.prompt_overhead(il, home)}
         add_seconds(out, self.away_pp(il, home, away, first))
         return out
 
@@ -497,8 +506,12 @@ class CostModel(Transfers):
     def predict(self, p: Placement) -> Prediction:
         """Decode and prompt tokens/s of a placement, with the time breakdown; a llama-bench test's
         prompt ubatch by ubatch, a shorter last one too (placement.over_prompt_test)."""
-        return over_prompt_test(self.context, self.n_tokens, self.predict_ubatch(p),
+        pred = over_prompt_test(self.context, self.n_tokens, self.predict_ubatch(p),
                                 lambda c: self._at(c).predict_ubatch(p))
+        c = self.context
+        host = self.params.prompt_call_s * prompt_calls_per_token(c.n_prompt, c.n_batch, c.n_ubatch)
+        t_pp = 1.0 / pred.pp_tps + host
+        return Prediction(pred.tg_tps, 1.0 / t_pp, pred.tg_breakdown, {**pred.pp_breakdown, "host": host})
 
     def _at(self, context: Context) -> CostModel:
         """This model at another context (a test's shorter ubatch), built once, with these parameters."""

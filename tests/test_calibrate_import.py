@@ -153,13 +153,15 @@ def test_cuda_first_prompt_repetition_at_depth_0_is_left_out() -> None:
 
 def test_only_whole_gpu_prompts_at_depth_0_ran_their_first_repetition_cold() -> None:
     """The rule's scope, over every committed mainline prompt test (benchmarks/cuda_graph_warmup.py):
-    cold where the weights all sat on the GPUs and no depth run came first, not elsewhere."""
+    cold where the weights all sat on the GPUs and no depth run came first, not elsewhere. The capture
+    costs a test of many ubatches less in proportion (benchmarks/gpu_shapes.py's 2048-token prompts:
+    first repetition at a median 0.84-0.94 of the others in 1-2 ubatches, 0.96-0.97 in 16)."""
     sys.path.insert(0, str(ROOT))
     from benchmarks.cuda_graph_warmup import survey
 
     groups = {(g["where"], g["after_depth_run"]): g for g in survey()}
     whole = groups[("CUDA, all layers", False)]
-    assert whole["tests"] >= 200 and whole["median"] < 0.8 and whole["max"] < 0.95
+    assert whole["tests"] >= 600 and whole["median"] < 0.9 and whole["max"] < 1.02
     for key in (("CUDA, all layers", True), ("CUDA, tensors in RAM (-ot, -ncmoe) or placed by -fitt", False),
                 ("CUDA, some layers on the CPU", False), ("CPU build", False)):
         assert groups[key]["median"] > 0.95, key
