@@ -393,7 +393,8 @@ class CostModel(Transfers):
     def prompt_overhead(self, il: int, name: str) -> float:
         """Fixed prompt seconds per token of layer ``il`` on ``name``: on a GPU its row's
         ``prompt_layer_us`` a ubatch, in proportion to the layer's graph nodes (LAYER_OPS) as the
-        decode's; the CPU's barriers are lost in its compute."""
+        decode's (a CPU layer's too where op offload runs its products there); the CPU's barriers
+        are lost in its compute."""
         if not self.on_gpu(name):
             return 0.0
         ops = self.layer_ops + self.recurrent_ops * self.recurrent[il]
@@ -476,7 +477,8 @@ class CostModel(Transfers):
                 add_seconds(out, self._cpu_weights_pp(il, dense, 0.0, rest, first, pinned))
             return out
         flops = dense * self.dense_flops(il, True) + self.expert_flops(il, True) * expert_share
-        return {first: flops / self.flops(first) + dense * self.attention_pp(il, first),
+        on_first = flops / self.flops(first) + dense * (self.attention_pp(il, first) + self.prompt_overhead(il, first))
+        return {first: on_first,
                 "pcie_stream": streamed_bytes / self.n_tokens / self.stream_bandwidth(first, pinned),
                 "transfers": self.offload_splits(il, dense, expert_share) * self.params.split_s / self.n_tokens}
 
