@@ -184,7 +184,7 @@ def report(result: dict[str, Any]) -> str:
              "",
              "Rows derived (`[[speed]]` in omni_place/data/gpu_catalog.toml; the others keep the default row, "
              "the H200's: decode 0.93 of the bandwidth at most, the weight types' kernel rates at most "
-             "(benchmarks/results/quant_speed.md), MMQ 0.18 beside 220 us per layer and ubatch and 3.5 ms per "
+             "(benchmarks/results/quant_speed.md), MMQ 0.174 beside 229 us per layer and ubatch and 2 ms per "
              "llama_decode call (benchmarks/results/gpu_shapes.md); every row prices the prompt with those fixed "
              "costs, so its share is the rate of the matmuls alone):", "",
              "| compute capability | decode_bw_share | layer_us | mmq_share |", "|---|---:|---:|---:|"]
@@ -204,8 +204,8 @@ def report(result: dict[str, Any]) -> str:
               "the H200 is not memory-bound: its quant kernels are (quant_speed.md), and pricing their work at "
               "each GPU's MMQ rate beside the memory (0.93 of it) prices the GDDR cards' decode within a "
               "median 4 % with the default row alone (the 'default row' column). In MMQ those cards reach "
-              "0.50-0.80 of their FP16-accumulate tensor peak beside the fixed prompt costs (int8 tensor cores, "
-              "twice that peak on these chips), where the H200 reaches 0.18 (its datasheet peak needs wgmma, "
+              "0.46-0.62 of their FP16-accumulate tensor peak beside the call cost (int8 tensor cores, "
+              "twice that peak on these chips), where the H200 reaches 0.174 (its datasheet peak needs wgmma, "
               "which MMQ does not use).",
               "- Rows are keyed by compute capability because llama.cpp's CUDA backend picks its kernels by it "
               "(ggml/src/ggml-cuda/common.cuh:53-60, `GGML_CUDA_CC_*`). Capabilities without records (6.1, 7.0, 7.5, "
@@ -219,7 +219,7 @@ def report(result: dict[str, Any]) -> str:
               "5090's are a third-party comparison's llama.cpp column. MoE decode changed between builds: the "
               "row prices the 4090's qwen3moe record (October 2025) 33 % fast and the 5090's (2026) exactly. "
               "The H200's 1B model was priced 50-88 % fast before the fixed prompt costs (a ubatch's kernels "
-              "take about 220 us a layer whatever its width, and a llama_decode call 3.5 ms: gpu_shapes.md); "
+              "take about 229 us a layer whatever its width, and a llama_decode call 2 ms: gpu_shapes.md); "
               "with them every H200 record here is within 10 %.",
               "", "Summary, |error| median / max:", "",
               "| records | default row | held out | shipped rows |", "|---|---|---|---|"]

@@ -510,8 +510,9 @@ class CostModel(Transfers):
         prompt ubatch by ubatch, a shorter last one too (placement.over_prompt_test)."""
         pred = over_prompt_test(self.context, self.n_tokens, self.predict_ubatch(p),
                                 lambda c: self._at(c).predict_ubatch(p))
-        c = self.context
-        host = self.params.prompt_call_s * prompt_calls_per_token(c.n_prompt, c.n_batch, c.n_ubatch)
+        c = self.context  # a call's host work beside a GPU's (measured there; a CPU's compute hides it)
+        calls = prompt_calls_per_token(c.n_prompt, c.n_batch, c.n_ubatch) if self.cluster.gpus else 0.0
+        host = self.params.prompt_call_s * calls
         t_pp = 1.0 / pred.pp_tps + host
         return Prediction(pred.tg_tps, 1.0 / t_pp, pred.tg_breakdown, {**pred.pp_breakdown, "host": host})
 

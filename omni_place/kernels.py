@@ -114,9 +114,9 @@ def cpu_expert_time_scale(n_ff_exp: int, tokens_per_expert: float, ik: bool) -> 
 #: the row of types the table lacks, and the type every other row is relative to
 FALLBACK_TYPE = "Q4_K"
 #: the decode kernels' rate is at least this many FLOPs per byte of a GPU's bandwidth: the H200's
-#: (989.5 TFLOPS x its MMQ share 0.18 / 4.8 TB/s = 37.1), the most kernel-bound GPU measured. Where
+#: (989.5 TFLOPS x its MMQ share 0.174 / 4.8 TB/s = 35.9), the most kernel-bound GPU measured. Where
 #: ``fp16_tflops`` is no tensor-core figure (Pascal: FP32, MMQ on dp4a) the MMQ rate understates it.
-KERNEL_FLOPS_PER_BYTE = 37.1
+KERNEL_FLOPS_PER_BYTE = 35.9
 #: decode on a GPU without flash attention: extra fixed time per layer, as a share of the row's
 #: ``layer_us`` (the softmax and its copies run as separate kernels; benchmarks/results/quant_speed.md)
 FA_OFF_LAYER_SHARE = 0.37

@@ -323,9 +323,9 @@ class SpeedParams:
     split_s: float = 20e-6  # cost of one graph split (sync + launch) per decoded token (H200: 21 us)
     # host seconds of each llama_decode call of a prompt that its ubatches' GPU work does not hide
     # (building and allocating the first graph, its inputs, the closing sync): 1 call a test of
-    # -p 512, of -b 2048 one every 2048 tokens; fitted with the [[speed]] rows' prompt_layer_us on
-    # an H100 and an H200 (benchmarks/results/gpu_shapes.md)
-    prompt_call_s: float = 3.5e-3
+    # -p 512, of -b 2048 one every 2048 tokens: one-call tests against multi-ubatch ones on an H100
+    # (benchmarks/gpu_shapes.py CALL_S; the [[speed]] rows' prompt_layer_us fitted beside it)
+    prompt_call_s: float = 2.0e-3
     pcie_latency_s: float = 10e-6  # default latency of a host<->GPU copy
     op_offload_min_batch: int = 32  # GGML_OP_OFFLOAD_MIN_BATCH
     # network round trips per visit of a token to an RPC device: 1 by the protocol (one waited
