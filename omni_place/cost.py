@@ -390,15 +390,16 @@ class CostModel(Transfers):
         fa_off = FA_OFF_LAYER_SHARE if attention and not self.context.flash_attn else 0.0
         return self.device(name).speed.layer_us * 1e-6 * self.params.gpu_layer_scale * (ops + fa_off) + mla
 
-    def prompt_overhead(self, il: int, name: str) -> float:
-        """Fixed prompt seconds per token of layer ``il`` on ``name``: on a GPU its row's
-        ``prompt_layer_us`` a ubatch, in proportion to the layer's graph nodes (LAYER_OPS) as the
-        decode's (a CPU layer's too where op offload runs its products there); the CPU's barriers
-        are lost in its compute."""
+    def prompt_overhead(self, name: str) -> float:
+        """Fixed prompt seconds per token of a layer on ``name``: on a GPU its row's
+        ``prompt_layer_us`` a ubatch, in proportion to its architecture's graph nodes (LAYER_OPS) as
+        the decode's (a CPU layer's too where op offload runs its products there). A recurrent layer's
+        own nodes are not added: its mixer's steps are priced beside it (attention.GPU_SCAN_STEP_S), and
+        with them Qwen3.5's and Falcon-H1's whole-GPU prompts read 3-8 / 17-22 % slow. The CPU's
+        barriers are lost in its compute."""
         if not self.on_gpu(name):
             return 0.0
-        ops = self.layer_ops + self.recurrent_ops * self.recurrent[il]
-        return self.device(name).speed.prompt_layer_us * 1e-6 * ops / self.n_tokens
+        return self.device(name).speed.prompt_layer_us * 1e-6 * self.layer_ops / self.n_tokens
 
     def layer_pp(self, il: int, home: str, experts: ExpertHomes, first: str | None) -> dict[str, float]:
         """Prompt seconds per token of layer ``il`` by where they are spent. A CPU-home layer's
@@ -415,7 +416,7 @@ class CostModel(Transfers):
         kept = 1 - frac.pop(CPU, 0.0) - sum(frac.values())  # the experts' share computed with the layer
         gpu = self.device(home).kind == "gpu"
         out = {home: (self.dense_flops(il, gpu) + self.expert_flops(il, gpu) * kept) / self.flops(home)
-               + self.attention_pp(il, home) + self.prompt_overhead(il, home)}
+               + self.attention_pp(il, home) + self.prompt_overhead(home)}
         add_seconds(out, self.away_pp(il, home, away, first))
         return out
 
@@ -477,7 +478,7 @@ class CostModel(Transfers):
                 add_seconds(out, self._cpu_weights_pp(il, dense, 0.0, rest, first, pinned))
             return out
         flops = dense * self.dense_flops(il, True) + self.expert_flops(il, True) * expert_share
-        on_first = flops / self.flops(first) + dense * (self.attention_pp(il, first) + self.prompt_overhead(il, first))
+        on_first = flops / self.flops(first) + dense * (self.attention_pp(il, first) + self.prompt_overhead(first))
         return {first: on_first,
                 "pcie_stream": streamed_bytes / self.n_tokens / self.stream_bandwidth(first, pinned),
                 "transfers": self.offload_splits(il, dense, expert_share) * self.params.split_s / self.n_tokens}
