@@ -109,17 +109,14 @@ def load(paths: list[Path]) -> list[dict[str, Any]]:
 
 
 def price(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Each record priced as it ran (the llama.cpp dialect's reading of its fields) on its rig."""
-    from omni_place.engines import dialect
-
+    """Each record priced as it ran (the llama.cpp dialect's reading of its fields, :func:`_jobs`) on its rig."""
     from benchmarks.hybrid_speed import predict
 
     with tempfile.TemporaryDirectory(prefix="omni_place_gpu_shapes_") as tmp:
-        headers = write_models(Path(tmp), header_only=True)
+        headers: dict[Any, Path] = dict(write_models(Path(tmp), header_only=True))
         rows = []
-        for r in records:
-            flags = dialect("llama.cpp").bench_record_flags(r)
-            tps = predict(headers[r["shape"], r["type"]], FOLDER / r["rig"], [*flags.argv, "-t", str(flags.threads)])
+        for r, (header, rig, argv) in zip(records, _jobs(records, headers, FOLDER)):
+            tps = predict(header, rig, argv)
             dims = SWEEP[r["shape"]]
             rows.append({"gpu": r["gpu_info"], "round": r["round"], "shape": r["shape"], "type": r["type"],
                          "n_embd": dims["n_embd"], "n_ff": dims["n_ff"], "n_layer": dims["n_layer"],

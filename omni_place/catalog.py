@@ -199,8 +199,8 @@ def speed_shares() -> dict[str, SpeedShare]:
         if not (0 < row.decode_bw_share <= 1 and 0 < row.mmq_share <= 1 and 0 < row.layer_us < 1e4
                 and 0 <= row.prompt_layer_us < 1e4 and 0 < row.mla_decode_share <= 1) \
                 or row.compute_capability in rows:
-            raise ClusterError(f"{label}: shares must lie in (0, 1], layer_us and prompt_layer_us in (0, 1e4), "
-                               "and each compute capability appear once")
+            raise ClusterError(f"{label}: shares must lie in (0, 1], layer_us in (0, 1e4), prompt_layer_us in "
+                               "[0, 1e4), and each compute capability appear once")
         rows[row.compute_capability] = row
     return rows
 
