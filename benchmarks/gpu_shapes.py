@@ -228,6 +228,36 @@ def fit_report(paths: list[Path], hybrid: list[Path]) -> dict[str, Any]:
     return out
 
 
+def cpu_layer_sweep(paths: list[Path], hybrid: list[Path], values_us: list[float]) -> list[dict[str, Any]]:
+    """Decode of the records with layers on the CPU (``paths``: the offload runs; ``hybrid``: held-out
+    hybrid_speed gpu-run records at depth 0, no ``-ncmoe``) priced at each ``SpeedParams.cpu_layer_s``
+    of ``values_us``: each set's median |error| and range."""
+    from omni_place.placement import SpeedParams
+    from omni_place.plan import evaluate
+
+    from benchmarks import hybrid_speed
+
+    sets = {"sweep": ([r for r in load(paths) if r["n_gen"] and r["n_gpu_layers"] < 99], FOLDER),
+            "held out": ([r for r in load(hybrid) if r["n_gen"] and r["n_gpu_layers"] < 99 and not r.get("n_cpu_moe")
+                          and not r.get("n_depth")], hybrid_speed.FOLDER)}
+    with tempfile.TemporaryDirectory(prefix="omni_place_gpu_shapes_") as tmp:
+        headers: dict[Any, Path] = dict(write_models(Path(tmp), header_only=True))
+        headers.update(hybrid_speed.write_headers(Path(tmp), sorted({r["shape"] for r in sets["held out"][0]}),
+                                                  header_only=True))
+        jobs = {name: (rs, _jobs(rs, headers, folder)) for name, (rs, folder) in sets.items()}
+        out = []
+        for us in values_us:
+            params = SpeedParams(cpu_layer_s=us * 1e-6)
+            row: dict[str, Any] = {"cpu_layer_us": us}
+            for name, (rs, js) in jobs.items():
+                e = [evaluate(str(h), str(rig), argv, tool="bench", params=params).predicted.tg_tps / r["avg_ts"] - 1
+                     for r, (h, rig, argv) in zip(rs, js)]
+                row[name] = {"n": len(e), "median_abs_pct": round(100 * statistics.median(map(abs, e)), 1),
+                             "min_pct": round(100 * min(e), 1), "max_pct": round(100 * max(e), 1)} if e else {}
+            out.append(row)
+    return out
+
+
 def table(rows: list[dict[str, Any]]) -> str:
     """One line per (shape, type, ubatch): the rounds' measurements and the price's error range."""
     by: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
@@ -270,6 +300,10 @@ def main(argv: list[str] | None = None) -> int:
     f.add_argument("records", nargs="+", type=Path)
     f.add_argument("--held-out", nargs="+", type=Path, default=[], help="hybrid_speed gpu-run records")
     f.add_argument("--json", type=Path)
+    c = sub.add_parser("cpu-layer", help="decode with CPU layers priced at several cpu_layer_s")
+    c.add_argument("records", nargs="+", type=Path)
+    c.add_argument("--held-out", nargs="+", type=Path, default=[], help="hybrid_speed gpu-run records")
+    c.add_argument("--us", nargs="+", type=float, default=[300.0, 200.0, 150.0, 100.0, 80.0])
     q = sub.add_parser("report", help="price the records")
     q.add_argument("records", nargs="+", type=Path)
     q.add_argument("--json", type=Path, help="also write the priced rows here")
@@ -282,6 +316,8 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(result, indent=1))
         if a.json:
             a.json.write_text(json.dumps(result, indent=1) + "\n")
+    elif a.cmd == "cpu-layer":
+        print(json.dumps(cpu_layer_sweep(a.records, a.held_out, a.us), indent=1))
     elif a.cmd == "run":
         run(a.binary, a.folder, a.output, a.rig, a.round, a.reps, a.test, tuple(a.types), a.shapes,
             dict(kv.split("=", 1) for kv in a.env), a.gpu_share, a.threads)
