@@ -58,12 +58,18 @@ SWEEP: dict[str, dict[str, Any]] = {
     # the same widths with other head counts: 32 heads of 64 (2048), 16 of 256 (4096)
     "gpu_d2048h64": dict(_dense(16, 2048, 5632), n_head=32, n_head_kv=8, head_dim=64),
     "gpu_d4096h256": dict(_dense(8, 4096, 14336), n_head=16, n_head_kv=4, head_dim=256),
+    # layers too small to cost the GPU anything: their prompt is the host's work per call and
+    # ubatch (the KQ mask), one layer or three
+    "gpu_tiny_l1": dict(_LLAMA, n_layer=1, n_embd=256, n_head=1, n_head_kv=1, head_dim=64, n_ff=256),
+    "gpu_tiny_l3": dict(_LLAMA, n_layer=3, n_embd=256, n_head=1, n_head_kv=1, head_dim=64, n_ff=256),
 }
 #: the tests a run times: ``ubatch``, a 2048-token prompt at each of UBATCHES; ``depth``, a
-#: 512-token prompt and a 64-token decode after each of DEPTHS cached tokens
+#: 512-token prompt and a 64-token decode after each of DEPTHS cached tokens; ``offload``, prompts and a
+#: decode with a share of the layers on the CPU; ``decode``, a 32-token decode alone (``--threads 1,2,4``)
 TESTS = {"ubatch": ["-p", str(N_PROMPT), "-n", "0", "-b", str(N_PROMPT), "-ub", ",".join(map(str, UBATCHES))],
          "depth": ["-p", "512", "-n", "64", "-ub", "512", "-d", "0,2048,8192,32768"],
-         "offload": ["-p", "512,2048", "-n", "32", "-b", "2048", "-ub", "512"]}
+         "offload": ["-p", "512,2048", "-n", "32", "-b", "2048", "-ub", "512"],
+         "decode": ["-p", "0", "-n", "32"]}
 
 
 def write_models(folder: Path, header_only: bool = False) -> dict[tuple[str, str], Path]:
@@ -75,7 +81,7 @@ def write_models(folder: Path, header_only: bool = False) -> dict[tuple[str, str
 
 def run(binary: Path, folder: Path, output: Path, rig: Path, round_: int, reps: int, test: str = "ubatch",
         types: tuple[str, ...] = TYPES, shapes: list[str] | None = None, env: dict[str, str] | None = None,
-        gpu_share: float = 1.0, threads: int | None = None) -> None:
+        gpu_share: float = 1.0, threads: str | None = None) -> None:
     """llama-bench's ``test`` (a key of TESTS) on the models ``models`` wrote into ``folder`` (of
     ``types`` and ``shapes``, all by default), with ``env`` set and ``gpu_share`` of each model's
     layers on the GPU (the rest on the CPU, ``threads`` of it); round ``round_``'s order is the
@@ -140,10 +146,15 @@ def _jobs(records: list[dict[str, Any]], headers: dict[Any, Path], folder: Path)
     return out
 
 
+#: the prompt parameters ``fit`` fits: Hopper's ``[[speed]]`` row's ``mmq_share`` and ``prompt_layer_us``,
+#: SpeedParams' host costs ``prompt_token_s``, ``mask_cell_s`` and ``mask_byte_s``
+PARAMS = ("mmq_share", "prompt_layer_us", "prompt_token_s", "mask_cell_s", "mask_byte_s")
+
+
 def prompt_seconds(jobs: list[tuple[Path, Path, list[str]]], mmq_share: float, prompt_layer_us: float,
-                   prompt_call_s: float) -> list[float]:
+                   prompt_token_s: float = 0.0, mask_cell_s: float = 0.0, mask_byte_s: float = 0.0) -> list[float]:
     """Seconds per prompt token of each job with Hopper's ``[[speed]]`` row (compute capability 9.0)
-    at ``mmq_share`` and ``prompt_layer_us`` and SpeedParams' ``prompt_call_s``."""
+    at ``mmq_share`` and ``prompt_layer_us`` and SpeedParams' host costs at the rest (:data:`PARAMS`)."""
     from dataclasses import replace
     from unittest import mock
 
@@ -156,48 +167,93 @@ def prompt_seconds(jobs: list[tuple[Path, Path, list[str]]], mmq_share: float, p
         base = speed_share(cc)
         return replace(base, mmq_share=mmq_share, prompt_layer_us=prompt_layer_us) if cc == "9.0" else base
 
-    params = SpeedParams(prompt_call_s=max(prompt_call_s, 1e-12))
+    tiny = 1e-18  # SpeedParams' costs are positive; this prices as none
+    params = SpeedParams(prompt_token_s=max(prompt_token_s, tiny), mask_cell_s=max(mask_cell_s, tiny),
+                         mask_byte_s=max(mask_byte_s, tiny))
     with mock.patch.object(cluster_mod, "speed_share", row):
         return [1.0 / evaluate(str(h), str(rig), argv, engine="llama.cpp", tool="bench", params=params).predicted.pp_tps
                 for h, rig, argv in jobs]
 
 
-def fit(train: list[tuple[Path, Path, list[str]]], measured_s: list[float], call_s: float | None = None,
-        ) -> tuple[float, float, float]:
-    """(mmq_share, prompt_layer_us, prompt_call_s) that price ``train``'s prompts best (least squares
-    on log errors; ``call_s`` given: the call cost held at it). A job's price is linear in 1 / share,
-    in the per-layer and in the per-call cost, so four pricings split it into those parts and the rest."""
-    import numpy as np
+#: each parameter's unit in the fits' search, its starting value and bounds there
+_UNITS = {"mmq_share": (1.0, 0.15, 0.05, 1.0), "prompt_layer_us": (1.0, 100.0, 0.0, 2000.0),
+          "prompt_token_s": (1e-6, 1.0, 0.0, 100.0),
+          "mask_cell_s": (1e-9, 1.0, 0.0, 100.0), "mask_byte_s": (1e-9, 0.1, 0.0, 10.0)}
+#: the GPU's parameters and the host's
+GPU_PARAMS, HOST_PARAMS = PARAMS[:2], PARAMS[2:]
+
+
+def _least_squares(residuals: Any, free: tuple[str, ...]) -> dict[str, float]:
     from scipy.optimize import least_squares
 
-    base = np.array(prompt_seconds(train, 0.15, 0.0, 0.0))
-    matmul = 2 * (base - np.array(prompt_seconds(train, 0.30, 0.0, 0.0)))  # at share 0.15
-    per_us = (np.array(prompt_seconds(train, 0.15, 100.0, 0.0)) - base) / 100.0
-    per_ms = np.array(prompt_seconds(train, 0.15, 0.0, 1e-3)) - base
+    x = least_squares(lambda y: residuals({n: v * _UNITS[n][0] for n, v in zip(free, y)}), [_UNITS[n][1] for n in free],
+                      bounds=([_UNITS[n][2] for n in free], [_UNITS[n][3] for n in free])).x
+    return {n: float(v) * _UNITS[n][0] for n, v in zip(free, x)}
+
+
+def fit_host(jobs: list[tuple[Path, Path, list[str]]], measured_s: list[float],
+             gpu: dict[str, float]) -> dict[str, float]:
+    """The host's :data:`HOST_PARAMS` that price ``jobs`` (tests of layers too small to cost the GPU
+    anything: SWEEP's gpu_tiny models) best, least squares on log errors, priced whole at each step
+    (a later ubatch's host work shows only beyond the device time before it), the GPU's at ``gpu``."""
+    import numpy as np
+
+    meas = np.array(measured_s)
+    return _least_squares(lambda v: np.log(np.array(prompt_seconds(jobs, *(gpu | v).values())) / meas), HOST_PARAMS)
+
+
+def fit_gpu(train: list[tuple[Path, Path, list[str]]], measured_s: list[float], host: dict[str, float],
+            share: float | None = None) -> dict[str, float]:
+    """The GPU's :data:`GPU_PARAMS` that price ``train``'s prompts best (least squares on log errors),
+    the host's at ``host`` (``share``: the MMQ share held there). A job's price is linear in 1 / share
+    and in the per-layer cost (the host's work hidden behind wide layers' ubatches), so three pricings
+    split it into those parts and the rest."""
+    import numpy as np
+
+    def priced(mmq: float, layer_us: float) -> Any:
+        return np.array(prompt_seconds(train, mmq, layer_us, *host.values()))
+
+    base = priced(0.15, 0.0)
+    matmul, per_us = 2 * (base - priced(0.30, 0.0)), (priced(0.15, 100.0) - base) / 100.0  # matmuls at 0.15
     rest, meas = base - matmul, np.array(measured_s)
+    held = {} if share is None else {"mmq_share": share}
+    free = tuple(n for n in GPU_PARAMS if n not in held)
 
-    def residuals(x: Any) -> Any:
-        return np.log((rest + matmul * 0.15 / x[0] + per_us * x[1] + per_ms * x[2]) / meas)
+    def residuals(v: dict[str, float]) -> Any:
+        v = held | v
+        return np.log((rest + matmul * 0.15 / v["mmq_share"] + per_us * v["prompt_layer_us"]) / meas)
 
-    if call_s is not None:
-        x = least_squares(lambda y: residuals([*y, call_s * 1e3]), [0.15, 100.0], bounds=([0.05, 0.0], [1.0, 2000.0])).x
-        return float(x[0]), float(x[1]), call_s
-    x = least_squares(residuals, [0.15, 100.0, 1.0], bounds=([0.05, 0.0, 0.0], [1.0, 2000.0, 100.0])).x
-    return float(x[0]), float(x[1]), float(x[2]) * 1e-3
+    return held | _least_squares(residuals, free)
 
 
-#: the call cost the shipped fit holds: the sweep prices within a point of its best from 1.5 to 3.5 ms
-#: (it cannot pin it); a one-call 512-token test ran 1.0-1.4 ms a 512 tokens slower than four 512-token
-#: ubatches of one call (1.3-1.9 ms a call), and the older H200 runs of speed_truth's models allow at
-#: most ~2.3 ms (tests/test_speed_model.py::test_later_ubatches_of_a_prompt_attend_to_the_earlier)
-CALL_S = 2.0e-3
+def fit(host_jobs: tuple[list[Any], list[float]], gpu_jobs: tuple[list[Any], list[float]],
+        share: float | None = None, rounds: int = 2) -> dict[str, float]:
+    """All :data:`PARAMS`: the host's on ``host_jobs`` and the GPU's on ``gpu_jobs`` in turn (the tiny
+    layers' device time is the per-layer cost), from the shipped values; ``share``: the MMQ share held."""
+    from omni_place.catalog import speed_share
+    from omni_place.placement import SpeedParams
+
+    row, sp = speed_share("9.0"), SpeedParams()
+    values = {"mmq_share": row.mmq_share, "prompt_layer_us": row.prompt_layer_us}
+    values |= {n: getattr(sp, n) for n in HOST_PARAMS}
+    for _ in range(rounds):
+        values |= fit_host(*host_jobs, {n: values[n] for n in GPU_PARAMS})
+        values |= fit_gpu(*gpu_jobs, {n: values[n] for n in HOST_PARAMS}, share)
+    return {n: values[n] for n in PARAMS}
+
+
+#: the MMQ share the shipped fit holds: Hopper's row's from session 45's fit, the one the GPU decode's
+#: kernel floor and the weight types' decode factors were derived against (kernels.KERNEL_FLOPS_PER_BYTE,
+#: quant_speed report --write); the free fit moves it by 3 %, within the per-layer cost's reach
+SHIPPED_SHARE = 0.174
 
 
 def fit_report(paths: list[Path], hybrid: list[Path]) -> dict[str, Any]:
-    """Fit Hopper's prompt parameters on the sweep's prompt records at ubatch 128-1024, each GPU's
-    alone and both together (all three free), and both with the call cost held at CALL_S (the
-    shipped fit); price every set with each fit: the sweeps, their ubatch-2048 runs and (held out)
-    ``hybrid`` (benchmarks/hybrid_speed.py's whole-GPU runs of published shapes)."""
+    """Fit Hopper's prompt parameters (:func:`fit`): the host's on the gpu_tiny records, the GPU's on
+    the rest of the sweep's prompt records (ubatch 128-2048, depth 0-32768), each GPU's alone and both
+    together, and both with the MMQ share held (the shipped fit); price every set with each fit: the
+    sweeps, their ubatch-2048 and depth-32768 runs and (held out) ``hybrid`` (benchmarks/hybrid_speed.py's
+    whole-GPU runs of published shapes)."""
     from benchmarks import hybrid_speed
 
     with tempfile.TemporaryDirectory(prefix="omni_place_gpu_shapes_") as tmp:
@@ -205,33 +261,39 @@ def fit_report(paths: list[Path], hybrid: list[Path]) -> dict[str, Any]:
         held = [r for r in load(hybrid) if r["n_prompt"] and r["n_gpu_layers"] >= 99 and not r.get("n_cpu_moe")]
         headers: dict[Any, Path] = dict(write_models(Path(tmp), header_only=True))
         headers.update(hybrid_speed.write_headers(Path(tmp), sorted({r["shape"] for r in held}), header_only=True))
-        sets = {f"{gpu} ubatch 128-1024": [r for r in recs if r["gpu_info"] == gpu and r["n_ubatch"] <= 1024]
-                for gpu in sorted({r["gpu_info"] for r in recs})}
-        sets["both GPUs ubatch 2048"] = [r for r in recs if r["n_ubatch"] == 2048]
+        tiny = [r for r in recs if r["shape"].startswith("gpu_tiny")]
+        wide = [r for r in recs if not r["shape"].startswith("gpu_tiny")]
+        sets = {"host: gpu_tiny layers": tiny}
+        sets |= {f"{gpu} ubatch 128-2048": [r for r in wide if r["gpu_info"] == gpu]
+                 for gpu in sorted({r["gpu_info"] for r in wide})}
+        sets["both GPUs ubatch 2048"] = [r for r in wide if r["n_ubatch"] == 2048]
+        sets["both GPUs depth 32768"] = [r for r in wide if r.get("n_depth") == 32768]
         sets["held out: whole-GPU runs of published shapes (H100)"] = held
         jobs = {name: (_jobs(rs, headers, FOLDER if rs is not held else hybrid_speed.FOLDER),
                        [1.0 / r["avg_ts"] for r in rs]) for name, rs in sets.items()}
-        train_sets = [n for n in sets if "128-1024" in n]
-        fits = {n: fit(*jobs[n]) for n in train_sets}
-        both = ([j for n in train_sets for j in jobs[n][0]], [m for n in train_sets for m in jobs[n][1]])
-        fits["both"] = fit(*both)
-        fits["shipped"] = fit(*both, call_s=CALL_S)
+        gpu_sets = [n for n in sets if "128-2048" in n]
+        fits = {n: fit(jobs["host: gpu_tiny layers"], jobs[n]) for n in gpu_sets}
+        both = ([j for n in gpu_sets for j in jobs[n][0]], [m for n in gpu_sets for m in jobs[n][1]])
+        fits["both"] = fit(jobs["host: gpu_tiny layers"], both)
+        fits["shipped"] = fit(jobs["host: gpu_tiny layers"], both, share=SHIPPED_SHARE)
         out: dict[str, Any] = {"fits": {}}
         for fname, x in fits.items():
             errs = {}
             for name, (js, meas) in jobs.items():
-                e = [m / t - 1 for t, m in zip(prompt_seconds(js, *x), meas)]  # predicted tok/s / measured - 1
-                errs[name] = {"n": len(e), "median_abs_pct": round(100 * statistics.median(map(abs, e)), 1),
-                              "min_pct": round(100 * min(e), 1), "max_pct": round(100 * max(e), 1)}
-            out["fits"][fname] = {"mmq_share": round(x[0], 3), "prompt_layer_us": round(x[1], 1),
-                                  "prompt_call_ms": round(x[2] * 1e3, 2), "errors": errs}
+                priced = prompt_seconds(js, *(x[n] for n in PARAMS))
+                errs[name] = _spread([m / t - 1 for t, m in zip(priced, meas)])  # predicted / measured - 1
+            out["fits"][fname] = {"mmq_share": round(x["mmq_share"], 3),
+                                  "prompt_layer_us": round(x["prompt_layer_us"], 1),
+                                  "prompt_token_us": round(x["prompt_token_s"] * 1e6, 3),
+                                  "mask_cell_ns": round(x["mask_cell_s"] * 1e9, 3),
+                                  "mask_byte_ns": round(x["mask_byte_s"] * 1e9, 4), "errors": errs}
     return out
 
 
 def cpu_layer_sweep(paths: list[Path], hybrid: list[Path], values_us: list[float]) -> list[dict[str, Any]]:
-    """Decode of the records with layers on the CPU (``paths``: the offload runs; ``hybrid``: held-out
+    """Decode of the records with layers on the CPU (``paths``: gpu_shapes runs; ``hybrid``: held-out
     hybrid_speed gpu-run records at depth 0, no ``-ncmoe``) priced at each ``SpeedParams.cpu_layer_s``
-    of ``values_us``: each set's median |error| and range."""
+    of ``values_us``: each set's median |error| and range, and by threads."""
     from omni_place.placement import SpeedParams
     from omni_place.plan import evaluate
 
@@ -252,10 +314,17 @@ def cpu_layer_sweep(paths: list[Path], hybrid: list[Path], values_us: list[float
             for name, (rs, js) in jobs.items():
                 e = [evaluate(str(h), str(rig), argv, tool="bench", params=params).predicted.tg_tps / r["avg_ts"] - 1
                      for r, (h, rig, argv) in zip(rs, js)]
-                row[name] = {"n": len(e), "median_abs_pct": round(100 * statistics.median(map(abs, e)), 1),
-                             "min_pct": round(100 * min(e), 1), "max_pct": round(100 * max(e), 1)} if e else {}
+                row[name] = _spread(e)
+                for t in sorted({r["n_threads"] for r in rs}):
+                    row[f"{name} -t {t}"] = _spread([x for x, r in zip(e, rs) if r["n_threads"] == t])
             out.append(row)
     return out
+
+
+def _spread(errors: list[float]) -> dict[str, Any]:
+    """Median |error| and range of ``errors`` (predicted / measured - 1), in %."""
+    return {"n": len(errors), "median_abs_pct": round(100 * statistics.median(map(abs, errors)), 1),
+            "min_pct": round(100 * min(errors), 1), "max_pct": round(100 * max(errors), 1)} if errors else {}
 
 
 def table(rows: list[dict[str, Any]]) -> str:
@@ -295,7 +364,7 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--shapes", nargs="+", choices=sorted(SWEEP))
     r.add_argument("--env", nargs="*", default=[], metavar="KEY=VALUE", help="environment for llama-bench")
     r.add_argument("--gpu-share", type=float, default=1.0, help="share of each model's layers on the GPU")
-    r.add_argument("--threads", type=int, help="llama-bench -t")
+    r.add_argument("--threads", help="llama-bench -t (a comma list runs each)")
     f = sub.add_parser("fit", help="fit Hopper's prompt parameters on the records; price held-out runs")
     f.add_argument("records", nargs="+", type=Path)
     f.add_argument("--held-out", nargs="+", type=Path, default=[], help="hybrid_speed gpu-run records")

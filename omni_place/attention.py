@@ -31,7 +31,6 @@ elementwise passes (:func:`delta_rule_work`), whatever the depth.
 """
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 #: prompt attention with flash attention, FLOP/s as a share of the GPU's FP16 tensor peak
@@ -144,12 +143,54 @@ def mean_depths(depth: int, n_prompt: int, n_gen: int, n_tokens: int,
     return depth + max(0, n_gen - 1) / 2, pp_depth + max(0, n_prompt - n_tokens) / 2
 
 
-def prompt_calls_per_token(n_prompt: int, n_batch: int, n_ubatch: int) -> float:
-    """llama_decode calls per prompt token: a llama-bench test of ``n_prompt`` tokens makes one per
-    ``n_batch`` (tools/llama-bench/llama-bench.cpp ``test_prompt``); 0 tokens, a long prompt fed
-    ``n_batch`` at a time (a server's)."""
-    n_batch = max(n_batch, n_ubatch, 1)
-    return math.ceil(n_prompt / n_batch) / n_prompt if n_prompt > 0 else 1.0 / n_batch
+#: cells of a KQ mask's later rows mainline rechecks beyond the ubatch's positions (and a window)
+MASK_RECHECK_MARGIN = 32
+
+
+def kq_mask_work(n_tokens: int, n_kv: int, window: int, flash_attn: bool, reuse_rows: bool,
+                 threads: int = 1) -> tuple[float, float]:
+    """(cells checked, bytes written) building one ubatch's KQ mask on the host: ``n_tokens`` rows
+    of ``n_kv`` cells (F16 for flash attention, else F32; llama-graph.cpp ``build_attn_inp_kq_mask``),
+    ``window`` a SWA mask's. Mainline (``reuse_rows``) checks the first row's every cell, then copies
+    each row to the next and rechecks only the cells at the ubatch's positions, the window and
+    :data:`MASK_RECHECK_MARGIN` (src/llama-kv-cache.cpp ``set_input_kq_mask_impl``); ik_llama.cpp checks
+    every cell of every row, over ``threads`` threads where the mask is large (src/llama.cpp, the
+    ``n_kv >= 1024 && n_tokens >= 32`` branch of ``llama_set_inputs``), the cells counted per thread."""
+    if n_tokens <= 0 or n_kv <= 0:
+        return 0.0, 0.0
+    size = n_tokens * n_kv * (2 if flash_attn else 4)
+    if not reuse_rows:
+        spread = threads if n_kv >= 1024 and n_tokens >= 32 else 1
+        return n_tokens * n_kv / max(1, spread), float(size)
+    recheck = min(n_kv, n_tokens + MASK_RECHECK_MARGIN + window)
+    return float(n_kv + (n_tokens - 1) * recheck), float(size)
+
+
+#: the most ubatches of a prompt :func:`prompt_ubatch_sample` lists (a long prompt in tiny ubatches
+#: is priced from an even sample of them)
+MAX_PRICED_UBATCHES = 4096
+
+
+def prompt_ubatch_sample(n_prompt: int, n_batch: int, n_ubatch: int, depth: int,
+                         limit: int = MAX_PRICED_UBATCHES) -> list[tuple[int, int, int, int]]:
+    """(count, tokens, depth, tokens of the ubatch before it in its call, 0 for a call's first) of a
+    prompt's ubatches: a llama-bench test of ``n_prompt`` tokens after ``depth``, one llama_decode call
+    per ``n_batch`` tokens (tools/llama-bench/llama-bench.cpp ``test_prompt``) split into ``n_ubatch``-
+    token ubatches, a call's last maybe shorter; 0 tokens, one full call (a server's long prompt).
+    Beyond ``limit`` ubatches, evenly spaced ones, each counted for those up to the next."""
+    n_batch, n_ubatch = max(n_batch, n_ubatch, 1), max(n_ubatch, 1)
+    n_prompt = n_prompt if n_prompt > 0 else n_batch
+    per_call, (full, rest) = -(-n_batch // n_ubatch), divmod(n_prompt, n_batch)
+    total = full * per_call + -(-rest // n_ubatch)
+    picked = range(0, total, max(1, -(-total // max(1, limit))))
+    out = []
+    for at, index in enumerate(picked):
+        call, k = divmod(index, per_call)
+        tokens = min(n_batch, n_prompt - call * n_batch)  # this call's
+        count = (picked[at + 1] if at + 1 < len(picked) else total) - index
+        out.append((count, min(n_ubatch, tokens - k * n_ubatch), depth + call * n_batch + k * n_ubatch,
+                    n_ubatch if k else 0))
+    return out
 
 
 def prompt_ubatches(n_prompt: int, n_batch: int, n_ubatch: int) -> dict[int, int]:

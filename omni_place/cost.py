@@ -31,7 +31,8 @@ from dataclasses import replace
 from functools import cached_property
 
 from .attention import (attended_cells, cpu_cache_prompt_bytes, cpu_decode_kv_s, decode_cache_bytes, decode_kv_cost,
-                        delta_rule_work, mean_depths, prompt_attention_s, prompt_calls_per_token, recurrent_prompt_s)
+                        delta_rule_work, kq_mask_work, mean_depths, prompt_attention_s, prompt_ubatch_sample,
+                        recurrent_prompt_s)
 from .compute import PIPELINE_COPIES, ComputeEstimate, compute_buffer_estimate
 from .compute_price import (REPACK_TYPES, add_compute_margins, finish_usage, offloadable_weights, op_offload_reserve,
                             pageable_bytes, replayed_buffers)
@@ -41,7 +42,7 @@ from .gpu_matmul import batch_rate, expert_time_factor, routed_tile_factor, unif
 from .hparams import arch_spec
 from .kernels import FA_OFF_LAYER_SHARE, KERNEL_FLOPS_PER_BYTE, KernelWork, cpu_expert_time_scale, kernel_work
 from .layer_work import layer_work
-from .model import LayerCost, ModelProfile, Role
+from .model import KV_CELL_PADDING, LayerCost, ModelProfile, Role, align_up
 from .placement import (CPU, EXPERT_KINDS, EXPERT_OPTIONS, Context, DeviceUsage, ExpertHomes, Placement, Prediction,
                         SpeedParams, add_seconds, expert_kind, on_cpu, over_prompt_test, placement_from_counts)
 from .transfers import PAGEABLE_LINK_FRACTION, PINNED_LINK_FRACTION, Transfers, backend_of
@@ -86,6 +87,7 @@ class CostModel(Transfers):
         self.cpu_expert_scale = cpu_expert_time_scale(hp.n_ff_exp, b * self.k_over_n, c.ik_cpu_kernels)
         tg_depth, pp_depth = mean_depths(c.depth, c.n_prompt, c.n_gen, b, c.prompt_depth)  # a bench test's mean
         depth_cells, full_cells = min(tg_depth, c.ctx), model.kv_cells(c.ctx, c.n_seq)
+        self.tg_depth = depth_cells
         n = len(self.kv)
         self.recurrent = [model.is_recurrent(il) for il in range(n)]
         self.attends = [model.attends(il) for il in range(n)]  # a parallel layer (falcon-h1) does both
@@ -511,11 +513,44 @@ class CostModel(Transfers):
         prompt ubatch by ubatch, a shorter last one too (placement.over_prompt_test)."""
         pred = over_prompt_test(self.context, self.n_tokens, self.predict_ubatch(p),
                                 lambda c: self._at(c).predict_ubatch(p))
-        c = self.context  # a call's host work beside a GPU's (measured there; a CPU's compute hides it)
-        calls = prompt_calls_per_token(c.n_prompt, c.n_batch, c.n_ubatch) if self.cluster.gpus else 0.0
-        host = self.params.prompt_call_s * calls
+        host = self.prompt_host_s(1.0 / pred.pp_tps)
         t_pp = 1.0 / pred.pp_tps + host
-        return Prediction(pred.tg_tps, 1.0 / t_pp, pred.tg_breakdown, {**pred.pp_breakdown, "host": host})
+        tg_host = self.mask_s(1, self.tg_depth)  # a decoded token's mask row: every cell checked
+        return Prediction(1.0 / (1.0 / pred.tg_tps + tg_host), 1.0 / t_pp, {**pred.tg_breakdown, "host": tg_host},
+                          {**pred.pp_breakdown, "host": host})
+
+    @cached_property
+    def _kq_masks(self) -> list[tuple[int, int]]:
+        """(window, cells) of each KQ mask a ubatch builds: the full cache's, a SWA model's window's."""
+        c, hp = self.context, self.model.hparams
+        full = self.model.kv_cells(c.ctx, c.n_seq) // max(1, c.n_seq)
+        return sorted({(hp.n_swa, self.model.swa_kv_cells(full, c.n_ubatch, 1, c.swa_full)) if hp.is_swa[il]
+                       else (0, full) for il in range(hp.n_layer) if self.attends[il]})
+
+    def mask_s(self, n_tokens: int, depth: float) -> float:
+        """Host seconds building a ubatch's KQ masks (attention.kq_mask_work), each ``n_kv`` = the used
+        cells padded to 256 wide (src/llama-kv-cache.cpp ``get_n_kv``)."""
+        c, sp, out = self.context, self.params, 0.0
+        for window, cells in self._kq_masks:
+            n_kv = min(cells, max(KV_CELL_PADDING, align_up(math.ceil(depth) + n_tokens, KV_CELL_PADDING)))
+            checked, written = kq_mask_work(n_tokens, n_kv, window, c.flash_attn, c.kq_mask_reuses_rows,
+                                            self.threads(CPU))
+            out += checked * sp.mask_cell_s + written * sp.mask_byte_s
+        return out
+
+    def prompt_host_s(self, device_s: float) -> float:
+        """Host seconds per prompt token the devices wait for, at ``device_s`` of device time a token:
+        each ubatch's host work (its tokens' bookkeeping, SpeedParams.prompt_token_s, and its KQ masks,
+        :meth:`mask_s`) before its graph runs, each llama_decode call's first ubatch's whole, a later
+        one's beyond its predecessor's device time (done while a GPU runs that; a CPU backend computes
+        on the host, so without a GPU all of it waits)."""
+        c = self.context
+        hide = device_s if self.cluster.gpus else 0.0
+        start = c.depth if c.prompt_depth is None else c.prompt_depth
+        sample = prompt_ubatch_sample(c.n_prompt, c.n_batch, c.n_ubatch, start)
+        waited = sum(count * max(0.0, n * self.params.prompt_token_s + self.mask_s(n, d) - hide * before)
+                     for count, n, d, before in sample)
+        return waited / sum(count * n for count, n, _, _ in sample)
 
     def _at(self, context: Context) -> CostModel:
         """This model at another context (a test's shorter ubatch), built once, with these parameters."""

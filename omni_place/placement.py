@@ -239,6 +239,9 @@ class Context:
     # the CPU runs ik_llama.cpp's kernels, not mainline's: their prompt time per weight type
     # (data/weight_types.toml), the decode's cache at the memory's rate (EngineTraits)
     ik_cpu_kernels: bool = False
+    # the host builds a ubatch's KQ mask reusing each row for the next (mainline), else cell by cell
+    # over half its hardware threads (ik_llama.cpp; attention.kq_mask_work)
+    kq_mask_reuses_rows: bool = True
     # a decoded token's MLA attention on a GPU is bound by its FLOPs (EngineTraits.mla_decode_flops)
     mla_decode_flops: bool = True
     # bytes an engine's compute buffers run above mainline's replay: accelerator, host (EngineTraits)
@@ -321,11 +324,13 @@ class SpeedParams:
     # tokens (moe15 at ubatch 512: 32), the same two VMs ran moe15's Q4_K experts at 0.43 / 0.37
     cpu_moe_compute_eff: float = 0.4
     split_s: float = 20e-6  # cost of one graph split (sync + launch) per decoded token (H200: 21 us)
-    # host seconds of each llama_decode call of a prompt that its ubatches' GPU work does not hide
-    # (building and allocating the first graph, its inputs, the closing sync): 1 call a test of
-    # -p 512, of -b 2048 one every 2048 tokens: one-call tests against multi-ubatch ones on an H100
-    # (benchmarks/gpu_shapes.py CALL_S; the [[speed]] rows' prompt_layer_us fitted beside it)
-    prompt_call_s: float = 2.0e-3
+    # a ubatch's host work before its graph runs (cost.prompt_host_s: what the GPU waits for):
+    # seconds per token, per KQ-mask cell checked and per mask byte written and copied up
+    # (attention.kq_mask_work); fitted on 1- and 3-layer models 256 wide, whose prompt is the host's
+    # work, at ubatch 128-2048 and depth 0-32768 on an H100 VM (`python -m benchmarks.gpu_shapes fit`)
+    prompt_token_s: float = 3.06e-6
+    mask_cell_s: float = 1.77e-9
+    mask_byte_s: float = 0.0965e-9
     pcie_latency_s: float = 10e-6  # default latency of a host<->GPU copy
     op_offload_min_batch: int = 32  # GGML_OP_OFFLOAD_MIN_BATCH
     # network round trips per visit of a token to an RPC device: 1 by the protocol (one waited

@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from omni_place.attention import prompt_ubatches
+from omni_place.attention import kq_mask_work, prompt_ubatch_sample, prompt_ubatches
 from omni_place.bench.calibrate import predict_point
 from omni_place.bench.llamabench import import_text
 from omni_place.cost import Context, CostModel, SpeedParams
@@ -37,6 +37,51 @@ def test_a_prompt_splits_into_batches_then_ubatches() -> None:
     assert prompt_ubatches(0, 2048, 512) == {}
 
 
+def test_calls_list_their_ubatches_at_their_depths() -> None:
+    """(count, tokens, depth, tokens of the one before it in its call)."""
+    assert prompt_ubatch_sample(2048, 2048, 512, 0) == [(1, 512, 0, 0), (1, 512, 512, 512), (1, 512, 1024, 512),
+                                                        (1, 512, 1536, 512)]
+    assert prompt_ubatch_sample(1280, 1024, 512, 100) == [(1, 512, 100, 0), (1, 512, 612, 512), (1, 256, 1124, 0)]
+    assert prompt_ubatch_sample(0, 2048, 4096, 7) == [(1, 4096, 7, 0)]  # a server's prompt: one full call
+    assert prompt_ubatch_sample(2048, 2048, 512, 0, limit=2) == [(2, 512, 0, 0), (2, 512, 1024, 512)]
+
+
+@given(st.integers(0, 1 << 16), st.integers(1, 1 << 12), st.integers(1, 1 << 12), st.integers(0, 1 << 16))
+def test_the_calls_agree_with_the_ubatch_sizes(n_prompt: int, n_batch: int, n_ubatch: int, depth: int) -> None:
+    flat = prompt_ubatch_sample(n_prompt, n_batch, n_ubatch, depth, limit=1 << 20)
+    assert all(count == 1 for count, *_ in flat)
+    if n_prompt:
+        sizes: dict[int, int] = {}
+        for _, n, _, _ in flat:
+            sizes[n] = sizes.get(n, 0) + 1
+        assert sizes == prompt_ubatches(n_prompt, n_batch, n_ubatch)
+    at = depth
+    for _, n, d, before in flat:
+        assert d == at and before in (0, n_ubatch)
+        at += n
+
+
+@given(st.integers(1, 1 << 31), st.integers(1, 1 << 16), st.integers(1, 1 << 16))
+def test_a_long_prompt_in_tiny_ubatches_is_sampled(n_prompt: int, n_batch: int, n_ubatch: int) -> None:
+    sample = prompt_ubatch_sample(n_prompt, n_batch, n_ubatch, 0)
+    assert len(sample) <= 4096
+    assert sum(count for count, *_ in sample) == len(prompt_ubatch_sample(min(n_prompt, 1 << 14), n_batch, n_ubatch, 0,
+                                                                         limit=1 << 20)) or n_prompt > 1 << 14
+
+
+def test_the_mask_work_follows_each_engine() -> None:
+    """Mainline checks a mask's first row whole and then rechecks ubatch + 32 (+ window) cells a row,
+    copying the row before it (src/llama-kv-cache.cpp set_input_kq_mask_impl); ik_llama.cpp checks
+    every cell, over its threads where the mask is large (src/llama.cpp llama_set_inputs)."""
+    assert kq_mask_work(2048, 2048, 0, True, True) == (2048 + 2047 * 2048, 2048 * 2048 * 2)
+    assert kq_mask_work(512, 33024, 0, True, True) == (33024 + 511 * 544, 512 * 33024 * 2)
+    assert kq_mask_work(512, 1024, 512, False, True) == (1024 + 511 * 1024, 512 * 1024 * 4)  # window: all
+    assert kq_mask_work(1, 33024, 0, True, True) == (33024, 33024 * 2)  # a decoded token: the first row
+    assert kq_mask_work(512, 33024, 0, True, False, threads=8) == (512 * 33024 / 8, 512 * 33024 * 2)
+    assert kq_mask_work(16, 33024, 0, True, False, threads=8) == (16 * 33024, 16 * 33024 * 2)  # small: one thread
+    assert kq_mask_work(0, 256, 0, True, True) == (0.0, 0.0)
+
+
 @given(st.integers(0, 1 << 20), st.integers(1, 1 << 14), st.integers(1, 1 << 14))
 def test_the_ubatches_hold_every_prompt_token_once(n_prompt: int, n_batch: int, n_ubatch: int) -> None:
     n_batch = max(n_batch, n_ubatch)  # the engine's n_ubatch = min(n_batch, -ub)
@@ -50,6 +95,30 @@ def test_the_ubatches_hold_every_prompt_token_once(n_prompt: int, n_batch: int, 
 @pytest.fixture(scope="module")
 def moe15(tmp_path_factory: pytest.TempPathFactory):
     return load_model(write_speed_model("moe15", tmp_path_factory.mktemp("hdr"), header_only=True))
+
+
+def test_the_host_waits_only_for_what_the_gpu_does_not_hide(moe15) -> None:
+    """Beside a GPU each call's first ubatch's host work is waited for, a later one's only beyond the
+    device time before it (none: every ubatch's, as on a CPU). The engines' masks differ."""
+    from omni_place.engines import dialect
+
+    model, cluster = moe15, resolve_cluster(str(RES / "rig_b.toml"))
+    assert cluster.gpus
+    ctx = Context(ctx=4096, n_ubatch=512, n_batch=2048, n_prompt=2048)
+    cm = CostModel(model, cluster, ctx)
+    first = 512 * cm.params.prompt_token_s + cm.mask_s(512, 0)
+    assert cm.mask_s(512, 0) > 0
+    assert cm.prompt_host_s(1.0) == pytest.approx(first / 2048)  # a slow GPU hides the rest
+    every = sum(512 * cm.params.prompt_token_s + cm.mask_s(512, d) for d in (0, 512, 1024, 1536))
+    assert cm.prompt_host_s(0.0) == pytest.approx(every / 2048)
+    ik = dialect("ik_llama.cpp").traits.context(ctx=4096, n_ubatch=512, n_batch=2048, n_prompt=2048)
+    assert not ik.kq_mask_reuses_rows and dialect("llama.cpp").traits.context().kq_mask_reuses_rows
+    threads = cluster.cpu.threads
+    cells, size = 512 * 2048 / threads, 512 * 2048 * 2  # n_kv: 1536 + 512 cells, over the CPU's threads
+    assert CostModel(model, cluster, ik).mask_s(512, 1536) == pytest.approx(
+        cells * cm.params.mask_cell_s + size * cm.params.mask_byte_s)
+    mainline = (2048 + 511 * 544) * cm.params.mask_cell_s + size * cm.params.mask_byte_s
+    assert cm.mask_s(512, 1536) == pytest.approx(mainline)
 
 
 def test_a_short_last_ubatch_costs_a_whole_ones_weight_copies(moe15) -> None:

@@ -259,7 +259,8 @@ def test_parallel_decode_is_the_slowest_share_plus_the_allreduces() -> None:
     assert use["CUDA0"].weights_bytes > 2.5 * use["CUDA1"].weights_bytes  # 3:1, norms mirrored
     even = evaluate("llama-3.3-70b", "seed", ["-sm", "tensor", "-ts", "1,1", "-c", "8192"]).predicted
     assert even.tg_tps > plan.predicted.tg_tps  # equal bandwidths: the even split reads less per device
-    assert set(tg) == {"CUDA0", "allreduce", "transfers"}  # the 3/4 share is the slower one every layer
+    assert set(tg) == {"CUDA0", "allreduce", "transfers", "host"}  # the 3/4 share is the slower one every layer
+    assert tg["host"] == pytest.approx(cost.mask_s(1, 0))  # the decoded token's KQ mask row
 
 
 def test_a_zero_granularity_splits_by_element() -> None:

@@ -49,6 +49,9 @@ class EngineTraits:
     # cache at the memory's rate (its flash attention unmeasured); else mainline's (cpu_prompt,
     # cpu_expert_prompt; the cache at its threads' rate, attention.CPU_DECODE_KV_BYTES_PER_FLOP)
     ik_cpu_kernels: bool = False
+    # the host's KQ mask reuses each row for the next (mainline, src/llama-kv-cache.cpp
+    # set_input_kq_mask_impl); else every cell is checked (ik_llama.cpp; attention.kq_mask_work)
+    kq_mask_reuses_rows: bool = True
     # bytes above mainline's replayed compute buffer on an accelerator and on the host: an engine
     # whose graphs are not mainline's (ik_llama.cpp: fused ops, its MLA and MoE paths) is priced
     # as mainline's replay of the placement plus these (benchmarks/ik_compute.py measures them)
@@ -109,7 +112,8 @@ class EngineTraits:
                        pinned_overrides=self.pinned_overrides, pinned_cpu_cache=self.pinned_cpu_cache,
                        conv_store_reads_input=self.conv_store_reads_input,
                        output_by_split=self.output_by_split, mla_decode_flops=self.mla_decode_flops,
-                       ik_dsa_indexer=self.ik_dsa_indexer, **settings)
+                       ik_dsa_indexer=self.ik_dsa_indexer, kq_mask_reuses_rows=self.kq_mask_reuses_rows,
+                       **settings)
 
 
 @dataclass(frozen=True)

@@ -443,7 +443,7 @@ class IkLlama(Dialect):
                           host_compute_margin=IK_HOST_COMPUTE_MARGIN, replay_gpus=1, pinned_overrides=True,
                           pinned_cpu_cache=True, conv_store_reads_input=False,
                           output_by_split=False, bench_cold_first_prompt=True, mla_decode_flops=False,
-                          ik_dsa_indexer=True, split_modes=SPLIT_MODES)
+                          ik_dsa_indexer=True, kq_mask_reuses_rows=False, split_modes=SPLIT_MODES)
     tools = TOOLS
     syntax = SYNTAX
     bench = BenchSpelling(fit=("--fit", "1"), n_cpu_moe="--n-cpu-moe", output=("-o", "json"), ngl_all="999")
