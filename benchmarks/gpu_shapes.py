@@ -17,6 +17,11 @@ as a user's llama-bench output on the rig's cluster file.
     python -m benchmarks.gpu_shapes models /root/gs
     python -m benchmarks.gpu_shapes run BIN/llama-bench /root/gs -o OUT.jsonl --rig RIG.toml --round 1
     python -m benchmarks.gpu_shapes report benchmarks/results/gpu_shapes/*.jsonl
+    python -m benchmarks.gpu_shapes fit RECORDS... --held-out HYBRID_SPEED_RECORDS...
+    python -m benchmarks.gpu_shapes cpu-threads benchmarks/results/gpu_shapes/h100s46b_cpu_round*.jsonl
+
+``fit`` fits the prompt's fixed costs: the host's (tokens, KQ mask) on the ``gpu_tiny`` models, the GPU's per
+layer and MMQ share on the rest; ``cpu-layer`` and ``cpu-threads`` price and split decode with CPU layers.
 """
 from __future__ import annotations
 
@@ -321,6 +326,44 @@ def cpu_layer_sweep(paths: list[Path], hybrid: list[Path], values_us: list[float
     return out
 
 
+def cpu_threads(paths: list[Path]) -> list[dict[str, Any]]:
+    """Per CPU thread count of the records (``decode`` tests with layers on the CPU), the per-layer
+    cost that splits their decode time best into the priced weights' reads (times a factor fitted
+    beside it, so the CPU's measured bandwidth need not be right) and a cost a CPU layer: least
+    squares over the shapes; the layers counted in llama layers' graph nodes (cost.LAYER_OPS)."""
+    import numpy as np
+
+    from omni_place.placement import SpeedParams
+    from omni_place.plan import evaluate
+
+    recs = [r for r in load(paths) if r["n_gen"] and r["n_gpu_layers"] < 99]
+    with tempfile.TemporaryDirectory(prefix="omni_place_gpu_shapes_") as tmp:
+        headers: dict[Any, Path] = dict(write_models(Path(tmp), header_only=True))
+
+        def seconds(job: tuple[Path, Path, list[str]], layer_us: float) -> float:
+            params = SpeedParams(cpu_layer_s=max(layer_us, 1e-6) * 1e-6)
+            return 1.0 / evaluate(str(job[0]), str(job[1]), job[2], tool="bench", params=params).predicted.tg_tps
+
+        rows = []
+        for (ngl_zero, t), rs in sorted(_group(recs, lambda r: (r["n_gpu_layers"] == 0, r["n_threads"])).items()):
+            js = _jobs(rs, headers, FOLDER)
+            reads = np.array([seconds(j, 0.0) for j in js])
+            layers = (np.array([seconds(j, 100.0) for j in js]) - reads) / 100e-6
+            meas = np.array([1.0 / r["avg_ts"] for r in rs])
+            (factor, layer_s), *_ = np.linalg.lstsq(np.column_stack([reads, layers]), meas, rcond=None)
+            rows.append({"cpu_only": ngl_zero, "threads": t, "n": len(rs), "reads_factor": round(float(factor), 2),
+                         "layer_us": round(float(layer_s) * 1e6), "residual_pct": [
+                             round(float(x)) for x in 100 * (meas - factor * reads - layer_s * layers) / meas]})
+    return rows
+
+
+def _group(rows: list[dict[str, Any]], key: Any) -> dict[Any, list[dict[str, Any]]]:
+    out: dict[Any, list[dict[str, Any]]] = {}
+    for r in rows:
+        out.setdefault(key(r), []).append(r)
+    return out
+
+
 def _spread(errors: list[float]) -> dict[str, Any]:
     """Median |error| and range of ``errors`` (predicted / measured - 1), in %."""
     return {"n": len(errors), "median_abs_pct": round(100 * statistics.median(map(abs, errors)), 1),
@@ -373,6 +416,8 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("records", nargs="+", type=Path)
     c.add_argument("--held-out", nargs="+", type=Path, default=[], help="hybrid_speed gpu-run records")
     c.add_argument("--us", nargs="+", type=float, default=[300.0, 200.0, 150.0, 100.0, 80.0])
+    t = sub.add_parser("cpu-threads", help="the per-layer CPU decode cost at each thread count of the records")
+    t.add_argument("records", nargs="+", type=Path)
     q = sub.add_parser("report", help="price the records")
     q.add_argument("records", nargs="+", type=Path)
     q.add_argument("--json", type=Path, help="also write the priced rows here")
@@ -387,6 +432,8 @@ def main(argv: list[str] | None = None) -> int:
             a.json.write_text(json.dumps(result, indent=1) + "\n")
     elif a.cmd == "cpu-layer":
         print(json.dumps(cpu_layer_sweep(a.records, a.held_out, a.us), indent=1))
+    elif a.cmd == "cpu-threads":
+        print(json.dumps(cpu_threads(a.records), indent=1))
     elif a.cmd == "run":
         run(a.binary, a.folder, a.output, a.rig, a.round, a.reps, a.test, tuple(a.types), a.shapes,
             dict(kv.split("=", 1) for kv in a.env), a.gpu_share, a.threads)

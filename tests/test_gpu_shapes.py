@@ -104,3 +104,15 @@ def test_the_host_costs_price_layers_that_cost_the_gpu_nothing(headers: dict) ->
     one = [r for r in recs if r["n_ubatch"] == 2048]
     share, layer_us, token_s, _, byte_s = _shipped()
     assert min(_errors(one, headers, share, layer_us, token_s, 0.0, byte_s)) > 0.5  # without the cells
+
+
+def test_a_cpu_layers_cost_does_not_follow_the_threads() -> None:
+    """The idle H100 VM's CPU-only decode of four widths at 1-16 threads splits into the weights' reads
+    and 64-99 us a layer at every thread count (gpu_shapes.md; SpeedParams.cpu_layer_s, 300 us, is the
+    older VMs'): the split holds each run within 20 %, and no thread count's cost is twice another's."""
+    rows = gpu_shapes.cpu_threads(sorted(SWEEP.glob("h100s46b_cpu_round*.jsonl")))
+    assert [r["threads"] for r in rows] == [1, 2, 4, 8, 16] and all(r["cpu_only"] and r["n"] == 8 for r in rows)
+    costs = [r["layer_us"] for r in rows]
+    assert 50 <= min(costs) and max(costs) <= 120 and max(costs) < 2 * min(costs), costs
+    assert all(abs(x) < 20 for r in rows for x in r["residual_pct"]), rows
+    assert all(0.7 < r["reads_factor"] < 1.1 for r in rows), rows
