@@ -534,7 +534,7 @@ class CostModel(Transfers):
         for window, cells in self._kq_masks:
             n_kv = min(cells, max(KV_CELL_PADDING, align_up(math.ceil(depth) + n_tokens, KV_CELL_PADDING)))
             checked, written = kq_mask_work(n_tokens, n_kv, window, c.flash_attn, c.kq_mask_reuses_rows,
-                                            self.threads(CPU))
+                                            self.threads(CPU))  # ik's half the hardware threads: the cores
             out += checked * sp.mask_cell_s + written * sp.mask_byte_s
         return out
 
