@@ -358,6 +358,7 @@ def cpu_threads(paths: list[Path]) -> list[dict[str, Any]]:
 
 
 def _group(rows: list[dict[str, Any]], key: Any) -> dict[Any, list[dict[str, Any]]]:
+    """``rows`` by ``key(row)``, in their order."""
     out: dict[Any, list[dict[str, Any]]] = {}
     for r in rows:
         out.setdefault(key(r), []).append(r)
@@ -372,10 +373,8 @@ def _spread(errors: list[float]) -> dict[str, Any]:
 
 def table(rows: list[dict[str, Any]]) -> str:
     """One line per (shape, type, ubatch): the rounds' measurements and the price's error range."""
-    by: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
-    for r in rows:
-        by.setdefault((r["gpu"], r["env"], r["test"][:2], r["n_embd"], r["n_ff"], r["shape"], r["type"], r["ngl"],
-                       r["test"], r["ubatch"], r["depth"]), []).append(r)
+    by = _group(rows, lambda r: (r["gpu"], r["env"], r["test"][:2], r["n_embd"], r["n_ff"], r["shape"], r["type"],
+                                 r["ngl"], r["test"], r["ubatch"], r["depth"]))
     out = ["| GPU | env | shape | type | -ngl | test | ubatch | depth | measured t/s (rounds) | predicted | error |",
            "|---|---|---|---|---:|---|---:|---:|---:|---:|---:|"]
     for (gpu, env, _, _, _, shape, t, ngl, test, ub, depth), rs in sorted(by.items()):
