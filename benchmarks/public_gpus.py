@@ -184,9 +184,9 @@ def report(result: dict[str, Any]) -> str:
              "",
              "Rows derived (`[[speed]]` in omni_place/data/gpu_catalog.toml; the others keep the default row, "
              "the H200's: decode 0.93 of the bandwidth at most, the weight types' kernel rates at most "
-             "(benchmarks/results/quant_speed.md), MMQ 0.174 beside 229 us per layer and ubatch and 2 ms per "
-             "llama_decode call (benchmarks/results/gpu_shapes.md); every row prices the prompt with those fixed "
-             "costs, so its share is the rate of the matmuls alone):", "",
+             "(benchmarks/results/quant_speed.md), MMQ 0.174 beside 223 us per layer and ubatch and the host's "
+             "work on each llama_decode call's first ubatch (benchmarks/results/gpu_shapes.md); every row "
+             "prices the prompt with those fixed costs, so its share is the rate of the matmuls alone):", "",
              "| compute capability | decode_bw_share | layer_us | mmq_share |", "|---|---:|---:|---:|"]
     for cc, row in result["rows"].items():
         lines.append(f"| {cc} | {row['decode_bw_share']:.2f} | {row['layer_us']:.1f} | {row['mmq_share']:.2f} |")
@@ -219,7 +219,8 @@ def report(result: dict[str, Any]) -> str:
               "5090's are a third-party comparison's llama.cpp column. MoE decode changed between builds: the "
               "row prices the 4090's qwen3moe record (October 2025) 33 % fast and the 5090's (2026) exactly. "
               "The H200's 1B model was priced 50-88 % fast before the fixed prompt costs (a ubatch's kernels "
-              "take about 229 us a layer whatever its width, and a llama_decode call 2 ms: gpu_shapes.md); "
+              "take about 223 us a layer whatever its width, and the host's work on a call's first ubatch ~2 ms: "
+              "gpu_shapes.md); "
               "with them every H200 record here is within 10 %.",
               "", "Summary, |error| median / max:", "",
               "| records | default row | held out | shipped rows |", "|---|---|---|---|"]
