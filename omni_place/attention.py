@@ -26,12 +26,14 @@ moves over the host link each ubatch (:func:`cpu_cache_prompt_bytes`).
 
 A recurrent layer (a Gated DeltaNet hybrid's linear attention, an SSM) attends to no cells: it reads
 and writes its fixed-size state each decoded token (:data:`RECURRENT_STATE_PASSES`), and each token,
-decoded or in a prompt, runs the delta rule over it (:data:`DELTA_RULE_FLOPS`) and a mixer of
-elementwise passes (:func:`delta_rule_work`), whatever the depth.
+decoded or in a prompt, runs the delta rule over it (:data:`DELTA_RULE_FLOPS`; Mamba-2's selective scan,
+:data:`SSM_SCAN_FLOPS`) and a mixer of elementwise passes (:func:`mixer_work`), whatever the depth.
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
+from typing import NamedTuple
 
 #: prompt attention with flash attention, FLOP/s as a share of the GPU's FP16 tensor peak
 #: (CostModel.attention_rate)
@@ -94,24 +96,41 @@ GPU_SCAN_STEP_S = 0.7e-6
 MIXER_PASSES_KEY, MIXER_PASSES_VALUE = 22, 17
 
 
-def delta_rule_work(d_state: int, d_inner: int, n_group: int) -> tuple[float, float, int]:
-    """(FLOPs, activation bytes, heads) of a prompt token's linear-attention mixer: ``n_group`` key
-    heads and ``d_inner / d_state`` value heads of ``d_state`` channels (a state of ``d_state x d_inner``)."""
-    return (DELTA_RULE_FLOPS * d_state * d_inner, 4.0 * (MIXER_PASSES_KEY * n_group * d_state
-                                                         + MIXER_PASSES_VALUE * d_inner), d_inner // max(1, d_state))
+#: Mamba-2's selective scan, FLOPs per token and state element: the decayed state, the input's product,
+#: their sum and the output's FMA (ggml/src/ggml-cpu/ops.cpp:10060-10101, a scalar decay a head)
+SSM_SCAN_FLOPS = 5
 
 
-def recurrent_prompt_s(work: tuple[float, float, int], rate: float, bandwidth: float, gpu: bool,
-                       threads: int = 0) -> float:
-    """Seconds per prompt token of a recurrent layer's mixer beside its matmuls (:func:`delta_rule_work`):
-    the delta rule at its share of ``rate`` (the device's matmul FLOP/s; on the CPU over ``threads``,
-    at most a thread a head; on a GPU at least :data:`GPU_SCAN_STEP_S`) and the activations at
+class MixerWork(NamedTuple):
+    """A prompt token's work in a recurrent layer's mixer beside its matmuls (:func:`mixer_work`)."""
+
+    flops: float
+    act_bytes: float
+    heads: int  # the units the CPU's threads share
+    static_split: bool  # ceil(heads / threads) a thread (the SSM scan); else chunks taken as threads free up
+
+
+def mixer_work(d_state: int, d_inner: int, n_group: int, ssm_heads: int = 0) -> MixerWork:
+    """A linear-attention mixer's: ``n_group`` key heads and ``d_inner / d_state`` value heads of ``d_state``
+    channels (a state of ``d_state x d_inner``), the delta rule over them in chunks the CPU's threads take
+    in turn (ops.cpp:11278-11316). ``ssm_heads``: Mamba-2's selective scan instead, its state in
+    ``ssm_heads`` heads dealt out to the threads in equal runs (ops.cpp:10039-10044)."""
+    act_bytes = 4.0 * (MIXER_PASSES_KEY * n_group * d_state + MIXER_PASSES_VALUE * d_inner)
+    if ssm_heads:
+        return MixerWork(SSM_SCAN_FLOPS * d_state * d_inner, act_bytes, ssm_heads, True)
+    return MixerWork(DELTA_RULE_FLOPS * d_state * d_inner, act_bytes, d_inner // max(1, d_state), False)
+
+
+def recurrent_prompt_s(work: MixerWork, rate: float, bandwidth: float, gpu: bool, threads: int = 0) -> float:
+    """Seconds per prompt token of a recurrent layer's mixer beside its matmuls (:func:`mixer_work`):
+    the scan at its share of ``rate`` (the device's matmul FLOP/s; on the CPU over ``threads``, as the
+    work's heads share them; on a GPU at least :data:`GPU_SCAN_STEP_S`) and the activations at
     ``bandwidth``."""
-    flops, act_bytes, heads = work
-    if not gpu and threads > heads > 0:
-        rate *= heads / threads
-    scan = flops / (rate * SCAN_RATE_SHARE[gpu])
-    return (max(scan, GPU_SCAN_STEP_S) if gpu else scan) + act_bytes / bandwidth
+    if not gpu and work.heads > 0 and threads > 0:
+        runs = math.ceil(work.heads / threads) if work.static_split else 1
+        rate *= min(1.0, work.heads / (threads * runs))
+    scan = work.flops / (rate * SCAN_RATE_SHARE[gpu])
+    return (max(scan, GPU_SCAN_STEP_S) if gpu else scan) + work.act_bytes / bandwidth
 
 
 def decode_cache_bytes(cache: Sequence[int], state: Sequence[int],

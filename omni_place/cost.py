@@ -31,7 +31,7 @@ from dataclasses import replace
 from functools import cached_property
 
 from .attention import (attended_cells, cpu_cache_prompt_bytes, cpu_decode_kv_s, decode_cache_bytes, decode_kv_cost,
-                        delta_rule_work, kq_mask_work, mean_depths, prompt_attention_s, prompt_ubatch_sample,
+                        kq_mask_work, mixer_work, mean_depths, prompt_attention_s, prompt_ubatch_sample,
                         recurrent_prompt_s)
 from .compute import PIPELINE_COPIES, ComputeEstimate, compute_buffer_estimate
 from .compute_price import (REPACK_TYPES, add_compute_margins, finish_usage, offloadable_weights, op_offload_reserve,
@@ -107,7 +107,11 @@ class CostModel(Transfers):
         self.rs_store_bytes = [model.recurrent_store_bytes(b, c.n_seq, c.conv_store_reads_input) if r else 0
                                for r in self.recurrent]
         cell = [2.0 * hp.n_head[il] * (hp.dim_k(il) + hp.dim_v(il)) if kv else 0.0 for il, kv in enumerate(attended)]
-        self._mixer = delta_rule_work(hp.ssm_d_state, hp.ssm_d_inner, hp.ssm_n_group)  # a recurrent layer's, a token
+        mamba2 = spec.ssm_scan and hp.ssm_n_group > 0  # Mamba-1's scan (no groups) is priced as the delta rule
+        self._mixer = mixer_work(hp.ssm_d_state, hp.ssm_d_inner, hp.ssm_n_group, hp.ssm_n_head * mamba2)  # a token's
+        # the selective scan's output is one row, never op-offloaded (ggml/src/ggml.c ggml_ssm_scan,
+        # ggml-cuda.cu:5636-5654): a CPU-held layer's scan stays where its ssm_a is (ggml-backend.cpp:967-979)
+        self.cpu_scan = [r and spec.ssm_scan for r in self.recurrent]
         window = [hp.n_swa if hp.is_swa[il] else 0 for il in range(len(self.kv))]  # attention FLOPs: per prompt token,
         self._attn = [f * attended_cells(pp_depth, b, c.flash_attn, w) for f, w in zip(cell, window)]
         self._attn_tg = [f * min(depth_cells, w or depth_cells) for f, w in zip(cell, window)]  # per decoded token
@@ -363,11 +367,11 @@ class CostModel(Transfers):
         return state_s + cpu_decode_kv_s(self.cache_read[il], self._attn_tg[il], self.bandwidth(name),
                                          self.flops(name), fa, self.context.ik_cpu_kernels)
 
-    def attention_pp(self, il: int, name: str) -> float:
+    def attention_pp(self, il: int, name: str, with_mixer: bool = True) -> float:
         """Prompt seconds per token of layer ``il``'s attention over its cache on ``name`` (attention.py),
-        a recurrent layer's mixer instead (a parallel layer's beside it)."""
+        a recurrent layer's mixer instead (a parallel layer's beside it; ``with_mixer`` False: not it)."""
         gpu = self.on_gpu(name)
-        mixer = self.mixer_s(name) if self.recurrent[il] else 0.0
+        mixer = self.mixer_s(name) if self.recurrent[il] and with_mixer else 0.0
         if not self.attends[il]:  # no cells attended
             return mixer
         rate, layer_s = (self.attention_rate(name), self._layer_overhead(name)) if gpu else (self.flops(name), 0.0)
@@ -480,8 +484,10 @@ class CostModel(Transfers):
                 add_seconds(out, self._cpu_weights_pp(il, dense, 0.0, rest, first, pinned))
             return out
         flops = dense * self.dense_flops(il, True) + self.expert_flops(il, True) * expert_share
-        on_first = flops / self.flops(first) + dense * (self.attention_pp(il, first) + self.prompt_overhead(first))
-        return {first: on_first,
+        scan_here = dense and self.cpu_scan[il]
+        on_first = flops / self.flops(first) + dense * (self.attention_pp(il, first, not scan_here)
+                                                        + self.prompt_overhead(first))
+        return {first: on_first, **({CPU: self.mixer_s(CPU)} if scan_here else {}),
                 "pcie_stream": streamed_bytes / self.n_tokens / self.stream_bandwidth(first, pinned),
                 "transfers": self.offload_splits(il, dense, expert_share) * self.params.split_s / self.n_tokens}
 

@@ -39,6 +39,7 @@ class HParams:
     ssm_d_inner: int = 0
     ssm_d_state: int = 0
     ssm_n_group: int = 0
+    ssm_n_head: int = 0  # ssm.time_step_rank: a Mamba-2 mixer's heads (the gated delta rule's value heads)
     indexer_head_size: int = 0  # DSA lightning indexer key width (DSA_ARCHITECTURES); 0 = no indexer cache
     # the trunk layers that run a full indexer and cache its key (attention.indexer.types; every
     # trunk layer of deepseek32)
@@ -139,6 +140,14 @@ class ArchSpec:
     # src/llama-model.cpp:2688-2690)
     parallel_ssm: bool = False
     verified: bool = False
+
+    @property
+    def ssm_scan(self) -> bool:
+        """A recurrent layer's mixer is Mamba's selective scan (GGML_OP_SSM_SCAN: mamba, jamba, and the
+        Mamba-2 mixer of mamba2, granitehybrid, falcon-h1, nemotron_h), not RWKV's, KDA's, a short
+        convolution or the gated delta rule."""
+        return (self.recurrent or self.hybrid) and not (self.wkv or self.kda or self.short_conv
+                                                        or self.recurrent_interval)
 
 
 # The one table of architectures the memory model knows. Others with standard attention keys are
@@ -463,6 +472,7 @@ def read_hparams(arch: str, md: dict[str, Any], n_vocab_fallback: int) -> HParam
                      else _int(md, f"{a}.ssm.inner_size", 0, hi=MAX_WIDTH)),
         ssm_d_state=kda or wkv or _int(md, f"{a}.ssm.state_size", 0, hi=MAX_HEAD_DIM),
         ssm_n_group=max(n_head) if kda else _int(md, f"{a}.ssm.group_count", 0, hi=MAX_HEADS),
+        ssm_n_head=_int(md, f"{a}.ssm.time_step_rank", 0, hi=MAX_WIDTH),
         indexer_head_size=_int(md, f"{a}.attention.indexer.key_length", 0, hi=MAX_HEAD_DIM) if any(indexer_full) else 0,
         indexer_full=indexer_full,
         head_dim_k_swa=_swa_width(md, f"{a}.attention.key_length_swa", head_dim_k, any(is_swa)),
