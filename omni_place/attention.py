@@ -69,6 +69,9 @@ IK_CPU_DECODE_FLOP_SHARE = {True: 0.57, False: CPU_DECODE_FLOP_SHARE[False]}
 #: reads it and writes the new one (ggml_gated_delta_net), a copy stores that in the cache
 #: (src/models/delta-net-base.cpp build_recurrent_attn)
 RECURRENT_STATE_PASSES = 6
+#: Mamba's selective scan reads the sequence's state where the cache holds it (its ids, no gather:
+#: src/models/mamba-base.cpp get_ssm_rows) and writes the new one beside its output, which a copy stores
+SSM_STATE_PASSES = 4
 #: the delta rule's FLOPs per token and state element: the decay, S^T k, the rank-1 update, S^T q
 #: (ggml/src/ggml-cpu/ops.cpp gated_delta_net_one_chunk: four vector passes over each head's state)
 DELTA_RULE_FLOPS = 7
@@ -99,6 +102,13 @@ MIXER_PASSES_KEY, MIXER_PASSES_VALUE = 22, 17
 #: Mamba-2's selective scan, FLOPs per token and state element: the decayed state, the input's product,
 #: their sum and the output's FMA (ggml/src/ggml-cpu/ops.cpp:10060-10101, a scalar decay a head)
 SSM_SCAN_FLOPS = 5
+#: its rate on the CPU, a share of a thread's matmul FLOP/s (as SCAN_RATE_SHARE): the vector loop, which
+#: takes a row's state GGML_F32_STEP elements an iteration, and the scalar loop the rest of the row
+#: (ops.cpp:10110-10150). libllama on this project's 2-vCPU Xeon (AVX-512), 1 and 2 threads, 64-256 and 16
+#: states at two head widths: 0.23-0.25 and 0.03 (``python -m benchmarks.ssm_scan``, benchmarks/results/ssm_scan)
+SSM_SCAN_CPU_SHARE = {"vector": 0.24, "scalar": 0.03}
+#: GGML_F32_STEP of the CPU build's SIMD (ggml/src/ggml-cpu/simd-mappings.h); AVX2's when not known
+F32_STEP = {"avx512": 64, "avx2": 32}
 
 
 class MixerWork(NamedTuple):
@@ -108,17 +118,22 @@ class MixerWork(NamedTuple):
     act_bytes: float
     heads: int  # the units the CPU's threads share
     static_split: bool  # ceil(heads / threads) a thread (the SSM scan); else chunks taken as threads free up
+    cpu_share: float  # of a CPU thread's matmul FLOP/s
 
 
-def mixer_work(d_state: int, d_inner: int, n_group: int, ssm_heads: int = 0) -> MixerWork:
+def mixer_work(d_state: int, d_inner: int, n_group: int, ssm_heads: int = 0, simd: str | None = None) -> MixerWork:
     """A linear-attention mixer's: ``n_group`` key heads and ``d_inner / d_state`` value heads of ``d_state``
     channels (a state of ``d_state x d_inner``), the delta rule over them in chunks the CPU's threads take
     in turn (ops.cpp:11278-11316). ``ssm_heads``: Mamba-2's selective scan instead, its state in
-    ``ssm_heads`` heads dealt out to the threads in equal runs (ops.cpp:10039-10044)."""
+    ``ssm_heads`` heads dealt out to the threads in equal runs (ops.cpp:10039-10044), each row's state
+    vectorised but for its last ``d_state`` mod GGML_F32_STEP elements (``simd``: the CPU build's)."""
     act_bytes = 4.0 * (MIXER_PASSES_KEY * n_group * d_state + MIXER_PASSES_VALUE * d_inner)
-    if ssm_heads:
-        return MixerWork(SSM_SCAN_FLOPS * d_state * d_inner, act_bytes, ssm_heads, True)
-    return MixerWork(DELTA_RULE_FLOPS * d_state * d_inner, act_bytes, d_inner // max(1, d_state), False)
+    if not ssm_heads:
+        return MixerWork(DELTA_RULE_FLOPS * d_state * d_inner, act_bytes, d_inner // max(1, d_state), False,
+                         SCAN_RATE_SHARE[False])
+    scalar = d_state % F32_STEP.get(simd or "avx2", 32)
+    share = d_state / ((d_state - scalar) / SSM_SCAN_CPU_SHARE["vector"] + scalar / SSM_SCAN_CPU_SHARE["scalar"])
+    return MixerWork(SSM_SCAN_FLOPS * d_state * d_inner, act_bytes, ssm_heads, True, share)
 
 
 def recurrent_prompt_s(work: MixerWork, rate: float, bandwidth: float, gpu: bool, threads: int = 0) -> float:
@@ -129,15 +144,17 @@ def recurrent_prompt_s(work: MixerWork, rate: float, bandwidth: float, gpu: bool
     if not gpu and work.heads > 0 and threads > 0:
         runs = math.ceil(work.heads / threads) if work.static_split else 1
         rate *= min(1.0, work.heads / (threads * runs))
-    scan = work.flops / (rate * SCAN_RATE_SHARE[gpu])
+    scan = work.flops / (rate * (SCAN_RATE_SHARE[True] if gpu else work.cpu_share))
     return (max(scan, GPU_SCAN_STEP_S) if gpu else scan) + work.act_bytes / bandwidth
 
 
-def decode_cache_bytes(cache: Sequence[int], state: Sequence[int],
-                       read_share: float) -> tuple[list[float], list[float]]:
+def decode_cache_bytes(cache: Sequence[int], state: Sequence[int], read_share: float,
+                       ssm_scan: bool = False) -> tuple[list[float], list[float]]:
     """Bytes a decoded token moves per layer: ``read_share`` of its KV cache (the cells up to the
-    depth), and its recurrent state whole, :data:`RECURRENT_STATE_PASSES` times."""
-    return [size * read_share for size in cache], [size * RECURRENT_STATE_PASSES for size in state]
+    depth), and its recurrent state whole, :data:`RECURRENT_STATE_PASSES` times (``ssm_scan``:
+    :data:`SSM_STATE_PASSES`)."""
+    passes = SSM_STATE_PASSES if ssm_scan else RECURRENT_STATE_PASSES
+    return [size * read_share for size in cache], [size * passes for size in state]
 
 
 def cpu_decode_kv_s(kv_bytes: float, flops: float, bandwidth: float, rate: float, flash_attn: bool,

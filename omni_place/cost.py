@@ -96,8 +96,8 @@ class CostModel(Transfers):
         # KV heads holds no state (deci's linear and no-op attention), whatever cache the engine gives it
         attended = [self.kv[hp.kv_source(il)] - state[hp.kv_source(il)]
                     if self.attends[il] and (hp.n_head_kv[il] or hp.kv_source(il) != il) else 0 for il in range(n)]
-        self.cache_read, self.state_read = decode_cache_bytes(attended, state, depth_cells / full_cells)
         spec = arch_spec(model.architecture)
+        self.cache_read, self.state_read = decode_cache_bytes(attended, state, depth_cells / full_cells, spec.ssm_scan)
         self.layer_ops = 1.0 + spec.layer_ops / LAYER_OPS  # a layer's graph nodes, in llama layers'
         self.recurrent_ops = spec.recurrent_layer_ops / LAYER_OPS
         swa_cells = model.swa_kv_cells(full_cells, c.n_ubatch, c.n_seq, c.swa_full)
@@ -107,8 +107,8 @@ class CostModel(Transfers):
         self.rs_store_bytes = [model.recurrent_store_bytes(b, c.n_seq, c.conv_store_reads_input) if r else 0
                                for r in self.recurrent]
         cell = [2.0 * hp.n_head[il] * (hp.dim_k(il) + hp.dim_v(il)) if kv else 0.0 for il, kv in enumerate(attended)]
-        mamba2 = spec.ssm_scan and hp.ssm_n_group > 0  # Mamba-1's scan (no groups) is priced as the delta rule
-        self._mixer = mixer_work(hp.ssm_d_state, hp.ssm_d_inner, hp.ssm_n_group, hp.ssm_n_head * mamba2)  # a token's
+        mamba2 = spec.ssm_scan and hp.ssm_n_group > 0  # Mamba-1's scan (no groups): priced as the delta rule
+        self._mixer = mixer_work(hp.ssm_d_state, hp.ssm_d_inner, hp.ssm_n_group, hp.ssm_n_head * mamba2, self.cpu.simd)
         # the selective scan's output is one row, never op-offloaded (ggml/src/ggml.c ggml_ssm_scan,
         # ggml-cuda.cu:5636-5654): a CPU-held layer's scan stays where its ssm_a is (ggml-backend.cpp:967-979)
         self.cpu_scan = [r and spec.ssm_scan for r in self.recurrent]

@@ -10,6 +10,7 @@ runs beside its neighbours on the GPU. Checked against an H100's llama-bench run
 """
 from __future__ import annotations
 
+import statistics
 import sys
 from pathlib import Path
 
@@ -76,10 +77,23 @@ def test_a_cpu_held_mamba2_layer_scans_on_the_cpu(costs: dict[str, CostModel]) -
                                         if any(cost.recurrent) else 0, CPU, frozenset(), "CUDA0")
 
 
+def test_a_decoded_token_moves_a_mamba_state_four_times(costs: dict[str, CostModel]) -> None:
+    """The scan reads the sequence's state where the cache holds it (mamba-base.cpp get_ssm_rows: no
+    gather copy, as the delta rule's get_rows) and writes the new one, which a copy stores: four passes
+    over the state, the gated delta rule's six."""
+    from omni_place.attention import RECURRENT_STATE_PASSES, SSM_STATE_PASSES
+
+    falcon, qwen = costs["Falcon-H1-7B Q4_K"], costs["Qwen3.5-9B Q8_0"]
+    assert (SSM_STATE_PASSES, RECURRENT_STATE_PASSES) == (4, 6)
+    assert falcon.state_read[0] == SSM_STATE_PASSES * falcon.model.recurrent_state_bytes(1)
+    rec = next(il for il in range(qwen.model.n_layer) if qwen.recurrent[il])
+    assert qwen.state_read[rec] == RECURRENT_STATE_PASSES * qwen.model.recurrent_state_bytes(1)
+
+
 def test_falcon_h1_with_layers_on_the_cpu_prompts_as_the_h100_ran_it(tmp_path: Path) -> None:
-    """-ngl 22, pp512: four rounds read 1011 tok/s and about; priced +67..+72 % with the scans on the GPU,
-    now within 30 % (the CPU's scan rate is the delta rule's share of its FLOP/s, not fitted here); the
-    control of the same widths without the mixer stays within 15 %."""
+    """-ngl 22, pp512: four rounds read about 1011 tok/s; priced +67..+72 % with the scans on the GPU, now
+    +13..+17 % (the scan's CPU rate measured on a 2-vCPU Xeon, below), as its control of the same widths
+    without the mixer (+3..+12 %)."""
     records = [dict(r, round=p.stem) for p in sorted(hybrid_speed.FOLDER.glob("gpu_h100s44_round*.jsonl"))
                for r in hybrid_speed.load_records(p)
                if "Falcon" in r["shape"] and r["n_prompt"] and r["n_gpu_layers"] == 22]
@@ -87,5 +101,36 @@ def test_falcon_h1_with_layers_on_the_cpu_prompts_as_the_h100_ran_it(tmp_path: P
     for row in hybrid_speed.price_gpu(records, tmp_path):
         errors.setdefault(row["model"], []).append(row["error_pct"])
     assert len(errors["Falcon-H1-7B Q4_K"]) == 4 and len(errors["Llama-shaped Falcon-H1-7B"]) == 4
-    assert all(-30 < e < 0 for e in errors["Falcon-H1-7B Q4_K"]), errors
+    assert all(abs(e) < 20 for e in errors["Falcon-H1-7B Q4_K"]), errors
     assert all(abs(e) < 15 for e in errors["Llama-shaped Falcon-H1-7B"]), errors
+
+
+def test_the_scans_cpu_rate_is_the_fit_of_its_records(tmp_path: Path) -> None:
+    """benchmarks/results/ssm_scan: libllama's CPU prompts of Mamba-2 layers that differ only in d_state
+    (2-vCPU Xeon, AVX-512): the vector loop's share of a thread's FLOP/s (0.23-0.25 at 1 and 2 threads and
+    both head widths, the line's residuals within 3 %) and the scalar loop's (0.03) are the shipped ones;
+    priced whole, these CPU-only prompts come out +10..+30 % fast (the mixer's other ops on the CPU, its
+    convolution's strided rows the most, are priced at the activations' bytes alone); with the delta
+    rule's share they were +59 % at 16 states and -55 % at 256."""
+    import json
+
+    from benchmarks import ssm_scan
+    from omni_place.attention import SSM_SCAN_CPU_SHARE
+    from omni_place.placement import SpeedParams
+    from omni_place.plan import evaluate
+
+    records = [json.loads(line) for line in (ssm_scan.FOLDER / "cpu_xeon2.jsonl").read_text().splitlines()]
+    rows = ssm_scan.fit(records, SpeedParams().cpu_tflops_per_core)
+    assert len(rows) == 4 and all(max(map(abs, r["residual_pct"])) < 3 for r in rows)
+    assert statistics.median(r["vector_share"] for r in rows) == pytest.approx(SSM_SCAN_CPU_SHARE["vector"], abs=0.01)
+    assert statistics.median(r["scalar_share"] for r in rows) == pytest.approx(SSM_SCAN_CPU_SHARE["scalar"], abs=0.005)
+    rig = tmp_path / "xeon2.toml"
+    rig.write_text('[[devices]]\nname = "CPU"\nkind = "cpu"\nmemory_gib = 20\nbandwidth_gbs = 23.7\n'
+                   'threads = 2\nsimd = "avx512"\n')
+    from benchmarks.speed_models import write_speed_model
+
+    for r in records:
+        header = write_speed_model(r["shape"], tmp_path, header_only=True, shape=ssm_scan.SHAPES[r["shape"]])
+        pred = evaluate(str(header), str(rig), ["-p", "512", "-n", "0", "-ngl", "0", "-t", str(r["n_threads"])],
+                        tool="bench").predicted.pp_tps
+        assert 0.05 < pred / r["avg_ts"] - 1 < 0.35, (r["shape"], r["n_threads"], pred, r["avg_ts"])
