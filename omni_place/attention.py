@@ -132,7 +132,8 @@ def mixer_work(d_state: int, d_inner: int, n_group: int, ssm_heads: int = 0, sim
         return MixerWork(DELTA_RULE_FLOPS * d_state * d_inner, act_bytes, d_inner // max(1, d_state), False,
                          SCAN_RATE_SHARE[False])
     scalar = d_state % F32_STEP.get(simd or "avx2", 32)
-    share = d_state / ((d_state - scalar) / SSM_SCAN_CPU_SHARE["vector"] + scalar / SSM_SCAN_CPU_SHARE["scalar"])
+    share = (d_state / ((d_state - scalar) / SSM_SCAN_CPU_SHARE["vector"] + scalar / SSM_SCAN_CPU_SHARE["scalar"])
+             if d_state else SSM_SCAN_CPU_SHARE["vector"])  # no state: no work to price
     return MixerWork(SSM_SCAN_FLOPS * d_state * d_inner, act_bytes, ssm_heads, True, share)
 
 

@@ -134,3 +134,10 @@ def test_the_scans_cpu_rate_is_the_fit_of_its_records(tmp_path: Path) -> None:
         pred = evaluate(str(header), str(rig), ["-p", "512", "-n", "0", "-ngl", "0", "-t", str(r["n_threads"])],
                         tool="bench").predicted.pp_tps
         assert 0.05 < pred / r["avg_ts"] - 1 < 0.35, (r["shape"], r["n_threads"], pred, r["avg_ts"])
+
+
+def test_a_scan_without_state_prices_nothing_and_never_divides_by_zero() -> None:
+    """A header may say ssm.state_size = 0 (fuzz_gguf case 562 of seed 17 crashed the price): no work."""
+    work = mixer_work(0, 3072, 1, ssm_heads=24, simd="avx512")
+    assert work.flops == 0 and work.cpu_share > 0
+    assert recurrent_prompt_s(work._replace(act_bytes=0.0), 1e12, 1e11, gpu=False, threads=16) == 0.0
