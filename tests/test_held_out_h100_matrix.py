@@ -1,6 +1,7 @@
-"""Issue 15's accuracy criteria against a matrix no fit has seen: benchmarks/results/calibrate_47, real
-llama-bench runs of dense11, moe15 and mla16 on an H100 VM held down to 3 GiB free (27 configurations, three
-rounds, every test steady), each priced as it ran (its placement read from its -v log)."""
+"""The speed model's accuracy bounds, uncalibrated and after `calibrate --run`, against a matrix no fit has
+seen: benchmarks/results/calibrate_47, real llama-bench runs of dense11, moe15 and mla16 on an H100 VM held
+down to 3 GiB free (27 configurations, three rounds, every test steady), each priced as it ran (its
+placement read from its -v log)."""
 from __future__ import annotations
 
 import contextlib
