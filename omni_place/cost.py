@@ -107,8 +107,8 @@ class CostModel(Transfers):
         self.rs_store_bytes = [model.recurrent_store_bytes(b, c.n_seq, c.conv_store_reads_input) if r else 0
                                for r in self.recurrent]
         cell = [2.0 * hp.n_head[il] * (hp.dim_k(il) + hp.dim_v(il)) if kv else 0.0 for il, kv in enumerate(attended)]
-        mamba2 = spec.ssm_scan and hp.ssm_n_group > 0  # Mamba-1's scan (no groups): priced as the delta rule
-        self._mixer = mixer_work(hp.ssm_d_state, hp.ssm_d_inner, hp.ssm_n_group, hp.ssm_n_head * mamba2, self.cpu.simd)
+        ssm_heads = hp.ssm_n_head if spec.ssm_scan and hp.ssm_n_group else 0  # Mamba-1 (no groups): the delta rule's
+        self._mixer = mixer_work(hp.ssm_d_state, hp.ssm_d_inner, hp.ssm_n_group, ssm_heads, self.cpu.simd)
         # the selective scan's output is one row, never op-offloaded (ggml/src/ggml.c ggml_ssm_scan,
         # ggml-cuda.cu:5636-5654): a CPU-held layer's scan stays where its ssm_a is (ggml-backend.cpp:967-979)
         self.cpu_scan = [r and spec.ssm_scan for r in self.recurrent]
@@ -379,7 +379,7 @@ class CostModel(Transfers):
 
     def mixer_s(self, name: str) -> float:
         """Seconds a token of a recurrent layer's mixer takes on ``name`` beside its matmuls: the delta
-        rule over the state and its elementwise passes (attention.recurrent_prompt_s)."""
+        rule or the selective scan over the state and its elementwise passes (attention.recurrent_prompt_s)."""
         gpu = self.on_gpu(name)
         return recurrent_prompt_s(self._mixer, self.kernel_rate(name) if gpu else self.flops(name),
                                   self.bandwidth(name), gpu, 0 if gpu else self.threads(name))

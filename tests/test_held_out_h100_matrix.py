@@ -37,12 +37,13 @@ def unpacked(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp
 
 
-def _report(unpacked: Path, name: str, *extra: str) -> list[dict[str, Any]]:
+def _report(unpacked: Path, name: str, *extra: str, folder: Path = RESULTS) -> list[dict[str, Any]]:
+    """``speed_truth report --steady`` of ``folder``'s records on its rig files, the rows as JSON."""
     from benchmarks.speed_truth import main
 
     out = unpacked / f"{name}.json"
     with contextlib.redirect_stdout(io.StringIO()):
-        assert main(["report", str(RESULTS), "--headers", str(unpacked / "hdr"), "--rigs", str(RESULTS),
+        assert main(["report", str(folder), "--headers", str(unpacked / "hdr"), "--rigs", str(folder),
                      "--steady", "--json", str(out), *extra]) == 0
     rows: list[dict[str, Any]] = json.loads(out.read_text())
     return rows
@@ -84,15 +85,9 @@ def test_the_copy_probes_later_reading_prices_the_streamed_prompts(unpacked: Pat
     rig = tmp_path / "rig_c.toml"
     rig.write_text((RESULTS / "rig_c.toml").read_text().replace("stream_gbs = 7.14", "stream_gbs = 8.33"))
     assert "stream_gbs = 8.33" in rig.read_text()
-    from benchmarks.speed_truth import main
-
-    out = tmp_path / "later.json"
     (tmp_path / "records_c.jsonl").write_bytes((RESULTS / "records_c.jsonl").read_bytes())
     (tmp_path / "logs.tar.xz").write_bytes((RESULTS / "logs.tar.xz").read_bytes())
-    with contextlib.redirect_stdout(io.StringIO()):
-        assert main(["report", str(tmp_path), "--headers", str(unpacked / "hdr"), "--rigs", str(tmp_path),
-                     "--steady", "--json", str(out)]) == 0
-    rows = json.loads(out.read_text())
+    rows = _report(unpacked, "later", folder=tmp_path)
     assert all(abs(r["pp_err"]) < 0.15 for r in rows if not (r["model"] == "dense11" and r["config"] in NGL10))
     assert statistics.median(abs(r["pp_err"]) for r in rows) < 0.08
 

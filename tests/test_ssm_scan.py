@@ -70,11 +70,10 @@ def test_a_cpu_held_mamba2_layer_scans_on_the_cpu(costs: dict[str, CostModel]) -
     assert part[CPU] == pytest.approx(falcon.mixer_s(CPU)) and part["CUDA0"] > 0
     on_gpu = falcon.layer_pp(0, "CUDA0", frozenset(), "CUDA0")
     assert CPU not in on_gpu  # a GPU-held layer's scan runs with it
-    for name in ("Llama-shaped Falcon-H1-7B", "Qwen3.5-9B Q8_0"):
+    for name, il in (("Llama-shaped Falcon-H1-7B", 0), ("Qwen3.5-9B Q8_0", 0)):
         cost = costs[name]
-        assert not any(cost.cpu_scan)
-        assert CPU not in cost.layer_pp(next(il for il in range(cost.model.n_layer) if cost.recurrent[il])
-                                        if any(cost.recurrent) else 0, CPU, frozenset(), "CUDA0")
+        assert not any(cost.cpu_scan) and cost.recurrent[il] == (name == "Qwen3.5-9B Q8_0")
+        assert CPU not in cost.layer_pp(il, CPU, frozenset(), "CUDA0")
 
 
 def test_a_decoded_token_moves_a_mamba_state_four_times(costs: dict[str, CostModel]) -> None:
